@@ -1,0 +1,264 @@
+//! The attention metadata every backend consumes, named as vLLM's
+//! `CommonAttentionMetadata` (vllm-backends.md §1.2). The scheduler builds it;
+//! fixtures and tests build it directly. `AttentionMetadata::new` validates
+//! every length, block id and slot so that no kernel ever reads out of bounds.
+//!
+//! Length vocabulary (§1.1), per request i:
+//! `context_len = seq_len - query_len` tokens already cached; query token j has
+//! absolute position `context_len + j` and (causally) sees keys `0..=context_len + j`.
+
+use crate::error::{Error, Result};
+use serde::{Deserialize, Serialize};
+
+/// `PAD_SLOT_ID`: a slot-mapping entry that every cache writer skips.
+pub const PAD_SLOT_ID: i64 = -1;
+
+/// How a request's rows are routed by backends that split the batch
+/// (ROCM_AITER_FA, the MLA backends).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RequestKind {
+    /// query_len <= decode threshold (1 new token) on top of cached context.
+    Decode,
+    /// More than one new token on top of cached context (chunked prefill continues).
+    Extend,
+    /// No cached context.
+    Prefill,
+}
+
+impl RequestKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            RequestKind::Decode => "decode",
+            RequestKind::Extend => "extend",
+            RequestKind::Prefill => "prefill",
+        }
+    }
+}
+
+/// `block_table_tensor`: int32 `[num_reqs, max_blocks_per_req]`, kernel block ids.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockTableTensor {
+    pub num_rows: usize,
+    pub max_blocks: usize,
+    pub data: Vec<i32>,
+}
+
+impl BlockTableTensor {
+    pub fn from_rows(rows: &[Vec<i32>]) -> Self {
+        let max_blocks = rows.iter().map(|r| r.len()).max().unwrap_or(0);
+        let mut data = vec![0i32; rows.len() * max_blocks];
+        for (i, r) in rows.iter().enumerate() {
+            data[i * max_blocks..i * max_blocks + r.len()].copy_from_slice(r);
+        }
+        BlockTableTensor { num_rows: rows.len(), max_blocks, data }
+    }
+
+    pub fn row(&self, i: usize) -> &[i32] {
+        &self.data[i * self.max_blocks..(i + 1) * self.max_blocks]
+    }
+
+    /// The physical block holding logical block `j` of request `i`.
+    /// Only valid after `AttentionMetadata::new` validated the table.
+    #[inline]
+    pub fn block(&self, i: usize, j: usize) -> usize {
+        self.data[i * self.max_blocks + j] as usize
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttentionMetadata {
+    /// Kernel block size (tokens per block).
+    pub block_size: usize,
+    /// Number of physical blocks in the cache the table points into.
+    pub num_blocks: usize,
+    pub num_actual_tokens: usize,
+    pub query_start_loc: Vec<i32>,
+    pub seq_lens: Vec<i32>,
+    pub block_table: BlockTableTensor,
+    /// Flat slot per new token (`block * block_size + offset`), -1 = skip.
+    pub slot_mapping: Vec<i64>,
+    pub max_query_len: usize,
+    pub max_seq_len: usize,
+    /// False only for encoder (bidirectional) attention.
+    pub causal: bool,
+}
+
+impl AttentionMetadata {
+    /// Builds and validates. Every request's KV must fit in its block-table
+    /// row, every block id it uses must be `< num_blocks`, and every slot must
+    /// be -1 or inside the cache.
+    pub fn new(
+        block_size: usize,
+        num_blocks: usize,
+        query_start_loc: Vec<i32>,
+        seq_lens: Vec<i32>,
+        block_table: BlockTableTensor,
+        slot_mapping: Vec<i64>,
+        causal: bool,
+    ) -> Result<Self> {
+        if block_size == 0 {
+            return Err(Error::invalid("block_size", 0, "must be >= 1"));
+        }
+        let num_reqs = seq_lens.len();
+        if query_start_loc.len() != num_reqs + 1 {
+            return Err(Error::invalid(
+                "query_start_loc length",
+                query_start_loc.len(),
+                format!("must be num_reqs + 1 = {}", num_reqs + 1),
+            ));
+        }
+        if query_start_loc[0] != 0 {
+            return Err(Error::invalid("query_start_loc[0]", query_start_loc[0], "must be 0"));
+        }
+        if block_table.num_rows < num_reqs || block_table.data.len() != block_table.num_rows * block_table.max_blocks {
+            return Err(Error::invalid(
+                "block_table shape",
+                format!("[{}, {}] with {} elements", block_table.num_rows, block_table.max_blocks, block_table.data.len()),
+                format!("needs at least {num_reqs} rows and rows*cols elements"),
+            ));
+        }
+        let (mut max_q, mut max_s) = (0usize, 0usize);
+        for i in 0..num_reqs {
+            let q = query_start_loc[i + 1] - query_start_loc[i];
+            if q < 0 {
+                return Err(Error::invalid(
+                    format!("query_start_loc[{}]", i + 1),
+                    query_start_loc[i + 1],
+                    format!("must be >= query_start_loc[{i}] = {}", query_start_loc[i]),
+                ));
+            }
+            let s = seq_lens[i];
+            if s < q {
+                return Err(Error::invalid(
+                    format!("seq_lens[{i}]"),
+                    s,
+                    format!("must be >= the request's query length {q}"),
+                ));
+            }
+            let blocks = (s as usize).div_ceil(block_size);
+            if blocks > block_table.max_blocks {
+                return Err(Error::invalid(
+                    format!("seq_lens[{i}]"),
+                    s,
+                    format!(
+                        "needs {blocks} blocks of {block_size} but the block table has {} columns (max {} tokens)",
+                        block_table.max_blocks,
+                        block_table.max_blocks * block_size
+                    ),
+                ));
+            }
+            for (j, &b) in block_table.row(i)[..blocks].iter().enumerate() {
+                if b < 0 || b as usize >= num_blocks {
+                    return Err(Error::invalid(
+                        format!("block_table[{i}][{j}]"),
+                        b,
+                        format!("block ids must be in [0, {num_blocks})"),
+                    ));
+                }
+            }
+            max_q = max_q.max(q as usize);
+            max_s = max_s.max(s as usize);
+        }
+        let num_tokens = query_start_loc[num_reqs] as usize;
+        if slot_mapping.len() < num_tokens {
+            return Err(Error::invalid(
+                "slot_mapping length",
+                slot_mapping.len(),
+                format!("must cover all {num_tokens} query tokens"),
+            ));
+        }
+        let num_slots = (num_blocks * block_size) as i64;
+        for (t, &s) in slot_mapping.iter().enumerate() {
+            if s != PAD_SLOT_ID && !(0..num_slots).contains(&s) {
+                return Err(Error::invalid(
+                    format!("slot_mapping[{t}]"),
+                    s,
+                    format!("slots must be -1 (padding) or in [0, {num_slots})"),
+                ));
+            }
+        }
+        Ok(AttentionMetadata {
+            block_size,
+            num_blocks,
+            num_actual_tokens: num_tokens,
+            query_start_loc,
+            seq_lens,
+            block_table,
+            slot_mapping,
+            max_query_len: max_q,
+            max_seq_len: max_s,
+            causal,
+        })
+    }
+
+    pub fn num_reqs(&self) -> usize {
+        self.seq_lens.len()
+    }
+    pub fn query_len(&self, i: usize) -> usize {
+        (self.query_start_loc[i + 1] - self.query_start_loc[i]) as usize
+    }
+    pub fn seq_len(&self, i: usize) -> usize {
+        self.seq_lens[i] as usize
+    }
+    pub fn context_len(&self, i: usize) -> usize {
+        self.seq_len(i) - self.query_len(i)
+    }
+    /// Query rows of request i.
+    pub fn query_range(&self, i: usize) -> std::ops::Range<usize> {
+        self.query_start_loc[i] as usize..self.query_start_loc[i + 1] as usize
+    }
+    /// Where KV token `t` of request `i` lives: (physical block, row in block).
+    #[inline]
+    pub fn kv_location(&self, i: usize, t: usize) -> (usize, usize) {
+        (self.block_table.block(i, t / self.block_size), t % self.block_size)
+    }
+    /// Classifies request i as ROCM_AITER_FA's split does (decode threshold 1).
+    pub fn kind(&self, i: usize, decode_threshold: usize) -> RequestKind {
+        let (q, ctx) = (self.query_len(i), self.context_len(i));
+        if ctx == 0 && q > decode_threshold {
+            RequestKind::Prefill
+        } else if q <= decode_threshold {
+            RequestKind::Decode
+        } else {
+            RequestKind::Extend
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table() -> BlockTableTensor {
+        BlockTableTensor::from_rows(&[vec![3, 1], vec![2, 0]])
+    }
+
+    #[test]
+    fn lengths_follow_vllm_vocabulary() {
+        let m = AttentionMetadata::new(16, 4, vec![0, 1, 5], vec![20, 4], table(), vec![3 * 16 + 3, 32, 33, 34, 35], true).unwrap();
+        assert_eq!(m.context_len(0), 19);
+        assert_eq!(m.kind(0, 1), RequestKind::Decode);
+        assert_eq!(m.kind(1, 1), RequestKind::Prefill);
+        assert_eq!(m.kv_location(0, 19), (1, 3));
+    }
+
+    #[test]
+    fn rejects_block_id_out_of_range_naming_it() {
+        let t = BlockTableTensor::from_rows(&[vec![9]]);
+        let e = AttentionMetadata::new(16, 4, vec![0, 1], vec![1], t, vec![0], true).unwrap_err().to_string();
+        assert!(e.contains("block_table[0][0]") && e.contains("[0, 4)"), "{e}");
+    }
+
+    #[test]
+    fn rejects_seq_len_beyond_table() {
+        let e = AttentionMetadata::new(16, 4, vec![0, 1, 2], vec![33, 1], table(), vec![0, 1], true).unwrap_err().to_string();
+        assert!(e.contains("seq_lens[0]") && e.contains("2 columns"), "{e}");
+    }
+
+    #[test]
+    fn rejects_slot_outside_cache() {
+        let e = AttentionMetadata::new(16, 4, vec![0, 1, 2], vec![1, 1], table(), vec![64, -1], true).unwrap_err().to_string();
+        assert!(e.contains("slot_mapping[0]"), "{e}");
+    }
+}

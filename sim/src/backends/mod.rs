@@ -1,0 +1,63 @@
+//! One module per vLLM attention backend, each a composition of the kernels
+//! in [`crate::kernels`]: which layout it uses, how it writes new K/V, how it
+//! routes the batch, which kernels it calls in which order. Every MHA backend
+//! implements [`AttentionBackend`], so a test can run one batch through all.
+
+use crate::cache::KvCache;
+use crate::config::AttnConfig;
+use attnlab_shared::error::Result;
+use attnlab_shared::layout::KvLayout;
+use attnlab_shared::metadata::AttentionMetadata;
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+/// One kernel launch as `attnlab trace` shows it: the vLLM/AITER kernel name
+/// and the shapes of its main tensors.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct KernelCall {
+    pub name: String,
+    pub shapes: BTreeMap<String, Vec<usize>>,
+}
+
+impl KernelCall {
+    pub fn new(name: &str, shapes: &[(&str, Vec<usize>)]) -> Self {
+        KernelCall { name: name.to_string(), shapes: shapes.iter().map(|(k, v)| (k.to_string(), v.clone())).collect() }
+    }
+}
+
+/// An emulated MHA backend.
+///
+/// A step is: `write_kv` (the backend's cache writer, `-1` slots skipped),
+/// then `forward` over the whole batch. `plan` lists the kernel launches
+/// `forward` makes for a batch without touching data (for `attnlab trace`).
+pub trait AttentionBackend: Send + Sync {
+    /// vLLM's enum name, e.g. "ROCM_AITER_FA".
+    fn name(&self) -> &'static str;
+
+    /// Rejects what vLLM rejects for this backend (head size, dtype, block
+    /// size, sinks, ...) with vLLM's message where it has one.
+    fn check(&self, cfg: &AttnConfig, block_size: usize) -> Result<()>;
+
+    /// The kernel block size this backend uses for a manager block size
+    /// (vLLM's `select_common_block_size`, e.g. ROCM_AITER_FA: 544 -> 32).
+    fn kernel_block_size(&self, block_size: usize) -> Result<usize> {
+        Ok(block_size)
+    }
+
+    /// The cache layout for `num_blocks` kernel blocks of `block_size`.
+    fn cache_layout(&self, cfg: &AttnConfig, num_blocks: usize, block_size: usize) -> Result<KvLayout>;
+
+    /// Writes the step's new K/V (`[T, Hkv, D]`, in `cfg.dtype`) at `slot_mapping`.
+    fn write_kv(&self, cache: &mut KvCache, key: &[f32], value: &[f32], slot_mapping: &[i64], cfg: &AttnConfig) -> Result<()>;
+
+    /// Attention for every query token of the batch: `[T, Hq, D]` in `cfg.dtype`.
+    fn forward(&self, query: &[f32], cache: &KvCache, meta: &AttentionMetadata, cfg: &AttnConfig) -> Result<Vec<f32>>;
+
+    /// The kernel launches `forward` makes for this batch.
+    fn plan(&self, meta: &AttentionMetadata, cfg: &AttnConfig) -> Vec<KernelCall>;
+}
+
+/// Every emulated MHA backend, in registry order.
+pub fn mha_backends() -> Vec<Box<dyn AttentionBackend>> {
+    vec![]
+}

@@ -1,0 +1,6 @@
+//! One module per GPU kernel family, each written as the loop nest its GPU
+//! kernel runs (grid, tiles, lanes, reduction order) using only
+//! [`crate::numerics`]. Backends compose these; no backend computes attention
+//! itself. Each module's header names the vLLM/AITER kernel it mirrors.
+
+pub mod softmax;

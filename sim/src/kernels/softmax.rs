@@ -1,0 +1,137 @@
+//! The building blocks every attention kernel shares: the score of one
+//! (query, key) pair with its masks, and the online-softmax row state.
+//! One definition each, used by unified attention, prefix prefill, paged
+//! decode, flash varlen and MLA alike, and mirrored by `kernels/portable.h`.
+//!
+//! Online softmax over KV tiles, per query row (numerics.md §4), base 2:
+//! ```text
+//! m = -inf (or the sink logit * LOG2E), l = 0 (or 1 with a sink), acc = 0
+//! for each KV tile, ascending:
+//!     s_j       = score(q, k_j)                    // base-2 scaled, -inf if masked
+//!     m_new     = max(m, max_j s_j)
+//!     m_ref     = m_new if m_new > -inf else 0     // all-masked-so-far guard
+//!     alpha     = exp2c(m - m_ref)
+//!     p_j       = exp2c(s_j - m_ref)
+//!     tile_sum  = ((p_0 + p_1) + p_2) + ...        // f32, ascending j, unrounded p
+//!     l         = fma(l, alpha, tile_sum)
+//!     acc[d]    = acc[d] * alpha
+//!     acc[d]    = fma(round_v(p_j), v_j[d], acc[d])  // j ascending; p_j == 0 skipped,
+//!                                                    // so masked keys never touch acc
+//!     m         = m_new
+//! out[d] = acc[d] / l  (0 when l == 0), lse2 = m + log2c(l) (-inf when l == 0)
+//! ```
+
+use crate::numerics::{exp2c, log2c, softcap, DType, LOG2E};
+
+/// Per-layer score parameters.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ScoreParams {
+    /// Softmax scale (natural), e.g. 1/sqrt(head_size).
+    pub scale: f32,
+    /// `scale * LOG2E`, computed once.
+    pub scale_log2: f32,
+    pub softcap: Option<f32>,
+}
+
+impl ScoreParams {
+    pub fn new(scale: f32, softcap: Option<f32>) -> Self {
+        ScoreParams { scale, scale_log2: crate::numerics::softmax_scale_log2(scale), softcap }
+    }
+
+    /// Base-2 score from a raw dot product. With soft-cap, the cap applies to
+    /// the natural score `dot * scale` (vLLM's `apply_softcap`), then * LOG2E.
+    /// `alibi_bias` is the natural-log ALiBi term `slope * (t - p)` (0 if none).
+    #[inline]
+    pub fn score(&self, dot: f32, alibi_bias: f32) -> f32 {
+        let s = match self.softcap {
+            None => return (dot * self.scale_log2) + alibi_bias * LOG2E,
+            Some(c) => softcap(dot * self.scale, c),
+        };
+        (s + alibi_bias) * LOG2E
+    }
+}
+
+/// `q . k` as one fma chain in ascending dimension order, starting at 0.
+#[inline]
+pub fn dot(q: &[f32], k: &[f32]) -> f32 {
+    let mut acc = 0.0f32;
+    for (a, b) in q.iter().zip(k) {
+        acc = a.mul_add(*b, acc);
+    }
+    acc
+}
+
+/// Whether key position `t` is visible from query position `p`:
+/// causal `t <= p`, sliding window `p - t < window` (fixture-format.md).
+#[inline]
+pub fn visible(t: usize, p: usize, causal: bool, window: Option<usize>) -> bool {
+    if causal && t > p {
+        return false;
+    }
+    match window {
+        Some(w) => p < t + w, // p - t < w without underflow (t may exceed p when non-causal)
+        None => true,
+    }
+}
+
+/// Online-softmax state of one query row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RowState {
+    pub m: f32,
+    pub l: f32,
+    pub acc: Vec<f32>,
+}
+
+impl RowState {
+    /// `sink` is the natural-log sink logit of this head, if any: it starts
+    /// the row as if one extra key with score `sink` and value 0 came first.
+    pub fn new(head_size: usize, sink: Option<f32>) -> Self {
+        match sink {
+            Some(s) => RowState { m: s * LOG2E, l: 1.0, acc: vec![0.0; head_size] },
+            None => RowState { m: f32::NEG_INFINITY, l: 0.0, acc: vec![0.0; head_size] },
+        }
+    }
+
+    /// One KV tile. `scores[j]` are base-2 scores (-inf where masked);
+    /// `value(j)` gives V row j (already dequantized); P is rounded to
+    /// `p_dtype` (the V dtype) before the PV product.
+    #[inline]
+    pub fn update<'a>(&mut self, scores: &[f32], value: impl Fn(usize) -> &'a [f32], p_dtype: DType) {
+        let tile_max = scores.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+        let m_new = self.m.max(tile_max);
+        let m_ref = if m_new > f32::NEG_INFINITY { m_new } else { 0.0 };
+        let alpha = exp2c(self.m - m_ref);
+        let mut tile_sum = 0.0f32;
+        for acc in self.acc.iter_mut() {
+            *acc *= alpha;
+        }
+        for (j, &s) in scores.iter().enumerate() {
+            let p = exp2c(s - m_ref);
+            tile_sum += p;
+            if p != 0.0 {
+                let pr = p_dtype.round(p);
+                for (acc, &v) in self.acc.iter_mut().zip(value(j)) {
+                    *acc = pr.mul_add(v, *acc);
+                }
+            }
+        }
+        self.l = self.l.mul_add(alpha, tile_sum);
+        self.m = m_new;
+    }
+
+    /// `acc / l` (0 for an empty row), not yet rounded to the output dtype.
+    pub fn normalized(&self) -> Vec<f32> {
+        if self.l == 0.0 {
+            return vec![0.0; self.acc.len()];
+        }
+        self.acc.iter().map(|a| a / self.l).collect()
+    }
+
+    /// Base-2 log-sum-exp of the row: `m + log2c(l)`; -inf when empty.
+    pub fn lse2(&self) -> f32 {
+        if self.l == 0.0 {
+            return f32::NEG_INFINITY;
+        }
+        self.m + log2c(self.l)
+    }
+}

@@ -1,0 +1,11 @@
+//! attnlab's CPU emulator: every backend's real algorithm (layout, routing,
+//! tiling, split-KV, merges) as the loop nest its GPU kernel runs, using only
+//! the arithmetic of [`numerics`], so the HIP kernels in `kernels/` produce
+//! the same bits. [`reference`] is plain f64 attention, the oracle.
+
+pub mod backends;
+pub mod cache;
+pub mod config;
+pub mod kernels;
+pub mod numerics;
+pub mod reference;

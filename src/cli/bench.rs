@@ -1,0 +1,10 @@
+//! `attnlab bench` (in progress).
+
+use std::process::ExitCode;
+
+#[derive(clap::Args)]
+pub struct Args {}
+
+pub fn run(_args: Args) -> anyhow::Result<ExitCode> {
+    anyhow::bail!("`attnlab bench` is not built yet")
+}

@@ -1,0 +1,10 @@
+//! `attnlab replay` (in progress).
+
+use std::process::ExitCode;
+
+#[derive(clap::Args)]
+pub struct Args {}
+
+pub fn run(_args: Args) -> anyhow::Result<ExitCode> {
+    anyhow::bail!("`attnlab replay` is not built yet")
+}
