@@ -61,3 +61,13 @@ pub trait AttentionBackend: Send + Sync {
 pub fn mha_backends() -> Vec<Box<dyn AttentionBackend>> {
     vec![]
 }
+
+/// Looks a backend up by vLLM enum name, naming the emulated ones when it fails.
+pub fn by_name(name: &str) -> Result<Box<dyn AttentionBackend>> {
+    let all = mha_backends();
+    let names: Vec<&str> = all.iter().map(|b| b.name()).collect();
+    let joined = names.join(", ");
+    all.into_iter().find(|b| b.name() == name).ok_or_else(|| {
+        attnlab_shared::error::Error::invalid("MHA backend", format!("'{name}'"), format!("emulated MHA backends: {joined}"))
+    })
+}
