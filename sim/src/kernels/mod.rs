@@ -4,3 +4,4 @@
 //! itself. Each module's header names the vLLM/AITER kernel it mirrors.
 
 pub mod softmax;
+pub mod reshape_and_cache;
