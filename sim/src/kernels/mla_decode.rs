@@ -1,0 +1,360 @@
+//! Absorbed MLA decode over the latent cache, split-KV: vLLM's
+//! `decode_attention_fwd(..., is_mla=True)` (`v1/attention/ops/triton_decode_attention.py`,
+//! from SGLang/LightLLM flash-decoding; vllm-backends.md §14.3-§14.5), which
+//! TRITON_MLA launches. The same two stages with AITER's split rule model the
+//! asm `mla_decode_fwd` (aiter.md §6.3) that ROCM_AITER_MLA launches.
+//!
+//! Each query row carries the absorbed query `q = [q_latent (Lkv) | q_pe (R)]`
+//! for every head; keys are the whole cache entry (576 wide), values are its
+//! first Lkv (512) channels: V *is* the latent.
+//!
+//! ```text
+//! stage 1, _fwd_grouped_kernel_stage1: grid (rows, cdiv(H, BLOCK_H), num_kv_splits)
+//!   heads = hblk*BLOCK_H .. min(+BLOCK_H, H)
+//!   (start, end) = split bounds of this row (KvSplits); end = min(end, kv_len)
+//!   if end <= start: write nothing                         // stage 2 skips it too
+//!   m_i = -inf, l_i = 0, acc = 0                           // per head: softmax::RowState
+//!   for n0 in (start..end).step_by(BLOCK_N):               // tiles ascending, aligned to start
+//!     gather K[j] = load(cache[slot(n0 + j)]) for j < BLOCK_N, 0 past end
+//!        load: fp8 -> round_q(x * kv_scale); 16-bit: as stored
+//!     per head h, per key j (one f32 lane each, dims ascending, fma from 0):
+//!        qk_nope = sum_c<Lkv q[h,c] K[j,c];  qk_pe = sum_c<R q[h,Lkv+c] K[j,Lkv+c]
+//!        s_j = (qk_nope + qk_pe) * (scale * LOG2E)          // -inf past end
+//!     RowState::update(s, V = K[.., :Lkv], P rounded to the q dtype)
+//!   Att_Out[row, h, split, :Lkv] = acc / l_i (f32); Att_Out[row, h, split, Lkv] = m_i + log2c(l_i)
+//! stage 2, _fwd_kernel_stage2: grid (rows, H)
+//!   RowState over the non-empty splits in ascending order, each a "key" with
+//!   score Att_Out[.., Lkv] and value Att_Out[.., :Lkv], P not rounded:
+//!     m' = max(m, lse_s); alpha = exp2c(m - m'); w = exp2c(lse_s - m')
+//!     acc = acc * alpha; acc = fma(w, out_s, acc); l = fma(l, alpha, w)
+//!   o[row, h] = round_out(acc / l); lse[row, h] = round_lse((m + log2c(l)) * LN2)
+//! ```
+//! Constants (§20.3, ROCm launch): BLOCK_N 16, BLOCK_H 16, BLOCK_DMODEL 512,
+//! BLOCK_DPE 64. Split bounds: Triton `cdiv(len, S)` tokens per split (not
+//! page aligned); AITER whole multiples of its granularity (`mgc`).
+//!
+//! Deliberate differences from the GPU kernels: exp is the contract's exp2c in
+//! base 2 with `scale * LOG2E` folded once, so the per-split LSE in Att_Out is
+//! base 2 (vLLM stores natural log there); the returned LSE is natural (one
+//! multiply by LN2). The dot inside a `tl.dot`/MFMA has a hardware order; here
+//! it is one fma chain per lane in ascending channel order. A row with no key
+//! (padding) yields output 0 and lse -inf, where vLLM's stage 2 yields 0/0.
+
+use super::mla_cache::{load_latent, LatentCache};
+use super::softmax::{RowState, ScoreParams};
+use attnlab_shared::dtype::DType;
+use attnlab_shared::error::{Error, Result};
+use rayon::prelude::*;
+
+/// Keys per stage-1 tile (ROCm launch; 32 on CUDA).
+pub const BLOCK_N: usize = 16;
+/// Heads per stage-1 program (`BLOCK_H`).
+pub const BLOCK_H: usize = 16;
+
+/// The KV one query row attends to, in page terms (`mla_decode_fwd`'s
+/// paging, which also covers a block-table row): KV token `t` lives in flat
+/// cache slot `pages[t / page_size] * page_size + t % page_size`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KvRow<'a> {
+    pub pages: &'a [i32],
+    pub page_size: usize,
+    /// Keys `0..kv_len` are visible to this row (causal MTP rows see fewer).
+    pub kv_len: usize,
+    /// The length the split boundaries are computed from (>= kv_len): the
+    /// row's own seq_len for Triton, the request's KV length for AITER.
+    pub split_len: usize,
+}
+
+/// How the KV of a row is cut into `num_kv_splits` stage-1 programs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KvSplits {
+    /// vLLM/SGLang Triton: `cdiv(len, S)` tokens per split.
+    Even { num_kv_splits: usize },
+    /// AITER asm: splits are whole multiples of `granularity` tokens
+    /// (`cdiv(cdiv(len, g), S) * g` each); trailing empty splits are skipped.
+    Granular { num_kv_splits: usize, granularity: usize },
+}
+
+impl KvSplits {
+    pub fn num_kv_splits(&self) -> usize {
+        match *self {
+            KvSplits::Even { num_kv_splits } | KvSplits::Granular { num_kv_splits, .. } => num_kv_splits,
+        }
+    }
+
+    /// Token range `[start, end)` of `split` for a row of `len` tokens (may be empty).
+    pub fn bounds(&self, len: usize, split: usize) -> (usize, usize) {
+        let per = match *self {
+            KvSplits::Even { num_kv_splits } => len.div_ceil(num_kv_splits),
+            KvSplits::Granular { num_kv_splits, granularity } => len.div_ceil(granularity).div_ceil(num_kv_splits) * granularity,
+        };
+        let start = (per * split).min(len);
+        (start, (start + per).min(len))
+    }
+
+    fn validate(&self) -> Result<()> {
+        if self.num_kv_splits() == 0 {
+            return Err(Error::invalid("num_kv_splits", 0, "must be >= 1"));
+        }
+        if let KvSplits::Granular { granularity: 0, .. } = self {
+            return Err(Error::invalid("split granularity", 0, "must be >= 1"));
+        }
+        Ok(())
+    }
+}
+
+/// Per-call parameters of the decode kernel.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MlaDecodeParams {
+    pub num_heads: usize,
+    /// Softmax scale (natural), the model's `1/sqrt(qk_head_dim)` * mscale.
+    pub scale: f32,
+    /// Query dtype: K/V are loaded (dequantized) to it and P is rounded to it.
+    pub q_dtype: DType,
+    /// fp8 latent dequant scale (`layer._k_scale`); ignored for 16-bit caches.
+    pub kv_scale: f32,
+    pub out_dtype: DType,
+    /// TRITON_MLA returns its LSE in the q dtype; f32 elsewhere.
+    pub lse_dtype: DType,
+}
+
+/// `o [rows, H, Lkv]` (exact in `out_dtype`) and natural-log `lse [rows, H]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MlaDecodeOutput {
+    pub out: Vec<f32>,
+    pub lse: Vec<f32>,
+}
+
+/// Stage 1 + stage 2: `decode_attention_fwd` for absorbed MLA queries
+/// `q [rows, H, Lkv + R]` (exact in `q_dtype`).
+pub fn decode_attention_fwd(q: &[f32], rows: &[KvRow], cache: &LatentCache, splits: KvSplits, p: &MlaDecodeParams) -> Result<MlaDecodeOutput> {
+    let attn_logits = stage1(q, rows, cache, splits, p)?;
+    stage2(&attn_logits, rows, cache.layout.kv_lora_rank, splits, p)
+}
+
+/// The visible part of `split` for `row`.
+fn split_range(row: &KvRow, splits: KvSplits, split: usize) -> (usize, usize) {
+    let (start, end) = splits.bounds(row.split_len, split);
+    (start, end.min(row.kv_len))
+}
+
+fn validate(q: &[f32], rows: &[KvRow], cache: &LatentCache, splits: KvSplits, p: &MlaDecodeParams) -> Result<()> {
+    splits.validate()?;
+    let w = cache.layout.width();
+    if p.num_heads == 0 {
+        return Err(Error::invalid("num_heads", 0, "must be >= 1"));
+    }
+    if q.len() != rows.len() * p.num_heads * w {
+        return Err(Error::invalid("query length", q.len(), format!("[rows {}, heads {}, {w}] needs {}", rows.len(), p.num_heads, rows.len() * p.num_heads * w)));
+    }
+    if !(p.scale.is_finite() && p.scale > 0.0) {
+        return Err(Error::invalid("scale", p.scale, "must be finite and > 0"));
+    }
+    if cache.layout.dtype.is_fp8() && !(p.kv_scale.is_finite() && p.kv_scale > 0.0) {
+        return Err(Error::invalid("kv_scale", p.kv_scale, "an fp8 latent cache needs a finite scale > 0"));
+    }
+    let num_slots = cache.num_slots();
+    for (r, row) in rows.iter().enumerate() {
+        if row.page_size == 0 {
+            return Err(Error::invalid(format!("row {r} page_size"), 0, "must be >= 1"));
+        }
+        if row.kv_len > row.split_len {
+            return Err(Error::invalid(format!("row {r} kv_len"), row.kv_len, format!("must be <= its split length {}", row.split_len)));
+        }
+        let pages = row.kv_len.div_ceil(row.page_size);
+        if pages > row.pages.len() {
+            return Err(Error::invalid(format!("row {r} kv_len"), row.kv_len, format!("needs {pages} pages of {} but the row has {}", row.page_size, row.pages.len())));
+        }
+        let max_page = num_slots / row.page_size;
+        if let Some((j, &pg)) = row.pages[..pages].iter().enumerate().find(|(_, &pg)| pg < 0 || pg as usize >= max_page) {
+            return Err(Error::invalid(format!("row {r} page {j}"), pg, format!("page ids must be in [0, {max_page}) for {num_slots} cache slots in pages of {}", row.page_size)));
+        }
+    }
+    Ok(())
+}
+
+/// Stage 1: `Att_Out [rows, H, num_kv_splits, Lkv + 1]` (f32; base-2 LSE in
+/// the last channel; entries of empty splits stay 0 and are never read).
+pub fn stage1(q: &[f32], rows: &[KvRow], cache: &LatentCache, splits: KvSplits, p: &MlaDecodeParams) -> Result<Vec<f32>> {
+    validate(q, rows, cache, splits, p)?;
+    let (lkv, h) = (cache.layout.kv_lora_rank, p.num_heads);
+    let s = splits.num_kv_splits();
+    let hblocks = h.div_ceil(BLOCK_H);
+    let programs: Vec<(usize, usize, usize)> =
+        (0..rows.len()).flat_map(|b| (0..hblocks).flat_map(move |hb| (0..s).map(move |sp| (b, hb, sp)))).collect();
+    // Each program returns its heads' partials; scattering them afterwards keeps
+    // the result independent of the thread count.
+    let partials: Vec<Vec<f32>> = programs.par_iter().map(|&(b, hb, sp)| stage1_program(q, &rows[b], b, hb, sp, cache, splits, p)).collect();
+    let mut attn_logits = vec![0.0f32; rows.len() * h * s * (lkv + 1)];
+    for (&(b, hb, sp), part) in programs.iter().zip(&partials) {
+        for (i, chunk) in part.chunks_exact(lkv + 1).enumerate() {
+            let head = hb * BLOCK_H + i;
+            let at = ((b * h + head) * s + sp) * (lkv + 1);
+            attn_logits[at..at + lkv + 1].copy_from_slice(chunk);
+        }
+    }
+    Ok(attn_logits)
+}
+
+/// One stage-1 program: (row b, head block hb, split sp). Returns
+/// `[heads in block, Lkv + 1]`, or nothing for an empty split.
+#[allow(clippy::too_many_arguments)]
+fn stage1_program(q: &[f32], row: &KvRow, b: usize, hb: usize, sp: usize, cache: &LatentCache, splits: KvSplits, p: &MlaDecodeParams) -> Vec<f32> {
+    let (start, end) = split_range(row, splits, sp);
+    if end <= start {
+        return Vec::new();
+    }
+    let (lkv, w) = (cache.layout.kv_lora_rank, cache.layout.width());
+    let heads = hb * BLOCK_H..((hb + 1) * BLOCK_H).min(p.num_heads);
+    let sp_params = ScoreParams::new(p.scale, None);
+    let mut states: Vec<RowState> = heads.clone().map(|_| RowState::new(lkv, None)).collect();
+    // K tile row-major [BLOCK_N, W] (V rows for PV) and transposed [W, BLOCK_N]
+    // so the QK lanes (one per key) run over contiguous memory.
+    let mut tile = vec![0.0f32; BLOCK_N * w];
+    let mut tile_t = vec![0.0f32; w * BLOCK_N];
+    let (mut qk_nope, mut qk_pe, mut scores) = ([0.0f32; BLOCK_N], [0.0f32; BLOCK_N], [0.0f32; BLOCK_N]);
+    for n0 in (start..end).step_by(BLOCK_N) {
+        let valid = (end - n0).min(BLOCK_N);
+        for j in 0..BLOCK_N {
+            let dst = &mut tile[j * w..(j + 1) * w];
+            if j < valid {
+                let t = n0 + j;
+                let slot = row.pages[t / row.page_size] as usize * row.page_size + t % row.page_size;
+                for (d, &x) in dst.iter_mut().zip(cache.entry(slot)) {
+                    *d = load_latent(x, cache.layout.dtype, p.kv_scale, p.q_dtype);
+                }
+            } else {
+                dst.fill(0.0);
+            }
+        }
+        for j in 0..BLOCK_N {
+            for c in 0..w {
+                tile_t[c * BLOCK_N + j] = tile[j * w + c];
+            }
+        }
+        for (state, head) in states.iter_mut().zip(heads.clone()) {
+            let qh = &q[(b * p.num_heads + head) * w..(b * p.num_heads + head + 1) * w];
+            key_lane_dots(&qh[..lkv], &tile_t[..lkv * BLOCK_N], &mut qk_nope);
+            key_lane_dots(&qh[lkv..], &tile_t[lkv * BLOCK_N..], &mut qk_pe);
+            for j in 0..BLOCK_N {
+                scores[j] = if j < valid { sp_params.score(qk_nope[j] + qk_pe[j], 0.0) } else { f32::NEG_INFINITY };
+            }
+            state.update(&scores, |j| &tile[j * w..j * w + lkv], p.q_dtype);
+        }
+    }
+    let mut out = Vec::with_capacity(states.len() * (lkv + 1));
+    for state in &states {
+        out.extend(state.normalized());
+        out.push(state.lse2());
+    }
+    out
+}
+
+/// `lanes[j] = sum_c q[c] * k_t[c * BLOCK_N + j]`: one f32 lane per key,
+/// channels ascending, fma from 0 (the same chain as `softmax::dot`, laid out
+/// so the compiler can run the BLOCK_N lanes side by side).
+#[inline]
+fn key_lane_dots(q: &[f32], k_t: &[f32], lanes: &mut [f32; BLOCK_N]) {
+    lanes.fill(0.0);
+    for (&qc, k) in q.iter().zip(k_t.chunks_exact(BLOCK_N)) {
+        for (acc, &kj) in lanes.iter_mut().zip(k) {
+            *acc = qc.mul_add(kj, *acc);
+        }
+    }
+}
+
+/// Stage 2: merges the splits of each (row, head) in ascending split order.
+pub fn stage2(attn_logits: &[f32], rows: &[KvRow], kv_lora_rank: usize, splits: KvSplits, p: &MlaDecodeParams) -> Result<MlaDecodeOutput> {
+    splits.validate()?;
+    let (h, s, lkv) = (p.num_heads, splits.num_kv_splits(), kv_lora_rank);
+    let need = rows.len() * h * s * (lkv + 1);
+    if attn_logits.len() != need {
+        return Err(Error::invalid("attn_logits length", attn_logits.len(), format!("[rows {}, heads {h}, splits {s}, {}] needs {need}", rows.len(), lkv + 1)));
+    }
+    let mut out = vec![0.0f32; rows.len() * h * lkv];
+    let mut lse = vec![0.0f32; rows.len() * h];
+    out.par_chunks_mut(h * lkv).zip(lse.par_chunks_mut(h)).enumerate().for_each(|(b, (o_row, lse_row))| {
+        for head in 0..h {
+            let mut state = RowState::new(lkv, None);
+            for sp in 0..s {
+                let (start, end) = split_range(&rows[b], splits, sp);
+                if end > start {
+                    let at = ((b * h + head) * s + sp) * (lkv + 1);
+                    let part = &attn_logits[at..at + lkv + 1];
+                    state.update(&part[lkv..], |_| &part[..lkv], DType::F32);
+                }
+            }
+            for (o, x) in o_row[head * lkv..(head + 1) * lkv].iter_mut().zip(state.normalized()) {
+                *o = p.out_dtype.round(x);
+            }
+            lse_row[head] = p.lse_dtype.round(state.lse());
+        }
+    });
+    Ok(MlaDecodeOutput { out, lse })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use attnlab_shared::layout::mla::MlaLayout;
+
+    fn params(h: usize) -> MlaDecodeParams {
+        MlaDecodeParams { num_heads: h, scale: 0.3, q_dtype: DType::F32, kv_scale: 1.0, out_dtype: DType::F32, lse_dtype: DType::F32 }
+    }
+
+    /// A tiny cache (Lkv 4, R 2, block 2) whose slot s holds values derived from s.
+    fn cache() -> LatentCache {
+        let l = MlaLayout::new(4, 2, 4, 2, DType::F32).unwrap();
+        let data = (0..l.numel()).map(|i| ((i * 7 % 11) as f32 - 5.0) / 8.0).collect();
+        LatentCache::from_tensor(l, data).unwrap()
+    }
+
+    #[test]
+    fn triton_splits_are_cdiv_wide_and_not_page_aligned() {
+        let s = KvSplits::Even { num_kv_splits: 4 };
+        assert_eq!((0..4).map(|i| s.bounds(10, i)).collect::<Vec<_>>(), vec![(0, 3), (3, 6), (6, 9), (9, 10)]);
+        assert_eq!(s.bounds(2, 3), (2, 2), "more splits than tokens leaves empty splits");
+    }
+
+    #[test]
+    fn aiter_splits_are_whole_granules() {
+        let s = KvSplits::Granular { num_kv_splits: 3, granularity: 16 };
+        assert_eq!((0..3).map(|i| s.bounds(40, i)).collect::<Vec<_>>(), vec![(0, 16), (16, 32), (32, 40)]);
+        assert_eq!(s.bounds(20, 2), (20, 20));
+    }
+
+    #[test]
+    fn single_key_returns_its_latent_and_its_score_as_lse() {
+        let c = cache();
+        let q: Vec<f32> = (0..6).map(|i| i as f32 * 0.25).collect();
+        let pages = [3];
+        let rows = [KvRow { pages: &pages, page_size: 2, kv_len: 1, split_len: 1 }];
+        let o = decode_attention_fwd(&q, &rows, &c, KvSplits::Even { num_kv_splits: 2 }, &params(1)).unwrap();
+        let k = c.entry(6);
+        assert_eq!(&o.out[..], &k[..4]);
+        let s: f64 = q.iter().zip(k).map(|(a, b)| (*a as f64) * (*b as f64)).sum::<f64>() * 0.3;
+        approx::assert_abs_diff_eq!(o.lse[0] as f64, s, epsilon = 1e-5);
+    }
+
+    #[test]
+    fn row_without_keys_is_zero_with_minus_inf_lse() {
+        let c = cache();
+        let rows = [KvRow { pages: &[], page_size: 2, kv_len: 0, split_len: 0 }];
+        let o = decode_attention_fwd(&[0.5; 12], &rows, &c, KvSplits::Even { num_kv_splits: 3 }, &params(2)).unwrap();
+        assert!(o.out.iter().all(|&x| x == 0.0));
+        assert!(o.lse.iter().all(|&x| x == f32::NEG_INFINITY));
+    }
+
+    #[test]
+    fn rejects_pages_outside_the_cache_and_short_page_lists() {
+        let c = cache();
+        let rows = [KvRow { pages: &[0, 4], page_size: 2, kv_len: 3, split_len: 3 }];
+        let e = decode_attention_fwd(&[0.0; 6], &rows, &c, KvSplits::Even { num_kv_splits: 1 }, &params(1)).unwrap_err().to_string();
+        assert!(e.contains("row 0 page 1") && e.contains("[0, 4)"), "{e}");
+        let rows = [KvRow { pages: &[0], page_size: 2, kv_len: 3, split_len: 3 }];
+        let e = decode_attention_fwd(&[0.0; 6], &rows, &c, KvSplits::Even { num_kv_splits: 1 }, &params(1)).unwrap_err().to_string();
+        assert!(e.contains("needs 2 pages"), "{e}");
+        let e = decode_attention_fwd(&[0.0; 5], &rows, &c, KvSplits::Even { num_kv_splits: 0 }, &params(1)).unwrap_err().to_string();
+        assert!(e.contains("num_kv_splits 0"), "{e}");
+    }
+}
