@@ -5,3 +5,6 @@
 
 pub mod softmax;
 pub mod reshape_and_cache;
+pub mod mla_cache;
+pub mod mla_decode;
+pub mod mla_proj;
