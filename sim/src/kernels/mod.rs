@@ -5,6 +5,9 @@
 
 pub mod softmax;
 pub mod reshape_and_cache;
+pub mod flash_varlen;
+pub mod gather_cache;
+pub mod merge_attn_states;
 pub mod mla_cache;
 pub mod mla_decode;
 pub mod mla_proj;

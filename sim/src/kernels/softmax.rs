@@ -21,7 +21,8 @@
 //! out[d] = acc[d] / l  (0 when l == 0), lse2 = m + log2c(l) (-inf when l == 0)
 //! ```
 
-use crate::numerics::{exp2c, log2c, softcap, DType, LOG2E};
+use crate::numerics::{exp2c, log2c, softcap, DType, LN2, LOG2E};
+use attnlab_shared::error::{Error, Result};
 
 /// Per-layer score parameters.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -133,5 +134,56 @@ impl RowState {
             return f32::NEG_INFINITY;
         }
         self.m + log2c(self.l)
+    }
+
+    /// Natural-log LSE, as FA varlen and merge_attn_states exchange it:
+    /// `lse2 * LN2`, one multiply (numerics.md §3); -inf when empty.
+    pub fn lse(&self) -> f32 {
+        self.lse2() * LN2
+    }
+}
+
+/// An attention result with its log-sum-exp: what `flash_attn_varlen_func(...,
+/// return_lse=True)` returns and `merge_attn_states` consumes and produces.
+/// Shared by every kernel family that merges partial attentions (AITER FA
+/// extend, MLA chunked prefill, split-KV combines).
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutLse {
+    pub num_tokens: usize,
+    pub num_heads: usize,
+    pub head_size: usize,
+    /// `[num_tokens, num_heads, head_size]`, values exact in the output dtype.
+    pub out: Vec<f32>,
+    /// `[num_heads, num_tokens]` (FA's head-major convention), f32, natural
+    /// log; -inf for a row that saw no key.
+    pub lse: Vec<f32>,
+}
+
+impl OutLse {
+    /// Wraps `out` and `lse`, checking both lengths against the shape.
+    pub fn new(num_tokens: usize, num_heads: usize, head_size: usize, out: Vec<f32>, lse: Vec<f32>) -> Result<Self> {
+        let (n_out, n_lse) = (num_tokens * num_heads * head_size, num_heads * num_tokens);
+        if out.len() != n_out {
+            return Err(Error::invalid(
+                "output length",
+                out.len(),
+                format!("[tokens {num_tokens}, heads {num_heads}, head_size {head_size}] needs {n_out}"),
+            ));
+        }
+        if lse.len() != n_lse {
+            return Err(Error::invalid("lse length", lse.len(), format!("[heads {num_heads}, tokens {num_tokens}] needs {n_lse}")));
+        }
+        Ok(OutLse { num_tokens, num_heads, head_size, out, lse })
+    }
+
+    /// The result of attending to no key at all: output 0, lse -inf.
+    pub fn empty(num_tokens: usize, num_heads: usize, head_size: usize) -> Self {
+        OutLse {
+            num_tokens,
+            num_heads,
+            head_size,
+            out: vec![0.0; num_tokens * num_heads * head_size],
+            lse: vec![f32::NEG_INFINITY; num_heads * num_tokens],
+        }
     }
 }

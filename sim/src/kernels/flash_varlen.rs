@@ -1,0 +1,383 @@
+//! Varlen flash attention with LSE: AITER's `flash_attn_varlen_func`
+//! (aiter.md §3; CK `fmha_fwd` / asm "fmha v3" answer it on MI300), which
+//! ROCM_AITER_FA calls for prefill, for the new tokens of an extend, for each
+//! gathered context chunk, and for the sliding-window extend; the MLA
+//! prefill reuses it with a different V head size.
+//!
+//! Grid `(cdiv(max_seqlen_q, BLOCK_M), batch, Hq)`; each program owns
+//! BLOCK_M query rows of one sequence and one head, and walks key tiles of
+//! BLOCK_N (CK's `bn0`: 64 for head 64, else 128) in ascending order:
+//! ```text
+//! offset = sk - sq                                 // bottom-right alignment
+//! for each row i of the block:  p_i = i + offset   // the row's key-space position
+//!     m_i = -inf (or sink * LOG2E), l_i = 0 (or 1), acc = 0
+//! for n in n_min..n_max:                           // tiles fully masked for the
+//!     K^T tile [Dqk][BLOCK_N], V tile [BLOCK_N][Dv] //  whole block are skipped
+//!     for each row i:
+//!         s_j = fma-chain(q_i . k_j) over d ascending, from 0
+//!         s_j = ScoreParams::score(s_j, alibi)    // base 2; softcap on the natural score
+//!         s_j = -inf unless visible(j, p_i)        // causal j <= p_i, window p_i - j < W
+//!         RowState::update(s, V tile, P -> dtype)  // online softmax, softmax.rs
+//! out_i = round(acc / l_i), lse_i = (m_i + log2c(l_i)) * LN2    // [Hq, total_q], natural
+//! ```
+//! Masking is FA's bottom-right rule (aiter.md §3.3): query i of a sequence
+//! sees key j iff `j <= i + sk - sq` (causal) and `i + sk - sq - j < W`
+//! (window `(W-1, 0)`); a row with no visible key returns 0 and lse -inf.
+//! ALiBi is FA's symmetric `-slope * |i + sk - sq - j|`. A sink joins the
+//! denominator of every row (so of every partial this kernel returns).
+//!
+//! Rounding points: Q/K/V are exact in `dtype`; S and the online softmax in
+//! f32; P rounded to `dtype` (the V dtype) before the PV fma; `acc / l` then
+//! rounded to `dtype`; lse stays f32.
+//!
+//! Deliberate differences: exp is the contract's exp2c with `scale * LOG2E`
+//! folded once; MFMA accumulation order inside a tile is replaced by the
+//! contract's ascending fma chain. Skipping fully masked tiles (as FA does)
+//! is bit-neutral: such a tile leaves (m, l, acc) unchanged. Rows are grouped
+//! per KV head so one K^T tile serves all GQA heads: also bit-neutral.
+//! `min_seqlen_q` (vLLM passes 1; its prefill/extend rows all have q > 1),
+//! dropout and `return_attn_probs` are not modelled.
+
+use super::softmax::{visible, OutLse, RowState, ScoreParams};
+use crate::numerics::DType;
+use attnlab_shared::error::{Error, Result};
+use rayon::prelude::*;
+
+/// Query rows per program (CK `bm0` for every head size ROCm uses).
+pub const BLOCK_M: usize = 128;
+
+/// Keys per tile: CK fmha_fwd's `bn0` (64 for head size <= 64, else 128).
+pub fn ck_block_n(head_size: usize) -> usize {
+    if head_size <= 64 {
+        64
+    } else {
+        128
+    }
+}
+
+/// Everything `flash_attn_varlen_func` takes besides the tensors.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VarlenParams<'a> {
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+    /// Q/K head size.
+    pub head_size: usize,
+    /// V and output head size (MLA prefill: 128 against Q/K 192).
+    pub head_size_v: usize,
+    /// Dtype of q, k, v and out; P is rounded to it before PV.
+    pub dtype: DType,
+    /// `softmax_scale` and `logits_soft_cap` (None = 0.0).
+    pub score: ScoreParams,
+    pub causal: bool,
+    /// Window W in tokens, vLLM's `window_size = (W - 1, 0)`.
+    pub window: Option<usize>,
+    pub alibi_slopes: Option<&'a [f32]>,
+    /// `sink_ptr`: per-q-head sink logits (natural log).
+    pub sinks: Option<&'a [f32]>,
+    /// Keys per tile; [`ck_block_n`] by default.
+    pub block_n: usize,
+}
+
+impl<'a> VarlenParams<'a> {
+    /// Causal, no window/alibi/sinks/softcap, equal Q/V head sizes, CK tiles.
+    pub fn new(num_heads: usize, num_kv_heads: usize, head_size: usize, dtype: DType, scale: f32) -> Self {
+        VarlenParams {
+            num_heads,
+            num_kv_heads,
+            head_size,
+            head_size_v: head_size,
+            dtype,
+            score: ScoreParams::new(scale, None),
+            causal: true,
+            window: None,
+            alibi_slopes: None,
+            sinks: None,
+            block_n: ck_block_n(head_size),
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        for (what, v) in [
+            ("num_heads", self.num_heads),
+            ("num_kv_heads", self.num_kv_heads),
+            ("head_size", self.head_size),
+            ("head_size_v", self.head_size_v),
+            ("block_n", self.block_n),
+        ] {
+            if v == 0 {
+                return Err(Error::invalid(what, 0, "must be >= 1"));
+            }
+        }
+        if self.num_heads % self.num_kv_heads != 0 {
+            return Err(Error::invalid(
+                "num_kv_heads",
+                self.num_kv_heads,
+                format!("must divide num_heads = {}", self.num_heads),
+            ));
+        }
+        if self.window == Some(0) {
+            return Err(Error::invalid("window", 0, "must be >= 1 or absent"));
+        }
+        for (what, v) in [("alibi_slopes", self.alibi_slopes), ("sinks", self.sinks)] {
+            if let Some(v) = v {
+                if v.len() != self.num_heads {
+                    return Err(Error::invalid(
+                        format!("{what} length"),
+                        v.len(),
+                        format!("must be num_heads = {}", self.num_heads),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Checks a `cu_seqlens` array (starts at 0, non-decreasing) and returns its total.
+fn check_cu(what: &str, cu: &[i32]) -> Result<usize> {
+    if cu.first() != Some(&0) {
+        return Err(Error::invalid(
+            format!("{what}[0]"),
+            cu.first().map_or("missing".into(), |v| v.to_string()),
+            "must be 0",
+        ));
+    }
+    for i in 1..cu.len() {
+        if cu[i] < cu[i - 1] {
+            return Err(Error::invalid(
+                format!("{what}[{i}]"),
+                cu[i],
+                format!("must be >= {what}[{}] = {}", i - 1, cu[i - 1]),
+            ));
+        }
+    }
+    Ok(*cu.last().unwrap_or(&0) as usize)
+}
+
+/// `flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, ...,
+/// return_lse=True)`: q `[total_q, Hq, D]`, k `[total_k, Hkv, D]`, v
+/// `[total_k, Hkv, Dv]`, all exact in `p.dtype`. Returns out `[total_q, Hq,
+/// Dv]` and lse `[Hq, total_q]`.
+pub fn flash_attn_varlen(q: &[f32], k: &[f32], v: &[f32], cu_seqlens_q: &[i32], cu_seqlens_k: &[i32], p: &VarlenParams) -> Result<OutLse> {
+    p.validate()?;
+    if cu_seqlens_q.len() != cu_seqlens_k.len() {
+        return Err(Error::invalid(
+            "cu_seqlens_k length",
+            cu_seqlens_k.len(),
+            format!("must equal cu_seqlens_q length {} (batch + 1)", cu_seqlens_q.len()),
+        ));
+    }
+    let total_q = check_cu("cu_seqlens_q", cu_seqlens_q)?;
+    let total_k = check_cu("cu_seqlens_k", cu_seqlens_k)?;
+    let (hq, hk, d, dv) = (p.num_heads, p.num_kv_heads, p.head_size, p.head_size_v);
+    for (what, len, want) in [
+        ("q", q.len(), total_q * hq * d),
+        ("k", k.len(), total_k * hk * d),
+        ("v", v.len(), total_k * hk * dv),
+    ] {
+        if len != want {
+            return Err(Error::invalid(
+                format!("{what} length"),
+                len,
+                format!("cu_seqlens and head sizes need {want}"),
+            ));
+        }
+    }
+
+    let batch = cu_seqlens_q.len().saturating_sub(1);
+    let programs: Vec<(usize, usize)> = (0..batch)
+        .flat_map(|b| (0..seq_len(cu_seqlens_q, b).div_ceil(BLOCK_M)).map(move |mb| (b, mb)))
+        .collect();
+    let blocks: Vec<(usize, Vec<f32>, Vec<f32>)> = programs
+        .par_iter()
+        .map(|&(b, mb)| {
+            let (out, lse) = program(q, k, v, cu_seqlens_q, cu_seqlens_k, b, mb, p);
+            (cu_seqlens_q[b] as usize + mb * BLOCK_M, out, lse)
+        })
+        .collect();
+
+    let mut res = OutLse::empty(total_q, hq, dv);
+    for (t0, out, lse) in blocks {
+        let rows = lse.len() / hq;
+        res.out[t0 * hq * dv..(t0 + rows) * hq * dv].copy_from_slice(&out);
+        for h in 0..hq {
+            res.lse[h * total_q + t0..h * total_q + t0 + rows].copy_from_slice(&lse[h * rows..(h + 1) * rows]);
+        }
+    }
+    Ok(res)
+}
+
+fn seq_len(cu: &[i32], b: usize) -> usize {
+    (cu[b + 1] - cu[b]) as usize
+}
+
+/// One (sequence b, row block mb) for all heads: returns out `[rows, Hq, Dv]`
+/// and lse `[Hq, rows]`.
+#[allow(clippy::too_many_arguments)]
+fn program(q: &[f32], k: &[f32], v: &[f32], cu_q: &[i32], cu_k: &[i32], b: usize, mb: usize, p: &VarlenParams) -> (Vec<f32>, Vec<f32>) {
+    let (hq, hk, d, dv, bn) = (p.num_heads, p.num_kv_heads, p.head_size, p.head_size_v, p.block_n);
+    let qpk = hq / hk;
+    let (sq, sk) = (seq_len(cu_q, b), seq_len(cu_k, b));
+    let (q0, k0) = (cu_q[b] as usize, cu_k[b] as usize);
+    let (r0, r1) = (mb * BLOCK_M, ((mb + 1) * BLOCK_M).min(sq));
+    let rows = r1 - r0;
+    let offset = sk as i64 - sq as i64;
+    let pos = |i: usize| i as i64 + offset;
+
+    // Tile range [n_min, n_max) that can hold a visible key for some row.
+    let last_key = if p.causal {
+        (pos(r1 - 1) + 1).clamp(0, sk as i64) as usize
+    } else {
+        sk
+    };
+    let first_key = match p.window {
+        Some(w) => (pos(r0) - w as i64 + 1).clamp(0, sk as i64) as usize,
+        None => 0,
+    };
+    let (n_min, n_max) = (first_key / bn, last_key.div_ceil(bn));
+
+    let mut states: Vec<RowState> = (0..hq * rows).map(|x| RowState::new(dv, p.sinks.map(|s| s[x / rows]))).collect();
+    let mut k_t = vec![0.0f32; d * bn];
+    let mut v_tile = vec![0.0f32; bn * dv];
+    let mut s = vec![0.0f32; bn];
+    for g in 0..hk {
+        for n in n_min..n_max {
+            let (j0, len) = (n * bn, bn.min(sk - n * bn));
+            for j in 0..len {
+                let kr = &k[((k0 + j0 + j) * hk + g) * d..][..d];
+                for (dd, &x) in kr.iter().enumerate() {
+                    k_t[dd * bn + j] = x;
+                }
+                v_tile[j * dv..(j + 1) * dv].copy_from_slice(&v[((k0 + j0 + j) * hk + g) * dv..][..dv]);
+            }
+            for h in g * qpk..(g + 1) * qpk {
+                for i in r0..r1 {
+                    let qr = &q[((q0 + i) * hq + h) * d..][..d];
+                    let s = &mut s[..len];
+                    s.fill(0.0);
+                    for (dd, &qd) in qr.iter().enumerate() {
+                        for (sj, &kj) in s.iter_mut().zip(&k_t[dd * bn..dd * bn + len]) {
+                            *sj = qd.mul_add(kj, *sj);
+                        }
+                    }
+                    let pi = pos(i);
+                    for (j, sj) in s.iter_mut().enumerate() {
+                        let t = j0 + j;
+                        let vis = if pi < 0 {
+                            !p.causal
+                        } else {
+                            visible(t, pi as usize, p.causal, p.window)
+                        };
+                        *sj = if !vis {
+                            f32::NEG_INFINITY
+                        } else {
+                            let bias = p.alibi_slopes.map_or(0.0, |a| -(a[h] * (pi - t as i64).abs() as f32));
+                            p.score.score(*sj, bias)
+                        };
+                    }
+                    states[h * rows + i - r0].update(s, |j| &v_tile[j * dv..(j + 1) * dv], p.dtype);
+                }
+            }
+        }
+    }
+
+    let mut out = vec![0.0f32; rows * hq * dv];
+    let mut lse = vec![0.0f32; hq * rows];
+    for h in 0..hq {
+        for i in 0..rows {
+            let st = &states[h * rows + i];
+            let o = &mut out[(i * hq + h) * dv..][..dv];
+            o.copy_from_slice(&st.normalized());
+            p.dtype.round_slice(o);
+            lse[h * rows + i] = st.lse();
+        }
+    }
+    (out, lse)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Q/K/V of `n` tokens, one head, head size 2, values exact in f16.
+    fn qkv(n: usize) -> Vec<f32> {
+        (0..n * 2).map(|i| ((i * 7 % 11) as f32 - 5.0) * 0.125).collect()
+    }
+
+    #[test]
+    fn single_key_returns_its_value_and_its_score_as_lse() {
+        let (q, k, v) = (vec![1.0, 0.5], vec![0.5, 2.0], vec![0.25, -3.0]);
+        let p = VarlenParams::new(1, 1, 2, DType::F32, 1.0);
+        let r = flash_attn_varlen(&q, &k, &v, &[0, 1], &[0, 1], &p).unwrap();
+        assert_eq!(r.out, vec![0.25, -3.0]);
+        assert!((r.lse[0] - 1.5).abs() < 1e-6, "{}", r.lse[0]);
+    }
+
+    #[test]
+    fn causal_is_bottom_right_aligned() {
+        // sq = 2, sk = 3: row 0 sees keys 0..=1, row 1 sees all three.
+        let x = qkv(3);
+        let p = VarlenParams::new(1, 1, 2, DType::F32, 0.5);
+        let r = flash_attn_varlen(&x[2..], &x, &x, &[0, 2], &[0, 3], &p).unwrap();
+        let only_two = flash_attn_varlen(
+            &x[2..4],
+            &x[..4],
+            &x[..4],
+            &[0, 1],
+            &[0, 2],
+            &VarlenParams {
+                causal: false,
+                ..p.clone()
+            },
+        )
+        .unwrap();
+        assert_eq!(&r.out[..2], &only_two.out[..]);
+        assert_eq!(r.lse[0], only_two.lse[0]);
+    }
+
+    #[test]
+    fn rows_with_no_visible_key_give_zero_and_minus_inf() {
+        // sq = 3 > sk = 1, causal: rows 0 and 1 sit before the first key.
+        let x = qkv(3);
+        let p = VarlenParams::new(1, 1, 2, DType::F16, 0.5);
+        let r = flash_attn_varlen(&x, &x[..2], &x[..2], &[0, 3], &[0, 1], &p).unwrap();
+        assert_eq!(&r.out[..4], &[0.0; 4]);
+        assert_eq!(&r.lse[..2], &[f32::NEG_INFINITY; 2]);
+        assert!(r.lse[2].is_finite());
+    }
+
+    #[test]
+    fn tile_size_changes_only_rounding() {
+        let x = qkv(300);
+        let p = VarlenParams::new(1, 1, 2, DType::F32, 0.5);
+        let a = flash_attn_varlen(&x, &x, &x, &[0, 300], &[0, 300], &p).unwrap();
+        let b = flash_attn_varlen(&x, &x, &x, &[0, 300], &[0, 300], &VarlenParams { block_n: 7, ..p }).unwrap();
+        for (x, y) in a.out.iter().zip(&b.out) {
+            approx::assert_abs_diff_eq!(x, y, epsilon = 1e-5);
+        }
+    }
+
+    #[test]
+    fn rejects_bad_cu_seqlens_naming_the_entry() {
+        let x = qkv(2);
+        let p = VarlenParams::new(1, 1, 2, DType::F32, 1.0);
+        let e = flash_attn_varlen(&x, &x, &x, &[0, 2, 1], &[0, 1, 2], &p).unwrap_err().to_string();
+        assert!(e.contains("cu_seqlens_q[2]"), "{e}");
+        let e = flash_attn_varlen(&x, &x, &x, &[0, 3], &[0, 2], &p).unwrap_err().to_string();
+        assert!(e.contains("q length"), "{e}");
+        let e = flash_attn_varlen(
+            &x,
+            &x,
+            &x,
+            &[0, 2],
+            &[0, 2],
+            &VarlenParams {
+                sinks: Some(&[0.0, 1.0]),
+                ..p
+            },
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("sinks length"), "{e}");
+    }
+}
