@@ -6,6 +6,8 @@
 pub mod backends;
 pub mod cache;
 pub mod config;
+pub mod fixture;
 pub mod kernels;
 pub mod numerics;
 pub mod reference;
+pub mod replay;

@@ -1,0 +1,487 @@
+//! Reader for `attn-fixture/1` files (spec: fixture-format.md): one attention
+//! case captured from a real kernel, as safetensors with a JSON `case` in the
+//! header's `__metadata__`.
+//!
+//! Everything is validated before anything is returned, so no kernel ever
+//! sees an inconsistent case: the format string, the op, dtype names, every
+//! tensor's presence, dtype and shape against the metadata, block ids and
+//! `seq_lens` against the table (through [`AttentionMetadata::new`]),
+//! `query_start_loc` monotone, NaN in inputs, truncated data. Every failure is
+//! a [`FixtureError`] naming the file, the tensor (or metadata key) and the
+//! problem; nothing here panics on a malformed file.
+
+use crate::config::AttnConfig;
+use attnlab_shared::dtype::DType;
+use attnlab_shared::metadata::{AttentionMetadata, BlockTableTensor};
+use half::{bf16, f16};
+use safetensors::{Dtype, SafeTensorError, SafeTensors};
+use serde_json::Value;
+use std::collections::HashMap;
+use std::path::Path;
+
+/// The only format string this reader accepts.
+pub const FORMAT: &str = "attn-fixture/1";
+
+/// What went wrong, where: `{file}: {tensor}: {problem}`. `tensor` is a
+/// tensor name, `metadata.<key>` for the case JSON, or `header`/`file`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{file}: {tensor}: {problem}")]
+pub struct FixtureError {
+    pub file: String,
+    pub tensor: String,
+    pub problem: String,
+}
+
+type Result<T> = std::result::Result<T, FixtureError>;
+
+/// The three ops of attn-fixture/1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Op {
+    PagedAttention,
+    MergeAttnStates,
+    MlaDecode,
+}
+
+impl Op {
+    pub const NAMES: [&'static str; 3] = ["paged_attention", "merge_attn_states", "mla_decode"];
+
+    pub fn name(self) -> &'static str {
+        Self::NAMES[self as usize]
+    }
+}
+
+/// Metadata every case has.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Header {
+    pub op: Op,
+    /// Dtype of query, caches and output.
+    pub dtype: DType,
+    pub producer: String,
+    pub atol: f64,
+    pub rtol: f64,
+    pub seed: Option<i64>,
+    pub note: Option<String>,
+}
+
+/// `op = paged_attention`: the caches are canonical NHD
+/// `[num_blocks, block_size, num_kv_heads, head_size]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PagedCase {
+    /// Heads, head size, scale, window, softcap, sinks; `dtype` = `kv_dtype` = the case's dtype.
+    pub cfg: AttnConfig,
+    /// Validated; `slot_mapping` holds the slots of the query tokens (the
+    /// caches already contain them).
+    pub meta: AttentionMetadata,
+    pub query: Vec<f32>,
+    pub key_cache: Vec<f32>,
+    pub value_cache: Vec<f32>,
+    pub output: Vec<f32>,
+    pub reference: Option<Vec<f32>>,
+}
+
+/// `op = merge_attn_states`: outputs `[T, H, D]`, LSEs `[H, T]` (natural log).
+#[derive(Debug, Clone, PartialEq)]
+pub struct MergeCase {
+    pub num_tokens: usize,
+    pub num_heads: usize,
+    pub head_size: usize,
+    pub prefix_output: Vec<f32>,
+    pub prefix_lse: Vec<f32>,
+    pub suffix_output: Vec<f32>,
+    pub suffix_lse: Vec<f32>,
+    pub output: Vec<f32>,
+    pub output_lse: Option<Vec<f32>>,
+}
+
+/// `op = mla_decode`: absorbed MLA, one query token per sequence.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MlaCase {
+    pub num_heads: usize,
+    pub kv_lora_rank: usize,
+    pub qk_rope_head_dim: usize,
+    pub scale: f32,
+    pub num_kv_splits: usize,
+    /// Validated block table and seq_lens (query_start_loc = 0, 1, .., num_seqs).
+    pub meta: AttentionMetadata,
+    /// `[num_seqs, num_heads, kv_lora_rank + qk_rope_head_dim]`.
+    pub query: Vec<f32>,
+    /// `[num_blocks, block_size, kv_lora_rank + qk_rope_head_dim]`.
+    pub kv_cache: Vec<f32>,
+    /// `[num_seqs, num_heads, kv_lora_rank]`.
+    pub output: Vec<f32>,
+    pub reference: Option<Vec<f32>>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Case {
+    Paged(PagedCase),
+    Merge(MergeCase),
+    Mla(MlaCase),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Fixture {
+    /// The path (or name) it was read from, as given.
+    pub file: String,
+    pub header: Header,
+    pub case: Case,
+}
+
+/// Reads and validates one fixture file.
+pub fn load(path: &Path) -> Result<Fixture> {
+    let file = path.display().to_string();
+    let bytes = std::fs::read(path).map_err(|e| FixtureError { file: file.clone(), tensor: "file".into(), problem: format!("cannot read: {e}") })?;
+    parse(&file, &bytes)
+}
+
+/// Parses and validates fixture bytes; `file` is only used in errors.
+pub fn parse(file: &str, bytes: &[u8]) -> Result<Fixture> {
+    let err = |tensor: &str, problem: String| FixtureError { file: file.to_string(), tensor: tensor.to_string(), problem };
+    let st = match SafeTensors::deserialize(bytes) {
+        Ok(st) => st,
+        Err(SafeTensorError::MetadataIncompleteBuffer) => return Err(truncation_error(file, bytes)),
+        Err(e) => return Err(err("header", format!("not a readable safetensors file ({e:?}); truncated or not attn-fixture/1"))),
+    };
+    let (_, raw_meta) = SafeTensors::read_metadata(bytes).map_err(|e| err("header", format!("{e:?}")))?;
+    let case_json = raw_meta
+        .metadata()
+        .as_ref()
+        .and_then(|m| m.get("case"))
+        .ok_or_else(|| err("metadata", "the header's __metadata__ has no 'case' entry".into()))?;
+    let case: HashMap<String, Value> = serde_json::from_str(case_json).map_err(|e| err("metadata", format!("'case' is not a JSON object: {e}")))?;
+    let r = Reader { file, st, case };
+
+    let format = r.string("format")?;
+    if format != FORMAT {
+        return Err(err("metadata.format", format!("'{format}' is not supported: allowed: {FORMAT}")));
+    }
+    let op = match r.string("op")?.as_str() {
+        "paged_attention" => Op::PagedAttention,
+        "merge_attn_states" => Op::MergeAttnStates,
+        "mla_decode" => Op::MlaDecode,
+        other => return Err(err("metadata.op", format!("'{other}' is unknown: allowed: {}", Op::NAMES.join(", ")))),
+    };
+    let dtype = match r.string("dtype")?.as_str() {
+        "float16" => DType::F16,
+        "bfloat16" => DType::Bf16,
+        "float32" => DType::F32,
+        other => return Err(err("metadata.dtype", format!("'{other}' is unknown: allowed: float16, bfloat16, float32"))),
+    };
+    let header = Header {
+        op,
+        dtype,
+        producer: r.string("producer")?,
+        atol: r.tolerance("atol")?,
+        rtol: r.tolerance("rtol")?,
+        seed: r.case.get("seed").and_then(Value::as_i64),
+        note: r.case.get("note").and_then(Value::as_str).map(str::to_string),
+    };
+    let case = match op {
+        Op::PagedAttention => Case::Paged(r.paged(dtype)?),
+        Op::MergeAttnStates => Case::Merge(r.merge(dtype)?),
+        Op::MlaDecode => Case::Mla(r.mla(dtype)?),
+    };
+    Ok(Fixture { file: file.to_string(), header, case })
+}
+
+/// Names the first tensor whose bytes lie past the end of a truncated file.
+fn truncation_error(file: &str, bytes: &[u8]) -> FixtureError {
+    let mk = |tensor: &str, problem: String| FixtureError { file: file.to_string(), tensor: tensor.to_string(), problem };
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap_or([0; 8])) as usize;
+    let avail = bytes.len().saturating_sub(8 + n);
+    let header: HashMap<String, Value> = match bytes.get(8..8 + n).and_then(|h| serde_json::from_slice(h).ok()) {
+        Some(h) => h,
+        None => return mk("header", "truncated inside the header".into()),
+    };
+    let mut cut: Vec<(u64, &String)> = header
+        .iter()
+        .filter_map(|(name, info)| Some((info.get("data_offsets")?.get(1)?.as_u64()?, name)))
+        .filter(|(end, _)| *end as usize > avail)
+        .collect();
+    cut.sort();
+    match cut.first() {
+        Some((end, name)) => {
+            mk(name, format!("truncated file: the tensor's data ends at byte {end} of the data section but only {avail} bytes are present"))
+        }
+        None => mk("file", format!("{avail} data bytes do not match the header's tensor offsets (trailing or missing bytes)")),
+    }
+}
+
+/// Typed access to one parsed file's tensors and case metadata, with errors
+/// that name what was asked for.
+struct Reader<'a> {
+    file: &'a str,
+    st: SafeTensors<'a>,
+    case: HashMap<String, Value>,
+}
+
+impl Reader<'_> {
+    fn err(&self, tensor: &str, problem: impl Into<String>) -> FixtureError {
+        FixtureError { file: self.file.to_string(), tensor: tensor.to_string(), problem: problem.into() }
+    }
+
+    fn value(&self, key: &str) -> Result<&Value> {
+        self.case.get(key).ok_or_else(|| self.err(&format!("metadata.{key}"), "missing"))
+    }
+
+    fn string(&self, key: &str) -> Result<String> {
+        self.value(key)?.as_str().map(str::to_string).ok_or_else(|| self.err(&format!("metadata.{key}"), "must be a string"))
+    }
+
+    /// A positive integer (dimension, block size, split count).
+    fn dim(&self, key: &str) -> Result<usize> {
+        match self.value(key)?.as_u64() {
+            Some(v) if v >= 1 && v <= i32::MAX as u64 => Ok(v as usize),
+            _ => Err(self.err(&format!("metadata.{key}"), format!("{} is not allowed: must be an integer in [1, 2^31)", self.value(key)?))),
+        }
+    }
+
+    fn positive(&self, key: &str) -> Result<f32> {
+        match self.value(key)?.as_f64() {
+            Some(v) if v.is_finite() && v > 0.0 => Ok(v as f32),
+            _ => Err(self.err(&format!("metadata.{key}"), format!("{} is not allowed: must be a finite number > 0", self.value(key)?))),
+        }
+    }
+
+    fn tolerance(&self, key: &str) -> Result<f64> {
+        match self.value(key)?.as_f64() {
+            Some(v) if v.is_finite() && v >= 0.0 => Ok(v),
+            _ => Err(self.err(&format!("metadata.{key}"), format!("{} is not allowed: must be a finite number >= 0", self.value(key)?))),
+        }
+    }
+
+    /// `null`/absent -> None, else a positive number.
+    fn optional_positive(&self, key: &str) -> Result<Option<f32>> {
+        match self.case.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(_) => self.positive(key).map(Some),
+        }
+    }
+
+    fn tensor_info(&self, name: &str) -> Result<Option<(Dtype, Vec<usize>, &[u8])>> {
+        match self.st.tensor(name) {
+            Ok(t) => Ok(Some((t.dtype(), t.shape().to_vec(), t.data()))),
+            Err(SafeTensorError::TensorNotFound(_)) => Ok(None),
+            Err(e) => Err(self.err(name, format!("{e:?}"))),
+        }
+    }
+
+    /// A float tensor of storage dtype `want` and exactly `shape`, widened to f32.
+    /// `nan_ok` is false for inputs (NaN rejected; +-inf allowed, e.g. LSEs) and true for outputs.
+    fn floats(&self, name: &str, want: DType, shape: &[usize], nan_ok: bool) -> Result<Vec<f32>> {
+        self.optional_floats(name, want, shape, nan_ok)?.ok_or_else(|| self.err(name, "missing (required for this op)"))
+    }
+
+    fn optional_floats(&self, name: &str, want: DType, shape: &[usize], nan_ok: bool) -> Result<Option<Vec<f32>>> {
+        let Some((dt, got, data)) = self.tensor_info(name)? else { return Ok(None) };
+        let st_dtype = match want {
+            DType::F16 => Dtype::F16,
+            DType::Bf16 => Dtype::BF16,
+            _ => Dtype::F32,
+        };
+        if dt != st_dtype {
+            return Err(self.err(name, format!("dtype {dt:?} is wrong: must be {st_dtype:?}")));
+        }
+        if got != shape {
+            return Err(self.err(name, format!("shape {got:?} is wrong: must be {shape:?}")));
+        }
+        let v: Vec<f32> = match dt {
+            Dtype::F16 => data.chunks_exact(2).map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+            Dtype::BF16 => data.chunks_exact(2).map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+            _ => data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
+        };
+        if !nan_ok {
+            if let Some(i) = v.iter().position(|x| x.is_nan()) {
+                return Err(self.err(name, format!("NaN at flat index {i} {:?}: inputs must not contain NaN", unflatten(i, shape))));
+            }
+        }
+        Ok(Some(v))
+    }
+
+    /// An I32 tensor whose rank is fixed but whose sizes are discovered.
+    fn ints(&self, name: &str, rank: usize) -> Result<(Vec<usize>, Vec<i32>)> {
+        let (dt, shape, data) = self.tensor_info(name)?.ok_or_else(|| self.err(name, "missing (required for this op)"))?;
+        if dt != Dtype::I32 {
+            return Err(self.err(name, format!("dtype {dt:?} is wrong: must be I32")));
+        }
+        if shape.len() != rank {
+            return Err(self.err(name, format!("shape {shape:?} is wrong: must have rank {rank}")));
+        }
+        Ok((shape, data.chunks_exact(4).map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()))
+    }
+
+    /// The shape of a tensor, for discovering sizes (e.g. num_blocks).
+    fn shape(&self, name: &str, rank: usize) -> Result<Vec<usize>> {
+        let (_, shape, _) = self.tensor_info(name)?.ok_or_else(|| self.err(name, "missing (required for this op)"))?;
+        if shape.len() != rank {
+            return Err(self.err(name, format!("shape {shape:?} is wrong: must have rank {rank}")));
+        }
+        Ok(shape)
+    }
+
+    /// block_table + seq_lens (+ query_start_loc) checked by `AttentionMetadata::new`,
+    /// its error re-attributed to the tensor it names.
+    fn metadata(&self, block_size: usize, num_blocks: usize, query_start_loc: Vec<i32>, causal: bool) -> Result<AttentionMetadata> {
+        let (seq_shape, seq_lens) = self.ints("seq_lens", 1)?;
+        let (bt_shape, bt) = self.ints("block_table", 2)?;
+        if bt_shape[0] != seq_shape[0] {
+            return Err(self.err("block_table", format!("shape {bt_shape:?} is wrong: must have num_seqs = {} rows (seq_lens)", seq_shape[0])));
+        }
+        if let Some(i) = seq_lens.iter().position(|&s| s < 1) {
+            return Err(self.err("seq_lens", format!("seq_lens[{i}] = {} is not allowed: must be >= 1", seq_lens[i])));
+        }
+        for (i, w) in query_start_loc.windows(2).enumerate() {
+            if w[1] < w[0] {
+                return Err(self.err("query_start_loc", format!("not monotone: [{i}] = {} > [{}] = {}", w[0], i + 1, w[1])));
+            }
+        }
+        let table = BlockTableTensor { num_rows: bt_shape[0], max_blocks: bt_shape[1], data: bt };
+        // Slots of the query tokens (already in the cache): the last q_i tokens of each sequence.
+        let mut slots = Vec::new();
+        for (i, (w, &s)) in query_start_loc.windows(2).zip(&seq_lens).enumerate() {
+            let q = (w[1] - w[0]).max(0);
+            for t in (s - q).max(0)..s {
+                let j = t as usize / block_size;
+                let b = table.data.get(i * table.max_blocks + j).copied().unwrap_or(-1);
+                slots.push(if b < 0 { -1 } else { b as i64 * block_size as i64 + (t as usize % block_size) as i64 });
+            }
+        }
+        AttentionMetadata::new(block_size, num_blocks, query_start_loc, seq_lens, table, slots, causal).map_err(|e| {
+            let s = e.to_string();
+            let tensor = ["block_table", "seq_lens", "query_start_loc", "slot_mapping"].into_iter().find(|t| s.contains(t)).unwrap_or("metadata");
+            let tensor = if tensor == "slot_mapping" { "block_table" } else { tensor };
+            self.err(tensor, s)
+        })
+    }
+
+    fn paged(&self, dtype: DType) -> Result<PagedCase> {
+        let (hq, hkv, d, bs) = (self.dim("num_heads")?, self.dim("num_kv_heads")?, self.dim("head_size")?, self.dim("block_size")?);
+        if hq % hkv != 0 {
+            return Err(self.err("metadata.num_kv_heads", format!("{hkv} is not allowed: must divide num_heads = {hq}")));
+        }
+        let causal = self.value("causal")?.as_bool().ok_or_else(|| self.err("metadata.causal", "must be true or false"))?;
+        let window = self.optional_positive("sliding_window")?;
+        if window.is_some_and(|w| w.fract() != 0.0) {
+            return Err(self.err("metadata.sliding_window", format!("{window:?} is not allowed: must be a whole number of tokens")));
+        }
+        let (qsl_shape, qsl) = self.ints("query_start_loc", 1)?;
+        let num_seqs = self.shape("seq_lens", 1)?[0];
+        if qsl_shape[0] != num_seqs + 1 {
+            return Err(self.err("query_start_loc", format!("shape {qsl_shape:?} is wrong: must be [num_seqs + 1] = [{}]", num_seqs + 1)));
+        }
+        if qsl[0] != 0 {
+            return Err(self.err("query_start_loc", format!("query_start_loc[0] = {} is not allowed: must be 0", qsl[0])));
+        }
+        // query_start_loc's last entry must be the query's row count before it
+        // sizes anything (the rows are real bytes; the entry is just a number).
+        let t = self.shape("query", 3)?[0];
+        if qsl[num_seqs] as i64 != t as i64 {
+            return Err(self.err("query_start_loc", format!("last entry {} is wrong: must be the query's num_tokens = {t}", qsl[num_seqs])));
+        }
+        let num_blocks = self.shape("key_cache", 4)?[0];
+        let meta = self.metadata(bs, num_blocks, qsl, causal)?;
+        let cache_shape = [num_blocks, bs, hkv, d];
+        let mut cfg = AttnConfig::new(hq, hkv, d, dtype);
+        cfg.scale = self.positive("scale")?;
+        cfg.sliding_window = window.map(|w| w as usize);
+        cfg.softcap = self.optional_positive("softcap")?;
+        cfg.sinks = self.optional_floats("sinks", DType::F32, &[hq], false)?;
+        cfg.validate().map_err(|e| self.err("metadata", e.to_string()))?;
+        Ok(PagedCase {
+            query: self.floats("query", dtype, &[t, hq, d], false)?,
+            key_cache: self.floats("key_cache", dtype, &cache_shape, false)?,
+            value_cache: self.floats("value_cache", dtype, &cache_shape, false)?,
+            output: self.floats("output", dtype, &[t, hq, d], true)?,
+            reference: self.optional_floats("reference", DType::F32, &[t, hq, d], true)?,
+            cfg,
+            meta,
+        })
+    }
+
+    fn merge(&self, dtype: DType) -> Result<MergeCase> {
+        let (h, d) = (self.dim("num_heads")?, self.dim("head_size")?);
+        let t = self.shape("prefix_output", 3)?[0];
+        let (out_shape, lse_shape) = ([t, h, d], [h, t]);
+        Ok(MergeCase {
+            num_tokens: t,
+            num_heads: h,
+            head_size: d,
+            prefix_output: self.floats("prefix_output", dtype, &out_shape, false)?,
+            prefix_lse: self.floats("prefix_lse", DType::F32, &lse_shape, false)?,
+            suffix_output: self.floats("suffix_output", dtype, &out_shape, false)?,
+            suffix_lse: self.floats("suffix_lse", DType::F32, &lse_shape, false)?,
+            output: self.floats("output", dtype, &out_shape, true)?,
+            output_lse: self.optional_floats("output_lse", DType::F32, &lse_shape, true)?,
+        })
+    }
+
+    fn mla(&self, dtype: DType) -> Result<MlaCase> {
+        let (h, l, r, bs) = (self.dim("num_heads")?, self.dim("kv_lora_rank")?, self.dim("qk_rope_head_dim")?, self.dim("block_size")?);
+        let num_seqs = self.shape("seq_lens", 1)?[0];
+        let num_blocks = self.shape("kv_cache", 3)?[0];
+        let meta = self.metadata(bs, num_blocks, (0..=num_seqs as i32).collect(), true)?;
+        Ok(MlaCase {
+            num_heads: h,
+            kv_lora_rank: l,
+            qk_rope_head_dim: r,
+            scale: self.positive("scale")?,
+            num_kv_splits: self.dim("num_kv_splits")?,
+            query: self.floats("query", dtype, &[num_seqs, h, l + r], false)?,
+            kv_cache: self.floats("kv_cache", dtype, &[num_blocks, bs, l + r], false)?,
+            output: self.floats("output", dtype, &[num_seqs, h, l], true)?,
+            reference: self.optional_floats("reference", DType::F32, &[num_seqs, h, l], true)?,
+            meta,
+        })
+    }
+}
+
+/// Flat index -> multi-index, for error messages.
+fn unflatten(mut i: usize, shape: &[usize]) -> Vec<usize> {
+    let mut idx = vec![0; shape.len()];
+    for (k, &n) in shape.iter().enumerate().rev() {
+        if n > 0 {
+            idx[k] = i % n;
+            i /= n;
+        }
+    }
+    idx
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shipped(name: &str) -> Vec<u8> {
+        std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures").join(name)).unwrap()
+    }
+
+    #[test]
+    fn reads_a_shipped_paged_case_with_its_metadata() {
+        let f = parse("ua", &shipped("ua_dec3d_bf16_h128_g8x1_b32_swa_softcap.safetensors")).unwrap();
+        assert_eq!((f.header.op, f.header.dtype, f.header.atol, f.header.rtol), (Op::PagedAttention, DType::Bf16, 0.015, 0.01));
+        let Case::Paged(p) = f.case else { panic!("not paged") };
+        assert_eq!((p.cfg.num_heads, p.cfg.num_kv_heads, p.cfg.head_size), (8, 1, 128));
+        assert_eq!((p.cfg.sliding_window, p.cfg.softcap), (Some(256), Some(5.0)));
+        assert_eq!(p.meta.seq_lens, vec![300, 128, 64]);
+        assert_eq!(p.query.len(), 3 * 8 * 128);
+        assert!(p.reference.is_some());
+    }
+
+    #[test]
+    fn truncated_file_names_the_cut_tensor() {
+        let bytes = shipped("merge_f32_t7_h2_d128_inf.safetensors");
+        let e = parse("m.safetensors", &bytes[..bytes.len() - 10]).unwrap_err();
+        assert_eq!(e.file, "m.safetensors");
+        assert!(e.problem.contains("truncated"), "{e}");
+        assert_ne!(e.tensor, "file");
+        let e = parse("m", &bytes[..20]).unwrap_err();
+        assert_eq!(e.tensor, "header", "{e}");
+        assert!(parse("m", &[]).is_err());
+    }
+
+    #[test]
+    fn unflatten_gives_row_major_indices() {
+        assert_eq!(unflatten(7, &[2, 2, 3]), vec![1, 0, 1]);
+    }
+}
