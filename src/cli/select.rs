@@ -141,13 +141,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Ok(s) if args.json => {
             println!(
                 "{}",
-                json!({ "backend": s.backend, "rule": s.rule, "hints": s.hints })
+                json!({ "backend": s.backend, "rule": s.rule, "block_size": s.block_size, "hints": s.hints })
             );
             Ok(ExitCode::SUCCESS)
         }
         Ok(s) => {
             println!("backend: {}", s.backend);
             println!("rule:    {}", s.rule);
+            println!("blocks:  block_size {} for the KV cache", s.block_size);
             println!("inputs:  {}", describe(&input, profile));
             print_hints(&mut std::io::stdout(), &s.hints);
             Ok(ExitCode::SUCCESS)

@@ -224,6 +224,10 @@ pub struct Selection {
     pub backend: BackendName,
     /// Human text naming the rule that fired.
     pub rule: String,
+    /// The KV-cache block size vLLM then uses: the user's, else 16, except
+    /// that the latest era gives ROCM_AITER_UNIFIED_ATTN its preferred 64
+    /// (vllm-backends §4.9; the selector itself saw `None`).
+    pub block_size: usize,
     /// What single change would change the choice.
     pub hints: Vec<Hint>,
 }
@@ -234,9 +238,15 @@ pub fn select(
     profile: Profile,
 ) -> std::result::Result<Selection, SelectionError> {
     let (backend, rule) = decide(input, profile)?;
+    let block_size = match (input.block_size, profile, backend) {
+        (Some(b), _, _) => b,
+        (None, Profile::Latest, BackendName::RocmAiterUnifiedAttn) => 64,
+        (None, _, _) => DEFAULT_BLOCK_SIZE,
+    };
     Ok(Selection {
         backend,
         rule,
+        block_size,
         hints: what_would_change(input, profile),
     })
 }
