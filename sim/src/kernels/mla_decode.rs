@@ -293,6 +293,121 @@ pub fn stage2(attn_logits: &[f32], rows: &[KvRow], kv_lora_rank: usize, splits: 
     Ok(MlaDecodeOutput { out, lse })
 }
 
+/// `mla_decode_fwd`'s paging arguments (aiter.md §6.2): request b owns query
+/// rows `qo_indptr[b]..qo_indptr[b+1]` and pages
+/// `kv_indices[kv_indptr[b]..kv_indptr[b+1]]`, the last one holding
+/// `kv_last_page_lens[b]` tokens, so `L_b = (pages - 1) * page_size + last`.
+/// vLLM passes page size 1 (one page per token, `last = 1`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AiterPaging {
+    pub qo_indptr: Vec<i32>,
+    pub kv_indptr: Vec<i32>,
+    pub kv_indices: Vec<i32>,
+    pub kv_last_page_lens: Vec<i32>,
+    pub page_size: usize,
+}
+
+impl AiterPaging {
+    pub fn batch_size(&self) -> usize {
+        self.kv_indptr.len().saturating_sub(1)
+    }
+
+    /// KV length of request b (valid after [`AiterPaging::validate`]).
+    pub fn kv_len(&self, b: usize) -> usize {
+        let pages = (self.kv_indptr[b + 1] - self.kv_indptr[b]) as usize;
+        if pages == 0 { 0 } else { (pages - 1) * self.page_size + self.kv_last_page_lens[b] as usize }
+    }
+
+    /// Checks the CSR arrays against each other and against a cache of `num_slots` token slots.
+    pub fn validate(&self, num_slots: usize) -> Result<()> {
+        let bs = self.batch_size();
+        if self.page_size == 0 || num_slots % self.page_size != 0 {
+            return Err(Error::invalid("page_size", self.page_size, format!("must be >= 1 and divide the cache's {num_slots} token slots")));
+        }
+        for (what, v, want) in [("kv_indptr", self.kv_indptr.len(), bs + 1), ("qo_indptr", self.qo_indptr.len(), bs + 1), ("kv_last_page_lens", self.kv_last_page_lens.len(), bs)] {
+            if v != want || want == 0 {
+                return Err(Error::invalid(format!("{what} length"), v, format!("must be batch_size + 1 = {} (batch_size + 0 for last_page_lens) with batch_size >= 1", bs + 1)));
+            }
+        }
+        for (what, ptr) in [("kv_indptr", &self.kv_indptr), ("qo_indptr", &self.qo_indptr)] {
+            if ptr[0] != 0 {
+                return Err(Error::invalid(format!("{what}[0]"), ptr[0], "must be 0"));
+            }
+            if let Some(i) = (1..ptr.len()).find(|&i| ptr[i] < ptr[i - 1]) {
+                return Err(Error::invalid(format!("{what}[{i}]"), ptr[i], format!("must be >= {what}[{}] = {}", i - 1, ptr[i - 1])));
+            }
+        }
+        let used = self.kv_indptr[bs] as usize;
+        if used > self.kv_indices.len() {
+            return Err(Error::invalid("kv_indptr[batch_size]", used, format!("exceeds the {} entries of kv_indices", self.kv_indices.len())));
+        }
+        let num_pages = num_slots / self.page_size;
+        if let Some((i, &pg)) = self.kv_indices[..used].iter().enumerate().find(|(_, &pg)| pg < 0 || pg as usize >= num_pages) {
+            return Err(Error::invalid(format!("kv_indices[{i}]"), pg, format!("page ids must be in [0, {num_pages})")));
+        }
+        for b in 0..bs {
+            let (pages, last) = (self.kv_indptr[b + 1] - self.kv_indptr[b], self.kv_last_page_lens[b]);
+            if pages > 0 && !(1..=self.page_size as i32).contains(&last) {
+                return Err(Error::invalid(format!("kv_last_page_lens[{b}]"), last, format!("must be in [1, {}]", self.page_size)));
+            }
+            let q = (self.qo_indptr[b + 1] - self.qo_indptr[b]) as usize;
+            if q > self.kv_len(b) {
+                return Err(Error::invalid(format!("request {b} query length"), q, format!("exceeds its KV length {}", self.kv_len(b))));
+            }
+        }
+        Ok(())
+    }
+
+    /// One [`KvRow`] per query row. Causal (bottom-right): row i of a request
+    /// with q query tokens sees keys `j <= i + L - q`; splits follow `L`.
+    pub fn rows(&self, causal: bool) -> Vec<KvRow<'_>> {
+        let mut rows = Vec::new();
+        for b in 0..self.batch_size() {
+            let pages = &self.kv_indices[self.kv_indptr[b] as usize..self.kv_indptr[b + 1] as usize];
+            let (l, q) = (self.kv_len(b), (self.qo_indptr[b + 1] - self.qo_indptr[b]) as usize);
+            for i in 0..q {
+                let kv_len = if causal { l - (q - 1 - i) } else { l };
+                rows.push(KvRow { pages, page_size: self.page_size, kv_len, split_len: l });
+            }
+        }
+        rows
+    }
+}
+
+/// AITER's non-persistent split count (`get_meta_param`, aiter.md §6.3): the
+/// i in 1..=16 maximising CU occupancy times `avg_kv / (avg_kv + 84.1 i)`.
+pub fn aiter_num_kv_splits(batch_size: usize, total_kv: usize, num_cus: usize) -> usize {
+    let (bs, cu) = (batch_size.max(1) as f64, num_cus.max(1) as f64);
+    let avg_kv = total_kv as f64 / bs;
+    let score = |i: f64| bs * i / ((bs * i / cu).ceil() * cu) * avg_kv / (avg_kv + 84.1 * i);
+    (1..=16usize).fold(1, |best, i| if score(i as f64) > score(best as f64) { i } else { best })
+}
+
+/// The token granularity of the asm kernel's splits (`mgc`, aiter.md §6.3).
+pub fn aiter_split_granularity(num_heads: usize, max_seqlen_q: usize, fp8: bool) -> usize {
+    match (num_heads, max_seqlen_q) {
+        (8 | 16, 1) | (8, 2) => 64,
+        (128, 1) if fp8 => 32,
+        (64, 1) if !fp8 => 32,
+        _ => 16,
+    }
+}
+
+/// `aiter.mla.mla_decode_fwd` (non-persistent path): the split-KV kernel
+/// above with AITER's paging, split count and split granularity.
+/// `q [total_q, H, Lkv + R]`; `num_kv_splits` None = [`aiter_num_kv_splits`].
+pub fn mla_decode_fwd(q: &[f32], cache: &LatentCache, paging: &AiterPaging, causal: bool, num_kv_splits: Option<usize>, num_cus: usize, p: &MlaDecodeParams) -> Result<MlaDecodeOutput> {
+    paging.validate(cache.num_slots())?;
+    let bs = paging.batch_size();
+    let total_kv: usize = (0..bs).map(|b| paging.kv_len(b)).sum();
+    let max_q = (0..bs).map(|b| (paging.qo_indptr[b + 1] - paging.qo_indptr[b]) as usize).max().unwrap_or(0);
+    let splits = KvSplits::Granular {
+        num_kv_splits: num_kv_splits.unwrap_or_else(|| aiter_num_kv_splits(bs, total_kv, num_cus)),
+        granularity: aiter_split_granularity(p.num_heads, max_q, cache.layout.dtype.is_fp8()),
+    };
+    decode_attention_fwd(q, &paging.rows(causal), cache, splits, p)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -334,6 +449,42 @@ mod tests {
         assert_eq!(&o.out[..], &k[..4]);
         let s: f64 = q.iter().zip(k).map(|(a, b)| (*a as f64) * (*b as f64)).sum::<f64>() * 0.3;
         approx::assert_abs_diff_eq!(o.lse[0] as f64, s, epsilon = 1e-5);
+    }
+
+    #[test]
+    fn aiter_paging_with_pages_of_two_matches_the_same_tokens_in_pages_of_one() {
+        let c = cache();
+        let q: Vec<f32> = (0..12).map(|i| ((i * 5 % 7) as f32 - 3.0) / 4.0).collect();
+        // One request of 3 tokens: slots 6, 7 (page 3 of size 2) then 2 (page 1, last len 1).
+        let p2 = AiterPaging { qo_indptr: vec![0, 1], kv_indptr: vec![0, 2], kv_indices: vec![3, 1], kv_last_page_lens: vec![1], page_size: 2 };
+        let p1 = AiterPaging { qo_indptr: vec![0, 1], kv_indptr: vec![0, 3], kv_indices: vec![6, 7, 2], kv_last_page_lens: vec![1], page_size: 1 };
+        let a = mla_decode_fwd(&q, &c, &p2, true, Some(1), 304, &params(2)).unwrap();
+        let b = mla_decode_fwd(&q, &c, &p1, true, Some(1), 304, &params(2)).unwrap();
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn aiter_paging_rejects_inconsistent_csr_arrays() {
+        let c = cache();
+        let ok = AiterPaging { qo_indptr: vec![0, 1], kv_indptr: vec![0, 2], kv_indices: vec![3, 1], kv_last_page_lens: vec![2], page_size: 2 };
+        assert!(ok.validate(c.num_slots()).is_ok());
+        let e = AiterPaging { kv_indptr: vec![0, 3], ..ok.clone() }.validate(8).unwrap_err().to_string();
+        assert!(e.contains("kv_indptr[batch_size] 3") && e.contains("2 entries"), "{e}");
+        let e = AiterPaging { kv_indices: vec![3, 4], ..ok.clone() }.validate(8).unwrap_err().to_string();
+        assert!(e.contains("kv_indices[1] 4") && e.contains("[0, 4)"), "{e}");
+        let e = AiterPaging { kv_last_page_lens: vec![3], ..ok.clone() }.validate(8).unwrap_err().to_string();
+        assert!(e.contains("kv_last_page_lens[0] 3"), "{e}");
+        let e = AiterPaging { kv_indptr: vec![0, 2, 1], qo_indptr: vec![0, 1, 1], kv_last_page_lens: vec![2, 1], ..ok.clone() }.validate(8).unwrap_err().to_string();
+        assert!(e.contains("kv_indptr[2] 1"), "{e}");
+        let e = AiterPaging { page_size: 3, ..ok }.validate(8).unwrap_err().to_string();
+        assert!(e.contains("page_size 3"), "{e}");
+    }
+
+    #[test]
+    fn aiter_split_count_prefers_more_splits_for_small_batches_of_long_context() {
+        assert_eq!(aiter_num_kv_splits(304, 304 * 4096, 304), 1, "one request per CU needs no split");
+        assert_eq!(aiter_num_kv_splits(256, 256 * 4096, 304), 7, "7 x 256 = 1792 of 1824 CU slots beats 256 of 304");
+        assert!(aiter_num_kv_splits(1, 8192, 304) > 8);
     }
 
     #[test]

@@ -10,4 +10,5 @@ pub mod gather_cache;
 pub mod merge_attn_states;
 pub mod mla_cache;
 pub mod mla_decode;
+pub mod mla_prefill;
 pub mod mla_proj;
