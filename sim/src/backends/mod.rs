@@ -3,6 +3,8 @@
 //! routes the batch, which kernels it calls in which order. Every MHA backend
 //! implements [`AttentionBackend`], so a test can run one batch through all.
 
+pub mod rocm_attn;
+
 use crate::cache::KvCache;
 use crate::config::AttnConfig;
 use attnlab_shared::error::Result;
@@ -59,7 +61,7 @@ pub trait AttentionBackend: Send + Sync {
 
 /// Every emulated MHA backend, in registry order.
 pub fn mha_backends() -> Vec<Box<dyn AttentionBackend>> {
-    vec![]
+    vec![Box::new(rocm_attn::RocmAttn::default())]
 }
 
 /// Looks a backend up by vLLM enum name, naming the emulated ones when it fails.

@@ -12,3 +12,5 @@ pub mod mla_cache;
 pub mod mla_decode;
 pub mod mla_prefill;
 pub mod mla_proj;
+pub mod paged_decode;
+pub mod prefix_prefill;

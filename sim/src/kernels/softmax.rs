@@ -187,3 +187,140 @@ impl OutLse {
         }
     }
 }
+
+/// vLLM's Triton kernels' `+ 1e-10` in the final `acc / (L + 1e-10)`
+/// (prefix prefill `_fwd_kernel`, `kernel_paged_attention_2d`).
+pub const TRITON_L_EPS: f32 = 1e-10;
+
+impl RowState {
+    /// `acc / (l + eps)` as the Triton epilogues divide (0 for an empty row:
+    /// acc is 0 there), not yet rounded to the output dtype.
+    pub fn normalized_eps(&self, eps: f32) -> Vec<f32> {
+        let denom = self.l + eps;
+        self.acc.iter().map(|a| a / denom).collect()
+    }
+}
+
+/// A K or V element as vLLM's Triton kernels load it: an fp8 cache value is
+/// widened, multiplied by its per-tensor scale in f32 and cast to the query
+/// dtype (`(k.to(f32) * k_scale).to(Q.dtype)`); any other cache already
+/// holds values of the query dtype and loads unchanged.
+#[inline]
+pub fn dequant_kv(x: f32, scale: f32, kv_dtype: DType, q_dtype: DType) -> f32 {
+    if kv_dtype.is_fp8() {
+        q_dtype.round(x * scale)
+    } else {
+        x
+    }
+}
+
+/// One KV tile gathered into contiguous buffers, so the QK and PV loops of a
+/// kernel run over plain slices (no layout math in the innermost loop).
+/// K is stored transposed (`k_t[d * tile_size + j]`) so that [`KvTile::qk`]
+/// vectorises across keys while every key's dot stays one fma chain in
+/// ascending d (bit-identical to [`dot`]); V is row-major (`v[j * D + d]`),
+/// the shape `RowState::update` reads.
+///
+/// Paged gathers read through the cache's `KvLayout`, so one kernel serves
+/// the NHD, x-packed (ROCM_ATTN) and shuffled (AITER) layouts. Every layout
+/// is separable: `offset(b, r, h, d) = offset(b, r, h, 0) + dim_off[d]`, with
+/// `dim_off` computed once from the layout's own formula.
+#[derive(Debug, Clone)]
+pub struct KvTile {
+    pub tile_size: usize,
+    pub head_size: usize,
+    /// Keys gathered (<= tile_size); the tail of the buffers is stale.
+    pub len: usize,
+    k_t: Vec<f32>,
+    v: Vec<f32>,
+}
+
+impl KvTile {
+    pub fn new(tile_size: usize, head_size: usize) -> Self {
+        KvTile { tile_size, head_size, len: 0, k_t: vec![0.0; tile_size * head_size], v: vec![0.0; tile_size * head_size] }
+    }
+
+    /// Gathers keys `locs[j] = (physical block, row in block)` of kv head
+    /// `kv_head`, mapping every stored K element through `k_load` and V
+    /// through `v_load` (e.g. [`dequant_kv`]). `locs.len() <= tile_size`;
+    /// the caller validated blocks and heads against the cache.
+    pub fn gather_paged(
+        &mut self,
+        cache: &crate::cache::KvCache,
+        dims: &DimOffsets,
+        kv_head: usize,
+        locs: &[(usize, usize)],
+        k_load: impl Fn(f32) -> f32,
+        v_load: impl Fn(f32) -> f32,
+    ) {
+        let (tile, d) = (self.tile_size, self.head_size);
+        debug_assert!(locs.len() <= tile);
+        self.len = locs.len();
+        for (j, &(block, row)) in locs.iter().enumerate() {
+            let kb = cache.layout.k_offset(block, row, kv_head, 0);
+            let vb = cache.layout.v_offset(block, row, kv_head, 0);
+            for (dd, &ko) in dims.k.iter().enumerate() {
+                self.k_t[dd * tile + j] = k_load(cache.k[kb + ko]);
+            }
+            let vrow = &mut self.v[j * d..(j + 1) * d];
+            for (out, &vo) in vrow.iter_mut().zip(&dims.v) {
+                *out = v_load(cache.v[vb + vo]);
+            }
+        }
+    }
+
+    /// Gathers keys from contiguous `[tokens, Hkv, D]` K/V tensors (a step's
+    /// new tokens as vLLM passes them): token rows `tokens`, kv head `kv_head`.
+    pub fn gather_dense(&mut self, key: &[f32], value: &[f32], num_kv_heads: usize, kv_head: usize, tokens: std::ops::Range<usize>) {
+        let (tile, d) = (self.tile_size, self.head_size);
+        debug_assert!(tokens.len() <= tile);
+        self.len = tokens.len();
+        for (j, t) in tokens.enumerate() {
+            let base = (t * num_kv_heads + kv_head) * d;
+            for dd in 0..d {
+                self.k_t[dd * tile + j] = key[base + dd];
+            }
+            self.v[j * d..(j + 1) * d].copy_from_slice(&value[base..base + d]);
+        }
+    }
+
+    /// `out[j] = dot(q, k_j)` for the `len` gathered keys, each one fma
+    /// chain from 0 in ascending d, computed across keys at once.
+    #[inline]
+    pub fn qk(&self, q: &[f32], out: &mut [f32]) {
+        let (tile, n) = (self.tile_size, self.len);
+        let out = &mut out[..n];
+        out.fill(0.0);
+        for (dd, &qd) in q.iter().enumerate().take(self.head_size) {
+            let k_row = &self.k_t[dd * tile..dd * tile + n];
+            for (o, &k) in out.iter_mut().zip(k_row) {
+                *o = qd.mul_add(k, *o);
+            }
+        }
+    }
+
+    /// V row j of the tile.
+    #[inline]
+    pub fn v_row(&self, j: usize) -> &[f32] {
+        &self.v[j * self.head_size..(j + 1) * self.head_size]
+    }
+}
+
+/// Per-dimension element offsets of a layout, relative to dim 0 of the same
+/// (block, row, head): the same for every (block, row, head) in all
+/// `KvLayout` kinds, so a tile gather does one offset computation per key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DimOffsets {
+    pub k: Vec<usize>,
+    pub v: Vec<usize>,
+}
+
+impl DimOffsets {
+    pub fn new(layout: &attnlab_shared::layout::KvLayout) -> Self {
+        let (k0, v0) = (layout.k_offset(0, 0, 0, 0), layout.v_offset(0, 0, 0, 0));
+        DimOffsets {
+            k: (0..layout.head_size).map(|d| layout.k_offset(0, 0, 0, d) - k0).collect(),
+            v: (0..layout.head_size).map(|d| layout.v_offset(0, 0, 0, d) - v0).collect(),
+        }
+    }
+}

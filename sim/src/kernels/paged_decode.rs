@@ -1,0 +1,384 @@
+//! Paged decode: one query token per sequence against its whole paged KV.
+//! Two kernels, as vLLM's `chunked_prefill_paged_decode` picks between them
+//! (vllm-backends.md §5.5), both reading K/V through the cache's `KvLayout`
+//! so the same code serves ROCM_ATTN's x-packed layout and ROCM_AITER_FA's
+//! shuffled one (aiter.md §2.4: `paged_attention_v1` has this structure).
+//!
+//! ## `paged_attention_2d` — Triton `kernel_paged_attention_2d` (§5.6)
+//! Grid `(num_seqs, Hkv)`; a program owns the `qpk` query heads of one kv
+//! head for the sequence's single query row (rows with query_len != 1 are
+//! skipped; vLLM skips only > 1 and races on 0-length rows, §19 #7).
+//! ```text
+//! TILE = min(block_size, 128) if block_size is a power of 2 else 32
+//! for tile j ascending (keys j*TILE .. min((j+1)*TILE, seq_len)):
+//!     gather K, V of the tile; fp8: (f32(x) * scale) -> query dtype
+//!     per head: s_t = score(dot(q, k_t))                 // base 2
+//!               window: ctx - t < SW else -10000 (natural, NOT -inf, §19 #6)
+//!               alibi:  + slope * (t - ctx)
+//!               RowState::update (P -> query dtype before PV)
+//! out = (acc / (L + 1e-10)) -> query dtype
+//! ```
+//!
+//! ## `paged_attention_ll4mi` — HIP "ll4mi" partitions + reduce (§7.3, §7.4)
+//! Partition kernel, grid `(num_seqs, max_num_partitions, Hkv)`: partition p
+//! covers tokens `[p*256, p*256+256)`, split over 4 waves of 64 tokens; lane l
+//! of wave w holds token `p*256 + 64w + l`. Per query head of the group:
+//! ```text
+//! s_t   = score(dot(q, k_t)) with scale2 = scale * k_scale (fp8: K is NOT
+//!         dequantized first; the scale multiplies the logit), alibi slope*(t - seq_len + 1)
+//!         masked (t >= seq_len, outside window): -FLT_MAX, not -inf
+//! wmax_w = butterfly max over the wave's 64 lanes; e_t = exp2c(s_t - wmax_w)
+//! wsum_w = butterfly sum of e_t (lanes past seq_len add 0; a wave with no
+//!          token below seq_len has wmax -FLT_MAX, wsum 0)
+//! pmax  = max_w wmax_w;  psum = fma(wsum_w, exp2c(wmax_w - pmax), psum), w ascending
+//! p_t   = round_q((e_t * (1 / (psum + 1e-6))) * exp2c(wmax_w - pmax))
+//! tmp_out[d] = round_q(v_scale? * sum_t fma(p_t, v_t[d], .)), t ascending
+//! max_logits = pmax, exp_sums = psum
+//! ```
+//! Reduce kernel, grid `(Hq, num_seqs)`, one thread per dim:
+//! ```text
+//! np = cdiv(seq_len, 256); gmax = max_{p<np} max_logits[p]
+//! w_p = exp_sums[p] * exp2c(max_logits[p] - gmax)
+//! gsum: lane l sums w_p for p = l, l+64, ... (ascending), then a 64-wide butterfly
+//! out[d] = round_q(sum_p fma(tmp_out[p][d], w_p, .) * (1 / (gsum + 1e-6)))
+//! ```
+//! The partial outputs are normalized and rounded to the query dtype before
+//! the merge, and both sums carry a 1e-6: the ll4mi error profile (§19 #12).
+//!
+//! Deliberate differences: every exp is the contract's `exp2c` on base-2
+//! scores (`scale * LOG2E` folded once; vLLM uses natural `exp`, `__expf`
+//! and `expf`); a wave's QK/PV inside an MFMA is an ascending fma chain;
+//! the lane-to-token map above is ours (the HIP kernel spreads 16-token
+//! MFMA groups over lanes). Soft-capping applies when `cfg.softcap` is set
+//! (AITER's `paged_attention_v1` has it; vLLM's ROCm kernels do not, so the
+//! ROCM_ATTN backend passes none).
+
+use crate::cache::KvCache;
+use crate::config::AttnConfig;
+use crate::kernels::softmax::{dequant_kv, visible, DimOffsets, KvTile, RowState, ScoreParams, TRITON_L_EPS};
+use crate::numerics::{exp2c, wave_butterfly, LOG2E};
+use attnlab_shared::error::{Error, Result};
+use attnlab_shared::metadata::AttentionMetadata;
+use rayon::prelude::*;
+
+/// `_PARTITION_SIZE_ROCM`: tokens per ll4mi partition.
+pub const PARTITION_SIZE_ROCM: usize = 256;
+/// Tokens one 64-lane wave owns in a partition (`TOKENS_PER_WARP`).
+pub const LL4MI_TOKENS_PER_WARP: usize = 64;
+/// The ll4mi epsilon added to the partition and the global exp-sum.
+pub const LL4MI_SUM_EPS: f32 = 1e-6;
+/// The ll4mi mask value (`-FLT_MAX`), used as a base-2 score as is.
+pub const LL4MI_MASKED_LOGIT: f32 = f32::MIN;
+/// `kernel_paged_attention_2d`'s out-of-window score (natural log domain).
+pub const WINDOW_MASKED_LOGIT: f32 = -10000.0;
+/// `kernel_paged_attention_2d`'s TILE cap for power-of-two block sizes.
+pub const PAGED_2D_MAX_TILE: usize = 128;
+/// `kernel_paged_attention_2d`'s TILE for non-power-of-two block sizes (544 -> 32).
+pub const PAGED_2D_NON_POW2_TILE: usize = 32;
+
+/// The 2D decode kernel's TILE for a kernel block size (§5.6).
+pub fn paged_2d_tile_size(block_size: usize) -> usize {
+    if block_size.is_power_of_two() {
+        block_size.min(PAGED_2D_MAX_TILE)
+    } else {
+        PAGED_2D_NON_POW2_TILE
+    }
+}
+
+/// `cdiv(max_seq_len, partition_size)`: the partition axis of the ll4mi grid
+/// and of its `exp_sums`/`max_logits`/`tmp_out` buffers.
+pub fn max_num_partitions(max_seq_len: usize, partition_size: usize) -> usize {
+    max_seq_len.div_ceil(partition_size.max(1))
+}
+
+/// Checks that query, cache, metadata, config and output agree, so no
+/// kernel indexes out of bounds: the cache covers every block the metadata
+/// may name, with the config's heads, head size and storage dtype.
+pub fn validate_paged_inputs(query: &[f32], cache: &KvCache, meta: &AttentionMetadata, cfg: &AttnConfig, out: &[f32]) -> Result<()> {
+    cfg.validate()?;
+    let l = &cache.layout;
+    for (what, got, want) in [
+        ("cache num_kv_heads", l.num_kv_heads, cfg.num_kv_heads),
+        ("cache head_size", l.head_size, cfg.head_size),
+        ("cache block_size", l.block_size, meta.block_size),
+    ] {
+        if got != want {
+            return Err(Error::invalid(what, got, format!("must equal {want} (config / metadata)")));
+        }
+    }
+    if l.num_blocks < meta.num_blocks {
+        return Err(Error::invalid("cache num_blocks", l.num_blocks, format!("the metadata addresses {} blocks", meta.num_blocks)));
+    }
+    if l.dtype != cfg.kv_dtype {
+        return Err(Error::invalid("cache dtype", l.dtype, format!("must equal the config's kv_dtype {}", cfg.kv_dtype)));
+    }
+    if cache.k.len() != l.numel() || cache.v.len() != l.numel() {
+        return Err(Error::invalid("cache tensor length", format!("k {} / v {}", cache.k.len(), cache.v.len()), format!("layout needs {}", l.numel())));
+    }
+    let n = meta.num_actual_tokens * cfg.num_heads * cfg.head_size;
+    for (what, len) in [("query length", query.len()), ("output length", out.len())] {
+        if len != n {
+            return Err(Error::invalid(what, len, format!("must be num_tokens * num_heads * head_size = {n}")));
+        }
+    }
+    Ok(())
+}
+
+/// (physical block, row) of the keys `range` of sequence `seq`.
+fn key_locations(meta: &AttentionMetadata, seq: usize, range: std::ops::Range<usize>, locs: &mut Vec<(usize, usize)>) {
+    locs.clear();
+    locs.extend(range.map(|t| meta.kv_location(seq, t)));
+}
+
+/// One program's result: `data` holds `heads.len()` rows of D values for query row `row`.
+struct RowsOut {
+    row: usize,
+    heads: std::ops::Range<usize>,
+    data: Vec<f32>,
+}
+
+fn scatter(out: &mut [f32], results: Vec<RowsOut>, num_heads: usize, d: usize) {
+    for r in results {
+        let base = (r.row * num_heads + r.heads.start) * d;
+        out[base..base + r.data.len()].copy_from_slice(&r.data);
+    }
+}
+
+/// Decode sequences (query_len == 1) and their query row.
+fn decode_seqs(meta: &AttentionMetadata) -> Vec<usize> {
+    (0..meta.num_reqs()).filter(|&i| meta.query_len(i) == 1).collect()
+}
+
+/// vLLM's Triton `kernel_paged_attention_2d`: writes the output rows of the
+/// batch's decode sequences (query_len == 1) into `out` (`[T, Hq, D]`),
+/// leaving other rows untouched. `cfg.sliding_window` is the kernel's `SW`.
+pub fn paged_attention_2d(query: &[f32], cache: &KvCache, meta: &AttentionMetadata, cfg: &AttnConfig, out: &mut [f32]) -> Result<()> {
+    validate_paged_inputs(query, cache, meta, cfg, out)?;
+    let (hq, hkv, d, qpk) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_size, cfg.queries_per_kv());
+    let tile_size = paged_2d_tile_size(meta.block_size);
+    let params = ScoreParams::new(cfg.scale, cfg.softcap);
+    let dims = DimOffsets::new(&cache.layout);
+    let window_masked2 = WINDOW_MASKED_LOGIT * LOG2E;
+    let programs: Vec<(usize, usize)> = decode_seqs(meta).into_iter().flat_map(|s| (0..hkv).map(move |g| (s, g))).collect();
+    let results: Vec<RowsOut> = programs
+        .par_iter()
+        .map(|&(seq, kvh)| {
+            let row = meta.query_range(seq).start;
+            let seq_len = meta.seq_len(seq);
+            let ctx = seq_len - 1; // the query's absolute position
+            let heads = kvh * qpk..(kvh + 1) * qpk;
+            let mut states: Vec<RowState> = heads.clone().map(|h| RowState::new(d, cfg.sinks.as_ref().map(|s| s[h]))).collect();
+            let mut tile = KvTile::new(tile_size, d);
+            let (mut locs, mut dots, mut scores) = (Vec::with_capacity(tile_size), vec![0f32; tile_size], vec![0f32; tile_size]);
+            for t0 in (0..seq_len).step_by(tile_size) {
+                let keys = t0..(t0 + tile_size).min(seq_len);
+                key_locations(meta, seq, keys.clone(), &mut locs);
+                tile.gather_paged(
+                    cache,
+                    &dims,
+                    kvh,
+                    &locs,
+                    |k| dequant_kv(k, cfg.k_scale, cfg.kv_dtype, cfg.dtype),
+                    |v| dequant_kv(v, cfg.v_scale, cfg.kv_dtype, cfg.dtype),
+                );
+                for (h, state) in heads.clone().zip(&mut states) {
+                    let q = &query[(row * hq + h) * d..(row * hq + h + 1) * d];
+                    tile.qk(q, &mut dots);
+                    let slope = cfg.alibi_slopes.as_ref().map(|s| s[h]);
+                    for (j, t) in keys.clone().enumerate() {
+                        let bias = slope.map_or(0.0, |sl| sl * (t as f32 - ctx as f32));
+                        scores[j] = if visible(t, ctx, true, cfg.sliding_window) {
+                            params.score(dots[j], bias)
+                        } else {
+                            window_masked2 + bias * LOG2E
+                        };
+                    }
+                    state.update(&scores[..keys.len()], |j| tile.v_row(j), cfg.dtype);
+                }
+            }
+            let mut data = Vec::with_capacity(qpk * d);
+            for state in &states {
+                data.extend(state.normalized_eps(TRITON_L_EPS).into_iter().map(|x| cfg.dtype.round(x)));
+            }
+            RowsOut { row, heads, data }
+        })
+        .collect();
+    scatter(out, results, hq, d);
+    Ok(())
+}
+
+/// One ll4mi partition's outputs for one query head (what the partition
+/// kernel stores at `[seq, h, part]`).
+#[derive(Debug, Clone, PartialEq)]
+struct Ll4miPartial {
+    /// `max_logits`: the partition's base-2 max (`-FLT_MAX` when all masked).
+    max_logit: f32,
+    /// `exp_sums`: the partition's sum of `exp2c(s - max_logit)`.
+    exp_sum: f32,
+    /// `tmp_out`: the in-partition normalized output, in the query dtype.
+    out: Vec<f32>,
+}
+
+/// The ll4mi partition kernel for workgroup `(seq, part, kvh)`: one
+/// [`Ll4miPartial`] per query head of the group, in head order.
+#[allow(clippy::too_many_arguments)]
+fn ll4mi_partition(
+    query: &[f32],
+    cache: &KvCache,
+    meta: &AttentionMetadata,
+    cfg: &AttnConfig,
+    dims: &DimOffsets,
+    partition_size: usize,
+    seq: usize,
+    part: usize,
+    kvh: usize,
+) -> Vec<Ll4miPartial> {
+    let (hq, d, qpk) = (cfg.num_heads, cfg.head_size, cfg.queries_per_kv());
+    let row = meta.query_range(seq).start;
+    let seq_len = meta.seq_len(seq);
+    let start = part * partition_size;
+    let valid = start..(start + partition_size).min(seq_len);
+    let fp8 = cfg.kv_dtype.is_fp8();
+    // scale2: an fp8 K enters the MFMA as stored; k_scale multiplies the logit.
+    let params = ScoreParams::new(if fp8 { cfg.scale * cfg.k_scale } else { cfg.scale }, cfg.softcap);
+    let mut tile = KvTile::new(partition_size, d);
+    let mut locs = Vec::with_capacity(partition_size);
+    key_locations(meta, seq, valid.clone(), &mut locs);
+    tile.gather_paged(cache, dims, kvh, &locs, |k| k, |v| v);
+    let n = valid.len();
+    let warps = partition_size / LL4MI_TOKENS_PER_WARP;
+    let mut dots = vec![0f32; partition_size];
+    let mut s = vec![LL4MI_MASKED_LOGIT; partition_size];
+    let mut e = vec![0f32; partition_size];
+    let mut lanes = vec![0f32; LL4MI_TOKENS_PER_WARP];
+    (kvh * qpk..(kvh + 1) * qpk)
+        .map(|h| {
+            let q = &query[(row * hq + h) * d..(row * hq + h + 1) * d];
+            tile.qk(q, &mut dots);
+            let slope = cfg.alibi_slopes.as_ref().map(|sl| sl[h]);
+            for (j, t) in valid.clone().enumerate() {
+                s[j] = if visible(t, seq_len - 1, true, cfg.sliding_window) {
+                    let bias = slope.map_or(0.0, |sl| sl * (t as f32 - (seq_len - 1) as f32));
+                    params.score(dots[j], bias)
+                } else {
+                    LL4MI_MASKED_LOGIT
+                };
+            }
+            // Per wave: max and exp-sum over its 64 lanes.
+            let (mut wmax, mut wsum) = (vec![LL4MI_MASKED_LOGIT; warps], vec![0f32; warps]);
+            for w in 0..warps {
+                let lane_tokens = w * LL4MI_TOKENS_PER_WARP..(w + 1) * LL4MI_TOKENS_PER_WARP;
+                if lane_tokens.start >= n {
+                    continue; // wave past seq_len: -FLT_MAX / 0
+                }
+                for (l, j) in lane_tokens.clone().enumerate() {
+                    lanes[l] = if j < n { s[j] } else { LL4MI_MASKED_LOGIT };
+                }
+                wmax[w] = wave_butterfly(&mut lanes, f32::max);
+                for (l, j) in lane_tokens.enumerate() {
+                    e[j] = if j < n { exp2c(s[j] - wmax[w]) } else { 0.0 };
+                    lanes[l] = e[j];
+                }
+                wsum[w] = wave_butterfly(&mut lanes, |a, b| a + b);
+            }
+            // Across the 4 waves through LDS, ascending.
+            let pmax = wmax.iter().fold(LL4MI_MASKED_LOGIT, |a, &b| a.max(b));
+            let mut psum = 0f32;
+            for w in 0..warps {
+                psum = wsum[w].mul_add(exp2c(wmax[w] - pmax), psum);
+            }
+            let inv = 1.0 / (psum + LL4MI_SUM_EPS);
+            let mut acc = vec![0f32; d];
+            for (j, &ej) in e[..n].iter().enumerate() {
+                let wscale = exp2c(wmax[j / LL4MI_TOKENS_PER_WARP] - pmax);
+                let p = cfg.dtype.round((ej * inv) * wscale);
+                if p != 0.0 {
+                    for (a, &v) in acc.iter_mut().zip(tile.v_row(j)) {
+                        *a = p.mul_add(v, *a);
+                    }
+                }
+            }
+            let out = acc.into_iter().map(|a| cfg.dtype.round(if fp8 { a * cfg.v_scale } else { a })).collect();
+            Ll4miPartial { max_logit: pmax, exp_sum: psum, out }
+        })
+        .collect()
+}
+
+/// The ll4mi reduce kernel for one (sequence, head): merges the sequence's
+/// `cdiv(seq_len, partition_size)` partials in ascending partition order.
+fn ll4mi_reduce(partials: &[Ll4miPartial], dtype: attnlab_shared::dtype::DType) -> Vec<f32> {
+    let gmax = partials.iter().fold(LL4MI_MASKED_LOGIT, |a, p| a.max(p.max_logit));
+    let w: Vec<f32> = partials.iter().map(|p| p.exp_sum * exp2c(p.max_logit - gmax)).collect();
+    let mut lanes = vec![0f32; LL4MI_TOKENS_PER_WARP];
+    for (p, &wp) in w.iter().enumerate() {
+        lanes[p % LL4MI_TOKENS_PER_WARP] += wp;
+    }
+    let gsum = wave_butterfly(&mut lanes, |a, b| a + b);
+    let inv = 1.0 / (gsum + LL4MI_SUM_EPS);
+    let d = partials.first().map_or(0, |p| p.out.len());
+    (0..d)
+        .map(|dd| {
+            let mut acc = 0f32;
+            for (p, &wp) in partials.iter().zip(&w) {
+                acc = p.out[dd].mul_add(wp, acc);
+            }
+            dtype.round(acc * inv)
+        })
+        .collect()
+}
+
+/// vLLM's ROCm custom paged attention (HIP ll4mi, `paged_attention_rocm`):
+/// the partition kernel then the reduce kernel, for the batch's decode
+/// sequences (query_len == 1); other rows of `out` are left untouched.
+/// `partition_size` is 256 in vLLM and AITER ([`PARTITION_SIZE_ROCM`]);
+/// it must be a positive multiple of the 64 tokens a wave owns.
+pub fn paged_attention_ll4mi(
+    query: &[f32],
+    cache: &KvCache,
+    meta: &AttentionMetadata,
+    cfg: &AttnConfig,
+    partition_size: usize,
+    out: &mut [f32],
+) -> Result<()> {
+    validate_paged_inputs(query, cache, meta, cfg, out)?;
+    if partition_size == 0 || partition_size % LL4MI_TOKENS_PER_WARP != 0 {
+        return Err(Error::invalid("partition_size", partition_size, format!("must be a positive multiple of {LL4MI_TOKENS_PER_WARP} (tokens per wave)")));
+    }
+    let (hq, hkv, d, qpk) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_size, cfg.queries_per_kv());
+    let dims = DimOffsets::new(&cache.layout);
+    let seqs = decode_seqs(meta);
+    // Partition kernel: grid (seq, partition, kv head); empty partitions return at once.
+    let grid: Vec<(usize, usize, usize)> = seqs
+        .iter()
+        .flat_map(|&s| {
+            let np = max_num_partitions(meta.seq_len(s), partition_size);
+            (0..np).flat_map(move |p| (0..hkv).map(move |g| (s, p, g)))
+        })
+        .collect();
+    let partials: Vec<Vec<Ll4miPartial>> =
+        grid.par_iter().map(|&(s, p, g)| ll4mi_partition(query, cache, meta, cfg, &dims, partition_size, s, p, g)).collect();
+    // Regroup as [seq][head][partition] (grid order is seq, partition, kv head).
+    let mut by_head: Vec<Vec<Vec<Ll4miPartial>>> = Vec::with_capacity(seqs.len());
+    let mut it = grid.iter().zip(partials);
+    for &s in &seqs {
+        let mut heads: Vec<Vec<Ll4miPartial>> = vec![Vec::new(); hq];
+        for _ in 0..max_num_partitions(meta.seq_len(s), partition_size) * hkv {
+            let (&(_, _, g), group) = it.next().expect("grid covers every (seq, partition, kv head)");
+            for (i, part) in group.into_iter().enumerate() {
+                heads[g * qpk + i].push(part);
+            }
+        }
+        by_head.push(heads);
+    }
+    // Reduce kernel: grid (head, seq).
+    let results: Vec<RowsOut> = seqs
+        .par_iter()
+        .zip(by_head.par_iter())
+        .flat_map_iter(|(&s, heads)| {
+            let row = meta.query_range(s).start;
+            heads.iter().enumerate().map(move |(h, parts)| RowsOut { row, heads: h..h + 1, data: ll4mi_reduce(parts, cfg.dtype) })
+        })
+        .collect();
+    scatter(out, results, hq, d);
+    Ok(())
+}

@@ -1,0 +1,195 @@
+//! Prefix prefill: vLLM's `context_attention_fwd` (`prefix_prefill.py`,
+//! adapted from LightLLM; vllm-backends.md §6), which ROCM_ATTN runs for
+//! every request with query_len > 1 (`skip_decode=True`).
+//!
+//! Grid `(batch, Hq, cdiv(max_query_len, BLOCK_M))`: one program owns
+//! BLOCK_M = 128 query rows of one request and one query head (GQA by
+//! `kv_head = head / qpk`, no head packing). Each row keeps a [`RowState`]:
+//! ```text
+//! m_i = sink * LOG2E or -inf; l_i = 1 or 0; acc = 0
+//! (A) cached context, no causal mask, tiles of CTX_TILE = 32 keys:
+//!     for s in (0..ctx).step_by(32):
+//!         gather K, V of keys s..min(s+32, ctx); fp8: (f32(x) * scale) -> q dtype
+//!         s_ij = score(dot(q_i, k_j))            // base 2; -inf unless (ctx+i) - t < SW
+//!         RowState::update                         // P -> q dtype before PV
+//! (B) the request's new tokens, tiles of BLOCK_N = 64:
+//!     upper = causal ? (start_m+1)*BLOCK_M : round_up(query_len, 64)
+//!     for s in (0..upper).step_by(64), keys at positions ctx+s+n, n < query_len:
+//!         s_ij = score(dot(q_i, k_j)); -inf unless (causal: n <= i) and i - n < SW
+//!         RowState::update
+//! out_i = (acc / (l_i + 1e-10)) -> q dtype
+//! ```
+//! With ALiBi vLLM launches `_fwd_kernel_alibi` instead (§6.3): the same two
+//! phases with BLOCK = 128 key tiles in both (64 for fp32), a bias
+//! `slope * (t - p)` that also masks keys where it is > 0, no sliding window
+//! and no sinks (vLLM asserts), and `acc / l_i` without the epsilon.
+//!
+//! Deliberate differences: exp is the contract's `exp2c` on base-2 scores
+//! (`scale * LOG2E` folded once; vLLM's kernel uses natural `exp` with
+//! explicit `where(m == -inf)` guards, which RowState's all-masked guard
+//! reproduces); `tl.dot` is an ascending fma chain per key. Phase (B) stops
+//! at the request's last query row: vLLM's further tiles there are entirely
+//! masked, which leaves the row state unchanged bit for bit. The new tokens'
+//! K/V are read back from the cache (vLLM 0.33's `KV_FROM_CACHE`); the
+//! seed-era call passes the step's key/value tensors instead, which hold the
+//! same values unless the cache is fp8. Soft-capping applies when
+//! `cfg.softcap` is set (vLLM's kernel has none; ROCM_ATTN passes none).
+
+use crate::cache::KvCache;
+use crate::config::AttnConfig;
+use crate::kernels::paged_decode::validate_paged_inputs;
+use crate::kernels::softmax::{dequant_kv, visible, DimOffsets, KvTile, RowState, ScoreParams, TRITON_L_EPS};
+use crate::numerics::DType;
+use attnlab_shared::error::{Error, Result};
+use attnlab_shared::metadata::AttentionMetadata;
+use rayon::prelude::*;
+
+/// Query rows per program (`BLOCK_M`).
+pub const BLOCK_M: usize = 128;
+/// New-token key tile of phase (B) (`BLOCK_N`).
+pub const BLOCK_N: usize = 64;
+/// Cached-context key tile of phase (A) (`BLOCK_SIZE` in `_fwd_kernel`).
+pub const CTX_TILE: usize = 32;
+/// `_fwd_kernel_alibi`'s BLOCK (rows and both key tiles) for fp16/bf16.
+pub const ALIBI_BLOCK: usize = 128;
+/// `_fwd_kernel_alibi`'s BLOCK for fp32.
+pub const ALIBI_BLOCK_F32: usize = 64;
+
+/// Which of the two Triton kernels a launch uses, and its tiling.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PrefixVariant {
+    /// "_fwd_kernel" or "_fwd_kernel_alibi".
+    pub kernel: &'static str,
+    pub block_m: usize,
+    pub ctx_tile: usize,
+    pub block_n: usize,
+    /// Added to l_i in the final division.
+    pub l_eps: f32,
+}
+
+impl PrefixVariant {
+    /// The variant `context_attention_fwd` launches for this config.
+    pub fn for_config(cfg: &AttnConfig) -> Self {
+        if cfg.alibi_slopes.is_some() {
+            let block = if cfg.dtype == DType::F32 { ALIBI_BLOCK_F32 } else { ALIBI_BLOCK };
+            PrefixVariant { kernel: "_fwd_kernel_alibi", block_m: block, ctx_tile: block, block_n: block, l_eps: 0.0 }
+        } else {
+            PrefixVariant { kernel: "_fwd_kernel", block_m: BLOCK_M, ctx_tile: CTX_TILE, block_n: BLOCK_N, l_eps: TRITON_L_EPS }
+        }
+    }
+}
+
+/// vLLM's `context_attention_fwd` over the paged cache: writes the output
+/// rows of every request with query_len > 1 (and of query_len == 1 requests
+/// too unless `skip_decode`) into `out` (`[T, Hq, D]`); other rows are left
+/// untouched. `cfg.sliding_window` is the kernel's `SW`; `meta.causal`
+/// selects the causal mask of phase (B).
+pub fn context_attention_fwd(
+    query: &[f32],
+    cache: &KvCache,
+    meta: &AttentionMetadata,
+    cfg: &AttnConfig,
+    skip_decode: bool,
+    out: &mut [f32],
+) -> Result<()> {
+    validate_paged_inputs(query, cache, meta, cfg, out)?;
+    let v = PrefixVariant::for_config(cfg);
+    if cfg.alibi_slopes.is_some() {
+        // _fwd_kernel_alibi's asserts, with vLLM's messages.
+        if !meta.causal {
+            return Err(Error::unsupported("non-causal prefix attention with ALiBi", "Non-causal prefix attention is not supported with alibi"));
+        }
+        if cfg.sinks.is_some() {
+            return Err(Error::unsupported("sinks with ALiBi", "Sinks arg is not supported with alibi"));
+        }
+    }
+    let (hq, d) = (cfg.num_heads, cfg.head_size);
+    let programs: Vec<(usize, usize, usize)> = (0..meta.num_reqs())
+        .filter(|&b| meta.query_len(b) > 0 && !(skip_decode && meta.query_len(b) == 1))
+        .flat_map(|b| (0..meta.query_len(b).div_ceil(v.block_m)).flat_map(move |m| (0..hq).map(move |h| (b, h, m))))
+        .collect();
+    let dims = DimOffsets::new(&cache.layout);
+    let results: Vec<(usize, usize, Vec<f32>)> =
+        programs.par_iter().map(|&(b, h, start_m)| program(query, cache, meta, cfg, &v, &dims, b, h, start_m)).collect();
+    for (first_row, h, data) in results {
+        for (i, row) in data.chunks_exact(d).enumerate() {
+            let base = ((first_row + i) * hq + h) * d;
+            out[base..base + d].copy_from_slice(row);
+        }
+    }
+    Ok(())
+}
+
+/// One program `(b, head, start_m)`: returns (first query row, head, rows x D output).
+#[allow(clippy::too_many_arguments)]
+fn program(
+    query: &[f32],
+    cache: &KvCache,
+    meta: &AttentionMetadata,
+    cfg: &AttnConfig,
+    v: &PrefixVariant,
+    dims: &DimOffsets,
+    b: usize,
+    head: usize,
+    start_m: usize,
+) -> (usize, usize, Vec<f32>) {
+    let (hq, d) = (cfg.num_heads, cfg.head_size);
+    let (ql, ctx) = (meta.query_len(b), meta.context_len(b));
+    let kv_head = head / cfg.queries_per_kv();
+    let rows = start_m * v.block_m..((start_m + 1) * v.block_m).min(ql);
+    let first_row = meta.query_range(b).start + rows.start;
+    let params = ScoreParams::new(cfg.scale, cfg.softcap);
+    let slope = cfg.alibi_slopes.as_ref().map(|s| s[head]);
+    // The alibi kernel applies no sliding window.
+    let window = if slope.is_some() { None } else { cfg.sliding_window };
+    let sink = cfg.sinks.as_ref().map(|s| s[head]);
+    let mut states: Vec<RowState> = rows.clone().map(|_| RowState::new(d, sink)).collect();
+    let q_row = |i: usize| {
+        let t = first_row - rows.start + i;
+        &query[(t * hq + head) * d..(t * hq + head + 1) * d]
+    };
+    // Base-2 score of key position t for query position p, or -inf if masked.
+    let score = |dot: f32, t: usize, p: usize, causal: bool| -> f32 {
+        if !visible(t, p, causal, window) {
+            return f32::NEG_INFINITY;
+        }
+        match slope {
+            None => params.score(dot, 0.0),
+            Some(sl) => {
+                let bias = sl * (t as f32 - p as f32);
+                if bias <= 0.0 { params.score(dot, bias) } else { f32::NEG_INFINITY }
+            }
+        }
+    };
+    let tile_cap = v.ctx_tile.max(v.block_n);
+    let mut tile = KvTile::new(tile_cap, d);
+    let (mut locs, mut dots, mut scores) = (Vec::with_capacity(tile_cap), vec![0f32; tile_cap], vec![0f32; tile_cap]);
+    let k_load = |k: f32| dequant_kv(k, cfg.k_scale, cfg.kv_dtype, cfg.dtype);
+    let v_load = |x: f32| dequant_kv(x, cfg.v_scale, cfg.kv_dtype, cfg.dtype);
+    let mut run_tile = |keys: std::ops::Range<usize>, causal: bool, tile: &mut KvTile, states: &mut [RowState]| {
+        locs.clear();
+        locs.extend(keys.clone().map(|t| meta.kv_location(b, t)));
+        tile.gather_paged(cache, dims, kv_head, &locs, k_load, v_load);
+        for (i, state) in rows.clone().zip(states.iter_mut()) {
+            tile.qk(q_row(i), &mut dots);
+            for (j, t) in keys.clone().enumerate() {
+                scores[j] = score(dots[j], t, ctx + i, causal);
+            }
+            state.update(&scores[..keys.len()], |j| tile.v_row(j), cfg.dtype);
+        }
+    };
+    // (A) the cached context: no causal mask (every context key precedes every query).
+    for s in (0..ctx).step_by(v.ctx_tile) {
+        run_tile(s..(s + v.ctx_tile).min(ctx), false, &mut tile, &mut states);
+    }
+    // (B) the new tokens, causal by default.
+    let upper = if meta.causal { (start_m + 1) * v.block_m } else { ql.next_multiple_of(v.block_n) };
+    for s in (0..upper.min(ql)).step_by(v.block_n) {
+        run_tile(ctx + s..ctx + (s + v.block_n).min(ql), meta.causal, &mut tile, &mut states);
+    }
+    let mut data = Vec::with_capacity(rows.len() * d);
+    for state in &states {
+        data.extend(state.normalized_eps(v.l_eps).into_iter().map(|x| cfg.dtype.round(x)));
+    }
+    (first_row, head, data)
+}
