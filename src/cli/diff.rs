@@ -1,10 +1,97 @@
-//! `attnlab diff` (in progress).
+//! `attnlab diff [--backend NAME|all] [--cases N] [--seed S] [--json]`: runs
+//! each kernel on the emulator and on the GPU over random cases and compares
+//! bit patterns. Per kernel: cases, elements, bit-exact count and the first
+//! mismatch (indices, both values, ulp distance). Exit 1 on any mismatch;
+//! without a device it says so in one line and exits 0 with nothing compared.
 
+use attnlab_gpu::diff::{select, DiffOptions, KernelReport};
+use attnlab_gpu::kernels::Gpu;
+use attnlab_gpu::runtime::GpuError;
+use serde_json::json;
 use std::process::ExitCode;
 
 #[derive(clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// A kernel (contract, reshape_and_cache, ...) or `all`.
+    #[arg(long, default_value = "all", value_name = "NAME|all")]
+    backend: String,
+    /// Random cases per kernel.
+    #[arg(long, default_value_t = 100)]
+    cases: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[arg(long)]
+    json: bool,
+}
 
-pub fn run(_args: Args) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("`attnlab diff` is not built yet")
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let diffs = select(&args.backend)?;
+    let gpu = match Gpu::open() {
+        Ok(g) => g,
+        Err(GpuError::NoDevice(why)) => {
+            if args.json {
+                println!("{}", json!({ "device": null, "skipped": why, "kernels": [] }));
+            } else {
+                println!("no device, nothing compared: {why}");
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let opts = DiffOptions {
+        cases: args.cases,
+        seed: args.seed,
+    };
+    let info = gpu.dev.info().clone();
+    if !args.json {
+        println!(
+            "device: {} ({}, {} SMs), {} cases per kernel, seed {}",
+            info.name,
+            info.target.name(),
+            info.multiprocessors,
+            opts.cases,
+            opts.seed
+        );
+    }
+    let mut reports: Vec<KernelReport> = Vec::new();
+    for d in diffs {
+        let start = std::time::Instant::now();
+        let r = (d.run)(&gpu, opts)?;
+        if !args.json {
+            print_report(&r, start.elapsed().as_secs_f64());
+        }
+        reports.push(r);
+    }
+    let all_exact = reports.iter().all(|r| r.passed());
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &json!({ "device": info, "cases": opts.cases, "seed": opts.seed, "bit_exact": all_exact, "kernels": reports })
+            )?
+        );
+    } else {
+        let elements: u64 = reports.iter().map(|r| r.elements).sum();
+        println!(
+            "{} kernels, {elements} elements: {}",
+            reports.len(),
+            if all_exact { "all bit-exact" } else { "MISMATCH" }
+        );
+    }
+    Ok(if all_exact { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+fn print_report(r: &KernelReport, secs: f64) {
+    let verdict = if r.passed() { "bit-exact" } else { "MISMATCH" };
+    println!(
+        "  {:<24} {:>6} cases {:>12} elements {:>12} exact  {verdict}  ({secs:.1} s)",
+        r.kernel, r.cases, r.elements, r.bit_exact
+    );
+    if let Some(m) = &r.first_mismatch {
+        println!("    first mismatch, case {}: {}", m.case, m.case_desc);
+        println!(
+            "    {}{:?}: sim {} ({}) gpu {} ({}), {} ulp",
+            m.tensor, m.index, m.sim_bits, m.sim_value, m.gpu_bits, m.gpu_value, m.ulp
+        );
+    }
 }

@@ -1,1 +1,213 @@
-//! (in progress)
+//! The GPU runtime: a small [`Device`] trait (allocate, copy, load a compiled
+//! module, launch, synchronize, time with events) and its implementations.
+//!
+//! Layers as cudarc has them: the vendor FFI stays in one small module per
+//! vendor ([`cuda`] over cudarc's `result` layer with its libraries loaded at
+//! run time; `hip` over our own `extern "C"` block behind the `rocm`
+//! feature), everything above speaks only this safe trait. Building needs no
+//! GPU stack; without a device [`open`] returns [`GpuError::NoDevice`] with a
+//! one-line reason.
+
+pub mod cuda;
+#[cfg(feature = "rocm")]
+pub mod hip;
+
+use attnlab_shared::error::Error as SharedError;
+use serde::Serialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum GpuError {
+    /// No usable device (no driver library, no GPU): callers skip, not fail.
+    #[error("no device: {0}")]
+    NoDevice(String),
+    #[error("compiling {kernel} for {target} failed:\n{log}")]
+    Compile { kernel: String, target: String, log: String },
+    #[error("{api} failed: {msg}")]
+    Driver { api: &'static str, msg: String },
+    #[error(transparent)]
+    Invalid(#[from] SharedError),
+}
+
+pub type Result<T> = std::result::Result<T, GpuError>;
+
+/// A compile target `attnlab gpu compile --target` accepts.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+pub enum Target {
+    /// NVIDIA, compiled by NVRTC: `sm_90` etc. (number = major*10 + minor).
+    Cuda { sm: u32 },
+    /// AMD CDNA, compiled by hipRTC or hipcc: `gfx90a`, `gfx940`, `gfx942`.
+    Amd { gfx: String },
+}
+
+impl Target {
+    pub const NAMED: [&'static str; 4] = ["gfx90a", "gfx940", "gfx942", "sm_90"];
+
+    pub fn parse(s: &str) -> Result<Self> {
+        if let Some(n) = s.strip_prefix("sm_") {
+            if let Ok(sm) = n.parse::<u32>() {
+                if (70..=120).contains(&sm) {
+                    return Ok(Target::Cuda { sm });
+                }
+            }
+        }
+        if ["gfx90a", "gfx940", "gfx941", "gfx942"].contains(&s) {
+            return Ok(Target::Amd { gfx: s.to_string() });
+        }
+        Err(SharedError::invalid("target", format!("'{s}'"), "allowed: gfx90a, gfx940, gfx941, gfx942, sm_70 .. sm_120").into())
+    }
+
+    pub fn name(&self) -> String {
+        match self {
+            Target::Cuda { sm } => format!("sm_{sm}"),
+            Target::Amd { gfx } => gfx.clone(),
+        }
+    }
+
+    /// Lanes per wave: NVIDIA warps are 32; CDNA wavefronts are 64.
+    pub fn wave_size(&self) -> u32 {
+        match self {
+            Target::Cuda { .. } => 32,
+            Target::Amd { .. } => 64,
+        }
+    }
+}
+
+/// What `attnlab diff`/`bench` print about the device.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeviceInfo {
+    pub name: String,
+    pub target: Target,
+    pub multiprocessors: u32,
+    pub memory_bytes: u64,
+    pub l2_bytes: u64,
+}
+
+/// A compiled module image (PTX text for NVIDIA, a code object for AMD).
+#[derive(Debug, Clone)]
+pub struct Image {
+    pub target: Target,
+    pub bytes: Vec<u8>,
+}
+
+/// A kernel argument as the launch passes it (by value, 8-byte slots).
+#[derive(Debug, Clone, Copy)]
+pub enum Arg {
+    Ptr(u64),
+    I32(i32),
+    I64(i64),
+    F32(f32),
+}
+
+impl Arg {
+    /// The argument's bytes in a little-endian 8-byte slot; the kernel reads
+    /// only its own size from the start.
+    pub(crate) fn slot(self) -> u64 {
+        match self {
+            Arg::Ptr(p) => p,
+            Arg::I32(v) => v as u32 as u64,
+            Arg::I64(v) => v as u64,
+            Arg::F32(v) => v.to_bits() as u64,
+        }
+    }
+}
+
+/// Launch geometry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LaunchDims {
+    pub grid: [u32; 3],
+    pub block: [u32; 3],
+    pub shared_bytes: u32,
+}
+
+impl LaunchDims {
+    /// A 1-D launch of `n` threads in blocks of `block`.
+    pub fn linear(n: usize, block: u32) -> Result<Self> {
+        let blocks = n.div_ceil(block as usize).max(1);
+        let grid_x = u32::try_from(blocks).map_err(|_| SharedError::invalid("1-D launch size", n, "at most 2^32 blocks"))?;
+        Ok(LaunchDims { grid: [grid_x, 1, 1], block: [block, 1, 1], shared_bytes: 0 })
+    }
+}
+
+/// Opaque handles; each backend keeps the real objects behind them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ModuleId(pub usize);
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FunctionId(pub usize);
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct EventId(pub usize);
+
+/// One GPU. Everything is synchronous with respect to the host except
+/// `launch` and `record`, which queue on the device's one stream.
+pub trait Device {
+    fn info(&self) -> &DeviceInfo;
+    /// Compiles one translation unit for this device (NVRTC or hipRTC).
+    fn compile(&self, name: &str, source: &str, defines: &[(String, String)]) -> Result<Image>;
+    fn alloc(&self, bytes: usize) -> Result<u64>;
+    fn free(&self, ptr: u64);
+    fn upload(&self, dst: u64, src: &[u8]) -> Result<()>;
+    fn download(&self, src: u64, dst: &mut [u8]) -> Result<()>;
+    /// Device-to-device copy on the stream (the bandwidth yardstick of bench).
+    fn copy(&self, dst: u64, src: u64, bytes: usize) -> Result<()>;
+    fn memset_zero(&self, dst: u64, bytes: usize) -> Result<()>;
+    fn load(&self, image: &Image) -> Result<ModuleId>;
+    fn function(&self, module: ModuleId, name: &str) -> Result<FunctionId>;
+    fn launch(&self, f: FunctionId, dims: LaunchDims, args: &[Arg]) -> Result<()>;
+    fn synchronize(&self) -> Result<()>;
+    fn record(&self) -> Result<EventId>;
+    /// Milliseconds between two recorded events (waits for the second).
+    fn elapsed_ms(&self, start: EventId, end: EventId) -> Result<f32>;
+}
+
+/// Opens the first GPU: HIP when built with `rocm` and a HIP device exists,
+/// else CUDA. The error is `NoDevice` with the reason each backend gave.
+pub fn open() -> Result<Box<dyn Device>> {
+    #[cfg(feature = "rocm")]
+    let hip_reason = match hip::HipDevice::open() {
+        Ok(d) => return Ok(Box::new(d)),
+        Err(e) => format!("{e}; "),
+    };
+    #[cfg(not(feature = "rocm"))]
+    let hip_reason = String::from("HIP: not built (cargo feature `rocm`); ");
+    match cuda::CudaDevice::open() {
+        Ok(d) => Ok(Box::new(d)),
+        Err(e) => Err(GpuError::NoDevice(format!("{hip_reason}CUDA: {e}"))),
+    }
+}
+
+/// A device allocation freed on drop.
+pub struct Buffer<'d> {
+    dev: &'d dyn Device,
+    pub ptr: u64,
+    pub bytes: usize,
+}
+
+impl<'d> Buffer<'d> {
+    pub fn zeroed(dev: &'d dyn Device, bytes: usize) -> Result<Self> {
+        let ptr = dev.alloc(bytes.max(4))?;
+        let b = Buffer { dev, ptr, bytes };
+        dev.memset_zero(ptr, bytes.max(4))?;
+        Ok(b)
+    }
+
+    pub fn from_bytes(dev: &'d dyn Device, data: &[u8]) -> Result<Self> {
+        let b = Buffer::zeroed(dev, data.len())?;
+        dev.upload(b.ptr, data)?;
+        Ok(b)
+    }
+
+    pub fn to_bytes(&self) -> Result<Vec<u8>> {
+        let mut out = vec![0u8; self.bytes];
+        self.dev.download(self.ptr, &mut out)?;
+        Ok(out)
+    }
+
+    pub fn arg(&self) -> Arg {
+        Arg::Ptr(self.ptr)
+    }
+}
+
+impl Drop for Buffer<'_> {
+    fn drop(&mut self) {
+        self.dev.free(self.ptr);
+    }
+}

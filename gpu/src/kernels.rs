@@ -1,0 +1,136 @@
+//! The HIP sources in `kernels/`, how they are compiled, and the per-device
+//! module cache.
+//!
+//! Each family is one `kernels/<name>.hip` file; [`translation_unit`] pastes
+//! `portable.h` in front of it so NVRTC, hipRTC and hipcc all see one
+//! self-contained unit (no include paths to configure). The sources are
+//! embedded at build time; `ATTNLAB_KERNELS_DIR` points at a checkout's
+//! `kernels/` to try edits without rebuilding. Compile-time constants (dtypes,
+//! block sizes) are `-D` defines; modules are cached per (family, target,
+//! defines).
+
+use crate::runtime::{Device, FunctionId, GpuError, ModuleId, Result};
+use attnlab_shared::dtype::DType;
+use attnlab_shared::error::Error as SharedError;
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+/// One kernel family: a `.hip` file and the `-D` variants `gpu compile` builds.
+pub struct Family {
+    pub name: &'static str,
+    embedded: &'static str,
+    /// Entry points (`extern "C" __global__`), for reports.
+    pub entries: &'static [&'static str],
+    /// Representative define sets: every one must compile on every target.
+    pub variants: fn() -> Vec<Defines>,
+}
+
+pub type Defines = Vec<(String, String)>;
+
+pub const PORTABLE_H: &str = include_str!("../../kernels/portable.h");
+
+/// `-D NAME=<dtype code>` in `portable.h`'s DT_* numbering.
+pub fn dtype_define(name: &str, dt: DType) -> (String, String) {
+    let code = match dt {
+        DType::F32 => 0,
+        DType::F16 => 1,
+        DType::Bf16 => 2,
+        DType::Fp8E4m3Fnuz => 3,
+        DType::Fp8E4m3Fn => 4,
+    };
+    (name.to_string(), code.to_string())
+}
+
+fn contract_variants() -> Vec<Defines> {
+    attnlab_shared::dtype::ALL_DTYPES
+        .iter()
+        .map(|&d| vec![dtype_define("ROUND_DTYPE", d)])
+        .collect()
+}
+
+pub static FAMILIES: &[Family] = &[Family {
+    name: "contract",
+    embedded: include_str!("../../kernels/contract.hip"),
+    entries: &["contract_unary", "contract_round"],
+    variants: contract_variants,
+}];
+
+pub fn family(name: &str) -> Result<&'static Family> {
+    FAMILIES.iter().find(|f| f.name == name).ok_or_else(|| {
+        let names: Vec<&str> = FAMILIES.iter().map(|f| f.name).collect();
+        GpuError::Invalid(SharedError::invalid(
+            "kernel family",
+            format!("'{name}'"),
+            format!("known: {}", names.join(", ")),
+        ))
+    })
+}
+
+/// `portable.h` + the family's source, from `ATTNLAB_KERNELS_DIR` if set.
+pub fn translation_unit(f: &Family) -> Result<String> {
+    let (header, body) = match std::env::var_os("ATTNLAB_KERNELS_DIR") {
+        Some(dir) => {
+            let dir = std::path::PathBuf::from(dir);
+            let read = |file: &str| {
+                std::fs::read_to_string(dir.join(file)).map_err(|e| {
+                    GpuError::Invalid(SharedError::invalid(
+                        "ATTNLAB_KERNELS_DIR",
+                        dir.display(),
+                        format!("a kernels/ folder with {file} ({e})"),
+                    ))
+                })
+            };
+            (read("portable.h")?, read(&format!("{}.hip", f.name))?)
+        }
+        None => (PORTABLE_H.to_string(), f.embedded.to_string()),
+    };
+    // `#pragma once` in the header is harmless; the #line keeps compiler
+    // messages pointing at the .hip file's own line numbers.
+    Ok(format!("{header}\n#line 1 \"{}.hip\"\n{body}", f.name))
+}
+
+/// A device plus its compiled-module cache: what diff and bench hold.
+pub struct Gpu {
+    pub dev: Box<dyn Device>,
+    modules: Mutex<HashMap<(String, Defines), ModuleId>>,
+    functions: Mutex<HashMap<(ModuleId, String), FunctionId>>,
+}
+
+impl Gpu {
+    pub fn new(dev: Box<dyn Device>) -> Self {
+        Gpu {
+            dev,
+            modules: Mutex::new(HashMap::new()),
+            functions: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Opens the first device ([`crate::runtime::open`]).
+    pub fn open() -> Result<Self> {
+        Ok(Gpu::new(crate::runtime::open()?))
+    }
+
+    /// The entry point `entry` of `family` compiled with `defines` (compiled
+    /// and loaded on first use, cached after).
+    pub fn function(&self, family_name: &str, defines: &[(String, String)], entry: &str) -> Result<FunctionId> {
+        let key = (family_name.to_string(), defines.to_vec());
+        let cached = self.modules.lock().unwrap_or_else(|p| p.into_inner()).get(&key).copied();
+        let module = match cached {
+            Some(m) => m,
+            None => {
+                let f = family(family_name)?;
+                let image = self.dev.compile(&format!("{}.hip", f.name), &translation_unit(f)?, defines)?;
+                let m = self.dev.load(&image)?;
+                self.modules.lock().unwrap_or_else(|p| p.into_inner()).insert(key, m);
+                m
+            }
+        };
+        let fkey = (module, entry.to_string());
+        if let Some(&id) = self.functions.lock().unwrap_or_else(|p| p.into_inner()).get(&fkey) {
+            return Ok(id);
+        }
+        let id = self.dev.function(module, entry)?;
+        self.functions.lock().unwrap_or_else(|p| p.into_inner()).insert(fkey, id);
+        Ok(id)
+    }
+}

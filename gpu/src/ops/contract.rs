@@ -1,0 +1,62 @@
+//! Launchers for `kernels/contract.hip`: the contract functions elementwise.
+
+use crate::diff::{bits_from_bytes, bytes_of};
+use crate::kernels::{dtype_define, Gpu};
+use crate::runtime::{Arg, Buffer, LaunchDims, Result};
+use attnlab_shared::dtype::DType;
+
+/// The unary contract functions, in `contract_unary`'s `op` numbering.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnaryOp {
+    Exp2c = 0,
+    Log2c = 1,
+    Tanhc = 2,
+    Expc = 3,
+}
+
+impl UnaryOp {
+    pub const ALL: [UnaryOp; 4] = [UnaryOp::Exp2c, UnaryOp::Log2c, UnaryOp::Tanhc, UnaryOp::Expc];
+
+    pub fn name(self) -> &'static str {
+        ["exp2c", "log2c", "tanhc", "expc"][self as usize]
+    }
+
+    /// The sim's definition (numerics.rs).
+    pub fn sim(self, x: f32) -> f32 {
+        use attnlab_sim::numerics as n;
+        match self {
+            UnaryOp::Exp2c => n::exp2c(x),
+            UnaryOp::Log2c => n::log2c(x),
+            UnaryOp::Tanhc => n::tanhc(x),
+            UnaryOp::Expc => n::expc(x),
+        }
+    }
+}
+
+/// `op(x)` for every element on the device; returns the f32 bit patterns.
+pub fn unary(gpu: &Gpu, op: UnaryOp, x: &[f32]) -> Result<Vec<u32>> {
+    let dev = gpu.dev.as_ref();
+    let f = gpu.function("contract", &[dtype_define("ROUND_DTYPE", DType::F32)], "contract_unary")?;
+    let input = Buffer::from_bytes(dev, &bytes_of(x, DType::F32))?;
+    let out = Buffer::zeroed(dev, x.len() * 4)?;
+    dev.launch(
+        f,
+        LaunchDims::linear(x.len(), 256)?,
+        &[input.arg(), out.arg(), Arg::I64(x.len() as i64), Arg::I32(op as i32)],
+    )?;
+    Ok(bits_from_bytes(&out.to_bytes()?, DType::F32))
+}
+
+/// `DType::round` of every element on the device (store to `dtype`, load back).
+pub fn round(gpu: &Gpu, dtype: DType, x: &[f32]) -> Result<Vec<u32>> {
+    let dev = gpu.dev.as_ref();
+    let f = gpu.function("contract", &[dtype_define("ROUND_DTYPE", dtype)], "contract_round")?;
+    let input = Buffer::from_bytes(dev, &bytes_of(x, DType::F32))?;
+    let out = Buffer::zeroed(dev, x.len() * 4)?;
+    dev.launch(
+        f,
+        LaunchDims::linear(x.len(), 256)?,
+        &[input.arg(), out.arg(), Arg::I64(x.len() as i64)],
+    )?;
+    Ok(bits_from_bytes(&out.to_bytes()?, DType::F32))
+}

@@ -1,0 +1,7 @@
+//! Host-side launchers, one module per kernel family in `kernels/`: each
+//! validates its inputs on the host (every slot, block id and length) before
+//! a launch, uploads, launches and downloads. Signatures mirror the sim
+//! kernels they are diffed against.
+
+pub mod contract;
+pub mod reshape_and_cache;
