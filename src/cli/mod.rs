@@ -8,3 +8,4 @@ pub mod replay;
 pub mod run;
 pub mod select;
 pub mod trace;
+pub mod util;
