@@ -481,7 +481,7 @@ impl Scheduler {
         let mut steps = Vec::new();
         while !self.is_finished() {
             if steps.len() == max_steps {
-                return Err(Error::invalid("step count", max_steps, "the workload needs more steps than this limit"));
+                return Err(Error::invalid("max_steps", max_steps, "the workload needs more steps than this limit"));
             }
             steps.push(self.step()?);
         }
