@@ -109,11 +109,7 @@ impl<'a> VarlenParams<'a> {
             }
         }
         if self.num_heads % self.num_kv_heads != 0 {
-            return Err(Error::invalid(
-                "num_kv_heads",
-                self.num_kv_heads,
-                format!("must divide num_heads = {}", self.num_heads),
-            ));
+            return Err(Error::invalid("num_kv_heads", self.num_kv_heads, format!("must divide num_heads = {}", self.num_heads)));
         }
         if self.window == Some(0) {
             return Err(Error::invalid("window", 0, "must be >= 1 or absent"));
@@ -121,11 +117,7 @@ impl<'a> VarlenParams<'a> {
         for (what, v) in [("alibi_slopes", self.alibi_slopes), ("sinks", self.sinks)] {
             if let Some(v) = v {
                 if v.len() != self.num_heads {
-                    return Err(Error::invalid(
-                        format!("{what} length"),
-                        v.len(),
-                        format!("must be num_heads = {}", self.num_heads),
-                    ));
+                    return Err(Error::invalid(format!("{what} length"), v.len(), format!("must be num_heads = {}", self.num_heads)));
                 }
             }
         }
@@ -136,19 +128,11 @@ impl<'a> VarlenParams<'a> {
 /// Checks a `cu_seqlens` array (starts at 0, non-decreasing) and returns its total.
 fn check_cu(what: &str, cu: &[i32]) -> Result<usize> {
     if cu.first() != Some(&0) {
-        return Err(Error::invalid(
-            format!("{what}[0]"),
-            cu.first().map_or("missing".into(), |v| v.to_string()),
-            "must be 0",
-        ));
+        return Err(Error::invalid(format!("{what}[0]"), cu.first().map_or("missing".into(), |v| v.to_string()), "must be 0"));
     }
     for i in 1..cu.len() {
         if cu[i] < cu[i - 1] {
-            return Err(Error::invalid(
-                format!("{what}[{i}]"),
-                cu[i],
-                format!("must be >= {what}[{}] = {}", i - 1, cu[i - 1]),
-            ));
+            return Err(Error::invalid(format!("{what}[{i}]"), cu[i], format!("must be >= {what}[{}] = {}", i - 1, cu[i - 1])));
         }
     }
     Ok(*cu.last().unwrap_or(&0) as usize)
@@ -170,24 +154,15 @@ pub fn flash_attn_varlen(q: &[f32], k: &[f32], v: &[f32], cu_seqlens_q: &[i32], 
     let total_q = check_cu("cu_seqlens_q", cu_seqlens_q)?;
     let total_k = check_cu("cu_seqlens_k", cu_seqlens_k)?;
     let (hq, hk, d, dv) = (p.num_heads, p.num_kv_heads, p.head_size, p.head_size_v);
-    for (what, len, want) in [
-        ("q", q.len(), total_q * hq * d),
-        ("k", k.len(), total_k * hk * d),
-        ("v", v.len(), total_k * hk * dv),
-    ] {
+    for (what, len, want) in [("q", q.len(), total_q * hq * d), ("k", k.len(), total_k * hk * d), ("v", v.len(), total_k * hk * dv)] {
         if len != want {
-            return Err(Error::invalid(
-                format!("{what} length"),
-                len,
-                format!("cu_seqlens and head sizes need {want}"),
-            ));
+            return Err(Error::invalid(format!("{what} length"), len, format!("cu_seqlens and head sizes need {want}")));
         }
     }
 
     let batch = cu_seqlens_q.len().saturating_sub(1);
-    let programs: Vec<(usize, usize)> = (0..batch)
-        .flat_map(|b| (0..seq_len(cu_seqlens_q, b).div_ceil(BLOCK_M)).map(move |mb| (b, mb)))
-        .collect();
+    let programs: Vec<(usize, usize)> =
+        (0..batch).flat_map(|b| (0..seq_len(cu_seqlens_q, b).div_ceil(BLOCK_M)).map(move |mb| (b, mb))).collect();
     let blocks: Vec<(usize, Vec<f32>, Vec<f32>)> = programs
         .par_iter()
         .map(|&(b, mb)| {
@@ -225,11 +200,7 @@ fn program(q: &[f32], k: &[f32], v: &[f32], cu_q: &[i32], cu_k: &[i32], b: usize
     let pos = |i: usize| i as i64 + offset;
 
     // Tile range [n_min, n_max) that can hold a visible key for some row.
-    let last_key = if p.causal {
-        (pos(r1 - 1) + 1).clamp(0, sk as i64) as usize
-    } else {
-        sk
-    };
+    let last_key = if p.causal { (pos(r1 - 1) + 1).clamp(0, sk as i64) as usize } else { sk };
     let first_key = match p.window {
         Some(w) => (pos(r0) - w as i64 + 1).clamp(0, sk as i64) as usize,
         None => 0,
@@ -263,11 +234,7 @@ fn program(q: &[f32], k: &[f32], v: &[f32], cu_q: &[i32], cu_k: &[i32], b: usize
                     let pi = pos(i);
                     for (j, sj) in s.iter_mut().enumerate() {
                         let t = j0 + j;
-                        let vis = if pi < 0 {
-                            !p.causal
-                        } else {
-                            visible(t, pi as usize, p.causal, p.window)
-                        };
+                        let vis = if pi < 0 { !p.causal } else { visible(t, pi as usize, p.causal, p.window) };
                         *sj = if !vis {
                             f32::NEG_INFINITY
                         } else {
@@ -319,18 +286,8 @@ mod tests {
         let x = qkv(3);
         let p = VarlenParams::new(1, 1, 2, DType::F32, 0.5);
         let r = flash_attn_varlen(&x[2..], &x, &x, &[0, 2], &[0, 3], &p).unwrap();
-        let only_two = flash_attn_varlen(
-            &x[2..4],
-            &x[..4],
-            &x[..4],
-            &[0, 1],
-            &[0, 2],
-            &VarlenParams {
-                causal: false,
-                ..p.clone()
-            },
-        )
-        .unwrap();
+        let only_two =
+            flash_attn_varlen(&x[2..4], &x[..4], &x[..4], &[0, 1], &[0, 2], &VarlenParams { causal: false, ..p.clone() }).unwrap();
         assert_eq!(&r.out[..2], &only_two.out[..]);
         assert_eq!(r.lse[0], only_two.lse[0]);
     }
@@ -365,19 +322,7 @@ mod tests {
         assert!(e.contains("cu_seqlens_q[2]"), "{e}");
         let e = flash_attn_varlen(&x, &x, &x, &[0, 3], &[0, 2], &p).unwrap_err().to_string();
         assert!(e.contains("q length"), "{e}");
-        let e = flash_attn_varlen(
-            &x,
-            &x,
-            &x,
-            &[0, 2],
-            &[0, 2],
-            &VarlenParams {
-                sinks: Some(&[0.0, 1.0]),
-                ..p
-            },
-        )
-        .unwrap_err()
-        .to_string();
+        let e = flash_attn_varlen(&x, &x, &x, &[0, 2], &[0, 2], &VarlenParams { sinks: Some(&[0.0, 1.0]), ..p }).unwrap_err().to_string();
         assert!(e.contains("sinks length"), "{e}");
     }
 }

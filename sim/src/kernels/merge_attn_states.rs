@@ -71,23 +71,20 @@ pub fn merge_attn_states(prefix: &OutLse, suffix: &OutLse, out_dtype: DType, ker
     // Per token: H merged lse values, gathered into [H, T] afterwards.
     let mut lse_th = vec![0.0f32; t_n * h_n];
     if d_n > 0 {
-        out.par_chunks_mut(h_n * d_n)
-            .zip(lse_th.par_chunks_mut(h_n))
-            .enumerate()
-            .for_each(|(t, (out_t, lse_t))| {
-                for h in 0..h_n {
-                    let row = (t * h_n + h) * d_n..(t * h_n + h + 1) * d_n;
-                    lse_t[h] = merge_row(
-                        &prefix.out[row.clone()],
-                        prefix.lse[h * t_n + t],
-                        &suffix.out[row],
-                        suffix.lse[h * t_n + t],
-                        &mut out_t[h * d_n..(h + 1) * d_n],
-                        out_dtype,
-                        kernel,
-                    );
-                }
-            });
+        out.par_chunks_mut(h_n * d_n).zip(lse_th.par_chunks_mut(h_n)).enumerate().for_each(|(t, (out_t, lse_t))| {
+            for h in 0..h_n {
+                let row = (t * h_n + h) * d_n..(t * h_n + h + 1) * d_n;
+                lse_t[h] = merge_row(
+                    &prefix.out[row.clone()],
+                    prefix.lse[h * t_n + t],
+                    &suffix.out[row],
+                    suffix.lse[h * t_n + t],
+                    &mut out_t[h * d_n..(h + 1) * d_n],
+                    out_dtype,
+                    kernel,
+                );
+            }
+        });
     }
     let mut lse = vec![0.0f32; h_n * t_n];
     for t in 0..t_n {
@@ -95,13 +92,7 @@ pub fn merge_attn_states(prefix: &OutLse, suffix: &OutLse, out_dtype: DType, ker
             lse[h * t_n + t] = lse_th[t * h_n + h];
         }
     }
-    Ok(OutLse {
-        num_tokens: t_n,
-        num_heads: h_n,
-        head_size: d_n,
-        out,
-        lse,
-    })
+    Ok(OutLse { num_tokens: t_n, num_heads: h_n, head_size: d_n, out, lse })
 }
 
 /// One (token, head) program; returns the merged natural-log lse.
@@ -141,13 +132,7 @@ mod tests {
 
     #[test]
     fn equal_lse_averages_the_two_outputs() {
-        let m = merge_attn_states(
-            &one(vec![1.0, 2.0], 0.5),
-            &one(vec![3.0, 4.0], 0.5),
-            DType::F32,
-            MergeKernel::Triton,
-        )
-        .unwrap();
+        let m = merge_attn_states(&one(vec![1.0, 2.0], 0.5), &one(vec![3.0, 4.0], 0.5), DType::F32, MergeKernel::Triton).unwrap();
         assert_eq!(m.out, vec![2.0, 3.0]);
         // ln(2) + 0.5 within the contract's log accuracy.
         assert!((m.lse[0] - (0.5 + std::f32::consts::LN_2)).abs() < 1e-6, "{}", m.lse[0]);
@@ -165,29 +150,17 @@ mod tests {
     fn triton_keeps_minus_inf_lse_only_the_hip_kernel_rewrites_both() {
         // -inf on one side: both give the other side; differences only appear
         // when both are non-finite.
-        let t = merge_attn_states(
-            &one(vec![0.0], f32::NEG_INFINITY),
-            &one(vec![0.0], f32::INFINITY),
-            DType::F32,
-            MergeKernel::Triton,
-        )
-        .unwrap();
+        let t =
+            merge_attn_states(&one(vec![0.0], f32::NEG_INFINITY), &one(vec![0.0], f32::INFINITY), DType::F32, MergeKernel::Triton).unwrap();
         assert!(t.out[0].is_nan() && t.lse[0].is_nan());
-        let h = merge_attn_states(
-            &one(vec![0.0], f32::NEG_INFINITY),
-            &one(vec![0.0], f32::INFINITY),
-            DType::F32,
-            MergeKernel::Hip,
-        )
-        .unwrap();
+        let h =
+            merge_attn_states(&one(vec![0.0], f32::NEG_INFINITY), &one(vec![0.0], f32::INFINITY), DType::F32, MergeKernel::Hip).unwrap();
         assert_eq!((h.out[0], h.lse[0]), (0.0, f32::NEG_INFINITY));
     }
 
     #[test]
     fn rejects_mismatched_shapes_naming_both() {
-        let e = merge_attn_states(&one(vec![1.0, 2.0], 0.0), &one(vec![1.0], 0.0), DType::F32, MergeKernel::Hip)
-            .unwrap_err()
-            .to_string();
+        let e = merge_attn_states(&one(vec![1.0, 2.0], 0.0), &one(vec![1.0], 0.0), DType::F32, MergeKernel::Hip).unwrap_err().to_string();
         assert!(e.contains("(1, 1, 1)") && e.contains("(1, 1, 2)"), "{e}");
     }
 
@@ -195,9 +168,7 @@ mod tests {
     fn rejects_edited_lengths() {
         let mut p = one(vec![1.0], 0.0);
         p.lse.clear();
-        let e = merge_attn_states(&p, &one(vec![1.0], 0.0), DType::F32, MergeKernel::Hip)
-            .unwrap_err()
-            .to_string();
+        let e = merge_attn_states(&p, &one(vec![1.0], 0.0), DType::F32, MergeKernel::Hip).unwrap_err().to_string();
         assert!(e.contains("prefix output/lse lengths"), "{e}");
     }
 }
