@@ -10,14 +10,16 @@
 //!   the oracle against vLLM's kernels.
 //! - `merge_attn_states`: the merge kernel (Triton flavour, the one the
 //!   fixtures were captured with), and the f64 reference merge.
-//! - `mla_decode`: the f64 reference, and the MLA emulator through [`MLA_DECODE`].
+//! - `mla_decode`: the f64 reference, and every MLA backend of
+//!   [`mla_backends`] (`check` fails -> "skipped" with vLLM's reason).
 //!
 //! A result passes when it is within the fixture's `atol`/`rtol` of the
 //! file's `output` and, when the file carries a `reference`, of that too.
 
+use crate::backends::mla::{self, mla_backends};
 use crate::backends::{by_name, mha_backends, AttentionBackend};
 use crate::cache::KvCache;
-use crate::fixture::{self, Case, Fixture, MergeCase, MlaCase, PagedCase};
+use crate::fixture::{self, Case, Fixture, MergeCase, PagedCase};
 use crate::kernels::merge_attn_states::{merge_attn_states, MergeKernel};
 use crate::kernels::softmax::OutLse;
 use crate::reference::{self, compare, Comparison, Tolerance};
@@ -32,12 +34,6 @@ use std::path::{Path, PathBuf};
 /// Backend name of the rows produced by our f64 reference.
 pub const REFERENCE: &str = "reference(f64)";
 
-/// The MLA decode emulator as replay calls it: the case and its dtype in,
-/// `[num_seqs, num_heads, kv_lora_rank]` in that dtype out. Hook for the MLA
-/// engineer: point this at the MLA backend's decode; while it is `None`,
-/// `mla_decode` cases report the emulator row as "skipped".
-pub type MlaDecodeFn = fn(&MlaCase, DType) -> Result<Vec<f32>>;
-pub const MLA_DECODE: Option<MlaDecodeFn> = None;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -147,17 +143,12 @@ pub fn replay_fixture(f: &Fixture, backend: Option<&str>) -> Vec<ReplayResult> {
                 m.scale,
             );
             rows.push(judged(REFERENCE, r.map(|o| to_f32(&o)), &m.output, m.reference.as_deref()));
-            match MLA_DECODE {
-                Some(decode) if backend.is_none() => rows.push(judged("mla_decode", decode(m, dtype), &m.output, m.reference.as_deref())),
-                Some(_) => {}
-                None => rows.push(row(
-                    &f.file,
-                    op,
-                    "mla_decode",
-                    Status::Skipped,
-                    Some("the MLA decode emulator is not wired into replay yet".into()),
-                    None,
-                )),
+            for b in mla_backends().iter().filter(|b| backend.is_none_or(|n| n == b.name())) {
+                let cfg = mla::replay_config(m, dtype);
+                match b.check(&cfg, m.meta.block_size) {
+                    Err(e) => rows.push(row(&f.file, op, b.name(), Status::Skipped, Some(e.to_string()), None)),
+                    Ok(()) => rows.push(judged(b.name(), catch_panic(b.name(), || mla::replay_mla_decode(b.as_ref(), m, &cfg)), &m.output, m.reference.as_deref())),
+                }
             }
         }
     }

@@ -4,6 +4,7 @@
 //! implements [`AttentionBackend`], so a test can run one batch through all.
 
 pub mod rocm_attn;
+pub mod mla;
 
 use crate::cache::KvCache;
 use crate::config::AttnConfig;
