@@ -4,6 +4,8 @@
 //! implements [`AttentionBackend`], so a test can run one batch through all.
 
 pub mod rocm_attn;
+pub mod triton_attn;
+pub mod rocm_aiter_unified_attn;
 pub mod mla;
 
 use crate::cache::KvCache;
@@ -62,7 +64,11 @@ pub trait AttentionBackend: Send + Sync {
 
 /// Every emulated MHA backend, in registry order.
 pub fn mha_backends() -> Vec<Box<dyn AttentionBackend>> {
-    vec![Box::new(rocm_attn::RocmAttn::default())]
+    vec![
+        Box::new(triton_attn::TritonAttn::default()),
+        Box::new(rocm_attn::RocmAttn::default()),
+        Box::new(rocm_aiter_unified_attn::RocmAiterUnifiedAttn::default()),
+    ]
 }
 
 /// Looks a backend up by vLLM enum name, naming the emulated ones when it fails.

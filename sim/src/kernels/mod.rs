@@ -14,3 +14,4 @@ pub mod mla_prefill;
 pub mod mla_proj;
 pub mod paged_decode;
 pub mod prefix_prefill;
+pub mod unified_attention;

@@ -29,11 +29,12 @@
 //! has no explicit clamp, so out-of-range values are implementation-defined
 //! on the GPU; the emulator saturates for every writer.
 
+use crate::backends::KernelCall;
 use crate::cache::KvCache;
 use crate::config::AttnConfig;
 use attnlab_shared::dtype::DType;
 use attnlab_shared::error::{Error, Result};
-use attnlab_shared::layout::LayoutKind;
+use attnlab_shared::layout::{KvLayout, LayoutKind};
 
 /// Which vLLM/AITER writer runs. Each backend names the one vLLM calls.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -71,6 +72,22 @@ impl CacheWriter {
             CacheWriter::TritonReshapeAndCacheFlash => &[LayoutKind::Nhd, LayoutKind::RocmPaged],
             CacheWriter::ReshapeAndCacheShuffleTriton => &[LayoutKind::AiterShuffled],
         }
+    }
+
+    /// The launch as `attnlab trace` shows it: the step's `num_tokens` new
+    /// K/V rows written into a cache of `layout`.
+    pub fn kernel_call(self, layout: &KvLayout, num_tokens: usize) -> KernelCall {
+        let row = vec![num_tokens, layout.num_kv_heads, layout.head_size];
+        KernelCall::new(
+            self.kernel_name(),
+            &[
+                ("key", row.clone()),
+                ("value", row),
+                ("key_cache", layout.k_shape()),
+                ("value_cache", layout.v_shape()),
+                ("slot_mapping", vec![num_tokens]),
+            ],
+        )
     }
 
     /// HIP writers convert through `quant_utils.cuh` (fp16 double rounding).
@@ -198,7 +215,6 @@ pub fn reshape_and_cache(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use attnlab_shared::layout::KvLayout;
 
     fn cfg(dtype: DType, kv: DType) -> AttnConfig {
         AttnConfig {

@@ -1,0 +1,839 @@
+//! Unified attention: vLLM's Triton `kernel_unified_attention_2d` /
+//! `kernel_unified_attention_3d` + `reduce_segments`
+//! (`vllm/v1/attention/ops/triton_unified_attention.py`, vllm-backends.md §9)
+//! and AITER's copy of it (`aiter/ops/triton/.../unified_attention.py`,
+//! §10.3, aiter.md §5), as one loop nest whose differences are the
+//! parameters of [`Flavor`] and [`UnifiedLaunch`]. One launch covers the
+//! whole batch (decode, extend and prefill rows alike) reading every key,
+//! old and new, from the paged cache.
+//!
+//! Grid and work mapping (§9.2):
+//! ```text
+//! BLOCK_M = 16 if qpk <= 16 else next_pow2(qpk)      // qpk = Hq / Hkv
+//! BLOCK_Q = BLOCK_M / qpk                             // query tokens per program
+//! grid 2D (total_q_blocks, Hkv); 3D (total_q_blocks, Hkv, NUM_SEGMENTS)
+//! total_q_blocks = T / BLOCK_Q + num_seqs             // surplus programs exit
+//! program (g, kvh[, s]):
+//!   seq  = last i with qsl[i] / BLOCK_Q + i <= g      // find_seq_idx
+//!   qblk = g - (qsl[seq] / BLOCK_Q + seq); exit if qblk * BLOCK_Q >= q_len
+//!   row m < BLOCK_Q * qpk:  token q_local = qblk * BLOCK_Q + m / qpk,
+//!                            head kvh * qpk + m % qpk  (masked if q_local >= q_len)
+//!   (max_prefix, tile_start, tile_end) = compute_tile_loop_bounds    // §9.3
+//!   3D: tps = cdiv(seq_len, S * TILE); exit (no write) if s * tps * TILE >= seq_len;
+//!       tiles [max(s * tps, tile_start), min((s + 1) * tps, tile_end))
+//!   m_i = sink * LOG2E (2D, or 3D segment 0) else -inf; l_i = 1 with a sink else 0; acc = 0
+//!   for j in tiles, ascending:
+//!     keys t = j * TILE .. min((j + 1) * TILE, max_prefix)  // tile_mask t < max_prefix
+//!     K^T, V tile gathered per key through block_table[seq][t / N], row t % N
+//!       (TILE is independent of the block size N: a tile may straddle blocks)
+//!     for each row m:
+//!       s_t = ScoreParams::score(fma-chain q . k_t over d ascending, alibi slope * (t - ctx))
+//!       s_t = -inf unless (causal: t <= ctx + q_local | non-causal: t < seq_len)
+//!                      and window: (ctx + q_local) - t < SW  [and t - (ctx + q_local) < SW if non-causal]
+//!       RowState::update(s, V tile, P -> Q dtype)            // online softmax, softmax.rs
+//!       AITER only: m_i = 0 if it is still -inf              // §10.3 fully-masked guard
+//! 2D epilogue: vLLM out = acc / l_i; AITER out = acc * (v_scale / l_i); cast to the out dtype
+//! 3D epilogue: f32 partials (acc [* v_scale for AITER], m_i, l_i) per segment
+//! reduce_segments, grid (T, Hq): nact = cdiv(seq_len, tps * TILE) segments;
+//!   valid s: s < nact, l_s > 0, m_s > -inf; g = max m_s; w_s = exp2c(m_s - g);
+//!   num[d] = fma(acc_s[d], w_s, num[d]), den = fma(l_s, w_s, den), s ascending;
+//!   out = num / den (0 when den == 0), cast to the out dtype
+//! ```
+//!
+//! Rounding points (§20.2): K/V loaded from the cache and cast to the Q dtype
+//! (vLLM: fp8 widened, `* scale` in f32, then cast; AITER: fp8 widened only,
+//! `k_scale` folded into the score scale and `v_scale` into the epilogue);
+//! scores and the online softmax in f32; P rounded to the Q (= V) dtype
+//! before the PV fma; 2D: normalise then cast; 3D: f32 partials, f32 reduce,
+//! one cast at the end.
+//!
+//! Constants (§20.3): `MIN_LAUNCH_GRID_SIZE_2D` 128 (`seq_threshold_3D =
+//! 128 / Hkv`), `NUM_PAR_SOFTMAX_SEGMENTS` 16, `MAX_3D_QUERY_LEN` 8, vLLM
+//! TILE 32 (2D) / 16 (3D); AITER TILE 64 (2D prefill on CDNA) or
+//! `min(64, next_pow2(N))` (decode, 3D).
+//!
+//! Deliberate differences from the GPU kernels:
+//! - exp is the contract's `exp2c` in base 2 with `scale * LOG2E` folded once
+//!   for both flavours (vLLM's kernel uses natural `tl.exp`); the soft-cap is
+//!   applied to the natural score (`ScoreParams::score`), the reduce uses
+//!   exp2c on base-2 maxima.
+//! - vLLM starts `L = 1.0` and relies on the first tile's `alpha = 0` to wipe
+//!   it; we start at 0 (1 with a sink, as `RowState::new`): identical results.
+//!   Segments that store no partial (empty loop range) are excluded by the
+//!   reduce's validity test either way.
+//! - When `BLOCK_M % qpk != 0` the GPU's trailing rows recompute the next
+//!   q-block's first token and both programs store it (§19.9). The emulator
+//!   computes every (token, head) once, in the program that owns the token;
+//!   for vLLM the duplicate is bit-identical, for AITER with a window it is a
+//!   store race on the GPU.
+//! - fp8 queries ("fp8-Q" mode), fp8 outputs, `qq_bias`, mm-prefix, R-SWA,
+//!   chunked local attention and per-token-head KV quantisation are not
+//!   modelled (no ROCm seed-era backend configuration here reaches them).
+
+use super::softmax::{dequant_kv, visible, DimOffsets, KvTile, RowState, ScoreParams};
+use crate::backends::KernelCall;
+use crate::cache::KvCache;
+use crate::config::AttnConfig;
+use crate::numerics::exp2c;
+use attnlab_shared::error::{Error, Result};
+use attnlab_shared::layout::LayoutKind;
+use attnlab_shared::metadata::AttentionMetadata;
+use rayon::prelude::*;
+
+/// vLLM: `seq_threshold_3D = MIN_LAUNCH_GRID_SIZE_2D // num_kv_heads`.
+pub const MIN_LAUNCH_GRID_SIZE_2D: usize = 128;
+/// vLLM: segments of the 3D split-KV kernel (64 only on CUDA SM120).
+pub const NUM_PAR_SOFTMAX_SEGMENTS: usize = 16;
+/// vLLM: the longest query (speculative decode) the 3D kernel takes.
+pub const MAX_3D_QUERY_LEN: usize = 8;
+/// vLLM: TILE_SIZE of the 2D kernel.
+pub const TILE_SIZE_2D: usize = 32;
+/// vLLM: TILE_SIZE of the 3D kernel for 2-byte (and wider) queries.
+pub const TILE_SIZE_3D: usize = 16;
+/// AITER: 2D prefill TILE_SIZE on CDNA (`select_2d_config`).
+pub const AITER_TILE_SIZE_PREFILL: usize = 64;
+/// AITER: the 2D kernel is used whenever `max_seqlen_k` is at most this.
+pub const AITER_MAX_SEQLEN_K_2D: usize = 512;
+/// Compute units of an MI300X: AITER sizes its grids from the CU count.
+pub const MI300X_CU_COUNT: usize = 304;
+
+/// Which copy of the kernel runs: they share the loop nest and differ in
+/// the launch rule, the fully-masked-row guard, the fp8 scale placement and
+/// the epilogue (§10.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Flavor {
+    /// vLLM's `triton_unified_attention` (TRITON_ATTN; AITER-unified's
+    /// non-causal fallback).
+    Vllm,
+    /// AITER's `unified_attention` (ROCM_AITER_UNIFIED_ATTN, causal only).
+    Aiter,
+}
+
+/// 2D (one program covers all tiles of its rows) or 3D split-KV.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Grid {
+    TwoD,
+    ThreeD { num_segments: usize },
+}
+
+/// The launch parameters of one unified-attention call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UnifiedLaunch {
+    pub flavor: Flavor,
+    pub block_m: usize,
+    pub block_q: usize,
+    pub tile_size: usize,
+    pub grid: Grid,
+}
+
+/// The inputs of vLLM's 2D/3D choice that come from the engine config
+/// rather than the batch (`TritonAttentionMetadataBuilder`, §8.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VllmLaunchOptions {
+    /// `max_num_seqs`: sizes the 3D scratch with `seq_threshold_3D`.
+    pub max_num_seqs: usize,
+    /// `max_query_len_3d`: 1 without speculative decoding, else up to 8.
+    pub max_query_len_3d: usize,
+    /// `VLLM_BATCH_INVARIANT=1` forces 2D.
+    pub batch_invariant: bool,
+}
+
+impl Default for VllmLaunchOptions {
+    fn default() -> Self {
+        VllmLaunchOptions {
+            max_num_seqs: 256,
+            max_query_len_3d: 1,
+            batch_invariant: false,
+        }
+    }
+}
+
+/// `BLOCK_M = 16 if qpk <= 16 else next_pow2(qpk)` (both flavours).
+pub fn block_m_for(queries_per_kv: usize) -> usize {
+    if queries_per_kv <= 16 {
+        16
+    } else {
+        queries_per_kv.next_power_of_two()
+    }
+}
+
+impl UnifiedLaunch {
+    /// vLLM's wrapper (§9.1): 3D only when the scratch exists and holds the
+    /// batch, no row is longer than `MAX_3D_QUERY_LEN` (or any is longer than
+    /// 1 while non-causal), and `num_seqs * cdiv(max_seqlen_q, BLOCK_Q) <=
+    /// seq_threshold_3D = 128 / Hkv`.
+    pub fn vllm(
+        meta: &AttentionMetadata,
+        cfg: &AttnConfig,
+        opts: VllmLaunchOptions,
+    ) -> Result<Self> {
+        cfg.validate()?;
+        let block_m = block_m_for(cfg.queries_per_kv());
+        let block_q = block_m / cfg.queries_per_kv();
+        let seq_threshold_3d = MIN_LAUNCH_GRID_SIZE_2D / cfg.num_kv_heads;
+        let scratch_rows = seq_threshold_3d.min(opts.max_num_seqs) * opts.max_query_len_3d;
+        let max_q = meta.max_query_len;
+        let too_long = max_q > 1 && (max_q > MAX_3D_QUERY_LEN || !meta.causal);
+        let too_many = meta.num_reqs() * max_q.div_ceil(block_q) > seq_threshold_3d;
+        let use_3d = scratch_rows > 0
+            && !(too_long || too_many || opts.batch_invariant)
+            && scratch_rows >= meta.num_actual_tokens;
+        let (tile_size, grid) = if use_3d {
+            (
+                TILE_SIZE_3D,
+                Grid::ThreeD {
+                    num_segments: NUM_PAR_SOFTMAX_SEGMENTS,
+                },
+            )
+        } else {
+            (TILE_SIZE_2D, Grid::TwoD)
+        };
+        Ok(UnifiedLaunch {
+            flavor: Flavor::Vllm,
+            block_m,
+            block_q,
+            tile_size,
+            grid,
+        })
+    }
+
+    /// AITER's wrapper on CDNA (§10.3, aiter.md §5.2): 2D if sliding window,
+    /// `max_seqlen_k <= 512`, more than `4 * cu_count` 2D programs, or
+    /// head size >= 512 outside pure decode; else 3D with `NUM_SEGMENTS =
+    /// next_pow2(clamp(cdiv(16 * cu_count, num_2d), MIN, MAX))`, `MAX =
+    /// min(128, cdiv(max_seqlen_k, TILE))`, `MIN = min(8 (16 for D >= 512), MAX)`.
+    /// The long-prefill BLOCK_M 128 and the per-head-size TILE of
+    /// `select_2d_config` are applied; warps and stages do not change results.
+    pub fn aiter(meta: &AttentionMetadata, cfg: &AttnConfig, cu_count: usize) -> Result<Self> {
+        cfg.validate()?;
+        if cu_count == 0 {
+            return Err(Error::invalid(
+                "cu_count",
+                0,
+                "must be >= 1 (MI300X has 304)",
+            ));
+        }
+        let qpk = cfg.queries_per_kv();
+        let d = cfg.head_size;
+        let all_decode = meta.max_query_len <= 1;
+        let block_m = block_m_for(qpk);
+        let q_blocks = meta.num_actual_tokens / (block_m / qpk) + meta.num_reqs();
+        let num_2d = q_blocks * cfg.num_kv_heads;
+        let small_tile = meta.block_size.next_power_of_two().min(64);
+        let use_2d = cfg.sliding_window.is_some()
+            || meta.max_seq_len <= AITER_MAX_SEQLEN_K_2D
+            || num_2d > 4 * cu_count
+            || (d >= 512 && !all_decode);
+        if use_2d {
+            let block_m = if meta.max_query_len >= 256 {
+                block_m.max(128)
+            } else {
+                block_m
+            };
+            let tile_size = if all_decode {
+                small_tile
+            } else if d >= 512 {
+                16
+            } else if d >= 256 {
+                32
+            } else {
+                AITER_TILE_SIZE_PREFILL
+            };
+            return Ok(UnifiedLaunch {
+                flavor: Flavor::Aiter,
+                block_m,
+                block_q: block_m / qpk,
+                tile_size,
+                grid: Grid::TwoD,
+            });
+        }
+        let max_segments = 128.min(meta.max_seq_len.div_ceil(small_tile));
+        let min_segments = (if d >= 512 { 16 } else { 8 }).min(max_segments);
+        let target = 16 * cu_count; // 4 * CUs * (waves_per_eu 2 * 4 / 2 warps)
+        let num_segments = target
+            .div_ceil(num_2d.max(1))
+            .clamp(min_segments, max_segments)
+            .next_power_of_two();
+        Ok(UnifiedLaunch {
+            flavor: Flavor::Aiter,
+            block_m,
+            block_q: block_m / qpk,
+            tile_size: small_tile,
+            grid: Grid::ThreeD { num_segments },
+        })
+    }
+
+    /// The same launch with another grid (e.g. to check 3D against 2D).
+    pub fn with_grid(self, grid: Grid) -> Self {
+        UnifiedLaunch { grid, ..self }
+    }
+
+    /// Programs along the q-block axis: `T / BLOCK_Q + num_seqs`.
+    pub fn total_q_blocks(&self, meta: &AttentionMetadata) -> usize {
+        meta.num_actual_tokens / self.block_q + meta.num_reqs()
+    }
+
+    fn validate(&self, cfg: &AttnConfig) -> Result<()> {
+        let qpk = cfg.queries_per_kv();
+        if self.block_q == 0 || self.block_q * qpk > self.block_m {
+            return Err(Error::invalid(
+                "BLOCK_Q",
+                self.block_q,
+                format!(
+                    "must be >= 1 with BLOCK_Q * qpk <= BLOCK_M = {} (qpk = {qpk})",
+                    self.block_m
+                ),
+            ));
+        }
+        if self.tile_size == 0 {
+            return Err(Error::invalid("TILE_SIZE", 0, "must be >= 1"));
+        }
+        if self.grid == (Grid::ThreeD { num_segments: 0 }) {
+            return Err(Error::invalid("num_segments", 0, "must be >= 1"));
+        }
+        Ok(())
+    }
+
+    fn kernel_prefix(&self) -> &'static str {
+        match self.flavor {
+            Flavor::Vllm => "",
+            Flavor::Aiter => "aiter.",
+        }
+    }
+
+    /// The launches `unified_attention` makes, as `attnlab trace` shows them:
+    /// the attention kernel (query, the KV it reads, grid) and for 3D the reduce.
+    pub fn kernel_calls(&self, meta: &AttentionMetadata, cfg: &AttnConfig) -> Vec<KernelCall> {
+        let (t, hq, hkv, d) = (
+            meta.num_actual_tokens,
+            cfg.num_heads,
+            cfg.num_kv_heads,
+            cfg.head_size,
+        );
+        let q_blocks = self.total_q_blocks(meta);
+        let common = |grid: Vec<usize>| {
+            vec![
+                ("query", vec![t, hq, d]),
+                ("key_cache", vec![meta.num_blocks, meta.block_size, hkv, d]),
+                ("kv_read", vec![meta.max_seq_len, hkv, d]),
+                (
+                    "block_table",
+                    vec![meta.num_reqs(), meta.block_table.max_blocks],
+                ),
+                ("tile", vec![self.block_m, self.tile_size]),
+                ("grid", grid),
+            ]
+        };
+        let p = self.kernel_prefix();
+        match self.grid {
+            Grid::TwoD => vec![KernelCall::new(
+                &format!("{p}kernel_unified_attention_2d"),
+                &common(vec![q_blocks, hkv]),
+            )],
+            Grid::ThreeD { num_segments } => vec![
+                KernelCall::new(
+                    &format!("{p}kernel_unified_attention_3d"),
+                    &common(vec![q_blocks, hkv, num_segments]),
+                ),
+                KernelCall::new(
+                    &format!("{p}reduce_segments"),
+                    &[
+                        ("segm_output", vec![t, hq, num_segments, d]),
+                        ("output", vec![t, hq, d]),
+                        ("grid", vec![t, hq]),
+                    ],
+                ),
+            ],
+        }
+    }
+}
+
+/// The f32 scratch of the 3D kernel: per (token, head, segment) the
+/// unnormalised `acc` (`[T, Hq, S, D]`), the running max `m` (base 2) and
+/// the denominator `l` (`[T, Hq, S]`). Segments a program skipped keep
+/// `m = -inf, l = 0` (the GPU leaves stale scratch there; the reduce never
+/// reads either).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SegmentPartials {
+    pub num_segments: usize,
+    pub head_size: usize,
+    pub acc: Vec<f32>,
+    pub m: Vec<f32>,
+    pub l: Vec<f32>,
+}
+
+/// Runs the kernel `launch` describes over the whole batch: 2D, or 3D and
+/// `reduce_segments`. Returns `[T, Hq, D]` in `cfg.dtype`.
+pub fn unified_attention(
+    query: &[f32],
+    cache: &KvCache,
+    meta: &AttentionMetadata,
+    cfg: &AttnConfig,
+    launch: &UnifiedLaunch,
+) -> Result<Vec<f32>> {
+    match launch.grid {
+        Grid::TwoD => unified_attention_2d(query, cache, meta, cfg, launch),
+        Grid::ThreeD { .. } => {
+            let partials = unified_attention_3d(query, cache, meta, cfg, launch)?;
+            reduce_segments(&partials, meta, cfg, launch)
+        }
+    }
+}
+
+/// The 2D kernel: `[T, Hq, D]` in `cfg.dtype`. `launch.grid` is ignored.
+pub fn unified_attention_2d(
+    query: &[f32],
+    cache: &KvCache,
+    meta: &AttentionMetadata,
+    cfg: &AttnConfig,
+    launch: &UnifiedLaunch,
+) -> Result<Vec<f32>> {
+    let k = Kernel::new(query, cache, meta, cfg, launch)?;
+    let (hq, d) = (cfg.num_heads, cfg.head_size);
+    let programs = k.programs(1);
+    let results: Vec<ProgramRows> = programs.into_par_iter().filter_map(|p| k.run(p)).collect();
+    let mut out = vec![0.0f32; meta.num_actual_tokens * hq * d];
+    for r in results {
+        for (row, state) in r.rows.iter().zip(&r.states) {
+            let dst = &mut out[(row.token * hq + row.head) * d..][..d];
+            k.epilogue_2d(state, dst);
+        }
+    }
+    Ok(out)
+}
+
+/// The 3D kernel: per-segment f32 partials. Panics never; errors if
+/// `launch.grid` is not 3D.
+pub fn unified_attention_3d(
+    query: &[f32],
+    cache: &KvCache,
+    meta: &AttentionMetadata,
+    cfg: &AttnConfig,
+    launch: &UnifiedLaunch,
+) -> Result<SegmentPartials> {
+    let Grid::ThreeD { num_segments } = launch.grid else {
+        return Err(Error::invalid(
+            "grid",
+            "2D",
+            "unified_attention_3d needs Grid::ThreeD { num_segments }",
+        ));
+    };
+    let k = Kernel::new(query, cache, meta, cfg, launch)?;
+    let (hq, d, s_n) = (cfg.num_heads, cfg.head_size, num_segments);
+    let results: Vec<ProgramRows> = k
+        .programs(s_n)
+        .into_par_iter()
+        .filter_map(|p| k.run(p))
+        .collect();
+    let rows = meta.num_actual_tokens * hq * s_n;
+    let mut parts = SegmentPartials {
+        num_segments: s_n,
+        head_size: d,
+        acc: vec![0.0; rows * d],
+        m: vec![f32::NEG_INFINITY; rows],
+        l: vec![0.0; rows],
+    };
+    // AITER folds v_descale into the stored acc (`acc *= v_descale`); vLLM stores it raw.
+    let v_fold = match launch.flavor {
+        Flavor::Aiter if cfg.kv_dtype.is_fp8() => Some(cfg.v_scale),
+        _ => None,
+    };
+    for r in results {
+        for (row, state) in r.rows.iter().zip(&r.states) {
+            let i = (row.token * hq + row.head) * s_n + r.program.segment;
+            parts.m[i] = state.m;
+            parts.l[i] = state.l;
+            let dst = &mut parts.acc[i * d..(i + 1) * d];
+            match v_fold {
+                Some(vs) => dst
+                    .iter_mut()
+                    .zip(&state.acc)
+                    .for_each(|(o, a)| *o = a * vs),
+                None => dst.copy_from_slice(&state.acc),
+            }
+        }
+    }
+    Ok(parts)
+}
+
+/// `reduce_segments` (grid `(T, Hq)`): combines the valid segments of each
+/// (token, head) in ascending order (see the module doc); `[T, Hq, D]` in
+/// `cfg.dtype`.
+pub fn reduce_segments(
+    parts: &SegmentPartials,
+    meta: &AttentionMetadata,
+    cfg: &AttnConfig,
+    launch: &UnifiedLaunch,
+) -> Result<Vec<f32>> {
+    let (t_n, hq, d, s_n) = (
+        meta.num_actual_tokens,
+        cfg.num_heads,
+        cfg.head_size,
+        parts.num_segments,
+    );
+    let rows = t_n * hq * s_n;
+    if parts.head_size != d
+        || parts.m.len() != rows
+        || parts.l.len() != rows
+        || parts.acc.len() != rows * d
+        || s_n == 0
+    {
+        return Err(Error::invalid(
+            "segment partials",
+            format!(
+                "{} segments of head size {} with {} rows",
+                s_n,
+                parts.head_size,
+                parts.m.len()
+            ),
+            format!(
+                "need >= 1 segment, head size {d} and {t_n} tokens x {hq} heads x segments rows"
+            ),
+        ));
+    }
+    if launch.tile_size == 0 {
+        return Err(Error::invalid("TILE_SIZE", 0, "must be >= 1"));
+    }
+    let tile = launch.tile_size;
+    let mut out = vec![0.0f32; t_n * hq * d];
+    out.par_chunks_mut(d).enumerate().for_each(|(th, o)| {
+        let token = th / hq;
+        // find_seq_idx(q_block_mode=False): the last request starting at or before `token`.
+        let seq = meta.query_start_loc[1..].partition_point(|&x| x as usize <= token);
+        let seq_len = meta.seq_len(seq);
+        if seq_len == 0 {
+            return;
+        }
+        let tps = seq_len.div_ceil(s_n * tile);
+        let nact = seq_len.div_ceil(tps * tile);
+        let base = th * s_n;
+        let valid =
+            |s: usize| s < nact && parts.l[base + s] > 0.0 && parts.m[base + s] > f32::NEG_INFINITY;
+        let g = (0..s_n)
+            .filter(|&s| valid(s))
+            .fold(f32::NEG_INFINITY, |a, s| a.max(parts.m[base + s]));
+        let mut num = vec![0.0f32; d];
+        let mut den = 0.0f32;
+        for s in (0..s_n).filter(|&s| valid(s)) {
+            let w = exp2c(parts.m[base + s] - g);
+            den = parts.l[base + s].mul_add(w, den);
+            for (n, &a) in num
+                .iter_mut()
+                .zip(&parts.acc[(base + s) * d..(base + s + 1) * d])
+            {
+                *n = a.mul_add(w, *n);
+            }
+        }
+        if den != 0.0 {
+            for (o, n) in o.iter_mut().zip(&num) {
+                *o = cfg.dtype.round(n / den);
+            }
+        }
+    });
+    Ok(out)
+}
+
+/// One program of the grid: (q block g, kv head, segment).
+#[derive(Debug, Clone, Copy)]
+struct Program {
+    q_block: usize,
+    kv_head: usize,
+    segment: usize,
+    num_segments: usize,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct RowId {
+    token: usize,
+    head: usize,
+}
+
+/// What a program stores: one online-softmax state per owned (token, head).
+struct ProgramRows {
+    program: Program,
+    rows: Vec<RowId>,
+    states: Vec<RowState>,
+}
+
+/// Validated inputs of one launch.
+struct Kernel<'a> {
+    query: &'a [f32],
+    cache: &'a KvCache,
+    meta: &'a AttentionMetadata,
+    cfg: &'a AttnConfig,
+    launch: &'a UnifiedLaunch,
+    params: ScoreParams,
+    dims: DimOffsets,
+    /// SLIDING_WINDOW (0 = off), as the kernel receives it.
+    window: usize,
+}
+
+impl<'a> Kernel<'a> {
+    fn new(
+        query: &'a [f32],
+        cache: &'a KvCache,
+        meta: &'a AttentionMetadata,
+        cfg: &'a AttnConfig,
+        launch: &'a UnifiedLaunch,
+    ) -> Result<Self> {
+        cfg.validate()?;
+        launch.validate(cfg)?;
+        if launch.flavor == Flavor::Aiter && !meta.causal {
+            return Err(Error::unsupported(
+                "non-causal AITER unified_attention",
+                "Only causal attention is supported",
+            ));
+        }
+        let l = &cache.layout;
+        if l.kind != LayoutKind::Nhd {
+            // The Triton kernel reads (block, token, head, dim) strided views;
+            // the x-packed and shuffled layouts are not such views.
+            return Err(Error::invalid(
+                "cache layout",
+                l.kind.name(),
+                "unified attention reads the NHD (flash) layout",
+            ));
+        }
+        if l.num_kv_heads != cfg.num_kv_heads
+            || l.head_size != cfg.head_size
+            || l.dtype != cfg.kv_dtype
+        {
+            return Err(Error::invalid(
+                "cache layout",
+                format!(
+                    "{} kv heads x head size {} of {}",
+                    l.num_kv_heads, l.head_size, l.dtype
+                ),
+                format!(
+                    "the layer has {} kv heads x head size {} with kv dtype {}",
+                    cfg.num_kv_heads, cfg.head_size, cfg.kv_dtype
+                ),
+            ));
+        }
+        if l.block_size != meta.block_size || l.num_blocks < meta.num_blocks {
+            return Err(Error::invalid(
+                "cache layout",
+                format!("{} blocks of {}", l.num_blocks, l.block_size),
+                format!(
+                    "metadata needs block size {} and at least {} blocks",
+                    meta.block_size, meta.num_blocks
+                ),
+            ));
+        }
+        if cache.k.len() != l.numel() || cache.v.len() != l.numel() {
+            return Err(Error::invalid(
+                "cache tensors",
+                format!("{} / {} elements", cache.k.len(), cache.v.len()),
+                format!("layout holds {}", l.numel()),
+            ));
+        }
+        let want = meta.num_actual_tokens * cfg.num_heads * cfg.head_size;
+        if query.len() != want {
+            return Err(Error::invalid(
+                "query length",
+                query.len(),
+                format!("must be num_tokens x num_heads x head_size = {want}"),
+            ));
+        }
+        // AITER folds k_descale into qk_scale and applies v_descale in the epilogue.
+        let scale = match launch.flavor {
+            Flavor::Aiter if cfg.kv_dtype.is_fp8() => cfg.scale * cfg.k_scale,
+            _ => cfg.scale,
+        };
+        Ok(Kernel {
+            query,
+            cache,
+            meta,
+            cfg,
+            launch,
+            params: ScoreParams::new(scale, cfg.softcap),
+            dims: DimOffsets::new(l),
+            window: cfg.sliding_window.unwrap_or(0),
+        })
+    }
+
+    /// Every program of the grid, g-major (the order does not affect results).
+    fn programs(&self, num_segments: usize) -> Vec<Program> {
+        let q_blocks = self.launch.total_q_blocks(self.meta);
+        let hkv = self.cfg.num_kv_heads;
+        (0..q_blocks * hkv * num_segments)
+            .map(|i| Program {
+                q_block: i / (hkv * num_segments),
+                kv_head: (i / num_segments) % hkv,
+                segment: i % num_segments,
+                num_segments,
+            })
+            .collect()
+    }
+
+    /// `find_seq_idx(q_block_mode=True)`: the last request i with
+    /// `qsl[i] / BLOCK_Q + i <= g`.
+    fn find_seq_idx(&self, g: usize) -> usize {
+        let qsl = &self.meta.query_start_loc;
+        let bq = self.launch.block_q;
+        // qsl[i] / BLOCK_Q + i is strictly increasing in i: binary search.
+        let (mut lo, mut hi) = (0, self.meta.num_reqs());
+        while lo < hi {
+            let mid = (lo + hi) / 2;
+            if qsl[mid] as usize / bq + mid <= g {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        lo.saturating_sub(1)
+    }
+
+    /// Runs one program; `None` when it exits early (no store).
+    fn run(&self, p: Program) -> Option<ProgramRows> {
+        let (meta, cfg, launch) = (self.meta, self.cfg, self.launch);
+        let (bq, bm, tile) = (launch.block_q, launch.block_m, launch.tile_size);
+        let qpk = cfg.queries_per_kv();
+        let d = cfg.head_size;
+        let seq = self.find_seq_idx(p.q_block);
+        let q_start = meta.query_start_loc[seq] as usize;
+        let qblk = p.q_block - (q_start / bq + seq);
+        let (q_len, seq_len) = (meta.query_len(seq), meta.seq_len(seq));
+        if qblk * bq >= q_len {
+            return None;
+        }
+        let ctx = seq_len - q_len;
+
+        // compute_tile_loop_bounds (§9.3).
+        let causal = meta.causal;
+        let max_prefix = if causal {
+            (ctx + qblk * bq + (bm - 1) / qpk + 1).min(seq_len)
+        } else {
+            seq_len
+        };
+        let num_tiles = max_prefix.div_ceil(tile);
+        let (mut tile_start, mut tile_end) = (0, num_tiles);
+        if self.window > 0 {
+            let qlo = qblk * bq;
+            let qhi = (qlo + (bm - 1) / qpk).min(q_len - 1);
+            let first = (ctx + qlo + 1).saturating_sub(self.window); // ctx + qlo - SW + 1, clamped at 0
+            let last = (ctx + qhi + if causal { 0 } else { self.window - 1 }).min(seq_len - 1);
+            tile_start = first / tile;
+            tile_end = (last / tile + 1).min(num_tiles);
+        }
+        // Segment s of S covers tiles [s * tps, (s + 1) * tps); 2D is S = 1,
+        // whose one segment spans every tile.
+        let tps = seq_len.div_ceil(p.num_segments * tile);
+        if p.segment * tps * tile >= seq_len {
+            return None; // no scratch write for this segment
+        }
+        let (lo, hi) = (
+            (p.segment * tps).max(tile_start),
+            ((p.segment + 1) * tps).min(tile_end),
+        );
+
+        // Owned rows (m < BLOCK_Q * qpk) whose token is inside the request.
+        let rows: Vec<RowId> = (0..bq * qpk)
+            .map(|m| (qblk * bq + m / qpk, p.kv_head * qpk + m % qpk))
+            .filter(|&(q_local, _)| q_local < q_len)
+            .map(|(q_local, head)| RowId {
+                token: q_start + q_local,
+                head,
+            })
+            .collect();
+        let with_sink = p.segment == 0;
+        let mut states: Vec<RowState> = rows
+            .iter()
+            .map(|r| {
+                RowState::new(
+                    d,
+                    if with_sink {
+                        self.cfg.sinks.as_ref().map(|s| s[r.head])
+                    } else {
+                        None
+                    },
+                )
+            })
+            .collect();
+
+        let (q_dtype, kv_dtype) = (cfg.dtype, cfg.kv_dtype);
+        let (k_scale, v_scale) = (cfg.k_scale, cfg.v_scale);
+        let flavor = launch.flavor;
+        let load_k = |x: f32| match flavor {
+            Flavor::Vllm => q_dtype.round(dequant_kv(x, k_scale, kv_dtype, q_dtype)),
+            Flavor::Aiter => q_dtype.round(x),
+        };
+        let load_v = |x: f32| match flavor {
+            Flavor::Vllm => q_dtype.round(dequant_kv(x, v_scale, kv_dtype, q_dtype)),
+            Flavor::Aiter => q_dtype.round(x),
+        };
+        let mut kv = KvTile::new(tile, d);
+        let mut locs = Vec::with_capacity(tile);
+        let mut dots = vec![0.0f32; tile];
+        let mut scores = vec![0.0f32; tile];
+        let hq = cfg.num_heads;
+        for j in lo..hi {
+            let t0 = j * tile;
+            let t1 = ((j + 1) * tile).min(max_prefix);
+            locs.clear();
+            locs.extend((t0..t1).map(|t| meta.kv_location(seq, t)));
+            kv.gather_paged(self.cache, &self.dims, p.kv_head, &locs, load_k, load_v);
+            for (row, state) in rows.iter().zip(states.iter_mut()) {
+                let q = &self.query[(row.token * hq + row.head) * d..][..d];
+                let qabs = ctx + (row.token - q_start);
+                let slope = cfg.alibi_slopes.as_ref().map(|s| s[row.head]);
+                kv.qk(q, &mut dots);
+                for (jj, (s, &dt)) in scores[..t1 - t0].iter_mut().zip(&dots).enumerate() {
+                    let t = t0 + jj;
+                    *s = if self.allowed(t, qabs, seq_len) {
+                        let alibi = slope.map_or(0.0, |sl| sl * (t as i64 - ctx as i64) as f32);
+                        self.params.score(dt, alibi)
+                    } else {
+                        f32::NEG_INFINITY
+                    };
+                }
+                state.update(&scores[..t1 - t0], |jj| kv.v_row(jj), q_dtype);
+                if flavor == Flavor::Aiter && state.m == f32::NEG_INFINITY {
+                    state.m = 0.0; // AITER keeps the guarded max (§10.3)
+                }
+            }
+        }
+        Some(ProgramRows {
+            program: p,
+            rows,
+            states,
+        })
+    }
+
+    /// The kernel's mask for key `t` and query position `qabs`: causal (or
+    /// `t < seq_len` when non-causal) and the sliding window, two-sided when
+    /// non-causal (`window_size = (W-1, W-1)`).
+    #[inline]
+    fn allowed(&self, t: usize, qabs: usize, seq_len: usize) -> bool {
+        let causal = self.meta.causal;
+        let w = self.cfg.sliding_window;
+        t < seq_len && visible(t, qabs, causal, w) && (causal || w.map_or(true, |w| t < qabs + w))
+    }
+
+    /// 2D epilogue into `dst` (rounded to the output dtype).
+    fn epilogue_2d(&self, state: &RowState, dst: &mut [f32]) {
+        if state.l == 0.0 {
+            dst.fill(0.0); // only rows that saw no key: the GPU's 0/0 never reaches a stored row
+            return;
+        }
+        let out_dtype = self.cfg.dtype;
+        match self.launch.flavor {
+            Flavor::Vllm => {
+                for (o, a) in dst.iter_mut().zip(&state.acc) {
+                    *o = out_dtype.round(a / state.l);
+                }
+            }
+            Flavor::Aiter => {
+                let v_descale = if self.cfg.kv_dtype.is_fp8() {
+                    self.cfg.v_scale
+                } else {
+                    1.0
+                };
+                let r = v_descale / state.l;
+                for (o, a) in dst.iter_mut().zip(&state.acc) {
+                    *o = out_dtype.round(a * r);
+                }
+            }
+        }
+    }
+}
