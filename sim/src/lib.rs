@@ -11,3 +11,4 @@ pub mod kernels;
 pub mod numerics;
 pub mod reference;
 pub mod replay;
+pub mod workload;

@@ -1,0 +1,340 @@
+//! A whole scheduled workload through the emulated backends, every step
+//! checked against the f64 [`reference`] and the backends against each
+//! other: what `attnlab run` does.
+//!
+//! ```text
+//! requests  = seeded draw for the workload kind (prompt/output lengths)
+//! steps     = Scheduler (shared::scheduler) run to completion
+//! per backend: its own cache, in its own layout and kernel block size
+//! canonical = NHD cache in manager blocks, written by reshape_and_cache_flash
+//! for each step:
+//!     q [T, Hq, D], k, v [T, Hkv, D] ~ seeded U(-1, 1), rounded to the dtype
+//!     canonical <- k, v;  ref = reference::paged_attention(q, canonical)
+//!     for each backend: write_kv; out = forward; |out - ref| <= tol(dtype)
+//!     for each pair of backends: |out_a - out_b| <= tol(dtype)
+//! ```
+//! Randomness comes from one ChaCha8 stream per seed, so a run is
+//! reproducible on any machine and thread count.
+
+use crate::backends::{by_name, mha_backends, AttentionBackend};
+use crate::cache::KvCache;
+use crate::config::AttnConfig;
+use crate::kernels::reshape_and_cache::{reshape_and_cache, CacheWriter};
+use crate::reference::{self, compare, Tolerance};
+use crate::replay::Status;
+use attnlab_shared::block_table::KernelBlockSplit;
+use attnlab_shared::error::{Error, Result};
+use attnlab_shared::layout::{KvLayout, LayoutKind};
+use attnlab_shared::model::ModelPreset;
+use attnlab_shared::scheduler::{Request, ScheduledStep, Scheduler, SchedulerConfig};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::Serialize;
+
+/// The request mixes `attnlab run --workload` offers. Lengths are scaled down
+/// so the default run finishes in seconds; the scheduler's token budget is
+/// set so each kind exercises its path (decode steps, whole prefills,
+/// chunked prefill mixing extends with decodes, long chunked extends).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum WorkloadKind {
+    Decode,
+    Prefill,
+    Mixed,
+    LongExtend,
+}
+
+impl WorkloadKind {
+    pub const NAMES: [&'static str; 4] = ["decode", "prefill", "mixed", "long-extend"];
+
+    pub fn parse(s: &str) -> Result<Self> {
+        Ok(match s {
+            "decode" => WorkloadKind::Decode,
+            "prefill" => WorkloadKind::Prefill,
+            "mixed" => WorkloadKind::Mixed,
+            "long-extend" => WorkloadKind::LongExtend,
+            _ => return Err(Error::invalid("workload", format!("'{s}'"), format!("allowed: {}", Self::NAMES.join(", ")))),
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        Self::NAMES[self as usize]
+    }
+
+    /// Requests when `--requests` is not given.
+    pub fn default_requests(self) -> usize {
+        match self {
+            WorkloadKind::Decode | WorkloadKind::Mixed => 8,
+            WorkloadKind::Prefill => 4,
+            WorkloadKind::LongExtend => 2,
+        }
+    }
+
+    /// (prompt range, output range, max_num_batched_tokens).
+    fn shape(self) -> ((usize, usize), (usize, usize), usize) {
+        match self {
+            WorkloadKind::Decode => ((8, 48), (8, 16), 8192),
+            WorkloadKind::Prefill => ((32, 160), (1, 1), 8192),
+            WorkloadKind::Mixed => ((16, 160), (2, 12), 96),
+            WorkloadKind::LongExtend => ((384, 640), (2, 3), 128),
+        }
+    }
+
+    /// The seeded request list.
+    pub fn requests(self, n: usize, seed: u64) -> Vec<Request> {
+        let ((p0, p1), (o0, o1), _) = self.shape();
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        (0..n).map(|_| Request { prompt_len: rng.gen_range(p0..=p1), output_len: rng.gen_range(o0..=o1) }).collect()
+    }
+}
+
+/// What to run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkloadSpec {
+    pub model: &'static ModelPreset,
+    pub kind: WorkloadKind,
+    pub requests: usize,
+    pub seed: u64,
+    /// One backend by vLLM enum name, or `None` for every emulated one.
+    pub backend: Option<String>,
+}
+
+/// One backend's row of the final table.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BackendRun {
+    pub backend: String,
+    pub status: Status,
+    pub reason: Option<String>,
+    pub steps: usize,
+    pub tokens: usize,
+    pub max_abs_err_vs_ref: f64,
+    /// Largest |out - other backend's out| over all steps and backends.
+    pub max_diff_vs_others: f64,
+    /// Elements outside tolerance (vs reference and vs other backends).
+    pub mismatches: usize,
+    pub kernel_block_size: Option<usize>,
+    pub layout: Option<&'static str>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct WorkloadReport {
+    pub model: &'static str,
+    pub workload: WorkloadKind,
+    pub requests: usize,
+    pub seed: u64,
+    pub block_size: usize,
+    pub steps: usize,
+    pub tokens: usize,
+    pub tolerance: Tolerance,
+    pub backends: Vec<BackendRun>,
+}
+
+impl WorkloadReport {
+    pub fn passed(&self) -> bool {
+        self.backends.iter().all(|b| b.status != Status::Fail)
+    }
+}
+
+/// The attention config of a preset (MHA only: MLA models have their own path).
+pub fn model_config(model: &ModelPreset) -> Result<AttnConfig> {
+    if model.mla.is_some() {
+        return Err(Error::unsupported(format!("model {}", model.name), "attnlab run emulates MHA backends; MLA models are not runnable here"));
+    }
+    let cfg = AttnConfig::new(model.num_heads, model.num_kv_heads, model.head_size, model.dtype);
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+/// The scheduler's steps for a spec, computed up front (the scheduler is
+/// deterministic) so the caller knows how many there will be.
+pub fn schedule(spec: &WorkloadSpec) -> Result<(SchedulerConfig, Vec<ScheduledStep>)> {
+    if spec.requests == 0 {
+        return Err(Error::invalid("requests", 0, "must be >= 1"));
+    }
+    let (_, _, budget) = spec.kind.shape();
+    let cfg = SchedulerConfig {
+        block_size: spec.model.block_size.unwrap_or(attnlab_shared::scheduler::DEFAULT_BLOCK_SIZE),
+        max_num_batched_tokens: budget,
+        ..SchedulerConfig::default()
+    };
+    let mut sched = Scheduler::new(cfg.clone(), &spec.kind.requests(spec.requests, spec.seed))?;
+    let mut steps = Vec::new();
+    while !sched.is_finished() {
+        let s = sched.step()?;
+        if s.requests.is_empty() {
+            return Err(Error::unsupported("workload", format!("the scheduler made no progress at step {}", s.index)));
+        }
+        steps.push(s);
+    }
+    Ok((cfg, steps))
+}
+
+/// One backend's live state during a run.
+struct Lane {
+    backend: Box<dyn AttentionBackend>,
+    kernel_block_size: usize,
+    cache: KvCache,
+    row: BackendRun,
+}
+
+/// Runs the workload; `on_step(done, total)` is called after every step.
+pub fn run_workload(spec: &WorkloadSpec, mut on_step: impl FnMut(usize, usize)) -> Result<WorkloadReport> {
+    let cfg = model_config(spec.model)?;
+    let (sched_cfg, steps) = schedule(spec)?;
+    let num_blocks = steps.first().map_or(1, |s| s.num_blocks);
+    let bs = sched_cfg.block_size;
+    let tol = Tolerance::for_dtype(cfg.dtype);
+    let backends = match &spec.backend {
+        Some(name) => vec![by_name(name)?],
+        None => mha_backends(),
+    };
+    let blank = |b: &dyn AttentionBackend, status, reason| BackendRun {
+        backend: b.name().to_string(),
+        status,
+        reason,
+        steps: 0,
+        tokens: 0,
+        max_abs_err_vs_ref: 0.0,
+        max_diff_vs_others: 0.0,
+        mismatches: 0,
+        kernel_block_size: None,
+        layout: None,
+    };
+    let mut skipped = Vec::new();
+    let mut lanes = Vec::new();
+    for b in backends {
+        let setup = b.check(&cfg, bs).and_then(|()| {
+            let kb = b.kernel_block_size(bs)?;
+            let layout = b.cache_layout(&cfg, KernelBlockSplit::new(bs, kb)?.num_kernel_blocks(num_blocks), kb)?;
+            Ok((kb, layout))
+        });
+        match setup {
+            Err(e) => skipped.push(blank(b.as_ref(), Status::Skipped, Some(e.to_string()))),
+            Ok((kb, layout)) => {
+                let mut row = blank(b.as_ref(), Status::Pass, None);
+                (row.kernel_block_size, row.layout) = (Some(kb), Some(layout.kind.name()));
+                lanes.push(Lane { cache: KvCache::zeros(layout), kernel_block_size: kb, backend: b, row });
+            }
+        }
+    }
+
+    let mut canonical = KvCache::zeros(KvLayout::new(LayoutKind::Nhd, num_blocks, bs, cfg.num_kv_heads, cfg.head_size, cfg.kv_dtype)?);
+    let mut rng = ChaCha8Rng::seed_from_u64(spec.seed ^ 0x5eed_0f_a77e);
+    let mut tokens = 0;
+    for (done, step) in steps.iter().enumerate() {
+        let t = step.num_tokens();
+        tokens += t;
+        let mut draw = |n: usize| -> Vec<f32> { (0..n).map(|_| cfg.dtype.round(rng.gen_range(-1.0f32..1.0))).collect() };
+        let q = draw(t * cfg.num_heads * cfg.head_size);
+        let k = draw(t * cfg.num_kv_heads * cfg.head_size);
+        let v = draw(t * cfg.num_kv_heads * cfg.head_size);
+        let meta = step.metadata(bs)?;
+        reshape_and_cache(CacheWriter::ReshapeAndCacheFlash, &mut canonical, &k, &v, &meta.slot_mapping, &cfg)?;
+        let reference = reference::paged_attention(&q, &canonical, &meta, &cfg)?.out;
+
+        let mut outs: Vec<Option<Vec<f32>>> = Vec::with_capacity(lanes.len());
+        for lane in lanes.iter_mut() {
+            if lane.row.status == Status::Fail {
+                outs.push(None);
+                continue;
+            }
+            match run_step(lane, step, &q, &k, &v, &cfg) {
+                Ok(out) => {
+                    let c = compare(&out, &reference, tol)?;
+                    let row = &mut lane.row;
+                    (row.steps, row.tokens) = (row.steps + 1, row.tokens + t);
+                    row.max_abs_err_vs_ref = row.max_abs_err_vs_ref.max(c.max_abs_err);
+                    if !c.passed() {
+                        row.mismatches += c.mismatches;
+                        row.status = Status::Fail;
+                        row.reason = Some(format!("step {}: {} elements outside {tol:?} of the reference", step.index, c.mismatches));
+                    }
+                    outs.push(Some(out));
+                }
+                Err(e) => {
+                    lane.row.status = Status::Fail;
+                    lane.row.reason = Some(format!("step {}: {e}", step.index));
+                    outs.push(None);
+                }
+            }
+        }
+        for a in 0..lanes.len() {
+            for b in 0..lanes.len() {
+                let (Some(oa), Some(ob)) = (&outs[a], &outs[b]) else { continue };
+                if a == b {
+                    continue;
+                }
+                let c = compare(oa, ob, tol)?;
+                let other = lanes[b].row.backend.clone();
+                let row = &mut lanes[a].row;
+                row.max_diff_vs_others = row.max_diff_vs_others.max(c.max_abs_err);
+                if !c.passed() && row.status != Status::Fail {
+                    row.status = Status::Fail;
+                    row.mismatches += c.mismatches;
+                    row.reason = Some(format!("step {}: {} elements differ from {} beyond {tol:?}", step.index, c.mismatches, other));
+                }
+            }
+        }
+        on_step(done + 1, steps.len());
+    }
+    let mut rows: Vec<BackendRun> = lanes.into_iter().map(|l| l.row).collect();
+    rows.extend(skipped);
+    Ok(WorkloadReport {
+        model: spec.model.name,
+        workload: spec.kind,
+        requests: spec.requests,
+        seed: spec.seed,
+        block_size: bs,
+        steps: steps.len(),
+        tokens,
+        tolerance: tol,
+        backends: rows,
+    })
+}
+
+/// One backend on one step: its metadata in its kernel blocks, write, forward.
+fn run_step(lane: &mut Lane, step: &ScheduledStep, q: &[f32], k: &[f32], v: &[f32], cfg: &AttnConfig) -> Result<Vec<f32>> {
+    let meta = step.metadata(lane.kernel_block_size)?;
+    let (b, cache) = (&lane.backend, &mut lane.cache);
+    let run = || {
+        b.write_kv(cache, k, v, &meta.slot_mapping, cfg)?;
+        b.forward(q, cache, &meta, cfg)
+    };
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)).unwrap_or_else(|_| Err(Error::unsupported(b.name(), "panicked (a bug: see stderr)")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn workload_names_round_trip_and_unknown_is_rejected() {
+        for n in WorkloadKind::NAMES {
+            assert_eq!(WorkloadKind::parse(n).unwrap().name(), n);
+        }
+        let e = WorkloadKind::parse("burst").unwrap_err().to_string();
+        assert!(e.contains("'burst'") && e.contains("long-extend"), "{e}");
+    }
+
+    #[test]
+    fn requests_are_seeded_and_within_the_kind_ranges() {
+        let a = WorkloadKind::Mixed.requests(16, 7);
+        assert_eq!(a, WorkloadKind::Mixed.requests(16, 7));
+        assert_ne!(a, WorkloadKind::Mixed.requests(16, 8));
+        assert!(a.iter().all(|r| (16..=160).contains(&r.prompt_len) && (2..=12).contains(&r.output_len)));
+    }
+
+    #[test]
+    fn long_extend_is_chunked_into_extend_steps() {
+        let spec = WorkloadSpec {
+            model: attnlab_shared::model::preset("llama-3.1-8b").unwrap(),
+            kind: WorkloadKind::LongExtend,
+            requests: 1,
+            seed: 0,
+            backend: None,
+        };
+        let (_, steps) = schedule(&spec).unwrap();
+        let extends = steps.iter().filter(|s| s.requests.iter().any(|r| r.kind == attnlab_shared::metadata::RequestKind::Extend)).count();
+        assert!(extends >= 2, "{extends} extend steps");
+    }
+}
