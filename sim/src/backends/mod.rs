@@ -3,6 +3,8 @@
 //! routes the batch, which kernels it calls in which order. Every MHA backend
 //! implements [`AttentionBackend`], so a test can run one batch through all.
 
+pub mod flex_attention;
+pub mod rocm_aiter_fa;
 pub mod rocm_attn;
 pub mod triton_attn;
 pub mod rocm_aiter_unified_attn;
@@ -67,7 +69,9 @@ pub fn mha_backends() -> Vec<Box<dyn AttentionBackend>> {
     vec![
         Box::new(triton_attn::TritonAttn::default()),
         Box::new(rocm_attn::RocmAttn::default()),
+        Box::new(rocm_aiter_fa::RocmAiterFa::default()),
         Box::new(rocm_aiter_unified_attn::RocmAiterUnifiedAttn::default()),
+        Box::new(flex_attention::FlexAttention),
     ]
 }
 

@@ -6,6 +6,7 @@
 pub mod softmax;
 pub mod reshape_and_cache;
 pub mod flash_varlen;
+pub mod flex_attention;
 pub mod gather_cache;
 pub mod merge_attn_states;
 pub mod mla_cache;

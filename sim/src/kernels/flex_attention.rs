@@ -1,0 +1,271 @@
+//! FlexAttention as vLLM's FLEX_ATTENTION backend drives it (vllm-backends.md
+//! §16.1): PyTorch's compiled `flex_attention` over the whole NHD cache, with
+//! the batch structure expressed as a `mask_mod` and a block-sparse
+//! `BlockMask`.
+//!
+//! The KV axis is the *physical* cache (`num_blocks * block_size` slots);
+//! `mask_mod(q_idx, kv_idx)` translates back to logical positions:
+//! ```text
+//! req  = doc_id[q_idx];  lq = q_idx - query_start_loc[req] + context_len[req]
+//! lb   = physical_to_logical[req][kv_idx / B]     // -1: not this request's block
+//! lkv  = lb * B + kv_idx % B
+//! keep = lb >= 0 && lkv < seq_len[req] && (!causal || lkv <= lq) && (!W || |lq - lkv| < W)
+//! ```
+//! `physical_to_logical` is a scatter-amax of logical block indices per
+//! physical block, so a physical block used twice resolves to its latest
+//! logical index, as in vLLM.
+//!
+//! Block mask (torch `create_block_mask` semantics): query rows in sparse
+//! blocks of [`SPARSE_Q_BLOCK_SIZE`], keys in sparse blocks of one cache
+//! block. Each (q block, kv block) is empty (skipped), full (every pair
+//! kept: `mask_mod` not evaluated) or partial. Kernel loop per query row,
+//! grid `(q tiles, Hq)`:
+//! ```text
+//! m_i = -inf, l_i = 0, acc = 0
+//! for kv block in kv_indices (partial, ascending physical id),
+//!              then full_kv_indices (full, ascending physical id):
+//!     for BLOCK_N tiles of the block, ascending:
+//!         s_j = score(fma-chain q . k_j)       // base 2, scale * LOG2E folded once
+//!         partial blocks only: s_j = -inf unless mask_mod
+//!         RowState::update(P -> V dtype)       // Inductor's exp2 online softmax,
+//!                                             // fully-masked rows guarded by m = 0
+//! out = acc / l  (l == 0 -> 0), rounded to the query dtype
+//! ```
+//! The partial-then-full order (not ascending KV order) is the template's
+//! and changes rounding. BLOCK_N is vLLM's kernel option: 64 (32 for f32),
+//! halved on ROCm (64 KiB of LDS < 144 KiB), lowered until it divides the
+//! cache block size, at least 16. Deliberate differences: exp2 is the
+//! contract's exp2c; `tl.dot` accumulation is an ascending fma chain; the
+//! inverse table scatters only each request's used blocks (vLLM's padding
+//! entries point at the never-used null block 0).
+
+use crate::cache::KvCache;
+use crate::config::AttnConfig;
+use crate::kernels::softmax::{visible, DimOffsets, KvTile, RowState, ScoreParams};
+use crate::numerics::DType;
+use attnlab_shared::error::{Error, Result};
+use attnlab_shared::layout::LayoutKind;
+use attnlab_shared::metadata::AttentionMetadata;
+use rayon::prelude::*;
+
+/// Query rows per block-mask entry (vLLM's `q_block_size`).
+pub const SPARSE_Q_BLOCK_SIZE: usize = 16;
+
+/// The kernel's BLOCK_N for a dtype and cache block size (see module doc).
+pub fn flex_block_n(dtype: DType, block_size: usize) -> usize {
+    let mut b = (if dtype == DType::F32 { 32 } else { 64 }) / 2; // ROCm: shared memory < 144 KiB
+    while b > 16 && block_size % b != 0 {
+        b /= 2;
+    }
+    b.max(16)
+}
+
+/// The batch's `mask_mod`, with the inverse block table it closes over.
+#[derive(Debug, Clone)]
+pub struct FlexMask<'a> {
+    meta: &'a AttentionMetadata,
+    /// `doc_ids`: the request of every query row.
+    doc_id: Vec<usize>,
+    /// `[num_reqs][num_blocks]`: logical block index, -1 if unused.
+    physical_to_logical: Vec<Vec<i64>>,
+    causal: bool,
+    window: Option<usize>,
+}
+
+impl<'a> FlexMask<'a> {
+    pub fn new(meta: &'a AttentionMetadata, window: Option<usize>) -> Self {
+        let doc_id = (0..meta.num_reqs()).flat_map(|i| std::iter::repeat(i).take(meta.query_len(i))).collect();
+        let physical_to_logical = (0..meta.num_reqs())
+            .map(|i| {
+                let mut p2l = vec![-1i64; meta.num_blocks];
+                for j in 0..meta.seq_len(i).div_ceil(meta.block_size) {
+                    let b = meta.block_table.block(i, j);
+                    p2l[b] = p2l[b].max(j as i64);
+                }
+                p2l
+            })
+            .collect();
+        FlexMask { meta, doc_id, physical_to_logical, causal: meta.causal, window }
+    }
+
+    /// `mask_mod(q_idx, kv_idx)` on the flattened query rows and physical slots.
+    #[inline]
+    pub fn keep(&self, q_idx: usize, kv_idx: usize) -> bool {
+        let bs = self.meta.block_size;
+        let req = self.doc_id[q_idx];
+        let lb = self.physical_to_logical[req][kv_idx / bs];
+        if lb < 0 {
+            return false;
+        }
+        let lkv = lb as usize * bs + kv_idx % bs;
+        let lq = q_idx - self.meta.query_start_loc[req] as usize + self.meta.context_len(req);
+        lkv < self.meta.seq_len(req) && visible(lkv, lq, self.causal, None) && self.window.is_none_or(|w| lq.abs_diff(lkv) < w)
+    }
+}
+
+/// The block-sparse mask: per sparse q block, the partial and the full kv
+/// blocks (physical ids, ascending).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlockMask {
+    pub kv_indices: Vec<Vec<usize>>,
+    pub full_kv_indices: Vec<Vec<usize>>,
+}
+
+impl BlockMask {
+    /// Classifies every (q block, kv block) pair by evaluating `mask_mod`
+    /// over it; only blocks of the q block's requests can be non-empty.
+    pub fn build(mask: &FlexMask) -> Self {
+        let meta = mask.meta;
+        let bs = meta.block_size;
+        let (parts, fulls): (Vec<_>, Vec<_>) = (0..meta.num_actual_tokens.div_ceil(SPARSE_Q_BLOCK_SIZE))
+            .map(|qb| {
+                let rows = qb * SPARSE_Q_BLOCK_SIZE..((qb + 1) * SPARSE_Q_BLOCK_SIZE).min(meta.num_actual_tokens);
+                let mut cands: Vec<usize> = rows
+                    .clone()
+                    .flat_map(|r| {
+                        let i = mask.doc_id[r];
+                        (0..meta.seq_len(i).div_ceil(bs)).map(move |j| meta.block_table.block(i, j))
+                    })
+                    .collect();
+                cands.sort_unstable();
+                cands.dedup();
+                let (mut partial, mut full) = (vec![], vec![]);
+                for b in cands {
+                    let kept =
+                        rows.clone().flat_map(|r| (b * bs..(b + 1) * bs).map(move |t| (r, t))).filter(|&(r, t)| mask.keep(r, t)).count();
+                    if kept == rows.len() * bs {
+                        full.push(b);
+                    } else if kept > 0 {
+                        partial.push(b);
+                    }
+                }
+                (partial, full)
+            })
+            .unzip();
+        BlockMask { kv_indices: parts, full_kv_indices: fulls }
+    }
+}
+
+/// `flex_attention(q, k_cache, v_cache, block_mask=..., enable_gqa=Hkv != Hq)`
+/// for the batch's query rows (`[T, Hq, D]`) over an NHD cache of the query
+/// dtype. Windows come from `cfg.sliding_window`; causality from `meta`.
+pub fn flex_attention(query: &[f32], cache: &KvCache, meta: &AttentionMetadata, cfg: &AttnConfig) -> Result<Vec<f32>> {
+    cfg.validate()?;
+    let l = cache.layout;
+    if l.kind != LayoutKind::Nhd || l.dtype != cfg.dtype || l.num_kv_heads != cfg.num_kv_heads || l.head_size != cfg.head_size {
+        return Err(Error::invalid(
+            "cache layout",
+            format!("{} {} x {} heads x head size {}", l.kind.name(), l.dtype, l.num_kv_heads, l.head_size),
+            format!("flex_attention reads an nhd cache of {} with {} kv heads x head size {}", cfg.dtype, cfg.num_kv_heads, cfg.head_size),
+        ));
+    }
+    if l.block_size != meta.block_size || l.num_blocks < meta.num_blocks {
+        return Err(Error::invalid(
+            "cache blocks",
+            format!("{} x {}", l.num_blocks, l.block_size),
+            format!("metadata needs {} x {}", meta.num_blocks, meta.block_size),
+        ));
+    }
+    let (hq, hk, d) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_size);
+    if query.len() != meta.num_actual_tokens * hq * d {
+        return Err(Error::invalid(
+            "query length",
+            query.len(),
+            format!("must be num_tokens * num_heads * head_size = {}", meta.num_actual_tokens * hq * d),
+        ));
+    }
+    let mask = FlexMask::new(meta, cfg.sliding_window);
+    let block_mask = BlockMask::build(&mask);
+    let (bs, bn, qpk) = (meta.block_size, flex_block_n(cfg.dtype, meta.block_size), cfg.queries_per_kv());
+    if bs % bn != 0 {
+        return Err(Error::invalid("block_size", bs, "FlexAttention needs a multiple of 16 (BLOCK_N must divide the cache block)"));
+    }
+    let score = ScoreParams::new(cfg.scale, None);
+    let dims = DimOffsets::new(&l);
+
+    let blocks: Vec<Vec<f32>> = (0..block_mask.kv_indices.len())
+        .into_par_iter()
+        .map(|qb| {
+            let rows = qb * SPARSE_Q_BLOCK_SIZE..((qb + 1) * SPARSE_Q_BLOCK_SIZE).min(meta.num_actual_tokens);
+            let mut states: Vec<RowState> = (0..rows.len() * hq).map(|_| RowState::new(d, None)).collect();
+            let mut tile = KvTile::new(bn, d);
+            let (mut s, mut locs) = (vec![0.0f32; bn], Vec::with_capacity(bn));
+            let lists = [(&block_mask.kv_indices[qb], true), (&block_mask.full_kv_indices[qb], false)];
+            for (list, partial) in lists {
+                for &blk in list {
+                    for n0 in (0..bs).step_by(bn) {
+                        locs.clear();
+                        locs.extend((n0..n0 + bn).map(|r| (blk, r)));
+                        for g in 0..hk {
+                            tile.gather_paged(cache, &dims, g, &locs, |x| x, |x| x);
+                            for (k, r) in rows.clone().enumerate() {
+                                for h in g * qpk..(g + 1) * qpk {
+                                    tile.qk(&query[(r * hq + h) * d..][..d], &mut s);
+                                    for (j, sj) in s.iter_mut().enumerate() {
+                                        let keep = !partial || mask.keep(r, blk * bs + n0 + j);
+                                        *sj = if keep { score.score(*sj, 0.0) } else { f32::NEG_INFINITY };
+                                    }
+                                    states[k * hq + h].update(&s, |j| tile.v_row(j), cfg.dtype);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            states.iter().flat_map(|st| st.normalized().into_iter().map(|x| cfg.dtype.round(x))).collect()
+        })
+        .collect();
+    Ok(blocks.concat())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use attnlab_shared::metadata::BlockTableTensor;
+
+    fn meta(q: usize, ctx: usize, table: Vec<i32>, causal: bool) -> AttentionMetadata {
+        let nb = *table.iter().max().unwrap() as usize + 1;
+        AttentionMetadata::new(
+            16,
+            nb,
+            vec![0, q as i32],
+            vec![(q + ctx) as i32],
+            BlockTableTensor::from_rows(&[table]),
+            vec![-1; q],
+            causal,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn block_n_divides_the_cache_block_and_is_halved_on_rocm() {
+        assert_eq!(flex_block_n(DType::Bf16, 16), 16);
+        assert_eq!(flex_block_n(DType::Bf16, 32), 32);
+        assert_eq!(flex_block_n(DType::Bf16, 544), 32);
+        assert_eq!(flex_block_n(DType::Bf16, 48), 16);
+        assert_eq!(flex_block_n(DType::F32, 64), 16);
+    }
+
+    #[test]
+    fn mask_translates_physical_slots_to_logical_positions() {
+        // Logical block 0 -> physical 3, logical 1 -> physical 1; 20 tokens, the last 4 are queries.
+        let m = meta(4, 16, vec![3, 1], true);
+        let mask = FlexMask::new(&m, None);
+        assert!(mask.keep(0, 3 * 16)); // query at position 16 sees position 0
+        assert!(mask.keep(0, 16)); // ... and itself (logical 16 = physical block 1, row 0)
+        assert!(!mask.keep(0, 17)); // not position 17 (causal)
+        assert!(!mask.keep(3, 16 + 4)); // position 20 is past seq_len
+        assert!(!mask.keep(0, 2 * 16)); // block 2 is not this request's
+        let windowed = FlexMask::new(&m, Some(2));
+        assert!(windowed.keep(1, 16) && !windowed.keep(1, 3 * 16 + 15));
+    }
+
+    #[test]
+    fn block_mask_separates_full_and_partial_blocks() {
+        let m = meta(4, 16, vec![3, 1], true);
+        let bm = BlockMask::build(&FlexMask::new(&m, None));
+        assert_eq!((bm.kv_indices, bm.full_kv_indices), (vec![vec![1]], vec![vec![3]]));
+        let enc = meta(4, 0, vec![5], false); // non-causal: the 4 keys of block 5, 12 slots past seq_len
+        assert_eq!(BlockMask::build(&FlexMask::new(&enc, None)).kv_indices, vec![vec![5]]);
+    }
+}
