@@ -18,6 +18,9 @@ const UNIFIED: &str = "VLLM_ROCM_USE_AITER_UNIFIED_ATTENTION";
 const PDA: &str = "VLLM_V1_USE_PREFILL_DECODE_ATTENTION";
 const BACKEND: &str = "VLLM_ATTENTION_BACKEND";
 
+/// A shell prefix of env assignments, e.g. `&[(AITER, "1")]`.
+type Env = &'static [(&'static str, &'static str)];
+
 const V0_REMOVED: &str =
     "V0 attention backends have been removed. Set VLLM_USE_V1=1 to select a supported backend.";
 
@@ -308,7 +311,7 @@ fn mla_block_size_table_of_section_2() {
         B(BackendName),
         ValueError,
     }
-    let rows: [(&str, &[(&str, &str)], &str, [Expect; 4]); 6] = [
+    let rows: [(&str, Env, &str, [Expect; 4]); 6] = [
         (
             "no flags, auto",
             &[],
@@ -955,7 +958,7 @@ fn cli_aiter_deepseek_block_size_1_answers_like_vllm_serve() {
 fn cli_runs_every_seed_example_command() {
     let llama = ["--model", "llama-3.1-8b"];
     let r1 = ["--model", "deepseek-r1"];
-    let cases: [(&[(&str, &str)], &[&str], &str); 19] = [
+    let cases: [(Env, &[&str], &str); 19] = [
         (&[], &llama, "TRITON_ATTN"),
         (&[(BACKEND, "TRITON_ATTN")], &llama, "TRITON_ATTN"),
         (

@@ -122,9 +122,7 @@ fn validate(backend: BackendName, input: &SelectorInput) -> Vec<String> {
         "kv_cache_dtype not supported",
     );
     check(
-        input
-            .block_size
-            .map_or(true, |b| caps.supports_block_size(b)),
+        !matches!(input.block_size, Some(b) if !caps.supports_block_size(b)),
         "block_size not supported",
     );
     check(!input.use_mla || caps.is_mla(), "MLA not supported");
