@@ -181,3 +181,69 @@ fn mla_offset_map_is_a_bijection_for_every_block_size() {
         assert!(hit.iter().all(|&h| h), "bs {bs}");
     }
 }
+
+mod layout_cli {
+    use serde_json::Value;
+    use std::process::{Command, Output};
+
+    fn layout(args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_attnlab")).arg("layout").args(args).output().unwrap()
+    }
+
+    #[test]
+    fn json_places_every_k_and_v_element_of_the_token() {
+        let out = layout(&[
+            "--layout",
+            "aiter-shuffled",
+            "--block-size",
+            "16",
+            "--head-size",
+            "64",
+            "--kv-heads",
+            "2",
+            "--token",
+            "19",
+            "--json",
+        ]);
+        assert!(out.status.success());
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!((v["block"].as_u64(), v["row"].as_u64()), (Some(1), Some(3)));
+        assert_eq!(v["k"]["shape"], serde_json::json!([2, 2, 8, 16, 8]));
+        assert_eq!(v["v"]["shape"], serde_json::json!([2, 2, 2, 64, 8]));
+        assert_eq!(v["k"]["elements"].as_array().unwrap().len(), 2 * 64);
+        // V element (head 0, dim 5): [blk, h, t / x, d, t % x]
+        assert_eq!(v["v"]["elements"][5]["index"], serde_json::json!([1, 0, 0, 5, 3]));
+    }
+
+    #[test]
+    fn rejected_block_size_is_one_line_naming_the_rule_with_exit_2() {
+        let out = layout(&["--layout", "aiter-shuffled", "--block-size", "1", "--head-size", "128"]);
+        assert_eq!(out.status.code(), Some(2));
+        let err = String::from_utf8(out.stderr).unwrap();
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.contains("block_size 1") && err.contains("multiple of 8"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_give_json_errors_naming_the_allowed_ones() {
+        for (args, needle) in [
+            (vec!["--layout", "hnd", "--block-size", "16", "--head-size", "128"], "nhd, rocm-paged, aiter-shuffled, mla"),
+            (vec!["--layout", "nhd", "--block-size", "-3", "--head-size", "128"], "integer >= 1"),
+            (vec!["--layout", "nhd", "--block-size", "16", "--head-size", "128", "--dtype", "int4"], "bfloat16"),
+            (vec!["--layout", "nhd", "--block-size", "16", "--head-size", "128", "--token", "64", "--num-blocks", "4"], "[0, 64)"),
+        ] {
+            let out = layout(&[args.as_slice(), &["--json"]].concat());
+            assert_eq!(out.status.code(), Some(2), "{args:?}");
+            let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+            assert!(v["error"]["message"].as_str().unwrap().contains(needle), "{args:?}: {v}");
+        }
+    }
+
+    #[test]
+    fn mla_layout_shows_c_kv_then_k_pe() {
+        let out = layout(&["--layout", "mla", "--block-size", "1", "--head-size", "576", "--token", "2", "--json"]);
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["shape"], serde_json::json!([3, 1, 576]));
+        assert_eq!(v["k_pe"]["offsets"], serde_json::json!([2 * 576 + 512, 3 * 576]));
+    }
+}

@@ -259,3 +259,62 @@ proptest! {
         }
     }
 }
+
+mod trace_cli {
+    use serde_json::Value;
+    use std::process::Command;
+
+    fn trace(args: &[&str]) -> (i32, Value) {
+        let out = Command::new(env!("CARGO_BIN_EXE_attnlab")).arg("trace").args(args).arg("--json").output().unwrap();
+        (out.status.code().unwrap(), serde_json::from_slice(&out.stdout).unwrap())
+    }
+
+    fn blog(backend: &str) -> Value {
+        let (code, v) = trace(&["--backend", backend, "--prompt-len", "80000", "--output-len", "1", "--max-num-batched-tokens", "32768"]);
+        assert_eq!(code, 0, "{v}");
+        v
+    }
+
+    fn column(v: &Value, field: &str) -> Vec<Value> {
+        v["steps"].as_array().unwrap().iter().map(|s| s["requests"][0][field].clone()).collect()
+    }
+
+    #[test]
+    fn triton_attn_trace_reproduces_the_blog_example() {
+        let v = blog("TRITON_ATTN");
+        assert_eq!(column(&v, "query_len"), [32768, 32768, 14464].map(Value::from));
+        assert_eq!(column(&v, "seq_len"), [32768, 65536, 80000].map(Value::from));
+        for step in v["steps"].as_array().unwrap() {
+            assert!(!step["kernels"].as_array().unwrap().is_empty(), "every step launches kernels: {step}");
+        }
+    }
+
+    #[test]
+    fn aiter_fa_trace_is_prefill_extend_extend_with_merged_context_chunks() {
+        let v = blog("ROCM_AITER_FA");
+        assert_eq!(column(&v, "kind"), ["prefill", "extend", "extend"].map(Value::from));
+        let merges: Vec<usize> = v["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["kernels"].as_array().unwrap().iter().filter(|k| k["name"] == "merge_attn_states").count())
+            .collect();
+        assert_eq!(merges[0], 0, "a pure prefill merges nothing");
+        assert!(merges[2] > merges[1] && merges[1] > 0, "65536 context tokens take more 32k chunks than 32768: {merges:?}");
+    }
+
+    #[test]
+    fn unknown_backend_is_a_json_error_listing_the_emulated_ones() {
+        let (code, v) = trace(&["--backend", "NOPE", "--prompt-len", "8"]);
+        assert_eq!(code, 2);
+        let msg = v["error"]["message"].as_str().unwrap();
+        assert!(msg.contains("'NOPE'") && msg.contains("TRITON_ATTN"), "{msg}");
+    }
+
+    #[test]
+    fn mla_presets_are_rejected_for_now() {
+        let (code, v) = trace(&["--backend", "TRITON_ATTN", "--prompt-len", "8", "--model", "deepseek-r1"]);
+        assert_eq!(code, 2);
+        assert!(v["error"]["message"].as_str().unwrap().contains("MLA"), "{v}");
+    }
+}

@@ -22,25 +22,25 @@ pub struct Args {
     #[arg(long, value_name = "NAME")]
     layout: String,
     /// Tokens per block.
-    #[arg(long, value_name = "N")]
+    #[arg(long, allow_hyphen_values = true, value_name = "N")]
     block_size: String,
     /// Channels per head (for mla: kv_lora_rank + rope dim, e.g. 576).
-    #[arg(long, value_name = "N")]
+    #[arg(long, allow_hyphen_values = true, value_name = "N")]
     head_size: String,
     /// KV heads (ignored by mla, which caches one latent head).
-    #[arg(long, value_name = "N", default_value = "1")]
+    #[arg(long, allow_hyphen_values = true, value_name = "N", default_value = "1")]
     kv_heads: String,
     /// Cache storage dtype: fixes x = 16 bytes / element.
     #[arg(long, value_name = "D", default_value = "bfloat16")]
     dtype: String,
     /// The token's slot: block = T / block_size, row = T % block_size.
-    #[arg(long, value_name = "T", default_value = "0")]
+    #[arg(long, allow_hyphen_values = true, value_name = "T", default_value = "0")]
     token: String,
     /// Blocks in the cache [default: just enough to hold the token].
-    #[arg(long, value_name = "N")]
+    #[arg(long, allow_hyphen_values = true, value_name = "N")]
     num_blocks: Option<String>,
     /// mla only: trailing channels holding k_pe.
-    #[arg(long, value_name = "N", default_value = "64")]
+    #[arg(long, allow_hyphen_values = true, value_name = "N", default_value = "64")]
     rope_dim: String,
     /// Print JSON ({"error": {...}} on bad input).
     #[arg(long)]

@@ -23,31 +23,31 @@ pub struct Args {
     #[arg(long, value_name = "NAME")]
     backend: String,
     /// Prompt tokens per request.
-    #[arg(long, value_name = "N")]
+    #[arg(long, allow_hyphen_values = true, value_name = "N")]
     prompt_len: String,
     /// Output tokens per request (the prompt's last step samples the first).
-    #[arg(long, value_name = "N", default_value = "1")]
+    #[arg(long, allow_hyphen_values = true, value_name = "N", default_value = "1")]
     output_len: String,
     /// Identical requests, all arriving at step 0.
-    #[arg(long, value_name = "N", default_value = "1")]
+    #[arg(long, allow_hyphen_values = true, value_name = "N", default_value = "1")]
     num_requests: String,
     /// Token budget per step (vLLM `--max-num-batched-tokens`).
-    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_NUM_BATCHED_TOKENS.to_string())]
+    #[arg(long, allow_hyphen_values = true, value_name = "N", default_value_t = DEFAULT_MAX_NUM_BATCHED_TOKENS.to_string())]
     max_num_batched_tokens: String,
     /// Requests running at once (vLLM `--max-num-seqs`).
-    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_NUM_SEQS.to_string())]
+    #[arg(long, allow_hyphen_values = true, value_name = "N", default_value_t = DEFAULT_MAX_NUM_SEQS.to_string())]
     max_num_seqs: String,
     /// Model preset: llama-3.1-8b, qwen3-next (MLA presets are not traced yet).
     #[arg(long, value_name = "PRESET", default_value = "llama-3.1-8b")]
     model: String,
     /// Manager block size [default: the preset's (qwen3-next: 544), else 16].
-    #[arg(long, value_name = "N")]
+    #[arg(long, allow_hyphen_values = true, value_name = "N")]
     block_size: Option<String>,
     /// KV blocks in the pool [default: enough for every request at once].
-    #[arg(long, value_name = "N")]
+    #[arg(long, allow_hyphen_values = true, value_name = "N")]
     num_blocks: Option<String>,
     /// Stop with an error after this many steps.
-    #[arg(long, value_name = "N", default_value = "10000")]
+    #[arg(long, allow_hyphen_values = true, value_name = "N", default_value = "10000")]
     max_steps: String,
     /// Print {"steps": [{"requests": [...], "kernels": [...]}]}.
     #[arg(long)]
