@@ -8,6 +8,7 @@ pub mod cache;
 pub mod config;
 pub mod fixture;
 pub mod kernels;
+pub mod mla_workload;
 pub mod numerics;
 pub mod reference;
 pub mod replay;

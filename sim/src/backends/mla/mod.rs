@@ -99,8 +99,9 @@ impl MlaConfig {
     }
 
     /// `--scale-down`: the same per-head shapes (the 576-wide latent stays,
-    /// vLLM rejects other widths) with 16 heads per model instead of 128, and
-    /// a 4K context, so a laptop runs a step in seconds.
+    /// vLLM rejects other widths) with 16 heads per rank (the fewest every
+    /// MLA backend accepts) and a 4K max_model_len, so a laptop runs a step
+    /// in seconds.
     pub fn scaled_down(mut self) -> Self {
         self.num_heads = 16 * self.tp.max(1);
         self.max_model_len = 4096;
