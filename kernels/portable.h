@@ -130,7 +130,13 @@ DEVICE float tanhc(float y) {
     return copysignf(t, y);
 }
 
-DEVICE float expc(float x) { return exp2c(x * LOG2E); }
+// numerics.rs expc: exp2c(x * LOG2E). A NaN passes through quieted, as the
+// CPU's multiply propagates it; NVIDIA's multiply would return the canonical
+// 0x7fffffff instead and lose the payload bit-exactness needs.
+DEVICE float expc(float x) {
+    if (is_nan(x)) return __uint_as_float(__float_as_uint(x) | 0x00400000u);
+    return exp2c(x * LOG2E);
+}
 DEVICE float softcap(float s, float cap) { return cap * tanhc(s / cap); }
 
 // ------------------------------------------------------------ storage types

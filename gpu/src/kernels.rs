@@ -48,12 +48,52 @@ fn contract_variants() -> Vec<Defines> {
         .collect()
 }
 
-pub static FAMILIES: &[Family] = &[Family {
-    name: "contract",
-    embedded: include_str!("../../kernels/contract.hip"),
-    entries: &["contract_unary", "contract_round"],
-    variants: contract_variants,
-}];
+/// (source, cache) dtype pairs: same-dtype caches and both fp8 flavours.
+fn reshape_and_cache_variants() -> Vec<Defines> {
+    [(DType::Bf16, DType::Bf16), (DType::F16, DType::Fp8E4m3Fnuz), (DType::F32, DType::Fp8E4m3Fn)]
+        .iter()
+        .map(|&(s, c)| vec![dtype_define("SRC_DTYPE", s), dtype_define("CACHE_DTYPE", c)])
+        .collect()
+}
+
+fn merge_variants() -> Vec<Defines> {
+    [DType::F32, DType::F16, DType::Bf16].iter().map(|&d| vec![dtype_define("OUT_DTYPE", d)]).collect()
+}
+
+/// (query, cache) dtype pairs of the attention kernels.
+fn attention_variants() -> Vec<Defines> {
+    [(DType::Bf16, DType::Bf16), (DType::F16, DType::Fp8E4m3Fnuz), (DType::Bf16, DType::Fp8E4m3Fn)]
+        .iter()
+        .map(|&(q, kv)| vec![dtype_define("Q_DTYPE", q), dtype_define("KV_DTYPE", kv)])
+        .collect()
+}
+
+pub static FAMILIES: &[Family] = &[
+    Family {
+        name: "contract",
+        embedded: include_str!("../../kernels/contract.hip"),
+        entries: &["contract_unary", "contract_round"],
+        variants: contract_variants,
+    },
+    Family {
+        name: "reshape_and_cache",
+        embedded: include_str!("../../kernels/reshape_and_cache.hip"),
+        entries: &["reshape_and_cache"],
+        variants: reshape_and_cache_variants,
+    },
+    Family {
+        name: "merge_attn_states",
+        embedded: include_str!("../../kernels/merge_attn_states.hip"),
+        entries: &["merge_attn_states"],
+        variants: merge_variants,
+    },
+    Family {
+        name: "unified_attention",
+        embedded: include_str!("../../kernels/unified_attention.hip"),
+        entries: &["unified_attention", "reduce_segments"],
+        variants: attention_variants,
+    },
+];
 
 pub fn family(name: &str) -> Result<&'static Family> {
     FAMILIES.iter().find(|f| f.name == name).ok_or_else(|| {

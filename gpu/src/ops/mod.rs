@@ -4,4 +4,6 @@
 //! kernels they are diffed against.
 
 pub mod contract;
+pub mod merge_attn_states;
 pub mod reshape_and_cache;
+pub mod unified_attention;

@@ -226,8 +226,8 @@ impl Device for CudaDevice {
             api: "launch",
             msg: format!("unknown function {}", f.0),
         })?;
-        let mut slots: Vec<u64> = args.iter().map(|a| a.slot()).collect();
-        let mut params: Vec<*mut c_void> = slots.iter_mut().map(|s| s as *mut u64 as *mut c_void).collect();
+        let mut slots: Vec<Vec<u8>> = args.iter().map(|a| a.bytes()).collect();
+        let mut params: Vec<*mut c_void> = slots.iter_mut().map(|s| s.as_mut_ptr() as *mut c_void).collect();
         let [gx, gy, gz] = dims.grid;
         let [bx, by, bz] = dims.block;
         // SAFETY: the kernel's parameter list matches `args` (each call site

@@ -89,25 +89,64 @@ pub struct Image {
     pub bytes: Vec<u8>,
 }
 
-/// A kernel argument as the launch passes it (by value, 8-byte slots).
-#[derive(Debug, Clone, Copy)]
+/// A kernel argument as the launch passes it (by value).
+#[derive(Debug, Clone)]
 pub enum Arg {
     Ptr(u64),
     I32(i32),
     I64(i64),
     F32(f32),
+    /// A by-value struct, laid out as the kernel's C struct (see [`ArgStruct`]).
+    Struct(Vec<u8>),
 }
 
 impl Arg {
-    /// The argument's bytes in a little-endian 8-byte slot; the kernel reads
-    /// only its own size from the start.
-    pub(crate) fn slot(self) -> u64 {
-        match self {
-            Arg::Ptr(p) => p,
-            Arg::I32(v) => v as u32 as u64,
-            Arg::I64(v) => v as u64,
-            Arg::F32(v) => v.to_bits() as u64,
+    /// The argument's bytes (little-endian), at least 8 so that every
+    /// parameter pointer is valid for an 8-byte read.
+    pub(crate) fn bytes(&self) -> Vec<u8> {
+        let mut b = match self {
+            Arg::Ptr(p) => p.to_le_bytes().to_vec(),
+            Arg::I32(v) => v.to_le_bytes().to_vec(),
+            Arg::I64(v) => v.to_le_bytes().to_vec(),
+            Arg::F32(v) => v.to_le_bytes().to_vec(),
+            Arg::Struct(b) => b.clone(),
+        };
+        b.resize(b.len().max(8), 0);
+        b
+    }
+}
+
+/// Builds a by-value kernel struct field by field in C layout order. Each
+/// field is aligned to its own size; callers list fields exactly as the
+/// `.hip` struct declares them (largest first keeps it padding-free).
+#[derive(Debug, Default, Clone)]
+pub struct ArgStruct(Vec<u8>);
+
+impl ArgStruct {
+    fn align(&mut self, n: usize) {
+        while self.0.len() % n != 0 {
+            self.0.push(0);
         }
+    }
+    pub fn i64(mut self, v: i64) -> Self {
+        self.align(8);
+        self.0.extend_from_slice(&v.to_le_bytes());
+        self
+    }
+    pub fn i32(mut self, v: i32) -> Self {
+        self.align(4);
+        self.0.extend_from_slice(&v.to_le_bytes());
+        self
+    }
+    pub fn f32(mut self, v: f32) -> Self {
+        self.align(4);
+        self.0.extend_from_slice(&v.to_le_bytes());
+        self
+    }
+    /// The finished struct, padded to 8-byte alignment.
+    pub fn arg(mut self) -> Arg {
+        self.align(8);
+        Arg::Struct(self.0)
     }
 }
 
@@ -170,7 +209,8 @@ pub fn open() -> Result<Box<dyn Device>> {
     let hip_reason = String::from("HIP: not built (cargo feature `rocm`); ");
     match cuda::CudaDevice::open() {
         Ok(d) => Ok(Box::new(d)),
-        Err(e) => Err(GpuError::NoDevice(format!("{hip_reason}CUDA: {e}"))),
+        Err(GpuError::NoDevice(why)) => Err(GpuError::NoDevice(format!("{hip_reason}CUDA: {why}"))),
+        Err(e) => Err(e),
     }
 }
 
