@@ -40,14 +40,16 @@ fn batch(cfg: &AttnConfig, block_size: usize, reqs: &[(usize, usize)], seed: u64
         ids.swap(i, rng.gen_range(0..=i));
     }
     let mut next = ids.into_iter();
-    let rows: Vec<Vec<i32>> = reqs.iter().map(|&(c, q)| (0..(c + q).div_ceil(block_size)).map(|_| next.next().unwrap()).collect()).collect();
+    let rows: Vec<Vec<i32>> =
+        reqs.iter().map(|&(c, q)| (0..(c + q).div_ceil(block_size)).map(|_| next.next().unwrap()).collect()).collect();
     let mut qsl = vec![0i32];
     for &(_, q) in reqs {
         qsl.push(qsl.last().unwrap() + q as i32);
     }
     let seq_lens = reqs.iter().map(|&(c, q)| (c + q) as i32).collect();
     let t = *qsl.last().unwrap() as usize;
-    let meta = AttentionMetadata::new(block_size, num_blocks, qsl, seq_lens, BlockTableTensor::from_rows(&rows), vec![-1; t], true).unwrap();
+    let meta =
+        AttentionMetadata::new(block_size, num_blocks, qsl, seq_lens, BlockTableTensor::from_rows(&rows), vec![-1; t], true).unwrap();
     let mut rand_vec = |n: usize, dtype: DType| -> Vec<f32> { (0..n).map(|_| dtype.round(rng.gen_range(-1.0f32..1.0))).collect() };
     let query = rand_vec(t * cfg.num_heads * cfg.head_size, cfg.dtype);
     let n = num_blocks * block_size * cfg.num_kv_heads * cfg.head_size;
@@ -308,7 +310,10 @@ fn rejects_block_size_8_with_vllms_message() {
 #[test]
 fn rejects_head_size_72_with_vllms_message() {
     let e = RocmAttn::default().check(&config(DType::F16, 8, 2, 72), 16).unwrap_err().to_string();
-    assert!(e.contains("Head size 72 is not supported by RocmAttention. Supported head sizes are: [32, 64, 80, 96, 128, 160, 192, 224, 256]"), "{e}");
+    assert!(
+        e.contains("Head size 72 is not supported by RocmAttention. Supported head sizes are: [32, 64, 80, 96, 128, 160, 192, 224, 256]"),
+        "{e}"
+    );
 }
 
 #[test]

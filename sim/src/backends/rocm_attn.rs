@@ -85,7 +85,11 @@ impl RocmAttn {
             && (1..=16).contains(&qpk)
             && meta.max_seq_len <= CUSTOM_PA_MAX_SEQ_LEN
             && cfg.sinks.is_none();
-        if custom { DecodeKernel::Ll4mi } else { DecodeKernel::Triton2d }
+        if custom {
+            DecodeKernel::Ll4mi
+        } else {
+            DecodeKernel::Triton2d
+        }
     }
 
     /// The writer `do_kv_cache_update` calls for a kernel block size.
@@ -94,7 +98,11 @@ impl RocmAttn {
             RocmAttnProfile::SeedEra => block_size.is_power_of_two(),
             RocmAttnProfile::V0_33 => matches!(block_size, 16 | 32),
         };
-        if native { CacheWriter::ReshapeAndCache } else { CacheWriter::TritonReshapeAndCacheFlash }
+        if native {
+            CacheWriter::ReshapeAndCache
+        } else {
+            CacheWriter::TritonReshapeAndCacheFlash
+        }
     }
 }
 
@@ -171,7 +179,13 @@ impl AttentionBackend for RocmAttn {
         let (k_cache, v_cache) = (layout.k_shape(), layout.v_shape());
         let mut calls = vec![KernelCall::new(
             self.writer(meta.block_size).kernel_name(),
-            &[("key", vec![t, hkv, d]), ("value", vec![t, hkv, d]), ("key_cache", k_cache.clone()), ("value_cache", v_cache.clone()), ("slot_mapping", vec![t])],
+            &[
+                ("key", vec![t, hkv, d]),
+                ("value", vec![t, hkv, d]),
+                ("key_cache", k_cache.clone()),
+                ("value_cache", v_cache.clone()),
+                ("slot_mapping", vec![t]),
+            ],
         )];
         let qo = [("query", vec![t, hq, d]), ("output", vec![t, hq, d]), ("key_cache", k_cache), ("value_cache", v_cache)];
         if meta.max_query_len > 1 {
@@ -183,9 +197,18 @@ impl AttentionBackend for RocmAttn {
         match self.decode_kernel(meta, cfg) {
             DecodeKernel::Ll4mi => {
                 let p = max_num_partitions(meta.max_seq_len, PARTITION_SIZE_ROCM);
-                let name = if cfg.queries_per_kv() <= 4 { "paged_attention_ll4mi_QKV_mfma4_kernel" } else { "paged_attention_ll4mi_QKV_mfma16_kernel" };
+                let name = if cfg.queries_per_kv() <= 4 {
+                    "paged_attention_ll4mi_QKV_mfma4_kernel"
+                } else {
+                    "paged_attention_ll4mi_QKV_mfma16_kernel"
+                };
                 let mut shapes = qo.to_vec();
-                shapes.extend([("grid", vec![n, p, hkv]), ("exp_sums", vec![n, hq, p]), ("max_logits", vec![n, hq, p]), ("tmp_out", vec![n, hq, p, d])]);
+                shapes.extend([
+                    ("grid", vec![n, p, hkv]),
+                    ("exp_sums", vec![n, hq, p]),
+                    ("max_logits", vec![n, hq, p]),
+                    ("tmp_out", vec![n, hq, p, d]),
+                ]);
                 calls.push(KernelCall::new(name, &shapes));
                 calls.push(KernelCall::new(
                     "paged_attention_ll4mi_reduce_kernel",

@@ -113,7 +113,11 @@ pub fn validate_paged_inputs(query: &[f32], cache: &KvCache, meta: &AttentionMet
         return Err(Error::invalid("cache dtype", l.dtype, format!("must equal the config's kv_dtype {}", cfg.kv_dtype)));
     }
     if cache.k.len() != l.numel() || cache.v.len() != l.numel() {
-        return Err(Error::invalid("cache tensor length", format!("k {} / v {}", cache.k.len(), cache.v.len()), format!("layout needs {}", l.numel())));
+        return Err(Error::invalid(
+            "cache tensor length",
+            format!("k {} / v {}", cache.k.len(), cache.v.len()),
+            format!("layout needs {}", l.numel()),
+        ));
     }
     let n = meta.num_actual_tokens * cfg.num_heads * cfg.head_size;
     for (what, len) in [("query length", query.len()), ("output length", out.len())] {
@@ -342,7 +346,11 @@ pub fn paged_attention_ll4mi(
 ) -> Result<()> {
     validate_paged_inputs(query, cache, meta, cfg, out)?;
     if partition_size == 0 || partition_size % LL4MI_TOKENS_PER_WARP != 0 {
-        return Err(Error::invalid("partition_size", partition_size, format!("must be a positive multiple of {LL4MI_TOKENS_PER_WARP} (tokens per wave)")));
+        return Err(Error::invalid(
+            "partition_size",
+            partition_size,
+            format!("must be a positive multiple of {LL4MI_TOKENS_PER_WARP} (tokens per wave)"),
+        ));
     }
     let (hq, hkv, d, qpk) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_size, cfg.queries_per_kv());
     let dims = DimOffsets::new(&cache.layout);
@@ -381,4 +389,109 @@ pub fn paged_attention_ll4mi(
         .collect();
     scatter(out, results, hq, d);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use attnlab_shared::dtype::DType;
+    use attnlab_shared::layout::{KvLayout, LayoutKind};
+    use attnlab_shared::metadata::BlockTableTensor;
+
+    /// One decode sequence of `seq_len` keys in blocks 0.., K = 0 (uniform
+    /// softmax), V[t][d] = t.
+    fn uniform_decode(seq_len: usize, d: usize) -> (Vec<f32>, KvCache, AttentionMetadata, AttnConfig) {
+        let (bs, nb) = (16, seq_len.div_ceil(16));
+        let cfg = AttnConfig::new(1, 1, d, DType::F32);
+        let layout = KvLayout::new(LayoutKind::RocmPaged, nb, bs, 1, d, DType::F32).unwrap();
+        let mut cache = KvCache::zeros(layout);
+        for t in 0..seq_len {
+            for dd in 0..d {
+                cache.v[layout.v_offset(t / bs, t % bs, 0, dd)] = t as f32;
+            }
+        }
+        let table = BlockTableTensor::from_rows(&[(0..nb as i32).collect()]);
+        let meta = AttentionMetadata::new(bs, nb, vec![0, 1], vec![seq_len as i32], table, vec![-1], true).unwrap();
+        (vec![0.5; d], cache, meta, cfg)
+    }
+
+    #[test]
+    fn tile_size_follows_kernel_paged_attention_2d() {
+        let got: Vec<usize> = [16, 32, 48, 64, 256, 544].iter().map(|&b| paged_2d_tile_size(b)).collect();
+        assert_eq!(got, [16, 32, 32, 64, 128, 32]);
+    }
+
+    #[test]
+    fn uniform_scores_give_the_mean_value_in_both_kernels() {
+        // 700 keys: three partitions (the last partial), several 2D tiles.
+        let (q, cache, meta, cfg) = uniform_decode(700, 8);
+        let mean = 699.0 / 2.0;
+        let (mut a, mut b) = (vec![0f32; 8], vec![0f32; 8]);
+        paged_attention_2d(&q, &cache, &meta, &cfg, &mut a).unwrap();
+        paged_attention_ll4mi(&q, &cache, &meta, &cfg, PARTITION_SIZE_ROCM, &mut b).unwrap();
+        for x in a.iter().chain(&b) {
+            approx::assert_relative_eq!(*x, mean, max_relative = 1e-5);
+        }
+    }
+
+    #[test]
+    fn ll4mi_reduce_of_one_partition_only_applies_the_epsilons() {
+        let p = Ll4miPartial { max_logit: 3.0, exp_sum: 5.0, out: vec![0.25, -1.0] };
+        let out = ll4mi_reduce(std::slice::from_ref(&p), DType::F32);
+        let inv = 1.0 / (5.0f32 + LL4MI_SUM_EPS);
+        assert_eq!(out, vec![(0.25f32 * 5.0) * inv, (-1.0f32 * 5.0) * inv]);
+    }
+
+    #[test]
+    fn ll4mi_reduce_gives_an_all_masked_partition_no_weight() {
+        let live = Ll4miPartial { max_logit: 0.0, exp_sum: 2.0, out: vec![1.0] };
+        let masked = Ll4miPartial { max_logit: LL4MI_MASKED_LOGIT, exp_sum: 64.0, out: vec![7.0] };
+        assert_eq!(ll4mi_reduce(&[live.clone(), masked], DType::F32), ll4mi_reduce(&[live], DType::F32));
+    }
+
+    #[test]
+    fn ll4mi_rejects_a_partition_size_that_is_not_whole_waves() {
+        let (q, cache, meta, cfg) = uniform_decode(20, 8);
+        let e = paged_attention_ll4mi(&q, &cache, &meta, &cfg, 100, &mut [0f32; 8]).unwrap_err().to_string();
+        assert!(e.contains("partition_size 100") && e.contains("64"), "{e}");
+    }
+
+    #[test]
+    fn out_of_window_keys_get_the_minus_10000_logit_not_minus_inf() {
+        // Scores far below -10000 inside the window: the masked keys win the max.
+        let (mut q, mut cache, meta, mut cfg) = uniform_decode(40, 8);
+        cfg.sliding_window = Some(4);
+        q.iter_mut().for_each(|x| *x = 1.0);
+        let layout = cache.layout;
+        for t in 36..40 {
+            for d in 0..8 {
+                cache.k[layout.k_offset(t / 16, t % 16, 0, d)] = -1e5;
+            }
+        }
+        let mut out = vec![0f32; 8];
+        paged_attention_2d(&q, &cache, &meta, &cfg, &mut out).unwrap();
+        approx::assert_relative_eq!(out[0], 35.0 / 2.0, max_relative = 1e-5); // mean of the 36 masked keys' V
+    }
+
+    #[test]
+    fn dim_offsets_are_separable_in_every_layout() {
+        for kind in LayoutKind::ALL {
+            let l = KvLayout::new(kind, 3, 16, 2, 32, DType::Bf16).unwrap();
+            let dims = DimOffsets::new(&l);
+            for (b, r, h) in [(0, 0, 0), (2, 15, 1), (1, 7, 0)] {
+                for d in 0..32 {
+                    assert_eq!(l.k_offset(b, r, h, d), l.k_offset(b, r, h, 0) + dims.k[d], "{kind:?}");
+                    assert_eq!(l.v_offset(b, r, h, d), l.v_offset(b, r, h, 0) + dims.v[d], "{kind:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn mismatched_cache_is_rejected_naming_the_field() {
+        let (q, cache, meta, cfg) = uniform_decode(20, 8);
+        let cfg = AttnConfig { head_size: 16, ..cfg };
+        let e = paged_attention_2d(&q, &cache, &meta, &cfg, &mut [0f32; 8]).unwrap_err().to_string();
+        assert!(e.contains("cache head_size"), "{e}");
+    }
 }

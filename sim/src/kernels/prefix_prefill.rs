@@ -97,7 +97,10 @@ pub fn context_attention_fwd(
     if cfg.alibi_slopes.is_some() {
         // _fwd_kernel_alibi's asserts, with vLLM's messages.
         if !meta.causal {
-            return Err(Error::unsupported("non-causal prefix attention with ALiBi", "Non-causal prefix attention is not supported with alibi"));
+            return Err(Error::unsupported(
+                "non-causal prefix attention with ALiBi",
+                "Non-causal prefix attention is not supported with alibi",
+            ));
         }
         if cfg.sinks.is_some() {
             return Err(Error::unsupported("sinks with ALiBi", "Sinks arg is not supported with alibi"));
@@ -157,7 +160,11 @@ fn program(
             None => params.score(dot, 0.0),
             Some(sl) => {
                 let bias = sl * (t as f32 - p as f32);
-                if bias <= 0.0 { params.score(dot, bias) } else { f32::NEG_INFINITY }
+                if bias <= 0.0 {
+                    params.score(dot, bias)
+                } else {
+                    f32::NEG_INFINITY
+                }
             }
         }
     };
@@ -192,4 +199,97 @@ fn program(
         data.extend(state.normalized_eps(v.l_eps).into_iter().map(|x| cfg.dtype.round(x)));
     }
     (first_row, head, data)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use attnlab_shared::layout::{KvLayout, LayoutKind};
+    use attnlab_shared::metadata::BlockTableTensor;
+
+    /// Requests `(context, query)` over a zero-K cache (uniform softmax) with
+    /// V[t][d] = t, so each row's output is the mean visible key position.
+    fn uniform(reqs: &[(usize, usize)], cfg: &AttnConfig) -> (Vec<f32>, KvCache, AttentionMetadata) {
+        let bs = 16;
+        let blocks: Vec<usize> = reqs.iter().map(|&(c, q)| (c + q).div_ceil(bs)).collect();
+        let nb: usize = blocks.iter().sum();
+        let layout = KvLayout::new(LayoutKind::RocmPaged, nb, bs, cfg.num_kv_heads, cfg.head_size, cfg.kv_dtype).unwrap();
+        let mut cache = KvCache::zeros(layout);
+        let (mut rows, mut next) = (vec![], 0i32);
+        for (&(c, q), &n) in reqs.iter().zip(&blocks) {
+            let row: Vec<i32> = (next..next + n as i32).collect();
+            for t in 0..c + q {
+                let b = row[t / bs] as usize;
+                for h in 0..cfg.num_kv_heads {
+                    for d in 0..cfg.head_size {
+                        cache.v[layout.v_offset(b, t % bs, h, d)] = t as f32;
+                    }
+                }
+            }
+            next += n as i32;
+            rows.push(row);
+        }
+        let mut qsl = vec![0i32];
+        reqs.iter().for_each(|&(_, q)| qsl.push(qsl.last().unwrap() + q as i32));
+        let t = *qsl.last().unwrap() as usize;
+        let seq_lens = reqs.iter().map(|&(c, q)| (c + q) as i32).collect();
+        let meta = AttentionMetadata::new(bs, nb, qsl, seq_lens, BlockTableTensor::from_rows(&rows), vec![-1; t], true).unwrap();
+        (vec![0.5; t * cfg.num_heads * cfg.head_size], cache, meta)
+    }
+
+    #[test]
+    fn alibi_launches_the_alibi_kernel_with_square_tiles_and_no_epsilon() {
+        let mut cfg = AttnConfig::new(2, 1, 32, DType::F16);
+        assert_eq!(PrefixVariant::for_config(&cfg).ctx_tile, CTX_TILE);
+        cfg.alibi_slopes = Some(vec![0.5, 0.25]);
+        let v = PrefixVariant::for_config(&cfg);
+        assert_eq!((v.kernel, v.block_m, v.ctx_tile, v.block_n, v.l_eps), ("_fwd_kernel_alibi", 128, 128, 128, 0.0));
+        cfg.dtype = DType::F32;
+        assert_eq!(PrefixVariant::for_config(&cfg).block_n, ALIBI_BLOCK_F32);
+    }
+
+    #[test]
+    fn each_row_averages_exactly_the_keys_it_sees() {
+        // Context 70 (three 32-key tiles), 150 new tokens (two BLOCK_M programs).
+        let cfg = AttnConfig { sliding_window: Some(50), ..AttnConfig::new(2, 1, 8, DType::F32) };
+        let (q, cache, meta) = uniform(&[(70, 150)], &cfg);
+        let mut out = vec![0f32; q.len()];
+        context_attention_fwd(&q, &cache, &meta, &cfg, true, &mut out).unwrap();
+        for i in 0..150 {
+            let p: usize = 70 + i;
+            let first = (p + 1).saturating_sub(50);
+            let mean = (first + p) as f32 / 2.0;
+            approx::assert_relative_eq!(out[i * 16], mean, max_relative = 1e-5);
+        }
+    }
+
+    #[test]
+    fn skip_decode_leaves_decode_rows_untouched() {
+        let cfg = AttnConfig::new(1, 1, 8, DType::F32);
+        let (q, cache, meta) = uniform(&[(10, 1), (5, 4)], &cfg);
+        let mut out = vec![-7f32; q.len()];
+        context_attention_fwd(&q, &cache, &meta, &cfg, true, &mut out).unwrap();
+        assert!(out[..8].iter().all(|&x| x == -7.0));
+        assert!(out[8..].iter().all(|&x| x != -7.0));
+        context_attention_fwd(&q, &cache, &meta, &cfg, false, &mut out).unwrap();
+        approx::assert_relative_eq!(out[0], 5.0, max_relative = 1e-6); // mean of 0..=10
+    }
+
+    #[test]
+    fn non_causal_rows_see_every_new_token() {
+        let cfg = AttnConfig::new(1, 1, 8, DType::F32);
+        let (q, cache, mut meta) = uniform(&[(6, 20)], &cfg);
+        meta.causal = false;
+        let mut out = vec![0f32; q.len()];
+        context_attention_fwd(&q, &cache, &meta, &cfg, true, &mut out).unwrap();
+        assert!(out.chunks(8).all(|r| (r[0] - 12.5).abs() < 1e-5), "mean of 0..26 for every row");
+    }
+
+    #[test]
+    fn alibi_rejects_what_vllms_alibi_kernel_asserts() {
+        let cfg = AttnConfig { alibi_slopes: Some(vec![0.5]), sinks: Some(vec![1.0]), ..AttnConfig::new(1, 1, 8, DType::F32) };
+        let (q, cache, meta) = uniform(&[(3, 4)], &cfg);
+        let e = context_attention_fwd(&q, &cache, &meta, &cfg, true, &mut vec![0f32; q.len()]).unwrap_err().to_string();
+        assert!(e.contains("Sinks arg is not supported with alibi"), "{e}");
+    }
 }
