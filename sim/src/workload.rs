@@ -23,6 +23,7 @@ use crate::kernels::reshape_and_cache::{reshape_and_cache, CacheWriter};
 use crate::reference::{self, compare, Tolerance};
 use crate::replay::Status;
 use attnlab_shared::block_table::KernelBlockSplit;
+use attnlab_shared::dtype::DType;
 use attnlab_shared::error::{Error, Result};
 use attnlab_shared::layout::{KvLayout, LayoutKind};
 use attnlab_shared::model::ModelPreset;
@@ -169,6 +170,16 @@ pub fn schedule(spec: &WorkloadSpec) -> Result<(SchedulerConfig, Vec<ScheduledSt
     Ok((cfg, steps))
 }
 
+/// `n` values ~ U(-1, 1) from `rng`, rounded to `dtype`: the Q/K/V of runs and benches.
+pub fn draw(rng: &mut impl Rng, n: usize, dtype: DType) -> Vec<f32> {
+    (0..n).map(|_| dtype.round(rng.gen_range(-1.0f32..1.0))).collect()
+}
+
+/// [`draw`] from a fresh ChaCha8 stream seeded with `seed`.
+pub fn seeded_values(seed: u64, n: usize, dtype: DType) -> Vec<f32> {
+    draw(&mut ChaCha8Rng::seed_from_u64(seed), n, dtype)
+}
+
 /// One backend's live state during a run.
 struct Lane {
     backend: Box<dyn AttentionBackend>,
@@ -224,10 +235,9 @@ pub fn run_workload(spec: &WorkloadSpec, mut on_step: impl FnMut(usize, usize)) 
     for (done, step) in steps.iter().enumerate() {
         let t = step.num_tokens();
         tokens += t;
-        let mut draw = |n: usize| -> Vec<f32> { (0..n).map(|_| cfg.dtype.round(rng.gen_range(-1.0f32..1.0))).collect() };
-        let q = draw(t * cfg.num_heads * cfg.head_size);
-        let k = draw(t * cfg.num_kv_heads * cfg.head_size);
-        let v = draw(t * cfg.num_kv_heads * cfg.head_size);
+        let q = draw(&mut rng, t * cfg.num_heads * cfg.head_size, cfg.dtype);
+        let k = draw(&mut rng, t * cfg.num_kv_heads * cfg.head_size, cfg.dtype);
+        let v = draw(&mut rng, t * cfg.num_kv_heads * cfg.head_size, cfg.dtype);
         let meta = step.metadata(bs)?;
         reshape_and_cache(CacheWriter::ReshapeAndCacheFlash, &mut canonical, &k, &v, &meta.slot_mapping, &cfg)?;
         let reference = reference::paged_attention(&q, &canonical, &meta, &cfg)?.out;

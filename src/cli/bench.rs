@@ -1,10 +1,221 @@
-//! `attnlab bench` (in progress).
+//! `attnlab bench --cpu [--json]`: emulator throughput per backend on a
+//! prefill-shaped and a decode-shaped batch, next to a plain f32 attention
+//! (the reference's loops in f32: no tiling, no online softmax) measured in
+//! the same run, so the ratio is independent of the machine.
+//!
+//! FLOPs are counted the same way for every implementation: 4 * head_size *
+//! num_heads per visible (query, key) pair (2 for QK^T, 2 for PV). Each
+//! measurement is one warm-up run, then the median of `--repeats` runs.
 
+use anyhow::Context;
+use attnlab_shared::layout::{KvLayout, LayoutKind};
+use attnlab_shared::metadata::{AttentionMetadata, BlockTableTensor};
+use attnlab_shared::model::preset;
+use attnlab_sim::backends::{by_name, mha_backends, AttentionBackend};
+use attnlab_sim::cache::KvCache;
+use attnlab_sim::config::AttnConfig;
+use attnlab_sim::kernels::reshape_and_cache::{reshape_and_cache, CacheWriter};
+use attnlab_sim::reference::paged_attention_in;
+use attnlab_sim::workload::seeded_values;
+use serde::Serialize;
 use std::process::ExitCode;
+use std::time::Instant;
 
 #[derive(clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// Benchmark the CPU emulator.
+    #[arg(long)]
+    pub cpu: bool,
+    /// One emulated MHA backend (vLLM enum name) or `all`.
+    #[arg(long, default_value = "all")]
+    pub backend: String,
+    /// Model preset giving heads, kv heads, head size and dtype.
+    #[arg(long, default_value = "llama-3.1-8b")]
+    pub model: String,
+    /// Tokens of the prefill-shaped case (one sequence, causal).
+    #[arg(long, default_value_t = 2048)]
+    pub prefill_tokens: usize,
+    /// Sequences of the decode-shaped case (one new token each).
+    #[arg(long, default_value_t = 32)]
+    pub decode_batch: usize,
+    /// Context length of each decode sequence.
+    #[arg(long, default_value_t = 4096)]
+    pub decode_ctx: usize,
+    /// Timed runs per measurement (after one warm-up); the median is reported.
+    #[arg(long, default_value_t = 3)]
+    pub repeats: usize,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
 
-pub fn run(_args: Args) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("`attnlab bench` is not built yet")
+/// Block size the bench batches are built with (each backend re-blocks to its kernel block size).
+const BLOCK_SIZE: usize = 16;
+/// Name of the plain f32 baseline's rows.
+const NAIVE: &str = "naive f32";
+
+#[derive(Serialize)]
+struct Measurement {
+    case: &'static str,
+    implementation: String,
+    gflop: f64,
+    median_s: f64,
+    gflops: f64,
+    /// gflops / the naive f32 baseline's gflops on the same case.
+    vs_naive: f64,
+}
+
+#[derive(Serialize)]
+struct Report {
+    model: &'static str,
+    threads: usize,
+    results: Vec<Measurement>,
+    skipped: Vec<(String, String)>,
+}
+
+/// A batch of `num_seqs` sequences, each `q_len` new tokens on top of
+/// `seq_len - q_len` cached ones, blocks contiguous.
+struct Shape {
+    name: &'static str,
+    num_seqs: usize,
+    q_len: usize,
+    seq_len: usize,
+}
+
+impl Shape {
+    fn metadata(&self, block_size: usize) -> anyhow::Result<AttentionMetadata> {
+        let per_seq = self.seq_len.div_ceil(block_size);
+        let rows: Vec<Vec<i32>> = (0..self.num_seqs).map(|i| (0..per_seq).map(|j| (i * per_seq + j) as i32).collect()).collect();
+        let qsl = (0..=self.num_seqs).map(|i| (i * self.q_len) as i32).collect();
+        let slots = (0..self.num_seqs * self.q_len).map(|_| -1).collect();
+        let m = AttentionMetadata::new(
+            block_size,
+            self.num_seqs * per_seq,
+            qsl,
+            vec![self.seq_len as i32; self.num_seqs],
+            BlockTableTensor::from_rows(&rows),
+            slots,
+            true,
+        )?;
+        Ok(m)
+    }
+
+    /// Visible (query, key) pairs under the causal mask.
+    fn pairs(&self) -> f64 {
+        let ctx = self.seq_len - self.q_len;
+        let per_seq: usize = (0..self.q_len).map(|j| ctx + j + 1).sum();
+        (per_seq * self.num_seqs) as f64
+    }
+}
+
+/// A cache in `layout` filled with seeded random K/V through `write`, one
+/// sequence at a time (the whole batch's K/V at once would double the memory).
+fn filled_cache(
+    layout: KvLayout,
+    shape: &Shape,
+    cfg: &AttnConfig,
+    write: impl Fn(&mut KvCache, &[f32], &[f32], &[i64]) -> attnlab_shared::Result<()>,
+) -> anyhow::Result<KvCache> {
+    let mut cache = KvCache::zeros(layout);
+    let n = shape.seq_len * cfg.num_kv_heads * cfg.head_size;
+    let per_seq = shape.seq_len.div_ceil(layout.block_size) * layout.block_size;
+    for i in 0..shape.num_seqs {
+        let (k, v) = (seeded_values(2 * i as u64, n, cfg.dtype), seeded_values(2 * i as u64 + 1, n, cfg.dtype));
+        let slots: Vec<i64> = (0..shape.seq_len).map(|t| (i * per_seq + t) as i64).collect();
+        write(&mut cache, &k, &v, &slots)?;
+    }
+    Ok(cache)
+}
+
+/// Median wall time of `repeats` runs after one warm-up.
+fn median_seconds(repeats: usize, mut f: impl FnMut() -> anyhow::Result<()>) -> anyhow::Result<f64> {
+    f()?;
+    let mut times = Vec::with_capacity(repeats);
+    for _ in 0..repeats.max(1) {
+        let t = Instant::now();
+        f()?;
+        times.push(t.elapsed().as_secs_f64());
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(times[times.len() / 2])
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    if !args.cpu {
+        anyhow::bail!("choose what to benchmark: --cpu (the emulator)");
+    }
+    for (what, v) in [("--prefill-tokens", args.prefill_tokens), ("--decode-batch", args.decode_batch), ("--decode-ctx", args.decode_ctx)] {
+        if v == 0 {
+            anyhow::bail!("invalid {what} 0: must be >= 1");
+        }
+    }
+    let model = preset(&args.model)?;
+    let cfg = attnlab_sim::workload::model_config(model)?;
+    let backends: Vec<Box<dyn AttentionBackend>> = if args.backend == "all" { mha_backends() } else { vec![by_name(&args.backend)?] };
+    let shapes = [
+        Shape { name: "prefill", num_seqs: 1, q_len: args.prefill_tokens, seq_len: args.prefill_tokens },
+        Shape { name: "decode", num_seqs: args.decode_batch, q_len: 1, seq_len: args.decode_ctx },
+    ];
+    let mut results = Vec::new();
+    let mut skipped = Vec::new();
+    for shape in &shapes {
+        let gflop = 4.0 * (cfg.head_size * cfg.num_heads) as f64 * shape.pairs() / 1e9;
+        let query = seeded_values(u64::MAX, shape.num_seqs * shape.q_len * cfg.num_heads * cfg.head_size, cfg.dtype);
+
+        let meta = shape.metadata(BLOCK_SIZE)?;
+        let nhd = KvLayout::new(LayoutKind::Nhd, meta.num_blocks, BLOCK_SIZE, cfg.num_kv_heads, cfg.head_size, cfg.kv_dtype)?;
+        let cache = filled_cache(nhd, shape, &cfg, |c, k, v, s| reshape_and_cache(CacheWriter::ReshapeAndCacheFlash, c, k, v, s, &cfg))?;
+        let naive_s = median_seconds(args.repeats, || Ok(paged_attention_in::<f32>(&query, &cache, &meta, &cfg).map(drop)?))?;
+        drop(cache);
+        let naive_gflops = gflop / naive_s;
+        results.push(Measurement { case: shape.name, implementation: NAIVE.into(), gflop, median_s: naive_s, gflops: naive_gflops, vs_naive: 1.0 });
+
+        for b in &backends {
+            let setup = b.check(&cfg, BLOCK_SIZE).and_then(|()| b.kernel_block_size(BLOCK_SIZE));
+            let kb = match setup {
+                Ok(kb) => kb,
+                Err(e) => {
+                    skipped.push((b.name().to_string(), e.to_string()));
+                    continue;
+                }
+            };
+            let meta = shape.metadata(kb)?;
+            let layout = b.cache_layout(&cfg, meta.num_blocks, kb)?;
+            let cache = filled_cache(layout, shape, &cfg, |c, k, v, s| b.write_kv(c, k, v, s, &cfg))?;
+            let s = median_seconds(args.repeats, || Ok(b.forward(&query, &cache, &meta, &cfg).map(drop)?))
+                .with_context(|| format!("{} on the {} case", b.name(), shape.name))?;
+            results.push(Measurement {
+                case: shape.name,
+                implementation: b.name().to_string(),
+                gflop,
+                median_s: s,
+                gflops: gflop / s,
+                vs_naive: (gflop / s) / naive_gflops,
+            });
+        }
+    }
+    skipped.dedup();
+    let report = Report { model: model.name, threads: rayon::current_num_threads(), results, skipped };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", format_report(&report, &shapes));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn format_report(r: &Report, shapes: &[Shape]) -> String {
+    let mut s = format!("attnlab bench --cpu: {} shapes, {} rayon threads\n", r.model, r.threads);
+    for sh in shapes {
+        s += &format!("  {}: {} seq x {} new tokens, kv length {}\n", sh.name, sh.num_seqs, sh.q_len, sh.seq_len);
+    }
+    let w = r.results.iter().map(|m| m.implementation.len()).max().unwrap_or(9).max(14);
+    s += &format!("{:<8}  {:<w$}  {:>8}  {:>10}  {:>8}  {:>8}\n", "case", "implementation", "GFLOP", "median_s", "GFLOP/s", "vs_naive");
+    for m in &r.results {
+        s += &format!("{:<8}  {:<w$}  {:>8.2}  {:>10.4}  {:>8.2}  {:>7.2}x\n", m.case, m.implementation, m.gflop, m.median_s, m.gflops, m.vs_naive);
+    }
+    for (b, why) in &r.skipped {
+        s += &format!("skipped {b}: {why}\n");
+    }
+    s
 }
