@@ -326,3 +326,15 @@ DEVICE i64 v_offset(const KvLayout& L, i64 block, i64 row, i64 head, i64 dim) {
     if (L.kind == LAYOUT_ROCM_PAGED) return block * (h * d * bs) + head * (d * bs) + dim * bs + row;
     return block * (h * d * bs) + head * (d * bs) + (row / L.x) * (d * L.x) + dim * L.x + row % L.x;
 }
+
+// numerics.rs wave_butterfly, emulated by one thread over `w` (<= 64) values:
+// for kernels whose sim models a 64-lane wave even where the hardware wave
+// is 32 wide (the ll4mi kernels). op 0: sum, 1: max. Returns lanes[0].
+DEVICE float emulated_butterfly(float* lanes, int w, int op) {
+    float tmp[64];
+    for (int offset = w / 2; offset >= 1; offset /= 2) {
+        for (int l = 0; l < w; ++l) tmp[l] = op == 0 ? lanes[l] + lanes[l ^ offset] : fmaxf(lanes[l], lanes[l ^ offset]);
+        for (int l = 0; l < w; ++l) lanes[l] = tmp[l];
+    }
+    return lanes[0];
+}

@@ -93,6 +93,12 @@ pub static FAMILIES: &[Family] = &[
         entries: &["unified_attention", "reduce_segments"],
         variants: attention_variants,
     },
+    Family {
+        name: "paged_decode",
+        embedded: include_str!("../../kernels/paged_decode.hip"),
+        entries: &["paged_attention_2d", "paged_attention_ll4mi_partition", "paged_attention_ll4mi_reduce"],
+        variants: attention_variants,
+    },
 ];
 
 pub fn family(name: &str) -> Result<&'static Family> {

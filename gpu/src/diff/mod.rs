@@ -10,6 +10,7 @@
 pub mod cases;
 pub mod contract;
 pub mod merge_attn_states;
+pub mod paged_decode;
 pub mod reshape_and_cache;
 pub mod unified_attention;
 
@@ -236,6 +237,7 @@ pub static KERNEL_DIFFS: &[KernelDiff] = &[
     KernelDiff { kernel: "reshape_and_cache", run: reshape_and_cache::run },
     KernelDiff { kernel: "merge_attn_states", run: merge_attn_states::run },
     KernelDiff { kernel: "unified_attention", run: unified_attention::run },
+    KernelDiff { kernel: "paged_decode", run: paged_decode::run },
 ];
 
 /// The diffs `--backend NAME|all` selects (kernel names are accepted too).

@@ -5,5 +5,6 @@
 
 pub mod contract;
 pub mod merge_attn_states;
+pub mod paged_decode;
 pub mod reshape_and_cache;
 pub mod unified_attention;
