@@ -91,6 +91,9 @@ fn step(
     .unwrap();
     let (t, c) = (meta.num_actual_tokens, ctx_slots.len());
     let kv_row = cfg.num_kv_heads * cfg.head_size;
+    // Values come from their own stream: the same seed gives the same
+    // logical Q/K/V whatever the block size and block shuffle.
+    let mut rng = ChaCha8Rng::seed_from_u64(seed.wrapping_add(1));
     let mut rand_vec = |n: usize, amp: f32| -> Vec<f32> {
         (0..n)
             .map(|_| cfg.dtype.round(rng.gen_range(-amp..amp)))
@@ -677,4 +680,81 @@ fn plan_lists_reduce_segments_after_a_3d_launch() {
             "aiter.reduce_segments"
         ]
     );
+}
+
+/// Every shipped case captured from vLLM's Triton unified attention (and
+/// ROCM_ATTN's kernels) replays within the file's tolerance through both
+/// unified backends; AITER-unified skips float32 as vLLM rejects it.
+#[test]
+fn shipped_fixtures_replay_through_both_unified_backends() {
+    use attnlab_sim::replay::{replay_paths, Status};
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures");
+    for name in ["TRITON_ATTN", "ROCM_AITER_UNIFIED_ATTN"] {
+        let rows = replay_paths(&[dir.clone()], Some(name)).unwrap();
+        let mine: Vec<_> = rows.iter().filter(|r| r.backend == name).collect();
+        assert!(mine.len() >= 15, "{name}: {} paged cases", mine.len());
+        for r in mine {
+            match r.status {
+                Status::Pass => {}
+                Status::Skipped => assert!(
+                    name == "ROCM_AITER_UNIFIED_ATTN" && r.file.contains("f32"),
+                    "{r:?}"
+                ),
+                Status::Fail => panic!("{r:?}"),
+            }
+        }
+    }
+}
+
+/// Throughput on prefill-shaped work (issue 3 §7):
+/// `cargo test -p attnlab-sim --release --test unified -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn prefill_throughput_gflops() {
+    let cfg = AttnConfig::new(32, 8, 128, DType::Bf16);
+    let s = step(&cfg, 16, &[(0, 1024)], true, 1);
+    for b in backends() {
+        let cache = cache_for(b.as_ref(), &s, &cfg);
+        let t0 = std::time::Instant::now();
+        let out = b.forward(&s.query, &cache, &s.meta, &cfg).unwrap();
+        let secs = t0.elapsed().as_secs_f64();
+        let pairs = 1024.0 * 1025.0 / 2.0;
+        let flops = 4.0 * 32.0 * 128.0 * pairs;
+        println!(
+            "{}: {:.2} s, {:.1} GFLOP/s ({} outputs)",
+            b.name(),
+            secs,
+            flops / secs / 1e9,
+            out.len()
+        );
+    }
+}
+
+/// TILE_SIZE is independent of the block size: the same logical KV stored in
+/// blocks of 16, 48 or 544 (tiles straddling physical blocks, shuffled block
+/// ids) gives the same bits.
+#[test]
+fn tiles_straddle_physical_blocks_without_changing_a_bit() {
+    let f = Features {
+        window: Some(50),
+        softcap: None,
+        sinks: true,
+        alibi: false,
+        causal: true,
+    };
+    let cfg = config(DType::F16, 2, 3, 80, &f, 4);
+    let reqs = [(130usize, 1usize), (70, 25), (0, 90)];
+    let outs: Vec<Vec<u32>> = [16usize, 48, 544]
+        .iter()
+        .map(|&bs| {
+            let s = step(&cfg, bs, &reqs, true, 21);
+            let b = TritonAttn::default();
+            bits(
+                &b.forward(&s.query, &cache_for(&b, &s, &cfg), &s.meta, &cfg)
+                    .unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(outs[0], outs[1]);
+    assert_eq!(outs[0], outs[2]);
 }

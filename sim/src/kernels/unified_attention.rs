@@ -533,6 +533,69 @@ pub fn reduce_segments(
     Ok(out)
 }
 
+/// `find_seq_idx(q_block_mode=True)`: the last request i with
+/// `qsl[i] / BLOCK_Q + i <= g` (request i's q-blocks start at that index).
+pub fn find_seq_idx(query_start_loc: &[i32], num_seqs: usize, block_q: usize, g: usize) -> usize {
+    // qsl[i] / BLOCK_Q + i is strictly increasing in i: binary search.
+    let (mut lo, mut hi) = (0, num_seqs);
+    while lo < hi {
+        let mid = (lo + hi) / 2;
+        if query_start_loc[mid] as usize / block_q + mid <= g {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    lo.saturating_sub(1)
+}
+
+/// `compute_tile_loop_bounds` (§9.3) for q-block `qblk` of a request:
+/// keys `< max_prefix` are loaded; tiles `[tile_start, tile_end)` are
+/// visited (a sliding window prunes tiles wholly before the earliest row's
+/// window and after the latest row's last key).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TileBounds {
+    pub max_prefix: usize,
+    pub tile_start: usize,
+    pub tile_end: usize,
+}
+
+impl TileBounds {
+    /// `window` is SLIDING_WINDOW (0 = off); requires `qblk * BLOCK_Q < q_len <= seq_len`.
+    pub fn new(
+        launch: &UnifiedLaunch,
+        qpk: usize,
+        qblk: usize,
+        q_len: usize,
+        seq_len: usize,
+        causal: bool,
+        window: usize,
+    ) -> Self {
+        let (bq, bm, tile) = (launch.block_q, launch.block_m, launch.tile_size);
+        let ctx = seq_len - q_len;
+        let max_prefix = if causal {
+            (ctx + qblk * bq + (bm - 1) / qpk + 1).min(seq_len)
+        } else {
+            seq_len
+        };
+        let num_tiles = max_prefix.div_ceil(tile);
+        let (mut tile_start, mut tile_end) = (0, num_tiles);
+        if window > 0 {
+            let qlo = qblk * bq;
+            let qhi = (qlo + (bm - 1) / qpk).min(q_len - 1);
+            let first = (ctx + qlo + 1).saturating_sub(window); // ctx + qlo - SW + 1, clamped at 0
+            let last = (ctx + qhi + if causal { 0 } else { window - 1 }).min(seq_len - 1);
+            tile_start = first / tile;
+            tile_end = (last / tile + 1).min(num_tiles);
+        }
+        TileBounds {
+            max_prefix,
+            tile_start,
+            tile_end,
+        }
+    }
+}
+
 /// One program of the grid: (q block g, kv head, segment).
 #[derive(Debug, Clone, Copy)]
 struct Program {
@@ -666,31 +729,36 @@ impl<'a> Kernel<'a> {
             .collect()
     }
 
-    /// `find_seq_idx(q_block_mode=True)`: the last request i with
-    /// `qsl[i] / BLOCK_Q + i <= g`.
-    fn find_seq_idx(&self, g: usize) -> usize {
-        let qsl = &self.meta.query_start_loc;
-        let bq = self.launch.block_q;
-        // qsl[i] / BLOCK_Q + i is strictly increasing in i: binary search.
-        let (mut lo, mut hi) = (0, self.meta.num_reqs());
-        while lo < hi {
-            let mid = (lo + hi) / 2;
-            if qsl[mid] as usize / bq + mid <= g {
-                lo = mid + 1;
-            } else {
-                hi = mid;
-            }
+    /// Runs one program; `None` when it exits early (no store).
+    ///
+    /// On x86-64 CPUs with FMA the same body is compiled a second time with
+    /// AVX2+FMA enabled and chosen at run time: `f32::mul_add` then becomes
+    /// one `vfmadd` per lane (instead of a libm call) and the key/dim loops
+    /// vectorise. Every lane still does the same single-rounding fma in the
+    /// same order, so both copies give the same bits.
+    fn run(&self, p: Program) -> Option<ProgramRows> {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("fma") && std::arch::is_x86_feature_detected!("avx2")
+        {
+            // SAFETY: the CPU supports the features `run_fma` is compiled for.
+            return unsafe { self.run_fma(p) };
         }
-        lo.saturating_sub(1)
+        self.run_body(p)
     }
 
-    /// Runs one program; `None` when it exits early (no store).
-    fn run(&self, p: Program) -> Option<ProgramRows> {
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn run_fma(&self, p: Program) -> Option<ProgramRows> {
+        self.run_body(p)
+    }
+
+    #[inline(always)]
+    fn run_body(&self, p: Program) -> Option<ProgramRows> {
         let (meta, cfg, launch) = (self.meta, self.cfg, self.launch);
-        let (bq, bm, tile) = (launch.block_q, launch.block_m, launch.tile_size);
+        let (bq, tile) = (launch.block_q, launch.tile_size);
         let qpk = cfg.queries_per_kv();
         let d = cfg.head_size;
-        let seq = self.find_seq_idx(p.q_block);
+        let seq = find_seq_idx(&meta.query_start_loc, meta.num_reqs(), bq, p.q_block);
         let q_start = meta.query_start_loc[seq] as usize;
         let qblk = p.q_block - (q_start / bq + seq);
         let (q_len, seq_len) = (meta.query_len(seq), meta.seq_len(seq));
@@ -699,23 +767,9 @@ impl<'a> Kernel<'a> {
         }
         let ctx = seq_len - q_len;
 
-        // compute_tile_loop_bounds (§9.3).
-        let causal = meta.causal;
-        let max_prefix = if causal {
-            (ctx + qblk * bq + (bm - 1) / qpk + 1).min(seq_len)
-        } else {
-            seq_len
-        };
-        let num_tiles = max_prefix.div_ceil(tile);
-        let (mut tile_start, mut tile_end) = (0, num_tiles);
-        if self.window > 0 {
-            let qlo = qblk * bq;
-            let qhi = (qlo + (bm - 1) / qpk).min(q_len - 1);
-            let first = (ctx + qlo + 1).saturating_sub(self.window); // ctx + qlo - SW + 1, clamped at 0
-            let last = (ctx + qhi + if causal { 0 } else { self.window - 1 }).min(seq_len - 1);
-            tile_start = first / tile;
-            tile_end = (last / tile + 1).min(num_tiles);
-        }
+        let bounds = TileBounds::new(launch, qpk, qblk, q_len, seq_len, meta.causal, self.window);
+        let (max_prefix, tile_start, tile_end) =
+            (bounds.max_prefix, bounds.tile_start, bounds.tile_end);
         // Segment s of S covers tiles [s * tps, (s + 1) * tps); 2D is S = 1,
         // whose one segment spans every tile.
         let tps = seq_len.div_ceil(p.num_segments * tile);
@@ -835,5 +889,192 @@ impl<'a> Kernel<'a> {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::numerics::DType;
+    use attnlab_shared::layout::KvLayout;
+    use attnlab_shared::metadata::BlockTableTensor;
+
+    /// One request of `ctx + q` tokens in contiguous blocks, deterministic data.
+    fn one_request(
+        cfg: &AttnConfig,
+        block_size: usize,
+        ctx: usize,
+        q: usize,
+    ) -> (Vec<f32>, KvCache, AttentionMetadata) {
+        let blocks = (ctx + q).div_ceil(block_size);
+        let table = BlockTableTensor::from_rows(&[(0..blocks as i32).collect()]);
+        let meta = AttentionMetadata::new(
+            block_size,
+            blocks,
+            vec![0, q as i32],
+            vec![(ctx + q) as i32],
+            table,
+            vec![-1; q],
+            true,
+        )
+        .unwrap();
+        let layout = KvLayout::new(
+            LayoutKind::Nhd,
+            blocks,
+            block_size,
+            cfg.num_kv_heads,
+            cfg.head_size,
+            cfg.kv_dtype,
+        )
+        .unwrap();
+        let val = |i: usize, salt: f32| cfg.dtype.round(((i as f32) * 0.618 + salt).sin());
+        let cache = KvCache {
+            layout,
+            k: (0..layout.numel()).map(|i| val(i, 0.3)).collect(),
+            v: (0..layout.numel()).map(|i| val(i, 1.7)).collect(),
+        };
+        let query = (0..q * cfg.num_heads * cfg.head_size)
+            .map(|i| val(i, 2.9))
+            .collect();
+        (query, cache, meta)
+    }
+
+    #[test]
+    fn find_seq_idx_maps_q_blocks_to_requests_skipping_empty_ones() {
+        // Requests of 0, 5 and 1 tokens with BLOCK_Q 4: q-blocks start at 0, 1, 3.
+        let qsl = [0, 0, 5, 6];
+        let seqs: Vec<usize> = (0..5).map(|g| find_seq_idx(&qsl, 3, 4, g)).collect();
+        assert_eq!(seqs, [0, 1, 1, 2, 2]);
+    }
+
+    #[test]
+    fn sliding_window_prunes_tiles_before_the_window() {
+        let launch = UnifiedLaunch {
+            flavor: Flavor::Vllm,
+            block_m: 16,
+            block_q: 16,
+            tile_size: 16,
+            grid: Grid::TwoD,
+        };
+        // Decode at position 100 with window 20 sees keys 81..=100: tiles 5 and 6.
+        let b = TileBounds::new(&launch, 1, 0, 1, 101, true, 20);
+        assert_eq!(
+            b,
+            TileBounds {
+                max_prefix: 101,
+                tile_start: 5,
+                tile_end: 7
+            }
+        );
+        // Without a window every tile up to the causal limit is visited.
+        assert_eq!(
+            TileBounds::new(&launch, 1, 0, 1, 101, true, 0),
+            TileBounds {
+                max_prefix: 101,
+                tile_start: 0,
+                tile_end: 7
+            }
+        );
+        // The second q-block of a 40-token prefill loads keys < 32.
+        assert_eq!(
+            TileBounds::new(&launch, 1, 1, 40, 40, true, 0).max_prefix,
+            32
+        );
+    }
+
+    #[test]
+    fn one_segment_3d_is_bit_identical_to_2d() {
+        let cfg = AttnConfig {
+            sinks: Some(vec![0.5, -1.0, 0.25, 2.0]),
+            ..AttnConfig::new(4, 2, 64, DType::Bf16)
+        };
+        let (q, cache, meta) = one_request(&cfg, 16, 70, 3);
+        let launch = UnifiedLaunch::vllm(&meta, &cfg, VllmLaunchOptions::default()).unwrap();
+        let two_d = unified_attention_2d(&q, &cache, &meta, &cfg, &launch).unwrap();
+        let three_d = unified_attention(
+            &q,
+            &cache,
+            &meta,
+            &cfg,
+            &launch.with_grid(Grid::ThreeD { num_segments: 1 }),
+        )
+        .unwrap();
+        let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&two_d), bits(&three_d));
+    }
+
+    #[test]
+    fn sink_is_counted_in_segment_0_only() {
+        let cfg = AttnConfig {
+            sinks: Some(vec![1.0, 3.0]),
+            ..AttnConfig::new(2, 1, 32, DType::F32)
+        };
+        let (q, cache, meta) = one_request(&cfg, 16, 100, 1);
+        let launch = UnifiedLaunch::vllm(&meta, &cfg, VllmLaunchOptions::default()).unwrap();
+        let parts = unified_attention_3d(&q, &cache, &meta, &cfg, &launch).unwrap();
+        let s_n = parts.num_segments;
+        for h in 0..2 {
+            // Segment 0 starts from (m = sink * LOG2E, l = 1); the others from -inf.
+            let sink2 = cfg.sinks.as_ref().unwrap()[h] * crate::numerics::LOG2E;
+            assert!(parts.m[h * s_n] >= sink2 && parts.l[h * s_n] >= 1.0);
+        }
+        let tps = 101usize.div_ceil(s_n * launch.tile_size);
+        let written = 101usize.div_ceil(tps * launch.tile_size);
+        assert!(
+            parts.m[written..s_n]
+                .iter()
+                .all(|&m| m == f32::NEG_INFINITY),
+            "segments past the sequence store nothing"
+        );
+    }
+
+    #[test]
+    fn aiter_folds_fp8_scales_into_score_and_epilogue() {
+        let base = AttnConfig::new(4, 1, 32, DType::Bf16);
+        let cfg = AttnConfig {
+            kv_dtype: DType::Fp8E4m3Fn,
+            k_scale: 0.5,
+            v_scale: 4.0,
+            ..base.clone()
+        };
+        let (q, mut cache, meta) = one_request(&cfg, 16, 20, 2);
+        cache
+            .k
+            .iter_mut()
+            .chain(cache.v.iter_mut())
+            .for_each(|x| *x = DType::Fp8E4m3Fn.round(*x * 8.0));
+        let launch = UnifiedLaunch::aiter(&meta, &cfg, MI300X_CU_COUNT).unwrap();
+        let aiter = unified_attention(&q, &cache, &meta, &cfg, &launch).unwrap();
+        let vllm = unified_attention(
+            &q,
+            &cache,
+            &meta,
+            &cfg,
+            &UnifiedLaunch {
+                flavor: Flavor::Vllm,
+                ..launch
+            },
+        )
+        .unwrap();
+        for (a, v) in aiter.iter().zip(&vllm) {
+            assert!((a - v).abs() <= 2e-2 * (1.0 + v.abs()), "{a} vs {v}");
+        }
+    }
+
+    #[test]
+    fn a_launch_whose_block_q_overflows_block_m_is_rejected() {
+        let cfg = AttnConfig::new(8, 1, 32, DType::F16);
+        let (q, cache, meta) = one_request(&cfg, 16, 4, 4);
+        let bad = UnifiedLaunch {
+            flavor: Flavor::Vllm,
+            block_m: 16,
+            block_q: 4,
+            tile_size: 32,
+            grid: Grid::TwoD,
+        };
+        let e = unified_attention(&q, &cache, &meta, &cfg, &bad)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("BLOCK_Q") && e.contains("qpk = 8"), "{e}");
     }
 }
