@@ -11,6 +11,7 @@ use attnlab_sim::backends::rocm_attn::{DecodeKernel, RocmAttn, RocmAttnProfile};
 use attnlab_sim::backends::{by_name, AttentionBackend};
 use attnlab_sim::cache::KvCache;
 use attnlab_sim::config::AttnConfig;
+use attnlab_sim::fixture::{self, Case};
 use attnlab_sim::kernels::paged_decode::{paged_attention_2d, paged_attention_ll4mi, PARTITION_SIZE_ROCM};
 use attnlab_sim::kernels::prefix_prefill::context_attention_fwd;
 use attnlab_sim::kernels::softmax::{dot, DimOffsets, KvTile};
@@ -343,4 +344,31 @@ fn forward_rejects_a_query_of_the_wrong_length() {
     let cache = b.cache(&cfg, LayoutKind::RocmPaged);
     let e = RocmAttn::default().forward(&b.query[1..], &cache, &b.meta, &cfg).unwrap_err().to_string();
     assert!(e.contains("query length"), "{e}");
+}
+
+#[test]
+fn vllm_chunked_prefill_paged_decode_fixtures_replay_within_their_tolerance() {
+    // fixtures/rocm_mix_*: vLLM's prefix_prefill + kernel_paged_attention_2d on an H200.
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures");
+    let mut replayed = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if !path.file_name().unwrap().to_string_lossy().starts_with("rocm_mix_") {
+            continue;
+        }
+        let fx = fixture::load(&path).unwrap();
+        let Case::Paged(case) = fx.case else { panic!("{}: not a paged_attention case", fx.file) };
+        let cfg = &case.cfg;
+        let layout =
+            KvLayout::new(LayoutKind::RocmPaged, case.meta.num_blocks, case.meta.block_size, cfg.num_kv_heads, cfg.head_size, cfg.kv_dtype)
+                .unwrap();
+        let cache = KvCache::from_nhd(&case.key_cache, &case.value_cache, layout).unwrap();
+        let mut out = vec![0f32; case.query.len()];
+        context_attention_fwd(&case.query, &cache, &case.meta, cfg, true, &mut out).unwrap();
+        paged_attention_2d(&case.query, &cache, &case.meta, cfg, &mut out).unwrap();
+        let c = compare(&out, &case.output, Tolerance::new(fx.header.atol, fx.header.rtol)).unwrap();
+        assert!(c.passed(), "{}: {c:?}", fx.file);
+        replayed += 1;
+    }
+    assert_eq!(replayed, 3, "the three rocm_mix fixtures of fixtures/MANIFEST.md");
 }
