@@ -68,6 +68,10 @@ fn attention_variants() -> Vec<Defines> {
         .collect()
 }
 
+fn fill_variants() -> Vec<Defines> {
+    vec![vec![dtype_define("DTYPE", DType::Bf16)]]
+}
+
 pub static FAMILIES: &[Family] = &[
     Family {
         name: "contract",
@@ -98,6 +102,12 @@ pub static FAMILIES: &[Family] = &[
         embedded: include_str!("../../kernels/paged_decode.hip"),
         entries: &["paged_attention_2d", "paged_attention_ll4mi_partition", "paged_attention_ll4mi_reduce"],
         variants: attention_variants,
+    },
+    Family {
+        name: "fill",
+        embedded: include_str!("../../kernels/fill.hip"),
+        entries: &["fill_hash"],
+        variants: fill_variants,
     },
 ];
 

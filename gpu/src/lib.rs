@@ -8,6 +8,7 @@
 //! - [`diff`]: random cases, sim vs GPU, bit for bit;
 //! - [`bench`]: GPU-event timings against a device-to-device copy.
 
+pub mod bench;
 pub mod compile;
 pub mod diff;
 pub mod kernels;

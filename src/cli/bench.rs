@@ -26,6 +26,9 @@ pub struct Args {
     /// Benchmark the CPU emulator.
     #[arg(long)]
     pub cpu: bool,
+    /// Benchmark the HIP kernels on the GPU (decode grid + prefill, vs a device copy).
+    #[arg(long)]
+    pub gpu: bool,
     /// One emulated MHA backend (vLLM enum name) or `all`.
     #[arg(long, default_value = "all")]
     pub backend: String,
@@ -141,6 +144,9 @@ fn median_seconds(repeats: usize, mut f: impl FnMut() -> anyhow::Result<()>) -> 
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    if args.gpu {
+        return super::gpu::bench(args.json, args.repeats);
+    }
     if !args.cpu {
         anyhow::bail!("choose what to benchmark: --cpu (the emulator)");
     }

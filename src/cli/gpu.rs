@@ -3,7 +3,10 @@
 //! device present, and reports per kernel. Exit 0 when all compile, 1 when
 //! any fails, 2 for a bad target or a missing compiler.
 
+use attnlab_gpu::bench::{self, BenchOptions, BenchReport};
 use attnlab_gpu::compile::{compile_all, CompileReport};
+use attnlab_gpu::kernels::Gpu;
+use attnlab_gpu::runtime::GpuError;
 use attnlab_gpu::runtime::Target;
 use std::process::ExitCode;
 
@@ -60,4 +63,52 @@ fn print_report(r: &CompileReport) {
     }
     let ok = r.results.iter().filter(|c| c.ok).count();
     println!("{ok} of {} compiled", r.results.len());
+}
+
+/// `attnlab bench --gpu [--json]`: the table on stdout (or JSON), and
+/// `bench-gpu.json` + `bench-gpu.svg` written to `$ATTNLAB_BENCH_DIR` (default:
+/// the current folder). Without a device: one line, exit 0.
+pub fn bench(json: bool, repeats: usize) -> anyhow::Result<ExitCode> {
+    let gpu = match Gpu::open() {
+        Ok(g) => g,
+        Err(GpuError::NoDevice(why)) => {
+            println!("no device, nothing measured: {why}");
+            return Ok(ExitCode::SUCCESS);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let opts = BenchOptions { repeats: repeats.max(1), ..BenchOptions::default() };
+    let report = bench::run(&gpu, opts)?;
+    let dir = std::path::PathBuf::from(std::env::var_os("ATTNLAB_BENCH_DIR").unwrap_or_else(|| ".".into()));
+    let text = serde_json::to_string_pretty(&report)?;
+    std::fs::write(dir.join("bench-gpu.json"), &text)?;
+    std::fs::write(dir.join("bench-gpu.svg"), bench::svg(&report))?;
+    if json {
+        println!("{text}");
+    } else {
+        print_bench(&report);
+        println!("wrote {} and {}", dir.join("bench-gpu.json").display(), dir.join("bench-gpu.svg").display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_bench(r: &BenchReport) {
+    println!("device: {} ({} SMs), device-to-device copy {:.0} GB/s, f32 peak {:.1} TFLOP/s", r.device.name, r.device.multiprocessors, r.copy_gbps, r.f32_peak_tflops);
+    println!("  {:<32} {:>5} {:>7} {:>7} {:>10} {:>9} {:>8} {:>9}", "kernel", "batch", "context", "heads", "median ms", "GB/s", "vs copy", "TFLOP/s");
+    for row in &r.rows {
+        let tf = row.tflops.map_or(String::new(), |t| format!("{t:.2} ({:.0}% of f32 peak)", 100.0 * row.vs_f32_peak.unwrap_or(0.0)));
+        println!(
+            "  {:<32} {:>5} {:>7} {:>7} {:>10.3} {:>9.0} {:>7.1}% {tf}",
+            row.kernel,
+            row.batch,
+            row.context,
+            format!("{}/{}", row.q_heads, row.kv_heads),
+            row.median_ms,
+            row.gbps,
+            100.0 * row.vs_copy
+        );
+    }
+    for s in &r.skipped {
+        println!("  skipped: {s}");
+    }
 }

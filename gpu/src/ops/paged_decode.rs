@@ -8,6 +8,7 @@ use crate::kernels::{dtype_define, Gpu};
 use crate::runtime::{Arg, ArgStruct, Buffer, LaunchDims, Result};
 use attnlab_shared::dtype::DType;
 use attnlab_shared::error::Error;
+use attnlab_shared::layout::KvLayout;
 use attnlab_shared::metadata::AttentionMetadata;
 use attnlab_sim::cache::KvCache;
 use attnlab_sim::config::AttnConfig;
@@ -16,11 +17,8 @@ use attnlab_sim::numerics::softmax_scale_log2;
 
 const MAX_PARTITION_SIZE: usize = 16 * LL4MI_TOKENS_PER_WARP;
 
-fn layout_code(cache: &KvCache) -> i32 {
-    super::reshape_and_cache::layout_code(cache.layout.kind)
-}
-
-fn args(cache: &KvCache, meta: &AttentionMetadata, cfg: &AttnConfig, tile: usize, partition_size: usize, scale: f32) -> Arg {
+/// The kernels' `PagedArgs` struct (field order as in paged_decode.hip).
+pub(crate) fn args(layout: &KvLayout, meta: &AttentionMetadata, cfg: &AttnConfig, tile: usize, partition_size: usize, scale: f32) -> Arg {
     ArgStruct::default()
         .i64(meta.num_reqs() as i64)
         .i64(cfg.num_heads as i64)
@@ -28,12 +26,12 @@ fn args(cache: &KvCache, meta: &AttentionMetadata, cfg: &AttnConfig, tile: usize
         .i64(cfg.head_size as i64)
         .i64(meta.block_size as i64)
         .i64(meta.block_table.max_blocks as i64)
-        .i64(cache.layout.num_blocks as i64)
+        .i64(layout.num_blocks as i64)
         .i64(tile as i64)
         .i64(cfg.sliding_window.unwrap_or(0) as i64)
         .i64(partition_size as i64)
         .i64(max_num_partitions(meta.max_seq_len, partition_size.max(1)) as i64)
-        .i32(layout_code(cache))
+        .i32(super::reshape_and_cache::layout_code(layout.kind))
         .i32(cfg.sinks.is_some() as i32)
         .i32(cfg.alibi_slopes.is_some() as i32)
         .i32(0)
@@ -90,7 +88,7 @@ pub fn paged_attention_2d(gpu: &Gpu, query: &[f32], cache: &KvCache, meta: &Atte
         let f = gpu.function("paged_decode", &defines, "paged_attention_2d")?;
         let dims = LaunchDims { grid: [to_u32(meta.num_reqs(), "sequences")?, to_u32(cfg.num_kv_heads, "kv heads")?, 1], block: [128, 1, 1], shared_bytes: shared as u32 };
         let i = &inp;
-        let call = [i.q.arg(), i.k.arg(), i.v.arg(), i.bt.arg(), i.qsl.arg(), i.sl.arg(), i.sinks.arg(), i.alibi.arg(), i.out.arg(), args(cache, meta, cfg, tile, 0, cfg.scale)];
+        let call = [i.q.arg(), i.k.arg(), i.v.arg(), i.bt.arg(), i.qsl.arg(), i.sl.arg(), i.sinks.arg(), i.alibi.arg(), i.out.arg(), args(&cache.layout, meta, cfg, tile, 0, cfg.scale)];
         gpu.dev.launch(f, dims, &call)?;
     }
     Ok(bits_from_bytes(&inp.out.to_bytes()?, cfg.dtype))
@@ -114,7 +112,7 @@ pub fn paged_attention_ll4mi(gpu: &Gpu, query: &[f32], cache: &KvCache, meta: &A
     let exp_sums = Buffer::zeroed(dev, rows * 4)?;
     let tmp_out = Buffer::zeroed(dev, rows * d * 4)?;
     let scale = if cfg.kv_dtype.is_fp8() { cfg.scale * cfg.k_scale } else { cfg.scale };
-    let a = args(cache, meta, cfg, 0, partition_size, scale);
+    let a = args(&cache.layout, meta, cfg, 0, partition_size, scale);
     let defines = [dtype_define("Q_DTYPE", cfg.dtype), dtype_define("KV_DTYPE", cfg.kv_dtype)];
     let part = gpu.function("paged_decode", &defines, "paged_attention_ll4mi_partition")?;
     let warps = partition_size / LL4MI_TOKENS_PER_WARP;

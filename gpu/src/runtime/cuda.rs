@@ -122,6 +122,7 @@ impl CudaDevice {
                 multiprocessors: attr(CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)? as u32,
                 memory_bytes: drv::device::total_mem(dev).map_err(driver_err("cuDeviceTotalMem"))? as u64,
                 l2_bytes: attr(CU_DEVICE_ATTRIBUTE_L2_CACHE_SIZE)? as u64,
+                clock_khz: attr(CU_DEVICE_ATTRIBUTE_CLOCK_RATE).unwrap_or(0) as u32,
             };
             Ok(CudaDevice {
                 ctx,

@@ -80,6 +80,8 @@ pub struct DeviceInfo {
     pub multiprocessors: u32,
     pub memory_bytes: u64,
     pub l2_bytes: u64,
+    /// Peak SM clock in kHz (0 where the driver does not say).
+    pub clock_khz: u32,
 }
 
 /// A compiled module image (PTX text for NVIDIA, a code object for AMD).
