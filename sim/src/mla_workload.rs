@@ -35,14 +35,29 @@ use rand_chacha::ChaCha8Rng;
 /// Runs `spec` (whose model must be an MLA preset) under `cfg` (e.g.
 /// `MlaConfig::deepseek_r1(tp)`, optionally `.scaled_down()`);
 /// `on_step(done, total)` is called after every step.
-pub fn run_mla_workload(spec: &WorkloadSpec, cfg: &MlaConfig, mut on_step: impl FnMut(usize, usize)) -> Result<WorkloadReport> {
+pub fn run_mla_workload(
+    spec: &WorkloadSpec,
+    cfg: &MlaConfig,
+    mut on_step: impl FnMut(usize, usize),
+) -> Result<WorkloadReport> {
     if !spec.model.is_mla() {
-        return Err(Error::invalid("model", spec.model.name, "run_mla_workload needs an MLA preset (deepseek-r1)"));
+        return Err(Error::invalid(
+            "model",
+            spec.model.name,
+            "run_mla_workload needs an MLA preset (deepseek-r1)",
+        ));
     }
     cfg.validate()?;
     let (sched_cfg, steps) = schedule(spec)?;
-    let (bs, nb) = (sched_cfg.block_size, steps.first().map_or(1, |s| s.num_blocks));
-    let cfg = MlaConfig { max_num_seqs: sched_cfg.max_num_seqs, decode_threshold: sched_cfg.decode_threshold.max(1), ..cfg.clone() };
+    let (bs, nb) = (
+        sched_cfg.block_size,
+        steps.first().map_or(1, |s| s.num_blocks),
+    );
+    let cfg = MlaConfig {
+        max_num_seqs: sched_cfg.max_num_seqs,
+        decode_threshold: sched_cfg.decode_threshold.max(1),
+        ..cfg.clone()
+    };
     let tol = Tolerance::for_dtype(cfg.dtype);
     let backends: Vec<Box<dyn MlaBackend>> = match &spec.backend {
         Some(name) => vec![by_name(name)?],
@@ -67,7 +82,8 @@ pub fn run_mla_workload(spec: &WorkloadSpec, cfg: &MlaConfig, mut on_step: impl 
         match b.check(&cfg, bs) {
             Ok(()) => lanes.push((b, LatentCache::zeros(layout), row)),
             Err(e) => {
-                (row.status, row.reason, row.kernel_block_size, row.layout) = (Status::Skipped, Some(e.to_string()), None, None);
+                (row.status, row.reason, row.kernel_block_size, row.layout) =
+                    (Status::Skipped, Some(e.to_string()), None, None);
                 skipped.push(row);
             }
         }
@@ -79,48 +95,84 @@ pub fn run_mla_workload(spec: &WorkloadSpec, cfg: &MlaConfig, mut on_step: impl 
     for (done, sstep) in steps.iter().enumerate() {
         let t = sstep.num_tokens();
         tokens += t;
-        let mut draw = |n: usize| -> Vec<f32> { (0..n).map(|_| cfg.dtype.round(rng.gen_range(-1.0f32..1.0))).collect() };
+        let mut draw = |n: usize| -> Vec<f32> {
+            (0..n)
+                .map(|_| cfg.dtype.round(rng.gen_range(-1.0f32..1.0)))
+                .collect()
+        };
         let (d, n) = (cfg.dims, cfg.num_heads);
         let q = draw(t * n * (d.qk_nope_head_dim + d.qk_rope_head_dim));
         let (kv_c, k_pe) = (draw(t * d.kv_lora_rank), draw(t * d.qk_rope_head_dim));
         let meta = sstep.metadata(bs)?;
-        concat_and_cache_mla(&mut canonical, &kv_c, &k_pe, &meta.slot_mapping, cfg.k_scale)?;
+        concat_and_cache_mla(
+            &mut canonical,
+            &kv_c,
+            &k_pe,
+            &meta.slot_mapping,
+            cfg.k_scale,
+        )?;
         let want = reference_step(&q, &canonical, &meta, &weights, &cfg)?;
-        let step = MlaStep { q: &q, kv_c: &kv_c, k_pe: &k_pe, meta: &meta };
+        let step = MlaStep {
+            q: &q,
+            kv_c: &kv_c,
+            k_pe: &k_pe,
+            meta: &meta,
+        };
         let mut outs: Vec<Option<Vec<f32>>> = Vec::new();
         for (b, cache, row) in lanes.iter_mut() {
             if row.status == Status::Fail {
                 outs.push(None);
                 continue;
             }
-            let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_mla_step(b.as_ref(), &step, cache, &weights, &cfg)))
-                .unwrap_or_else(|_| Err(Error::unsupported(b.name(), "panicked (a bug: see stderr)")));
-            match run.map(|ranks| merge_ranks(&ranks.iter().map(|r| r.out.as_slice()).collect::<Vec<_>>(), t)) {
+            let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                run_mla_step(b.as_ref(), &step, cache, &weights, &cfg)
+            }))
+            .unwrap_or_else(|_| Err(Error::unsupported(b.name(), "panicked (a bug: see stderr)")));
+            match run.map(|ranks| {
+                merge_ranks(
+                    &ranks.iter().map(|r| r.out.as_slice()).collect::<Vec<_>>(),
+                    t,
+                )
+            }) {
                 Ok(out) => {
                     let c = compare(&out, &want, tol)?;
-                    (row.steps, row.tokens, row.max_abs_err_vs_ref) = (row.steps + 1, row.tokens + t, row.max_abs_err_vs_ref.max(c.max_abs_err));
+                    (row.steps, row.tokens, row.max_abs_err_vs_ref) = (
+                        row.steps + 1,
+                        row.tokens + t,
+                        row.max_abs_err_vs_ref.max(c.max_abs_err),
+                    );
                     if !c.passed() {
-                        (row.status, row.mismatches) = (Status::Fail, row.mismatches + c.mismatches);
-                        row.reason = Some(format!("step {}: {} elements outside {tol:?} of the reference", sstep.index, c.mismatches));
+                        (row.status, row.mismatches) =
+                            (Status::Fail, row.mismatches + c.mismatches);
+                        row.reason = Some(format!(
+                            "step {}: {} elements outside {tol:?} of the reference",
+                            sstep.index, c.mismatches
+                        ));
                     }
                     outs.push(Some(out));
                 }
                 Err(e) => {
-                    (row.status, row.reason) = (Status::Fail, Some(format!("step {}: {e}", sstep.index)));
+                    (row.status, row.reason) =
+                        (Status::Fail, Some(format!("step {}: {e}", sstep.index)));
                     outs.push(None);
                 }
             }
         }
         for a in 0..lanes.len() {
             for b in (0..lanes.len()).filter(|&b| b != a) {
-                let (Some(oa), Some(ob)) = (&outs[a], &outs[b]) else { continue };
+                let (Some(oa), Some(ob)) = (&outs[a], &outs[b]) else {
+                    continue;
+                };
                 let c = compare(oa, ob, tol)?;
                 let other = lanes[b].2.backend.clone();
                 let row = &mut lanes[a].2;
                 row.max_diff_vs_others = row.max_diff_vs_others.max(c.max_abs_err);
                 if !c.passed() && row.status != Status::Fail {
                     (row.status, row.mismatches) = (Status::Fail, row.mismatches + c.mismatches);
-                    row.reason = Some(format!("step {}: {} elements differ from {other} beyond {tol:?}", sstep.index, c.mismatches));
+                    row.reason = Some(format!(
+                        "step {}: {} elements differ from {other} beyond {tol:?}",
+                        sstep.index, c.mismatches
+                    ));
                 }
             }
         }
@@ -128,33 +180,93 @@ pub fn run_mla_workload(spec: &WorkloadSpec, cfg: &MlaConfig, mut on_step: impl 
     }
     let mut rows: Vec<BackendRun> = lanes.into_iter().map(|l| l.2).collect();
     rows.extend(skipped);
-    Ok(WorkloadReport { model: spec.model.name, workload: spec.kind, requests: spec.requests, seed: spec.seed, block_size: bs, steps: steps.len(), tokens, tolerance: tol, backends: rows })
+    Ok(WorkloadReport {
+        model: spec.model.name,
+        workload: spec.kind,
+        requests: spec.requests,
+        seed: spec.seed,
+        block_size: bs,
+        steps: steps.len(),
+        tokens,
+        tolerance: tol,
+        backends: rows,
+    })
 }
 
 /// `[T, h_r, V]` per rank -> `[T, N, V]` (rank r's heads are `r*h..(r+1)*h`).
 fn merge_ranks(ranks: &[&[f32]], t: usize) -> Vec<f32> {
     let per_tok: Vec<usize> = ranks.iter().map(|r| r.len() / t.max(1)).collect();
-    (0..t).flat_map(|i| ranks.iter().zip(&per_tok).flat_map(move |(r, &n)| r[i * n..(i + 1) * n].iter().copied())).collect()
+    (0..t)
+        .flat_map(|i| {
+            ranks
+                .iter()
+                .zip(&per_tok)
+                .flat_map(move |(r, &n)| r[i * n..(i + 1) * n].iter().copied())
+        })
+        .collect()
 }
 
 /// The f64 reference of one step (module doc): absorbed query in f64, the
 /// latent as one MQA head, `W_UV` in f64. `[T, N, V]`.
-fn reference_step(q: &[f32], cache: &LatentCache, meta: &AttentionMetadata, w: &MlaWeights, cfg: &MlaConfig) -> Result<Vec<f64>> {
+fn reference_step(
+    q: &[f32],
+    cache: &LatentCache,
+    meta: &AttentionMetadata,
+    w: &MlaWeights,
+    cfg: &MlaConfig,
+) -> Result<Vec<f64>> {
     let (d, n, l) = (cfg.dims, cfg.num_heads, cache.layout);
-    let (pn, r, lkv, vd, wd) = (d.qk_nope_head_dim, d.qk_rope_head_dim, d.kv_lora_rank, d.v_head_dim, d.latent_width());
-    let row = |h: usize, i: usize| &w.kv_b_proj[(h * (pn + vd) + i) * lkv..(h * (pn + vd) + i + 1) * lkv];
+    let (pn, r, lkv, vd, wd) = (
+        d.qk_nope_head_dim,
+        d.qk_rope_head_dim,
+        d.kv_lora_rank,
+        d.v_head_dim,
+        d.latent_width(),
+    );
+    let row =
+        |h: usize, i: usize| &w.kv_b_proj[(h * (pn + vd) + i) * lkv..(h * (pn + vd) + i + 1) * lkv];
     let mut q_abs = Vec::with_capacity(q.len() / (pn + r) * wd);
     for (i, qh) in q.chunks_exact(pn + r).enumerate() {
         let h = i % n;
-        q_abs.extend((0..lkv).map(|c| (0..pn).map(|p| qh[p] as f64 * row(h, p)[c] as f64).sum::<f64>() as f32));
+        q_abs.extend((0..lkv).map(|c| {
+            (0..pn)
+                .map(|p| qh[p] as f64 * row(h, p)[c] as f64)
+                .sum::<f64>() as f32
+        }));
         q_abs.extend_from_slice(&qh[pn..]);
     }
-    let latent: Vec<f32> = cache.data.iter().map(|&x| crate::kernels::mla_cache::load_latent(x, l.dtype, cfg.k_scale, DType::F32)).collect();
-    let mqa = KvCache { layout: KvLayout::new(LayoutKind::Nhd, l.num_blocks, l.block_size, 1, wd, DType::F32)?, k: latent.clone(), v: latent };
+    let latent: Vec<f32> = cache
+        .data
+        .iter()
+        .map(|&x| crate::kernels::mla_cache::load_latent(x, l.dtype, cfg.k_scale, DType::F32))
+        .collect();
+    let mqa = KvCache {
+        layout: KvLayout::new(
+            LayoutKind::Nhd,
+            l.num_blocks,
+            l.block_size,
+            1,
+            wd,
+            DType::F32,
+        )?,
+        k: latent.clone(),
+        v: latent,
+    };
     let mut acfg = AttnConfig::new(n, 1, wd, DType::F32);
     acfg.scale = cfg.scale;
     let o = reference::paged_attention(&q_abs, &mqa, meta, &acfg)?.out;
-    Ok(o.chunks_exact(wd).enumerate().flat_map(|(i, oh)| (0..vd).map(move |v| oh[..lkv].iter().zip(row(i % n, pn + v)).map(|(a, &b)| a * b as f64).sum::<f64>())).collect())
+    Ok(o.chunks_exact(wd)
+        .enumerate()
+        .flat_map(|(i, oh)| {
+            (0..vd).map(move |v| {
+                oh[..lkv]
+                    .iter()
+                    .zip(row(i % n, pn + v))
+                    .map(|(a, &b)| a * b as f64)
+                    .sum::<f64>()
+            })
+        })
+        .collect())
 }
 
 #[cfg(test)]
@@ -166,17 +278,42 @@ mod tests {
     #[test]
     fn scaled_down_deepseek_decode_workload_passes_on_every_mla_backend() {
         // Prefill steps (non-absorbed, no context) then decode steps (absorbed).
-        let spec = WorkloadSpec { model: preset("deepseek-r1").unwrap(), kind: WorkloadKind::Decode, requests: 1, seed: 1, backend: None };
-        let report = run_mla_workload(&spec, &MlaConfig::deepseek_r1(1).scaled_down(), |_, _| {}).unwrap();
+        let spec = WorkloadSpec {
+            model: preset("deepseek-r1").unwrap(),
+            kind: WorkloadKind::Decode,
+            requests: 1,
+            seed: 1,
+            backend: None,
+        };
+        let report =
+            run_mla_workload(&spec, &MlaConfig::deepseek_r1(1).scaled_down(), |_, _| {}).unwrap();
         assert!(report.passed(), "{:#?}", report.backends);
-        assert_eq!(report.backends.iter().filter(|b| b.status == Status::Pass).count(), 3);
+        assert_eq!(
+            report
+                .backends
+                .iter()
+                .filter(|b| b.status == Status::Pass)
+                .count(),
+            3
+        );
         assert!(report.backends.iter().all(|b| b.steps == report.steps));
     }
 
     #[test]
     fn mha_models_are_refused_by_name() {
-        let spec = WorkloadSpec { model: preset("llama-3.1-8b").unwrap(), kind: WorkloadKind::Decode, requests: 1, seed: 1, backend: None };
-        let e = run_mla_workload(&spec, &MlaConfig::deepseek_r1(1), |_, _| {}).unwrap_err().to_string();
-        assert!(e.contains("llama-3.1-8b") && e.contains("deepseek-r1"), "{e}");
+        let spec = WorkloadSpec {
+            model: preset("llama-3.1-8b").unwrap(),
+            kind: WorkloadKind::Decode,
+            requests: 1,
+            seed: 1,
+            backend: None,
+        };
+        let e = run_mla_workload(&spec, &MlaConfig::deepseek_r1(1), |_, _| {})
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("llama-3.1-8b") && e.contains("deepseek-r1"),
+            "{e}"
+        );
     }
 }

@@ -35,14 +35,21 @@ pub struct LatentCache {
 
 impl LatentCache {
     pub fn zeros(layout: MlaLayout) -> Self {
-        LatentCache { layout, data: vec![0.0; layout.numel()] }
+        LatentCache {
+            layout,
+            data: vec![0.0; layout.numel()],
+        }
     }
 
     /// Wraps an existing `[nb, bs, width]` tensor (e.g. a fixture's
     /// `kv_cache`), rounding every element to the cache dtype.
     pub fn from_tensor(layout: MlaLayout, mut data: Vec<f32>) -> Result<Self> {
         if data.len() != layout.numel() {
-            return Err(Error::invalid("kv_cache element count", data.len(), format!("layout {:?} needs {}", layout.shape(), layout.numel())));
+            return Err(Error::invalid(
+                "kv_cache element count",
+                data.len(),
+                format!("layout {:?} needs {}", layout.shape(), layout.numel()),
+            ));
         }
         layout.dtype.round_slice(&mut data);
         Ok(LatentCache { layout, data })
@@ -65,23 +72,51 @@ impl LatentCache {
 /// `concat_and_cache_mla(kv_c [T, kv_lora_rank], k_pe [T, rope_dim], cache,
 /// slot_mapping [T], scale)`: writes each token's latent entry; `-1` slots are
 /// skipped. `scale` is the layer's `_k_scale` (only read for an fp8 cache).
-pub fn concat_and_cache_mla(cache: &mut LatentCache, kv_c: &[f32], k_pe: &[f32], slot_mapping: &[i64], scale: f32) -> Result<()> {
+pub fn concat_and_cache_mla(
+    cache: &mut LatentCache,
+    kv_c: &[f32],
+    k_pe: &[f32],
+    slot_mapping: &[i64],
+    scale: f32,
+) -> Result<()> {
     let l = cache.layout;
     let (lkv, r) = (l.kv_lora_rank, l.rope_dim);
     let t = slot_mapping.len();
     for (what, len, width) in [("kv_c", kv_c.len(), lkv), ("k_pe", k_pe.len(), r)] {
         if len != t * width {
-            return Err(Error::invalid(format!("{what} length"), len, format!("[{t} tokens, {width}] needs {}", t * width)));
+            return Err(Error::invalid(
+                format!("{what} length"),
+                len,
+                format!("[{t} tokens, {width}] needs {}", t * width),
+            ));
         }
     }
     if l.dtype.is_fp8() && !(scale.is_finite() && scale > 0.0) {
-        return Err(Error::invalid("k_scale", scale, "an fp8 latent cache needs a finite scale > 0"));
+        return Err(Error::invalid(
+            "k_scale",
+            scale,
+            "an fp8 latent cache needs a finite scale > 0",
+        ));
     }
     let num_slots = cache.num_slots() as i64;
-    if let Some((i, &s)) = slot_mapping.iter().enumerate().find(|(_, &s)| s != PAD_SLOT_ID && !(0..num_slots).contains(&s)) {
-        return Err(Error::invalid(format!("slot_mapping[{i}]"), s, format!("slots must be -1 (padding) or in [0, {num_slots})")));
+    if let Some((i, &s)) = slot_mapping
+        .iter()
+        .enumerate()
+        .find(|(_, &s)| s != PAD_SLOT_ID && !(0..num_slots).contains(&s))
+    {
+        return Err(Error::invalid(
+            format!("slot_mapping[{i}]"),
+            s,
+            format!("slots must be -1 (padding) or in [0, {num_slots})"),
+        ));
     }
-    let store = |x: f32| if l.dtype.is_fp8() { l.dtype.round(x / scale) } else { l.dtype.round(x) };
+    let store = |x: f32| {
+        if l.dtype.is_fp8() {
+            l.dtype.round(x / scale)
+        } else {
+            l.dtype.round(x)
+        }
+    };
     for (i, &slot) in slot_mapping.iter().enumerate() {
         if slot == PAD_SLOT_ID {
             continue;
@@ -125,8 +160,17 @@ mod tests {
         let kv_c: Vec<f32> = (0..16).map(|i| i as f32).collect();
         let k_pe = vec![-1.0, -2.0, -3.0, -4.0];
         concat_and_cache_mla(&mut c, &kv_c, &k_pe, &[5, -1], 1.0).unwrap();
-        assert_eq!(c.entry(5), &[0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, -1.0, -2.0]);
-        assert!(c.data.iter().enumerate().all(|(i, &x)| (50..60).contains(&i) || x == 0.0), "only slot 5 written");
+        assert_eq!(
+            c.entry(5),
+            &[0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, -1.0, -2.0]
+        );
+        assert!(
+            c.data
+                .iter()
+                .enumerate()
+                .all(|(i, &x)| (50..60).contains(&i) || x == 0.0),
+            "only slot 5 written"
+        );
     }
 
     #[test]
@@ -134,8 +178,15 @@ mod tests {
         let mut c = LatentCache::zeros(layout(DType::Fp8E4m3Fn));
         let kv_c = vec![1.0, 2.0, 3.0, 1000.0, 0.0, 0.0, 0.0, 0.0];
         concat_and_cache_mla(&mut c, &kv_c, &[0.5, 0.25], &[0], 2.0).unwrap();
-        assert_eq!(&c.entry(0)[..4], &[0.5, 1.0, 1.5, 448.0], "1000/2 saturates to 448");
-        assert_eq!(load_latent(c.entry(0)[2], DType::Fp8E4m3Fn, 2.0, DType::Bf16), 3.0);
+        assert_eq!(
+            &c.entry(0)[..4],
+            &[0.5, 1.0, 1.5, 448.0],
+            "1000/2 saturates to 448"
+        );
+        assert_eq!(
+            load_latent(c.entry(0)[2], DType::Fp8E4m3Fn, 2.0, DType::Bf16),
+            3.0
+        );
     }
 
     #[test]
@@ -149,12 +200,21 @@ mod tests {
     #[test]
     fn rejects_slot_outside_the_cache_and_wrong_widths() {
         let mut c = LatentCache::zeros(layout(DType::F32));
-        let e = concat_and_cache_mla(&mut c, &[0.0; 8], &[0.0; 2], &[12], 1.0).unwrap_err().to_string();
-        assert!(e.contains("slot_mapping[0]") && e.contains("[0, 12)"), "{e}");
-        let e = concat_and_cache_mla(&mut c, &[0.0; 7], &[0.0; 2], &[0], 1.0).unwrap_err().to_string();
+        let e = concat_and_cache_mla(&mut c, &[0.0; 8], &[0.0; 2], &[12], 1.0)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("slot_mapping[0]") && e.contains("[0, 12)"),
+            "{e}"
+        );
+        let e = concat_and_cache_mla(&mut c, &[0.0; 7], &[0.0; 2], &[0], 1.0)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("kv_c length 7"), "{e}");
         let mut f8 = LatentCache::zeros(layout(DType::Fp8E4m3Fnuz));
-        let e = concat_and_cache_mla(&mut f8, &[0.0; 8], &[0.0; 2], &[0], 0.0).unwrap_err().to_string();
+        let e = concat_and_cache_mla(&mut f8, &[0.0; 8], &[0.0; 2], &[0], 0.0)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("k_scale 0"), "{e}");
     }
 }

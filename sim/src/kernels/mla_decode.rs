@@ -72,13 +72,18 @@ pub enum KvSplits {
     Even { num_kv_splits: usize },
     /// AITER asm: splits are whole multiples of `granularity` tokens
     /// (`cdiv(cdiv(len, g), S) * g` each); trailing empty splits are skipped.
-    Granular { num_kv_splits: usize, granularity: usize },
+    Granular {
+        num_kv_splits: usize,
+        granularity: usize,
+    },
 }
 
 impl KvSplits {
     pub fn num_kv_splits(&self) -> usize {
         match *self {
-            KvSplits::Even { num_kv_splits } | KvSplits::Granular { num_kv_splits, .. } => num_kv_splits,
+            KvSplits::Even { num_kv_splits } | KvSplits::Granular { num_kv_splits, .. } => {
+                num_kv_splits
+            }
         }
     }
 
@@ -86,7 +91,10 @@ impl KvSplits {
     pub fn bounds(&self, len: usize, split: usize) -> (usize, usize) {
         let per = match *self {
             KvSplits::Even { num_kv_splits } => len.div_ceil(num_kv_splits),
-            KvSplits::Granular { num_kv_splits, granularity } => len.div_ceil(granularity).div_ceil(num_kv_splits) * granularity,
+            KvSplits::Granular {
+                num_kv_splits,
+                granularity,
+            } => len.div_ceil(granularity).div_ceil(num_kv_splits) * granularity,
         };
         let start = (per * split).min(len);
         (start, (start + per).min(len))
@@ -127,7 +135,13 @@ pub struct MlaDecodeOutput {
 
 /// Stage 1 + stage 2: `decode_attention_fwd` for absorbed MLA queries
 /// `q [rows, H, Lkv + R]` (exact in `q_dtype`).
-pub fn decode_attention_fwd(q: &[f32], rows: &[KvRow], cache: &LatentCache, splits: KvSplits, p: &MlaDecodeParams) -> Result<MlaDecodeOutput> {
+pub fn decode_attention_fwd(
+    q: &[f32],
+    rows: &[KvRow],
+    cache: &LatentCache,
+    splits: KvSplits,
+    p: &MlaDecodeParams,
+) -> Result<MlaDecodeOutput> {
     let attn_logits = stage1(q, rows, cache, splits, p)?;
     stage2(&attn_logits, rows, cache.layout.kv_lora_rank, splits, p)
 }
@@ -138,35 +152,74 @@ fn split_range(row: &KvRow, splits: KvSplits, split: usize) -> (usize, usize) {
     (start, end.min(row.kv_len))
 }
 
-fn validate(q: &[f32], rows: &[KvRow], cache: &LatentCache, splits: KvSplits, p: &MlaDecodeParams) -> Result<()> {
+fn validate(
+    q: &[f32],
+    rows: &[KvRow],
+    cache: &LatentCache,
+    splits: KvSplits,
+    p: &MlaDecodeParams,
+) -> Result<()> {
     splits.validate()?;
     let w = cache.layout.width();
     if p.num_heads == 0 {
         return Err(Error::invalid("num_heads", 0, "must be >= 1"));
     }
     if q.len() != rows.len() * p.num_heads * w {
-        return Err(Error::invalid("query length", q.len(), format!("[rows {}, heads {}, {w}] needs {}", rows.len(), p.num_heads, rows.len() * p.num_heads * w)));
+        return Err(Error::invalid(
+            "query length",
+            q.len(),
+            format!(
+                "[rows {}, heads {}, {w}] needs {}",
+                rows.len(),
+                p.num_heads,
+                rows.len() * p.num_heads * w
+            ),
+        ));
     }
     if !(p.scale.is_finite() && p.scale > 0.0) {
         return Err(Error::invalid("scale", p.scale, "must be finite and > 0"));
     }
     if cache.layout.dtype.is_fp8() && !(p.kv_scale.is_finite() && p.kv_scale > 0.0) {
-        return Err(Error::invalid("kv_scale", p.kv_scale, "an fp8 latent cache needs a finite scale > 0"));
+        return Err(Error::invalid(
+            "kv_scale",
+            p.kv_scale,
+            "an fp8 latent cache needs a finite scale > 0",
+        ));
     }
     let num_slots = cache.num_slots();
     for (r, row) in rows.iter().enumerate() {
         if row.page_size == 0 {
-            return Err(Error::invalid(format!("row {r} page_size"), 0, "must be >= 1"));
+            return Err(Error::invalid(
+                format!("row {r} page_size"),
+                0,
+                "must be >= 1",
+            ));
         }
         if row.kv_len > row.split_len {
-            return Err(Error::invalid(format!("row {r} kv_len"), row.kv_len, format!("must be <= its split length {}", row.split_len)));
+            return Err(Error::invalid(
+                format!("row {r} kv_len"),
+                row.kv_len,
+                format!("must be <= its split length {}", row.split_len),
+            ));
         }
         let pages = row.kv_len.div_ceil(row.page_size);
         if pages > row.pages.len() {
-            return Err(Error::invalid(format!("row {r} kv_len"), row.kv_len, format!("needs {pages} pages of {} but the row has {}", row.page_size, row.pages.len())));
+            return Err(Error::invalid(
+                format!("row {r} kv_len"),
+                row.kv_len,
+                format!(
+                    "needs {pages} pages of {} but the row has {}",
+                    row.page_size,
+                    row.pages.len()
+                ),
+            ));
         }
         let max_page = num_slots / row.page_size;
-        if let Some((j, &pg)) = row.pages[..pages].iter().enumerate().find(|(_, &pg)| pg < 0 || pg as usize >= max_page) {
+        if let Some((j, &pg)) = row.pages[..pages]
+            .iter()
+            .enumerate()
+            .find(|(_, &pg)| pg < 0 || pg as usize >= max_page)
+        {
             return Err(Error::invalid(format!("row {r} page {j}"), pg, format!("page ids must be in [0, {max_page}) for {num_slots} cache slots in pages of {}", row.page_size)));
         }
     }
@@ -175,16 +228,26 @@ fn validate(q: &[f32], rows: &[KvRow], cache: &LatentCache, splits: KvSplits, p:
 
 /// Stage 1: `Att_Out [rows, H, num_kv_splits, Lkv + 1]` (f32; base-2 LSE in
 /// the last channel; entries of empty splits stay 0 and are never read).
-pub fn stage1(q: &[f32], rows: &[KvRow], cache: &LatentCache, splits: KvSplits, p: &MlaDecodeParams) -> Result<Vec<f32>> {
+pub fn stage1(
+    q: &[f32],
+    rows: &[KvRow],
+    cache: &LatentCache,
+    splits: KvSplits,
+    p: &MlaDecodeParams,
+) -> Result<Vec<f32>> {
     validate(q, rows, cache, splits, p)?;
     let (lkv, h) = (cache.layout.kv_lora_rank, p.num_heads);
     let s = splits.num_kv_splits();
     let hblocks = h.div_ceil(BLOCK_H);
-    let programs: Vec<(usize, usize, usize)> =
-        (0..rows.len()).flat_map(|b| (0..hblocks).flat_map(move |hb| (0..s).map(move |sp| (b, hb, sp)))).collect();
+    let programs: Vec<(usize, usize, usize)> = (0..rows.len())
+        .flat_map(|b| (0..hblocks).flat_map(move |hb| (0..s).map(move |sp| (b, hb, sp))))
+        .collect();
     // Each program returns its heads' partials; scattering them afterwards keeps
     // the result independent of the thread count.
-    let partials: Vec<Vec<f32>> = programs.par_iter().map(|&(b, hb, sp)| stage1_program(q, &rows[b], b, hb, sp, cache, splits, p)).collect();
+    let partials: Vec<Vec<f32>> = programs
+        .par_iter()
+        .map(|&(b, hb, sp)| with_fma(|| stage1_program(q, &rows[b], b, hb, sp, cache, splits, p)))
+        .collect();
     let mut attn_logits = vec![0.0f32; rows.len() * h * s * (lkv + 1)];
     for (&(b, hb, sp), part) in programs.iter().zip(&partials) {
         for (i, chunk) in part.chunks_exact(lkv + 1).enumerate() {
@@ -196,10 +259,38 @@ pub fn stage1(q: &[f32], rows: &[KvRow], cache: &LatentCache, splits: KvSplits, 
     Ok(attn_logits)
 }
 
+/// Runs `f` in a copy compiled with AVX2+FMA when the CPU has them, so
+/// `f32::mul_add` is one `vfmadd` per lane (not a libm call) and the lane
+/// loops vectorise. Each lane still does the same single-rounding fma in the
+/// same order: both copies give the same bits (as in `unified_attention`).
+#[inline(always)]
+pub(crate) fn with_fma<R>(f: impl FnOnce() -> R) -> R {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("fma") && std::arch::is_x86_feature_detected!("avx2") {
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn call<R>(f: impl FnOnce() -> R) -> R {
+            f()
+        }
+        // SAFETY: the CPU supports the features `call` is compiled for.
+        return unsafe { call(f) };
+    }
+    f()
+}
+
 /// One stage-1 program: (row b, head block hb, split sp). Returns
 /// `[heads in block, Lkv + 1]`, or nothing for an empty split.
 #[allow(clippy::too_many_arguments)]
-fn stage1_program(q: &[f32], row: &KvRow, b: usize, hb: usize, sp: usize, cache: &LatentCache, splits: KvSplits, p: &MlaDecodeParams) -> Vec<f32> {
+#[inline(always)]
+fn stage1_program(
+    q: &[f32],
+    row: &KvRow,
+    b: usize,
+    hb: usize,
+    sp: usize,
+    cache: &LatentCache,
+    splits: KvSplits,
+    p: &MlaDecodeParams,
+) -> Vec<f32> {
     let (start, end) = split_range(row, splits, sp);
     if end <= start {
         return Vec::new();
@@ -212,14 +303,16 @@ fn stage1_program(q: &[f32], row: &KvRow, b: usize, hb: usize, sp: usize, cache:
     // so the QK lanes (one per key) run over contiguous memory.
     let mut tile = vec![0.0f32; BLOCK_N * w];
     let mut tile_t = vec![0.0f32; w * BLOCK_N];
-    let (mut qk_nope, mut qk_pe, mut scores) = ([0.0f32; BLOCK_N], [0.0f32; BLOCK_N], [0.0f32; BLOCK_N]);
+    let (mut qk_nope, mut qk_pe, mut scores) =
+        ([0.0f32; BLOCK_N], [0.0f32; BLOCK_N], [0.0f32; BLOCK_N]);
     for n0 in (start..end).step_by(BLOCK_N) {
         let valid = (end - n0).min(BLOCK_N);
         for j in 0..BLOCK_N {
             let dst = &mut tile[j * w..(j + 1) * w];
             if j < valid {
                 let t = n0 + j;
-                let slot = row.pages[t / row.page_size] as usize * row.page_size + t % row.page_size;
+                let slot =
+                    row.pages[t / row.page_size] as usize * row.page_size + t % row.page_size;
                 for (d, &x) in dst.iter_mut().zip(cache.entry(slot)) {
                     *d = load_latent(x, cache.layout.dtype, p.kv_scale, p.q_dtype);
                 }
@@ -237,7 +330,11 @@ fn stage1_program(q: &[f32], row: &KvRow, b: usize, hb: usize, sp: usize, cache:
             key_lane_dots(&qh[..lkv], &tile_t[..lkv * BLOCK_N], &mut qk_nope);
             key_lane_dots(&qh[lkv..], &tile_t[lkv * BLOCK_N..], &mut qk_pe);
             for j in 0..BLOCK_N {
-                scores[j] = if j < valid { sp_params.score(qk_nope[j] + qk_pe[j], 0.0) } else { f32::NEG_INFINITY };
+                scores[j] = if j < valid {
+                    sp_params.score(qk_nope[j] + qk_pe[j], 0.0)
+                } else {
+                    f32::NEG_INFINITY
+                };
             }
             state.update(&scores, |j| &tile[j * w..j * w + lkv], p.q_dtype);
         }
@@ -264,32 +361,54 @@ fn key_lane_dots(q: &[f32], k_t: &[f32], lanes: &mut [f32; BLOCK_N]) {
 }
 
 /// Stage 2: merges the splits of each (row, head) in ascending split order.
-pub fn stage2(attn_logits: &[f32], rows: &[KvRow], kv_lora_rank: usize, splits: KvSplits, p: &MlaDecodeParams) -> Result<MlaDecodeOutput> {
+pub fn stage2(
+    attn_logits: &[f32],
+    rows: &[KvRow],
+    kv_lora_rank: usize,
+    splits: KvSplits,
+    p: &MlaDecodeParams,
+) -> Result<MlaDecodeOutput> {
     splits.validate()?;
     let (h, s, lkv) = (p.num_heads, splits.num_kv_splits(), kv_lora_rank);
     let need = rows.len() * h * s * (lkv + 1);
     if attn_logits.len() != need {
-        return Err(Error::invalid("attn_logits length", attn_logits.len(), format!("[rows {}, heads {h}, splits {s}, {}] needs {need}", rows.len(), lkv + 1)));
+        return Err(Error::invalid(
+            "attn_logits length",
+            attn_logits.len(),
+            format!(
+                "[rows {}, heads {h}, splits {s}, {}] needs {need}",
+                rows.len(),
+                lkv + 1
+            ),
+        ));
     }
     let mut out = vec![0.0f32; rows.len() * h * lkv];
     let mut lse = vec![0.0f32; rows.len() * h];
-    out.par_chunks_mut(h * lkv).zip(lse.par_chunks_mut(h)).enumerate().for_each(|(b, (o_row, lse_row))| {
-        for head in 0..h {
-            let mut state = RowState::new(lkv, None);
-            for sp in 0..s {
-                let (start, end) = split_range(&rows[b], splits, sp);
-                if end > start {
-                    let at = ((b * h + head) * s + sp) * (lkv + 1);
-                    let part = &attn_logits[at..at + lkv + 1];
-                    state.update(&part[lkv..], |_| &part[..lkv], DType::F32);
+    out.par_chunks_mut(h * lkv)
+        .zip(lse.par_chunks_mut(h))
+        .enumerate()
+        .for_each(|(b, (o_row, lse_row))| {
+            with_fma(|| {
+                for head in 0..h {
+                    let mut state = RowState::new(lkv, None);
+                    for sp in 0..s {
+                        let (start, end) = split_range(&rows[b], splits, sp);
+                        if end > start {
+                            let at = ((b * h + head) * s + sp) * (lkv + 1);
+                            let part = &attn_logits[at..at + lkv + 1];
+                            state.update(&part[lkv..], |_| &part[..lkv], DType::F32);
+                        }
+                    }
+                    for (o, x) in o_row[head * lkv..(head + 1) * lkv]
+                        .iter_mut()
+                        .zip(state.normalized())
+                    {
+                        *o = p.out_dtype.round(x);
+                    }
+                    lse_row[head] = p.lse_dtype.round(state.lse());
                 }
-            }
-            for (o, x) in o_row[head * lkv..(head + 1) * lkv].iter_mut().zip(state.normalized()) {
-                *o = p.out_dtype.round(x);
-            }
-            lse_row[head] = p.lse_dtype.round(state.lse());
-        }
-    });
+            })
+        });
     Ok(MlaDecodeOutput { out, lse })
 }
 
@@ -315,44 +434,89 @@ impl AiterPaging {
     /// KV length of request b (valid after [`AiterPaging::validate`]).
     pub fn kv_len(&self, b: usize) -> usize {
         let pages = (self.kv_indptr[b + 1] - self.kv_indptr[b]) as usize;
-        if pages == 0 { 0 } else { (pages - 1) * self.page_size + self.kv_last_page_lens[b] as usize }
+        if pages == 0 {
+            0
+        } else {
+            (pages - 1) * self.page_size + self.kv_last_page_lens[b] as usize
+        }
     }
 
     /// Checks the CSR arrays against each other and against a cache of `num_slots` token slots.
     pub fn validate(&self, num_slots: usize) -> Result<()> {
         let bs = self.batch_size();
         if self.page_size == 0 || num_slots % self.page_size != 0 {
-            return Err(Error::invalid("page_size", self.page_size, format!("must be >= 1 and divide the cache's {num_slots} token slots")));
+            return Err(Error::invalid(
+                "page_size",
+                self.page_size,
+                format!("must be >= 1 and divide the cache's {num_slots} token slots"),
+            ));
         }
-        for (what, v, want) in [("kv_indptr", self.kv_indptr.len(), bs + 1), ("qo_indptr", self.qo_indptr.len(), bs + 1), ("kv_last_page_lens", self.kv_last_page_lens.len(), bs)] {
+        for (what, v, want) in [
+            ("kv_indptr", self.kv_indptr.len(), bs + 1),
+            ("qo_indptr", self.qo_indptr.len(), bs + 1),
+            ("kv_last_page_lens", self.kv_last_page_lens.len(), bs),
+        ] {
             if v != want || want == 0 {
                 return Err(Error::invalid(format!("{what} length"), v, format!("must be batch_size + 1 = {} (batch_size + 0 for last_page_lens) with batch_size >= 1", bs + 1)));
             }
         }
-        for (what, ptr) in [("kv_indptr", &self.kv_indptr), ("qo_indptr", &self.qo_indptr)] {
+        for (what, ptr) in [
+            ("kv_indptr", &self.kv_indptr),
+            ("qo_indptr", &self.qo_indptr),
+        ] {
             if ptr[0] != 0 {
                 return Err(Error::invalid(format!("{what}[0]"), ptr[0], "must be 0"));
             }
             if let Some(i) = (1..ptr.len()).find(|&i| ptr[i] < ptr[i - 1]) {
-                return Err(Error::invalid(format!("{what}[{i}]"), ptr[i], format!("must be >= {what}[{}] = {}", i - 1, ptr[i - 1])));
+                return Err(Error::invalid(
+                    format!("{what}[{i}]"),
+                    ptr[i],
+                    format!("must be >= {what}[{}] = {}", i - 1, ptr[i - 1]),
+                ));
             }
         }
         let used = self.kv_indptr[bs] as usize;
         if used > self.kv_indices.len() {
-            return Err(Error::invalid("kv_indptr[batch_size]", used, format!("exceeds the {} entries of kv_indices", self.kv_indices.len())));
+            return Err(Error::invalid(
+                "kv_indptr[batch_size]",
+                used,
+                format!(
+                    "exceeds the {} entries of kv_indices",
+                    self.kv_indices.len()
+                ),
+            ));
         }
         let num_pages = num_slots / self.page_size;
-        if let Some((i, &pg)) = self.kv_indices[..used].iter().enumerate().find(|(_, &pg)| pg < 0 || pg as usize >= num_pages) {
-            return Err(Error::invalid(format!("kv_indices[{i}]"), pg, format!("page ids must be in [0, {num_pages})")));
+        if let Some((i, &pg)) = self.kv_indices[..used]
+            .iter()
+            .enumerate()
+            .find(|(_, &pg)| pg < 0 || pg as usize >= num_pages)
+        {
+            return Err(Error::invalid(
+                format!("kv_indices[{i}]"),
+                pg,
+                format!("page ids must be in [0, {num_pages})"),
+            ));
         }
         for b in 0..bs {
-            let (pages, last) = (self.kv_indptr[b + 1] - self.kv_indptr[b], self.kv_last_page_lens[b]);
+            let (pages, last) = (
+                self.kv_indptr[b + 1] - self.kv_indptr[b],
+                self.kv_last_page_lens[b],
+            );
             if pages > 0 && !(1..=self.page_size as i32).contains(&last) {
-                return Err(Error::invalid(format!("kv_last_page_lens[{b}]"), last, format!("must be in [1, {}]", self.page_size)));
+                return Err(Error::invalid(
+                    format!("kv_last_page_lens[{b}]"),
+                    last,
+                    format!("must be in [1, {}]", self.page_size),
+                ));
             }
             let q = (self.qo_indptr[b + 1] - self.qo_indptr[b]) as usize;
             if q > self.kv_len(b) {
-                return Err(Error::invalid(format!("request {b} query length"), q, format!("exceeds its KV length {}", self.kv_len(b))));
+                return Err(Error::invalid(
+                    format!("request {b} query length"),
+                    q,
+                    format!("exceeds its KV length {}", self.kv_len(b)),
+                ));
             }
         }
         Ok(())
@@ -363,11 +527,20 @@ impl AiterPaging {
     pub fn rows(&self, causal: bool) -> Vec<KvRow<'_>> {
         let mut rows = Vec::new();
         for b in 0..self.batch_size() {
-            let pages = &self.kv_indices[self.kv_indptr[b] as usize..self.kv_indptr[b + 1] as usize];
-            let (l, q) = (self.kv_len(b), (self.qo_indptr[b + 1] - self.qo_indptr[b]) as usize);
+            let pages =
+                &self.kv_indices[self.kv_indptr[b] as usize..self.kv_indptr[b + 1] as usize];
+            let (l, q) = (
+                self.kv_len(b),
+                (self.qo_indptr[b + 1] - self.qo_indptr[b]) as usize,
+            );
             for i in 0..q {
                 let kv_len = if causal { l - (q - 1 - i) } else { l };
-                rows.push(KvRow { pages, page_size: self.page_size, kv_len, split_len: l });
+                rows.push(KvRow {
+                    pages,
+                    page_size: self.page_size,
+                    kv_len,
+                    split_len: l,
+                });
             }
         }
         rows
@@ -380,7 +553,13 @@ pub fn aiter_num_kv_splits(batch_size: usize, total_kv: usize, num_cus: usize) -
     let (bs, cu) = (batch_size.max(1) as f64, num_cus.max(1) as f64);
     let avg_kv = total_kv as f64 / bs;
     let score = |i: f64| bs * i / ((bs * i / cu).ceil() * cu) * avg_kv / (avg_kv + 84.1 * i);
-    (1..=16usize).fold(1, |best, i| if score(i as f64) > score(best as f64) { i } else { best })
+    (1..=16usize).fold(1, |best, i| {
+        if score(i as f64) > score(best as f64) {
+            i
+        } else {
+            best
+        }
+    })
 }
 
 /// The token granularity of the asm kernel's splits (`mgc`, aiter.md §6.3).
@@ -396,11 +575,22 @@ pub fn aiter_split_granularity(num_heads: usize, max_seqlen_q: usize, fp8: bool)
 /// `aiter.mla.mla_decode_fwd` (non-persistent path): the split-KV kernel
 /// above with AITER's paging, split count and split granularity.
 /// `q [total_q, H, Lkv + R]`; `num_kv_splits` None = [`aiter_num_kv_splits`].
-pub fn mla_decode_fwd(q: &[f32], cache: &LatentCache, paging: &AiterPaging, causal: bool, num_kv_splits: Option<usize>, num_cus: usize, p: &MlaDecodeParams) -> Result<MlaDecodeOutput> {
+pub fn mla_decode_fwd(
+    q: &[f32],
+    cache: &LatentCache,
+    paging: &AiterPaging,
+    causal: bool,
+    num_kv_splits: Option<usize>,
+    num_cus: usize,
+    p: &MlaDecodeParams,
+) -> Result<MlaDecodeOutput> {
     paging.validate(cache.num_slots())?;
     let bs = paging.batch_size();
     let total_kv: usize = (0..bs).map(|b| paging.kv_len(b)).sum();
-    let max_q = (0..bs).map(|b| (paging.qo_indptr[b + 1] - paging.qo_indptr[b]) as usize).max().unwrap_or(0);
+    let max_q = (0..bs)
+        .map(|b| (paging.qo_indptr[b + 1] - paging.qo_indptr[b]) as usize)
+        .max()
+        .unwrap_or(0);
     let splits = KvSplits::Granular {
         num_kv_splits: num_kv_splits.unwrap_or_else(|| aiter_num_kv_splits(bs, total_kv, num_cus)),
         granularity: aiter_split_granularity(p.num_heads, max_q, cache.layout.dtype.is_fp8()),
@@ -414,27 +604,49 @@ mod tests {
     use attnlab_shared::layout::mla::MlaLayout;
 
     fn params(h: usize) -> MlaDecodeParams {
-        MlaDecodeParams { num_heads: h, scale: 0.3, q_dtype: DType::F32, kv_scale: 1.0, out_dtype: DType::F32, lse_dtype: DType::F32 }
+        MlaDecodeParams {
+            num_heads: h,
+            scale: 0.3,
+            q_dtype: DType::F32,
+            kv_scale: 1.0,
+            out_dtype: DType::F32,
+            lse_dtype: DType::F32,
+        }
     }
 
     /// A tiny cache (Lkv 4, R 2, block 2) whose slot s holds values derived from s.
     fn cache() -> LatentCache {
         let l = MlaLayout::new(4, 2, 4, 2, DType::F32).unwrap();
-        let data = (0..l.numel()).map(|i| ((i * 7 % 11) as f32 - 5.0) / 8.0).collect();
+        let data = (0..l.numel())
+            .map(|i| ((i * 7 % 11) as f32 - 5.0) / 8.0)
+            .collect();
         LatentCache::from_tensor(l, data).unwrap()
     }
 
     #[test]
     fn triton_splits_are_cdiv_wide_and_not_page_aligned() {
         let s = KvSplits::Even { num_kv_splits: 4 };
-        assert_eq!((0..4).map(|i| s.bounds(10, i)).collect::<Vec<_>>(), vec![(0, 3), (3, 6), (6, 9), (9, 10)]);
-        assert_eq!(s.bounds(2, 3), (2, 2), "more splits than tokens leaves empty splits");
+        assert_eq!(
+            (0..4).map(|i| s.bounds(10, i)).collect::<Vec<_>>(),
+            vec![(0, 3), (3, 6), (6, 9), (9, 10)]
+        );
+        assert_eq!(
+            s.bounds(2, 3),
+            (2, 2),
+            "more splits than tokens leaves empty splits"
+        );
     }
 
     #[test]
     fn aiter_splits_are_whole_granules() {
-        let s = KvSplits::Granular { num_kv_splits: 3, granularity: 16 };
-        assert_eq!((0..3).map(|i| s.bounds(40, i)).collect::<Vec<_>>(), vec![(0, 16), (16, 32), (32, 40)]);
+        let s = KvSplits::Granular {
+            num_kv_splits: 3,
+            granularity: 16,
+        };
+        assert_eq!(
+            (0..3).map(|i| s.bounds(40, i)).collect::<Vec<_>>(),
+            vec![(0, 16), (16, 32), (32, 40)]
+        );
         assert_eq!(s.bounds(20, 2), (20, 20));
     }
 
@@ -443,11 +655,28 @@ mod tests {
         let c = cache();
         let q: Vec<f32> = (0..6).map(|i| i as f32 * 0.25).collect();
         let pages = [3];
-        let rows = [KvRow { pages: &pages, page_size: 2, kv_len: 1, split_len: 1 }];
-        let o = decode_attention_fwd(&q, &rows, &c, KvSplits::Even { num_kv_splits: 2 }, &params(1)).unwrap();
+        let rows = [KvRow {
+            pages: &pages,
+            page_size: 2,
+            kv_len: 1,
+            split_len: 1,
+        }];
+        let o = decode_attention_fwd(
+            &q,
+            &rows,
+            &c,
+            KvSplits::Even { num_kv_splits: 2 },
+            &params(1),
+        )
+        .unwrap();
         let k = c.entry(6);
         assert_eq!(&o.out[..], &k[..4]);
-        let s: f64 = q.iter().zip(k).map(|(a, b)| (*a as f64) * (*b as f64)).sum::<f64>() * 0.3;
+        let s: f64 = q
+            .iter()
+            .zip(k)
+            .map(|(a, b)| (*a as f64) * (*b as f64))
+            .sum::<f64>()
+            * 0.3;
         approx::assert_abs_diff_eq!(o.lse[0] as f64, s, epsilon = 1e-5);
     }
 
@@ -456,8 +685,20 @@ mod tests {
         let c = cache();
         let q: Vec<f32> = (0..12).map(|i| ((i * 5 % 7) as f32 - 3.0) / 4.0).collect();
         // One request of 3 tokens: slots 6, 7 (page 3 of size 2) then 2 (page 1, last len 1).
-        let p2 = AiterPaging { qo_indptr: vec![0, 1], kv_indptr: vec![0, 2], kv_indices: vec![3, 1], kv_last_page_lens: vec![1], page_size: 2 };
-        let p1 = AiterPaging { qo_indptr: vec![0, 1], kv_indptr: vec![0, 3], kv_indices: vec![6, 7, 2], kv_last_page_lens: vec![1], page_size: 1 };
+        let p2 = AiterPaging {
+            qo_indptr: vec![0, 1],
+            kv_indptr: vec![0, 2],
+            kv_indices: vec![3, 1],
+            kv_last_page_lens: vec![1],
+            page_size: 2,
+        };
+        let p1 = AiterPaging {
+            qo_indptr: vec![0, 1],
+            kv_indptr: vec![0, 3],
+            kv_indices: vec![6, 7, 2],
+            kv_last_page_lens: vec![1],
+            page_size: 1,
+        };
         let a = mla_decode_fwd(&q, &c, &p2, true, Some(1), 304, &params(2)).unwrap();
         let b = mla_decode_fwd(&q, &c, &p1, true, Some(1), 304, &params(2)).unwrap();
         assert_eq!(a, b);
@@ -466,32 +707,90 @@ mod tests {
     #[test]
     fn aiter_paging_rejects_inconsistent_csr_arrays() {
         let c = cache();
-        let ok = AiterPaging { qo_indptr: vec![0, 1], kv_indptr: vec![0, 2], kv_indices: vec![3, 1], kv_last_page_lens: vec![2], page_size: 2 };
+        let ok = AiterPaging {
+            qo_indptr: vec![0, 1],
+            kv_indptr: vec![0, 2],
+            kv_indices: vec![3, 1],
+            kv_last_page_lens: vec![2],
+            page_size: 2,
+        };
         assert!(ok.validate(c.num_slots()).is_ok());
-        let e = AiterPaging { kv_indptr: vec![0, 3], ..ok.clone() }.validate(8).unwrap_err().to_string();
-        assert!(e.contains("kv_indptr[batch_size] 3") && e.contains("2 entries"), "{e}");
-        let e = AiterPaging { kv_indices: vec![3, 4], ..ok.clone() }.validate(8).unwrap_err().to_string();
+        let e = AiterPaging {
+            kv_indptr: vec![0, 3],
+            ..ok.clone()
+        }
+        .validate(8)
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("kv_indptr[batch_size] 3") && e.contains("2 entries"),
+            "{e}"
+        );
+        let e = AiterPaging {
+            kv_indices: vec![3, 4],
+            ..ok.clone()
+        }
+        .validate(8)
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("kv_indices[1] 4") && e.contains("[0, 4)"), "{e}");
-        let e = AiterPaging { kv_last_page_lens: vec![3], ..ok.clone() }.validate(8).unwrap_err().to_string();
+        let e = AiterPaging {
+            kv_last_page_lens: vec![3],
+            ..ok.clone()
+        }
+        .validate(8)
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("kv_last_page_lens[0] 3"), "{e}");
-        let e = AiterPaging { kv_indptr: vec![0, 2, 1], qo_indptr: vec![0, 1, 1], kv_last_page_lens: vec![2, 1], ..ok.clone() }.validate(8).unwrap_err().to_string();
+        let e = AiterPaging {
+            kv_indptr: vec![0, 2, 1],
+            qo_indptr: vec![0, 1, 1],
+            kv_last_page_lens: vec![2, 1],
+            ..ok.clone()
+        }
+        .validate(8)
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("kv_indptr[2] 1"), "{e}");
-        let e = AiterPaging { page_size: 3, ..ok }.validate(8).unwrap_err().to_string();
+        let e = AiterPaging { page_size: 3, ..ok }
+            .validate(8)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("page_size 3"), "{e}");
     }
 
     #[test]
     fn aiter_split_count_prefers_more_splits_for_small_batches_of_long_context() {
-        assert_eq!(aiter_num_kv_splits(304, 304 * 4096, 304), 1, "one request per CU needs no split");
-        assert_eq!(aiter_num_kv_splits(256, 256 * 4096, 304), 7, "7 x 256 = 1792 of 1824 CU slots beats 256 of 304");
+        assert_eq!(
+            aiter_num_kv_splits(304, 304 * 4096, 304),
+            1,
+            "one request per CU needs no split"
+        );
+        assert_eq!(
+            aiter_num_kv_splits(256, 256 * 4096, 304),
+            7,
+            "7 x 256 = 1792 of 1824 CU slots beats 256 of 304"
+        );
         assert!(aiter_num_kv_splits(1, 8192, 304) > 8);
     }
 
     #[test]
     fn row_without_keys_is_zero_with_minus_inf_lse() {
         let c = cache();
-        let rows = [KvRow { pages: &[], page_size: 2, kv_len: 0, split_len: 0 }];
-        let o = decode_attention_fwd(&[0.5; 12], &rows, &c, KvSplits::Even { num_kv_splits: 3 }, &params(2)).unwrap();
+        let rows = [KvRow {
+            pages: &[],
+            page_size: 2,
+            kv_len: 0,
+            split_len: 0,
+        }];
+        let o = decode_attention_fwd(
+            &[0.5; 12],
+            &rows,
+            &c,
+            KvSplits::Even { num_kv_splits: 3 },
+            &params(2),
+        )
+        .unwrap();
         assert!(o.out.iter().all(|&x| x == 0.0));
         assert!(o.lse.iter().all(|&x| x == f32::NEG_INFINITY));
     }
@@ -499,13 +798,47 @@ mod tests {
     #[test]
     fn rejects_pages_outside_the_cache_and_short_page_lists() {
         let c = cache();
-        let rows = [KvRow { pages: &[0, 4], page_size: 2, kv_len: 3, split_len: 3 }];
-        let e = decode_attention_fwd(&[0.0; 6], &rows, &c, KvSplits::Even { num_kv_splits: 1 }, &params(1)).unwrap_err().to_string();
+        let rows = [KvRow {
+            pages: &[0, 4],
+            page_size: 2,
+            kv_len: 3,
+            split_len: 3,
+        }];
+        let e = decode_attention_fwd(
+            &[0.0; 6],
+            &rows,
+            &c,
+            KvSplits::Even { num_kv_splits: 1 },
+            &params(1),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("row 0 page 1") && e.contains("[0, 4)"), "{e}");
-        let rows = [KvRow { pages: &[0], page_size: 2, kv_len: 3, split_len: 3 }];
-        let e = decode_attention_fwd(&[0.0; 6], &rows, &c, KvSplits::Even { num_kv_splits: 1 }, &params(1)).unwrap_err().to_string();
+        let rows = [KvRow {
+            pages: &[0],
+            page_size: 2,
+            kv_len: 3,
+            split_len: 3,
+        }];
+        let e = decode_attention_fwd(
+            &[0.0; 6],
+            &rows,
+            &c,
+            KvSplits::Even { num_kv_splits: 1 },
+            &params(1),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("needs 2 pages"), "{e}");
-        let e = decode_attention_fwd(&[0.0; 5], &rows, &c, KvSplits::Even { num_kv_splits: 0 }, &params(1)).unwrap_err().to_string();
+        let e = decode_attention_fwd(
+            &[0.0; 5],
+            &rows,
+            &c,
+            KvSplits::Even { num_kv_splits: 0 },
+            &params(1),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("num_kv_splits 0"), "{e}");
     }
 }

@@ -21,7 +21,7 @@
 //! (W_UK^T q_nope) . c`, so scoring the latent with the absorbed query equals
 //! scoring the up-projected key; likewise `sum_t p_t (W_UV c_t) = W_UV sum_t p_t c_t`.
 
-use super::softmax::dot;
+use super::mla_decode::with_fma;
 use attnlab_shared::dtype::DType;
 use attnlab_shared::error::{Error, Result};
 use attnlab_shared::model::MlaDims;
@@ -45,9 +45,21 @@ impl MlaWeights {
             return Err(Error::invalid("num_heads", 0, "must be >= 1"));
         }
         if kv_b_proj.len() != rows * dims.kv_lora_rank {
-            return Err(Error::invalid("kv_b_proj length", kv_b_proj.len(), format!("[{rows}, {}] needs {}", dims.kv_lora_rank, rows * dims.kv_lora_rank)));
+            return Err(Error::invalid(
+                "kv_b_proj length",
+                kv_b_proj.len(),
+                format!(
+                    "[{rows}, {}] needs {}",
+                    dims.kv_lora_rank,
+                    rows * dims.kv_lora_rank
+                ),
+            ));
         }
-        Ok(MlaWeights { num_heads, dims, kv_b_proj })
+        Ok(MlaWeights {
+            num_heads,
+            dims,
+            kv_b_proj,
+        })
     }
 
     /// A deterministic random weight, `U(-1, 1) / sqrt(Lkv)` rounded to `dtype`
@@ -56,26 +68,57 @@ impl MlaWeights {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let amp = 1.0 / (dims.kv_lora_rank as f32).sqrt();
         let n = num_heads * (dims.qk_nope_head_dim + dims.v_head_dim) * dims.kv_lora_rank;
-        let kv_b_proj = (0..n).map(|_| dtype.round(rng.gen_range(-1.0f32..1.0) * amp)).collect();
-        MlaWeights { num_heads, dims, kv_b_proj }
+        let kv_b_proj = (0..n)
+            .map(|_| dtype.round(rng.gen_range(-1.0f32..1.0) * amp))
+            .collect();
+        MlaWeights {
+            num_heads,
+            dims,
+            kv_b_proj,
+        }
     }
 
     /// The heads tensor-parallel rank `rank` of `tp` holds: `num_heads / tp`
     /// consecutive heads (vLLM's ColumnParallelLinear split of kv_b_proj).
     pub fn shard(&self, rank: usize, tp: usize) -> Result<Self> {
         if tp == 0 || self.num_heads % tp != 0 {
-            return Err(Error::invalid("tensor_parallel_size", tp, format!("must divide the {} heads", self.num_heads)));
+            return Err(Error::invalid(
+                "tensor_parallel_size",
+                tp,
+                format!("must divide the {} heads", self.num_heads),
+            ));
         }
         if rank >= tp {
-            return Err(Error::invalid("rank", rank, format!("allowed range is [0, {tp})")));
+            return Err(Error::invalid(
+                "rank",
+                rank,
+                format!("allowed range is [0, {tp})"),
+            ));
         }
         let per = self.num_heads / tp;
         let rows = per * self.head_rows() * self.dims.kv_lora_rank;
-        Ok(MlaWeights { num_heads: per, dims: self.dims, kv_b_proj: self.kv_b_proj[rank * rows..(rank + 1) * rows].to_vec() })
+        Ok(MlaWeights {
+            num_heads: per,
+            dims: self.dims,
+            kv_b_proj: self.kv_b_proj[rank * rows..(rank + 1) * rows].to_vec(),
+        })
     }
 
     fn head_rows(&self) -> usize {
         self.dims.qk_nope_head_dim + self.dims.v_head_dim
+    }
+
+    /// `kv_b_proj^T`: `[Lkv, N * (P + V)]`, so a GEMM's output channels are
+    /// contiguous lanes.
+    pub fn transposed(&self) -> Vec<f32> {
+        let (lkv, rows) = (self.dims.kv_lora_rank, self.num_heads * self.head_rows());
+        let mut t = vec![0.0f32; lkv * rows];
+        for (r, row) in self.kv_b_proj.chunks_exact(lkv).enumerate() {
+            for (c, &x) in row.iter().enumerate() {
+                t[c * rows + r] = x;
+            }
+        }
+        t
     }
 
     /// Row `i` of head `n` (i < P: W_UK, else W_UV), `Lkv` long.
@@ -90,67 +133,121 @@ impl MlaWeights {
 fn check_len(what: &str, len: usize, shape: &[usize]) -> Result<()> {
     let n: usize = shape.iter().product();
     if len != n {
-        return Err(Error::invalid(format!("{what} length"), len, format!("{shape:?} needs {n}")));
+        return Err(Error::invalid(
+            format!("{what} length"),
+            len,
+            format!("{shape:?} needs {n}"),
+        ));
     }
     Ok(())
 }
 
 /// `kv_b_proj(kv_c)`: latent rows `[T, Lkv]` -> (`k_nope [T, N, P]`, `v [T, N, V]`).
+/// One f32 lane per output channel over the transposed weight, so the lanes
+/// run side by side; each lane's chain is `dot(kv_c[t], W[row])`'s.
 pub fn up_project(kv_c: &[f32], w: &MlaWeights, dtype: DType) -> Result<(Vec<f32>, Vec<f32>)> {
-    let MlaDims { kv_lora_rank: lkv, qk_nope_head_dim: pn, v_head_dim: vd, .. } = w.dims;
+    let MlaDims {
+        kv_lora_rank: lkv,
+        qk_nope_head_dim: pn,
+        v_head_dim: vd,
+        ..
+    } = w.dims;
     let t = kv_c.len() / lkv;
     check_len("kv_c", kv_c.len(), &[t, lkv])?;
+    let (rows, wt) = (w.num_heads * (pn + vd), w.transposed());
     let mut k_nope = Vec::with_capacity(t * w.num_heads * pn);
     let mut v = Vec::with_capacity(t * w.num_heads * vd);
-    for c in kv_c.chunks_exact(lkv) {
-        for n in 0..w.num_heads {
-            k_nope.extend((0..pn).map(|i| dtype.round(dot(c, w.row(n, i)))));
-            v.extend((0..vd).map(|i| dtype.round(dot(c, w.row(n, pn + i)))));
+    let mut acc = vec![0.0f32; rows];
+    with_fma(|| {
+        for c in kv_c.chunks_exact(lkv) {
+            acc.fill(0.0);
+            for (&x, wrow) in c.iter().zip(wt.chunks_exact(rows)) {
+                for (a, &wv) in acc.iter_mut().zip(wrow) {
+                    *a = x.mul_add(wv, *a);
+                }
+            }
+            for head in acc.chunks_exact(pn + vd) {
+                k_nope.extend(head[..pn].iter().map(|&a| dtype.round(a)));
+                v.extend(head[pn..].iter().map(|&a| dtype.round(a)));
+            }
         }
-    }
+    });
     Ok((k_nope, v))
 }
 
 /// The absorbed decode query: `q [B, N, P + R]` -> `mqa_q [B, N, Lkv + R]` =
 /// `[q_nope @ W_UK_T | q_pe]` (vLLM: torch.bmm then the kernel's torch.cat).
 pub fn absorb_query(q: &[f32], w: &MlaWeights, dtype: DType) -> Result<Vec<f32>> {
-    let MlaDims { kv_lora_rank: lkv, qk_nope_head_dim: pn, qk_rope_head_dim: r, .. } = w.dims;
+    let MlaDims {
+        kv_lora_rank: lkv,
+        qk_nope_head_dim: pn,
+        qk_rope_head_dim: r,
+        ..
+    } = w.dims;
     let b = q.len() / (w.num_heads * (pn + r)).max(1);
     check_len("query", q.len(), &[b, w.num_heads, pn + r])?;
     let mut out = Vec::with_capacity(b * w.num_heads * (lkv + r));
     let mut acc = vec![0.0f32; lkv];
-    for (i, qh) in q.chunks_exact(pn + r).enumerate() {
-        let n = i % w.num_heads;
-        acc.fill(0.0);
-        for (p, &qp) in qh[..pn].iter().enumerate() {
-            for (a, &wc) in acc.iter_mut().zip(w.row(n, p)) {
-                *a = qp.mul_add(wc, *a);
+    with_fma(|| {
+        for (i, qh) in q.chunks_exact(pn + r).enumerate() {
+            let n = i % w.num_heads;
+            acc.fill(0.0);
+            for (p, &qp) in qh[..pn].iter().enumerate() {
+                for (a, &wc) in acc.iter_mut().zip(w.row(n, p)) {
+                    *a = qp.mul_add(wc, *a);
+                }
             }
+            out.extend(acc.iter().map(|&a| dtype.round(a)));
+            out.extend_from_slice(&qh[pn..]);
         }
-        out.extend(acc.iter().map(|&a| dtype.round(a)));
-        out.extend_from_slice(&qh[pn..]);
-    }
+    });
     Ok(out)
 }
 
-/// `out[b, n] = o_latent[b, n] @ W_UV[n]`: `[B, N, Lkv]` -> `[B, N, V]`.
+/// `out[b, n] = o_latent[b, n] @ W_UV[n]`: `[B, N, Lkv]` -> `[B, N, V]`,
+/// one lane per output channel, latent channels ascending.
 pub fn project_output(o_latent: &[f32], w: &MlaWeights, dtype: DType) -> Result<Vec<f32>> {
-    let MlaDims { kv_lora_rank: lkv, qk_nope_head_dim: pn, v_head_dim: vd, .. } = w.dims;
+    let MlaDims {
+        kv_lora_rank: lkv,
+        qk_nope_head_dim: pn,
+        v_head_dim: vd,
+        ..
+    } = w.dims;
     let b = o_latent.len() / (w.num_heads * lkv).max(1);
-    check_len("latent attention output", o_latent.len(), &[b, w.num_heads, lkv])?;
+    check_len(
+        "latent attention output",
+        o_latent.len(),
+        &[b, w.num_heads, lkv],
+    )?;
+    let (rows, wt) = (w.num_heads * (pn + vd), w.transposed());
     let mut out = Vec::with_capacity(b * w.num_heads * vd);
-    for (i, o) in o_latent.chunks_exact(lkv).enumerate() {
-        let n = i % w.num_heads;
-        out.extend((0..vd).map(|v| dtype.round(dot(o, w.row(n, pn + v)))));
-    }
+    let mut acc = vec![0.0f32; vd];
+    with_fma(|| {
+        for (i, o) in o_latent.chunks_exact(lkv).enumerate() {
+            let col = (i % w.num_heads) * (pn + vd) + pn;
+            acc.fill(0.0);
+            for (&x, wrow) in o.iter().zip(wt.chunks_exact(rows)) {
+                for (a, &wv) in acc.iter_mut().zip(&wrow[col..col + vd]) {
+                    *a = x.mul_add(wv, *a);
+                }
+            }
+            out.extend(acc.iter().map(|&a| dtype.round(a)));
+        }
+    });
     Ok(out)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::softmax::dot;
 
-    const DIMS: MlaDims = MlaDims { kv_lora_rank: 4, qk_rope_head_dim: 2, qk_nope_head_dim: 3, v_head_dim: 2 };
+    const DIMS: MlaDims = MlaDims {
+        kv_lora_rank: 4,
+        qk_rope_head_dim: 2,
+        qk_nope_head_dim: 3,
+        v_head_dim: 2,
+    };
 
     #[test]
     fn absorbed_score_equals_up_projected_score_in_f32() {
@@ -163,7 +260,11 @@ mod tests {
             let direct = dot(&q[n * 5..n * 5 + 3], &k_nope[n * 3..n * 3 + 3]);
             let absorbed = dot(&mqa_q[n * 6..n * 6 + 4], &c);
             approx::assert_relative_eq!(direct, absorbed, max_relative = 1e-5);
-            assert_eq!(&mqa_q[n * 6 + 4..n * 6 + 6], &q[n * 5 + 3..n * 5 + 5], "q_pe passes through");
+            assert_eq!(
+                &mqa_q[n * 6 + 4..n * 6 + 6],
+                &q[n * 5 + 3..n * 5 + 5],
+                "q_pe passes through"
+            );
         }
     }
 
@@ -175,13 +276,19 @@ mod tests {
         assert_eq!(s.row(0, 0), w.row(2, 0));
         assert_eq!(s.row(1, 4), w.row(3, 4));
         let e = w.shard(0, 3).unwrap_err().to_string();
-        assert!(e.contains("tensor_parallel_size 3") && e.contains("4 heads"), "{e}");
+        assert!(
+            e.contains("tensor_parallel_size 3") && e.contains("4 heads"),
+            "{e}"
+        );
     }
 
     #[test]
     fn rejects_misshapen_inputs() {
         let w = MlaWeights::random(2, DIMS, DType::F32, 1);
-        assert!(up_project(&[0.0; 5], &w, DType::F32).unwrap_err().to_string().contains("kv_c length 5"));
+        assert!(up_project(&[0.0; 5], &w, DType::F32)
+            .unwrap_err()
+            .to_string()
+            .contains("kv_c length 5"));
         assert!(absorb_query(&[0.0; 7], &w, DType::F32).is_err());
         assert!(project_output(&[0.0; 7], &w, DType::F32).is_err());
         assert!(MlaWeights::new(2, DIMS, vec![0.0; 3]).is_err());

@@ -23,7 +23,9 @@ use crate::backends::KernelCall;
 use crate::kernels::flash_varlen::{flash_attn_varlen, VarlenParams};
 use crate::kernels::merge_attn_states::{merge_attn_states, MergeKernel};
 use crate::kernels::mla_cache::{concat_and_cache_mla, LatentCache};
-use crate::kernels::mla_prefill::{gather_and_maybe_dequant_cache, plan_mla_context_chunks, workspace_rows, ContextChunk};
+use crate::kernels::mla_prefill::{
+    gather_and_maybe_dequant_cache, plan_mla_context_chunks, workspace_rows, ContextChunk,
+};
 use crate::kernels::mla_proj::{absorb_query, project_output, up_project, MlaWeights};
 use crate::kernels::softmax::OutLse;
 use attnlab_shared::error::{Error, Result};
@@ -54,100 +56,243 @@ pub struct RankOutput {
 }
 
 /// Checks, writes the latent cache, then [`forward`]: one layer, one step.
-pub fn run_mla_step(backend: &dyn MlaBackend, step: &MlaStep, cache: &mut LatentCache, weights: &MlaWeights, cfg: &MlaConfig) -> Result<Vec<RankOutput>> {
+pub fn run_mla_step(
+    backend: &dyn MlaBackend,
+    step: &MlaStep,
+    cache: &mut LatentCache,
+    weights: &MlaWeights,
+    cfg: &MlaConfig,
+) -> Result<Vec<RankOutput>> {
     validate(backend, step, cache, weights, cfg)?;
     let t = step.meta.num_actual_tokens;
-    concat_and_cache_mla(cache, step.kv_c, step.k_pe, &step.meta.slot_mapping[..t], cfg.k_scale)?;
+    concat_and_cache_mla(
+        cache,
+        step.kv_c,
+        step.k_pe,
+        &step.meta.slot_mapping[..t],
+        cfg.k_scale,
+    )?;
     forward(backend, step, cache, weights, cfg)
 }
 
 /// Attention for every token, per TP rank (the cache already holds the step's tokens).
-pub fn forward(backend: &dyn MlaBackend, step: &MlaStep, cache: &LatentCache, weights: &MlaWeights, cfg: &MlaConfig) -> Result<Vec<RankOutput>> {
+pub fn forward(
+    backend: &dyn MlaBackend,
+    step: &MlaStep,
+    cache: &LatentCache,
+    weights: &MlaWeights,
+    cfg: &MlaConfig,
+) -> Result<Vec<RankOutput>> {
     validate(backend, step, cache, weights, cfg)?;
     let nd = num_decodes(backend, step.meta, cfg)?;
-    let (n, h, qw) = (cfg.num_heads, cfg.heads_per_rank(), cfg.dims.qk_nope_head_dim + cfg.dims.qk_rope_head_dim);
+    let (n, h, qw) = (
+        cfg.num_heads,
+        cfg.heads_per_rank(),
+        cfg.dims.qk_nope_head_dim + cfg.dims.qk_rope_head_dim,
+    );
     (0..cfg.tp)
         .map(|rank| {
             let heads = rank * h..(rank + 1) * h;
-            let q: Vec<f32> = step.q.chunks_exact(n * qw).flat_map(|row| row[heads.start * qw..heads.end * qw].iter().copied()).collect();
-            let out = forward_rank(backend, &q, step, nd, cache, &weights.shard(rank, cfg.tp)?, cfg)?;
+            let q: Vec<f32> = step
+                .q
+                .chunks_exact(n * qw)
+                .flat_map(|row| row[heads.start * qw..heads.end * qw].iter().copied())
+                .collect();
+            let out = forward_rank(
+                backend,
+                &q,
+                step,
+                nd,
+                cache,
+                &weights.shard(rank, cfg.tp)?,
+                cfg,
+            )?;
             Ok(RankOutput { rank, heads, out })
         })
         .collect()
 }
 
-fn validate(backend: &dyn MlaBackend, step: &MlaStep, cache: &LatentCache, weights: &MlaWeights, cfg: &MlaConfig) -> Result<()> {
+fn validate(
+    backend: &dyn MlaBackend,
+    step: &MlaStep,
+    cache: &LatentCache,
+    weights: &MlaWeights,
+    cfg: &MlaConfig,
+) -> Result<()> {
     backend.check(cfg, step.meta.block_size)?;
     let (t, d, l) = (step.meta.num_actual_tokens, cfg.dims, cache.layout);
     for (what, len, want) in [
-        ("q", step.q.len(), t * cfg.num_heads * (d.qk_nope_head_dim + d.qk_rope_head_dim)),
+        (
+            "q",
+            step.q.len(),
+            t * cfg.num_heads * (d.qk_nope_head_dim + d.qk_rope_head_dim),
+        ),
         ("kv_c", step.kv_c.len(), t * d.kv_lora_rank),
         ("k_pe", step.k_pe.len(), t * d.qk_rope_head_dim),
     ] {
         if len != want {
-            return Err(Error::invalid(format!("{what} length"), len, format!("{t} tokens x {} heads with dims {d:?} need {want}", cfg.num_heads)));
+            return Err(Error::invalid(
+                format!("{what} length"),
+                len,
+                format!(
+                    "{t} tokens x {} heads with dims {d:?} need {want}",
+                    cfg.num_heads
+                ),
+            ));
         }
     }
     if (l.kv_lora_rank, l.rope_dim, l.dtype) != (d.kv_lora_rank, d.qk_rope_head_dim, cfg.kv_dtype) {
-        return Err(Error::invalid("latent cache layout", format!("{:?} {}", l.shape(), l.dtype), format!("config needs width {} in {}", d.latent_width(), cfg.kv_dtype)));
+        return Err(Error::invalid(
+            "latent cache layout",
+            format!("{:?} {}", l.shape(), l.dtype),
+            format!(
+                "config needs width {} in {}",
+                d.latent_width(),
+                cfg.kv_dtype
+            ),
+        ));
     }
     if (l.block_size, l.num_blocks) != (step.meta.block_size, step.meta.num_blocks) {
-        return Err(Error::invalid("latent cache blocks", format!("{} x {}", l.num_blocks, l.block_size), format!("metadata says {} x {}", step.meta.num_blocks, step.meta.block_size)));
+        return Err(Error::invalid(
+            "latent cache blocks",
+            format!("{} x {}", l.num_blocks, l.block_size),
+            format!(
+                "metadata says {} x {}",
+                step.meta.num_blocks, step.meta.block_size
+            ),
+        ));
     }
     if (weights.num_heads, weights.dims) != (cfg.num_heads, d) {
-        return Err(Error::invalid("kv_b_proj heads", weights.num_heads, format!("config has {} heads with dims {d:?}", cfg.num_heads)));
+        return Err(Error::invalid(
+            "kv_b_proj heads",
+            weights.num_heads,
+            format!("config has {} heads with dims {d:?}", cfg.num_heads),
+        ));
     }
     Ok(())
 }
 
 /// `split_decodes_and_prefills`: the leading requests with query_len <=
 /// `decode_threshold` (and, for a UNIFORM backend, the first one's length).
-pub fn num_decodes(backend: &dyn MlaBackend, meta: &AttentionMetadata, cfg: &MlaConfig) -> Result<usize> {
+pub fn num_decodes(
+    backend: &dyn MlaBackend,
+    meta: &AttentionMetadata,
+    cfg: &MlaConfig,
+) -> Result<usize> {
     let first = (meta.num_reqs() > 0).then(|| meta.query_len(0));
-    let is_decode = |i: usize| meta.query_len(i) <= cfg.decode_threshold && (!backend.uniform_decode() || Some(meta.query_len(i)) == first);
+    let is_decode = |i: usize| {
+        meta.query_len(i) <= cfg.decode_threshold
+            && (!backend.uniform_decode() || Some(meta.query_len(i)) == first)
+    };
     let nd = (0..meta.num_reqs()).take_while(|&i| is_decode(i)).count();
     if let Some(i) = (nd..meta.num_reqs()).find(|&i| is_decode(i)) {
-        return Err(Error::invalid(format!("request {i}"), format!("a decode (query_len {}) after a prefill", meta.query_len(i)), "vLLM reorders the batch decodes first"));
+        return Err(Error::invalid(
+            format!("request {i}"),
+            format!("a decode (query_len {}) after a prefill", meta.query_len(i)),
+            "vLLM reorders the batch decodes first",
+        ));
     }
     Ok(nd)
 }
 
-fn forward_rank(backend: &dyn MlaBackend, q: &[f32], step: &MlaStep, nd: usize, cache: &LatentCache, w: &MlaWeights, cfg: &MlaConfig) -> Result<Vec<f32>> {
+fn forward_rank(
+    backend: &dyn MlaBackend,
+    q: &[f32],
+    step: &MlaStep,
+    nd: usize,
+    cache: &LatentCache,
+    w: &MlaWeights,
+    cfg: &MlaConfig,
+) -> Result<Vec<f32>> {
     let (h, d) = (w.num_heads, cfg.dims);
     let qw = d.qk_nope_head_dim + d.qk_rope_head_dim;
     let ndt = step.meta.query_start_loc[nd] as usize;
     let mut out = Vec::with_capacity(step.meta.num_actual_tokens * h * d.v_head_dim);
     if ndt > 0 {
         let mqa_q = absorb_query(&q[..ndt * h * qw], w, cfg.dtype)?;
-        let o = backend.forward_mqa(&mqa_q, h, cache, &MlaDecodeBatch { meta: step.meta, num_decodes: nd }, cfg)?;
+        let o = backend.forward_mqa(
+            &mqa_q,
+            h,
+            cache,
+            &MlaDecodeBatch {
+                meta: step.meta,
+                num_decodes: nd,
+            },
+            cfg,
+        )?;
         out.extend(project_output(&o.out, w, cfg.dtype)?);
     }
     if ndt < step.meta.num_actual_tokens {
         let kv_c = &step.kv_c[ndt * d.kv_lora_rank..];
-        let k_pe = &step.k_pe[ndt * d.qk_rope_head_dim..step.meta.num_actual_tokens * d.qk_rope_head_dim];
-        out.extend(forward_mha(&q[ndt * h * qw..], kv_c, k_pe, step.meta, nd, cache, w, cfg)?);
+        let k_pe =
+            &step.k_pe[ndt * d.qk_rope_head_dim..step.meta.num_actual_tokens * d.qk_rope_head_dim];
+        out.extend(forward_mha(
+            &q[ndt * h * qw..],
+            kv_c,
+            k_pe,
+            step.meta,
+            nd,
+            cache,
+            w,
+            cfg,
+        )?);
     }
     Ok(out)
 }
 
 /// `k = cat(k_nope, k_pe broadcast over heads)`: `[T, h, P]` + `[T, R]` -> `[T, h, P + R]`.
 fn concat_k(k_nope: &[f32], k_pe: &[f32], h: usize, p: usize, r: usize) -> Vec<f32> {
-    k_nope.chunks_exact(h * p).zip(k_pe.chunks_exact(r)).flat_map(|(kn, pe)| kn.chunks_exact(p).flat_map(move |head| head.iter().chain(pe).copied())).collect()
+    k_nope
+        .chunks_exact(h * p)
+        .zip(k_pe.chunks_exact(r))
+        .flat_map(|(kn, pe)| {
+            kn.chunks_exact(p)
+                .flat_map(move |head| head.iter().chain(pe).copied())
+        })
+        .collect()
 }
 
 /// The non-absorbed prefill of requests `nd..` (`forward_mha`): `[Tp, h, V]`.
 #[allow(clippy::too_many_arguments)]
-pub fn forward_mha(q: &[f32], kv_c: &[f32], k_pe: &[f32], meta: &AttentionMetadata, nd: usize, cache: &LatentCache, w: &MlaWeights, cfg: &MlaConfig) -> Result<Vec<f32>> {
+pub fn forward_mha(
+    q: &[f32],
+    kv_c: &[f32],
+    k_pe: &[f32],
+    meta: &AttentionMetadata,
+    nd: usize,
+    cache: &LatentCache,
+    w: &MlaWeights,
+    cfg: &MlaConfig,
+) -> Result<Vec<f32>> {
     let (h, d) = (w.num_heads, cfg.dims);
-    let (pn, r, lkv, wd) = (d.qk_nope_head_dim, d.qk_rope_head_dim, d.kv_lora_rank, d.latent_width());
+    let (pn, r, lkv, wd) = (
+        d.qk_nope_head_dim,
+        d.qk_rope_head_dim,
+        d.kv_lora_rank,
+        d.latent_width(),
+    );
     let base = meta.query_start_loc[nd];
-    let qsl: Vec<i32> = meta.query_start_loc[nd..].iter().map(|&x| x - base).collect();
+    let qsl: Vec<i32> = meta.query_start_loc[nd..]
+        .iter()
+        .map(|&x| x - base)
+        .collect();
     let mut params = VarlenParams::new(h, h, pn + r, cfg.dtype, cfg.scale);
     params.head_size_v = d.v_head_dim;
     let (k_nope, v) = up_project(kv_c, w, cfg.dtype)?;
-    let new = flash_attn_varlen(q, &concat_k(&k_nope, k_pe, h, pn, r), &v, &qsl, &qsl, &params)?;
+    let new = flash_attn_varlen(
+        q,
+        &concat_k(&k_nope, k_pe, h, pn, r),
+        &v,
+        &qsl,
+        &qsl,
+        &params,
+    )?;
     let ctx_lens: Vec<usize> = (nd..meta.num_reqs()).map(|i| meta.context_len(i)).collect();
-    let chunks = plan_mla_context_chunks(&ctx_lens, workspace_rows(cfg.max_model_len, cfg.max_num_seqs, meta.block_size)?, meta.block_size)?;
+    let chunks = plan_mla_context_chunks(
+        &ctx_lens,
+        workspace_rows(cfg.max_model_len, cfg.max_num_seqs, meta.block_size)?,
+        meta.block_size,
+    )?;
     if chunks.is_empty() {
         return Ok(new.out);
     }
@@ -155,21 +300,48 @@ pub fn forward_mha(q: &[f32], kv_c: &[f32], k_pe: &[f32], meta: &AttentionMetada
         Profile::Pr26980 => MergeKernel::Triton,
         Profile::Latest => MergeKernel::Hip,
     };
-    let tables: Vec<&[i32]> = (nd..meta.num_reqs()).map(|i| meta.block_table.row(i)).collect();
+    let tables: Vec<&[i32]> = (nd..meta.num_reqs())
+        .map(|i| meta.block_table.row(i))
+        .collect();
     let tp = qsl[qsl.len() - 1] as usize;
     let mut running = OutLse::empty(tp, h, d.v_head_dim);
     params.causal = false;
     for chunk in &chunks {
         let rows = gather_and_maybe_dequant_cache(cache, &tables, chunk, cfg.k_scale, cfg.dtype)?;
-        let c_kv: Vec<f32> = rows.chunks_exact(wd).flat_map(|e| e[..lkv].iter().copied()).collect();
-        let c_pe: Vec<f32> = rows.chunks_exact(wd).flat_map(|e| e[lkv..].iter().copied()).collect();
+        let c_kv: Vec<f32> = rows
+            .chunks_exact(wd)
+            .flat_map(|e| e[..lkv].iter().copied())
+            .collect();
+        let c_pe: Vec<f32> = rows
+            .chunks_exact(wd)
+            .flat_map(|e| e[lkv..].iter().copied())
+            .collect();
         let (kn, vc) = up_project(&c_kv, w, cfg.dtype)?;
         let (q_chunk, cu_q) = chunk_queries(q, &qsl, chunk, h * (pn + r));
-        let part = flash_attn_varlen(&q_chunk, &concat_k(&kn, &c_pe, h, pn, r), &vc, &cu_q, &chunk.cu_seq_lens(), &params)?;
+        let part = flash_attn_varlen(
+            &q_chunk,
+            &concat_k(&kn, &c_pe, h, pn, r),
+            &vc,
+            &cu_q,
+            &chunk.cu_seq_lens(),
+            &params,
+        )?;
         for (i, p) in chunk.parts.iter().enumerate() {
-            let (dst, src) = (qsl[p.req] as usize..qsl[p.req + 1] as usize, cu_q[i] as usize..cu_q[i + 1] as usize);
+            let (dst, src) = (
+                qsl[p.req] as usize..qsl[p.req + 1] as usize,
+                cu_q[i] as usize..cu_q[i + 1] as usize,
+            );
             let piece = take_tokens(&part, src);
-            let merged = if p.start > 0 { merge_attn_states(&take_tokens(&running, dst.clone()), &piece, cfg.dtype, kernel)? } else { piece };
+            let merged = if p.start > 0 {
+                merge_attn_states(
+                    &take_tokens(&running, dst.clone()),
+                    &piece,
+                    cfg.dtype,
+                    kernel,
+                )?
+            } else {
+                piece
+            };
             put_tokens(&mut running, dst.start, &merged);
         }
     }
@@ -192,8 +364,20 @@ fn chunk_queries(q: &[f32], qsl: &[i32], chunk: &ContextChunk, row: usize) -> (V
 fn take_tokens(o: &OutLse, range: Range<usize>) -> OutLse {
     let (h, d, n) = (o.num_heads, o.head_size, range.len());
     let out = o.out[range.start * h * d..range.end * h * d].to_vec();
-    let lse = (0..h).flat_map(|hh| o.lse[hh * o.num_tokens + range.start..hh * o.num_tokens + range.end].iter().copied()).collect();
-    OutLse { num_tokens: n, num_heads: h, head_size: d, out, lse }
+    let lse = (0..h)
+        .flat_map(|hh| {
+            o.lse[hh * o.num_tokens + range.start..hh * o.num_tokens + range.end]
+                .iter()
+                .copied()
+        })
+        .collect();
+    OutLse {
+        num_tokens: n,
+        num_heads: h,
+        head_size: d,
+        out,
+        lse,
+    }
 }
 
 /// Writes `src` over tokens `at..at + src.num_tokens` of `dst`.
@@ -202,41 +386,106 @@ fn put_tokens(dst: &mut OutLse, at: usize, src: &OutLse) {
     dst.out[at * h * d..(at + src.num_tokens) * h * d].copy_from_slice(&src.out);
     for hh in 0..h {
         let row = hh * dst.num_tokens + at;
-        dst.lse[row..row + src.num_tokens].copy_from_slice(&src.lse[hh * src.num_tokens..(hh + 1) * src.num_tokens]);
+        dst.lse[row..row + src.num_tokens]
+            .copy_from_slice(&src.lse[hh * src.num_tokens..(hh + 1) * src.num_tokens]);
     }
 }
 
 /// The kernel launches of one step on one rank (every rank makes the same
 /// launches over its `N / tp` heads).
-pub fn plan(backend: &dyn MlaBackend, meta: &AttentionMetadata, cfg: &MlaConfig) -> Result<Vec<KernelCall>> {
+pub fn plan(
+    backend: &dyn MlaBackend,
+    meta: &AttentionMetadata,
+    cfg: &MlaConfig,
+) -> Result<Vec<KernelCall>> {
     backend.check(cfg, meta.block_size)?;
     let (t, h, d) = (meta.num_actual_tokens, cfg.heads_per_rank(), cfg.dims);
     let nd = num_decodes(backend, meta, cfg)?;
     let ndt = meta.query_start_loc[nd] as usize;
-    let (pn, r, lkv, vd) = (d.qk_nope_head_dim, d.qk_rope_head_dim, d.kv_lora_rank, d.v_head_dim);
-    let mut calls = vec![KernelCall::new("concat_and_cache_mla", &[("kv_c", vec![t, lkv]), ("k_pe", vec![t, r]), ("kv_cache", vec![meta.num_blocks, meta.block_size, lkv + r])])];
+    let (pn, r, lkv, vd) = (
+        d.qk_nope_head_dim,
+        d.qk_rope_head_dim,
+        d.kv_lora_rank,
+        d.v_head_dim,
+    );
+    let mut calls = vec![KernelCall::new(
+        "concat_and_cache_mla",
+        &[
+            ("kv_c", vec![t, lkv]),
+            ("k_pe", vec![t, r]),
+            ("kv_cache", vec![meta.num_blocks, meta.block_size, lkv + r]),
+        ],
+    )];
     if ndt > 0 {
-        calls.push(KernelCall::new("bmm(q_nope, W_UK_T)", &[("q_nope", vec![h, ndt, pn]), ("W_UK_T", vec![h, pn, lkv])]));
-        calls.extend(backend.plan_mqa(&MlaDecodeBatch { meta, num_decodes: nd }, h, cfg)?);
-        calls.push(KernelCall::new("bmm(o, W_UV)", &[("o", vec![h, ndt, lkv]), ("W_UV", vec![h, lkv, vd])]));
+        calls.push(KernelCall::new(
+            "bmm(q_nope, W_UK_T)",
+            &[("q_nope", vec![h, ndt, pn]), ("W_UK_T", vec![h, pn, lkv])],
+        ));
+        calls.extend(backend.plan_mqa(
+            &MlaDecodeBatch {
+                meta,
+                num_decodes: nd,
+            },
+            h,
+            cfg,
+        )?);
+        calls.push(KernelCall::new(
+            "bmm(o, W_UV)",
+            &[("o", vec![h, ndt, lkv]), ("W_UV", vec![h, lkv, vd])],
+        ));
     }
     if ndt < t {
         let tp = t - ndt;
-        calls.push(KernelCall::new("kv_b_proj", &[("kv_c", vec![tp, lkv]), ("weight", vec![h * (pn + vd), lkv])]));
-        calls.push(KernelCall::new("flash_attn_varlen_func(causal)", &[("q", vec![tp, h, pn + r]), ("k", vec![tp, h, pn + r]), ("v", vec![tp, h, vd])]));
+        calls.push(KernelCall::new(
+            "kv_b_proj",
+            &[
+                ("kv_c", vec![tp, lkv]),
+                ("weight", vec![h * (pn + vd), lkv]),
+            ],
+        ));
+        calls.push(KernelCall::new(
+            "flash_attn_varlen_func(causal)",
+            &[
+                ("q", vec![tp, h, pn + r]),
+                ("k", vec![tp, h, pn + r]),
+                ("v", vec![tp, h, vd]),
+            ],
+        ));
         let ctx_lens: Vec<usize> = (nd..meta.num_reqs()).map(|i| meta.context_len(i)).collect();
-        let chunks = plan_mla_context_chunks(&ctx_lens, workspace_rows(cfg.max_model_len, cfg.max_num_seqs, meta.block_size)?, meta.block_size)?;
+        let chunks = plan_mla_context_chunks(
+            &ctx_lens,
+            workspace_rows(cfg.max_model_len, cfg.max_num_seqs, meta.block_size)?,
+            meta.block_size,
+        )?;
         for c in &chunks {
             let toks = c.total_tokens();
-            calls.push(KernelCall::new("gather_and_maybe_dequant_cache", &[("workspace", vec![toks, lkv + r])]));
-            calls.push(KernelCall::new("kv_b_proj", &[("kv_c", vec![toks, lkv]), ("weight", vec![h * (pn + vd), lkv])]));
-            calls.push(KernelCall::new("flash_attn_varlen_func", &[("k", vec![toks, h, pn + r]), ("v", vec![toks, h, vd])]));
+            calls.push(KernelCall::new(
+                "gather_and_maybe_dequant_cache",
+                &[("workspace", vec![toks, lkv + r])],
+            ));
+            calls.push(KernelCall::new(
+                "kv_b_proj",
+                &[
+                    ("kv_c", vec![toks, lkv]),
+                    ("weight", vec![h * (pn + vd), lkv]),
+                ],
+            ));
+            calls.push(KernelCall::new(
+                "flash_attn_varlen_func",
+                &[("k", vec![toks, h, pn + r]), ("v", vec![toks, h, vd])],
+            ));
             if c.parts.first().is_some_and(|p| p.start > 0) {
-                calls.push(KernelCall::new("merge_attn_states(continuation)", &[("output", vec![meta.query_len(nd + c.parts[0].req), h, vd])]));
+                calls.push(KernelCall::new(
+                    "merge_attn_states(continuation)",
+                    &[("output", vec![meta.query_len(nd + c.parts[0].req), h, vd])],
+                ));
             }
         }
         if !chunks.is_empty() {
-            calls.push(KernelCall::new("merge_attn_states", &[("output", vec![tp, h, vd])]));
+            calls.push(KernelCall::new(
+                "merge_attn_states",
+                &[("output", vec![tp, h, vd])],
+            ));
         }
     }
     Ok(calls)

@@ -77,7 +77,8 @@ impl MlaConfig {
         let p = preset("deepseek-r1").expect("deepseek-r1 is a built-in preset");
         let dims = p.mla.expect("deepseek-r1 is MLA");
         let mscale = 0.1 * 40f64.ln() + 1.0;
-        let scale = ((dims.qk_nope_head_dim + dims.qk_rope_head_dim) as f64).powf(-0.5) * mscale * mscale;
+        let scale =
+            ((dims.qk_nope_head_dim + dims.qk_rope_head_dim) as f64).powf(-0.5) * mscale * mscale;
         MlaConfig {
             num_heads: p.num_heads,
             dims,
@@ -116,19 +117,40 @@ impl MlaConfig {
     pub fn validate(&self) -> Result<()> {
         let width = self.dims.latent_width();
         if !MLA_HEAD_SIZES.contains(&width) {
-            return Err(Error::unsupported(format!("MLA latent width {width}"), format!("Head dimension {width} is not supported by MLA. (allowed: {MLA_HEAD_SIZES:?})")));
+            return Err(Error::unsupported(
+                format!("MLA latent width {width}"),
+                format!(
+                    "Head dimension {width} is not supported by MLA. (allowed: {MLA_HEAD_SIZES:?})"
+                ),
+            ));
         }
         if self.dims.qk_nope_head_dim == 0 || self.dims.v_head_dim == 0 {
-            return Err(Error::invalid("qk_nope_head_dim / v_head_dim", format!("{} / {}", self.dims.qk_nope_head_dim, self.dims.v_head_dim), "must be >= 1"));
+            return Err(Error::invalid(
+                "qk_nope_head_dim / v_head_dim",
+                format!("{} / {}", self.dims.qk_nope_head_dim, self.dims.v_head_dim),
+                "must be >= 1",
+            ));
         }
         if self.tp == 0 || self.num_heads == 0 || self.num_heads % self.tp != 0 {
-            return Err(Error::invalid("tensor_parallel_size", self.tp, format!("must be >= 1 and divide num_heads = {}", self.num_heads)));
+            return Err(Error::invalid(
+                "tensor_parallel_size",
+                self.tp,
+                format!("must be >= 1 and divide num_heads = {}", self.num_heads),
+            ));
         }
         if !(self.scale.is_finite() && self.scale > 0.0) {
-            return Err(Error::invalid("scale", self.scale, "must be finite and > 0"));
+            return Err(Error::invalid(
+                "scale",
+                self.scale,
+                "must be finite and > 0",
+            ));
         }
         if self.kv_dtype.is_fp8() && !(self.k_scale.is_finite() && self.k_scale > 0.0) {
-            return Err(Error::invalid("k_scale", self.k_scale, "an fp8 latent cache needs a finite scale > 0"));
+            return Err(Error::invalid(
+                "k_scale",
+                self.k_scale,
+                "an fp8 latent cache needs a finite scale > 0",
+            ));
         }
         if self.decode_threshold == 0 {
             return Err(Error::invalid("decode_threshold", 0, "must be >= 1"));
@@ -144,13 +166,23 @@ impl MlaConfig {
     pub fn check_common(&self, name: &str, caps: &Capabilities, impl_msg: &str) -> Result<()> {
         self.validate()?;
         if !caps.dtypes.contains(&self.dtype) {
-            return Err(Error::unsupported(format!("{name} with dtype {}", self.dtype), format!("dtype not supported (allowed: {:?})", caps.dtypes)));
+            return Err(Error::unsupported(
+                format!("{name} with dtype {}", self.dtype),
+                format!("dtype not supported (allowed: {:?})", caps.dtypes),
+            ));
         }
         if self.kv_dtype != self.dtype && !self.kv_dtype.is_fp8() {
-            return Err(Error::invalid("kv cache dtype", self.kv_dtype, format!("must be the model dtype {} or fp8", self.dtype)));
+            return Err(Error::invalid(
+                "kv cache dtype",
+                self.kv_dtype,
+                format!("must be the model dtype {} or fp8", self.dtype),
+            ));
         }
         if self.softcap.is_some() || self.sliding_window.is_some() || self.alibi {
-            return Err(Error::unsupported(format!("{name} with alibi / sliding window / soft-cap"), impl_msg));
+            return Err(Error::unsupported(
+                format!("{name} with alibi / sliding window / soft-cap"),
+                impl_msg,
+            ));
         }
         Ok(())
     }
@@ -170,7 +202,10 @@ impl MlaDecodeBatch<'_> {
     }
 
     pub fn max_seq_len(&self) -> usize {
-        (0..self.num_decodes).map(|i| self.meta.seq_len(i)).max().unwrap_or(0)
+        (0..self.num_decodes)
+            .map(|i| self.meta.seq_len(i))
+            .max()
+            .unwrap_or(0)
     }
 }
 
@@ -186,10 +221,22 @@ pub trait MlaBackend: Send + Sync {
 
     /// Absorbed decode: `q [num_decode_tokens, heads, Lkv + R]` (exact in
     /// `cfg.dtype`) -> latent output `[num_decode_tokens, heads, Lkv]` + lse.
-    fn forward_mqa(&self, q: &[f32], heads: usize, cache: &LatentCache, batch: &MlaDecodeBatch, cfg: &MlaConfig) -> Result<MlaDecodeOutput>;
+    fn forward_mqa(
+        &self,
+        q: &[f32],
+        heads: usize,
+        cache: &LatentCache,
+        batch: &MlaDecodeBatch,
+        cfg: &MlaConfig,
+    ) -> Result<MlaDecodeOutput>;
 
     /// The kernel launches `forward_mqa` makes (what `attnlab trace` shows).
-    fn plan_mqa(&self, batch: &MlaDecodeBatch, heads: usize, cfg: &MlaConfig) -> Result<Vec<KernelCall>>;
+    fn plan_mqa(
+        &self,
+        batch: &MlaDecodeBatch,
+        heads: usize,
+        cfg: &MlaConfig,
+    ) -> Result<Vec<KernelCall>>;
 
     /// Whether decode rows must share one query length (vLLM's
     /// `query_len_support == UNIFORM`), which shapes the decode split.
@@ -212,26 +259,57 @@ pub fn by_name(name: &str) -> Result<Box<dyn MlaBackend>> {
     let all = mla_backends();
     let names: Vec<&str> = all.iter().map(|b| b.name()).collect();
     let joined = names.join(", ");
-    all.into_iter()
-        .find(|b| b.name() == name)
-        .ok_or_else(|| Error::invalid("MLA backend", format!("'{name}'"), format!("emulated MLA backends: {joined}")))
+    all.into_iter().find(|b| b.name() == name).ok_or_else(|| {
+        Error::invalid(
+            "MLA backend",
+            format!("'{name}'"),
+            format!("emulated MLA backends: {joined}"),
+        )
+    })
 }
 
 /// The configuration an `mla_decode` fixture describes: its heads, latent
 /// widths, scale and dtype, and the producer's split count.
 pub fn replay_config(case: &MlaCase, dtype: DType) -> MlaConfig {
-    let dims = MlaDims { kv_lora_rank: case.kv_lora_rank, qk_rope_head_dim: case.qk_rope_head_dim, ..MlaConfig::deepseek_r1(1).dims };
-    MlaConfig { num_heads: case.num_heads, dims, scale: case.scale, dtype, kv_dtype: dtype, num_kv_splits: Some(case.num_kv_splits), ..MlaConfig::deepseek_r1(1) }
+    let dims = MlaDims {
+        kv_lora_rank: case.kv_lora_rank,
+        qk_rope_head_dim: case.qk_rope_head_dim,
+        ..MlaConfig::deepseek_r1(1).dims
+    };
+    MlaConfig {
+        num_heads: case.num_heads,
+        dims,
+        scale: case.scale,
+        dtype,
+        kv_dtype: dtype,
+        num_kv_splits: Some(case.num_kv_splits),
+        ..MlaConfig::deepseek_r1(1)
+    }
 }
 
 /// Runs an `mla_decode` fixture (absorbed queries, one token per sequence)
 /// through `backend`'s `forward_mqa` under `cfg` ([`replay_config`]):
 /// `[num_seqs, num_heads, kv_lora_rank]` in `cfg.dtype`. `check` runs
 /// first, so TRITON_MLA refuses a block-size-1 case as vLLM would.
-pub fn replay_mla_decode(backend: &dyn MlaBackend, case: &MlaCase, cfg: &MlaConfig) -> Result<Vec<f32>> {
+pub fn replay_mla_decode(
+    backend: &dyn MlaBackend,
+    case: &MlaCase,
+    cfg: &MlaConfig,
+) -> Result<Vec<f32>> {
     backend.check(cfg, case.meta.block_size)?;
-    let layout = MlaLayout::new(case.meta.num_blocks, case.meta.block_size, case.kv_lora_rank, case.qk_rope_head_dim, cfg.dtype)?;
+    let layout = MlaLayout::new(
+        case.meta.num_blocks,
+        case.meta.block_size,
+        case.kv_lora_rank,
+        case.qk_rope_head_dim,
+        cfg.dtype,
+    )?;
     let cache = LatentCache::from_tensor(layout, case.kv_cache.clone())?;
-    let batch = MlaDecodeBatch { meta: &case.meta, num_decodes: case.meta.num_reqs() };
-    Ok(backend.forward_mqa(&case.query, case.num_heads, &cache, &batch, cfg)?.out)
+    let batch = MlaDecodeBatch {
+        meta: &case.meta,
+        num_decodes: case.meta.num_reqs(),
+    };
+    Ok(backend
+        .forward_mqa(&case.query, case.num_heads, &cache, &batch, cfg)?
+        .out)
 }

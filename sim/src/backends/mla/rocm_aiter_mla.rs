@@ -18,7 +18,9 @@
 use super::{MlaBackend, MlaConfig, MlaDecodeBatch};
 use crate::backends::KernelCall;
 use crate::kernels::mla_cache::LatentCache;
-use crate::kernels::mla_decode::{aiter_num_kv_splits, mla_decode_fwd, AiterPaging, MlaDecodeOutput, MlaDecodeParams};
+use crate::kernels::mla_decode::{
+    aiter_num_kv_splits, mla_decode_fwd, AiterPaging, MlaDecodeOutput, MlaDecodeParams,
+};
 use attnlab_shared::dtype::DType;
 use attnlab_shared::error::{Error, Result};
 use attnlab_shared::registry::ROCM_AITER_MLA;
@@ -64,19 +66,36 @@ impl RocmAiterMla {
     pub fn build_paging(&self, batch: &MlaDecodeBatch) -> Result<AiterPaging> {
         let (meta, k, p) = (batch.meta, batch.meta.block_size, self.page_size);
         if p == 0 || k % p != 0 {
-            return Err(Error::invalid("AITER page size", p, format!("must divide the kernel block size {k}")));
+            return Err(Error::invalid(
+                "AITER page size",
+                p,
+                format!("must divide the kernel block size {k}"),
+            ));
         }
         let per_block = k / p;
         let (mut kv_indptr, mut kv_indices, mut last) = (vec![0i32], Vec::new(), Vec::new());
         for r in 0..batch.num_decodes {
             let len = meta.seq_len(r);
             let pages = len.div_ceil(p);
-            kv_indices.extend((0..pages).map(|j| meta.block_table.block(r, j / per_block) as i32 * per_block as i32 + (j % per_block) as i32));
+            kv_indices.extend((0..pages).map(|j| {
+                meta.block_table.block(r, j / per_block) as i32 * per_block as i32
+                    + (j % per_block) as i32
+            }));
             kv_indptr.push(kv_indices.len() as i32);
-            last.push(if pages == 0 { 1 } else { (len - (pages - 1) * p) as i32 });
+            last.push(if pages == 0 {
+                1
+            } else {
+                (len - (pages - 1) * p) as i32
+            });
         }
         let qo_indptr = meta.query_start_loc[..=batch.num_decodes].to_vec();
-        Ok(AiterPaging { qo_indptr, kv_indptr, kv_indices, kv_last_page_lens: last, page_size: p })
+        Ok(AiterPaging {
+            qo_indptr,
+            kv_indptr,
+            kv_indices,
+            kv_last_page_lens: last,
+            page_size: p,
+        })
     }
 }
 
@@ -87,14 +106,31 @@ fn pad_heads(q: &[f32], heads: usize, w: usize, padding: HeadPadding) -> (Vec<f3
         HeadPadding::RepeatInterleave(r) => (heads * r, Box::new(move |i| i / r)),
         HeadPadding::Tile(hp) => (hp, Box::new(move |i| i % heads)),
     };
-    let out = q.chunks_exact(heads * w).flat_map(|row| (0..hp).flat_map(|i| row[src(i) * w..(src(i) + 1) * w].iter().copied()).collect::<Vec<_>>()).collect();
+    let out = q
+        .chunks_exact(heads * w)
+        .flat_map(|row| {
+            (0..hp)
+                .flat_map(|i| row[src(i) * w..(src(i) + 1) * w].iter().copied())
+                .collect::<Vec<_>>()
+        })
+        .collect();
     (out, hp)
 }
 
 /// The real heads' outputs (`[T, hp, d]` -> `[T, heads, d]`).
 fn unpad_heads(x: &[f32], heads: usize, hp: usize, d: usize, padding: HeadPadding) -> Vec<f32> {
-    let pos = |h: usize| if let HeadPadding::RepeatInterleave(r) = padding { h * r } else { h };
-    x.chunks_exact(hp * d).flat_map(|row| (0..heads).flat_map(move |h| row[pos(h) * d..(pos(h) + 1) * d].iter().copied())).collect()
+    let pos = |h: usize| {
+        if let HeadPadding::RepeatInterleave(r) = padding {
+            h * r
+        } else {
+            h
+        }
+    };
+    x.chunks_exact(hp * d)
+        .flat_map(|row| {
+            (0..heads).flat_map(move |h| row[pos(h) * d..(pos(h) + 1) * d].iter().copied())
+        })
+        .collect()
 }
 
 impl MlaBackend for RocmAiterMla {
@@ -106,22 +142,59 @@ impl MlaBackend for RocmAiterMla {
         cfg.check_common(self.name(), &ROCM_AITER_MLA, "Aiter MLA does not support one of the following: alibi_slopes, sliding_window, logits_soft_cap")?;
         Self::head_padding(cfg.heads_per_rank(), cfg.profile)?;
         if !ROCM_AITER_MLA.supports_block_size(block_size) || block_size % self.page_size != 0 {
-            return Err(Error::invalid("block_size", block_size, format!("must be a positive multiple of the AITER page size {}", self.page_size)));
+            return Err(Error::invalid(
+                "block_size",
+                block_size,
+                format!(
+                    "must be a positive multiple of the AITER page size {}",
+                    self.page_size
+                ),
+            ));
         }
         Ok(())
     }
 
-    fn forward_mqa(&self, q: &[f32], heads: usize, cache: &LatentCache, batch: &MlaDecodeBatch, cfg: &MlaConfig) -> Result<MlaDecodeOutput> {
+    fn forward_mqa(
+        &self,
+        q: &[f32],
+        heads: usize,
+        cache: &LatentCache,
+        batch: &MlaDecodeBatch,
+        cfg: &MlaConfig,
+    ) -> Result<MlaDecodeOutput> {
         let padding = Self::head_padding(heads, cfg.profile)?;
         let paging = self.build_paging(batch)?;
         let (w, lkv) = (cfg.dims.latent_width(), cfg.dims.kv_lora_rank);
         let (q_pad, hp) = pad_heads(q, heads, w, padding);
-        let p = MlaDecodeParams { num_heads: hp, scale: cfg.scale, q_dtype: cfg.dtype, kv_scale: cfg.k_scale, out_dtype: cfg.dtype, lse_dtype: DType::F32 };
-        let o = mla_decode_fwd(&q_pad, cache, &paging, batch.meta.causal, cfg.num_kv_splits, cfg.num_cus, &p)?;
-        Ok(MlaDecodeOutput { out: unpad_heads(&o.out, heads, hp, lkv, padding), lse: unpad_heads(&o.lse, heads, hp, 1, padding) })
+        let p = MlaDecodeParams {
+            num_heads: hp,
+            scale: cfg.scale,
+            q_dtype: cfg.dtype,
+            kv_scale: cfg.k_scale,
+            out_dtype: cfg.dtype,
+            lse_dtype: DType::F32,
+        };
+        let o = mla_decode_fwd(
+            &q_pad,
+            cache,
+            &paging,
+            batch.meta.causal,
+            cfg.num_kv_splits,
+            cfg.num_cus,
+            &p,
+        )?;
+        Ok(MlaDecodeOutput {
+            out: unpad_heads(&o.out, heads, hp, lkv, padding),
+            lse: unpad_heads(&o.lse, heads, hp, 1, padding),
+        })
     }
 
-    fn plan_mqa(&self, batch: &MlaDecodeBatch, heads: usize, cfg: &MlaConfig) -> Result<Vec<KernelCall>> {
+    fn plan_mqa(
+        &self,
+        batch: &MlaDecodeBatch,
+        heads: usize,
+        cfg: &MlaConfig,
+    ) -> Result<Vec<KernelCall>> {
         let hp = match Self::head_padding(heads, cfg.profile)? {
             HeadPadding::None => heads,
             HeadPadding::RepeatInterleave(r) => heads * r,
@@ -130,20 +203,33 @@ impl MlaBackend for RocmAiterMla {
         let paging = self.build_paging(batch)?;
         let (t, bs) = (batch.num_decode_tokens(), paging.batch_size());
         let total_kv: usize = (0..bs).map(|b| paging.kv_len(b)).sum();
-        let s = cfg.num_kv_splits.unwrap_or_else(|| aiter_num_kv_splits(bs, total_kv, cfg.num_cus));
+        let s = cfg
+            .num_kv_splits
+            .unwrap_or_else(|| aiter_num_kv_splits(bs, total_kv, cfg.num_cus));
         let (lkv, w) = (cfg.dims.kv_lora_rank, cfg.dims.latent_width());
         Ok(vec![
             KernelCall::new(
                 "mla_decode_stage1_asm_fwd",
                 &[
                     ("q", vec![t, hp, w]),
-                    ("kv_buffer", vec![batch.meta.num_blocks * batch.meta.block_size / self.page_size, self.page_size, 1, w]),
+                    (
+                        "kv_buffer",
+                        vec![
+                            batch.meta.num_blocks * batch.meta.block_size / self.page_size,
+                            self.page_size,
+                            1,
+                            w,
+                        ],
+                    ),
                     ("kv_indptr", vec![bs + 1]),
                     ("kv_indices", vec![paging.kv_indices.len()]),
                     ("logits", vec![t, s, hp, lkv]),
                 ],
             ),
-            KernelCall::new("_fwd_kernel_stage2_asm", &[("grid", vec![bs, hp]), ("o", vec![t, hp, lkv])]),
+            KernelCall::new(
+                "_fwd_kernel_stage2_asm",
+                &[("grid", vec![bs, hp]), ("o", vec![t, hp, lkv])],
+            ),
         ])
     }
 

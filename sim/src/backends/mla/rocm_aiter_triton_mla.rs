@@ -27,11 +27,23 @@ impl MlaBackend for RocmAiterTritonMla {
         self.0.check(cfg, block_size)
     }
 
-    fn forward_mqa(&self, q: &[f32], heads: usize, cache: &LatentCache, batch: &MlaDecodeBatch, cfg: &MlaConfig) -> Result<MlaDecodeOutput> {
+    fn forward_mqa(
+        &self,
+        q: &[f32],
+        heads: usize,
+        cache: &LatentCache,
+        batch: &MlaDecodeBatch,
+        cfg: &MlaConfig,
+    ) -> Result<MlaDecodeOutput> {
         self.0.forward_mqa(q, heads, cache, batch, cfg)
     }
 
-    fn plan_mqa(&self, batch: &MlaDecodeBatch, heads: usize, cfg: &MlaConfig) -> Result<Vec<KernelCall>> {
+    fn plan_mqa(
+        &self,
+        batch: &MlaDecodeBatch,
+        heads: usize,
+        cfg: &MlaConfig,
+    ) -> Result<Vec<KernelCall>> {
         self.0.plan_mqa(batch, heads, cfg)
     }
 
