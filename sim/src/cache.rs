@@ -1,8 +1,10 @@
 //! A KV cache in one of the layouts of `attnlab_shared::layout`: K and V as
 //! flat tensors whose values are exact in the cache dtype (quantized f32).
 
+use crate::config::AttnConfig;
 use attnlab_shared::error::{Error, Result};
 use attnlab_shared::layout::{KvLayout, LayoutKind};
+use attnlab_shared::metadata::AttentionMetadata;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct KvCache {
@@ -39,6 +41,40 @@ impl KvCache {
             }
         }
         Ok(c)
+    }
+
+    /// Checks that this cache, a batch's metadata, its query `[T, Hq, D]` and
+    /// the layer config describe the same shapes (kv heads, head size, block
+    /// size, enough blocks, cache dtype, tensor lengths), so that an attention
+    /// kernel or the reference can index without bounds surprises.
+    pub fn check_batch(&self, query: &[f32], meta: &AttentionMetadata, cfg: &AttnConfig) -> Result<()> {
+        cfg.validate()?;
+        let l = &self.layout;
+        if l.num_kv_heads != cfg.num_kv_heads || l.head_size != cfg.head_size {
+            return Err(Error::invalid(
+                "cache layout",
+                format!("{} kv heads x head size {}", l.num_kv_heads, l.head_size),
+                format!("must match the config's {} kv heads x head size {}", cfg.num_kv_heads, cfg.head_size),
+            ));
+        }
+        if l.block_size != meta.block_size || l.num_blocks < meta.num_blocks {
+            return Err(Error::invalid(
+                "cache layout",
+                format!("{} blocks of {}", l.num_blocks, l.block_size),
+                format!("metadata needs block size {} and at least {} blocks", meta.block_size, meta.num_blocks),
+            ));
+        }
+        if l.dtype != cfg.kv_dtype {
+            return Err(Error::invalid("cache dtype", l.dtype, format!("must equal the config's kv_dtype {}", cfg.kv_dtype)));
+        }
+        if self.k.len() != l.numel() || self.v.len() != l.numel() {
+            return Err(Error::invalid("cache tensors", format!("{} / {} elements", self.k.len(), self.v.len()), format!("layout holds {}", l.numel())));
+        }
+        let want = meta.num_actual_tokens * cfg.num_heads * cfg.head_size;
+        if query.len() != want {
+            return Err(Error::invalid("query length", query.len(), format!("must be num_tokens x num_heads x head_size = {want}")));
+        }
+        Ok(())
     }
 
     /// K element (block, row, head, dim), as stored (not dequantized).

@@ -85,7 +85,7 @@ pub fn paged_attention(query: &[f32], cache: &KvCache, meta: &AttentionMetadata,
 
 /// The reference in any [`RefFloat`] (f32: the naive baseline of `bench`).
 pub fn paged_attention_in<F: RefFloat>(query: &[f32], cache: &KvCache, meta: &AttentionMetadata, cfg: &AttnConfig) -> Result<RefAttention<F>> {
-    check_inputs(query, cache, meta, cfg)?;
+    cache.check_batch(query, meta, cfg)?;
     let (hq, hkv, d) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_size);
     let qpk = cfg.queries_per_kv();
     let t_total = meta.num_actual_tokens;
@@ -161,37 +161,6 @@ pub fn paged_attention_in<F: RefFloat>(query: &[f32], cache: &KvCache, meta: &At
         }
     }
     Ok(RefAttention { out, lse })
-}
-
-fn check_inputs(query: &[f32], cache: &KvCache, meta: &AttentionMetadata, cfg: &AttnConfig) -> Result<()> {
-    cfg.validate()?;
-    let l = &cache.layout;
-    if l.num_kv_heads != cfg.num_kv_heads || l.head_size != cfg.head_size {
-        return Err(Error::invalid(
-            "cache layout",
-            format!("{} kv heads x head size {}", l.num_kv_heads, l.head_size),
-            format!("must match the config's {} kv heads x head size {}", cfg.num_kv_heads, cfg.head_size),
-        ));
-    }
-    if l.block_size != meta.block_size || l.num_blocks < meta.num_blocks {
-        return Err(Error::invalid(
-            "cache layout",
-            format!("{} blocks of {}", l.num_blocks, l.block_size),
-            format!("metadata needs block size {} and at least {} blocks", meta.block_size, meta.num_blocks),
-        ));
-    }
-    if cache.k.len() != l.numel() || cache.v.len() != l.numel() {
-        return Err(Error::invalid(
-            "cache tensors",
-            format!("{} / {} elements", cache.k.len(), cache.v.len()),
-            format!("layout holds {}", l.numel()),
-        ));
-    }
-    let want = meta.num_actual_tokens * cfg.num_heads * cfg.head_size;
-    if query.len() != want {
-        return Err(Error::invalid("query length", query.len(), format!("must be num_tokens x num_heads x head_size = {want}")));
-    }
-    Ok(())
 }
 
 /// Absorbed MLA decode (vllm-backends.md §20.1) as MQA: one latent "kv head"
@@ -363,7 +332,7 @@ mod tests {
     /// One request, one kv head, NHD cache of `s` tokens in one block.
     fn single(q: &[f32], k: &[f32], v: &[f32], d: usize, q_len: usize, cfg: &AttnConfig) -> RefAttention<f64> {
         let s = k.len() / (d * cfg.num_kv_heads);
-        let layout = KvLayout::new(LayoutKind::Nhd, 1, s, cfg.num_kv_heads, d, DType::F32).unwrap();
+        let layout = KvLayout::new(LayoutKind::Nhd, 1, s, cfg.num_kv_heads, d, cfg.kv_dtype).unwrap();
         let cache = KvCache { layout, k: k.to_vec(), v: v.to_vec() };
         let table = BlockTableTensor::from_rows(&[vec![0]]);
         let meta = AttentionMetadata::new(s, 1, vec![0, q_len as i32], vec![s as i32], table, vec![-1; q_len], true).unwrap();
