@@ -208,6 +208,8 @@ fn program(q: &[f32], k: &[f32], v: &[f32], cu_q: &[i32], cu_k: &[i32], b: usize
     let (n_min, n_max) = (first_key / bn, last_key.div_ceil(bn));
 
     let mut states: Vec<RowState> = (0..hq * rows).map(|x| RowState::new(dv, p.sinks.map(|s| s[x / rows]))).collect();
+    // Own K^T / V tile buffers rather than softmax::KvTile: V's head size may
+    // differ from Q/K's here (MLA prefill, 192 / 128). Same layout and QK order.
     let mut k_t = vec![0.0f32; d * bn];
     let mut v_tile = vec![0.0f32; bn * dv];
     let mut s = vec![0.0f32; bn];

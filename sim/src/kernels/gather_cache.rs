@@ -114,6 +114,29 @@ impl GatherChunk {
             .collect()
     }
 
+    /// Checks the public fields still describe one consistent launch (as
+    /// [`GatherChunk::new`] builds them), so the kernel never indexes out of bounds.
+    pub fn validate(&self) -> Result<()> {
+        let n = self.seq_starts.len();
+        let lens: Vec<i64> = self.cu_seqlens.windows(2).map(|w| w[1] as i64 - w[0] as i64).collect();
+        if self.cu_seqlens.len() != n + 1 || self.cu_seqlens[0] != 0 || lens.iter().any(|&l| l < 0) {
+            return Err(Error::invalid(
+                "gather cu_seqlens",
+                format!("{:?}", self.cu_seqlens),
+                format!("must start at 0 and be non-decreasing, {} entries", n + 1),
+            ));
+        }
+        let lens: Vec<usize> = lens.iter().map(|&l| l as usize).collect();
+        if *self != GatherChunk::new(self.seq_starts.clone(), &lens)? {
+            return Err(Error::invalid(
+                "gather token_to_batch",
+                "inconsistent",
+                "must map workspace row k to #{ b : cu_seqlens[b + 1] <= k }",
+            ));
+        }
+        Ok(())
+    }
+
     pub fn total_tokens(&self) -> usize {
         self.token_to_batch.len()
     }
@@ -134,6 +157,7 @@ pub fn cp_mha_gather_cache(
     (k_scale, v_scale): (f32, f32),
     dst_dtype: DType,
 ) -> Result<(Vec<f32>, Vec<f32>)> {
+    chunk.validate()?;
     let cl = cache.layout;
     let fl = KvLayout::new(format.kind(), cl.num_blocks, cl.block_size, cl.num_kv_heads, cl.head_size, cl.dtype)?;
     if block_rows.len() + 1 != chunk.cu_seqlens.len() || chunk.seq_starts.len() != block_rows.len() {
@@ -237,5 +261,9 @@ mod tests {
         let e = cp_mha_gather_cache(&c, &[&[0, 7]], &chunk, CacheFormat::Nhd, (1.0, 1.0), DType::Bf16).unwrap_err().to_string();
         assert!(e.contains("block_table[0][1]") && e.contains("[0, 3)"), "{e}");
         assert!(CacheFormat::of(LayoutKind::RocmPaged).unwrap_err().to_string().contains("NHD, SHUFFLE"));
+        let mut forged = GatherChunk::new(vec![0], &[4]).unwrap();
+        forged.token_to_batch[3] = 5;
+        let e = cp_mha_gather_cache(&c, &[&[0]], &forged, CacheFormat::Nhd, (1.0, 1.0), DType::Bf16).unwrap_err().to_string();
+        assert!(e.contains("token_to_batch"), "{e}");
     }
 }
