@@ -22,7 +22,8 @@
 //! ```
 //! Masking is FA's bottom-right rule (aiter.md §3.3): query i of a sequence
 //! sees key j iff `j <= i + sk - sq` (causal) and `i + sk - sq - j < W`
-//! (window `(W-1, 0)`); a row with no visible key returns 0 and lse -inf.
+//! (window `(W-1, 0)`: its right bound 0 makes a windowed call causal even
+//! with `causal=False`); a row with no visible key returns 0 and lse -inf.
 //! ALiBi is FA's symmetric `-slope * |i + sk - sq - j|`. A sink joins the
 //! denominator of every row (so of every partial this kernel returns).
 //!
@@ -69,7 +70,8 @@ pub struct VarlenParams<'a> {
     /// `softmax_scale` and `logits_soft_cap` (None = 0.0).
     pub score: ScoreParams,
     pub causal: bool,
-    /// Window W in tokens, vLLM's `window_size = (W - 1, 0)`.
+    /// Window W in tokens, vLLM's `window_size = (W - 1, 0)` (right bound 0:
+    /// keys past the diagonal are masked even when `causal` is false).
     pub window: Option<usize>,
     pub alibi_slopes: Option<&'a [f32]>,
     /// `sink_ptr`: per-q-head sink logits (natural log).
@@ -198,9 +200,10 @@ fn program(q: &[f32], k: &[f32], v: &[f32], cu_q: &[i32], cu_k: &[i32], b: usize
     let rows = r1 - r0;
     let offset = sk as i64 - sq as i64;
     let pos = |i: usize| i as i64 + offset;
+    let causal = p.causal || p.window.is_some(); // window_size's right bound is 0
 
     // Tile range [n_min, n_max) that can hold a visible key for some row.
-    let last_key = if p.causal { (pos(r1 - 1) + 1).clamp(0, sk as i64) as usize } else { sk };
+    let last_key = if causal { (pos(r1 - 1) + 1).clamp(0, sk as i64) as usize } else { sk };
     let first_key = match p.window {
         Some(w) => (pos(r0) - w as i64 + 1).clamp(0, sk as i64) as usize,
         None => 0,
@@ -236,7 +239,7 @@ fn program(q: &[f32], k: &[f32], v: &[f32], cu_q: &[i32], cu_k: &[i32], b: usize
                     let pi = pos(i);
                     for (j, sj) in s.iter_mut().enumerate() {
                         let t = j0 + j;
-                        let vis = if pi < 0 { !p.causal } else { visible(t, pi as usize, p.causal, p.window) };
+                        let vis = if pi < 0 { !causal } else { visible(t, pi as usize, causal, p.window) };
                         *sj = if !vis {
                             f32::NEG_INFINITY
                         } else {
