@@ -17,6 +17,8 @@ use serde_json::{json, Value};
 use std::fmt::Write as _;
 use std::process::ExitCode;
 
+const MAX_TRACE_TOKENS: usize = 1 << 24;
+
 #[derive(clap::Args)]
 pub struct Args {
     /// vLLM backend name, e.g. TRITON_ATTN, ROCM_ATTN, ROCM_AITER_FA.
@@ -65,19 +67,43 @@ struct Trace {
 }
 
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
-    let result = setup(&a).and_then(|t| {
-        let steps = Scheduler::new(t.sched.clone(), &t.requests)?.run(t.max_steps)?;
-        let plans =
-            steps.iter().map(|s| Ok(t.backend.plan(&s.metadata(t.kernel_block_size)?, &t.cfg))).collect::<anyhow::Result<Vec<_>>>()?;
-        Ok((t, steps, plans))
-    });
-    match result {
-        Ok((t, steps, plans)) => {
-            emit(&if a.json { format!("{}\n", to_json(&t, &steps, &plans)) } else { to_text(&t, &steps, &plans) });
+    match setup(&a).and_then(|t| trace(&t, a.json)) {
+        Ok(out) => {
+            emit(&out);
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => fail(a.json, e),
     }
+}
+
+/// Runs the scheduler and renders each step as it goes, so a step's block
+/// lists are dropped before the next one is built.
+fn trace(t: &Trace, json: bool) -> anyhow::Result<String> {
+    let mut sched = Scheduler::new(t.sched.clone(), &t.requests)?;
+    let num_blocks = sched.pool().num_blocks();
+    let (mut text, mut steps, mut n) = (header(t, num_blocks), Vec::new(), 0usize);
+    while !sched.is_finished() {
+        if n == t.max_steps {
+            anyhow::bail!("invalid --max-steps {n}: the workload needs more steps than this");
+        }
+        let step = sched.step()?;
+        let plan = t.backend.plan(&step.metadata(t.kernel_block_size)?, &t.cfg);
+        if json {
+            steps.push(step_json(&step, &plan));
+        } else {
+            text += &step_text(&step, &plan);
+        }
+        n += 1;
+    }
+    if !json {
+        return Ok(text);
+    }
+    let v = json!({
+        "backend": t.backend.name(), "model": t.preset.name, "block_size": t.sched.block_size,
+        "kernel_block_size": t.kernel_block_size, "num_blocks": num_blocks,
+        "max_num_batched_tokens": t.sched.max_num_batched_tokens, "max_num_seqs": t.sched.max_num_seqs, "steps": steps,
+    });
+    Ok(format!("{v}\n"))
 }
 
 fn setup(a: &Args) -> anyhow::Result<Trace> {
@@ -85,6 +111,13 @@ fn setup(a: &Args) -> anyhow::Result<Trace> {
     let output_len = parse_size("--output-len", &a.output_len, 1)?;
     let num_requests = parse_size("--num-requests", &a.num_requests, 1)?;
     let max_steps = parse_size("--max-steps", &a.max_steps, 1)?;
+    // A trace is for reading: bound the work so a typo cannot exhaust memory.
+    let total = num_requests.saturating_mul(prompt_len.saturating_add(output_len));
+    if total > MAX_TRACE_TOKENS {
+        anyhow::bail!(
+            "invalid workload of {total} tokens (--num-requests x (--prompt-len + --output-len)): allowed up to {MAX_TRACE_TOKENS}"
+        );
+    }
     let preset = model::preset(&a.model)?;
     if let Some(mla) = preset.mla {
         anyhow::bail!(
@@ -94,6 +127,15 @@ fn setup(a: &Args) -> anyhow::Result<Trace> {
             mla.qk_rope_head_dim,
             model::PRESETS.iter().filter(|p| !p.is_mla()).map(|p| p.name).collect::<Vec<_>>().join(", ")
         );
+    }
+    let max_num_batched_tokens = parse_size("--max-num-batched-tokens", &a.max_num_batched_tokens, 1)?;
+    let max_num_seqs = parse_size("--max-num-seqs", &a.max_num_seqs, 1)?;
+    // A request holds one of max_num_seqs slots for at least output_len steps,
+    // and the budget bounds the tokens per step.
+    let min_steps = (num_requests.div_ceil(max_num_seqs) * output_len)
+        .max((num_requests * (prompt_len + output_len - 1)).div_ceil(max_num_batched_tokens));
+    if min_steps > max_steps {
+        anyhow::bail!("invalid --max-steps {max_steps}: this workload needs at least {min_steps} steps");
     }
     let backend = backends::by_name(&a.backend.to_ascii_uppercase())?;
     let block_size = match &a.block_size {
@@ -106,8 +148,8 @@ fn setup(a: &Args) -> anyhow::Result<Trace> {
     let sched = SchedulerConfig {
         block_size,
         num_blocks: a.num_blocks.as_deref().map(|s| parse_size("--num-blocks", s, 1)).transpose()?,
-        max_num_batched_tokens: parse_size("--max-num-batched-tokens", &a.max_num_batched_tokens, 1)?,
-        max_num_seqs: parse_size("--max-num-seqs", &a.max_num_seqs, 1)?,
+        max_num_batched_tokens,
+        max_num_seqs,
         decode_threshold: 1,
     };
     Ok(Trace {
@@ -121,32 +163,20 @@ fn setup(a: &Args) -> anyhow::Result<Trace> {
     })
 }
 
-fn to_json(t: &Trace, steps: &[ScheduledStep], plans: &[Vec<KernelCall>]) -> Value {
-    let steps: Vec<Value> = steps
+fn step_json(s: &ScheduledStep, plan: &[KernelCall]) -> Value {
+    let reqs: Vec<Value> = s
+        .requests
         .iter()
-        .zip(plans)
-        .map(|(s, p)| {
-            let reqs: Vec<Value> = s
-                .requests
-                .iter()
-                .map(|r| json!({"id": r.id, "kind": r.kind, "query_len": r.query_len, "context_len": r.context_len, "seq_len": r.seq_len}))
-                .collect();
-            json!({"step": s.index, "num_tokens": s.num_tokens(), "requests": reqs, "preempted": s.preempted, "finished": s.finished, "kernels": p})
-        })
+        .map(|r| json!({"id": r.id, "kind": r.kind, "query_len": r.query_len, "context_len": r.context_len, "seq_len": r.seq_len}))
         .collect();
-    json!({
-        "backend": t.backend.name(), "model": t.preset.name, "block_size": t.sched.block_size,
-        "kernel_block_size": t.kernel_block_size, "max_num_batched_tokens": t.sched.max_num_batched_tokens,
-        "max_num_seqs": t.sched.max_num_seqs, "steps": steps,
-    })
+    json!({"step": s.index, "num_tokens": s.num_tokens(), "requests": reqs, "preempted": s.preempted, "finished": s.finished, "kernels": plan})
 }
 
-fn to_text(t: &Trace, steps: &[ScheduledStep], plans: &[Vec<KernelCall>]) -> String {
+fn header(t: &Trace, num_blocks: usize) -> String {
     let c = &t.cfg;
-    let mut s = String::new();
-    let _ = writeln!(
-        s,
-        "{} on {} ({} q heads, {} kv heads, head {}, {}); block_size {} (kernel {}), {} blocks",
+    format!(
+        "{} on {} ({} q heads, {} kv heads, head {}, {}); block_size {} (kernel {}), {} blocks\n\
+         {} request(s) of prompt {} / output {}; max_num_batched_tokens {}, max_num_seqs {}\n",
         t.backend.name(),
         t.preset.name,
         c.num_heads,
@@ -155,42 +185,40 @@ fn to_text(t: &Trace, steps: &[ScheduledStep], plans: &[Vec<KernelCall>]) -> Str
         c.dtype,
         t.sched.block_size,
         t.kernel_block_size,
-        steps.first().map_or(0, |st| st.num_blocks)
-    );
-    let _ = writeln!(
-        s,
-        "{} request(s) of prompt {} / output {}; max_num_batched_tokens {}, max_num_seqs {}",
+        num_blocks,
         t.requests.len(),
         t.requests[0].prompt_len,
         t.requests[0].output_len,
         t.sched.max_num_batched_tokens,
         t.sched.max_num_seqs
+    )
+}
+
+fn step_text(st: &ScheduledStep, plan: &[KernelCall]) -> String {
+    let mut s = String::new();
+    let sp = st.split(1);
+    let _ = writeln!(
+        s,
+        "\nstep {}: {} new tokens ({} decode, {} extend, {} prefill)",
+        st.index,
+        st.num_tokens(),
+        sp.num_decodes,
+        sp.num_extends,
+        sp.num_prefills
     );
-    for (st, plan) in steps.iter().zip(plans) {
-        let sp = st.split(1);
-        let _ = writeln!(
-            s,
-            "\nstep {}: {} new tokens ({} decode, {} extend, {} prefill)",
-            st.index,
-            st.num_tokens(),
-            sp.num_decodes,
-            sp.num_extends,
-            sp.num_prefills
-        );
-        if !st.preempted.is_empty() {
-            let _ = writeln!(s, "  preempted (recompute): {:?}", st.preempted);
-        }
-        let _ = writeln!(s, "  {:>4}  {:<8} {:>10} {:>12} {:>8}", "id", "kind", "query_len", "context_len", "seq_len");
-        for r in &st.requests {
-            let _ = writeln!(s, "  {:>4}  {:<8} {:>10} {:>12} {:>8}", r.id, r.kind.name(), r.query_len, r.context_len, r.seq_len);
-        }
-        for k in plan {
-            let shapes: Vec<String> = k.shapes.iter().map(|(n, sh)| format!("{n} {sh:?}")).collect();
-            let _ = writeln!(s, "  -> {}  {}", k.name, shapes.join("  "));
-        }
-        if !st.finished.is_empty() {
-            let _ = writeln!(s, "  finished: {:?}", st.finished);
-        }
+    if !st.preempted.is_empty() {
+        let _ = writeln!(s, "  preempted (recompute): {:?}", st.preempted);
+    }
+    let _ = writeln!(s, "  {:>4}  {:<8} {:>10} {:>12} {:>8}", "id", "kind", "query_len", "context_len", "seq_len");
+    for r in &st.requests {
+        let _ = writeln!(s, "  {:>4}  {:<8} {:>10} {:>12} {:>8}", r.id, r.kind.name(), r.query_len, r.context_len, r.seq_len);
+    }
+    for k in plan {
+        let shapes: Vec<String> = k.shapes.iter().map(|(n, sh)| format!("{n} {sh:?}")).collect();
+        let _ = writeln!(s, "  -> {}  {}", k.name, shapes.join("  "));
+    }
+    if !st.finished.is_empty() {
+        let _ = writeln!(s, "  finished: {:?}", st.finished);
     }
     s
 }
