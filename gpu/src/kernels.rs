@@ -68,6 +68,18 @@ fn attention_variants() -> Vec<Defines> {
         .collect()
 }
 
+/// (cache, workspace) dtype pairs.
+fn gather_variants() -> Vec<Defines> {
+    [(DType::Bf16, DType::Bf16), (DType::Fp8E4m3Fnuz, DType::Bf16), (DType::Fp8E4m3Fn, DType::F16)]
+        .iter()
+        .map(|&(kv, d)| vec![dtype_define("KV_DTYPE", kv), dtype_define("DST_DTYPE", d)])
+        .collect()
+}
+
+fn varlen_variants() -> Vec<Defines> {
+    [DType::Bf16, DType::F16].iter().map(|&d| vec![dtype_define("DTYPE", d)]).collect()
+}
+
 fn fill_variants() -> Vec<Defines> {
     vec![vec![dtype_define("DTYPE", DType::Bf16)]]
 }
@@ -102,6 +114,18 @@ pub static FAMILIES: &[Family] = &[
         embedded: include_str!("../../kernels/paged_decode.hip"),
         entries: &["paged_attention_2d", "paged_attention_ll4mi_partition", "paged_attention_ll4mi_reduce"],
         variants: attention_variants,
+    },
+    Family {
+        name: "gather_cache",
+        embedded: include_str!("../../kernels/gather_cache.hip"),
+        entries: &["cp_mha_gather_cache"],
+        variants: gather_variants,
+    },
+    Family {
+        name: "flash_varlen",
+        embedded: include_str!("../../kernels/flash_varlen.hip"),
+        entries: &["flash_attn_varlen"],
+        variants: varlen_variants,
     },
     Family {
         name: "fill",

@@ -9,6 +9,8 @@
 
 pub mod cases;
 pub mod contract;
+pub mod flash_varlen;
+pub mod gather_cache;
 pub mod merge_attn_states;
 pub mod paged_decode;
 pub mod reshape_and_cache;
@@ -238,6 +240,8 @@ pub static KERNEL_DIFFS: &[KernelDiff] = &[
     KernelDiff { kernel: "merge_attn_states", run: merge_attn_states::run },
     KernelDiff { kernel: "unified_attention", run: unified_attention::run },
     KernelDiff { kernel: "paged_decode", run: paged_decode::run },
+    KernelDiff { kernel: "gather_cache", run: gather_cache::run },
+    KernelDiff { kernel: "flash_varlen", run: flash_varlen::run },
 ];
 
 /// The diffs `--backend NAME|all` selects (kernel names are accepted too).

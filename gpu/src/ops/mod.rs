@@ -4,6 +4,8 @@
 //! kernels they are diffed against.
 
 pub mod contract;
+pub mod flash_varlen;
+pub mod gather_cache;
 pub mod merge_attn_states;
 pub mod paged_decode;
 pub mod reshape_and_cache;
