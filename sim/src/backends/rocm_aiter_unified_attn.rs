@@ -18,21 +18,24 @@
 //! sinks, sliding window, soft-cap, ALiBi, fp8 KV. The gfx1250 shuffled-cache
 //! path is stale in vLLM (§19.17) and not emulated.
 
-use crate::backends::triton_attn::{check_head_size, check_sinks};
+use crate::backends::triton_attn::UnifiedShape;
 use crate::backends::{AttentionBackend, KernelCall};
 use crate::cache::KvCache;
 use crate::config::AttnConfig;
-use crate::kernels::reshape_and_cache::{reshape_and_cache, CacheWriter};
-use crate::kernels::unified_attention::{
-    unified_attention, UnifiedLaunch, VllmLaunchOptions, MI300X_CU_COUNT,
-};
+use crate::kernels::reshape_and_cache::CacheWriter;
+use crate::kernels::unified_attention::{UnifiedLaunch, VllmLaunchOptions, MI300X_CU_COUNT};
 use attnlab_shared::dtype::DType;
-use attnlab_shared::error::{Error, Result};
-use attnlab_shared::layout::{KvLayout, LayoutKind};
+use attnlab_shared::error::Result;
+use attnlab_shared::layout::KvLayout;
 use attnlab_shared::metadata::AttentionMetadata;
 
-/// The writer `do_kv_cache_update` calls (no shuffle layout).
-pub const WRITER: CacheWriter = CacheWriter::ReshapeAndCacheFlash;
+/// The HIP writer (no shuffle layout), fp16/bf16 only, customize_spec's message.
+pub const SHAPE: UnifiedShape = UnifiedShape {
+    name: "ROCM_AITER_UNIFIED_ATTN",
+    writer: CacheWriter::ReshapeAndCacheFlash,
+    dtypes: &[DType::F16, DType::Bf16],
+    block_size_reason: "Block size must be a multiple of 16.",
+};
 /// `get_preferred_block_size`: the block size vLLM picks without `--block-size`.
 pub const PREFERRED_BLOCK_SIZE: usize = 64;
 
@@ -64,32 +67,15 @@ impl RocmAiterUnifiedAttn {
 
 impl AttentionBackend for RocmAiterUnifiedAttn {
     fn name(&self) -> &'static str {
-        "ROCM_AITER_UNIFIED_ATTN"
+        SHAPE.name
     }
 
     fn check(&self, cfg: &AttnConfig, block_size: usize) -> Result<()> {
-        check_sinks(cfg)?;
-        cfg.validate()?;
-        if !matches!(cfg.dtype, DType::F16 | DType::Bf16) {
-            return Err(Error::invalid(
-                "dtype",
-                cfg.dtype,
-                "dtype not supported: ROCM_AITER_UNIFIED_ATTN supports float16, bfloat16",
-            ));
-        }
-        check_head_size(cfg)?;
-        self.kernel_block_size(block_size).map(|_| ())
+        SHAPE.check(cfg, block_size)
     }
 
     fn kernel_block_size(&self, block_size: usize) -> Result<usize> {
-        if block_size == 0 || block_size % 16 != 0 {
-            return Err(Error::invalid(
-                "block_size",
-                block_size,
-                "Block size must be a multiple of 16.",
-            ));
-        }
-        Ok(block_size)
+        SHAPE.kernel_block_size(block_size)
     }
 
     fn cache_layout(
@@ -98,14 +84,7 @@ impl AttentionBackend for RocmAiterUnifiedAttn {
         num_blocks: usize,
         block_size: usize,
     ) -> Result<KvLayout> {
-        KvLayout::new(
-            LayoutKind::Nhd,
-            num_blocks,
-            block_size,
-            cfg.num_kv_heads,
-            cfg.head_size,
-            cfg.kv_dtype,
-        )
+        SHAPE.cache_layout(cfg, num_blocks, block_size)
     }
 
     fn write_kv(
@@ -116,7 +95,7 @@ impl AttentionBackend for RocmAiterUnifiedAttn {
         slot_mapping: &[i64],
         cfg: &AttnConfig,
     ) -> Result<()> {
-        reshape_and_cache(WRITER, cache, key, value, slot_mapping, cfg)
+        SHAPE.write_kv(cache, key, value, slot_mapping, cfg)
     }
 
     fn forward(
@@ -126,19 +105,10 @@ impl AttentionBackend for RocmAiterUnifiedAttn {
         meta: &AttentionMetadata,
         cfg: &AttnConfig,
     ) -> Result<Vec<f32>> {
-        self.check(cfg, meta.block_size)?;
-        unified_attention(query, cache, meta, cfg, &self.launch(meta, cfg)?)
+        SHAPE.forward(query, cache, meta, cfg, self.launch(meta, cfg))
     }
 
     fn plan(&self, meta: &AttentionMetadata, cfg: &AttnConfig) -> Vec<KernelCall> {
-        let (Ok(layout), Ok(launch)) = (
-            self.cache_layout(cfg, meta.num_blocks, meta.block_size),
-            self.launch(meta, cfg),
-        ) else {
-            return vec![];
-        };
-        let mut calls = vec![WRITER.kernel_call(&layout, meta.num_actual_tokens)];
-        calls.extend(launch.kernel_calls(meta, cfg));
-        calls
+        SHAPE.plan(meta, cfg, self.launch(meta, cfg))
     }
 }

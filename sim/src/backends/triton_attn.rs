@@ -24,8 +24,13 @@ use attnlab_shared::error::{Error, Result};
 use attnlab_shared::layout::{KvLayout, LayoutKind};
 use attnlab_shared::metadata::AttentionMetadata;
 
-/// The writer `do_kv_cache_update` calls.
-pub const WRITER: CacheWriter = CacheWriter::TritonReshapeAndCacheFlash;
+/// TRITON_ATTN's writer, dtypes and block-size rule.
+pub const SHAPE: UnifiedShape = UnifiedShape {
+    name: "TRITON_ATTN",
+    writer: CacheWriter::TritonReshapeAndCacheFlash,
+    dtypes: &[DType::F16, DType::Bf16, DType::F32],
+    block_size_reason: "block_size not supported: TRITON_ATTN needs a multiple of 16",
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct TritonAttn {
@@ -40,67 +45,70 @@ impl TritonAttn {
     }
 }
 
-/// The sinks check of `TritonAttentionImpl.__init__`, with vLLM's message.
-/// Shared with ROCM_AITER_UNIFIED_ATTN (whose impl asserts the same).
-pub fn check_sinks(cfg: &AttnConfig) -> Result<()> {
-    match &cfg.sinks {
-        Some(s) if s.len() != cfg.num_heads => Err(Error::invalid(
-            "sinks",
-            format!("shape [{}]", s.len()),
-            format!(
-                "Sinks must have the same number of heads as the number of heads in the layer. Sinks shape: [{}], num_heads: {}.",
-                s.len(),
-                cfg.num_heads
-            ),
-        )),
-        _ => Ok(()),
-    }
+/// Everything the two unified backends share — NHD cache, one writer call,
+/// one unified-attention launch — parameterised by what differs between
+/// them: the writer kernel, the dtypes, the block-size message (and the
+/// launch, which each backend passes in).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UnifiedShape {
+    pub name: &'static str,
+    pub writer: CacheWriter,
+    pub dtypes: &'static [DType],
+    pub block_size_reason: &'static str,
 }
 
-/// Head sizes the unified kernels take: any `D >= 32` (padded to a power of
-/// two in registers), shared by both unified backends.
-pub fn check_head_size(cfg: &AttnConfig) -> Result<()> {
-    if cfg.head_size < 32 {
-        return Err(Error::invalid(
-            "head_size",
-            cfg.head_size,
-            "head_size not supported: must be >= 32",
-        ));
-    }
-    Ok(())
-}
-
-impl AttentionBackend for TritonAttn {
-    fn name(&self) -> &'static str {
-        "TRITON_ATTN"
-    }
-
-    fn check(&self, cfg: &AttnConfig, block_size: usize) -> Result<()> {
-        check_sinks(cfg)?;
+impl UnifiedShape {
+    /// vLLM's rejections: sinks shape (vLLM's message), dtype, head size
+    /// `>= 32` (padded to a power of two in registers), block size.
+    pub fn check(&self, cfg: &AttnConfig, block_size: usize) -> Result<()> {
+        if let Some(s) = cfg.sinks.as_ref().filter(|s| s.len() != cfg.num_heads) {
+            return Err(Error::invalid(
+                "sinks",
+                format!("shape [{}]", s.len()),
+                format!(
+                    "Sinks must have the same number of heads as the number of heads in the layer. Sinks shape: [{}], num_heads: {}.",
+                    s.len(),
+                    cfg.num_heads
+                ),
+            ));
+        }
         cfg.validate()?;
-        if !matches!(cfg.dtype, DType::F16 | DType::Bf16 | DType::F32) {
+        if !self.dtypes.contains(&cfg.dtype) {
+            let names: Vec<&str> = self.dtypes.iter().map(|d| d.name()).collect();
             return Err(Error::invalid(
                 "dtype",
                 cfg.dtype,
-                "dtype not supported: TRITON_ATTN supports float16, bfloat16, float32",
+                format!(
+                    "dtype not supported: {} supports {}",
+                    self.name,
+                    names.join(", ")
+                ),
             ));
         }
-        check_head_size(cfg)?;
+        if cfg.head_size < 32 {
+            return Err(Error::invalid(
+                "head_size",
+                cfg.head_size,
+                "head_size not supported: must be >= 32",
+            ));
+        }
         self.kernel_block_size(block_size).map(|_| ())
     }
 
-    fn kernel_block_size(&self, block_size: usize) -> Result<usize> {
+    /// Kernel block sizes: MultipleOf(16), so 544 runs as is and 1 is rejected.
+    pub fn kernel_block_size(&self, block_size: usize) -> Result<usize> {
         if block_size == 0 || block_size % 16 != 0 {
             return Err(Error::invalid(
                 "block_size",
                 block_size,
-                "block_size not supported: TRITON_ATTN needs a multiple of 16",
+                self.block_size_reason,
             ));
         }
         Ok(block_size)
     }
 
-    fn cache_layout(
+    /// The packed-content NHD views `[nb, N, Hkv, D]` of K and V.
+    pub fn cache_layout(
         &self,
         cfg: &AttnConfig,
         num_blocks: usize,
@@ -116,6 +124,71 @@ impl AttentionBackend for TritonAttn {
         )
     }
 
+    pub fn write_kv(
+        &self,
+        cache: &mut KvCache,
+        key: &[f32],
+        value: &[f32],
+        slot_mapping: &[i64],
+        cfg: &AttnConfig,
+    ) -> Result<()> {
+        reshape_and_cache(self.writer, cache, key, value, slot_mapping, cfg)
+    }
+
+    /// One unified-attention launch over the whole batch.
+    pub fn forward(
+        &self,
+        query: &[f32],
+        cache: &KvCache,
+        meta: &AttentionMetadata,
+        cfg: &AttnConfig,
+        launch: Result<UnifiedLaunch>,
+    ) -> Result<Vec<f32>> {
+        self.check(cfg, meta.block_size)?;
+        unified_attention(query, cache, meta, cfg, &launch?)
+    }
+
+    /// The writer call, then the launch's kernel calls (empty if the batch is invalid).
+    pub fn plan(
+        &self,
+        meta: &AttentionMetadata,
+        cfg: &AttnConfig,
+        launch: Result<UnifiedLaunch>,
+    ) -> Vec<KernelCall> {
+        let (Ok(layout), Ok(launch)) = (
+            self.cache_layout(cfg, meta.num_blocks, meta.block_size),
+            launch,
+        ) else {
+            return vec![];
+        };
+        let mut calls = vec![self.writer.kernel_call(&layout, meta.num_actual_tokens)];
+        calls.extend(launch.kernel_calls(meta, cfg));
+        calls
+    }
+}
+
+impl AttentionBackend for TritonAttn {
+    fn name(&self) -> &'static str {
+        SHAPE.name
+    }
+
+    fn check(&self, cfg: &AttnConfig, block_size: usize) -> Result<()> {
+        SHAPE.check(cfg, block_size)
+    }
+
+    fn kernel_block_size(&self, block_size: usize) -> Result<usize> {
+        SHAPE.kernel_block_size(block_size)
+    }
+
+    fn cache_layout(
+        &self,
+        cfg: &AttnConfig,
+        num_blocks: usize,
+        block_size: usize,
+    ) -> Result<KvLayout> {
+        SHAPE.cache_layout(cfg, num_blocks, block_size)
+    }
+
     fn write_kv(
         &self,
         cache: &mut KvCache,
@@ -124,7 +197,7 @@ impl AttentionBackend for TritonAttn {
         slot_mapping: &[i64],
         cfg: &AttnConfig,
     ) -> Result<()> {
-        reshape_and_cache(WRITER, cache, key, value, slot_mapping, cfg)
+        SHAPE.write_kv(cache, key, value, slot_mapping, cfg)
     }
 
     fn forward(
@@ -134,19 +207,10 @@ impl AttentionBackend for TritonAttn {
         meta: &AttentionMetadata,
         cfg: &AttnConfig,
     ) -> Result<Vec<f32>> {
-        self.check(cfg, meta.block_size)?;
-        unified_attention(query, cache, meta, cfg, &self.launch(meta, cfg)?)
+        SHAPE.forward(query, cache, meta, cfg, self.launch(meta, cfg))
     }
 
     fn plan(&self, meta: &AttentionMetadata, cfg: &AttnConfig) -> Vec<KernelCall> {
-        let (Ok(layout), Ok(launch)) = (
-            self.cache_layout(cfg, meta.num_blocks, meta.block_size),
-            self.launch(meta, cfg),
-        ) else {
-            return vec![];
-        };
-        let mut calls = vec![WRITER.kernel_call(&layout, meta.num_actual_tokens)];
-        calls.extend(launch.kernel_calls(meta, cfg));
-        calls
+        SHAPE.plan(meta, cfg, self.launch(meta, cfg))
     }
 }

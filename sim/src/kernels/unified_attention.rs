@@ -390,8 +390,11 @@ pub fn unified_attention_2d(
 ) -> Result<Vec<f32>> {
     let k = Kernel::new(query, cache, meta, cfg, launch)?;
     let (hq, d) = (cfg.num_heads, cfg.head_size);
-    let programs = k.programs(1);
-    let results: Vec<ProgramRows> = programs.into_par_iter().filter_map(|p| k.run(p)).collect();
+    let results: Vec<UnitRows> = k
+        .units(1, Q_BLOCKS_PER_UNIT)
+        .par_iter()
+        .filter_map(|u| k.run(u))
+        .collect();
     let mut out = vec![0.0f32; meta.num_actual_tokens * hq * d];
     for r in results {
         for (row, state) in r.rows.iter().zip(&r.states) {
@@ -420,10 +423,10 @@ pub fn unified_attention_3d(
     };
     let k = Kernel::new(query, cache, meta, cfg, launch)?;
     let (hq, d, s_n) = (cfg.num_heads, cfg.head_size, num_segments);
-    let results: Vec<ProgramRows> = k
-        .programs(s_n)
-        .into_par_iter()
-        .filter_map(|p| k.run(p))
+    let results: Vec<UnitRows> = k
+        .units(s_n, Q_BLOCKS_PER_UNIT)
+        .par_iter()
+        .filter_map(|u| k.run(u))
         .collect();
     let rows = meta.num_actual_tokens * hq * s_n;
     let mut parts = SegmentPartials {
@@ -440,7 +443,7 @@ pub fn unified_attention_3d(
     };
     for r in results {
         for (row, state) in r.rows.iter().zip(&r.states) {
-            let i = (row.token * hq + row.head) * s_n + r.program.segment;
+            let i = (row.token * hq + row.head) * s_n + r.segment;
             parts.m[i] = state.m;
             parts.l[i] = state.l;
             let dst = &mut parts.acc[i * d..(i + 1) * d];
@@ -596,10 +599,16 @@ impl TileBounds {
     }
 }
 
-/// One program of the grid: (q block g, kv head, segment).
-#[derive(Debug, Clone, Copy)]
-struct Program {
-    q_block: usize,
+/// q-blocks of one request the emulator runs together, so one gathered K/V
+/// tile serves up to `Q_BLOCKS_PER_UNIT * BLOCK_M` rows (bit-neutral: see
+/// `Kernel::run`).
+pub const Q_BLOCKS_PER_UNIT: usize = 8;
+
+/// Consecutive programs `(g, kv_head, segment)` of one request.
+#[derive(Debug, Clone)]
+struct Unit {
+    seq: usize,
+    q_blocks: std::ops::Range<usize>,
     kv_head: usize,
     segment: usize,
     num_segments: usize,
@@ -611,9 +620,18 @@ struct RowId {
     head: usize,
 }
 
-/// What a program stores: one online-softmax state per owned (token, head).
-struct ProgramRows {
-    program: Program,
+/// A row's program: its tile range, key limit and absolute position.
+#[derive(Debug, Clone, Copy)]
+struct RowPlan {
+    lo: usize,
+    hi: usize,
+    max_prefix: usize,
+    qabs: usize,
+}
+
+/// What a unit stores: one online-softmax state per owned (token, head).
+struct UnitRows {
+    segment: usize,
     rows: Vec<RowId>,
     states: Vec<RowState>,
 }
@@ -639,7 +657,7 @@ impl<'a> Kernel<'a> {
         cfg: &'a AttnConfig,
         launch: &'a UnifiedLaunch,
     ) -> Result<Self> {
-        cfg.validate()?;
+        cache.check_batch(query, meta, cfg)?;
         launch.validate(cfg)?;
         if launch.flavor == Flavor::Aiter && !meta.causal {
             return Err(Error::unsupported(
@@ -655,47 +673,6 @@ impl<'a> Kernel<'a> {
                 "cache layout",
                 l.kind.name(),
                 "unified attention reads the NHD (flash) layout",
-            ));
-        }
-        if l.num_kv_heads != cfg.num_kv_heads
-            || l.head_size != cfg.head_size
-            || l.dtype != cfg.kv_dtype
-        {
-            return Err(Error::invalid(
-                "cache layout",
-                format!(
-                    "{} kv heads x head size {} of {}",
-                    l.num_kv_heads, l.head_size, l.dtype
-                ),
-                format!(
-                    "the layer has {} kv heads x head size {} with kv dtype {}",
-                    cfg.num_kv_heads, cfg.head_size, cfg.kv_dtype
-                ),
-            ));
-        }
-        if l.block_size != meta.block_size || l.num_blocks < meta.num_blocks {
-            return Err(Error::invalid(
-                "cache layout",
-                format!("{} blocks of {}", l.num_blocks, l.block_size),
-                format!(
-                    "metadata needs block size {} and at least {} blocks",
-                    meta.block_size, meta.num_blocks
-                ),
-            ));
-        }
-        if cache.k.len() != l.numel() || cache.v.len() != l.numel() {
-            return Err(Error::invalid(
-                "cache tensors",
-                format!("{} / {} elements", cache.k.len(), cache.v.len()),
-                format!("layout holds {}", l.numel()),
-            ));
-        }
-        let want = meta.num_actual_tokens * cfg.num_heads * cfg.head_size;
-        if query.len() != want {
-            return Err(Error::invalid(
-                "query length",
-                query.len(),
-                format!("must be num_tokens x num_heads x head_size = {want}"),
             ));
         }
         // AITER folds k_descale into qk_scale and applies v_descale in the epilogue.
@@ -715,140 +692,170 @@ impl<'a> Kernel<'a> {
         })
     }
 
-    /// Every program of the grid, g-major (the order does not affect results).
-    fn programs(&self, num_segments: usize) -> Vec<Program> {
-        let q_blocks = self.launch.total_q_blocks(self.meta);
-        let hkv = self.cfg.num_kv_heads;
-        (0..q_blocks * hkv * num_segments)
-            .map(|i| Program {
-                q_block: i / (hkv * num_segments),
-                kv_head: (i / num_segments) % hkv,
-                segment: i % num_segments,
-                num_segments,
-            })
-            .collect()
-    }
-
-    /// Runs one program; `None` when it exits early (no store).
-    ///
-    /// On x86-64 CPUs with FMA the same body is compiled a second time with
-    /// AVX2+FMA enabled and chosen at run time: `f32::mul_add` then becomes
-    /// one `vfmadd` per lane (instead of a libm call) and the key/dim loops
-    /// vectorise. Every lane still does the same single-rounding fma in the
-    /// same order, so both copies give the same bits.
-    fn run(&self, p: Program) -> Option<ProgramRows> {
-        #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("fma") && std::arch::is_x86_feature_detected!("avx2")
-        {
-            // SAFETY: the CPU supports the features `run_fma` is compiled for.
-            return unsafe { self.run_fma(p) };
+    /// The grid's programs that do work, grouped into [`Unit`]s: program
+    /// `(g, kvh, s)` maps to (request, q-block) by [`find_seq_idx`] (surplus
+    /// programs exit), and up to [`Q_BLOCKS_PER_UNIT`] consecutive q-blocks
+    /// of one request share a unit (`q_blocks_per_unit`, normally
+    /// [`Q_BLOCKS_PER_UNIT`]).
+    fn units(&self, num_segments: usize, q_blocks_per_unit: usize) -> Vec<Unit> {
+        let meta = self.meta;
+        let bq = self.launch.block_q;
+        let mut blocks: Vec<(usize, usize)> = vec![]; // (seq, qblk) of every working program, g ascending
+        for g in 0..self.launch.total_q_blocks(meta) {
+            let seq = find_seq_idx(&meta.query_start_loc, meta.num_reqs(), bq, g);
+            let qblk = g - (meta.query_start_loc[seq] as usize / bq + seq);
+            if qblk * bq < meta.query_len(seq) {
+                blocks.push((seq, qblk));
+            }
         }
-        self.run_body(p)
+        let mut units = vec![];
+        let mut i = 0;
+        while i < blocks.len() {
+            let (seq, first) = blocks[i];
+            let mut n = 1;
+            while n < q_blocks_per_unit && i + n < blocks.len() && blocks[i + n].0 == seq {
+                n += 1;
+            }
+            for kv_head in 0..self.cfg.num_kv_heads {
+                for segment in 0..num_segments {
+                    units.push(Unit {
+                        seq,
+                        q_blocks: first..first + n,
+                        kv_head,
+                        segment,
+                        num_segments,
+                    });
+                }
+            }
+            i += n;
+        }
+        units
     }
 
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn run_fma(&self, p: Program) -> Option<ProgramRows> {
-        self.run_body(p)
-    }
-
-    #[inline(always)]
-    fn run_body(&self, p: Program) -> Option<ProgramRows> {
+    /// Runs the programs of one unit at once; `None` when they exit early
+    /// (no store). Each row keeps
+    /// its own program's tile range `[lo, hi)` and key limit `max_prefix`,
+    /// and sees exactly the tiles, keys and operation order it would alone;
+    /// only the K/V gather of a tile is shared by the rows that visit it.
+    fn run(&self, u: &Unit) -> Option<UnitRows> {
         let (meta, cfg, launch) = (self.meta, self.cfg, self.launch);
         let (bq, tile) = (launch.block_q, launch.tile_size);
-        let qpk = cfg.queries_per_kv();
-        let d = cfg.head_size;
-        let seq = find_seq_idx(&meta.query_start_loc, meta.num_reqs(), bq, p.q_block);
+        let (qpk, d, hq) = (cfg.queries_per_kv(), cfg.head_size, cfg.num_heads);
+        let seq = u.seq;
         let q_start = meta.query_start_loc[seq] as usize;
-        let qblk = p.q_block - (q_start / bq + seq);
         let (q_len, seq_len) = (meta.query_len(seq), meta.seq_len(seq));
-        if qblk * bq >= q_len {
-            return None;
-        }
         let ctx = seq_len - q_len;
-
-        let bounds = TileBounds::new(launch, qpk, qblk, q_len, seq_len, meta.causal, self.window);
-        let (max_prefix, tile_start, tile_end) =
-            (bounds.max_prefix, bounds.tile_start, bounds.tile_end);
         // Segment s of S covers tiles [s * tps, (s + 1) * tps); 2D is S = 1,
         // whose one segment spans every tile.
-        let tps = seq_len.div_ceil(p.num_segments * tile);
-        if p.segment * tps * tile >= seq_len {
+        let tps = seq_len.div_ceil(u.num_segments * tile);
+        if u.segment * tps * tile >= seq_len {
             return None; // no scratch write for this segment
         }
-        let (lo, hi) = (
-            (p.segment * tps).max(tile_start),
-            ((p.segment + 1) * tps).min(tile_end),
-        );
 
-        // Owned rows (m < BLOCK_Q * qpk) whose token is inside the request.
-        let rows: Vec<RowId> = (0..bq * qpk)
-            .map(|m| (qblk * bq + m / qpk, p.kv_head * qpk + m % qpk))
-            .filter(|&(q_local, _)| q_local < q_len)
-            .map(|(q_local, head)| RowId {
-                token: q_start + q_local,
-                head,
-            })
-            .collect();
-        let with_sink = p.segment == 0;
+        // Per program: its tile range within the segment, then its owned rows
+        // (m < BLOCK_Q * qpk) whose token is inside the request.
+        let mut rows = vec![];
+        let mut plans = vec![];
+        for qblk in u.q_blocks.clone() {
+            let b = TileBounds::new(launch, qpk, qblk, q_len, seq_len, meta.causal, self.window);
+            let lo = (u.segment * tps).max(b.tile_start);
+            let hi = ((u.segment + 1) * tps).min(b.tile_end);
+            for m in 0..bq * qpk {
+                let q_local = qblk * bq + m / qpk;
+                if q_local < q_len {
+                    rows.push(RowId {
+                        token: q_start + q_local,
+                        head: u.kv_head * qpk + m % qpk,
+                    });
+                    plans.push(RowPlan {
+                        lo,
+                        hi,
+                        max_prefix: b.max_prefix,
+                        qabs: ctx + q_local,
+                    });
+                }
+            }
+        }
+        let sink = |head: usize| {
+            if u.segment == 0 {
+                cfg.sinks.as_ref().map(|s| s[head])
+            } else {
+                None
+            }
+        };
         let mut states: Vec<RowState> = rows
             .iter()
-            .map(|r| {
-                RowState::new(
-                    d,
-                    if with_sink {
-                        self.cfg.sinks.as_ref().map(|s| s[r.head])
-                    } else {
-                        None
-                    },
-                )
-            })
+            .map(|r| RowState::new(d, sink(r.head)))
             .collect();
 
-        let (q_dtype, kv_dtype) = (cfg.dtype, cfg.kv_dtype);
+        let (q_dtype, kv_dtype, flavor) = (cfg.dtype, cfg.kv_dtype, launch.flavor);
         let (k_scale, v_scale) = (cfg.k_scale, cfg.v_scale);
-        let flavor = launch.flavor;
-        let load_k = |x: f32| match flavor {
-            Flavor::Vllm => q_dtype.round(dequant_kv(x, k_scale, kv_dtype, q_dtype)),
-            Flavor::Aiter => q_dtype.round(x),
+        // K/V as the kernel loads them (see the module doc); the identity when
+        // the cache already holds Q-dtype values (fp8 is exact in f16/bf16).
+        let converts = match flavor {
+            Flavor::Vllm => kv_dtype.is_fp8() || kv_dtype != q_dtype,
+            Flavor::Aiter => !kv_dtype.is_fp8() && kv_dtype != q_dtype,
         };
-        let load_v = |x: f32| match flavor {
-            Flavor::Vllm => q_dtype.round(dequant_kv(x, v_scale, kv_dtype, q_dtype)),
+        let load = |x: f32, scale: f32| match flavor {
+            Flavor::Vllm => q_dtype.round(dequant_kv(x, scale, kv_dtype, q_dtype)),
             Flavor::Aiter => q_dtype.round(x),
         };
         let mut kv = KvTile::new(tile, d);
         let mut locs = Vec::with_capacity(tile);
         let mut dots = vec![0.0f32; tile];
         let mut scores = vec![0.0f32; tile];
-        let hq = cfg.num_heads;
+        let lo = plans.iter().map(|p| p.lo).min().unwrap_or(0);
+        let hi = plans.iter().map(|p| p.hi).max().unwrap_or(0);
         for j in lo..hi {
             let t0 = j * tile;
-            let t1 = ((j + 1) * tile).min(max_prefix);
+            let Some(t1) = plans
+                .iter()
+                .filter(|p| p.lo <= j && j < p.hi)
+                .map(|p| ((j + 1) * tile).min(p.max_prefix))
+                .max()
+            else {
+                continue;
+            };
             locs.clear();
             locs.extend((t0..t1).map(|t| meta.kv_location(seq, t)));
-            kv.gather_paged(self.cache, &self.dims, p.kv_head, &locs, load_k, load_v);
-            for (row, state) in rows.iter().zip(states.iter_mut()) {
+            if converts {
+                kv.gather_paged(
+                    self.cache,
+                    &self.dims,
+                    u.kv_head,
+                    &locs,
+                    |x| load(x, k_scale),
+                    |x| load(x, v_scale),
+                );
+            } else {
+                kv.gather_paged(self.cache, &self.dims, u.kv_head, &locs, |x| x, |x| x);
+            }
+            for ((row, plan), state) in rows.iter().zip(&plans).zip(states.iter_mut()) {
+                if !(plan.lo <= j && j < plan.hi) {
+                    continue;
+                }
+                // This program's tile: keys t0 .. min((j + 1) * TILE, max_prefix).
+                let n = ((j + 1) * tile).min(plan.max_prefix) - t0;
                 let q = &self.query[(row.token * hq + row.head) * d..][..d];
-                let qabs = ctx + (row.token - q_start);
                 let slope = cfg.alibi_slopes.as_ref().map(|s| s[row.head]);
                 kv.qk(q, &mut dots);
-                for (jj, (s, &dt)) in scores[..t1 - t0].iter_mut().zip(&dots).enumerate() {
+                for (jj, (s, &dt)) in scores[..n].iter_mut().zip(&dots).enumerate() {
                     let t = t0 + jj;
-                    *s = if self.allowed(t, qabs, seq_len) {
+                    *s = if self.allowed(t, plan.qabs, seq_len) {
                         let alibi = slope.map_or(0.0, |sl| sl * (t as i64 - ctx as i64) as f32);
                         self.params.score(dt, alibi)
                     } else {
                         f32::NEG_INFINITY
                     };
                 }
-                state.update(&scores[..t1 - t0], |jj| kv.v_row(jj), q_dtype);
+                state.update(&scores[..n], |jj| kv.v_row(jj), q_dtype);
                 if flavor == Flavor::Aiter && state.m == f32::NEG_INFINITY {
                     state.m = 0.0; // AITER keeps the guarded max (§10.3)
                 }
             }
         }
-        Some(ProgramRows {
-            program: p,
+        Some(UnitRows {
+            segment: u.segment,
             rows,
             states,
         })
@@ -1058,6 +1065,47 @@ mod tests {
         .unwrap();
         for (a, v) in aiter.iter().zip(&vllm) {
             assert!((a - v).abs() <= 2e-2 * (1.0 + v.abs()), "{a} vs {v}");
+        }
+    }
+
+    #[test]
+    fn running_q_blocks_together_is_bit_neutral() {
+        let cfg = AttnConfig {
+            sliding_window: Some(37),
+            ..AttnConfig::new(6, 2, 64, DType::Bf16)
+        };
+        let (q, cache, meta) = one_request(&cfg, 16, 50, 90);
+        for flavor in [Flavor::Vllm, Flavor::Aiter] {
+            let launch = UnifiedLaunch {
+                flavor,
+                ..UnifiedLaunch::vllm(&meta, &cfg, VllmLaunchOptions::default()).unwrap()
+            };
+            let k = Kernel::new(&q, &cache, &meta, &cfg, &launch).unwrap();
+            let run = |per_unit: usize| {
+                let mut rows: Vec<(usize, usize, Vec<u32>)> = k
+                    .units(1, per_unit)
+                    .iter()
+                    .filter_map(|u| k.run(u))
+                    .flat_map(|r| {
+                        r.rows.into_iter().zip(r.states).map(|(id, s)| {
+                            (
+                                id.token,
+                                id.head,
+                                s.acc
+                                    .iter()
+                                    .chain([&s.m, &s.l])
+                                    .map(|x| x.to_bits())
+                                    .collect(),
+                            )
+                        })
+                    })
+                    .collect();
+                rows.sort();
+                rows
+            };
+            let alone = run(1);
+            assert_eq!(alone.len(), 90 * 6);
+            assert_eq!(alone, run(Q_BLOCKS_PER_UNIT), "{flavor:?}");
         }
     }
 
