@@ -41,6 +41,7 @@
 //! (padding) yields output 0 and lse -inf, where vLLM's stage 2 yields 0/0.
 
 use super::mla_cache::{load_latent, LatentCache};
+use super::mla_proj::{fma_variants, lane_dots_body};
 use super::softmax::{RowState, ScoreParams};
 use attnlab_shared::dtype::DType;
 use attnlab_shared::error::{Error, Result};
@@ -246,7 +247,7 @@ pub fn stage1(
     // the result independent of the thread count.
     let partials: Vec<Vec<f32>> = programs
         .par_iter()
-        .map(|&(b, hb, sp)| with_fma(|| stage1_program(q, &rows[b], b, hb, sp, cache, splits, p)))
+        .map(|&(b, hb, sp)| stage1_program(q, &rows[b], b, hb, sp, cache, splits, p))
         .collect();
     let mut attn_logits = vec![0.0f32; rows.len() * h * s * (lkv + 1)];
     for (&(b, hb, sp), part) in programs.iter().zip(&partials) {
@@ -259,29 +260,16 @@ pub fn stage1(
     Ok(attn_logits)
 }
 
-/// Runs `f` in a copy compiled with AVX2+FMA when the CPU has them, so
-/// `f32::mul_add` is one `vfmadd` per lane (not a libm call) and the lane
-/// loops vectorise. Each lane still does the same single-rounding fma in the
-/// same order: both copies give the same bits (as in `unified_attention`).
-#[inline(always)]
-pub(crate) fn with_fma<R>(f: impl FnOnce() -> R) -> R {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("fma") && std::arch::is_x86_feature_detected!("avx2") {
-        #[target_feature(enable = "avx2,fma")]
-        unsafe fn call<R>(f: impl FnOnce() -> R) -> R {
-            f()
-        }
-        // SAFETY: the CPU supports the features `call` is compiled for.
-        return unsafe { call(f) };
-    }
-    f()
-}
+fma_variants!(
+    #[allow(clippy::too_many_arguments)]
+    fn stage1_program / stage1_program_body(q: &[f32], row: &KvRow, b: usize, hb: usize, sp: usize, cache: &LatentCache, splits: KvSplits, p: &MlaDecodeParams) -> Vec<f32>
+);
 
 /// One stage-1 program: (row b, head block hb, split sp). Returns
 /// `[heads in block, Lkv + 1]`, or nothing for an empty split.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn stage1_program(
+fn stage1_program_body(
     q: &[f32],
     row: &KvRow,
     b: usize,
@@ -327,8 +315,15 @@ fn stage1_program(
         }
         for (state, head) in states.iter_mut().zip(heads.clone()) {
             let qh = &q[(b * p.num_heads + head) * w..(b * p.num_heads + head + 1) * w];
-            key_lane_dots(&qh[..lkv], &tile_t[..lkv * BLOCK_N], &mut qk_nope);
-            key_lane_dots(&qh[lkv..], &tile_t[lkv * BLOCK_N..], &mut qk_pe);
+            // One f32 lane per key, channels ascending, fma from 0 (`softmax::dot`'s chain).
+            lane_dots_body(
+                &qh[..lkv],
+                &tile_t[..lkv * BLOCK_N],
+                BLOCK_N,
+                0,
+                &mut qk_nope,
+            );
+            lane_dots_body(&qh[lkv..], &tile_t[lkv * BLOCK_N..], BLOCK_N, 0, &mut qk_pe);
             for j in 0..BLOCK_N {
                 scores[j] = if j < valid {
                     sp_params.score(qk_nope[j] + qk_pe[j], 0.0)
@@ -345,19 +340,6 @@ fn stage1_program(
         out.push(state.lse2());
     }
     out
-}
-
-/// `lanes[j] = sum_c q[c] * k_t[c * BLOCK_N + j]`: one f32 lane per key,
-/// channels ascending, fma from 0 (the same chain as `softmax::dot`, laid out
-/// so the compiler can run the BLOCK_N lanes side by side).
-#[inline]
-fn key_lane_dots(q: &[f32], k_t: &[f32], lanes: &mut [f32; BLOCK_N]) {
-    lanes.fill(0.0);
-    for (&qc, k) in q.iter().zip(k_t.chunks_exact(BLOCK_N)) {
-        for (acc, &kj) in lanes.iter_mut().zip(k) {
-            *acc = qc.mul_add(kj, *acc);
-        }
-    }
 }
 
 /// Stage 2: merges the splits of each (row, head) in ascending split order.
@@ -388,26 +370,24 @@ pub fn stage2(
         .zip(lse.par_chunks_mut(h))
         .enumerate()
         .for_each(|(b, (o_row, lse_row))| {
-            with_fma(|| {
-                for head in 0..h {
-                    let mut state = RowState::new(lkv, None);
-                    for sp in 0..s {
-                        let (start, end) = split_range(&rows[b], splits, sp);
-                        if end > start {
-                            let at = ((b * h + head) * s + sp) * (lkv + 1);
-                            let part = &attn_logits[at..at + lkv + 1];
-                            state.update(&part[lkv..], |_| &part[..lkv], DType::F32);
-                        }
+            for head in 0..h {
+                let mut state = RowState::new(lkv, None);
+                for sp in 0..s {
+                    let (start, end) = split_range(&rows[b], splits, sp);
+                    if end > start {
+                        let at = ((b * h + head) * s + sp) * (lkv + 1);
+                        let part = &attn_logits[at..at + lkv + 1];
+                        state.update(&part[lkv..], |_| &part[..lkv], DType::F32);
                     }
-                    for (o, x) in o_row[head * lkv..(head + 1) * lkv]
-                        .iter_mut()
-                        .zip(state.normalized())
-                    {
-                        *o = p.out_dtype.round(x);
-                    }
-                    lse_row[head] = p.lse_dtype.round(state.lse());
                 }
-            })
+                for (o, x) in o_row[head * lkv..(head + 1) * lkv]
+                    .iter_mut()
+                    .zip(state.normalized())
+                {
+                    *o = p.out_dtype.round(x);
+                }
+                lse_row[head] = p.lse_dtype.round(state.lse());
+            }
         });
     Ok(MlaDecodeOutput { out, lse })
 }

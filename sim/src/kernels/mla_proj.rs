@@ -21,12 +21,66 @@
 //! (W_UK^T q_nope) . c`, so scoring the latent with the absorbed query equals
 //! scoring the up-projected key; likewise `sum_t p_t (W_UV c_t) = W_UV sum_t p_t c_t`.
 
-use super::mla_decode::with_fma;
 use attnlab_shared::dtype::DType;
 use attnlab_shared::error::{Error, Result};
 use attnlab_shared::model::MlaDims;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+
+/// Whether this CPU can run the AVX2+FMA copies of [`fma_variants`]. With
+/// them `f32::mul_add` is one `vfmadd` per lane (not a libm call) and lane
+/// loops vectorise; each lane still does the same single-rounding fma in the
+/// same order, so both copies give the same bits (as in `unified_attention`).
+#[inline]
+pub(crate) fn has_fma() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return std::arch::is_x86_feature_detected!("fma")
+        && std::arch::is_x86_feature_detected!("avx2");
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// Defines `$name`: the `#[inline(always)]` fn `$body` compiled twice, plain
+/// and with AVX2+FMA, chosen at run time by [`has_fma`].
+macro_rules! fma_variants {
+    ($(#[$m:meta])* $vis:vis fn $name:ident / $body:ident ($($a:ident : $t:ty),*) -> $r:ty) => {
+        $(#[$m])*
+        $vis fn $name($($a: $t),*) -> $r {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn fma($($a: $t),*) -> $r {
+                    $body($($a),*)
+                }
+                if $crate::kernels::mla_proj::has_fma() {
+                    // SAFETY: the CPU supports the features `fma` is compiled for.
+                    return unsafe { fma($($a),*) };
+                }
+            }
+            $body($($a),*)
+        }
+    };
+}
+pub(crate) use fma_variants;
+
+/// The GEMM micro-kernel of every MLA projection and of the decode QK:
+/// `acc[j] = sum_i x[i] * w[i * stride + col + j]`, one f32 lane per output
+/// j, i ascending, fma from 0 (the chain of `softmax::dot(x, column j)`).
+#[inline(always)]
+pub(crate) fn lane_dots_body(x: &[f32], w: &[f32], stride: usize, col: usize, acc: &mut [f32]) {
+    acc.fill(0.0);
+    let n = acc.len();
+    for (&xi, wrow) in x.iter().zip(w.chunks_exact(stride)) {
+        for (a, &wv) in acc.iter_mut().zip(&wrow[col..col + n]) {
+            *a = xi.mul_add(wv, *a);
+        }
+    }
+}
+
+fma_variants!(
+    /// [`lane_dots_body`], vectorised where the CPU allows.
+    pub(crate) fn lane_dots / lane_dots_body(x: &[f32], w: &[f32], stride: usize, col: usize, acc: &mut [f32]) -> ()
+);
 
 /// The `kv_b_proj` weight of one layer, for `num_heads` heads (one TP rank's
 /// heads after [`MlaWeights::shard`]).
@@ -121,7 +175,8 @@ impl MlaWeights {
         t
     }
 
-    /// Row `i` of head `n` (i < P: W_UK, else W_UV), `Lkv` long.
+    /// Row `i` of head `n` (i < P: W_UK, else W_UV), `Lkv` long (tests read weights by row).
+    #[cfg(test)]
     #[inline]
     fn row(&self, n: usize, i: usize) -> &[f32] {
         let lkv = self.dims.kv_lora_rank;
@@ -158,20 +213,13 @@ pub fn up_project(kv_c: &[f32], w: &MlaWeights, dtype: DType) -> Result<(Vec<f32
     let mut k_nope = Vec::with_capacity(t * w.num_heads * pn);
     let mut v = Vec::with_capacity(t * w.num_heads * vd);
     let mut acc = vec![0.0f32; rows];
-    with_fma(|| {
-        for c in kv_c.chunks_exact(lkv) {
-            acc.fill(0.0);
-            for (&x, wrow) in c.iter().zip(wt.chunks_exact(rows)) {
-                for (a, &wv) in acc.iter_mut().zip(wrow) {
-                    *a = x.mul_add(wv, *a);
-                }
-            }
-            for head in acc.chunks_exact(pn + vd) {
-                k_nope.extend(head[..pn].iter().map(|&a| dtype.round(a)));
-                v.extend(head[pn..].iter().map(|&a| dtype.round(a)));
-            }
+    for c in kv_c.chunks_exact(lkv) {
+        lane_dots(c, &wt, rows, 0, &mut acc);
+        for head in acc.chunks_exact(pn + vd) {
+            k_nope.extend(head[..pn].iter().map(|&a| dtype.round(a)));
+            v.extend(head[pn..].iter().map(|&a| dtype.round(a)));
         }
-    });
+    }
     Ok((k_nope, v))
 }
 
@@ -188,19 +236,12 @@ pub fn absorb_query(q: &[f32], w: &MlaWeights, dtype: DType) -> Result<Vec<f32>>
     check_len("query", q.len(), &[b, w.num_heads, pn + r])?;
     let mut out = Vec::with_capacity(b * w.num_heads * (lkv + r));
     let mut acc = vec![0.0f32; lkv];
-    with_fma(|| {
-        for (i, qh) in q.chunks_exact(pn + r).enumerate() {
-            let n = i % w.num_heads;
-            acc.fill(0.0);
-            for (p, &qp) in qh[..pn].iter().enumerate() {
-                for (a, &wc) in acc.iter_mut().zip(w.row(n, p)) {
-                    *a = qp.mul_add(wc, *a);
-                }
-            }
-            out.extend(acc.iter().map(|&a| dtype.round(a)));
-            out.extend_from_slice(&qh[pn..]);
-        }
-    });
+    for (i, qh) in q.chunks_exact(pn + r).enumerate() {
+        let w_uk = &w.kv_b_proj[(i % w.num_heads) * w.head_rows() * lkv..];
+        lane_dots(&qh[..pn], w_uk, lkv, 0, &mut acc);
+        out.extend(acc.iter().map(|&a| dtype.round(a)));
+        out.extend_from_slice(&qh[pn..]);
+    }
     Ok(out)
 }
 
@@ -222,18 +263,11 @@ pub fn project_output(o_latent: &[f32], w: &MlaWeights, dtype: DType) -> Result<
     let (rows, wt) = (w.num_heads * (pn + vd), w.transposed());
     let mut out = Vec::with_capacity(b * w.num_heads * vd);
     let mut acc = vec![0.0f32; vd];
-    with_fma(|| {
-        for (i, o) in o_latent.chunks_exact(lkv).enumerate() {
-            let col = (i % w.num_heads) * (pn + vd) + pn;
-            acc.fill(0.0);
-            for (&x, wrow) in o.iter().zip(wt.chunks_exact(rows)) {
-                for (a, &wv) in acc.iter_mut().zip(&wrow[col..col + vd]) {
-                    *a = x.mul_add(wv, *a);
-                }
-            }
-            out.extend(acc.iter().map(|&a| dtype.round(a)));
-        }
-    });
+    for (i, o) in o_latent.chunks_exact(lkv).enumerate() {
+        let col = (i % w.num_heads) * (pn + vd) + pn;
+        lane_dots(o, &wt, rows, col, &mut acc);
+        out.extend(acc.iter().map(|&a| dtype.round(a)));
+    }
     Ok(out)
 }
 
