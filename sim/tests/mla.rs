@@ -738,3 +738,32 @@ fn bench_deepseek_decode_throughput() {
         );
     }
 }
+
+#[test]
+fn fp8_latent_cache_decodes_like_the_dequantized_math() {
+    // Stored fp8(x / k_scale), read round_bf16(fp8 * k_scale): every backend
+    // must match the f64 math over the dequantized latents.
+    let cfg = MlaConfig {
+        kv_dtype: DType::Fp8E4m3Fnuz,
+        k_scale: 0.5,
+        ..config(16, DType::Bf16)
+    };
+    let w = MlaWeights::random(16, DIMS, DType::Bf16, 4);
+    let s = step(&[(1, 70), (1, 9)], &cfg, 16, 21);
+    assert!(
+        s.cache
+            .data
+            .iter()
+            .all(|&x| DType::Fp8E4m3Fnuz.round(x) == x),
+        "the cache holds fp8 values"
+    );
+    for b in mla_backends() {
+        let (out, cache) = run(b.as_ref(), &s, &w, &cfg);
+        assert_close(
+            &out[0].out,
+            &oracle(&s, &cache, &w, &cfg),
+            tol(DType::Bf16),
+            b.name(),
+        );
+    }
+}
