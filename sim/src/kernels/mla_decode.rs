@@ -778,47 +778,27 @@ mod tests {
     #[test]
     fn rejects_pages_outside_the_cache_and_short_page_lists() {
         let c = cache();
-        let rows = [KvRow {
-            pages: &[0, 4],
-            page_size: 2,
-            kv_len: 3,
-            split_len: 3,
-        }];
-        let e = decode_attention_fwd(
-            &[0.0; 6],
-            &rows,
-            &c,
-            KvSplits::Even { num_kv_splits: 1 },
-            &params(1),
-        )
-        .unwrap_err()
-        .to_string();
+        let err = |pages: &[i32], q_len: usize, splits: usize| {
+            let rows = [KvRow {
+                pages,
+                page_size: 2,
+                kv_len: 3,
+                split_len: 3,
+            }];
+            let s = KvSplits::Even {
+                num_kv_splits: splits,
+            };
+            decode_attention_fwd(&vec![0.0; q_len], &rows, &c, s, &params(1))
+                .unwrap_err()
+                .to_string()
+        };
+        let e = err(&[0, 4], 6, 1);
         assert!(e.contains("row 0 page 1") && e.contains("[0, 4)"), "{e}");
-        let rows = [KvRow {
-            pages: &[0],
-            page_size: 2,
-            kv_len: 3,
-            split_len: 3,
-        }];
-        let e = decode_attention_fwd(
-            &[0.0; 6],
-            &rows,
-            &c,
-            KvSplits::Even { num_kv_splits: 1 },
-            &params(1),
-        )
-        .unwrap_err()
-        .to_string();
+        let e = err(&[0], 6, 1);
         assert!(e.contains("needs 2 pages"), "{e}");
-        let e = decode_attention_fwd(
-            &[0.0; 5],
-            &rows,
-            &c,
-            KvSplits::Even { num_kv_splits: 0 },
-            &params(1),
-        )
-        .unwrap_err()
-        .to_string();
+        let e = err(&[0, 1], 5, 0);
         assert!(e.contains("num_kv_splits 0"), "{e}");
+        let e = err(&[0, 1], 5, 1);
+        assert!(e.contains("query length 5"), "{e}");
     }
 }
