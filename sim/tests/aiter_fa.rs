@@ -194,6 +194,15 @@ proptest! {
     }
 }
 
+/// Every attn-fixture/1 file in `fixtures/`.
+fn shipped_fixtures() -> Vec<fixture::Fixture> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures");
+    let mut paths: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+    paths.retain(|p| p.extension().is_some_and(|e| e == "safetensors"));
+    paths.sort();
+    paths.iter().map(|p| fixture::load(p).unwrap()).collect()
+}
+
 #[test]
 fn merging_two_empty_sides_gives_zero_and_minus_inf_with_the_hip_kernel_and_nan_with_triton() {
     let empty = OutLse::empty(2, 3, 4);
@@ -206,15 +215,9 @@ fn merging_two_empty_sides_gives_zero_and_minus_inf_with_the_hip_kernel_and_nan_
 
 #[test]
 fn merge_fixtures_replay_within_their_tolerance() {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures");
     let mut seen = 0;
-    for entry in std::fs::read_dir(&dir).unwrap() {
-        let path = entry.unwrap().path();
-        if !path.file_name().unwrap().to_string_lossy().starts_with("merge_") {
-            continue;
-        }
-        let f = fixture::load(&path).unwrap();
-        let Case::Merge(c) = &f.case else { panic!("{} is not a merge case", f.file) };
+    for f in shipped_fixtures() {
+        let Case::Merge(c) = &f.case else { continue };
         let side = |out: &Vec<f32>, lse: &Vec<f32>| OutLse::new(c.num_tokens, c.num_heads, c.head_size, out.clone(), lse.clone()).unwrap();
         let m = merge_attn_states(
             &side(&c.prefix_output, &c.prefix_lse),
@@ -231,6 +234,27 @@ fn merge_fixtures_replay_within_their_tolerance() {
         seen += 1;
     }
     assert_eq!(seen, 4, "fixtures/ ships four merge cases");
+}
+
+#[test]
+fn nhd_variant_replays_every_paged_fixture_it_supports() {
+    // The registered (shuffled) instance skips the window and sink cases; the
+    // NHD variant runs them through the SWA extend, FA sinks and unified decode.
+    let backend = RocmAiterFa::new(false);
+    let mut ran = 0;
+    for f in shipped_fixtures() {
+        let Case::Paged(c) = &f.case else { continue };
+        if backend.check(&c.cfg, c.meta.block_size).is_err() {
+            continue;
+        }
+        let layout = backend.cache_layout(&c.cfg, c.meta.num_blocks, c.meta.block_size).unwrap();
+        let cache = KvCache::from_nhd(&c.key_cache, &c.value_cache, layout).unwrap();
+        let out = backend.forward(&c.query, &cache, &c.meta, &c.cfg).unwrap();
+        let cmp = compare(&out, &c.output, Tolerance::new(f.header.atol, f.header.rtol)).unwrap();
+        assert!(cmp.passed(), "{}: {cmp:?}", f.file);
+        ran += 1;
+    }
+    assert!(ran >= 8, "only {ran} fixtures ran");
 }
 
 #[test]
