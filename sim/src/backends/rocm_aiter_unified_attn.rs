@@ -18,97 +18,50 @@
 //! sinks, sliding window, soft-cap, ALiBi, fp8 KV. The gfx1250 shuffled-cache
 //! path is stale in vLLM (§19.17) and not emulated.
 
-use crate::backends::triton_attn::UnifiedShape;
-use crate::backends::{AttentionBackend, KernelCall};
-use crate::cache::KvCache;
+use crate::backends::triton_attn::{UnifiedBackend, UnifiedKernel, UnifiedShape};
 use crate::config::AttnConfig;
 use crate::kernels::reshape_and_cache::CacheWriter;
 use crate::kernels::unified_attention::{UnifiedLaunch, VllmLaunchOptions, MI300X_CU_COUNT};
 use attnlab_shared::dtype::DType;
 use attnlab_shared::error::Result;
-use attnlab_shared::layout::KvLayout;
 use attnlab_shared::metadata::AttentionMetadata;
 
-/// The HIP writer (no shuffle layout), fp16/bf16 only, customize_spec's message.
-pub const SHAPE: UnifiedShape = UnifiedShape {
-    name: "ROCM_AITER_UNIFIED_ATTN",
-    writer: CacheWriter::ReshapeAndCacheFlash,
-    dtypes: &[DType::F16, DType::Bf16],
-    block_size_reason: "Block size must be a multiple of 16.",
-};
+/// ROCM_AITER_UNIFIED_ATTN: the unified shape with AITER's kernel.
+pub type RocmAiterUnifiedAttn = UnifiedBackend<AiterKernel>;
+
 /// `get_preferred_block_size`: the block size vLLM picks without `--block-size`.
 pub const PREFERRED_BLOCK_SIZE: usize = 64;
 
+/// AITER's `unified_attention`, whose grid sizing reads the GPU's compute units.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RocmAiterUnifiedAttn {
-    /// Compute units of the GPU: AITER's grid sizing reads it.
+pub struct AiterKernel {
     pub cu_count: usize,
 }
 
-impl Default for RocmAiterUnifiedAttn {
+impl Default for AiterKernel {
     fn default() -> Self {
-        RocmAiterUnifiedAttn {
+        AiterKernel {
             cu_count: MI300X_CU_COUNT,
         }
     }
 }
 
-impl RocmAiterUnifiedAttn {
-    /// The launch `forward` makes: AITER's kernel for causal batches, vLLM's
-    /// Triton kernel (with vLLM's default engine options) for non-causal ones.
-    pub fn launch(&self, meta: &AttentionMetadata, cfg: &AttnConfig) -> Result<UnifiedLaunch> {
+impl UnifiedKernel for AiterKernel {
+    /// The HIP writer (no shuffle layout), fp16/bf16 only, customize_spec's message.
+    const SHAPE: UnifiedShape = UnifiedShape {
+        name: "ROCM_AITER_UNIFIED_ATTN",
+        writer: CacheWriter::ReshapeAndCacheFlash,
+        dtypes: &[DType::F16, DType::Bf16],
+        block_size_reason: "Block size must be a multiple of 16.",
+    };
+
+    /// AITER's kernel for causal batches; vLLM's Triton kernel (vLLM's default
+    /// engine options) for non-causal ones, as the impl's fallback does.
+    fn launch(&self, meta: &AttentionMetadata, cfg: &AttnConfig) -> Result<UnifiedLaunch> {
         if meta.causal {
             UnifiedLaunch::aiter(meta, cfg, self.cu_count)
         } else {
             UnifiedLaunch::vllm(meta, cfg, VllmLaunchOptions::default())
         }
-    }
-}
-
-impl AttentionBackend for RocmAiterUnifiedAttn {
-    fn name(&self) -> &'static str {
-        SHAPE.name
-    }
-
-    fn check(&self, cfg: &AttnConfig, block_size: usize) -> Result<()> {
-        SHAPE.check(cfg, block_size)
-    }
-
-    fn kernel_block_size(&self, block_size: usize) -> Result<usize> {
-        SHAPE.kernel_block_size(block_size)
-    }
-
-    fn cache_layout(
-        &self,
-        cfg: &AttnConfig,
-        num_blocks: usize,
-        block_size: usize,
-    ) -> Result<KvLayout> {
-        SHAPE.cache_layout(cfg, num_blocks, block_size)
-    }
-
-    fn write_kv(
-        &self,
-        cache: &mut KvCache,
-        key: &[f32],
-        value: &[f32],
-        slot_mapping: &[i64],
-        cfg: &AttnConfig,
-    ) -> Result<()> {
-        SHAPE.write_kv(cache, key, value, slot_mapping, cfg)
-    }
-
-    fn forward(
-        &self,
-        query: &[f32],
-        cache: &KvCache,
-        meta: &AttentionMetadata,
-        cfg: &AttnConfig,
-    ) -> Result<Vec<f32>> {
-        SHAPE.forward(query, cache, meta, cfg, self.launch(meta, cfg))
-    }
-
-    fn plan(&self, meta: &AttentionMetadata, cfg: &AttnConfig) -> Vec<KernelCall> {
-        SHAPE.plan(meta, cfg, self.launch(meta, cfg))
     }
 }

@@ -13,6 +13,9 @@
 //! block sizes MultipleOf(16), so 16, 32, 48, 64 and the hybrid 544 run and
 //! block size 1 is rejected ("block_size not supported"); sinks, sliding
 //! window, soft-cap, ALiBi, non-causal (encoder) and fp8 KV caches.
+//!
+//! [`UnifiedBackend`] is that shape once; [`TritonAttn`] instantiates it with
+//! vLLM's kernel, ROCM_AITER_UNIFIED_ATTN with AITER's ([`UnifiedKernel`]).
 
 use crate::backends::{AttentionBackend, KernelCall};
 use crate::cache::KvCache;
@@ -24,31 +27,51 @@ use attnlab_shared::error::{Error, Result};
 use attnlab_shared::layout::{KvLayout, LayoutKind};
 use attnlab_shared::metadata::AttentionMetadata;
 
-/// TRITON_ATTN's writer, dtypes and block-size rule.
-pub const SHAPE: UnifiedShape = UnifiedShape {
-    name: "TRITON_ATTN",
-    writer: CacheWriter::TritonReshapeAndCacheFlash,
-    dtypes: &[DType::F16, DType::Bf16, DType::F32],
-    block_size_reason: "block_size not supported: TRITON_ATTN needs a multiple of 16",
-};
+/// TRITON_ATTN: the unified shape with vLLM's own kernel and launch rule.
+pub type TritonAttn = UnifiedBackend<VllmLaunchOptions>;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct TritonAttn {
-    /// Engine settings that size the 3D scratch (max_num_seqs, spec decode).
-    pub launch_options: VllmLaunchOptions,
-}
+/// vLLM's kernel: launched by vLLM's 2D/3D rule with these engine settings
+/// (`max_num_seqs`, speculative decoding) sizing the 3D scratch.
+impl UnifiedKernel for VllmLaunchOptions {
+    const SHAPE: UnifiedShape = UnifiedShape {
+        name: "TRITON_ATTN",
+        writer: CacheWriter::TritonReshapeAndCacheFlash,
+        dtypes: &[DType::F16, DType::Bf16, DType::F32],
+        block_size_reason: "block_size not supported: TRITON_ATTN needs a multiple of 16",
+    };
 
-impl TritonAttn {
-    /// The launch `forward` makes for this batch (2D or 3D, tiles).
-    pub fn launch(&self, meta: &AttentionMetadata, cfg: &AttnConfig) -> Result<UnifiedLaunch> {
-        UnifiedLaunch::vllm(meta, cfg, self.launch_options)
+    fn launch(&self, meta: &AttentionMetadata, cfg: &AttnConfig) -> Result<UnifiedLaunch> {
+        UnifiedLaunch::vllm(meta, cfg, *self)
     }
 }
 
-/// Everything the two unified backends share — NHD cache, one writer call,
-/// one unified-attention launch — parameterised by what differs between
-/// them: the writer kernel, the dtypes, the block-size message (and the
-/// launch, which each backend passes in).
+/// What differs between the two unified backends: the writer kernel, the
+/// dtypes, the block-size message, and which kernel launches how.
+pub trait UnifiedKernel: Send + Sync {
+    const SHAPE: UnifiedShape;
+    /// The launch `forward` makes for this batch (kernel flavour, 2D or 3D, tiles).
+    fn launch(&self, meta: &AttentionMetadata, cfg: &AttnConfig) -> Result<UnifiedLaunch>;
+}
+
+/// A unified backend: NHD cache, one writer call, one unified-attention
+/// launch over the whole batch; `kernel` says whose kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct UnifiedBackend<K> {
+    pub kernel: K,
+}
+
+impl<K: UnifiedKernel> UnifiedBackend<K> {
+    pub fn new(kernel: K) -> Self {
+        UnifiedBackend { kernel }
+    }
+
+    /// The launch `forward` makes for this batch.
+    pub fn launch(&self, meta: &AttentionMetadata, cfg: &AttnConfig) -> Result<UnifiedLaunch> {
+        self.kernel.launch(meta, cfg)
+    }
+}
+
+/// The constant part of a unified backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct UnifiedShape {
     pub name: &'static str,
@@ -57,10 +80,15 @@ pub struct UnifiedShape {
     pub block_size_reason: &'static str,
 }
 
-impl UnifiedShape {
+impl<K: UnifiedKernel> AttentionBackend for UnifiedBackend<K> {
+    fn name(&self) -> &'static str {
+        K::SHAPE.name
+    }
+
     /// vLLM's rejections: sinks shape (vLLM's message), dtype, head size
     /// `>= 32` (padded to a power of two in registers), block size.
-    pub fn check(&self, cfg: &AttnConfig, block_size: usize) -> Result<()> {
+    fn check(&self, cfg: &AttnConfig, block_size: usize) -> Result<()> {
+        let shape = K::SHAPE;
         if let Some(s) = cfg.sinks.as_ref().filter(|s| s.len() != cfg.num_heads) {
             return Err(Error::invalid(
                 "sinks",
@@ -73,14 +101,14 @@ impl UnifiedShape {
             ));
         }
         cfg.validate()?;
-        if !self.dtypes.contains(&cfg.dtype) {
-            let names: Vec<&str> = self.dtypes.iter().map(|d| d.name()).collect();
+        if !shape.dtypes.contains(&cfg.dtype) {
+            let names: Vec<&str> = shape.dtypes.iter().map(|d| d.name()).collect();
             return Err(Error::invalid(
                 "dtype",
                 cfg.dtype,
                 format!(
                     "dtype not supported: {} supports {}",
-                    self.name,
+                    shape.name,
                     names.join(", ")
                 ),
             ));
@@ -96,19 +124,19 @@ impl UnifiedShape {
     }
 
     /// Kernel block sizes: MultipleOf(16), so 544 runs as is and 1 is rejected.
-    pub fn kernel_block_size(&self, block_size: usize) -> Result<usize> {
+    fn kernel_block_size(&self, block_size: usize) -> Result<usize> {
         if block_size == 0 || block_size % 16 != 0 {
             return Err(Error::invalid(
                 "block_size",
                 block_size,
-                self.block_size_reason,
+                K::SHAPE.block_size_reason,
             ));
         }
         Ok(block_size)
     }
 
     /// The packed-content NHD views `[nb, N, Hkv, D]` of K and V.
-    pub fn cache_layout(
+    fn cache_layout(
         &self,
         cfg: &AttnConfig,
         num_blocks: usize,
@@ -124,71 +152,6 @@ impl UnifiedShape {
         )
     }
 
-    pub fn write_kv(
-        &self,
-        cache: &mut KvCache,
-        key: &[f32],
-        value: &[f32],
-        slot_mapping: &[i64],
-        cfg: &AttnConfig,
-    ) -> Result<()> {
-        reshape_and_cache(self.writer, cache, key, value, slot_mapping, cfg)
-    }
-
-    /// One unified-attention launch over the whole batch.
-    pub fn forward(
-        &self,
-        query: &[f32],
-        cache: &KvCache,
-        meta: &AttentionMetadata,
-        cfg: &AttnConfig,
-        launch: Result<UnifiedLaunch>,
-    ) -> Result<Vec<f32>> {
-        self.check(cfg, meta.block_size)?;
-        unified_attention(query, cache, meta, cfg, &launch?)
-    }
-
-    /// The writer call, then the launch's kernel calls (empty if the batch is invalid).
-    pub fn plan(
-        &self,
-        meta: &AttentionMetadata,
-        cfg: &AttnConfig,
-        launch: Result<UnifiedLaunch>,
-    ) -> Vec<KernelCall> {
-        let (Ok(layout), Ok(launch)) = (
-            self.cache_layout(cfg, meta.num_blocks, meta.block_size),
-            launch,
-        ) else {
-            return vec![];
-        };
-        let mut calls = vec![self.writer.kernel_call(&layout, meta.num_actual_tokens)];
-        calls.extend(launch.kernel_calls(meta, cfg));
-        calls
-    }
-}
-
-impl AttentionBackend for TritonAttn {
-    fn name(&self) -> &'static str {
-        SHAPE.name
-    }
-
-    fn check(&self, cfg: &AttnConfig, block_size: usize) -> Result<()> {
-        SHAPE.check(cfg, block_size)
-    }
-
-    fn kernel_block_size(&self, block_size: usize) -> Result<usize> {
-        SHAPE.kernel_block_size(block_size)
-    }
-
-    fn cache_layout(
-        &self,
-        cfg: &AttnConfig,
-        num_blocks: usize,
-        block_size: usize,
-    ) -> Result<KvLayout> {
-        SHAPE.cache_layout(cfg, num_blocks, block_size)
-    }
-
     fn write_kv(
         &self,
         cache: &mut KvCache,
@@ -197,9 +160,10 @@ impl AttentionBackend for TritonAttn {
         slot_mapping: &[i64],
         cfg: &AttnConfig,
     ) -> Result<()> {
-        SHAPE.write_kv(cache, key, value, slot_mapping, cfg)
+        reshape_and_cache(K::SHAPE.writer, cache, key, value, slot_mapping, cfg)
     }
 
+    /// One unified-attention launch over the whole batch.
     fn forward(
         &self,
         query: &[f32],
@@ -207,10 +171,20 @@ impl AttentionBackend for TritonAttn {
         meta: &AttentionMetadata,
         cfg: &AttnConfig,
     ) -> Result<Vec<f32>> {
-        SHAPE.forward(query, cache, meta, cfg, self.launch(meta, cfg))
+        self.check(cfg, meta.block_size)?;
+        unified_attention(query, cache, meta, cfg, &self.launch(meta, cfg)?)
     }
 
+    /// The writer call, then the launch's kernel calls (empty if the batch is invalid).
     fn plan(&self, meta: &AttentionMetadata, cfg: &AttnConfig) -> Vec<KernelCall> {
-        SHAPE.plan(meta, cfg, self.launch(meta, cfg))
+        let (Ok(layout), Ok(launch)) = (
+            self.cache_layout(cfg, meta.num_blocks, meta.block_size),
+            self.launch(meta, cfg),
+        ) else {
+            return vec![];
+        };
+        let mut calls = vec![K::SHAPE.writer.kernel_call(&layout, meta.num_actual_tokens)];
+        calls.extend(launch.kernel_calls(meta, cfg));
+        calls
     }
 }
