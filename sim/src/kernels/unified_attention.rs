@@ -66,6 +66,12 @@
 //!   computes every (token, head) once, in the program that owns the token;
 //!   for vLLM the duplicate is bit-identical, for AITER with a window it is a
 //!   store race on the GPU.
+//! - Execution grouping: the emulator runs up to [`Q_BLOCKS_PER_UNIT`]
+//!   consecutive q-block programs of one (request, kv head, segment) as one
+//!   rayon task so a gathered K/V tile serves all their rows. Each row keeps
+//!   its own program's tile range and key limit, so this is bit-neutral
+//!   (`running_q_blocks_together_is_bit_neutral`); a HIP port runs one
+//!   program per workgroup.
 //! - fp8 queries ("fp8-Q" mode), fp8 outputs, `qq_bias`, mm-prefix, R-SWA,
 //!   chunked local attention and per-token-head KV quantisation are not
 //!   modelled (no ROCm seed-era backend configuration here reaches them).
@@ -564,7 +570,8 @@ pub struct TileBounds {
 }
 
 impl TileBounds {
-    /// `window` is SLIDING_WINDOW (0 = off); requires `qblk * BLOCK_Q < q_len <= seq_len`.
+    /// `window` is SLIDING_WINDOW (0 = off). Meaningful for a program that
+    /// runs (`qblk * BLOCK_Q < q_len <= seq_len`); never panics.
     pub fn new(
         launch: &UnifiedLaunch,
         qpk: usize,
@@ -574,8 +581,14 @@ impl TileBounds {
         causal: bool,
         window: usize,
     ) -> Self {
-        let (bq, bm, tile) = (launch.block_q, launch.block_m, launch.tile_size);
-        let ctx = seq_len - q_len;
+        // Zero sizes (a hand-built launch; kernels reject it first) count as 1.
+        let (bq, bm, tile) = (
+            launch.block_q.max(1),
+            launch.block_m.max(1),
+            launch.tile_size.max(1),
+        );
+        let qpk = qpk.max(1);
+        let ctx = seq_len.saturating_sub(q_len);
         let max_prefix = if causal {
             (ctx + qblk * bq + (bm - 1) / qpk + 1).min(seq_len)
         } else {
@@ -585,9 +598,10 @@ impl TileBounds {
         let (mut tile_start, mut tile_end) = (0, num_tiles);
         if window > 0 {
             let qlo = qblk * bq;
-            let qhi = (qlo + (bm - 1) / qpk).min(q_len - 1);
+            let qhi = (qlo + (bm - 1) / qpk).min(q_len.saturating_sub(1));
             let first = (ctx + qlo + 1).saturating_sub(window); // ctx + qlo - SW + 1, clamped at 0
-            let last = (ctx + qhi + if causal { 0 } else { window - 1 }).min(seq_len - 1);
+            let last =
+                (ctx + qhi + if causal { 0 } else { window - 1 }).min(seq_len.saturating_sub(1));
             tile_start = first / tile;
             tile_end = (last / tile + 1).min(num_tiles);
         }
