@@ -17,7 +17,7 @@
 //! file's `output` and, when the file carries a `reference`, of that too.
 
 use crate::backends::mla::{self, mla_backends};
-use crate::backends::{by_name, mha_backends, AttentionBackend};
+use crate::backends::{mha_backends, AttentionBackend};
 use crate::cache::KvCache;
 use crate::fixture::{self, Case, Fixture, MergeCase, PagedCase};
 use crate::kernels::merge_attn_states::{merge_attn_states, MergeKernel};
@@ -33,7 +33,6 @@ use std::path::{Path, PathBuf};
 
 /// Backend name of the rows produced by our f64 reference.
 pub const REFERENCE: &str = "reference(f64)";
-
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -70,7 +69,11 @@ pub struct ReplayResult {
 /// Which backends to replay: `None` = all.
 pub fn replay_paths(paths: &[PathBuf], backend: Option<&str>) -> Result<Vec<ReplayResult>> {
     if let Some(name) = backend {
-        by_name(name)?; // an unknown name is an error up front, naming the emulated ones
+        // An unknown name is an error up front, naming the emulated MHA and MLA backends.
+        let known: Vec<&'static str> = mha_backends().iter().map(|b| b.name()).chain(mla_backends().iter().map(|b| b.name())).collect();
+        if !known.contains(&name) {
+            return Err(Error::invalid("backend", format!("'{name}'"), format!("emulated backends: {}", known.join(", "))));
+        }
     }
     let mut out = Vec::new();
     for path in expand(paths)? {
@@ -147,7 +150,12 @@ pub fn replay_fixture(f: &Fixture, backend: Option<&str>) -> Vec<ReplayResult> {
                 let cfg = mla::replay_config(m, dtype);
                 match b.check(&cfg, m.meta.block_size) {
                     Err(e) => rows.push(row(&f.file, op, b.name(), Status::Skipped, Some(e.to_string()), None)),
-                    Ok(()) => rows.push(judged(b.name(), catch_panic(b.name(), || mla::replay_mla_decode(b.as_ref(), m, &cfg)), &m.output, m.reference.as_deref())),
+                    Ok(()) => rows.push(judged(
+                        b.name(),
+                        catch_panic(b.name(), || mla::replay_mla_decode(b.as_ref(), m, &cfg)),
+                        &m.output,
+                        m.reference.as_deref(),
+                    )),
                 }
             }
         }
@@ -209,7 +217,7 @@ fn run_merge(m: &MergeCase, dtype: DType) -> Result<Vec<f32>> {
 }
 
 /// A panicking emulator becomes a failed row, not an aborted replay.
-fn catch_panic(what: &str, f: impl FnOnce() -> Result<Vec<f32>>) -> Result<Vec<f32>> {
+pub(crate) fn catch_panic(what: &str, f: impl FnOnce() -> Result<Vec<f32>>) -> Result<Vec<f32>> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|_| Err(Error::unsupported(what, "panicked (a bug: see stderr)")))
 }
 

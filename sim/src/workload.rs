@@ -21,7 +21,7 @@ use crate::cache::KvCache;
 use crate::config::AttnConfig;
 use crate::kernels::reshape_and_cache::{reshape_and_cache, CacheWriter};
 use crate::reference::{self, compare, Tolerance};
-use crate::replay::Status;
+use crate::replay::{catch_panic, Status};
 use attnlab_shared::block_table::KernelBlockSplit;
 use attnlab_shared::dtype::DType;
 use attnlab_shared::error::{Error, Result};
@@ -306,11 +306,10 @@ pub fn run_workload(spec: &WorkloadSpec, mut on_step: impl FnMut(usize, usize)) 
 fn run_step(lane: &mut Lane, step: &ScheduledStep, q: &[f32], k: &[f32], v: &[f32], cfg: &AttnConfig) -> Result<Vec<f32>> {
     let meta = step.metadata(lane.kernel_block_size)?;
     let (b, cache) = (&lane.backend, &mut lane.cache);
-    let run = || {
+    catch_panic(b.name(), || {
         b.write_kv(cache, k, v, &meta.slot_mapping, cfg)?;
         b.forward(q, cache, &meta, cfg)
-    };
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)).unwrap_or_else(|_| Err(Error::unsupported(b.name(), "panicked (a bug: see stderr)")))
+    })
 }
 
 #[cfg(test)]
