@@ -45,7 +45,7 @@ impl AttentionBackend for FlexAttention {
                 return Err(Error::unsupported(what, format!("FlexAttention does not support {what} yet.")));
             }
         }
-        if block_size == 0 || block_size % 16 != 0 {
+        if block_size == 0 || !block_size.is_multiple_of(16) {
             return Err(Error::invalid("block_size", block_size, "FLEX_ATTENTION supports block sizes that are a multiple of 16"));
         }
         Ok(())

@@ -196,7 +196,7 @@ impl AttentionBackend for RocmAiterFa {
                 "ROCM_AITER_FA supports auto and fp8 (e4m3) caches",
             ));
         }
-        if block_size % 16 != 0 || block_size == 0 {
+        if !block_size.is_multiple_of(16) || block_size == 0 {
             return Err(Error::invalid("block_size", block_size, "Block size must be a multiple of 16."));
         }
         if self.shuffle_kv_cache && (cfg.sliding_window.is_some() || cfg.sinks.is_some()) {
@@ -208,13 +208,15 @@ impl AttentionBackend for RocmAiterFa {
     /// `select_common_block_size`: the manager size if supported, else the
     /// largest of [16, 32] dividing it (544 -> 32, 48 -> 16).
     fn kernel_block_size(&self, block_size: usize) -> Result<usize> {
-        KERNEL_BLOCK_SIZES.iter().rev().find(|&&k| block_size == k || (block_size > 0 && block_size % k == 0)).copied().ok_or_else(|| {
-            Error::invalid(
-                "block_size",
-                block_size,
-                format!("No common block size for {block_size} (ROCM_AITER_FA: {KERNEL_BLOCK_SIZES:?})"),
-            )
-        })
+        KERNEL_BLOCK_SIZES.iter().rev().find(|&&k| block_size == k || (block_size > 0 && block_size.is_multiple_of(k))).copied().ok_or_else(
+            || {
+                Error::invalid(
+                    "block_size",
+                    block_size,
+                    format!("No common block size for {block_size} (ROCM_AITER_FA: {KERNEL_BLOCK_SIZES:?})"),
+                )
+            },
+        )
     }
 
     fn cache_layout(&self, cfg: &AttnConfig, num_blocks: usize, block_size: usize) -> Result<KvLayout> {

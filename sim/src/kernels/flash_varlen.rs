@@ -110,7 +110,7 @@ impl<'a> VarlenParams<'a> {
                 return Err(Error::invalid(what, 0, "must be >= 1"));
             }
         }
-        if self.num_heads % self.num_kv_heads != 0 {
+        if !self.num_heads.is_multiple_of(self.num_kv_heads) {
             return Err(Error::invalid("num_kv_heads", self.num_kv_heads, format!("must divide num_heads = {}", self.num_heads)));
         }
         if self.window == Some(0) {

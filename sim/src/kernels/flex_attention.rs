@@ -54,7 +54,7 @@ pub const SPARSE_Q_BLOCK_SIZE: usize = 16;
 /// The kernel's BLOCK_N for a dtype and cache block size (see module doc).
 pub fn flex_block_n(dtype: DType, block_size: usize) -> usize {
     let mut b = (if dtype == DType::F32 { 32 } else { 64 }) / 2; // ROCm: shared memory < 144 KiB
-    while b > 16 && block_size % b != 0 {
+    while b > 16 && !block_size.is_multiple_of(b) {
         b /= 2;
     }
     b.max(16)
@@ -74,7 +74,7 @@ pub struct FlexMask<'a> {
 
 impl<'a> FlexMask<'a> {
     pub fn new(meta: &'a AttentionMetadata, window: Option<usize>) -> Self {
-        let doc_id = (0..meta.num_reqs()).flat_map(|i| std::iter::repeat(i).take(meta.query_len(i))).collect();
+        let doc_id = (0..meta.num_reqs()).flat_map(|i| std::iter::repeat_n(i, meta.query_len(i))).collect();
         let physical_to_logical = (0..meta.num_reqs())
             .map(|i| {
                 let mut p2l = vec![-1i64; meta.num_blocks];
@@ -177,7 +177,7 @@ pub fn flex_attention(query: &[f32], cache: &KvCache, meta: &AttentionMetadata, 
     let mask = FlexMask::new(meta, cfg.sliding_window);
     let block_mask = BlockMask::build(&mask);
     let (bs, bn, qpk) = (meta.block_size, flex_block_n(cfg.dtype, meta.block_size), cfg.queries_per_kv());
-    if bs % bn != 0 {
+    if !bs.is_multiple_of(bn) {
         return Err(Error::invalid("block_size", bs, "FlexAttention needs a multiple of 16 (BLOCK_N must divide the cache block)"));
     }
     let score = ScoreParams::new(cfg.scale, None);

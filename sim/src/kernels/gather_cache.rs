@@ -93,7 +93,7 @@ impl GatherChunk {
             }
             cu.push(next as i32);
         }
-        let token_to_batch = (0..lens.len()).flat_map(|b| std::iter::repeat(b as i32).take(lens[b])).collect();
+        let token_to_batch = (0..lens.len()).flat_map(|b| std::iter::repeat_n(b as i32, lens[b])).collect();
         Ok(GatherChunk { seq_starts, cu_seqlens: cu, token_to_batch, max_seqlen: lens.iter().copied().max().unwrap_or(0) })
     }
 
