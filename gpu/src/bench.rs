@@ -20,7 +20,9 @@ use attnlab_shared::dtype::DType;
 use attnlab_shared::layout::{KvLayout, LayoutKind};
 use attnlab_shared::metadata::{AttentionMetadata, BlockTableTensor};
 use attnlab_sim::config::AttnConfig;
-use attnlab_sim::kernels::paged_decode::{max_num_partitions, paged_2d_tile_size, PARTITION_SIZE_ROCM};
+use attnlab_sim::kernels::paged_decode::{
+    max_num_partitions, paged_2d_tile_size, PARTITION_SIZE_ROCM,
+};
 use attnlab_sim::numerics::softmax_scale_log2;
 use serde::Serialize;
 
@@ -34,7 +36,11 @@ pub struct BenchOptions {
 
 impl Default for BenchOptions {
     fn default() -> Self {
-        BenchOptions { warmup: 1, repeats: 5, max_kv_bytes: 24 << 30 }
+        BenchOptions {
+            warmup: 1,
+            repeats: 5,
+            max_kv_bytes: 24 << 30,
+        }
     }
 }
 
@@ -84,7 +90,15 @@ fn time_ms(gpu: &Gpu, opts: &BenchOptions, f: &mut dyn FnMut() -> Result<()>) ->
 
 fn fill(gpu: &Gpu, buf: &Buffer, n: usize, seed: u32) -> Result<()> {
     let f = gpu.function("fill", &[dtype_define("DTYPE", DType::Bf16)], "fill_hash")?;
-    gpu.dev.launch(f, LaunchDims { grid: [4096, 1, 1], block: [256, 1, 1], shared_bytes: 0 }, &[buf.arg(), Arg::I64(n as i64), Arg::I32(seed as i32)])
+    gpu.dev.launch(
+        f,
+        LaunchDims {
+            grid: [4096, 1, 1],
+            block: [256, 1, 1],
+            shared_bytes: 0,
+        },
+        &[buf.arg(), Arg::I64(n as i64), Arg::I32(seed as i32)],
+    )
 }
 
 /// Runs the copy, the decode grid and the prefill case.
@@ -97,7 +111,8 @@ pub fn run(gpu: &Gpu, opts: BenchOptions) -> Result<BenchReport> {
     let copy_ms = time_ms(gpu, &opts, &mut || dev.copy(dst.ptr, src.ptr, bytes))?;
     drop((src, dst));
     let copy_gbps = 2.0 * bytes as f64 / (copy_ms * 1e-3) / 1e9;
-    let f32_peak_tflops = info.multiprocessors as f64 * 128.0 * 2.0 * info.clock_khz as f64 * 1e3 / 1e12;
+    let f32_peak_tflops =
+        info.multiprocessors as f64 * 128.0 * 2.0 * info.clock_khz as f64 * 1e3 / 1e12;
     let mut rows = Vec::new();
     let mut skipped = Vec::new();
     let d = 128usize;
@@ -106,38 +121,89 @@ pub fn run(gpu: &Gpu, opts: BenchOptions) -> Result<BenchReport> {
             for context in [1024usize, 8192, 32768] {
                 let kv_bytes = (batch * context * hkv * d * 2 * 2) as u64;
                 if kv_bytes > opts.max_kv_bytes {
-                    skipped.push(format!("decode b{batch} ctx{context} {hq}/{hkv}: K+V {} GiB over the {} GiB cap", kv_bytes >> 30, opts.max_kv_bytes >> 30));
+                    skipped.push(format!(
+                        "decode b{batch} ctx{context} {hq}/{hkv}: K+V {} GiB over the {} GiB cap",
+                        kv_bytes >> 30,
+                        opts.max_kv_bytes >> 30
+                    ));
                     continue;
                 }
                 for (kernel, ms) in decode_case(gpu, &opts, batch, context, hq, hkv, d)? {
                     let moved = kv_bytes as f64 + (2 * batch * hq * d * 2) as f64;
                     let gbps = moved / (ms * 1e-3) / 1e9;
-                    rows.push(BenchRow { kernel, batch, context, q_heads: hq, kv_heads: hkv, median_ms: ms, gbps, vs_copy: gbps / copy_gbps, tflops: None, vs_f32_peak: None });
+                    rows.push(BenchRow {
+                        kernel,
+                        batch,
+                        context,
+                        q_heads: hq,
+                        kv_heads: hkv,
+                        median_ms: ms,
+                        gbps,
+                        vs_copy: gbps / copy_gbps,
+                        tflops: None,
+                        vs_f32_peak: None,
+                    });
                 }
             }
         }
     }
     rows.push(prefill_case(gpu, &opts, 4096, copy_gbps, f32_peak_tflops)?);
-    Ok(BenchReport { device: info, copy_gbps, f32_peak_tflops, rows, skipped })
+    Ok(BenchReport {
+        device: info,
+        copy_gbps,
+        f32_peak_tflops,
+        rows,
+        skipped,
+    })
 }
 
 /// Contiguous block tables for `batch` decode rows of `context` tokens each.
 fn decode_meta(batch: usize, context: usize, block_size: usize) -> Result<AttentionMetadata> {
     let per = context.div_ceil(block_size);
-    let rows: Vec<Vec<i32>> = (0..batch).map(|b| ((b * per) as i32..((b + 1) * per) as i32).collect()).collect();
+    let rows: Vec<Vec<i32>> = (0..batch)
+        .map(|b| ((b * per) as i32..((b + 1) * per) as i32).collect())
+        .collect();
     let qsl: Vec<i32> = (0..=batch as i32).collect();
-    let slots: Vec<i64> = (0..batch).map(|b| ((b * per) * block_size + context - 1) as i64).collect();
-    Ok(AttentionMetadata::new(block_size, batch * per, qsl, vec![context as i32; batch], BlockTableTensor::from_rows(&rows), slots, true)?)
+    let slots: Vec<i64> = (0..batch)
+        .map(|b| ((b * per) * block_size + context - 1) as i64)
+        .collect();
+    Ok(AttentionMetadata::new(
+        block_size,
+        batch * per,
+        qsl,
+        vec![context as i32; batch],
+        BlockTableTensor::from_rows(&rows),
+        slots,
+        true,
+    )?)
 }
 
-fn decode_case(gpu: &Gpu, opts: &BenchOptions, batch: usize, context: usize, hq: usize, hkv: usize, d: usize) -> Result<Vec<(String, f64)>> {
+fn decode_case(
+    gpu: &Gpu,
+    opts: &BenchOptions,
+    batch: usize,
+    context: usize,
+    hq: usize,
+    hkv: usize,
+    d: usize,
+) -> Result<Vec<(String, f64)>> {
     let dev = gpu.dev.as_ref();
     let bs = 16;
     let meta = decode_meta(batch, context, bs)?;
     let cfg = AttnConfig::new(hq, hkv, d, DType::Bf16);
-    let layout = KvLayout::new(LayoutKind::RocmPaged, meta.num_blocks, bs, hkv, d, DType::Bf16)?;
+    let layout = KvLayout::new(
+        LayoutKind::RocmPaged,
+        meta.num_blocks,
+        bs,
+        hkv,
+        d,
+        DType::Bf16,
+    )?;
     let n_kv = layout.numel();
-    let (k, v) = (Buffer::zeroed(dev, n_kv * 2)?, Buffer::zeroed(dev, n_kv * 2)?);
+    let (k, v) = (
+        Buffer::zeroed(dev, n_kv * 2)?,
+        Buffer::zeroed(dev, n_kv * 2)?,
+    );
     fill(gpu, &k, n_kv, 1)?;
     fill(gpu, &v, n_kv, 2)?;
     let q = Buffer::zeroed(dev, batch * hq * d * 2)?;
@@ -148,21 +214,68 @@ fn decode_case(gpu: &Gpu, opts: &BenchOptions, batch: usize, context: usize, hq:
     let qsl = Buffer::from_bytes(dev, &i32s(&meta.query_start_loc))?;
     let sl = Buffer::from_bytes(dev, &i32s(&meta.seq_lens))?;
     let none = Buffer::zeroed(dev, 4)?;
-    let defines = [dtype_define("Q_DTYPE", DType::Bf16), dtype_define("KV_DTYPE", DType::Bf16)];
+    let defines = [
+        dtype_define("Q_DTYPE", DType::Bf16),
+        dtype_define("KV_DTYPE", DType::Bf16),
+    ];
     let mut results = Vec::new();
 
     // ll4mi: partitions of 256 (split-KV) + reduce.
     let np = max_num_partitions(context, PARTITION_SIZE_ROCM);
     let parts = batch * hq * np;
-    let (ml, es, tmp) = (Buffer::zeroed(dev, parts * 4)?, Buffer::zeroed(dev, parts * 4)?, Buffer::zeroed(dev, parts * d * 4)?);
+    let (ml, es, tmp) = (
+        Buffer::zeroed(dev, parts * 4)?,
+        Buffer::zeroed(dev, parts * 4)?,
+        Buffer::zeroed(dev, parts * d * 4)?,
+    );
     let a = paged_args(&layout, &meta, &cfg, 0, PARTITION_SIZE_ROCM, cfg.scale);
     let part = gpu.function("paged_decode", &defines, "paged_attention_ll4mi_partition")?;
     let reduce = gpu.function("paged_decode", &defines, "paged_attention_ll4mi_reduce")?;
-    let pdims = LaunchDims { grid: [to_u32(batch, "batch")?, to_u32(np, "partitions")?, to_u32(hkv, "kv heads")?], block: [128, 1, 1], shared_bytes: ((2 * 256 + 8 + 64 + 2) * 4) as u32 };
-    let rdims = LaunchDims { grid: [to_u32(hq, "heads")?, to_u32(batch, "batch")?, 1], block: [128, 1, 1], shared_bytes: 0 };
+    let pdims = LaunchDims {
+        grid: [
+            to_u32(batch, "batch")?,
+            to_u32(np, "partitions")?,
+            to_u32(hkv, "kv heads")?,
+        ],
+        block: [128, 1, 1],
+        shared_bytes: ((2 * 256 + 8 + 64 + 2) * 4) as u32,
+    };
+    let rdims = LaunchDims {
+        grid: [to_u32(hq, "heads")?, to_u32(batch, "batch")?, 1],
+        block: [128, 1, 1],
+        shared_bytes: 0,
+    };
     let ms = time_ms(gpu, opts, &mut || {
-        dev.launch(part, pdims, &[q.arg(), k.arg(), v.arg(), bt.arg(), qsl.arg(), sl.arg(), none.arg(), ml.arg(), es.arg(), tmp.arg(), a.clone()])?;
-        dev.launch(reduce, rdims, &[ml.arg(), es.arg(), tmp.arg(), qsl.arg(), sl.arg(), out.arg(), a.clone()])
+        dev.launch(
+            part,
+            pdims,
+            &[
+                q.arg(),
+                k.arg(),
+                v.arg(),
+                bt.arg(),
+                qsl.arg(),
+                sl.arg(),
+                none.arg(),
+                ml.arg(),
+                es.arg(),
+                tmp.arg(),
+                a.clone(),
+            ],
+        )?;
+        dev.launch(
+            reduce,
+            rdims,
+            &[
+                ml.arg(),
+                es.arg(),
+                tmp.arg(),
+                qsl.arg(),
+                sl.arg(),
+                out.arg(),
+                a.clone(),
+            ],
+        )
     })?;
     results.push(("paged_attention_ll4mi".to_string(), ms));
 
@@ -171,21 +284,59 @@ fn decode_case(gpu: &Gpu, opts: &BenchOptions, batch: usize, context: usize, hq:
     let qpk = hq / hkv;
     let a2 = paged_args(&layout, &meta, &cfg, tile, 0, cfg.scale);
     let f2 = gpu.function("paged_decode", &defines, "paged_attention_2d")?;
-    let dims2 = LaunchDims { grid: [to_u32(batch, "batch")?, to_u32(hkv, "kv heads")?, 1], block: [128, 1, 1], shared_bytes: ((qpk * tile + qpk * d + 3 * qpk) * 4) as u32 };
-    let ms = time_ms(gpu, opts, &mut || dev.launch(f2, dims2, &[q.arg(), k.arg(), v.arg(), bt.arg(), qsl.arg(), sl.arg(), none.arg(), none.arg(), out.arg(), a2.clone()]))?;
+    let dims2 = LaunchDims {
+        grid: [to_u32(batch, "batch")?, to_u32(hkv, "kv heads")?, 1],
+        block: [128, 1, 1],
+        shared_bytes: ((qpk * tile + qpk * d + 3 * qpk) * 4) as u32,
+    };
+    let ms = time_ms(gpu, opts, &mut || {
+        dev.launch(
+            f2,
+            dims2,
+            &[
+                q.arg(),
+                k.arg(),
+                v.arg(),
+                bt.arg(),
+                qsl.arg(),
+                sl.arg(),
+                none.arg(),
+                none.arg(),
+                out.arg(),
+                a2.clone(),
+            ],
+        )
+    })?;
     results.push(("paged_attention_2d".to_string(), ms));
     Ok(results)
 }
 
 /// One causal prefill of `tokens` tokens (32 q / 8 kv heads, d 128, bf16)
 /// through the bit-exact unified 2D kernel (vLLM flavour, TILE 32).
-fn prefill_case(gpu: &Gpu, opts: &BenchOptions, tokens: usize, copy_gbps: f64, peak: f64) -> Result<BenchRow> {
+fn prefill_case(
+    gpu: &Gpu,
+    opts: &BenchOptions,
+    tokens: usize,
+    copy_gbps: f64,
+    peak: f64,
+) -> Result<BenchRow> {
     let dev = gpu.dev.as_ref();
     let (hq, hkv, d, bs) = (32usize, 8usize, 128usize, 16usize);
     let per = tokens.div_ceil(bs);
-    let meta = AttentionMetadata::new(bs, per, vec![0, tokens as i32], vec![tokens as i32], BlockTableTensor::from_rows(&[(0..per as i32).collect()]), (0..tokens as i64).collect(), true)?;
+    let meta = AttentionMetadata::new(
+        bs,
+        per,
+        vec![0, tokens as i32],
+        vec![tokens as i32],
+        BlockTableTensor::from_rows(&[(0..per as i32).collect()]),
+        (0..tokens as i64).collect(),
+        true,
+    )?;
     let n_kv = per * bs * hkv * d;
-    let (k, v) = (Buffer::zeroed(dev, n_kv * 2)?, Buffer::zeroed(dev, n_kv * 2)?);
+    let (k, v) = (
+        Buffer::zeroed(dev, n_kv * 2)?,
+        Buffer::zeroed(dev, n_kv * 2)?,
+    );
     fill(gpu, &k, n_kv, 4)?;
     fill(gpu, &v, n_kv, 5)?;
     let q = Buffer::zeroed(dev, tokens * hq * d * 2)?;
@@ -222,20 +373,60 @@ fn prefill_case(gpu: &Gpu, opts: &BenchOptions, tokens: usize, copy_gbps: f64, p
         .f32(1.0)
         .f32(1.0)
         .arg();
-    let defines = [dtype_define("Q_DTYPE", DType::Bf16), dtype_define("KV_DTYPE", DType::Bf16)];
+    let defines = [
+        dtype_define("Q_DTYPE", DType::Bf16),
+        dtype_define("KV_DTYPE", DType::Bf16),
+    ];
     let f = gpu.function("unified_attention", &defines, "unified_attention")?;
     let rows = block_q * (hq / hkv);
-    let dims = LaunchDims { grid: [to_u32(tokens / block_q + 1, "q blocks")?, hkv as u32, 1], block: [128, 1, 1], shared_bytes: ((rows * tile + rows * d + 3 * rows) * 4) as u32 };
+    let dims = LaunchDims {
+        grid: [to_u32(tokens / block_q + 1, "q blocks")?, hkv as u32, 1],
+        block: [128, 1, 1],
+        shared_bytes: ((rows * tile + rows * d + 3 * rows) * 4) as u32,
+    };
     let ms = time_ms(gpu, opts, &mut || {
-        dev.launch(f, dims, &[q.arg(), k.arg(), v.arg(), bt.arg(), qsl.arg(), sl.arg(), none.arg(), none.arg(), out.arg(), none.arg(), none.arg(), none.arg(), args.clone()])
+        dev.launch(
+            f,
+            dims,
+            &[
+                q.arg(),
+                k.arg(),
+                v.arg(),
+                bt.arg(),
+                qsl.arg(),
+                sl.arg(),
+                none.arg(),
+                none.arg(),
+                out.arg(),
+                none.arg(),
+                none.arg(),
+                none.arg(),
+                args.clone(),
+            ],
+        )
     })?;
     // Causal: visible (query, key) pairs = T (T + 1) / 2; 4 flops per pair per dim per head.
     let flops = 4.0 * d as f64 * hq as f64 * (tokens as f64 * (tokens as f64 + 1.0) / 2.0);
     let tflops = flops / (ms * 1e-3) / 1e12;
     let moved = (2 * n_kv * 2 + 2 * tokens * hq * d * 2) as f64;
     let gbps = moved / (ms * 1e-3) / 1e9;
-    let vs_f32_peak = if peak > 0.0 { Some(tflops / peak) } else { None };
-    Ok(BenchRow { kernel: "unified_attention_2d (prefill)".into(), batch: 1, context: tokens, q_heads: hq, kv_heads: hkv, median_ms: ms, gbps, vs_copy: gbps / copy_gbps, tflops: Some(tflops), vs_f32_peak })
+    let vs_f32_peak = if peak > 0.0 {
+        Some(tflops / peak)
+    } else {
+        None
+    };
+    Ok(BenchRow {
+        kernel: "unified_attention_2d (prefill)".into(),
+        batch: 1,
+        context: tokens,
+        q_heads: hq,
+        kv_heads: hkv,
+        median_ms: ms,
+        gbps,
+        vs_copy: gbps / copy_gbps,
+        tflops: Some(tflops),
+        vs_f32_peak,
+    })
 }
 
 /// The decode rows as an SVG chart: achieved GB/s per case for each kernel,
@@ -253,7 +444,13 @@ pub fn svg(report: &BenchReport) -> String {
     let cases: Vec<String> = {
         let mut c: Vec<String> = Vec::new();
         for r in &decode {
-            let name = format!("b{} {}K {}/{}", r.batch, r.context / 1024, r.q_heads, r.kv_heads);
+            let name = format!(
+                "b{} {}K {}/{}",
+                r.batch,
+                r.context / 1024,
+                r.q_heads,
+                r.kv_heads
+            );
             if !c.contains(&name) {
                 c.push(name);
             }
@@ -261,16 +458,28 @@ pub fn svg(report: &BenchReport) -> String {
         c
     };
     let (w, h, left, bottom, top) = (1100.0f64, 520.0f64, 70.0f64, 130.0f64, 40.0f64);
-    let ymax = decode.iter().map(|r| r.gbps).fold(report.copy_gbps, f64::max) * 1.1;
+    let ymax = decode
+        .iter()
+        .map(|r| r.gbps)
+        .fold(report.copy_gbps, f64::max)
+        * 1.1;
     let y = |v: f64| top + (h - top - bottom) * (1.0 - v / ymax);
     let slot = (w - left - 20.0) / cases.len().max(1) as f64;
     let colors = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd"];
     let mut s = format!("<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"11\">\n");
     s += &format!("<text x=\"{left}\" y=\"20\" font-size=\"14\">attnlab bench --gpu: decode bandwidth on {} (bf16, block 16, d 128)</text>\n", report.device.name);
-    s += &format!("<line x1=\"{left}\" y1=\"{}\" x2=\"{left}\" y2=\"{}\" stroke=\"black\"/>\n", top, h - bottom);
+    s += &format!(
+        "<line x1=\"{left}\" y1=\"{}\" x2=\"{left}\" y2=\"{}\" stroke=\"black\"/>\n",
+        top,
+        h - bottom
+    );
     for i in 0..=5 {
         let v = ymax * i as f64 / 5.0;
-        s += &format!("<text x=\"5\" y=\"{:.1}\">{:.0} GB/s</text>\n", y(v) + 4.0, v);
+        s += &format!(
+            "<text x=\"5\" y=\"{:.1}\">{:.0} GB/s</text>\n",
+            y(v) + 4.0,
+            v
+        );
     }
     s += &format!(
         "<line x1=\"{left}\" y1=\"{0:.1}\" x2=\"{1}\" y2=\"{0:.1}\" stroke=\"gray\" stroke-dasharray=\"6 3\"/><text x=\"{2}\" y=\"{3:.1}\">copy {4:.0} GB/s</text>\n",
@@ -284,12 +493,25 @@ pub fn svg(report: &BenchReport) -> String {
     for (ci, case) in cases.iter().enumerate() {
         let x0 = left + ci as f64 * slot;
         for (ki, k) in kernels.iter().enumerate() {
-            if let Some(r) = decode.iter().find(|r| &r.kernel == k && &format!("b{} {}K {}/{}", r.batch, r.context / 1024, r.q_heads, r.kv_heads) == case) {
+            if let Some(r) = decode.iter().find(|r| {
+                &r.kernel == k
+                    && &format!(
+                        "b{} {}K {}/{}",
+                        r.batch,
+                        r.context / 1024,
+                        r.q_heads,
+                        r.kv_heads
+                    ) == case
+            }) {
                 let x = x0 + (ki as f64 + 0.5) * bw;
                 s += &format!("<rect x=\"{x:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{:.1}\" fill=\"{}\"/>\n", y(r.gbps), bw * 0.9, (h - bottom) - y(r.gbps), colors[ki % colors.len()]);
             }
         }
-        s += &format!("<text transform=\"translate({:.1},{:.1}) rotate(60)\">{case}</text>\n", x0 + slot / 2.0, h - bottom + 10.0);
+        s += &format!(
+            "<text transform=\"translate({:.1},{:.1}) rotate(60)\">{case}</text>\n",
+            x0 + slot / 2.0,
+            h - bottom + 10.0
+        );
     }
     for (ki, k) in kernels.iter().enumerate() {
         s += &format!("<rect x=\"{}\" y=\"{}\" width=\"10\" height=\"10\" fill=\"{}\"/><text x=\"{}\" y=\"{}\">{k}</text>\n", left + 10.0 + ki as f64 * 230.0, top - 12.0, colors[ki % colors.len()], left + 24.0 + ki as f64 * 230.0, top - 3.0);

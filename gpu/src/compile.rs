@@ -12,7 +12,13 @@ use std::process::Command;
 
 /// hipcc flags matching NVRTC's contract flags (numerics.md §2): no FMA
 /// contraction; clang's HIP defaults keep IEEE division and denormals.
-pub const HIPCC_FLAGS: [&str; 5] = ["--genco", "-O3", "-ffp-contract=off", "-fno-fast-math", "-std=c++17"];
+pub const HIPCC_FLAGS: [&str; 5] = [
+    "--genco",
+    "-O3",
+    "-ffp-contract=off",
+    "-fno-fast-math",
+    "-std=c++17",
+];
 
 /// One (family, variant) compiled for one target.
 #[derive(Debug, Clone, Serialize)]
@@ -81,7 +87,11 @@ fn compile_one(target: &Target, f: &Family, defines: &Defines) -> Result<Compile
         Target::Cuda { sm } => nvrtc_compile(*sm, &name, &unit, defines).map(|img| img.bytes.len()),
         Target::Amd { gfx } => hipcc_compile(gfx, &name, &unit, defines),
     };
-    let define_text = defines.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ");
+    let define_text = defines
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(" ");
     let millis = start.elapsed().as_millis();
     Ok(match outcome {
         Ok(bytes) => CompileResult {
@@ -114,7 +124,11 @@ fn hipcc_compile(gfx: &str, name: &str, unit: &str, defines: &Defines) -> Result
         target: gfx.to_string(),
         log,
     };
-    let dir = std::env::temp_dir().join(format!("attnlab-hipcc-{}-{}", std::process::id(), name.trim_end_matches(".hip")));
+    let dir = std::env::temp_dir().join(format!(
+        "attnlab-hipcc-{}-{}",
+        std::process::id(),
+        name.trim_end_matches(".hip")
+    ));
     std::fs::create_dir_all(&dir).map_err(|e| fail(format!("temp dir {}: {e}", dir.display())))?;
     let src = dir.join(name);
     let out = dir.join(format!("{gfx}.hsaco"));
@@ -123,7 +137,9 @@ fn hipcc_compile(gfx: &str, name: &str, unit: &str, defines: &Defines) -> Result
     cmd.arg(format!("--offload-arch={gfx}")).args(HIPCC_FLAGS);
     cmd.args(defines.iter().map(|(k, v)| format!("-D{k}={v}")));
     cmd.arg(&src).arg("-o").arg(&out);
-    let output = cmd.output().map_err(|e| fail(format!("running hipcc: {e}")))?;
+    let output = cmd
+        .output()
+        .map_err(|e| fail(format!("running hipcc: {e}")))?;
     let result = if output.status.success() {
         std::fs::metadata(&out)
             .map(|m| m.len() as usize)

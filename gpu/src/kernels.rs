@@ -50,34 +50,52 @@ fn contract_variants() -> Vec<Defines> {
 
 /// (source, cache) dtype pairs: same-dtype caches and both fp8 flavours.
 fn reshape_and_cache_variants() -> Vec<Defines> {
-    [(DType::Bf16, DType::Bf16), (DType::F16, DType::Fp8E4m3Fnuz), (DType::F32, DType::Fp8E4m3Fn)]
-        .iter()
-        .map(|&(s, c)| vec![dtype_define("SRC_DTYPE", s), dtype_define("CACHE_DTYPE", c)])
-        .collect()
+    [
+        (DType::Bf16, DType::Bf16),
+        (DType::F16, DType::Fp8E4m3Fnuz),
+        (DType::F32, DType::Fp8E4m3Fn),
+    ]
+    .iter()
+    .map(|&(s, c)| vec![dtype_define("SRC_DTYPE", s), dtype_define("CACHE_DTYPE", c)])
+    .collect()
 }
 
 fn merge_variants() -> Vec<Defines> {
-    [DType::F32, DType::F16, DType::Bf16].iter().map(|&d| vec![dtype_define("OUT_DTYPE", d)]).collect()
+    [DType::F32, DType::F16, DType::Bf16]
+        .iter()
+        .map(|&d| vec![dtype_define("OUT_DTYPE", d)])
+        .collect()
 }
 
 /// (query, cache) dtype pairs of the attention kernels.
 fn attention_variants() -> Vec<Defines> {
-    [(DType::Bf16, DType::Bf16), (DType::F16, DType::Fp8E4m3Fnuz), (DType::Bf16, DType::Fp8E4m3Fn)]
-        .iter()
-        .map(|&(q, kv)| vec![dtype_define("Q_DTYPE", q), dtype_define("KV_DTYPE", kv)])
-        .collect()
+    [
+        (DType::Bf16, DType::Bf16),
+        (DType::F16, DType::Fp8E4m3Fnuz),
+        (DType::Bf16, DType::Fp8E4m3Fn),
+    ]
+    .iter()
+    .map(|&(q, kv)| vec![dtype_define("Q_DTYPE", q), dtype_define("KV_DTYPE", kv)])
+    .collect()
 }
 
 /// (cache, workspace) dtype pairs.
 fn gather_variants() -> Vec<Defines> {
-    [(DType::Bf16, DType::Bf16), (DType::Fp8E4m3Fnuz, DType::Bf16), (DType::Fp8E4m3Fn, DType::F16)]
-        .iter()
-        .map(|&(kv, d)| vec![dtype_define("KV_DTYPE", kv), dtype_define("DST_DTYPE", d)])
-        .collect()
+    [
+        (DType::Bf16, DType::Bf16),
+        (DType::Fp8E4m3Fnuz, DType::Bf16),
+        (DType::Fp8E4m3Fn, DType::F16),
+    ]
+    .iter()
+    .map(|&(kv, d)| vec![dtype_define("KV_DTYPE", kv), dtype_define("DST_DTYPE", d)])
+    .collect()
 }
 
 fn varlen_variants() -> Vec<Defines> {
-    [DType::Bf16, DType::F16].iter().map(|&d| vec![dtype_define("DTYPE", d)]).collect()
+    [DType::Bf16, DType::F16]
+        .iter()
+        .map(|&d| vec![dtype_define("DTYPE", d)])
+        .collect()
 }
 
 fn fill_variants() -> Vec<Defines> {
@@ -112,7 +130,11 @@ pub static FAMILIES: &[Family] = &[
     Family {
         name: "paged_decode",
         embedded: include_str!("../../kernels/paged_decode.hip"),
-        entries: &["paged_attention_2d", "paged_attention_ll4mi_partition", "paged_attention_ll4mi_reduce"],
+        entries: &[
+            "paged_attention_2d",
+            "paged_attention_ll4mi_partition",
+            "paged_attention_ll4mi_reduce",
+        ],
         variants: attention_variants,
     },
     Family {
@@ -192,25 +214,48 @@ impl Gpu {
 
     /// The entry point `entry` of `family` compiled with `defines` (compiled
     /// and loaded on first use, cached after).
-    pub fn function(&self, family_name: &str, defines: &[(String, String)], entry: &str) -> Result<FunctionId> {
+    pub fn function(
+        &self,
+        family_name: &str,
+        defines: &[(String, String)],
+        entry: &str,
+    ) -> Result<FunctionId> {
         let key = (family_name.to_string(), defines.to_vec());
-        let cached = self.modules.lock().unwrap_or_else(|p| p.into_inner()).get(&key).copied();
+        let cached = self
+            .modules
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+            .copied();
         let module = match cached {
             Some(m) => m,
             None => {
                 let f = family(family_name)?;
-                let image = self.dev.compile(&format!("{}.hip", f.name), &translation_unit(f)?, defines)?;
+                let image =
+                    self.dev
+                        .compile(&format!("{}.hip", f.name), &translation_unit(f)?, defines)?;
                 let m = self.dev.load(&image)?;
-                self.modules.lock().unwrap_or_else(|p| p.into_inner()).insert(key, m);
+                self.modules
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(key, m);
                 m
             }
         };
         let fkey = (module, entry.to_string());
-        if let Some(&id) = self.functions.lock().unwrap_or_else(|p| p.into_inner()).get(&fkey) {
+        if let Some(&id) = self
+            .functions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&fkey)
+        {
             return Ok(id);
         }
         let id = self.dev.function(module, entry)?;
-        self.functions.lock().unwrap_or_else(|p| p.into_inner()).insert(fkey, id);
+        self.functions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(fkey, id);
         Ok(id)
     }
 }

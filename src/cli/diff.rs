@@ -30,7 +30,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Ok(g) => g,
         Err(GpuError::NoDevice(why)) => {
             if args.json {
-                println!("{}", json!({ "device": null, "skipped": why, "kernels": [] }));
+                println!(
+                    "{}",
+                    json!({ "device": null, "skipped": why, "kernels": [] })
+                );
             } else {
                 println!("no device, nothing compared: {why}");
             }
@@ -75,10 +78,18 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         println!(
             "{} kernels, {elements} elements: {}",
             reports.len(),
-            if all_exact { "all bit-exact" } else { "MISMATCH" }
+            if all_exact {
+                "all bit-exact"
+            } else {
+                "MISMATCH"
+            }
         );
     }
-    Ok(if all_exact { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if all_exact {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 fn print_report(r: &KernelReport, secs: f64) {

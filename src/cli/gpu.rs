@@ -41,7 +41,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             } else {
                 print_report(&report);
             }
-            Ok(if report.all_ok() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+            Ok(if report.all_ok() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
         }
     }
 }
@@ -54,7 +58,10 @@ fn print_report(r: &CompileReport) {
         } else {
             "FAIL".to_string()
         };
-        println!("  {:<22} {:<28} {status} {:>6} ms", c.kernel, c.defines, c.millis);
+        println!(
+            "  {:<22} {:<28} {status} {:>6} ms",
+            c.kernel, c.defines, c.millis
+        );
         if let Some(log) = &c.log {
             for line in log.lines().take(30) {
                 println!("      {line}");
@@ -77,9 +84,14 @@ pub fn bench(json: bool, repeats: usize) -> anyhow::Result<ExitCode> {
         }
         Err(e) => return Err(e.into()),
     };
-    let opts = BenchOptions { repeats: repeats.max(1), ..BenchOptions::default() };
+    let opts = BenchOptions {
+        repeats: repeats.max(1),
+        ..BenchOptions::default()
+    };
     let report = bench::run(&gpu, opts)?;
-    let dir = std::path::PathBuf::from(std::env::var_os("ATTNLAB_BENCH_DIR").unwrap_or_else(|| ".".into()));
+    let dir = std::path::PathBuf::from(
+        std::env::var_os("ATTNLAB_BENCH_DIR").unwrap_or_else(|| ".".into()),
+    );
     let text = serde_json::to_string_pretty(&report)?;
     std::fs::write(dir.join("bench-gpu.json"), &text)?;
     std::fs::write(dir.join("bench-gpu.svg"), bench::svg(&report))?;
@@ -87,16 +99,31 @@ pub fn bench(json: bool, repeats: usize) -> anyhow::Result<ExitCode> {
         println!("{text}");
     } else {
         print_bench(&report);
-        println!("wrote {} and {}", dir.join("bench-gpu.json").display(), dir.join("bench-gpu.svg").display());
+        println!(
+            "wrote {} and {}",
+            dir.join("bench-gpu.json").display(),
+            dir.join("bench-gpu.svg").display()
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
 
 fn print_bench(r: &BenchReport) {
-    println!("device: {} ({} SMs), device-to-device copy {:.0} GB/s, f32 peak {:.1} TFLOP/s", r.device.name, r.device.multiprocessors, r.copy_gbps, r.f32_peak_tflops);
-    println!("  {:<32} {:>5} {:>7} {:>7} {:>10} {:>9} {:>8} {:>9}", "kernel", "batch", "context", "heads", "median ms", "GB/s", "vs copy", "TFLOP/s");
+    println!(
+        "device: {} ({} SMs), device-to-device copy {:.0} GB/s, f32 peak {:.1} TFLOP/s",
+        r.device.name, r.device.multiprocessors, r.copy_gbps, r.f32_peak_tflops
+    );
+    println!(
+        "  {:<32} {:>5} {:>7} {:>7} {:>10} {:>9} {:>8} {:>9}",
+        "kernel", "batch", "context", "heads", "median ms", "GB/s", "vs copy", "TFLOP/s"
+    );
     for row in &r.rows {
-        let tf = row.tflops.map_or(String::new(), |t| format!("{t:.2} ({:.0}% of f32 peak)", 100.0 * row.vs_f32_peak.unwrap_or(0.0)));
+        let tf = row.tflops.map_or(String::new(), |t| {
+            format!(
+                "{t:.2} ({:.0}% of f32 peak)",
+                100.0 * row.vs_f32_peak.unwrap_or(0.0)
+            )
+        });
         println!(
             "  {:<32} {:>5} {:>7} {:>7} {:>10.3} {:>9.0} {:>7.1}% {tf}",
             row.kernel,

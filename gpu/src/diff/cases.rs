@@ -90,10 +90,18 @@ pub fn draw(rng: &mut ChaCha8Rng, space: &CaseSpace) -> Option<AttnCase> {
         cfg.softcap = Some(rng.gen_range(5.0f32..50.0));
     }
     if space.sinks && rng.gen_bool(0.25) {
-        cfg.sinks = Some((0..cfg.num_heads).map(|_| rng.gen_range(-3.0f32..3.0)).collect());
+        cfg.sinks = Some(
+            (0..cfg.num_heads)
+                .map(|_| rng.gen_range(-3.0f32..3.0))
+                .collect(),
+        );
     }
     if space.alibi && rng.gen_bool(0.15) {
-        cfg.alibi_slopes = Some((0..cfg.num_heads).map(|h| 2f32.powi(-(h as i32 % 8) - 1)).collect());
+        cfg.alibi_slopes = Some(
+            (0..cfg.num_heads)
+                .map(|h| 2f32.powi(-(h as i32 % 8) - 1))
+                .collect(),
+        );
     }
     let causal = !(space.non_causal && rng.gen_bool(0.2));
 
@@ -105,32 +113,74 @@ pub fn draw(rng: &mut ChaCha8Rng, space: &CaseSpace) -> Option<AttnCase> {
     for _ in 0..num_reqs {
         let (ctx, q) = match rng.gen_range(0..3) {
             0 => (rng.gen_range(1..=space.max_context), 1),
-            1 => (rng.gen_range(1..=space.max_context), rng.gen_range(1..=space.max_query_len)),
+            1 => (
+                rng.gen_range(1..=space.max_context),
+                rng.gen_range(1..=space.max_query_len),
+            ),
             _ => (0, rng.gen_range(1..=space.max_query_len)),
         };
         qsl.push(qsl.last().copied().unwrap_or(0) + q as i32);
         seq_lens.push((ctx + q) as i32);
     }
-    let blocks_per_req: Vec<usize> = seq_lens.iter().map(|&s| (s as usize).div_ceil(block_size)).collect();
+    let blocks_per_req: Vec<usize> = seq_lens
+        .iter()
+        .map(|&s| (s as usize).div_ceil(block_size))
+        .collect();
     let num_blocks = blocks_per_req.iter().sum::<usize>() + rng.gen_range(0..3);
-    let layout = KvLayout::new(kind, num_blocks, block_size, num_kv_heads, head_size, kv_dtype).ok()?;
+    let layout = KvLayout::new(
+        kind,
+        num_blocks,
+        block_size,
+        num_kv_heads,
+        head_size,
+        kv_dtype,
+    )
+    .ok()?;
     let mut ids: Vec<i32> = (0..num_blocks as i32).collect();
     ids.shuffle(rng);
     let mut next = ids.into_iter();
-    let rows: Vec<Vec<i32>> = blocks_per_req.iter().map(|&n| next.by_ref().take(n).collect()).collect();
+    let rows: Vec<Vec<i32>> = blocks_per_req
+        .iter()
+        .map(|&n| next.by_ref().take(n).collect())
+        .collect();
     let table = BlockTableTensor::from_rows(&rows);
     let mut slot_mapping = Vec::new();
     for (i, row) in rows.iter().enumerate() {
         let (q, s) = ((qsl[i + 1] - qsl[i]) as usize, seq_lens[i] as usize);
         for pos in s - q..s {
-            slot_mapping.push(row[pos / block_size] as i64 * block_size as i64 + (pos % block_size) as i64);
+            slot_mapping
+                .push(row[pos / block_size] as i64 * block_size as i64 + (pos % block_size) as i64);
         }
     }
-    let meta = AttentionMetadata::new(block_size, num_blocks, qsl, seq_lens, table, slot_mapping, causal).ok()?;
+    let meta = AttentionMetadata::new(
+        block_size,
+        num_blocks,
+        qsl,
+        seq_lens,
+        table,
+        slot_mapping,
+        causal,
+    )
+    .ok()?;
     // fp8 caches hold values around 1/scale so that dequantized K/V are O(1).
     let spread = if kv_dtype.is_fp8() { 200.0 } else { 2.0 };
-    let mut values = |n: usize, dt: DType| -> Vec<f32> { (0..n).map(|_| dt.round(rng.gen_range(-spread..spread))).collect() };
-    let cache = KvCache { layout, k: values(layout.numel(), kv_dtype), v: values(layout.numel(), kv_dtype) };
-    let query: Vec<f32> = (0..meta.num_actual_tokens * cfg.num_heads * head_size).map(|_| dtype.round(rng.gen_range(-2.0f32..2.0))).collect();
-    Some(AttnCase { cfg, meta, cache, query })
+    let mut values = |n: usize, dt: DType| -> Vec<f32> {
+        (0..n)
+            .map(|_| dt.round(rng.gen_range(-spread..spread)))
+            .collect()
+    };
+    let cache = KvCache {
+        layout,
+        k: values(layout.numel(), kv_dtype),
+        v: values(layout.numel(), kv_dtype),
+    };
+    let query: Vec<f32> = (0..meta.num_actual_tokens * cfg.num_heads * head_size)
+        .map(|_| dtype.round(rng.gen_range(-2.0f32..2.0)))
+        .collect();
+    Some(AttnCase {
+        cfg,
+        meta,
+        cache,
+        query,
+    })
 }

@@ -67,14 +67,28 @@ pub fn run(gpu: &Gpu, opts: DiffOptions) -> Result<KernelReport> {
         for op in UnaryOp::ALL {
             let sim: Vec<u32> = x.iter().map(|&v| op.sim(v).to_bits()).collect();
             let dev = unary(gpu, op, &x)?;
-            let desc = || format!("{}(x) over {} inputs, seed {}", op.name(), x.len(), opts.seed);
+            let desc = || {
+                format!(
+                    "{}(x) over {} inputs, seed {}",
+                    op.name(),
+                    x.len(),
+                    opts.seed
+                )
+            };
             tally.compare(&desc, op.name(), &[x.len()], DType::F32, &sim, &dev);
         }
         for dt in ALL_DTYPES {
             let sim: Vec<u32> = x.iter().map(|&v| dt.round(v).to_bits()).collect();
             let dev = round(gpu, dt, &x)?;
             let desc = || format!("round to {dt} over {} inputs, seed {}", x.len(), opts.seed);
-            tally.compare(&desc, &format!("round_{dt}"), &[x.len()], DType::F32, &sim, &dev);
+            tally.compare(
+                &desc,
+                &format!("round_{dt}"),
+                &[x.len()],
+                DType::F32,
+                &sim,
+                &dev,
+            );
         }
         tally.case_done();
     }

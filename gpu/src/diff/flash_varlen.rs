@@ -8,7 +8,9 @@ use crate::kernels::Gpu;
 use crate::ops::flash_varlen::flash_attn_varlen as gpu_varlen;
 use crate::runtime::Result;
 use attnlab_shared::dtype::DType;
-use attnlab_sim::kernels::flash_varlen::{ck_block_n, flash_attn_varlen as sim_varlen, VarlenParams};
+use attnlab_sim::kernels::flash_varlen::{
+    ck_block_n, flash_attn_varlen as sim_varlen, VarlenParams,
+};
 use attnlab_sim::kernels::softmax::ScoreParams;
 use rand::seq::SliceRandom;
 use rand::Rng;
@@ -17,31 +19,58 @@ pub fn run(gpu: &Gpu, opts: DiffOptions) -> Result<KernelReport> {
     let mut rng = rng_for("flash_varlen", opts.seed);
     let mut tally = Tally::new("flash_varlen");
     for _ in 0..opts.cases {
-        let dtype = *[DType::F16, DType::Bf16].choose(&mut rng).expect("non-empty");
+        let dtype = *[DType::F16, DType::Bf16]
+            .choose(&mut rng)
+            .expect("non-empty");
         let hk = *[1usize, 2, 4].choose(&mut rng).expect("non-empty");
         let hq = hk * *[1usize, 2, 4, 8].choose(&mut rng).expect("non-empty");
-        let (d, dv) = *[(64usize, 64usize), (128, 128), (192, 128), (96, 96)].choose(&mut rng).expect("non-empty");
+        let (d, dv) = *[(64usize, 64usize), (128, 128), (192, 128), (96, 96)]
+            .choose(&mut rng)
+            .expect("non-empty");
         let batch = rng.gen_range(1..=4usize);
         let (mut cu_q, mut cu_k) = (vec![0i32], vec![0i32]);
         for _ in 0..batch {
             let sq = rng.gen_range(1..=48);
-            let sk = sq + if rng.gen_bool(0.5) { 0 } else { rng.gen_range(0..=150) };
+            let sk = sq
+                + if rng.gen_bool(0.5) {
+                    0
+                } else {
+                    rng.gen_range(0..=150)
+                };
             cu_q.push(cu_q.last().copied().unwrap_or(0) + sq);
             cu_k.push(cu_k.last().copied().unwrap_or(0) + sk);
         }
-        let (tq, tk) = (*cu_q.last().unwrap_or(&0) as usize, *cu_k.last().unwrap_or(&0) as usize);
-        let mut vals = |n: usize| -> Vec<f32> { (0..n).map(|_| dtype.round(rng.gen_range(-2.0f32..2.0))).collect() };
+        let (tq, tk) = (
+            *cu_q.last().unwrap_or(&0) as usize,
+            *cu_k.last().unwrap_or(&0) as usize,
+        );
+        let mut vals = |n: usize| -> Vec<f32> {
+            (0..n)
+                .map(|_| dtype.round(rng.gen_range(-2.0f32..2.0)))
+                .collect()
+        };
         let (q, k, v) = (vals(tq * hq * d), vals(tk * hk * d), vals(tk * hk * dv));
-        let sinks: Option<Vec<f32>> = rng.gen_bool(0.2).then(|| (0..hq).map(|_| rng.gen_range(-3.0f32..3.0)).collect());
-        let alibi: Option<Vec<f32>> = rng.gen_bool(0.15).then(|| (0..hq).map(|h| 2f32.powi(-(h as i32 % 8) - 1)).collect());
+        let sinks: Option<Vec<f32>> = rng
+            .gen_bool(0.2)
+            .then(|| (0..hq).map(|_| rng.gen_range(-3.0f32..3.0)).collect());
+        let alibi: Option<Vec<f32>> = rng
+            .gen_bool(0.15)
+            .then(|| (0..hq).map(|h| 2f32.powi(-(h as i32 % 8) - 1)).collect());
         let mut p = VarlenParams::new(hq, hk, d, dtype, 1.0 / (d as f32).sqrt());
         p.head_size_v = dv;
         p.causal = rng.gen_bool(0.8);
         p.window = rng.gen_bool(0.3).then(|| rng.gen_range(1..64));
-        p.score = ScoreParams::new(p.score.scale, rng.gen_bool(0.3).then(|| rng.gen_range(5.0f32..50.0)));
+        p.score = ScoreParams::new(
+            p.score.scale,
+            rng.gen_bool(0.3).then(|| rng.gen_range(5.0f32..50.0)),
+        );
         p.sinks = sinks.as_deref();
         p.alibi_slopes = alibi.as_deref();
-        p.block_n = if rng.gen_bool(0.25) { 32 } else { ck_block_n(d) };
+        p.block_n = if rng.gen_bool(0.25) {
+            32
+        } else {
+            ck_block_n(d)
+        };
         let sim = sim_varlen(&q, &k, &v, &cu_q, &cu_k, &p)?;
         let (out, lse) = gpu_varlen(gpu, &q, &k, &v, &cu_q, &cu_k, &p)?;
         let desc = || {

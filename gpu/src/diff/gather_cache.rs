@@ -9,7 +9,9 @@ use crate::kernels::Gpu;
 use crate::ops::gather_cache::cp_mha_gather_cache as gpu_gather;
 use crate::runtime::Result;
 use attnlab_shared::layout::LayoutKind;
-use attnlab_sim::kernels::gather_cache::{cp_mha_gather_cache as sim_gather, CacheFormat, GatherChunk};
+use attnlab_sim::kernels::gather_cache::{
+    cp_mha_gather_cache as sim_gather, CacheFormat, GatherChunk,
+};
 use rand::Rng;
 
 const SPACE: CaseSpace = CaseSpace {
@@ -28,12 +30,20 @@ pub fn run(gpu: &Gpu, opts: DiffOptions) -> Result<KernelReport> {
     let mut rng = rng_for("gather_cache", opts.seed);
     let mut tally = Tally::new("gather_cache");
     while tally.cases() < opts.cases {
-        let Some(case) = draw(&mut rng, &SPACE) else { continue };
+        let Some(case) = draw(&mut rng, &SPACE) else {
+            continue;
+        };
         let (meta, cfg) = (&case.meta, &case.cfg);
         let own = CacheFormat::of(case.cache.layout.kind)?;
         // A shuffled cache is sometimes read as NHD (vLLM's sliding-window path).
-        let format = if own == CacheFormat::Shuffle && rng.gen_bool(0.2) { CacheFormat::Nhd } else { own };
-        let rows: Vec<&[i32]> = (0..meta.num_reqs()).map(|i| &meta.block_table.row(i)[..meta.seq_len(i).div_ceil(meta.block_size)]).collect();
+        let format = if own == CacheFormat::Shuffle && rng.gen_bool(0.2) {
+            CacheFormat::Nhd
+        } else {
+            own
+        };
+        let rows: Vec<&[i32]> = (0..meta.num_reqs())
+            .map(|i| &meta.block_table.row(i)[..meta.seq_len(i).div_ceil(meta.block_size)])
+            .collect();
         // A chunk: per request a random [start, start + len) inside its sequence.
         let (mut starts, mut lens) = (Vec::new(), Vec::new());
         for i in 0..meta.num_reqs() {
@@ -46,7 +56,14 @@ pub fn run(gpu: &Gpu, opts: DiffOptions) -> Result<KernelReport> {
         let scales = (cfg.k_scale, cfg.v_scale);
         let (sk, sv) = sim_gather(&case.cache, &rows, &chunk, format, scales, cfg.dtype)?;
         let (gk, gv) = gpu_gather(gpu, &case.cache, &rows, &chunk, format, scales, cfg.dtype)?;
-        let desc = || format!("{} gather of chunk starts {:?} lens {lens:?}: {}", format.name(), chunk.seq_starts, case.describe());
+        let desc = || {
+            format!(
+                "{} gather of chunk starts {:?} lens {lens:?}: {}",
+                format.name(),
+                chunk.seq_starts,
+                case.describe()
+            )
+        };
         let shape = [chunk.total_tokens(), cfg.num_kv_heads, cfg.head_size];
         tally.compare_values(&desc, "key", &shape, cfg.dtype, &sk, &gk);
         tally.compare_values(&desc, "value", &shape, cfg.dtype, &sv, &gv);

@@ -24,12 +24,18 @@ pub fn run(gpu: &Gpu, opts: DiffOptions) -> Result<KernelReport> {
     let mut rng = rng_for("merge_attn_states", opts.seed);
     let mut tally = Tally::new("merge_attn_states");
     for _ in 0..opts.cases {
-        let kernel = *[MergeKernel::Triton, MergeKernel::Hip].choose(&mut rng).expect("non-empty");
-        let dtype = *[DType::F32, DType::F16, DType::Bf16].choose(&mut rng).expect("non-empty");
+        let kernel = *[MergeKernel::Triton, MergeKernel::Hip]
+            .choose(&mut rng)
+            .expect("non-empty");
+        let dtype = *[DType::F32, DType::F16, DType::Bf16]
+            .choose(&mut rng)
+            .expect("non-empty");
         let (t, h) = (rng.gen_range(1..20usize), rng.gen_range(1..9usize));
         let d = *[64usize, 128, 80, 256].choose(&mut rng).expect("non-empty");
         let side = |rng: &mut rand_chacha::ChaCha8Rng| {
-            let out: Vec<f32> = (0..t * h * d).map(|_| dtype.round(rng.gen_range(-4.0f32..4.0))).collect();
+            let out: Vec<f32> = (0..t * h * d)
+                .map(|_| dtype.round(rng.gen_range(-4.0f32..4.0)))
+                .collect();
             let lse: Vec<f32> = (0..t * h).map(|_| draw_lse(rng)).collect();
             OutLse::new(t, h, d, out, lse)
         };

@@ -104,7 +104,15 @@ impl Tally {
     /// different payloads are therefore counted in `nan_payload_only` and
     /// reported, but do not fail the diff. NaNs passed through unchanged
     /// (contract functions, roundings) are compared bit for bit as usual.
-    pub fn compare(&mut self, case_desc: &dyn Fn() -> String, tensor: &str, shape: &[usize], dtype: DType, sim: &[u32], gpu: &[u32]) {
+    pub fn compare(
+        &mut self,
+        case_desc: &dyn Fn() -> String,
+        tensor: &str,
+        shape: &[usize],
+        dtype: DType,
+        sim: &[u32],
+        gpu: &[u32],
+    ) {
         let n = sim.len().min(gpu.len());
         self.report.elements += sim.len().max(gpu.len()) as u64;
         for i in 0..n {
@@ -129,7 +137,12 @@ impl Tally {
         if sim.len() != gpu.len() && self.report.first_mismatch.is_none() {
             self.report.first_mismatch = Some(Mismatch {
                 case: self.report.cases,
-                case_desc: format!("{} (sim has {} elements, gpu {})", case_desc(), sim.len(), gpu.len()),
+                case_desc: format!(
+                    "{} (sim has {} elements, gpu {})",
+                    case_desc(),
+                    sim.len(),
+                    gpu.len()
+                ),
                 tensor: tensor.to_string(),
                 index: unravel(n, shape),
                 sim_bits: String::new(),
@@ -195,7 +208,10 @@ pub fn bits_from_bytes(bytes: &[u8], dtype: DType) -> Vec<u32> {
             .chunks_exact(4)
             .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
             .collect(),
-        2 => bytes.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]]) as u32).collect(),
+        2 => bytes
+            .chunks_exact(2)
+            .map(|c| u16::from_le_bytes([c[0], c[1]]) as u32)
+            .collect(),
         _ => bytes.iter().map(|&b| b as u32).collect(),
     }
 }
@@ -221,9 +237,9 @@ pub fn bytes_of_i32(values: &[i32]) -> Vec<u8> {
 /// The seeded stream one kernel's cases come from (independent per kernel,
 /// so adding a kernel does not change another's cases).
 pub fn rng_for(kernel: &str, seed: u64) -> ChaCha8Rng {
-    let salt = kernel
-        .bytes()
-        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3));
+    let salt = kernel.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+    });
     ChaCha8Rng::seed_from_u64(seed ^ salt)
 }
 
@@ -235,13 +251,34 @@ pub struct KernelDiff {
 
 /// Every kernel `attnlab diff` knows, in the order it runs them.
 pub static KERNEL_DIFFS: &[KernelDiff] = &[
-    KernelDiff { kernel: "contract", run: contract::run },
-    KernelDiff { kernel: "reshape_and_cache", run: reshape_and_cache::run },
-    KernelDiff { kernel: "merge_attn_states", run: merge_attn_states::run },
-    KernelDiff { kernel: "unified_attention", run: unified_attention::run },
-    KernelDiff { kernel: "paged_decode", run: paged_decode::run },
-    KernelDiff { kernel: "gather_cache", run: gather_cache::run },
-    KernelDiff { kernel: "flash_varlen", run: flash_varlen::run },
+    KernelDiff {
+        kernel: "contract",
+        run: contract::run,
+    },
+    KernelDiff {
+        kernel: "reshape_and_cache",
+        run: reshape_and_cache::run,
+    },
+    KernelDiff {
+        kernel: "merge_attn_states",
+        run: merge_attn_states::run,
+    },
+    KernelDiff {
+        kernel: "unified_attention",
+        run: unified_attention::run,
+    },
+    KernelDiff {
+        kernel: "paged_decode",
+        run: paged_decode::run,
+    },
+    KernelDiff {
+        kernel: "gather_cache",
+        run: gather_cache::run,
+    },
+    KernelDiff {
+        kernel: "flash_varlen",
+        run: flash_varlen::run,
+    },
 ];
 
 /// The diffs `--backend NAME|all` selects (kernel names are accepted too).
@@ -252,7 +289,12 @@ pub fn select(name: &str) -> Result<Vec<&'static KernelDiff>> {
     let hit: Vec<_> = KERNEL_DIFFS.iter().filter(|d| d.kernel == name).collect();
     if hit.is_empty() {
         let names: Vec<&str> = KERNEL_DIFFS.iter().map(|d| d.kernel).collect();
-        return Err(SharedError::invalid("--backend", format!("'{name}'"), format!("all, {}", names.join(", "))).into());
+        return Err(SharedError::invalid(
+            "--backend",
+            format!("'{name}'"),
+            format!("all, {}", names.join(", ")),
+        )
+        .into());
     }
     Ok(hit)
 }
@@ -263,9 +305,15 @@ mod tests {
 
     #[test]
     fn ulp_distance_counts_representable_values_across_zero() {
-        assert_eq!(ulp_distance(1.0f32.to_bits(), 1.0f32.to_bits(), DType::F32), 0);
+        assert_eq!(
+            ulp_distance(1.0f32.to_bits(), 1.0f32.to_bits(), DType::F32),
+            0
+        );
         let next = f32::from_bits(1.0f32.to_bits() + 1);
-        assert_eq!(ulp_distance(1.0f32.to_bits(), next.to_bits(), DType::F32), 1);
+        assert_eq!(
+            ulp_distance(1.0f32.to_bits(), next.to_bits(), DType::F32),
+            1
+        );
         // +0 and -0 are the same point; the smallest subnormals either side are 2 apart.
         assert_eq!(ulp_distance(0, 0x8000_0000, DType::F32), 0);
         assert_eq!(ulp_distance(1, 0x8000_0001, DType::F32), 2);
@@ -296,7 +344,10 @@ mod tests {
     #[test]
     fn storage_bytes_round_trip_through_bits() {
         for dt in attnlab_shared::dtype::ALL_DTYPES {
-            let vals: Vec<f32> = [0.5f32, -1.25, 3.0, 0.0].iter().map(|&v| dt.round(v)).collect();
+            let vals: Vec<f32> = [0.5f32, -1.25, 3.0, 0.0]
+                .iter()
+                .map(|&v| dt.round(v))
+                .collect();
             let bits = bits_from_bytes(&bytes_of(&vals, dt), dt);
             let back: Vec<f32> = bits.iter().map(|&b| dt.from_bits(b)).collect();
             assert_eq!(back, vals, "{dt}");
@@ -305,8 +356,14 @@ mod tests {
 
     #[test]
     fn select_names_the_known_kernels_on_a_typo() {
-        let e = select("reshape_and_cash").err().expect("rejected").to_string();
-        assert!(e.contains("reshape_and_cache") && e.contains("'reshape_and_cash'"), "{e}");
+        let e = select("reshape_and_cash")
+            .err()
+            .expect("rejected")
+            .to_string();
+        assert!(
+            e.contains("reshape_and_cache") && e.contains("'reshape_and_cash'"),
+            "{e}"
+        );
         assert_eq!(select("all").expect("all").len(), KERNEL_DIFFS.len());
     }
 }

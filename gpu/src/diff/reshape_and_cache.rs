@@ -30,13 +30,24 @@ pub fn run(gpu: &Gpu, opts: DiffOptions) -> Result<KernelReport> {
     while drawn < opts.cases {
         let writer = *WRITERS.choose(&mut rng).expect("non-empty");
         let kind = *writer.layouts().choose(&mut rng).expect("non-empty");
-        let dtype = *[DType::F16, DType::Bf16, DType::F32].choose(&mut rng).expect("non-empty");
-        let kv_dtype = *[dtype, DType::Fp8E4m3Fnuz, DType::Fp8E4m3Fn].choose(&mut rng).expect("non-empty");
+        let dtype = *[DType::F16, DType::Bf16, DType::F32]
+            .choose(&mut rng)
+            .expect("non-empty");
+        let kv_dtype = *[dtype, DType::Fp8E4m3Fnuz, DType::Fp8E4m3Fn]
+            .choose(&mut rng)
+            .expect("non-empty");
         let block_size = *[1usize, 16, 32].choose(&mut rng).expect("non-empty");
         let num_kv_heads = *[1usize, 2, 8].choose(&mut rng).expect("non-empty");
         let head_size = *[64usize, 128, 80].choose(&mut rng).expect("non-empty");
         let num_blocks = rng.gen_range(1..8usize);
-        let Ok(layout) = KvLayout::new(kind, num_blocks, block_size, num_kv_heads, head_size, kv_dtype) else {
+        let Ok(layout) = KvLayout::new(
+            kind,
+            num_blocks,
+            block_size,
+            num_kv_heads,
+            head_size,
+            kv_dtype,
+        ) else {
             continue; // not a shape this layout accepts: draw again
         };
         let mut cfg = AttnConfig::new(num_kv_heads * 4, num_kv_heads, head_size, dtype);
@@ -57,7 +68,11 @@ pub fn run(gpu: &Gpu, opts: DiffOptions) -> Result<KernelReport> {
         }
         let n = num_tokens * num_kv_heads * head_size;
         let spread = if kv_dtype.is_fp8() { 300.0 } else { 8.0 };
-        let mut draw = |len: usize, dt: DType| -> Vec<f32> { (0..len).map(|_| dt.round(rng.gen_range(-spread..spread))).collect() };
+        let mut draw = |len: usize, dt: DType| -> Vec<f32> {
+            (0..len)
+                .map(|_| dt.round(rng.gen_range(-spread..spread)))
+                .collect()
+        };
         let (key, value) = (draw(n, dtype), draw(n, dtype));
         let init = KvCache {
             layout,
@@ -67,7 +82,15 @@ pub fn run(gpu: &Gpu, opts: DiffOptions) -> Result<KernelReport> {
         let mut sim_cache = init.clone();
         sim_write(writer, &mut sim_cache, &key, &value, &slot_mapping, &cfg)?;
         let mut dev_cache = init;
-        gpu_write(gpu, writer, &mut dev_cache, &key, &value, &slot_mapping, &cfg)?;
+        gpu_write(
+            gpu,
+            writer,
+            &mut dev_cache,
+            &key,
+            &value,
+            &slot_mapping,
+            &cfg,
+        )?;
         let desc = || {
             format!(
                 "{} into {} (nb {num_blocks}, bs {block_size}, {num_kv_heads} kv heads x {head_size}), {dtype} -> {kv_dtype}, scales {}/{}, slots {:?}",
@@ -80,7 +103,14 @@ pub fn run(gpu: &Gpu, opts: DiffOptions) -> Result<KernelReport> {
         };
         let shape = layout.k_shape();
         let bits = |v: &[f32]| v.iter().map(|&x| kv_dtype.to_bits(x)).collect::<Vec<u32>>();
-        tally.compare(&desc, "key_cache", &shape, kv_dtype, &bits(&sim_cache.k), &bits(&dev_cache.k));
+        tally.compare(
+            &desc,
+            "key_cache",
+            &shape,
+            kv_dtype,
+            &bits(&sim_cache.k),
+            &bits(&dev_cache.k),
+        );
         tally.compare(
             &desc,
             "value_cache",

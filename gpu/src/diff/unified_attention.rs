@@ -9,7 +9,9 @@ use crate::kernels::Gpu;
 use crate::ops::unified_attention::unified_attention as gpu_unified;
 use crate::runtime::Result;
 use attnlab_shared::layout::LayoutKind;
-use attnlab_sim::kernels::unified_attention::{unified_attention as sim_unified, Grid, UnifiedLaunch, VllmLaunchOptions, MI300X_CU_COUNT};
+use attnlab_sim::kernels::unified_attention::{
+    unified_attention as sim_unified, Grid, UnifiedLaunch, VllmLaunchOptions, MI300X_CU_COUNT,
+};
 use rand::Rng;
 
 pub const SPACE: CaseSpace = CaseSpace {
@@ -28,7 +30,9 @@ pub fn run(gpu: &Gpu, opts: DiffOptions) -> Result<KernelReport> {
     let mut rng = rng_for("unified_attention", opts.seed);
     let mut tally = Tally::new("unified_attention");
     while tally.cases() < opts.cases {
-        let Some(case) = draw(&mut rng, &SPACE) else { continue };
+        let Some(case) = draw(&mut rng, &SPACE) else {
+            continue;
+        };
         let aiter = case.meta.causal && rng.gen_bool(0.5);
         let launch = if aiter {
             UnifiedLaunch::aiter(&case.meta, &case.cfg, MI300X_CU_COUNT)?
@@ -37,13 +41,35 @@ pub fn run(gpu: &Gpu, opts: DiffOptions) -> Result<KernelReport> {
         };
         let launch = match rng.gen_range(0..4) {
             0 => launch.with_grid(Grid::TwoD),
-            1 => launch.with_grid(Grid::ThreeD { num_segments: [1, 2, 4, 16][rng.gen_range(0..4)] }),
+            1 => launch.with_grid(Grid::ThreeD {
+                num_segments: [1, 2, 4, 16][rng.gen_range(0..4)],
+            }),
             _ => launch,
         };
         let sim = sim_unified(&case.query, &case.cache, &case.meta, &case.cfg, &launch)?;
-        let dev = gpu_unified(gpu, &case.query, &case.cache, &case.meta, &case.cfg, &launch)?;
-        let desc = || format!("{:?} {:?} BLOCK_M {} TILE {}: {}", launch.flavor, launch.grid, launch.block_m, launch.tile_size, case.describe());
-        let shape = [case.meta.num_actual_tokens, case.cfg.num_heads, case.cfg.head_size];
+        let dev = gpu_unified(
+            gpu,
+            &case.query,
+            &case.cache,
+            &case.meta,
+            &case.cfg,
+            &launch,
+        )?;
+        let desc = || {
+            format!(
+                "{:?} {:?} BLOCK_M {} TILE {}: {}",
+                launch.flavor,
+                launch.grid,
+                launch.block_m,
+                launch.tile_size,
+                case.describe()
+            )
+        };
+        let shape = [
+            case.meta.num_actual_tokens,
+            case.cfg.num_heads,
+            case.cfg.head_size,
+        ];
         tally.compare_values(&desc, "output", &shape, case.cfg.dtype, &sim, &dev);
         tally.case_done();
     }

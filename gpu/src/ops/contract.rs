@@ -15,7 +15,12 @@ pub enum UnaryOp {
 }
 
 impl UnaryOp {
-    pub const ALL: [UnaryOp; 4] = [UnaryOp::Exp2c, UnaryOp::Log2c, UnaryOp::Tanhc, UnaryOp::Expc];
+    pub const ALL: [UnaryOp; 4] = [
+        UnaryOp::Exp2c,
+        UnaryOp::Log2c,
+        UnaryOp::Tanhc,
+        UnaryOp::Expc,
+    ];
 
     pub fn name(self) -> &'static str {
         ["exp2c", "log2c", "tanhc", "expc"][self as usize]
@@ -36,13 +41,22 @@ impl UnaryOp {
 /// `op(x)` for every element on the device; returns the f32 bit patterns.
 pub fn unary(gpu: &Gpu, op: UnaryOp, x: &[f32]) -> Result<Vec<u32>> {
     let dev = gpu.dev.as_ref();
-    let f = gpu.function("contract", &[dtype_define("ROUND_DTYPE", DType::F32)], "contract_unary")?;
+    let f = gpu.function(
+        "contract",
+        &[dtype_define("ROUND_DTYPE", DType::F32)],
+        "contract_unary",
+    )?;
     let input = Buffer::from_bytes(dev, &bytes_of(x, DType::F32))?;
     let out = Buffer::zeroed(dev, x.len() * 4)?;
     dev.launch(
         f,
         LaunchDims::linear(x.len(), 256)?,
-        &[input.arg(), out.arg(), Arg::I64(x.len() as i64), Arg::I32(op as i32)],
+        &[
+            input.arg(),
+            out.arg(),
+            Arg::I64(x.len() as i64),
+            Arg::I32(op as i32),
+        ],
     )?;
     Ok(bits_from_bytes(&out.to_bytes()?, DType::F32))
 }
@@ -50,7 +64,11 @@ pub fn unary(gpu: &Gpu, op: UnaryOp, x: &[f32]) -> Result<Vec<u32>> {
 /// `DType::round` of every element on the device (store to `dtype`, load back).
 pub fn round(gpu: &Gpu, dtype: DType, x: &[f32]) -> Result<Vec<u32>> {
     let dev = gpu.dev.as_ref();
-    let f = gpu.function("contract", &[dtype_define("ROUND_DTYPE", dtype)], "contract_round")?;
+    let f = gpu.function(
+        "contract",
+        &[dtype_define("ROUND_DTYPE", dtype)],
+        "contract_round",
+    )?;
     let input = Buffer::from_bytes(dev, &bytes_of(x, DType::F32))?;
     let out = Buffer::zeroed(dev, x.len() * 4)?;
     dev.launch(

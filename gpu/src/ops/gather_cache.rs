@@ -24,19 +24,43 @@ pub fn cp_mha_gather_cache(
     chunk.validate()?;
     let l = cache.layout;
     if block_rows.len() != chunk.seq_starts.len() {
-        return Err(Error::invalid("gather batch", format!("{} block-table rows", block_rows.len()), format!("{} requests", chunk.seq_starts.len())).into());
+        return Err(Error::invalid(
+            "gather batch",
+            format!("{} block-table rows", block_rows.len()),
+            format!("{} requests", chunk.seq_starts.len()),
+        )
+        .into());
     }
     for (b, row) in block_rows.iter().enumerate() {
         let need = (chunk.seq_starts[b] + chunk.len(b)).div_ceil(l.block_size);
         if need > row.len() {
-            return Err(Error::invalid(format!("gather range of request {b}"), need, format!("<= {} blocks in its row", row.len())).into());
+            return Err(Error::invalid(
+                format!("gather range of request {b}"),
+                need,
+                format!("<= {} blocks in its row", row.len()),
+            )
+            .into());
         }
-        if let Some((j, &blk)) = row[..need].iter().enumerate().find(|(_, &x)| x < 0 || x as usize >= l.num_blocks) {
-            return Err(Error::invalid(format!("block_table[{b}][{j}]"), blk, format!("block ids in [0, {})", l.num_blocks)).into());
+        if let Some((j, &blk)) = row[..need]
+            .iter()
+            .enumerate()
+            .find(|(_, &x)| x < 0 || x as usize >= l.num_blocks)
+        {
+            return Err(Error::invalid(
+                format!("block_table[{b}][{j}]"),
+                blk,
+                format!("block ids in [0, {})", l.num_blocks),
+            )
+            .into());
         }
     }
     if format == CacheFormat::Shuffle && (l.block_size % l.x() != 0 || l.head_size % l.x() != 0) {
-        return Err(Error::invalid("SHUFFLE gather", format!("block {} / head {}", l.block_size, l.head_size), format!("multiples of x = {}", l.x())).into());
+        return Err(Error::invalid(
+            "SHUFFLE gather",
+            format!("block {} / head {}", l.block_size, l.head_size),
+            format!("multiples of x = {}", l.x()),
+        )
+        .into());
     }
     let total = chunk.total_tokens();
     let n = total * l.num_kv_heads * l.head_size;
@@ -49,11 +73,17 @@ pub fn cp_mha_gather_cache(
         table[b * max_blocks..b * max_blocks + row.len()].copy_from_slice(row);
     }
     let dev = gpu.dev.as_ref();
-    let defines = [dtype_define("KV_DTYPE", l.dtype), dtype_define("DST_DTYPE", dst_dtype)];
+    let defines = [
+        dtype_define("KV_DTYPE", l.dtype),
+        dtype_define("DST_DTYPE", dst_dtype),
+    ];
     let f = gpu.function("gather_cache", &defines, "cp_mha_gather_cache")?;
     let kc = Buffer::from_bytes(dev, &bytes_of(&cache.k, l.dtype))?;
     let vc = Buffer::from_bytes(dev, &bytes_of(&cache.v, l.dtype))?;
-    let (ko, vo) = (Buffer::zeroed(dev, n * dst_dtype.size_bytes())?, Buffer::zeroed(dev, n * dst_dtype.size_bytes())?);
+    let (ko, vo) = (
+        Buffer::zeroed(dev, n * dst_dtype.size_bytes())?,
+        Buffer::zeroed(dev, n * dst_dtype.size_bytes())?,
+    );
     let bt = Buffer::from_bytes(dev, &bytes_of_i32(&table))?;
     let cu = Buffer::from_bytes(dev, &bytes_of_i32(&chunk.cu_seqlens))?;
     let t2b = Buffer::from_bytes(dev, &bytes_of_i32(&chunk.token_to_batch))?;
@@ -63,7 +93,15 @@ pub fn cp_mha_gather_cache(
         CacheFormat::Nhd => LayoutKind::Nhd,
         CacheFormat::Shuffle => LayoutKind::AiterShuffled,
     };
-    let dims = LaunchDims { grid: [to_u32(total, "tokens")?, to_u32(l.num_kv_heads, "kv heads")?, 1], block: [l.head_size.min(128) as u32, 1, 1], shared_bytes: 0 };
+    let dims = LaunchDims {
+        grid: [
+            to_u32(total, "tokens")?,
+            to_u32(l.num_kv_heads, "kv heads")?,
+            1,
+        ],
+        block: [l.head_size.min(128) as u32, 1, 1],
+        shared_bytes: 0,
+    };
     dev.launch(
         f,
         dims,
@@ -85,5 +123,8 @@ pub fn cp_mha_gather_cache(
             Arg::F32(v_scale),
         ],
     )?;
-    Ok((bits_from_bytes(&ko.to_bytes()?, dst_dtype), bits_from_bytes(&vo.to_bytes()?, dst_dtype)))
+    Ok((
+        bits_from_bytes(&ko.to_bytes()?, dst_dtype),
+        bits_from_bytes(&vo.to_bytes()?, dst_dtype),
+    ))
 }

@@ -43,7 +43,9 @@ pub fn reshape_and_cache(
         )
         .into());
     }
-    if (layout.num_kv_heads, layout.head_size, layout.dtype) != (cfg.num_kv_heads, cfg.head_size, cfg.kv_dtype) {
+    if (layout.num_kv_heads, layout.head_size, layout.dtype)
+        != (cfg.num_kv_heads, cfg.head_size, cfg.kv_dtype)
+    {
         return Err(Error::invalid(
             "cache layout",
             format!("{:?}", layout),
@@ -62,24 +64,42 @@ pub fn reshape_and_cache(
     }
     let num_tokens = key.len() / row;
     if slot_mapping.len() < num_tokens {
-        return Err(Error::invalid("slot_mapping length", slot_mapping.len(), format!(">= {num_tokens} tokens")).into());
+        return Err(Error::invalid(
+            "slot_mapping length",
+            slot_mapping.len(),
+            format!(">= {num_tokens} tokens"),
+        )
+        .into());
     }
     let slots = &slot_mapping[..num_tokens];
     let num_slots = (layout.num_blocks * layout.block_size) as i64;
     let mut seen = std::collections::HashSet::new();
     for (t, &s) in slots.iter().enumerate() {
         if s >= num_slots {
-            return Err(Error::invalid(format!("slot_mapping[{t}]"), s, format!("< 0 or in [0, {num_slots})")).into());
+            return Err(Error::invalid(
+                format!("slot_mapping[{t}]"),
+                s,
+                format!("< 0 or in [0, {num_slots})"),
+            )
+            .into());
         }
         if s >= 0 && !seen.insert(s) {
-            return Err(Error::invalid(format!("slot_mapping[{t}]"), s, "a slot no earlier token uses").into());
+            return Err(Error::invalid(
+                format!("slot_mapping[{t}]"),
+                s,
+                "a slot no earlier token uses",
+            )
+            .into());
         }
     }
     if num_tokens == 0 {
         return Ok(());
     }
     let dev = gpu.dev.as_ref();
-    let defines = [dtype_define("SRC_DTYPE", cfg.dtype), dtype_define("CACHE_DTYPE", cfg.kv_dtype)];
+    let defines = [
+        dtype_define("SRC_DTYPE", cfg.dtype),
+        dtype_define("CACHE_DTYPE", cfg.kv_dtype),
+    ];
     let f = gpu.function("reshape_and_cache", &defines, "reshape_and_cache")?;
     let (kd, vd) = (
         Buffer::from_bytes(dev, &bytes_of(key, cfg.dtype))?,
@@ -88,7 +108,10 @@ pub fn reshape_and_cache(
     let kc = Buffer::from_bytes(dev, &bytes_of(&cache.k, cfg.kv_dtype))?;
     let vc = Buffer::from_bytes(dev, &bytes_of(&cache.v, cfg.kv_dtype))?;
     let sm = Buffer::from_bytes(dev, &bytes_of_i64(slots))?;
-    let hip_writer = matches!(writer, CacheWriter::ReshapeAndCache | CacheWriter::ReshapeAndCacheFlash);
+    let hip_writer = matches!(
+        writer,
+        CacheWriter::ReshapeAndCache | CacheWriter::ReshapeAndCacheFlash
+    );
     let dims = LaunchDims {
         grid: [num_tokens as u32, 1, 1],
         block: [row.min(256) as u32, 1, 1],

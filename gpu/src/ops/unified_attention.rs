@@ -30,40 +30,88 @@ pub fn validate_metadata(meta: &AttentionMetadata, cache: &KvCache) -> Result<()
         meta.causal,
     )?;
     if fresh.num_actual_tokens != meta.num_actual_tokens {
-        return Err(Error::invalid("num_actual_tokens", meta.num_actual_tokens, format!("query_start_loc's last entry {}", fresh.num_actual_tokens)).into());
+        return Err(Error::invalid(
+            "num_actual_tokens",
+            meta.num_actual_tokens,
+            format!("query_start_loc's last entry {}", fresh.num_actual_tokens),
+        )
+        .into());
     }
     let l = &cache.layout;
     if l.block_size != meta.block_size || l.num_blocks < meta.num_blocks {
-        return Err(Error::invalid("cache", format!("{} blocks of {}", l.num_blocks, l.block_size), format!("block size {} and >= {} blocks", meta.block_size, meta.num_blocks)).into());
+        return Err(Error::invalid(
+            "cache",
+            format!("{} blocks of {}", l.num_blocks, l.block_size),
+            format!(
+                "block size {} and >= {} blocks",
+                meta.block_size, meta.num_blocks
+            ),
+        )
+        .into());
     }
     if cache.k.len() != l.numel() || cache.v.len() != l.numel() {
-        return Err(Error::invalid("cache tensors", format!("{} / {}", cache.k.len(), cache.v.len()), format!("{} elements each", l.numel())).into());
+        return Err(Error::invalid(
+            "cache tensors",
+            format!("{} / {}", cache.k.len(), cache.v.len()),
+            format!("{} elements each", l.numel()),
+        )
+        .into());
     }
     Ok(())
 }
 
 /// `[T, Hq, D]` output bits in `cfg.dtype`.
-pub fn unified_attention(gpu: &Gpu, query: &[f32], cache: &KvCache, meta: &AttentionMetadata, cfg: &AttnConfig, launch: &UnifiedLaunch) -> Result<Vec<u32>> {
+pub fn unified_attention(
+    gpu: &Gpu,
+    query: &[f32],
+    cache: &KvCache,
+    meta: &AttentionMetadata,
+    cfg: &AttnConfig,
+    launch: &UnifiedLaunch,
+) -> Result<Vec<u32>> {
     cfg.validate()?;
     validate_metadata(meta, cache)?;
     let l = &cache.layout;
-    if l.kind != LayoutKind::Nhd || (l.num_kv_heads, l.head_size, l.dtype) != (cfg.num_kv_heads, cfg.head_size, cfg.kv_dtype) {
-        return Err(Error::invalid("cache layout", format!("{:?}", l), "NHD with the layer's kv heads, head size and kv dtype").into());
+    if l.kind != LayoutKind::Nhd
+        || (l.num_kv_heads, l.head_size, l.dtype) != (cfg.num_kv_heads, cfg.head_size, cfg.kv_dtype)
+    {
+        return Err(Error::invalid(
+            "cache layout",
+            format!("{:?}", l),
+            "NHD with the layer's kv heads, head size and kv dtype",
+        )
+        .into());
     }
     let (t_n, hq, d) = (meta.num_actual_tokens, cfg.num_heads, cfg.head_size);
     if query.len() != t_n * hq * d {
-        return Err(Error::invalid("query length", query.len(), format!("num_tokens x num_heads x head_size = {}", t_n * hq * d)).into());
+        return Err(Error::invalid(
+            "query length",
+            query.len(),
+            format!("num_tokens x num_heads x head_size = {}", t_n * hq * d),
+        )
+        .into());
     }
     let qpk = cfg.queries_per_kv();
     if launch.block_q == 0 || launch.block_q * qpk > launch.block_m || launch.tile_size == 0 {
-        return Err(Error::invalid("launch", format!("{launch:?}"), "BLOCK_Q >= 1, BLOCK_Q * qpk <= BLOCK_M, TILE_SIZE >= 1").into());
+        return Err(Error::invalid(
+            "launch",
+            format!("{launch:?}"),
+            "BLOCK_Q >= 1, BLOCK_Q * qpk <= BLOCK_M, TILE_SIZE >= 1",
+        )
+        .into());
     }
     if launch.flavor == Flavor::Aiter && !meta.causal {
-        return Err(Error::unsupported("non-causal AITER unified_attention", "Only causal attention is supported").into());
+        return Err(Error::unsupported(
+            "non-causal AITER unified_attention",
+            "Only causal attention is supported",
+        )
+        .into());
     }
     let num_segments = match launch.grid {
         Grid::TwoD => 1,
-        Grid::ThreeD { num_segments: 0 } => return Err(Error::invalid("num_segments", 0, "must be >= 1").into()),
+        Grid::ThreeD { num_segments: 0 } => {
+            return Err(Error::invalid("num_segments", 0, "must be >= 1").into())
+        }
         Grid::ThreeD { num_segments } => num_segments,
     };
     let rows = launch.block_q * qpk;
@@ -76,15 +124,24 @@ pub fn unified_attention(gpu: &Gpu, query: &[f32], cache: &KvCache, meta: &Atten
         return Ok(vec![]);
     }
     let dev = gpu.dev.as_ref();
-    let defines = [dtype_define("Q_DTYPE", cfg.dtype), dtype_define("KV_DTYPE", cfg.kv_dtype)];
+    let defines = [
+        dtype_define("Q_DTYPE", cfg.dtype),
+        dtype_define("KV_DTYPE", cfg.kv_dtype),
+    ];
     let q = Buffer::from_bytes(dev, &bytes_of(query, cfg.dtype))?;
     let kc = Buffer::from_bytes(dev, &bytes_of(&cache.k, cfg.kv_dtype))?;
     let vc = Buffer::from_bytes(dev, &bytes_of(&cache.v, cfg.kv_dtype))?;
     let bt = Buffer::from_bytes(dev, &bytes_of_i32(&meta.block_table.data))?;
     let qsl = Buffer::from_bytes(dev, &bytes_of_i32(&meta.query_start_loc))?;
     let sl = Buffer::from_bytes(dev, &bytes_of_i32(&meta.seq_lens))?;
-    let sinks = Buffer::from_bytes(dev, &bytes_of(cfg.sinks.as_deref().unwrap_or(&[0.0]), DType::F32))?;
-    let alibi = Buffer::from_bytes(dev, &bytes_of(cfg.alibi_slopes.as_deref().unwrap_or(&[0.0]), DType::F32))?;
+    let sinks = Buffer::from_bytes(
+        dev,
+        &bytes_of(cfg.sinks.as_deref().unwrap_or(&[0.0]), DType::F32),
+    )?;
+    let alibi = Buffer::from_bytes(
+        dev,
+        &bytes_of(cfg.alibi_slopes.as_deref().unwrap_or(&[0.0]), DType::F32),
+    )?;
     let out = Buffer::zeroed(dev, out_bytes)?;
     let parts = t_n * hq * num_segments;
     let is_3d = num_segments > 1 || matches!(launch.grid, Grid::ThreeD { .. });
@@ -121,15 +178,33 @@ pub fn unified_attention(gpu: &Gpu, query: &[f32], cache: &KvCache, meta: &Atten
         .f32(cfg.v_scale)
         .arg();
     let q_blocks = launch.total_q_blocks(meta);
-    let grid = [to_u32(q_blocks, "q blocks")?, to_u32(cfg.num_kv_heads, "kv heads")?, to_u32(num_segments, "segments")?];
+    let grid = [
+        to_u32(q_blocks, "q blocks")?,
+        to_u32(cfg.num_kv_heads, "kv heads")?,
+        to_u32(num_segments, "segments")?,
+    ];
     let f = gpu.function("unified_attention", &defines, "unified_attention")?;
-    let ptrs = [&q, &kc, &vc, &bt, &qsl, &sl, &sinks, &alibi, &out, &segm_acc, &segm_m, &segm_l];
+    let ptrs = [
+        &q, &kc, &vc, &bt, &qsl, &sl, &sinks, &alibi, &out, &segm_acc, &segm_m, &segm_l,
+    ];
     let mut call: Vec<Arg> = ptrs.iter().map(|b| b.arg()).collect();
     call.push(args);
-    dev.launch(f, LaunchDims { grid, block: [128, 1, 1], shared_bytes: shared as u32 }, &call)?;
+    dev.launch(
+        f,
+        LaunchDims {
+            grid,
+            block: [128, 1, 1],
+            shared_bytes: shared as u32,
+        },
+        &call,
+    )?;
     if is_3d {
         let r = gpu.function("unified_attention", &defines, "reduce_segments")?;
-        let dims = LaunchDims { grid: [to_u32(t_n, "tokens")?, to_u32(hq, "heads")?, 1], block: [d.min(128) as u32, 1, 1], shared_bytes: 0 };
+        let dims = LaunchDims {
+            grid: [to_u32(t_n, "tokens")?, to_u32(hq, "heads")?, 1],
+            block: [d.min(128) as u32, 1, 1],
+            shared_bytes: 0,
+        };
         let call = [
             segm_acc.arg(),
             segm_m.arg(),

@@ -7,14 +7,23 @@
 //! cubin for the exact `sm_XX`, so ptxas runs at compile time and
 //! `attnlab gpu compile --target sm_90` needs no device.
 
-use super::{Arg, Device, DeviceInfo, EventId, FunctionId, GpuError, Image, LaunchDims, ModuleId, Result, Target};
+use super::{
+    Arg, Device, DeviceInfo, EventId, FunctionId, GpuError, Image, LaunchDims, ModuleId, Result,
+    Target,
+};
 use cudarc::driver::{result as drv, sys as dsys};
 use cudarc::nvrtc::{result as rtc, sys as rsys};
 use std::ffi::{c_void, CString};
 use std::sync::Mutex;
 
 /// The NVRTC options every kernel is compiled with (numerics.md §2).
-pub const NVRTC_FLAGS: [&str; 5] = ["--fmad=false", "--ftz=false", "--prec-div=true", "--prec-sqrt=true", "--std=c++17"];
+pub const NVRTC_FLAGS: [&str; 5] = [
+    "--fmad=false",
+    "--ftz=false",
+    "--prec-div=true",
+    "--prec-sqrt=true",
+    "--std=c++17",
+];
 
 fn driver_err(api: &'static str) -> impl Fn(drv::DriverError) -> GpuError {
     move |e| GpuError::Driver {
@@ -31,7 +40,12 @@ pub fn nvrtc_available() -> bool {
 }
 
 /// Compiles one translation unit with NVRTC to a cubin for `sm`.
-pub fn nvrtc_compile(sm: u32, name: &str, source: &str, defines: &[(String, String)]) -> Result<Image> {
+pub fn nvrtc_compile(
+    sm: u32,
+    name: &str,
+    source: &str,
+    defines: &[(String, String)],
+) -> Result<Image> {
     let target = Target::Cuda { sm };
     let fail = |log: String| GpuError::Compile {
         kernel: name.to_string(),
@@ -52,16 +66,22 @@ pub fn nvrtc_compile(sm: u32, name: &str, source: &str, defines: &[(String, Stri
     // SAFETY: `prog` is live until destroy_program below; src/cname outlive it.
     unsafe {
         let compiled = rtc::compile_program(prog, &opts);
-        let log = rtc::get_program_log(prog).map(|l| c_chars_to_string(&l)).unwrap_or_default();
+        let log = rtc::get_program_log(prog)
+            .map(|l| c_chars_to_string(&l))
+            .unwrap_or_default();
         if let Err(e) = compiled {
             let _ = rtc::destroy_program(prog);
             return Err(fail(format!("{e:?}\n{log}")));
         }
         let mut size = 0usize;
-        let got = rsys::nvrtcGetCUBINSize(prog, &mut size).result().and_then(|_| {
-            let mut bytes = vec![0u8; size];
-            rsys::nvrtcGetCUBIN(prog, bytes.as_mut_ptr().cast()).result().map(|_| bytes)
-        });
+        let got = rsys::nvrtcGetCUBINSize(prog, &mut size)
+            .result()
+            .and_then(|_| {
+                let mut bytes = vec![0u8; size];
+                rsys::nvrtcGetCUBIN(prog, bytes.as_mut_ptr().cast())
+                    .result()
+                    .map(|_| bytes)
+            });
         let _ = rtc::destroy_program(prog);
         let bytes = got.map_err(|e| fail(format!("nvrtcGetCUBIN: {e:?}")))?;
         Ok(Image { target, bytes })
@@ -69,7 +89,11 @@ pub fn nvrtc_compile(sm: u32, name: &str, source: &str, defines: &[(String, Stri
 }
 
 fn c_chars_to_string(v: &[std::ffi::c_char]) -> String {
-    let bytes: Vec<u8> = v.iter().take_while(|&&c| c != 0).map(|&c| c as u8).collect();
+    let bytes: Vec<u8> = v
+        .iter()
+        .take_while(|&&c| c != 0)
+        .map(|&c| c as u8)
+        .collect();
     String::from_utf8_lossy(&bytes).trim().to_string()
 }
 
@@ -98,19 +122,26 @@ impl CudaDevice {
     pub fn open() -> Result<Self> {
         // SAFETY: dlopen probe only.
         if !unsafe { dsys::is_culib_present() } {
-            return Err(GpuError::NoDevice("the CUDA driver library (libcuda.so) is not installed".into()));
+            return Err(GpuError::NoDevice(
+                "the CUDA driver library (libcuda.so) is not installed".into(),
+            ));
         }
         drv::init().map_err(|e| GpuError::NoDevice(format!("cuInit: {e:?}")))?;
-        let count = drv::device::get_count().map_err(|e| GpuError::NoDevice(format!("cuDeviceGetCount: {e:?}")))?;
+        let count = drv::device::get_count()
+            .map_err(|e| GpuError::NoDevice(format!("cuDeviceGetCount: {e:?}")))?;
         if count < 1 {
-            return Err(GpuError::NoDevice("the CUDA driver reports 0 devices".into()));
+            return Err(GpuError::NoDevice(
+                "the CUDA driver reports 0 devices".into(),
+            ));
         }
         let dev = drv::device::get(0).map_err(driver_err("cuDeviceGet"))?;
         // SAFETY: `dev` is a valid ordinal; the primary context lives until release in Drop.
         unsafe {
-            let ctx = drv::primary_ctx::retain(dev).map_err(driver_err("cuDevicePrimaryCtxRetain"))?;
+            let ctx =
+                drv::primary_ctx::retain(dev).map_err(driver_err("cuDevicePrimaryCtxRetain"))?;
             drv::ctx::set_current(ctx).map_err(driver_err("cuCtxSetCurrent"))?;
-            let attr = |a| drv::device::get_attribute(dev, a).map_err(driver_err("cuDeviceGetAttribute"));
+            let attr =
+                |a| drv::device::get_attribute(dev, a).map_err(driver_err("cuDeviceGetAttribute"));
             use dsys::CUdevice_attribute::*;
             let major = attr(CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)?;
             let minor = attr(CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)?;
@@ -120,7 +151,8 @@ impl CudaDevice {
                     sm: (major * 10 + minor) as u32,
                 },
                 multiprocessors: attr(CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)? as u32,
-                memory_bytes: drv::device::total_mem(dev).map_err(driver_err("cuDeviceTotalMem"))? as u64,
+                memory_bytes: drv::device::total_mem(dev).map_err(driver_err("cuDeviceTotalMem"))?
+                    as u64,
                 l2_bytes: attr(CU_DEVICE_ATTRIBUTE_L2_CACHE_SIZE)? as u64,
                 clock_khz: attr(CU_DEVICE_ATTRIBUTE_CLOCK_RATE).unwrap_or(0) as u32,
             };
@@ -183,7 +215,8 @@ impl Device for CudaDevice {
     fn copy(&self, dst: u64, src: u64, bytes: usize) -> Result<()> {
         self.bind()?;
         // SAFETY: both allocations hold `bytes`; queued on the null stream.
-        unsafe { drv::memcpy_dtod_async(dst, src, bytes, drv::stream::null()) }.map_err(driver_err("cuMemcpyDtoDAsync"))
+        unsafe { drv::memcpy_dtod_async(dst, src, bytes, drv::stream::null()) }
+            .map_err(driver_err("cuMemcpyDtoDAsync"))
     }
 
     fn memset_zero(&self, dst: u64, bytes: usize) -> Result<()> {
@@ -195,7 +228,8 @@ impl Device for CudaDevice {
     fn load(&self, image: &Image) -> Result<ModuleId> {
         self.bind()?;
         // SAFETY: `image.bytes` is a cubin NVRTC produced for this device's sm.
-        let m = unsafe { drv::module::load_data(image.bytes.as_ptr() as *const c_void) }.map_err(driver_err("cuModuleLoadData"))?;
+        let m = unsafe { drv::module::load_data(image.bytes.as_ptr() as *const c_void) }
+            .map_err(driver_err("cuModuleLoadData"))?;
         let mut t = self.tables();
         t.modules.push(m);
         Ok(ModuleId(t.modules.len() - 1))
@@ -228,7 +262,10 @@ impl Device for CudaDevice {
             msg: format!("unknown function {}", f.0),
         })?;
         let mut slots: Vec<Vec<u8>> = args.iter().map(|a| a.bytes()).collect();
-        let mut params: Vec<*mut c_void> = slots.iter_mut().map(|s| s.as_mut_ptr() as *mut c_void).collect();
+        let mut params: Vec<*mut c_void> = slots
+            .iter_mut()
+            .map(|s| s.as_mut_ptr() as *mut c_void)
+            .collect();
         let [gx, gy, gz] = dims.grid;
         let [bx, by, bz] = dims.block;
         // SAFETY: the kernel's parameter list matches `args` (each call site
@@ -254,9 +291,11 @@ impl Device for CudaDevice {
 
     fn record(&self) -> Result<EventId> {
         self.bind()?;
-        let e = drv::event::create(dsys::CUevent_flags::CU_EVENT_DEFAULT).map_err(driver_err("cuEventCreate"))?;
+        let e = drv::event::create(dsys::CUevent_flags::CU_EVENT_DEFAULT)
+            .map_err(driver_err("cuEventCreate"))?;
         // SAFETY: a fresh event on the null stream.
-        unsafe { drv::event::record(e, drv::stream::null()) }.map_err(driver_err("cuEventRecord"))?;
+        unsafe { drv::event::record(e, drv::stream::null()) }
+            .map_err(driver_err("cuEventRecord"))?;
         let mut t = self.tables();
         t.events.push(e);
         Ok(EventId(t.events.len() - 1))

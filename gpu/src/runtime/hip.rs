@@ -5,7 +5,10 @@
 //! trait on top. hipRTC compiles with `-ffp-contract=off` (numerics.md §2);
 //! HIP's defaults already keep IEEE division and denormals.
 
-use super::{Arg, Device, DeviceInfo, EventId, FunctionId, GpuError, Image, LaunchDims, ModuleId, Result, Target};
+use super::{
+    Arg, Device, DeviceInfo, EventId, FunctionId, GpuError, Image, LaunchDims, ModuleId, Result,
+    Target,
+};
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
 use std::sync::Mutex;
 
@@ -38,11 +41,21 @@ extern "C" {
     fn hipMalloc(ptr: *mut *mut c_void, size: usize) -> c_int;
     fn hipFree(ptr: *mut c_void) -> c_int;
     fn hipMemcpy(dst: *mut c_void, src: *const c_void, size: usize, kind: c_int) -> c_int;
-    fn hipMemcpyAsync(dst: *mut c_void, src: *const c_void, size: usize, kind: c_int, stream: *mut c_void) -> c_int;
+    fn hipMemcpyAsync(
+        dst: *mut c_void,
+        src: *const c_void,
+        size: usize,
+        kind: c_int,
+        stream: *mut c_void,
+    ) -> c_int;
     fn hipMemset(dst: *mut c_void, value: c_int, size: usize) -> c_int;
     fn hipModuleLoadData(module: *mut HipModule, image: *const c_void) -> c_int;
     fn hipModuleUnload(module: HipModule) -> c_int;
-    fn hipModuleGetFunction(function: *mut HipFunction, module: HipModule, name: *const c_char) -> c_int;
+    fn hipModuleGetFunction(
+        function: *mut HipFunction,
+        module: HipModule,
+        name: *const c_char,
+    ) -> c_int;
     #[allow(clippy::too_many_arguments)]
     fn hipModuleLaunchKernel(
         f: HipFunction,
@@ -71,7 +84,11 @@ extern "C" {
         headers: *const *const c_char,
         include_names: *const *const c_char,
     ) -> c_int;
-    fn hiprtcCompileProgram(prog: HiprtcProgram, num_options: c_int, options: *const *const c_char) -> c_int;
+    fn hiprtcCompileProgram(
+        prog: HiprtcProgram,
+        num_options: c_int,
+        options: *const *const c_char,
+    ) -> c_int;
     fn hiprtcGetProgramLogSize(prog: HiprtcProgram, size: *mut usize) -> c_int;
     fn hiprtcGetProgramLog(prog: HiprtcProgram, log: *mut c_char) -> c_int;
     fn hiprtcGetCodeSize(prog: HiprtcProgram, size: *mut usize) -> c_int;
@@ -84,26 +101,56 @@ fn check(api: &'static str, status: c_int) -> Result<()> {
         return Ok(());
     }
     // SAFETY: hipGetErrorString returns a static NUL-terminated string.
-    let msg = unsafe { CStr::from_ptr(hipGetErrorString(status)) }.to_string_lossy().into_owned();
-    Err(GpuError::Driver { api, msg: format!("{msg} ({status})") })
+    let msg = unsafe { CStr::from_ptr(hipGetErrorString(status)) }
+        .to_string_lossy()
+        .into_owned();
+    Err(GpuError::Driver {
+        api,
+        msg: format!("{msg} ({status})"),
+    })
 }
 
 /// Compiles one translation unit with hipRTC for `gfx` (a code object).
-pub fn hiprtc_compile(gfx: &str, name: &str, source: &str, defines: &[(String, String)]) -> Result<Image> {
-    let fail = |log: String| GpuError::Compile { kernel: name.to_string(), target: gfx.to_string(), log };
+pub fn hiprtc_compile(
+    gfx: &str,
+    name: &str,
+    source: &str,
+    defines: &[(String, String)],
+) -> Result<Image> {
+    let fail = |log: String| GpuError::Compile {
+        kernel: name.to_string(),
+        target: gfx.to_string(),
+        log,
+    };
     let src = CString::new(source).map_err(|_| fail("source contains a NUL byte".into()))?;
     let cname = CString::new(name).map_err(|_| fail("name contains a NUL byte".into()))?;
-    let mut opts: Vec<CString> = HIPRTC_FLAGS.iter().map(|s| CString::new(*s).expect("static flag")).collect();
+    let mut opts: Vec<CString> = HIPRTC_FLAGS
+        .iter()
+        .map(|s| CString::new(*s).expect("static flag"))
+        .collect();
     opts.push(CString::new(format!("--gpu-architecture={gfx}")).expect("no NUL"));
     for (k, v) in defines {
-        opts.push(CString::new(format!("-D{k}={v}")).map_err(|_| fail("define contains a NUL byte".into()))?);
+        opts.push(
+            CString::new(format!("-D{k}={v}"))
+                .map_err(|_| fail("define contains a NUL byte".into()))?,
+        );
     }
     let ptrs: Vec<*const c_char> = opts.iter().map(|o| o.as_ptr()).collect();
     let mut prog: HiprtcProgram = std::ptr::null_mut();
     // SAFETY: every pointer is a live CString for the duration of the calls;
     // the program is destroyed on every path.
     unsafe {
-        check("hiprtcCreateProgram", hiprtcCreateProgram(&mut prog, src.as_ptr(), cname.as_ptr(), 0, std::ptr::null(), std::ptr::null()))?;
+        check(
+            "hiprtcCreateProgram",
+            hiprtcCreateProgram(
+                &mut prog,
+                src.as_ptr(),
+                cname.as_ptr(),
+                0,
+                std::ptr::null(),
+                std::ptr::null(),
+            ),
+        )?;
         let status = hiprtcCompileProgram(prog, ptrs.len() as c_int, ptrs.as_ptr());
         let mut log_size = 0usize;
         let mut log = String::new();
@@ -121,9 +168,17 @@ pub fn hiprtc_compile(gfx: &str, name: &str, source: &str, defines: &[(String, S
             let got = hiprtcGetCodeSize(prog, &mut size);
             if got == 0 {
                 code = vec![0u8; size];
-                check("hiprtcGetCode", hiprtcGetCode(prog, code.as_mut_ptr().cast()))?;
+                check(
+                    "hiprtcGetCode",
+                    hiprtcGetCode(prog, code.as_mut_ptr().cast()),
+                )?;
             }
-            check("hiprtcGetCodeSize", got).map(|_| Image { target: Target::Amd { gfx: gfx.to_string() }, bytes: code })
+            check("hiprtcGetCodeSize", got).map(|_| Image {
+                target: Target::Amd {
+                    gfx: gfx.to_string(),
+                },
+                bytes: code,
+            })
         };
         hiprtcDestroyProgram(&mut prog);
         result
@@ -165,7 +220,10 @@ impl HipDevice {
                 Ok(v)
             };
             let mut name = [0 as c_char; 256];
-            check("hipDeviceGetName", hipDeviceGetName(name.as_mut_ptr(), 256, 0))?;
+            check(
+                "hipDeviceGetName",
+                hipDeviceGetName(name.as_mut_ptr(), 256, 0),
+            )?;
             let mut mem = 0usize;
             check("hipDeviceTotalMem", hipDeviceTotalMem(&mut mem, 0))?;
             // gcnArch 910 is gfx90a; 940/941/942 are gfx94x.
@@ -181,7 +239,10 @@ impl HipDevice {
                 l2_bytes: attr(ATTR_L2_CACHE_SIZE)? as u64,
                 clock_khz: attr(ATTR_CLOCK_RATE)? as u32,
             };
-            Ok(HipDevice { info, tables: Mutex::new(Tables::default()) })
+            Ok(HipDevice {
+                info,
+                tables: Mutex::new(Tables::default()),
+            })
         }
     }
 
@@ -220,32 +281,58 @@ impl Device for HipDevice {
     fn upload(&self, dst: u64, src: &[u8]) -> Result<()> {
         self.bind()?;
         // SAFETY: callers pass allocations at least `src.len()` bytes long.
-        check("hipMemcpy", unsafe { hipMemcpy(dst as *mut c_void, src.as_ptr().cast(), src.len(), MEMCPY_HOST_TO_DEVICE) })
+        check("hipMemcpy", unsafe {
+            hipMemcpy(
+                dst as *mut c_void,
+                src.as_ptr().cast(),
+                src.len(),
+                MEMCPY_HOST_TO_DEVICE,
+            )
+        })
     }
 
     fn download(&self, src: u64, dst: &mut [u8]) -> Result<()> {
         self.bind()?;
         // SAFETY: as `upload`; hipMemcpy waits for queued work on the null stream.
-        check("hipMemcpy", unsafe { hipMemcpy(dst.as_mut_ptr().cast(), src as *const c_void, dst.len(), MEMCPY_DEVICE_TO_HOST) })
+        check("hipMemcpy", unsafe {
+            hipMemcpy(
+                dst.as_mut_ptr().cast(),
+                src as *const c_void,
+                dst.len(),
+                MEMCPY_DEVICE_TO_HOST,
+            )
+        })
     }
 
     fn copy(&self, dst: u64, src: u64, bytes: usize) -> Result<()> {
         self.bind()?;
         // SAFETY: both allocations hold `bytes`.
-        check("hipMemcpyAsync", unsafe { hipMemcpyAsync(dst as *mut c_void, src as *const c_void, bytes, MEMCPY_DEVICE_TO_DEVICE, std::ptr::null_mut()) })
+        check("hipMemcpyAsync", unsafe {
+            hipMemcpyAsync(
+                dst as *mut c_void,
+                src as *const c_void,
+                bytes,
+                MEMCPY_DEVICE_TO_DEVICE,
+                std::ptr::null_mut(),
+            )
+        })
     }
 
     fn memset_zero(&self, dst: u64, bytes: usize) -> Result<()> {
         self.bind()?;
         // SAFETY: `dst` holds `bytes`.
-        check("hipMemset", unsafe { hipMemset(dst as *mut c_void, 0, bytes) })
+        check("hipMemset", unsafe {
+            hipMemset(dst as *mut c_void, 0, bytes)
+        })
     }
 
     fn load(&self, image: &Image) -> Result<ModuleId> {
         self.bind()?;
         let mut m: HipModule = std::ptr::null_mut();
         // SAFETY: a code object hipRTC built for this device's gfx target.
-        check("hipModuleLoadData", unsafe { hipModuleLoadData(&mut m, image.bytes.as_ptr().cast()) })?;
+        check("hipModuleLoadData", unsafe {
+            hipModuleLoadData(&mut m, image.bytes.as_ptr().cast())
+        })?;
         let mut t = self.tables();
         t.modules.push(m);
         Ok(ModuleId(t.modules.len() - 1))
@@ -254,27 +341,51 @@ impl Device for HipDevice {
     fn function(&self, module: ModuleId, name: &str) -> Result<FunctionId> {
         self.bind()?;
         let mut t = self.tables();
-        let m = *t.modules.get(module.0).ok_or(GpuError::Driver { api: "function", msg: format!("unknown module {}", module.0) })?;
-        let cname = CString::new(name).map_err(|_| GpuError::Driver { api: "hipModuleGetFunction", msg: "NUL in name".into() })?;
+        let m = *t.modules.get(module.0).ok_or(GpuError::Driver {
+            api: "function",
+            msg: format!("unknown module {}", module.0),
+        })?;
+        let cname = CString::new(name).map_err(|_| GpuError::Driver {
+            api: "hipModuleGetFunction",
+            msg: "NUL in name".into(),
+        })?;
         let mut f: HipFunction = std::ptr::null_mut();
         // SAFETY: `m` is a loaded module.
-        check("hipModuleGetFunction", unsafe { hipModuleGetFunction(&mut f, m, cname.as_ptr()) })?;
+        check("hipModuleGetFunction", unsafe {
+            hipModuleGetFunction(&mut f, m, cname.as_ptr())
+        })?;
         t.functions.push(f);
         Ok(FunctionId(t.functions.len() - 1))
     }
 
     fn launch(&self, f: FunctionId, dims: LaunchDims, args: &[Arg]) -> Result<()> {
         self.bind()?;
-        let func = *self.tables().functions.get(f.0).ok_or(GpuError::Driver { api: "launch", msg: format!("unknown function {}", f.0) })?;
+        let func = *self.tables().functions.get(f.0).ok_or(GpuError::Driver {
+            api: "launch",
+            msg: format!("unknown function {}", f.0),
+        })?;
         let mut slots: Vec<Vec<u8>> = args.iter().map(|a| a.bytes()).collect();
-        let mut params: Vec<*mut c_void> = slots.iter_mut().map(|s| s.as_mut_ptr().cast()).collect();
+        let mut params: Vec<*mut c_void> =
+            slots.iter_mut().map(|s| s.as_mut_ptr().cast()).collect();
         let [gx, gy, gz] = dims.grid;
         let [bx, by, bz] = dims.block;
         // SAFETY: the parameter list matches the kernel signature (each ops
         // module passes what its .hip entry point declares); `slots` outlives
         // the call, which copies the parameters.
         check("hipModuleLaunchKernel", unsafe {
-            hipModuleLaunchKernel(func, gx, gy, gz, bx, by, bz, dims.shared_bytes, std::ptr::null_mut(), params.as_mut_ptr(), std::ptr::null_mut())
+            hipModuleLaunchKernel(
+                func,
+                gx,
+                gy,
+                gz,
+                bx,
+                by,
+                bz,
+                dims.shared_bytes,
+                std::ptr::null_mut(),
+                params.as_mut_ptr(),
+                std::ptr::null_mut(),
+            )
         })
     }
 
@@ -300,7 +411,10 @@ impl Device for HipDevice {
     fn elapsed_ms(&self, start: EventId, end: EventId) -> Result<f32> {
         let t = self.tables();
         let (Some(&a), Some(&b)) = (t.events.get(start.0), t.events.get(end.0)) else {
-            return Err(GpuError::Driver { api: "elapsed_ms", msg: "unknown event".into() });
+            return Err(GpuError::Driver {
+                api: "elapsed_ms",
+                msg: "unknown event".into(),
+            });
         };
         let mut ms = 0f32;
         // SAFETY: both events were recorded by this device.

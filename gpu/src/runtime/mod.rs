@@ -21,7 +21,11 @@ pub enum GpuError {
     #[error("no device: {0}")]
     NoDevice(String),
     #[error("compiling {kernel} for {target} failed:\n{log}")]
-    Compile { kernel: String, target: String, log: String },
+    Compile {
+        kernel: String,
+        target: String,
+        log: String,
+    },
     #[error("{api} failed: {msg}")]
     Driver { api: &'static str, msg: String },
     #[error(transparent)]
@@ -53,7 +57,12 @@ impl Target {
         if ["gfx90a", "gfx940", "gfx941", "gfx942"].contains(&s) {
             return Ok(Target::Amd { gfx: s.to_string() });
         }
-        Err(SharedError::invalid("target", format!("'{s}'"), "allowed: gfx90a, gfx940, gfx941, gfx942, sm_70 .. sm_120").into())
+        Err(SharedError::invalid(
+            "target",
+            format!("'{s}'"),
+            "allowed: gfx90a, gfx940, gfx941, gfx942, sm_70 .. sm_120",
+        )
+        .into())
     }
 
     pub fn name(&self) -> String {
@@ -164,8 +173,13 @@ impl LaunchDims {
     /// A 1-D launch of `n` threads in blocks of `block`.
     pub fn linear(n: usize, block: u32) -> Result<Self> {
         let blocks = n.div_ceil(block as usize).max(1);
-        let grid_x = u32::try_from(blocks).map_err(|_| SharedError::invalid("1-D launch size", n, "at most 2^32 blocks"))?;
-        Ok(LaunchDims { grid: [grid_x, 1, 1], block: [block, 1, 1], shared_bytes: 0 })
+        let grid_x = u32::try_from(blocks)
+            .map_err(|_| SharedError::invalid("1-D launch size", n, "at most 2^32 blocks"))?;
+        Ok(LaunchDims {
+            grid: [grid_x, 1, 1],
+            block: [block, 1, 1],
+            shared_bytes: 0,
+        })
     }
 }
 
@@ -205,7 +219,8 @@ pub fn open() -> Result<Box<dyn Device>> {
     #[cfg(feature = "rocm")]
     let hip_reason = match hip::HipDevice::open() {
         Ok(d) => return Ok(Box::new(d)),
-        Err(e) => format!("{e}; "),
+        Err(GpuError::NoDevice(why)) => format!("HIP: {why}; "),
+        Err(e) => return Err(e),
     };
     #[cfg(not(feature = "rocm"))]
     let hip_reason = String::from("HIP: not built (cargo feature `rocm`); ");
