@@ -713,21 +713,20 @@ fn shipped_fixtures_replay_through_both_unified_backends() {
 fn prefill_throughput_gflops() {
     let cfg = AttnConfig::new(32, 8, 128, DType::Bf16);
     let s = step(&cfg, 16, &[(0, 1024)], true, 1);
+    let flops = 4.0 * 32.0 * 128.0 * (1024.0 * 1025.0 / 2.0);
+    let report =
+        |name: &str, secs: f64| println!("{name}: {secs:.2} s, {:.1} GFLOP/s", flops / secs / 1e9);
     for b in backends() {
         let cache = cache_for(b.as_ref(), &s, &cfg);
         let t0 = std::time::Instant::now();
-        let out = b.forward(&s.query, &cache, &s.meta, &cfg).unwrap();
-        let secs = t0.elapsed().as_secs_f64();
-        let pairs = 1024.0 * 1025.0 / 2.0;
-        let flops = 4.0 * 32.0 * 128.0 * pairs;
-        println!(
-            "{}: {:.2} s, {:.1} GFLOP/s ({} outputs)",
-            b.name(),
-            secs,
-            flops / secs / 1e9,
-            out.len()
-        );
+        b.forward(&s.query, &cache, &s.meta, &cfg).unwrap();
+        report(b.name(), t0.elapsed().as_secs_f64());
     }
+    // The plain f32 attention of the same batch (no tiling), in the same run.
+    let cache = cache_for(&TritonAttn::default(), &s, &cfg);
+    let t0 = std::time::Instant::now();
+    reference::paged_attention_in::<f32>(&s.query, &cache, &s.meta, &cfg).unwrap();
+    report("plain f32 attention", t0.elapsed().as_secs_f64());
 }
 
 /// TILE_SIZE is independent of the block size: the same logical KV stored in
