@@ -98,6 +98,18 @@ fn varlen_variants() -> Vec<Defines> {
         .collect()
 }
 
+/// (source, latent cache) dtype pairs.
+fn mla_cache_variants() -> Vec<Defines> {
+    [
+        (DType::Bf16, DType::Bf16),
+        (DType::Bf16, DType::Fp8E4m3Fnuz),
+        (DType::F16, DType::Fp8E4m3Fn),
+    ]
+    .iter()
+    .map(|&(s, c)| vec![dtype_define("SRC_DTYPE", s), dtype_define("CACHE_DTYPE", c)])
+    .collect()
+}
+
 fn fill_variants() -> Vec<Defines> {
     vec![vec![dtype_define("DTYPE", DType::Bf16)]]
 }
@@ -148,6 +160,12 @@ pub static FAMILIES: &[Family] = &[
         embedded: include_str!("../../kernels/flash_varlen.hip"),
         entries: &["flash_attn_varlen"],
         variants: varlen_variants,
+    },
+    Family {
+        name: "mla_cache",
+        embedded: include_str!("../../kernels/mla_cache.hip"),
+        entries: &["concat_and_cache_mla"],
+        variants: mla_cache_variants,
     },
     Family {
         name: "fill",

@@ -12,6 +12,7 @@ pub mod contract;
 pub mod flash_varlen;
 pub mod gather_cache;
 pub mod merge_attn_states;
+pub mod mla_cache;
 pub mod paged_decode;
 pub mod reshape_and_cache;
 pub mod unified_attention;
@@ -278,6 +279,10 @@ pub static KERNEL_DIFFS: &[KernelDiff] = &[
     KernelDiff {
         kernel: "flash_varlen",
         run: flash_varlen::run,
+    },
+    KernelDiff {
+        kernel: "mla_cache",
+        run: mla_cache::run,
     },
 ];
 

@@ -7,6 +7,7 @@ pub mod contract;
 pub mod flash_varlen;
 pub mod gather_cache;
 pub mod merge_attn_states;
+pub mod mla_cache;
 pub mod paged_decode;
 pub mod reshape_and_cache;
 pub mod unified_attention;
