@@ -208,6 +208,9 @@ fn truncation_error(file: &str, bytes: &[u8]) -> FixtureError {
     }
 }
 
+/// A tensor's storage dtype, shape and raw little-endian bytes.
+type TensorInfo<'a> = (Dtype, Vec<usize>, &'a [u8]);
+
 /// Typed access to one parsed file's tensors and case metadata, with errors
 /// that name what was asked for.
 struct Reader<'a> {
@@ -259,7 +262,7 @@ impl Reader<'_> {
         }
     }
 
-    fn tensor_info(&self, name: &str) -> Result<Option<(Dtype, Vec<usize>, &[u8])>> {
+    fn tensor_info(&self, name: &str) -> Result<Option<TensorInfo<'_>>> {
         match self.st.tensor(name) {
             Ok(t) => Ok(Some((t.dtype(), t.shape().to_vec(), t.data()))),
             Err(SafeTensorError::TensorNotFound(_)) => Ok(None),

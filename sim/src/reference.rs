@@ -167,7 +167,8 @@ pub fn paged_attention_in<F: RefFloat>(query: &[f32], cache: &KvCache, meta: &At
 /// of width `kv_lora_rank + rope` is both K and V, and the output keeps the
 /// first `kv_lora_rank` dims (c_kv). `query` is `[B, H, L + R]`, `kv_cache`
 /// `[num_blocks, block_size, L + R]`; one query token per sequence. Returns
-/// `[B, H, L]`.
+/// `[B, H, L]`. The arguments mirror vLLM's `decode_attention_fwd`.
+#[allow(clippy::too_many_arguments)]
 pub fn mla_decode(
     query: &[f32],
     kv_cache: &[f32],
