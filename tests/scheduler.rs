@@ -311,10 +311,79 @@ mod trace_cli {
         assert!(msg.contains("'NOPE'") && msg.contains("TRITON_ATTN"), "{msg}");
     }
 
+    fn kernel_names(step: &Value) -> Vec<&str> {
+        step["kernels"].as_array().unwrap().iter().map(|k| k["name"].as_str().unwrap()).collect()
+    }
+
+    fn kernel<'a>(step: &'a Value, name: &str) -> &'a Value {
+        step["kernels"].as_array().unwrap().iter().find(|k| k["name"] == name).unwrap_or_else(|| panic!("no {name} in {step}"))
+    }
+
     #[test]
-    fn mla_presets_are_rejected_for_now() {
-        let (code, v) = trace(&["--backend", "TRITON_ATTN", "--prompt-len", "8", "--model", "deepseek-r1"]);
-        assert_eq!(code, 2);
-        assert!(v["error"]["message"].as_str().unwrap().contains("MLA"), "{v}");
+    fn aiter_mla_trace_is_a_prefill_then_absorbed_decodes() {
+        let (code, v) = trace(&[
+            "--model", "deepseek-r1", "--backend", "ROCM_AITER_MLA", "--block-size", "1", "--prompt-len", "64", "--output-len", "4",
+        ]);
+        assert_eq!(code, 0, "{v}");
+        assert_eq!(column(&v, "kind"), ["prefill", "decode", "decode", "decode"].map(Value::from));
+        assert_eq!(column(&v, "seq_len"), [64, 65, 66, 67].map(Value::from));
+        let steps = v["steps"].as_array().unwrap();
+        let prefill = kernel_names(&steps[0]);
+        assert_eq!(prefill, ["concat_and_cache_mla", "kv_b_proj", "flash_attn_varlen_func(causal)"], "non-absorbed, no context");
+        for step in &steps[1..] {
+            let names = kernel_names(step);
+            assert_eq!(names[0], "concat_and_cache_mla");
+            assert!(names.contains(&"mla_decode_stage1_asm_fwd"), "absorbed decode through AITER's kernel: {names:?}");
+            assert!(!names.iter().any(|n| n.starts_with("flash_attn")), "decodes skip the prefill path: {names:?}");
+            let seq_len = step["requests"][0]["seq_len"].as_u64().unwrap();
+            assert_eq!(kernel(step, "mla_decode_stage1_asm_fwd")["shapes"]["kv_indices"][0], seq_len, "one page per token at block size 1");
+        }
+    }
+
+    #[test]
+    fn mla_tp_gives_each_rank_an_equal_head_slice_and_chunks_the_context() {
+        let (code, v) = trace(&[
+            "--model", "deepseek-r1", "--backend", "TRITON_MLA", "--tp", "8", "--scale-down", "--prompt-len", "40", "--output-len", "2",
+            "--max-num-batched-tokens", "32",
+        ]);
+        assert_eq!(code, 0, "{v}");
+        let (heads, tp) = (v["num_heads"].as_u64().unwrap(), v["tp"].as_u64().unwrap());
+        assert_eq!((tp, v["max_model_len"].as_u64().unwrap()), (8, 4096));
+        let ranks: Vec<(u64, u64)> =
+            v["ranks"].as_array().unwrap().iter().map(|r| (r["heads"][0].as_u64().unwrap(), r["heads"][1].as_u64().unwrap())).collect();
+        let per_rank = heads / tp;
+        assert_eq!(ranks, (0..tp).map(|r| (r * per_rank, (r + 1) * per_rank)).collect::<Vec<_>>());
+        assert_eq!(column(&v, "kind"), ["prefill", "extend", "decode"].map(Value::from));
+        let steps = v["steps"].as_array().unwrap();
+        assert_eq!(kernel(&steps[0], "flash_attn_varlen_func(causal)")["shapes"]["q"], serde_json::json!([32, per_rank, 192]));
+        let extend = kernel_names(&steps[1]);
+        for k in ["gather_and_maybe_dequant_cache", "flash_attn_varlen_func", "merge_attn_states"] {
+            assert!(extend.contains(&k), "the extend attends to its 32-token context in a chunk: {extend:?}");
+        }
+        assert_eq!(kernel(&steps[2], "bmm(q_nope, W_UK_T)")["shapes"]["q_nope"][0], per_rank);
+        assert!(kernel_names(&steps[2]).contains(&"_fwd_grouped_kernel_stage1"));
+    }
+
+    #[test]
+    fn mismatched_backends_and_bad_tp_are_json_errors_naming_the_allowed_values() {
+        let cases: [(&[&str], &[&str]); 6] = [
+            (&["--model", "deepseek-r1", "--backend", "TRITON_ATTN"], &["MHA backend", "TRITON_MLA", "ROCM_AITER_MLA"]),
+            (&["--backend", "ROCM_AITER_MLA"], &["MLA backend", "TRITON_ATTN"]),
+            (&["--model", "deepseek-r1", "--backend", "TRITON_MLA", "--block-size", "1"], &["does not support block size 1"]),
+            (&["--model", "deepseek-r1", "--backend", "TRITON_MLA", "--tp", "3"], &["--tp 3", "1, 2, 4, 8, 16, 32, 64, 128"]),
+            (&["--model", "deepseek-r1", "--backend", "ROCM_AITER_MLA", "--tp", "16"], &["16 or 128"]),
+            (&["--backend", "TRITON_ATTN", "--tp", "2"], &["--tp 2", "deepseek-r1"]),
+        ];
+        for (args, wants) in cases {
+            let out =
+                Command::new(env!("CARGO_BIN_EXE_attnlab")).args(["trace", "--prompt-len", "8", "--json"]).args(args).output().unwrap();
+            assert_eq!(out.status.code(), Some(2), "{args:?}");
+            assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"), "{args:?}");
+            let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+            let msg = v["error"]["message"].as_str().unwrap();
+            for w in wants {
+                assert!(msg.contains(w), "{args:?}: {msg}");
+            }
+        }
     }
 }

@@ -7,10 +7,22 @@
 //! launches the emulated backend's `plan` makes for it, with tensor shapes.
 //! Reproduces the blog's example:
 //! `attnlab trace --backend TRITON_ATTN --prompt-len 80000 --output-len 1 --max-num-batched-tokens 32768`.
+//!
+//! MLA presets (`--model deepseek-r1`) go through the MLA backends' common
+//! layer instead: absorbed decode (`concat_and_cache_mla`, the backend's
+//! split-KV decode kernel) and non-absorbed prefill with context chunks.
+//! `--tp N` shards the heads; every rank launches the same calls on its
+//! `heads / N` heads against the replicated latent cache, so a step lists
+//! them once and the header (JSON: `ranks`) says which heads each rank owns.
 
 use super::util::{emit, fail, parse_size};
+use attnlab_shared::metadata::AttentionMetadata;
 use attnlab_shared::model::{self, ModelPreset};
-use attnlab_shared::scheduler::{Request, ScheduledStep, Scheduler, SchedulerConfig, DEFAULT_MAX_NUM_BATCHED_TOKENS, DEFAULT_MAX_NUM_SEQS};
+use attnlab_shared::scheduler::{
+    Request, ScheduledStep, Scheduler, SchedulerConfig, DEFAULT_MAX_NUM_BATCHED_TOKENS,
+    DEFAULT_MAX_NUM_SEQS,
+};
+use attnlab_sim::backends::mla::{self, MlaBackend, MlaConfig};
 use attnlab_sim::backends::{self, AttentionBackend, KernelCall};
 use attnlab_sim::config::AttnConfig;
 use serde_json::{json, Value};
@@ -21,17 +33,28 @@ const MAX_TRACE_TOKENS: usize = 1 << 24;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// vLLM backend name, e.g. TRITON_ATTN, ROCM_ATTN, ROCM_AITER_FA.
+    /// vLLM backend name: an MHA one (TRITON_ATTN, ROCM_ATTN, ROCM_AITER_FA, ...)
+    /// or, for an MLA model, TRITON_MLA, ROCM_AITER_MLA, ROCM_AITER_TRITON_MLA.
     #[arg(long, value_name = "NAME")]
     backend: String,
     /// Prompt tokens per request.
     #[arg(long, allow_hyphen_values = true, value_name = "N")]
     prompt_len: String,
     /// Output tokens per request (the prompt's last step samples the first).
-    #[arg(long, allow_hyphen_values = true, value_name = "N", default_value = "1")]
+    #[arg(
+        long,
+        allow_hyphen_values = true,
+        value_name = "N",
+        default_value = "1"
+    )]
     output_len: String,
     /// Identical requests, all arriving at step 0.
-    #[arg(long, allow_hyphen_values = true, value_name = "N", default_value = "1")]
+    #[arg(
+        long,
+        allow_hyphen_values = true,
+        value_name = "N",
+        default_value = "1"
+    )]
     num_requests: String,
     /// Token budget per step (vLLM `--max-num-batched-tokens`).
     #[arg(long, allow_hyphen_values = true, value_name = "N", default_value_t = DEFAULT_MAX_NUM_BATCHED_TOKENS.to_string())]
@@ -39,9 +62,20 @@ pub struct Args {
     /// Requests running at once (vLLM `--max-num-seqs`).
     #[arg(long, allow_hyphen_values = true, value_name = "N", default_value_t = DEFAULT_MAX_NUM_SEQS.to_string())]
     max_num_seqs: String,
-    /// Model preset: llama-3.1-8b, qwen3-next (MLA presets are not traced yet).
+    /// Model preset: llama-3.1-8b, qwen3-next, deepseek-r1 (MLA).
     #[arg(long, value_name = "PRESET", default_value = "llama-3.1-8b")]
     model: String,
+    /// Tensor-parallel ranks sharding the heads (MLA presets; must divide the head count).
+    #[arg(
+        long,
+        allow_hyphen_values = true,
+        value_name = "N",
+        default_value = "1"
+    )]
+    tp: String,
+    /// MLA presets: 16 heads per rank and a 4K max_model_len, same per-head shapes.
+    #[arg(long)]
+    scale_down: bool,
     /// Manager block size [default: the preset's (qwen3-next: 544), else 16].
     #[arg(long, allow_hyphen_values = true, value_name = "N")]
     block_size: Option<String>,
@@ -49,19 +83,69 @@ pub struct Args {
     #[arg(long, allow_hyphen_values = true, value_name = "N")]
     num_blocks: Option<String>,
     /// Stop with an error after this many steps.
-    #[arg(long, allow_hyphen_values = true, value_name = "N", default_value = "10000")]
+    #[arg(
+        long,
+        allow_hyphen_values = true,
+        value_name = "N",
+        default_value = "10000"
+    )]
     max_steps: String,
     /// Print {"steps": [{"requests": [...], "kernels": [...]}]}.
     #[arg(long)]
     json: bool,
 }
 
+/// The attention layer a trace plans for.
+enum Layer {
+    Mha {
+        backend: Box<dyn AttentionBackend>,
+        cfg: AttnConfig,
+        kernel_block_size: usize,
+    },
+    /// MLA pages its latent cache in the manager's blocks; `cfg.max_model_len`
+    /// sizes the prefill's context-chunk workspace.
+    Mla {
+        backend: Box<dyn MlaBackend>,
+        cfg: MlaConfig,
+    },
+}
+
+impl Layer {
+    fn name(&self) -> &'static str {
+        match self {
+            Layer::Mha { backend, .. } => backend.name(),
+            Layer::Mla { backend, .. } => backend.name(),
+        }
+    }
+
+    fn kernel_block_size(&self, block_size: usize) -> usize {
+        match self {
+            Layer::Mha {
+                kernel_block_size, ..
+            } => *kernel_block_size,
+            Layer::Mla { .. } => block_size,
+        }
+    }
+
+    /// One rank's launches (MLA: every rank's, see the module doc).
+    fn plan(&self, meta: &AttentionMetadata) -> anyhow::Result<Vec<KernelCall>> {
+        Ok(match self {
+            Layer::Mha { backend, cfg, .. } => backend.plan(meta, cfg),
+            Layer::Mla { backend, cfg } => mla::plan(backend.as_ref(), meta, cfg)?,
+        })
+    }
+
+    /// The head ranges of the TP ranks, `[start, end)` each.
+    fn ranks(cfg: &MlaConfig) -> Vec<(usize, usize)> {
+        let h = cfg.heads_per_rank();
+        (0..cfg.tp).map(|r| (r * h, (r + 1) * h)).collect()
+    }
+}
+
 struct Trace {
-    backend: Box<dyn AttentionBackend>,
+    layer: Layer,
     preset: &'static ModelPreset,
-    cfg: AttnConfig,
     sched: SchedulerConfig,
-    kernel_block_size: usize,
     requests: Vec<Request>,
     max_steps: usize,
 }
@@ -81,13 +165,14 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
 fn trace(t: &Trace, json: bool) -> anyhow::Result<String> {
     let mut sched = Scheduler::new(t.sched.clone(), &t.requests)?;
     let num_blocks = sched.pool().num_blocks();
+    let kernel_block_size = t.layer.kernel_block_size(t.sched.block_size);
     let (mut text, mut steps, mut n) = (header(t, num_blocks), Vec::new(), 0usize);
     while !sched.is_finished() {
         if n == t.max_steps {
             anyhow::bail!("invalid --max-steps {n}: the workload needs more steps than this");
         }
         let step = sched.step()?;
-        let plan = t.backend.plan(&step.metadata(t.kernel_block_size)?, &t.cfg);
+        let plan = t.layer.plan(&step.metadata(kernel_block_size)?)?;
         if json {
             steps.push(step_json(&step, &plan));
         } else {
@@ -98,11 +183,22 @@ fn trace(t: &Trace, json: bool) -> anyhow::Result<String> {
     if !json {
         return Ok(text);
     }
-    let v = json!({
-        "backend": t.backend.name(), "model": t.preset.name, "block_size": t.sched.block_size,
-        "kernel_block_size": t.kernel_block_size, "num_blocks": num_blocks,
+    let mut v = json!({
+        "backend": t.layer.name(), "model": t.preset.name, "block_size": t.sched.block_size,
+        "kernel_block_size": kernel_block_size, "num_blocks": num_blocks,
         "max_num_batched_tokens": t.sched.max_num_batched_tokens, "max_num_seqs": t.sched.max_num_seqs, "steps": steps,
     });
+    if let Layer::Mla { cfg, .. } = &t.layer {
+        let ranks: Vec<Value> = Layer::ranks(cfg)
+            .iter()
+            .enumerate()
+            .map(|(r, h)| json!({"rank": r, "heads": [h.0, h.1]}))
+            .collect();
+        v["num_heads"] = json!(cfg.num_heads);
+        v["max_model_len"] = json!(cfg.max_model_len);
+        v["tp"] = json!(cfg.tp);
+        v["ranks"] = Value::Array(ranks);
+    }
     Ok(format!("{v}\n"))
 }
 
@@ -111,6 +207,7 @@ fn setup(a: &Args) -> anyhow::Result<Trace> {
     let output_len = parse_size("--output-len", &a.output_len, 1)?;
     let num_requests = parse_size("--num-requests", &a.num_requests, 1)?;
     let max_steps = parse_size("--max-steps", &a.max_steps, 1)?;
+    let tp = parse_size("--tp", &a.tp, 1)?;
     // A trace is for reading: bound the work so a typo cannot exhaust memory.
     let total = num_requests.saturating_mul(prompt_len.saturating_add(output_len));
     if total > MAX_TRACE_TOKENS {
@@ -119,48 +216,134 @@ fn setup(a: &Args) -> anyhow::Result<Trace> {
         );
     }
     let preset = model::preset(&a.model)?;
-    if let Some(mla) = preset.mla {
-        anyhow::bail!(
-            "model preset '{}' uses MLA (kv_lora_rank {}, rope {}): trace covers MHA presets for now; allowed: {}",
-            preset.name,
-            mla.kv_lora_rank,
-            mla.qk_rope_head_dim,
-            model::PRESETS.iter().filter(|p| !p.is_mla()).map(|p| p.name).collect::<Vec<_>>().join(", ")
-        );
-    }
-    let max_num_batched_tokens = parse_size("--max-num-batched-tokens", &a.max_num_batched_tokens, 1)?;
+    let max_num_batched_tokens =
+        parse_size("--max-num-batched-tokens", &a.max_num_batched_tokens, 1)?;
     let max_num_seqs = parse_size("--max-num-seqs", &a.max_num_seqs, 1)?;
     // A request holds one of max_num_seqs slots for at least output_len steps,
     // and the budget bounds the tokens per step.
     let min_steps = (num_requests.div_ceil(max_num_seqs) * output_len)
         .max((num_requests * (prompt_len + output_len - 1)).div_ceil(max_num_batched_tokens));
     if min_steps > max_steps {
-        anyhow::bail!("invalid --max-steps {max_steps}: this workload needs at least {min_steps} steps");
+        anyhow::bail!(
+            "invalid --max-steps {max_steps}: this workload needs at least {min_steps} steps"
+        );
     }
-    let backend = backends::by_name(&a.backend.to_ascii_uppercase())?;
     let block_size = match &a.block_size {
         Some(s) => parse_size("--block-size", s, 1)?,
         None => preset.block_size.unwrap_or(16),
     };
-    let cfg = AttnConfig::new(preset.num_heads, preset.num_kv_heads, preset.head_size, preset.dtype);
-    backend.check(&cfg, block_size)?;
-    let kernel_block_size = backend.kernel_block_size(block_size)?;
+    let name = a.backend.to_ascii_uppercase();
+    let layer = if preset.is_mla() {
+        if preset.num_heads % tp != 0 {
+            let divisors: Vec<String> = (1..=preset.num_heads)
+                .filter(|d| preset.num_heads % d == 0)
+                .map(|d| d.to_string())
+                .collect();
+            anyhow::bail!(
+                "invalid --tp {tp}: must divide the {} heads of {}; allowed: {}",
+                preset.num_heads,
+                preset.name,
+                divisors.join(", ")
+            );
+        }
+        let backend = match mla::by_name(&name) {
+            Err(_) if backends::by_name(&name).is_ok() => return Err(wrong_family(&name, preset)),
+            b => b?,
+        };
+        // deepseek-r1 is the only MLA preset; its YaRN-scaled softmax scale lives here.
+        let cfg = MlaConfig::deepseek_r1(tp);
+        let cfg = MlaConfig {
+            max_num_seqs,
+            ..if a.scale_down { cfg.scaled_down() } else { cfg }
+        };
+        backend.check(&cfg, block_size)?;
+        Layer::Mla { backend, cfg }
+    } else {
+        if tp != 1 || a.scale_down {
+            let flag = if tp != 1 {
+                format!("--tp {tp}")
+            } else {
+                "--scale-down".to_string()
+            };
+            anyhow::bail!(
+                "invalid {flag} for the MHA preset {}: --tp and --scale-down shape MLA layers; allowed with: {}",
+                preset.name,
+                mla_presets().join(", ")
+            );
+        }
+        let backend = match backends::by_name(&name) {
+            Err(_) if mla::by_name(&name).is_ok() => return Err(wrong_family(&name, preset)),
+            b => b?,
+        };
+        let cfg = AttnConfig::new(
+            preset.num_heads,
+            preset.num_kv_heads,
+            preset.head_size,
+            preset.dtype,
+        );
+        backend.check(&cfg, block_size)?;
+        let kernel_block_size = backend.kernel_block_size(block_size)?;
+        Layer::Mha {
+            backend,
+            cfg,
+            kernel_block_size,
+        }
+    };
     let sched = SchedulerConfig {
         block_size,
-        num_blocks: a.num_blocks.as_deref().map(|s| parse_size("--num-blocks", s, 1)).transpose()?,
+        num_blocks: a
+            .num_blocks
+            .as_deref()
+            .map(|s| parse_size("--num-blocks", s, 1))
+            .transpose()?,
         max_num_batched_tokens,
         max_num_seqs,
         decode_threshold: 1,
     };
     Ok(Trace {
-        backend,
+        layer,
         preset,
-        cfg,
         sched,
-        kernel_block_size,
-        requests: vec![Request { prompt_len, output_len }; num_requests],
+        requests: vec![
+            Request {
+                prompt_len,
+                output_len
+            };
+            num_requests
+        ],
         max_steps,
     })
+}
+
+fn mla_presets() -> Vec<&'static str> {
+    model::PRESETS
+        .iter()
+        .filter(|p| p.is_mla())
+        .map(|p| p.name)
+        .collect()
+}
+
+/// The error for a backend `name` of the other attention family (MHA or MLA)
+/// than `preset`'s, naming the backends the preset allows.
+fn wrong_family(name: &str, preset: &ModelPreset) -> anyhow::Error {
+    let (this, that, allowed): (_, _, Vec<&str>) = if preset.is_mla() {
+        (
+            "MLA",
+            "MHA",
+            mla::mla_backends().iter().map(|b| b.name()).collect(),
+        )
+    } else {
+        (
+            "MHA",
+            "MLA",
+            backends::mha_backends().iter().map(|b| b.name()).collect(),
+        )
+    };
+    anyhow::anyhow!(
+        "invalid --backend '{name}': it is an {that} backend and model preset '{}' uses {this}; allowed: {}",
+        preset.name,
+        allowed.join(", ")
+    )
 }
 
 fn step_json(s: &ScheduledStep, plan: &[KernelCall]) -> Value {
@@ -173,25 +356,59 @@ fn step_json(s: &ScheduledStep, plan: &[KernelCall]) -> Value {
 }
 
 fn header(t: &Trace, num_blocks: usize) -> String {
-    let c = &t.cfg;
-    format!(
-        "{} on {} ({} q heads, {} kv heads, head {}, {}); block_size {} (kernel {}), {} blocks\n\
-         {} request(s) of prompt {} / output {}; max_num_batched_tokens {}, max_num_seqs {}\n",
-        t.backend.name(),
-        t.preset.name,
-        c.num_heads,
-        c.num_kv_heads,
-        c.head_size,
-        c.dtype,
+    let mut s = match &t.layer {
+        Layer::Mha { cfg: c, .. } => format!(
+            "{} on {} ({} q heads, {} kv heads, head {}, {})",
+            t.layer.name(),
+            t.preset.name,
+            c.num_heads,
+            c.num_kv_heads,
+            c.head_size,
+            c.dtype
+        ),
+        Layer::Mla { cfg: c, .. } => format!(
+            "{} on {} ({} heads, latent {} + rope {}, q/k nope {}, v {}, {}, max_model_len {})",
+            t.layer.name(),
+            t.preset.name,
+            c.num_heads,
+            c.dims.kv_lora_rank,
+            c.dims.qk_rope_head_dim,
+            c.dims.qk_nope_head_dim,
+            c.dims.v_head_dim,
+            c.dtype,
+            c.max_model_len
+        ),
+    };
+    let _ = writeln!(
+        s,
+        "; block_size {} (kernel {}), {} blocks\n\
+         {} request(s) of prompt {} / output {}; max_num_batched_tokens {}, max_num_seqs {}",
         t.sched.block_size,
-        t.kernel_block_size,
+        t.layer.kernel_block_size(t.sched.block_size),
         num_blocks,
         t.requests.len(),
         t.requests[0].prompt_len,
         t.requests[0].output_len,
         t.sched.max_num_batched_tokens,
         t.sched.max_num_seqs
-    )
+    );
+    if let Layer::Mla { cfg, .. } = &t.layer {
+        if cfg.tp > 1 {
+            let ranks: Vec<String> = Layer::ranks(cfg)
+                .iter()
+                .enumerate()
+                .map(|(r, h)| format!("rank {r}: heads {}..{}", h.0, h.1))
+                .collect();
+            let _ = writeln!(
+                s,
+                "tp {}: each rank launches the kernels below on its {} heads, against the replicated latent cache\n  {}",
+                cfg.tp,
+                cfg.heads_per_rank(),
+                ranks.join(", ")
+            );
+        }
+    }
+    s
 }
 
 fn step_text(st: &ScheduledStep, plan: &[KernelCall]) -> String {
@@ -209,12 +426,28 @@ fn step_text(st: &ScheduledStep, plan: &[KernelCall]) -> String {
     if !st.preempted.is_empty() {
         let _ = writeln!(s, "  preempted (recompute): {:?}", st.preempted);
     }
-    let _ = writeln!(s, "  {:>4}  {:<8} {:>10} {:>12} {:>8}", "id", "kind", "query_len", "context_len", "seq_len");
+    let _ = writeln!(
+        s,
+        "  {:>4}  {:<8} {:>10} {:>12} {:>8}",
+        "id", "kind", "query_len", "context_len", "seq_len"
+    );
     for r in &st.requests {
-        let _ = writeln!(s, "  {:>4}  {:<8} {:>10} {:>12} {:>8}", r.id, r.kind.name(), r.query_len, r.context_len, r.seq_len);
+        let _ = writeln!(
+            s,
+            "  {:>4}  {:<8} {:>10} {:>12} {:>8}",
+            r.id,
+            r.kind.name(),
+            r.query_len,
+            r.context_len,
+            r.seq_len
+        );
     }
     for k in plan {
-        let shapes: Vec<String> = k.shapes.iter().map(|(n, sh)| format!("{n} {sh:?}")).collect();
+        let shapes: Vec<String> = k
+            .shapes
+            .iter()
+            .map(|(n, sh)| format!("{n} {sh:?}"))
+            .collect();
         let _ = writeln!(s, "  -> {}  {}", k.name, shapes.join("  "));
     }
     if !st.finished.is_empty() {
