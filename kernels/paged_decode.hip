@@ -44,11 +44,7 @@ DEVICE KvLayout layout_of(const PagedArgs& a) {
     return L;
 }
 
-// softmax.rs dequant_kv: fp8 -> (x * scale) rounded to the query dtype.
-DEVICE float dequant(typename KV::T raw, float scale) {
-    float x = KV::load(raw);
-    return KV_IS_FP8 ? round_to<Q_DTYPE>(x * scale) : x;
-}
+DEVICE float dequant(typename KV::T raw, float scale) { return dequant_kv<Q_DTYPE, KV_DTYPE>(raw, scale); }
 
 extern "C" __global__ void paged_attention_2d(
     const typename Q::T* __restrict__ query, const typename KV::T* __restrict__ k_cache,

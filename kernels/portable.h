@@ -286,6 +286,13 @@ DEVICE bool visible(i64 t, i64 p, bool causal, i64 window) {
     return window == 0 || p < t + window;
 }
 
+// softmax.rs dequant_kv: an fp8 cache value times its scale, rounded to the
+// query dtype; other caches enter as stored.
+template <int QD, int KVD> DEVICE float dequant_kv(typename Storage<KVD>::T raw, float scale) {
+    float x = Storage<KVD>::load(raw);
+    return (KVD == DT_FP8_FNUZ || KVD == DT_FP8_FN) ? round_to<QD>(x * scale) : x;
+}
+
 // RowState::update, split into the per-row statistics (every thread of a
 // row computes them identically, ascending j) and the per-dimension acc
 // update (any thread mapping over d gives the same bits: each acc[d] sees

@@ -110,6 +110,26 @@ fn mla_cache_variants() -> Vec<Defines> {
     .collect()
 }
 
+/// (query, latent cache, output, lse) dtypes: TRITON_MLA (lse in the query
+/// dtype) and AITER (f32 lse) with both fp8 latent flavours.
+fn mla_decode_variants() -> Vec<Defines> {
+    [
+        (DType::Bf16, DType::Bf16, DType::Bf16),
+        (DType::Bf16, DType::Fp8E4m3Fnuz, DType::F32),
+        (DType::F16, DType::Fp8E4m3Fn, DType::F16),
+    ]
+    .iter()
+    .map(|&(q, kv, lse)| {
+        vec![
+            dtype_define("Q_DTYPE", q),
+            dtype_define("KV_DTYPE", kv),
+            dtype_define("OUT_DTYPE", q),
+            dtype_define("LSE_DTYPE", lse),
+        ]
+    })
+    .collect()
+}
+
 fn fill_variants() -> Vec<Defines> {
     vec![vec![dtype_define("DTYPE", DType::Bf16)]]
 }
@@ -150,6 +170,12 @@ pub static FAMILIES: &[Family] = &[
         variants: attention_variants,
     },
     Family {
+        name: "prefix_prefill",
+        embedded: include_str!("../../kernels/prefix_prefill.hip"),
+        entries: &["context_attention_fwd"],
+        variants: attention_variants,
+    },
+    Family {
         name: "gather_cache",
         embedded: include_str!("../../kernels/gather_cache.hip"),
         entries: &["cp_mha_gather_cache"],
@@ -166,6 +192,18 @@ pub static FAMILIES: &[Family] = &[
         embedded: include_str!("../../kernels/mla_cache.hip"),
         entries: &["concat_and_cache_mla"],
         variants: mla_cache_variants,
+    },
+    Family {
+        name: "mla_decode",
+        embedded: include_str!("../../kernels/mla_decode.hip"),
+        entries: &["mla_decode_stage1", "mla_decode_stage2"],
+        variants: mla_decode_variants,
+    },
+    Family {
+        name: "flex_attention",
+        embedded: include_str!("../../kernels/flex_attention.hip"),
+        entries: &["flex_attention"],
+        variants: varlen_variants,
     },
     Family {
         name: "fill",

@@ -10,10 +10,13 @@
 pub mod cases;
 pub mod contract;
 pub mod flash_varlen;
+pub mod flex_attention;
 pub mod gather_cache;
 pub mod merge_attn_states;
 pub mod mla_cache;
+pub mod mla_decode;
 pub mod paged_decode;
+pub mod prefix_prefill;
 pub mod reshape_and_cache;
 pub mod unified_attention;
 
@@ -273,6 +276,10 @@ pub static KERNEL_DIFFS: &[KernelDiff] = &[
         run: paged_decode::run,
     },
     KernelDiff {
+        kernel: "prefix_prefill",
+        run: prefix_prefill::run,
+    },
+    KernelDiff {
         kernel: "gather_cache",
         run: gather_cache::run,
     },
@@ -283,6 +290,14 @@ pub static KERNEL_DIFFS: &[KernelDiff] = &[
     KernelDiff {
         kernel: "mla_cache",
         run: mla_cache::run,
+    },
+    KernelDiff {
+        kernel: "mla_decode",
+        run: mla_decode::run,
+    },
+    KernelDiff {
+        kernel: "flex_attention",
+        run: flex_attention::run,
     },
 ];
 

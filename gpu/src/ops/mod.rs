@@ -5,9 +5,12 @@
 
 pub mod contract;
 pub mod flash_varlen;
+pub mod flex_attention;
 pub mod gather_cache;
 pub mod merge_attn_states;
 pub mod mla_cache;
+pub mod mla_decode;
 pub mod paged_decode;
+pub mod prefix_prefill;
 pub mod reshape_and_cache;
 pub mod unified_attention;

@@ -52,20 +52,21 @@ pub(crate) fn args(
         .arg()
 }
 
-/// Uploaded inputs shared by both kernels.
-struct Inputs<'d> {
-    q: Buffer<'d>,
-    k: Buffer<'d>,
-    v: Buffer<'d>,
-    bt: Buffer<'d>,
-    qsl: Buffer<'d>,
-    sl: Buffer<'d>,
-    sinks: Buffer<'d>,
-    alibi: Buffer<'d>,
-    out: Buffer<'d>,
+/// Uploaded inputs shared by both kernels (and prefix prefill's, which
+/// reads the same paged-cache arguments).
+pub(crate) struct Inputs<'d> {
+    pub q: Buffer<'d>,
+    pub k: Buffer<'d>,
+    pub v: Buffer<'d>,
+    pub bt: Buffer<'d>,
+    pub qsl: Buffer<'d>,
+    pub sl: Buffer<'d>,
+    pub sinks: Buffer<'d>,
+    pub alibi: Buffer<'d>,
+    pub out: Buffer<'d>,
 }
 
-fn upload<'d>(
+pub(crate) fn upload<'d>(
     gpu: &'d Gpu,
     query: &[f32],
     cache: &KvCache,

@@ -153,7 +153,8 @@ fn split_range(row: &KvRow, splits: KvSplits, split: usize) -> (usize, usize) {
     (start, end.min(row.kv_len))
 }
 
-fn validate(
+/// The checks [`stage1`] runs (also used by attnlab-gpu's launcher).
+pub fn validate(
     q: &[f32],
     rows: &[KvRow],
     cache: &LatentCache,

@@ -1,0 +1,152 @@
+//! Launcher for `kernels/flex_attention.hip`, mirroring
+//! `attnlab_sim::kernels::flex_attention::flex_attention`. The block mask
+//! and the partial blocks' `mask_mod` values come from the sim's own
+//! `BlockMask::build` / `FlexMask::keep`, so both sides walk the same
+//! block-sparse structure.
+
+use super::unified_attention::{to_u32, validate_metadata, SHARED_MEMORY_LIMIT};
+use crate::diff::{bits_from_bytes, bytes_of, bytes_of_i32};
+use crate::kernels::{dtype_define, Gpu};
+use crate::runtime::{ArgStruct, Buffer, LaunchDims, Result};
+use attnlab_shared::error::Error;
+use attnlab_shared::layout::LayoutKind;
+use attnlab_shared::metadata::AttentionMetadata;
+use attnlab_sim::cache::KvCache;
+use attnlab_sim::config::AttnConfig;
+use attnlab_sim::kernels::flex_attention::{
+    flex_block_n, BlockMask, FlexMask, SPARSE_Q_BLOCK_SIZE,
+};
+use attnlab_sim::numerics::softmax_scale_log2;
+
+/// FlexAttention's output `[T, Hq, D]` on the device, as bits in `cfg.dtype`.
+pub fn flex_attention(
+    gpu: &Gpu,
+    query: &[f32],
+    cache: &KvCache,
+    meta: &AttentionMetadata,
+    cfg: &AttnConfig,
+) -> Result<Vec<u32>> {
+    cfg.validate()?;
+    validate_metadata(meta, cache)?;
+    let l = &cache.layout;
+    let (hq, d, bs) = (cfg.num_heads, cfg.head_size, meta.block_size);
+    if l.kind != LayoutKind::Nhd
+        || l.dtype != cfg.dtype
+        || l.num_kv_heads != cfg.num_kv_heads
+        || l.head_size != d
+    {
+        return Err(Error::invalid(
+            "cache layout",
+            format!(
+                "{} {} x {} heads x head size {}",
+                l.kind.name(),
+                l.dtype,
+                l.num_kv_heads,
+                l.head_size
+            ),
+            format!(
+                "an nhd cache of {} with {} kv heads x head size {d}",
+                cfg.dtype, cfg.num_kv_heads
+            ),
+        )
+        .into());
+    }
+    let bn = flex_block_n(cfg.dtype, bs);
+    if bs % bn != 0 {
+        return Err(Error::invalid(
+            "block_size",
+            bs,
+            "a multiple of 16 (BLOCK_N must divide the cache block)",
+        )
+        .into());
+    }
+    let t = meta.num_actual_tokens;
+    if query.len() != t * hq * d {
+        return Err(Error::invalid(
+            "query length",
+            query.len(),
+            format!("num_tokens * num_heads * head_size = {}", t * hq * d),
+        )
+        .into());
+    }
+    let qb_rows = SPARSE_Q_BLOCK_SIZE;
+    let shared = (qb_rows * bn + qb_rows * d + 3 * qb_rows) * 4;
+    if shared > SHARED_MEMORY_LIMIT {
+        return Err(Error::invalid(
+            "shared memory of one program",
+            shared,
+            format!(
+                "at most {SHARED_MEMORY_LIMIT} bytes: {qb_rows} x (BLOCK_N + head_size + 3) f32"
+            ),
+        )
+        .into());
+    }
+    let dev = gpu.dev.as_ref();
+    if t == 0 {
+        return Ok(Vec::new());
+    }
+    let out = Buffer::zeroed(dev, t * hq * d * cfg.dtype.size_bytes())?;
+    // The BlockMask, flattened: per q block its partial then its full blocks,
+    // and mask_mod of every (row, slot) of its partial blocks.
+    let mask = FlexMask::new(meta, cfg.sliding_window);
+    let bm = BlockMask::build(&mask);
+    let (mut blocks, mut start, mut partial, mut keep) = (vec![], vec![0i32], vec![], vec![]);
+    for (qb, (parts, fulls)) in bm.kv_indices.iter().zip(&bm.full_kv_indices).enumerate() {
+        for (&b, is_partial) in parts
+            .iter()
+            .map(|b| (b, true))
+            .chain(fulls.iter().map(|b| (b, false)))
+        {
+            blocks.push(b as i32);
+            for r in qb * qb_rows..(qb + 1) * qb_rows {
+                keep.extend(
+                    (0..bs).map(|j| (is_partial && r < t && mask.keep(r, b * bs + j)) as u8),
+                );
+            }
+        }
+        start.push(blocks.len() as i32);
+        partial.push(parts.len() as i32);
+    }
+    let num_q_blocks = partial.len();
+    let up =
+        |v: &[i32]| Buffer::from_bytes(dev, &bytes_of_i32(if v.is_empty() { &[0] } else { v }));
+    let (blocks_b, start_b, partial_b) = (up(&blocks)?, up(&start)?, up(&partial)?);
+    let keep_b = Buffer::from_bytes(dev, if keep.is_empty() { &[0u8] } else { &keep })?;
+    let q = Buffer::from_bytes(dev, &bytes_of(query, cfg.dtype))?;
+    let k = Buffer::from_bytes(dev, &bytes_of(&cache.k, cfg.dtype))?;
+    let v = Buffer::from_bytes(dev, &bytes_of(&cache.v, cfg.dtype))?;
+    let a = ArgStruct::default()
+        .i64(t as i64)
+        .i64(hq as i64)
+        .i64(cfg.num_kv_heads as i64)
+        .i64(d as i64)
+        .i64(bs as i64)
+        .i64(bn as i64)
+        .i64(qb_rows as i64)
+        .f32(cfg.scale)
+        .f32(softmax_scale_log2(cfg.scale))
+        .arg();
+    let f = gpu.function(
+        "flex_attention",
+        &[dtype_define("DTYPE", cfg.dtype)],
+        "flex_attention",
+    )?;
+    let dims = LaunchDims {
+        grid: [to_u32(num_q_blocks, "q blocks")?, to_u32(hq, "heads")?, 1],
+        block: [128, 1, 1],
+        shared_bytes: shared as u32,
+    };
+    let call = [
+        q.arg(),
+        k.arg(),
+        v.arg(),
+        blocks_b.arg(),
+        start_b.arg(),
+        partial_b.arg(),
+        keep_b.arg(),
+        out.arg(),
+        a,
+    ];
+    dev.launch(f, dims, &call)?;
+    Ok(bits_from_bytes(&out.to_bytes()?, cfg.dtype))
+}
