@@ -5,12 +5,14 @@
 //! - [`kernels`]: the embedded sources, compile flags and module cache;
 //! - [`compile`]: compiling every kernel for a target with no device;
 //! - [`ops`]: host launchers, one per kernel family, validating on the host;
-//! - [`diff`]: random cases, sim vs GPU, bit for bit;
+//! - [`exec`]: the sim backends' kernel-executor seam on the GPU;
+//! - [`diff`]: random cases, sim vs GPU, bit for bit (kernels and whole backends);
 //! - [`bench`]: GPU-event timings against a device-to-device copy.
 
 pub mod bench;
 pub mod compile;
 pub mod diff;
+pub mod exec;
 pub mod kernels;
 pub mod ops;
 pub mod runtime;

@@ -57,31 +57,45 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         );
     }
     let mut reports: Vec<KernelReport> = Vec::new();
+    // A diff that errors (a launch failure, an input its kernel rejects) is
+    // reported and fails the run, but does not hide the others' results.
+    let mut errors: Vec<(String, String)> = Vec::new();
     for d in diffs {
         let start = std::time::Instant::now();
-        let r = (d.run)(&gpu, opts)?;
-        if !args.json {
-            print_report(&r, start.elapsed().as_secs_f64());
+        match (d.run)(&gpu, opts) {
+            Ok(r) => {
+                if !args.json {
+                    print_report(&r, start.elapsed().as_secs_f64());
+                }
+                reports.push(r);
+            }
+            Err(e) => {
+                if !args.json {
+                    println!("  {:<24} ERROR: {e}", d.kernel);
+                }
+                errors.push((d.kernel.to_string(), e.to_string()));
+            }
         }
-        reports.push(r);
     }
-    let all_exact = reports.iter().all(|r| r.passed());
+    let all_exact = errors.is_empty() && reports.iter().all(|r| r.passed());
     if args.json {
         println!(
             "{}",
             serde_json::to_string_pretty(
-                &json!({ "device": info, "cases": opts.cases, "seed": opts.seed, "bit_exact": all_exact, "kernels": reports })
+                &json!({ "device": info, "cases": opts.cases, "seed": opts.seed, "bit_exact": all_exact, "kernels": reports, "errors": errors })
             )?
         );
     } else {
         let elements: u64 = reports.iter().map(|r| r.elements).sum();
         println!(
-            "{} kernels, {elements} elements: {}",
+            "{} kernels/backends, {elements} elements: {}",
             reports.len(),
             if all_exact {
                 "all bit-exact"
-            } else {
+            } else if errors.is_empty() {
                 "MISMATCH"
+            } else {
+                "ERRORS"
             }
         );
     }

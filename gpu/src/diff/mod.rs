@@ -7,6 +7,7 @@
 //! same seed gives the same cases on every machine), runs the sim kernel and
 //! the HIP kernel on the same inputs, and feeds both outputs to a [`Tally`].
 
+pub mod backends;
 pub mod cases;
 pub mod contract;
 pub mod flash_varlen;
@@ -253,7 +254,8 @@ pub struct KernelDiff {
     pub run: fn(&Gpu, DiffOptions) -> Result<KernelReport>,
 }
 
-/// Every kernel `attnlab diff` knows, in the order it runs them.
+/// Every kernel `attnlab diff` knows, in the order it runs them, then every
+/// emulated MHA backend end to end (`diff::backends`).
 pub static KERNEL_DIFFS: &[KernelDiff] = &[
     KernelDiff {
         kernel: "contract",
@@ -298,6 +300,26 @@ pub static KERNEL_DIFFS: &[KernelDiff] = &[
     KernelDiff {
         kernel: "flex_attention",
         run: flex_attention::run,
+    },
+    KernelDiff {
+        kernel: "TRITON_ATTN",
+        run: backends::triton_attn,
+    },
+    KernelDiff {
+        kernel: "ROCM_ATTN",
+        run: backends::rocm_attn,
+    },
+    KernelDiff {
+        kernel: "ROCM_AITER_FA",
+        run: backends::rocm_aiter_fa,
+    },
+    KernelDiff {
+        kernel: "ROCM_AITER_UNIFIED_ATTN",
+        run: backends::rocm_aiter_unified_attn,
+    },
+    KernelDiff {
+        kernel: "FLEX_ATTENTION",
+        run: backends::flex_attention,
     },
 ];
 

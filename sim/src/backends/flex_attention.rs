@@ -9,11 +9,12 @@
 //! sliding window. ALiBi, soft-cap and sinks are rejected as vLLM's
 //! `FlexAttentionImpl` rejects them.
 
+use crate::backends::exec::KernelExecutor;
 use crate::backends::{AttentionBackend, KernelCall};
 use crate::cache::KvCache;
 use crate::config::AttnConfig;
-use crate::kernels::flex_attention::{flex_attention, flex_block_n, SPARSE_Q_BLOCK_SIZE};
-use crate::kernels::reshape_and_cache::{reshape_and_cache, CacheWriter};
+use crate::kernels::flex_attention::{flex_block_n, SPARSE_Q_BLOCK_SIZE};
+use crate::kernels::reshape_and_cache::CacheWriter;
 use attnlab_shared::dtype::DType;
 use attnlab_shared::error::{Error, Result};
 use attnlab_shared::layout::{KvLayout, LayoutKind};
@@ -55,13 +56,13 @@ impl AttentionBackend for FlexAttention {
         KvLayout::new(LayoutKind::Nhd, num_blocks, block_size, cfg.num_kv_heads, cfg.head_size, cfg.kv_dtype)
     }
 
-    fn write_kv(&self, cache: &mut KvCache, key: &[f32], value: &[f32], slot_mapping: &[i64], cfg: &AttnConfig) -> Result<()> {
-        reshape_and_cache(CacheWriter::ReshapeAndCacheFlash, cache, key, value, slot_mapping, cfg)
+    fn write_kv_with(&self, ex: &dyn KernelExecutor, cache: &mut KvCache, key: &[f32], value: &[f32], slot_mapping: &[i64], cfg: &AttnConfig) -> Result<()> {
+        ex.reshape_and_cache(CacheWriter::ReshapeAndCacheFlash, cache, key, value, slot_mapping, cfg)
     }
 
-    fn forward(&self, query: &[f32], cache: &KvCache, meta: &AttentionMetadata, cfg: &AttnConfig) -> Result<Vec<f32>> {
+    fn forward_with(&self, ex: &dyn KernelExecutor, query: &[f32], cache: &KvCache, meta: &AttentionMetadata, cfg: &AttnConfig) -> Result<Vec<f32>> {
         self.check(cfg, meta.block_size)?;
-        flex_attention(query, cache, meta, cfg)
+        ex.flex_attention(query, cache, meta, cfg)
     }
 
     fn plan(&self, meta: &AttentionMetadata, cfg: &AttnConfig) -> Vec<KernelCall> {

@@ -3,6 +3,7 @@
 //! routes the batch, which kernels it calls in which order. Every MHA backend
 //! implements [`AttentionBackend`], so a test can run one batch through all.
 
+pub mod exec;
 pub mod flex_attention;
 pub mod rocm_aiter_fa;
 pub mod rocm_attn;
@@ -10,6 +11,7 @@ pub mod triton_attn;
 pub mod rocm_aiter_unified_attn;
 pub mod mla;
 
+use crate::backends::exec::{Cpu, KernelExecutor};
 use crate::cache::KvCache;
 use crate::config::AttnConfig;
 use attnlab_shared::error::Result;
@@ -55,10 +57,28 @@ pub trait AttentionBackend: Send + Sync {
     fn cache_layout(&self, cfg: &AttnConfig, num_blocks: usize, block_size: usize) -> Result<KvLayout>;
 
     /// Writes the step's new K/V (`[T, Hkv, D]`, in `cfg.dtype`) at `slot_mapping`.
-    fn write_kv(&self, cache: &mut KvCache, key: &[f32], value: &[f32], slot_mapping: &[i64], cfg: &AttnConfig) -> Result<()>;
+    fn write_kv(&self, cache: &mut KvCache, key: &[f32], value: &[f32], slot_mapping: &[i64], cfg: &AttnConfig) -> Result<()> {
+        self.write_kv_with(&Cpu, cache, key, value, slot_mapping, cfg)
+    }
 
     /// Attention for every query token of the batch: `[T, Hq, D]` in `cfg.dtype`.
-    fn forward(&self, query: &[f32], cache: &KvCache, meta: &AttentionMetadata, cfg: &AttnConfig) -> Result<Vec<f32>>;
+    fn forward(&self, query: &[f32], cache: &KvCache, meta: &AttentionMetadata, cfg: &AttnConfig) -> Result<Vec<f32>> {
+        self.forward_with(&Cpu, query, cache, meta, cfg)
+    }
+
+    /// [`AttentionBackend::write_kv`] with its kernel run by `ex`.
+    fn write_kv_with(
+        &self,
+        ex: &dyn KernelExecutor,
+        cache: &mut KvCache,
+        key: &[f32],
+        value: &[f32],
+        slot_mapping: &[i64],
+        cfg: &AttnConfig,
+    ) -> Result<()>;
+
+    /// [`AttentionBackend::forward`] with every kernel launch made through `ex`.
+    fn forward_with(&self, ex: &dyn KernelExecutor, query: &[f32], cache: &KvCache, meta: &AttentionMetadata, cfg: &AttnConfig) -> Result<Vec<f32>>;
 
     /// The kernel launches `forward` makes for this batch.
     fn plan(&self, meta: &AttentionMetadata, cfg: &AttnConfig) -> Vec<KernelCall>;

@@ -24,16 +24,17 @@
 //! tables only move partition boundaries and are not modelled. Requires
 //! CDNA3+ (gfx942, gfx950, gfx1250: `get_cdna_version() > 2`).
 
+use crate::backends::exec::KernelExecutor;
 use crate::backends::{AttentionBackend, KernelCall};
 use crate::cache::KvCache;
 use crate::config::AttnConfig;
-use crate::kernels::flash_varlen::{ck_block_n, flash_attn_varlen, VarlenParams};
-use crate::kernels::gather_cache::{cp_mha_gather_cache, CacheFormat, GatherChunk};
-use crate::kernels::merge_attn_states::{merge_attn_states, MergeKernel};
-use crate::kernels::paged_decode::{paged_attention_ll4mi, PARTITION_SIZE_ROCM};
-use crate::kernels::reshape_and_cache::{reshape_and_cache, CacheWriter};
+use crate::kernels::flash_varlen::{ck_block_n, VarlenParams};
+use crate::kernels::gather_cache::{CacheFormat, GatherChunk};
+use crate::kernels::merge_attn_states::MergeKernel;
+use crate::kernels::paged_decode::PARTITION_SIZE_ROCM;
+use crate::kernels::reshape_and_cache::CacheWriter;
 use crate::kernels::softmax::OutLse;
-use crate::kernels::unified_attention::{unified_attention, UnifiedLaunch};
+use crate::kernels::unified_attention::UnifiedLaunch;
 use attnlab_shared::dtype::DType;
 use attnlab_shared::error::{Error, Result};
 use attnlab_shared::layout::{KvLayout, LayoutKind};
@@ -224,11 +225,11 @@ impl AttentionBackend for RocmAiterFa {
         KvLayout::new(kind, num_blocks, block_size, cfg.num_kv_heads, cfg.head_size, cfg.kv_dtype)
     }
 
-    fn write_kv(&self, cache: &mut KvCache, key: &[f32], value: &[f32], slot_mapping: &[i64], cfg: &AttnConfig) -> Result<()> {
-        reshape_and_cache(self.writer(), cache, key, value, slot_mapping, cfg)
+    fn write_kv_with(&self, ex: &dyn KernelExecutor, cache: &mut KvCache, key: &[f32], value: &[f32], slot_mapping: &[i64], cfg: &AttnConfig) -> Result<()> {
+        ex.reshape_and_cache(self.writer(), cache, key, value, slot_mapping, cfg)
     }
 
-    fn forward(&self, query: &[f32], cache: &KvCache, meta: &AttentionMetadata, cfg: &AttnConfig) -> Result<Vec<f32>> {
+    fn forward_with(&self, ex: &dyn KernelExecutor, query: &[f32], cache: &KvCache, meta: &AttentionMetadata, cfg: &AttnConfig) -> Result<Vec<f32>> {
         self.check(cfg, meta.block_size)?;
         let want = self.cache_layout(cfg, cache.layout.num_blocks, meta.block_size)?;
         if cache.layout != want || cache.k.len() != want.numel() || cache.v.len() != want.numel() || want.num_blocks < meta.num_blocks {
@@ -261,36 +262,36 @@ impl AttentionBackend for RocmAiterFa {
         let format = CacheFormat::of(cache.layout.kind)?;
         let gather = |reqs: &[usize], chunk: &GatherChunk| {
             let rows: Vec<&[i32]> = reqs.iter().map(|&i| meta.block_table.row(i)).collect();
-            cp_mha_gather_cache(cache, &rows, chunk, format, (cfg.k_scale, cfg.v_scale), cfg.dtype)
+            ex.cp_mha_gather_cache(cache, &rows, chunk, format, (cfg.k_scale, cfg.v_scale), cfg.dtype)
         };
 
         if !route.prefills.is_empty() {
             let (q, sub, rows) = sub_batch(query, meta, &route.prefills, hq * d)?;
             let (k, v) = gather(&route.prefills, &route.new_prefill)?;
             let qsl = &sub.query_start_loc;
-            scatter(&rows, &flash_attn_varlen(&q, &k, &v, qsl, qsl, &VarlenParams { causal: meta.causal, ..fa.clone() })?.out);
+            scatter(&rows, &ex.flash_attn_varlen(&q, &k, &v, qsl, qsl, &VarlenParams { causal: meta.causal, ..fa.clone() })?.out);
         }
         if !route.extends.is_empty() {
             let (q, sub, rows) = sub_batch(query, meta, &route.extends, hq * d)?;
             let qsl = &sub.query_start_loc;
             if let Some(tail) = &route.swa_tail {
                 let (k, v) = gather(&route.extends, tail)?;
-                scatter(&rows, &flash_attn_varlen(&q, &k, &v, qsl, &tail.cu_seqlens, &fa)?.out);
+                scatter(&rows, &ex.flash_attn_varlen(&q, &k, &v, qsl, &tail.cu_seqlens, &fa)?.out);
             } else {
                 let (k, v) = gather(&route.extends, &route.new_extend)?;
-                let new = flash_attn_varlen(&q, &k, &v, qsl, qsl, &fa)?;
+                let new = ex.flash_attn_varlen(&q, &k, &v, qsl, qsl, &fa)?;
                 let mut ctx: Option<OutLse> = None;
                 for chunk in &route.context_chunks {
                     let (k, v) = gather(&route.extends, chunk)?;
                     let part =
-                        flash_attn_varlen(&q, &k, &v, qsl, &chunk.cu_seqlens, &VarlenParams { causal: false, window: None, ..fa.clone() })?;
+                        ex.flash_attn_varlen(&q, &k, &v, qsl, &chunk.cu_seqlens, &VarlenParams { causal: false, window: None, ..fa.clone() })?;
                     ctx = Some(match ctx {
                         None => part,
-                        Some(prev) => merge_attn_states(&prev, &part, cfg.dtype, MergeKernel::Triton)?,
+                        Some(prev) => ex.merge_attn_states(&prev, &part, cfg.dtype, MergeKernel::Triton)?,
                     });
                 }
                 let merged = match ctx {
-                    Some(ctx) => merge_attn_states(&ctx, &new, cfg.dtype, MergeKernel::Triton)?,
+                    Some(ctx) => ex.merge_attn_states(&ctx, &new, cfg.dtype, MergeKernel::Triton)?,
                     None => new, // unreachable for extends (context > 0), vLLM §19 #15
                 };
                 scatter(&rows, &merged.out);
@@ -300,11 +301,11 @@ impl AttentionBackend for RocmAiterFa {
             let (q, sub, rows) = sub_batch(query, meta, &route.decodes, hq * d)?;
             let o = match route.decode_kernel {
                 AiterDecode::UnifiedAttention => {
-                    unified_attention(&q, cache, &sub, cfg, &UnifiedLaunch::aiter(&sub, cfg, MI300X_CU_COUNT)?)?
+                    ex.unified_attention(&q, cache, &sub, cfg, &UnifiedLaunch::aiter(&sub, cfg, MI300X_CU_COUNT)?)?
                 }
                 AiterDecode::PagedAttentionV1 | AiterDecode::PagedAttentionCommon => {
                     let mut o = vec![0.0f32; q.len()];
-                    paged_attention_ll4mi(&q, cache, &sub, cfg, PARTITION_SIZE_ROCM, &mut o)?;
+                    ex.paged_attention_ll4mi(&q, cache, &sub, cfg, PARTITION_SIZE_ROCM, &mut o)?;
                     o
                 }
             };

@@ -14,12 +14,13 @@
 //! sinks. Encoder layers (non-causal) run the prefix kernel with CAUSAL off
 //! (0.33's `causal` argument); vLLM's separate encoder kernel is not emulated.
 
+use crate::backends::exec::KernelExecutor;
 use crate::backends::{AttentionBackend, KernelCall};
 use crate::cache::KvCache;
 use crate::config::AttnConfig;
-use crate::kernels::paged_decode::{max_num_partitions, paged_attention_2d, paged_attention_ll4mi, PARTITION_SIZE_ROCM};
-use crate::kernels::prefix_prefill::{context_attention_fwd, PrefixVariant};
-use crate::kernels::reshape_and_cache::{reshape_and_cache, CacheWriter};
+use crate::kernels::paged_decode::{max_num_partitions, PARTITION_SIZE_ROCM};
+use crate::kernels::prefix_prefill::PrefixVariant;
+use crate::kernels::reshape_and_cache::CacheWriter;
 use attnlab_shared::dtype::DType;
 use attnlab_shared::error::{Error, Result};
 use attnlab_shared::layout::{KvLayout, LayoutKind};
@@ -152,20 +153,20 @@ impl AttentionBackend for RocmAttn {
         KvLayout::new(LayoutKind::RocmPaged, num_blocks, block_size, cfg.num_kv_heads, cfg.head_size, cfg.kv_dtype)
     }
 
-    fn write_kv(&self, cache: &mut KvCache, key: &[f32], value: &[f32], slot_mapping: &[i64], cfg: &AttnConfig) -> Result<()> {
-        reshape_and_cache(self.writer(cache.layout.block_size), cache, key, value, slot_mapping, cfg)
+    fn write_kv_with(&self, ex: &dyn KernelExecutor, cache: &mut KvCache, key: &[f32], value: &[f32], slot_mapping: &[i64], cfg: &AttnConfig) -> Result<()> {
+        ex.reshape_and_cache(self.writer(cache.layout.block_size), cache, key, value, slot_mapping, cfg)
     }
 
-    fn forward(&self, query: &[f32], cache: &KvCache, meta: &AttentionMetadata, cfg: &AttnConfig) -> Result<Vec<f32>> {
+    fn forward_with(&self, ex: &dyn KernelExecutor, query: &[f32], cache: &KvCache, meta: &AttentionMetadata, cfg: &AttnConfig) -> Result<Vec<f32>> {
         self.check(cfg, meta.block_size)?;
         let kcfg = self.kernel_config(cfg);
         let mut out = vec![0f32; meta.num_actual_tokens * cfg.num_heads * cfg.head_size];
         if meta.max_query_len > 1 {
-            context_attention_fwd(query, cache, meta, &kcfg, true, &mut out)?;
+            ex.context_attention_fwd(query, cache, meta, &kcfg, true, &mut out)?;
         }
         match self.decode_kernel(meta, cfg) {
-            DecodeKernel::Ll4mi => paged_attention_ll4mi(query, cache, meta, &kcfg, PARTITION_SIZE_ROCM, &mut out)?,
-            DecodeKernel::Triton2d => paged_attention_2d(query, cache, meta, &kcfg, &mut out)?,
+            DecodeKernel::Ll4mi => ex.paged_attention_ll4mi(query, cache, meta, &kcfg, PARTITION_SIZE_ROCM, &mut out)?,
+            DecodeKernel::Triton2d => ex.paged_attention_2d(query, cache, meta, &kcfg, &mut out)?,
         }
         Ok(out)
     }

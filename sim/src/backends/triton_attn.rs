@@ -17,11 +17,12 @@
 //! [`UnifiedBackend`] is that shape once; [`TritonAttn`] instantiates it with
 //! vLLM's kernel, ROCM_AITER_UNIFIED_ATTN with AITER's ([`UnifiedKernel`]).
 
+use crate::backends::exec::KernelExecutor;
 use crate::backends::{AttentionBackend, KernelCall};
 use crate::cache::KvCache;
 use crate::config::AttnConfig;
-use crate::kernels::reshape_and_cache::{reshape_and_cache, CacheWriter};
-use crate::kernels::unified_attention::{unified_attention, UnifiedLaunch, VllmLaunchOptions};
+use crate::kernels::reshape_and_cache::CacheWriter;
+use crate::kernels::unified_attention::{UnifiedLaunch, VllmLaunchOptions};
 use attnlab_shared::dtype::DType;
 use attnlab_shared::error::{Error, Result};
 use attnlab_shared::layout::{KvLayout, LayoutKind};
@@ -152,27 +153,29 @@ impl<K: UnifiedKernel> AttentionBackend for UnifiedBackend<K> {
         )
     }
 
-    fn write_kv(
+    fn write_kv_with(
         &self,
+        ex: &dyn KernelExecutor,
         cache: &mut KvCache,
         key: &[f32],
         value: &[f32],
         slot_mapping: &[i64],
         cfg: &AttnConfig,
     ) -> Result<()> {
-        reshape_and_cache(K::SHAPE.writer, cache, key, value, slot_mapping, cfg)
+        ex.reshape_and_cache(K::SHAPE.writer, cache, key, value, slot_mapping, cfg)
     }
 
     /// One unified-attention launch over the whole batch.
-    fn forward(
+    fn forward_with(
         &self,
+        ex: &dyn KernelExecutor,
         query: &[f32],
         cache: &KvCache,
         meta: &AttentionMetadata,
         cfg: &AttnConfig,
     ) -> Result<Vec<f32>> {
         self.check(cfg, meta.block_size)?;
-        unified_attention(query, cache, meta, cfg, &self.launch(meta, cfg)?)
+        ex.unified_attention(query, cache, meta, cfg, &self.launch(meta, cfg)?)
     }
 
     /// The writer call, then the launch's kernel calls (empty if the batch is invalid).

@@ -1,0 +1,204 @@
+//! [`GpuExecutor`]: the sim's kernel-executor seam
+//! (`attnlab_sim::backends::exec::KernelExecutor`) backed by the HIP kernels,
+//! so a backend's own `write_kv_with` / `forward_with` routing runs every
+//! launch on the device. Each method calls the launcher in [`crate::ops`]
+//! and widens the downloaded bits back to f32 (exact: they are storage
+//! values), which is what the next kernel of the composition reads.
+
+use crate::kernels::Gpu;
+use crate::ops;
+use crate::runtime::GpuError;
+use attnlab_shared::dtype::DType;
+use attnlab_shared::error::{Error, Result};
+use attnlab_shared::metadata::AttentionMetadata;
+use attnlab_sim::backends::exec::KernelExecutor;
+use attnlab_sim::cache::KvCache;
+use attnlab_sim::config::AttnConfig;
+use attnlab_sim::kernels::flash_varlen::VarlenParams;
+use attnlab_sim::kernels::gather_cache::{CacheFormat, GatherChunk};
+use attnlab_sim::kernels::merge_attn_states::MergeKernel;
+use attnlab_sim::kernels::reshape_and_cache::CacheWriter;
+use attnlab_sim::kernels::softmax::OutLse;
+use attnlab_sim::kernels::unified_attention::UnifiedLaunch;
+
+/// Runs every kernel of a backend's composition on `gpu`.
+pub struct GpuExecutor<'a>(pub &'a Gpu);
+
+/// Invalid inputs keep their error; device failures become "not supported
+/// on this device" with the driver's message.
+fn shared(e: GpuError) -> Error {
+    match e {
+        GpuError::Invalid(e) => e,
+        other => Error::unsupported("GPU kernel execution", other.to_string()),
+    }
+}
+
+fn widen(bits: &[u32], dtype: DType) -> Vec<f32> {
+    bits.iter().map(|&b| dtype.from_bits(b)).collect()
+}
+
+impl KernelExecutor for GpuExecutor<'_> {
+    fn reshape_and_cache(
+        &self,
+        writer: CacheWriter,
+        cache: &mut KvCache,
+        key: &[f32],
+        value: &[f32],
+        slot_mapping: &[i64],
+        cfg: &AttnConfig,
+    ) -> Result<()> {
+        ops::reshape_and_cache::reshape_and_cache(
+            self.0,
+            writer,
+            cache,
+            key,
+            value,
+            slot_mapping,
+            cfg,
+        )
+        .map_err(shared)
+    }
+
+    fn unified_attention(
+        &self,
+        query: &[f32],
+        cache: &KvCache,
+        meta: &AttentionMetadata,
+        cfg: &AttnConfig,
+        launch: &UnifiedLaunch,
+    ) -> Result<Vec<f32>> {
+        let bits =
+            ops::unified_attention::unified_attention(self.0, query, cache, meta, cfg, launch)
+                .map_err(shared)?;
+        Ok(widen(&bits, cfg.dtype))
+    }
+
+    fn context_attention_fwd(
+        &self,
+        query: &[f32],
+        cache: &KvCache,
+        meta: &AttentionMetadata,
+        cfg: &AttnConfig,
+        skip_decode: bool,
+        out: &mut [f32],
+    ) -> Result<()> {
+        let bits = ops::prefix_prefill::context_attention_fwd(
+            self.0,
+            query,
+            cache,
+            meta,
+            cfg,
+            skip_decode,
+            out,
+        )
+        .map_err(shared)?;
+        out.copy_from_slice(&widen(&bits, cfg.dtype));
+        Ok(())
+    }
+
+    fn paged_attention_2d(
+        &self,
+        query: &[f32],
+        cache: &KvCache,
+        meta: &AttentionMetadata,
+        cfg: &AttnConfig,
+        out: &mut [f32],
+    ) -> Result<()> {
+        let bits = ops::paged_decode::paged_attention_2d(self.0, query, cache, meta, cfg, out)
+            .map_err(shared)?;
+        out.copy_from_slice(&widen(&bits, cfg.dtype));
+        Ok(())
+    }
+
+    fn paged_attention_ll4mi(
+        &self,
+        query: &[f32],
+        cache: &KvCache,
+        meta: &AttentionMetadata,
+        cfg: &AttnConfig,
+        partition_size: usize,
+        out: &mut [f32],
+    ) -> Result<()> {
+        let bits = ops::paged_decode::paged_attention_ll4mi(
+            self.0,
+            query,
+            cache,
+            meta,
+            cfg,
+            partition_size,
+            out,
+        )
+        .map_err(shared)?;
+        out.copy_from_slice(&widen(&bits, cfg.dtype));
+        Ok(())
+    }
+
+    fn cp_mha_gather_cache(
+        &self,
+        cache: &KvCache,
+        block_rows: &[&[i32]],
+        chunk: &GatherChunk,
+        format: CacheFormat,
+        scales: (f32, f32),
+        dst_dtype: DType,
+    ) -> Result<(Vec<f32>, Vec<f32>)> {
+        let (k, v) = ops::gather_cache::cp_mha_gather_cache(
+            self.0, cache, block_rows, chunk, format, scales, dst_dtype,
+        )
+        .map_err(shared)?;
+        Ok((widen(&k, dst_dtype), widen(&v, dst_dtype)))
+    }
+
+    fn flash_attn_varlen(
+        &self,
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        cu_seqlens_q: &[i32],
+        cu_seqlens_k: &[i32],
+        p: &VarlenParams,
+    ) -> Result<OutLse> {
+        let (out, lse) =
+            ops::flash_varlen::flash_attn_varlen(self.0, q, k, v, cu_seqlens_q, cu_seqlens_k, p)
+                .map_err(shared)?;
+        let total_q = cu_seqlens_q.last().copied().unwrap_or(0).max(0) as usize;
+        OutLse::new(
+            total_q,
+            p.num_heads,
+            p.head_size_v,
+            widen(&out, p.dtype),
+            widen(&lse, DType::F32),
+        )
+    }
+
+    fn merge_attn_states(
+        &self,
+        prefix: &OutLse,
+        suffix: &OutLse,
+        out_dtype: DType,
+        kernel: MergeKernel,
+    ) -> Result<OutLse> {
+        let m =
+            ops::merge_attn_states::merge_attn_states(self.0, prefix, suffix, out_dtype, kernel)
+                .map_err(shared)?;
+        OutLse::new(
+            prefix.num_tokens,
+            prefix.num_heads,
+            prefix.head_size,
+            widen(&m.out, out_dtype),
+            widen(&m.lse, DType::F32),
+        )
+    }
+
+    fn flex_attention(
+        &self,
+        query: &[f32],
+        cache: &KvCache,
+        meta: &AttentionMetadata,
+        cfg: &AttnConfig,
+    ) -> Result<Vec<f32>> {
+        let bits =
+            ops::flex_attention::flex_attention(self.0, query, cache, meta, cfg).map_err(shared)?;
+        Ok(widen(&bits, cfg.dtype))
+    }
+}

@@ -1,0 +1,124 @@
+//! The kernel-executor seam: every kernel launch a backend makes goes
+//! through a [`KernelExecutor`], so one routing (the backend's own
+//! `write_kv_with` / `forward_with`) can run its kernels on the emulator
+//! ([`Cpu`], what `write_kv` / `forward` use) or on a GPU (attnlab-gpu's
+//! executor, for `attnlab diff --backend NAME`): the backend diff compares
+//! the same composition, kernel for kernel, with no routing copied.
+//!
+//! Every method defaults to the emulator kernel of the same name and
+//! signature, so an executor overrides only what it runs elsewhere.
+
+use crate::cache::KvCache;
+use crate::config::AttnConfig;
+use crate::kernels::flash_varlen::{flash_attn_varlen, VarlenParams};
+use crate::kernels::flex_attention::flex_attention;
+use crate::kernels::gather_cache::{cp_mha_gather_cache, CacheFormat, GatherChunk};
+use crate::kernels::merge_attn_states::{merge_attn_states, MergeKernel};
+use crate::kernels::paged_decode::{paged_attention_2d, paged_attention_ll4mi};
+use crate::kernels::prefix_prefill::context_attention_fwd;
+use crate::kernels::reshape_and_cache::{reshape_and_cache, CacheWriter};
+use crate::kernels::softmax::OutLse;
+use crate::kernels::unified_attention::{unified_attention, UnifiedLaunch};
+use attnlab_shared::dtype::DType;
+use attnlab_shared::error::Result;
+use attnlab_shared::metadata::AttentionMetadata;
+
+/// Runs the kernels the MHA backends compose (see [`crate::kernels`] for each).
+#[allow(clippy::too_many_arguments)]
+pub trait KernelExecutor {
+    fn reshape_and_cache(
+        &self,
+        writer: CacheWriter,
+        cache: &mut KvCache,
+        key: &[f32],
+        value: &[f32],
+        slot_mapping: &[i64],
+        cfg: &AttnConfig,
+    ) -> Result<()> {
+        reshape_and_cache(writer, cache, key, value, slot_mapping, cfg)
+    }
+
+    fn unified_attention(
+        &self,
+        query: &[f32],
+        cache: &KvCache,
+        meta: &AttentionMetadata,
+        cfg: &AttnConfig,
+        launch: &UnifiedLaunch,
+    ) -> Result<Vec<f32>> {
+        unified_attention(query, cache, meta, cfg, launch)
+    }
+
+    fn context_attention_fwd(
+        &self,
+        query: &[f32],
+        cache: &KvCache,
+        meta: &AttentionMetadata,
+        cfg: &AttnConfig,
+        skip_decode: bool,
+        out: &mut [f32],
+    ) -> Result<()> {
+        context_attention_fwd(query, cache, meta, cfg, skip_decode, out)
+    }
+
+    fn paged_attention_2d(
+        &self,
+        query: &[f32],
+        cache: &KvCache,
+        meta: &AttentionMetadata,
+        cfg: &AttnConfig,
+        out: &mut [f32],
+    ) -> Result<()> {
+        paged_attention_2d(query, cache, meta, cfg, out)
+    }
+
+    fn paged_attention_ll4mi(
+        &self,
+        query: &[f32],
+        cache: &KvCache,
+        meta: &AttentionMetadata,
+        cfg: &AttnConfig,
+        partition_size: usize,
+        out: &mut [f32],
+    ) -> Result<()> {
+        paged_attention_ll4mi(query, cache, meta, cfg, partition_size, out)
+    }
+
+    fn cp_mha_gather_cache(
+        &self,
+        cache: &KvCache,
+        block_rows: &[&[i32]],
+        chunk: &GatherChunk,
+        format: CacheFormat,
+        scales: (f32, f32),
+        dst_dtype: DType,
+    ) -> Result<(Vec<f32>, Vec<f32>)> {
+        cp_mha_gather_cache(cache, block_rows, chunk, format, scales, dst_dtype)
+    }
+
+    fn flash_attn_varlen(
+        &self,
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        cu_seqlens_q: &[i32],
+        cu_seqlens_k: &[i32],
+        p: &VarlenParams,
+    ) -> Result<OutLse> {
+        flash_attn_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, p)
+    }
+
+    fn merge_attn_states(&self, prefix: &OutLse, suffix: &OutLse, out_dtype: DType, kernel: MergeKernel) -> Result<OutLse> {
+        merge_attn_states(prefix, suffix, out_dtype, kernel)
+    }
+
+    fn flex_attention(&self, query: &[f32], cache: &KvCache, meta: &AttentionMetadata, cfg: &AttnConfig) -> Result<Vec<f32>> {
+        flex_attention(query, cache, meta, cfg)
+    }
+}
+
+/// The emulator: every kernel as `crate::kernels` computes it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Cpu;
+
+impl KernelExecutor for Cpu {}
