@@ -19,6 +19,7 @@
 use crate::backends::mla::{self, mla_backends};
 use crate::backends::{mha_backends, AttentionBackend};
 use crate::cache::KvCache;
+use crate::config::AttnConfig;
 use crate::fixture::{self, Case, Fixture, MergeCase, PagedCase};
 use crate::kernels::merge_attn_states::{merge_attn_states, MergeKernel};
 use crate::kernels::softmax::OutLse;
@@ -121,9 +122,16 @@ pub fn replay_fixture(f: &Fixture, backend: Option<&str>) -> Vec<ReplayResult> {
             let r = reference::paged_attention(&p.query, &nhd_cache(p, dtype), &p.meta, &p.cfg).map(|r| to_f32(&r.out));
             rows.push(judged(REFERENCE, r, &p.output, p.reference.as_deref()));
             for b in mha_backends().iter().filter(|b| backend.is_none_or(|n| n == b.name())) {
-                match b.check(&p.cfg, p.meta.block_size) {
+                let cfg = match b.fixture_config(&p.cfg) {
+                    Ok(cfg) => cfg,
+                    Err(reason) => {
+                        rows.push(row(&f.file, op, b.name(), Status::Skipped, Some(reason), None));
+                        continue;
+                    }
+                };
+                match b.check(&cfg, p.meta.block_size) {
                     Err(e) => rows.push(row(&f.file, op, b.name(), Status::Skipped, Some(e.to_string()), None)),
-                    Ok(()) => rows.push(judged(b.name(), run_backend(b.as_ref(), p, dtype), &p.output, p.reference.as_deref())),
+                    Ok(()) => rows.push(judged(b.name(), run_backend(b.as_ref(), p, &cfg, dtype), &p.output, p.reference.as_deref())),
                 }
             }
         }
@@ -177,15 +185,16 @@ fn nhd_cache(p: &PagedCase, dtype: DType) -> KvCache {
 }
 
 /// One backend on one paged case: re-block, lay out, forward.
-fn run_backend(b: &dyn AttentionBackend, p: &PagedCase, dtype: DType) -> Result<Vec<f32>> {
+/// Runs backend `b` on the case with `cfg` (its [`AttentionBackend::fixture_config`]).
+fn run_backend(b: &dyn AttentionBackend, p: &PagedCase, cfg: &AttnConfig, dtype: DType) -> Result<Vec<f32>> {
     let kb = b.kernel_block_size(p.meta.block_size)?;
     let meta = reblock(&p.meta, kb)?;
-    let layout = b.cache_layout(&p.cfg, meta.num_blocks, kb)?;
+    let layout = b.cache_layout(cfg, meta.num_blocks, kb)?;
     if layout.dtype != dtype {
         return Err(Error::invalid("backend cache dtype", layout.dtype, format!("replay needs the fixture's {dtype}")));
     }
     let cache = KvCache::from_nhd(&p.key_cache, &p.value_cache, layout)?;
-    catch_panic(b.name(), || b.forward(&p.query, &cache, &meta, &p.cfg))
+    catch_panic(b.name(), || b.forward(&p.query, &cache, &meta, cfg))
 }
 
 /// The same batch with manager blocks cut into kernel blocks of `kb`: NHD

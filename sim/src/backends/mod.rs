@@ -47,6 +47,15 @@ pub trait AttentionBackend: Send + Sync {
     /// size, sinks, ...) with vLLM's message where it has one.
     fn check(&self, cfg: &AttnConfig, block_size: usize) -> Result<()>;
 
+    /// The model-level config under which this backend's kernels compute what
+    /// a kernel-level capture of `cfg` (a fixture) computed; `Err(reason)`
+    /// when the backend cannot express it because vLLM's backend silently
+    /// drops or alters a feature on its way to the kernels (e.g. seed-era
+    /// ROCM_ATTN hands its kernels `sliding_window - 1` and no soft-cap).
+    fn fixture_config(&self, cfg: &AttnConfig) -> std::result::Result<AttnConfig, String> {
+        Ok(cfg.clone())
+    }
+
     /// The kernel block size this backend uses for a manager block size
     /// (vLLM's `select_common_block_size`, e.g. ROCM_AITER_FA: 544 -> 32).
     fn kernel_block_size(&self, block_size: usize) -> Result<usize> {

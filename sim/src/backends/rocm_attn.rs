@@ -70,6 +70,15 @@ impl RocmAttn {
         }
     }
 
+    /// Inverse of [`RocmAttn::kernel_window`]: the model window whose kernel
+    /// window is `visible` keys (seed era: `visible + 1`).
+    pub fn model_window(&self, visible: Option<usize>) -> Option<usize> {
+        match self.profile {
+            RocmAttnProfile::SeedEra => visible.map(|w| w + 1),
+            RocmAttnProfile::V0_33 => visible,
+        }
+    }
+
     /// The config the kernels see: the profile's window, no soft-cap.
     fn kernel_config(&self, cfg: &AttnConfig) -> AttnConfig {
         AttnConfig { sliding_window: self.kernel_window(cfg.sliding_window), softcap: None, ..cfg.clone() }
@@ -110,6 +119,16 @@ impl RocmAttn {
 impl AttentionBackend for RocmAttn {
     fn name(&self) -> &'static str {
         "ROCM_ATTN"
+    }
+
+    /// Fixtures record the kernel's window; the seed-era forward subtracts
+    /// one from the model's, so the model window is one more. Soft-cap never
+    /// reaches ROCM_ATTN's kernels, so a soft-capped capture cannot be expressed.
+    fn fixture_config(&self, cfg: &AttnConfig) -> std::result::Result<AttnConfig, String> {
+        if cfg.softcap.is_some() {
+            return Err("ROCM_ATTN drops logits_soft_cap: its forward calls chunked_prefill_paged_decode without it".into());
+        }
+        Ok(AttnConfig { sliding_window: self.model_window(cfg.sliding_window), ..cfg.clone() })
     }
 
     fn check(&self, cfg: &AttnConfig, block_size: usize) -> Result<()> {
