@@ -11,6 +11,11 @@
 //     B) per head: RowState::update statistics (tile_begin, exp2c, tile_sum)
 //     C) per (head, d): acc = acc * alpha; fmaf(round_q(p), dequant(v), acc)
 //   out = round_q(acc / (l + 1e-10))
+// With stage_kv (when shared memory allows), each tile's dequantized K
+// (transposed, [D][TILE]) and V ([TILE][D]) are loaded once, coalesced, into
+// shared memory and every head of the group reads them there: the same
+// values in the same operations, so the bits do not change; only the
+// global traffic does (once per kv head instead of once per query head).
 //
 // ll4mi (vLLM paged_attention_rocm): partition kernel, grid (num_reqs,
 // max_num_partitions, Hkv); partition p = tokens [p*256, p*256 + 256) as 4
@@ -35,7 +40,7 @@ typedef Storage<KV_DTYPE> KV;
 struct PagedArgs {
     i64 num_reqs, num_heads, num_kv_heads, head_size, block_size, max_blocks, num_kv_blocks;
     i64 tile, window, partition_size, max_partitions;
-    i32 layout_kind, has_sinks, has_alibi, pad;
+    i32 layout_kind, has_sinks, has_alibi, stage_kv;
     float scale, scale_log2, softcap, k_scale, v_scale;
 };
 
@@ -63,6 +68,8 @@ extern "C" __global__ void paged_attention_2d(
     float* m_i = acc + qpk * D;
     float* l_i = m_i + qpk;
     float* alpha_i = l_i + qpk;
+    float* k_t = alpha_i + qpk;          // stage_kv: [D][TILE]
+    float* v_t = k_t + D * TILE;         // stage_kv: [TILE][D]
     for (i64 r = threadIdx.x; r < qpk; r += blockDim.x) {
         m_i[r] = a.has_sinks ? sinks[kvh * qpk + r] * LOG2E : f32_neg_inf();
         l_i[r] = a.has_sinks ? 1.0f : 0.0f;
@@ -72,12 +79,25 @@ extern "C" __global__ void paged_attention_2d(
     const float window_masked2 = -10000.0f * LOG2E;
     for (i64 t0 = 0; t0 < seq_len; t0 += TILE) {
         const i64 n = min(t0 + TILE, seq_len) - t0;
+        if (a.stage_kv) {
+            for (i64 i = threadIdx.x; i < n * D; i += blockDim.x) {
+                const i64 jj = i / D, d = i % D, t = t0 + jj;
+                const i64 blk = bt[t / a.block_size], off = t % a.block_size;
+                k_t[d * TILE + jj] = dequant(k_cache[k_offset(L, blk, off, kvh, d)], a.k_scale);
+                v_t[jj * D + d] = dequant(v_cache[v_offset(L, blk, off, kvh, d)], a.v_scale);
+            }
+            __syncthreads();
+        }
         for (i64 idx = threadIdx.x; idx < qpk * n; idx += blockDim.x) {
             const i64 r = idx / n, jj = idx % n, h = kvh * qpk + r, t = t0 + jj;
             const i64 blk = bt[t / a.block_size], off = t % a.block_size;
             const typename Q::T* q = query + (row * a.num_heads + h) * D;
             float dot = 0.0f;
-            for (i64 d = 0; d < D; ++d) dot = fmaf(Q::load(q[d]), dequant(k_cache[k_offset(L, blk, off, kvh, d)], a.k_scale), dot);
+            if (a.stage_kv) {
+                for (i64 d = 0; d < D; ++d) dot = fmaf(Q::load(q[d]), k_t[d * TILE + jj], dot);
+            } else {
+                for (i64 d = 0; d < D; ++d) dot = fmaf(Q::load(q[d]), dequant(k_cache[k_offset(L, blk, off, kvh, d)], a.k_scale), dot);
+            }
             const float bias = a.has_alibi ? alibi_slopes[h] * ((float)t - (float)ctx) : 0.0f;
             s_tile[r * TILE + jj] = visible(t, ctx, true, a.window) ? score(dot, a.scale, a.scale_log2, a.softcap, bias)
                                                                     : window_masked2 + bias * LOG2E;
@@ -106,7 +126,8 @@ extern "C" __global__ void paged_attention_2d(
                 if (p != 0.0f) {
                     const i64 t = t0 + jj;
                     const i64 blk = bt[t / a.block_size], off = t % a.block_size;
-                    acc_d = fmaf(round_to<Q_DTYPE>(p), dequant(v_cache[v_offset(L, blk, off, kvh, d)], a.v_scale), acc_d);
+                    const float v = a.stage_kv ? v_t[jj * D + d] : dequant(v_cache[v_offset(L, blk, off, kvh, d)], a.v_scale);
+                    acc_d = fmaf(round_to<Q_DTYPE>(p), v, acc_d);
                 }
             }
             acc[idx] = acc_d;

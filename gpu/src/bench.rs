@@ -13,7 +13,7 @@
 //! vLLM's kernels are.
 
 use crate::kernels::{dtype_define, Gpu};
-use crate::ops::paged_decode::args as paged_args;
+use crate::ops::paged_decode::{args as paged_args, shared_2d};
 use crate::ops::unified_attention::to_u32;
 use crate::runtime::{Arg, ArgStruct, Buffer, LaunchDims, Result};
 use attnlab_shared::dtype::DType;
@@ -228,7 +228,15 @@ fn decode_case(
         Buffer::zeroed(dev, parts * 4)?,
         Buffer::zeroed(dev, parts * d * 4)?,
     );
-    let a = paged_args(&layout, &meta, &cfg, 0, PARTITION_SIZE_ROCM, cfg.scale);
+    let a = paged_args(
+        &layout,
+        &meta,
+        &cfg,
+        0,
+        PARTITION_SIZE_ROCM,
+        cfg.scale,
+        false,
+    );
     let part = gpu.function("paged_decode", &defines, "paged_attention_ll4mi_partition")?;
     let reduce = gpu.function("paged_decode", &defines, "paged_attention_ll4mi_reduce")?;
     let pdims = LaunchDims {
@@ -282,12 +290,13 @@ fn decode_case(
     // Triton 2D paged decode: one program per (sequence, kv head), no split.
     let tile = paged_2d_tile_size(bs);
     let qpk = hq / hkv;
-    let a2 = paged_args(&layout, &meta, &cfg, tile, 0, cfg.scale);
+    let (shared2, stage_kv) = shared_2d(qpk, tile, d);
+    let a2 = paged_args(&layout, &meta, &cfg, tile, 0, cfg.scale, stage_kv);
     let f2 = gpu.function("paged_decode", &defines, "paged_attention_2d")?;
     let dims2 = LaunchDims {
         grid: [to_u32(batch, "batch")?, to_u32(hkv, "kv heads")?, 1],
         block: [128, 1, 1],
-        shared_bytes: ((qpk * tile + qpk * d + 3 * qpk) * 4) as u32,
+        shared_bytes: shared2 as u32,
     };
     let ms = time_ms(gpu, opts, &mut || {
         dev.launch(

@@ -27,6 +27,7 @@ pub(crate) fn args(
     tile: usize,
     partition_size: usize,
     scale: f32,
+    stage_kv: bool,
 ) -> Arg {
     ArgStruct::default()
         .i64(meta.num_reqs() as i64)
@@ -43,13 +44,26 @@ pub(crate) fn args(
         .i32(super::reshape_and_cache::layout_code(layout.kind))
         .i32(cfg.sinks.is_some() as i32)
         .i32(cfg.alibi_slopes.is_some() as i32)
-        .i32(0)
+        .i32(stage_kv as i32)
         .f32(scale)
         .f32(softmax_scale_log2(scale))
         .f32(cfg.softcap.unwrap_or(0.0))
         .f32(cfg.k_scale)
         .f32(cfg.v_scale)
         .arg()
+}
+
+/// Shared memory of one `paged_attention_2d` program and whether it stages
+/// each K/V tile there: qpk x (TILE + head_size + 3) f32 of row state, plus
+/// 2 x TILE x head_size f32 for the staged tile when that still fits.
+pub(crate) fn shared_2d(qpk: usize, tile: usize, head_size: usize) -> (usize, bool) {
+    let state = (qpk * tile + qpk * head_size + 3 * qpk) * 4;
+    let staged = state + 2 * tile * head_size * 4;
+    if staged <= SHARED_MEMORY_LIMIT {
+        (staged, true)
+    } else {
+        (state, false)
+    }
 }
 
 /// Uploaded inputs shared by both kernels (and prefix prefill's, which
@@ -109,7 +123,7 @@ pub fn paged_attention_2d(
     let inp = upload(gpu, query, cache, meta, cfg, out)?;
     let (qpk, d) = (cfg.queries_per_kv(), cfg.head_size);
     let tile = paged_2d_tile_size(meta.block_size);
-    let shared = (qpk * tile + qpk * d + 3 * qpk) * 4;
+    let (shared, stage_kv) = shared_2d(qpk, tile, d);
     if shared > SHARED_MEMORY_LIMIT {
         return Err(Error::invalid(
             "shared memory of one program",
@@ -144,7 +158,7 @@ pub fn paged_attention_2d(
             i.sinks.arg(),
             i.alibi.arg(),
             i.out.arg(),
-            args(&cache.layout, meta, cfg, tile, 0, cfg.scale),
+            args(&cache.layout, meta, cfg, tile, 0, cfg.scale, stage_kv),
         ];
         gpu.dev.launch(f, dims, &call)?;
     }
@@ -189,7 +203,7 @@ pub fn paged_attention_ll4mi(
     } else {
         cfg.scale
     };
-    let a = args(&cache.layout, meta, cfg, 0, partition_size, scale);
+    let a = args(&cache.layout, meta, cfg, 0, partition_size, scale, false);
     let defines = [
         dtype_define("Q_DTYPE", cfg.dtype),
         dtype_define("KV_DTYPE", cfg.kv_dtype),
