@@ -21,15 +21,15 @@ use crate::cache::KvCache;
 use crate::config::AttnConfig;
 use crate::kernels::mla_cache::{concat_and_cache_mla, LatentCache};
 use crate::kernels::mla_proj::MlaWeights;
-use crate::reference::{self, compare, Tolerance};
-use crate::replay::Status;
-use crate::workload::{schedule, BackendRun, WorkloadReport, WorkloadSpec};
+use crate::reference::{self, Tolerance};
+use crate::replay::{catch_panic, Status};
+use crate::workload::{draw, schedule, score_step, BackendRun, WorkloadReport, WorkloadSpec};
 use attnlab_shared::dtype::DType;
 use attnlab_shared::error::{Error, Result};
 use attnlab_shared::layout::mla::MlaLayout;
 use attnlab_shared::layout::{KvLayout, LayoutKind};
 use attnlab_shared::metadata::AttentionMetadata;
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 /// Runs `spec` (whose model must be an MLA preset) under `cfg` (e.g.
@@ -67,24 +67,16 @@ pub fn run_mla_workload(
     let mut lanes: Vec<(Box<dyn MlaBackend>, LatentCache, BackendRun)> = Vec::new();
     let mut skipped = Vec::new();
     for b in backends {
-        let mut row = BackendRun {
-            backend: b.name().to_string(),
-            status: Status::Pass,
-            reason: None,
-            steps: 0,
-            tokens: 0,
-            max_abs_err_vs_ref: 0.0,
-            max_diff_vs_others: 0.0,
-            mismatches: 0,
-            kernel_block_size: Some(bs),
-            layout: Some("mla-latent"),
-        };
         match b.check(&cfg, bs) {
-            Ok(()) => lanes.push((b, LatentCache::zeros(layout), row)),
-            Err(e) => {
-                (row.status, row.reason, row.kernel_block_size, row.layout) =
-                    (Status::Skipped, Some(e.to_string()), None, None);
-                skipped.push(row);
+            Err(e) => skipped.push(BackendRun::new(
+                b.name(),
+                Status::Skipped,
+                Some(e.to_string()),
+            )),
+            Ok(()) => {
+                let mut row = BackendRun::new(b.name(), Status::Pass, None);
+                (row.kernel_block_size, row.layout) = (Some(bs), Some("mla-latent"));
+                lanes.push((b, LatentCache::zeros(layout), row));
             }
         }
     }
@@ -95,14 +87,14 @@ pub fn run_mla_workload(
     for (done, sstep) in steps.iter().enumerate() {
         let t = sstep.num_tokens();
         tokens += t;
-        let mut draw = |n: usize| -> Vec<f32> {
-            (0..n)
-                .map(|_| cfg.dtype.round(rng.gen_range(-1.0f32..1.0)))
-                .collect()
-        };
         let (d, n) = (cfg.dims, cfg.num_heads);
-        let q = draw(t * n * (d.qk_nope_head_dim + d.qk_rope_head_dim));
-        let (kv_c, k_pe) = (draw(t * d.kv_lora_rank), draw(t * d.qk_rope_head_dim));
+        let q = draw(
+            &mut rng,
+            t * n * (d.qk_nope_head_dim + d.qk_rope_head_dim),
+            cfg.dtype,
+        );
+        let kv_c = draw(&mut rng, t * d.kv_lora_rank, cfg.dtype);
+        let k_pe = draw(&mut rng, t * d.qk_rope_head_dim, cfg.dtype);
         let meta = sstep.metadata(bs)?;
         concat_and_cache_mla(
             &mut canonical,
@@ -118,79 +110,33 @@ pub fn run_mla_workload(
             k_pe: &k_pe,
             meta: &meta,
         };
-        let mut outs: Vec<Option<Vec<f32>>> = Vec::new();
-        for (b, cache, row) in lanes.iter_mut() {
-            if row.status == Status::Fail {
-                outs.push(None);
-                continue;
-            }
-            let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                run_mla_step(b.as_ref(), &step, cache, &weights, &cfg)
-            }))
-            .unwrap_or_else(|_| Err(Error::unsupported(b.name(), "panicked (a bug: see stderr)")));
-            match run.map(|ranks| {
-                merge_ranks(
-                    &ranks.iter().map(|r| r.out.as_slice()).collect::<Vec<_>>(),
-                    t,
-                )
-            }) {
-                Ok(out) => {
-                    let c = compare(&out, &want, tol)?;
-                    (row.steps, row.tokens, row.max_abs_err_vs_ref) = (
-                        row.steps + 1,
-                        row.tokens + t,
-                        row.max_abs_err_vs_ref.max(c.max_abs_err),
-                    );
-                    if !c.passed() {
-                        (row.status, row.mismatches) =
-                            (Status::Fail, row.mismatches + c.mismatches);
-                        row.reason = Some(format!(
-                            "step {}: {} elements outside {tol:?} of the reference",
-                            sstep.index, c.mismatches
-                        ));
-                    }
-                    outs.push(Some(out));
-                }
-                Err(e) => {
-                    (row.status, row.reason) =
-                        (Status::Fail, Some(format!("step {}: {e}", sstep.index)));
-                    outs.push(None);
-                }
-            }
-        }
-        for a in 0..lanes.len() {
-            for b in (0..lanes.len()).filter(|&b| b != a) {
-                let (Some(oa), Some(ob)) = (&outs[a], &outs[b]) else {
-                    continue;
-                };
-                let c = compare(oa, ob, tol)?;
-                let other = lanes[b].2.backend.clone();
-                let row = &mut lanes[a].2;
-                row.max_diff_vs_others = row.max_diff_vs_others.max(c.max_abs_err);
-                if !c.passed() && row.status != Status::Fail {
-                    (row.status, row.mismatches) = (Status::Fail, row.mismatches + c.mismatches);
-                    row.reason = Some(format!(
-                        "step {}: {} elements differ from {other} beyond {tol:?}",
-                        sstep.index, c.mismatches
-                    ));
-                }
-            }
-        }
+        let outs: Vec<Option<Result<Vec<f32>>>> = lanes
+            .iter_mut()
+            .map(|(b, cache, row)| {
+                (row.status != Status::Fail).then(|| {
+                    catch_panic(b.name(), || {
+                        let ranks = run_mla_step(b.as_ref(), &step, cache, &weights, &cfg)?;
+                        Ok(merge_ranks(
+                            &ranks.iter().map(|r| r.out.as_slice()).collect::<Vec<_>>(),
+                            t,
+                        ))
+                    })
+                })
+            })
+            .collect();
+        let mut rows: Vec<&mut BackendRun> = lanes.iter_mut().map(|l| &mut l.2).collect();
+        score_step(&mut rows, outs, &want, sstep.index, t, tol)?;
         on_step(done + 1, steps.len());
     }
-    let mut rows: Vec<BackendRun> = lanes.into_iter().map(|l| l.2).collect();
-    rows.extend(skipped);
-    Ok(WorkloadReport {
-        model: spec.model.name,
-        workload: spec.kind,
-        requests: spec.requests,
-        seed: spec.seed,
-        block_size: bs,
-        steps: steps.len(),
+    let rows = lanes.into_iter().map(|l| l.2).chain(skipped).collect();
+    Ok(WorkloadReport::new(
+        spec,
+        bs,
+        steps.len(),
         tokens,
-        tolerance: tol,
-        backends: rows,
-    })
+        tol,
+        rows,
+    ))
 }
 
 /// `[T, h_r, V]` per rank -> `[T, N, V]` (rank r's heads are `r*h..(r+1)*h`).
@@ -228,11 +174,14 @@ fn reference_step(
     let mut q_abs = Vec::with_capacity(q.len() / (pn + r) * wd);
     for (i, qh) in q.chunks_exact(pn + r).enumerate() {
         let h = i % n;
-        q_abs.extend((0..lkv).map(|c| {
-            (0..pn)
-                .map(|p| qh[p] as f64 * row(h, p)[c] as f64)
-                .sum::<f64>() as f32
-        }));
+        // Row by row of W_UK (contiguous), each channel summed over p in order.
+        let mut acc = vec![0f64; lkv];
+        for (p, &qp) in qh[..pn].iter().enumerate() {
+            for (a, &w) in acc.iter_mut().zip(row(h, p)) {
+                *a += qp as f64 * w as f64;
+            }
+        }
+        q_abs.extend(acc.iter().map(|&a| a as f32));
         q_abs.extend_from_slice(&qh[pn..]);
     }
     let latent: Vec<f32> = cache
@@ -284,6 +233,7 @@ mod tests {
             requests: 1,
             seed: 1,
             backend: None,
+            block_size: None,
         };
         let report =
             run_mla_workload(&spec, &MlaConfig::deepseek_r1(1).scaled_down(), |_, _| {}).unwrap();
@@ -307,6 +257,7 @@ mod tests {
             requests: 1,
             seed: 1,
             backend: None,
+            block_size: None,
         };
         let e = run_mla_workload(&spec, &MlaConfig::deepseek_r1(1), |_, _| {})
             .unwrap_err()

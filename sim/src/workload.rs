@@ -54,7 +54,13 @@ impl WorkloadKind {
             "prefill" => WorkloadKind::Prefill,
             "mixed" => WorkloadKind::Mixed,
             "long-extend" => WorkloadKind::LongExtend,
-            _ => return Err(Error::invalid("workload", format!("'{s}'"), format!("allowed: {}", Self::NAMES.join(", ")))),
+            _ => {
+                return Err(Error::invalid(
+                    "workload",
+                    format!("'{s}'"),
+                    format!("allowed: {}", Self::NAMES.join(", ")),
+                ))
+            }
         })
     }
 
@@ -85,7 +91,12 @@ impl WorkloadKind {
     pub fn requests(self, n: usize, seed: u64) -> Vec<Request> {
         let ((p0, p1), (o0, o1), _) = self.shape();
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        (0..n).map(|_| Request { prompt_len: rng.gen_range(p0..=p1), output_len: rng.gen_range(o0..=o1) }).collect()
+        (0..n)
+            .map(|_| Request {
+                prompt_len: rng.gen_range(p0..=p1),
+                output_len: rng.gen_range(o0..=o1),
+            })
+            .collect()
     }
 }
 
@@ -98,6 +109,8 @@ pub struct WorkloadSpec {
     pub seed: u64,
     /// One backend by vLLM enum name, or `None` for every emulated one.
     pub backend: Option<String>,
+    /// Manager block size; `None`: the preset's, else the scheduler's default.
+    pub block_size: Option<usize>,
 }
 
 /// One backend's row of the final table.
@@ -139,9 +152,17 @@ impl WorkloadReport {
 /// The attention config of a preset (MHA only: MLA models have their own path).
 pub fn model_config(model: &ModelPreset) -> Result<AttnConfig> {
     if model.mla.is_some() {
-        return Err(Error::unsupported(format!("model {}", model.name), "attnlab run emulates MHA backends; MLA models are not runnable here"));
+        return Err(Error::unsupported(
+            format!("model {}", model.name),
+            "attnlab run emulates MHA backends; MLA models are not runnable here",
+        ));
     }
-    let cfg = AttnConfig::new(model.num_heads, model.num_kv_heads, model.head_size, model.dtype);
+    let cfg = AttnConfig::new(
+        model.num_heads,
+        model.num_kv_heads,
+        model.head_size,
+        model.dtype,
+    );
     cfg.validate()?;
     Ok(cfg)
 }
@@ -154,7 +175,10 @@ pub fn schedule(spec: &WorkloadSpec) -> Result<(SchedulerConfig, Vec<ScheduledSt
     }
     let (_, _, budget) = spec.kind.shape();
     let cfg = SchedulerConfig {
-        block_size: spec.model.block_size.unwrap_or(attnlab_shared::scheduler::DEFAULT_BLOCK_SIZE),
+        block_size: spec
+            .block_size
+            .or(spec.model.block_size)
+            .unwrap_or(attnlab_shared::scheduler::DEFAULT_BLOCK_SIZE),
         max_num_batched_tokens: budget,
         ..SchedulerConfig::default()
     };
@@ -163,7 +187,10 @@ pub fn schedule(spec: &WorkloadSpec) -> Result<(SchedulerConfig, Vec<ScheduledSt
     while !sched.is_finished() {
         let s = sched.step()?;
         if s.requests.is_empty() {
-            return Err(Error::unsupported("workload", format!("the scheduler made no progress at step {}", s.index)));
+            return Err(Error::unsupported(
+                "workload",
+                format!("the scheduler made no progress at step {}", s.index),
+            ));
         }
         steps.push(s);
     }
@@ -172,7 +199,9 @@ pub fn schedule(spec: &WorkloadSpec) -> Result<(SchedulerConfig, Vec<ScheduledSt
 
 /// `n` values ~ U(-1, 1) from `rng`, rounded to `dtype`: the Q/K/V of runs and benches.
 pub fn draw(rng: &mut impl Rng, n: usize, dtype: DType) -> Vec<f32> {
-    (0..n).map(|_| dtype.round(rng.gen_range(-1.0f32..1.0))).collect()
+    (0..n)
+        .map(|_| dtype.round(rng.gen_range(-1.0f32..1.0)))
+        .collect()
 }
 
 /// [`draw`] from a fresh ChaCha8 stream seeded with `seed`.
@@ -189,7 +218,10 @@ struct Lane {
 }
 
 /// Runs the workload; `on_step(done, total)` is called after every step.
-pub fn run_workload(spec: &WorkloadSpec, mut on_step: impl FnMut(usize, usize)) -> Result<WorkloadReport> {
+pub fn run_workload(
+    spec: &WorkloadSpec,
+    mut on_step: impl FnMut(usize, usize),
+) -> Result<WorkloadReport> {
     let cfg = model_config(spec.model)?;
     let (sched_cfg, steps) = schedule(spec)?;
     let num_blocks = steps.first().map_or(1, |s| s.num_blocks);
@@ -199,37 +231,45 @@ pub fn run_workload(spec: &WorkloadSpec, mut on_step: impl FnMut(usize, usize)) 
         Some(name) => vec![by_name(name)?],
         None => mha_backends(),
     };
-    let blank = |b: &dyn AttentionBackend, status, reason| BackendRun {
-        backend: b.name().to_string(),
-        status,
-        reason,
-        steps: 0,
-        tokens: 0,
-        max_abs_err_vs_ref: 0.0,
-        max_diff_vs_others: 0.0,
-        mismatches: 0,
-        kernel_block_size: None,
-        layout: None,
-    };
     let mut skipped = Vec::new();
     let mut lanes = Vec::new();
     for b in backends {
         let setup = b.check(&cfg, bs).and_then(|()| {
             let kb = b.kernel_block_size(bs)?;
-            let layout = b.cache_layout(&cfg, KernelBlockSplit::new(bs, kb)?.num_kernel_blocks(num_blocks), kb)?;
+            let layout = b.cache_layout(
+                &cfg,
+                KernelBlockSplit::new(bs, kb)?.num_kernel_blocks(num_blocks),
+                kb,
+            )?;
             Ok((kb, layout))
         });
         match setup {
-            Err(e) => skipped.push(blank(b.as_ref(), Status::Skipped, Some(e.to_string()))),
+            Err(e) => skipped.push(BackendRun::new(
+                b.name(),
+                Status::Skipped,
+                Some(e.to_string()),
+            )),
             Ok((kb, layout)) => {
-                let mut row = blank(b.as_ref(), Status::Pass, None);
+                let mut row = BackendRun::new(b.name(), Status::Pass, None);
                 (row.kernel_block_size, row.layout) = (Some(kb), Some(layout.kind.name()));
-                lanes.push(Lane { cache: KvCache::zeros(layout), kernel_block_size: kb, backend: b, row });
+                lanes.push(Lane {
+                    cache: KvCache::zeros(layout),
+                    kernel_block_size: kb,
+                    backend: b,
+                    row,
+                });
             }
         }
     }
 
-    let mut canonical = KvCache::zeros(KvLayout::new(LayoutKind::Nhd, num_blocks, bs, cfg.num_kv_heads, cfg.head_size, cfg.kv_dtype)?);
+    let mut canonical = KvCache::zeros(KvLayout::new(
+        LayoutKind::Nhd,
+        num_blocks,
+        bs,
+        cfg.num_kv_heads,
+        cfg.head_size,
+        cfg.kv_dtype,
+    )?);
     let mut rng = ChaCha8Rng::seed_from_u64(spec.seed ^ 0x5eed_0fa7);
     let mut tokens = 0;
     for (done, step) in steps.iter().enumerate() {
@@ -239,71 +279,151 @@ pub fn run_workload(spec: &WorkloadSpec, mut on_step: impl FnMut(usize, usize)) 
         let k = draw(&mut rng, t * cfg.num_kv_heads * cfg.head_size, cfg.dtype);
         let v = draw(&mut rng, t * cfg.num_kv_heads * cfg.head_size, cfg.dtype);
         let meta = step.metadata(bs)?;
-        reshape_and_cache(CacheWriter::ReshapeAndCacheFlash, &mut canonical, &k, &v, &meta.slot_mapping, &cfg)?;
+        reshape_and_cache(
+            CacheWriter::ReshapeAndCacheFlash,
+            &mut canonical,
+            &k,
+            &v,
+            &meta.slot_mapping,
+            &cfg,
+        )?;
         let reference = reference::paged_attention(&q, &canonical, &meta, &cfg)?.out;
 
-        let mut outs: Vec<Option<Vec<f32>>> = Vec::with_capacity(lanes.len());
-        for lane in lanes.iter_mut() {
-            if lane.row.status == Status::Fail {
-                outs.push(None);
-                continue;
-            }
-            match run_step(lane, step, &q, &k, &v, &cfg) {
-                Ok(out) => {
-                    let c = compare(&out, &reference, tol)?;
-                    let row = &mut lane.row;
-                    (row.steps, row.tokens) = (row.steps + 1, row.tokens + t);
-                    row.max_abs_err_vs_ref = row.max_abs_err_vs_ref.max(c.max_abs_err);
-                    if !c.passed() {
-                        row.mismatches += c.mismatches;
-                        row.status = Status::Fail;
-                        row.reason = Some(format!("step {}: {} elements outside {tol:?} of the reference", step.index, c.mismatches));
-                    }
-                    outs.push(Some(out));
-                }
-                Err(e) => {
-                    lane.row.status = Status::Fail;
-                    lane.row.reason = Some(format!("step {}: {e}", step.index));
-                    outs.push(None);
-                }
-            }
-        }
-        for a in 0..lanes.len() {
-            for b in 0..lanes.len() {
-                let (Some(oa), Some(ob)) = (&outs[a], &outs[b]) else { continue };
-                if a == b {
-                    continue;
-                }
-                let c = compare(oa, ob, tol)?;
-                let other = lanes[b].row.backend.clone();
-                let row = &mut lanes[a].row;
-                row.max_diff_vs_others = row.max_diff_vs_others.max(c.max_abs_err);
-                if !c.passed() && row.status != Status::Fail {
-                    row.status = Status::Fail;
-                    row.mismatches += c.mismatches;
-                    row.reason = Some(format!("step {}: {} elements differ from {} beyond {tol:?}", step.index, c.mismatches, other));
-                }
-            }
-        }
+        let outs: Vec<Option<Result<Vec<f32>>>> = lanes
+            .iter_mut()
+            .map(|lane| {
+                (lane.row.status != Status::Fail).then(|| run_step(lane, step, &q, &k, &v, &cfg))
+            })
+            .collect();
+        score_step(
+            &mut lanes.iter_mut().map(|l| &mut l.row).collect::<Vec<_>>(),
+            outs,
+            &reference,
+            step.index,
+            t,
+            tol,
+        )?;
         on_step(done + 1, steps.len());
     }
-    let mut rows: Vec<BackendRun> = lanes.into_iter().map(|l| l.row).collect();
-    rows.extend(skipped);
-    Ok(WorkloadReport {
-        model: spec.model.name,
-        workload: spec.kind,
-        requests: spec.requests,
-        seed: spec.seed,
-        block_size: bs,
-        steps: steps.len(),
+    let rows = lanes.into_iter().map(|l| l.row).chain(skipped).collect();
+    Ok(WorkloadReport::new(
+        spec,
+        bs,
+        steps.len(),
         tokens,
-        tolerance: tol,
-        backends: rows,
-    })
+        tol,
+        rows,
+    ))
+}
+
+impl BackendRun {
+    /// A backend's row before its first step.
+    pub(crate) fn new(backend: &str, status: Status, reason: Option<String>) -> Self {
+        BackendRun {
+            backend: backend.to_string(),
+            status,
+            reason,
+            steps: 0,
+            tokens: 0,
+            max_abs_err_vs_ref: 0.0,
+            max_diff_vs_others: 0.0,
+            mismatches: 0,
+            kernel_block_size: None,
+            layout: None,
+        }
+    }
+}
+
+impl WorkloadReport {
+    /// The report of a finished run of `spec` (`backends`: ran ones, then skipped ones).
+    pub(crate) fn new(
+        spec: &WorkloadSpec,
+        block_size: usize,
+        steps: usize,
+        tokens: usize,
+        tolerance: Tolerance,
+        backends: Vec<BackendRun>,
+    ) -> Self {
+        WorkloadReport {
+            model: spec.model.name,
+            workload: spec.kind,
+            requests: spec.requests,
+            seed: spec.seed,
+            block_size,
+            steps,
+            tokens,
+            tolerance,
+            backends,
+        }
+    }
+}
+
+/// Scores one step of `t` tokens, shared by the MHA and MLA runs: each lane's
+/// output (`None`: the lane failed earlier and did not run) against the f64
+/// `reference`, then every pair of outputs against each other. A lane fails
+/// on its first error or mismatch, whose step and count become its reason;
+/// its row keeps the largest errors seen.
+pub(crate) fn score_step(
+    rows: &mut [&mut BackendRun],
+    outs: Vec<Option<Result<Vec<f32>>>>,
+    reference: &[f64],
+    step: usize,
+    t: usize,
+    tol: Tolerance,
+) -> Result<()> {
+    let mut ok: Vec<Option<Vec<f32>>> = Vec::with_capacity(outs.len());
+    for (row, out) in rows.iter_mut().zip(outs) {
+        ok.push(match out {
+            None => None,
+            Some(Err(e)) => {
+                (row.status, row.reason) = (Status::Fail, Some(format!("step {step}: {e}")));
+                None
+            }
+            Some(Ok(out)) => {
+                let c = compare(&out, reference, tol)?;
+                (row.steps, row.tokens) = (row.steps + 1, row.tokens + t);
+                row.max_abs_err_vs_ref = row.max_abs_err_vs_ref.max(c.max_abs_err);
+                if !c.passed() {
+                    (row.status, row.mismatches) = (Status::Fail, row.mismatches + c.mismatches);
+                    row.reason = Some(format!(
+                        "step {step}: {} elements outside {tol:?} of the reference",
+                        c.mismatches
+                    ));
+                }
+                Some(out)
+            }
+        });
+    }
+    for a in 0..rows.len() {
+        for b in (0..rows.len()).filter(|&b| b != a) {
+            let (Some(oa), Some(ob)) = (&ok[a], &ok[b]) else {
+                continue;
+            };
+            let c = compare(oa, ob, tol)?;
+            let other = rows[b].backend.clone();
+            let row = &mut rows[a];
+            row.max_diff_vs_others = row.max_diff_vs_others.max(c.max_abs_err);
+            if !c.passed() && row.status != Status::Fail {
+                (row.status, row.mismatches) = (Status::Fail, row.mismatches + c.mismatches);
+                row.reason = Some(format!(
+                    "step {step}: {} elements differ from {other} beyond {tol:?}",
+                    c.mismatches
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// One backend on one step: its metadata in its kernel blocks, write, forward.
-fn run_step(lane: &mut Lane, step: &ScheduledStep, q: &[f32], k: &[f32], v: &[f32], cfg: &AttnConfig) -> Result<Vec<f32>> {
+fn run_step(
+    lane: &mut Lane,
+    step: &ScheduledStep,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    cfg: &AttnConfig,
+) -> Result<Vec<f32>> {
     let meta = step.metadata(lane.kernel_block_size)?;
     let (b, cache) = (&lane.backend, &mut lane.cache);
     catch_panic(b.name(), || {
@@ -330,7 +450,9 @@ mod tests {
         let a = WorkloadKind::Mixed.requests(16, 7);
         assert_eq!(a, WorkloadKind::Mixed.requests(16, 7));
         assert_ne!(a, WorkloadKind::Mixed.requests(16, 8));
-        assert!(a.iter().all(|r| (16..=160).contains(&r.prompt_len) && (2..=12).contains(&r.output_len)));
+        assert!(a
+            .iter()
+            .all(|r| (16..=160).contains(&r.prompt_len) && (2..=12).contains(&r.output_len)));
     }
 
     #[test]
@@ -341,9 +463,17 @@ mod tests {
             requests: 1,
             seed: 0,
             backend: None,
+            block_size: None,
         };
         let (_, steps) = schedule(&spec).unwrap();
-        let extends = steps.iter().filter(|s| s.requests.iter().any(|r| r.kind == attnlab_shared::metadata::RequestKind::Extend)).count();
+        let extends = steps
+            .iter()
+            .filter(|s| {
+                s.requests
+                    .iter()
+                    .any(|r| r.kind == attnlab_shared::metadata::RequestKind::Extend)
+            })
+            .count();
         assert!(extends >= 2, "{extends} extend steps");
     }
 }

@@ -1,10 +1,18 @@
-//! `attnlab run --backend NAME|all [--model PRESET] [--workload KIND]
-//! [--requests N] [--seed S] [--json]`: a whole scheduled workload through the
-//! emulated backends with seeded random Q/K/V, every step checked against the
-//! f64 reference and the backends against each other
-//! (`attnlab_sim::workload`).
+//! `attnlab run [--model PRESET] [--backend NAME|all] [--workload KIND]
+//! [--requests N] [--seed S] [--block-size B] [--tp N] [--scale-down|--full-size] [--json]`:
+//! a whole scheduled workload through the emulated backends with seeded
+//! random inputs, every step checked against the f64 reference and the
+//! backends against each other. MHA presets run the MHA backends
+//! (`attnlab_sim::workload`); MLA presets (deepseek-r1) run the MLA backends
+//! (`attnlab_sim::mla_workload`), scaled down unless `--full-size`, with
+//! `--tp` sharding the heads. Both end in
+//! the same table, JSON and exit code (0 all matched, 1 a mismatch, 2 bad input).
 
-use attnlab_shared::model::preset;
+use super::trace::{check_tp, reject_mla_flags, wrong_family};
+use super::util::{emit, fail};
+use attnlab_shared::model::{preset, ModelPreset};
+use attnlab_sim::backends::{self, mla};
+use attnlab_sim::mla_workload::run_mla_workload;
 use attnlab_sim::replay::Status;
 use attnlab_sim::workload::{run_workload, WorkloadKind, WorkloadReport, WorkloadSpec};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -14,10 +22,11 @@ use std::time::Instant;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// One emulated MHA backend (vLLM enum name, e.g. ROCM_AITER_FA) or `all`.
+    /// One emulated backend (vLLM enum name) or `all`: for an MHA model TRITON_ATTN, ROCM_ATTN,
+    /// ROCM_AITER_FA, ...; for an MLA model TRITON_MLA, ROCM_AITER_MLA, ROCM_AITER_TRITON_MLA.
     #[arg(long, default_value = "all")]
     pub backend: String,
-    /// Model preset whose attention shape (heads, kv heads, head size, dtype, block size) is used.
+    /// Model preset whose attention shape is used: llama-3.1-8b, qwen3-next, deepseek-r1 (MLA).
     #[arg(long, default_value = "llama-3.1-8b")]
     pub model: String,
     /// Request mix: decode, prefill, mixed (chunked prefill beside decodes) or long-extend.
@@ -26,38 +35,161 @@ pub struct Args {
     /// Number of requests (default: 8 for decode/mixed, 4 for prefill, 2 for long-extend).
     #[arg(long)]
     pub requests: Option<usize>,
-    /// Seed of the request lengths and of Q/K/V.
+    /// Seed of the request lengths and of the inputs (and of MLA's kv_b_proj).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Manager block size (default: the preset's, else 16). TRITON_MLA rejects 1, as vLLM does.
+    #[arg(long)]
+    pub block_size: Option<usize>,
+    /// Tensor-parallel ranks sharding the heads (MLA models; must divide the head count).
+    #[arg(long, default_value_t = 1)]
+    pub tp: usize,
+    /// MLA models: 16 heads per rank and a 4K max_model_len, same per-head shapes. The default
+    /// for deepseek-r1, so a run finishes in seconds; --full-size runs all 128 heads instead.
+    #[arg(long)]
+    pub scale_down: bool,
+    /// MLA models: the full head count (deepseek-r1: 128 / tp per rank); about 8x the work of
+    /// the scaled-down default.
+    #[arg(long, conflicts_with = "scale_down")]
+    pub full_size: bool,
     /// Print the report as JSON (no progress bar).
     #[arg(long)]
     pub json: bool,
 }
 
-/// Exit 0 when every backend that ran matched, 1 on any mismatch.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let kind = WorkloadKind::parse(&args.workload)?;
-    let spec = WorkloadSpec {
-        model: preset(&args.model)?,
-        kind,
-        requests: args.requests.unwrap_or(kind.default_requests()),
-        seed: args.seed,
-        backend: (args.backend != "all").then(|| args.backend.clone()),
+    let spec = match spec(&args) {
+        Ok(spec) => spec,
+        Err(e) => return fail(args.json, e),
     };
-    let bar = if args.json || !std::io::stderr().is_terminal() { ProgressBar::hidden() } else { ProgressBar::new(0) };
-    bar.set_style(ProgressStyle::with_template("{spinner} step {pos}/{len} {wide_bar} {elapsed}")?);
-    let start = Instant::now();
-    let report = run_workload(&spec, |done, total| {
+    let bar = if args.json || !std::io::stderr().is_terminal() {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(0)
+    };
+    bar.set_style(ProgressStyle::with_template(
+        "{spinner} step {pos}/{len} {wide_bar} {elapsed}",
+    )?);
+    let on_step = |done: usize, total: usize| {
         bar.set_length(total as u64);
         bar.set_position(done as u64);
-    })?;
+    };
+    let start = Instant::now();
+    // deepseek-r1 is the only MLA preset; its YaRN-scaled softmax scale lives in MlaConfig.
+    let mla_cfg = spec.model.is_mla().then(|| {
+        let cfg = mla::MlaConfig::deepseek_r1(args.tp);
+        if args.full_size {
+            cfg
+        } else {
+            cfg.scaled_down()
+        }
+    });
+    let report = match &mla_cfg {
+        Some(cfg) => run_mla_workload(&spec, cfg, on_step),
+        None => run_workload(&spec, on_step),
+    };
     bar.finish_and_clear();
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        print!("{}", format_report(&report, start.elapsed().as_secs_f64()));
+    let report = match report {
+        Ok(r) => r,
+        Err(e) => return fail(args.json, e.into()),
+    };
+    // A backend asked for by name that cannot run this configuration is bad input.
+    if let (Some(name), [row]) = (&spec.backend, report.backends.as_slice()) {
+        if row.status == Status::Skipped {
+            let reason = row.reason.as_deref().unwrap_or("");
+            return fail(
+                args.json,
+                anyhow::anyhow!("invalid --backend {name} for {}: {reason}", spec.model.name),
+            );
+        }
     }
-    Ok(if report.passed() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    if args.json {
+        let mut v = serde_json::to_value(&report)?;
+        if let Some(cfg) = &mla_cfg {
+            v["mla"] = serde_json::json!({
+                "num_heads": cfg.num_heads, "tp": cfg.tp, "heads_per_rank": cfg.heads_per_rank(), "scaled_down": !args.full_size,
+            });
+        }
+        emit(&format!("{}\n", serde_json::to_string_pretty(&v)?));
+    } else {
+        let mut text = format_report(&report, start.elapsed().as_secs_f64());
+        if let Some(cfg) = &mla_cfg {
+            let size = if args.full_size {
+                "full size".to_string()
+            } else {
+                format!(
+                    "scaled down from {}; --full-size for all",
+                    spec.model.num_heads
+                )
+            };
+            let line = format!(
+                "MLA layer: {} heads ({size}), tp {}: each rank computes {} heads against the replicated latent cache\n",
+                cfg.num_heads,
+                cfg.tp,
+                cfg.heads_per_rank()
+            );
+            text.insert_str(text.find('\n').map_or(0, |i| i + 1), &line);
+        }
+        emit(&text);
+    }
+    Ok(if report.passed() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// Validates the flags against the preset's attention family before any work.
+fn spec(a: &Args) -> anyhow::Result<WorkloadSpec> {
+    let model = preset(&a.model)?;
+    let kind = WorkloadKind::parse(&a.workload)?;
+    if a.tp == 0 {
+        anyhow::bail!("invalid --tp 0: allowed: an integer >= 1 that divides the head count");
+    }
+    if model.is_mla() {
+        check_tp(model, a.tp)?;
+    } else {
+        reject_mla_flags(model, a.tp, a.scale_down)?;
+        if a.full_size {
+            anyhow::bail!(
+                "invalid --full-size for the MHA preset {}: it shapes MLA layers",
+                model.name
+            );
+        }
+    }
+    Ok(WorkloadSpec {
+        model,
+        kind,
+        requests: a.requests.unwrap_or(kind.default_requests()),
+        seed: a.seed,
+        backend: backend(model, &a.backend)?,
+        block_size: a.block_size,
+    })
+}
+
+/// `all` -> `None`; otherwise a backend of `model`'s family (MHA or MLA), by
+/// vLLM enum name in any case.
+fn backend(model: &ModelPreset, name: &str) -> anyhow::Result<Option<String>> {
+    if name.eq_ignore_ascii_case("all") {
+        return Ok(None);
+    }
+    let name = name.to_ascii_uppercase();
+    let (this, other) = if model.is_mla() {
+        (
+            mla::by_name(&name).map(drop),
+            backends::by_name(&name).map(drop),
+        )
+    } else {
+        (
+            backends::by_name(&name).map(drop),
+            mla::by_name(&name).map(drop),
+        )
+    };
+    match this {
+        Ok(()) => Ok(Some(name)),
+        Err(_) if other.is_ok() => Err(wrong_family(&name, model)),
+        Err(e) => Err(e.into()),
+    }
 }
 
 fn format_report(r: &WorkloadReport, seconds: f64) -> String {
@@ -74,9 +206,17 @@ fn format_report(r: &WorkloadReport, seconds: f64) -> String {
         r.tolerance.rtol,
         seconds
     );
-    let w = r.backends.iter().map(|b| b.backend.len()).max().unwrap_or(7).max(7);
-    s +=
-        &format!("{:<w$}  {:>5}  {:>6}  {:>14}  {:>14}  {:<7}  reason\n", "backend", "steps", "tokens", "max_err_vs_ref", "max_diff_other", "status");
+    let w = r
+        .backends
+        .iter()
+        .map(|b| b.backend.len())
+        .max()
+        .unwrap_or(7)
+        .max(7);
+    s += &format!(
+        "{:<w$}  {:>5}  {:>6}  {:>14}  {:>14}  {:<7}  reason\n",
+        "backend", "steps", "tokens", "max_err_vs_ref", "max_diff_other", "status"
+    );
     for b in &r.backends {
         let ran = b.status != Status::Skipped;
         let num = |x: f64| if ran { format!("{x:.3e}") } else { "-".into() };

@@ -234,18 +234,7 @@ fn setup(a: &Args) -> anyhow::Result<Trace> {
     };
     let name = a.backend.to_ascii_uppercase();
     let layer = if preset.is_mla() {
-        if preset.num_heads % tp != 0 {
-            let divisors: Vec<String> = (1..=preset.num_heads)
-                .filter(|d| preset.num_heads % d == 0)
-                .map(|d| d.to_string())
-                .collect();
-            anyhow::bail!(
-                "invalid --tp {tp}: must divide the {} heads of {}; allowed: {}",
-                preset.num_heads,
-                preset.name,
-                divisors.join(", ")
-            );
-        }
+        check_tp(preset, tp)?;
         let backend = match mla::by_name(&name) {
             Err(_) if backends::by_name(&name).is_ok() => return Err(wrong_family(&name, preset)),
             b => b?,
@@ -259,18 +248,7 @@ fn setup(a: &Args) -> anyhow::Result<Trace> {
         backend.check(&cfg, block_size)?;
         Layer::Mla { backend, cfg }
     } else {
-        if tp != 1 || a.scale_down {
-            let flag = if tp != 1 {
-                format!("--tp {tp}")
-            } else {
-                "--scale-down".to_string()
-            };
-            anyhow::bail!(
-                "invalid {flag} for the MHA preset {}: --tp and --scale-down shape MLA layers; allowed with: {}",
-                preset.name,
-                mla_presets().join(", ")
-            );
-        }
+        reject_mla_flags(preset, tp, a.scale_down)?;
         let backend = match backends::by_name(&name) {
             Err(_) if mla::by_name(&name).is_ok() => return Err(wrong_family(&name, preset)),
             b => b?,
@@ -315,6 +293,44 @@ fn setup(a: &Args) -> anyhow::Result<Trace> {
     })
 }
 
+/// `--tp` must divide the preset's head count (every rank gets whole heads).
+pub(super) fn check_tp(preset: &ModelPreset, tp: usize) -> anyhow::Result<()> {
+    if preset.num_heads % tp != 0 {
+        let divisors: Vec<String> = (1..=preset.num_heads)
+            .filter(|d| preset.num_heads % d == 0)
+            .map(|d| d.to_string())
+            .collect();
+        anyhow::bail!(
+            "invalid --tp {tp}: must divide the {} heads of {}; allowed: {}",
+            preset.num_heads,
+            preset.name,
+            divisors.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// `--tp` and `--scale-down` shape MLA layers only.
+pub(super) fn reject_mla_flags(
+    preset: &ModelPreset,
+    tp: usize,
+    scale_down: bool,
+) -> anyhow::Result<()> {
+    if tp != 1 || scale_down {
+        let flag = if tp != 1 {
+            format!("--tp {tp}")
+        } else {
+            "--scale-down".to_string()
+        };
+        anyhow::bail!(
+            "invalid {flag} for the MHA preset {}: --tp and --scale-down shape MLA layers; allowed with: {}",
+            preset.name,
+            mla_presets().join(", ")
+        );
+    }
+    Ok(())
+}
+
 fn mla_presets() -> Vec<&'static str> {
     model::PRESETS
         .iter()
@@ -325,7 +341,7 @@ fn mla_presets() -> Vec<&'static str> {
 
 /// The error for a backend `name` of the other attention family (MHA or MLA)
 /// than `preset`'s, naming the backends the preset allows.
-fn wrong_family(name: &str, preset: &ModelPreset) -> anyhow::Error {
+pub(super) fn wrong_family(name: &str, preset: &ModelPreset) -> anyhow::Error {
     let (this, that, allowed): (_, _, Vec<&str>) = if preset.is_mla() {
         (
             "MLA",
