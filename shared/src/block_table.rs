@@ -18,6 +18,7 @@
 
 use crate::error::{Error, Result};
 use crate::metadata::{BlockTableTensor, PAD_SLOT_ID};
+use serde::Serialize;
 use std::collections::VecDeque;
 
 /// Physical KV blocks with reference counts (a block shared by two
@@ -183,8 +184,9 @@ pub fn pad_slot_mapping(slots: &mut Vec<i64>, len: usize) -> Result<()> {
     Ok(())
 }
 
-/// A kernel's accepted block sizes, as vLLM backends declare them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// One entry of a backend's `get_supported_kernel_block_sizes()`: an exact
+/// kernel block size (int) or `MultipleOf(base)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum KernelBlockSize {
     /// Exactly this size (e.g. ROCM_AITER_FA's 16 and 32).
     Exact(usize),
@@ -203,17 +205,17 @@ impl std::fmt::Display for KernelBlockSize {
 
 /// vLLM's `select_common_block_size` for one backend (§1.4): the manager size
 /// itself if the backend accepts it, else the largest explicit size dividing
-/// it (ROCM_AITER_FA `[16, 32]`: 544 -> 32, 64 -> 32).
-pub fn select_kernel_block_size(manager_block_size: usize, backend: &str, supported: &[KernelBlockSize]) -> Result<usize> {
+/// it (ROCM_AITER_FA `[16, 32]`: 544 -> 32, 64 -> 32); `None` when no size fits.
+pub fn common_block_size(manager_block_size: usize, supported: &[KernelBlockSize]) -> Option<usize> {
     if manager_block_size == 0 {
-        return Err(Error::invalid("block_size", 0, "must be >= 1"));
+        return None;
     }
     let accepts = |s: &KernelBlockSize| match *s {
         KernelBlockSize::Exact(n) => n == manager_block_size,
         KernelBlockSize::MultipleOf(n) => n > 0 && manager_block_size % n == 0,
     };
     if supported.iter().any(accepts) {
-        return Ok(manager_block_size);
+        return Some(manager_block_size);
     }
     supported
         .iter()
@@ -222,13 +224,21 @@ pub fn select_kernel_block_size(manager_block_size: usize, backend: &str, suppor
             _ => None,
         })
         .max()
-        .ok_or_else(|| {
-            let sizes: Vec<String> = supported.iter().map(|s| s.to_string()).collect();
-            Error::unsupported(
-                format!("block size {manager_block_size}"),
-                format!("No common block size for {manager_block_size} ({backend}: [{}])", sizes.join(", ")),
-            )
-        })
+}
+
+/// [`common_block_size`] as a backend's setup calls it: vLLM's "No common
+/// block size" error naming the backend and its sizes when none fits.
+pub fn select_kernel_block_size(manager_block_size: usize, backend: &str, supported: &[KernelBlockSize]) -> Result<usize> {
+    if manager_block_size == 0 {
+        return Err(Error::invalid("block_size", 0, "must be >= 1"));
+    }
+    common_block_size(manager_block_size, supported).ok_or_else(|| {
+        let sizes: Vec<String> = supported.iter().map(|s| s.to_string()).collect();
+        Error::unsupported(
+            format!("block size {manager_block_size}"),
+            format!("No common block size for {manager_block_size} ({backend}: [{}])", sizes.join(", ")),
+        )
+    })
 }
 
 /// Manager block -> kernel blocks: `kernel id = manager id * r + j`, `j < r`.

@@ -11,100 +11,66 @@
 //! Backends vLLM only offers on other platforms (FLASH_ATTN, FLASHINFER, ...)
 //! have no ROCm capabilities here: [`BackendName::capabilities`] is `None`.
 
+use crate::block_table::common_block_size;
+pub use crate::block_table::KernelBlockSize;
 use crate::dtype::{DType, KvCacheDtype};
 use crate::error::{Error, Result};
 use serde::{Serialize, Serializer};
 
-/// One member of vLLM's `AttentionBackendEnum`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum BackendName {
-    FlashAttn,
-    TritonAttn,
-    Xformers,
-    RocmAttn,
-    RocmAiterMla,
-    RocmAiterTritonMla,
-    RocmAiterFa,
-    RocmAiterMlaSparse,
-    TorchSdpa,
-    Flashinfer,
-    FlashinferMla,
-    TritonMla,
-    CutlassMla,
-    Flashmla,
-    FlashmlaSparse,
-    FlashAttnMla,
-    Pallas,
-    Ipex,
-    NoAttention,
-    FlexAttention,
-    TreeAttn,
-    RocmAiterUnifiedAttn,
-    CpuAttn,
-    Custom,
+/// Declares [`BackendName`], its `ALL` list and `name()` from one table, so
+/// the member order (which envs.py prints) and the names cannot drift apart.
+macro_rules! backend_names {
+    ($($member:ident => $name:literal,)+) => {
+        /// One member of vLLM's `AttentionBackendEnum`.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub enum BackendName {
+            $($member,)+
+        }
+
+        impl BackendName {
+            /// Every member, in `AttentionBackendEnum` declaration order.
+            pub const ALL: [BackendName; [$($name),+].len()] = [$(BackendName::$member),+];
+
+            /// The enum member name, e.g. "ROCM_AITER_FA".
+            pub fn name(self) -> &'static str {
+                match self {
+                    $(BackendName::$member => $name,)+
+                }
+            }
+        }
+    };
+}
+
+backend_names! {
+    FlashAttn => "FLASH_ATTN",
+    TritonAttn => "TRITON_ATTN",
+    Xformers => "XFORMERS",
+    RocmAttn => "ROCM_ATTN",
+    RocmAiterMla => "ROCM_AITER_MLA",
+    RocmAiterTritonMla => "ROCM_AITER_TRITON_MLA",
+    RocmAiterFa => "ROCM_AITER_FA",
+    RocmAiterMlaSparse => "ROCM_AITER_MLA_SPARSE",
+    TorchSdpa => "TORCH_SDPA",
+    Flashinfer => "FLASHINFER",
+    FlashinferMla => "FLASHINFER_MLA",
+    TritonMla => "TRITON_MLA",
+    CutlassMla => "CUTLASS_MLA",
+    Flashmla => "FLASHMLA",
+    FlashmlaSparse => "FLASHMLA_SPARSE",
+    FlashAttnMla => "FLASH_ATTN_MLA",
+    Pallas => "PALLAS",
+    Ipex => "IPEX",
+    NoAttention => "NO_ATTENTION",
+    FlexAttention => "FLEX_ATTENTION",
+    TreeAttn => "TREE_ATTN",
+    RocmAiterUnifiedAttn => "ROCM_AITER_UNIFIED_ATTN",
+    CpuAttn => "CPU_ATTN",
+    Custom => "CUSTOM",
 }
 
 use BackendName::*;
 
 impl BackendName {
-    /// Every member, in `AttentionBackendEnum` declaration order.
-    pub const ALL: [BackendName; 24] = [
-        FlashAttn,
-        TritonAttn,
-        Xformers,
-        RocmAttn,
-        RocmAiterMla,
-        RocmAiterTritonMla,
-        RocmAiterFa,
-        RocmAiterMlaSparse,
-        TorchSdpa,
-        Flashinfer,
-        FlashinferMla,
-        TritonMla,
-        CutlassMla,
-        Flashmla,
-        FlashmlaSparse,
-        FlashAttnMla,
-        Pallas,
-        Ipex,
-        NoAttention,
-        FlexAttention,
-        TreeAttn,
-        RocmAiterUnifiedAttn,
-        CpuAttn,
-        Custom,
-    ];
-
-    /// The enum member name, e.g. "ROCM_AITER_FA".
-    pub fn name(self) -> &'static str {
-        match self {
-            FlashAttn => "FLASH_ATTN",
-            TritonAttn => "TRITON_ATTN",
-            Xformers => "XFORMERS",
-            RocmAttn => "ROCM_ATTN",
-            RocmAiterMla => "ROCM_AITER_MLA",
-            RocmAiterTritonMla => "ROCM_AITER_TRITON_MLA",
-            RocmAiterFa => "ROCM_AITER_FA",
-            RocmAiterMlaSparse => "ROCM_AITER_MLA_SPARSE",
-            TorchSdpa => "TORCH_SDPA",
-            Flashinfer => "FLASHINFER",
-            FlashinferMla => "FLASHINFER_MLA",
-            TritonMla => "TRITON_MLA",
-            CutlassMla => "CUTLASS_MLA",
-            Flashmla => "FLASHMLA",
-            FlashmlaSparse => "FLASHMLA_SPARSE",
-            FlashAttnMla => "FLASH_ATTN_MLA",
-            Pallas => "PALLAS",
-            Ipex => "IPEX",
-            NoAttention => "NO_ATTENTION",
-            FlexAttention => "FLEX_ATTENTION",
-            TreeAttn => "TREE_ATTN",
-            RocmAiterUnifiedAttn => "ROCM_AITER_UNIFIED_ATTN",
-            CpuAttn => "CPU_ATTN",
-            Custom => "CUSTOM",
-        }
-    }
-
     /// Exact, case-sensitive lookup, as `AttentionBackendEnum[name]`.
     pub fn from_name(name: &str) -> Option<BackendName> {
         Self::ALL.into_iter().find(|b| b.name() == name)
@@ -302,22 +268,6 @@ impl HeadSizes {
     }
 }
 
-/// One entry of `get_supported_kernel_block_sizes()`: an exact kernel block
-/// size (int) or `MultipleOf(base)`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub enum KernelBlockSize {
-    Exact(usize),
-    MultipleOf(usize),
-}
-
-impl KernelBlockSize {
-    fn base(self) -> usize {
-        match self {
-            KernelBlockSize::Exact(n) | KernelBlockSize::MultipleOf(n) => n,
-        }
-    }
-}
-
 /// Which GPUs a backend runs on (`supports_compute_capability`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum ArchRequirement {
@@ -345,14 +295,11 @@ pub struct Capabilities {
 }
 
 impl Capabilities {
-    /// A manager block size B is supported when some kernel block size
-    /// divides it: vLLM splits each block into B / k kernel blocks.
+    /// A manager block size B is supported when `select_common_block_size`
+    /// finds a kernel block size for it (some size divides B: vLLM splits
+    /// each block into B / k kernel blocks).
     pub fn supports_block_size(&self, block_size: usize) -> bool {
-        block_size > 0
-            && self
-                .kernel_block_sizes
-                .iter()
-                .any(|k| block_size % k.base() == 0)
+        common_block_size(block_size, self.kernel_block_sizes).is_some()
     }
 
     pub fn is_mla(&self) -> bool {

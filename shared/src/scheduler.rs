@@ -247,7 +247,11 @@ pub fn context_chunks(context_lens: &[usize], chunk_tokens: usize) -> Result<Con
     }
     let max_chunk = chunk_tokens / ne;
     if max_chunk == 0 {
-        return Err(Error::invalid("context chunk size", chunk_tokens, format!("must be >= the number of extend requests ({ne})")));
+        return Err(Error::invalid(
+            "context chunk size",
+            chunk_tokens,
+            format!("cp_tokens_per_iter must be >= the number of extend requests ({ne})"),
+        ));
     }
     let num_chunks = context_lens.iter().max().copied().unwrap_or(0).div_ceil(max_chunk);
     let chunks = (0..num_chunks)
@@ -257,19 +261,23 @@ pub fn context_chunks(context_lens: &[usize], chunk_tokens: usize) -> Result<Con
             let mut cu_seq_lens = vec![0i32];
             let mut token_to_batch = Vec::new();
             for (i, &l) in lens.iter().enumerate() {
-                cu_seq_lens.push(cu_seq_lens[i] + l as i32);
+                // cu_seqlens_k is int32 in the FA launch.
+                let end = cu_seq_lens[i] as usize + l;
+                cu_seq_lens.push(i32::try_from(end).map_err(|_| {
+                    Error::invalid(format!("context chunk {c} cu_seq_lens[{}]", i + 1), end, format!("must be <= {}", i32::MAX))
+                })?);
                 token_to_batch.extend(std::iter::repeat(i as i32).take(l));
             }
-            ContextChunk {
+            Ok(ContextChunk {
                 starts: vec![start; ne],
                 max_seq_len: lens.iter().copied().max().unwrap_or(0),
                 total_tokens: token_to_batch.len(),
                 lens,
                 cu_seq_lens,
                 token_to_batch,
-            }
+            })
         })
-        .collect();
+        .collect::<Result<_>>()?;
     Ok(ContextChunks { max_context_chunk: max_chunk, chunks })
 }
 

@@ -70,19 +70,9 @@ impl AttentionBackend for FlexAttention {
             return vec![];
         };
         let (t, hq, hkv, d) = (meta.num_actual_tokens, cfg.num_heads, cfg.num_kv_heads, cfg.head_size);
-        let (kc, vc) = (layout.k_shape(), layout.v_shape());
         let q_blocks = t.div_ceil(SPARSE_Q_BLOCK_SIZE);
         vec![
-            KernelCall::new(
-                CacheWriter::ReshapeAndCacheFlash.kernel_name(),
-                &[
-                    ("key", vec![t, hkv, d]),
-                    ("value", vec![t, hkv, d]),
-                    ("key_cache", kc.clone()),
-                    ("value_cache", vc.clone()),
-                    ("slot_mapping", vec![t]),
-                ],
-            ),
+            CacheWriter::ReshapeAndCacheFlash.kernel_call(&layout, t),
             KernelCall::new(
                 "flex_attention",
                 &[

@@ -23,6 +23,9 @@
 //! counts each sink `num_chunks + 1` times (§19 #14). The SWA-trimmed decode
 //! tables only move partition boundaries and are not modelled. Requires
 //! CDNA3+ (gfx942, gfx950, gfx1250: `get_cdna_version() > 2`).
+//!
+//! [`RocmAiterFa::route`] writes the sequence above out once, as [`Step`]s:
+//! `forward` runs them and `plan` renders them, so the two cannot drift.
 
 use crate::backends::exec::KernelExecutor;
 use crate::backends::{AttentionBackend, KernelCall};
@@ -34,20 +37,19 @@ use crate::kernels::merge_attn_states::MergeKernel;
 use crate::kernels::paged_decode::PARTITION_SIZE_ROCM;
 use crate::kernels::reshape_and_cache::CacheWriter;
 use crate::kernels::softmax::OutLse;
-use crate::kernels::unified_attention::UnifiedLaunch;
+use crate::kernels::unified_attention::{UnifiedLaunch, MI300X_CU_COUNT};
+use attnlab_shared::block_table::{select_kernel_block_size, KernelBlockSize};
 use attnlab_shared::dtype::DType;
 use attnlab_shared::error::{Error, Result};
 use attnlab_shared::layout::{KvLayout, LayoutKind};
 use attnlab_shared::metadata::{AttentionMetadata, BlockTableTensor, RequestKind};
+use attnlab_shared::registry::ROCM_AITER_FA;
+use attnlab_shared::scheduler::{self, CP_TOKENS_PER_ITER_ROCM};
 
-/// `_CP_TOKENS_PER_ITER_ROCM`: context tokens gathered per chunk, all extends together.
-pub const CP_TOKENS_PER_ITER_ROCM: usize = 32 * 1024;
-/// `get_supported_kernel_block_sizes()`.
-pub const KERNEL_BLOCK_SIZES: [usize; 2] = [16, 32];
+/// `get_supported_kernel_block_sizes()`: the registry's `[16, 32]`.
+pub const KERNEL_BLOCK_SIZES: &[KernelBlockSize] = ROCM_AITER_FA.kernel_block_sizes;
 /// `get_supported_head_sizes()`.
 pub const HEAD_SIZES: [usize; 3] = [64, 128, 256];
-/// Compute units of the MI300X the seed blog measures: sizes AITER's unified launch.
-pub const MI300X_CU_COUNT: usize = 304;
 /// The assertion vLLM's decode path raises for shuffle + window / sinks.
 pub const SHUFFLE_UNSUPPORTED: &str =
     "Shuffle KV cache layout is not supported with sliding window, sinks, or speculative decoding (multi-token decode).";
@@ -77,38 +79,68 @@ pub enum AiterDecode {
     UnifiedAttention,
 }
 
-/// How `forward` splits a batch: the builder's output (§11.3), request ids in
-/// decode : extend : prefill order (each kind keeps batch order).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AiterFaRoute {
-    pub decodes: Vec<usize>,
-    pub extends: Vec<usize>,
-    pub prefills: Vec<usize>,
-    pub decode_kernel: AiterDecode,
-    /// The extends' context chunks (none with a sliding window).
-    pub context_chunks: Vec<GatherChunk>,
-    /// Sliding window: the `min(seq_len, q + W)` keys each extend attends.
-    pub swa_tail: Option<GatherChunk>,
-    /// The extends' and prefills' new tokens, read back from the cache.
-    pub new_extend: GatherChunk,
-    pub new_prefill: GatherChunk,
+/// The mask of one `flash_attn_varlen_func` call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaMask {
+    /// Prefill: causal as the metadata says, the layer's window.
+    Layer,
+    /// New extend tokens (or the SWA tail): causal, the layer's window.
+    Causal,
+    /// A context chunk: every key precedes every query, so no mask at all.
+    Full,
 }
 
-/// The builder's chunking (§11.3): `max_chunk = budget // num_extends`
-/// context tokens per request per chunk.
+/// Where a step leaves its result: vLLM's locals in the extend path, or the rows' output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Slot {
+    New,
+    Ctx,
+    Chunk,
+    Out,
+}
+
+/// One step of a sub-batch, in launch order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// `cp_mha_gather_cache` of `keys` (the new tokens, a context chunk or
+    /// the SWA tail), then `flash_attn_varlen_func` of the queries over them.
+    Attend { keys: GatherChunk, mask: FaMask, into: Slot },
+    /// `merge_attn_states(prefix, suffix)`.
+    Merge { prefix: Slot, suffix: Slot, into: Slot },
+    /// The decode kernel over the paged cache.
+    Decode(AiterDecode),
+}
+
+/// The requests of one kind (batch order) and the steps computing their rows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubBatch {
+    pub kind: RequestKind,
+    pub reqs: Vec<usize>,
+    pub steps: Vec<Step>,
+}
+
+/// The builder's chunking (§11.3, [`scheduler::context_chunks`]): `budget //
+/// num_extends` context tokens per request per chunk, as gather launches.
 pub fn context_chunks(ctx_lens: &[usize], cp_tokens_per_iter: usize) -> Result<Vec<GatherChunk>> {
-    if ctx_lens.is_empty() {
-        return Ok(vec![]);
+    scheduler::context_chunks(ctx_lens, cp_tokens_per_iter)?.chunks.into_iter().map(|c| GatherChunk::new(c.starts, &c.lens)).collect()
+}
+
+/// The extend steps: `(o_new, lse_new)`, the context chunks folded into
+/// `ctx`, then `ctx` merged with the new tokens' partial.
+fn chunked_extend(new_tokens: GatherChunk, chunks: Vec<GatherChunk>) -> Vec<Step> {
+    use Slot::*;
+    let chunked = !chunks.is_empty(); // always for extends (context > 0), vLLM §19 #15
+    let mut steps = vec![Step::Attend { keys: new_tokens, mask: FaMask::Causal, into: if chunked { New } else { Out } }];
+    for (c, keys) in chunks.into_iter().enumerate() {
+        steps.push(Step::Attend { keys, mask: FaMask::Full, into: if c == 0 { Ctx } else { Chunk } });
+        if c > 0 {
+            steps.push(Step::Merge { prefix: Ctx, suffix: Chunk, into: Ctx });
+        }
     }
-    let max_chunk = cp_tokens_per_iter / ctx_lens.len();
-    if max_chunk == 0 {
-        return Err(Error::invalid(
-            "cp_tokens_per_iter",
-            cp_tokens_per_iter,
-            format!("must be >= the number of extends {}", ctx_lens.len()),
-        ));
+    if chunked {
+        steps.push(Step::Merge { prefix: Ctx, suffix: New, into: Out });
     }
-    GatherChunk::split_contexts(ctx_lens, max_chunk)
+    steps
 }
 
 impl RocmAiterFa {
@@ -124,41 +156,50 @@ impl RocmAiterFa {
         }
     }
 
-    /// Splits the batch as `split_decodes_prefills_and_extends` does after the reorder.
-    pub fn route(&self, meta: &AttentionMetadata, cfg: &AttnConfig) -> Result<AiterFaRoute> {
+    /// Splits the batch as `split_decodes_prefills_and_extends` does after the
+    /// reorder: the non-empty sub-batches in launch order (prefill, extend, decode).
+    pub fn route(&self, meta: &AttentionMetadata, cfg: &AttnConfig) -> Result<Vec<SubBatch>> {
         let of = |k: RequestKind| -> Vec<usize> { (0..meta.num_reqs()).filter(|&i| meta.kind(i, 1) == k).collect() };
-        let (decodes, extends, prefills) = (of(RequestKind::Decode), of(RequestKind::Extend), of(RequestKind::Prefill));
-        let decode_kernel = if cfg.sinks.is_some() || (cfg.sliding_window.is_some() && cfg.alibi_slopes.is_some()) {
-            AiterDecode::UnifiedAttention
-        } else if self.shuffle_kv_cache {
-            AiterDecode::PagedAttentionCommon
-        } else {
-            AiterDecode::PagedAttentionV1
-        };
         let new_tokens = |reqs: &[usize]| {
             GatherChunk::new(
                 reqs.iter().map(|&i| meta.context_len(i)).collect(),
                 &reqs.iter().map(|&i| meta.query_len(i)).collect::<Vec<_>>(),
             )
         };
-        let (context_chunks, swa_tail) = match cfg.sliding_window {
-            Some(w) => {
-                let lens: Vec<usize> = extends.iter().map(|&i| meta.seq_len(i).min(meta.query_len(i) + w)).collect();
-                let starts = extends.iter().zip(&lens).map(|(&i, l)| meta.seq_len(i) - l).collect();
-                (vec![], Some(GatherChunk::new(starts, &lens)?))
-            }
-            None => (context_chunks(&extends.iter().map(|&i| meta.context_len(i)).collect::<Vec<_>>(), self.cp_tokens_per_iter)?, None),
-        };
-        Ok(AiterFaRoute {
-            new_extend: new_tokens(&extends)?,
-            new_prefill: new_tokens(&prefills)?,
-            decodes,
-            extends,
-            prefills,
-            decode_kernel,
-            context_chunks,
-            swa_tail,
-        })
+        let mut batches = vec![];
+        let reqs = of(RequestKind::Prefill);
+        if !reqs.is_empty() {
+            let steps = vec![Step::Attend { keys: new_tokens(&reqs)?, mask: FaMask::Layer, into: Slot::Out }];
+            batches.push(SubBatch { kind: RequestKind::Prefill, reqs, steps });
+        }
+        let reqs = of(RequestKind::Extend);
+        if !reqs.is_empty() {
+            let steps = match cfg.sliding_window {
+                // The `min(seq_len, q + W)` keys each extend attends, in one causal call.
+                Some(w) => {
+                    let lens: Vec<usize> = reqs.iter().map(|&i| meta.seq_len(i).min(meta.query_len(i) + w)).collect();
+                    let starts = reqs.iter().zip(&lens).map(|(&i, l)| meta.seq_len(i) - l).collect();
+                    vec![Step::Attend { keys: GatherChunk::new(starts, &lens)?, mask: FaMask::Causal, into: Slot::Out }]
+                }
+                None => {
+                    let ctx: Vec<usize> = reqs.iter().map(|&i| meta.context_len(i)).collect();
+                    chunked_extend(new_tokens(&reqs)?, context_chunks(&ctx, self.cp_tokens_per_iter)?)
+                }
+            };
+            batches.push(SubBatch { kind: RequestKind::Extend, reqs, steps });
+        }
+        let reqs = of(RequestKind::Decode);
+        if !reqs.is_empty() {
+            let kernel = if cfg.sinks.is_some() || (cfg.sliding_window.is_some() && cfg.alibi_slopes.is_some()) {
+                AiterDecode::UnifiedAttention
+            } else if self.shuffle_kv_cache {
+                AiterDecode::PagedAttentionCommon
+            } else {
+                AiterDecode::PagedAttentionV1
+            };
+            batches.push(SubBatch { kind: RequestKind::Decode, reqs, steps: vec![Step::Decode(kernel)] });
+        }
+        Ok(batches)
     }
 }
 
@@ -173,6 +214,27 @@ fn sub_batch(query: &[f32], meta: &AttentionMetadata, reqs: &[usize], row: usize
     let slots = rows.iter().map(|&t| meta.slot_mapping[t]).collect();
     let sub = AttentionMetadata::new(meta.block_size, meta.num_blocks, qsl, seq_lens, table, slots, meta.causal)?;
     Ok((q, sub, rows))
+}
+
+/// What a sub-batch's steps hand each other: the partials and the rows' output.
+#[derive(Default)]
+struct Slots {
+    partials: [Option<OutLse>; 3],
+    out: Option<Vec<f32>>,
+}
+
+impl Slots {
+    fn store(&mut self, into: Slot, r: OutLse) {
+        match into {
+            Slot::Out => self.out = Some(r.out),
+            s => self.partials[s as usize] = Some(r),
+        }
+    }
+
+    fn take(&mut self, s: Slot) -> Result<OutLse> {
+        let missing = || Error::invalid("merge input", format!("{s:?}"), "must be computed before it is merged");
+        self.partials.get_mut(s as usize).and_then(Option::take).ok_or_else(missing)
+    }
 }
 
 impl AttentionBackend for RocmAiterFa {
@@ -206,18 +268,9 @@ impl AttentionBackend for RocmAiterFa {
         Ok(())
     }
 
-    /// `select_common_block_size`: the manager size if supported, else the
-    /// largest of [16, 32] dividing it (544 -> 32, 48 -> 16).
+    /// `select_common_block_size` over [16, 32] (544 -> 32, 48 -> 16).
     fn kernel_block_size(&self, block_size: usize) -> Result<usize> {
-        KERNEL_BLOCK_SIZES.iter().rev().find(|&&k| block_size == k || (block_size > 0 && block_size.is_multiple_of(k))).copied().ok_or_else(
-            || {
-                Error::invalid(
-                    "block_size",
-                    block_size,
-                    format!("No common block size for {block_size} (ROCM_AITER_FA: {KERNEL_BLOCK_SIZES:?})"),
-                )
-            },
-        )
+        select_kernel_block_size(block_size, self.name(), KERNEL_BLOCK_SIZES)
     }
 
     fn cache_layout(&self, cfg: &AttnConfig, num_blocks: usize, block_size: usize) -> Result<KvLayout> {
@@ -225,11 +278,26 @@ impl AttentionBackend for RocmAiterFa {
         KvLayout::new(kind, num_blocks, block_size, cfg.num_kv_heads, cfg.head_size, cfg.kv_dtype)
     }
 
-    fn write_kv_with(&self, ex: &dyn KernelExecutor, cache: &mut KvCache, key: &[f32], value: &[f32], slot_mapping: &[i64], cfg: &AttnConfig) -> Result<()> {
+    fn write_kv_with(
+        &self,
+        ex: &dyn KernelExecutor,
+        cache: &mut KvCache,
+        key: &[f32],
+        value: &[f32],
+        slot_mapping: &[i64],
+        cfg: &AttnConfig,
+    ) -> Result<()> {
         ex.reshape_and_cache(self.writer(), cache, key, value, slot_mapping, cfg)
     }
 
-    fn forward_with(&self, ex: &dyn KernelExecutor, query: &[f32], cache: &KvCache, meta: &AttentionMetadata, cfg: &AttnConfig) -> Result<Vec<f32>> {
+    fn forward_with(
+        &self,
+        ex: &dyn KernelExecutor,
+        query: &[f32],
+        cache: &KvCache,
+        meta: &AttentionMetadata,
+        cfg: &AttnConfig,
+    ) -> Result<Vec<f32>> {
         self.check(cfg, meta.block_size)?;
         let want = self.cache_layout(cfg, cache.layout.num_blocks, meta.block_size)?;
         if cache.layout != want || cache.k.len() != want.numel() || cache.v.len() != want.numel() || want.num_blocks < meta.num_blocks {
@@ -247,12 +315,6 @@ impl AttentionBackend for RocmAiterFa {
                 format!("must be num_tokens * num_heads * head_size = {}", meta.num_actual_tokens * hq * d),
             ));
         }
-        let route = self.route(meta, cfg)?;
-        let mut out = vec![0.0f32; query.len()];
-        let mut scatter = |rows: &[usize], o: &[f32]| {
-            rows.iter().enumerate().for_each(|(k, &t)| out[t * hq * d..(t + 1) * hq * d].copy_from_slice(&o[k * hq * d..(k + 1) * hq * d]))
-        };
-
         let fa = VarlenParams {
             window: cfg.sliding_window,
             alibi_slopes: cfg.alibi_slopes.as_deref(),
@@ -260,129 +322,86 @@ impl AttentionBackend for RocmAiterFa {
             ..VarlenParams::new(hq, cfg.num_kv_heads, d, cfg.dtype, cfg.scale)
         };
         let format = CacheFormat::of(cache.layout.kind)?;
-        let gather = |reqs: &[usize], chunk: &GatherChunk| {
-            let rows: Vec<&[i32]> = reqs.iter().map(|&i| meta.block_table.row(i)).collect();
-            ex.cp_mha_gather_cache(cache, &rows, chunk, format, (cfg.k_scale, cfg.v_scale), cfg.dtype)
-        };
-
-        if !route.prefills.is_empty() {
-            let (q, sub, rows) = sub_batch(query, meta, &route.prefills, hq * d)?;
-            let (k, v) = gather(&route.prefills, &route.new_prefill)?;
-            let qsl = &sub.query_start_loc;
-            scatter(&rows, &ex.flash_attn_varlen(&q, &k, &v, qsl, qsl, &VarlenParams { causal: meta.causal, ..fa.clone() })?.out);
-        }
-        if !route.extends.is_empty() {
-            let (q, sub, rows) = sub_batch(query, meta, &route.extends, hq * d)?;
-            let qsl = &sub.query_start_loc;
-            if let Some(tail) = &route.swa_tail {
-                let (k, v) = gather(&route.extends, tail)?;
-                scatter(&rows, &ex.flash_attn_varlen(&q, &k, &v, qsl, &tail.cu_seqlens, &fa)?.out);
-            } else {
-                let (k, v) = gather(&route.extends, &route.new_extend)?;
-                let new = ex.flash_attn_varlen(&q, &k, &v, qsl, qsl, &fa)?;
-                let mut ctx: Option<OutLse> = None;
-                for chunk in &route.context_chunks {
-                    let (k, v) = gather(&route.extends, chunk)?;
-                    let part =
-                        ex.flash_attn_varlen(&q, &k, &v, qsl, &chunk.cu_seqlens, &VarlenParams { causal: false, window: None, ..fa.clone() })?;
-                    ctx = Some(match ctx {
-                        None => part,
-                        Some(prev) => ex.merge_attn_states(&prev, &part, cfg.dtype, MergeKernel::Triton)?,
-                    });
+        let mut out = vec![0.0f32; query.len()];
+        for batch in self.route(meta, cfg)? {
+            let (q, sub, rows) = sub_batch(query, meta, &batch.reqs, hq * d)?;
+            let table: Vec<&[i32]> = batch.reqs.iter().map(|&i| meta.block_table.row(i)).collect();
+            let mut slots = Slots::default();
+            for step in &batch.steps {
+                match step {
+                    Step::Attend { keys, mask, into } => {
+                        let (k, v) = ex.cp_mha_gather_cache(cache, &table, keys, format, (cfg.k_scale, cfg.v_scale), cfg.dtype)?;
+                        let p = match mask {
+                            FaMask::Layer => VarlenParams { causal: meta.causal, ..fa.clone() },
+                            FaMask::Causal => fa.clone(),
+                            FaMask::Full => VarlenParams { causal: false, window: None, ..fa.clone() },
+                        };
+                        slots.store(*into, ex.flash_attn_varlen(&q, &k, &v, &sub.query_start_loc, &keys.cu_seqlens, &p)?);
+                    }
+                    Step::Merge { prefix, suffix, into } => {
+                        let (prefix, suffix) = (slots.take(*prefix)?, slots.take(*suffix)?);
+                        slots.store(*into, ex.merge_attn_states(&prefix, &suffix, cfg.dtype, MergeKernel::Triton)?);
+                    }
+                    Step::Decode(AiterDecode::UnifiedAttention) => {
+                        let launch = UnifiedLaunch::aiter(&sub, cfg, MI300X_CU_COUNT)?;
+                        slots.out = Some(ex.unified_attention(&q, cache, &sub, cfg, &launch)?);
+                    }
+                    Step::Decode(AiterDecode::PagedAttentionV1 | AiterDecode::PagedAttentionCommon) => {
+                        let mut o = vec![0.0f32; q.len()];
+                        ex.paged_attention_ll4mi(&q, cache, &sub, cfg, PARTITION_SIZE_ROCM, &mut o)?;
+                        slots.out = Some(o);
+                    }
                 }
-                let merged = match ctx {
-                    Some(ctx) => ex.merge_attn_states(&ctx, &new, cfg.dtype, MergeKernel::Triton)?,
-                    None => new, // unreachable for extends (context > 0), vLLM §19 #15
-                };
-                scatter(&rows, &merged.out);
             }
-        }
-        if !route.decodes.is_empty() {
-            let (q, sub, rows) = sub_batch(query, meta, &route.decodes, hq * d)?;
-            let o = match route.decode_kernel {
-                AiterDecode::UnifiedAttention => {
-                    ex.unified_attention(&q, cache, &sub, cfg, &UnifiedLaunch::aiter(&sub, cfg, MI300X_CU_COUNT)?)?
-                }
-                AiterDecode::PagedAttentionV1 | AiterDecode::PagedAttentionCommon => {
-                    let mut o = vec![0.0f32; q.len()];
-                    ex.paged_attention_ll4mi(&q, cache, &sub, cfg, PARTITION_SIZE_ROCM, &mut o)?;
-                    o
-                }
-            };
-            scatter(&rows, &o);
+            let o =
+                slots.out.ok_or_else(|| Error::invalid("ROCM_AITER_FA route", format!("{:?}", batch.kind), "must end in the output"))?;
+            let row = hq * d;
+            rows.iter().enumerate().for_each(|(k, &t)| out[t * row..(t + 1) * row].copy_from_slice(&o[k * row..(k + 1) * row]));
         }
         Ok(out)
     }
 
+    /// The writer, then each [`Step`] of [`RocmAiterFa::route`] as its launches.
     fn plan(&self, meta: &AttentionMetadata, cfg: &AttnConfig) -> Vec<KernelCall> {
         let (Ok(route), Ok(layout)) = (self.route(meta, cfg), self.cache_layout(cfg, meta.num_blocks, meta.block_size)) else {
             return vec![];
         };
-        let (t, hq, hkv, d) = (meta.num_actual_tokens, cfg.num_heads, cfg.num_kv_heads, cfg.head_size);
-        let (kc, vc) = (layout.k_shape(), layout.v_shape());
-        let tokens = |reqs: &[usize]| reqs.iter().map(|&i| meta.query_len(i)).sum::<usize>();
-        let gather = |n: usize| {
-            KernelCall::new(
-                "cp_mha_gather_cache",
-                &[("key_cache", kc.clone()), ("value_cache", vc.clone()), ("key", vec![n, hkv, d]), ("value", vec![n, hkv, d])],
-            )
-        };
-        let fa = |tq: usize, tk: usize, b: usize, lse: bool| {
-            let mut s = vec![
-                ("query", vec![tq, hq, d]),
-                ("key", vec![tk, hkv, d]),
-                ("value", vec![tk, hkv, d]),
-                ("output", vec![tq, hq, d]),
-                ("cu_seqlens_q", vec![b + 1]),
-            ];
-            if lse {
-                s.push(("softmax_lse", vec![hq, tq]));
-            }
-            s.push(("block_n", vec![ck_block_n(d)]));
-            KernelCall::new("flash_attn_varlen_func", &s)
-        };
-        let merge = |tq: usize| {
-            KernelCall::new("merge_attn_states", &[("output", vec![tq, hq, d]), ("prefix_lse", vec![hq, tq]), ("suffix_lse", vec![hq, tq])])
-        };
-        let mut calls = vec![KernelCall::new(
-            self.writer().kernel_name(),
-            &[
-                ("key", vec![t, hkv, d]),
-                ("value", vec![t, hkv, d]),
-                ("key_cache", kc.clone()),
-                ("value_cache", vc.clone()),
-                ("slot_mapping", vec![t]),
-            ],
-        )];
-        let (tp, np) = (tokens(&route.prefills), route.prefills.len());
-        if np > 0 {
-            calls.extend([gather(tp), fa(tp, tp, np, false)]);
-        }
-        let (te, ne) = (tokens(&route.extends), route.extends.len());
-        if let Some(tail) = route.swa_tail.as_ref().filter(|_| ne > 0) {
-            calls.extend([gather(tail.total_tokens()), fa(te, tail.total_tokens(), ne, false)]);
-        } else if ne > 0 {
-            calls.extend([gather(te), fa(te, te, ne, true)]);
-            for (c, chunk) in route.context_chunks.iter().enumerate() {
-                calls.extend([gather(chunk.total_tokens()), fa(te, chunk.total_tokens(), ne, true)]);
-                if c > 0 {
-                    calls.push(merge(te));
+        let (hq, hkv, d) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_size);
+        let (kc, vc) = (("key_cache", layout.k_shape()), ("value_cache", layout.v_shape()));
+        let mut calls = vec![self.writer().kernel_call(&layout, meta.num_actual_tokens)];
+        for batch in route {
+            let (tq, b) = (batch.reqs.iter().map(|&i| meta.query_len(i)).sum::<usize>(), batch.reqs.len());
+            let (query, output) = (("query", vec![tq, hq, d]), ("output", vec![tq, hq, d]));
+            for step in &batch.steps {
+                match step {
+                    Step::Attend { keys, into, .. } => {
+                        let (k, v) = (("key", vec![keys.total_tokens(), hkv, d]), ("value", vec![keys.total_tokens(), hkv, d]));
+                        calls.push(KernelCall::new("cp_mha_gather_cache", &[kc.clone(), vc.clone(), k.clone(), v.clone()]));
+                        let mut s = vec![query.clone(), k, v, output.clone(), ("cu_seqlens_q", vec![b + 1])];
+                        if *into != Slot::Out {
+                            s.push(("softmax_lse", vec![hq, tq])); // merged later
+                        }
+                        s.push(("block_n", vec![ck_block_n(d)]));
+                        calls.push(KernelCall::new("flash_attn_varlen_func", &s));
+                    }
+                    Step::Merge { .. } => calls.push(KernelCall::new(
+                        "merge_attn_states",
+                        &[output.clone(), ("prefix_lse", vec![hq, tq]), ("suffix_lse", vec![hq, tq])],
+                    )),
+                    Step::Decode(kernel) => {
+                        let mut s = vec![query.clone(), kc.clone(), vc.clone(), output.clone()];
+                        let name = match kernel {
+                            AiterDecode::UnifiedAttention => "unified_attention",
+                            AiterDecode::PagedAttentionV1 => "paged_attention_v1",
+                            AiterDecode::PagedAttentionCommon => "paged_attention_common",
+                        };
+                        if *kernel != AiterDecode::UnifiedAttention {
+                            s.push(("tmp_out", vec![b, hq, meta.max_seq_len.div_ceil(PARTITION_SIZE_ROCM), d]));
+                        }
+                        calls.push(KernelCall::new(name, &s));
+                    }
                 }
             }
-            calls.push(merge(te));
-        }
-        let (td, nd) = (tokens(&route.decodes), route.decodes.len());
-        if nd > 0 {
-            let name = match route.decode_kernel {
-                AiterDecode::PagedAttentionV1 => "paged_attention_v1",
-                AiterDecode::PagedAttentionCommon => "paged_attention_common",
-                AiterDecode::UnifiedAttention => "unified_attention",
-            };
-            let mut s = vec![("query", vec![td, hq, d]), ("key_cache", kc), ("value_cache", vc), ("output", vec![td, hq, d])];
-            if route.decode_kernel != AiterDecode::UnifiedAttention {
-                s.push(("tmp_out", vec![nd, hq, meta.max_seq_len.div_ceil(PARTITION_SIZE_ROCM), d]));
-            }
-            calls.push(KernelCall::new(name, &s));
         }
         calls
     }

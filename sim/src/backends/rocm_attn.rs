@@ -21,6 +21,7 @@ use crate::config::AttnConfig;
 use crate::kernels::paged_decode::{max_num_partitions, PARTITION_SIZE_ROCM};
 use crate::kernels::prefix_prefill::PrefixVariant;
 use crate::kernels::reshape_and_cache::CacheWriter;
+use attnlab_shared::block_table::{select_kernel_block_size, KernelBlockSize};
 use attnlab_shared::dtype::DType;
 use attnlab_shared::error::{Error, Result};
 use attnlab_shared::layout::{KvLayout, LayoutKind};
@@ -29,7 +30,7 @@ use attnlab_shared::metadata::AttentionMetadata;
 /// `RocmAttentionBackend.get_supported_head_sizes()`.
 pub const SUPPORTED_HEAD_SIZES: [usize; 9] = [32, 64, 80, 96, 128, 160, 192, 224, 256];
 /// Seed-era `get_supported_kernel_block_sizes()`.
-pub const SEED_KERNEL_BLOCK_SIZES: [usize; 3] = [16, 32, 544];
+pub const SEED_KERNEL_BLOCK_SIZES: [KernelBlockSize; 3] = [KernelBlockSize::Exact(16), KernelBlockSize::Exact(32), KernelBlockSize::Exact(544)];
 /// `use_rocm_custom_paged_attention`'s context cap (the reduce's npar_loops <= 8).
 pub const CUSTOM_PA_MAX_SEQ_LEN: usize = 128 * 1024;
 
@@ -160,12 +161,11 @@ impl AttentionBackend for RocmAttn {
         if block_size == 0 || block_size % 16 != 0 {
             return Err(Error::invalid("block_size", block_size, "Block size must be a multiple of 16."));
         }
-        Ok(match self.profile {
-            RocmAttnProfile::V0_33 => block_size,
-            // select_common_block_size: the size itself if listed, else the largest listed divisor.
-            RocmAttnProfile::SeedEra if SEED_KERNEL_BLOCK_SIZES.contains(&block_size) => block_size,
-            RocmAttnProfile::SeedEra => *SEED_KERNEL_BLOCK_SIZES.iter().rev().find(|&&s| block_size % s == 0).unwrap_or(&16),
-        })
+        match self.profile {
+            RocmAttnProfile::V0_33 => Ok(block_size),
+            // The size itself if listed, else the largest listed divisor (16 always divides).
+            RocmAttnProfile::SeedEra => select_kernel_block_size(block_size, self.name(), &SEED_KERNEL_BLOCK_SIZES),
+        }
     }
 
     fn cache_layout(&self, cfg: &AttnConfig, num_blocks: usize, block_size: usize) -> Result<KvLayout> {
@@ -197,16 +197,7 @@ impl AttentionBackend for RocmAttn {
             return vec![];
         };
         let (k_cache, v_cache) = (layout.k_shape(), layout.v_shape());
-        let mut calls = vec![KernelCall::new(
-            self.writer(meta.block_size).kernel_name(),
-            &[
-                ("key", vec![t, hkv, d]),
-                ("value", vec![t, hkv, d]),
-                ("key_cache", k_cache.clone()),
-                ("value_cache", v_cache.clone()),
-                ("slot_mapping", vec![t]),
-            ],
-        )];
+        let mut calls = vec![self.writer(meta.block_size).kernel_call(&layout, t)];
         let qo = [("query", vec![t, hq, d]), ("output", vec![t, hq, d]), ("key_cache", k_cache), ("value_cache", v_cache)];
         if meta.max_query_len > 1 {
             let v = PrefixVariant::for_config(cfg);
