@@ -30,6 +30,24 @@ fn with_threads<T: Send>(n: usize, f: impl FnOnce() -> T + Send) -> T {
         .install(f)
 }
 
+/// Every backend's errors, to the bit.
+fn assert_same_bits(one: &WorkloadReport, two: &WorkloadReport) {
+    for (a, b) in one.backends.iter().zip(&two.backends) {
+        assert_eq!(
+            a.max_abs_err_vs_ref.to_bits(),
+            b.max_abs_err_vs_ref.to_bits(),
+            "{}",
+            a.backend
+        );
+        assert_eq!(
+            a.max_diff_vs_others.to_bits(),
+            b.max_diff_vs_others.to_bits(),
+            "{}",
+            a.backend
+        );
+    }
+}
+
 #[test]
 fn tiny_mixed_workload_passes_on_every_backend() {
     let mut calls = 0;
@@ -51,20 +69,7 @@ fn tiny_mixed_workload_passes_on_every_backend() {
 fn a_run_is_bit_identical_across_thread_counts() {
     let run = || run_workload(&spec(WorkloadKind::Decode, 2, None), |_, _| {}).unwrap();
     let (one, two): (WorkloadReport, WorkloadReport) = (with_threads(1, run), with_threads(2, run));
-    for (a, b) in one.backends.iter().zip(&two.backends) {
-        assert_eq!(
-            a.max_abs_err_vs_ref.to_bits(),
-            b.max_abs_err_vs_ref.to_bits(),
-            "{}",
-            a.backend
-        );
-        assert_eq!(
-            a.max_diff_vs_others.to_bits(),
-            b.max_diff_vs_others.to_bits(),
-            "{}",
-            a.backend
-        );
-    }
+    assert_same_bits(&one, &two);
 }
 
 #[test]
@@ -252,6 +257,18 @@ fn triton_mla_skips_block_size_1_with_vllms_message_and_aiter_mla_runs_it() {
 }
 
 #[test]
+fn a_configuration_no_backend_runs_exits_2_with_every_reason() {
+    // tp 16 leaves 8 heads per rank (AITER needs 16 or 128); TRITON_MLA refuses block size 1.
+    let o = attnlab_run(&["--model", "deepseek-r1", "--tp", "16", "--block-size", "1"]);
+    assert_eq!(o.status.code(), Some(2));
+    let e = stderr(&o);
+    assert!(
+        e.contains("does not support block size 1") && e.contains("16 or 128"),
+        "{e}"
+    );
+}
+
+#[test]
 fn an_mla_run_is_bit_identical_across_thread_counts() {
     let run = || {
         run_mla_workload(
@@ -263,18 +280,5 @@ fn an_mla_run_is_bit_identical_across_thread_counts() {
     };
     let (one, two) = (with_threads(1, run), with_threads(2, run));
     assert!(one.passed(), "{one:#?}");
-    for (a, b) in one.backends.iter().zip(&two.backends) {
-        assert_eq!(
-            a.max_abs_err_vs_ref.to_bits(),
-            b.max_abs_err_vs_ref.to_bits(),
-            "{}",
-            a.backend
-        );
-        assert_eq!(
-            a.max_diff_vs_others.to_bits(),
-            b.max_diff_vs_others.to_bits(),
-            "{}",
-            a.backend
-        );
-    }
+    assert_same_bits(&one, &two);
 }

@@ -76,14 +76,19 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     let start = Instant::now();
     // deepseek-r1 is the only MLA preset; its YaRN-scaled softmax scale lives in MlaConfig.
+    // Scaling down never adds heads (at tp >= 8, 16 per rank is already the whole model).
     let mla_cfg = spec.model.is_mla().then(|| {
         let cfg = mla::MlaConfig::deepseek_r1(args.tp);
-        if args.full_size {
+        let down = cfg.clone().scaled_down();
+        if args.full_size || down.num_heads >= cfg.num_heads {
             cfg
         } else {
-            cfg.scaled_down()
+            down
         }
     });
+    let scaled_down = mla_cfg
+        .as_ref()
+        .is_some_and(|c| c.num_heads < spec.model.num_heads);
     let report = match &mla_cfg {
         Some(cfg) => run_mla_workload(&spec, cfg, on_step),
         None => run_workload(&spec, on_step),
@@ -93,34 +98,42 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Ok(r) => r,
         Err(e) => return fail(args.json, e.into()),
     };
-    // A backend asked for by name that cannot run this configuration is bad input.
-    if let (Some(name), [row]) = (&spec.backend, report.backends.as_slice()) {
-        if row.status == Status::Skipped {
-            let reason = row.reason.as_deref().unwrap_or("");
-            return fail(
-                args.json,
-                anyhow::anyhow!("invalid --backend {name} for {}: {reason}", spec.model.name),
-            );
-        }
+    // Nothing checked is not a pass: a configuration no (named) backend runs is bad input.
+    if report.backends.iter().all(|b| b.status == Status::Skipped) {
+        let why: Vec<String> = report
+            .backends
+            .iter()
+            .map(|b| format!("{}: {}", b.backend, b.reason.as_deref().unwrap_or("")))
+            .collect();
+        let what = spec
+            .backend
+            .as_ref()
+            .map_or("configuration (no backend runs it)".to_string(), |n| {
+                format!("--backend {n}")
+            });
+        return fail(
+            args.json,
+            anyhow::anyhow!("invalid {what} for {}: {}", spec.model.name, why.join("; ")),
+        );
     }
     if args.json {
         let mut v = serde_json::to_value(&report)?;
         if let Some(cfg) = &mla_cfg {
             v["mla"] = serde_json::json!({
-                "num_heads": cfg.num_heads, "tp": cfg.tp, "heads_per_rank": cfg.heads_per_rank(), "scaled_down": !args.full_size,
+                "num_heads": cfg.num_heads, "tp": cfg.tp, "heads_per_rank": cfg.heads_per_rank(), "scaled_down": scaled_down,
             });
         }
         emit(&format!("{}\n", serde_json::to_string_pretty(&v)?));
     } else {
         let mut text = format_report(&report, start.elapsed().as_secs_f64());
         if let Some(cfg) = &mla_cfg {
-            let size = if args.full_size {
-                "full size".to_string()
-            } else {
+            let size = if scaled_down {
                 format!(
                     "scaled down from {}; --full-size for all",
                     spec.model.num_heads
                 )
+            } else {
+                "full size".to_string()
             };
             let line = format!(
                 "MLA layer: {} heads ({size}), tp {}: each rank computes {} heads against the replicated latent cache\n",
@@ -228,7 +241,7 @@ fn format_report(r: &WorkloadReport, seconds: f64) -> String {
             num(b.max_abs_err_vs_ref),
             num(b.max_diff_vs_others),
             b.status.name(),
-            b.reason.as_deref().unwrap_or("")
+            b.reason.as_deref().unwrap_or("").replace('\n', " ")
         );
     }
     s
