@@ -41,7 +41,7 @@ pub fn context_attention_fwd(
         )
         .into());
     }
-    if v.block_m % ROWS_PER_PROGRAM != 0 {
+    if !v.block_m.is_multiple_of(ROWS_PER_PROGRAM) {
         return Err(Error::invalid(
             "BLOCK_M",
             v.block_m,
