@@ -121,6 +121,16 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
+/// `attnlab run ARGS` is bad input: exit 2, and the error names every one of `needles`.
+fn assert_bad_input(args: &[&str], needles: &[&str]) {
+    let o = attnlab_run(args);
+    let e = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{args:?}: {e}");
+    for n in needles {
+        assert!(e.contains(n), "{args:?}: {e:?} does not name {n:?}");
+    }
+}
+
 #[test]
 fn deepseek_r1_json_run_passes_on_every_mla_backend() {
     let o = attnlab_run(&[
@@ -160,13 +170,10 @@ fn deepseek_r1_json_run_passes_on_every_mla_backend() {
 
 #[test]
 fn a_backend_of_the_other_family_exits_2_naming_the_allowed_ones() {
-    let o = attnlab_run(&["--model", "deepseek-r1", "--backend", "TRITON_ATTN"]);
-    assert_eq!(o.status.code(), Some(2));
-    let e = stderr(&o);
-    assert!(
-        e.contains("'TRITON_ATTN'")
-            && e.contains("TRITON_MLA, ROCM_AITER_MLA, ROCM_AITER_TRITON_MLA"),
-        "{e}"
+    let allowed = "TRITON_MLA, ROCM_AITER_MLA, ROCM_AITER_TRITON_MLA";
+    assert_bad_input(
+        &["--model", "deepseek-r1", "--backend", "TRITON_ATTN"],
+        &["'TRITON_ATTN'", allowed],
     );
     let o = attnlab_run(&["--backend", "rocm_aiter_mla", "--json"]);
     assert_eq!(o.status.code(), Some(2));
@@ -182,27 +189,14 @@ fn a_backend_of_the_other_family_exits_2_naming_the_allowed_ones() {
 
 #[test]
 fn tp_must_divide_the_heads_and_shapes_mla_models_only() {
-    let o = attnlab_run(&["--model", "deepseek-r1", "--tp", "3"]);
-    assert_eq!(o.status.code(), Some(2));
-    let e = stderr(&o);
-    assert!(
-        e.contains("--tp 3") && e.contains("allowed: 1, 2, 4, 8, 16, 32, 64, 128"),
-        "{e}"
+    assert_bad_input(
+        &["--model", "deepseek-r1", "--tp", "3"],
+        &["--tp 3", "allowed: 1, 2, 4, 8, 16, 32, 64, 128"],
     );
-    for args in [
-        &["--tp", "2"][..],
-        &["--scale-down"],
-        &["--full-size"],
-        &["--model", "deepseek-r1", "--tp", "0"],
-    ] {
-        let o = attnlab_run(args);
-        assert_eq!(o.status.code(), Some(2), "{args:?}");
-        assert!(
-            stderr(&o).contains("invalid --"),
-            "{args:?}: {}",
-            stderr(&o)
-        );
-    }
+    assert_bad_input(&["--model", "deepseek-r1", "--tp", "0"], &["--tp 0"]);
+    assert_bad_input(&["--tp", "2"], &["--tp 2", "llama-3.1-8b", "deepseek-r1"]);
+    assert_bad_input(&["--scale-down"], &["--scale-down", "llama-3.1-8b"]);
+    assert_bad_input(&["--full-size"], &["--full-size", "llama-3.1-8b"]);
 }
 
 #[test]
@@ -238,34 +232,22 @@ fn triton_mla_skips_block_size_1_with_vllms_message_and_aiter_mla_runs_it() {
         (Status::Pass, r.steps, Some(1))
     );
     // Asked for by name, the same rejection is bad input.
-    let o = attnlab_run(&[
+    let args = [
         "--model",
         "deepseek-r1",
         "--backend",
         "TRITON_MLA",
         "--block-size",
         "1",
-        "--requests",
-        "1",
-    ]);
-    assert_eq!(o.status.code(), Some(2));
-    assert!(
-        stderr(&o).contains("does not support block size 1"),
-        "{}",
-        stderr(&o)
-    );
+    ];
+    assert_bad_input(&args, &["does not support block size 1"]);
 }
 
 #[test]
 fn a_configuration_no_backend_runs_exits_2_with_every_reason() {
     // tp 16 leaves 8 heads per rank (AITER needs 16 or 128); TRITON_MLA refuses block size 1.
-    let o = attnlab_run(&["--model", "deepseek-r1", "--tp", "16", "--block-size", "1"]);
-    assert_eq!(o.status.code(), Some(2));
-    let e = stderr(&o);
-    assert!(
-        e.contains("does not support block size 1") && e.contains("16 or 128"),
-        "{e}"
-    );
+    let args = ["--model", "deepseek-r1", "--tp", "16", "--block-size", "1"];
+    assert_bad_input(&args, &["does not support block size 1", "16 or 128"]);
 }
 
 #[test]

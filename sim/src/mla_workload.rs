@@ -83,10 +83,8 @@ pub fn run_mla_workload(
     let weights = MlaWeights::random(cfg.num_heads, cfg.dims, cfg.dtype, spec.seed);
     let mut canonical = LatentCache::zeros(layout);
     let mut rng = ChaCha8Rng::seed_from_u64(spec.seed ^ 0x0_1a7e_47);
-    let mut tokens = 0;
     for (done, sstep) in steps.iter().enumerate() {
         let t = sstep.num_tokens();
-        tokens += t;
         let (d, n) = (cfg.dims, cfg.num_heads);
         let q = draw(
             &mut rng,
@@ -129,14 +127,7 @@ pub fn run_mla_workload(
         on_step(done + 1, steps.len());
     }
     let rows = lanes.into_iter().map(|l| l.2).chain(skipped).collect();
-    Ok(WorkloadReport::new(
-        spec,
-        bs,
-        steps.len(),
-        tokens,
-        tol,
-        rows,
-    ))
+    Ok(WorkloadReport::new(spec, bs, &steps, tol, rows))
 }
 
 /// `[T, h_r, V]` per rank -> `[T, N, V]` (rank r's heads are `r*h..(r+1)*h`).

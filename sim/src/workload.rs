@@ -271,10 +271,8 @@ pub fn run_workload(
         cfg.kv_dtype,
     )?);
     let mut rng = ChaCha8Rng::seed_from_u64(spec.seed ^ 0x5eed_0fa7);
-    let mut tokens = 0;
     for (done, step) in steps.iter().enumerate() {
         let t = step.num_tokens();
-        tokens += t;
         let q = draw(&mut rng, t * cfg.num_heads * cfg.head_size, cfg.dtype);
         let k = draw(&mut rng, t * cfg.num_kv_heads * cfg.head_size, cfg.dtype);
         let v = draw(&mut rng, t * cfg.num_kv_heads * cfg.head_size, cfg.dtype);
@@ -306,14 +304,7 @@ pub fn run_workload(
         on_step(done + 1, steps.len());
     }
     let rows = lanes.into_iter().map(|l| l.row).chain(skipped).collect();
-    Ok(WorkloadReport::new(
-        spec,
-        bs,
-        steps.len(),
-        tokens,
-        tol,
-        rows,
-    ))
+    Ok(WorkloadReport::new(spec, bs, &steps, tol, rows))
 }
 
 impl BackendRun {
@@ -335,12 +326,12 @@ impl BackendRun {
 }
 
 impl WorkloadReport {
-    /// The report of a finished run of `spec` (`backends`: ran ones, then skipped ones).
+    /// The report of a finished run of `spec` over `steps` (`backends`: ran
+    /// ones, then skipped ones).
     pub(crate) fn new(
         spec: &WorkloadSpec,
         block_size: usize,
-        steps: usize,
-        tokens: usize,
+        steps: &[ScheduledStep],
         tolerance: Tolerance,
         backends: Vec<BackendRun>,
     ) -> Self {
@@ -350,8 +341,8 @@ impl WorkloadReport {
             requests: spec.requests,
             seed: spec.seed,
             block_size,
-            steps,
-            tokens,
+            steps: steps.len(),
+            tokens: steps.iter().map(ScheduledStep::num_tokens).sum(),
             tolerance,
             backends,
         }
