@@ -82,7 +82,7 @@ pub fn run_mla_workload(
     }
     let weights = MlaWeights::random(cfg.num_heads, cfg.dims, cfg.dtype, spec.seed);
     let mut canonical = LatentCache::zeros(layout);
-    let mut rng = ChaCha8Rng::seed_from_u64(spec.seed ^ 0x0_1a7e_47);
+    let mut rng = ChaCha8Rng::seed_from_u64(spec.seed ^ 0x001a_7e47);
     for (done, sstep) in steps.iter().enumerate() {
         let t = sstep.num_tokens();
         let (d, n) = (cfg.dims, cfg.num_heads);

@@ -156,9 +156,6 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 fn spec(a: &Args) -> anyhow::Result<WorkloadSpec> {
     let model = preset(&a.model)?;
     let kind = WorkloadKind::parse(&a.workload)?;
-    if a.tp == 0 {
-        anyhow::bail!("invalid --tp 0: allowed: an integer >= 1 that divides the head count");
-    }
     if model.is_mla() {
         check_tp(model, a.tp)?;
     } else {

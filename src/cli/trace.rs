@@ -295,9 +295,9 @@ fn setup(a: &Args) -> anyhow::Result<Trace> {
 
 /// `--tp` must divide the preset's head count (every rank gets whole heads).
 pub(super) fn check_tp(preset: &ModelPreset, tp: usize) -> anyhow::Result<()> {
-    if preset.num_heads % tp != 0 {
+    if !preset.num_heads.is_multiple_of(tp) {
         let divisors: Vec<String> = (1..=preset.num_heads)
-            .filter(|d| preset.num_heads % d == 0)
+            .filter(|&d| preset.num_heads.is_multiple_of(d))
             .map(|d| d.to_string())
             .collect();
         anyhow::bail!(
