@@ -39,7 +39,7 @@
 //! `min_seqlen_q` (vLLM passes 1; its prefill/extend rows all have q > 1),
 //! dropout and `return_attn_probs` are not modelled.
 
-use super::softmax::{visible, OutLse, RowState, ScoreParams};
+use super::softmax::{lane_dots, visible, OutLse, RowState, ScoreParams};
 use crate::numerics::DType;
 use attnlab_shared::error::{Error, Result};
 use rayon::prelude::*;
@@ -230,12 +230,7 @@ fn program(q: &[f32], k: &[f32], v: &[f32], cu_q: &[i32], cu_k: &[i32], b: usize
                 for i in r0..r1 {
                     let qr = &q[((q0 + i) * hq + h) * d..][..d];
                     let s = &mut s[..len];
-                    s.fill(0.0);
-                    for (dd, &qd) in qr.iter().enumerate() {
-                        for (sj, &kj) in s.iter_mut().zip(&k_t[dd * bn..dd * bn + len]) {
-                            *sj = qd.mul_add(kj, *sj);
-                        }
-                    }
+                    lane_dots(qr, &k_t, bn, 0, s);
                     let pi = pos(i);
                     for (j, sj) in s.iter_mut().enumerate() {
                         let t = j0 + j;

@@ -41,8 +41,7 @@
 //! (padding) yields output 0 and lse -inf, where vLLM's stage 2 yields 0/0.
 
 use super::mla_cache::{load_latent, LatentCache};
-use super::mla_proj::{fma_variants, lane_dots_body};
-use super::softmax::{RowState, ScoreParams};
+use super::softmax::{lane_dots, RowState, ScoreParams};
 use attnlab_shared::dtype::DType;
 use attnlab_shared::error::{Error, Result};
 use rayon::prelude::*;
@@ -261,16 +260,10 @@ pub fn stage1(
     Ok(attn_logits)
 }
 
-fma_variants!(
-    #[allow(clippy::too_many_arguments)]
-    fn stage1_program / stage1_program_body(q: &[f32], row: &KvRow, b: usize, hb: usize, sp: usize, cache: &LatentCache, splits: KvSplits, p: &MlaDecodeParams) -> Vec<f32>
-);
-
 /// One stage-1 program: (row b, head block hb, split sp). Returns
 /// `[heads in block, Lkv + 1]`, or nothing for an empty split.
 #[allow(clippy::too_many_arguments)]
-#[inline(always)]
-fn stage1_program_body(
+fn stage1_program(
     q: &[f32],
     row: &KvRow,
     b: usize,
@@ -317,14 +310,14 @@ fn stage1_program_body(
         for (state, head) in states.iter_mut().zip(heads.clone()) {
             let qh = &q[(b * p.num_heads + head) * w..(b * p.num_heads + head + 1) * w];
             // One f32 lane per key, channels ascending, fma from 0 (`softmax::dot`'s chain).
-            lane_dots_body(
+            lane_dots(
                 &qh[..lkv],
                 &tile_t[..lkv * BLOCK_N],
                 BLOCK_N,
                 0,
                 &mut qk_nope,
             );
-            lane_dots_body(&qh[lkv..], &tile_t[lkv * BLOCK_N..], BLOCK_N, 0, &mut qk_pe);
+            lane_dots(&qh[lkv..], &tile_t[lkv * BLOCK_N..], BLOCK_N, 0, &mut qk_pe);
             for j in 0..BLOCK_N {
                 scores[j] = if j < valid {
                     sp_params.score(qk_nope[j] + qk_pe[j], 0.0)

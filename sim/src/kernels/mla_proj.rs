@@ -27,60 +27,10 @@ use attnlab_shared::model::MlaDims;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-/// Whether this CPU can run the AVX2+FMA copies of [`fma_variants`]. With
-/// them `f32::mul_add` is one `vfmadd` per lane (not a libm call) and lane
-/// loops vectorise; each lane still does the same single-rounding fma in the
-/// same order, so both copies give the same bits (as in `unified_attention`).
-#[inline]
-pub(crate) fn has_fma() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    return std::arch::is_x86_feature_detected!("fma")
-        && std::arch::is_x86_feature_detected!("avx2");
-    #[cfg(not(target_arch = "x86_64"))]
-    false
-}
-
-/// Defines `$name`: the `#[inline(always)]` fn `$body` compiled twice, plain
-/// and with AVX2+FMA, chosen at run time by [`has_fma`].
-macro_rules! fma_variants {
-    ($(#[$m:meta])* $vis:vis fn $name:ident / $body:ident ($($a:ident : $t:ty),*) -> $r:ty) => {
-        $(#[$m])*
-        $vis fn $name($($a: $t),*) -> $r {
-            #[cfg(target_arch = "x86_64")]
-            {
-                #[target_feature(enable = "avx2,fma")]
-                unsafe fn fma($($a: $t),*) -> $r {
-                    $body($($a),*)
-                }
-                if $crate::kernels::mla_proj::has_fma() {
-                    // SAFETY: the CPU supports the features `fma` is compiled for.
-                    return unsafe { fma($($a),*) };
-                }
-            }
-            $body($($a),*)
-        }
-    };
-}
-pub(crate) use fma_variants;
-
-/// The GEMM micro-kernel of every MLA projection and of the decode QK:
-/// `acc[j] = sum_i x[i] * w[i * stride + col + j]`, one f32 lane per output
-/// j, i ascending, fma from 0 (the chain of `softmax::dot(x, column j)`).
-#[inline(always)]
-pub(crate) fn lane_dots_body(x: &[f32], w: &[f32], stride: usize, col: usize, acc: &mut [f32]) {
-    acc.fill(0.0);
-    let n = acc.len();
-    for (&xi, wrow) in x.iter().zip(w.chunks_exact(stride)) {
-        for (a, &wv) in acc.iter_mut().zip(&wrow[col..col + n]) {
-            *a = xi.mul_add(wv, *a);
-        }
-    }
-}
-
-fma_variants!(
-    /// [`lane_dots_body`], vectorised where the CPU allows.
-    pub(crate) fn lane_dots / lane_dots_body(x: &[f32], w: &[f32], stride: usize, col: usize, acc: &mut [f32]) -> ()
-);
+/// The GEMM micro-kernel of every MLA projection and of the decode QK is
+/// the attention kernels' [`lane_dots`]: one f32 lane per output column,
+/// an fma chain from 0 over the reduction index ascending.
+use super::softmax::lane_dots;
 
 /// The `kv_b_proj` weight of one layer, for `num_heads` heads (one TP rank's
 /// heads after [`MlaWeights::shard`]).

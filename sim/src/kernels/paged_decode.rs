@@ -92,38 +92,13 @@ pub fn max_num_partitions(max_seq_len: usize, partition_size: usize) -> usize {
 }
 
 /// Checks that query, cache, metadata, config and output agree, so no
-/// kernel indexes out of bounds: the cache covers every block the metadata
-/// may name, with the config's heads, head size and storage dtype.
+/// kernel indexes out of bounds: [`KvCache::check_batch`] (heads, head size,
+/// block size, enough blocks, dtype, query length) plus the output length.
 pub fn validate_paged_inputs(query: &[f32], cache: &KvCache, meta: &AttentionMetadata, cfg: &AttnConfig, out: &[f32]) -> Result<()> {
-    cfg.validate()?;
-    let l = &cache.layout;
-    for (what, got, want) in [
-        ("cache num_kv_heads", l.num_kv_heads, cfg.num_kv_heads),
-        ("cache head_size", l.head_size, cfg.head_size),
-        ("cache block_size", l.block_size, meta.block_size),
-    ] {
-        if got != want {
-            return Err(Error::invalid(what, got, format!("must equal {want} (config / metadata)")));
-        }
-    }
-    if l.num_blocks < meta.num_blocks {
-        return Err(Error::invalid("cache num_blocks", l.num_blocks, format!("the metadata addresses {} blocks", meta.num_blocks)));
-    }
-    if l.dtype != cfg.kv_dtype {
-        return Err(Error::invalid("cache dtype", l.dtype, format!("must equal the config's kv_dtype {}", cfg.kv_dtype)));
-    }
-    if cache.k.len() != l.numel() || cache.v.len() != l.numel() {
-        return Err(Error::invalid(
-            "cache tensor length",
-            format!("k {} / v {}", cache.k.len(), cache.v.len()),
-            format!("layout needs {}", l.numel()),
-        ));
-    }
+    cache.check_batch(query, meta, cfg)?;
     let n = meta.num_actual_tokens * cfg.num_heads * cfg.head_size;
-    for (what, len) in [("query length", query.len()), ("output length", out.len())] {
-        if len != n {
-            return Err(Error::invalid(what, len, format!("must be num_tokens * num_heads * head_size = {n}")));
-        }
+    if out.len() != n {
+        return Err(Error::invalid("output length", out.len(), format!("must be num_tokens * num_heads * head_size = {n}")));
     }
     Ok(())
 }
@@ -492,6 +467,6 @@ mod tests {
         let (q, cache, meta, cfg) = uniform_decode(20, 8);
         let cfg = AttnConfig { head_size: 16, ..cfg };
         let e = paged_attention_2d(&q, &cache, &meta, &cfg, &mut [0f32; 8]).unwrap_err().to_string();
-        assert!(e.contains("cache head_size"), "{e}");
+        assert!(e.contains("cache layout") && e.contains("head size 16"), "{e}");
     }
 }

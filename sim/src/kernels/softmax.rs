@@ -75,6 +75,90 @@ pub fn visible(t: usize, p: usize, causal: bool, window: Option<usize>) -> bool 
     }
 }
 
+/// Keys whose P a [`RowState::update`] pass collects before the PV fmas
+/// (at most `u16::MAX`: offsets are kept as u16).
+pub const PV_KEYS: usize = 128;
+/// Accumulator lanes the PV loop keeps in registers (4 AVX2 vectors).
+pub const PV_LANES: usize = 32;
+
+/// `acc[d] = acc[d] * alpha` (when given), then `acc[d] = fma(p[k],
+/// row(k)[d], acc[d])` for k ascending, run by run of [`PV_LANES`] lanes so
+/// each run's accumulators stay in registers across the keys.
+#[inline]
+fn pv_accumulate<'a>(acc: &mut [f32], alpha: Option<f32>, p: &[f32], row: impl Fn(usize) -> &'a [f32]) {
+    let mut runs = acc.chunks_exact_mut(PV_LANES);
+    let mut d0 = 0;
+    for run in &mut runs {
+        let run: &mut [f32; PV_LANES] = run.try_into().expect("chunks_exact");
+        let mut a = *run;
+        if let Some(alpha) = alpha {
+            a.iter_mut().for_each(|x| *x *= alpha);
+        }
+        for (k, &pr) in p.iter().enumerate() {
+            let v: &[f32; PV_LANES] = row(k)[d0..d0 + PV_LANES].try_into().expect("V row shorter than acc");
+            for (x, &vd) in a.iter_mut().zip(v) {
+                *x = pr.mul_add(vd, *x);
+            }
+        }
+        *run = a;
+        d0 += PV_LANES;
+    }
+    let rest = runs.into_remainder();
+    if let Some(alpha) = alpha {
+        rest.iter_mut().for_each(|x| *x *= alpha);
+    }
+    for (k, &pr) in p.iter().enumerate() {
+        for (x, &vd) in rest.iter_mut().zip(&row(k)[d0..]) {
+            *x = pr.mul_add(vd, *x);
+        }
+    }
+}
+
+/// Keys per register block of [`lane_dots`] (4 AVX2 vectors).
+pub const QK_LANES: usize = 32;
+
+/// The dot-product micro-kernel shared by the QK of every attention kernel
+/// and the MLA projections: `acc[j] = sum_i x[i] * w[i * stride + col + j]`,
+/// one f32 lane per output j, an fma chain from 0 over i ascending (the
+/// chain of [`dot`]`(x, column j)`). Lanes are independent, so blocks of
+/// [`QK_LANES`] (then 8) lanes keep their accumulators in registers over
+/// the whole i loop; no lane's order changes.
+#[inline]
+pub fn lane_dots(x: &[f32], w: &[f32], stride: usize, col: usize, acc: &mut [f32]) {
+    let n = acc.len();
+    let mut j = 0;
+    while j + QK_LANES <= n {
+        lane_dots_block::<QK_LANES>(x, w, stride, col + j, &mut acc[j..j + QK_LANES]);
+        j += QK_LANES;
+    }
+    while j + 8 <= n {
+        lane_dots_block::<8>(x, w, stride, col + j, &mut acc[j..j + 8]);
+        j += 8;
+    }
+    if j < n {
+        let (col, acc) = (col + j, &mut acc[j..]);
+        let m = acc.len();
+        acc.fill(0.0);
+        for (&xi, wrow) in x.iter().zip(w.chunks_exact(stride)) {
+            for (a, &wv) in acc.iter_mut().zip(&wrow[col..col + m]) {
+                *a = xi.mul_add(wv, *a);
+            }
+        }
+    }
+}
+
+#[inline(always)]
+fn lane_dots_block<const L: usize>(x: &[f32], w: &[f32], stride: usize, col: usize, out: &mut [f32]) {
+    let mut a = [0.0f32; L];
+    for (&xi, wrow) in x.iter().zip(w.chunks_exact(stride)) {
+        let wv: &[f32; L] = wrow[col..col + L].try_into().expect("L lanes");
+        for (al, &wl) in a.iter_mut().zip(wv) {
+            *al = xi.mul_add(wl, *al);
+        }
+    }
+    out.copy_from_slice(&a);
+}
+
 /// Online-softmax state of one query row.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RowState {
@@ -94,8 +178,14 @@ impl RowState {
     }
 
     /// One KV tile. `scores[j]` are base-2 scores (-inf where masked);
-    /// `value(j)` gives V row j (already dequantized); P is rounded to
-    /// `p_dtype` (the V dtype) before the PV product.
+    /// `value(j)` gives V row j (already dequantized, at least `acc.len()`
+    /// long); P is rounded to `p_dtype` (the V dtype) before the PV product.
+    ///
+    /// Layout of the work (bit-neutral, every lane keeps the order of the
+    /// module doc): P is computed for up to [`PV_KEYS`] keys at a time and
+    /// the keys with `p != 0` are listed; then each run of [`PV_LANES`]
+    /// accumulator lanes stays in registers while it is scaled by alpha
+    /// (first run of keys only) and takes those keys' fmas in ascending j.
     #[inline]
     pub fn update<'a>(&mut self, scores: &[f32], value: impl Fn(usize) -> &'a [f32], p_dtype: DType) {
         let tile_max = scores.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
@@ -103,17 +193,27 @@ impl RowState {
         let m_ref = if m_new > f32::NEG_INFINITY { m_new } else { 0.0 };
         let alpha = exp2c(self.m - m_ref);
         let mut tile_sum = 0.0f32;
-        for acc in self.acc.iter_mut() {
-            *acc *= alpha;
-        }
-        for (j, &s) in scores.iter().enumerate() {
-            let p = exp2c(s - m_ref);
-            tile_sum += p;
-            if p != 0.0 {
-                let pr = p_dtype.round(p);
-                for (acc, &v) in self.acc.iter_mut().zip(value(j)) {
-                    *acc = pr.mul_add(v, *acc);
+        // The contributing keys of a chunk: offsets from j0 and rounded P.
+        let (mut js, mut ps) = ([0u16; PV_KEYS], [0.0f32; PV_KEYS]);
+        let mut first = true;
+        let mut j0 = 0;
+        loop {
+            let chunk = &scores[j0..(j0 + PV_KEYS).min(scores.len())];
+            let mut n = 0;
+            for (j, &s) in chunk.iter().enumerate() {
+                let p = exp2c(s - m_ref);
+                tile_sum += p;
+                if p != 0.0 {
+                    (js[n], ps[n]) = (j as u16, p_dtype.round(p));
+                    n += 1;
                 }
+            }
+            let row = |k: usize| value(j0 + js[k] as usize);
+            pv_accumulate(&mut self.acc, first.then_some(alpha), &ps[..n], row);
+            first = false;
+            j0 += PV_KEYS;
+            if j0 >= scores.len() {
+                break;
             }
         }
         self.l = self.l.mul_add(alpha, tile_sum);
@@ -285,18 +385,11 @@ impl KvTile {
     }
 
     /// `out[j] = dot(q, k_j)` for the `len` gathered keys, each one fma
-    /// chain from 0 in ascending d, computed across keys at once.
+    /// chain from 0 in ascending d, computed across keys at once ([`lane_dots`]).
     #[inline]
     pub fn qk(&self, q: &[f32], out: &mut [f32]) {
-        let (tile, n) = (self.tile_size, self.len);
-        let out = &mut out[..n];
-        out.fill(0.0);
-        for (dd, &qd) in q.iter().enumerate().take(self.head_size) {
-            let k_row = &self.k_t[dd * tile..dd * tile + n];
-            for (o, &k) in out.iter_mut().zip(k_row) {
-                *o = qd.mul_add(k, *o);
-            }
-        }
+        let d = self.head_size;
+        lane_dots(&q[..d.min(q.len())], &self.k_t[..d * self.tile_size], self.tile_size, 0, &mut out[..self.len]);
     }
 
     /// V row j of the tile.
