@@ -76,14 +76,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     let start = Instant::now();
     // deepseek-r1 is the only MLA preset; its YaRN-scaled softmax scale lives in MlaConfig.
-    // Scaling down never adds heads (at tp >= 8, 16 per rank is already the whole model).
     let mla_cfg = spec.model.is_mla().then(|| {
         let cfg = mla::MlaConfig::deepseek_r1(args.tp);
-        let down = cfg.clone().scaled_down();
-        if args.full_size || down.num_heads >= cfg.num_heads {
+        if args.full_size {
             cfg
         } else {
-            down
+            cfg.scaled_down()
         }
     });
     let scaled_down = mla_cfg

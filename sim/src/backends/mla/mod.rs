@@ -102,9 +102,10 @@ impl MlaConfig {
     /// `--scale-down`: the same per-head shapes (the 576-wide latent stays,
     /// vLLM rejects other widths) with 16 heads per rank (the fewest every
     /// MLA backend accepts) and a 4K max_model_len, so a laptop runs a step
-    /// in seconds.
+    /// in seconds. Never adds heads: from tp 8 up, 16 per rank is already
+    /// the whole model.
     pub fn scaled_down(mut self) -> Self {
-        self.num_heads = 16 * self.tp.max(1);
+        self.num_heads = (16 * self.tp.max(1)).min(self.num_heads);
         self.max_model_len = 4096;
         self
     }
