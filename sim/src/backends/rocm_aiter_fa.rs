@@ -14,10 +14,12 @@
 //! decode:    paged_attention_common (shuffle) | paged_attention_v1 (NHD): the ll4mi
 //!            partitions + reduce; sinks, or a window with ALiBi: AITER unified_attention
 //! ```
-//! Emulator notes. The trait hands `forward` the cache, not the step's new
-//! K/V, so prefill and extend read the new tokens back with
-//! `cp_mha_gather_cache` (vLLM's KV-sharing path, §11.4 (0)): identical
-//! values for 16-bit caches; with fp8 caches they see their quantized K/V.
+//! Emulator notes. The trait hands `forward` the cache (holding the step's
+//! new K/V, as fixtures capture it), not the step's key/value tensors, so the
+//! new tokens' K/V that vLLM passes straight to flash_attn_varlen_func are read
+//! back from the cache here as input preparation, not as a kernel launch (plan
+//! shows no gather for them): identical values for 16-bit caches; with fp8
+//! caches they are the quantized K/V.
 //! As in vLLM, prefill/extend ignore `logits_soft_cap` (only decode applies
 //! it, §19 #5) and every partial FA call gets the sinks, so a chunked extend
 //! counts each sink `num_chunks + 1` times (§19 #14). The SWA-trimmed decode
@@ -32,7 +34,7 @@ use crate::backends::{AttentionBackend, KernelCall};
 use crate::cache::KvCache;
 use crate::config::AttnConfig;
 use crate::kernels::flash_varlen::{ck_block_n, VarlenParams};
-use crate::kernels::gather_cache::{CacheFormat, GatherChunk};
+use crate::kernels::gather_cache::{self, CacheFormat, GatherChunk};
 use crate::kernels::merge_attn_states::MergeKernel;
 use crate::kernels::paged_decode::PARTITION_SIZE_ROCM;
 use crate::kernels::reshape_and_cache::CacheWriter;
@@ -102,9 +104,10 @@ pub enum Slot {
 /// One step of a sub-batch, in launch order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Step {
-    /// `cp_mha_gather_cache` of `keys` (the new tokens, a context chunk or
-    /// the SWA tail), then `flash_attn_varlen_func` of the queries over them.
-    Attend { keys: GatherChunk, mask: FaMask, into: Slot },
+    /// `flash_attn_varlen_func` of the queries over `keys`: the step's new
+    /// tokens (`gathered: false`, vLLM passes its key/value tensors), or a
+    /// context chunk / the SWA tail fetched by `cp_mha_gather_cache` first.
+    Attend { keys: GatherChunk, gathered: bool, mask: FaMask, into: Slot },
     /// `merge_attn_states(prefix, suffix)`.
     Merge { prefix: Slot, suffix: Slot, into: Slot },
     /// The decode kernel over the paged cache.
@@ -130,9 +133,9 @@ pub fn context_chunks(ctx_lens: &[usize], cp_tokens_per_iter: usize) -> Result<V
 fn chunked_extend(new_tokens: GatherChunk, chunks: Vec<GatherChunk>) -> Vec<Step> {
     use Slot::*;
     let chunked = !chunks.is_empty(); // always for extends (context > 0), vLLM §19 #15
-    let mut steps = vec![Step::Attend { keys: new_tokens, mask: FaMask::Causal, into: if chunked { New } else { Out } }];
+    let mut steps = vec![Step::Attend { keys: new_tokens, gathered: false, mask: FaMask::Causal, into: if chunked { New } else { Out } }];
     for (c, keys) in chunks.into_iter().enumerate() {
-        steps.push(Step::Attend { keys, mask: FaMask::Full, into: if c == 0 { Ctx } else { Chunk } });
+        steps.push(Step::Attend { keys, gathered: true, mask: FaMask::Full, into: if c == 0 { Ctx } else { Chunk } });
         if c > 0 {
             steps.push(Step::Merge { prefix: Ctx, suffix: Chunk, into: Ctx });
         }
@@ -169,7 +172,7 @@ impl RocmAiterFa {
         let mut batches = vec![];
         let reqs = of(RequestKind::Prefill);
         if !reqs.is_empty() {
-            let steps = vec![Step::Attend { keys: new_tokens(&reqs)?, mask: FaMask::Layer, into: Slot::Out }];
+            let steps = vec![Step::Attend { keys: new_tokens(&reqs)?, gathered: false, mask: FaMask::Layer, into: Slot::Out }];
             batches.push(SubBatch { kind: RequestKind::Prefill, reqs, steps });
         }
         let reqs = of(RequestKind::Extend);
@@ -179,7 +182,7 @@ impl RocmAiterFa {
                 Some(w) => {
                     let lens: Vec<usize> = reqs.iter().map(|&i| meta.seq_len(i).min(meta.query_len(i) + w)).collect();
                     let starts = reqs.iter().zip(&lens).map(|(&i, l)| meta.seq_len(i) - l).collect();
-                    vec![Step::Attend { keys: GatherChunk::new(starts, &lens)?, mask: FaMask::Causal, into: Slot::Out }]
+                    vec![Step::Attend { keys: GatherChunk::new(starts, &lens)?, gathered: true, mask: FaMask::Causal, into: Slot::Out }]
                 }
                 None => {
                     let ctx: Vec<usize> = reqs.iter().map(|&i| meta.context_len(i)).collect();
@@ -329,8 +332,14 @@ impl AttentionBackend for RocmAiterFa {
             let mut slots = Slots::default();
             for step in &batch.steps {
                 match step {
-                    Step::Attend { keys, mask, into } => {
-                        let (k, v) = ex.cp_mha_gather_cache(cache, &table, keys, format, (cfg.k_scale, cfg.v_scale), cfg.dtype)?;
+                    Step::Attend { keys, gathered, mask, into } => {
+                        let scales = (cfg.k_scale, cfg.v_scale);
+                        let (k, v) = if *gathered {
+                            ex.cp_mha_gather_cache(cache, &table, keys, format, scales, cfg.dtype)?
+                        } else {
+                            // The step's key/value tensors, read back from the cache (no launch).
+                            gather_cache::cp_mha_gather_cache(cache, &table, keys, format, scales, cfg.dtype)?
+                        };
                         let p = match mask {
                             FaMask::Layer => VarlenParams { causal: meta.causal, ..fa.clone() },
                             FaMask::Causal => fa.clone(),
@@ -374,9 +383,11 @@ impl AttentionBackend for RocmAiterFa {
             let (query, output) = (("query", vec![tq, hq, d]), ("output", vec![tq, hq, d]));
             for step in &batch.steps {
                 match step {
-                    Step::Attend { keys, into, .. } => {
+                    Step::Attend { keys, gathered, into, .. } => {
                         let (k, v) = (("key", vec![keys.total_tokens(), hkv, d]), ("value", vec![keys.total_tokens(), hkv, d]));
-                        calls.push(KernelCall::new("cp_mha_gather_cache", &[kc.clone(), vc.clone(), k.clone(), v.clone()]));
+                        if *gathered {
+                            calls.push(KernelCall::new("cp_mha_gather_cache", &[kc.clone(), vc.clone(), k.clone(), v.clone()]));
+                        }
                         let mut s = vec![query.clone(), k, v, output.clone(), ("cu_seqlens_q", vec![b + 1])];
                         if *into != Slot::Out {
                             s.push(("softmax_lse", vec![hq, tq])); // merged later
