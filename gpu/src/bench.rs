@@ -12,7 +12,7 @@
 //! query head): the numbers say how far they are from the copy, not how fast
 //! vLLM's kernels are.
 
-use crate::kernels::{dtype_define, Gpu};
+use crate::kernels::{dtype_define, qkv_defines, Gpu};
 use crate::ops::paged_decode::{args as paged_args, shared_2d};
 use crate::ops::unified_attention::to_u32;
 use crate::runtime::{Arg, ArgStruct, Buffer, LaunchDims, Result};
@@ -214,10 +214,7 @@ fn decode_case(
     let qsl = Buffer::from_bytes(dev, &i32s(&meta.query_start_loc))?;
     let sl = Buffer::from_bytes(dev, &i32s(&meta.seq_lens))?;
     let none = Buffer::zeroed(dev, 4)?;
-    let defines = [
-        dtype_define("Q_DTYPE", DType::Bf16),
-        dtype_define("KV_DTYPE", DType::Bf16),
-    ];
+    let defines = qkv_defines(DType::Bf16, DType::Bf16);
     let mut results = Vec::new();
 
     // ll4mi: partitions of 256 (split-KV) + reduce.
@@ -382,10 +379,7 @@ fn prefill_case(
         .f32(1.0)
         .f32(1.0)
         .arg();
-    let defines = [
-        dtype_define("Q_DTYPE", DType::Bf16),
-        dtype_define("KV_DTYPE", DType::Bf16),
-    ];
+    let defines = qkv_defines(DType::Bf16, DType::Bf16);
     let f = gpu.function("unified_attention", &defines, "unified_attention")?;
     let rows = block_q * (hq / hkv);
     let dims = LaunchDims {

@@ -41,6 +41,11 @@ pub fn dtype_define(name: &str, dt: DType) -> (String, String) {
     (name.to_string(), code.to_string())
 }
 
+/// The query and KV-cache dtype defines every attention family is compiled with.
+pub fn qkv_defines(q: DType, kv: DType) -> [(String, String); 2] {
+    [dtype_define("Q_DTYPE", q), dtype_define("KV_DTYPE", kv)]
+}
+
 fn contract_variants() -> Vec<Defines> {
     attnlab_shared::dtype::ALL_DTYPES
         .iter()
@@ -75,7 +80,7 @@ fn attention_variants() -> Vec<Defines> {
         (DType::Bf16, DType::Fp8E4m3Fn),
     ]
     .iter()
-    .map(|&(q, kv)| vec![dtype_define("Q_DTYPE", q), dtype_define("KV_DTYPE", kv)])
+    .map(|&(q, kv)| qkv_defines(q, kv).to_vec())
     .collect()
 }
 

@@ -4,7 +4,7 @@
 
 use super::unified_attention::{to_u32, validate_metadata, SHARED_MEMORY_LIMIT};
 use crate::diff::{bits_from_bytes, bytes_of, bytes_of_i32};
-use crate::kernels::{dtype_define, Gpu};
+use crate::kernels::{qkv_defines, Gpu};
 use crate::runtime::{Arg, ArgStruct, Buffer, LaunchDims, Result};
 use attnlab_shared::dtype::DType;
 use attnlab_shared::error::Error;
@@ -133,10 +133,7 @@ pub fn paged_attention_2d(
         .into());
     }
     if meta.num_reqs() > 0 {
-        let defines = [
-            dtype_define("Q_DTYPE", cfg.dtype),
-            dtype_define("KV_DTYPE", cfg.kv_dtype),
-        ];
+        let defines = qkv_defines(cfg.dtype, cfg.kv_dtype);
         let f = gpu.function("paged_decode", &defines, "paged_attention_2d")?;
         let dims = LaunchDims {
             grid: [
@@ -204,10 +201,7 @@ pub fn paged_attention_ll4mi(
         cfg.scale
     };
     let a = args(&cache.layout, meta, cfg, 0, partition_size, scale, false);
-    let defines = [
-        dtype_define("Q_DTYPE", cfg.dtype),
-        dtype_define("KV_DTYPE", cfg.kv_dtype),
-    ];
+    let defines = qkv_defines(cfg.dtype, cfg.kv_dtype);
     let part = gpu.function("paged_decode", &defines, "paged_attention_ll4mi_partition")?;
     let warps = partition_size / LL4MI_TOKENS_PER_WARP;
     let shared = (2 * partition_size + 2 * warps + LL4MI_TOKENS_PER_WARP + 2) * 4;

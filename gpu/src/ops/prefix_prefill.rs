@@ -7,7 +7,7 @@ use super::paged_decode::upload;
 use super::reshape_and_cache::layout_code;
 use super::unified_attention::{to_u32, SHARED_MEMORY_LIMIT};
 use crate::diff::bits_from_bytes;
-use crate::kernels::{dtype_define, Gpu};
+use crate::kernels::{qkv_defines, Gpu};
 use crate::runtime::{ArgStruct, LaunchDims, Result};
 use attnlab_shared::error::Error;
 use attnlab_shared::metadata::AttentionMetadata;
@@ -90,10 +90,7 @@ pub fn context_attention_fwd(
             .f32(cfg.v_scale)
             .f32(v.l_eps)
             .arg();
-        let defines = [
-            dtype_define("Q_DTYPE", cfg.dtype),
-            dtype_define("KV_DTYPE", cfg.kv_dtype),
-        ];
+        let defines = qkv_defines(cfg.dtype, cfg.kv_dtype);
         let f = gpu.function("prefix_prefill", &defines, "context_attention_fwd")?;
         let dims = LaunchDims {
             grid: [

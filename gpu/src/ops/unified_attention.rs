@@ -2,7 +2,7 @@
 //! mirroring `attnlab_sim::kernels::unified_attention::unified_attention`.
 
 use crate::diff::{bits_from_bytes, bytes_of, bytes_of_i32};
-use crate::kernels::{dtype_define, Gpu};
+use crate::kernels::{qkv_defines, Gpu};
 use crate::runtime::{Arg, ArgStruct, Buffer, LaunchDims, Result};
 use attnlab_shared::dtype::DType;
 use attnlab_shared::error::Error;
@@ -124,10 +124,7 @@ pub fn unified_attention(
         return Ok(vec![]);
     }
     let dev = gpu.dev.as_ref();
-    let defines = [
-        dtype_define("Q_DTYPE", cfg.dtype),
-        dtype_define("KV_DTYPE", cfg.kv_dtype),
-    ];
+    let defines = qkv_defines(cfg.dtype, cfg.kv_dtype);
     let q = Buffer::from_bytes(dev, &bytes_of(query, cfg.dtype))?;
     let kc = Buffer::from_bytes(dev, &bytes_of(&cache.k, cfg.kv_dtype))?;
     let vc = Buffer::from_bytes(dev, &bytes_of(&cache.v, cfg.kv_dtype))?;
