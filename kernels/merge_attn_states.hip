@@ -8,6 +8,8 @@
 //   p, s = prefix_lse[h, t], suffix_lse[h, t]
 //   Triton (hip_kernel 0): +inf -> -inf;  HIP (1): any ±inf -> -inf
 //   m = max(p, s); HIP: m == -inf => out = prefix_out, out_lse = m
+//   Triton: m == -inf => out, out_lse = the canonical NaN 0x7fc00000 (what
+//   the arithmetic gives, with a payload that does not depend on the vendor)
 //   p_se = expc(p - m); s_se = expc(s - m); out_se = p_se + s_se
 //   out_lse = log2c(out_se) * LN2 + m
 //   p_scale = p_se / out_se; s_scale = s_se / out_se
@@ -32,9 +34,10 @@ extern "C" __global__ void merge_attn_states(
     }
     const float m = fmaxf(p, s);
     const i64 row = (t * num_heads + h) * head_size;
-    if (hip_kernel && m == f32_neg_inf()) {
-        for (i64 d = threadIdx.x; d < head_size; d += blockDim.x) out[row + d] = prefix_out[row + d];
-        if (threadIdx.x == 0) out_lse[h * num_tokens + t] = m;
+    if (m == f32_neg_inf()) {
+        for (i64 d = threadIdx.x; d < head_size; d += blockDim.x)
+            out[row + d] = hip_kernel ? prefix_out[row + d] : Out::store(f32_nan());
+        if (threadIdx.x == 0) out_lse[h * num_tokens + t] = hip_kernel ? m : f32_nan();
         return;
     }
     const float p_se = expc(p - m);

@@ -23,6 +23,9 @@
 //! pinned as `fma(a, b, c*d)` (what both compilers contract it to).
 //! With the Triton kernel, both sides empty (`m = -inf`) gives `-inf - -inf =
 //! NaN`, so output and lse are NaN: the fixture MANIFEST notes exactly that.
+//! Both sides write that NaN explicitly as the canonical `0x7fc00000`
+//! (rounded to the output dtype), so its payload does not depend on the
+//! hardware's default NaN.
 //! The HIP kernel guards it and copies the prefix (zeros when the prefix is an
 //! empty FA result), lse -inf. `prefill_tokens_with_context` and fp8 output
 //! quantization are not modelled (no ROCm MHA backend passes them).
@@ -105,9 +108,21 @@ fn merge_row(p_out: &[f32], p_lse: f32, s_out: &[f32], s_lse: f32, out: &mut [f3
     };
     let (p, s) = (fix(p_lse), fix(s_lse));
     let m = p.max(s);
-    if kernel == MergeKernel::Hip && m == f32::NEG_INFINITY {
-        out.copy_from_slice(p_out); // already exact in the output dtype
-        return m;
+    if m == f32::NEG_INFINITY {
+        return match kernel {
+            MergeKernel::Hip => {
+                out.copy_from_slice(p_out); // already exact in the output dtype
+                m
+            }
+            // vLLM's arithmetic gives NaN here (`-inf - -inf`); the NaN is
+            // written as the canonical 0x7fc00000 because an invalid
+            // operation's payload is the hardware's (x86 0xffc00000, NVIDIA
+            // 0x7fffffff) and numerics.md §5 compares payloads too.
+            MergeKernel::Triton => {
+                out.fill(out_dtype.round(f32::NAN));
+                f32::NAN
+            }
+        };
     }
     let p_se = expc(p - m);
     let s_se = expc(s - m);
