@@ -1,4 +1,4 @@
-//! `attnlab diff [--backend NAME|all] [--cases N] [--seed S] [--json]`: runs
+//! `attnlab diff [--backend NAME|all] [--cases N] [--seed S] [--json] [--list]`: runs
 //! each kernel on the emulator and on the GPU over random cases and compares
 //! bit patterns. Per kernel: cases, elements, bit-exact count and the first
 //! mismatch (indices, both values, ulp distance). Exit 1 on any mismatch;
@@ -22,9 +22,18 @@ pub struct Args {
     seed: u64,
     #[arg(long)]
     json: bool,
+    /// Print the kernel and backend names `--backend` takes, one per line, and exit.
+    #[arg(long)]
+    list: bool,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    if args.list {
+        for d in attnlab_gpu::diff::KERNEL_DIFFS {
+            println!("{}", d.kernel);
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let diffs = select(&args.backend)?;
     let gpu = match Gpu::open() {
         Ok(g) => g,

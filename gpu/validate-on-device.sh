@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# Issue 5's validation run on a machine with a GPU, in one call:
+#   1. `attnlab diff` for every kernel family and backend (`diff --list`),
+#      JOBS families at a time (the sim side is CPU work; the device has
+#      cores to spare), each with its own JSON report;
+#   2. compute-sanitizer memcheck and racecheck over a few cases of all of
+#      them (skipped when compute-sanitizer is absent, e.g. on ROCm);
+#   3. `attnlab bench --gpu` (table, JSON and SVG).
+# Everything lands in OUTDIR as at most 8 files (the device tool's limit):
+#   diff.txt, diff.json (one report per family, as a JSON array),
+#   sanitizer.txt, bench.txt, bench-gpu.json, bench-gpu.svg, summary.txt
+#
+# Usage: gpu/validate-on-device.sh BIN OUTDIR [CASES] [SEED] [STEPS]
+#   STEPS: any of "diff sanitizer bench" (default: all three); the family
+#   list can be narrowed with FAMILIES="a b c".
+# Exit status: 1 when any family mismatches or fails, else 0.
+set -u
+BIN=${1:?usage: validate-on-device.sh BIN OUTDIR [CASES] [SEED] [STEPS]}
+OUT=${2:?usage: validate-on-device.sh BIN OUTDIR [CASES] [SEED] [STEPS]}
+CASES=${3:-1000}
+SEED=${4:-1}
+STEPS=${5:-diff sanitizer bench}
+JOBS=${JOBS:-4}
+mkdir -p "$OUT"
+work=$(mktemp -d)
+status=0
+{
+    echo "device: $(nvidia-smi -L 2>/dev/null | head -1)"
+    echo "cases $CASES seed $SEED steps: $STEPS"
+} >"$OUT/summary.txt"
+
+if [[ " $STEPS " == *" diff "* ]]; then
+    families=${FAMILIES:-$("$BIN" diff --list)}
+    if [ -z "$families" ]; then
+        echo "diff: no families (did \`$BIN diff --list\` fail?)" | tee -a "$OUT/summary.txt" >"$OUT/diff.txt"
+        status=1
+    fi
+    start=$(date +%s)
+    # One process per family, JOBS at a time, each with its share of the cores.
+    threads=$(( $(nproc) / JOBS )); (( threads < 1 )) && threads=1
+    printf '%s\n' $families | RAYON_NUM_THREADS=$threads xargs -P "$JOBS" -I{} sh -c \
+        '"$0" diff --backend {} --cases "$1" --seed "$2" --json >"$3/{}.json" 2>"$3/{}.err"; echo $? >"$3/{}.rc"' \
+        "$BIN" "$CASES" "$SEED" "$work"
+    echo "[" >"$OUT/diff.json"
+    sep=""
+    for f in $families; do
+        rc=$(cat "$work/$f.rc" 2>/dev/null || echo missing)
+        [ "$rc" = 0 ] || status=1
+        printf '%s' "$sep" >>"$OUT/diff.json"; sep=","
+        if [ -s "$work/$f.json" ]; then cat "$work/$f.json" >>"$OUT/diff.json"; else echo "{\"family\":\"$f\",\"rc\":\"$rc\"}" >>"$OUT/diff.json"; fi
+        python3 - "$work/$f.json" "$f" "$rc" >>"$OUT/diff.txt" <<'PY'
+import json, sys
+path, fam, rc = sys.argv[1:]
+try:
+    r = json.load(open(path))
+except Exception:
+    print(f"{fam:<26} rc {rc}: no report"); sys.exit()
+for k in r.get("kernels", []):
+    ok = "bit-exact" if k["elements"] == k["bit_exact"] else "MISMATCH"
+    print(f"{k['kernel']:<26} {k['cases']:>6} cases {k['elements']:>12} elements {k['bit_exact']:>12} exact  {ok}")
+    if k.get("first_mismatch"): print("    first mismatch:", json.dumps(k["first_mismatch"]))
+for e in r.get("errors", []): print(f"    error: {e}")
+PY
+        [ -s "$work/$f.err" ] && sed 's/^/    stderr: /' "$work/$f.err" | tail -5 >>"$OUT/diff.txt"
+    done
+    echo "]" >>"$OUT/diff.json"
+    echo "diff: $(( $(date +%s) - start )) s wall, exit status ${status}" >>"$OUT/diff.txt"
+    python3 - "$OUT/diff.json" >>"$OUT/summary.txt" <<'PY'
+import json, sys
+rs = json.load(open(sys.argv[1]))
+ks = [k for r in rs for k in r.get("kernels", [])]
+el = sum(k["elements"] for k in ks); ex = sum(k["bit_exact"] for k in ks)
+bad = [k["kernel"] for k in ks if k["elements"] != k["bit_exact"]]
+errs = sum(len(r.get("errors", [])) for r in rs)
+print(f"diff: {len(ks)} kernels/backends, {el} elements, {ex} bit-exact, mismatching: {bad or 'none'}, errors: {errs}")
+PY
+fi
+
+if [[ " $STEPS " == *" sanitizer "* ]]; then
+    if command -v compute-sanitizer >/dev/null 2>&1; then
+        for tool in memcheck racecheck; do
+            seed=$([ $tool = memcheck ] && echo 5 || echo 6)
+            n=$([ $tool = memcheck ] && echo 3 || echo 2)
+            echo "== compute-sanitizer --tool $tool $BIN diff --backend all --cases $n --seed $seed" >>"$OUT/sanitizer.txt"
+            timeout 240 compute-sanitizer --tool $tool "$BIN" diff --backend all --cases $n --seed $seed >"$work/san.txt" 2>&1
+            echo "exit $?" >>"$OUT/sanitizer.txt"
+            grep -E "SUMMARY|bit-exact|MISMATCH|kernels/backends|error" "$work/san.txt" | tail -40 >>"$OUT/sanitizer.txt"
+            grep -E "SUMMARY" "$work/san.txt" | sed "s/^/sanitizer $tool: /" >>"$OUT/summary.txt"
+        done
+    else
+        echo "compute-sanitizer not found: skipped" | tee -a "$OUT/summary.txt" >"$OUT/sanitizer.txt"
+    fi
+fi
+
+if [[ " $STEPS " == *" bench "* ]]; then
+    ATTNLAB_BENCH_DIR="$OUT" timeout 300 "$BIN" bench --gpu --repeats 5 >"$OUT/bench.txt" 2>&1
+    echo "bench: exit $?" >>"$OUT/summary.txt"
+fi
+cat "$OUT/summary.txt"
+rm -rf "$work"
+exit $status
