@@ -3,8 +3,8 @@
 //! two BLOCK_M programs, every KV layout, with and without `skip_decode`.
 //! Rows the kernel skips must stay untouched on both sides.
 
-use super::cases::{draw, CaseSpace};
-use super::{rng_for, DiffOptions, KernelReport, Tally};
+use super::cases::{attention_diff, prefilled_output, CaseSpace, Outputs};
+use super::{DiffOptions, KernelReport};
 use crate::kernels::Gpu;
 use crate::ops::prefix_prefill::context_attention_fwd as gpu_prefix;
 use crate::runtime::Result;
@@ -29,22 +29,14 @@ pub const SPACE: CaseSpace = CaseSpace {
 };
 
 pub fn run(gpu: &Gpu, opts: DiffOptions) -> Result<KernelReport> {
-    let mut rng = rng_for("prefix_prefill", opts.seed);
-    let mut tally = Tally::new("prefix_prefill");
-    while tally.cases() < opts.cases {
-        let Some(mut case) = draw(&mut rng, &SPACE) else {
-            continue;
-        };
+    attention_diff("prefix_prefill", opts, &SPACE, |rng, case| {
         if case.cfg.alibi_slopes.is_some() {
             // _fwd_kernel_alibi: causal, no sinks (vLLM asserts both).
             case.cfg.sinks = None;
             case.meta.causal = true;
         }
         let skip_decode = rng.gen_bool(0.7);
-        let n = case.query.len();
-        let init: Vec<f32> = (0..n)
-            .map(|_| case.cfg.dtype.round(rng.gen_range(-1.0f32..1.0)))
-            .collect();
+        let init = prefilled_output(rng, case.query.len(), case.cfg.dtype);
         let mut sim = init.clone();
         sim_prefix(
             &case.query,
@@ -54,7 +46,7 @@ pub fn run(gpu: &Gpu, opts: DiffOptions) -> Result<KernelReport> {
             skip_decode,
             &mut sim,
         )?;
-        let dev = gpu_prefix(
+        let gpu = gpu_prefix(
             gpu,
             &case.query,
             &case.cache,
@@ -63,14 +55,10 @@ pub fn run(gpu: &Gpu, opts: DiffOptions) -> Result<KernelReport> {
             skip_decode,
             &init,
         )?;
-        let desc = || format!("skip_decode {skip_decode}: {}", case.describe());
-        let shape = [
-            case.meta.num_actual_tokens,
-            case.cfg.num_heads,
-            case.cfg.head_size,
-        ];
-        tally.compare_values(&desc, "output", &shape, case.cfg.dtype, &sim, &dev);
-        tally.case_done();
-    }
-    Ok(tally.finish())
+        Ok(Some(Outputs {
+            options: format!("skip_decode {skip_decode}"),
+            sim,
+            gpu,
+        }))
+    })
 }

@@ -3,8 +3,8 @@
 //! (`UnifiedLaunch::vllm` / `::aiter`) and then, half the time, has its grid
 //! forced to 2D or to 3D with 1-16 segments so both paths see every shape.
 
-use super::cases::{draw, CaseSpace};
-use super::{rng_for, DiffOptions, KernelReport, Tally};
+use super::cases::{attention_diff, CaseSpace, Outputs};
+use super::{DiffOptions, KernelReport};
 use crate::kernels::Gpu;
 use crate::ops::unified_attention::unified_attention as gpu_unified;
 use crate::runtime::Result;
@@ -27,12 +27,7 @@ pub const SPACE: CaseSpace = CaseSpace {
 };
 
 pub fn run(gpu: &Gpu, opts: DiffOptions) -> Result<KernelReport> {
-    let mut rng = rng_for("unified_attention", opts.seed);
-    let mut tally = Tally::new("unified_attention");
-    while tally.cases() < opts.cases {
-        let Some(case) = draw(&mut rng, &SPACE) else {
-            continue;
-        };
+    attention_diff("unified_attention", opts, &SPACE, |rng, case| {
         let aiter = case.meta.causal && rng.gen_bool(0.5);
         let launch = if aiter {
             UnifiedLaunch::aiter(&case.meta, &case.cfg, MI300X_CU_COUNT)?
@@ -47,7 +42,7 @@ pub fn run(gpu: &Gpu, opts: DiffOptions) -> Result<KernelReport> {
             _ => launch,
         };
         let sim = sim_unified(&case.query, &case.cache, &case.meta, &case.cfg, &launch)?;
-        let dev = gpu_unified(
+        let gpu = gpu_unified(
             gpu,
             &case.query,
             &case.cache,
@@ -55,23 +50,10 @@ pub fn run(gpu: &Gpu, opts: DiffOptions) -> Result<KernelReport> {
             &case.cfg,
             &launch,
         )?;
-        let desc = || {
-            format!(
-                "{:?} {:?} BLOCK_M {} TILE {}: {}",
-                launch.flavor,
-                launch.grid,
-                launch.block_m,
-                launch.tile_size,
-                case.describe()
-            )
-        };
-        let shape = [
-            case.meta.num_actual_tokens,
-            case.cfg.num_heads,
-            case.cfg.head_size,
-        ];
-        tally.compare_values(&desc, "output", &shape, case.cfg.dtype, &sim, &dev);
-        tally.case_done();
-    }
-    Ok(tally.finish())
+        let options = format!(
+            "{:?} {:?} BLOCK_M {} TILE {}",
+            launch.flavor, launch.grid, launch.block_m, launch.tile_size
+        );
+        Ok(Some(Outputs { options, sim, gpu }))
+    })
 }
