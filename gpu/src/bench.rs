@@ -6,7 +6,8 @@
 //! heads (32 q / 8 kv) and (8 / 1), block size 16, bf16, head size 128; the
 //! caches are filled on the device (`kernels/fill.hip`). Bandwidth counts the
 //! unique bytes a decode must move: K and V of every context token, plus Q
-//! and O. The prefill case reports TFLOP/s of the bit-exact unified kernel
+//! and O. The prefill rows report TFLOP/s of the bit-exact unified kernel
+//! and of the register-tiled bit-exact flash_attn_varlen (causal and not)
 //! against the device's f32 (non-tensor) peak, SMs x 128 lanes x 2 x clock.
 //! These kernels are the bit-exact oracles (scalar f32, K/V re-read per
 //! query head): the numbers say how far they are from the copy, not how fast
@@ -148,6 +149,18 @@ pub fn run(gpu: &Gpu, opts: BenchOptions) -> Result<BenchReport> {
         }
     }
     rows.push(prefill_case(gpu, &opts, 4096, copy_gbps, f32_peak_tflops)?);
+    let bn = attnlab_sim::kernels::flash_varlen::ck_block_n(d);
+    for (causal, block_n) in [(true, bn), (false, bn), (true, 64)] {
+        rows.push(varlen_prefill_case(
+            gpu,
+            &opts,
+            4096,
+            causal,
+            block_n,
+            copy_gbps,
+            f32_peak_tflops,
+        )?);
+    }
     Ok(BenchReport {
         device: info,
         copy_gbps,
@@ -429,6 +442,71 @@ fn prefill_case(
         vs_copy: gbps / copy_gbps,
         tflops: Some(tflops),
         vs_f32_peak,
+    })
+}
+
+/// One prefill of `tokens` tokens (32 q / 8 kv heads, d 128, bf16) through
+/// the register-tiled bit-exact `flash_attn_varlen` (the launcher `attnlab
+/// diff --backend flash_varlen` validates), causal or not, at `block_n`.
+/// FLOPs as in [`prefill_case`]: 4 * d per visible (query, key) pair per head
+/// (QK^T and PV, a multiply and an add each), masked pairs and the softmax
+/// not counted.
+fn varlen_prefill_case(
+    gpu: &Gpu,
+    opts: &BenchOptions,
+    tokens: usize,
+    causal: bool,
+    block_n: usize,
+    copy_gbps: f64,
+    peak: f64,
+) -> Result<BenchRow> {
+    use crate::ops::flash_varlen::VarlenLaunch;
+    use attnlab_sim::kernels::flash_varlen::VarlenParams;
+    let dev = gpu.dev.as_ref();
+    let (hq, hkv, d) = (32usize, 8usize, 128usize);
+    let mut p = VarlenParams::new(hq, hkv, d, DType::Bf16, 1.0 / (d as f32).sqrt());
+    p.causal = causal;
+    p.block_n = block_n;
+    let (nq, nkv) = (tokens * hq * d, tokens * hkv * d);
+    let (q, k, v) = (
+        Buffer::zeroed(dev, nq * 2)?,
+        Buffer::zeroed(dev, nkv * 2)?,
+        Buffer::zeroed(dev, nkv * 2)?,
+    );
+    fill(gpu, &q, nq, 7)?;
+    fill(gpu, &k, nkv, 8)?;
+    fill(gpu, &v, nkv, 9)?;
+    let out = Buffer::zeroed(dev, nq * 2)?;
+    let lse = Buffer::zeroed(dev, tokens * hq * 4)?;
+    let cu: Vec<u8> = [0i32, tokens as i32]
+        .iter()
+        .flat_map(|x| x.to_le_bytes())
+        .collect();
+    let (cu_q, cu_k) = (Buffer::from_bytes(dev, &cu)?, Buffer::from_bytes(dev, &cu)?);
+    let none = Buffer::zeroed(dev, 4)?;
+    let plan = VarlenLaunch::new(gpu, &p, 1, tokens, tokens)?;
+    let ms = time_ms(gpu, opts, &mut || {
+        plan.launch(gpu, [&q, &k, &v, &cu_q, &cu_k, &none, &none, &out, &lse])
+    })?;
+    let t = tokens as f64;
+    let pairs = if causal { t * (t + 1.0) / 2.0 } else { t * t };
+    let tflops = 4.0 * d as f64 * hq as f64 * pairs / (ms * 1e-3) / 1e12;
+    let moved = (2 * nkv * 2 + 2 * nq * 2) as f64;
+    let gbps = moved / (ms * 1e-3) / 1e9;
+    Ok(BenchRow {
+        kernel: format!(
+            "flash_attn_varlen (prefill, {}, block_n {block_n})",
+            if causal { "causal" } else { "non-causal" }
+        ),
+        batch: 1,
+        context: tokens,
+        q_heads: hq,
+        kv_heads: hkv,
+        median_ms: ms,
+        gbps,
+        vs_copy: gbps / copy_gbps,
+        tflops: Some(tflops),
+        vs_f32_peak: (peak > 0.0).then(|| tflops / peak),
     })
 }
 

@@ -1,16 +1,38 @@
 //! Launcher for `kernels/flash_varlen.hip`, mirroring
-//! `attnlab_sim::kernels::flash_varlen::flash_attn_varlen`.
+//! `attnlab_sim::kernels::flash_varlen::flash_attn_varlen`: the register-tiled
+//! `flash_attn_varlen` (head sizes and block_n compiled in) where the shape
+//! allows it, else the scalar port `flash_attn_varlen_scalar`.
 
 use super::unified_attention::{to_u32, SHARED_MEMORY_LIMIT};
 use crate::diff::{bits_from_bytes, bytes_of, bytes_of_i32};
 use crate::kernels::{dtype_define, Gpu};
-use crate::runtime::{ArgStruct, Buffer, LaunchDims, Result};
+use crate::runtime::{Arg, ArgStruct, Buffer, FunctionId, LaunchDims, Result};
 use attnlab_shared::dtype::DType;
 use attnlab_shared::error::Error;
 use attnlab_sim::kernels::flash_varlen::VarlenParams;
 
-/// Query rows per GPU program (see the kernel's header).
-const ROWS: usize = 16;
+/// Query rows per program of the scalar kernel.
+const SCALAR_ROWS: usize = 16;
+/// Query rows / threads per program of the tiled kernel (`FV_BM`, `FV_THREADS`).
+const TILED_ROWS: usize = 64;
+const TILED_THREADS: u32 = 256;
+/// Keys / Q-K dims per staged chunk of the tiled kernel (`FV_VK`, `FV_DK`).
+const TILED_VK: usize = 8;
+const TILED_DK: usize = 8;
+
+/// Shared memory (bytes) of one tiled program, if the tiled kernel takes the
+/// shape (`FV_D % 8`, `FV_DV % 16`, `FV_BN % 16` zero, `FV_BN <= 128`, and
+/// the buffers within the launch limit). Mirrors the kernel's carve-up:
+/// P_s, the Q/K or V staging union, and four per-row arrays.
+pub fn tiled_shared_bytes(d: usize, dv: usize, block_n: usize) -> Option<usize> {
+    if d % 8 != 0 || dv % 16 != 0 || block_n % 16 != 0 || block_n > 128 || dv > 256 {
+        return None;
+    }
+    let qk_stage = 2 * TILED_DK * (TILED_ROWS + block_n);
+    let v_stage = 2 * TILED_VK * dv;
+    let floats = TILED_ROWS * (block_n + 4) + qk_stage.max(v_stage) + 4 * TILED_ROWS;
+    (floats * 4 <= SHARED_MEMORY_LIMIT).then_some(floats * 4)
+}
 
 /// Output `[total_q, Hq, Dv]` bits in `p.dtype` and lse `[Hq, total_q]` bits (f32).
 pub fn flash_attn_varlen(
@@ -75,15 +97,6 @@ pub fn flash_attn_varlen(
             .into());
         }
     }
-    let shared = (ROWS * p.block_n + ROWS * dv + 3 * ROWS) * 4;
-    if shared > SHARED_MEMORY_LIMIT {
-        return Err(Error::invalid(
-            "shared memory of one program",
-            shared,
-            format!("at most {SHARED_MEMORY_LIMIT} bytes"),
-        )
-        .into());
-    }
     let batch = cu_q.len().saturating_sub(1);
     let max_sq = cu_q
         .windows(2)
@@ -110,14 +123,91 @@ pub fn flash_attn_varlen(
         let sinks = Buffer::from_bytes(dev, &bytes_of(p.sinks.unwrap_or(&[0.0]), DType::F32))?;
         let alibi =
             Buffer::from_bytes(dev, &bytes_of(p.alibi_slopes.unwrap_or(&[0.0]), DType::F32))?;
+        let plan = VarlenLaunch::new(gpu, p, batch, max_sq, tq)?;
+        plan.launch(gpu, [&qb, &kb, &vb, &cq, &ck, &sinks, &alibi, &out, &lse])?;
+    }
+    Ok((
+        bits_from_bytes(&out.to_bytes()?, dt),
+        bits_from_bytes(&lse.to_bytes()?, DType::F32),
+    ))
+}
+
+/// The `-D` set of the tiled kernel for one dtype and shape (the module cache
+/// keys on it, so each shape compiles once).
+pub fn tiled_defines(dt: DType, d: usize, dv: usize, block_n: usize) -> Vec<(String, String)> {
+    vec![
+        dtype_define("DTYPE", dt),
+        ("FV_D".to_string(), d.to_string()),
+        ("FV_DV".to_string(), dv.to_string()),
+        ("FV_BN".to_string(), block_n.to_string()),
+    ]
+}
+
+/// One launch of the varlen kernel, prepared once (kernel choice, module,
+/// grid, argument struct) and replayed on device buffers: what the bench times.
+pub struct VarlenLaunch {
+    f: FunctionId,
+    dims: LaunchDims,
+    args: Arg,
+}
+
+impl VarlenLaunch {
+    /// For `batch` sequences of at most `max_sq` query rows, `total_q` in all.
+    /// `p` must already be validated against the tensors (the callers do).
+    pub fn new(
+        gpu: &Gpu,
+        p: &VarlenParams,
+        batch: usize,
+        max_sq: usize,
+        total_q: usize,
+    ) -> Result<VarlenLaunch> {
+        let (d, dv, dt) = (p.head_size, p.head_size_v, p.dtype);
+        let tiled = tiled_shared_bytes(d, dv, p.block_n);
+        let (rows_per_program, threads, shared) = match tiled {
+            Some(bytes) => (TILED_ROWS, TILED_THREADS, bytes),
+            None => (
+                SCALAR_ROWS,
+                128,
+                (SCALAR_ROWS * p.block_n + SCALAR_ROWS * dv + 3 * SCALAR_ROWS) * 4,
+            ),
+        };
+        if shared > SHARED_MEMORY_LIMIT {
+            return Err(Error::invalid(
+                "shared memory of one program",
+                shared,
+                format!("at most {SHARED_MEMORY_LIMIT} bytes"),
+            )
+            .into());
+        }
+        let f = match tiled {
+            Some(_) => gpu.function(
+                "flash_varlen",
+                &tiled_defines(dt, d, dv, p.block_n),
+                "flash_attn_varlen",
+            )?,
+            None => gpu.function(
+                "flash_varlen",
+                &[dtype_define("DTYPE", dt)],
+                "flash_attn_varlen_scalar",
+            )?,
+        };
+        let dims = LaunchDims {
+            grid: [
+                to_u32(max_sq.div_ceil(rows_per_program), "row blocks")?,
+                to_u32(batch, "batch")?,
+                to_u32(p.num_heads, "heads")?,
+            ],
+            block: [threads, 1, 1],
+            shared_bytes: shared as u32,
+        };
         let args = ArgStruct::default()
-            .i64(hq as i64)
-            .i64(hk as i64)
+            .i64(p.num_heads as i64)
+            .i64(p.num_kv_heads as i64)
             .i64(d as i64)
             .i64(dv as i64)
             .i64(p.block_n as i64)
             .i64(p.window.unwrap_or(0) as i64)
-            .i64(tq as i64)
+            .i64(total_q as i64)
             .i32(p.causal as i32)
             .i32(p.sinks.is_some() as i32)
             .i32(p.alibi_slopes.is_some() as i32)
@@ -127,39 +217,14 @@ pub fn flash_attn_varlen(
             .f32(p.score.softcap.unwrap_or(0.0))
             .f32(0.0)
             .arg();
-        let f = gpu.function(
-            "flash_varlen",
-            &[dtype_define("DTYPE", dt)],
-            "flash_attn_varlen",
-        )?;
-        let dims = LaunchDims {
-            grid: [
-                to_u32(max_sq.div_ceil(ROWS), "row blocks")?,
-                to_u32(batch, "batch")?,
-                to_u32(hq, "heads")?,
-            ],
-            block: [128, 1, 1],
-            shared_bytes: shared as u32,
-        };
-        dev.launch(
-            f,
-            dims,
-            &[
-                qb.arg(),
-                kb.arg(),
-                vb.arg(),
-                cq.arg(),
-                ck.arg(),
-                sinks.arg(),
-                alibi.arg(),
-                out.arg(),
-                lse.arg(),
-                args,
-            ],
-        )?;
+        Ok(VarlenLaunch { f, dims, args })
     }
-    Ok((
-        bits_from_bytes(&out.to_bytes()?, dt),
-        bits_from_bytes(&lse.to_bytes()?, DType::F32),
-    ))
+
+    /// Buffers in the kernel's order: q, k, v, cu_seqlens_q, cu_seqlens_k,
+    /// sinks, alibi_slopes, out, lse.
+    pub fn launch(&self, gpu: &Gpu, bufs: [&Buffer; 9]) -> Result<()> {
+        let mut args: Vec<Arg> = bufs.iter().map(|b| b.arg()).collect();
+        args.push(self.args.clone());
+        gpu.dev.launch(self.f, self.dims, &args)
+    }
 }
