@@ -17,6 +17,12 @@ use attnlab_sim::config::AttnConfig;
 use attnlab_sim::kernels::flash_varlen::VarlenParams;
 use attnlab_sim::kernels::gather_cache::{CacheFormat, GatherChunk};
 use attnlab_sim::kernels::merge_attn_states::MergeKernel;
+use attnlab_sim::kernels::mla_cache::LatentCache;
+use attnlab_sim::kernels::mla_decode::{
+    aiter_splits, AiterPaging, KvRow, KvSplits, MlaDecodeOutput, MlaDecodeParams,
+};
+use attnlab_sim::kernels::mla_prefill::ContextChunk;
+use attnlab_sim::kernels::mla_proj::MlaWeights;
 use attnlab_sim::kernels::reshape_and_cache::CacheWriter;
 use attnlab_sim::kernels::softmax::OutLse;
 use attnlab_sim::kernels::unified_attention::UnifiedLaunch;
@@ -200,5 +206,105 @@ impl KernelExecutor for GpuExecutor<'_> {
         let bits =
             ops::flex_attention::flex_attention(self.0, query, cache, meta, cfg).map_err(shared)?;
         Ok(widen(&bits, cfg.dtype))
+    }
+
+    /// The step's activations go up as f32 (exact: every f32 is), so the
+    /// device stores `round(x)` / `fp8(x / scale)` of the same values the
+    /// sim stores, whatever their dtype.
+    fn concat_and_cache_mla(
+        &self,
+        cache: &mut LatentCache,
+        kv_c: &[f32],
+        k_pe: &[f32],
+        slot_mapping: &[i64],
+        scale: f32,
+    ) -> Result<()> {
+        let bits = ops::mla_cache::concat_and_cache_mla(
+            self.0,
+            cache,
+            kv_c,
+            k_pe,
+            slot_mapping,
+            scale,
+            DType::F32,
+        )
+        .map_err(shared)?;
+        cache.data = widen(&bits, cache.layout.dtype);
+        Ok(())
+    }
+
+    fn up_project(
+        &self,
+        kv_c: &[f32],
+        w: &MlaWeights,
+        dtype: DType,
+    ) -> Result<(Vec<f32>, Vec<f32>)> {
+        let (k, v) = ops::mla_proj::up_project(self.0, kv_c, w, dtype).map_err(shared)?;
+        Ok((widen(&k, dtype), widen(&v, dtype)))
+    }
+
+    fn absorb_query(&self, q: &[f32], w: &MlaWeights, dtype: DType) -> Result<Vec<f32>> {
+        let bits = ops::mla_proj::absorb_query(self.0, q, w, dtype).map_err(shared)?;
+        Ok(widen(&bits, dtype))
+    }
+
+    fn project_output(&self, o_latent: &[f32], w: &MlaWeights, dtype: DType) -> Result<Vec<f32>> {
+        let bits = ops::mla_proj::project_output(self.0, o_latent, w, dtype).map_err(shared)?;
+        Ok(widen(&bits, dtype))
+    }
+
+    fn decode_attention_fwd(
+        &self,
+        q: &[f32],
+        rows: &[KvRow],
+        cache: &LatentCache,
+        splits: KvSplits,
+        p: &MlaDecodeParams,
+    ) -> Result<MlaDecodeOutput> {
+        let o = ops::mla_decode::decode_attention_fwd(self.0, q, rows, cache, splits, p)
+            .map_err(shared)?;
+        Ok(MlaDecodeOutput {
+            out: widen(&o.out, p.out_dtype),
+            lse: widen(&o.lse, p.lse_dtype),
+        })
+    }
+
+    /// AITER's launch (paging checks, split count, granularity) is the sim's
+    /// [`aiter_splits`]; the kernel is the device's split-KV decode.
+    fn mla_decode_fwd(
+        &self,
+        q: &[f32],
+        cache: &LatentCache,
+        paging: &AiterPaging,
+        causal: bool,
+        num_kv_splits: Option<usize>,
+        num_cus: usize,
+        p: &MlaDecodeParams,
+    ) -> Result<MlaDecodeOutput> {
+        let splits = aiter_splits(cache, paging, num_kv_splits, num_cus, p.num_heads)?;
+        self.decode_attention_fwd(q, &paging.rows(causal), cache, splits, p)
+    }
+
+    fn gather_and_maybe_dequant_cache(
+        &self,
+        cache: &LatentCache,
+        block_tables: &[&[i32]],
+        chunk: &ContextChunk,
+        k_scale: f32,
+        to: DType,
+    ) -> Result<Vec<f32>> {
+        let bits = ops::mla_prefill::gather_and_maybe_dequant_cache(
+            self.0,
+            cache,
+            block_tables,
+            chunk,
+            k_scale,
+            to,
+        )
+        .map_err(shared)?;
+        Ok(widen(
+            &bits,
+            ops::mla_prefill::gathered_dtype(cache.layout.dtype, to),
+        ))
     }
 }

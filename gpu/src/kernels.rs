@@ -109,6 +109,8 @@ fn mla_cache_variants() -> Vec<Defines> {
         (DType::Bf16, DType::Bf16),
         (DType::Bf16, DType::Fp8E4m3Fnuz),
         (DType::F16, DType::Fp8E4m3Fn),
+        // GpuExecutor writes the backends' steps from f32 (exact) sources.
+        (DType::F32, DType::Fp8E4m3Fnuz),
     ]
     .iter()
     .map(|&(s, c)| vec![dtype_define("SRC_DTYPE", s), dtype_define("CACHE_DTYPE", c)])
@@ -132,6 +134,26 @@ fn mla_decode_variants() -> Vec<Defines> {
             dtype_define("LSE_DTYPE", lse),
         ]
     })
+    .collect()
+}
+
+/// Activation dtypes of the MLA projections.
+fn mla_proj_variants() -> Vec<Defines> {
+    [DType::Bf16, DType::F16, DType::F32]
+        .iter()
+        .map(|&d| vec![dtype_define("DTYPE", d)])
+        .collect()
+}
+
+/// (latent cache, workspace) dtype pairs of the chunked-context gather.
+fn mla_prefill_variants() -> Vec<Defines> {
+    [
+        (DType::Bf16, DType::Bf16),
+        (DType::Fp8E4m3Fnuz, DType::Bf16),
+        (DType::Fp8E4m3Fn, DType::F16),
+    ]
+    .iter()
+    .map(|&(kv, d)| vec![dtype_define("KV_DTYPE", kv), dtype_define("DST_DTYPE", d)])
     .collect()
 }
 
@@ -203,6 +225,18 @@ pub static FAMILIES: &[Family] = &[
         embedded: include_str!("../../kernels/mla_decode.hip"),
         entries: &["mla_decode_stage1", "mla_decode_stage2"],
         variants: mla_decode_variants,
+    },
+    Family {
+        name: "mla_proj",
+        embedded: include_str!("../../kernels/mla_proj.hip"),
+        entries: &["mla_proj_gemm"],
+        variants: mla_proj_variants,
+    },
+    Family {
+        name: "mla_prefill",
+        embedded: include_str!("../../kernels/mla_prefill.hip"),
+        entries: &["gather_and_maybe_dequant_cache"],
+        variants: mla_prefill_variants,
     },
     Family {
         name: "flex_attention",

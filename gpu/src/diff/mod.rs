@@ -16,6 +16,8 @@ pub mod gather_cache;
 pub mod merge_attn_states;
 pub mod mla_cache;
 pub mod mla_decode;
+pub mod mla_prefill;
+pub mod mla_proj;
 pub mod paged_decode;
 pub mod prefix_prefill;
 pub mod reshape_and_cache;
@@ -245,7 +247,7 @@ pub struct KernelDiff {
 }
 
 /// Every kernel `attnlab diff` knows, in the order it runs them, then every
-/// emulated MHA backend end to end (`diff::backends`).
+/// emulated MHA and MLA backend end to end (`diff::backends`).
 pub static KERNEL_DIFFS: &[KernelDiff] = &[
     KernelDiff {
         kernel: "contract",
@@ -288,6 +290,14 @@ pub static KERNEL_DIFFS: &[KernelDiff] = &[
         run: mla_decode::run,
     },
     KernelDiff {
+        kernel: "mla_proj",
+        run: mla_proj::run,
+    },
+    KernelDiff {
+        kernel: "mla_prefill",
+        run: mla_prefill::run,
+    },
+    KernelDiff {
         kernel: "flex_attention",
         run: flex_attention::run,
     },
@@ -310,6 +320,18 @@ pub static KERNEL_DIFFS: &[KernelDiff] = &[
     KernelDiff {
         kernel: "FLEX_ATTENTION",
         run: backends::flex_attention,
+    },
+    KernelDiff {
+        kernel: "TRITON_MLA",
+        run: backends::triton_mla,
+    },
+    KernelDiff {
+        kernel: "ROCM_AITER_MLA",
+        run: backends::rocm_aiter_mla,
+    },
+    KernelDiff {
+        kernel: "ROCM_AITER_TRITON_MLA",
+        run: backends::rocm_aiter_triton_mla,
     },
 ];
 

@@ -10,6 +10,8 @@ pub mod gather_cache;
 pub mod merge_attn_states;
 pub mod mla_cache;
 pub mod mla_decode;
+pub mod mla_prefill;
+pub mod mla_proj;
 pub mod paged_decode;
 pub mod prefix_prefill;
 pub mod reshape_and_cache;

@@ -14,6 +14,13 @@ use crate::kernels::flash_varlen::{flash_attn_varlen, VarlenParams};
 use crate::kernels::flex_attention::flex_attention;
 use crate::kernels::gather_cache::{cp_mha_gather_cache, CacheFormat, GatherChunk};
 use crate::kernels::merge_attn_states::{merge_attn_states, MergeKernel};
+use crate::kernels::mla_cache::{concat_and_cache_mla, LatentCache};
+use crate::kernels::mla_decode::{
+    decode_attention_fwd, mla_decode_fwd, AiterPaging, KvRow, KvSplits, MlaDecodeOutput,
+    MlaDecodeParams,
+};
+use crate::kernels::mla_prefill::{gather_and_maybe_dequant_cache, ContextChunk};
+use crate::kernels::mla_proj::{absorb_query, project_output, up_project, MlaWeights};
 use crate::kernels::paged_decode::{paged_attention_2d, paged_attention_ll4mi};
 use crate::kernels::prefix_prefill::context_attention_fwd;
 use crate::kernels::reshape_and_cache::{reshape_and_cache, CacheWriter};
@@ -23,7 +30,7 @@ use attnlab_shared::dtype::DType;
 use attnlab_shared::error::Result;
 use attnlab_shared::metadata::AttentionMetadata;
 
-/// Runs the kernels the MHA backends compose (see [`crate::kernels`] for each).
+/// Runs the kernels the MHA and MLA backends compose (see [`crate::kernels`] for each).
 #[allow(clippy::too_many_arguments)]
 pub trait KernelExecutor {
     fn reshape_and_cache(
@@ -114,6 +121,66 @@ pub trait KernelExecutor {
 
     fn flex_attention(&self, query: &[f32], cache: &KvCache, meta: &AttentionMetadata, cfg: &AttnConfig) -> Result<Vec<f32>> {
         flex_attention(query, cache, meta, cfg)
+    }
+
+    // ---- MLA (backends::mla): latent cache, projections, decode, prefill gather.
+
+    fn concat_and_cache_mla(
+        &self,
+        cache: &mut LatentCache,
+        kv_c: &[f32],
+        k_pe: &[f32],
+        slot_mapping: &[i64],
+        scale: f32,
+    ) -> Result<()> {
+        concat_and_cache_mla(cache, kv_c, k_pe, slot_mapping, scale)
+    }
+
+    fn up_project(&self, kv_c: &[f32], w: &MlaWeights, dtype: DType) -> Result<(Vec<f32>, Vec<f32>)> {
+        up_project(kv_c, w, dtype)
+    }
+
+    fn absorb_query(&self, q: &[f32], w: &MlaWeights, dtype: DType) -> Result<Vec<f32>> {
+        absorb_query(q, w, dtype)
+    }
+
+    fn project_output(&self, o_latent: &[f32], w: &MlaWeights, dtype: DType) -> Result<Vec<f32>> {
+        project_output(o_latent, w, dtype)
+    }
+
+    fn decode_attention_fwd(
+        &self,
+        q: &[f32],
+        rows: &[KvRow],
+        cache: &LatentCache,
+        splits: KvSplits,
+        p: &MlaDecodeParams,
+    ) -> Result<MlaDecodeOutput> {
+        decode_attention_fwd(q, rows, cache, splits, p)
+    }
+
+    fn mla_decode_fwd(
+        &self,
+        q: &[f32],
+        cache: &LatentCache,
+        paging: &AiterPaging,
+        causal: bool,
+        num_kv_splits: Option<usize>,
+        num_cus: usize,
+        p: &MlaDecodeParams,
+    ) -> Result<MlaDecodeOutput> {
+        mla_decode_fwd(q, cache, paging, causal, num_kv_splits, num_cus, p)
+    }
+
+    fn gather_and_maybe_dequant_cache(
+        &self,
+        cache: &LatentCache,
+        block_tables: &[&[i32]],
+        chunk: &ContextChunk,
+        k_scale: f32,
+        to: DType,
+    ) -> Result<Vec<f32>> {
+        gather_and_maybe_dequant_cache(cache, block_tables, chunk, k_scale, to)
     }
 }
 

@@ -558,6 +558,20 @@ pub fn mla_decode_fwd(
     num_cus: usize,
     p: &MlaDecodeParams,
 ) -> Result<MlaDecodeOutput> {
+    let splits = aiter_splits(cache, paging, num_kv_splits, num_cus, p.num_heads)?;
+    decode_attention_fwd(q, &paging.rows(causal), cache, splits, p)
+}
+
+/// The launch `mla_decode_fwd` makes: `paging` validated against `cache`,
+/// then AITER's split count and granularity. Shared with executors that run
+/// [`decode_attention_fwd`] elsewhere, so the split rule lives here only.
+pub fn aiter_splits(
+    cache: &LatentCache,
+    paging: &AiterPaging,
+    num_kv_splits: Option<usize>,
+    num_cus: usize,
+    num_heads: usize,
+) -> Result<KvSplits> {
     paging.validate(cache.num_slots())?;
     let bs = paging.batch_size();
     let total_kv: usize = (0..bs).map(|b| paging.kv_len(b)).sum();
@@ -565,11 +579,10 @@ pub fn mla_decode_fwd(
         .map(|b| (paging.qo_indptr[b + 1] - paging.qo_indptr[b]) as usize)
         .max()
         .unwrap_or(0);
-    let splits = KvSplits::Granular {
+    Ok(KvSplits::Granular {
         num_kv_splits: num_kv_splits.unwrap_or_else(|| aiter_num_kv_splits(bs, total_kv, num_cus)),
-        granularity: aiter_split_granularity(p.num_heads, max_q, cache.layout.dtype.is_fp8()),
-    };
-    decode_attention_fwd(q, &paging.rows(causal), cache, splits, p)
+        granularity: aiter_split_granularity(num_heads, max_q, cache.layout.dtype.is_fp8()),
+    })
 }
 
 #[cfg(test)]

@@ -17,16 +17,21 @@
 //! ```
 //! The merge kernel is the Triton one in the seed-era profile and the HIP one
 //! in the 0.33 profile (vllm-backends.md §12 dispatch on CDNA3+).
+//!
+//! Every kernel launch goes through a [`KernelExecutor`] (`*_with`): the
+//! plain entry points run the emulator ([`Cpu`]); attnlab-gpu's executor runs
+//! the same composition on a device for the end-to-end backend diff. What
+//! stays on the host is what vLLM does with tensor views (head slices,
+//! `torch.cat`, token ranges of the running output).
 
 use super::{MlaBackend, MlaConfig, MlaDecodeBatch};
+use crate::backends::exec::{Cpu, KernelExecutor};
 use crate::backends::KernelCall;
-use crate::kernels::flash_varlen::{flash_attn_varlen, VarlenParams};
-use crate::kernels::merge_attn_states::{merge_attn_states, MergeKernel};
-use crate::kernels::mla_cache::{concat_and_cache_mla, LatentCache};
-use crate::kernels::mla_prefill::{
-    gather_and_maybe_dequant_cache, plan_mla_context_chunks, workspace_rows, ContextChunk,
-};
-use crate::kernels::mla_proj::{absorb_query, project_output, up_project, MlaWeights};
+use crate::kernels::flash_varlen::VarlenParams;
+use crate::kernels::merge_attn_states::MergeKernel;
+use crate::kernels::mla_cache::LatentCache;
+use crate::kernels::mla_prefill::{plan_mla_context_chunks, workspace_rows, ContextChunk};
+use crate::kernels::mla_proj::MlaWeights;
 use crate::kernels::softmax::OutLse;
 use attnlab_shared::error::{Error, Result};
 use attnlab_shared::metadata::AttentionMetadata;
@@ -63,20 +68,56 @@ pub fn run_mla_step(
     weights: &MlaWeights,
     cfg: &MlaConfig,
 ) -> Result<Vec<RankOutput>> {
+    run_mla_step_with(&Cpu, backend, step, cache, weights, cfg)
+}
+
+/// [`run_mla_step`] with every kernel launched through `ex`.
+pub fn run_mla_step_with(
+    ex: &dyn KernelExecutor,
+    backend: &dyn MlaBackend,
+    step: &MlaStep,
+    cache: &mut LatentCache,
+    weights: &MlaWeights,
+    cfg: &MlaConfig,
+) -> Result<Vec<RankOutput>> {
+    write_kv_with(ex, backend, step, cache, weights, cfg)?;
+    forward_with(ex, backend, step, cache, weights, cfg)
+}
+
+/// Checks, then `concat_and_cache_mla` of the step's tokens through `ex`.
+pub fn write_kv_with(
+    ex: &dyn KernelExecutor,
+    backend: &dyn MlaBackend,
+    step: &MlaStep,
+    cache: &mut LatentCache,
+    weights: &MlaWeights,
+    cfg: &MlaConfig,
+) -> Result<()> {
     validate(backend, step, cache, weights, cfg)?;
     let t = step.meta.num_actual_tokens;
-    concat_and_cache_mla(
+    ex.concat_and_cache_mla(
         cache,
         step.kv_c,
         step.k_pe,
         &step.meta.slot_mapping[..t],
         cfg.k_scale,
-    )?;
-    forward(backend, step, cache, weights, cfg)
+    )
 }
 
 /// Attention for every token, per TP rank (the cache already holds the step's tokens).
 pub fn forward(
+    backend: &dyn MlaBackend,
+    step: &MlaStep,
+    cache: &LatentCache,
+    weights: &MlaWeights,
+    cfg: &MlaConfig,
+) -> Result<Vec<RankOutput>> {
+    forward_with(&Cpu, backend, step, cache, weights, cfg)
+}
+
+/// [`forward`] with every kernel launched through `ex`.
+pub fn forward_with(
+    ex: &dyn KernelExecutor,
     backend: &dyn MlaBackend,
     step: &MlaStep,
     cache: &LatentCache,
@@ -99,6 +140,7 @@ pub fn forward(
                 .flat_map(|row| row[heads.start * qw..heads.end * qw].iter().copied())
                 .collect();
             let out = forward_rank(
+                ex,
                 backend,
                 &q,
                 step,
@@ -195,7 +237,9 @@ pub fn num_decodes(
     Ok(nd)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn forward_rank(
+    ex: &dyn KernelExecutor,
     backend: &dyn MlaBackend,
     q: &[f32],
     step: &MlaStep,
@@ -209,8 +253,9 @@ fn forward_rank(
     let ndt = step.meta.query_start_loc[nd] as usize;
     let mut out = Vec::with_capacity(step.meta.num_actual_tokens * h * d.v_head_dim);
     if ndt > 0 {
-        let mqa_q = absorb_query(&q[..ndt * h * qw], w, cfg.dtype)?;
-        let o = backend.forward_mqa(
+        let mqa_q = ex.absorb_query(&q[..ndt * h * qw], w, cfg.dtype)?;
+        let o = backend.forward_mqa_with(
+            ex,
             &mqa_q,
             h,
             cache,
@@ -220,13 +265,14 @@ fn forward_rank(
             },
             cfg,
         )?;
-        out.extend(project_output(&o.out, w, cfg.dtype)?);
+        out.extend(ex.project_output(&o.out, w, cfg.dtype)?);
     }
     if ndt < step.meta.num_actual_tokens {
         let kv_c = &step.kv_c[ndt * d.kv_lora_rank..];
         let k_pe =
             &step.k_pe[ndt * d.qk_rope_head_dim..step.meta.num_actual_tokens * d.qk_rope_head_dim];
         out.extend(forward_mha(
+            ex,
             &q[ndt * h * qw..],
             kv_c,
             k_pe,
@@ -255,6 +301,7 @@ fn concat_k(k_nope: &[f32], k_pe: &[f32], h: usize, p: usize, r: usize) -> Vec<f
 /// The non-absorbed prefill of requests `nd..` (`forward_mha`): `[Tp, h, V]`.
 #[allow(clippy::too_many_arguments)]
 pub fn forward_mha(
+    ex: &dyn KernelExecutor,
     q: &[f32],
     kv_c: &[f32],
     k_pe: &[f32],
@@ -278,8 +325,8 @@ pub fn forward_mha(
         .collect();
     let mut params = VarlenParams::new(h, h, pn + r, cfg.dtype, cfg.scale);
     params.head_size_v = d.v_head_dim;
-    let (k_nope, v) = up_project(kv_c, w, cfg.dtype)?;
-    let new = flash_attn_varlen(
+    let (k_nope, v) = ex.up_project(kv_c, w, cfg.dtype)?;
+    let new = ex.flash_attn_varlen(
         q,
         &concat_k(&k_nope, k_pe, h, pn, r),
         &v,
@@ -307,7 +354,8 @@ pub fn forward_mha(
     let mut running = OutLse::empty(tp, h, d.v_head_dim);
     params.causal = false;
     for chunk in &chunks {
-        let rows = gather_and_maybe_dequant_cache(cache, &tables, chunk, cfg.k_scale, cfg.dtype)?;
+        let rows =
+            ex.gather_and_maybe_dequant_cache(cache, &tables, chunk, cfg.k_scale, cfg.dtype)?;
         let c_kv: Vec<f32> = rows
             .chunks_exact(wd)
             .flat_map(|e| e[..lkv].iter().copied())
@@ -316,9 +364,9 @@ pub fn forward_mha(
             .chunks_exact(wd)
             .flat_map(|e| e[lkv..].iter().copied())
             .collect();
-        let (kn, vc) = up_project(&c_kv, w, cfg.dtype)?;
+        let (kn, vc) = ex.up_project(&c_kv, w, cfg.dtype)?;
         let (q_chunk, cu_q) = chunk_queries(q, &qsl, chunk, h * (pn + r));
-        let part = flash_attn_varlen(
+        let part = ex.flash_attn_varlen(
             &q_chunk,
             &concat_k(&kn, &c_pe, h, pn, r),
             &vc,
@@ -333,7 +381,7 @@ pub fn forward_mha(
             );
             let piece = take_tokens(&part, src);
             let merged = if p.start > 0 {
-                merge_attn_states(
+                ex.merge_attn_states(
                     &take_tokens(&running, dst.clone()),
                     &piece,
                     cfg.dtype,
@@ -345,7 +393,7 @@ pub fn forward_mha(
             put_tokens(&mut running, dst.start, &merged);
         }
     }
-    Ok(merge_attn_states(&running, &new, cfg.dtype, kernel)?.out)
+    Ok(ex.merge_attn_states(&running, &new, cfg.dtype, kernel)?.out)
 }
 
 /// The queries of the chunk's requests (in part order) and their `cu_seqlens_q`.

@@ -19,8 +19,12 @@ pub mod rocm_aiter_mla;
 pub mod rocm_aiter_triton_mla;
 pub mod triton_mla;
 
-pub use common::{forward, plan, run_mla_step, MlaStep, RankOutput};
+pub use common::{
+    forward, forward_with, plan, run_mla_step, run_mla_step_with, write_kv_with, MlaStep,
+    RankOutput,
+};
 
+use super::exec::{Cpu, KernelExecutor};
 use super::KernelCall;
 use crate::fixture::MlaCase;
 use crate::kernels::mla_cache::LatentCache;
@@ -224,6 +228,19 @@ pub trait MlaBackend: Send + Sync {
     /// `cfg.dtype`) -> latent output `[num_decode_tokens, heads, Lkv]` + lse.
     fn forward_mqa(
         &self,
+        q: &[f32],
+        heads: usize,
+        cache: &LatentCache,
+        batch: &MlaDecodeBatch,
+        cfg: &MlaConfig,
+    ) -> Result<MlaDecodeOutput> {
+        self.forward_mqa_with(&Cpu, q, heads, cache, batch, cfg)
+    }
+
+    /// [`MlaBackend::forward_mqa`] with the decode kernel launched through `ex`.
+    fn forward_mqa_with(
+        &self,
+        ex: &dyn KernelExecutor,
         q: &[f32],
         heads: usize,
         cache: &LatentCache,

@@ -16,10 +16,11 @@
 //! AITER's fp8-query asm variant (q quantized with q_scale) is not modelled.
 
 use super::{MlaBackend, MlaConfig, MlaDecodeBatch};
+use crate::backends::exec::KernelExecutor;
 use crate::backends::KernelCall;
 use crate::kernels::mla_cache::LatentCache;
 use crate::kernels::mla_decode::{
-    aiter_num_kv_splits, mla_decode_fwd, AiterPaging, MlaDecodeOutput, MlaDecodeParams,
+    aiter_num_kv_splits, AiterPaging, MlaDecodeOutput, MlaDecodeParams,
 };
 use attnlab_shared::dtype::DType;
 use attnlab_shared::error::{Error, Result};
@@ -154,8 +155,9 @@ impl MlaBackend for RocmAiterMla {
         Ok(())
     }
 
-    fn forward_mqa(
+    fn forward_mqa_with(
         &self,
+        ex: &dyn KernelExecutor,
         q: &[f32],
         heads: usize,
         cache: &LatentCache,
@@ -174,7 +176,7 @@ impl MlaBackend for RocmAiterMla {
             out_dtype: cfg.dtype,
             lse_dtype: DType::F32,
         };
-        let o = mla_decode_fwd(
+        let o = ex.mla_decode_fwd(
             &q_pad,
             cache,
             &paging,

@@ -10,6 +10,7 @@
 
 use super::rocm_aiter_mla::RocmAiterMla;
 use super::{MlaBackend, MlaConfig, MlaDecodeBatch};
+use crate::backends::exec::KernelExecutor;
 use crate::backends::KernelCall;
 use crate::kernels::mla_cache::LatentCache;
 use crate::kernels::mla_decode::MlaDecodeOutput;
@@ -27,15 +28,16 @@ impl MlaBackend for RocmAiterTritonMla {
         self.0.check(cfg, block_size)
     }
 
-    fn forward_mqa(
+    fn forward_mqa_with(
         &self,
+        ex: &dyn KernelExecutor,
         q: &[f32],
         heads: usize,
         cache: &LatentCache,
         batch: &MlaDecodeBatch,
         cfg: &MlaConfig,
     ) -> Result<MlaDecodeOutput> {
-        self.0.forward_mqa(q, heads, cache, batch, cfg)
+        self.0.forward_mqa_with(ex, q, heads, cache, batch, cfg)
     }
 
     fn plan_mqa(

@@ -14,11 +14,10 @@
 //! MultipleOf(16) (0.33) — the seed-era selector only rejects block size 1.
 
 use super::{MlaBackend, MlaConfig, MlaDecodeBatch};
+use crate::backends::exec::KernelExecutor;
 use crate::backends::KernelCall;
 use crate::kernels::mla_cache::LatentCache;
-use crate::kernels::mla_decode::{
-    decode_attention_fwd, KvRow, KvSplits, MlaDecodeOutput, MlaDecodeParams, BLOCK_H,
-};
+use crate::kernels::mla_decode::{KvRow, KvSplits, MlaDecodeOutput, MlaDecodeParams, BLOCK_H};
 use attnlab_shared::error::{Error, Result};
 use attnlab_shared::registry::TRITON_MLA;
 use attnlab_shared::selection::Profile;
@@ -102,8 +101,9 @@ impl MlaBackend for TritonMla {
         }
     }
 
-    fn forward_mqa(
+    fn forward_mqa_with(
         &self,
+        ex: &dyn KernelExecutor,
         q: &[f32],
         heads: usize,
         cache: &LatentCache,
@@ -122,7 +122,7 @@ impl MlaBackend for TritonMla {
             out_dtype: cfg.dtype,
             lse_dtype: cfg.dtype,
         };
-        decode_attention_fwd(q, &rows, cache, splits, &p)
+        ex.decode_attention_fwd(q, &rows, cache, splits, &p)
     }
 
     fn plan_mqa(

@@ -1,0 +1,154 @@
+//! Launcher for `kernels/mla_prefill.hip`, mirroring
+//! `attnlab_sim::kernels::mla_prefill::gather_and_maybe_dequant_cache`
+//! (the chunk planning, `plan_mla_context_chunks`, is host logic and stays
+//! the sim's).
+
+use super::unified_attention::to_u32;
+use crate::diff::{bits_from_bytes, bytes_of, bytes_of_i32, bytes_of_i64};
+use crate::kernels::{dtype_define, Gpu};
+use crate::runtime::{Arg, Buffer, LaunchDims, Result};
+use attnlab_shared::dtype::DType;
+use attnlab_shared::error::Error;
+use attnlab_sim::kernels::mla_cache::LatentCache;
+use attnlab_sim::kernels::mla_prefill::ContextChunk;
+
+/// Workspace rows per GPU block (`GATHER_TOKS`).
+const TOKS: usize = 4;
+/// CUDA's limit on grid.y.
+const GRID_Y_MAX: usize = 65535;
+
+/// The dtype the gathered rows are stored in: the query dtype `to` for an
+/// fp8 cache (dequantized), else the cache's own (the sim returns 16-bit
+/// latents as they are stored).
+pub fn gathered_dtype(cache: DType, to: DType) -> DType {
+    if cache.is_fp8() {
+        to
+    } else {
+        cache
+    }
+}
+
+/// The chunk's latent rows `[toks, width]` as bits of [`gathered_dtype`].
+/// Every block a part reads must be named by its request's block-table row
+/// and lie inside the cache.
+pub fn gather_and_maybe_dequant_cache(
+    gpu: &Gpu,
+    cache: &LatentCache,
+    block_tables: &[&[i32]],
+    chunk: &ContextChunk,
+    k_scale: f32,
+    to: DType,
+) -> Result<Vec<u32>> {
+    let l = cache.layout;
+    let (bs, w) = (l.block_size, l.width());
+    if cache.data.len() != l.numel() {
+        return Err(Error::invalid(
+            "latent cache length",
+            cache.data.len(),
+            format!("{}", l.numel()),
+        )
+        .into());
+    }
+    for (i, p) in chunk.parts.iter().enumerate() {
+        let table = block_tables.get(p.req).ok_or_else(|| {
+            Error::invalid(
+                format!("chunk part {i} request"),
+                p.req,
+                format!("only {} block-table rows were given", block_tables.len()),
+            )
+        })?;
+        if p.len == 0 {
+            continue;
+        }
+        let need = (p.start + p.len).div_ceil(bs);
+        if need > table.len() {
+            return Err(Error::invalid(
+                format!(
+                    "context tokens {}..{} of prefill request {}",
+                    p.start,
+                    p.start + p.len,
+                    p.req
+                ),
+                p.start + p.len,
+                format!("its block-table row covers {} tokens", table.len() * bs),
+            )
+            .into());
+        }
+        if let Some(j) =
+            (p.start / bs..need).find(|&j| table[j] < 0 || table[j] as usize >= l.num_blocks)
+        {
+            return Err(Error::invalid(
+                format!("block_table[{}][{j}]", p.req),
+                table[j],
+                format!("block ids must be in [0, {})", l.num_blocks),
+            )
+            .into());
+        }
+    }
+    let dst = gathered_dtype(l.dtype, to);
+    let toks = chunk.total_tokens();
+    if toks == 0 {
+        return Ok(Vec::new());
+    }
+    let parts = chunk.parts.len();
+    if parts > GRID_Y_MAX {
+        return Err(Error::invalid(
+            "chunk parts",
+            parts,
+            format!("at most {GRID_Y_MAX} per launch"),
+        )
+        .into());
+    }
+    let max_blocks = block_tables
+        .iter()
+        .map(|r| r.len())
+        .max()
+        .unwrap_or(0)
+        .max(1);
+    let mut table = vec![0i32; block_tables.len() * max_blocks];
+    for (b, row) in block_tables.iter().enumerate() {
+        table[b * max_blocks..b * max_blocks + row.len()].copy_from_slice(row);
+    }
+    let reqs: Vec<i32> = chunk.parts.iter().map(|p| p.req as i32).collect();
+    let starts: Vec<i64> = chunk.parts.iter().map(|p| p.start as i64).collect();
+    let cu: Vec<i64> = chunk.cu_seq_lens().iter().map(|&x| x as i64).collect();
+    let max_len = chunk.parts.iter().map(|p| p.len).max().unwrap_or(0);
+    let dev = gpu.dev.as_ref();
+    let cache_b = Buffer::from_bytes(dev, &bytes_of(&cache.data, l.dtype))?;
+    let out = Buffer::zeroed(dev, toks * w * dst.size_bytes())?;
+    let table_b = Buffer::from_bytes(dev, &bytes_of_i32(&table))?;
+    let reqs_b = Buffer::from_bytes(dev, &bytes_of_i32(&reqs))?;
+    let starts_b = Buffer::from_bytes(dev, &bytes_of_i64(&starts))?;
+    let cu_b = Buffer::from_bytes(dev, &bytes_of_i64(&cu))?;
+    let defines = [
+        dtype_define("KV_DTYPE", l.dtype),
+        dtype_define("DST_DTYPE", dst),
+    ];
+    let f = gpu.function("mla_prefill", &defines, "gather_and_maybe_dequant_cache")?;
+    let dims = LaunchDims {
+        grid: [
+            to_u32(max_len.div_ceil(TOKS), "context rows")?,
+            parts as u32,
+            1,
+        ],
+        block: [w.min(256) as u32, 1, 1],
+        shared_bytes: 0,
+    };
+    dev.launch(
+        f,
+        dims,
+        &[
+            cache_b.arg(),
+            out.arg(),
+            table_b.arg(),
+            reqs_b.arg(),
+            starts_b.arg(),
+            cu_b.arg(),
+            Arg::I64(max_blocks as i64),
+            Arg::I64(bs as i64),
+            Arg::I64(w as i64),
+            Arg::F32(k_scale),
+        ],
+    )?;
+    Ok(bits_from_bytes(&out.to_bytes()?, dst))
+}

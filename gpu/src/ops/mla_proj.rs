@@ -1,0 +1,256 @@
+//! Launchers for `kernels/mla_proj.hip`, mirroring
+//! `attnlab_sim::kernels::mla_proj` (`up_project`, `absorb_query`,
+//! `project_output`): each projection is the kernel's one strided batched
+//! GEMM ([`ProjGemm`]), every output one fma chain over the reduction index
+//! ascending from 0, rounded once to the activation dtype.
+//!
+//! Inputs travel in the activation dtype, so every input value must be exact
+//! in it (the sim's contract: activations and `kv_b_proj` are stored
+//! values); a value that is not is rejected, naming it.
+
+use super::unified_attention::to_u32;
+use crate::diff::{bits_from_bytes, bytes_of};
+use crate::kernels::{dtype_define, Gpu};
+use crate::runtime::{ArgStruct, Buffer, LaunchDims, Result};
+use attnlab_shared::dtype::DType;
+use attnlab_shared::error::Error;
+use attnlab_shared::model::MlaDims;
+use attnlab_sim::kernels::mla_proj::MlaWeights;
+
+/// Output tile edge of the kernel (`PROJ_TM` = `PROJ_TN`).
+const TILE: usize = 64;
+/// Threads per block (`PROJ_THREADS`).
+const THREADS: u32 = 256;
+/// CUDA's limit on grid.y / grid.z.
+const GRID_YZ_MAX: usize = 65535;
+
+/// `out[h, m, n] = round(sum_k A[h, m, k] * B[h, k, n])`, element strides
+/// (B starts `b_off` elements into its buffer; out rows are contiguous in n).
+#[derive(Debug, Clone, Copy)]
+struct ProjGemm {
+    h: usize,
+    m: usize,
+    n: usize,
+    k: usize,
+    a_sh: usize,
+    a_sm: usize,
+    a_sk: usize,
+    b_off: usize,
+    b_sh: usize,
+    b_sk: usize,
+    b_sn: usize,
+    o_sh: usize,
+    o_sm: usize,
+}
+
+/// Rejects a value that is not a stored value of `dtype`.
+fn check_exact(what: &str, xs: &[f32], dtype: DType) -> Result<()> {
+    if let Some((i, &x)) = xs
+        .iter()
+        .enumerate()
+        .find(|(_, &x)| !x.is_nan() && dtype.round(x).to_bits() != x.to_bits())
+    {
+        return Err(Error::invalid(
+            format!("{what}[{i}]"),
+            x,
+            format!("values exact in the activation dtype {dtype}"),
+        )
+        .into());
+    }
+    Ok(())
+}
+
+fn check_len(what: &str, len: usize, shape: &[usize]) -> Result<()> {
+    let n: usize = shape.iter().product();
+    if len != n {
+        return Err(Error::invalid(
+            format!("{what} length"),
+            len,
+            format!("{shape:?} needs {n}"),
+        )
+        .into());
+    }
+    Ok(())
+}
+
+/// The weight's shape checks (the sim's [`MlaWeights::new`] ones, for a
+/// struct built field by field) and exactness.
+fn check_weights(w: &MlaWeights, dtype: DType) -> Result<MlaDims> {
+    let d = w.dims;
+    if w.num_heads == 0 || d.kv_lora_rank == 0 || d.qk_nope_head_dim == 0 || d.v_head_dim == 0 {
+        return Err(Error::invalid(
+            "MLA projection dims",
+            format!("{} heads, {d:?}", w.num_heads),
+            "heads, kv_lora_rank, qk_nope_head_dim and v_head_dim >= 1",
+        )
+        .into());
+    }
+    let rows = w.num_heads * (d.qk_nope_head_dim + d.v_head_dim);
+    check_len("kv_b_proj", w.kv_b_proj.len(), &[rows, d.kv_lora_rank])?;
+    check_exact("kv_b_proj", &w.kv_b_proj, dtype)?;
+    Ok(d)
+}
+
+/// Uploads `a` and the weight, runs the GEMM, returns `out` bits (`len` elements).
+fn gemm(
+    gpu: &Gpu,
+    a: &[f32],
+    w: &MlaWeights,
+    g: ProjGemm,
+    dtype: DType,
+    len: usize,
+) -> Result<Vec<u32>> {
+    if len == 0 || g.m == 0 {
+        return Ok(vec![0; len]);
+    }
+    let (gy, gz) = (g.m.div_ceil(TILE), g.h);
+    if gy > GRID_YZ_MAX || gz > GRID_YZ_MAX {
+        return Err(Error::invalid(
+            "projection rows / heads",
+            format!("{} / {}", g.m, g.h),
+            format!(
+                "at most {} rows and {GRID_YZ_MAX} heads per launch",
+                GRID_YZ_MAX * TILE
+            ),
+        )
+        .into());
+    }
+    let dev = gpu.dev.as_ref();
+    let a_b = Buffer::from_bytes(dev, &bytes_of(a, dtype))?;
+    let w_b = Buffer::from_bytes(dev, &bytes_of(&w.kv_b_proj, dtype))?;
+    let out = Buffer::zeroed(dev, len * dtype.size_bytes())?;
+    let args = [
+        g.m, g.n, g.k, g.a_sh, g.a_sm, g.a_sk, g.b_off, g.b_sh, g.b_sk, g.b_sn, g.o_sh, g.o_sm,
+    ]
+    .iter()
+    .fold(ArgStruct::default(), |s, &v| s.i64(v as i64))
+    .arg();
+    let f = gpu.function("mla_proj", &[dtype_define("DTYPE", dtype)], "mla_proj_gemm")?;
+    let dims = LaunchDims {
+        grid: [
+            to_u32(g.n.div_ceil(TILE), "projection columns")?,
+            gy as u32,
+            gz as u32,
+        ],
+        block: [THREADS, 1, 1],
+        shared_bytes: 0,
+    };
+    dev.launch(f, dims, &[a_b.arg(), w_b.arg(), out.arg(), args])?;
+    Ok(bits_from_bytes(&out.to_bytes()?, dtype))
+}
+
+/// `kv_b_proj(kv_c)`: `[T, Lkv]` -> (`k_nope [T, N, P]`, `v [T, N, V]`) bits
+/// in `dtype`: the GEMM writes vLLM's `[T, N, P + V]` and the host splits it
+/// (`kv.view(-1, N, P + V).split([P, V])`).
+pub fn up_project(
+    gpu: &Gpu,
+    kv_c: &[f32],
+    w: &MlaWeights,
+    dtype: DType,
+) -> Result<(Vec<u32>, Vec<u32>)> {
+    let d = check_weights(w, dtype)?;
+    let (lkv, pn, vd) = (d.kv_lora_rank, d.qk_nope_head_dim, d.v_head_dim);
+    let t = kv_c.len() / lkv;
+    check_len("kv_c", kv_c.len(), &[t, lkv])?;
+    check_exact("kv_c", kv_c, dtype)?;
+    let rows = w.num_heads * (pn + vd);
+    let g = ProjGemm {
+        h: 1,
+        m: t,
+        n: rows,
+        k: lkv,
+        a_sh: 0,
+        a_sm: lkv,
+        a_sk: 1,
+        b_off: 0,
+        b_sh: 0,
+        b_sk: 1,
+        b_sn: lkv,
+        o_sh: 0,
+        o_sm: rows,
+    };
+    let kv = gemm(gpu, kv_c, w, g, dtype, t * rows)?;
+    let (mut k_nope, mut v) = (
+        Vec::with_capacity(t * w.num_heads * pn),
+        Vec::with_capacity(t * w.num_heads * vd),
+    );
+    for head in kv.chunks_exact(pn + vd) {
+        k_nope.extend_from_slice(&head[..pn]);
+        v.extend_from_slice(&head[pn..]);
+    }
+    Ok((k_nope, v))
+}
+
+/// The absorbed decode query: `q [B, N, P + R]` -> `mqa_q [B, N, Lkv + R]`
+/// bits = `[q_nope @ W_UK_T | q_pe]` (the bmm on the device, the
+/// `torch.cat` with the untouched `q_pe` on the host).
+pub fn absorb_query(gpu: &Gpu, q: &[f32], w: &MlaWeights, dtype: DType) -> Result<Vec<u32>> {
+    let d = check_weights(w, dtype)?;
+    let (lkv, pn, r, vd, n) = (
+        d.kv_lora_rank,
+        d.qk_nope_head_dim,
+        d.qk_rope_head_dim,
+        d.v_head_dim,
+        w.num_heads,
+    );
+    let b = q.len() / (n * (pn + r));
+    check_len("query", q.len(), &[b, n, pn + r])?;
+    check_exact("query", q, dtype)?;
+    let g = ProjGemm {
+        h: n,
+        m: b,
+        n: lkv,
+        k: pn,
+        a_sh: pn + r,
+        a_sm: n * (pn + r),
+        a_sk: 1,
+        b_off: 0,
+        b_sh: (pn + vd) * lkv,
+        b_sk: lkv,
+        b_sn: 1,
+        o_sh: lkv,
+        o_sm: n * lkv,
+    };
+    let ql = gemm(gpu, q, w, g, dtype, b * n * lkv)?;
+    let mut out = Vec::with_capacity(b * n * (lkv + r));
+    for (ql_nope, qh) in ql.chunks_exact(lkv).zip(q.chunks_exact(pn + r)) {
+        out.extend_from_slice(ql_nope);
+        out.extend(qh[pn..].iter().map(|&x| dtype.to_bits(x)));
+    }
+    Ok(out)
+}
+
+/// `out[b, n] = o_latent[b, n] @ W_UV[n]`: `[B, N, Lkv]` -> `[B, N, V]` bits.
+pub fn project_output(
+    gpu: &Gpu,
+    o_latent: &[f32],
+    w: &MlaWeights,
+    dtype: DType,
+) -> Result<Vec<u32>> {
+    let d = check_weights(w, dtype)?;
+    let (lkv, pn, vd, n) = (
+        d.kv_lora_rank,
+        d.qk_nope_head_dim,
+        d.v_head_dim,
+        w.num_heads,
+    );
+    let b = o_latent.len() / (n * lkv);
+    check_len("latent attention output", o_latent.len(), &[b, n, lkv])?;
+    check_exact("latent attention output", o_latent, dtype)?;
+    let g = ProjGemm {
+        h: n,
+        m: b,
+        n: vd,
+        k: lkv,
+        a_sh: lkv,
+        a_sm: n * lkv,
+        a_sk: 1,
+        b_off: pn * lkv,
+        b_sh: (pn + vd) * lkv,
+        b_sk: 1,
+        b_sn: lkv,
+        o_sh: vd,
+        o_sm: n * vd,
+    };
+    gemm(gpu, o_latent, w, g, dtype, b * n * vd)
+}
