@@ -5,7 +5,7 @@
 //! compiling for AMD fails there, not on a user's MI300.
 
 use crate::kernels::{translation_unit, Defines, Family, FAMILIES};
-use crate::runtime::cuda::nvrtc_compile;
+use crate::runtime::cuda::nvrtc_compile_logged;
 use crate::runtime::{GpuError, Result, Target};
 use serde::Serialize;
 use std::process::Command;
@@ -30,6 +30,11 @@ pub struct CompileResult {
     pub millis: u128,
     /// The compiler's log on failure (first 4000 characters).
     pub log: Option<String>,
+    /// With `resources`: per entry point, the compiler's register, spill and
+    /// shared-memory report (ptxas -v on NVIDIA; clang's
+    /// kernel-resource-usage remarks on AMD), one line each.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub resources: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -48,6 +53,22 @@ impl CompileReport {
 /// Compiles every family's every variant for `target`. Returns `NoDevice`
 /// when the target's compiler is not installed (one line saying which).
 pub fn compile_all(target: &Target) -> Result<CompileReport> {
+    compile_families(target, None, false)
+}
+
+/// [`compile_all`] restricted to the family named `only` (an error naming
+/// the known families when there is none), and with `resources`, each
+/// result carries the compiler's per-kernel resource report: registers and
+/// spills decide occupancy, which no device is needed to read.
+pub fn compile_families(
+    target: &Target,
+    only: Option<&str>,
+    resources: bool,
+) -> Result<CompileReport> {
+    let families: Vec<&Family> = match only {
+        None => FAMILIES.iter().collect(),
+        Some(name) => vec![crate::kernels::family(name)?],
+    };
     let compiler = match target {
         Target::Cuda { .. } => {
             if !crate::runtime::cuda::nvrtc_available() {
@@ -67,9 +88,9 @@ pub fn compile_all(target: &Target) -> Result<CompileReport> {
         }
     };
     let mut results = Vec::new();
-    for f in FAMILIES {
+    for f in families {
         for defines in (f.variants)() {
-            results.push(compile_one(target, f, &defines)?);
+            results.push(compile_one(target, f, &defines, resources)?);
         }
     }
     Ok(CompileReport {
@@ -79,13 +100,26 @@ pub fn compile_all(target: &Target) -> Result<CompileReport> {
     })
 }
 
-fn compile_one(target: &Target, f: &Family, defines: &Defines) -> Result<CompileResult> {
+fn compile_one(
+    target: &Target,
+    f: &Family,
+    defines: &Defines,
+    resources: bool,
+) -> Result<CompileResult> {
     let unit = translation_unit(f)?;
     let start = std::time::Instant::now();
     let name = format!("{}.hip", f.name);
     let outcome = match target {
-        Target::Cuda { sm } => nvrtc_compile(*sm, &name, &unit, defines).map(|img| img.bytes.len()),
-        Target::Amd { gfx } => hipcc_compile(gfx, &name, &unit, defines),
+        Target::Cuda { sm } => {
+            let extra: &[&str] = if resources {
+                &["--ptxas-options=-v"]
+            } else {
+                &[]
+            };
+            nvrtc_compile_logged(*sm, &name, &unit, defines, extra)
+                .map(|(img, log)| (img.bytes.len(), ptxas_resources(&log)))
+        }
+        Target::Amd { gfx } => hipcc_compile(gfx, &name, &unit, defines, resources),
     };
     let define_text = defines
         .iter()
@@ -94,13 +128,14 @@ fn compile_one(target: &Target, f: &Family, defines: &Defines) -> Result<Compile
         .join(" ");
     let millis = start.elapsed().as_millis();
     Ok(match outcome {
-        Ok(bytes) => CompileResult {
+        Ok((bytes, resources)) => CompileResult {
             kernel: f.name.into(),
             defines: define_text,
             ok: true,
             bytes,
             millis,
             log: None,
+            resources,
         },
         Err(GpuError::Compile { log, .. }) => {
             let log: String = log.chars().take(4000).collect();
@@ -111,14 +146,79 @@ fn compile_one(target: &Target, f: &Family, defines: &Defines) -> Result<Compile
                 bytes: 0,
                 millis,
                 log: Some(log),
+                resources: Vec::new(),
             }
         }
         Err(e) => return Err(e),
     })
 }
 
-/// hipcc to a code object in a temporary folder; returns its size.
-fn hipcc_compile(gfx: &str, name: &str, unit: &str, defines: &Defines) -> Result<usize> {
+/// ptxas -v's report, one line per entry point: "name: N registers, ...".
+/// ptxas prints "Compiling entry function 'X'" then "Used N registers, ..."
+/// (and a spill line before it); lines are joined per function.
+fn ptxas_resources(log: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut current: Option<(String, Vec<String>)> = None;
+    for line in log.lines() {
+        // "ptxas info    : <text>" or a continuation "ptxas         .     <text>".
+        let text = line.trim_start_matches("ptxas").trim_start().trim_start_matches([':', '.']).trim();
+        let text = text.strip_prefix("info").map_or(text, |t| t.trim_start().trim_start_matches(':').trim());
+        if let Some(rest) = text.strip_prefix("Compiling entry function '") {
+            if let Some((name, parts)) = current.take() {
+                out.push(format!("{name}: {}", parts.join(", ")));
+            }
+            let name = rest.split('\'').next().unwrap_or(rest).to_string();
+            current = Some((name, Vec::new()));
+        } else if let Some((_, parts)) = current.as_mut() {
+            if text.starts_with("Used") || text.contains("spill") {
+                parts.push(text.to_string());
+            }
+        }
+    }
+    if let Some((name, parts)) = current {
+        out.push(format!("{name}: {}", parts.join(", ")));
+    }
+    out
+}
+
+/// clang's `-Rpass-analysis=kernel-resource-usage` remarks, one line per
+/// kernel: "name: VGPRs N, ScratchSize N, Occupancy N, LDS N, ...".
+fn amd_resources(stderr: &str) -> Vec<String> {
+    let mut out: Vec<(String, Vec<String>)> = Vec::new();
+    for line in stderr.lines() {
+        let Some(pos) = line.find("remark: ") else {
+            continue;
+        };
+        let remark = &line[pos + 8..];
+        if let Some(name) = remark.strip_prefix("Function Name: ") {
+            let name = name.trim_end_matches(" [-Rpass-analysis=kernel-resource-usage]");
+            out.push((name.trim().to_string(), Vec::new()));
+        } else if let Some((_, parts)) = out.last_mut() {
+            let r = remark
+                .trim_end_matches(" [-Rpass-analysis=kernel-resource-usage]")
+                .trim();
+            if ["VGPRs:", "SGPRs:", "ScratchSize", "Occupancy", "LDS Size"]
+                .iter()
+                .any(|k| r.starts_with(k))
+            {
+                parts.push(r.to_string());
+            }
+        }
+    }
+    out.into_iter()
+        .map(|(n, p)| format!("{n}: {}", p.join(", ")))
+        .collect()
+}
+
+/// hipcc to a code object in a temporary folder; returns its size (and
+/// with `resources` the per-kernel resource remarks).
+fn hipcc_compile(
+    gfx: &str,
+    name: &str,
+    unit: &str,
+    defines: &Defines,
+    resources: bool,
+) -> Result<(usize, Vec<String>)> {
     let fail = |log: String| GpuError::Compile {
         kernel: name.to_string(),
         target: gfx.to_string(),
@@ -136,13 +236,21 @@ fn hipcc_compile(gfx: &str, name: &str, unit: &str, defines: &Defines) -> Result
     let mut cmd = Command::new("hipcc");
     cmd.arg(format!("--offload-arch={gfx}")).args(HIPCC_FLAGS);
     cmd.args(defines.iter().map(|(k, v)| format!("-D{k}={v}")));
+    if resources {
+        cmd.arg("-Rpass-analysis=kernel-resource-usage");
+    }
     cmd.arg(&src).arg("-o").arg(&out);
     let output = cmd
         .output()
         .map_err(|e| fail(format!("running hipcc: {e}")))?;
     let result = if output.status.success() {
         std::fs::metadata(&out)
-            .map(|m| m.len() as usize)
+            .map(|m| {
+                (
+                    m.len() as usize,
+                    amd_resources(&String::from_utf8_lossy(&output.stderr)),
+                )
+            })
             .map_err(|e| fail(format!("no code object: {e}")))
     } else {
         Err(fail(format!(

@@ -4,7 +4,7 @@
 //! any fails, 2 for a bad target or a missing compiler.
 
 use attnlab_gpu::bench::{self, BenchOptions, BenchReport};
-use attnlab_gpu::compile::{compile_all, CompileReport};
+use attnlab_gpu::compile::{compile_families, CompileReport};
 use attnlab_gpu::kernels::Gpu;
 use attnlab_gpu::runtime::GpuError;
 use attnlab_gpu::runtime::Target;
@@ -25,6 +25,13 @@ enum GpuCommand {
         target: Target,
         #[arg(long)]
         json: bool,
+        /// Only this kernel family (e.g. paged_decode).
+        #[arg(long, value_name = "FAMILY")]
+        family: Option<String>,
+        /// Print each kernel's registers, spills and shared memory
+        /// (ptxas -v on NVIDIA, clang's resource remarks on AMD).
+        #[arg(long)]
+        resources: bool,
     },
 }
 
@@ -34,8 +41,13 @@ fn parse_target(s: &str) -> Result<Target, String> {
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     match args.command {
-        GpuCommand::Compile { target, json } => {
-            let report = compile_all(&target)?;
+        GpuCommand::Compile {
+            target,
+            json,
+            family,
+            resources,
+        } => {
+            let report = compile_families(&target, family.as_deref(), resources)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
@@ -66,6 +78,9 @@ fn print_report(r: &CompileReport) {
             for line in log.lines().take(30) {
                 println!("      {line}");
             }
+        }
+        for line in &c.resources {
+            println!("      {line}");
         }
     }
     let ok = r.results.iter().filter(|c| c.ok).count();

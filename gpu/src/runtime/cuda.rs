@@ -46,6 +46,19 @@ pub fn nvrtc_compile(
     source: &str,
     defines: &[(String, String)],
 ) -> Result<Image> {
+    nvrtc_compile_logged(sm, name, source, defines, &[]).map(|(image, _)| image)
+}
+
+/// [`nvrtc_compile`] with extra NVRTC options (e.g. `--ptxas-options=-v`,
+/// whose register / spill / shared-memory report lands in the log), returning
+/// the program log beside the image.
+pub fn nvrtc_compile_logged(
+    sm: u32,
+    name: &str,
+    source: &str,
+    defines: &[(String, String)],
+    extra_options: &[&str],
+) -> Result<(Image, String)> {
     let target = Target::Cuda { sm };
     let fail = |log: String| GpuError::Compile {
         kernel: name.to_string(),
@@ -63,6 +76,7 @@ pub fn nvrtc_compile(
     let mut opts: Vec<String> = NVRTC_FLAGS.iter().map(|s| s.to_string()).collect();
     opts.push(format!("--gpu-architecture=sm_{sm}"));
     opts.extend(defines.iter().map(|(k, v)| format!("-D{k}={v}")));
+    opts.extend(extra_options.iter().map(|o| o.to_string()));
     // SAFETY: `prog` is live until destroy_program below; src/cname outlive it.
     unsafe {
         let compiled = rtc::compile_program(prog, &opts);
@@ -84,7 +98,7 @@ pub fn nvrtc_compile(
             });
         let _ = rtc::destroy_program(prog);
         let bytes = got.map_err(|e| fail(format!("nvrtcGetCUBIN: {e:?}")))?;
-        Ok(Image { target, bytes })
+        Ok((Image { target, bytes }, log))
     }
 }
 
