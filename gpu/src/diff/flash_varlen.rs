@@ -1,7 +1,10 @@
 //! Diff of varlen flash attention with LSE: random batches with sk >= sq
 //! (prefill, extend on a context, chunk-shaped calls), causal or not,
 //! windows, ALiBi, sinks, soft-cap, GQA, CK's block_n (64/128) and 32, and
-//! MLA-prefill-shaped V head sizes (Dqk 192, Dv 128).
+//! MLA-prefill-shaped V head sizes (Dqk 192, Dv 128). Every shape but head
+//! size 72 (Dv not a multiple of 16: the scalar fallback) takes the
+//! register-tiled kernel; a quarter of the sequences span several of its
+//! 64-row blocks.
 
 use super::{rng_for, DiffOptions, KernelReport, Tally};
 use crate::kernels::Gpu;
@@ -24,13 +27,25 @@ pub fn run(gpu: &Gpu, opts: DiffOptions) -> Result<KernelReport> {
             .expect("non-empty");
         let hk = *[1usize, 2, 4].choose(&mut rng).expect("non-empty");
         let hq = hk * *[1usize, 2, 4, 8].choose(&mut rng).expect("non-empty");
-        let (d, dv) = *[(64usize, 64usize), (128, 128), (192, 128), (96, 96)]
-            .choose(&mut rng)
-            .expect("non-empty");
+        let (d, dv) = *[
+            (64usize, 64usize),
+            (128, 128),
+            (192, 128),
+            (96, 96),
+            (72, 72),
+        ]
+        .choose(&mut rng)
+        .expect("non-empty");
         let batch = rng.gen_range(1..=4usize);
         let (mut cu_q, mut cu_k) = (vec![0i32], vec![0i32]);
         for _ in 0..batch {
-            let sq = rng.gen_range(1..=48);
+            // Mostly short rows; a quarter long enough for several row
+            // blocks of the tiled kernel (64 rows) and full key tiles.
+            let sq = if rng.gen_bool(0.25) {
+                rng.gen_range(49..=200)
+            } else {
+                rng.gen_range(1..=48)
+            };
             let sk = sq
                 + if rng.gen_bool(0.5) {
                     0
