@@ -10,236 +10,447 @@
 //        out of window: -10000 * LOG2E + bias * LOG2E (not -inf)
 //     B) per head: RowState::update statistics (tile_begin, exp2c, tile_sum)
 //     C) per (head, d): acc = acc * alpha; fmaf(round_q(p), dequant(v), acc)
+//        over the tile's keys ascending, p == 0 skipped
 //   out = round_q(acc / (l + 1e-10))
-// With stage_kv (when shared memory allows), each tile's dequantized K
-// (transposed, [D][TILE]) and V ([TILE][D]) are loaded once, coalesced, into
-// shared memory and every head of the group reads them there: the same
-// values in the same operations, so the bits do not change; only the
-// global traffic does (once per kv head instead of once per query head).
-//
 // ll4mi (vLLM paged_attention_rocm): partition kernel, grid (num_reqs,
-// max_num_partitions, Hkv); partition p = tokens [p*256, p*256 + 256) as 4
-// waves of 64 token lanes. Per head of the group: s_t = score with
+// max_num_partitions, Hkv); partition p = tokens [p*P, p*P + P) (P = 256 in
+// vLLM) as waves of 64 token lanes. Per head of the group: s_t = score with
 // scale * k_scale (fp8 K enters as stored), masked -FLT_MAX; per wave the
 // 64-lane butterfly max and, of e_t = exp2c(s_t - wmax), the butterfly sum
-// (emulated_butterfly: 64 lanes on every vendor, as the sim models it);
+// (64 lanes on every vendor, as the sim models it);
 // pmax, psum = fmaf(wsum_w, exp2c(wmax_w - pmax), psum) over waves
 // ascending; p_t = round_q((e_t * (1 / (psum + 1e-6))) * exp2c(wmax_w - pmax));
 // tmp_out[d] = round_q([v_scale *] fmaf chain over t of p_t * v_t[d]).
 // Reduce kernel, grid (Hq, num_reqs): w_p = exp_sums[p] * exp2c(ml_p - gmax);
 // lane p % 64 accumulates w_p (p ascending), 64-lane butterfly sum = gsum;
 // out[d] = round_q(fmaf chain over p of tmp_out[p][d] * w_p, * (1 / (gsum + 1e-6))).
+//
+// Where the work goes (the sim fixes only the order of operations of each
+// output element; everything below keeps it):
+//   - one block reads each K/V byte of its (sequence, kv head[, partition])
+//     once: up to DECODE_HG query heads of the group per pass, each thread
+//     owning one token and DECODE_HG independent dot chains (ILP); K comes
+//     as 16-byte vectors of 16 / sizeof(KV) consecutive dims of one row
+//     (x-packed K and NHD rows are contiguous that way), Q from shared memory;
+//   - scores of a whole chunk of DECODE_THREADS keys are computed before
+//     their softmax statistics (scores do not depend on the running state);
+//     the statistics that are sequential in the sim (the 2D kernel's running
+//     max, l) stay sequential per head, the rest is one thread per key/tile;
+//   - the ll4mi wave butterflies run on real lanes (butterfly64 in
+//     portable.h: the sim's xor sequence, offset 32 through shared memory
+//     on 32-wide warps);
+//   - PV: a thread owns up to DECODE_HPT (head, d) fma chains in registers and
+//     walks the keys ascending, reading V of ROCm/AITER layouts as 16-byte
+//     vectors of consecutive rows of its dim (NHD: one element at a time).
 // Compile-time constants: Q_DTYPE, KV_DTYPE.
 
 typedef Storage<Q_DTYPE> Q;
 typedef Storage<KV_DTYPE> KV;
+typedef typename KV::T KVT;
 #define KV_IS_FP8 (KV_DTYPE == DT_FP8_FNUZ || KV_DTYPE == DT_FP8_FN)
 #define LL4MI_MASKED (-3.402823466e+38f)
 #define LL4MI_WAVE 64
+// Threads of every decode block (a multiple of the 64-lane sim wave).
+#define DECODE_THREADS 256
+// Query heads per pass (register dot chains per thread); launchers pass the
+// pass size actually used (<= DECODE_HG) in PagedArgs::head_group.
+#define DECODE_HG 8
+// (head, d) PV chains per thread.
+#define DECODE_HPT 4
+// KV elements per 16-byte vector.
+#define KV_VEC ((int)(16 / sizeof(KVT)))
 
 struct PagedArgs {
     i64 num_reqs, num_heads, num_kv_heads, head_size, block_size, max_blocks, num_kv_blocks;
     i64 tile, window, partition_size, max_partitions;
-    i32 layout_kind, has_sinks, has_alibi, stage_kv;
+    i32 layout_kind, has_sinks, has_alibi, head_group;
     float scale, scale_log2, softcap, k_scale, v_scale;
 };
 
 DEVICE KvLayout layout_of(const PagedArgs& a) {
-    KvLayout L = {a.layout_kind, a.block_size, a.num_kv_heads, a.head_size, 16 / (i64)sizeof(typename KV::T)};
+    KvLayout L = {a.layout_kind, a.block_size, a.num_kv_heads, a.head_size, KV_VEC};
     return L;
 }
 
-DEVICE float dequant(typename KV::T raw, float scale) { return dequant_kv<Q_DTYPE, KV_DTYPE>(raw, scale); }
+DEVICE float dequant(KVT raw, float scale) { return dequant_kv<Q_DTYPE, KV_DTYPE>(raw, scale); }
 
-extern "C" __global__ void paged_attention_2d(
-    const typename Q::T* __restrict__ query, const typename KV::T* __restrict__ k_cache,
-    const typename KV::T* __restrict__ v_cache, const i32* __restrict__ block_table, const i32* __restrict__ qsl,
-    const i32* __restrict__ seq_lens, const float* __restrict__ sinks, const float* __restrict__ alibi_slopes,
-    typename Q::T* __restrict__ out, PagedArgs a) {
-    extern __shared__ float smem[];
-    const i64 seq = blockIdx.x, kvh = blockIdx.y;
-    if (qsl[seq + 1] - qsl[seq] != 1) return;
-    const i64 qpk = a.num_heads / a.num_kv_heads, D = a.head_size, TILE = a.tile;
-    const i64 row = qsl[seq], seq_len = seq_lens[seq], ctx = seq_len - 1;
-    const KvLayout L = layout_of(a);
-    const i32* bt = block_table + seq * a.max_blocks;
-    float* s_tile = smem;                // [qpk][TILE]
-    float* acc = s_tile + qpk * TILE;    // [qpk][D]
-    float* m_i = acc + qpk * D;
-    float* l_i = m_i + qpk;
-    float* alpha_i = l_i + qpk;
-    float* k_t = alpha_i + qpk;          // stage_kv: [D][TILE]
-    float* v_t = k_t + D * TILE;         // stage_kv: [TILE][D]
-    for (i64 r = threadIdx.x; r < qpk; r += blockDim.x) {
-        m_i[r] = a.has_sinks ? sinks[kvh * qpk + r] * LOG2E : f32_neg_inf();
-        l_i[r] = a.has_sinks ? 1.0f : 0.0f;
-    }
-    for (i64 i = threadIdx.x; i < qpk * D; i += blockDim.x) acc[i] = 0.0f;
-    __syncthreads();
-    const float window_masked2 = -10000.0f * LOG2E;
-    for (i64 t0 = 0; t0 < seq_len; t0 += TILE) {
-        const i64 n = min(t0 + TILE, seq_len) - t0;
-        if (a.stage_kv) {
-            for (i64 i = threadIdx.x; i < n * D; i += blockDim.x) {
-                const i64 jj = i / D, d = i % D, t = t0 + jj;
-                const i64 blk = bt[t / a.block_size], off = t % a.block_size;
-                k_t[d * TILE + jj] = dequant(k_cache[k_offset(L, blk, off, kvh, d)], a.k_scale);
-                v_t[jj * D + d] = dequant(v_cache[v_offset(L, blk, off, kvh, d)], a.v_scale);
+// One token's dot chains with hg query heads: dot[h] = fmaf chain over d
+// ascending from 0 of q_s[h][d] * kv(k[d]) (kv: the stored value, or the 2D
+// kernel's dequantized one). kp points at dim 0 of the token's K row.
+template <bool DEQUANT>
+DEVICE void token_dots(float (&dot)[DECODE_HG], const KVT* kp, const KvLayout& L, const float* q_s, int D, int hg,
+                       float k_scale) {
+#pragma unroll
+    for (int h = 0; h < DECODE_HG; ++h) dot[h] = 0.0f;
+    if (D % KV_VEC == 0) {
+        const i64 kstep = k_offset(L, 0, 0, 0, KV_VEC);  // offset of the next 16-byte run of dims
+#pragma unroll 2
+        for (int d0 = 0; d0 < D; d0 += KV_VEC) {
+            const u32x4 raw = load16(kp + (d0 / KV_VEC) * kstep);
+#pragma unroll
+            for (int i = 0; i < KV_VEC; ++i) {
+                const KVT e = Vec16Elem<KVT>::at(raw, i);
+                const float k = DEQUANT ? dequant(e, k_scale) : KV::load(e);
+#pragma unroll
+                for (int h = 0; h < DECODE_HG; ++h)
+                    if (h < hg) dot[h] = fmaf(q_s[h * D + d0 + i], k, dot[h]);
             }
-            __syncthreads();
         }
-        for (i64 idx = threadIdx.x; idx < qpk * n; idx += blockDim.x) {
-            const i64 r = idx / n, jj = idx % n, h = kvh * qpk + r, t = t0 + jj;
-            const i64 blk = bt[t / a.block_size], off = t % a.block_size;
-            const typename Q::T* q = query + (row * a.num_heads + h) * D;
-            float dot = 0.0f;
-            if (a.stage_kv) {
-                for (i64 d = 0; d < D; ++d) dot = fmaf(Q::load(q[d]), k_t[d * TILE + jj], dot);
-            } else {
-                for (i64 d = 0; d < D; ++d) dot = fmaf(Q::load(q[d]), dequant(k_cache[k_offset(L, blk, off, kvh, d)], a.k_scale), dot);
-            }
-            const float bias = a.has_alibi ? alibi_slopes[h] * ((float)t - (float)ctx) : 0.0f;
-            s_tile[r * TILE + jj] = visible(t, ctx, true, a.window) ? score(dot, a.scale, a.scale_log2, a.softcap, bias)
-                                                                    : window_masked2 + bias * LOG2E;
+    } else {
+        for (int d = 0; d < D; ++d) {
+            const KVT e = kp[k_offset(L, 0, 0, 0, d)];
+            const float k = DEQUANT ? dequant(e, k_scale) : KV::load(e);
+#pragma unroll
+            for (int h = 0; h < DECODE_HG; ++h)
+                if (h < hg) dot[h] = fmaf(q_s[h * D + d], k, dot[h]);
         }
-        __syncthreads();
-        for (i64 r = threadIdx.x; r < qpk; r += blockDim.x) {
-            float tile_max = f32_neg_inf();
-            for (i64 jj = 0; jj < n; ++jj) tile_max = fmaxf(tile_max, s_tile[r * TILE + jj]);
-            const TileStats ts = tile_begin(m_i[r], tile_max);
-            float tile_sum = 0.0f;
-            for (i64 jj = 0; jj < n; ++jj) {
-                const float p = exp2c(s_tile[r * TILE + jj] - ts.m_ref);
-                tile_sum = tile_sum + p;
-                s_tile[r * TILE + jj] = p;
-            }
-            l_i[r] = fmaf(l_i[r], ts.alpha, tile_sum);
-            m_i[r] = ts.m_new;
-            alpha_i[r] = ts.alpha;
-        }
-        __syncthreads();
-        for (i64 idx = threadIdx.x; idx < qpk * D; idx += blockDim.x) {
-            const i64 r = idx / D, d = idx % D;
-            float acc_d = acc[idx] * alpha_i[r];
-            for (i64 jj = 0; jj < n; ++jj) {
-                const float p = s_tile[r * TILE + jj];
-                if (p != 0.0f) {
-                    const i64 t = t0 + jj;
-                    const i64 blk = bt[t / a.block_size], off = t % a.block_size;
-                    const float v = a.stage_kv ? v_t[jj * D + d] : dequant(v_cache[v_offset(L, blk, off, kvh, d)], a.v_scale);
-                    acc_d = fmaf(round_to<Q_DTYPE>(p), v, acc_d);
-                }
-            }
-            acc[idx] = acc_d;
-        }
-        __syncthreads();
-    }
-    for (i64 idx = threadIdx.x; idx < qpk * D; idx += blockDim.x) {
-        const i64 r = idx / D, d = idx % D;
-        out[(row * a.num_heads + kvh * qpk + r) * D + d] = Q::store(acc[idx] / (l_i[r] + 1e-10f));
     }
 }
 
-extern "C" __global__ void paged_attention_ll4mi_partition(
-    const typename Q::T* __restrict__ query, const typename KV::T* __restrict__ k_cache,
-    const typename KV::T* __restrict__ v_cache, const i32* __restrict__ block_table, const i32* __restrict__ qsl,
-    const i32* __restrict__ seq_lens, const float* __restrict__ alibi_slopes, float* __restrict__ max_logits,
-    float* __restrict__ exp_sums, float* __restrict__ tmp_out, PagedArgs a) {
+// The query rows of heads h0 .. h0 + hg, widened, into q_s[hg][D].
+DEVICE void load_q(float* q_s, const typename Q::T* q, int hg, int D) {
+    for (int i = threadIdx.x; i < hg * D; i += blockDim.x) q_s[i] = Q::load(q[i]);
+}
+
+// PV of one (head block, d) unit over keys [j_begin, j_end) of a chunk:
+// acc[hh] = fmaf(p, v, acc[hh]) for keys ascending, skipping keys whose
+// p_s entry is `skip` (bit pattern). p_s[h * pstride + j], j relative to the
+// chunk; token j's V dim 0 is at vbase(j) = v_offset(blk_s[j], row_s[j]).
+template <bool DEQUANT>
+DEVICE void pv_keys(float (&acc)[DECODE_HPT], const float* p_s, int pstride, u32 skip, int j_begin, int j_end,
+                    const KVT* v_cache, const KvLayout& L, const i32* blk_s, const i32* row_s, i64 kvh, i64 dim_off,
+                    bool vec_v, float v_scale) {
+    if (vec_v) {
+        // j_begin, chunk starts and block rows are multiples of KV_VEC here:
+        // the KV_VEC rows of this dim are one aligned 16-byte run.
+        for (int j0 = j_begin; j0 < j_end; j0 += KV_VEC) {
+            const u32x4 raw = load16(v_cache + v_offset(L, blk_s[j0], row_s[j0], kvh, 0) + dim_off);
+#pragma unroll
+            for (int i = 0; i < KV_VEC; ++i) {
+                if (j0 + i >= j_end) break;
+                const KVT e = Vec16Elem<KVT>::at(raw, i);
+                const float v = DEQUANT ? dequant(e, v_scale) : KV::load(e);
+#pragma unroll
+                for (int hh = 0; hh < DECODE_HPT; ++hh) {
+                    const float p = p_s[hh * pstride + j0 + i];
+                    if (__float_as_uint(p) != skip) acc[hh] = fmaf(p, v, acc[hh]);
+                }
+            }
+        }
+    } else {
+        for (int j = j_begin; j < j_end; ++j) {
+            const KVT e = v_cache[v_offset(L, blk_s[j], row_s[j], kvh, 0) + dim_off];
+            const float v = DEQUANT ? dequant(e, v_scale) : KV::load(e);
+#pragma unroll
+            for (int hh = 0; hh < DECODE_HPT; ++hh) {
+                const float p = p_s[hh * pstride + j];
+                if (__float_as_uint(p) != skip) acc[hh] = fmaf(p, v, acc[hh]);
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------- 2D kernel
+// Shared memory (floats unless noted), HG = a.head_group, C = DECODE_THREADS
+// keys per chunk, NT = C / TILE tiles per chunk:
+//   q_s[HG*D], acc_s[HG*D], s_s[HGP*C] (HGP: HG rounded up to DECODE_HPT), tmax_s/mref_s/alpha_s/tsum_s[HG*NT],
+//   m_s[HG], l_s[HG], blk_s[C] i32, row_s[C] i32.
+extern "C" __global__ void __launch_bounds__(DECODE_THREADS) paged_attention_2d(
+    const typename Q::T* __restrict__ query, const KVT* __restrict__ k_cache, const KVT* __restrict__ v_cache,
+    const i32* __restrict__ block_table, const i32* __restrict__ qsl, const i32* __restrict__ seq_lens,
+    const float* __restrict__ sinks, const float* __restrict__ alibi_slopes, typename Q::T* __restrict__ out,
+    PagedArgs a) {
+    extern __shared__ float smem[];
+    const i64 seq = blockIdx.x, kvh = blockIdx.y;
+    if (qsl[seq + 1] - qsl[seq] != 1) return;
+    const int qpk = (int)(a.num_heads / a.num_kv_heads), D = (int)a.head_size, TILE = (int)a.tile;
+    const int HG = a.head_group, C = DECODE_THREADS, NT = C / TILE, tid = threadIdx.x;
+    const i64 row = qsl[seq], seq_len = seq_lens[seq], ctx = seq_len - 1;
+    const KvLayout L = layout_of(a);
+    const i32 bs = (i32)a.block_size;
+    const i32* bt = block_table + seq * a.max_blocks;
+    float* q_s = smem;
+    float* acc_s = q_s + HG * D;
+    float* s_s = acc_s + HG * D;
+    float* tmax_s = s_s + ((HG + DECODE_HPT - 1) / DECODE_HPT) * DECODE_HPT * C;
+    float* mref_s = tmax_s + HG * NT;
+    float* alpha_s = mref_s + HG * NT;
+    float* tsum_s = alpha_s + HG * NT;
+    float* m_s = tsum_s + HG * NT;
+    float* l_s = m_s + HG;
+    i32* blk_s = (i32*)(l_s + HG);
+    i32* row_s = blk_s + C;
+    const bool vec_v = L.kind != LAYOUT_NHD && bs % KV_VEC == 0 && TILE % KV_VEC == 0;
+    const u32 skip = 0x80000000u;  // -0.0: "p == 0" (a rounded p is +0 or more, or NaN)
+    const float window_masked2 = -10000.0f * LOG2E;
+    for (int h0 = 0; h0 < qpk; h0 += HG) {
+        const int hg = min(HG, qpk - h0);
+        const i64 hbase = kvh * qpk + h0;
+        load_q(q_s, query + (row * a.num_heads + hbase) * D, hg, D);
+        for (int i = tid; i < hg * D; i += blockDim.x) acc_s[i] = 0.0f;
+        if (tid < hg) {
+            m_s[tid] = a.has_sinks ? sinks[hbase + tid] * LOG2E : f32_neg_inf();
+            l_s[tid] = a.has_sinks ? 1.0f : 0.0f;
+        }
+        __syncthreads();
+        for (i64 t0 = 0; t0 < seq_len; t0 += C) {
+            const int nc = (int)(min(t0 + C, seq_len) - t0), ntl = (nc + TILE - 1) / TILE;
+            // A) scores of the chunk's keys, one thread per key.
+            if (tid < nc) {
+                const i64 t = t0 + tid;
+                const i32 blk = bt[t / bs], r = (i32)(t % bs);
+                blk_s[tid] = blk;
+                row_s[tid] = r;
+                float dot[DECODE_HG];
+                token_dots<true>(dot, k_cache + k_offset(L, blk, r, kvh, 0), L, q_s, D, hg, a.k_scale);
+                const bool vis = visible(t, ctx, true, a.window);
+#pragma unroll
+                for (int h = 0; h < DECODE_HG; ++h) {
+                    if (h < hg) {
+                        const float bias = a.has_alibi ? alibi_slopes[hbase + h] * ((float)t - (float)ctx) : 0.0f;
+                        s_s[h * C + tid] = vis ? score(dot[h], a.scale, a.scale_log2, a.softcap, bias)
+                                               : window_masked2 + bias * LOG2E;
+                    }
+                }
+            }
+            __syncthreads();
+            // B1) tile maxima, one thread per (head, tile).
+            for (int i = tid; i < hg * ntl; i += blockDim.x) {
+                const int h = i / ntl, k = i % ntl, j1 = min((k + 1) * TILE, nc);
+                float mx = f32_neg_inf();
+                for (int j = k * TILE; j < j1; ++j) mx = fmaxf(mx, s_s[h * C + j]);
+                tmax_s[h * NT + k] = mx;
+            }
+            __syncthreads();
+            // B2) the running max, sequential over tiles per head.
+            if (tid < hg) {
+                float m = m_s[tid];
+                for (int k = 0; k < ntl; ++k) {
+                    const TileStats ts = tile_begin(m, tmax_s[tid * NT + k]);
+                    mref_s[tid * NT + k] = ts.m_ref;
+                    alpha_s[tid * NT + k] = ts.alpha;
+                    m = ts.m_new;
+                }
+                m_s[tid] = m;
+            }
+            __syncthreads();
+            // B3) p = exp2c(s - m_ref of its tile), one thread per (head, key).
+            for (int i = tid; i < hg * nc; i += blockDim.x) {
+                const int h = i / nc, j = i % nc;
+                s_s[h * C + j] = exp2c(s_s[h * C + j] - mref_s[h * NT + j / TILE]);
+            }
+            __syncthreads();
+            // B4) tile sums (keys ascending, unrounded p), then p -> round_q(p)
+            // or the skip mark, one thread per (head, tile).
+            for (int i = tid; i < hg * ntl; i += blockDim.x) {
+                const int h = i / ntl, k = i % ntl, j1 = min((k + 1) * TILE, nc);
+                float sum = 0.0f;
+                for (int j = k * TILE; j < j1; ++j) {
+                    const float p = s_s[h * C + j];
+                    sum = sum + p;
+                    s_s[h * C + j] = p != 0.0f ? round_to<Q_DTYPE>(p) : __uint_as_float(skip);
+                }
+                tsum_s[h * NT + k] = sum;
+            }
+            __syncthreads();
+            // B5) l = fmaf(l, alpha, tile_sum) over tiles; C) PV per (head block, d).
+            if (tid < hg) {
+                float l = l_s[tid];
+                for (int k = 0; k < ntl; ++k) l = fmaf(l, alpha_s[tid * NT + k], tsum_s[tid * NT + k]);
+                l_s[tid] = l;
+            }
+            const int hblocks = (hg + DECODE_HPT - 1) / DECODE_HPT;
+            for (int u = tid; u < hblocks * D; u += blockDim.x) {
+                const int hb = u / D, d = u % D, hh0 = hb * DECODE_HPT;
+                float acc[DECODE_HPT];
+#pragma unroll
+                for (int hh = 0; hh < DECODE_HPT; ++hh) acc[hh] = hh0 + hh < hg ? acc_s[(hh0 + hh) * D + d] : 0.0f;
+                const i64 dim_off = v_offset(L, 0, 0, 0, d);
+                for (int k = 0; k < ntl; ++k) {
+#pragma unroll
+                    for (int hh = 0; hh < DECODE_HPT; ++hh)
+                        acc[hh] = acc[hh] * alpha_s[min(hh0 + hh, hg - 1) * NT + k];
+                    pv_keys<true>(acc, s_s + hh0 * C, C, skip, k * TILE, min((k + 1) * TILE, nc), v_cache,
+                                  L, blk_s, row_s, kvh, dim_off, vec_v, a.v_scale);
+                }
+#pragma unroll
+                for (int hh = 0; hh < DECODE_HPT; ++hh)
+                    if (hh0 + hh < hg) acc_s[(hh0 + hh) * D + d] = acc[hh];
+            }
+            __syncthreads();
+        }
+        for (int i = tid; i < hg * D; i += blockDim.x) {
+            const int h = i / D;
+            out[(row * a.num_heads + hbase) * D + i] = Q::store(acc_s[i] / (l_s[h] + 1e-10f));
+        }
+        __syncthreads();
+    }
+}
+
+// ------------------------------------------------------------- ll4mi kernels
+// Shared memory (floats unless noted), HG = a.head_group (HGP: rounded up to
+// DECODE_HPT), P = partition size, W = P / 64:
+//   q_s[HG*D], e_s[HGP*P] (e, then p), wmax_s/wsum_s/wscale_s[HG*W], inv_s[HG],
+//   xchg[DECODE_HG*DECODE_THREADS] (butterfly offset 32 on 32-wide warps),
+//   blk_s[P] i32, row_s[P] i32.
+extern "C" __global__ void __launch_bounds__(DECODE_THREADS) paged_attention_ll4mi_partition(
+    const typename Q::T* __restrict__ query, const KVT* __restrict__ k_cache, const KVT* __restrict__ v_cache,
+    const i32* __restrict__ block_table, const i32* __restrict__ qsl, const i32* __restrict__ seq_lens,
+    const float* __restrict__ alibi_slopes, float* __restrict__ max_logits, float* __restrict__ exp_sums,
+    float* __restrict__ tmp_out, PagedArgs a) {
     extern __shared__ float smem[];
     const i64 seq = blockIdx.x, part = blockIdx.y, kvh = blockIdx.z;
     if (qsl[seq + 1] - qsl[seq] != 1) return;
-    const i64 P = a.partition_size, D = a.head_size, qpk = a.num_heads / a.num_kv_heads;
+    const int P = (int)a.partition_size, D = (int)a.head_size, qpk = (int)(a.num_heads / a.num_kv_heads);
     const i64 row = qsl[seq], seq_len = seq_lens[seq], start = part * P;
     if (start >= seq_len) return;
-    const i64 n = min(start + P, seq_len) - start, warps = P / LL4MI_WAVE;
+    const int n = (int)(min(start + (i64)P, seq_len) - start), W = P / LL4MI_WAVE, tid = threadIdx.x;
+    const int HG = a.head_group, HGP = (HG + DECODE_HPT - 1) / DECODE_HPT * DECODE_HPT;
     const KvLayout L = layout_of(a);
+    const i32 bs = (i32)a.block_size;
     const i32* bt = block_table + seq * a.max_blocks;
-    float* s = smem;             // [P] scores, then p
-    float* e = s + P;            // [P]
-    float* wmax = e + P;         // [warps]
-    float* wscale = wmax + warps;
-    float* lanes = wscale + warps;  // [64]
-    float* stats = lanes + LL4MI_WAVE;  // pmax, inv
-    for (i64 r = 0; r < qpk; ++r) {
-        const i64 h = kvh * qpk + r;
-        const typename Q::T* q = query + (row * a.num_heads + h) * D;
-        for (i64 j = threadIdx.x; j < n; j += blockDim.x) {
-            const i64 t = start + j, blk = bt[t / a.block_size], off = t % a.block_size;
-            float dot = 0.0f;
-            for (i64 d = 0; d < D; ++d) dot = fmaf(Q::load(q[d]), KV::load(k_cache[k_offset(L, blk, off, kvh, d)]), dot);
-            const float bias = a.has_alibi ? alibi_slopes[h] * ((float)t - (float)(seq_len - 1)) : 0.0f;
-            s[j] = visible(t, seq_len - 1, true, a.window) ? score(dot, a.scale, a.scale_log2, a.softcap, bias) : LL4MI_MASKED;
+    float* q_s = smem;
+    float* e_s = q_s + HG * D;
+    float* wmax_s = e_s + HGP * P;
+    float* wsum_s = wmax_s + HG * W;
+    float* wscale_s = wsum_s + HG * W;
+    float* inv_s = wscale_s + HG * W;
+    float* xchg = inv_s + HG;
+    i32* blk_s = (i32*)(xchg + DECODE_HG * DECODE_THREADS);
+    i32* row_s = blk_s + P;
+    const bool vec_v = L.kind != LAYOUT_NHD && bs % KV_VEC == 0;
+    for (int j = tid; j < n; j += blockDim.x) {
+        const i64 t = start + j;
+        blk_s[j] = bt[t / bs];
+        row_s[j] = (i32)(t % bs);
+    }
+    for (int h0 = 0; h0 < qpk; h0 += HG) {
+        const int hg = min(HG, qpk - h0);
+        const i64 hbase = kvh * qpk + h0;
+        load_q(q_s, query + (row * a.num_heads + hbase) * D, hg, D);
+        __syncthreads();
+        // Scores and the per-wave statistics, DECODE_THREADS tokens per round:
+        // lane l of wave w is token 64w + l, as in the sim.
+        for (int r0 = 0; r0 < P; r0 += DECODE_THREADS) {
+            const int j = r0 + tid;
+            float s[DECODE_HG];
+#pragma unroll
+            for (int h = 0; h < DECODE_HG; ++h) s[h] = LL4MI_MASKED;
+            if (j < n) {
+                const i64 t = start + j;
+                float dot[DECODE_HG];
+                token_dots<false>(dot, k_cache + k_offset(L, blk_s[j], row_s[j], kvh, 0), L, q_s, D, hg, 0.0f);
+                if (visible(t, seq_len - 1, true, a.window)) {
+#pragma unroll
+                    for (int h = 0; h < DECODE_HG; ++h) {
+                        if (h < hg) {
+                            const float bias =
+                                a.has_alibi ? alibi_slopes[hbase + h] * ((float)t - (float)(seq_len - 1)) : 0.0f;
+                            s[h] = score(dot[h], a.scale, a.scale_log2, a.softcap, bias);
+                        }
+                    }
+                }
+            }
+            // A wave with no token below n ends with -FLT_MAX and 0, as the
+            // sim's skipped wave; lanes past n hold -FLT_MAX and e = 0.
+            float m[DECODE_HG], e[DECODE_HG];
+#pragma unroll
+            for (int h = 0; h < DECODE_HG; ++h) m[h] = s[h];
+            butterfly64<DECODE_HG, true>(m, xchg);  // wmax of the lane's wave
+#pragma unroll
+            for (int h = 0; h < DECODE_HG; ++h) e[h] = j < n ? exp2c(s[h] - m[h]) : 0.0f;
+            if (j < P) {
+#pragma unroll
+                for (int h = 0; h < DECODE_HG; ++h)
+                    if (h < hg) e_s[h * P + j] = e[h];
+            }
+            butterfly64<DECODE_HG, false>(e, xchg);  // wsum of the lane's wave
+            if (j < P && j % LL4MI_WAVE == 0) {
+#pragma unroll
+                for (int h = 0; h < DECODE_HG; ++h) {
+                    if (h < hg) {
+                        wmax_s[h * W + j / LL4MI_WAVE] = m[h];
+                        wsum_s[h * W + j / LL4MI_WAVE] = e[h];
+                    }
+                }
+            }
         }
         __syncthreads();
-        if (threadIdx.x == 0) {
-            float psum_parts[16];
-            for (i64 w = 0; w < warps; ++w) {
-                wmax[w] = LL4MI_MASKED;
-                psum_parts[w] = 0.0f;
-                if (w * LL4MI_WAVE >= n) continue;
-                for (i64 l = 0; l < LL4MI_WAVE; ++l) lanes[l] = w * LL4MI_WAVE + l < n ? s[w * LL4MI_WAVE + l] : LL4MI_MASKED;
-                wmax[w] = emulated_butterfly(lanes, LL4MI_WAVE, 1);
-                for (i64 l = 0; l < LL4MI_WAVE; ++l) {
-                    const i64 j = w * LL4MI_WAVE + l;
-                    e[j] = j < n ? exp2c(s[j] - wmax[w]) : 0.0f;
-                    lanes[l] = e[j];
-                }
-                psum_parts[w] = emulated_butterfly(lanes, LL4MI_WAVE, 0);
-            }
+        // Across the waves, ascending (one thread per head).
+        if (tid < hg) {
             float pmax = LL4MI_MASKED;
-            for (i64 w = 0; w < warps; ++w) pmax = fmaxf(pmax, wmax[w]);
+            for (int w = 0; w < W; ++w) pmax = fmaxf(pmax, wmax_s[tid * W + w]);
             float psum = 0.0f;
-            for (i64 w = 0; w < warps; ++w) psum = fmaf(psum_parts[w], exp2c(wmax[w] - pmax), psum);
-            for (i64 w = 0; w < warps; ++w) wscale[w] = exp2c(wmax[w] - pmax);
-            stats[0] = pmax;
-            stats[1] = 1.0f / (psum + 1e-6f);
-            const i64 o = (seq * a.num_heads + h) * a.max_partitions + part;
+            for (int w = 0; w < W; ++w) psum = fmaf(wsum_s[tid * W + w], exp2c(wmax_s[tid * W + w] - pmax), psum);
+            for (int w = 0; w < W; ++w) wscale_s[tid * W + w] = exp2c(wmax_s[tid * W + w] - pmax);
+            inv_s[tid] = 1.0f / (psum + 1e-6f);
+            const i64 o = (seq * a.num_heads + hbase + tid) * a.max_partitions + part;
             max_logits[o] = pmax;
             exp_sums[o] = psum;
         }
         __syncthreads();
-        for (i64 j = threadIdx.x; j < n; j += blockDim.x) s[j] = round_to<Q_DTYPE>((e[j] * stats[1]) * wscale[j / LL4MI_WAVE]);
+        for (int i = tid; i < hg * P; i += blockDim.x) {
+            const int h = i / P, j = i % P;
+            e_s[i] = j < n ? round_to<Q_DTYPE>((e_s[i] * inv_s[h]) * wscale_s[h * W + j / LL4MI_WAVE]) : 0.0f;
+        }
         __syncthreads();
-        for (i64 d = threadIdx.x; d < D; d += blockDim.x) {
-            float acc = 0.0f;
-            for (i64 j = 0; j < n; ++j) {
-                if (s[j] != 0.0f) {
-                    const i64 t = start + j, blk = bt[t / a.block_size], off = t % a.block_size;
-                    acc = fmaf(s[j], KV::load(v_cache[v_offset(L, blk, off, kvh, d)]), acc);
+        // PV: tmp_out[h][d] = fmaf chain over t ascending of p_t * v_t[d], p == 0 skipped.
+        const int hblocks = (hg + DECODE_HPT - 1) / DECODE_HPT;
+        for (int u = tid; u < hblocks * D; u += blockDim.x) {
+            const int hb = u / D, d = u % D, hh0 = hb * DECODE_HPT;
+            float acc[DECODE_HPT];
+#pragma unroll
+            for (int hh = 0; hh < DECODE_HPT; ++hh) acc[hh] = 0.0f;
+            pv_keys<false>(acc, e_s + hh0 * P, P, 0u, 0, n, v_cache, L, blk_s, row_s, kvh, v_offset(L, 0, 0, 0, d),
+                           vec_v, 0.0f);
+#pragma unroll
+            for (int hh = 0; hh < DECODE_HPT; ++hh) {
+                if (hh0 + hh < hg) {
+                    const i64 o = (seq * a.num_heads + hbase + hh0 + hh) * a.max_partitions + part;
+                    tmp_out[o * D + d] = round_to<Q_DTYPE>(KV_IS_FP8 ? acc[hh] * a.v_scale : acc[hh]);
                 }
             }
-            tmp_out[((seq * a.num_heads + h) * a.max_partitions + part) * D + d] = round_to<Q_DTYPE>(KV_IS_FP8 ? acc * a.v_scale : acc);
         }
         __syncthreads();
     }
 }
 
-extern "C" __global__ void paged_attention_ll4mi_reduce(
+// Reduce, grid (Hq, num_reqs), DECODE_THREADS threads; shared w_s[max_partitions]
+// plus a few scratch floats and xchg[DECODE_THREADS].
+extern "C" __global__ void __launch_bounds__(DECODE_THREADS) paged_attention_ll4mi_reduce(
     const float* __restrict__ max_logits, const float* __restrict__ exp_sums, const float* __restrict__ tmp_out,
     const i32* __restrict__ qsl, const i32* __restrict__ seq_lens, typename Q::T* __restrict__ out, PagedArgs a) {
-    __shared__ float lanes[LL4MI_WAVE];
-    __shared__ float inv_s, gmax_s;
+    extern __shared__ float smem[];
     const i64 h = blockIdx.x, seq = blockIdx.y, D = a.head_size, P = a.partition_size;
     if (qsl[seq + 1] - qsl[seq] != 1) return;
+    const int tid = threadIdx.x;
     const i64 seq_len = seq_lens[seq], np = (seq_len + P - 1) / P;
     const i64 base = (seq * a.num_heads + h) * a.max_partitions;
-    if (threadIdx.x == 0) {
-        float gmax = LL4MI_MASKED;
-        for (i64 p = 0; p < np; ++p) gmax = fmaxf(gmax, max_logits[base + p]);
-        for (i64 l = 0; l < LL4MI_WAVE; ++l) lanes[l] = 0.0f;
-        for (i64 p = 0; p < np; ++p) lanes[p % LL4MI_WAVE] += exp_sums[base + p] * exp2c(max_logits[base + p] - gmax);
-        const float gsum = emulated_butterfly(lanes, LL4MI_WAVE, 0);
-        inv_s = 1.0f / (gsum + 1e-6f);
-        gmax_s = gmax;
-    }
+    float* xchg = smem;                 // [DECODE_THREADS]
+    float* red = xchg + DECODE_THREADS;  // [DECODE_THREADS / 64]: per-wave maxima, then gmax, inv
+    float* w_s = red + DECODE_THREADS / LL4MI_WAVE + 2;  // [np]
+    // gmax: max is exact in any order (-FLT_MAX start, NaN-ignoring fmaxf).
+    float mx[1] = {LL4MI_MASKED};
+    for (i64 p = tid; p < np; p += blockDim.x) mx[0] = fmaxf(mx[0], max_logits[base + p]);
+    butterfly64<1, true>(mx, xchg);
+    if (tid % LL4MI_WAVE == 0) red[tid / LL4MI_WAVE] = mx[0];
     __syncthreads();
+    float gmax = LL4MI_MASKED;
+    for (int w = 0; w < DECODE_THREADS / LL4MI_WAVE; ++w) gmax = fmaxf(gmax, red[w]);
+    for (i64 p = tid; p < np; p += blockDim.x) w_s[p] = exp_sums[base + p] * exp2c(max_logits[base + p] - gmax);
+    __syncthreads();
+    // gsum: lane l sums w_p for p = l, l + 64, .. ascending, then the 64-lane butterfly.
+    float lane[1] = {0.0f};
+    if (tid < LL4MI_WAVE)
+        for (i64 p = tid; p < np; p += LL4MI_WAVE) lane[0] += w_s[p];
+    butterfly64<1, false>(lane, xchg);
+    if (tid == 0) red[DECODE_THREADS / LL4MI_WAVE] = 1.0f / (lane[0] + 1e-6f);
+    __syncthreads();
+    const float inv = red[DECODE_THREADS / LL4MI_WAVE];
     const i64 row = qsl[seq];
-    for (i64 d = threadIdx.x; d < D; d += blockDim.x) {
+    for (i64 d = tid; d < D; d += blockDim.x) {
         float acc = 0.0f;
-        for (i64 p = 0; p < np; ++p) {
-            const float w = exp_sums[base + p] * exp2c(max_logits[base + p] - gmax_s);
-            acc = fmaf(tmp_out[(base + p) * D + d], w, acc);
-        }
-        out[(row * a.num_heads + h) * D + d] = Q::store(acc * inv_s);
+        for (i64 p = 0; p < np; ++p) acc = fmaf(tmp_out[(base + p) * D + d], w_s[p], acc);
+        out[(row * a.num_heads + h) * D + d] = Q::store(acc * inv);
     }
 }

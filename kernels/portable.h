@@ -345,3 +345,55 @@ DEVICE float emulated_butterfly(float* lanes, int w, int op) {
     }
     return lanes[0];
 }
+
+// ---- decode helpers (kernels/paged_decode.hip)
+// 16-byte vector loads of storage elements: every KV layout stores 16 / sizeof(T)
+// consecutive dims of one K row (x-packed K, NHD) or consecutive rows of one V dim
+// (ROCm V, AITER V) contiguously, so one load feeds that many exact widenings.
+struct __attribute__((aligned(16))) u32x4 {
+    u32 w[4];
+};
+DEVICE u32x4 load16(const void* p) { return *reinterpret_cast<const u32x4*>(p); }
+template <typename T> struct Vec16Elem;
+template <> struct Vec16Elem<float> {
+    static DEVICE float at(const u32x4& v, int i) { return __uint_as_float(v.w[i]); }
+};
+template <> struct Vec16Elem<u16> {
+    static DEVICE u16 at(const u32x4& v, int i) { return (u16)(v.w[i >> 1] >> ((i & 1) * 16)); }
+};
+template <> struct Vec16Elem<u8> {
+    static DEVICE u8 at(const u32x4& v, int i) { return (u8)(v.w[i >> 2] >> ((i & 3) * 8)); }
+};
+
+// numerics.rs wave_butterfly over 64 lanes (the sim's wave on every vendor),
+// for N values per thread at once, lane = threadIdx.x % 64. Step `offset`:
+// v = op(v, v of lane ^ offset), offsets 32, 16, .., 1: exactly the sim's
+// sequence; op is commutative, so lanes l and l ^ offset hold the same bits
+// after each step and every lane ends with the sim's lanes[0]. On a wave of
+// 64 all steps are shuffles; on 32-wide NVIDIA warps offset 32 pairs the two
+// warps of a 64-thread group through `xchg` (N x blockDim floats). Every
+// thread of the block must call it (it holds __syncthreads on NVIDIA), and
+// blockDim.x must be a multiple of 64.
+template <int N, bool MAX> DEVICE void butterfly64(float (&v)[N], float* xchg) {
+    int off = 32;
+    if (WAVE_SIZE < 64) {
+        const u32 nt = blockDim.x, t = threadIdx.x;
+#pragma unroll
+        for (int i = 0; i < N; ++i) xchg[i * nt + t] = v[i];
+        __syncthreads();
+#pragma unroll
+        for (int i = 0; i < N; ++i) {
+            const float o = xchg[i * nt + (t ^ 32u)];
+            v[i] = MAX ? fmaxf(v[i], o) : v[i] + o;
+        }
+        __syncthreads();
+        off = 16;
+    }
+    for (; off >= 1; off /= 2) {
+#pragma unroll
+        for (int i = 0; i < N; ++i) {
+            const float o = SHFL_XOR(v[i], off);
+            v[i] = MAX ? fmaxf(v[i], o) : v[i] + o;
+        }
+    }
+}

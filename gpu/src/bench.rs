@@ -14,16 +14,14 @@
 //! vLLM's kernels are.
 
 use crate::kernels::{dtype_define, qkv_defines, Gpu};
-use crate::ops::paged_decode::{args as paged_args, shared_2d};
+use crate::ops::paged_decode;
 use crate::ops::unified_attention::to_u32;
 use crate::runtime::{Arg, ArgStruct, Buffer, LaunchDims, Result};
 use attnlab_shared::dtype::DType;
 use attnlab_shared::layout::{KvLayout, LayoutKind};
 use attnlab_shared::metadata::{AttentionMetadata, BlockTableTensor};
 use attnlab_sim::config::AttnConfig;
-use attnlab_sim::kernels::paged_decode::{
-    max_num_partitions, paged_2d_tile_size, PARTITION_SIZE_ROCM,
-};
+use attnlab_sim::kernels::paged_decode::PARTITION_SIZE_ROCM;
 use attnlab_sim::numerics::softmax_scale_log2;
 use serde::Serialize;
 
@@ -213,118 +211,43 @@ fn decode_case(
         DType::Bf16,
     )?;
     let n_kv = layout.numel();
-    let (k, v) = (
-        Buffer::zeroed(dev, n_kv * 2)?,
-        Buffer::zeroed(dev, n_kv * 2)?,
-    );
-    fill(gpu, &k, n_kv, 1)?;
-    fill(gpu, &v, n_kv, 2)?;
-    let q = Buffer::zeroed(dev, batch * hq * d * 2)?;
-    fill(gpu, &q, batch * hq * d, 3)?;
-    let out = Buffer::zeroed(dev, batch * hq * d * 2)?;
     let i32s = |v: &[i32]| -> Vec<u8> { v.iter().flat_map(|x| x.to_le_bytes()).collect() };
-    let bt = Buffer::from_bytes(dev, &i32s(&meta.block_table.data))?;
-    let qsl = Buffer::from_bytes(dev, &i32s(&meta.query_start_loc))?;
-    let sl = Buffer::from_bytes(dev, &i32s(&meta.seq_lens))?;
-    let none = Buffer::zeroed(dev, 4)?;
-    let defines = qkv_defines(DType::Bf16, DType::Bf16);
+    // The launchers' own inputs, filled on the device: the timed launches
+    // are exactly the ones `attnlab diff --backend paged_decode` validates.
+    let inp = paged_decode::Inputs {
+        q: Buffer::zeroed(dev, batch * hq * d * 2)?,
+        k: Buffer::zeroed(dev, n_kv * 2)?,
+        v: Buffer::zeroed(dev, n_kv * 2)?,
+        bt: Buffer::from_bytes(dev, &i32s(&meta.block_table.data))?,
+        qsl: Buffer::from_bytes(dev, &i32s(&meta.query_start_loc))?,
+        sl: Buffer::from_bytes(dev, &i32s(&meta.seq_lens))?,
+        sinks: Buffer::zeroed(dev, 4)?,
+        alibi: Buffer::zeroed(dev, 4)?,
+        out: Buffer::zeroed(dev, batch * hq * d * 2)?,
+    };
+    fill(gpu, &inp.k, n_kv, 1)?;
+    fill(gpu, &inp.v, n_kv, 2)?;
+    fill(gpu, &inp.q, batch * hq * d, 3)?;
     let mut results = Vec::new();
 
     // ll4mi: partitions of 256 (split-KV) + reduce.
-    let np = max_num_partitions(context, PARTITION_SIZE_ROCM);
-    let parts = batch * hq * np;
-    let (ml, es, tmp) = (
-        Buffer::zeroed(dev, parts * 4)?,
-        Buffer::zeroed(dev, parts * 4)?,
-        Buffer::zeroed(dev, parts * d * 4)?,
-    );
-    let a = paged_args(
-        &layout,
-        &meta,
-        &cfg,
-        0,
-        PARTITION_SIZE_ROCM,
-        cfg.scale,
-        false,
-    );
-    let part = gpu.function("paged_decode", &defines, "paged_attention_ll4mi_partition")?;
-    let reduce = gpu.function("paged_decode", &defines, "paged_attention_ll4mi_reduce")?;
-    let pdims = LaunchDims {
-        grid: [
-            to_u32(batch, "batch")?,
-            to_u32(np, "partitions")?,
-            to_u32(hkv, "kv heads")?,
-        ],
-        block: [128, 1, 1],
-        shared_bytes: ((2 * 256 + 8 + 64 + 2) * 4) as u32,
-    };
-    let rdims = LaunchDims {
-        grid: [to_u32(hq, "heads")?, to_u32(batch, "batch")?, 1],
-        block: [128, 1, 1],
-        shared_bytes: 0,
-    };
+    let scratch = paged_decode::Ll4miScratch::new(gpu, &meta, &cfg, PARTITION_SIZE_ROCM)?;
     let ms = time_ms(gpu, opts, &mut || {
-        dev.launch(
-            part,
-            pdims,
-            &[
-                q.arg(),
-                k.arg(),
-                v.arg(),
-                bt.arg(),
-                qsl.arg(),
-                sl.arg(),
-                none.arg(),
-                ml.arg(),
-                es.arg(),
-                tmp.arg(),
-                a.clone(),
-            ],
-        )?;
-        dev.launch(
-            reduce,
-            rdims,
-            &[
-                ml.arg(),
-                es.arg(),
-                tmp.arg(),
-                qsl.arg(),
-                sl.arg(),
-                out.arg(),
-                a.clone(),
-            ],
+        paged_decode::launch_ll4mi(
+            gpu,
+            &inp,
+            &scratch,
+            &layout,
+            &meta,
+            &cfg,
+            PARTITION_SIZE_ROCM,
         )
     })?;
     results.push(("paged_attention_ll4mi".to_string(), ms));
 
     // Triton 2D paged decode: one program per (sequence, kv head), no split.
-    let tile = paged_2d_tile_size(bs);
-    let qpk = hq / hkv;
-    let (shared2, stage_kv) = shared_2d(qpk, tile, d);
-    let a2 = paged_args(&layout, &meta, &cfg, tile, 0, cfg.scale, stage_kv);
-    let f2 = gpu.function("paged_decode", &defines, "paged_attention_2d")?;
-    let dims2 = LaunchDims {
-        grid: [to_u32(batch, "batch")?, to_u32(hkv, "kv heads")?, 1],
-        block: [128, 1, 1],
-        shared_bytes: shared2 as u32,
-    };
     let ms = time_ms(gpu, opts, &mut || {
-        dev.launch(
-            f2,
-            dims2,
-            &[
-                q.arg(),
-                k.arg(),
-                v.arg(),
-                bt.arg(),
-                qsl.arg(),
-                sl.arg(),
-                none.arg(),
-                none.arg(),
-                out.arg(),
-                a2.clone(),
-            ],
-        )
+        paged_decode::launch_2d(gpu, &inp, &layout, &meta, &cfg)
     })?;
     results.push(("paged_attention_2d".to_string(), ms));
     Ok(results)

@@ -19,7 +19,15 @@ use attnlab_sim::numerics::softmax_scale_log2;
 
 const MAX_PARTITION_SIZE: usize = 16 * LL4MI_TOKENS_PER_WARP;
 
+/// Threads of every decode block (`DECODE_THREADS`: a multiple of the 64-lane wave).
+const THREADS: u32 = 256;
+/// Query heads one pass of a block computes (`DECODE_HG`: register dot chains per thread).
+const MAX_HEAD_GROUP: usize = 8;
+/// (head, d) PV chains per thread (`DECODE_HPT`); score rows are allocated in multiples of it.
+const HEADS_PER_THREAD: usize = 4;
+
 /// The kernels' `PagedArgs` struct (field order as in paged_decode.hip).
+/// `head_group` is how many query heads of the group one pass computes.
 pub(crate) fn args(
     layout: &KvLayout,
     meta: &AttentionMetadata,
@@ -27,7 +35,7 @@ pub(crate) fn args(
     tile: usize,
     partition_size: usize,
     scale: f32,
-    stage_kv: bool,
+    head_group: usize,
 ) -> Arg {
     ArgStruct::default()
         .i64(meta.num_reqs() as i64)
@@ -44,7 +52,7 @@ pub(crate) fn args(
         .i32(super::reshape_and_cache::layout_code(layout.kind))
         .i32(cfg.sinks.is_some() as i32)
         .i32(cfg.alibi_slopes.is_some() as i32)
-        .i32(stage_kv as i32)
+        .i32(head_group as i32)
         .f32(scale)
         .f32(softmax_scale_log2(scale))
         .f32(cfg.softcap.unwrap_or(0.0))
@@ -53,16 +61,53 @@ pub(crate) fn args(
         .arg()
 }
 
-/// Shared memory of one `paged_attention_2d` program and whether it stages
-/// each K/V tile there: qpk x (TILE + head_size + 3) f32 of row state, plus
-/// 2 x TILE x head_size f32 for the staged tile when that still fits.
-pub(crate) fn shared_2d(qpk: usize, tile: usize, head_size: usize) -> (usize, bool) {
-    let state = (qpk * tile + qpk * head_size + 3 * qpk) * 4;
-    let staged = state + 2 * tile * head_size * 4;
-    if staged <= SHARED_MEMORY_LIMIT {
-        (staged, true)
-    } else {
-        (state, false)
+/// Score rows of a block: the head group rounded up to whole PV chain sets.
+fn score_rows(head_group: usize) -> usize {
+    head_group.div_ceil(HEADS_PER_THREAD) * HEADS_PER_THREAD
+}
+
+/// Shared memory of one `paged_attention_2d` block (the kernel's layout):
+/// Q and acc rows, the scores of a 256-key chunk, four per-tile statistics,
+/// m and l, and each key's block and row.
+fn shared_2d(head_group: usize, tile: usize, head_size: usize) -> usize {
+    let (c, hg) = (THREADS as usize, head_group);
+    let tiles = c / tile;
+    (2 * hg * head_size + score_rows(hg) * c + 4 * hg * tiles + 2 * hg + 2 * c) * 4
+}
+
+/// Shared memory of one ll4mi partition block (the kernel's layout): Q rows,
+/// e/p of the partition, per-wave statistics, the butterfly exchange, each
+/// token's block and row.
+fn shared_ll4mi(head_group: usize, partition_size: usize, head_size: usize) -> usize {
+    let (hg, p) = (head_group, partition_size);
+    let waves = p / LL4MI_TOKENS_PER_WARP;
+    (hg * head_size
+        + score_rows(hg) * p
+        + 3 * hg * waves
+        + hg
+        + MAX_HEAD_GROUP * THREADS as usize
+        + 2 * p)
+        * 4
+}
+
+/// The largest head group (at most 8, halving) whose block fits the shared
+/// memory limit, and that block's bytes.
+fn head_group(qpk: usize, shared: impl Fn(usize) -> usize) -> Result<(usize, usize)> {
+    let mut hg = qpk.clamp(1, MAX_HEAD_GROUP);
+    loop {
+        let bytes = shared(hg);
+        if bytes <= SHARED_MEMORY_LIMIT {
+            return Ok((hg, bytes));
+        }
+        if hg == 1 {
+            return Err(Error::invalid(
+                "shared memory of one decode block",
+                bytes,
+                format!("at most {SHARED_MEMORY_LIMIT} bytes even with one query head per pass (head_size / partition_size too large)"),
+            )
+            .into());
+        }
+        hg /= 2;
     }
 }
 
@@ -110,8 +155,8 @@ pub(crate) fn upload<'d>(
     })
 }
 
-/// vLLM's Triton `kernel_paged_attention_2d` on the device; returns the whole
-/// `[T, Hq, D]` output's bits in `cfg.dtype`.
+/// vLLM's Triton `kernel_paged_attention_2d` on the device; returns the
+/// whole `[T, Hq, D]` output's bits in `cfg.dtype`.
 pub fn paged_attention_2d(
     gpu: &Gpu,
     query: &[f32],
@@ -121,45 +166,94 @@ pub fn paged_attention_2d(
     out: &[f32],
 ) -> Result<Vec<u32>> {
     let inp = upload(gpu, query, cache, meta, cfg, out)?;
+    launch_2d(gpu, &inp, &cache.layout, meta, cfg)?;
+    Ok(bits_from_bytes(&inp.out.to_bytes()?, cfg.dtype))
+}
+
+/// Launches `paged_attention_2d` on uploaded inputs (what
+/// [`paged_attention_2d`] and `attnlab bench --gpu` both run): grid
+/// (num_reqs, Hkv), 256 threads.
+pub(crate) fn launch_2d(
+    gpu: &Gpu,
+    inp: &Inputs,
+    layout: &KvLayout,
+    meta: &AttentionMetadata,
+    cfg: &AttnConfig,
+) -> Result<()> {
+    if meta.num_reqs() == 0 {
+        return Ok(());
+    }
     let (qpk, d) = (cfg.queries_per_kv(), cfg.head_size);
     let tile = paged_2d_tile_size(meta.block_size);
-    let (shared, stage_kv) = shared_2d(qpk, tile, d);
-    if shared > SHARED_MEMORY_LIMIT {
+    let (hg, shared) = head_group(qpk, |hg| shared_2d(hg, tile, d))?;
+    let defines = qkv_defines(cfg.dtype, cfg.kv_dtype);
+    let f = gpu.function("paged_decode", &defines, "paged_attention_2d")?;
+    let dims = LaunchDims {
+        grid: [
+            to_u32(meta.num_reqs(), "sequences")?,
+            to_u32(cfg.num_kv_heads, "kv heads")?,
+            1,
+        ],
+        block: [THREADS, 1, 1],
+        shared_bytes: shared as u32,
+    };
+    let i = inp;
+    let call = [
+        i.q.arg(),
+        i.k.arg(),
+        i.v.arg(),
+        i.bt.arg(),
+        i.qsl.arg(),
+        i.sl.arg(),
+        i.sinks.arg(),
+        i.alibi.arg(),
+        i.out.arg(),
+        args(layout, meta, cfg, tile, 0, cfg.scale, hg),
+    ];
+    gpu.dev.launch(f, dims, &call)?;
+    Ok(())
+}
+
+/// The ll4mi partials between the partition and the reduce kernel:
+/// `[num_reqs, Hq, max_num_partitions]` maxima and exp-sums and
+/// `[.., head_size]` partial outputs, f32.
+pub(crate) struct Ll4miScratch<'d> {
+    pub max_logits: Buffer<'d>,
+    pub exp_sums: Buffer<'d>,
+    pub tmp_out: Buffer<'d>,
+}
+
+impl<'d> Ll4miScratch<'d> {
+    pub(crate) fn new(
+        gpu: &'d Gpu,
+        meta: &AttentionMetadata,
+        cfg: &AttnConfig,
+        partition_size: usize,
+    ) -> Result<Self> {
+        let dev = gpu.dev.as_ref();
+        let np = max_num_partitions(meta.max_seq_len, partition_size.max(1));
+        let rows = meta.num_reqs() * cfg.num_heads * np;
+        Ok(Ll4miScratch {
+            max_logits: Buffer::zeroed(dev, rows * 4)?,
+            exp_sums: Buffer::zeroed(dev, rows * 4)?,
+            tmp_out: Buffer::zeroed(dev, rows * cfg.head_size * 4)?,
+        })
+    }
+}
+
+fn validate_partition_size(partition_size: usize) -> Result<()> {
+    if partition_size == 0
+        || partition_size % LL4MI_TOKENS_PER_WARP != 0
+        || partition_size > MAX_PARTITION_SIZE
+    {
         return Err(Error::invalid(
-            "shared memory of one program",
-            shared,
-            format!("at most {SHARED_MEMORY_LIMIT} bytes: qpk x (TILE + head_size + 3) f32"),
+            "partition_size",
+            partition_size,
+            format!("a multiple of {LL4MI_TOKENS_PER_WARP} up to {MAX_PARTITION_SIZE}"),
         )
         .into());
     }
-    if meta.num_reqs() > 0 {
-        let defines = qkv_defines(cfg.dtype, cfg.kv_dtype);
-        let f = gpu.function("paged_decode", &defines, "paged_attention_2d")?;
-        let dims = LaunchDims {
-            grid: [
-                to_u32(meta.num_reqs(), "sequences")?,
-                to_u32(cfg.num_kv_heads, "kv heads")?,
-                1,
-            ],
-            block: [128, 1, 1],
-            shared_bytes: shared as u32,
-        };
-        let i = &inp;
-        let call = [
-            i.q.arg(),
-            i.k.arg(),
-            i.v.arg(),
-            i.bt.arg(),
-            i.qsl.arg(),
-            i.sl.arg(),
-            i.sinks.arg(),
-            i.alibi.arg(),
-            i.out.arg(),
-            args(&cache.layout, meta, cfg, tile, 0, cfg.scale, stage_kv),
-        ];
-        gpu.dev.launch(f, dims, &call)?;
-    }
-    Ok(bits_from_bytes(&inp.out.to_bytes()?, cfg.dtype))
+    Ok(())
 }
 
 /// vLLM's HIP ll4mi partition + reduce kernels on the device; returns the
@@ -173,48 +267,73 @@ pub fn paged_attention_ll4mi(
     partition_size: usize,
     out: &[f32],
 ) -> Result<Vec<u32>> {
-    if partition_size == 0
-        || partition_size % LL4MI_TOKENS_PER_WARP != 0
-        || partition_size > MAX_PARTITION_SIZE
-    {
+    validate_partition_size(partition_size)?;
+    let inp = upload(gpu, query, cache, meta, cfg, out)?;
+    let scratch = Ll4miScratch::new(gpu, meta, cfg, partition_size)?;
+    launch_ll4mi(
+        gpu,
+        &inp,
+        &scratch,
+        &cache.layout,
+        meta,
+        cfg,
+        partition_size,
+    )?;
+    Ok(bits_from_bytes(&inp.out.to_bytes()?, cfg.dtype))
+}
+
+/// Launches the ll4mi partition kernel (grid (num_reqs, max_num_partitions,
+/// Hkv), 256 threads) then the reduce kernel (grid (Hq, num_reqs), 256
+/// threads) on uploaded inputs: what [`paged_attention_ll4mi`] and
+/// `attnlab bench --gpu` both run. `scratch` comes from
+/// [`Ll4miScratch::new`] with the same metadata and partition size.
+pub(crate) fn launch_ll4mi(
+    gpu: &Gpu,
+    inp: &Inputs,
+    scratch: &Ll4miScratch,
+    layout: &KvLayout,
+    meta: &AttentionMetadata,
+    cfg: &AttnConfig,
+    partition_size: usize,
+) -> Result<()> {
+    validate_partition_size(partition_size)?;
+    let np = max_num_partitions(meta.max_seq_len, partition_size);
+    if meta.num_reqs() == 0 || np == 0 {
+        return Ok(());
+    }
+    let (qpk, d) = (cfg.queries_per_kv(), cfg.head_size);
+    let (hg, shared) = head_group(qpk, |hg| shared_ll4mi(hg, partition_size, d))?;
+    // Reduce: butterfly exchange, per-wave maxima, gmax/inv, w_p per partition.
+    let reduce_shared = (THREADS as usize + THREADS as usize / LL4MI_TOKENS_PER_WARP + 2 + np) * 4;
+    if reduce_shared > SHARED_MEMORY_LIMIT {
         return Err(Error::invalid(
-            "partition_size",
-            partition_size,
-            format!("a multiple of {LL4MI_TOKENS_PER_WARP} up to {MAX_PARTITION_SIZE}"),
+            "ll4mi partitions of the longest sequence",
+            np,
+            format!(
+                "at most {} (the reduce kernel keeps one weight per partition in shared memory)",
+                SHARED_MEMORY_LIMIT / 4 - 262
+            ),
         )
         .into());
     }
-    let inp = upload(gpu, query, cache, meta, cfg, out)?;
-    let np = max_num_partitions(meta.max_seq_len, partition_size);
-    if meta.num_reqs() == 0 || np == 0 {
-        return Ok(bits_from_bytes(&inp.out.to_bytes()?, cfg.dtype));
-    }
-    let dev = gpu.dev.as_ref();
-    let (hq, d) = (cfg.num_heads, cfg.head_size);
-    let rows = meta.num_reqs() * hq * np;
-    let max_logits = Buffer::zeroed(dev, rows * 4)?;
-    let exp_sums = Buffer::zeroed(dev, rows * 4)?;
-    let tmp_out = Buffer::zeroed(dev, rows * d * 4)?;
     let scale = if cfg.kv_dtype.is_fp8() {
         cfg.scale * cfg.k_scale
     } else {
         cfg.scale
     };
-    let a = args(&cache.layout, meta, cfg, 0, partition_size, scale, false);
+    let a = args(layout, meta, cfg, 0, partition_size, scale, hg);
     let defines = qkv_defines(cfg.dtype, cfg.kv_dtype);
     let part = gpu.function("paged_decode", &defines, "paged_attention_ll4mi_partition")?;
-    let warps = partition_size / LL4MI_TOKENS_PER_WARP;
-    let shared = (2 * partition_size + 2 * warps + LL4MI_TOKENS_PER_WARP + 2) * 4;
     let dims = LaunchDims {
         grid: [
             to_u32(meta.num_reqs(), "sequences")?,
             to_u32(np, "partitions")?,
             to_u32(cfg.num_kv_heads, "kv heads")?,
         ],
-        block: [128, 1, 1],
+        block: [THREADS, 1, 1],
         shared_bytes: shared as u32,
     };
-    let i = &inp;
+    let (i, s) = (inp, scratch);
     let call = [
         i.q.arg(),
         i.k.arg(),
@@ -223,34 +342,31 @@ pub fn paged_attention_ll4mi(
         i.qsl.arg(),
         i.sl.arg(),
         i.alibi.arg(),
-        max_logits.arg(),
-        exp_sums.arg(),
-        tmp_out.arg(),
+        s.max_logits.arg(),
+        s.exp_sums.arg(),
+        s.tmp_out.arg(),
         a.clone(),
     ];
-    dev.launch(part, dims, &call)?;
+    gpu.dev.launch(part, dims, &call)?;
     let reduce = gpu.function("paged_decode", &defines, "paged_attention_ll4mi_reduce")?;
     let dims = LaunchDims {
         grid: [
-            to_u32(hq, "heads")?,
+            to_u32(cfg.num_heads, "heads")?,
             to_u32(meta.num_reqs(), "sequences")?,
             1,
         ],
-        block: [d.min(128) as u32, 1, 1],
-        shared_bytes: 0,
+        block: [THREADS, 1, 1],
+        shared_bytes: reduce_shared as u32,
     };
-    dev.launch(
-        reduce,
-        dims,
-        &[
-            max_logits.arg(),
-            exp_sums.arg(),
-            tmp_out.arg(),
-            i.qsl.arg(),
-            i.sl.arg(),
-            i.out.arg(),
-            a,
-        ],
-    )?;
-    Ok(bits_from_bytes(&inp.out.to_bytes()?, cfg.dtype))
+    let call = [
+        s.max_logits.arg(),
+        s.exp_sums.arg(),
+        s.tmp_out.arg(),
+        i.qsl.arg(),
+        i.sl.arg(),
+        i.out.arg(),
+        a,
+    ];
+    gpu.dev.launch(reduce, dims, &call)?;
+    Ok(())
 }
