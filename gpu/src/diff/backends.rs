@@ -414,10 +414,10 @@ mod tests {
     #[test]
     fn every_mla_backend_accepts_a_share_of_the_draws_with_decodes_and_chunked_prefills() {
         for b in mla::mla_backends() {
-            let cases = accepted(b.name(), 200);
+            let cases = accepted(b.name(), 80);
             assert!(
-                cases.len() >= 40,
-                "{}: {} of 200 accepted",
+                cases.len() >= 15,
+                "{}: {} of 80 accepted",
                 b.name(),
                 cases.len()
             );

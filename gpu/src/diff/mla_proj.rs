@@ -63,10 +63,10 @@ pub fn run(dev: &Gpu, opts: DiffOptions) -> Result<KernelReport> {
             full
         };
         let n = w.num_heads;
-        // At most ~2^26 fmas per projection on the emulator side.
+        // At most ~2^25 fmas per projection on the emulator side.
         let per_token = n * (pn + vd) * lkv;
         let t = pick(&mut rng, &[1usize, 7, 64, 65, 130])
-            .min((1 << 26) / per_token)
+            .min((1 << 25) / per_token)
             .max(1);
         let kv_c = values(&mut rng, t * lkv, dtype);
         let q = values(&mut rng, t * n * (pn + r), dtype);
