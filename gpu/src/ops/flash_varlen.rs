@@ -25,7 +25,8 @@ const TILED_DK: usize = 8;
 /// the buffers within the launch limit). Mirrors the kernel's carve-up:
 /// P_s, the Q/K or V staging union, and four per-row arrays.
 pub fn tiled_shared_bytes(d: usize, dv: usize, block_n: usize) -> Option<usize> {
-    if d % 8 != 0 || dv % 16 != 0 || block_n % 16 != 0 || block_n > 128 || dv > 256 {
+    let fits = d.is_multiple_of(8) && dv.is_multiple_of(16) && block_n.is_multiple_of(16);
+    if !fits || block_n > 128 || dv > 256 {
         return None;
     }
     let qk_stage = 2 * TILED_DK * (TILED_ROWS + block_n);
@@ -226,5 +227,39 @@ impl VarlenLaunch {
         let mut args: Vec<Arg> = bufs.iter().map(|b| b.arg()).collect();
         args.push(self.args.clone());
         gpu.dev.launch(self.f, self.dims, &args)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tiled_kernel_takes_the_bench_ck_and_mla_prefill_shapes() {
+        for (d, dv, bn) in [
+            (128, 128, 128),
+            (128, 128, 64),
+            (64, 64, 64),
+            (192, 128, 128),
+            (96, 96, 32),
+        ] {
+            let bytes = tiled_shared_bytes(d, dv, bn).expect("tiled shape");
+            assert!(bytes <= SHARED_MEMORY_LIMIT, "{d}/{dv}/{bn}: {bytes} bytes");
+        }
+    }
+
+    #[test]
+    fn shapes_the_tiled_kernel_cannot_take_fall_back_to_the_scalar_port() {
+        // Dv not a multiple of 16, D not a multiple of 8, block_n not a
+        // multiple of 16 or above 128, and P_s + V staging over 48 KiB.
+        for (d, dv, bn) in [
+            (72, 72, 128),
+            (68, 64, 64),
+            (64, 64, 40),
+            (64, 64, 256),
+            (256, 256, 128),
+        ] {
+            assert_eq!(tiled_shared_bytes(d, dv, bn), None, "{d}/{dv}/{bn}");
+        }
     }
 }
