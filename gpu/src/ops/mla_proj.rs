@@ -43,6 +43,75 @@ struct ProjGemm {
     o_sm: usize,
 }
 
+impl ProjGemm {
+    /// `kv_b_proj`: A = kv_c `[T, Lkv]`, `B[k, r] = W[r, k]`, out `[T, N(P+V)]`.
+    fn kv_b_proj(d: MlaDims, heads: usize, t: usize) -> Self {
+        let (lkv, rows) = (d.kv_lora_rank, heads * (d.qk_nope_head_dim + d.v_head_dim));
+        ProjGemm {
+            h: 1,
+            m: t,
+            n: rows,
+            k: lkv,
+            a_sh: 0,
+            a_sm: lkv,
+            a_sk: 1,
+            b_off: 0,
+            b_sh: 0,
+            b_sk: 1,
+            b_sn: lkv,
+            o_sh: 0,
+            o_sm: rows,
+        }
+    }
+
+    /// W_UK absorption per head n: A = q_nope `[B, n, P]` (rows of P + R),
+    /// `B[p, c] = W[n(P+V)+p, c]`, out ql_nope `[B, N, Lkv]`.
+    fn absorb(d: MlaDims, heads: usize, b: usize) -> Self {
+        let (lkv, pn, r, vd) = (
+            d.kv_lora_rank,
+            d.qk_nope_head_dim,
+            d.qk_rope_head_dim,
+            d.v_head_dim,
+        );
+        ProjGemm {
+            h: heads,
+            m: b,
+            n: lkv,
+            k: pn,
+            a_sh: pn + r,
+            a_sm: heads * (pn + r),
+            a_sk: 1,
+            b_off: 0,
+            b_sh: (pn + vd) * lkv,
+            b_sk: lkv,
+            b_sn: 1,
+            o_sh: lkv,
+            o_sm: heads * lkv,
+        }
+    }
+
+    /// W_UV per head n: A = o_latent `[B, n, Lkv]`, `B[c, i] = W[n(P+V)+P+i, c]`,
+    /// out `[B, N, V]`.
+    fn w_uv(d: MlaDims, heads: usize, b: usize) -> Self {
+        let (lkv, pn, vd) = (d.kv_lora_rank, d.qk_nope_head_dim, d.v_head_dim);
+        ProjGemm {
+            h: heads,
+            m: b,
+            n: vd,
+            k: lkv,
+            a_sh: lkv,
+            a_sm: heads * lkv,
+            a_sk: 1,
+            b_off: pn * lkv,
+            b_sh: (pn + vd) * lkv,
+            b_sk: 1,
+            b_sn: lkv,
+            o_sh: vd,
+            o_sm: heads * vd,
+        }
+    }
+}
+
 /// Rejects a value that is not a stored value of `dtype`.
 fn check_exact(what: &str, xs: &[f32], dtype: DType) -> Result<()> {
     if let Some((i, &x)) = xs
@@ -154,21 +223,7 @@ pub fn up_project(
     check_len("kv_c", kv_c.len(), &[t, lkv])?;
     check_exact("kv_c", kv_c, dtype)?;
     let rows = w.num_heads * (pn + vd);
-    let g = ProjGemm {
-        h: 1,
-        m: t,
-        n: rows,
-        k: lkv,
-        a_sh: 0,
-        a_sm: lkv,
-        a_sk: 1,
-        b_off: 0,
-        b_sh: 0,
-        b_sk: 1,
-        b_sn: lkv,
-        o_sh: 0,
-        o_sm: rows,
-    };
+    let g = ProjGemm::kv_b_proj(d, w.num_heads, t);
     let kv = gemm(gpu, kv_c, w, g, dtype, t * rows)?;
     let (mut k_nope, mut v) = (
         Vec::with_capacity(t * w.num_heads * pn),
@@ -186,31 +241,16 @@ pub fn up_project(
 /// `torch.cat` with the untouched `q_pe` on the host).
 pub fn absorb_query(gpu: &Gpu, q: &[f32], w: &MlaWeights, dtype: DType) -> Result<Vec<u32>> {
     let d = check_weights(w, dtype)?;
-    let (lkv, pn, r, vd, n) = (
+    let (lkv, pn, r, n) = (
         d.kv_lora_rank,
         d.qk_nope_head_dim,
         d.qk_rope_head_dim,
-        d.v_head_dim,
         w.num_heads,
     );
     let b = q.len() / (n * (pn + r));
     check_len("query", q.len(), &[b, n, pn + r])?;
     check_exact("query", q, dtype)?;
-    let g = ProjGemm {
-        h: n,
-        m: b,
-        n: lkv,
-        k: pn,
-        a_sh: pn + r,
-        a_sm: n * (pn + r),
-        a_sk: 1,
-        b_off: 0,
-        b_sh: (pn + vd) * lkv,
-        b_sk: lkv,
-        b_sn: 1,
-        o_sh: lkv,
-        o_sm: n * lkv,
-    };
+    let g = ProjGemm::absorb(d, n, b);
     let ql = gemm(gpu, q, w, g, dtype, b * n * lkv)?;
     let mut out = Vec::with_capacity(b * n * (lkv + r));
     for (ql_nope, qh) in ql.chunks_exact(lkv).zip(q.chunks_exact(pn + r)) {
@@ -228,29 +268,83 @@ pub fn project_output(
     dtype: DType,
 ) -> Result<Vec<u32>> {
     let d = check_weights(w, dtype)?;
-    let (lkv, pn, vd, n) = (
-        d.kv_lora_rank,
-        d.qk_nope_head_dim,
-        d.v_head_dim,
-        w.num_heads,
-    );
+    let (lkv, vd, n) = (d.kv_lora_rank, d.v_head_dim, w.num_heads);
     let b = o_latent.len() / (n * lkv);
     check_len("latent attention output", o_latent.len(), &[b, n, lkv])?;
     check_exact("latent attention output", o_latent, dtype)?;
-    let g = ProjGemm {
-        h: n,
-        m: b,
-        n: vd,
-        k: lkv,
-        a_sh: lkv,
-        a_sm: n * lkv,
-        a_sk: 1,
-        b_off: pn * lkv,
-        b_sh: (pn + vd) * lkv,
-        b_sk: 1,
-        b_sn: lkv,
-        o_sh: vd,
-        o_sm: n * vd,
-    };
+    let g = ProjGemm::w_uv(d, n, b);
     gemm(gpu, o_latent, w, g, dtype, b * n * vd)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use attnlab_sim::kernels::mla_proj as sim;
+
+    /// What `mla_proj_gemm` computes for `g`, element by element (the
+    /// kernel's header contract), without a device.
+    fn contract(g: &ProjGemm, a: &[f32], b: &[f32], dtype: DType) -> Vec<f32> {
+        // Heads interleave within a row of `o_sm`: the launches here write `[M, ...]`.
+        let mut out = vec![f32::NAN; g.m * g.o_sm];
+        for h in 0..g.h {
+            for m in 0..g.m {
+                for n in 0..g.n {
+                    let acc = (0..g.k).fold(0.0f32, |acc, k| {
+                        let x = a[h * g.a_sh + m * g.a_sm + k * g.a_sk];
+                        x.mul_add(b[g.b_off + h * g.b_sh + k * g.b_sk + n * g.b_sn], acc)
+                    });
+                    out[h * g.o_sh + m * g.o_sm + n] = dtype.round(acc);
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn each_projections_strides_reproduce_the_sims_chains_bit_for_bit() {
+        let d = MlaDims {
+            kv_lora_rank: 12,
+            qk_rope_head_dim: 4,
+            qk_nope_head_dim: 5,
+            v_head_dim: 3,
+        };
+        let (heads, t, dt) = (3, 4, DType::Bf16);
+        let w = MlaWeights::random(heads, d, dt, 3);
+        let vals = |n: usize, s: f32| -> Vec<f32> {
+            (0..n)
+                .map(|i| dt.round(((i * 37 % 23) as f32 - 11.0) * s))
+                .collect()
+        };
+        let kv_c = vals(t * d.kv_lora_rank, 0.1);
+        let (k_nope, v) = sim::up_project(&kv_c, &w, dt).unwrap();
+        let kv = contract(&ProjGemm::kv_b_proj(d, heads, t), &kv_c, &w.kv_b_proj, dt);
+        let split: Vec<(Vec<f32>, Vec<f32>)> = kv
+            .chunks_exact(8)
+            .map(|h| (h[..5].to_vec(), h[5..].to_vec()))
+            .collect();
+        assert_eq!(
+            split.iter().flat_map(|s| s.0.clone()).collect::<Vec<_>>(),
+            k_nope
+        );
+        assert_eq!(
+            split.iter().flat_map(|s| s.1.clone()).collect::<Vec<_>>(),
+            v
+        );
+
+        let q = vals(t * heads * 9, 0.07);
+        let mqa_q = sim::absorb_query(&q, &w, dt).unwrap();
+        let ql = contract(&ProjGemm::absorb(d, heads, t), &q, &w.kv_b_proj, dt);
+        let ql_sim: Vec<f32> = mqa_q
+            .chunks_exact(16)
+            .flat_map(|r| r[..12].to_vec())
+            .collect();
+        assert_eq!(ql, ql_sim);
+
+        let o = vals(t * heads * d.kv_lora_rank, 0.05);
+        let out = sim::project_output(&o, &w, dt).unwrap();
+        assert_eq!(
+            contract(&ProjGemm::w_uv(d, heads, t), &o, &w.kv_b_proj, dt),
+            out
+        );
+    }
 }
