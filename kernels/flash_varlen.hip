@@ -103,6 +103,16 @@ template <int N> DEVICE void fv_lds(const float* p, float* out) {
     }
 }
 
+template <int N> DEVICE void fv_sts(float* p, const float* in) {
+    if constexpr (N == 4) {
+        *reinterpret_cast<fv_f4*>(p) = fv_f4{{in[0], in[1], in[2], in[3]}};
+    } else if constexpr (N == 2) {
+        *reinterpret_cast<fv_f2*>(p) = fv_f2{{in[0], in[1]}};
+    } else {
+        p[0] = in[0];
+    }
+}
+
 // 8 consecutive storage elements (one aligned 8 * sizeof(T)-byte load),
 // kept as raw words until they are widened (exactly) into shared memory.
 struct __attribute__((aligned(16))) fv_u4 { u32 w[4]; };
@@ -239,19 +249,21 @@ extern "C" __global__ void FV_LAUNCH_BOUNDS flash_attn_varlen(
         for (int i = 0; i < 4; ++i) {
             const int r = 4 * tr + i;
             const i64 pi = r0 + r + offset;
+            float sc[FV_KN];
 #pragma unroll
             for (int c = 0; c < FV_KN; ++c) {
                 const int j = (c / FV_KW) * 16 * FV_KW + tc * FV_KW + c % FV_KW;
                 const i64 t = j0 + j;
                 const bool vis = j < len && (pi < 0 ? !causal : visible(t, pi, causal, a.window));
-                float sc = f32_neg_inf();
+                sc[c] = f32_neg_inf();
                 if (vis) {
                     const i64 dist = pi - t < 0 ? t - pi : pi - t;
                     const float bias = a.has_alibi ? -(slope * (float)dist) : 0.0f;
-                    sc = score(s[i][c], a.scale, a.scale_log2, a.softcap, bias);
+                    sc[c] = score(s[i][c], a.scale, a.scale_log2, a.softcap, bias);
                 }
-                P_s[r * FV_PS + j] = sc;
             }
+#pragma unroll
+            for (int c = 0; c < FV_KN; c += FV_KW) fv_sts<FV_KW>(P_s + r * FV_PS + c * 16 + tc * FV_KW, sc + c);
         }
         __syncthreads();
 
@@ -324,8 +336,11 @@ extern "C" __global__ void FV_LAUNCH_BOUNDS flash_attn_varlen(
         auto v_store = [&](int buf) {
             if (tid < FV_VK * FV_DV / 8) {
                 float* dst = stage + buf * FV_VK * FV_DV + v_row * FV_DV + v_col;
+                float x[8];
 #pragma unroll
-                for (int e = 0; e < 8; ++e) dst[e] = pv.get(e);
+                for (int e = 0; e < 8; ++e) x[e] = pv.get(e);
+                fv_sts<4>(dst, x);
+                fv_sts<4>(dst + 4, x + 4);
             }
         };
         const int n_kc = (len + FV_VK - 1) / FV_VK;
