@@ -15,7 +15,8 @@
 // Key tiles start at multiples of the sim's block_n, which the per-row
 // results depend on (B's statistics are per tile). The row block does not
 // matter: a tile fully masked for a row leaves (m, l, acc) unchanged
-// (alpha = 1, tile_sum = 0, every p skipped), so programs of any BLOCK_M
+// (alpha = 1, or 0 on a still-empty row whose acc is 0; tile_sum = 0; every
+// p skipped), so programs of any BLOCK_M
 // that skip the tiles masked for all their rows give the sim's bits.
 //
 // flash_attn_varlen (the tiled kernel, SGEMM-style): a program owns
@@ -34,9 +35,10 @@
 //      the lanes overwrite p with round(p), or with -0.0 when p == 0 (a
 //      skip mark: a rounded positive p is never -0.0).
 //   C) V staged FV_VK = 8 keys at a time; acc = acc * alpha, then fma over
-//      keys ascending. Rows whose tile has no skipped key (no p == 0, len a
-//      multiple of FV_VK) run the branch-free loop; others test the mark
-//      per (row, key) exactly where the sim tests p != 0.
+//      keys ascending. A thread none of whose 4 rows skips a key in this
+//      tile (no p == 0, len a multiple of FV_VK) runs the branch-free loop;
+//      others test the mark per (row, key) exactly where the sim tests
+//      p != 0.
 // Compile-time constants: DTYPE (q, k, v, out, P rounding); FV_D, FV_DV,
 // FV_BN (head sizes and block_n; the launcher passes them, the defaults are
 // the bench's shape). Needs FV_D % 8 == 0, FV_DV % 16 == 0, FV_BN % 16 == 0,
