@@ -88,12 +88,22 @@ DEVICE void token_dots(float (&dot)[DECODE_HG], const KVT* kp, const KvLayout& L
         for (int d0 = 0; d0 < D; d0 += KV_VEC) {
             const u32x4 raw = load16(kp + (d0 / KV_VEC) * kstep);
 #pragma unroll
-            for (int i = 0; i < KV_VEC; ++i) {
-                const KVT e = Vec16Elem<KVT>::at(raw, i);
-                const float k = DEQUANT ? dequant(e, k_scale) : KV::load(e);
+            for (int i0 = 0; i0 < KV_VEC; i0 += 4) {
+                float k[4];
 #pragma unroll
-                for (int h = 0; h < DECODE_HG; ++h)
-                    if (h < hg) dot[h] = fmaf(q_s[h * D + d0 + i], k, dot[h]);
+                for (int i = 0; i < 4; ++i) {
+                    const KVT e = Vec16Elem<KVT>::at(raw, i0 + i);
+                    k[i] = DEQUANT ? dequant(e, k_scale) : KV::load(e);
+                }
+                // q_s rows start 16-byte aligned (D % KV_VEC == 0, KV_VEC >= 4).
+#pragma unroll
+                for (int h = 0; h < DECODE_HG; ++h) {
+                    if (h < hg) {
+                        const f32x4 q = load_f32x4(q_s + h * D + d0 + i0);
+#pragma unroll
+                        for (int i = 0; i < 4; ++i) dot[h] = fmaf(q.v[i], k[i], dot[h]);
+                    }
+                }
             }
         }
     } else {
@@ -126,14 +136,23 @@ DEVICE void pv_keys(float (&acc)[DECODE_HPT], const float* p_s, int pstride, u32
         for (int j0 = j_begin; j0 < j_end; j0 += KV_VEC) {
             const u32x4 raw = load16(v_cache + v_offset(L, blk_s[j0], row_s[j0], kvh, 0) + dim_off);
 #pragma unroll
-            for (int i = 0; i < KV_VEC; ++i) {
-                if (j0 + i >= j_end) break;
-                const KVT e = Vec16Elem<KVT>::at(raw, i);
-                const float v = DEQUANT ? dequant(e, v_scale) : KV::load(e);
+            for (int i0 = 0; i0 < KV_VEC; i0 += 4) {
+                if (j0 + i0 < j_end) {  // (no `break`: keeps the loops fully unrolled, arrays in registers)
+                    f32x4 p4[DECODE_HPT];  // p of 4 consecutive keys (rows 16-byte aligned)
 #pragma unroll
-                for (int hh = 0; hh < DECODE_HPT; ++hh) {
-                    const float p = p_s[hh * pstride + j0 + i];
-                    if (__float_as_uint(p) != skip) acc[hh] = fmaf(p, v, acc[hh]);
+                    for (int hh = 0; hh < DECODE_HPT; ++hh) p4[hh] = load_f32x4(p_s + hh * pstride + j0 + i0);
+#pragma unroll
+                    for (int i = 0; i < 4; ++i) {
+                        if (j0 + i0 + i < j_end) {
+                            const KVT e = Vec16Elem<KVT>::at(raw, i0 + i);
+                            const float v = DEQUANT ? dequant(e, v_scale) : KV::load(e);
+#pragma unroll
+                            for (int hh = 0; hh < DECODE_HPT; ++hh) {
+                                const float p = p4[hh].v[i];
+                                if (__float_as_uint(p) != skip) acc[hh] = fmaf(p, v, acc[hh]);
+                            }
+                        }
+                    }
                 }
             }
         }
@@ -153,9 +172,10 @@ DEVICE void pv_keys(float (&acc)[DECODE_HPT], const float* p_s, int pstride, u32
 // ---------------------------------------------------------------- 2D kernel
 // Shared memory (floats unless noted), HG = a.head_group, C = DECODE_THREADS
 // keys per chunk, NT = C / TILE tiles per chunk:
-//   q_s[HG*D], acc_s[HG*D], s_s[HGP*C] (HGP: HG rounded up to DECODE_HPT), tmax_s/mref_s/alpha_s/tsum_s[HG*NT],
+//   q_s[QS], acc_s[QS] (QS: HG*D rounded up to 4), s_s[HGP*C] (HGP: HG rounded
+//   up to DECODE_HPT), tmax_s/mref_s/alpha_s/tsum_s[HG*NT],
 //   m_s[HG], l_s[HG], blk_s[C] i32, row_s[C] i32.
-extern "C" __global__ void __launch_bounds__(DECODE_THREADS) paged_attention_2d(
+extern "C" __global__ void __launch_bounds__(DECODE_THREADS, 3) paged_attention_2d(
     const typename Q::T* __restrict__ query, const KVT* __restrict__ k_cache, const KVT* __restrict__ v_cache,
     const i32* __restrict__ block_table, const i32* __restrict__ qsl, const i32* __restrict__ seq_lens,
     const float* __restrict__ sinks, const float* __restrict__ alibi_slopes, typename Q::T* __restrict__ out,
@@ -169,9 +189,10 @@ extern "C" __global__ void __launch_bounds__(DECODE_THREADS) paged_attention_2d(
     const KvLayout L = layout_of(a);
     const i32 bs = (i32)a.block_size;
     const i32* bt = block_table + seq * a.max_blocks;
+    const int QS = (HG * D + 3) / 4 * 4;  // keeps the next regions 16-byte aligned
     float* q_s = smem;
-    float* acc_s = q_s + HG * D;
-    float* s_s = acc_s + HG * D;
+    float* acc_s = q_s + QS;
+    float* s_s = acc_s + QS;
     float* tmax_s = s_s + ((HG + DECODE_HPT - 1) / DECODE_HPT) * DECODE_HPT * C;
     float* mref_s = tmax_s + HG * NT;
     float* alpha_s = mref_s + HG * NT;
@@ -290,7 +311,7 @@ extern "C" __global__ void __launch_bounds__(DECODE_THREADS) paged_attention_2d(
 // ------------------------------------------------------------- ll4mi kernels
 // Shared memory (floats unless noted), HG = a.head_group (HGP: rounded up to
 // DECODE_HPT), P = partition size, W = P / 64:
-//   q_s[HG*D], e_s[HGP*P] (e, then p), wmax_s/wsum_s/wscale_s[HG*W], inv_s[HG],
+//   q_s[QS] (HG*D rounded up to 4), e_s[HGP*P] (e, then p), wmax_s/wsum_s/wscale_s[HG*W], inv_s[HG],
 //   xchg[DECODE_HG*DECODE_THREADS] (butterfly offset 32 on 32-wide warps),
 //   blk_s[P] i32, row_s[P] i32.
 extern "C" __global__ void __launch_bounds__(DECODE_THREADS) paged_attention_ll4mi_partition(
@@ -309,8 +330,9 @@ extern "C" __global__ void __launch_bounds__(DECODE_THREADS) paged_attention_ll4
     const KvLayout L = layout_of(a);
     const i32 bs = (i32)a.block_size;
     const i32* bt = block_table + seq * a.max_blocks;
+    const int QS = (HG * D + 3) / 4 * 4;  // keeps e_s 16-byte aligned
     float* q_s = smem;
-    float* e_s = q_s + HG * D;
+    float* e_s = q_s + QS;
     float* wmax_s = e_s + HGP * P;
     float* wsum_s = wmax_s + HG * W;
     float* wscale_s = wsum_s + HG * W;

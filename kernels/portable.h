@@ -354,6 +354,11 @@ struct __attribute__((aligned(16))) u32x4 {
     u32 w[4];
 };
 DEVICE u32x4 load16(const void* p) { return *reinterpret_cast<const u32x4*>(p); }
+// Four floats of shared memory in one access (16-byte aligned address).
+struct __attribute__((aligned(16))) f32x4 {
+    float v[4];
+};
+DEVICE f32x4 load_f32x4(const float* p) { return *reinterpret_cast<const f32x4*>(p); }
 template <typename T> struct Vec16Elem;
 template <> struct Vec16Elem<float> {
     static DEVICE float at(const u32x4& v, int i) { return __uint_as_float(v.w[i]); }

@@ -72,7 +72,12 @@ fn score_rows(head_group: usize) -> usize {
 fn shared_2d(head_group: usize, tile: usize, head_size: usize) -> usize {
     let (c, hg) = (THREADS as usize, head_group);
     let tiles = c / tile;
-    (2 * hg * head_size + score_rows(hg) * c + 4 * hg * tiles + 2 * hg + 2 * c) * 4
+    (2 * (hg * head_size).next_multiple_of(4)
+        + score_rows(hg) * c
+        + 4 * hg * tiles
+        + 2 * hg
+        + 2 * c)
+        * 4
 }
 
 /// Shared memory of one ll4mi partition block (the kernel's layout): Q rows,
@@ -81,7 +86,7 @@ fn shared_2d(head_group: usize, tile: usize, head_size: usize) -> usize {
 fn shared_ll4mi(head_group: usize, partition_size: usize, head_size: usize) -> usize {
     let (hg, p) = (head_group, partition_size);
     let waves = p / LL4MI_TOKENS_PER_WARP;
-    (hg * head_size
+    ((hg * head_size).next_multiple_of(4)
         + score_rows(hg) * p
         + 3 * hg * waves
         + hg
@@ -243,7 +248,7 @@ impl<'d> Ll4miScratch<'d> {
 
 fn validate_partition_size(partition_size: usize) -> Result<()> {
     if partition_size == 0
-        || partition_size % LL4MI_TOKENS_PER_WARP != 0
+        || !partition_size.is_multiple_of(LL4MI_TOKENS_PER_WARP)
         || partition_size > MAX_PARTITION_SIZE
     {
         return Err(Error::invalid(
@@ -304,14 +309,15 @@ pub(crate) fn launch_ll4mi(
     let (qpk, d) = (cfg.queries_per_kv(), cfg.head_size);
     let (hg, shared) = head_group(qpk, |hg| shared_ll4mi(hg, partition_size, d))?;
     // Reduce: butterfly exchange, per-wave maxima, gmax/inv, w_p per partition.
-    let reduce_shared = (THREADS as usize + THREADS as usize / LL4MI_TOKENS_PER_WARP + 2 + np) * 4;
+    let reduce_fixed = THREADS as usize + THREADS as usize / LL4MI_TOKENS_PER_WARP + 2;
+    let reduce_shared = (reduce_fixed + np) * 4;
     if reduce_shared > SHARED_MEMORY_LIMIT {
         return Err(Error::invalid(
             "ll4mi partitions of the longest sequence",
             np,
             format!(
                 "at most {} (the reduce kernel keeps one weight per partition in shared memory)",
-                SHARED_MEMORY_LIMIT / 4 - 262
+                SHARED_MEMORY_LIMIT / 4 - reduce_fixed
             ),
         )
         .into());
