@@ -39,7 +39,7 @@ if [[ " $STEPS " == *" diff "* ]]; then
     # One process per family, JOBS at a time, each with its share of the cores.
     threads=$(( $(nproc) / JOBS )); (( threads < 1 )) && threads=1
     printf '%s\n' $families | RAYON_NUM_THREADS=$threads xargs -P "$JOBS" -I{} sh -c \
-        '"$0" diff --backend {} --cases "$1" --seed "$2" --json >"$3/{}.json" 2>"$3/{}.err"; echo $? >"$3/{}.rc"' \
+        's=$(date +%s); "$0" diff --backend {} --cases "$1" --seed "$2" --json >"$3/{}.json" 2>"$3/{}.err"; echo $? >"$3/{}.rc"; echo $(( $(date +%s) - s )) >"$3/{}.secs"' \
         "$BIN" "$CASES" "$SEED" "$work"
     echo "[" >"$OUT/diff.json"
     sep=""
@@ -48,16 +48,16 @@ if [[ " $STEPS " == *" diff "* ]]; then
         [ "$rc" = 0 ] || status=1
         printf '%s' "$sep" >>"$OUT/diff.json"; sep=","
         if [ -s "$work/$f.json" ]; then cat "$work/$f.json" >>"$OUT/diff.json"; else echo "{\"family\":\"$f\",\"rc\":\"$rc\"}" >>"$OUT/diff.json"; fi
-        python3 - "$work/$f.json" "$f" "$rc" >>"$OUT/diff.txt" <<'PY'
+        python3 - "$work/$f.json" "$f" "$rc" "$(cat "$work/$f.secs" 2>/dev/null)" >>"$OUT/diff.txt" <<'PY'
 import json, sys
-path, fam, rc = sys.argv[1:]
+path, fam, rc, secs = sys.argv[1:]
 try:
     r = json.load(open(path))
 except Exception:
     print(f"{fam:<26} rc {rc}: no report"); sys.exit()
 for k in r.get("kernels", []):
     ok = "bit-exact" if k["elements"] == k["bit_exact"] else "MISMATCH"
-    print(f"{k['kernel']:<26} {k['cases']:>6} cases {k['elements']:>12} elements {k['bit_exact']:>12} exact  {ok}")
+    print(f"{k['kernel']:<26} {k['cases']:>6} cases {k['elements']:>12} elements {k['bit_exact']:>12} exact  {ok}  ({secs} s)")
     if k.get("first_mismatch"): print("    first mismatch:", json.dumps(k["first_mismatch"]))
 for e in r.get("errors", []): print(f"    error: {e}")
 PY
