@@ -25,6 +25,53 @@
 #endif
 #define WAVE_SIZE __AMDGCN_WAVEFRONT_SIZE
 #define SHFL_XOR(v, off) __shfl_xor((v), (off))
+#elif defined(ATTNLAB_HOST)
+// The CPU (attnlab-gpu's host device, gpu/src/runtime/host.rs): the unit is
+// compiled by the system c++ with -ffp-contract=off and no fast math, each
+// GPU thread of a block runs as a fiber, and runtime/host_shim.cpp defines
+// what is declared here. WAVE_SIZE is -DATTNLAB_HOST_WAVE (32 or 64), so the
+// AMD wave-64 paths run without AMD hardware. Blocks of one OS thread run one
+// at a time, so static __shared__ arrays are per-thread statics.
+#if ATTNLAB_HOST_WAVE != 32 && ATTNLAB_HOST_WAVE != 64
+#error "ATTNLAB_HOST_WAVE must be 32 or 64"
+#endif
+#include <math.h>
+#include <string.h>
+#define WAVE_SIZE ATTNLAB_HOST_WAVE
+#define __device__
+#define __global__
+#define __forceinline__ inline
+#define __launch_bounds__(...)
+#define __shared__ static thread_local
+struct attnlab_dim3 {
+    unsigned x, y, z;
+};
+extern __thread attnlab_dim3 threadIdx, blockIdx, blockDim, gridDim;
+void attnlab_host_syncthreads();
+void* attnlab_host_dynamic_shared();  // dynamic shared declarations are rewritten to it
+unsigned long long attnlab_host_shfl_xor_bits(unsigned long long bits, int lane_mask);
+#define __syncthreads() attnlab_host_syncthreads()
+template <typename T> inline T attnlab_host_shfl_xor(T v, int lane_mask) {
+    static_assert(sizeof(T) <= 8, "a shuffle moves at most 8 bytes");
+    unsigned long long bits = 0;
+    memcpy(&bits, &v, sizeof v);
+    bits = attnlab_host_shfl_xor_bits(bits, lane_mask);
+    memcpy(&v, &bits, sizeof v);
+    return v;
+}
+#define SHFL_XOR(v, off) attnlab_host_shfl_xor((v), (off))
+inline float __uint_as_float(unsigned u) {
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+inline unsigned __float_as_uint(float f) {
+    unsigned u;
+    memcpy(&u, &f, 4);
+    return u;
+}
+template <typename T> inline T min(T a, T b) { return b < a ? b : a; }
+template <typename T> inline T max(T a, T b) { return a < b ? b : a; }
 #else
 #define ATTNLAB_CUDA 1
 #define WAVE_SIZE 32

@@ -86,6 +86,10 @@ pub fn compile_families(
             }
             "hipcc".to_string()
         }
+        Target::Host { .. } => {
+            let c = crate::runtime::host::HostCompiler::detect()?;
+            format!("{} ({})", c.program, c.version)
+        }
     };
     let mut results = Vec::new();
     for f in families {
@@ -120,6 +124,9 @@ fn compile_one(
                 .map(|(img, log)| (img.bytes.len(), ptxas_resources(&log)))
         }
         Target::Amd { gfx } => hipcc_compile(gfx, &name, &unit, defines, resources),
+        Target::Host { wave } => crate::runtime::host::HostCompiler::detect()?
+            .build(*wave, &name, &unit, defines)
+            .map(|lib| (std::fs::metadata(lib).map_or(0, |m| m.len() as usize), Vec::new())),
     };
     let define_text = defines
         .iter()

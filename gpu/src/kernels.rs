@@ -307,6 +307,17 @@ impl Gpu {
         Ok(Gpu::new(crate::runtime::open()?))
     }
 
+    /// Opens the device of `kind` ([`crate::runtime::open_kind`]).
+    pub fn open_kind(kind: crate::runtime::DeviceKind) -> Result<Self> {
+        Ok(Gpu::new(crate::runtime::open_kind(kind)?))
+    }
+
+    /// The CPU as the device, with waves of `wave` lanes (32 or 64): the
+    /// kernels run through [`crate::runtime::host`] with no GPU.
+    pub fn open_host(wave: u32) -> Result<Self> {
+        Self::open_kind(crate::runtime::DeviceKind::Host { wave })
+    }
+
     /// The entry point `entry` of `family` compiled with `defines` (compiled
     /// and loaded on first use, cached after).
     pub fn function(

@@ -1,12 +1,14 @@
-//! `attnlab diff [--backend NAME|all] [--cases N] [--seed S] [--json] [--list]`: runs
-//! each kernel on the emulator and on the GPU over random cases and compares
-//! bit patterns. Per kernel: cases, elements, bit-exact count and the first
+//! `attnlab diff [--backend NAME|all] [--cases N] [--seed S] [--json] [--list]
+//! [--device cuda|hip|host [--wave 32|64]]`: runs each kernel on the emulator
+//! and on the GPU (or, with `--device host`, on the CPU through the host
+//! device, with 32- or 64-lane waves) over random cases and compares bit
+//! patterns. Per kernel: cases, elements, bit-exact count and the first
 //! mismatch (indices, both values, ulp distance). Exit 1 on any mismatch;
 //! without a device it says so in one line and exits 0 with nothing compared.
 
 use attnlab_gpu::diff::{select, DiffOptions, KernelReport};
 use attnlab_gpu::kernels::Gpu;
-use attnlab_gpu::runtime::GpuError;
+use attnlab_gpu::runtime::{DeviceKind, GpuError};
 use serde_json::json;
 use std::process::ExitCode;
 
@@ -25,6 +27,13 @@ pub struct Args {
     /// Print the kernel and backend names `--backend` takes, one per line, and exit.
     #[arg(long)]
     list: bool,
+    /// The device: `cuda`, `hip`, or `host` (the kernels compiled by the
+    /// system C++ compiler and run on the CPU). Default: the first GPU.
+    #[arg(long, value_parser = ["cuda", "hip", "host"])]
+    device: Option<String>,
+    /// Lanes per wave of `--device host` (32: NVIDIA's warps, 64: AMD's waves).
+    #[arg(long, value_parser = ["32", "64"])]
+    wave: Option<String>,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -35,7 +44,20 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let diffs = select(&args.backend)?;
-    let gpu = match Gpu::open() {
+    let kind = match (args.device.as_deref(), args.wave.as_deref()) {
+        (Some("host"), wave) => Some(DeviceKind::Host {
+            wave: if wave == Some("64") { 64 } else { 32 },
+        }),
+        (_, Some(w)) => anyhow::bail!("--wave {w} applies to --device host only"),
+        (Some("cuda"), None) => Some(DeviceKind::Cuda),
+        (Some("hip"), None) => Some(DeviceKind::Hip),
+        _ => None,
+    };
+    let opened = match kind {
+        Some(k) => Gpu::open_kind(k),
+        None => Gpu::open(),
+    };
+    let gpu = match opened {
         Ok(g) => g,
         Err(GpuError::NoDevice(why)) => {
             if args.json {

@@ -197,7 +197,9 @@ impl Device for CudaDevice {
     fn compile(&self, name: &str, source: &str, defines: &[(String, String)]) -> Result<Image> {
         match self.info.target {
             Target::Cuda { sm } => nvrtc_compile(sm, name, source, defines),
-            Target::Amd { .. } => unreachable!("a CUDA device has a CUDA target"),
+            Target::Amd { .. } | Target::Host { .. } => {
+                unreachable!("a CUDA device has a CUDA target")
+            }
         }
     }
 

@@ -11,6 +11,7 @@
 pub mod cuda;
 #[cfg(feature = "rocm")]
 pub mod hip;
+pub mod host;
 
 use attnlab_shared::error::Error as SharedError;
 use serde::Serialize;
@@ -41,6 +42,9 @@ pub enum Target {
     Cuda { sm: u32 },
     /// AMD CDNA, compiled by hipRTC or hipcc: `gfx90a`, `gfx940`, `gfx942`.
     Amd { gfx: String },
+    /// The CPU ([`host`]), compiled by the system C++ compiler, with waves of
+    /// 32 or 64 lanes: `host32`, `host64`.
+    Host { wave: u32 },
 }
 
 impl Target {
@@ -57,10 +61,15 @@ impl Target {
         if ["gfx90a", "gfx940", "gfx941", "gfx942"].contains(&s) {
             return Ok(Target::Amd { gfx: s.to_string() });
         }
+        match s {
+            "host32" => return Ok(Target::Host { wave: 32 }),
+            "host64" => return Ok(Target::Host { wave: 64 }),
+            _ => {}
+        }
         Err(SharedError::invalid(
             "target",
             format!("'{s}'"),
-            "allowed: gfx90a, gfx940, gfx941, gfx942, sm_70 .. sm_120",
+            "allowed: gfx90a, gfx940, gfx941, gfx942, sm_70 .. sm_120, host32, host64",
         )
         .into())
     }
@@ -69,6 +78,7 @@ impl Target {
         match self {
             Target::Cuda { sm } => format!("sm_{sm}"),
             Target::Amd { gfx } => gfx.clone(),
+            Target::Host { wave } => format!("host{wave}"),
         }
     }
 
@@ -77,6 +87,7 @@ impl Target {
         match self {
             Target::Cuda { .. } => 32,
             Target::Amd { .. } => 64,
+            Target::Host { wave } => *wave,
         }
     }
 }
@@ -228,6 +239,29 @@ pub fn open() -> Result<Box<dyn Device>> {
         Ok(d) => Ok(Box::new(d)),
         Err(GpuError::NoDevice(why)) => Err(GpuError::NoDevice(format!("{hip_reason}CUDA: {why}"))),
         Err(e) => Err(e),
+    }
+}
+
+/// Which device `attnlab diff --device` opens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceKind {
+    Cuda,
+    Hip,
+    /// The CPU with waves of `wave` lanes (32 or 64).
+    Host { wave: u32 },
+}
+
+/// Opens the device of `kind` (`open` picks one by itself).
+pub fn open_kind(kind: DeviceKind) -> Result<Box<dyn Device>> {
+    match kind {
+        DeviceKind::Cuda => Ok(Box::new(cuda::CudaDevice::open()?)),
+        #[cfg(feature = "rocm")]
+        DeviceKind::Hip => Ok(Box::new(hip::HipDevice::open()?)),
+        #[cfg(not(feature = "rocm"))]
+        DeviceKind::Hip => Err(GpuError::NoDevice(
+            "HIP: not built (cargo feature `rocm`)".into(),
+        )),
+        DeviceKind::Host { wave } => Ok(Box::new(host::HostDevice::open(wave)?)),
     }
 }
 

@@ -1,0 +1,177 @@
+//! The kernels on the host device (the CPU, `runtime::host`): every diff
+//! family, kernels and whole backends, bit-exact against the emulator with
+//! NVIDIA's 32-lane waves and AMD's 64-lane ones, on any machine with a C++
+//! compiler; and the host runtime's own contract (shuffles stay inside one
+//! wave, GPU undefined behaviour is an error, not a hang).
+//!
+//! Without a C++ compiler each test prints one line saying why and passes.
+
+use attnlab_gpu::diff::{DiffOptions, KERNEL_DIFFS};
+use attnlab_gpu::kernels::{Gpu, PORTABLE_H};
+use attnlab_gpu::runtime::{Arg, Buffer, Device, GpuError, LaunchDims};
+
+/// Cases per diff: the same few on every machine (fixed seed), enough to
+/// reach each kernel family's entry points (with seed 11, paged_decode's
+/// ll4mi kernels and their wave butterflies), while the whole file stays
+/// within a few minutes on two cores. Whole backends (upper-case names) run
+/// several kernels per case: fewer cases. Compiles are cached on disk.
+const KERNEL_CASES: usize = 4;
+const BACKEND_CASES: usize = 2;
+const SEED: u64 = 11;
+
+fn cases_for(diff: &str) -> usize {
+    if diff.chars().any(|c| c.is_ascii_lowercase()) {
+        KERNEL_CASES
+    } else {
+        BACKEND_CASES
+    }
+}
+
+fn host_or_skip(test: &str, wave: u32) -> Option<Gpu> {
+    match Gpu::open_host(wave) {
+        Ok(g) => Some(g),
+        Err(GpuError::NoDevice(why)) => {
+            eprintln!("{test}: skipped: {why}");
+            None
+        }
+        Err(e) => panic!("{test}: opening the host device failed: {e}"),
+    }
+}
+
+fn every_family_is_bit_exact(wave: u32) {
+    let Some(gpu) = host_or_skip(&format!("host wave {wave}"), wave) else {
+        return;
+    };
+    for d in KERNEL_DIFFS {
+        let start = std::time::Instant::now();
+        let cases = cases_for(d.kernel);
+        let r = (d.run)(&gpu, DiffOptions { cases, seed: SEED })
+            .unwrap_or_else(|e| panic!("{} (wave {wave}): {e}", d.kernel));
+        eprintln!(
+            "wave {wave} {:<24} {} cases {:>9} elements {:.1} s",
+            d.kernel,
+            r.cases,
+            r.elements,
+            start.elapsed().as_secs_f64()
+        );
+        assert_eq!(r.cases, cases, "{}: ran {} cases", d.kernel, r.cases);
+        assert!(r.elements > 0, "{}: compared nothing", d.kernel);
+        assert!(
+            r.passed(),
+            "{} (wave {wave}): {:?}",
+            d.kernel,
+            r.first_mismatch
+        );
+    }
+}
+
+#[test]
+fn every_diff_family_is_bit_exact_on_the_host_with_32_lane_waves() {
+    every_family_is_bit_exact(32);
+}
+
+#[test]
+fn every_diff_family_is_bit_exact_on_the_host_with_64_lane_waves() {
+    every_family_is_bit_exact(64);
+}
+
+/// Compiles `body` behind portable.h on a host device of `wave` lanes and
+/// runs its entry `probe(float* out)` with `threads` threads in one block;
+/// the `threads` outputs, or the launch's error.
+fn run_probe(wave: u32, body: &str, threads: u32) -> Option<Result<Vec<f32>, GpuError>> {
+    let gpu = host_or_skip("host probe", wave)?;
+    let dev: &dyn Device = gpu.dev.as_ref();
+    let source = format!("{PORTABLE_H}\n{body}");
+    let run = || -> Result<Vec<f32>, GpuError> {
+        let image = dev.compile("probe.hip", &source, &[])?;
+        let module = dev.load(&image)?;
+        let f = dev.function(module, "probe")?;
+        let out = Buffer::zeroed(dev, threads as usize * 4)?;
+        let dims = LaunchDims {
+            grid: [1, 1, 1],
+            block: [threads, 1, 1],
+            shared_bytes: 0,
+        };
+        dev.launch(f, dims, &[out.arg()])?;
+        Ok(out
+            .to_bytes()?
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect())
+    };
+    Some(run())
+}
+
+const WAVE_SUM_PROBE: &str = r#"
+extern "C" __global__ void probe(float* out) {
+    out[threadIdx.x] = wave_sum((float)threadIdx.x);
+}"#;
+
+#[test]
+fn a_wave_sum_adds_exactly_the_lanes_of_its_own_wave() {
+    for wave in [32u32, 64] {
+        let Some(got) = run_probe(wave, WAVE_SUM_PROBE, 128) else {
+            return;
+        };
+        let got = got.unwrap_or_else(|e| panic!("wave {wave}: {e}"));
+        for (t, v) in got.iter().enumerate() {
+            let first = (t as u32 / wave * wave) as f32;
+            let expected = (0..wave).map(|l| first + l as f32).sum::<f32>();
+            assert_eq!(*v, expected, "wave {wave}, thread {t}");
+        }
+    }
+}
+
+#[test]
+fn a_shuffle_past_the_last_thread_of_a_narrow_block_is_an_error() {
+    // 32 threads: a full warp on NVIDIA, half a wave on AMD, where the
+    // butterfly's first step (xor 32) reads lanes that do not exist.
+    let Some(ok) = run_probe(32, WAVE_SUM_PROBE, 32) else {
+        return;
+    };
+    assert!(ok.is_ok(), "wave 32: {ok:?}");
+    let err = run_probe(64, WAVE_SUM_PROBE, 32)
+        .expect("host device")
+        .expect_err("wave 64 reads lanes 32..63 of a 32-thread block");
+    assert!(
+        err.to_string().contains("beyond the block's last thread"),
+        "{err}"
+    );
+}
+
+#[test]
+fn divergent_barriers_are_reported_instead_of_hanging() {
+    let body = r#"
+extern "C" __global__ void probe(float* out) {
+    if (threadIdx.x == 0) __syncthreads();
+    else out[threadIdx.x] = wave_sum(1.0f);
+}"#;
+    let Some(got) = run_probe(32, body, 64) else {
+        return;
+    };
+    let err = got.expect_err("thread 0 waits at __syncthreads, its wave in a shuffle");
+    assert!(err.to_string().contains("divergent barriers"), "{err}");
+}
+
+#[test]
+fn a_launch_argument_of_the_wrong_type_is_rejected_before_the_kernel_runs() {
+    let Some(gpu) = host_or_skip("host argument check", 32) else {
+        return;
+    };
+    let dev: &dyn Device = gpu.dev.as_ref();
+    let source = format!(
+        "{PORTABLE_H}\nextern \"C\" __global__ void probe(float* out, i64 n) {{ if (threadIdx.x < n) out[threadIdx.x] = 1.0f; }}"
+    );
+    let image = dev.compile("probe.hip", &source, &[]).expect("compiles");
+    let f = dev
+        .function(dev.load(&image).expect("loads"), "probe")
+        .expect("entry");
+    let out = Buffer::zeroed(dev, 4 * 32).expect("alloc");
+    let dims = LaunchDims::linear(32, 32).expect("dims");
+    let err = dev
+        .launch(f, dims, &[out.arg(), Arg::I32(32)])
+        .expect_err("i32 passed for an i64 parameter");
+    assert!(err.to_string().contains("argument 1"), "{err}");
+    dev.launch(f, dims, &[out.arg(), Arg::I64(32)])
+        .expect("i64 launches");
+}
