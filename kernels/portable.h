@@ -449,3 +449,320 @@ template <int N, bool MAX> DEVICE void butterfly64(float (&v)[N], float* xchg) {
         }
     }
 }
+
+// ---- tile helpers (register-tiled attention)
+// The building blocks of the register-tiled kernels (flash_varlen.hip's
+// flash_attn_varlen, unified_attention.hip's unified_attention_tiled). A
+// program owns TILE_BM = 64 rows of one KV head, TILE_THREADS = 256 threads;
+// thread (tr, tc) = (tid / 16, tid % 16) owns rows 4 tr .. 4 tr + 3, in A
+// keys {g 16 KW + tc KW + e} (BN / 16 of them), in C dims {g 16 VW + tc VW +
+// e} (DV / 16 of them), with acc in registers for the whole program. One
+// staged key block of BN keys holds BN / TILE softmax tiles (the sim's
+// tiles, whose statistics the per-row results depend on): their scores are
+// computed together (scores do not depend on the running state), their
+// statistics and P V updates one tile after the other, ascending.
+//   A) tile_qk: Q and K^T staged TILE_DK = 8 dims at a time (one 8-element
+//      vector load per row / key, double buffered through registers); each
+//      thread's 4 x BN/16 scores are fma chains over the chunks in ascending
+//      d, so each score is the sim's chain.
+//   B) tile_softmax: 4 lanes per row: per tile, tile_max by lane then
+//      xor-shuffle (max is order free), tile_begin, p = exp2c(s - m_ref) by
+//      lane; then ONE lane per row sums the unrounded p of each tile in
+//      ascending j (the sim's chain) and updates l per tile; then the lanes
+//      overwrite p with round(p), or with -0.0 when p == 0 (a skip mark: a
+//      rounded positive p is never -0.0).
+//   C) tile_pv: V staged TILE_VK = 8 keys at a time; at each tile's first
+//      key acc = acc * alpha(tile), then fma over keys ascending. A thread
+//      none of whose 4 rows skips a key of the block (no p == 0, len a
+//      multiple of TILE_VK) runs the branch-free loop; others test the mark
+//      per (row, key) exactly where the sim tests p != 0.
+// Every thread of the block calls A, B and C (they hold __syncthreads).
+#define TILE_BM 64
+#define TILE_THREADS 256
+#define TILE_DK 8
+#define TILE_VK 8
+#define TILE_SKIP_MARK 0x80000000u  // -0.0f in P_s: key skipped (unrounded p == 0)
+
+// Vector width (4, 2 or 1) of n consecutive per-thread elements.
+#define TILE_VEC_WIDTH(n) ((n) % 4 == 0 ? 4 : ((n) % 2 == 0 ? 2 : 1))
+// Floats of the A staging (Q_s[2][DK][BM], K_s[2][DK][BN]) or the C staging
+// (V_s[2][VK][DV]), whichever is larger: they share one buffer.
+#define TILE_STAGE(bn, dv) \
+    (2 * TILE_DK * (TILE_BM + (bn)) > 2 * TILE_VK * (dv) ? 2 * TILE_DK * (TILE_BM + (bn)) : 2 * TILE_VK * (dv))
+// Key of a block that score slot c of column thread tc holds (A's mapping).
+template <int KW> DEVICE int tile_key(int c, int tc) { return (c / KW) * 16 * KW + tc * KW + c % KW; }
+
+// N (1, 2 or 4) consecutive shared-memory floats in one access.
+struct __attribute__((aligned(16))) tile_f4 { float v[4]; };
+struct __attribute__((aligned(8))) tile_f2 { float v[2]; };
+template <int N> DEVICE void tile_lds(const float* p, float* out) {
+    if constexpr (N == 4) {
+        const tile_f4 t = *reinterpret_cast<const tile_f4*>(p);
+        out[0] = t.v[0], out[1] = t.v[1], out[2] = t.v[2], out[3] = t.v[3];
+    } else if constexpr (N == 2) {
+        const tile_f2 t = *reinterpret_cast<const tile_f2*>(p);
+        out[0] = t.v[0], out[1] = t.v[1];
+    } else {
+        out[0] = p[0];
+    }
+}
+template <int N> DEVICE void tile_sts(float* p, const float* in) {
+    if constexpr (N == 4) {
+        *reinterpret_cast<tile_f4*>(p) = tile_f4{{in[0], in[1], in[2], in[3]}};
+    } else if constexpr (N == 2) {
+        *reinterpret_cast<tile_f2*>(p) = tile_f2{{in[0], in[1]}};
+    } else {
+        p[0] = in[0];
+    }
+}
+
+// 8 consecutive storage elements of Storage S (one aligned 8 * sizeof(T)-byte
+// load), kept as raw words until they are widened (exactly) by get.
+struct __attribute__((aligned(16))) tile_u4 { u32 w[4]; };
+struct __attribute__((aligned(8))) tile_u2 { u32 w[2]; };
+template <typename S> struct Pack8 {
+    typedef typename S::T T;
+    static constexpr int WORDS = 2 * (int)sizeof(T);
+    u32 w[WORDS];
+    DEVICE void zero() {
+#pragma unroll
+        for (int i = 0; i < WORDS; ++i) w[i] = 0u;
+    }
+    DEVICE void load(const T* p) {
+        if constexpr (WORDS >= 4) {
+#pragma unroll
+            for (int i = 0; i < WORDS / 4; ++i) {
+                const tile_u4 u = reinterpret_cast<const tile_u4*>(p)[i];
+                w[4 * i] = u.w[0], w[4 * i + 1] = u.w[1], w[4 * i + 2] = u.w[2], w[4 * i + 3] = u.w[3];
+            }
+        } else {
+            const tile_u2 u = *reinterpret_cast<const tile_u2*>(p);
+            w[0] = u.w[0], w[1] = u.w[1];
+        }
+    }
+    DEVICE float get(int e) const {
+        if constexpr (sizeof(T) == 4) {
+            return __uint_as_float(w[e]);
+        } else {
+            constexpr int PER = 4 / (int)sizeof(T), BITS = 8 * (int)sizeof(T);
+            return S::load((T)((w[e / PER] >> (BITS * (e % PER))) & ((1u << BITS) - 1u)));
+        }
+    }
+};
+
+// A) s[i][c] = sum over d ascending of q[4 tr + i][d] * k[tile_key(c)][d], as
+// fma chains from 0. load(role, idx, d0) fetches 8 dims from d0 into the
+// caller's registers (role 0: Q row idx < rows; 1: K key idx < len; -1:
+// none of them for this thread: zeros), widen(x) turns them into 8 floats.
+template <int D, int BN, typename Load, typename Widen>
+DEVICE void tile_qk(float (&s)[4][BN / 16], float* stage, int rows, int len, Load load, Widen widen) {
+    constexpr int KN = BN / 16, KW = TILE_VEC_WIDTH(KN);
+    const int tid = threadIdx.x, tr = tid / 16, tc = tid % 16;
+    auto fetch = [&](int d0) {
+        if (tid < TILE_BM) load(tid < rows ? 0 : -1, tid, d0);
+        else if (tid < TILE_BM + BN) load(tid - TILE_BM < len ? 1 : -1, tid - TILE_BM, d0);
+    };
+    auto store = [&](int buf) {
+        float x[8];
+        if (tid < TILE_BM) {
+            float* q_s = stage + buf * TILE_DK * TILE_BM;
+            widen(x);
+#pragma unroll
+            for (int e = 0; e < 8; ++e) q_s[e * TILE_BM + tid] = x[e];
+        } else if (tid < TILE_BM + BN) {
+            float* k_s = stage + 2 * TILE_DK * TILE_BM + buf * TILE_DK * BN;
+            widen(x);
+#pragma unroll
+            for (int e = 0; e < 8; ++e) k_s[e * BN + tid - TILE_BM] = x[e];
+        }
+    };
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+#pragma unroll
+        for (int c = 0; c < KN; ++c) s[i][c] = 0.0f;
+    fetch(0);
+    store(0);
+    __syncthreads();
+    for (int dc = 0; dc < D / TILE_DK; ++dc) {
+        const int buf = dc & 1;
+        if (dc + 1 < D / TILE_DK) fetch((dc + 1) * TILE_DK);
+        const float* q_s = stage + buf * TILE_DK * TILE_BM;
+        const float* k_s = stage + 2 * TILE_DK * TILE_BM + buf * TILE_DK * BN;
+#pragma unroll
+        for (int dd = 0; dd < TILE_DK; ++dd) {
+            float qa[4], kb[KN];
+            tile_lds<4>(q_s + dd * TILE_BM + 4 * tr, qa);
+#pragma unroll
+            for (int c = 0; c < KN; c += KW) tile_lds<KW>(k_s + dd * BN + c * 16 + tc * KW, kb + c);
+#pragma unroll
+            for (int i = 0; i < 4; ++i)
+#pragma unroll
+                for (int c = 0; c < KN; ++c) s[i][c] = fmaf(qa[i], kb[c], s[i][c]);
+        }
+        if (dc + 1 < D / TILE_DK) store(buf ^ 1);
+        __syncthreads();
+    }
+}
+
+// B) Row statistics of the block's tiles (scores in P_s[TILE_BM][PS], keys
+// j < len; tiles of TILE keys from key 0). Per row (first `rows` rows):
+// m_i, l_i updated through every tile that has keys, alpha_i[t * TILE_BM +
+// row] = tile t's alpha, skip_i[row] = whether C must test skip marks; P_s
+// ends holding round(p) or the skip mark up to len rounded up to TILE_VK.
+// M_ZERO_IF_EMPTY: AITER's kernel keeps m = 0 while a row has seen no key.
+template <int BN, int PS, int TILE, int QD, bool M_ZERO_IF_EMPTY>
+DEVICE void tile_softmax(float* P_s, int rows, int len, float* m_i, float* l_i, float* alpha_i, int* skip_i) {
+    static_assert(BN % TILE == 0 && TILE % TILE_VK == 0, "a block holds whole tiles of whole V chunks");
+    constexpr int NT = BN / TILE;
+    const int tid = threadIdx.x, srow = tid >> 2, lane4 = tid & 3;
+    const bool active = srow < rows;
+    float* prow = P_s + srow * PS;
+    float m = active ? m_i[srow] : 0.0f;
+    float pr[BN / 4], alpha[NT];
+#pragma unroll
+    for (int u = 0; u < NT; ++u) {
+        alpha[u] = 1.0f;
+        if (u * TILE < len) {  // the same for the whole block
+            float mx = f32_neg_inf();
+            if (active)
+#pragma unroll
+                for (int jj = 0; jj < TILE / 4; ++jj)
+                    if (u * TILE + lane4 + 4 * jj < len) mx = fmaxf(mx, prow[u * TILE + lane4 + 4 * jj]);
+            mx = fmaxf(mx, SHFL_XOR(mx, 1));
+            mx = fmaxf(mx, SHFL_XOR(mx, 2));
+            const TileStats ts = tile_begin(m, mx);
+#pragma unroll
+            for (int jj = 0; jj < TILE / 4; ++jj) {
+                const int j = u * TILE + lane4 + 4 * jj;
+                pr[u * (TILE / 4) + jj] = 0.0f;
+                if (active && j < len) {
+                    pr[u * (TILE / 4) + jj] = exp2c(prow[j] - ts.m_ref);
+                    prow[j] = pr[u * (TILE / 4) + jj];
+                }
+            }
+            alpha[u] = ts.alpha;
+            m = ts.m_new;
+            if (M_ZERO_IF_EMPTY && m == f32_neg_inf()) m = 0.0f;
+        } else {
+#pragma unroll
+            for (int jj = 0; jj < TILE / 4; ++jj) pr[u * (TILE / 4) + jj] = 0.0f;
+        }
+    }
+    __syncthreads();
+    if (active && lane4 == 0) {
+        float l = l_i[srow];
+        bool skip = len % TILE_VK != 0;
+#pragma unroll
+        for (int u = 0; u < NT; ++u) {
+            if (u * TILE < len) {
+                const int end = min(len, (u + 1) * TILE);
+                float tile_sum = 0.0f;
+                int j = u * TILE;
+                for (; j + 4 <= end; j += 4) {
+                    float p4[4];
+                    tile_lds<4>(prow + j, p4);
+#pragma unroll
+                    for (int e = 0; e < 4; ++e) {
+                        tile_sum = tile_sum + p4[e];
+                        skip = skip || p4[e] == 0.0f;
+                    }
+                }
+                for (; j < end; ++j) {
+                    tile_sum = tile_sum + prow[j];
+                    skip = skip || prow[j] == 0.0f;
+                }
+                l = fmaf(l, alpha[u], tile_sum);
+                alpha_i[u * TILE_BM + srow] = alpha[u];
+            }
+        }
+        l_i[srow] = l;
+        m_i[srow] = m;
+        skip_i[srow] = skip;
+    }
+    __syncthreads();
+    const int len_vk = (len + TILE_VK - 1) / TILE_VK * TILE_VK;
+    if (active)
+#pragma unroll
+        for (int jj = 0; jj < BN / 4; ++jj) {
+            const int j = lane4 + 4 * jj;
+            if (j < len)
+                prow[j] = pr[jj] != 0.0f ? round_to<QD>(pr[jj]) : __uint_as_float(TILE_SKIP_MARK);
+            else if (j < len_vk)
+                prow[j] = __uint_as_float(TILE_SKIP_MARK);
+        }
+}
+
+// C) acc = acc * alpha(tile) at each tile's first key, then acc += p V over
+// TILE_VK-key chunks, keys ascending (P_s as B leaves it). load(key, col)
+// fetches 8 dims col.. of block key `key` (< len) into the caller's
+// registers, or zeros when key < 0; widen(x) turns them into 8 floats.
+template <int DV, int BN, int PS, int TILE, typename Load, typename Widen>
+DEVICE void tile_pv(float (&acc)[4][DV / 16], const float* P_s, float* stage, const float* alpha_i, const int* skip_i,
+                    int len, Load load, Widen widen) {
+    static_assert(BN % TILE == 0 && TILE % TILE_VK == 0, "a block holds whole tiles of whole V chunks");
+    constexpr int VN = DV / 16, VW = TILE_VEC_WIDTH(VN);
+    const int tid = threadIdx.x, tr = tid / 16, tc = tid % 16;
+    const int v_row = tid / (DV / 8), v_col = tid % (DV / 8) * 8;
+    auto fetch = [&](int kc) {
+        if (tid < TILE_VK * DV / 8) load(kc * TILE_VK + v_row < len ? kc * TILE_VK + v_row : -1, v_col);
+    };
+    auto store = [&](int buf) {
+        if (tid < TILE_VK * DV / 8) {
+            float* dst = stage + buf * TILE_VK * DV + v_row * DV + v_col;
+            float x[8];
+            widen(x);
+            tile_sts<4>(dst, x);
+            tile_sts<4>(dst + 4, x + 4);
+        }
+    };
+    auto rescale = [&](int u) {
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            const float al = alpha_i[u * TILE_BM + 4 * tr + i];
+#pragma unroll
+            for (int c = 0; c < VN; ++c) acc[i][c] = acc[i][c] * al;
+        }
+    };
+    const int n_kc = (len + TILE_VK - 1) / TILE_VK;
+    fetch(0);
+    store(0);
+    __syncthreads();
+    bool slow = false;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) slow = slow || skip_i[4 * tr + i] != 0;
+    rescale(0);
+    for (int kc = 0; kc < n_kc; ++kc) {
+        const int buf = kc & 1;
+        if constexpr (TILE < BN)
+            if (kc > 0 && kc % (TILE / TILE_VK) == 0) rescale(kc / (TILE / TILE_VK));
+        if (kc + 1 < n_kc) fetch(kc + 1);
+        const float* v_s = stage + buf * TILE_VK * DV;
+        const float* p_s = P_s + 4 * tr * PS + kc * TILE_VK;
+#pragma unroll
+        for (int k4 = 0; k4 < TILE_VK; k4 += 4) {
+            float p[4][4];
+#pragma unroll
+            for (int i = 0; i < 4; ++i) tile_lds<4>(p_s + i * PS + k4, p[i]);
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                float vv[VN];
+#pragma unroll
+                for (int c = 0; c < VN; c += VW) tile_lds<VW>(v_s + (k4 + e) * DV + c * 16 + tc * VW, vv + c);
+                if (!slow) {
+#pragma unroll
+                    for (int i = 0; i < 4; ++i)
+#pragma unroll
+                        for (int c = 0; c < VN; ++c) acc[i][c] = fmaf(p[i][e], vv[c], acc[i][c]);
+                } else {
+#pragma unroll
+                    for (int i = 0; i < 4; ++i)
+                        if (__float_as_uint(p[i][e]) != TILE_SKIP_MARK)
+#pragma unroll
+                            for (int c = 0; c < VN; ++c) acc[i][c] = fmaf(p[i][e], vv[c], acc[i][c]);
+                }
+            }
+        }
+        if (kc + 1 < n_kc) store(buf ^ 1);
+        __syncthreads();
+    }
+}

@@ -13,16 +13,14 @@
 //! query head): the numbers say how far they are from the copy, not how fast
 //! vLLM's kernels are.
 
-use crate::kernels::{dtype_define, qkv_defines, Gpu};
+use crate::kernels::{dtype_define, Gpu};
 use crate::ops::paged_decode;
-use crate::ops::unified_attention::to_u32;
-use crate::runtime::{Arg, ArgStruct, Buffer, LaunchDims, Result};
+use crate::runtime::{Arg, Buffer, LaunchDims, Result};
 use attnlab_shared::dtype::DType;
 use attnlab_shared::layout::{KvLayout, LayoutKind};
 use attnlab_shared::metadata::{AttentionMetadata, BlockTableTensor};
 use attnlab_sim::config::AttnConfig;
 use attnlab_sim::kernels::paged_decode::PARTITION_SIZE_ROCM;
-use attnlab_sim::numerics::softmax_scale_log2;
 use serde::Serialize;
 
 #[derive(Debug, Clone, Copy)]
@@ -253,8 +251,11 @@ fn decode_case(
     Ok(results)
 }
 
-/// One causal prefill of `tokens` tokens (32 q / 8 kv heads, d 128, bf16)
-/// through the bit-exact unified 2D kernel (vLLM flavour, TILE 32).
+/// One causal prefill of `tokens` tokens (32 q / 8 kv heads, d 128, bf16,
+/// block size 16) through the bit-exact unified 2D kernel, with vLLM's own
+/// launch (`UnifiedLaunch::vllm`: BLOCK_M 16, TILE 32), replayed through the
+/// launcher the diff validates (`UnifiedPlan`: the register-tiled
+/// `unified_attention_tiled` for this shape).
 fn prefill_case(
     gpu: &Gpu,
     opts: &BenchOptions,
@@ -262,6 +263,8 @@ fn prefill_case(
     copy_gbps: f64,
     peak: f64,
 ) -> Result<BenchRow> {
+    use crate::ops::unified_attention::UnifiedPlan;
+    use attnlab_sim::kernels::unified_attention::{UnifiedLaunch, VllmLaunchOptions};
     let dev = gpu.dev.as_ref();
     let (hq, hkv, d, bs) = (32usize, 8usize, 128usize, 16usize);
     let per = tokens.div_ceil(bs);
@@ -274,6 +277,9 @@ fn prefill_case(
         (0..tokens as i64).collect(),
         true,
     )?;
+    let cfg = AttnConfig::new(hq, hkv, d, DType::Bf16);
+    let launch = UnifiedLaunch::vllm(&meta, &cfg, VllmLaunchOptions::default())?;
+    let plan = UnifiedPlan::new(gpu, &meta, &cfg, &launch)?;
     let n_kv = per * bs * hkv * d;
     let (k, v) = (
         Buffer::zeroed(dev, n_kv * 2)?,
@@ -289,58 +295,11 @@ fn prefill_case(
     let qsl = Buffer::from_bytes(dev, &i32s(&meta.query_start_loc))?;
     let sl = Buffer::from_bytes(dev, &i32s(&meta.seq_lens))?;
     let none = Buffer::zeroed(dev, 4)?;
-    let (block_m, tile) = (16usize, 32usize);
-    let block_q = block_m / (hq / hkv);
-    let scale = 1.0 / (d as f32).sqrt();
-    let args = ArgStruct::default()
-        .i64(1)
-        .i64(hq as i64)
-        .i64(hkv as i64)
-        .i64(d as i64)
-        .i64(bs as i64)
-        .i64(per as i64)
-        .i64(block_m as i64)
-        .i64(block_q as i64)
-        .i64(tile as i64)
-        .i64(1)
-        .i64(0)
-        .i32(1)
-        .i32(0)
-        .i32(0)
-        .i32(0)
-        .i32(0)
-        .f32(scale)
-        .f32(softmax_scale_log2(scale))
-        .f32(0.0)
-        .f32(1.0)
-        .f32(1.0)
-        .arg();
-    let defines = qkv_defines(DType::Bf16, DType::Bf16);
-    let f = gpu.function("unified_attention", &defines, "unified_attention")?;
-    let rows = block_q * (hq / hkv);
-    let dims = LaunchDims {
-        grid: [to_u32(tokens / block_q + 1, "q blocks")?, hkv as u32, 1],
-        block: [128, 1, 1],
-        shared_bytes: ((rows * tile + rows * d + 3 * rows) * 4) as u32,
-    };
     let ms = time_ms(gpu, opts, &mut || {
-        dev.launch(
-            f,
-            dims,
-            &[
-                q.arg(),
-                k.arg(),
-                v.arg(),
-                bt.arg(),
-                qsl.arg(),
-                sl.arg(),
-                none.arg(),
-                none.arg(),
-                out.arg(),
-                none.arg(),
-                none.arg(),
-                none.arg(),
-                args.clone(),
+        plan.launch(
+            gpu,
+            [
+                &q, &k, &v, &bt, &qsl, &sl, &none, &none, &out, &none, &none, &none,
             ],
         )
     })?;

@@ -2,8 +2,12 @@
 //! over random mixed batches. The launch comes from each flavour's own rule
 //! (`UnifiedLaunch::vllm` / `::aiter`) and then, half the time, has its grid
 //! forced to 2D or to 3D with 1-16 segments so both paths see every shape.
+//! One case in five is a longer batch ([`LONG_PREFILL`]): several 64-row
+//! programs and 128-key blocks of the register-tiled 2D kernel per row, which
+//! the short draws (one program, one block) never reach; 3D launches and
+//! shapes the tiled kernel does not take run the scalar port.
 
-use super::cases::{attention_diff, CaseSpace, Outputs};
+use super::cases::{attention_diff, draw, CaseSpace, Outputs};
 use super::{DiffOptions, KernelReport};
 use crate::kernels::Gpu;
 use crate::ops::unified_attention::unified_attention as gpu_unified;
@@ -26,8 +30,27 @@ pub const SPACE: CaseSpace = CaseSpace {
     non_causal: true,
 };
 
+/// Long prefill / extend rows (up to 200 new tokens on up to 200 cached).
+pub const LONG_PREFILL: CaseSpace = CaseSpace {
+    layouts: &[LayoutKind::Nhd],
+    block_sizes: &[16, 32],
+    head_sizes: &[64, 128, 96],
+    max_reqs: 2,
+    max_query_len: 200,
+    max_context: 200,
+    sinks: true,
+    alibi: true,
+    non_causal: true,
+};
+
 pub fn run(gpu: &Gpu, opts: DiffOptions) -> Result<KernelReport> {
     attention_diff("unified_attention", opts, &SPACE, |rng, case| {
+        if rng.gen_bool(0.2) {
+            match draw(rng, &LONG_PREFILL) {
+                Some(long) => *case = long,
+                None => return Ok(None),
+            }
+        }
         let aiter = case.meta.causal && rng.gen_bool(0.5);
         let launch = if aiter {
             UnifiedLaunch::aiter(&case.meta, &case.cfg, MI300X_CU_COUNT)?
