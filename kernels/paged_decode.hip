@@ -41,7 +41,14 @@
 //     on 32-wide warps);
 //   - PV: a thread owns up to DECODE_HPT (head, d) fma chains in registers and
 //     walks the keys ascending, reading V of ROCm/AITER layouts as 16-byte
-//     vectors of consecutive rows of its dim (NHD: one element at a time).
+//     vectors of consecutive rows of its dim (NHD: one element at a time);
+//   - 2D: each 256-key chunk's V is copied into shared memory (cp.async) as
+//     soon as the chunk's first K loads are issued, so V arrives while the
+//     scores and statistics are computed; 8 K vectors per thread in flight;
+//     PV uses all threads (1, 2 or 4 heads each). On the H100 this moved the
+//     2D kernel from 30.5% to 38.8% of the copy (b64 x 8K, 32/8) and the
+//     same changes moved ll4mi from 57.6% to 41%, so ll4mi keeps the first
+//     structure (see its comment).
 // Compile-time constants: Q_DTYPE, KV_DTYPE.
 
 typedef Storage<Q_DTYPE> Q;
@@ -59,11 +66,18 @@ typedef typename KV::T KVT;
 #define DECODE_HPT 4
 // KV elements per 16-byte vector.
 #define KV_VEC ((int)(16 / sizeof(KVT)))
+// 16-byte K vectors per thread loaded together before their dot chains
+// (memory-level parallelism; the 2D kernel's register budget is smaller).
+#define LL4MI_KBATCH 1
+#define PAGED_2D_KBATCH 8
 
 struct PagedArgs {
     i64 num_reqs, num_heads, num_kv_heads, head_size, block_size, max_blocks, num_kv_blocks;
     i64 tile, window, partition_size, max_partitions;
-    i32 layout_kind, has_sinks, has_alibi, head_group;
+    // stage_v (2D kernel): each chunk's V is copied into shared memory
+    // (cp.async on NVIDIA) while its K is read; the launcher sets it only
+    // where staged_v_ok holds and the block fits the device's shared memory.
+    i32 layout_kind, has_sinks, has_alibi, head_group, stage_v;
     float scale, scale_log2, softcap, k_scale, v_scale;
 };
 
@@ -74,39 +88,64 @@ DEVICE KvLayout layout_of(const PagedArgs& a) {
 
 DEVICE float dequant(KVT raw, float scale) { return dequant_kv<Q_DTYPE, KV_DTYPE>(raw, scale); }
 
+// The dot chains' steps over one 16-byte K vector of dims db .. db + KV_VEC.
+template <bool DEQUANT>
+DEVICE void vec_dots(float (&dot)[DECODE_HG], const u32x4& raw, const float* q_s, int D, int db, int hg,
+                     float k_scale) {
+#pragma unroll
+    for (int i0 = 0; i0 < KV_VEC; i0 += 4) {
+        float k[4];
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            const KVT e = Vec16Elem<KVT>::at(raw, i0 + i);
+            k[i] = DEQUANT ? dequant(e, k_scale) : KV::load(e);
+        }
+        // q_s rows start 16-byte aligned (D % KV_VEC == 0, KV_VEC >= 4).
+#pragma unroll
+        for (int h = 0; h < DECODE_HG; ++h) {
+            if (h < hg) {
+                const f32x4 q = load_f32x4(q_s + h * D + db + i0);
+#pragma unroll
+                for (int i = 0; i < 4; ++i) dot[h] = fmaf(q.v[i], k[i], dot[h]);
+            }
+        }
+    }
+}
+
 // One token's dot chains with hg query heads: dot[h] = fmaf chain over d
 // ascending from 0 of q_s[h][d] * kv(k[d]) (kv: the stored value, or the 2D
-// kernel's dequantized one). kp points at dim 0 of the token's K row.
-template <bool DEQUANT>
+// kernel's dequantized one). kp points at dim 0 of the token's K row. KB
+// 16-byte vectors are loaded before the first fma that reads them (KB == 1:
+// one at a time, the loop unrolled twice); after_first_loads() runs once,
+// right after the first loads are issued.
+template <bool DEQUANT, int KB, class F>
 DEVICE void token_dots(float (&dot)[DECODE_HG], const KVT* kp, const KvLayout& L, const float* q_s, int D, int hg,
-                       float k_scale) {
+                       float k_scale, F after_first_loads) {
 #pragma unroll
     for (int h = 0; h < DECODE_HG; ++h) dot[h] = 0.0f;
     if (D % KV_VEC == 0) {
         const i64 kstep = k_offset(L, 0, 0, 0, KV_VEC);  // offset of the next 16-byte run of dims
+        if constexpr (KB == 1) {
 #pragma unroll 2
-        for (int d0 = 0; d0 < D; d0 += KV_VEC) {
-            const u32x4 raw = load16(kp + (d0 / KV_VEC) * kstep);
+            for (int d0 = 0; d0 < D; d0 += KV_VEC) {
+                const u32x4 raw = load16(kp + (d0 / KV_VEC) * kstep);
+                if (d0 == 0) after_first_loads();
+                vec_dots<DEQUANT>(dot, raw, q_s, D, d0, hg, k_scale);
+            }
+        } else {
+            for (int d0 = 0; d0 < D; d0 += KB * KV_VEC) {
+                u32x4 raw[KB];
 #pragma unroll
-            for (int i0 = 0; i0 < KV_VEC; i0 += 4) {
-                float k[4];
+                for (int b = 0; b < KB; ++b)
+                    if (d0 + b * KV_VEC < D) raw[b] = load16(kp + (d0 / KV_VEC + b) * kstep);
+                if (d0 == 0) after_first_loads();  // e.g. the V copies, queued behind this token's K
 #pragma unroll
-                for (int i = 0; i < 4; ++i) {
-                    const KVT e = Vec16Elem<KVT>::at(raw, i0 + i);
-                    k[i] = DEQUANT ? dequant(e, k_scale) : KV::load(e);
-                }
-                // q_s rows start 16-byte aligned (D % KV_VEC == 0, KV_VEC >= 4).
-#pragma unroll
-                for (int h = 0; h < DECODE_HG; ++h) {
-                    if (h < hg) {
-                        const f32x4 q = load_f32x4(q_s + h * D + d0 + i0);
-#pragma unroll
-                        for (int i = 0; i < 4; ++i) dot[h] = fmaf(q.v[i], k[i], dot[h]);
-                    }
-                }
+                for (int b = 0; b < KB; ++b)
+                    if (d0 + b * KV_VEC < D) vec_dots<DEQUANT>(dot, raw[b], q_s, D, d0 + b * KV_VEC, hg, k_scale);
             }
         }
     } else {
+        after_first_loads();
         for (int d = 0; d < D; ++d) {
             const KVT e = kp[k_offset(L, 0, 0, 0, d)];
             const float k = DEQUANT ? dequant(e, k_scale) : KV::load(e);
@@ -124,30 +163,30 @@ DEVICE void load_q(float* q_s, const typename Q::T* q, int hg, int D) {
 
 // PV of one (head block, d) unit over keys [j_begin, j_end) of a chunk:
 // acc[hh] = fmaf(p, v, acc[hh]) for keys ascending, skipping keys whose
-// p_s entry is `skip` (bit pattern). p_s[h * pstride + j], j relative to the
-// chunk; token j's V dim 0 is at vbase(j) = v_offset(blk_s[j], row_s[j]).
-template <bool DEQUANT>
+// p_s entry is `skip` (bit pattern), for the HPT heads of the block.
+// p_s[h * pstride + j], j relative to the chunk; v_at(j) points at token j's
+// V element of this unit's dim (global cache or staged copy).
+template <int HPT, bool DEQUANT, class VAt>
 DEVICE void pv_keys(float (&acc)[DECODE_HPT], const float* p_s, int pstride, u32 skip, int j_begin, int j_end,
-                    const KVT* v_cache, const KvLayout& L, const i32* blk_s, const i32* row_s, i64 kvh, i64 dim_off,
-                    bool vec_v, float v_scale) {
+                    VAt v_at, bool vec_v, float v_scale) {
     if (vec_v) {
         // j_begin, chunk starts and block rows are multiples of KV_VEC here:
         // the KV_VEC rows of this dim are one aligned 16-byte run.
         for (int j0 = j_begin; j0 < j_end; j0 += KV_VEC) {
-            const u32x4 raw = load16(v_cache + v_offset(L, blk_s[j0], row_s[j0], kvh, 0) + dim_off);
+            const u32x4 raw = load16(v_at(j0));
 #pragma unroll
             for (int i0 = 0; i0 < KV_VEC; i0 += 4) {
                 if (j0 + i0 < j_end) {  // (no `break`: keeps the loops fully unrolled, arrays in registers)
-                    f32x4 p4[DECODE_HPT];  // p of 4 consecutive keys (rows 16-byte aligned)
+                    f32x4 p4[HPT];  // p of 4 consecutive keys (rows 16-byte aligned)
 #pragma unroll
-                    for (int hh = 0; hh < DECODE_HPT; ++hh) p4[hh] = load_f32x4(p_s + hh * pstride + j0 + i0);
+                    for (int hh = 0; hh < HPT; ++hh) p4[hh] = load_f32x4(p_s + hh * pstride + j0 + i0);
 #pragma unroll
                     for (int i = 0; i < 4; ++i) {
                         if (j0 + i0 + i < j_end) {
                             const KVT e = Vec16Elem<KVT>::at(raw, i0 + i);
                             const float v = DEQUANT ? dequant(e, v_scale) : KV::load(e);
 #pragma unroll
-                            for (int hh = 0; hh < DECODE_HPT; ++hh) {
+                            for (int hh = 0; hh < HPT; ++hh) {
                                 const float p = p4[hh].v[i];
                                 if (__float_as_uint(p) != skip) acc[hh] = fmaf(p, v, acc[hh]);
                             }
@@ -158,14 +197,103 @@ DEVICE void pv_keys(float (&acc)[DECODE_HPT], const float* p_s, int pstride, u32
         }
     } else {
         for (int j = j_begin; j < j_end; ++j) {
-            const KVT e = v_cache[v_offset(L, blk_s[j], row_s[j], kvh, 0) + dim_off];
+            const KVT e = *v_at(j);
             const float v = DEQUANT ? dequant(e, v_scale) : KV::load(e);
 #pragma unroll
-            for (int hh = 0; hh < DECODE_HPT; ++hh) {
+            for (int hh = 0; hh < HPT; ++hh) {
                 const float p = p_s[hh * pstride + j];
                 if (__float_as_uint(p) != skip) acc[hh] = fmaf(p, v, acc[hh]);
             }
         }
+    }
+}
+
+// (head, d) chains per thread in PV: the fewest (1, 2 or 4) that keep all
+// DECODE_THREADS threads busy. Units are u -> (hb = u % hblocks, d = u /
+// hblocks): the head blocks of one dim sit on neighbouring lanes, which read
+// the same V vector (one access, no extra bytes).
+DEVICE int pv_heads_per_thread(int hg, int D) {
+    return hg * D > 2 * DECODE_THREADS ? 4 : hg * D > DECODE_THREADS ? 2 : 1;
+}
+
+// 16 bytes global -> shared without a register round trip on NVIDIA
+// (cp.async, completed by copy_async_wait + __syncthreads); a plain copy
+// elsewhere (AMD, the host emulation).
+DEVICE void copy16_async(void* dst_shared, const void* src) {
+#if defined(ATTNLAB_CUDA) && defined(__CUDA_ARCH__)
+    u32 s;
+    asm volatile("{ .reg .u64 a; cvta.to.shared.u64 a, %1; cvt.u32.u64 %0, a; }" : "=r"(s) : "l"(dst_shared));
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(s), "l"(src) : "memory");
+#else
+    *reinterpret_cast<u32x4*>(dst_shared) = load16(src);
+#endif
+}
+DEVICE void copy_async_wait() {
+#if defined(ATTNLAB_CUDA) && defined(__CUDA_ARCH__)
+    asm volatile("cp.async.wait_all;" ::: "memory");
+#endif
+}
+
+// Staged V of tokens [t0, t0 + n) of kv head kvh (t0 a multiple of the block
+// size unless NHD): the cache's own layout with one kv head, so token j (of
+// the range) dim d sits at staged_v_token(Ls, j) + staged_v_dim(Ls, d). ROCm / AITER copy whole
+// (block, head) runs of D * bs elements (a partial last block too: its rows
+// exist in the cache and are never read); NHD copies each token's row.
+DEVICE KvLayout staged_layout(const KvLayout& L) {
+    KvLayout S = L;
+    S.num_kv_heads = 1;
+    return S;
+}
+// Token j's dim-0 offset (the kernels keep it per key in vo_s[j]) and dim
+// d's offset; their sum is token j's dim d: v_offset is linear in each.
+DEVICE int staged_v_token(const KvLayout& S, int j) {
+    if (S.kind == LAYOUT_NHD) return j * (int)S.head_size;
+    const int bs = (int)S.block_size;
+    return (int)v_offset(S, j / bs, j % bs, 0, 0);
+}
+DEVICE int staged_v_dim(const KvLayout& S, int d) {
+    return S.kind == LAYOUT_NHD ? d : S.kind == LAYOUT_ROCM_PAGED ? d * (int)S.block_size : d * (int)S.x;
+}
+DEVICE void stage_v(KVT* v_s, const KVT* v_cache, const KvLayout& L, const i32* bt, i64 t0, int n, i64 kvh) {
+    const int D = (int)L.head_size, bs = (int)L.block_size;
+    if (L.kind == LAYOUT_NHD) {
+        const int per = D / KV_VEC;  // vectors per token row
+        for (int i = threadIdx.x; i < n * per; i += blockDim.x) {
+            const int j = i / per, c = i % per;
+            const i64 t = t0 + j;
+            copy16_async(v_s + j * D + c * KV_VEC, v_cache + v_offset(L, bt[t / bs], t % bs, kvh, 0) + c * KV_VEC);
+        }
+    } else {
+        const int per = D * bs / KV_VEC, nb = (n + bs - 1) / bs;  // vectors per (block, head) run
+        const i64 b0 = t0 / bs;
+        for (int i = threadIdx.x; i < nb * per; i += blockDim.x) {
+            const int b = i / per, c = i % per;
+            copy16_async(v_s + b * D * bs + c * KV_VEC, v_cache + v_offset(L, bt[b0 + b], 0, kvh, 0) + c * KV_VEC);
+        }
+    }
+}
+
+// 2D step C on one chunk, HPT chains per thread: per (head block, d) unit,
+// acc from acc_s; per tile k ascending acc = acc * alpha(k), then the tile's
+// keys ascending; acc back to acc_s. v_at(j, d): token j's V element of dim d.
+template <int HPT, class VAt>
+DEVICE void pv_2d(float* acc_s, const float* s_s, const float* alpha_s, int hg, int D, int NT, int TILE, int ntl,
+                  int nc, u32 skip, bool vec_v, float v_scale, VAt v_at) {
+    const int C = DECODE_THREADS, hblocks = (hg + HPT - 1) / HPT;
+    for (int u = threadIdx.x; u < hblocks * D; u += blockDim.x) {
+        const int hb = u % hblocks, d = u / hblocks, hh0 = hb * HPT;
+        float acc[DECODE_HPT];
+#pragma unroll
+        for (int hh = 0; hh < DECODE_HPT; ++hh) acc[hh] = hh < HPT && hh0 + hh < hg ? acc_s[(hh0 + hh) * D + d] : 0.0f;
+        for (int k = 0; k < ntl; ++k) {
+#pragma unroll
+            for (int hh = 0; hh < HPT; ++hh) acc[hh] = acc[hh] * alpha_s[min(hh0 + hh, hg - 1) * NT + k];
+            pv_keys<HPT, true>(acc, s_s + hh0 * C, C, skip, k * TILE, min((k + 1) * TILE, nc),
+                               [&](int j) { return v_at(j, d); }, vec_v, v_scale);
+        }
+#pragma unroll
+        for (int hh = 0; hh < HPT; ++hh)
+            if (hh0 + hh < hg) acc_s[(hh0 + hh) * D + d] = acc[hh];
     }
 }
 
@@ -174,8 +302,11 @@ DEVICE void pv_keys(float (&acc)[DECODE_HPT], const float* p_s, int pstride, u32
 // keys per chunk, NT = C / TILE tiles per chunk:
 //   q_s[QS], acc_s[QS] (QS: HG*D rounded up to 4), s_s[HGP*C] (HGP: HG rounded
 //   up to DECODE_HPT), tmax_s/mref_s/alpha_s/tsum_s[HG*NT],
-//   m_s[HG], l_s[HG], blk_s[C] i32, row_s[C] i32.
-extern "C" __global__ void __launch_bounds__(DECODE_THREADS, 3) paged_attention_2d(
+//   m_s[HG], l_s[HG], blk_s[C] i32, row_s[C] i32, vo_s[C] i32 (staged_v_token),
+//   with stage_v: v_s[C * D] KV elements (16-byte aligned): the chunk's V,
+//   copied at the chunk's start so that its loads overlap the K loads, the
+//   scores and the statistics.
+extern "C" __global__ void __launch_bounds__(DECODE_THREADS, 2) paged_attention_2d(
     const typename Q::T* __restrict__ query, const KVT* __restrict__ k_cache, const KVT* __restrict__ v_cache,
     const i32* __restrict__ block_table, const i32* __restrict__ qsl, const i32* __restrict__ seq_lens,
     const float* __restrict__ sinks, const float* __restrict__ alibi_slopes, typename Q::T* __restrict__ out,
@@ -201,7 +332,11 @@ extern "C" __global__ void __launch_bounds__(DECODE_THREADS, 3) paged_attention_
     float* l_s = m_s + HG;
     i32* blk_s = (i32*)(l_s + HG);
     i32* row_s = blk_s + C;
+    i32* vo_s = row_s + C;
+    KVT* v_s = (KVT*)(smem + (((float*)(vo_s + C) - smem) + 3) / 4 * 4);
+    const KvLayout Ls = staged_layout(L);
     const bool vec_v = L.kind != LAYOUT_NHD && bs % KV_VEC == 0 && TILE % KV_VEC == 0;
+    vo_s[tid] = a.stage_v ? staged_v_token(Ls, tid) : 0;  // chunks start at multiples of C: same table
     const u32 skip = 0x80000000u;  // -0.0: "p == 0" (a rounded p is +0 or more, or NaN)
     const float window_masked2 = -10000.0f * LOG2E;
     for (int h0 = 0; h0 < qpk; h0 += HG) {
@@ -216,6 +351,9 @@ extern "C" __global__ void __launch_bounds__(DECODE_THREADS, 3) paged_attention_
         __syncthreads();
         for (i64 t0 = 0; t0 < seq_len; t0 += C) {
             const int nc = (int)(min(t0 + C, seq_len) - t0), ntl = (nc + TILE - 1) / TILE;
+            const auto stage = [&] {
+                if (a.stage_v) stage_v(v_s, v_cache, L, bt, t0, nc, kvh);
+            };
             // A) scores of the chunk's keys, one thread per key.
             if (tid < nc) {
                 const i64 t = t0 + tid;
@@ -223,7 +361,8 @@ extern "C" __global__ void __launch_bounds__(DECODE_THREADS, 3) paged_attention_
                 blk_s[tid] = blk;
                 row_s[tid] = r;
                 float dot[DECODE_HG];
-                token_dots<true>(dot, k_cache + k_offset(L, blk, r, kvh, 0), L, q_s, D, hg, a.k_scale);
+                token_dots<true, PAGED_2D_KBATCH>(dot, k_cache + k_offset(L, blk, r, kvh, 0), L, q_s, D, hg, a.k_scale,
+                                                  stage);
                 const bool vis = visible(t, ctx, true, a.window);
 #pragma unroll
                 for (int h = 0; h < DECODE_HG; ++h) {
@@ -233,6 +372,8 @@ extern "C" __global__ void __launch_bounds__(DECODE_THREADS, 3) paged_attention_
                                                : window_masked2 + bias * LOG2E;
                     }
                 }
+            } else {
+                stage();
             }
             __syncthreads();
             // B1) tile maxima, one thread per (head, tile).
@@ -273,6 +414,7 @@ extern "C" __global__ void __launch_bounds__(DECODE_THREADS, 3) paged_attention_
                 }
                 tsum_s[h * NT + k] = sum;
             }
+            copy_async_wait();
             __syncthreads();
             // B5) l = fmaf(l, alpha, tile_sum) over tiles; C) PV per (head block, d).
             if (tid < hg) {
@@ -280,24 +422,18 @@ extern "C" __global__ void __launch_bounds__(DECODE_THREADS, 3) paged_attention_
                 for (int k = 0; k < ntl; ++k) l = fmaf(l, alpha_s[tid * NT + k], tsum_s[tid * NT + k]);
                 l_s[tid] = l;
             }
-            const int hblocks = (hg + DECODE_HPT - 1) / DECODE_HPT;
-            for (int u = tid; u < hblocks * D; u += blockDim.x) {
-                const int hb = u / D, d = u % D, hh0 = hb * DECODE_HPT;
-                float acc[DECODE_HPT];
-#pragma unroll
-                for (int hh = 0; hh < DECODE_HPT; ++hh) acc[hh] = hh0 + hh < hg ? acc_s[(hh0 + hh) * D + d] : 0.0f;
-                const i64 dim_off = v_offset(L, 0, 0, 0, d);
-                for (int k = 0; k < ntl; ++k) {
-#pragma unroll
-                    for (int hh = 0; hh < DECODE_HPT; ++hh)
-                        acc[hh] = acc[hh] * alpha_s[min(hh0 + hh, hg - 1) * NT + k];
-                    pv_keys<true>(acc, s_s + hh0 * C, C, skip, k * TILE, min((k + 1) * TILE, nc), v_cache,
-                                  L, blk_s, row_s, kvh, dim_off, vec_v, a.v_scale);
-                }
-#pragma unroll
-                for (int hh = 0; hh < DECODE_HPT; ++hh)
-                    if (hh0 + hh < hg) acc_s[(hh0 + hh) * D + d] = acc[hh];
+            const int hpt = pv_heads_per_thread(hg, D);
+#define PV_2D(HPT, VAT) pv_2d<HPT>(acc_s, s_s, alpha_s, hg, D, NT, TILE, ntl, nc, skip, vec_v, a.v_scale, VAT)
+            if (a.stage_v) {
+                const auto v_at = [&](int j, int d) { return v_s + vo_s[j] + staged_v_dim(Ls, d); };
+                if (hpt == 4) PV_2D(4, v_at); else if (hpt == 2) PV_2D(2, v_at); else PV_2D(1, v_at);
+            } else {
+                const auto v_at = [&](int j, int d) {
+                    return v_cache + v_offset(L, blk_s[j], row_s[j], kvh, 0) + v_offset(L, 0, 0, 0, d);
+                };
+                if (hpt == 4) PV_2D(4, v_at); else if (hpt == 2) PV_2D(2, v_at); else PV_2D(1, v_at);
             }
+#undef PV_2D
             __syncthreads();
         }
         for (int i = tid; i < hg * D; i += blockDim.x) {
@@ -309,11 +445,38 @@ extern "C" __global__ void __launch_bounds__(DECODE_THREADS, 3) paged_attention_
 }
 
 // ------------------------------------------------------------- ll4mi kernels
+// ll4mi PV, HPT chains per thread: tmp_out[h][d] = round_q([v_scale *] fmaf
+// chain over t ascending of p_t * v_t[d]), p == 0 skipped. v_at(j, d):
+// token j's V element of dim d.
+template <int HPT, class VAt>
+DEVICE void ll4mi_pv(float* tmp_out, const float* e_s, int hg, int D, int P, int n, bool vec_v, const PagedArgs& a,
+                     i64 seq, i64 hbase, i64 part, VAt v_at) {
+    const int hblocks = (hg + HPT - 1) / HPT;
+    for (int u = threadIdx.x; u < hblocks * D; u += blockDim.x) {
+        const int hb = u % hblocks, d = u / hblocks, hh0 = hb * HPT;
+        float acc[DECODE_HPT];
+#pragma unroll
+        for (int hh = 0; hh < DECODE_HPT; ++hh) acc[hh] = 0.0f;
+        pv_keys<HPT, false>(acc, e_s + hh0 * P, P, 0u, 0, n, [&](int j) { return v_at(j, d); }, vec_v, 0.0f);
+#pragma unroll
+        for (int hh = 0; hh < HPT; ++hh) {
+            if (hh0 + hh < hg) {
+                const i64 o = (seq * a.num_heads + hbase + hh0 + hh) * a.max_partitions + part;
+                tmp_out[o * D + d] = round_to<Q_DTYPE>(KV_IS_FP8 ? acc[hh] * a.v_scale : acc[hh]);
+            }
+        }
+    }
+}
+
 // Shared memory (floats unless noted), HG = a.head_group (HGP: rounded up to
 // DECODE_HPT), P = partition size, W = P / 64:
 //   q_s[QS] (HG*D rounded up to 4), e_s[HGP*P] (e, then p), wmax_s/wsum_s/wscale_s[HG*W], inv_s[HG],
 //   xchg[DECODE_HG*DECODE_THREADS] (butterfly offset 32 on 32-wide warps),
 //   blk_s[P] i32, row_s[P] i32.
+// V is read from the cache in PV, DECODE_HPT heads per thread: on the H100
+// the 2D kernel's staged V (82 KB blocks, 2 per SM), 16 K loads in flight
+// per thread and 2 heads per PV thread made this kernel slower (57.6% -> 41% of the copy at b64 x 8K, 32/8),
+// so it keeps the measured structure.
 extern "C" __global__ void __launch_bounds__(DECODE_THREADS) paged_attention_ll4mi_partition(
     const typename Q::T* __restrict__ query, const KVT* __restrict__ k_cache, const KVT* __restrict__ v_cache,
     const i32* __restrict__ block_table, const i32* __restrict__ qsl, const i32* __restrict__ seq_lens,
@@ -361,7 +524,8 @@ extern "C" __global__ void __launch_bounds__(DECODE_THREADS) paged_attention_ll4
             if (j < n) {
                 const i64 t = start + j;
                 float dot[DECODE_HG];
-                token_dots<false>(dot, k_cache + k_offset(L, blk_s[j], row_s[j], kvh, 0), L, q_s, D, hg, 0.0f);
+                token_dots<false, LL4MI_KBATCH>(dot, k_cache + k_offset(L, blk_s[j], row_s[j], kvh, 0), L, q_s, D, hg, 0.0f,
+                                                [] {});
                 if (visible(t, seq_len - 1, true, a.window)) {
 #pragma unroll
                     for (int h = 0; h < DECODE_HG; ++h) {
@@ -417,22 +581,10 @@ extern "C" __global__ void __launch_bounds__(DECODE_THREADS) paged_attention_ll4
         }
         __syncthreads();
         // PV: tmp_out[h][d] = fmaf chain over t ascending of p_t * v_t[d], p == 0 skipped.
-        const int hblocks = (hg + DECODE_HPT - 1) / DECODE_HPT;
-        for (int u = tid; u < hblocks * D; u += blockDim.x) {
-            const int hb = u / D, d = u % D, hh0 = hb * DECODE_HPT;
-            float acc[DECODE_HPT];
-#pragma unroll
-            for (int hh = 0; hh < DECODE_HPT; ++hh) acc[hh] = 0.0f;
-            pv_keys<false>(acc, e_s + hh0 * P, P, 0u, 0, n, v_cache, L, blk_s, row_s, kvh, v_offset(L, 0, 0, 0, d),
-                           vec_v, 0.0f);
-#pragma unroll
-            for (int hh = 0; hh < DECODE_HPT; ++hh) {
-                if (hh0 + hh < hg) {
-                    const i64 o = (seq * a.num_heads + hbase + hh0 + hh) * a.max_partitions + part;
-                    tmp_out[o * D + d] = round_to<Q_DTYPE>(KV_IS_FP8 ? acc[hh] * a.v_scale : acc[hh]);
-                }
-            }
-        }
+        const i64 dim_stride = v_offset(L, 0, 0, 0, 1);
+        ll4mi_pv<DECODE_HPT>(tmp_out, e_s, hg, D, P, n, vec_v, a, seq, hbase, part, [&](int j, int d) {
+            return v_cache + v_offset(L, blk_s[j], row_s[j], kvh, 0) + d * dim_stride;
+        });
         __syncthreads();
     }
 }

@@ -23,12 +23,15 @@ use attnlab_sim::config::AttnConfig;
 use attnlab_sim::kernels::paged_decode::PARTITION_SIZE_ROCM;
 use serde::Serialize;
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct BenchOptions {
     pub warmup: usize,
     pub repeats: usize,
     /// Decode cases whose K+V exceed this many bytes are skipped.
     pub max_kv_bytes: u64,
+    /// Only rows whose label ([`row_label`]: kernel name and shape) contains
+    /// this substring are run (the copy yardstick always is).
+    pub filter: Option<String>,
 }
 
 impl Default for BenchOptions {
@@ -37,6 +40,7 @@ impl Default for BenchOptions {
             warmup: 1,
             repeats: 5,
             max_kv_bytes: 24 << 30,
+            filter: None,
         }
     }
 }
@@ -66,6 +70,20 @@ pub struct BenchReport {
     pub f32_peak_tflops: f64,
     pub rows: Vec<BenchRow>,
     pub skipped: Vec<String>,
+}
+
+/// A row's label for `--filter`: `"<kernel> b<batch> ctx<context> <hq>/<hkv>"`,
+/// e.g. `paged_attention_ll4mi b64 ctx8192 32/8`.
+pub fn row_label(kernel: &str, batch: usize, context: usize, hq: usize, hkv: usize) -> String {
+    format!("{kernel} b{batch} ctx{context} {hq}/{hkv}")
+}
+
+impl BenchOptions {
+    fn wants(&self, kernel: &str, batch: usize, context: usize, hq: usize, hkv: usize) -> bool {
+        self.filter
+            .as_deref()
+            .is_none_or(|f| row_label(kernel, batch, context, hq, hkv).contains(f))
+    }
 }
 
 /// Median of `repeats` timed runs of `f` after `warmup` untimed ones (ms).
@@ -144,9 +162,18 @@ pub fn run(gpu: &Gpu, opts: BenchOptions) -> Result<BenchReport> {
             }
         }
     }
-    rows.push(prefill_case(gpu, &opts, 4096, copy_gbps, f32_peak_tflops)?);
+    // Prefill rows filter as "unified_attention_2d (prefill)" and
+    // "flash_attn_varlen (prefill)" (b1 ctx4096 32/8).
+    if opts.wants("unified_attention_2d (prefill)", 1, 4096, 32, 8) {
+        rows.push(prefill_case(gpu, &opts, 4096, copy_gbps, f32_peak_tflops)?);
+    }
     let bn = attnlab_sim::kernels::flash_varlen::ck_block_n(d);
-    for (causal, block_n) in [(true, bn), (false, bn), (true, 64)] {
+    let varlen_rows = if opts.wants("flash_attn_varlen (prefill)", 1, 4096, 32, 8) {
+        vec![(true, bn), (false, bn), (true, 64)]
+    } else {
+        Vec::new()
+    };
+    for (causal, block_n) in varlen_rows {
         rows.push(varlen_prefill_case(
             gpu,
             &opts,
@@ -196,6 +223,15 @@ fn decode_case(
     hkv: usize,
     d: usize,
 ) -> Result<Vec<(String, f64)>> {
+    const LL4MI: &str = "paged_attention_ll4mi";
+    const TWO_D: &str = "paged_attention_2d";
+    let (want_ll4mi, want_2d) = (
+        opts.wants(LL4MI, batch, context, hq, hkv),
+        opts.wants(TWO_D, batch, context, hq, hkv),
+    );
+    if !want_ll4mi && !want_2d {
+        return Ok(Vec::new());
+    }
     let dev = gpu.dev.as_ref();
     let bs = 16;
     let meta = decode_meta(batch, context, bs)?;
@@ -229,25 +265,29 @@ fn decode_case(
     let mut results = Vec::new();
 
     // ll4mi: partitions of 256 (split-KV) + reduce.
-    let scratch = paged_decode::Ll4miScratch::new(gpu, &meta, &cfg, PARTITION_SIZE_ROCM)?;
-    let ms = time_ms(gpu, opts, &mut || {
-        paged_decode::launch_ll4mi(
-            gpu,
-            &inp,
-            &scratch,
-            &layout,
-            &meta,
-            &cfg,
-            PARTITION_SIZE_ROCM,
-        )
-    })?;
-    results.push(("paged_attention_ll4mi".to_string(), ms));
+    if want_ll4mi {
+        let scratch = paged_decode::Ll4miScratch::new(gpu, &meta, &cfg, PARTITION_SIZE_ROCM)?;
+        let ms = time_ms(gpu, opts, &mut || {
+            paged_decode::launch_ll4mi(
+                gpu,
+                &inp,
+                &scratch,
+                &layout,
+                &meta,
+                &cfg,
+                PARTITION_SIZE_ROCM,
+            )
+        })?;
+        results.push((LL4MI.to_string(), ms));
+    }
 
     // Triton 2D paged decode: one program per (sequence, kv head), no split.
-    let ms = time_ms(gpu, opts, &mut || {
-        paged_decode::launch_2d(gpu, &inp, &layout, &meta, &cfg)
-    })?;
-    results.push(("paged_attention_2d".to_string(), ms));
+    if want_2d {
+        let ms = time_ms(gpu, opts, &mut || {
+            paged_decode::launch_2d(gpu, &inp, &layout, &meta, &cfg)
+        })?;
+        results.push((TWO_D.to_string(), ms));
+    }
     Ok(results)
 }
 

@@ -50,6 +50,10 @@ pub struct Args {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// With --gpu: only rows whose "<kernel> b<batch> ctx<context> <hq>/<hkv>"
+    /// label contains this substring (e.g. `paged_attention_ll4mi`, `b64 ctx8192`).
+    #[arg(long)]
+    pub filter: Option<String>,
 }
 
 /// Block size the bench batches are built with (each backend re-blocks to its kernel block size).
@@ -145,7 +149,7 @@ fn median_seconds(repeats: usize, mut f: impl FnMut() -> anyhow::Result<()>) -> 
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if args.gpu {
-        return super::gpu::bench(args.json, args.repeats);
+        return super::gpu::bench(args.json, args.repeats, args.filter.clone());
     }
     if !args.cpu {
         anyhow::bail!("choose what to benchmark: --cpu (the emulator)");

@@ -89,8 +89,9 @@ fn print_report(r: &CompileReport) {
 
 /// `attnlab bench --gpu [--json]`: the table on stdout (or JSON), and
 /// `bench-gpu.json` + `bench-gpu.svg` written to `$ATTNLAB_BENCH_DIR` (default:
-/// the current folder). Without a device: one line, exit 0.
-pub fn bench(json: bool, repeats: usize) -> anyhow::Result<ExitCode> {
+/// the current folder). Without a device: one line, exit 0. `filter`: only
+/// the rows whose label contains it (`attnlab_gpu::bench::row_label`).
+pub fn bench(json: bool, repeats: usize, filter: Option<String>) -> anyhow::Result<ExitCode> {
     let gpu = match Gpu::open() {
         Ok(g) => g,
         Err(GpuError::NoDevice(why)) => {
@@ -101,6 +102,7 @@ pub fn bench(json: bool, repeats: usize) -> anyhow::Result<ExitCode> {
     };
     let opts = BenchOptions {
         repeats: repeats.max(1),
+        filter,
         ..BenchOptions::default()
     };
     let report = bench::run(&gpu, opts)?;

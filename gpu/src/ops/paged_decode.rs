@@ -8,7 +8,7 @@ use crate::kernels::{qkv_defines, Gpu};
 use crate::runtime::{Arg, ArgStruct, Buffer, LaunchDims, Result};
 use attnlab_shared::dtype::DType;
 use attnlab_shared::error::Error;
-use attnlab_shared::layout::KvLayout;
+use attnlab_shared::layout::{KvLayout, LayoutKind};
 use attnlab_shared::metadata::AttentionMetadata;
 use attnlab_sim::cache::KvCache;
 use attnlab_sim::config::AttnConfig;
@@ -27,7 +27,9 @@ const MAX_HEAD_GROUP: usize = 8;
 const HEADS_PER_THREAD: usize = 4;
 
 /// The kernels' `PagedArgs` struct (field order as in paged_decode.hip).
-/// `head_group` is how many query heads of the group one pass computes.
+/// `head_group` is how many query heads of the group one pass computes;
+/// `stage_v` whether the block copies its V range into shared memory.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn args(
     layout: &KvLayout,
     meta: &AttentionMetadata,
@@ -36,6 +38,7 @@ pub(crate) fn args(
     partition_size: usize,
     scale: f32,
     head_group: usize,
+    stage_v: bool,
 ) -> Arg {
     ArgStruct::default()
         .i64(meta.num_reqs() as i64)
@@ -53,6 +56,7 @@ pub(crate) fn args(
         .i32(cfg.sinks.is_some() as i32)
         .i32(cfg.alibi_slopes.is_some() as i32)
         .i32(head_group as i32)
+        .i32(stage_v as i32)
         .f32(scale)
         .f32(softmax_scale_log2(scale))
         .f32(cfg.softcap.unwrap_or(0.0))
@@ -68,7 +72,7 @@ fn score_rows(head_group: usize) -> usize {
 
 /// Shared memory of one `paged_attention_2d` block (the kernel's layout):
 /// Q and acc rows, the scores of a 256-key chunk, four per-tile statistics,
-/// m and l, and each key's block and row.
+/// m and l, and each key's block, row and staged-V offset.
 fn shared_2d(head_group: usize, tile: usize, head_size: usize) -> usize {
     let (c, hg) = (THREADS as usize, head_group);
     let tiles = c / tile;
@@ -76,7 +80,7 @@ fn shared_2d(head_group: usize, tile: usize, head_size: usize) -> usize {
         + score_rows(hg) * c
         + 4 * hg * tiles
         + 2 * hg
-        + 2 * c)
+        + 3 * c)
         * 4
 }
 
@@ -93,6 +97,44 @@ fn shared_ll4mi(head_group: usize, partition_size: usize, head_size: usize) -> u
         + MAX_HEAD_GROUP * THREADS as usize
         + 2 * p)
         * 4
+}
+
+/// Dynamic shared memory one block may use on `gpu`: the opt-in maximum of
+/// an H100 / H200 (227 KiB; the CUDA runtime raises the limit per launch),
+/// a CDNA workgroup's 64 KiB LDS elsewhere (AMD, the host emulation).
+fn device_shared_limit(gpu: &Gpu) -> usize {
+    match gpu.dev.info().target {
+        crate::runtime::Target::Cuda { .. } => 227 * 1024,
+        _ => 64 * 1024,
+    }
+}
+
+/// Whether a 2D block can stage the V of `keys` consecutive tokens starting at
+/// a multiple of `keys` (the kernels' `stage_v`): whole 16-byte vectors per
+/// token row (NHD) or per (block, head) run (ROCm / AITER, whose ranges must
+/// start on a block boundary: `keys` a multiple of the block size).
+fn staged_v_ok(layout: &KvLayout, kv_dtype: DType, keys: usize) -> bool {
+    let vec = 16 / kv_dtype.size_bytes();
+    let (d, bs) = (layout.head_size, layout.block_size);
+    match layout.kind {
+        LayoutKind::Nhd => d.is_multiple_of(vec),
+        _ => keys.is_multiple_of(bs) && (d * bs).is_multiple_of(vec),
+    }
+}
+
+/// Shared-memory bytes of a staged V range (`keys` x head_size elements),
+/// placed after the block's other arrays, 16-byte aligned.
+fn staged_v_bytes(keys: usize, head_size: usize, kv_dtype: DType) -> usize {
+    keys * head_size * kv_dtype.size_bytes() + 16
+}
+
+/// The block's shared memory with V staged where it fits `limit`, else
+/// without: (stage_v, bytes).
+fn with_staged_v(base: usize, staged: Option<usize>, limit: usize) -> (bool, usize) {
+    match staged {
+        Some(v) if base + v <= limit => (true, base + v),
+        _ => (false, base),
+    }
 }
 
 /// The largest head group (at most 8, halving) whose block fits the shared
@@ -190,7 +232,11 @@ pub(crate) fn launch_2d(
     }
     let (qpk, d) = (cfg.queries_per_kv(), cfg.head_size);
     let tile = paged_2d_tile_size(meta.block_size);
-    let (hg, shared) = head_group(qpk, |hg| shared_2d(hg, tile, d))?;
+    let (hg, base) = head_group(qpk, |hg| shared_2d(hg, tile, d))?;
+    let chunk = THREADS as usize;
+    let staged =
+        staged_v_ok(layout, cfg.kv_dtype, chunk).then(|| staged_v_bytes(chunk, d, cfg.kv_dtype));
+    let (stage_v, shared) = with_staged_v(base, staged, device_shared_limit(gpu));
     let defines = qkv_defines(cfg.dtype, cfg.kv_dtype);
     let f = gpu.function("paged_decode", &defines, "paged_attention_2d")?;
     let dims = LaunchDims {
@@ -213,7 +259,7 @@ pub(crate) fn launch_2d(
         i.sinks.arg(),
         i.alibi.arg(),
         i.out.arg(),
-        args(layout, meta, cfg, tile, 0, cfg.scale, hg),
+        args(layout, meta, cfg, tile, 0, cfg.scale, hg, stage_v),
     ];
     gpu.dev.launch(f, dims, &call)?;
     Ok(())
@@ -327,7 +373,8 @@ pub(crate) fn launch_ll4mi(
     } else {
         cfg.scale
     };
-    let a = args(layout, meta, cfg, 0, partition_size, scale, hg);
+    // ll4mi reads V from the cache (staging it measured slower on the H100).
+    let a = args(layout, meta, cfg, 0, partition_size, scale, hg, false);
     let defines = qkv_defines(cfg.dtype, cfg.kv_dtype);
     let part = gpu.function("paged_decode", &defines, "paged_attention_ll4mi_partition")?;
     let dims = LaunchDims {

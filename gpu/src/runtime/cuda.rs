@@ -284,6 +284,19 @@ impl Device for CudaDevice {
             .collect();
         let [gx, gy, gz] = dims.grid;
         let [bx, by, bz] = dims.block;
+        // Dynamic shared memory above the 48 KiB default needs the per-function
+        // opt-in (paged_decode's staged V).
+        if dims.shared_bytes > 48 * 1024 {
+            // SAFETY: `func` is a function of a loaded module.
+            unsafe {
+                drv::function::set_function_attribute(
+                    func,
+                    dsys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                    dims.shared_bytes as i32,
+                )
+            }
+            .map_err(driver_err("cuFuncSetAttribute"))?;
+        }
         // SAFETY: the kernel's parameter list matches `args` (each call site
         // passes the signature its .hip entry point declares); `slots`
         // outlives the call, which copies the parameters before returning.
