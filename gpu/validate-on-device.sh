@@ -13,6 +13,8 @@
 # Usage: gpu/validate-on-device.sh BIN OUTDIR [CASES] [SEED] [STEPS]
 #   STEPS: any of "diff sanitizer bench" (default: all three); the family
 #   list can be narrowed with FAMILIES="a b c".
+# FAMILY_TIMEOUT=SECONDS stops a family that runs longer (its rc is then 124
+# and the others are still reported).
 # Exit status: 1 when any family mismatches or fails, else 0.
 set -u
 BIN=${1:?usage: validate-on-device.sh BIN OUTDIR [CASES] [SEED] [STEPS]}
@@ -39,7 +41,7 @@ if [[ " $STEPS " == *" diff "* ]]; then
     # One process per family, JOBS at a time, each with its share of the cores.
     threads=$(( $(nproc) / JOBS )); (( threads < 1 )) && threads=1
     printf '%s\n' $families | RAYON_NUM_THREADS=$threads xargs -P "$JOBS" -I{} sh -c \
-        's=$(date +%s); "$0" diff --backend {} --cases "$1" --seed "$2" --json >"$3/{}.json" 2>"$3/{}.err"; echo $? >"$3/{}.rc"; echo $(( $(date +%s) - s )) >"$3/{}.secs"' \
+        's=$(date +%s); timeout "${FAMILY_TIMEOUT:-0}" "$0" diff --backend {} --cases "$1" --seed "$2" --json >"$3/{}.json" 2>"$3/{}.err"; echo $? >"$3/{}.rc"; echo $(( $(date +%s) - s )) >"$3/{}.secs"' \
         "$BIN" "$CASES" "$SEED" "$work"
     echo "[" >"$OUT/diff.json"
     sep=""
