@@ -6,12 +6,13 @@
 //! heads (32 q / 8 kv) and (8 / 1), block size 16, bf16, head size 128; the
 //! caches are filled on the device (`kernels/fill.hip`). Bandwidth counts the
 //! unique bytes a decode must move: K and V of every context token, plus Q
-//! and O. The prefill rows report TFLOP/s of the bit-exact unified kernel
-//! and of the register-tiled bit-exact flash_attn_varlen (causal and not)
+//! and O. The prefill rows report TFLOP/s of the register-tiled bit-exact
+//! unified kernel (vLLM's launch) and flash_attn_varlen (causal and not)
 //! against the device's f32 (non-tensor) peak, SMs x 128 lanes x 2 x clock.
-//! These kernels are the bit-exact oracles (scalar f32, K/V re-read per
-//! query head): the numbers say how far they are from the copy, not how fast
-//! vLLM's kernels are.
+//! Every row times exactly the launcher `attnlab diff` validates: these are
+//! the bit-exact kernels (f32 arithmetic in the emulator's order, no tensor
+//! cores), so the numbers say how close bit-exactness gets to the hardware's
+//! ceilings, not how fast vLLM's own kernels are.
 
 use crate::kernels::{dtype_define, Gpu};
 use crate::ops::paged_decode;
