@@ -46,75 +46,68 @@ pub fn qkv_defines(q: DType, kv: DType) -> [(String, String); 2] {
     [dtype_define("Q_DTYPE", q), dtype_define("KV_DTYPE", kv)]
 }
 
+/// One variant per dtype of the single define `name`.
+fn each_dtype(name: &str, dtypes: &[DType]) -> Vec<Defines> {
+    dtypes.iter().map(|&d| vec![dtype_define(name, d)]).collect()
+}
+
+/// One variant per (a, b) dtype pair of the defines `a` and `b`.
+fn dtype_pairs(a: &str, b: &str, pairs: &[(DType, DType)]) -> Vec<Defines> {
+    pairs.iter().map(|&(x, y)| vec![dtype_define(a, x), dtype_define(b, y)]).collect()
+}
+
 fn contract_variants() -> Vec<Defines> {
-    attnlab_shared::dtype::ALL_DTYPES
-        .iter()
-        .map(|&d| vec![dtype_define("ROUND_DTYPE", d)])
-        .collect()
+    each_dtype("ROUND_DTYPE", &attnlab_shared::dtype::ALL_DTYPES)
 }
 
 /// (source, cache) dtype pairs: same-dtype caches and both fp8 flavours.
 fn reshape_and_cache_variants() -> Vec<Defines> {
-    [
-        (DType::Bf16, DType::Bf16),
-        (DType::F16, DType::Fp8E4m3Fnuz),
-        (DType::F32, DType::Fp8E4m3Fn),
-    ]
-    .iter()
-    .map(|&(s, c)| vec![dtype_define("SRC_DTYPE", s), dtype_define("CACHE_DTYPE", c)])
-    .collect()
+    dtype_pairs(
+        "SRC_DTYPE",
+        "CACHE_DTYPE",
+        &[(DType::Bf16, DType::Bf16), (DType::F16, DType::Fp8E4m3Fnuz), (DType::F32, DType::Fp8E4m3Fn)],
+    )
 }
 
 fn merge_variants() -> Vec<Defines> {
-    [DType::F32, DType::F16, DType::Bf16]
-        .iter()
-        .map(|&d| vec![dtype_define("OUT_DTYPE", d)])
-        .collect()
+    each_dtype("OUT_DTYPE", &[DType::F32, DType::F16, DType::Bf16])
 }
 
 /// (query, cache) dtype pairs of the attention kernels.
 fn attention_variants() -> Vec<Defines> {
-    [
-        (DType::Bf16, DType::Bf16),
-        (DType::F16, DType::Fp8E4m3Fnuz),
-        (DType::Bf16, DType::Fp8E4m3Fn),
-    ]
-    .iter()
-    .map(|&(q, kv)| qkv_defines(q, kv).to_vec())
-    .collect()
+    [(DType::Bf16, DType::Bf16), (DType::F16, DType::Fp8E4m3Fnuz), (DType::Bf16, DType::Fp8E4m3Fn)]
+        .iter()
+        .map(|&(q, kv)| qkv_defines(q, kv).to_vec())
+        .collect()
 }
 
-/// (cache, workspace) dtype pairs.
+/// (cache, workspace) dtype pairs of the context gathers (MHA's
+/// cp_mha_gather_cache and MLA's gather_and_maybe_dequant_cache).
 fn gather_variants() -> Vec<Defines> {
-    [
-        (DType::Bf16, DType::Bf16),
-        (DType::Fp8E4m3Fnuz, DType::Bf16),
-        (DType::Fp8E4m3Fn, DType::F16),
-    ]
-    .iter()
-    .map(|&(kv, d)| vec![dtype_define("KV_DTYPE", kv), dtype_define("DST_DTYPE", d)])
-    .collect()
+    dtype_pairs(
+        "KV_DTYPE",
+        "DST_DTYPE",
+        &[(DType::Bf16, DType::Bf16), (DType::Fp8E4m3Fnuz, DType::Bf16), (DType::Fp8E4m3Fn, DType::F16)],
+    )
 }
 
 fn varlen_variants() -> Vec<Defines> {
-    [DType::Bf16, DType::F16]
-        .iter()
-        .map(|&d| vec![dtype_define("DTYPE", d)])
-        .collect()
+    each_dtype("DTYPE", &[DType::Bf16, DType::F16])
 }
 
 /// (source, latent cache) dtype pairs.
 fn mla_cache_variants() -> Vec<Defines> {
-    [
-        (DType::Bf16, DType::Bf16),
-        (DType::Bf16, DType::Fp8E4m3Fnuz),
-        (DType::F16, DType::Fp8E4m3Fn),
-        // GpuExecutor writes the backends' steps from f32 (exact) sources.
-        (DType::F32, DType::Fp8E4m3Fnuz),
-    ]
-    .iter()
-    .map(|&(s, c)| vec![dtype_define("SRC_DTYPE", s), dtype_define("CACHE_DTYPE", c)])
-    .collect()
+    dtype_pairs(
+        "SRC_DTYPE",
+        "CACHE_DTYPE",
+        &[
+            (DType::Bf16, DType::Bf16),
+            (DType::Bf16, DType::Fp8E4m3Fnuz),
+            (DType::F16, DType::Fp8E4m3Fn),
+            // GpuExecutor writes the backends' steps from f32 (exact) sources.
+            (DType::F32, DType::Fp8E4m3Fnuz),
+        ],
+    )
 }
 
 /// (query, latent cache, output, lse) dtypes: TRITON_MLA (lse in the query
@@ -139,26 +132,11 @@ fn mla_decode_variants() -> Vec<Defines> {
 
 /// Activation dtypes of the MLA projections.
 fn mla_proj_variants() -> Vec<Defines> {
-    [DType::Bf16, DType::F16, DType::F32]
-        .iter()
-        .map(|&d| vec![dtype_define("DTYPE", d)])
-        .collect()
-}
-
-/// (latent cache, workspace) dtype pairs of the chunked-context gather.
-fn mla_prefill_variants() -> Vec<Defines> {
-    [
-        (DType::Bf16, DType::Bf16),
-        (DType::Fp8E4m3Fnuz, DType::Bf16),
-        (DType::Fp8E4m3Fn, DType::F16),
-    ]
-    .iter()
-    .map(|&(kv, d)| vec![dtype_define("KV_DTYPE", kv), dtype_define("DST_DTYPE", d)])
-    .collect()
+    each_dtype("DTYPE", &[DType::Bf16, DType::F16, DType::F32])
 }
 
 fn fill_variants() -> Vec<Defines> {
-    vec![vec![dtype_define("DTYPE", DType::Bf16)]]
+    each_dtype("DTYPE", &[DType::Bf16])
 }
 
 pub static FAMILIES: &[Family] = &[
@@ -236,7 +214,7 @@ pub static FAMILIES: &[Family] = &[
         name: "mla_prefill",
         embedded: include_str!("../../kernels/mla_prefill.hip"),
         entries: &["gather_and_maybe_dequant_cache"],
-        variants: mla_prefill_variants,
+        variants: gather_variants,
     },
     Family {
         name: "flex_attention",
