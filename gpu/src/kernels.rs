@@ -48,12 +48,18 @@ pub fn qkv_defines(q: DType, kv: DType) -> [(String, String); 2] {
 
 /// One variant per dtype of the single define `name`.
 fn each_dtype(name: &str, dtypes: &[DType]) -> Vec<Defines> {
-    dtypes.iter().map(|&d| vec![dtype_define(name, d)]).collect()
+    dtypes
+        .iter()
+        .map(|&d| vec![dtype_define(name, d)])
+        .collect()
 }
 
 /// One variant per (a, b) dtype pair of the defines `a` and `b`.
 fn dtype_pairs(a: &str, b: &str, pairs: &[(DType, DType)]) -> Vec<Defines> {
-    pairs.iter().map(|&(x, y)| vec![dtype_define(a, x), dtype_define(b, y)]).collect()
+    pairs
+        .iter()
+        .map(|&(x, y)| vec![dtype_define(a, x), dtype_define(b, y)])
+        .collect()
 }
 
 fn contract_variants() -> Vec<Defines> {
@@ -65,7 +71,11 @@ fn reshape_and_cache_variants() -> Vec<Defines> {
     dtype_pairs(
         "SRC_DTYPE",
         "CACHE_DTYPE",
-        &[(DType::Bf16, DType::Bf16), (DType::F16, DType::Fp8E4m3Fnuz), (DType::F32, DType::Fp8E4m3Fn)],
+        &[
+            (DType::Bf16, DType::Bf16),
+            (DType::F16, DType::Fp8E4m3Fnuz),
+            (DType::F32, DType::Fp8E4m3Fn),
+        ],
     )
 }
 
@@ -75,10 +85,14 @@ fn merge_variants() -> Vec<Defines> {
 
 /// (query, cache) dtype pairs of the attention kernels.
 fn attention_variants() -> Vec<Defines> {
-    [(DType::Bf16, DType::Bf16), (DType::F16, DType::Fp8E4m3Fnuz), (DType::Bf16, DType::Fp8E4m3Fn)]
-        .iter()
-        .map(|&(q, kv)| qkv_defines(q, kv).to_vec())
-        .collect()
+    [
+        (DType::Bf16, DType::Bf16),
+        (DType::F16, DType::Fp8E4m3Fnuz),
+        (DType::Bf16, DType::Fp8E4m3Fn),
+    ]
+    .iter()
+    .map(|&(q, kv)| qkv_defines(q, kv).to_vec())
+    .collect()
 }
 
 /// (cache, workspace) dtype pairs of the context gathers (MHA's
@@ -87,7 +101,11 @@ fn gather_variants() -> Vec<Defines> {
     dtype_pairs(
         "KV_DTYPE",
         "DST_DTYPE",
-        &[(DType::Bf16, DType::Bf16), (DType::Fp8E4m3Fnuz, DType::Bf16), (DType::Fp8E4m3Fn, DType::F16)],
+        &[
+            (DType::Bf16, DType::Bf16),
+            (DType::Fp8E4m3Fnuz, DType::Bf16),
+            (DType::Fp8E4m3Fn, DType::F16),
+        ],
     )
 }
 
