@@ -13,8 +13,9 @@
 # Usage: gpu/validate-on-device.sh BIN OUTDIR [CASES] [SEED] [STEPS]
 #   STEPS: any of "diff sanitizer bench" (default: all three); the family
 #   list can be narrowed with FAMILIES="a b c".
-# FAMILY_TIMEOUT=SECONDS stops a family that runs longer (its rc is then 124
-# and the others are still reported).
+# MAX_SECONDS=S makes each family stop drawing cases after S seconds and
+# report the ones that ran (prefer it); FAMILY_TIMEOUT=SECONDS kills a family
+# that runs longer (its rc is then 124, no report, the others still count).
 # Exit status: 1 when any family mismatches or fails, else 0.
 set -u
 BIN=${1:?usage: validate-on-device.sh BIN OUTDIR [CASES] [SEED] [STEPS]}
@@ -41,7 +42,7 @@ if [[ " $STEPS " == *" diff "* ]]; then
     # One process per family, JOBS at a time, each with its share of the cores.
     threads=$(( $(nproc) / JOBS )); (( threads < 1 )) && threads=1
     printf '%s\n' $families | RAYON_NUM_THREADS=$threads xargs -P "$JOBS" -I{} sh -c \
-        's=$(date +%s); timeout "${FAMILY_TIMEOUT:-0}" "$0" diff --backend {} --cases "$1" --seed "$2" --json >"$3/{}.json" 2>"$3/{}.err"; echo $? >"$3/{}.rc"; echo $(( $(date +%s) - s )) >"$3/{}.secs"' \
+        's=$(date +%s); timeout "${FAMILY_TIMEOUT:-0}" "$0" diff --backend {} --cases "$1" --seed "$2" ${MAX_SECONDS:+--max-seconds $MAX_SECONDS} --json >"$3/{}.json" 2>"$3/{}.err"; echo $? >"$3/{}.rc"; echo $(( $(date +%s) - s )) >"$3/{}.secs"' \
         "$BIN" "$CASES" "$SEED" "$work"
     echo "[" >"$OUT/diff.json"
     sep=""

@@ -22,8 +22,8 @@ fn every_kernel_is_bit_exact_with_the_emulator_on_the_device() {
         return;
     };
     for d in KERNEL_DIFFS {
-        let r = (d.run)(&gpu, DiffOptions { cases: 8, seed: 7 })
-            .unwrap_or_else(|e| panic!("{}: {e}", d.kernel));
+        let r =
+            (d.run)(&gpu, DiffOptions::new(8, 7)).unwrap_or_else(|e| panic!("{}: {e}", d.kernel));
         assert!(r.elements > 0, "{}: compared nothing", d.kernel);
         assert!(r.passed(), "{}: {:?}", d.kernel, r.first_mismatch);
     }

@@ -45,7 +45,7 @@ fn every_family_is_bit_exact(wave: u32) {
     for d in KERNEL_DIFFS {
         let start = std::time::Instant::now();
         let cases = cases_for(d.kernel);
-        let r = (d.run)(&gpu, DiffOptions { cases, seed: SEED })
+        let r = (d.run)(&gpu, DiffOptions::new(cases, SEED))
             .unwrap_or_else(|e| panic!("{} (wave {wave}): {e}", d.kernel));
         eprintln!(
             "wave {wave} {:<24} {} cases {:>9} elements {:.1} s",

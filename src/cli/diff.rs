@@ -34,6 +34,17 @@ pub struct Args {
     /// Lanes per wave of `--device host` (32: NVIDIA's warps, 64: AMD's waves).
     #[arg(long, value_parser = ["32", "64"])]
     wave: Option<String>,
+    /// Per kernel: stop drawing new cases after this many seconds and report
+    /// the cases that ran (for device calls with a hard time limit).
+    #[arg(long, value_name = "SECONDS", value_parser = parse_seconds)]
+    max_seconds: Option<f64>,
+}
+
+fn parse_seconds(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+        _ => Err(format!("'{s}' is not a positive number of seconds")),
+    }
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -72,10 +83,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
         Err(e) => return Err(e.into()),
     };
-    let opts = DiffOptions {
-        cases: args.cases,
-        seed: args.seed,
-    };
+    let opts = DiffOptions::new(args.cases, args.seed);
     let info = gpu.dev.info().clone();
     if !args.json {
         println!(
@@ -93,6 +101,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut errors: Vec<(String, String)> = Vec::new();
     for d in diffs {
         let start = std::time::Instant::now();
+        let opts = DiffOptions {
+            deadline: args
+                .max_seconds
+                .map(|s| start + std::time::Duration::from_secs_f64(s)),
+            ..opts
+        };
         match (d.run)(&gpu, opts) {
             Ok(r) => {
                 if !args.json {

@@ -60,7 +60,7 @@ pub fn run(gpu: &Gpu, name: &str, opts: DiffOptions) -> Result<KernelReport> {
     let mut rng = rng_for(name, opts.seed);
     let mut tally = Tally::new(name);
     let mut draws = 0usize;
-    while tally.cases() < opts.cases {
+    while opts.more(tally.cases()) {
         draws += 1;
         if draws > MAX_DRAWS_PER_CASE * (tally.cases() + 1) {
             return Err(Error::invalid(
@@ -314,7 +314,7 @@ pub fn run_mla(gpu: &Gpu, name: &str, opts: DiffOptions) -> Result<KernelReport>
     let mut rng = rng_for(name, opts.seed);
     let mut tally = Tally::new(name);
     let mut draws = 0usize;
-    while tally.cases() < opts.cases {
+    while opts.more(tally.cases()) {
         draws += 1;
         if draws > MAX_DRAWS_PER_CASE * (tally.cases() + 1) {
             return Err(Error::invalid(

@@ -209,7 +209,7 @@ pub fn attention_diff(
 ) -> Result<KernelReport> {
     let mut rng = rng_for(kernel, opts.seed);
     let mut tally = Tally::new(kernel);
-    while tally.cases() < opts.cases {
+    while opts.more(tally.cases()) {
         let Some(mut case) = draw(&mut rng, space) else {
             continue;
         };

@@ -55,6 +55,9 @@ pub fn run(gpu: &Gpu, opts: DiffOptions) -> Result<KernelReport> {
     let mut rng = rng_for("contract", opts.seed);
     let mut tally = Tally::new("contract");
     for case in 0..opts.cases {
+        if !opts.more(case) {
+            break;
+        }
         let mut x = if case == 0 { edge_values() } else { Vec::new() };
         while x.len() < BATCH {
             x.push(match rng.gen_range(0..4) {

@@ -21,7 +21,10 @@ use rand::Rng;
 pub fn run(gpu: &Gpu, opts: DiffOptions) -> Result<KernelReport> {
     let mut rng = rng_for("flash_varlen", opts.seed);
     let mut tally = Tally::new("flash_varlen");
-    for _ in 0..opts.cases {
+    for done in 0..opts.cases {
+        if !opts.more(done) {
+            break;
+        }
         let dtype = *[DType::F16, DType::Bf16]
             .choose(&mut rng)
             .expect("non-empty");

@@ -29,7 +29,7 @@ const SPACE: CaseSpace = CaseSpace {
 pub fn run(gpu: &Gpu, opts: DiffOptions) -> Result<KernelReport> {
     let mut rng = rng_for("gather_cache", opts.seed);
     let mut tally = Tally::new("gather_cache");
-    while tally.cases() < opts.cases {
+    while opts.more(tally.cases()) {
         let Some(case) = draw(&mut rng, &SPACE) else {
             continue;
         };

@@ -23,7 +23,10 @@ fn draw_lse(rng: &mut impl Rng) -> f32 {
 pub fn run(gpu: &Gpu, opts: DiffOptions) -> Result<KernelReport> {
     let mut rng = rng_for("merge_attn_states", opts.seed);
     let mut tally = Tally::new("merge_attn_states");
-    for _ in 0..opts.cases {
+    for done in 0..opts.cases {
+        if !opts.more(done) {
+            break;
+        }
         let kernel = *[MergeKernel::Triton, MergeKernel::Hip]
             .choose(&mut rng)
             .expect("non-empty");

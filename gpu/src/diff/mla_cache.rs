@@ -15,7 +15,10 @@ use rand::Rng;
 pub fn run(gpu: &Gpu, opts: DiffOptions) -> Result<KernelReport> {
     let mut rng = rng_for("mla_cache", opts.seed);
     let mut tally = Tally::new("mla_cache");
-    for _ in 0..opts.cases {
+    for done in 0..opts.cases {
+        if !opts.more(done) {
+            break;
+        }
         let src = *[DType::F16, DType::Bf16]
             .choose(&mut rng)
             .expect("non-empty");

@@ -28,7 +28,10 @@ fn pick<T: Copy>(rng: &mut ChaCha8Rng, xs: &[T]) -> T {
 pub fn run(gpu: &Gpu, opts: DiffOptions) -> Result<KernelReport> {
     let mut rng = rng_for("mla_decode", opts.seed);
     let mut tally = Tally::new("mla_decode");
-    for _ in 0..opts.cases {
+    for done in 0..opts.cases {
+        if !opts.more(done) {
+            break;
+        }
         let q_dtype = pick(&mut rng, &[DType::F16, DType::Bf16]);
         let cache_dtype = pick(
             &mut rng,

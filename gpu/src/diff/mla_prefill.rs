@@ -25,7 +25,10 @@ fn pick<T: Copy>(rng: &mut ChaCha8Rng, xs: &[T]) -> T {
 pub fn run(gpu: &Gpu, opts: DiffOptions) -> Result<KernelReport> {
     let mut rng = rng_for("mla_prefill", opts.seed);
     let mut tally = Tally::new("mla_prefill");
-    for _ in 0..opts.cases {
+    for done in 0..opts.cases {
+        if !opts.more(done) {
+            break;
+        }
         let to = pick(&mut rng, &[DType::Bf16, DType::F16]);
         let cache_dtype = pick(&mut rng, &[to, to, DType::Fp8E4m3Fnuz, DType::Fp8E4m3Fn]);
         let (lkv, rope) = pick(&mut rng, &[(512usize, 64usize), (256, 64), (24, 8)]);

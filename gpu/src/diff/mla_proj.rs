@@ -28,7 +28,10 @@ fn values(rng: &mut ChaCha8Rng, n: usize, dtype: DType) -> Vec<f32> {
 pub fn run(dev: &Gpu, opts: DiffOptions) -> Result<KernelReport> {
     let mut rng = rng_for("mla_proj", opts.seed);
     let mut tally = Tally::new("mla_proj");
-    for _ in 0..opts.cases {
+    for done in 0..opts.cases {
+        if !opts.more(done) {
+            break;
+        }
         let dtype = pick(
             &mut rng,
             &[DType::Bf16, DType::Bf16, DType::F16, DType::F32],

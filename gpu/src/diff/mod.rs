@@ -35,6 +35,27 @@ use serde::Serialize;
 pub struct DiffOptions {
     pub cases: usize,
     pub seed: u64,
+    /// Stop drawing new cases after this instant (the report then says how
+    /// many ran): a device call with a hard time limit still gets a report.
+    pub deadline: Option<std::time::Instant>,
+}
+
+impl DiffOptions {
+    pub fn new(cases: usize, seed: u64) -> Self {
+        DiffOptions {
+            cases,
+            seed,
+            deadline: None,
+        }
+    }
+
+    /// Whether to run another case after `done` of them.
+    pub fn more(&self, done: usize) -> bool {
+        done < self.cases
+            && self
+                .deadline
+                .map_or(true, |d| std::time::Instant::now() < d)
+    }
 }
 
 /// The first element whose bits differ.

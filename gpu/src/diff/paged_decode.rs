@@ -33,7 +33,7 @@ pub const SPACE: CaseSpace = CaseSpace {
 pub fn run(gpu: &Gpu, opts: DiffOptions) -> Result<KernelReport> {
     let mut rng = rng_for("paged_decode", opts.seed);
     let mut tally = Tally::new("paged_decode");
-    while tally.cases() < opts.cases {
+    while opts.more(tally.cases()) {
         let Some(mut case) = draw(&mut rng, &SPACE) else {
             continue;
         };

@@ -27,7 +27,7 @@ pub fn run(gpu: &Gpu, opts: DiffOptions) -> Result<KernelReport> {
     let mut rng = rng_for("reshape_and_cache", opts.seed);
     let mut tally = Tally::new("reshape_and_cache");
     let mut drawn = 0;
-    while drawn < opts.cases {
+    while opts.more(drawn) {
         let writer = *WRITERS.choose(&mut rng).expect("non-empty");
         let kind = *writer.layouts().choose(&mut rng).expect("non-empty");
         let dtype = *[DType::F16, DType::Bf16, DType::F32]
