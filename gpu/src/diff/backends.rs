@@ -55,6 +55,19 @@ pub const SPACE: CaseSpace = CaseSpace {
 /// rejects entirely would otherwise loop forever).
 const MAX_DRAWS_PER_CASE: usize = 200;
 
+/// Fails once `draws` exceed [`MAX_DRAWS_PER_CASE`] per case run so far + 1.
+fn check_draw_budget(draws: usize, cases_done: usize, what: &str, name: &str) -> Result<()> {
+    if draws > MAX_DRAWS_PER_CASE * (cases_done + 1) {
+        return Err(Error::invalid(
+            what,
+            name,
+            "a space the backend accepts (it rejected every draw)",
+        )
+        .into());
+    }
+    Ok(())
+}
+
 pub fn run(gpu: &Gpu, name: &str, opts: DiffOptions) -> Result<KernelReport> {
     let backend = by_name(name)?;
     let mut rng = rng_for(name, opts.seed);
@@ -62,14 +75,7 @@ pub fn run(gpu: &Gpu, name: &str, opts: DiffOptions) -> Result<KernelReport> {
     let mut draws = 0usize;
     while opts.more(tally.cases()) {
         draws += 1;
-        if draws > MAX_DRAWS_PER_CASE * (tally.cases() + 1) {
-            return Err(Error::invalid(
-                "backend diff case space",
-                name,
-                "a space the backend accepts (it rejected every draw)",
-            )
-            .into());
-        }
+        check_draw_budget(draws, tally.cases(), "backend diff case space", name)?;
         let Some(case) = draw(&mut rng, &SPACE) else {
             continue;
         };
@@ -316,14 +322,7 @@ pub fn run_mla(gpu: &Gpu, name: &str, opts: DiffOptions) -> Result<KernelReport>
     let mut draws = 0usize;
     while opts.more(tally.cases()) {
         draws += 1;
-        if draws > MAX_DRAWS_PER_CASE * (tally.cases() + 1) {
-            return Err(Error::invalid(
-                "MLA backend diff case space",
-                name,
-                "a space the backend accepts (it rejected every draw)",
-            )
-            .into());
-        }
+        check_draw_budget(draws, tally.cases(), "MLA backend diff case space", name)?;
         let Some(case) = draw_mla(&mut rng, backend.as_ref())? else {
             continue;
         };

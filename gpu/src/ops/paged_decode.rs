@@ -172,6 +172,25 @@ pub(crate) struct Inputs<'d> {
     pub out: Buffer<'d>,
 }
 
+impl Inputs<'_> {
+    /// The argument list of `paged_attention_2d` and `context_attention_fwd`:
+    /// `(q, k, v, block_table, qsl, seq_lens, sinks, alibi, out, params)`.
+    pub(crate) fn with_sinks_and_out(&self, params: Arg) -> [Arg; 10] {
+        [
+            self.q.arg(),
+            self.k.arg(),
+            self.v.arg(),
+            self.bt.arg(),
+            self.qsl.arg(),
+            self.sl.arg(),
+            self.sinks.arg(),
+            self.alibi.arg(),
+            self.out.arg(),
+            params,
+        ]
+    }
+}
+
 pub(crate) fn upload<'d>(
     gpu: &'d Gpu,
     query: &[f32],
@@ -248,19 +267,7 @@ pub(crate) fn launch_2d(
         block: [THREADS, 1, 1],
         shared_bytes: shared as u32,
     };
-    let i = inp;
-    let call = [
-        i.q.arg(),
-        i.k.arg(),
-        i.v.arg(),
-        i.bt.arg(),
-        i.qsl.arg(),
-        i.sl.arg(),
-        i.sinks.arg(),
-        i.alibi.arg(),
-        i.out.arg(),
-        args(layout, meta, cfg, tile, 0, cfg.scale, hg, stage_v),
-    ];
+    let call = inp.with_sinks_and_out(args(layout, meta, cfg, tile, 0, cfg.scale, hg, stage_v));
     gpu.dev.launch(f, dims, &call)?;
     Ok(())
 }

@@ -101,19 +101,7 @@ pub fn context_attention_fwd(
             block: [128, 1, 1],
             shared_bytes: shared as u32,
         };
-        let i = &inp;
-        let call = [
-            i.q.arg(),
-            i.k.arg(),
-            i.v.arg(),
-            i.bt.arg(),
-            i.qsl.arg(),
-            i.sl.arg(),
-            i.sinks.arg(),
-            i.alibi.arg(),
-            i.out.arg(),
-            a,
-        ];
+        let call = inp.with_sinks_and_out(a);
         gpu.dev.launch(f, dims, &call)?;
     }
     Ok(bits_from_bytes(&inp.out.to_bytes()?, cfg.dtype))
