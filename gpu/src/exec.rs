@@ -18,9 +18,7 @@ use attnlab_sim::kernels::flash_varlen::VarlenParams;
 use attnlab_sim::kernels::gather_cache::{CacheFormat, GatherChunk};
 use attnlab_sim::kernels::merge_attn_states::MergeKernel;
 use attnlab_sim::kernels::mla_cache::LatentCache;
-use attnlab_sim::kernels::mla_decode::{
-    aiter_splits, AiterPaging, KvRow, KvSplits, MlaDecodeOutput, MlaDecodeParams,
-};
+use attnlab_sim::kernels::mla_decode::{KvRow, KvSplits, MlaDecodeOutput, MlaDecodeParams};
 use attnlab_sim::kernels::mla_prefill::ContextChunk;
 use attnlab_sim::kernels::mla_proj::MlaWeights;
 use attnlab_sim::kernels::reshape_and_cache::CacheWriter;
@@ -267,22 +265,6 @@ impl KernelExecutor for GpuExecutor<'_> {
             out: widen(&o.out, p.out_dtype),
             lse: widen(&o.lse, p.lse_dtype),
         })
-    }
-
-    /// AITER's launch (paging checks, split count, granularity) is the sim's
-    /// [`aiter_splits`]; the kernel is the device's split-KV decode.
-    fn mla_decode_fwd(
-        &self,
-        q: &[f32],
-        cache: &LatentCache,
-        paging: &AiterPaging,
-        causal: bool,
-        num_kv_splits: Option<usize>,
-        num_cus: usize,
-        p: &MlaDecodeParams,
-    ) -> Result<MlaDecodeOutput> {
-        let splits = aiter_splits(cache, paging, num_kv_splits, num_cus, p.num_heads)?;
-        self.decode_attention_fwd(q, &paging.rows(causal), cache, splits, p)
     }
 
     fn gather_and_maybe_dequant_cache(

@@ -16,7 +16,7 @@ use crate::kernels::gather_cache::{cp_mha_gather_cache, CacheFormat, GatherChunk
 use crate::kernels::merge_attn_states::{merge_attn_states, MergeKernel};
 use crate::kernels::mla_cache::{concat_and_cache_mla, LatentCache};
 use crate::kernels::mla_decode::{
-    decode_attention_fwd, mla_decode_fwd, AiterPaging, KvRow, KvSplits, MlaDecodeOutput,
+    aiter_splits, decode_attention_fwd, AiterPaging, KvRow, KvSplits, MlaDecodeOutput,
     MlaDecodeParams,
 };
 use crate::kernels::mla_prefill::{gather_and_maybe_dequant_cache, ContextChunk};
@@ -159,6 +159,10 @@ pub trait KernelExecutor {
         decode_attention_fwd(q, rows, cache, splits, p)
     }
 
+    /// AITER's launch (paging checks, split count, granularity:
+    /// [`aiter_splits`]) around this executor's split-KV decode, exactly as
+    /// the emulator's `mla_decode_fwd` composes them; an executor that
+    /// overrides `decode_attention_fwd` runs AITER's decode with it too.
     fn mla_decode_fwd(
         &self,
         q: &[f32],
@@ -169,7 +173,8 @@ pub trait KernelExecutor {
         num_cus: usize,
         p: &MlaDecodeParams,
     ) -> Result<MlaDecodeOutput> {
-        mla_decode_fwd(q, cache, paging, causal, num_kv_splits, num_cus, p)
+        let splits = aiter_splits(cache, paging, num_kv_splits, num_cus, p.num_heads)?;
+        self.decode_attention_fwd(q, &paging.rows(causal), cache, splits, p)
     }
 
     fn gather_and_maybe_dequant_cache(
