@@ -68,8 +68,33 @@ typedef typename KV::T KVT;
 #define KV_VEC ((int)(16 / sizeof(KVT)))
 // 16-byte K vectors per thread loaded together before their dot chains
 // (memory-level parallelism; the 2D kernel's register budget is smaller).
+#ifndef LL4MI_KBATCH
 #define LL4MI_KBATCH 1
+#endif
 #define PAGED_2D_KBATCH 8
+// 16-byte V vectors per PV thread loaded together before their fma chains
+// (ll4mi reads V from the cache: one vector at a time leaves a thread with a
+// single load in flight per 8 keys).
+#ifndef LL4MI_VBATCH
+#define LL4MI_VBATCH 1
+#endif
+// ll4mi PV chains per thread: 1 = the fewest that keep every thread busy
+// (pv_heads_per_thread), 0 = always DECODE_HPT.
+#ifndef LL4MI_PV_SPREAD
+#define LL4MI_PV_SPREAD 0
+#endif
+// ll4mi L2 prefetch of the partition's KV at block start (NVIDIA only; a
+// hint, no values change): 0 none, 1 V, 2 K and V.
+#ifndef LL4MI_PREFETCH
+#define LL4MI_PREFETCH 0
+#endif
+// Resident ll4mi partition blocks per multiprocessor the register allocation
+// must allow (__launch_bounds__'s second argument; unset: the compiler's choice).
+#ifdef LL4MI_MIN_BLOCKS
+#define LL4MI_BOUNDS __launch_bounds__(DECODE_THREADS, LL4MI_MIN_BLOCKS)
+#else
+#define LL4MI_BOUNDS __launch_bounds__(DECODE_THREADS)
+#endif
 
 struct PagedArgs {
     i64 num_reqs, num_heads, num_kv_heads, head_size, block_size, max_blocks, num_kv_blocks;
@@ -166,29 +191,37 @@ DEVICE void load_q(float* q_s, const typename Q::T* q, int hg, int D) {
 // p_s entry is `skip` (bit pattern), for the HPT heads of the block.
 // p_s[h * pstride + j], j relative to the chunk; v_at(j) points at token j's
 // V element of this unit's dim (global cache or staged copy).
-template <int HPT, bool DEQUANT, class VAt>
+template <int HPT, bool DEQUANT, int VB = 1, class VAt>
 DEVICE void pv_keys(float (&acc)[DECODE_HPT], const float* p_s, int pstride, u32 skip, int j_begin, int j_end,
                     VAt v_at, bool vec_v, float v_scale) {
     if (vec_v) {
         // j_begin, chunk starts and block rows are multiples of KV_VEC here:
-        // the KV_VEC rows of this dim are one aligned 16-byte run.
-        for (int j0 = j_begin; j0 < j_end; j0 += KV_VEC) {
-            const u32x4 raw = load16(v_at(j0));
+        // the KV_VEC rows of this dim are one aligned 16-byte run. VB runs
+        // are loaded before the first fma that reads them.
+        for (int jb = j_begin; jb < j_end; jb += VB * KV_VEC) {
+            u32x4 raw[VB];
 #pragma unroll
-            for (int i0 = 0; i0 < KV_VEC; i0 += 4) {
-                if (j0 + i0 < j_end) {  // (no `break`: keeps the loops fully unrolled, arrays in registers)
-                    f32x4 p4[HPT];  // p of 4 consecutive keys (rows 16-byte aligned)
+            for (int b = 0; b < VB; ++b)
+                if (jb + b * KV_VEC < j_end) raw[b] = load16(v_at(jb + b * KV_VEC));
 #pragma unroll
-                    for (int hh = 0; hh < HPT; ++hh) p4[hh] = load_f32x4(p_s + hh * pstride + j0 + i0);
+            for (int b = 0; b < VB; ++b) {
+                const int j0 = jb + b * KV_VEC;
 #pragma unroll
-                    for (int i = 0; i < 4; ++i) {
-                        if (j0 + i0 + i < j_end) {
-                            const KVT e = Vec16Elem<KVT>::at(raw, i0 + i);
-                            const float v = DEQUANT ? dequant(e, v_scale) : KV::load(e);
+                for (int i0 = 0; i0 < KV_VEC; i0 += 4) {
+                    if (j0 + i0 < j_end) {  // (no `break`: keeps the loops fully unrolled, arrays in registers)
+                        f32x4 p4[HPT];  // p of 4 consecutive keys (rows 16-byte aligned)
 #pragma unroll
-                            for (int hh = 0; hh < HPT; ++hh) {
-                                const float p = p4[hh].v[i];
-                                if (__float_as_uint(p) != skip) acc[hh] = fmaf(p, v, acc[hh]);
+                        for (int hh = 0; hh < HPT; ++hh) p4[hh] = load_f32x4(p_s + hh * pstride + j0 + i0);
+#pragma unroll
+                        for (int i = 0; i < 4; ++i) {
+                            if (j0 + i0 + i < j_end) {
+                                const KVT e = Vec16Elem<KVT>::at(raw[b], i0 + i);
+                                const float v = DEQUANT ? dequant(e, v_scale) : KV::load(e);
+#pragma unroll
+                                for (int hh = 0; hh < HPT; ++hh) {
+                                    const float p = p4[hh].v[i];
+                                    if (__float_as_uint(p) != skip) acc[hh] = fmaf(p, v, acc[hh]);
+                                }
                             }
                         }
                     }
@@ -457,7 +490,7 @@ DEVICE void ll4mi_pv(float* tmp_out, const float* e_s, int hg, int D, int P, int
         float acc[DECODE_HPT];
 #pragma unroll
         for (int hh = 0; hh < DECODE_HPT; ++hh) acc[hh] = 0.0f;
-        pv_keys<HPT, false>(acc, e_s + hh0 * P, P, 0u, 0, n, [&](int j) { return v_at(j, d); }, vec_v, 0.0f);
+        pv_keys<HPT, false, LL4MI_VBATCH>(acc, e_s + hh0 * P, P, 0u, 0, n, [&](int j) { return v_at(j, d); }, vec_v, 0.0f);
 #pragma unroll
         for (int hh = 0; hh < HPT; ++hh) {
             if (hh0 + hh < hg) {
@@ -465,6 +498,33 @@ DEVICE void ll4mi_pv(float* tmp_out, const float* e_s, int hg, int D, int P, int
                 tmp_out[o * D + d] = round_to<Q_DTYPE>(KV_IS_FP8 ? acc[hh] * a.v_scale : acc[hh]);
             }
         }
+    }
+}
+
+// L2 prefetch hints for the KV of tokens [t0, t0 + n) of kv head kvh (V, and
+// K when with_k), 128-byte lines spread over the block's threads: the
+// (block, head) runs of the x-packed layouts (D * bs contiguous elements;
+// only where whole blocks make up the range), the token rows of NHD.
+DEVICE void prefetch_l2(const void* p) {
+#if defined(ATTNLAB_CUDA) && defined(__CUDA_ARCH__)
+    asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
+#else
+    (void)p;
+#endif
+}
+DEVICE void prefetch_partition_l2(const KVT* k_cache, const KVT* v_cache, const KvLayout& L, const i32* bt, i64 t0,
+                                  int n, i64 kvh, bool with_k) {
+    const int D = (int)L.head_size, bs = (int)L.block_size, LINE = 128 / (int)sizeof(KVT);
+    const bool nhd = L.kind == LAYOUT_NHD;
+    if (!nhd && (t0 % bs != 0 || (n % bs != 0 && n < bs))) return;
+    const int runs = nhd ? n : (n + bs - 1) / bs, run_elems = nhd ? D : D * bs;
+    const int lines = (run_elems + LINE - 1) / LINE;
+    for (int i = threadIdx.x; i < runs * lines; i += blockDim.x) {
+        const int r = i / lines, c = i % lines;
+        const i64 t = nhd ? t0 + r : t0 + (i64)r * bs;
+        const i64 blk = bt[t / bs], row = nhd ? t % bs : 0;
+        prefetch_l2(v_cache + v_offset(L, blk, row, kvh, 0) + c * LINE);
+        if (with_k) prefetch_l2(k_cache + k_offset(L, blk, row, kvh, 0) + c * LINE);
     }
 }
 
@@ -477,7 +537,7 @@ DEVICE void ll4mi_pv(float* tmp_out, const float* e_s, int hg, int D, int P, int
 // the 2D kernel's staged V (82 KB blocks, 2 per SM), 16 K loads in flight
 // per thread and 2 heads per PV thread made this kernel slower (57.6% -> 41% of the copy at b64 x 8K, 32/8),
 // so it keeps the measured structure.
-extern "C" __global__ void __launch_bounds__(DECODE_THREADS) paged_attention_ll4mi_partition(
+extern "C" __global__ void LL4MI_BOUNDS paged_attention_ll4mi_partition(
     const typename Q::T* __restrict__ query, const KVT* __restrict__ k_cache, const KVT* __restrict__ v_cache,
     const i32* __restrict__ block_table, const i32* __restrict__ qsl, const i32* __restrict__ seq_lens,
     const float* __restrict__ alibi_slopes, float* __restrict__ max_logits, float* __restrict__ exp_sums,
@@ -504,6 +564,7 @@ extern "C" __global__ void __launch_bounds__(DECODE_THREADS) paged_attention_ll4
     i32* blk_s = (i32*)(xchg + DECODE_HG * DECODE_THREADS);
     i32* row_s = blk_s + P;
     const bool vec_v = L.kind != LAYOUT_NHD && bs % KV_VEC == 0;
+    if (LL4MI_PREFETCH) prefetch_partition_l2(k_cache, v_cache, L, bt, start, n, kvh, LL4MI_PREFETCH == 2);
     for (int j = tid; j < n; j += blockDim.x) {
         const i64 t = start + j;
         blk_s[j] = bt[t / bs];
@@ -582,9 +643,11 @@ extern "C" __global__ void __launch_bounds__(DECODE_THREADS) paged_attention_ll4
         __syncthreads();
         // PV: tmp_out[h][d] = fmaf chain over t ascending of p_t * v_t[d], p == 0 skipped.
         const i64 dim_stride = v_offset(L, 0, 0, 0, 1);
-        ll4mi_pv<DECODE_HPT>(tmp_out, e_s, hg, D, P, n, vec_v, a, seq, hbase, part, [&](int j, int d) {
-            return v_cache + v_offset(L, blk_s[j], row_s[j], kvh, 0) + d * dim_stride;
-        });
+        const auto v_at = [&](int j, int d) { return v_cache + v_offset(L, blk_s[j], row_s[j], kvh, 0) + d * dim_stride; };
+        const int hpt = LL4MI_PV_SPREAD ? pv_heads_per_thread(hg, D) : DECODE_HPT;
+#define LL4MI_PV(HPT) ll4mi_pv<HPT>(tmp_out, e_s, hg, D, P, n, vec_v, a, seq, hbase, part, v_at)
+        if (hpt == 4) LL4MI_PV(4); else if (hpt == 2) LL4MI_PV(2); else LL4MI_PV(1);
+#undef LL4MI_PV
         __syncthreads();
     }
 }

@@ -31,7 +31,8 @@ pub struct BenchOptions {
     /// Decode cases whose K+V exceed this many bytes are skipped.
     pub max_kv_bytes: u64,
     /// Only rows whose label ([`row_label`]: kernel name and shape) contains
-    /// this substring are run (the copy yardstick always is).
+    /// this substring, or one of its comma-separated alternatives, are run
+    /// (the copy yardstick always is).
     pub filter: Option<String>,
 }
 
@@ -83,7 +84,10 @@ impl BenchOptions {
     fn wants(&self, kernel: &str, batch: usize, context: usize, hq: usize, hkv: usize) -> bool {
         self.filter
             .as_deref()
-            .is_none_or(|f| row_label(kernel, batch, context, hq, hkv).contains(f))
+            .is_none_or(|f| {
+                let label = row_label(kernel, batch, context, hq, hkv);
+                f.split(',').any(|alt| label.contains(alt))
+            })
     }
 }
 

@@ -51,7 +51,8 @@ pub struct Args {
     #[arg(long)]
     pub json: bool,
     /// With --gpu: only rows whose "<kernel> b<batch> ctx<context> <hq>/<hkv>"
-    /// label contains this substring (e.g. `paged_attention_ll4mi`, `b64 ctx8192`).
+    /// label contains this substring or one of its comma-separated alternatives
+    /// (e.g. `paged_attention_ll4mi`, `ll4mi b64 ctx8192,2d b64 ctx8192`).
     #[arg(long)]
     pub filter: Option<String>,
 }
