@@ -64,6 +64,8 @@ typedef typename KV::T KVT;
 #define DECODE_HG 8
 // (head, d) PV chains per thread.
 #define DECODE_HPT 4
+// A compile-time int as a value (dispatching a generic lambda on it).
+template <int V> struct IntC { static constexpr int value = V; };
 // KV elements per 16-byte vector.
 #define KV_VEC ((int)(16 / sizeof(KVT)))
 // 16-byte K vectors per thread loaded together before their dot chains
@@ -89,8 +91,13 @@ typedef typename KV::T KVT;
 #define LL4MI_PREFETCH 0
 #endif
 // Resident ll4mi partition blocks per multiprocessor the register allocation
-// must allow (__launch_bounds__'s second argument; unset: the compiler's choice).
-#ifdef LL4MI_MIN_BLOCKS
+// must allow (__launch_bounds__'s second argument; 0: the compiler's choice,
+// which moves between 64 and 128 registers as the code changes; 4 blocks of
+// 256 threads, 64 registers, measured best on the H100: gpu/variants/ll4mi.txt).
+#ifndef LL4MI_MIN_BLOCKS
+#define LL4MI_MIN_BLOCKS 4
+#endif
+#if LL4MI_MIN_BLOCKS > 0
 #define LL4MI_BOUNDS __launch_bounds__(DECODE_THREADS, LL4MI_MIN_BLOCKS)
 #else
 #define LL4MI_BOUNDS __launch_bounds__(DECODE_THREADS)
@@ -114,8 +121,8 @@ DEVICE KvLayout layout_of(const PagedArgs& a) {
 DEVICE float dequant(KVT raw, float scale) { return dequant_kv<Q_DTYPE, KV_DTYPE>(raw, scale); }
 
 // The dot chains' steps over one 16-byte K vector of dims db .. db + KV_VEC.
-template <bool DEQUANT>
-DEVICE void vec_dots(float (&dot)[DECODE_HG], const u32x4& raw, const float* q_s, int D, int db, int hg,
+template <int HG, bool DEQUANT>
+DEVICE void vec_dots(float (&dot)[HG], const u32x4& raw, const float* q_s, int D, int db, int hg,
                      float k_scale) {
 #pragma unroll
     for (int i0 = 0; i0 < KV_VEC; i0 += 4) {
@@ -127,7 +134,7 @@ DEVICE void vec_dots(float (&dot)[DECODE_HG], const u32x4& raw, const float* q_s
         }
         // q_s rows start 16-byte aligned (D % KV_VEC == 0, KV_VEC >= 4).
 #pragma unroll
-        for (int h = 0; h < DECODE_HG; ++h) {
+        for (int h = 0; h < HG; ++h) {
             if (h < hg) {
                 const f32x4 q = load_f32x4(q_s + h * D + db + i0);
 #pragma unroll
@@ -137,17 +144,18 @@ DEVICE void vec_dots(float (&dot)[DECODE_HG], const u32x4& raw, const float* q_s
     }
 }
 
-// One token's dot chains with hg query heads: dot[h] = fmaf chain over d
+// One token's dot chains with hg (<= HG, the compile-time bound of the register
+// arrays and unrolled head loops) query heads: dot[h] = fmaf chain over d
 // ascending from 0 of q_s[h][d] * kv(k[d]) (kv: the stored value, or the 2D
 // kernel's dequantized one). kp points at dim 0 of the token's K row. KB
 // 16-byte vectors are loaded before the first fma that reads them (KB == 1:
 // one at a time, the loop unrolled twice); after_first_loads() runs once,
 // right after the first loads are issued.
-template <bool DEQUANT, int KB, class F>
-DEVICE void token_dots(float (&dot)[DECODE_HG], const KVT* kp, const KvLayout& L, const float* q_s, int D, int hg,
+template <int HG, bool DEQUANT, int KB, class F>
+DEVICE void token_dots(float (&dot)[HG], const KVT* kp, const KvLayout& L, const float* q_s, int D, int hg,
                        float k_scale, F after_first_loads) {
 #pragma unroll
-    for (int h = 0; h < DECODE_HG; ++h) dot[h] = 0.0f;
+    for (int h = 0; h < HG; ++h) dot[h] = 0.0f;
     if (D % KV_VEC == 0) {
         const i64 kstep = k_offset(L, 0, 0, 0, KV_VEC);  // offset of the next 16-byte run of dims
         if constexpr (KB == 1) {
@@ -155,7 +163,7 @@ DEVICE void token_dots(float (&dot)[DECODE_HG], const KVT* kp, const KvLayout& L
             for (int d0 = 0; d0 < D; d0 += KV_VEC) {
                 const u32x4 raw = load16(kp + (d0 / KV_VEC) * kstep);
                 if (d0 == 0) after_first_loads();
-                vec_dots<DEQUANT>(dot, raw, q_s, D, d0, hg, k_scale);
+                vec_dots<HG, DEQUANT>(dot, raw, q_s, D, d0, hg, k_scale);
             }
         } else {
             for (int d0 = 0; d0 < D; d0 += KB * KV_VEC) {
@@ -166,7 +174,7 @@ DEVICE void token_dots(float (&dot)[DECODE_HG], const KVT* kp, const KvLayout& L
                 if (d0 == 0) after_first_loads();  // e.g. the V copies, queued behind this token's K
 #pragma unroll
                 for (int b = 0; b < KB; ++b)
-                    if (d0 + b * KV_VEC < D) vec_dots<DEQUANT>(dot, raw[b], q_s, D, d0 + b * KV_VEC, hg, k_scale);
+                    if (d0 + b * KV_VEC < D) vec_dots<HG, DEQUANT>(dot, raw[b], q_s, D, d0 + b * KV_VEC, hg, k_scale);
             }
         }
     } else {
@@ -175,7 +183,7 @@ DEVICE void token_dots(float (&dot)[DECODE_HG], const KVT* kp, const KvLayout& L
             const KVT e = kp[k_offset(L, 0, 0, 0, d)];
             const float k = DEQUANT ? dequant(e, k_scale) : KV::load(e);
 #pragma unroll
-            for (int h = 0; h < DECODE_HG; ++h)
+            for (int h = 0; h < HG; ++h)
                 if (h < hg) dot[h] = fmaf(q_s[h * D + d], k, dot[h]);
         }
     }
@@ -330,6 +338,24 @@ DEVICE void pv_2d(float* acc_s, const float* s_s, const float* alpha_s, int hg, 
     }
 }
 
+// Runs pass(IntC<HGT>(), IntC<FULL>(), h0, hg) for the query heads h0 ..
+// h0 + hg of the group, hg = min(HG, qpk - h0) per pass: HGT (compile time)
+// bounds the pass's register arrays, butterflies and unrolled head loops;
+// FULL says hg == HGT, so no head slot is computed and discarded. (With
+// one runtime bound of 8, 32/8 heads ran 8 head slots for 4 heads: ncu on
+// the H100 counted ~11 issued instructions per KV byte in ll4mi.) Exact
+// passes for the common groups 8, 4 and 1 only: each is a copy of the pass
+// in the binary (NVRTC time grows with them).
+template <class F> DEVICE void for_each_head_pass(int qpk, int HG, F pass) {
+    for (int h0 = 0; h0 < qpk; h0 += HG) {
+        const int hg = min(HG, qpk - h0);
+        if (hg == 8) pass(IntC<8>(), IntC<1>(), h0, hg);
+        else if (hg == 4) pass(IntC<4>(), IntC<1>(), h0, hg);
+        else if (hg == 1) pass(IntC<1>(), IntC<1>(), h0, hg);
+        else pass(IntC<DECODE_HG>(), IntC<0>(), h0, hg);
+    }
+}
+
 // ---------------------------------------------------------------- 2D kernel
 // Shared memory (floats unless noted), HG = a.head_group, C = DECODE_THREADS
 // keys per chunk, NT = C / TILE tiles per chunk:
@@ -394,7 +420,7 @@ extern "C" __global__ void __launch_bounds__(DECODE_THREADS, 2) paged_attention_
                 blk_s[tid] = blk;
                 row_s[tid] = r;
                 float dot[DECODE_HG];
-                token_dots<true, PAGED_2D_KBATCH>(dot, k_cache + k_offset(L, blk, r, kvh, 0), L, q_s, D, hg, a.k_scale,
+                token_dots<DECODE_HG, true, PAGED_2D_KBATCH>(dot, k_cache + k_offset(L, blk, r, kvh, 0), L, q_s, D, hg, a.k_scale,
                                                   stage);
                 const bool vis = visible(t, ctx, true, a.window);
 #pragma unroll
@@ -570,8 +596,9 @@ extern "C" __global__ void LL4MI_BOUNDS paged_attention_ll4mi_partition(
         blk_s[j] = bt[t / bs];
         row_s[j] = (i32)(t % bs);
     }
-    for (int h0 = 0; h0 < qpk; h0 += HG) {
-        const int hg = min(HG, qpk - h0);
+    for_each_head_pass(qpk, HG, [&](auto hgt, auto full, int h0, int hg_pass) {
+        constexpr int HGT = decltype(hgt)::value;
+        const int hg = decltype(full)::value ? HGT : hg_pass;
         const i64 hbase = kvh * qpk + h0;
         load_q(q_s, query + (row * a.num_heads + hbase) * D, hg, D);
         __syncthreads();
@@ -579,17 +606,17 @@ extern "C" __global__ void LL4MI_BOUNDS paged_attention_ll4mi_partition(
         // lane l of wave w is token 64w + l, as in the sim.
         for (int r0 = 0; r0 < P; r0 += DECODE_THREADS) {
             const int j = r0 + tid;
-            float s[DECODE_HG];
+            float s[HGT];
 #pragma unroll
-            for (int h = 0; h < DECODE_HG; ++h) s[h] = LL4MI_MASKED;
+            for (int h = 0; h < HGT; ++h) s[h] = LL4MI_MASKED;
             if (j < n) {
                 const i64 t = start + j;
-                float dot[DECODE_HG];
-                token_dots<false, LL4MI_KBATCH>(dot, k_cache + k_offset(L, blk_s[j], row_s[j], kvh, 0), L, q_s, D, hg, 0.0f,
+                float dot[HGT];
+                token_dots<HGT, false, LL4MI_KBATCH>(dot, k_cache + k_offset(L, blk_s[j], row_s[j], kvh, 0), L, q_s, D, hg, 0.0f,
                                                 [] {});
                 if (visible(t, seq_len - 1, true, a.window)) {
 #pragma unroll
-                    for (int h = 0; h < DECODE_HG; ++h) {
+                    for (int h = 0; h < HGT; ++h) {
                         if (h < hg) {
                             const float bias =
                                 a.has_alibi ? alibi_slopes[hbase + h] * ((float)t - (float)(seq_len - 1)) : 0.0f;
@@ -600,21 +627,21 @@ extern "C" __global__ void LL4MI_BOUNDS paged_attention_ll4mi_partition(
             }
             // A wave with no token below n ends with -FLT_MAX and 0, as the
             // sim's skipped wave; lanes past n hold -FLT_MAX and e = 0.
-            float m[DECODE_HG], e[DECODE_HG];
+            float m[HGT], e[HGT];
 #pragma unroll
-            for (int h = 0; h < DECODE_HG; ++h) m[h] = s[h];
-            butterfly64<DECODE_HG, true>(m, xchg);  // wmax of the lane's wave
+            for (int h = 0; h < HGT; ++h) m[h] = s[h];
+            butterfly64<HGT, true>(m, xchg);  // wmax of the lane's wave
 #pragma unroll
-            for (int h = 0; h < DECODE_HG; ++h) e[h] = j < n ? exp2c(s[h] - m[h]) : 0.0f;
+            for (int h = 0; h < HGT; ++h) e[h] = j < n ? exp2c(s[h] - m[h]) : 0.0f;
             if (j < P) {
 #pragma unroll
-                for (int h = 0; h < DECODE_HG; ++h)
+                for (int h = 0; h < HGT; ++h)
                     if (h < hg) e_s[h * P + j] = e[h];
             }
-            butterfly64<DECODE_HG, false>(e, xchg);  // wsum of the lane's wave
+            butterfly64<HGT, false>(e, xchg);  // wsum of the lane's wave
             if (j < P && j % LL4MI_WAVE == 0) {
 #pragma unroll
-                for (int h = 0; h < DECODE_HG; ++h) {
+                for (int h = 0; h < HGT; ++h) {
                     if (h < hg) {
                         wmax_s[h * W + j / LL4MI_WAVE] = m[h];
                         wsum_s[h * W + j / LL4MI_WAVE] = e[h];
@@ -649,7 +676,7 @@ extern "C" __global__ void LL4MI_BOUNDS paged_attention_ll4mi_partition(
         if (hpt == 4) LL4MI_PV(4); else if (hpt == 2) LL4MI_PV(2); else LL4MI_PV(1);
 #undef LL4MI_PV
         __syncthreads();
-    }
+    });
 }
 
 // Reduce, grid (Hq, num_reqs), DECODE_THREADS threads; shared w_s[max_partitions]

@@ -16,13 +16,17 @@ use cudarc::nvrtc::{result as rtc, sys as rsys};
 use std::ffi::{c_void, CString};
 use std::sync::Mutex;
 
-/// The NVRTC options every kernel is compiled with (numerics.md §2).
-pub const NVRTC_FLAGS: [&str; 5] = [
+/// The NVRTC options every kernel is compiled with (numerics.md §2), plus
+/// `--default-device`: every function of a translation unit is device code
+/// (generic lambdas inside kernels, e.g. paged_decode's per-head-group pass,
+/// carry no execution-space annotation of their own).
+pub const NVRTC_FLAGS: [&str; 6] = [
     "--fmad=false",
     "--ftz=false",
     "--prec-div=true",
     "--prec-sqrt=true",
     "--std=c++17",
+    "-default-device",
 ];
 
 fn driver_err(api: &'static str) -> impl Fn(drv::DriverError) -> GpuError {
@@ -284,15 +288,16 @@ impl Device for CudaDevice {
             .collect();
         let [gx, gy, gz] = dims.grid;
         let [bx, by, bz] = dims.block;
+        let shared = dims.shared_bytes_padded();
         // Dynamic shared memory above the 48 KiB default needs the per-function
         // opt-in (paged_decode's staged V).
-        if dims.shared_bytes > 48 * 1024 {
+        if shared > 48 * 1024 {
             // SAFETY: `func` is a function of a loaded module.
             unsafe {
                 drv::function::set_function_attribute(
                     func,
                     dsys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                    dims.shared_bytes as i32,
+                    shared as i32,
                 )
             }
             .map_err(driver_err("cuFuncSetAttribute"))?;
@@ -305,7 +310,7 @@ impl Device for CudaDevice {
                 func,
                 (gx, gy, gz),
                 (bx, by, bz),
-                dims.shared_bytes,
+                shared,
                 drv::stream::null(),
                 &mut params,
             )

@@ -381,7 +381,7 @@ impl Device for HipDevice {
                 bx,
                 by,
                 bz,
-                dims.shared_bytes,
+                dims.shared_bytes_padded(),
                 std::ptr::null_mut(),
                 params.as_mut_ptr(),
                 std::ptr::null_mut(),

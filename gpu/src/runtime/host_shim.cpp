@@ -134,8 +134,8 @@ struct Worker {
     std::vector<unsigned> wave_live, wave_arrived, wave_gen;
     std::vector<unsigned long long> xchg;  // one slot per thread
     std::vector<unsigned> xchg_gen;        // the wave generation each slot was written in
-    // Dynamic shared memory: 64-byte aligned, ending at a guard page (and one
-    // before it), so a kernel indexing past its buffer faults at once rather
+    // Dynamic shared memory: the padded size the GPU backends ask for, ending
+    // at a guard page (and one before it), so a kernel indexing past it faults at once rather
     // than corrupting the host's heap.
     unsigned char* smem = nullptr;
     size_t smem_bytes = 0;
@@ -303,7 +303,7 @@ void worker_main(Shared& s) {
     std::vector<void*> maps;
     {
         const size_t page = 4096;
-        w.smem_bytes = (size_t(l.shared_bytes) + 63) & ~size_t(63);
+        w.smem_bytes = (size_t(l.shared_bytes) + 15) & ~size_t(15);  // LaunchDims::shared_bytes_padded
         const size_t data = (w.smem_bytes + page - 1) / page * page;
         w.smem_map_bytes = data + 2 * page;
         w.smem_map = mmap(nullptr, w.smem_map_bytes, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);

@@ -181,6 +181,16 @@ pub struct LaunchDims {
 }
 
 impl LaunchDims {
+    /// The dynamic shared memory a backend asks the driver for: `shared_bytes`
+    /// rounded up to 16 bytes, the widest shared access. nvcc may fetch two
+    /// neighbouring floats of a shared array with one 8-byte load and use the
+    /// first alone (the ll4mi reduce kernel's `w_s` with one partition, seen
+    /// by compute-sanitizer memcheck on the H100), so an allocation that ends
+    /// mid-vector is read past; the padding is never written or used.
+    pub fn shared_bytes_padded(&self) -> u32 {
+        self.shared_bytes.div_ceil(16).saturating_mul(16)
+    }
+
     /// A 1-D launch of `n` threads in blocks of `block`.
     pub fn linear(n: usize, block: u32) -> Result<Self> {
         let blocks = n.div_ceil(block as usize).max(1);
