@@ -7,7 +7,11 @@ use std::process::ExitCode;
 mod cli;
 
 #[derive(Parser)]
-#[command(name = "attnlab", version, about = "Simulation-first testbed for vLLM's ROCm attention backends")]
+#[command(
+    name = "attnlab",
+    version,
+    about = "Simulation-first testbed for vLLM's ROCm attention backends"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -25,7 +25,10 @@ struct Edit {
 impl Edit {
     fn of(bytes: &[u8]) -> Self {
         let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
-        Edit { header: serde_json::from_slice(&bytes[8..8 + n]).unwrap(), data: bytes[8 + n..].to_vec() }
+        Edit {
+            header: serde_json::from_slice(&bytes[8..8 + n]).unwrap(),
+            data: bytes[8 + n..].to_vec(),
+        }
     }
 
     fn bytes(&self) -> Vec<u8> {
@@ -38,7 +41,8 @@ impl Edit {
 
     fn case(&mut self, f: impl FnOnce(&mut serde_json::Map<String, Value>)) -> &mut Self {
         let meta = self.header["__metadata__"].as_object_mut().unwrap();
-        let mut case: serde_json::Map<String, Value> = serde_json::from_str(meta["case"].as_str().unwrap()).unwrap();
+        let mut case: serde_json::Map<String, Value> =
+            serde_json::from_str(meta["case"].as_str().unwrap()).unwrap();
         f(&mut case);
         meta["case"] = Value::String(serde_json::to_string(&case).unwrap());
         self
@@ -47,7 +51,10 @@ impl Edit {
     /// The bytes of one tensor, to patch in place.
     fn tensor(&mut self, name: &str) -> &mut [u8] {
         let off = &self.header[name]["data_offsets"];
-        let (a, b) = (off[0].as_u64().unwrap() as usize, off[1].as_u64().unwrap() as usize);
+        let (a, b) = (
+            off[0].as_u64().unwrap() as usize,
+            off[1].as_u64().unwrap() as usize,
+        );
         &mut self.data[a..b]
     }
 
@@ -74,14 +81,31 @@ fn every_shipped_fixture_replays_green_or_skips_with_a_reason() {
     let files: std::collections::BTreeSet<&str> = results.iter().map(|r| r.file.as_str()).collect();
     assert_eq!(files.len(), 24, "fixtures/ ships 24 cases");
     for r in &results {
-        assert_ne!(r.status, Status::Fail, "{} / {}: {:?}", r.file, r.backend, r.reason);
+        assert_ne!(
+            r.status,
+            Status::Fail,
+            "{} / {}: {:?}",
+            r.file,
+            r.backend,
+            r.reason
+        );
         if r.status == Status::Skipped {
-            assert!(r.reason.as_deref().is_some_and(|s| !s.is_empty()), "{} / {} skipped without a reason", r.file, r.backend);
+            assert!(
+                r.reason.as_deref().is_some_and(|s| !s.is_empty()),
+                "{} / {} skipped without a reason",
+                r.file,
+                r.backend
+            );
         }
     }
     // The oracle itself agrees with every vLLM kernel output, in every op.
     for file in files {
-        assert!(results.iter().any(|r| r.file == file && r.backend == REFERENCE && r.status == Status::Pass), "{file}");
+        assert!(
+            results
+                .iter()
+                .any(|r| r.file == file && r.backend == REFERENCE && r.status == Status::Pass),
+            "{file}"
+        );
     }
 }
 
@@ -89,17 +113,37 @@ fn every_shipped_fixture_replays_green_or_skips_with_a_reason() {
 fn paged_fixture_runs_every_backend_that_accepts_it() {
     let f = fixture::load(&fixtures_dir().join(format!("{PAGED}.safetensors"))).unwrap();
     let results = replay_fixture(&f, None);
-    let ran = results.iter().filter(|r| r.backend != REFERENCE && r.status == Status::Pass).count();
+    let ran = results
+        .iter()
+        .filter(|r| r.backend != REFERENCE && r.status == Status::Pass)
+        .count();
     assert!(ran >= 1, "{results:#?}");
 }
 
 #[test]
 fn json_rows_have_the_documented_keys() {
-    let results = replay_file(&fixtures_dir().join("merge_f32_t7_h2_d128_inf.safetensors"), None);
+    let results = replay_file(
+        &fixtures_dir().join("merge_f32_t7_h2_d128_inf.safetensors"),
+        None,
+    );
     let v = serde_json::to_value(&results).unwrap();
     for row in v.as_array().unwrap() {
-        let keys: Vec<&str> = row.as_object().unwrap().keys().map(|k| k.as_str()).collect();
-        for k in ["file", "op", "backend", "status", "reason", "max_abs_err", "max_rel_err", "mismatches"] {
+        let keys: Vec<&str> = row
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(|k| k.as_str())
+            .collect();
+        for k in [
+            "file",
+            "op",
+            "backend",
+            "status",
+            "reason",
+            "max_abs_err",
+            "max_rel_err",
+            "mismatches",
+        ] {
             assert!(keys.contains(&k), "missing {k} in {row}");
         }
         assert!(["pass", "fail", "skipped"].contains(&row["status"].as_str().unwrap()));
@@ -115,13 +159,22 @@ fn a_perturbed_output_fails_and_names_the_first_bad_element() {
     let rows = replay_fixture(&f, None);
     let r = rows.iter().find(|r| r.backend == REFERENCE).unwrap();
     assert_eq!((r.status, r.mismatches), (Status::Fail, Some(1)));
-    assert!(r.reason.as_deref().unwrap().contains("flat index 5"), "{:?}", r.reason);
+    assert!(
+        r.reason.as_deref().unwrap().contains("flat index 5"),
+        "{:?}",
+        r.reason
+    );
 }
 
 #[test]
 fn unknown_backend_is_an_error_naming_the_emulated_ones() {
-    let e = replay_paths(&[fixtures_dir()], Some("FLASH_ATTN_9")).unwrap_err().to_string();
-    assert!(e.contains("'FLASH_ATTN_9'") && e.contains("TRITON_ATTN"), "{e}");
+    let e = replay_paths(&[fixtures_dir()], Some("FLASH_ATTN_9"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("'FLASH_ATTN_9'") && e.contains("TRITON_ATTN"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -129,7 +182,11 @@ fn unreadable_file_is_one_failed_row_naming_it() {
     let rows = replay_file(Path::new("no/such/file.safetensors"), None);
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0].status, Status::Fail);
-    assert!(rows[0].reason.as_deref().unwrap().contains("no/such/file.safetensors"));
+    assert!(rows[0]
+        .reason
+        .as_deref()
+        .unwrap()
+        .contains("no/such/file.safetensors"));
 }
 
 #[test]
@@ -150,10 +207,14 @@ fn truncated_fixture_names_the_file_and_the_cut_tensor() {
 #[test]
 fn wrong_shape_is_rejected_naming_the_tensor() {
     let mut e = Edit::of(&read(PAGED));
-    e.info("query").insert("shape".into(), serde_json::json!([12, 128, 8])); // same element count
+    e.info("query")
+        .insert("shape".into(), serde_json::json!([12, 128, 8])); // same element count
     let err = err_of(&mut e);
     assert_eq!(err.tensor, "query");
-    assert!(err.problem.contains("[12, 128, 8]") && err.problem.contains("[12, 8, 128]"), "{err}");
+    assert!(
+        err.problem.contains("[12, 128, 8]") && err.problem.contains("[12, 8, 128]"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -171,7 +232,12 @@ fn out_of_range_block_id_is_rejected_naming_the_entry() {
     e.tensor("block_table")[..4].copy_from_slice(&999i32.to_le_bytes());
     let err = err_of(&mut e);
     assert_eq!(err.tensor, "block_table");
-    assert!(err.problem.contains("block_table[0][0]") && err.problem.contains("999") && err.problem.contains("[0, 9)"), "{err}");
+    assert!(
+        err.problem.contains("block_table[0][0]")
+            && err.problem.contains("999")
+            && err.problem.contains("[0, 9)"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -180,7 +246,10 @@ fn seq_len_beyond_the_block_table_is_rejected() {
     e.tensor("seq_lens")[..4].copy_from_slice(&5000i32.to_le_bytes());
     let err = err_of(&mut e);
     assert_eq!(err.tensor, "seq_lens");
-    assert!(err.problem.contains("seq_lens[0]") && err.problem.contains("5000"), "{err}");
+    assert!(
+        err.problem.contains("seq_lens[0]") && err.problem.contains("5000"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -198,7 +267,10 @@ fn nan_in_an_input_is_rejected_with_its_index() {
     e.tensor("value_cache")[2..4].copy_from_slice(&half::f16::NAN.to_le_bytes());
     let err = err_of(&mut e);
     assert_eq!(err.tensor, "value_cache");
-    assert!(err.problem.contains("NaN") && err.problem.contains("flat index 1"), "{err}");
+    assert!(
+        err.problem.contains("NaN") && err.problem.contains("flat index 1"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -234,11 +306,27 @@ fn bad_metadata_values_name_the_key_and_the_allowed_values() {
 #[test]
 fn merge_and_mla_fixtures_load_into_typed_cases() {
     let f = fixture::load(&fixtures_dir().join("merge_bf16_t20_h6_d96_inf.safetensors")).unwrap();
-    let Case::Merge(m) = f.case else { panic!("expected a merge case") };
+    let Case::Merge(m) = f.case else {
+        panic!("expected a merge case")
+    };
     assert_eq!((m.num_tokens, m.num_heads, m.head_size), (20, 6, 96));
-    assert!(m.prefix_lse.iter().chain(&m.suffix_lse).any(|x| x.is_infinite()));
+    assert!(m
+        .prefix_lse
+        .iter()
+        .chain(&m.suffix_lse)
+        .any(|x| x.is_infinite()));
     let f = fixture::load(&fixtures_dir().join("mla_f16_h16_b16_s4.safetensors")).unwrap();
-    let Case::Mla(m) = f.case else { panic!("expected an MLA case") };
-    assert_eq!((m.num_heads, m.kv_lora_rank, m.qk_rope_head_dim, m.num_kv_splits), (16, 512, 64, 4));
+    let Case::Mla(m) = f.case else {
+        panic!("expected an MLA case")
+    };
+    assert_eq!(
+        (
+            m.num_heads,
+            m.kv_lora_rank,
+            m.qk_rope_head_dim,
+            m.num_kv_splits
+        ),
+        (16, 512, 64, 4)
+    );
     assert_eq!(m.meta.seq_lens, vec![1, 17, 60]);
 }

@@ -82,12 +82,10 @@ pub fn row_label(kernel: &str, batch: usize, context: usize, hq: usize, hkv: usi
 
 impl BenchOptions {
     fn wants(&self, kernel: &str, batch: usize, context: usize, hq: usize, hkv: usize) -> bool {
-        self.filter
-            .as_deref()
-            .is_none_or(|f| {
-                let label = row_label(kernel, batch, context, hq, hkv);
-                f.split(',').any(|alt| label.contains(alt))
-            })
+        self.filter.as_deref().is_none_or(|f| {
+            let label = row_label(kernel, batch, context, hq, hkv);
+            f.split(',').any(|alt| label.contains(alt))
+        })
     }
 }
 
@@ -526,4 +524,22 @@ pub fn svg(report: &BenchReport) -> String {
     }
     s += "</svg>\n";
     s
+}
+
+#[cfg(test)]
+mod filter_tests {
+    use super::BenchOptions;
+
+    #[test]
+    fn filter_takes_comma_separated_alternatives() {
+        let opts = |f: &str| BenchOptions {
+            filter: Some(f.to_string()),
+            ..BenchOptions::default()
+        };
+        let both = opts("ll4mi b64 ctx8192 32/8,2d b1 ctx1024");
+        assert!(both.wants("paged_attention_ll4mi", 64, 8192, 32, 8));
+        assert!(both.wants("paged_attention_2d", 1, 1024, 32, 8));
+        assert!(!both.wants("paged_attention_ll4mi", 1, 1024, 32, 8));
+        assert!(BenchOptions::default().wants("anything", 1, 1, 1, 1));
+    }
 }

@@ -126,7 +126,12 @@ fn compile_one(
         Target::Amd { gfx } => hipcc_compile(gfx, &name, &unit, defines, resources),
         Target::Host { wave } => crate::runtime::host::HostCompiler::detect()?
             .build(*wave, &name, &unit, defines)
-            .map(|lib| (std::fs::metadata(lib).map_or(0, |m| m.len() as usize), Vec::new())),
+            .map(|lib| {
+                (
+                    std::fs::metadata(lib).map_or(0, |m| m.len() as usize),
+                    Vec::new(),
+                )
+            }),
     };
     let define_text = defines
         .iter()
@@ -168,8 +173,14 @@ fn ptxas_resources(log: &str) -> Vec<String> {
     let mut current: Option<(String, Vec<String>)> = None;
     for line in log.lines() {
         // "ptxas info    : <text>" or a continuation "ptxas         .     <text>".
-        let text = line.trim_start_matches("ptxas").trim_start().trim_start_matches([':', '.']).trim();
-        let text = text.strip_prefix("info").map_or(text, |t| t.trim_start().trim_start_matches(':').trim());
+        let text = line
+            .trim_start_matches("ptxas")
+            .trim_start()
+            .trim_start_matches([':', '.'])
+            .trim();
+        let text = text
+            .strip_prefix("info")
+            .map_or(text, |t| t.trim_start().trim_start_matches(':').trim());
         if let Some(rest) = text.strip_prefix("Compiling entry function '") {
             if let Some((name, parts)) = current.take() {
                 out.push(format!("{name}: {}", parts.join(", ")));

@@ -37,9 +37,16 @@ impl BlockPool {
         }
         // Block ids end up in int32 block tables.
         if num_blocks > i32::MAX as usize {
-            return Err(Error::invalid("num_blocks", num_blocks, format!("allowed range is [1, {}]", i32::MAX)));
+            return Err(Error::invalid(
+                "num_blocks",
+                num_blocks,
+                format!("allowed range is [1, {}]", i32::MAX),
+            ));
         }
-        Ok(BlockPool { ref_counts: vec![0; num_blocks], free: (0..num_blocks).collect() })
+        Ok(BlockPool {
+            ref_counts: vec![0; num_blocks],
+            free: (0..num_blocks).collect(),
+        })
     }
 
     pub fn num_blocks(&self) -> usize {
@@ -53,7 +60,13 @@ impl BlockPool {
     /// Takes one free block (reference count 1).
     pub fn allocate(&mut self) -> Result<usize> {
         let id = self.free.pop_front().ok_or_else(|| {
-            Error::unsupported("allocating a KV block", format!("the pool is exhausted: all {} blocks are in use", self.num_blocks()))
+            Error::unsupported(
+                "allocating a KV block",
+                format!(
+                    "the pool is exhausted: all {} blocks are in use",
+                    self.num_blocks()
+                ),
+            )
         })?;
         self.ref_counts[id] = 1;
         Ok(id)
@@ -64,7 +77,11 @@ impl BlockPool {
         if n > self.num_free() {
             return Err(Error::unsupported(
                 format!("allocating {n} KV blocks"),
-                format!("only {} of {} blocks are free", self.num_free(), self.num_blocks()),
+                format!(
+                    "only {} of {} blocks are free",
+                    self.num_free(),
+                    self.num_blocks()
+                ),
             ));
         }
         (0..n).map(|_| self.allocate()).collect()
@@ -94,7 +111,11 @@ impl BlockPool {
 
     fn check_id(&self, id: usize) -> Result<()> {
         if id >= self.num_blocks() {
-            return Err(Error::invalid("block id", id, format!("allowed range is [0, {})", self.num_blocks())));
+            return Err(Error::invalid(
+                "block id",
+                id,
+                format!("allowed range is [0, {})", self.num_blocks()),
+            ));
         }
         Ok(())
     }
@@ -102,7 +123,11 @@ impl BlockPool {
     fn check_allocated(&self, id: usize) -> Result<()> {
         self.check_id(id)?;
         if self.ref_counts[id] == 0 {
-            return Err(Error::invalid("block id", id, "the block is free (double free, or never allocated)"));
+            return Err(Error::invalid(
+                "block id",
+                id,
+                "the block is free (double free, or never allocated)",
+            ));
         }
         Ok(())
     }
@@ -121,7 +146,11 @@ impl BlockTable {
         if block_size == 0 {
             return Err(Error::invalid("block_size", 0, "must be >= 1"));
         }
-        Ok(BlockTable { block_size, blocks: Vec::new(), num_tokens: 0 })
+        Ok(BlockTable {
+            block_size,
+            blocks: Vec::new(),
+            num_tokens: 0,
+        })
     }
 
     pub fn block_size(&self) -> usize {
@@ -140,7 +169,9 @@ impl BlockTable {
 
     /// Blocks `n` more tokens would need on top of those already reserved.
     pub fn blocks_needed(&self, n: usize) -> usize {
-        (self.num_tokens + n).div_ceil(self.block_size).saturating_sub(self.blocks.len())
+        (self.num_tokens + n)
+            .div_ceil(self.block_size)
+            .saturating_sub(self.blocks.len())
     }
 
     /// Reserves `n` more tokens, allocating blocks as needed (all or none).
@@ -164,7 +195,14 @@ impl BlockTable {
     /// The flat slot of token position `pos`.
     pub fn slot(&self, pos: usize) -> Result<i64> {
         if pos >= self.num_tokens {
-            return Err(Error::invalid("token position", pos, format!("allowed range is [0, {}) (tokens reserved)", self.num_tokens)));
+            return Err(Error::invalid(
+                "token position",
+                pos,
+                format!(
+                    "allowed range is [0, {}) (tokens reserved)",
+                    self.num_tokens
+                ),
+            ));
         }
         Ok((self.blocks[pos / self.block_size] * self.block_size + pos % self.block_size) as i64)
     }
@@ -178,7 +216,11 @@ impl BlockTable {
 /// Pads a slot mapping to `len` entries with `-1` (CUDA-graph padding).
 pub fn pad_slot_mapping(slots: &mut Vec<i64>, len: usize) -> Result<()> {
     if len < slots.len() {
-        return Err(Error::invalid("padded slot_mapping length", len, format!("must be >= the {} real tokens", slots.len())));
+        return Err(Error::invalid(
+            "padded slot_mapping length",
+            len,
+            format!("must be >= the {} real tokens", slots.len()),
+        ));
     }
     slots.resize(len, PAD_SLOT_ID);
     Ok(())
@@ -206,7 +248,10 @@ impl std::fmt::Display for KernelBlockSize {
 /// vLLM's `select_common_block_size` for one backend (§1.4): the manager size
 /// itself if the backend accepts it, else the largest explicit size dividing
 /// it (ROCM_AITER_FA `[16, 32]`: 544 -> 32, 64 -> 32); `None` when no size fits.
-pub fn common_block_size(manager_block_size: usize, supported: &[KernelBlockSize]) -> Option<usize> {
+pub fn common_block_size(
+    manager_block_size: usize,
+    supported: &[KernelBlockSize],
+) -> Option<usize> {
     if manager_block_size == 0 {
         return None;
     }
@@ -228,7 +273,11 @@ pub fn common_block_size(manager_block_size: usize, supported: &[KernelBlockSize
 
 /// [`common_block_size`] as a backend's setup calls it: vLLM's "No common
 /// block size" error naming the backend and its sizes when none fits.
-pub fn select_kernel_block_size(manager_block_size: usize, backend: &str, supported: &[KernelBlockSize]) -> Result<usize> {
+pub fn select_kernel_block_size(
+    manager_block_size: usize,
+    backend: &str,
+    supported: &[KernelBlockSize],
+) -> Result<usize> {
     if manager_block_size == 0 {
         return Err(Error::invalid("block_size", 0, "must be >= 1"));
     }
@@ -236,7 +285,10 @@ pub fn select_kernel_block_size(manager_block_size: usize, backend: &str, suppor
         let sizes: Vec<String> = supported.iter().map(|s| s.to_string()).collect();
         Error::unsupported(
             format!("block size {manager_block_size}"),
-            format!("No common block size for {manager_block_size} ({backend}: [{}])", sizes.join(", ")),
+            format!(
+                "No common block size for {manager_block_size} ({backend}: [{}])",
+                sizes.join(", ")
+            ),
         )
     })
 }
@@ -264,7 +316,10 @@ impl KernelBlockSplit {
                 format!("must divide the manager block size {manager_block_size}"),
             ));
         }
-        Ok(KernelBlockSplit { manager_block_size, kernel_block_size })
+        Ok(KernelBlockSplit {
+            manager_block_size,
+            kernel_block_size,
+        })
     }
 
     /// Kernel blocks per manager block.
@@ -275,7 +330,10 @@ impl KernelBlockSplit {
     /// The kernel block ids of a table of manager blocks.
     pub fn kernel_blocks(&self, manager_blocks: &[usize]) -> Vec<usize> {
         let r = self.ratio();
-        manager_blocks.iter().flat_map(|&m| (0..r).map(move |j| m * r + j)).collect()
+        manager_blocks
+            .iter()
+            .flat_map(|&m| (0..r).map(move |j| m * r + j))
+            .collect()
     }
 
     /// Kernel blocks in a cache of `num_manager_blocks` manager blocks.
@@ -293,8 +351,13 @@ pub fn block_table_tensor(rows: &[&[usize]], split: KernelBlockSplit) -> Result<
         let row32: Result<Vec<i32>> = ids
             .iter()
             .map(|&b| {
-                i32::try_from(b)
-                    .map_err(|_| Error::invalid(format!("block_table[{i}] kernel block id"), b, format!("must be <= {}", i32::MAX)))
+                i32::try_from(b).map_err(|_| {
+                    Error::invalid(
+                        format!("block_table[{i}] kernel block id"),
+                        b,
+                        format!("must be <= {}", i32::MAX),
+                    )
+                })
             })
             .collect();
         out.push(row32?);
@@ -312,7 +375,10 @@ mod tests {
         let b = pool.allocate().unwrap();
         pool.free(b).unwrap();
         let e = pool.free(b).unwrap_err().to_string();
-        assert!(e.contains(&format!("block id {b}")) && e.contains("double free"), "{e}");
+        assert!(
+            e.contains(&format!("block id {b}")) && e.contains("double free"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -352,15 +418,27 @@ mod tests {
         t.append_tokens(6, &mut pool).unwrap(); // blocks 1, 2
         assert_eq!(t.slot_mapping(3..6).unwrap(), vec![7, 8, 9]);
         let e = t.slot(6).unwrap_err().to_string();
-        assert!(e.contains("token position 6") && e.contains("[0, 6)"), "{e}");
+        assert!(
+            e.contains("token position 6") && e.contains("[0, 6)"),
+            "{e}"
+        );
     }
 
     #[test]
     fn aiter_fa_splits_544_into_17_blocks_of_32() {
         let fa = [KernelBlockSize::Exact(16), KernelBlockSize::Exact(32)];
-        assert_eq!(select_kernel_block_size(544, "ROCM_AITER_FA", &fa).unwrap(), 32);
-        assert_eq!(select_kernel_block_size(64, "ROCM_AITER_FA", &fa).unwrap(), 32);
-        assert_eq!(select_kernel_block_size(16, "ROCM_AITER_FA", &fa).unwrap(), 16);
+        assert_eq!(
+            select_kernel_block_size(544, "ROCM_AITER_FA", &fa).unwrap(),
+            32
+        );
+        assert_eq!(
+            select_kernel_block_size(64, "ROCM_AITER_FA", &fa).unwrap(),
+            32
+        );
+        assert_eq!(
+            select_kernel_block_size(16, "ROCM_AITER_FA", &fa).unwrap(),
+            16
+        );
         let split = KernelBlockSplit::new(544, 32).unwrap();
         assert_eq!(split.ratio(), 17);
         assert_eq!(split.kernel_blocks(&[2])[..2], [34, 35]);
@@ -368,8 +446,17 @@ mod tests {
 
     #[test]
     fn no_common_block_size_is_vllms_error() {
-        let e = select_kernel_block_size(8, "ROCM_AITER_FA", &[KernelBlockSize::Exact(16), KernelBlockSize::Exact(32)]).unwrap_err();
-        assert!(e.to_string().contains("No common block size for 8 (ROCM_AITER_FA: [16, 32])"), "{e}");
+        let e = select_kernel_block_size(
+            8,
+            "ROCM_AITER_FA",
+            &[KernelBlockSize::Exact(16), KernelBlockSize::Exact(32)],
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("No common block size for 8 (ROCM_AITER_FA: [16, 32])"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -386,7 +473,11 @@ mod tests {
 
     #[test]
     fn block_table_tensor_pads_rows_with_zero() {
-        let t = block_table_tensor(&[&[3], &[1, 2]], KernelBlockSplit::new(16, 16).unwrap()).unwrap();
-        assert_eq!((t.num_rows, t.max_blocks, t.data.clone()), (2, 2, vec![3, 0, 1, 2]));
+        let t =
+            block_table_tensor(&[&[3], &[1, 2]], KernelBlockSplit::new(16, 16).unwrap()).unwrap();
+        assert_eq!(
+            (t.num_rows, t.max_blocks, t.data.clone()),
+            (2, 2, vec![3, 0, 1, 2])
+        );
     }
 }

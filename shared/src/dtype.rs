@@ -22,7 +22,13 @@ pub enum DType {
     Fp8E4m3Fn,
 }
 
-pub const ALL_DTYPES: [DType; 5] = [DType::F32, DType::F16, DType::Bf16, DType::Fp8E4m3Fnuz, DType::Fp8E4m3Fn];
+pub const ALL_DTYPES: [DType; 5] = [
+    DType::F32,
+    DType::F16,
+    DType::Bf16,
+    DType::Fp8E4m3Fnuz,
+    DType::Fp8E4m3Fn,
+];
 
 impl DType {
     /// Names as torch/vLLM print them (`float16`, `bfloat16`, ...).
@@ -137,13 +143,23 @@ pub struct Fp8Format {
     fnuz: bool,
 }
 
-pub const FP8_FNUZ: Fp8Format = Fp8Format { bias: 8, fnuz: true };
-pub const FP8_FN: Fp8Format = Fp8Format { bias: 7, fnuz: false };
+pub const FP8_FNUZ: Fp8Format = Fp8Format {
+    bias: 8,
+    fnuz: true,
+};
+pub const FP8_FN: Fp8Format = Fp8Format {
+    bias: 7,
+    fnuz: false,
+};
 
 impl Fp8Format {
     /// Largest finite magnitude code (7 bits).
     fn max_code(&self) -> u8 {
-        if self.fnuz { 0x7f } else { 0x7e }
+        if self.fnuz {
+            0x7f
+        } else {
+            0x7e
+        }
     }
 
     /// Magnitude of a 7-bit code.
@@ -166,7 +182,11 @@ impl Fp8Format {
             return f32::NAN;
         }
         let v = self.magnitude(b & 0x7f);
-        if b & 0x80 != 0 { -v } else { v }
+        if b & 0x80 != 0 {
+            -v
+        } else {
+            v
+        }
     }
 
     /// Round to nearest, ties to even code, saturating to the largest finite
@@ -186,7 +206,11 @@ impl Fp8Format {
         } else {
             while hi - lo > 1 {
                 let mid = lo + (hi - lo) / 2;
-                if self.magnitude(mid) <= a { lo = mid } else { hi = mid }
+                if self.magnitude(mid) <= a {
+                    lo = mid
+                } else {
+                    hi = mid
+                }
             }
         }
         let code = if lo == max_code {
@@ -194,7 +218,11 @@ impl Fp8Format {
         } else {
             let (below, above) = (self.magnitude(lo), self.magnitude(lo + 1));
             let (db, da) = (a - below, above - a);
-            if db < da || (db == da && lo % 2 == 0) { lo } else { lo + 1 }
+            if db < da || (db == da && lo % 2 == 0) {
+                lo
+            } else {
+                lo + 1
+            }
         };
         if code == 0 && self.fnuz {
             0 // fnuz has no negative zero
@@ -217,7 +245,8 @@ pub enum KvCacheDtype {
 }
 
 impl KvCacheDtype {
-    pub const NAMES: [&'static str; 6] = ["auto", "float16", "bfloat16", "fp8", "fp8_e4m3", "fp8_e5m2"];
+    pub const NAMES: [&'static str; 6] =
+        ["auto", "float16", "bfloat16", "fp8", "fp8_e4m3", "fp8_e5m2"];
 
     pub fn parse(s: &str) -> Result<Self> {
         Ok(match s {
@@ -242,7 +271,10 @@ impl KvCacheDtype {
     }
 
     pub fn is_fp8(self) -> bool {
-        matches!(self, KvCacheDtype::Fp8 | KvCacheDtype::Fp8E4m3 | KvCacheDtype::Fp8E5m2)
+        matches!(
+            self,
+            KvCacheDtype::Fp8 | KvCacheDtype::Fp8E4m3 | KvCacheDtype::Fp8E5m2
+        )
     }
 
     /// The storage dtype of the cache for a model dtype on a GPU arch:

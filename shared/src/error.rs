@@ -7,18 +7,33 @@ use thiserror::Error;
 pub enum Error {
     /// A value outside its allowed set or range.
     #[error("invalid {what} {value}: {allowed}")]
-    Invalid { what: String, value: String, allowed: String },
+    Invalid {
+        what: String,
+        value: String,
+        allowed: String,
+    },
     /// A well-formed request that a layout, kernel or backend does not support.
     #[error("{what} is not supported: {reason}")]
     Unsupported { what: String, reason: String },
 }
 
 impl Error {
-    pub fn invalid(what: impl Into<String>, value: impl ToString, allowed: impl Into<String>) -> Self {
-        Error::Invalid { what: what.into(), value: value.to_string(), allowed: allowed.into() }
+    pub fn invalid(
+        what: impl Into<String>,
+        value: impl ToString,
+        allowed: impl Into<String>,
+    ) -> Self {
+        Error::Invalid {
+            what: what.into(),
+            value: value.to_string(),
+            allowed: allowed.into(),
+        }
     }
     pub fn unsupported(what: impl Into<String>, reason: impl Into<String>) -> Self {
-        Error::Unsupported { what: what.into(), reason: reason.into() }
+        Error::Unsupported {
+            what: what.into(),
+            reason: reason.into(),
+        }
     }
 }
 
@@ -27,7 +42,11 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// Checks `lo <= value <= hi` and names the range when it fails.
 pub fn check_range(what: &str, value: i64, lo: i64, hi: i64) -> Result<()> {
     if value < lo || value > hi {
-        return Err(Error::invalid(what, value, format!("allowed range is [{lo}, {hi}]")));
+        return Err(Error::invalid(
+            what,
+            value,
+            format!("allowed range is [{lo}, {hi}]"),
+        ));
     }
     Ok(())
 }

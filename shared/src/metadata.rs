@@ -51,7 +51,11 @@ impl BlockTableTensor {
         for (i, r) in rows.iter().enumerate() {
             data[i * max_blocks..i * max_blocks + r.len()].copy_from_slice(r);
         }
-        BlockTableTensor { num_rows: rows.len(), max_blocks, data }
+        BlockTableTensor {
+            num_rows: rows.len(),
+            max_blocks,
+            data,
+        }
     }
 
     pub fn row(&self, i: usize) -> &[i32] {
@@ -109,12 +113,23 @@ impl AttentionMetadata {
             ));
         }
         if query_start_loc[0] != 0 {
-            return Err(Error::invalid("query_start_loc[0]", query_start_loc[0], "must be 0"));
+            return Err(Error::invalid(
+                "query_start_loc[0]",
+                query_start_loc[0],
+                "must be 0",
+            ));
         }
-        if block_table.num_rows < num_reqs || block_table.data.len() != block_table.num_rows * block_table.max_blocks {
+        if block_table.num_rows < num_reqs
+            || block_table.data.len() != block_table.num_rows * block_table.max_blocks
+        {
             return Err(Error::invalid(
                 "block_table shape",
-                format!("[{}, {}] with {} elements", block_table.num_rows, block_table.max_blocks, block_table.data.len()),
+                format!(
+                    "[{}, {}] with {} elements",
+                    block_table.num_rows,
+                    block_table.max_blocks,
+                    block_table.data.len()
+                ),
                 format!("needs at least {num_reqs} rows and rows*cols elements"),
             ));
         }
@@ -211,7 +226,10 @@ impl AttentionMetadata {
     /// Where KV token `t` of request `i` lives: (physical block, row in block).
     #[inline]
     pub fn kv_location(&self, i: usize, t: usize) -> (usize, usize) {
-        (self.block_table.block(i, t / self.block_size), t % self.block_size)
+        (
+            self.block_table.block(i, t / self.block_size),
+            t % self.block_size,
+        )
     }
     /// Classifies request i as ROCM_AITER_FA's split does (decode threshold 1).
     pub fn kind(&self, i: usize, decode_threshold: usize) -> RequestKind {
@@ -236,7 +254,16 @@ mod tests {
 
     #[test]
     fn lengths_follow_vllm_vocabulary() {
-        let m = AttentionMetadata::new(16, 4, vec![0, 1, 5], vec![20, 4], table(), vec![3 * 16 + 3, 32, 33, 34, 35], true).unwrap();
+        let m = AttentionMetadata::new(
+            16,
+            4,
+            vec![0, 1, 5],
+            vec![20, 4],
+            table(),
+            vec![3 * 16 + 3, 32, 33, 34, 35],
+            true,
+        )
+        .unwrap();
         assert_eq!(m.context_len(0), 19);
         assert_eq!(m.kind(0, 1), RequestKind::Decode);
         assert_eq!(m.kind(1, 1), RequestKind::Prefill);
@@ -246,19 +273,37 @@ mod tests {
     #[test]
     fn rejects_block_id_out_of_range_naming_it() {
         let t = BlockTableTensor::from_rows(&[vec![9]]);
-        let e = AttentionMetadata::new(16, 4, vec![0, 1], vec![1], t, vec![0], true).unwrap_err().to_string();
-        assert!(e.contains("block_table[0][0]") && e.contains("[0, 4)"), "{e}");
+        let e = AttentionMetadata::new(16, 4, vec![0, 1], vec![1], t, vec![0], true)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("block_table[0][0]") && e.contains("[0, 4)"),
+            "{e}"
+        );
     }
 
     #[test]
     fn rejects_seq_len_beyond_table() {
-        let e = AttentionMetadata::new(16, 4, vec![0, 1, 2], vec![33, 1], table(), vec![0, 1], true).unwrap_err().to_string();
+        let e =
+            AttentionMetadata::new(16, 4, vec![0, 1, 2], vec![33, 1], table(), vec![0, 1], true)
+                .unwrap_err()
+                .to_string();
         assert!(e.contains("seq_lens[0]") && e.contains("2 columns"), "{e}");
     }
 
     #[test]
     fn rejects_slot_outside_cache() {
-        let e = AttentionMetadata::new(16, 4, vec![0, 1, 2], vec![1, 1], table(), vec![64, -1], true).unwrap_err().to_string();
+        let e = AttentionMetadata::new(
+            16,
+            4,
+            vec![0, 1, 2],
+            vec![1, 1],
+            table(),
+            vec![64, -1],
+            true,
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("slot_mapping[0]"), "{e}");
     }
 }

@@ -66,7 +66,12 @@ pub const PRESETS: [ModelPreset; 3] = [
         num_kv_heads: 1,
         head_size: 576,
         dtype: DType::Bf16,
-        mla: Some(MlaDims { kv_lora_rank: 512, qk_rope_head_dim: 64, qk_nope_head_dim: 128, v_head_dim: 128 }),
+        mla: Some(MlaDims {
+            kv_lora_rank: 512,
+            qk_rope_head_dim: 64,
+            qk_nope_head_dim: 128,
+            v_head_dim: 128,
+        }),
         block_size: None,
     },
 ];
@@ -77,7 +82,14 @@ pub fn preset(name: &str) -> Result<&'static ModelPreset> {
         Error::invalid(
             "model preset",
             format!("'{name}'"),
-            format!("allowed: {}", PRESETS.iter().map(|p| p.name).collect::<Vec<_>>().join(", ")),
+            format!(
+                "allowed: {}",
+                PRESETS
+                    .iter()
+                    .map(|p| p.name)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
         )
     })
 }

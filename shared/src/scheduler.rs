@@ -117,7 +117,11 @@ pub struct BatchSplit {
 /// vLLM's reorder regions: 0 decode, 1 short extend (a prompt chunk of
 /// <= threshold tokens on top of context), 2 long extend, 3 prefill.
 fn reorder_region(context_len: usize, query_len: usize, prompt_len: usize, threshold: usize) -> u8 {
-    let (has_context, below, done_prefill) = (context_len > 0, query_len <= threshold, context_len >= prompt_len);
+    let (has_context, below, done_prefill) = (
+        context_len > 0,
+        query_len <= threshold,
+        context_len >= prompt_len,
+    );
     match (has_context, below, done_prefill) {
         (true, true, true) => 0,
         (true, true, false) => 1,
@@ -134,7 +138,9 @@ fn reorder_region(context_len: usize, query_len: usize, prompt_len: usize, thres
 fn split_points(rows: &[(usize, usize)], threshold: usize) -> (usize, usize) {
     let n = rows.len();
     let first_extend = rows.iter().position(|&(q, _)| q > threshold).unwrap_or(n);
-    let first_prefill = (first_extend..n).find(|&i| rows[i].0 > threshold && rows[i].1 == 0).unwrap_or(n);
+    let first_prefill = (first_extend..n)
+        .find(|&i| rows[i].0 > threshold && rows[i].1 == 0)
+        .unwrap_or(n);
     (first_extend, first_prefill)
 }
 
@@ -159,7 +165,11 @@ impl ScheduledStep {
 
     /// Requests and tokens per class (the split ROCM_AITER_FA computes).
     pub fn split(&self, decode_threshold: usize) -> BatchSplit {
-        let rows: Vec<(usize, usize)> = self.requests.iter().map(|r| (r.query_len, r.context_len)).collect();
+        let rows: Vec<(usize, usize)> = self
+            .requests
+            .iter()
+            .map(|r| (r.query_len, r.context_len))
+            .collect();
         batch_split(&rows, decode_threshold)
     }
 
@@ -170,7 +180,10 @@ impl ScheduledStep {
         let split = KernelBlockSplit::new(self.block_size, kernel_block_size)?;
         let rows: Vec<&[usize]> = self.requests.iter().map(|r| r.blocks.as_slice()).collect();
         let table = block_table_tensor(&rows, split)?;
-        let as_i32 = |what: String, v: usize| i32::try_from(v).map_err(|_| Error::invalid(what, v, format!("must be <= {}", i32::MAX)));
+        let as_i32 = |what: String, v: usize| {
+            i32::try_from(v)
+                .map_err(|_| Error::invalid(what, v, format!("must be <= {}", i32::MAX)))
+        };
         let mut query_start_loc = vec![0i32];
         let mut seq_lens = Vec::with_capacity(self.requests.len());
         let mut slot_mapping = Vec::with_capacity(self.num_tokens());
@@ -183,7 +196,10 @@ impl ScheduledStep {
                     Error::invalid(
                         format!("request {} token position", r.id),
                         pos,
-                        format!("its blocks hold {} tokens", r.blocks.len() * self.block_size),
+                        format!(
+                            "its blocks hold {} tokens",
+                            r.blocks.len() * self.block_size
+                        ),
                     )
                 })?;
                 slot_mapping.push((block * self.block_size + pos % self.block_size) as i64);
@@ -202,15 +218,25 @@ impl ScheduledStep {
 
     /// ROCM_AITER_FA's context chunks for this step's extend requests.
     pub fn context_chunks(&self, chunk_tokens: usize) -> Result<ContextChunks> {
-        let ctx: Vec<usize> = self.requests.iter().filter(|r| r.kind == RequestKind::Extend).map(|r| r.context_len).collect();
+        let ctx: Vec<usize> = self
+            .requests
+            .iter()
+            .filter(|r| r.kind == RequestKind::Extend)
+            .map(|r| r.context_len)
+            .collect();
         context_chunks(&ctx, chunk_tokens)
     }
 }
 
 /// vLLM's `split_decodes_prefills_and_extends` on built metadata (rows
 /// must be reordered decode : extend : prefill).
-pub fn split_decodes_prefills_and_extends(meta: &AttentionMetadata, decode_threshold: usize) -> BatchSplit {
-    let rows: Vec<(usize, usize)> = (0..meta.num_reqs()).map(|i| (meta.query_len(i), meta.context_len(i))).collect();
+pub fn split_decodes_prefills_and_extends(
+    meta: &AttentionMetadata,
+    decode_threshold: usize,
+) -> BatchSplit {
+    let rows: Vec<(usize, usize)> = (0..meta.num_reqs())
+        .map(|i| (meta.query_len(i), meta.context_len(i)))
+        .collect();
     batch_split(&rows, decode_threshold)
 }
 
@@ -243,7 +269,10 @@ pub struct ContextChunks {
 pub fn context_chunks(context_lens: &[usize], chunk_tokens: usize) -> Result<ContextChunks> {
     let ne = context_lens.len();
     if ne == 0 {
-        return Ok(ContextChunks { max_context_chunk: chunk_tokens, chunks: Vec::new() });
+        return Ok(ContextChunks {
+            max_context_chunk: chunk_tokens,
+            chunks: Vec::new(),
+        });
     }
     let max_chunk = chunk_tokens / ne;
     if max_chunk == 0 {
@@ -253,18 +282,30 @@ pub fn context_chunks(context_lens: &[usize], chunk_tokens: usize) -> Result<Con
             format!("cp_tokens_per_iter must be >= the number of extend requests ({ne})"),
         ));
     }
-    let num_chunks = context_lens.iter().max().copied().unwrap_or(0).div_ceil(max_chunk);
+    let num_chunks = context_lens
+        .iter()
+        .max()
+        .copied()
+        .unwrap_or(0)
+        .div_ceil(max_chunk);
     let chunks = (0..num_chunks)
         .map(|c| {
             let start = c * max_chunk;
-            let lens: Vec<usize> = context_lens.iter().map(|&ctx| ctx.min(start + max_chunk).saturating_sub(start)).collect();
+            let lens: Vec<usize> = context_lens
+                .iter()
+                .map(|&ctx| ctx.min(start + max_chunk).saturating_sub(start))
+                .collect();
             let mut cu_seq_lens = vec![0i32];
             let mut token_to_batch = Vec::new();
             for (i, &l) in lens.iter().enumerate() {
                 // cu_seqlens_k is int32 in the FA launch.
                 let end = cu_seq_lens[i] as usize + l;
                 cu_seq_lens.push(i32::try_from(end).map_err(|_| {
-                    Error::invalid(format!("context chunk {c} cu_seq_lens[{}]", i + 1), end, format!("must be <= {}", i32::MAX))
+                    Error::invalid(
+                        format!("context chunk {c} cu_seq_lens[{}]", i + 1),
+                        end,
+                        format!("must be <= {}", i32::MAX),
+                    )
                 })?);
                 token_to_batch.extend(std::iter::repeat(i as i32).take(l));
             }
@@ -278,13 +319,22 @@ pub fn context_chunks(context_lens: &[usize], chunk_tokens: usize) -> Result<Con
             })
         })
         .collect::<Result<_>>()?;
-    Ok(ContextChunks { max_context_chunk: max_chunk, chunks })
+    Ok(ContextChunks {
+        max_context_chunk: max_chunk,
+        chunks,
+    })
 }
 
 /// The context chunks of the extend rows of built metadata.
-pub fn extend_context_chunks(meta: &AttentionMetadata, decode_threshold: usize, chunk_tokens: usize) -> Result<ContextChunks> {
+pub fn extend_context_chunks(
+    meta: &AttentionMetadata,
+    decode_threshold: usize,
+    chunk_tokens: usize,
+) -> Result<ContextChunks> {
     let s = split_decodes_prefills_and_extends(meta, decode_threshold);
-    let ctx: Vec<usize> = (s.num_decodes..s.num_decodes + s.num_extends).map(|i| meta.context_len(i)).collect();
+    let ctx: Vec<usize> = (s.num_decodes..s.num_decodes + s.num_extends)
+        .map(|i| meta.context_len(i))
+        .collect();
     context_chunks(&ctx, chunk_tokens)
 }
 
@@ -343,13 +393,17 @@ impl Scheduler {
                 ));
             }
             // The last sampled token is never fed back, so the KV holds prompt + output - 1.
-            let kv = r.prompt_len.checked_add(r.output_len - 1).filter(|&kv| kv <= i32::MAX as usize).ok_or_else(|| {
-                Error::invalid(
-                    format!("request {i} prompt + output length"),
-                    format!("{} + {}", r.prompt_len, r.output_len),
-                    format!("must be <= {}", i32::MAX),
-                )
-            })?;
+            let kv = r
+                .prompt_len
+                .checked_add(r.output_len - 1)
+                .filter(|&kv| kv <= i32::MAX as usize)
+                .ok_or_else(|| {
+                    Error::invalid(
+                        format!("request {i} prompt + output length"),
+                        format!("{} + {}", r.prompt_len, r.output_len),
+                        format!("must be <= {}", i32::MAX),
+                    )
+                })?;
             needed = needed.saturating_add(kv.div_ceil(cfg.block_size));
         }
         let num_blocks = cfg.num_blocks.unwrap_or(needed.max(1));
@@ -360,15 +414,30 @@ impl Scheduler {
                 return Err(Error::invalid(
                     format!("request {i} length"),
                     r.prompt_len + r.output_len - 1,
-                    format!("needs {blocks} blocks of {} but the pool has {num_blocks}", cfg.block_size),
+                    format!(
+                        "needs {blocks} blocks of {} but the pool has {num_blocks}",
+                        cfg.block_size
+                    ),
                 ));
             }
         }
         let mut waiting = VecDeque::with_capacity(requests.len());
         for (id, &req) in requests.iter().enumerate() {
-            waiting.push_back(Live { id, req, num_computed: 0, num_output: 0, table: BlockTable::new(cfg.block_size)? });
+            waiting.push_back(Live {
+                id,
+                req,
+                num_computed: 0,
+                num_output: 0,
+                table: BlockTable::new(cfg.block_size)?,
+            });
         }
-        Ok(Scheduler { cfg, pool, waiting, running: Vec::new(), step_index: 0 })
+        Ok(Scheduler {
+            cfg,
+            pool,
+            waiting,
+            running: Vec::new(),
+            step_index: 0,
+        })
     }
 
     pub fn config(&self) -> &SchedulerConfig {
@@ -387,7 +456,10 @@ impl Scheduler {
     /// model had run it.
     pub fn step(&mut self) -> Result<ScheduledStep> {
         if self.is_finished() {
-            return Err(Error::unsupported("scheduling a step", "every request has finished"));
+            return Err(Error::unsupported(
+                "scheduling a step",
+                "every request has finished",
+            ));
         }
         let mut budget = self.cfg.max_num_batched_tokens;
         let mut scheduled: Vec<(usize, usize)> = Vec::new(); // (index in running, num_new)
@@ -395,7 +467,11 @@ impl Scheduler {
         let mut i = 0;
         'running: while i < self.running.len() && budget > 0 {
             let num_new = (self.running[i].num_tokens() - self.running[i].num_computed).min(budget);
-            while self.running[i].table.append_tokens(num_new, &mut self.pool).is_err() {
+            while self.running[i]
+                .table
+                .append_tokens(num_new, &mut self.pool)
+                .is_err()
+            {
                 let mut victim = self.running.pop().expect("running holds request i");
                 victim.table.free_all(&mut self.pool)?;
                 victim.num_computed = 0;
@@ -410,7 +486,9 @@ impl Scheduler {
             i += 1;
         }
         while preempted.is_empty() && budget > 0 && self.running.len() < self.cfg.max_num_seqs {
-            let Some(w) = self.waiting.front_mut() else { break };
+            let Some(w) = self.waiting.front_mut() else {
+                break;
+            };
             let num_new = (w.num_tokens() - w.num_computed).min(budget);
             if w.table.append_tokens(num_new, &mut self.pool).is_err() {
                 break;
@@ -423,7 +501,11 @@ impl Scheduler {
         if scheduled.is_empty() {
             return Err(Error::unsupported(
                 "scheduling a step",
-                format!("no request fits: {} blocks free of {}", self.pool.num_free(), self.pool.num_blocks()),
+                format!(
+                    "no request fits: {} blocks free of {}",
+                    self.pool.num_free(),
+                    self.pool.num_blocks()
+                ),
             ));
         }
 
@@ -441,12 +523,18 @@ impl Scheduler {
                     prompt_len: r.req.prompt_len,
                     blocks: r.table.blocks().to_vec(),
                 };
-                (reorder_region(r.num_computed, num_new, r.req.prompt_len, threshold), req)
+                (
+                    reorder_region(r.num_computed, num_new, r.req.prompt_len, threshold),
+                    req,
+                )
             })
             .collect();
         requests.sort_by_key(|(region, _)| *region); // stable
         let mut requests: Vec<ScheduledRequest> = requests.into_iter().map(|(_, r)| r).collect();
-        let rows: Vec<(usize, usize)> = requests.iter().map(|r| (r.query_len, r.context_len)).collect();
+        let rows: Vec<(usize, usize)> = requests
+            .iter()
+            .map(|r| (r.query_len, r.context_len))
+            .collect();
         let (first_extend, first_prefill) = split_points(&rows, threshold);
         for (i, r) in requests.iter_mut().enumerate() {
             r.kind = if i < first_extend {
@@ -489,7 +577,11 @@ impl Scheduler {
         let mut steps = Vec::new();
         while !self.is_finished() {
             if steps.len() == max_steps {
-                return Err(Error::invalid("max_steps", max_steps, "the workload needs more steps than this limit"));
+                return Err(Error::invalid(
+                    "max_steps",
+                    max_steps,
+                    "the workload needs more steps than this limit",
+                ));
             }
             steps.push(self.step()?);
         }
@@ -518,6 +610,9 @@ mod tests {
     #[test]
     fn chunk_size_smaller_than_extend_count_is_rejected() {
         let e = context_chunks(&[5, 5, 5], 2).unwrap_err().to_string();
-        assert!(e.contains("context chunk size 2") && e.contains("(3)"), "{e}");
+        assert!(
+            e.contains("context chunk size 2") && e.contains("(3)"),
+            "{e}"
+        );
     }
 }

@@ -16,7 +16,11 @@ pub struct KvCache {
 impl KvCache {
     pub fn zeros(layout: KvLayout) -> Self {
         let n = layout.numel();
-        KvCache { layout, k: vec![0.0; n], v: vec![0.0; n] }
+        KvCache {
+            layout,
+            k: vec![0.0; n],
+            v: vec![0.0; n],
+        }
     }
 
     /// Lays a canonical NHD cache (`[nb, bs, h, d]`, as fixtures store it)
@@ -25,10 +29,17 @@ impl KvCache {
         let n = target.numel();
         for (what, len) in [("key_cache", nhd_k.len()), ("value_cache", nhd_v.len())] {
             if len != n {
-                return Err(Error::invalid(format!("{what} element count"), len, format!("layout {:?} needs {n}", target.k_shape())));
+                return Err(Error::invalid(
+                    format!("{what} element count"),
+                    len,
+                    format!("layout {:?} needs {n}", target.k_shape()),
+                ));
             }
         }
-        let nhd = KvLayout { kind: LayoutKind::Nhd, ..target };
+        let nhd = KvLayout {
+            kind: LayoutKind::Nhd,
+            ..target
+        };
         let mut c = KvCache::zeros(target);
         for b in 0..target.num_blocks {
             for r in 0..target.block_size {
@@ -47,32 +58,55 @@ impl KvCache {
     /// the layer config describe the same shapes (kv heads, head size, block
     /// size, enough blocks, cache dtype, tensor lengths), so that an attention
     /// kernel or the reference can index without bounds surprises.
-    pub fn check_batch(&self, query: &[f32], meta: &AttentionMetadata, cfg: &AttnConfig) -> Result<()> {
+    pub fn check_batch(
+        &self,
+        query: &[f32],
+        meta: &AttentionMetadata,
+        cfg: &AttnConfig,
+    ) -> Result<()> {
         cfg.validate()?;
         let l = &self.layout;
         if l.num_kv_heads != cfg.num_kv_heads || l.head_size != cfg.head_size {
             return Err(Error::invalid(
                 "cache layout",
                 format!("{} kv heads x head size {}", l.num_kv_heads, l.head_size),
-                format!("must match the config's {} kv heads x head size {}", cfg.num_kv_heads, cfg.head_size),
+                format!(
+                    "must match the config's {} kv heads x head size {}",
+                    cfg.num_kv_heads, cfg.head_size
+                ),
             ));
         }
         if l.block_size != meta.block_size || l.num_blocks < meta.num_blocks {
             return Err(Error::invalid(
                 "cache layout",
                 format!("{} blocks of {}", l.num_blocks, l.block_size),
-                format!("metadata needs block size {} and at least {} blocks", meta.block_size, meta.num_blocks),
+                format!(
+                    "metadata needs block size {} and at least {} blocks",
+                    meta.block_size, meta.num_blocks
+                ),
             ));
         }
         if l.dtype != cfg.kv_dtype {
-            return Err(Error::invalid("cache dtype", l.dtype, format!("must equal the config's kv_dtype {}", cfg.kv_dtype)));
+            return Err(Error::invalid(
+                "cache dtype",
+                l.dtype,
+                format!("must equal the config's kv_dtype {}", cfg.kv_dtype),
+            ));
         }
         if self.k.len() != l.numel() || self.v.len() != l.numel() {
-            return Err(Error::invalid("cache tensors", format!("{} / {} elements", self.k.len(), self.v.len()), format!("layout holds {}", l.numel())));
+            return Err(Error::invalid(
+                "cache tensors",
+                format!("{} / {} elements", self.k.len(), self.v.len()),
+                format!("layout holds {}", l.numel()),
+            ));
         }
         let want = meta.num_actual_tokens * cfg.num_heads * cfg.head_size;
         if query.len() != want {
-            return Err(Error::invalid("query length", query.len(), format!("must be num_tokens x num_heads x head_size = {want}")));
+            return Err(Error::invalid(
+                "query length",
+                query.len(),
+                format!("must be num_tokens x num_heads x head_size = {want}"),
+            ));
         }
         Ok(())
     }

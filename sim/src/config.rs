@@ -56,7 +56,10 @@ impl AttnConfig {
         if self.num_heads == 0 || self.num_kv_heads == 0 || self.head_size == 0 {
             return Err(Error::invalid(
                 "attention shape",
-                format!("heads {} / kv heads {} / head size {}", self.num_heads, self.num_kv_heads, self.head_size),
+                format!(
+                    "heads {} / kv heads {} / head size {}",
+                    self.num_heads, self.num_kv_heads, self.head_size
+                ),
                 "all must be >= 1",
             ));
         }
@@ -68,10 +71,18 @@ impl AttnConfig {
             ));
         }
         if !(self.scale.is_finite() && self.scale > 0.0) {
-            return Err(Error::invalid("scale", self.scale, "must be finite and > 0"));
+            return Err(Error::invalid(
+                "scale",
+                self.scale,
+                "must be finite and > 0",
+            ));
         }
         if self.sliding_window == Some(0) {
-            return Err(Error::invalid("sliding_window", 0, "must be >= 1 or absent"));
+            return Err(Error::invalid(
+                "sliding_window",
+                0,
+                "must be >= 1 or absent",
+            ));
         }
         if let Some(c) = self.softcap {
             if !(c.is_finite() && c > 0.0) {
@@ -81,7 +92,11 @@ impl AttnConfig {
         for (what, v) in [("sinks", &self.sinks), ("alibi_slopes", &self.alibi_slopes)] {
             if let Some(v) = v {
                 if v.len() != self.num_heads {
-                    return Err(Error::invalid(format!("{what} length"), v.len(), format!("must be num_heads = {}", self.num_heads)));
+                    return Err(Error::invalid(
+                        format!("{what} length"),
+                        v.len(),
+                        format!("must be num_heads = {}", self.num_heads),
+                    ));
                 }
             }
         }

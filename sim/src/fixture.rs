@@ -131,42 +131,77 @@ pub struct Fixture {
 /// Reads and validates one fixture file.
 pub fn load(path: &Path) -> Result<Fixture> {
     let file = path.display().to_string();
-    let bytes = std::fs::read(path).map_err(|e| FixtureError { file: file.clone(), tensor: "file".into(), problem: format!("cannot read: {e}") })?;
+    let bytes = std::fs::read(path).map_err(|e| FixtureError {
+        file: file.clone(),
+        tensor: "file".into(),
+        problem: format!("cannot read: {e}"),
+    })?;
     parse(&file, &bytes)
 }
 
 /// Parses and validates fixture bytes; `file` is only used in errors.
 pub fn parse(file: &str, bytes: &[u8]) -> Result<Fixture> {
-    let err = |tensor: &str, problem: String| FixtureError { file: file.to_string(), tensor: tensor.to_string(), problem };
+    let err = |tensor: &str, problem: String| FixtureError {
+        file: file.to_string(),
+        tensor: tensor.to_string(),
+        problem,
+    };
     let st = match SafeTensors::deserialize(bytes) {
         Ok(st) => st,
-        Err(SafeTensorError::MetadataIncompleteBuffer) => return Err(truncation_error(file, bytes)),
-        Err(e) => return Err(err("header", format!("not a readable safetensors file ({e:?}); truncated or not attn-fixture/1"))),
+        Err(SafeTensorError::MetadataIncompleteBuffer) => {
+            return Err(truncation_error(file, bytes))
+        }
+        Err(e) => {
+            return Err(err(
+                "header",
+                format!("not a readable safetensors file ({e:?}); truncated or not attn-fixture/1"),
+            ))
+        }
     };
-    let (_, raw_meta) = SafeTensors::read_metadata(bytes).map_err(|e| err("header", format!("{e:?}")))?;
+    let (_, raw_meta) =
+        SafeTensors::read_metadata(bytes).map_err(|e| err("header", format!("{e:?}")))?;
     let case_json = raw_meta
         .metadata()
         .as_ref()
         .and_then(|m| m.get("case"))
-        .ok_or_else(|| err("metadata", "the header's __metadata__ has no 'case' entry".into()))?;
-    let case: HashMap<String, Value> = serde_json::from_str(case_json).map_err(|e| err("metadata", format!("'case' is not a JSON object: {e}")))?;
+        .ok_or_else(|| {
+            err(
+                "metadata",
+                "the header's __metadata__ has no 'case' entry".into(),
+            )
+        })?;
+    let case: HashMap<String, Value> = serde_json::from_str(case_json)
+        .map_err(|e| err("metadata", format!("'case' is not a JSON object: {e}")))?;
     let r = Reader { file, st, case };
 
     let format = r.string("format")?;
     if format != FORMAT {
-        return Err(err("metadata.format", format!("'{format}' is not supported: allowed: {FORMAT}")));
+        return Err(err(
+            "metadata.format",
+            format!("'{format}' is not supported: allowed: {FORMAT}"),
+        ));
     }
     let op = match r.string("op")?.as_str() {
         "paged_attention" => Op::PagedAttention,
         "merge_attn_states" => Op::MergeAttnStates,
         "mla_decode" => Op::MlaDecode,
-        other => return Err(err("metadata.op", format!("'{other}' is unknown: allowed: {}", Op::NAMES.join(", ")))),
+        other => {
+            return Err(err(
+                "metadata.op",
+                format!("'{other}' is unknown: allowed: {}", Op::NAMES.join(", ")),
+            ))
+        }
     };
     let dtype = match r.string("dtype")?.as_str() {
         "float16" => DType::F16,
         "bfloat16" => DType::Bf16,
         "float32" => DType::F32,
-        other => return Err(err("metadata.dtype", format!("'{other}' is unknown: allowed: float16, bfloat16, float32"))),
+        other => {
+            return Err(err(
+                "metadata.dtype",
+                format!("'{other}' is unknown: allowed: float16, bfloat16, float32"),
+            ))
+        }
     };
     let header = Header {
         op,
@@ -175,22 +210,37 @@ pub fn parse(file: &str, bytes: &[u8]) -> Result<Fixture> {
         atol: r.tolerance("atol")?,
         rtol: r.tolerance("rtol")?,
         seed: r.case.get("seed").and_then(Value::as_i64),
-        note: r.case.get("note").and_then(Value::as_str).map(str::to_string),
+        note: r
+            .case
+            .get("note")
+            .and_then(Value::as_str)
+            .map(str::to_string),
     };
     let case = match op {
         Op::PagedAttention => Case::Paged(r.paged(dtype)?),
         Op::MergeAttnStates => Case::Merge(r.merge(dtype)?),
         Op::MlaDecode => Case::Mla(r.mla(dtype)?),
     };
-    Ok(Fixture { file: file.to_string(), header, case })
+    Ok(Fixture {
+        file: file.to_string(),
+        header,
+        case,
+    })
 }
 
 /// Names the first tensor whose bytes lie past the end of a truncated file.
 fn truncation_error(file: &str, bytes: &[u8]) -> FixtureError {
-    let mk = |tensor: &str, problem: String| FixtureError { file: file.to_string(), tensor: tensor.to_string(), problem };
+    let mk = |tensor: &str, problem: String| FixtureError {
+        file: file.to_string(),
+        tensor: tensor.to_string(),
+        problem,
+    };
     let n = u64::from_le_bytes(bytes[..8].try_into().unwrap_or([0; 8])) as usize;
     let avail = bytes.len().saturating_sub(8 + n);
-    let header: HashMap<String, Value> = match bytes.get(8..8 + n).and_then(|h| serde_json::from_slice(h).ok()) {
+    let header: HashMap<String, Value> = match bytes
+        .get(8..8 + n)
+        .and_then(|h| serde_json::from_slice(h).ok())
+    {
         Some(h) => h,
         None => return mk("header", "truncated inside the header".into()),
     };
@@ -221,36 +271,63 @@ struct Reader<'a> {
 
 impl Reader<'_> {
     fn err(&self, tensor: &str, problem: impl Into<String>) -> FixtureError {
-        FixtureError { file: self.file.to_string(), tensor: tensor.to_string(), problem: problem.into() }
+        FixtureError {
+            file: self.file.to_string(),
+            tensor: tensor.to_string(),
+            problem: problem.into(),
+        }
     }
 
     fn value(&self, key: &str) -> Result<&Value> {
-        self.case.get(key).ok_or_else(|| self.err(&format!("metadata.{key}"), "missing"))
+        self.case
+            .get(key)
+            .ok_or_else(|| self.err(&format!("metadata.{key}"), "missing"))
     }
 
     fn string(&self, key: &str) -> Result<String> {
-        self.value(key)?.as_str().map(str::to_string).ok_or_else(|| self.err(&format!("metadata.{key}"), "must be a string"))
+        self.value(key)?
+            .as_str()
+            .map(str::to_string)
+            .ok_or_else(|| self.err(&format!("metadata.{key}"), "must be a string"))
     }
 
     /// A positive integer (dimension, block size, split count).
     fn dim(&self, key: &str) -> Result<usize> {
         match self.value(key)?.as_u64() {
             Some(v) if v >= 1 && v <= i32::MAX as u64 => Ok(v as usize),
-            _ => Err(self.err(&format!("metadata.{key}"), format!("{} is not allowed: must be an integer in [1, 2^31)", self.value(key)?))),
+            _ => Err(self.err(
+                &format!("metadata.{key}"),
+                format!(
+                    "{} is not allowed: must be an integer in [1, 2^31)",
+                    self.value(key)?
+                ),
+            )),
         }
     }
 
     fn positive(&self, key: &str) -> Result<f32> {
         match self.value(key)?.as_f64() {
             Some(v) if v.is_finite() && v > 0.0 => Ok(v as f32),
-            _ => Err(self.err(&format!("metadata.{key}"), format!("{} is not allowed: must be a finite number > 0", self.value(key)?))),
+            _ => Err(self.err(
+                &format!("metadata.{key}"),
+                format!(
+                    "{} is not allowed: must be a finite number > 0",
+                    self.value(key)?
+                ),
+            )),
         }
     }
 
     fn tolerance(&self, key: &str) -> Result<f64> {
         match self.value(key)?.as_f64() {
             Some(v) if v.is_finite() && v >= 0.0 => Ok(v),
-            _ => Err(self.err(&format!("metadata.{key}"), format!("{} is not allowed: must be a finite number >= 0", self.value(key)?))),
+            _ => Err(self.err(
+                &format!("metadata.{key}"),
+                format!(
+                    "{} is not allowed: must be a finite number >= 0",
+                    self.value(key)?
+                ),
+            )),
         }
     }
 
@@ -273,11 +350,20 @@ impl Reader<'_> {
     /// A float tensor of storage dtype `want` and exactly `shape`, widened to f32.
     /// `nan_ok` is false for inputs (NaN rejected; +-inf allowed, e.g. LSEs) and true for outputs.
     fn floats(&self, name: &str, want: DType, shape: &[usize], nan_ok: bool) -> Result<Vec<f32>> {
-        self.optional_floats(name, want, shape, nan_ok)?.ok_or_else(|| self.err(name, "missing (required for this op)"))
+        self.optional_floats(name, want, shape, nan_ok)?
+            .ok_or_else(|| self.err(name, "missing (required for this op)"))
     }
 
-    fn optional_floats(&self, name: &str, want: DType, shape: &[usize], nan_ok: bool) -> Result<Option<Vec<f32>>> {
-        let Some((dt, got, data)) = self.tensor_info(name)? else { return Ok(None) };
+    fn optional_floats(
+        &self,
+        name: &str,
+        want: DType,
+        shape: &[usize],
+        nan_ok: bool,
+    ) -> Result<Option<Vec<f32>>> {
+        let Some((dt, got, data)) = self.tensor_info(name)? else {
+            return Ok(None);
+        };
         let st_dtype = match want {
             DType::F16 => Dtype::F16,
             DType::Bf16 => Dtype::BF16,
@@ -290,13 +376,28 @@ impl Reader<'_> {
             return Err(self.err(name, format!("shape {got:?} is wrong: must be {shape:?}")));
         }
         let v: Vec<f32> = match dt {
-            Dtype::F16 => data.chunks_exact(2).map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
-            Dtype::BF16 => data.chunks_exact(2).map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
-            _ => data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
+            Dtype::F16 => data
+                .chunks_exact(2)
+                .map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
+            Dtype::BF16 => data
+                .chunks_exact(2)
+                .map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
+            _ => data
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect(),
         };
         if !nan_ok {
             if let Some(i) = v.iter().position(|x| x.is_nan()) {
-                return Err(self.err(name, format!("NaN at flat index {i} {:?}: inputs must not contain NaN", unflatten(i, shape))));
+                return Err(self.err(
+                    name,
+                    format!(
+                        "NaN at flat index {i} {:?}: inputs must not contain NaN",
+                        unflatten(i, shape)
+                    ),
+                ));
             }
         }
         Ok(Some(v))
@@ -304,83 +405,176 @@ impl Reader<'_> {
 
     /// An I32 tensor whose rank is fixed but whose sizes are discovered.
     fn ints(&self, name: &str, rank: usize) -> Result<(Vec<usize>, Vec<i32>)> {
-        let (dt, shape, data) = self.tensor_info(name)?.ok_or_else(|| self.err(name, "missing (required for this op)"))?;
+        let (dt, shape, data) = self
+            .tensor_info(name)?
+            .ok_or_else(|| self.err(name, "missing (required for this op)"))?;
         if dt != Dtype::I32 {
             return Err(self.err(name, format!("dtype {dt:?} is wrong: must be I32")));
         }
         if shape.len() != rank {
-            return Err(self.err(name, format!("shape {shape:?} is wrong: must have rank {rank}")));
+            return Err(self.err(
+                name,
+                format!("shape {shape:?} is wrong: must have rank {rank}"),
+            ));
         }
-        Ok((shape, data.chunks_exact(4).map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()))
+        Ok((
+            shape,
+            data.chunks_exact(4)
+                .map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect(),
+        ))
     }
 
     /// The shape of a tensor, for discovering sizes (e.g. num_blocks).
     fn shape(&self, name: &str, rank: usize) -> Result<Vec<usize>> {
-        let (_, shape, _) = self.tensor_info(name)?.ok_or_else(|| self.err(name, "missing (required for this op)"))?;
+        let (_, shape, _) = self
+            .tensor_info(name)?
+            .ok_or_else(|| self.err(name, "missing (required for this op)"))?;
         if shape.len() != rank {
-            return Err(self.err(name, format!("shape {shape:?} is wrong: must have rank {rank}")));
+            return Err(self.err(
+                name,
+                format!("shape {shape:?} is wrong: must have rank {rank}"),
+            ));
         }
         Ok(shape)
     }
 
     /// block_table + seq_lens (+ query_start_loc) checked by `AttentionMetadata::new`,
     /// its error re-attributed to the tensor it names.
-    fn metadata(&self, block_size: usize, num_blocks: usize, query_start_loc: Vec<i32>, causal: bool) -> Result<AttentionMetadata> {
+    fn metadata(
+        &self,
+        block_size: usize,
+        num_blocks: usize,
+        query_start_loc: Vec<i32>,
+        causal: bool,
+    ) -> Result<AttentionMetadata> {
         let (seq_shape, seq_lens) = self.ints("seq_lens", 1)?;
         let (bt_shape, bt) = self.ints("block_table", 2)?;
         if bt_shape[0] != seq_shape[0] {
-            return Err(self.err("block_table", format!("shape {bt_shape:?} is wrong: must have num_seqs = {} rows (seq_lens)", seq_shape[0])));
+            return Err(self.err(
+                "block_table",
+                format!(
+                    "shape {bt_shape:?} is wrong: must have num_seqs = {} rows (seq_lens)",
+                    seq_shape[0]
+                ),
+            ));
         }
         if let Some(i) = seq_lens.iter().position(|&s| s < 1) {
-            return Err(self.err("seq_lens", format!("seq_lens[{i}] = {} is not allowed: must be >= 1", seq_lens[i])));
+            return Err(self.err(
+                "seq_lens",
+                format!(
+                    "seq_lens[{i}] = {} is not allowed: must be >= 1",
+                    seq_lens[i]
+                ),
+            ));
         }
         for (i, w) in query_start_loc.windows(2).enumerate() {
             if w[1] < w[0] {
-                return Err(self.err("query_start_loc", format!("not monotone: [{i}] = {} > [{}] = {}", w[0], i + 1, w[1])));
+                return Err(self.err(
+                    "query_start_loc",
+                    format!("not monotone: [{i}] = {} > [{}] = {}", w[0], i + 1, w[1]),
+                ));
             }
         }
-        let table = BlockTableTensor { num_rows: bt_shape[0], max_blocks: bt_shape[1], data: bt };
+        let table = BlockTableTensor {
+            num_rows: bt_shape[0],
+            max_blocks: bt_shape[1],
+            data: bt,
+        };
         // Slots of the query tokens (already in the cache): the last q_i tokens of each sequence.
         let mut slots = Vec::new();
         for (i, (w, &s)) in query_start_loc.windows(2).zip(&seq_lens).enumerate() {
             let q = (w[1] - w[0]).max(0);
             for t in (s - q).max(0)..s {
                 let j = t as usize / block_size;
-                let b = table.data.get(i * table.max_blocks + j).copied().unwrap_or(-1);
-                slots.push(if b < 0 { -1 } else { b as i64 * block_size as i64 + (t as usize % block_size) as i64 });
+                let b = table
+                    .data
+                    .get(i * table.max_blocks + j)
+                    .copied()
+                    .unwrap_or(-1);
+                slots.push(if b < 0 {
+                    -1
+                } else {
+                    b as i64 * block_size as i64 + (t as usize % block_size) as i64
+                });
             }
         }
-        AttentionMetadata::new(block_size, num_blocks, query_start_loc, seq_lens, table, slots, causal).map_err(|e| {
+        AttentionMetadata::new(
+            block_size,
+            num_blocks,
+            query_start_loc,
+            seq_lens,
+            table,
+            slots,
+            causal,
+        )
+        .map_err(|e| {
             let s = e.to_string();
-            let tensor = ["block_table", "seq_lens", "query_start_loc", "slot_mapping"].into_iter().find(|t| s.contains(t)).unwrap_or("metadata");
-            let tensor = if tensor == "slot_mapping" { "block_table" } else { tensor };
+            let tensor = ["block_table", "seq_lens", "query_start_loc", "slot_mapping"]
+                .into_iter()
+                .find(|t| s.contains(t))
+                .unwrap_or("metadata");
+            let tensor = if tensor == "slot_mapping" {
+                "block_table"
+            } else {
+                tensor
+            };
             self.err(tensor, s)
         })
     }
 
     fn paged(&self, dtype: DType) -> Result<PagedCase> {
-        let (hq, hkv, d, bs) = (self.dim("num_heads")?, self.dim("num_kv_heads")?, self.dim("head_size")?, self.dim("block_size")?);
+        let (hq, hkv, d, bs) = (
+            self.dim("num_heads")?,
+            self.dim("num_kv_heads")?,
+            self.dim("head_size")?,
+            self.dim("block_size")?,
+        );
         if hq % hkv != 0 {
-            return Err(self.err("metadata.num_kv_heads", format!("{hkv} is not allowed: must divide num_heads = {hq}")));
+            return Err(self.err(
+                "metadata.num_kv_heads",
+                format!("{hkv} is not allowed: must divide num_heads = {hq}"),
+            ));
         }
-        let causal = self.value("causal")?.as_bool().ok_or_else(|| self.err("metadata.causal", "must be true or false"))?;
+        let causal = self
+            .value("causal")?
+            .as_bool()
+            .ok_or_else(|| self.err("metadata.causal", "must be true or false"))?;
         let window = self.optional_positive("sliding_window")?;
         if window.is_some_and(|w| w.fract() != 0.0) {
-            return Err(self.err("metadata.sliding_window", format!("{window:?} is not allowed: must be a whole number of tokens")));
+            return Err(self.err(
+                "metadata.sliding_window",
+                format!("{window:?} is not allowed: must be a whole number of tokens"),
+            ));
         }
         let (qsl_shape, qsl) = self.ints("query_start_loc", 1)?;
         let num_seqs = self.shape("seq_lens", 1)?[0];
         if qsl_shape[0] != num_seqs + 1 {
-            return Err(self.err("query_start_loc", format!("shape {qsl_shape:?} is wrong: must be [num_seqs + 1] = [{}]", num_seqs + 1)));
+            return Err(self.err(
+                "query_start_loc",
+                format!(
+                    "shape {qsl_shape:?} is wrong: must be [num_seqs + 1] = [{}]",
+                    num_seqs + 1
+                ),
+            ));
         }
         if qsl[0] != 0 {
-            return Err(self.err("query_start_loc", format!("query_start_loc[0] = {} is not allowed: must be 0", qsl[0])));
+            return Err(self.err(
+                "query_start_loc",
+                format!("query_start_loc[0] = {} is not allowed: must be 0", qsl[0]),
+            ));
         }
         // query_start_loc's last entry must be the query's row count before it
         // sizes anything (the rows are real bytes; the entry is just a number).
         let t = self.shape("query", 3)?[0];
         if qsl[num_seqs] as i64 != t as i64 {
-            return Err(self.err("query_start_loc", format!("last entry {} is wrong: must be the query's num_tokens = {t}", qsl[num_seqs])));
+            return Err(self.err(
+                "query_start_loc",
+                format!(
+                    "last entry {} is wrong: must be the query's num_tokens = {t}",
+                    qsl[num_seqs]
+                ),
+            ));
         }
         let num_blocks = self.shape("key_cache", 4)?[0];
         let meta = self.metadata(bs, num_blocks, qsl, causal)?;
@@ -390,7 +584,8 @@ impl Reader<'_> {
         cfg.sliding_window = window.map(|w| w as usize);
         cfg.softcap = self.optional_positive("softcap")?;
         cfg.sinks = self.optional_floats("sinks", DType::F32, &[hq], false)?;
-        cfg.validate().map_err(|e| self.err("metadata", e.to_string()))?;
+        cfg.validate()
+            .map_err(|e| self.err("metadata", e.to_string()))?;
         Ok(PagedCase {
             query: self.floats("query", dtype, &[t, hq, d], false)?,
             key_cache: self.floats("key_cache", dtype, &cache_shape, false)?,
@@ -420,7 +615,12 @@ impl Reader<'_> {
     }
 
     fn mla(&self, dtype: DType) -> Result<MlaCase> {
-        let (h, l, r, bs) = (self.dim("num_heads")?, self.dim("kv_lora_rank")?, self.dim("qk_rope_head_dim")?, self.dim("block_size")?);
+        let (h, l, r, bs) = (
+            self.dim("num_heads")?,
+            self.dim("kv_lora_rank")?,
+            self.dim("qk_rope_head_dim")?,
+            self.dim("block_size")?,
+        );
         let num_seqs = self.shape("seq_lens", 1)?[0];
         let num_blocks = self.shape("kv_cache", 3)?[0];
         let meta = self.metadata(bs, num_blocks, (0..=num_seqs as i32).collect(), true)?;
@@ -456,16 +656,36 @@ mod tests {
     use super::*;
 
     fn shipped(name: &str) -> Vec<u8> {
-        std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures").join(name)).unwrap()
+        std::fs::read(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../fixtures")
+                .join(name),
+        )
+        .unwrap()
     }
 
     #[test]
     fn reads_a_shipped_paged_case_with_its_metadata() {
-        let f = parse("ua", &shipped("ua_dec3d_bf16_h128_g8x1_b32_swa_softcap.safetensors")).unwrap();
-        assert_eq!((f.header.op, f.header.dtype, f.header.atol, f.header.rtol), (Op::PagedAttention, DType::Bf16, 0.015, 0.01));
-        let Case::Paged(p) = f.case else { panic!("not paged") };
-        assert_eq!((p.cfg.num_heads, p.cfg.num_kv_heads, p.cfg.head_size), (8, 1, 128));
-        assert_eq!((p.cfg.sliding_window, p.cfg.softcap), (Some(256), Some(5.0)));
+        let f = parse(
+            "ua",
+            &shipped("ua_dec3d_bf16_h128_g8x1_b32_swa_softcap.safetensors"),
+        )
+        .unwrap();
+        assert_eq!(
+            (f.header.op, f.header.dtype, f.header.atol, f.header.rtol),
+            (Op::PagedAttention, DType::Bf16, 0.015, 0.01)
+        );
+        let Case::Paged(p) = f.case else {
+            panic!("not paged")
+        };
+        assert_eq!(
+            (p.cfg.num_heads, p.cfg.num_kv_heads, p.cfg.head_size),
+            (8, 1, 128)
+        );
+        assert_eq!(
+            (p.cfg.sliding_window, p.cfg.softcap),
+            (Some(256), Some(5.0))
+        );
         assert_eq!(p.meta.seq_lens, vec![300, 128, 64]);
         assert_eq!(p.query.len(), 3 * 8 * 128);
         assert!(p.reference.is_some());

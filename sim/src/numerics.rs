@@ -20,13 +20,13 @@ pub const LN2: f32 = std::f32::consts::LN_2;
 /// the true 2^x (a test sweeps this). `portable.h` holds the same numbers;
 /// `gpu`'s tests check they are equal.
 pub const EXP2C_COEFFS: [f32; 8] = [
-    1.525_273_365e-5,  // ln2^7/7!
-    1.540_352_969e-4,  // ln2^6/6!
-    1.333_355_787e-3,  // ln2^5/5!
-    9.618_128_650e-3,  // ln2^4/4!
-    5.550_410_971e-2,  // ln2^3/3!
-    2.402_265_072e-1,  // ln2^2/2!
-    6.931_471_825e-1,  // ln2
+    1.525_273_365e-5, // ln2^7/7!
+    1.540_352_969e-4, // ln2^6/6!
+    1.333_355_787e-3, // ln2^5/5!
+    9.618_128_650e-3, // ln2^4/4!
+    5.550_410_971e-2, // ln2^3/3!
+    2.402_265_072e-1, // ln2^2/2!
+    6.931_471_825e-1, // ln2
     1.0,
 ];
 
@@ -117,7 +117,11 @@ pub fn log2c(x: f32) -> f32 {
     if x == f32::INFINITY {
         return x;
     }
-    let (x, bias) = if x < f32::MIN_POSITIVE { (x * pow2i(23), 23) } else { (x, 0) };
+    let (x, bias) = if x < f32::MIN_POSITIVE {
+        (x * pow2i(23), 23)
+    } else {
+        (x, 0)
+    };
     let bits = x.to_bits();
     let mut e = ((bits >> 23) & 0xff) as i32 - 127 - bias;
     let mut m = f32::from_bits((bits & 0x007f_ffff) | 0x3f80_0000); // [1, 2)
@@ -231,7 +235,11 @@ mod tests {
             if k > 0 {
                 fact *= k as f64;
             }
-            assert_eq!(EXP2C_COEFFS[7 - k], (ln2.powi(k as i32) / fact) as f32, "k={k}");
+            assert_eq!(
+                EXP2C_COEFFS[7 - k],
+                (ln2.powi(k as i32) / fact) as f32,
+                "k={k}"
+            );
         }
     }
 
@@ -264,7 +272,11 @@ mod tests {
         while x < 1e30 {
             let want = (x as f64).log2();
             let err = (log2c(x) as f64 - want).abs();
-            let tol = if want.abs() < 1.0 { 3e-7 } else { want.abs() * 2.4e-7 };
+            let tol = if want.abs() < 1.0 {
+                3e-7
+            } else {
+                want.abs() * 2.4e-7
+            };
             worst = worst.max(err / tol);
             x *= 1.0137;
         }

@@ -36,7 +36,16 @@ use std::ops::{Add, Div, Mul, Sub};
 /// The float the reference computes in. Uses the platform's `exp`/`tanh`/`ln`
 /// on purpose: the oracle must not share the contract's approximations.
 pub trait RefFloat:
-    Copy + Send + Sync + PartialOrd + From<f32> + Into<f64> + Add<Output = Self> + Sub<Output = Self> + Mul<Output = Self> + Div<Output = Self>
+    Copy
+    + Send
+    + Sync
+    + PartialOrd
+    + From<f32>
+    + Into<f64>
+    + Add<Output = Self>
+    + Sub<Output = Self>
+    + Mul<Output = Self>
+    + Div<Output = Self>
 {
     const ZERO: Self;
     const NEG_INFINITY: Self;
@@ -79,19 +88,33 @@ pub struct RefAttention<F> {
 }
 
 /// f64 attention over a paged cache in any layout. See the module doc.
-pub fn paged_attention(query: &[f32], cache: &KvCache, meta: &AttentionMetadata, cfg: &AttnConfig) -> Result<RefAttention<f64>> {
+pub fn paged_attention(
+    query: &[f32],
+    cache: &KvCache,
+    meta: &AttentionMetadata,
+    cfg: &AttnConfig,
+) -> Result<RefAttention<f64>> {
     paged_attention_in::<f64>(query, cache, meta, cfg)
 }
 
 /// The reference in any [`RefFloat`] (f32: the naive baseline of `bench`).
-pub fn paged_attention_in<F: RefFloat>(query: &[f32], cache: &KvCache, meta: &AttentionMetadata, cfg: &AttnConfig) -> Result<RefAttention<F>> {
+pub fn paged_attention_in<F: RefFloat>(
+    query: &[f32],
+    cache: &KvCache,
+    meta: &AttentionMetadata,
+    cfg: &AttnConfig,
+) -> Result<RefAttention<F>> {
     cache.check_batch(query, meta, cfg)?;
     let (hq, hkv, d) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_size);
     let qpk = cfg.queries_per_kv();
     let t_total = meta.num_actual_tokens;
     let mut out = vec![F::ZERO; t_total * hq * d];
     let mut lse_th = vec![F::NEG_INFINITY; t_total * hq];
-    let (k_scale, v_scale) = if cfg.kv_dtype.is_fp8() { (cfg.k_scale, cfg.v_scale) } else { (1.0, 1.0) };
+    let (k_scale, v_scale) = if cfg.kv_dtype.is_fp8() {
+        (cfg.k_scale, cfg.v_scale)
+    } else {
+        (1.0, 1.0)
+    };
     let scale = F::from(cfg.scale);
 
     for i in 0..meta.num_reqs() {
@@ -115,43 +138,56 @@ pub fn paged_attention_in<F: RefFloat>(query: &[f32], cache: &KvCache, meta: &At
         let out_rows = &mut out[rows.start * hq * d..rows.end * hq * d];
         let lse_rows = &mut lse_th[rows.start * hq..rows.end * hq];
         // One task per (row, head): disjoint outputs, so any thread count gives the same bits.
-        out_rows.par_chunks_mut(d).zip(lse_rows.par_iter_mut()).enumerate().for_each(|(rh, (o, lse))| {
-            let (j, h) = (rh / hq, rh % hq);
-            let g = h / qpk;
-            let p = ctx + j;
-            let q: Vec<F> = query[((rows.start + j) * hq + h) * d..][..d].iter().map(|&x| F::from(x)).collect();
-            let (kg, vg) = (&k[g * s_len * d..(g + 1) * s_len * d], &v[g * s_len * d..(g + 1) * s_len * d]);
-            let slope = cfg.alibi_slopes.as_ref().map(|s| F::from(s[h]));
-            let sink = cfg.sinks.as_ref().map(|s| F::from(s[h]));
-            let mut keys = Vec::new();
-            let mut scores = Vec::new();
-            for t in (0..s_len).filter(|&t| visible(t, p, meta.causal, cfg.sliding_window)) {
-                let kt = &kg[t * d..(t + 1) * d];
-                let mut s = q.iter().zip(kt).fold(F::ZERO, |a, (&x, &y)| a + x * y) * scale;
-                if let Some(c) = cfg.softcap.map(F::from) {
-                    s = c * (s / c).tanh();
+        out_rows
+            .par_chunks_mut(d)
+            .zip(lse_rows.par_iter_mut())
+            .enumerate()
+            .for_each(|(rh, (o, lse))| {
+                let (j, h) = (rh / hq, rh % hq);
+                let g = h / qpk;
+                let p = ctx + j;
+                let q: Vec<F> = query[((rows.start + j) * hq + h) * d..][..d]
+                    .iter()
+                    .map(|&x| F::from(x))
+                    .collect();
+                let (kg, vg) = (
+                    &k[g * s_len * d..(g + 1) * s_len * d],
+                    &v[g * s_len * d..(g + 1) * s_len * d],
+                );
+                let slope = cfg.alibi_slopes.as_ref().map(|s| F::from(s[h]));
+                let sink = cfg.sinks.as_ref().map(|s| F::from(s[h]));
+                let mut keys = Vec::new();
+                let mut scores = Vec::new();
+                for t in (0..s_len).filter(|&t| visible(t, p, meta.causal, cfg.sliding_window)) {
+                    let kt = &kg[t * d..(t + 1) * d];
+                    let mut s = q.iter().zip(kt).fold(F::ZERO, |a, (&x, &y)| a + x * y) * scale;
+                    if let Some(c) = cfg.softcap.map(F::from) {
+                        s = c * (s / c).tanh();
+                    }
+                    if let Some(slope) = slope {
+                        s = s + slope * F::from_i64(t as i64 - p as i64);
+                    }
+                    keys.push(t);
+                    scores.push(s);
                 }
-                if let Some(slope) = slope {
-                    s = s + slope * F::from_i64(t as i64 - p as i64);
+                let m = scores
+                    .iter()
+                    .chain(sink.iter())
+                    .fold(F::NEG_INFINITY, |a, &b| if b > a { b } else { a });
+                if m == F::NEG_INFINITY {
+                    return; // nothing visible and no sink: o = 0, lse = -inf
                 }
-                keys.push(t);
-                scores.push(s);
-            }
-            let m = scores.iter().chain(sink.iter()).fold(F::NEG_INFINITY, |a, &b| if b > a { b } else { a });
-            if m == F::NEG_INFINITY {
-                return; // nothing visible and no sink: o = 0, lse = -inf
-            }
-            let mut l = sink.map_or(F::ZERO, |s| (s - m).exp());
-            for (&t, &s) in keys.iter().zip(&scores) {
-                let w = (s - m).exp();
-                l = l + w;
-                for (acc, &vx) in o.iter_mut().zip(&vg[t * d..(t + 1) * d]) {
-                    *acc = *acc + w * vx;
+                let mut l = sink.map_or(F::ZERO, |s| (s - m).exp());
+                for (&t, &s) in keys.iter().zip(&scores) {
+                    let w = (s - m).exp();
+                    l = l + w;
+                    for (acc, &vx) in o.iter_mut().zip(&vg[t * d..(t + 1) * d]) {
+                        *acc = *acc + w * vx;
+                    }
                 }
-            }
-            o.iter_mut().for_each(|x| *x = *x / l);
-            *lse = m + l.ln();
-        });
+                o.iter_mut().for_each(|x| *x = *x / l);
+                *lse = m + l.ln();
+            });
     }
     // [T, Hq] -> vLLM's [Hq, T].
     let mut lse = vec![F::NEG_INFINITY; t_total * hq];
@@ -189,18 +225,45 @@ pub fn mla_decode(
         ));
     }
     let num_blocks = kv_cache.len() / (block_size.max(1) * width);
-    let layout = KvLayout::new(LayoutKind::Nhd, num_blocks.max(1), block_size, 1, width, DType::F32)?;
+    let layout = KvLayout::new(
+        LayoutKind::Nhd,
+        num_blocks.max(1),
+        block_size,
+        1,
+        width,
+        DType::F32,
+    )?;
     if kv_cache.len() != num_blocks * layout.block_numel() || num_blocks == 0 {
-        return Err(Error::invalid("MLA kv_cache length", kv_cache.len(), format!("must be num_blocks x block_size {block_size} x {width}")));
+        return Err(Error::invalid(
+            "MLA kv_cache length",
+            kv_cache.len(),
+            format!("must be num_blocks x block_size {block_size} x {width}"),
+        ));
     }
-    let cache = KvCache { layout, k: kv_cache.to_vec(), v: kv_cache.to_vec() };
+    let cache = KvCache {
+        layout,
+        k: kv_cache.to_vec(),
+        v: kv_cache.to_vec(),
+    };
     let qsl: Vec<i32> = (0..=b as i32).collect();
     let slots = vec![-1; b];
-    let meta = AttentionMetadata::new(block_size, num_blocks, qsl, seq_lens.to_vec(), block_table.clone(), slots, true)?;
+    let meta = AttentionMetadata::new(
+        block_size,
+        num_blocks,
+        qsl,
+        seq_lens.to_vec(),
+        block_table.clone(),
+        slots,
+        true,
+    )?;
     let mut cfg = AttnConfig::new(num_heads, 1, width, DType::F32);
     cfg.scale = scale;
     let full = paged_attention(query, &cache, &meta, &cfg)?;
-    Ok(full.out.chunks(width).flat_map(|row| row[..kv_lora_rank].iter().copied()).collect())
+    Ok(full
+        .out
+        .chunks(width)
+        .flat_map(|row| row[..kv_lora_rank].iter().copied())
+        .collect())
 }
 
 /// `merge_attn_states` in f64 (vllm-backends.md §12, arXiv 2501.01005 §2.2):
@@ -225,15 +288,30 @@ pub fn merge_attn_states(
         ("suffix_lse length", suffix_lse.len(), t * num_heads),
     ] {
         if len != want || num_heads == 0 || head_size == 0 {
-            return Err(Error::invalid(what, len, format!("must be {want} for {t} tokens x {num_heads} heads x head size {head_size}")));
+            return Err(Error::invalid(
+                what,
+                len,
+                format!(
+                    "must be {want} for {t} tokens x {num_heads} heads x head size {head_size}"
+                ),
+            ));
         }
     }
-    let empty_if_inf = |x: f32| if x == f32::INFINITY { f64::NEG_INFINITY } else { x as f64 };
+    let empty_if_inf = |x: f32| {
+        if x == f32::INFINITY {
+            f64::NEG_INFINITY
+        } else {
+            x as f64
+        }
+    };
     let mut out = vec![0.0f64; n];
     let mut lse = vec![f64::NEG_INFINITY; t * num_heads];
     for h in 0..num_heads {
         for tok in 0..t {
-            let (p, s) = (empty_if_inf(prefix_lse[h * t + tok]), empty_if_inf(suffix_lse[h * t + tok]));
+            let (p, s) = (
+                empty_if_inf(prefix_lse[h * t + tok]),
+                empty_if_inf(suffix_lse[h * t + tok]),
+            );
             let m = p.max(s);
             if m == f64::NEG_INFINITY {
                 continue;
@@ -299,11 +377,25 @@ impl Comparison {
 /// Compares `actual` with `expected` elementwise. Equal values (including
 /// equal infinities) match; NaN matches only NaN (vLLM's kernels return NaN
 /// for some inputs and an emulator that mirrors them must too).
-pub fn compare<A: Copy + Into<f64>, E: Copy + Into<f64>>(actual: &[A], expected: &[E], tol: Tolerance) -> Result<Comparison> {
+pub fn compare<A: Copy + Into<f64>, E: Copy + Into<f64>>(
+    actual: &[A],
+    expected: &[E],
+    tol: Tolerance,
+) -> Result<Comparison> {
     if actual.len() != expected.len() {
-        return Err(Error::invalid("compared length", actual.len(), format!("must equal the expected length {}", expected.len())));
+        return Err(Error::invalid(
+            "compared length",
+            actual.len(),
+            format!("must equal the expected length {}", expected.len()),
+        ));
     }
-    let mut c = Comparison { len: actual.len(), max_abs_err: 0.0, max_rel_err: 0.0, mismatches: 0, first_mismatch: None };
+    let mut c = Comparison {
+        len: actual.len(),
+        max_abs_err: 0.0,
+        max_rel_err: 0.0,
+        mismatches: 0,
+        first_mismatch: None,
+    };
     for (idx, (&a, &e)) in actual.iter().zip(expected).enumerate() {
         let (a, e): (f64, f64) = (a.into(), e.into());
         let (abs, ok) = if a == e || (a.is_nan() && e.is_nan()) {
@@ -331,21 +423,49 @@ mod tests {
     use approx::assert_relative_eq;
 
     /// One request, one kv head, NHD cache of `s` tokens in one block.
-    fn single(q: &[f32], k: &[f32], v: &[f32], d: usize, q_len: usize, cfg: &AttnConfig) -> RefAttention<f64> {
+    fn single(
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        d: usize,
+        q_len: usize,
+        cfg: &AttnConfig,
+    ) -> RefAttention<f64> {
         let s = k.len() / (d * cfg.num_kv_heads);
-        let layout = KvLayout::new(LayoutKind::Nhd, 1, s, cfg.num_kv_heads, d, cfg.kv_dtype).unwrap();
-        let cache = KvCache { layout, k: k.to_vec(), v: v.to_vec() };
+        let layout =
+            KvLayout::new(LayoutKind::Nhd, 1, s, cfg.num_kv_heads, d, cfg.kv_dtype).unwrap();
+        let cache = KvCache {
+            layout,
+            k: k.to_vec(),
+            v: v.to_vec(),
+        };
         let table = BlockTableTensor::from_rows(&[vec![0]]);
-        let meta = AttentionMetadata::new(s, 1, vec![0, q_len as i32], vec![s as i32], table, vec![-1; q_len], true).unwrap();
+        let meta = AttentionMetadata::new(
+            s,
+            1,
+            vec![0, q_len as i32],
+            vec![s as i32],
+            table,
+            vec![-1; q_len],
+            true,
+        )
+        .unwrap();
         paged_attention(q, &cache, &meta, cfg).unwrap()
     }
 
     #[test]
     fn decode_row_is_the_softmax_weighted_mean_of_values() {
-        let cfg = AttnConfig { scale: 1.0, ..AttnConfig::new(1, 1, 1, DType::F32) };
+        let cfg = AttnConfig {
+            scale: 1.0,
+            ..AttnConfig::new(1, 1, 1, DType::F32)
+        };
         let r = single(&[1.0], &[0.0, 1.0], &[10.0, 20.0], 1, 1, &cfg);
         let (w0, w1) = (1.0f64, 1.0f64.exp());
-        assert_relative_eq!(r.out[0], (10.0 * w0 + 20.0 * w1) / (w0 + w1), max_relative = 1e-15);
+        assert_relative_eq!(
+            r.out[0],
+            (10.0 * w0 + 20.0 * w1) / (w0 + w1),
+            max_relative = 1e-15
+        );
         assert_relative_eq!(r.lse[0], (w0 + w1).ln(), max_relative = 1e-15);
     }
 
@@ -359,14 +479,28 @@ mod tests {
 
     #[test]
     fn sliding_window_of_one_sees_only_the_diagonal() {
-        let cfg = AttnConfig { sliding_window: Some(1), ..AttnConfig::new(1, 1, 1, DType::F32) };
-        let r = single(&[1.0, 1.0, 1.0], &[1.0, 2.0, 3.0], &[4.0, 5.0, 6.0], 1, 3, &cfg);
+        let cfg = AttnConfig {
+            sliding_window: Some(1),
+            ..AttnConfig::new(1, 1, 1, DType::F32)
+        };
+        let r = single(
+            &[1.0, 1.0, 1.0],
+            &[1.0, 2.0, 3.0],
+            &[4.0, 5.0, 6.0],
+            1,
+            3,
+            &cfg,
+        );
         assert_eq!(r.out, vec![4.0, 5.0, 6.0]);
     }
 
     #[test]
     fn sink_adds_exp_sink_to_the_denominator() {
-        let cfg = AttnConfig { scale: 1.0, sinks: Some(vec![0.0]), ..AttnConfig::new(1, 1, 1, DType::F32) };
+        let cfg = AttnConfig {
+            scale: 1.0,
+            sinks: Some(vec![0.0]),
+            ..AttnConfig::new(1, 1, 1, DType::F32)
+        };
         let r = single(&[0.0], &[1.0], &[3.0], 1, 1, &cfg);
         assert_relative_eq!(r.out[0], 1.5, max_relative = 1e-15); // weights 1 (key) and 1 (sink)
         assert_relative_eq!(r.lse[0], 2f64.ln(), max_relative = 1e-15);
@@ -374,12 +508,25 @@ mod tests {
 
     #[test]
     fn softcap_bounds_scores_and_alibi_penalises_distance() {
-        let base = AttnConfig { scale: 1.0, ..AttnConfig::new(1, 1, 1, DType::F32) };
-        let capped = AttnConfig { softcap: Some(1.0), ..base.clone() };
+        let base = AttnConfig {
+            scale: 1.0,
+            ..AttnConfig::new(1, 1, 1, DType::F32)
+        };
+        let capped = AttnConfig {
+            softcap: Some(1.0),
+            ..base.clone()
+        };
         // Scores 0 and 100: with cap 1 they become 0 and ~tanh(100) = 1.
         let r = single(&[1.0], &[0.0, 100.0], &[0.0, 1.0], 1, 1, &capped);
-        assert_relative_eq!(r.out[0], 1f64.exp() / (1.0 + 1f64.exp()), max_relative = 1e-12);
-        let alibi = AttnConfig { alibi_slopes: Some(vec![2.0]), ..base };
+        assert_relative_eq!(
+            r.out[0],
+            1f64.exp() / (1.0 + 1f64.exp()),
+            max_relative = 1e-12
+        );
+        let alibi = AttnConfig {
+            alibi_slopes: Some(vec![2.0]),
+            ..base
+        };
         let r = single(&[0.0], &[0.0, 0.0], &[1.0, 0.0], 1, 1, &alibi);
         // Key 0 is one position back: bias -2.
         let w = (-2f64).exp();
@@ -396,14 +543,26 @@ mod tests {
 
     #[test]
     fn fp8_cache_is_dequantized_with_its_scale() {
-        let cfg = AttnConfig { kv_dtype: DType::Fp8E4m3Fn, v_scale: 0.5, ..AttnConfig::new(1, 1, 1, DType::F32) };
+        let cfg = AttnConfig {
+            kv_dtype: DType::Fp8E4m3Fn,
+            v_scale: 0.5,
+            ..AttnConfig::new(1, 1, 1, DType::F32)
+        };
         let r = single(&[1.0], &[1.0], &[4.0], 1, 1, &cfg);
         assert_eq!(r.out[0], 2.0);
     }
 
     #[test]
     fn merge_with_empty_prefix_is_identity_and_both_empty_is_zero() {
-        let r = merge_attn_states(&[5.0, 6.0], &[f32::NEG_INFINITY, f32::INFINITY], &[1.0, 2.0], &[0.3, f32::NEG_INFINITY], 1, 1).unwrap();
+        let r = merge_attn_states(
+            &[5.0, 6.0],
+            &[f32::NEG_INFINITY, f32::INFINITY],
+            &[1.0, 2.0],
+            &[0.3, f32::NEG_INFINITY],
+            1,
+            1,
+        )
+        .unwrap();
         assert_eq!(r.out, vec![1.0, 0.0]);
         assert_relative_eq!(r.lse[0], 0.3f32 as f64);
         assert_eq!(r.lse[1], f64::NEG_INFINITY);
@@ -411,7 +570,12 @@ mod tests {
 
     #[test]
     fn compare_counts_mismatches_and_first_index() {
-        let c = compare(&[1.0f32, 2.0, f32::NAN, f32::INFINITY], &[1.0f64, 2.5, 3.0, f64::INFINITY], Tolerance::new(0.1, 0.0)).unwrap();
+        let c = compare(
+            &[1.0f32, 2.0, f32::NAN, f32::INFINITY],
+            &[1.0f64, 2.5, 3.0, f64::INFINITY],
+            Tolerance::new(0.1, 0.0),
+        )
+        .unwrap();
         assert_eq!((c.mismatches, c.first_mismatch), (2, Some(1)));
         assert_eq!(c.max_abs_err, f64::INFINITY);
         assert!(compare(&[1.0f32], &[1.0f32, 2.0], Tolerance::new(0.0, 0.0)).is_err());
@@ -422,8 +586,19 @@ mod tests {
         let cfg = AttnConfig::new(1, 1, 2, DType::F32);
         let layout = KvLayout::new(LayoutKind::Nhd, 1, 1, 1, 2, DType::F32).unwrap();
         let cache = KvCache::zeros(layout);
-        let meta = AttentionMetadata::new(1, 1, vec![0, 1], vec![1], BlockTableTensor::from_rows(&[vec![0]]), vec![0], true).unwrap();
-        let e = paged_attention(&[0.0; 3], &cache, &meta, &cfg).unwrap_err().to_string();
+        let meta = AttentionMetadata::new(
+            1,
+            1,
+            vec![0, 1],
+            vec![1],
+            BlockTableTensor::from_rows(&[vec![0]]),
+            vec![0],
+            true,
+        )
+        .unwrap();
+        let e = paged_attention(&[0.0; 3], &cache, &meta, &cfg)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("query length 3") && e.contains("= 2"), "{e}");
     }
 }

@@ -71,9 +71,17 @@ pub struct ReplayResult {
 pub fn replay_paths(paths: &[PathBuf], backend: Option<&str>) -> Result<Vec<ReplayResult>> {
     if let Some(name) = backend {
         // An unknown name is an error up front, naming the emulated MHA and MLA backends.
-        let known: Vec<&'static str> = mha_backends().iter().map(|b| b.name()).chain(mla_backends().iter().map(|b| b.name())).collect();
+        let known: Vec<&'static str> = mha_backends()
+            .iter()
+            .map(|b| b.name())
+            .chain(mla_backends().iter().map(|b| b.name()))
+            .collect();
         if !known.contains(&name) {
-            return Err(Error::invalid("backend", format!("'{name}'"), format!("emulated backends: {}", known.join(", "))));
+            return Err(Error::invalid(
+                "backend",
+                format!("'{name}'"),
+                format!("emulated backends: {}", known.join(", ")),
+            ));
         }
     }
     let mut out = Vec::new();
@@ -88,9 +96,17 @@ fn expand(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
     let mut files = Vec::new();
     for p in paths {
         if p.is_dir() {
-            let rd = std::fs::read_dir(p).map_err(|e| Error::invalid("fixture directory", p.display(), format!("cannot be read: {e}")))?;
-            let mut v: Vec<PathBuf> =
-                rd.filter_map(|e| e.ok().map(|e| e.path())).filter(|f| f.extension().is_some_and(|x| x == "safetensors")).collect();
+            let rd = std::fs::read_dir(p).map_err(|e| {
+                Error::invalid(
+                    "fixture directory",
+                    p.display(),
+                    format!("cannot be read: {e}"),
+                )
+            })?;
+            let mut v: Vec<PathBuf> = rd
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|f| f.extension().is_some_and(|x| x == "safetensors"))
+                .collect();
             v.sort();
             files.extend(v);
         } else {
@@ -105,7 +121,14 @@ fn expand(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
 pub fn replay_file(path: &Path, backend: Option<&str>) -> Vec<ReplayResult> {
     match fixture::load(path) {
         Ok(f) => replay_fixture(&f, backend),
-        Err(e) => vec![row(&path.display().to_string(), "?", "(load)", Status::Fail, Some(e.to_string()), None)],
+        Err(e) => vec![row(
+            &path.display().to_string(),
+            "?",
+            "(load)",
+            Status::Fail,
+            Some(e.to_string()),
+            None,
+        )],
     }
 }
 
@@ -116,30 +139,72 @@ pub fn replay_fixture(f: &Fixture, backend: Option<&str>) -> Vec<ReplayResult> {
     let dtype = f.header.dtype;
     let mut rows = Vec::new();
     let judged =
-        |name: &str, got: Result<Vec<f32>>, expected: &[f32], reference: Option<&[f32]>| judge(&f.file, op, name, got, expected, reference, tol);
+        |name: &str, got: Result<Vec<f32>>, expected: &[f32], reference: Option<&[f32]>| {
+            judge(&f.file, op, name, got, expected, reference, tol)
+        };
     match &f.case {
         Case::Paged(p) => {
-            let r = reference::paged_attention(&p.query, &nhd_cache(p, dtype), &p.meta, &p.cfg).map(|r| to_f32(&r.out));
+            let r = reference::paged_attention(&p.query, &nhd_cache(p, dtype), &p.meta, &p.cfg)
+                .map(|r| to_f32(&r.out));
             rows.push(judged(REFERENCE, r, &p.output, p.reference.as_deref()));
-            for b in mha_backends().iter().filter(|b| backend.is_none_or(|n| n == b.name())) {
+            for b in mha_backends()
+                .iter()
+                .filter(|b| backend.is_none_or(|n| n == b.name()))
+            {
                 let cfg = match b.fixture_config(&p.cfg) {
                     Ok(cfg) => cfg,
                     Err(reason) => {
-                        rows.push(row(&f.file, op, b.name(), Status::Skipped, Some(reason), None));
+                        rows.push(row(
+                            &f.file,
+                            op,
+                            b.name(),
+                            Status::Skipped,
+                            Some(reason),
+                            None,
+                        ));
                         continue;
                     }
                 };
                 match b.check(&cfg, p.meta.block_size) {
-                    Err(e) => rows.push(row(&f.file, op, b.name(), Status::Skipped, Some(e.to_string()), None)),
-                    Ok(()) => rows.push(judged(b.name(), run_backend(b.as_ref(), p, &cfg, dtype), &p.output, p.reference.as_deref())),
+                    Err(e) => rows.push(row(
+                        &f.file,
+                        op,
+                        b.name(),
+                        Status::Skipped,
+                        Some(e.to_string()),
+                        None,
+                    )),
+                    Ok(()) => rows.push(judged(
+                        b.name(),
+                        run_backend(b.as_ref(), p, &cfg, dtype),
+                        &p.output,
+                        p.reference.as_deref(),
+                    )),
                 }
             }
         }
         Case::Merge(m) => {
-            let r = reference::merge_attn_states(&m.prefix_output, &m.prefix_lse, &m.suffix_output, &m.suffix_lse, m.num_heads, m.head_size);
-            rows.push(judged(REFERENCE, r.map(|r| to_f32(&r.out)), &m.output, None));
+            let r = reference::merge_attn_states(
+                &m.prefix_output,
+                &m.prefix_lse,
+                &m.suffix_output,
+                &m.suffix_lse,
+                m.num_heads,
+                m.head_size,
+            );
+            rows.push(judged(
+                REFERENCE,
+                r.map(|r| to_f32(&r.out)),
+                &m.output,
+                None,
+            ));
             if backend.is_none() {
-                rows.push(judged("merge_attn_states", run_merge(m, dtype), &m.output, None));
+                rows.push(judged(
+                    "merge_attn_states",
+                    run_merge(m, dtype),
+                    &m.output,
+                    None,
+                ));
             }
         }
         Case::Mla(m) => {
@@ -153,11 +218,26 @@ pub fn replay_fixture(f: &Fixture, backend: Option<&str>) -> Vec<ReplayResult> {
                 m.meta.block_size,
                 m.scale,
             );
-            rows.push(judged(REFERENCE, r.map(|o| to_f32(&o)), &m.output, m.reference.as_deref()));
-            for b in mla_backends().iter().filter(|b| backend.is_none_or(|n| n == b.name())) {
+            rows.push(judged(
+                REFERENCE,
+                r.map(|o| to_f32(&o)),
+                &m.output,
+                m.reference.as_deref(),
+            ));
+            for b in mla_backends()
+                .iter()
+                .filter(|b| backend.is_none_or(|n| n == b.name()))
+            {
                 let cfg = mla::replay_config(m, dtype);
                 match b.check(&cfg, m.meta.block_size) {
-                    Err(e) => rows.push(row(&f.file, op, b.name(), Status::Skipped, Some(e.to_string()), None)),
+                    Err(e) => rows.push(row(
+                        &f.file,
+                        op,
+                        b.name(),
+                        Status::Skipped,
+                        Some(e.to_string()),
+                        None,
+                    )),
                     Ok(()) => rows.push(judged(
                         b.name(),
                         catch_panic(b.name(), || mla::replay_mla_decode(b.as_ref(), m, &cfg)),
@@ -181,17 +261,30 @@ fn nhd_cache(p: &PagedCase, dtype: DType) -> KvCache {
         head_size: p.cfg.head_size,
         dtype,
     };
-    KvCache { layout, k: p.key_cache.clone(), v: p.value_cache.clone() }
+    KvCache {
+        layout,
+        k: p.key_cache.clone(),
+        v: p.value_cache.clone(),
+    }
 }
 
 /// One backend on one paged case: re-block, lay out, forward.
 /// Runs backend `b` on the case with `cfg` (its [`AttentionBackend::fixture_config`]).
-fn run_backend(b: &dyn AttentionBackend, p: &PagedCase, cfg: &AttnConfig, dtype: DType) -> Result<Vec<f32>> {
+fn run_backend(
+    b: &dyn AttentionBackend,
+    p: &PagedCase,
+    cfg: &AttnConfig,
+    dtype: DType,
+) -> Result<Vec<f32>> {
     let kb = b.kernel_block_size(p.meta.block_size)?;
     let meta = reblock(&p.meta, kb)?;
     let layout = b.cache_layout(cfg, meta.num_blocks, kb)?;
     if layout.dtype != dtype {
-        return Err(Error::invalid("backend cache dtype", layout.dtype, format!("replay needs the fixture's {dtype}")));
+        return Err(Error::invalid(
+            "backend cache dtype",
+            layout.dtype,
+            format!("replay needs the fixture's {dtype}"),
+        ));
     }
     let cache = KvCache::from_nhd(&p.key_cache, &p.value_cache, layout)?;
     catch_panic(b.name(), || b.forward(&p.query, &cache, &meta, cfg))
@@ -205,8 +298,15 @@ pub fn reblock(meta: &AttentionMetadata, kb: usize) -> Result<AttentionMetadata>
         return Ok(meta.clone());
     }
     let split = KernelBlockSplit::new(meta.block_size, kb)?;
-    let rows: Vec<Vec<usize>> =
-        (0..meta.block_table.num_rows).map(|i| meta.block_table.row(i).iter().map(|&b| b.max(0) as usize).collect()).collect();
+    let rows: Vec<Vec<usize>> = (0..meta.block_table.num_rows)
+        .map(|i| {
+            meta.block_table
+                .row(i)
+                .iter()
+                .map(|&b| b.max(0) as usize)
+                .collect()
+        })
+        .collect();
     let refs: Vec<&[usize]> = rows.iter().map(|r| r.as_slice()).collect();
     AttentionMetadata::new(
         kb,
@@ -220,21 +320,42 @@ pub fn reblock(meta: &AttentionMetadata, kb: usize) -> Result<AttentionMetadata>
 }
 
 fn run_merge(m: &MergeCase, dtype: DType) -> Result<Vec<f32>> {
-    let side = |o: &[f32], l: &[f32]| OutLse::new(m.num_tokens, m.num_heads, m.head_size, o.to_vec(), l.to_vec());
-    let (prefix, suffix) = (side(&m.prefix_output, &m.prefix_lse)?, side(&m.suffix_output, &m.suffix_lse)?);
-    catch_panic("merge_attn_states", || Ok(merge_attn_states(&prefix, &suffix, dtype, MergeKernel::Triton)?.out))
+    let side = |o: &[f32], l: &[f32]| {
+        OutLse::new(
+            m.num_tokens,
+            m.num_heads,
+            m.head_size,
+            o.to_vec(),
+            l.to_vec(),
+        )
+    };
+    let (prefix, suffix) = (
+        side(&m.prefix_output, &m.prefix_lse)?,
+        side(&m.suffix_output, &m.suffix_lse)?,
+    );
+    catch_panic("merge_attn_states", || {
+        Ok(merge_attn_states(&prefix, &suffix, dtype, MergeKernel::Triton)?.out)
+    })
 }
 
 /// A panicking emulator becomes a failed row, not an aborted replay.
 pub(crate) fn catch_panic(what: &str, f: impl FnOnce() -> Result<Vec<f32>>) -> Result<Vec<f32>> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|_| Err(Error::unsupported(what, "panicked (a bug: see stderr)")))
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
+        .unwrap_or_else(|_| Err(Error::unsupported(what, "panicked (a bug: see stderr)")))
 }
 
 fn to_f32(x: &[f64]) -> Vec<f32> {
     x.iter().map(|&v| v as f32).collect()
 }
 
-fn row(file: &str, op: &str, backend: &str, status: Status, reason: Option<String>, c: Option<&Comparison>) -> ReplayResult {
+fn row(
+    file: &str,
+    op: &str,
+    backend: &str,
+    status: Status,
+    reason: Option<String>,
+    c: Option<&Comparison>,
+) -> ReplayResult {
     ReplayResult {
         file: file.to_string(),
         op: op.to_string(),
@@ -248,7 +369,15 @@ fn row(file: &str, op: &str, backend: &str, status: Status, reason: Option<Strin
 }
 
 /// Pass iff within tolerance of `expected` and of `reference` (when present).
-fn judge(file: &str, op: &str, backend: &str, got: Result<Vec<f32>>, expected: &[f32], reference: Option<&[f32]>, tol: Tolerance) -> ReplayResult {
+fn judge(
+    file: &str,
+    op: &str,
+    backend: &str,
+    got: Result<Vec<f32>>,
+    expected: &[f32],
+    reference: Option<&[f32]>,
+    tol: Tolerance,
+) -> ReplayResult {
     let got = match got {
         Ok(g) => g,
         Err(e) => return row(file, op, backend, Status::Fail, Some(e.to_string()), None),
@@ -278,7 +407,16 @@ fn judge(file: &str, op: &str, backend: &str, got: Result<Vec<f32>>, expected: &
                 );
                 return row(file, op, backend, Status::Fail, Some(reason), Some(&c));
             }
-            Err(e) => return row(file, op, backend, Status::Fail, Some(e.to_string()), Some(&c)),
+            Err(e) => {
+                return row(
+                    file,
+                    op,
+                    backend,
+                    Status::Fail,
+                    Some(e.to_string()),
+                    Some(&c),
+                )
+            }
         }
     }
     row(file, op, backend, Status::Pass, None, Some(&c))
@@ -286,9 +424,23 @@ fn judge(file: &str, op: &str, backend: &str, got: Result<Vec<f32>>, expected: &
 
 /// The human table: one line per row, aligned, then a count per status.
 pub fn format_table(results: &[ReplayResult]) -> String {
-    let name = |r: &ReplayResult| Path::new(&r.file).file_stem().map_or(r.file.clone(), |s| s.to_string_lossy().into_owned());
-    let w_file = results.iter().map(|r| name(r).len()).max().unwrap_or(4).max(4);
-    let w_be = results.iter().map(|r| r.backend.len()).max().unwrap_or(7).max(7);
+    let name = |r: &ReplayResult| {
+        Path::new(&r.file)
+            .file_stem()
+            .map_or(r.file.clone(), |s| s.to_string_lossy().into_owned())
+    };
+    let w_file = results
+        .iter()
+        .map(|r| name(r).len())
+        .max()
+        .unwrap_or(4)
+        .max(4);
+    let w_be = results
+        .iter()
+        .map(|r| r.backend.len())
+        .max()
+        .unwrap_or(7)
+        .max(7);
     let mut s = format!(
         "{:<w_file$}  {:<17}  {:<w_be$}  {:<7}  {:>10}  {:>10}  {:>5}  reason\n",
         "file", "op", "backend", "status", "max_abs", "max_rel", "bad"
@@ -308,6 +460,11 @@ pub fn format_table(results: &[ReplayResult]) -> String {
         );
     }
     let count = |st: Status| results.iter().filter(|r| r.status == st).count();
-    s += &format!("{} pass, {} fail, {} skipped\n", count(Status::Pass), count(Status::Fail), count(Status::Skipped));
+    s += &format!(
+        "{} pass, {} fail, {} skipped\n",
+        count(Status::Pass),
+        count(Status::Fail),
+        count(Status::Skipped)
+    );
     s
 }

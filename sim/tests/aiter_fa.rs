@@ -35,9 +35,18 @@ fn batch(reqs: &[(usize, usize)], cfg: &AttnConfig, block_size: usize, seed: u64
     batch_with(reqs, cfg, block_size, seed, true)
 }
 
-fn batch_with(reqs: &[(usize, usize)], cfg: &AttnConfig, block_size: usize, seed: u64, causal: bool) -> Batch {
+fn batch_with(
+    reqs: &[(usize, usize)],
+    cfg: &AttnConfig,
+    block_size: usize,
+    seed: u64,
+    causal: bool,
+) -> Batch {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let per_req: Vec<usize> = reqs.iter().map(|&(q, c)| (q + c).div_ceil(block_size)).collect();
+    let per_req: Vec<usize> = reqs
+        .iter()
+        .map(|&(q, c)| (q + c).div_ceil(block_size))
+        .collect();
     let num_blocks = per_req.iter().sum::<usize>() + 3;
     let mut ids: Vec<i32> = (0..num_blocks as i32).collect();
     ids.shuffle(&mut rng);
@@ -51,36 +60,86 @@ fn batch_with(reqs: &[(usize, usize)], cfg: &AttnConfig, block_size: usize, seed
     let mut slots = vec![];
     for (i, &(q, c)) in reqs.iter().enumerate() {
         qsl.push(qsl[i] + q as i32);
-        slots.extend((c..c + q).map(|t| (rows[i][t / block_size] as usize * block_size + t % block_size) as i64));
+        slots.extend(
+            (c..c + q)
+                .map(|t| (rows[i][t / block_size] as usize * block_size + t % block_size) as i64),
+        );
     }
     let seq_lens = reqs.iter().map(|&(q, c)| (q + c) as i32).collect();
-    let meta = AttentionMetadata::new(block_size, num_blocks, qsl, seq_lens, BlockTableTensor::from_rows(&rows), slots, causal).unwrap();
-    let mut draw =
-        |n: usize, dt: DType, scale: f32| -> Vec<f32> { (0..n).map(|_| dt.round(rng.gen_range(-1.0f32..1.0) / scale)).collect() };
+    let meta = AttentionMetadata::new(
+        block_size,
+        num_blocks,
+        qsl,
+        seq_lens,
+        BlockTableTensor::from_rows(&rows),
+        slots,
+        causal,
+    )
+    .unwrap();
+    let mut draw = |n: usize, dt: DType, scale: f32| -> Vec<f32> {
+        (0..n)
+            .map(|_| dt.round(rng.gen_range(-1.0f32..1.0) / scale))
+            .collect()
+    };
     let n_cache = num_blocks * block_size * cfg.num_kv_heads * cfg.head_size;
-    let query = draw(meta.num_actual_tokens * cfg.num_heads * cfg.head_size, cfg.dtype, 1.0);
+    let query = draw(
+        meta.num_actual_tokens * cfg.num_heads * cfg.head_size,
+        cfg.dtype,
+        1.0,
+    );
     let nhd_k = draw(n_cache, cfg.kv_dtype, cfg.k_scale);
     let nhd_v = draw(n_cache, cfg.kv_dtype, cfg.v_scale);
-    Batch { meta, query, nhd_k, nhd_v }
+    Batch {
+        meta,
+        query,
+        nhd_k,
+        nhd_v,
+    }
 }
 
 fn cache_for_backend(b: &dyn AttentionBackend, batch: &Batch, cfg: &AttnConfig) -> KvCache {
-    let layout = b.cache_layout(cfg, batch.meta.num_blocks, batch.meta.block_size).unwrap();
+    let layout = b
+        .cache_layout(cfg, batch.meta.num_blocks, batch.meta.block_size)
+        .unwrap();
     KvCache::from_nhd(&batch.nhd_k, &batch.nhd_v, layout).unwrap()
 }
 
 fn run(b: &dyn AttentionBackend, batch: &Batch, cfg: &AttnConfig) -> Vec<f32> {
-    b.forward(&batch.query, &cache_for_backend(b, batch, cfg), &batch.meta, cfg).unwrap()
+    b.forward(
+        &batch.query,
+        &cache_for_backend(b, batch, cfg),
+        &batch.meta,
+        cfg,
+    )
+    .unwrap()
 }
 
 fn reference(batch: &Batch, cfg: &AttnConfig) -> Vec<f64> {
-    let nhd = KvLayout::new(LayoutKind::Nhd, batch.meta.num_blocks, batch.meta.block_size, cfg.num_kv_heads, cfg.head_size, cfg.kv_dtype)
-        .unwrap();
-    paged_attention(&batch.query, &KvCache::from_nhd(&batch.nhd_k, &batch.nhd_v, nhd).unwrap(), &batch.meta, cfg).unwrap().out
+    let nhd = KvLayout::new(
+        LayoutKind::Nhd,
+        batch.meta.num_blocks,
+        batch.meta.block_size,
+        cfg.num_kv_heads,
+        cfg.head_size,
+        cfg.kv_dtype,
+    )
+    .unwrap();
+    paged_attention(
+        &batch.query,
+        &KvCache::from_nhd(&batch.nhd_k, &batch.nhd_v, nhd).unwrap(),
+        &batch.meta,
+        cfg,
+    )
+    .unwrap()
+    .out
 }
 
 fn in_pool<T: Send>(threads: usize, f: impl FnOnce() -> T + Send) -> T {
-    rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap().install(f)
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .unwrap()
+        .install(f)
 }
 
 fn assert_close(out: &[f32], want: &[f64], tol: Tolerance) {
@@ -89,20 +148,32 @@ fn assert_close(out: &[f32], want: &[f64], tol: Tolerance) {
 }
 
 fn req_strategy() -> impl Strategy<Value = (usize, usize)> {
-    prop_oneof![(Just(1usize), 1usize..90), (2usize..20, 1usize..90), (2usize..40, Just(0usize))]
+    prop_oneof![
+        (Just(1usize), 1usize..90),
+        (2usize..20, 1usize..90),
+        (2usize..40, Just(0usize))
+    ]
 }
 
 fn cfg_strategy() -> impl Strategy<Value = AttnConfig> {
-    (prop_oneof![Just((2usize, 1usize)), Just((4, 2)), Just((4, 4)), Just((8, 1))], prop::bool::ANY, prop::bool::ANY).prop_map(
-        |((hq, hkv), bf16, fp8)| {
+    (
+        prop_oneof![
+            Just((2usize, 1usize)),
+            Just((4, 2)),
+            Just((4, 4)),
+            Just((8, 1))
+        ],
+        prop::bool::ANY,
+        prop::bool::ANY,
+    )
+        .prop_map(|((hq, hkv), bf16, fp8)| {
             let dt = if bf16 { DType::Bf16 } else { DType::F16 };
             let mut cfg = AttnConfig::new(hq, hkv, 64, dt);
             if fp8 {
                 (cfg.kv_dtype, cfg.k_scale, cfg.v_scale) = (DType::Fp8E4m3Fnuz, 0.5, 0.25);
             }
             cfg
-        },
-    )
+        })
 }
 
 proptest! {
@@ -197,7 +268,10 @@ proptest! {
 /// Every attn-fixture/1 file in `fixtures/`.
 fn shipped_fixtures() -> Vec<fixture::Fixture> {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures");
-    let mut paths: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+    let mut paths: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     paths.retain(|p| p.extension().is_some_and(|e| e == "safetensors"));
     paths.sort();
     paths.iter().map(|p| fixture::load(p).unwrap()).collect()
@@ -218,7 +292,16 @@ fn merge_fixtures_replay_within_their_tolerance() {
     let mut seen = 0;
     for f in shipped_fixtures() {
         let Case::Merge(c) = &f.case else { continue };
-        let side = |out: &Vec<f32>, lse: &Vec<f32>| OutLse::new(c.num_tokens, c.num_heads, c.head_size, out.clone(), lse.clone()).unwrap();
+        let side = |out: &Vec<f32>, lse: &Vec<f32>| {
+            OutLse::new(
+                c.num_tokens,
+                c.num_heads,
+                c.head_size,
+                out.clone(),
+                lse.clone(),
+            )
+            .unwrap()
+        };
         let m = merge_attn_states(
             &side(&c.prefix_output, &c.prefix_lse),
             &side(&c.suffix_output, &c.suffix_lse),
@@ -227,9 +310,17 @@ fn merge_fixtures_replay_within_their_tolerance() {
         )
         .unwrap();
         let tol = Tolerance::new(f.header.atol, f.header.rtol);
-        assert!(compare(&m.out, &c.output, tol).unwrap().passed(), "{}", f.file);
+        assert!(
+            compare(&m.out, &c.output, tol).unwrap().passed(),
+            "{}",
+            f.file
+        );
         if let Some(lse) = &c.output_lse {
-            assert!(compare(&m.lse, lse, tol).unwrap().passed(), "{} lse", f.file);
+            assert!(
+                compare(&m.lse, lse, tol).unwrap().passed(),
+                "{} lse",
+                f.file
+            );
         }
         seen += 1;
     }
@@ -247,10 +338,17 @@ fn nhd_variant_replays_every_paged_fixture_it_supports() {
         if backend.check(&c.cfg, c.meta.block_size).is_err() {
             continue;
         }
-        let layout = backend.cache_layout(&c.cfg, c.meta.num_blocks, c.meta.block_size).unwrap();
+        let layout = backend
+            .cache_layout(&c.cfg, c.meta.num_blocks, c.meta.block_size)
+            .unwrap();
         let cache = KvCache::from_nhd(&c.key_cache, &c.value_cache, layout).unwrap();
         let out = backend.forward(&c.query, &cache, &c.meta, &c.cfg).unwrap();
-        let cmp = compare(&out, &c.output, Tolerance::new(f.header.atol, f.header.rtol)).unwrap();
+        let cmp = compare(
+            &out,
+            &c.output,
+            Tolerance::new(f.header.atol, f.header.rtol),
+        )
+        .unwrap();
         assert!(cmp.passed(), "{}: {cmp:?}", f.file);
         ran += 1;
     }
@@ -274,14 +372,36 @@ fn blog_example_80000_token_prompt_is_prefill_then_one_then_two_context_chunks()
             true,
         )
         .unwrap();
-        backend.plan(&meta, &cfg).iter().filter(|c| c.name == name).count()
+        backend
+            .plan(&meta, &cfg)
+            .iter()
+            .filter(|c| c.name == name)
+            .count()
     };
     // Step 1: 32768 new tokens, no context: one varlen flash, no merge.
-    assert_eq!((count(32768, 0, "flash_attn_varlen_func"), count(32768, 0, "merge_attn_states")), (1, 0));
+    assert_eq!(
+        (
+            count(32768, 0, "flash_attn_varlen_func"),
+            count(32768, 0, "merge_attn_states")
+        ),
+        (1, 0)
+    );
     // Step 2: 32768 tokens on 32768 of context: new tokens + 1 chunk, one final merge.
-    assert_eq!((count(32768, 32768, "flash_attn_varlen_func"), count(32768, 32768, "merge_attn_states")), (2, 1));
+    assert_eq!(
+        (
+            count(32768, 32768, "flash_attn_varlen_func"),
+            count(32768, 32768, "merge_attn_states")
+        ),
+        (2, 1)
+    );
     // Step 3: 14464 tokens on 65536: 2 chunks, a chunk merge and the final merge.
-    assert_eq!((count(14464, 65536, "flash_attn_varlen_func"), count(14464, 65536, "merge_attn_states")), (3, 2));
+    assert_eq!(
+        (
+            count(14464, 65536, "flash_attn_varlen_func"),
+            count(14464, 65536, "merge_attn_states")
+        ),
+        (3, 2)
+    );
     assert_eq!(count(14464, 65536, "reshape_and_cache_shuffle_triton"), 1);
 }
 
@@ -292,7 +412,10 @@ fn context_chunks_split_the_budget_between_extends_without_block_alignment() {
     assert_eq!(chunks[0].cu_seqlens, vec![0, 20, 30, 30]);
     assert_eq!(chunks[3].cu_seqlens, vec![0, 10, 10, 10]);
     assert_eq!(chunks[3].seq_starts, vec![60, 60, 60]);
-    assert!(context_chunks(&[5, 5], 1).unwrap_err().to_string().contains("cp_tokens_per_iter"));
+    assert!(context_chunks(&[5, 5], 1)
+        .unwrap_err()
+        .to_string()
+        .contains("cp_tokens_per_iter"));
 }
 
 #[test]
@@ -303,12 +426,23 @@ fn chunked_extend_counts_each_sink_once_per_partial_as_vllm_does() {
     let mut cfg = AttnConfig::new(2, 1, 64, DType::F16);
     cfg.sinks = Some(vec![0.5, 2.0]);
     let b = batch(&[(5, 48)], &cfg, 16, 7);
-    let backend = RocmAiterFa { shuffle_kv_cache: false, cp_tokens_per_iter: 16 }; // 3 chunks
+    let backend = RocmAiterFa {
+        shuffle_kv_cache: false,
+        cp_tokens_per_iter: 16,
+    }; // 3 chunks
     let out = run(&backend, &b, &cfg);
     let mut overcounted = cfg.clone();
     overcounted.sinks = Some(vec![0.5 + 4f32.ln(), 2.0 + 4f32.ln()]);
-    assert_close(&out, &reference(&b, &overcounted), Tolerance::for_dtype(DType::F16));
-    assert!(!compare(&out, &reference(&b, &cfg), Tolerance::for_dtype(DType::F16)).unwrap().passed());
+    assert_close(
+        &out,
+        &reference(&b, &overcounted),
+        Tolerance::for_dtype(DType::F16),
+    );
+    assert!(
+        !compare(&out, &reference(&b, &cfg), Tolerance::for_dtype(DType::F16))
+            .unwrap()
+            .passed()
+    );
 }
 
 #[test]
@@ -321,9 +455,17 @@ fn prefill_and_extend_ignore_softcap_but_decode_applies_it() {
     cfg.softcap = Some(1.0);
     let capped = run(&backend, &b, &cfg);
     let row = 2 * 64;
-    assert_eq!(plain[..10 * row], capped[..10 * row], "prefill + extend rows");
+    assert_eq!(
+        plain[..10 * row],
+        capped[..10 * row],
+        "prefill + extend rows"
+    );
     assert_ne!(plain[10 * row..], capped[10 * row..], "decode row");
-    assert_close(&capped[10 * row..], &reference(&b, &cfg)[10 * row..], Tolerance::for_dtype(DType::Bf16));
+    assert_close(
+        &capped[10 * row..],
+        &reference(&b, &cfg)[10 * row..],
+        Tolerance::for_dtype(DType::Bf16),
+    );
 }
 
 #[test]
@@ -333,8 +475,12 @@ fn written_kv_reaches_attention_through_the_shuffle_writer() {
     let backend = RocmAiterFa::default();
     let mut cache = cache_for_backend(&backend, &b, &cfg);
     let (t, row) = (b.meta.num_actual_tokens, 64);
-    let new_k: Vec<f32> = (0..t * row).map(|i| DType::Bf16.round((i % 13) as f32 * 0.1 - 0.6)).collect();
-    backend.write_kv(&mut cache, &new_k, &new_k, &b.meta.slot_mapping, &cfg).unwrap();
+    let new_k: Vec<f32> = (0..t * row)
+        .map(|i| DType::Bf16.round((i % 13) as f32 * 0.1 - 0.6))
+        .collect();
+    backend
+        .write_kv(&mut cache, &new_k, &new_k, &b.meta.slot_mapping, &cfg)
+        .unwrap();
     let got = backend.forward(&b.query, &cache, &b.meta, &cfg).unwrap();
     // The same step against a canonical cache holding the written tokens.
     let nhd = KvLayout::new(LayoutKind::Nhd, b.meta.num_blocks, 16, 1, 64, DType::Bf16).unwrap();
@@ -346,36 +492,83 @@ fn written_kv_reaches_attention_through_the_shuffle_writer() {
             canon.v[nhd.v_offset(blk, r, 0, dd)] = new_k[tok * row + dd];
         }
     }
-    assert_close(&got, &paged_attention(&b.query, &canon, &b.meta, &cfg).unwrap().out, Tolerance::for_dtype(DType::Bf16));
+    assert_close(
+        &got,
+        &paged_attention(&b.query, &canon, &b.meta, &cfg)
+            .unwrap()
+            .out,
+        Tolerance::for_dtype(DType::Bf16),
+    );
 }
 
 #[test]
 fn check_rejects_what_vllm_rejects() {
     let b = RocmAiterFa::default();
-    let e = b.check(&AttnConfig::new(8, 8, 80, DType::Bf16), 16).unwrap_err().to_string();
-    assert!(e.contains("head size 80") && e.contains("[64, 128, 256]"), "{e}");
-    let e = b.check(&AttnConfig::new(8, 8, 128, DType::F32), 16).unwrap_err().to_string();
-    assert!(e.contains("float32") && e.contains("float16, bfloat16"), "{e}");
-    let e = b.check(&AttnConfig::new(8, 8, 128, DType::Bf16), 8).unwrap_err().to_string();
+    let e = b
+        .check(&AttnConfig::new(8, 8, 80, DType::Bf16), 16)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("head size 80") && e.contains("[64, 128, 256]"),
+        "{e}"
+    );
+    let e = b
+        .check(&AttnConfig::new(8, 8, 128, DType::F32), 16)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("float32") && e.contains("float16, bfloat16"),
+        "{e}"
+    );
+    let e = b
+        .check(&AttnConfig::new(8, 8, 128, DType::Bf16), 8)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("Block size must be a multiple of 16."), "{e}");
     let mut sinks = AttnConfig::new(8, 8, 128, DType::Bf16);
     sinks.sinks = Some(vec![0.0; 8]);
-    assert!(b.check(&sinks, 16).unwrap_err().to_string().contains(SHUFFLE_UNSUPPORTED));
+    assert!(b
+        .check(&sinks, 16)
+        .unwrap_err()
+        .to_string()
+        .contains(SHUFFLE_UNSUPPORTED));
     assert!(RocmAiterFa::new(false).check(&sinks, 16).is_ok());
     assert_eq!(b.kernel_block_size(544).unwrap(), 32);
     assert_eq!(b.kernel_block_size(48).unwrap(), 16);
-    assert!(b.kernel_block_size(24).unwrap_err().to_string().contains("No common block size for 24"));
+    assert!(b
+        .kernel_block_size(24)
+        .unwrap_err()
+        .to_string()
+        .contains("No common block size for 24"));
 }
 
 #[test]
 fn flex_check_rejects_what_vllm_rejects() {
     let mut cfg = AttnConfig::new(4, 4, 80, DType::Bf16);
     FlexAttention.check(&cfg, 544).unwrap();
-    assert!(FlexAttention.check(&cfg, 24).unwrap_err().to_string().contains("multiple of 16"));
+    assert!(FlexAttention
+        .check(&cfg, 24)
+        .unwrap_err()
+        .to_string()
+        .contains("multiple of 16"));
     cfg.softcap = Some(30.0);
-    assert!(FlexAttention.check(&cfg, 16).unwrap_err().to_string().contains("logits soft cap"));
+    assert!(FlexAttention
+        .check(&cfg, 16)
+        .unwrap_err()
+        .to_string()
+        .contains("logits soft cap"));
     let mut fp8 = AttnConfig::new(4, 4, 80, DType::Bf16);
     fp8.kv_dtype = DType::Fp8E4m3Fn;
-    assert!(FlexAttention.check(&fp8, 16).unwrap_err().to_string().contains("quantized kv-cache"));
-    assert_eq!(by_name("FLEX_ATTENTION").unwrap().plan(&batch(&[(3, 20)], &cfg, 16, 1).meta, &cfg)[1].name, "flex_attention");
+    assert!(FlexAttention
+        .check(&fp8, 16)
+        .unwrap_err()
+        .to_string()
+        .contains("quantized kv-cache"));
+    assert_eq!(
+        by_name("FLEX_ATTENTION")
+            .unwrap()
+            .plan(&batch(&[(3, 20)], &cfg, 16, 1).meta, &cfg)[1]
+            .name,
+        "flex_attention"
+    );
 }

@@ -31,19 +31,45 @@ struct Case {
 fn case(seed: u64, hq: usize, hkv: usize, seq_len: usize, q_len: usize) -> Case {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let num_blocks = seq_len.div_ceil(BS) + 2;
-    let mut draw = |n: usize| -> Vec<f32> { (0..n).map(|_| DType::F16.round(rng.gen_range(-2.0f32..2.0))).collect() };
-    let (nhd_k, nhd_v, query) = (draw(num_blocks * BS * hkv * D), draw(num_blocks * BS * hkv * D), draw(q_len * hq * D));
+    let mut draw = |n: usize| -> Vec<f32> {
+        (0..n)
+            .map(|_| DType::F16.round(rng.gen_range(-2.0f32..2.0)))
+            .collect()
+    };
+    let (nhd_k, nhd_v, query) = (
+        draw(num_blocks * BS * hkv * D),
+        draw(num_blocks * BS * hkv * D),
+        draw(q_len * hq * D),
+    );
     let mut ids: Vec<i32> = (0..num_blocks as i32).collect();
     for i in (1..ids.len()).rev() {
         ids.swap(i, rng.gen_range(0..=i));
     }
     ids.truncate(seq_len.div_ceil(BS));
-    Case { cfg: AttnConfig::new(hq, hkv, D, DType::F16), query, nhd_k, nhd_v, blocks: ids, num_blocks, seq_len, q_len }
+    Case {
+        cfg: AttnConfig::new(hq, hkv, D, DType::F16),
+        query,
+        nhd_k,
+        nhd_v,
+        blocks: ids,
+        num_blocks,
+        seq_len,
+        q_len,
+    }
 }
 
 fn meta(c: &Case, blocks: &[i32], seq_len: usize) -> AttentionMetadata {
     let table = BlockTableTensor::from_rows(&[blocks.to_vec()]);
-    AttentionMetadata::new(BS, c.num_blocks, vec![0, c.q_len as i32], vec![seq_len as i32], table, vec![-1; c.q_len], false).unwrap()
+    AttentionMetadata::new(
+        BS,
+        c.num_blocks,
+        vec![0, c.q_len as i32],
+        vec![seq_len as i32],
+        table,
+        vec![-1; c.q_len],
+        false,
+    )
+    .unwrap()
 }
 
 fn cache(c: &Case, kind: LayoutKind) -> KvCache {

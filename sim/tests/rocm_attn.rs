@@ -12,7 +12,9 @@ use attnlab_sim::backends::{by_name, AttentionBackend};
 use attnlab_sim::cache::KvCache;
 use attnlab_sim::config::AttnConfig;
 use attnlab_sim::fixture::{self, Case};
-use attnlab_sim::kernels::paged_decode::{paged_attention_2d, paged_attention_ll4mi, PARTITION_SIZE_ROCM};
+use attnlab_sim::kernels::paged_decode::{
+    paged_attention_2d, paged_attention_ll4mi, PARTITION_SIZE_ROCM,
+};
 use attnlab_sim::kernels::prefix_prefill::context_attention_fwd;
 use attnlab_sim::kernels::softmax::{dot, DimOffsets, KvTile};
 use attnlab_sim::reference::{self, compare, Tolerance};
@@ -34,41 +36,86 @@ struct Batch {
 /// 1..num_blocks with spare unused blocks; block 0 is never used.
 fn batch(cfg: &AttnConfig, block_size: usize, reqs: &[(usize, usize)], seed: u64) -> Batch {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let needed: usize = reqs.iter().map(|&(c, q)| (c + q).div_ceil(block_size)).sum();
+    let needed: usize = reqs
+        .iter()
+        .map(|&(c, q)| (c + q).div_ceil(block_size))
+        .sum();
     let num_blocks = 1 + needed + 3;
     let mut ids: Vec<i32> = (1..num_blocks as i32).collect();
     for i in (1..ids.len()).rev() {
         ids.swap(i, rng.gen_range(0..=i));
     }
     let mut next = ids.into_iter();
-    let rows: Vec<Vec<i32>> =
-        reqs.iter().map(|&(c, q)| (0..(c + q).div_ceil(block_size)).map(|_| next.next().unwrap()).collect()).collect();
+    let rows: Vec<Vec<i32>> = reqs
+        .iter()
+        .map(|&(c, q)| {
+            (0..(c + q).div_ceil(block_size))
+                .map(|_| next.next().unwrap())
+                .collect()
+        })
+        .collect();
     let mut qsl = vec![0i32];
     for &(_, q) in reqs {
         qsl.push(qsl.last().unwrap() + q as i32);
     }
     let seq_lens = reqs.iter().map(|&(c, q)| (c + q) as i32).collect();
     let t = *qsl.last().unwrap() as usize;
-    let meta =
-        AttentionMetadata::new(block_size, num_blocks, qsl, seq_lens, BlockTableTensor::from_rows(&rows), vec![-1; t], true).unwrap();
-    let mut rand_vec = |n: usize, dtype: DType| -> Vec<f32> { (0..n).map(|_| dtype.round(rng.gen_range(-1.0f32..1.0))).collect() };
+    let meta = AttentionMetadata::new(
+        block_size,
+        num_blocks,
+        qsl,
+        seq_lens,
+        BlockTableTensor::from_rows(&rows),
+        vec![-1; t],
+        true,
+    )
+    .unwrap();
+    let mut rand_vec = |n: usize, dtype: DType| -> Vec<f32> {
+        (0..n)
+            .map(|_| dtype.round(rng.gen_range(-1.0f32..1.0)))
+            .collect()
+    };
     let query = rand_vec(t * cfg.num_heads * cfg.head_size, cfg.dtype);
     let n = num_blocks * block_size * cfg.num_kv_heads * cfg.head_size;
     // Stored values: exact in the cache dtype (fp8: x / scale quantized).
-    let nhd_k = rand_vec(n, DType::F32).into_iter().map(|x| cfg.kv_dtype.round(x / cfg.k_scale)).collect();
-    let nhd_v = rand_vec(n, DType::F32).into_iter().map(|x| cfg.kv_dtype.round(x / cfg.v_scale)).collect();
-    Batch { meta, query, nhd_k, nhd_v, num_blocks }
+    let nhd_k = rand_vec(n, DType::F32)
+        .into_iter()
+        .map(|x| cfg.kv_dtype.round(x / cfg.k_scale))
+        .collect();
+    let nhd_v = rand_vec(n, DType::F32)
+        .into_iter()
+        .map(|x| cfg.kv_dtype.round(x / cfg.v_scale))
+        .collect();
+    Batch {
+        meta,
+        query,
+        nhd_k,
+        nhd_v,
+        num_blocks,
+    }
 }
 
 impl Batch {
     fn cache(&self, cfg: &AttnConfig, kind: LayoutKind) -> KvCache {
-        let layout = KvLayout::new(kind, self.num_blocks, self.meta.block_size, cfg.num_kv_heads, cfg.head_size, cfg.kv_dtype).unwrap();
+        let layout = KvLayout::new(
+            kind,
+            self.num_blocks,
+            self.meta.block_size,
+            cfg.num_kv_heads,
+            cfg.head_size,
+            cfg.kv_dtype,
+        )
+        .unwrap();
         KvCache::from_nhd(&self.nhd_k, &self.nhd_v, layout).unwrap()
     }
 }
 
 fn with_threads<T: Send>(n: usize, f: impl FnOnce() -> T + Send) -> T {
-    rayon::ThreadPoolBuilder::new().num_threads(n).build().unwrap().install(f)
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(n)
+        .build()
+        .unwrap()
+        .install(f)
 }
 
 fn bits(x: &[f32]) -> Vec<u32> {
@@ -92,7 +139,13 @@ fn dtype_strategy() -> impl Strategy<Value = DType> {
 
 fn reqs_strategy() -> impl Strategy<Value = Vec<(usize, usize)>> {
     // (context, query): decode rows, extends and fresh prefills mixed.
-    prop::collection::vec((0usize..300, prop_oneof![Just(1usize), 1usize..40, 60usize..140]), 1..4)
+    prop::collection::vec(
+        (
+            0usize..300,
+            prop_oneof![Just(1usize), 1usize..40, 60usize..140],
+        ),
+        1..4,
+    )
 }
 
 proptest! {
@@ -143,39 +196,88 @@ proptest! {
 
 #[test]
 fn seed_era_window_attends_w_minus_1_keys_and_v0_33_attends_w() {
-    let cfg = AttnConfig { sliding_window: Some(24), ..config(DType::F32, 4, 2, 64) };
+    let cfg = AttnConfig {
+        sliding_window: Some(24),
+        ..config(DType::F32, 4, 2, 64)
+    };
     let b = batch(&cfg, 16, &[(70, 1), (30, 45), (0, 90)], 7);
     let cache = b.cache(&cfg, LayoutKind::RocmPaged);
     for (profile, seen) in [(RocmAttnProfile::SeedEra, 23), (RocmAttnProfile::V0_33, 24)] {
-        let out = RocmAttn { profile }.forward(&b.query, &cache, &b.meta, &cfg).unwrap();
-        assert_matches_reference(&out, &b, &cache, &AttnConfig { sliding_window: Some(seen), ..cfg.clone() });
+        let out = RocmAttn { profile }
+            .forward(&b.query, &cache, &b.meta, &cfg)
+            .unwrap();
+        assert_matches_reference(
+            &out,
+            &b,
+            &cache,
+            &AttnConfig {
+                sliding_window: Some(seen),
+                ..cfg.clone()
+            },
+        );
     }
 }
 
 #[test]
 fn seed_era_window_of_one_disables_the_window() {
-    let cfg = AttnConfig { sliding_window: Some(1), ..config(DType::F32, 2, 1, 32) };
+    let cfg = AttnConfig {
+        sliding_window: Some(1),
+        ..config(DType::F32, 2, 1, 32)
+    };
     let b = batch(&cfg, 32, &[(50, 1), (10, 20)], 3);
     let cache = b.cache(&cfg, LayoutKind::RocmPaged);
-    let out = RocmAttn::default().forward(&b.query, &cache, &b.meta, &cfg).unwrap();
-    assert_matches_reference(&out, &b, &cache, &AttnConfig { sliding_window: None, ..cfg.clone() });
+    let out = RocmAttn::default()
+        .forward(&b.query, &cache, &b.meta, &cfg)
+        .unwrap();
+    assert_matches_reference(
+        &out,
+        &b,
+        &cache,
+        &AttnConfig {
+            sliding_window: None,
+            ..cfg.clone()
+        },
+    );
 }
 
 #[test]
 fn softcap_is_ignored_as_vllm_rocm_attn_ignores_it() {
-    let cfg = AttnConfig { softcap: Some(2.0), scale: 2.0, ..config(DType::F32, 4, 4, 64) };
+    let cfg = AttnConfig {
+        softcap: Some(2.0),
+        scale: 2.0,
+        ..config(DType::F32, 4, 4, 64)
+    };
     let b = batch(&cfg, 16, &[(40, 1), (20, 33)], 11);
     let cache = b.cache(&cfg, LayoutKind::RocmPaged);
-    let out = RocmAttn::default().forward(&b.query, &cache, &b.meta, &cfg).unwrap();
-    assert_matches_reference(&out, &b, &cache, &AttnConfig { softcap: None, ..cfg.clone() });
+    let out = RocmAttn::default()
+        .forward(&b.query, &cache, &b.meta, &cfg)
+        .unwrap();
+    assert_matches_reference(
+        &out,
+        &b,
+        &cache,
+        &AttnConfig {
+            softcap: None,
+            ..cfg.clone()
+        },
+    );
     let capped = reference::paged_attention(&b.query, &cache, &b.meta, &cfg).unwrap();
-    assert!(!compare(&out, &capped.out, Tolerance::for_dtype(DType::F32)).unwrap().passed(), "soft-cap must change this batch");
+    assert!(
+        !compare(&out, &capped.out, Tolerance::for_dtype(DType::F32))
+            .unwrap()
+            .passed(),
+        "soft-cap must change this batch"
+    );
 }
 
 #[test]
 fn kernels_apply_softcap_when_the_config_carries_it() {
     // AITER's paged_attention_v1 soft-caps; the kernels do when asked.
-    let cfg = AttnConfig { softcap: Some(3.0), scale: 1.5, ..config(DType::F32, 4, 2, 64) };
+    let cfg = AttnConfig {
+        softcap: Some(3.0),
+        scale: 1.5,
+        ..config(DType::F32, 4, 2, 64)
+    };
     let b = batch(&cfg, 16, &[(300, 1), (40, 1), (20, 50)], 5);
     let cache = b.cache(&cfg, LayoutKind::RocmPaged);
     let n = b.query.len();
@@ -192,10 +294,15 @@ fn kernels_apply_softcap_when_the_config_carries_it() {
 fn alibi_batches_match_the_reference() {
     let slopes = vec![0.5, 0.25, 0.125, 0.0625];
     for dtype in [DType::F32, DType::F16] {
-        let cfg = AttnConfig { alibi_slopes: Some(slopes.clone()), ..config(dtype, 4, 2, 64) };
+        let cfg = AttnConfig {
+            alibi_slopes: Some(slopes.clone()),
+            ..config(dtype, 4, 2, 64)
+        };
         let b = batch(&cfg, 32, &[(200, 1), (150, 70), (0, 130)], 17);
         let cache = b.cache(&cfg, LayoutKind::RocmPaged);
-        let out = RocmAttn::default().forward(&b.query, &cache, &b.meta, &cfg).unwrap();
+        let out = RocmAttn::default()
+            .forward(&b.query, &cache, &b.meta, &cfg)
+            .unwrap();
         assert_matches_reference(&out, &b, &cache, &cfg);
     }
 }
@@ -203,7 +310,12 @@ fn alibi_batches_match_the_reference() {
 #[test]
 fn fp8_cache_written_by_write_kv_matches_the_reference() {
     for kv_dtype in [DType::Fp8E4m3Fnuz, DType::Fp8E4m3Fn] {
-        let cfg = AttnConfig { kv_dtype, k_scale: 0.37, v_scale: 0.61, ..config(DType::Bf16, 8, 2, 128) };
+        let cfg = AttnConfig {
+            kv_dtype,
+            k_scale: 0.37,
+            v_scale: 0.61,
+            ..config(DType::Bf16, 8, 2, 128)
+        };
         let b = batch(&cfg, 16, &[(100, 1), (64, 20)], 23);
         let backend = RocmAttn::default();
         let mut cache = b.cache(&cfg, LayoutKind::RocmPaged);
@@ -211,8 +323,12 @@ fn fp8_cache_written_by_write_kv_matches_the_reference() {
         let mut rng = ChaCha8Rng::seed_from_u64(1);
         let t = b.meta.num_actual_tokens;
         let row = cfg.num_kv_heads * cfg.head_size;
-        let key: Vec<f32> = (0..t * row).map(|_| cfg.dtype.round(rng.gen_range(-1.0f32..1.0))).collect();
-        let value: Vec<f32> = (0..t * row).map(|_| cfg.dtype.round(rng.gen_range(-1.0f32..1.0))).collect();
+        let key: Vec<f32> = (0..t * row)
+            .map(|_| cfg.dtype.round(rng.gen_range(-1.0f32..1.0)))
+            .collect();
+        let value: Vec<f32> = (0..t * row)
+            .map(|_| cfg.dtype.round(rng.gen_range(-1.0f32..1.0)))
+            .collect();
         let slots: Vec<i64> = (0..b.meta.num_reqs())
             .flat_map(|i| {
                 let m = &b.meta;
@@ -222,7 +338,9 @@ fn fp8_cache_written_by_write_kv_matches_the_reference() {
                 })
             })
             .collect();
-        backend.write_kv(&mut cache, &key, &value, &slots, &cfg).unwrap();
+        backend
+            .write_kv(&mut cache, &key, &value, &slots, &cfg)
+            .unwrap();
         let out = backend.forward(&b.query, &cache, &b.meta, &cfg).unwrap();
         assert_eq!(backend.decode_kernel(&b.meta, &cfg), DecodeKernel::Ll4mi);
         assert_matches_reference(&out, &b, &cache, &cfg);
@@ -240,13 +358,25 @@ fn every_kernel_is_bit_identical_across_layouts_and_thread_counts() {
             let (mut p, mut d2, mut ll) = (vec![0f32; n], vec![0f32; n], vec![0f32; n]);
             context_attention_fwd(&b.query, &cache, &b.meta, &cfg, true, &mut p).unwrap();
             paged_attention_2d(&b.query, &cache, &b.meta, &cfg, &mut d2).unwrap();
-            paged_attention_ll4mi(&b.query, &cache, &b.meta, &cfg, PARTITION_SIZE_ROCM, &mut ll).unwrap();
+            paged_attention_ll4mi(
+                &b.query,
+                &cache,
+                &b.meta,
+                &cfg,
+                PARTITION_SIZE_ROCM,
+                &mut ll,
+            )
+            .unwrap();
             [bits(&p), bits(&d2), bits(&ll)]
         })
     };
     let want = run(LayoutKind::RocmPaged, 1);
     assert_eq!(run(LayoutKind::RocmPaged, 2), want);
-    assert_eq!(run(LayoutKind::AiterShuffled, 2), want, "shuffled layout must give the x-packed bits");
+    assert_eq!(
+        run(LayoutKind::AiterShuffled, 2),
+        want,
+        "shuffled layout must give the x-packed bits"
+    );
     assert_eq!(run(LayoutKind::Nhd, 1), want);
 }
 
@@ -264,7 +394,12 @@ fn kv_tile_qk_is_bit_identical_to_dot_per_key() {
     for (j, &(blk, r)) in locs.iter().enumerate() {
         let k: Vec<f32> = (0..64).map(|d| cache.k_at(blk, r, 1, d)).collect();
         assert_eq!(out[j].to_bits(), dot(&b.query, &k).to_bits(), "key {j}");
-        assert_eq!(tile.v_row(j), (0..64).map(|d| cache.v_at(blk, r, 1, d)).collect::<Vec<_>>());
+        assert_eq!(
+            tile.v_row(j),
+            (0..64)
+                .map(|d| cache.v_at(blk, r, 1, d))
+                .collect::<Vec<_>>()
+        );
     }
 }
 
@@ -273,14 +408,43 @@ fn decode_routes_to_ll4mi_only_inside_the_custom_envelope() {
     let b = RocmAttn::default();
     let meta = |bs: usize| batch(&config(DType::F16, 8, 2, 64), bs, &[(20, 1)], 1).meta;
     let route = |cfg: &AttnConfig, bs: usize| b.decode_kernel(&meta(bs), cfg);
-    assert_eq!(route(&config(DType::F16, 8, 2, 128), 16), DecodeKernel::Ll4mi);
-    assert_eq!(route(&config(DType::Bf16, 8, 2, 64), 32), DecodeKernel::Ll4mi);
-    assert_eq!(route(&config(DType::F32, 8, 2, 128), 16), DecodeKernel::Triton2d, "fp32 query");
-    assert_eq!(route(&config(DType::F16, 8, 2, 96), 16), DecodeKernel::Triton2d, "head size 96");
-    assert_eq!(route(&config(DType::F16, 8, 2, 128), 544), DecodeKernel::Triton2d, "block 544");
-    assert_eq!(route(&config(DType::F16, 34, 2, 128), 16), DecodeKernel::Triton2d, "gqa 17");
-    let windowed = AttnConfig { sliding_window: Some(64), ..config(DType::F16, 8, 2, 128) };
-    assert_eq!(route(&windowed, 16), DecodeKernel::Triton2d, "sliding window");
+    assert_eq!(
+        route(&config(DType::F16, 8, 2, 128), 16),
+        DecodeKernel::Ll4mi
+    );
+    assert_eq!(
+        route(&config(DType::Bf16, 8, 2, 64), 32),
+        DecodeKernel::Ll4mi
+    );
+    assert_eq!(
+        route(&config(DType::F32, 8, 2, 128), 16),
+        DecodeKernel::Triton2d,
+        "fp32 query"
+    );
+    assert_eq!(
+        route(&config(DType::F16, 8, 2, 96), 16),
+        DecodeKernel::Triton2d,
+        "head size 96"
+    );
+    assert_eq!(
+        route(&config(DType::F16, 8, 2, 128), 544),
+        DecodeKernel::Triton2d,
+        "block 544"
+    );
+    assert_eq!(
+        route(&config(DType::F16, 34, 2, 128), 16),
+        DecodeKernel::Triton2d,
+        "gqa 17"
+    );
+    let windowed = AttnConfig {
+        sliding_window: Some(64),
+        ..config(DType::F16, 8, 2, 128)
+    };
+    assert_eq!(
+        route(&windowed, 16),
+        DecodeKernel::Triton2d,
+        "sliding window"
+    );
 }
 
 #[test]
@@ -291,26 +455,53 @@ fn plan_names_vllm_kernels_with_their_shapes() {
     let names: Vec<&str> = plan.iter().map(|c| c.name.as_str()).collect();
     assert_eq!(
         names,
-        ["reshape_and_cache", "_fwd_kernel", "paged_attention_ll4mi_QKV_mfma4_kernel", "paged_attention_ll4mi_reduce_kernel"]
+        [
+            "reshape_and_cache",
+            "_fwd_kernel",
+            "paged_attention_ll4mi_QKV_mfma4_kernel",
+            "paged_attention_ll4mi_reduce_kernel"
+        ]
     );
     assert_eq!(plan[1].shapes["grid"], vec![2, 8, 2]); // cdiv(200, BLOCK_M = 128)
     assert_eq!(plan[2].shapes["tmp_out"], vec![2, 8, 3, 128]); // cdiv(601, 256) partitions
-    assert_eq!(plan[0].shapes["key_cache"], vec![b.num_blocks, 2, 16, 16, 8]);
+    assert_eq!(
+        plan[0].shapes["key_cache"],
+        vec![b.num_blocks, 2, 16, 16, 8]
+    );
     let odd = batch(&cfg, 544, &[(600, 1)], 2);
-    let names: Vec<String> = RocmAttn::default().plan(&odd.meta, &cfg).into_iter().map(|c| c.name).collect();
-    assert_eq!(names, ["triton_reshape_and_cache_flash", "kernel_paged_attention_2d"]);
+    let names: Vec<String> = RocmAttn::default()
+        .plan(&odd.meta, &cfg)
+        .into_iter()
+        .map(|c| c.name)
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "triton_reshape_and_cache_flash",
+            "kernel_paged_attention_2d"
+        ]
+    );
 }
 
 #[test]
 fn rejects_block_size_8_with_vllms_message() {
-    let e = RocmAttn::default().check(&config(DType::F16, 8, 2, 128), 8).unwrap_err().to_string();
-    assert!(e.contains("Block size must be a multiple of 16.") && e.contains('8'), "{e}");
+    let e = RocmAttn::default()
+        .check(&config(DType::F16, 8, 2, 128), 8)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("Block size must be a multiple of 16.") && e.contains('8'),
+        "{e}"
+    );
     assert!(RocmAttn::default().kernel_block_size(8).is_err());
 }
 
 #[test]
 fn rejects_head_size_72_with_vllms_message() {
-    let e = RocmAttn::default().check(&config(DType::F16, 8, 2, 72), 16).unwrap_err().to_string();
+    let e = RocmAttn::default()
+        .check(&config(DType::F16, 8, 2, 72), 16)
+        .unwrap_err()
+        .to_string();
     assert!(
         e.contains("Head size 72 is not supported by RocmAttention. Supported head sizes are: [32, 64, 80, 96, 128, 160, 192, 224, 256]"),
         "{e}"
@@ -319,7 +510,10 @@ fn rejects_head_size_72_with_vllms_message() {
 
 #[test]
 fn rejects_sinks_as_the_selector_does() {
-    let cfg = AttnConfig { sinks: Some(vec![0.5; 4]), ..config(DType::F16, 4, 2, 64) };
+    let cfg = AttnConfig {
+        sinks: Some(vec![0.5; 4]),
+        ..config(DType::F16, 4, 2, 64)
+    };
     let e = RocmAttn::default().check(&cfg, 16).unwrap_err().to_string();
     assert!(e.contains("attention sinks not supported"), "{e}");
 }
@@ -327,9 +521,19 @@ fn rejects_sinks_as_the_selector_does() {
 #[test]
 fn seed_era_kernel_block_sizes_split_manager_blocks() {
     let b = RocmAttn::default();
-    let got: Vec<usize> = [16, 32, 48, 64, 544, 1088].iter().map(|&s| b.kernel_block_size(s).unwrap()).collect();
+    let got: Vec<usize> = [16, 32, 48, 64, 544, 1088]
+        .iter()
+        .map(|&s| b.kernel_block_size(s).unwrap())
+        .collect();
     assert_eq!(got, [16, 32, 16, 32, 544, 544]);
-    assert_eq!(RocmAttn { profile: RocmAttnProfile::V0_33 }.kernel_block_size(48).unwrap(), 48);
+    assert_eq!(
+        RocmAttn {
+            profile: RocmAttnProfile::V0_33
+        }
+        .kernel_block_size(48)
+        .unwrap(),
+        48
+    );
 }
 
 #[test]
@@ -342,7 +546,10 @@ fn forward_rejects_a_query_of_the_wrong_length() {
     let cfg = config(DType::F16, 4, 2, 64);
     let b = batch(&cfg, 16, &[(5, 3)], 1);
     let cache = b.cache(&cfg, LayoutKind::RocmPaged);
-    let e = RocmAttn::default().forward(&b.query[1..], &cache, &b.meta, &cfg).unwrap_err().to_string();
+    let e = RocmAttn::default()
+        .forward(&b.query[1..], &cache, &b.meta, &cfg)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("query length"), "{e}");
 }
 
@@ -353,22 +560,43 @@ fn vllm_chunked_prefill_paged_decode_fixtures_replay_within_their_tolerance() {
     let mut replayed = 0;
     for entry in std::fs::read_dir(&dir).unwrap() {
         let path = entry.unwrap().path();
-        if !path.file_name().unwrap().to_string_lossy().starts_with("rocm_mix_") {
+        if !path
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("rocm_mix_")
+        {
             continue;
         }
         let fx = fixture::load(&path).unwrap();
-        let Case::Paged(case) = fx.case else { panic!("{}: not a paged_attention case", fx.file) };
+        let Case::Paged(case) = fx.case else {
+            panic!("{}: not a paged_attention case", fx.file)
+        };
         let cfg = &case.cfg;
-        let layout =
-            KvLayout::new(LayoutKind::RocmPaged, case.meta.num_blocks, case.meta.block_size, cfg.num_kv_heads, cfg.head_size, cfg.kv_dtype)
-                .unwrap();
+        let layout = KvLayout::new(
+            LayoutKind::RocmPaged,
+            case.meta.num_blocks,
+            case.meta.block_size,
+            cfg.num_kv_heads,
+            cfg.head_size,
+            cfg.kv_dtype,
+        )
+        .unwrap();
         let cache = KvCache::from_nhd(&case.key_cache, &case.value_cache, layout).unwrap();
         let mut out = vec![0f32; case.query.len()];
         context_attention_fwd(&case.query, &cache, &case.meta, cfg, true, &mut out).unwrap();
         paged_attention_2d(&case.query, &cache, &case.meta, cfg, &mut out).unwrap();
-        let c = compare(&out, &case.output, Tolerance::new(fx.header.atol, fx.header.rtol)).unwrap();
+        let c = compare(
+            &out,
+            &case.output,
+            Tolerance::new(fx.header.atol, fx.header.rtol),
+        )
+        .unwrap();
         assert!(c.passed(), "{}: {c:?}", fx.file);
         replayed += 1;
     }
-    assert_eq!(replayed, 3, "the three rocm_mix fixtures of fixtures/MANIFEST.md");
+    assert_eq!(
+        replayed, 3,
+        "the three rocm_mix fixtures of fixtures/MANIFEST.md"
+    );
 }

@@ -93,8 +93,12 @@ struct Shape {
 impl Shape {
     fn metadata(&self, block_size: usize) -> anyhow::Result<AttentionMetadata> {
         let per_seq = self.seq_len.div_ceil(block_size);
-        let rows: Vec<Vec<i32>> = (0..self.num_seqs).map(|i| (0..per_seq).map(|j| (i * per_seq + j) as i32).collect()).collect();
-        let qsl = (0..=self.num_seqs).map(|i| (i * self.q_len) as i32).collect();
+        let rows: Vec<Vec<i32>> = (0..self.num_seqs)
+            .map(|i| (0..per_seq).map(|j| (i * per_seq + j) as i32).collect())
+            .collect();
+        let qsl = (0..=self.num_seqs)
+            .map(|i| (i * self.q_len) as i32)
+            .collect();
         let slots = (0..self.num_seqs * self.q_len).map(|_| -1).collect();
         let m = AttentionMetadata::new(
             block_size,
@@ -128,15 +132,23 @@ fn filled_cache(
     let n = shape.seq_len * cfg.num_kv_heads * cfg.head_size;
     let per_seq = shape.seq_len.div_ceil(layout.block_size) * layout.block_size;
     for i in 0..shape.num_seqs {
-        let (k, v) = (seeded_values(2 * i as u64, n, cfg.dtype), seeded_values(2 * i as u64 + 1, n, cfg.dtype));
-        let slots: Vec<i64> = (0..shape.seq_len).map(|t| (i * per_seq + t) as i64).collect();
+        let (k, v) = (
+            seeded_values(2 * i as u64, n, cfg.dtype),
+            seeded_values(2 * i as u64 + 1, n, cfg.dtype),
+        );
+        let slots: Vec<i64> = (0..shape.seq_len)
+            .map(|t| (i * per_seq + t) as i64)
+            .collect();
         write(&mut cache, &k, &v, &slots)?;
     }
     Ok(cache)
 }
 
 /// Median wall time of `repeats` runs after one warm-up.
-fn median_seconds(repeats: usize, mut f: impl FnMut() -> anyhow::Result<()>) -> anyhow::Result<f64> {
+fn median_seconds(
+    repeats: usize,
+    mut f: impl FnMut() -> anyhow::Result<()>,
+) -> anyhow::Result<f64> {
     f()?;
     let mut times = Vec::with_capacity(repeats);
     for _ in 0..repeats.max(1) {
@@ -155,34 +167,76 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if !args.cpu {
         anyhow::bail!("choose what to benchmark: --cpu (the emulator)");
     }
-    for (what, v) in [("--prefill-tokens", args.prefill_tokens), ("--decode-batch", args.decode_batch), ("--decode-ctx", args.decode_ctx)] {
+    for (what, v) in [
+        ("--prefill-tokens", args.prefill_tokens),
+        ("--decode-batch", args.decode_batch),
+        ("--decode-ctx", args.decode_ctx),
+    ] {
         if v == 0 {
             anyhow::bail!("invalid {what} 0: must be >= 1");
         }
     }
     let model = preset(&args.model)?;
     let cfg = attnlab_sim::workload::model_config(model)?;
-    let backends: Vec<Box<dyn AttentionBackend>> = if args.backend == "all" { mha_backends() } else { vec![by_name(&args.backend)?] };
+    let backends: Vec<Box<dyn AttentionBackend>> = if args.backend == "all" {
+        mha_backends()
+    } else {
+        vec![by_name(&args.backend)?]
+    };
     let shapes = [
-        Shape { name: "prefill", num_seqs: 1, q_len: args.prefill_tokens, seq_len: args.prefill_tokens },
-        Shape { name: "decode", num_seqs: args.decode_batch, q_len: 1, seq_len: args.decode_ctx },
+        Shape {
+            name: "prefill",
+            num_seqs: 1,
+            q_len: args.prefill_tokens,
+            seq_len: args.prefill_tokens,
+        },
+        Shape {
+            name: "decode",
+            num_seqs: args.decode_batch,
+            q_len: 1,
+            seq_len: args.decode_ctx,
+        },
     ];
     let mut results = Vec::new();
     let mut skipped = Vec::new();
     for shape in &shapes {
         let gflop = 4.0 * (cfg.head_size * cfg.num_heads) as f64 * shape.pairs() / 1e9;
-        let query = seeded_values(u64::MAX, shape.num_seqs * shape.q_len * cfg.num_heads * cfg.head_size, cfg.dtype);
+        let query = seeded_values(
+            u64::MAX,
+            shape.num_seqs * shape.q_len * cfg.num_heads * cfg.head_size,
+            cfg.dtype,
+        );
 
         let meta = shape.metadata(BLOCK_SIZE)?;
-        let nhd = KvLayout::new(LayoutKind::Nhd, meta.num_blocks, BLOCK_SIZE, cfg.num_kv_heads, cfg.head_size, cfg.kv_dtype)?;
-        let cache = filled_cache(nhd, shape, &cfg, |c, k, v, s| reshape_and_cache(CacheWriter::ReshapeAndCacheFlash, c, k, v, s, &cfg))?;
-        let naive_s = median_seconds(args.repeats, || Ok(paged_attention_in::<f32>(&query, &cache, &meta, &cfg).map(drop)?))?;
+        let nhd = KvLayout::new(
+            LayoutKind::Nhd,
+            meta.num_blocks,
+            BLOCK_SIZE,
+            cfg.num_kv_heads,
+            cfg.head_size,
+            cfg.kv_dtype,
+        )?;
+        let cache = filled_cache(nhd, shape, &cfg, |c, k, v, s| {
+            reshape_and_cache(CacheWriter::ReshapeAndCacheFlash, c, k, v, s, &cfg)
+        })?;
+        let naive_s = median_seconds(args.repeats, || {
+            Ok(paged_attention_in::<f32>(&query, &cache, &meta, &cfg).map(drop)?)
+        })?;
         drop(cache);
         let naive_gflops = gflop / naive_s;
-        results.push(Measurement { case: shape.name, implementation: NAIVE.into(), gflop, median_s: naive_s, gflops: naive_gflops, vs_naive: 1.0 });
+        results.push(Measurement {
+            case: shape.name,
+            implementation: NAIVE.into(),
+            gflop,
+            median_s: naive_s,
+            gflops: naive_gflops,
+            vs_naive: 1.0,
+        });
 
         for b in &backends {
-            let setup = b.check(&cfg, BLOCK_SIZE).and_then(|()| b.kernel_block_size(BLOCK_SIZE));
+            let setup = b
+                .check(&cfg, BLOCK_SIZE)
+                .and_then(|()| b.kernel_block_size(BLOCK_SIZE));
             let kb = match setup {
                 Ok(kb) => kb,
                 Err(e) => {
@@ -192,9 +246,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             };
             let meta = shape.metadata(kb)?;
             let layout = b.cache_layout(&cfg, meta.num_blocks, kb)?;
-            let cache = filled_cache(layout, shape, &cfg, |c, k, v, s| b.write_kv(c, k, v, s, &cfg))?;
-            let s = median_seconds(args.repeats, || Ok(b.forward(&query, &cache, &meta, &cfg).map(drop)?))
-                .with_context(|| format!("{} on the {} case", b.name(), shape.name))?;
+            let cache = filled_cache(layout, shape, &cfg, |c, k, v, s| {
+                b.write_kv(c, k, v, s, &cfg)
+            })?;
+            let s = median_seconds(args.repeats, || {
+                Ok(b.forward(&query, &cache, &meta, &cfg).map(drop)?)
+            })
+            .with_context(|| format!("{} on the {} case", b.name(), shape.name))?;
             results.push(Measurement {
                 case: shape.name,
                 implementation: b.name().to_string(),
@@ -206,7 +264,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
     }
     skipped.dedup();
-    let report = Report { model: model.name, threads: rayon::current_num_threads(), results, skipped };
+    let report = Report {
+        model: model.name,
+        threads: rayon::current_num_threads(),
+        results,
+        skipped,
+    };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -216,14 +279,32 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 }
 
 fn format_report(r: &Report, shapes: &[Shape]) -> String {
-    let mut s = format!("attnlab bench --cpu: {} shapes, {} rayon threads\n", r.model, r.threads);
+    let mut s = format!(
+        "attnlab bench --cpu: {} shapes, {} rayon threads\n",
+        r.model, r.threads
+    );
     for sh in shapes {
-        s += &format!("  {}: {} seq x {} new tokens, kv length {}\n", sh.name, sh.num_seqs, sh.q_len, sh.seq_len);
+        s += &format!(
+            "  {}: {} seq x {} new tokens, kv length {}\n",
+            sh.name, sh.num_seqs, sh.q_len, sh.seq_len
+        );
     }
-    let w = r.results.iter().map(|m| m.implementation.len()).max().unwrap_or(9).max(14);
-    s += &format!("{:<8}  {:<w$}  {:>8}  {:>10}  {:>8}  {:>8}\n", "case", "implementation", "GFLOP", "median_s", "GFLOP/s", "vs_naive");
+    let w = r
+        .results
+        .iter()
+        .map(|m| m.implementation.len())
+        .max()
+        .unwrap_or(9)
+        .max(14);
+    s += &format!(
+        "{:<8}  {:<w$}  {:>8}  {:>10}  {:>8}  {:>8}\n",
+        "case", "implementation", "GFLOP", "median_s", "GFLOP/s", "vs_naive"
+    );
     for m in &r.results {
-        s += &format!("{:<8}  {:<w$}  {:>8.2}  {:>10.4}  {:>8.2}  {:>7.2}x\n", m.case, m.implementation, m.gflop, m.median_s, m.gflops, m.vs_naive);
+        s += &format!(
+            "{:<8}  {:<w$}  {:>8.2}  {:>10.4}  {:>8.2}  {:>7.2}x\n",
+            m.case, m.implementation, m.gflop, m.median_s, m.gflops, m.vs_naive
+        );
     }
     for (b, why) in &r.skipped {
         s += &format!("skipped {b}: {why}\n");

@@ -28,19 +28,34 @@ pub struct Args {
     #[arg(long, allow_hyphen_values = true, value_name = "N")]
     head_size: String,
     /// KV heads (ignored by mla, which caches one latent head).
-    #[arg(long, allow_hyphen_values = true, value_name = "N", default_value = "1")]
+    #[arg(
+        long,
+        allow_hyphen_values = true,
+        value_name = "N",
+        default_value = "1"
+    )]
     kv_heads: String,
     /// Cache storage dtype: fixes x = 16 bytes / element.
     #[arg(long, value_name = "D", default_value = "bfloat16")]
     dtype: String,
     /// The token's slot: block = T / block_size, row = T % block_size.
-    #[arg(long, allow_hyphen_values = true, value_name = "T", default_value = "0")]
+    #[arg(
+        long,
+        allow_hyphen_values = true,
+        value_name = "T",
+        default_value = "0"
+    )]
     token: String,
     /// Blocks in the cache [default: just enough to hold the token].
     #[arg(long, allow_hyphen_values = true, value_name = "N")]
     num_blocks: Option<String>,
     /// mla only: trailing channels holding k_pe.
-    #[arg(long, allow_hyphen_values = true, value_name = "N", default_value = "64")]
+    #[arg(
+        long,
+        allow_hyphen_values = true,
+        value_name = "N",
+        default_value = "64"
+    )]
     rope_dim: String,
     /// Print JSON ({"error": {...}} on bad input).
     #[arg(long)]
@@ -75,7 +90,10 @@ fn describe(a: &Args) -> anyhow::Result<(Value, String)> {
         None => token / block_size + 1,
     };
     if token / block_size >= num_blocks {
-        anyhow::bail!("invalid --token {token}: allowed range is [0, {}) (num_blocks * block_size)", num_blocks.saturating_mul(block_size));
+        anyhow::bail!(
+            "invalid --token {token}: allowed range is [0, {}) (num_blocks * block_size)",
+            num_blocks.saturating_mul(block_size)
+        );
     }
     let (block, row) = (token / block_size, token % block_size);
     if a.layout == "mla" {
@@ -83,10 +101,20 @@ fn describe(a: &Args) -> anyhow::Result<(Value, String)> {
         if rope >= head_size {
             anyhow::bail!("invalid --rope-dim {rope}: must be < --head-size {head_size} (kv_lora_rank = head_size - rope_dim >= 1)");
         }
-        return Ok(describe_mla(MlaLayout::new(num_blocks, block_size, head_size - rope, rope, dtype)?, token, block, row));
+        return Ok(describe_mla(
+            MlaLayout::new(num_blocks, block_size, head_size - rope, rope, dtype)?,
+            token,
+            block,
+            row,
+        ));
     }
-    let kind = LayoutKind::parse(&a.layout)
-        .map_err(|_| anyhow::anyhow!("invalid layout '{}': allowed: {}, mla", a.layout, LAYOUT_NAMES.join(", ")))?;
+    let kind = LayoutKind::parse(&a.layout).map_err(|_| {
+        anyhow::anyhow!(
+            "invalid layout '{}': allowed: {}, mla",
+            a.layout,
+            LAYOUT_NAMES.join(", ")
+        )
+    })?;
     let kv_heads = parse_size("--kv-heads", &a.kv_heads, 1)?;
     if kv_heads > MAX_KV_HEADS {
         anyhow::bail!("invalid --kv-heads {kv_heads}: allowed range is [1, {MAX_KV_HEADS}]");
@@ -124,12 +152,40 @@ fn describe_mha(l: &KvLayout, token: usize, block: usize, row: usize) -> (Value,
     });
     for (side, key) in [(KvSide::K, "k"), (KvSide::V, "v")] {
         let names = axis_names(l.kind, side);
-        text += &format!("\n{} shape {:?}  [{}]\n", key.to_uppercase(), l.shape(side), names.join(", "));
+        text += &format!(
+            "\n{} shape {:?}  [{}]\n",
+            key.to_uppercase(),
+            l.shape(side),
+            names.join(", ")
+        );
         let mut elems = Vec::new();
         for head in 0..l.num_kv_heads {
-            let offs: Vec<usize> = (0..l.head_size).map(|dim| l.offset(side, KvIndex { block, row, head, dim })).collect();
+            let offs: Vec<usize> = (0..l.head_size)
+                .map(|dim| {
+                    l.offset(
+                        side,
+                        KvIndex {
+                            block,
+                            row,
+                            head,
+                            dim,
+                        },
+                    )
+                })
+                .collect();
             if head < 4 || head + 1 == l.num_kv_heads {
-                text += &format!("  head {head}: {}\n", runs(&offs, |d| l.nd_index(side, KvIndex { block, row, head, dim: d })));
+                text += &format!(
+                    "  head {head}: {}\n",
+                    runs(&offs, |d| l.nd_index(
+                        side,
+                        KvIndex {
+                            block,
+                            row,
+                            head,
+                            dim: d
+                        }
+                    ))
+                );
             } else if head == 4 {
                 text += "  ...\n";
             }
@@ -152,15 +208,31 @@ fn runs(offs: &[usize], index: impl Fn(usize) -> Vec<usize>) -> String {
         }
     }
     let len = offs.len() / starts.len();
-    let shown: Vec<String> = starts.iter().take(3).map(|&d| format!("{} = {:?}", offs[d], index(d))).collect();
-    let stride = if starts.len() > 1 { format!(" (stride {})", offs[starts[1]] - offs[starts[0]]) } else { String::new() };
+    let shown: Vec<String> = starts
+        .iter()
+        .take(3)
+        .map(|&d| format!("{} = {:?}", offs[d], index(d)))
+        .collect();
+    let stride = if starts.len() > 1 {
+        format!(" (stride {})", offs[starts[1]] - offs[starts[0]])
+    } else {
+        String::new()
+    };
     let more = if starts.len() > 3 { ", ..." } else { "" };
     if len == 1 {
-        format!("{} single elements{stride}; offsets {}{more}", starts.len(), shown.join(", "))
+        format!(
+            "{} single elements{stride}; offsets {}{more}",
+            starts.len(),
+            shown.join(", ")
+        )
     } else if starts.len() == 1 {
         format!("{} contiguous elements at offset {}", offs.len(), shown[0])
     } else {
-        format!("{} runs of {len} contiguous elements{stride}; offsets {}{more}", starts.len(), shown.join(", "))
+        format!(
+            "{} runs of {len} contiguous elements{stride}; offsets {}{more}",
+            starts.len(),
+            shown.join(", ")
+        )
     }
 }
 
@@ -178,16 +250,32 @@ fn picture(l: &KvLayout, side: KvSide, block: usize, row: usize) -> String {
         3 => (inner[0], inner[1], inner[2]),
         _ => (inner[0], inner[1], 1),
     };
-    let heads: Vec<usize> = if l.kind == LayoutKind::Nhd { (0..l.num_kv_heads).collect() } else { vec![head] };
+    let heads: Vec<usize> = if l.kind == LayoutKind::Nhd {
+        (0..l.num_kv_heads).collect()
+    } else {
+        vec![head]
+    };
     let mut marked = std::collections::HashSet::new();
     for &h in &heads {
         for dim in 0..l.head_size {
-            let idx = l.nd_index(side, KvIndex { block, row, head: h, dim });
+            let idx = l.nd_index(
+                side,
+                KvIndex {
+                    block,
+                    row,
+                    head: h,
+                    dim,
+                },
+            );
             marked.insert((idx[skip], idx[skip + 1]));
         }
     }
     let (max_rows, max_cols) = (12, 48);
-    let who = if l.kind == LayoutKind::Nhd { format!("block {block}") } else { format!("block {block}, head {head}") };
+    let who = if l.kind == LayoutKind::Nhd {
+        format!("block {block}")
+    } else {
+        format!("block {block}, head {head}")
+    };
     let mut s = format!(
         "  {who}: rows = {}, columns = {}, each cell = {cell} contiguous element(s){}, # = holds the token\n",
         names[skip],
@@ -195,12 +283,25 @@ fn picture(l: &KvLayout, side: KvSide, block: usize, row: usize) -> String {
         if cell > 1 { format!(" along {}", names[skip + 2]) } else { String::new() }
     );
     for r in 0..rows.min(max_rows) {
-        let line: String = (0..cols.min(max_cols)).map(|c| if marked.contains(&(r, c)) { '#' } else { '.' }).collect();
-        s += &format!("  {r:>5} |{line}{}\n", if cols > max_cols { " ..." } else { "" });
+        let line: String = (0..cols.min(max_cols))
+            .map(|c| if marked.contains(&(r, c)) { '#' } else { '.' })
+            .collect();
+        s += &format!(
+            "  {r:>5} |{line}{}\n",
+            if cols > max_cols { " ..." } else { "" }
+        );
     }
     if rows > max_rows {
-        let hidden: std::collections::HashSet<usize> = marked.iter().map(|&(r, _)| r).filter(|&r| r >= max_rows).collect();
-        s += &format!("  ... {} more rows ({} of them hold the token)\n", rows - max_rows, hidden.len());
+        let hidden: std::collections::HashSet<usize> = marked
+            .iter()
+            .map(|&(r, _)| r)
+            .filter(|&r| r >= max_rows)
+            .collect();
+        s += &format!(
+            "  ... {} more rows ({} of them hold the token)\n",
+            rows - max_rows,
+            hidden.len()
+        );
     }
     s
 }
@@ -217,8 +318,12 @@ fn describe_mla(l: MlaLayout, token: usize, block: usize, row: usize) -> (Value,
         l.num_blocks
     );
     text += &format!("token {token} = slot {token}: block {block}, row {row}\n\nshape {:?}  [nb, bs, kv_lora_rank + rope]\n", l.shape());
-    text +=
-        &format!("  c_kv (also read as V): offsets {}..{}  index [{block}, {row}, 0..{}]\n", first, first + l.kv_lora_rank, l.kv_lora_rank);
+    text += &format!(
+        "  c_kv (also read as V): offsets {}..{}  index [{block}, {row}, 0..{}]\n",
+        first,
+        first + l.kv_lora_rank,
+        l.kv_lora_rank
+    );
     text += &format!(
         "  k_pe:                  offsets {}..{}  index [{block}, {row}, {}..{}]\n",
         first + l.kv_lora_rank,
@@ -228,7 +333,11 @@ fn describe_mla(l: MlaLayout, token: usize, block: usize, row: usize) -> (Value,
     );
     text += &format!("  block {block}: one row per token, [c_kv | k_pe]\n");
     for r in 0..l.block_size.min(12) {
-        let mark = if r == row { "[########|##]" } else { "[........|..]" };
+        let mark = if r == row {
+            "[########|##]"
+        } else {
+            "[........|..]"
+        };
         text += &format!("  {r:>5} |{mark}\n");
     }
     if l.block_size > 12 {

@@ -28,5 +28,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         print!("{}", format_table(&results));
     }
     let failed = results.iter().any(|r| r.status == Status::Fail);
-    Ok(if failed { ExitCode::from(1) } else { ExitCode::SUCCESS })
+    Ok(if failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
 }

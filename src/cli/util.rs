@@ -21,7 +21,10 @@ pub fn fail(json: bool, e: anyhow::Error) -> anyhow::Result<ExitCode> {
         Some(attnlab_shared::Error::Unsupported { .. }) => "unsupported",
         _ => "invalid",
     };
-    emit(&format!("{}\n", json!({"error": {"type": kind, "message": format!("{e:#}")}})));
+    emit(&format!(
+        "{}\n",
+        json!({"error": {"type": kind, "message": format!("{e:#}")}})
+    ));
     Ok(ExitCode::from(2))
 }
 

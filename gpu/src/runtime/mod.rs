@@ -258,7 +258,9 @@ pub enum DeviceKind {
     Cuda,
     Hip,
     /// The CPU with waves of `wave` lanes (32 or 64).
-    Host { wave: u32 },
+    Host {
+        wave: u32,
+    },
 }
 
 /// Opens the device of `kind` (`open` picks one by itself).
@@ -310,5 +312,30 @@ impl<'d> Buffer<'d> {
 impl Drop for Buffer<'_> {
     fn drop(&mut self) {
         self.dev.free(self.ptr);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::LaunchDims;
+
+    #[test]
+    fn dynamic_shared_memory_is_padded_to_whole_16_byte_vectors() {
+        let dims = |shared_bytes| LaunchDims {
+            grid: [1, 1, 1],
+            block: [256, 1, 1],
+            shared_bytes,
+        };
+        // 1052: the ll4mi reduce kernel with one partition (memcheck's case).
+        for (asked, padded) in [
+            (0, 0),
+            (4, 16),
+            (16, 16),
+            (1052, 1056),
+            (1056, 1056),
+            (48 * 1024, 48 * 1024),
+        ] {
+            assert_eq!(dims(asked).shared_bytes_padded(), padded, "{asked}");
+        }
     }
 }

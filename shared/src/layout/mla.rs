@@ -26,13 +26,26 @@ pub struct MlaLayout {
 }
 
 impl MlaLayout {
-    pub fn new(num_blocks: usize, block_size: usize, kv_lora_rank: usize, rope_dim: usize, dtype: DType) -> Result<Self> {
-        for (what, v) in [("num_blocks", num_blocks), ("block_size", block_size), ("kv_lora_rank", kv_lora_rank)] {
+    pub fn new(
+        num_blocks: usize,
+        block_size: usize,
+        kv_lora_rank: usize,
+        rope_dim: usize,
+        dtype: DType,
+    ) -> Result<Self> {
+        for (what, v) in [
+            ("num_blocks", num_blocks),
+            ("block_size", block_size),
+            ("kv_lora_rank", kv_lora_rank),
+        ] {
             if v == 0 {
                 return Err(Error::invalid(what, 0, "must be >= 1"));
             }
         }
-        let numel = kv_lora_rank.checked_add(rope_dim).and_then(|w| w.checked_mul(block_size)).and_then(|n| n.checked_mul(num_blocks));
+        let numel = kv_lora_rank
+            .checked_add(rope_dim)
+            .and_then(|w| w.checked_mul(block_size))
+            .and_then(|n| n.checked_mul(num_blocks));
         if numel.is_none() {
             return Err(Error::invalid(
                 "cache size",
@@ -40,12 +53,29 @@ impl MlaLayout {
                 format!("the element count must fit in {} bits", usize::BITS),
             ));
         }
-        Ok(MlaLayout { num_blocks, block_size, kv_lora_rank, rope_dim, dtype })
+        Ok(MlaLayout {
+            num_blocks,
+            block_size,
+            kv_lora_rank,
+            rope_dim,
+            dtype,
+        })
     }
 
     /// The layout for a model's MLA dimensions (DeepSeek: 512 + 64 = 576).
-    pub fn for_dims(dims: &MlaDims, num_blocks: usize, block_size: usize, dtype: DType) -> Result<Self> {
-        Self::new(num_blocks, block_size, dims.kv_lora_rank, dims.qk_rope_head_dim, dtype)
+    pub fn for_dims(
+        dims: &MlaDims,
+        num_blocks: usize,
+        block_size: usize,
+        dtype: DType,
+    ) -> Result<Self> {
+        Self::new(
+            num_blocks,
+            block_size,
+            dims.kv_lora_rank,
+            dims.qk_rope_head_dim,
+            dtype,
+        )
     }
 
     /// Elements per cached token: `kv_lora_rank + rope_dim`.
@@ -82,9 +112,17 @@ impl MlaLayout {
 
     /// [`MlaLayout::offset`] for user-given coordinates.
     pub fn checked_offset(&self, block: usize, row: usize, c: usize) -> Result<usize> {
-        for (what, v, n) in [("block", block, self.num_blocks), ("row", row, self.block_size), ("channel", c, self.width())] {
+        for (what, v, n) in [
+            ("block", block, self.num_blocks),
+            ("row", row, self.block_size),
+            ("channel", c, self.width()),
+        ] {
             if v >= n {
-                return Err(Error::invalid(what, v, format!("allowed range is [0, {n})")));
+                return Err(Error::invalid(
+                    what,
+                    v,
+                    format!("allowed range is [0, {n})"),
+                ));
             }
         }
         Ok(self.offset(block, row, c))
@@ -93,10 +131,18 @@ impl MlaLayout {
     /// The inverse map: (block, row, channel) of element `offset`.
     pub fn index_of(&self, offset: usize) -> Result<(usize, usize, usize)> {
         if offset >= self.numel() {
-            return Err(Error::invalid("offset", offset, format!("allowed range is [0, {})", self.numel())));
+            return Err(Error::invalid(
+                "offset",
+                offset,
+                format!("allowed range is [0, {})", self.numel()),
+            ));
         }
         let w = self.width();
-        Ok((offset / self.block_numel(), offset / w % self.block_size, offset % w))
+        Ok((
+            offset / self.block_numel(),
+            offset / w % self.block_size,
+            offset % w,
+        ))
     }
 }
 
@@ -117,7 +163,9 @@ mod tests {
     #[test]
     fn accepts_block_size_one_and_rejects_zero() {
         assert!(MlaLayout::new(1, 1, 512, 64, DType::Bf16).is_ok());
-        let e = MlaLayout::new(1, 0, 512, 64, DType::Bf16).unwrap_err().to_string();
+        let e = MlaLayout::new(1, 0, 512, 64, DType::Bf16)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("block_size 0"), "{e}");
     }
 

@@ -38,7 +38,11 @@ pub enum LayoutKind {
 }
 
 impl LayoutKind {
-    pub const ALL: [LayoutKind; 3] = [LayoutKind::Nhd, LayoutKind::RocmPaged, LayoutKind::AiterShuffled];
+    pub const ALL: [LayoutKind; 3] = [
+        LayoutKind::Nhd,
+        LayoutKind::RocmPaged,
+        LayoutKind::AiterShuffled,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -54,7 +58,13 @@ impl LayoutKind {
         LayoutKind::ALL
             .into_iter()
             .find(|k| k.name() == name)
-            .ok_or_else(|| Error::invalid("layout", format!("'{name}'"), format!("allowed: {}", LAYOUT_NAMES.join(", "))))
+            .ok_or_else(|| {
+                Error::invalid(
+                    "layout",
+                    format!("'{name}'"),
+                    format!("allowed: {}", LAYOUT_NAMES.join(", ")),
+                )
+            })
     }
 }
 
@@ -95,15 +105,39 @@ pub struct KvLayout {
 
 impl KvLayout {
     /// Validates the sizes against what the layout accepts and says why not.
-    pub fn new(kind: LayoutKind, num_blocks: usize, block_size: usize, num_kv_heads: usize, head_size: usize, dtype: DType) -> Result<Self> {
-        for (what, v) in [("num_blocks", num_blocks), ("block_size", block_size), ("num_kv_heads", num_kv_heads), ("head_size", head_size)] {
+    pub fn new(
+        kind: LayoutKind,
+        num_blocks: usize,
+        block_size: usize,
+        num_kv_heads: usize,
+        head_size: usize,
+        dtype: DType,
+    ) -> Result<Self> {
+        for (what, v) in [
+            ("num_blocks", num_blocks),
+            ("block_size", block_size),
+            ("num_kv_heads", num_kv_heads),
+            ("head_size", head_size),
+        ] {
             if v == 0 {
                 return Err(Error::invalid(what, 0, "must be >= 1"));
             }
         }
-        let l = KvLayout { kind, num_blocks, block_size, num_kv_heads, head_size, dtype };
+        let l = KvLayout {
+            kind,
+            num_blocks,
+            block_size,
+            num_kv_heads,
+            head_size,
+            dtype,
+        };
         // Offsets are usize: the whole tensor must be addressable.
-        if num_blocks.checked_mul(block_size).and_then(|n| n.checked_mul(num_kv_heads)).and_then(|n| n.checked_mul(head_size)).is_none() {
+        if num_blocks
+            .checked_mul(block_size)
+            .and_then(|n| n.checked_mul(num_kv_heads))
+            .and_then(|n| n.checked_mul(head_size))
+            .is_none()
+        {
             return Err(Error::invalid(
                 "cache size",
                 format!("{num_blocks} blocks x {block_size} x {num_kv_heads} x {head_size}"),
@@ -174,7 +208,13 @@ impl KvLayout {
     }
 
     pub fn k_shape(&self) -> Vec<usize> {
-        let (nb, bs, h, d, x) = (self.num_blocks, self.block_size, self.num_kv_heads, self.head_size, self.x());
+        let (nb, bs, h, d, x) = (
+            self.num_blocks,
+            self.block_size,
+            self.num_kv_heads,
+            self.head_size,
+            self.x(),
+        );
         match self.kind {
             LayoutKind::Nhd => vec![nb, bs, h, d],
             LayoutKind::RocmPaged | LayoutKind::AiterShuffled => vec![nb, h, d / x, bs, x],
@@ -182,7 +222,13 @@ impl KvLayout {
     }
 
     pub fn v_shape(&self) -> Vec<usize> {
-        let (nb, bs, h, d, x) = (self.num_blocks, self.block_size, self.num_kv_heads, self.head_size, self.x());
+        let (nb, bs, h, d, x) = (
+            self.num_blocks,
+            self.block_size,
+            self.num_kv_heads,
+            self.head_size,
+            self.x(),
+        );
         match self.kind {
             LayoutKind::Nhd => vec![nb, bs, h, d],
             LayoutKind::RocmPaged => vec![nb, h, d, bs],
@@ -214,7 +260,11 @@ impl KvLayout {
             ("dim", at.dim, self.head_size),
         ] {
             if v >= n {
-                return Err(Error::invalid(what, v, format!("allowed range is [0, {n})")));
+                return Err(Error::invalid(
+                    what,
+                    v,
+                    format!("allowed range is [0, {n})"),
+                ));
             }
         }
         Ok(())
@@ -224,25 +274,47 @@ impl KvLayout {
     /// of the `side` tensor (aiter.md §1.2 gives the shuffled inverses).
     pub fn index_of(&self, side: KvSide, offset: usize) -> Result<KvIndex> {
         if offset >= self.numel() {
-            return Err(Error::invalid("offset", offset, format!("allowed range is [0, {})", self.numel())));
+            return Err(Error::invalid(
+                "offset",
+                offset,
+                format!("allowed range is [0, {})", self.numel()),
+            ));
         }
         let (bs, h, d) = (self.block_size, self.num_kv_heads, self.head_size);
         let (block, in_block) = (offset / self.block_numel(), offset % self.block_numel());
         let at = match (self.kind, side) {
-            (LayoutKind::Nhd, _) => {
-                KvIndex { block, row: in_block / (h * d), head: in_block / d % h, dim: in_block % d }
-            }
+            (LayoutKind::Nhd, _) => KvIndex {
+                block,
+                row: in_block / (h * d),
+                head: in_block / d % h,
+                dim: in_block % d,
+            },
             (LayoutKind::RocmPaged, KvSide::V) => {
                 let (head, o) = (in_block / (d * bs), in_block % (d * bs));
-                KvIndex { block, row: o % bs, head, dim: o / bs }
+                KvIndex {
+                    block,
+                    row: o % bs,
+                    head,
+                    dim: o / bs,
+                }
             }
             (LayoutKind::RocmPaged | LayoutKind::AiterShuffled, KvSide::K) => {
                 let (x, head, o) = (self.x(), in_block / (d * bs), in_block % (d * bs));
-                KvIndex { block, row: o % (bs * x) / x, head, dim: o / (bs * x) * x + o % x }
+                KvIndex {
+                    block,
+                    row: o % (bs * x) / x,
+                    head,
+                    dim: o / (bs * x) * x + o % x,
+                }
             }
             (LayoutKind::AiterShuffled, KvSide::V) => {
                 let (x, head, o) = (self.x(), in_block / (d * bs), in_block % (d * bs));
-                KvIndex { block, row: o / (d * x) * x + o % x, head, dim: o % (d * x) / x }
+                KvIndex {
+                    block,
+                    row: o / (d * x) * x + o % x,
+                    head,
+                    dim: o % (d * x) / x,
+                }
             }
         };
         Ok(at)
@@ -260,10 +332,17 @@ impl KvLayout {
     /// (what a kernel author writes as `k_cache[b, h, d // x, row, d % x]`).
     pub fn nd_index(&self, side: KvSide, at: KvIndex) -> Vec<usize> {
         let x = self.x();
-        let KvIndex { block, row, head, dim } = at;
+        let KvIndex {
+            block,
+            row,
+            head,
+            dim,
+        } = at;
         match (self.kind, side) {
             (LayoutKind::Nhd, _) => vec![block, row, head, dim],
-            (LayoutKind::RocmPaged | LayoutKind::AiterShuffled, KvSide::K) => vec![block, head, dim / x, row, dim % x],
+            (LayoutKind::RocmPaged | LayoutKind::AiterShuffled, KvSide::K) => {
+                vec![block, head, dim / x, row, dim % x]
+            }
             (LayoutKind::RocmPaged, KvSide::V) => vec![block, head, dim, row],
             (LayoutKind::AiterShuffled, KvSide::V) => vec![block, head, row / x, dim, row % x],
         }
@@ -284,13 +363,20 @@ impl KvLayout {
     /// Gathers this layout back into canonical NHD `[nb, bs, h, d]`.
     pub fn to_nhd<T: Copy + Default>(&self, side: KvSide, data: &[T]) -> Result<Vec<T>> {
         self.check_len("cache tensor length", data.len())?;
-        Ok((0..data.len()).map(|i| data[self.offset(side, self.nhd_index(i))]).collect())
+        Ok((0..data.len())
+            .map(|i| data[self.offset(side, self.nhd_index(i))])
+            .collect())
     }
 
     /// The coordinate of element `i` of a canonical NHD tensor (i < numel).
     fn nhd_index(&self, i: usize) -> KvIndex {
         let (bs, h, d) = (self.block_size, self.num_kv_heads, self.head_size);
-        KvIndex { block: i / (bs * h * d), row: i / (h * d) % bs, head: i / d % h, dim: i % d }
+        KvIndex {
+            block: i / (bs * h * d),
+            row: i / (h * d) % bs,
+            head: i / d % h,
+            dim: i % d,
+        }
     }
 
     fn check_len(&self, what: &str, len: usize) -> Result<()> {
@@ -298,7 +384,10 @@ impl KvLayout {
             return Err(Error::invalid(
                 what,
                 len,
-                format!("must be num_blocks*block_size*num_kv_heads*head_size = {}", self.numel()),
+                format!(
+                    "must be num_blocks*block_size*num_kv_heads*head_size = {}",
+                    self.numel()
+                ),
             ));
         }
         Ok(())

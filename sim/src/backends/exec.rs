@@ -115,11 +115,23 @@ pub trait KernelExecutor {
         flash_attn_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, p)
     }
 
-    fn merge_attn_states(&self, prefix: &OutLse, suffix: &OutLse, out_dtype: DType, kernel: MergeKernel) -> Result<OutLse> {
+    fn merge_attn_states(
+        &self,
+        prefix: &OutLse,
+        suffix: &OutLse,
+        out_dtype: DType,
+        kernel: MergeKernel,
+    ) -> Result<OutLse> {
         merge_attn_states(prefix, suffix, out_dtype, kernel)
     }
 
-    fn flex_attention(&self, query: &[f32], cache: &KvCache, meta: &AttentionMetadata, cfg: &AttnConfig) -> Result<Vec<f32>> {
+    fn flex_attention(
+        &self,
+        query: &[f32],
+        cache: &KvCache,
+        meta: &AttentionMetadata,
+        cfg: &AttnConfig,
+    ) -> Result<Vec<f32>> {
         flex_attention(query, cache, meta, cfg)
     }
 
@@ -136,7 +148,12 @@ pub trait KernelExecutor {
         concat_and_cache_mla(cache, kv_c, k_pe, slot_mapping, scale)
     }
 
-    fn up_project(&self, kv_c: &[f32], w: &MlaWeights, dtype: DType) -> Result<(Vec<f32>, Vec<f32>)> {
+    fn up_project(
+        &self,
+        kv_c: &[f32],
+        w: &MlaWeights,
+        dtype: DType,
+    ) -> Result<(Vec<f32>, Vec<f32>)> {
         up_project(kv_c, w, dtype)
     }
 

@@ -31,7 +31,10 @@ impl AttentionBackend for FlexAttention {
     fn check(&self, cfg: &AttnConfig, block_size: usize) -> Result<()> {
         cfg.validate()?;
         if !matches!(cfg.dtype, DType::F16 | DType::Bf16 | DType::F32) {
-            return Err(Error::unsupported(format!("dtype {}", cfg.dtype), "FLEX_ATTENTION supports float16, bfloat16, float32"));
+            return Err(Error::unsupported(
+                format!("dtype {}", cfg.dtype),
+                "FLEX_ATTENTION supports float16, bfloat16, float32",
+            ));
         }
         if cfg.kv_dtype != cfg.dtype {
             return Err(Error::unsupported(
@@ -39,28 +42,71 @@ impl AttentionBackend for FlexAttention {
                 "FlexAttention does not support quantized kv-cache. Yet",
             ));
         }
-        for (set, what) in
-            [(cfg.alibi_slopes.is_some(), "alibi slopes"), (cfg.softcap.is_some(), "logits soft cap"), (cfg.sinks.is_some(), "sinks")]
-        {
+        for (set, what) in [
+            (cfg.alibi_slopes.is_some(), "alibi slopes"),
+            (cfg.softcap.is_some(), "logits soft cap"),
+            (cfg.sinks.is_some(), "sinks"),
+        ] {
             if set {
-                return Err(Error::unsupported(what, format!("FlexAttention does not support {what} yet.")));
+                return Err(Error::unsupported(
+                    what,
+                    format!("FlexAttention does not support {what} yet."),
+                ));
             }
         }
         if block_size == 0 || !block_size.is_multiple_of(16) {
-            return Err(Error::invalid("block_size", block_size, "FLEX_ATTENTION supports block sizes that are a multiple of 16"));
+            return Err(Error::invalid(
+                "block_size",
+                block_size,
+                "FLEX_ATTENTION supports block sizes that are a multiple of 16",
+            ));
         }
         Ok(())
     }
 
-    fn cache_layout(&self, cfg: &AttnConfig, num_blocks: usize, block_size: usize) -> Result<KvLayout> {
-        KvLayout::new(LayoutKind::Nhd, num_blocks, block_size, cfg.num_kv_heads, cfg.head_size, cfg.kv_dtype)
+    fn cache_layout(
+        &self,
+        cfg: &AttnConfig,
+        num_blocks: usize,
+        block_size: usize,
+    ) -> Result<KvLayout> {
+        KvLayout::new(
+            LayoutKind::Nhd,
+            num_blocks,
+            block_size,
+            cfg.num_kv_heads,
+            cfg.head_size,
+            cfg.kv_dtype,
+        )
     }
 
-    fn write_kv_with(&self, ex: &dyn KernelExecutor, cache: &mut KvCache, key: &[f32], value: &[f32], slot_mapping: &[i64], cfg: &AttnConfig) -> Result<()> {
-        ex.reshape_and_cache(CacheWriter::ReshapeAndCacheFlash, cache, key, value, slot_mapping, cfg)
+    fn write_kv_with(
+        &self,
+        ex: &dyn KernelExecutor,
+        cache: &mut KvCache,
+        key: &[f32],
+        value: &[f32],
+        slot_mapping: &[i64],
+        cfg: &AttnConfig,
+    ) -> Result<()> {
+        ex.reshape_and_cache(
+            CacheWriter::ReshapeAndCacheFlash,
+            cache,
+            key,
+            value,
+            slot_mapping,
+            cfg,
+        )
     }
 
-    fn forward_with(&self, ex: &dyn KernelExecutor, query: &[f32], cache: &KvCache, meta: &AttentionMetadata, cfg: &AttnConfig) -> Result<Vec<f32>> {
+    fn forward_with(
+        &self,
+        ex: &dyn KernelExecutor,
+        query: &[f32],
+        cache: &KvCache,
+        meta: &AttentionMetadata,
+        cfg: &AttnConfig,
+    ) -> Result<Vec<f32>> {
         self.check(cfg, meta.block_size)?;
         ex.flex_attention(query, cache, meta, cfg)
     }
@@ -69,7 +115,12 @@ impl AttentionBackend for FlexAttention {
         let Ok(layout) = self.cache_layout(cfg, meta.num_blocks, meta.block_size) else {
             return vec![];
         };
-        let (t, hq, hkv, d) = (meta.num_actual_tokens, cfg.num_heads, cfg.num_kv_heads, cfg.head_size);
+        let (t, hq, hkv, d) = (
+            meta.num_actual_tokens,
+            cfg.num_heads,
+            cfg.num_kv_heads,
+            cfg.head_size,
+        );
         let q_blocks = t.div_ceil(SPARSE_Q_BLOCK_SIZE);
         vec![
             CacheWriter::ReshapeAndCacheFlash.kernel_call(&layout, t),
@@ -77,7 +128,10 @@ impl AttentionBackend for FlexAttention {
                 "flex_attention",
                 &[
                     ("query", vec![1, hq, t, d]),
-                    ("key_cache", vec![1, hkv, meta.num_blocks * meta.block_size, d]),
+                    (
+                        "key_cache",
+                        vec![1, hkv, meta.num_blocks * meta.block_size, d],
+                    ),
                     ("block_mask", vec![q_blocks, meta.num_blocks]),
                     ("block_n", vec![flex_block_n(cfg.dtype, meta.block_size)]),
                     ("output", vec![t, hq, d]),

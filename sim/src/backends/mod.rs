@@ -5,11 +5,11 @@
 
 pub mod exec;
 pub mod flex_attention;
+pub mod mla;
 pub mod rocm_aiter_fa;
+pub mod rocm_aiter_unified_attn;
 pub mod rocm_attn;
 pub mod triton_attn;
-pub mod rocm_aiter_unified_attn;
-pub mod mla;
 
 use crate::backends::exec::{Cpu, KernelExecutor};
 use crate::cache::KvCache;
@@ -30,7 +30,13 @@ pub struct KernelCall {
 
 impl KernelCall {
     pub fn new(name: &str, shapes: &[(&str, Vec<usize>)]) -> Self {
-        KernelCall { name: name.to_string(), shapes: shapes.iter().map(|(k, v)| (k.to_string(), v.clone())).collect() }
+        KernelCall {
+            name: name.to_string(),
+            shapes: shapes
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect(),
+        }
     }
 }
 
@@ -63,15 +69,33 @@ pub trait AttentionBackend: Send + Sync {
     }
 
     /// The cache layout for `num_blocks` kernel blocks of `block_size`.
-    fn cache_layout(&self, cfg: &AttnConfig, num_blocks: usize, block_size: usize) -> Result<KvLayout>;
+    fn cache_layout(
+        &self,
+        cfg: &AttnConfig,
+        num_blocks: usize,
+        block_size: usize,
+    ) -> Result<KvLayout>;
 
     /// Writes the step's new K/V (`[T, Hkv, D]`, in `cfg.dtype`) at `slot_mapping`.
-    fn write_kv(&self, cache: &mut KvCache, key: &[f32], value: &[f32], slot_mapping: &[i64], cfg: &AttnConfig) -> Result<()> {
+    fn write_kv(
+        &self,
+        cache: &mut KvCache,
+        key: &[f32],
+        value: &[f32],
+        slot_mapping: &[i64],
+        cfg: &AttnConfig,
+    ) -> Result<()> {
         self.write_kv_with(&Cpu, cache, key, value, slot_mapping, cfg)
     }
 
     /// Attention for every query token of the batch: `[T, Hq, D]` in `cfg.dtype`.
-    fn forward(&self, query: &[f32], cache: &KvCache, meta: &AttentionMetadata, cfg: &AttnConfig) -> Result<Vec<f32>> {
+    fn forward(
+        &self,
+        query: &[f32],
+        cache: &KvCache,
+        meta: &AttentionMetadata,
+        cfg: &AttnConfig,
+    ) -> Result<Vec<f32>> {
         self.forward_with(&Cpu, query, cache, meta, cfg)
     }
 
@@ -87,7 +111,14 @@ pub trait AttentionBackend: Send + Sync {
     ) -> Result<()>;
 
     /// [`AttentionBackend::forward`] with every kernel launch made through `ex`.
-    fn forward_with(&self, ex: &dyn KernelExecutor, query: &[f32], cache: &KvCache, meta: &AttentionMetadata, cfg: &AttnConfig) -> Result<Vec<f32>>;
+    fn forward_with(
+        &self,
+        ex: &dyn KernelExecutor,
+        query: &[f32],
+        cache: &KvCache,
+        meta: &AttentionMetadata,
+        cfg: &AttnConfig,
+    ) -> Result<Vec<f32>>;
 
     /// The kernel launches `forward` makes for this batch.
     fn plan(&self, meta: &AttentionMetadata, cfg: &AttnConfig) -> Vec<KernelCall>;
@@ -110,6 +141,10 @@ pub fn by_name(name: &str) -> Result<Box<dyn AttentionBackend>> {
     let names: Vec<&str> = all.iter().map(|b| b.name()).collect();
     let joined = names.join(", ");
     all.into_iter().find(|b| b.name() == name).ok_or_else(|| {
-        attnlab_shared::error::Error::invalid("MHA backend", format!("'{name}'"), format!("emulated MHA backends: {joined}"))
+        attnlab_shared::error::Error::invalid(
+            "MHA backend",
+            format!("'{name}'"),
+            format!("emulated MHA backends: {joined}"),
+        )
     })
 }

@@ -66,7 +66,10 @@ pub struct RocmAiterFa {
 
 impl Default for RocmAiterFa {
     fn default() -> Self {
-        RocmAiterFa { shuffle_kv_cache: true, cp_tokens_per_iter: CP_TOKENS_PER_ITER_ROCM }
+        RocmAiterFa {
+            shuffle_kv_cache: true,
+            cp_tokens_per_iter: CP_TOKENS_PER_ITER_ROCM,
+        }
     }
 }
 
@@ -107,9 +110,18 @@ pub enum Step {
     /// `flash_attn_varlen_func` of the queries over `keys`: the step's new
     /// tokens (`gathered: false`, vLLM passes its key/value tensors), or a
     /// context chunk / the SWA tail fetched by `cp_mha_gather_cache` first.
-    Attend { keys: GatherChunk, gathered: bool, mask: FaMask, into: Slot },
+    Attend {
+        keys: GatherChunk,
+        gathered: bool,
+        mask: FaMask,
+        into: Slot,
+    },
     /// `merge_attn_states(prefix, suffix)`.
-    Merge { prefix: Slot, suffix: Slot, into: Slot },
+    Merge {
+        prefix: Slot,
+        suffix: Slot,
+        into: Slot,
+    },
     /// The decode kernel over the paged cache.
     Decode(AiterDecode),
 }
@@ -125,7 +137,11 @@ pub struct SubBatch {
 /// The builder's chunking (§11.3, [`scheduler::context_chunks`]): `budget //
 /// num_extends` context tokens per request per chunk, as gather launches.
 pub fn context_chunks(ctx_lens: &[usize], cp_tokens_per_iter: usize) -> Result<Vec<GatherChunk>> {
-    scheduler::context_chunks(ctx_lens, cp_tokens_per_iter)?.chunks.into_iter().map(|c| GatherChunk::new(c.starts, &c.lens)).collect()
+    scheduler::context_chunks(ctx_lens, cp_tokens_per_iter)?
+        .chunks
+        .into_iter()
+        .map(|c| GatherChunk::new(c.starts, &c.lens))
+        .collect()
 }
 
 /// The extend steps: `(o_new, lse_new)`, the context chunks folded into
@@ -133,22 +149,43 @@ pub fn context_chunks(ctx_lens: &[usize], cp_tokens_per_iter: usize) -> Result<V
 fn chunked_extend(new_tokens: GatherChunk, chunks: Vec<GatherChunk>) -> Vec<Step> {
     use Slot::*;
     let chunked = !chunks.is_empty(); // always for extends (context > 0), vLLM §19 #15
-    let mut steps = vec![Step::Attend { keys: new_tokens, gathered: false, mask: FaMask::Causal, into: if chunked { New } else { Out } }];
+    let mut steps = vec![Step::Attend {
+        keys: new_tokens,
+        gathered: false,
+        mask: FaMask::Causal,
+        into: if chunked { New } else { Out },
+    }];
     for (c, keys) in chunks.into_iter().enumerate() {
-        steps.push(Step::Attend { keys, gathered: true, mask: FaMask::Full, into: if c == 0 { Ctx } else { Chunk } });
+        steps.push(Step::Attend {
+            keys,
+            gathered: true,
+            mask: FaMask::Full,
+            into: if c == 0 { Ctx } else { Chunk },
+        });
         if c > 0 {
-            steps.push(Step::Merge { prefix: Ctx, suffix: Chunk, into: Ctx });
+            steps.push(Step::Merge {
+                prefix: Ctx,
+                suffix: Chunk,
+                into: Ctx,
+            });
         }
     }
     if chunked {
-        steps.push(Step::Merge { prefix: Ctx, suffix: New, into: Out });
+        steps.push(Step::Merge {
+            prefix: Ctx,
+            suffix: New,
+            into: Out,
+        });
     }
     steps
 }
 
 impl RocmAiterFa {
     pub fn new(shuffle_kv_cache: bool) -> Self {
-        RocmAiterFa { shuffle_kv_cache, ..Default::default() }
+        RocmAiterFa {
+            shuffle_kv_cache,
+            ..Default::default()
+        }
     }
 
     fn writer(&self) -> CacheWriter {
@@ -162,7 +199,11 @@ impl RocmAiterFa {
     /// Splits the batch as `split_decodes_prefills_and_extends` does after the
     /// reorder: the non-empty sub-batches in launch order (prefill, extend, decode).
     pub fn route(&self, meta: &AttentionMetadata, cfg: &AttnConfig) -> Result<Vec<SubBatch>> {
-        let of = |k: RequestKind| -> Vec<usize> { (0..meta.num_reqs()).filter(|&i| meta.kind(i, 1) == k).collect() };
+        let of = |k: RequestKind| -> Vec<usize> {
+            (0..meta.num_reqs())
+                .filter(|&i| meta.kind(i, 1) == k)
+                .collect()
+        };
         let new_tokens = |reqs: &[usize]| {
             GatherChunk::new(
                 reqs.iter().map(|&i| meta.context_len(i)).collect(),
@@ -172,50 +213,107 @@ impl RocmAiterFa {
         let mut batches = vec![];
         let reqs = of(RequestKind::Prefill);
         if !reqs.is_empty() {
-            let steps = vec![Step::Attend { keys: new_tokens(&reqs)?, gathered: false, mask: FaMask::Layer, into: Slot::Out }];
-            batches.push(SubBatch { kind: RequestKind::Prefill, reqs, steps });
+            let steps = vec![Step::Attend {
+                keys: new_tokens(&reqs)?,
+                gathered: false,
+                mask: FaMask::Layer,
+                into: Slot::Out,
+            }];
+            batches.push(SubBatch {
+                kind: RequestKind::Prefill,
+                reqs,
+                steps,
+            });
         }
         let reqs = of(RequestKind::Extend);
         if !reqs.is_empty() {
             let steps = match cfg.sliding_window {
                 // The `min(seq_len, q + W)` keys each extend attends, in one causal call.
                 Some(w) => {
-                    let lens: Vec<usize> = reqs.iter().map(|&i| meta.seq_len(i).min(meta.query_len(i) + w)).collect();
-                    let starts = reqs.iter().zip(&lens).map(|(&i, l)| meta.seq_len(i) - l).collect();
-                    vec![Step::Attend { keys: GatherChunk::new(starts, &lens)?, gathered: true, mask: FaMask::Causal, into: Slot::Out }]
+                    let lens: Vec<usize> = reqs
+                        .iter()
+                        .map(|&i| meta.seq_len(i).min(meta.query_len(i) + w))
+                        .collect();
+                    let starts = reqs
+                        .iter()
+                        .zip(&lens)
+                        .map(|(&i, l)| meta.seq_len(i) - l)
+                        .collect();
+                    vec![Step::Attend {
+                        keys: GatherChunk::new(starts, &lens)?,
+                        gathered: true,
+                        mask: FaMask::Causal,
+                        into: Slot::Out,
+                    }]
                 }
                 None => {
                     let ctx: Vec<usize> = reqs.iter().map(|&i| meta.context_len(i)).collect();
-                    chunked_extend(new_tokens(&reqs)?, context_chunks(&ctx, self.cp_tokens_per_iter)?)
+                    chunked_extend(
+                        new_tokens(&reqs)?,
+                        context_chunks(&ctx, self.cp_tokens_per_iter)?,
+                    )
                 }
             };
-            batches.push(SubBatch { kind: RequestKind::Extend, reqs, steps });
+            batches.push(SubBatch {
+                kind: RequestKind::Extend,
+                reqs,
+                steps,
+            });
         }
         let reqs = of(RequestKind::Decode);
         if !reqs.is_empty() {
-            let kernel = if cfg.sinks.is_some() || (cfg.sliding_window.is_some() && cfg.alibi_slopes.is_some()) {
+            let kernel = if cfg.sinks.is_some()
+                || (cfg.sliding_window.is_some() && cfg.alibi_slopes.is_some())
+            {
                 AiterDecode::UnifiedAttention
             } else if self.shuffle_kv_cache {
                 AiterDecode::PagedAttentionCommon
             } else {
                 AiterDecode::PagedAttentionV1
             };
-            batches.push(SubBatch { kind: RequestKind::Decode, reqs, steps: vec![Step::Decode(kernel)] });
+            batches.push(SubBatch {
+                kind: RequestKind::Decode,
+                reqs,
+                steps: vec![Step::Decode(kernel)],
+            });
         }
         Ok(batches)
     }
 }
 
 /// The sub-batch of requests `reqs` (their query rows, KV and block-table rows).
-fn sub_batch(query: &[f32], meta: &AttentionMetadata, reqs: &[usize], row: usize) -> Result<(Vec<f32>, AttentionMetadata, Vec<usize>)> {
+fn sub_batch(
+    query: &[f32],
+    meta: &AttentionMetadata,
+    reqs: &[usize],
+    row: usize,
+) -> Result<(Vec<f32>, AttentionMetadata, Vec<usize>)> {
     let rows: Vec<usize> = reqs.iter().flat_map(|&i| meta.query_range(i)).collect();
-    let q = rows.iter().flat_map(|&t| &query[t * row..(t + 1) * row]).copied().collect();
+    let q = rows
+        .iter()
+        .flat_map(|&t| &query[t * row..(t + 1) * row])
+        .copied()
+        .collect();
     let mut qsl = vec![0i32];
-    reqs.iter().for_each(|&i| qsl.push(qsl.last().unwrap() + meta.query_len(i) as i32));
-    let table = BlockTableTensor::from_rows(&reqs.iter().map(|&i| meta.block_table.row(i).to_vec()).collect::<Vec<_>>());
+    reqs.iter()
+        .for_each(|&i| qsl.push(qsl.last().unwrap() + meta.query_len(i) as i32));
+    let table = BlockTableTensor::from_rows(
+        &reqs
+            .iter()
+            .map(|&i| meta.block_table.row(i).to_vec())
+            .collect::<Vec<_>>(),
+    );
     let seq_lens = reqs.iter().map(|&i| meta.seq_lens[i]).collect();
     let slots = rows.iter().map(|&t| meta.slot_mapping[t]).collect();
-    let sub = AttentionMetadata::new(meta.block_size, meta.num_blocks, qsl, seq_lens, table, slots, meta.causal)?;
+    let sub = AttentionMetadata::new(
+        meta.block_size,
+        meta.num_blocks,
+        qsl,
+        seq_lens,
+        table,
+        slots,
+        meta.causal,
+    )?;
     Ok((q, sub, rows))
 }
 
@@ -235,8 +333,17 @@ impl Slots {
     }
 
     fn take(&mut self, s: Slot) -> Result<OutLse> {
-        let missing = || Error::invalid("merge input", format!("{s:?}"), "must be computed before it is merged");
-        self.partials.get_mut(s as usize).and_then(Option::take).ok_or_else(missing)
+        let missing = || {
+            Error::invalid(
+                "merge input",
+                format!("{s:?}"),
+                "must be computed before it is merged",
+            )
+        };
+        self.partials
+            .get_mut(s as usize)
+            .and_then(Option::take)
+            .ok_or_else(missing)
     }
 }
 
@@ -254,7 +361,10 @@ impl AttentionBackend for RocmAiterFa {
             ));
         }
         if !matches!(cfg.dtype, DType::F16 | DType::Bf16) {
-            return Err(Error::unsupported(format!("dtype {}", cfg.dtype), "ROCM_AITER_FA supports float16, bfloat16"));
+            return Err(Error::unsupported(
+                format!("dtype {}", cfg.dtype),
+                "ROCM_AITER_FA supports float16, bfloat16",
+            ));
         }
         if cfg.kv_dtype != cfg.dtype && !cfg.kv_dtype.is_fp8() {
             return Err(Error::unsupported(
@@ -263,10 +373,17 @@ impl AttentionBackend for RocmAiterFa {
             ));
         }
         if !block_size.is_multiple_of(16) || block_size == 0 {
-            return Err(Error::invalid("block_size", block_size, "Block size must be a multiple of 16."));
+            return Err(Error::invalid(
+                "block_size",
+                block_size,
+                "Block size must be a multiple of 16.",
+            ));
         }
         if self.shuffle_kv_cache && (cfg.sliding_window.is_some() || cfg.sinks.is_some()) {
-            return Err(Error::unsupported("VLLM_ROCM_SHUFFLE_KV_CACHE_LAYOUT=1", SHUFFLE_UNSUPPORTED));
+            return Err(Error::unsupported(
+                "VLLM_ROCM_SHUFFLE_KV_CACHE_LAYOUT=1",
+                SHUFFLE_UNSUPPORTED,
+            ));
         }
         Ok(())
     }
@@ -276,9 +393,25 @@ impl AttentionBackend for RocmAiterFa {
         select_kernel_block_size(block_size, self.name(), KERNEL_BLOCK_SIZES)
     }
 
-    fn cache_layout(&self, cfg: &AttnConfig, num_blocks: usize, block_size: usize) -> Result<KvLayout> {
-        let kind = if self.shuffle_kv_cache { LayoutKind::AiterShuffled } else { LayoutKind::Nhd };
-        KvLayout::new(kind, num_blocks, block_size, cfg.num_kv_heads, cfg.head_size, cfg.kv_dtype)
+    fn cache_layout(
+        &self,
+        cfg: &AttnConfig,
+        num_blocks: usize,
+        block_size: usize,
+    ) -> Result<KvLayout> {
+        let kind = if self.shuffle_kv_cache {
+            LayoutKind::AiterShuffled
+        } else {
+            LayoutKind::Nhd
+        };
+        KvLayout::new(
+            kind,
+            num_blocks,
+            block_size,
+            cfg.num_kv_heads,
+            cfg.head_size,
+            cfg.kv_dtype,
+        )
     }
 
     fn write_kv_with(
@@ -303,11 +436,18 @@ impl AttentionBackend for RocmAiterFa {
     ) -> Result<Vec<f32>> {
         self.check(cfg, meta.block_size)?;
         let want = self.cache_layout(cfg, cache.layout.num_blocks, meta.block_size)?;
-        if cache.layout != want || cache.k.len() != want.numel() || cache.v.len() != want.numel() || want.num_blocks < meta.num_blocks {
+        if cache.layout != want
+            || cache.k.len() != want.numel()
+            || cache.v.len() != want.numel()
+            || want.num_blocks < meta.num_blocks
+        {
             return Err(Error::invalid(
                 "cache layout",
                 format!("{:?}", cache.layout),
-                format!("ROCM_AITER_FA needs {want:?} covering {} blocks", meta.num_blocks),
+                format!(
+                    "ROCM_AITER_FA needs {want:?} covering {} blocks",
+                    meta.num_blocks
+                ),
             ));
         }
         let (hq, d) = (cfg.num_heads, cfg.head_size);
@@ -315,7 +455,10 @@ impl AttentionBackend for RocmAiterFa {
             return Err(Error::invalid(
                 "query length",
                 query.len(),
-                format!("must be num_tokens * num_heads * head_size = {}", meta.num_actual_tokens * hq * d),
+                format!(
+                    "must be num_tokens * num_heads * head_size = {}",
+                    meta.num_actual_tokens * hq * d
+                ),
             ));
         }
         let fa = VarlenParams {
@@ -328,67 +471,144 @@ impl AttentionBackend for RocmAiterFa {
         let mut out = vec![0.0f32; query.len()];
         for batch in self.route(meta, cfg)? {
             let (q, sub, rows) = sub_batch(query, meta, &batch.reqs, hq * d)?;
-            let table: Vec<&[i32]> = batch.reqs.iter().map(|&i| meta.block_table.row(i)).collect();
+            let table: Vec<&[i32]> = batch
+                .reqs
+                .iter()
+                .map(|&i| meta.block_table.row(i))
+                .collect();
             let mut slots = Slots::default();
             for step in &batch.steps {
                 match step {
-                    Step::Attend { keys, gathered, mask, into } => {
+                    Step::Attend {
+                        keys,
+                        gathered,
+                        mask,
+                        into,
+                    } => {
                         let scales = (cfg.k_scale, cfg.v_scale);
                         let (k, v) = if *gathered {
                             ex.cp_mha_gather_cache(cache, &table, keys, format, scales, cfg.dtype)?
                         } else {
                             // The step's key/value tensors, read back from the cache (no launch).
-                            gather_cache::cp_mha_gather_cache(cache, &table, keys, format, scales, cfg.dtype)?
+                            gather_cache::cp_mha_gather_cache(
+                                cache, &table, keys, format, scales, cfg.dtype,
+                            )?
                         };
                         let p = match mask {
-                            FaMask::Layer => VarlenParams { causal: meta.causal, ..fa.clone() },
+                            FaMask::Layer => VarlenParams {
+                                causal: meta.causal,
+                                ..fa.clone()
+                            },
                             FaMask::Causal => fa.clone(),
-                            FaMask::Full => VarlenParams { causal: false, window: None, ..fa.clone() },
+                            FaMask::Full => VarlenParams {
+                                causal: false,
+                                window: None,
+                                ..fa.clone()
+                            },
                         };
-                        slots.store(*into, ex.flash_attn_varlen(&q, &k, &v, &sub.query_start_loc, &keys.cu_seqlens, &p)?);
+                        slots.store(
+                            *into,
+                            ex.flash_attn_varlen(
+                                &q,
+                                &k,
+                                &v,
+                                &sub.query_start_loc,
+                                &keys.cu_seqlens,
+                                &p,
+                            )?,
+                        );
                     }
-                    Step::Merge { prefix, suffix, into } => {
+                    Step::Merge {
+                        prefix,
+                        suffix,
+                        into,
+                    } => {
                         let (prefix, suffix) = (slots.take(*prefix)?, slots.take(*suffix)?);
-                        slots.store(*into, ex.merge_attn_states(&prefix, &suffix, cfg.dtype, MergeKernel::Triton)?);
+                        slots.store(
+                            *into,
+                            ex.merge_attn_states(&prefix, &suffix, cfg.dtype, MergeKernel::Triton)?,
+                        );
                     }
                     Step::Decode(AiterDecode::UnifiedAttention) => {
                         let launch = UnifiedLaunch::aiter(&sub, cfg, MI300X_CU_COUNT)?;
                         slots.out = Some(ex.unified_attention(&q, cache, &sub, cfg, &launch)?);
                     }
-                    Step::Decode(AiterDecode::PagedAttentionV1 | AiterDecode::PagedAttentionCommon) => {
+                    Step::Decode(
+                        AiterDecode::PagedAttentionV1 | AiterDecode::PagedAttentionCommon,
+                    ) => {
                         let mut o = vec![0.0f32; q.len()];
-                        ex.paged_attention_ll4mi(&q, cache, &sub, cfg, PARTITION_SIZE_ROCM, &mut o)?;
+                        ex.paged_attention_ll4mi(
+                            &q,
+                            cache,
+                            &sub,
+                            cfg,
+                            PARTITION_SIZE_ROCM,
+                            &mut o,
+                        )?;
                         slots.out = Some(o);
                     }
                 }
             }
-            let o =
-                slots.out.ok_or_else(|| Error::invalid("ROCM_AITER_FA route", format!("{:?}", batch.kind), "must end in the output"))?;
+            let o = slots.out.ok_or_else(|| {
+                Error::invalid(
+                    "ROCM_AITER_FA route",
+                    format!("{:?}", batch.kind),
+                    "must end in the output",
+                )
+            })?;
             let row = hq * d;
-            rows.iter().enumerate().for_each(|(k, &t)| out[t * row..(t + 1) * row].copy_from_slice(&o[k * row..(k + 1) * row]));
+            rows.iter().enumerate().for_each(|(k, &t)| {
+                out[t * row..(t + 1) * row].copy_from_slice(&o[k * row..(k + 1) * row])
+            });
         }
         Ok(out)
     }
 
     /// The writer, then each [`Step`] of [`RocmAiterFa::route`] as its launches.
     fn plan(&self, meta: &AttentionMetadata, cfg: &AttnConfig) -> Vec<KernelCall> {
-        let (Ok(route), Ok(layout)) = (self.route(meta, cfg), self.cache_layout(cfg, meta.num_blocks, meta.block_size)) else {
+        let (Ok(route), Ok(layout)) = (
+            self.route(meta, cfg),
+            self.cache_layout(cfg, meta.num_blocks, meta.block_size),
+        ) else {
             return vec![];
         };
         let (hq, hkv, d) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_size);
-        let (kc, vc) = (("key_cache", layout.k_shape()), ("value_cache", layout.v_shape()));
+        let (kc, vc) = (
+            ("key_cache", layout.k_shape()),
+            ("value_cache", layout.v_shape()),
+        );
         let mut calls = vec![self.writer().kernel_call(&layout, meta.num_actual_tokens)];
         for batch in route {
-            let (tq, b) = (batch.reqs.iter().map(|&i| meta.query_len(i)).sum::<usize>(), batch.reqs.len());
+            let (tq, b) = (
+                batch.reqs.iter().map(|&i| meta.query_len(i)).sum::<usize>(),
+                batch.reqs.len(),
+            );
             let (query, output) = (("query", vec![tq, hq, d]), ("output", vec![tq, hq, d]));
             for step in &batch.steps {
                 match step {
-                    Step::Attend { keys, gathered, into, .. } => {
-                        let (k, v) = (("key", vec![keys.total_tokens(), hkv, d]), ("value", vec![keys.total_tokens(), hkv, d]));
+                    Step::Attend {
+                        keys,
+                        gathered,
+                        into,
+                        ..
+                    } => {
+                        let (k, v) = (
+                            ("key", vec![keys.total_tokens(), hkv, d]),
+                            ("value", vec![keys.total_tokens(), hkv, d]),
+                        );
                         if *gathered {
-                            calls.push(KernelCall::new("cp_mha_gather_cache", &[kc.clone(), vc.clone(), k.clone(), v.clone()]));
+                            calls.push(KernelCall::new(
+                                "cp_mha_gather_cache",
+                                &[kc.clone(), vc.clone(), k.clone(), v.clone()],
+                            ));
                         }
-                        let mut s = vec![query.clone(), k, v, output.clone(), ("cu_seqlens_q", vec![b + 1])];
+                        let mut s = vec![
+                            query.clone(),
+                            k,
+                            v,
+                            output.clone(),
+                            ("cu_seqlens_q", vec![b + 1]),
+                        ];
                         if *into != Slot::Out {
                             s.push(("softmax_lse", vec![hq, tq])); // merged later
                         }
@@ -397,7 +617,11 @@ impl AttentionBackend for RocmAiterFa {
                     }
                     Step::Merge { .. } => calls.push(KernelCall::new(
                         "merge_attn_states",
-                        &[output.clone(), ("prefix_lse", vec![hq, tq]), ("suffix_lse", vec![hq, tq])],
+                        &[
+                            output.clone(),
+                            ("prefix_lse", vec![hq, tq]),
+                            ("suffix_lse", vec![hq, tq]),
+                        ],
                     )),
                     Step::Decode(kernel) => {
                         let mut s = vec![query.clone(), kc.clone(), vc.clone(), output.clone()];
@@ -407,7 +631,10 @@ impl AttentionBackend for RocmAiterFa {
                             AiterDecode::PagedAttentionCommon => "paged_attention_common",
                         };
                         if *kernel != AiterDecode::UnifiedAttention {
-                            s.push(("tmp_out", vec![b, hq, meta.max_seq_len.div_ceil(PARTITION_SIZE_ROCM), d]));
+                            s.push((
+                                "tmp_out",
+                                vec![b, hq, meta.max_seq_len.div_ceil(PARTITION_SIZE_ROCM), d],
+                            ));
                         }
                         calls.push(KernelCall::new(name, &s));
                     }

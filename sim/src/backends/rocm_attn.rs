@@ -30,7 +30,11 @@ use attnlab_shared::metadata::AttentionMetadata;
 /// `RocmAttentionBackend.get_supported_head_sizes()`.
 pub const SUPPORTED_HEAD_SIZES: [usize; 9] = [32, 64, 80, 96, 128, 160, 192, 224, 256];
 /// Seed-era `get_supported_kernel_block_sizes()`.
-pub const SEED_KERNEL_BLOCK_SIZES: [KernelBlockSize; 3] = [KernelBlockSize::Exact(16), KernelBlockSize::Exact(32), KernelBlockSize::Exact(544)];
+pub const SEED_KERNEL_BLOCK_SIZES: [KernelBlockSize; 3] = [
+    KernelBlockSize::Exact(16),
+    KernelBlockSize::Exact(32),
+    KernelBlockSize::Exact(544),
+];
 /// `use_rocm_custom_paged_attention`'s context cap (the reduce's npar_loops <= 8).
 pub const CUSTOM_PA_MAX_SEQ_LEN: usize = 128 * 1024;
 
@@ -58,7 +62,9 @@ pub struct RocmAttn {
 
 impl Default for RocmAttn {
     fn default() -> Self {
-        RocmAttn { profile: RocmAttnProfile::SeedEra }
+        RocmAttn {
+            profile: RocmAttnProfile::SeedEra,
+        }
     }
 }
 
@@ -82,7 +88,11 @@ impl RocmAttn {
 
     /// The config the kernels see: the profile's window, no soft-cap.
     fn kernel_config(&self, cfg: &AttnConfig) -> AttnConfig {
-        AttnConfig { sliding_window: self.kernel_window(cfg.sliding_window), softcap: None, ..cfg.clone() }
+        AttnConfig {
+            sliding_window: self.kernel_window(cfg.sliding_window),
+            softcap: None,
+            ..cfg.clone()
+        }
     }
 
     /// `use_rocm_custom_paged_attention` on CDNA, plus the power-of-two block
@@ -129,7 +139,10 @@ impl AttentionBackend for RocmAttn {
         if cfg.softcap.is_some() {
             return Err("ROCM_ATTN drops logits_soft_cap: its forward calls chunked_prefill_paged_decode without it".into());
         }
-        Ok(AttnConfig { sliding_window: self.model_window(cfg.sliding_window), ..cfg.clone() })
+        Ok(AttnConfig {
+            sliding_window: self.model_window(cfg.sliding_window),
+            ..cfg.clone()
+        })
     }
 
     fn check(&self, cfg: &AttnConfig, block_size: usize) -> Result<()> {
@@ -146,37 +159,88 @@ impl AttentionBackend for RocmAttn {
             ));
         }
         if !matches!(cfg.dtype, DType::F16 | DType::Bf16 | DType::F32) {
-            return Err(Error::invalid("dtype", cfg.dtype, "dtype not supported: ROCM_ATTN supports float16, bfloat16, float32"));
+            return Err(Error::invalid(
+                "dtype",
+                cfg.dtype,
+                "dtype not supported: ROCM_ATTN supports float16, bfloat16, float32",
+            ));
         }
         if block_size == 0 || block_size % 16 != 0 {
-            return Err(Error::invalid("block_size", block_size, "Block size must be a multiple of 16."));
+            return Err(Error::invalid(
+                "block_size",
+                block_size,
+                "Block size must be a multiple of 16.",
+            ));
         }
         if cfg.sinks.is_some() {
-            return Err(Error::unsupported("ROCM_ATTN with sinks", "attention sinks not supported"));
+            return Err(Error::unsupported(
+                "ROCM_ATTN with sinks",
+                "attention sinks not supported",
+            ));
         }
         Ok(())
     }
 
     fn kernel_block_size(&self, block_size: usize) -> Result<usize> {
         if block_size == 0 || block_size % 16 != 0 {
-            return Err(Error::invalid("block_size", block_size, "Block size must be a multiple of 16."));
+            return Err(Error::invalid(
+                "block_size",
+                block_size,
+                "Block size must be a multiple of 16.",
+            ));
         }
         match self.profile {
             RocmAttnProfile::V0_33 => Ok(block_size),
             // The size itself if listed, else the largest listed divisor (16 always divides).
-            RocmAttnProfile::SeedEra => select_kernel_block_size(block_size, self.name(), &SEED_KERNEL_BLOCK_SIZES),
+            RocmAttnProfile::SeedEra => {
+                select_kernel_block_size(block_size, self.name(), &SEED_KERNEL_BLOCK_SIZES)
+            }
         }
     }
 
-    fn cache_layout(&self, cfg: &AttnConfig, num_blocks: usize, block_size: usize) -> Result<KvLayout> {
-        KvLayout::new(LayoutKind::RocmPaged, num_blocks, block_size, cfg.num_kv_heads, cfg.head_size, cfg.kv_dtype)
+    fn cache_layout(
+        &self,
+        cfg: &AttnConfig,
+        num_blocks: usize,
+        block_size: usize,
+    ) -> Result<KvLayout> {
+        KvLayout::new(
+            LayoutKind::RocmPaged,
+            num_blocks,
+            block_size,
+            cfg.num_kv_heads,
+            cfg.head_size,
+            cfg.kv_dtype,
+        )
     }
 
-    fn write_kv_with(&self, ex: &dyn KernelExecutor, cache: &mut KvCache, key: &[f32], value: &[f32], slot_mapping: &[i64], cfg: &AttnConfig) -> Result<()> {
-        ex.reshape_and_cache(self.writer(cache.layout.block_size), cache, key, value, slot_mapping, cfg)
+    fn write_kv_with(
+        &self,
+        ex: &dyn KernelExecutor,
+        cache: &mut KvCache,
+        key: &[f32],
+        value: &[f32],
+        slot_mapping: &[i64],
+        cfg: &AttnConfig,
+    ) -> Result<()> {
+        ex.reshape_and_cache(
+            self.writer(cache.layout.block_size),
+            cache,
+            key,
+            value,
+            slot_mapping,
+            cfg,
+        )
     }
 
-    fn forward_with(&self, ex: &dyn KernelExecutor, query: &[f32], cache: &KvCache, meta: &AttentionMetadata, cfg: &AttnConfig) -> Result<Vec<f32>> {
+    fn forward_with(
+        &self,
+        ex: &dyn KernelExecutor,
+        query: &[f32],
+        cache: &KvCache,
+        meta: &AttentionMetadata,
+        cfg: &AttnConfig,
+    ) -> Result<Vec<f32>> {
         self.check(cfg, meta.block_size)?;
         let kcfg = self.kernel_config(cfg);
         let mut out = vec![0f32; meta.num_actual_tokens * cfg.num_heads * cfg.head_size];
@@ -184,21 +248,33 @@ impl AttentionBackend for RocmAttn {
             ex.context_attention_fwd(query, cache, meta, &kcfg, true, &mut out)?;
         }
         match self.decode_kernel(meta, cfg) {
-            DecodeKernel::Ll4mi => ex.paged_attention_ll4mi(query, cache, meta, &kcfg, PARTITION_SIZE_ROCM, &mut out)?,
+            DecodeKernel::Ll4mi => {
+                ex.paged_attention_ll4mi(query, cache, meta, &kcfg, PARTITION_SIZE_ROCM, &mut out)?
+            }
             DecodeKernel::Triton2d => ex.paged_attention_2d(query, cache, meta, &kcfg, &mut out)?,
         }
         Ok(out)
     }
 
     fn plan(&self, meta: &AttentionMetadata, cfg: &AttnConfig) -> Vec<KernelCall> {
-        let (t, hq, hkv, d) = (meta.num_actual_tokens, cfg.num_heads, cfg.num_kv_heads, cfg.head_size);
+        let (t, hq, hkv, d) = (
+            meta.num_actual_tokens,
+            cfg.num_heads,
+            cfg.num_kv_heads,
+            cfg.head_size,
+        );
         let n = meta.num_reqs();
         let Ok(layout) = self.cache_layout(cfg, meta.num_blocks, meta.block_size) else {
             return vec![];
         };
         let (k_cache, v_cache) = (layout.k_shape(), layout.v_shape());
         let mut calls = vec![self.writer(meta.block_size).kernel_call(&layout, t)];
-        let qo = [("query", vec![t, hq, d]), ("output", vec![t, hq, d]), ("key_cache", k_cache), ("value_cache", v_cache)];
+        let qo = [
+            ("query", vec![t, hq, d]),
+            ("output", vec![t, hq, d]),
+            ("key_cache", k_cache),
+            ("value_cache", v_cache),
+        ];
         if meta.max_query_len > 1 {
             let v = PrefixVariant::for_config(cfg);
             let mut shapes = qo.to_vec();
@@ -223,7 +299,11 @@ impl AttentionBackend for RocmAttn {
                 calls.push(KernelCall::new(name, &shapes));
                 calls.push(KernelCall::new(
                     "paged_attention_ll4mi_reduce_kernel",
-                    &[("grid", vec![hq, n]), ("tmp_out", vec![n, hq, p, d]), ("output", vec![t, hq, d])],
+                    &[
+                        ("grid", vec![hq, n]),
+                        ("tmp_out", vec![n, hq, p, d]),
+                        ("output", vec![t, hq, d]),
+                    ],
                 ));
             }
             DecodeKernel::Triton2d => {

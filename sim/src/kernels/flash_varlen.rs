@@ -82,7 +82,13 @@ pub struct VarlenParams<'a> {
 
 impl<'a> VarlenParams<'a> {
     /// Causal, no window/alibi/sinks/softcap, equal Q/V head sizes, CK tiles.
-    pub fn new(num_heads: usize, num_kv_heads: usize, head_size: usize, dtype: DType, scale: f32) -> Self {
+    pub fn new(
+        num_heads: usize,
+        num_kv_heads: usize,
+        head_size: usize,
+        dtype: DType,
+        scale: f32,
+    ) -> Self {
         VarlenParams {
             num_heads,
             num_kv_heads,
@@ -111,7 +117,11 @@ impl<'a> VarlenParams<'a> {
             }
         }
         if !self.num_heads.is_multiple_of(self.num_kv_heads) {
-            return Err(Error::invalid("num_kv_heads", self.num_kv_heads, format!("must divide num_heads = {}", self.num_heads)));
+            return Err(Error::invalid(
+                "num_kv_heads",
+                self.num_kv_heads,
+                format!("must divide num_heads = {}", self.num_heads),
+            ));
         }
         if self.window == Some(0) {
             return Err(Error::invalid("window", 0, "must be >= 1 or absent"));
@@ -119,7 +129,11 @@ impl<'a> VarlenParams<'a> {
         for (what, v) in [("alibi_slopes", self.alibi_slopes), ("sinks", self.sinks)] {
             if let Some(v) = v {
                 if v.len() != self.num_heads {
-                    return Err(Error::invalid(format!("{what} length"), v.len(), format!("must be num_heads = {}", self.num_heads)));
+                    return Err(Error::invalid(
+                        format!("{what} length"),
+                        v.len(),
+                        format!("must be num_heads = {}", self.num_heads),
+                    ));
                 }
             }
         }
@@ -130,11 +144,19 @@ impl<'a> VarlenParams<'a> {
 /// Checks a `cu_seqlens` array (starts at 0, non-decreasing) and returns its total.
 fn check_cu(what: &str, cu: &[i32]) -> Result<usize> {
     if cu.first() != Some(&0) {
-        return Err(Error::invalid(format!("{what}[0]"), cu.first().map_or("missing".into(), |v| v.to_string()), "must be 0"));
+        return Err(Error::invalid(
+            format!("{what}[0]"),
+            cu.first().map_or("missing".into(), |v| v.to_string()),
+            "must be 0",
+        ));
     }
     for i in 1..cu.len() {
         if cu[i] < cu[i - 1] {
-            return Err(Error::invalid(format!("{what}[{i}]"), cu[i], format!("must be >= {what}[{}] = {}", i - 1, cu[i - 1])));
+            return Err(Error::invalid(
+                format!("{what}[{i}]"),
+                cu[i],
+                format!("must be >= {what}[{}] = {}", i - 1, cu[i - 1]),
+            ));
         }
     }
     Ok(*cu.last().unwrap_or(&0) as usize)
@@ -144,27 +166,46 @@ fn check_cu(what: &str, cu: &[i32]) -> Result<usize> {
 /// return_lse=True)`: q `[total_q, Hq, D]`, k `[total_k, Hkv, D]`, v
 /// `[total_k, Hkv, Dv]`, all exact in `p.dtype`. Returns out `[total_q, Hq,
 /// Dv]` and lse `[Hq, total_q]`.
-pub fn flash_attn_varlen(q: &[f32], k: &[f32], v: &[f32], cu_seqlens_q: &[i32], cu_seqlens_k: &[i32], p: &VarlenParams) -> Result<OutLse> {
+pub fn flash_attn_varlen(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    cu_seqlens_q: &[i32],
+    cu_seqlens_k: &[i32],
+    p: &VarlenParams,
+) -> Result<OutLse> {
     p.validate()?;
     if cu_seqlens_q.len() != cu_seqlens_k.len() {
         return Err(Error::invalid(
             "cu_seqlens_k length",
             cu_seqlens_k.len(),
-            format!("must equal cu_seqlens_q length {} (batch + 1)", cu_seqlens_q.len()),
+            format!(
+                "must equal cu_seqlens_q length {} (batch + 1)",
+                cu_seqlens_q.len()
+            ),
         ));
     }
     let total_q = check_cu("cu_seqlens_q", cu_seqlens_q)?;
     let total_k = check_cu("cu_seqlens_k", cu_seqlens_k)?;
     let (hq, hk, d, dv) = (p.num_heads, p.num_kv_heads, p.head_size, p.head_size_v);
-    for (what, len, want) in [("q", q.len(), total_q * hq * d), ("k", k.len(), total_k * hk * d), ("v", v.len(), total_k * hk * dv)] {
+    for (what, len, want) in [
+        ("q", q.len(), total_q * hq * d),
+        ("k", k.len(), total_k * hk * d),
+        ("v", v.len(), total_k * hk * dv),
+    ] {
         if len != want {
-            return Err(Error::invalid(format!("{what} length"), len, format!("cu_seqlens and head sizes need {want}")));
+            return Err(Error::invalid(
+                format!("{what} length"),
+                len,
+                format!("cu_seqlens and head sizes need {want}"),
+            ));
         }
     }
 
     let batch = cu_seqlens_q.len().saturating_sub(1);
-    let programs: Vec<(usize, usize)> =
-        (0..batch).flat_map(|b| (0..seq_len(cu_seqlens_q, b).div_ceil(BLOCK_M)).map(move |mb| (b, mb))).collect();
+    let programs: Vec<(usize, usize)> = (0..batch)
+        .flat_map(|b| (0..seq_len(cu_seqlens_q, b).div_ceil(BLOCK_M)).map(move |mb| (b, mb)))
+        .collect();
     let blocks: Vec<(usize, Vec<f32>, Vec<f32>)> = programs
         .par_iter()
         .map(|&(b, mb)| {
@@ -178,7 +219,8 @@ pub fn flash_attn_varlen(q: &[f32], k: &[f32], v: &[f32], cu_seqlens_q: &[i32], 
         let rows = lse.len() / hq;
         res.out[t0 * hq * dv..(t0 + rows) * hq * dv].copy_from_slice(&out);
         for h in 0..hq {
-            res.lse[h * total_q + t0..h * total_q + t0 + rows].copy_from_slice(&lse[h * rows..(h + 1) * rows]);
+            res.lse[h * total_q + t0..h * total_q + t0 + rows]
+                .copy_from_slice(&lse[h * rows..(h + 1) * rows]);
         }
     }
     Ok(res)
@@ -191,8 +233,23 @@ fn seq_len(cu: &[i32], b: usize) -> usize {
 /// One (sequence b, row block mb) for all heads: returns out `[rows, Hq, Dv]`
 /// and lse `[Hq, rows]`.
 #[allow(clippy::too_many_arguments)]
-fn program(q: &[f32], k: &[f32], v: &[f32], cu_q: &[i32], cu_k: &[i32], b: usize, mb: usize, p: &VarlenParams) -> (Vec<f32>, Vec<f32>) {
-    let (hq, hk, d, dv, bn) = (p.num_heads, p.num_kv_heads, p.head_size, p.head_size_v, p.block_n);
+fn program(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    cu_q: &[i32],
+    cu_k: &[i32],
+    b: usize,
+    mb: usize,
+    p: &VarlenParams,
+) -> (Vec<f32>, Vec<f32>) {
+    let (hq, hk, d, dv, bn) = (
+        p.num_heads,
+        p.num_kv_heads,
+        p.head_size,
+        p.head_size_v,
+        p.block_n,
+    );
     let qpk = hq / hk;
     let (sq, sk) = (seq_len(cu_q, b), seq_len(cu_k, b));
     let (q0, k0) = (cu_q[b] as usize, cu_k[b] as usize);
@@ -203,14 +260,20 @@ fn program(q: &[f32], k: &[f32], v: &[f32], cu_q: &[i32], cu_k: &[i32], b: usize
     let causal = p.causal || p.window.is_some(); // window_size's right bound is 0
 
     // Tile range [n_min, n_max) that can hold a visible key for some row.
-    let last_key = if causal { (pos(r1 - 1) + 1).clamp(0, sk as i64) as usize } else { sk };
+    let last_key = if causal {
+        (pos(r1 - 1) + 1).clamp(0, sk as i64) as usize
+    } else {
+        sk
+    };
     let first_key = match p.window {
         Some(w) => (pos(r0) - w as i64 + 1).clamp(0, sk as i64) as usize,
         None => 0,
     };
     let (n_min, n_max) = (first_key / bn, last_key.div_ceil(bn));
 
-    let mut states: Vec<RowState> = (0..hq * rows).map(|x| RowState::new(dv, p.sinks.map(|s| s[x / rows]))).collect();
+    let mut states: Vec<RowState> = (0..hq * rows)
+        .map(|x| RowState::new(dv, p.sinks.map(|s| s[x / rows])))
+        .collect();
     // Own K^T / V tile buffers rather than softmax::KvTile: V's head size may
     // differ from Q/K's here (MLA prefill, 192 / 128). Same layout and QK order.
     let mut k_t = vec![0.0f32; d * bn];
@@ -224,7 +287,8 @@ fn program(q: &[f32], k: &[f32], v: &[f32], cu_q: &[i32], cu_k: &[i32], b: usize
                 for (dd, &x) in kr.iter().enumerate() {
                     k_t[dd * bn + j] = x;
                 }
-                v_tile[j * dv..(j + 1) * dv].copy_from_slice(&v[((k0 + j0 + j) * hk + g) * dv..][..dv]);
+                v_tile[j * dv..(j + 1) * dv]
+                    .copy_from_slice(&v[((k0 + j0 + j) * hk + g) * dv..][..dv]);
             }
             for h in g * qpk..(g + 1) * qpk {
                 for i in r0..r1 {
@@ -234,11 +298,17 @@ fn program(q: &[f32], k: &[f32], v: &[f32], cu_q: &[i32], cu_k: &[i32], b: usize
                     let pi = pos(i);
                     for (j, sj) in s.iter_mut().enumerate() {
                         let t = j0 + j;
-                        let vis = if pi < 0 { !causal } else { visible(t, pi as usize, causal, p.window) };
+                        let vis = if pi < 0 {
+                            !causal
+                        } else {
+                            visible(t, pi as usize, causal, p.window)
+                        };
                         *sj = if !vis {
                             f32::NEG_INFINITY
                         } else {
-                            let bias = p.alibi_slopes.map_or(0.0, |a| -(a[h] * (pi - t as i64).abs() as f32));
+                            let bias = p
+                                .alibi_slopes
+                                .map_or(0.0, |a| -(a[h] * (pi - t as i64).abs() as f32));
                             p.score.score(*sj, bias)
                         };
                     }
@@ -268,7 +338,9 @@ mod tests {
 
     /// Q/K/V of `n` tokens, one head, head size 2, values exact in f16.
     fn qkv(n: usize) -> Vec<f32> {
-        (0..n * 2).map(|i| ((i * 7 % 11) as f32 - 5.0) * 0.125).collect()
+        (0..n * 2)
+            .map(|i| ((i * 7 % 11) as f32 - 5.0) * 0.125)
+            .collect()
     }
 
     #[test]
@@ -286,8 +358,18 @@ mod tests {
         let x = qkv(3);
         let p = VarlenParams::new(1, 1, 2, DType::F32, 0.5);
         let r = flash_attn_varlen(&x[2..], &x, &x, &[0, 2], &[0, 3], &p).unwrap();
-        let only_two =
-            flash_attn_varlen(&x[2..4], &x[..4], &x[..4], &[0, 1], &[0, 2], &VarlenParams { causal: false, ..p.clone() }).unwrap();
+        let only_two = flash_attn_varlen(
+            &x[2..4],
+            &x[..4],
+            &x[..4],
+            &[0, 1],
+            &[0, 2],
+            &VarlenParams {
+                causal: false,
+                ..p.clone()
+            },
+        )
+        .unwrap();
         assert_eq!(&r.out[..2], &only_two.out[..]);
         assert_eq!(r.lse[0], only_two.lse[0]);
     }
@@ -308,7 +390,15 @@ mod tests {
         let x = qkv(300);
         let p = VarlenParams::new(1, 1, 2, DType::F32, 0.5);
         let a = flash_attn_varlen(&x, &x, &x, &[0, 300], &[0, 300], &p).unwrap();
-        let b = flash_attn_varlen(&x, &x, &x, &[0, 300], &[0, 300], &VarlenParams { block_n: 7, ..p }).unwrap();
+        let b = flash_attn_varlen(
+            &x,
+            &x,
+            &x,
+            &[0, 300],
+            &[0, 300],
+            &VarlenParams { block_n: 7, ..p },
+        )
+        .unwrap();
         for (x, y) in a.out.iter().zip(&b.out) {
             approx::assert_abs_diff_eq!(x, y, epsilon = 1e-5);
         }
@@ -318,11 +408,27 @@ mod tests {
     fn rejects_bad_cu_seqlens_naming_the_entry() {
         let x = qkv(2);
         let p = VarlenParams::new(1, 1, 2, DType::F32, 1.0);
-        let e = flash_attn_varlen(&x, &x, &x, &[0, 2, 1], &[0, 1, 2], &p).unwrap_err().to_string();
+        let e = flash_attn_varlen(&x, &x, &x, &[0, 2, 1], &[0, 1, 2], &p)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("cu_seqlens_q[2]"), "{e}");
-        let e = flash_attn_varlen(&x, &x, &x, &[0, 3], &[0, 2], &p).unwrap_err().to_string();
+        let e = flash_attn_varlen(&x, &x, &x, &[0, 3], &[0, 2], &p)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("q length"), "{e}");
-        let e = flash_attn_varlen(&x, &x, &x, &[0, 2], &[0, 2], &VarlenParams { sinks: Some(&[0.0, 1.0]), ..p }).unwrap_err().to_string();
+        let e = flash_attn_varlen(
+            &x,
+            &x,
+            &x,
+            &[0, 2],
+            &[0, 2],
+            &VarlenParams {
+                sinks: Some(&[0.0, 1.0]),
+                ..p
+            },
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("sinks length"), "{e}");
     }
 }

@@ -74,7 +74,9 @@ pub struct FlexMask<'a> {
 
 impl<'a> FlexMask<'a> {
     pub fn new(meta: &'a AttentionMetadata, window: Option<usize>) -> Self {
-        let doc_id = (0..meta.num_reqs()).flat_map(|i| std::iter::repeat_n(i, meta.query_len(i))).collect();
+        let doc_id = (0..meta.num_reqs())
+            .flat_map(|i| std::iter::repeat_n(i, meta.query_len(i)))
+            .collect();
         let physical_to_logical = (0..meta.num_reqs())
             .map(|i| {
                 let mut p2l = vec![-1i64; meta.num_blocks];
@@ -85,7 +87,13 @@ impl<'a> FlexMask<'a> {
                 p2l
             })
             .collect();
-        FlexMask { meta, doc_id, physical_to_logical, causal: meta.causal, window }
+        FlexMask {
+            meta,
+            doc_id,
+            physical_to_logical,
+            causal: meta.causal,
+            window,
+        }
     }
 
     /// `mask_mod(q_idx, kv_idx)` on the flattened query rows and physical slots.
@@ -99,7 +107,9 @@ impl<'a> FlexMask<'a> {
         }
         let lkv = lb as usize * bs + kv_idx % bs;
         let lq = q_idx - self.meta.query_start_loc[req] as usize + self.meta.context_len(req);
-        lkv < self.meta.seq_len(req) && visible(lkv, lq, self.causal, None) && self.window.is_none_or(|w| lq.abs_diff(lkv) < w)
+        lkv < self.meta.seq_len(req)
+            && visible(lkv, lq, self.causal, None)
+            && self.window.is_none_or(|w| lq.abs_diff(lkv) < w)
     }
 }
 
@@ -117,9 +127,12 @@ impl BlockMask {
     pub fn build(mask: &FlexMask) -> Self {
         let meta = mask.meta;
         let bs = meta.block_size;
-        let (parts, fulls): (Vec<_>, Vec<_>) = (0..meta.num_actual_tokens.div_ceil(SPARSE_Q_BLOCK_SIZE))
+        let (parts, fulls): (Vec<_>, Vec<_>) = (0..meta
+            .num_actual_tokens
+            .div_ceil(SPARSE_Q_BLOCK_SIZE))
             .map(|qb| {
-                let rows = qb * SPARSE_Q_BLOCK_SIZE..((qb + 1) * SPARSE_Q_BLOCK_SIZE).min(meta.num_actual_tokens);
+                let rows = qb * SPARSE_Q_BLOCK_SIZE
+                    ..((qb + 1) * SPARSE_Q_BLOCK_SIZE).min(meta.num_actual_tokens);
                 let mut cands: Vec<usize> = rows
                     .clone()
                     .flat_map(|r| {
@@ -131,8 +144,11 @@ impl BlockMask {
                 cands.dedup();
                 let (mut partial, mut full) = (vec![], vec![]);
                 for b in cands {
-                    let kept =
-                        rows.clone().flat_map(|r| (b * bs..(b + 1) * bs).map(move |t| (r, t))).filter(|&(r, t)| mask.keep(r, t)).count();
+                    let kept = rows
+                        .clone()
+                        .flat_map(|r| (b * bs..(b + 1) * bs).map(move |t| (r, t)))
+                        .filter(|&(r, t)| mask.keep(r, t))
+                        .count();
                     if kept == rows.len() * bs {
                         full.push(b);
                     } else if kept > 0 {
@@ -142,21 +158,42 @@ impl BlockMask {
                 (partial, full)
             })
             .unzip();
-        BlockMask { kv_indices: parts, full_kv_indices: fulls }
+        BlockMask {
+            kv_indices: parts,
+            full_kv_indices: fulls,
+        }
     }
 }
 
 /// `flex_attention(q, k_cache, v_cache, block_mask=..., enable_gqa=Hkv != Hq)`
 /// for the batch's query rows (`[T, Hq, D]`) over an NHD cache of the query
 /// dtype. Windows come from `cfg.sliding_window`; causality from `meta`.
-pub fn flex_attention(query: &[f32], cache: &KvCache, meta: &AttentionMetadata, cfg: &AttnConfig) -> Result<Vec<f32>> {
+pub fn flex_attention(
+    query: &[f32],
+    cache: &KvCache,
+    meta: &AttentionMetadata,
+    cfg: &AttnConfig,
+) -> Result<Vec<f32>> {
     cfg.validate()?;
     let l = cache.layout;
-    if l.kind != LayoutKind::Nhd || l.dtype != cfg.dtype || l.num_kv_heads != cfg.num_kv_heads || l.head_size != cfg.head_size {
+    if l.kind != LayoutKind::Nhd
+        || l.dtype != cfg.dtype
+        || l.num_kv_heads != cfg.num_kv_heads
+        || l.head_size != cfg.head_size
+    {
         return Err(Error::invalid(
             "cache layout",
-            format!("{} {} x {} heads x head size {}", l.kind.name(), l.dtype, l.num_kv_heads, l.head_size),
-            format!("flex_attention reads an nhd cache of {} with {} kv heads x head size {}", cfg.dtype, cfg.num_kv_heads, cfg.head_size),
+            format!(
+                "{} {} x {} heads x head size {}",
+                l.kind.name(),
+                l.dtype,
+                l.num_kv_heads,
+                l.head_size
+            ),
+            format!(
+                "flex_attention reads an nhd cache of {} with {} kv heads x head size {}",
+                cfg.dtype, cfg.num_kv_heads, cfg.head_size
+            ),
         ));
     }
     if l.block_size != meta.block_size || l.num_blocks < meta.num_blocks {
@@ -171,14 +208,25 @@ pub fn flex_attention(query: &[f32], cache: &KvCache, meta: &AttentionMetadata, 
         return Err(Error::invalid(
             "query length",
             query.len(),
-            format!("must be num_tokens * num_heads * head_size = {}", meta.num_actual_tokens * hq * d),
+            format!(
+                "must be num_tokens * num_heads * head_size = {}",
+                meta.num_actual_tokens * hq * d
+            ),
         ));
     }
     let mask = FlexMask::new(meta, cfg.sliding_window);
     let block_mask = BlockMask::build(&mask);
-    let (bs, bn, qpk) = (meta.block_size, flex_block_n(cfg.dtype, meta.block_size), cfg.queries_per_kv());
+    let (bs, bn, qpk) = (
+        meta.block_size,
+        flex_block_n(cfg.dtype, meta.block_size),
+        cfg.queries_per_kv(),
+    );
     if !bs.is_multiple_of(bn) {
-        return Err(Error::invalid("block_size", bs, "FlexAttention needs a multiple of 16 (BLOCK_N must divide the cache block)"));
+        return Err(Error::invalid(
+            "block_size",
+            bs,
+            "FlexAttention needs a multiple of 16 (BLOCK_N must divide the cache block)",
+        ));
     }
     let score = ScoreParams::new(cfg.scale, None);
     let dims = DimOffsets::new(&l);
@@ -186,11 +234,17 @@ pub fn flex_attention(query: &[f32], cache: &KvCache, meta: &AttentionMetadata, 
     let blocks: Vec<Vec<f32>> = (0..block_mask.kv_indices.len())
         .into_par_iter()
         .map(|qb| {
-            let rows = qb * SPARSE_Q_BLOCK_SIZE..((qb + 1) * SPARSE_Q_BLOCK_SIZE).min(meta.num_actual_tokens);
-            let mut states: Vec<RowState> = (0..rows.len() * hq).map(|_| RowState::new(d, None)).collect();
+            let rows = qb * SPARSE_Q_BLOCK_SIZE
+                ..((qb + 1) * SPARSE_Q_BLOCK_SIZE).min(meta.num_actual_tokens);
+            let mut states: Vec<RowState> = (0..rows.len() * hq)
+                .map(|_| RowState::new(d, None))
+                .collect();
             let mut tile = KvTile::new(bn, d);
             let (mut s, mut locs) = (vec![0.0f32; bn], Vec::with_capacity(bn));
-            let lists = [(&block_mask.kv_indices[qb], true), (&block_mask.full_kv_indices[qb], false)];
+            let lists = [
+                (&block_mask.kv_indices[qb], true),
+                (&block_mask.full_kv_indices[qb], false),
+            ];
             for (list, partial) in lists {
                 for &blk in list {
                     for n0 in (0..bs).step_by(bn) {
@@ -203,7 +257,11 @@ pub fn flex_attention(query: &[f32], cache: &KvCache, meta: &AttentionMetadata, 
                                     tile.qk(&query[(r * hq + h) * d..][..d], &mut s);
                                     for (j, sj) in s.iter_mut().enumerate() {
                                         let keep = !partial || mask.keep(r, blk * bs + n0 + j);
-                                        *sj = if keep { score.score(*sj, 0.0) } else { f32::NEG_INFINITY };
+                                        *sj = if keep {
+                                            score.score(*sj, 0.0)
+                                        } else {
+                                            f32::NEG_INFINITY
+                                        };
                                     }
                                     states[k * hq + h].update(&s, |j| tile.v_row(j), cfg.dtype);
                                 }
@@ -212,7 +270,10 @@ pub fn flex_attention(query: &[f32], cache: &KvCache, meta: &AttentionMetadata, 
                     }
                 }
             }
-            states.iter().flat_map(|st| st.normalized().into_iter().map(|x| cfg.dtype.round(x))).collect()
+            states
+                .iter()
+                .flat_map(|st| st.normalized().into_iter().map(|x| cfg.dtype.round(x)))
+                .collect()
         })
         .collect();
     Ok(blocks.concat())
@@ -264,8 +325,14 @@ mod tests {
     fn block_mask_separates_full_and_partial_blocks() {
         let m = meta(4, 16, vec![3, 1], true);
         let bm = BlockMask::build(&FlexMask::new(&m, None));
-        assert_eq!((bm.kv_indices, bm.full_kv_indices), (vec![vec![1]], vec![vec![3]]));
+        assert_eq!(
+            (bm.kv_indices, bm.full_kv_indices),
+            (vec![vec![1]], vec![vec![3]])
+        );
         let enc = meta(4, 0, vec![5], false); // non-causal: the 4 keys of block 5, 12 slots past seq_len
-        assert_eq!(BlockMask::build(&FlexMask::new(&enc, None)).kv_indices, vec![vec![5]]);
+        assert_eq!(
+            BlockMask::build(&FlexMask::new(&enc, None)).kv_indices,
+            vec![vec![5]]
+        );
     }
 }

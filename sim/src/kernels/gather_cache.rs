@@ -45,7 +45,11 @@ impl CacheFormat {
         match kind {
             LayoutKind::Nhd => Ok(CacheFormat::Nhd),
             LayoutKind::AiterShuffled => Ok(CacheFormat::Shuffle),
-            other => Err(Error::invalid("kv_cache_layout", other.name(), "kv_cache_layout only supports NHD, SHUFFLE")),
+            other => Err(Error::invalid(
+                "kv_cache_layout",
+                other.name(),
+                "kv_cache_layout only supports NHD, SHUFFLE",
+            )),
         }
     }
 
@@ -83,18 +87,33 @@ impl GatherChunk {
     /// (`token_to_batch[k] = #{ b : cu[b + 1] <= k }`).
     pub fn new(seq_starts: Vec<usize>, lens: &[usize]) -> Result<Self> {
         if seq_starts.len() != lens.len() {
-            return Err(Error::invalid("seq_starts length", seq_starts.len(), format!("must equal the number of lengths {}", lens.len())));
+            return Err(Error::invalid(
+                "seq_starts length",
+                seq_starts.len(),
+                format!("must equal the number of lengths {}", lens.len()),
+            ));
         }
         let mut cu = vec![0i32];
         for (b, &l) in lens.iter().enumerate() {
             let next = *cu.last().unwrap() as i64 + l as i64;
             if next > i32::MAX as i64 {
-                return Err(Error::invalid(format!("chunk length [{b}]"), l, "cumulative tokens must fit in int32"));
+                return Err(Error::invalid(
+                    format!("chunk length [{b}]"),
+                    l,
+                    "cumulative tokens must fit in int32",
+                ));
             }
             cu.push(next as i32);
         }
-        let token_to_batch = (0..lens.len()).flat_map(|b| std::iter::repeat_n(b as i32, lens[b])).collect();
-        Ok(GatherChunk { seq_starts, cu_seqlens: cu, token_to_batch, max_seqlen: lens.iter().copied().max().unwrap_or(0) })
+        let token_to_batch = (0..lens.len())
+            .flat_map(|b| std::iter::repeat_n(b as i32, lens[b]))
+            .collect();
+        Ok(GatherChunk {
+            seq_starts,
+            cu_seqlens: cu,
+            token_to_batch,
+            max_seqlen: lens.iter().copied().max().unwrap_or(0),
+        })
     }
 
     /// Splits per-request context lengths into chunks of at most
@@ -103,12 +122,19 @@ impl GatherChunk {
     /// request, possibly none; `cdiv(max ctx, max_chunk)` chunks.
     pub fn split_contexts(ctx_lens: &[usize], max_chunk: usize) -> Result<Vec<GatherChunk>> {
         if max_chunk == 0 {
-            return Err(Error::invalid("context chunk size", 0, "must be >= 1 token per request"));
+            return Err(Error::invalid(
+                "context chunk size",
+                0,
+                "must be >= 1 token per request",
+            ));
         }
         let num_chunks = ctx_lens.iter().max().unwrap_or(&0).div_ceil(max_chunk);
         (0..num_chunks)
             .map(|c| {
-                let lens: Vec<usize> = ctx_lens.iter().map(|&n| n.min((c + 1) * max_chunk).saturating_sub(c * max_chunk)).collect();
+                let lens: Vec<usize> = ctx_lens
+                    .iter()
+                    .map(|&n| n.min((c + 1) * max_chunk).saturating_sub(c * max_chunk))
+                    .collect();
                 GatherChunk::new(vec![c * max_chunk; ctx_lens.len()], &lens)
             })
             .collect()
@@ -118,8 +144,13 @@ impl GatherChunk {
     /// [`GatherChunk::new`] builds them), so the kernel never indexes out of bounds.
     pub fn validate(&self) -> Result<()> {
         let n = self.seq_starts.len();
-        let lens: Vec<i64> = self.cu_seqlens.windows(2).map(|w| w[1] as i64 - w[0] as i64).collect();
-        if self.cu_seqlens.len() != n + 1 || self.cu_seqlens[0] != 0 || lens.iter().any(|&l| l < 0) {
+        let lens: Vec<i64> = self
+            .cu_seqlens
+            .windows(2)
+            .map(|w| w[1] as i64 - w[0] as i64)
+            .collect();
+        if self.cu_seqlens.len() != n + 1 || self.cu_seqlens[0] != 0 || lens.iter().any(|&l| l < 0)
+        {
             return Err(Error::invalid(
                 "gather cu_seqlens",
                 format!("{:?}", self.cu_seqlens),
@@ -159,8 +190,16 @@ pub fn cp_mha_gather_cache(
 ) -> Result<(Vec<f32>, Vec<f32>)> {
     chunk.validate()?;
     let cl = cache.layout;
-    let fl = KvLayout::new(format.kind(), cl.num_blocks, cl.block_size, cl.num_kv_heads, cl.head_size, cl.dtype)?;
-    if block_rows.len() + 1 != chunk.cu_seqlens.len() || chunk.seq_starts.len() != block_rows.len() {
+    let fl = KvLayout::new(
+        format.kind(),
+        cl.num_blocks,
+        cl.block_size,
+        cl.num_kv_heads,
+        cl.head_size,
+        cl.dtype,
+    )?;
+    if block_rows.len() + 1 != chunk.cu_seqlens.len() || chunk.seq_starts.len() != block_rows.len()
+    {
         return Err(Error::invalid(
             "gather batch",
             format!("{} block-table rows", block_rows.len()),
@@ -173,33 +212,50 @@ pub fn cp_mha_gather_cache(
             return Err(Error::invalid(
                 format!("gather range of request {b}"),
                 format!("positions {}..{end}", chunk.seq_starts[b]),
-                format!("its block-table row holds {} tokens", row.len() * cl.block_size),
+                format!(
+                    "its block-table row holds {} tokens",
+                    row.len() * cl.block_size
+                ),
             ));
         }
-        if let Some((j, &blk)) = row[..end.div_ceil(cl.block_size)].iter().enumerate().find(|(_, &x)| x < 0 || x as usize >= cl.num_blocks)
+        if let Some((j, &blk)) = row[..end.div_ceil(cl.block_size)]
+            .iter()
+            .enumerate()
+            .find(|(_, &x)| x < 0 || x as usize >= cl.num_blocks)
         {
-            return Err(Error::invalid(format!("block_table[{b}][{j}]"), blk, format!("block ids must be in [0, {})", cl.num_blocks)));
+            return Err(Error::invalid(
+                format!("block_table[{b}][{j}]"),
+                blk,
+                format!("block ids must be in [0, {})", cl.num_blocks),
+            ));
         }
     }
     let (hk, d, bs) = (cl.num_kv_heads, cl.head_size, cl.block_size);
-    let (ks, vs) = if cl.dtype.is_fp8() { (Some(k_scale), Some(v_scale)) } else { (None, None) };
+    let (ks, vs) = if cl.dtype.is_fp8() {
+        (Some(k_scale), Some(v_scale))
+    } else {
+        (None, None)
+    };
     let load = |x: f32, scale: Option<f32>| match scale {
         Some(s) => dst_dtype.round(x * s),
         None => dst_dtype.round(x),
     };
     let n = chunk.total_tokens() * hk * d;
     let (mut k, mut v) = (vec![0.0f32; n], vec![0.0f32; n]);
-    k.par_chunks_mut(hk * d).zip(v.par_chunks_mut(hk * d)).enumerate().for_each(|(t, (kt, vt))| {
-        let b = chunk.token_to_batch[t] as usize;
-        let pos = t - chunk.cu_seqlens[b] as usize + chunk.seq_starts[b];
-        let (blk, slot) = (block_rows[b][pos / bs] as usize, pos % bs);
-        for h in 0..hk {
-            for dd in 0..d {
-                kt[h * d + dd] = load(cache.k[fl.k_offset(blk, slot, h, dd)], ks);
-                vt[h * d + dd] = load(cache.v[fl.v_offset(blk, slot, h, dd)], vs);
+    k.par_chunks_mut(hk * d)
+        .zip(v.par_chunks_mut(hk * d))
+        .enumerate()
+        .for_each(|(t, (kt, vt))| {
+            let b = chunk.token_to_batch[t] as usize;
+            let pos = t - chunk.cu_seqlens[b] as usize + chunk.seq_starts[b];
+            let (blk, slot) = (block_rows[b][pos / bs] as usize, pos % bs);
+            for h in 0..hk {
+                for dd in 0..d {
+                    kt[h * d + dd] = load(cache.k[fl.k_offset(blk, slot, h, dd)], ks);
+                    vt[h * d + dd] = load(cache.v[fl.v_offset(blk, slot, h, dd)], vs);
+                }
             }
-        }
-    });
+        });
     Ok((k, v))
 }
 
@@ -210,15 +266,33 @@ mod tests {
     /// A cache whose element (block, row, head, dim) holds a unique value of `dtype`.
     fn cache(kind: LayoutKind, dtype: DType) -> KvCache {
         let l = KvLayout::new(kind, 3, 16, 2, 16, dtype).unwrap();
-        let nhd = KvLayout { kind: LayoutKind::Nhd, ..l };
-        let vals: Vec<f32> = (0..nhd.numel()).map(|i| dtype.round((i % 97) as f32 * 0.0625 - 3.0)).collect();
+        let nhd = KvLayout {
+            kind: LayoutKind::Nhd,
+            ..l
+        };
+        let vals: Vec<f32> = (0..nhd.numel())
+            .map(|i| dtype.round((i % 97) as f32 * 0.0625 - 3.0))
+            .collect();
         let neg: Vec<f32> = vals.iter().map(|x| -x).collect();
         KvCache::from_nhd(&vals, &neg, l).unwrap()
     }
 
     /// Gathers `chunk` from a bf16 cache laid out as `kind`, read as `format`.
-    fn gather_bf16(kind: LayoutKind, format: CacheFormat, rows: &[&[i32]], chunk: &GatherChunk) -> (Vec<f32>, Vec<f32>) {
-        cp_mha_gather_cache(&cache(kind, DType::Bf16), rows, chunk, format, (1.0, 1.0), DType::Bf16).unwrap()
+    fn gather_bf16(
+        kind: LayoutKind,
+        format: CacheFormat,
+        rows: &[&[i32]],
+        chunk: &GatherChunk,
+    ) -> (Vec<f32>, Vec<f32>) {
+        cp_mha_gather_cache(
+            &cache(kind, DType::Bf16),
+            rows,
+            chunk,
+            format,
+            (1.0, 1.0),
+            DType::Bf16,
+        )
+        .unwrap()
     }
 
     #[test]
@@ -226,7 +300,15 @@ mod tests {
         let rows: Vec<&[i32]> = vec![&[2, 0], &[1]];
         let chunk = GatherChunk::new(vec![5, 3], &[20, 9]).unwrap();
         let a = gather_bf16(LayoutKind::Nhd, CacheFormat::Nhd, &rows, &chunk);
-        assert_eq!(a, gather_bf16(LayoutKind::AiterShuffled, CacheFormat::Shuffle, &rows, &chunk));
+        assert_eq!(
+            a,
+            gather_bf16(
+                LayoutKind::AiterShuffled,
+                CacheFormat::Shuffle,
+                &rows,
+                &chunk
+            )
+        );
         // Token 0 of request 0 is position 5 of block 2: NHD element (2, 5, h, d).
         let c = cache(LayoutKind::Nhd, DType::Bf16);
         assert_eq!(a.0[0..16], c.k[c.layout.k_offset(2, 5, 0, 0)..][..16]);
@@ -238,7 +320,10 @@ mod tests {
         let rows: Vec<&[i32]> = vec![&[1]];
         let chunk = GatherChunk::new(vec![0], &[16]).unwrap();
         let good = gather_bf16(LayoutKind::Nhd, CacheFormat::Nhd, &rows, &chunk);
-        assert_ne!(good.0, gather_bf16(LayoutKind::AiterShuffled, CacheFormat::Nhd, &rows, &chunk).0);
+        assert_ne!(
+            good.0,
+            gather_bf16(LayoutKind::AiterShuffled, CacheFormat::Nhd, &rows, &chunk).0
+        );
     }
 
     #[test]
@@ -246,24 +331,85 @@ mod tests {
         let rows: Vec<&[i32]> = vec![&[0]];
         let chunk = GatherChunk::new(vec![0], &[1]).unwrap();
         let raw = cache(LayoutKind::Nhd, DType::Fp8E4m3Fnuz);
-        let (k, v) = cp_mha_gather_cache(&raw, &rows, &chunk, CacheFormat::Nhd, (0.5, 2.0), DType::Bf16).unwrap();
-        assert_eq!((k[3], v[3]), (DType::Bf16.round(raw.k[3] * 0.5), DType::Bf16.round(raw.v[3] * 2.0)));
+        let (k, v) = cp_mha_gather_cache(
+            &raw,
+            &rows,
+            &chunk,
+            CacheFormat::Nhd,
+            (0.5, 2.0),
+            DType::Bf16,
+        )
+        .unwrap();
+        assert_eq!(
+            (k[3], v[3]),
+            (
+                DType::Bf16.round(raw.k[3] * 0.5),
+                DType::Bf16.round(raw.v[3] * 2.0)
+            )
+        );
         let sh = cache(LayoutKind::AiterShuffled, DType::Fp8E4m3Fnuz);
-        assert_eq!(cp_mha_gather_cache(&sh, &rows, &chunk, CacheFormat::Shuffle, (0.5, 2.0), DType::Bf16).unwrap(), (k, v));
+        assert_eq!(
+            cp_mha_gather_cache(
+                &sh,
+                &rows,
+                &chunk,
+                CacheFormat::Shuffle,
+                (0.5, 2.0),
+                DType::Bf16
+            )
+            .unwrap(),
+            (k, v)
+        );
     }
 
     #[test]
     fn rejects_ranges_beyond_the_block_table_and_bad_block_ids() {
         let c = cache(LayoutKind::Nhd, DType::Bf16);
         let chunk = GatherChunk::new(vec![10], &[10]).unwrap();
-        let e = cp_mha_gather_cache(&c, &[&[0]], &chunk, CacheFormat::Nhd, (1.0, 1.0), DType::Bf16).unwrap_err().to_string();
-        assert!(e.contains("positions 10..20") && e.contains("16 tokens"), "{e}");
-        let e = cp_mha_gather_cache(&c, &[&[0, 7]], &chunk, CacheFormat::Nhd, (1.0, 1.0), DType::Bf16).unwrap_err().to_string();
-        assert!(e.contains("block_table[0][1]") && e.contains("[0, 3)"), "{e}");
-        assert!(CacheFormat::of(LayoutKind::RocmPaged).unwrap_err().to_string().contains("NHD, SHUFFLE"));
+        let e = cp_mha_gather_cache(
+            &c,
+            &[&[0]],
+            &chunk,
+            CacheFormat::Nhd,
+            (1.0, 1.0),
+            DType::Bf16,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("positions 10..20") && e.contains("16 tokens"),
+            "{e}"
+        );
+        let e = cp_mha_gather_cache(
+            &c,
+            &[&[0, 7]],
+            &chunk,
+            CacheFormat::Nhd,
+            (1.0, 1.0),
+            DType::Bf16,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("block_table[0][1]") && e.contains("[0, 3)"),
+            "{e}"
+        );
+        assert!(CacheFormat::of(LayoutKind::RocmPaged)
+            .unwrap_err()
+            .to_string()
+            .contains("NHD, SHUFFLE"));
         let mut forged = GatherChunk::new(vec![0], &[4]).unwrap();
         forged.token_to_batch[3] = 5;
-        let e = cp_mha_gather_cache(&c, &[&[0]], &forged, CacheFormat::Nhd, (1.0, 1.0), DType::Bf16).unwrap_err().to_string();
+        let e = cp_mha_gather_cache(
+            &c,
+            &[&[0]],
+            &forged,
+            CacheFormat::Nhd,
+            (1.0, 1.0),
+            DType::Bf16,
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("token_to_batch"), "{e}");
     }
 }

@@ -49,7 +49,12 @@ pub enum MergeKernel {
 /// Merges `prefix` and `suffix` (same shape) into one result in `out_dtype`.
 /// The merged lse is always returned (`output_lse` is optional in vLLM; it
 /// does not influence the output).
-pub fn merge_attn_states(prefix: &OutLse, suffix: &OutLse, out_dtype: DType, kernel: MergeKernel) -> Result<OutLse> {
+pub fn merge_attn_states(
+    prefix: &OutLse,
+    suffix: &OutLse,
+    out_dtype: DType,
+    kernel: MergeKernel,
+) -> Result<OutLse> {
     let shape = |o: &OutLse| (o.num_tokens, o.num_heads, o.head_size);
     if shape(prefix) != shape(suffix) {
         return Err(Error::invalid(
@@ -65,7 +70,11 @@ pub fn merge_attn_states(prefix: &OutLse, suffix: &OutLse, out_dtype: DType, ker
             return Err(Error::invalid(
                 format!("{what} output/lse lengths"),
                 format!("{}/{}", o.out.len(), o.lse.len()),
-                format!("[{t}, {h}, {d}] needs {} and [{h}, {t}] needs {}", t * h * d, h * t),
+                format!(
+                    "[{t}, {h}, {d}] needs {} and [{h}, {t}] needs {}",
+                    t * h * d,
+                    h * t
+                ),
             ));
         }
     }
@@ -74,20 +83,23 @@ pub fn merge_attn_states(prefix: &OutLse, suffix: &OutLse, out_dtype: DType, ker
     // Per token: H merged lse values, gathered into [H, T] afterwards.
     let mut lse_th = vec![0.0f32; t_n * h_n];
     if d_n > 0 {
-        out.par_chunks_mut(h_n * d_n).zip(lse_th.par_chunks_mut(h_n)).enumerate().for_each(|(t, (out_t, lse_t))| {
-            for h in 0..h_n {
-                let row = (t * h_n + h) * d_n..(t * h_n + h + 1) * d_n;
-                lse_t[h] = merge_row(
-                    &prefix.out[row.clone()],
-                    prefix.lse[h * t_n + t],
-                    &suffix.out[row],
-                    suffix.lse[h * t_n + t],
-                    &mut out_t[h * d_n..(h + 1) * d_n],
-                    out_dtype,
-                    kernel,
-                );
-            }
-        });
+        out.par_chunks_mut(h_n * d_n)
+            .zip(lse_th.par_chunks_mut(h_n))
+            .enumerate()
+            .for_each(|(t, (out_t, lse_t))| {
+                for h in 0..h_n {
+                    let row = (t * h_n + h) * d_n..(t * h_n + h + 1) * d_n;
+                    lse_t[h] = merge_row(
+                        &prefix.out[row.clone()],
+                        prefix.lse[h * t_n + t],
+                        &suffix.out[row],
+                        suffix.lse[h * t_n + t],
+                        &mut out_t[h * d_n..(h + 1) * d_n],
+                        out_dtype,
+                        kernel,
+                    );
+                }
+            });
     }
     let mut lse = vec![0.0f32; h_n * t_n];
     for t in 0..t_n {
@@ -95,12 +107,26 @@ pub fn merge_attn_states(prefix: &OutLse, suffix: &OutLse, out_dtype: DType, ker
             lse[h * t_n + t] = lse_th[t * h_n + h];
         }
     }
-    Ok(OutLse { num_tokens: t_n, num_heads: h_n, head_size: d_n, out, lse })
+    Ok(OutLse {
+        num_tokens: t_n,
+        num_heads: h_n,
+        head_size: d_n,
+        out,
+        lse,
+    })
 }
 
 /// One (token, head) program; returns the merged natural-log lse.
 #[inline]
-fn merge_row(p_out: &[f32], p_lse: f32, s_out: &[f32], s_lse: f32, out: &mut [f32], out_dtype: DType, kernel: MergeKernel) -> f32 {
+fn merge_row(
+    p_out: &[f32],
+    p_lse: f32,
+    s_out: &[f32],
+    s_lse: f32,
+    out: &mut [f32],
+    out_dtype: DType,
+    kernel: MergeKernel,
+) -> f32 {
     let fix = |x: f32| match kernel {
         MergeKernel::Triton if x == f32::INFINITY => f32::NEG_INFINITY,
         MergeKernel::Hip if x.is_infinite() => f32::NEG_INFINITY,
@@ -147,16 +173,32 @@ mod tests {
 
     #[test]
     fn equal_lse_averages_the_two_outputs() {
-        let m = merge_attn_states(&one(vec![1.0, 2.0], 0.5), &one(vec![3.0, 4.0], 0.5), DType::F32, MergeKernel::Triton).unwrap();
+        let m = merge_attn_states(
+            &one(vec![1.0, 2.0], 0.5),
+            &one(vec![3.0, 4.0], 0.5),
+            DType::F32,
+            MergeKernel::Triton,
+        )
+        .unwrap();
         assert_eq!(m.out, vec![2.0, 3.0]);
         // ln(2) + 0.5 within the contract's log accuracy.
-        assert!((m.lse[0] - (0.5 + std::f32::consts::LN_2)).abs() < 1e-6, "{}", m.lse[0]);
+        assert!(
+            (m.lse[0] - (0.5 + std::f32::consts::LN_2)).abs() < 1e-6,
+            "{}",
+            m.lse[0]
+        );
     }
 
     #[test]
     fn plus_inf_lse_is_treated_as_empty_by_both_kernels() {
         for k in [MergeKernel::Triton, MergeKernel::Hip] {
-            let m = merge_attn_states(&one(vec![9.0], f32::INFINITY), &one(vec![0.25], 1.5), DType::F32, k).unwrap();
+            let m = merge_attn_states(
+                &one(vec![9.0], f32::INFINITY),
+                &one(vec![0.25], 1.5),
+                DType::F32,
+                k,
+            )
+            .unwrap();
             assert_eq!((m.out[0], m.lse[0]), (0.25, 1.5), "{k:?}");
         }
     }
@@ -165,17 +207,34 @@ mod tests {
     fn triton_keeps_minus_inf_lse_only_the_hip_kernel_rewrites_both() {
         // -inf on one side: both give the other side; differences only appear
         // when both are non-finite.
-        let t =
-            merge_attn_states(&one(vec![0.0], f32::NEG_INFINITY), &one(vec![0.0], f32::INFINITY), DType::F32, MergeKernel::Triton).unwrap();
+        let t = merge_attn_states(
+            &one(vec![0.0], f32::NEG_INFINITY),
+            &one(vec![0.0], f32::INFINITY),
+            DType::F32,
+            MergeKernel::Triton,
+        )
+        .unwrap();
         assert!(t.out[0].is_nan() && t.lse[0].is_nan());
-        let h =
-            merge_attn_states(&one(vec![0.0], f32::NEG_INFINITY), &one(vec![0.0], f32::INFINITY), DType::F32, MergeKernel::Hip).unwrap();
+        let h = merge_attn_states(
+            &one(vec![0.0], f32::NEG_INFINITY),
+            &one(vec![0.0], f32::INFINITY),
+            DType::F32,
+            MergeKernel::Hip,
+        )
+        .unwrap();
         assert_eq!((h.out[0], h.lse[0]), (0.0, f32::NEG_INFINITY));
     }
 
     #[test]
     fn rejects_mismatched_shapes_naming_both() {
-        let e = merge_attn_states(&one(vec![1.0, 2.0], 0.0), &one(vec![1.0], 0.0), DType::F32, MergeKernel::Hip).unwrap_err().to_string();
+        let e = merge_attn_states(
+            &one(vec![1.0, 2.0], 0.0),
+            &one(vec![1.0], 0.0),
+            DType::F32,
+            MergeKernel::Hip,
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("(1, 1, 1)") && e.contains("(1, 1, 2)"), "{e}");
     }
 
@@ -183,7 +242,9 @@ mod tests {
     fn rejects_edited_lengths() {
         let mut p = one(vec![1.0], 0.0);
         p.lse.clear();
-        let e = merge_attn_states(&p, &one(vec![1.0], 0.0), DType::F32, MergeKernel::Hip).unwrap_err().to_string();
+        let e = merge_attn_states(&p, &one(vec![1.0], 0.0), DType::F32, MergeKernel::Hip)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("prefix output/lse lengths"), "{e}");
     }
 }

@@ -3,8 +3,6 @@
 //! [`crate::numerics`]. Backends compose these; no backend computes attention
 //! itself. Each module's header names the vLLM/AITER kernel it mirrors.
 
-pub mod softmax;
-pub mod reshape_and_cache;
 pub mod flash_varlen;
 pub mod flex_attention;
 pub mod gather_cache;
@@ -15,4 +13,6 @@ pub mod mla_prefill;
 pub mod mla_proj;
 pub mod paged_decode;
 pub mod prefix_prefill;
+pub mod reshape_and_cache;
+pub mod softmax;
 pub mod unified_attention;

@@ -55,7 +55,9 @@
 
 use crate::cache::KvCache;
 use crate::config::AttnConfig;
-use crate::kernels::softmax::{dequant_kv, visible, DimOffsets, KvTile, RowState, ScoreParams, TRITON_L_EPS};
+use crate::kernels::softmax::{
+    dequant_kv, visible, DimOffsets, KvTile, RowState, ScoreParams, TRITON_L_EPS,
+};
 use crate::numerics::{exp2c, wave_butterfly, LOG2E};
 use attnlab_shared::error::{Error, Result};
 use attnlab_shared::metadata::AttentionMetadata;
@@ -94,17 +96,32 @@ pub fn max_num_partitions(max_seq_len: usize, partition_size: usize) -> usize {
 /// Checks that query, cache, metadata, config and output agree, so no
 /// kernel indexes out of bounds: [`KvCache::check_batch`] (heads, head size,
 /// block size, enough blocks, dtype, query length) plus the output length.
-pub fn validate_paged_inputs(query: &[f32], cache: &KvCache, meta: &AttentionMetadata, cfg: &AttnConfig, out: &[f32]) -> Result<()> {
+pub fn validate_paged_inputs(
+    query: &[f32],
+    cache: &KvCache,
+    meta: &AttentionMetadata,
+    cfg: &AttnConfig,
+    out: &[f32],
+) -> Result<()> {
     cache.check_batch(query, meta, cfg)?;
     let n = meta.num_actual_tokens * cfg.num_heads * cfg.head_size;
     if out.len() != n {
-        return Err(Error::invalid("output length", out.len(), format!("must be num_tokens * num_heads * head_size = {n}")));
+        return Err(Error::invalid(
+            "output length",
+            out.len(),
+            format!("must be num_tokens * num_heads * head_size = {n}"),
+        ));
     }
     Ok(())
 }
 
 /// (physical block, row) of the keys `range` of sequence `seq`.
-fn key_locations(meta: &AttentionMetadata, seq: usize, range: std::ops::Range<usize>, locs: &mut Vec<(usize, usize)>) {
+fn key_locations(
+    meta: &AttentionMetadata,
+    seq: usize,
+    range: std::ops::Range<usize>,
+    locs: &mut Vec<(usize, usize)>,
+) {
     locs.clear();
     locs.extend(range.map(|t| meta.kv_location(seq, t)));
 }
@@ -125,20 +142,36 @@ fn scatter(out: &mut [f32], results: Vec<RowsOut>, num_heads: usize, d: usize) {
 
 /// Decode sequences (query_len == 1) and their query row.
 fn decode_seqs(meta: &AttentionMetadata) -> Vec<usize> {
-    (0..meta.num_reqs()).filter(|&i| meta.query_len(i) == 1).collect()
+    (0..meta.num_reqs())
+        .filter(|&i| meta.query_len(i) == 1)
+        .collect()
 }
 
 /// vLLM's Triton `kernel_paged_attention_2d`: writes the output rows of the
 /// batch's decode sequences (query_len == 1) into `out` (`[T, Hq, D]`),
 /// leaving other rows untouched. `cfg.sliding_window` is the kernel's `SW`.
-pub fn paged_attention_2d(query: &[f32], cache: &KvCache, meta: &AttentionMetadata, cfg: &AttnConfig, out: &mut [f32]) -> Result<()> {
+pub fn paged_attention_2d(
+    query: &[f32],
+    cache: &KvCache,
+    meta: &AttentionMetadata,
+    cfg: &AttnConfig,
+    out: &mut [f32],
+) -> Result<()> {
     validate_paged_inputs(query, cache, meta, cfg, out)?;
-    let (hq, hkv, d, qpk) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_size, cfg.queries_per_kv());
+    let (hq, hkv, d, qpk) = (
+        cfg.num_heads,
+        cfg.num_kv_heads,
+        cfg.head_size,
+        cfg.queries_per_kv(),
+    );
     let tile_size = paged_2d_tile_size(meta.block_size);
     let params = ScoreParams::new(cfg.scale, cfg.softcap);
     let dims = DimOffsets::new(&cache.layout);
     let window_masked2 = WINDOW_MASKED_LOGIT * LOG2E;
-    let programs: Vec<(usize, usize)> = decode_seqs(meta).into_iter().flat_map(|s| (0..hkv).map(move |g| (s, g))).collect();
+    let programs: Vec<(usize, usize)> = decode_seqs(meta)
+        .into_iter()
+        .flat_map(|s| (0..hkv).map(move |g| (s, g)))
+        .collect();
     let results: Vec<RowsOut> = programs
         .par_iter()
         .map(|&(seq, kvh)| {
@@ -146,9 +179,16 @@ pub fn paged_attention_2d(query: &[f32], cache: &KvCache, meta: &AttentionMetada
             let seq_len = meta.seq_len(seq);
             let ctx = seq_len - 1; // the query's absolute position
             let heads = kvh * qpk..(kvh + 1) * qpk;
-            let mut states: Vec<RowState> = heads.clone().map(|h| RowState::new(d, cfg.sinks.as_ref().map(|s| s[h]))).collect();
+            let mut states: Vec<RowState> = heads
+                .clone()
+                .map(|h| RowState::new(d, cfg.sinks.as_ref().map(|s| s[h])))
+                .collect();
             let mut tile = KvTile::new(tile_size, d);
-            let (mut locs, mut dots, mut scores) = (Vec::with_capacity(tile_size), vec![0f32; tile_size], vec![0f32; tile_size]);
+            let (mut locs, mut dots, mut scores) = (
+                Vec::with_capacity(tile_size),
+                vec![0f32; tile_size],
+                vec![0f32; tile_size],
+            );
             for t0 in (0..seq_len).step_by(tile_size) {
                 let keys = t0..(t0 + tile_size).min(seq_len);
                 key_locations(meta, seq, keys.clone(), &mut locs);
@@ -177,7 +217,12 @@ pub fn paged_attention_2d(query: &[f32], cache: &KvCache, meta: &AttentionMetada
             }
             let mut data = Vec::with_capacity(qpk * d);
             for state in &states {
-                data.extend(state.normalized_eps(TRITON_L_EPS).into_iter().map(|x| cfg.dtype.round(x)));
+                data.extend(
+                    state
+                        .normalized_eps(TRITON_L_EPS)
+                        .into_iter()
+                        .map(|x| cfg.dtype.round(x)),
+                );
             }
             RowsOut { row, heads, data }
         })
@@ -219,7 +264,14 @@ fn ll4mi_partition(
     let valid = start..(start + partition_size).min(seq_len);
     let fp8 = cfg.kv_dtype.is_fp8();
     // scale2: an fp8 K enters the MFMA as stored; k_scale multiplies the logit.
-    let params = ScoreParams::new(if fp8 { cfg.scale * cfg.k_scale } else { cfg.scale }, cfg.softcap);
+    let params = ScoreParams::new(
+        if fp8 {
+            cfg.scale * cfg.k_scale
+        } else {
+            cfg.scale
+        },
+        cfg.softcap,
+    );
     let mut tile = KvTile::new(partition_size, d);
     let mut locs = Vec::with_capacity(partition_size);
     key_locations(meta, seq, valid.clone(), &mut locs);
@@ -277,8 +329,15 @@ fn ll4mi_partition(
                     }
                 }
             }
-            let out = acc.into_iter().map(|a| cfg.dtype.round(if fp8 { a * cfg.v_scale } else { a })).collect();
-            Ll4miPartial { max_logit: pmax, exp_sum: psum, out }
+            let out = acc
+                .into_iter()
+                .map(|a| cfg.dtype.round(if fp8 { a * cfg.v_scale } else { a }))
+                .collect();
+            Ll4miPartial {
+                max_logit: pmax,
+                exp_sum: psum,
+                out,
+            }
         })
         .collect()
 }
@@ -286,8 +345,13 @@ fn ll4mi_partition(
 /// The ll4mi reduce kernel for one (sequence, head): merges the sequence's
 /// `cdiv(seq_len, partition_size)` partials in ascending partition order.
 fn ll4mi_reduce(partials: &[Ll4miPartial], dtype: attnlab_shared::dtype::DType) -> Vec<f32> {
-    let gmax = partials.iter().fold(LL4MI_MASKED_LOGIT, |a, p| a.max(p.max_logit));
-    let w: Vec<f32> = partials.iter().map(|p| p.exp_sum * exp2c(p.max_logit - gmax)).collect();
+    let gmax = partials
+        .iter()
+        .fold(LL4MI_MASKED_LOGIT, |a, p| a.max(p.max_logit));
+    let w: Vec<f32> = partials
+        .iter()
+        .map(|p| p.exp_sum * exp2c(p.max_logit - gmax))
+        .collect();
     let mut lanes = vec![0f32; LL4MI_TOKENS_PER_WARP];
     for (p, &wp) in w.iter().enumerate() {
         lanes[p % LL4MI_TOKENS_PER_WARP] += wp;
@@ -327,7 +391,12 @@ pub fn paged_attention_ll4mi(
             format!("must be a positive multiple of {LL4MI_TOKENS_PER_WARP} (tokens per wave)"),
         ));
     }
-    let (hq, hkv, d, qpk) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_size, cfg.queries_per_kv());
+    let (hq, hkv, d, qpk) = (
+        cfg.num_heads,
+        cfg.num_kv_heads,
+        cfg.head_size,
+        cfg.queries_per_kv(),
+    );
     let dims = DimOffsets::new(&cache.layout);
     let seqs = decode_seqs(meta);
     // Partition kernel: grid (seq, partition, kv head); empty partitions return at once.
@@ -338,15 +407,19 @@ pub fn paged_attention_ll4mi(
             (0..np).flat_map(move |p| (0..hkv).map(move |g| (s, p, g)))
         })
         .collect();
-    let partials: Vec<Vec<Ll4miPartial>> =
-        grid.par_iter().map(|&(s, p, g)| ll4mi_partition(query, cache, meta, cfg, &dims, partition_size, s, p, g)).collect();
+    let partials: Vec<Vec<Ll4miPartial>> = grid
+        .par_iter()
+        .map(|&(s, p, g)| ll4mi_partition(query, cache, meta, cfg, &dims, partition_size, s, p, g))
+        .collect();
     // Regroup as [seq][head][partition] (grid order is seq, partition, kv head).
     let mut by_head: Vec<Vec<Vec<Ll4miPartial>>> = Vec::with_capacity(seqs.len());
     let mut it = grid.iter().zip(partials);
     for &s in &seqs {
         let mut heads: Vec<Vec<Ll4miPartial>> = vec![Vec::new(); hq];
         for _ in 0..max_num_partitions(meta.seq_len(s), partition_size) * hkv {
-            let (&(_, _, g), group) = it.next().expect("grid covers every (seq, partition, kv head)");
+            let (&(_, _, g), group) = it
+                .next()
+                .expect("grid covers every (seq, partition, kv head)");
             for (i, part) in group.into_iter().enumerate() {
                 heads[g * qpk + i].push(part);
             }
@@ -359,7 +432,11 @@ pub fn paged_attention_ll4mi(
         .zip(by_head.par_iter())
         .flat_map_iter(|(&s, heads)| {
             let row = meta.query_range(s).start;
-            heads.iter().enumerate().map(move |(h, parts)| RowsOut { row, heads: h..h + 1, data: ll4mi_reduce(parts, cfg.dtype) })
+            heads.iter().enumerate().map(move |(h, parts)| RowsOut {
+                row,
+                heads: h..h + 1,
+                data: ll4mi_reduce(parts, cfg.dtype),
+            })
         })
         .collect();
     scatter(out, results, hq, d);
@@ -375,7 +452,10 @@ mod tests {
 
     /// One decode sequence of `seq_len` keys in blocks 0.., K = 0 (uniform
     /// softmax), V[t][d] = t.
-    fn uniform_decode(seq_len: usize, d: usize) -> (Vec<f32>, KvCache, AttentionMetadata, AttnConfig) {
+    fn uniform_decode(
+        seq_len: usize,
+        d: usize,
+    ) -> (Vec<f32>, KvCache, AttentionMetadata, AttnConfig) {
         let (bs, nb) = (16, seq_len.div_ceil(16));
         let cfg = AttnConfig::new(1, 1, d, DType::F32);
         let layout = KvLayout::new(LayoutKind::RocmPaged, nb, bs, 1, d, DType::F32).unwrap();
@@ -386,13 +466,25 @@ mod tests {
             }
         }
         let table = BlockTableTensor::from_rows(&[(0..nb as i32).collect()]);
-        let meta = AttentionMetadata::new(bs, nb, vec![0, 1], vec![seq_len as i32], table, vec![-1], true).unwrap();
+        let meta = AttentionMetadata::new(
+            bs,
+            nb,
+            vec![0, 1],
+            vec![seq_len as i32],
+            table,
+            vec![-1],
+            true,
+        )
+        .unwrap();
         (vec![0.5; d], cache, meta, cfg)
     }
 
     #[test]
     fn tile_size_follows_kernel_paged_attention_2d() {
-        let got: Vec<usize> = [16, 32, 48, 64, 256, 544].iter().map(|&b| paged_2d_tile_size(b)).collect();
+        let got: Vec<usize> = [16, 32, 48, 64, 256, 544]
+            .iter()
+            .map(|&b| paged_2d_tile_size(b))
+            .collect();
         assert_eq!(got, [16, 32, 32, 64, 128, 32]);
     }
 
@@ -411,7 +503,11 @@ mod tests {
 
     #[test]
     fn ll4mi_reduce_of_one_partition_only_applies_the_epsilons() {
-        let p = Ll4miPartial { max_logit: 3.0, exp_sum: 5.0, out: vec![0.25, -1.0] };
+        let p = Ll4miPartial {
+            max_logit: 3.0,
+            exp_sum: 5.0,
+            out: vec![0.25, -1.0],
+        };
         let out = ll4mi_reduce(std::slice::from_ref(&p), DType::F32);
         let inv = 1.0 / (5.0f32 + LL4MI_SUM_EPS);
         assert_eq!(out, vec![(0.25f32 * 5.0) * inv, (-1.0f32 * 5.0) * inv]);
@@ -419,15 +515,28 @@ mod tests {
 
     #[test]
     fn ll4mi_reduce_gives_an_all_masked_partition_no_weight() {
-        let live = Ll4miPartial { max_logit: 0.0, exp_sum: 2.0, out: vec![1.0] };
-        let masked = Ll4miPartial { max_logit: LL4MI_MASKED_LOGIT, exp_sum: 64.0, out: vec![7.0] };
-        assert_eq!(ll4mi_reduce(&[live.clone(), masked], DType::F32), ll4mi_reduce(&[live], DType::F32));
+        let live = Ll4miPartial {
+            max_logit: 0.0,
+            exp_sum: 2.0,
+            out: vec![1.0],
+        };
+        let masked = Ll4miPartial {
+            max_logit: LL4MI_MASKED_LOGIT,
+            exp_sum: 64.0,
+            out: vec![7.0],
+        };
+        assert_eq!(
+            ll4mi_reduce(&[live.clone(), masked], DType::F32),
+            ll4mi_reduce(&[live], DType::F32)
+        );
     }
 
     #[test]
     fn ll4mi_rejects_a_partition_size_that_is_not_whole_waves() {
         let (q, cache, meta, cfg) = uniform_decode(20, 8);
-        let e = paged_attention_ll4mi(&q, &cache, &meta, &cfg, 100, &mut [0f32; 8]).unwrap_err().to_string();
+        let e = paged_attention_ll4mi(&q, &cache, &meta, &cfg, 100, &mut [0f32; 8])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("partition_size 100") && e.contains("64"), "{e}");
     }
 
@@ -455,8 +564,16 @@ mod tests {
             let dims = DimOffsets::new(&l);
             for (b, r, h) in [(0, 0, 0), (2, 15, 1), (1, 7, 0)] {
                 for d in 0..32 {
-                    assert_eq!(l.k_offset(b, r, h, d), l.k_offset(b, r, h, 0) + dims.k[d], "{kind:?}");
-                    assert_eq!(l.v_offset(b, r, h, d), l.v_offset(b, r, h, 0) + dims.v[d], "{kind:?}");
+                    assert_eq!(
+                        l.k_offset(b, r, h, d),
+                        l.k_offset(b, r, h, 0) + dims.k[d],
+                        "{kind:?}"
+                    );
+                    assert_eq!(
+                        l.v_offset(b, r, h, d),
+                        l.v_offset(b, r, h, 0) + dims.v[d],
+                        "{kind:?}"
+                    );
                 }
             }
         }
@@ -465,8 +582,16 @@ mod tests {
     #[test]
     fn mismatched_cache_is_rejected_naming_the_field() {
         let (q, cache, meta, cfg) = uniform_decode(20, 8);
-        let cfg = AttnConfig { head_size: 16, ..cfg };
-        let e = paged_attention_2d(&q, &cache, &meta, &cfg, &mut [0f32; 8]).unwrap_err().to_string();
-        assert!(e.contains("cache layout") && e.contains("head size 16"), "{e}");
+        let cfg = AttnConfig {
+            head_size: 16,
+            ..cfg
+        };
+        let e = paged_attention_2d(&q, &cache, &meta, &cfg, &mut [0f32; 8])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("cache layout") && e.contains("head size 16"),
+            "{e}"
+        );
     }
 }

@@ -38,7 +38,9 @@
 use crate::cache::KvCache;
 use crate::config::AttnConfig;
 use crate::kernels::paged_decode::validate_paged_inputs;
-use crate::kernels::softmax::{dequant_kv, visible, DimOffsets, KvTile, RowState, ScoreParams, TRITON_L_EPS};
+use crate::kernels::softmax::{
+    dequant_kv, visible, DimOffsets, KvTile, RowState, ScoreParams, TRITON_L_EPS,
+};
 use crate::numerics::DType;
 use attnlab_shared::error::{Error, Result};
 use attnlab_shared::metadata::AttentionMetadata;
@@ -71,10 +73,26 @@ impl PrefixVariant {
     /// The variant `context_attention_fwd` launches for this config.
     pub fn for_config(cfg: &AttnConfig) -> Self {
         if cfg.alibi_slopes.is_some() {
-            let block = if cfg.dtype == DType::F32 { ALIBI_BLOCK_F32 } else { ALIBI_BLOCK };
-            PrefixVariant { kernel: "_fwd_kernel_alibi", block_m: block, ctx_tile: block, block_n: block, l_eps: 0.0 }
+            let block = if cfg.dtype == DType::F32 {
+                ALIBI_BLOCK_F32
+            } else {
+                ALIBI_BLOCK
+            };
+            PrefixVariant {
+                kernel: "_fwd_kernel_alibi",
+                block_m: block,
+                ctx_tile: block,
+                block_n: block,
+                l_eps: 0.0,
+            }
         } else {
-            PrefixVariant { kernel: "_fwd_kernel", block_m: BLOCK_M, ctx_tile: CTX_TILE, block_n: BLOCK_N, l_eps: TRITON_L_EPS }
+            PrefixVariant {
+                kernel: "_fwd_kernel",
+                block_m: BLOCK_M,
+                ctx_tile: CTX_TILE,
+                block_n: BLOCK_N,
+                l_eps: TRITON_L_EPS,
+            }
         }
     }
 }
@@ -103,17 +121,25 @@ pub fn context_attention_fwd(
             ));
         }
         if cfg.sinks.is_some() {
-            return Err(Error::unsupported("sinks with ALiBi", "Sinks arg is not supported with alibi"));
+            return Err(Error::unsupported(
+                "sinks with ALiBi",
+                "Sinks arg is not supported with alibi",
+            ));
         }
     }
     let (hq, d) = (cfg.num_heads, cfg.head_size);
     let programs: Vec<(usize, usize, usize)> = (0..meta.num_reqs())
         .filter(|&b| meta.query_len(b) > 0 && !(skip_decode && meta.query_len(b) == 1))
-        .flat_map(|b| (0..meta.query_len(b).div_ceil(v.block_m)).flat_map(move |m| (0..hq).map(move |h| (b, h, m))))
+        .flat_map(|b| {
+            (0..meta.query_len(b).div_ceil(v.block_m))
+                .flat_map(move |m| (0..hq).map(move |h| (b, h, m)))
+        })
         .collect();
     let dims = DimOffsets::new(&cache.layout);
-    let results: Vec<(usize, usize, Vec<f32>)> =
-        programs.par_iter().map(|&(b, h, start_m)| program(query, cache, meta, cfg, &v, &dims, b, h, start_m)).collect();
+    let results: Vec<(usize, usize, Vec<f32>)> = programs
+        .par_iter()
+        .map(|&(b, h, start_m)| program(query, cache, meta, cfg, &v, &dims, b, h, start_m))
+        .collect();
     for (first_row, h, data) in results {
         for (i, row) in data.chunks_exact(d).enumerate() {
             let base = ((first_row + i) * hq + h) * d;
@@ -144,7 +170,11 @@ fn program(
     let params = ScoreParams::new(cfg.scale, cfg.softcap);
     let slope = cfg.alibi_slopes.as_ref().map(|s| s[head]);
     // The alibi kernel applies no sliding window.
-    let window = if slope.is_some() { None } else { cfg.sliding_window };
+    let window = if slope.is_some() {
+        None
+    } else {
+        cfg.sliding_window
+    };
     let sink = cfg.sinks.as_ref().map(|s| s[head]);
     let mut states: Vec<RowState> = rows.clone().map(|_| RowState::new(d, sink)).collect();
     let q_row = |i: usize| {
@@ -170,33 +200,52 @@ fn program(
     };
     let tile_cap = v.ctx_tile.max(v.block_n);
     let mut tile = KvTile::new(tile_cap, d);
-    let (mut locs, mut dots, mut scores) = (Vec::with_capacity(tile_cap), vec![0f32; tile_cap], vec![0f32; tile_cap]);
+    let (mut locs, mut dots, mut scores) = (
+        Vec::with_capacity(tile_cap),
+        vec![0f32; tile_cap],
+        vec![0f32; tile_cap],
+    );
     let k_load = |k: f32| dequant_kv(k, cfg.k_scale, cfg.kv_dtype, cfg.dtype);
     let v_load = |x: f32| dequant_kv(x, cfg.v_scale, cfg.kv_dtype, cfg.dtype);
-    let mut run_tile = |keys: std::ops::Range<usize>, causal: bool, tile: &mut KvTile, states: &mut [RowState]| {
-        locs.clear();
-        locs.extend(keys.clone().map(|t| meta.kv_location(b, t)));
-        tile.gather_paged(cache, dims, kv_head, &locs, k_load, v_load);
-        for (i, state) in rows.clone().zip(states.iter_mut()) {
-            tile.qk(q_row(i), &mut dots);
-            for (j, t) in keys.clone().enumerate() {
-                scores[j] = score(dots[j], t, ctx + i, causal);
+    let mut run_tile =
+        |keys: std::ops::Range<usize>, causal: bool, tile: &mut KvTile, states: &mut [RowState]| {
+            locs.clear();
+            locs.extend(keys.clone().map(|t| meta.kv_location(b, t)));
+            tile.gather_paged(cache, dims, kv_head, &locs, k_load, v_load);
+            for (i, state) in rows.clone().zip(states.iter_mut()) {
+                tile.qk(q_row(i), &mut dots);
+                for (j, t) in keys.clone().enumerate() {
+                    scores[j] = score(dots[j], t, ctx + i, causal);
+                }
+                state.update(&scores[..keys.len()], |j| tile.v_row(j), cfg.dtype);
             }
-            state.update(&scores[..keys.len()], |j| tile.v_row(j), cfg.dtype);
-        }
-    };
+        };
     // (A) the cached context: no causal mask (every context key precedes every query).
     for s in (0..ctx).step_by(v.ctx_tile) {
         run_tile(s..(s + v.ctx_tile).min(ctx), false, &mut tile, &mut states);
     }
     // (B) the new tokens, causal by default.
-    let upper = if meta.causal { (start_m + 1) * v.block_m } else { ql.next_multiple_of(v.block_n) };
+    let upper = if meta.causal {
+        (start_m + 1) * v.block_m
+    } else {
+        ql.next_multiple_of(v.block_n)
+    };
     for s in (0..upper.min(ql)).step_by(v.block_n) {
-        run_tile(ctx + s..ctx + (s + v.block_n).min(ql), meta.causal, &mut tile, &mut states);
+        run_tile(
+            ctx + s..ctx + (s + v.block_n).min(ql),
+            meta.causal,
+            &mut tile,
+            &mut states,
+        );
     }
     let mut data = Vec::with_capacity(rows.len() * d);
     for state in &states {
-        data.extend(state.normalized_eps(v.l_eps).into_iter().map(|x| cfg.dtype.round(x)));
+        data.extend(
+            state
+                .normalized_eps(v.l_eps)
+                .into_iter()
+                .map(|x| cfg.dtype.round(x)),
+        );
     }
     (first_row, head, data)
 }
@@ -209,11 +258,22 @@ mod tests {
 
     /// Requests `(context, query)` over a zero-K cache (uniform softmax) with
     /// V[t][d] = t, so each row's output is the mean visible key position.
-    fn uniform(reqs: &[(usize, usize)], cfg: &AttnConfig) -> (Vec<f32>, KvCache, AttentionMetadata) {
+    fn uniform(
+        reqs: &[(usize, usize)],
+        cfg: &AttnConfig,
+    ) -> (Vec<f32>, KvCache, AttentionMetadata) {
         let bs = 16;
         let blocks: Vec<usize> = reqs.iter().map(|&(c, q)| (c + q).div_ceil(bs)).collect();
         let nb: usize = blocks.iter().sum();
-        let layout = KvLayout::new(LayoutKind::RocmPaged, nb, bs, cfg.num_kv_heads, cfg.head_size, cfg.kv_dtype).unwrap();
+        let layout = KvLayout::new(
+            LayoutKind::RocmPaged,
+            nb,
+            bs,
+            cfg.num_kv_heads,
+            cfg.head_size,
+            cfg.kv_dtype,
+        )
+        .unwrap();
         let mut cache = KvCache::zeros(layout);
         let (mut rows, mut next) = (vec![], 0i32);
         for (&(c, q), &n) in reqs.iter().zip(&blocks) {
@@ -230,10 +290,20 @@ mod tests {
             rows.push(row);
         }
         let mut qsl = vec![0i32];
-        reqs.iter().for_each(|&(_, q)| qsl.push(qsl.last().unwrap() + q as i32));
+        reqs.iter()
+            .for_each(|&(_, q)| qsl.push(qsl.last().unwrap() + q as i32));
         let t = *qsl.last().unwrap() as usize;
         let seq_lens = reqs.iter().map(|&(c, q)| (c + q) as i32).collect();
-        let meta = AttentionMetadata::new(bs, nb, qsl, seq_lens, BlockTableTensor::from_rows(&rows), vec![-1; t], true).unwrap();
+        let meta = AttentionMetadata::new(
+            bs,
+            nb,
+            qsl,
+            seq_lens,
+            BlockTableTensor::from_rows(&rows),
+            vec![-1; t],
+            true,
+        )
+        .unwrap();
         (vec![0.5; t * cfg.num_heads * cfg.head_size], cache, meta)
     }
 
@@ -243,7 +313,10 @@ mod tests {
         assert_eq!(PrefixVariant::for_config(&cfg).ctx_tile, CTX_TILE);
         cfg.alibi_slopes = Some(vec![0.5, 0.25]);
         let v = PrefixVariant::for_config(&cfg);
-        assert_eq!((v.kernel, v.block_m, v.ctx_tile, v.block_n, v.l_eps), ("_fwd_kernel_alibi", 128, 128, 128, 0.0));
+        assert_eq!(
+            (v.kernel, v.block_m, v.ctx_tile, v.block_n, v.l_eps),
+            ("_fwd_kernel_alibi", 128, 128, 128, 0.0)
+        );
         cfg.dtype = DType::F32;
         assert_eq!(PrefixVariant::for_config(&cfg).block_n, ALIBI_BLOCK_F32);
     }
@@ -251,7 +324,10 @@ mod tests {
     #[test]
     fn each_row_averages_exactly_the_keys_it_sees() {
         // Context 70 (three 32-key tiles), 150 new tokens (two BLOCK_M programs).
-        let cfg = AttnConfig { sliding_window: Some(50), ..AttnConfig::new(2, 1, 8, DType::F32) };
+        let cfg = AttnConfig {
+            sliding_window: Some(50),
+            ..AttnConfig::new(2, 1, 8, DType::F32)
+        };
         let (q, cache, meta) = uniform(&[(70, 150)], &cfg);
         let mut out = vec![0f32; q.len()];
         context_attention_fwd(&q, &cache, &meta, &cfg, true, &mut out).unwrap();
@@ -282,14 +358,23 @@ mod tests {
         meta.causal = false;
         let mut out = vec![0f32; q.len()];
         context_attention_fwd(&q, &cache, &meta, &cfg, true, &mut out).unwrap();
-        assert!(out.chunks(8).all(|r| (r[0] - 12.5).abs() < 1e-5), "mean of 0..26 for every row");
+        assert!(
+            out.chunks(8).all(|r| (r[0] - 12.5).abs() < 1e-5),
+            "mean of 0..26 for every row"
+        );
     }
 
     #[test]
     fn alibi_rejects_what_vllms_alibi_kernel_asserts() {
-        let cfg = AttnConfig { alibi_slopes: Some(vec![0.5]), sinks: Some(vec![1.0]), ..AttnConfig::new(1, 1, 8, DType::F32) };
+        let cfg = AttnConfig {
+            alibi_slopes: Some(vec![0.5]),
+            sinks: Some(vec![1.0]),
+            ..AttnConfig::new(1, 1, 8, DType::F32)
+        };
         let (q, cache, meta) = uniform(&[(3, 4)], &cfg);
-        let e = context_attention_fwd(&q, &cache, &meta, &cfg, true, &mut vec![0f32; q.len()]).unwrap_err().to_string();
+        let e = context_attention_fwd(&q, &cache, &meta, &cfg, true, &mut vec![0f32; q.len()])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("Sinks arg is not supported with alibi"), "{e}");
     }
 }

@@ -36,7 +36,11 @@ pub struct ScoreParams {
 
 impl ScoreParams {
     pub fn new(scale: f32, softcap: Option<f32>) -> Self {
-        ScoreParams { scale, scale_log2: crate::numerics::softmax_scale_log2(scale), softcap }
+        ScoreParams {
+            scale,
+            scale_log2: crate::numerics::softmax_scale_log2(scale),
+            softcap,
+        }
     }
 
     /// Base-2 score from a raw dot product. With soft-cap, the cap applies to
@@ -85,7 +89,12 @@ pub const PV_LANES: usize = 32;
 /// row(k)[d], acc[d])` for k ascending, run by run of [`PV_LANES`] lanes so
 /// each run's accumulators stay in registers across the keys.
 #[inline]
-fn pv_accumulate<'a>(acc: &mut [f32], alpha: Option<f32>, p: &[f32], row: impl Fn(usize) -> &'a [f32]) {
+fn pv_accumulate<'a>(
+    acc: &mut [f32],
+    alpha: Option<f32>,
+    p: &[f32],
+    row: impl Fn(usize) -> &'a [f32],
+) {
     let mut runs = acc.chunks_exact_mut(PV_LANES);
     let mut d0 = 0;
     for run in &mut runs {
@@ -95,7 +104,9 @@ fn pv_accumulate<'a>(acc: &mut [f32], alpha: Option<f32>, p: &[f32], row: impl F
             a.iter_mut().for_each(|x| *x *= alpha);
         }
         for (k, &pr) in p.iter().enumerate() {
-            let v: &[f32; PV_LANES] = row(k)[d0..d0 + PV_LANES].try_into().expect("V row shorter than acc");
+            let v: &[f32; PV_LANES] = row(k)[d0..d0 + PV_LANES]
+                .try_into()
+                .expect("V row shorter than acc");
             for (x, &vd) in a.iter_mut().zip(v) {
                 *x = pr.mul_add(vd, *x);
             }
@@ -148,7 +159,13 @@ pub fn lane_dots(x: &[f32], w: &[f32], stride: usize, col: usize, acc: &mut [f32
 }
 
 #[inline(always)]
-fn lane_dots_block<const L: usize>(x: &[f32], w: &[f32], stride: usize, col: usize, out: &mut [f32]) {
+fn lane_dots_block<const L: usize>(
+    x: &[f32],
+    w: &[f32],
+    stride: usize,
+    col: usize,
+    out: &mut [f32],
+) {
     let mut a = [0.0f32; L];
     for (&xi, wrow) in x.iter().zip(w.chunks_exact(stride)) {
         let wv: &[f32; L] = wrow[col..col + L].try_into().expect("L lanes");
@@ -172,8 +189,16 @@ impl RowState {
     /// the row as if one extra key with score `sink` and value 0 came first.
     pub fn new(head_size: usize, sink: Option<f32>) -> Self {
         match sink {
-            Some(s) => RowState { m: s * LOG2E, l: 1.0, acc: vec![0.0; head_size] },
-            None => RowState { m: f32::NEG_INFINITY, l: 0.0, acc: vec![0.0; head_size] },
+            Some(s) => RowState {
+                m: s * LOG2E,
+                l: 1.0,
+                acc: vec![0.0; head_size],
+            },
+            None => RowState {
+                m: f32::NEG_INFINITY,
+                l: 0.0,
+                acc: vec![0.0; head_size],
+            },
         }
     }
 
@@ -187,10 +212,19 @@ impl RowState {
     /// accumulator lanes stays in registers while it is scaled by alpha
     /// (first run of keys only) and takes those keys' fmas in ascending j.
     #[inline]
-    pub fn update<'a>(&mut self, scores: &[f32], value: impl Fn(usize) -> &'a [f32], p_dtype: DType) {
+    pub fn update<'a>(
+        &mut self,
+        scores: &[f32],
+        value: impl Fn(usize) -> &'a [f32],
+        p_dtype: DType,
+    ) {
         let tile_max = scores.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
         let m_new = self.m.max(tile_max);
-        let m_ref = if m_new > f32::NEG_INFINITY { m_new } else { 0.0 };
+        let m_ref = if m_new > f32::NEG_INFINITY {
+            m_new
+        } else {
+            0.0
+        };
         let alpha = exp2c(self.m - m_ref);
         let mut tile_sum = 0.0f32;
         // The contributing keys of a chunk: offsets from j0 and rounded P.
@@ -261,19 +295,37 @@ pub struct OutLse {
 
 impl OutLse {
     /// Wraps `out` and `lse`, checking both lengths against the shape.
-    pub fn new(num_tokens: usize, num_heads: usize, head_size: usize, out: Vec<f32>, lse: Vec<f32>) -> Result<Self> {
+    pub fn new(
+        num_tokens: usize,
+        num_heads: usize,
+        head_size: usize,
+        out: Vec<f32>,
+        lse: Vec<f32>,
+    ) -> Result<Self> {
         let (n_out, n_lse) = (num_tokens * num_heads * head_size, num_heads * num_tokens);
         if out.len() != n_out {
             return Err(Error::invalid(
                 "output length",
                 out.len(),
-                format!("[tokens {num_tokens}, heads {num_heads}, head_size {head_size}] needs {n_out}"),
+                format!(
+                    "[tokens {num_tokens}, heads {num_heads}, head_size {head_size}] needs {n_out}"
+                ),
             ));
         }
         if lse.len() != n_lse {
-            return Err(Error::invalid("lse length", lse.len(), format!("[heads {num_heads}, tokens {num_tokens}] needs {n_lse}")));
+            return Err(Error::invalid(
+                "lse length",
+                lse.len(),
+                format!("[heads {num_heads}, tokens {num_tokens}] needs {n_lse}"),
+            ));
         }
-        Ok(OutLse { num_tokens, num_heads, head_size, out, lse })
+        Ok(OutLse {
+            num_tokens,
+            num_heads,
+            head_size,
+            out,
+            lse,
+        })
     }
 
     /// The result of attending to no key at all: output 0, lse -inf.
@@ -337,7 +389,13 @@ pub struct KvTile {
 
 impl KvTile {
     pub fn new(tile_size: usize, head_size: usize) -> Self {
-        KvTile { tile_size, head_size, len: 0, k_t: vec![0.0; tile_size * head_size], v: vec![0.0; tile_size * head_size] }
+        KvTile {
+            tile_size,
+            head_size,
+            len: 0,
+            k_t: vec![0.0; tile_size * head_size],
+            v: vec![0.0; tile_size * head_size],
+        }
     }
 
     /// Gathers keys `locs[j] = (physical block, row in block)` of kv head
@@ -371,7 +429,14 @@ impl KvTile {
 
     /// Gathers keys from contiguous `[tokens, Hkv, D]` K/V tensors (a step's
     /// new tokens as vLLM passes them): token rows `tokens`, kv head `kv_head`.
-    pub fn gather_dense(&mut self, key: &[f32], value: &[f32], num_kv_heads: usize, kv_head: usize, tokens: std::ops::Range<usize>) {
+    pub fn gather_dense(
+        &mut self,
+        key: &[f32],
+        value: &[f32],
+        num_kv_heads: usize,
+        kv_head: usize,
+        tokens: std::ops::Range<usize>,
+    ) {
         let (tile, d) = (self.tile_size, self.head_size);
         debug_assert!(tokens.len() <= tile);
         self.len = tokens.len();
@@ -389,7 +454,13 @@ impl KvTile {
     #[inline]
     pub fn qk(&self, q: &[f32], out: &mut [f32]) {
         let d = self.head_size;
-        lane_dots(&q[..d.min(q.len())], &self.k_t[..d * self.tile_size], self.tile_size, 0, &mut out[..self.len]);
+        lane_dots(
+            &q[..d.min(q.len())],
+            &self.k_t[..d * self.tile_size],
+            self.tile_size,
+            0,
+            &mut out[..self.len],
+        );
     }
 
     /// V row j of the tile.
@@ -412,8 +483,12 @@ impl DimOffsets {
     pub fn new(layout: &attnlab_shared::layout::KvLayout) -> Self {
         let (k0, v0) = (layout.k_offset(0, 0, 0, 0), layout.v_offset(0, 0, 0, 0));
         DimOffsets {
-            k: (0..layout.head_size).map(|d| layout.k_offset(0, 0, 0, d) - k0).collect(),
-            v: (0..layout.head_size).map(|d| layout.v_offset(0, 0, 0, d) - v0).collect(),
+            k: (0..layout.head_size)
+                .map(|d| layout.k_offset(0, 0, 0, d) - k0)
+                .collect(),
+            v: (0..layout.head_size)
+                .map(|d| layout.v_offset(0, 0, 0, d) - v0)
+                .collect(),
         }
     }
 }
