@@ -68,6 +68,11 @@ typedef typename KV::T KVT;
 template <int V> struct IntC { static constexpr int value = V; };
 // KV elements per 16-byte vector.
 #define KV_VEC ((int)(16 / sizeof(KVT)))
+// Tuning knobs of ll4mi (#ifndef: gpu/sweep-variants.sh sets them through a
+// copy of kernels/; gpu/variants/ll4mi*.txt). The defaults are the fastest
+// measured on the H100 (docs/src/gpu.md, "Tuning ll4mi"): every setting
+// that cost registers (KBATCH 2/4, VBATCH 2-8, PV_SPREAD, PREFETCH, fewer
+// blocks per SM) lost more to occupancy than it won (up to -20 points).
 // 16-byte K vectors per thread loaded together before their dot chains
 // (memory-level parallelism; the 2D kernel's register budget is smaller).
 #ifndef LL4MI_KBATCH
@@ -562,7 +567,9 @@ DEVICE void prefetch_partition_l2(const KVT* k_cache, const KVT* v_cache, const 
 // V is read from the cache in PV, DECODE_HPT heads per thread: on the H100
 // the 2D kernel's staged V (82 KB blocks, 2 per SM), 16 K loads in flight
 // per thread and 2 heads per PV thread made this kernel slower (57.6% -> 41% of the copy at b64 x 8K, 32/8),
-// so it keeps the measured structure.
+// and so did the knob variants above; ncu (b64 x 8K) saw it issue-bound as
+// much as memory-bound (58% issue slots busy, 54% DRAM), so the next gains
+// are fewer instructions per byte, not more loads in flight.
 extern "C" __global__ void LL4MI_BOUNDS paged_attention_ll4mi_partition(
     const typename Q::T* __restrict__ query, const KVT* __restrict__ k_cache, const KVT* __restrict__ v_cache,
     const i32* __restrict__ block_table, const i32* __restrict__ qsl, const i32* __restrict__ seq_lens,
