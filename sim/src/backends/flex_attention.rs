@@ -17,7 +17,7 @@ use crate::kernels::flex_attention::{flex_block_n, SPARSE_Q_BLOCK_SIZE};
 use crate::kernels::reshape_and_cache::CacheWriter;
 use attnlab_shared::dtype::DType;
 use attnlab_shared::error::{Error, Result};
-use attnlab_shared::layout::{KvLayout, LayoutKind};
+use attnlab_shared::layout::LayoutKind;
 use attnlab_shared::metadata::AttentionMetadata;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -64,39 +64,12 @@ impl AttentionBackend for FlexAttention {
         Ok(())
     }
 
-    fn cache_layout(
-        &self,
-        cfg: &AttnConfig,
-        num_blocks: usize,
-        block_size: usize,
-    ) -> Result<KvLayout> {
-        KvLayout::new(
-            LayoutKind::Nhd,
-            num_blocks,
-            block_size,
-            cfg.num_kv_heads,
-            cfg.head_size,
-            cfg.kv_dtype,
-        )
+    fn layout_kind(&self) -> LayoutKind {
+        LayoutKind::Nhd
     }
 
-    fn write_kv_with(
-        &self,
-        ex: &dyn KernelExecutor,
-        cache: &mut KvCache,
-        key: &[f32],
-        value: &[f32],
-        slot_mapping: &[i64],
-        cfg: &AttnConfig,
-    ) -> Result<()> {
-        ex.reshape_and_cache(
-            CacheWriter::ReshapeAndCacheFlash,
-            cache,
-            key,
-            value,
-            slot_mapping,
-            cfg,
-        )
+    fn cache_writer(&self, _block_size: usize) -> CacheWriter {
+        CacheWriter::ReshapeAndCacheFlash
     }
 
     fn forward_with(

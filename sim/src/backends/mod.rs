@@ -14,8 +14,9 @@ pub mod triton_attn;
 use crate::backends::exec::{Cpu, KernelExecutor};
 use crate::cache::KvCache;
 use crate::config::AttnConfig;
+use crate::kernels::reshape_and_cache::CacheWriter;
 use attnlab_shared::error::Result;
-use attnlab_shared::layout::KvLayout;
+use attnlab_shared::layout::{KvLayout, LayoutKind};
 use attnlab_shared::metadata::AttentionMetadata;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -68,13 +69,29 @@ pub trait AttentionBackend: Send + Sync {
         Ok(block_size)
     }
 
+    /// The KV cache layout this backend's kernels read.
+    fn layout_kind(&self) -> LayoutKind;
+
+    /// The cache-update kernel vLLM's `do_kv_cache_update` calls for a kernel
+    /// block size.
+    fn cache_writer(&self, block_size: usize) -> CacheWriter;
+
     /// The cache layout for `num_blocks` kernel blocks of `block_size`.
     fn cache_layout(
         &self,
         cfg: &AttnConfig,
         num_blocks: usize,
         block_size: usize,
-    ) -> Result<KvLayout>;
+    ) -> Result<KvLayout> {
+        KvLayout::new(
+            self.layout_kind(),
+            num_blocks,
+            block_size,
+            cfg.num_kv_heads,
+            cfg.head_size,
+            cfg.kv_dtype,
+        )
+    }
 
     /// Writes the step's new K/V (`[T, Hkv, D]`, in `cfg.dtype`) at `slot_mapping`.
     fn write_kv(
@@ -108,7 +125,10 @@ pub trait AttentionBackend: Send + Sync {
         value: &[f32],
         slot_mapping: &[i64],
         cfg: &AttnConfig,
-    ) -> Result<()>;
+    ) -> Result<()> {
+        let writer = self.cache_writer(cache.layout.block_size);
+        ex.reshape_and_cache(writer, cache, key, value, slot_mapping, cfg)
+    }
 
     /// [`AttentionBackend::forward`] with every kernel launch made through `ex`.
     fn forward_with(

@@ -43,7 +43,7 @@ use crate::kernels::unified_attention::{UnifiedLaunch, MI300X_CU_COUNT};
 use attnlab_shared::block_table::{select_kernel_block_size, KernelBlockSize};
 use attnlab_shared::dtype::DType;
 use attnlab_shared::error::{Error, Result};
-use attnlab_shared::layout::{KvLayout, LayoutKind};
+use attnlab_shared::layout::LayoutKind;
 use attnlab_shared::metadata::{AttentionMetadata, BlockTableTensor, RequestKind};
 use attnlab_shared::registry::ROCM_AITER_FA;
 use attnlab_shared::scheduler::{self, CP_TOKENS_PER_ITER_ROCM};
@@ -185,14 +185,6 @@ impl RocmAiterFa {
         RocmAiterFa {
             shuffle_kv_cache,
             ..Default::default()
-        }
-    }
-
-    fn writer(&self) -> CacheWriter {
-        if self.shuffle_kv_cache {
-            CacheWriter::ReshapeAndCacheShuffleTriton
-        } else {
-            CacheWriter::ReshapeAndCacheFlash
         }
     }
 
@@ -393,37 +385,20 @@ impl AttentionBackend for RocmAiterFa {
         select_kernel_block_size(block_size, self.name(), KERNEL_BLOCK_SIZES)
     }
 
-    fn cache_layout(
-        &self,
-        cfg: &AttnConfig,
-        num_blocks: usize,
-        block_size: usize,
-    ) -> Result<KvLayout> {
-        let kind = if self.shuffle_kv_cache {
+    fn layout_kind(&self) -> LayoutKind {
+        if self.shuffle_kv_cache {
             LayoutKind::AiterShuffled
         } else {
             LayoutKind::Nhd
-        };
-        KvLayout::new(
-            kind,
-            num_blocks,
-            block_size,
-            cfg.num_kv_heads,
-            cfg.head_size,
-            cfg.kv_dtype,
-        )
+        }
     }
 
-    fn write_kv_with(
-        &self,
-        ex: &dyn KernelExecutor,
-        cache: &mut KvCache,
-        key: &[f32],
-        value: &[f32],
-        slot_mapping: &[i64],
-        cfg: &AttnConfig,
-    ) -> Result<()> {
-        ex.reshape_and_cache(self.writer(), cache, key, value, slot_mapping, cfg)
+    fn cache_writer(&self, _block_size: usize) -> CacheWriter {
+        if self.shuffle_kv_cache {
+            CacheWriter::ReshapeAndCacheShuffleTriton
+        } else {
+            CacheWriter::ReshapeAndCacheFlash
+        }
     }
 
     fn forward_with(
@@ -577,7 +552,9 @@ impl AttentionBackend for RocmAiterFa {
             ("key_cache", layout.k_shape()),
             ("value_cache", layout.v_shape()),
         );
-        let mut calls = vec![self.writer().kernel_call(&layout, meta.num_actual_tokens)];
+        let mut calls = vec![self
+            .cache_writer(layout.block_size)
+            .kernel_call(&layout, meta.num_actual_tokens)];
         for batch in route {
             let (tq, b) = (
                 batch.reqs.iter().map(|&i| meta.query_len(i)).sum::<usize>(),

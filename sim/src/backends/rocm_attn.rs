@@ -24,7 +24,7 @@ use crate::kernels::reshape_and_cache::CacheWriter;
 use attnlab_shared::block_table::{select_kernel_block_size, KernelBlockSize};
 use attnlab_shared::dtype::DType;
 use attnlab_shared::error::{Error, Result};
-use attnlab_shared::layout::{KvLayout, LayoutKind};
+use attnlab_shared::layout::LayoutKind;
 use attnlab_shared::metadata::AttentionMetadata;
 
 /// `RocmAttentionBackend.get_supported_head_sizes()`.
@@ -112,19 +112,6 @@ impl RocmAttn {
             DecodeKernel::Triton2d
         }
     }
-
-    /// The writer `do_kv_cache_update` calls for a kernel block size.
-    pub fn writer(&self, block_size: usize) -> CacheWriter {
-        let native = match self.profile {
-            RocmAttnProfile::SeedEra => block_size.is_power_of_two(),
-            RocmAttnProfile::V0_33 => matches!(block_size, 16 | 32),
-        };
-        if native {
-            CacheWriter::ReshapeAndCache
-        } else {
-            CacheWriter::TritonReshapeAndCacheFlash
-        }
-    }
 }
 
 impl AttentionBackend for RocmAttn {
@@ -198,39 +185,22 @@ impl AttentionBackend for RocmAttn {
         }
     }
 
-    fn cache_layout(
-        &self,
-        cfg: &AttnConfig,
-        num_blocks: usize,
-        block_size: usize,
-    ) -> Result<KvLayout> {
-        KvLayout::new(
-            LayoutKind::RocmPaged,
-            num_blocks,
-            block_size,
-            cfg.num_kv_heads,
-            cfg.head_size,
-            cfg.kv_dtype,
-        )
+    fn layout_kind(&self) -> LayoutKind {
+        LayoutKind::RocmPaged
     }
 
-    fn write_kv_with(
-        &self,
-        ex: &dyn KernelExecutor,
-        cache: &mut KvCache,
-        key: &[f32],
-        value: &[f32],
-        slot_mapping: &[i64],
-        cfg: &AttnConfig,
-    ) -> Result<()> {
-        ex.reshape_and_cache(
-            self.writer(cache.layout.block_size),
-            cache,
-            key,
-            value,
-            slot_mapping,
-            cfg,
-        )
+    /// `reshape_and_cache` where the HIP kernel takes the block size, else
+    /// the Triton flash writer.
+    fn cache_writer(&self, block_size: usize) -> CacheWriter {
+        let native = match self.profile {
+            RocmAttnProfile::SeedEra => block_size.is_power_of_two(),
+            RocmAttnProfile::V0_33 => matches!(block_size, 16 | 32),
+        };
+        if native {
+            CacheWriter::ReshapeAndCache
+        } else {
+            CacheWriter::TritonReshapeAndCacheFlash
+        }
     }
 
     fn forward_with(
@@ -268,7 +238,7 @@ impl AttentionBackend for RocmAttn {
             return vec![];
         };
         let (k_cache, v_cache) = (layout.k_shape(), layout.v_shape());
-        let mut calls = vec![self.writer(meta.block_size).kernel_call(&layout, t)];
+        let mut calls = vec![self.cache_writer(meta.block_size).kernel_call(&layout, t)];
         let qo = [
             ("query", vec![t, hq, d]),
             ("output", vec![t, hq, d]),

@@ -25,7 +25,7 @@ use crate::kernels::reshape_and_cache::CacheWriter;
 use crate::kernels::unified_attention::{UnifiedLaunch, VllmLaunchOptions};
 use attnlab_shared::dtype::DType;
 use attnlab_shared::error::{Error, Result};
-use attnlab_shared::layout::{KvLayout, LayoutKind};
+use attnlab_shared::layout::LayoutKind;
 use attnlab_shared::metadata::AttentionMetadata;
 
 /// TRITON_ATTN: the unified shape with vLLM's own kernel and launch rule.
@@ -137,32 +137,12 @@ impl<K: UnifiedKernel> AttentionBackend for UnifiedBackend<K> {
     }
 
     /// The packed-content NHD views `[nb, N, Hkv, D]` of K and V.
-    fn cache_layout(
-        &self,
-        cfg: &AttnConfig,
-        num_blocks: usize,
-        block_size: usize,
-    ) -> Result<KvLayout> {
-        KvLayout::new(
-            LayoutKind::Nhd,
-            num_blocks,
-            block_size,
-            cfg.num_kv_heads,
-            cfg.head_size,
-            cfg.kv_dtype,
-        )
+    fn layout_kind(&self) -> LayoutKind {
+        LayoutKind::Nhd
     }
 
-    fn write_kv_with(
-        &self,
-        ex: &dyn KernelExecutor,
-        cache: &mut KvCache,
-        key: &[f32],
-        value: &[f32],
-        slot_mapping: &[i64],
-        cfg: &AttnConfig,
-    ) -> Result<()> {
-        ex.reshape_and_cache(K::SHAPE.writer, cache, key, value, slot_mapping, cfg)
+    fn cache_writer(&self, _block_size: usize) -> CacheWriter {
+        K::SHAPE.writer
     }
 
     /// One unified-attention launch over the whole batch.
@@ -186,7 +166,9 @@ impl<K: UnifiedKernel> AttentionBackend for UnifiedBackend<K> {
         ) else {
             return vec![];
         };
-        let mut calls = vec![K::SHAPE.writer.kernel_call(&layout, meta.num_actual_tokens)];
+        let mut calls = vec![self
+            .cache_writer(meta.block_size)
+            .kernel_call(&layout, meta.num_actual_tokens)];
         calls.extend(launch.kernel_calls(meta, cfg));
         calls
     }
