@@ -32,8 +32,10 @@ status=0
     echo "cases $CASES seed $SEED steps: $STEPS"
 } >"$OUT/summary.txt"
 
+# Every diff family (`diff --list`) unless FAMILIES narrows them.
+families=${FAMILIES:-$("$BIN" diff --list)}
+
 if [[ " $STEPS " == *" diff "* ]]; then
-    families=${FAMILIES:-$("$BIN" diff --list)}
     if [ -z "$families" ]; then
         echo "diff: no families (did \`$BIN diff --list\` fail?)" | tee -a "$OUT/summary.txt" >"$OUT/diff.txt"
         status=1
@@ -83,7 +85,6 @@ if [[ " $STEPS " == *" sanitizer "* ]]; then
     if command -v compute-sanitizer >/dev/null 2>&1; then
         # Every family under memcheck and racecheck, SAN_CASES cases each (seed
         # 5 / 6), JOBS processes at a time; each run's SUMMARY line is kept.
-        families=${FAMILIES:-$("$BIN" diff --list)}
         for tool in memcheck racecheck; do
             seed=$([ $tool = memcheck ] && echo 5 || echo 6)
             echo "== compute-sanitizer --tool $tool $BIN diff --backend F --cases ${SAN_CASES:-2} --seed $seed, F in: $(echo $families)" >>"$OUT/sanitizer.txt"

@@ -552,7 +552,7 @@ impl Device for HostDevice {
         let launch = HostLaunch {
             grid: dims.grid,
             block: dims.block,
-            shared_bytes: dims.shared_bytes,
+            shared_bytes: dims.shared_bytes_padded(),
             workers: self.workers,
         };
         let mut err = vec![0u8; 1024];

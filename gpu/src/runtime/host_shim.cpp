@@ -303,7 +303,7 @@ void worker_main(Shared& s) {
     std::vector<void*> maps;
     {
         const size_t page = 4096;
-        w.smem_bytes = (size_t(l.shared_bytes) + 15) & ~size_t(15);  // LaunchDims::shared_bytes_padded
+        w.smem_bytes = l.shared_bytes;  // already LaunchDims::shared_bytes_padded (16-byte multiple)
         const size_t data = (w.smem_bytes + page - 1) / page * page;
         w.smem_map_bytes = data + 2 * page;
         w.smem_map = mmap(nullptr, w.smem_map_bytes, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
