@@ -85,11 +85,6 @@ template <int V> struct IntC { static constexpr int value = V; };
 #ifndef LL4MI_VBATCH
 #define LL4MI_VBATCH 1
 #endif
-// PV: test a group of 4 keys x HPT heads for skipped p once, and run the
-// group's fma chains without per-element tests when none is (same chains).
-#ifndef PV_GROUP_TEST
-#define PV_GROUP_TEST 0
-#endif
 // ll4mi PV chains per thread: 1 = the fewest that keep every thread busy
 // (pv_heads_per_thread), 0 = always DECODE_HPT.
 #ifndef LL4MI_PV_SPREAD
@@ -230,21 +225,6 @@ DEVICE void pv_keys(float (&acc)[DECODE_HPT], const float* p_s, int pstride, u32
                         f32x4 p4[HPT];  // p of 4 consecutive keys (rows 16-byte aligned)
 #pragma unroll
                         for (int hh = 0; hh < HPT; ++hh) p4[hh] = load_f32x4(p_s + hh * pstride + j0 + i0);
-                        bool plain = PV_GROUP_TEST && j0 + i0 + 3 < j_end;  // 4 keys, none skipped
-#pragma unroll
-                        for (int hh = 0; hh < HPT; ++hh)
-#pragma unroll
-                            for (int i = 0; i < 4; ++i) plain = plain && __float_as_uint(p4[hh].v[i]) != skip;
-                        if (plain) {
-#pragma unroll
-                            for (int i = 0; i < 4; ++i) {
-                                const KVT e = Vec16Elem<KVT>::at(raw[b], i0 + i);
-                                const float v = DEQUANT ? dequant(e, v_scale) : KV::load(e);
-#pragma unroll
-                                for (int hh = 0; hh < HPT; ++hh) acc[hh] = fmaf(p4[hh].v[i], v, acc[hh]);
-                            }
-                            continue;
-                        }
 #pragma unroll
                         for (int i = 0; i < 4; ++i) {
                             if (j0 + i0 + i < j_end) {
