@@ -2,7 +2,7 @@
 //! median of repeats) and achieved bandwidth, next to a device-to-device copy
 //! measured in the same run.
 //!
-//! Decode grid (issue 5 §5): batch {1, 8, 64, 256} x context {1K, 8K, 32K} x
+//! Decode grid (issue 5, item 5): batch {1, 8, 64, 256} x context {1K, 8K, 32K} x
 //! heads (32 q / 8 kv) and (8 / 1), block size 16, bf16, head size 128; the
 //! caches are filled on the device (`kernels/fill.hip`). Bandwidth counts the
 //! unique bytes a decode must move: K and V of every context token, plus Q

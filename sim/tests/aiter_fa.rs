@@ -421,7 +421,7 @@ fn context_chunks_split_the_budget_between_extends_without_block_alignment() {
 #[test]
 fn chunked_extend_counts_each_sink_once_per_partial_as_vllm_does() {
     // vLLM passes sink_ptr to the new-token call and every context-chunk call
-    // (§19 #14): the merged result equals attention with sink weight
+    // (vllm-backends.md §19 #14): the merged result equals attention with sink weight
     // (num_chunks + 1) * e^sink, i.e. a sink logit of sink + ln(num_chunks + 1).
     let mut cfg = AttnConfig::new(2, 1, 64, DType::F16);
     cfg.sinks = Some(vec![0.5, 2.0]);

@@ -528,7 +528,7 @@ fn vllm_and_aiter_kernels_agree_within_tolerance_but_not_bit_for_bit() {
     assert_ne!(
         bits(&a),
         bits(&v),
-        "different tiles and epilogues round differently (§10.3)"
+        "different tiles and epilogues round differently (vllm-backends.md §10.3)"
     );
 }
 
@@ -706,7 +706,7 @@ fn shipped_fixtures_replay_through_both_unified_backends() {
     }
 }
 
-/// Throughput on prefill-shaped work (issue 3 §7):
+/// Throughput on prefill-shaped work (issue 3, item 7):
 /// `cargo test -p attnlab-sim --release --test unified -- --ignored --nocapture`.
 #[test]
 #[ignore]

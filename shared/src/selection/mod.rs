@@ -72,7 +72,7 @@ pub struct SelectorInput {
     /// `--attention-backend`; wins over the env var when both are given.
     pub attention_backend_flag: Option<String>,
     pub use_mla: bool,
-    /// DeepSeek-V3.2-style sparse MLA: wins over everything (§5.11).
+    /// DeepSeek-V3.2-style sparse MLA: wins over everything (selection.md §5.11).
     pub use_sparse: bool,
     /// `--block-size` as the user gave it; `None` when not given.
     pub block_size: Option<usize>,

@@ -18,9 +18,9 @@
 //! The format is the kernel's `CACHE_FORMAT` constexpr, not the cache's: the
 //! cache memory is read with the named format's formula, so gathering a
 //! shuffled cache as "NHD" reproduces vLLM's sliding-window + shuffle bug
-//! (§19 #30) instead of silently fixing it.
+//! (vllm-backends §19 #30) instead of silently fixing it.
 //!
-//! fp8 dequant follows vLLM 0.33 (§11.4), matching its writers, which divide
+//! fp8 dequant follows vLLM 0.33 (vllm-backends §11.4), matching its writers, which divide
 //! by the layer's per-tensor scale in both formats: `round_dst(x * scale)`.
 //! Older vLLM (aiter.md §1.5) hard-coded 1.0 in the SHUFFLE writer and gather
 //! alike, and re-rounded NHD values to fp8; that variant is not modelled.

@@ -29,7 +29,7 @@
 //!     acc = acc * alpha; acc = fma(w, out_s, acc); l = fma(l, alpha, w)
 //!   o[row, h] = round_out(acc / l); lse[row, h] = round_lse((m + log2c(l)) * LN2)
 //! ```
-//! Constants (§20.3, ROCm launch): BLOCK_N 16, BLOCK_H 16, BLOCK_DMODEL 512,
+//! Constants (vllm-backends §20.3, ROCm launch): BLOCK_N 16, BLOCK_H 16, BLOCK_DMODEL 512,
 //! BLOCK_DPE 64. Split bounds: Triton `cdiv(len, S)` tokens per split (not
 //! page aligned); AITER whole multiples of its granularity (`mgc`).
 //!

@@ -7,19 +7,19 @@
 //! ## `paged_attention_2d` — Triton `kernel_paged_attention_2d` (§5.6)
 //! Grid `(num_seqs, Hkv)`; a program owns the `qpk` query heads of one kv
 //! head for the sequence's single query row (rows with query_len != 1 are
-//! skipped; vLLM skips only > 1 and races on 0-length rows, §19 #7).
+//! skipped; vLLM skips only > 1 and races on 0-length rows, vllm-backends §19 #7).
 //! ```text
 //! TILE = min(block_size, 128) if block_size is a power of 2 else 32
 //! for tile j ascending (keys j*TILE .. min((j+1)*TILE, seq_len)):
 //!     gather K, V of the tile; fp8: (f32(x) * scale) -> query dtype
 //!     per head: s_t = score(dot(q, k_t))                 // base 2
-//!               window: ctx - t < SW else -10000 (natural, NOT -inf, §19 #6)
+//!               window: ctx - t < SW else -10000 (natural, NOT -inf, vllm-backends §19 #6)
 //!               alibi:  + slope * (t - ctx)
 //!               RowState::update (P -> query dtype before PV)
 //! out = (acc / (L + 1e-10)) -> query dtype
 //! ```
 //!
-//! ## `paged_attention_ll4mi` — HIP "ll4mi" partitions + reduce (§7.3, §7.4)
+//! ## `paged_attention_ll4mi` — HIP "ll4mi" partitions + reduce (vllm-backends §7.3, vllm-backends §7.4)
 //! Partition kernel, grid `(num_seqs, max_num_partitions, Hkv)`: partition p
 //! covers tokens `[p*256, p*256+256)`, split over 4 waves of 64 tokens; lane l
 //! of wave w holds token `p*256 + 64w + l`. Per query head of the group:
@@ -43,7 +43,7 @@
 //! out[d] = round_q(sum_p fma(tmp_out[p][d], w_p, .) * (1 / (gsum + 1e-6)))
 //! ```
 //! The partial outputs are normalized and rounded to the query dtype before
-//! the merge, and both sums carry a 1e-6: the ll4mi error profile (§19 #12).
+//! the merge, and both sums carry a 1e-6: the ll4mi error profile (vllm-backends §19 #12).
 //!
 //! Deliberate differences: every exp is the contract's `exp2c` on base-2
 //! scores (`scale * LOG2E` folded once; vLLM uses natural `exp`, `__expf`

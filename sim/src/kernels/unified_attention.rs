@@ -7,7 +7,7 @@
 //! whole batch (decode, extend and prefill rows alike) reading every key,
 //! old and new, from the paged cache.
 //!
-//! Grid and work mapping (§9.2):
+//! Grid and work mapping (vllm-backends §9.2):
 //! ```text
 //! BLOCK_M = 16 if qpk <= 16 else next_pow2(qpk)      // qpk = Hq / Hkv
 //! BLOCK_Q = BLOCK_M / qpk                             // query tokens per program
@@ -18,7 +18,7 @@
 //!   qblk = g - (qsl[seq] / BLOCK_Q + seq); exit if qblk * BLOCK_Q >= q_len
 //!   row m < BLOCK_Q * qpk:  token q_local = qblk * BLOCK_Q + m / qpk,
 //!                            head kvh * qpk + m % qpk  (masked if q_local >= q_len)
-//!   (max_prefix, tile_start, tile_end) = compute_tile_loop_bounds    // §9.3
+//!   (max_prefix, tile_start, tile_end) = compute_tile_loop_bounds    // vllm-backends §9.3
 //!   3D: tps = cdiv(seq_len, S * TILE); exit (no write) if s * tps * TILE >= seq_len;
 //!       tiles [max(s * tps, tile_start), min((s + 1) * tps, tile_end))
 //!   m_i = sink * LOG2E (2D, or 3D segment 0) else -inf; l_i = 1 with a sink else 0; acc = 0
@@ -31,7 +31,7 @@
 //!       s_t = -inf unless (causal: t <= ctx + q_local | non-causal: t < seq_len)
 //!                      and window: (ctx + q_local) - t < SW  [and t - (ctx + q_local) < SW if non-causal]
 //!       RowState::update(s, V tile, P -> Q dtype)            // online softmax, softmax.rs
-//!       AITER only: m_i = 0 if it is still -inf              // §10.3 fully-masked guard
+//!       AITER only: m_i = 0 if it is still -inf              // vllm-backends §10.3 fully-masked guard
 //! 2D epilogue: vLLM out = acc / l_i; AITER out = acc * (v_scale / l_i); cast to the out dtype
 //! 3D epilogue: f32 partials (acc [* v_scale for AITER], m_i, l_i) per segment
 //! reduce_segments, grid (T, Hq): nact = cdiv(seq_len, tps * TILE) segments;
@@ -40,14 +40,14 @@
 //!   out = num / den (0 when den == 0), cast to the out dtype
 //! ```
 //!
-//! Rounding points (§20.2): K/V loaded from the cache and cast to the Q dtype
+//! Rounding points (vllm-backends §20.2): K/V loaded from the cache and cast to the Q dtype
 //! (vLLM: fp8 widened, `* scale` in f32, then cast; AITER: fp8 widened only,
 //! `k_scale` folded into the score scale and `v_scale` into the epilogue);
 //! scores and the online softmax in f32; P rounded to the Q (= V) dtype
 //! before the PV fma; 2D: normalise then cast; 3D: f32 partials, f32 reduce,
 //! one cast at the end.
 //!
-//! Constants (§20.3): `MIN_LAUNCH_GRID_SIZE_2D` 128 (`seq_threshold_3D =
+//! Constants (vllm-backends §20.3): `MIN_LAUNCH_GRID_SIZE_2D` 128 (`seq_threshold_3D =
 //! 128 / Hkv`), `NUM_PAR_SOFTMAX_SEGMENTS` 16, `MAX_3D_QUERY_LEN` 8, vLLM
 //! TILE 32 (2D) / 16 (3D); AITER TILE 64 (2D prefill on CDNA) or
 //! `min(64, next_pow2(N))` (decode, 3D).
@@ -62,7 +62,7 @@
 //!   Segments that store no partial (empty loop range) are excluded by the
 //!   reduce's validity test either way.
 //! - When `BLOCK_M % qpk != 0` the GPU's trailing rows recompute the next
-//!   q-block's first token and both programs store it (§19.9). The emulator
+//!   q-block's first token and both programs store it (vllm-backends §19.9). The emulator
 //!   computes every (token, head) once, in the program that owns the token;
 //!   for vLLM the duplicate is bit-identical, for AITER with a window it is a
 //!   store race on the GPU.
@@ -105,7 +105,7 @@ pub const MI300X_CU_COUNT: usize = 304;
 
 /// Which copy of the kernel runs: they share the loop nest and differ in
 /// the launch rule, the fully-masked-row guard, the fp8 scale placement and
-/// the epilogue (§10.3).
+/// the epilogue (vllm-backends §10.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Flavor {
     /// vLLM's `triton_unified_attention` (TRITON_ATTN; AITER-unified's
@@ -164,7 +164,7 @@ pub fn block_m_for(queries_per_kv: usize) -> usize {
 }
 
 impl UnifiedLaunch {
-    /// vLLM's wrapper (§9.1): 3D only when the scratch exists and holds the
+    /// vLLM's wrapper (vllm-backends §9.1): 3D only when the scratch exists and holds the
     /// batch, no row is longer than `MAX_3D_QUERY_LEN` (or any is longer than
     /// 1 while non-causal), and `num_seqs * cdiv(max_seqlen_q, BLOCK_Q) <=
     /// seq_threshold_3D = 128 / Hkv`.
@@ -203,7 +203,7 @@ impl UnifiedLaunch {
         })
     }
 
-    /// AITER's wrapper on CDNA (§10.3, aiter.md §5.2): 2D if sliding window,
+    /// AITER's wrapper on CDNA (vllm-backends §10.3, aiter.md vllm-backends §5.2): 2D if sliding window,
     /// `max_seqlen_k <= 512`, more than `4 * cu_count` 2D programs, or
     /// head size >= 512 outside pure decode; else 3D with `NUM_SEGMENTS =
     /// next_pow2(clamp(cdiv(16 * cu_count, num_2d), MIN, MAX))`, `MAX =
@@ -558,7 +558,7 @@ pub fn find_seq_idx(query_start_loc: &[i32], num_seqs: usize, block_q: usize, g:
     lo.saturating_sub(1)
 }
 
-/// `compute_tile_loop_bounds` (§9.3) for q-block `qblk` of a request:
+/// `compute_tile_loop_bounds` (vllm-backends §9.3) for q-block `qblk` of a request:
 /// keys `< max_prefix` are loaded; tiles `[tile_start, tile_end)` are
 /// visited (a sliding window prunes tiles wholly before the earliest row's
 /// window and after the latest row's last key).
@@ -864,7 +864,7 @@ impl<'a> Kernel<'a> {
                 }
                 state.update(&scores[..n], |jj| kv.v_row(jj), q_dtype);
                 if flavor == Flavor::Aiter && state.m == f32::NEG_INFINITY {
-                    state.m = 0.0; // AITER keeps the guarded max (§10.3)
+                    state.m = 0.0; // AITER keeps the guarded max (vllm-backends §10.3)
                 }
             }
         }
