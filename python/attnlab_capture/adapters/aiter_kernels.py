@@ -19,8 +19,10 @@ _PARTITION_SIZE_ROCM = 256  # rocm_aiter_fa.py
 
 
 def _rocm_reason(ctx):
-    import torch
-
+    try:
+        import torch
+    except Exception:
+        return "torch is not importable"
     if getattr(torch.version, "hip", None) is None or not torch.cuda.is_available():
         return "needs a ROCm GPU (torch.version.hip with a visible device)"
     return None
