@@ -10,8 +10,10 @@ where numpy has the dtype (bf16 and fp8 stay raw).
 
 from __future__ import annotations
 
+import array
 import json
 import struct
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -63,6 +65,17 @@ class RawTensor:
         for d in self.shape:
             n *= d
         return n
+
+    def values(self) -> list:
+        """The elements as a flat Python list (integer and f32/f64 dtypes), without numpy."""
+        codes = {"I32": "i", "I64": "q", "I16": "h", "I8": "b", "U8": "B", "F32": "f", "F64": "d"}
+        if self.dtype not in codes:
+            raise TypeError(f"no flat list for safetensors {self.dtype}")
+        a = array.array(codes[self.dtype])
+        a.frombytes(self.data)
+        if sys.byteorder != "little":
+            a.byteswap()
+        return a.tolist()
 
     def numpy_view(self):
         """A read-only numpy array for dtypes numpy has (not BF16/F8)."""

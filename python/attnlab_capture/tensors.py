@@ -35,8 +35,11 @@ def from_torch(t) -> RawTensor:
     name = str(t.dtype).replace("torch.", "")
     if name not in _TORCH_TO_TAG:
         raise TypeError(f"cannot store torch dtype {t.dtype} in a fixture")
+    import ctypes
+
     cpu = t.detach().contiguous().cpu()
-    data = cpu.view(torch.uint8).numpy().tobytes() if cpu.numel() else b""
+    # bytes straight from the storage: no numpy needed
+    data = ctypes.string_at(cpu.data_ptr(), cpu.numel() * cpu.element_size()) if cpu.numel() else b""
     return RawTensor(_TORCH_TO_TAG[name], tuple(cpu.shape), data)
 
 
@@ -72,11 +75,11 @@ def gather_new_tokens(cache_nhd, block_table, seq_lens, query_start_loc):
     rows = []
     qsl = query_start_loc.tolist()
     sl = seq_lens.tolist()
-    bt = block_table.cpu()
+    bt = block_table.cpu().tolist()
     for i in range(len(sl)):
         q = qsl[i + 1] - qsl[i]
         for pos in range(sl[i] - q, sl[i]):
-            rows.append((int(bt[i, pos // bs]), pos % bs))
+            rows.append((int(bt[i][pos // bs]), pos % bs))
     if not rows:
         return cache_nhd.new_empty((0,) + tuple(cache_nhd.shape[2:]))
     blocks = torch.tensor([r[0] for r in rows], device=cache_nhd.device)
@@ -88,12 +91,12 @@ def slot_mapping_for_new_tokens(block_table, seq_lens, query_start_loc, block_si
     """vLLM's slot_mapping (block * block_size + offset) of the new tokens."""
     qsl = query_start_loc.tolist()
     sl = seq_lens.tolist()
-    bt = block_table.cpu()
+    bt = block_table.cpu().tolist()
     slots = []
     for i in range(len(sl)):
         q = qsl[i + 1] - qsl[i]
         for pos in range(sl[i] - q, sl[i]):
-            slots.append(int(bt[i, pos // block_size]) * block_size + pos % block_size)
+            slots.append(int(bt[i][pos // block_size]) * block_size + pos % block_size)
     return slots
 
 

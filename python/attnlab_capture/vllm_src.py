@@ -331,3 +331,42 @@ def install(src) -> str:
     sys.modules.update(mods)
     _installed_root = root
     return version
+
+
+def copy_needed(src, dest) -> list:
+    """Copy the files `install` needs from a vLLM tree into `dest` (same relative paths)."""
+    import shutil
+
+    src, dest = Path(src), Path(dest)
+    copied = []
+    for rel in needed_files():
+        s = src / rel
+        if not s.is_file():
+            if rel in VERSION_SOURCES:
+                continue  # either one names the version
+            raise VllmSourceError(f"{s} is missing")
+        d = dest / rel
+        d.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(s, d)
+        copied.append(rel)
+    return copied
+
+
+if __name__ == "__main__":
+    import argparse
+
+    ap = argparse.ArgumentParser(
+        prog="python -m attnlab_capture.vllm_src",
+        description="Copy the vLLM source files the capture's kernel shim needs (a few hundred KiB) into DEST.",
+    )
+    ap.add_argument("src", type=Path, help="an extracted vLLM source tree (holding vllm/)")
+    ap.add_argument("dest", type=Path, help="where to put vllm/... (e.g. .vllm-src)")
+    a = ap.parse_args()
+    try:
+        files = copy_needed(a.src, a.dest)
+    except VllmSourceError as e:
+        raise SystemExit(f"error: {e}")
+    total = sum((a.dest / f).stat().st_size for f in files)
+    for f in files:
+        print(f)
+    print(f"{len(files)} files, {total / 1024:.0f} KiB in {a.dest}", file=sys.stderr)

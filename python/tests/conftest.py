@@ -8,6 +8,7 @@ import json
 import os
 import sys
 import tarfile
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -45,11 +46,13 @@ def _download_vllm_py_sources(dest: Path) -> str | None:
     try:
         with urllib.request.urlopen("https://pypi.org/pypi/vllm/json", timeout=30) as r:
             info = json.load(r)
+            base = r.geturl()
         files = info["releases"].get(VLLM_VERSION, [])
         sdist = next((f for f in files if f["packagetype"] == "sdist"), None)
         if sdist is None:
             return f"PyPI lists no sdist of vllm {VLLM_VERSION}"
-        with urllib.request.urlopen(sdist["url"], timeout=300) as r:
+        # a mirror may answer with a relative address
+        with urllib.request.urlopen(urllib.parse.urljoin(base, sdist["url"]), timeout=300) as r:
             blob = r.read()
     except Exception as e:  # no network, proxy, ...
         return f"cannot download vllm {VLLM_VERSION}'s sdist: {e}"

@@ -334,11 +334,12 @@ class AiterMlaDecode(Adapter):
         dev = ctx.device
         q = T.to_torch(case.tensors["query"], dev)
         kv = T.to_torch(case.tensors["kv_cache"], dev)
-        bt = case.tensors["block_table"].numpy_view()
-        seq = [int(s) for s in case.tensors["seq_lens"].numpy_view()]
+        bt_flat = case.tensors["block_table"].values()
+        bt_cols = case.tensors["block_table"].shape[1]
+        seq = [int(s) for s in case.tensors["seq_lens"].values()]
         bs = m["block_size"]
         rank = m["kv_lora_rank"]
-        indices = [int(bt[i, t // bs]) * bs + t % bs for i, s in enumerate(seq) for t in range(s)]
+        indices = [int(bt_flat[i * bt_cols + t // bs]) * bs + t % bs for i, s in enumerate(seq) for t in range(s)]
         indptr = [0]
         for s in seq:
             indptr.append(indptr[-1] + s)

@@ -61,8 +61,8 @@ class PagedInputs:
         self.block_table = T.to_torch(case.tensors["block_table"], dev)
         self.seq_lens = T.to_torch(case.tensors["seq_lens"], dev)
         self.query_start_loc = T.to_torch(case.tensors["query_start_loc"], dev)
-        self.seq_lens_host = [int(x) for x in case.tensors["seq_lens"].numpy_view()]
-        qsl = [int(x) for x in case.tensors["query_start_loc"].numpy_view()]
+        self.seq_lens_host = [int(x) for x in case.tensors["seq_lens"].values()]
+        qsl = [int(x) for x in case.tensors["query_start_loc"].values()]
         self.query_lens_host = [qsl[i + 1] - qsl[i] for i in range(len(qsl) - 1)]
         self.max_seqlen_q = max(self.query_lens_host) if self.query_lens_host else 0
         self.max_seqlen_k = max(self.seq_lens_host) if self.seq_lens_host else 0
@@ -483,7 +483,7 @@ class VllmTritonMlaDecode(Adapter):
         sl = T.to_torch(case.tensors["seq_lens"], dev)
         rank = m["kv_lora_rank"]
         B, H = q.shape[0], q.shape[1]
-        max_seq = max(int(x) for x in case.tensors["seq_lens"].numpy_view()) if B else 0
+        max_seq = max(int(x) for x in case.tensors["seq_lens"].values()) if B else 0
         sm_count = _platform().num_compute_units()
         mode = ctx.policy.get("mla_num_kv_splits", "auto")
         if mode == "case" and isinstance(m.get("num_kv_splits"), int) and m["num_kv_splits"] >= 1:
