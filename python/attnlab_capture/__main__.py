@@ -36,6 +36,10 @@ def parse_args(argv):
                     help="TRITON_MLA splits: vLLM's rule (auto) or the case's num_kv_splits")
     ap.add_argument("--aiter-shuffle-kv", action="store_true",
                     help="model VLLM_ROCM_SHUFFLE_KV_CACHE_LAYOUT=1 (AITER's shuffled KV layout)")
+    ap.add_argument("--jobs", type=int, default=1,
+                    help="run N capture processes on the GPU at once, each on a contiguous shard of the run order "
+                    "(Triton compiles in parallel; cases sharing kernel constants stay in one shard)")
+    ap.add_argument("--shard-list", type=Path, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--check-cache-writer", action="store_true",
                     help="also rewrite each paged case's new tokens with vLLM's triton_reshape_and_cache_flash "
                     "and record in launch.cache_writer whether the bytes match")
@@ -88,6 +92,9 @@ def main(argv=None):
         return 0
     from .capture import Options, run_capture
 
+    files = None
+    if args.shard_list is not None:
+        files = [line for line in args.shard_list.read_text().splitlines() if line]
     opts = Options(
         out_dir=args.out,
         backends=args.backend,
@@ -96,9 +103,13 @@ def main(argv=None):
         policy=policy,
         check_cache_writer=args.check_cache_writer,
         device=args.device,
+        files=files,
     )
     try:
-        summary = run_capture(args.cases, opts)
+        if args.jobs > 1 and files is None:
+            summary = run_parallel(args, opts, sys.argv[1:] if argv is None else argv)
+        else:
+            summary = run_capture(args.cases, opts)
     except FixtureError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -117,6 +128,54 @@ def main(argv=None):
         for key, n in sorted(summary["launch_grids"].items()):
             print(f"  launch {key}: {n}")
     return 1 if summary["invalid"] else 0
+
+
+def run_parallel(args, opts, argv):
+    """Plan here, then run --jobs child captures on contiguous shards of the run order."""
+    import subprocess
+    import tempfile
+    import time
+
+    from .capture import merge_summaries, plan_only
+
+    t0 = time.perf_counter()
+    summary, files = plan_only(args.cases, opts)
+    jobs = max(1, min(args.jobs, len(files)))
+    shards = [files[len(files) * i // jobs : len(files) * (i + 1) // jobs] for i in range(jobs)]
+    # the child's arguments: ours without --jobs/--json/--max-seconds, plus its shard
+    child_args, skip = [], 0
+    for i, a in enumerate(argv):
+        if skip:
+            skip -= 1
+            continue
+        if a in ("--jobs", "--max-seconds"):
+            skip = 1
+            continue
+        if a.startswith("--jobs=") or a.startswith("--max-seconds=") or a == "--json":
+            continue
+        child_args.append(a)
+    tmp = Path(tempfile.mkdtemp(prefix="attnlab-shards-"))
+    procs = []
+    for i, shard in enumerate(shards):
+        lst = tmp / f"shard-{i}.txt"
+        lst.write_text("\n".join(shard) + "\n")
+        cmd = [sys.executable, "-m", "attnlab_capture", *child_args, "--shard-list", str(lst), "--json"]
+        if args.max_seconds is not None:
+            cmd += ["--max-seconds", str(max(0.0, args.max_seconds - (time.perf_counter() - t0)))]
+        out = open(tmp / f"shard-{i}.json", "w")
+        procs.append((subprocess.Popen(cmd, stdout=out, env=dict(os.environ, ATTNLAB_SHARD=str(i))), out, i))
+    parts = []
+    for proc, out, i in procs:
+        rc = proc.wait()
+        out.close()
+        try:
+            parts.append(json.loads((tmp / f"shard-{i}.json").read_text()))
+        except (OSError, json.JSONDecodeError):
+            summary["errors"].append({"file": f"shard {i}", "error": f"capture process exited {rc} without a summary"})
+    merge_summaries(summary, parts)
+    summary["jobs"] = jobs
+    summary["wall_seconds"] = round(time.perf_counter() - t0, 3)
+    return summary
 
 
 if __name__ == "__main__":

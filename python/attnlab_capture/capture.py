@@ -25,6 +25,7 @@ class Options:
     check_cache_writer: bool = False
     progress_seconds: float = 5.0
     device: str | None = None  # "cuda" / "cpu"; default: cuda if present
+    files: list | None = None  # run exactly these case files (a shard); None: every file under the directory
 
 
 class Context:
@@ -151,10 +152,18 @@ def _capture_meta(env):
 
 def run_capture(case_dir, opts: Options, adapters=None, log=None):
     """Capture every case under `case_dir`; returns the summary dict (see README of the chapter)."""
-    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    prefix = f"[shard {os.environ['ATTNLAB_SHARD']}] " if os.environ.get("ATTNLAB_SHARD") else ""
+    log = log or (lambda msg: print(prefix + msg, file=sys.stderr, flush=True))
     t_start = time.perf_counter()
     root = Path(case_dir)
-    summary = {
+    summary = _empty_summary()
+    files = [Path(f) for f in opts.files] if opts.files is not None else list_case_files(root)
+    summary["cases"] = len(files)
+    return _run(files, root, opts, adapters, log, t_start, summary)
+
+
+def _empty_summary():
+    return {
         "cases": 0,
         "captured": 0,
         "capture_errors": 0,
@@ -171,8 +180,9 @@ def run_capture(case_dir, opts: Options, adapters=None, log=None):
         "kernel_seconds": 0.0,
         "wall_seconds": 0.0,
     }
-    files = list_case_files(root)
-    summary["cases"] = len(files)
+
+
+def _run(files, root, opts, adapters, log, t_start, summary):
     adapters = all_adapters() if adapters is None else adapters
     try:
         import torch  # noqa: F401
@@ -195,7 +205,14 @@ def run_capture(case_dir, opts: Options, adapters=None, log=None):
         summary["wall_seconds"] = time.perf_counter() - t_start
         return summary
 
-    # 1. read, validate, select
+    work = _plan(files, root, opts, adapters, ctx, env, summary, log)
+    _execute(work, root, opts, ctx, env, summary, log, t_start)
+    summary["environment"] = env
+    return summary
+
+
+def _plan(files, root, opts, adapters, ctx, env, summary, log):
+    """Read, validate and pick an adapter for each file; the runnable cases in run order."""
     work = []
     availability = {}
     for f in files:
@@ -232,6 +249,11 @@ def run_capture(case_dir, opts: Options, adapters=None, log=None):
             continue
         work.append((order_key(case, adapter.name), case, adapter))
     work.sort(key=lambda w: w[0])
+    return work
+
+
+def _execute(work, root, opts, ctx, env, summary, log, t_start):
+    device = ctx.device
 
     writer_check = None
     if opts.check_cache_writer:
@@ -303,8 +325,6 @@ def run_capture(case_dir, opts: Options, adapters=None, log=None):
         summary["compiles"] = clock.compiles
     summary["kernel_seconds"] = round(summary["kernel_seconds"], 3)
     summary["wall_seconds"] = round(time.perf_counter() - t_start, 3)
-    summary["environment"] = env
-    return summary
 
 
 def _write_result(case, dest, adapter, result, env):
@@ -322,3 +342,46 @@ def _write_result(case, dest, adapter, result, env):
     for name, t in result.outputs.items():
         tensors[name] = from_torch(t)
     write_case(dest, meta, tensors)
+
+
+def plan_only(case_dir, opts: Options, adapters=None, log=None):
+    """The selection pass alone (no kernel runs): (summary, [case files in run order]).
+
+    Used by --jobs to split the runnable cases into contiguous shards of the run
+    order, so that cases sharing kernel constants stay in one process.
+    """
+    import torch
+
+    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    root = Path(case_dir)
+    summary = _empty_summary()
+    files = list_case_files(root)
+    summary["cases"] = len(files)
+    ctx = Context(torch.device("cpu"), opts.policy)
+    env = environment(torch.device("cpu"))
+    # invalid cases get their capture_error here; the shards never see them
+    work = _plan(files, root, opts, all_adapters() if adapters is None else adapters, ctx, env, summary, log)
+    return summary, [str(w[1].path) for w in work]
+
+
+def merge_summaries(base, parts):
+    """Add the shards' counts to the planning pass's summary."""
+    for part in parts:
+        for k in ("captured", "capture_errors", "not_run_time_budget", "kernel_seconds"):
+            base[k] = round(base[k] + part.get(k, 0), 3)
+        for k in ("compile_seconds", "compiles"):
+            if part.get(k) is not None:
+                base[k] = round((base.get(k) or 0) + part[k], 3)
+        for k in ("launch_grids", "skip_reasons"):
+            for key, n in part.get(k, {}).items():
+                base[k][key] = base[k].get(key, 0) + n
+        for name, st in part.get("by_adapter", {}).items():
+            dst = base["by_adapter"].setdefault(name, {"captured": 0, "capture_errors": 0})
+            for kk, n in st.items():
+                dst[kk] = dst.get(kk, 0) + n
+        base["errors"].extend(part.get("errors", [])[:200])
+        base["skipped"] += part.get("skipped", 0)
+        base["invalid"] += part.get("invalid", 0)
+        if "environment" in part:
+            base["environment"] = part["environment"]
+    return base

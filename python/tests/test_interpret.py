@@ -159,3 +159,27 @@ def test_mla_records_vllm_split_rule(captured):
     assert case.meta["launch"]["num_kv_splits"] == 1  # max seq 40 < 1024: one split
     assert case.meta["num_kv_splits"] == 1
     assert case.tensors["output_lse"].shape == (16, 2)
+
+
+def test_parallel_shards_write_the_same_fixtures(captured, tmp_path, vllm_src):
+    out, _, _ = captured
+    cases = tmp_path / "cases"
+    cases.mkdir()
+    for name, spec in CASES.items():
+        if name.startswith("ua_"):
+            write_gen(cases, name, spec["maker"](**spec["kw"]))
+    par = tmp_path / "par"
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONWARNINGS="ignore")
+    env["PYTHONPATH"] = str(PKG_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    proc = subprocess.run(
+        [sys.executable, "-m", "attnlab_capture", str(cases), "--out", str(par), "--vllm-src", str(vllm_src), "--jobs", "2", "--json"],
+        capture_output=True, text=True, env=env, timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(proc.stdout)
+    assert summary["jobs"] == 2
+    assert (summary["captured"], summary["capture_errors"]) == (5, 1)
+    for f in sorted(par.iterdir()):
+        a, b = read_case(f), read_case(out / f.name)
+        assert a.tensors.get("output") == b.tensors.get("output"), f.name
+        assert a.meta["launch"] == b.meta["launch"]
