@@ -183,3 +183,26 @@ def test_parallel_shards_write_the_same_fixtures(captured, tmp_path, vllm_src):
         a, b = read_case(f), read_case(out / f.name)
         assert a.tensors.get("output") == b.tensors.get("output"), f.name
         assert a.meta["launch"] == b.meta["launch"]
+
+
+def test_device_script_captures_and_bundles_in_interpreter_mode(tmp_path, vllm_src):
+    cases = tmp_path / "cases"
+    cases.mkdir()
+    for name in ("ua_default_decode", "merge_inf"):
+        spec = CASES[name]
+        write_gen(cases, name, spec["maker"](**spec["kw"]))
+    out = tmp_path / "out"
+    env = dict(os.environ, ATTNLAB_CAPTURE_CPU="1", PYTHON=sys.executable, ATTNLAB_CAPTURE_WORK=str(tmp_path / "work"))
+    proc = subprocess.run(
+        ["bash", str(PKG_ROOT / "scripts" / "capture_on_device.sh"), "--cases", str(cases), "--vllm-src", str(vllm_src),
+         "--out", str(out), "--jobs", "2", "--max-seconds", "300"],
+        capture_output=True, text=True, env=env, timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sorted(p.name for p in out.iterdir()) == ["bundle.json", "capture.log", "captures-000.xz", "summary.json"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["captured"] == 2
+    from attnlab_capture.bundle import apply
+
+    assert apply(cases, [out / "captures-000.xz"]) == {"applied": 2, "errors": []}
+    assert read_case(cases / "merge_inf.safetensors").has_output()
