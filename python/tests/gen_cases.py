@@ -38,6 +38,16 @@ def raw_float(x, dtype):
     return raw(a, TAG[dtype]), a.astype(np.float64)
 
 
+def e4m3fn_to_f64(bits):
+    """OCP float8 e4m3fn bits -> values (no NaN codes expected)."""
+    b = np.asarray(bits, dtype=np.int64)
+    sign = np.where(b >> 7, -1.0, 1.0)
+    e = (b >> 3) & 0xF
+    m = (b & 7).astype(np.float64)
+    mag = np.where(e == 0, m / 8.0 * 2.0**-6, (1.0 + m / 8.0) * np.exp2(e - 7.0))
+    return sign * mag
+
+
 def paged_case(
     *,
     seed=0,
@@ -55,6 +65,8 @@ def paged_case(
     path="unified_attention",
     backend="TRITON_ATTN",
     unused_blocks=1,
+    kv_cache_dtype="auto",
+    kv_scales=(0.02, 0.03),
 ):
     rng = np.random.default_rng(seed)
     S = len(seq_lens)
@@ -70,8 +82,17 @@ def paged_case(
     T = sum(query_lens)
     qsl = np.concatenate([[0], np.cumsum(query_lens)]).astype(np.int32)
     q_raw, q = raw_float(rng.standard_normal((T, num_heads, head_size)), dtype)
-    k_raw, kc = raw_float(rng.standard_normal((nb, block_size, num_kv_heads, head_size)), dtype)
-    v_raw, vc = raw_float(rng.standard_normal((nb, block_size, num_kv_heads, head_size)), dtype)
+    cache_shape = (nb, block_size, num_kv_heads, head_size)
+    if kv_cache_dtype == "auto":
+        k_raw, kc = raw_float(rng.standard_normal(cache_shape), dtype)
+        v_raw, vc = raw_float(rng.standard_normal(cache_shape), dtype)
+    else:
+        # raw OCP e4m3fn bits (NaN codes 0x7f/0xff left out); values = bits * scale
+        kb = rng.integers(0, 0x7F, cache_shape, dtype=np.uint8) | (rng.integers(0, 2, cache_shape, dtype=np.uint8) << 7)
+        vb = rng.integers(0, 0x7F, cache_shape, dtype=np.uint8) | (rng.integers(0, 2, cache_shape, dtype=np.uint8) << 7)
+        k_raw, v_raw = raw(kb, "U8"), raw(vb, "U8")
+        kc = e4m3fn_to_f64(kb) * kv_scales[0]
+        vc = e4m3fn_to_f64(vb) * kv_scales[1]
     meta = {
         "format": FORMAT_V2,
         "op": "paged_attention",
@@ -91,7 +112,7 @@ def paged_case(
         "backend": backend,
         "path": path,
         "launch": None,
-        "kv_cache_dtype": "auto",
+        "kv_cache_dtype": kv_cache_dtype,
         "tags": [],
     }
     tensors = {
@@ -102,6 +123,9 @@ def paged_case(
         "seq_lens": raw(np.asarray(seq_lens, dtype=np.int32), "I32"),
         "query_start_loc": raw(qsl, "I32"),
     }
+    if kv_cache_dtype != "auto":
+        tensors["k_scale"] = raw(np.array([kv_scales[0]], dtype=np.float32), "F32")
+        tensors["v_scale"] = raw(np.array([kv_scales[1]], dtype=np.float32), "F32")
     sink_vals = None
     if sinks:
         sink_vals = rng.standard_normal(num_heads).astype(np.float32)

@@ -48,6 +48,12 @@ CASES = {
         kw=dict(seed=7, backend="ROCM_ATTN", path="chunked_prefill_paged_decode", head_size=64, query_lens=(4, 1),
                 seq_lens=(21, 18), sliding_window=9),
     ),
+    # fp8 (OCP e4m3fn) caches with per-tensor scales, on both paged paths
+    "ua_fp8": dict(maker=paged_case, kw=dict(seed=10, kv_cache_dtype="fp8_e4m3", query_lens=(1, 2), seq_lens=(30, 9))),
+    "rocm_fp8": dict(
+        maker=paged_case,
+        kw=dict(seed=11, kv_cache_dtype="fp8_e4m3", backend="ROCM_ATTN", path="chunked_prefill_paged_decode", query_lens=(3, 1), seq_lens=(30, 9)),
+    ),
     "merge_inf": dict(maker=merge_case, kw=dict(seed=8, dtype="float32", inf_lse=True)),
     "mla": dict(maker=mla_case, kw=dict(seed=9, seq_lens=(5, 40))),
 }
@@ -93,7 +99,10 @@ def test_summary_counts_every_case(captured):
     assert s["environment"]["vllm_source"].startswith("source tree")
 
 
-@pytest.mark.parametrize("name", ["ua_default_decode", "ua_2d_mix", "ua_3d_gqa3", "ua_5_decodes_2d", "ua_4_decodes_3d", "rocm_mix", "merge_inf", "mla"])
+@pytest.mark.parametrize(
+    "name",
+    ["ua_default_decode", "ua_2d_mix", "ua_3d_gqa3", "ua_5_decodes_2d", "ua_4_decodes_3d", "rocm_mix", "ua_fp8", "rocm_fp8", "merge_inf", "mla"],
+)
 def test_vllm_kernel_output_matches_float64_within_the_case_tolerance(captured, name):
     out, refs, _ = captured
     case, got = _output(out, name)
@@ -178,7 +187,7 @@ def test_parallel_shards_write_the_same_fixtures(captured, tmp_path, vllm_src):
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads(proc.stdout)
     assert summary["jobs"] == 2
-    assert (summary["captured"], summary["capture_errors"]) == (5, 1)
+    assert (summary["captured"], summary["capture_errors"]) == (6, 1)
     for f in sorted(par.iterdir()):
         a, b = read_case(f), read_case(out / f.name)
         assert a.tensors.get("output") == b.tensors.get("output"), f.name
