@@ -60,7 +60,7 @@ def setup_vllm(src):
     try:
         version = install(src)
     except VllmSourceError as e:
-        raise SystemExit(f"error: {e}")
+        raise SystemExit(f"error: {e}") from None
     return f"vllm {version}: kernels from source tree {src}"
 
 
@@ -123,6 +123,8 @@ def main(argv=None):
             f"(time budget), {summary['filtered_out']} filtered out; compile {summary['compile_seconds']} s, "
             f"kernels {summary['kernel_seconds']} s, wall {summary['wall_seconds']} s"
         )
+        if summary.get("unfinished"):
+            print(f"  {len(summary['unfinished'])} cases unfinished: the GPU context broke (rerun them, or use --jobs)")
         for reason, n in summary["skip_reasons"].items():
             print(f"  skipped {n}: {reason}")
         for key, n in sorted(summary["launch_grids"].items()):
@@ -144,7 +146,7 @@ def run_parallel(args, opts, argv):
     shards = [files[len(files) * i // jobs : len(files) * (i + 1) // jobs] for i in range(jobs)]
     # the child's arguments: ours without --jobs/--json/--max-seconds, plus its shard
     child_args, skip = [], 0
-    for i, a in enumerate(argv):
+    for a in argv:
         if skip:
             skip -= 1
             continue
@@ -155,24 +157,36 @@ def run_parallel(args, opts, argv):
             continue
         child_args.append(a)
     tmp = Path(tempfile.mkdtemp(prefix="attnlab-shards-"))
-    procs = []
-    for i, shard in enumerate(shards):
-        lst = tmp / f"shard-{i}.txt"
+
+    def start(tag, shard):
+        lst = tmp / f"shard-{tag}.txt"
         lst.write_text("\n".join(shard) + "\n")
         cmd = [sys.executable, "-m", "attnlab_capture", *child_args, "--shard-list", str(lst), "--json"]
         if args.max_seconds is not None:
             cmd += ["--max-seconds", str(max(0.0, args.max_seconds - (time.perf_counter() - t0)))]
-        out = open(tmp / f"shard-{i}.json", "w")
-        procs.append((subprocess.Popen(cmd, stdout=out, env=dict(os.environ, ATTNLAB_SHARD=str(i))), out, i))
-    parts = []
-    for proc, out, i in procs:
+        out = open(tmp / f"shard-{tag}.json", "w")
+        return subprocess.Popen(cmd, stdout=out, env=dict(os.environ, ATTNLAB_SHARD=str(tag))), out, tag, shard
+
+    running = [start(str(i), shard) for i, shard in enumerate(shards)]
+    parts, restarts = [], 0
+    while running:
+        proc, out, tag, shard = running.pop(0)
         rc = proc.wait()
         out.close()
         try:
-            parts.append(json.loads((tmp / f"shard-{i}.json").read_text()))
+            part = json.loads((tmp / f"shard-{tag}.json").read_text())
         except (OSError, json.JSONDecodeError):
-            summary["errors"].append({"file": f"shard {i}", "error": f"capture process exited {rc} without a summary"})
+            summary["errors"].append({"file": f"shard {tag}", "error": f"capture process exited {rc} without a summary"})
+            continue
+        parts.append(part)
+        rest = part.get("unfinished") or []
+        if rest and restarts < 4 * jobs:
+            # the shard's GPU context broke on one case (recorded); the rest go on in a new process
+            restarts += 1
+            part["unfinished"] = []
+            running.append(start(f"{tag}r{restarts}", rest))
     merge_summaries(summary, parts)
+    summary["restarts"] = restarts
     summary["jobs"] = jobs
     summary["wall_seconds"] = round(time.perf_counter() - t0, 3)
     return summary

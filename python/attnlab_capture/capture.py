@@ -179,6 +179,7 @@ def _empty_summary():
         "compiles": None,
         "kernel_seconds": 0.0,
         "wall_seconds": 0.0,
+        "unfinished": [],
     }
 
 
@@ -301,6 +302,13 @@ def _execute(work, root, opts, ctx, env, summary, log, t_start):
                 if len(summary["errors"]) < 200:
                     summary["errors"].append({"file": str(case.path), "error": msg})
                 _write_error(case, dest, msg, env, adapter.name)
+                if device.type == "cuda" and not _device_healthy(device):
+                    # a sticky error (illegal address, ...) poisons this process's
+                    # context: the rest must run in a fresh process (--jobs respawns)
+                    rest = [str(w[1].path) for w in work[i + 1 :]]
+                    summary["unfinished"] = rest
+                    log(f"the GPU context is broken after {case.path.name} ({msg}); {len(rest)} cases left for a fresh process")
+                    break
             else:
                 _write_result(case, dest, adapter, result, env)
                 summary["captured"] += 1
@@ -325,6 +333,17 @@ def _execute(work, root, opts, ctx, env, summary, log, t_start):
         summary["compiles"] = clock.compiles
     summary["kernel_seconds"] = round(summary["kernel_seconds"], 3)
     summary["wall_seconds"] = round(time.perf_counter() - t_start, 3)
+
+
+def _device_healthy(device) -> bool:
+    import torch
+
+    try:
+        torch.cuda.synchronize(device)
+        torch.zeros(1, device=device).add_(1).item()
+        return True
+    except Exception:
+        return False
 
 
 def _write_result(case, dest, adapter, result, env):
@@ -380,6 +399,7 @@ def merge_summaries(base, parts):
             for kk, n in st.items():
                 dst[kk] = dst.get(kk, 0) + n
         base["errors"].extend(part.get("errors", [])[:200])
+        base["unfinished"].extend(part.get("unfinished", []))
         base["skipped"] += part.get("skipped", 0)
         base["invalid"] += part.get("invalid", 0)
         if "environment" in part:

@@ -30,8 +30,6 @@ def to_torch(raw: RawTensor, device):
 
 
 def from_torch(t) -> RawTensor:
-    import torch
-
     name = str(t.dtype).replace("torch.", "")
     if name not in _TORCH_TO_TAG:
         raise TypeError(f"cannot store torch dtype {t.dtype} in a fixture")

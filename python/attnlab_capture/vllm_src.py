@@ -365,7 +365,7 @@ if __name__ == "__main__":
     try:
         files = copy_needed(a.src, a.dest)
     except VllmSourceError as e:
-        raise SystemExit(f"error: {e}")
+        raise SystemExit(f"error: {e}") from None
     total = sum((a.dest / f).stat().st_size for f in files)
     for f in files:
         print(f)

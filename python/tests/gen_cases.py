@@ -135,7 +135,7 @@ def paged_case(
 
 
 def reference_paged(meta, q, kc, vc, table, seq_lens, qsl, sinks):
-    H, Hkv, D, bs = meta["num_heads"], meta["num_kv_heads"], meta["head_size"], meta["block_size"]
+    H, Hkv, bs = meta["num_heads"], meta["num_kv_heads"], meta["block_size"]
     g = H // Hkv
     out = np.zeros(q.shape, dtype=np.float64)
     for i, L in enumerate(seq_lens):

@@ -169,3 +169,19 @@ def test_cases_sharing_kernel_constants_run_back_to_back(tmp_path, cpu_interpret
     adapter = EchoQuery()
     run_capture(cases, _opts(tmp_path), adapters=[adapter], log=lambda m: None)
     assert adapter.ran == [0, 2, 1, 3]
+
+
+def test_a_broken_gpu_context_stops_the_process_and_lists_the_rest(tmp_path, monkeypatch):
+    import attnlab_capture.capture as capture
+
+    monkeypatch.setattr(capture, "_device_healthy", lambda device: False)
+    cases = tmp_path / "cases"
+    cases.mkdir()
+    for seed in range(3):
+        write_gen(cases, f"c{seed}", paged_case(seed=seed))
+    adapter = EchoQuery(crash_seeds={0, 1, 2})
+    s = run_capture(cases, Options(out_dir=tmp_path / "out", device="cuda", progress_seconds=1e9), adapters=[adapter], log=lambda m: None)
+    assert adapter.ran == [0]
+    assert s["capture_errors"] == 1
+    assert [p.rsplit("/", 1)[-1] for p in s["unfinished"]] == ["c1.safetensors", "c2.safetensors"]
+    assert read_case(tmp_path / "out" / "c0.safetensors").meta["capture_error"].startswith("test.echo raised RuntimeError")
