@@ -44,48 +44,57 @@ def _rel(path: Path, root: Path) -> str:
     return path.relative_to(root).as_posix() if root.is_dir() else path.name
 
 
+def _encode_chunk(items):
+    entries, tensors = [], {}
+    for i, (rel, digest, meta, added) in enumerate(items):
+        entries.append({"case": rel, "inputs_sha256": digest, "meta": meta, "tensors": {k: f"{i}.{k}" for k in added}})
+        for k, t in added.items():
+            tensors[f"{i}.{k}"] = t
+    raw = encode_case({"format": BUNDLE_FORMAT, "entries": entries}, tensors)
+    return raw, lzma.compress(raw, preset=3)
+
+
 def pack(fixtures, out_dir, chunk_bytes=15 << 20, max_chunks=4):
-    """Write captures-NNN.xz chunks into out_dir; returns {"chunks", "entries", "left_out"}."""
+    """Write captures-NNN.xz chunks of at most `chunk_bytes` (compressed) into out_dir.
+
+    Returns {"chunks", "entries", "left_out"}: what did not fit in `max_chunks`
+    chunks is listed by case path (rerun those cases, or pack with more chunks).
+    """
     root = Path(fixtures)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    entries, tensors, size = [], {}, 0
-    chunks, packed, left_out = [], 0, []
-
-    def flush():
-        nonlocal entries, tensors, size
-        if not entries:
-            return
-        meta = {"format": BUNDLE_FORMAT, "entries": entries}
-        blob = lzma.compress(encode_case(meta, tensors), preset=6)
-        path = out_dir / f"captures-{len(chunks):03d}.xz"
-        path.write_bytes(blob)
-        chunks.append(str(path))
-        entries, tensors, size = [], {}, 0
-
+    items = []
     for f in list_case_files(root):
         case = read_case(f)
         added = {k: v for k, v in case.tensors.items() if k in OUTPUT_TENSORS}
-        nbytes = sum(len(t.data) for t in added.values()) + 2048
-        if size + nbytes > chunk_bytes and entries:
-            flush()
-        if len(chunks) >= max_chunks or nbytes > chunk_bytes:
-            left_out.append(_rel(f, root))
+        meta = {k: case.meta[k] for k in CAPTURE_KEYS if k in case.meta}
+        items.append((_rel(f, root), inputs_digest(case), meta, added))
+    sizes = [sum(len(t.data) for t in it[3].values()) + 2048 for it in items]
+    chunks, left_out, packed = [], [], 0
+    ratio = 1.0  # compressed / raw, learned from the chunks written so far
+    pos = 0
+    while pos < len(items) and len(chunks) < max_chunks:
+        budget = min(chunk_bytes / max(ratio, 0.05), 20 * chunk_bytes)
+        count, total = 0, 0
+        while pos + count < len(items) and (count == 0 or total + sizes[pos + count] <= budget):
+            total += sizes[pos + count]
+            count += 1
+        while True:
+            raw, blob = _encode_chunk(items[pos : pos + count])
+            if len(blob) <= chunk_bytes or count == 1:
+                break
+            count = max(1, int(count * chunk_bytes / len(blob) * 0.95))
+        if len(blob) > chunk_bytes:  # one capture alone is too big
+            left_out.append(items[pos][0])
+            pos += 1
             continue
-        i = len(entries)
-        entries.append(
-            {
-                "case": _rel(f, root),
-                "inputs_sha256": inputs_digest(case),
-                "meta": {k: case.meta[k] for k in CAPTURE_KEYS if k in case.meta},
-                "tensors": {k: f"{i}.{k}" for k in added},
-            }
-        )
-        for k, t in added.items():
-            tensors[f"{i}.{k}"] = t
-        size += nbytes
-        packed += 1
-    flush()
+        path = out_dir / f"captures-{len(chunks):03d}.xz"
+        path.write_bytes(blob)
+        chunks.append(str(path))
+        ratio = len(blob) / max(len(raw), 1)
+        packed += count
+        pos += count
+    left_out.extend(it[0] for it in items[pos:])
     return {"chunks": chunks, "entries": packed, "left_out": left_out}
 
 

@@ -60,6 +60,9 @@ def test_chunks_are_bounded_and_what_does_not_fit_is_listed(tmp_path):
     assert len(r["chunks"]) == 2
     assert r["entries"] == 4
     assert r["left_out"] == ["p4.safetensors"]
+    from pathlib import Path
+
+    assert all(Path(c).stat().st_size <= 2 * (one + 2048) for c in r["chunks"])
 
 
 def test_inputs_digest_ignores_outputs_and_sees_inputs(tmp_path):
