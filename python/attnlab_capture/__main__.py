@@ -17,7 +17,7 @@ def parse_args(argv):
         description="Run vLLM's (and AITER's) kernels on attnlab cases and write their outputs into the files.",
     )
     ap.add_argument("cases", type=Path, help="a directory of case files (.safetensors, searched recursively) or one file")
-    ap.add_argument("--backend", nargs="+", default=[], metavar="NAME", help="only cases whose backend is one of these")
+    ap.add_argument("--backend", nargs="+", default=[], metavar="NAME", help="only cases whose backend is one of these (null: cases without one)")
     ap.add_argument("--out", type=Path, default=None, help="write fixtures here (same relative names); default: in place")
     ap.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
     ap.add_argument("--adapter", default=None, help="force one adapter by name (see --list-adapters)")

@@ -224,7 +224,7 @@ def _plan(files, root, opts, adapters, ctx, env, summary, log):
             summary["errors"].append({"file": str(f), "error": str(e)})
             log(f"invalid: {e}")
             continue
-        if opts.backends and case.meta.get("backend") not in opts.backends:
+        if opts.backends and (case.meta.get("backend") or "null") not in opts.backends:
             summary["filtered_out"] += 1
             continue
         try:
