@@ -215,3 +215,32 @@ def test_device_script_captures_and_bundles_in_interpreter_mode(tmp_path, vllm_s
 
     assert apply(cases, [out / "captures-000.xz"]) == {"applied": 2, "errors": []}
     assert read_case(cases / "merge_inf.safetensors").has_output()
+
+
+def test_cache_writers_reproduce_the_case_caches(tmp_path, vllm_src):
+    """--check-cache-writer: vLLM's writer, fed the new tokens, rebuilds the case's cache bytes."""
+    cases = tmp_path / "cases"
+    cases.mkdir()
+    for name in ("ua_default_decode", "ua_2d_mix", "rocm_mix", "ua_fp8"):
+        spec = CASES[name]
+        write_gen(cases, name, spec["maker"](**spec["kw"]))
+    out = tmp_path / "out"
+    # the writer asks torch.cuda for the capability when it picks its tile; the interpreter has no GPU
+    driver = (
+        "import sys, torch\n"
+        "torch.cuda.get_device_capability = lambda *a, **k: (9, 0)\n"
+        "from attnlab_capture.__main__ import main\n"
+        f"sys.exit(main([{str(cases)!r}, '--out', {str(out)!r}, '--vllm-src', {str(vllm_src)!r}, '--check-cache-writer']))\n"
+    )
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONWARNINGS="ignore")
+    env["PYTHONPATH"] = str(PKG_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    proc = subprocess.run([sys.executable, "-c", driver], capture_output=True, text=True, env=env, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    writers = {f.stem: read_case(f).meta["launch"]["cache_writer"] for f in out.iterdir()}
+    for name in ("ua_default_decode", "ua_2d_mix", "rocm_mix"):
+        assert writers[name]["kernel"] == "triton_reshape_and_cache_flash", writers[name]
+        assert writers[name]["mismatched_bytes"] == 0, writers[name]
+    assert writers["rocm_mix"]["layout"] == "ROCM_ATTN 5D K / 4D V"
+    assert writers["ua_2d_mix"]["slots"] == 4
+    # fp8: the writer re-quantizes dequantized values; what differs is reported, not judged
+    assert writers["ua_fp8"]["mismatched_bytes"] >= 0

@@ -516,20 +516,28 @@ class VllmTritonMlaDecode(Adapter):
 
 
 class VllmCacheWriterCheck:
-    """Rewrites the new tokens' K/V with vLLM's cache writer and compares the bytes.
+    """Rewrites the new tokens' K/V with the cache writer the case's backend uses.
 
     Not an adapter of its own (the format has no cache-writer op): with
-    --check-cache-writer the paged adapters' cases also get
-    `launch.cache_writer` = {kernel, slots, mismatched_bytes}.
+    --check-cache-writer each paged case also gets `launch.cache_writer` =
+    {kernel, layout, slots, mismatched_bytes}. The new tokens' slots are zeroed
+    in the backend's cache layout, written by vLLM's writer from the tokens'
+    values (fp8: the dequantized cache entries, re-quantized by the writer), and
+    the bytes compared with the case's cache. Writers as the backends pick them:
+    TRITON_ATTN: triton_reshape_and_cache_flash on its NHD views; ROCM_ATTN:
+    the compiled reshape_and_cache for block sizes 16/32 where vllm._C imports,
+    else triton_reshape_and_cache_flash on the 5D/4D layout.
     """
 
-    name = "vllm.triton_reshape_and_cache_flash"
+    name = "vllm.cache_writers"
 
     def availability(self, ctx):
         return import_or_reason(CACHE_WRITER_MODULE)[1]
 
     def check(self, case, ctx):
         import torch
+
+        from . import case_path
 
         mod = importlib.import_module(CACHE_WRITER_MODULE)
         p = PagedInputs(case, ctx)
@@ -538,16 +546,37 @@ class VllmCacheWriterCheck:
         slot_t = torch.tensor(slots, dtype=torch.int64, device=ctx.device)
         kc = p.key_cache.clone()
         vc = p.value_cache.clone()
-        flat_k = kc.view(-1, p.num_kv_heads, p.head_size)
-        flat_v = vc.view(-1, p.num_kv_heads, p.head_size)
-        flat_k[slot_t] = 0
-        flat_v[slot_t] = 0
-        kview, vview = p.cache_for_kernel(kc), p.cache_for_kernel(vc)
-        mod.triton_reshape_and_cache_flash(
-            key, value, kview, vview, slot_t, "fp8_e4m3" if p.fp8 else "auto", p.k_scale, p.v_scale
-        )
-        mism = int((kc.view(torch.uint8) != p.key_cache.view(torch.uint8)).sum() + (vc.view(torch.uint8) != p.value_cache.view(torch.uint8)).sum())
-        return {"kernel": "triton_reshape_and_cache_flash", "slots": len(slots), "mismatched_bytes": mism}
+        kc.view(-1, p.num_kv_heads, p.head_size)[slot_t] = 0
+        vc.view(-1, p.num_kv_heads, p.head_size)[slot_t] = 0
+        kv_dtype = "fp8_e4m3" if p.fp8 else "auto"
+        if case_path(case) == "chunked_prefill_paged_decode":
+            k5, v4, _ = T.rocm_attn_cache_views(kc, vc)
+            kw, vw = p.cache_for_kernel(k5), p.cache_for_kernel(v4)
+            ops = None
+            if p.block_size in (16, 32) and _has_compiled_extension():
+                ops, _ = import_or_reason("vllm._custom_ops")
+            if ops is not None and hasattr(ops, "reshape_and_cache"):
+                ops.reshape_and_cache(key, value, kw, vw, slot_t, kv_dtype, p.k_scale, p.v_scale, False)
+                kernel = "_C.reshape_and_cache"
+            else:
+                mod.triton_reshape_and_cache_flash(key, value, kw, vw, slot_t, kv_dtype, p.k_scale, p.v_scale, 0)
+                kernel = "triton_reshape_and_cache_flash"
+            nb, hkv, dx, bs, x = k5.shape
+            k_back = k5.permute(0, 3, 1, 2, 4).reshape(nb, bs, hkv, dx * x)
+            v_back = v4.permute(0, 3, 1, 2)
+            layout = "ROCM_ATTN 5D K / 4D V"
+        else:
+            k_view, v_view, _ = T.triton_attn_cache_views(kc, vc)
+            mod.triton_reshape_and_cache_flash(
+                key, value, p.cache_for_kernel(k_view), p.cache_for_kernel(v_view), slot_t, kv_dtype, p.k_scale, p.v_scale
+            )
+            kernel = "triton_reshape_and_cache_flash"
+            k_back, v_back = k_view, v_view
+            layout = "TRITON_ATTN NHD views"
+        ku8 = k_back.contiguous().view(torch.uint8)
+        vu8 = v_back.contiguous().view(torch.uint8)
+        mism = int((ku8 != p.key_cache.view(torch.uint8)).sum() + (vu8 != p.value_cache.view(torch.uint8)).sum())
+        return {"kernel": kernel, "layout": layout, "slots": len(slots), "mismatched_bytes": mism}
 
 
 ADAPTERS = [
