@@ -98,10 +98,7 @@ class AiterFlashAttnVarlen(Adapter):
         p = PagedInputs(case, ctx)
         check_fp8_flavour(p.kv_cache_dtype)
         if p.max_seqlen_q <= 1:
-            # vLLM's decode route: paged attention on the NHD cache, or on the
-            # shuffled layout with VLLM_ROCM_SHUFFLE_KV_CACHE_LAYOUT=1 (--aiter-shuffle-kv)
-            decode = AiterPagedAttentionShuffle() if ctx.policy.get("aiter_shuffle_kv") else AiterPagedAttentionV1()
-            return decode.run(case, ctx)
+            return self._decode(case, ctx, p)
         if min(p.query_lens_host) <= 1 and max(p.query_lens_host) > 1:
             raise CaptureFailure(
                 "ROCM_AITER_FA splits a batch with decodes and prefills into separate launches; "
@@ -127,11 +124,58 @@ class AiterFlashAttnVarlen(Adapter):
         )
         launch = {
             "kernel": "aiter.flash_attn_varlen_func",
+            "grid": "varlen",
             "route": "cp_mha_gather_cache + one flash_attn_varlen_func (vLLM's sliding-window extend route; "
             "vLLM's full-attention extend merges per-context-chunk results instead)",
             "softcap_applied": False,
         }
         return Result({"output": out}, launch)
+
+
+    def _decode(self, case, ctx, p):
+        """ROCM_AITER_FA's decode routes (rocm_aiter_fa.py): AITER's Triton unified
+        attention for sliding windows and sinks (vLLM's paged sliding-window route
+        needs metadata a case does not carry) and for head sizes below 64; else
+        paged attention on the NHD cache, or on the shuffled layout with
+        VLLM_ROCM_SHUFFLE_KV_CACHE_LAYOUT=1 (--aiter-shuffle-kv)."""
+        import torch
+
+        if p.sliding_window is not None or p.sinks is not None or p.head_size < 64:
+            if ctx.policy.get("aiter_shuffle_kv"):
+                raise CaptureFailure("vLLM refuses the shuffled KV layout with sliding windows, sinks or head sizes below 64")
+            mod = importlib.import_module("aiter.ops.triton.unified_attention")
+            num_seqs = len(p.seq_lens_host)
+            kc, vc, _ = T.triton_attn_cache_views(p.key_cache, p.value_cache)
+            descale = (num_seqs, p.num_kv_heads)
+            out = torch.empty_like(p.query)
+            kwargs = dict(
+                q=p.query,
+                k=p.cache_for_kernel(kc),
+                v=p.cache_for_kernel(vc),
+                out=out,
+                cu_seqlens_q=p.query_start_loc,
+                max_seqlen_q=1,
+                seqused_k=p.seq_lens,
+                max_seqlen_k=p.max_seqlen_k,
+                softmax_scale=p.scale,
+                causal=True,
+                alibi_slopes=p.alibi_slopes,
+                window_size=_window(p),
+                block_table=p.block_table,
+                softcap=p.softcap,
+                q_descale=None,
+                k_descale=p.k_scale.expand(descale) if p.fp8 else None,
+                v_descale=p.v_scale.expand(descale) if p.fp8 else None,
+            )
+            if p.sliding_window is not None or p.sinks is not None:
+                kwargs["sinks"] = p.sinks
+                route = "unified_attention (sliding window / sinks decode)"
+            else:
+                route = "unified_attention (head_size < 64 decode)"
+            mod.unified_attention(**kwargs)
+            return Result({"output": out}, {"kernel": "aiter.unified_attention", "grid": "decode", "route": route})
+        decode = AiterPagedAttentionShuffle() if ctx.policy.get("aiter_shuffle_kv") else AiterPagedAttentionV1()
+        return decode.run(case, ctx)
 
 
 class AiterPagedAttentionV1(Adapter):
