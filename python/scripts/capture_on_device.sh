@@ -5,14 +5,16 @@
 # torch + triton (no vLLM install needed: the kernels come from the vLLM source
 # files in .vllm-src/, see `python3 -m attnlab_capture.vllm_src`). It
 #   1. takes cases (--cases DIR) or draws them with `attnlab cases`
-#      (--attnlab BIN, default target/release/attnlab; --count, --seed, --edge),
+#      (--attnlab BIN, default target/release/attnlab; --backend all|A,B,..,
+#      --count per backend, --seed, --edge),
 #   2. runs the capture with --jobs parallel processes, bounded by --max-seconds,
 #      printing progress, recording per-case errors in the fixtures,
 #   3. packs the captured outputs into at most 4 xz chunks of <= 15 MiB
 #      (captures-NNN.xz) that `python3 -m attnlab_capture.bundle apply` writes
 #      into the same cases regenerated elsewhere.
 # Everything it returns goes to --out (default $OUT, else ./capture-out):
-# summary.json, capture.log, bundle.json, captures-NNN.xz.
+# summary.json, capture.log, bundle.json, captures-NNN.xz, and regenerate.sh
+# (the `attnlab cases` commands that redraw the same cases elsewhere).
 set -uo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -86,11 +88,25 @@ if [ -z "$CASES" ]; then
     fi
     CASES="$WORK/cases"
     rm -rf "$CASES"
-    say "drawing cases: attnlab cases --backend $BACKEND --count $COUNT --seed $SEED $EDGE"
-    if ! "$ATTNLAB" cases --backend "$BACKEND" --count "$COUNT" --seed "$SEED" $EDGE --out "$CASES" >>"$LOG" 2>&1; then
-        say "attnlab cases failed (see capture.log)"
-        exit 1
-    fi
+    # --backend A,B,C draws --count cases of each into cases/A, cases/B, ...
+    IFS=',' read -r -a backends <<<"$BACKEND"
+    {
+        echo "#!/usr/bin/env bash"
+        echo "# regenerate here the cases captured on the GPU machine, then apply the bundle:"
+        echo "#   bash regenerate.sh ATTNLAB_BINARY CASES_DIR && python3 -m attnlab_capture.bundle apply CASES_DIR captures-*.xz"
+        echo 'set -e; A="${1:?attnlab binary}"; C="${2:?cases dir}"'
+    } >"$DEST/regenerate.sh"
+    for b in "${backends[@]}"; do
+        dir="$CASES"
+        sub=""
+        [ "${#backends[@]}" -gt 1 ] && dir="$CASES/$b" && sub="/$b"
+        echo "\"\$A\" cases --backend $b --count $COUNT --seed $SEED $EDGE --out \"\$C$sub\"" >>"$DEST/regenerate.sh"
+        say "drawing cases: attnlab cases --backend $b --count $COUNT --seed $SEED $EDGE"
+        if ! "$ATTNLAB" cases --backend "$b" --count "$COUNT" --seed "$SEED" $EDGE --out "$dir" >>"$LOG" 2>&1; then
+            say "attnlab cases --backend $b failed (see capture.log)"
+            exit 1
+        fi
+    done
 fi
 ncases=$(find "$CASES" -name '*.safetensors' | wc -l)
 say "$ncases cases in $CASES ($(( $(date +%s) - t0 )) s so far)"
