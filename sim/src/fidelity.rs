@@ -84,12 +84,28 @@ pub fn ulp_distance(a: f32, b: f32, dtype: DType) -> UlpDistance {
 }
 
 /// An f64 rounded once to `dtype` (round to nearest even), widened to f32.
+/// f16 and bf16 go through f32 rounded *to odd*, which makes the second
+/// rounding exact (f32 keeps more than two extra bits); a plain `as f32`
+/// first would round twice (and `half`'s `from_f64` may do just that).
 pub fn round_f64(x: f64, dtype: DType) -> f32 {
     match dtype {
-        DType::F16 => f16::from_f64(x).to_f32(),
-        DType::Bf16 => bf16::from_f64(x).to_f32(),
+        DType::F16 => f16::from_f32(to_f32_odd(x)).to_f32(),
+        DType::Bf16 => bf16::from_f32(to_f32_odd(x)).to_f32(),
         _ => x as f32,
     }
+}
+
+/// f64 -> f32 rounded to odd: truncated towards zero, lowest bit set when inexact.
+fn to_f32_odd(x: f64) -> f32 {
+    let t = x as f32;
+    if !t.is_finite() || t as f64 == x {
+        return t;
+    }
+    let mut bits = t.to_bits();
+    if (t as f64).abs() > x.abs() {
+        bits -= 1; // one step towards zero (same sign, smaller magnitude)
+    }
+    f32::from_bits(bits | 1)
 }
 
 /// ULP statistics of one result against the kernel's output.
@@ -305,6 +321,9 @@ mod tests {
 
     #[test]
     fn rounding_from_f64_is_single_rounding() {
+        assert_eq!(round_f64(-(1.0 + 2f64.powi(-11) + 2f64.powi(-40)), DType::F16), -(1.0 + 2f32.powi(-10)));
+        assert_eq!(round_f64(1.0 + 2f64.powi(-11), DType::F16), 1.0, "a true tie rounds to even");
+        assert_eq!(round_f64(1.0 + 2f64.powi(-8) + 2f64.powi(-40), DType::Bf16), 1.0 + 2f32.powi(-7));
         // 1 + 2^-11 + 2^-40 rounds up in f16 from f64; via f32 it would tie to even (down).
         let x = 1.0 + 2f64.powi(-11) + 2f64.powi(-40);
         assert_eq!(round_f64(x, DType::F16), 1.0 + 2f32.powi(-10));
