@@ -286,7 +286,11 @@ fn missing_tensor_is_rejected() {
 #[test]
 fn bad_metadata_values_name_the_key_and_the_allowed_values() {
     let cases: [(&str, Value, &str); 5] = [
-        ("format", "attn-fixture/3".into(), "attn-fixture/1, attn-fixture/2"),
+        (
+            "format",
+            "attn-fixture/3".into(),
+            "attn-fixture/1, attn-fixture/2",
+        ),
         ("op", "flash_decode".into(), "merge_attn_states"),
         ("dtype", "float64".into(), "bfloat16"),
         ("num_kv_heads", 3.into(), "divide"),

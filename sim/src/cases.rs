@@ -51,7 +51,9 @@ pub enum CasesError {
     UnknownTarget { name: String, allowed: String },
     #[error("--count {count} is not allowed: allowed: 1..={max} cases per backend")]
     Count { count: usize, max: usize },
-    #[error("{target}: no case within {max_bytes} bytes after {attempts} draws (a bug in its space)")]
+    #[error(
+        "{target}: no case within {max_bytes} bytes after {attempts} draws (a bug in its space)"
+    )]
     Exhausted {
         target: &'static str,
         attempts: usize,
@@ -244,9 +246,12 @@ impl PagedSpace {
 /// The seeded stream of one target (independent per target, so adding a
 /// target does not change another's cases).
 pub fn rng_for(target: Target, seed: u64) -> ChaCha8Rng {
-    let salt = target.name().bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
-    });
+    let salt = target
+        .name()
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+        });
     ChaCha8Rng::seed_from_u64(seed ^ salt)
 }
 
@@ -429,7 +434,9 @@ fn draw_merge(rng: &mut ChaCha8Rng, inf_lse: bool) -> Drawn {
     let h = rng.gen_range(1..=8);
     let d = pick(rng, &[64usize, 80, 96, 128, 256]);
     let mut out = |n: usize| -> Vec<f32> {
-        (0..n).map(|_| dtype.round(rng.gen_range(-2.0f32..2.0))).collect()
+        (0..n)
+            .map(|_| dtype.round(rng.gen_range(-2.0f32..2.0)))
+            .collect()
     };
     let (po, so) = (out(t * h * d), out(t * h * d));
     let mut lse = |n: usize| -> Vec<f32> { (0..n).map(|_| rng.gen_range(-8.0f32..8.0)).collect() };
@@ -437,7 +444,11 @@ fn draw_merge(rng: &mut ChaCha8Rng, inf_lse: bool) -> Drawn {
     if inf_lse {
         for i in 0..h * t {
             if rng.gen_bool(0.3) {
-                let v = if rng.gen_bool(0.5) { f32::INFINITY } else { f32::NEG_INFINITY };
+                let v = if rng.gen_bool(0.5) {
+                    f32::INFINITY
+                } else {
+                    f32::NEG_INFINITY
+                };
                 if rng.gen_bool(0.5) {
                     pl[i] = v;
                 } else {
@@ -489,7 +500,10 @@ fn draw_mla(target: Target, rng: &mut ChaCha8Rng, edge: Option<Edge>) -> Option<
             *s = (*s as usize).next_multiple_of(bs) as i32;
         }
     }
-    let per: Vec<usize> = seq_lens.iter().map(|&s| (s as usize).div_ceil(bs)).collect();
+    let per: Vec<usize> = seq_lens
+        .iter()
+        .map(|&s| (s as usize).div_ceil(bs))
+        .collect();
     let num_blocks = 1 + per.iter().sum::<usize>() + rng.gen_range(0..3);
     let bytes = (num_blocks * bs + n * heads) * (l + r) * dtype.size_bytes()
         + n * heads * l * dtype.size_bytes();
@@ -499,7 +513,10 @@ fn draw_mla(target: Target, rng: &mut ChaCha8Rng, edge: Option<Edge>) -> Option<
     let mut ids: Vec<i32> = (1..num_blocks as i32).collect();
     ids.shuffle(rng);
     let mut next = ids.into_iter();
-    let rows: Vec<Vec<i32>> = per.iter().map(|&k| next.by_ref().take(k).collect()).collect();
+    let rows: Vec<Vec<i32>> = per
+        .iter()
+        .map(|&k| next.by_ref().take(k).collect())
+        .collect();
     let meta = AttentionMetadata::new(
         bs,
         num_blocks,
@@ -517,7 +534,9 @@ fn draw_mla(target: Target, rng: &mut ChaCha8Rng, edge: Option<Edge>) -> Option<
     )
     .ok()?;
     let mut vals = |k: usize| -> Vec<f32> {
-        (0..k).map(|_| dtype.round(rng.gen_range(-1.0f32..1.0))).collect()
+        (0..k)
+            .map(|_| dtype.round(rng.gen_range(-1.0f32..1.0)))
+            .collect()
     };
     let query = vals(n * heads * (l + r));
     let kv_cache = vals(num_blocks * bs * (l + r));

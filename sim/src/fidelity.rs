@@ -248,11 +248,21 @@ mod tests {
     #[test]
     fn adjacent_values_are_one_ulp_apart_in_every_output_dtype() {
         for dtype in [DType::F16, DType::Bf16, DType::F32] {
-            for x in [1.0f32, -1.0, 0.0, 3.5e-3, -65504.0f32.min(dtype.max_finite())] {
+            for x in [
+                1.0f32,
+                -1.0,
+                0.0,
+                3.5e-3,
+                -65504.0f32.min(dtype.max_finite()),
+            ] {
                 let x = dtype.round(x);
                 let y = next_up(x, dtype);
                 assert_ne!(x, y, "{dtype} {x}");
-                assert_eq!(ulp_distance(x, y, dtype), UlpDistance::Ulps(1), "{dtype} {x} {y}");
+                assert_eq!(
+                    ulp_distance(x, y, dtype),
+                    UlpDistance::Ulps(1),
+                    "{dtype} {x} {y}"
+                );
                 assert_eq!(ulp_distance(y, x, dtype), UlpDistance::Ulps(1));
             }
         }
@@ -269,8 +279,14 @@ mod tests {
 
     #[test]
     fn nan_against_nan_is_zero_and_nan_against_a_number_is_unordered() {
-        assert_eq!(ulp_distance(f32::NAN, -f32::NAN, DType::F16), UlpDistance::Ulps(0));
-        assert_eq!(ulp_distance(f32::NAN, 1.0, DType::Bf16), UlpDistance::Unordered);
+        assert_eq!(
+            ulp_distance(f32::NAN, -f32::NAN, DType::F16),
+            UlpDistance::Ulps(0)
+        );
+        assert_eq!(
+            ulp_distance(f32::NAN, 1.0, DType::Bf16),
+            UlpDistance::Unordered
+        );
         assert_eq!(UlpDistance::Unordered.bucket(), 5);
         assert_eq!(UlpDistance::Unordered.capped(), ULP_CAP);
     }
@@ -303,7 +319,10 @@ mod tests {
         let s = UlpStats::measure(&got, &kernel, DType::F16, &[2, 1, 3]).unwrap();
         assert_eq!((s.elements, s.bit_exact), (6, 4));
         assert_eq!(s.histogram, [4, 1, 1, 0, 0, 0]);
-        assert_eq!((s.max_ulp, s.max_at.clone()), (Some(2), Some(vec![1, 0, 1])));
+        assert_eq!(
+            (s.max_ulp, s.max_at.clone()),
+            (Some(2), Some(vec![1, 0, 1]))
+        );
         assert!((s.mean_ulp() - 0.5).abs() < 1e-12);
         assert!(UlpStats::measure(&got[..2], &kernel, DType::F16, &[6]).is_none());
     }
@@ -321,9 +340,19 @@ mod tests {
 
     #[test]
     fn rounding_from_f64_is_single_rounding() {
-        assert_eq!(round_f64(-(1.0 + 2f64.powi(-11) + 2f64.powi(-40)), DType::F16), -(1.0 + 2f32.powi(-10)));
-        assert_eq!(round_f64(1.0 + 2f64.powi(-11), DType::F16), 1.0, "a true tie rounds to even");
-        assert_eq!(round_f64(1.0 + 2f64.powi(-8) + 2f64.powi(-40), DType::Bf16), 1.0 + 2f32.powi(-7));
+        assert_eq!(
+            round_f64(-(1.0 + 2f64.powi(-11) + 2f64.powi(-40)), DType::F16),
+            -(1.0 + 2f32.powi(-10))
+        );
+        assert_eq!(
+            round_f64(1.0 + 2f64.powi(-11), DType::F16),
+            1.0,
+            "a true tie rounds to even"
+        );
+        assert_eq!(
+            round_f64(1.0 + 2f64.powi(-8) + 2f64.powi(-40), DType::Bf16),
+            1.0 + 2f32.powi(-7)
+        );
         // 1 + 2^-11 + 2^-40 rounds up in f16 from f64; via f32 it would tie to even (down).
         let x = 1.0 + 2f64.powi(-11) + 2f64.powi(-40);
         assert_eq!(round_f64(x, DType::F16), 1.0 + 2f32.powi(-10));

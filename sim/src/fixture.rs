@@ -329,12 +329,28 @@ pub fn parse(file: &str, bytes: &[u8]) -> Result<Fixture> {
             .and_then(Value::as_str)
             .map(str::to_string),
         version,
-        backend: if v2 { r.one_of("backend", &BACKENDS)? } else { None },
-        path: if v2 { r.one_of("path", paths_for(op))? } else { None },
+        backend: if v2 {
+            r.one_of("backend", &BACKENDS)?
+        } else {
+            None
+        },
+        path: if v2 {
+            r.one_of("path", paths_for(op))?
+        } else {
+            None
+        },
         launch: if v2 { r.launch()? } else { None },
         tags: if v2 { r.tags()? } else { Vec::new() },
-        capture_error: if v2 { r.optional_string("capture_error")? } else { None },
-        capture: if v2 { r.optional_object("capture")? } else { None },
+        capture_error: if v2 {
+            r.optional_string("capture_error")?
+        } else {
+            None
+        },
+        capture: if v2 {
+            r.optional_object("capture")?
+        } else {
+            None
+        },
     };
     // /1 files are captures: `output` is required. /2 cases may lack it.
     let need_output = !v2;
@@ -374,7 +390,12 @@ pub fn write(f: &Fixture) -> Result<Vec<u8>> {
     }
     put("backend", h.backend.clone().into());
     put("path", h.path.clone().into());
-    put("launch", h.launch.as_ref().map_or(Value::Null, |l| Value::Object(l.raw.clone())));
+    put(
+        "launch",
+        h.launch
+            .as_ref()
+            .map_or(Value::Null, |l| Value::Object(l.raw.clone())),
+    );
     put("tags", h.tags.clone().into());
     if let Some(e) = &h.capture_error {
         put("capture_error", e.clone().into());
@@ -385,7 +406,12 @@ pub fn write(f: &Fixture) -> Result<Vec<u8>> {
     let dt = h.dtype;
     let mut tensors: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
     let mut float = |name: &str, dtype: DType, shape: Vec<usize>, v: &[f32]| {
-        tensors.push((name.to_string(), st_dtype(dtype), shape, storage_bytes(v, dtype)));
+        tensors.push((
+            name.to_string(),
+            st_dtype(dtype),
+            shape,
+            storage_bytes(v, dtype),
+        ));
     };
     let mut ints: Vec<(String, Vec<usize>, Vec<i32>)> = Vec::new();
     match &f.case {
@@ -444,7 +470,12 @@ pub fn write(f: &Fixture) -> Result<Vec<u8>> {
             }
         }
         Case::Mla(m) => {
-            let (n, hh, l, r) = (m.meta.num_reqs(), m.num_heads, m.kv_lora_rank, m.qk_rope_head_dim);
+            let (n, hh, l, r) = (
+                m.meta.num_reqs(),
+                m.num_heads,
+                m.kv_lora_rank,
+                m.qk_rope_head_dim,
+            );
             put("num_heads", hh.into());
             put("kv_lora_rank", l.into());
             put("qk_rope_head_dim", r.into());
@@ -452,7 +483,12 @@ pub fn write(f: &Fixture) -> Result<Vec<u8>> {
             put("scale", (m.scale as f64).into());
             put("num_kv_splits", m.num_kv_splits.into());
             float("query", dt, vec![n, hh, l + r], &m.query);
-            float("kv_cache", dt, vec![m.meta.num_blocks, m.meta.block_size, l + r], &m.kv_cache);
+            float(
+                "kv_cache",
+                dt,
+                vec![m.meta.num_blocks, m.meta.block_size, l + r],
+                &m.kv_cache,
+            );
             if let Some(o) = &m.output {
                 float("output", dt, vec![n, hh, l], o);
             }
@@ -463,17 +499,23 @@ pub fn write(f: &Fixture) -> Result<Vec<u8>> {
         }
     }
     for (name, shape, v) in ints {
-        tensors.push((name, Dtype::I32, shape, v.iter().flat_map(|x| x.to_le_bytes()).collect()));
+        tensors.push((
+            name,
+            Dtype::I32,
+            shape,
+            v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        ));
     }
     let mut views = Vec::with_capacity(tensors.len());
     for (name, dtype, shape, bytes) in &tensors {
-        let view = safetensors::tensor::TensorView::new(*dtype, shape.clone(), bytes).map_err(|e| {
-            FixtureError {
-                file: f.file.clone(),
-                tensor: name.clone(),
-                problem: format!("cannot be serialized: {e:?}"),
-            }
-        })?;
+        let view =
+            safetensors::tensor::TensorView::new(*dtype, shape.clone(), bytes).map_err(|e| {
+                FixtureError {
+                    file: f.file.clone(),
+                    tensor: name.clone(),
+                    problem: format!("cannot be serialized: {e:?}"),
+                }
+            })?;
         views.push((name.clone(), view));
     }
     let case_json = Value::Object(meta).to_string();
@@ -498,8 +540,16 @@ pub fn save(path: &Path, f: &Fixture) -> Result<()> {
 /// `block_table` and `seq_lens` of a batch.
 fn table_tensors(ints: &mut Vec<(String, Vec<usize>, Vec<i32>)>, meta: &AttentionMetadata) {
     let t = &meta.block_table;
-    ints.push(("block_table".into(), vec![t.num_rows, t.max_blocks], t.data.clone()));
-    ints.push(("seq_lens".into(), vec![meta.seq_lens.len()], meta.seq_lens.clone()));
+    ints.push((
+        "block_table".into(),
+        vec![t.num_rows, t.max_blocks],
+        t.data.clone(),
+    ));
+    ints.push((
+        "seq_lens".into(),
+        vec![meta.seq_lens.len()],
+        meta.seq_lens.clone(),
+    ));
 }
 
 /// The safetensors dtype a value dtype is stored as (fp8: raw bits in U8).
@@ -673,7 +723,10 @@ impl Reader<'_> {
                 }
             },
         };
-        let kernel = raw.get("kernel").and_then(Value::as_str).map(str::to_string);
+        let kernel = raw
+            .get("kernel")
+            .and_then(Value::as_str)
+            .map(str::to_string);
         Ok(Some(Launch {
             kernel,
             grid,
@@ -915,7 +968,13 @@ impl Reader<'_> {
     }
 
     /// An output tensor: required (`need`) or optional.
-    fn output(&self, name: &str, want: DType, shape: &[usize], need: bool) -> Result<Option<Vec<f32>>> {
+    fn output(
+        &self,
+        name: &str,
+        want: DType,
+        shape: &[usize],
+        need: bool,
+    ) -> Result<Option<Vec<f32>>> {
         if need {
             self.floats(name, want, shape, true).map(Some)
         } else {
@@ -932,7 +991,10 @@ impl Reader<'_> {
         if dt != Dtype::U8 {
             return Err(self.err(
                 name,
-                format!("dtype {dt:?} is wrong: must be U8 (raw fp8 bits) with kv_cache_dtype {}", fp8_name(fp8)),
+                format!(
+                    "dtype {dt:?} is wrong: must be U8 (raw fp8 bits) with kv_cache_dtype {}",
+                    fp8_name(fp8)
+                ),
             ));
         }
         if got != shape {

@@ -28,16 +28,16 @@
 //! of its result against the kernel's output, the same for the f64
 //! reference rounded to the output dtype, and their ratio.
 
+use crate::backends::exec::{Cpu, KernelExecutor};
 use crate::backends::mla::{self, mla_backends};
 use crate::backends::{mha_backends, AttentionBackend};
 use crate::cache::KvCache;
 use crate::config::AttnConfig;
+use crate::fidelity::{self, UlpStats, BUCKETS};
+use crate::fixture::LaunchGrid;
 use crate::fixture::{self, Case, Fixture, MergeCase, PagedCase};
 use crate::kernels::merge_attn_states::{merge_attn_states, MergeKernel};
 use crate::kernels::softmax::OutLse;
-use crate::backends::exec::{Cpu, KernelExecutor};
-use crate::fidelity::{self, UlpStats, BUCKETS};
-use crate::fixture::LaunchGrid;
 use crate::kernels::unified_attention::{
     Grid, UnifiedLaunch, VllmLaunchOptions, NUM_PAR_SOFTMAX_SEGMENTS, TILE_SIZE_2D, TILE_SIZE_3D,
 };
@@ -206,11 +206,18 @@ pub fn replay_fixture(f: &Fixture, backend: Option<&str>) -> Vec<ReplayResult> {
     let dtype = f.header.dtype;
     let base = Row::new(&f.file, op, Some(dtype), "");
     if let Some(e) = &f.header.capture_error {
-        return vec![Row { backend: "(capture)".into(), ..base }
-            .status(Status::Error, Some(format!("the capture failed: {e}")))];
+        return vec![Row {
+            backend: "(capture)".into(),
+            ..base
+        }
+        .status(Status::Error, Some(format!("the capture failed: {e}")))];
     }
     let Some(output) = f.case.output() else {
-        return vec![Row { backend: "(capture)".into(), ..base }.status(
+        return vec![Row {
+            backend: "(capture)".into(),
+            ..base
+        }
+        .status(
             Status::NoOutput,
             Some("no output: a case not captured yet (run the capture on it)".into()),
         )];
@@ -224,8 +231,20 @@ pub fn replay_fixture(f: &Fixture, backend: Option<&str>) -> Vec<ReplayResult> {
         Case::Paged(p) => {
             let shape = vec![p.meta.num_actual_tokens, p.cfg.num_heads, p.cfg.head_size];
             let r = reference::paged_attention(&p.query, &nhd_cache(p), &p.meta, &p.cfg);
-            let kernel = Kernel::new(output, None, p.reference.as_deref(), shape, dtype, r.as_ref().ok().map(|r| r.out.as_slice()));
-            rows.push(at(REFERENCE).judge(r.map(|r| Outcome::out(to_f32(&r.out))), &kernel, tol, dtype));
+            let kernel = Kernel::new(
+                output,
+                None,
+                p.reference.as_deref(),
+                shape,
+                dtype,
+                r.as_ref().ok().map(|r| r.out.as_slice()),
+            );
+            rows.push(at(REFERENCE).judge(
+                r.map(|r| Outcome::out(to_f32(&r.out))),
+                &kernel,
+                tol,
+                dtype,
+            ));
             for b in mha_backends()
                 .iter()
                 .filter(|b| backend.is_none_or(|n| n == b.name()))
@@ -273,7 +292,14 @@ pub fn replay_fixture(f: &Fixture, backend: Option<&str>) -> Vec<ReplayResult> {
                 m.num_heads,
                 m.head_size,
             );
-            let kernel = Kernel::new(output, m.output_lse.as_deref(), None, shape, dtype, r.as_ref().ok().map(|r| r.out.as_slice()));
+            let kernel = Kernel::new(
+                output,
+                m.output_lse.as_deref(),
+                None,
+                shape,
+                dtype,
+                r.as_ref().ok().map(|r| r.out.as_slice()),
+            );
             rows.push(at(REFERENCE).judge(
                 r.map(|r| Outcome {
                     out: to_f32(&r.out),
@@ -299,8 +325,20 @@ pub fn replay_fixture(f: &Fixture, backend: Option<&str>) -> Vec<ReplayResult> {
                 m.meta.block_size,
                 m.scale,
             );
-            let kernel = Kernel::new(output, None, m.reference.as_deref(), shape, dtype, r.as_deref().ok());
-            rows.push(at(REFERENCE).judge(r.map(|o| Outcome::out(to_f32(&o))), &kernel, tol, dtype));
+            let kernel = Kernel::new(
+                output,
+                None,
+                m.reference.as_deref(),
+                shape,
+                dtype,
+                r.as_deref().ok(),
+            );
+            rows.push(at(REFERENCE).judge(
+                r.map(|o| Outcome::out(to_f32(&o))),
+                &kernel,
+                tol,
+                dtype,
+            ));
             for b in mla_backends()
                 .iter()
                 .filter(|b| backend.is_none_or(|n| n == b.name()))
@@ -308,13 +346,15 @@ pub fn replay_fixture(f: &Fixture, backend: Option<&str>) -> Vec<ReplayResult> {
                 let cfg = mla::replay_config(m, dtype);
                 match b.check(&cfg, m.meta.block_size) {
                     Err(e) => rows.push(at(b.name()).status(Status::Skipped, Some(e.to_string()))),
-                    Ok(()) => rows.push(at(b.name()).judge(
-                        catch_panic(b.name(), || mla::replay_mla_decode(b.as_ref(), m, &cfg))
-                            .map(Outcome::out),
-                        &kernel,
-                        tol,
-                        dtype,
-                    )),
+                    Ok(()) => rows.push(
+                        at(b.name()).judge(
+                            catch_panic(b.name(), || mla::replay_mla_decode(b.as_ref(), m, &cfg))
+                                .map(Outcome::out),
+                            &kernel,
+                            tol,
+                            dtype,
+                        ),
+                    ),
                 }
             }
         }
@@ -352,10 +392,7 @@ pub fn documented_divergence(
     cfg: &AttnConfig,
     meta: &AttentionMetadata,
 ) -> Option<String> {
-    let multi_token = meta
-        .query_start_loc
-        .windows(2)
-        .any(|w| w[1] - w[0] > 1);
+    let multi_token = meta.query_start_loc.windows(2).any(|w| w[1] - w[0] > 1);
     (backend == "ROCM_AITER_FA" && cfg.softcap.is_some() && multi_token).then(|| {
         "ROCM_AITER_FA drops logits_soft_cap on prefill and extend (flash_attn_varlen_func gets no soft-cap); only its decode path applies it".to_string()
     })
@@ -449,7 +486,9 @@ fn run_backend(
     }
     let cache = KvCache::from_nhd(&p.key_cache, &p.value_cache, layout)?;
     match launch {
-        Some(l) => catch_panic(b.name(), || Cpu.unified_attention(&p.query, &cache, &meta, cfg, l)),
+        Some(l) => catch_panic(b.name(), || {
+            Cpu.unified_attention(&p.query, &cache, &meta, cfg, l)
+        }),
         None => catch_panic(b.name(), || b.forward(&p.query, &cache, &meta, cfg)),
     }
 }
@@ -542,7 +581,12 @@ impl Row {
         self.finish(status, reason, None)
     }
 
-    fn finish(self, status: Status, reason: Option<String>, c: Option<&Comparison>) -> ReplayResult {
+    fn finish(
+        self,
+        status: Status,
+        reason: Option<String>,
+        c: Option<&Comparison>,
+    ) -> ReplayResult {
         ReplayResult {
             file: self.file,
             op: self.op,
@@ -683,7 +727,10 @@ pub fn format_table(results: &[ReplayResult]) -> String {
     );
     let num = |x: Option<f64>| x.map_or("-".to_string(), |v| format!("{v:.3e}"));
     for r in results {
-        let exact = r.ulp.as_ref().map_or("-".into(), |u| pct(u.bit_exact_fraction()));
+        let exact = r
+            .ulp
+            .as_ref()
+            .map_or("-".into(), |u| pct(u.bit_exact_fraction()));
         let ref_exact = r
             .reference_ulp
             .as_ref()
@@ -820,7 +867,12 @@ pub fn summarize(results: &[ReplayResult]) -> Vec<SummaryRow> {
 /// (0 | 1 | 2-4 | 5-16 | 17-256 | more, as percentages of elements), its
 /// maximum ULP distance, and the fidelity ratio.
 pub fn format_summary(rows: &[SummaryRow]) -> String {
-    let w_be = rows.iter().map(|r| r.backend.len()).max().unwrap_or(7).max(7);
+    let w_be = rows
+        .iter()
+        .map(|r| r.backend.len())
+        .max()
+        .unwrap_or(7)
+        .max(7);
     let hist_head = BUCKETS.map(|b| format!("{b:>6}")).join(" ");
     let mut s = format!(
         "{:<w_be$}  {:<17}  {:<8}  {:>5}  {:>5}  {:>5}  {:>5}  {:>5}  {:>7}  {:>6}  {}  {:>7}  {:>6}\n",

@@ -311,7 +311,9 @@ fn merge_fixtures_replay_within_their_tolerance() {
         .unwrap();
         let tol = Tolerance::new(f.header.atol, f.header.rtol);
         assert!(
-            compare(&m.out, c.output.as_deref().unwrap(), tol).unwrap().passed(),
+            compare(&m.out, c.output.as_deref().unwrap(), tol)
+                .unwrap()
+                .passed(),
             "{}",
             f.file
         );

@@ -4,8 +4,8 @@
 
 use attnlab_shared::registry::BackendName;
 use attnlab_sim::cases::{
-    draw_case, edge_of, generate, rng_for, CasesError, PagedSpace, Target, BLOCK_SIZES,
-    HEAD_SIZES, MAX_CASE_BYTES, MAX_COUNT,
+    draw_case, edge_of, generate, rng_for, CasesError, PagedSpace, Target, BLOCK_SIZES, HEAD_SIZES,
+    MAX_CASE_BYTES, MAX_COUNT,
 };
 use attnlab_sim::draw::Edge;
 use attnlab_sim::fidelity::round_f64;
@@ -18,7 +18,12 @@ use std::collections::BTreeSet;
 /// Parses what `write` produced; the names differ only in `file`.
 fn round_trip(f: &Fixture) -> Fixture {
     let bytes = fixture::write(f).unwrap();
-    assert!(bytes.len() <= MAX_CASE_BYTES + 4096, "{}: {} bytes", f.file, bytes.len());
+    assert!(
+        bytes.len() <= MAX_CASE_BYTES + 4096,
+        "{}: {} bytes",
+        f.file,
+        bytes.len()
+    );
     fixture::parse(&f.file, &bytes).unwrap_or_else(|e| panic!("{e}"))
 }
 
@@ -84,14 +89,21 @@ fn every_target_writes_cases_that_load_back_equal() {
             assert_eq!(back.header.backend.as_deref(), t.backend());
             assert_eq!(back.header.path.as_deref(), Some(t.path()));
             assert_eq!(back.header.version, 2);
-            assert!(back.case.output().is_none(), "{name}: a case holds inputs only");
+            assert!(
+                back.case.output().is_none(),
+                "{name}: a case holds inputs only"
+            );
         }
     }
 }
 
 #[test]
 fn cases_are_deterministic_in_the_seed() {
-    for t in [Target::TritonAttn, Target::MergeAttnStates, Target::TritonMla] {
+    for t in [
+        Target::TritonAttn,
+        Target::MergeAttnStates,
+        Target::TritonMla,
+    ] {
         let bytes = |seed| -> Vec<Vec<u8>> {
             generate(t, 6, seed, true)
                 .unwrap()
@@ -114,7 +126,12 @@ fn edge_cases_emit_every_edge_tag_of_their_target() {
             .flat_map(|(_, f)| f.header.tags)
             .collect();
         for e in t.edges() {
-            assert!(tags.contains(e.tag()), "{}: no {} in {tags:?}", t.name(), e.tag());
+            assert!(
+                tags.contains(e.tag()),
+                "{}: no {} in {tags:?}",
+                t.name(),
+                e.tag()
+            );
         }
     }
     // Every paged edge regime of the issue is some target's.
@@ -123,7 +140,11 @@ fn edge_cases_emit_every_edge_tag_of_their_target() {
         assert!(triton.contains(&e), "{e:?}");
     }
     assert_eq!(Target::MergeAttnStates.edges(), vec![Edge::InfLse]);
-    assert_eq!(edge_of(Target::TritonAttn, 0, true), None, "even cases stay regular");
+    assert_eq!(
+        edge_of(Target::TritonAttn, 0, true),
+        None,
+        "even cases stay regular"
+    );
     assert_eq!(edge_of(Target::TritonAttn, 1, false), None);
 }
 
@@ -143,7 +164,11 @@ fn edge_regimes_shape_the_case_as_their_tag_says() {
             Edge::Window1 => assert_eq!(p.cfg.sliding_window, Some(1)),
             Edge::WindowAtBlockEdge => {
                 assert_eq!(p.cfg.sliding_window.unwrap() % bs, 0);
-                assert!(p.meta.seq_lens.iter().all(|&s| s as usize % bs == 0));
+                assert!(p
+                    .meta
+                    .seq_lens
+                    .iter()
+                    .all(|&s| (s as usize).is_multiple_of(bs)));
             }
             Edge::MaskedFirstTile => {
                 assert!(p.cfg.sliding_window.unwrap() <= 8);
@@ -151,7 +176,11 @@ fn edge_regimes_shape_the_case_as_their_tag_says() {
                 let q = |i: usize| p.meta.query_start_loc[i + 1] - p.meta.query_start_loc[i];
                 assert!((0..p.meta.num_reqs()).all(|i| q(i) == 0 || p.meta.seq_lens[i] >= 128));
             }
-            Edge::LastBlockFull => assert!(p.meta.seq_lens.iter().all(|&s| s as usize % bs == 0)),
+            Edge::LastBlockFull => assert!(p
+                .meta
+                .seq_lens
+                .iter()
+                .all(|&s| (s as usize).is_multiple_of(bs))),
             Edge::SoftcapOverflow | Edge::ExtremeLogits => {
                 // Some real (query, key) pair has a logit beyond 88 * softcap (or 88).
                 let c = p.cfg.softcap.unwrap_or(1.0) as f64;
@@ -188,18 +217,33 @@ fn cache_of(p: &attnlab_sim::fixture::PagedCase) -> attnlab_sim::cache::KvCache 
 
 #[test]
 fn paged_spaces_agree_with_the_registry() {
-    for t in Target::ALL.into_iter().filter(|t| t.op() == attnlab_sim::fixture::Op::PagedAttention) {
-        let caps = BackendName::from_name(t.name()).unwrap().capabilities().unwrap();
+    for t in Target::ALL
+        .into_iter()
+        .filter(|t| t.op() == attnlab_sim::fixture::Op::PagedAttention)
+    {
+        let caps = BackendName::from_name(t.name())
+            .unwrap()
+            .capabilities()
+            .unwrap();
         let ps = PagedSpace::of(t);
-        let want_blocks: Vec<usize> =
-            BLOCK_SIZES.into_iter().filter(|&b| caps.supports_block_size(b)).collect();
+        let want_blocks: Vec<usize> = BLOCK_SIZES
+            .into_iter()
+            .filter(|&b| caps.supports_block_size(b))
+            .collect();
         assert_eq!(ps.block_sizes, want_blocks.as_slice(), "{}", t.name());
-        let want_heads: Vec<usize> =
-            HEAD_SIZES.into_iter().filter(|&h| caps.head_sizes.accepts(h)).collect();
+        let want_heads: Vec<usize> = HEAD_SIZES
+            .into_iter()
+            .filter(|&h| caps.head_sizes.accepts(h))
+            .collect();
         assert_eq!(ps.head_sizes, want_heads.as_slice(), "{}", t.name());
         assert_eq!(ps.dtypes, caps.dtypes, "{}", t.name());
         assert_eq!(ps.sinks, caps.sinks, "{}", t.name());
-        assert_eq!(!ps.fp8_kv.is_empty(), caps.kv_cache_dtypes.iter().any(|k| k.is_fp8()), "{}", t.name());
+        assert_eq!(
+            !ps.fp8_kv.is_empty(),
+            caps.kv_cache_dtypes.iter().any(|k| k.is_fp8()),
+            "{}",
+            t.name()
+        );
     }
 }
 
@@ -225,7 +269,11 @@ fn drawn_cases_cover_the_issues_space() {
         // Block 0 is the null block: no sequence uses it.
         for i in 0..p.meta.num_reqs() {
             let used = (p.meta.seq_lens[i] as usize).div_ceil(p.meta.block_size);
-            assert!(!p.meta.block_table.row(i)[..used].contains(&0), "{}", f.file);
+            assert!(
+                !p.meta.block_table.row(i)[..used].contains(&0),
+                "{}",
+                f.file
+            );
         }
     }
     assert_eq!(seen_blocks, BTreeSet::from([16, 32, 64, 544, 1056]));
@@ -233,7 +281,10 @@ fn drawn_cases_cover_the_issues_space() {
     for q in [1, 2, 3, 5, 6, 8] {
         assert!(seen_qpk.contains(&q), "{seen_qpk:?}");
     }
-    assert_eq!(seen_kv, BTreeSet::from(["bfloat16", "float16", "float32", "float8_e4m3fn"]));
+    assert_eq!(
+        seen_kv,
+        BTreeSet::from(["bfloat16", "float16", "float32", "float8_e4m3fn"])
+    );
     for t in ["zero_len_query", "chunked_extend", "mixed_batch"] {
         assert!(tags.contains(t), "{tags:?}");
     }
@@ -244,11 +295,17 @@ fn drawn_cases_cover_the_issues_space() {
 fn count_is_bounded_and_names_are_checked() {
     assert_eq!(
         generate(Target::TritonAttn, MAX_COUNT + 1, 0, false).unwrap_err(),
-        CasesError::Count { count: MAX_COUNT + 1, max: MAX_COUNT }
+        CasesError::Count {
+            count: MAX_COUNT + 1,
+            max: MAX_COUNT
+        }
     );
     assert!(generate(Target::TritonAttn, 0, 0, false).is_err());
     let e = Target::parse("TRITON").unwrap_err().to_string();
-    assert!(e.contains("'TRITON'") && e.contains("TRITON_ATTN") && e.contains("all"), "{e}");
+    assert!(
+        e.contains("'TRITON'") && e.contains("TRITON_ATTN") && e.contains("all"),
+        "{e}"
+    );
     assert_eq!(Target::parse("all").unwrap().len(), Target::ALL.len());
 }
 
@@ -261,7 +318,11 @@ fn a_case_without_output_is_reported_as_such_and_a_capture_error_as_error() {
     f.header.capture_error = Some("RuntimeError: triton compile failed".into());
     let rows = replay_fixture(&round_trip(&f), None);
     assert_eq!(rows[0].status, Status::Error);
-    assert!(rows[0].reason.as_deref().unwrap().contains("triton compile failed"));
+    assert!(rows[0]
+        .reason
+        .as_deref()
+        .unwrap()
+        .contains("triton compile failed"));
 }
 
 #[test]
@@ -282,10 +343,18 @@ fn a_case_captured_from_the_reference_replays_with_a_bit_exact_reference_row() {
                     r.reason
                 );
                 if matches!(r.status, Status::Pass | Status::Fail) {
-                    assert!(r.ulp.is_some() && r.reference_ulp.is_some(), "{name} {}", r.backend);
+                    assert!(
+                        r.ulp.is_some() && r.reference_ulp.is_some(),
+                        "{name} {}",
+                        r.backend
+                    );
                 }
                 if matches!(r.status, Status::Skipped | Status::Divergence) {
-                    assert!(!r.reason.as_deref().unwrap_or("").is_empty(), "{name} {}", r.backend);
+                    assert!(
+                        !r.reason.as_deref().unwrap_or("").is_empty(),
+                        "{name} {}",
+                        r.backend
+                    );
                 }
             }
         }
@@ -296,9 +365,13 @@ fn a_case_captured_from_the_reference_replays_with_a_bit_exact_reference_row() {
 fn an_output_captured_from_an_emulated_backend_replays_bit_exact_on_it() {
     use attnlab_sim::backends::by_name;
     let (name, mut f) = generate(Target::TritonAttn, 3, 9, false).unwrap().remove(2);
-    let Case::Paged(p) = &mut f.case else { panic!() };
+    let Case::Paged(p) = &mut f.case else {
+        panic!()
+    };
     let b = by_name("TRITON_ATTN").unwrap();
-    let layout = b.cache_layout(&p.cfg, p.meta.num_blocks, p.meta.block_size).unwrap();
+    let layout = b
+        .cache_layout(&p.cfg, p.meta.num_blocks, p.meta.block_size)
+        .unwrap();
     let cache =
         attnlab_sim::cache::KvCache::from_nhd(&p.key_cache, &p.value_cache, layout).unwrap();
     p.output = Some(b.forward(&p.query, &cache, &p.meta, &p.cfg).unwrap());
@@ -341,7 +414,13 @@ fn describe(f: &Fixture) -> String {
             "{:?} bs {} seq_lens {:?} qsl {:?}",
             p.cfg, p.meta.block_size, p.meta.seq_lens, p.meta.query_start_loc
         ),
-        Case::Merge(m) => format!("merge t {} h {} d {}", m.num_tokens, m.num_heads, m.head_size),
-        Case::Mla(m) => format!("mla seq_lens {:?} bs {}", m.meta.seq_lens, m.meta.block_size),
+        Case::Merge(m) => format!(
+            "merge t {} h {} d {}",
+            m.num_tokens, m.num_heads, m.head_size
+        ),
+        Case::Mla(m) => format!(
+            "mla seq_lens {:?} bs {}",
+            m.meta.seq_lens, m.meta.block_size
+        ),
     }
 }

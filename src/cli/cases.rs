@@ -64,10 +64,16 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 fn write_cases(args: &Args) -> anyhow::Result<Vec<serde_json::Value>> {
     let targets = Target::parse(&args.backend)?;
     if args.count == 0 || args.count > MAX_COUNT {
-        anyhow::bail!("invalid --count {}: allowed: 1..={MAX_COUNT} cases per backend", args.count);
+        anyhow::bail!(
+            "invalid --count {}: allowed: 1..={MAX_COUNT} cases per backend",
+            args.count
+        );
     }
     std::fs::create_dir_all(&args.out).map_err(|e| {
-        anyhow::anyhow!("invalid --out '{}': cannot create the directory: {e}", args.out.display())
+        anyhow::anyhow!(
+            "invalid --out '{}': cannot create the directory: {e}",
+            args.out.display()
+        )
     })?;
     let per_target: Vec<anyhow::Result<Vec<serde_json::Value>>> = targets
         .par_iter()
@@ -77,9 +83,8 @@ fn write_cases(args: &Args) -> anyhow::Result<Vec<serde_json::Value>> {
             for (name, f) in cases {
                 let bytes = fixture::write(&f)?;
                 let path = args.out.join(&name);
-                std::fs::write(&path, &bytes).map_err(|e| {
-                    anyhow::anyhow!("cannot write '{}': {e}", path.display())
-                })?;
+                std::fs::write(&path, &bytes)
+                    .map_err(|e| anyhow::anyhow!("cannot write '{}': {e}", path.display()))?;
                 files.push(json!({
                     "file": name,
                     "backend": f.header.backend,

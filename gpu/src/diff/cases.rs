@@ -8,8 +8,8 @@
 
 use super::{rng_for, DiffOptions, KernelReport, Tally};
 use crate::runtime::Result;
-pub use attnlab_sim::draw::{draw, AttnCase, CaseSpace};
 use attnlab_shared::dtype::DType;
+pub use attnlab_sim::draw::{draw, AttnCase, CaseSpace};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
