@@ -31,6 +31,10 @@ pub const MAX_COUNT: usize = 10_000;
 /// Largest case file, its output included once captured (tensors; the
 /// header adds a few hundred bytes).
 pub const MAX_CASE_BYTES: usize = 640 * 1024;
+/// The cap of the 80% of paged cases with blocks of 16..64 (block 544 cases
+/// may take 3/5 of [`MAX_CASE_BYTES`], block 1056 cases all of it: one
+/// 1056-token block of 64-wide f16 K and V alone is 270 KB), and of MLA cases.
+pub const SMALL_CASE_BYTES: usize = 160 * 1024;
 /// Draws tried per case before a target is declared unable to draw one.
 const MAX_ATTEMPTS: usize = 2_000;
 
@@ -344,19 +348,41 @@ struct Drawn {
 }
 
 /// A paged case through [`draw_with`]: 80% small blocks (16..64, up to 4
-/// rows), 12% block 544 and 8% block 1056 (one or two rows, one KV head, so
-/// the case stays under [`MAX_CASE_BYTES`]); the target's lists filter each.
+/// rows, at most [`SMALL_CASE_BYTES`]), 12% block 544 and 8% block 1056 (one
+/// or two rows, one KV head, so the case stays under [`MAX_CASE_BYTES`]);
+/// the target's lists filter each.
 pub fn draw_paged(target: Target, rng: &mut ChaCha8Rng, edge: Option<Edge>) -> Option<AttnCase> {
     let ps = target.paged_space();
     let band = rng.gen_range(0..100);
-    let (blocks, heads, hkv, max_reqs, max_context): (&[usize], &[usize], &[usize], usize, usize) =
-        if band < 80 {
-            (&[16, 32, 64], ps.head_sizes, &[1, 2, 4], 4, 160)
-        } else if band < 92 {
-            (&[544], &[64, 80, 96, 128], &[1], 2, 96)
-        } else {
-            (&[1056], &[64], &[1], 1, 64)
-        };
+    #[allow(clippy::type_complexity)]
+    let (blocks, heads, hkv, max_reqs, max_context, cap): (
+        &[usize],
+        &[usize],
+        &[usize],
+        usize,
+        usize,
+        usize,
+    ) = if band < 80 {
+        (
+            &[16, 32, 64],
+            ps.head_sizes,
+            &[1, 2, 4],
+            4,
+            96,
+            SMALL_CASE_BYTES,
+        )
+    } else if band < 92 {
+        (
+            &[544],
+            &[64, 80, 96, 128],
+            &[1],
+            2,
+            96,
+            MAX_CASE_BYTES * 3 / 5,
+        )
+    } else {
+        (&[1056], &[64], &[1], 1, 64, MAX_CASE_BYTES)
+    };
     let block_sizes = static_subset(blocks, ps.block_sizes)?;
     let head_sizes = static_subset(heads, ps.head_sizes)?;
     let dtypes = if band < 80 {
@@ -384,11 +410,11 @@ pub fn draw_paged(target: Target, rng: &mut ChaCha8Rng, edge: Option<Edge>) -> O
         window: true,
         zero_len_queries: true,
         null_block: true,
-        max_cache_bytes: Some(MAX_CASE_BYTES),
+        max_cache_bytes: Some(cap),
         edge,
     };
     let c = draw_with(rng, &space, &regimes)?;
-    (c.stored_bytes() <= MAX_CASE_BYTES).then_some(c)
+    (c.stored_bytes() <= cap).then_some(c)
 }
 
 /// The elements of `xs` that `allowed` holds, as one of a fixed set of
@@ -484,7 +510,7 @@ fn draw_merge(rng: &mut ChaCha8Rng, inf_lse: bool) -> Drawn {
 }
 
 /// An absorbed MLA decode batch (DeepSeek's 512 + 64 latent): 1..=3
-/// sequences of 1..=160 tokens (block-multiples with
+/// sequences of 1..=96 tokens (block-multiples with
 /// [`Edge::LastBlockFull`]), 16 or 32 heads, a split count among 1..16, a
 /// shuffled table with a null block 0 and spare blocks.
 fn draw_mla(target: Target, rng: &mut ChaCha8Rng, edge: Option<Edge>) -> Option<Drawn> {
@@ -494,7 +520,7 @@ fn draw_mla(target: Target, rng: &mut ChaCha8Rng, edge: Option<Edge>) -> Option<
     let bs = pick(rng, target.mla_block_sizes());
     let splits = pick(rng, &[1usize, 2, 4, 8, 16]);
     let n = rng.gen_range(1..=3usize);
-    let mut seq_lens: Vec<i32> = (0..n).map(|_| rng.gen_range(1..=160)).collect();
+    let mut seq_lens: Vec<i32> = (0..n).map(|_| rng.gen_range(1..=96)).collect();
     if edge == Some(Edge::LastBlockFull) {
         for s in &mut seq_lens {
             *s = (*s as usize).next_multiple_of(bs) as i32;
@@ -507,7 +533,7 @@ fn draw_mla(target: Target, rng: &mut ChaCha8Rng, edge: Option<Edge>) -> Option<
     let num_blocks = 1 + per.iter().sum::<usize>() + rng.gen_range(0..3);
     let bytes = (num_blocks * bs + n * heads) * (l + r) * dtype.size_bytes()
         + n * heads * l * dtype.size_bytes();
-    if bytes > MAX_CASE_BYTES {
+    if bytes > SMALL_CASE_BYTES {
         return None;
     }
     let mut ids: Vec<i32> = (1..num_blocks as i32).collect();
