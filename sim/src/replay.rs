@@ -393,9 +393,15 @@ pub fn documented_divergence(
     meta: &AttentionMetadata,
 ) -> Option<String> {
     let multi_token = meta.query_start_loc.windows(2).any(|w| w[1] - w[0] > 1);
-    (backend == "ROCM_AITER_FA" && cfg.softcap.is_some() && multi_token).then(|| {
-        "ROCM_AITER_FA drops logits_soft_cap on prefill and extend (flash_attn_varlen_func gets no soft-cap); only its decode path applies it".to_string()
-    })
+    match backend {
+        "ROCM_AITER_FA" if cfg.softcap.is_some() && multi_token => Some(
+            "ROCM_AITER_FA drops logits_soft_cap on prefill and extend (flash_attn_varlen_func gets no soft-cap); only its decode path applies it".into(),
+        ),
+        "ROCM_ATTN" if cfg.alibi_slopes.is_some() && cfg.sliding_window.is_some() && multi_token => Some(
+            "ROCM_ATTN's prefix-prefill kernel has no sliding-window mask in its ALiBi variant: with ALiBi, rows with more than one query token see the whole context".into(),
+        ),
+        _ => None,
+    }
 }
 
 /// TRITON_ATTN under a /2 file's recorded launch (`launch.grid`,
