@@ -597,3 +597,23 @@ fn rocm_attn_dropping_softcap_is_a_divergence_not_a_skip() {
         "{r:?}"
     );
 }
+
+#[test]
+fn a_recorded_3d_launch_uses_its_segment_count() {
+    let mut e = Edit::of(&read("ua_dec2d_bf16_h64_g8x1_b64_sinks"));
+    e.case(|c| {
+        c.insert("format".into(), "attn-fixture/2".into());
+        c.insert(
+            "launch".into(),
+            serde_json::json!({"grid": "3d", "num_segments": 4}),
+        );
+    });
+    let rows = replay_fixture(&e.parse().unwrap(), Some("TRITON_ATTN"));
+    let r = rows.iter().find(|r| r.backend == "TRITON_ATTN").unwrap();
+    assert_eq!(
+        r.launch.as_deref(),
+        Some("3d, 4 segments (recorded)"),
+        "{r:?}"
+    );
+    assert_eq!(r.status, Status::Pass, "{r:?}");
+}
