@@ -25,8 +25,10 @@ enum Command {
     Trace(cli::trace::Args),
     /// Where a token's K and V elements live in a KV-cache layout.
     Layout(cli::layout::Args),
-    /// Replay attn-fixture/1 files through the emulated backends.
+    /// Replay attn-fixture/1 and /2 files through the emulated backends, with ULP fidelity.
     Replay(cli::replay::Args),
+    /// Write inputs-only attn-fixture/2 cases for vLLM kernel paths (a GPU capture adds outputs).
+    Cases(cli::cases::Args),
     /// Run a scheduled workload through one or all backends against the f64 reference.
     Run(cli::run::Args),
     /// Run kernels on a GPU and diff them bit for bit against the emulator.
@@ -44,6 +46,7 @@ fn main() -> ExitCode {
         Command::Trace(a) => cli::trace::run(a),
         Command::Layout(a) => cli::layout::run(a),
         Command::Replay(a) => cli::replay::run(a),
+        Command::Cases(a) => cli::cases::run(a),
         Command::Run(a) => cli::run::run(a),
         Command::Diff(a) => cli::diff::run(a),
         Command::Bench(a) => cli::bench::run(a),

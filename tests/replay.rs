@@ -58,6 +58,26 @@ impl Edit {
         &mut self.data[a..b]
     }
 
+    /// Removes a tensor: its bytes leave the data section, later offsets move down.
+    fn remove(&mut self, name: &str) {
+        let off = &self.header[name]["data_offsets"];
+        let (a, b) = (off[0].as_u64().unwrap(), off[1].as_u64().unwrap());
+        self.data.drain(a as usize..b as usize);
+        self.header.remove(name);
+        for (k, v) in self.header.iter_mut() {
+            if k == "__metadata__" {
+                continue;
+            }
+            let o = v["data_offsets"].as_array_mut().unwrap();
+            for x in o.iter_mut() {
+                let n = x.as_u64().unwrap();
+                if n >= b {
+                    *x = (n - (b - a)).into();
+                }
+            }
+        }
+    }
+
     fn info(&mut self, name: &str) -> &mut serde_json::Map<String, Value> {
         self.header.get_mut(name).unwrap().as_object_mut().unwrap()
     }
@@ -286,7 +306,11 @@ fn missing_tensor_is_rejected() {
 #[test]
 fn bad_metadata_values_name_the_key_and_the_allowed_values() {
     let cases: [(&str, Value, &str); 5] = [
-        ("format", "attn-fixture/2".into(), "attn-fixture/1"),
+        (
+            "format",
+            "attn-fixture/3".into(),
+            "attn-fixture/1, attn-fixture/2",
+        ),
         ("op", "flash_decode".into(), "merge_attn_states"),
         ("dtype", "float64".into(), "bfloat16"),
         ("num_kv_heads", 3.into(), "divide"),
@@ -329,4 +353,267 @@ fn merge_and_mla_fixtures_load_into_typed_cases() {
         (16, 512, 64, 4)
     );
     assert_eq!(m.meta.seq_lens, vec![1, 17, 60]);
+}
+
+// ---- attn-fixture/2: cases written by `attnlab cases`, and their bad inputs ----
+
+use attnlab_sim::cases::{draw_case, rng_for, Target};
+
+/// A written /2 case of `target` for which `want` holds (the first drawn).
+fn v2_case(target: Target, want: impl Fn(&fixture::Fixture) -> bool) -> Vec<u8> {
+    let mut rng = rng_for(target, 3);
+    let f = (0..5000)
+        .filter_map(|_| draw_case(target, &mut rng, None, 3))
+        .find(|f| want(f))
+        .expect("some drawn case has the property");
+    fixture::write(&f).unwrap()
+}
+
+fn is_fp8(f: &fixture::Fixture) -> bool {
+    matches!(&f.case, Case::Paged(p) if p.cfg.kv_dtype.is_fp8())
+}
+
+fn has_alibi(f: &fixture::Fixture) -> bool {
+    matches!(&f.case, Case::Paged(p) if p.cfg.alibi_slopes.is_some())
+}
+
+#[test]
+fn v2_fp8_cases_load_as_u8_caches_with_their_scales() {
+    let f = Edit::of(&v2_case(Target::TritonAttn, is_fp8))
+        .parse()
+        .unwrap();
+    let Case::Paged(p) = &f.case else { panic!() };
+    assert_eq!(p.cfg.kv_dtype.name(), "float8_e4m3fn");
+    assert!(p.cfg.k_scale > 0.0 && p.cfg.v_scale > 0.0);
+    assert_eq!(f.header.path.as_deref(), Some("unified_attention"));
+    assert_eq!(f.header.backend.as_deref(), Some("TRITON_ATTN"));
+}
+
+#[test]
+fn v2_missing_fp8_scale_names_the_tensor() {
+    let mut e = Edit::of(&v2_case(Target::TritonAttn, is_fp8));
+    e.remove("k_scale");
+    let err = err_of(&mut e);
+    assert_eq!(err.tensor, "k_scale", "{err}");
+    assert!(err.problem.contains("missing"), "{err}");
+}
+
+#[test]
+fn v2_nonpositive_fp8_scale_names_the_allowed_range() {
+    let mut e = Edit::of(&v2_case(Target::TritonAttn, is_fp8));
+    e.tensor("v_scale")
+        .copy_from_slice(&(-1.0f32).to_le_bytes());
+    let err = err_of(&mut e);
+    assert_eq!(err.tensor, "v_scale", "{err}");
+    assert!(err.problem.contains("> 0"), "{err}");
+}
+
+#[test]
+fn v2_fp8_nan_code_in_a_cache_is_rejected_with_its_index() {
+    let mut e = Edit::of(&v2_case(Target::TritonAttn, is_fp8));
+    e.tensor("key_cache")[3] = 0x7f; // e4m3fn NaN
+    let err = err_of(&mut e);
+    assert_eq!(err.tensor, "key_cache", "{err}");
+    assert!(
+        err.problem.contains("NaN") && err.problem.contains("flat index 3"),
+        "{err}"
+    );
+}
+
+#[test]
+fn v2_u8_cache_under_kv_cache_dtype_auto_is_a_dtype_error() {
+    let mut e = Edit::of(&v2_case(Target::TritonAttn, is_fp8));
+    e.case(|c| {
+        c.insert("kv_cache_dtype".into(), "auto".into());
+    });
+    let err = err_of(&mut e);
+    assert!(
+        err.tensor == "key_cache" || err.tensor == "value_cache",
+        "{err}"
+    );
+    assert!(
+        err.problem.contains("U8") && err.problem.contains("must be"),
+        "{err}"
+    );
+}
+
+#[test]
+fn v2_alibi_slopes_of_the_wrong_length_name_the_shape() {
+    let mut e = Edit::of(&v2_case(Target::TritonAttn, has_alibi));
+    let shape = e.info("alibi_slopes")["shape"].clone();
+    let n = shape[0].as_u64().unwrap();
+    e.info("alibi_slopes")["shape"] = serde_json::json!([1, n]);
+    let err = err_of(&mut e);
+    assert_eq!(err.tensor, "alibi_slopes", "{err}");
+    assert!(err.problem.contains(&format!("must be [{n}]")), "{err}");
+}
+
+#[test]
+fn v2_bad_metadata_values_name_the_key_and_the_allowed_values() {
+    let cases: [(&str, Value, &str, &str); 8] = [
+        (
+            "kv_cache_dtype",
+            "fp8_e5m2".into(),
+            "kv_cache_dtype",
+            "fp8_e4m3fnuz",
+        ),
+        ("backend", "FLASH_ATTN".into(), "backend", "TRITON_ATTN"),
+        (
+            "path",
+            "paged_attention_v2".into(),
+            "path",
+            "chunked_prefill_paged_decode",
+        ),
+        (
+            "launch",
+            serde_json::json!({"grid": "4d"}),
+            "launch.grid",
+            "\"3d\"",
+        ),
+        (
+            "launch",
+            serde_json::json!({"num_segments": 0}),
+            "launch.num_segments",
+            "[1, 1024]",
+        ),
+        ("launch", "3d".into(), "launch", "object"),
+        (
+            "tags",
+            serde_json::json!(["edge:window_1", 7]),
+            "tags",
+            "strings",
+        ),
+        ("capture_error", 3.into(), "capture_error", "string"),
+    ];
+    let bytes = v2_case(Target::TritonAttn, |_| true);
+    for (key, value, named, allowed) in cases {
+        let mut e = Edit::of(&bytes);
+        e.case(|c| {
+            c.insert(key.into(), value.clone());
+        });
+        let err = err_of(&mut e);
+        assert_eq!(err.tensor, format!("metadata.{named}"), "{err}");
+        assert!(err.problem.contains(allowed), "{key}: {err}");
+    }
+}
+
+#[test]
+fn v2_out_of_range_block_id_names_the_entry_and_the_range() {
+    let mut e = Edit::of(&v2_case(Target::TritonAttn, |_| true));
+    let nb = e.info("key_cache")["shape"][0].as_u64().unwrap() as i32;
+    e.tensor("block_table")[..4].copy_from_slice(&(nb + 5).to_le_bytes());
+    let err = err_of(&mut e);
+    assert_eq!(err.tensor, "block_table", "{err}");
+    assert!(err.problem.contains(&format!("[0, {nb})")), "{err}");
+}
+
+#[test]
+fn v2_seq_lens_beyond_the_table_name_the_length_and_the_limit() {
+    let mut e = Edit::of(&v2_case(Target::TritonMla, |_| true));
+    e.tensor("seq_lens")[..4].copy_from_slice(&100_000i32.to_le_bytes());
+    let err = err_of(&mut e);
+    assert_eq!(err.tensor, "seq_lens", "{err}");
+    assert!(
+        err.problem.contains("100000") && err.problem.contains("max"),
+        "{err}"
+    );
+}
+
+#[test]
+fn v2_float_lengths_with_nan_are_a_dtype_error_naming_i32() {
+    let mut e = Edit::of(&v2_case(Target::TritonAttn, |_| true));
+    e.info("seq_lens")["dtype"] = "F32".into();
+    let n = e.tensor("seq_lens").len() / 4;
+    for i in 0..n {
+        e.tensor("seq_lens")[4 * i..4 * i + 4].copy_from_slice(&f32::NAN.to_le_bytes());
+    }
+    let err = err_of(&mut e);
+    assert_eq!(err.tensor, "seq_lens", "{err}");
+    assert!(err.problem.contains("must be I32"), "{err}");
+}
+
+#[test]
+fn v1_files_still_need_their_output_and_v2_cases_do_not() {
+    let mut e = Edit::of(&read(PAGED));
+    e.remove("output");
+    let err = err_of(&mut e);
+    assert_eq!(err.tensor, "output", "{err}");
+    e.case(|c| {
+        c.insert("format".into(), "attn-fixture/2".into());
+    });
+    let f = e.parse().unwrap();
+    assert!(f.case.output().is_none());
+    let rows = replay_fixture(&f, None);
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].status, Status::NoOutput);
+}
+
+#[test]
+fn a_v2_rewrite_of_a_shipped_fixture_replays_identically() {
+    for name in [PAGED, "merge_bf16_t20_h6_d96_inf", "mla_f16_h16_b16_s4"] {
+        let f = fixture::parse(name, &read(name)).unwrap();
+        let g = fixture::parse(name, &fixture::write(&f).unwrap()).unwrap();
+        assert_eq!((&g.case, g.header.version), (&f.case, 2), "{name}");
+        assert_eq!(replay_fixture(&f, None), replay_fixture(&g, None), "{name}");
+    }
+}
+
+#[test]
+fn a_recorded_launch_is_followed_and_reported() {
+    let mut e = Edit::of(&read("ua_dec3d_f16_h64_g8x1_b16_single"));
+    e.case(|c| {
+        c.insert("format".into(), "attn-fixture/2".into());
+        c.insert("path".into(), "unified_attention".into());
+        c.insert(
+            "launch".into(),
+            serde_json::json!({"kernel": "unified_attention", "grid": "2d"}),
+        );
+    });
+    let rows = replay_fixture(&e.parse().unwrap(), Some("TRITON_ATTN"));
+    let r = rows.iter().find(|r| r.backend == "TRITON_ATTN").unwrap();
+    assert_eq!(r.launch.as_deref(), Some("2d (recorded)"), "{r:?}");
+    assert_eq!(r.status, Status::Pass, "{r:?}");
+    // Without a record, vLLM's own rule runs (3D for this single decode).
+    let f = fixture::load(&fixtures_dir().join("ua_dec3d_f16_h64_g8x1_b16_single.safetensors"))
+        .unwrap();
+    let rows = replay_fixture(&f, Some("TRITON_ATTN"));
+    assert_eq!(
+        rows.iter()
+            .find(|r| r.backend == "TRITON_ATTN")
+            .unwrap()
+            .launch,
+        None
+    );
+}
+
+#[test]
+fn rocm_attn_dropping_softcap_is_a_divergence_not_a_skip() {
+    let f = fixture::load(&fixtures_dir().join("ua_pre_bf16_h80_g8x8_b16_softcap.safetensors"));
+    let rows = replay_fixture(&f.unwrap(), None);
+    let r = rows.iter().find(|r| r.backend == "ROCM_ATTN").unwrap();
+    assert_eq!(r.status, Status::Divergence, "{r:?}");
+    assert!(
+        r.reason.as_deref().unwrap().contains("logits_soft_cap"),
+        "{r:?}"
+    );
+}
+
+#[test]
+fn a_recorded_3d_launch_uses_its_segment_count() {
+    let mut e = Edit::of(&read("ua_dec2d_bf16_h64_g8x1_b64_sinks"));
+    e.case(|c| {
+        c.insert("format".into(), "attn-fixture/2".into());
+        c.insert(
+            "launch".into(),
+            serde_json::json!({"grid": "3d", "num_segments": 4}),
+        );
+    });
+    let rows = replay_fixture(&e.parse().unwrap(), Some("TRITON_ATTN"));
+    let r = rows.iter().find(|r| r.backend == "TRITON_ATTN").unwrap();
+    assert_eq!(
+        r.launch.as_deref(),
+        Some("3d, 4 segments (recorded)"),
+        "{r:?}"
+    );
+    assert_eq!(r.status, Status::Pass, "{r:?}");
 }

@@ -1,6 +1,11 @@
-//! Reader for `attn-fixture/1` files (spec: fixture-format.md): one attention
-//! case captured from a real kernel, as safetensors with a JSON `case` in the
-//! header's `__metadata__`.
+//! Reader and writer for `attn-fixture/1` and `attn-fixture/2` files (spec:
+//! docs/src/reference/fixture-format.md): one attention case, as safetensors
+//! with a JSON `case` in the header's `__metadata__`. `/1` is a case captured
+//! from a real kernel (inputs and `output`); `/2` is a superset whose
+//! `output` is optional (a file `attnlab cases` wrote holds inputs only, the
+//! capture adds the output) and which says which backend and kernel path it
+//! is for, what launch really ran, fp8 KV caches with their scales, ALiBi
+//! slopes, tags, and a capture's error or environment.
 //!
 //! Everything is validated before anything is returned, so no kernel ever
 //! sees an inconsistent case: the format string, the op, dtype names, every
@@ -19,8 +24,38 @@ use serde_json::Value;
 use std::collections::HashMap;
 use std::path::Path;
 
-/// The only format string this reader accepts.
+/// The first format: every file a captured case with its `output`.
 pub const FORMAT: &str = "attn-fixture/1";
+/// The superset [`write`] produces.
+pub const FORMAT_2: &str = "attn-fixture/2";
+/// The `backend` values of attn-fixture/2 (vLLM enum names).
+pub const BACKENDS: [&str; 8] = [
+    "TRITON_ATTN",
+    "ROCM_ATTN",
+    "ROCM_AITER_FA",
+    "ROCM_AITER_UNIFIED_ATTN",
+    "FLEX_ATTENTION",
+    "TRITON_MLA",
+    "ROCM_AITER_MLA",
+    "ROCM_AITER_TRITON_MLA",
+];
+
+/// The kernel entry points (`path`) each op accepts.
+pub fn paths_for(op: Op) -> &'static [&'static str] {
+    match op {
+        Op::PagedAttention => &[
+            "unified_attention",
+            "unified_attention_2d",
+            "unified_attention_3d",
+            "chunked_prefill_paged_decode",
+            "aiter_flash_attn_varlen",
+            "aiter_unified_attention",
+            "flex_attention",
+        ],
+        Op::MergeAttnStates => &["merge_attn_states"],
+        Op::MlaDecode => &["decode_attention_fwd", "aiter_mla_decode_fwd"],
+    }
+}
 
 /// What went wrong, where: `{file}: {tensor}: {problem}`. `tensor` is a
 /// tensor name, `metadata.<key>` for the case JSON, or `header`/`file`.
@@ -62,7 +97,67 @@ pub struct Header {
     pub rtol: f64,
     pub seed: Option<i64>,
     pub note: Option<String>,
+    /// 1 or 2 (`attn-fixture/<n>`).
+    pub version: u8,
+    /// /2: the vLLM backend the case targets.
+    pub backend: Option<String>,
+    /// /2: the kernel entry point the capture runs (one of [`paths_for`]).
+    pub path: Option<String>,
+    /// /2: what the capture's kernel launch really was.
+    pub launch: Option<Launch>,
+    /// /2: the regimes the case was drawn in (`edge:window_1`, `mixed_batch`, ...).
+    pub tags: Vec<String>,
+    /// /2: the capture's error on this case (then there is no `output`).
+    pub capture_error: Option<String>,
+    /// /2: the capture's environment (vllm, torch, triton, gpu, arch, adapter).
+    pub capture: Option<serde_json::Map<String, Value>>,
 }
+
+impl Header {
+    /// A /2 header for a case not yet captured.
+    pub fn for_case(op: Op, dtype: DType, atol: f64, rtol: f64, seed: i64) -> Self {
+        Header {
+            op,
+            dtype,
+            producer: format!("attnlab cases {}", env!("CARGO_PKG_VERSION")),
+            atol,
+            rtol,
+            seed: Some(seed),
+            note: None,
+            version: 2,
+            backend: None,
+            path: None,
+            launch: None,
+            tags: Vec::new(),
+            capture_error: None,
+            capture: None,
+        }
+    }
+}
+
+/// 2D (one program per row block) or 3D split-KV, as a capture recorded it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LaunchGrid {
+    #[serde(rename = "2d")]
+    TwoD,
+    #[serde(rename = "3d")]
+    ThreeD,
+}
+
+/// The `launch` object of attn-fixture/2: the keys replay uses, typed, and
+/// the whole object as written.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Launch {
+    pub kernel: Option<String>,
+    pub grid: Option<LaunchGrid>,
+    /// Segments of a 3D launch (or KV splits), when recorded.
+    pub num_segments: Option<usize>,
+    pub raw: serde_json::Map<String, Value>,
+}
+
+/// Largest `launch.num_segments` accepted (vLLM's kernels use up to 128).
+pub const MAX_SEGMENTS: usize = 1024;
 
 /// `op = paged_attention`: the caches are canonical NHD
 /// `[num_blocks, block_size, num_kv_heads, head_size]`.
@@ -74,9 +169,11 @@ pub struct PagedCase {
     /// caches already contain them).
     pub meta: AttentionMetadata,
     pub query: Vec<f32>,
+    /// Values of `cfg.kv_dtype` (fp8 caches: the stored fp8 values, not yet scaled).
     pub key_cache: Vec<f32>,
     pub value_cache: Vec<f32>,
-    pub output: Vec<f32>,
+    /// What the kernel returned; absent in a case not yet captured.
+    pub output: Option<Vec<f32>>,
     pub reference: Option<Vec<f32>>,
 }
 
@@ -90,7 +187,7 @@ pub struct MergeCase {
     pub prefix_lse: Vec<f32>,
     pub suffix_output: Vec<f32>,
     pub suffix_lse: Vec<f32>,
-    pub output: Vec<f32>,
+    pub output: Option<Vec<f32>>,
     pub output_lse: Option<Vec<f32>>,
 }
 
@@ -108,8 +205,8 @@ pub struct MlaCase {
     pub query: Vec<f32>,
     /// `[num_blocks, block_size, kv_lora_rank + qk_rope_head_dim]`.
     pub kv_cache: Vec<f32>,
-    /// `[num_seqs, num_heads, kv_lora_rank]`.
-    pub output: Vec<f32>,
+    /// `[num_seqs, num_heads, kv_lora_rank]`; absent in a case not yet captured.
+    pub output: Option<Vec<f32>>,
     pub reference: Option<Vec<f32>>,
 }
 
@@ -118,6 +215,17 @@ pub enum Case {
     Paged(PagedCase),
     Merge(MergeCase),
     Mla(MlaCase),
+}
+
+impl Case {
+    /// The kernel's output, when the file holds one.
+    pub fn output(&self) -> Option<&[f32]> {
+        match self {
+            Case::Paged(p) => p.output.as_deref(),
+            Case::Merge(m) => m.output.as_deref(),
+            Case::Mla(m) => m.output.as_deref(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -175,12 +283,16 @@ pub fn parse(file: &str, bytes: &[u8]) -> Result<Fixture> {
     let r = Reader { file, st, case };
 
     let format = r.string("format")?;
-    if format != FORMAT {
-        return Err(err(
-            "metadata.format",
-            format!("'{format}' is not supported: allowed: {FORMAT}"),
-        ));
-    }
+    let version = match format.as_str() {
+        FORMAT => 1,
+        FORMAT_2 => 2,
+        _ => {
+            return Err(err(
+                "metadata.format",
+                format!("'{format}' is not supported: allowed: {FORMAT}, {FORMAT_2}"),
+            ))
+        }
+    };
     let op = match r.string("op")?.as_str() {
         "paged_attention" => Op::PagedAttention,
         "merge_attn_states" => Op::MergeAttnStates,
@@ -203,6 +315,7 @@ pub fn parse(file: &str, bytes: &[u8]) -> Result<Fixture> {
             ))
         }
     };
+    let v2 = version == 2;
     let header = Header {
         op,
         dtype,
@@ -215,17 +328,248 @@ pub fn parse(file: &str, bytes: &[u8]) -> Result<Fixture> {
             .get("note")
             .and_then(Value::as_str)
             .map(str::to_string),
+        version,
+        backend: if v2 {
+            r.one_of("backend", &BACKENDS)?
+        } else {
+            None
+        },
+        path: if v2 {
+            r.one_of("path", paths_for(op))?
+        } else {
+            None
+        },
+        launch: if v2 { r.launch()? } else { None },
+        tags: if v2 { r.tags()? } else { Vec::new() },
+        capture_error: if v2 {
+            r.optional_string("capture_error")?
+        } else {
+            None
+        },
+        capture: if v2 {
+            r.optional_object("capture")?
+        } else {
+            None
+        },
     };
+    // /1 files are captures: `output` is required. /2 cases may lack it.
+    let need_output = !v2;
     let case = match op {
-        Op::PagedAttention => Case::Paged(r.paged(dtype)?),
-        Op::MergeAttnStates => Case::Merge(r.merge(dtype)?),
-        Op::MlaDecode => Case::Mla(r.mla(dtype)?),
+        Op::PagedAttention => Case::Paged(r.paged(dtype, v2, need_output)?),
+        Op::MergeAttnStates => Case::Merge(r.merge(dtype, need_output)?),
+        Op::MlaDecode => Case::Mla(r.mla(dtype, need_output)?),
     };
     Ok(Fixture {
         file: file.to_string(),
         header,
         case,
     })
+}
+
+/// Serializes a fixture as `attn-fixture/2` (whatever version it was read
+/// as): the header's metadata, every input, and `output`/`output_lse`/
+/// `reference` where present. [`parse`] reads the bytes back to an equal
+/// [`Fixture`] (up to `file` and `version`).
+pub fn write(f: &Fixture) -> Result<Vec<u8>> {
+    let h = &f.header;
+    let mut meta = serde_json::Map::new();
+    let mut put = |k: &str, v: Value| {
+        meta.insert(k.to_string(), v);
+    };
+    put("format", FORMAT_2.into());
+    put("op", h.op.name().into());
+    put("dtype", h.dtype.name().into());
+    put("producer", h.producer.clone().into());
+    put("atol", h.atol.into());
+    put("rtol", h.rtol.into());
+    if let Some(seed) = h.seed {
+        put("seed", seed.into());
+    }
+    if let Some(note) = &h.note {
+        put("note", note.clone().into());
+    }
+    put("backend", h.backend.clone().into());
+    put("path", h.path.clone().into());
+    put(
+        "launch",
+        h.launch
+            .as_ref()
+            .map_or(Value::Null, |l| Value::Object(l.raw.clone())),
+    );
+    put("tags", h.tags.clone().into());
+    if let Some(e) = &h.capture_error {
+        put("capture_error", e.clone().into());
+    }
+    if let Some(c) = &h.capture {
+        put("capture", Value::Object(c.clone()));
+    }
+    let dt = h.dtype;
+    let mut tensors: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
+    let mut float = |name: &str, dtype: DType, shape: Vec<usize>, v: &[f32]| {
+        tensors.push((
+            name.to_string(),
+            st_dtype(dtype),
+            shape,
+            storage_bytes(v, dtype),
+        ));
+    };
+    let mut ints: Vec<(String, Vec<usize>, Vec<i32>)> = Vec::new();
+    match &f.case {
+        Case::Paged(p) => {
+            let c = &p.cfg;
+            let (t, hq, d) = (p.meta.num_actual_tokens, c.num_heads, c.head_size);
+            let cache_shape = vec![p.meta.num_blocks, p.meta.block_size, c.num_kv_heads, d];
+            put("num_heads", hq.into());
+            put("num_kv_heads", c.num_kv_heads.into());
+            put("head_size", d.into());
+            put("block_size", p.meta.block_size.into());
+            put("scale", (c.scale as f64).into());
+            put("causal", p.meta.causal.into());
+            put("sliding_window", c.sliding_window.into());
+            put("softcap", c.softcap.map(f64::from).into());
+            put("kv_cache_dtype", fp8_name(c.kv_dtype).into());
+            float("query", dt, vec![t, hq, d], &p.query);
+            float("key_cache", c.kv_dtype, cache_shape.clone(), &p.key_cache);
+            float("value_cache", c.kv_dtype, cache_shape, &p.value_cache);
+            if c.kv_dtype.is_fp8() {
+                float("k_scale", DType::F32, vec![1], &[c.k_scale]);
+                float("v_scale", DType::F32, vec![1], &[c.v_scale]);
+            }
+            if let Some(x) = &c.sinks {
+                float("sinks", DType::F32, vec![hq], x);
+            }
+            if let Some(x) = &c.alibi_slopes {
+                float("alibi_slopes", DType::F32, vec![hq], x);
+            }
+            if let Some(o) = &p.output {
+                float("output", dt, vec![t, hq, d], o);
+            }
+            if let Some(r) = &p.reference {
+                float("reference", DType::F32, vec![t, hq, d], r);
+            }
+            table_tensors(&mut ints, &p.meta);
+            ints.push((
+                "query_start_loc".into(),
+                vec![p.meta.query_start_loc.len()],
+                p.meta.query_start_loc.clone(),
+            ));
+        }
+        Case::Merge(m) => {
+            let (t, hh, d) = (m.num_tokens, m.num_heads, m.head_size);
+            put("num_heads", hh.into());
+            put("head_size", d.into());
+            float("prefix_output", dt, vec![t, hh, d], &m.prefix_output);
+            float("suffix_output", dt, vec![t, hh, d], &m.suffix_output);
+            float("prefix_lse", DType::F32, vec![hh, t], &m.prefix_lse);
+            float("suffix_lse", DType::F32, vec![hh, t], &m.suffix_lse);
+            if let Some(o) = &m.output {
+                float("output", dt, vec![t, hh, d], o);
+            }
+            if let Some(o) = &m.output_lse {
+                float("output_lse", DType::F32, vec![hh, t], o);
+            }
+        }
+        Case::Mla(m) => {
+            let (n, hh, l, r) = (
+                m.meta.num_reqs(),
+                m.num_heads,
+                m.kv_lora_rank,
+                m.qk_rope_head_dim,
+            );
+            put("num_heads", hh.into());
+            put("kv_lora_rank", l.into());
+            put("qk_rope_head_dim", r.into());
+            put("block_size", m.meta.block_size.into());
+            put("scale", (m.scale as f64).into());
+            put("num_kv_splits", m.num_kv_splits.into());
+            float("query", dt, vec![n, hh, l + r], &m.query);
+            float(
+                "kv_cache",
+                dt,
+                vec![m.meta.num_blocks, m.meta.block_size, l + r],
+                &m.kv_cache,
+            );
+            if let Some(o) = &m.output {
+                float("output", dt, vec![n, hh, l], o);
+            }
+            if let Some(o) = &m.reference {
+                float("reference", DType::F32, vec![n, hh, l], o);
+            }
+            table_tensors(&mut ints, &m.meta);
+        }
+    }
+    for (name, shape, v) in ints {
+        tensors.push((
+            name,
+            Dtype::I32,
+            shape,
+            v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        ));
+    }
+    let mut views = Vec::with_capacity(tensors.len());
+    for (name, dtype, shape, bytes) in &tensors {
+        let view =
+            safetensors::tensor::TensorView::new(*dtype, shape.clone(), bytes).map_err(|e| {
+                FixtureError {
+                    file: f.file.clone(),
+                    tensor: name.clone(),
+                    problem: format!("cannot be serialized: {e:?}"),
+                }
+            })?;
+        views.push((name.clone(), view));
+    }
+    let case_json = Value::Object(meta).to_string();
+    let info = Some(HashMap::from([("case".to_string(), case_json)]));
+    safetensors::tensor::serialize(views, &info).map_err(|e| FixtureError {
+        file: f.file.clone(),
+        tensor: "file".into(),
+        problem: format!("cannot be serialized: {e:?}"),
+    })
+}
+
+/// [`write`] to a file.
+pub fn save(path: &Path, f: &Fixture) -> Result<()> {
+    let bytes = write(f)?;
+    std::fs::write(path, bytes).map_err(|e| FixtureError {
+        file: path.display().to_string(),
+        tensor: "file".into(),
+        problem: format!("cannot write: {e}"),
+    })
+}
+
+/// `block_table` and `seq_lens` of a batch.
+fn table_tensors(ints: &mut Vec<(String, Vec<usize>, Vec<i32>)>, meta: &AttentionMetadata) {
+    let t = &meta.block_table;
+    ints.push((
+        "block_table".into(),
+        vec![t.num_rows, t.max_blocks],
+        t.data.clone(),
+    ));
+    ints.push((
+        "seq_lens".into(),
+        vec![meta.seq_lens.len()],
+        meta.seq_lens.clone(),
+    ));
+}
+
+/// The safetensors dtype a value dtype is stored as (fp8: raw bits in U8).
+fn st_dtype(dtype: DType) -> Dtype {
+    match dtype {
+        DType::F16 => Dtype::F16,
+        DType::Bf16 => Dtype::BF16,
+        DType::F32 => Dtype::F32,
+        DType::Fp8E4m3Fn | DType::Fp8E4m3Fnuz => Dtype::U8,
+    }
+}
+
+/// Little-endian storage bytes of values exact in `dtype`.
+fn storage_bytes(v: &[f32], dtype: DType) -> Vec<u8> {
+    let n = dtype.size_bytes();
+    let mut out = Vec::with_capacity(v.len() * n);
+    for &x in v {
+        out.extend_from_slice(&dtype.to_bits(x).to_le_bytes()[..n]);
+    }
+    out
 }
 
 /// Names the first tensor whose bytes lie past the end of a truncated file.
@@ -289,6 +633,106 @@ impl Reader<'_> {
             .as_str()
             .map(str::to_string)
             .ok_or_else(|| self.err(&format!("metadata.{key}"), "must be a string"))
+    }
+
+    /// `null`/absent -> None, else a string.
+    fn optional_string(&self, key: &str) -> Result<Option<String>> {
+        match self.case.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.clone())),
+            Some(v) => Err(self.err(
+                &format!("metadata.{key}"),
+                format!("{v} is not allowed: must be a string or null"),
+            )),
+        }
+    }
+
+    /// `null`/absent -> None, else one of `allowed`.
+    fn one_of(&self, key: &str, allowed: &[&str]) -> Result<Option<String>> {
+        let v = self.optional_string(key)?;
+        if let Some(s) = &v {
+            if !allowed.contains(&s.as_str()) {
+                return Err(self.err(
+                    &format!("metadata.{key}"),
+                    format!("'{s}' is unknown: allowed: {}", allowed.join(", ")),
+                ));
+            }
+        }
+        Ok(v)
+    }
+
+    /// `null`/absent -> None, else a JSON object.
+    fn optional_object(&self, key: &str) -> Result<Option<serde_json::Map<String, Value>>> {
+        match self.case.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Object(m)) => Ok(Some(m.clone())),
+            Some(v) => Err(self.err(
+                &format!("metadata.{key}"),
+                format!("{v} is not allowed: must be an object or null"),
+            )),
+        }
+    }
+
+    /// `tags`: absent or an array of strings.
+    fn tags(&self) -> Result<Vec<String>> {
+        match self.case.get("tags") {
+            None | Some(Value::Null) => Ok(Vec::new()),
+            Some(Value::Array(a)) => a
+                .iter()
+                .map(|t| {
+                    t.as_str().map(str::to_string).ok_or_else(|| {
+                        self.err(
+                            "metadata.tags",
+                            format!("{t} is not allowed: tags must be strings"),
+                        )
+                    })
+                })
+                .collect(),
+            Some(v) => Err(self.err(
+                "metadata.tags",
+                format!("{v} is not allowed: must be an array of strings"),
+            )),
+        }
+    }
+
+    /// `launch`: `grid` must be "2d" or "3d", `num_segments` in [1, MAX_SEGMENTS].
+    fn launch(&self) -> Result<Option<Launch>> {
+        let Some(raw) = self.optional_object("launch")? else {
+            return Ok(None);
+        };
+        let grid = match raw.get("grid") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(g)) if g == "2d" => Some(LaunchGrid::TwoD),
+            Some(Value::String(g)) if g == "3d" => Some(LaunchGrid::ThreeD),
+            Some(g) => {
+                return Err(self.err(
+                    "metadata.launch.grid",
+                    format!("{g} is not allowed: allowed: \"2d\", \"3d\""),
+                ))
+            }
+        };
+        let num_segments = match raw.get("num_segments") {
+            None | Some(Value::Null) => None,
+            Some(v) => match v.as_u64() {
+                Some(n) if n >= 1 && n as usize <= MAX_SEGMENTS => Some(n as usize),
+                _ => {
+                    return Err(self.err(
+                        "metadata.launch.num_segments",
+                        format!("{v} is not allowed: must be an integer in [1, {MAX_SEGMENTS}]"),
+                    ))
+                }
+            },
+        };
+        let kernel = raw
+            .get("kernel")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        Ok(Some(Launch {
+            kernel,
+            grid,
+            num_segments,
+            raw,
+        }))
     }
 
     /// A positive integer (dimension, block size, split count).
@@ -523,7 +967,76 @@ impl Reader<'_> {
         })
     }
 
-    fn paged(&self, dtype: DType) -> Result<PagedCase> {
+    /// An output tensor: required (`need`) or optional.
+    fn output(
+        &self,
+        name: &str,
+        want: DType,
+        shape: &[usize],
+        need: bool,
+    ) -> Result<Option<Vec<f32>>> {
+        if need {
+            self.floats(name, want, shape, true).map(Some)
+        } else {
+            self.optional_floats(name, want, shape, true)
+        }
+    }
+
+    /// A U8 tensor of raw fp8 bits of `fp8` and exactly `shape`, decoded to
+    /// the fp8 values (not scaled); NaN codes are rejected like NaN inputs.
+    fn fp8_tensor(&self, name: &str, fp8: DType, shape: &[usize]) -> Result<Vec<f32>> {
+        let (dt, got, data) = self
+            .tensor_info(name)?
+            .ok_or_else(|| self.err(name, "missing (required for this op)"))?;
+        if dt != Dtype::U8 {
+            return Err(self.err(
+                name,
+                format!(
+                    "dtype {dt:?} is wrong: must be U8 (raw fp8 bits) with kv_cache_dtype {}",
+                    fp8_name(fp8)
+                ),
+            ));
+        }
+        if got != shape {
+            return Err(self.err(name, format!("shape {got:?} is wrong: must be {shape:?}")));
+        }
+        let v: Vec<f32> = data.iter().map(|&b| fp8.from_bits(b as u32)).collect();
+        if let Some(i) = v.iter().position(|x| x.is_nan()) {
+            return Err(self.err(
+                name,
+                format!(
+                    "fp8 NaN code 0x{:02x} at flat index {i} {:?}: inputs must not contain NaN",
+                    data[i],
+                    unflatten(i, shape)
+                ),
+            ));
+        }
+        Ok(v)
+    }
+
+    /// `k_scale` / `v_scale`: F32 `[1]`, finite and > 0.
+    fn fp8_scale(&self, name: &str) -> Result<f32> {
+        let v = self.floats(name, DType::F32, &[1], false)?;
+        match v[0] {
+            x if x.is_finite() && x > 0.0 => Ok(x),
+            x => Err(self.err(name, format!("{x} is not allowed: must be finite and > 0"))),
+        }
+    }
+
+    /// `kv_cache_dtype` (/2): `auto` -> the case's dtype, or an fp8 format.
+    fn kv_cache_dtype(&self, dtype: DType) -> Result<DType> {
+        match self.optional_string("kv_cache_dtype")?.as_deref() {
+            None | Some("auto") => Ok(dtype),
+            Some("fp8_e4m3") => Ok(DType::Fp8E4m3Fn),
+            Some("fp8_e4m3fnuz") => Ok(DType::Fp8E4m3Fnuz),
+            Some(other) => Err(self.err(
+                "metadata.kv_cache_dtype",
+                format!("'{other}' is unknown: allowed: auto, fp8_e4m3, fp8_e4m3fnuz"),
+            )),
+        }
+    }
+
+    fn paged(&self, dtype: DType, v2: bool, need_output: bool) -> Result<PagedCase> {
         let (hq, hkv, d, bs) = (
             self.dim("num_heads")?,
             self.dim("num_kv_heads")?,
@@ -584,20 +1097,37 @@ impl Reader<'_> {
         cfg.sliding_window = window.map(|w| w as usize);
         cfg.softcap = self.optional_positive("softcap")?;
         cfg.sinks = self.optional_floats("sinks", DType::F32, &[hq], false)?;
+        cfg.alibi_slopes = self.optional_floats("alibi_slopes", DType::F32, &[hq], false)?;
+        if v2 {
+            cfg.kv_dtype = self.kv_cache_dtype(dtype)?;
+        }
+        let (key_cache, value_cache) = if cfg.kv_dtype.is_fp8() {
+            cfg.k_scale = self.fp8_scale("k_scale")?;
+            cfg.v_scale = self.fp8_scale("v_scale")?;
+            (
+                self.fp8_tensor("key_cache", cfg.kv_dtype, &cache_shape)?,
+                self.fp8_tensor("value_cache", cfg.kv_dtype, &cache_shape)?,
+            )
+        } else {
+            (
+                self.floats("key_cache", dtype, &cache_shape, false)?,
+                self.floats("value_cache", dtype, &cache_shape, false)?,
+            )
+        };
         cfg.validate()
             .map_err(|e| self.err("metadata", e.to_string()))?;
         Ok(PagedCase {
             query: self.floats("query", dtype, &[t, hq, d], false)?,
-            key_cache: self.floats("key_cache", dtype, &cache_shape, false)?,
-            value_cache: self.floats("value_cache", dtype, &cache_shape, false)?,
-            output: self.floats("output", dtype, &[t, hq, d], true)?,
+            key_cache,
+            value_cache,
+            output: self.output("output", dtype, &[t, hq, d], need_output)?,
             reference: self.optional_floats("reference", DType::F32, &[t, hq, d], true)?,
             cfg,
             meta,
         })
     }
 
-    fn merge(&self, dtype: DType) -> Result<MergeCase> {
+    fn merge(&self, dtype: DType, need_output: bool) -> Result<MergeCase> {
         let (h, d) = (self.dim("num_heads")?, self.dim("head_size")?);
         let t = self.shape("prefix_output", 3)?[0];
         let (out_shape, lse_shape) = ([t, h, d], [h, t]);
@@ -609,12 +1139,12 @@ impl Reader<'_> {
             prefix_lse: self.floats("prefix_lse", DType::F32, &lse_shape, false)?,
             suffix_output: self.floats("suffix_output", dtype, &out_shape, false)?,
             suffix_lse: self.floats("suffix_lse", DType::F32, &lse_shape, false)?,
-            output: self.floats("output", dtype, &out_shape, true)?,
+            output: self.output("output", dtype, &out_shape, need_output)?,
             output_lse: self.optional_floats("output_lse", DType::F32, &lse_shape, true)?,
         })
     }
 
-    fn mla(&self, dtype: DType) -> Result<MlaCase> {
+    fn mla(&self, dtype: DType, need_output: bool) -> Result<MlaCase> {
         let (h, l, r, bs) = (
             self.dim("num_heads")?,
             self.dim("kv_lora_rank")?,
@@ -632,10 +1162,19 @@ impl Reader<'_> {
             num_kv_splits: self.dim("num_kv_splits")?,
             query: self.floats("query", dtype, &[num_seqs, h, l + r], false)?,
             kv_cache: self.floats("kv_cache", dtype, &[num_blocks, bs, l + r], false)?,
-            output: self.floats("output", dtype, &[num_seqs, h, l], true)?,
+            output: self.output("output", dtype, &[num_seqs, h, l], need_output)?,
             reference: self.optional_floats("reference", DType::F32, &[num_seqs, h, l], true)?,
             meta,
         })
+    }
+}
+
+/// The `kv_cache_dtype` name of an fp8 storage dtype (`auto` otherwise).
+pub fn fp8_name(kv: DType) -> &'static str {
+    match kv {
+        DType::Fp8E4m3Fn => "fp8_e4m3",
+        DType::Fp8E4m3Fnuz => "fp8_e4m3fnuz",
+        _ => "auto",
     }
 }
 

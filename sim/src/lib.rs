@@ -5,7 +5,10 @@
 
 pub mod backends;
 pub mod cache;
+pub mod cases;
 pub mod config;
+pub mod draw;
+pub mod fidelity;
 pub mod fixture;
 pub mod kernels;
 pub mod mla_workload;

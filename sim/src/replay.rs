@@ -1,5 +1,5 @@
-//! Replays `attn-fixture/1` cases (see [`crate::fixture`]) through the
-//! emulator and compares with what vLLM's kernels returned.
+//! Replays `attn-fixture/1` and `/2` files (see [`crate::fixture`]) through
+//! the emulator and compares with what vLLM's kernels returned.
 //!
 //! - `paged_attention`: every MHA backend of [`mha_backends`] that accepts
 //!   the case (`check` fails -> "skipped" with vLLM's reason). The fixture's
@@ -7,22 +7,40 @@
 //!   ([`KernelBlockSplit`]: NHD memory is the same, the table expands) and
 //!   laid into the backend's own layout ([`KvCache::from_nhd`]); then
 //!   `forward`. Our f64 [`reference`] is reported too, as a sanity check of
-//!   the oracle against vLLM's kernels.
+//!   the oracle against vLLM's kernels. TRITON_ATTN follows a /2 file's
+//!   recorded `launch` (2D or 3D, segment count) or forced `path`
+//!   (`unified_attention_2d`/`_3d`) instead of vLLM's launch rule.
 //! - `merge_attn_states`: the merge kernel (Triton flavour, the one the
-//!   fixtures were captured with), and the f64 reference merge.
+//!   fixtures were captured with), and the f64 reference merge; `output_lse`
+//!   is compared too when the file has it.
 //! - `mla_decode`: the f64 reference, and every MLA backend of
 //!   [`mla_backends`] (`check` fails -> "skipped" with vLLM's reason).
 //!
 //! A result passes when it is within the fixture's `atol`/`rtol` of the
 //! file's `output` and, when the file carries a `reference`, of that too.
+//! A backend whose vLLM code knowingly computes something else than the
+//! captured kernel (e.g. ROCM_ATTN drops `logits_soft_cap`; ROCM_AITER_FA
+//! drops it on prefill and extend) is a `divergence` with that reason, not a
+//! pass or fail. A file whose capture failed (`capture_error`) is one
+//! `error` row; a case without `output` one `no_output` row.
+//!
+//! Beside pass/fail every row carries [`fidelity`] numbers: ULP statistics
+//! of its result against the kernel's output, the same for the f64
+//! reference rounded to the output dtype, and their ratio.
 
+use crate::backends::exec::{Cpu, KernelExecutor};
 use crate::backends::mla::{self, mla_backends};
 use crate::backends::{mha_backends, AttentionBackend};
 use crate::cache::KvCache;
 use crate::config::AttnConfig;
+use crate::fidelity::{self, UlpStats, BUCKETS};
+use crate::fixture::LaunchGrid;
 use crate::fixture::{self, Case, Fixture, MergeCase, PagedCase};
 use crate::kernels::merge_attn_states::{merge_attn_states, MergeKernel};
 use crate::kernels::softmax::OutLse;
+use crate::kernels::unified_attention::{
+    Grid, UnifiedLaunch, VllmLaunchOptions, NUM_PAR_SOFTMAX_SEGMENTS, TILE_SIZE_2D, TILE_SIZE_3D,
+};
 use crate::reference::{self, compare, Comparison, Tolerance};
 use attnlab_shared::block_table::{block_table_tensor, KernelBlockSplit};
 use attnlab_shared::dtype::DType;
@@ -35,20 +53,38 @@ use std::path::{Path, PathBuf};
 /// Backend name of the rows produced by our f64 reference.
 pub const REFERENCE: &str = "reference(f64)";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Status {
     Pass,
     Fail,
     Skipped,
+    /// vLLM's backend knowingly computes something else than the captured kernel.
+    Divergence,
+    /// The capture failed on this case (`capture_error`).
+    Error,
+    /// A case without `output`: nothing to compare with yet.
+    NoOutput,
 }
 
 impl Status {
+    pub const ALL: [Status; 6] = [
+        Status::Pass,
+        Status::Fail,
+        Status::Skipped,
+        Status::Divergence,
+        Status::Error,
+        Status::NoOutput,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
             Status::Pass => "pass",
             Status::Fail => "fail",
             Status::Skipped => "skipped",
+            Status::Divergence => "divergence",
+            Status::Error => "error",
+            Status::NoOutput => "no_output",
         }
     }
 }
@@ -65,6 +101,22 @@ pub struct ReplayResult {
     pub max_abs_err: Option<f64>,
     pub max_rel_err: Option<f64>,
     pub mismatches: Option<usize>,
+    /// The output dtype (`float16`, `bfloat16`, `float32`).
+    pub dtype: String,
+    /// This row's result against the kernel's output, in output-dtype ULPs.
+    pub ulp: Option<UlpStats>,
+    /// The f64 reference rounded to the output dtype, against the kernel's output.
+    pub reference_ulp: Option<UlpStats>,
+    /// `mean_ulp(reference) / mean_ulp(this row)` ([`fidelity::fidelity_ratio`]);
+    /// null when both are bit-exact or when the row is bit-exact and the reference is not
+    /// (`fidelity_exact` says which).
+    pub fidelity: Option<f64>,
+    /// True when this row is bit-exact on every element and the reference is not.
+    pub fidelity_exact: bool,
+    /// merge_attn_states: this row's LSE against the file's `output_lse` (f32 ULPs).
+    pub lse_ulp: Option<UlpStats>,
+    /// The launch this row ran when it followed the file's record (e.g. `3d, 16 segments (recorded)`).
+    pub launch: Option<String>,
 }
 
 /// Which backends to replay: `None` = all.
@@ -121,15 +173,30 @@ fn expand(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
 pub fn replay_file(path: &Path, backend: Option<&str>) -> Vec<ReplayResult> {
     match fixture::load(path) {
         Ok(f) => replay_fixture(&f, backend),
-        Err(e) => vec![row(
-            &path.display().to_string(),
-            "?",
-            "(load)",
-            Status::Fail,
-            Some(e.to_string()),
-            None,
-        )],
+        Err(e) => vec![Row::new(&path.display().to_string(), "?", None, "(load)")
+            .status(Status::Fail, Some(e.to_string()))],
     }
+}
+
+/// What one replayed computation produced: the output and, for merges, the LSE.
+struct Outcome {
+    out: Vec<f32>,
+    lse: Option<Vec<f32>>,
+}
+
+impl Outcome {
+    fn out(out: Vec<f32>) -> Self {
+        Outcome { out, lse: None }
+    }
+}
+
+/// The kernel's side of a fixture, and the f64 reference's ULP numbers.
+struct Kernel<'a> {
+    out: &'a [f32],
+    lse: Option<&'a [f32]>,
+    reference: Option<&'a [f32]>,
+    shape: Vec<usize>,
+    reference_ulp: Option<UlpStats>,
 }
 
 /// Replays an already loaded fixture.
@@ -137,53 +204,86 @@ pub fn replay_fixture(f: &Fixture, backend: Option<&str>) -> Vec<ReplayResult> {
     let tol = Tolerance::new(f.header.atol, f.header.rtol);
     let op = f.header.op.name();
     let dtype = f.header.dtype;
+    let base = Row::new(&f.file, op, Some(dtype), "");
+    if let Some(e) = &f.header.capture_error {
+        return vec![Row {
+            backend: "(capture)".into(),
+            ..base
+        }
+        .status(Status::Error, Some(format!("the capture failed: {e}")))];
+    }
+    let Some(output) = f.case.output() else {
+        return vec![Row {
+            backend: "(capture)".into(),
+            ..base
+        }
+        .status(
+            Status::NoOutput,
+            Some("no output: a case not captured yet (run the capture on it)".into()),
+        )];
+    };
     let mut rows = Vec::new();
-    let judged =
-        |name: &str, got: Result<Vec<f32>>, expected: &[f32], reference: Option<&[f32]>| {
-            judge(&f.file, op, name, got, expected, reference, tol)
-        };
+    let at = |name: &str| Row {
+        backend: name.to_string(),
+        ..base.clone()
+    };
     match &f.case {
         Case::Paged(p) => {
-            let r = reference::paged_attention(&p.query, &nhd_cache(p, dtype), &p.meta, &p.cfg)
-                .map(|r| to_f32(&r.out));
-            rows.push(judged(REFERENCE, r, &p.output, p.reference.as_deref()));
+            let shape = vec![p.meta.num_actual_tokens, p.cfg.num_heads, p.cfg.head_size];
+            let r = reference::paged_attention(&p.query, &nhd_cache(p), &p.meta, &p.cfg);
+            let kernel = Kernel::new(
+                output,
+                None,
+                p.reference.as_deref(),
+                shape,
+                dtype,
+                r.as_ref().ok().map(|r| r.out.as_slice()),
+            );
+            rows.push(at(REFERENCE).judge(
+                r.map(|r| Outcome::out(to_f32(&r.out))),
+                &kernel,
+                tol,
+                dtype,
+            ));
             for b in mha_backends()
                 .iter()
                 .filter(|b| backend.is_none_or(|n| n == b.name()))
             {
                 let cfg = match b.fixture_config(&p.cfg) {
                     Ok(cfg) => cfg,
+                    // What vLLM's backend drops is a divergence only where it would run the case.
                     Err(reason) => {
-                        rows.push(row(
-                            &f.file,
-                            op,
-                            b.name(),
-                            Status::Skipped,
-                            Some(reason),
-                            None,
-                        ));
+                        rows.push(match b.check(&p.cfg, p.meta.block_size) {
+                            Err(e) => at(b.name()).status(Status::Skipped, Some(e.to_string())),
+                            Ok(()) => at(b.name()).status(Status::Divergence, Some(reason)),
+                        });
                         continue;
                     }
                 };
-                match b.check(&cfg, p.meta.block_size) {
-                    Err(e) => rows.push(row(
-                        &f.file,
-                        op,
-                        b.name(),
-                        Status::Skipped,
-                        Some(e.to_string()),
-                        None,
-                    )),
-                    Ok(()) => rows.push(judged(
-                        b.name(),
-                        run_backend(b.as_ref(), p, &cfg, dtype),
-                        &p.output,
-                        p.reference.as_deref(),
-                    )),
+                if let Err(e) = b.check(&cfg, p.meta.block_size) {
+                    rows.push(at(b.name()).status(Status::Skipped, Some(e.to_string())));
+                    continue;
                 }
+                let launch = match recorded_launch(b.name(), &f.header, p, &cfg) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        rows.push(at(b.name()).status(Status::Fail, Some(e.to_string())));
+                        continue;
+                    }
+                };
+                let got = run_backend(b.as_ref(), p, &cfg, launch.as_ref().map(|l| &l.0));
+                let mut row = at(b.name());
+                row.launch = launch.map(|l| l.1);
+                let mut r = row.judge(got.map(Outcome::out), &kernel, tol, dtype);
+                if let Some(why) = documented_divergence(b.name(), &cfg, &p.meta) {
+                    r.status = Status::Divergence;
+                    r.reason = Some(why);
+                }
+                rows.push(r);
             }
         }
         Case::Merge(m) => {
+            let shape = vec![m.num_tokens, m.num_heads, m.head_size];
             let r = reference::merge_attn_states(
                 &m.prefix_output,
                 &m.prefix_lse,
@@ -192,22 +292,29 @@ pub fn replay_fixture(f: &Fixture, backend: Option<&str>) -> Vec<ReplayResult> {
                 m.num_heads,
                 m.head_size,
             );
-            rows.push(judged(
-                REFERENCE,
-                r.map(|r| to_f32(&r.out)),
-                &m.output,
+            let kernel = Kernel::new(
+                output,
+                m.output_lse.as_deref(),
                 None,
+                shape,
+                dtype,
+                r.as_ref().ok().map(|r| r.out.as_slice()),
+            );
+            rows.push(at(REFERENCE).judge(
+                r.map(|r| Outcome {
+                    out: to_f32(&r.out),
+                    lse: Some(to_f32(&r.lse)),
+                }),
+                &kernel,
+                tol,
+                dtype,
             ));
             if backend.is_none() {
-                rows.push(judged(
-                    "merge_attn_states",
-                    run_merge(m, dtype),
-                    &m.output,
-                    None,
-                ));
+                rows.push(at("merge_attn_states").judge(run_merge(m, dtype), &kernel, tol, dtype));
             }
         }
         Case::Mla(m) => {
+            let shape = vec![m.meta.num_reqs(), m.num_heads, m.kv_lora_rank];
             let r = reference::mla_decode(
                 &m.query,
                 &m.kv_cache,
@@ -218,11 +325,19 @@ pub fn replay_fixture(f: &Fixture, backend: Option<&str>) -> Vec<ReplayResult> {
                 m.meta.block_size,
                 m.scale,
             );
-            rows.push(judged(
-                REFERENCE,
-                r.map(|o| to_f32(&o)),
-                &m.output,
+            let kernel = Kernel::new(
+                output,
+                None,
                 m.reference.as_deref(),
+                shape,
+                dtype,
+                r.as_deref().ok(),
+            );
+            rows.push(at(REFERENCE).judge(
+                r.map(|o| Outcome::out(to_f32(&o))),
+                &kernel,
+                tol,
+                dtype,
             ));
             for b in mla_backends()
                 .iter()
@@ -230,20 +345,16 @@ pub fn replay_fixture(f: &Fixture, backend: Option<&str>) -> Vec<ReplayResult> {
             {
                 let cfg = mla::replay_config(m, dtype);
                 match b.check(&cfg, m.meta.block_size) {
-                    Err(e) => rows.push(row(
-                        &f.file,
-                        op,
-                        b.name(),
-                        Status::Skipped,
-                        Some(e.to_string()),
-                        None,
-                    )),
-                    Ok(()) => rows.push(judged(
-                        b.name(),
-                        catch_panic(b.name(), || mla::replay_mla_decode(b.as_ref(), m, &cfg)),
-                        &m.output,
-                        m.reference.as_deref(),
-                    )),
+                    Err(e) => rows.push(at(b.name()).status(Status::Skipped, Some(e.to_string()))),
+                    Ok(()) => rows.push(
+                        at(b.name()).judge(
+                            catch_panic(b.name(), || mla::replay_mla_decode(b.as_ref(), m, &cfg))
+                                .map(Outcome::out),
+                            &kernel,
+                            tol,
+                            dtype,
+                        ),
+                    ),
                 }
             }
         }
@@ -251,15 +362,107 @@ pub fn replay_fixture(f: &Fixture, backend: Option<&str>) -> Vec<ReplayResult> {
     rows
 }
 
-/// The fixture's canonical NHD cache as a [`KvCache`].
-fn nhd_cache(p: &PagedCase, dtype: DType) -> KvCache {
+impl<'a> Kernel<'a> {
+    fn new(
+        out: &'a [f32],
+        lse: Option<&'a [f32]>,
+        reference: Option<&'a [f32]>,
+        shape: Vec<usize>,
+        dtype: DType,
+        f64_out: Option<&[f64]>,
+    ) -> Self {
+        let reference_ulp = f64_out.and_then(|r| {
+            let rounded: Vec<f32> = r.iter().map(|&x| fidelity::round_f64(x, dtype)).collect();
+            UlpStats::measure(&rounded, out, dtype, &shape)
+        });
+        Kernel {
+            out,
+            lse,
+            reference,
+            shape,
+            reference_ulp,
+        }
+    }
+}
+
+/// Where vLLM's backend knowingly computes something else than the captured
+/// kernel although our emulation of that backend runs the case.
+pub fn documented_divergence(
+    backend: &str,
+    cfg: &AttnConfig,
+    meta: &AttentionMetadata,
+) -> Option<String> {
+    let multi_token = meta.query_start_loc.windows(2).any(|w| w[1] - w[0] > 1);
+    match backend {
+        "ROCM_AITER_FA" if cfg.softcap.is_some() && multi_token => Some(
+            "ROCM_AITER_FA drops logits_soft_cap on prefill and extend (flash_attn_varlen_func gets no soft-cap); only its decode path applies it".into(),
+        ),
+        "ROCM_ATTN" if cfg.alibi_slopes.is_some() && cfg.sliding_window.is_some() && multi_token => Some(
+            "ROCM_ATTN's prefix-prefill kernel has no sliding-window mask in its ALiBi variant: with ALiBi, rows with more than one query token see the whole context".into(),
+        ),
+        _ => None,
+    }
+}
+
+/// TRITON_ATTN under a /2 file's recorded launch (`launch.grid`,
+/// `launch.num_segments`) or forced path (`unified_attention_2d`/`_3d`):
+/// the launch and its description; `None` = vLLM's own rule (no record,
+/// another backend, or another kernel's path).
+fn recorded_launch(
+    backend: &str,
+    h: &fixture::Header,
+    p: &PagedCase,
+    cfg: &AttnConfig,
+) -> Result<Option<(UnifiedLaunch, String)>> {
+    if backend != "TRITON_ATTN" {
+        return Ok(None);
+    }
+    let grid = match h.path.as_deref() {
+        Some("unified_attention_2d") => Some(LaunchGrid::TwoD),
+        Some("unified_attention_3d") => Some(LaunchGrid::ThreeD),
+        None | Some("unified_attention") => h.launch.as_ref().and_then(|l| l.grid),
+        Some(_) => None,
+    };
+    let Some(grid) = grid else {
+        return Ok(None);
+    };
+    let base = UnifiedLaunch::vllm(&p.meta, cfg, VllmLaunchOptions::default())?;
+    let segments = h
+        .launch
+        .as_ref()
+        .and_then(|l| l.num_segments)
+        .unwrap_or(NUM_PAR_SOFTMAX_SEGMENTS);
+    Ok(Some(match grid {
+        LaunchGrid::TwoD => (
+            UnifiedLaunch {
+                grid: Grid::TwoD,
+                tile_size: TILE_SIZE_2D,
+                ..base
+            },
+            "2d (recorded)".to_string(),
+        ),
+        LaunchGrid::ThreeD => (
+            UnifiedLaunch {
+                grid: Grid::ThreeD {
+                    num_segments: segments,
+                },
+                tile_size: TILE_SIZE_3D,
+                ..base
+            },
+            format!("3d, {segments} segments (recorded)"),
+        ),
+    }))
+}
+
+/// The fixture's canonical NHD cache as a [`KvCache`] (of the cache dtype).
+fn nhd_cache(p: &PagedCase) -> KvCache {
     let layout = KvLayout {
         kind: LayoutKind::Nhd,
         num_blocks: p.meta.num_blocks,
         block_size: p.meta.block_size,
         num_kv_heads: p.cfg.num_kv_heads,
         head_size: p.cfg.head_size,
-        dtype,
+        dtype: p.cfg.kv_dtype,
     };
     KvCache {
         layout,
@@ -268,26 +471,32 @@ fn nhd_cache(p: &PagedCase, dtype: DType) -> KvCache {
     }
 }
 
-/// One backend on one paged case: re-block, lay out, forward.
-/// Runs backend `b` on the case with `cfg` (its [`AttentionBackend::fixture_config`]).
+/// Runs backend `b` on the case with `cfg` (its [`AttentionBackend::fixture_config`]):
+/// re-block, lay out, forward; with `launch`, the unified kernel under that
+/// launch instead of the backend's own choice.
 fn run_backend(
     b: &dyn AttentionBackend,
     p: &PagedCase,
     cfg: &AttnConfig,
-    dtype: DType,
+    launch: Option<&UnifiedLaunch>,
 ) -> Result<Vec<f32>> {
     let kb = b.kernel_block_size(p.meta.block_size)?;
     let meta = reblock(&p.meta, kb)?;
     let layout = b.cache_layout(cfg, meta.num_blocks, kb)?;
-    if layout.dtype != dtype {
+    if layout.dtype != p.cfg.kv_dtype {
         return Err(Error::invalid(
             "backend cache dtype",
             layout.dtype,
-            format!("replay needs the fixture's {dtype}"),
+            format!("replay needs the fixture's {}", p.cfg.kv_dtype),
         ));
     }
     let cache = KvCache::from_nhd(&p.key_cache, &p.value_cache, layout)?;
-    catch_panic(b.name(), || b.forward(&p.query, &cache, &meta, cfg))
+    match launch {
+        Some(l) => catch_panic(b.name(), || {
+            Cpu.unified_attention(&p.query, &cache, &meta, cfg, l)
+        }),
+        None => catch_panic(b.name(), || b.forward(&p.query, &cache, &meta, cfg)),
+    }
 }
 
 /// The same batch with manager blocks cut into kernel blocks of `kb`: NHD
@@ -319,7 +528,7 @@ pub fn reblock(meta: &AttentionMetadata, kb: usize) -> Result<AttentionMetadata>
     )
 }
 
-fn run_merge(m: &MergeCase, dtype: DType) -> Result<Vec<f32>> {
+fn run_merge(m: &MergeCase, dtype: DType) -> Result<Outcome> {
     let side = |o: &[f32], l: &[f32]| {
         OutLse::new(
             m.num_tokens,
@@ -333,9 +542,13 @@ fn run_merge(m: &MergeCase, dtype: DType) -> Result<Vec<f32>> {
         side(&m.prefix_output, &m.prefix_lse)?,
         side(&m.suffix_output, &m.suffix_lse)?,
     );
-    catch_panic("merge_attn_states", || {
-        Ok(merge_attn_states(&prefix, &suffix, dtype, MergeKernel::Triton)?.out)
-    })
+    let mut lse = None;
+    let out = catch_panic("merge_attn_states", || {
+        let r = merge_attn_states(&prefix, &suffix, dtype, MergeKernel::Triton)?;
+        lse = Some(r.lse);
+        Ok(r.out)
+    })?;
+    Ok(Outcome { out, lse })
 }
 
 /// A panicking emulator becomes a failed row, not an aborted replay.
@@ -348,90 +561,163 @@ fn to_f32(x: &[f64]) -> Vec<f32> {
     x.iter().map(|&v| v as f32).collect()
 }
 
-fn row(
-    file: &str,
-    op: &str,
-    backend: &str,
-    status: Status,
-    reason: Option<String>,
-    c: Option<&Comparison>,
-) -> ReplayResult {
-    ReplayResult {
-        file: file.to_string(),
-        op: op.to_string(),
-        backend: backend.to_string(),
-        status,
-        reason,
-        max_abs_err: c.map(|c| c.max_abs_err),
-        max_rel_err: c.map(|c| c.max_rel_err),
-        mismatches: c.map(|c| c.mismatches),
+/// A row being built: who, and what ran.
+#[derive(Debug, Clone)]
+struct Row {
+    file: String,
+    op: String,
+    dtype: Option<DType>,
+    backend: String,
+    launch: Option<String>,
+}
+
+impl Row {
+    fn new(file: &str, op: &str, dtype: Option<DType>, backend: &str) -> Self {
+        Row {
+            file: file.to_string(),
+            op: op.to_string(),
+            dtype,
+            backend: backend.to_string(),
+            launch: None,
+        }
+    }
+
+    /// A row without numbers.
+    fn status(self, status: Status, reason: Option<String>) -> ReplayResult {
+        self.finish(status, reason, None)
+    }
+
+    fn finish(
+        self,
+        status: Status,
+        reason: Option<String>,
+        c: Option<&Comparison>,
+    ) -> ReplayResult {
+        ReplayResult {
+            file: self.file,
+            op: self.op,
+            backend: self.backend,
+            status,
+            reason,
+            max_abs_err: c.map(|c| c.max_abs_err),
+            max_rel_err: c.map(|c| c.max_rel_err),
+            mismatches: c.map(|c| c.mismatches),
+            dtype: self.dtype.map_or("?", |d| d.name()).to_string(),
+            ulp: None,
+            reference_ulp: None,
+            fidelity: None,
+            fidelity_exact: false,
+            lse_ulp: None,
+            launch: self.launch,
+        }
+    }
+
+    /// Pass iff within tolerance of the kernel's output (and LSE, when the
+    /// file has one) and of the file's `reference` (when present); with the
+    /// ULP numbers either way.
+    fn judge(self, got: Result<Outcome>, k: &Kernel, tol: Tolerance, dtype: DType) -> ReplayResult {
+        let got = match got {
+            Ok(g) => g,
+            Err(e) => return self.status(Status::Fail, Some(e.to_string())),
+        };
+        let c = match compare(&got.out, k.out, tol) {
+            Ok(c) => c,
+            Err(e) => return self.status(Status::Fail, Some(e.to_string())),
+        };
+        let mut lse_bad = None;
+        let mut lse_ulp = None;
+        if let (Some(want), Some(have)) = (k.lse, got.lse.as_deref()) {
+            lse_ulp = UlpStats::measure(have, want, DType::F32, &[want.len()]);
+            match compare(have, want, tol) {
+                Ok(lc) if lc.passed() => {}
+                Ok(lc) => {
+                    lse_bad = Some(format!(
+                        "output_lse: {} of {} elements outside atol {} + rtol {} (first at flat index {})",
+                        lc.mismatches,
+                        lc.len,
+                        tol.atol,
+                        tol.rtol,
+                        lc.first_mismatch.unwrap_or(0)
+                    ))
+                }
+                Err(e) => lse_bad = Some(format!("output_lse: {e}")),
+            }
+        }
+        let (status, reason) = if !c.passed() {
+            (
+                Status::Fail,
+                Some(format!(
+                    "{} of {} elements outside atol {} + rtol {} (first at flat index {})",
+                    c.mismatches,
+                    c.len,
+                    tol.atol,
+                    tol.rtol,
+                    c.first_mismatch.unwrap_or(0)
+                )),
+            )
+        } else if let Some(why) = lse_bad {
+            (Status::Fail, Some(why))
+        } else {
+            match k.reference.map(|r| compare(&got.out, r, tol)) {
+                Some(Ok(rc)) if !rc.passed() => (
+                    Status::Fail,
+                    Some(format!(
+                        "matches output but {} elements are outside tolerance of the file's reference (max abs err {:.3e})",
+                        rc.mismatches, rc.max_abs_err
+                    )),
+                ),
+                Some(Err(e)) => (Status::Fail, Some(e.to_string())),
+                _ => (Status::Pass, None),
+            }
+        };
+        // The reference row's own numbers are measured from f64 (one rounding), not from f32.
+        let is_reference = self.backend == REFERENCE;
+        let mut r = self.finish(status, reason, Some(&c));
+        r.reference_ulp = k.reference_ulp.clone();
+        r.ulp = if is_reference {
+            k.reference_ulp.clone()
+        } else {
+            UlpStats::measure(&got.out, k.out, dtype, &k.shape)
+        };
+        r.lse_ulp = lse_ulp;
+        if let (Some(u), Some(ru)) = (&r.ulp, &r.reference_ulp) {
+            r.fidelity = fidelity::fidelity_ratio(u, ru).filter(|x| x.is_finite());
+            r.fidelity_exact = u.capped_sum == 0 && ru.capped_sum > 0;
+        }
+        r
     }
 }
 
-/// Pass iff within tolerance of `expected` and of `reference` (when present).
-fn judge(
-    file: &str,
-    op: &str,
-    backend: &str,
-    got: Result<Vec<f32>>,
-    expected: &[f32],
-    reference: Option<&[f32]>,
-    tol: Tolerance,
-) -> ReplayResult {
-    let got = match got {
-        Ok(g) => g,
-        Err(e) => return row(file, op, backend, Status::Fail, Some(e.to_string()), None),
-    };
-    let c = match compare(&got, expected, tol) {
-        Ok(c) => c,
-        Err(e) => return row(file, op, backend, Status::Fail, Some(e.to_string()), None),
-    };
-    if !c.passed() {
-        let reason = format!(
-            "{} of {} elements outside atol {} + rtol {} (first at flat index {})",
-            c.mismatches,
-            c.len,
-            tol.atol,
-            tol.rtol,
-            c.first_mismatch.unwrap_or(0)
-        );
-        return row(file, op, backend, Status::Fail, Some(reason), Some(&c));
+/// File name without directory and extension.
+fn stem(file: &str) -> String {
+    Path::new(file)
+        .file_stem()
+        .map_or(file.to_string(), |s| s.to_string_lossy().into_owned())
+}
+
+fn pct(x: f64) -> String {
+    format!("{:.1}", 100.0 * x)
+}
+
+/// The fidelity figure as the tables print it: `inf` (bit-exact where the
+/// reference is not), `-` (undefined), or the ratio.
+fn fid(r: Option<f64>, exact: bool) -> String {
+    match (r, exact) {
+        (_, true) => "inf".into(),
+        (Some(x), _) => format!("{x:.2}"),
+        (None, _) => "-".into(),
     }
-    if let Some(r) = reference {
-        match compare(&got, r, tol) {
-            Ok(rc) if rc.passed() => {}
-            Ok(rc) => {
-                let reason = format!(
-                    "matches output but {} elements are outside tolerance of the file's reference (max abs err {:.3e})",
-                    rc.mismatches, rc.max_abs_err
-                );
-                return row(file, op, backend, Status::Fail, Some(reason), Some(&c));
-            }
-            Err(e) => {
-                return row(
-                    file,
-                    op,
-                    backend,
-                    Status::Fail,
-                    Some(e.to_string()),
-                    Some(&c),
-                )
-            }
-        }
-    }
-    row(file, op, backend, Status::Pass, None, Some(&c))
 }
 
 /// The human table: one line per row, aligned, then a count per status.
+/// `exact%` is the bit-identical fraction of this row's output, `ref%` the
+/// same for the f64 reference rounded to the output dtype, `max_ulp` the
+/// largest ULP distance (`nan` when NaN meets a number) and `fid` the
+/// fidelity ratio.
 pub fn format_table(results: &[ReplayResult]) -> String {
-    let name = |r: &ReplayResult| {
-        Path::new(&r.file)
-            .file_stem()
-            .map_or(r.file.clone(), |s| s.to_string_lossy().into_owned())
-    };
     let w_file = results
         .iter()
-        .map(|r| name(r).len())
+        .map(|r| stem(&r.file).len())
         .max()
         .unwrap_or(4)
         .max(4);
@@ -442,29 +728,191 @@ pub fn format_table(results: &[ReplayResult]) -> String {
         .unwrap_or(7)
         .max(7);
     let mut s = format!(
-        "{:<w_file$}  {:<17}  {:<w_be$}  {:<7}  {:>10}  {:>10}  {:>5}  reason\n",
-        "file", "op", "backend", "status", "max_abs", "max_rel", "bad"
+        "{:<w_file$}  {:<17}  {:<w_be$}  {:<10}  {:>10}  {:>10}  {:>5}  {:>6}  {:>6}  {:>7}  {:>6}  reason\n",
+        "file", "op", "backend", "status", "max_abs", "max_rel", "bad", "exact%", "ref%", "max_ulp", "fid"
     );
     let num = |x: Option<f64>| x.map_or("-".to_string(), |v| format!("{v:.3e}"));
     for r in results {
+        let exact = r
+            .ulp
+            .as_ref()
+            .map_or("-".into(), |u| pct(u.bit_exact_fraction()));
+        let ref_exact = r
+            .reference_ulp
+            .as_ref()
+            .map_or("-".into(), |u| pct(u.bit_exact_fraction()));
+        let max_ulp = r.ulp.as_ref().map_or("-".into(), |u| {
+            u.max_ulp.map_or("nan".into(), |m| m.to_string())
+        });
+        let mut reason = r.reason.clone().unwrap_or_default();
+        if let Some(l) = &r.launch {
+            reason = if reason.is_empty() {
+                format!("launch {l}")
+            } else {
+                format!("launch {l}; {reason}")
+            };
+        }
         s += &format!(
-            "{:<w_file$}  {:<17}  {:<w_be$}  {:<7}  {:>10}  {:>10}  {:>5}  {}\n",
-            name(r),
+            "{:<w_file$}  {:<17}  {:<w_be$}  {:<10}  {:>10}  {:>10}  {:>5}  {:>6}  {:>6}  {:>7}  {:>6}  {}\n",
+            stem(&r.file),
             r.op,
             r.backend,
             r.status.name(),
             num(r.max_abs_err),
             num(r.max_rel_err),
             r.mismatches.map_or("-".into(), |m| m.to_string()),
-            r.reason.as_deref().unwrap_or("")
+            exact,
+            ref_exact,
+            max_ulp,
+            fid(r.fidelity, r.fidelity_exact),
+            reason
         );
     }
+    s += &status_counts(results);
+    s
+}
+
+/// `N pass, N fail, N skipped` and the other statuses that occur.
+fn status_counts(results: &[ReplayResult]) -> String {
     let count = |st: Status| results.iter().filter(|r| r.status == st).count();
-    s += &format!(
-        "{} pass, {} fail, {} skipped\n",
-        count(Status::Pass),
-        count(Status::Fail),
-        count(Status::Skipped)
+    let mut parts = vec![
+        format!("{} pass", count(Status::Pass)),
+        format!("{} fail", count(Status::Fail)),
+        format!("{} skipped", count(Status::Skipped)),
+    ];
+    for st in [Status::Divergence, Status::Error, Status::NoOutput] {
+        if count(st) > 0 {
+            parts.push(format!("{} {}", count(st), st.name()));
+        }
+    }
+    parts.join(", ") + "\n"
+}
+
+/// One (backend, op, dtype) group of a replay: the closing note's table.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SummaryRow {
+    pub backend: String,
+    pub op: String,
+    pub dtype: String,
+    /// Rows of this group (one per file).
+    pub cases: usize,
+    pub pass: usize,
+    pub fail: usize,
+    pub skipped: usize,
+    pub divergence: usize,
+    /// Pooled over the compared rows (pass, fail, divergence).
+    pub ulp: UlpStats,
+    pub reference_ulp: UlpStats,
+    /// Pooled `mean_ulp(reference) / mean_ulp(this backend)`; null when
+    /// undefined or infinite (`fidelity_exact` says which).
+    pub fidelity: Option<f64>,
+    pub fidelity_exact: bool,
+}
+
+/// Groups rows by (backend, op, dtype), in first-seen order; files that did
+/// not replay (load failures, capture errors, cases without output) are not
+/// in any group.
+pub fn summarize(results: &[ReplayResult]) -> Vec<SummaryRow> {
+    let mut out: Vec<SummaryRow> = Vec::new();
+    for r in results {
+        if matches!(r.status, Status::Error | Status::NoOutput) || r.op == "?" {
+            continue;
+        }
+        let i = match out
+            .iter()
+            .position(|g| g.backend == r.backend && g.op == r.op && g.dtype == r.dtype)
+        {
+            Some(i) => i,
+            None => {
+                let mut empty = UlpStats::empty();
+                empty.max_ulp = Some(0);
+                out.push(SummaryRow {
+                    backend: r.backend.clone(),
+                    op: r.op.clone(),
+                    dtype: r.dtype.clone(),
+                    cases: 0,
+                    pass: 0,
+                    fail: 0,
+                    skipped: 0,
+                    divergence: 0,
+                    ulp: empty.clone(),
+                    reference_ulp: empty,
+                    fidelity: None,
+                    fidelity_exact: false,
+                });
+                out.len() - 1
+            }
+        };
+        let g = &mut out[i];
+        g.cases += 1;
+        match r.status {
+            Status::Pass => g.pass += 1,
+            Status::Fail => g.fail += 1,
+            Status::Skipped => g.skipped += 1,
+            Status::Divergence => g.divergence += 1,
+            Status::Error | Status::NoOutput => {}
+        }
+        if let (Some(u), Some(ru)) = (&r.ulp, &r.reference_ulp) {
+            g.ulp.add(u);
+            g.reference_ulp.add(ru);
+        }
+    }
+    for g in &mut out {
+        g.ulp.max_at = None;
+        g.reference_ulp.max_at = None;
+        let ratio = fidelity::fidelity_ratio(&g.ulp, &g.reference_ulp);
+        g.fidelity = ratio.filter(|x| x.is_finite());
+        g.fidelity_exact = g.ulp.capped_sum == 0 && g.reference_ulp.capped_sum > 0;
+    }
+    out
+}
+
+/// The summary as a table: per (backend, op, dtype) the case count, pass,
+/// fail, skipped and divergence counts, the bit-exact percentage of the
+/// emulator and of the rounded f64 reference, the emulator's ULP histogram
+/// (0 | 1 | 2-4 | 5-16 | 17-256 | more, as percentages of elements), its
+/// maximum ULP distance, and the fidelity ratio.
+pub fn format_summary(rows: &[SummaryRow]) -> String {
+    let w_be = rows
+        .iter()
+        .map(|r| r.backend.len())
+        .max()
+        .unwrap_or(7)
+        .max(7);
+    let hist_head = BUCKETS.map(|b| format!("{b:>6}")).join(" ");
+    let mut s = format!(
+        "{:<w_be$}  {:<17}  {:<8}  {:>5}  {:>5}  {:>5}  {:>5}  {:>5}  {:>7}  {:>6}  {}  {:>7}  {:>6}\n",
+        "backend", "op", "dtype", "cases", "pass", "fail", "skip", "div", "exact%", "ref%", hist_head, "max_ulp", "fid"
     );
+    for r in rows {
+        let hist = r
+            .ulp
+            .histogram
+            .map(|n| {
+                if r.ulp.elements == 0 {
+                    format!("{:>6}", "-")
+                } else {
+                    format!("{:>6}", pct(n as f64 / r.ulp.elements as f64))
+                }
+            })
+            .join(" ");
+        let compared = r.ulp.elements > 0;
+        s += &format!(
+            "{:<w_be$}  {:<17}  {:<8}  {:>5}  {:>5}  {:>5}  {:>5}  {:>5}  {:>7}  {:>6}  {}  {:>7}  {:>6}\n",
+            r.backend,
+            r.op,
+            r.dtype,
+            r.cases,
+            r.pass,
+            r.fail,
+            r.skipped,
+            r.divergence,
+            if compared { pct(r.ulp.bit_exact_fraction()) } else { "-".into() },
+            if r.reference_ulp.elements > 0 { pct(r.reference_ulp.bit_exact_fraction()) } else { "-".into() },
+            hist,
+            if compared { r.ulp.max_ulp.map_or("nan".into(), |m| m.to_string()) } else { "-".into() },
+            fid(r.fidelity, r.fidelity_exact)
+        );
+    }
     s
 }

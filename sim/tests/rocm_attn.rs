@@ -588,7 +588,7 @@ fn vllm_chunked_prefill_paged_decode_fixtures_replay_within_their_tolerance() {
         paged_attention_2d(&case.query, &cache, &case.meta, cfg, &mut out).unwrap();
         let c = compare(
             &out,
-            &case.output,
+            case.output.as_deref().unwrap(),
             Tolerance::new(fx.header.atol, fx.header.rtol),
         )
         .unwrap();

@@ -1,6 +1,7 @@
 //! One module per subcommand; each owns its clap `Args` and its output.
 
 pub mod bench;
+pub mod cases;
 pub mod diff;
 pub mod gpu;
 pub mod layout;
