@@ -388,6 +388,7 @@ mod tests {
     use super::*;
     use attnlab_shared::metadata::BlockTableTensor;
     use attnlab_sim::kernels::unified_attention::VllmLaunchOptions;
+    use attnlab_sim::profile::VllmProfile;
 
     /// One causal prefill row of `tokens` tokens, block size 16.
     fn prefill_meta(tokens: usize) -> AttentionMetadata {
@@ -461,15 +462,22 @@ mod tests {
             let cfg = AttnConfig::new(hq, hkv, d, DType::Bf16);
             assert_eq!(tiled_shared_bytes(&cfg, &base), None, "{hq}/{hkv} x {d}");
         }
-        // AITER with a sliding window (its m = 0 on a row with no key yet).
+        // A sliding window with a kernel that keeps m = 0 on a row with no
+        // key yet (AITER, the seed era's vLLM); vLLM 0.34 keeps -inf.
         let mut windowed = cfg.clone();
         windowed.sliding_window = Some(32);
         let aiter = UnifiedLaunch {
             flavor: Flavor::Aiter,
             ..base
         };
+        let v0_34 = UnifiedLaunch {
+            profile: VllmProfile::V0_34,
+            ..base
+        };
         assert!(tiled_shared_bytes(&cfg, &aiter).is_some());
         assert_eq!(tiled_shared_bytes(&windowed, &aiter), None);
-        assert!(tiled_shared_bytes(&windowed, &base).is_some());
+        assert!(tiled_shared_bytes(&cfg, &base).is_some());
+        assert_eq!(tiled_shared_bytes(&windowed, &base), None);
+        assert!(tiled_shared_bytes(&windowed, &v0_34).is_some());
     }
 }
