@@ -109,3 +109,38 @@ pub fn run(gpu: &Gpu, opts: DiffOptions) -> Result<KernelReport> {
         Ok(Some(Outputs { options, sim, gpu }))
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+    use rand_chacha::ChaCha8Rng;
+
+    /// The extreme draws reach what they are for: NaN rows under the seed
+    /// era's two-exponential soft-cap (so the diff compares NaN outputs of
+    /// both sides), none under vLLM 0.34's formula, on the same cases.
+    #[test]
+    fn extreme_draws_reach_nan_rows_under_the_seed_profile_only() {
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let (mut seed_nan, mut drawn) = (0, 0);
+        while drawn < 6 {
+            let Some(mut case) = draw(&mut rng, &SPACE) else {
+                continue;
+            };
+            drawn += 1;
+            push_to_extremes(&mut rng, &mut case);
+            let run = |profile| {
+                let opts = VllmLaunchOptions {
+                    profile,
+                    ..VllmLaunchOptions::default()
+                };
+                let launch = UnifiedLaunch::vllm(&case.meta, &case.cfg, opts).unwrap();
+                sim_unified(&case.query, &case.cache, &case.meta, &case.cfg, &launch).unwrap()
+            };
+            seed_nan += run(VllmProfile::Seed).iter().filter(|x| x.is_nan()).count();
+            let v0_34 = run(VllmProfile::V0_34);
+            assert!(v0_34.iter().all(|x| !x.is_nan()), "{}", case.describe());
+        }
+        assert!(seed_nan > 0, "no NaN row in {drawn} extreme draws");
+    }
+}
