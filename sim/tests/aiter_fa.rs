@@ -439,11 +439,13 @@ fn chunked_extend_counts_each_sink_once_as_vllm_does() {
     assert_close(&out, &reference(&b, &cfg), Tolerance::for_dtype(DType::F16));
     let mut overcounted = cfg.clone();
     overcounted.sinks = Some(vec![0.5 + 4f32.ln(), 2.0 + 4f32.ln()]);
-    assert!(
-        !compare(&out, &reference(&b, &overcounted), Tolerance::for_dtype(DType::F16))
-            .unwrap()
-            .passed()
-    );
+    assert!(!compare(
+        &out,
+        &reference(&b, &overcounted),
+        Tolerance::for_dtype(DType::F16)
+    )
+    .unwrap()
+    .passed());
 }
 
 #[test]
@@ -507,10 +509,16 @@ fn default_follows_vllms_env_and_is_the_nhd_cache() {
     assert!(!RocmAiterFa::default().shuffle_kv_cache);
     assert_eq!(RocmAiterFa::from_env_value(None), RocmAiterFa::default());
     for on in ["1", "true", "True", "TRUE"] {
-        assert!(RocmAiterFa::from_env_value(Some(on)).shuffle_kv_cache, "{on}");
+        assert!(
+            RocmAiterFa::from_env_value(Some(on)).shuffle_kv_cache,
+            "{on}"
+        );
     }
     for off in ["0", "false", "", "yes"] {
-        assert!(!RocmAiterFa::from_env_value(Some(off)).shuffle_kv_cache, "{off}");
+        assert!(
+            !RocmAiterFa::from_env_value(Some(off)).shuffle_kv_cache,
+            "{off}"
+        );
     }
 }
 

@@ -60,7 +60,11 @@ fn case(cfg: AttnConfig, reqs: &[(usize, usize)], alpha: f32, seed: u64) -> Case
     let mut free = ids.into_iter();
     let rows: Vec<Vec<i32>> = reqs
         .iter()
-        .map(|&(c, q)| (0..(c + q).div_ceil(bs)).map(|_| free.next().unwrap()).collect())
+        .map(|&(c, q)| {
+            (0..(c + q).div_ceil(bs))
+                .map(|_| free.next().unwrap())
+                .collect()
+        })
         .collect();
     let layout = KvLayout::new(LayoutKind::Nhd, num_blocks, bs, h, d, dt).unwrap();
     let mut cache = KvCache {
@@ -80,14 +84,15 @@ fn case(cfg: AttnConfig, reqs: &[(usize, usize)], alpha: f32, seed: u64) -> Case
                         dt.round(if rng.gen_bool(0.5) { m } else { -m })
                     })
                     .collect();
-                for dd in 0..d {
+                for (dd, &qd) in qrow.iter().enumerate() {
                     let k = if t >= c {
-                        dt.round(alpha * qrow[dd])
+                        dt.round(alpha * qd)
                     } else {
                         dt.round(rng.gen_range(-1.0f32..1.0))
                     };
                     cache.k[layout.k_offset(blk, r, head, dd)] = k;
-                    cache.v[layout.v_offset(blk, r, head, dd)] = dt.round(rng.gen_range(-3.0f32..3.0));
+                    cache.v[layout.v_offset(blk, r, head, dd)] =
+                        dt.round(rng.gen_range(-3.0f32..3.0));
                 }
                 if t >= c {
                     query.extend(qrow);
@@ -154,7 +159,8 @@ fn max_softcap_ratio(c: &Case) -> f64 {
                     let (blk, r) = c.meta.kv_location(i, t);
                     let dot: f64 = (0..d)
                         .map(|dd| {
-                            q[dd] as f64 * c.cache.k[c.cache.layout.k_offset(blk, r, head, dd)] as f64
+                            q[dd] as f64
+                                * c.cache.k[c.cache.layout.k_offset(blk, r, head, dd)] as f64
                         })
                         .sum();
                     worst = worst.max((dot * c.cfg.scale as f64 / cap).abs());
@@ -276,14 +282,21 @@ proptest! {
 /// shifts by 0; `P = f32(exp(S - shift))`, `L = L * alpha + sum P`, `acc =
 /// acc * alpha + round_v(P) * v`; output `acc / L`. Starts `M = -inf`,
 /// `L = 1` as the kernel does.
-fn vllm_softmax_row(tiles: &[Vec<(f64, f64)>], seed_era: bool, round_p: impl Fn(f32) -> f32) -> f64 {
+fn vllm_softmax_row(
+    tiles: &[Vec<(f64, f64)>],
+    seed_era: bool,
+    round_p: impl Fn(f32) -> f32,
+) -> f64 {
     let (mut m, mut l, mut acc) = (f64::NEG_INFINITY, 1.0f64, 0.0f64);
     for tile in tiles {
         let m_j = tile.iter().fold(m, |a, &(s, _)| a.max(s));
         let shift = if m_j > f64::NEG_INFINITY { m_j } else { 0.0 };
         let f32_exp = |x: f64| (x.exp() as f32) as f64;
         let alpha = f32_exp(m - shift);
-        let p: Vec<f32> = tile.iter().map(|&(s, _)| f32_exp(s - shift) as f32).collect();
+        let p: Vec<f32> = tile
+            .iter()
+            .map(|&(s, _)| f32_exp(s - shift) as f32)
+            .collect();
         l = l * alpha + p.iter().map(|&x| x as f64).sum::<f64>();
         acc = acc * alpha
             + p.iter()
@@ -314,7 +327,8 @@ fn window1_case(dtype: DType, a: f32, b: f32) -> Case {
         query[i * d] = dtype.round(a);
         cache.k[layout.k_offset(blk, r, 0, 0)] = dtype.round(-b);
         for dd in 0..d {
-            cache.v[layout.v_offset(blk, r, 0, dd)] = dtype.round((i + 1) as f32 / 8.0 + dd as f32 / 64.0);
+            cache.v[layout.v_offset(blk, r, 0, dd)] =
+                dtype.round((i + 1) as f32 / 8.0 + dd as f32 / 64.0);
         }
     }
     let meta = AttentionMetadata::new(
@@ -349,7 +363,13 @@ fn window1_tiles(i: usize, s: f64, v: f64) -> Vec<Vec<(f64, f64)>> {
         .map(|tile| {
             (tile * 32..(tile + 1) * 32)
                 .filter(|&t| t < 40)
-                .map(|t| if t == own { (s, v) } else { (f64::NEG_INFINITY, 0.0) })
+                .map(|t| {
+                    if t == own {
+                        (s, v)
+                    } else {
+                        (f64::NEG_INFINITY, 0.0)
+                    }
+                })
                 .collect()
         })
         .collect()
@@ -371,7 +391,16 @@ fn seed_masked_first_tile_zeroes_a_window1_f16_row_as_vllm_does() {
     );
     let f16 = |p: f32| DType::F16.round(p);
     for i in 0..16 {
-        let tiles = |dd: usize| window1_tiles(i, s, c.cache.v[c.cache.layout.v_offset(1 + (24 + i) / 16, (24 + i) % 16, 0, dd)] as f64);
+        let tiles = |dd: usize| {
+            window1_tiles(
+                i,
+                s,
+                c.cache.v[c
+                    .cache
+                    .layout
+                    .v_offset(1 + (24 + i) / 16, (24 + i) % 16, 0, dd)] as f64,
+            )
+        };
         for dd in 0..32 {
             let expect_seed = vllm_softmax_row(&tiles(dd), true, f16);
             let expect_0_34 = vllm_softmax_row(&tiles(dd), false, f16);
@@ -406,7 +435,10 @@ fn seed_masked_first_tile_gives_nan_when_l_underflows() {
     let want = reference_out(&c);
     let bf16 = |p: f32| DType::Bf16.round(p);
     for i in 0..16 {
-        let v = c.cache.v[c.cache.layout.v_offset(1 + (24 + i) / 16, (24 + i) % 16, 0, 0)] as f64;
+        let v = c.cache.v[c
+            .cache
+            .layout
+            .v_offset(1 + (24 + i) / 16, (24 + i) % 16, 0, 0)] as f64;
         let expect = vllm_softmax_row(&window1_tiles(i, s, v), true, bf16);
         assert_eq!(expect.is_nan(), 24 + i >= 32, "row {i}");
         assert_eq!(seed_out[i * 32].is_nan(), expect.is_nan(), "row {i}");
@@ -423,7 +455,9 @@ fn seed_softcap_overflows_where_0_34_saturates() {
     // reaches 128 (|y| >= 88.723); then inf / inf = NaN. Written out in f64.
     let overflows = |y: f64| (y.abs() * std::f64::consts::LOG2_E) >= 128.0;
     for c in [0.1f32, 1.0, 5.0] {
-        for y in [-200.0f32, -89.0, -88.8, -50.0, -1.0, 0.5, 30.0, 88.0, 88.8, 89.0, 300.0] {
+        for y in [
+            -200.0f32, -89.0, -88.8, -50.0, -1.0, 0.5, 30.0, 88.0, 88.8, 89.0, 300.0,
+        ] {
             let s = y * c;
             let (s2, want) = (s * LOG2E, c as f64 * (s as f64 / c as f64).tanh());
             for f in [SoftcapFormula::VllmTwoExp, SoftcapFormula::AiterTwoExp2] {
@@ -431,25 +465,41 @@ fn seed_softcap_overflows_where_0_34_saturates() {
                 let yy = (s / c) as f64;
                 if overflows(yy) {
                     assert!(got.is_nan(), "{f:?} c {c} y {y}: {got}");
-                    assert_eq!(got.to_bits(), f32::NAN.to_bits(), "the contract's fresh NaN");
+                    assert_eq!(
+                        got.to_bits(),
+                        f32::NAN.to_bits(),
+                        "the contract's fresh NaN"
+                    );
                 } else if c as f64 * yy.abs().exp() > f32::MAX as f64 {
                     // e^|y| is finite but c * (p1 - p2) is not: +-inf / finite.
                     assert_eq!(got, f32::INFINITY.copysign(y), "{f:?} c {c} y {y}");
                 } else {
-                    assert!((got as f64 - want).abs() <= 1e-5 * c as f64, "{f:?} c {c} y {y}: {got} vs {want}");
+                    assert!(
+                        (got as f64 - want).abs() <= 1e-5 * c as f64,
+                        "{f:?} c {c} y {y}: {got} vs {want}"
+                    );
                 }
             }
             for f in [SoftcapFormula::VllmOneExp, SoftcapFormula::Tanh] {
                 let got = softcap_with(f, s, s2, c) as f64;
-                assert!((got - want).abs() <= 1e-5 * c as f64, "{f:?} c {c} y {y}: {got} vs {want}");
+                assert!(
+                    (got - want).abs() <= 1e-5 * c as f64,
+                    "{f:?} c {c} y {y}: {got} vs {want}"
+                );
             }
         }
     }
     // With c > 1, `c * (p1 - p2)` overflows first: 50 e^86 > f32::MAX, so
     // the seed era's score is +-inf (and the row NaN through inf - inf).
     assert!(50.0 * 86f64.exp() > f32::MAX as f64 && 86f64.exp() < f32::MAX as f64);
-    assert_eq!(softcap_with(SoftcapFormula::VllmTwoExp, 86.0 * 50.0, 0.0, 50.0), f32::INFINITY);
-    assert_eq!(softcap_with(SoftcapFormula::VllmTwoExp, -86.0 * 50.0, 0.0, 50.0), f32::NEG_INFINITY);
+    assert_eq!(
+        softcap_with(SoftcapFormula::VllmTwoExp, 86.0 * 50.0, 0.0, 50.0),
+        f32::INFINITY
+    );
+    assert_eq!(
+        softcap_with(SoftcapFormula::VllmTwoExp, -86.0 * 50.0, 0.0, 50.0),
+        f32::NEG_INFINITY
+    );
 }
 
 #[test]
@@ -527,15 +577,25 @@ fn a_nan_segment_poisons_the_row_in_both_reduces_as_in_vllm() {
         assert_eq!(out.to_bits(), f32::NAN.to_bits());
     }
     // Finite invalid partials (an empty segment: m = -inf, l = 0) change no bit.
-    let with_empty = reduce_one([1.0, f32::NEG_INFINITY, 0.5, 1.5], [1.0, 0.0, 2.0, 1.0], [0.5, 0.0, 0.75, -0.25], SegmentReduce::ValidOnly);
+    let with_empty = reduce_one(
+        [1.0, f32::NEG_INFINITY, 0.5, 1.5],
+        [1.0, 0.0, 2.0, 1.0],
+        [0.5, 0.0, 0.75, -0.25],
+        SegmentReduce::ValidOnly,
+    );
     let expect = {
         let w = |x: f64| (x * std::f64::consts::LN_2).exp() as f32 as f64; // 2^(m - g)
         let (n, dn) = [(1.0, 1.0, 0.5), (0.5, 2.0, 0.75), (1.5, 1.0, -0.25)]
             .iter()
-            .fold((0.0, 0.0), |(n, dn), &(m, l, a)| (n + a * w(m - 1.5), dn + l * w(m - 1.5)));
+            .fold((0.0, 0.0), |(n, dn), &(m, l, a)| {
+                (n + a * w(m - 1.5), dn + l * w(m - 1.5))
+            });
         n / dn
     };
-    assert!((with_empty as f64 - expect).abs() < 1e-6, "{with_empty} vs {expect}");
+    assert!(
+        (with_empty as f64 - expect).abs() < 1e-6,
+        "{with_empty} vs {expect}"
+    );
 }
 
 #[test]
@@ -548,7 +608,10 @@ fn seed_reduce_lets_a_fully_masked_segment_raise_the_max() {
     // empty segment (l = 0): g = -200, output acc / l = 0.75.
     let m = [-200.0, 0.0, f32::NEG_INFINITY, f32::NEG_INFINITY];
     let (l, acc) = ([1.0, 0.0, 0.0, 0.0], [0.75, 0.0, 0.0, 0.0]);
-    assert!(2f64.powi(-200) < f32::from_bits(1) as f64 / 2.0, "2^-200 is 0 in f32");
+    assert!(
+        2f64.powi(-200) < f32::from_bits(1) as f64 / 2.0,
+        "2^-200 is 0 in f32"
+    );
     assert_eq!(reduce_one(m, l, acc, SegmentReduce::AllWritten), 0.0);
     assert_eq!(reduce_one(m, l, acc, SegmentReduce::ValidOnly), 0.75);
 }

@@ -18,12 +18,12 @@ use super::{DiffOptions, KernelReport};
 use crate::kernels::Gpu;
 use crate::ops::unified_attention::unified_attention as gpu_unified;
 use crate::runtime::Result;
+use attnlab_shared::dtype::DType;
 use attnlab_shared::layout::LayoutKind;
 use attnlab_sim::kernels::unified_attention::{
     unified_attention as sim_unified, Grid, UnifiedLaunch, VllmLaunchOptions, MI300X_CU_COUNT,
 };
 use attnlab_sim::profile::VllmProfile;
-use attnlab_shared::dtype::DType;
 use rand::Rng;
 
 /// Scales the queries by 2^6..2^8 (exact in every query dtype: |q| <= 2

@@ -218,7 +218,8 @@ impl MaskedRowMax {
     #[inline]
     pub fn apply(self, m_new: f32) -> f32 {
         match self {
-            MaskedRowMax::KeepZero if !(m_new > f32::NEG_INFINITY) => 0.0,
+            // where(m_new > -inf, m_new, 0): NaN and -inf both fail the test.
+            MaskedRowMax::KeepZero if m_new.is_nan() || m_new == f32::NEG_INFINITY => 0.0,
             _ => m_new,
         }
     }

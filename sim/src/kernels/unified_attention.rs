@@ -76,7 +76,9 @@
 //!   chunked local attention and per-token-head KV quantisation are not
 //!   modelled (no ROCm seed-era backend configuration here reaches them).
 
-use super::softmax::{dequant_kv, visible, DimOffsets, KvTile, MaskedRowMax, RowState, ScoreParams};
+use super::softmax::{
+    dequant_kv, visible, DimOffsets, KvTile, MaskedRowMax, RowState, ScoreParams,
+};
 use crate::backends::KernelCall;
 use crate::cache::KvCache;
 use crate::config::AttnConfig;
