@@ -30,14 +30,22 @@
 //!       s_t = ScoreParams::score(fma-chain q . k_t over d ascending, alibi slope * (t - ctx))
 //!       s_t = -inf unless (causal: t <= ctx + q_local | non-causal: t < seq_len)
 //!                      and window: (ctx + q_local) - t < SW  [and t - (ctx + q_local) < SW if non-causal]
+//!       s_t's soft-cap spelled as the kernel does (UnifiedLaunch::softcap_formula)
 //!       RowState::update(s, V tile, P -> Q dtype)            // online softmax, softmax.rs
-//!       AITER only: m_i = 0 if it is still -inf              // §10.3 fully-masked guard
-//! 2D epilogue: vLLM out = acc / l_i; AITER out = acc * (v_scale / l_i); cast to the out dtype
+//!       m_i = masked_row_max().apply(m_i)                    // AITER, seed-era vLLM: -inf -> 0
+//! 2D epilogue: vLLM out = acc / l_i; AITER out = acc * (v_scale / l_i); unguarded
+//!   (l_i = 0 only after every P underflowed: NaN); cast to the out dtype
 //! 3D epilogue: f32 partials (acc [* v_scale for AITER], m_i, l_i) per segment
-//! reduce_segments, grid (T, Hq): nact = cdiv(seq_len, tps * TILE) segments;
-//!   valid s: s < nact, l_s > 0, m_s > -inf; g = max m_s; w_s = exp2c(m_s - g);
-//!   num[d] = fma(acc_s[d], w_s, num[d]), den = fma(l_s, w_s, den), s ascending;
-//!   out = num / den (0 when den == 0), cast to the out dtype
+//! reduce_segments, grid (T, Hq): nact = cdiv(seq_len, tps * TILE) written segments;
+//!   valid s: every s < nact (AllWritten: seed-era vLLM, AITER) or l_s > 0 and
+//!   m_s > -inf (ValidOnly: vLLM 0.34); g = max of valid m_s;
+//!   w_s = valid ? exp2c(m_s - g) : 0;
+//!   num[d] = fma(acc_s[d], w_s, num[d]), den = fma(l_s, w_s, den), every s < nact
+//!   ascending (a NaN partial poisons the row even at w_s = 0, as NaN * 0 does
+//!   in the kernel); out = num / den (0 when den == 0), cast to the out dtype
+//! The three per-version behaviours (guard, soft-cap, reduce) come from
+//! [`VllmProfile`] for [`Flavor::Vllm`] and are fixed for [`Flavor::Aiter`]
+//! (`crate::profile` lists what each vLLM version's source does).
 //! ```
 //!
 //! Rounding points (§20.2): K/V loaded from the cache and cast to the Q dtype
@@ -59,8 +67,9 @@
 //!   exp2c on base-2 maxima.
 //! - vLLM starts `L = 1.0` and relies on the first tile's `alpha = 0` to wipe
 //!   it; we start at 0 (1 with a sink, as `RowState::new`): identical results.
-//!   Segments that store no partial (empty loop range) are excluded by the
-//!   reduce's validity test either way.
+//!   A segment whose loop range is empty stores `(m = -inf, l = 1)` on the GPU
+//!   and `(-inf, 0)` here: its weight is `exp2c(-inf - g) = 0` (or invalid)
+//!   either way, and `1 * 0 = 0 * 0`.
 //! - When `BLOCK_M % qpk != 0` the GPU's trailing rows recompute the next
 //!   q-block's first token and both programs store it (§19.9). The emulator
 //!   computes every (token, head) once, in the program that owns the token;
