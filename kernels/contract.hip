@@ -3,7 +3,8 @@
 // rounding on the device before any attention kernel depends on them.
 // One thread per element; no reductions, so nothing here is order-dependent.
 
-// op: 0 exp2c, 1 log2c, 2 tanhc, 3 expc.
+// op: 0 exp2c, 1 log2c, 2 tanhc, 3 expc; 4, 5, 6: softcap_with(SOFTCAP_VLLM_TWO_EXP,
+// SOFTCAP_VLLM_ONE_EXP, SOFTCAP_AITER_TWO_EXP2) of the score x with cap 1.
 extern "C" __global__ void contract_unary(const float* __restrict__ x, float* __restrict__ y, i64 n, i32 op) {
     i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
@@ -13,7 +14,8 @@ extern "C" __global__ void contract_unary(const float* __restrict__ x, float* __
         case 0: r = exp2c(v); break;
         case 1: r = log2c(v); break;
         case 2: r = tanhc(v); break;
-        default: r = expc(v); break;
+        case 3: r = expc(v); break;
+        default: r = softcap_with(op - 3, v, v * LOG2E, 1.0f); break;
     }
     y[i] = r;
 }

@@ -186,6 +186,33 @@ DEVICE float expc(float x) {
 }
 DEVICE float softcap(float s, float cap) { return cap * tanhc(s / cap); }
 
+// unified_attention.rs nan_fresh: a NaN from an invalid operation has
+// vendor-dependent bits, so where a kernel can make one it stores f32_nan().
+DEVICE float nan_fresh(float x) { return is_nan(x) ? f32_nan() : x; }
+
+// numerics.rs SoftcapFormula / softcap_with: how a kernel spells c tanh(s / c).
+// s: natural score, s2: base-2 score (AITER only); result natural, NaN fresh.
+#define SOFTCAP_TANH 0         // c * tanhc(s / c)
+#define SOFTCAP_VLLM_TWO_EXP 1 // seed-era vLLM: c (e^y - e^-y) / (e^y + e^-y), y = s / c
+#define SOFTCAP_VLLM_ONE_EXP 2 // vLLM 0.34: c (1 - 2 / (e^(2y) + 1))
+#define SOFTCAP_AITER_TWO_EXP2 3 // AITER: the two-exp form on y2 = s2 / c with exp2
+DEVICE float two_exp_ratio(float cap, float p1, float p2) { return nan_fresh((cap * (p1 - p2)) / (p1 + p2)); }
+DEVICE float softcap_with(int formula, float s, float s2, float cap) {
+    if (formula == SOFTCAP_VLLM_TWO_EXP) {
+        const float y = s / cap;
+        return two_exp_ratio(cap, expc(y), expc(-y));
+    }
+    if (formula == SOFTCAP_VLLM_ONE_EXP) {
+        const float y = s / cap;
+        return nan_fresh(cap * (1.0f - 2.0f / (expc(2.0f * y) + 1.0f)));
+    }
+    if (formula == SOFTCAP_AITER_TWO_EXP2) {
+        const float y2 = s2 / cap;
+        return two_exp_ratio(cap, exp2c(y2), exp2c(-y2));
+    }
+    return softcap(s, cap);
+}
+
 // ------------------------------------------------------------ storage types
 // Codes as shared/src/dtype.rs orders DType (attnlab-gpu passes them as -D).
 #define DT_F32 0
@@ -326,6 +353,12 @@ DEVICE float score(float dot, float scale, float scale_log2, float cap, float al
     float s = softcap(dot * scale, cap);
     return (s + alibi_bias) * LOG2E;
 }
+// The same with the soft-cap spelled as `formula` (ScoreParams::softcap_formula).
+DEVICE float score_f(float dot, float scale, float scale_log2, float cap, float alibi_bias, int formula) {
+    if (cap == 0.0f) return (dot * scale_log2) + alibi_bias * LOG2E;
+    float s = softcap_with(formula, dot * scale, dot * scale_log2, cap);
+    return (s + alibi_bias) * LOG2E;
+}
 
 // softmax.rs visible: causal t <= p, window p - t < w (w == 0: none).
 DEVICE bool visible(i64 t, i64 p, bool causal, i64 window) {
@@ -347,6 +380,8 @@ template <int QD, int KVD> DEVICE float dequant_kv(typename Storage<KVD>::T raw,
 struct TileStats {
     float m_new, m_ref, alpha;
 };
+// softmax.rs MaskedRowMax::apply with KeepZero: where(m > -inf, m, 0).
+DEVICE float keep_zero_max(float m) { return m > f32_neg_inf() ? m : 0.0f; }
 DEVICE TileStats tile_begin(float m, float tile_max) {
     TileStats t;
     t.m_new = fmaxf(m, tile_max);
@@ -609,7 +644,8 @@ DEVICE void tile_qk(float (&s)[4][BN / 16], float* stage, int rows, int len, Loa
 // m_i, l_i updated through every tile that has keys, alpha_i[t * TILE_BM +
 // row] = tile t's alpha, skip_i[row] = whether C must test skip marks; P_s
 // ends holding round(p) or the skip mark up to len rounded up to TILE_VK.
-// M_ZERO_IF_EMPTY: AITER's kernel keeps m = 0 while a row has seen no key.
+// M_ZERO_IF_EMPTY: the kernel keeps m = 0 while a row has seen no key
+// (MaskedRowMax::KeepZero: AITER, seed-era vLLM).
 template <int BN, int PS, int TILE, int QD, bool M_ZERO_IF_EMPTY>
 DEVICE void tile_softmax(float* P_s, int rows, int len, float* m_i, float* l_i, float* alpha_i, int* skip_i) {
     static_assert(BN % TILE == 0 && TILE % TILE_VK == 0, "a block holds whole tiles of whole V chunks");
@@ -642,7 +678,7 @@ DEVICE void tile_softmax(float* P_s, int rows, int len, float* m_i, float* l_i, 
             }
             alpha[u] = ts.alpha;
             m = ts.m_new;
-            if (M_ZERO_IF_EMPTY && m == f32_neg_inf()) m = 0.0f;
+            if (M_ZERO_IF_EMPTY) m = keep_zero_max(m);
         } else {
 #pragma unroll
             for (int jj = 0; jj < TILE / 4; ++jj) pr[u * (TILE / 4) + jj] = 0.0f;

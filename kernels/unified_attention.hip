@@ -14,15 +14,20 @@
 //        score() or -inf where masked  -> s[r][j] in shared memory
 //     B) one thread per row: tile_max, tile_begin (m_new, m_ref, alpha),
 //        p_j = exp2c(s_j - m_ref) and tile_sum in ascending j,
-//        l = fmaf(l, alpha, tile_sum), m = m_new (AITER: -inf -> 0)
+//        l = fmaf(l, alpha, tile_sum), m = m_new (zero_masked_max, i.e.
+//        AITER and seed-era vLLM: m = 0 where m_new is not > -inf)
 //     C) one thread per (row, d): acc = acc * alpha, then for j ascending with
 //        p_j != 0: acc = fmaf(round_Q(p_j), v_j[d], acc)
-//   2D epilogue: vLLM round(acc / l); AITER round(acc * (v_descale / l)); 0 if l == 0
+//     scores use score_f with the launch's soft-cap formula (a.softcap_formula)
+//   2D epilogue: vLLM round(acc / l); AITER round(acc * (v_descale / l)); no
+//   guard (l == 0 only after every P underflowed: NaN), NaN stored as f32_nan()
 //   3D epilogue: f32 partials (acc [* v_scale, AITER fp8], m, l) per segment
-// reduce_segments, grid (T, Hq), threads over d: valid segments s < nact
-// with l_s > 0 and m_s > -inf; g = max m_s; w = exp2c(m_s - g);
-// den = fmaf(l_s, w, den), num = fmaf(acc_s, w, num), s ascending;
-// out = round(num / den), 0 if den == 0.
+// reduce_segments, grid (T, Hq), threads over d: written segments s < nact;
+// valid = true (AllWritten) or l_s > 0 and m_s > -inf (ValidOnly);
+// g = max of valid m_s; w = valid ? exp2c(m_s - g) : 0; for every written s
+// ascending den = fmaf(l_s, w, den), num = fmaf(acc_s, w, num) (so a NaN
+// partial poisons the row even with w = 0); out = round(num / den), 0 if
+// den == 0, NaN stored as f32_nan().
 // Phases A-C give each row exactly the sim's RowState::update sequence, so
 // the result does not depend on the thread count or the wave width.
 //
@@ -66,6 +71,7 @@ struct UnifiedArgs {
     i64 num_reqs, num_heads, num_kv_heads, head_size, block_size, max_blocks;
     i64 block_m, block_q, tile, num_segments, window;
     i32 causal, flavor, is_3d, has_sinks, has_alibi;
+    i32 softcap_formula, zero_masked_max;  // SOFTCAP_*, MaskedRowMax::KeepZero
     float scale, scale_log2, softcap, k_scale, v_scale;
 };
 
@@ -77,12 +83,12 @@ DEVICE float kv_to_q(float x, float scale, i32 flavor) {
 }
 DEVICE float load_kv(typename KV::T raw, float scale, i32 flavor) { return kv_to_q(KV::load(raw), scale, flavor); }
 
-// 2D epilogue of one element: vLLM acc / l; AITER acc * (v_descale / l); 0 if l == 0.
+// 2D epilogue of one element: vLLM acc / l; AITER acc * (v_descale / l);
+// unguarded as the kernels are (0 / 0 = NaN), NaN fresh.
 DEVICE float out_2d(float acc, float l, i32 flavor, float v_scale) {
-    if (l == 0.0f) return 0.0f;
-    if (flavor == FLAVOR_VLLM) return acc / l;
+    if (flavor == FLAVOR_VLLM) return nan_fresh(acc / l);
     const float v_descale = KV_IS_FP8 ? v_scale : 1.0f;
-    return acc * (v_descale / l);
+    return nan_fresh(acc * (v_descale / l));
 }
 
 DEVICE i64 find_seq_idx(const i32* qsl, i64 num_reqs, i64 block_q, i64 g) {
@@ -166,7 +172,7 @@ extern "C" __global__ void unified_attention(
                 float dot = 0.0f;
                 for (i64 d = 0; d < D; ++d) dot = fmaf(Q::load(q[d]), load_kv(k_cache[base + d], a.k_scale, a.flavor), dot);
                 const float alibi = a.has_alibi ? alibi_slopes[head] * (float)(t - ctx) : 0.0f;
-                s = score(dot, a.scale, a.scale_log2, a.softcap, alibi);
+                s = score_f(dot, a.scale, a.scale_log2, a.softcap, alibi, a.softcap_formula);
             }
             s_tile[r * TILE + jj] = s;
         }
@@ -185,7 +191,7 @@ extern "C" __global__ void unified_attention(
             }
             l_i[r] = fmaf(l_i[r], ts.alpha, tile_sum);
             m_i[r] = ts.m_new;
-            if (a.flavor == FLAVOR_AITER && m_i[r] == f32_neg_inf()) m_i[r] = 0.0f;
+            if (a.zero_masked_max) m_i[r] = keep_zero_max(m_i[r]);
             alpha_i[r] = ts.alpha;
         }
         __syncthreads();
@@ -237,6 +243,9 @@ extern "C" __global__ void unified_attention(
 #endif
 #ifndef UA_FLAVOR
 #define UA_FLAVOR FLAVOR_VLLM
+#endif
+#ifndef UA_ZERO_MAX
+#define UA_ZERO_MAX 0  // MaskedRowMax::KeepZero (the launcher passes it)
 #endif
 #define UA_BN 128                            // keys per staged block: 128 / UA_TILE softmax tiles
 #define UA_PS (UA_BN + 4)                    // P_s row stride (banks)
@@ -354,7 +363,7 @@ extern "C" __global__ void UA_LAUNCH_BOUNDS unified_attention_tiled(
                 sc[c] = f32_neg_inf();
                 if (r < rows && j < len && allowed(t, qabs, seq_len, causal, a.window)) {
                     const float alibi = a.has_alibi ? slope * (float)(t - ctx) : 0.0f;
-                    sc[c] = score(s[i][c], a.scale, a.scale_log2, a.softcap, alibi);
+                    sc[c] = score_f(s[i][c], a.scale, a.scale_log2, a.softcap, alibi, a.softcap_formula);
                 }
             }
 #pragma unroll
@@ -363,7 +372,7 @@ extern "C" __global__ void UA_LAUNCH_BOUNDS unified_attention_tiled(
         __syncthreads();
 
         // ---- B: statistics of the block's UA_TILE-key tiles, ascending.
-        tile_softmax<UA_BN, UA_PS, UA_TILE, Q_DTYPE, UA_FLAVOR == FLAVOR_AITER>(P_s, rows, len, m_i, l_i, alpha_i,
+        tile_softmax<UA_BN, UA_PS, UA_TILE, Q_DTYPE, UA_ZERO_MAX != 0>(P_s, rows, len, m_i, l_i, alpha_i,
                                                                                 skip_i);
 
         // ---- C: per tile acc = acc * alpha, then P V.
@@ -396,7 +405,7 @@ extern "C" __global__ void UA_LAUNCH_BOUNDS unified_attention_tiled(
 extern "C" __global__ void reduce_segments(
     const float* __restrict__ segm_acc, const float* __restrict__ segm_m, const float* __restrict__ segm_l,
     const i32* __restrict__ qsl, const i32* __restrict__ seq_lens, typename Q::T* __restrict__ out,
-    i64 num_reqs, i64 num_heads, i64 head_size, i64 num_segments, i64 tile) {
+    i64 num_reqs, i64 num_heads, i64 head_size, i64 num_segments, i64 tile, i32 valid_only) {
     const i64 token = blockIdx.x, head = blockIdx.y, D = head_size, S = num_segments;
     i64 seq = 0;  // partition_point(qsl[1..], x <= token)
     while (seq < num_reqs && qsl[seq + 1] <= token) ++seq;
@@ -407,19 +416,19 @@ extern "C" __global__ void reduce_segments(
         return;
     }
     const i64 tps = (seq_len + S * tile - 1) / (S * tile);
-    const i64 nact = (seq_len + tps * tile - 1) / (tps * tile);
+    const i64 nact = min((seq_len + tps * tile - 1) / (tps * tile), S);
     const i64 base = th * S;
+    auto valid = [&](i64 s) { return !valid_only || (segm_l[base + s] > 0.0f && segm_m[base + s] > f32_neg_inf()); };
     float gmax = f32_neg_inf();
-    for (i64 s = 0; s < S; ++s)
-        if (s < nact && segm_l[base + s] > 0.0f && segm_m[base + s] > f32_neg_inf()) gmax = fmaxf(gmax, segm_m[base + s]);
+    for (i64 s = 0; s < nact; ++s)
+        if (valid(s)) gmax = fmaxf(gmax, segm_m[base + s]);
     for (i64 d = threadIdx.x; d < D; d += blockDim.x) {
         float num = 0.0f, den = 0.0f;
-        for (i64 s = 0; s < S; ++s) {
-            if (!(s < nact && segm_l[base + s] > 0.0f && segm_m[base + s] > f32_neg_inf())) continue;
-            const float w = exp2c(segm_m[base + s] - gmax);
+        for (i64 s = 0; s < nact; ++s) {
+            const float w = valid(s) ? exp2c(nan_fresh(segm_m[base + s] - gmax)) : 0.0f;
             den = fmaf(segm_l[base + s], w, den);
             num = fmaf(segm_acc[(base + s) * D + d], w, num);
         }
-        out[th * D + d] = Q::store(den != 0.0f ? num / den : 0.0f);
+        out[th * D + d] = Q::store(den != 0.0f ? nan_fresh(num / den) : 0.0f);
     }
 }

@@ -175,3 +175,77 @@ fn a_launch_argument_of_the_wrong_type_is_rejected_before_the_kernel_runs() {
     dev.launch(f, dims, &[out.arg(), Arg::I64(32)])
         .expect("i64 launches");
 }
+
+/// Inputs of the soft-cap probe: (natural score, cap), spanning the stable
+/// range, both overflow edges (|s| / c around 88.73, and c * e^|y| beyond
+/// f32::MAX at c = 50) and a NaN score.
+const SOFTCAP_INPUTS: [(f32, f32); 16] = [
+    (0.0, 1.0),
+    (0.37, 0.5),
+    (-3.0, 5.0),
+    (30.0, 1.0),
+    (88.0, 1.0),
+    (88.72, 1.0),
+    (88.8, 1.0),
+    (-88.8, 1.0),
+    (200.0, 0.5),
+    (-1000.0, 0.05),
+    (4300.0, 50.0),
+    (-4300.0, 50.0),
+    (44.36, 0.5),
+    (-44.4, 0.5),
+    (1e30, 3.0),
+    (f32::NAN, 2.0),
+];
+
+/// portable.h's softcap_with equals numerics.rs's for every formula, bit for
+/// bit, NaN results included (the contract's fresh NaN on both sides).
+#[test]
+fn softcap_formulas_are_bit_exact_between_portable_h_and_the_sim() {
+    use attnlab_sim::numerics::{softcap_with, SoftcapFormula, LOG2E};
+    let formulas = [
+        SoftcapFormula::Tanh,
+        SoftcapFormula::VllmTwoExp,
+        SoftcapFormula::VllmOneExp,
+        SoftcapFormula::AiterTwoExp2,
+    ];
+    let n = SOFTCAP_INPUTS.len();
+    let (s, c): (Vec<String>, Vec<String>) = SOFTCAP_INPUTS
+        .iter()
+        .map(|&(s, c)| {
+            (
+                format!("__uint_as_float({}u)", s.to_bits()),
+                format!("{c:e}f"),
+            )
+        })
+        .unzip();
+    let body = format!(
+        r#"
+extern "C" __global__ void probe(float* out) {{
+    const float s[{n}] = {{{}}};
+    const float c[{n}] = {{{}}};
+    const int t = threadIdx.x, f = t / {n}, i = t % {n};
+    out[t] = softcap_with(f, s[i], s[i] * LOG2E, c[i]);
+}}"#,
+        s.join(", "),
+        c.join(", ")
+    );
+    let Some(got) = run_probe(32, &body, (formulas.len() * n) as u32) else {
+        return;
+    };
+    let got = got.expect("probe runs");
+    for (k, f) in formulas.iter().enumerate() {
+        for (i, &(s, c)) in SOFTCAP_INPUTS.iter().enumerate() {
+            let want = softcap_with(*f, s, s * LOG2E, c);
+            assert_eq!(
+                got[k * n + i].to_bits(),
+                want.to_bits(),
+                "{f:?} s {s} c {c}: {} vs {want}",
+                got[k * n + i]
+            );
+        }
+    }
+    // The probe covers what it is for: NaN and inf results of the two-exp forms.
+    let two_exp: Vec<f32> = (0..n).map(|i| got[n + i]).collect();
+    assert!(two_exp.iter().any(|x| x.is_nan()) && two_exp.iter().any(|x| x.is_infinite()));
+}

@@ -13,6 +13,7 @@ pub mod fixture;
 pub mod kernels;
 pub mod mla_workload;
 pub mod numerics;
+pub mod profile;
 pub mod reference;
 pub mod replay;
 pub mod workload;

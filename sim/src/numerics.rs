@@ -152,11 +152,84 @@ pub fn softmax_scale_log2(scale: f32) -> f32 {
     scale * LOG2E
 }
 
-/// vLLM's logit soft-cap `c * tanh(s / c)`, applied to the *natural* score
-/// `s = dot * scale` (before the base-2 conversion), as `apply_softcap` does.
+/// The logit soft-cap `c * tanh(s / c)` with the contract's [`tanhc`],
+/// applied to the *natural* score `s = dot * scale` (before the base-2
+/// conversion). The kernels whose source computes a stable tanh use it;
+/// vLLM's and AITER's Triton `apply_softcap` spell tanh out with
+/// exponentials, see [`SoftcapFormula`].
 #[inline]
 pub fn softcap(s: f32, cap: f32) -> f32 {
     cap * tanhc(s / cap)
+}
+
+/// How a kernel spells `c * tanh(s / c)`: the formulas differ in where they
+/// overflow, and that is a behaviour the emulator models (vLLM issue 10,
+/// "faithful where vLLM is wrong"). Every variant takes the natural score
+/// and returns the natural soft-capped score; a NaN result is the contract's
+/// fresh NaN (`f32::NAN`, portable.h `f32_nan()`), whatever the platform's
+/// `inf / inf` would give, so both sides produce the same bits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum SoftcapFormula {
+    /// `c * tanhc(s / c)`: stable, saturates at +-c.
+    #[default]
+    Tanh,
+    /// vLLM's `apply_softcap` before the fix (the fixtures' commit:
+    /// `vllm/v1/attention/ops/triton_quant_kv/_helpers.py` @86a153bd, also
+    /// `vllm/attention/ops/triton_unified_attention.py` of that era):
+    /// `y = s / c; p1 = exp(y); p2 = exp(-y); c * (p1 - p2) / (p1 + p2)`.
+    /// `exp(|y|)` overflows to inf for `|y| * log2(e) >= 128` (|y| >= 88.73),
+    /// and then `inf / inf` is NaN; `c * (p1 - p2)` overflows first when
+    /// `c > 1` (+inf or -inf scores for |y| in (88.73 - ln c, 88.73)).
+    VllmTwoExp,
+    /// vLLM 0.34's `apply_softcap` (`vllm/v1/attention/ops/
+    /// triton_attention_helpers.py`): `c * (1 - 2 / (exp(2 y) + 1))`,
+    /// which saturates cleanly at +-c.
+    VllmOneExp,
+    /// AITER's Triton `apply_softcap` (`aiter/ops/triton/_triton_kernels/
+    /// attention/unified_attention.py`): the same two-exponential form on the
+    /// base-2 score `s2 = s * log2(e)` with `exp2`:
+    /// `p1 = exp2(s2 / c); p2 = exp2(-s2 / c); c * (p1 - p2) / (p1 + p2)`
+    /// (= c tanh(s / c), natural units); overflows like [`Self::VllmTwoExp`].
+    AiterTwoExp2,
+}
+
+/// `c * (p1 - p2) / (p1 + p2)` as Python evaluates it (left to right), NaN
+/// made the contract's fresh NaN.
+#[inline]
+fn two_exp_ratio(cap: f32, p1: f32, p2: f32) -> f32 {
+    let t = (cap * (p1 - p2)) / (p1 + p2);
+    if t.is_nan() {
+        f32::NAN
+    } else {
+        t
+    }
+}
+
+/// The soft-capped natural score of `formula`: `s` is the natural score
+/// `dot * scale`, `s2` the base-2 one `dot * scale_log2` (only
+/// [`SoftcapFormula::AiterTwoExp2`] reads it).
+#[inline]
+pub fn softcap_with(formula: SoftcapFormula, s: f32, s2: f32, cap: f32) -> f32 {
+    match formula {
+        SoftcapFormula::Tanh => softcap(s, cap),
+        SoftcapFormula::VllmTwoExp => {
+            let y = s / cap;
+            two_exp_ratio(cap, expc(y), expc(-y))
+        }
+        SoftcapFormula::VllmOneExp => {
+            let y = s / cap;
+            let t = cap * (1.0 - 2.0 / (expc(2.0 * y) + 1.0));
+            if t.is_nan() {
+                f32::NAN
+            } else {
+                t
+            }
+        }
+        SoftcapFormula::AiterTwoExp2 => {
+            let y2 = s2 / cap;
+            two_exp_ratio(cap, exp2c(y2), exp2c(-y2))
+        }
+    }
 }
 
 /// Wave (warp) widths the emulator models: 32 on NVIDIA, 64 on CDNA.

@@ -331,8 +331,8 @@ fn merge_fixtures_replay_within_their_tolerance() {
 
 #[test]
 fn nhd_variant_replays_every_paged_fixture_it_supports() {
-    // The registered (shuffled) instance skips the window and sink cases; the
-    // NHD variant runs them through the SWA extend, FA sinks and unified decode.
+    // vLLM's default (NHD) runs the window and sink cases too (the shuffled
+    // variant skips them): through the SWA extend, FA sinks and unified decode.
     let backend = RocmAiterFa::new(false);
     let mut ran = 0;
     for f in shipped_fixtures() {
@@ -404,7 +404,10 @@ fn blog_example_80000_token_prompt_is_prefill_then_one_then_two_context_chunks()
         ),
         (3, 2)
     );
-    assert_eq!(count(14464, 65536, "reshape_and_cache_shuffle_triton"), 1);
+    // vLLM's default cache is NHD (VLLM_ROCM_SHUFFLE_KV_CACHE_LAYOUT unset):
+    // the HIP flash writer; the blog's shuffle writer only with the variable.
+    assert_eq!(count(14464, 65536, "reshape_and_cache_flash"), 1);
+    assert_eq!(count(14464, 65536, "reshape_and_cache_shuffle_triton"), 0);
 }
 
 #[test]
@@ -421,10 +424,12 @@ fn context_chunks_split_the_budget_between_extends_without_block_alignment() {
 }
 
 #[test]
-fn chunked_extend_counts_each_sink_once_per_partial_as_vllm_does() {
-    // vLLM passes sink_ptr to the new-token call and every context-chunk call
-    // (vllm-backends.md §19 #14): the merged result equals attention with sink weight
-    // (num_chunks + 1) * e^sink, i.e. a sink logit of sink + ln(num_chunks + 1).
+fn chunked_extend_counts_each_sink_once_as_vllm_does() {
+    // vLLM 0.34 (rocm_aiter_fa.py, AiterFlashAttentionImpl.extend_forward)
+    // passes sink_ptr to the new-token call only; the context-chunk calls get
+    // sink_ptr=None ("adding it per context chunk would overcount it on
+    // merge"). So the merged result is attention with the sink counted once,
+    // not (num_chunks + 1) times as the old reading of vllm-backends.md §19 #14 had it.
     let mut cfg = AttnConfig::new(2, 1, 64, DType::F16);
     cfg.sinks = Some(vec![0.5, 2.0]);
     let b = batch(&[(5, 48)], &cfg, 16, 7);
@@ -433,18 +438,16 @@ fn chunked_extend_counts_each_sink_once_per_partial_as_vllm_does() {
         cp_tokens_per_iter: 16,
     }; // 3 chunks
     let out = run(&backend, &b, &cfg);
+    assert_close(&out, &reference(&b, &cfg), Tolerance::for_dtype(DType::F16));
     let mut overcounted = cfg.clone();
     overcounted.sinks = Some(vec![0.5 + 4f32.ln(), 2.0 + 4f32.ln()]);
-    assert_close(
+    assert!(!compare(
         &out,
         &reference(&b, &overcounted),
-        Tolerance::for_dtype(DType::F16),
-    );
-    assert!(
-        !compare(&out, &reference(&b, &cfg), Tolerance::for_dtype(DType::F16))
-            .unwrap()
-            .passed()
-    );
+        Tolerance::for_dtype(DType::F16)
+    )
+    .unwrap()
+    .passed());
 }
 
 #[test]
@@ -474,7 +477,7 @@ fn prefill_and_extend_ignore_softcap_but_decode_applies_it() {
 fn written_kv_reaches_attention_through_the_shuffle_writer() {
     let cfg = AttnConfig::new(2, 1, 64, DType::Bf16);
     let b = batch(&[(3, 17), (5, 0)], &cfg, 16, 11);
-    let backend = RocmAiterFa::default();
+    let backend = RocmAiterFa::new(true);
     let mut cache = cache_for_backend(&backend, &b, &cfg);
     let (t, row) = (b.meta.num_actual_tokens, 64);
     let new_k: Vec<f32> = (0..t * row)
@@ -504,8 +507,26 @@ fn written_kv_reaches_attention_through_the_shuffle_writer() {
 }
 
 #[test]
+fn default_follows_vllms_env_and_is_the_nhd_cache() {
+    assert!(!RocmAiterFa::default().shuffle_kv_cache);
+    assert_eq!(RocmAiterFa::from_env_value(None), RocmAiterFa::default());
+    for on in ["1", "true", "True", "TRUE"] {
+        assert!(
+            RocmAiterFa::from_env_value(Some(on)).shuffle_kv_cache,
+            "{on}"
+        );
+    }
+    for off in ["0", "false", "", "yes"] {
+        assert!(
+            !RocmAiterFa::from_env_value(Some(off)).shuffle_kv_cache,
+            "{off}"
+        );
+    }
+}
+
+#[test]
 fn check_rejects_what_vllm_rejects() {
-    let b = RocmAiterFa::default();
+    let b = RocmAiterFa::new(true);
     let e = b
         .check(&AttnConfig::new(8, 8, 80, DType::Bf16), 16)
         .unwrap_err()

@@ -1,4 +1,6 @@
-//! Diff of the contract functions (exp2c, log2c, tanhc, expc) and of every
+//! Diff of the contract functions (exp2c, log2c, tanhc, expc, the kernels'
+//! soft-cap formulas with cap 1, whose inputs straddle the |x| = 88.73
+//! overflow) and of every
 //! storage rounding, elementwise. Each case is a batch of inputs: the edge
 //! values (±0, ±inf, NaN, subnormals, the exp2c cut-offs, rounding ties)
 //! plus random bit patterns and random values in each function's working range.
@@ -30,6 +32,12 @@ fn edge_values() -> Vec<f32> {
         f32::MIN,
         -150.0,
         -149.5,
+        88.0,
+        88.72,
+        88.73,
+        -88.73,
+        89.0,
+        -89.0,
         -126.5,
         -125.5,
         127.5,

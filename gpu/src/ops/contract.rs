@@ -12,18 +12,35 @@ pub enum UnaryOp {
     Log2c = 1,
     Tanhc = 2,
     Expc = 3,
+    /// `softcap_with(VllmTwoExp, x, x * LOG2E, 1)`: the seed era's vLLM soft-cap.
+    SoftcapVllmTwoExp = 4,
+    /// `softcap_with(VllmOneExp, ..)`: vLLM 0.34's.
+    SoftcapVllmOneExp = 5,
+    /// `softcap_with(AiterTwoExp2, ..)`: AITER's.
+    SoftcapAiterTwoExp2 = 6,
 }
 
 impl UnaryOp {
-    pub const ALL: [UnaryOp; 4] = [
+    pub const ALL: [UnaryOp; 7] = [
         UnaryOp::Exp2c,
         UnaryOp::Log2c,
         UnaryOp::Tanhc,
         UnaryOp::Expc,
+        UnaryOp::SoftcapVllmTwoExp,
+        UnaryOp::SoftcapVllmOneExp,
+        UnaryOp::SoftcapAiterTwoExp2,
     ];
 
     pub fn name(self) -> &'static str {
-        ["exp2c", "log2c", "tanhc", "expc"][self as usize]
+        [
+            "exp2c",
+            "log2c",
+            "tanhc",
+            "expc",
+            "softcap_vllm_two_exp",
+            "softcap_vllm_one_exp",
+            "softcap_aiter_two_exp2",
+        ][self as usize]
     }
 
     /// The sim's definition (numerics.rs).
@@ -34,6 +51,15 @@ impl UnaryOp {
             UnaryOp::Log2c => n::log2c(x),
             UnaryOp::Tanhc => n::tanhc(x),
             UnaryOp::Expc => n::expc(x),
+            UnaryOp::SoftcapVllmTwoExp => {
+                n::softcap_with(n::SoftcapFormula::VllmTwoExp, x, x * n::LOG2E, 1.0)
+            }
+            UnaryOp::SoftcapVllmOneExp => {
+                n::softcap_with(n::SoftcapFormula::VllmOneExp, x, x * n::LOG2E, 1.0)
+            }
+            UnaryOp::SoftcapAiterTwoExp2 => {
+                n::softcap_with(n::SoftcapFormula::AiterTwoExp2, x, x * n::LOG2E, 1.0)
+            }
         }
     }
 }

@@ -12,8 +12,9 @@ use attnlab_shared::layout::LayoutKind;
 use attnlab_shared::metadata::AttentionMetadata;
 use attnlab_sim::cache::KvCache;
 use attnlab_sim::config::AttnConfig;
-use attnlab_sim::kernels::unified_attention::{Flavor, Grid, UnifiedLaunch};
-use attnlab_sim::numerics::softmax_scale_log2;
+use attnlab_sim::kernels::softmax::MaskedRowMax;
+use attnlab_sim::kernels::unified_attention::{Flavor, Grid, SegmentReduce, UnifiedLaunch};
+use attnlab_sim::numerics::{softmax_scale_log2, SoftcapFormula};
 
 /// Static shared memory every CUDA/HIP device grants without opting in.
 pub const SHARED_MEMORY_LIMIT: usize = 48 * 1024;
@@ -146,9 +147,10 @@ const TILED_VK: usize = 8;
 /// be the launch's BLOCK_M: a tile fully masked for a row leaves the row's
 /// state unchanged, see the kernel's header), head size % 16, a TILE_SIZE
 /// that divides the 128-key staged block in whole 8-key V chunks, qpk
-/// dividing 64 rows, and, for AITER (whose row keeps m = 0 after a fully
-/// masked first tile), no sliding window: then tile 0 holds key 0, visible
-/// to every row of both row blockings. Mirrors the kernel's carve-up: P_s,
+/// dividing 64 rows, and, for a kernel whose row keeps m = 0 after a fully
+/// masked first tile (AITER, seed-era vLLM: `MaskedRowMax::KeepZero`), no
+/// sliding window: then tile 0 holds key 0, visible to every row of both
+/// row blockings. Mirrors the kernel's carve-up: P_s,
 /// the Q/K or V staging union, m, l, skip and one alpha per tile and row.
 pub fn tiled_shared_bytes(cfg: &AttnConfig, launch: &UnifiedLaunch) -> Option<usize> {
     let (d, tile, qpk) = (cfg.head_size, launch.tile_size, cfg.queries_per_kv());
@@ -158,7 +160,7 @@ pub fn tiled_shared_bytes(cfg: &AttnConfig, launch: &UnifiedLaunch) -> Option<us
         && TILED_BLOCK_N.is_multiple_of(tile)
         && qpk > 0
         && TILED_ROWS.is_multiple_of(qpk)
-        && (launch.flavor == Flavor::Vllm || cfg.sliding_window.is_none());
+        && (launch.masked_row_max() == MaskedRowMax::KeepNegInf || cfg.sliding_window.is_none());
     if !fits {
         return None;
     }
@@ -178,7 +180,7 @@ pub struct UnifiedPlan {
     main: FunctionId,
     dims: LaunchDims,
     args: Arg,
-    reduce: Option<(FunctionId, LaunchDims, [Arg; 5])>,
+    reduce: Option<(FunctionId, LaunchDims, [Arg; 6])>,
     /// Whether the register-tiled kernel runs (else the scalar port).
     pub tiled: bool,
     pub num_segments: usize,
@@ -220,6 +222,7 @@ impl UnifiedPlan {
         };
         let is_3d = matches!(launch.grid, Grid::ThreeD { .. });
         let tiled = tiled_shared_bytes(cfg, launch);
+        let zero_max = launch.masked_row_max() == MaskedRowMax::KeepZero;
         let (main, dims) = match tiled {
             Some(bytes) => {
                 let rows_per_token = TILED_ROWS / qpk;
@@ -231,6 +234,7 @@ impl UnifiedPlan {
                     ("UA_TILE", launch.tile_size),
                     ("UA_QPK", qpk),
                     ("UA_FLAVOR", flavor),
+                    ("UA_ZERO_MAX", zero_max as usize),
                 ] {
                     defines.push((k.to_string(), v.to_string()));
                 }
@@ -299,6 +303,8 @@ impl UnifiedPlan {
             .i32(is_3d as i32)
             .i32(cfg.sinks.is_some() as i32)
             .i32(cfg.alibi_slopes.is_some() as i32)
+            .i32(softcap_code(launch.softcap_formula()))
+            .i32(zero_max as i32)
             .f32(scale)
             .f32(softmax_scale_log2(scale))
             .f32(cfg.softcap.unwrap_or(0.0))
@@ -326,6 +332,7 @@ impl UnifiedPlan {
                 Arg::I64(d as i64),
                 Arg::I64(num_segments as i64),
                 Arg::I64(launch.tile_size as i64),
+                Arg::I32((launch.segment_reduce() == SegmentReduce::ValidOnly) as i32),
             ];
             Some((f, dims, tail))
         } else {
@@ -362,6 +369,16 @@ impl UnifiedPlan {
     }
 }
 
+/// portable.h's `SOFTCAP_*` code of a formula.
+pub(crate) fn softcap_code(f: SoftcapFormula) -> i32 {
+    match f {
+        SoftcapFormula::Tanh => 0,
+        SoftcapFormula::VllmTwoExp => 1,
+        SoftcapFormula::VllmOneExp => 2,
+        SoftcapFormula::AiterTwoExp2 => 3,
+    }
+}
+
 pub(crate) fn to_u32(v: usize, what: &str) -> Result<u32> {
     u32::try_from(v).map_err(|_| Error::invalid(what, v, "a launch dimension below 2^32").into())
 }
@@ -371,6 +388,7 @@ mod tests {
     use super::*;
     use attnlab_shared::metadata::BlockTableTensor;
     use attnlab_sim::kernels::unified_attention::VllmLaunchOptions;
+    use attnlab_sim::profile::VllmProfile;
 
     /// One causal prefill row of `tokens` tokens, block size 16.
     fn prefill_meta(tokens: usize) -> AttentionMetadata {
@@ -444,15 +462,22 @@ mod tests {
             let cfg = AttnConfig::new(hq, hkv, d, DType::Bf16);
             assert_eq!(tiled_shared_bytes(&cfg, &base), None, "{hq}/{hkv} x {d}");
         }
-        // AITER with a sliding window (its m = 0 on a row with no key yet).
+        // A sliding window with a kernel that keeps m = 0 on a row with no
+        // key yet (AITER, the seed era's vLLM); vLLM 0.34 keeps -inf.
         let mut windowed = cfg.clone();
         windowed.sliding_window = Some(32);
         let aiter = UnifiedLaunch {
             flavor: Flavor::Aiter,
             ..base
         };
+        let v0_34 = UnifiedLaunch {
+            profile: VllmProfile::V0_34,
+            ..base
+        };
         assert!(tiled_shared_bytes(&cfg, &aiter).is_some());
         assert_eq!(tiled_shared_bytes(&windowed, &aiter), None);
-        assert!(tiled_shared_bytes(&windowed, &base).is_some());
+        assert!(tiled_shared_bytes(&cfg, &base).is_some());
+        assert_eq!(tiled_shared_bytes(&windowed, &base), None);
+        assert!(tiled_shared_bytes(&windowed, &v0_34).is_some());
     }
 }

@@ -149,7 +149,7 @@ pub fn mha_backends() -> Vec<Box<dyn AttentionBackend>> {
     vec![
         Box::new(triton_attn::TritonAttn::default()),
         Box::new(rocm_attn::RocmAttn::default()),
-        Box::new(rocm_aiter_fa::RocmAiterFa::default()),
+        Box::new(rocm_aiter_fa::RocmAiterFa::from_env()),
         Box::new(rocm_aiter_unified_attn::RocmAiterUnifiedAttn::default()),
         Box::new(flex_attention::FlexAttention),
     ]

@@ -21,8 +21,15 @@
 //! shows no gather for them): identical values for 16-bit caches; with fp8
 //! caches they are the quantized K/V.
 //! As in vLLM, prefill/extend ignore `logits_soft_cap` (only decode applies
-//! it, §19 #5) and every partial FA call gets the sinks, so a chunked extend
-//! counts each sink `num_chunks + 1` times (§19 #14). The SWA-trimmed decode
+//! it, §19 #5). Sinks go to the prefill call, the new-token call of an
+//! extend and the SWA extend call, never to a context-chunk call, so a
+//! chunked extend counts each sink once (vLLM 0.34 `rocm_aiter_fa.py`
+//! `AiterFlashAttentionImpl.extend_forward`: the chunk calls pass
+//! `sink_ptr=None` "the causal call above already adds the sink"; the seed
+//! era's impl, @002d0eb6, takes no sinks at all). This replaces the
+//! unverified "sink per chunk" reading of §19 #14. The cache layout follows
+//! `VLLM_ROCM_SHUFFLE_KV_CACHE_LAYOUT` as vLLM reads it (unset: NHD; see
+//! [`RocmAiterFa::from_env`]). The SWA-trimmed decode
 //! tables only move partition boundaries and are not modelled. Requires
 //! CDNA3+ (gfx942, gfx950, gfx1250: `get_cdna_version() > 2`).
 //!
@@ -58,16 +65,22 @@ pub const SHUFFLE_UNSUPPORTED: &str =
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RocmAiterFa {
-    /// `VLLM_ROCM_SHUFFLE_KV_CACHE_LAYOUT=1`: AITER's shuffled cache (the seed blog's design).
+    /// `VLLM_ROCM_SHUFFLE_KV_CACHE_LAYOUT=1`: AITER's shuffled cache (the seed
+    /// blog's design). vLLM's default, in the seed era and in 0.34, is off
+    /// (`envs.py`: `os.getenv(..., "False")`): the NHD cache.
     pub shuffle_kv_cache: bool,
     /// Context-chunk budget; vLLM's constant unless a test shrinks it.
     pub cp_tokens_per_iter: usize,
 }
 
+/// The environment variable that selects AITER's shuffled KV cache layout.
+pub const SHUFFLE_KV_CACHE_ENV: &str = "VLLM_ROCM_SHUFFLE_KV_CACHE_LAYOUT";
+
+/// vLLM's default: the NHD cache (`VLLM_ROCM_SHUFFLE_KV_CACHE_LAYOUT` unset).
 impl Default for RocmAiterFa {
     fn default() -> Self {
         RocmAiterFa {
-            shuffle_kv_cache: true,
+            shuffle_kv_cache: false,
             cp_tokens_per_iter: CP_TOKENS_PER_ITER_ROCM,
         }
     }
@@ -186,6 +199,19 @@ impl RocmAiterFa {
             shuffle_kv_cache,
             ..Default::default()
         }
+    }
+
+    /// The backend as `vllm serve` configures it from the value of
+    /// `VLLM_ROCM_SHUFFLE_KV_CACHE_LAYOUT`: shuffled when it is `true` or `1`
+    /// (any case), NHD when unset or anything else, as vLLM's `envs.py`.
+    pub fn from_env_value(value: Option<&str>) -> Self {
+        let on = value.is_some_and(|v| matches!(v.to_ascii_lowercase().as_str(), "true" | "1"));
+        RocmAiterFa::new(on)
+    }
+
+    /// [`Self::from_env_value`] of this process's environment.
+    pub fn from_env() -> Self {
+        RocmAiterFa::from_env_value(std::env::var(SHUFFLE_KV_CACHE_ENV).ok().as_deref())
     }
 
     /// Splits the batch as `split_decodes_prefills_and_extends` does after the
@@ -475,9 +501,11 @@ impl AttentionBackend for RocmAiterFa {
                                 ..fa.clone()
                             },
                             FaMask::Causal => fa.clone(),
+                            // A context chunk: no sink (vLLM passes sink_ptr=None).
                             FaMask::Full => VarlenParams {
                                 causal: false,
                                 window: None,
+                                sinks: None,
                                 ..fa.clone()
                             },
                         };

@@ -21,7 +21,7 @@
 //! out[d] = acc[d] / l  (0 when l == 0), lse2 = m + log2c(l) (-inf when l == 0)
 //! ```
 
-use crate::numerics::{exp2c, log2c, softcap, DType, LN2, LOG2E};
+use crate::numerics::{exp2c, log2c, softcap_with, DType, SoftcapFormula, LN2, LOG2E};
 use attnlab_shared::error::{Error, Result};
 
 /// Per-layer score parameters.
@@ -32,25 +32,43 @@ pub struct ScoreParams {
     /// `scale * LOG2E`, computed once.
     pub scale_log2: f32,
     pub softcap: Option<f32>,
+    /// How the kernel spells the soft-cap's tanh (only read with `softcap`).
+    pub softcap_formula: SoftcapFormula,
 }
 
 impl ScoreParams {
+    /// With the contract's stable tanh ([`SoftcapFormula::Tanh`]).
     pub fn new(scale: f32, softcap: Option<f32>) -> Self {
         ScoreParams {
             scale,
             scale_log2: crate::numerics::softmax_scale_log2(scale),
             softcap,
+            softcap_formula: SoftcapFormula::Tanh,
+        }
+    }
+
+    /// The same parameters with the soft-cap spelled as `formula`.
+    pub fn with_softcap_formula(self, formula: SoftcapFormula) -> Self {
+        ScoreParams {
+            softcap_formula: formula,
+            ..self
         }
     }
 
     /// Base-2 score from a raw dot product. With soft-cap, the cap applies to
-    /// the natural score `dot * scale` (vLLM's `apply_softcap`), then * LOG2E.
-    /// `alibi_bias` is the natural-log ALiBi term `slope * (t - p)` (0 if none).
+    /// the natural score `dot * scale` (`apply_softcap`, spelled as
+    /// `softcap_formula`), then * LOG2E. `alibi_bias` is the natural-log
+    /// ALiBi term `slope * (t - p)` (0 if none).
     #[inline]
     pub fn score(&self, dot: f32, alibi_bias: f32) -> f32 {
         let s = match self.softcap {
             None => return (dot * self.scale_log2) + alibi_bias * LOG2E,
-            Some(c) => softcap(dot * self.scale, c),
+            Some(c) => softcap_with(
+                self.softcap_formula,
+                dot * self.scale,
+                dot * self.scale_log2,
+                c,
+            ),
         };
         (s + alibi_bias) * LOG2E
     }
@@ -174,6 +192,37 @@ fn lane_dots_block<const L: usize>(
         }
     }
     out.copy_from_slice(&a);
+}
+
+/// What a kernel keeps as the running max after a KV tile that is fully
+/// masked for a row that has seen no key yet (`m_new = -inf`). Every kernel
+/// shifts the exponents by 0 there (`m_ref`, the NaN guard); they differ in
+/// whether that 0 also becomes the row's max, which later tiles then take
+/// as a floor: `max(0, tile max)`. With negative scores that floor
+/// underflows P (an f16 P of a score below about -16.6 rounds to 0, and the
+/// row's output becomes 0 instead of V; below about -103 even l becomes 0).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum MaskedRowMax {
+    /// `M` stays -inf (vLLM 0.34's `softmax_step` with `safe_m_j`; prefix
+    /// prefill and paged_attention_2d's `where(m == -inf)` guards): exact.
+    #[default]
+    KeepNegInf,
+    /// `M = where(m_new > -inf, m_new, 0)` (the seed era's `softmax_step`,
+    /// `vllm/v1/attention/ops/triton_quant_kv/_helpers.py` @86a153bd;
+    /// AITER's unified kernels): a NaN max also becomes 0, as `where` does.
+    KeepZero,
+}
+
+impl MaskedRowMax {
+    /// The running max a row keeps after a tile whose new max is `m_new`.
+    #[inline]
+    pub fn apply(self, m_new: f32) -> f32 {
+        match self {
+            // where(m_new > -inf, m_new, 0): NaN and -inf both fail the test.
+            MaskedRowMax::KeepZero if m_new.is_nan() || m_new == f32::NEG_INFINITY => 0.0,
+            _ => m_new,
+        }
+    }
 }
 
 /// Online-softmax state of one query row.

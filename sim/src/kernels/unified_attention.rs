@@ -30,14 +30,22 @@
 //!       s_t = ScoreParams::score(fma-chain q . k_t over d ascending, alibi slope * (t - ctx))
 //!       s_t = -inf unless (causal: t <= ctx + q_local | non-causal: t < seq_len)
 //!                      and window: (ctx + q_local) - t < SW  [and t - (ctx + q_local) < SW if non-causal]
+//!       s_t's soft-cap spelled as the kernel does (UnifiedLaunch::softcap_formula)
 //!       RowState::update(s, V tile, P -> Q dtype)            // online softmax, softmax.rs
-//!       AITER only: m_i = 0 if it is still -inf              // vllm-backends §10.3 fully-masked guard
-//! 2D epilogue: vLLM out = acc / l_i; AITER out = acc * (v_scale / l_i); cast to the out dtype
+//!       m_i = masked_row_max().apply(m_i)                    // AITER, seed-era vLLM: -inf -> 0 (vllm-backends §10.3)
+//! 2D epilogue: vLLM out = acc / l_i; AITER out = acc * (v_scale / l_i); unguarded
+//!   (l_i = 0 only after every P underflowed: NaN); cast to the out dtype
 //! 3D epilogue: f32 partials (acc [* v_scale for AITER], m_i, l_i) per segment
-//! reduce_segments, grid (T, Hq): nact = cdiv(seq_len, tps * TILE) segments;
-//!   valid s: s < nact, l_s > 0, m_s > -inf; g = max m_s; w_s = exp2c(m_s - g);
-//!   num[d] = fma(acc_s[d], w_s, num[d]), den = fma(l_s, w_s, den), s ascending;
-//!   out = num / den (0 when den == 0), cast to the out dtype
+//! reduce_segments, grid (T, Hq): nact = cdiv(seq_len, tps * TILE) written segments;
+//!   valid s: every s < nact (AllWritten: seed-era vLLM, AITER) or l_s > 0 and
+//!   m_s > -inf (ValidOnly: vLLM 0.34); g = max of valid m_s;
+//!   w_s = valid ? exp2c(m_s - g) : 0;
+//!   num[d] = fma(acc_s[d], w_s, num[d]), den = fma(l_s, w_s, den), every s < nact
+//!   ascending (a NaN partial poisons the row even at w_s = 0, as NaN * 0 does
+//!   in the kernel); out = num / den (0 when den == 0), cast to the out dtype
+//! The three per-version behaviours (guard, soft-cap, reduce) come from
+//! [`VllmProfile`] for [`Flavor::Vllm`] and are fixed for [`Flavor::Aiter`]
+//! (`crate::profile` lists what each vLLM version's source does).
 //! ```
 //!
 //! Rounding points (vllm-backends §20.2): K/V loaded from the cache and cast to the Q dtype
@@ -59,8 +67,9 @@
 //!   exp2c on base-2 maxima.
 //! - vLLM starts `L = 1.0` and relies on the first tile's `alpha = 0` to wipe
 //!   it; we start at 0 (1 with a sink, as `RowState::new`): identical results.
-//!   Segments that store no partial (empty loop range) are excluded by the
-//!   reduce's validity test either way.
+//!   A segment whose loop range is empty stores `(m = -inf, l = 1)` on the GPU
+//!   and `(-inf, 0)` here: its weight is `exp2c(-inf - g) = 0` (or invalid)
+//!   either way, and `1 * 0 = 0 * 0`.
 //! - When `BLOCK_M % qpk != 0` the GPU's trailing rows recompute the next
 //!   q-block's first token and both programs store it (vllm-backends §19.9). The emulator
 //!   computes every (token, head) once, in the program that owns the token;
@@ -76,11 +85,14 @@
 //!   chunked local attention and per-token-head KV quantisation are not
 //!   modelled (no ROCm seed-era backend configuration here reaches them).
 
-use super::softmax::{dequant_kv, visible, DimOffsets, KvTile, RowState, ScoreParams};
+use super::softmax::{
+    dequant_kv, visible, DimOffsets, KvTile, MaskedRowMax, RowState, ScoreParams,
+};
 use crate::backends::KernelCall;
 use crate::cache::KvCache;
 use crate::config::AttnConfig;
-use crate::numerics::exp2c;
+use crate::numerics::{exp2c, SoftcapFormula};
+use crate::profile::VllmProfile;
 use attnlab_shared::error::{Error, Result};
 use attnlab_shared::layout::LayoutKind;
 use attnlab_shared::metadata::AttentionMetadata;
@@ -115,6 +127,23 @@ pub enum Flavor {
     Aiter,
 }
 
+/// Which segments `reduce_segments` combines (the written ones: `s < nact`,
+/// `nact = cdiv(seq_len, tps * TILE)`; each has stored `(acc, m, l)`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum SegmentReduce {
+    /// Every written segment enters the max and both sums: `g = max m_s`,
+    /// `w_s = exp2c(m_s - g)` (the seed era's `reduce_segments`,
+    /// `triton_unified_attention.py` @00139433; AITER's). A segment that
+    /// kept `m = 0` after fully masked tiles raises `g` to 0.
+    #[default]
+    AllWritten,
+    /// Only segments with `l > 0` and `m > -inf` set the max; the others
+    /// get weight 0 but are still multiplied in (`w = 0`, vLLM 0.34's
+    /// `reduce_segments` with `valid_segment`), so a NaN `l` or `acc`
+    /// still makes the output NaN (`NaN * 0`).
+    ValidOnly,
+}
+
 /// 2D (one program covers all tiles of its rows) or 3D split-KV.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Grid {
@@ -130,6 +159,10 @@ pub struct UnifiedLaunch {
     pub block_q: usize,
     pub tile_size: usize,
     pub grid: Grid,
+    /// The vLLM version whose kernel behaviour [`Flavor::Vllm`] models
+    /// (masked-row guard, soft-cap formula, reduce; see [`VllmProfile`]).
+    /// AITER's kernel ignores it.
+    pub profile: VllmProfile,
 }
 
 /// The inputs of vLLM's 2D/3D choice that come from the engine config
@@ -142,6 +175,8 @@ pub struct VllmLaunchOptions {
     pub max_query_len_3d: usize,
     /// `VLLM_BATCH_INVARIANT=1` forces 2D.
     pub batch_invariant: bool,
+    /// Which vLLM's kernel runs (default: the fixtures' era).
+    pub profile: VllmProfile,
 }
 
 impl Default for VllmLaunchOptions {
@@ -150,6 +185,7 @@ impl Default for VllmLaunchOptions {
             max_num_seqs: 256,
             max_query_len_3d: 1,
             batch_invariant: false,
+            profile: VllmProfile::default(),
         }
     }
 }
@@ -200,6 +236,7 @@ impl UnifiedLaunch {
             block_q,
             tile_size,
             grid,
+            profile: opts.profile,
         })
     }
 
@@ -251,6 +288,7 @@ impl UnifiedLaunch {
                 block_q: block_m / qpk,
                 tile_size,
                 grid: Grid::TwoD,
+                profile: VllmProfile::default(),
             });
         }
         let max_segments = 128.min(meta.max_seq_len.div_ceil(small_tile));
@@ -266,7 +304,33 @@ impl UnifiedLaunch {
             block_q: block_m / qpk,
             tile_size: small_tile,
             grid: Grid::ThreeD { num_segments },
+            profile: VllmProfile::default(),
         })
+    }
+
+    /// What a row's running max becomes after a tile fully masked for it
+    /// while it has seen no key: AITER keeps 0 (aiter.md §5.3); vLLM per profile.
+    pub fn masked_row_max(&self) -> MaskedRowMax {
+        match self.flavor {
+            Flavor::Aiter => MaskedRowMax::KeepZero,
+            Flavor::Vllm => self.profile.unified_masked_row_max(),
+        }
+    }
+
+    /// How the kernel's `apply_softcap` spells tanh.
+    pub fn softcap_formula(&self) -> SoftcapFormula {
+        match self.flavor {
+            Flavor::Aiter => SoftcapFormula::AiterTwoExp2,
+            Flavor::Vllm => self.profile.unified_softcap(),
+        }
+    }
+
+    /// Which segments the kernel's `reduce_segments` combines.
+    pub fn segment_reduce(&self) -> SegmentReduce {
+        match self.flavor {
+            Flavor::Aiter => SegmentReduce::AllWritten,
+            Flavor::Vllm => self.profile.unified_reduce(),
+        }
     }
 
     /// The same launch with another grid (e.g. to check 3D against 2D).
@@ -504,6 +568,7 @@ pub fn reduce_segments(
         return Err(Error::invalid("TILE_SIZE", 0, "must be >= 1"));
     }
     let tile = launch.tile_size;
+    let rule = launch.segment_reduce();
     let mut out = vec![0.0f32; t_n * hq * d];
     out.par_chunks_mut(d).enumerate().for_each(|(th, o)| {
         let token = th / hq;
@@ -514,17 +579,28 @@ pub fn reduce_segments(
             return;
         }
         let tps = seq_len.div_ceil(s_n * tile);
-        let nact = seq_len.div_ceil(tps * tile);
+        let nact = seq_len.div_ceil(tps * tile).min(s_n);
         let base = th * s_n;
-        let valid =
-            |s: usize| s < nact && parts.l[base + s] > 0.0 && parts.m[base + s] > f32::NEG_INFINITY;
-        let g = (0..s_n)
+        let valid = |s: usize| match rule {
+            SegmentReduce::AllWritten => true,
+            SegmentReduce::ValidOnly => {
+                parts.l[base + s] > 0.0 && parts.m[base + s] > f32::NEG_INFINITY
+            }
+        };
+        // tl.max ignores NaN (maxnumf), as f32::max does.
+        let g = (0..nact)
             .filter(|&s| valid(s))
             .fold(f32::NEG_INFINITY, |a, s| a.max(parts.m[base + s]));
         let mut num = vec![0.0f32; d];
         let mut den = 0.0f32;
-        for s in (0..s_n).filter(|&s| valid(s)) {
-            let w = exp2c(parts.m[base + s] - g);
+        for s in 0..nact {
+            // An invalid segment is weighted 0 but still multiplied in:
+            // finite partials add +-0 (no bit changes), NaN or inf ones NaN.
+            let w = if valid(s) {
+                exp2c(nan_fresh(parts.m[base + s] - g))
+            } else {
+                0.0
+            };
             den = parts.l[base + s].mul_add(w, den);
             for (n, &a) in num
                 .iter_mut()
@@ -535,11 +611,24 @@ pub fn reduce_segments(
         }
         if den != 0.0 {
             for (o, n) in o.iter_mut().zip(&num) {
-                *o = cfg.dtype.round(n / den);
+                *o = cfg.dtype.round(nan_fresh(n / den));
             }
         }
     });
     Ok(out)
+}
+
+/// A NaN made by an invalid operation (`0 / 0`, `inf / inf`, `0 * inf`,
+/// `-inf - -inf`) has platform-dependent bits (x86 and NVIDIA differ), so
+/// where a kernel can produce one the contract names it: `f32::NAN`
+/// (portable.h `nan_fresh`). Any other value passes unchanged.
+#[inline]
+pub fn nan_fresh(x: f32) -> f32 {
+    if x.is_nan() {
+        f32::NAN
+    } else {
+        x
+    }
 }
 
 /// `find_seq_idx(q_block_mode=True)`: the last request i with
@@ -700,7 +789,8 @@ impl<'a> Kernel<'a> {
             meta,
             cfg,
             launch,
-            params: ScoreParams::new(scale, cfg.softcap),
+            params: ScoreParams::new(scale, cfg.softcap)
+                .with_softcap_formula(launch.softcap_formula()),
             dims: DimOffsets::new(l),
             window: cfg.sliding_window.unwrap_or(0),
         })
@@ -803,6 +893,7 @@ impl<'a> Kernel<'a> {
             .collect();
 
         let (q_dtype, kv_dtype, flavor) = (cfg.dtype, cfg.kv_dtype, launch.flavor);
+        let masked = launch.masked_row_max();
         let (k_scale, v_scale) = (cfg.k_scale, cfg.v_scale);
         // K/V as the kernel loads them (see the module doc); the identity when
         // the cache already holds Q-dtype values (fp8 is exact in f16/bf16).
@@ -863,9 +954,8 @@ impl<'a> Kernel<'a> {
                     };
                 }
                 state.update(&scores[..n], |jj| kv.v_row(jj), q_dtype);
-                if flavor == Flavor::Aiter && state.m == f32::NEG_INFINITY {
-                    state.m = 0.0; // AITER keeps the guarded max (vllm-backends §10.3)
-                }
+                // The seed era's softmax_step and AITER keep the guarded max.
+                state.m = masked.apply(state.m);
             }
         }
         Some(UnitRows {
@@ -885,17 +975,17 @@ impl<'a> Kernel<'a> {
         t < seq_len && visible(t, qabs, causal, w) && (causal || w.map_or(true, |w| t < qabs + w))
     }
 
-    /// 2D epilogue into `dst` (rounded to the output dtype).
+    /// 2D epilogue into `dst` (rounded to the output dtype). Both kernels
+    /// divide without a guard: a stored row always has a visible key, so
+    /// `l == 0` only happens when every P underflowed (the seed era's
+    /// `M = 0` floor under very negative scores), and then the output is
+    /// the kernel's `0 / 0` = NaN (the contract's fresh NaN, see [`nan_fresh`]).
     fn epilogue_2d(&self, state: &RowState, dst: &mut [f32]) {
-        if state.l == 0.0 {
-            dst.fill(0.0); // only rows that saw no key: the GPU's 0/0 never reaches a stored row
-            return;
-        }
         let out_dtype = self.cfg.dtype;
         match self.launch.flavor {
             Flavor::Vllm => {
                 for (o, a) in dst.iter_mut().zip(&state.acc) {
-                    *o = out_dtype.round(a / state.l);
+                    *o = out_dtype.round(nan_fresh(a / state.l));
                 }
             }
             Flavor::Aiter => {
@@ -906,7 +996,7 @@ impl<'a> Kernel<'a> {
                 };
                 let r = v_descale / state.l;
                 for (o, a) in dst.iter_mut().zip(&state.acc) {
-                    *o = out_dtype.round(a * r);
+                    *o = out_dtype.round(nan_fresh(a * r));
                 }
             }
         }
@@ -976,6 +1066,7 @@ mod tests {
             block_q: 16,
             tile_size: 16,
             grid: Grid::TwoD,
+            profile: VllmProfile::Seed,
         };
         // Decode at position 100 with window 20 sees keys 81..=100: tiles 5 and 6.
         let b = TileBounds::new(&launch, 1, 0, 1, 101, true, 20);
@@ -1133,6 +1224,7 @@ mod tests {
             block_q: 4,
             tile_size: 32,
             grid: Grid::TwoD,
+            profile: VllmProfile::Seed,
         };
         let e = unified_attention(&q, &cache, &meta, &cfg, &bad)
             .unwrap_err()
