@@ -15,7 +15,10 @@
 //! `heads / N` heads against the replicated latent cache, so a step lists
 //! them once and the header (JSON: `ranks`) says which heads each rank owns.
 
-use super::util::{emit, fail, parse_size};
+use super::util::{emit, parse_bounded, parse_size};
+use attnlab_shared::limits::{
+    MAX_BLOCK_SIZE, MAX_NUM_BLOCKS, MAX_REQUESTS, MAX_SEQ_LEN, MAX_TRACE_TOKENS,
+};
 use attnlab_shared::metadata::AttentionMetadata;
 use attnlab_shared::model::{self, ModelPreset};
 use attnlab_shared::scheduler::{
@@ -28,8 +31,6 @@ use attnlab_sim::config::AttnConfig;
 use serde_json::{json, Value};
 use std::fmt::Write as _;
 use std::process::ExitCode;
-
-const MAX_TRACE_TOKENS: usize = 1 << 24;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -151,13 +152,9 @@ struct Trace {
 }
 
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
-    match setup(&a).and_then(|t| trace(&t, a.json)) {
-        Ok(out) => {
-            emit(&out);
-            Ok(ExitCode::SUCCESS)
-        }
-        Err(e) => fail(a.json, e),
-    }
+    let out = setup(&a).and_then(|t| trace(&t, a.json))?;
+    emit(&out);
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Runs the scheduler and renders each step as it goes, so a step's block
@@ -203,22 +200,24 @@ fn trace(t: &Trace, json: bool) -> anyhow::Result<String> {
 }
 
 fn setup(a: &Args) -> anyhow::Result<Trace> {
-    let prompt_len = parse_size("--prompt-len", &a.prompt_len, 1)?;
-    let output_len = parse_size("--output-len", &a.output_len, 1)?;
-    let num_requests = parse_size("--num-requests", &a.num_requests, 1)?;
+    let prompt_len = parse_bounded("--prompt-len", &a.prompt_len, 1, &MAX_SEQ_LEN)?;
+    let output_len = parse_bounded("--output-len", &a.output_len, 1, &MAX_SEQ_LEN)?;
+    let num_requests = parse_bounded("--num-requests", &a.num_requests, 1, &MAX_REQUESTS)?;
     let max_steps = parse_size("--max-steps", &a.max_steps, 1)?;
     let tp = parse_size("--tp", &a.tp, 1)?;
     // A trace is for reading: bound the work so a typo cannot exhaust memory.
-    let total = num_requests.saturating_mul(prompt_len.saturating_add(output_len));
-    if total > MAX_TRACE_TOKENS {
-        anyhow::bail!(
-            "invalid workload of {total} tokens (--num-requests x (--prompt-len + --output-len)): allowed up to {MAX_TRACE_TOKENS}"
-        );
-    }
+    MAX_TRACE_TOKENS.check(
+        "workload (--num-requests x (--prompt-len + --output-len)) of tokens",
+        (num_requests * (prompt_len + output_len)) as u64,
+    )?;
     let preset = model::preset(&a.model)?;
-    let max_num_batched_tokens =
-        parse_size("--max-num-batched-tokens", &a.max_num_batched_tokens, 1)?;
-    let max_num_seqs = parse_size("--max-num-seqs", &a.max_num_seqs, 1)?;
+    let max_num_batched_tokens = parse_bounded(
+        "--max-num-batched-tokens",
+        &a.max_num_batched_tokens,
+        1,
+        &MAX_TRACE_TOKENS,
+    )?;
+    let max_num_seqs = parse_bounded("--max-num-seqs", &a.max_num_seqs, 1, &MAX_REQUESTS)?;
     // A request holds one of max_num_seqs slots for at least output_len steps,
     // and the budget bounds the tokens per step.
     let min_steps = (num_requests.div_ceil(max_num_seqs) * output_len)
@@ -229,7 +228,7 @@ fn setup(a: &Args) -> anyhow::Result<Trace> {
         );
     }
     let block_size = match &a.block_size {
-        Some(s) => parse_size("--block-size", s, 1)?,
+        Some(s) => parse_bounded("--block-size", s, 1, &MAX_BLOCK_SIZE)?,
         None => preset.block_size.unwrap_or(16),
     };
     let name = a.backend.to_ascii_uppercase();
@@ -272,7 +271,7 @@ fn setup(a: &Args) -> anyhow::Result<Trace> {
         num_blocks: a
             .num_blocks
             .as_deref()
-            .map(|s| parse_size("--num-blocks", s, 1))
+            .map(|s| parse_bounded("--num-blocks", s, 1, &MAX_NUM_BLOCKS))
             .transpose()?,
         max_num_batched_tokens,
         max_num_seqs,
