@@ -126,7 +126,8 @@ pub const MAX_KV_REUSE: Limit = Limit {
     name: "max_kv_reuse",
     default: 1024,
     unit: "times the cache's tokens",
-    basis: "a captured case attends to the tokens its cache holds, shared prefixes a few times over",
+    basis:
+        "a captured case attends to the tokens its cache holds, shared prefixes a few times over",
 };
 
 /// Bytes of one fixture file.
@@ -196,7 +197,13 @@ impl Limit {
             return Ok(value);
         }
         self.check(what, u64::MAX).map_err(|e| match e {
-            Error::Limit { what, limit, basis, raise, .. } => Error::Limit {
+            Error::Limit {
+                what,
+                limit,
+                basis,
+                raise,
+                ..
+            } => Error::Limit {
                 what,
                 value: if value.abs() >= 1e15 {
                     format!("{value:e}")
@@ -391,7 +398,9 @@ mod tests {
     #[test]
     fn limit_names_are_unique_and_lower_case() {
         let mut names: Vec<&str> = LIMITS.iter().map(|l| l.name).collect();
-        assert!(names.iter().all(|n| n.starts_with("max_") && *n == n.to_ascii_lowercase()));
+        assert!(names
+            .iter()
+            .all(|n| n.starts_with("max_") && *n == n.to_ascii_lowercase()));
         names.sort();
         names.dedup();
         assert_eq!(names.len(), LIMITS.len());

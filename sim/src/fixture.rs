@@ -148,7 +148,10 @@ fn read_bounded(path: &Path) -> std::result::Result<Vec<u8>, String> {
     let f = std::fs::File::open(path).map_err(|e| format!("cannot read: {e}"))?;
     let meta = f.metadata().map_err(|e| format!("cannot read: {e}"))?;
     if !meta.is_file() {
-        return Err("not a regular file (a device, pipe or directory): a fixture is a .safetensors file".into());
+        return Err(
+            "not a regular file (a device, pipe or directory): a fixture is a .safetensors file"
+                .into(),
+        );
     }
     let size = limits::MAX_FIXTURE_BYTES
         .check("fixture size", meta.len())
@@ -683,8 +686,11 @@ impl Reader<'_> {
         let partials = [num_seqs, h, num_kv_splits, l + 1, 4]
             .iter()
             .fold(1u128, |a, &x| a.saturating_mul(x as u128));
-        limits::check_memory(&format!("{splits_key} {num_kv_splits} (split-KV partials)"), partials)
-            .map_err(|e| self.err(splits_key, e.to_string()))?;
+        limits::check_memory(
+            &format!("{splits_key} {num_kv_splits} (split-KV partials)"),
+            partials,
+        )
+        .map_err(|e| self.err(splits_key, e.to_string()))?;
         Ok(MlaCase {
             num_heads: h,
             kv_lora_rank: l,

@@ -11,8 +11,8 @@
 
 use super::util::{backend_choice, bounded, emit, progress, Usage};
 use anyhow::Context;
-use attnlab_shared::limits::{self, MAX_REPEATS, MAX_REQUESTS, MAX_SEQ_LEN};
 use attnlab_shared::layout::{KvLayout, LayoutKind};
+use attnlab_shared::limits::{self, MAX_REPEATS, MAX_REQUESTS, MAX_SEQ_LEN};
 use attnlab_shared::metadata::{AttentionMetadata, BlockTableTensor};
 use attnlab_shared::model::preset;
 use attnlab_sim::backends::{by_name, mha_backends, AttentionBackend};
@@ -195,7 +195,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if args.json {
         let value = match (args.cpu, args.gpu) {
             (true, true) => serde_json::Value::Object(json),
-            _ => json.into_iter().next().map_or(serde_json::Value::Null, |(_, v)| v),
+            _ => json
+                .into_iter()
+                .next()
+                .map_or(serde_json::Value::Null, |(_, v)| v),
         };
         emit(&format!("{}\n", serde_json::to_string_pretty(&value)?));
     }
@@ -246,7 +249,11 @@ fn bench_cpu(args: &Args, repeats: usize) -> anyhow::Result<(Report, String)> {
             shape_bytes(shape, &cfg),
         )?;
     }
-    let bar = progress(args.json, shapes.len() * (backends.len() + 1), "bench --cpu");
+    let bar = progress(
+        args.json,
+        shapes.len() * (backends.len() + 1),
+        "bench --cpu",
+    );
     let mut results = Vec::new();
     let mut skipped = Vec::new();
     for shape in &shapes {

@@ -8,9 +8,9 @@
 
 use super::util::{bounded, exit, no_device, progress, Usage};
 use attnlab_gpu::diff::{select, DiffOptions, KernelReport, KERNEL_DIFFS};
-use attnlab_shared::limits::{MAX_CASES, MAX_SECONDS};
 use attnlab_gpu::kernels::Gpu;
 use attnlab_gpu::runtime::{DeviceKind, GpuError};
+use attnlab_shared::limits::{MAX_CASES, MAX_SECONDS};
 use serde_json::json;
 use std::process::ExitCode;
 
@@ -96,9 +96,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let gpu = match opened {
         Ok(g) => g,
         Err(GpuError::NoDevice(why)) => {
-            return no_device(format!("no device: {why}"), args.allow_no_device, args.json, |w| {
-                format!("{w}; nothing compared")
-            })
+            return no_device(
+                format!("no device: {why}"),
+                args.allow_no_device,
+                args.json,
+                |w| format!("{w}; nothing compared"),
+            )
         }
         Err(e) => return Err(e.into()),
     };
@@ -167,20 +170,33 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             }
         );
     }
-    Ok(ExitCode::from(if all_exact { exit::OK } else { exit::FAILED }))
+    Ok(ExitCode::from(if all_exact {
+        exit::OK
+    } else {
+        exit::FAILED
+    }))
 }
 
 fn print_report(r: &KernelReport, secs: f64) {
     let verdict = if r.passed() { "bit-exact" } else { "MISMATCH" };
     outln!(
         "  {:<24} {:>6} cases {:>12} elements {:>12} exact  {verdict}  ({secs:.1} s)",
-        r.kernel, r.cases, r.elements, r.bit_exact
+        r.kernel,
+        r.cases,
+        r.elements,
+        r.bit_exact
     );
     if let Some(m) = &r.first_mismatch {
         outln!("    first mismatch, case {}: {}", m.case, m.case_desc);
         outln!(
             "    {}{:?}: sim {} ({}) gpu {} ({}), {} ulp",
-            m.tensor, m.index, m.sim_bits, m.sim_value, m.gpu_bits, m.gpu_value, m.ulp
+            m.tensor,
+            m.index,
+            m.sim_bits,
+            m.sim_value,
+            m.gpu_bits,
+            m.gpu_value,
+            m.ulp
         );
     }
 }

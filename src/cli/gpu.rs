@@ -4,8 +4,8 @@
 //! any fails or for a bad target, 3 without the target's compiler (0 with
 //! `--allow-no-device`).
 
-use attnlab_gpu::bench::{self, BenchOptions, BenchReport};
 use super::util::{emit, exit, no_device, progress, spinner, NoDevice};
+use attnlab_gpu::bench::{self, BenchOptions, BenchReport};
 use attnlab_gpu::compile::{compile_families_with, CompileReport};
 use attnlab_gpu::kernels::Gpu;
 use attnlab_gpu::runtime::GpuError;
@@ -96,7 +96,9 @@ fn print_report(r: &CompileReport) {
         };
         outln!(
             "  {:<22} {:<28} {status} {:>6} ms",
-            c.kernel, c.defines, c.millis
+            c.kernel,
+            c.defines,
+            c.millis
         );
         if let Some(log) = &c.log {
             for line in log.lines().take(30) {
@@ -174,11 +176,21 @@ pub fn bench(
 fn print_bench(r: &BenchReport) {
     outln!(
         "device: {} ({} SMs), device-to-device copy {:.0} GB/s, f32 peak {:.1} TFLOP/s",
-        r.device.name, r.device.multiprocessors, r.copy_gbps, r.f32_peak_tflops
+        r.device.name,
+        r.device.multiprocessors,
+        r.copy_gbps,
+        r.f32_peak_tflops
     );
     outln!(
         "  {:<32} {:>5} {:>7} {:>7} {:>10} {:>9} {:>8} {:>9}",
-        "kernel", "batch", "context", "heads", "median ms", "GB/s", "vs copy", "TFLOP/s"
+        "kernel",
+        "batch",
+        "context",
+        "heads",
+        "median ms",
+        "GB/s",
+        "vs copy",
+        "TFLOP/s"
     );
     for row in &r.rows {
         let tf = row.tflops.map_or(String::new(), |t| {

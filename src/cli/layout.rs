@@ -8,11 +8,9 @@
 
 use super::util::{emit, parse_bounded, parse_size};
 use attnlab_shared::dtype::DType;
-use attnlab_shared::limits::{
-    self, MAX_BLOCK_SIZE, MAX_HEAD_SIZE, MAX_KV_HEADS, MAX_NUM_BLOCKS,
-};
 use attnlab_shared::layout::mla::MlaLayout;
 use attnlab_shared::layout::{KvIndex, KvLayout, KvSide, LayoutKind, LAYOUT_NAMES};
+use attnlab_shared::limits::{self, MAX_BLOCK_SIZE, MAX_HEAD_SIZE, MAX_KV_HEADS, MAX_NUM_BLOCKS};
 use serde_json::{json, Value};
 use std::process::ExitCode;
 
@@ -84,7 +82,12 @@ fn describe(a: &Args) -> anyhow::Result<(Value, String)> {
     let dtype = DType::parse_storage(&a.dtype, &a.arch)?;
     let num_blocks = match &a.num_blocks {
         Some(n) => parse_bounded("--num-blocks", n, 1, &MAX_NUM_BLOCKS)?,
-        None => MAX_NUM_BLOCKS.check_usize("--token's block (--token / --block-size)", token / block_size)? + 1,
+        None => {
+            MAX_NUM_BLOCKS.check_usize(
+                "--token's block (--token / --block-size)",
+                token / block_size,
+            )? + 1
+        }
     };
     if token / block_size >= num_blocks {
         anyhow::bail!(

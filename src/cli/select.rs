@@ -9,11 +9,11 @@
 //! --block-size 1` selects. Exit status: 0 with a backend, 1 with vLLM's
 //! error or a bad flag value, 2 for a malformed command line.
 
+use super::util::{emit, exit};
 use attnlab_shared::dtype::{DType, KvCacheDtype};
 use attnlab_shared::model::{self, ModelPreset};
 use attnlab_shared::registry::AttnType;
 use attnlab_shared::selection::{self, EnvFlags, GpuArch, Profile, SelectorInput};
-use super::util::{emit, exit};
 use serde_json::json;
 use std::process::ExitCode;
 

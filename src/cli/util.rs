@@ -49,7 +49,12 @@ fn classify(e: &anyhow::Error) -> (&'static str, u8) {
         Some(E::Limit { .. }) => "limit",
         Some(E::Unsupported { .. }) => "unsupported",
         Some(E::Invalid { .. }) => "invalid",
-        None if e.downcast_ref::<attnlab_sim::fixture::FixtureError>().is_some() => "invalid",
+        None if e
+            .downcast_ref::<attnlab_sim::fixture::FixtureError>()
+            .is_some() =>
+        {
+            "invalid"
+        }
         None => "error",
     };
     (kind, exit::FAILED)
