@@ -30,7 +30,7 @@ pub struct Args {
     seed: u64,
     #[arg(long)]
     json: bool,
-    /// Print the kernel and backend names `--backend` takes, one per line, and exit.
+    /// Print the kernel and backend names `--backend` takes, one per line (a JSON array with --json), and exit.
     #[arg(long)]
     list: bool,
     /// The device: `cuda`, `hip`, or `host` (the kernels compiled by the
@@ -67,8 +67,10 @@ fn diff_name(name: &str) -> &str {
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if args.list {
-        for d in KERNEL_DIFFS {
-            outln!("{}", d.kernel);
+        let names: Vec<&str> = KERNEL_DIFFS.iter().map(|d| d.kernel).collect();
+        match args.json {
+            true => outln!("{}", json!(names)),
+            false => outln!("{}", names.join("\n")),
         }
         return Ok(ExitCode::SUCCESS);
     }

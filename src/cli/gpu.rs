@@ -20,9 +20,10 @@ pub struct Args {
 
 #[derive(clap::Subcommand)]
 enum GpuCommand {
-    /// Compile every kernel for a target (NVRTC for sm_XX, hipcc for gfx*).
+    /// Compile every kernel for a target (NVRTC for sm_XX, hipcc for gfx*, the system C++ compiler for host32/host64).
     Compile {
-        /// gfx90a, gfx940, gfx941, gfx942 or sm_XX (e.g. sm_90).
+        /// gfx90a, gfx940, gfx941, gfx942, sm_70 .. sm_120 (e.g. sm_90), or
+        /// host32 / host64 (the host device's C++ build, 32- or 64-lane waves).
         #[arg(long, value_parser = parse_target)]
         target: Target,
         #[arg(long)]
