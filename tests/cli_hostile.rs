@@ -406,6 +406,46 @@ fn backend_names_are_case_insensitive_and_all_means_every_one() {
 }
 
 #[test]
+fn trace_all_traces_every_backend_of_the_family_and_names_the_ones_that_refuse() {
+    let o = attnlab(&["trace", "--backend", "all", "--prompt-len", "8", "--json"]);
+    assert_eq!(o.code, Some(0), "{o:?}");
+    let v: serde_json::Value = serde_json::from_str(&o.stdout).unwrap();
+    let names: Vec<&str> = v["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["backend"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "TRITON_ATTN",
+            "ROCM_ATTN",
+            "ROCM_AITER_FA",
+            "ROCM_AITER_UNIFIED_ATTN",
+            "FLEX_ATTENTION"
+        ]
+    );
+    let o = attnlab(&[
+        "trace",
+        "--backend",
+        "ALL",
+        "--prompt-len",
+        "4",
+        "--model",
+        "deepseek-r1",
+        "--block-size",
+        "1",
+    ]);
+    assert_eq!(o.code, Some(0), "{o:?}");
+    assert!(
+        o.stdout.contains("=== ROCM_AITER_MLA ===") && o.stdout.contains("skipped TRITON_MLA: "),
+        "{}",
+        o.stdout
+    );
+}
+
+#[test]
 fn fp8_is_spelled_as_vllm_spells_it_in_layout_and_select() {
     let o = attnlab(&[
         "layout",
@@ -503,4 +543,24 @@ fn bench_cpu_and_gpu_together_run_both() {
         "{v}"
     );
     assert!(v["gpu"].is_object(), "{v}");
+}
+
+#[test]
+fn every_limit_is_documented_with_its_default_and_override() {
+    let page =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/src/cli.md")).unwrap();
+    for l in attnlab_shared::limits::LIMITS {
+        let row = format!(
+            "| `{}` | {} {} | `{}` |",
+            l.name,
+            l.default,
+            l.unit,
+            l.env_var()
+        );
+        assert!(
+            page.contains(&row),
+            "docs/src/cli.md lacks the row starting {row}"
+        );
+    }
+    assert!(page.contains(attnlab_shared::limits::MEMORY_ENV));
 }
