@@ -203,6 +203,27 @@ fn replay_of_dev_zero_is_that_files_error_without_reading_it() {
     );
 }
 
+#[cfg(unix)]
+#[test]
+fn replay_of_a_named_pipe_is_that_files_error_without_waiting_for_a_writer() {
+    let dir = std::env::temp_dir().join(format!("attnlab-fifo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let fifo = dir.join("case.safetensors");
+    let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+    if !made.is_ok_and(|s| s.success()) {
+        eprintln!("skipped: mkfifo is not available");
+        return;
+    }
+    let o = attnlab_env(
+        &["replay", fifo.to_str().unwrap()],
+        &[],
+        Duration::from_secs(20),
+    );
+    assert!(!o.crashed() && !o.timed_out, "{o:?}");
+    assert_eq!(o.code, Some(1));
+    assert!(o.stdout.contains("not a regular file"), "{}", o.stdout);
+}
+
 /// An mla_decode fixture claiming `num_kv_splits` (the real one says 4).
 fn mla_with_splits(splits: u64) -> std::path::PathBuf {
     let mut f = Fixture::read("mla_f16_h16_b16_s4");

@@ -145,14 +145,17 @@ pub fn load(path: &Path) -> Result<Fixture> {
 /// refused before anything is read), within the memory budget once widened.
 fn read_bounded(path: &Path) -> std::result::Result<Vec<u8>, String> {
     use std::io::Read;
-    let f = std::fs::File::open(path).map_err(|e| format!("cannot read: {e}"))?;
-    let meta = f.metadata().map_err(|e| format!("cannot read: {e}"))?;
-    if !meta.is_file() {
-        return Err(
+    let regular = |m: std::fs::Metadata| match m.is_file() {
+        true => Ok(m),
+        false => Err(
             "not a regular file (a device, pipe or directory): a fixture is a .safetensors file"
-                .into(),
-        );
-    }
+                .to_string(),
+        ),
+    };
+    // Checked before opening too: opening a pipe would wait for a writer.
+    regular(std::fs::metadata(path).map_err(|e| format!("cannot read: {e}"))?)?;
+    let f = std::fs::File::open(path).map_err(|e| format!("cannot read: {e}"))?;
+    let meta = regular(f.metadata().map_err(|e| format!("cannot read: {e}"))?)?;
     let size = limits::MAX_FIXTURE_BYTES
         .check("fixture size", meta.len())
         .map_err(|e| e.to_string())?;

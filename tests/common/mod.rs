@@ -116,11 +116,14 @@ pub fn fixture(name: &str) -> String {
     format!("{}/fixtures/{name}.safetensors", env!("CARGO_MANIFEST_DIR"))
 }
 
+/// One tensor of a safetensors file: (name, dtype, shape, bytes).
+pub type Tensor = (String, String, Vec<u64>, Vec<u8>);
+
 /// A safetensors file as its JSON header and tensors, edited and written back.
 pub struct Fixture {
     pub header: serde_json::Map<String, serde_json::Value>,
-    /// (name, dtype, shape, bytes) in data order.
-    pub tensors: Vec<(String, String, Vec<u64>, Vec<u8>)>,
+    /// In data order.
+    pub tensors: Vec<Tensor>,
 }
 
 impl Fixture {
@@ -130,27 +133,24 @@ impl Fixture {
         let header: serde_json::Map<String, serde_json::Value> =
             serde_json::from_slice(&bytes[8..8 + n]).unwrap();
         let data = &bytes[8 + n..];
-        let mut tensors: Vec<(u64, String, String, Vec<u64>, Vec<u8>)> = header
+        let mut tensors: Vec<(u64, Tensor)> = header
             .iter()
             .filter(|(k, _)| *k != "__metadata__")
             .map(|(k, v)| {
                 let off: Vec<u64> = serde_json::from_value(v["data_offsets"].clone()).unwrap();
-                (
-                    off[0],
+                let tensor = (
                     k.clone(),
                     v["dtype"].as_str().unwrap().to_string(),
                     serde_json::from_value(v["shape"].clone()).unwrap(),
                     data[off[0] as usize..off[1] as usize].to_vec(),
-                )
+                );
+                (off[0], tensor)
             })
             .collect();
         tensors.sort();
         Fixture {
             header,
-            tensors: tensors
-                .into_iter()
-                .map(|(_, n, d, s, b)| (n, d, s, b))
-                .collect(),
+            tensors: tensors.into_iter().map(|(_, t)| t).collect(),
         }
     }
 
