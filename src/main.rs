@@ -10,7 +10,11 @@ mod cli;
 #[command(
     name = "attnlab",
     version,
-    about = "Simulation-first testbed for vLLM's ROCm attention backends"
+    about = "Simulation-first testbed for vLLM's ROCm attention backends",
+    after_help = "Conventions (docs/src/cli.md): backend names are vLLM's enum names in any case, `all` for every one; \
+every subcommand takes --json, errors included ({\"error\": {\"type\", \"message\"}} on stdout). \
+Exit status: 0 ok; 1 a failed result or bad input; 2 usage; 3 no GPU device or compiler (--allow-no-device: 0). \
+Sizes are bounded by named limits, raised with ATTNLAB_MAX_<NAME>=N; memory by ATTNLAB_MAX_MEMORY (default: half the machine's)."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -39,8 +43,20 @@ enum Command {
     Gpu(cli::gpu::Args),
 }
 
+/// Parses the command line, checks the `ATTNLAB_MAX_*` limits in the
+/// environment, runs the subcommand, and turns every error into one line (or
+/// `{"error": {"type", "message"}}` with `--json`) and an exit status
+/// (`cli::util::exit`, docs/src/cli.md).
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // Known before parsing, so that a usage error honours --json too.
+    let json = std::env::args_os().skip(1).any(|a| a == "--json");
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return cli::util::clap_error(e, json),
+    };
+    if let Err(e) = attnlab_shared::limits::validate_env() {
+        return cli::util::report(&e.into(), json);
+    }
     let result = match cli.command {
         Command::Select(a) => cli::select::run(a),
         Command::Trace(a) => cli::trace::run(a),
@@ -54,9 +70,6 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(code) => code,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::from(2)
-        }
+        Err(e) => cli::util::report(&e, json),
     }
 }

@@ -279,7 +279,7 @@ mod layout_cli {
     }
 
     #[test]
-    fn rejected_block_size_is_one_line_naming_the_rule_with_exit_2() {
+    fn rejected_block_size_is_one_line_naming_the_rule_with_exit_1() {
         let out = layout(&[
             "--layout",
             "aiter-shuffled",
@@ -288,7 +288,7 @@ mod layout_cli {
             "--head-size",
             "128",
         ]);
-        assert_eq!(out.status.code(), Some(2));
+        assert_eq!(out.status.code(), Some(1));
         let err = String::from_utf8(out.stderr).unwrap();
         assert_eq!(err.lines().count(), 1, "{err}");
         assert!(
@@ -352,7 +352,7 @@ mod layout_cli {
             ),
         ] {
             let out = layout(&[args.as_slice(), &["--json"]].concat());
-            assert_eq!(out.status.code(), Some(2), "{args:?}");
+            assert_eq!(out.status.code(), Some(1), "{args:?}");
             let v: Value = serde_json::from_slice(&out.stdout).unwrap();
             assert!(
                 v["error"]["message"].as_str().unwrap().contains(needle),

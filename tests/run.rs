@@ -1,7 +1,7 @@
 //! `attnlab run`'s engine through the library and the binary: a tiny
 //! scheduled workload through every emulated backend (MHA, and MLA for
 //! deepseek-r1), checked against the f64 reference and across backends,
-//! reproducible across thread counts; bad flag combinations exit 2.
+//! reproducible across thread counts; bad flag combinations exit 1.
 
 use attnlab_shared::model::preset;
 use attnlab_sim::backends::mla::MlaConfig;
@@ -121,11 +121,11 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-/// `attnlab run ARGS` is bad input: exit 2, and the error names every one of `needles`.
+/// `attnlab run ARGS` is bad input: exit 1, and the error names every one of `needles`.
 fn assert_bad_input(args: &[&str], needles: &[&str]) {
     let o = attnlab_run(args);
     let e = stderr(&o);
-    assert_eq!(o.status.code(), Some(2), "{args:?}: {e}");
+    assert_eq!(o.status.code(), Some(1), "{args:?}: {e}");
     for n in needles {
         assert!(e.contains(n), "{args:?}: {e:?} does not name {n:?}");
     }
@@ -169,14 +169,14 @@ fn deepseek_r1_json_run_passes_on_every_mla_backend() {
 }
 
 #[test]
-fn a_backend_of_the_other_family_exits_2_naming_the_allowed_ones() {
+fn a_backend_of_the_other_family_exits_1_naming_the_allowed_ones() {
     let allowed = "TRITON_MLA, ROCM_AITER_MLA, ROCM_AITER_TRITON_MLA";
     assert_bad_input(
         &["--model", "deepseek-r1", "--backend", "TRITON_ATTN"],
         &["'TRITON_ATTN'", allowed],
     );
     let o = attnlab_run(&["--backend", "rocm_aiter_mla", "--json"]);
-    assert_eq!(o.status.code(), Some(2));
+    assert_eq!(o.status.code(), Some(1));
     let v: Value = serde_json::from_slice(&o.stdout).unwrap();
     let msg = v["error"]["message"].as_str().unwrap();
     assert!(
@@ -244,7 +244,7 @@ fn triton_mla_skips_block_size_1_with_vllms_message_and_aiter_mla_runs_it() {
 }
 
 #[test]
-fn a_configuration_no_backend_runs_exits_2_with_every_reason() {
+fn a_configuration_no_backend_runs_exits_1_with_every_reason() {
     // tp 16 leaves 8 heads per rank (AITER needs 16 or 128); TRITON_MLA refuses block size 1.
     let args = ["--model", "deepseek-r1", "--tp", "16", "--block-size", "1"];
     assert_bad_input(&args, &["does not support block size 1", "16 or 128"]);

@@ -768,7 +768,7 @@ mod trace_cli {
                 .args(args)
                 .output()
                 .unwrap();
-            assert_eq!(out.status.code(), Some(2), "{args:?}");
+            assert_eq!(out.status.code(), Some(1), "{args:?}");
             assert!(
                 !String::from_utf8_lossy(&out.stderr).contains("panicked"),
                 "{args:?}"

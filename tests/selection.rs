@@ -1079,7 +1079,7 @@ fn cli_attention_backend_flag_is_validated_like_the_env_var() {
 }
 
 #[test]
-fn cli_bad_flags_name_the_value_and_exit_2_without_panicking() {
+fn cli_bad_flag_values_name_the_value_and_exit_1_without_panicking() {
     for (args, value) in [
         (&["--block-size", "0"][..], "'0'"),
         (&["--block-size", "-3"][..], "-3"),
@@ -1093,7 +1093,7 @@ fn cli_bad_flags_name_the_value_and_exit_2_without_panicking() {
         (&["--rules", "v0"][..], "'v0'"),
     ] {
         let (code, _, stderr) = cli(&[], args);
-        assert_eq!(code, 2, "{args:?}: {stderr}");
+        assert_eq!(code, 1, "{args:?}: {stderr}");
         assert!(
             stderr.contains(value) && !stderr.contains("panicked"),
             "{args:?}: {stderr}"

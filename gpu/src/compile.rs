@@ -65,6 +65,17 @@ pub fn compile_families(
     only: Option<&str>,
     resources: bool,
 ) -> Result<CompileReport> {
+    compile_families_with(target, only, resources, |_, _| {})
+}
+
+/// [`compile_families`], calling `on_kernel(done, total)` after each
+/// (family, variant): `attnlab gpu compile`'s progress bar.
+pub fn compile_families_with(
+    target: &Target,
+    only: Option<&str>,
+    resources: bool,
+    mut on_kernel: impl FnMut(usize, usize),
+) -> Result<CompileReport> {
     let families: Vec<&Family> = match only {
         None => FAMILIES.iter().collect(),
         Some(name) => vec![crate::kernels::family(name)?],
@@ -91,11 +102,14 @@ pub fn compile_families(
             format!("{} ({})", c.program, c.version)
         }
     };
+    let units: Vec<(&Family, Defines)> = families
+        .into_iter()
+        .flat_map(|f| (f.variants)().into_iter().map(move |d| (f, d)))
+        .collect();
     let mut results = Vec::new();
-    for f in families {
-        for defines in (f.variants)() {
-            results.push(compile_one(target, f, &defines, resources)?);
-        }
+    for (f, defines) in &units {
+        results.push(compile_one(target, f, defines, resources)?);
+        on_kernel(results.len(), units.len());
     }
     Ok(CompileReport {
         target: target.name(),

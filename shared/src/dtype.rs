@@ -60,6 +60,22 @@ impl DType {
         })
     }
 
+    /// A storage dtype named either way vLLM names one: a torch dtype
+    /// ([`DType::parse`]) or a `--kv-cache-dtype` value other than `auto`
+    /// (`fp8`, `fp8_e4m3`: the fp8 of `arch`, see [`KvCacheDtype::storage`]).
+    pub fn parse_storage(s: &str, arch: &str) -> Result<Self> {
+        match (DType::parse(s), KvCacheDtype::parse(s)) {
+            (Ok(d), _) => Ok(d),
+            (Err(_), Ok(k)) if k != KvCacheDtype::Auto => k.storage(DType::Bf16, arch),
+            _ => Err(Error::invalid(
+                "dtype",
+                format!("'{s}'"),
+                "allowed: float32, float16, bfloat16, float8_e4m3fnuz, float8_e4m3fn (aliases: float, half, bf16, ...), \
+                 or a --kv-cache-dtype: fp8, fp8_e4m3 (the GPU's fp8: fnuz on gfx94x), float16, bfloat16",
+            )),
+        }
+    }
+
     pub fn size_bytes(self) -> usize {
         match self {
             DType::F32 => 4,
@@ -248,8 +264,9 @@ impl KvCacheDtype {
     pub const NAMES: [&'static str; 6] =
         ["auto", "float16", "bfloat16", "fp8", "fp8_e4m3", "fp8_e5m2"];
 
+    /// vLLM's `--kv-cache-dtype` names, in any case.
     pub fn parse(s: &str) -> Result<Self> {
-        Ok(match s {
+        Ok(match s.to_ascii_lowercase().as_str() {
             "auto" => KvCacheDtype::Auto,
             "float16" => KvCacheDtype::Float16,
             "bfloat16" => KvCacheDtype::Bfloat16,

@@ -15,6 +15,15 @@ pub enum Error {
     /// A well-formed request that a layout, kernel or backend does not support.
     #[error("{what} is not supported: {reason}")]
     Unsupported { what: String, reason: String },
+    /// A size over one of the named limits of [`crate::limits`].
+    #[error("invalid {what} {value}: over the limit {limit} ({basis}); raise it with {raise}")]
+    Limit {
+        what: String,
+        value: String,
+        limit: String,
+        basis: String,
+        raise: String,
+    },
 }
 
 impl Error {

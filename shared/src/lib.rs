@@ -7,6 +7,7 @@ pub mod block_table;
 pub mod dtype;
 pub mod error;
 pub mod layout;
+pub mod limits;
 pub mod metadata;
 pub mod model;
 pub mod registry;

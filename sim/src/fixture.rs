@@ -17,6 +17,7 @@
 
 use crate::config::AttnConfig;
 use attnlab_shared::dtype::DType;
+use attnlab_shared::limits;
 use attnlab_shared::metadata::{AttentionMetadata, BlockTableTensor};
 use half::{bf16, f16};
 use safetensors::{Dtype, SafeTensorError, SafeTensors};
@@ -239,12 +240,46 @@ pub struct Fixture {
 /// Reads and validates one fixture file.
 pub fn load(path: &Path) -> Result<Fixture> {
     let file = path.display().to_string();
-    let bytes = std::fs::read(path).map_err(|e| FixtureError {
+    let bytes = read_bounded(path).map_err(|problem| FixtureError {
         file: file.clone(),
         tensor: "file".into(),
-        problem: format!("cannot read: {e}"),
+        problem,
     })?;
     parse(&file, &bytes)
+}
+
+/// A regular file's bytes, never more than its size says nor more than
+/// `max_fixture_bytes` (a device such as /dev/zero, a pipe or a directory is
+/// refused before anything is read), within the memory budget once widened.
+fn read_bounded(path: &Path) -> std::result::Result<Vec<u8>, String> {
+    use std::io::Read;
+    let regular = |m: std::fs::Metadata| match m.is_file() {
+        true => Ok(m),
+        false => Err(
+            "not a regular file (a device, pipe or directory): a fixture is a .safetensors file"
+                .to_string(),
+        ),
+    };
+    // Checked before opening too: opening a pipe would wait for a writer.
+    regular(std::fs::metadata(path).map_err(|e| format!("cannot read: {e}"))?)?;
+    let f = std::fs::File::open(path).map_err(|e| format!("cannot read: {e}"))?;
+    let meta = regular(f.metadata().map_err(|e| format!("cannot read: {e}"))?)?;
+    let size = limits::MAX_FIXTURE_BYTES
+        .check("fixture size", meta.len())
+        .map_err(|e| e.to_string())?;
+    // Widened to f32 (x2 for 16-bit data), then copied into each backend's layout.
+    limits::check_memory("replaying this fixture", size as u128 * 8).map_err(|e| e.to_string())?;
+    let mut bytes = Vec::with_capacity(size as usize);
+    f.take(size + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("cannot read: {e}"))?;
+    if bytes.len() as u64 != size {
+        return Err(format!(
+            "its size changed while read: {size} bytes by its metadata, {} read",
+            bytes.len()
+        ));
+    }
+    Ok(bytes)
 }
 
 /// Parses and validates fixture bytes; `file` is only used in errors.
@@ -892,6 +927,12 @@ impl Reader<'_> {
         query_start_loc: Vec<i32>,
         causal: bool,
     ) -> Result<AttentionMetadata> {
+        limits::MAX_BLOCK_SIZE
+            .check_usize("metadata.block_size", block_size)
+            .map_err(|e| self.err("metadata.block_size", e.to_string()))?;
+        limits::MAX_NUM_BLOCKS
+            .check_usize("num_blocks (the cache's first dimension)", num_blocks)
+            .map_err(|e| self.err("num_blocks", e.to_string()))?;
         let (seq_shape, seq_lens) = self.ints("seq_lens", 1)?;
         let (bt_shape, bt) = self.ints("block_table", 2)?;
         if bt_shape[0] != seq_shape[0] {
@@ -1036,6 +1077,20 @@ impl Reader<'_> {
         }
     }
 
+    /// Refuses a block table that makes the work disproportionate to the
+    /// file: on average each cached token may be attended at most
+    /// `max_kv_reuse` times (`sum(seq_lens) / (num_blocks * block_size)`),
+    /// so one block repeated 262,144 times is an error, not a minute of work.
+    fn check_reuse(&self, meta: &AttentionMetadata) -> Result<()> {
+        let attended: u64 = meta.seq_lens.iter().map(|&s| s.max(0) as u64).sum();
+        let held = (meta.num_blocks as u64).saturating_mul(meta.block_size as u64);
+        let what = "sum(seq_lens) / cached tokens";
+        limits::MAX_KV_REUSE
+            .check(what, attended.div_ceil(held.max(1)))
+            .map(drop)
+            .map_err(|e| self.err("seq_lens", e.to_string()))
+    }
+
     fn paged(&self, dtype: DType, v2: bool, need_output: bool) -> Result<PagedCase> {
         let (hq, hkv, d, bs) = (
             self.dim("num_heads")?,
@@ -1116,6 +1171,7 @@ impl Reader<'_> {
         };
         cfg.validate()
             .map_err(|e| self.err("metadata", e.to_string()))?;
+        self.check_reuse(&meta)?;
         Ok(PagedCase {
             query: self.floats("query", dtype, &[t, hq, d], false)?,
             key_cache,
@@ -1154,12 +1210,26 @@ impl Reader<'_> {
         let num_seqs = self.shape("seq_lens", 1)?[0];
         let num_blocks = self.shape("kv_cache", 3)?[0];
         let meta = self.metadata(bs, num_blocks, (0..=num_seqs as i32).collect(), true)?;
+        self.check_reuse(&meta)?;
+        let splits_key = "metadata.num_kv_splits";
+        let num_kv_splits = limits::MAX_KV_SPLITS
+            .check_usize(splits_key, self.dim("num_kv_splits")?)
+            .map_err(|e| self.err(splits_key, e.to_string()))?;
+        // The split-KV decode's f32 partials: [num_seqs, heads, splits, kv_lora_rank + 1].
+        let partials = [num_seqs, h, num_kv_splits, l + 1, 4]
+            .iter()
+            .fold(1u128, |a, &x| a.saturating_mul(x as u128));
+        limits::check_memory(
+            &format!("{splits_key} {num_kv_splits} (split-KV partials)"),
+            partials,
+        )
+        .map_err(|e| self.err(splits_key, e.to_string()))?;
         Ok(MlaCase {
             num_heads: h,
             kv_lora_rank: l,
             qk_rope_head_dim: r,
             scale: self.positive("scale")?,
-            num_kv_splits: self.dim("num_kv_splits")?,
+            num_kv_splits,
             query: self.floats("query", dtype, &[num_seqs, h, l + r], false)?,
             kv_cache: self.floats("kv_cache", dtype, &[num_blocks, bs, l + r], false)?,
             output: self.output("output", dtype, &[num_seqs, h, l], need_output)?,

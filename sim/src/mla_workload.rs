@@ -23,7 +23,9 @@ use crate::kernels::mla_cache::{concat_and_cache_mla, LatentCache};
 use crate::kernels::mla_proj::MlaWeights;
 use crate::reference::{self, Tolerance};
 use crate::replay::{catch_panic, Status};
-use crate::workload::{draw, schedule, score_step, BackendRun, WorkloadReport, WorkloadSpec};
+use crate::workload::{
+    check_cache_memory, draw, schedule, score_step, BackendRun, WorkloadReport, WorkloadSpec,
+};
 use attnlab_shared::dtype::DType;
 use attnlab_shared::error::{Error, Result};
 use attnlab_shared::layout::mla::MlaLayout;
@@ -63,6 +65,7 @@ pub fn run_mla_workload(
         Some(name) => vec![by_name(name)?],
         None => mla_backends(),
     };
+    check_cache_memory(nb, bs, cfg.dims.latent_width(), backends.len())?;
     let layout = MlaLayout::for_dims(&cfg.dims, nb, bs, cfg.kv_dtype)?;
     let mut lanes: Vec<(Box<dyn MlaBackend>, LatentCache, BackendRun)> = Vec::new();
     let mut skipped = Vec::new();

@@ -121,6 +121,16 @@ pub struct ReplayResult {
 
 /// Which backends to replay: `None` = all.
 pub fn replay_paths(paths: &[PathBuf], backend: Option<&str>) -> Result<Vec<ReplayResult>> {
+    replay_paths_with(paths, backend, |_, _| {})
+}
+
+/// [`replay_paths`], calling `on_file(done, total)` after each file. A file
+/// that does not load is that file's "fail" row; the others still run.
+pub fn replay_paths_with(
+    paths: &[PathBuf],
+    backend: Option<&str>,
+    mut on_file: impl FnMut(usize, usize),
+) -> Result<Vec<ReplayResult>> {
     if let Some(name) = backend {
         // An unknown name is an error up front, naming the emulated MHA and MLA backends.
         let known: Vec<&'static str> = mha_backends()
@@ -137,8 +147,10 @@ pub fn replay_paths(paths: &[PathBuf], backend: Option<&str>) -> Result<Vec<Repl
         }
     }
     let mut out = Vec::new();
-    for path in expand(paths)? {
-        out.extend(replay_file(&path, backend));
+    let files = expand(paths)?;
+    for (done, path) in files.iter().enumerate() {
+        out.extend(replay_file(path, backend));
+        on_file(done + 1, files.len());
     }
     Ok(out)
 }

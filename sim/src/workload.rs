@@ -197,6 +197,25 @@ pub fn schedule(spec: &WorkloadSpec) -> Result<(SchedulerConfig, Vec<ScheduledSt
     Ok((cfg, steps))
 }
 
+/// Refuses a run whose KV caches (one per backend, plus the reference's;
+/// `per_token` f32 values each) would exceed the memory budget.
+pub fn check_cache_memory(
+    num_blocks: usize,
+    block_size: usize,
+    per_token: usize,
+    backends: usize,
+) -> Result<()> {
+    let bytes = [num_blocks, block_size, per_token, 4, backends + 1]
+        .iter()
+        .fold(1u128, |a, &x| a.saturating_mul(x as u128));
+    attnlab_shared::limits::check_memory(
+        &format!(
+            "KV caches of {num_blocks} blocks of {block_size} tokens, for {backends} backend(s) and the reference,"
+        ),
+        bytes,
+    )
+}
+
 /// `n` values ~ U(-1, 1) from `rng`, rounded to `dtype`: the Q/K/V of runs and benches.
 pub fn draw(rng: &mut impl Rng, n: usize, dtype: DType) -> Vec<f32> {
     (0..n)
@@ -231,6 +250,12 @@ pub fn run_workload(
         Some(name) => vec![by_name(name)?],
         None => mha_backends(),
     };
+    check_cache_memory(
+        num_blocks,
+        bs,
+        cfg.num_kv_heads * cfg.head_size * 2,
+        backends.len(),
+    )?;
     let mut skipped = Vec::new();
     let mut lanes = Vec::new();
     for b in backends {

@@ -1,4 +1,4 @@
-//! `attnlab bench --cpu [--json]`: emulator throughput per backend on a
+//! `attnlab bench --cpu [--gpu] [--json]`: emulator throughput per backend on a
 //! prefill-shaped and a decode-shaped batch, next to a plain f32 attention
 //! (the reference's loops in f32: no tiling, no online softmax) measured in
 //! the same run, so the ratio is independent of the machine.
@@ -6,9 +6,13 @@
 //! FLOPs are counted the same way for every implementation: 4 * head_size *
 //! num_heads per visible (query, key) pair (2 for QK^T, 2 for PV). Each
 //! measurement is one warm-up run, then the median of `--repeats` runs.
+//! `--gpu` measures the HIP kernels instead (`super::gpu::bench`); both
+//! flags run both, the CPU part first.
 
+use super::util::{backend_choice, bounded, emit, progress, Usage};
 use anyhow::Context;
 use attnlab_shared::layout::{KvLayout, LayoutKind};
+use attnlab_shared::limits::{self, MAX_REPEATS, MAX_REQUESTS, MAX_SEQ_LEN};
 use attnlab_shared::metadata::{AttentionMetadata, BlockTableTensor};
 use attnlab_shared::model::preset;
 use attnlab_sim::backends::{by_name, mha_backends, AttentionBackend};
@@ -29,23 +33,26 @@ pub struct Args {
     /// Benchmark the HIP kernels on the GPU (decode grid + prefill, vs a device copy).
     #[arg(long)]
     pub gpu: bool,
-    /// One emulated MHA backend (vLLM enum name) or `all`.
+    /// With --gpu and no device: say so and exit 0 instead of 3.
+    #[arg(long)]
+    pub allow_no_device: bool,
+    /// One emulated MHA backend (vLLM enum name, any case) or `all`.
     #[arg(long, default_value = "all")]
     pub backend: String,
     /// Model preset giving heads, kv heads, head size and dtype.
     #[arg(long, default_value = "llama-3.1-8b")]
     pub model: String,
     /// Tokens of the prefill-shaped case (one sequence, causal).
-    #[arg(long, default_value_t = 2048)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 2048)]
     pub prefill_tokens: usize,
     /// Sequences of the decode-shaped case (one new token each).
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 32)]
     pub decode_batch: usize,
     /// Context length of each decode sequence.
-    #[arg(long, default_value_t = 4096)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 4096)]
     pub decode_ctx: usize,
     /// Timed runs per measurement (after one warm-up); the median is reported.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 3)]
     pub repeats: usize,
     /// Print JSON instead of a table.
     #[arg(long)]
@@ -161,42 +168,92 @@ fn median_seconds(
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    if args.gpu {
-        return super::gpu::bench(args.json, args.repeats, args.filter.clone());
+    if !args.cpu && !args.gpu {
+        return Err(Usage(
+            "choose what to benchmark: --cpu (the emulator), --gpu (the kernels on a device), or both".into(),
+        )
+        .into());
     }
-    if !args.cpu {
-        anyhow::bail!("choose what to benchmark: --cpu (the emulator)");
-    }
-    for (what, v) in [
-        ("--prefill-tokens", args.prefill_tokens),
-        ("--decode-batch", args.decode_batch),
-        ("--decode-ctx", args.decode_ctx),
-    ] {
-        if v == 0 {
-            anyhow::bail!("invalid {what} 0: must be >= 1");
+    let repeats = bounded("--repeats", args.repeats, 1, &MAX_REPEATS)?;
+    // The device first: without one (and no --allow-no-device) nothing runs.
+    let gpu = match args.gpu {
+        true => Some(super::gpu::open_for_bench(args.allow_no_device)?),
+        false => None,
+    };
+    let mut json = serde_json::Map::new();
+    if args.cpu {
+        let (report, text) = bench_cpu(&args, repeats)?;
+        match args.json {
+            true => _ = json.insert("cpu".into(), serde_json::to_value(&report)?),
+            false => emit(&text),
         }
     }
+    if let Some(gpu) = gpu {
+        let value = super::gpu::bench(gpu, &args, repeats)?;
+        json.insert("gpu".into(), value);
+    }
+    if args.json {
+        let value = match (args.cpu, args.gpu) {
+            (true, true) => serde_json::Value::Object(json),
+            _ => json
+                .into_iter()
+                .next()
+                .map_or(serde_json::Value::Null, |(_, v)| v),
+        };
+        emit(&format!("{}\n", serde_json::to_string_pretty(&value)?));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Bytes a shape needs at once: the query and output, and two K/V caches
+/// (the one being measured and the one being filled), in f32, plus as much
+/// again for the kernels' working copies.
+fn shape_bytes(shape: &Shape, cfg: &AttnConfig) -> u128 {
+    let q = (shape.num_seqs * shape.q_len * cfg.num_heads * cfg.head_size) as u128;
+    let kv = (shape.num_seqs * shape.seq_len.div_ceil(BLOCK_SIZE) * BLOCK_SIZE) as u128
+        * (cfg.num_kv_heads * cfg.head_size) as u128;
+    (2 * q + 4 * kv) * 4 * 2
+}
+
+/// The CPU report and its table.
+fn bench_cpu(args: &Args, repeats: usize) -> anyhow::Result<(Report, String)> {
+    let prefill_tokens = bounded("--prefill-tokens", args.prefill_tokens, 1, &MAX_SEQ_LEN)?;
+    let decode_batch = bounded("--decode-batch", args.decode_batch, 1, &MAX_REQUESTS)?;
+    let decode_ctx = bounded("--decode-ctx", args.decode_ctx, 1, &MAX_SEQ_LEN)?;
     let model = preset(&args.model)?;
     let cfg = attnlab_sim::workload::model_config(model)?;
-    let backends: Vec<Box<dyn AttentionBackend>> = if args.backend == "all" {
-        mha_backends()
-    } else {
-        vec![by_name(&args.backend)?]
+    let backends: Vec<Box<dyn AttentionBackend>> = match backend_choice(&args.backend) {
+        None => mha_backends(),
+        Some(name) => vec![by_name(&name)?],
     };
     let shapes = [
         Shape {
             name: "prefill",
             num_seqs: 1,
-            q_len: args.prefill_tokens,
-            seq_len: args.prefill_tokens,
+            q_len: prefill_tokens,
+            seq_len: prefill_tokens,
         },
         Shape {
             name: "decode",
-            num_seqs: args.decode_batch,
+            num_seqs: decode_batch,
             q_len: 1,
-            seq_len: args.decode_ctx,
+            seq_len: decode_ctx,
         },
     ];
+    for shape in &shapes {
+        limits::check_memory(
+            &format!(
+                "bench's {} case ({} seq x {} new tokens, kv length {})",
+                shape.name, shape.num_seqs, shape.q_len, shape.seq_len
+            ),
+            shape_bytes(shape, &cfg),
+        )?;
+    }
+    let bar = progress(
+        args.json,
+        shapes.len() * (backends.len() + 1),
+        "bench --cpu",
+    );
     let mut results = Vec::new();
     let mut skipped = Vec::new();
     for shape in &shapes {
@@ -219,9 +276,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         let cache = filled_cache(nhd, shape, &cfg, |c, k, v, s| {
             reshape_and_cache(CacheWriter::ReshapeAndCacheFlash, c, k, v, s, &cfg)
         })?;
-        let naive_s = median_seconds(args.repeats, || {
+        bar.set_message(format!("{} {NAIVE}", shape.name));
+        let naive_s = median_seconds(repeats, || {
             Ok(paged_attention_in::<f32>(&query, &cache, &meta, &cfg).map(drop)?)
         })?;
+        bar.inc(1);
         drop(cache);
         let naive_gflops = gflop / naive_s;
         results.push(Measurement {
@@ -234,6 +293,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         });
 
         for b in &backends {
+            bar.set_message(format!("{} {}", shape.name, b.name()));
+            bar.inc(1);
             let setup = b
                 .check(&cfg, BLOCK_SIZE)
                 .and_then(|()| b.kernel_block_size(BLOCK_SIZE));
@@ -249,7 +310,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             let cache = filled_cache(layout, shape, &cfg, |c, k, v, s| {
                 b.write_kv(c, k, v, s, &cfg)
             })?;
-            let s = median_seconds(args.repeats, || {
+            let s = median_seconds(repeats, || {
                 Ok(b.forward(&query, &cache, &meta, &cfg).map(drop)?)
             })
             .with_context(|| format!("{} on the {} case", b.name(), shape.name))?;
@@ -263,6 +324,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             });
         }
     }
+    bar.finish_and_clear();
     skipped.dedup();
     let report = Report {
         model: model.name,
@@ -270,12 +332,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         results,
         skipped,
     };
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        print!("{}", format_report(&report, &shapes));
-    }
-    Ok(ExitCode::SUCCESS)
+    let text = format_report(&report, &shapes);
+    Ok((report, text))
 }
 
 fn format_report(r: &Report, shapes: &[Shape]) -> String {

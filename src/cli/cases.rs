@@ -3,10 +3,10 @@
 //! kernel path of one vLLM backend, or of every backend and the
 //! `merge_attn_states` kernel, drawn by `attnlab_sim::cases`. A capture run
 //! on a GPU adds the kernels' outputs; `attnlab replay DIR` then measures
-//! the emulator against them. Exit 0 when every file was written, 2 on bad
-//! input.
+//! the emulator against them. Exit 0 when every file was written, 1 on a
+//! bad value (docs/src/cli.md).
 
-use super::util::{emit, fail};
+use super::util::{emit, report};
 use attnlab_sim::cases::{generate, Target, MAX_COUNT};
 use attnlab_sim::fixture;
 use rayon::prelude::*;
@@ -57,7 +57,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Err(e) => fail(args.json, e),
+        Err(e) => Ok(report(&e, args.json)),
     }
 }
 

@@ -4,39 +4,45 @@
 //! device, with 32- or 64-lane waves) over random cases and compares bit
 //! patterns. Per kernel: cases, elements, bit-exact count and the first
 //! mismatch (indices, both values, ulp distance). Exit 1 on any mismatch;
-//! without a device it says so in one line and exits 0 with nothing compared.
+//! without a device, exit 3 (`--allow-no-device`: one line, exit 0).
 
-use attnlab_gpu::diff::{select, DiffOptions, KernelReport};
+use super::util::{bounded, exit, no_device, progress, Usage};
+use attnlab_gpu::diff::{select, DiffOptions, KernelReport, KERNEL_DIFFS};
 use attnlab_gpu::kernels::Gpu;
 use attnlab_gpu::runtime::{DeviceKind, GpuError};
+use attnlab_shared::limits::{MAX_CASES, MAX_SECONDS};
 use serde_json::json;
 use std::process::ExitCode;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// A kernel (contract, reshape_and_cache, ...) or `all`.
+    /// A kernel family (contract, reshape_and_cache, ...) or backend
+    /// (TRITON_ATTN, ...), in any case, or `all`; `--list` names them.
     #[arg(long, default_value = "all", value_name = "NAME|all")]
     backend: String,
     /// Random cases per kernel.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 100)]
     cases: usize,
-    #[arg(long, default_value_t = 0)]
+    /// Without a device: say so and exit 0 instead of 3.
+    #[arg(long)]
+    allow_no_device: bool,
+    #[arg(long, allow_negative_numbers = true, default_value_t = 0)]
     seed: u64,
     #[arg(long)]
     json: bool,
-    /// Print the kernel and backend names `--backend` takes, one per line, and exit.
+    /// Print the kernel and backend names `--backend` takes, one per line (a JSON array with --json), and exit.
     #[arg(long)]
     list: bool,
     /// The device: `cuda`, `hip`, or `host` (the kernels compiled by the
     /// system C++ compiler and run on the CPU). Default: the first GPU.
-    #[arg(long, value_parser = ["cuda", "hip", "host"])]
+    #[arg(long, value_parser = ["cuda", "hip", "host"], ignore_case = true)]
     device: Option<String>,
     /// Lanes per wave of `--device host` (32: NVIDIA's warps, 64: AMD's waves).
     #[arg(long, value_parser = ["32", "64"])]
     wave: Option<String>,
     /// Per kernel: stop drawing new cases after this many seconds and report
     /// the cases that ran (for device calls with a hard time limit).
-    #[arg(long, value_name = "SECONDS", value_parser = parse_seconds)]
+    #[arg(long, allow_negative_numbers = true, value_name = "SECONDS", value_parser = parse_seconds)]
     max_seconds: Option<f64>,
 }
 
@@ -47,19 +53,40 @@ fn parse_seconds(s: &str) -> Result<f64, String> {
     }
 }
 
+/// `--backend` in any case: `all`, or the listed name it matches.
+fn diff_name(name: &str) -> &str {
+    if name.eq_ignore_ascii_case("all") {
+        return "all";
+    }
+    KERNEL_DIFFS
+        .iter()
+        .map(|d| d.kernel)
+        .find(|k| k.eq_ignore_ascii_case(name))
+        .unwrap_or(name)
+}
+
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if args.list {
-        for d in attnlab_gpu::diff::KERNEL_DIFFS {
-            println!("{}", d.kernel);
+        let names: Vec<&str> = KERNEL_DIFFS.iter().map(|d| d.kernel).collect();
+        match args.json {
+            true => outln!("{}", json!(names)),
+            false => outln!("{}", names.join("\n")),
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let diffs = select(&args.backend)?;
-    let kind = match (args.device.as_deref(), args.wave.as_deref()) {
+    let diffs = select(diff_name(&args.backend))?;
+    bounded("--cases", args.cases, 1, &MAX_CASES)?;
+    if let Some(s) = args.max_seconds {
+        MAX_SECONDS.check_f64("--max-seconds", s)?;
+    }
+    let device = args.device.as_deref().map(str::to_ascii_lowercase);
+    let kind = match (device.as_deref(), args.wave.as_deref()) {
         (Some("host"), wave) => Some(DeviceKind::Host {
             wave: if wave == Some("64") { 64 } else { 32 },
         }),
-        (_, Some(w)) => anyhow::bail!("--wave {w} applies to --device host only"),
+        (_, Some(w)) => {
+            return Err(Usage(format!("--wave {w} applies to --device host only")).into())
+        }
         (Some("cuda"), None) => Some(DeviceKind::Cuda),
         (Some("hip"), None) => Some(DeviceKind::Hip),
         _ => None,
@@ -71,22 +98,19 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let gpu = match opened {
         Ok(g) => g,
         Err(GpuError::NoDevice(why)) => {
-            if args.json {
-                println!(
-                    "{}",
-                    json!({ "device": null, "skipped": why, "kernels": [] })
-                );
-            } else {
-                println!("no device, nothing compared: {why}");
-            }
-            return Ok(ExitCode::SUCCESS);
+            return no_device(
+                format!("no device: {why}"),
+                args.allow_no_device,
+                args.json,
+                |w| format!("{w}; nothing compared"),
+            )
         }
         Err(e) => return Err(e.into()),
     };
     let opts = DiffOptions::new(args.cases, args.seed);
     let info = gpu.dev.info().clone();
     if !args.json {
-        println!(
+        outln!(
             "device: {} ({}, {} SMs), {} cases per kernel, seed {}",
             info.name,
             info.target.name(),
@@ -99,7 +123,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     // A diff that errors (a launch failure, an input its kernel rejects) is
     // reported and fails the run, but does not hide the others' results.
     let mut errors: Vec<(String, String)> = Vec::new();
+    let bar = progress(args.json, diffs.len(), "diff");
     for d in diffs {
+        bar.set_message(d.kernel);
         let start = std::time::Instant::now();
         let opts = DiffOptions {
             deadline: args
@@ -110,21 +136,23 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         match (d.run)(&gpu, opts) {
             Ok(r) => {
                 if !args.json {
-                    print_report(&r, start.elapsed().as_secs_f64());
+                    bar.suspend(|| print_report(&r, start.elapsed().as_secs_f64()));
                 }
                 reports.push(r);
             }
             Err(e) => {
                 if !args.json {
-                    println!("  {:<24} ERROR: {e}", d.kernel);
+                    bar.suspend(|| outln!("  {:<24} ERROR: {e}", d.kernel));
                 }
                 errors.push((d.kernel.to_string(), e.to_string()));
             }
         }
+        bar.inc(1);
     }
+    bar.finish_and_clear();
     let all_exact = errors.is_empty() && reports.iter().all(|r| r.passed());
     if args.json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(
                 &json!({ "device": info, "cases": opts.cases, "seed": opts.seed, "bit_exact": all_exact, "kernels": reports, "errors": errors })
@@ -132,7 +160,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         );
     } else {
         let elements: u64 = reports.iter().map(|r| r.elements).sum();
-        println!(
+        outln!(
             "{} kernels/backends, {elements} elements: {}",
             reports.len(),
             if all_exact {
@@ -144,24 +172,33 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             }
         );
     }
-    Ok(if all_exact {
-        ExitCode::SUCCESS
+    Ok(ExitCode::from(if all_exact {
+        exit::OK
     } else {
-        ExitCode::from(1)
-    })
+        exit::FAILED
+    }))
 }
 
 fn print_report(r: &KernelReport, secs: f64) {
     let verdict = if r.passed() { "bit-exact" } else { "MISMATCH" };
-    println!(
+    outln!(
         "  {:<24} {:>6} cases {:>12} elements {:>12} exact  {verdict}  ({secs:.1} s)",
-        r.kernel, r.cases, r.elements, r.bit_exact
+        r.kernel,
+        r.cases,
+        r.elements,
+        r.bit_exact
     );
     if let Some(m) = &r.first_mismatch {
-        println!("    first mismatch, case {}: {}", m.case, m.case_desc);
-        println!(
+        outln!("    first mismatch, case {}: {}", m.case, m.case_desc);
+        outln!(
             "    {}{:?}: sim {} ({}) gpu {} ({}), {} ulp",
-            m.tensor, m.index, m.sim_bits, m.sim_value, m.gpu_bits, m.gpu_value, m.ulp
+            m.tensor,
+            m.index,
+            m.sim_bits,
+            m.sim_value,
+            m.gpu_bits,
+            m.gpu_value,
+            m.ulp
         );
     }
 }

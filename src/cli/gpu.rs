@@ -1,10 +1,12 @@
 //! `attnlab gpu compile --target gfx90a|gfx940|sm_90 [--json]`: compiles every
 //! kernel family (every representative dtype variant) for one target with no
 //! device present, and reports per kernel. Exit 0 when all compile, 1 when
-//! any fails, 2 for a bad target or a missing compiler.
+//! any fails or for a bad target, 3 without the target's compiler (0 with
+//! `--allow-no-device`).
 
+use super::util::{emit, exit, no_device, progress, spinner, NoDevice};
 use attnlab_gpu::bench::{self, BenchOptions, BenchReport};
-use attnlab_gpu::compile::{compile_families, CompileReport};
+use attnlab_gpu::compile::{compile_families_with, CompileReport};
 use attnlab_gpu::kernels::Gpu;
 use attnlab_gpu::runtime::GpuError;
 use attnlab_gpu::runtime::Target;
@@ -18,9 +20,10 @@ pub struct Args {
 
 #[derive(clap::Subcommand)]
 enum GpuCommand {
-    /// Compile every kernel for a target (NVRTC for sm_XX, hipcc for gfx*).
+    /// Compile every kernel for a target (NVRTC for sm_XX, hipcc for gfx*, the system C++ compiler for host32/host64).
     Compile {
-        /// gfx90a, gfx940, gfx941, gfx942 or sm_XX (e.g. sm_90).
+        /// gfx90a, gfx940, gfx941, gfx942, sm_70 .. sm_120 (e.g. sm_90), or
+        /// host32 / host64 (the host device's C++ build, 32- or 64-lane waves).
         #[arg(long, value_parser = parse_target)]
         target: Target,
         #[arg(long)]
@@ -32,6 +35,10 @@ enum GpuCommand {
         /// (ptxas -v on NVIDIA, clang's resource remarks on AMD).
         #[arg(long)]
         resources: bool,
+        /// Without the target's compiler (NVRTC, hipcc, a C++ compiler):
+        /// say so and exit 0 instead of 3.
+        #[arg(long)]
+        allow_no_device: bool,
     },
 }
 
@@ -46,93 +53,145 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             json,
             family,
             resources,
+            allow_no_device,
         } => {
-            let report = compile_families(&target, family.as_deref(), resources)?;
+            let bar = progress(json, 0, "gpu compile");
+            let report =
+                compile_families_with(&target, family.as_deref(), resources, |done, total| {
+                    bar.set_length(total as u64);
+                    bar.set_position(done as u64);
+                });
+            bar.finish_and_clear();
+            let report = match report {
+                Ok(r) => r,
+                // Compiling needs no device, only the target's compiler.
+                Err(GpuError::NoDevice(why)) => {
+                    let why = format!("no compiler for {}: {why}", target.name());
+                    return no_device(why, allow_no_device, json, |w| {
+                        format!("{w}; nothing compiled")
+                    });
+                }
+                Err(e) => return Err(e.into()),
+            };
             if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
+                emit(&format!("{}\n", serde_json::to_string_pretty(&report)?));
             } else {
                 print_report(&report);
             }
-            Ok(if report.all_ok() {
-                ExitCode::SUCCESS
+            Ok(ExitCode::from(if report.all_ok() {
+                exit::OK
             } else {
-                ExitCode::from(1)
-            })
+                exit::FAILED
+            }))
         }
     }
 }
 
 fn print_report(r: &CompileReport) {
-    println!("compile for {} with {}", r.target, r.compiler);
+    outln!("compile for {} with {}", r.target, r.compiler);
     for c in &r.results {
         let status = if c.ok {
             format!("ok   {:>8} bytes", c.bytes)
         } else {
             "FAIL".to_string()
         };
-        println!(
+        outln!(
             "  {:<22} {:<28} {status} {:>6} ms",
-            c.kernel, c.defines, c.millis
+            c.kernel,
+            c.defines,
+            c.millis
         );
         if let Some(log) = &c.log {
             for line in log.lines().take(30) {
-                println!("      {line}");
+                outln!("      {line}");
             }
         }
         for line in &c.resources {
-            println!("      {line}");
+            outln!("      {line}");
         }
     }
     let ok = r.results.iter().filter(|c| c.ok).count();
-    println!("{ok} of {} compiled", r.results.len());
+    outln!("{ok} of {} compiled", r.results.len());
 }
 
-/// `attnlab bench --gpu [--json]`: the table on stdout (or JSON), and
-/// `bench-gpu.json` + `bench-gpu.svg` written to `$ATTNLAB_BENCH_DIR` (default:
-/// the current folder). Without a device: one line, exit 0. `filter`: only
-/// the rows whose label contains it (`attnlab_gpu::bench::row_label`).
-pub fn bench(json: bool, repeats: usize, filter: Option<String>) -> anyhow::Result<ExitCode> {
-    let gpu = match Gpu::open() {
+/// The device for `bench --gpu`: `Err(why)` when there is none and
+/// `allow` (`--allow-no-device`), else no device is an exit-3 error.
+pub fn open_for_bench(allow: bool) -> anyhow::Result<Result<Gpu, String>> {
+    match Gpu::open() {
+        Ok(g) => Ok(Ok(g)),
+        Err(GpuError::NoDevice(why)) if allow => Ok(Err(why)),
+        Err(GpuError::NoDevice(why)) => Err(NoDevice(format!(
+            "no device, nothing measured: {why} (--allow-no-device exits 0 instead)"
+        ))
+        .into()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// `attnlab bench --gpu`: the table on stdout (text mode), and
+/// `bench-gpu.json` + `bench-gpu.svg` written to `$ATTNLAB_BENCH_DIR`
+/// (default: the current folder); returns the report as JSON (for
+/// `--json`). `--filter`: only the rows whose label contains it
+/// (`attnlab_gpu::bench::row_label`). Without a device (allowed): one line,
+/// and `{"device": null, "skipped": why}`.
+pub fn bench(
+    gpu: Result<Gpu, String>,
+    args: &super::bench::Args,
+    repeats: usize,
+) -> anyhow::Result<serde_json::Value> {
+    let gpu = match gpu {
         Ok(g) => g,
-        Err(GpuError::NoDevice(why)) => {
-            println!("no device, nothing measured: {why}");
-            return Ok(ExitCode::SUCCESS);
+        Err(why) => {
+            if !args.json {
+                emit(&format!("no device, nothing measured on a GPU: {why}\n"));
+            }
+            return Ok(serde_json::json!({"device": null, "skipped": why}));
         }
-        Err(e) => return Err(e.into()),
     };
     let opts = BenchOptions {
-        repeats: repeats.max(1),
-        filter,
+        repeats,
+        filter: args.filter.clone(),
         ..BenchOptions::default()
     };
-    let report = bench::run(&gpu, opts)?;
+    let bar = spinner(args.json, "bench --gpu");
+    let report = bench::run(&gpu, opts);
+    bar.finish_and_clear();
+    let report = report?;
     let dir = std::path::PathBuf::from(
         std::env::var_os("ATTNLAB_BENCH_DIR").unwrap_or_else(|| ".".into()),
     );
     let text = serde_json::to_string_pretty(&report)?;
     std::fs::write(dir.join("bench-gpu.json"), &text)?;
     std::fs::write(dir.join("bench-gpu.svg"), bench::svg(&report))?;
-    if json {
-        println!("{text}");
-    } else {
+    if !args.json {
         print_bench(&report);
-        println!(
-            "wrote {} and {}",
+        emit(&format!(
+            "wrote {} and {}\n",
             dir.join("bench-gpu.json").display(),
             dir.join("bench-gpu.svg").display()
-        );
+        ));
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(serde_json::to_value(&report)?)
 }
 
 fn print_bench(r: &BenchReport) {
-    println!(
+    outln!(
         "device: {} ({} SMs), device-to-device copy {:.0} GB/s, f32 peak {:.1} TFLOP/s",
-        r.device.name, r.device.multiprocessors, r.copy_gbps, r.f32_peak_tflops
+        r.device.name,
+        r.device.multiprocessors,
+        r.copy_gbps,
+        r.f32_peak_tflops
     );
-    println!(
+    outln!(
         "  {:<32} {:>5} {:>7} {:>7} {:>10} {:>9} {:>8} {:>9}",
-        "kernel", "batch", "context", "heads", "median ms", "GB/s", "vs copy", "TFLOP/s"
+        "kernel",
+        "batch",
+        "context",
+        "heads",
+        "median ms",
+        "GB/s",
+        "vs copy",
+        "TFLOP/s"
     );
     for row in &r.rows {
         let tf = row.tflops.map_or(String::new(), |t| {
@@ -141,7 +200,7 @@ fn print_bench(r: &BenchReport) {
                 100.0 * row.vs_f32_peak.unwrap_or(0.0)
             )
         });
-        println!(
+        outln!(
             "  {:<32} {:>5} {:>7} {:>7} {:>10.3} {:>9.0} {:>7.1}% {tf}",
             row.kernel,
             row.batch,
@@ -153,6 +212,6 @@ fn print_bench(r: &BenchReport) {
         );
     }
     for s in &r.skipped {
-        println!("  skipped: {s}");
+        outln!("  skipped: {s}");
     }
 }

@@ -6,15 +6,13 @@
 //! Sizes are parsed here rather than by clap so that every bad value, with
 //! `--json` too, gets the same one-line error naming the allowed values.
 
-use super::util::{emit, fail, parse_size};
+use super::util::{emit, parse_bounded, parse_size};
 use attnlab_shared::dtype::DType;
 use attnlab_shared::layout::mla::MlaLayout;
 use attnlab_shared::layout::{KvIndex, KvLayout, KvSide, LayoutKind, LAYOUT_NAMES};
+use attnlab_shared::limits::{self, MAX_BLOCK_SIZE, MAX_HEAD_SIZE, MAX_KV_HEADS, MAX_NUM_BLOCKS};
 use serde_json::{json, Value};
 use std::process::ExitCode;
-
-const MAX_HEAD_SIZE: usize = 4096;
-const MAX_KV_HEADS: usize = 256;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -35,9 +33,13 @@ pub struct Args {
         default_value = "1"
     )]
     kv_heads: String,
-    /// Cache storage dtype: fixes x = 16 bytes / element.
+    /// Cache storage dtype: fixes x = 16 bytes / element. A torch name
+    /// (bfloat16, float8_e4m3fnuz, ...) or a --kv-cache-dtype (fp8: the --arch's fp8).
     #[arg(long, value_name = "D", default_value = "bfloat16")]
     dtype: String,
+    /// GPU architecture deciding what `--dtype fp8` stores (gfx94x: e4m3fnuz, else e4m3fn).
+    #[arg(long, default_value = "gfx942")]
+    arch: String,
     /// The token's slot: block = T / block_size, row = T % block_size.
     #[arg(
         long,
@@ -63,31 +65,29 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
-    match describe(&a) {
-        Ok((value, text)) => {
-            if a.json {
-                emit(&format!("{value}\n"));
-            } else {
-                emit(&text);
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Err(e) => fail(a.json, e),
+    let (value, text) = describe(&a)?;
+    if a.json {
+        emit(&format!("{value}\n"));
+    } else {
+        emit(&text);
     }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn describe(a: &Args) -> anyhow::Result<(Value, String)> {
-    let block_size = parse_size("--block-size", &a.block_size, 1)?;
+    let block_size = parse_bounded("--block-size", &a.block_size, 1, &MAX_BLOCK_SIZE)?;
     // Small upper bounds: this prints every element of one token.
-    let head_size = parse_size("--head-size", &a.head_size, 1)?;
-    if head_size > MAX_HEAD_SIZE {
-        anyhow::bail!("invalid --head-size {head_size}: allowed range is [1, {MAX_HEAD_SIZE}]");
-    }
+    let head_size = parse_bounded("--head-size", &a.head_size, 1, &MAX_HEAD_SIZE)?;
     let token = parse_size("--token", &a.token, 0)?;
-    let dtype = DType::parse(&a.dtype)?;
+    let dtype = DType::parse_storage(&a.dtype, &a.arch)?;
     let num_blocks = match &a.num_blocks {
-        Some(n) => parse_size("--num-blocks", n, 1)?,
-        None => token / block_size + 1,
+        Some(n) => parse_bounded("--num-blocks", n, 1, &MAX_NUM_BLOCKS)?,
+        None => {
+            MAX_NUM_BLOCKS.check_usize(
+                "--token's block (--token / --block-size)",
+                token / block_size,
+            )? + 1
+        }
     };
     if token / block_size >= num_blocks {
         anyhow::bail!(
@@ -96,7 +96,7 @@ fn describe(a: &Args) -> anyhow::Result<(Value, String)> {
         );
     }
     let (block, row) = (token / block_size, token % block_size);
-    if a.layout == "mla" {
+    if a.layout.eq_ignore_ascii_case("mla") {
         let rope = parse_size("--rope-dim", &a.rope_dim, 0)?;
         if rope >= head_size {
             anyhow::bail!("invalid --rope-dim {rope}: must be < --head-size {head_size} (kv_lora_rank = head_size - rope_dim >= 1)");
@@ -108,16 +108,21 @@ fn describe(a: &Args) -> anyhow::Result<(Value, String)> {
             row,
         ));
     }
-    let kind = LayoutKind::parse(&a.layout).map_err(|_| {
+    let kind = LayoutKind::parse(&a.layout.to_ascii_lowercase()).map_err(|_| {
         anyhow::anyhow!(
             "invalid layout '{}': allowed: {}, mla",
             a.layout,
             LAYOUT_NAMES.join(", ")
         )
     })?;
-    let kv_heads = parse_size("--kv-heads", &a.kv_heads, 1)?;
-    if kv_heads > MAX_KV_HEADS {
-        anyhow::bail!("invalid --kv-heads {kv_heads}: allowed range is [1, {MAX_KV_HEADS}]");
+    let kv_heads = parse_bounded("--kv-heads", &a.kv_heads, 1, &MAX_KV_HEADS)?;
+    if a.json {
+        // Every element of the token is one JSON object of ~10 values per side.
+        let elements = (2 * kv_heads * head_size) as u128;
+        limits::check_memory(
+            &format!("layout --json listing {elements} elements"),
+            elements * 512,
+        )?;
     }
     let l = KvLayout::new(kind, num_blocks, block_size, kv_heads, head_size, dtype)?;
     Ok(describe_mha(&l, token, block, row))

@@ -1,4 +1,12 @@
-//! One module per subcommand; each owns its clap `Args` and its output.
+//! One module per subcommand; each owns its clap `Args` and its output;
+//! `util` holds the conventions they share (docs/src/cli.md).
+
+/// `println!` that ignores a closed pipe (`attnlab ... | head`).
+macro_rules! outln {
+    ($($t:tt)*) => {
+        $crate::cli::util::emit(&format!("{}\n", format_args!($($t)*)))
+    };
+}
 
 pub mod bench;
 pub mod cases;

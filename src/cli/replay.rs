@@ -1,9 +1,12 @@
 //! `attnlab replay FILE... [--backend NAME|all] [--json] [--summary]`:
 //! attn-fixture/1 and /2 files through the emulated backends (see
 //! `attnlab_sim::replay`), with pass/fail, ULP fidelity numbers per row, and
-//! with `--summary` one line per (backend, op, dtype).
+//! with `--summary` one line per (backend, op, dtype). A file that does not
+//! load (unreadable, malformed, over a limit) is that file's failed row; the
+//! other files still replay.
 
-use attnlab_sim::replay::{format_summary, format_table, replay_paths, summarize, Status};
+use super::util::{backend_choice, emit, exit, progress};
+use attnlab_sim::replay::{format_summary, format_table, replay_paths_with, summarize, Status};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -12,7 +15,7 @@ pub struct Args {
     /// Fixture files (.safetensors) or directories of them.
     #[arg(required = true)]
     pub files: Vec<PathBuf>,
-    /// One emulated MHA backend (vLLM enum name, e.g. TRITON_ATTN) or `all`.
+    /// One emulated backend (vLLM enum name in any case, e.g. triton_attn) or `all`.
     #[arg(long, default_value = "all")]
     pub backend: String,
     /// Print a JSON array of rows {file, op, backend, status, reason, max_abs_err, max_rel_err,
@@ -29,24 +32,26 @@ pub struct Args {
 /// Exit 0 when nothing failed (skips, divergences, capture errors and
 /// uncaptured cases are reported, not failures), 1 otherwise.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let backend = (args.backend != "all").then_some(args.backend.as_str());
-    let results = replay_paths(&args.files, backend)?;
+    let backend = backend_choice(&args.backend);
+    let bar = progress(args.json, args.files.len(), "replay");
+    let results = replay_paths_with(&args.files, backend.as_deref(), |done, total| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+    });
+    bar.finish_and_clear();
+    let results = results?;
     match (args.json, args.summary) {
-        (true, false) => println!("{}", serde_json::to_string_pretty(&results)?),
-        (true, true) => println!(
-            "{}",
+        (true, false) => emit(&format!("{}\n", serde_json::to_string_pretty(&results)?)),
+        (true, true) => emit(&format!(
+            "{}\n",
             serde_json::to_string_pretty(&serde_json::json!({
                 "summary": summarize(&results),
                 "results": results,
             }))?
-        ),
-        (false, false) => print!("{}", format_table(&results)),
-        (false, true) => print!("{}", format_summary(&summarize(&results))),
+        )),
+        (false, false) => emit(&format_table(&results)),
+        (false, true) => emit(&format_summary(&summarize(&results))),
     }
     let failed = results.iter().any(|r| r.status == Status::Fail);
-    Ok(if failed {
-        ExitCode::from(1)
-    } else {
-        ExitCode::SUCCESS
-    })
+    Ok(ExitCode::from(if failed { exit::FAILED } else { exit::OK }))
 }

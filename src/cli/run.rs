@@ -6,23 +6,22 @@
 //! (`attnlab_sim::workload`); MLA presets (deepseek-r1) run the MLA backends
 //! (`attnlab_sim::mla_workload`), scaled down unless `--full-size`, with
 //! `--tp` sharding the heads. Both end in
-//! the same table, JSON and exit code (0 all matched, 1 a mismatch, 2 bad input).
+//! the same table, JSON and exit code (0 all matched, 1 a mismatch or bad input).
 
 use super::trace::{check_tp, reject_mla_flags, wrong_family};
-use super::util::{emit, fail};
+use super::util::{backend_choice, bounded, emit, exit, progress};
+use attnlab_shared::limits::{MAX_BLOCK_SIZE, MAX_REQUESTS};
 use attnlab_shared::model::{preset, ModelPreset};
 use attnlab_sim::backends::{self, mla};
 use attnlab_sim::mla_workload::run_mla_workload;
 use attnlab_sim::replay::Status;
 use attnlab_sim::workload::{run_workload, WorkloadKind, WorkloadReport, WorkloadSpec};
-use indicatif::{ProgressBar, ProgressStyle};
-use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::time::Instant;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// One emulated backend (vLLM enum name) or `all`: for an MHA model TRITON_ATTN, ROCM_ATTN,
+    /// One emulated backend (vLLM enum name, any case) or `all`: for an MHA model TRITON_ATTN, ROCM_ATTN,
     /// ROCM_AITER_FA, ...; for an MLA model TRITON_MLA, ROCM_AITER_MLA, ROCM_AITER_TRITON_MLA.
     #[arg(long, default_value = "all")]
     pub backend: String,
@@ -33,16 +32,16 @@ pub struct Args {
     #[arg(long, default_value = "mixed")]
     pub workload: String,
     /// Number of requests (default: 8 for decode/mixed, 4 for prefill, 2 for long-extend).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub requests: Option<usize>,
     /// Seed of the request lengths and of the inputs (and of MLA's kv_b_proj).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 0)]
     pub seed: u64,
     /// Manager block size (default: the preset's, else 16). TRITON_MLA rejects 1, as vLLM does.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub block_size: Option<usize>,
     /// Tensor-parallel ranks sharding the heads (MLA models; must divide the head count).
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 1)]
     pub tp: usize,
     /// MLA models: 16 heads per rank and a 4K max_model_len, same per-head shapes. The default
     /// for deepseek-r1, so a run finishes in seconds; --full-size runs all 128 heads instead.
@@ -58,18 +57,8 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let spec = match spec(&args) {
-        Ok(spec) => spec,
-        Err(e) => return fail(args.json, e),
-    };
-    let bar = if args.json || !std::io::stderr().is_terminal() {
-        ProgressBar::hidden()
-    } else {
-        ProgressBar::new(0)
-    };
-    bar.set_style(ProgressStyle::with_template(
-        "{spinner} step {pos}/{len} {wide_bar} {elapsed}",
-    )?);
+    let spec = spec(&args)?;
+    let bar = progress(args.json, 0, "step");
     let on_step = |done: usize, total: usize| {
         bar.set_length(total as u64);
         bar.set_position(done as u64);
@@ -92,10 +81,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         None => run_workload(&spec, on_step),
     };
     bar.finish_and_clear();
-    let report = match report {
-        Ok(r) => r,
-        Err(e) => return fail(args.json, e.into()),
-    };
+    let report = report?;
     // Nothing checked is not a pass: a configuration no (named) backend runs is bad input.
     if report.backends.iter().all(|b| b.status == Status::Skipped) {
         let why: Vec<String> = report
@@ -109,10 +95,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             .map_or("configuration (no backend runs it)".to_string(), |n| {
                 format!("--backend {n}")
             });
-        return fail(
-            args.json,
-            anyhow::anyhow!("invalid {what} for {}: {}", spec.model.name, why.join("; ")),
-        );
+        anyhow::bail!("invalid {what} for {}: {}", spec.model.name, why.join("; "));
     }
     if args.json {
         let mut v = serde_json::to_value(&report)?;
@@ -143,11 +126,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
         emit(&text);
     }
-    Ok(if report.passed() {
-        ExitCode::SUCCESS
+    Ok(ExitCode::from(if report.passed() {
+        exit::OK
     } else {
-        ExitCode::from(1)
-    })
+        exit::FAILED
+    }))
 }
 
 /// Validates the flags against the preset's attention family before any work.
@@ -168,20 +151,27 @@ fn spec(a: &Args) -> anyhow::Result<WorkloadSpec> {
     Ok(WorkloadSpec {
         model,
         kind,
-        requests: a.requests.unwrap_or(kind.default_requests()),
+        requests: bounded(
+            "--requests",
+            a.requests.unwrap_or(kind.default_requests()),
+            1,
+            &MAX_REQUESTS,
+        )?,
         seed: a.seed,
         backend: backend(model, &a.backend)?,
-        block_size: a.block_size,
+        block_size: a
+            .block_size
+            .map(|b| bounded("--block-size", b, 1, &MAX_BLOCK_SIZE))
+            .transpose()?,
     })
 }
 
 /// `all` -> `None`; otherwise a backend of `model`'s family (MHA or MLA), by
 /// vLLM enum name in any case.
 fn backend(model: &ModelPreset, name: &str) -> anyhow::Result<Option<String>> {
-    if name.eq_ignore_ascii_case("all") {
+    let Some(name) = backend_choice(name) else {
         return Ok(None);
-    }
-    let name = name.to_ascii_uppercase();
+    };
     let (this, other) = if model.is_mla() {
         (
             mla::by_name(&name).map(drop),

@@ -7,8 +7,9 @@
 //! `VLLM_ROCM_USE_AITER=1 attnlab select --model deepseek-r1 --block-size 1`
 //! answers what `VLLM_ROCM_USE_AITER=1 vllm serve deepseek-ai/DeepSeek-R1
 //! --block-size 1` selects. Exit status: 0 with a backend, 1 with vLLM's
-//! error, 2 for a bad flag.
+//! error or a bad flag value, 2 for a malformed command line.
 
+use super::util::{emit, exit};
 use attnlab_shared::dtype::{DType, KvCacheDtype};
 use attnlab_shared::model::{self, ModelPreset};
 use attnlab_shared::registry::AttnType;
@@ -27,7 +28,8 @@ pub enum Rules {
 #[derive(clap::Args)]
 pub struct Args {
     /// Explicit backend, checked like VLLM_ATTENTION_BACKEND (case-insensitive,
-    /// and "auto", under --rules latest); wins over the env var.
+    /// and "auto", under --rules latest); wins over a valid VLLM_ATTENTION_BACKEND,
+    /// but an invalid one is still rejected first, as vLLM's envs.py does on access.
     #[arg(long, alias = "attn-backend", value_name = "NAME")]
     attention_backend: Option<String>,
     /// Model preset (llama-3.1-8b, qwen3-next, deepseek-r1); sets MLA, head size and dtype.
@@ -40,7 +42,7 @@ pub struct Args {
     #[arg(long)]
     sparse: bool,
     /// KV-cache block size, as `vllm serve --block-size` [default: 16].
-    #[arg(long, value_name = "N", value_parser = parse_positive)]
+    #[arg(long, allow_negative_numbers = true, value_name = "N", value_parser = parse_positive)]
     block_size: Option<usize>,
     /// GPU architecture (gcnArchName), e.g. gfx90a, gfx942, gfx950, gfx1100.
     #[arg(long, default_value = "gfx942", value_parser = parse_arch)]
@@ -52,7 +54,7 @@ pub struct Args {
     #[arg(long, default_value = "auto", value_parser = parse_kv_dtype)]
     kv_cache_dtype: KvCacheDtype,
     /// Head size the selector sees [default: the preset's, else 128 (576 with --mla)].
-    #[arg(long, value_name = "N", value_parser = parse_positive)]
+    #[arg(long, allow_negative_numbers = true, value_name = "N", value_parser = parse_positive)]
     head_size: Option<usize>,
     /// Pretend `import aiter` fails.
     #[arg(long)]
@@ -69,7 +71,8 @@ pub struct Args {
     /// Which selector to emulate.
     #[arg(long, value_enum, default_value = "pr26980")]
     rules: Rules,
-    /// Print {"backend": ..., "rule": ...} or {"error": {"type": ..., "message": ...}}.
+    /// Print {"backend": ..., "rule": ...} or {"error": {"type": ..., "message": ...}}
+    /// (vLLM's exception type, or for a bad flag usage/invalid).
     #[arg(long)]
     json: bool,
 }
@@ -139,23 +142,26 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     match selection::select(&input, profile) {
         Ok(s) if args.json => {
-            println!(
-                "{}",
+            emit(&format!(
+                "{}\n",
                 json!({ "backend": s.backend, "rule": s.rule, "block_size": s.block_size, "hints": s.hints })
-            );
+            ));
             Ok(ExitCode::SUCCESS)
         }
         Ok(s) => {
-            println!("backend: {}", s.backend);
-            println!("rule:    {}", s.rule);
-            println!("blocks:  block_size {} for the KV cache", s.block_size);
-            println!("inputs:  {}", describe(&input, profile));
+            emit(&format!(
+                "backend: {}\nrule:    {}\nblocks:  block_size {} for the KV cache\ninputs:  {}\n",
+                s.backend,
+                s.rule,
+                s.block_size,
+                describe(&input, profile)
+            ));
             print_hints(&mut std::io::stdout(), &s.hints);
             Ok(ExitCode::SUCCESS)
         }
         Err(e) if args.json => {
-            println!("{}", json!({ "error": e }));
-            Ok(ExitCode::from(1))
+            emit(&format!("{}\n", json!({ "error": e })));
+            Ok(ExitCode::from(exit::FAILED))
         }
         Err(e) => {
             eprintln!("{e}");
@@ -164,7 +170,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 &mut std::io::stderr(),
                 &selection::what_would_change(&input, profile),
             );
-            Ok(ExitCode::from(1))
+            Ok(ExitCode::from(exit::FAILED))
         }
     }
 }

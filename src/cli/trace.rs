@@ -15,7 +15,10 @@
 //! `heads / N` heads against the replicated latent cache, so a step lists
 //! them once and the header (JSON: `ranks`) says which heads each rank owns.
 
-use super::util::{emit, fail, parse_size};
+use super::util::{backend_choice, emit, parse_bounded, parse_size};
+use attnlab_shared::limits::{
+    MAX_BLOCK_SIZE, MAX_NUM_BLOCKS, MAX_REQUESTS, MAX_SEQ_LEN, MAX_TRACE_TOKENS,
+};
 use attnlab_shared::metadata::AttentionMetadata;
 use attnlab_shared::model::{self, ModelPreset};
 use attnlab_shared::scheduler::{
@@ -29,12 +32,11 @@ use serde_json::{json, Value};
 use std::fmt::Write as _;
 use std::process::ExitCode;
 
-const MAX_TRACE_TOKENS: usize = 1 << 24;
-
 #[derive(clap::Args)]
 pub struct Args {
-    /// vLLM backend name: an MHA one (TRITON_ATTN, ROCM_ATTN, ROCM_AITER_FA, ...)
-    /// or, for an MLA model, TRITON_MLA, ROCM_AITER_MLA, ROCM_AITER_TRITON_MLA.
+    /// vLLM backend name, any case: an MHA one (TRITON_ATTN, ROCM_ATTN, ROCM_AITER_FA, ...)
+    /// or, for an MLA model, TRITON_MLA, ROCM_AITER_MLA, ROCM_AITER_TRITON_MLA; `all`
+    /// traces each backend of the model's family in turn.
     #[arg(long, value_name = "NAME")]
     backend: String,
     /// Prompt tokens per request.
@@ -151,13 +153,49 @@ struct Trace {
 }
 
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
-    match setup(&a).and_then(|t| trace(&t, a.json)) {
-        Ok(out) => {
-            emit(&out);
-            Ok(ExitCode::SUCCESS)
+    let Some(name) = backend_choice(&a.backend) else {
+        return trace_all(&a);
+    };
+    let out = setup(&a, &name).and_then(|t| trace(&t, a.json))?;
+    emit(&out);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `--backend all`: the trace of every backend of the preset's family, one
+/// after another (JSON: `{"backends": [...]}`); a backend that rejects the
+/// configuration is listed with its reason. When every one rejects it, the
+/// first reason is the error.
+fn trace_all(a: &Args) -> anyhow::Result<ExitCode> {
+    let names: Vec<&'static str> = match model::preset(&a.model)?.is_mla() {
+        true => mla::mla_backends().iter().map(|b| b.name()).collect(),
+        false => backends::mha_backends().iter().map(|b| b.name()).collect(),
+    };
+    let (mut text, mut values, mut skipped, mut first_err) =
+        (String::new(), Vec::new(), Vec::new(), None);
+    for name in names {
+        match setup(a, name).and_then(|t| trace(&t, a.json)) {
+            Ok(out) if a.json => values.push(serde_json::from_str::<Value>(&out)?),
+            Ok(out) => text += &format!("=== {name} ===\n{out}\n"),
+            Err(e) => {
+                skipped.push(json!({"backend": name, "skipped": format!("{e:#}")}));
+                first_err.get_or_insert(e);
+            }
         }
-        Err(e) => fail(a.json, e),
     }
+    if values.is_empty() && text.is_empty() {
+        return Err(first_err.unwrap_or_else(|| anyhow::anyhow!("no backend to trace")));
+    }
+    if a.json {
+        values.extend(skipped);
+        emit(&format!("{}\n", json!({ "backends": values })));
+    } else {
+        for s in &skipped {
+            let field = |k: &str| s[k].as_str().unwrap_or("").to_string();
+            text += &format!("skipped {}: {}\n", field("backend"), field("skipped"));
+        }
+        emit(&text);
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Runs the scheduler and renders each step as it goes, so a step's block
@@ -202,23 +240,26 @@ fn trace(t: &Trace, json: bool) -> anyhow::Result<String> {
     Ok(format!("{v}\n"))
 }
 
-fn setup(a: &Args) -> anyhow::Result<Trace> {
-    let prompt_len = parse_size("--prompt-len", &a.prompt_len, 1)?;
-    let output_len = parse_size("--output-len", &a.output_len, 1)?;
-    let num_requests = parse_size("--num-requests", &a.num_requests, 1)?;
+/// The trace of backend `name` (upper case) under the flags.
+fn setup(a: &Args, name: &str) -> anyhow::Result<Trace> {
+    let prompt_len = parse_bounded("--prompt-len", &a.prompt_len, 1, &MAX_SEQ_LEN)?;
+    let output_len = parse_bounded("--output-len", &a.output_len, 1, &MAX_SEQ_LEN)?;
+    let num_requests = parse_bounded("--num-requests", &a.num_requests, 1, &MAX_REQUESTS)?;
     let max_steps = parse_size("--max-steps", &a.max_steps, 1)?;
     let tp = parse_size("--tp", &a.tp, 1)?;
     // A trace is for reading: bound the work so a typo cannot exhaust memory.
-    let total = num_requests.saturating_mul(prompt_len.saturating_add(output_len));
-    if total > MAX_TRACE_TOKENS {
-        anyhow::bail!(
-            "invalid workload of {total} tokens (--num-requests x (--prompt-len + --output-len)): allowed up to {MAX_TRACE_TOKENS}"
-        );
-    }
+    MAX_TRACE_TOKENS.check(
+        "workload (--num-requests x (--prompt-len + --output-len)) of tokens",
+        (num_requests * (prompt_len + output_len)) as u64,
+    )?;
     let preset = model::preset(&a.model)?;
-    let max_num_batched_tokens =
-        parse_size("--max-num-batched-tokens", &a.max_num_batched_tokens, 1)?;
-    let max_num_seqs = parse_size("--max-num-seqs", &a.max_num_seqs, 1)?;
+    let max_num_batched_tokens = parse_bounded(
+        "--max-num-batched-tokens",
+        &a.max_num_batched_tokens,
+        1,
+        &MAX_TRACE_TOKENS,
+    )?;
+    let max_num_seqs = parse_bounded("--max-num-seqs", &a.max_num_seqs, 1, &MAX_REQUESTS)?;
     // A request holds one of max_num_seqs slots for at least output_len steps,
     // and the budget bounds the tokens per step.
     let min_steps = (num_requests.div_ceil(max_num_seqs) * output_len)
@@ -229,14 +270,13 @@ fn setup(a: &Args) -> anyhow::Result<Trace> {
         );
     }
     let block_size = match &a.block_size {
-        Some(s) => parse_size("--block-size", s, 1)?,
+        Some(s) => parse_bounded("--block-size", s, 1, &MAX_BLOCK_SIZE)?,
         None => preset.block_size.unwrap_or(16),
     };
-    let name = a.backend.to_ascii_uppercase();
     let layer = if preset.is_mla() {
         check_tp(preset, tp)?;
-        let backend = match mla::by_name(&name) {
-            Err(_) if backends::by_name(&name).is_ok() => return Err(wrong_family(&name, preset)),
+        let backend = match mla::by_name(name) {
+            Err(_) if backends::by_name(name).is_ok() => return Err(wrong_family(name, preset)),
             b => b?,
         };
         // deepseek-r1 is the only MLA preset; its YaRN-scaled softmax scale lives here.
@@ -249,8 +289,8 @@ fn setup(a: &Args) -> anyhow::Result<Trace> {
         Layer::Mla { backend, cfg }
     } else {
         reject_mla_flags(preset, tp, a.scale_down)?;
-        let backend = match backends::by_name(&name) {
-            Err(_) if mla::by_name(&name).is_ok() => return Err(wrong_family(&name, preset)),
+        let backend = match backends::by_name(name) {
+            Err(_) if mla::by_name(name).is_ok() => return Err(wrong_family(name, preset)),
             b => b?,
         };
         let cfg = AttnConfig::new(
@@ -272,7 +312,7 @@ fn setup(a: &Args) -> anyhow::Result<Trace> {
         num_blocks: a
             .num_blocks
             .as_deref()
-            .map(|s| parse_size("--num-blocks", s, 1))
+            .map(|s| parse_bounded("--num-blocks", s, 1, &MAX_NUM_BLOCKS))
             .transpose()?,
         max_num_batched_tokens,
         max_num_seqs,
