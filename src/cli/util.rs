@@ -30,7 +30,7 @@ pub struct Usage(pub String);
 
 /// No device or compiler for a command that needs one.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
+#[error("{0} (--allow-no-device exits 0 instead)")]
 pub struct NoDevice(pub String);
 
 /// The JSON `type` and the exit status of an error.
@@ -112,7 +112,7 @@ pub fn no_device(
     say: impl FnOnce(&str) -> String,
 ) -> anyhow::Result<ExitCode> {
     if !allow {
-        return Err(NoDevice(format!("{why} (--allow-no-device exits 0 instead)")).into());
+        return Err(NoDevice(why).into());
     }
     if json {
         emit(&format!(
