@@ -82,6 +82,29 @@ impl std::fmt::Display for VllmProfile {
     }
 }
 
+impl VllmProfile {
+    /// The profile of the vLLM that produced a capture, from its version
+    /// string (`capture.vllm` of an attn-fixture/2 file, e.g. `0.34.0`):
+    /// 0.34 and later releases -> [`VllmProfile::V0_34`]; anything else
+    /// (the seed-era commits, no record) -> the default.
+    pub fn of_vllm_version(version: Option<&str>) -> VllmProfile {
+        let Some(v) = version else {
+            return VllmProfile::default();
+        };
+        let mut parts = v.trim_start_matches('v').split('.').map(|p| {
+            p.chars()
+                .take_while(char::is_ascii_digit)
+                .collect::<String>()
+                .parse::<u32>()
+                .ok()
+        });
+        match (parts.next().flatten(), parts.next().flatten()) {
+            (Some(major), Some(minor)) if (major, minor) >= (0, 34) => VllmProfile::V0_34,
+            _ => VllmProfile::default(),
+        }
+    }
+}
+
 impl std::str::FromStr for VllmProfile {
     type Err = Error;
 
@@ -96,6 +119,18 @@ impl std::str::FromStr for VllmProfile {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn capture_versions_map_to_the_profile_of_their_kernels() {
+        let of = |v| VllmProfile::of_vllm_version(v);
+        assert_eq!(of(Some("0.34.0")), VllmProfile::V0_34);
+        assert_eq!(of(Some("v0.35.1rc2")), VllmProfile::V0_34);
+        assert_eq!(of(Some("1.0.0")), VllmProfile::V0_34);
+        assert_eq!(of(Some("0.33.1")), VllmProfile::Seed);
+        assert_eq!(of(Some("0.11.0+rocm")), VllmProfile::Seed);
+        assert_eq!(of(Some("garbage")), VllmProfile::Seed);
+        assert_eq!(of(None), VllmProfile::Seed);
+    }
 
     #[test]
     fn profiles_parse_from_their_names_and_reject_others() {

@@ -38,6 +38,7 @@ use crate::fixture::LaunchGrid;
 use crate::fixture::{self, Case, Fixture, MergeCase, PagedCase};
 use crate::kernels::merge_attn_states::{merge_attn_states, MergeKernel};
 use crate::kernels::softmax::OutLse;
+use crate::profile::VllmProfile;
 use crate::kernels::unified_attention::{
     Grid, UnifiedLaunch, VllmLaunchOptions, NUM_PAR_SOFTMAX_SEGMENTS, TILE_SIZE_2D, TILE_SIZE_3D,
 };
@@ -435,10 +436,23 @@ fn recorded_launch(
         None | Some("unified_attention") => h.launch.as_ref().and_then(|l| l.grid),
         Some(_) => None,
     };
-    let Some(grid) = grid else {
-        return Ok(None);
+    // The kernel of the vLLM that produced the capture (masked-row guard,
+    // soft-cap formula, segment reduce: see `crate::profile`).
+    let profile = VllmProfile::of_vllm_version(
+        h.capture
+            .as_ref()
+            .and_then(|c| c.get("vllm"))
+            .and_then(|v| v.as_str()),
+    );
+    let options = VllmLaunchOptions {
+        profile,
+        ..VllmLaunchOptions::default()
     };
-    let base = UnifiedLaunch::vllm(&p.meta, cfg, VllmLaunchOptions::default())?;
+    let base = UnifiedLaunch::vllm(&p.meta, cfg, options)?;
+    let Some(grid) = grid else {
+        return Ok((profile != VllmProfile::default())
+            .then(|| (base, format!("vLLM's rule, profile {}", profile.name()))));
+    };
     let segments = h
         .launch
         .as_ref()
@@ -451,7 +465,7 @@ fn recorded_launch(
                 tile_size: TILE_SIZE_2D,
                 ..base
             },
-            "2d (recorded)".to_string(),
+            format!("2d (recorded), profile {}", profile.name()),
         ),
         LaunchGrid::ThreeD => (
             UnifiedLaunch {
@@ -461,7 +475,7 @@ fn recorded_launch(
                 tile_size: TILE_SIZE_3D,
                 ..base
             },
-            format!("3d, {segments} segments (recorded)"),
+            format!("3d, {segments} segments (recorded), profile {}", profile.name()),
         ),
     }))
 }
