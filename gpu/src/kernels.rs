@@ -153,6 +153,11 @@ fn mla_proj_variants() -> Vec<Defines> {
     each_dtype("DTYPE", &[DType::Bf16, DType::F16, DType::F32])
 }
 
+/// The input formats of the matrix-instruction probes.
+fn mma_variants() -> Vec<Defines> {
+    each_dtype("MMA_DTYPE", &[DType::Bf16, DType::F16])
+}
+
 fn fill_variants() -> Vec<Defines> {
     each_dtype("DTYPE", &[DType::Bf16])
 }
@@ -239,6 +244,16 @@ pub static FAMILIES: &[Family] = &[
         embedded: include_str!("../../kernels/flex_attention.hip"),
         entries: &["flex_attention"],
         variants: varlen_variants,
+    },
+    Family {
+        name: "mma_probe",
+        embedded: include_str!("../../kernels/mma_probe.hip"),
+        entries: &[
+            "mma_m16n8k16_probe",
+            "mfma_16x16x16_probe",
+            "mfma_32x32x8_probe",
+        ],
+        variants: mma_variants,
     },
     Family {
         name: "fill",

@@ -8,6 +8,7 @@ pub mod flash_varlen;
 pub mod flex_attention;
 pub mod gather_cache;
 pub mod merge_attn_states;
+pub mod mma;
 pub mod mla_cache;
 pub mod mla_decode;
 pub mod mla_prefill;
