@@ -65,7 +65,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     if args.probe && args.backend != "mma" {
-        anyhow::bail!("--probe applies to --backend mma only (got --backend {})", args.backend);
+        anyhow::bail!(
+            "--probe applies to --backend mma only (got --backend {})",
+            args.backend
+        );
     }
     let diffs = select(&args.backend)?;
     let kind = match (args.device.as_deref(), args.wave.as_deref()) {
@@ -180,7 +183,9 @@ fn probe(gpu: &Gpu, args: &Args, opts: DiffOptions) -> anyhow::Result<ExitCode> 
     if args.json {
         println!(
             "{}",
-            serde_json::to_string_pretty(&json!({ "device": info, "seed": opts.seed, "probe": results }))?
+            serde_json::to_string_pretty(
+                &json!({ "device": info, "seed": opts.seed, "probe": results })
+            )?
         );
     } else {
         println!("device: {} ({})", info.name, info.target.name());
@@ -203,7 +208,10 @@ fn probe(gpu: &Gpu, args: &Args, opts: DiffOptions) -> anyhow::Result<ExitCode> 
                 );
             }
             if r.published.mismatches > 0 {
-                println!("  best: {} -> {} mismatches", r.best.params, r.best.mismatches);
+                println!(
+                    "  best: {} -> {} mismatches",
+                    r.best.params, r.best.mismatches
+                );
                 if let Some(f) = &r.best.first {
                     println!("    first: {f}");
                 }

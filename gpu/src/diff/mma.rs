@@ -136,9 +136,12 @@ pub fn draw(
             });
         }
         Regime::Wide => {
-            a.iter_mut().for_each(|x| *x = elem(rng, f, -wide, wide, 16));
-            b.iter_mut().for_each(|x| *x = elem(rng, f, -wide, wide, 16));
-            c.iter_mut().for_each(|x| *x = f32_elem(rng, -2 * wide, 2 * wide));
+            a.iter_mut()
+                .for_each(|x| *x = elem(rng, f, -wide, wide, 16));
+            b.iter_mut()
+                .for_each(|x| *x = elem(rng, f, -wide, wide, 16));
+            c.iter_mut()
+                .for_each(|x| *x = f32_elem(rng, -2 * wide, 2 * wide));
         }
         Regime::Cancel => {
             // k pairs (2q, 2q+1): B rows equal, A columns opposite, so every
@@ -161,7 +164,11 @@ pub fn draw(
                         elem(rng, f, -8, 0, 16)
                     };
                     a[i * k + 2 * q] = v;
-                    a[i * k + 2 * q + 1] = if cancel { v ^ 0x8000 } else { elem(rng, f, -8, 0, 16) };
+                    a[i * k + 2 * q + 1] = if cancel {
+                        v ^ 0x8000
+                    } else {
+                        elem(rng, f, -8, 0, 16)
+                    };
                 }
             }
             c.iter_mut().for_each(|x| *x = f32_elem(rng, -12, 30));
@@ -195,7 +202,8 @@ pub fn draw(
                 let v = f32::from_bits((((ec + 127) as u32) << 23) | j);
                 *x = if rng.gen_bool(0.5) { -v } else { v };
             });
-            a.iter_mut().for_each(|x| *x = elem(rng, f, ec - 28, ec - 21, 1));
+            a.iter_mut()
+                .for_each(|x| *x = elem(rng, f, ec - 28, ec - 21, 1));
             b.iter_mut().for_each(|x| *x = elem(rng, f, 0, 1, 1));
         }
         Regime::Special => {
@@ -273,7 +281,8 @@ pub fn draw(
                     };
                 }
             }
-            b.iter_mut().for_each(|x| *x = elem(rng, f, -2, 2, 16) & 0x7fff);
+            b.iter_mut()
+                .for_each(|x| *x = elem(rng, f, -2, 2, 16) & 0x7fff);
             c.iter_mut().for_each(|x| {
                 *x = match rng.gen_range(0..3) {
                     0 => 0.0,
@@ -392,7 +401,10 @@ pub fn run_one(gpu: &Gpu, instr: Instr, opts: DiffOptions) -> Result<KernelRepor
         let dev = run_instr(gpu, instr, &bt.a, &bt.b, &bt.c)?;
         let sim = model_bits(&model, &instr, &bt);
         for t in 0..count {
-            let (s, g) = (&sim[t * m * n..(t + 1) * m * n], &dev[t * m * n..(t + 1) * m * n]);
+            let (s, g) = (
+                &sim[t * m * n..(t + 1) * m * n],
+                &dev[t * m * n..(t + 1) * m * n],
+            );
             let first = s.iter().zip(g).position(|(x, y)| x != y);
             let desc = || match first {
                 Some(i) => describe(&instr, &bt, t, i, done + t),
@@ -414,7 +426,8 @@ pub fn run(gpu: &Gpu, opts: DiffOptions) -> Result<KernelReport> {
         parts.push(run_one(gpu, instr, opts)?);
     }
     let mut total = Tally::new("mma").finish();
-    total.cases = parts.iter().map(|p| p.cases).sum();
+    // cases = instructions per form (`--cases N` runs N of each)
+    total.cases = parts.iter().map(|p| p.cases).min().unwrap_or(0);
     total.elements = parts.iter().map(|p| p.elements).sum();
     total.bit_exact = parts.iter().map(|p| p.bit_exact).sum();
     total.first_mismatch = parts.iter().find_map(|p| p.first_mismatch.clone());
@@ -506,7 +519,7 @@ fn variations(f: &Fused, k: usize) -> Vec<(String, String, Model)> {
         }
     };
     for block in [2usize, 4, 8, 16, 32] {
-        if block <= k.max(8) && k % block.min(k) == 0 {
+        if block <= k.max(8) && k.is_multiple_of(block.min(k)) {
             push("block", block.to_string(), Fused { block, ..*f });
         }
     }
@@ -524,20 +537,33 @@ fn variations(f: &Fused, k: usize) -> Vec<(String, String, Model)> {
         push("round", v.into(), Fused { rounding, ..*f });
     }
     for z in [ZeroTerm::Skip, ZeroTerm::Exponent(-126)] {
-        push("zero_products", fmt_zero(z), Fused { zero_products: z, ..*f });
+        push(
+            "zero_products",
+            fmt_zero(z),
+            Fused {
+                zero_products: z,
+                ..*f
+            },
+        );
         push("zero_c", fmt_zero(z), Fused { zero_c: z, ..*f });
     }
     for e in [None, Some(-133), Some(-126)] {
         push(
             "min_align",
             e.map_or("none".into(), |e: i32| e.to_string()),
-            Fused { min_align_exp: e, ..*f },
+            Fused {
+                min_align_exp: e,
+                ..*f
+            },
         );
     }
     push(
         "product_overflow",
         (!f.product_overflow).to_string(),
-        Fused { product_overflow: !f.product_overflow, ..*f },
+        Fused {
+            product_overflow: !f.product_overflow,
+            ..*f
+        },
     );
     for (v, overflow) in [("inf", Overflow::Inf), ("ieee", Overflow::Ieee)] {
         push("overflow", v.into(), Fused { overflow, ..*f });
@@ -545,7 +571,10 @@ fn variations(f: &Fused, k: usize) -> Vec<(String, String, Model)> {
     push(
         "zero_sign",
         if f.ieee_zero_sign { "+0" } else { "ieee" }.into(),
-        Fused { ieee_zero_sign: !f.ieee_zero_sign, ..*f },
+        Fused {
+            ieee_zero_sign: !f.ieee_zero_sign,
+            ..*f
+        },
     );
     for nan_bits in [NV_NAN, QUIET_NAN] {
         push("nan", format!("{nan_bits:#x}"), Fused { nan_bits, ..*f });
@@ -554,7 +583,12 @@ fn variations(f: &Fused, k: usize) -> Vec<(String, String, Model)> {
 }
 
 /// Mismatching elements of `model` against the device's D over `batches`.
-fn score(model: &Model, instr: &Instr, batches: &[(Batch, Vec<u32>)], with_first: bool) -> Candidate {
+fn score(
+    model: &Model,
+    instr: &Instr,
+    batches: &[(Batch, Vec<u32>)],
+    with_first: bool,
+) -> Candidate {
     let (_, n, _) = instr.shape.mnk();
     let mut mismatches = 0u64;
     let mut first = None;
@@ -615,7 +649,11 @@ pub fn probe_one(gpu: &Gpu, instr: Instr, opts: DiffOptions) -> Result<ProbeResu
         Model::Pairwise(p) => {
             for group in [1usize, 2, 4, 8] {
                 for flush_subnormals in [false, true] {
-                    let g = Pairwise { group, flush_subnormals, ..p };
+                    let g = Pairwise {
+                        group,
+                        flush_subnormals,
+                        ..p
+                    };
                     if g != p {
                         let c = score(&Model::Pairwise(g), &instr, &batches, false);
                         one_at_a_time.push(Alternative {
@@ -638,7 +676,8 @@ pub fn probe_one(gpu: &Gpu, instr: Instr, opts: DiffOptions) -> Result<ProbeResu
             .map(|a| format!("{}={}", a.parameter, a.value))
             .collect();
         if untold.is_empty() {
-            "published model fits; every parameter confirmed (each change alone mismatches)".to_string()
+            "published model fits; every parameter confirmed (each change alone mismatches)"
+                .to_string()
         } else {
             format!(
                 "published model fits; these operands do not tell it from: {}",
@@ -671,14 +710,16 @@ fn search(instr: &Instr, batches: &[(Batch, Vec<u32>)], published: Model) -> Can
     let k = instr.shape.mnk().2;
     let base = match published {
         Model::Fused(f) => f,
-        Model::Pairwise(_) => match attnlab_sim::numerics::mma::MatrixTarget::Gfx942.model(instr.format) {
-            Model::Fused(f) => f,
-            Model::Pairwise(_) => unreachable!("gfx942's model is fused"),
-        },
+        Model::Pairwise(_) => {
+            match attnlab_sim::numerics::mma::MatrixTarget::Gfx942.model(instr.format) {
+                Model::Fused(f) => f,
+                Model::Pairwise(_) => unreachable!("gfx942's model is fused"),
+            }
+        }
     };
     let mut grid: Vec<Model> = Vec::new();
     for block in [4usize, 8, 16] {
-        if k % block != 0 && block < k {
+        if !k.is_multiple_of(block) && block < k {
             continue;
         }
         for frac_bits in 22..=27 {
@@ -738,6 +779,38 @@ mod tests {
     use attnlab_sim::numerics::mma::MatrixTarget;
     use rand::SeedableRng;
 
+    /// Throughput of the model side (run with --release --ignored): the
+    /// diff's 10^6 instructions per form are this times 10^6 / n.
+    #[test]
+    #[ignore]
+    fn model_throughput() {
+        for (target, shape) in [
+            (MatrixTarget::Sm90, Shape::M16N8K16),
+            (MatrixTarget::Gfx942, Shape::M16N16K16),
+            (MatrixTarget::Gfx942, Shape::M32N32K8),
+        ] {
+            let instr = Instr {
+                target,
+                shape,
+                format: InFormat::Bf16,
+            };
+            let n = 20_000;
+            let t0 = std::time::Instant::now();
+            let bt = batch(&instr, 1, 0, n);
+            let t1 = std::time::Instant::now();
+            let bits = model_bits(&instr.model(), &instr, &bt);
+            let t2 = std::time::Instant::now();
+            eprintln!(
+                "{}: {n} instructions: draw {:.2} s, model {:.2} s ({} elements, {} threads)",
+                instr.name(),
+                (t1 - t0).as_secs_f64(),
+                (t2 - t1).as_secs_f64(),
+                bits.len(),
+                rayon::current_num_threads()
+            );
+        }
+    }
+
     #[test]
     fn every_regime_draws_full_tiles_of_its_format() {
         let mut rng = ChaCha8Rng::seed_from_u64(3);
@@ -785,6 +858,32 @@ mod tests {
             }
         }
         assert!(cancelled > 0);
+    }
+
+    /// Device outputs made by another parameter set (Hopper's with 24
+    /// bits and RNE): the search finds a set with no mismatch.
+    #[test]
+    fn search_recovers_the_parameter_set_that_made_the_outputs() {
+        let instr = Instr {
+            target: MatrixTarget::Sm90,
+            shape: Shape::M16N8K16,
+            format: InFormat::Bf16,
+        };
+        let Model::Fused(f) = instr.model() else {
+            panic!("sm_90 is fused")
+        };
+        let truth = Model::Fused(Fused {
+            frac_bits: 24,
+            rounding: Rounding::NearestEven,
+            ..f
+        });
+        let bt = batch(&instr, 5, 0, 150);
+        let dev = model_bits(&truth, &instr, &bt);
+        let batches = vec![(bt, dev)];
+        assert!(score(&instr.model(), &instr, &batches, false).mismatches > 0);
+        let best = search(&instr, &batches, instr.model());
+        assert_eq!(best.mismatches, 0, "{}", best.params);
+        assert!(best.params.contains("round=rne"), "{}", best.params);
     }
 
     #[test]

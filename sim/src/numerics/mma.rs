@@ -89,7 +89,11 @@ impl InFormat {
         let e_field = (bits >> m) as u32 & ((1 << eb) - 1);
         let frac = (bits as u64) & ((1 << m) - 1);
         if e_field == (1 << eb) - 1 {
-            return if frac == 0 { Class::Inf(neg) } else { Class::Nan };
+            return if frac == 0 {
+                Class::Inf(neg)
+            } else {
+                Class::Nan
+            };
         }
         if e_field == 0 && frac == 0 {
             return Class::Zero(neg);
@@ -138,6 +142,15 @@ struct Term {
     exp: i32,
     sig: u64,
     frac: u32,
+}
+
+impl Term {
+    const ZERO: Term = Term {
+        neg: false,
+        exp: 0,
+        sig: 0,
+        frac: 0,
+    };
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -383,7 +396,12 @@ impl Model {
 }
 
 /// `a·b + c` on `target`'s matrix cores, for the typed caller.
-pub fn dot<T: MmaElem, const K: usize>(target: MatrixTarget, a: &[T; K], b: &[T; K], c: f32) -> f32 {
+pub fn dot<T: MmaElem, const K: usize>(
+    target: MatrixTarget,
+    a: &[T; K],
+    b: &[T; K],
+    c: f32,
+) -> f32 {
     let ab: Vec<u16> = a.iter().map(|x| x.to_bits()).collect();
     let bb: Vec<u16> = b.iter().map(|x| x.to_bits()).collect();
     target.model(T::FORMAT).dot(T::FORMAT, &ab, &bb, c)
@@ -463,9 +481,21 @@ fn round_to_f32(neg: bool, mag: u128, exp2: i64, rounding: Rounding, overflow: O
         m = mag << (-shift);
     } else {
         let (kept, rem, half) = if shift >= 128 {
-            (0u128, mag, if shift == 128 { Some(1u128 << 127) } else { None })
+            (
+                0u128,
+                mag,
+                if shift == 128 {
+                    Some(1u128 << 127)
+                } else {
+                    None
+                },
+            )
         } else {
-            (mag >> shift, mag & ((1u128 << shift) - 1), Some(1u128 << (shift - 1)))
+            (
+                mag >> shift,
+                mag & ((1u128 << shift) - 1),
+                Some(1u128 << (shift - 1)),
+            )
         };
         m = kept;
         if rounding == Rounding::NearestEven {
@@ -504,7 +534,14 @@ impl Fused {
         let nan = f32::from_bits(self.nan_bits);
         let cc = decode_f32(c);
         let (mut pos_inf, mut neg_inf) = (false, false);
-        let mut terms: Vec<Term> = Vec::with_capacity(a.len() + 1);
+        // the block's terms (products, then C) on the stack when they fit
+        let mut arr = [Term::ZERO; 33];
+        let mut heap = Vec::new();
+        if a.len() + 1 > arr.len() {
+            heap.resize(a.len() + 1, Term::ZERO);
+        }
+        let buf: &mut [Term] = if heap.is_empty() { &mut arr } else { &mut heap };
+        let mut nt = 0;
         // every addend is a -0 (for the IEEE zero sign)
         let mut all_neg_zero = true;
         for (&x, &y) in a.iter().zip(b) {
@@ -520,18 +557,20 @@ impl Fused {
                 }
                 Prod::Term(t) => {
                     all_neg_zero = false;
-                    terms.push(t)
+                    buf[nt] = t;
+                    nt += 1;
                 }
                 Prod::Zero(s, other_exp) => {
                     all_neg_zero &= s;
                     if let ZeroTerm::Exponent(ez) = self.zero_products {
                         let other = if other_exp == i32::MIN { ez } else { other_exp };
-                        terms.push(Term {
+                        buf[nt] = Term {
                             neg: s,
                             exp: ez + other,
                             sig: 0,
                             frac: 0,
-                        });
+                        };
+                        nt += 1;
                     }
                 }
             }
@@ -571,7 +610,7 @@ impl Fused {
         }
         if self.product_overflow {
             let (mut p, mut n) = (false, false);
-            for t in terms.iter().filter(|t| t.sig != 0) {
+            for t in buf[..nt].iter().filter(|t| t.sig != 0) {
                 let lead = t.exp + (63 - t.sig.leading_zeros() as i32) - t.frac as i32;
                 if lead >= 128 {
                     if t.neg {
@@ -592,8 +631,10 @@ impl Fused {
         let (sum, lsb_exp) = match self.c_add {
             CAdd::Joint => {
                 if let Some(t) = c_term {
-                    terms.push(t);
+                    buf[nt] = t;
+                    nt += 1;
                 }
+                let terms = &buf[..nt];
                 let Some(mut e) = terms.iter().map(|t| t.exp).max() else {
                     return self.zero(all_neg_zero);
                 };
@@ -604,10 +645,15 @@ impl Fused {
                 (s, e as i64 - fb as i64)
             }
             CAdd::Late { sum_extra_bits: x } => {
-                let ep = terms.iter().map(|t| t.exp).max().map(|e| match self.min_align_exp {
-                    Some(lo) => e.max(lo),
-                    None => e,
-                });
+                let terms = &buf[..nt];
+                let ep = terms
+                    .iter()
+                    .map(|t| t.exp)
+                    .max()
+                    .map(|e| match self.min_align_exp {
+                        Some(lo) => e.max(lo),
+                        None => e,
+                    });
                 let s: i128 = ep.map_or(0, |e| terms.iter().map(|t| align(t, e, fb)).sum());
                 let m = match (ep, c_term) {
                     (None, None) => return self.zero(all_neg_zero),
@@ -619,7 +665,11 @@ impl Fused {
                 let s2 = ep.map_or(0, |e| floor_shift(s << x, (m - e) as i64));
                 // C: fb bits below 2^m, floor; then to fb + x bits (exact)
                 let c2 = c_term.map_or(0, |t| {
-                    let v = if t.neg { -(t.sig as i128) } else { t.sig as i128 };
+                    let v = if t.neg {
+                        -(t.sig as i128)
+                    } else {
+                        t.sig as i128
+                    };
                     // v * 2^(t.exp - 23) in units of 2^(m - fb)
                     let right = (m - t.exp) as i64 + t.frac as i64 - fb as i64;
                     floor_shift(v, right)
@@ -630,7 +680,13 @@ impl Fused {
         if sum == 0 {
             return self.zero(all_neg_zero);
         }
-        round_to_f32(sum < 0, sum.unsigned_abs(), lsb_exp, self.rounding, self.overflow)
+        round_to_f32(
+            sum < 0,
+            sum.unsigned_abs(),
+            lsb_exp,
+            self.rounding,
+            self.overflow,
+        )
     }
 
     fn zero(&self, all_neg_zero: bool) -> f32 {
@@ -772,7 +828,14 @@ impl Shape {
 
 /// D = A·B + C for one instruction: `a` is M×K and `b` K×N, row-major
 /// storage bits of `format`; `c` is M×N row-major. Returns D row-major.
-pub fn tile(model: &Model, shape: Shape, format: InFormat, a: &[u16], b: &[u16], c: &[f32]) -> Vec<f32> {
+pub fn tile(
+    model: &Model,
+    shape: Shape,
+    format: InFormat,
+    a: &[u16],
+    b: &[u16],
+    c: &[f32],
+) -> Vec<f32> {
     let (m, n, k) = shape.mnk();
     assert!(a.len() == m * k && b.len() == k * n && c.len() == m * n);
     let mut d = vec![0.0f32; m * n];

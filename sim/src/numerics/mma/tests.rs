@@ -238,7 +238,10 @@ fn gfx942_adds_c_late_with_round_down_alignment() {
     // the grid is 2^-4, so -2^-5 becomes -2^-4, and 2^20 - 2^-4 is an f32.
     // (IEEE: 2^20 - 2^-5 is a tie between 2^20 - 2^-4 and 2^20: even, 2^20.)
     a[0] = bf(2f32.powi(20));
-    assert_eq!(m.dot(InFormat::Bf16, &a, &b, -(2f32.powi(-5))), 2f32.powi(20) - 2f32.powi(-4));
+    assert_eq!(
+        m.dot(InFormat::Bf16, &a, &b, -(2f32.powi(-5))),
+        2f32.powi(20) - 2f32.powi(-4)
+    );
     // positive C below the grid is floored to zero
     assert_eq!(m.dot(InFormat::Bf16, &a, &b, 2f32.powi(-5)), 2f32.powi(20));
 }
@@ -260,13 +263,20 @@ fn special_values_follow_each_target() {
         assert_eq!(m.dot(InFormat::Bf16, &a, &b, 0.0).to_bits(), nan_bits);
         a[3] = inf;
         assert_eq!(m.dot(InFormat::Bf16, &a, &b, 0.0), f32::INFINITY);
-        assert_eq!(m.dot(InFormat::Bf16, &a, &b, f32::NEG_INFINITY).to_bits(), nan_bits);
+        assert_eq!(
+            m.dot(InFormat::Bf16, &a, &b, f32::NEG_INFINITY).to_bits(),
+            nan_bits
+        );
         a[4] = ninf;
         assert_eq!(m.dot(InFormat::Bf16, &a, &b, 0.0).to_bits(), nan_bits);
         a[4] = one;
         let mut z = b.clone();
         z[3] = 0;
-        assert_eq!(m.dot(InFormat::Bf16, &a, &z, 0.0).to_bits(), nan_bits, "inf * 0");
+        assert_eq!(
+            m.dot(InFormat::Bf16, &a, &z, 0.0).to_bits(),
+            nan_bits,
+            "inf * 0"
+        );
         a[3] = one;
         assert_eq!(m.dot(InFormat::Bf16, &a, &b, f32::NAN).to_bits(), nan_bits);
     }
@@ -280,8 +290,15 @@ fn special_values_follow_each_target() {
     b[1] = bf(2f32.powi(100));
     a[2] = bf(3.0);
     b[2] = bf(1.0);
-    assert_eq!(gfx942().dot(InFormat::Bf16, &a, &b, 0.0).to_bits(), QUIET_NAN);
-    assert_eq!(sm90().dot(InFormat::Bf16, &a, &b, 0.0), 0.0, "3 is cut below 2^200");
+    assert_eq!(
+        gfx942().dot(InFormat::Bf16, &a, &b, 0.0).to_bits(),
+        QUIET_NAN
+    );
+    assert_eq!(
+        sm90().dot(InFormat::Bf16, &a, &b, 0.0),
+        0.0,
+        "3 is cut below 2^200"
+    );
     a[1] = 0;
     assert_eq!(gfx942().dot(InFormat::Bf16, &a, &b, 0.0), f32::INFINITY);
     assert_eq!(sm90().dot(InFormat::Bf16, &a, &b, 0.0), f32::INFINITY);
