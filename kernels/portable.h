@@ -777,10 +777,18 @@ DEVICE void tile_pv(float (&acc)[4][DV / 16], const float* P_s, float* stage, co
 // of the wave must call the function together, as on the GPU.
 //
 // Shapes: 0 = m16n8k16 (NVIDIA, 32 lanes: A 8, B 4, C/D 4 per lane),
-// 1 = 16x16x16 and 2 = 32x32x8 (CDNA, 64 lanes: A 4, B 4, C/D 4 or 16).
+// 1 = 16x16x16 and 2 = 32x32x8 (CDNA, 64 lanes: A 4, B 4, C/D 4 or 16),
+// 3 = 16x16x32 and 4 = 32x32x16 (CDNA3 fp8/bf8: A 8, B 8, C/D 4 or 16).
+// Input formats (mma.rs InFormat; storage bits as u16, fp8 in the low byte).
 #define MMA_M16N8K16 0
 #define MFMA_16X16X16 1
 #define MFMA_32X32X8 2
+#define MFMA_16X16X32 3
+#define MFMA_32X32X16 4
+#define MMA_BF16 0
+#define MMA_F16 1
+#define MMA_FP8 2  // e4m3 fnuz (bias 8)
+#define MMA_BF8 3  // e5m2 fnuz (bias 16)
 
 template <int SHAPE> struct MmaShape;
 template <> struct MmaShape<MMA_M16N8K16> {
@@ -814,6 +822,21 @@ template <> struct MmaShape<MFMA_32X32X8> {
     }
 };
 
+template <> struct MmaShape<MFMA_16X16X32> {
+    enum { M = 16, N = 16, K = 32, LANES = 64, PA = 8, PB = 8, PD = 4 };
+    static DEVICE void a_index(int lane, int i, int& row, int& k) { row = lane % 16, k = 8 * (lane / 16) + i; }
+    static DEVICE void b_index(int lane, int i, int& k, int& col) { k = 8 * (lane / 16) + i, col = lane % 16; }
+    static DEVICE void d_index(int lane, int i, int& row, int& col) { row = 4 * (lane / 16) + i, col = lane % 16; }
+};
+template <> struct MmaShape<MFMA_32X32X16> {
+    enum { M = 32, N = 32, K = 16, LANES = 64, PA = 8, PB = 8, PD = 16 };
+    static DEVICE void a_index(int lane, int i, int& row, int& k) { row = lane % 32, k = 8 * (lane / 32) + i; }
+    static DEVICE void b_index(int lane, int i, int& k, int& col) { k = 8 * (lane / 32) + i, col = lane % 32; }
+    static DEVICE void d_index(int lane, int i, int& row, int& col) {
+        row = 8 * (i / 4) + 4 * (lane / 32) + i % 4, col = lane % 32;
+    }
+};
+
 #if defined(ATTNLAB_HOST)
 // Every lane of the calling wave posts `bytes` at `mine`; each receives all
 // of them, lane-major, in `all` (host_shim.cpp). A collective, like a shuffle.
@@ -832,6 +855,7 @@ struct MmaFused {
     int has_min_align, min_align_exp;
     int product_overflow, overflow_ieee, ieee_zero_sign;
     u32 nan_bits;
+    int odd_even, has_cutoff, late_c_cutoff;
 };
 struct MmaPairwise {
     int group, flush;
@@ -842,13 +866,14 @@ struct MmaModel {
     MmaFused f;
     MmaPairwise p;
 };
-// MatrixTarget::model: 0 sm_90, 1 gfx90a, 2 gfx942.
-inline MmaModel mma_target_model(int target) {
+// MatrixTarget::model: 0 sm_90, 1 gfx90a, 2 gfx942; fmt an MMA_* format.
+inline MmaModel mma_target_model(int target, int fmt) {
     MmaModel m = {};
+    bool fp8 = fmt == MMA_FP8 || fmt == MMA_BF8;
     if (target == 0) {
-        m.f = {16, 25, 0, 0, 0, 1, 0, 1, 0, 1, -133, 0, 0, 0, 0x7fffffffu};
+        m.f = {16, 25, 0, 0, 0, 1, 0, 1, 0, 1, -133, 0, 0, 0, 0x7fffffffu, 0, 0, 0};
     } else if (target == 2) {
-        m.f = {8, 24, 1, 7, 1, 1, 0, 0, -126, 0, 0, 1, 0, 0, 0x7fc00000u};
+        m.f = {fp8 ? 16 : 8, 24, 1, 7, 1, 1, 0, 0, -126, 0, 0, 1, 0, 0, 0x7fc00000u, fp8 ? 1 : 0, fp8 ? 1 : 0, 25};
     } else {
         m.pairwise = 1;
         m.p = {4, 1, 0x7fc00000u};
@@ -865,13 +890,20 @@ struct MmaTerm {
 enum { MMA_ZERO, MMA_FINITE, MMA_INF, MMA_NAN };
 // InFormat::decode: class, and the term for finite values (and the sign of zeros/infs).
 inline int mma_decode(int fmt, u16 bits, MmaTerm& t) {
-    int m = fmt == DT_BF16 ? 7 : 10, eb = fmt == DT_BF16 ? 8 : 5;
+    const int ms[4] = {7, 10, 3, 2}, ebs[4] = {8, 5, 4, 5};
+    int m = ms[fmt], eb = ebs[fmt];
+    bool fnuz = fmt == MMA_FP8 || fmt == MMA_BF8;
+    bits &= (u16)((1u << (1 + eb + m)) - 1u);
     t.neg = (bits >> (m + eb)) & 1;
     u32 e_field = (bits >> m) & ((1u << eb) - 1u);
     u64 frac = bits & ((1u << m) - 1u);
-    if (e_field == (1u << eb) - 1u) return frac == 0 ? MMA_INF : MMA_NAN;
+    if (fnuz) {
+        if (t.neg && e_field == 0 && frac == 0) return MMA_NAN;  // 0x80
+    } else if (e_field == (1u << eb) - 1u) {
+        return frac == 0 ? MMA_INF : MMA_NAN;
+    }
     if (e_field == 0 && frac == 0) return MMA_ZERO;
-    int bias = (1 << (eb - 1)) - 1, emin = 2 - (1 << (eb - 1));
+    int bias = (1 << (eb - 1)) - 1 + (fnuz ? 1 : 0), emin = 1 - bias;
     t.exp = e_field == 0 ? emin : (int)e_field - bias;
     t.sig = e_field == 0 ? frac : (frac | (1ull << m));
     t.frac = m;
@@ -947,8 +979,10 @@ inline float mma_block_fma(const MmaFused& f, int fmt, const u16* a, const u16* 
     float nan = __uint_as_float(f.nan_bits);
     bool pos_inf = false, neg_inf = false, all_neg_zero = true;
     MmaTerm terms[33];
+    int odd[33];  // the k parity of each product term (odd_even)
     int nt = 0;
     for (int i = 0; i < n; ++i) {
+        odd[nt] = i & 1;
         MmaTerm x, y;
         int cx = mma_decode(fmt, a[i], x), cy = mma_decode(fmt, b[i], y);
         if (cx == MMA_NAN || cy == MMA_NAN) return nan;
@@ -1017,21 +1051,45 @@ inline float mma_block_fma(const MmaFused& f, int fmt, const u16* a, const u16* 
         lsb = (long long)e - fb;
     } else {
         int x = f.sum_extra_bits;
-        bool has_p = nt > 0;
+        // the fused sum of the products of one half (parity h; -1: all)
+        auto fused = [&](int h, int& e, __int128& sum_h) -> bool {
+            bool any = false;
+            for (int i = 0; i < nt; ++i)
+                if (h < 0 || odd[i] == h) {
+                    if (!any || terms[i].exp > e) e = terms[i].exp;
+                    any = true;
+                }
+            if (!any) return false;
+            if (f.has_min_align && e < f.min_align_exp) e = f.min_align_exp;
+            sum_h = 0;
+            for (int i = 0; i < nt; ++i)
+                if (h < 0 || odd[i] == h) sum_h += mma_align(terms[i], e, fb);
+            return true;
+        };
+        bool has_p;
         int ep = 0;
-        if (has_p) {
-            ep = terms[0].exp;
-            for (int i = 1; i < nt; ++i) ep = terms[i].exp > ep ? terms[i].exp : ep;
-            if (f.has_min_align && ep < f.min_align_exp) ep = f.min_align_exp;
+        __int128 s = 0;
+        if (f.odd_even) {
+            int e0 = 0, e1 = 0;
+            __int128 s0 = 0, s1 = 0;
+            bool h0 = fused(0, e0, s0), h1 = fused(1, e1, s1);
+            has_p = h0 || h1;
+            if (h0 && h1) {
+                ep = e0 > e1 ? e0 : e1;
+                s = mma_floor_shift(s0, ep - e0) + mma_floor_shift(s1, ep - e1);
+            } else if (h0) {
+                ep = e0, s = s0;
+            } else if (h1) {
+                ep = e1, s = s1;
+            }
+        } else {
+            has_p = fused(-1, ep, s);
         }
         if (!has_p && !has_c) return zero;
         int m = !has_p ? ct.exp : (!has_c ? ep : (ep > ct.exp ? ep : ct.exp));
-        __int128 s = 0;
-        if (has_p)
-            for (int i = 0; i < nt; ++i) s += mma_align(terms[i], ep, fb);
         __int128 s2 = has_p ? mma_floor_shift(s << x, (long long)(m - ep)) : 0;
         __int128 c2 = 0;
-        if (has_c) {
+        if (has_c && !(f.has_cutoff && ct.exp < m - f.late_c_cutoff)) {
             __int128 v = ct.neg ? -(__int128)ct.sig : (__int128)ct.sig;
             c2 = mma_floor_shift(v, (long long)(m - ct.exp) + ct.frac - fb);
         }
@@ -1053,11 +1111,11 @@ inline float mma_tree(const MmaPairwise& p, const float* v, int n) {
 }
 // Pairwise::group_add over n <= 32 products.
 inline float mma_group_add(const MmaPairwise& p, int fmt, const u16* a, const u16* b, int n, float c) {
-    float emin = fmt == DT_BF16 ? 1.175494351e-38f : 6.103515625e-05f;
+    float emin = fmt == MMA_BF16 ? 1.175494351e-38f : 6.103515625e-05f;  // bf16/f16 only (CDNA2)
     float prods[32];
     for (int i = 0; i < n; ++i) {
-        float x = fmt == DT_BF16 ? bf16_bits_to_f32(a[i]) : f16_bits_to_f32(a[i]);
-        float y = fmt == DT_BF16 ? bf16_bits_to_f32(b[i]) : f16_bits_to_f32(b[i]);
+        float x = fmt == MMA_BF16 ? bf16_bits_to_f32(a[i]) : f16_bits_to_f32(a[i]);
+        float y = fmt == MMA_BF16 ? bf16_bits_to_f32(b[i]) : f16_bits_to_f32(b[i]);
         if (p.flush && x != 0.0f && fabsf(x) < emin) x = 0.0f;
         if (p.flush && y != 0.0f && fabsf(y) < emin) y = 0.0f;
         prods[i] = mma_flush(p, fmaf(x, y, 0.0f));
@@ -1111,19 +1169,19 @@ inline void mma_host_exec(const MmaModel& model, int fmt, const u16* a, const u1
 #endif  // ATTNLAB_HOST
 
 // mma.sync.aligned.m16n8k16.row.col.f32.{bf16,f16}.{bf16,f16}.f32 for FMT
-// DT_BF16 or DT_F16: a[8], b[4] storage bits and c[4], d[4] in the
+// MMA_BF16 or MMA_F16: a[8], b[4] storage bits and c[4], d[4] in the
 // fragment order of MmaShape<MMA_M16N8K16>. On the host, `host_target`
 // picks the model (0 sm_90); on a GPU it is ignored.
 template <int FMT>
 DEVICE void mma_m16n8k16(const u16* a, const u16* b, const float* c, float* d, int host_target) {
 #if defined(ATTNLAB_HOST)
-    mma_host_exec<MMA_M16N8K16>(mma_target_model(host_target), FMT, a, b, c, d);
+    mma_host_exec<MMA_M16N8K16>(mma_target_model(host_target, FMT), FMT, a, b, c, d);
 #elif defined(ATTNLAB_CUDA) && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
     (void)host_target;
     u32 ra[4], rb[2];
     for (int i = 0; i < 4; ++i) ra[i] = (u32)a[2 * i] | ((u32)a[2 * i + 1] << 16);
     for (int i = 0; i < 2; ++i) rb[i] = (u32)b[2 * i] | ((u32)b[2 * i + 1] << 16);
-    if constexpr (FMT == DT_BF16) {
+    if constexpr (FMT == MMA_BF16) {
         asm volatile(
             "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
             "{%10,%11,%12,%13};\n"
@@ -1150,38 +1208,61 @@ typedef short mfma_short4 __attribute__((ext_vector_type(4)));
 typedef _Float16 mfma_half4 __attribute__((ext_vector_type(4)));
 typedef float mfma_float4 __attribute__((ext_vector_type(4)));
 typedef float mfma_float16 __attribute__((ext_vector_type(16)));
+template <int PD> struct mfma_acc;
+template <> struct mfma_acc<4> {
+    typedef mfma_float4 type;
+};
+template <> struct mfma_acc<16> {
+    typedef mfma_float16 type;
+};
 #endif
 
 // v_mfma_f32_{16x16x16,32x32x8}{bf16_1k,f16} (SHAPE MFMA_16X16X16 or
-// MFMA_32X32X8): a[4], b[4] storage bits, c/d 4 or 16 floats in the fragment
-// order of MmaShape<SHAPE>. On the host, `host_target` picks the model
-// (1 gfx90a, 2 gfx942).
+// MFMA_32X32X8, FMT MMA_BF16 or MMA_F16) and, on gfx940+,
+// v_mfma_f32_{16x16x32,32x32x16}_{fp8_fp8,bf8_bf8} (MFMA_16X16X32 or
+// MFMA_32X32X16, FMT MMA_FP8 or MMA_BF8): a, b storage bits (PA, PB per
+// lane), c/d 4 or 16 floats in the fragment order of MmaShape<SHAPE>. On the
+// host, `host_target` picks the model (1 gfx90a, 2 gfx942).
 template <int SHAPE, int FMT>
 DEVICE void mfma(const u16* a, const u16* b, const float* c, float* d, int host_target) {
     typedef MmaShape<SHAPE> S;
 #if defined(ATTNLAB_HOST)
-    mma_host_exec<SHAPE>(mma_target_model(host_target), FMT, a, b, c, d);
+    mma_host_exec<SHAPE>(mma_target_model(host_target, FMT), FMT, a, b, c, d);
 #elif defined(ATTNLAB_HIP) && (defined(__gfx90a__) || defined(__gfx940__) || defined(__gfx941__) || defined(__gfx942__))
     (void)host_target;
-    mfma_short4 va, vb;
-    for (int i = 0; i < 4; ++i) va[i] = (short)a[i], vb[i] = (short)b[i];
-    if constexpr (SHAPE == MFMA_16X16X16) {
-        mfma_float4 vc, r;
-        for (int i = 0; i < 4; ++i) vc[i] = c[i];
-        if constexpr (FMT == DT_BF16) r = __builtin_amdgcn_mfma_f32_16x16x16bf16_1k(va, vb, vc, 0, 0, 0);
-        else
+    typedef typename mfma_acc<S::PD>::type acc_t;
+    acc_t vc, r;
+    for (int i = 0; i < S::PD; ++i) vc[i] = c[i];
+    if constexpr (S::PA == 4) {
+        mfma_short4 va, vb;
+        for (int i = 0; i < 4; ++i) va[i] = (short)a[i], vb[i] = (short)b[i];
+        if constexpr (SHAPE == MFMA_16X16X16 && FMT == MMA_BF16)
+            r = __builtin_amdgcn_mfma_f32_16x16x16bf16_1k(va, vb, vc, 0, 0, 0);
+        else if constexpr (SHAPE == MFMA_16X16X16)
             r = __builtin_amdgcn_mfma_f32_16x16x16f16(__builtin_bit_cast(mfma_half4, va),
                                                       __builtin_bit_cast(mfma_half4, vb), vc, 0, 0, 0);
-        for (int i = 0; i < 4; ++i) d[i] = r[i];
-    } else {
-        mfma_float16 vc, r;
-        for (int i = 0; i < 16; ++i) vc[i] = c[i];
-        if constexpr (FMT == DT_BF16) r = __builtin_amdgcn_mfma_f32_32x32x8bf16_1k(va, vb, vc, 0, 0, 0);
+        else if constexpr (FMT == MMA_BF16)
+            r = __builtin_amdgcn_mfma_f32_32x32x8bf16_1k(va, vb, vc, 0, 0, 0);
         else
             r = __builtin_amdgcn_mfma_f32_32x32x8f16(__builtin_bit_cast(mfma_half4, va),
                                                      __builtin_bit_cast(mfma_half4, vb), vc, 0, 0, 0);
-        for (int i = 0; i < 16; ++i) d[i] = r[i];
+    } else {
+#if defined(__gfx940__) || defined(__gfx941__) || defined(__gfx942__)
+        long va = 0, vb = 0;  // 8 fp8 bytes, k order from the low byte
+        for (int i = 0; i < 8; ++i) va |= (long)(a[i] & 0xff) << (8 * i), vb |= (long)(b[i] & 0xff) << (8 * i);
+        if constexpr (SHAPE == MFMA_16X16X32 && FMT == MMA_FP8)
+            r = __builtin_amdgcn_mfma_f32_16x16x32_fp8_fp8(va, vb, vc, 0, 0, 0);
+        else if constexpr (SHAPE == MFMA_16X16X32)
+            r = __builtin_amdgcn_mfma_f32_16x16x32_bf8_bf8(va, vb, vc, 0, 0, 0);
+        else if constexpr (FMT == MMA_FP8)
+            r = __builtin_amdgcn_mfma_f32_32x32x16_fp8_fp8(va, vb, vc, 0, 0, 0);
+        else
+            r = __builtin_amdgcn_mfma_f32_32x32x16_bf8_bf8(va, vb, vc, 0, 0, 0);
+#else
+        for (int i = 0; i < S::PD; ++i) r[i] = f32_nan();  // CDNA2 has no fp8
+#endif
     }
+    for (int i = 0; i < S::PD; ++i) d[i] = r[i];
 #else
     (void)a, (void)b, (void)c, (void)host_target;
     for (int i = 0; i < S::PD; ++i) d[i] = f32_nan();

@@ -79,16 +79,30 @@ impl Regime {
 fn elem(rng: &mut ChaCha8Rng, f: InFormat, lo: i32, hi: i32, keep: u32) -> u16 {
     let m = f.mant_bits();
     let bias = 1 - f.emin();
-    let emax = bias;
-    let e = rng.gen_range(lo.max(f.emin())..=hi.min(emax).max(lo.max(f.emin())));
+    let lo = lo.clamp(f.emin(), f.emax());
+    let e = rng.gen_range(lo..=hi.clamp(lo, f.emax()));
     let frac = if keep == 0 {
         0
     } else {
         let r: u16 = rng.gen::<u16>() & ((1 << m) - 1);
         r & !((1u16 << (m - keep.min(m))) - 1)
     };
-    let sign = (rng.gen::<bool>() as u16) << 15;
+    let sign = if rng.gen::<bool>() { sign_bit(f) } else { 0 };
     sign | (((e + bias) as u16) << m) | frac
+}
+
+/// The sign bit of `f`'s storage.
+fn sign_bit(f: InFormat) -> u16 {
+    1 << (f.bits() - 1)
+}
+
+/// -0, or +0 in the fnuz formats (where the -0 pattern is the NaN).
+fn neg_zero(f: InFormat) -> u16 {
+    if f.fnuz() {
+        0
+    } else {
+        sign_bit(f)
+    }
 }
 
 /// An f32 with random sign, exponent in [lo, hi] and random fraction.
@@ -99,14 +113,21 @@ fn f32_elem(rng: &mut ChaCha8Rng, lo: i32, hi: i32) -> f32 {
     f32::from_bits(sign | (((e + 127) as u32) << 23) | frac)
 }
 
+/// ±inf, NaN or ±0 of `f` (fnuz formats: NaN 0x80, the largest finite
+/// values for the infinities they lack, +0).
 fn special(rng: &mut ChaCha8Rng, f: InFormat) -> u16 {
     let inf = f.from_f32(f32::INFINITY);
+    let nan = if f.fnuz() {
+        0x80
+    } else {
+        inf | 1 | (rng.gen::<u16>() & (1 << (f.mant_bits() - 1)))
+    };
     match rng.gen_range(0..5) {
         0 => inf,
-        1 => inf | 0x8000,
-        2 => inf | 1 | (rng.gen::<u16>() & (1 << (f.mant_bits() - 1))), // NaNs
+        1 => inf | sign_bit(f),
+        2 => nan,
         3 => 0,
-        _ => 0x8000,
+        _ => neg_zero(f),
     }
 }
 
@@ -120,6 +141,7 @@ pub fn draw(
     let (m, n, k) = shape.mnk();
     let bf = f == InFormat::Bf16;
     let wide = if bf { 40 } else { 15 };
+    let (sign, nz) = (sign_bit(f), neg_zero(f));
     let mut a = vec![0u16; m * k];
     let mut b = vec![0u16; k * n];
     let mut c = vec![0f32; m * n];
@@ -165,7 +187,7 @@ pub fn draw(
                     };
                     a[i * k + 2 * q] = v;
                     a[i * k + 2 * q + 1] = if cancel {
-                        v ^ 0x8000
+                        v ^ sign
                     } else {
                         elem(rng, f, -8, 0, 16)
                     };
@@ -176,7 +198,7 @@ pub fn draw(
         Regime::Subnormal => {
             let sub = |rng: &mut ChaCha8Rng| -> u16 {
                 let r: u16 = rng.gen::<u16>() & ((1 << f.mant_bits()) - 1);
-                ((rng.gen::<bool>() as u16) << 15) | r.max(1)
+                (if rng.gen::<bool>() { sign } else { 0 }) | r.max(1)
             };
             for x in a.iter_mut().chain(b.iter_mut()) {
                 *x = match rng.gen_range(0..3) {
@@ -229,7 +251,7 @@ pub fn draw(
             for x in a.iter_mut().chain(b.iter_mut()) {
                 *x = match rng.gen_range(0..4) {
                     0 => 0,
-                    1 => 0x8000,
+                    1 => nz,
                     2 => elem(rng, f, big - 10, big, 16),
                     _ => elem(rng, f, -2 * wide, -wide / 2, 16),
                 };
@@ -248,15 +270,22 @@ pub fn draw(
             c.iter_mut().for_each(|x| *x = f32_elem(rng, 120, 127));
         }
         Regime::Overflow => {
-            // f16 products cannot leave f32's range: sums near f16's top instead
-            a.iter_mut().for_each(|x| *x = elem(rng, f, 12, 15, 16));
-            b.iter_mut().for_each(|x| *x = elem(rng, f, 12, 15, 16));
+            // f16/fp8 products cannot leave f32's range: the format's top binades
+            let top = f.emax();
+            a.iter_mut()
+                .for_each(|x| *x = elem(rng, f, top - 3, top, 16));
+            b.iter_mut()
+                .for_each(|x| *x = elem(rng, f, top - 3, top, 16));
             c.iter_mut().for_each(|x| *x = f32_elem(rng, 100, 127));
         }
         Regime::Tiny => {
             // bf16: products in [2^-160, 2^-132), under the -133 alignment floor
             // and f32's subnormals; C zero or tiny. f16: its subnormals.
-            let (lo, hi) = if bf { (-80, -67) } else { (-14, -10) };
+            let (lo, hi) = if bf {
+                (-80, -67)
+            } else {
+                (f.emin(), f.emin() + 4)
+            };
             a.iter_mut().for_each(|x| *x = elem(rng, f, lo, hi, 16));
             b.iter_mut().for_each(|x| *x = elem(rng, f, lo, hi, 16));
             c.iter_mut().for_each(|x| {
@@ -269,10 +298,11 @@ pub fn draw(
             });
         }
         Regime::SignedZeros => {
-            // rows of A all ±0 (one sign per row), B positive: every product
-            // of a row is a zero of one sign; C ±0 or small.
+            // rows of A all ±0 (one sign per row), columns of B one sign
+            // each: every product of a (row, column) is a zero of one sign
+            // (fnuz formats have no -0: the sign comes from B); C ±0 or small.
             for i in 0..m {
-                let z = if rng.gen_bool(0.5) { 0x8000 } else { 0 };
+                let z = if rng.gen_bool(0.5) { nz } else { 0 };
                 for kk in 0..k {
                     a[i * k + kk] = if rng.gen_range(0..8) == 0 {
                         elem(rng, f, -2, 2, 16)
@@ -281,8 +311,12 @@ pub fn draw(
                     };
                 }
             }
-            b.iter_mut()
-                .for_each(|x| *x = elem(rng, f, -2, 2, 16) & 0x7fff);
+            for j in 0..n {
+                let s = if rng.gen_bool(0.5) { sign } else { 0 };
+                for kk in 0..k {
+                    b[kk * n + j] = (elem(rng, f, -2, 2, 16) & !sign) | s;
+                }
+            }
             c.iter_mut().for_each(|x| {
                 *x = match rng.gen_range(0..3) {
                     0 => 0.0,
@@ -292,8 +326,9 @@ pub fn draw(
             });
         }
         Regime::Bits => {
-            a.iter_mut().for_each(|x| *x = rng.gen());
-            b.iter_mut().for_each(|x| *x = rng.gen());
+            let mask = ((1u32 << f.bits()) - 1) as u16;
+            a.iter_mut().for_each(|x| *x = rng.gen::<u16>() & mask);
+            b.iter_mut().for_each(|x| *x = rng.gen::<u16>() & mask);
             c.iter_mut().for_each(|x| *x = f32::from_bits(rng.gen()));
         }
     }
@@ -481,7 +516,7 @@ fn fmt_zero(z: ZeroTerm) -> String {
 pub fn describe_model(model: &Model) -> String {
     match model {
         Model::Fused(f) => format!(
-            "fused block={} bits={} c={} round={} zero_products={} zero_c={} min_align={} product_overflow={} overflow={} zero_sign={} nan={:#x}",
+            "fused block={} bits={} c={} round={} zero_products={} zero_c={} min_align={} product_overflow={} overflow={} odd_even={} late_c_cutoff={} zero_sign={} nan={:#x}",
             f.block,
             f.frac_bits,
             match f.c_add {
@@ -500,6 +535,8 @@ pub fn describe_model(model: &Model) -> String {
                 Overflow::Inf => "inf",
                 Overflow::Ieee => "ieee",
             },
+            f.odd_even,
+            f.late_c_cutoff.map_or("none".to_string(), |c| c.to_string()),
             if f.ieee_zero_sign { "ieee" } else { "+0" },
             f.nan_bits
         ),
@@ -567,6 +604,24 @@ fn variations(f: &Fused, k: usize) -> Vec<(String, String, Model)> {
     );
     for (v, overflow) in [("inf", Overflow::Inf), ("ieee", Overflow::Ieee)] {
         push("overflow", v.into(), Fused { overflow, ..*f });
+    }
+    push(
+        "odd_even",
+        (!f.odd_even).to_string(),
+        Fused {
+            odd_even: !f.odd_even,
+            ..*f
+        },
+    );
+    for cut in [None, Some(25)] {
+        push(
+            "late_c_cutoff",
+            cut.map_or("none".into(), |c: u32| c.to_string()),
+            Fused {
+                late_c_cutoff: cut,
+                ..*f
+            },
+        );
     }
     push(
         "zero_sign",

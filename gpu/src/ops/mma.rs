@@ -1,7 +1,7 @@
 //! Launcher for `kernels/mma_probe.hip`: `n` independent executions of one
 //! matrix instruction, one tile each (the instruction-level diff).
 
-use crate::kernels::{dtype_define, Gpu};
+use crate::kernels::Gpu;
 use crate::runtime::{Arg, Buffer, LaunchDims, Result, Target};
 use attnlab_shared::dtype::DType;
 use attnlab_shared::error::Error as SharedError;
@@ -22,7 +22,7 @@ impl Instr {
     pub fn name(&self) -> String {
         let op = match self.shape {
             Shape::M16N8K16 => "mma",
-            Shape::M16N16K16 | Shape::M32N32K8 => "mfma",
+            _ => "mfma",
         };
         format!(
             "{op}.{}.{}@{}",
@@ -42,20 +42,15 @@ impl Instr {
             Shape::M16N8K16 => "mma_m16n8k16_probe",
             Shape::M16N16K16 => "mfma_16x16x16_probe",
             Shape::M32N32K8 => "mfma_32x32x8_probe",
-        }
-    }
-
-    fn dtype(&self) -> DType {
-        match self.format {
-            InFormat::Bf16 => DType::Bf16,
-            InFormat::F16 => DType::F16,
+            Shape::M16N16K32 => "mfma_16x16x32_probe",
+            Shape::M32N32K16 => "mfma_32x32x16_probe",
         }
     }
 
     /// Every instruction form a device of `target` executes, with the
     /// target whose model describes it: sm_90 runs `mma.sync`, CDNA2/3 the
-    /// MFMA forms; the host device with 32-lane waves runs Hopper's model
-    /// and with 64-lane waves both CDNA models.
+    /// MFMA forms (CDNA3 also fp8/bf8); the host device with 32-lane waves
+    /// runs Hopper's model and with 64-lane waves both CDNA models.
     pub fn for_device(target: &Target) -> Result<Vec<Instr>> {
         let targets: Vec<MatrixTarget> = match target {
             Target::Cuda { sm: 90 } => vec![MatrixTarget::Sm90],
@@ -73,8 +68,8 @@ impl Instr {
         Ok(targets
             .into_iter()
             .flat_map(|t| {
-                t.shapes().iter().flat_map(move |&shape| {
-                    InFormat::ALL.into_iter().map(move |format| Instr {
+                InFormat::ALL.into_iter().flat_map(move |format| {
+                    t.shapes(format).iter().map(move |&shape| Instr {
                         target: t,
                         shape,
                         format,
@@ -82,6 +77,16 @@ impl Instr {
                 })
             })
             .collect())
+    }
+}
+
+/// `kernels/portable.h`'s MMA_* code of a format (the `MMA_FORMAT` define).
+pub fn format_code(f: InFormat) -> i32 {
+    match f {
+        InFormat::Bf16 => 0,
+        InFormat::F16 => 1,
+        InFormat::Fp8E4m3Fnuz => 2,
+        InFormat::Bf8E5m2Fnuz => 3,
     }
 }
 
@@ -125,7 +130,10 @@ pub fn run(gpu: &Gpu, instr: Instr, a: &[u16], b: &[u16], c: &[f32]) -> Result<V
     }
     let f = gpu.function(
         "mma_probe",
-        &[dtype_define("MMA_DTYPE", instr.dtype())],
+        &[(
+            "MMA_FORMAT".to_string(),
+            format_code(instr.format).to_string(),
+        )],
         instr.entry(),
     )?;
     let da = Buffer::from_bytes(dev, &u16_bytes(a))?;

@@ -29,21 +29,33 @@
 
 use attnlab_shared::error::Error;
 
-/// The input element formats of the modelled instructions.
+/// The input element formats of the modelled instructions. Storage bits
+/// travel as u16 (the fp8 formats in the low byte).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum InFormat {
     Bf16,
     F16,
+    /// CDNA3's `fp8`: e4m3, bias 8, no inf, 0x80 the only NaN, no -0.
+    Fp8E4m3Fnuz,
+    /// CDNA3's `bf8`: e5m2, bias 16, the same special rules.
+    Bf8E5m2Fnuz,
 }
 
 impl InFormat {
-    pub const ALL: [InFormat; 2] = [InFormat::Bf16, InFormat::F16];
+    pub const ALL: [InFormat; 4] = [
+        InFormat::Bf16,
+        InFormat::F16,
+        InFormat::Fp8E4m3Fnuz,
+        InFormat::Bf8E5m2Fnuz,
+    ];
 
     /// Stored fraction bits.
     pub const fn mant_bits(self) -> u32 {
         match self {
             InFormat::Bf16 => 7,
             InFormat::F16 => 10,
+            InFormat::Fp8E4m3Fnuz => 3,
+            InFormat::Bf8E5m2Fnuz => 2,
         }
     }
 
@@ -51,44 +63,122 @@ impl InFormat {
         match self {
             InFormat::Bf16 => 8,
             InFormat::F16 => 5,
+            InFormat::Fp8E4m3Fnuz => 4,
+            InFormat::Bf8E5m2Fnuz => 5,
+        }
+    }
+
+    /// fnuz: the all-ones exponent is finite, 0x80 is NaN, no inf and no -0.
+    pub const fn fnuz(self) -> bool {
+        matches!(self, InFormat::Fp8E4m3Fnuz | InFormat::Bf8E5m2Fnuz)
+    }
+
+    /// Storage width in bits.
+    pub const fn bits(self) -> u32 {
+        1 + self.exp_bits() + self.mant_bits()
+    }
+
+    const fn bias(self) -> i32 {
+        let b = (1 << (self.exp_bits() - 1)) - 1;
+        if self.fnuz() {
+            b + 1
+        } else {
+            b
         }
     }
 
     /// Exponent of the smallest normal number (subnormals share it).
     pub const fn emin(self) -> i32 {
-        2 - (1 << (self.exp_bits() - 1))
+        1 - self.bias()
+    }
+
+    /// Exponent of the largest finite number.
+    pub const fn emax(self) -> i32 {
+        let top = (1 << self.exp_bits()) - 1;
+        if self.fnuz() {
+            top - self.bias()
+        } else {
+            top - 1 - self.bias()
+        }
     }
 
     pub fn name(self) -> &'static str {
         match self {
             InFormat::Bf16 => "bf16",
             InFormat::F16 => "f16",
+            InFormat::Fp8E4m3Fnuz => "fp8",
+            InFormat::Bf8E5m2Fnuz => "bf8",
         }
     }
 
-    /// The element's value as f32 (exact: both formats widen exactly).
+    /// The element's value as f32 (exact: every format widens exactly).
     pub fn to_f32(self, bits: u16) -> f32 {
-        match self {
-            InFormat::Bf16 => half::bf16::from_bits(bits).to_f32(),
-            InFormat::F16 => half::f16::from_bits(bits).to_f32(),
+        match self.decode(bits) {
+            Class::Zero(neg) => {
+                if neg {
+                    -0.0
+                } else {
+                    0.0
+                }
+            }
+            Class::Inf(neg) => {
+                if neg {
+                    f32::NEG_INFINITY
+                } else {
+                    f32::INFINITY
+                }
+            }
+            Class::Nan => f32::NAN,
+            Class::Finite(t) => {
+                let v = t.sig as f64 * ((t.exp - t.frac as i32) as f64).exp2();
+                (if t.neg { -v } else { v }) as f32
+            }
         }
     }
 
-    /// Round to nearest even into this format's bits.
+    /// The format's bits nearest `x` (ties to the even code; fp8 saturates
+    /// to its largest finite value, as HIP's conversions do).
     pub fn from_f32(self, x: f32) -> u16 {
         match self {
             InFormat::Bf16 => half::bf16::from_f32(x).to_bits(),
             InFormat::F16 => half::f16::from_f32(x).to_bits(),
+            InFormat::Fp8E4m3Fnuz | InFormat::Bf8E5m2Fnuz => {
+                if x.is_nan() {
+                    return 0x80;
+                }
+                // codes of one sign are monotone: the nearest magnitude
+                let a = x.abs().min(self.to_f32(0x7f)) as f64;
+                let mut best = 0u16;
+                for code in 1..=0x7fu16 {
+                    let (d, db) = (
+                        (self.to_f32(code) as f64 - a).abs(),
+                        (self.to_f32(best) as f64 - a).abs(),
+                    );
+                    if d < db || (d == db && code % 2 == 0) {
+                        best = code;
+                    }
+                }
+                if best != 0 && x < 0.0 {
+                    best | 0x80
+                } else {
+                    best
+                }
+            }
         }
     }
 
     fn decode(self, bits: u16) -> Class {
         let m = self.mant_bits();
         let eb = self.exp_bits();
+        let bits = bits & ((1u32 << self.bits()) - 1) as u16;
         let neg = bits >> (m + eb) & 1 == 1;
         let e_field = (bits >> m) as u32 & ((1 << eb) - 1);
         let frac = (bits as u64) & ((1 << m) - 1);
-        if e_field == (1 << eb) - 1 {
+        if self.fnuz() {
+            if neg && e_field == 0 && frac == 0 {
+                return Class::Nan; // 0x80
+            }
+        } else if e_field == (1 << eb) - 1 {
             return if frac == 0 {
                 Class::Inf(neg)
             } else {
@@ -98,11 +188,10 @@ impl InFormat {
         if e_field == 0 && frac == 0 {
             return Class::Zero(neg);
         }
-        let bias = (1i32 << (eb - 1)) - 1;
         let (exp, sig) = if e_field == 0 {
             (self.emin(), frac)
         } else {
-            (e_field as i32 - bias, frac | 1 << m)
+            (e_field as i32 - self.bias(), frac | 1 << m)
         };
         Class::Finite(Term {
             neg,
@@ -245,6 +334,13 @@ pub struct Fused {
     /// with both signs), as an f32 product would (CDNA3).
     pub product_overflow: bool,
     pub overflow: Overflow,
+    /// The block's products are two interleaved halves (even and odd k),
+    /// each aligned and truncated on its own, then both floored onto the
+    /// larger half's grid and added (CDNA3's fp8). Only with a late C.
+    pub odd_even: bool,
+    /// A late C more than this many binades below the product sum's
+    /// exponent is dropped (truncated to 0) instead of floored (CDNA3 fp8).
+    pub late_c_cutoff: Option<u32>,
     /// An exact-zero result is -0 only when every addend is a -0 (IEEE);
     /// false: always +0 (both characterisations).
     pub ieee_zero_sign: bool,
@@ -322,9 +418,9 @@ impl MatrixTarget {
         }
     }
 
-    /// The published model of this target's bf16/f16 -> f32 instructions
-    /// (the same for both formats on these three targets).
-    pub fn model(self, _format: InFormat) -> Model {
+    /// The published model of this target's `format` -> f32 instructions
+    /// (bf16 and f16 share one; CDNA3's fp8/bf8 have their own grouping).
+    pub fn model(self, format: InFormat) -> Model {
         match self {
             MatrixTarget::Sm90 => Model::Fused(Fused {
                 block: 16,
@@ -336,22 +432,30 @@ impl MatrixTarget {
                 min_align_exp: Some(-133),
                 product_overflow: false,
                 overflow: Overflow::Inf,
+                odd_even: false,
+                late_c_cutoff: None,
                 ieee_zero_sign: false,
                 nan_bits: NV_NAN,
             }),
-            MatrixTarget::Gfx942 => Model::Fused(Fused {
-                block: 8,
-                frac_bits: 24,
-                c_add: CAdd::Late { sum_extra_bits: 7 },
-                rounding: Rounding::NearestEven,
-                zero_products: ZeroTerm::Skip,
-                zero_c: ZeroTerm::Exponent(-126),
-                min_align_exp: None,
-                product_overflow: true,
-                overflow: Overflow::Inf,
-                ieee_zero_sign: false,
-                nan_bits: QUIET_NAN,
-            }),
+            MatrixTarget::Gfx942 => {
+                let fp8 = format.fnuz();
+                Model::Fused(Fused {
+                    // fp8: 16 products as two interleaved halves of 8
+                    block: if fp8 { 16 } else { 8 },
+                    frac_bits: 24,
+                    c_add: CAdd::Late { sum_extra_bits: 7 },
+                    rounding: Rounding::NearestEven,
+                    zero_products: ZeroTerm::Skip,
+                    zero_c: ZeroTerm::Exponent(-126),
+                    min_align_exp: None,
+                    product_overflow: true,
+                    overflow: Overflow::Inf,
+                    odd_even: fp8,
+                    late_c_cutoff: if fp8 { Some(25) } else { None },
+                    ieee_zero_sign: false,
+                    nan_bits: QUIET_NAN,
+                })
+            }
             MatrixTarget::Gfx90a => Model::Pairwise(Pairwise {
                 group: 4,
                 flush_subnormals: true,
@@ -360,11 +464,16 @@ impl MatrixTarget {
         }
     }
 
-    /// The instruction shapes this target has for bf16/f16 -> f32.
-    pub fn shapes(self) -> &'static [Shape] {
-        match self {
-            MatrixTarget::Sm90 => &[Shape::M16N8K16],
-            MatrixTarget::Gfx90a | MatrixTarget::Gfx942 => &[Shape::M16N16K16, Shape::M32N32K8],
+    /// The modelled instruction shapes of this target for `format` -> f32
+    /// (none: not modelled, or no such instruction).
+    pub fn shapes(self, format: InFormat) -> &'static [Shape] {
+        match (self, format.fnuz()) {
+            (MatrixTarget::Sm90, false) => &[Shape::M16N8K16],
+            (MatrixTarget::Gfx90a | MatrixTarget::Gfx942, false) => {
+                &[Shape::M16N16K16, Shape::M32N32K8]
+            }
+            (MatrixTarget::Gfx942, true) => &[Shape::M16N16K32, Shape::M32N32K16],
+            _ => &[],
         }
     }
 }
@@ -542,9 +651,18 @@ impl Fused {
         }
         let buf: &mut [Term] = if heap.is_empty() { &mut arr } else { &mut heap };
         let mut nt = 0;
+        // which half (k parity) each product term comes from, for odd_even
+        let mut odd = [false; 33];
+        let mut odd_heap = vec![false; if a.len() + 1 > 33 { a.len() + 1 } else { 0 }];
+        let odd: &mut [bool] = if odd_heap.is_empty() {
+            &mut odd
+        } else {
+            &mut odd_heap
+        };
         // every addend is a -0 (for the IEEE zero sign)
         let mut all_neg_zero = true;
-        for (&x, &y) in a.iter().zip(b) {
+        for (i, (&x, &y)) in a.iter().zip(b).enumerate() {
+            odd[nt] = i % 2 == 1;
             match product(format.decode(x), format.decode(y)) {
                 Prod::Nan => return nan,
                 Prod::Inf(s) => {
@@ -646,15 +764,37 @@ impl Fused {
             }
             CAdd::Late { sum_extra_bits: x } => {
                 let terms = &buf[..nt];
-                let ep = terms
-                    .iter()
-                    .map(|t| t.exp)
-                    .max()
-                    .map(|e| match self.min_align_exp {
-                        Some(lo) => e.max(lo),
-                        None => e,
-                    });
-                let s: i128 = ep.map_or(0, |e| terms.iter().map(|t| align(t, e, fb)).sum());
+                let floor = |e: i32| match self.min_align_exp {
+                    Some(lo) => e.max(lo),
+                    None => e,
+                };
+                // (exponent, sum at fb bits below it) of the terms `keep` picks
+                let fused = |keep: &dyn Fn(usize) -> bool| -> Option<(i32, i128)> {
+                    let e = floor((0..nt).filter(|&i| keep(i)).map(|i| terms[i].exp).max()?);
+                    let s = (0..nt)
+                        .filter(|&i| keep(i))
+                        .map(|i| align(&terms[i], e, fb))
+                        .sum();
+                    Some((e, s))
+                };
+                let (ep, s) = if self.odd_even {
+                    match (fused(&|i| !odd[i]), fused(&|i| odd[i])) {
+                        (None, None) => (None, 0),
+                        (Some((e, s)), None) | (None, Some((e, s))) => (Some(e), s),
+                        // each half floored onto the larger half's grid
+                        (Some((e0, s0)), Some((e1, s1))) => {
+                            let e = e0.max(e1);
+                            let s =
+                                floor_shift(s0, (e - e0) as i64) + floor_shift(s1, (e - e1) as i64);
+                            (Some(e), s)
+                        }
+                    }
+                } else {
+                    match fused(&|_| true) {
+                        Some((e, s)) => (Some(e), s),
+                        None => (None, 0),
+                    }
+                };
                 let m = match (ep, c_term) {
                     (None, None) => return self.zero(all_neg_zero),
                     (Some(e), None) => e,
@@ -665,6 +805,11 @@ impl Fused {
                 let s2 = ep.map_or(0, |e| floor_shift(s << x, (m - e) as i64));
                 // C: fb bits below 2^m, floor; then to fb + x bits (exact)
                 let c2 = c_term.map_or(0, |t| {
+                    if let Some(cut) = self.late_c_cutoff {
+                        if t.exp < m - cut as i32 {
+                            return 0;
+                        }
+                    }
                     let v = if t.neg {
                         -(t.sig as i128)
                     } else {
@@ -755,6 +900,10 @@ pub enum Shape {
     M16N16K16,
     /// `v_mfma_f32_32x32x8{bf16_1k,f16}`
     M32N32K8,
+    /// `v_mfma_f32_16x16x32_{fp8_fp8,bf8_bf8}` (gfx940+)
+    M16N16K32,
+    /// `v_mfma_f32_32x32x16_{fp8_fp8,bf8_bf8}` (gfx940+)
+    M32N32K16,
 }
 
 impl Shape {
@@ -763,6 +912,8 @@ impl Shape {
             Shape::M16N8K16 => (16, 8, 16),
             Shape::M16N16K16 => (16, 16, 16),
             Shape::M32N32K8 => (32, 32, 8),
+            Shape::M16N16K32 => (16, 16, 32),
+            Shape::M32N32K16 => (32, 32, 16),
         }
     }
 
@@ -771,6 +922,8 @@ impl Shape {
             Shape::M16N8K16 => "m16n8k16",
             Shape::M16N16K16 => "16x16x16",
             Shape::M32N32K8 => "32x32x8",
+            Shape::M16N16K32 => "16x16x32",
+            Shape::M32N32K16 => "32x32x16",
         }
     }
 
@@ -800,9 +953,11 @@ impl Shape {
                 let col = 2 * t + (i % 2) + 8 * (i / 4);
                 (row, col)
             }
-            // CDNA: lane l holds row l % M, k = 4 * (l / M) + i.
+            // CDNA: lane l holds row l % M, k = P * (l / M) + i (P per lane).
             Shape::M16N16K16 => (lane % 16, 4 * (lane / 16) + i),
             Shape::M32N32K8 => (lane % 32, 4 * (lane / 32) + i),
+            Shape::M16N16K32 => (lane % 16, 8 * (lane / 16) + i),
+            Shape::M32N32K16 => (lane % 32, 8 * (lane / 32) + i),
         }
     }
 
@@ -812,6 +967,8 @@ impl Shape {
             Shape::M16N8K16 => (2 * (lane % 4) + (i % 2) + 8 * (i / 2), lane / 4),
             Shape::M16N16K16 => (4 * (lane / 16) + i, lane % 16),
             Shape::M32N32K8 => (4 * (lane / 32) + i, lane % 32),
+            Shape::M16N16K32 => (8 * (lane / 16) + i, lane % 16),
+            Shape::M32N32K16 => (8 * (lane / 32) + i, lane % 32),
         }
     }
 
@@ -819,9 +976,11 @@ impl Shape {
     pub const fn d_index(self, lane: usize, i: usize) -> (usize, usize) {
         match self {
             Shape::M16N8K16 => (lane / 4 + 8 * (i / 2), 2 * (lane % 4) + (i % 2)),
-            Shape::M16N16K16 => (4 * (lane / 16) + i, lane % 16),
+            Shape::M16N16K16 | Shape::M16N16K32 => (4 * (lane / 16) + i, lane % 16),
             // 16 accumulators: 4 groups of 4 rows, 8 rows apart.
-            Shape::M32N32K8 => (8 * (i / 4) + 4 * (lane / 32) + i % 4, lane % 32),
+            Shape::M32N32K8 | Shape::M32N32K16 => {
+                (8 * (i / 4) + 4 * (lane / 32) + i % 4, lane % 32)
+            }
         }
     }
 }

@@ -153,7 +153,7 @@ proptest! {
     fn lane_layout_covers_every_element_once(seed in any::<u64>()) {
         use rand::{Rng, SeedableRng};
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-        for (shape, target) in [(Shape::M16N8K16, MatrixTarget::Sm90), (Shape::M16N16K16, MatrixTarget::Gfx942), (Shape::M32N32K8, MatrixTarget::Gfx942)] {
+        for (shape, target) in [(Shape::M16N8K16, MatrixTarget::Sm90), (Shape::M16N16K16, MatrixTarget::Gfx942), (Shape::M32N32K8, MatrixTarget::Gfx942), (Shape::M16N16K32, MatrixTarget::Gfx942), (Shape::M32N32K16, MatrixTarget::Gfx942)] {
             let (m, n, k) = shape.mnk();
             let (pa, pb, pc) = shape.per_lane();
             let l = shape.lanes();
@@ -343,4 +343,56 @@ fn targets_parse_by_their_compiler_names() {
     assert_eq!(MatrixTarget::parse("sm_90").unwrap(), MatrixTarget::Sm90);
     let e = MatrixTarget::parse("sm_80").unwrap_err().to_string();
     assert!(e.contains("'sm_80'") && e.contains("gfx90a"), "{e}");
+}
+
+#[test]
+fn fnuz_fp8_formats_decode_as_shared_dtype_does() {
+    use attnlab_shared::dtype::FP8_FNUZ;
+    for code in 0u16..256 {
+        let ours = InFormat::Fp8E4m3Fnuz.to_f32(code);
+        let theirs = FP8_FNUZ.decode(code as u8);
+        assert!(
+            ours.to_bits() == theirs.to_bits() || (ours.is_nan() && theirs.is_nan()),
+            "{code:#x}: {ours} vs {theirs}"
+        );
+    }
+    assert!(InFormat::Bf8E5m2Fnuz.to_f32(0x80).is_nan());
+    assert_eq!(InFormat::Bf8E5m2Fnuz.to_f32(0x7f), 57344.0);
+    assert_eq!(InFormat::Fp8E4m3Fnuz.to_f32(0x7f), 240.0);
+    assert_eq!(InFormat::Bf8E5m2Fnuz.to_f32(0x01), 2f32.powi(-17));
+    for f in [InFormat::Fp8E4m3Fnuz, InFormat::Bf8E5m2Fnuz] {
+        for code in 0u16..256 {
+            if code != 0x80 {
+                assert_eq!(f.from_f32(f.to_f32(code)), code, "{f:?} {code:#x}");
+            }
+        }
+    }
+}
+
+/// CDNA3 fp8: the even and odd products of a 16-product block are two
+/// sums, and the smaller is floored onto the larger's 24-bit grid: 1 and
+/// -2^-30 give 1 - 2^-24 (one block of all 16 would truncate -2^-30 to
+/// zero and give 1; IEEE would round 1 - 2^-30 to 1).
+#[test]
+fn gfx942_fp8_floors_the_smaller_half_onto_the_larger_halfs_grid() {
+    let f = InFormat::Bf8E5m2Fnuz;
+    let m = MatrixTarget::Gfx942.model(f);
+    let mut a = vec![0u16; 32];
+    let mut b = vec![0u16; 32];
+    a[0] = f.from_f32(1.0);
+    b[0] = f.from_f32(1.0);
+    a[1] = f.from_f32(-(2f32.powi(-15)));
+    b[1] = f.from_f32(2f32.powi(-15));
+    assert_eq!(m.dot(f, &a, &b, 0.0), 1.0 - 2f32.powi(-24));
+    let Model::Fused(fused) = m else {
+        panic!("fused")
+    };
+    let together = Model::Fused(Fused {
+        odd_even: false,
+        ..fused
+    });
+    assert_eq!(together.dot(f, &a, &b, 0.0), 1.0);
+    // NaN is 0x80 and there is no infinity
+    a[5] = 0x80;
+    assert_eq!(m.dot(f, &a, &b, 0.0).to_bits(), QUIET_NAN);
 }
