@@ -220,7 +220,7 @@ fn probe(gpu: &Gpu, args: &Args, opts: DiffOptions) -> anyhow::Result<ExitCode> 
         }
         println!("({:.1} s)", start.elapsed().as_secs_f64());
     }
-    Ok(if results.iter().all(|r| r.published.mismatches == 0) {
+    Ok(if results.iter().all(|r| r.cases > 0 && r.published.mismatches == 0) {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)

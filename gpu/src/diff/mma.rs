@@ -724,7 +724,9 @@ pub fn probe_one(gpu: &Gpu, instr: Instr, opts: DiffOptions) -> Result<ProbeResu
     if published.mismatches > 0 {
         best = search(&instr, &batches, published_model);
     }
-    let verdict = if published.mismatches == 0 {
+    let verdict = if done == 0 {
+        "nothing ran (the deadline came first): no verdict".to_string()
+    } else if published.mismatches == 0 {
         let untold: Vec<String> = one_at_a_time
             .iter()
             .filter(|a| a.mismatches == 0)

@@ -15,7 +15,8 @@
 //!   2 extra alignment bits (25 fractional), no sticky bit, C aligned with
 //!   the products, round toward zero, zero products left out, alignment
 //!   exponent at least -133; CDNA3: 8-term blocks, 1 extra bit (24),
-//!   C added after the product sum with round-down alignment, RNE.
+//!   C added after the product sum with round-down alignment, RNE; CDNA3
+//!   fp8: 16-term blocks as interleaved odd/even halves.
 //! - Xie et al., "MMA-Sim" (arXiv 2511.10909): the same Hopper and CDNA3
 //!   parameters from independent probing, CDNA2's pairwise summation with
 //!   flushed subnormals, and CDNA3's rule that a product beyond f32's range
