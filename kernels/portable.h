@@ -802,3 +802,505 @@ DEVICE void tile_pv(float (&acc)[4][DV / 16], const float* P_s, float* stage, co
         __syncthreads();
     }
 }
+
+// --------------------------------------------------------- matrix cores
+// One warp/wave-wide matrix instruction per function, D = A*B + C, with the
+// lane layout of each (sim/src/numerics/mma.rs `Shape::{a,b,d}_index`, the
+// same formulas). On NVIDIA (sm_80+) inline PTX `mma.sync`; on AMD the MFMA
+// builtins; on the host device the model of sim/src/numerics/mma.rs, ported
+// below, computes what the instruction returns, after every lane of the
+// wave has handed its fragments over (attnlab_host_wave_gather). Every lane
+// of the wave must call the function together, as on the GPU.
+//
+// Shapes: 0 = m16n8k16 (NVIDIA, 32 lanes: A 8, B 4, C/D 4 per lane),
+// 1 = 16x16x16 and 2 = 32x32x8 (CDNA, 64 lanes: A 4, B 4, C/D 4 or 16),
+// 3 = 16x16x32 and 4 = 32x32x16 (CDNA3 fp8/bf8: A 8, B 8, C/D 4 or 16).
+// Input formats (mma.rs InFormat; storage bits as u16, fp8 in the low byte).
+#define MMA_M16N8K16 0
+#define MFMA_16X16X16 1
+#define MFMA_32X32X8 2
+#define MFMA_16X16X32 3
+#define MFMA_32X32X16 4
+#define MMA_BF16 0
+#define MMA_F16 1
+#define MMA_FP8 2  // e4m3 fnuz (bias 8)
+#define MMA_BF8 3  // e5m2 fnuz (bias 16)
+
+template <int SHAPE> struct MmaShape;
+template <> struct MmaShape<MMA_M16N8K16> {
+    enum { M = 16, N = 8, K = 16, LANES = 32, PA = 8, PB = 4, PD = 4 };
+    static DEVICE void a_index(int lane, int i, int& row, int& k) {
+        int g = lane >> 2, t = lane & 3;
+        row = g + 8 * ((i >> 1) & 1);
+        k = 2 * t + (i & 1) + 8 * (i >> 2);
+    }
+    static DEVICE void b_index(int lane, int i, int& k, int& col) {
+        k = 2 * (lane & 3) + (i & 1) + 8 * (i >> 1);
+        col = lane >> 2;
+    }
+    static DEVICE void d_index(int lane, int i, int& row, int& col) {
+        row = (lane >> 2) + 8 * (i >> 1);
+        col = 2 * (lane & 3) + (i & 1);
+    }
+};
+template <> struct MmaShape<MFMA_16X16X16> {
+    enum { M = 16, N = 16, K = 16, LANES = 64, PA = 4, PB = 4, PD = 4 };
+    static DEVICE void a_index(int lane, int i, int& row, int& k) { row = lane % 16, k = 4 * (lane / 16) + i; }
+    static DEVICE void b_index(int lane, int i, int& k, int& col) { k = 4 * (lane / 16) + i, col = lane % 16; }
+    static DEVICE void d_index(int lane, int i, int& row, int& col) { row = 4 * (lane / 16) + i, col = lane % 16; }
+};
+template <> struct MmaShape<MFMA_32X32X8> {
+    enum { M = 32, N = 32, K = 8, LANES = 64, PA = 4, PB = 4, PD = 16 };
+    static DEVICE void a_index(int lane, int i, int& row, int& k) { row = lane % 32, k = 4 * (lane / 32) + i; }
+    static DEVICE void b_index(int lane, int i, int& k, int& col) { k = 4 * (lane / 32) + i, col = lane % 32; }
+    static DEVICE void d_index(int lane, int i, int& row, int& col) {
+        row = 8 * (i / 4) + 4 * (lane / 32) + i % 4, col = lane % 32;
+    }
+};
+
+template <> struct MmaShape<MFMA_16X16X32> {
+    enum { M = 16, N = 16, K = 32, LANES = 64, PA = 8, PB = 8, PD = 4 };
+    static DEVICE void a_index(int lane, int i, int& row, int& k) { row = lane % 16, k = 8 * (lane / 16) + i; }
+    static DEVICE void b_index(int lane, int i, int& k, int& col) { k = 8 * (lane / 16) + i, col = lane % 16; }
+    static DEVICE void d_index(int lane, int i, int& row, int& col) { row = 4 * (lane / 16) + i, col = lane % 16; }
+};
+template <> struct MmaShape<MFMA_32X32X16> {
+    enum { M = 32, N = 32, K = 16, LANES = 64, PA = 8, PB = 8, PD = 16 };
+    static DEVICE void a_index(int lane, int i, int& row, int& k) { row = lane % 32, k = 8 * (lane / 32) + i; }
+    static DEVICE void b_index(int lane, int i, int& k, int& col) { k = 8 * (lane / 32) + i, col = lane % 32; }
+    static DEVICE void d_index(int lane, int i, int& row, int& col) {
+        row = 8 * (i / 4) + 4 * (lane / 32) + i % 4, col = lane % 32;
+    }
+};
+
+#if defined(ATTNLAB_HOST)
+// Every lane of the calling wave posts `bytes` at `mine`; each receives all
+// of them, lane-major, in `all` (host_shim.cpp). A collective, like a shuffle.
+void attnlab_host_wave_gather(const void* mine, void* all, unsigned bytes);
+
+// The model (sim/src/numerics/mma.rs), line for line; `__int128` holds the
+// aligned sums as i128 does there. Compared with the Rust model through
+// `attnlab diff --device host --backend mma` (every instruction the host
+// runs is this code; the diff computes the same tiles in Rust).
+struct MmaFused {
+    int block, frac_bits;
+    int late, sum_extra_bits;  // CAdd::Late { sum_extra_bits } when late
+    int rne;                   // Rounding::NearestEven, else TowardZero
+    int zero_prod_skip, zero_prod_exp;
+    int zero_c_skip, zero_c_exp;
+    int has_min_align, min_align_exp;
+    int product_overflow, overflow_ieee, ieee_zero_sign;
+    u32 nan_bits;
+    int odd_even, has_cutoff, late_c_cutoff;
+};
+struct MmaPairwise {
+    int group, flush;
+    u32 nan_bits;
+};
+struct MmaModel {
+    int pairwise;
+    MmaFused f;
+    MmaPairwise p;
+};
+// MatrixTarget::model: 0 sm_90, 1 gfx90a, 2 gfx942; fmt an MMA_* format.
+inline MmaModel mma_target_model(int target, int fmt) {
+    MmaModel m = {};
+    bool fp8 = fmt == MMA_FP8 || fmt == MMA_BF8;
+    if (target == 0) {
+        m.f = {16, 25, 0, 0, 0, 1, 0, 1, 0, 1, -133, 0, 0, 0, 0x7fffffffu, 0, 0, 0};
+    } else if (target == 2) {
+        m.f = {fp8 ? 16 : 8, 24, 1, 7, 1, 1, 0, 0, -126, 0, 0, 1, 0, 0, 0x7fc00000u, fp8 ? 1 : 0, fp8 ? 1 : 0, 25};
+    } else {
+        m.pairwise = 1;
+        m.p = {4, 1, 0x7fc00000u};
+    }
+    return m;
+}
+
+struct MmaTerm {
+    bool neg;
+    int exp;
+    u64 sig;
+    int frac;
+};
+enum { MMA_ZERO, MMA_FINITE, MMA_INF, MMA_NAN };
+// InFormat::decode: class, and the term for finite values (and the sign of zeros/infs).
+inline int mma_decode(int fmt, u16 bits, MmaTerm& t) {
+    const int ms[4] = {7, 10, 3, 2}, ebs[4] = {8, 5, 4, 5};
+    int m = ms[fmt], eb = ebs[fmt];
+    bool fnuz = fmt == MMA_FP8 || fmt == MMA_BF8;
+    bits &= (u16)((1u << (1 + eb + m)) - 1u);
+    t.neg = (bits >> (m + eb)) & 1;
+    u32 e_field = (bits >> m) & ((1u << eb) - 1u);
+    u64 frac = bits & ((1u << m) - 1u);
+    if (fnuz) {
+        if (t.neg && e_field == 0 && frac == 0) return MMA_NAN;  // 0x80
+    } else if (e_field == (1u << eb) - 1u) {
+        return frac == 0 ? MMA_INF : MMA_NAN;
+    }
+    if (e_field == 0 && frac == 0) return MMA_ZERO;
+    int bias = (1 << (eb - 1)) - 1 + (fnuz ? 1 : 0), emin = 1 - bias;
+    t.exp = e_field == 0 ? emin : (int)e_field - bias;
+    t.sig = e_field == 0 ? frac : (frac | (1ull << m));
+    t.frac = m;
+    return MMA_FINITE;
+}
+inline int mma_decode_f32(float x, MmaTerm& t) {
+    u32 bits = __float_as_uint(x);
+    t.neg = bits >> 31;
+    u32 e = (bits >> 23) & 0xffu;
+    u64 f = bits & 0x7fffffu;
+    if (e == 0xffu) return f == 0 ? MMA_INF : MMA_NAN;
+    if (e == 0 && f == 0) return MMA_ZERO;
+    t.exp = e == 0 ? -126 : (int)e - 127;
+    t.sig = e == 0 ? f : (f | (1ull << 23));
+    t.frac = 23;
+    return MMA_FINITE;
+}
+inline __int128 mma_align(const MmaTerm& t, int e, int frac_bits) {
+    long long right = (long long)(e - t.exp) + t.frac - frac_bits;
+    __int128 m = right >= 0 ? (right >= 64 ? 0 : (__int128)(t.sig >> right)) : (__int128)(t.sig << (-right));
+    return t.neg ? -m : m;
+}
+inline __int128 mma_floor_shift(__int128 v, long long shift) {
+    if (shift <= 0) return v << (-shift < 100 ? -shift : 100);
+    if (shift >= 127) return v < 0 ? -1 : 0;
+    return v >> shift;
+}
+inline int mma_bitlen(unsigned __int128 v) {
+    int n = 0;
+    while (v) {
+        v >>= 1;
+        n += 1;
+    }
+    return n;
+}
+inline float mma_round_to_f32(bool neg, unsigned __int128 mag, long long exp2, int rne, int overflow_ieee) {
+    long long e = exp2 + mma_bitlen(mag) - 1;
+    long long qe = e - 23 < -149 ? -149 : e - 23;
+    long long shift = qe - exp2;
+    unsigned __int128 m;
+    if (shift <= 0) {
+        m = mag << (-shift);
+    } else {
+        unsigned __int128 kept, rem, half = 0;
+        bool has_half = true;
+        if (shift >= 128) {
+            kept = 0, rem = mag;
+            if (shift == 128) half = (unsigned __int128)1 << 127;
+            else has_half = false;
+        } else {
+            kept = mag >> shift, rem = mag & (((unsigned __int128)1 << shift) - 1);
+            half = (unsigned __int128)1 << (shift - 1);
+        }
+        m = kept;
+        if (rne && has_half && (rem > half || (rem == half && (m & 1)))) m += 1;
+    }
+    if (m == ((unsigned __int128)1 << 24)) {
+        m >>= 1;
+        qe += 1;
+    }
+    u32 sign = neg ? 0x80000000u : 0u;
+    if (m == 0) return __uint_as_float(sign);
+    if (m >= (1u << 23) && qe + 23 > 127) {
+        bool sat = !rne && overflow_ieee;
+        return __uint_as_float(sign | (sat ? 0x7f7fffffu : 0x7f800000u));
+    }
+    u32 bits = m < (1u << 23) ? (u32)m : (((u32)(qe + 23 + 127)) << 23) | ((u32)m & 0x7fffffu);
+    return __uint_as_float(sign | bits);
+}
+
+// Fused::block_fma over n <= 32 products.
+inline float mma_block_fma(const MmaFused& f, int fmt, const u16* a, const u16* b, int n, float c) {
+    float nan = __uint_as_float(f.nan_bits);
+    bool pos_inf = false, neg_inf = false, all_neg_zero = true;
+    MmaTerm terms[33];
+    int odd[33];  // the k parity of each product term (odd_even)
+    int nt = 0;
+    for (int i = 0; i < n; ++i) {
+        odd[nt] = i & 1;
+        MmaTerm x, y;
+        int cx = mma_decode(fmt, a[i], x), cy = mma_decode(fmt, b[i], y);
+        if (cx == MMA_NAN || cy == MMA_NAN) return nan;
+        if ((cx == MMA_INF && cy == MMA_ZERO) || (cx == MMA_ZERO && cy == MMA_INF)) return nan;
+        bool s = x.neg ^ y.neg;
+        if (cx == MMA_INF || cy == MMA_INF) {
+            all_neg_zero = false;
+            if (s) neg_inf = true;
+            else pos_inf = true;
+        } else if (cx == MMA_ZERO || cy == MMA_ZERO) {
+            all_neg_zero = all_neg_zero && s;
+            if (!f.zero_prod_skip) {
+                int other = cx == MMA_ZERO ? (cy == MMA_ZERO ? f.zero_prod_exp : y.exp) : x.exp;
+                terms[nt++] = MmaTerm{s, f.zero_prod_exp + other, 0, 0};
+            }
+        } else {
+            all_neg_zero = false;
+            terms[nt++] = MmaTerm{s, x.exp + y.exp, x.sig * y.sig, x.frac + y.frac};
+        }
+    }
+    MmaTerm ct;
+    bool has_c = false;
+    int cc = mma_decode_f32(c, ct);
+    if (cc == MMA_NAN) return nan;
+    if (cc == MMA_INF) {
+        if (ct.neg) neg_inf = true;
+        else pos_inf = true;
+    } else if (cc == MMA_ZERO) {
+        all_neg_zero = all_neg_zero && ct.neg;
+        if (!f.zero_c_skip) {
+            ct = MmaTerm{ct.neg, f.zero_c_exp, 0, 0};
+            has_c = true;
+        }
+    } else {
+        all_neg_zero = false;
+        has_c = true;
+    }
+    if (pos_inf && neg_inf) return nan;
+    if (pos_inf) return f32_inf();
+    if (neg_inf) return f32_neg_inf();
+    if (f.product_overflow) {
+        bool p = false, q = false;
+        for (int i = 0; i < nt; ++i) {
+            if (terms[i].sig == 0) continue;
+            int lead = terms[i].exp + (63 - __builtin_clzll(terms[i].sig)) - terms[i].frac;
+            if (lead >= 128) {
+                if (terms[i].neg) q = true;
+                else p = true;
+            }
+        }
+        if (p && q) return nan;
+        if (p) return f32_inf();
+        if (q) return f32_neg_inf();
+    }
+    float zero = (f.ieee_zero_sign && all_neg_zero) ? -0.0f : 0.0f;
+    int fb = f.frac_bits;
+    __int128 sum = 0;
+    long long lsb;
+    if (!f.late) {
+        if (has_c) terms[nt++] = ct;
+        if (nt == 0) return zero;
+        int e = terms[0].exp;
+        for (int i = 1; i < nt; ++i) e = terms[i].exp > e ? terms[i].exp : e;
+        if (f.has_min_align && e < f.min_align_exp) e = f.min_align_exp;
+        for (int i = 0; i < nt; ++i) sum += mma_align(terms[i], e, fb);
+        lsb = (long long)e - fb;
+    } else {
+        int x = f.sum_extra_bits;
+        // the fused sum of the products of one half (parity h; -1: all)
+        auto fused = [&](int h, int& e, __int128& sum_h) -> bool {
+            bool any = false;
+            for (int i = 0; i < nt; ++i)
+                if (h < 0 || odd[i] == h) {
+                    if (!any || terms[i].exp > e) e = terms[i].exp;
+                    any = true;
+                }
+            if (!any) return false;
+            if (f.has_min_align && e < f.min_align_exp) e = f.min_align_exp;
+            sum_h = 0;
+            for (int i = 0; i < nt; ++i)
+                if (h < 0 || odd[i] == h) sum_h += mma_align(terms[i], e, fb);
+            return true;
+        };
+        bool has_p;
+        int ep = 0;
+        __int128 s = 0;
+        if (f.odd_even) {
+            int e0 = 0, e1 = 0;
+            __int128 s0 = 0, s1 = 0;
+            bool h0 = fused(0, e0, s0), h1 = fused(1, e1, s1);
+            has_p = h0 || h1;
+            if (h0 && h1) {
+                ep = e0 > e1 ? e0 : e1;
+                s = mma_floor_shift(s0, ep - e0) + mma_floor_shift(s1, ep - e1);
+            } else if (h0) {
+                ep = e0, s = s0;
+            } else if (h1) {
+                ep = e1, s = s1;
+            }
+        } else {
+            has_p = fused(-1, ep, s);
+        }
+        if (!has_p && !has_c) return zero;
+        int m = !has_p ? ct.exp : (!has_c ? ep : (ep > ct.exp ? ep : ct.exp));
+        __int128 s2 = has_p ? mma_floor_shift(s << x, (long long)(m - ep)) : 0;
+        __int128 c2 = 0;
+        if (has_c && !(f.has_cutoff && ct.exp < m - f.late_c_cutoff)) {
+            __int128 v = ct.neg ? -(__int128)ct.sig : (__int128)ct.sig;
+            c2 = mma_floor_shift(v, (long long)(m - ct.exp) + ct.frac - fb);
+        }
+        sum = s2 + (c2 << x);
+        lsb = (long long)m - fb - x;
+    }
+    if (sum == 0) return zero;
+    unsigned __int128 mag = sum < 0 ? (unsigned __int128)(-sum) : (unsigned __int128)sum;
+    return mma_round_to_f32(sum < 0, mag, lsb, f.rne, f.overflow_ieee);
+}
+
+inline float mma_flush(const MmaPairwise& p, float x) {
+    return (p.flush && x != 0.0f && fabsf(x) < 1.175494351e-38f) ? copysignf(0.0f, x) : x;
+}
+inline float mma_tree(const MmaPairwise& p, const float* v, int n) {
+    if (n == 1) return v[0];
+    int h = n / 2;
+    return mma_flush(p, mma_tree(p, v, h) + mma_tree(p, v + h, n - h));
+}
+// Pairwise::group_add over n <= 32 products.
+inline float mma_group_add(const MmaPairwise& p, int fmt, const u16* a, const u16* b, int n, float c) {
+    float emin = fmt == MMA_BF16 ? 1.175494351e-38f : 6.103515625e-05f;  // bf16/f16 only (CDNA2)
+    float prods[32];
+    for (int i = 0; i < n; ++i) {
+        float x = fmt == MMA_BF16 ? bf16_bits_to_f32(a[i]) : f16_bits_to_f32(a[i]);
+        float y = fmt == MMA_BF16 ? bf16_bits_to_f32(b[i]) : f16_bits_to_f32(b[i]);
+        if (p.flush && x != 0.0f && fabsf(x) < emin) x = 0.0f;
+        if (p.flush && y != 0.0f && fabsf(y) < emin) y = 0.0f;
+        prods[i] = mma_flush(p, fmaf(x, y, 0.0f));
+    }
+    if (p.flush && c != 0.0f && fabsf(c) < 1.175494351e-38f) c = 0.0f;
+    float r = mma_flush(p, c + mma_tree(p, prods, n));
+    return is_nan(r) ? __uint_as_float(p.nan_bits) : r;
+}
+
+// Model::dot: blocks (or groups) in k order, each result the next C.
+inline float mma_model_dot(const MmaModel& m, int fmt, const u16* a, const u16* b, int k, float c) {
+    int g = m.pairwise ? m.p.group : m.f.block;
+    if (g < 1) g = 1;
+    for (int k0 = 0; k0 < k; k0 += g) {
+        int n = k - k0 < g ? k - k0 : g;
+        c = m.pairwise ? mma_group_add(m.p, fmt, a + k0, b + k0, n, c) : mma_block_fma(m.f, fmt, a + k0, b + k0, n, c);
+    }
+    return c;
+}
+
+// The host's instruction: gathers the wave's fragments, rebuilds A, B and
+// C with the lane layout and computes this lane's D elements with `model`.
+template <int SHAPE>
+inline void mma_host_exec(const MmaModel& model, int fmt, const u16* a, const u16* b, const float* c, float* d) {
+    typedef MmaShape<SHAPE> S;
+    struct Frag {
+        u16 a[S::PA], b[S::PB];
+        float c[S::PD];
+    };
+    Frag mine, all[S::LANES];
+    for (int i = 0; i < S::PA; ++i) mine.a[i] = a[i];
+    for (int i = 0; i < S::PB; ++i) mine.b[i] = b[i];
+    for (int i = 0; i < S::PD; ++i) mine.c[i] = c[i];
+    attnlab_host_wave_gather(&mine, all, sizeof(Frag));
+    u16 A[S::M][S::K], Bt[S::N][S::K];
+    float C[S::M][S::N];
+    for (int l = 0; l < S::LANES; ++l) {
+        int r, k, col;
+        for (int i = 0; i < S::PA; ++i) S::a_index(l, i, r, k), A[r][k] = all[l].a[i];
+        for (int i = 0; i < S::PB; ++i) S::b_index(l, i, k, col), Bt[col][k] = all[l].b[i];
+        for (int i = 0; i < S::PD; ++i) S::d_index(l, i, r, col), C[r][col] = all[l].c[i];
+    }
+    unsigned t = threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z);
+    int lane = (int)(t % WAVE_SIZE);
+    for (int i = 0; i < S::PD; ++i) {
+        int r, col;
+        S::d_index(lane, i, r, col);
+        d[i] = mma_model_dot(model, fmt, A[r], Bt[col], S::K, C[r][col]);
+    }
+}
+#endif  // ATTNLAB_HOST
+
+// mma.sync.aligned.m16n8k16.row.col.f32.{bf16,f16}.{bf16,f16}.f32 for FMT
+// MMA_BF16 or MMA_F16: a[8], b[4] storage bits and c[4], d[4] in the
+// fragment order of MmaShape<MMA_M16N8K16>. On the host, `host_target`
+// picks the model (0 sm_90); on a GPU it is ignored.
+template <int FMT>
+DEVICE void mma_m16n8k16(const u16* a, const u16* b, const float* c, float* d, int host_target) {
+#if defined(ATTNLAB_HOST)
+    mma_host_exec<MMA_M16N8K16>(mma_target_model(host_target, FMT), FMT, a, b, c, d);
+#elif defined(ATTNLAB_CUDA) && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    (void)host_target;
+    u32 ra[4], rb[2];
+    for (int i = 0; i < 4; ++i) ra[i] = (u32)a[2 * i] | ((u32)a[2 * i + 1] << 16);
+    for (int i = 0; i < 2; ++i) rb[i] = (u32)b[2 * i] | ((u32)b[2 * i + 1] << 16);
+    if constexpr (FMT == MMA_BF16) {
+        asm volatile(
+            "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+            "{%10,%11,%12,%13};\n"
+            : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
+            : "r"(ra[0]), "r"(ra[1]), "r"(ra[2]), "r"(ra[3]), "r"(rb[0]), "r"(rb[1]), "f"(c[0]), "f"(c[1]),
+              "f"(c[2]), "f"(c[3]));
+    } else {
+        asm volatile(
+            "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+            "{%10,%11,%12,%13};\n"
+            : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
+            : "r"(ra[0]), "r"(ra[1]), "r"(ra[2]), "r"(ra[3]), "r"(rb[0]), "r"(rb[1]), "f"(c[0]), "f"(c[1]),
+              "f"(c[2]), "f"(c[3]));
+    }
+#else
+    // No such instruction on this target: NaNs make any use fail its diff.
+    (void)a, (void)b, (void)c, (void)host_target;
+    for (int i = 0; i < 4; ++i) d[i] = f32_nan();
+#endif
+}
+
+#if defined(ATTNLAB_HIP)
+typedef short mfma_short4 __attribute__((ext_vector_type(4)));
+typedef _Float16 mfma_half4 __attribute__((ext_vector_type(4)));
+typedef float mfma_float4 __attribute__((ext_vector_type(4)));
+typedef float mfma_float16 __attribute__((ext_vector_type(16)));
+template <int PD> struct mfma_acc;
+template <> struct mfma_acc<4> {
+    typedef mfma_float4 type;
+};
+template <> struct mfma_acc<16> {
+    typedef mfma_float16 type;
+};
+#endif
+
+// v_mfma_f32_{16x16x16,32x32x8}{bf16_1k,f16} (SHAPE MFMA_16X16X16 or
+// MFMA_32X32X8, FMT MMA_BF16 or MMA_F16) and, on gfx940+,
+// v_mfma_f32_{16x16x32,32x32x16}_{fp8_fp8,bf8_bf8} (MFMA_16X16X32 or
+// MFMA_32X32X16, FMT MMA_FP8 or MMA_BF8): a, b storage bits (PA, PB per
+// lane), c/d 4 or 16 floats in the fragment order of MmaShape<SHAPE>. On the
+// host, `host_target` picks the model (1 gfx90a, 2 gfx942).
+template <int SHAPE, int FMT>
+DEVICE void mfma(const u16* a, const u16* b, const float* c, float* d, int host_target) {
+    typedef MmaShape<SHAPE> S;
+#if defined(ATTNLAB_HOST)
+    mma_host_exec<SHAPE>(mma_target_model(host_target, FMT), FMT, a, b, c, d);
+#elif defined(ATTNLAB_HIP) && (defined(__gfx90a__) || defined(__gfx940__) || defined(__gfx941__) || defined(__gfx942__))
+    (void)host_target;
+    typedef typename mfma_acc<S::PD>::type acc_t;
+    acc_t vc, r;
+    for (int i = 0; i < S::PD; ++i) vc[i] = c[i];
+    if constexpr (S::PA == 4) {
+        mfma_short4 va, vb;
+        for (int i = 0; i < 4; ++i) va[i] = (short)a[i], vb[i] = (short)b[i];
+        if constexpr (SHAPE == MFMA_16X16X16 && FMT == MMA_BF16)
+            r = __builtin_amdgcn_mfma_f32_16x16x16bf16_1k(va, vb, vc, 0, 0, 0);
+        else if constexpr (SHAPE == MFMA_16X16X16)
+            r = __builtin_amdgcn_mfma_f32_16x16x16f16(__builtin_bit_cast(mfma_half4, va),
+                                                      __builtin_bit_cast(mfma_half4, vb), vc, 0, 0, 0);
+        else if constexpr (FMT == MMA_BF16)
+            r = __builtin_amdgcn_mfma_f32_32x32x8bf16_1k(va, vb, vc, 0, 0, 0);
+        else
+            r = __builtin_amdgcn_mfma_f32_32x32x8f16(__builtin_bit_cast(mfma_half4, va),
+                                                     __builtin_bit_cast(mfma_half4, vb), vc, 0, 0, 0);
+    } else {
+#if defined(__gfx940__) || defined(__gfx941__) || defined(__gfx942__)
+        long va = 0, vb = 0;  // 8 fp8 bytes, k order from the low byte
+        for (int i = 0; i < 8; ++i) va |= (long)(a[i] & 0xff) << (8 * i), vb |= (long)(b[i] & 0xff) << (8 * i);
+        if constexpr (SHAPE == MFMA_16X16X32 && FMT == MMA_FP8)
+            r = __builtin_amdgcn_mfma_f32_16x16x32_fp8_fp8(va, vb, vc, 0, 0, 0);
+        else if constexpr (SHAPE == MFMA_16X16X32)
+            r = __builtin_amdgcn_mfma_f32_16x16x32_bf8_bf8(va, vb, vc, 0, 0, 0);
+        else if constexpr (FMT == MMA_FP8)
+            r = __builtin_amdgcn_mfma_f32_32x32x16_fp8_fp8(va, vb, vc, 0, 0, 0);
+        else
+            r = __builtin_amdgcn_mfma_f32_32x32x16_bf8_bf8(va, vb, vc, 0, 0, 0);
+#else
+        for (int i = 0; i < S::PD; ++i) r[i] = f32_nan();  // CDNA2 has no fp8
+#endif
+    }
+    for (int i = 0; i < S::PD; ++i) d[i] = r[i];
+#else
+    (void)a, (void)b, (void)c, (void)host_target;
+    for (int i = 0; i < S::PD; ++i) d[i] = f32_nan();
+#endif
+}

@@ -153,6 +153,14 @@ fn mla_proj_variants() -> Vec<Defines> {
     each_dtype("DTYPE", &[DType::Bf16, DType::F16, DType::F32])
 }
 
+/// The input formats of the matrix-instruction probes (MMA_* codes:
+/// bf16, f16, fp8, bf8).
+fn mma_variants() -> Vec<Defines> {
+    (0..4)
+        .map(|code| vec![("MMA_FORMAT".to_string(), code.to_string())])
+        .collect()
+}
+
 fn fill_variants() -> Vec<Defines> {
     each_dtype("DTYPE", &[DType::Bf16])
 }
@@ -239,6 +247,18 @@ pub static FAMILIES: &[Family] = &[
         embedded: include_str!("../../kernels/flex_attention.hip"),
         entries: &["flex_attention"],
         variants: varlen_variants,
+    },
+    Family {
+        name: "mma_probe",
+        embedded: include_str!("../../kernels/mma_probe.hip"),
+        entries: &[
+            "mma_m16n8k16_probe",
+            "mfma_16x16x16_probe",
+            "mfma_32x32x8_probe",
+            "mfma_16x16x32_probe",
+            "mfma_32x32x16_probe",
+        ],
+        variants: mma_variants,
     },
     Family {
         name: "fill",

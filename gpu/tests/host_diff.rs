@@ -65,6 +65,30 @@ fn every_family_is_bit_exact(wave: u32) {
     }
 }
 
+/// The host device runs each matrix instruction through portable.h's C++
+/// port of sim/src/numerics/mma.rs; the diff computes the same tiles with
+/// the Rust model: many random and adversarial instructions of every form
+/// (Hopper's at wave 32, CDNA2's and CDNA3's, fp8 included, at wave 64) must agree bit
+/// for bit, so the two ports are one model.
+#[test]
+fn the_cpp_matrix_models_equal_the_rust_models_on_many_instructions() {
+    for wave in [32, 64] {
+        let Some(gpu) = host_or_skip("mma models", wave) else {
+            return;
+        };
+        let r = attnlab_gpu::diff::mma::run(&gpu, DiffOptions::new(300, 5)).expect("mma diff");
+        for p in &r.parts {
+            eprintln!(
+                "wave {wave} {}: {} instructions {} elements",
+                p.kernel, p.cases, p.elements
+            );
+            assert_eq!(p.cases, 300, "{}", p.kernel);
+            assert!(p.passed(), "{}: {:?}", p.kernel, p.first_mismatch);
+        }
+        assert_eq!(r.parts.len(), if wave == 32 { 2 } else { 12 });
+    }
+}
+
 #[test]
 fn every_diff_family_is_bit_exact_on_the_host_with_32_lane_waves() {
     every_family_is_bit_exact(32);

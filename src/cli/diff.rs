@@ -5,6 +5,11 @@
 //! patterns. Per kernel: cases, elements, bit-exact count and the first
 //! mismatch (indices, both values, ulp distance). Exit 1 on any mismatch;
 //! without a device, exit 3 (`--allow-no-device`: one line, exit 0).
+//!
+//! `--backend mma --probe`: instead of the diff, runs each matrix
+//! instruction and reports which parameter set of its model fits the
+//! device (`attnlab_gpu::diff::mma::probe`). Exit 1 if the published
+//! model mismatches.
 
 use super::util::{bounded, exit, no_device, progress, Usage};
 use attnlab_gpu::diff::{select, DiffOptions, KernelReport, KERNEL_DIFFS};
@@ -44,6 +49,11 @@ pub struct Args {
     /// the cases that ran (for device calls with a hard time limit).
     #[arg(long, allow_negative_numbers = true, value_name = "SECONDS", value_parser = parse_seconds)]
     max_seconds: Option<f64>,
+    /// With `--backend mma`: test the model's parameters against the device
+    /// (the published set, each parameter changed alone, and a search when
+    /// the published set mismatches) instead of the plain diff.
+    #[arg(long)]
+    probe: bool,
 }
 
 fn parse_seconds(s: &str) -> Result<f64, String> {
@@ -73,6 +83,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             false => outln!("{}", names.join("\n")),
         }
         return Ok(ExitCode::SUCCESS);
+    }
+    if args.probe && !args.backend.eq_ignore_ascii_case("mma") {
+        anyhow::bail!(
+            "--probe applies to --backend mma only (got --backend {})",
+            args.backend
+        );
     }
     let diffs = select(diff_name(&args.backend))?;
     bounded("--cases", args.cases, 1, &MAX_CASES)?;
@@ -109,6 +125,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     let opts = DiffOptions::new(args.cases, args.seed);
     let info = gpu.dev.info().clone();
+    if args.probe {
+        return probe(&gpu, &args, opts);
+    }
     if !args.json {
         outln!(
             "device: {} ({}, {} SMs), {} cases per kernel, seed {}",
@@ -179,6 +198,63 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }))
 }
 
+fn probe(gpu: &Gpu, args: &Args, opts: DiffOptions) -> anyhow::Result<ExitCode> {
+    let start = std::time::Instant::now();
+    let opts = DiffOptions {
+        deadline: args
+            .max_seconds
+            .map(|s| start + std::time::Duration::from_secs_f64(s)),
+        ..opts
+    };
+    let results = attnlab_gpu::diff::mma::probe(gpu, opts)?;
+    let info = gpu.dev.info();
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &json!({ "device": info, "seed": opts.seed, "probe": results })
+            )?
+        );
+    } else {
+        println!("device: {} ({})", info.name, info.target.name());
+        for r in &results {
+            println!(
+                "{}: {} instructions, {} elements",
+                r.instruction, r.cases, r.elements
+            );
+            println!(
+                "  published: {} -> {} mismatches",
+                r.published.params, r.published.mismatches
+            );
+            if let Some(f) = &r.published.first {
+                println!("    first: {f}");
+            }
+            for a in &r.one_at_a_time {
+                println!(
+                    "    {:<17} {:<11} {:>10} mismatches",
+                    a.parameter, a.value, a.mismatches
+                );
+            }
+            if r.published.mismatches > 0 {
+                println!(
+                    "  best: {} -> {} mismatches",
+                    r.best.params, r.best.mismatches
+                );
+                if let Some(f) = &r.best.first {
+                    println!("    first: {f}");
+                }
+            }
+            println!("  verdict: {}", r.verdict);
+        }
+        println!("({:.1} s)", start.elapsed().as_secs_f64());
+    }
+    Ok(if results.iter().all(|r| r.cases > 0 && r.published.mismatches == 0) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
 fn print_report(r: &KernelReport, secs: f64) {
     let verdict = if r.passed() { "bit-exact" } else { "MISMATCH" };
     outln!(
@@ -199,6 +275,16 @@ fn print_report(r: &KernelReport, secs: f64) {
             m.gpu_bits,
             m.gpu_value,
             m.ulp
+        );
+    }
+    for p in &r.parts {
+        println!(
+            "    {:<32} {:>8} instructions {:>12} elements {:>12} exact  {}",
+            p.kernel,
+            p.cases,
+            p.elements,
+            p.bit_exact,
+            if p.passed() { "bit-exact" } else { "MISMATCH" }
         );
     }
 }

@@ -18,6 +18,7 @@ pub mod mla_cache;
 pub mod mla_decode;
 pub mod mla_prefill;
 pub mod mla_proj;
+pub mod mma;
 pub mod paged_decode;
 pub mod prefix_prefill;
 pub mod reshape_and_cache;
@@ -83,6 +84,10 @@ pub struct KernelReport {
     pub elements: u64,
     pub bit_exact: u64,
     pub first_mismatch: Option<Mismatch>,
+    /// Per-part reports of a diff that covers several forms (the `mma`
+    /// diff: one per instruction form); empty otherwise.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub parts: Vec<KernelReport>,
 }
 
 impl KernelReport {
@@ -105,6 +110,7 @@ impl Tally {
                 elements: 0,
                 bit_exact: 0,
                 first_mismatch: None,
+                parts: Vec::new(),
             },
         }
     }
@@ -321,6 +327,10 @@ pub static KERNEL_DIFFS: &[KernelDiff] = &[
     KernelDiff {
         kernel: "flex_attention",
         run: flex_attention::run,
+    },
+    KernelDiff {
+        kernel: "mma",
+        run: mma::run,
     },
     KernelDiff {
         kernel: "TRITON_ATTN",

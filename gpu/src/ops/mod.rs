@@ -12,6 +12,7 @@ pub mod mla_cache;
 pub mod mla_decode;
 pub mod mla_prefill;
 pub mod mla_proj;
+pub mod mma;
 pub mod paged_decode;
 pub mod prefix_prefill;
 pub mod reshape_and_cache;

@@ -428,3 +428,27 @@ unsigned long long attnlab_host_shfl_xor_bits(unsigned long long bits, int lane_
     wave_barrier(w);
     return got;
 }
+
+// Every live lane of the current wave posts a pointer to its `bytes`, waits
+// for the wave, copies every lane's bytes into `all` (lane-major) and waits
+// again, so no lane returns (and overwrites its posted bytes) before every
+// lane has copied them. The matrix-instruction models of portable.h use it.
+void attnlab_host_wave_gather(const void* mine, void* all, unsigned bytes) {
+    using namespace attnlab_host;
+    Worker& w = *tw;
+    const unsigned t = w.current, wave = t / WAVE_SIZE;
+    const unsigned gen = w.wave_gen[wave];
+    w.xchg[t] = (unsigned long long)(uintptr_t)mine;
+    w.xchg_gen[t] = gen;
+    wave_barrier(w);
+    for (unsigned l = 0; l < WAVE_SIZE; ++l) {
+        const unsigned src = wave * WAVE_SIZE + l;
+        if (src >= w.n || w.xchg_gen[src] != gen)
+            fail(w, "wave gather (WAVE_SIZE " + std::to_string(WAVE_SIZE) + "): thread " + std::to_string(t) +
+                        " of block (" + std::to_string(blockIdx.x) + ", " + std::to_string(blockIdx.y) + ", " +
+                        std::to_string(blockIdx.z) + ") needs thread " + std::to_string(src) +
+                        ", which " + (src >= w.n ? "is beyond the block's last thread" : "did not take part (exited)"));
+        memcpy((char*)all + (size_t)l * bytes, (const void*)(uintptr_t)w.xchg[src], bytes);
+    }
+    wave_barrier(w);
+}

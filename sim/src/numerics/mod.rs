@@ -7,6 +7,8 @@
 
 pub use attnlab_shared::dtype::DType;
 
+pub mod mma;
+
 /// log2(e) rounded to f32. Softmax runs in base 2: scores are multiplied once
 /// by `scale * LOG2E` (see [`softmax_scale_log2`]).
 pub const LOG2E: f32 = std::f32::consts::LOG2_E;
