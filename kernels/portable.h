@@ -1134,7 +1134,9 @@ inline float mma_block_fma(const MmaFused& f, int fmt, const u16* a, const u16* 
     }
     if (sum == 0) return zero;
     unsigned __int128 mag = sum < 0 ? (unsigned __int128)(-sum) : (unsigned __int128)sum;
-    return mma_round_to_f32(sum < 0, mag, lsb, f.rne, f.overflow_ieee);
+    float d = mma_round_to_f32(sum < 0, mag, lsb, f.rne, f.overflow_ieee);
+    // a nonzero sum that rounds to zero: +0 unless IEEE signs are kept (as the sim)
+    return (d == 0.0f && !f.ieee_zero_sign) ? 0.0f : d;
 }
 
 inline float mma_flush(const MmaPairwise& p, float x) {
