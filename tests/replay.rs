@@ -617,3 +617,40 @@ fn a_recorded_3d_launch_uses_its_segment_count() {
     );
     assert_eq!(r.status, Status::Pass, "{r:?}");
 }
+
+#[test]
+fn an_nvidia_rocm_attn_capture_replays_its_decode_rows_through_the_triton_kernel() {
+    let name = "rocm_mix_f16_h128_g8x2_b16"; // decode rows ran kernel_paged_attention_2d on an H200
+    let f = fixture::load(&fixtures_dir().join(format!("{name}.safetensors"))).unwrap();
+    let own = replay_fixture(&f, Some("ROCM_ATTN"));
+    let mut e = Edit::of(&read(name));
+    e.case(|c| {
+        c.insert("format".into(), "attn-fixture/2".into());
+        c.insert("path".into(), "chunked_prefill_paged_decode".into());
+        c.insert(
+            "capture".into(),
+            serde_json::json!({"gpu": "NVIDIA H200", "arch": "sm_90"}),
+        );
+    });
+    let rows = replay_fixture(&e.parse().unwrap(), Some("ROCM_ATTN"));
+    let (a, b) = (
+        own.iter().find(|r| r.backend == "ROCM_ATTN").unwrap(),
+        rows.iter().find(|r| r.backend == "ROCM_ATTN").unwrap(),
+    );
+    assert_eq!(a.launch, None);
+    assert_eq!(
+        b.launch.as_deref(),
+        Some("decode kernel_paged_attention_2d (NVIDIA capture)")
+    );
+    assert_eq!((a.status, b.status), (Status::Pass, Status::Pass));
+    let exact = |r: &attnlab_sim::replay::ReplayResult| r.ulp.as_ref().unwrap().bit_exact;
+    println!("bit-exact: own rule {} vs recorded {}", exact(a), exact(b));
+    assert!(exact(b) >= exact(a), "{} < {}", exact(b), exact(a));
+    // A recorded decode kernel that is not one of the two is a load error naming them.
+    e.case(|c| {
+        c.insert("launch".into(), serde_json::json!({"decode": "v2"}));
+    });
+    let err = err_of(&mut e);
+    assert_eq!(err.tensor, "metadata.launch.decode", "{err}");
+    assert!(err.problem.contains("paged_attention_ll4mi"), "{err}");
+}

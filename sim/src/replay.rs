@@ -30,6 +30,7 @@
 
 use crate::backends::exec::{Cpu, KernelExecutor};
 use crate::backends::mla::{self, mla_backends};
+use crate::backends::rocm_attn::{DecodeKernel, RocmAttn};
 use crate::backends::{mha_backends, AttentionBackend};
 use crate::cache::KvCache;
 use crate::config::AttnConfig;
@@ -404,19 +405,63 @@ pub fn documented_divergence(
     }
 }
 
-/// TRITON_ATTN under a /2 file's recorded launch (`launch.grid`,
-/// `launch.num_segments`) or forced path (`unified_attention_2d`/`_3d`):
-/// the launch and its description; `None` = vLLM's own rule (no record,
-/// another backend, or another kernel's path).
+/// A launch replay imposes instead of the backend's own choice.
+enum Forced {
+    /// TRITON_ATTN's unified kernel with this grid.
+    Unified(UnifiedLaunch),
+    /// ROCM_ATTN with this kernel for its decode rows.
+    RocmDecode(DecodeKernel),
+}
+
+/// What a /2 file records about the launch, for the backend of the same
+/// kernel: TRITON_ATTN follows `launch.grid`/`launch.num_segments` or a
+/// forced path (`unified_attention_2d`/`_3d`); ROCM_ATTN on a
+/// `chunked_prefill_paged_decode` capture follows `launch.decode`, or runs
+/// Triton's decode kernel when the capture's `arch` is NVIDIA's (`sm_*`,
+/// where vLLM never uses the custom paged attention). `None` = the
+/// backend's own rule. Returns the launch and its description.
 fn recorded_launch(
     backend: &str,
     h: &fixture::Header,
     p: &PagedCase,
     cfg: &AttnConfig,
-) -> Result<Option<(UnifiedLaunch, String)>> {
-    if backend != "TRITON_ATTN" {
-        return Ok(None);
+) -> Result<Option<(Forced, String)>> {
+    match backend {
+        "TRITON_ATTN" => recorded_unified(h, p, cfg),
+        "ROCM_ATTN" if h.path.as_deref() == Some("chunked_prefill_paged_decode") => {
+            let recorded = h.launch.as_ref().and_then(|l| l.decode.as_deref());
+            let nvidia = h
+                .capture
+                .as_ref()
+                .and_then(|c| c.get("arch"))
+                .and_then(|a| a.as_str())
+                .is_some_and(|a| a.starts_with("sm_"));
+            Ok(match (recorded, nvidia) {
+                (Some("paged_attention_ll4mi"), _) => Some((
+                    Forced::RocmDecode(DecodeKernel::Ll4mi),
+                    "decode paged_attention_ll4mi (recorded)".into(),
+                )),
+                (Some(_), _) => Some((
+                    Forced::RocmDecode(DecodeKernel::Triton2d),
+                    "decode kernel_paged_attention_2d (recorded)".into(),
+                )),
+                (None, true) => Some((
+                    Forced::RocmDecode(DecodeKernel::Triton2d),
+                    "decode kernel_paged_attention_2d (NVIDIA capture)".into(),
+                )),
+                (None, false) => None,
+            })
+        }
+        _ => Ok(None),
     }
+}
+
+/// TRITON_ATTN's recorded grid, if any.
+fn recorded_unified(
+    h: &fixture::Header,
+    p: &PagedCase,
+    cfg: &AttnConfig,
+) -> Result<Option<(Forced, String)>> {
     let grid = match h.path.as_deref() {
         Some("unified_attention_2d") => Some(LaunchGrid::TwoD),
         Some("unified_attention_3d") => Some(LaunchGrid::ThreeD),
@@ -434,21 +479,21 @@ fn recorded_launch(
         .unwrap_or(NUM_PAR_SOFTMAX_SEGMENTS);
     Ok(Some(match grid {
         LaunchGrid::TwoD => (
-            UnifiedLaunch {
+            Forced::Unified(UnifiedLaunch {
                 grid: Grid::TwoD,
                 tile_size: TILE_SIZE_2D,
                 ..base
-            },
+            }),
             "2d (recorded)".to_string(),
         ),
         LaunchGrid::ThreeD => (
-            UnifiedLaunch {
+            Forced::Unified(UnifiedLaunch {
                 grid: Grid::ThreeD {
                     num_segments: segments,
                 },
                 tile_size: TILE_SIZE_3D,
                 ..base
-            },
+            }),
             format!("3d, {segments} segments (recorded)"),
         ),
     }))
@@ -478,7 +523,7 @@ fn run_backend(
     b: &dyn AttentionBackend,
     p: &PagedCase,
     cfg: &AttnConfig,
-    launch: Option<&UnifiedLaunch>,
+    launch: Option<&Forced>,
 ) -> Result<Vec<f32>> {
     let kb = b.kernel_block_size(p.meta.block_size)?;
     let meta = reblock(&p.meta, kb)?;
@@ -492,8 +537,11 @@ fn run_backend(
     }
     let cache = KvCache::from_nhd(&p.key_cache, &p.value_cache, layout)?;
     match launch {
-        Some(l) => catch_panic(b.name(), || {
+        Some(Forced::Unified(l)) => catch_panic(b.name(), || {
             Cpu.unified_attention(&p.query, &cache, &meta, cfg, l)
+        }),
+        Some(Forced::RocmDecode(d)) => catch_panic(b.name(), || {
+            RocmAttn::default().forward_with_decode(&Cpu, &p.query, &cache, &meta, cfg, *d)
         }),
         None => catch_panic(b.name(), || b.forward(&p.query, &cache, &meta, cfg)),
     }
