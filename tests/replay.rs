@@ -654,3 +654,72 @@ fn an_nvidia_rocm_attn_capture_replays_its_decode_rows_through_the_triton_kernel
     assert_eq!(err.tensor, "metadata.launch.decode", "{err}");
     assert!(err.problem.contains("paged_attention_ll4mi"), "{err}");
 }
+
+#[test]
+fn a_merge_fixtures_output_lse_is_compared_and_measured() {
+    let name = "merge_f16_t16_h4_d64_inf";
+    let rows = replay_file(&fixtures_dir().join(format!("{name}.safetensors")), None);
+    let kernel = rows
+        .iter()
+        .find(|r| r.backend == "merge_attn_states")
+        .unwrap();
+    assert_eq!(kernel.status, Status::Pass, "{kernel:?}");
+    let lse = kernel.lse_ulp.as_ref().expect("output_lse measured");
+    assert_eq!(lse.elements, 16 * 4);
+    // A finite output_lse entry moved far away fails the row, naming output_lse.
+    let mut e = Edit::of(&read(name));
+    let bytes = e.tensor("output_lse");
+    let i = (0..bytes.len() / 4)
+        .find(|&i| f32::from_le_bytes(bytes[4 * i..4 * i + 4].try_into().unwrap()).is_finite())
+        .unwrap();
+    bytes[4 * i..4 * i + 4].copy_from_slice(&1000.0f32.to_le_bytes());
+    let rows = replay_fixture(&e.parse().unwrap(), None);
+    let kernel = rows
+        .iter()
+        .find(|r| r.backend == "merge_attn_states")
+        .unwrap();
+    assert_eq!(kernel.status, Status::Fail);
+    assert!(
+        kernel.reason.as_deref().unwrap().starts_with("output_lse"),
+        "{kernel:?}"
+    );
+}
+
+#[test]
+fn json_rows_carry_the_fidelity_keys() {
+    let results = replay_file(
+        &fixtures_dir().join("ua_dec2d_bf16_h64_g8x1_b64_sinks.safetensors"),
+        Some("TRITON_ATTN"),
+    );
+    let v = serde_json::to_value(&results).unwrap();
+    for row in v.as_array().unwrap() {
+        for k in [
+            "dtype",
+            "ulp",
+            "reference_ulp",
+            "fidelity",
+            "fidelity_exact",
+            "lse_ulp",
+            "launch",
+        ] {
+            assert!(row.get(k).is_some(), "missing {k} in {row}");
+        }
+        let u = &row["ulp"];
+        for k in [
+            "elements",
+            "bit_exact",
+            "histogram",
+            "capped_sum",
+            "max_ulp",
+            "max_at",
+        ] {
+            assert!(u.get(k).is_some(), "missing ulp.{k} in {row}");
+        }
+        assert_eq!(u["histogram"].as_array().unwrap().len(), 6);
+        assert_eq!(
+            u["max_at"].as_array().unwrap().len(),
+            3,
+            "[token, head, dim]"
+        );
+    }
+}
