@@ -675,7 +675,12 @@ impl Row {
         let mut lse_bad = None;
         let mut lse_ulp = None;
         if let (Some(want), Some(have)) = (k.lse, got.lse.as_deref()) {
-            lse_ulp = UlpStats::measure(have, want, DType::F32, &[want.len()]);
+            // LSEs are [num_heads, num_tokens]; the output shape is [num_tokens, num_heads, ..].
+            let lse_shape = match k.shape.as_slice() {
+                [t, h, ..] => vec![*h, *t],
+                _ => vec![want.len()],
+            };
+            lse_ulp = UlpStats::measure(have, want, DType::F32, &lse_shape);
             match compare(have, want, tol) {
                 Ok(lc) if lc.passed() => {}
                 Ok(lc) => {
