@@ -104,6 +104,8 @@ pub struct ReplayResult {
     pub mismatches: Option<usize>,
     /// The output dtype (`float16`, `bfloat16`, `float32`).
     pub dtype: String,
+    /// paged_attention: the KV cache's `kv_cache_dtype` (`auto`, `fp8_e4m3`, `fp8_e4m3fnuz`).
+    pub kv_cache_dtype: Option<String>,
     /// This row's result against the kernel's output, in output-dtype ULPs.
     pub ulp: Option<UlpStats>,
     /// The f64 reference rounded to the output dtype, against the kernel's output.
@@ -205,7 +207,10 @@ pub fn replay_fixture(f: &Fixture, backend: Option<&str>) -> Vec<ReplayResult> {
     let tol = Tolerance::new(f.header.atol, f.header.rtol);
     let op = f.header.op.name();
     let dtype = f.header.dtype;
-    let base = Row::new(&f.file, op, Some(dtype), "");
+    let mut base = Row::new(&f.file, op, Some(dtype), "");
+    if let Case::Paged(p) = &f.case {
+        base.kv_cache_dtype = Some(fixture::fp8_name(p.cfg.kv_dtype));
+    }
     if let Some(e) = &f.header.capture_error {
         return vec![Row {
             backend: "(capture)".into(),
@@ -615,6 +620,7 @@ struct Row {
     file: String,
     op: String,
     dtype: Option<DType>,
+    kv_cache_dtype: Option<&'static str>,
     backend: String,
     launch: Option<String>,
 }
@@ -625,6 +631,7 @@ impl Row {
             file: file.to_string(),
             op: op.to_string(),
             dtype,
+            kv_cache_dtype: None,
             backend: backend.to_string(),
             launch: None,
         }
@@ -651,6 +658,7 @@ impl Row {
             max_rel_err: c.map(|c| c.max_rel_err),
             mismatches: c.map(|c| c.mismatches),
             dtype: self.dtype.map_or("?", |d| d.name()).to_string(),
+            kv_cache_dtype: self.kv_cache_dtype.map(str::to_string),
             ulp: None,
             reference_ulp: None,
             fidelity: None,
@@ -846,6 +854,8 @@ fn status_counts(results: &[ReplayResult]) -> String {
 pub struct SummaryRow {
     pub backend: String,
     pub op: String,
+    /// The output dtype, with `+<kv_cache_dtype>` for an fp8 KV cache
+    /// (e.g. `bfloat16+fp8_e4m3`).
     pub dtype: String,
     /// Rows of this group (one per file).
     pub cases: usize,
@@ -862,6 +872,14 @@ pub struct SummaryRow {
     pub fidelity_exact: bool,
 }
 
+/// A summary group's dtype label: the output dtype, `+kv` for fp8 caches.
+fn group_dtype(r: &ReplayResult) -> String {
+    match r.kv_cache_dtype.as_deref() {
+        Some(kv) if kv != "auto" => format!("{}+{kv}", r.dtype),
+        _ => r.dtype.clone(),
+    }
+}
+
 /// Groups rows by (backend, op, dtype), in first-seen order; files that did
 /// not replay (load failures, capture errors, cases without output) are not
 /// in any group.
@@ -873,7 +891,7 @@ pub fn summarize(results: &[ReplayResult]) -> Vec<SummaryRow> {
         }
         let i = match out
             .iter()
-            .position(|g| g.backend == r.backend && g.op == r.op && g.dtype == r.dtype)
+            .position(|g| g.backend == r.backend && g.op == r.op && g.dtype == group_dtype(r))
         {
             Some(i) => i,
             None => {
@@ -882,7 +900,7 @@ pub fn summarize(results: &[ReplayResult]) -> Vec<SummaryRow> {
                 out.push(SummaryRow {
                     backend: r.backend.clone(),
                     op: r.op.clone(),
-                    dtype: r.dtype.clone(),
+                    dtype: group_dtype(r),
                     cases: 0,
                     pass: 0,
                     fail: 0,
@@ -932,9 +950,10 @@ pub fn format_summary(rows: &[SummaryRow]) -> String {
         .max()
         .unwrap_or(7)
         .max(7);
+    let w_dt = rows.iter().map(|r| r.dtype.len()).max().unwrap_or(8).max(8);
     let hist_head = BUCKETS.map(|b| format!("{b:>6}")).join(" ");
     let mut s = format!(
-        "{:<w_be$}  {:<17}  {:<8}  {:>5}  {:>5}  {:>5}  {:>5}  {:>5}  {:>7}  {:>6}  {}  {:>7}  {:>6}\n",
+        "{:<w_be$}  {:<17}  {:<w_dt$}  {:>5}  {:>5}  {:>5}  {:>5}  {:>5}  {:>7}  {:>6}  {}  {:>7}  {:>6}\n",
         "backend", "op", "dtype", "cases", "pass", "fail", "skip", "div", "exact%", "ref%", hist_head, "max_ulp", "fid"
     );
     for r in rows {
@@ -951,7 +970,7 @@ pub fn format_summary(rows: &[SummaryRow]) -> String {
             .join(" ");
         let compared = r.ulp.elements > 0;
         s += &format!(
-            "{:<w_be$}  {:<17}  {:<8}  {:>5}  {:>5}  {:>5}  {:>5}  {:>5}  {:>7}  {:>6}  {}  {:>7}  {:>6}\n",
+            "{:<w_be$}  {:<17}  {:<w_dt$}  {:>5}  {:>5}  {:>5}  {:>5}  {:>5}  {:>7}  {:>6}  {}  {:>7}  {:>6}\n",
             r.backend,
             r.op,
             r.dtype,
