@@ -617,3 +617,109 @@ fn a_recorded_3d_launch_uses_its_segment_count() {
     );
     assert_eq!(r.status, Status::Pass, "{r:?}");
 }
+
+#[test]
+fn an_nvidia_rocm_attn_capture_replays_its_decode_rows_through_the_triton_kernel() {
+    let name = "rocm_mix_f16_h128_g8x2_b16"; // decode rows ran kernel_paged_attention_2d on an H200
+    let f = fixture::load(&fixtures_dir().join(format!("{name}.safetensors"))).unwrap();
+    let own = replay_fixture(&f, Some("ROCM_ATTN"));
+    let mut e = Edit::of(&read(name));
+    e.case(|c| {
+        c.insert("format".into(), "attn-fixture/2".into());
+        c.insert("path".into(), "chunked_prefill_paged_decode".into());
+        c.insert(
+            "capture".into(),
+            serde_json::json!({"gpu": "NVIDIA H200", "arch": "sm_90"}),
+        );
+    });
+    let rows = replay_fixture(&e.parse().unwrap(), Some("ROCM_ATTN"));
+    let (a, b) = (
+        own.iter().find(|r| r.backend == "ROCM_ATTN").unwrap(),
+        rows.iter().find(|r| r.backend == "ROCM_ATTN").unwrap(),
+    );
+    assert_eq!(a.launch, None);
+    assert_eq!(
+        b.launch.as_deref(),
+        Some("decode kernel_paged_attention_2d (NVIDIA capture)")
+    );
+    assert_eq!((a.status, b.status), (Status::Pass, Status::Pass));
+    let exact = |r: &attnlab_sim::replay::ReplayResult| r.ulp.as_ref().unwrap().bit_exact;
+    println!("bit-exact: own rule {} vs recorded {}", exact(a), exact(b));
+    assert!(exact(b) >= exact(a), "{} < {}", exact(b), exact(a));
+    // A recorded decode kernel that is not one of the two is a load error naming them.
+    e.case(|c| {
+        c.insert("launch".into(), serde_json::json!({"decode": "v2"}));
+    });
+    let err = err_of(&mut e);
+    assert_eq!(err.tensor, "metadata.launch.decode", "{err}");
+    assert!(err.problem.contains("paged_attention_ll4mi"), "{err}");
+}
+
+#[test]
+fn a_merge_fixtures_output_lse_is_compared_and_measured() {
+    let name = "merge_f16_t16_h4_d64_inf";
+    let rows = replay_file(&fixtures_dir().join(format!("{name}.safetensors")), None);
+    let kernel = rows
+        .iter()
+        .find(|r| r.backend == "merge_attn_states")
+        .unwrap();
+    assert_eq!(kernel.status, Status::Pass, "{kernel:?}");
+    let lse = kernel.lse_ulp.as_ref().expect("output_lse measured");
+    assert_eq!(lse.elements, 16 * 4);
+    // A finite output_lse entry moved far away fails the row, naming output_lse.
+    let mut e = Edit::of(&read(name));
+    let bytes = e.tensor("output_lse");
+    let i = (0..bytes.len() / 4)
+        .find(|&i| f32::from_le_bytes(bytes[4 * i..4 * i + 4].try_into().unwrap()).is_finite())
+        .unwrap();
+    bytes[4 * i..4 * i + 4].copy_from_slice(&1000.0f32.to_le_bytes());
+    let rows = replay_fixture(&e.parse().unwrap(), None);
+    let kernel = rows
+        .iter()
+        .find(|r| r.backend == "merge_attn_states")
+        .unwrap();
+    assert_eq!(kernel.status, Status::Fail);
+    assert!(
+        kernel.reason.as_deref().unwrap().starts_with("output_lse"),
+        "{kernel:?}"
+    );
+}
+
+#[test]
+fn json_rows_carry_the_fidelity_keys() {
+    let results = replay_file(
+        &fixtures_dir().join("ua_dec2d_bf16_h64_g8x1_b64_sinks.safetensors"),
+        Some("TRITON_ATTN"),
+    );
+    let v = serde_json::to_value(&results).unwrap();
+    for row in v.as_array().unwrap() {
+        for k in [
+            "dtype",
+            "ulp",
+            "reference_ulp",
+            "fidelity",
+            "fidelity_exact",
+            "lse_ulp",
+            "launch",
+        ] {
+            assert!(row.get(k).is_some(), "missing {k} in {row}");
+        }
+        let u = &row["ulp"];
+        for k in [
+            "elements",
+            "bit_exact",
+            "histogram",
+            "capped_sum",
+            "max_ulp",
+            "max_at",
+        ] {
+            assert!(u.get(k).is_some(), "missing ulp.{k} in {row}");
+        }
+        assert_eq!(u["histogram"].as_array().unwrap().len(), 6);
+        assert_eq!(
+            u["max_at"].as_array().unwrap().len(),
+            3,
+            "[token, head, dim]"
+        );
+    }
+}

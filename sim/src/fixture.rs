@@ -154,8 +154,14 @@ pub struct Launch {
     pub grid: Option<LaunchGrid>,
     /// Segments of a 3D launch (or KV splits), when recorded.
     pub num_segments: Option<usize>,
+    /// `chunked_prefill_paged_decode`: the kernel its decode rows ran, one of
+    /// [`DECODE_KERNELS`].
+    pub decode: Option<String>,
     pub raw: serde_json::Map<String, Value>,
 }
+
+/// `launch.decode` values: Triton's 2D paged decode, or the HIP custom paged attention.
+pub const DECODE_KERNELS: [&str; 2] = ["kernel_paged_attention_2d", "paged_attention_ll4mi"];
 
 /// Largest `launch.num_segments` accepted (vLLM's kernels use up to 128).
 pub const MAX_SEGMENTS: usize = 1024;
@@ -762,10 +768,21 @@ impl Reader<'_> {
             .get("kernel")
             .and_then(Value::as_str)
             .map(str::to_string);
+        let decode = match raw.get("decode") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(d)) if DECODE_KERNELS.contains(&d.as_str()) => Some(d.clone()),
+            Some(d) => {
+                return Err(self.err(
+                    "metadata.launch.decode",
+                    format!("{d} is not allowed: allowed: {}", DECODE_KERNELS.join(", ")),
+                ))
+            }
+        };
         Ok(Some(Launch {
             kernel,
             grid,
             num_segments,
+            decode,
             raw,
         }))
     }

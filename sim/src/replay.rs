@@ -30,6 +30,7 @@
 
 use crate::backends::exec::{Cpu, KernelExecutor};
 use crate::backends::mla::{self, mla_backends};
+use crate::backends::rocm_attn::{DecodeKernel, RocmAttn};
 use crate::backends::{mha_backends, AttentionBackend};
 use crate::cache::KvCache;
 use crate::config::AttnConfig;
@@ -104,6 +105,8 @@ pub struct ReplayResult {
     pub mismatches: Option<usize>,
     /// The output dtype (`float16`, `bfloat16`, `float32`).
     pub dtype: String,
+    /// paged_attention: the KV cache's `kv_cache_dtype` (`auto`, `fp8_e4m3`, `fp8_e4m3fnuz`).
+    pub kv_cache_dtype: Option<String>,
     /// This row's result against the kernel's output, in output-dtype ULPs.
     pub ulp: Option<UlpStats>,
     /// The f64 reference rounded to the output dtype, against the kernel's output.
@@ -217,7 +220,10 @@ pub fn replay_fixture(f: &Fixture, backend: Option<&str>) -> Vec<ReplayResult> {
     let tol = Tolerance::new(f.header.atol, f.header.rtol);
     let op = f.header.op.name();
     let dtype = f.header.dtype;
-    let base = Row::new(&f.file, op, Some(dtype), "");
+    let mut base = Row::new(&f.file, op, Some(dtype), "");
+    if let Case::Paged(p) = &f.case {
+        base.kv_cache_dtype = Some(fixture::fp8_name(p.cfg.kv_dtype));
+    }
     if let Some(e) = &f.header.capture_error {
         return vec![Row {
             backend: "(capture)".into(),
@@ -417,19 +423,63 @@ pub fn documented_divergence(
     }
 }
 
-/// TRITON_ATTN under a /2 file's recorded launch (`launch.grid`,
-/// `launch.num_segments`) or forced path (`unified_attention_2d`/`_3d`):
-/// the launch and its description; `None` = vLLM's own rule (no record,
-/// another backend, or another kernel's path).
+/// A launch replay imposes instead of the backend's own choice.
+enum Forced {
+    /// TRITON_ATTN's unified kernel with this grid.
+    Unified(UnifiedLaunch),
+    /// ROCM_ATTN with this kernel for its decode rows.
+    RocmDecode(DecodeKernel),
+}
+
+/// What a /2 file records about the launch, for the backend of the same
+/// kernel: TRITON_ATTN follows `launch.grid`/`launch.num_segments` or a
+/// forced path (`unified_attention_2d`/`_3d`); ROCM_ATTN on a
+/// `chunked_prefill_paged_decode` capture follows `launch.decode`, or runs
+/// Triton's decode kernel when the capture's `arch` is NVIDIA's (`sm_*`,
+/// where vLLM never uses the custom paged attention). `None` = the
+/// backend's own rule. Returns the launch and its description.
 fn recorded_launch(
     backend: &str,
     h: &fixture::Header,
     p: &PagedCase,
     cfg: &AttnConfig,
-) -> Result<Option<(UnifiedLaunch, String)>> {
-    if backend != "TRITON_ATTN" {
-        return Ok(None);
+) -> Result<Option<(Forced, String)>> {
+    match backend {
+        "TRITON_ATTN" => recorded_unified(h, p, cfg),
+        "ROCM_ATTN" if h.path.as_deref() == Some("chunked_prefill_paged_decode") => {
+            let recorded = h.launch.as_ref().and_then(|l| l.decode.as_deref());
+            let nvidia = h
+                .capture
+                .as_ref()
+                .and_then(|c| c.get("arch"))
+                .and_then(|a| a.as_str())
+                .is_some_and(|a| a.starts_with("sm_"));
+            Ok(match (recorded, nvidia) {
+                (Some("paged_attention_ll4mi"), _) => Some((
+                    Forced::RocmDecode(DecodeKernel::Ll4mi),
+                    "decode paged_attention_ll4mi (recorded)".into(),
+                )),
+                (Some(_), _) => Some((
+                    Forced::RocmDecode(DecodeKernel::Triton2d),
+                    "decode kernel_paged_attention_2d (recorded)".into(),
+                )),
+                (None, true) => Some((
+                    Forced::RocmDecode(DecodeKernel::Triton2d),
+                    "decode kernel_paged_attention_2d (NVIDIA capture)".into(),
+                )),
+                (None, false) => None,
+            })
+        }
+        _ => Ok(None),
     }
+}
+
+/// TRITON_ATTN's recorded grid, if any.
+fn recorded_unified(
+    h: &fixture::Header,
+    p: &PagedCase,
+    cfg: &AttnConfig,
+) -> Result<Option<(Forced, String)>> {
     let grid = match h.path.as_deref() {
         Some("unified_attention_2d") => Some(LaunchGrid::TwoD),
         Some("unified_attention_3d") => Some(LaunchGrid::ThreeD),
@@ -451,7 +501,7 @@ fn recorded_launch(
     let base = UnifiedLaunch::vllm(&p.meta, cfg, options)?;
     let Some(grid) = grid else {
         return Ok((profile != VllmProfile::default())
-            .then(|| (base, format!("vLLM's rule, profile {}", profile.name()))));
+            .then(|| (Forced::Unified(base), format!("vLLM's rule, profile {}", profile.name()))));
     };
     let segments = h
         .launch
@@ -460,21 +510,21 @@ fn recorded_launch(
         .unwrap_or(NUM_PAR_SOFTMAX_SEGMENTS);
     Ok(Some(match grid {
         LaunchGrid::TwoD => (
-            UnifiedLaunch {
+            Forced::Unified(UnifiedLaunch {
                 grid: Grid::TwoD,
                 tile_size: TILE_SIZE_2D,
                 ..base
-            },
+            }),
             format!("2d (recorded), profile {}", profile.name()),
         ),
         LaunchGrid::ThreeD => (
-            UnifiedLaunch {
+            Forced::Unified(UnifiedLaunch {
                 grid: Grid::ThreeD {
                     num_segments: segments,
                 },
                 tile_size: TILE_SIZE_3D,
                 ..base
-            },
+            }),
             format!("3d, {segments} segments (recorded), profile {}", profile.name()),
         ),
     }))
@@ -504,7 +554,7 @@ fn run_backend(
     b: &dyn AttentionBackend,
     p: &PagedCase,
     cfg: &AttnConfig,
-    launch: Option<&UnifiedLaunch>,
+    launch: Option<&Forced>,
 ) -> Result<Vec<f32>> {
     let kb = b.kernel_block_size(p.meta.block_size)?;
     let meta = reblock(&p.meta, kb)?;
@@ -518,8 +568,11 @@ fn run_backend(
     }
     let cache = KvCache::from_nhd(&p.key_cache, &p.value_cache, layout)?;
     match launch {
-        Some(l) => catch_panic(b.name(), || {
+        Some(Forced::Unified(l)) => catch_panic(b.name(), || {
             Cpu.unified_attention(&p.query, &cache, &meta, cfg, l)
+        }),
+        Some(Forced::RocmDecode(d)) => catch_panic(b.name(), || {
+            RocmAttn::default().forward_with_decode(&Cpu, &p.query, &cache, &meta, cfg, *d)
         }),
         None => catch_panic(b.name(), || b.forward(&p.query, &cache, &meta, cfg)),
     }
@@ -593,6 +646,7 @@ struct Row {
     file: String,
     op: String,
     dtype: Option<DType>,
+    kv_cache_dtype: Option<&'static str>,
     backend: String,
     launch: Option<String>,
 }
@@ -603,6 +657,7 @@ impl Row {
             file: file.to_string(),
             op: op.to_string(),
             dtype,
+            kv_cache_dtype: None,
             backend: backend.to_string(),
             launch: None,
         }
@@ -629,6 +684,7 @@ impl Row {
             max_rel_err: c.map(|c| c.max_rel_err),
             mismatches: c.map(|c| c.mismatches),
             dtype: self.dtype.map_or("?", |d| d.name()).to_string(),
+            kv_cache_dtype: self.kv_cache_dtype.map(str::to_string),
             ulp: None,
             reference_ulp: None,
             fidelity: None,
@@ -653,7 +709,12 @@ impl Row {
         let mut lse_bad = None;
         let mut lse_ulp = None;
         if let (Some(want), Some(have)) = (k.lse, got.lse.as_deref()) {
-            lse_ulp = UlpStats::measure(have, want, DType::F32, &[want.len()]);
+            // LSEs are [num_heads, num_tokens]; the output shape is [num_tokens, num_heads, ..].
+            let lse_shape = match k.shape.as_slice() {
+                [t, h, ..] => vec![*h, *t],
+                _ => vec![want.len()],
+            };
+            lse_ulp = UlpStats::measure(have, want, DType::F32, &lse_shape);
             match compare(have, want, tol) {
                 Ok(lc) if lc.passed() => {}
                 Ok(lc) => {
@@ -819,6 +880,8 @@ fn status_counts(results: &[ReplayResult]) -> String {
 pub struct SummaryRow {
     pub backend: String,
     pub op: String,
+    /// The output dtype, with `+<kv_cache_dtype>` for an fp8 KV cache
+    /// (e.g. `bfloat16+fp8_e4m3`).
     pub dtype: String,
     /// Rows of this group (one per file).
     pub cases: usize,
@@ -835,6 +898,14 @@ pub struct SummaryRow {
     pub fidelity_exact: bool,
 }
 
+/// A summary group's dtype label: the output dtype, `+kv` for fp8 caches.
+fn group_dtype(r: &ReplayResult) -> String {
+    match r.kv_cache_dtype.as_deref() {
+        Some(kv) if kv != "auto" => format!("{}+{kv}", r.dtype),
+        _ => r.dtype.clone(),
+    }
+}
+
 /// Groups rows by (backend, op, dtype), in first-seen order; files that did
 /// not replay (load failures, capture errors, cases without output) are not
 /// in any group.
@@ -846,7 +917,7 @@ pub fn summarize(results: &[ReplayResult]) -> Vec<SummaryRow> {
         }
         let i = match out
             .iter()
-            .position(|g| g.backend == r.backend && g.op == r.op && g.dtype == r.dtype)
+            .position(|g| g.backend == r.backend && g.op == r.op && g.dtype == group_dtype(r))
         {
             Some(i) => i,
             None => {
@@ -855,7 +926,7 @@ pub fn summarize(results: &[ReplayResult]) -> Vec<SummaryRow> {
                 out.push(SummaryRow {
                     backend: r.backend.clone(),
                     op: r.op.clone(),
-                    dtype: r.dtype.clone(),
+                    dtype: group_dtype(r),
                     cases: 0,
                     pass: 0,
                     fail: 0,
@@ -905,9 +976,10 @@ pub fn format_summary(rows: &[SummaryRow]) -> String {
         .max()
         .unwrap_or(7)
         .max(7);
+    let w_dt = rows.iter().map(|r| r.dtype.len()).max().unwrap_or(8).max(8);
     let hist_head = BUCKETS.map(|b| format!("{b:>6}")).join(" ");
     let mut s = format!(
-        "{:<w_be$}  {:<17}  {:<8}  {:>5}  {:>5}  {:>5}  {:>5}  {:>5}  {:>7}  {:>6}  {}  {:>7}  {:>6}\n",
+        "{:<w_be$}  {:<17}  {:<w_dt$}  {:>5}  {:>5}  {:>5}  {:>5}  {:>5}  {:>7}  {:>6}  {}  {:>7}  {:>6}\n",
         "backend", "op", "dtype", "cases", "pass", "fail", "skip", "div", "exact%", "ref%", hist_head, "max_ulp", "fid"
     );
     for r in rows {
@@ -924,7 +996,7 @@ pub fn format_summary(rows: &[SummaryRow]) -> String {
             .join(" ");
         let compared = r.ulp.elements > 0;
         s += &format!(
-            "{:<w_be$}  {:<17}  {:<8}  {:>5}  {:>5}  {:>5}  {:>5}  {:>5}  {:>7}  {:>6}  {}  {:>7}  {:>6}\n",
+            "{:<w_be$}  {:<17}  {:<w_dt$}  {:>5}  {:>5}  {:>5}  {:>5}  {:>5}  {:>7}  {:>6}  {}  {:>7}  {:>6}\n",
             r.backend,
             r.op,
             r.dtype,

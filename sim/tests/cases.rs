@@ -441,3 +441,74 @@ fn describe(f: &Fixture) -> String {
         ),
     }
 }
+
+/// What the drawn-case property found (and leaves out): vLLM's unified
+/// kernel adds ALiBi as `slope * (t - context_len)` for every query row of a
+/// sequence, where attention defines `slope * (t - p)` for the row at
+/// position `p`. Softmax ignores a per-row shift, a sink does not: the
+/// kernel's row `p` equals f64 attention whose sink is `sink - slope * (p -
+/// context_len)`. A two-token prefill with one head shows it; the emulator
+/// reproduces the kernel.
+#[test]
+fn alibi_with_sinks_shifts_the_sink_by_the_rows_offset_in_vllms_unified_kernel() {
+    use attnlab_shared::dtype::DType;
+    use attnlab_shared::layout::{KvLayout, LayoutKind};
+    use attnlab_shared::metadata::{AttentionMetadata, BlockTableTensor};
+    use attnlab_sim::backends::by_name;
+    use attnlab_sim::cache::KvCache;
+    use attnlab_sim::config::AttnConfig;
+    let (d, bs) = (64, 16);
+    let mut cfg = AttnConfig::new(1, 1, d, DType::F32);
+    cfg.alibi_slopes = Some(vec![1.0]);
+    cfg.sinks = Some(vec![0.0]);
+    let meta = AttentionMetadata::new(
+        bs,
+        2,
+        vec![0, 2],
+        vec![2],
+        BlockTableTensor::from_rows(&[vec![1]]),
+        vec![16, 17],
+        true,
+    )
+    .unwrap();
+    let layout = KvLayout::new(LayoutKind::Nhd, 2, bs, 1, d, DType::F32).unwrap();
+    let val = |i: usize| ((i * 37 % 19) as f32 - 9.0) / 9.0;
+    let cache = KvCache {
+        layout,
+        k: (0..layout.numel()).map(val).collect(),
+        v: (0..layout.numel()).map(|i| val(i + 5)).collect(),
+    };
+    let query: Vec<f32> = (0..2 * d).map(|i| val(i + 11)).collect();
+    let out = by_name("TRITON_ATTN")
+        .unwrap()
+        .forward(&query, &cache, &meta, &cfg)
+        .unwrap();
+    let f64_row1 = |sink: f32| {
+        let c = AttnConfig {
+            sinks: Some(vec![sink]),
+            ..cfg.clone()
+        };
+        reference::paged_attention(&query, &cache, &meta, &c)
+            .unwrap()
+            .out[d..]
+            .to_vec()
+    };
+    let max_diff = |r: &[f64]| {
+        out[d..]
+            .iter()
+            .zip(r)
+            .map(|(&a, &b)| (a as f64 - b).abs())
+            .fold(0.0, f64::max)
+    };
+    // Row 1 sits at p = 1 over context_len 0: the kernel's sink is 0 - 1 * 1.
+    assert!(
+        max_diff(&f64_row1(-1.0)) < 1e-5,
+        "{}",
+        max_diff(&f64_row1(-1.0))
+    );
+    assert!(
+        max_diff(&f64_row1(0.0)) > 1e-2,
+        "{}",
+        max_diff(&f64_row1(0.0))
+    );
+}

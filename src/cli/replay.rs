@@ -19,7 +19,8 @@ pub struct Args {
     #[arg(long, default_value = "all")]
     pub backend: String,
     /// Print a JSON array of rows {file, op, backend, status, reason, max_abs_err, max_rel_err,
-    /// mismatches, dtype, ulp, reference_ulp, fidelity, fidelity_exact, lse_ulp, launch};
+    /// mismatches, dtype, kv_cache_dtype, ulp, reference_ulp, fidelity, fidelity_exact, lse_ulp,
+    /// launch};
     /// with --summary an object {summary, results}.
     #[arg(long)]
     pub json: bool,

@@ -208,21 +208,13 @@ fn unravel(mut i: usize, shape: &[usize]) -> Vec<usize> {
     idx
 }
 
-/// Ulps between two storage bit patterns: both mapped onto a line where
-/// consecutive representable values are consecutive integers (sign-magnitude
-/// to two's complement), then subtracted.
+/// Ulps between two storage bit patterns: both mapped onto the ordered line
+/// where consecutive representable values are consecutive integers
+/// ([`attnlab_sim::fidelity::ordered`], the one replay's fidelity uses), then
+/// subtracted.
 pub fn ulp_distance(a: u32, b: u32, dtype: DType) -> u64 {
-    let bits = (dtype.size_bytes() * 8) as u32;
-    let sign = 1i64 << (bits - 1);
-    let key = |x: u32| {
-        let x = x as i64;
-        if x & sign != 0 {
-            -(x & (sign - 1))
-        } else {
-            x
-        }
-    };
-    (key(a) - key(b)).unsigned_abs()
+    use attnlab_sim::fidelity::ordered;
+    ordered(a, dtype).abs_diff(ordered(b, dtype))
 }
 
 /// Reinterprets device output bytes as storage bit patterns of `dtype`.

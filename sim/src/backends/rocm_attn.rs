@@ -112,6 +112,33 @@ impl RocmAttn {
             DecodeKernel::Triton2d
         }
     }
+
+    /// `forward` with the decode rows' kernel chosen by the caller (replay
+    /// of a capture that records which one ran, e.g. Triton's on NVIDIA,
+    /// where `use_rocm_custom_paged_attention()` is false).
+    pub fn forward_with_decode(
+        &self,
+        ex: &dyn KernelExecutor,
+        query: &[f32],
+        cache: &KvCache,
+        meta: &AttentionMetadata,
+        cfg: &AttnConfig,
+        decode: DecodeKernel,
+    ) -> Result<Vec<f32>> {
+        self.check(cfg, meta.block_size)?;
+        let kcfg = self.kernel_config(cfg);
+        let mut out = vec![0f32; meta.num_actual_tokens * cfg.num_heads * cfg.head_size];
+        if meta.max_query_len > 1 {
+            ex.context_attention_fwd(query, cache, meta, &kcfg, true, &mut out)?;
+        }
+        match decode {
+            DecodeKernel::Ll4mi => {
+                ex.paged_attention_ll4mi(query, cache, meta, &kcfg, PARTITION_SIZE_ROCM, &mut out)?
+            }
+            DecodeKernel::Triton2d => ex.paged_attention_2d(query, cache, meta, &kcfg, &mut out)?,
+        }
+        Ok(out)
+    }
 }
 
 impl AttentionBackend for RocmAttn {
@@ -211,19 +238,7 @@ impl AttentionBackend for RocmAttn {
         meta: &AttentionMetadata,
         cfg: &AttnConfig,
     ) -> Result<Vec<f32>> {
-        self.check(cfg, meta.block_size)?;
-        let kcfg = self.kernel_config(cfg);
-        let mut out = vec![0f32; meta.num_actual_tokens * cfg.num_heads * cfg.head_size];
-        if meta.max_query_len > 1 {
-            ex.context_attention_fwd(query, cache, meta, &kcfg, true, &mut out)?;
-        }
-        match self.decode_kernel(meta, cfg) {
-            DecodeKernel::Ll4mi => {
-                ex.paged_attention_ll4mi(query, cache, meta, &kcfg, PARTITION_SIZE_ROCM, &mut out)?
-            }
-            DecodeKernel::Triton2d => ex.paged_attention_2d(query, cache, meta, &kcfg, &mut out)?,
-        }
-        Ok(out)
+        self.forward_with_decode(ex, query, cache, meta, cfg, self.decode_kernel(meta, cfg))
     }
 
     fn plan(&self, meta: &AttentionMetadata, cfg: &AttnConfig) -> Vec<KernelCall> {
