@@ -539,13 +539,20 @@ fn bench_cpu_and_gpu_together_run_both() {
         "1",
         "--backend",
         "TRITON_ATTN",
+        // With a GPU present: only the copy yardstick, no kernel rows.
+        "--filter",
+        "no-such-row",
     ];
-    let o = attnlab(
+    let dir = std::env::temp_dir().join(format!("attnlab-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let o = attnlab_env(
         &[
             &["bench", "--cpu", "--gpu", "--allow-no-device", "--json"][..],
             &small,
         ]
         .concat(),
+        &[("ATTNLAB_BENCH_DIR", dir.to_str().unwrap())],
+        Duration::from_secs(120),
     );
     assert_eq!(o.code, Some(0), "{o:?}");
     let v: serde_json::Value = serde_json::from_str(&o.stdout).unwrap();
