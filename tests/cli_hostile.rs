@@ -187,20 +187,24 @@ fn run_over_the_memory_budget_is_refused_naming_the_kv_caches() {
     );
 }
 
+/// `replay --json FILE` under `env`: exit 1 within 20 s, no crash, and the
+/// file's row fails with a reason naming every one of `needles`.
+fn assert_replay_refuses(file: &str, env: &[(&str, &str)], needles: &[&str]) {
+    let o = attnlab_env(&["replay", "--json", file], env, Duration::from_secs(20));
+    assert!(!o.crashed() && !o.timed_out, "{o:?}");
+    assert_eq!(o.code, Some(1), "{o:?}");
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&o.stdout).unwrap();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0]["status"], "fail");
+    let reason = rows[0]["reason"].as_str().unwrap();
+    for n in needles {
+        assert!(reason.contains(n), "{n:?} not in {reason}");
+    }
+}
+
 #[test]
 fn replay_of_dev_zero_is_that_files_error_without_reading_it() {
-    let o = attnlab(&["replay", "--json", "/dev/zero"]);
-    assert!(!o.crashed() && o.seconds < 10.0, "{o:?}");
-    assert_eq!(o.code, Some(1));
-    let rows: serde_json::Value = serde_json::from_str(&o.stdout).unwrap();
-    assert_eq!(rows[0]["status"], "fail");
-    assert!(
-        rows[0]["reason"]
-            .as_str()
-            .unwrap()
-            .contains("not a regular file"),
-        "{rows}"
-    );
+    assert_replay_refuses("/dev/zero", &[], &["/dev/zero", "not a regular file"]);
 }
 
 #[cfg(unix)]
@@ -214,14 +218,7 @@ fn replay_of_a_named_pipe_is_that_files_error_without_waiting_for_a_writer() {
         eprintln!("skipped: mkfifo is not available");
         return;
     }
-    let o = attnlab_env(
-        &["replay", fifo.to_str().unwrap()],
-        &[],
-        Duration::from_secs(20),
-    );
-    assert!(!o.crashed() && !o.timed_out, "{o:?}");
-    assert_eq!(o.code, Some(1));
-    assert!(o.stdout.contains("not a regular file"), "{}", o.stdout);
+    assert_replay_refuses(fifo.to_str().unwrap(), &[], &["not a regular file"]);
 }
 
 /// An mla_decode fixture claiming `num_kv_splits` (the real one says 4).
@@ -253,18 +250,15 @@ fn an_mla_fixture_with_350000_kv_splits_fails_alone_and_the_other_files_still_re
 
 #[test]
 fn an_mla_fixture_with_splits_within_the_limit_but_over_the_memory_budget_is_refused() {
-    let bad = mla_with_splits(1024);
-    let o = attnlab_env(
-        &["replay", bad.to_str().unwrap()],
+    assert_replay_refuses(
+        mla_with_splits(1024).to_str().unwrap(),
         &[("ATTNLAB_MAX_MEMORY", "8M")],
-        Duration::from_secs(60),
-    );
-    assert!(!o.crashed(), "{o:?}");
-    assert_eq!(o.code, Some(1));
-    assert!(
-        o.stdout.contains("split-KV partials") && o.stdout.contains("max_memory"),
-        "{}",
-        o.stdout
+        &[
+            "num_kv_splits 1024",
+            "split-KV partials",
+            "max_memory",
+            "ATTNLAB_MAX_MEMORY=",
+        ],
     );
 }
 
@@ -277,17 +271,15 @@ fn a_fixture_repeating_one_block_262144_times_is_refused_over_max_kv_reuse() {
     f.set_i32("block_table", &[1, cols], &vec![1; cols as usize]);
     f.set_i32("seq_lens", &[1], &[(cols * 16) as i32]);
     let path = f.write("one_block_262144_times");
-    let o = attnlab_env(
-        &["replay", "--json", path.to_str().unwrap()],
+    assert_replay_refuses(
+        path.to_str().unwrap(),
         &[],
-        Duration::from_secs(20),
-    );
-    assert!(!o.crashed() && !o.timed_out, "{o:?}");
-    assert_eq!(o.code, Some(1));
-    assert!(
-        o.stdout.contains("max_kv_reuse") && o.stdout.contains("ATTNLAB_MAX_KV_REUSE"),
-        "{}",
-        o.stdout
+        &[
+            "seq_lens",
+            "262144",
+            "max_kv_reuse",
+            "ATTNLAB_MAX_KV_REUSE=",
+        ],
     );
 }
 
@@ -547,13 +539,20 @@ fn bench_cpu_and_gpu_together_run_both() {
         "1",
         "--backend",
         "TRITON_ATTN",
+        // With a GPU present: only the copy yardstick, no kernel rows.
+        "--filter",
+        "no-such-row",
     ];
-    let o = attnlab(
+    let dir = std::env::temp_dir().join(format!("attnlab-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let o = attnlab_env(
         &[
             &["bench", "--cpu", "--gpu", "--allow-no-device", "--json"][..],
             &small,
         ]
         .concat(),
+        &[("ATTNLAB_BENCH_DIR", dir.to_str().unwrap())],
+        Duration::from_secs(120),
     );
     assert_eq!(o.code, Some(0), "{o:?}");
     let v: serde_json::Value = serde_json::from_str(&o.stdout).unwrap();

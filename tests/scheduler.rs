@@ -571,7 +571,7 @@ mod trace_cli {
     #[test]
     fn unknown_backend_is_a_json_error_listing_the_emulated_ones() {
         let (code, v) = trace(&["--backend", "NOPE", "--prompt-len", "8"]);
-        assert_eq!(code, 2);
+        assert_eq!(code, 1);
         let msg = v["error"]["message"].as_str().unwrap();
         assert!(
             msg.contains("'NOPE'") && msg.contains("TRITON_ATTN"),

@@ -320,6 +320,20 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_storage_dtype_is_named_as_torch_or_as_kv_cache_dtype_in_any_case() {
+        let p = |s: &str, arch: &str| DType::parse_storage(s, arch).unwrap();
+        assert_eq!(p("fp8", "gfx942"), DType::Fp8E4m3Fnuz);
+        assert_eq!(p("FP8_E4M3", "gfx950"), DType::Fp8E4m3Fn);
+        assert_eq!(p("float8_e4m3fnuz", "gfx950"), DType::Fp8E4m3Fnuz);
+        assert_eq!(p("Half", "gfx942"), DType::F16);
+        assert_eq!(p("bfloat16", "gfx942"), DType::Bf16);
+        for bad in ["auto", "fp8_e5m2", "int4", ""] {
+            assert!(DType::parse_storage(bad, "gfx942").is_err(), "{bad}");
+        }
+        assert_eq!(KvCacheDtype::parse("FP8").unwrap(), KvCacheDtype::Fp8);
+    }
+
+    #[test]
     fn fp8_formats_have_their_documented_extremes() {
         assert_eq!(FP8_FNUZ.decode(0x7f), 240.0);
         assert_eq!(FP8_FN.decode(0x7e), 448.0);
