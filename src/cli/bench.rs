@@ -50,6 +50,14 @@ pub struct Args {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// With --gpu: `auto` (default: whichever GPU is present), `cuda`, `hip`,
+    /// or `host` (the kernels on the CPU; its timings are the CPU's wall
+    /// time, so it is used only when named, best with --filter).
+    #[arg(long, default_value = "auto", value_parser = ["auto", "cuda", "hip", "host"])]
+    pub device: String,
+    /// With --device host: lanes per wave (32 or 64).
+    #[arg(long, value_parser = ["32", "64"])]
+    pub wave: Option<String>,
     /// With --gpu: only rows whose "<kernel> b<batch> ctx<context> <hq>/<hkv>"
     /// label contains this substring or one of its comma-separated alternatives
     /// (e.g. `paged_attention_ll4mi`, `ll4mi b64 ctx8192,2d b64 ctx8192`).
@@ -162,7 +170,14 @@ fn median_seconds(
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if args.gpu {
-        return super::gpu::bench(args.json, args.repeats, args.filter.clone());
+        let wave = args.wave.as_deref().map(|w| if w == "64" { 64 } else { 32 });
+        return super::gpu::bench(
+            &args.device,
+            wave,
+            args.json,
+            args.repeats,
+            args.filter.clone(),
+        );
     }
     if !args.cpu {
         anyhow::bail!("choose what to benchmark: --cpu (the emulator)");

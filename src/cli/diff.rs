@@ -1,14 +1,16 @@
 //! `attnlab diff [--backend NAME|all] [--cases N] [--seed S] [--json] [--list]
-//! [--device cuda|hip|host [--wave 32|64]]`: runs each kernel on the emulator
-//! and on the GPU (or, with `--device host`, on the CPU through the host
-//! device, with 32- or 64-lane waves) over random cases and compares bit
-//! patterns. Per kernel: cases, elements, bit-exact count and the first
-//! mismatch (indices, both values, ulp distance). Exit 1 on any mismatch;
-//! without a device it says so in one line and exits 0 with nothing compared.
+//! [--device auto|cuda|hip|host] [--wave 32|64]`: runs each kernel on the
+//! emulator and on the GPU (or, with `--device host`, on the CPU through the
+//! host device, with 32- or 64-lane waves) over random cases and compares
+//! bit patterns. `auto` (the default) takes whichever GPU is present and
+//! falls back to the host device, saying why in one line. Per kernel: cases,
+//! elements, bit-exact count and the first mismatch (indices, both values,
+//! ulp distance). Exit 1 on any mismatch; without any device it says so in
+//! one line and exits 0 with nothing compared.
 
 use attnlab_gpu::diff::{select, DiffOptions, KernelReport};
 use attnlab_gpu::kernels::Gpu;
-use attnlab_gpu::runtime::{DeviceKind, GpuError};
+use attnlab_gpu::runtime::{open_kind_noting, DeviceKind, GpuError};
 use serde_json::json;
 use std::process::ExitCode;
 
@@ -27,11 +29,13 @@ pub struct Args {
     /// Print the kernel and backend names `--backend` takes, one per line, and exit.
     #[arg(long)]
     list: bool,
-    /// The device: `cuda`, `hip`, or `host` (the kernels compiled by the
-    /// system C++ compiler and run on the CPU). Default: the first GPU.
-    #[arg(long, value_parser = ["cuda", "hip", "host"])]
-    device: Option<String>,
-    /// Lanes per wave of `--device host` (32: NVIDIA's warps, 64: AMD's waves).
+    /// The device: `auto` (whichever GPU is present, else the host device),
+    /// `cuda`, `hip`, or `host` (the kernels compiled by the system C++
+    /// compiler and run on the CPU).
+    #[arg(long, default_value = "auto", value_parser = ["auto", "cuda", "hip", "host"])]
+    device: String,
+    /// Lanes per wave of the host device (`--device host`, or `auto` without
+    /// a GPU): 32 is NVIDIA's warp, 64 AMD's wave. Default 32.
     #[arg(long, value_parser = ["32", "64"])]
     wave: Option<String>,
     /// Per kernel: stop drawing new cases after this many seconds and report
@@ -55,20 +59,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let diffs = select(&args.backend)?;
-    let kind = match (args.device.as_deref(), args.wave.as_deref()) {
-        (Some("host"), wave) => Some(DeviceKind::Host {
-            wave: if wave == Some("64") { 64 } else { 32 },
-        }),
-        (_, Some(w)) => anyhow::bail!("--wave {w} applies to --device host only"),
-        (Some("cuda"), None) => Some(DeviceKind::Cuda),
-        (Some("hip"), None) => Some(DeviceKind::Hip),
-        _ => None,
-    };
-    let opened = match kind {
-        Some(k) => Gpu::open_kind(k),
-        None => Gpu::open(),
-    };
-    let gpu = match opened {
+    let wave = args.wave.as_deref().map(|w| if w == "64" { 64 } else { 32 });
+    let kind = DeviceKind::parse(&args.device, wave)?;
+    let opened = open_kind_noting(kind).map(|(dev, note)| (Gpu::new(dev), note));
+    let (gpu, fallback) = match opened {
         Ok(g) => g,
         Err(GpuError::NoDevice(why)) => {
             if args.json {
@@ -86,6 +80,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let opts = DiffOptions::new(args.cases, args.seed);
     let info = gpu.dev.info().clone();
     if !args.json {
+        if let Some(why) = &fallback {
+            println!("no GPU ({why}); using the host device");
+        }
         println!(
             "device: {} ({}, {} SMs), {} cases per kernel, seed {}",
             info.name,
@@ -127,7 +124,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         println!(
             "{}",
             serde_json::to_string_pretty(
-                &json!({ "device": info, "cases": opts.cases, "seed": opts.seed, "bit_exact": all_exact, "kernels": reports, "errors": errors })
+                &json!({ "device": info, "gpu_fallback": fallback, "cases": opts.cases, "seed": opts.seed, "bit_exact": all_exact, "kernels": reports, "errors": errors })
             )?
         );
     } else {

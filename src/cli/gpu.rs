@@ -1,4 +1,4 @@
-//! `attnlab gpu compile --target gfx90a|gfx940|sm_90 [--json]`: compiles every
+//! `attnlab gpu compile --target gfx90a|gfx940|gfx942|gfx950|sm_90 [--json]`: compiles every
 //! kernel family (every representative dtype variant) for one target with no
 //! device present, and reports per kernel. Exit 0 when all compile, 1 when
 //! any fails, 2 for a bad target or a missing compiler.
@@ -6,7 +6,7 @@
 use attnlab_gpu::bench::{self, BenchOptions, BenchReport};
 use attnlab_gpu::compile::{compile_families, CompileReport};
 use attnlab_gpu::kernels::Gpu;
-use attnlab_gpu::runtime::GpuError;
+use attnlab_gpu::runtime::{DeviceKind, GpuError};
 use attnlab_gpu::runtime::Target;
 use std::process::ExitCode;
 
@@ -18,9 +18,9 @@ pub struct Args {
 
 #[derive(clap::Subcommand)]
 enum GpuCommand {
-    /// Compile every kernel for a target (NVRTC for sm_XX, hipcc for gfx*).
+    /// Compile every kernel for a target (NVRTC for sm_XX; hipcc for gfx90a/gfx940, clang >= 20 for gfx941/gfx942/gfx950).
     Compile {
-        /// gfx90a, gfx940, gfx941, gfx942 or sm_XX (e.g. sm_90).
+        /// gfx90a, gfx940, gfx941, gfx942, gfx950, sm_XX (e.g. sm_90), host32 or host64.
         #[arg(long, value_parser = parse_target)]
         target: Target,
         #[arg(long)]
@@ -87,12 +87,26 @@ fn print_report(r: &CompileReport) {
     println!("{ok} of {} compiled", r.results.len());
 }
 
-/// `attnlab bench --gpu [--json]`: the table on stdout (or JSON), and
-/// `bench-gpu.json` + `bench-gpu.svg` written to `$ATTNLAB_BENCH_DIR` (default:
-/// the current folder). Without a device: one line, exit 0. `filter`: only
-/// the rows whose label contains it (`attnlab_gpu::bench::row_label`).
-pub fn bench(json: bool, repeats: usize, filter: Option<String>) -> anyhow::Result<ExitCode> {
-    let gpu = match Gpu::open() {
+/// `attnlab bench --gpu [--device auto|cuda|hip|host] [--json]`: the table on
+/// stdout (or JSON), and `bench-gpu.json` + `bench-gpu.svg` written to
+/// `$ATTNLAB_BENCH_DIR` (default: the current folder). Without a device: one
+/// line, exit 0. `auto` takes whichever GPU is present and, unlike `diff`,
+/// does not fall back to the host device: the bench grid's caches (up to
+/// 24 GiB) and the CPU's wall time would take hours and measure no GPU; the
+/// host device runs when named. `filter`: only the rows whose label contains
+/// it (`attnlab_gpu::bench::row_label`).
+pub fn bench(
+    device: &str,
+    wave: Option<u32>,
+    json: bool,
+    repeats: usize,
+    filter: Option<String>,
+) -> anyhow::Result<ExitCode> {
+    let opened = match DeviceKind::parse(device, wave)? {
+        DeviceKind::Auto { .. } => Gpu::open(),
+        kind => Gpu::open_kind(kind),
+    };
+    let gpu = match opened {
         Ok(g) => g,
         Err(GpuError::NoDevice(why)) => {
             println!("no device, nothing measured: {why}");

@@ -2,15 +2,15 @@
 //! module, launch, synchronize, time with events) and its implementations.
 //!
 //! Layers as cudarc has them: the vendor FFI stays in one small module per
-//! vendor ([`cuda`] over cudarc's `result` layer with its libraries loaded at
-//! run time; `hip` over our own `extern "C"` block behind the `rocm`
-//! feature), everything above speaks only this safe trait. Building needs no
-//! GPU stack; without a device [`open`] returns [`GpuError::NoDevice`] with a
-//! one-line reason.
+//! vendor ([`cuda`] over cudarc's `result` layer, [`hip`] over our own
+//! declarations in [`hip_sys`]), both with their libraries loaded at run
+//! time, and everything above speaks only this safe trait. Building needs no
+//! GPU stack: one binary finds an NVIDIA or an AMD GPU when it runs; without
+//! one [`open`] returns [`GpuError::NoDevice`] with a one-line reason.
 
 pub mod cuda;
-#[cfg(feature = "rocm")]
 pub mod hip;
+pub mod hip_sys;
 pub mod host;
 
 use attnlab_shared::error::Error as SharedError;
@@ -48,7 +48,10 @@ pub enum Target {
 }
 
 impl Target {
-    pub const NAMED: [&'static str; 4] = ["gfx90a", "gfx940", "gfx942", "sm_90"];
+    pub const NAMED: [&'static str; 5] = ["gfx90a", "gfx940", "gfx942", "gfx950", "sm_90"];
+
+    /// The AMD targets `attnlab gpu compile` knows.
+    pub const AMD: [&'static str; 5] = ["gfx90a", "gfx940", "gfx941", "gfx942", "gfx950"];
 
     pub fn parse(s: &str) -> Result<Self> {
         if let Some(n) = s.strip_prefix("sm_") {
@@ -58,7 +61,7 @@ impl Target {
                 }
             }
         }
-        if ["gfx90a", "gfx940", "gfx941", "gfx942"].contains(&s) {
+        if Self::AMD.contains(&s) {
             return Ok(Target::Amd { gfx: s.to_string() });
         }
         match s {
@@ -69,9 +72,32 @@ impl Target {
         Err(SharedError::invalid(
             "target",
             format!("'{s}'"),
-            "allowed: gfx90a, gfx940, gfx941, gfx942, sm_70 .. sm_120, host32, host64",
+            "allowed: gfx90a, gfx940, gfx941, gfx942, gfx950, sm_70 .. sm_120, host32, host64",
         )
         .into())
+    }
+
+    /// The target of an AMD device from its `hipDeviceProp_t::gcnArchName`:
+    /// the processor before the first `:` (`gfx942:sramecc+:xnack-` ->
+    /// `gfx942`); the feature flags after it are dropped (hipRTC then builds
+    /// code that runs with either setting). Any `gfx` + 3 or 4 hex digits
+    /// is accepted: the device, not this list, says what it is.
+    pub fn from_gcn_arch_name(name: &str) -> Result<Self> {
+        let processor = name.split(':').next().unwrap_or_default();
+        let ok = processor
+            .strip_prefix("gfx")
+            .is_some_and(|n| (3..=4).contains(&n.len()) && n.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) && n.as_bytes()[0].is_ascii_digit());
+        if !ok {
+            return Err(SharedError::invalid(
+                "gcnArchName",
+                format!("'{name}'"),
+                "gfx followed by 3 or 4 hex digits, then optional :feature+/- flags (e.g. gfx942:sramecc+:xnack-)",
+            )
+            .into());
+        }
+        Ok(Target::Amd {
+            gfx: processor.to_string(),
+        })
     }
 
     pub fn name(&self) -> String {
@@ -82,11 +108,19 @@ impl Target {
         }
     }
 
-    /// Lanes per wave: NVIDIA warps are 32; CDNA wavefronts are 64.
+    /// Lanes per wave: NVIDIA warps are 32; GCN/CDNA (gfx9 and older)
+    /// wavefronts are 64; RDNA (gfx10, 11, 12) compiles HIP for 32 by default.
     pub fn wave_size(&self) -> u32 {
         match self {
             Target::Cuda { .. } => 32,
-            Target::Amd { .. } => 64,
+            Target::Amd { gfx } => {
+                let digits = gfx.trim_start_matches("gfx");
+                if digits.len() >= 4 {
+                    32
+                } else {
+                    64
+                }
+            }
             Target::Host { wave } => *wave,
         }
     }
@@ -234,27 +268,31 @@ pub trait Device {
     fn elapsed_ms(&self, start: EventId, end: EventId) -> Result<f32>;
 }
 
-/// Opens the first GPU: HIP when built with `rocm` and a HIP device exists,
+/// Opens the first GPU: HIP when its runtime loads and reports a device,
 /// else CUDA. The error is `NoDevice` with the reason each backend gave.
 pub fn open() -> Result<Box<dyn Device>> {
-    #[cfg(feature = "rocm")]
     let hip_reason = match hip::HipDevice::open() {
         Ok(d) => return Ok(Box::new(d)),
-        Err(GpuError::NoDevice(why)) => format!("HIP: {why}; "),
+        Err(GpuError::NoDevice(why)) => why,
         Err(e) => return Err(e),
     };
-    #[cfg(not(feature = "rocm"))]
-    let hip_reason = String::from("HIP: not built (cargo feature `rocm`); ");
     match cuda::CudaDevice::open() {
         Ok(d) => Ok(Box::new(d)),
-        Err(GpuError::NoDevice(why)) => Err(GpuError::NoDevice(format!("{hip_reason}CUDA: {why}"))),
+        Err(GpuError::NoDevice(why)) => {
+            Err(GpuError::NoDevice(format!("HIP: {hip_reason}; CUDA: {why}")))
+        }
         Err(e) => Err(e),
     }
 }
 
-/// Which device `attnlab diff --device` opens.
+/// Which device `attnlab diff --device` / `bench --device` opens.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeviceKind {
+    /// Whichever GPU is present (HIP first, then CUDA), else the host
+    /// device with waves of `host_wave` lanes.
+    Auto {
+        host_wave: u32,
+    },
     Cuda,
     Hip,
     /// The CPU with waves of `wave` lanes (32 or 64).
@@ -263,16 +301,63 @@ pub enum DeviceKind {
     },
 }
 
-/// Opens the device of `kind` (`open` picks one by itself).
+impl DeviceKind {
+    /// `--device auto|cuda|hip|host`, with `wave` (`--wave`, default 32)
+    /// for the host device (also auto's fallback).
+    pub fn parse(device: &str, wave: Option<u32>) -> Result<Self> {
+        let host_wave = match wave {
+            None => 32,
+            Some(w @ (32 | 64)) => w,
+            Some(w) => {
+                return Err(SharedError::invalid("--wave", w, "allowed: 32, 64").into());
+            }
+        };
+        match device {
+            "auto" => Ok(DeviceKind::Auto { host_wave }),
+            "host" => Ok(DeviceKind::Host { wave: host_wave }),
+            "cuda" | "hip" if wave.is_some() => Err(SharedError::invalid(
+                "--wave",
+                host_wave,
+                "--wave applies to --device host or auto only",
+            )
+            .into()),
+            "cuda" => Ok(DeviceKind::Cuda),
+            "hip" => Ok(DeviceKind::Hip),
+            other => Err(SharedError::invalid(
+                "--device",
+                format!("'{other}'"),
+                "allowed: auto, cuda, hip, host",
+            )
+            .into()),
+        }
+    }
+}
+
+/// Opens the device of `kind`. For `Auto`, the second value says why no GPU
+/// was used when it fell back to the host device.
+pub fn open_kind_noting(kind: DeviceKind) -> Result<(Box<dyn Device>, Option<String>)> {
+    match kind {
+        DeviceKind::Auto { host_wave } => match open() {
+            Ok(d) => Ok((d, None)),
+            Err(GpuError::NoDevice(gpu_why)) => match host::HostDevice::open(host_wave) {
+                Ok(d) => Ok((Box::new(d), Some(gpu_why))),
+                Err(GpuError::NoDevice(host_why)) => Err(GpuError::NoDevice(format!(
+                    "{gpu_why}; host: {host_why}"
+                ))),
+                Err(e) => Err(e),
+            },
+            Err(e) => Err(e),
+        },
+        other => open_kind(other).map(|d| (d, None)),
+    }
+}
+
+/// Opens the device of `kind` (`open` picks a GPU by itself).
 pub fn open_kind(kind: DeviceKind) -> Result<Box<dyn Device>> {
     match kind {
+        DeviceKind::Auto { .. } => open_kind_noting(kind).map(|(d, _)| d),
         DeviceKind::Cuda => Ok(Box::new(cuda::CudaDevice::open()?)),
-        #[cfg(feature = "rocm")]
         DeviceKind::Hip => Ok(Box::new(hip::HipDevice::open()?)),
-        #[cfg(not(feature = "rocm"))]
-        DeviceKind::Hip => Err(GpuError::NoDevice(
-            "HIP: not built (cargo feature `rocm`)".into(),
-        )),
         DeviceKind::Host { wave } => Ok(Box::new(host::HostDevice::open(wave)?)),
     }
 }
