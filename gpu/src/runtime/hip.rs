@@ -74,7 +74,7 @@ pub fn hiprtc_compile(
     {
         opts.push(CString::new(o).map_err(|_| fail("an option contains a NUL byte".into()))?);
     }
-    let ptrs: Vec<*const c_char> = opts.iter().map(|o| o.as_ptr()).collect();
+    let mut ptrs: Vec<*const c_char> = opts.iter().map(|o| o.as_ptr()).collect();
     let f = &api.fns;
     let mut prog: HiprtcProgram = std::ptr::null_mut();
     // SAFETY: every pointer is a live CString for the duration of the calls;
@@ -85,8 +85,8 @@ pub fn hiprtc_compile(
             src.as_ptr(),
             cname.as_ptr(),
             0,
-            std::ptr::null(),
-            std::ptr::null(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
         );
         if created != 0 {
             return Err(GpuError::Driver {
@@ -94,7 +94,7 @@ pub fn hiprtc_compile(
                 msg: rtc_status(api, created),
             });
         }
-        let status = (f.hiprtcCompileProgram)(prog, ptrs.len() as c_int, ptrs.as_ptr());
+        let status = (f.hiprtcCompileProgram)(prog, ptrs.len() as c_int, ptrs.as_mut_ptr());
         let mut log_size = 0usize;
         let mut log = String::new();
         if (f.hiprtcGetProgramLogSize)(prog, &mut log_size) == 0 && log_size > 1 {

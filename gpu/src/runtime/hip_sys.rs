@@ -167,9 +167,9 @@ hip_api! {
     hiprtc hiprtcGetErrorString(HiprtcStatus) -> *const c_char;
     hiprtc hiprtcCreateProgram(
         *mut HiprtcProgram, *const c_char, *const c_char, c_int,
-        *const *const c_char, *const *const c_char
+        *mut *const c_char, *mut *const c_char
     ) -> HiprtcStatus;
-    hiprtc hiprtcCompileProgram(HiprtcProgram, c_int, *const *const c_char) -> HiprtcStatus;
+    hiprtc hiprtcCompileProgram(HiprtcProgram, c_int, *mut *const c_char) -> HiprtcStatus;
     hiprtc hiprtcGetProgramLogSize(HiprtcProgram, *mut usize) -> HiprtcStatus;
     hiprtc hiprtcGetProgramLog(HiprtcProgram, *mut c_char) -> HiprtcStatus;
     hiprtc hiprtcGetCodeSize(HiprtcProgram, *mut usize) -> HiprtcStatus;

@@ -402,7 +402,81 @@ impl Drop for Buffer<'_> {
 
 #[cfg(test)]
 mod tests {
-    use super::LaunchDims;
+    use super::{hip, hip_sys, DeviceKind, LaunchDims, Target};
+
+    #[test]
+    fn gcn_arch_names_of_cdna_and_rdna_parts_give_their_target_and_wave() {
+        // (gcnArchName as HIP reports it, target, lanes per wave)
+        let table = [
+            ("gfx90a:sramecc+:xnack-", "gfx90a", 64), // MI200
+            ("gfx90a:sramecc-:xnack+", "gfx90a", 64),
+            ("gfx940:sramecc+:xnack-", "gfx940", 64), // MI300 engineering parts
+            ("gfx941:sramecc+:xnack-", "gfx941", 64),
+            ("gfx942:sramecc+:xnack-", "gfx942", 64), // MI300X / MI325X
+            ("gfx942", "gfx942", 64),
+            ("gfx950:sramecc+:xnack-", "gfx950", 64), // MI350X / MI355X
+            ("gfx1100", "gfx1100", 32),               // RDNA3 (wave32 by default)
+            ("gfx1201", "gfx1201", 32),
+        ];
+        for (name, gfx, wave) in table {
+            let t = Target::from_gcn_arch_name(name).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(t, Target::Amd { gfx: gfx.into() }, "{name}");
+            assert_eq!(t.wave_size(), wave, "{name}");
+            assert_eq!(t.name(), gfx);
+        }
+    }
+
+    #[test]
+    fn names_that_are_not_gfx_processors_are_refused_naming_the_value() {
+        // 910 / 942: what the old numeric attribute 10003 gave on HIP 5.
+        for bad in ["", "910", "942", "gfx", "gfx9", "gfx12345", "gfxzzz", "sm_90", "GFX942", ":xnack-", "gfxa42"] {
+            let e = Target::from_gcn_arch_name(bad).err().unwrap_or_else(|| panic!("{bad:?} accepted"));
+            let text = e.to_string();
+            assert!(text.contains(&format!("'{bad}'")) && text.contains("gfx942:sramecc+:xnack-"), "{text}");
+        }
+    }
+
+    #[test]
+    fn the_arch_is_read_at_each_layouts_offset_and_the_numeric_attribute_is_not_used() {
+        for (layout, at) in [(hip_sys::PropsLayout::R0000, 396), (hip_sys::PropsLayout::R0600, 1160)] {
+            let mut props = vec![0u8; hip_sys::PROPS_BUFFER_BYTES];
+            props[at..at + 22].copy_from_slice(b"gfx942:sramecc+:xnack-");
+            assert_eq!(hip::gcn_arch_name_in(&props, layout).as_deref(), Some("gfx942:sramecc+:xnack-"));
+            // The other layout's slot is empty there.
+            let other = if at == 396 { hip_sys::PropsLayout::R0600 } else { hip_sys::PropsLayout::R0000 };
+            assert_eq!(hip::gcn_arch_name_in(&props, other).as_deref(), Some(""));
+        }
+        // No NUL in the 256 bytes: not a name.
+        let props = vec![b'g'; hip_sys::PROPS_BUFFER_BYTES];
+        assert_eq!(hip::gcn_arch_name_in(&props, hip_sys::PropsLayout::R0000), None);
+        assert_eq!(hip_sys::ATTR_GCN_ARCH_HIP5, 10003);
+        let src = include_str!("hip.rs");
+        assert!(!src.contains("ATTR_GCN_ARCH_HIP5"), "hip.rs must not ask attribute 10003");
+    }
+
+    #[test]
+    fn device_flag_parses_auto_cuda_hip_host_and_wave_only_where_a_host_may_run() {
+        assert_eq!(DeviceKind::parse("auto", None).unwrap(), DeviceKind::Auto { host_wave: 32 });
+        assert_eq!(DeviceKind::parse("auto", Some(64)).unwrap(), DeviceKind::Auto { host_wave: 64 });
+        assert_eq!(DeviceKind::parse("host", Some(64)).unwrap(), DeviceKind::Host { wave: 64 });
+        assert_eq!(DeviceKind::parse("hip", None).unwrap(), DeviceKind::Hip);
+        assert_eq!(DeviceKind::parse("cuda", None).unwrap(), DeviceKind::Cuda);
+        let e = DeviceKind::parse("cuda", Some(64)).unwrap_err().to_string();
+        assert!(e.contains("--wave applies to --device host or auto only"), "{e}");
+        let e = DeviceKind::parse("rocm", None).unwrap_err().to_string();
+        assert!(e.contains("'rocm'") && e.contains("auto, cuda, hip, host"), "{e}");
+        let e = DeviceKind::parse("host", Some(48)).unwrap_err().to_string();
+        assert!(e.contains("48") && e.contains("32, 64"), "{e}");
+    }
+
+    #[test]
+    fn compile_targets_include_gfx942_and_gfx950() {
+        for t in ["gfx90a", "gfx940", "gfx941", "gfx942", "gfx950"] {
+            assert_eq!(Target::parse(t).unwrap(), Target::Amd { gfx: t.into() });
+        }
+        let e = Target::parse("gfx1100").unwrap_err().to_string();
+        assert!(e.contains("'gfx1100'") && e.contains("gfx950"), "{e}");
+    }
 
     #[test]
     fn dynamic_shared_memory_is_padded_to_whole_16_byte_vectors() {
