@@ -287,7 +287,10 @@ impl AmdClang {
             let out = Command::new(p).arg("--version").output().ok()?;
             out.status.success().then(|| {
                 let v = String::from_utf8_lossy(&out.stdout);
-                (p.clone(), v.lines().next().unwrap_or_default().trim().to_string())
+                (
+                    p.clone(),
+                    v.lines().next().unwrap_or_default().trim().to_string(),
+                )
             })
         });
         let Some((program, version)) = found else {
@@ -305,7 +308,11 @@ impl AmdClang {
             lib_dirs.push(r.join("amdgcn/bitcode"));
         }
         lib_dirs.push("/opt/rocm/amdgcn/bitcode".into());
-        let Some(device_libs) = lib_dirs.iter().find(|d| d.join("ocml.bc").exists()).cloned() else {
+        let Some(device_libs) = lib_dirs
+            .iter()
+            .find(|d| d.join("ocml.bc").exists())
+            .cloned()
+        else {
             return Err(GpuError::NoDevice(format!(
                 "no HIP device libraries (ocml.bc) in {}; apt-get install rocm-device-libs or set ATTNLAB_AMD_DEVICE_LIBS",
                 lib_dirs.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
@@ -323,7 +330,13 @@ impl AmdClang {
     }
 
     /// The arguments compiling `src` to the code object `out` for `gfx`.
-    pub fn args(&self, gfx: &str, src: &std::path::Path, out: &std::path::Path, defines: &Defines) -> Vec<std::ffi::OsString> {
+    pub fn args(
+        &self,
+        gfx: &str,
+        src: &std::path::Path,
+        out: &std::path::Path,
+        defines: &Defines,
+    ) -> Vec<std::ffi::OsString> {
         let mut a: Vec<std::ffi::OsString> = vec![
             "-x".into(),
             "hip".into(),
@@ -432,4 +445,75 @@ fn hipcc_compile(
         cmd.arg(src).arg("-o").arg(out);
         cmd.output()
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::{Path, PathBuf};
+
+    #[test]
+    fn only_the_gfx9_parts_debians_hipcc_does_not_know_go_to_clang() {
+        for (gfx, clang) in [
+            ("gfx90a", false),
+            ("gfx940", false),
+            ("gfx941", true),
+            ("gfx942", true),
+            ("gfx950", true),
+        ] {
+            assert_eq!(AmdClang::needed_for(gfx), clang, "{gfx}");
+        }
+    }
+
+    #[test]
+    fn clang_compiles_device_only_with_the_contract_flags_and_every_device_library() {
+        let c = AmdClang {
+            program: "clang++-22".into(),
+            version: "test".into(),
+            device_libs: "/bc".into(),
+        };
+        let defines = vec![("DTYPE".to_string(), "2".to_string())];
+        let args: Vec<String> = c
+            .args(
+                "gfx950",
+                Path::new("/t/k.hip"),
+                Path::new("/t/k.hsaco"),
+                &defines,
+            )
+            .into_iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        for want in [
+            "--offload-arch=gfx950",
+            "--cuda-device-only",
+            "--no-gpu-bundle-output",
+            "-nogpulib",
+            "-ffp-contract=off",
+            "-fno-fast-math",
+            "-O3",
+            "-std=c++17",
+            "-D__AMDGCN_WAVEFRONT_SIZE=64",
+            "-DDTYPE=2",
+        ] {
+            assert!(args.iter().any(|a| a == want), "no {want} in {args:?}");
+        }
+        assert!(
+            !args.iter().any(|a| a == "--genco"),
+            "hipcc's flag, not clang's"
+        );
+        let linked: Vec<PathBuf> = args
+            .windows(2)
+            .filter(|w| w[0] == "-Xclang" && w[1].ends_with(".bc"))
+            .map(|w| PathBuf::from(&w[1]))
+            .collect();
+        let want: Vec<PathBuf> = AMD_DEVICE_LIBS
+            .iter()
+            .map(|l| Path::new("/bc").join(format!("{l}.bc")))
+            .collect();
+        assert_eq!(linked, want);
+        assert!(!linked
+            .iter()
+            .any(|p| p.to_string_lossy().contains("isa_version")));
+        assert_eq!(&args[args.len() - 3..], ["/t/k.hip", "-o", "/t/k.hsaco"]);
+    }
 }

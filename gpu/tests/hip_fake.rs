@@ -45,7 +45,11 @@ fn scratch(test: &str) -> PathBuf {
 fn rocm6(test: &str, arch: &str) -> Option<PathBuf> {
     let dir = scratch(test).join("lib");
     let arch_def = format!("-DFAKE_ARCH=\"{arch}\"");
-    let hip = build(&dir, "libamdhip64.so", &["-DFAKE_PART_HIP", "-DFAKE_R0600", &arch_def]);
+    let hip = build(
+        &dir,
+        "libamdhip64.so",
+        &["-DFAKE_PART_HIP", "-DFAKE_R0600", &arch_def],
+    );
     match hip.and_then(|_| build(&dir, "libhiprtc.so", &["-DFAKE_PART_RTC"])) {
         Ok(_) => Some(dir),
         Err(e) if e.starts_with("no C compiler") => {
@@ -95,11 +99,20 @@ fn hip6_device_runs_init_compile_copy_launch_and_events_through_the_fake_runtime
     let (hip_lib, rtc_lib) = dev.libraries();
     let (hip_handle, rtc_handle) = (log_handle(hip_lib), log_handle(rtc_lib));
     assert_eq!(hip_lib, dir.join("libamdhip64.so"));
-    assert_eq!(rtc_lib, dir.join("libhiprtc.so"), "hipRTC from its own library (HIP >= 6)");
+    assert_eq!(
+        rtc_lib,
+        dir.join("libhiprtc.so"),
+        "hipRTC from its own library (HIP >= 6)"
+    );
 
     // Info: architecture from gcnArchName (R0600 layout), attributes.
     let info = dev.info().clone();
-    assert_eq!(info.target, Target::Amd { gfx: "gfx942".into() });
+    assert_eq!(
+        info.target,
+        Target::Amd {
+            gfx: "gfx942".into()
+        }
+    );
     assert_eq!(dev.gcn_arch_name, "gfx942:sramecc+:xnack-");
     assert_eq!(info.target.wave_size(), 64);
     assert_eq!(info.name, "Fake Instinct MI300X");
@@ -110,9 +123,15 @@ fn hip6_device_runs_init_compile_copy_launch_and_events_through_the_fake_runtime
 
     // Compile: our flags and the device's architecture reach hipRTC.
     let defines = vec![("N".to_string(), "4".to_string())];
-    let image = dev.compile("fake.hip", KERNELS, &defines).expect("compiles");
+    let image = dev
+        .compile("fake.hip", KERNELS, &defines)
+        .expect("compiles");
     assert_eq!(image.target, info.target);
-    assert!(image.bytes.starts_with(b"FAKECO gfx942\n"), "{:?}", &image.bytes[..20]);
+    assert!(
+        image.bytes.starts_with(b"FAKECO gfx942\n"),
+        "{:?}",
+        &image.bytes[..20]
+    );
 
     // Load, look up, copy, launch with pointer / float / int arguments.
     let m = dev.load(&image).expect("loads");
@@ -127,7 +146,12 @@ fn hip6_device_runs_init_compile_copy_launch_and_events_through_the_fake_runtime
     dev.launch(
         scale,
         LaunchDims::linear(n, 64).unwrap(),
-        &[Arg::Ptr(dst), Arg::Ptr(src), Arg::F32(-3.0), Arg::I32(n as i32)],
+        &[
+            Arg::Ptr(dst),
+            Arg::Ptr(src),
+            Arg::F32(-3.0),
+            Arg::I32(n as i32),
+        ],
     )
     .expect("launches");
     let end = dev.record().unwrap();
@@ -142,11 +166,19 @@ fn hip6_device_runs_init_compile_copy_launch_and_events_through_the_fake_runtime
     // A by-value struct laid out by ArgStruct.
     let st = dev.function(m, "fake_struct").unwrap();
     let out3 = dev.alloc(24).unwrap();
-    let s = ArgStruct::default().i64(-(1 << 40) - 7).i32(-123).f32(0.1).arg();
-    dev.launch(st, LaunchDims::linear(1, 1).unwrap(), &[Arg::Ptr(out3), s]).unwrap();
+    let s = ArgStruct::default()
+        .i64(-(1 << 40) - 7)
+        .i32(-123)
+        .f32(0.1)
+        .arg();
+    dev.launch(st, LaunchDims::linear(1, 1).unwrap(), &[Arg::Ptr(out3), s])
+        .unwrap();
     let mut got = vec![0u8; 24];
     dev.download(out3, &mut got).unwrap();
-    let words: Vec<i64> = got.chunks(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect();
+    let words: Vec<i64> = got
+        .chunks(8)
+        .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
+        .collect();
     assert_eq!(words, vec![-(1 << 40) - 7, -123, 0.1f32.to_bits() as i64]);
 
     // Device-to-device copy.
@@ -159,20 +191,32 @@ fn hip6_device_runs_init_compile_copy_launch_and_events_through_the_fake_runtime
     let e = dev.alloc(1 << 41).unwrap_err().to_string();
     assert_eq!(e, "hipMalloc failed: fake out of memory (2)");
     let e = dev.function(m, "no_such_kernel").unwrap_err().to_string();
-    assert_eq!(e, "hipModuleGetFunction failed: fake named symbol not found (500)");
+    assert_eq!(
+        e,
+        "hipModuleGetFunction failed: fake named symbol not found (500)"
+    );
     let bad = dev
         .compile("bad.hip", "#error this kernel does not build\n", &[])
         .unwrap_err();
     match bad {
-        GpuError::Compile { kernel, target, log } => {
+        GpuError::Compile {
+            kernel,
+            target,
+            log,
+        } => {
             assert_eq!((kernel.as_str(), target.as_str()), ("bad.hip", "gfx942"));
             assert!(log.starts_with("HIPRTC_ERROR_COMPILATION (6)\n"), "{log}");
-            assert!(log.contains("bad.hip:1: error: #error this kernel does not build"), "{log}");
+            assert!(
+                log.contains("bad.hip:1: error: #error this kernel does not build"),
+                "{log}"
+            );
         }
         other => panic!("expected a compile error, got {other}"),
     }
     let foreign = attnlab_gpu::runtime::Image {
-        target: Target::Amd { gfx: "gfx90a".into() },
+        target: Target::Amd {
+            gfx: "gfx90a".into(),
+        },
         bytes: image.bytes.clone(),
     };
     let e = dev.load(&foreign).unwrap_err().to_string();
@@ -184,8 +228,14 @@ fn hip6_device_runs_init_compile_copy_launch_and_events_through_the_fake_runtime
 
     let hip_log = log_of(&hip_handle);
     let rtc_log = log_of(&rtc_handle);
-    assert!(hip_log.contains("hipGetDevicePropertiesR0600 0"), "{hip_log}");
-    assert!(!hip_log.contains("R0000"), "the HIP 5 layout is not read when R0600 exists");
+    assert!(
+        hip_log.contains("hipGetDevicePropertiesR0600 0"),
+        "{hip_log}"
+    );
+    assert!(
+        !hip_log.contains("R0000"),
+        "the HIP 5 layout is not read when R0600 exists"
+    );
     assert!(
         !hip_log.contains("hipDeviceGetAttribute 10003"),
         "the numeric arch attribute (gone in HIP 6) is never asked"
@@ -202,7 +252,10 @@ fn hip6_device_runs_init_compile_copy_launch_and_events_through_the_fake_runtime
         "hipEventDestroy",
         "hipModuleUnload",
     ] {
-        assert!(hip_log.lines().any(|l| l == line), "no '{line}' in\n{hip_log}");
+        assert!(
+            hip_log.lines().any(|l| l == line),
+            "no '{line}' in\n{hip_log}"
+        );
     }
     for opt in [
         "-ffp-contract=off",
@@ -212,9 +265,16 @@ fn hip6_device_runs_init_compile_copy_launch_and_events_through_the_fake_runtime
         "-DN=4",
     ] {
         let line = format!("hiprtcCompileProgram option {opt}");
-        assert!(rtc_log.lines().any(|l| l == line), "no '{line}' in\n{rtc_log}");
+        assert!(
+            rtc_log.lines().any(|l| l == line),
+            "no '{line}' in\n{rtc_log}"
+        );
     }
-    assert_eq!(rtc_log.matches("hiprtcDestroyProgram").count(), 2, "{rtc_log}");
+    assert_eq!(
+        rtc_log.matches("hiprtcDestroyProgram").count(),
+        2,
+        "{rtc_log}"
+    );
     let _ = std::fs::remove_dir_all(scratch(test));
 }
 
@@ -225,7 +285,11 @@ fn hip5_runtime_with_hiprtc_inside_and_no_r0600_reads_the_old_layout() {
     match build(
         &dir,
         "libamdhip64.so",
-        &["-DFAKE_PART_HIP", "-DFAKE_PART_RTC", "-DFAKE_ARCH=\"gfx90a:sramecc+:xnack-\""],
+        &[
+            "-DFAKE_PART_HIP",
+            "-DFAKE_PART_RTC",
+            "-DFAKE_ARCH=\"gfx90a:sramecc+:xnack-\"",
+        ],
     ) {
         Ok(_) => {}
         Err(e) if e.starts_with("no C compiler") => return eprintln!("{test}: skipped, {e}"),
@@ -235,13 +299,21 @@ fn hip5_runtime_with_hiprtc_inside_and_no_r0600_reads_the_old_layout() {
     let (hip_lib, rtc_lib) = dev.libraries();
     assert_eq!(hip_lib, rtc_lib, "hipRTC taken from libamdhip64 (HIP 5)");
     let handle = log_handle(hip_lib);
-    assert_eq!(dev.info().target, Target::Amd { gfx: "gfx90a".into() });
+    assert_eq!(
+        dev.info().target,
+        Target::Amd {
+            gfx: "gfx90a".into()
+        }
+    );
     let image = dev.compile("k.hip", KERNELS, &[]).unwrap();
     assert!(image.bytes.starts_with(b"FAKECO gfx90a\n"));
     drop(dev);
     let log = log_of(&handle);
     assert!(log.contains("hipGetDeviceProperties R0000 0"), "{log}");
-    assert!(log.contains("hiprtcCompileProgram option --gpu-architecture=gfx90a"), "{log}");
+    assert!(
+        log.contains("hiprtcCompileProgram option --gpu-architecture=gfx90a"),
+        "{log}"
+    );
     let _ = std::fs::remove_dir_all(scratch(test));
 }
 
@@ -266,7 +338,10 @@ fn a_folder_without_hip_is_no_device_with_one_line_naming_it() {
     match HipDevice::open_in(std::slice::from_ref(&dir)) {
         Err(GpuError::NoDevice(why)) => {
             assert!(why.starts_with("libamdhip64 not found; tried "), "{why}");
-            assert!(why.contains(&dir.display().to_string()) && !why.contains('\n'), "{why}");
+            assert!(
+                why.contains(&dir.display().to_string()) && !why.contains('\n'),
+                "{why}"
+            );
         }
         Err(e) => panic!("expected NoDevice, got {e}"),
         Ok(_) => panic!("an empty folder has no HIP runtime"),
@@ -285,7 +360,10 @@ fn a_runtime_without_hiprtc_anywhere_is_no_device_saying_so() {
     }
     match HipDevice::open_in(std::slice::from_ref(&dir)) {
         Err(GpuError::NoDevice(why)) => {
-            assert!(why.contains("has no hipRTC and libhiprtc was not found"), "{why}")
+            assert!(
+                why.contains("has no hipRTC and libhiprtc was not found"),
+                "{why}"
+            )
         }
         Err(e) => panic!("expected NoDevice, got {e}"),
         Ok(_) => panic!("no hipRTC: the device cannot compile"),

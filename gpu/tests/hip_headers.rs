@@ -50,11 +50,17 @@ fn check_source() -> String {
          static_assert(sizeof(hipMemcpyKind) == sizeof(int) && sizeof(hipDeviceAttribute_t) == sizeof(int), \"enums are C ints\");\n\
          static_assert(sizeof(hipModule_t) == 8 && sizeof(hipFunction_t) == 8 && sizeof(hipEvent_t) == 8 && sizeof(hipStream_t) == 8 && sizeof(hiprtcProgram) == 8, \"handles are pointers\");\n",
     );
-    s += &format!("static_assert(hipSuccess == {} && HIPRTC_SUCCESS == 0, \"success\");\n", hip_sys::SUCCESS);
+    s += &format!(
+        "static_assert(hipSuccess == {} && HIPRTC_SUCCESS == 0, \"success\");\n",
+        hip_sys::SUCCESS
+    );
     for (name, v) in [
         ("hipDeviceAttributeClockRate", hip_sys::ATTR_CLOCK_RATE),
         ("hipDeviceAttributeL2CacheSize", hip_sys::ATTR_L2_CACHE_SIZE),
-        ("hipDeviceAttributeMultiprocessorCount", hip_sys::ATTR_MULTIPROCESSOR_COUNT),
+        (
+            "hipDeviceAttributeMultiprocessorCount",
+            hip_sys::ATTR_MULTIPROCESSOR_COUNT,
+        ),
         ("hipMemcpyHostToDevice", hip_sys::MEMCPY_HOST_TO_DEVICE),
         ("hipMemcpyDeviceToHost", hip_sys::MEMCPY_DEVICE_TO_HOST),
         ("hipMemcpyDeviceToDevice", hip_sys::MEMCPY_DEVICE_TO_DEVICE),
@@ -108,7 +114,10 @@ fn our_hip_declarations_match_the_hip_headers() {
         Some(v) => std::env::split_paths(&v).collect(),
         None => vec![PathBuf::from("/usr/include")],
     };
-    if !includes.iter().any(|d| d.join("hip/hip_runtime_api.h").exists()) {
+    if !includes
+        .iter()
+        .any(|d| d.join("hip/hip_runtime_api.h").exists())
+    {
         eprintln!(
             "our_hip_declarations_match_the_hip_headers: skipped, no hip/hip_runtime_api.h under {includes:?} (apt-get install libamdhip64-dev, or set ATTNLAB_HIP_INCLUDE)"
         );
@@ -127,7 +136,9 @@ fn our_hip_declarations_match_the_hip_headers() {
     let out = match cmd.output() {
         Ok(o) => o,
         Err(e) => {
-            eprintln!("our_hip_declarations_match_the_hip_headers: skipped, no C++ compiler (c++: {e})");
+            eprintln!(
+                "our_hip_declarations_match_the_hip_headers: skipped, no C++ compiler (c++: {e})"
+            );
             return;
         }
     };

@@ -170,7 +170,10 @@ fn median_seconds(
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if args.gpu {
-        let wave = args.wave.as_deref().map(|w| if w == "64" { 64 } else { 32 });
+        let wave = args
+            .wave
+            .as_deref()
+            .map(|w| if w == "64" { 64 } else { 32 });
         return super::gpu::bench(
             &args.device,
             wave,

@@ -59,7 +59,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let diffs = select(&args.backend)?;
-    let wave = args.wave.as_deref().map(|w| if w == "64" { 64 } else { 32 });
+    let wave = args
+        .wave
+        .as_deref()
+        .map(|w| if w == "64" { 64 } else { 32 });
     let kind = DeviceKind::parse(&args.device, wave)?;
     let opened = open_kind_noting(kind).map(|(dev, note)| (Gpu::new(dev), note));
     let (gpu, fallback) = match opened {

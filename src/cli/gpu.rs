@@ -6,8 +6,8 @@
 use attnlab_gpu::bench::{self, BenchOptions, BenchReport};
 use attnlab_gpu::compile::{compile_families, CompileReport};
 use attnlab_gpu::kernels::Gpu;
-use attnlab_gpu::runtime::{DeviceKind, GpuError};
 use attnlab_gpu::runtime::Target;
+use attnlab_gpu::runtime::{DeviceKind, GpuError};
 use std::process::ExitCode;
 
 #[derive(clap::Args)]

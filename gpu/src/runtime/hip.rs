@@ -29,7 +29,9 @@ fn check(api: &HipApi, call: &'static str, status: c_int) -> Result<()> {
         "unknown HIP error".to_string()
     } else {
         // SAFETY: non-null, NUL-terminated, static.
-        unsafe { CStr::from_ptr(text) }.to_string_lossy().into_owned()
+        unsafe { CStr::from_ptr(text) }
+            .to_string_lossy()
+            .into_owned()
     };
     Err(GpuError::Driver {
         api: call,
@@ -187,7 +189,9 @@ impl HipDevice {
         unsafe {
             let init = (f.hipInit)(0);
             if init != 0 {
-                let why = check(&api, "hipInit", init).err().map_or(String::new(), |e| e.to_string());
+                let why = check(&api, "hipInit", init)
+                    .err()
+                    .map_or(String::new(), |e| e.to_string());
                 return Err(GpuError::NoDevice(format!(
                     "{} loaded, but {why} (no ROCm driver or GPU)",
                     api.hip_path.display()
@@ -203,13 +207,25 @@ impl HipDevice {
             check(&api, "hipSetDevice", (f.hipSetDevice)(0))?;
             let attr = |a: c_int| -> Result<i32> {
                 let mut v = 0;
-                check(&api, "hipDeviceGetAttribute", (f.hipDeviceGetAttribute)(&mut v, a, 0))?;
+                check(
+                    &api,
+                    "hipDeviceGetAttribute",
+                    (f.hipDeviceGetAttribute)(&mut v, a, 0),
+                )?;
                 Ok(v)
             };
             let mut name = [0 as c_char; 256];
-            check(&api, "hipDeviceGetName", (f.hipDeviceGetName)(name.as_mut_ptr(), 256, 0))?;
+            check(
+                &api,
+                "hipDeviceGetName",
+                (f.hipDeviceGetName)(name.as_mut_ptr(), 256, 0),
+            )?;
             let mut mem = 0usize;
-            check(&api, "hipDeviceTotalMem", (f.hipDeviceTotalMem)(&mut mem, 0))?;
+            check(
+                &api,
+                "hipDeviceTotalMem",
+                (f.hipDeviceTotalMem)(&mut mem, 0),
+            )?;
             // The architecture from gcnArchName: the numeric attribute
             // (10003) is gone from HIP 6 on.
             let mut props = vec![0u64; hip_sys::PROPS_BUFFER_BYTES / 8];
@@ -274,7 +290,9 @@ impl Device for HipDevice {
         self.bind()?;
         let mut p: *mut c_void = std::ptr::null_mut();
         // SAFETY: plain allocation, freed in `free`.
-        self.check("hipMalloc", unsafe { (self.api.fns.hipMalloc)(&mut p, bytes.max(1)) })?;
+        self.check("hipMalloc", unsafe {
+            (self.api.fns.hipMalloc)(&mut p, bytes.max(1))
+        })?;
         Ok(p as u64)
     }
 
@@ -407,7 +425,9 @@ impl Device for HipDevice {
     fn synchronize(&self) -> Result<()> {
         self.bind()?;
         // SAFETY: no arguments.
-        self.check("hipDeviceSynchronize", unsafe { (self.api.fns.hipDeviceSynchronize)() })
+        self.check("hipDeviceSynchronize", unsafe {
+            (self.api.fns.hipDeviceSynchronize)()
+        })
     }
 
     fn record(&self) -> Result<EventId> {

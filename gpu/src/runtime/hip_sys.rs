@@ -287,7 +287,11 @@ impl HipApi {
     pub fn load_from(dirs: &[PathBuf], loader_path: bool) -> Result<HipApi, String> {
         let (hip, hip_path) = open_first("libamdhip64", &HIP_NAMES, dirs, loader_path)?;
         // libhiprtc next to the runtime first, so that both come from one ROCm.
-        let mut rtc_dirs: Vec<PathBuf> = hip_path.parent().map(Path::to_path_buf).into_iter().collect();
+        let mut rtc_dirs: Vec<PathBuf> = hip_path
+            .parent()
+            .map(Path::to_path_buf)
+            .into_iter()
+            .collect();
         rtc_dirs.retain(|d| !d.as_os_str().is_empty());
         rtc_dirs.extend(dirs.iter().cloned());
         let rtc = open_first("libhiprtc", &RTC_NAMES, &rtc_dirs, loader_path).ok();
@@ -312,9 +316,10 @@ impl HipApi {
                 match hip.get::<GetDeviceProperties>(b"hipGetDevicePropertiesR0600\0") {
                     Ok(f) => (*f, PropsLayout::R0600),
                     Err(_) => (
-                        *hip.get::<GetDeviceProperties>(b"hipGetDeviceProperties\0").map_err(
-                            |e| format!("{}: no hipGetDeviceProperties: {e}", hip_path.display()),
-                        )?,
+                        *hip.get::<GetDeviceProperties>(b"hipGetDeviceProperties\0")
+                            .map_err(|e| {
+                                format!("{}: no hipGetDeviceProperties: {e}", hip_path.display())
+                            })?,
                         PropsLayout::R0000,
                     ),
                 };
@@ -382,7 +387,9 @@ mod tests {
     fn nothing_found_says_in_one_line_what_was_tried() {
         let dir = std::env::temp_dir().join(format!("attnlab-nohip-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let err = HipApi::load_from(std::slice::from_ref(&dir), false).err().unwrap();
+        let err = HipApi::load_from(std::slice::from_ref(&dir), false)
+            .err()
+            .unwrap();
         let _ = std::fs::remove_dir_all(&dir);
         assert!(!err.contains('\n'), "{err}");
         assert!(err.starts_with("libamdhip64 not found; tried "), "{err}");
@@ -396,9 +403,17 @@ mod tests {
         for d in DECLARATIONS {
             assert!(names.insert(d.name), "{} declared twice", d.name);
             assert!(["hip", "hiprtc"].contains(&d.library), "{}", d.name);
-            assert_eq!(d.library == "hiprtc", d.name.starts_with("hiprtc"), "{}", d.name);
+            assert_eq!(
+                d.library == "hiprtc",
+                d.name.starts_with("hiprtc"),
+                "{}",
+                d.name
+            );
         }
-        assert!(!names.contains("hipGetDeviceProperties"), "loaded per layout, not in the table");
+        assert!(
+            !names.contains("hipGetDeviceProperties"),
+            "loaded per layout, not in the table"
+        );
     }
 
     #[test]

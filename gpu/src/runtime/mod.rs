@@ -84,9 +84,12 @@ impl Target {
     /// is accepted: the device, not this list, says what it is.
     pub fn from_gcn_arch_name(name: &str) -> Result<Self> {
         let processor = name.split(':').next().unwrap_or_default();
-        let ok = processor
-            .strip_prefix("gfx")
-            .is_some_and(|n| (3..=4).contains(&n.len()) && n.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) && n.as_bytes()[0].is_ascii_digit());
+        let ok = processor.strip_prefix("gfx").is_some_and(|n| {
+            (3..=4).contains(&n.len())
+                && n.bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+                && n.as_bytes()[0].is_ascii_digit()
+        });
         if !ok {
             return Err(SharedError::invalid(
                 "gcnArchName",
@@ -278,9 +281,9 @@ pub fn open() -> Result<Box<dyn Device>> {
     };
     match cuda::CudaDevice::open() {
         Ok(d) => Ok(Box::new(d)),
-        Err(GpuError::NoDevice(why)) => {
-            Err(GpuError::NoDevice(format!("HIP: {hip_reason}; CUDA: {why}")))
-        }
+        Err(GpuError::NoDevice(why)) => Err(GpuError::NoDevice(format!(
+            "HIP: {hip_reason}; CUDA: {why}"
+        ))),
         Err(e) => Err(e),
     }
 }
@@ -341,9 +344,9 @@ pub fn open_kind_noting(kind: DeviceKind) -> Result<(Box<dyn Device>, Option<Str
             Ok(d) => Ok((d, None)),
             Err(GpuError::NoDevice(gpu_why)) => match host::HostDevice::open(host_wave) {
                 Ok(d) => Ok((Box::new(d), Some(gpu_why))),
-                Err(GpuError::NoDevice(host_why)) => Err(GpuError::NoDevice(format!(
-                    "{gpu_why}; host: {host_why}"
-                ))),
+                Err(GpuError::NoDevice(host_why)) => {
+                    Err(GpuError::NoDevice(format!("{gpu_why}; host: {host_why}")))
+                }
                 Err(e) => Err(e),
             },
             Err(e) => Err(e),
@@ -429,42 +432,81 @@ mod tests {
     #[test]
     fn names_that_are_not_gfx_processors_are_refused_naming_the_value() {
         // 910 / 942: what the old numeric attribute 10003 gave on HIP 5.
-        for bad in ["", "910", "942", "gfx", "gfx9", "gfx12345", "gfxzzz", "sm_90", "GFX942", ":xnack-", "gfxa42"] {
-            let e = Target::from_gcn_arch_name(bad).err().unwrap_or_else(|| panic!("{bad:?} accepted"));
+        for bad in [
+            "", "910", "942", "gfx", "gfx9", "gfx12345", "gfxzzz", "sm_90", "GFX942", ":xnack-",
+            "gfxa42",
+        ] {
+            let e = Target::from_gcn_arch_name(bad)
+                .err()
+                .unwrap_or_else(|| panic!("{bad:?} accepted"));
             let text = e.to_string();
-            assert!(text.contains(&format!("'{bad}'")) && text.contains("gfx942:sramecc+:xnack-"), "{text}");
+            assert!(
+                text.contains(&format!("'{bad}'")) && text.contains("gfx942:sramecc+:xnack-"),
+                "{text}"
+            );
         }
     }
 
     #[test]
     fn the_arch_is_read_at_each_layouts_offset_and_the_numeric_attribute_is_not_used() {
-        for (layout, at) in [(hip_sys::PropsLayout::R0000, 396), (hip_sys::PropsLayout::R0600, 1160)] {
+        for (layout, at) in [
+            (hip_sys::PropsLayout::R0000, 396),
+            (hip_sys::PropsLayout::R0600, 1160),
+        ] {
             let mut props = vec![0u8; hip_sys::PROPS_BUFFER_BYTES];
             props[at..at + 22].copy_from_slice(b"gfx942:sramecc+:xnack-");
-            assert_eq!(hip::gcn_arch_name_in(&props, layout).as_deref(), Some("gfx942:sramecc+:xnack-"));
+            assert_eq!(
+                hip::gcn_arch_name_in(&props, layout).as_deref(),
+                Some("gfx942:sramecc+:xnack-")
+            );
             // The other layout's slot is empty there.
-            let other = if at == 396 { hip_sys::PropsLayout::R0600 } else { hip_sys::PropsLayout::R0000 };
+            let other = if at == 396 {
+                hip_sys::PropsLayout::R0600
+            } else {
+                hip_sys::PropsLayout::R0000
+            };
             assert_eq!(hip::gcn_arch_name_in(&props, other).as_deref(), Some(""));
         }
         // No NUL in the 256 bytes: not a name.
         let props = vec![b'g'; hip_sys::PROPS_BUFFER_BYTES];
-        assert_eq!(hip::gcn_arch_name_in(&props, hip_sys::PropsLayout::R0000), None);
+        assert_eq!(
+            hip::gcn_arch_name_in(&props, hip_sys::PropsLayout::R0000),
+            None
+        );
         assert_eq!(hip_sys::ATTR_GCN_ARCH_HIP5, 10003);
         let src = include_str!("hip.rs");
-        assert!(!src.contains("ATTR_GCN_ARCH_HIP5"), "hip.rs must not ask attribute 10003");
+        assert!(
+            !src.contains("ATTR_GCN_ARCH_HIP5"),
+            "hip.rs must not ask attribute 10003"
+        );
     }
 
     #[test]
     fn device_flag_parses_auto_cuda_hip_host_and_wave_only_where_a_host_may_run() {
-        assert_eq!(DeviceKind::parse("auto", None).unwrap(), DeviceKind::Auto { host_wave: 32 });
-        assert_eq!(DeviceKind::parse("auto", Some(64)).unwrap(), DeviceKind::Auto { host_wave: 64 });
-        assert_eq!(DeviceKind::parse("host", Some(64)).unwrap(), DeviceKind::Host { wave: 64 });
+        assert_eq!(
+            DeviceKind::parse("auto", None).unwrap(),
+            DeviceKind::Auto { host_wave: 32 }
+        );
+        assert_eq!(
+            DeviceKind::parse("auto", Some(64)).unwrap(),
+            DeviceKind::Auto { host_wave: 64 }
+        );
+        assert_eq!(
+            DeviceKind::parse("host", Some(64)).unwrap(),
+            DeviceKind::Host { wave: 64 }
+        );
         assert_eq!(DeviceKind::parse("hip", None).unwrap(), DeviceKind::Hip);
         assert_eq!(DeviceKind::parse("cuda", None).unwrap(), DeviceKind::Cuda);
         let e = DeviceKind::parse("cuda", Some(64)).unwrap_err().to_string();
-        assert!(e.contains("--wave applies to --device host or auto only"), "{e}");
+        assert!(
+            e.contains("--wave applies to --device host or auto only"),
+            "{e}"
+        );
         let e = DeviceKind::parse("rocm", None).unwrap_err().to_string();
-        assert!(e.contains("'rocm'") && e.contains("auto, cuda, hip, host"), "{e}");
+        assert!(
+            e.contains("'rocm'") && e.contains("auto, cuda, hip, host"),
+            "{e}"
+        );
         let e = DeviceKind::parse("host", Some(48)).unwrap_err().to_string();
         assert!(e.contains("48") && e.contains("32, 64"), "{e}");
     }
