@@ -58,7 +58,7 @@ pub const MEMCPY_DEVICE_TO_DEVICE: MemcpyKind = 3;
 /// | layout | entry point | struct size | `gcnArchName` at | headers |
 /// |---|---|---|---|---|
 /// | `R0000` | `hipGetDeviceProperties` | 792 | 396 | HIP 5.2 (Debian), 5.7.1; `hipDeviceProp_tR0000` of HIP 6 |
-/// | `R0600` | `hipGetDevicePropertiesR0600` | 1472 | 1160 | HIP 6.0.0, 6.2.2, 6.3 (ROCm/HIP + ROCm/clr), 7.x (ROCm/rocm-systems: same fields) |
+/// | `R0600` | `hipGetDevicePropertiesR0600` | 1472 | 1160 | HIP 6.0.0, 6.2.2 and the 2024-10 HEAD (ROCm/HIP + ROCm/clr); 7.x (ROCm/rocm-systems: same fields up to `gcnArchName`) |
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PropsLayout {
     R0000,
