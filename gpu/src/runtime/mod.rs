@@ -40,7 +40,8 @@ pub type Result<T> = std::result::Result<T, GpuError>;
 pub enum Target {
     /// NVIDIA, compiled by NVRTC: `sm_90` etc. (number = major*10 + minor).
     Cuda { sm: u32 },
-    /// AMD CDNA, compiled by hipRTC or hipcc: `gfx90a`, `gfx940`, `gfx942`.
+    /// AMD, compiled by hipRTC (on the device), hipcc (gfx90a, gfx940) or
+    /// clang >= 20 (gfx941, gfx942, gfx950); a device reports any gfx name.
     Amd { gfx: String },
     /// The CPU ([`host`]), compiled by the system C++ compiler, with waves of
     /// 32 or 64 lanes: `host32`, `host64`.
