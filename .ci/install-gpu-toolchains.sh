@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs the GPU compilers `attnlab gpu compile` needs on a machine with no
 # GPU: hipcc + libamdhip64-dev (Debian 12: HIP 5.2, clang 15) for gfx90a and
-# gfx940, and NVRTC from PyPI for sm_90 (cudarc loads libnvrtc at run time).
+# gfx940 (its headers also serve gpu/tests/hip_headers.rs), clang-22 +
+# lld-22 (Debian 12, LLVM 22.1) for gfx942 and gfx950, which clang 15 does
+# not know, and NVRTC from PyPI for sm_90 (cudarc loads libnvrtc at run time).
 #
 # Meant to be sourced (`. .ci/install-gpu-toolchains.sh`) so that
 # ATTNLAB_NVRTC_DIR and LD_LIBRARY_PATH reach the caller. It leaves the
@@ -18,9 +20,13 @@ PY
 }
 
 _attnlab_install_gpu_toolchains() {
-    if ! command -v hipcc >/dev/null 2>&1; then
+    local want=""
+    command -v hipcc >/dev/null 2>&1 || want="hipcc libamdhip64-dev"
+    command -v clang++-22 >/dev/null 2>&1 || want="$want clang-22 lld-22"
+    if [ -n "$want" ]; then
         DEBIAN_FRONTEND=noninteractive apt-get update -qq || return 1
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends hipcc libamdhip64-dev >/dev/null || return 1
+        # shellcheck disable=SC2086
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $want >/dev/null || return 1
     fi
     if [ -z "$(_attnlab_nvrtc_dir)" ]; then
         python3 -m pip install -q --disable-pip-version-check "nvidia-cuda-nvrtc-cu12==12.8.*" || return 1
@@ -32,6 +38,6 @@ _attnlab_install_gpu_toolchains() {
 }
 
 if ! _attnlab_install_gpu_toolchains; then
-    echo "install-gpu-toolchains: could not install hipcc/libamdhip64-dev or NVRTC" >&2
+    echo "install-gpu-toolchains: could not install hipcc/libamdhip64-dev, clang-22/lld-22 or NVRTC" >&2
     return 1 2>/dev/null || exit 1
 fi

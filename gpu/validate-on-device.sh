@@ -16,6 +16,9 @@
 # MAX_SECONDS=S makes each family stop drawing cases after S seconds and
 # report the ones that ran (prefer it); FAMILY_TIMEOUT=SECONDS kills a family
 # that runs longer (its rc is then 124, no report, the others still count).
+# DEVICE=hip|cuda|host names the device; by default the GPU present (HIP first), and
+# without one the run stops (`diff --device auto` would fall back to the
+# host device, which is not what this script measures).
 # Exit status: 1 when any family mismatches or fails, else 0.
 set -u
 BIN=${1:?usage: validate-on-device.sh BIN OUTDIR [CASES] [SEED] [STEPS]}
@@ -32,6 +35,20 @@ status=0
     echo "cases $CASES seed $SEED steps: $STEPS"
 } >"$OUT/summary.txt"
 
+if [ -z "${DEVICE:-}" ]; then
+    for d in hip cuda; do
+        if "$BIN" diff --device "$d" --backend contract --cases 0 2>/dev/null | grep -q '^device:'; then
+            DEVICE=$d
+            break
+        fi
+    done
+fi
+if [ -z "${DEVICE:-}" ]; then
+    echo "no GPU: $("$BIN" diff --device hip --backend contract --cases 0 2>&1 | head -1); $("$BIN" diff --device cuda --backend contract --cases 0 2>&1 | head -1)" | tee -a "$OUT/summary.txt"
+    exit 1
+fi
+echo "attnlab device: $DEVICE" >>"$OUT/summary.txt"
+
 # Every diff family (`diff --list`) unless FAMILIES narrows them.
 families=${FAMILIES:-$("$BIN" diff --list)}
 
@@ -44,8 +61,8 @@ if [[ " $STEPS " == *" diff "* ]]; then
     # One process per family, JOBS at a time, each with its share of the cores.
     threads=$(( $(nproc) / JOBS )); (( threads < 1 )) && threads=1
     printf '%s\n' $families | RAYON_NUM_THREADS=$threads xargs -P "$JOBS" -I{} sh -c \
-        's=$(date +%s); timeout "${FAMILY_TIMEOUT:-0}" "$0" diff --backend {} --cases "$1" --seed "$2" ${MAX_SECONDS:+--max-seconds $MAX_SECONDS} --json >"$3/{}.json" 2>"$3/{}.err"; echo $? >"$3/{}.rc"; echo $(( $(date +%s) - s )) >"$3/{}.secs"' \
-        "$BIN" "$CASES" "$SEED" "$work"
+        's=$(date +%s); timeout "${FAMILY_TIMEOUT:-0}" "$0" diff --device "$4" --backend {} --cases "$1" --seed "$2" ${MAX_SECONDS:+--max-seconds $MAX_SECONDS} --json >"$3/{}.json" 2>"$3/{}.err"; echo $? >"$3/{}.rc"; echo $(( $(date +%s) - s )) >"$3/{}.secs"' \
+        "$BIN" "$CASES" "$SEED" "$work" "$DEVICE"
     echo "[" >"$OUT/diff.json"
     sep=""
     for f in $families; do
@@ -89,7 +106,7 @@ if [[ " $STEPS " == *" sanitizer "* ]]; then
             seed=$([ $tool = memcheck ] && echo 5 || echo 6)
             echo "== compute-sanitizer --tool $tool $BIN diff --backend F --cases ${SAN_CASES:-2} --seed $seed, F in: $(echo $families)" >>"$OUT/sanitizer.txt"
             printf '%s\n' $families | xargs -P "$JOBS" -I{} sh -c \
-                'timeout "${SAN_TIMEOUT:-300}" compute-sanitizer --tool "$1" "$0" diff --backend {} --cases "$2" --seed "$3" >"$4/san-$1-{}.txt" 2>&1; echo "exit $?" >>"$4/san-$1-{}.txt"' \
+                'timeout "${SAN_TIMEOUT:-300}" compute-sanitizer --tool "$1" "$0" diff --device cuda --backend {} --cases "$2" --seed "$3" >"$4/san-$1-{}.txt" 2>&1; echo "exit $?" >>"$4/san-$1-{}.txt"' \
                 "$BIN" "$tool" "${SAN_CASES:-2}" "$seed" "$work"
             for f in $families; do
                 log="$work/san-$tool-$f.txt"
@@ -107,7 +124,7 @@ if [[ " $STEPS " == *" sanitizer "* ]]; then
 fi
 
 if [[ " $STEPS " == *" bench "* ]]; then
-    ATTNLAB_BENCH_DIR="$OUT" timeout 300 "$BIN" bench --gpu --repeats 5 >"$OUT/bench.txt" 2>&1
+    ATTNLAB_BENCH_DIR="$OUT" timeout 300 "$BIN" bench --gpu --device "$DEVICE" --repeats 5 >"$OUT/bench.txt" 2>&1
     echo "bench: exit $?" >>"$OUT/summary.txt"
 fi
 cat "$OUT/summary.txt"

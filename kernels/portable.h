@@ -23,7 +23,16 @@
 #if !defined(__HIPCC_RTC__)
 #include <hip/hip_runtime.h>  // hipRTC pre-includes it; offline hipcc needs it
 #endif
+// Lanes per wave: clang's __AMDGCN_WAVEFRONT_SIZE where it still exists
+// (LLVM 22 removed it); else GCN/CDNA (gfx9 and older) run 64-lane waves
+// only and RDNA (gfx10-12) compiles HIP for 32 unless told otherwise.
+#if defined(__AMDGCN_WAVEFRONT_SIZE)
 #define WAVE_SIZE __AMDGCN_WAVEFRONT_SIZE
+#elif defined(__GFX10__) || defined(__GFX11__) || defined(__GFX12__)
+#define WAVE_SIZE 32
+#else
+#define WAVE_SIZE 64
+#endif
 #define SHFL_XOR(v, off) __shfl_xor((v), (off))
 #elif defined(ATTNLAB_HOST)
 // The CPU (attnlab-gpu's host device, gpu/src/runtime/host.rs): the unit is

@@ -1,8 +1,11 @@
 //! Compiling every kernel for a target with no device present
-//! (`attnlab gpu compile --target`): NVRTC for `sm_XX` (loaded at run time),
-//! hipcc for `gfx*` (Debian's `hipcc` + `libamdhip64-dev`, HIP 5.2 / clang
-//! 15). CI runs it for gfx90a, gfx940 and sm_90 so a kernel that stops
-//! compiling for AMD fails there, not on a user's MI300.
+//! (`attnlab gpu compile --target`): NVRTC for `sm_XX` (loaded at run time);
+//! for AMD, hipcc for gfx90a and gfx940 (Debian's `hipcc` +
+//! `libamdhip64-dev`, HIP 5.2 / clang 15, which knows no later gfx9 part)
+//! and a clang >= 20 for gfx941, gfx942 and gfx950 ([`AmdClang`]: Debian
+//! 12's `clang-22`, or ROCm's own clang). CI runs every target it has a
+//! compiler for, so a kernel that stops compiling for AMD fails there, not
+//! on a user's MI300 or MI355.
 
 use crate::kernels::{translation_unit, Defines, Family, FAMILIES};
 use crate::runtime::cuda::nvrtc_compile_logged;
@@ -89,6 +92,7 @@ pub fn compile_families_with(
             }
             "nvrtc".to_string()
         }
+        Target::Amd { gfx } if AmdClang::needed_for(gfx) => AmdClang::detect()?.describe(),
         Target::Amd { .. } => {
             if Command::new("hipcc").arg("--version").output().is_err() {
                 return Err(GpuError::NoDevice(
@@ -136,6 +140,9 @@ fn compile_one(
             };
             nvrtc_compile_logged(*sm, &name, &unit, defines, extra)
                 .map(|(img, log)| (img.bytes.len(), ptxas_resources(&log)))
+        }
+        Target::Amd { gfx } if AmdClang::needed_for(gfx) => {
+            AmdClang::detect()?.compile(gfx, &name, &unit, defines, resources)
         }
         Target::Amd { gfx } => hipcc_compile(gfx, &name, &unit, defines, resources),
         Target::Host { wave } => crate::runtime::host::HostCompiler::detect()?
@@ -242,14 +249,161 @@ fn amd_resources(stderr: &str) -> Vec<String> {
         .collect()
 }
 
-/// hipcc to a code object in a temporary folder; returns its size (and
-/// with `resources` the per-kernel resource remarks).
-fn hipcc_compile(
+/// The device libraries clang links into every code object, as hipcc does
+/// by default (no fast math, IEEE square root, code object ABI 5, wave 64):
+/// target-independent bitcode, so Debian's HIP 5.2 copies serve gfx942 and
+/// gfx950 too. No `oclc_isa_version_*` is linked (Debian has none past
+/// 940): a kernel that needed one would fail to link, naming the symbol.
+pub const AMD_DEVICE_LIBS: [&str; 9] = [
+    "hip",
+    "ockl",
+    "ocml",
+    "oclc_abi_version_500",
+    "oclc_wavefrontsize64_on",
+    "oclc_daz_opt_off",
+    "oclc_finite_only_off",
+    "oclc_unsafe_math_off",
+    "oclc_correctly_rounded_sqrt_on",
+];
+
+/// A clang that knows gfx941/942/950 (LLVM >= 20) and the HIP device
+/// libraries' bitcode. Found as `$ATTNLAB_AMD_CLANG`, else `clang++-22`,
+/// `clang++-21`, `clang++-20`, `$ROCM_PATH/llvm/bin/clang++`,
+/// `/opt/rocm/llvm/bin/clang++`; the bitcode in `$ATTNLAB_AMD_DEVICE_LIBS`,
+/// else Debian's `/usr/lib/x86_64-linux-gnu/amdgcn/bitcode`, else
+/// `$ROCM_PATH/amdgcn/bitcode`, `/opt/rocm/amdgcn/bitcode`.
+#[derive(Debug, Clone)]
+pub struct AmdClang {
+    pub program: std::path::PathBuf,
+    pub version: String,
+    pub device_libs: std::path::PathBuf,
+}
+
+impl AmdClang {
+    /// The AMD targets Debian's hipcc (clang 15) does not know.
+    pub fn needed_for(gfx: &str) -> bool {
+        ["gfx941", "gfx942", "gfx950"].contains(&gfx)
+    }
+
+    pub fn detect() -> Result<Self> {
+        use std::path::PathBuf;
+        let rocm = std::env::var_os("ROCM_PATH").map(PathBuf::from);
+        let mut programs: Vec<PathBuf> = Vec::new();
+        if let Some(p) = std::env::var_os("ATTNLAB_AMD_CLANG") {
+            programs.push(p.into());
+        }
+        programs.extend(["clang++-22", "clang++-21", "clang++-20"].map(PathBuf::from));
+        if let Some(r) = &rocm {
+            programs.push(r.join("llvm/bin/clang++"));
+        }
+        programs.push("/opt/rocm/llvm/bin/clang++".into());
+        let found = programs.iter().find_map(|p| {
+            let out = Command::new(p).arg("--version").output().ok()?;
+            out.status.success().then(|| {
+                let v = String::from_utf8_lossy(&out.stdout);
+                (
+                    p.clone(),
+                    v.lines().next().unwrap_or_default().trim().to_string(),
+                )
+            })
+        });
+        let Some((program, version)) = found else {
+            return Err(GpuError::NoDevice(format!(
+                "no clang for gfx941/gfx942/gfx950 (LLVM >= 20); tried {}; run .ci/install-gpu-toolchains.sh (Debian 12: clang-22 lld-22) or set ATTNLAB_AMD_CLANG",
+                programs.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+            )));
+        };
+        let mut lib_dirs: Vec<PathBuf> = Vec::new();
+        if let Some(p) = std::env::var_os("ATTNLAB_AMD_DEVICE_LIBS") {
+            lib_dirs.push(p.into());
+        }
+        lib_dirs.push("/usr/lib/x86_64-linux-gnu/amdgcn/bitcode".into());
+        if let Some(r) = &rocm {
+            lib_dirs.push(r.join("amdgcn/bitcode"));
+        }
+        lib_dirs.push("/opt/rocm/amdgcn/bitcode".into());
+        let Some(device_libs) = lib_dirs
+            .iter()
+            .find(|d| d.join("ocml.bc").exists())
+            .cloned()
+        else {
+            return Err(GpuError::NoDevice(format!(
+                "no HIP device libraries (ocml.bc) in {}; apt-get install rocm-device-libs or set ATTNLAB_AMD_DEVICE_LIBS",
+                lib_dirs.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+            )));
+        };
+        Ok(AmdClang {
+            program,
+            version,
+            device_libs,
+        })
+    }
+
+    pub fn describe(&self) -> String {
+        format!("{} ({})", self.program.display(), self.version)
+    }
+
+    /// The arguments compiling `src` to the code object `out` for `gfx`.
+    pub fn args(
+        &self,
+        gfx: &str,
+        src: &std::path::Path,
+        out: &std::path::Path,
+        defines: &Defines,
+    ) -> Vec<std::ffi::OsString> {
+        let mut a: Vec<std::ffi::OsString> = vec![
+            "-x".into(),
+            "hip".into(),
+            format!("--offload-arch={gfx}").into(),
+            "--cuda-device-only".into(),
+            "--no-gpu-bundle-output".into(),
+            "-nogpulib".into(),
+            // CDNA waves are 64 lanes; LLVM 22 no longer predefines the
+            // macro HIP 5.2's headers and kernels/portable.h read.
+            "-D__AMDGCN_WAVEFRONT_SIZE=64".into(),
+        ];
+        a.extend(HIPCC_FLAGS[1..].iter().map(|f| f.into()));
+        for lib in AMD_DEVICE_LIBS {
+            a.push("-Xclang".into());
+            a.push("-mlink-builtin-bitcode".into());
+            a.push("-Xclang".into());
+            a.push(self.device_libs.join(format!("{lib}.bc")).into());
+        }
+        a.extend(defines.iter().map(|(k, v)| format!("-D{k}={v}").into()));
+        a.push(src.into());
+        a.push("-o".into());
+        a.push(out.into());
+        a
+    }
+
+    fn compile(
+        &self,
+        gfx: &str,
+        name: &str,
+        unit: &str,
+        defines: &Defines,
+        resources: bool,
+    ) -> Result<(usize, Vec<String>)> {
+        let mut cmd = Command::new(&self.program);
+        let extra: &[&str] = if resources {
+            &["-Rpass-analysis=kernel-resource-usage"]
+        } else {
+            &[]
+        };
+        run_to_code_object(gfx, name, unit, |src, out| {
+            cmd.args(self.args(gfx, src, out, defines)).args(extra);
+            cmd.output()
+        })
+    }
+}
+
+/// Writes `unit` to a temporary folder, runs `compile(src, out)` and
+/// returns the code object's size and the resource remarks.
+fn run_to_code_object(
     gfx: &str,
     name: &str,
     unit: &str,
-    defines: &Defines,
-    resources: bool,
+    compile: impl FnOnce(&std::path::Path, &std::path::Path) -> std::io::Result<std::process::Output>,
 ) -> Result<(usize, Vec<String>)> {
     let fail = |log: String| GpuError::Compile {
         kernel: name.to_string(),
@@ -257,7 +411,7 @@ fn hipcc_compile(
         log,
     };
     let dir = std::env::temp_dir().join(format!(
-        "attnlab-hipcc-{}-{}",
+        "attnlab-amd-{}-{}-{gfx}",
         std::process::id(),
         name.trim_end_matches(".hip")
     ));
@@ -265,16 +419,7 @@ fn hipcc_compile(
     let src = dir.join(name);
     let out = dir.join(format!("{gfx}.hsaco"));
     std::fs::write(&src, unit).map_err(|e| fail(format!("writing {}: {e}", src.display())))?;
-    let mut cmd = Command::new("hipcc");
-    cmd.arg(format!("--offload-arch={gfx}")).args(HIPCC_FLAGS);
-    cmd.args(defines.iter().map(|(k, v)| format!("-D{k}={v}")));
-    if resources {
-        cmd.arg("-Rpass-analysis=kernel-resource-usage");
-    }
-    cmd.arg(&src).arg("-o").arg(&out);
-    let output = cmd
-        .output()
-        .map_err(|e| fail(format!("running hipcc: {e}")))?;
+    let output = compile(&src, &out).map_err(|e| fail(format!("running the compiler: {e}")))?;
     let result = if output.status.success() {
         std::fs::metadata(&out)
             .map(|m| {
@@ -293,4 +438,96 @@ fn hipcc_compile(
     };
     let _ = std::fs::remove_dir_all(&dir);
     result
+}
+
+/// hipcc to a code object in a temporary folder; returns its size (and
+/// with `resources` the per-kernel resource remarks).
+fn hipcc_compile(
+    gfx: &str,
+    name: &str,
+    unit: &str,
+    defines: &Defines,
+    resources: bool,
+) -> Result<(usize, Vec<String>)> {
+    run_to_code_object(gfx, name, unit, |src, out| {
+        let mut cmd = Command::new("hipcc");
+        cmd.arg(format!("--offload-arch={gfx}")).args(HIPCC_FLAGS);
+        cmd.args(defines.iter().map(|(k, v)| format!("-D{k}={v}")));
+        if resources {
+            cmd.arg("-Rpass-analysis=kernel-resource-usage");
+        }
+        cmd.arg(src).arg("-o").arg(out);
+        cmd.output()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::{Path, PathBuf};
+
+    #[test]
+    fn only_the_gfx9_parts_debians_hipcc_does_not_know_go_to_clang() {
+        for (gfx, clang) in [
+            ("gfx90a", false),
+            ("gfx940", false),
+            ("gfx941", true),
+            ("gfx942", true),
+            ("gfx950", true),
+        ] {
+            assert_eq!(AmdClang::needed_for(gfx), clang, "{gfx}");
+        }
+    }
+
+    #[test]
+    fn clang_compiles_device_only_with_the_contract_flags_and_every_device_library() {
+        let c = AmdClang {
+            program: "clang++-22".into(),
+            version: "test".into(),
+            device_libs: "/bc".into(),
+        };
+        let defines = vec![("DTYPE".to_string(), "2".to_string())];
+        let args: Vec<String> = c
+            .args(
+                "gfx950",
+                Path::new("/t/k.hip"),
+                Path::new("/t/k.hsaco"),
+                &defines,
+            )
+            .into_iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        for want in [
+            "--offload-arch=gfx950",
+            "--cuda-device-only",
+            "--no-gpu-bundle-output",
+            "-nogpulib",
+            "-ffp-contract=off",
+            "-fno-fast-math",
+            "-O3",
+            "-std=c++17",
+            "-D__AMDGCN_WAVEFRONT_SIZE=64",
+            "-DDTYPE=2",
+        ] {
+            assert!(args.iter().any(|a| a == want), "no {want} in {args:?}");
+        }
+        assert!(
+            !args.iter().any(|a| a == "--genco"),
+            "hipcc's flag, not clang's"
+        );
+        let linked: Vec<PathBuf> = args
+            .windows(2)
+            .filter(|w| w[0] == "-Xclang" && w[1].ends_with(".bc"))
+            .map(|w| PathBuf::from(&w[1]))
+            .collect();
+        let want: Vec<PathBuf> = AMD_DEVICE_LIBS
+            .iter()
+            .map(|l| Path::new("/bc").join(format!("{l}.bc")))
+            .collect();
+        assert_eq!(linked, want);
+        assert!(!linked
+            .iter()
+            .any(|p| p.to_string_lossy().contains("isa_version")));
+        assert_eq!(&args[args.len() - 3..], ["/t/k.hip", "-o", "/t/k.hsaco"]);
+    }
 }

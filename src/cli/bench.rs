@@ -57,6 +57,14 @@ pub struct Args {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// With --gpu: `auto` (default: whichever GPU is present), `cuda`, `hip`,
+    /// or `host` (the kernels on the CPU; its timings are the CPU's wall
+    /// time, so it is used only when named, best with --filter).
+    #[arg(long, default_value = "auto", value_parser = ["auto", "cuda", "hip", "host"], ignore_case = true)]
+    pub device: String,
+    /// With --device host: lanes per wave (32 or 64).
+    #[arg(long, value_parser = ["32", "64"])]
+    pub wave: Option<String>,
     /// With --gpu: only rows whose "<kernel> b<batch> ctx<context> <hq>/<hkv>"
     /// label contains this substring or one of its comma-separated alternatives
     /// (e.g. `paged_attention_ll4mi`, `ll4mi b64 ctx8192,2d b64 ctx8192`).
@@ -177,7 +185,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let repeats = bounded("--repeats", args.repeats, 1, &MAX_REPEATS)?;
     // The device first: without one (and no --allow-no-device) nothing runs.
     let gpu = match args.gpu {
-        true => Some(super::gpu::open_for_bench(args.allow_no_device)?),
+        true => {
+            let device = args.device.to_ascii_lowercase();
+            if let (Some(w), "cuda" | "hip" | "auto") = (args.wave.as_deref(), device.as_str()) {
+                return Err(Usage(format!("--wave {w} applies to --device host only")).into());
+            }
+            let wave = args.wave.as_deref().map(|w| if w == "64" { 64 } else { 32 });
+            Some(super::gpu::open_for_bench(&device, wave, args.allow_no_device)?)
+        }
         false => None,
     };
     let mut json = serde_json::Map::new();

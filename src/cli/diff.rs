@@ -1,10 +1,12 @@
 //! `attnlab diff [--backend NAME|all] [--cases N] [--seed S] [--json] [--list]
-//! [--device cuda|hip|host [--wave 32|64]]`: runs each kernel on the emulator
-//! and on the GPU (or, with `--device host`, on the CPU through the host
-//! device, with 32- or 64-lane waves) over random cases and compares bit
-//! patterns. Per kernel: cases, elements, bit-exact count and the first
-//! mismatch (indices, both values, ulp distance). Exit 1 on any mismatch;
-//! without a device, exit 3 (`--allow-no-device`: one line, exit 0).
+//! [--device auto|cuda|hip|host] [--wave 32|64]`: runs each kernel on the
+//! emulator and on the GPU (or, with `--device host`, on the CPU through the
+//! host device, with 32- or 64-lane waves) over random cases and compares
+//! bit patterns. `auto` (the default) takes whichever GPU is present and
+//! falls back to the host device, saying why in one line. Per kernel: cases,
+//! elements, bit-exact count and the first mismatch (indices, both values,
+//! ulp distance). Exit 1 on any mismatch; without any device (a named GPU
+//! that is absent), exit 3 (`--allow-no-device`: one line, exit 0).
 //!
 //! `--backend mma --probe`: instead of the diff, runs each matrix
 //! instruction and reports which parameter set of its model fits the
@@ -14,7 +16,7 @@
 use super::util::{bounded, exit, no_device, progress, Usage};
 use attnlab_gpu::diff::{select, DiffOptions, KernelReport, KERNEL_DIFFS};
 use attnlab_gpu::kernels::Gpu;
-use attnlab_gpu::runtime::{DeviceKind, GpuError};
+use attnlab_gpu::runtime::{open_kind_noting, DeviceKind, GpuError};
 use attnlab_shared::limits::{MAX_CASES, MAX_SECONDS};
 use serde_json::json;
 use std::process::ExitCode;
@@ -38,11 +40,13 @@ pub struct Args {
     /// Print the kernel and backend names `--backend` takes, one per line (a JSON array with --json), and exit.
     #[arg(long)]
     list: bool,
-    /// The device: `cuda`, `hip`, or `host` (the kernels compiled by the
-    /// system C++ compiler and run on the CPU). Default: the first GPU.
-    #[arg(long, value_parser = ["cuda", "hip", "host"], ignore_case = true)]
-    device: Option<String>,
-    /// Lanes per wave of `--device host` (32: NVIDIA's warps, 64: AMD's waves).
+    /// The device: `auto` (whichever GPU is present, else the host device),
+    /// `cuda`, `hip`, or `host` (the kernels compiled by the system C++
+    /// compiler and run on the CPU).
+    #[arg(long, default_value = "auto", value_parser = ["auto", "cuda", "hip", "host"], ignore_case = true)]
+    device: String,
+    /// Lanes per wave of the host device (`--device host`, or `auto` without
+    /// a GPU): 32 is NVIDIA's warp, 64 AMD's wave. Default 32.
     #[arg(long, value_parser = ["32", "64"])]
     wave: Option<String>,
     /// Per kernel: stop drawing new cases after this many seconds and report
@@ -95,23 +99,20 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if let Some(s) = args.max_seconds {
         MAX_SECONDS.check_f64("--max-seconds", s)?;
     }
-    let device = args.device.as_deref().map(str::to_ascii_lowercase);
-    let kind = match (device.as_deref(), args.wave.as_deref()) {
-        (Some("host"), wave) => Some(DeviceKind::Host {
-            wave: if wave == Some("64") { 64 } else { 32 },
-        }),
-        (_, Some(w)) => {
-            return Err(Usage(format!("--wave {w} applies to --device host only")).into())
-        }
-        (Some("cuda"), None) => Some(DeviceKind::Cuda),
-        (Some("hip"), None) => Some(DeviceKind::Hip),
-        _ => None,
-    };
-    let opened = match kind {
-        Some(k) => Gpu::open_kind(k),
-        None => Gpu::open(),
-    };
-    let gpu = match opened {
+    let device = args.device.to_ascii_lowercase();
+    if let (Some(w), "cuda" | "hip") = (args.wave.as_deref(), device.as_str()) {
+        return Err(Usage(format!(
+            "--wave {w} applies to the host device only (--device host or auto), not --device {device}"
+        ))
+        .into());
+    }
+    let wave = args
+        .wave
+        .as_deref()
+        .map(|w| if w == "64" { 64 } else { 32 });
+    let kind = DeviceKind::parse(&device, wave)?;
+    let opened = open_kind_noting(kind).map(|(dev, note)| (Gpu::new(dev), note));
+    let (gpu, fallback) = match opened {
         Ok(g) => g,
         Err(GpuError::NoDevice(why)) => {
             return no_device(
@@ -129,6 +130,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         return probe(&gpu, &args, opts);
     }
     if !args.json {
+        if let Some(why) = &fallback {
+            outln!("no GPU ({why}); using the host device");
+        }
         outln!(
             "device: {} ({}, {} SMs), {} cases per kernel, seed {}",
             info.name,
@@ -174,7 +178,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         outln!(
             "{}",
             serde_json::to_string_pretty(
-                &json!({ "device": info, "cases": opts.cases, "seed": opts.seed, "bit_exact": all_exact, "kernels": reports, "errors": errors })
+                &json!({ "device": info, "gpu_fallback": fallback, "cases": opts.cases, "seed": opts.seed, "bit_exact": all_exact, "kernels": reports, "errors": errors })
             )?
         );
     } else {

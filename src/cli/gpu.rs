@@ -1,4 +1,4 @@
-//! `attnlab gpu compile --target gfx90a|gfx940|sm_90 [--json]`: compiles every
+//! `attnlab gpu compile --target gfx90a|gfx940|gfx942|gfx950|sm_90 [--json]`: compiles every
 //! kernel family (every representative dtype variant) for one target with no
 //! device present, and reports per kernel. Exit 0 when all compile, 1 when
 //! any fails or for a bad target, 3 without the target's compiler (0 with
@@ -8,8 +8,8 @@ use super::util::{emit, exit, no_device, progress, spinner, NoDevice};
 use attnlab_gpu::bench::{self, BenchOptions, BenchReport};
 use attnlab_gpu::compile::{compile_families_with, CompileReport};
 use attnlab_gpu::kernels::Gpu;
-use attnlab_gpu::runtime::GpuError;
 use attnlab_gpu::runtime::Target;
+use attnlab_gpu::runtime::{DeviceKind, GpuError};
 use std::process::ExitCode;
 
 #[derive(clap::Args)]
@@ -20,9 +20,10 @@ pub struct Args {
 
 #[derive(clap::Subcommand)]
 enum GpuCommand {
-    /// Compile every kernel for a target (NVRTC for sm_XX, hipcc for gfx*, the system C++ compiler for host32/host64).
+    /// Compile every kernel for a target (NVRTC for sm_XX; hipcc for gfx90a/gfx940, clang >= 20 for
+    /// gfx941/gfx942/gfx950; the system C++ compiler for host32/host64).
     Compile {
-        /// gfx90a, gfx940, gfx941, gfx942, sm_70 .. sm_120 (e.g. sm_90), or
+        /// gfx90a, gfx940, gfx941, gfx942, gfx950, sm_70 .. sm_120 (e.g. sm_90), or
         /// host32 / host64 (the host device's C++ build, 32- or 64-lane waves).
         #[arg(long, value_parser = parse_target)]
         target: Target,
@@ -114,10 +115,22 @@ fn print_report(r: &CompileReport) {
     outln!("{ok} of {} compiled", r.results.len());
 }
 
-/// The device for `bench --gpu`: `Err(why)` when there is none and
-/// `allow` (`--allow-no-device`), else no device is an exit-3 error.
-pub fn open_for_bench(allow: bool) -> anyhow::Result<Result<Gpu, String>> {
-    match Gpu::open() {
+/// The device for `bench --gpu [--device auto|cuda|hip|host]`: `Err(why)`
+/// when there is none and `allow` (`--allow-no-device`), else no device is
+/// an exit-3 error. `auto` takes whichever GPU is present and, unlike
+/// `diff`, does not fall back to the host device: the bench grid's caches
+/// (up to 24 GiB) and the CPU's wall time would take hours and measure no
+/// GPU; the host device runs when named.
+pub fn open_for_bench(
+    device: &str,
+    wave: Option<u32>,
+    allow: bool,
+) -> anyhow::Result<Result<Gpu, String>> {
+    let opened = match DeviceKind::parse(device, wave)? {
+        DeviceKind::Auto { .. } => Gpu::open(),
+        kind => Gpu::open_kind(kind),
+    };
+    match opened {
         Ok(g) => Ok(Ok(g)),
         Err(GpuError::NoDevice(why)) if allow => Ok(Err(why)),
         Err(GpuError::NoDevice(why)) => {

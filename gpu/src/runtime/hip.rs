@@ -1,117 +1,60 @@
-//! HIP backend of [`Device`] (cargo feature `rocm`): our own small FFI
-//! module over `libamdhip64` (HIP runtime + hipRTC, which ROCm 5.x ships in
-//! the same library), in the same layers as the CUDA side: raw `extern "C"`
-//! declarations, a `check` that turns status codes into errors, and the safe
-//! trait on top. hipRTC compiles with `-ffp-contract=off` (numerics.md §2);
-//! HIP's defaults already keep IEEE division and denormals.
+//! HIP backend of [`Device`]: the HIP runtime and hipRTC loaded at run time
+//! ([`super::hip_sys`]: `libamdhip64` + `libhiprtc`, HIP 5, 6 or 7), in the
+//! same layers as the CUDA side: raw entry points, a `check` that turns
+//! status codes into errors, and the safe trait on top. hipRTC compiles with
+//! `-ffp-contract=off` (numerics.md §2); HIP's defaults already keep IEEE
+//! division and denormals.
 
+use super::hip_sys::{self, HipApi, HipEvent, HipFunction, HipModule, HiprtcProgram};
 use super::{
     Arg, Device, DeviceInfo, EventId, FunctionId, GpuError, Image, LaunchDims, ModuleId, Result,
     Target,
 };
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
-use std::sync::Mutex;
-
-type HipModule = *mut c_void;
-type HipFunction = *mut c_void;
-type HipEvent = *mut c_void;
-type HiprtcProgram = *mut c_void;
-
-// Values from hip_runtime_api.h / driver_types.h (HIP 5.x).
-const ATTR_CLOCK_RATE: c_int = 5;
-const ATTR_L2_CACHE_SIZE: c_int = 19;
-const ATTR_MULTIPROCESSOR_COUNT: c_int = 63;
-const ATTR_GCN_ARCH: c_int = 10003;
-const MEMCPY_HOST_TO_DEVICE: c_int = 1;
-const MEMCPY_DEVICE_TO_HOST: c_int = 2;
-const MEMCPY_DEVICE_TO_DEVICE: c_int = 3;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 
 /// hipRTC options every kernel is compiled with.
 pub const HIPRTC_FLAGS: [&str; 3] = ["-ffp-contract=off", "-fno-fast-math", "-std=c++17"];
 
-#[link(name = "amdhip64")]
-extern "C" {
-    fn hipInit(flags: u32) -> c_int;
-    fn hipGetDeviceCount(count: *mut c_int) -> c_int;
-    fn hipSetDevice(device: c_int) -> c_int;
-    fn hipDeviceGetAttribute(value: *mut c_int, attr: c_int, device: c_int) -> c_int;
-    fn hipDeviceGetName(name: *mut c_char, len: c_int, device: c_int) -> c_int;
-    fn hipDeviceTotalMem(bytes: *mut usize, device: c_int) -> c_int;
-    fn hipGetErrorString(status: c_int) -> *const c_char;
-    fn hipMalloc(ptr: *mut *mut c_void, size: usize) -> c_int;
-    fn hipFree(ptr: *mut c_void) -> c_int;
-    fn hipMemcpy(dst: *mut c_void, src: *const c_void, size: usize, kind: c_int) -> c_int;
-    fn hipMemcpyAsync(
-        dst: *mut c_void,
-        src: *const c_void,
-        size: usize,
-        kind: c_int,
-        stream: *mut c_void,
-    ) -> c_int;
-    fn hipMemset(dst: *mut c_void, value: c_int, size: usize) -> c_int;
-    fn hipModuleLoadData(module: *mut HipModule, image: *const c_void) -> c_int;
-    fn hipModuleUnload(module: HipModule) -> c_int;
-    fn hipModuleGetFunction(
-        function: *mut HipFunction,
-        module: HipModule,
-        name: *const c_char,
-    ) -> c_int;
-    #[allow(clippy::too_many_arguments)]
-    fn hipModuleLaunchKernel(
-        f: HipFunction,
-        gx: u32,
-        gy: u32,
-        gz: u32,
-        bx: u32,
-        by: u32,
-        bz: u32,
-        shared: u32,
-        stream: *mut c_void,
-        params: *mut *mut c_void,
-        extra: *mut *mut c_void,
-    ) -> c_int;
-    fn hipDeviceSynchronize() -> c_int;
-    fn hipEventCreate(event: *mut HipEvent) -> c_int;
-    fn hipEventDestroy(event: HipEvent) -> c_int;
-    fn hipEventRecord(event: HipEvent, stream: *mut c_void) -> c_int;
-    fn hipEventSynchronize(event: HipEvent) -> c_int;
-    fn hipEventElapsedTime(ms: *mut f32, start: HipEvent, end: HipEvent) -> c_int;
-    fn hiprtcCreateProgram(
-        prog: *mut HiprtcProgram,
-        src: *const c_char,
-        name: *const c_char,
-        num_headers: c_int,
-        headers: *const *const c_char,
-        include_names: *const *const c_char,
-    ) -> c_int;
-    fn hiprtcCompileProgram(
-        prog: HiprtcProgram,
-        num_options: c_int,
-        options: *const *const c_char,
-    ) -> c_int;
-    fn hiprtcGetProgramLogSize(prog: HiprtcProgram, size: *mut usize) -> c_int;
-    fn hiprtcGetProgramLog(prog: HiprtcProgram, log: *mut c_char) -> c_int;
-    fn hiprtcGetCodeSize(prog: HiprtcProgram, size: *mut usize) -> c_int;
-    fn hiprtcGetCode(prog: HiprtcProgram, code: *mut c_char) -> c_int;
-    fn hiprtcDestroyProgram(prog: *mut HiprtcProgram) -> c_int;
-}
-
-fn check(api: &'static str, status: c_int) -> Result<()> {
-    if status == 0 {
+/// A status code as an error naming the call, HIP's message and the code.
+fn check(api: &HipApi, call: &'static str, status: c_int) -> Result<()> {
+    if status == hip_sys::SUCCESS {
         return Ok(());
     }
-    // SAFETY: hipGetErrorString returns a static NUL-terminated string.
-    let msg = unsafe { CStr::from_ptr(hipGetErrorString(status)) }
-        .to_string_lossy()
-        .into_owned();
+    // SAFETY: hipGetErrorString returns a static NUL-terminated string (or
+    // null for a code it does not know).
+    let text = unsafe { (api.fns.hipGetErrorString)(status) };
+    let msg = if text.is_null() {
+        "unknown HIP error".to_string()
+    } else {
+        // SAFETY: non-null, NUL-terminated, static.
+        unsafe { CStr::from_ptr(text) }
+            .to_string_lossy()
+            .into_owned()
+    };
     Err(GpuError::Driver {
-        api,
+        api: call,
         msg: format!("{msg} ({status})"),
     })
 }
 
+/// hipRTC's name for a status code.
+fn rtc_status(api: &HipApi, status: c_int) -> String {
+    // SAFETY: as hipGetErrorString.
+    let text = unsafe { (api.fns.hiprtcGetErrorString)(status) };
+    if text.is_null() {
+        format!("hipRTC status {status}")
+    } else {
+        // SAFETY: non-null, NUL-terminated, static.
+        let s = unsafe { CStr::from_ptr(text) }.to_string_lossy();
+        format!("{s} ({status})")
+    }
+}
+
 /// Compiles one translation unit with hipRTC for `gfx` (a code object).
 pub fn hiprtc_compile(
+    api: &HipApi,
     gfx: &str,
     name: &str,
     source: &str,
@@ -124,63 +67,73 @@ pub fn hiprtc_compile(
     };
     let src = CString::new(source).map_err(|_| fail("source contains a NUL byte".into()))?;
     let cname = CString::new(name).map_err(|_| fail("name contains a NUL byte".into()))?;
-    let mut opts: Vec<CString> = HIPRTC_FLAGS
+    let mut opts: Vec<CString> = Vec::new();
+    for o in HIPRTC_FLAGS
         .iter()
-        .map(|s| CString::new(*s).expect("static flag"))
-        .collect();
-    opts.push(CString::new(format!("--gpu-architecture={gfx}")).expect("no NUL"));
-    for (k, v) in defines {
-        opts.push(
-            CString::new(format!("-D{k}={v}"))
-                .map_err(|_| fail("define contains a NUL byte".into()))?,
-        );
+        .map(|s| s.to_string())
+        .chain([format!("--gpu-architecture={gfx}")])
+        .chain(defines.iter().map(|(k, v)| format!("-D{k}={v}")))
+    {
+        opts.push(CString::new(o).map_err(|_| fail("an option contains a NUL byte".into()))?);
     }
-    let ptrs: Vec<*const c_char> = opts.iter().map(|o| o.as_ptr()).collect();
+    let mut ptrs: Vec<*const c_char> = opts.iter().map(|o| o.as_ptr()).collect();
+    let f = &api.fns;
     let mut prog: HiprtcProgram = std::ptr::null_mut();
     // SAFETY: every pointer is a live CString for the duration of the calls;
-    // the program is destroyed on every path.
+    // the program is destroyed on every path after creation.
     unsafe {
-        check(
-            "hiprtcCreateProgram",
-            hiprtcCreateProgram(
-                &mut prog,
-                src.as_ptr(),
-                cname.as_ptr(),
-                0,
-                std::ptr::null(),
-                std::ptr::null(),
-            ),
-        )?;
-        let status = hiprtcCompileProgram(prog, ptrs.len() as c_int, ptrs.as_ptr());
+        let created = (f.hiprtcCreateProgram)(
+            &mut prog,
+            src.as_ptr(),
+            cname.as_ptr(),
+            0,
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+        );
+        if created != 0 {
+            return Err(GpuError::Driver {
+                api: "hiprtcCreateProgram",
+                msg: rtc_status(api, created),
+            });
+        }
+        let status = (f.hiprtcCompileProgram)(prog, ptrs.len() as c_int, ptrs.as_mut_ptr());
         let mut log_size = 0usize;
         let mut log = String::new();
-        if hiprtcGetProgramLogSize(prog, &mut log_size) == 0 && log_size > 1 {
+        if (f.hiprtcGetProgramLogSize)(prog, &mut log_size) == 0 && log_size > 1 {
             let mut buf = vec![0u8; log_size];
-            if hiprtcGetProgramLog(prog, buf.as_mut_ptr().cast()) == 0 {
+            if (f.hiprtcGetProgramLog)(prog, buf.as_mut_ptr().cast()) == 0 {
                 log = String::from_utf8_lossy(&buf[..log_size - 1]).into_owned();
             }
         }
         let result = if status != 0 {
-            Err(fail(format!("hiprtc status {status}\n{log}")))
+            Err(fail(format!("{}\n{log}", rtc_status(api, status))))
         } else {
             let mut size = 0usize;
-            let mut code = Vec::new();
-            let got = hiprtcGetCodeSize(prog, &mut size);
-            if got == 0 {
-                code = vec![0u8; size];
-                check(
-                    "hiprtcGetCode",
-                    hiprtcGetCode(prog, code.as_mut_ptr().cast()),
-                )?;
+            let got = (f.hiprtcGetCodeSize)(prog, &mut size);
+            if got != 0 {
+                Err(GpuError::Driver {
+                    api: "hiprtcGetCodeSize",
+                    msg: rtc_status(api, got),
+                })
+            } else {
+                let mut code = vec![0u8; size];
+                let got = (f.hiprtcGetCode)(prog, code.as_mut_ptr().cast());
+                if got != 0 {
+                    Err(GpuError::Driver {
+                        api: "hiprtcGetCode",
+                        msg: rtc_status(api, got),
+                    })
+                } else {
+                    Ok(Image {
+                        target: Target::Amd {
+                            gfx: gfx.to_string(),
+                        },
+                        bytes: code,
+                    })
+                }
             }
-            check("hiprtcGetCodeSize", got).map(|_| Image {
-                target: Target::Amd {
-                    gfx: gfx.to_string(),
-                },
-                bytes: code,
-            })
         };
-        hiprtcDestroyProgram(&mut prog);
+        (f.hiprtcDestroyProgram)(&mut prog);
         result
     }
 }
@@ -193,7 +146,10 @@ struct Tables {
 }
 
 pub struct HipDevice {
+    api: Arc<HipApi>,
     info: DeviceInfo,
+    /// `gcnArchName` as the device reports it (e.g. `gfx942:sramecc+:xnack-`).
+    pub gcn_arch_name: String,
     tables: Mutex<Tables>,
 }
 
@@ -202,53 +158,118 @@ pub struct HipDevice {
 unsafe impl Send for HipDevice {}
 unsafe impl Sync for HipDevice {}
 
+/// `gcnArchName` read out of a `hipGetDeviceProperties*` buffer of `layout`:
+/// the bytes up to the first NUL within its 256.
+pub fn gcn_arch_name_in(props: &[u8], layout: hip_sys::PropsLayout) -> Option<String> {
+    let at = layout.gcn_arch_name_offset();
+    let field = props.get(at..at + 256)?;
+    let len = field.iter().position(|&b| b == 0)?;
+    Some(String::from_utf8_lossy(&field[..len]).into_owned())
+}
+
 impl HipDevice {
+    /// Device 0 of the HIP runtime found in the usual places
+    /// ([`HipApi::system`]); `NoDevice` with one line when there is none.
     pub fn open() -> Result<Self> {
-        // SAFETY: plain HIP runtime queries on device 0.
+        let api = HipApi::system().map_err(GpuError::NoDevice)?;
+        Self::open_with(api)
+    }
+
+    /// Device 0 of the HIP runtime in `dirs` only (no loader path): the
+    /// tests' fake libraries.
+    pub fn open_in(dirs: &[PathBuf]) -> Result<Self> {
+        let api = HipApi::load_from(dirs, false).map_err(GpuError::NoDevice)?;
+        Self::open_with(Arc::new(api))
+    }
+
+    pub fn open_with(api: Arc<HipApi>) -> Result<Self> {
+        let f = &api.fns;
+        // SAFETY: plain HIP runtime queries on device 0; every out-pointer
+        // is a live local of the declared size.
         unsafe {
-            if hipInit(0) != 0 {
-                return Err(GpuError::NoDevice("hipInit failed (no ROCm driver)".into()));
+            let init = (f.hipInit)(0);
+            if init != 0 {
+                let why = check(&api, "hipInit", init)
+                    .err()
+                    .map_or(String::new(), |e| e.to_string());
+                return Err(GpuError::NoDevice(format!(
+                    "{} loaded, but {why} (no ROCm driver or GPU)",
+                    api.hip_path.display()
+                )));
             }
             let mut count = 0;
-            if hipGetDeviceCount(&mut count) != 0 || count < 1 {
-                return Err(GpuError::NoDevice("HIP reports 0 devices".into()));
+            if (f.hipGetDeviceCount)(&mut count) != 0 || count < 1 {
+                return Err(GpuError::NoDevice(format!(
+                    "{} loaded, but HIP reports 0 devices",
+                    api.hip_path.display()
+                )));
             }
-            check("hipSetDevice", hipSetDevice(0))?;
+            check(&api, "hipSetDevice", (f.hipSetDevice)(0))?;
             let attr = |a: c_int| -> Result<i32> {
                 let mut v = 0;
-                check("hipDeviceGetAttribute", hipDeviceGetAttribute(&mut v, a, 0))?;
+                check(
+                    &api,
+                    "hipDeviceGetAttribute",
+                    (f.hipDeviceGetAttribute)(&mut v, a, 0),
+                )?;
                 Ok(v)
             };
             let mut name = [0 as c_char; 256];
             check(
+                &api,
                 "hipDeviceGetName",
-                hipDeviceGetName(name.as_mut_ptr(), 256, 0),
+                (f.hipDeviceGetName)(name.as_mut_ptr(), 256, 0),
             )?;
             let mut mem = 0usize;
-            check("hipDeviceTotalMem", hipDeviceTotalMem(&mut mem, 0))?;
-            // gcnArch 910 is gfx90a; 940/941/942 are gfx94x.
-            let gfx = match attr(ATTR_GCN_ARCH)? {
-                910 => "gfx90a".to_string(),
-                n => format!("gfx{n}"),
-            };
+            check(
+                &api,
+                "hipDeviceTotalMem",
+                (f.hipDeviceTotalMem)(&mut mem, 0),
+            )?;
+            // The architecture from gcnArchName: the numeric attribute
+            // (10003) is gone from HIP 6 on.
+            let mut props = vec![0u64; hip_sys::PROPS_BUFFER_BYTES / 8];
+            let entry = api.props_layout.entry_point();
+            check(&api, entry, (api.get_props)(props.as_mut_ptr().cast(), 0))?;
+            let bytes: Vec<u8> = props.iter().flat_map(|w| w.to_ne_bytes()).collect();
+            let gcn = gcn_arch_name_in(&bytes, api.props_layout).unwrap_or_default();
+            let target = Target::from_gcn_arch_name(&gcn).map_err(|e| GpuError::Driver {
+                api: entry,
+                msg: format!(
+                    "gcnArchName at offset {} of the {:?} layout: {e}",
+                    api.props_layout.gcn_arch_name_offset(),
+                    api.props_layout
+                ),
+            })?;
             let info = DeviceInfo {
                 name: CStr::from_ptr(name.as_ptr()).to_string_lossy().into_owned(),
-                target: Target::Amd { gfx },
-                multiprocessors: attr(ATTR_MULTIPROCESSOR_COUNT)? as u32,
+                target,
+                multiprocessors: attr(hip_sys::ATTR_MULTIPROCESSOR_COUNT)?.max(0) as u32,
                 memory_bytes: mem as u64,
-                l2_bytes: attr(ATTR_L2_CACHE_SIZE)? as u64,
-                clock_khz: attr(ATTR_CLOCK_RATE)? as u32,
+                l2_bytes: attr(hip_sys::ATTR_L2_CACHE_SIZE)?.max(0) as u64,
+                clock_khz: attr(hip_sys::ATTR_CLOCK_RATE)?.max(0) as u32,
             };
             Ok(HipDevice {
+                api,
                 info,
+                gcn_arch_name: gcn,
                 tables: Mutex::new(Tables::default()),
             })
         }
     }
 
+    /// Where the runtime and hipRTC were loaded from.
+    pub fn libraries(&self) -> (&std::path::Path, &std::path::Path) {
+        (&self.api.hip_path, &self.api.rtc_path)
+    }
+
+    fn check(&self, call: &'static str, status: c_int) -> Result<()> {
+        check(&self.api, call, status)
+    }
+
     fn bind(&self) -> Result<()> {
         // SAFETY: device 0 exists (checked in open).
-        check("hipSetDevice", unsafe { hipSetDevice(0) })
+        self.check("hipSetDevice", unsafe { (self.api.fns.hipSetDevice)(0) })
     }
 
     fn tables(&self) -> std::sync::MutexGuard<'_, Tables> {
@@ -262,31 +283,33 @@ impl Device for HipDevice {
     }
 
     fn compile(&self, name: &str, source: &str, defines: &[(String, String)]) -> Result<Image> {
-        hiprtc_compile(&self.info.target.name(), name, source, defines)
+        hiprtc_compile(&self.api, &self.info.target.name(), name, source, defines)
     }
 
     fn alloc(&self, bytes: usize) -> Result<u64> {
         self.bind()?;
         let mut p: *mut c_void = std::ptr::null_mut();
         // SAFETY: plain allocation, freed in `free`.
-        check("hipMalloc", unsafe { hipMalloc(&mut p, bytes.max(1)) })?;
+        self.check("hipMalloc", unsafe {
+            (self.api.fns.hipMalloc)(&mut p, bytes.max(1))
+        })?;
         Ok(p as u64)
     }
 
     fn free(&self, ptr: u64) {
         // SAFETY: `ptr` came from `alloc` and is freed once.
-        let _ = unsafe { hipFree(ptr as *mut c_void) };
+        let _ = unsafe { (self.api.fns.hipFree)(ptr as *mut c_void) };
     }
 
     fn upload(&self, dst: u64, src: &[u8]) -> Result<()> {
         self.bind()?;
         // SAFETY: callers pass allocations at least `src.len()` bytes long.
-        check("hipMemcpy", unsafe {
-            hipMemcpy(
+        self.check("hipMemcpy", unsafe {
+            (self.api.fns.hipMemcpy)(
                 dst as *mut c_void,
                 src.as_ptr().cast(),
                 src.len(),
-                MEMCPY_HOST_TO_DEVICE,
+                hip_sys::MEMCPY_HOST_TO_DEVICE,
             )
         })
     }
@@ -294,12 +317,12 @@ impl Device for HipDevice {
     fn download(&self, src: u64, dst: &mut [u8]) -> Result<()> {
         self.bind()?;
         // SAFETY: as `upload`; hipMemcpy waits for queued work on the null stream.
-        check("hipMemcpy", unsafe {
-            hipMemcpy(
+        self.check("hipMemcpy", unsafe {
+            (self.api.fns.hipMemcpy)(
                 dst.as_mut_ptr().cast(),
                 src as *const c_void,
                 dst.len(),
-                MEMCPY_DEVICE_TO_HOST,
+                hip_sys::MEMCPY_DEVICE_TO_HOST,
             )
         })
     }
@@ -307,12 +330,12 @@ impl Device for HipDevice {
     fn copy(&self, dst: u64, src: u64, bytes: usize) -> Result<()> {
         self.bind()?;
         // SAFETY: both allocations hold `bytes`.
-        check("hipMemcpyAsync", unsafe {
-            hipMemcpyAsync(
+        self.check("hipMemcpyAsync", unsafe {
+            (self.api.fns.hipMemcpyAsync)(
                 dst as *mut c_void,
                 src as *const c_void,
                 bytes,
-                MEMCPY_DEVICE_TO_DEVICE,
+                hip_sys::MEMCPY_DEVICE_TO_DEVICE,
                 std::ptr::null_mut(),
             )
         })
@@ -321,17 +344,27 @@ impl Device for HipDevice {
     fn memset_zero(&self, dst: u64, bytes: usize) -> Result<()> {
         self.bind()?;
         // SAFETY: `dst` holds `bytes`.
-        check("hipMemset", unsafe {
-            hipMemset(dst as *mut c_void, 0, bytes)
+        self.check("hipMemset", unsafe {
+            (self.api.fns.hipMemset)(dst as *mut c_void, 0, bytes)
         })
     }
 
     fn load(&self, image: &Image) -> Result<ModuleId> {
+        if image.target != self.info.target {
+            return Err(GpuError::Driver {
+                api: "hipModuleLoadData",
+                msg: format!(
+                    "image compiled for {}, device is {}",
+                    image.target.name(),
+                    self.info.target.name()
+                ),
+            });
+        }
         self.bind()?;
         let mut m: HipModule = std::ptr::null_mut();
         // SAFETY: a code object hipRTC built for this device's gfx target.
-        check("hipModuleLoadData", unsafe {
-            hipModuleLoadData(&mut m, image.bytes.as_ptr().cast())
+        self.check("hipModuleLoadData", unsafe {
+            (self.api.fns.hipModuleLoadData)(&mut m, image.bytes.as_ptr().cast())
         })?;
         let mut t = self.tables();
         t.modules.push(m);
@@ -347,12 +380,12 @@ impl Device for HipDevice {
         })?;
         let cname = CString::new(name).map_err(|_| GpuError::Driver {
             api: "hipModuleGetFunction",
-            msg: "NUL in name".into(),
+            msg: format!("NUL in kernel name {name:?}"),
         })?;
         let mut f: HipFunction = std::ptr::null_mut();
         // SAFETY: `m` is a loaded module.
-        check("hipModuleGetFunction", unsafe {
-            hipModuleGetFunction(&mut f, m, cname.as_ptr())
+        self.check("hipModuleGetFunction", unsafe {
+            (self.api.fns.hipModuleGetFunction)(&mut f, m, cname.as_ptr())
         })?;
         t.functions.push(f);
         Ok(FunctionId(t.functions.len() - 1))
@@ -372,8 +405,8 @@ impl Device for HipDevice {
         // SAFETY: the parameter list matches the kernel signature (each ops
         // module passes what its .hip entry point declares); `slots` outlives
         // the call, which copies the parameters.
-        check("hipModuleLaunchKernel", unsafe {
-            hipModuleLaunchKernel(
+        self.check("hipModuleLaunchKernel", unsafe {
+            (self.api.fns.hipModuleLaunchKernel)(
                 func,
                 gx,
                 gy,
@@ -392,20 +425,28 @@ impl Device for HipDevice {
     fn synchronize(&self) -> Result<()> {
         self.bind()?;
         // SAFETY: no arguments.
-        check("hipDeviceSynchronize", unsafe { hipDeviceSynchronize() })
+        self.check("hipDeviceSynchronize", unsafe {
+            (self.api.fns.hipDeviceSynchronize)()
+        })
     }
 
     fn record(&self) -> Result<EventId> {
         self.bind()?;
         let mut e: HipEvent = std::ptr::null_mut();
-        // SAFETY: a fresh event recorded on the null stream.
+        // SAFETY: a fresh event recorded on the null stream; kept in the
+        // table (destroyed on drop) as soon as it exists.
         unsafe {
-            check("hipEventCreate", hipEventCreate(&mut e))?;
-            check("hipEventRecord", hipEventRecord(e, std::ptr::null_mut()))?;
+            self.check("hipEventCreate", (self.api.fns.hipEventCreate)(&mut e))?;
+            let mut t = self.tables();
+            t.events.push(e);
+            let id = EventId(t.events.len() - 1);
+            drop(t);
+            self.check(
+                "hipEventRecord",
+                (self.api.fns.hipEventRecord)(e, std::ptr::null_mut()),
+            )?;
+            Ok(id)
         }
-        let mut t = self.tables();
-        t.events.push(e);
-        Ok(EventId(t.events.len() - 1))
     }
 
     fn elapsed_ms(&self, start: EventId, end: EventId) -> Result<f32> {
@@ -413,14 +454,23 @@ impl Device for HipDevice {
         let (Some(&a), Some(&b)) = (t.events.get(start.0), t.events.get(end.0)) else {
             return Err(GpuError::Driver {
                 api: "elapsed_ms",
-                msg: "unknown event".into(),
+                msg: format!(
+                    "unknown event {} or {} ({} recorded)",
+                    start.0,
+                    end.0,
+                    t.events.len()
+                ),
             });
         };
+        drop(t);
         let mut ms = 0f32;
         // SAFETY: both events were recorded by this device.
         unsafe {
-            check("hipEventSynchronize", hipEventSynchronize(b))?;
-            check("hipEventElapsedTime", hipEventElapsedTime(&mut ms, a, b))?;
+            self.check("hipEventSynchronize", (self.api.fns.hipEventSynchronize)(b))?;
+            self.check(
+                "hipEventElapsedTime",
+                (self.api.fns.hipEventElapsedTime)(&mut ms, a, b),
+            )?;
         }
         Ok(ms)
     }
@@ -432,10 +482,10 @@ impl Drop for HipDevice {
         // SAFETY: handles created by this device, destroyed once.
         unsafe {
             for &e in &t.events {
-                hipEventDestroy(e);
+                (self.api.fns.hipEventDestroy)(e);
             }
             for &m in &t.modules {
-                hipModuleUnload(m);
+                (self.api.fns.hipModuleUnload)(m);
             }
         }
     }

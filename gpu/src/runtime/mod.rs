@@ -2,15 +2,15 @@
 //! module, launch, synchronize, time with events) and its implementations.
 //!
 //! Layers as cudarc has them: the vendor FFI stays in one small module per
-//! vendor ([`cuda`] over cudarc's `result` layer with its libraries loaded at
-//! run time; `hip` over our own `extern "C"` block behind the `rocm`
-//! feature), everything above speaks only this safe trait. Building needs no
-//! GPU stack; without a device [`open`] returns [`GpuError::NoDevice`] with a
-//! one-line reason.
+//! vendor ([`cuda`] over cudarc's `result` layer, [`hip`] over our own
+//! declarations in [`hip_sys`]), both with their libraries loaded at run
+//! time, and everything above speaks only this safe trait. Building needs no
+//! GPU stack: one binary finds an NVIDIA or an AMD GPU when it runs; without
+//! one [`open`] returns [`GpuError::NoDevice`] with a one-line reason.
 
 pub mod cuda;
-#[cfg(feature = "rocm")]
 pub mod hip;
+pub mod hip_sys;
 pub mod host;
 
 use attnlab_shared::error::Error as SharedError;
@@ -40,7 +40,8 @@ pub type Result<T> = std::result::Result<T, GpuError>;
 pub enum Target {
     /// NVIDIA, compiled by NVRTC: `sm_90` etc. (number = major*10 + minor).
     Cuda { sm: u32 },
-    /// AMD CDNA, compiled by hipRTC or hipcc: `gfx90a`, `gfx940`, `gfx942`.
+    /// AMD, compiled by hipRTC (on the device), hipcc (gfx90a, gfx940) or
+    /// clang >= 20 (gfx941, gfx942, gfx950); a device reports any gfx name.
     Amd { gfx: String },
     /// The CPU ([`host`]), compiled by the system C++ compiler, with waves of
     /// 32 or 64 lanes: `host32`, `host64`.
@@ -48,7 +49,10 @@ pub enum Target {
 }
 
 impl Target {
-    pub const NAMED: [&'static str; 4] = ["gfx90a", "gfx940", "gfx942", "sm_90"];
+    pub const NAMED: [&'static str; 5] = ["gfx90a", "gfx940", "gfx942", "gfx950", "sm_90"];
+
+    /// The AMD targets `attnlab gpu compile` knows.
+    pub const AMD: [&'static str; 5] = ["gfx90a", "gfx940", "gfx941", "gfx942", "gfx950"];
 
     pub fn parse(s: &str) -> Result<Self> {
         if let Some(n) = s.strip_prefix("sm_") {
@@ -58,7 +62,7 @@ impl Target {
                 }
             }
         }
-        if ["gfx90a", "gfx940", "gfx941", "gfx942"].contains(&s) {
+        if Self::AMD.contains(&s) {
             return Ok(Target::Amd { gfx: s.to_string() });
         }
         match s {
@@ -69,9 +73,35 @@ impl Target {
         Err(SharedError::invalid(
             "target",
             format!("'{s}'"),
-            "allowed: gfx90a, gfx940, gfx941, gfx942, sm_70 .. sm_120, host32, host64",
+            "allowed: gfx90a, gfx940, gfx941, gfx942, gfx950, sm_70 .. sm_120, host32, host64",
         )
         .into())
+    }
+
+    /// The target of an AMD device from its `hipDeviceProp_t::gcnArchName`:
+    /// the processor before the first `:` (`gfx942:sramecc+:xnack-` ->
+    /// `gfx942`); the feature flags after it are dropped (hipRTC then builds
+    /// code that runs with either setting). Any `gfx` + 3 or 4 hex digits
+    /// is accepted: the device, not this list, says what it is.
+    pub fn from_gcn_arch_name(name: &str) -> Result<Self> {
+        let processor = name.split(':').next().unwrap_or_default();
+        let ok = processor.strip_prefix("gfx").is_some_and(|n| {
+            (3..=4).contains(&n.len())
+                && n.bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+                && n.as_bytes()[0].is_ascii_digit()
+        });
+        if !ok {
+            return Err(SharedError::invalid(
+                "gcnArchName",
+                format!("'{name}'"),
+                "gfx followed by 3 or 4 hex digits, then optional :feature+/- flags (e.g. gfx942:sramecc+:xnack-)",
+            )
+            .into());
+        }
+        Ok(Target::Amd {
+            gfx: processor.to_string(),
+        })
     }
 
     pub fn name(&self) -> String {
@@ -82,11 +112,19 @@ impl Target {
         }
     }
 
-    /// Lanes per wave: NVIDIA warps are 32; CDNA wavefronts are 64.
+    /// Lanes per wave: NVIDIA warps are 32; GCN/CDNA (gfx9 and older)
+    /// wavefronts are 64; RDNA (gfx10, 11, 12) compiles HIP for 32 by default.
     pub fn wave_size(&self) -> u32 {
         match self {
             Target::Cuda { .. } => 32,
-            Target::Amd { .. } => 64,
+            Target::Amd { gfx } => {
+                let digits = gfx.trim_start_matches("gfx");
+                if digits.len() >= 4 {
+                    32
+                } else {
+                    64
+                }
+            }
             Target::Host { wave } => *wave,
         }
     }
@@ -234,27 +272,31 @@ pub trait Device {
     fn elapsed_ms(&self, start: EventId, end: EventId) -> Result<f32>;
 }
 
-/// Opens the first GPU: HIP when built with `rocm` and a HIP device exists,
+/// Opens the first GPU: HIP when its runtime loads and reports a device,
 /// else CUDA. The error is `NoDevice` with the reason each backend gave.
 pub fn open() -> Result<Box<dyn Device>> {
-    #[cfg(feature = "rocm")]
     let hip_reason = match hip::HipDevice::open() {
         Ok(d) => return Ok(Box::new(d)),
-        Err(GpuError::NoDevice(why)) => format!("HIP: {why}; "),
+        Err(GpuError::NoDevice(why)) => why,
         Err(e) => return Err(e),
     };
-    #[cfg(not(feature = "rocm"))]
-    let hip_reason = String::from("HIP: not built (cargo feature `rocm`); ");
     match cuda::CudaDevice::open() {
         Ok(d) => Ok(Box::new(d)),
-        Err(GpuError::NoDevice(why)) => Err(GpuError::NoDevice(format!("{hip_reason}CUDA: {why}"))),
+        Err(GpuError::NoDevice(why)) => Err(GpuError::NoDevice(format!(
+            "HIP: {hip_reason}; CUDA: {why}"
+        ))),
         Err(e) => Err(e),
     }
 }
 
-/// Which device `attnlab diff --device` opens.
+/// Which device `attnlab diff --device` / `bench --device` opens.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeviceKind {
+    /// Whichever GPU is present (HIP first, then CUDA), else the host
+    /// device with waves of `host_wave` lanes.
+    Auto {
+        host_wave: u32,
+    },
     Cuda,
     Hip,
     /// The CPU with waves of `wave` lanes (32 or 64).
@@ -263,16 +305,63 @@ pub enum DeviceKind {
     },
 }
 
-/// Opens the device of `kind` (`open` picks one by itself).
+impl DeviceKind {
+    /// `--device auto|cuda|hip|host`, with `wave` (`--wave`, default 32)
+    /// for the host device (also auto's fallback).
+    pub fn parse(device: &str, wave: Option<u32>) -> Result<Self> {
+        let host_wave = match wave {
+            None => 32,
+            Some(w @ (32 | 64)) => w,
+            Some(w) => {
+                return Err(SharedError::invalid("--wave", w, "allowed: 32, 64").into());
+            }
+        };
+        match device {
+            "auto" => Ok(DeviceKind::Auto { host_wave }),
+            "host" => Ok(DeviceKind::Host { wave: host_wave }),
+            "cuda" | "hip" if wave.is_some() => Err(SharedError::invalid(
+                "--wave",
+                host_wave,
+                "--wave applies to --device host or auto only",
+            )
+            .into()),
+            "cuda" => Ok(DeviceKind::Cuda),
+            "hip" => Ok(DeviceKind::Hip),
+            other => Err(SharedError::invalid(
+                "--device",
+                format!("'{other}'"),
+                "allowed: auto, cuda, hip, host",
+            )
+            .into()),
+        }
+    }
+}
+
+/// Opens the device of `kind`. For `Auto`, the second value says why no GPU
+/// was used when it fell back to the host device.
+pub fn open_kind_noting(kind: DeviceKind) -> Result<(Box<dyn Device>, Option<String>)> {
+    match kind {
+        DeviceKind::Auto { host_wave } => match open() {
+            Ok(d) => Ok((d, None)),
+            Err(GpuError::NoDevice(gpu_why)) => match host::HostDevice::open(host_wave) {
+                Ok(d) => Ok((Box::new(d), Some(gpu_why))),
+                Err(GpuError::NoDevice(host_why)) => {
+                    Err(GpuError::NoDevice(format!("{gpu_why}; host: {host_why}")))
+                }
+                Err(e) => Err(e),
+            },
+            Err(e) => Err(e),
+        },
+        other => open_kind(other).map(|d| (d, None)),
+    }
+}
+
+/// Opens the device of `kind` (`open` picks a GPU by itself).
 pub fn open_kind(kind: DeviceKind) -> Result<Box<dyn Device>> {
     match kind {
+        DeviceKind::Auto { .. } => open_kind_noting(kind).map(|(d, _)| d),
         DeviceKind::Cuda => Ok(Box::new(cuda::CudaDevice::open()?)),
-        #[cfg(feature = "rocm")]
         DeviceKind::Hip => Ok(Box::new(hip::HipDevice::open()?)),
-        #[cfg(not(feature = "rocm"))]
-        DeviceKind::Hip => Err(GpuError::NoDevice(
-            "HIP: not built (cargo feature `rocm`)".into(),
-        )),
         DeviceKind::Host { wave } => Ok(Box::new(host::HostDevice::open(wave)?)),
     }
 }
@@ -317,7 +406,120 @@ impl Drop for Buffer<'_> {
 
 #[cfg(test)]
 mod tests {
-    use super::LaunchDims;
+    use super::{hip, hip_sys, DeviceKind, LaunchDims, Target};
+
+    #[test]
+    fn gcn_arch_names_of_cdna_and_rdna_parts_give_their_target_and_wave() {
+        // (gcnArchName as HIP reports it, target, lanes per wave)
+        let table = [
+            ("gfx90a:sramecc+:xnack-", "gfx90a", 64), // MI200
+            ("gfx90a:sramecc-:xnack+", "gfx90a", 64),
+            ("gfx940:sramecc+:xnack-", "gfx940", 64), // MI300 engineering parts
+            ("gfx941:sramecc+:xnack-", "gfx941", 64),
+            ("gfx942:sramecc+:xnack-", "gfx942", 64), // MI300X / MI325X
+            ("gfx942", "gfx942", 64),
+            ("gfx950:sramecc+:xnack-", "gfx950", 64), // MI350X / MI355X
+            ("gfx1100", "gfx1100", 32),               // RDNA3 (wave32 by default)
+            ("gfx1201", "gfx1201", 32),
+        ];
+        for (name, gfx, wave) in table {
+            let t = Target::from_gcn_arch_name(name).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(t, Target::Amd { gfx: gfx.into() }, "{name}");
+            assert_eq!(t.wave_size(), wave, "{name}");
+            assert_eq!(t.name(), gfx);
+        }
+    }
+
+    #[test]
+    fn names_that_are_not_gfx_processors_are_refused_naming_the_value() {
+        // 910 / 942: what the old numeric attribute 10003 gave on HIP 5.
+        for bad in [
+            "", "910", "942", "gfx", "gfx9", "gfx12345", "gfxzzz", "sm_90", "GFX942", ":xnack-",
+            "gfxa42",
+        ] {
+            let e = Target::from_gcn_arch_name(bad)
+                .err()
+                .unwrap_or_else(|| panic!("{bad:?} accepted"));
+            let text = e.to_string();
+            assert!(
+                text.contains(&format!("'{bad}'")) && text.contains("gfx942:sramecc+:xnack-"),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_arch_is_read_at_each_layouts_offset_and_the_numeric_attribute_is_not_used() {
+        for (layout, at) in [
+            (hip_sys::PropsLayout::R0000, 396),
+            (hip_sys::PropsLayout::R0600, 1160),
+        ] {
+            let mut props = vec![0u8; hip_sys::PROPS_BUFFER_BYTES];
+            props[at..at + 22].copy_from_slice(b"gfx942:sramecc+:xnack-");
+            assert_eq!(
+                hip::gcn_arch_name_in(&props, layout).as_deref(),
+                Some("gfx942:sramecc+:xnack-")
+            );
+            // The other layout's slot is empty there.
+            let other = if at == 396 {
+                hip_sys::PropsLayout::R0600
+            } else {
+                hip_sys::PropsLayout::R0000
+            };
+            assert_eq!(hip::gcn_arch_name_in(&props, other).as_deref(), Some(""));
+        }
+        // No NUL in the 256 bytes: not a name.
+        let props = vec![b'g'; hip_sys::PROPS_BUFFER_BYTES];
+        assert_eq!(
+            hip::gcn_arch_name_in(&props, hip_sys::PropsLayout::R0000),
+            None
+        );
+        assert_eq!(hip_sys::ATTR_GCN_ARCH_HIP5, 10003);
+        let src = include_str!("hip.rs");
+        assert!(
+            !src.contains("ATTR_GCN_ARCH_HIP5"),
+            "hip.rs must not ask attribute 10003"
+        );
+    }
+
+    #[test]
+    fn device_flag_parses_auto_cuda_hip_host_and_wave_only_where_a_host_may_run() {
+        assert_eq!(
+            DeviceKind::parse("auto", None).unwrap(),
+            DeviceKind::Auto { host_wave: 32 }
+        );
+        assert_eq!(
+            DeviceKind::parse("auto", Some(64)).unwrap(),
+            DeviceKind::Auto { host_wave: 64 }
+        );
+        assert_eq!(
+            DeviceKind::parse("host", Some(64)).unwrap(),
+            DeviceKind::Host { wave: 64 }
+        );
+        assert_eq!(DeviceKind::parse("hip", None).unwrap(), DeviceKind::Hip);
+        assert_eq!(DeviceKind::parse("cuda", None).unwrap(), DeviceKind::Cuda);
+        let e = DeviceKind::parse("cuda", Some(64)).unwrap_err().to_string();
+        assert!(
+            e.contains("--wave applies to --device host or auto only"),
+            "{e}"
+        );
+        let e = DeviceKind::parse("rocm", None).unwrap_err().to_string();
+        assert!(
+            e.contains("'rocm'") && e.contains("auto, cuda, hip, host"),
+            "{e}"
+        );
+        let e = DeviceKind::parse("host", Some(48)).unwrap_err().to_string();
+        assert!(e.contains("48") && e.contains("32, 64"), "{e}");
+    }
+
+    #[test]
+    fn compile_targets_include_gfx942_and_gfx950() {
+        for t in ["gfx90a", "gfx940", "gfx941", "gfx942", "gfx950"] {
+            assert_eq!(Target::parse(t).unwrap(), Target::Amd { gfx: t.into() });
+        }
+        let e = Target::parse("gfx1100").unwrap_err().to_string();
+        assert!(e.contains("'gfx1100'") && e.contains("gfx950"), "{e}");
+    }
 
     #[test]
     fn dynamic_shared_memory_is_padded_to_whole_16_byte_vectors() {
