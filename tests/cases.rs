@@ -108,7 +108,7 @@ fn the_same_seed_writes_the_same_bytes() {
 }
 
 #[test]
-fn bad_flags_are_exit_2_naming_the_allowed_values() {
+fn bad_values_are_exit_1_naming_the_allowed_values() {
     let out = scratch("cases_bad");
     let dir = out.to_str().unwrap();
     for (args, want) in [
@@ -119,12 +119,12 @@ fn bad_flags_are_exit_2_naming_the_allowed_values() {
         let mut all = vec!["cases", "--out", dir];
         all.extend(args.iter());
         let o = attnlab(&all);
-        assert_eq!(o.status.code(), Some(2), "{args:?}");
+        assert_eq!(o.status.code(), Some(1), "{args:?}");
         let err = String::from_utf8_lossy(&o.stderr);
         assert!(err.contains(want), "{args:?}: {err}");
     }
     let o = attnlab(&["cases", "--count", "0", "--json", "--out", dir]);
-    assert_eq!(o.status.code(), Some(2));
+    assert_eq!(o.status.code(), Some(1));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert!(
         v["error"]["message"].as_str().unwrap().contains("--count"),

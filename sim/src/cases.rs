@@ -109,12 +109,12 @@ impl Target {
 
     /// `NAME` or `all` (every target).
     pub fn parse(name: &str) -> Result<Vec<Target>, CasesError> {
-        if name == "all" {
+        if name.eq_ignore_ascii_case("all") {
             return Ok(Self::ALL.to_vec());
         }
         Self::ALL
             .into_iter()
-            .find(|t| t.name() == name)
+            .find(|t| t.name().eq_ignore_ascii_case(name))
             .map(|t| vec![t])
             .ok_or_else(|| CasesError::UnknownTarget {
                 name: name.to_string(),

@@ -300,10 +300,12 @@ class VllmChunkedPrefillPagedDecode(Adapter):
                 causal=p.causal,
             )
         names = [e.get("kernel") or e.get("call") for e in rec.log]
+        # attn-fixture/2 names of the decode kernel (attnlab's replay reads them):
+        # vLLM's HIP custom op `paged_attention_rocm` is the "ll4mi" kernel.
         decode = (
-            "paged_attention_rocm (HIP custom)"
+            "paged_attention_ll4mi"
             if "paged_attention_rocm" in names
-            else "kernel_paged_attention_2d (Triton)"
+            else "kernel_paged_attention_2d"
             if "kernel_paged_attention_2d" in names
             else None
         )
