@@ -55,7 +55,8 @@ def test_repository_fixtures_read_and_validate():
     for f in files:
         case = read_case(f)
         validate_case(case)
-        assert case.has_output()
+        # a capture either wrote the kernel's output or recorded why it could not
+        assert case.has_output() or case.meta.get("capture_error"), f
 
 
 def test_files_written_here_are_read_by_safetensors(tmp_path):
