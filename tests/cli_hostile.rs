@@ -495,7 +495,8 @@ fn fp8_is_spelled_as_vllm_spells_it_in_layout_and_select() {
 
 #[test]
 fn no_device_is_exit_3_and_allow_no_device_makes_it_0() {
-    // HIP is not built into the test binary, so --device hip has no device on any machine.
+    // No AMD GPU on the machines the tests run on: --device hip finds no device
+    // (libamdhip64 absent, or present with no driver: hipInit fails).
     let args = [
         "diff",
         "--device",
@@ -521,7 +522,12 @@ fn no_device_is_exit_3_and_allow_no_device_makes_it_0() {
     assert_eq!(o.code, Some(0), "{o:?}");
     let v: serde_json::Value = serde_json::from_str(&o.stdout).unwrap();
     assert!(
-        v["device"].is_null() && v["skipped"].as_str().unwrap().contains("HIP"),
+        v["device"].is_null()
+            && v["skipped"]
+                .as_str()
+                .unwrap()
+                .to_ascii_lowercase()
+                .contains("hip"),
         "{v}"
     );
 }

@@ -305,7 +305,7 @@ fn missing_tensor_is_rejected() {
 
 #[test]
 fn bad_metadata_values_name_the_key_and_the_allowed_values() {
-    let cases: [(&str, Value, &str); 5] = [
+    let cases: [(&str, Value, &str); 6] = [
         (
             "format",
             "attn-fixture/3".into(),
@@ -315,6 +315,8 @@ fn bad_metadata_values_name_the_key_and_the_allowed_values() {
         ("dtype", "float64".into(), "bfloat16"),
         ("num_kv_heads", 3.into(), "divide"),
         ("scale", (-1.0).into(), "> 0"),
+        // found by sim/tests/fixture_fuzz.rs: the kernels' p < t + window overflowed
+        ("sliding_window", i64::MAX.into(), "max_seq_len"),
     ];
     for (key, value, allowed) in cases {
         let mut e = Edit::of(&read(PAGED));

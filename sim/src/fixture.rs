@@ -1132,6 +1132,13 @@ impl Reader<'_> {
                 format!("{window:?} is not allowed: must be a whole number of tokens"),
             ));
         }
+        // A window is a token count: beyond the longest sequence it would only
+        // overflow the kernels' position arithmetic (p < t + window).
+        if let Some(w) = window {
+            limits::MAX_SEQ_LEN
+                .check("sliding_window", w as u64)
+                .map_err(|e| self.err("metadata.sliding_window", e.to_string()))?;
+        }
         let (qsl_shape, qsl) = self.ints("query_start_loc", 1)?;
         let num_seqs = self.shape("seq_lens", 1)?[0];
         if qsl_shape[0] != num_seqs + 1 {
