@@ -725,3 +725,12 @@ fn json_rows_carry_the_fidelity_keys() {
         );
     }
 }
+
+#[test]
+fn merge_attn_states_is_a_backend_filter_naming_the_merge_rows() {
+    let path = fixtures_dir().join("merge_f32_t7_h2_d128_inf.safetensors");
+    let rows = replay_paths(&[path], Some("merge_attn_states")).unwrap();
+    let names: Vec<&str> = rows.iter().map(|r| r.backend.as_str()).collect();
+    assert_eq!(names, ["reference(f64)", "merge_attn_states"], "{rows:#?}");
+    assert!(rows.iter().all(|r| r.status == Status::Pass), "{rows:#?}");
+}

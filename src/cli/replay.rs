@@ -6,7 +6,9 @@
 //! other files still replay.
 
 use super::util::{backend_choice, emit, exit, progress};
-use attnlab_sim::replay::{format_summary, format_table, replay_paths_with, summarize, Status};
+use attnlab_sim::replay::{
+    format_summary, format_table, replay_paths_with, summarize, Status, MERGE_ROW,
+};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -33,7 +35,14 @@ pub struct Args {
 /// Exit 0 when nothing failed (skips, divergences, capture errors and
 /// uncaptured cases are reported, not failures), 1 otherwise.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let backend = backend_choice(&args.backend);
+    // Backend names in any case; the merge kernel's rows by their own name.
+    let backend = backend_choice(&args.backend).map(|b| {
+        if b.eq_ignore_ascii_case(MERGE_ROW) {
+            MERGE_ROW.to_string()
+        } else {
+            b
+        }
+    });
     let bar = progress(args.json, args.files.len(), "replay");
     let results = replay_paths_with(&args.files, backend.as_deref(), |done, total| {
         bar.set_length(total as u64);
