@@ -24,7 +24,10 @@ fn row<'a>(rows: &'a [ReplayResult], backend: &str) -> &'a ReplayResult {
 
 /// Bit-exact on every output element, with the element count checked.
 fn assert_bit_exact(r: &ReplayResult) {
-    let u = r.ulp.as_ref().unwrap_or_else(|| panic!("no ULP stats: {r:#?}"));
+    let u = r
+        .ulp
+        .as_ref()
+        .unwrap_or_else(|| panic!("no ULP stats: {r:#?}"));
     assert!(u.elements > 0, "{r:#?}");
     assert_eq!(u.bit_exact, u.elements, "{}: not bit-exact: {u:?}", r.file);
     assert!(r.fidelity_exact, "{r:#?}");
@@ -44,12 +47,18 @@ fn emulator_reproduces_vllm_not_f64_on_captured_masked_tile_softcap_and_window_1
     ] {
         let rows = replay(name, Some("TRITON_ATTN"));
         let f64_row = row(&rows, "reference(f64)");
-        assert_eq!(f64_row.status, Status::Fail, "{name} ({tag}): f64 should disagree with vLLM: {f64_row:#?}");
+        assert_eq!(
+            f64_row.status,
+            Status::Fail,
+            "{name} ({tag}): f64 should disagree with vLLM: {f64_row:#?}"
+        );
         let emu = row(&rows, "TRITON_ATTN");
         assert_eq!(emu.status, Status::Pass, "{name} ({tag}): {emu:#?}");
         assert_bit_exact(emu);
         assert!(
-            emu.launch.as_deref().is_some_and(|l| l.contains("profile 0.34")),
+            emu.launch
+                .as_deref()
+                .is_some_and(|l| l.contains("profile 0.34")),
             "{name}: replayed with the capture's vLLM profile: {:?}",
             emu.launch
         );
@@ -77,7 +86,10 @@ fn every_captured_kernel_output_passes_through_its_own_backend() {
             checked += 1;
         }
     }
-    assert!(checked >= 18, "only {checked} captured rows of their own backend");
+    assert!(
+        checked >= 18,
+        "only {checked} captured rows of their own backend"
+    );
 }
 
 #[test]
@@ -90,12 +102,18 @@ fn vllm_paged_decode_writes_zero_length_query_rows_as_decodes() {
     // rocm_attn_00028 (one sequence, query length 0) ended in an illegal
     // memory access, recorded as the file's capture_error.
     let rows = replay("rocm_attn_00458", None);
-    assert_eq!(row(&rows, "reference(f64)").status, Status::Fail, "{rows:#?}");
+    assert_eq!(
+        row(&rows, "reference(f64)").status,
+        Status::Fail,
+        "{rows:#?}"
+    );
     let rows = replay("rocm_attn_00028", None);
     let r = &rows[0];
     assert_eq!(r.status, Status::Error, "{rows:#?}");
     assert!(
-        r.reason.as_deref().is_some_and(|m| m.contains("illegal memory access")),
+        r.reason
+            .as_deref()
+            .is_some_and(|m| m.contains("illegal memory access")),
         "{r:#?}"
     );
 }

@@ -573,7 +573,11 @@ fn a_recorded_launch_is_followed_and_reported() {
     });
     let rows = replay_fixture(&e.parse().unwrap(), Some("TRITON_ATTN"));
     let r = rows.iter().find(|r| r.backend == "TRITON_ATTN").unwrap();
-    assert_eq!(r.launch.as_deref(), Some("2d (recorded), profile seed"), "{r:?}");
+    assert_eq!(
+        r.launch.as_deref(),
+        Some("2d (recorded), profile seed"),
+        "{r:?}"
+    );
     assert_eq!(r.status, Status::Pass, "{r:?}");
     // Without a record, vLLM's own rule runs (3D for this single decode).
     let f = fixture::load(&fixtures_dir().join("ua_dec3d_f16_h64_g8x1_b16_single.safetensors"))

@@ -23,7 +23,9 @@ const SPECS: [&str; 7] = [
 ];
 
 /// Directories whose files may cite the specs.
-const SCANNED: [&str; 8] = ["shared", "sim", "gpu", "src", "tests", "kernels", "docs/src", "python"];
+const SCANNED: [&str; 8] = [
+    "shared", "sim", "gpu", "src", "tests", "kernels", "docs/src", "python",
+];
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -77,16 +79,23 @@ fn spec_named_in(line: &str, at: usize) -> Option<(usize, &'static str)> {
 }
 
 fn walk(dir: &Path, files: &mut Vec<PathBuf>) {
-    let Ok(entries) = fs::read_dir(dir) else { return };
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
     for e in entries.flatten() {
         let p = e.path();
         let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
         if p.is_dir() {
-            if !matches!(name, "target" | "reference" | ".git" | "node_modules" | "__pycache__") {
+            if !matches!(
+                name,
+                "target" | "reference" | ".git" | "node_modules" | "__pycache__"
+            ) {
                 walk(&p, files);
             }
         } else if name != "spec_refs.rs"
-            && [".rs", ".hip", ".h", ".cpp", ".md", ".py", ".sh"].iter().any(|x| name.ends_with(x))
+            && [".rs", ".hip", ".h", ".cpp", ".md", ".py", ".sh"]
+                .iter()
+                .any(|x| name.ends_with(x))
         {
             files.push(p);
         }
@@ -99,8 +108,12 @@ fn every_section_reference_resolves_to_a_shipped_spec() {
     let mut known: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
     for spec in SPECS {
         let path = refdir.join(format!("{spec}.md"));
-        let text = fs::read_to_string(&path)
-            .unwrap_or_else(|e| panic!("{}: {e} (the specs the code cites ship here)", path.display()));
+        let text = fs::read_to_string(&path).unwrap_or_else(|e| {
+            panic!(
+                "{}: {e} (the specs the code cites ship here)",
+                path.display()
+            )
+        });
         known.insert(spec, sections(&text));
     }
     let mut files = Vec::new();
@@ -110,7 +123,9 @@ fn every_section_reference_resolves_to_a_shipped_spec() {
     let mut checked = 0;
     let mut broken = Vec::new();
     for file in &files {
-        let Ok(text) = fs::read_to_string(file) else { continue };
+        let Ok(text) = fs::read_to_string(file) else {
+            continue;
+        };
         let mut last: Option<&str> = None;
         for (lineno, line) in text.lines().enumerate() {
             let mut from = 0;
@@ -121,7 +136,11 @@ fn every_section_reference_resolves_to_a_shipped_spec() {
                     last = Some(spec);
                 }
                 let num = leading_number(line[from..].trim_start()).unwrap_or_default();
-                let place = format!("{}:{}", file.strip_prefix(root()).unwrap_or(file).display(), lineno + 1);
+                let place = format!(
+                    "{}:{}",
+                    file.strip_prefix(root()).unwrap_or(file).display(),
+                    lineno + 1
+                );
                 checked += 1;
                 match last {
                     None => broken.push(format!("{place}: §{num} names no spec")),
@@ -137,13 +156,23 @@ fn every_section_reference_resolves_to_a_shipped_spec() {
             }
         }
     }
-    assert!(checked > 100, "only {checked} references found: is the scan looking in the right place?");
-    assert!(broken.is_empty(), "{} of {checked} § references do not resolve:\n{}", broken.len(), broken.join("\n"));
+    assert!(
+        checked > 100,
+        "only {checked} references found: is the scan looking in the right place?"
+    );
+    assert!(
+        broken.is_empty(),
+        "{} of {checked} § references do not resolve:\n{}",
+        broken.len(),
+        broken.join("\n")
+    );
 }
 
 #[test]
 fn section_parser_reads_headings_and_numbered_items() {
-    let s = sections("# Title\n## 5. Subtle points\n1. **first**\n12. twelfth\n### 5.3 Sub\n## 19. Surprises\n");
+    let s = sections(
+        "# Title\n## 5. Subtle points\n1. **first**\n12. twelfth\n### 5.3 Sub\n## 19. Surprises\n",
+    );
     for want in ["5", "5.1", "5.12", "5.3", "19"] {
         assert!(s.contains(want), "{want} missing from {s:?}");
     }

@@ -39,10 +39,10 @@ use crate::fixture::LaunchGrid;
 use crate::fixture::{self, Case, Fixture, MergeCase, PagedCase};
 use crate::kernels::merge_attn_states::{merge_attn_states, MergeKernel};
 use crate::kernels::softmax::OutLse;
-use crate::profile::VllmProfile;
 use crate::kernels::unified_attention::{
     Grid, UnifiedLaunch, VllmLaunchOptions, NUM_PAR_SOFTMAX_SEGMENTS, TILE_SIZE_2D, TILE_SIZE_3D,
 };
+use crate::profile::VllmProfile;
 use crate::reference::{self, compare, Comparison, Tolerance};
 use attnlab_shared::block_table::{block_table_tensor, KernelBlockSplit};
 use attnlab_shared::dtype::DType;
@@ -506,8 +506,12 @@ fn recorded_unified(
     };
     let base = UnifiedLaunch::vllm(&p.meta, cfg, options)?;
     let Some(grid) = grid else {
-        return Ok((profile != VllmProfile::default())
-            .then(|| (Forced::Unified(base), format!("vLLM's rule, profile {}", profile.name()))));
+        return Ok((profile != VllmProfile::default()).then(|| {
+            (
+                Forced::Unified(base),
+                format!("vLLM's rule, profile {}", profile.name()),
+            )
+        }));
     };
     let segments = h
         .launch
@@ -531,7 +535,10 @@ fn recorded_unified(
                 tile_size: TILE_SIZE_3D,
                 ..base
             }),
-            format!("3d, {segments} segments (recorded), profile {}", profile.name()),
+            format!(
+                "3d, {segments} segments (recorded), profile {}",
+                profile.name()
+            ),
         ),
     }))
 }

@@ -190,8 +190,15 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             if let (Some(w), "cuda" | "hip" | "auto") = (args.wave.as_deref(), device.as_str()) {
                 return Err(Usage(format!("--wave {w} applies to --device host only")).into());
             }
-            let wave = args.wave.as_deref().map(|w| if w == "64" { 64 } else { 32 });
-            Some(super::gpu::open_for_bench(&device, wave, args.allow_no_device)?)
+            let wave = args
+                .wave
+                .as_deref()
+                .map(|w| if w == "64" { 64 } else { 32 });
+            Some(super::gpu::open_for_bench(
+                &device,
+                wave,
+                args.allow_no_device,
+            )?)
         }
         false => None,
     };

@@ -252,11 +252,16 @@ fn probe(gpu: &Gpu, args: &Args, opts: DiffOptions) -> anyhow::Result<ExitCode> 
         }
         println!("({:.1} s)", start.elapsed().as_secs_f64());
     }
-    Ok(if results.iter().all(|r| r.cases > 0 && r.published.mismatches == 0) {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
+    Ok(
+        if results
+            .iter()
+            .all(|r| r.cases > 0 && r.published.mismatches == 0)
+        {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(1)
+        },
+    )
 }
 
 fn print_report(r: &KernelReport, secs: f64) {
