@@ -33,6 +33,8 @@ use attnlab_sim::reference::{self, compare, Tolerance};
 use proptest::prelude::*;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+mod common;
+use common::shuffled_block_rows;
 
 /// One batch: the paged NHD cache holds every token (context and new).
 struct Case {
@@ -51,21 +53,7 @@ fn case(cfg: AttnConfig, reqs: &[(usize, usize)], alpha: f32, seed: u64) -> Case
     assert_eq!(cfg.num_heads, cfg.num_kv_heads, "qpk = 1");
     let (bs, h, d, dt) = (16usize, cfg.num_heads, cfg.head_size, cfg.dtype);
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let need: usize = reqs.iter().map(|&(c, q)| (c + q).div_ceil(bs)).sum();
-    let num_blocks = need + 2;
-    let mut ids: Vec<i32> = (1..num_blocks as i32).collect();
-    for i in (1..ids.len()).rev() {
-        ids.swap(i, rng.gen_range(0..=i));
-    }
-    let mut free = ids.into_iter();
-    let rows: Vec<Vec<i32>> = reqs
-        .iter()
-        .map(|&(c, q)| {
-            (0..(c + q).div_ceil(bs))
-                .map(|_| free.next().unwrap())
-                .collect()
-        })
-        .collect();
+    let (num_blocks, rows) = shuffled_block_rows(&mut rng, reqs, bs, 2);
     let layout = KvLayout::new(LayoutKind::Nhd, num_blocks, bs, h, d, dt).unwrap();
     let mut cache = KvCache {
         layout,

@@ -21,6 +21,8 @@ use attnlab_sim::reference::{self, compare, Tolerance};
 use proptest::prelude::*;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+mod common;
+use common::shuffled_block_rows;
 
 /// A batch: its metadata, query, and a cache filled with random K/V in
 /// canonical NHD order (laid into any layout on demand).
@@ -36,24 +38,7 @@ struct Batch {
 /// 1..num_blocks with spare unused blocks; block 0 is never used.
 fn batch(cfg: &AttnConfig, block_size: usize, reqs: &[(usize, usize)], seed: u64) -> Batch {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let needed: usize = reqs
-        .iter()
-        .map(|&(c, q)| (c + q).div_ceil(block_size))
-        .sum();
-    let num_blocks = 1 + needed + 3;
-    let mut ids: Vec<i32> = (1..num_blocks as i32).collect();
-    for i in (1..ids.len()).rev() {
-        ids.swap(i, rng.gen_range(0..=i));
-    }
-    let mut next = ids.into_iter();
-    let rows: Vec<Vec<i32>> = reqs
-        .iter()
-        .map(|&(c, q)| {
-            (0..(c + q).div_ceil(block_size))
-                .map(|_| next.next().unwrap())
-                .collect()
-        })
-        .collect();
+    let (num_blocks, rows) = shuffled_block_rows(&mut rng, reqs, block_size, 1 + 3);
     let mut qsl = vec![0i32];
     for &(_, q) in reqs {
         qsl.push(qsl.last().unwrap() + q as i32);

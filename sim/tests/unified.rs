@@ -25,6 +25,8 @@ use attnlab_sim::reference::{self, compare, Tolerance};
 use proptest::prelude::*;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+mod common;
+use common::shuffled_block_rows;
 
 /// One scheduler step: the requests' earlier tokens (already cached), the
 /// step's new tokens and the metadata of the forward.
@@ -50,24 +52,7 @@ fn step(
     seed: u64,
 ) -> Step {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let needed: usize = reqs
-        .iter()
-        .map(|&(c, q)| (c + q).div_ceil(block_size))
-        .sum();
-    let num_blocks = needed + 4;
-    let mut ids: Vec<i32> = (1..num_blocks as i32).collect();
-    for i in (1..ids.len()).rev() {
-        ids.swap(i, rng.gen_range(0..=i));
-    }
-    let mut free = ids.into_iter();
-    let rows: Vec<Vec<i32>> = reqs
-        .iter()
-        .map(|&(c, q)| {
-            (0..(c + q).div_ceil(block_size))
-                .map(|_| free.next().unwrap())
-                .collect()
-        })
-        .collect();
+    let (num_blocks, rows) = shuffled_block_rows(&mut rng, reqs, block_size, 4);
     let slot = |i: usize, t: usize| {
         (rows[i][t / block_size] as usize * block_size + t % block_size) as i64
     };
