@@ -104,7 +104,7 @@ impl<'a> VarlenParams<'a> {
         }
     }
 
-    fn validate(&self) -> Result<()> {
+    pub(crate) fn validate(&self) -> Result<()> {
         for (what, v) in [
             ("num_heads", self.num_heads),
             ("num_kv_heads", self.num_kv_heads),
@@ -142,7 +142,7 @@ impl<'a> VarlenParams<'a> {
 }
 
 /// Checks a `cu_seqlens` array (starts at 0, non-decreasing) and returns its total.
-fn check_cu(what: &str, cu: &[i32]) -> Result<usize> {
+pub(crate) fn check_cu(what: &str, cu: &[i32]) -> Result<usize> {
     if cu.first() != Some(&0) {
         return Err(Error::invalid(
             format!("{what}[0]"),
@@ -226,7 +226,7 @@ pub fn flash_attn_varlen(
     Ok(res)
 }
 
-fn seq_len(cu: &[i32], b: usize) -> usize {
+pub(crate) fn seq_len(cu: &[i32], b: usize) -> usize {
     (cu[b + 1] - cu[b]) as usize
 }
 

@@ -4,6 +4,7 @@
 //! itself. Each module's header names the vLLM/AITER kernel it mirrors.
 
 pub mod flash_varlen;
+pub mod flash_varlen_tc;
 pub mod flex_attention;
 pub mod gather_cache;
 pub mod merge_attn_states;
