@@ -1315,3 +1315,40 @@ DEVICE void mfma(const u16* a, const u16* b, const float* c, float* d, int host_
     for (int i = 0; i < S::PD; ++i) d[i] = f32_nan();
 #endif
 }
+
+// The two instructions on packed registers, accumulating in place (what a
+// kernel keeps in its loop): each u32 holds two consecutive fragment
+// elements of MmaShape's order, the lower index in the low half (as
+// mma.sync and the MFMA builtins take them); c is C in and D out.
+// mma_m16n8k16_acc: a[4], b[2], c[4]. mfma_16x16x16_acc: a[2], b[2], c[4].
+template <int FMT> DEVICE void mma_m16n8k16_acc(const u32* a, const u32* b, float* c, int host_target) {
+#if defined(ATTNLAB_CUDA) && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    (void)host_target;
+    if constexpr (FMT == MMA_BF16) {
+        asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+            "{%0,%1,%2,%3};\n"
+            : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+    } else {
+        asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+            "{%0,%1,%2,%3};\n"
+            : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+    }
+#else
+    u16 ah[8], bh[4];
+    for (int i = 0; i < 4; ++i) ah[2 * i] = (u16)(a[i] & 0xffffu), ah[2 * i + 1] = (u16)(a[i] >> 16);
+    for (int i = 0; i < 2; ++i) bh[2 * i] = (u16)(b[i] & 0xffffu), bh[2 * i + 1] = (u16)(b[i] >> 16);
+    float d[4];
+    mma_m16n8k16<FMT>(ah, bh, c, d, host_target);
+    for (int i = 0; i < 4; ++i) c[i] = d[i];
+#endif
+}
+template <int FMT> DEVICE void mfma_16x16x16_acc(const u32* a, const u32* b, float* c, int host_target) {
+    u16 ah[4], bh[4];
+    for (int i = 0; i < 2; ++i) ah[2 * i] = (u16)(a[i] & 0xffffu), ah[2 * i + 1] = (u16)(a[i] >> 16);
+    for (int i = 0; i < 2; ++i) bh[2 * i] = (u16)(b[i] & 0xffffu), bh[2 * i + 1] = (u16)(b[i] >> 16);
+    float d[4];
+    mfma<MFMA_16X16X16, FMT>(ah, bh, c, d, host_target);
+    for (int i = 0; i < 4; ++i) c[i] = d[i];
+}

@@ -187,6 +187,21 @@ pub fn run(gpu: &Gpu, opts: BenchOptions) -> Result<BenchReport> {
             f32_peak_tflops,
         )?);
     }
+    for tokens in TC_PREFILL_TOKENS {
+        for warps in [4usize, 8] {
+            let kernel = tc_prefill_label(warps);
+            if opts.wants(&kernel, 1, tokens, 32, 8) {
+                rows.push(varlen_tc_prefill_case(
+                    gpu,
+                    &opts,
+                    tokens,
+                    warps,
+                    copy_gbps,
+                    f32_peak_tflops,
+                )?);
+            }
+        }
+    }
     Ok(BenchReport {
         device: info,
         copy_gbps,
@@ -423,6 +438,74 @@ fn varlen_prefill_case(
             "flash_attn_varlen (prefill, {}, block_n {block_n})",
             if causal { "causal" } else { "non-causal" }
         ),
+        batch: 1,
+        context: tokens,
+        q_heads: hq,
+        kv_heads: hkv,
+        median_ms: ms,
+        gbps,
+        vs_copy: gbps / copy_gbps,
+        tflops: Some(tflops),
+        vs_f32_peak: (peak > 0.0).then(|| tflops / peak),
+    })
+}
+
+/// Prompt lengths of the tensor-core prefill rows (issue 13's 4K-32K).
+pub const TC_PREFILL_TOKENS: [usize; 4] = [4096, 8192, 16384, 32768];
+
+/// The row name of the tensor-core prefill at `warps` waves per workgroup.
+pub fn tc_prefill_label(warps: usize) -> String {
+    format!(
+        "flash_attn_varlen_tc (prefill, causal, block_n 64, {} rows)",
+        16 * warps
+    )
+}
+
+/// One causal prefill of `tokens` tokens (32 q / 8 kv heads, d 128, bf16)
+/// through the tensor-core `flash_attn_varlen_tc` (the launcher `attnlab
+/// diff --backend flash_varlen_tc` validates), 64-key tiles, `warps` waves
+/// of 16 rows per workgroup. FLOPs and bytes as in [`varlen_prefill_case`].
+fn varlen_tc_prefill_case(
+    gpu: &Gpu,
+    opts: &BenchOptions,
+    tokens: usize,
+    warps: usize,
+    copy_gbps: f64,
+    peak: f64,
+) -> Result<BenchRow> {
+    use crate::ops::flash_varlen_tc::{matrix_target, VarlenTcLaunch};
+    use attnlab_sim::kernels::flash_varlen_tc::VarlenTcParams;
+    let dev = gpu.dev.as_ref();
+    let (hq, hkv, d) = (32usize, 8usize, 128usize);
+    let target = matrix_target(&dev.info().target)?;
+    let p = VarlenTcParams::new(hq, hkv, d, DType::Bf16, 1.0 / (d as f32).sqrt(), target);
+    let (nq, nkv) = (tokens * hq * d, tokens * hkv * d);
+    let (q, k, v) = (
+        Buffer::zeroed(dev, nq * 2)?,
+        Buffer::zeroed(dev, nkv * 2)?,
+        Buffer::zeroed(dev, nkv * 2)?,
+    );
+    fill(gpu, &q, nq, 7)?;
+    fill(gpu, &k, nkv, 8)?;
+    fill(gpu, &v, nkv, 9)?;
+    let out = Buffer::zeroed(dev, nq * 2)?;
+    let lse = Buffer::zeroed(dev, tokens * hq * 4)?;
+    let cu: Vec<u8> = [0i32, tokens as i32]
+        .iter()
+        .flat_map(|x| x.to_le_bytes())
+        .collect();
+    let (cu_q, cu_k) = (Buffer::from_bytes(dev, &cu)?, Buffer::from_bytes(dev, &cu)?);
+    let none = Buffer::zeroed(dev, 4)?;
+    let plan = VarlenTcLaunch::new(gpu, &p, warps, 1, tokens, tokens)?;
+    let ms = time_ms(gpu, opts, &mut || {
+        plan.launch(gpu, [&q, &k, &v, &cu_q, &cu_k, &none, &none, &out, &lse])
+    })?;
+    let t = tokens as f64;
+    let tflops = 4.0 * d as f64 * hq as f64 * (t * (t + 1.0) / 2.0) / (ms * 1e-3) / 1e12;
+    let moved = (2 * nkv * 2 + 2 * nq * 2) as f64;
+    let gbps = moved / (ms * 1e-3) / 1e9;
+    Ok(BenchRow {
+        kernel: tc_prefill_label(warps),
         batch: 1,
         context: tokens,
         q_heads: hq,

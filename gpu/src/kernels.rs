@@ -113,6 +113,17 @@ fn varlen_variants() -> Vec<Defines> {
     each_dtype("DTYPE", &[DType::Bf16, DType::F16])
 }
 
+/// Both dtypes at the bench's shape (d 128, 64-key tiles) with 4 and 8
+/// waves per workgroup.
+fn varlen_tc_variants() -> Vec<Defines> {
+    [DType::Bf16, DType::F16]
+        .into_iter()
+        .flat_map(|dt| {
+            [4usize, 8].map(|w| crate::ops::flash_varlen_tc::defines(dt, 128, 128, 64, w))
+        })
+        .collect()
+}
+
 /// (source, latent cache) dtype pairs.
 fn mla_cache_variants() -> Vec<Defines> {
     dtype_pairs(
@@ -217,6 +228,12 @@ pub static FAMILIES: &[Family] = &[
         embedded: include_str!("../../kernels/flash_varlen.hip"),
         entries: &["flash_attn_varlen"],
         variants: varlen_variants,
+    },
+    Family {
+        name: "flash_varlen_tc",
+        embedded: include_str!("../../kernels/flash_varlen_tc.hip"),
+        entries: &["flash_attn_varlen_tc"],
+        variants: varlen_tc_variants,
     },
     Family {
         name: "mla_cache",

@@ -11,6 +11,7 @@ pub mod backends;
 pub mod cases;
 pub mod contract;
 pub mod flash_varlen;
+pub mod flash_varlen_tc;
 pub mod flex_attention;
 pub mod gather_cache;
 pub mod merge_attn_states;
@@ -299,6 +300,10 @@ pub static KERNEL_DIFFS: &[KernelDiff] = &[
     KernelDiff {
         kernel: "flash_varlen",
         run: flash_varlen::run,
+    },
+    KernelDiff {
+        kernel: "flash_varlen_tc",
+        run: flash_varlen_tc::run,
     },
     KernelDiff {
         kernel: "mla_cache",

@@ -1,0 +1,113 @@
+//! Diff of the tensor-core varlen prefill: the sim with the device's
+//! matrix-core model (sm_90 on an H100 and on the host at wave 32, gfx942 on
+//! the host at wave 64, the GPU's own CDNA generation on AMD) against the
+//! HIP kernel, bit for bit. Random batches with sk >= sq (prefill, extend
+//! on a context), causal or not, windows, ALiBi, sinks, soft-cap, GQA, head
+//! sizes 64, 128, 96 and MLA-prefill-shaped 192/128, key tiles of 16 to 64
+//! keys (128 on GPUs), sequences spanning several 16-row waves and several
+//! 64-row workgroups. The host device runs every matrix instruction through
+//! the model in C++, so its cases are smaller.
+
+use super::{rng_for, DiffOptions, KernelReport, Tally};
+use crate::kernels::Gpu;
+use crate::ops::flash_varlen_tc::{flash_attn_varlen_tc as gpu_varlen_tc, matrix_target};
+use crate::runtime::{Result, Target};
+use attnlab_shared::dtype::DType;
+use attnlab_sim::kernels::flash_varlen_tc::{flash_attn_varlen_tc as sim_varlen_tc, VarlenTcParams};
+use attnlab_sim::kernels::softmax::ScoreParams;
+use rand::seq::SliceRandom;
+use rand::Rng;
+
+pub fn run(gpu: &Gpu, opts: DiffOptions) -> Result<KernelReport> {
+    let target = matrix_target(&gpu.dev.info().target)?;
+    let host = matches!(gpu.dev.info().target, Target::Host { .. });
+    let mut rng = rng_for("flash_varlen_tc", opts.seed);
+    let mut tally = Tally::new("flash_varlen_tc");
+    for done in 0..opts.cases {
+        if !opts.more(done) {
+            break;
+        }
+        let dtype = *[DType::F16, DType::Bf16]
+            .choose(&mut rng)
+            .expect("non-empty");
+        let hk = *[1usize, 2].choose(&mut rng).expect("non-empty");
+        let hq = hk * *[1usize, 2, 4].choose(&mut rng).expect("non-empty");
+        let (d, dv) = *[(64usize, 64usize), (128, 128), (96, 96), (192, 128)]
+            .choose(&mut rng)
+            .expect("non-empty");
+        let block_n = if host {
+            *[16usize, 32, 64].choose(&mut rng).expect("non-empty")
+        } else {
+            *[16usize, 32, 64, 64, 128].choose(&mut rng).expect("non-empty")
+        };
+        let (batch, long, short, extra) = if host {
+            (rng.gen_range(1..=2usize), 40, 20, 40)
+        } else {
+            (rng.gen_range(1..=3usize), 200, 48, 150)
+        };
+        let (mut cu_q, mut cu_k) = (vec![0i32], vec![0i32]);
+        for _ in 0..batch {
+            // Mostly short rows; a quarter long enough for several waves
+            // (16 rows) and, off the host, several 64-row workgroups.
+            let sq = if rng.gen_bool(0.25) {
+                rng.gen_range(short + 1..=long)
+            } else {
+                rng.gen_range(1..=short)
+            };
+            let sk = sq
+                + if rng.gen_bool(0.5) {
+                    0
+                } else {
+                    rng.gen_range(0..=extra)
+                };
+            cu_q.push(cu_q.last().copied().unwrap_or(0) + sq as i32);
+            cu_k.push(cu_k.last().copied().unwrap_or(0) + sk as i32);
+        }
+        let (tq, tk) = (
+            *cu_q.last().unwrap_or(&0) as usize,
+            *cu_k.last().unwrap_or(&0) as usize,
+        );
+        let mut vals = |n: usize| -> Vec<f32> {
+            (0..n)
+                .map(|_| dtype.round(rng.gen_range(-2.0f32..2.0)))
+                .collect()
+        };
+        let (q, k, v) = (vals(tq * hq * d), vals(tk * hk * d), vals(tk * hk * dv));
+        let sinks: Option<Vec<f32>> = rng
+            .gen_bool(0.2)
+            .then(|| (0..hq).map(|_| rng.gen_range(-3.0f32..3.0)).collect());
+        let alibi: Option<Vec<f32>> = rng
+            .gen_bool(0.15)
+            .then(|| (0..hq).map(|h| 2f32.powi(-(h as i32 % 8) - 1)).collect());
+        let mut p = VarlenTcParams::new(hq, hk, d, dtype, 1.0 / (d as f32).sqrt(), target);
+        p.varlen.head_size_v = dv;
+        p.varlen.block_n = block_n;
+        p.varlen.causal = rng.gen_bool(0.8);
+        p.varlen.window = rng.gen_bool(0.3).then(|| rng.gen_range(1..64));
+        p.varlen.score = ScoreParams::new(
+            p.varlen.score.scale,
+            rng.gen_bool(0.3).then(|| rng.gen_range(5.0f32..50.0)),
+        );
+        p.varlen.sinks = sinks.as_deref();
+        p.varlen.alibi_slopes = alibi.as_deref();
+        let sim = sim_varlen_tc(&q, &k, &v, &cu_q, &cu_k, &p)?;
+        let (out, lse) = gpu_varlen_tc(gpu, &q, &k, &v, &cu_q, &cu_k, &p)?;
+        let vp = &p.varlen;
+        let desc = || {
+            format!(
+                "{} {dtype} {hq}/{hk} heads, d {d}/{dv}, causal {}, window {:?}, softcap {:?}, sinks {}, alibi {}, block_n {}, cu_q {cu_q:?}, cu_k {cu_k:?}",
+                target.name(),
+                vp.causal,
+                vp.window,
+                vp.score.softcap,
+                vp.sinks.is_some(),
+                vp.alibi_slopes.is_some(),
+                vp.block_n
+            )
+        };
+        tally.compare_values(&desc, "out", &[tq, hq, dv], dtype, &sim.out, &out);
+        tally.compare_values(&desc, "lse", &[hq, tq], DType::F32, &sim.lse, &lse);
+        tally.case_done();
+    }
+    Ok(tally.finish())
+}
