@@ -25,7 +25,7 @@
 // out = round(acc / l) (0 if l == 0); lse = (m + log2c(l)) * LN2 (-inf if l == 0).
 //
 // Layouts. NVIDIA: S = Q K^T with Q as A (registers, loaded once), K^T as B
-// from shared memory; lane l holds rows l/4 and l/4 + 8, keys 2(l%4) + {0,1}
+// from shared memory (plain 32-bit loads); lane l holds rows l/4 and l/4 + 8, keys 2(l%4) + {0,1}
 // of every 8-key column tile (the lane parts of the row sum are l%4: lanes
 // xor 2 then xor 1). The S accumulators of two column tiles are the A
 // fragment of P for one 16-key chunk (no shuffle); V is B (ldmatrix.trans).
@@ -62,6 +62,20 @@ typedef Storage<DTYPE> E;
 #ifndef FT_WARPS
 #define FT_WARPS 4
 #endif
+// FT_VLDSM: V's B fragments by ldmatrix.trans on NVIDIA (1) or by 16-bit
+// loads as elsewhere (0); the same values either way.
+#ifndef FT_VLDSM
+#define FT_VLDSM 1
+#endif
+// FT_EXP_BRANCHY: portable.h's exp2c itself (1) instead of ft_exp2c (0).
+#ifndef FT_EXP_BRANCHY
+#define FT_EXP_BRANCHY 0
+#endif
+#if FT_EXP_BRANCHY
+#define FT_EXP2C exp2c
+#else
+#define FT_EXP2C ft_exp2c
+#endif
 #if defined(ATTNLAB_CUDA)
 #define FT_STAGES 2
 #else
@@ -84,6 +98,47 @@ struct VarlenTcArgs {
 };
 
 DEVICE u32 ft_pack(float lo, float hi) { return (u32)E::store(lo) | ((u32)E::store(hi) << 16); }
+// ft_pack for P (values in [0, 1], or NaN): on NVIDIA the conversion
+// instruction, round to nearest even without flushing subnormals, so the
+// same bits for every finite p; a NaN p gives some NaN either way, and any
+// NaN in A makes the instruction return its one canonical NaN.
+DEVICE u32 ft_pack_p(float lo, float hi) {
+#if defined(ATTNLAB_CUDA)
+    u32 r;
+    if constexpr (DTYPE == DT_BF16) {
+        asm("cvt.rn.bf16x2.f32 %0, %1, %2;\n" : "=r"(r) : "f"(hi), "f"(lo));
+    } else {
+        asm("cvt.rn.f16x2.f32 %0, %1, %2;\n" : "=r"(r) : "f"(hi), "f"(lo));
+    }
+    return r;
+#else
+    return ft_pack(lo, hi);
+#endif
+}
+
+// portable.h exp2c with the same operations on its in-range path and the
+// special cases selected at the end instead of returned early (no branch
+// per element): the same bits for every x.
+DEVICE float ft_exp2c(float x) {
+    const float xc = fminf(fmaxf(x, EXP2C_MIN_X), 128.0f);
+    const float n = rintf(xc);
+    const float f = xc - n;
+    float p = EXP2C_C0;
+    p = fmaf(p, f, EXP2C_C1);
+    p = fmaf(p, f, EXP2C_C2);
+    p = fmaf(p, f, EXP2C_C3);
+    p = fmaf(p, f, EXP2C_C4);
+    p = fmaf(p, f, EXP2C_C5);
+    p = fmaf(p, f, EXP2C_C6);
+    p = fmaf(p, f, EXP2C_C7);
+    const i32 ni = (i32)n;
+    const float s1 = pow2i(min(max(ni, -126), 127));
+    const float s2 = ni > 127 ? 2.0f : (ni < -126 ? __uint_as_float((u32)(ni + 126 + 127) << 23) : 1.0f);
+    float r = p * s1 * s2;
+    r = x >= 128.0f ? f32_inf() : r;
+    r = x < EXP2C_MIN_X ? 0.0f : r;
+    return is_nan(x) ? x : r;
+}
 
 // The key tiles [n0, n1) rows r0 .. r1 - 1 can see (flash_varlen.hip's range).
 DEVICE void ft_tiles(i64 r0, i64 r1, i64 sk, i64 offset, bool causal, i64 window, i64& n0, i64& n1) {
@@ -104,16 +159,6 @@ DEVICE void ft_copy16(u16* dst, const u16* src, bool ok) {
 }
 DEVICE void ft_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 template <int N> DEVICE void ft_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
-DEVICE void ft_ldsm_x4(u32* r, const u16* p) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(ft_smem_addr(p)));
-}
-DEVICE void ft_ldsm_x2(u32* r, const u16* p) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];\n"
-                 : "=r"(r[0]), "=r"(r[1])
-                 : "r"(ft_smem_addr(p)));
-}
 DEVICE void ft_ldsm_x4_trans(u32* r, const u16* p) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
@@ -267,27 +312,12 @@ extern "C" __global__ void __launch_bounds__(FT_THREADS) flash_attn_varlen_tc(
 #if WAVE_SIZE == 32
 #pragma unroll
             for (int nt = 0; nt < FT_NT; ++nt) {
-#if defined(ATTNLAB_CUDA)
-#pragma unroll
-                for (int dc = 0; dc + 1 < FT_DT; dc += 2) {
-                    u32 kb[4];  // (dc: b0, b1), (dc + 1: b0, b1)
-                    ft_ldsm_x4(kb, Ks + (nt * 8 + (lane & 7)) * FT_KS + dc * 16 + 8 * (lane >> 3));
-                    mma_m16n8k16_acc<FT_FMT>(qf[dc], kb, s[nt], a.host_target);
-                    mma_m16n8k16_acc<FT_FMT>(qf[dc + 1], kb + 2, s[nt], a.host_target);
-                }
-                if constexpr (FT_DT % 2 == 1) {
-                    u32 kb[2];
-                    ft_ldsm_x2(kb, Ks + (nt * 8 + (lane & 7)) * FT_KS + (FT_DT - 1) * 16 + 8 * ((lane >> 3) & 1));
-                    mma_m16n8k16_acc<FT_FMT>(qf[FT_DT - 1], kb, s[nt], a.host_target);
-                }
-#else
 #pragma unroll
                 for (int dc = 0; dc < FT_DT; ++dc) {
                     const u16* kr = Ks + (nt * 8 + gr) * FT_KS + dc * 16 + 2 * qp;
                     u32 kb[2] = {*reinterpret_cast<const u32*>(kr), *reinterpret_cast<const u32*>(kr + 8)};
                     mma_m16n8k16_acc<FT_FMT>(qf[dc], kb, s[nt], a.host_target);
                 }
-#endif
             }
 #else
 #pragma unroll
@@ -303,6 +333,12 @@ extern "C" __global__ void __launch_bounds__(FT_THREADS) flash_attn_varlen_tc(
             // ---- mask and score. A tile every row sees whole needs no test.
             const bool whole = j0 + FT_BN <= sk && (!causal || j0 + FT_BN - 1 <= r0 + offset) &&
                                (a.window == 0 || r1 - 1 + offset - j0 < a.window);
+            if (whole && !a.has_alibi) {
+#pragma unroll
+                for (int nt = 0; nt < FT_NT; ++nt)
+#pragma unroll
+                    for (int i = 0; i < 4; ++i) s[nt][i] = score(s[nt][i], a.scale, a.scale_log2, a.softcap, 0.0f);
+            } else {
 #pragma unroll
             for (int nt = 0; nt < FT_NT; ++nt)
 #pragma unroll
@@ -319,6 +355,7 @@ extern "C" __global__ void __launch_bounds__(FT_THREADS) flash_attn_varlen_tc(
                     if (a.has_alibi) bias = -(slope * (float)(pi - t < 0 ? t - pi : pi - t));
                     s[nt][i] = vis ? score(s[nt][i], a.scale, a.scale_log2, a.softcap, bias) : f32_neg_inf();
                 }
+            }
 
             // ---- row statistics; p = exp2c(s - m_ref) in place.
             float alpha[FT_RW];
@@ -339,7 +376,7 @@ extern "C" __global__ void __launch_bounds__(FT_THREADS) flash_attn_varlen_tc(
 #pragma unroll
                     for (int i = 0; i < 4; ++i)
                         if (WAVE_SIZE == 64 || (i >> 1) == hf) {
-                            s[nt][i] = exp2c(s[nt][i] - ts.m_ref);
+                            s[nt][i] = FT_EXP2C(s[nt][i] - ts.m_ref);
                             part = part + s[nt][i];
                         }
                 part = part + SHFL_XOR(part, WAVE_SIZE == 32 ? 2 : 32);
@@ -357,17 +394,24 @@ extern "C" __global__ void __launch_bounds__(FT_THREADS) flash_attn_varlen_tc(
 #if WAVE_SIZE == 32
 #pragma unroll
             for (int kc = 0; kc < FT_BN / 16; ++kc) {
-                const u32 pa[4] = {ft_pack(s[2 * kc][0], s[2 * kc][1]), ft_pack(s[2 * kc][2], s[2 * kc][3]),
-                                   ft_pack(s[2 * kc + 1][0], s[2 * kc + 1][1]),
-                                   ft_pack(s[2 * kc + 1][2], s[2 * kc + 1][3])};
-#if defined(ATTNLAB_CUDA)
+                const u32 pa[4] = {ft_pack_p(s[2 * kc][0], s[2 * kc][1]), ft_pack_p(s[2 * kc][2], s[2 * kc][3]),
+                                   ft_pack_p(s[2 * kc + 1][0], s[2 * kc + 1][1]),
+                                   ft_pack_p(s[2 * kc + 1][2], s[2 * kc + 1][3])};
+#if defined(ATTNLAB_CUDA) && FT_VLDSM
+                // ldmatrix is volatile asm (kept in order): issue a group of
+                // loads back to back, then their instructions.
+                constexpr int VG = FT_VT % 8 == 0 ? 8 : (FT_VT % 4 == 0 ? 4 : 2);
+                const u16* vrow = Vs + (kc * 16 + (lane & 7) + 8 * ((lane >> 3) & 1)) * FT_VS + 8 * (lane >> 4);
 #pragma unroll
-                for (int vt = 0; vt < FT_VT; vt += 2) {
-                    u32 vb[4];  // (vt: b0, b1), (vt + 1: b0, b1)
-                    ft_ldsm_x4_trans(vb, Vs + (kc * 16 + (lane & 7) + 8 * ((lane >> 3) & 1)) * FT_VS + vt * 8 +
-                                             8 * (lane >> 4));
-                    mma_m16n8k16_acc<FT_FMT>(pa, vb, acc[vt], a.host_target);
-                    mma_m16n8k16_acc<FT_FMT>(pa, vb + 2, acc[vt + 1], a.host_target);
+                for (int vg = 0; vg < FT_VT; vg += VG) {
+                    u32 vb[VG / 2][4];  // (vt: b0, b1), (vt + 1: b0, b1)
+#pragma unroll
+                    for (int x = 0; x < VG / 2; ++x) ft_ldsm_x4_trans(vb[x], vrow + (vg + 2 * x) * 8);
+#pragma unroll
+                    for (int x = 0; x < VG / 2; ++x) {
+                        mma_m16n8k16_acc<FT_FMT>(pa, vb[x], acc[vg + 2 * x], a.host_target);
+                        mma_m16n8k16_acc<FT_FMT>(pa, vb[x] + 2, acc[vg + 2 * x + 1], a.host_target);
+                    }
                 }
 #else
 #pragma unroll
@@ -382,7 +426,7 @@ extern "C" __global__ void __launch_bounds__(FT_THREADS) flash_attn_varlen_tc(
 #else
 #pragma unroll
             for (int kc = 0; kc < FT_NT; ++kc) {
-                const u32 pb[2] = {ft_pack(s[kc][0], s[kc][1]), ft_pack(s[kc][2], s[kc][3])};
+                const u32 pb[2] = {ft_pack_p(s[kc][0], s[kc][1]), ft_pack_p(s[kc][2], s[kc][3])};
 #pragma unroll
                 for (int vt = 0; vt < FT_VT; ++vt) {
                     const u16* vc = Vs + (kc * 16 + 4 * qp) * FT_VS + vt * 16 + gr;

@@ -351,6 +351,52 @@ impl Gpu {
         Self::open_kind(crate::runtime::DeviceKind::Host { wave })
     }
 
+    /// Compiles the `variants` of `family` not yet cached ahead of their
+    /// first use: on NVIDIA the NVRTC compiles (no context needed) run in
+    /// parallel threads, then the images load one by one; on other devices
+    /// this does nothing (they compile on first use, the host device from
+    /// its disk cache). For a diff that meets many shapes in its first cases.
+    pub fn precompile(&self, family_name: &str, variants: &[Defines]) -> Result<()> {
+        let crate::runtime::Target::Cuda { sm } = self.dev.info().target else {
+            return Ok(());
+        };
+        let f = family(family_name)?;
+        let unit = translation_unit(f)?;
+        let todo: Vec<&Defines> = {
+            let modules = self.modules.lock().unwrap_or_else(|p| p.into_inner());
+            variants
+                .iter()
+                .filter(|d| !modules.contains_key(&(family_name.to_string(), d.to_vec())))
+                .collect()
+        };
+        let name = format!("{}.hip", f.name);
+        let images: Vec<Result<crate::runtime::Image>> = std::thread::scope(|s| {
+            let handles: Vec<_> = todo
+                .iter()
+                .map(|d| s.spawn(|| crate::runtime::cuda::nvrtc_compile(sm, &name, &unit, d)))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join().unwrap_or_else(|_| {
+                        Err(GpuError::Driver {
+                            api: "nvrtc",
+                            msg: "a compile thread panicked".into(),
+                        })
+                    })
+                })
+                .collect()
+        });
+        for (d, image) in todo.into_iter().zip(images) {
+            let m = self.dev.load(&image?)?;
+            self.modules
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert((family_name.to_string(), d.to_vec()), m);
+        }
+        Ok(())
+    }
+
     /// The entry point `entry` of `family` compiled with `defines` (compiled
     /// and loaded on first use, cached after).
     pub fn function(

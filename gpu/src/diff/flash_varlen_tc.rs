@@ -4,13 +4,15 @@
 //! HIP kernel, bit for bit. Random batches with sk >= sq (prefill, extend
 //! on a context), causal or not, windows, ALiBi, sinks, soft-cap, GQA, head
 //! sizes 64, 128, 96 and MLA-prefill-shaped 192/128, key tiles of 16 to 64
-//! keys (128 on GPUs), sequences spanning several 16-row waves and several
+//! keys (to 128 on GPUs), sequences spanning several 16-row waves and several
 //! 64-row workgroups. The host device runs every matrix instruction through
 //! the model in C++, so its cases are smaller.
 
 use super::{rng_for, DiffOptions, KernelReport, Tally};
 use crate::kernels::Gpu;
-use crate::ops::flash_varlen_tc::{flash_attn_varlen_tc as gpu_varlen_tc, matrix_target};
+use crate::ops::flash_varlen_tc::{
+    defines, flash_attn_varlen_tc as gpu_varlen_tc, matrix_target, DEFAULT_WARPS,
+};
 use crate::runtime::{Result, Target};
 use attnlab_shared::dtype::DType;
 use attnlab_sim::kernels::flash_varlen_tc::{flash_attn_varlen_tc as sim_varlen_tc, VarlenTcParams};
@@ -21,6 +23,23 @@ use rand::Rng;
 pub fn run(gpu: &Gpu, opts: DiffOptions) -> Result<KernelReport> {
     let target = matrix_target(&gpu.dev.info().target)?;
     let host = matches!(gpu.dev.info().target, Target::Host { .. });
+    if !host {
+        // every shape the draws below can take, compiled in parallel
+        let mut variants = Vec::new();
+        for dt in [DType::F16, DType::Bf16] {
+            for (d, dv, bns) in [
+                (64usize, 64usize, &[16usize, 64, 128][..]),
+                (128, 128, &[16, 64, 128][..]),
+                (96, 96, &[64][..]),
+                (192, 128, &[64][..]),
+            ] {
+                for &bn in bns {
+                    variants.push(defines(dt, d, dv, bn, DEFAULT_WARPS));
+                }
+            }
+        }
+        gpu.precompile("flash_varlen_tc", &variants)?;
+    }
     let mut rng = rng_for("flash_varlen_tc", opts.seed);
     let mut tally = Tally::new("flash_varlen_tc");
     for done in 0..opts.cases {
@@ -35,10 +54,13 @@ pub fn run(gpu: &Gpu, opts: DiffOptions) -> Result<KernelReport> {
         let (d, dv) = *[(64usize, 64usize), (128, 128), (96, 96), (192, 128)]
             .choose(&mut rng)
             .expect("non-empty");
-        let block_n = if host {
-            *[16usize, 32, 64].choose(&mut rng).expect("non-empty")
-        } else {
-            *[16usize, 32, 64, 64, 128].choose(&mut rng).expect("non-empty")
+        // Key tiles: 16, 32 (host) or 128 (GPUs) beside the bench's 64 for
+        // the two common head sizes; 64 for the others (each shape is one
+        // compile on the device).
+        let block_n = match (d, host) {
+            (64 | 128, true) => *[16usize, 32, 64].choose(&mut rng).expect("non-empty"),
+            (64 | 128, false) => *[16usize, 64, 64, 128].choose(&mut rng).expect("non-empty"),
+            _ => 64,
         };
         let (batch, long, short, extra) = if host {
             (rng.gen_range(1..=2usize), 40, 20, 40)
