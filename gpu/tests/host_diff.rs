@@ -89,6 +89,24 @@ fn the_cpp_matrix_models_equal_the_rust_models_on_many_instructions() {
     }
 }
 
+/// The tensor-core prefill (`flash_varlen_tc`) at both wave widths: at 32
+/// lanes every Q·K^T and P·V step is Hopper's `mma.sync m16n8k16` model,
+/// at 64 CDNA3's MFMA 16x16x16 in the transposed layout, and the row sums
+/// follow each layout's lanes (its own seed, beside the all-family sweep).
+#[test]
+fn the_tensor_core_prefill_is_bit_exact_on_the_host_at_both_wave_widths() {
+    for wave in [32, 64] {
+        let Some(gpu) = host_or_skip("flash_varlen_tc", wave) else {
+            return;
+        };
+        let r = attnlab_gpu::diff::flash_varlen_tc::run(&gpu, DiffOptions::new(4, 4))
+            .expect("flash_varlen_tc diff");
+        assert_eq!(r.cases, 4);
+        assert!(r.elements > 0, "wave {wave}: compared nothing");
+        assert!(r.passed(), "wave {wave}: {:?}", r.first_mismatch);
+    }
+}
+
 #[test]
 fn every_diff_family_is_bit_exact_on_the_host_with_32_lane_waves() {
     every_family_is_bit_exact(32);

@@ -15,7 +15,9 @@ use crate::ops::flash_varlen_tc::{
 };
 use crate::runtime::{Result, Target};
 use attnlab_shared::dtype::DType;
-use attnlab_sim::kernels::flash_varlen_tc::{flash_attn_varlen_tc as sim_varlen_tc, VarlenTcParams};
+use attnlab_sim::kernels::flash_varlen_tc::{
+    flash_attn_varlen_tc as sim_varlen_tc, VarlenTcParams,
+};
 use attnlab_sim::kernels::softmax::ScoreParams;
 use rand::seq::SliceRandom;
 use rand::Rng;
@@ -82,8 +84,8 @@ pub fn run(gpu: &Gpu, opts: DiffOptions) -> Result<KernelReport> {
                 } else {
                     rng.gen_range(0..=extra)
                 };
-            cu_q.push(cu_q.last().copied().unwrap_or(0) + sq as i32);
-            cu_k.push(cu_k.last().copied().unwrap_or(0) + sk as i32);
+            cu_q.push(cu_q.last().copied().unwrap_or(0) + sq);
+            cu_k.push(cu_k.last().copied().unwrap_or(0) + sk);
         }
         let (tq, tk) = (
             *cu_q.last().unwrap_or(&0) as usize,

@@ -55,7 +55,13 @@ pub fn shared_bytes(d: usize, dv: usize, block_n: usize, stages: usize) -> usize
 }
 
 /// The `-D` set of one compiled shape (the module cache keys on it).
-pub fn defines(dt: DType, d: usize, dv: usize, block_n: usize, warps: usize) -> Vec<(String, String)> {
+pub fn defines(
+    dt: DType,
+    d: usize,
+    dv: usize,
+    block_n: usize,
+    warps: usize,
+) -> Vec<(String, String)> {
     vec![
         dtype_define("DTYPE", dt),
         ("FT_D".to_string(), d.to_string()),
@@ -145,8 +151,10 @@ pub fn flash_attn_varlen_tc(
             Buffer::from_bytes(dev, &bytes_of_i32(cu_k))?,
         );
         let sinks = Buffer::from_bytes(dev, &bytes_of(vp.sinks.unwrap_or(&[0.0]), DType::F32))?;
-        let alibi =
-            Buffer::from_bytes(dev, &bytes_of(vp.alibi_slopes.unwrap_or(&[0.0]), DType::F32))?;
+        let alibi = Buffer::from_bytes(
+            dev,
+            &bytes_of(vp.alibi_slopes.unwrap_or(&[0.0]), DType::F32),
+        )?;
         let plan = VarlenTcLaunch::new(gpu, p, DEFAULT_WARPS, batch, max_sq, tq)?;
         plan.launch(gpu, [&qb, &kb, &vb, &cq, &ck, &sinks, &alibi, &out, &lse])?;
     }
@@ -187,7 +195,9 @@ impl VarlenTcLaunch {
             .into());
         }
         if warps == 0 || warps > MAX_WARPS {
-            return Err(Error::invalid("waves per workgroup", warps, format!("1 to {MAX_WARPS}")).into());
+            return Err(
+                Error::invalid("waves per workgroup", warps, format!("1 to {MAX_WARPS}")).into(),
+            );
         }
         let vp = &p.varlen;
         let (d, dv, bn) = (vp.head_size, vp.head_size_v, vp.block_n);
@@ -255,20 +265,34 @@ mod tests {
         for (d, dv, bn) in [(64, 64, 64), (128, 128, 64), (192, 128, 64), (128, 128, 32)] {
             assert!(shared_bytes(d, dv, bn, 1) <= LDS_LIMIT, "{d}/{dv}/{bn}");
         }
-        // NVIDIA: two stages up to block_n 128 for d 256.
-        assert!(shared_bytes(256, 256, 128, 2) <= CUDA_SHARED_LIMIT);
+        // NVIDIA: two stages of block_n 128 for d 192/128, of 64 for d 256;
+        // d 256 with block_n 128 does not fit.
+        assert!(shared_bytes(192, 128, 128, 2) <= CUDA_SHARED_LIMIT);
+        assert!(shared_bytes(256, 256, 64, 2) <= CUDA_SHARED_LIMIT);
+        assert!(shared_bytes(256, 256, 128, 2) > CUDA_SHARED_LIMIT);
         assert_eq!(shared_bytes(128, 128, 64, 2), 69632);
     }
 
     #[test]
     fn host_waves_stand_for_hopper_and_cdna3() {
-        assert_eq!(matrix_target(&Target::Host { wave: 32 }).unwrap(), MatrixTarget::Sm90);
-        assert_eq!(matrix_target(&Target::Host { wave: 64 }).unwrap(), MatrixTarget::Gfx942);
         assert_eq!(
-            matrix_target(&Target::Amd { gfx: "gfx90a".into() }).unwrap(),
+            matrix_target(&Target::Host { wave: 32 }).unwrap(),
+            MatrixTarget::Sm90
+        );
+        assert_eq!(
+            matrix_target(&Target::Host { wave: 64 }).unwrap(),
+            MatrixTarget::Gfx942
+        );
+        assert_eq!(
+            matrix_target(&Target::Amd {
+                gfx: "gfx90a".into()
+            })
+            .unwrap(),
             MatrixTarget::Gfx90a
         );
-        let e = matrix_target(&Target::Cuda { sm: 80 }).unwrap_err().to_string();
+        let e = matrix_target(&Target::Cuda { sm: 80 })
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("sm_80"), "{e}");
     }
 }

@@ -312,12 +312,9 @@ fn wave(x: &Inputs, b: usize, w: usize, h: usize, p: &VarlenTcParams) -> (Vec<f3
                     let kr = &x.k[((k0 + t) * hk + g) * d..][..d];
                     let mut c = 0.0f32;
                     for dc in (0..d).step_by(MMA_K) {
-                        c = x.model.dot(
-                            x.format,
-                            &qr[dc..dc + MMA_K],
-                            &kr[dc..dc + MMA_K],
-                            c,
-                        );
+                        c = x
+                            .model
+                            .dot(x.format, &qr[dc..dc + MMA_K], &kr[dc..dc + MMA_K], c);
                     }
                     let bias = if vp.alibi_slopes.is_some() {
                         -(slope * (pi - t as i64).abs() as f32)
@@ -393,7 +390,13 @@ mod tests {
             .collect()
     }
 
-    fn params(hq: usize, hk: usize, d: usize, dtype: DType, t: MatrixTarget) -> VarlenTcParams<'static> {
+    fn params(
+        hq: usize,
+        hk: usize,
+        d: usize,
+        dtype: DType,
+        t: MatrixTarget,
+    ) -> VarlenTcParams<'static> {
         VarlenTcParams::new(hq, hk, d, dtype, 1.0 / (d as f32).sqrt(), t)
     }
 
@@ -403,7 +406,9 @@ mod tests {
         let sm90: Vec<usize> = (0..10).map(|j| lane_part(MatrixTarget::Sm90, j)).collect();
         assert_eq!(sm90, [0, 0, 1, 1, 2, 2, 3, 3, 0, 0]);
         // CDNA: 4 consecutive keys per part, 16-key tiles.
-        let cdna: Vec<usize> = (0..18).map(|j| lane_part(MatrixTarget::Gfx942, j)).collect();
+        let cdna: Vec<usize> = (0..18)
+            .map(|j| lane_part(MatrixTarget::Gfx942, j))
+            .collect();
         assert_eq!(cdna, [0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3, 0, 0]);
     }
 
@@ -451,16 +456,28 @@ mod tests {
         // 2 sequences, GQA 4/2, d 32, causal and bottom-right aligned.
         let (cu_q, cu_k) = ([0, 20, 57], [0, 30, 67]);
         let (hq, hk, d) = (4, 2, 32);
-        let (q, k, v) = (vals(57 * hq * d, 6), vals(67 * hk * d, 7), vals(67 * hk * d, 8));
+        let (q, k, v) = (
+            vals(57 * hq * d, 6),
+            vals(67 * hk * d, 7),
+            vals(67 * hk * d, 8),
+        );
         for t in MatrixTarget::ALL {
             let p = params(hq, hk, d, DType::Bf16, t);
             let tc = flash_attn_varlen_tc(&q, &k, &v, &cu_q, &cu_k, &p).unwrap();
             let fma = flash_attn_varlen(&q, &k, &v, &cu_q, &cu_k, &p.varlen).unwrap();
             for (a, b) in tc.out.iter().zip(&fma.out) {
-                assert!((a - b).abs() <= 0.02 + 0.02 * b.abs(), "{}: {a} vs {b}", t.name());
+                assert!(
+                    (a - b).abs() <= 0.02 + 0.02 * b.abs(),
+                    "{}: {a} vs {b}",
+                    t.name()
+                );
             }
             for (a, b) in tc.lse.iter().zip(&fma.lse) {
-                assert!((a - b).abs() <= 1e-3 * (1.0 + b.abs()), "{}: {a} vs {b}", t.name());
+                assert!(
+                    (a - b).abs() <= 1e-3 * (1.0 + b.abs()),
+                    "{}: {a} vs {b}",
+                    t.name()
+                );
             }
         }
     }
