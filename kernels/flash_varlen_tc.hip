@@ -76,6 +76,16 @@ typedef Storage<DTYPE> E;
 #else
 #define FT_EXP2C ft_exp2c
 #endif
+// FT_MINB: workgroups per SM the NVIDIA compile must fit (register cap
+// 65536 / (FT_MINB * FT_THREADS)); 1 leaves the compiler its 255.
+#ifndef FT_MINB
+#define FT_MINB 1
+#endif
+#if defined(ATTNLAB_CUDA)
+#define FT_LAUNCH_BOUNDS __launch_bounds__(FT_THREADS, FT_MINB)
+#else
+#define FT_LAUNCH_BOUNDS __launch_bounds__(FT_THREADS)
+#endif
 #if defined(ATTNLAB_CUDA)
 #define FT_STAGES 2
 #else
@@ -202,7 +212,7 @@ DEVICE void ft_stage(u16* Ks, u16* Vs, const u16* kg, const u16* vg, i64 kstride
 #endif
 #define FT_DT (FT_D / 16)    // k-steps of Q K^T
 
-extern "C" __global__ void __launch_bounds__(FT_THREADS) flash_attn_varlen_tc(
+extern "C" __global__ void FT_LAUNCH_BOUNDS flash_attn_varlen_tc(
     const u16* __restrict__ q, const u16* __restrict__ k, const u16* __restrict__ v, const i32* __restrict__ cu_q,
     const i32* __restrict__ cu_k, const float* __restrict__ sinks, const float* __restrict__ alibi_slopes,
     u16* __restrict__ out, float* __restrict__ lse, VarlenTcArgs a) {
