@@ -303,16 +303,25 @@ DEVICE void tc_split(const QT* __restrict__ query, const QT* __restrict__ k_cach
 #endif
 }
 
-#define TC_ENTRY(NAME, HD, PIPE)                                                                                 \
-    extern "C" __global__ void __launch_bounds__(TC_WAVES * WAVE_SIZE)                                           \
-        NAME(const QT* __restrict__ query, const QT* __restrict__ k_cache, const QT* __restrict__ v_cache,      \
-             const i32* __restrict__ block_table, const i32* __restrict__ qsl, const i32* __restrict__ seq_lens, \
-             float* __restrict__ m_part, float* __restrict__ l_part, float* __restrict__ acc_part, TcArgs a) {  \
-        tc_split<HD, PIPE>(query, k_cache, v_cache, block_table, qsl, seq_lens, m_part, l_part, acc_part, a);  \
-    }
-TC_ENTRY(paged_decode_tc_d64, 64, 1)
-TC_ENTRY(paged_decode_tc_d128, 128, 1)
-TC_ENTRY(paged_decode_tc_d128_nopipe, 128, 0)
+// The split kernel per head size (the unpipelined d128 entry for the bench).
+extern "C" __global__ void __launch_bounds__(TC_WAVES * WAVE_SIZE) paged_decode_tc_d64(
+    const QT* __restrict__ query, const QT* __restrict__ k_cache, const QT* __restrict__ v_cache,
+    const i32* __restrict__ block_table, const i32* __restrict__ qsl, const i32* __restrict__ seq_lens,
+    float* __restrict__ m_part, float* __restrict__ l_part, float* __restrict__ acc_part, TcArgs a) {
+    tc_split<64, 1>(query, k_cache, v_cache, block_table, qsl, seq_lens, m_part, l_part, acc_part, a);
+}
+extern "C" __global__ void __launch_bounds__(TC_WAVES * WAVE_SIZE) paged_decode_tc_d128(
+    const QT* __restrict__ query, const QT* __restrict__ k_cache, const QT* __restrict__ v_cache,
+    const i32* __restrict__ block_table, const i32* __restrict__ qsl, const i32* __restrict__ seq_lens,
+    float* __restrict__ m_part, float* __restrict__ l_part, float* __restrict__ acc_part, TcArgs a) {
+    tc_split<128, 1>(query, k_cache, v_cache, block_table, qsl, seq_lens, m_part, l_part, acc_part, a);
+}
+extern "C" __global__ void __launch_bounds__(TC_WAVES * WAVE_SIZE) paged_decode_tc_d128_nopipe(
+    const QT* __restrict__ query, const QT* __restrict__ k_cache, const QT* __restrict__ v_cache,
+    const i32* __restrict__ block_table, const i32* __restrict__ qsl, const i32* __restrict__ seq_lens,
+    float* __restrict__ m_part, float* __restrict__ l_part, float* __restrict__ acc_part, TcArgs a) {
+    tc_split<128, 0>(query, k_cache, v_cache, block_table, qsl, seq_lens, m_part, l_part, acc_part, a);
+}
 
 // Reduce, grid (Hq, num_reqs), one thread per dim (blockDim >= head_size):
 // the sequence's splits in ascending order (the formula above).
