@@ -22,7 +22,7 @@
 // then combines a sequence's splits in ascending order:
 //   M = max m_s; w_s = exp2c(m_s - M); l = fmaf(l_s, w_s, l); acc = fmaf(acc_s, w_s, acc);
 //   out = round_q(acc / l) (0 when the sequence has no key).
-// Keys past the split end are not loaded: their K and V are zero.
+// Keys past the split end are read as the split's last key (K unused: score -inf; V with p = 0).
 //
 // NVIDIA (wave 32): mma.sync m16n8k16, heads as the 16 rows (S: rows = heads,
 // n = 8 keys; two n-tiles per step), the S accumulators become P's A
@@ -44,6 +44,16 @@ typedef typename Q::T QT;
 #define TC_STEP 16
 #define TC_ROWS 16
 #define TC_WAVES 4
+// Resident blocks per multiprocessor the register allocation must allow
+// (__launch_bounds__'s second argument; 0: the compiler's choice).
+#ifndef TC_MIN_BLOCKS
+#define TC_MIN_BLOCKS 0
+#endif
+#if TC_MIN_BLOCKS > 0
+#define TC_BOUNDS __launch_bounds__(TC_WAVES * WAVE_SIZE, TC_MIN_BLOCKS)
+#else
+#define TC_BOUNDS __launch_bounds__(TC_WAVES * WAVE_SIZE)
+#endif
 
 struct TcArgs {
     i64 num_heads, num_kv_heads, head_size, block_size, max_blocks, split_size, max_splits;
@@ -65,7 +75,9 @@ template <typename T, int A, int B> DEVICE void copy_regs(T (&d)[A][B], const T 
         for (int j = 0; j < B; ++j) d[i][j] = s[i][j];
 }
 
-template <int HD, int PIPE>
+// R16: the group may have more than 8 heads (rows 8..15 of the tile live);
+// without it those rows are compile-time zero and their statistics skipped.
+template <int HD, int PIPE, int R16>
 DEVICE void tc_split(const QT* __restrict__ query, const QT* __restrict__ k_cache, const QT* __restrict__ v_cache,
                      const i32* __restrict__ block_table, const i32* __restrict__ qsl,
                      const i32* __restrict__ seq_lens, float* __restrict__ m_part, float* __restrict__ l_part,
@@ -85,42 +97,63 @@ DEVICE void tc_split(const QT* __restrict__ query, const QT* __restrict__ k_cach
     const QT* q = query + (qsl[seq] * a.num_heads + hbase) * HD;
     const i32* bt = block_table + seq * a.max_blocks;
     const i64 bs = a.block_size, kv_row = a.num_kv_heads * HD;
-    const auto key_off = [&](i64 t) -> i64 { return ((i64)bt[t / bs] * bs + t % bs) * kv_row + kvh * HD; };
+    // Token t's K/V row (32-bit block arithmetic: positions stay below 2^31).
+    const auto key_off = [&](i64 t) -> i64 {
+        const u32 tt = (u32)t, b = (u32)bs;
+        return ((i64)bt[tt / b] * bs + (i64)(tt % b)) * kv_row + kvh * HD;
+    };
+    // Blocks of a multiple of 16 keys hold whole steps (splits start on a
+    // step): one block-table read per step, then rows kv_row apart. Keys
+    // past `end` read the last valid key's row (in bounds, cached; no branch
+    // around the loads): their scores are -inf and p = 0, so its K is
+    // never seen and its V enters P.V with p = 0 (the sim does the same).
+    const bool one_block = bs % TC_STEP == 0;
+    const auto step_base = [&](i64 t0) -> i64 { return one_block ? key_off(t0) : 0; };
+    const auto row_off = [&](i64 base, i64 t0, int k) -> i64 {
+        const int kk = t0 + k < end ? k : (int)(end - 1 - t0);
+        return one_block ? base + kk * kv_row : key_off(t0 + kk);
+    };
+
     const float neg_inf = f32_neg_inf();
     const i64 part = (seq * a.max_splits + split) * a.num_heads + hbase;  // row 0 of the group's partials
 #if WAVE_SIZE == 32
+    // Fragments travel packed, two storage elements per register, as the
+    // instruction reads them (mma_m16n8k16_packed).
     constexpr int NC = HD / 16, NKV = HD / 32, NVV = HD / 64, NT = HD / 8;
+    constexpr int NR = R16 ? 2 : 1;  // live row halves of the lane (g, g + 8)
     const int g = lane >> 2, tq = lane & 3;
-    u16 qa[NC][8];
+    // qa[c][w]: w = 0 row g slots (2t, 2t+1), 1 row g+8 same, 2 row g slots
+    // (2t+8, 2t+9), 3 row g+8 same: dims 8(t + 4(c/2)) + 4(c%2) + (0,1 | 2,3).
+    u32 qa[NC][4];
 #pragma unroll
     for (int c = 0; c < NC; ++c)
 #pragma unroll
-        for (int i = 0; i < 8; ++i) {
-            const int r = g + 8 * ((i >> 1) & 1), j = (i & 1) + 2 * (i >> 2);
-            const int dim = 8 * (tq + 4 * (c >> 1)) + 4 * (c & 1) + j;
-            qa[c][i] = r < rows ? q[r * HD + dim] : (u16)0;
+        for (int w = 0; w < 4; ++w) {
+            const int r = g + 8 * (w & 1), dim = 8 * (tq + 4 * (c >> 1)) + 4 * (c & 1) + 2 * (w >> 1);
+            const QT* src = q + r * HD + dim;
+            qa[c][w] = (w & 1) && !R16 ? 0u : r < rows ? ((u32)src[0] | ((u32)src[1] << 16)) : 0u;
         }
     float m[2] = {neg_inf, neg_inf}, l[2] = {0.0f, 0.0f};
-    float acc[NT][4];
+    float acc[NT][2 * NR];
 #pragma unroll
     for (int v = 0; v < NT; ++v)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) acc[v][e] = 0.0f;
+        for (int e = 0; e < 2 * NR; ++e) acc[v][e] = 0.0f;
     // K: lane (g, t) loads keys g and 8 + g, vectors t + 4i; V: keys 2t + (j&1) + 8(j>>1), dims 64h + 8g.
     const auto load = [&](i64 t0, u32x4 (&kr)[2][NKV], u32x4 (&vr)[4][NVV]) {
+        const i64 base = step_base(t0);
 #pragma unroll
         for (int n = 0; n < 2; ++n) {
-            const i64 t = t0 + 8 * n + g;
-            const QT* p = t < end ? k_cache + key_off(t) : nullptr;
+            const QT* p = k_cache + row_off(base, t0, 8 * n + g);
 #pragma unroll
-            for (int i = 0; i < NKV; ++i) kr[n][i] = p ? load16(p + 8 * (tq + 4 * i)) : zero16();
+            for (int i = 0; i < NKV; ++i) kr[n][i] = load16(p + 8 * (tq + 4 * i));
         }
 #pragma unroll
         for (int j = 0; j < 4; ++j) {
-            const i64 t = t0 + 2 * tq + (j & 1) + 8 * (j >> 1);
-            const QT* p = t < end ? v_cache + key_off(t) : nullptr;
+            const int k = 2 * tq + (j & 1) + 8 * (j >> 1);
+            const QT* p = v_cache + row_off(base, t0, k);
 #pragma unroll
-            for (int h = 0; h < NVV; ++h) vr[j][h] = p ? load16(p + 64 * h + 8 * g) : zero16();
+            for (int h = 0; h < NVV; ++h) vr[j][h] = load16(p + 64 * h + 8 * g);
         }
     };
     const auto step = [&](i64 t0, const u32x4 (&kr)[2][NKV], const u32x4 (&vr)[4][NVV]) {
@@ -131,24 +164,22 @@ DEVICE void tc_split(const QT* __restrict__ query, const QT* __restrict__ k_cach
             for (int e = 0; e < 4; ++e) s[n][e] = 0.0f;
 #pragma unroll
             for (int c = 0; c < NC; ++c) {
-                u16 b[4];
-#pragma unroll
-                for (int i = 0; i < 4; ++i) b[i] = Vec16Elem<u16>::at(kr[n][c >> 1], 4 * (c & 1) + i);
-                mma_m16n8k16<TC_FMT>(qa[c], b, s[n], s[n], a.host_target);
+                // slots (2t, 2t+1) and (2t+8, 2t+9): elements 4(c%2) + (0,1 | 2,3) of the K vector
+                const u32 b[2] = {kr[n][c >> 1].w[2 * (c & 1)], kr[n][c >> 1].w[2 * (c & 1) + 1]};
+                mma_m16n8k16_packed<TC_FMT>(qa[c], b, s[n], s[n], a.host_target);
             }
         }
         // s[n][e]: row g + 8 (e >> 1), key 8n + 2t + (e & 1)
 #pragma unroll
         for (int n = 0; n < 2; ++n)
 #pragma unroll
-            for (int e = 0; e < 4; ++e) {
+            for (int e = 0; e < 2 * NR; ++e) {
                 const bool valid = t0 + 8 * n + 2 * tq + (e & 1) < end;
                 s[n][e] = valid ? score(s[n][e], a.scale, a.scale_log2, a.softcap, 0.0f) : neg_inf;
             }
-        float alpha[2];
-        u16 pa[8];
+        float alpha[2] = {0.0f, 0.0f};
 #pragma unroll
-        for (int r = 0; r < 2; ++r) {
+        for (int r = 0; r < NR; ++r) {
             float mx = fmaxf(fmaxf(s[0][2 * r], s[0][2 * r + 1]), fmaxf(s[1][2 * r], s[1][2 * r + 1]));
             mx = fmaxf(mx, SHFL_XOR(mx, 2));
             mx = fmaxf(mx, SHFL_XOR(mx, 1));
@@ -167,17 +198,27 @@ DEVICE void tc_split(const QT* __restrict__ query, const QT* __restrict__ k_cach
             l[r] = fmaf(l[r], ts.alpha, sum);
             m[r] = ts.m_new;
         }
+        // P's A fragment: pa[w] = p of row g + 8 (w & 1), keys 8 (w >> 1) + 2t, +1 (the S layout).
+        u32 pa[4];
 #pragma unroll
-        for (int i = 0; i < 8; ++i) pa[i] = Q::store(s[i >> 2][(i & 1) + 2 * ((i >> 1) & 1)]);
+        for (int w = 0; w < 4; ++w)
+            pa[w] = (w & 1) && !R16 ? 0u
+                                    : (u32)Q::store(s[w >> 1][2 * (w & 1)]) |
+                                          ((u32)Q::store(s[w >> 1][2 * (w & 1) + 1]) << 16);
 #pragma unroll
         for (int v = 0; v < NT; ++v) {
-            float c4[4];
-            u16 b[4];
+            float c4[4], d4[4];
 #pragma unroll
-            for (int e = 0; e < 4; ++e) c4[e] = acc[v][e] * alpha[e >> 1];
+            for (int e = 0; e < 4; ++e) c4[e] = e < 2 * NR ? acc[v][e] * alpha[e >> 1] : 0.0f;
+            // keys (2t, 2t+1) and (2t+8, 2t+9) of dim 64 (v / 8) + 8g + v % 8
+            const int wi = (v & 7) >> 1, hi = v & 1;
+            const u32 x0 = vr[0][v >> 3].w[wi], x1 = vr[1][v >> 3].w[wi];
+            const u32 x2 = vr[2][v >> 3].w[wi], x3 = vr[3][v >> 3].w[wi];
+            const u32 b[2] = {hi ? (x0 >> 16) | (x1 & 0xffff0000u) : (x0 & 0xffffu) | (x1 << 16),
+                              hi ? (x2 >> 16) | (x3 & 0xffff0000u) : (x2 & 0xffffu) | (x3 << 16)};
+            mma_m16n8k16_packed<TC_FMT>(pa, b, c4, d4, a.host_target);
 #pragma unroll
-            for (int i = 0; i < 4; ++i) b[i] = Vec16Elem<u16>::at(vr[i][v >> 3], v & 7);
-            mma_m16n8k16<TC_FMT>(pa, b, c4, acc[v], a.host_target);
+            for (int e = 0; e < 2 * NR; ++e) acc[v][e] = d4[e];
         }
     };
 #elif WAVE_SIZE == 64
@@ -199,16 +240,15 @@ DEVICE void tc_split(const QT* __restrict__ query, const QT* __restrict__ k_cach
         for (int e = 0; e < 4; ++e) acc[v][e] = 0.0f;
     // K: lane (r16, q) loads key r16, vectors q + 4i; V: keys 4q + i, dims DPL*r16 ..
     const auto load = [&](i64 t0, u32x4 (&kr)[1][NKV], u16 (&vr)[4][DPL]) {
-        const i64 t = t0 + r16;
-        const QT* p = t < end ? k_cache + key_off(t) : nullptr;
+        const i64 base = step_base(t0);
+        const QT* p = k_cache + row_off(base, t0, r16);
 #pragma unroll
-        for (int i = 0; i < NKV; ++i) kr[0][i] = p ? load16(p + 8 * (qd + 4 * i)) : zero16();
+        for (int i = 0; i < NKV; ++i) kr[0][i] = load16(p + 8 * (qd + 4 * i));
 #pragma unroll
         for (int j = 0; j < 4; ++j) {
-            const i64 tv = t0 + 4 * qd + j;
-            const QT* pv = tv < end ? v_cache + key_off(tv) : nullptr;
+            const QT* pv = v_cache + row_off(base, t0, 4 * qd + j);
 #pragma unroll
-            for (int e = 0; e < DPL; ++e) vr[j][e] = pv ? pv[DPL * r16 + e] : (u16)0;
+            for (int e = 0; e < DPL; ++e) vr[j][e] = pv[DPL * r16 + e];
         }
     };
     const auto step = [&](i64 t0, const u32x4 (&kr)[1][NKV], const u16 (&vr)[4][DPL]) {
@@ -280,7 +320,7 @@ DEVICE void tc_split(const QT* __restrict__ query, const QT* __restrict__ k_cach
     // The split's partials: m, l per head row, acc[row][dim].
 #if WAVE_SIZE == 32
 #pragma unroll
-    for (int r = 0; r < 2; ++r) {
+    for (int r = 0; r < NR; ++r) {
         const int hr = g + 8 * r;
         if (hr >= rows) continue;
         const i64 idx = part + hr;
@@ -303,24 +343,37 @@ DEVICE void tc_split(const QT* __restrict__ query, const QT* __restrict__ k_cach
 #endif
 }
 
-// The split kernel per head size (the unpipelined d128 entry for the bench).
-extern "C" __global__ void __launch_bounds__(TC_WAVES * WAVE_SIZE) paged_decode_tc_d64(
+// The split kernel per head size and group size (_r16: more than 8 heads per
+// kv head), and the unpipelined d128 one for the bench.
+extern "C" __global__ void TC_BOUNDS paged_decode_tc_d64(
     const QT* __restrict__ query, const QT* __restrict__ k_cache, const QT* __restrict__ v_cache,
     const i32* __restrict__ block_table, const i32* __restrict__ qsl, const i32* __restrict__ seq_lens,
     float* __restrict__ m_part, float* __restrict__ l_part, float* __restrict__ acc_part, TcArgs a) {
-    tc_split<64, 1>(query, k_cache, v_cache, block_table, qsl, seq_lens, m_part, l_part, acc_part, a);
+    tc_split<64, 1, 0>(query, k_cache, v_cache, block_table, qsl, seq_lens, m_part, l_part, acc_part, a);
 }
-extern "C" __global__ void __launch_bounds__(TC_WAVES * WAVE_SIZE) paged_decode_tc_d128(
+extern "C" __global__ void TC_BOUNDS paged_decode_tc_d64_r16(
     const QT* __restrict__ query, const QT* __restrict__ k_cache, const QT* __restrict__ v_cache,
     const i32* __restrict__ block_table, const i32* __restrict__ qsl, const i32* __restrict__ seq_lens,
     float* __restrict__ m_part, float* __restrict__ l_part, float* __restrict__ acc_part, TcArgs a) {
-    tc_split<128, 1>(query, k_cache, v_cache, block_table, qsl, seq_lens, m_part, l_part, acc_part, a);
+    tc_split<64, 1, 1>(query, k_cache, v_cache, block_table, qsl, seq_lens, m_part, l_part, acc_part, a);
 }
-extern "C" __global__ void __launch_bounds__(TC_WAVES * WAVE_SIZE) paged_decode_tc_d128_nopipe(
+extern "C" __global__ void TC_BOUNDS paged_decode_tc_d128(
     const QT* __restrict__ query, const QT* __restrict__ k_cache, const QT* __restrict__ v_cache,
     const i32* __restrict__ block_table, const i32* __restrict__ qsl, const i32* __restrict__ seq_lens,
     float* __restrict__ m_part, float* __restrict__ l_part, float* __restrict__ acc_part, TcArgs a) {
-    tc_split<128, 0>(query, k_cache, v_cache, block_table, qsl, seq_lens, m_part, l_part, acc_part, a);
+    tc_split<128, 1, 0>(query, k_cache, v_cache, block_table, qsl, seq_lens, m_part, l_part, acc_part, a);
+}
+extern "C" __global__ void TC_BOUNDS paged_decode_tc_d128_r16(
+    const QT* __restrict__ query, const QT* __restrict__ k_cache, const QT* __restrict__ v_cache,
+    const i32* __restrict__ block_table, const i32* __restrict__ qsl, const i32* __restrict__ seq_lens,
+    float* __restrict__ m_part, float* __restrict__ l_part, float* __restrict__ acc_part, TcArgs a) {
+    tc_split<128, 1, 1>(query, k_cache, v_cache, block_table, qsl, seq_lens, m_part, l_part, acc_part, a);
+}
+extern "C" __global__ void TC_BOUNDS paged_decode_tc_d128_nopipe(
+    const QT* __restrict__ query, const QT* __restrict__ k_cache, const QT* __restrict__ v_cache,
+    const i32* __restrict__ block_table, const i32* __restrict__ qsl, const i32* __restrict__ seq_lens,
+    float* __restrict__ m_part, float* __restrict__ l_part, float* __restrict__ acc_part, TcArgs a) {
+    tc_split<128, 0, 0>(query, k_cache, v_cache, block_table, qsl, seq_lens, m_part, l_part, acc_part, a);
 }
 
 // Reduce, grid (Hq, num_reqs), one thread per dim (blockDim >= head_size):

@@ -213,7 +213,9 @@ pub static FAMILIES: &[Family] = &[
         embedded: include_str!("../../kernels/paged_decode_tc.hip"),
         entries: &[
             "paged_decode_tc_d64",
+            "paged_decode_tc_d64_r16",
             "paged_decode_tc_d128",
+            "paged_decode_tc_d128_r16",
             "paged_decode_tc_d128_nopipe",
             "paged_decode_tc_reduce",
         ],

@@ -128,14 +128,17 @@ fn args(
         .arg()
 }
 
-/// The split kernel's entry for a head size (`pipelined`: the next step's
-/// K and V loaded while a step computes; the unpipelined d128 entry is kept
-/// for the bench's comparison).
-fn entry(head_size: usize, pipelined: bool) -> &'static str {
-    match (head_size, pipelined) {
-        (64, _) => "paged_decode_tc_d64",
-        (_, true) => "paged_decode_tc_d128",
-        (_, false) => "paged_decode_tc_d128_nopipe",
+/// The split kernel's entry for a head size and group (`r16`: more than 8
+/// query heads per kv head; `pipelined`: the next step's K and V loaded
+/// while a step computes; the unpipelined entry exists for d128 groups of
+/// at most 8 heads, for the bench's comparison).
+fn entry(head_size: usize, r16: bool, pipelined: bool) -> &'static str {
+    match (head_size, r16, pipelined) {
+        (64, false, _) => "paged_decode_tc_d64",
+        (64, true, _) => "paged_decode_tc_d64_r16",
+        (_, true, _) => "paged_decode_tc_d128_r16",
+        (_, false, true) => "paged_decode_tc_d128",
+        (_, false, false) => "paged_decode_tc_d128_nopipe",
     }
 }
 
@@ -188,7 +191,7 @@ pub(crate) fn launch(
     let wave = gpu.dev.info().target.wave_size();
     let defines = qkv_defines(cfg.dtype, cfg.kv_dtype);
     let a = args(meta, cfg, split_size, max_splits, target);
-    let f = gpu.function("paged_decode_tc", &defines, entry(cfg.head_size, pipelined))?;
+    let f = gpu.function("paged_decode_tc", &defines, entry(cfg.head_size, cfg.queries_per_kv() > 8, pipelined))?;
     let groups = cfg.queries_per_kv().div_ceil(ROWS);
     let dims = LaunchDims {
         grid: [

@@ -16,6 +16,7 @@
 //!            C = MMA(q[h][dims(c)], key_k[dims(c)], C)           // one k=16 instruction
 //!            dims(c)[slot] = 8*(part + 4*(c/2)) + 4*(c%2) + j     // part, j from the slot
 //! s[k]     = score(dot[k])       (scale*log2e once, soft-cap as the contract); -inf past the split
+//!            (keys past the split are read as the split's last key: K unused, V enters with p = 0)
 //! m_new    = max(m, max_k s[k]);  m_ref = m_new > -inf ? m_new : 0;  alpha = exp2c(m - m_ref)
 //! p[k]     = exp2c(s[k] - m_ref)
 //! tile_sum = butterfly over the 4 key parts (offsets 2 then 1) of each part's
@@ -202,16 +203,11 @@ impl Ctx<'_> {
         let mut pb = [0u16; STEP];
         for t0 in (start..end).step_by(STEP) {
             for k in 0..STEP {
-                let t = t0 + k;
-                if t < end {
-                    let (blk, r) = self.meta.kv_location(seq, t);
-                    for dd in 0..d {
-                        kb[k][dd] = fmt.from_f32(self.cache.k[layout.k_offset(blk, r, kvh, dd)]);
-                        vb[dd][k] = fmt.from_f32(self.cache.v[layout.v_offset(blk, r, kvh, dd)]);
-                    }
-                } else {
-                    kb[k].iter_mut().for_each(|x| *x = 0);
-                    vb.iter_mut().for_each(|col| col[k] = 0);
+                // keys past the split read the split's last key (score -inf, p = 0)
+                let (blk, r) = self.meta.kv_location(seq, (t0 + k).min(end - 1));
+                for dd in 0..d {
+                    kb[k][dd] = fmt.from_f32(self.cache.k[layout.k_offset(blk, r, kvh, dd)]);
+                    vb[dd][k] = fmt.from_f32(self.cache.v[layout.v_offset(blk, r, kvh, dd)]);
                 }
             }
             for h in 0..nh {
