@@ -2,11 +2,11 @@
 // paged decode over the paged NHD cache (block tables as paged_decode reads
 // them), bf16 or f16 (Q_DTYPE == KV_DTYPE), head size 64 or 128.
 //
-// Grid (ceil(max_splits / TC_WAVES), Hkv * head groups, num_reqs), TC_WAVES
-// waves per block. Each wave owns one split of split_size keys of one
-// (sequence, kv head, group of <= 16 query heads) and is independent of the
-// other waves of its block (no shared memory, no barrier): the block only
-// groups neighbouring splits. Per step of 16 keys, ascending:
+// Grid (ceil(Hkv * head groups * max_splits / TC_WAVES), num_reqs), TC_WAVES
+// waves per block. Wave w of a sequence owns split w % max_splits of
+// program w / max_splits (kv head, group of <= 16 query heads), and is
+// independent of the other waves of its block (no shared memory, no
+// barrier): the block only packs neighbouring waves, so no wave idles. Per step of 16 keys, ascending:
 //   S     = Q.K^T: C chained over dim chunks c = 0 .. D/16 ascending from +0,
 //           one k=16 instruction per chunk; the chunk's k slots hold the dims
 //           8*(part + 4*(c/2)) + 4*(c%2) + j that the lane part's 16-byte K
@@ -83,11 +83,14 @@ DEVICE void tc_split(const QT* __restrict__ query, const QT* __restrict__ k_cach
                      const i32* __restrict__ seq_lens, float* __restrict__ m_part, float* __restrict__ l_part,
                      float* __restrict__ acc_part, const TcArgs& a) {
     const int wave = (int)(threadIdx.x / WAVE_SIZE), lane = (int)(threadIdx.x % WAVE_SIZE);
-    const i64 seq = blockIdx.z;
-    const i64 split = (i64)blockIdx.x * TC_WAVES + wave;
+    const i64 seq = blockIdx.y;
+    // Waves of the sequence, split fastest: (kv head, head group, split).
+    const i64 w = (i64)blockIdx.x * TC_WAVES + wave;
+    const i64 split = w % a.max_splits, prog = w / a.max_splits;
     const int ngroups = (a.qpk + TC_ROWS - 1) / TC_ROWS;
-    const i64 kvh = blockIdx.y / ngroups;
-    const int grp = (int)(blockIdx.y % ngroups);
+    if (prog >= a.num_kv_heads * ngroups) return;
+    const i64 kvh = prog / ngroups;
+    const int grp = (int)(prog % ngroups);
     if (qsl[seq + 1] - qsl[seq] != 1) return;
     const i64 L = seq_lens[seq], start = split * a.split_size;
     if (start >= L || split >= a.max_splits) return;
@@ -343,21 +346,26 @@ DEVICE void tc_split(const QT* __restrict__ query, const QT* __restrict__ k_cach
 #endif
 }
 
+// TC_BOUNDS3: the d128 nopipe kernel held to 3 resident blocks per
+// multiprocessor (168 registers on sm_90) for the bench's comparison.
+#define TC_BOUNDS3 __launch_bounds__(TC_WAVES * WAVE_SIZE, 3)
 // The split kernel per head size and group size (_r16: more than 8 heads per
-// kv head), and the unpipelined d128 one for the bench.
+// kv head); for the bench's comparison, d128 with the next step's K and V
+// loaded while a step computes (_prefetch, 254 registers on sm_90: as many
+// resident blocks as without, it measured slower on the H100).
 extern "C" __global__ void TC_BOUNDS paged_decode_tc_d64(
     const QT* __restrict__ query, const QT* __restrict__ k_cache, const QT* __restrict__ v_cache,
     const i32* __restrict__ block_table, const i32* __restrict__ qsl, const i32* __restrict__ seq_lens,
     float* __restrict__ m_part, float* __restrict__ l_part, float* __restrict__ acc_part, TcArgs a) {
-    tc_split<64, 1, 0>(query, k_cache, v_cache, block_table, qsl, seq_lens, m_part, l_part, acc_part, a);
+    tc_split<64, 0, 0>(query, k_cache, v_cache, block_table, qsl, seq_lens, m_part, l_part, acc_part, a);
 }
 extern "C" __global__ void TC_BOUNDS paged_decode_tc_d64_r16(
     const QT* __restrict__ query, const QT* __restrict__ k_cache, const QT* __restrict__ v_cache,
     const i32* __restrict__ block_table, const i32* __restrict__ qsl, const i32* __restrict__ seq_lens,
     float* __restrict__ m_part, float* __restrict__ l_part, float* __restrict__ acc_part, TcArgs a) {
-    tc_split<64, 1, 1>(query, k_cache, v_cache, block_table, qsl, seq_lens, m_part, l_part, acc_part, a);
+    tc_split<64, 0, 1>(query, k_cache, v_cache, block_table, qsl, seq_lens, m_part, l_part, acc_part, a);
 }
-extern "C" __global__ void TC_BOUNDS paged_decode_tc_d128(
+extern "C" __global__ void TC_BOUNDS paged_decode_tc_d128_prefetch(
     const QT* __restrict__ query, const QT* __restrict__ k_cache, const QT* __restrict__ v_cache,
     const i32* __restrict__ block_table, const i32* __restrict__ qsl, const i32* __restrict__ seq_lens,
     float* __restrict__ m_part, float* __restrict__ l_part, float* __restrict__ acc_part, TcArgs a) {
@@ -367,34 +375,69 @@ extern "C" __global__ void TC_BOUNDS paged_decode_tc_d128_r16(
     const QT* __restrict__ query, const QT* __restrict__ k_cache, const QT* __restrict__ v_cache,
     const i32* __restrict__ block_table, const i32* __restrict__ qsl, const i32* __restrict__ seq_lens,
     float* __restrict__ m_part, float* __restrict__ l_part, float* __restrict__ acc_part, TcArgs a) {
-    tc_split<128, 1, 1>(query, k_cache, v_cache, block_table, qsl, seq_lens, m_part, l_part, acc_part, a);
+    tc_split<128, 0, 1>(query, k_cache, v_cache, block_table, qsl, seq_lens, m_part, l_part, acc_part, a);
 }
-extern "C" __global__ void TC_BOUNDS paged_decode_tc_d128_nopipe(
+extern "C" __global__ void TC_BOUNDS paged_decode_tc_d128(
+    const QT* __restrict__ query, const QT* __restrict__ k_cache, const QT* __restrict__ v_cache,
+    const i32* __restrict__ block_table, const i32* __restrict__ qsl, const i32* __restrict__ seq_lens,
+    float* __restrict__ m_part, float* __restrict__ l_part, float* __restrict__ acc_part, TcArgs a) {
+    tc_split<128, 0, 0>(query, k_cache, v_cache, block_table, qsl, seq_lens, m_part, l_part, acc_part, a);
+}
+extern "C" __global__ void TC_BOUNDS3 paged_decode_tc_d128_b3(
     const QT* __restrict__ query, const QT* __restrict__ k_cache, const QT* __restrict__ v_cache,
     const i32* __restrict__ block_table, const i32* __restrict__ qsl, const i32* __restrict__ seq_lens,
     float* __restrict__ m_part, float* __restrict__ l_part, float* __restrict__ acc_part, TcArgs a) {
     tc_split<128, 0, 0>(query, k_cache, v_cache, block_table, qsl, seq_lens, m_part, l_part, acc_part, a);
 }
 
-// Reduce, grid (Hq, num_reqs), one thread per dim (blockDim >= head_size):
-// the sequence's splits in ascending order (the formula above).
-extern "C" __global__ void paged_decode_tc_reduce(const float* __restrict__ m_part, const float* __restrict__ l_part,
-                                                  const float* __restrict__ acc_part, const i32* __restrict__ qsl,
-                                                  const i32* __restrict__ seq_lens, QT* __restrict__ out, TcArgs a) {
+// Reduce, grid (Hq, num_reqs), TC_REDUCE_THREADS threads, one per dim: the
+// sequence's splits in ascending order (the formula above). M is a max (exact
+// in any order: a tree over the threads); the weights w_s and l_s of up to
+// TC_REDUCE_CHUNK splits at a time go through shared memory, then every
+// thread runs the ascending chains l = fmaf(l_s, w_s, l) (the same bits in
+// each thread) and acc = fmaf(acc_s[d], w_s, acc) for its dim, the partials'
+// loads unrolled ahead of the chain.
+#define TC_REDUCE_THREADS 128
+#define TC_REDUCE_CHUNK 1024
+extern "C" __global__ void __launch_bounds__(TC_REDUCE_THREADS) paged_decode_tc_reduce(
+    const float* __restrict__ m_part, const float* __restrict__ l_part, const float* __restrict__ acc_part,
+    const i32* __restrict__ qsl, const i32* __restrict__ seq_lens, QT* __restrict__ out, TcArgs a) {
+    __shared__ float red[TC_REDUCE_THREADS];
+    __shared__ float w_s[TC_REDUCE_CHUNK];
+    __shared__ float l_s[TC_REDUCE_CHUNK];
     const i64 h = blockIdx.x, seq = blockIdx.y, D = a.head_size;
+    const int tid = (int)threadIdx.x;
     if (qsl[seq + 1] - qsl[seq] != 1) return;
     const i64 np = (seq_lens[seq] + a.split_size - 1) / a.split_size;
     const i64 base = seq * a.max_splits * a.num_heads + h;
     float mx = f32_neg_inf();
-    for (i64 s = 0; s < np; ++s) mx = fmaxf(mx, m_part[base + s * a.num_heads]);
-    for (i64 d = threadIdx.x; d < D; d += blockDim.x) {
-        float l = 0.0f, acc = 0.0f;
-        for (i64 s = 0; s < np; ++s) {
-            const i64 idx = base + s * a.num_heads;
-            const float w = exp2c(m_part[idx] - mx);
-            l = fmaf(l_part[idx], w, l);
-            acc = fmaf(acc_part[idx * D + d], w, acc);
-        }
-        out[(qsl[seq] * a.num_heads + h) * D + d] = Q::store(np == 0 ? 0.0f : acc / l);
+    for (i64 s = tid; s < np; s += TC_REDUCE_THREADS) mx = fmaxf(mx, m_part[base + s * a.num_heads]);
+    red[tid] = mx;
+    __syncthreads();
+    for (int o = TC_REDUCE_THREADS / 2; o > 0; o >>= 1) {
+        if (tid < o) red[tid] = fmaxf(red[tid], red[tid + o]);
+        __syncthreads();
     }
+    mx = red[0];
+    float l = 0.0f, acc = 0.0f;
+    for (i64 c0 = 0; c0 < np; c0 += TC_REDUCE_CHUNK) {
+        const int n = (int)min((i64)TC_REDUCE_CHUNK, np - c0);
+        __syncthreads();
+        for (int i = tid; i < n; i += TC_REDUCE_THREADS) {
+            const i64 idx = base + (c0 + i) * a.num_heads;
+            w_s[i] = exp2c(m_part[idx] - mx);
+            l_s[i] = l_part[idx];
+        }
+        __syncthreads();
+        if (tid < D) {
+            const float* ap = acc_part + (base + c0 * a.num_heads) * D + tid;
+            const i64 stride = a.num_heads * D;
+#pragma unroll 8
+            for (int i = 0; i < n; ++i) {
+                l = fmaf(l_s[i], w_s[i], l);
+                acc = fmaf(ap[i * stride], w_s[i], acc);
+            }
+        }
+    }
+    if (tid < D) out[(qsl[seq] * a.num_heads + h) * D + tid] = Q::store(np == 0 ? 0.0f : acc / l);
 }

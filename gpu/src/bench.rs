@@ -228,15 +228,20 @@ fn decode_case(
 ) -> Result<Vec<(String, f64)>> {
     const LL4MI: &str = "paged_attention_ll4mi";
     const TWO_D: &str = "paged_attention_2d";
-    const TC: &str = "paged_decode_tc";
-    const TC_NOPIPE: &str = "paged_decode_tc (no prefetch)";
-    let (want_ll4mi, want_2d, want_tc, want_tc_nopipe) = (
+    const TC: [(&str, paged_decode_tc::TcVariant); 3] = [
+        ("paged_decode_tc", paged_decode_tc::TcVariant::Default),
+        ("paged_decode_tc (prefetch)", paged_decode_tc::TcVariant::Prefetch),
+        ("paged_decode_tc (3 blocks/SM)", paged_decode_tc::TcVariant::ThreeBlocks),
+    ];
+    let (want_ll4mi, want_2d) = (
         opts.wants(LL4MI, batch, context, hq, hkv),
         opts.wants(TWO_D, batch, context, hq, hkv),
-        opts.wants(TC, batch, context, hq, hkv),
-        opts.wants(TC_NOPIPE, batch, context, hq, hkv),
     );
-    if !want_ll4mi && !want_2d && !want_tc && !want_tc_nopipe {
+    let want_tc: Vec<_> = TC
+        .iter()
+        .filter(|(name, _)| opts.wants(name, batch, context, hq, hkv))
+        .collect();
+    if !want_ll4mi && !want_2d && want_tc.is_empty() {
         return Ok(Vec::new());
     }
     let dev = gpu.dev.as_ref();
@@ -298,14 +303,11 @@ fn decode_case(
 
     // Tensor-core decode on the same bytes read as an NHD cache (the layout
     // vLLM's Triton kernels read), split size chosen by the launcher.
-    for (name, pipelined, wanted) in [(TC, true, want_tc), (TC_NOPIPE, false, want_tc_nopipe)] {
-        if !wanted {
-            continue;
-        }
-        let split = paged_decode_tc::auto_split_size(gpu, &meta, &cfg);
+    for &&(name, variant) in &want_tc {
+        let split = paged_decode_tc::auto_split_size(gpu, &meta, &cfg, variant);
         let scratch = paged_decode_tc::TcScratch::new(gpu, &meta, &cfg, split)?;
         let ms = time_ms(gpu, opts, &mut || {
-            paged_decode_tc::launch(gpu, &inp, &scratch, &meta, &cfg, split, pipelined)
+            paged_decode_tc::launch(gpu, &inp, &scratch, &meta, &cfg, split, variant)
         })?;
         results.push((name.to_string(), ms));
     }

@@ -8,7 +8,7 @@
 use super::cases::{attention_diff, prefilled_output, CaseSpace, Outputs};
 use super::{DiffOptions, KernelReport};
 use crate::kernels::Gpu;
-use crate::ops::paged_decode_tc::{device_target, paged_decode_tc as gpu_tc};
+use crate::ops::paged_decode_tc::{device_target, paged_decode_tc as gpu_tc, TcVariant};
 use crate::runtime::Result;
 use attnlab_shared::dtype::DType;
 use attnlab_shared::layout::LayoutKind;
@@ -41,10 +41,11 @@ pub fn run(gpu: &Gpu, opts: DiffOptions) -> Result<KernelReport> {
         let split = *SPLITS.choose(rng).expect("non-empty");
         let init = prefilled_output(rng, case.query.len(), dt);
         let (q, c, m, cfg) = (&case.query, &case.cache, &case.meta, &case.cfg);
-        let (gpu, used) = gpu_tc(gpu, q, c, m, cfg, split, &init)?;
+        let variant = *TcVariant::ALL.choose(rng).expect("non-empty");
+        let (gpu, used) = gpu_tc(gpu, q, c, m, cfg, split, variant, &init)?;
         let mut sim = init;
         sim_tc(q, c, m, cfg, target, used, &mut sim)?;
-        let options = format!("{} split {used}", target.name());
+        let options = format!("{} split {used} {}", target.name(), variant.name());
         Ok(Some(Outputs { options, sim, gpu }))
     })
 }

@@ -18,13 +18,46 @@ use attnlab_sim::numerics::softmax_scale_log2;
 
 /// Waves per split-kernel block (`TC_WAVES`).
 const WAVES: usize = 4;
-/// Threads of the reduce block (one per dim, head size <= 128).
+/// Threads of the reduce block (`TC_REDUCE_THREADS`: one per dim, head size <= 128).
 const REDUCE_THREADS: u32 = 128;
 /// The smallest split the automatic choice makes (keys).
-pub const MIN_AUTO_SPLIT: usize = 32;
-/// Waves the automatic split size aims to launch per multiprocessor
-/// (about two rounds of the waves one multiprocessor holds at once).
-pub const AUTO_WAVES_PER_SM: usize = 24;
+pub const MIN_AUTO_SPLIT: usize = 64;
+
+/// Which build of the split kernel runs. Every one computes the same bits
+/// (the same order of operations); they differ in how loads overlap and in
+/// the registers they may use. The non-default ones exist for d128 groups
+/// of at most 8 heads (others run the default).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TcVariant {
+    /// Each step's K and V loaded at its start (192 registers on sm_90:
+    /// 2 resident blocks, 8 waves, per multiprocessor).
+    Default,
+    /// The next step's K and V loaded while a step computes (254 registers).
+    Prefetch,
+    /// Default held to 3 resident blocks per multiprocessor (168 registers, a few spilled).
+    ThreeBlocks,
+}
+
+impl TcVariant {
+    pub const ALL: [TcVariant; 3] = [TcVariant::Default, TcVariant::Prefetch, TcVariant::ThreeBlocks];
+
+    /// Waves of the split kernel resident per multiprocessor on an H100
+    /// (from the registers above): what the automatic split size fills.
+    pub fn resident_waves_per_sm(self) -> usize {
+        match self {
+            TcVariant::ThreeBlocks => 3 * WAVES,
+            _ => 2 * WAVES,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            TcVariant::Default => "default",
+            TcVariant::Prefetch => "prefetch",
+            TcVariant::ThreeBlocks => "3 blocks/SM",
+        }
+    }
+}
 
 /// The matrix-core model the device's kernels run: the GPU's own (sm_90 on
 /// NVIDIA, gfx942 on AMD), on the host device the one its wave selects.
@@ -57,20 +90,29 @@ fn host_target_code(t: MatrixTarget) -> i32 {
     }
 }
 
-/// The split size the launcher picks when none is given: enough waves for
-/// [`AUTO_WAVES_PER_SM`] per multiprocessor over the batch's (sequence, kv
-/// head, head group) programs, at least [`MIN_AUTO_SPLIT`] keys, a multiple
-/// of 16. `ATTNLAB_TC_WAVES_PER_SM` overrides the aim (tuning).
-pub fn auto_split_size(gpu: &Gpu, meta: &AttentionMetadata, cfg: &AttnConfig) -> usize {
+/// The split size the launcher picks when none is given: as many waves as
+/// the multiprocessors hold at once ([`TcVariant::resident_waves_per_sm`]),
+/// never more, spread over the batch's (sequence, kv head, head group)
+/// programs (one split each when there are more programs than that), at
+/// least [`MIN_AUTO_SPLIT`] keys, a multiple of 16. One round of equal
+/// waves leaves no tail; a second partial round would. The environment
+/// variable `ATTNLAB_TC_WAVES_PER_SM` overrides the waves per
+/// multiprocessor (tuning).
+pub fn auto_split_size(
+    gpu: &Gpu,
+    meta: &AttentionMetadata,
+    cfg: &AttnConfig,
+    variant: TcVariant,
+) -> usize {
     let sms = (gpu.dev.info().multiprocessors as usize).max(1);
     let per_sm = std::env::var("ATTNLAB_TC_WAVES_PER_SM")
         .ok()
         .and_then(|s| s.parse::<usize>().ok())
         .filter(|&n| n > 0)
-        .unwrap_or(AUTO_WAVES_PER_SM);
+        .unwrap_or_else(|| variant.resident_waves_per_sm());
     let groups = cfg.queries_per_kv().div_ceil(ROWS);
     let programs = (meta.num_reqs() * cfg.num_kv_heads * groups).max(1);
-    let splits = (sms * per_sm).div_ceil(programs).max(1);
+    let splits = (sms * per_sm / programs).max(1);
     meta.max_seq_len
         .div_ceil(splits)
         .next_multiple_of(STEP)
@@ -128,23 +170,23 @@ fn args(
         .arg()
 }
 
-/// The split kernel's entry for a head size and group (`r16`: more than 8
-/// query heads per kv head; `pipelined`: the next step's K and V loaded
-/// while a step computes; the unpipelined entry exists for d128 groups of
-/// at most 8 heads, for the bench's comparison).
-fn entry(head_size: usize, r16: bool, pipelined: bool) -> &'static str {
-    match (head_size, r16, pipelined) {
+/// The split kernel's entry for a head size, group (`r16`: more than 8
+/// query heads per kv head) and variant.
+fn entry(head_size: usize, r16: bool, variant: TcVariant) -> &'static str {
+    match (head_size, r16, variant) {
         (64, false, _) => "paged_decode_tc_d64",
         (64, true, _) => "paged_decode_tc_d64_r16",
         (_, true, _) => "paged_decode_tc_d128_r16",
-        (_, false, true) => "paged_decode_tc_d128",
-        (_, false, false) => "paged_decode_tc_d128_nopipe",
+        (_, false, TcVariant::Default) => "paged_decode_tc_d128",
+        (_, false, TcVariant::Prefetch) => "paged_decode_tc_d128_prefetch",
+        (_, false, TcVariant::ThreeBlocks) => "paged_decode_tc_d128_b3",
     }
 }
 
 /// The tensor-core paged decode on the device at `split_size` (None: the
 /// [`auto_split_size`]); returns the whole `[T, Hq, D]` output's bits in
 /// `cfg.dtype` and the split size used.
+#[allow(clippy::too_many_arguments)]
 pub fn paged_decode_tc(
     gpu: &Gpu,
     query: &[f32],
@@ -152,14 +194,15 @@ pub fn paged_decode_tc(
     meta: &AttentionMetadata,
     cfg: &AttnConfig,
     split_size: Option<usize>,
+    variant: TcVariant,
     out: &[f32],
 ) -> Result<(Vec<u32>, usize)> {
     let target = device_target(gpu)?;
-    let split = split_size.unwrap_or_else(|| auto_split_size(gpu, meta, cfg));
+    let split = split_size.unwrap_or_else(|| auto_split_size(gpu, meta, cfg, variant));
     validate_tc(query, cache, meta, cfg, target, split, out)?;
     let inp = upload(gpu, query, cache, meta, cfg, out)?;
     let scratch = TcScratch::new(gpu, meta, cfg, split)?;
-    launch(gpu, &inp, &scratch, meta, cfg, split, true)?;
+    launch(gpu, &inp, &scratch, meta, cfg, split, variant)?;
     Ok((bits_from_bytes(&inp.out.to_bytes()?, cfg.dtype), split))
 }
 
@@ -173,7 +216,7 @@ pub(crate) fn launch(
     meta: &AttentionMetadata,
     cfg: &AttnConfig,
     split_size: usize,
-    pipelined: bool,
+    variant: TcVariant,
 ) -> Result<()> {
     let target = device_target(gpu)?;
     let max_splits = num_splits(meta.max_seq_len, split_size);
@@ -191,13 +234,15 @@ pub(crate) fn launch(
     let wave = gpu.dev.info().target.wave_size();
     let defines = qkv_defines(cfg.dtype, cfg.kv_dtype);
     let a = args(meta, cfg, split_size, max_splits, target);
-    let f = gpu.function("paged_decode_tc", &defines, entry(cfg.head_size, cfg.queries_per_kv() > 8, pipelined))?;
+    let r16 = cfg.queries_per_kv() > 8;
+    let f = gpu.function("paged_decode_tc", &defines, entry(cfg.head_size, r16, variant))?;
     let groups = cfg.queries_per_kv().div_ceil(ROWS);
+    let waves = cfg.num_kv_heads * groups * max_splits;
     let dims = LaunchDims {
         grid: [
-            to_u32(max_splits.div_ceil(WAVES), "split blocks")?,
-            to_u32(cfg.num_kv_heads * groups, "kv heads x head groups")?,
+            to_u32(waves.div_ceil(WAVES), "split blocks")?,
             to_u32(meta.num_reqs(), "sequences")?,
+            1,
         ],
         block: [WAVES as u32 * wave, 1, 1],
         shared_bytes: 0,
