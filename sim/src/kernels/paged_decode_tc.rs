@@ -124,7 +124,7 @@ pub fn validate_tc(
             "64 or 128",
         ));
     }
-    if split_size == 0 || split_size % STEP != 0 {
+    if split_size == 0 || !split_size.is_multiple_of(STEP) {
         return Err(Error::invalid(
             "paged_decode_tc split size",
             split_size,
@@ -210,12 +210,12 @@ impl Ctx<'_> {
                     vb[dd][k] = fmt.from_f32(self.cache.v[layout.v_offset(blk, r, kvh, dd)]);
                 }
             }
-            for h in 0..nh {
+            for (h, qh) in q.iter().enumerate() {
                 for (k, sk) in s.iter_mut().enumerate() {
                     *sk = if t0 + k < end {
                         let mut dot = 0.0f32;
                         for dims in &chunks {
-                            let qa: [u16; 16] = std::array::from_fn(|i| q[h][dims[i]]);
+                            let qa: [u16; 16] = std::array::from_fn(|i| qh[dims[i]]);
                             let ka: [u16; 16] = std::array::from_fn(|i| kb[k][dims[i]]);
                             dot = match self.target {
                                 MatrixTarget::Sm90 => self.model.dot(fmt, &qa, &ka, dot),
