@@ -346,13 +346,15 @@ DEVICE void tc_split(const QT* __restrict__ query, const QT* __restrict__ k_cach
 #endif
 }
 
-// TC_BOUNDS3: the d128 nopipe kernel held to 3 resident blocks per
-// multiprocessor (168 registers on sm_90) for the bench's comparison.
+// TC_BOUNDS3: the d128 kernel without prefetch held to 3 resident blocks
+// per multiprocessor (168 registers on sm_90), for the bench's comparison.
 #define TC_BOUNDS3 __launch_bounds__(TC_WAVES * WAVE_SIZE, 3)
 // The split kernel per head size and group size (_r16: more than 8 heads per
-// kv head); for the bench's comparison, d128 with the next step's K and V
-// loaded while a step computes (_prefetch, 254 registers on sm_90: as many
-// resident blocks as without, it measured slower on the H100).
+// kv head). d128 with at most 8 heads loads the next step's K and V while a
+// step computes (254 registers on sm_90, 2 resident blocks: faster on the
+// H100 where bandwidth is short); for the bench's comparison, the same
+// without prefetch (_noprefetch, 194 registers) and that held to 3 blocks
+// per multiprocessor (_b3, 168 registers).
 extern "C" __global__ void TC_BOUNDS paged_decode_tc_d64(
     const QT* __restrict__ query, const QT* __restrict__ k_cache, const QT* __restrict__ v_cache,
     const i32* __restrict__ block_table, const i32* __restrict__ qsl, const i32* __restrict__ seq_lens,
@@ -365,7 +367,7 @@ extern "C" __global__ void TC_BOUNDS paged_decode_tc_d64_r16(
     float* __restrict__ m_part, float* __restrict__ l_part, float* __restrict__ acc_part, TcArgs a) {
     tc_split<64, 0, 1>(query, k_cache, v_cache, block_table, qsl, seq_lens, m_part, l_part, acc_part, a);
 }
-extern "C" __global__ void TC_BOUNDS paged_decode_tc_d128_prefetch(
+extern "C" __global__ void TC_BOUNDS paged_decode_tc_d128(
     const QT* __restrict__ query, const QT* __restrict__ k_cache, const QT* __restrict__ v_cache,
     const i32* __restrict__ block_table, const i32* __restrict__ qsl, const i32* __restrict__ seq_lens,
     float* __restrict__ m_part, float* __restrict__ l_part, float* __restrict__ acc_part, TcArgs a) {
@@ -377,7 +379,7 @@ extern "C" __global__ void TC_BOUNDS paged_decode_tc_d128_r16(
     float* __restrict__ m_part, float* __restrict__ l_part, float* __restrict__ acc_part, TcArgs a) {
     tc_split<128, 0, 1>(query, k_cache, v_cache, block_table, qsl, seq_lens, m_part, l_part, acc_part, a);
 }
-extern "C" __global__ void TC_BOUNDS paged_decode_tc_d128(
+extern "C" __global__ void TC_BOUNDS paged_decode_tc_d128_noprefetch(
     const QT* __restrict__ query, const QT* __restrict__ k_cache, const QT* __restrict__ v_cache,
     const i32* __restrict__ block_table, const i32* __restrict__ qsl, const i32* __restrict__ seq_lens,
     float* __restrict__ m_part, float* __restrict__ l_part, float* __restrict__ acc_part, TcArgs a) {
@@ -399,6 +401,7 @@ extern "C" __global__ void TC_BOUNDS3 paged_decode_tc_d128_b3(
 // loads unrolled ahead of the chain.
 #define TC_REDUCE_THREADS 128
 #define TC_REDUCE_CHUNK 1024
+#define TC_REDUCE_BATCH 32
 extern "C" __global__ void __launch_bounds__(TC_REDUCE_THREADS) paged_decode_tc_reduce(
     const float* __restrict__ m_part, const float* __restrict__ l_part, const float* __restrict__ acc_part,
     const i32* __restrict__ qsl, const i32* __restrict__ seq_lens, QT* __restrict__ out, TcArgs a) {
@@ -423,6 +426,7 @@ extern "C" __global__ void __launch_bounds__(TC_REDUCE_THREADS) paged_decode_tc_
     for (i64 c0 = 0; c0 < np; c0 += TC_REDUCE_CHUNK) {
         const int n = (int)min((i64)TC_REDUCE_CHUNK, np - c0);
         __syncthreads();
+#pragma unroll 8
         for (int i = tid; i < n; i += TC_REDUCE_THREADS) {
             const i64 idx = base + (c0 + i) * a.num_heads;
             w_s[i] = exp2c(m_part[idx] - mx);
@@ -430,12 +434,22 @@ extern "C" __global__ void __launch_bounds__(TC_REDUCE_THREADS) paged_decode_tc_
         }
         __syncthreads();
         if (tid < D) {
+            // TC_REDUCE_BATCH partials loaded before their fmas: that many
+            // loads in flight per thread (a chain over hundreds of splits
+            // is otherwise one memory latency per few splits).
             const float* ap = acc_part + (base + c0 * a.num_heads) * D + tid;
             const i64 stride = a.num_heads * D;
-#pragma unroll 8
-            for (int i = 0; i < n; ++i) {
-                l = fmaf(l_s[i], w_s[i], l);
-                acc = fmaf(ap[i * stride], w_s[i], acc);
+            for (int i0 = 0; i0 < n; i0 += TC_REDUCE_BATCH) {
+                float v[TC_REDUCE_BATCH];
+#pragma unroll
+                for (int j = 0; j < TC_REDUCE_BATCH; ++j) v[j] = i0 + j < n ? ap[(i0 + j) * stride] : 0.0f;
+#pragma unroll
+                for (int j = 0; j < TC_REDUCE_BATCH; ++j) {
+                    if (i0 + j < n) {
+                        l = fmaf(l_s[i0 + j], w_s[i0 + j], l);
+                        acc = fmaf(v[j], w_s[i0 + j], acc);
+                    }
+                }
             }
         }
     }

@@ -230,7 +230,7 @@ fn decode_case(
     const TWO_D: &str = "paged_attention_2d";
     const TC: [(&str, paged_decode_tc::TcVariant); 3] = [
         ("paged_decode_tc", paged_decode_tc::TcVariant::Default),
-        ("paged_decode_tc (prefetch)", paged_decode_tc::TcVariant::Prefetch),
+        ("paged_decode_tc (no prefetch)", paged_decode_tc::TcVariant::NoPrefetch),
         ("paged_decode_tc (3 blocks/SM)", paged_decode_tc::TcVariant::ThreeBlocks),
     ];
     let (want_ll4mi, want_2d) = (

@@ -216,7 +216,7 @@ pub static FAMILIES: &[Family] = &[
             "paged_decode_tc_d64_r16",
             "paged_decode_tc_d128",
             "paged_decode_tc_d128_r16",
-            "paged_decode_tc_d128_prefetch",
+            "paged_decode_tc_d128_noprefetch",
             "paged_decode_tc_d128_b3",
             "paged_decode_tc_reduce",
         ],

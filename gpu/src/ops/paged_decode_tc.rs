@@ -21,25 +21,27 @@ const WAVES: usize = 4;
 /// Threads of the reduce block (`TC_REDUCE_THREADS`: one per dim, head size <= 128).
 const REDUCE_THREADS: u32 = 128;
 /// The smallest split the automatic choice makes (keys).
-pub const MIN_AUTO_SPLIT: usize = 64;
+pub const MIN_AUTO_SPLIT: usize = 32;
 
 /// Which build of the split kernel runs. Every one computes the same bits
 /// (the same order of operations); they differ in how loads overlap and in
 /// the registers they may use. The non-default ones exist for d128 groups
-/// of at most 8 heads (others run the default).
+/// of at most 8 heads (others run their one build, without prefetch).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum TcVariant {
-    /// Each step's K and V loaded at its start (192 registers on sm_90:
-    /// 2 resident blocks, 8 waves, per multiprocessor).
+    /// The next step's K and V loaded while a step computes (254 registers
+    /// on sm_90: 2 resident blocks, 8 waves, per multiprocessor).
     Default,
-    /// The next step's K and V loaded while a step computes (254 registers).
-    Prefetch,
-    /// Default held to 3 resident blocks per multiprocessor (168 registers, a few spilled).
+    /// Each step's K and V loaded at its start (194 registers; as many
+    /// resident blocks as the default, measured slower on the H100).
+    NoPrefetch,
+    /// No prefetch, held to 3 resident blocks per multiprocessor (168
+    /// registers, a few spilled).
     ThreeBlocks,
 }
 
 impl TcVariant {
-    pub const ALL: [TcVariant; 3] = [TcVariant::Default, TcVariant::Prefetch, TcVariant::ThreeBlocks];
+    pub const ALL: [TcVariant; 3] = [TcVariant::Default, TcVariant::NoPrefetch, TcVariant::ThreeBlocks];
 
     /// Waves of the split kernel resident per multiprocessor on an H100
     /// (from the registers above): what the automatic split size fills.
@@ -53,7 +55,7 @@ impl TcVariant {
     pub fn name(self) -> &'static str {
         match self {
             TcVariant::Default => "default",
-            TcVariant::Prefetch => "prefetch",
+            TcVariant::NoPrefetch => "no prefetch",
             TcVariant::ThreeBlocks => "3 blocks/SM",
         }
     }
@@ -178,7 +180,7 @@ fn entry(head_size: usize, r16: bool, variant: TcVariant) -> &'static str {
         (64, true, _) => "paged_decode_tc_d64_r16",
         (_, true, _) => "paged_decode_tc_d128_r16",
         (_, false, TcVariant::Default) => "paged_decode_tc_d128",
-        (_, false, TcVariant::Prefetch) => "paged_decode_tc_d128_prefetch",
+        (_, false, TcVariant::NoPrefetch) => "paged_decode_tc_d128_noprefetch",
         (_, false, TcVariant::ThreeBlocks) => "paged_decode_tc_d128_b3",
     }
 }
