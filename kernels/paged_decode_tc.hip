@@ -77,7 +77,17 @@ template <typename T, int A, int B> DEVICE void copy_regs(T (&d)[A][B], const T 
 
 // R16: the group may have more than 8 heads (rows 8..15 of the tile live);
 // without it those rows are compile-time zero and their statistics skipped.
-template <int HD, int PIPE, int R16>
+// L2D > 0: at each step, L2 prefetch hints (no registers, no values) for
+// the K and V rows of the step L2D steps ahead.
+DEVICE void tc_prefetch_l2(const void* p) {
+#if defined(ATTNLAB_CUDA) && defined(__CUDA_ARCH__)
+    asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
+#else
+    (void)p;
+#endif
+}
+
+template <int HD, int PIPE, int R16, int L2D = 0>
 DEVICE void tc_split(const QT* __restrict__ query, const QT* __restrict__ k_cache, const QT* __restrict__ v_cache,
                      const i32* __restrict__ block_table, const i32* __restrict__ qsl,
                      const i32* __restrict__ seq_lens, float* __restrict__ m_part, float* __restrict__ l_part,
@@ -309,6 +319,16 @@ DEVICE void tc_split(const QT* __restrict__ query, const QT* __restrict__ k_cach
     VRegs vc;
     load(start, kc, vc);
     for (i64 t0 = start; t0 < end; t0 += TC_STEP) {
+        if constexpr (L2D > 0) {
+            // lane l: key l % 16 of that step, K (l < 16) or V, both 128-byte lines of its row
+            const i64 tp = t0 + L2D * TC_STEP;
+            if (tp < end) {
+                const int k = lane % 16;
+                const QT* p = (lane / 16 % 2 ? v_cache : k_cache) + row_off(step_base(tp), tp, k);
+#pragma unroll
+                for (int c = 0; c < HD * (int)sizeof(QT); c += 128) tc_prefetch_l2((const char*)p + c);
+            }
+        }
         if constexpr (PIPE) {
             KRegs kn;
             VRegs vn;
@@ -350,11 +370,11 @@ DEVICE void tc_split(const QT* __restrict__ query, const QT* __restrict__ k_cach
 // per multiprocessor (168 registers on sm_90), for the bench's comparison.
 #define TC_BOUNDS3 __launch_bounds__(TC_WAVES * WAVE_SIZE, 3)
 // The split kernel per head size and group size (_r16: more than 8 heads per
-// kv head). d128 with at most 8 heads loads the next step's K and V while a
-// step computes (254 registers on sm_90, 2 resident blocks: faster on the
-// H100 where bandwidth is short); for the bench's comparison, the same
-// without prefetch (_noprefetch, 194 registers) and that held to 3 blocks
-// per multiprocessor (_b3, 168 registers).
+// kv head; 194 registers on sm_90 for d128, 2 resident blocks). For the
+// bench's comparison (d128, at most 8 heads): the next step's K and V
+// loaded while a step computes (_prefetch, 254 registers, as many resident
+// blocks), held to 3 resident blocks per multiprocessor (_b3, 168
+// registers), and L2 prefetch hints two steps ahead (_l2).
 extern "C" __global__ void TC_BOUNDS paged_decode_tc_d64(
     const QT* __restrict__ query, const QT* __restrict__ k_cache, const QT* __restrict__ v_cache,
     const i32* __restrict__ block_table, const i32* __restrict__ qsl, const i32* __restrict__ seq_lens,
@@ -367,7 +387,7 @@ extern "C" __global__ void TC_BOUNDS paged_decode_tc_d64_r16(
     float* __restrict__ m_part, float* __restrict__ l_part, float* __restrict__ acc_part, TcArgs a) {
     tc_split<64, 0, 1>(query, k_cache, v_cache, block_table, qsl, seq_lens, m_part, l_part, acc_part, a);
 }
-extern "C" __global__ void TC_BOUNDS paged_decode_tc_d128(
+extern "C" __global__ void TC_BOUNDS paged_decode_tc_d128_prefetch(
     const QT* __restrict__ query, const QT* __restrict__ k_cache, const QT* __restrict__ v_cache,
     const i32* __restrict__ block_table, const i32* __restrict__ qsl, const i32* __restrict__ seq_lens,
     float* __restrict__ m_part, float* __restrict__ l_part, float* __restrict__ acc_part, TcArgs a) {
@@ -379,11 +399,17 @@ extern "C" __global__ void TC_BOUNDS paged_decode_tc_d128_r16(
     float* __restrict__ m_part, float* __restrict__ l_part, float* __restrict__ acc_part, TcArgs a) {
     tc_split<128, 0, 1>(query, k_cache, v_cache, block_table, qsl, seq_lens, m_part, l_part, acc_part, a);
 }
-extern "C" __global__ void TC_BOUNDS paged_decode_tc_d128_noprefetch(
+extern "C" __global__ void TC_BOUNDS paged_decode_tc_d128(
     const QT* __restrict__ query, const QT* __restrict__ k_cache, const QT* __restrict__ v_cache,
     const i32* __restrict__ block_table, const i32* __restrict__ qsl, const i32* __restrict__ seq_lens,
     float* __restrict__ m_part, float* __restrict__ l_part, float* __restrict__ acc_part, TcArgs a) {
     tc_split<128, 0, 0>(query, k_cache, v_cache, block_table, qsl, seq_lens, m_part, l_part, acc_part, a);
+}
+extern "C" __global__ void TC_BOUNDS paged_decode_tc_d128_l2(
+    const QT* __restrict__ query, const QT* __restrict__ k_cache, const QT* __restrict__ v_cache,
+    const i32* __restrict__ block_table, const i32* __restrict__ qsl, const i32* __restrict__ seq_lens,
+    float* __restrict__ m_part, float* __restrict__ l_part, float* __restrict__ acc_part, TcArgs a) {
+    tc_split<128, 0, 0, 2>(query, k_cache, v_cache, block_table, qsl, seq_lens, m_part, l_part, acc_part, a);
 }
 extern "C" __global__ void TC_BOUNDS3 paged_decode_tc_d128_b3(
     const QT* __restrict__ query, const QT* __restrict__ k_cache, const QT* __restrict__ v_cache,

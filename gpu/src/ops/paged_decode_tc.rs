@@ -26,22 +26,28 @@ pub const MIN_AUTO_SPLIT: usize = 32;
 /// Which build of the split kernel runs. Every one computes the same bits
 /// (the same order of operations); they differ in how loads overlap and in
 /// the registers they may use. The non-default ones exist for d128 groups
-/// of at most 8 heads (others run their one build, without prefetch).
+/// of at most 8 heads (others run the default).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum TcVariant {
-    /// The next step's K and V loaded while a step computes (254 registers
-    /// on sm_90: 2 resident blocks, 8 waves, per multiprocessor).
+    /// Each step's K and V loaded at its start (194 registers on sm_90:
+    /// 2 resident blocks, 8 waves, per multiprocessor).
     Default,
-    /// Each step's K and V loaded at its start (194 registers; as many
-    /// resident blocks as the default, measured slower on the H100).
-    NoPrefetch,
-    /// No prefetch, held to 3 resident blocks per multiprocessor (168
-    /// registers, a few spilled).
+    /// The next step's K and V loaded while a step computes (254 registers,
+    /// as many resident blocks).
+    Prefetch,
+    /// Held to 3 resident blocks per multiprocessor (168 registers, a few spilled).
     ThreeBlocks,
+    /// With L2 prefetch hints for the rows two steps ahead.
+    L2Hints,
 }
 
 impl TcVariant {
-    pub const ALL: [TcVariant; 3] = [TcVariant::Default, TcVariant::NoPrefetch, TcVariant::ThreeBlocks];
+    pub const ALL: [TcVariant; 4] = [
+        TcVariant::Default,
+        TcVariant::Prefetch,
+        TcVariant::ThreeBlocks,
+        TcVariant::L2Hints,
+    ];
 
     /// Waves of the split kernel resident per multiprocessor on an H100
     /// (from the registers above): what the automatic split size fills.
@@ -55,8 +61,9 @@ impl TcVariant {
     pub fn name(self) -> &'static str {
         match self {
             TcVariant::Default => "default",
-            TcVariant::NoPrefetch => "no prefetch",
+            TcVariant::Prefetch => "prefetch",
             TcVariant::ThreeBlocks => "3 blocks/SM",
+            TcVariant::L2Hints => "L2 hints",
         }
     }
 }
@@ -180,8 +187,9 @@ fn entry(head_size: usize, r16: bool, variant: TcVariant) -> &'static str {
         (64, true, _) => "paged_decode_tc_d64_r16",
         (_, true, _) => "paged_decode_tc_d128_r16",
         (_, false, TcVariant::Default) => "paged_decode_tc_d128",
-        (_, false, TcVariant::NoPrefetch) => "paged_decode_tc_d128_noprefetch",
+        (_, false, TcVariant::Prefetch) => "paged_decode_tc_d128_prefetch",
         (_, false, TcVariant::ThreeBlocks) => "paged_decode_tc_d128_b3",
+        (_, false, TcVariant::L2Hints) => "paged_decode_tc_d128_l2",
     }
 }
 
