@@ -104,9 +104,9 @@ fn host_target_code(t: MatrixTarget) -> i32 {
 /// never more, spread over the batch's (sequence, kv head, head group)
 /// programs (one split each when there are more programs than that), at
 /// least [`MIN_AUTO_SPLIT`] keys, a multiple of 16. One round of equal
-/// waves leaves no tail; a second partial round would. The environment
-/// variable `ATTNLAB_TC_WAVES_PER_SM` overrides the waves per
-/// multiprocessor (tuning).
+/// waves leaves no tail; a second partial round would. For tuning, the
+/// environment variables `ATTNLAB_TC_WAVES_PER_SM` and
+/// `ATTNLAB_TC_MIN_SPLIT` (rounded up to 16) override the two numbers.
 pub fn auto_split_size(
     gpu: &Gpu,
     meta: &AttentionMetadata,
@@ -119,13 +119,18 @@ pub fn auto_split_size(
         .and_then(|s| s.parse::<usize>().ok())
         .filter(|&n| n > 0)
         .unwrap_or_else(|| variant.resident_waves_per_sm());
+    let min_split = std::env::var("ATTNLAB_TC_MIN_SPLIT")
+        .ok()
+        .and_then(|s| s.parse::<usize>().ok())
+        .filter(|&n| n > 0)
+        .map_or(MIN_AUTO_SPLIT, |n| n.next_multiple_of(STEP));
     let groups = cfg.queries_per_kv().div_ceil(ROWS);
     let programs = (meta.num_reqs() * cfg.num_kv_heads * groups).max(1);
     let splits = (sms * per_sm / programs).max(1);
     meta.max_seq_len
         .div_ceil(splits)
         .next_multiple_of(STEP)
-        .max(MIN_AUTO_SPLIT)
+        .max(min_split)
 }
 
 /// The (m, l, acc) partials of every split: `[num_reqs, max_splits, Hq]`
