@@ -10,9 +10,14 @@
 //! unified kernel (vLLM's launch) and flash_attn_varlen (causal and not)
 //! against the device's f32 (non-tensor) peak, SMs x 128 lanes x 2 x clock.
 //! Every row times exactly the launcher `attnlab diff` validates: these are
-//! the bit-exact kernels (f32 arithmetic in the emulator's order, no tensor
-//! cores), so the numbers say how close bit-exactness gets to the hardware's
-//! ceilings, not how fast vLLM's own kernels are.
+//! the bit-exact kernels (f32 arithmetic in the emulator's order; the
+//! `paged_decode_tc` rows on the matrix cores, bit-exact against the
+//! target's instruction model), so the numbers say how close bit-exactness
+//! gets to the hardware's ceilings. The `paged_decode_tc` rows read the same
+//! bytes as an NHD cache (the layout vLLM's Triton kernels read) and are
+//! timed as 10 launches queued between two events. vLLM's own kernels are
+//! timed by `python/scripts/vllm_decode_bench.py` and compared through
+//! [`parse_external_rows`] / [`compare`] (`attnlab bench --gpu --vllm FILE`).
 
 use crate::kernels::{dtype_define, Gpu};
 use crate::ops::{paged_decode, paged_decode_tc};
