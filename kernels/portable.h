@@ -1250,6 +1250,36 @@ DEVICE void mma_m16n8k16(const u16* a, const u16* b, const float* c, float* d, i
 #endif
 }
 
+// mma_m16n8k16 on packed fragments, as the instruction takes its registers:
+// a[4], b[2] hold two storage elements each (fragment elements 2i, 2i+1,
+// the first in the low half), c[4] / d[4] as above.
+template <int FMT>
+DEVICE void mma_m16n8k16_packed(const u32* a, const u32* b, const float* c, float* d, int host_target) {
+#if defined(ATTNLAB_CUDA) && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    (void)host_target;
+    if constexpr (FMT == MMA_BF16) {
+        asm volatile(
+            "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+            "{%10,%11,%12,%13};\n"
+            : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
+            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]), "f"(c[0]), "f"(c[1]), "f"(c[2]),
+              "f"(c[3]));
+    } else {
+        asm volatile(
+            "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+            "{%10,%11,%12,%13};\n"
+            : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
+            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]), "f"(c[0]), "f"(c[1]), "f"(c[2]),
+              "f"(c[3]));
+    }
+#else
+    u16 ua[8], ub[4];
+    for (int i = 0; i < 8; ++i) ua[i] = (u16)(a[i >> 1] >> (16 * (i & 1)));
+    for (int i = 0; i < 4; ++i) ub[i] = (u16)(b[i >> 1] >> (16 * (i & 1)));
+    mma_m16n8k16<FMT>(ua, ub, c, d, host_target);
+#endif
+}
+
 #if defined(ATTNLAB_HIP)
 typedef short mfma_short4 __attribute__((ext_vector_type(4)));
 typedef _Float16 mfma_half4 __attribute__((ext_vector_type(4)));

@@ -10,12 +10,17 @@
 //! unified kernel (vLLM's launch) and flash_attn_varlen (causal and not)
 //! against the device's f32 (non-tensor) peak, SMs x 128 lanes x 2 x clock.
 //! Every row times exactly the launcher `attnlab diff` validates: these are
-//! the bit-exact kernels (f32 arithmetic in the emulator's order, no tensor
-//! cores), so the numbers say how close bit-exactness gets to the hardware's
-//! ceilings, not how fast vLLM's own kernels are.
+//! the bit-exact kernels (f32 arithmetic in the emulator's order; the
+//! `paged_decode_tc` rows on the matrix cores, bit-exact against the
+//! target's instruction model), so the numbers say how close bit-exactness
+//! gets to the hardware's ceilings. The `paged_decode_tc` rows read the same
+//! bytes as an NHD cache (the layout vLLM's Triton kernels read) and are
+//! timed as 10 launches queued between two events. vLLM's own kernels are
+//! timed by `python/scripts/vllm_decode_bench.py` and compared through
+//! [`parse_external_rows`] / [`compare`] (`attnlab bench --gpu --vllm FILE`).
 
 use crate::kernels::{dtype_define, Gpu};
-use crate::ops::paged_decode;
+use crate::ops::{paged_decode, paged_decode_tc};
 use crate::runtime::{Arg, Buffer, LaunchDims, Result};
 use attnlab_shared::dtype::DType;
 use attnlab_shared::layout::{KvLayout, LayoutKind};
@@ -101,6 +106,35 @@ fn time_ms(gpu: &Gpu, opts: &BenchOptions, f: &mut dyn FnMut() -> Result<()>) ->
         f()?;
         let b = gpu.dev.record()?;
         times.push(gpu.dev.elapsed_ms(a, b)? as f64);
+    }
+    times.sort_by(|x, y| x.total_cmp(y));
+    Ok(times[times.len() / 2])
+}
+
+/// Launches of `f` queued back to back between one pair of events (per
+/// timed sample, after the warm-up): the median over `repeats` samples of
+/// the time per launch. Like replaying a captured graph, this leaves out
+/// the host's submission latency that one launch between two events pays
+/// when the GPU outruns the host (the tensor-core rows, compared with
+/// vLLM's launches replayed from a CUDA graph).
+const QUEUED: usize = 10;
+fn time_ms_queued(
+    gpu: &Gpu,
+    opts: &BenchOptions,
+    f: &mut dyn FnMut() -> Result<()>,
+) -> Result<f64> {
+    for _ in 0..opts.warmup.max(1) {
+        f()?;
+    }
+    gpu.dev.synchronize()?;
+    let mut times = Vec::with_capacity(opts.repeats);
+    for _ in 0..opts.repeats.max(1) {
+        let a = gpu.dev.record()?;
+        for _ in 0..QUEUED {
+            f()?;
+        }
+        let b = gpu.dev.record()?;
+        times.push(gpu.dev.elapsed_ms(a, b)? as f64 / QUEUED as f64);
     }
     times.sort_by(|x, y| x.total_cmp(y));
     Ok(times[times.len() / 2])
@@ -243,11 +277,21 @@ fn decode_case(
 ) -> Result<Vec<(String, f64)>> {
     const LL4MI: &str = "paged_attention_ll4mi";
     const TWO_D: &str = "paged_attention_2d";
+    const TC: [(&str, paged_decode_tc::TcVariant); 4] = [
+        ("paged_decode_tc", paged_decode_tc::TcVariant::Default),
+        ("paged_decode_tc (prefetch)", paged_decode_tc::TcVariant::Prefetch),
+        ("paged_decode_tc (3 blocks/SM)", paged_decode_tc::TcVariant::ThreeBlocks),
+        ("paged_decode_tc (L2 hints)", paged_decode_tc::TcVariant::L2Hints),
+    ];
     let (want_ll4mi, want_2d) = (
         opts.wants(LL4MI, batch, context, hq, hkv),
         opts.wants(TWO_D, batch, context, hq, hkv),
     );
-    if !want_ll4mi && !want_2d {
+    let want_tc: Vec<_> = TC
+        .iter()
+        .filter(|(name, _)| opts.wants(name, batch, context, hq, hkv))
+        .collect();
+    if !want_ll4mi && !want_2d && want_tc.is_empty() {
         return Ok(Vec::new());
     }
     let dev = gpu.dev.as_ref();
@@ -305,6 +349,17 @@ fn decode_case(
             paged_decode::launch_2d(gpu, &inp, &layout, &meta, &cfg)
         })?;
         results.push((TWO_D.to_string(), ms));
+    }
+
+    // Tensor-core decode on the same bytes read as an NHD cache (the layout
+    // vLLM's Triton kernels read), split size chosen by the launcher.
+    for &&(name, variant) in &want_tc {
+        let split = paged_decode_tc::auto_split_size(gpu, &meta, &cfg, variant);
+        let scratch = paged_decode_tc::TcScratch::new(gpu, &meta, &cfg, split)?;
+        let ms = time_ms_queued(gpu, opts, &mut || {
+            paged_decode_tc::launch(gpu, &inp, &scratch, &meta, &cfg, split, variant)
+        })?;
+        results.push((name.to_string(), ms));
     }
     Ok(results)
 }
@@ -518,6 +573,85 @@ fn varlen_tc_prefill_case(
     })
 }
 
+/// A row of an external timing file (`attnlab bench --gpu --vllm FILE.json`):
+/// the same fields and meanings as [`BenchRow`] (`gbps` over the same byte
+/// count, `tflops` where the row is a prefill), e.g. vLLM's own Triton
+/// kernels timed by `python/scripts/vllm_decode_bench.py` in the same call.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct ExternalRow {
+    pub kernel: String,
+    pub batch: usize,
+    pub context: usize,
+    pub q_heads: usize,
+    pub kv_heads: usize,
+    pub median_ms: f64,
+    pub gbps: f64,
+    #[serde(default)]
+    pub tflops: Option<f64>,
+}
+
+/// The rows of a timing file: a JSON array of rows, or an object whose
+/// `rows` field is one.
+pub fn parse_external_rows(text: &str) -> std::result::Result<Vec<ExternalRow>, String> {
+    #[derive(serde::Deserialize)]
+    #[serde(untagged)]
+    enum File {
+        Rows(Vec<ExternalRow>),
+        Object { rows: Vec<ExternalRow> },
+    }
+    match serde_json::from_str::<File>(text) {
+        Ok(File::Rows(r)) | Ok(File::Object { rows: r }) => Ok(r),
+        Err(e) => Err(format!(
+            "a JSON array of rows or {{\"rows\": [...]}}, each with kernel, batch, context, q_heads, kv_heads, median_ms, gbps ({e})"
+        )),
+    }
+}
+
+/// One of our rows beside an external row of the same shape (batch,
+/// context, heads; both decode or both prefill).
+#[derive(Debug, Clone, Serialize)]
+pub struct Comparison {
+    pub kernel: String,
+    pub external: String,
+    pub batch: usize,
+    pub context: usize,
+    pub q_heads: usize,
+    pub kv_heads: usize,
+    pub median_ms: f64,
+    pub external_ms: f64,
+    /// external time / our time: above 1, ours is faster (same work, so
+    /// also our GB/s / theirs).
+    pub speedup: f64,
+    pub vs_copy: f64,
+    pub external_vs_copy: f64,
+}
+
+/// Every (our row, external row) pair of the same shape, in our row order.
+pub fn compare(report: &BenchReport, external: &[ExternalRow]) -> Vec<Comparison> {
+    let mut out = Vec::new();
+    for r in &report.rows {
+        for e in external.iter().filter(|e| {
+            (e.batch, e.context, e.q_heads, e.kv_heads) == (r.batch, r.context, r.q_heads, r.kv_heads)
+                && e.tflops.is_some() == r.tflops.is_some()
+        }) {
+            out.push(Comparison {
+                kernel: r.kernel.clone(),
+                external: e.kernel.clone(),
+                batch: r.batch,
+                context: r.context,
+                q_heads: r.q_heads,
+                kv_heads: r.kv_heads,
+                median_ms: r.median_ms,
+                external_ms: e.median_ms,
+                speedup: e.median_ms / r.median_ms,
+                vs_copy: r.vs_copy,
+                external_vs_copy: e.gbps / report.copy_gbps,
+            });
+        }
+    }
+    out
+}
+
 /// The decode rows as an SVG chart: achieved GB/s per case for each kernel,
 /// with the copy bandwidth as a line. Written by hand (no font or system
 /// library needed, so it renders on a headless GPU box).
@@ -611,7 +745,60 @@ pub fn svg(report: &BenchReport) -> String {
 
 #[cfg(test)]
 mod filter_tests {
-    use super::BenchOptions;
+    use super::*;
+
+    fn report_with(rows: Vec<BenchRow>) -> BenchReport {
+        BenchReport {
+            device: crate::runtime::DeviceInfo {
+                name: "test".into(),
+                target: crate::runtime::Target::Host { wave: 32 },
+                multiprocessors: 1,
+                memory_bytes: 0,
+                l2_bytes: 0,
+                clock_khz: 0,
+            },
+            copy_gbps: 100.0,
+            f32_peak_tflops: 0.0,
+            rows,
+            skipped: Vec::new(),
+        }
+    }
+
+    fn decode_row(kernel: &str, batch: usize, ms: f64) -> BenchRow {
+        BenchRow {
+            kernel: kernel.into(),
+            batch,
+            context: 1024,
+            q_heads: 32,
+            kv_heads: 8,
+            median_ms: ms,
+            gbps: 50.0,
+            vs_copy: 0.5,
+            tflops: None,
+            vs_f32_peak: None,
+        }
+    }
+
+    #[test]
+    fn external_rows_pair_with_our_rows_of_the_same_shape() {
+        let text = r#"{"rows": [{"kernel": "vllm:unified_attention", "batch": 8, "context": 1024,
+            "q_heads": 32, "kv_heads": 8, "median_ms": 0.5, "gbps": 25.0, "tflops": null}]}"#;
+        let ext = parse_external_rows(text).unwrap();
+        let report = report_with(vec![decode_row("a", 8, 0.25), decode_row("b", 1, 0.1)]);
+        let c = compare(&report, &ext);
+        assert_eq!(c.len(), 1);
+        assert_eq!((c[0].kernel.as_str(), c[0].speedup), ("a", 2.0));
+        assert_eq!(c[0].external_vs_copy, 0.25);
+    }
+
+    #[test]
+    fn a_bare_array_of_rows_is_accepted_and_garbage_is_explained() {
+        let text = r#"[{"kernel": "k", "batch": 1, "context": 1, "q_heads": 1, "kv_heads": 1,
+            "median_ms": 1.0, "gbps": 1.0}]"#;
+        assert_eq!(parse_external_rows(text).unwrap()[0].tflops, None);
+        let e = parse_external_rows("{\"rows\": 3}").unwrap_err();
+        assert!(e.contains("median_ms"), "{e}");
+    }
 
     #[test]
     fn filter_takes_comma_separated_alternatives() {

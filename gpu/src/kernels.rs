@@ -109,6 +109,14 @@ fn gather_variants() -> Vec<Defines> {
     )
 }
 
+/// (query, cache) dtypes of the tensor-core kernels: bf16 and f16, cache as the query.
+fn tc_variants() -> Vec<Defines> {
+    [DType::Bf16, DType::F16]
+        .iter()
+        .map(|&d| qkv_defines(d, d).to_vec())
+        .collect()
+}
+
 fn varlen_variants() -> Vec<Defines> {
     each_dtype("DTYPE", &[DType::Bf16, DType::F16])
 }
@@ -210,6 +218,21 @@ pub static FAMILIES: &[Family] = &[
             "paged_attention_ll4mi_reduce",
         ],
         variants: attention_variants,
+    },
+    Family {
+        name: "paged_decode_tc",
+        embedded: include_str!("../../kernels/paged_decode_tc.hip"),
+        entries: &[
+            "paged_decode_tc_d64",
+            "paged_decode_tc_d64_r16",
+            "paged_decode_tc_d128",
+            "paged_decode_tc_d128_r16",
+            "paged_decode_tc_d128_prefetch",
+            "paged_decode_tc_d128_b3",
+            "paged_decode_tc_d128_l2",
+            "paged_decode_tc_reduce",
+        ],
+        variants: tc_variants,
     },
     Family {
         name: "prefix_prefill",

@@ -70,6 +70,12 @@ pub struct Args {
     /// (e.g. `paged_attention_ll4mi`, `ll4mi b64 ctx8192,2d b64 ctx8192`).
     #[arg(long)]
     pub filter: Option<String>,
+    /// With --gpu: a JSON file of rows timed elsewhere in the same call (e.g.
+    /// vLLM's Triton kernels by python/scripts/vllm_decode_bench.py; fields
+    /// kernel, batch, context, q_heads, kv_heads, median_ms, gbps, tflops),
+    /// printed beside our rows of the same shape with the speedup ours/theirs.
+    #[arg(long, value_name = "FILE.json")]
+    pub vllm: Option<std::path::PathBuf>,
 }
 
 /// Block size the bench batches are built with (each backend re-blocks to its kernel block size).

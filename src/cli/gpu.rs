@@ -4,6 +4,7 @@
 //! any fails or for a bad target, 3 without the target's compiler (0 with
 //! `--allow-no-device`).
 
+use anyhow::Context;
 use super::util::{emit, exit, no_device, progress, spinner, NoDevice};
 use attnlab_gpu::bench::{self, BenchOptions, BenchReport};
 use attnlab_gpu::compile::{compile_families_with, CompileReport};
@@ -165,6 +166,21 @@ pub fn bench(
         filter: args.filter.clone(),
         ..BenchOptions::default()
     };
+    // Read the comparison file first: a bad file fails before the GPU work.
+    let external = match &args.vllm {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("--vllm {}: cannot read it", path.display()))?;
+            Some(bench::parse_external_rows(&text).map_err(|e| {
+                anyhow::Error::new(attnlab_shared::error::Error::invalid(
+                    "--vllm",
+                    path.display(),
+                    e,
+                ))
+            })?)
+        }
+        None => None,
+    };
     let bar = spinner(args.json, "bench --gpu");
     let report = bench::run(&gpu, opts);
     bar.finish_and_clear();
@@ -175,15 +191,54 @@ pub fn bench(
     let text = serde_json::to_string_pretty(&report)?;
     std::fs::write(dir.join("bench-gpu.json"), &text)?;
     std::fs::write(dir.join("bench-gpu.svg"), bench::svg(&report))?;
+    let comparisons = external.as_deref().map(|e| bench::compare(&report, e));
     if !args.json {
         print_bench(&report);
+        if let Some(c) = &comparisons {
+            print_comparisons(c);
+        }
         emit(&format!(
             "wrote {} and {}\n",
             dir.join("bench-gpu.json").display(),
             dir.join("bench-gpu.svg").display()
         ));
     }
-    Ok(serde_json::to_value(&report)?)
+    let mut value = serde_json::to_value(&report)?;
+    if let (Some(c), Some(obj)) = (comparisons, value.as_object_mut()) {
+        obj.insert("vs_external".into(), serde_json::to_value(c)?);
+    }
+    Ok(value)
+}
+
+fn print_comparisons(c: &[bench::Comparison]) {
+    outln!(
+        "  {:<30} {:<24} {:>5} {:>7} {:>6} {:>9} {:>9} {:>8} {:>8} {:>8}",
+        "ours",
+        "theirs",
+        "batch",
+        "context",
+        "heads",
+        "ours ms",
+        "their ms",
+        "speedup",
+        "ours/cp",
+        "their/cp"
+    );
+    for x in c {
+        outln!(
+            "  {:<30} {:<24} {:>5} {:>7} {:>6} {:>9.4} {:>9.4} {:>7.2}x {:>7.1}% {:>7.1}%",
+            x.kernel,
+            x.external,
+            x.batch,
+            x.context,
+            format!("{}/{}", x.q_heads, x.kv_heads),
+            x.median_ms,
+            x.external_ms,
+            x.speedup,
+            100.0 * x.vs_copy,
+            100.0 * x.external_vs_copy
+        );
+    }
 }
 
 fn print_bench(r: &BenchReport) {

@@ -21,6 +21,7 @@ pub mod mla_prefill;
 pub mod mla_proj;
 pub mod mma;
 pub mod paged_decode;
+pub mod paged_decode_tc;
 pub mod prefix_prefill;
 pub mod reshape_and_cache;
 pub mod unified_attention;
@@ -288,6 +289,10 @@ pub static KERNEL_DIFFS: &[KernelDiff] = &[
     KernelDiff {
         kernel: "paged_decode",
         run: paged_decode::run,
+    },
+    KernelDiff {
+        kernel: "paged_decode_tc",
+        run: paged_decode_tc::run,
     },
     KernelDiff {
         kernel: "prefix_prefill",

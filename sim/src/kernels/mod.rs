@@ -13,6 +13,7 @@ pub mod mla_decode;
 pub mod mla_prefill;
 pub mod mla_proj;
 pub mod paged_decode;
+pub mod paged_decode_tc;
 pub mod prefix_prefill;
 pub mod reshape_and_cache;
 pub mod softmax;

@@ -1,0 +1,300 @@
+//! Launchers for `kernels/paged_decode_tc.hip`, mirroring
+//! `attnlab_sim::kernels::paged_decode_tc::paged_decode_tc`: the split
+//! kernel (one wave per split of a (sequence, kv head, head group)) then the
+//! reduce. Rows that are not decode rows keep the contents of `out`.
+
+use super::paged_decode::{upload, Inputs};
+use super::unified_attention::to_u32;
+use crate::diff::bits_from_bytes;
+use crate::kernels::{qkv_defines, Gpu};
+use crate::runtime::{Arg, ArgStruct, Buffer, LaunchDims, Result, Target};
+use attnlab_shared::error::Error;
+use attnlab_shared::metadata::AttentionMetadata;
+use attnlab_sim::cache::KvCache;
+use attnlab_sim::config::AttnConfig;
+use attnlab_sim::kernels::paged_decode_tc::{num_splits, validate_tc, ROWS, STEP};
+use attnlab_sim::numerics::mma::MatrixTarget;
+use attnlab_sim::numerics::softmax_scale_log2;
+
+/// Waves per split-kernel block (`TC_WAVES`).
+const WAVES: usize = 4;
+/// Threads of the reduce block (`TC_REDUCE_THREADS`: one per dim, head size <= 128).
+const REDUCE_THREADS: u32 = 128;
+/// The smallest split the automatic choice makes (keys).
+pub const MIN_AUTO_SPLIT: usize = 32;
+
+/// Which build of the split kernel runs. Every one computes the same bits
+/// (the same order of operations); they differ in how loads overlap and in
+/// the registers they may use. The non-default ones exist for d128 groups
+/// of at most 8 heads (others run the default).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TcVariant {
+    /// Each step's K and V loaded at its start (194 registers on sm_90:
+    /// 2 resident blocks, 8 waves, per multiprocessor).
+    Default,
+    /// The next step's K and V loaded while a step computes (254 registers,
+    /// as many resident blocks).
+    Prefetch,
+    /// Held to 3 resident blocks per multiprocessor (168 registers, a few spilled).
+    ThreeBlocks,
+    /// With L2 prefetch hints for the rows two steps ahead.
+    L2Hints,
+}
+
+impl TcVariant {
+    pub const ALL: [TcVariant; 4] = [
+        TcVariant::Default,
+        TcVariant::Prefetch,
+        TcVariant::ThreeBlocks,
+        TcVariant::L2Hints,
+    ];
+
+    /// Waves of the split kernel resident per multiprocessor on an H100
+    /// (from the registers above): what the automatic split size fills.
+    pub fn resident_waves_per_sm(self) -> usize {
+        match self {
+            TcVariant::ThreeBlocks => 3 * WAVES,
+            _ => 2 * WAVES,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            TcVariant::Default => "default",
+            TcVariant::Prefetch => "prefetch",
+            TcVariant::ThreeBlocks => "3 blocks/SM",
+            TcVariant::L2Hints => "L2 hints",
+        }
+    }
+}
+
+/// The matrix-core model the device's kernels run: the GPU's own (sm_90 on
+/// NVIDIA, gfx942 on AMD), on the host device the one its wave selects.
+pub fn device_target(gpu: &Gpu) -> Result<MatrixTarget> {
+    match &gpu.dev.info().target {
+        Target::Cuda { sm } if *sm >= 90 => Ok(MatrixTarget::Sm90),
+        Target::Cuda { sm } => Err(Error::unsupported(
+            "paged_decode_tc",
+            format!("sm_{sm}: only Hopper's mma.sync (sm_90) has a model"),
+        )
+        .into()),
+        Target::Amd { gfx } => match MatrixTarget::parse(gfx)? {
+            MatrixTarget::Gfx942 => Ok(MatrixTarget::Gfx942),
+            other => Err(Error::unsupported(
+                "paged_decode_tc",
+                format!("{}: only CDNA3 (gfx942) is built", other.name()),
+            )
+            .into()),
+        },
+        Target::Host { wave: 32 } => Ok(MatrixTarget::Sm90),
+        Target::Host { .. } => Ok(MatrixTarget::Gfx942),
+    }
+}
+
+fn host_target_code(t: MatrixTarget) -> i32 {
+    match t {
+        MatrixTarget::Sm90 => 0,
+        MatrixTarget::Gfx90a => 1,
+        MatrixTarget::Gfx942 => 2,
+    }
+}
+
+/// The split size the launcher picks when none is given: as many waves as
+/// the multiprocessors hold at once ([`TcVariant::resident_waves_per_sm`]),
+/// never more, spread over the batch's (sequence, kv head, head group)
+/// programs (one split each when there are more programs than that), at
+/// least [`MIN_AUTO_SPLIT`] keys, a multiple of 16. One round of equal
+/// waves leaves no tail; a second partial round would. For tuning, the
+/// environment variables `ATTNLAB_TC_WAVES_PER_SM` and
+/// `ATTNLAB_TC_MIN_SPLIT` (rounded up to 16) override the two numbers.
+pub fn auto_split_size(
+    gpu: &Gpu,
+    meta: &AttentionMetadata,
+    cfg: &AttnConfig,
+    variant: TcVariant,
+) -> usize {
+    let sms = (gpu.dev.info().multiprocessors as usize).max(1);
+    let per_sm = std::env::var("ATTNLAB_TC_WAVES_PER_SM")
+        .ok()
+        .and_then(|s| s.parse::<usize>().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or_else(|| variant.resident_waves_per_sm());
+    let min_split = std::env::var("ATTNLAB_TC_MIN_SPLIT")
+        .ok()
+        .and_then(|s| s.parse::<usize>().ok())
+        .filter(|&n| n > 0)
+        .map_or(MIN_AUTO_SPLIT, |n| n.next_multiple_of(STEP));
+    let groups = cfg.queries_per_kv().div_ceil(ROWS);
+    let programs = (meta.num_reqs() * cfg.num_kv_heads * groups).max(1);
+    let splits = (sms * per_sm / programs).max(1);
+    meta.max_seq_len
+        .div_ceil(splits)
+        .next_multiple_of(STEP)
+        .max(min_split)
+}
+
+/// The (m, l, acc) partials of every split: `[num_reqs, max_splits, Hq]`
+/// f32 (acc: `[.., head_size]`).
+pub(crate) struct TcScratch<'d> {
+    pub m: Buffer<'d>,
+    pub l: Buffer<'d>,
+    pub acc: Buffer<'d>,
+    max_splits: usize,
+}
+
+impl<'d> TcScratch<'d> {
+    pub fn new(
+        gpu: &'d Gpu,
+        meta: &AttentionMetadata,
+        cfg: &AttnConfig,
+        split_size: usize,
+    ) -> Result<Self> {
+        let dev = gpu.dev.as_ref();
+        let max_splits = num_splits(meta.max_seq_len, split_size);
+        let rows = (meta.num_reqs() * max_splits * cfg.num_heads).max(1);
+        Ok(TcScratch {
+            m: Buffer::zeroed(dev, rows * 4)?,
+            l: Buffer::zeroed(dev, rows * 4)?,
+            acc: Buffer::zeroed(dev, rows * cfg.head_size * 4)?,
+            max_splits,
+        })
+    }
+}
+
+fn args(
+    meta: &AttentionMetadata,
+    cfg: &AttnConfig,
+    split_size: usize,
+    max_splits: usize,
+    target: MatrixTarget,
+) -> Arg {
+    ArgStruct::default()
+        .i64(cfg.num_heads as i64)
+        .i64(cfg.num_kv_heads as i64)
+        .i64(cfg.head_size as i64)
+        .i64(meta.block_size as i64)
+        .i64(meta.block_table.max_blocks as i64)
+        .i64(split_size as i64)
+        .i64(max_splits as i64)
+        .i32(cfg.queries_per_kv() as i32)
+        .i32(host_target_code(target))
+        .f32(cfg.scale)
+        .f32(softmax_scale_log2(cfg.scale))
+        .f32(cfg.softcap.unwrap_or(0.0))
+        .arg()
+}
+
+/// The split kernel's entry for a head size, group (`r16`: more than 8
+/// query heads per kv head) and variant.
+fn entry(head_size: usize, r16: bool, variant: TcVariant) -> &'static str {
+    match (head_size, r16, variant) {
+        (64, false, _) => "paged_decode_tc_d64",
+        (64, true, _) => "paged_decode_tc_d64_r16",
+        (_, true, _) => "paged_decode_tc_d128_r16",
+        (_, false, TcVariant::Default) => "paged_decode_tc_d128",
+        (_, false, TcVariant::Prefetch) => "paged_decode_tc_d128_prefetch",
+        (_, false, TcVariant::ThreeBlocks) => "paged_decode_tc_d128_b3",
+        (_, false, TcVariant::L2Hints) => "paged_decode_tc_d128_l2",
+    }
+}
+
+/// The tensor-core paged decode on the device at `split_size` (None: the
+/// [`auto_split_size`]); returns the whole `[T, Hq, D]` output's bits in
+/// `cfg.dtype` and the split size used.
+#[allow(clippy::too_many_arguments)]
+pub fn paged_decode_tc(
+    gpu: &Gpu,
+    query: &[f32],
+    cache: &KvCache,
+    meta: &AttentionMetadata,
+    cfg: &AttnConfig,
+    split_size: Option<usize>,
+    variant: TcVariant,
+    out: &[f32],
+) -> Result<(Vec<u32>, usize)> {
+    let target = device_target(gpu)?;
+    let split = split_size.unwrap_or_else(|| auto_split_size(gpu, meta, cfg, variant));
+    validate_tc(query, cache, meta, cfg, target, split, out)?;
+    let inp = upload(gpu, query, cache, meta, cfg, out)?;
+    let scratch = TcScratch::new(gpu, meta, cfg, split)?;
+    launch(gpu, &inp, &scratch, meta, cfg, split, variant)?;
+    Ok((bits_from_bytes(&inp.out.to_bytes()?, cfg.dtype), split))
+}
+
+/// Launches the split kernel then the reduce on uploaded inputs (what
+/// [`paged_decode_tc`] and `attnlab bench --gpu` both run). `scratch` comes
+/// from [`TcScratch::new`] with the same metadata and split size.
+pub(crate) fn launch(
+    gpu: &Gpu,
+    inp: &Inputs,
+    scratch: &TcScratch,
+    meta: &AttentionMetadata,
+    cfg: &AttnConfig,
+    split_size: usize,
+    variant: TcVariant,
+) -> Result<()> {
+    let target = device_target(gpu)?;
+    let max_splits = num_splits(meta.max_seq_len, split_size);
+    if meta.num_reqs() == 0 || max_splits == 0 {
+        return Ok(());
+    }
+    if max_splits != scratch.max_splits {
+        return Err(Error::invalid(
+            "paged_decode_tc scratch",
+            scratch.max_splits,
+            format!("{max_splits} splits (made for another split size or batch)"),
+        )
+        .into());
+    }
+    let wave = gpu.dev.info().target.wave_size();
+    let defines = qkv_defines(cfg.dtype, cfg.kv_dtype);
+    let a = args(meta, cfg, split_size, max_splits, target);
+    let r16 = cfg.queries_per_kv() > 8;
+    let f = gpu.function("paged_decode_tc", &defines, entry(cfg.head_size, r16, variant))?;
+    let groups = cfg.queries_per_kv().div_ceil(ROWS);
+    let waves = cfg.num_kv_heads * groups * max_splits;
+    let dims = LaunchDims {
+        grid: [
+            to_u32(waves.div_ceil(WAVES), "split blocks")?,
+            to_u32(meta.num_reqs(), "sequences")?,
+            1,
+        ],
+        block: [WAVES as u32 * wave, 1, 1],
+        shared_bytes: 0,
+    };
+    let (i, s) = (inp, scratch);
+    let call = [
+        i.q.arg(),
+        i.k.arg(),
+        i.v.arg(),
+        i.bt.arg(),
+        i.qsl.arg(),
+        i.sl.arg(),
+        s.m.arg(),
+        s.l.arg(),
+        s.acc.arg(),
+        a.clone(),
+    ];
+    gpu.dev.launch(f, dims, &call)?;
+    let reduce = gpu.function("paged_decode_tc", &defines, "paged_decode_tc_reduce")?;
+    let dims = LaunchDims {
+        grid: [
+            to_u32(cfg.num_heads, "heads")?,
+            to_u32(meta.num_reqs(), "sequences")?,
+            1,
+        ],
+        block: [REDUCE_THREADS, 1, 1],
+        shared_bytes: 0,
+    };
+    let call = [
+        s.m.arg(),
+        s.l.arg(),
+        s.acc.arg(),
+        i.qsl.arg(),
+        i.sl.arg(),
+        i.out.arg(),
+        a,
+    ];
+    gpu.dev.launch(reduce, dims, &call)?;
+    Ok(())
+}
