@@ -18,28 +18,9 @@ use crate::kernels::reshape_and_cache::CacheWriter;
 use attnlab_shared::error::Result;
 use attnlab_shared::layout::{KvLayout, LayoutKind};
 use attnlab_shared::metadata::AttentionMetadata;
-use serde::Serialize;
-use std::collections::BTreeMap;
 
-/// One kernel launch as `attnlab trace` shows it: the vLLM/AITER kernel name
-/// and the shapes of its main tensors.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct KernelCall {
-    pub name: String,
-    pub shapes: BTreeMap<String, Vec<usize>>,
-}
-
-impl KernelCall {
-    pub fn new(name: &str, shapes: &[(&str, Vec<usize>)]) -> Self {
-        KernelCall {
-            name: name.to_string(),
-            shapes: shapes
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.clone()))
-                .collect(),
-        }
-    }
-}
+/// Kernel launches as `attnlab trace` shows them (defined beside the kernels).
+pub use crate::kernels::KernelCall;
 
 /// An emulated MHA backend.
 ///
