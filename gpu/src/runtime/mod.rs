@@ -8,6 +8,7 @@
 //! GPU stack: one binary finds an NVIDIA or an AMD GPU when it runs; without
 //! one [`open`] returns [`GpuError::NoDevice`] with a one-line reason.
 
+pub mod bytes;
 pub mod cuda;
 pub mod hip;
 pub mod hip_sys;
