@@ -1,6 +1,6 @@
 //! Imports run downhill inside each crate: every `crate::` / `super::` path a
 //! source file names (in `use` lines and inline, comments left out) must
-//! point at its own layer or one below.
+//! point at its own layer or one below (unit-test modules aside).
 //!
 //! - sim: kernels (with the numerics, config, cache, profile and f64
 //!   reference they use) <- backends <- workload (workload, replay, cases,
@@ -101,8 +101,11 @@ fn module_of(src: &Path, file: &Path) -> Vec<String> {
     parts
 }
 
-/// The source without `//` comments (doc links name modules without importing them).
+/// The source without `//` comments (doc links name modules without
+/// importing them) and without its `#[cfg(test)]` module (a unit test may
+/// assemble its fixtures from any layer), which stands last by convention.
 fn code_of(text: &str) -> String {
+    let text = text.split("\n#[cfg(test)]").next().unwrap_or("");
     text.lines()
         .map(|l| {
             let mut in_str = false;
