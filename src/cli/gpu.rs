@@ -4,12 +4,10 @@
 //! any fails or for a bad target, 3 without the target's compiler (0 with
 //! `--allow-no-device`).
 
-use super::util::{emit, exit, no_device, progress, spinner, NoDevice};
-use attnlab_gpu::bench::{self, BenchOptions, BenchReport};
+use super::util::{emit, exit, no_device, progress};
 use attnlab_gpu::compile::{compile_families_with, CompileReport};
-use attnlab_gpu::kernels::Gpu;
+use attnlab_gpu::runtime::GpuError;
 use attnlab_gpu::runtime::Target;
-use attnlab_gpu::runtime::{DeviceKind, GpuError};
 use std::process::ExitCode;
 
 #[derive(clap::Args)]
@@ -113,117 +111,4 @@ fn print_report(r: &CompileReport) {
     }
     let ok = r.results.iter().filter(|c| c.ok).count();
     outln!("{ok} of {} compiled", r.results.len());
-}
-
-/// The device for `bench --gpu [--device auto|cuda|hip|host]`: `Err(why)`
-/// when there is none and `allow` (`--allow-no-device`), else no device is
-/// an exit-3 error. `auto` takes whichever GPU is present and, unlike
-/// `diff`, does not fall back to the host device: the bench grid's caches
-/// (up to 24 GiB) and the CPU's wall time would take hours and measure no
-/// GPU; the host device runs when named.
-pub fn open_for_bench(
-    device: &str,
-    wave: Option<u32>,
-    allow: bool,
-) -> anyhow::Result<Result<Gpu, String>> {
-    let opened = match DeviceKind::parse(device, wave)? {
-        DeviceKind::Auto { .. } => Gpu::open(),
-        kind => Gpu::open_kind(kind),
-    };
-    match opened {
-        Ok(g) => Ok(Ok(g)),
-        Err(GpuError::NoDevice(why)) if allow => Ok(Err(why)),
-        Err(GpuError::NoDevice(why)) => {
-            Err(NoDevice(format!("no device, nothing measured: {why}")).into())
-        }
-        Err(e) => Err(e.into()),
-    }
-}
-
-/// `attnlab bench --gpu`: the table on stdout (text mode), and
-/// `bench-gpu.json` + `bench-gpu.svg` written to `$ATTNLAB_BENCH_DIR`
-/// (default: the current folder); returns the report as JSON (for
-/// `--json`). `--filter`: only the rows whose label contains it
-/// (`attnlab_gpu::bench::row_label`). Without a device (allowed): one line,
-/// and `{"device": null, "skipped": why}`.
-pub fn bench(
-    gpu: Result<Gpu, String>,
-    args: &super::bench::Args,
-    repeats: usize,
-) -> anyhow::Result<serde_json::Value> {
-    let gpu = match gpu {
-        Ok(g) => g,
-        Err(why) => {
-            if !args.json {
-                emit(&format!("no device, nothing measured on a GPU: {why}\n"));
-            }
-            return Ok(serde_json::json!({"device": null, "skipped": why}));
-        }
-    };
-    let opts = BenchOptions {
-        repeats,
-        filter: args.filter.clone(),
-        ..BenchOptions::default()
-    };
-    let bar = spinner(args.json, "bench --gpu");
-    let report = bench::run(&gpu, opts);
-    bar.finish_and_clear();
-    let report = report?;
-    let dir = std::path::PathBuf::from(
-        std::env::var_os("ATTNLAB_BENCH_DIR").unwrap_or_else(|| ".".into()),
-    );
-    let text = serde_json::to_string_pretty(&report)?;
-    std::fs::write(dir.join("bench-gpu.json"), &text)?;
-    std::fs::write(dir.join("bench-gpu.svg"), bench::svg(&report))?;
-    if !args.json {
-        print_bench(&report);
-        emit(&format!(
-            "wrote {} and {}\n",
-            dir.join("bench-gpu.json").display(),
-            dir.join("bench-gpu.svg").display()
-        ));
-    }
-    Ok(serde_json::to_value(&report)?)
-}
-
-fn print_bench(r: &BenchReport) {
-    outln!(
-        "device: {} ({} SMs), device-to-device copy {:.0} GB/s, f32 peak {:.1} TFLOP/s",
-        r.device.name,
-        r.device.multiprocessors,
-        r.copy_gbps,
-        r.f32_peak_tflops
-    );
-    outln!(
-        "  {:<32} {:>5} {:>7} {:>7} {:>10} {:>9} {:>8} {:>9}",
-        "kernel",
-        "batch",
-        "context",
-        "heads",
-        "median ms",
-        "GB/s",
-        "vs copy",
-        "TFLOP/s"
-    );
-    for row in &r.rows {
-        let tf = row.tflops.map_or(String::new(), |t| {
-            format!(
-                "{t:.2} ({:.0}% of f32 peak)",
-                100.0 * row.vs_f32_peak.unwrap_or(0.0)
-            )
-        });
-        outln!(
-            "  {:<32} {:>5} {:>7} {:>7} {:>10.3} {:>9.0} {:>7.1}% {tf}",
-            row.kernel,
-            row.batch,
-            row.context,
-            format!("{}/{}", row.q_heads, row.kv_heads),
-            row.median_ms,
-            row.gbps,
-            100.0 * row.vs_copy
-        );
-    }
-    for s in &r.skipped {
-        outln!("  skipped: {s}");
-    }
 }
