@@ -8,7 +8,7 @@
 //! `--tp` sharding the heads. Both end in
 //! the same table, JSON and exit code (0 all matched, 1 a mismatch or bad input).
 
-use super::trace::{check_tp, reject_mla_flags, wrong_family};
+use super::common::{check_tp, reject_mla_flags, wrong_family};
 use super::util::{backend_choice, bounded, emit, exit, progress};
 use attnlab_shared::limits::{MAX_BLOCK_SIZE, MAX_REQUESTS};
 use attnlab_shared::model::{preset, ModelPreset};
