@@ -36,8 +36,9 @@ use crate::cache::KvCache;
 use crate::config::AttnConfig;
 use crate::fidelity::{self, UlpStats, BUCKETS};
 use crate::fixture::LaunchGrid;
-use crate::fixture::{self, Case, Fixture, MergeCase, PagedCase};
+use crate::fixture::{self, Case, Fixture, MergeCase, MlaCase, PagedCase};
 use crate::kernels::merge_attn_states::{merge_attn_states, MergeKernel};
+use crate::kernels::mla_cache::LatentCache;
 use crate::kernels::softmax::OutLse;
 use crate::kernels::unified_attention::{
     Grid, UnifiedLaunch, VllmLaunchOptions, NUM_PAR_SOFTMAX_SEGMENTS, TILE_SIZE_2D, TILE_SIZE_3D,
@@ -47,8 +48,10 @@ use crate::reference::{self, compare, Comparison, Tolerance};
 use attnlab_shared::block_table::{block_table_tensor, KernelBlockSplit};
 use attnlab_shared::dtype::DType;
 use attnlab_shared::error::{Error, Result};
+use attnlab_shared::layout::mla::MlaLayout;
 use attnlab_shared::layout::{KvLayout, LayoutKind};
 use attnlab_shared::metadata::AttentionMetadata;
+use attnlab_shared::model::MlaDims;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 
@@ -368,12 +371,12 @@ pub fn replay_fixture(f: &Fixture, backend: Option<&str>) -> Vec<ReplayResult> {
                 .iter()
                 .filter(|b| backend.is_none_or(|n| n == b.name()))
             {
-                let cfg = mla::replay_config(m, dtype);
+                let cfg = replay_config(m, dtype);
                 match b.check(&cfg, m.meta.block_size) {
                     Err(e) => rows.push(at(b.name()).status(Status::Skipped, Some(e.to_string()))),
                     Ok(()) => rows.push(
                         at(b.name()).judge(
-                            catch_panic(b.name(), || mla::replay_mla_decode(b.as_ref(), m, &cfg))
+                            catch_panic(b.name(), || replay_mla_decode(b.as_ref(), m, &cfg))
                                 .map(Outcome::out),
                             &kernel,
                             tol,
@@ -1026,4 +1029,50 @@ pub fn format_summary(rows: &[SummaryRow]) -> String {
         );
     }
     s
+}
+
+/// The configuration an `mla_decode` fixture describes: its heads, latent
+/// widths, scale and dtype, and the producer's split count.
+pub fn replay_config(case: &MlaCase, dtype: DType) -> mla::MlaConfig {
+    let dims = MlaDims {
+        kv_lora_rank: case.kv_lora_rank,
+        qk_rope_head_dim: case.qk_rope_head_dim,
+        ..mla::MlaConfig::deepseek_r1(1).dims
+    };
+    mla::MlaConfig {
+        num_heads: case.num_heads,
+        dims,
+        scale: case.scale,
+        dtype,
+        kv_dtype: dtype,
+        num_kv_splits: Some(case.num_kv_splits),
+        ..mla::MlaConfig::deepseek_r1(1)
+    }
+}
+
+/// Runs an `mla_decode` fixture (absorbed queries, one token per sequence)
+/// through `backend`'s `forward_mqa` under `cfg` ([`replay_config`]):
+/// `[num_seqs, num_heads, kv_lora_rank]` in `cfg.dtype`. `check` runs
+/// first, so TRITON_MLA refuses a block-size-1 case as vLLM would.
+pub fn replay_mla_decode(
+    backend: &dyn mla::MlaBackend,
+    case: &MlaCase,
+    cfg: &mla::MlaConfig,
+) -> Result<Vec<f32>> {
+    backend.check(cfg, case.meta.block_size)?;
+    let layout = MlaLayout::new(
+        case.meta.num_blocks,
+        case.meta.block_size,
+        case.kv_lora_rank,
+        case.qk_rope_head_dim,
+        cfg.dtype,
+    )?;
+    let cache = LatentCache::from_tensor(layout, case.kv_cache.clone())?;
+    let batch = mla::MlaDecodeBatch {
+        meta: &case.meta,
+        num_decodes: case.meta.num_reqs(),
+    };
+    Ok(backend
+        .forward_mqa(&case.query, case.num_heads, &cache, &batch, cfg)?
+        .out)
 }

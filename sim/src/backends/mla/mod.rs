@@ -26,12 +26,10 @@ pub use common::{
 
 use super::exec::{Cpu, KernelExecutor};
 use super::KernelCall;
-use crate::fixture::MlaCase;
 use crate::kernels::mla_cache::LatentCache;
 use crate::kernels::mla_decode::MlaDecodeOutput;
 use attnlab_shared::dtype::DType;
 use attnlab_shared::error::{Error, Result};
-use attnlab_shared::layout::mla::MlaLayout;
 use attnlab_shared::metadata::AttentionMetadata;
 use attnlab_shared::model::{preset, MlaDims};
 use attnlab_shared::registry::Capabilities;
@@ -284,50 +282,4 @@ pub fn by_name(name: &str) -> Result<Box<dyn MlaBackend>> {
             format!("emulated MLA backends: {joined}"),
         )
     })
-}
-
-/// The configuration an `mla_decode` fixture describes: its heads, latent
-/// widths, scale and dtype, and the producer's split count.
-pub fn replay_config(case: &MlaCase, dtype: DType) -> MlaConfig {
-    let dims = MlaDims {
-        kv_lora_rank: case.kv_lora_rank,
-        qk_rope_head_dim: case.qk_rope_head_dim,
-        ..MlaConfig::deepseek_r1(1).dims
-    };
-    MlaConfig {
-        num_heads: case.num_heads,
-        dims,
-        scale: case.scale,
-        dtype,
-        kv_dtype: dtype,
-        num_kv_splits: Some(case.num_kv_splits),
-        ..MlaConfig::deepseek_r1(1)
-    }
-}
-
-/// Runs an `mla_decode` fixture (absorbed queries, one token per sequence)
-/// through `backend`'s `forward_mqa` under `cfg` ([`replay_config`]):
-/// `[num_seqs, num_heads, kv_lora_rank]` in `cfg.dtype`. `check` runs
-/// first, so TRITON_MLA refuses a block-size-1 case as vLLM would.
-pub fn replay_mla_decode(
-    backend: &dyn MlaBackend,
-    case: &MlaCase,
-    cfg: &MlaConfig,
-) -> Result<Vec<f32>> {
-    backend.check(cfg, case.meta.block_size)?;
-    let layout = MlaLayout::new(
-        case.meta.num_blocks,
-        case.meta.block_size,
-        case.kv_lora_rank,
-        case.qk_rope_head_dim,
-        cfg.dtype,
-    )?;
-    let cache = LatentCache::from_tensor(layout, case.kv_cache.clone())?;
-    let batch = MlaDecodeBatch {
-        meta: &case.meta,
-        num_decodes: case.meta.num_reqs(),
-    };
-    Ok(backend
-        .forward_mqa(&case.query, case.num_heads, &cache, &batch, cfg)?
-        .out)
 }
