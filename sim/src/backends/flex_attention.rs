@@ -9,11 +9,9 @@
 //! sliding window. ALiBi, soft-cap and sinks are rejected as vLLM's
 //! `FlexAttentionImpl` rejects them.
 
-use crate::backends::exec::KernelExecutor;
-use crate::backends::{AttentionBackend, KernelCall};
-use crate::cache::KvCache;
+use crate::backends::steps::{Paged, Step, SubBatch};
+use crate::backends::AttentionBackend;
 use crate::config::AttnConfig;
-use crate::kernels::flex_attention::{flex_block_n, SPARSE_Q_BLOCK_SIZE};
 use crate::kernels::reshape_and_cache::CacheWriter;
 use attnlab_shared::dtype::DType;
 use attnlab_shared::error::{Error, Result};
@@ -72,44 +70,8 @@ impl AttentionBackend for FlexAttention {
         CacheWriter::ReshapeAndCacheFlash
     }
 
-    fn forward_with(
-        &self,
-        ex: &dyn KernelExecutor,
-        query: &[f32],
-        cache: &KvCache,
-        meta: &AttentionMetadata,
-        cfg: &AttnConfig,
-    ) -> Result<Vec<f32>> {
-        self.check(cfg, meta.block_size)?;
-        ex.flex_attention(query, cache, meta, cfg)
-    }
-
-    fn plan(&self, meta: &AttentionMetadata, cfg: &AttnConfig) -> Vec<KernelCall> {
-        let Ok(layout) = self.cache_layout(cfg, meta.num_blocks, meta.block_size) else {
-            return vec![];
-        };
-        let (t, hq, hkv, d) = (
-            meta.num_actual_tokens,
-            cfg.num_heads,
-            cfg.num_kv_heads,
-            cfg.head_size,
-        );
-        let q_blocks = t.div_ceil(SPARSE_Q_BLOCK_SIZE);
-        vec![
-            CacheWriter::ReshapeAndCacheFlash.kernel_call(&layout, t),
-            KernelCall::new(
-                "flex_attention",
-                &[
-                    ("query", vec![1, hq, t, d]),
-                    (
-                        "key_cache",
-                        vec![1, hkv, meta.num_blocks * meta.block_size, d],
-                    ),
-                    ("block_mask", vec![q_blocks, meta.num_blocks]),
-                    ("block_n", vec![flex_block_n(cfg.dtype, meta.block_size)]),
-                    ("output", vec![t, hq, d]),
-                ],
-            ),
-        ]
+    /// One compiled `flex_attention` call over the whole batch.
+    fn route(&self, _meta: &AttentionMetadata, _cfg: &AttnConfig) -> Result<Vec<SubBatch>> {
+        Ok(vec![SubBatch::all(vec![Step::Paged(Paged::Flex)])])
     }
 }

@@ -2,6 +2,11 @@
 //! in [`crate::kernels`]: which layout it uses, how it writes new K/V, how it
 //! routes the batch, which kernels it calls in which order. Every MHA backend
 //! implements [`AttentionBackend`], so a test can run one batch through all.
+//!
+//! A backend module is its routing: `route` writes the batch out as the
+//! [`steps`] language (attend, gather, merge, a paged kernel), and the trait
+//! runs it ([`steps::run`], after the backend's `check`) or shows it
+//! ([`steps::render`], after the cache writer's launch) the same way for all.
 
 pub mod exec;
 pub mod flex_attention;
@@ -9,7 +14,9 @@ pub mod mla;
 pub mod rocm_aiter_fa;
 pub mod rocm_aiter_unified_attn;
 pub mod rocm_attn;
+pub mod steps;
 pub mod triton_attn;
+pub mod unified;
 
 use crate::backends::exec::{Cpu, KernelExecutor};
 use crate::cache::KvCache;
@@ -18,6 +25,7 @@ use crate::kernels::reshape_and_cache::CacheWriter;
 use attnlab_shared::error::Result;
 use attnlab_shared::layout::{KvLayout, LayoutKind};
 use attnlab_shared::metadata::AttentionMetadata;
+use steps::{Rows, SubBatch};
 
 /// Kernel launches as `attnlab trace` shows them (defined beside the kernels).
 pub use crate::kernels::KernelCall;
@@ -25,8 +33,9 @@ pub use crate::kernels::KernelCall;
 /// An emulated MHA backend.
 ///
 /// A step is: `write_kv` (the backend's cache writer, `-1` slots skipped),
-/// then `forward` over the whole batch. `plan` lists the kernel launches
-/// `forward` makes for a batch without touching data (for `attnlab trace`).
+/// then `forward` over the whole batch: `check`, then the steps of `route`.
+/// `plan` lists the kernel launches of both for a batch without touching
+/// data (for `attnlab trace`).
 pub trait AttentionBackend: Send + Sync {
     /// vLLM's enum name, e.g. "ROCM_AITER_FA".
     fn name(&self) -> &'static str;
@@ -56,6 +65,15 @@ pub trait AttentionBackend: Send + Sync {
     /// The cache-update kernel vLLM's `do_kv_cache_update` calls for a kernel
     /// block size.
     fn cache_writer(&self, block_size: usize) -> CacheWriter;
+
+    /// The routing: the sub-batches of this batch and the [`steps::Step`]s
+    /// computing their rows, in launch order.
+    fn route(&self, meta: &AttentionMetadata, cfg: &AttnConfig) -> Result<Vec<SubBatch>>;
+
+    /// The config the backend hands its kernels (by default the layer's).
+    fn kernel_config(&self, cfg: &AttnConfig) -> AttnConfig {
+        cfg.clone()
+    }
 
     /// The cache layout for `num_blocks` kernel blocks of `block_size`.
     fn cache_layout(
@@ -111,7 +129,9 @@ pub trait AttentionBackend: Send + Sync {
         ex.reshape_and_cache(writer, cache, key, value, slot_mapping, cfg)
     }
 
-    /// [`AttentionBackend::forward`] with every kernel launch made through `ex`.
+    /// [`AttentionBackend::forward`] with every kernel launch made through
+    /// `ex`: `check`, then the steps of `route` (a route that splits the
+    /// batch reads query rows and the cache itself, so they are checked too).
     fn forward_with(
         &self,
         ex: &dyn KernelExecutor,
@@ -119,10 +139,37 @@ pub trait AttentionBackend: Send + Sync {
         cache: &KvCache,
         meta: &AttentionMetadata,
         cfg: &AttnConfig,
-    ) -> Result<Vec<f32>>;
+    ) -> Result<Vec<f32>> {
+        self.check(cfg, meta.block_size)?;
+        let route = self.route(meta, cfg)?;
+        if !matches!(
+            route.as_slice(),
+            [SubBatch {
+                rows: Rows::All,
+                ..
+            }]
+        ) {
+            let want = self.cache_layout(cfg, cache.layout.num_blocks, meta.block_size)?;
+            steps::check_split_inputs(self.name(), &want, query, cache, meta, cfg)?;
+        }
+        steps::run(ex, &route, query, cache, meta, &self.kernel_config(cfg))
+    }
 
-    /// The kernel launches `forward` makes for this batch.
-    fn plan(&self, meta: &AttentionMetadata, cfg: &AttnConfig) -> Vec<KernelCall>;
+    /// The kernel launches `write_kv` and `forward` make for this batch: the
+    /// cache writer's, then each step of `route` (empty if the batch is invalid).
+    fn plan(&self, meta: &AttentionMetadata, cfg: &AttnConfig) -> Vec<KernelCall> {
+        let (Ok(layout), Ok(route)) = (
+            self.cache_layout(cfg, meta.num_blocks, meta.block_size),
+            self.route(meta, cfg),
+        ) else {
+            return vec![];
+        };
+        let mut calls = vec![self
+            .cache_writer(meta.block_size)
+            .kernel_call(&layout, meta.num_actual_tokens)];
+        calls.extend(steps::render(&route, meta, cfg, &layout));
+        calls
+    }
 }
 
 /// Every emulated MHA backend, in registry order.

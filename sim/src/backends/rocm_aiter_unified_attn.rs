@@ -18,7 +18,7 @@
 //! sinks, sliding window, soft-cap, ALiBi, fp8 KV. The gfx1250 shuffled-cache
 //! path is stale in vLLM (§19.17) and not emulated.
 
-use crate::backends::triton_attn::{UnifiedBackend, UnifiedKernel, UnifiedShape};
+use crate::backends::unified::{UnifiedBackend, UnifiedKernel, UnifiedShape};
 use crate::config::AttnConfig;
 use crate::kernels::reshape_and_cache::CacheWriter;
 use crate::kernels::unified_attention::{UnifiedLaunch, VllmLaunchOptions, MI300X_CU_COUNT};

@@ -15,11 +15,10 @@
 //! (0.33's `causal` argument); vLLM's separate encoder kernel is not emulated.
 
 use crate::backends::exec::KernelExecutor;
-use crate::backends::{AttentionBackend, KernelCall};
+use crate::backends::steps::{self, Paged, Step, SubBatch};
+use crate::backends::AttentionBackend;
 use crate::cache::KvCache;
 use crate::config::AttnConfig;
-use crate::kernels::paged_decode::{max_num_partitions, PARTITION_SIZE_ROCM};
-use crate::kernels::prefix_prefill::PrefixVariant;
 use crate::kernels::reshape_and_cache::CacheWriter;
 use attnlab_shared::block_table::{select_kernel_block_size, KernelBlockSize};
 use attnlab_shared::dtype::DType;
@@ -86,15 +85,6 @@ impl RocmAttn {
         }
     }
 
-    /// The config the kernels see: the profile's window, no soft-cap.
-    fn kernel_config(&self, cfg: &AttnConfig) -> AttnConfig {
-        AttnConfig {
-            sliding_window: self.kernel_window(cfg.sliding_window),
-            softcap: None,
-            ..cfg.clone()
-        }
-    }
-
     /// `use_rocm_custom_paged_attention` on CDNA, plus the power-of-two block
     /// check of `chunked_prefill_paged_decode` (our x-packed cache is always native).
     pub fn decode_kernel(&self, meta: &AttentionMetadata, cfg: &AttnConfig) -> DecodeKernel {
@@ -113,6 +103,20 @@ impl RocmAttn {
         }
     }
 
+    /// `chunked_prefill_paged_decode` over the whole batch: the prefix
+    /// prefill of the query_len > 1 rows (if any), then `decode` on the rest.
+    pub fn route_with_decode(meta: &AttentionMetadata, decode: DecodeKernel) -> Vec<SubBatch> {
+        let mut steps = vec![];
+        if meta.max_query_len > 1 {
+            steps.push(Step::Paged(Paged::PrefixPrefill));
+        }
+        steps.push(Step::Paged(match decode {
+            DecodeKernel::Ll4mi => Paged::Ll4mi,
+            DecodeKernel::Triton2d => Paged::Triton2d,
+        }));
+        vec![SubBatch::all(steps)]
+    }
+
     /// `forward` with the decode rows' kernel chosen by the caller (replay
     /// of a capture that records which one ran, e.g. Triton's on NVIDIA,
     /// where `use_rocm_custom_paged_attention()` is false).
@@ -126,18 +130,8 @@ impl RocmAttn {
         decode: DecodeKernel,
     ) -> Result<Vec<f32>> {
         self.check(cfg, meta.block_size)?;
-        let kcfg = self.kernel_config(cfg);
-        let mut out = vec![0f32; meta.num_actual_tokens * cfg.num_heads * cfg.head_size];
-        if meta.max_query_len > 1 {
-            ex.context_attention_fwd(query, cache, meta, &kcfg, true, &mut out)?;
-        }
-        match decode {
-            DecodeKernel::Ll4mi => {
-                ex.paged_attention_ll4mi(query, cache, meta, &kcfg, PARTITION_SIZE_ROCM, &mut out)?
-            }
-            DecodeKernel::Triton2d => ex.paged_attention_2d(query, cache, meta, &kcfg, &mut out)?,
-        }
-        Ok(out)
+        let route = Self::route_with_decode(meta, decode);
+        steps::run(ex, &route, query, cache, meta, &self.kernel_config(cfg))
     }
 }
 
@@ -230,73 +224,16 @@ impl AttentionBackend for RocmAttn {
         }
     }
 
-    fn forward_with(
-        &self,
-        ex: &dyn KernelExecutor,
-        query: &[f32],
-        cache: &KvCache,
-        meta: &AttentionMetadata,
-        cfg: &AttnConfig,
-    ) -> Result<Vec<f32>> {
-        self.forward_with_decode(ex, query, cache, meta, cfg, self.decode_kernel(meta, cfg))
+    /// The config the kernels see: the profile's window, no soft-cap.
+    fn kernel_config(&self, cfg: &AttnConfig) -> AttnConfig {
+        AttnConfig {
+            sliding_window: self.kernel_window(cfg.sliding_window),
+            softcap: None,
+            ..cfg.clone()
+        }
     }
 
-    fn plan(&self, meta: &AttentionMetadata, cfg: &AttnConfig) -> Vec<KernelCall> {
-        let (t, hq, hkv, d) = (
-            meta.num_actual_tokens,
-            cfg.num_heads,
-            cfg.num_kv_heads,
-            cfg.head_size,
-        );
-        let n = meta.num_reqs();
-        let Ok(layout) = self.cache_layout(cfg, meta.num_blocks, meta.block_size) else {
-            return vec![];
-        };
-        let (k_cache, v_cache) = (layout.k_shape(), layout.v_shape());
-        let mut calls = vec![self.cache_writer(meta.block_size).kernel_call(&layout, t)];
-        let qo = [
-            ("query", vec![t, hq, d]),
-            ("output", vec![t, hq, d]),
-            ("key_cache", k_cache),
-            ("value_cache", v_cache),
-        ];
-        if meta.max_query_len > 1 {
-            let v = PrefixVariant::for_config(cfg);
-            let mut shapes = qo.to_vec();
-            shapes.push(("grid", vec![n, hq, meta.max_query_len.div_ceil(v.block_m)]));
-            calls.push(KernelCall::new(v.kernel, &shapes));
-        }
-        match self.decode_kernel(meta, cfg) {
-            DecodeKernel::Ll4mi => {
-                let p = max_num_partitions(meta.max_seq_len, PARTITION_SIZE_ROCM);
-                let name = if cfg.queries_per_kv() <= 4 {
-                    "paged_attention_ll4mi_QKV_mfma4_kernel"
-                } else {
-                    "paged_attention_ll4mi_QKV_mfma16_kernel"
-                };
-                let mut shapes = qo.to_vec();
-                shapes.extend([
-                    ("grid", vec![n, p, hkv]),
-                    ("exp_sums", vec![n, hq, p]),
-                    ("max_logits", vec![n, hq, p]),
-                    ("tmp_out", vec![n, hq, p, d]),
-                ]);
-                calls.push(KernelCall::new(name, &shapes));
-                calls.push(KernelCall::new(
-                    "paged_attention_ll4mi_reduce_kernel",
-                    &[
-                        ("grid", vec![hq, n]),
-                        ("tmp_out", vec![n, hq, p, d]),
-                        ("output", vec![t, hq, d]),
-                    ],
-                ));
-            }
-            DecodeKernel::Triton2d => {
-                let mut shapes = qo.to_vec();
-                shapes.push(("grid", vec![n, hkv]));
-                calls.push(KernelCall::new("kernel_paged_attention_2d", &shapes));
-            }
-        }
-        calls
+    fn route(&self, meta: &AttentionMetadata, cfg: &AttnConfig) -> Result<Vec<SubBatch>> {
+        Ok(Self::route_with_decode(meta, self.decode_kernel(meta, cfg)))
     }
 }
