@@ -17,7 +17,7 @@ fn spec(kind: WorkloadKind, requests: usize, backend: Option<&str>) -> WorkloadS
         kind,
         requests,
         seed: 11,
-        backend: backend.map(str::to_string),
+        backend: backend.map(|b| b.parse().unwrap()),
         block_size: None,
     }
 }

@@ -147,8 +147,8 @@ pub fn replay_paths_with(
         // `merge_attn_states` (the kernel several backends call) names its rows too.
         let known: Vec<&'static str> = mha_backends()
             .iter()
-            .map(|b| b.name())
-            .chain(mla_backends().iter().map(|b| b.name()))
+            .map(|b| b.name().name())
+            .chain(mla_backends().iter().map(|b| b.name().name()))
             .chain([MERGE_ROW])
             .collect();
         if !known.contains(&name) {
@@ -275,35 +275,37 @@ pub fn replay_fixture(f: &Fixture, backend: Option<&str>) -> Vec<ReplayResult> {
             ));
             for b in mha_backends()
                 .iter()
-                .filter(|b| backend.is_none_or(|n| n == b.name()))
+                .filter(|b| backend.is_none_or(|n| n == b.name().name()))
             {
                 let cfg = match b.fixture_config(&p.cfg) {
                     Ok(cfg) => cfg,
                     // What vLLM's backend drops is a divergence only where it would run the case.
                     Err(reason) => {
                         rows.push(match b.check(&p.cfg, p.meta.block_size) {
-                            Err(e) => at(b.name()).status(Status::Skipped, Some(e.to_string())),
-                            Ok(()) => at(b.name()).status(Status::Divergence, Some(reason)),
+                            Err(e) => {
+                                at(b.name().name()).status(Status::Skipped, Some(e.to_string()))
+                            }
+                            Ok(()) => at(b.name().name()).status(Status::Divergence, Some(reason)),
                         });
                         continue;
                     }
                 };
                 if let Err(e) = b.check(&cfg, p.meta.block_size) {
-                    rows.push(at(b.name()).status(Status::Skipped, Some(e.to_string())));
+                    rows.push(at(b.name().name()).status(Status::Skipped, Some(e.to_string())));
                     continue;
                 }
-                let launch = match recorded_launch(b.name(), &f.header, p, &cfg) {
+                let launch = match recorded_launch(b.name().name(), &f.header, p, &cfg) {
                     Ok(l) => l,
                     Err(e) => {
-                        rows.push(at(b.name()).status(Status::Fail, Some(e.to_string())));
+                        rows.push(at(b.name().name()).status(Status::Fail, Some(e.to_string())));
                         continue;
                     }
                 };
                 let got = run_backend(b.as_ref(), p, &cfg, launch.as_ref().map(|l| &l.0));
-                let mut row = at(b.name());
+                let mut row = at(b.name().name());
                 row.launch = launch.map(|l| l.1);
                 let mut r = row.judge(got.map(Outcome::out), &kernel, tol, dtype);
-                if let Some(why) = documented_divergence(b.name(), &cfg, &p.meta) {
+                if let Some(why) = documented_divergence(b.name().name(), &cfg, &p.meta) {
                     r.status = Status::Divergence;
                     r.reason = Some(why);
                 }
@@ -369,14 +371,16 @@ pub fn replay_fixture(f: &Fixture, backend: Option<&str>) -> Vec<ReplayResult> {
             ));
             for b in mla_backends()
                 .iter()
-                .filter(|b| backend.is_none_or(|n| n == b.name()))
+                .filter(|b| backend.is_none_or(|n| n == b.name().name()))
             {
                 let cfg = replay_config(m, dtype);
                 match b.check(&cfg, m.meta.block_size) {
-                    Err(e) => rows.push(at(b.name()).status(Status::Skipped, Some(e.to_string()))),
+                    Err(e) => {
+                        rows.push(at(b.name().name()).status(Status::Skipped, Some(e.to_string())))
+                    }
                     Ok(()) => rows.push(
-                        at(b.name()).judge(
-                            catch_panic(b.name(), || replay_mla_decode(b.as_ref(), m, &cfg))
+                        at(b.name().name()).judge(
+                            catch_panic(b.name().name(), || replay_mla_decode(b.as_ref(), m, &cfg))
                                 .map(Outcome::out),
                             &kernel,
                             tol,
@@ -584,13 +588,13 @@ fn run_backend(
     }
     let cache = KvCache::from_nhd(&p.key_cache, &p.value_cache, layout)?;
     match launch {
-        Some(Forced::Unified(l)) => catch_panic(b.name(), || {
+        Some(Forced::Unified(l)) => catch_panic(b.name().name(), || {
             Cpu.unified_attention(&p.query, &cache, &meta, cfg, l)
         }),
-        Some(Forced::RocmDecode(d)) => catch_panic(b.name(), || {
+        Some(Forced::RocmDecode(d)) => catch_panic(b.name().name(), || {
             RocmAttn::default().forward_with_decode(&Cpu, &p.query, &cache, &meta, cfg, *d)
         }),
-        None => catch_panic(b.name(), || b.forward(&p.query, &cache, &meta, cfg)),
+        None => catch_panic(b.name().name(), || b.forward(&p.query, &cache, &meta, cfg)),
     }
 }
 

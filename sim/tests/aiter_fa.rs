@@ -360,7 +360,7 @@ fn nhd_variant_replays_every_paged_fixture_it_supports() {
 #[test]
 fn blog_example_80000_token_prompt_is_prefill_then_one_then_two_context_chunks() {
     let cfg = AttnConfig::new(8, 1, 128, DType::Bf16);
-    let backend = by_name("ROCM_AITER_FA").unwrap();
+    let backend = by_name("ROCM_AITER_FA".parse().unwrap()).unwrap();
     let count = |q: usize, ctx: usize, name: &str| {
         let bs = 16;
         let row: Vec<i32> = (0..(q + ctx).div_ceil(bs) as i32).collect();
@@ -588,7 +588,7 @@ fn flex_check_rejects_what_vllm_rejects() {
         .to_string()
         .contains("quantized kv-cache"));
     assert_eq!(
-        by_name("FLEX_ATTENTION")
+        by_name("FLEX_ATTENTION".parse().unwrap())
             .unwrap()
             .plan(&batch(&[(3, 20)], &cfg, 16, 1).meta, &cfg)[1]
             .name,

@@ -18,7 +18,7 @@ use attnlab_shared::layout::{KvLayout, LayoutKind};
 use attnlab_shared::limits::{self, MAX_REPEATS, MAX_REQUESTS, MAX_SEQ_LEN};
 use attnlab_shared::metadata::{AttentionMetadata, BlockTableTensor};
 use attnlab_shared::model::preset;
-use attnlab_sim::backends::{by_name, mha_backends, AttentionBackend};
+use attnlab_sim::backends::{self, by_name, mha_backends, AttentionBackend};
 use attnlab_sim::cache::KvCache;
 use attnlab_sim::config::AttnConfig;
 use attnlab_sim::kernels::reshape_and_cache::{reshape_and_cache, CacheWriter};
@@ -245,7 +245,7 @@ fn bench_cpu(args: &Args, repeats: usize) -> anyhow::Result<(Report, String)> {
     let cfg = attnlab_sim::workload::model_config(model)?;
     let backends: Vec<Box<dyn AttentionBackend>> = match backend_choice(&args.backend) {
         None => mha_backends(),
-        Some(name) => vec![by_name(&name)?],
+        Some(name) => vec![by_name(backends::parse(&name)?)?],
     };
     let shapes = [
         Shape {

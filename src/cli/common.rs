@@ -54,13 +54,19 @@ pub fn wrong_family(name: &str, preset: &ModelPreset) -> anyhow::Error {
         (
             "MLA",
             "MHA",
-            mla::mla_backends().iter().map(|b| b.name()).collect(),
+            mla::mla_backends()
+                .iter()
+                .map(|b| b.name().name())
+                .collect(),
         )
     } else {
         (
             "MHA",
             "MLA",
-            backends::mha_backends().iter().map(|b| b.name()).collect(),
+            backends::mha_backends()
+                .iter()
+                .map(|b| b.name().name())
+                .collect(),
         )
     };
     anyhow::anyhow!(

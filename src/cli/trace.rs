@@ -22,6 +22,7 @@ use attnlab_shared::limits::{
 };
 use attnlab_shared::metadata::AttentionMetadata;
 use attnlab_shared::model::{self, ModelPreset};
+use attnlab_shared::registry::BackendName;
 use attnlab_shared::scheduler::{
     Request, ScheduledStep, Scheduler, SchedulerConfig, DEFAULT_MAX_NUM_BATCHED_TOKENS,
     DEFAULT_MAX_NUM_SEQS,
@@ -114,7 +115,7 @@ enum Layer {
 }
 
 impl Layer {
-    fn name(&self) -> &'static str {
+    fn name(&self) -> BackendName {
         match self {
             Layer::Mha { backend, .. } => backend.name(),
             Layer::Mla { backend, .. } => backend.name(),
@@ -168,8 +169,14 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
 /// first reason is the error.
 fn trace_all(a: &Args) -> anyhow::Result<ExitCode> {
     let names: Vec<&'static str> = match model::preset(&a.model)?.is_mla() {
-        true => mla::mla_backends().iter().map(|b| b.name()).collect(),
-        false => backends::mha_backends().iter().map(|b| b.name()).collect(),
+        true => mla::mla_backends()
+            .iter()
+            .map(|b| b.name().name())
+            .collect(),
+        false => backends::mha_backends()
+            .iter()
+            .map(|b| b.name().name())
+            .collect(),
     };
     let (mut text, mut values, mut skipped, mut first_err) =
         (String::new(), Vec::new(), Vec::new(), None);
@@ -276,9 +283,9 @@ fn setup(a: &Args, name: &str) -> anyhow::Result<Trace> {
     };
     let layer = if preset.is_mla() {
         check_tp(preset, tp)?;
-        let backend = match mla::by_name(name) {
-            Err(_) if backends::by_name(name).is_ok() => return Err(wrong_family(name, preset)),
-            b => b?,
+        let backend = match mla::parse(name) {
+            Err(_) if backends::parse(name).is_ok() => return Err(wrong_family(name, preset)),
+            b => mla::by_name(b?)?,
         };
         // deepseek-r1 is the only MLA preset; its YaRN-scaled softmax scale lives here.
         let cfg = MlaConfig::deepseek_r1(tp);
@@ -290,9 +297,9 @@ fn setup(a: &Args, name: &str) -> anyhow::Result<Trace> {
         Layer::Mla { backend, cfg }
     } else {
         reject_mla_flags(preset, tp, a.scale_down)?;
-        let backend = match backends::by_name(name) {
-            Err(_) if mla::by_name(name).is_ok() => return Err(wrong_family(name, preset)),
-            b => b?,
+        let backend = match backends::parse(name) {
+            Err(_) if mla::parse(name).is_ok() => return Err(wrong_family(name, preset)),
+            b => backends::by_name(b?)?,
         };
         let cfg = AttnConfig::new(
             preset.num_heads,

@@ -9,41 +9,48 @@
 //! sliding window. ALiBi, soft-cap and sinks are rejected as vLLM's
 //! `FlexAttentionImpl` rejects them.
 
+use crate::backends::capability::{capabilities_of, dtype_names, first_unsupported, Capability};
 use crate::backends::steps::{Paged, Step, SubBatch};
 use crate::backends::AttentionBackend;
 use crate::config::AttnConfig;
 use crate::kernels::reshape_and_cache::CacheWriter;
-use attnlab_shared::dtype::DType;
 use attnlab_shared::error::{Error, Result};
 use attnlab_shared::layout::LayoutKind;
 use attnlab_shared::metadata::AttentionMetadata;
+use attnlab_shared::registry::BackendName;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct FlexAttention;
 
 impl AttentionBackend for FlexAttention {
-    fn name(&self) -> &'static str {
-        "FLEX_ATTENTION"
+    fn name(&self) -> BackendName {
+        BackendName::FlexAttention
     }
 
+    /// The registry's dtypes and caches, `FlexAttentionImpl`'s rejections
+    /// (ALiBi, soft-cap, the registry's no sinks), then kernel block sizes.
     fn check(&self, cfg: &AttnConfig, block_size: usize) -> Result<()> {
+        use Capability::*;
         cfg.validate()?;
-        if !matches!(cfg.dtype, DType::F16 | DType::Bf16 | DType::F32) {
-            return Err(Error::unsupported(
-                format!("dtype {}", cfg.dtype),
-                "FLEX_ATTENTION supports float16, bfloat16, float32",
-            ));
-        }
-        if cfg.kv_dtype != cfg.dtype {
-            return Err(Error::unsupported(
-                format!("kv cache dtype {}", cfg.kv_dtype),
-                "FlexAttention does not support quantized kv-cache. Yet",
-            ));
+        let caps = capabilities_of(self.name())?;
+        if let Some((c, caps)) =
+            first_unsupported(self.name(), cfg, block_size, &[Dtype, KvCacheDtype])?
+        {
+            return Err(match c {
+                Dtype => Error::unsupported(
+                    format!("dtype {}", cfg.dtype),
+                    format!("FLEX_ATTENTION supports {}", dtype_names(caps)),
+                ),
+                _ => Error::unsupported(
+                    format!("kv cache dtype {}", cfg.kv_dtype),
+                    "FlexAttention does not support quantized kv-cache. Yet",
+                ),
+            });
         }
         for (set, what) in [
             (cfg.alibi_slopes.is_some(), "alibi slopes"),
             (cfg.softcap.is_some(), "logits soft cap"),
-            (cfg.sinks.is_some(), "sinks"),
+            (!Sinks.accepts(caps, cfg, block_size), "sinks"),
         ] {
             if set {
                 return Err(Error::unsupported(
@@ -52,7 +59,7 @@ impl AttentionBackend for FlexAttention {
                 ));
             }
         }
-        if block_size == 0 || !block_size.is_multiple_of(16) {
+        if !BlockSize.accepts(caps, cfg, block_size) {
             return Err(Error::invalid(
                 "block_size",
                 block_size,

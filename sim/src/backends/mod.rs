@@ -8,6 +8,7 @@
 //! runs it ([`steps::run`], after the backend's `check`) or shows it
 //! ([`steps::render`], after the cache writer's launch) the same way for all.
 
+pub mod capability;
 pub mod exec;
 pub mod flex_attention;
 pub mod mla;
@@ -22,9 +23,10 @@ use crate::backends::exec::{Cpu, KernelExecutor};
 use crate::cache::KvCache;
 use crate::config::AttnConfig;
 use crate::kernels::reshape_and_cache::CacheWriter;
-use attnlab_shared::error::Result;
+use attnlab_shared::error::{Error, Result};
 use attnlab_shared::layout::{KvLayout, LayoutKind};
 use attnlab_shared::metadata::AttentionMetadata;
+use attnlab_shared::registry::BackendName;
 use steps::{Rows, SubBatch};
 
 /// Kernel launches as `attnlab trace` shows them (defined beside the kernels).
@@ -37,11 +39,12 @@ pub use crate::kernels::KernelCall;
 /// `plan` lists the kernel launches of both for a batch without touching
 /// data (for `attnlab trace`).
 pub trait AttentionBackend: Send + Sync {
-    /// vLLM's enum name, e.g. "ROCM_AITER_FA".
-    fn name(&self) -> &'static str;
+    /// vLLM's enum member, e.g. `ROCM_AITER_FA`.
+    fn name(&self) -> BackendName;
 
     /// Rejects what vLLM rejects for this backend (head size, dtype, block
-    /// size, sinks, ...) with vLLM's message where it has one.
+    /// size, sinks, ...: the registry entry's capabilities, see
+    /// [`capability`]) with vLLM's message where it has one.
     fn check(&self, cfg: &AttnConfig, block_size: usize) -> Result<()>;
 
     /// The model-level config under which this backend's kernels compute what
@@ -150,7 +153,7 @@ pub trait AttentionBackend: Send + Sync {
             }]
         ) {
             let want = self.cache_layout(cfg, cache.layout.num_blocks, meta.block_size)?;
-            steps::check_split_inputs(self.name(), &want, query, cache, meta, cfg)?;
+            steps::check_split_inputs(self.name().name(), &want, query, cache, meta, cfg)?;
         }
         steps::run(ex, &route, query, cache, meta, &self.kernel_config(cfg))
     }
@@ -183,16 +186,32 @@ pub fn mha_backends() -> Vec<Box<dyn AttentionBackend>> {
     ]
 }
 
-/// Looks a backend up by vLLM enum name, naming the emulated ones when it fails.
-pub fn by_name(name: &str) -> Result<Box<dyn AttentionBackend>> {
+/// The emulated backend of vLLM enum member `name`, naming the emulated
+/// ones when there is none.
+pub fn by_name(name: BackendName) -> Result<Box<dyn AttentionBackend>> {
     let all = mha_backends();
-    let names: Vec<&str> = all.iter().map(|b| b.name()).collect();
-    let joined = names.join(", ");
-    all.into_iter().find(|b| b.name() == name).ok_or_else(|| {
-        attnlab_shared::error::Error::invalid(
-            "MHA backend",
-            format!("'{name}'"),
-            format!("emulated MHA backends: {joined}"),
-        )
-    })
+    let emulated: Vec<BackendName> = all.iter().map(|b| b.name()).collect();
+    all.into_iter()
+        .find(|b| b.name() == name)
+        .ok_or_else(|| not_emulated("MHA backend", name.name(), &emulated))
+}
+
+/// Parses an emulated MHA backend's vLLM enum name (exact, as
+/// `AttentionBackendEnum[name]`): where a name becomes a [`BackendName`]
+/// (the CLI edge); the error names the emulated ones.
+pub fn parse(name: &str) -> Result<BackendName> {
+    let emulated: Vec<BackendName> = mha_backends().iter().map(|b| b.name()).collect();
+    BackendName::from_name(name)
+        .filter(|n| emulated.contains(n))
+        .ok_or_else(|| not_emulated("MHA backend", name, &emulated))
+}
+
+/// `'name'` is not among the `emulated` backends of a family (`what`).
+pub(crate) fn not_emulated(what: &str, name: &str, emulated: &[BackendName]) -> Error {
+    let names: Vec<&str> = emulated.iter().map(|b| b.name()).collect();
+    Error::invalid(
+        what,
+        format!("'{name}'"),
+        format!("emulated {what}s: {}", names.join(", ")),
+    )
 }

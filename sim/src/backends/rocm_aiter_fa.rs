@@ -36,23 +36,21 @@
 //! `route` writes the sequence above out once, in the [`steps`](super::steps)
 //! language: `forward` runs it and `plan` renders it, so the two cannot drift.
 
+use crate::backends::capability::{
+    capabilities_of, dtype_names, first_unsupported, head_sizes, Capability,
+};
 use crate::backends::steps::{FaMask, Paged, Slot, Step, SubBatch};
 use crate::backends::AttentionBackend;
 use crate::config::AttnConfig;
 use crate::kernels::gather_cache::GatherChunk;
 use crate::kernels::reshape_and_cache::CacheWriter;
-use attnlab_shared::block_table::{select_kernel_block_size, KernelBlockSize};
-use attnlab_shared::dtype::DType;
+use attnlab_shared::block_table::select_kernel_block_size;
 use attnlab_shared::error::{Error, Result};
 use attnlab_shared::layout::LayoutKind;
 use attnlab_shared::metadata::{AttentionMetadata, RequestKind};
-use attnlab_shared::registry::ROCM_AITER_FA;
+use attnlab_shared::registry::BackendName;
 use attnlab_shared::scheduler::{self, CP_TOKENS_PER_ITER_ROCM};
 
-/// `get_supported_kernel_block_sizes()`: the registry's `[16, 32]`.
-pub const KERNEL_BLOCK_SIZES: &[KernelBlockSize] = ROCM_AITER_FA.kernel_block_sizes;
-/// `get_supported_head_sizes()`.
-pub const HEAD_SIZES: [usize; 3] = [64, 128, 256];
 /// The assertion vLLM's decode path raises for shuffle + window / sinks.
 pub const SHUFFLE_UNSUPPORTED: &str =
     "Shuffle KV cache layout is not supported with sliding window, sinks, or speculative decoding (multi-token decode).";
@@ -163,36 +161,36 @@ impl RocmAiterFa {
 }
 
 impl AttentionBackend for RocmAiterFa {
-    fn name(&self) -> &'static str {
-        "ROCM_AITER_FA"
+    fn name(&self) -> BackendName {
+        BackendName::RocmAiterFa
     }
 
+    /// The registry's head sizes, dtypes, caches and kernel block sizes
+    /// ([16, 32]: a multiple of 16), then the shuffled layout's limits.
     fn check(&self, cfg: &AttnConfig, block_size: usize) -> Result<()> {
+        use Capability::*;
         cfg.validate()?;
-        if !HEAD_SIZES.contains(&cfg.head_size) {
-            return Err(Error::unsupported(
-                format!("head size {}", cfg.head_size),
-                format!("ROCM_AITER_FA supports head sizes {HEAD_SIZES:?}"),
-            ));
-        }
-        if !matches!(cfg.dtype, DType::F16 | DType::Bf16) {
-            return Err(Error::unsupported(
-                format!("dtype {}", cfg.dtype),
-                "ROCM_AITER_FA supports float16, bfloat16",
-            ));
-        }
-        if cfg.kv_dtype != cfg.dtype && !cfg.kv_dtype.is_fp8() {
-            return Err(Error::unsupported(
-                format!("kv cache dtype {}", cfg.kv_dtype),
-                "ROCM_AITER_FA supports auto and fp8 (e4m3) caches",
-            ));
-        }
-        if !block_size.is_multiple_of(16) || block_size == 0 {
-            return Err(Error::invalid(
-                "block_size",
-                block_size,
-                "Block size must be a multiple of 16.",
-            ));
+        let order = [HeadSize, Dtype, KvCacheDtype, BlockSize];
+        if let Some((c, caps)) = first_unsupported(self.name(), cfg, block_size, &order)? {
+            return Err(match c {
+                HeadSize => Error::unsupported(
+                    format!("head size {}", cfg.head_size),
+                    format!("ROCM_AITER_FA supports head sizes {}", head_sizes(caps)),
+                ),
+                Dtype => Error::unsupported(
+                    format!("dtype {}", cfg.dtype),
+                    format!("ROCM_AITER_FA supports {}", dtype_names(caps)),
+                ),
+                KvCacheDtype => Error::unsupported(
+                    format!("kv cache dtype {}", cfg.kv_dtype),
+                    "ROCM_AITER_FA supports auto and fp8 (e4m3) caches",
+                ),
+                _ => Error::invalid(
+                    "block_size",
+                    block_size,
+                    "Block size must be a multiple of 16.",
+                ),
+            });
         }
         if self.shuffle_kv_cache && (cfg.sliding_window.is_some() || cfg.sinks.is_some()) {
             return Err(Error::unsupported(
@@ -205,7 +203,8 @@ impl AttentionBackend for RocmAiterFa {
 
     /// `select_common_block_size` over [16, 32] (544 -> 32, 48 -> 16).
     fn kernel_block_size(&self, block_size: usize) -> Result<usize> {
-        select_kernel_block_size(block_size, self.name(), KERNEL_BLOCK_SIZES)
+        let caps = capabilities_of(self.name())?;
+        select_kernel_block_size(block_size, self.name().name(), caps.kernel_block_sizes)
     }
 
     fn layout_kind(&self) -> LayoutKind {

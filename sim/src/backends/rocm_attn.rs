@@ -14,26 +14,22 @@
 //! sinks. Encoder layers (non-causal) run the prefix kernel with CAUSAL off
 //! (0.33's `causal` argument); vLLM's separate encoder kernel is not emulated.
 
+use crate::backends::capability::{
+    capabilities_of, dtype_names, first_unsupported, head_sizes, Capability,
+};
 use crate::backends::exec::KernelExecutor;
 use crate::backends::steps::{self, Paged, Step, SubBatch};
 use crate::backends::AttentionBackend;
 use crate::cache::KvCache;
 use crate::config::AttnConfig;
 use crate::kernels::reshape_and_cache::CacheWriter;
-use attnlab_shared::block_table::{select_kernel_block_size, KernelBlockSize};
+use attnlab_shared::block_table::select_kernel_block_size;
 use attnlab_shared::dtype::DType;
 use attnlab_shared::error::{Error, Result};
 use attnlab_shared::layout::LayoutKind;
 use attnlab_shared::metadata::AttentionMetadata;
+use attnlab_shared::registry::{BackendName, ROCM_ATTN_SEED_ERA_KERNEL_BLOCK_SIZES};
 
-/// `RocmAttentionBackend.get_supported_head_sizes()`.
-pub const SUPPORTED_HEAD_SIZES: [usize; 9] = [32, 64, 80, 96, 128, 160, 192, 224, 256];
-/// Seed-era `get_supported_kernel_block_sizes()`.
-pub const SEED_KERNEL_BLOCK_SIZES: [KernelBlockSize; 3] = [
-    KernelBlockSize::Exact(16),
-    KernelBlockSize::Exact(32),
-    KernelBlockSize::Exact(544),
-];
 /// `use_rocm_custom_paged_attention`'s context cap (the reduce's npar_loops <= 8).
 pub const CUSTOM_PA_MAX_SEQ_LEN: usize = 128 * 1024;
 
@@ -136,8 +132,8 @@ impl RocmAttn {
 }
 
 impl AttentionBackend for RocmAttn {
-    fn name(&self) -> &'static str {
-        "ROCM_ATTN"
+    fn name(&self) -> BackendName {
+        BackendName::RocmAttn
     }
 
     /// Fixtures record the kernel's window; the seed-era forward subtracts
@@ -153,44 +149,37 @@ impl AttentionBackend for RocmAttn {
         })
     }
 
+    /// The registry's head sizes, dtypes, kernel block sizes (a multiple
+    /// of 16) and no sinks, in vLLM's words.
     fn check(&self, cfg: &AttnConfig, block_size: usize) -> Result<()> {
+        use Capability::*;
         cfg.validate()?;
-        if !SUPPORTED_HEAD_SIZES.contains(&cfg.head_size) {
-            return Err(Error::invalid(
+        let order = [HeadSize, Dtype, BlockSize, Sinks];
+        let Some((c, caps)) = first_unsupported(self.name(), cfg, block_size, &order)? else {
+            return Ok(());
+        };
+        Err(match c {
+            HeadSize => Error::invalid(
                 "head_size",
                 cfg.head_size,
                 format!(
-                    "Head size {} is not supported by RocmAttention. Supported head sizes are: {:?}. \
+                    "Head size {} is not supported by RocmAttention. Supported head sizes are: {}. \
                      Set --attention-backend=FLEX_ATTENTION to use FlexAttention backend which supports all head sizes.",
-                    cfg.head_size, SUPPORTED_HEAD_SIZES
+                    cfg.head_size, head_sizes(caps)
                 ),
-            ));
-        }
-        if !matches!(cfg.dtype, DType::F16 | DType::Bf16 | DType::F32) {
-            return Err(Error::invalid(
+            ),
+            Dtype => Error::invalid(
                 "dtype",
                 cfg.dtype,
-                "dtype not supported: ROCM_ATTN supports float16, bfloat16, float32",
-            ));
-        }
-        if block_size == 0 || block_size % 16 != 0 {
-            return Err(Error::invalid(
-                "block_size",
-                block_size,
-                "Block size must be a multiple of 16.",
-            ));
-        }
-        if cfg.sinks.is_some() {
-            return Err(Error::unsupported(
-                "ROCM_ATTN with sinks",
-                "attention sinks not supported",
-            ));
-        }
-        Ok(())
+                format!("dtype not supported: ROCM_ATTN supports {}", dtype_names(caps)),
+            ),
+            Sinks => Error::unsupported("ROCM_ATTN with sinks", "attention sinks not supported"),
+            _ => Error::invalid("block_size", block_size, "Block size must be a multiple of 16."),
+        })
     }
 
     fn kernel_block_size(&self, block_size: usize) -> Result<usize> {
-        if block_size == 0 || block_size % 16 != 0 {
+        if !capabilities_of(self.name())?.supports_block_size(block_size) {
             return Err(Error::invalid(
                 "block_size",
                 block_size,
@@ -200,9 +189,11 @@ impl AttentionBackend for RocmAttn {
         match self.profile {
             RocmAttnProfile::V0_33 => Ok(block_size),
             // The size itself if listed, else the largest listed divisor (16 always divides).
-            RocmAttnProfile::SeedEra => {
-                select_kernel_block_size(block_size, self.name(), &SEED_KERNEL_BLOCK_SIZES)
-            }
+            RocmAttnProfile::SeedEra => select_kernel_block_size(
+                block_size,
+                self.name().name(),
+                ROCM_ATTN_SEED_ERA_KERNEL_BLOCK_SIZES,
+            ),
         }
     }
 

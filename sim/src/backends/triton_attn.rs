@@ -22,9 +22,9 @@ use crate::backends::unified::{UnifiedBackend, UnifiedKernel, UnifiedShape};
 use crate::config::AttnConfig;
 use crate::kernels::reshape_and_cache::CacheWriter;
 use crate::kernels::unified_attention::{UnifiedLaunch, VllmLaunchOptions};
-use attnlab_shared::dtype::DType;
 use attnlab_shared::error::Result;
 use attnlab_shared::metadata::AttentionMetadata;
+use attnlab_shared::registry::BackendName;
 
 /// TRITON_ATTN: the unified shape with vLLM's own kernel and launch rule.
 pub type TritonAttn = UnifiedBackend<VllmLaunchOptions>;
@@ -33,9 +33,8 @@ pub type TritonAttn = UnifiedBackend<VllmLaunchOptions>;
 /// (`max_num_seqs`, speculative decoding) sizing the 3D scratch.
 impl UnifiedKernel for VllmLaunchOptions {
     const SHAPE: UnifiedShape = UnifiedShape {
-        name: "TRITON_ATTN",
+        name: BackendName::TritonAttn,
         writer: CacheWriter::TritonReshapeAndCacheFlash,
-        dtypes: &[DType::F16, DType::Bf16, DType::F32],
         block_size_reason: "block_size not supported: TRITON_ATTN needs a multiple of 16",
     };
 

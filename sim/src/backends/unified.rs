@@ -3,18 +3,22 @@
 //! the whole batch. [`UnifiedKernel`] is what differs: whose kernel, its
 //! writer, dtypes and block-size message, and its launch rule.
 
+use crate::backends::capability::{
+    capabilities_of, dtype_names, first_unsupported, head_sizes, Capability,
+};
 use crate::backends::steps::{Paged, Step, SubBatch};
 use crate::backends::AttentionBackend;
 use crate::config::AttnConfig;
 use crate::kernels::reshape_and_cache::CacheWriter;
 use crate::kernels::unified_attention::UnifiedLaunch;
-use attnlab_shared::dtype::DType;
 use attnlab_shared::error::{Error, Result};
 use attnlab_shared::layout::LayoutKind;
 use attnlab_shared::metadata::AttentionMetadata;
+use attnlab_shared::registry::BackendName;
 
-/// What differs between the two unified backends: the writer kernel, the
-/// dtypes, the block-size message, and which kernel launches how.
+/// What differs between the two unified backends: the name (whose registry
+/// entry holds the capabilities), the writer kernel, the block-size message,
+/// and which kernel launches how.
 pub trait UnifiedKernel: Send + Sync {
     const SHAPE: UnifiedShape;
     /// The launch `forward` makes for this batch (kernel flavour, 2D or 3D, tiles).
@@ -42,14 +46,13 @@ impl<K: UnifiedKernel> UnifiedBackend<K> {
 /// The constant part of a unified backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct UnifiedShape {
-    pub name: &'static str,
+    pub name: BackendName,
     pub writer: CacheWriter,
-    pub dtypes: &'static [DType],
     pub block_size_reason: &'static str,
 }
 
 impl<K: UnifiedKernel> AttentionBackend for UnifiedBackend<K> {
-    fn name(&self) -> &'static str {
+    fn name(&self) -> BackendName {
         K::SHAPE.name
     }
 
@@ -69,31 +72,29 @@ impl<K: UnifiedKernel> AttentionBackend for UnifiedBackend<K> {
             ));
         }
         cfg.validate()?;
-        if !shape.dtypes.contains(&cfg.dtype) {
-            let names: Vec<&str> = shape.dtypes.iter().map(|d| d.name()).collect();
-            return Err(Error::invalid(
+        let order = [Capability::Dtype, Capability::HeadSize];
+        match first_unsupported(shape.name, cfg, block_size, &order)? {
+            Some((Capability::Dtype, caps)) => Err(Error::invalid(
                 "dtype",
                 cfg.dtype,
                 format!(
                     "dtype not supported: {} supports {}",
                     shape.name,
-                    names.join(", ")
+                    dtype_names(caps)
                 ),
-            ));
-        }
-        if cfg.head_size < 32 {
-            return Err(Error::invalid(
+            )),
+            Some((_, caps)) => Err(Error::invalid(
                 "head_size",
                 cfg.head_size,
-                "head_size not supported: must be >= 32",
-            ));
+                format!("head_size not supported: must be {}", head_sizes(caps)),
+            )),
+            None => self.kernel_block_size(block_size).map(|_| ()),
         }
-        self.kernel_block_size(block_size).map(|_| ())
     }
 
     /// Kernel block sizes: MultipleOf(16), so 544 runs as is and 1 is rejected.
     fn kernel_block_size(&self, block_size: usize) -> Result<usize> {
-        if block_size == 0 || block_size % 16 != 0 {
+        if !capabilities_of(K::SHAPE.name)?.supports_block_size(block_size) {
             return Err(Error::invalid(
                 "block_size",
                 block_size,

@@ -32,7 +32,7 @@ use attnlab_shared::dtype::DType;
 use attnlab_shared::error::{Error, Result};
 use attnlab_shared::metadata::AttentionMetadata;
 use attnlab_shared::model::{preset, MlaDims};
-use attnlab_shared::registry::Capabilities;
+use attnlab_shared::registry::{BackendName, Capabilities};
 use attnlab_shared::selection::Profile;
 
 /// Compute units of an MI300X (gfx942): sizes TRITON_MLA's split count.
@@ -216,7 +216,8 @@ impl MlaDecodeBatch<'_> {
 /// Everything else (cache write, projections, prefill) is [`common`].
 pub trait MlaBackend: Send + Sync {
     /// vLLM's enum name, e.g. "TRITON_MLA".
-    fn name(&self) -> &'static str;
+    /// vLLM's enum member, e.g. `TRITON_MLA`.
+    fn name(&self) -> BackendName;
 
     /// Rejects what vLLM rejects (block size, heads per rank, dtypes,
     /// features) with vLLM's message; `block_size` is the manager block size.
@@ -271,15 +272,19 @@ pub fn mla_backends() -> Vec<Box<dyn MlaBackend>> {
 }
 
 /// Looks an MLA backend up by vLLM enum name, naming the emulated ones when it fails.
-pub fn by_name(name: &str) -> Result<Box<dyn MlaBackend>> {
+pub fn by_name(name: BackendName) -> Result<Box<dyn MlaBackend>> {
     let all = mla_backends();
-    let names: Vec<&str> = all.iter().map(|b| b.name()).collect();
-    let joined = names.join(", ");
-    all.into_iter().find(|b| b.name() == name).ok_or_else(|| {
-        Error::invalid(
-            "MLA backend",
-            format!("'{name}'"),
-            format!("emulated MLA backends: {joined}"),
-        )
-    })
+    let emulated: Vec<BackendName> = all.iter().map(|b| b.name()).collect();
+    all.into_iter()
+        .find(|b| b.name() == name)
+        .ok_or_else(|| super::not_emulated("MLA backend", name.name(), &emulated))
+}
+
+/// Parses an emulated MLA backend's vLLM enum name (exact): where a name
+/// becomes a [`BackendName`] (the CLI edge); the error names the emulated ones.
+pub fn parse(name: &str) -> Result<BackendName> {
+    let emulated: Vec<BackendName> = mla_backends().iter().map(|b| b.name()).collect();
+    BackendName::from_name(name)
+        .filter(|n| emulated.contains(n))
+        .ok_or_else(|| super::not_emulated("MLA backend", name, &emulated))
 }

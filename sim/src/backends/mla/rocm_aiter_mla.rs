@@ -24,6 +24,7 @@ use crate::kernels::mla_decode::{
 };
 use attnlab_shared::dtype::DType;
 use attnlab_shared::error::{Error, Result};
+use attnlab_shared::registry::BackendName;
 use attnlab_shared::registry::ROCM_AITER_MLA;
 use attnlab_shared::selection::Profile;
 
@@ -135,12 +136,12 @@ fn unpad_heads(x: &[f32], heads: usize, hp: usize, d: usize, padding: HeadPaddin
 }
 
 impl MlaBackend for RocmAiterMla {
-    fn name(&self) -> &'static str {
-        "ROCM_AITER_MLA"
+    fn name(&self) -> BackendName {
+        BackendName::RocmAiterMla
     }
 
     fn check(&self, cfg: &MlaConfig, block_size: usize) -> Result<()> {
-        cfg.check_common(self.name(), &ROCM_AITER_MLA, "Aiter MLA does not support one of the following: alibi_slopes, sliding_window, logits_soft_cap")?;
+        cfg.check_common(self.name().name(), &ROCM_AITER_MLA, "Aiter MLA does not support one of the following: alibi_slopes, sliding_window, logits_soft_cap")?;
         Self::head_padding(cfg.heads_per_rank(), cfg.profile)?;
         if !ROCM_AITER_MLA.supports_block_size(block_size) || block_size % self.page_size != 0 {
             return Err(Error::invalid(

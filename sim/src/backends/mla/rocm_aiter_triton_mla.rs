@@ -15,13 +15,14 @@ use crate::backends::KernelCall;
 use crate::kernels::mla_cache::LatentCache;
 use crate::kernels::mla_decode::MlaDecodeOutput;
 use attnlab_shared::error::Result;
+use attnlab_shared::registry::BackendName;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct RocmAiterTritonMla(pub RocmAiterMla);
 
 impl MlaBackend for RocmAiterTritonMla {
-    fn name(&self) -> &'static str {
-        "ROCM_AITER_TRITON_MLA"
+    fn name(&self) -> BackendName {
+        BackendName::RocmAiterTritonMla
     }
 
     fn check(&self, cfg: &MlaConfig, block_size: usize) -> Result<()> {

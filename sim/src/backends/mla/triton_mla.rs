@@ -19,6 +19,7 @@ use crate::backends::KernelCall;
 use crate::kernels::mla_cache::LatentCache;
 use crate::kernels::mla_decode::{KvRow, KvSplits, MlaDecodeOutput, MlaDecodeParams, BLOCK_H};
 use attnlab_shared::error::{Error, Result};
+use attnlab_shared::registry::BackendName;
 use attnlab_shared::registry::TRITON_MLA;
 use attnlab_shared::selection::Profile;
 
@@ -79,12 +80,12 @@ impl TritonMla {
 }
 
 impl MlaBackend for TritonMla {
-    fn name(&self) -> &'static str {
-        "TRITON_MLA"
+    fn name(&self) -> BackendName {
+        BackendName::TritonMla
     }
 
     fn check(&self, cfg: &MlaConfig, block_size: usize) -> Result<()> {
-        cfg.check_common(self.name(), &TRITON_MLA, "TritonMLAImpl does not support one of the following: alibi_slopes, sliding_window, logits_soft_cap")?;
+        cfg.check_common(self.name().name(), &TRITON_MLA, "TritonMLAImpl does not support one of the following: alibi_slopes, sliding_window, logits_soft_cap")?;
         match cfg.profile {
             Profile::Pr26980 if block_size == 1 => Err(Error::unsupported(
                 "TRITON_MLA with block size 1",
