@@ -592,7 +592,8 @@ fn run_backend(
             Cpu.unified_attention(&p.query, &cache, &meta, cfg, l)
         }),
         Some(Forced::RocmDecode(d)) => catch_panic(b.name().name(), || {
-            RocmAttn::default().forward_with_decode(&Cpu, &p.query, &cache, &meta, cfg, *d)
+            let route = RocmAttn::route_with_decode(&meta, *d);
+            RocmAttn::default().forward_route(&Cpu, &route, &p.query, &cache, &meta, cfg)
         }),
         None => catch_panic(b.name().name(), || b.forward(&p.query, &cache, &meta, cfg)),
     }

@@ -7,8 +7,9 @@
 use attnlab_shared::dtype::DType;
 use attnlab_shared::layout::{KvLayout, LayoutKind};
 use attnlab_shared::metadata::{AttentionMetadata, BlockTableTensor};
+use attnlab_sim::backends::context_chunks::context_chunks;
 use attnlab_sim::backends::flex_attention::FlexAttention;
-use attnlab_sim::backends::rocm_aiter_fa::{context_chunks, RocmAiterFa, SHUFFLE_UNSUPPORTED};
+use attnlab_sim::backends::rocm_aiter_fa::{RocmAiterFa, SHUFFLE_UNSUPPORTED};
 use attnlab_sim::backends::{by_name, AttentionBackend};
 use attnlab_sim::cache::KvCache;
 use attnlab_sim::config::AttnConfig;
@@ -412,7 +413,7 @@ fn blog_example_80000_token_prompt_is_prefill_then_one_then_two_context_chunks()
 
 #[test]
 fn context_chunks_split_the_budget_between_extends_without_block_alignment() {
-    let chunks = context_chunks(&[70, 10, 0], 60).unwrap(); // 20 tokens per request per chunk
+    let chunks = context_chunks(&[70, 10, 0], 60).unwrap().chunks; // 20 tokens per request per chunk
     assert_eq!(chunks.len(), 4);
     assert_eq!(chunks[0].cu_seqlens, vec![0, 20, 30, 30]);
     assert_eq!(chunks[3].cu_seqlens, vec![0, 10, 10, 10]);

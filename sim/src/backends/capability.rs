@@ -1,7 +1,8 @@
 //! A backend's check, derived from its registry entry
 //! ([`attnlab_shared::registry`]): which head sizes, dtypes, KV-cache dtypes,
-//! block sizes and sinks it takes is written there once; a backend names the
-//! order vLLM checks them in and words each rejection as vLLM does.
+//! block sizes and sinks it takes is written there once; a backend lists the
+//! capabilities in the order vLLM checks them, each with vLLM's words
+//! ([`Words`]), and [`check_capabilities`] does the rest.
 
 use crate::config::AttnConfig;
 use attnlab_shared::dtype::KvCacheDtype;
@@ -46,22 +47,6 @@ pub fn capabilities_of(name: BackendName) -> Result<&'static Capabilities> {
     })
 }
 
-/// The first capability of `order` that `cfg` lies outside of, under
-/// `name`'s registry entry, with the entry (for the message).
-pub fn first_unsupported(
-    name: BackendName,
-    cfg: &AttnConfig,
-    block_size: usize,
-    order: &[Capability],
-) -> Result<Option<(Capability, &'static Capabilities)>> {
-    let caps = capabilities_of(name)?;
-    Ok(order
-        .iter()
-        .copied()
-        .find(|c| !c.accepts(caps, cfg, block_size))
-        .map(|c| (c, caps)))
-}
-
 /// The entry's dtypes as vLLM names them: "float16, bfloat16, float32".
 pub fn dtype_names(caps: &Capabilities) -> String {
     let names: Vec<&str> = caps.dtypes.iter().map(|d| d.name()).collect();
@@ -75,4 +60,48 @@ pub fn head_sizes(caps: &Capabilities) -> String {
         HeadSizes::AtLeast(n) => format!(">= {n}"),
         HeadSizes::OneOf(list) => format!("{list:?}"),
     }
+}
+
+/// vLLM's words for one rejection: `{value}` stands for the config's value
+/// (head size, dtype, cache dtype, block size), `{allowed}` for the
+/// registry's set, `{backend}` for the backend's name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Words {
+    /// [`Error::invalid`]`(field, value, reason)`.
+    Invalid(&'static str, &'static str),
+    /// [`Error::unsupported`]`(what, why)`.
+    Unsupported(&'static str, &'static str),
+}
+
+/// Rejects `cfg` at the first capability of `rules` it lies outside of
+/// (under `name`'s registry entry), in that rule's words.
+pub fn check_capabilities(
+    name: BackendName,
+    cfg: &AttnConfig,
+    block_size: usize,
+    rules: &[(Capability, Words)],
+) -> Result<()> {
+    let caps = capabilities_of(name)?;
+    let Some((c, words)) = rules
+        .iter()
+        .find(|(c, _)| !c.accepts(caps, cfg, block_size))
+    else {
+        return Ok(());
+    };
+    let (value, allowed) = match c {
+        Capability::HeadSize => (cfg.head_size.to_string(), head_sizes(caps)),
+        Capability::Dtype => (cfg.dtype.to_string(), dtype_names(caps)),
+        Capability::KvCacheDtype => (cfg.kv_dtype.to_string(), String::new()),
+        Capability::BlockSize => (block_size.to_string(), String::new()),
+        Capability::Sinks => ("sinks".to_string(), String::new()),
+    };
+    let fill = |t: &str| {
+        t.replace("{value}", &value)
+            .replace("{allowed}", &allowed)
+            .replace("{backend}", name.name())
+    };
+    Err(match *words {
+        Words::Invalid(field, reason) => Error::invalid(field, value.clone(), fill(reason)),
+        Words::Unsupported(what, why) => Error::unsupported(fill(what), fill(why)),
+    })
 }

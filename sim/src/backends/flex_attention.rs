@@ -9,7 +9,9 @@
 //! sliding window. ALiBi, soft-cap and sinks are rejected as vLLM's
 //! `FlexAttentionImpl` rejects them.
 
-use crate::backends::capability::{capabilities_of, dtype_names, first_unsupported, Capability};
+use crate::backends::capability::check_capabilities;
+use crate::backends::capability::Capability::*;
+use crate::backends::capability::Words::*;
 use crate::backends::steps::{Paged, Step, SubBatch};
 use crate::backends::AttentionBackend;
 use crate::config::AttnConfig;
@@ -30,27 +32,19 @@ impl AttentionBackend for FlexAttention {
     /// The registry's dtypes and caches, `FlexAttentionImpl`'s rejections
     /// (ALiBi, soft-cap, the registry's no sinks), then kernel block sizes.
     fn check(&self, cfg: &AttnConfig, block_size: usize) -> Result<()> {
-        use Capability::*;
         cfg.validate()?;
-        let caps = capabilities_of(self.name())?;
-        if let Some((c, caps)) =
-            first_unsupported(self.name(), cfg, block_size, &[Dtype, KvCacheDtype])?
-        {
-            return Err(match c {
-                Dtype => Error::unsupported(
-                    format!("dtype {}", cfg.dtype),
-                    format!("FLEX_ATTENTION supports {}", dtype_names(caps)),
-                ),
-                _ => Error::unsupported(
-                    format!("kv cache dtype {}", cfg.kv_dtype),
-                    "FlexAttention does not support quantized kv-cache. Yet",
-                ),
-            });
-        }
+        let kv = "FlexAttention does not support quantized kv-cache. Yet";
+        let rules = [
+            (
+                Dtype,
+                Unsupported("dtype {value}", "FLEX_ATTENTION supports {allowed}"),
+            ),
+            (KvCacheDtype, Unsupported("kv cache dtype {value}", kv)),
+        ];
+        check_capabilities(self.name(), cfg, block_size, &rules)?;
         for (set, what) in [
             (cfg.alibi_slopes.is_some(), "alibi slopes"),
             (cfg.softcap.is_some(), "logits soft cap"),
-            (!Sinks.accepts(caps, cfg, block_size), "sinks"),
         ] {
             if set {
                 return Err(Error::unsupported(
@@ -59,14 +53,15 @@ impl AttentionBackend for FlexAttention {
                 ));
             }
         }
-        if !BlockSize.accepts(caps, cfg, block_size) {
-            return Err(Error::invalid(
-                "block_size",
-                block_size,
-                "FLEX_ATTENTION supports block sizes that are a multiple of 16",
-            ));
-        }
-        Ok(())
+        let block = "FLEX_ATTENTION supports block sizes that are a multiple of 16";
+        let rules = [
+            (
+                Sinks,
+                Unsupported("sinks", "FlexAttention does not support sinks yet."),
+            ),
+            (BlockSize, Invalid("block_size", block)),
+        ];
+        check_capabilities(self.name(), cfg, block_size, &rules)
     }
 
     fn layout_kind(&self) -> LayoutKind {

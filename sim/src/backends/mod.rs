@@ -9,6 +9,7 @@
 //! ([`steps::render`], after the cache writer's launch) the same way for all.
 
 pub mod capability;
+pub mod context_chunks;
 pub mod exec;
 pub mod flex_attention;
 pub mod mla;
@@ -23,6 +24,7 @@ use crate::backends::exec::{Cpu, KernelExecutor};
 use crate::cache::KvCache;
 use crate::config::AttnConfig;
 use crate::kernels::reshape_and_cache::CacheWriter;
+use attnlab_shared::block_table::select_kernel_block_size;
 use attnlab_shared::error::{Error, Result};
 use attnlab_shared::layout::{KvLayout, LayoutKind};
 use attnlab_shared::metadata::AttentionMetadata;
@@ -57,9 +59,11 @@ pub trait AttentionBackend: Send + Sync {
     }
 
     /// The kernel block size this backend uses for a manager block size
-    /// (vLLM's `select_common_block_size`, e.g. ROCM_AITER_FA: 544 -> 32).
+    /// (vLLM's `select_common_block_size` over the registry entry's kernel
+    /// block sizes, e.g. ROCM_AITER_FA: 544 -> 32).
     fn kernel_block_size(&self, block_size: usize) -> Result<usize> {
-        Ok(block_size)
+        let caps = capability::capabilities_of(self.name())?;
+        select_kernel_block_size(block_size, self.name().name(), caps.kernel_block_sizes)
     }
 
     /// The KV cache layout this backend's kernels read.
@@ -133,8 +137,7 @@ pub trait AttentionBackend: Send + Sync {
     }
 
     /// [`AttentionBackend::forward`] with every kernel launch made through
-    /// `ex`: `check`, then the steps of `route` (a route that splits the
-    /// batch reads query rows and the cache itself, so they are checked too).
+    /// `ex`: `check`, then the steps of `route`.
     fn forward_with(
         &self,
         ex: &dyn KernelExecutor,
@@ -145,8 +148,25 @@ pub trait AttentionBackend: Send + Sync {
     ) -> Result<Vec<f32>> {
         self.check(cfg, meta.block_size)?;
         let route = self.route(meta, cfg)?;
+        self.forward_route(ex, &route, query, cache, meta, cfg)
+    }
+
+    /// [`AttentionBackend::forward_with`] over a given route (replay's
+    /// recorded kernel choice): `check`, then the steps of `route` (a route
+    /// that splits the batch reads query rows and the cache itself, so they
+    /// are checked too).
+    fn forward_route(
+        &self,
+        ex: &dyn KernelExecutor,
+        route: &[SubBatch],
+        query: &[f32],
+        cache: &KvCache,
+        meta: &AttentionMetadata,
+        cfg: &AttnConfig,
+    ) -> Result<Vec<f32>> {
+        self.check(cfg, meta.block_size)?;
         if !matches!(
-            route.as_slice(),
+            route,
             [SubBatch {
                 rows: Rows::All,
                 ..
@@ -155,7 +175,7 @@ pub trait AttentionBackend: Send + Sync {
             let want = self.cache_layout(cfg, cache.layout.num_blocks, meta.block_size)?;
             steps::check_split_inputs(self.name().name(), &want, query, cache, meta, cfg)?;
         }
-        steps::run(ex, &route, query, cache, meta, &self.kernel_config(cfg))
+        steps::run(ex, route, query, cache, meta, &self.kernel_config(cfg))
     }
 
     /// The kernel launches `write_kv` and `forward` make for this batch: the

@@ -14,42 +14,58 @@
 //! decode:    paged_attention_common (shuffle) | paged_attention_v1 (NHD): the ll4mi
 //!            partitions + reduce; sinks, or a window with ALiBi: AITER unified_attention
 //! ```
-//! Emulator notes. The trait hands `forward` the cache (holding the step's
-//! new K/V, as fixtures capture it), not the step's key/value tensors, so the
-//! new tokens' K/V that vLLM passes straight to flash_attn_varlen_func are read
-//! back from the cache here as input preparation, not as a kernel launch (plan
-//! shows no gather for them): identical values for 16-bit caches; with fp8
-//! caches they are the quantized K/V.
 //! As in vLLM, prefill/extend ignore `logits_soft_cap` (only decode applies
-//! it, §19 #5). Sinks go to the prefill call, the new-token call of an
-//! extend and the SWA extend call, never to a context-chunk call, so a
-//! chunked extend counts each sink once (vLLM 0.34 `rocm_aiter_fa.py`
-//! `AiterFlashAttentionImpl.extend_forward`: the chunk calls pass
-//! `sink_ptr=None` "the causal call above already adds the sink"; the seed
-//! era's impl, @002d0eb6, takes no sinks at all). This replaces the
-//! unverified "sink per chunk" reading of §19 #14. The cache layout follows
+//! it, §19 #5) and sinks reach no context-chunk call (see
+//! [`Step::Attend`](super::steps::Step::Attend)). The cache layout follows
 //! `VLLM_ROCM_SHUFFLE_KV_CACHE_LAYOUT` as vLLM reads it (unset: NHD; see
-//! [`RocmAiterFa::from_env`]). The SWA-trimmed decode
-//! tables only move partition boundaries and are not modelled. Requires
-//! CDNA3+ (gfx942, gfx950, gfx1250: `get_cdna_version() > 2`).
+//! [`RocmAiterFa::from_env`]). The SWA-trimmed decode tables only move
+//! partition boundaries and are not modelled. Requires CDNA3+ (gfx942,
+//! gfx950, gfx1250: `get_cdna_version() > 2`).
 //!
 //! `route` writes the sequence above out once, in the [`steps`](super::steps)
 //! language: `forward` runs it and `plan` renders it, so the two cannot drift.
 
-use crate::backends::capability::{
-    capabilities_of, dtype_names, first_unsupported, head_sizes, Capability,
+use crate::backends::capability::check_capabilities;
+use crate::backends::capability::Capability::{self, *};
+use crate::backends::capability::Words::{self, *};
+use crate::backends::context_chunks::{
+    context_chunks, new_token_keys, window_keys, CP_TOKENS_PER_ITER_ROCM,
 };
-use crate::backends::steps::{FaMask, Paged, Slot, Step, SubBatch};
+use crate::backends::steps::{self, FaMask, Paged, Slot, Step, SubBatch};
 use crate::backends::AttentionBackend;
 use crate::config::AttnConfig;
-use crate::kernels::gather_cache::GatherChunk;
 use crate::kernels::reshape_and_cache::CacheWriter;
-use attnlab_shared::block_table::select_kernel_block_size;
 use attnlab_shared::error::{Error, Result};
 use attnlab_shared::layout::LayoutKind;
 use attnlab_shared::metadata::{AttentionMetadata, RequestKind};
 use attnlab_shared::registry::BackendName;
-use attnlab_shared::scheduler::{self, CP_TOKENS_PER_ITER_ROCM};
+
+/// What `check` tests, in vLLM's order and words (the sets: the registry's).
+#[rustfmt::skip]
+const CHECKS: &[(Capability, Words)] = &[
+    (
+        HeadSize,
+        Unsupported(
+            "head size {value}",
+            "ROCM_AITER_FA supports head sizes {allowed}",
+        ),
+    ),
+    (
+        Dtype,
+        Unsupported("dtype {value}", "ROCM_AITER_FA supports {allowed}"),
+    ),
+    (
+        KvCacheDtype,
+        Unsupported(
+            "kv cache dtype {value}",
+            "ROCM_AITER_FA supports auto and fp8 (e4m3) caches",
+        ),
+    ),
+    (
+        BlockSize,
+        Invalid("block_size", "Block size must be a multiple of 16."),
+    ),
+];
 
 /// The assertion vLLM's decode path raises for shuffle + window / sinks.
 pub const SHUFFLE_UNSUPPORTED: &str =
@@ -78,53 +94,6 @@ impl Default for RocmAiterFa {
     }
 }
 
-/// The builder's chunking (§11.3, [`scheduler::context_chunks`]): `budget //
-/// num_extends` context tokens per request per chunk, as gather launches.
-pub fn context_chunks(ctx_lens: &[usize], cp_tokens_per_iter: usize) -> Result<Vec<GatherChunk>> {
-    scheduler::context_chunks(ctx_lens, cp_tokens_per_iter)?
-        .chunks
-        .into_iter()
-        .map(|c| GatherChunk::new(c.starts, &c.lens))
-        .collect()
-}
-
-/// The extend steps (vLLM's `extend_forward`): `out, lse` of the new
-/// tokens, each context chunk's `suf_out` folded into `chunked_output`,
-/// then `chunked_output` merged with `out` into `output`.
-fn chunked_extend(new_tokens: GatherChunk, chunks: Vec<GatherChunk>) -> Vec<Step> {
-    use Slot::*;
-    let chunked = !chunks.is_empty(); // always for extends (context > 0), vLLM §19 #15
-    let mut steps = vec![Step::Attend {
-        keys: new_tokens,
-        gathered: false,
-        mask: FaMask::Causal,
-        into: if chunked { Out } else { Output },
-    }];
-    for (c, keys) in chunks.into_iter().enumerate() {
-        steps.push(Step::Attend {
-            keys,
-            gathered: true,
-            mask: FaMask::Full,
-            into: if c == 0 { ChunkedOutput } else { SufOut },
-        });
-        if c > 0 {
-            steps.push(Step::Merge {
-                prefix: ChunkedOutput,
-                suffix: SufOut,
-                into: ChunkedOutput,
-            });
-        }
-    }
-    if chunked {
-        steps.push(Step::Merge {
-            prefix: ChunkedOutput,
-            suffix: Out,
-            into: Output,
-        });
-    }
-    steps
-}
-
 impl RocmAiterFa {
     pub fn new(shuffle_kv_cache: bool) -> Self {
         RocmAiterFa {
@@ -145,19 +114,6 @@ impl RocmAiterFa {
     pub fn from_env() -> Self {
         RocmAiterFa::from_env_value(std::env::var(SHUFFLE_KV_CACHE_ENV).ok().as_deref())
     }
-
-    /// The decode rows' kernel: AITER's unified attention for sinks or a
-    /// window with ALiBi, else `paged_attention_common` over the shuffled
-    /// cache or `paged_attention_v1` over the NHD one.
-    pub fn decode_kernel(&self, cfg: &AttnConfig) -> Paged {
-        if cfg.sinks.is_some() || (cfg.sliding_window.is_some() && cfg.alibi_slopes.is_some()) {
-            Paged::AiterUnifiedAttention
-        } else if self.shuffle_kv_cache {
-            Paged::PagedAttentionCommon
-        } else {
-            Paged::PagedAttentionV1
-        }
-    }
 }
 
 impl AttentionBackend for RocmAiterFa {
@@ -168,30 +124,8 @@ impl AttentionBackend for RocmAiterFa {
     /// The registry's head sizes, dtypes, caches and kernel block sizes
     /// ([16, 32]: a multiple of 16), then the shuffled layout's limits.
     fn check(&self, cfg: &AttnConfig, block_size: usize) -> Result<()> {
-        use Capability::*;
         cfg.validate()?;
-        let order = [HeadSize, Dtype, KvCacheDtype, BlockSize];
-        if let Some((c, caps)) = first_unsupported(self.name(), cfg, block_size, &order)? {
-            return Err(match c {
-                HeadSize => Error::unsupported(
-                    format!("head size {}", cfg.head_size),
-                    format!("ROCM_AITER_FA supports head sizes {}", head_sizes(caps)),
-                ),
-                Dtype => Error::unsupported(
-                    format!("dtype {}", cfg.dtype),
-                    format!("ROCM_AITER_FA supports {}", dtype_names(caps)),
-                ),
-                KvCacheDtype => Error::unsupported(
-                    format!("kv cache dtype {}", cfg.kv_dtype),
-                    "ROCM_AITER_FA supports auto and fp8 (e4m3) caches",
-                ),
-                _ => Error::invalid(
-                    "block_size",
-                    block_size,
-                    "Block size must be a multiple of 16.",
-                ),
-            });
-        }
+        check_capabilities(self.name(), cfg, block_size, CHECKS)?;
         if self.shuffle_kv_cache && (cfg.sliding_window.is_some() || cfg.sinks.is_some()) {
             return Err(Error::unsupported(
                 "VLLM_ROCM_SHUFFLE_KV_CACHE_LAYOUT=1",
@@ -199,12 +133,6 @@ impl AttentionBackend for RocmAiterFa {
             ));
         }
         Ok(())
-    }
-
-    /// `select_common_block_size` over [16, 32] (544 -> 32, 48 -> 16).
-    fn kernel_block_size(&self, block_size: usize) -> Result<usize> {
-        let caps = capabilities_of(self.name())?;
-        select_kernel_block_size(block_size, self.name().name(), caps.kernel_block_sizes)
     }
 
     fn layout_kind(&self) -> LayoutKind {
@@ -226,18 +154,12 @@ impl AttentionBackend for RocmAiterFa {
     /// Splits the batch as `split_decodes_prefills_and_extends` does after the
     /// reorder: the non-empty sub-batches in launch order (prefill, extend, decode).
     fn route(&self, meta: &AttentionMetadata, cfg: &AttnConfig) -> Result<Vec<SubBatch>> {
-        let new_tokens = |reqs: &[usize]| {
-            GatherChunk::new(
-                reqs.iter().map(|&i| meta.context_len(i)).collect(),
-                &reqs.iter().map(|&i| meta.query_len(i)).collect::<Vec<_>>(),
-            )
-        };
+        use RequestKind::{Decode, Extend, Prefill};
+        // AITER's unified attention decodes when there are sinks or a window with ALiBi.
+        let unified =
+            cfg.sinks.is_some() || cfg.sliding_window.is_some() && cfg.alibi_slopes.is_some();
         let mut batches = vec![];
-        for kind in [
-            RequestKind::Prefill,
-            RequestKind::Extend,
-            RequestKind::Decode,
-        ] {
+        for kind in [Prefill, Extend, Decode] {
             let reqs: Vec<usize> = (0..meta.num_reqs())
                 .filter(|&i| meta.kind(i, 1) == kind)
                 .collect();
@@ -245,38 +167,31 @@ impl AttentionBackend for RocmAiterFa {
                 continue;
             }
             let steps = match (kind, cfg.sliding_window) {
-                (RequestKind::Prefill, _) => vec![Step::Attend {
-                    keys: new_tokens(&reqs)?,
+                (Prefill, _) => vec![Step::Attend {
+                    keys: new_token_keys(meta, &reqs)?,
                     gathered: false,
                     mask: FaMask::Layer,
                     into: Slot::Output,
                 }],
                 // The `min(seq_len, q + W)` keys each extend attends, in one causal call.
-                (RequestKind::Extend, Some(w)) => {
-                    let lens: Vec<usize> = reqs
-                        .iter()
-                        .map(|&i| meta.seq_len(i).min(meta.query_len(i) + w))
-                        .collect();
-                    let starts = reqs
-                        .iter()
-                        .zip(&lens)
-                        .map(|(&i, l)| meta.seq_len(i) - l)
-                        .collect();
-                    vec![Step::Attend {
-                        keys: GatherChunk::new(starts, &lens)?,
-                        gathered: true,
-                        mask: FaMask::Causal,
-                        into: Slot::Output,
-                    }]
-                }
-                (RequestKind::Extend, None) => {
+                (Extend, Some(w)) => vec![Step::Attend {
+                    keys: window_keys(meta, &reqs, w)?,
+                    gathered: true,
+                    mask: FaMask::Causal,
+                    into: Slot::Output,
+                }],
+                (Extend, None) => {
                     let ctx: Vec<usize> = reqs.iter().map(|&i| meta.context_len(i)).collect();
-                    chunked_extend(
-                        new_tokens(&reqs)?,
-                        context_chunks(&ctx, self.cp_tokens_per_iter)?,
+                    steps::chunked_extend(
+                        new_token_keys(meta, &reqs)?,
+                        context_chunks(&ctx, self.cp_tokens_per_iter)?.chunks,
                     )
                 }
-                (RequestKind::Decode, _) => vec![Step::Paged(self.decode_kernel(cfg))],
+                (Decode, _) if unified => vec![Step::Paged(Paged::AiterUnifiedAttention)],
+                (Decode, _) if self.shuffle_kv_cache => {
+                    vec![Step::Paged(Paged::PagedAttentionCommon)]
+                }
+                (Decode, _) => vec![Step::Paged(Paged::PagedAttentionV1)],
             };
             batches.push(SubBatch::of(kind, reqs, steps));
         }

@@ -14,13 +14,11 @@
 //! sinks. Encoder layers (non-causal) run the prefix kernel with CAUSAL off
 //! (0.33's `causal` argument); vLLM's separate encoder kernel is not emulated.
 
-use crate::backends::capability::{
-    capabilities_of, dtype_names, first_unsupported, head_sizes, Capability,
-};
-use crate::backends::exec::KernelExecutor;
-use crate::backends::steps::{self, Paged, Step, SubBatch};
+use crate::backends::capability::Capability::{self, *};
+use crate::backends::capability::Words::{self, *};
+use crate::backends::capability::{capabilities_of, check_capabilities};
+use crate::backends::steps::{Paged, Step, SubBatch};
 use crate::backends::AttentionBackend;
-use crate::cache::KvCache;
 use crate::config::AttnConfig;
 use crate::kernels::reshape_and_cache::CacheWriter;
 use attnlab_shared::block_table::select_kernel_block_size;
@@ -29,6 +27,22 @@ use attnlab_shared::error::{Error, Result};
 use attnlab_shared::layout::LayoutKind;
 use attnlab_shared::metadata::AttentionMetadata;
 use attnlab_shared::registry::{BackendName, ROCM_ATTN_SEED_ERA_KERNEL_BLOCK_SIZES};
+
+/// What `check` tests, in vLLM's order and words (the sets: the registry's).
+#[rustfmt::skip]
+const CHECKS: &[(Capability, Words)] = &[
+    (
+        HeadSize,
+        Invalid(
+            "head_size",
+            "Head size {value} is not supported by RocmAttention. Supported head sizes are: {allowed}. \
+             Set --attention-backend=FLEX_ATTENTION to use FlexAttention backend which supports all head sizes.",
+        ),
+    ),
+    (Dtype, Invalid("dtype", "dtype not supported: ROCM_ATTN supports {allowed}")),
+    (BlockSize, Invalid("block_size", "Block size must be a multiple of 16.")),
+    (Sinks, Unsupported("ROCM_ATTN with sinks", "attention sinks not supported")),
+];
 
 /// `use_rocm_custom_paged_attention`'s context cap (the reduce's npar_loops <= 8).
 pub const CUSTOM_PA_MAX_SEQ_LEN: usize = 128 * 1024;
@@ -41,14 +55,9 @@ pub enum RocmAttnProfile {
     V0_33,
 }
 
-/// The decode kernel a batch's query_len == 1 rows run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DecodeKernel {
-    /// HIP ll4mi partitions + reduce (CDNA launcher).
-    Ll4mi,
-    /// Triton `kernel_paged_attention_2d`.
-    Triton2d,
-}
+/// The decode kernel a batch's query_len == 1 rows run: [`Paged::Ll4mi`]
+/// (HIP ll4mi partitions + reduce, CDNA launcher) or [`Paged::Triton2d`].
+pub type DecodeKernel = Paged;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RocmAttn {
@@ -100,34 +109,16 @@ impl RocmAttn {
     }
 
     /// `chunked_prefill_paged_decode` over the whole batch: the prefix
-    /// prefill of the query_len > 1 rows (if any), then `decode` on the rest.
+    /// prefill of the query_len > 1 rows (if any), then `decode` on the rest
+    /// (replay passes the kernel a capture records, e.g. Triton's on NVIDIA,
+    /// to [`AttentionBackend::forward_route`]).
     pub fn route_with_decode(meta: &AttentionMetadata, decode: DecodeKernel) -> Vec<SubBatch> {
         let mut steps = vec![];
         if meta.max_query_len > 1 {
             steps.push(Step::Paged(Paged::PrefixPrefill));
         }
-        steps.push(Step::Paged(match decode {
-            DecodeKernel::Ll4mi => Paged::Ll4mi,
-            DecodeKernel::Triton2d => Paged::Triton2d,
-        }));
+        steps.push(Step::Paged(decode));
         vec![SubBatch::all(steps)]
-    }
-
-    /// `forward` with the decode rows' kernel chosen by the caller (replay
-    /// of a capture that records which one ran, e.g. Triton's on NVIDIA,
-    /// where `use_rocm_custom_paged_attention()` is false).
-    pub fn forward_with_decode(
-        &self,
-        ex: &dyn KernelExecutor,
-        query: &[f32],
-        cache: &KvCache,
-        meta: &AttentionMetadata,
-        cfg: &AttnConfig,
-        decode: DecodeKernel,
-    ) -> Result<Vec<f32>> {
-        self.check(cfg, meta.block_size)?;
-        let route = Self::route_with_decode(meta, decode);
-        steps::run(ex, &route, query, cache, meta, &self.kernel_config(cfg))
     }
 }
 
@@ -152,30 +143,8 @@ impl AttentionBackend for RocmAttn {
     /// The registry's head sizes, dtypes, kernel block sizes (a multiple
     /// of 16) and no sinks, in vLLM's words.
     fn check(&self, cfg: &AttnConfig, block_size: usize) -> Result<()> {
-        use Capability::*;
         cfg.validate()?;
-        let order = [HeadSize, Dtype, BlockSize, Sinks];
-        let Some((c, caps)) = first_unsupported(self.name(), cfg, block_size, &order)? else {
-            return Ok(());
-        };
-        Err(match c {
-            HeadSize => Error::invalid(
-                "head_size",
-                cfg.head_size,
-                format!(
-                    "Head size {} is not supported by RocmAttention. Supported head sizes are: {}. \
-                     Set --attention-backend=FLEX_ATTENTION to use FlexAttention backend which supports all head sizes.",
-                    cfg.head_size, head_sizes(caps)
-                ),
-            ),
-            Dtype => Error::invalid(
-                "dtype",
-                cfg.dtype,
-                format!("dtype not supported: ROCM_ATTN supports {}", dtype_names(caps)),
-            ),
-            Sinks => Error::unsupported("ROCM_ATTN with sinks", "attention sinks not supported"),
-            _ => Error::invalid("block_size", block_size, "Block size must be a multiple of 16."),
-        })
+        check_capabilities(self.name(), cfg, block_size, CHECKS)
     }
 
     fn kernel_block_size(&self, block_size: usize) -> Result<usize> {

@@ -83,6 +83,19 @@ pub enum Step {
     /// `flash_attn_varlen_func` of the queries over `keys`: the step's new
     /// tokens (`gathered: false`, vLLM passes its key/value tensors), or a
     /// context chunk / the SWA tail fetched by `cp_mha_gather_cache` first.
+    ///
+    /// The trait hands `forward` the cache (holding the step's new K/V, as
+    /// fixtures capture it), not the step's key/value tensors, so the new
+    /// tokens' K/V that vLLM passes straight to flash_attn_varlen_func are
+    /// read back from the cache here as input preparation, not as a kernel
+    /// launch (`render` shows no gather for them): identical values for
+    /// 16-bit caches; with fp8 caches they are the quantized K/V. No
+    /// soft-cap reaches this call. Sinks go to every call but a context
+    /// chunk's ([`FaMask::Full`]), so a chunked extend counts each sink once
+    /// (vLLM 0.34 `rocm_aiter_fa.py` `AiterFlashAttentionImpl.extend_forward`:
+    /// the chunk calls pass `sink_ptr=None` "the causal call above already
+    /// adds the sink"; the seed era's impl, @002d0eb6, takes no sinks at
+    /// all). This replaces the unverified "sink per chunk" reading of §19 #14.
     Attend {
         keys: GatherChunk,
         gathered: bool,
@@ -97,6 +110,44 @@ pub enum Step {
     },
     /// A kernel over the paged cache.
     Paged(Paged),
+}
+
+/// An extend over its new tokens and its context in chunks (vLLM's
+/// `extend_forward`): `out, lse` of the new tokens, each context chunk's
+/// `suf_out` folded into `chunked_output`, then `chunked_output` merged with
+/// `out` into `output`.
+pub fn chunked_extend(new_tokens: GatherChunk, chunks: Vec<GatherChunk>) -> Vec<Step> {
+    use Slot::*;
+    let chunked = !chunks.is_empty(); // always for extends (context > 0), vLLM §19 #15
+    let mut steps = vec![Step::Attend {
+        keys: new_tokens,
+        gathered: false,
+        mask: FaMask::Causal,
+        into: if chunked { Out } else { Output },
+    }];
+    for (c, keys) in chunks.into_iter().enumerate() {
+        steps.push(Step::Attend {
+            keys,
+            gathered: true,
+            mask: FaMask::Full,
+            into: if c == 0 { ChunkedOutput } else { SufOut },
+        });
+        if c > 0 {
+            steps.push(Step::Merge {
+                prefix: ChunkedOutput,
+                suffix: SufOut,
+                into: ChunkedOutput,
+            });
+        }
+    }
+    if chunked {
+        steps.push(Step::Merge {
+            prefix: ChunkedOutput,
+            suffix: Out,
+            into: Output,
+        });
+    }
+    steps
 }
 
 /// Which rows of the batch a sub-batch computes.

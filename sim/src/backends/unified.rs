@@ -3,9 +3,9 @@
 //! the whole batch. [`UnifiedKernel`] is what differs: whose kernel, its
 //! writer, dtypes and block-size message, and its launch rule.
 
-use crate::backends::capability::{
-    capabilities_of, dtype_names, first_unsupported, head_sizes, Capability,
-};
+use crate::backends::capability::Capability::*;
+use crate::backends::capability::Words::*;
+use crate::backends::capability::{capabilities_of, check_capabilities};
 use crate::backends::steps::{Paged, Step, SubBatch};
 use crate::backends::AttentionBackend;
 use crate::config::AttnConfig;
@@ -72,24 +72,18 @@ impl<K: UnifiedKernel> AttentionBackend for UnifiedBackend<K> {
             ));
         }
         cfg.validate()?;
-        let order = [Capability::Dtype, Capability::HeadSize];
-        match first_unsupported(shape.name, cfg, block_size, &order)? {
-            Some((Capability::Dtype, caps)) => Err(Error::invalid(
-                "dtype",
-                cfg.dtype,
-                format!(
-                    "dtype not supported: {} supports {}",
-                    shape.name,
-                    dtype_names(caps)
-                ),
-            )),
-            Some((_, caps)) => Err(Error::invalid(
-                "head_size",
-                cfg.head_size,
-                format!("head_size not supported: must be {}", head_sizes(caps)),
-            )),
-            None => self.kernel_block_size(block_size).map(|_| ()),
-        }
+        let rules = [
+            (
+                Dtype,
+                Invalid("dtype", "dtype not supported: {backend} supports {allowed}"),
+            ),
+            (
+                HeadSize,
+                Invalid("head_size", "head_size not supported: must be {allowed}"),
+            ),
+            (BlockSize, Invalid("block_size", shape.block_size_reason)),
+        ];
+        check_capabilities(shape.name, cfg, block_size, &rules)
     }
 
     /// Kernel block sizes: MultipleOf(16), so 544 runs as is and 1 is rejected.
