@@ -95,7 +95,8 @@ pub enum Step {
     /// (vLLM 0.34 `rocm_aiter_fa.py` `AiterFlashAttentionImpl.extend_forward`:
     /// the chunk calls pass `sink_ptr=None` "the causal call above already
     /// adds the sink"; the seed era's impl, @002d0eb6, takes no sinks at
-    /// all). This replaces the unverified "sink per chunk" reading of §19 #14.
+    /// all). This replaces the unverified "sink per chunk" reading of
+    /// vllm-backends.md §19 #14.
     Attend {
         keys: GatherChunk,
         gathered: bool,
@@ -118,7 +119,7 @@ pub enum Step {
 /// `out` into `output`.
 pub fn chunked_extend(new_tokens: GatherChunk, chunks: Vec<GatherChunk>) -> Vec<Step> {
     use Slot::*;
-    let chunked = !chunks.is_empty(); // always for extends (context > 0), vLLM §19 #15
+    let chunked = !chunks.is_empty(); // always for extends (context > 0), vllm-backends.md §19 #15
     let mut steps = vec![Step::Attend {
         keys: new_tokens,
         gathered: false,
