@@ -16,13 +16,13 @@
 //! ```
 //! As in vLLM, prefill/extend ignore `logits_soft_cap` (only decode applies
 //! it, §19 #5) and sinks reach no context-chunk call (see
-//! [`Step::Attend`](super::steps::Step::Attend)). The cache layout follows
+//! [`Step::Attend`]). The cache layout follows
 //! `VLLM_ROCM_SHUFFLE_KV_CACHE_LAYOUT` as vLLM reads it (unset: NHD; see
 //! [`RocmAiterFa::from_env`]). The SWA-trimmed decode tables only move
 //! partition boundaries and are not modelled. Requires CDNA3+ (gfx942,
 //! gfx950, gfx1250: `get_cdna_version() > 2`).
 //!
-//! `route` writes the sequence above out once, in the [`steps`](super::steps)
+//! `route` writes the sequence above out once, in the [`steps`]
 //! language: `forward` runs it and `plan` renders it, so the two cannot drift.
 
 use crate::backends::capability::check_capabilities;

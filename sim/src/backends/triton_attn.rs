@@ -14,7 +14,7 @@
 //! block size 1 is rejected ("block_size not supported"); sinks, sliding
 //! window, soft-cap, ALiBi, non-causal (encoder) and fp8 KV caches.
 //!
-//! [`UnifiedBackend`](super::unified::UnifiedBackend) is that shape once;
+//! [`UnifiedBackend`] is that shape once;
 //! [`TritonAttn`] instantiates it with vLLM's kernel, ROCM_AITER_UNIFIED_ATTN
 //! with AITER's ([`UnifiedKernel`]).
 
