@@ -15,6 +15,7 @@
 //! `r * N/tp .. (r+1) * N/tp` against the full (replicated) latent cache.
 
 pub mod common;
+pub mod decode_steps;
 pub mod rocm_aiter_mla;
 pub mod rocm_aiter_triton_mla;
 pub mod triton_mla;
@@ -215,7 +216,6 @@ impl MlaDecodeBatch<'_> {
 /// An emulated MLA backend: the decode half of vLLM's `MLAAttentionImpl`.
 /// Everything else (cache write, projections, prefill) is [`common`].
 pub trait MlaBackend: Send + Sync {
-    /// vLLM's enum name, e.g. "TRITON_MLA".
     /// vLLM's enum member, e.g. `TRITON_MLA`.
     fn name(&self) -> BackendName;
 
@@ -236,6 +236,15 @@ pub trait MlaBackend: Send + Sync {
         self.forward_mqa_with(&Cpu, q, heads, cache, batch, cfg)
     }
 
+    /// The routing: the decode kernel (and its launch metadata) for the
+    /// decode tokens of `batch` on `heads` heads.
+    fn route_mqa(
+        &self,
+        batch: &MlaDecodeBatch,
+        heads: usize,
+        cfg: &MlaConfig,
+    ) -> Result<decode_steps::MlaDecode>;
+
     /// [`MlaBackend::forward_mqa`] with the decode kernel launched through `ex`.
     fn forward_mqa_with(
         &self,
@@ -245,7 +254,10 @@ pub trait MlaBackend: Send + Sync {
         cache: &LatentCache,
         batch: &MlaDecodeBatch,
         cfg: &MlaConfig,
-    ) -> Result<MlaDecodeOutput>;
+    ) -> Result<MlaDecodeOutput> {
+        let step = self.route_mqa(batch, heads, cfg)?;
+        decode_steps::run(ex, &step, q, heads, cache, batch, cfg)
+    }
 
     /// The kernel launches `forward_mqa` makes (what `attnlab trace` shows).
     fn plan_mqa(
@@ -253,7 +265,10 @@ pub trait MlaBackend: Send + Sync {
         batch: &MlaDecodeBatch,
         heads: usize,
         cfg: &MlaConfig,
-    ) -> Result<Vec<KernelCall>>;
+    ) -> Result<Vec<KernelCall>> {
+        let step = self.route_mqa(batch, heads, cfg)?;
+        Ok(decode_steps::render(&step, batch, heads, cfg))
+    }
 
     /// Whether decode rows must share one query length (vLLM's
     /// `query_len_support == UNIFORM`), which shapes the decode split.
