@@ -59,7 +59,7 @@ pub fn split_kv_rows<'a>(batch: &MlaDecodeBatch<'a>) -> Result<Vec<KvRow<'a>>> {
     if nd == 0 {
         return Ok(Vec::new());
     }
-    if b % nd != 0 || (0..nd).any(|i| meta.query_len(i) != b / nd) {
+    if !b.is_multiple_of(nd) || (0..nd).any(|i| meta.query_len(i) != b / nd) {
         return Err(Error::invalid(
             "decode block",
             format!("non-uniform decode block: {b} query rows over {nd} requests"),
