@@ -17,7 +17,7 @@ fn spec(kind: WorkloadKind, requests: usize, backend: Option<&str>) -> WorkloadS
         kind,
         requests,
         seed: 11,
-        backend: backend.map(str::to_string),
+        backend: backend.map(|b| attnlab_sim::backends::parse(b).unwrap()),
         block_size: None,
     }
 }
@@ -89,7 +89,8 @@ fn bad_inputs_are_errors_naming_the_value() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("requests 0"), "{e}");
-    let e = run_workload(&spec(WorkloadKind::Decode, 1, Some("NOPE")), |_, _| {})
+    // A backend name becomes a BackendName at the edge, naming the bad one.
+    let e = attnlab_sim::backends::parse("NOPE")
         .unwrap_err()
         .to_string();
     assert!(e.contains("'NOPE'"), "{e}");

@@ -4,8 +4,10 @@
 use attnlab_shared::block_table::BlockPool;
 use attnlab_shared::metadata::RequestKind;
 use attnlab_shared::scheduler::{
-    context_chunks, extend_context_chunks, split_decodes_prefills_and_extends, Request,
-    ScheduledStep, Scheduler, SchedulerConfig, CP_TOKENS_PER_ITER_ROCM,
+    split_decodes_prefills_and_extends, Request, ScheduledStep, Scheduler, SchedulerConfig,
+};
+use attnlab_sim::backends::context_chunks::{
+    context_chunks, extend_context_chunks, step_context_chunks, CP_TOKENS_PER_ITER_ROCM,
 };
 use proptest::prelude::*;
 use std::collections::HashMap;
@@ -62,11 +64,11 @@ fn blog_example_extend_steps_fetch_context_in_32k_chunks() {
     let chunks: Vec<Vec<usize>> = steps
         .iter()
         .map(|s| {
-            s.context_chunks(CP_TOKENS_PER_ITER_ROCM)
+            step_context_chunks(s, CP_TOKENS_PER_ITER_ROCM)
                 .unwrap()
                 .chunks
                 .iter()
-                .map(|c| c.total_tokens)
+                .map(|c| c.total_tokens())
                 .collect()
         })
         .collect();
@@ -367,7 +369,7 @@ fn metadata_split_matches_the_scheduler_classes() {
         );
         assert_eq!(
             extend_context_chunks(&meta, 1, 32768).unwrap(),
-            steps[1].context_chunks(32768).unwrap()
+            step_context_chunks(&steps[1], 32768).unwrap()
         );
     }
     let s = run(config(9, 256), &reqs)[1].split(1);
@@ -388,12 +390,16 @@ fn context_chunks_split_the_budget_evenly_across_extends() {
     // Two extends share 10 tokens per iteration: 5 each, not block aligned.
     let c = context_chunks(&[12, 3], 10).unwrap();
     assert_eq!(c.max_context_chunk, 5);
-    let lens: Vec<Vec<usize>> = c.chunks.iter().map(|k| k.lens.clone()).collect();
+    let lens: Vec<Vec<i32>> = c
+        .chunks
+        .iter()
+        .map(|k| k.cu_seqlens.windows(2).map(|w| w[1] - w[0]).collect())
+        .collect();
     assert_eq!(lens, vec![vec![5, 3], vec![5, 0], vec![2, 0]]);
-    assert_eq!(c.chunks[0].cu_seq_lens, vec![0, 5, 8]);
+    assert_eq!(c.chunks[0].cu_seqlens, vec![0, 5, 8]);
     assert_eq!(c.chunks[0].token_to_batch, vec![0, 0, 0, 0, 0, 1, 1, 1]);
-    assert_eq!(c.chunks[2].starts, vec![10, 10]);
-    assert_eq!(c.chunks[2].max_seq_len, 2);
+    assert_eq!(c.chunks[2].seq_starts, vec![10, 10]);
+    assert_eq!(c.chunks[2].max_seqlen, 2);
 }
 
 #[test]

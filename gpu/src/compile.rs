@@ -102,7 +102,7 @@ pub fn compile_families_with(
             "hipcc".to_string()
         }
         Target::Host { .. } => {
-            let c = crate::runtime::host::HostCompiler::detect()?;
+            let c = crate::runtime::host::HostCompiler::detect(crate::kernels::PORTABLE_H)?;
             format!("{} ({})", c.program, c.version)
         }
     };
@@ -145,14 +145,16 @@ fn compile_one(
             AmdClang::detect()?.compile(gfx, &name, &unit, defines, resources)
         }
         Target::Amd { gfx } => hipcc_compile(gfx, &name, &unit, defines, resources),
-        Target::Host { wave } => crate::runtime::host::HostCompiler::detect()?
-            .build(*wave, &name, &unit, defines)
-            .map(|lib| {
-                (
-                    std::fs::metadata(lib).map_or(0, |m| m.len() as usize),
-                    Vec::new(),
-                )
-            }),
+        Target::Host { wave } => {
+            crate::runtime::host::HostCompiler::detect(crate::kernels::PORTABLE_H)?
+                .build(*wave, &name, &unit, defines)
+                .map(|lib| {
+                    (
+                        std::fs::metadata(lib).map_or(0, |m| m.len() as usize),
+                        Vec::new(),
+                    )
+                })
+        }
     };
     let define_text = defines
         .iter()

@@ -363,9 +363,16 @@ impl Gpu {
         Ok(Gpu::new(crate::runtime::open()?))
     }
 
-    /// Opens the device of `kind` ([`crate::runtime::open_kind`]).
+    /// Opens the device of `kind` ([`crate::runtime::open_kind`]; the host
+    /// device gets [`PORTABLE_H`]).
     pub fn open_kind(kind: crate::runtime::DeviceKind) -> Result<Self> {
-        Ok(Gpu::new(crate::runtime::open_kind(kind)?))
+        Ok(Gpu::new(crate::runtime::open_kind(kind, PORTABLE_H)?))
+    }
+
+    /// [`Gpu::open_kind`], also saying why no GPU was used when `Auto` fell
+    /// back to the host device ([`crate::runtime::open_kind_noting`]).
+    pub fn open_kind_noting(kind: crate::runtime::DeviceKind) -> Result<(Self, Option<String>)> {
+        crate::runtime::open_kind_noting(kind, PORTABLE_H).map(|(dev, note)| (Gpu::new(dev), note))
     }
 
     /// The CPU as the device, with waves of `wave` lanes (32 or 64): the

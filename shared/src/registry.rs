@@ -340,6 +340,14 @@ pub const ROCM_ATTN: Capabilities = Capabilities {
     arch: ArchRequirement::Any,
 };
 
+/// ROCM_ATTN's kernel block sizes in the seed era (PR #26980: `[16, 32,
+/// 544]`); 0.33 and the entry above take any multiple of 16.
+pub const ROCM_ATTN_SEED_ERA_KERNEL_BLOCK_SIZES: &[KernelBlockSize] = &[
+    KernelBlockSize::Exact(16),
+    KernelBlockSize::Exact(32),
+    KernelBlockSize::Exact(544),
+];
+
 /// vLLM's Triton unified attention: the portable fallback.
 pub const TRITON_ATTN: Capabilities = Capabilities {
     kind: AttnKind::Mha,

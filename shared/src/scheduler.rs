@@ -35,9 +35,6 @@ use crate::metadata::{AttentionMetadata, RequestKind};
 use serde::Serialize;
 use std::collections::VecDeque;
 
-/// `_CP_TOKENS_PER_ITER_ROCM`: context tokens ROCM_AITER_FA gathers per
-/// extend iteration, across all extend requests of the batch.
-pub const CP_TOKENS_PER_ITER_ROCM: usize = 32 * 1024;
 pub const DEFAULT_MAX_NUM_BATCHED_TOKENS: usize = 8192;
 pub const DEFAULT_MAX_NUM_SEQS: usize = 256;
 pub const DEFAULT_BLOCK_SIZE: usize = 16;
@@ -215,17 +212,6 @@ impl ScheduledStep {
             true,
         )
     }
-
-    /// ROCM_AITER_FA's context chunks for this step's extend requests.
-    pub fn context_chunks(&self, chunk_tokens: usize) -> Result<ContextChunks> {
-        let ctx: Vec<usize> = self
-            .requests
-            .iter()
-            .filter(|r| r.kind == RequestKind::Extend)
-            .map(|r| r.context_len)
-            .collect();
-        context_chunks(&ctx, chunk_tokens)
-    }
 }
 
 /// vLLM's `split_decodes_prefills_and_extends` on built metadata (rows
@@ -238,104 +224,6 @@ pub fn split_decodes_prefills_and_extends(
         .map(|i| (meta.query_len(i), meta.context_len(i)))
         .collect();
     batch_split(&rows, decode_threshold)
-}
-
-/// One context-fetch iteration of ROCM_AITER_FA's extend path: per extend
-/// request, which slice of its cached context is gathered (`cp_mha_gather_cache`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct ContextChunk {
-    /// `chunk_starts[c, i]`: first context position gathered for request i.
-    pub starts: Vec<usize>,
-    /// Tokens gathered for request i (0 once its context is exhausted).
-    pub lens: Vec<usize>,
-    /// `[0, cumsum(lens)]`: the chunk's `cu_seqlens_k`.
-    pub cu_seq_lens: Vec<i32>,
-    /// Extend-request index of each gathered token.
-    pub token_to_batch: Vec<i32>,
-    pub max_seq_len: usize,
-    pub total_tokens: usize,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct ContextChunks {
-    /// `chunk_tokens // num_extends`: every request's per-iteration share.
-    pub max_context_chunk: usize,
-    pub chunks: Vec<ContextChunk>,
-}
-
-/// vLLM's chunking of extend contexts (§11.3): each request gets an equal
-/// share `max_chunk = chunk_tokens // num_extends` per iteration, not aligned
-/// to blocks, and there are `cdiv(max(context_lens), max_chunk)` iterations.
-pub fn context_chunks(context_lens: &[usize], chunk_tokens: usize) -> Result<ContextChunks> {
-    let ne = context_lens.len();
-    if ne == 0 {
-        return Ok(ContextChunks {
-            max_context_chunk: chunk_tokens,
-            chunks: Vec::new(),
-        });
-    }
-    let max_chunk = chunk_tokens / ne;
-    if max_chunk == 0 {
-        return Err(Error::invalid(
-            "context chunk size",
-            chunk_tokens,
-            format!("cp_tokens_per_iter must be >= the number of extend requests ({ne})"),
-        ));
-    }
-    let num_chunks = context_lens
-        .iter()
-        .max()
-        .copied()
-        .unwrap_or(0)
-        .div_ceil(max_chunk);
-    let chunks = (0..num_chunks)
-        .map(|c| {
-            let start = c * max_chunk;
-            let lens: Vec<usize> = context_lens
-                .iter()
-                .map(|&ctx| ctx.min(start + max_chunk).saturating_sub(start))
-                .collect();
-            let mut cu_seq_lens = vec![0i32];
-            let mut token_to_batch = Vec::new();
-            for (i, &l) in lens.iter().enumerate() {
-                // cu_seqlens_k is int32 in the FA launch.
-                let end = cu_seq_lens[i] as usize + l;
-                cu_seq_lens.push(i32::try_from(end).map_err(|_| {
-                    Error::invalid(
-                        format!("context chunk {c} cu_seq_lens[{}]", i + 1),
-                        end,
-                        format!("must be <= {}", i32::MAX),
-                    )
-                })?);
-                token_to_batch.extend(std::iter::repeat(i as i32).take(l));
-            }
-            Ok(ContextChunk {
-                starts: vec![start; ne],
-                max_seq_len: lens.iter().copied().max().unwrap_or(0),
-                total_tokens: token_to_batch.len(),
-                lens,
-                cu_seq_lens,
-                token_to_batch,
-            })
-        })
-        .collect::<Result<_>>()?;
-    Ok(ContextChunks {
-        max_context_chunk: max_chunk,
-        chunks,
-    })
-}
-
-/// The context chunks of the extend rows of built metadata.
-pub fn extend_context_chunks(
-    meta: &AttentionMetadata,
-    decode_threshold: usize,
-    chunk_tokens: usize,
-) -> Result<ContextChunks> {
-    let s = split_decodes_prefills_and_extends(meta, decode_threshold);
-    let ctx: Vec<usize> = (s.num_decodes..s.num_decodes + s.num_extends)
-        .map(|i| meta.context_len(i))
-        .collect();
-    context_chunks(&ctx, chunk_tokens)
 }
 
 #[derive(Debug)]
@@ -605,14 +493,5 @@ mod tests {
     fn all_rows_at_or_below_threshold_are_decodes() {
         assert_eq!(split_points(&[(1, 4), (1, 0)], 1), (2, 2));
         assert_eq!(split_points(&[(1, 4), (3, 2), (1, 0), (5, 0)], 1), (1, 3));
-    }
-
-    #[test]
-    fn chunk_size_smaller_than_extend_count_is_rejected() {
-        let e = context_chunks(&[5, 5, 5], 2).unwrap_err().to_string();
-        assert!(
-            e.contains("context chunk size 2") && e.contains("(3)"),
-            "{e}"
-        );
     }
 }

@@ -62,7 +62,7 @@ pub fn run_mla_workload(
     };
     let tol = Tolerance::for_dtype(cfg.dtype);
     let backends: Vec<Box<dyn MlaBackend>> = match &spec.backend {
-        Some(name) => vec![by_name(name)?],
+        Some(name) => vec![by_name(*name)?],
         None => mla_backends(),
     };
     check_cache_memory(nb, bs, cfg.dims.latent_width(), backends.len())?;
@@ -72,12 +72,12 @@ pub fn run_mla_workload(
     for b in backends {
         match b.check(&cfg, bs) {
             Err(e) => skipped.push(BackendRun::new(
-                b.name(),
+                b.name().name(),
                 Status::Skipped,
                 Some(e.to_string()),
             )),
             Ok(()) => {
-                let mut row = BackendRun::new(b.name(), Status::Pass, None);
+                let mut row = BackendRun::new(b.name().name(), Status::Pass, None);
                 (row.kernel_block_size, row.layout) = (Some(bs), Some("mla-latent"));
                 lanes.push((b, LatentCache::zeros(layout), row));
             }
@@ -115,7 +115,7 @@ pub fn run_mla_workload(
             .iter_mut()
             .map(|(b, cache, row)| {
                 (row.status != Status::Fail).then(|| {
-                    catch_panic(b.name(), || {
+                    catch_panic(b.name().name(), || {
                         let ranks = run_mla_step(b.as_ref(), &step, cache, &weights, &cfg)?;
                         Ok(merge_ranks(
                             &ranks.iter().map(|r| r.out.as_slice()).collect::<Vec<_>>(),

@@ -36,8 +36,9 @@ use crate::cache::KvCache;
 use crate::config::AttnConfig;
 use crate::fidelity::{self, UlpStats, BUCKETS};
 use crate::fixture::LaunchGrid;
-use crate::fixture::{self, Case, Fixture, MergeCase, PagedCase};
+use crate::fixture::{self, Case, Fixture, MergeCase, MlaCase, PagedCase};
 use crate::kernels::merge_attn_states::{merge_attn_states, MergeKernel};
+use crate::kernels::mla_cache::LatentCache;
 use crate::kernels::softmax::OutLse;
 use crate::kernels::unified_attention::{
     Grid, UnifiedLaunch, VllmLaunchOptions, NUM_PAR_SOFTMAX_SEGMENTS, TILE_SIZE_2D, TILE_SIZE_3D,
@@ -47,8 +48,10 @@ use crate::reference::{self, compare, Comparison, Tolerance};
 use attnlab_shared::block_table::{block_table_tensor, KernelBlockSplit};
 use attnlab_shared::dtype::DType;
 use attnlab_shared::error::{Error, Result};
+use attnlab_shared::layout::mla::MlaLayout;
 use attnlab_shared::layout::{KvLayout, LayoutKind};
 use attnlab_shared::metadata::AttentionMetadata;
+use attnlab_shared::model::MlaDims;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 
@@ -144,8 +147,8 @@ pub fn replay_paths_with(
         // `merge_attn_states` (the kernel several backends call) names its rows too.
         let known: Vec<&'static str> = mha_backends()
             .iter()
-            .map(|b| b.name())
-            .chain(mla_backends().iter().map(|b| b.name()))
+            .map(|b| b.name().name())
+            .chain(mla_backends().iter().map(|b| b.name().name()))
             .chain([MERGE_ROW])
             .collect();
         if !known.contains(&name) {
@@ -272,35 +275,37 @@ pub fn replay_fixture(f: &Fixture, backend: Option<&str>) -> Vec<ReplayResult> {
             ));
             for b in mha_backends()
                 .iter()
-                .filter(|b| backend.is_none_or(|n| n == b.name()))
+                .filter(|b| backend.is_none_or(|n| n == b.name().name()))
             {
                 let cfg = match b.fixture_config(&p.cfg) {
                     Ok(cfg) => cfg,
                     // What vLLM's backend drops is a divergence only where it would run the case.
                     Err(reason) => {
                         rows.push(match b.check(&p.cfg, p.meta.block_size) {
-                            Err(e) => at(b.name()).status(Status::Skipped, Some(e.to_string())),
-                            Ok(()) => at(b.name()).status(Status::Divergence, Some(reason)),
+                            Err(e) => {
+                                at(b.name().name()).status(Status::Skipped, Some(e.to_string()))
+                            }
+                            Ok(()) => at(b.name().name()).status(Status::Divergence, Some(reason)),
                         });
                         continue;
                     }
                 };
                 if let Err(e) = b.check(&cfg, p.meta.block_size) {
-                    rows.push(at(b.name()).status(Status::Skipped, Some(e.to_string())));
+                    rows.push(at(b.name().name()).status(Status::Skipped, Some(e.to_string())));
                     continue;
                 }
-                let launch = match recorded_launch(b.name(), &f.header, p, &cfg) {
+                let launch = match recorded_launch(b.name().name(), &f.header, p, &cfg) {
                     Ok(l) => l,
                     Err(e) => {
-                        rows.push(at(b.name()).status(Status::Fail, Some(e.to_string())));
+                        rows.push(at(b.name().name()).status(Status::Fail, Some(e.to_string())));
                         continue;
                     }
                 };
                 let got = run_backend(b.as_ref(), p, &cfg, launch.as_ref().map(|l| &l.0));
-                let mut row = at(b.name());
+                let mut row = at(b.name().name());
                 row.launch = launch.map(|l| l.1);
                 let mut r = row.judge(got.map(Outcome::out), &kernel, tol, dtype);
-                if let Some(why) = documented_divergence(b.name(), &cfg, &p.meta) {
+                if let Some(why) = documented_divergence(b.name().name(), &cfg, &p.meta) {
                     r.status = Status::Divergence;
                     r.reason = Some(why);
                 }
@@ -366,14 +371,16 @@ pub fn replay_fixture(f: &Fixture, backend: Option<&str>) -> Vec<ReplayResult> {
             ));
             for b in mla_backends()
                 .iter()
-                .filter(|b| backend.is_none_or(|n| n == b.name()))
+                .filter(|b| backend.is_none_or(|n| n == b.name().name()))
             {
-                let cfg = mla::replay_config(m, dtype);
+                let cfg = replay_config(m, dtype);
                 match b.check(&cfg, m.meta.block_size) {
-                    Err(e) => rows.push(at(b.name()).status(Status::Skipped, Some(e.to_string()))),
+                    Err(e) => {
+                        rows.push(at(b.name().name()).status(Status::Skipped, Some(e.to_string())))
+                    }
                     Ok(()) => rows.push(
-                        at(b.name()).judge(
-                            catch_panic(b.name(), || mla::replay_mla_decode(b.as_ref(), m, &cfg))
+                        at(b.name().name()).judge(
+                            catch_panic(b.name().name(), || replay_mla_decode(b.as_ref(), m, &cfg))
                                 .map(Outcome::out),
                             &kernel,
                             tol,
@@ -581,13 +588,14 @@ fn run_backend(
     }
     let cache = KvCache::from_nhd(&p.key_cache, &p.value_cache, layout)?;
     match launch {
-        Some(Forced::Unified(l)) => catch_panic(b.name(), || {
+        Some(Forced::Unified(l)) => catch_panic(b.name().name(), || {
             Cpu.unified_attention(&p.query, &cache, &meta, cfg, l)
         }),
-        Some(Forced::RocmDecode(d)) => catch_panic(b.name(), || {
-            RocmAttn::default().forward_with_decode(&Cpu, &p.query, &cache, &meta, cfg, *d)
+        Some(Forced::RocmDecode(d)) => catch_panic(b.name().name(), || {
+            let route = RocmAttn::route_with_decode(&meta, *d);
+            RocmAttn::default().forward_route(&Cpu, &route, &p.query, &cache, &meta, cfg)
         }),
-        None => catch_panic(b.name(), || b.forward(&p.query, &cache, &meta, cfg)),
+        None => catch_panic(b.name().name(), || b.forward(&p.query, &cache, &meta, cfg)),
     }
 }
 
@@ -1026,4 +1034,50 @@ pub fn format_summary(rows: &[SummaryRow]) -> String {
         );
     }
     s
+}
+
+/// The configuration an `mla_decode` fixture describes: its heads, latent
+/// widths, scale and dtype, and the producer's split count.
+pub fn replay_config(case: &MlaCase, dtype: DType) -> mla::MlaConfig {
+    let dims = MlaDims {
+        kv_lora_rank: case.kv_lora_rank,
+        qk_rope_head_dim: case.qk_rope_head_dim,
+        ..mla::MlaConfig::deepseek_r1(1).dims
+    };
+    mla::MlaConfig {
+        num_heads: case.num_heads,
+        dims,
+        scale: case.scale,
+        dtype,
+        kv_dtype: dtype,
+        num_kv_splits: Some(case.num_kv_splits),
+        ..mla::MlaConfig::deepseek_r1(1)
+    }
+}
+
+/// Runs an `mla_decode` fixture (absorbed queries, one token per sequence)
+/// through `backend`'s `forward_mqa` under `cfg` ([`replay_config`]):
+/// `[num_seqs, num_heads, kv_lora_rank]` in `cfg.dtype`. `check` runs
+/// first, so TRITON_MLA refuses a block-size-1 case as vLLM would.
+pub fn replay_mla_decode(
+    backend: &dyn mla::MlaBackend,
+    case: &MlaCase,
+    cfg: &mla::MlaConfig,
+) -> Result<Vec<f32>> {
+    backend.check(cfg, case.meta.block_size)?;
+    let layout = MlaLayout::new(
+        case.meta.num_blocks,
+        case.meta.block_size,
+        case.kv_lora_rank,
+        case.qk_rope_head_dim,
+        cfg.dtype,
+    )?;
+    let cache = LatentCache::from_tensor(layout, case.kv_cache.clone())?;
+    let batch = mla::MlaDecodeBatch {
+        meta: &case.meta,
+        num_decodes: case.meta.num_reqs(),
+    };
+    Ok(backend
+        .forward_mqa(&case.query, case.num_heads, &cache, &batch, cfg)?
+        .out)
 }

@@ -27,6 +27,7 @@ use attnlab_shared::dtype::DType;
 use attnlab_shared::error::{Error, Result};
 use attnlab_shared::layout::{KvLayout, LayoutKind};
 use attnlab_shared::model::ModelPreset;
+use attnlab_shared::registry::BackendName;
 use attnlab_shared::scheduler::{Request, ScheduledStep, Scheduler, SchedulerConfig};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -107,8 +108,8 @@ pub struct WorkloadSpec {
     pub kind: WorkloadKind,
     pub requests: usize,
     pub seed: u64,
-    /// One backend by vLLM enum name, or `None` for every emulated one.
-    pub backend: Option<String>,
+    /// One backend (a vLLM enum member), or `None` for every emulated one.
+    pub backend: Option<BackendName>,
     /// Manager block size; `None`: the preset's, else the scheduler's default.
     pub block_size: Option<usize>,
 }
@@ -247,7 +248,7 @@ pub fn run_workload(
     let bs = sched_cfg.block_size;
     let tol = Tolerance::for_dtype(cfg.dtype);
     let backends = match &spec.backend {
-        Some(name) => vec![by_name(name)?],
+        Some(name) => vec![by_name(*name)?],
         None => mha_backends(),
     };
     check_cache_memory(
@@ -270,12 +271,12 @@ pub fn run_workload(
         });
         match setup {
             Err(e) => skipped.push(BackendRun::new(
-                b.name(),
+                b.name().name(),
                 Status::Skipped,
                 Some(e.to_string()),
             )),
             Ok((kb, layout)) => {
-                let mut row = BackendRun::new(b.name(), Status::Pass, None);
+                let mut row = BackendRun::new(b.name().name(), Status::Pass, None);
                 (row.kernel_block_size, row.layout) = (Some(kb), Some(layout.kind.name()));
                 lanes.push(Lane {
                     cache: KvCache::zeros(layout),
@@ -442,7 +443,7 @@ fn run_step(
 ) -> Result<Vec<f32>> {
     let meta = step.metadata(lane.kernel_block_size)?;
     let (b, cache) = (&lane.backend, &mut lane.cache);
-    catch_panic(b.name(), || {
+    catch_panic(b.name().name(), || {
         b.write_kv(cache, k, v, &meta.slot_mapping, cfg)?;
         b.forward(q, cache, &meta, cfg)
     })

@@ -7,8 +7,9 @@
 use attnlab_shared::dtype::DType;
 use attnlab_shared::layout::{KvLayout, LayoutKind};
 use attnlab_shared::metadata::{AttentionMetadata, BlockTableTensor};
+use attnlab_sim::backends::context_chunks::context_chunks;
 use attnlab_sim::backends::flex_attention::FlexAttention;
-use attnlab_sim::backends::rocm_aiter_fa::{context_chunks, RocmAiterFa, SHUFFLE_UNSUPPORTED};
+use attnlab_sim::backends::rocm_aiter_fa::{RocmAiterFa, SHUFFLE_UNSUPPORTED};
 use attnlab_sim::backends::{by_name, AttentionBackend};
 use attnlab_sim::cache::KvCache;
 use attnlab_sim::config::AttnConfig;
@@ -360,7 +361,7 @@ fn nhd_variant_replays_every_paged_fixture_it_supports() {
 #[test]
 fn blog_example_80000_token_prompt_is_prefill_then_one_then_two_context_chunks() {
     let cfg = AttnConfig::new(8, 1, 128, DType::Bf16);
-    let backend = by_name("ROCM_AITER_FA").unwrap();
+    let backend = by_name("ROCM_AITER_FA".parse().unwrap()).unwrap();
     let count = |q: usize, ctx: usize, name: &str| {
         let bs = 16;
         let row: Vec<i32> = (0..(q + ctx).div_ceil(bs) as i32).collect();
@@ -412,7 +413,7 @@ fn blog_example_80000_token_prompt_is_prefill_then_one_then_two_context_chunks()
 
 #[test]
 fn context_chunks_split_the_budget_between_extends_without_block_alignment() {
-    let chunks = context_chunks(&[70, 10, 0], 60).unwrap(); // 20 tokens per request per chunk
+    let chunks = context_chunks(&[70, 10, 0], 60).unwrap().chunks; // 20 tokens per request per chunk
     assert_eq!(chunks.len(), 4);
     assert_eq!(chunks[0].cu_seqlens, vec![0, 20, 30, 30]);
     assert_eq!(chunks[3].cu_seqlens, vec![0, 10, 10, 10]);
@@ -588,7 +589,7 @@ fn flex_check_rejects_what_vllm_rejects() {
         .to_string()
         .contains("quantized kv-cache"));
     assert_eq!(
-        by_name("FLEX_ATTENTION")
+        by_name("FLEX_ATTENTION".parse().unwrap())
             .unwrap()
             .plan(&batch(&[(3, 20)], &cfg, 16, 1).meta, &cfg)[1]
             .name,

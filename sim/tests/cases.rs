@@ -368,7 +368,7 @@ fn an_output_captured_from_an_emulated_backend_replays_bit_exact_on_it() {
     let Case::Paged(p) = &mut f.case else {
         panic!()
     };
-    let b = by_name("TRITON_ATTN").unwrap();
+    let b = by_name("TRITON_ATTN".parse().unwrap()).unwrap();
     let layout = b
         .cache_layout(&p.cfg, p.meta.num_blocks, p.meta.block_size)
         .unwrap();
@@ -479,7 +479,7 @@ fn alibi_with_sinks_shifts_the_sink_by_the_rows_offset_in_vllms_unified_kernel()
         v: (0..layout.numel()).map(|i| val(i + 5)).collect(),
     };
     let query: Vec<f32> = (0..2 * d).map(|i| val(i + 11)).collect();
-    let out = by_name("TRITON_ATTN")
+    let out = by_name("TRITON_ATTN".parse().unwrap())
         .unwrap()
         .forward(&query, &cache, &meta, &cfg)
         .unwrap();

@@ -12,8 +12,8 @@ use attnlab_shared::model::MlaDims;
 use attnlab_shared::selection::Profile;
 use attnlab_sim::backends::mla::rocm_aiter_mla::RocmAiterMla;
 use attnlab_sim::backends::mla::{
-    by_name, mla_backends, plan, run_mla_step, MlaBackend, MlaConfig, MlaDecodeBatch, MlaStep,
-    RankOutput,
+    by_name, mla_backends, parse, plan, run_mla_step, MlaBackend, MlaConfig, MlaDecodeBatch,
+    MlaStep, RankOutput,
 };
 use attnlab_sim::kernels::mla_cache::{concat_and_cache_mla, load_latent, LatentCache};
 use attnlab_sim::kernels::mla_decode::{decode_attention_fwd, KvRow, KvSplits, MlaDecodeParams};
@@ -424,7 +424,7 @@ fn multi_token_decode_is_causal_within_the_request() {
             &out[0].out,
             &oracle(&s, &cache, &w, &cfg),
             tol(DType::Bf16),
-            b.name(),
+            b.name().name(),
         );
     }
 }
@@ -478,7 +478,13 @@ fn aiter_head_padding_is_invisible_in_the_output() {
         let w = MlaWeights::random(heads, DIMS, DType::Bf16, 1);
         let s = step(&[(1, 50), (1, 3)], &cfg, 16, 2);
         let aiter = run(&RocmAiterMla::default(), &s, &w, &cfg).0;
-        let triton = run(by_name("TRITON_MLA").unwrap().as_ref(), &s, &w, &cfg).0;
+        let triton = run(
+            by_name("TRITON_MLA".parse().unwrap()).unwrap().as_ref(),
+            &s,
+            &w,
+            &cfg,
+        )
+        .0;
         assert_eq!(aiter, triton, "{heads} heads");
         let calls = plan(&RocmAiterMla::default(), &s.meta, &cfg).unwrap();
         let q = &calls
@@ -497,7 +503,7 @@ fn aiter_head_padding_is_invisible_in_the_output() {
 #[test]
 fn backends_reject_what_vllm_rejects_with_its_message() {
     let cfg = config(16, DType::Bf16);
-    let triton = by_name("TRITON_MLA").unwrap();
+    let triton = by_name("TRITON_MLA".parse().unwrap()).unwrap();
     let e = triton.check(&cfg, 1).unwrap_err().to_string();
     assert!(
         e.contains(" The selected backend, TRITON_MLA,does not support block size 1."),
@@ -516,7 +522,7 @@ fn backends_reject_what_vllm_rejects_with_its_message() {
         .unwrap_err()
         .to_string()
         .contains("block_size not supported"));
-    let aiter = by_name("ROCM_AITER_MLA").unwrap();
+    let aiter = by_name("ROCM_AITER_MLA".parse().unwrap()).unwrap();
     let e = aiter
         .check(&config(24, DType::Bf16), 1)
         .unwrap_err()
@@ -579,7 +585,7 @@ fn backends_reject_what_vllm_rejects_with_its_message() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("tensor_parallel_size 3"), "{e}");
-    let e = by_name("FLASHMLA")
+    let e = parse("FLASHMLA")
         .err()
         .map(|e| e.to_string())
         .unwrap_or_default();
@@ -602,7 +608,7 @@ fn mismatched_inputs_are_errors_naming_the_value() {
         meta: &s.meta,
     };
     let e = run_mla_step(
-        by_name("TRITON_MLA").unwrap().as_ref(),
+        by_name("TRITON_MLA".parse().unwrap()).unwrap().as_ref(),
         &short,
         &mut cache,
         &w,
@@ -618,7 +624,7 @@ fn mismatched_inputs_are_errors_naming_the_value() {
         meta: &s.meta,
     };
     let e = run_mla_step(
-        by_name("TRITON_MLA").unwrap().as_ref(),
+        by_name("TRITON_MLA".parse().unwrap()).unwrap().as_ref(),
         &ok,
         &mut cache,
         &MlaWeights::random(32, DIMS, DType::Bf16, 1),
@@ -630,7 +636,7 @@ fn mismatched_inputs_are_errors_naming_the_value() {
     let wrong =
         LatentCache::zeros(MlaLayout::new(s.meta.num_blocks, 16, 512, 64, DType::Bf16).unwrap());
     let e = attnlab_sim::backends::mla::forward(
-        by_name("ROCM_AITER_MLA").unwrap().as_ref(),
+        by_name("ROCM_AITER_MLA".parse().unwrap()).unwrap().as_ref(),
         &ok,
         &wrong,
         &w,
@@ -654,9 +660,9 @@ fn mla_decode_fixtures_replay_through_every_backend_that_accepts_them() {
         for b in mla_backends() {
             let r = rows
                 .iter()
-                .find(|r| r.backend == b.name())
+                .find(|r| r.backend == b.name().name())
                 .unwrap_or_else(|| panic!("{name}: no {} row", b.name()));
-            let expected = if name.contains("_b1_") && b.name() == "TRITON_MLA" {
+            let expected = if name.contains("_b1_") && b.name().name() == "TRITON_MLA" {
                 Status::Skipped
             } else {
                 Status::Pass
@@ -691,7 +697,7 @@ fn decode_kernel_agrees_with_the_shared_f64_mla_reference() {
     .unwrap();
     for b in mla_backends() {
         let got = b.forward_mqa(&q, 16, &s.cache, &batch, &cfg).unwrap();
-        assert_close(&got.out, &want, tol(DType::Bf16), b.name());
+        assert_close(&got.out, &want, tol(DType::Bf16), b.name().name());
     }
 }
 
@@ -763,7 +769,7 @@ fn fp8_latent_cache_decodes_like_the_dequantized_math() {
             &out[0].out,
             &oracle(&s, &cache, &w, &cfg),
             tol(DType::Bf16),
-            b.name(),
+            b.name().name(),
         );
     }
 }

@@ -523,7 +523,10 @@ fn seed_era_kernel_block_sizes_split_manager_blocks() {
 
 #[test]
 fn registered_under_vllms_name() {
-    assert_eq!(by_name("ROCM_ATTN").unwrap().name(), "ROCM_ATTN");
+    assert_eq!(
+        by_name("ROCM_ATTN".parse().unwrap()).unwrap().name().name(),
+        "ROCM_ATTN"
+    );
 }
 
 #[test]

@@ -219,12 +219,12 @@ proptest! {
         let s = step(&cfg, block_size, &reqs, f.causal, seed);
         for b in backends() {
             if let Err(e) = b.check(&cfg, block_size) {
-                prop_assert!(b.name() == "ROCM_AITER_UNIFIED_ATTN" && dtype == DType::F32, "{}: {e}", b.name());
+                prop_assert!(b.name().name() == "ROCM_AITER_UNIFIED_ATTN" && dtype == DType::F32, "{}: {e}", b.name());
                 continue;
             }
             let cache = cache_for(b.as_ref(), &s, &cfg);
             let out = b.forward(&s.query, &cache, &s.meta, &cfg).unwrap();
-            assert_matches_reference(&out, &s, &cache, &cfg, b.name());
+            assert_matches_reference(&out, &s, &cache, &cfg, b.name().name());
         }
     }
 
@@ -345,7 +345,7 @@ fn fp8_kv_cache_matches_the_reference_on_both_backends() {
                 .filter(|x| !x.is_nan())
                 .all(|&x| kv_dtype.round(x) == x && x.abs() <= kv_dtype.max_finite()));
             let out = b.forward(&s.query, &cache, &s.meta, &cfg).unwrap();
-            assert_matches_reference(&out, &s, &cache, &cfg, b.name());
+            assert_matches_reference(&out, &s, &cache, &cfg, b.name().name());
         }
     }
 }
@@ -580,9 +580,18 @@ fn rejections_name_the_bad_value() {
         let e = b.check(&sinks, 16).unwrap_err().to_string();
         assert!(e.contains("Sinks must have the same number of heads as the number of heads in the layer. Sinks shape: [3], num_heads: 8."), "{e}");
     }
-    assert_eq!(by_name("TRITON_ATTN").unwrap().name(), "TRITON_ATTN");
     assert_eq!(
-        by_name("ROCM_AITER_UNIFIED_ATTN").unwrap().name(),
+        by_name("TRITON_ATTN".parse().unwrap())
+            .unwrap()
+            .name()
+            .name(),
+        "TRITON_ATTN"
+    );
+    assert_eq!(
+        by_name("ROCM_AITER_UNIFIED_ATTN".parse().unwrap())
+            .unwrap()
+            .name()
+            .name(),
         "ROCM_AITER_UNIFIED_ATTN"
     );
 }
@@ -705,7 +714,7 @@ fn prefill_throughput_gflops() {
         let cache = cache_for(b.as_ref(), &s, &cfg);
         let t0 = std::time::Instant::now();
         b.forward(&s.query, &cache, &s.meta, &cfg).unwrap();
-        report(b.name(), t0.elapsed().as_secs_f64());
+        report(b.name().name(), t0.elapsed().as_secs_f64());
     }
     // The plain f32 attention of the same batch (no tiling), in the same run.
     let cache = cache_for(&TritonAttn::default(), &s, &cfg);

@@ -6,16 +6,19 @@
 //! FLOPs are counted the same way for every implementation: 4 * head_size *
 //! num_heads per visible (query, key) pair (2 for QK^T, 2 for PV). Each
 //! measurement is one warm-up run, then the median of `--repeats` runs.
-//! `--gpu` measures the HIP kernels instead (`super::gpu::bench`); both
+//! `--gpu` measures the HIP kernels instead ([`bench_gpu`]); both
 //! flags run both, the CPU part first.
 
-use super::util::{backend_choice, bounded, emit, progress, Usage};
+use super::util::{backend_choice, bounded, emit, progress, spinner, NoDevice, Usage};
 use anyhow::Context;
+use attnlab_gpu::bench::{self as gpu_bench, BenchOptions, BenchReport};
+use attnlab_gpu::kernels::Gpu;
+use attnlab_gpu::runtime::{DeviceKind, GpuError};
 use attnlab_shared::layout::{KvLayout, LayoutKind};
 use attnlab_shared::limits::{self, MAX_REPEATS, MAX_REQUESTS, MAX_SEQ_LEN};
 use attnlab_shared::metadata::{AttentionMetadata, BlockTableTensor};
 use attnlab_shared::model::preset;
-use attnlab_sim::backends::{by_name, mha_backends, AttentionBackend};
+use attnlab_sim::backends::{self, by_name, mha_backends, AttentionBackend};
 use attnlab_sim::cache::KvCache;
 use attnlab_sim::config::AttnConfig;
 use attnlab_sim::kernels::reshape_and_cache::{reshape_and_cache, CacheWriter};
@@ -200,11 +203,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 .wave
                 .as_deref()
                 .map(|w| if w == "64" { 64 } else { 32 });
-            Some(super::gpu::open_for_bench(
-                &device,
-                wave,
-                args.allow_no_device,
-            )?)
+            Some(open_for_bench(&device, wave, args.allow_no_device)?)
         }
         false => None,
     };
@@ -217,7 +216,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
     }
     if let Some(gpu) = gpu {
-        let value = super::gpu::bench(gpu, &args, repeats)?;
+        let value = bench_gpu(gpu, &args, repeats)?;
         json.insert("gpu".into(), value);
     }
     if args.json {
@@ -252,7 +251,7 @@ fn bench_cpu(args: &Args, repeats: usize) -> anyhow::Result<(Report, String)> {
     let cfg = attnlab_sim::workload::model_config(model)?;
     let backends: Vec<Box<dyn AttentionBackend>> = match backend_choice(&args.backend) {
         None => mha_backends(),
-        Some(name) => vec![by_name(&name)?],
+        Some(name) => vec![by_name(backends::parse(&name)?)?],
     };
     let shapes = [
         Shape {
@@ -396,4 +395,171 @@ fn format_report(r: &Report, shapes: &[Shape]) -> String {
         s += &format!("skipped {b}: {why}\n");
     }
     s
+}
+
+/// The device for `bench --gpu [--device auto|cuda|hip|host]`: `Err(why)`
+/// when there is none and `allow` (`--allow-no-device`), else no device is
+/// an exit-3 error. `auto` takes whichever GPU is present and, unlike
+/// `diff`, does not fall back to the host device: the bench grid's caches
+/// (up to 24 GiB) and the CPU's wall time would take hours and measure no
+/// GPU; the host device runs when named.
+fn open_for_bench(
+    device: &str,
+    wave: Option<u32>,
+    allow: bool,
+) -> anyhow::Result<Result<Gpu, String>> {
+    let opened = match DeviceKind::parse(device, wave)? {
+        DeviceKind::Auto { .. } => Gpu::open(),
+        kind => Gpu::open_kind(kind),
+    };
+    match opened {
+        Ok(g) => Ok(Ok(g)),
+        Err(GpuError::NoDevice(why)) if allow => Ok(Err(why)),
+        Err(GpuError::NoDevice(why)) => {
+            Err(NoDevice(format!("no device, nothing measured: {why}")).into())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// `attnlab bench --gpu`: the table on stdout (text mode), and
+/// `bench-gpu.json` + `bench-gpu.svg` written to `$ATTNLAB_BENCH_DIR`
+/// (default: the current folder); returns the report as JSON (for
+/// `--json`). `--filter`: only the rows whose label contains it
+/// (`attnlab_gpu::bench::row_label`). Without a device (allowed): one line,
+/// and `{"device": null, "skipped": why}`.
+fn bench_gpu(
+    gpu: Result<Gpu, String>,
+    args: &Args,
+    repeats: usize,
+) -> anyhow::Result<serde_json::Value> {
+    let gpu = match gpu {
+        Ok(g) => g,
+        Err(why) => {
+            if !args.json {
+                emit(&format!("no device, nothing measured on a GPU: {why}\n"));
+            }
+            return Ok(serde_json::json!({"device": null, "skipped": why}));
+        }
+    };
+    let opts = BenchOptions {
+        repeats,
+        filter: args.filter.clone(),
+        ..BenchOptions::default()
+    };
+    // Read the comparison file first: a bad file fails before the GPU work.
+    let external = match &args.vllm {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("--vllm {}: cannot read it", path.display()))?;
+            Some(gpu_bench::parse_external_rows(&text).map_err(|e| {
+                anyhow::Error::new(attnlab_shared::error::Error::invalid(
+                    "--vllm",
+                    path.display(),
+                    e,
+                ))
+            })?)
+        }
+        None => None,
+    };
+    let bar = spinner(args.json, "bench --gpu");
+    let report = gpu_bench::run(&gpu, opts);
+    bar.finish_and_clear();
+    let report = report?;
+    let dir = std::path::PathBuf::from(
+        std::env::var_os("ATTNLAB_BENCH_DIR").unwrap_or_else(|| ".".into()),
+    );
+    let text = serde_json::to_string_pretty(&report)?;
+    std::fs::write(dir.join("bench-gpu.json"), &text)?;
+    std::fs::write(dir.join("bench-gpu.svg"), gpu_bench::svg(&report))?;
+    let comparisons = external.as_deref().map(|e| gpu_bench::compare(&report, e));
+    if !args.json {
+        print_bench(&report);
+        if let Some(c) = &comparisons {
+            print_comparisons(c);
+        }
+        emit(&format!(
+            "wrote {} and {}\n",
+            dir.join("bench-gpu.json").display(),
+            dir.join("bench-gpu.svg").display()
+        ));
+    }
+    let mut value = serde_json::to_value(&report)?;
+    if let (Some(c), Some(obj)) = (comparisons, value.as_object_mut()) {
+        obj.insert("vs_external".into(), serde_json::to_value(c)?);
+    }
+    Ok(value)
+}
+
+fn print_comparisons(c: &[gpu_bench::Comparison]) {
+    outln!(
+        "  {:<30} {:<24} {:>5} {:>7} {:>6} {:>9} {:>9} {:>8} {:>8} {:>8}",
+        "ours",
+        "theirs",
+        "batch",
+        "context",
+        "heads",
+        "ours ms",
+        "their ms",
+        "speedup",
+        "ours/cp",
+        "their/cp"
+    );
+    for x in c {
+        outln!(
+            "  {:<30} {:<24} {:>5} {:>7} {:>6} {:>9.4} {:>9.4} {:>7.2}x {:>7.1}% {:>7.1}%",
+            x.kernel,
+            x.external,
+            x.batch,
+            x.context,
+            format!("{}/{}", x.q_heads, x.kv_heads),
+            x.median_ms,
+            x.external_ms,
+            x.speedup,
+            100.0 * x.vs_copy,
+            100.0 * x.external_vs_copy
+        );
+    }
+}
+
+fn print_bench(r: &BenchReport) {
+    outln!(
+        "device: {} ({} SMs), device-to-device copy {:.0} GB/s, f32 peak {:.1} TFLOP/s",
+        r.device.name,
+        r.device.multiprocessors,
+        r.copy_gbps,
+        r.f32_peak_tflops
+    );
+    outln!(
+        "  {:<32} {:>5} {:>7} {:>7} {:>10} {:>9} {:>8} {:>9}",
+        "kernel",
+        "batch",
+        "context",
+        "heads",
+        "median ms",
+        "GB/s",
+        "vs copy",
+        "TFLOP/s"
+    );
+    for row in &r.rows {
+        let tf = row.tflops.map_or(String::new(), |t| {
+            format!(
+                "{t:.2} ({:.0}% of f32 peak)",
+                100.0 * row.vs_f32_peak.unwrap_or(0.0)
+            )
+        });
+        outln!(
+            "  {:<32} {:>5} {:>7} {:>7} {:>10.3} {:>9.0} {:>7.1}% {tf}",
+            row.kernel,
+            row.batch,
+            row.context,
+            format!("{}/{}", row.q_heads, row.kv_heads),
+            row.median_ms,
+            row.gbps,
+            100.0 * row.vs_copy
+        );
+    }
+    for s in &r.skipped {
+        outln!("  skipped: {s}");
+    }
 }

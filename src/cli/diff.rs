@@ -16,7 +16,7 @@
 use super::util::{bounded, exit, no_device, progress, Usage};
 use attnlab_gpu::diff::{select, DiffOptions, KernelReport, KERNEL_DIFFS};
 use attnlab_gpu::kernels::Gpu;
-use attnlab_gpu::runtime::{open_kind_noting, DeviceKind, GpuError};
+use attnlab_gpu::runtime::{DeviceKind, GpuError};
 use attnlab_shared::limits::{MAX_CASES, MAX_SECONDS};
 use serde_json::json;
 use std::process::ExitCode;
@@ -111,7 +111,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .as_deref()
         .map(|w| if w == "64" { 64 } else { 32 });
     let kind = DeviceKind::parse(&device, wave)?;
-    let opened = open_kind_noting(kind).map(|(dev, note)| (Gpu::new(dev), note));
+    let opened = Gpu::open_kind_noting(kind);
     let (gpu, fallback) = match opened {
         Ok(g) => g,
         Err(GpuError::NoDevice(why)) => {

@@ -10,6 +10,7 @@ macro_rules! outln {
 
 pub mod bench;
 pub mod cases;
+pub mod common;
 pub mod diff;
 pub mod gpu;
 pub mod layout;

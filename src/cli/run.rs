@@ -8,10 +8,11 @@
 //! `--tp` sharding the heads. Both end in
 //! the same table, JSON and exit code (0 all matched, 1 a mismatch or bad input).
 
-use super::trace::{check_tp, reject_mla_flags, wrong_family};
+use super::common::{check_tp, reject_mla_flags, wrong_family};
 use super::util::{backend_choice, bounded, emit, exit, progress};
 use attnlab_shared::limits::{MAX_BLOCK_SIZE, MAX_REQUESTS};
 use attnlab_shared::model::{preset, ModelPreset};
+use attnlab_shared::registry::BackendName;
 use attnlab_sim::backends::{self, mla};
 use attnlab_sim::mla_workload::run_mla_workload;
 use attnlab_sim::replay::Status;
@@ -168,23 +169,17 @@ fn spec(a: &Args) -> anyhow::Result<WorkloadSpec> {
 
 /// `all` -> `None`; otherwise a backend of `model`'s family (MHA or MLA), by
 /// vLLM enum name in any case.
-fn backend(model: &ModelPreset, name: &str) -> anyhow::Result<Option<String>> {
+fn backend(model: &ModelPreset, name: &str) -> anyhow::Result<Option<BackendName>> {
     let Some(name) = backend_choice(name) else {
         return Ok(None);
     };
     let (this, other) = if model.is_mla() {
-        (
-            mla::by_name(&name).map(drop),
-            backends::by_name(&name).map(drop),
-        )
+        (mla::parse(&name), backends::parse(&name))
     } else {
-        (
-            backends::by_name(&name).map(drop),
-            mla::by_name(&name).map(drop),
-        )
+        (backends::parse(&name), mla::parse(&name))
     };
     match this {
-        Ok(()) => Ok(Some(name)),
+        Ok(b) => Ok(Some(b)),
         Err(_) if other.is_ok() => Err(wrong_family(&name, model)),
         Err(e) => Err(e.into()),
     }

@@ -15,12 +15,14 @@
 //! `heads / N` heads against the replicated latent cache, so a step lists
 //! them once and the header (JSON: `ranks`) says which heads each rank owns.
 
+use super::common::{check_tp, reject_mla_flags, wrong_family};
 use super::util::{backend_choice, emit, parse_bounded, parse_size};
 use attnlab_shared::limits::{
     MAX_BLOCK_SIZE, MAX_NUM_BLOCKS, MAX_REQUESTS, MAX_SEQ_LEN, MAX_TRACE_TOKENS,
 };
 use attnlab_shared::metadata::AttentionMetadata;
 use attnlab_shared::model::{self, ModelPreset};
+use attnlab_shared::registry::BackendName;
 use attnlab_shared::scheduler::{
     Request, ScheduledStep, Scheduler, SchedulerConfig, DEFAULT_MAX_NUM_BATCHED_TOKENS,
     DEFAULT_MAX_NUM_SEQS,
@@ -113,7 +115,7 @@ enum Layer {
 }
 
 impl Layer {
-    fn name(&self) -> &'static str {
+    fn name(&self) -> BackendName {
         match self {
             Layer::Mha { backend, .. } => backend.name(),
             Layer::Mla { backend, .. } => backend.name(),
@@ -167,8 +169,14 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
 /// first reason is the error.
 fn trace_all(a: &Args) -> anyhow::Result<ExitCode> {
     let names: Vec<&'static str> = match model::preset(&a.model)?.is_mla() {
-        true => mla::mla_backends().iter().map(|b| b.name()).collect(),
-        false => backends::mha_backends().iter().map(|b| b.name()).collect(),
+        true => mla::mla_backends()
+            .iter()
+            .map(|b| b.name().name())
+            .collect(),
+        false => backends::mha_backends()
+            .iter()
+            .map(|b| b.name().name())
+            .collect(),
     };
     let (mut text, mut values, mut skipped, mut first_err) =
         (String::new(), Vec::new(), Vec::new(), None);
@@ -275,9 +283,9 @@ fn setup(a: &Args, name: &str) -> anyhow::Result<Trace> {
     };
     let layer = if preset.is_mla() {
         check_tp(preset, tp)?;
-        let backend = match mla::by_name(name) {
-            Err(_) if backends::by_name(name).is_ok() => return Err(wrong_family(name, preset)),
-            b => b?,
+        let backend = match mla::parse(name) {
+            Err(_) if backends::parse(name).is_ok() => return Err(wrong_family(name, preset)),
+            b => mla::by_name(b?)?,
         };
         // deepseek-r1 is the only MLA preset; its YaRN-scaled softmax scale lives here.
         let cfg = MlaConfig::deepseek_r1(tp);
@@ -289,9 +297,9 @@ fn setup(a: &Args, name: &str) -> anyhow::Result<Trace> {
         Layer::Mla { backend, cfg }
     } else {
         reject_mla_flags(preset, tp, a.scale_down)?;
-        let backend = match backends::by_name(name) {
-            Err(_) if mla::by_name(name).is_ok() => return Err(wrong_family(name, preset)),
-            b => b?,
+        let backend = match backends::parse(name) {
+            Err(_) if mla::parse(name).is_ok() => return Err(wrong_family(name, preset)),
+            b => backends::by_name(b?)?,
         };
         let cfg = AttnConfig::new(
             preset.num_heads,
@@ -331,75 +339,6 @@ fn setup(a: &Args, name: &str) -> anyhow::Result<Trace> {
         ],
         max_steps,
     })
-}
-
-/// `--tp` must divide the preset's head count (every rank gets whole heads).
-pub(super) fn check_tp(preset: &ModelPreset, tp: usize) -> anyhow::Result<()> {
-    if !preset.num_heads.is_multiple_of(tp) {
-        let divisors: Vec<String> = (1..=preset.num_heads)
-            .filter(|&d| preset.num_heads.is_multiple_of(d))
-            .map(|d| d.to_string())
-            .collect();
-        anyhow::bail!(
-            "invalid --tp {tp}: must divide the {} heads of {}; allowed: {}",
-            preset.num_heads,
-            preset.name,
-            divisors.join(", ")
-        );
-    }
-    Ok(())
-}
-
-/// `--tp` and `--scale-down` shape MLA layers only.
-pub(super) fn reject_mla_flags(
-    preset: &ModelPreset,
-    tp: usize,
-    scale_down: bool,
-) -> anyhow::Result<()> {
-    if tp != 1 || scale_down {
-        let flag = if tp != 1 {
-            format!("--tp {tp}")
-        } else {
-            "--scale-down".to_string()
-        };
-        anyhow::bail!(
-            "invalid {flag} for the MHA preset {}: --tp and --scale-down shape MLA layers; allowed with: {}",
-            preset.name,
-            mla_presets().join(", ")
-        );
-    }
-    Ok(())
-}
-
-fn mla_presets() -> Vec<&'static str> {
-    model::PRESETS
-        .iter()
-        .filter(|p| p.is_mla())
-        .map(|p| p.name)
-        .collect()
-}
-
-/// The error for a backend `name` of the other attention family (MHA or MLA)
-/// than `preset`'s, naming the backends the preset allows.
-pub(super) fn wrong_family(name: &str, preset: &ModelPreset) -> anyhow::Error {
-    let (this, that, allowed): (_, _, Vec<&str>) = if preset.is_mla() {
-        (
-            "MLA",
-            "MHA",
-            mla::mla_backends().iter().map(|b| b.name()).collect(),
-        )
-    } else {
-        (
-            "MHA",
-            "MLA",
-            backends::mha_backends().iter().map(|b| b.name()).collect(),
-        )
-    };
-    anyhow::anyhow!(
-        "invalid --backend '{name}': it is an {that} backend and model preset '{}' uses {this}; allowed: {}",
-        preset.name,
-        allowed.join(", ")
-    )
 }
 
 fn step_json(s: &ScheduledStep, plan: &[KernelCall]) -> Value {

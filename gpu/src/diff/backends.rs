@@ -28,6 +28,7 @@ use attnlab_shared::layout::mla::MlaLayout;
 use attnlab_shared::layout::LayoutKind;
 use attnlab_shared::metadata::{AttentionMetadata, BlockTableTensor};
 use attnlab_shared::model::MlaDims;
+use attnlab_shared::registry::BackendName;
 use attnlab_shared::selection::Profile;
 use attnlab_sim::backends::by_name;
 use attnlab_sim::backends::exec::Cpu;
@@ -68,8 +69,9 @@ fn check_draw_budget(draws: usize, cases_done: usize, what: &str, name: &str) ->
     Ok(())
 }
 
-pub fn run(gpu: &Gpu, name: &str, opts: DiffOptions) -> Result<KernelReport> {
-    let backend = by_name(name)?;
+pub fn run(gpu: &Gpu, backend_name: BackendName, opts: DiffOptions) -> Result<KernelReport> {
+    let backend = by_name(backend_name)?;
+    let name = backend_name.name();
     let mut rng = rng_for(name, opts.seed);
     let mut tally = Tally::new(name);
     let mut draws = 0usize;
@@ -123,19 +125,19 @@ pub fn run(gpu: &Gpu, name: &str, opts: DiffOptions) -> Result<KernelReport> {
 
 /// `attnlab diff` entries, one per emulated MHA backend.
 pub fn triton_attn(gpu: &Gpu, opts: DiffOptions) -> Result<KernelReport> {
-    run(gpu, "TRITON_ATTN", opts)
+    run(gpu, BackendName::TritonAttn, opts)
 }
 pub fn rocm_attn(gpu: &Gpu, opts: DiffOptions) -> Result<KernelReport> {
-    run(gpu, "ROCM_ATTN", opts)
+    run(gpu, BackendName::RocmAttn, opts)
 }
 pub fn rocm_aiter_fa(gpu: &Gpu, opts: DiffOptions) -> Result<KernelReport> {
-    run(gpu, "ROCM_AITER_FA", opts)
+    run(gpu, BackendName::RocmAiterFa, opts)
 }
 pub fn rocm_aiter_unified_attn(gpu: &Gpu, opts: DiffOptions) -> Result<KernelReport> {
-    run(gpu, "ROCM_AITER_UNIFIED_ATTN", opts)
+    run(gpu, BackendName::RocmAiterUnifiedAttn, opts)
 }
 pub fn flex_attention(gpu: &Gpu, opts: DiffOptions) -> Result<KernelReport> {
-    run(gpu, "FLEX_ATTENTION", opts)
+    run(gpu, BackendName::FlexAttention, opts)
 }
 
 /// Emulator fmas one MLA case may cost (projections dominate): a few ms.
@@ -315,8 +317,9 @@ fn draw_mla(rng: &mut ChaCha8Rng, backend: &dyn MlaBackend) -> Result<Option<Mla
 
 /// One MLA backend's step on the emulator and through [`GpuExecutor`]:
 /// every rank's output and the latent cache after the write, bit for bit.
-pub fn run_mla(gpu: &Gpu, name: &str, opts: DiffOptions) -> Result<KernelReport> {
-    let backend = mla::by_name(name)?;
+pub fn run_mla(gpu: &Gpu, backend_name: BackendName, opts: DiffOptions) -> Result<KernelReport> {
+    let backend = mla::by_name(backend_name)?;
+    let name = backend_name.name();
     let mut rng = rng_for(name, opts.seed);
     let mut tally = Tally::new(name);
     let mut draws = 0usize;
@@ -388,13 +391,13 @@ pub fn run_mla(gpu: &Gpu, name: &str, opts: DiffOptions) -> Result<KernelReport>
 
 /// `attnlab diff` entries, one per emulated MLA backend.
 pub fn triton_mla(gpu: &Gpu, opts: DiffOptions) -> Result<KernelReport> {
-    run_mla(gpu, "TRITON_MLA", opts)
+    run_mla(gpu, BackendName::TritonMla, opts)
 }
 pub fn rocm_aiter_mla(gpu: &Gpu, opts: DiffOptions) -> Result<KernelReport> {
-    run_mla(gpu, "ROCM_AITER_MLA", opts)
+    run_mla(gpu, BackendName::RocmAiterMla, opts)
 }
 pub fn rocm_aiter_triton_mla(gpu: &Gpu, opts: DiffOptions) -> Result<KernelReport> {
-    run_mla(gpu, "ROCM_AITER_TRITON_MLA", opts)
+    run_mla(gpu, BackendName::RocmAiterTritonMla, opts)
 }
 
 #[cfg(test)]
@@ -402,7 +405,7 @@ mod tests {
     use super::*;
     use rand::SeedableRng;
 
-    fn accepted(name: &str, draws: usize) -> Vec<MlaCase> {
+    fn accepted(name: BackendName, draws: usize) -> Vec<MlaCase> {
         let backend = mla::by_name(name).expect("an MLA backend");
         let mut rng = ChaCha8Rng::seed_from_u64(7);
         (0..draws)

@@ -27,6 +27,8 @@ pub mod reshape_and_cache;
 pub mod unified_attention;
 
 use crate::kernels::Gpu;
+/// The byte helpers moved to the runtime; re-exported for launchers written against this path.
+pub use crate::runtime::bytes::{bits_from_bytes, bytes_of, bytes_of_i32, bytes_of_i64};
 use crate::runtime::Result;
 use attnlab_shared::dtype::DType;
 use attnlab_shared::error::Error as SharedError;
@@ -217,39 +219,6 @@ fn unravel(mut i: usize, shape: &[usize]) -> Vec<usize> {
 pub fn ulp_distance(a: u32, b: u32, dtype: DType) -> u64 {
     use attnlab_sim::fidelity::ordered;
     ordered(a, dtype).abs_diff(ordered(b, dtype))
-}
-
-/// Reinterprets device output bytes as storage bit patterns of `dtype`.
-pub fn bits_from_bytes(bytes: &[u8], dtype: DType) -> Vec<u32> {
-    match dtype.size_bytes() {
-        4 => bytes
-            .chunks_exact(4)
-            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect(),
-        2 => bytes
-            .chunks_exact(2)
-            .map(|c| u16::from_le_bytes([c[0], c[1]]) as u32)
-            .collect(),
-        _ => bytes.iter().map(|&b| b as u32).collect(),
-    }
-}
-
-/// Storage bytes of f32 values that are exact in `dtype` (quantized f32).
-pub fn bytes_of(values: &[f32], dtype: DType) -> Vec<u8> {
-    let mut out = Vec::with_capacity(values.len() * dtype.size_bytes());
-    for &v in values {
-        let b = dtype.to_bits(v);
-        out.extend_from_slice(&b.to_le_bytes()[..dtype.size_bytes()]);
-    }
-    out
-}
-
-pub fn bytes_of_i64(values: &[i64]) -> Vec<u8> {
-    values.iter().flat_map(|v| v.to_le_bytes()).collect()
-}
-
-pub fn bytes_of_i32(values: &[i32]) -> Vec<u8> {
-    values.iter().flat_map(|v| v.to_le_bytes()).collect()
 }
 
 /// The seeded stream one kernel's cases come from (independent per kernel,

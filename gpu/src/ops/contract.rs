@@ -1,7 +1,7 @@
 //! Launchers for `kernels/contract.hip`: the contract functions elementwise.
 
-use crate::diff::{bits_from_bytes, bytes_of};
 use crate::kernels::{dtype_define, Gpu};
+use crate::runtime::bytes::{bits_from_bytes, bytes_of};
 use crate::runtime::{Arg, Buffer, LaunchDims, Result};
 use attnlab_shared::dtype::DType;
 

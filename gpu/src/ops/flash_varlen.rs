@@ -4,8 +4,8 @@
 //! allows it, else the scalar port `flash_attn_varlen_scalar`.
 
 use super::unified_attention::{to_u32, SHARED_MEMORY_LIMIT};
-use crate::diff::{bits_from_bytes, bytes_of, bytes_of_i32};
 use crate::kernels::{dtype_define, Gpu};
+use crate::runtime::bytes::{bits_from_bytes, bytes_of, bytes_of_i32};
 use crate::runtime::{Arg, ArgStruct, Buffer, FunctionId, LaunchDims, Result};
 use attnlab_shared::dtype::DType;
 use attnlab_shared::error::Error;

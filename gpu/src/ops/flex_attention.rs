@@ -5,8 +5,8 @@
 //! block-sparse structure.
 
 use super::unified_attention::{to_u32, validate_metadata, SHARED_MEMORY_LIMIT};
-use crate::diff::{bits_from_bytes, bytes_of, bytes_of_i32};
 use crate::kernels::{dtype_define, Gpu};
+use crate::runtime::bytes::{bits_from_bytes, bytes_of, bytes_of_i32};
 use crate::runtime::{ArgStruct, Buffer, LaunchDims, Result};
 use attnlab_shared::error::Error;
 use attnlab_shared::layout::LayoutKind;

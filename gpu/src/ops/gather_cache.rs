@@ -2,8 +2,8 @@
 //! `attnlab_sim::kernels::gather_cache::cp_mha_gather_cache`.
 
 use super::unified_attention::to_u32;
-use crate::diff::{bits_from_bytes, bytes_of, bytes_of_i32, bytes_of_i64};
 use crate::kernels::{dtype_define, Gpu};
+use crate::runtime::bytes::{bits_from_bytes, bytes_of, bytes_of_i32, bytes_of_i64};
 use crate::runtime::{Arg, Buffer, LaunchDims, Result};
 use attnlab_shared::dtype::DType;
 use attnlab_shared::error::Error;

@@ -1,8 +1,8 @@
 //! Launcher for `kernels/merge_attn_states.hip`, mirroring
 //! `attnlab_sim::kernels::merge_attn_states::merge_attn_states`.
 
-use crate::diff::{bits_from_bytes, bytes_of};
 use crate::kernels::{dtype_define, Gpu};
+use crate::runtime::bytes::{bits_from_bytes, bytes_of};
 use crate::runtime::{Arg, Buffer, LaunchDims, Result};
 use attnlab_shared::dtype::DType;
 use attnlab_shared::error::Error;

@@ -3,8 +3,8 @@
 //! stage 2) for any `KvSplits` (Triton's even splits, AITER's granules).
 
 use super::unified_attention::{to_u32, SHARED_MEMORY_LIMIT};
-use crate::diff::{bits_from_bytes, bytes_of, bytes_of_i32, bytes_of_i64};
 use crate::kernels::{dtype_define, Gpu};
+use crate::runtime::bytes::{bits_from_bytes, bytes_of, bytes_of_i32, bytes_of_i64};
 use crate::runtime::{ArgStruct, Buffer, LaunchDims, Result};
 use attnlab_shared::error::Error;
 use attnlab_sim::kernels::mla_cache::LatentCache;

@@ -9,8 +9,8 @@
 //! values); a value that is not is rejected, naming it.
 
 use super::unified_attention::to_u32;
-use crate::diff::{bits_from_bytes, bytes_of};
 use crate::kernels::{dtype_define, Gpu};
+use crate::runtime::bytes::{bits_from_bytes, bytes_of};
 use crate::runtime::{ArgStruct, Buffer, LaunchDims, Result};
 use attnlab_shared::dtype::DType;
 use attnlab_shared::error::Error;

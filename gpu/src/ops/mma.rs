@@ -138,7 +138,7 @@ pub fn run(gpu: &Gpu, instr: Instr, a: &[u16], b: &[u16], c: &[f32]) -> Result<V
     )?;
     let da = Buffer::from_bytes(dev, &u16_bytes(a))?;
     let db = Buffer::from_bytes(dev, &u16_bytes(b))?;
-    let dc = Buffer::from_bytes(dev, &crate::diff::bytes_of(c, DType::F32))?;
+    let dc = Buffer::from_bytes(dev, &crate::runtime::bytes::bytes_of(c, DType::F32))?;
     let dd = Buffer::zeroed(dev, c.len() * 4)?;
     // one wave per tile, at most 2^16 blocks of 256 threads; waves stride on
     let threads = (n * wave).min(256 * 65536);
@@ -154,5 +154,8 @@ pub fn run(gpu: &Gpu, instr: Instr, a: &[u16], b: &[u16], c: &[f32]) -> Result<V
             Arg::I32(host_target_code(instr.target)),
         ],
     )?;
-    Ok(crate::diff::bits_from_bytes(&dd.to_bytes()?, DType::F32))
+    Ok(crate::runtime::bytes::bits_from_bytes(
+        &dd.to_bytes()?,
+        DType::F32,
+    ))
 }

@@ -3,8 +3,8 @@
 //! Rows that are not decode rows keep the contents of `out` (uploaded first).
 
 use super::unified_attention::{to_u32, validate_metadata, SHARED_MEMORY_LIMIT};
-use crate::diff::{bits_from_bytes, bytes_of, bytes_of_i32};
 use crate::kernels::{qkv_defines, Gpu};
+use crate::runtime::bytes::{bits_from_bytes, bytes_of, bytes_of_i32};
 use crate::runtime::{Arg, ArgStruct, Buffer, LaunchDims, Result};
 use attnlab_shared::dtype::DType;
 use attnlab_shared::error::Error;

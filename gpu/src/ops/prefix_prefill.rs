@@ -6,8 +6,8 @@
 use super::paged_decode::upload;
 use super::reshape_and_cache::layout_code;
 use super::unified_attention::{to_u32, SHARED_MEMORY_LIMIT};
-use crate::diff::bits_from_bytes;
 use crate::kernels::{qkv_defines, Gpu};
+use crate::runtime::bytes::bits_from_bytes;
 use crate::runtime::{ArgStruct, LaunchDims, Result};
 use attnlab_shared::error::Error;
 use attnlab_shared::metadata::AttentionMetadata;

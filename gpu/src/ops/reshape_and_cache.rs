@@ -1,8 +1,8 @@
 //! Launcher for `kernels/reshape_and_cache.hip`, mirroring
 //! `attnlab_sim::kernels::reshape_and_cache::reshape_and_cache`.
 
-use crate::diff::{bits_from_bytes, bytes_of, bytes_of_i64};
 use crate::kernels::{dtype_define, Gpu};
+use crate::runtime::bytes::{bits_from_bytes, bytes_of, bytes_of_i64};
 use crate::runtime::{Arg, Buffer, LaunchDims, Result};
 use attnlab_shared::error::Error;
 use attnlab_shared::layout::LayoutKind;

@@ -3,8 +3,8 @@
 //! the register-tiled `unified_attention_tiled` where it takes the launch
 //! ([`tiled_shared_bytes`]), else the scalar port.
 
-use crate::diff::{bits_from_bytes, bytes_of, bytes_of_i32};
 use crate::kernels::{qkv_defines, Gpu};
+use crate::runtime::bytes::{bits_from_bytes, bytes_of, bytes_of_i32};
 use crate::runtime::{Arg, ArgStruct, Buffer, FunctionId, LaunchDims, Result};
 use attnlab_shared::dtype::DType;
 use attnlab_shared::error::Error;

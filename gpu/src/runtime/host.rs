@@ -59,11 +59,16 @@ pub const HOST_SHARED_LIMIT: u32 = 64 * 1024;
 pub struct HostCompiler {
     pub program: String,
     pub version: String,
+    /// The kernels' portability header (`kernels/portable.h`), which the
+    /// wave runtime (`host_shim.cpp`) is compiled behind; the kernel layer
+    /// hands it in.
+    pub runtime_header: &'static str,
 }
 
 impl HostCompiler {
-    /// `NoDevice` with one line when there is no working compiler.
-    pub fn detect() -> Result<Self> {
+    /// `NoDevice` with one line when there is no working compiler;
+    /// `runtime_header` is `portable.h` (see [`HostCompiler::runtime_header`]).
+    pub fn detect(runtime_header: &'static str) -> Result<Self> {
         let program = std::env::var("ATTNLAB_HOST_CXX").unwrap_or_else(|_| "c++".into());
         let out = Command::new(&program).arg("--version").output().map_err(|e| {
             GpuError::NoDevice(format!(
@@ -80,7 +85,11 @@ impl HostCompiler {
             .next()
             .unwrap_or_default()
             .to_string();
-        Ok(HostCompiler { program, version })
+        Ok(HostCompiler {
+            program,
+            version,
+            runtime_header,
+        })
     }
 
     /// Builds `source` (a `.hip` translation unit as `kernels::translation_unit`
@@ -117,7 +126,7 @@ impl HostCompiler {
     pub fn runtime(&self, wave: u32) -> Result<PathBuf> {
         let file = format!(
             "#define ATTNLAB_HOST_RUNTIME 1\n{}\n#line 1 \"host_launch.h\"\n{HOST_LAUNCH_H}\n#line 1 \"host_shim.cpp\"\n{HOST_SHIM}",
-            crate::kernels::PORTABLE_H
+            self.runtime_header
         );
         let mut args = self.flags(wave);
         // Never unloaded: it installs a fault reporter (a signal handler).
@@ -355,10 +364,11 @@ pub struct HostDevice {
 
 impl HostDevice {
     /// A host device whose kernels see `WAVE_SIZE == wave` (32 or 64). Blocks
-    /// run on `$ATTNLAB_HOST_THREADS` OS threads (default: every core).
-    pub fn open(wave: u32) -> Result<Self> {
+    /// run on `$ATTNLAB_HOST_THREADS` OS threads (default: every core);
+    /// `runtime_header` is the kernels' `portable.h`.
+    pub fn open(wave: u32, runtime_header: &'static str) -> Result<Self> {
         check_wave(wave)?;
-        let compiler = HostCompiler::detect()?;
+        let compiler = HostCompiler::detect(runtime_header)?;
         let workers = std::env::var("ATTNLAB_HOST_THREADS")
             .ok()
             .and_then(|s| s.parse::<u32>().ok())

@@ -8,6 +8,7 @@
 //! GPU stack: one binary finds an NVIDIA or an AMD GPU when it runs; without
 //! one [`open`] returns [`GpuError::NoDevice`] with a one-line reason.
 
+pub mod bytes;
 pub mod cuda;
 pub mod hip;
 pub mod hip_sys;
@@ -338,31 +339,38 @@ impl DeviceKind {
 }
 
 /// Opens the device of `kind`. For `Auto`, the second value says why no GPU
-/// was used when it fell back to the host device.
-pub fn open_kind_noting(kind: DeviceKind) -> Result<(Box<dyn Device>, Option<String>)> {
+/// was used when it fell back to the host device, whose wave runtime is
+/// compiled behind `host_header` (the kernels' `portable.h`).
+pub fn open_kind_noting(
+    kind: DeviceKind,
+    host_header: &'static str,
+) -> Result<(Box<dyn Device>, Option<String>)> {
     match kind {
         DeviceKind::Auto { host_wave } => match open() {
             Ok(d) => Ok((d, None)),
-            Err(GpuError::NoDevice(gpu_why)) => match host::HostDevice::open(host_wave) {
-                Ok(d) => Ok((Box::new(d), Some(gpu_why))),
-                Err(GpuError::NoDevice(host_why)) => {
-                    Err(GpuError::NoDevice(format!("{gpu_why}; host: {host_why}")))
+            Err(GpuError::NoDevice(gpu_why)) => {
+                match host::HostDevice::open(host_wave, host_header) {
+                    Ok(d) => Ok((Box::new(d), Some(gpu_why))),
+                    Err(GpuError::NoDevice(host_why)) => {
+                        Err(GpuError::NoDevice(format!("{gpu_why}; host: {host_why}")))
+                    }
+                    Err(e) => Err(e),
                 }
-                Err(e) => Err(e),
-            },
+            }
             Err(e) => Err(e),
         },
-        other => open_kind(other).map(|d| (d, None)),
+        other => open_kind(other, host_header).map(|d| (d, None)),
     }
 }
 
-/// Opens the device of `kind` (`open` picks a GPU by itself).
-pub fn open_kind(kind: DeviceKind) -> Result<Box<dyn Device>> {
+/// Opens the device of `kind` (`open` picks a GPU by itself); `host_header`
+/// as in [`open_kind_noting`].
+pub fn open_kind(kind: DeviceKind, host_header: &'static str) -> Result<Box<dyn Device>> {
     match kind {
-        DeviceKind::Auto { .. } => open_kind_noting(kind).map(|(d, _)| d),
+        DeviceKind::Auto { .. } => open_kind_noting(kind, host_header).map(|(d, _)| d),
         DeviceKind::Cuda => Ok(Box::new(cuda::CudaDevice::open()?)),
         DeviceKind::Hip => Ok(Box::new(hip::HipDevice::open()?)),
-        DeviceKind::Host { wave } => Ok(Box::new(host::HostDevice::open(wave)?)),
+        DeviceKind::Host { wave } => Ok(Box::new(host::HostDevice::open(wave, host_header)?)),
     }
 }
 

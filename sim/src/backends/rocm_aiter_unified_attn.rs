@@ -18,13 +18,13 @@
 //! sinks, sliding window, soft-cap, ALiBi, fp8 KV. The gfx1250 shuffled-cache
 //! path is stale in vLLM (§19.17) and not emulated.
 
-use crate::backends::triton_attn::{UnifiedBackend, UnifiedKernel, UnifiedShape};
+use crate::backends::unified::{UnifiedBackend, UnifiedKernel, UnifiedShape};
 use crate::config::AttnConfig;
 use crate::kernels::reshape_and_cache::CacheWriter;
 use crate::kernels::unified_attention::{UnifiedLaunch, VllmLaunchOptions, MI300X_CU_COUNT};
-use attnlab_shared::dtype::DType;
 use attnlab_shared::error::Result;
 use attnlab_shared::metadata::AttentionMetadata;
+use attnlab_shared::registry::BackendName;
 
 /// ROCM_AITER_UNIFIED_ATTN: the unified shape with AITER's kernel.
 pub type RocmAiterUnifiedAttn = UnifiedBackend<AiterKernel>;
@@ -49,9 +49,8 @@ impl Default for AiterKernel {
 impl UnifiedKernel for AiterKernel {
     /// The HIP writer (no shuffle layout), fp16/bf16 only, customize_spec's message.
     const SHAPE: UnifiedShape = UnifiedShape {
-        name: "ROCM_AITER_UNIFIED_ATTN",
+        name: BackendName::RocmAiterUnifiedAttn,
         writer: CacheWriter::ReshapeAndCacheFlash,
-        dtypes: &[DType::F16, DType::Bf16],
         block_size_reason: "Block size must be a multiple of 16.",
     };
 

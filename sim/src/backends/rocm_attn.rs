@@ -14,27 +14,36 @@
 //! sinks. Encoder layers (non-causal) run the prefix kernel with CAUSAL off
 //! (0.33's `causal` argument); vLLM's separate encoder kernel is not emulated.
 
-use crate::backends::exec::KernelExecutor;
-use crate::backends::{AttentionBackend, KernelCall};
-use crate::cache::KvCache;
+use crate::backends::capability::Capability::{self, *};
+use crate::backends::capability::Words::{self, *};
+use crate::backends::capability::{capabilities_of, check_capabilities};
+use crate::backends::steps::{Paged, Step, SubBatch};
+use crate::backends::AttentionBackend;
 use crate::config::AttnConfig;
-use crate::kernels::paged_decode::{max_num_partitions, PARTITION_SIZE_ROCM};
-use crate::kernels::prefix_prefill::PrefixVariant;
 use crate::kernels::reshape_and_cache::CacheWriter;
-use attnlab_shared::block_table::{select_kernel_block_size, KernelBlockSize};
+use attnlab_shared::block_table::select_kernel_block_size;
 use attnlab_shared::dtype::DType;
 use attnlab_shared::error::{Error, Result};
 use attnlab_shared::layout::LayoutKind;
 use attnlab_shared::metadata::AttentionMetadata;
+use attnlab_shared::registry::{BackendName, ROCM_ATTN_SEED_ERA_KERNEL_BLOCK_SIZES};
 
-/// `RocmAttentionBackend.get_supported_head_sizes()`.
-pub const SUPPORTED_HEAD_SIZES: [usize; 9] = [32, 64, 80, 96, 128, 160, 192, 224, 256];
-/// Seed-era `get_supported_kernel_block_sizes()`.
-pub const SEED_KERNEL_BLOCK_SIZES: [KernelBlockSize; 3] = [
-    KernelBlockSize::Exact(16),
-    KernelBlockSize::Exact(32),
-    KernelBlockSize::Exact(544),
+/// What `check` tests, in vLLM's order and words (the sets: the registry's).
+#[rustfmt::skip]
+const CHECKS: &[(Capability, Words)] = &[
+    (
+        HeadSize,
+        Invalid(
+            "head_size",
+            "Head size {value} is not supported by RocmAttention. Supported head sizes are: {allowed}. \
+             Set --attention-backend=FLEX_ATTENTION to use FlexAttention backend which supports all head sizes.",
+        ),
+    ),
+    (Dtype, Invalid("dtype", "dtype not supported: ROCM_ATTN supports {allowed}")),
+    (BlockSize, Invalid("block_size", "Block size must be a multiple of 16.")),
+    (Sinks, Unsupported("ROCM_ATTN with sinks", "attention sinks not supported")),
 ];
+
 /// `use_rocm_custom_paged_attention`'s context cap (the reduce's npar_loops <= 8).
 pub const CUSTOM_PA_MAX_SEQ_LEN: usize = 128 * 1024;
 
@@ -46,14 +55,9 @@ pub enum RocmAttnProfile {
     V0_33,
 }
 
-/// The decode kernel a batch's query_len == 1 rows run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DecodeKernel {
-    /// HIP ll4mi partitions + reduce (CDNA launcher).
-    Ll4mi,
-    /// Triton `kernel_paged_attention_2d`.
-    Triton2d,
-}
+/// The decode kernel a batch's query_len == 1 rows run: [`Paged::Ll4mi`]
+/// (HIP ll4mi partitions + reduce, CDNA launcher) or [`Paged::Triton2d`].
+pub type DecodeKernel = Paged;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RocmAttn {
@@ -86,15 +90,6 @@ impl RocmAttn {
         }
     }
 
-    /// The config the kernels see: the profile's window, no soft-cap.
-    fn kernel_config(&self, cfg: &AttnConfig) -> AttnConfig {
-        AttnConfig {
-            sliding_window: self.kernel_window(cfg.sliding_window),
-            softcap: None,
-            ..cfg.clone()
-        }
-    }
-
     /// `use_rocm_custom_paged_attention` on CDNA, plus the power-of-two block
     /// check of `chunked_prefill_paged_decode` (our x-packed cache is always native).
     pub fn decode_kernel(&self, meta: &AttentionMetadata, cfg: &AttnConfig) -> DecodeKernel {
@@ -113,37 +108,23 @@ impl RocmAttn {
         }
     }
 
-    /// `forward` with the decode rows' kernel chosen by the caller (replay
-    /// of a capture that records which one ran, e.g. Triton's on NVIDIA,
-    /// where `use_rocm_custom_paged_attention()` is false).
-    pub fn forward_with_decode(
-        &self,
-        ex: &dyn KernelExecutor,
-        query: &[f32],
-        cache: &KvCache,
-        meta: &AttentionMetadata,
-        cfg: &AttnConfig,
-        decode: DecodeKernel,
-    ) -> Result<Vec<f32>> {
-        self.check(cfg, meta.block_size)?;
-        let kcfg = self.kernel_config(cfg);
-        let mut out = vec![0f32; meta.num_actual_tokens * cfg.num_heads * cfg.head_size];
+    /// `chunked_prefill_paged_decode` over the whole batch: the prefix
+    /// prefill of the query_len > 1 rows (if any), then `decode` on the rest
+    /// (replay passes the kernel a capture records, e.g. Triton's on NVIDIA,
+    /// to [`AttentionBackend::forward_route`]).
+    pub fn route_with_decode(meta: &AttentionMetadata, decode: DecodeKernel) -> Vec<SubBatch> {
+        let mut steps = vec![];
         if meta.max_query_len > 1 {
-            ex.context_attention_fwd(query, cache, meta, &kcfg, true, &mut out)?;
+            steps.push(Step::Paged(Paged::PrefixPrefill));
         }
-        match decode {
-            DecodeKernel::Ll4mi => {
-                ex.paged_attention_ll4mi(query, cache, meta, &kcfg, PARTITION_SIZE_ROCM, &mut out)?
-            }
-            DecodeKernel::Triton2d => ex.paged_attention_2d(query, cache, meta, &kcfg, &mut out)?,
-        }
-        Ok(out)
+        steps.push(Step::Paged(decode));
+        vec![SubBatch::all(steps)]
     }
 }
 
 impl AttentionBackend for RocmAttn {
-    fn name(&self) -> &'static str {
-        "ROCM_ATTN"
+    fn name(&self) -> BackendName {
+        BackendName::RocmAttn
     }
 
     /// Fixtures record the kernel's window; the seed-era forward subtracts
@@ -159,44 +140,15 @@ impl AttentionBackend for RocmAttn {
         })
     }
 
+    /// The registry's head sizes, dtypes, kernel block sizes (a multiple
+    /// of 16) and no sinks, in vLLM's words.
     fn check(&self, cfg: &AttnConfig, block_size: usize) -> Result<()> {
         cfg.validate()?;
-        if !SUPPORTED_HEAD_SIZES.contains(&cfg.head_size) {
-            return Err(Error::invalid(
-                "head_size",
-                cfg.head_size,
-                format!(
-                    "Head size {} is not supported by RocmAttention. Supported head sizes are: {:?}. \
-                     Set --attention-backend=FLEX_ATTENTION to use FlexAttention backend which supports all head sizes.",
-                    cfg.head_size, SUPPORTED_HEAD_SIZES
-                ),
-            ));
-        }
-        if !matches!(cfg.dtype, DType::F16 | DType::Bf16 | DType::F32) {
-            return Err(Error::invalid(
-                "dtype",
-                cfg.dtype,
-                "dtype not supported: ROCM_ATTN supports float16, bfloat16, float32",
-            ));
-        }
-        if block_size == 0 || block_size % 16 != 0 {
-            return Err(Error::invalid(
-                "block_size",
-                block_size,
-                "Block size must be a multiple of 16.",
-            ));
-        }
-        if cfg.sinks.is_some() {
-            return Err(Error::unsupported(
-                "ROCM_ATTN with sinks",
-                "attention sinks not supported",
-            ));
-        }
-        Ok(())
+        check_capabilities(self.name(), cfg, block_size, CHECKS)
     }
 
     fn kernel_block_size(&self, block_size: usize) -> Result<usize> {
-        if block_size == 0 || block_size % 16 != 0 {
+        if !capabilities_of(self.name())?.supports_block_size(block_size) {
             return Err(Error::invalid(
                 "block_size",
                 block_size,
@@ -206,9 +158,11 @@ impl AttentionBackend for RocmAttn {
         match self.profile {
             RocmAttnProfile::V0_33 => Ok(block_size),
             // The size itself if listed, else the largest listed divisor (16 always divides).
-            RocmAttnProfile::SeedEra => {
-                select_kernel_block_size(block_size, self.name(), &SEED_KERNEL_BLOCK_SIZES)
-            }
+            RocmAttnProfile::SeedEra => select_kernel_block_size(
+                block_size,
+                self.name().name(),
+                ROCM_ATTN_SEED_ERA_KERNEL_BLOCK_SIZES,
+            ),
         }
     }
 
@@ -230,73 +184,16 @@ impl AttentionBackend for RocmAttn {
         }
     }
 
-    fn forward_with(
-        &self,
-        ex: &dyn KernelExecutor,
-        query: &[f32],
-        cache: &KvCache,
-        meta: &AttentionMetadata,
-        cfg: &AttnConfig,
-    ) -> Result<Vec<f32>> {
-        self.forward_with_decode(ex, query, cache, meta, cfg, self.decode_kernel(meta, cfg))
+    /// The config the kernels see: the profile's window, no soft-cap.
+    fn kernel_config(&self, cfg: &AttnConfig) -> AttnConfig {
+        AttnConfig {
+            sliding_window: self.kernel_window(cfg.sliding_window),
+            softcap: None,
+            ..cfg.clone()
+        }
     }
 
-    fn plan(&self, meta: &AttentionMetadata, cfg: &AttnConfig) -> Vec<KernelCall> {
-        let (t, hq, hkv, d) = (
-            meta.num_actual_tokens,
-            cfg.num_heads,
-            cfg.num_kv_heads,
-            cfg.head_size,
-        );
-        let n = meta.num_reqs();
-        let Ok(layout) = self.cache_layout(cfg, meta.num_blocks, meta.block_size) else {
-            return vec![];
-        };
-        let (k_cache, v_cache) = (layout.k_shape(), layout.v_shape());
-        let mut calls = vec![self.cache_writer(meta.block_size).kernel_call(&layout, t)];
-        let qo = [
-            ("query", vec![t, hq, d]),
-            ("output", vec![t, hq, d]),
-            ("key_cache", k_cache),
-            ("value_cache", v_cache),
-        ];
-        if meta.max_query_len > 1 {
-            let v = PrefixVariant::for_config(cfg);
-            let mut shapes = qo.to_vec();
-            shapes.push(("grid", vec![n, hq, meta.max_query_len.div_ceil(v.block_m)]));
-            calls.push(KernelCall::new(v.kernel, &shapes));
-        }
-        match self.decode_kernel(meta, cfg) {
-            DecodeKernel::Ll4mi => {
-                let p = max_num_partitions(meta.max_seq_len, PARTITION_SIZE_ROCM);
-                let name = if cfg.queries_per_kv() <= 4 {
-                    "paged_attention_ll4mi_QKV_mfma4_kernel"
-                } else {
-                    "paged_attention_ll4mi_QKV_mfma16_kernel"
-                };
-                let mut shapes = qo.to_vec();
-                shapes.extend([
-                    ("grid", vec![n, p, hkv]),
-                    ("exp_sums", vec![n, hq, p]),
-                    ("max_logits", vec![n, hq, p]),
-                    ("tmp_out", vec![n, hq, p, d]),
-                ]);
-                calls.push(KernelCall::new(name, &shapes));
-                calls.push(KernelCall::new(
-                    "paged_attention_ll4mi_reduce_kernel",
-                    &[
-                        ("grid", vec![hq, n]),
-                        ("tmp_out", vec![n, hq, p, d]),
-                        ("output", vec![t, hq, d]),
-                    ],
-                ));
-            }
-            DecodeKernel::Triton2d => {
-                let mut shapes = qo.to_vec();
-                shapes.push(("grid", vec![n, hkv]));
-                calls.push(KernelCall::new("kernel_paged_attention_2d", &shapes));
-            }
-        }
-        calls
+    fn route(&self, meta: &AttentionMetadata, cfg: &AttnConfig) -> Result<Vec<SubBatch>> {
+        Ok(Self::route_with_decode(meta, self.decode_kernel(meta, cfg)))
     }
 }

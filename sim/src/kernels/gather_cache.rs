@@ -116,30 +116,6 @@ impl GatherChunk {
         })
     }
 
-    /// Splits per-request context lengths into chunks of at most
-    /// `max_chunk` tokens per request (not block aligned): chunk c covers
-    /// positions `[c * max_chunk, min(ctx, (c + 1) * max_chunk))` of each
-    /// request, possibly none; `cdiv(max ctx, max_chunk)` chunks.
-    pub fn split_contexts(ctx_lens: &[usize], max_chunk: usize) -> Result<Vec<GatherChunk>> {
-        if max_chunk == 0 {
-            return Err(Error::invalid(
-                "context chunk size",
-                0,
-                "must be >= 1 token per request",
-            ));
-        }
-        let num_chunks = ctx_lens.iter().max().unwrap_or(&0).div_ceil(max_chunk);
-        (0..num_chunks)
-            .map(|c| {
-                let lens: Vec<usize> = ctx_lens
-                    .iter()
-                    .map(|&n| n.min((c + 1) * max_chunk).saturating_sub(c * max_chunk))
-                    .collect();
-                GatherChunk::new(vec![c * max_chunk; ctx_lens.len()], &lens)
-            })
-            .collect()
-    }
-
     /// Checks the public fields still describe one consistent launch (as
     /// [`GatherChunk::new`] builds them), so the kernel never indexes out of bounds.
     pub fn validate(&self) -> Result<()> {

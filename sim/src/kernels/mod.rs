@@ -18,3 +18,26 @@ pub mod prefix_prefill;
 pub mod reshape_and_cache;
 pub mod softmax;
 pub mod unified_attention;
+
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+/// One kernel launch as `attnlab trace` shows it: the vLLM/AITER kernel name
+/// and the shapes of its main tensors.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct KernelCall {
+    pub name: String,
+    pub shapes: BTreeMap<String, Vec<usize>>,
+}
+
+impl KernelCall {
+    pub fn new(name: &str, shapes: &[(&str, Vec<usize>)]) -> Self {
+        KernelCall {
+            name: name.to_string(),
+            shapes: shapes
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect(),
+        }
+    }
+}

@@ -29,9 +29,9 @@
 //! has no explicit clamp, so out-of-range values are implementation-defined
 //! on the GPU; the emulator saturates for every writer.
 
-use crate::backends::KernelCall;
 use crate::cache::KvCache;
 use crate::config::AttnConfig;
+use crate::kernels::KernelCall;
 use attnlab_shared::dtype::DType;
 use attnlab_shared::error::{Error, Result};
 use attnlab_shared::layout::{KvLayout, LayoutKind};

@@ -88,9 +88,9 @@
 use super::softmax::{
     dequant_kv, visible, DimOffsets, KvTile, MaskedRowMax, RowState, ScoreParams,
 };
-use crate::backends::KernelCall;
 use crate::cache::KvCache;
 use crate::config::AttnConfig;
+use crate::kernels::KernelCall;
 use crate::numerics::{exp2c, SoftcapFormula};
 use crate::profile::VllmProfile;
 use attnlab_shared::error::{Error, Result};

@@ -15,6 +15,7 @@
 //! `r * N/tp .. (r+1) * N/tp` against the full (replicated) latent cache.
 
 pub mod common;
+pub mod decode_steps;
 pub mod rocm_aiter_mla;
 pub mod rocm_aiter_triton_mla;
 pub mod triton_mla;
@@ -26,15 +27,13 @@ pub use common::{
 
 use super::exec::{Cpu, KernelExecutor};
 use super::KernelCall;
-use crate::fixture::MlaCase;
 use crate::kernels::mla_cache::LatentCache;
 use crate::kernels::mla_decode::MlaDecodeOutput;
 use attnlab_shared::dtype::DType;
 use attnlab_shared::error::{Error, Result};
-use attnlab_shared::layout::mla::MlaLayout;
 use attnlab_shared::metadata::AttentionMetadata;
 use attnlab_shared::model::{preset, MlaDims};
-use attnlab_shared::registry::Capabilities;
+use attnlab_shared::registry::{BackendName, Capabilities};
 use attnlab_shared::selection::Profile;
 
 /// Compute units of an MI300X (gfx942): sizes TRITON_MLA's split count.
@@ -217,8 +216,8 @@ impl MlaDecodeBatch<'_> {
 /// An emulated MLA backend: the decode half of vLLM's `MLAAttentionImpl`.
 /// Everything else (cache write, projections, prefill) is [`common`].
 pub trait MlaBackend: Send + Sync {
-    /// vLLM's enum name, e.g. "TRITON_MLA".
-    fn name(&self) -> &'static str;
+    /// vLLM's enum member, e.g. `TRITON_MLA`.
+    fn name(&self) -> BackendName;
 
     /// Rejects what vLLM rejects (block size, heads per rank, dtypes,
     /// features) with vLLM's message; `block_size` is the manager block size.
@@ -237,6 +236,15 @@ pub trait MlaBackend: Send + Sync {
         self.forward_mqa_with(&Cpu, q, heads, cache, batch, cfg)
     }
 
+    /// The routing: the decode kernel (and its launch metadata) for the
+    /// decode tokens of `batch` on `heads` heads.
+    fn route_mqa(
+        &self,
+        batch: &MlaDecodeBatch,
+        heads: usize,
+        cfg: &MlaConfig,
+    ) -> Result<decode_steps::MlaDecode>;
+
     /// [`MlaBackend::forward_mqa`] with the decode kernel launched through `ex`.
     fn forward_mqa_with(
         &self,
@@ -246,7 +254,10 @@ pub trait MlaBackend: Send + Sync {
         cache: &LatentCache,
         batch: &MlaDecodeBatch,
         cfg: &MlaConfig,
-    ) -> Result<MlaDecodeOutput>;
+    ) -> Result<MlaDecodeOutput> {
+        let step = self.route_mqa(batch, heads, cfg)?;
+        decode_steps::run(ex, &step, q, heads, cache, batch, cfg)
+    }
 
     /// The kernel launches `forward_mqa` makes (what `attnlab trace` shows).
     fn plan_mqa(
@@ -254,7 +265,10 @@ pub trait MlaBackend: Send + Sync {
         batch: &MlaDecodeBatch,
         heads: usize,
         cfg: &MlaConfig,
-    ) -> Result<Vec<KernelCall>>;
+    ) -> Result<Vec<KernelCall>> {
+        let step = self.route_mqa(batch, heads, cfg)?;
+        Ok(decode_steps::render(&step, batch, heads, cfg))
+    }
 
     /// Whether decode rows must share one query length (vLLM's
     /// `query_len_support == UNIFORM`), which shapes the decode split.
@@ -273,61 +287,19 @@ pub fn mla_backends() -> Vec<Box<dyn MlaBackend>> {
 }
 
 /// Looks an MLA backend up by vLLM enum name, naming the emulated ones when it fails.
-pub fn by_name(name: &str) -> Result<Box<dyn MlaBackend>> {
+pub fn by_name(name: BackendName) -> Result<Box<dyn MlaBackend>> {
     let all = mla_backends();
-    let names: Vec<&str> = all.iter().map(|b| b.name()).collect();
-    let joined = names.join(", ");
-    all.into_iter().find(|b| b.name() == name).ok_or_else(|| {
-        Error::invalid(
-            "MLA backend",
-            format!("'{name}'"),
-            format!("emulated MLA backends: {joined}"),
-        )
-    })
+    let emulated: Vec<BackendName> = all.iter().map(|b| b.name()).collect();
+    all.into_iter()
+        .find(|b| b.name() == name)
+        .ok_or_else(|| super::not_emulated("MLA backend", name.name(), &emulated))
 }
 
-/// The configuration an `mla_decode` fixture describes: its heads, latent
-/// widths, scale and dtype, and the producer's split count.
-pub fn replay_config(case: &MlaCase, dtype: DType) -> MlaConfig {
-    let dims = MlaDims {
-        kv_lora_rank: case.kv_lora_rank,
-        qk_rope_head_dim: case.qk_rope_head_dim,
-        ..MlaConfig::deepseek_r1(1).dims
-    };
-    MlaConfig {
-        num_heads: case.num_heads,
-        dims,
-        scale: case.scale,
-        dtype,
-        kv_dtype: dtype,
-        num_kv_splits: Some(case.num_kv_splits),
-        ..MlaConfig::deepseek_r1(1)
-    }
-}
-
-/// Runs an `mla_decode` fixture (absorbed queries, one token per sequence)
-/// through `backend`'s `forward_mqa` under `cfg` ([`replay_config`]):
-/// `[num_seqs, num_heads, kv_lora_rank]` in `cfg.dtype`. `check` runs
-/// first, so TRITON_MLA refuses a block-size-1 case as vLLM would.
-pub fn replay_mla_decode(
-    backend: &dyn MlaBackend,
-    case: &MlaCase,
-    cfg: &MlaConfig,
-) -> Result<Vec<f32>> {
-    backend.check(cfg, case.meta.block_size)?;
-    let layout = MlaLayout::new(
-        case.meta.num_blocks,
-        case.meta.block_size,
-        case.kv_lora_rank,
-        case.qk_rope_head_dim,
-        cfg.dtype,
-    )?;
-    let cache = LatentCache::from_tensor(layout, case.kv_cache.clone())?;
-    let batch = MlaDecodeBatch {
-        meta: &case.meta,
-        num_decodes: case.meta.num_reqs(),
-    };
-    Ok(backend
-        .forward_mqa(&case.query, case.num_heads, &cache, &batch, cfg)?
-        .out)
+/// Parses an emulated MLA backend's vLLM enum name (exact): where a name
+/// becomes a [`BackendName`] (the CLI edge); the error names the emulated ones.
+pub fn parse(name: &str) -> Result<BackendName> {
+    let emulated: Vec<BackendName> = mla_backends().iter().map(|b| b.name()).collect();
+    BackendName::from_name(name)
+        .filter(|n| emulated.contains(n))
+        .ok_or_else(|| super::not_emulated("MLA backend", name, &emulated))
 }

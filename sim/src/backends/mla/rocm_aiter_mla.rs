@@ -15,15 +15,12 @@
 //! fp8 caches are read like TRITON_MLA (dequantized to the query dtype);
 //! AITER's fp8-query asm variant (q quantized with q_scale) is not modelled.
 
+pub use super::decode_steps::HeadPadding;
+use super::decode_steps::MlaDecode;
 use super::{MlaBackend, MlaConfig, MlaDecodeBatch};
-use crate::backends::exec::KernelExecutor;
-use crate::backends::KernelCall;
-use crate::kernels::mla_cache::LatentCache;
-use crate::kernels::mla_decode::{
-    aiter_num_kv_splits, AiterPaging, MlaDecodeOutput, MlaDecodeParams,
-};
-use attnlab_shared::dtype::DType;
+use crate::kernels::mla_decode::AiterPaging;
 use attnlab_shared::error::{Error, Result};
+use attnlab_shared::registry::BackendName;
 use attnlab_shared::registry::ROCM_AITER_MLA;
 use attnlab_shared::selection::Profile;
 
@@ -37,16 +34,6 @@ impl Default for RocmAiterMla {
     fn default() -> Self {
         RocmAiterMla { page_size: 1 }
     }
-}
-
-/// How `_forward_mqa` pads a head count the asm kernels lack.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HeadPadding {
-    None,
-    /// H divides 16: each head repeated 16/H times, every (16/H)-th kept.
-    RepeatInterleave(usize),
-    /// Other H <= 128: heads tiled up to the next multiple of 16, `[:H]` kept.
-    Tile(usize),
 }
 
 impl RocmAiterMla {
@@ -100,47 +87,13 @@ impl RocmAiterMla {
     }
 }
 
-/// `q [T, H, W]` with heads rearranged as `padding` says; `None` returns a copy.
-fn pad_heads(q: &[f32], heads: usize, w: usize, padding: HeadPadding) -> (Vec<f32>, usize) {
-    let (hp, src): (usize, Box<dyn Fn(usize) -> usize>) = match padding {
-        HeadPadding::None => (heads, Box::new(|i| i)),
-        HeadPadding::RepeatInterleave(r) => (heads * r, Box::new(move |i| i / r)),
-        HeadPadding::Tile(hp) => (hp, Box::new(move |i| i % heads)),
-    };
-    let out = q
-        .chunks_exact(heads * w)
-        .flat_map(|row| {
-            (0..hp)
-                .flat_map(|i| row[src(i) * w..(src(i) + 1) * w].iter().copied())
-                .collect::<Vec<_>>()
-        })
-        .collect();
-    (out, hp)
-}
-
-/// The real heads' outputs (`[T, hp, d]` -> `[T, heads, d]`).
-fn unpad_heads(x: &[f32], heads: usize, hp: usize, d: usize, padding: HeadPadding) -> Vec<f32> {
-    let pos = |h: usize| {
-        if let HeadPadding::RepeatInterleave(r) = padding {
-            h * r
-        } else {
-            h
-        }
-    };
-    x.chunks_exact(hp * d)
-        .flat_map(|row| {
-            (0..heads).flat_map(move |h| row[pos(h) * d..(pos(h) + 1) * d].iter().copied())
-        })
-        .collect()
-}
-
 impl MlaBackend for RocmAiterMla {
-    fn name(&self) -> &'static str {
-        "ROCM_AITER_MLA"
+    fn name(&self) -> BackendName {
+        BackendName::RocmAiterMla
     }
 
     fn check(&self, cfg: &MlaConfig, block_size: usize) -> Result<()> {
-        cfg.check_common(self.name(), &ROCM_AITER_MLA, "Aiter MLA does not support one of the following: alibi_slopes, sliding_window, logits_soft_cap")?;
+        cfg.check_common(self.name().name(), &ROCM_AITER_MLA, "Aiter MLA does not support one of the following: alibi_slopes, sliding_window, logits_soft_cap")?;
         Self::head_padding(cfg.heads_per_rank(), cfg.profile)?;
         if !ROCM_AITER_MLA.supports_block_size(block_size) || block_size % self.page_size != 0 {
             return Err(Error::invalid(
@@ -155,84 +108,20 @@ impl MlaBackend for RocmAiterMla {
         Ok(())
     }
 
-    fn forward_mqa_with(
+    /// `_forward_mqa`: the heads padded as the profile says, then AITER's
+    /// `mla_decode_fwd` over the decode requests' pages (`_build_decode`).
+    fn route_mqa(
         &self,
-        ex: &dyn KernelExecutor,
-        q: &[f32],
-        heads: usize,
-        cache: &LatentCache,
         batch: &MlaDecodeBatch,
+        heads: usize,
         cfg: &MlaConfig,
-    ) -> Result<MlaDecodeOutput> {
+    ) -> Result<MlaDecode> {
         let padding = Self::head_padding(heads, cfg.profile)?;
-        let paging = self.build_paging(batch)?;
-        let (w, lkv) = (cfg.dims.latent_width(), cfg.dims.kv_lora_rank);
-        let (q_pad, hp) = pad_heads(q, heads, w, padding);
-        let p = MlaDecodeParams {
-            num_heads: hp,
-            scale: cfg.scale,
-            q_dtype: cfg.dtype,
-            kv_scale: cfg.k_scale,
-            out_dtype: cfg.dtype,
-            lse_dtype: DType::F32,
-        };
-        let o = ex.mla_decode_fwd(
-            &q_pad,
-            cache,
-            &paging,
-            batch.meta.causal,
-            cfg.num_kv_splits,
-            cfg.num_cus,
-            &p,
-        )?;
-        Ok(MlaDecodeOutput {
-            out: unpad_heads(&o.out, heads, hp, lkv, padding),
-            lse: unpad_heads(&o.lse, heads, hp, 1, padding),
+        Ok(MlaDecode::AiterPaged {
+            paging: self.build_paging(batch)?,
+            padding,
+            page_size: self.page_size,
         })
-    }
-
-    fn plan_mqa(
-        &self,
-        batch: &MlaDecodeBatch,
-        heads: usize,
-        cfg: &MlaConfig,
-    ) -> Result<Vec<KernelCall>> {
-        let hp = match Self::head_padding(heads, cfg.profile)? {
-            HeadPadding::None => heads,
-            HeadPadding::RepeatInterleave(r) => heads * r,
-            HeadPadding::Tile(hp) => hp,
-        };
-        let paging = self.build_paging(batch)?;
-        let (t, bs) = (batch.num_decode_tokens(), paging.batch_size());
-        let total_kv: usize = (0..bs).map(|b| paging.kv_len(b)).sum();
-        let s = cfg
-            .num_kv_splits
-            .unwrap_or_else(|| aiter_num_kv_splits(bs, total_kv, cfg.num_cus));
-        let (lkv, w) = (cfg.dims.kv_lora_rank, cfg.dims.latent_width());
-        Ok(vec![
-            KernelCall::new(
-                "mla_decode_stage1_asm_fwd",
-                &[
-                    ("q", vec![t, hp, w]),
-                    (
-                        "kv_buffer",
-                        vec![
-                            batch.meta.num_blocks * batch.meta.block_size / self.page_size,
-                            self.page_size,
-                            1,
-                            w,
-                        ],
-                    ),
-                    ("kv_indptr", vec![bs + 1]),
-                    ("kv_indices", vec![paging.kv_indices.len()]),
-                    ("logits", vec![t, s, hp, lkv]),
-                ],
-            ),
-            KernelCall::new(
-                "_fwd_kernel_stage2_asm",
-                &[("grid", vec![bs, hp]), ("o", vec![t, hp, lkv])],
-            ),
-        ])
     }
 
     fn uniform_decode(&self) -> bool {

@@ -8,45 +8,31 @@
 //! ROCM_AITER_MLA computes; it exists so selection, `check` and traces can
 //! name it, and a test pins the equality.
 
+use super::decode_steps::MlaDecode;
 use super::rocm_aiter_mla::RocmAiterMla;
 use super::{MlaBackend, MlaConfig, MlaDecodeBatch};
-use crate::backends::exec::KernelExecutor;
-use crate::backends::KernelCall;
-use crate::kernels::mla_cache::LatentCache;
-use crate::kernels::mla_decode::MlaDecodeOutput;
 use attnlab_shared::error::Result;
+use attnlab_shared::registry::BackendName;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct RocmAiterTritonMla(pub RocmAiterMla);
 
 impl MlaBackend for RocmAiterTritonMla {
-    fn name(&self) -> &'static str {
-        "ROCM_AITER_TRITON_MLA"
+    fn name(&self) -> BackendName {
+        BackendName::RocmAiterTritonMla
     }
 
     fn check(&self, cfg: &MlaConfig, block_size: usize) -> Result<()> {
         self.0.check(cfg, block_size)
     }
 
-    fn forward_mqa_with(
-        &self,
-        ex: &dyn KernelExecutor,
-        q: &[f32],
-        heads: usize,
-        cache: &LatentCache,
-        batch: &MlaDecodeBatch,
-        cfg: &MlaConfig,
-    ) -> Result<MlaDecodeOutput> {
-        self.0.forward_mqa_with(ex, q, heads, cache, batch, cfg)
-    }
-
-    fn plan_mqa(
+    fn route_mqa(
         &self,
         batch: &MlaDecodeBatch,
         heads: usize,
         cfg: &MlaConfig,
-    ) -> Result<Vec<KernelCall>> {
-        self.0.plan_mqa(batch, heads, cfg)
+    ) -> Result<MlaDecode> {
+        self.0.route_mqa(batch, heads, cfg)
     }
 
     fn uniform_decode(&self) -> bool {
