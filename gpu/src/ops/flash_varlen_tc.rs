@@ -5,7 +5,7 @@
 //! of the target its wave width stands for).
 
 use super::unified_attention::to_u32;
-use crate::diff::{bits_from_bytes, bytes_of, bytes_of_i32};
+use crate::runtime::bytes::{bits_from_bytes, bytes_of, bytes_of_i32};
 use crate::kernels::{dtype_define, Gpu};
 use crate::runtime::{Arg, ArgStruct, Buffer, FunctionId, LaunchDims, Result, Target};
 use attnlab_shared::dtype::DType;

@@ -5,7 +5,7 @@
 
 use super::paged_decode::{upload, Inputs};
 use super::unified_attention::to_u32;
-use crate::diff::bits_from_bytes;
+use crate::runtime::bytes::bits_from_bytes;
 use crate::kernels::{qkv_defines, Gpu};
 use crate::runtime::{Arg, ArgStruct, Buffer, LaunchDims, Result, Target};
 use attnlab_shared::error::Error;
