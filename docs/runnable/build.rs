@@ -34,8 +34,17 @@ fn main() {
 
 /// `backend-aiter-fa.md` -> `backend_aiter_fa`.
 fn module_name(path: &Path) -> String {
-    let stem = path.file_stem().and_then(|s| s.to_str()).expect("UTF-8 chapter name");
+    let stem = path
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .expect("UTF-8 chapter name");
     stem.chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
         .collect()
 }

@@ -42,13 +42,21 @@ impl Svg {
 
     /// A filled rectangle; `title` becomes its hover text.
     #[allow(clippy::too_many_arguments)]
-    pub fn rect(&mut self, x: f64, y: f64, w: f64, h: f64, fill: &str, stroke: Option<&str>, title: Option<&str>) {
-        let stroke = stroke.map_or(String::new(), |s| format!(" stroke=\"{s}\" stroke-width=\"1\""));
+    pub fn rect(
+        &mut self,
+        x: f64,
+        y: f64,
+        w: f64,
+        h: f64,
+        fill: &str,
+        stroke: Option<&str>,
+        title: Option<&str>,
+    ) {
+        let stroke = stroke.map_or(String::new(), |s| {
+            format!(" stroke=\"{s}\" stroke-width=\"1\"")
+        });
         let (open, close) = match title {
-            Some(t) => (
-                format!("><title>{}</title></rect>", esc(t)),
-                String::new(),
-            ),
+            Some(t) => (format!("><title>{}</title></rect>", esc(t)), String::new()),
             None => ("/>".to_string(), String::new()),
         };
         let _ = writeln!(
@@ -83,10 +91,6 @@ impl Svg {
             num(size),
             esc(s)
         );
-    }
-
-    pub fn height(&self) -> f64 {
-        self.height
     }
 
     /// Grows the canvas to at least `h` tall.
@@ -135,7 +139,15 @@ mod tests {
     fn same_drawing_gives_same_bytes() {
         let draw = || {
             let mut s = Svg::new(100.0, 50.0);
-            s.rect(1.0, 2.0, 3.0, 4.0, &token_colour(5, false), Some("black"), Some("t5"));
+            s.rect(
+                1.0,
+                2.0,
+                3.0,
+                4.0,
+                &token_colour(5, false),
+                Some("black"),
+                Some("t5"),
+            );
             s.line(0.0, 0.0, 10.0, 10.0, "gray", 0.5);
             s.finish()
         };

@@ -34,7 +34,12 @@ impl Batch {
     /// Requests `(context_len, query_len)`; request `i`'s blocks are taken
     /// from the top of the cache downwards, so block ids are not in order
     /// (block 0 stays unused, as vLLM's null block).
-    pub fn new(cfg: AttnConfig, block_size: usize, reqs: &[(usize, usize)], seed: u64) -> Result<Self> {
+    pub fn new(
+        cfg: AttnConfig,
+        block_size: usize,
+        reqs: &[(usize, usize)],
+        seed: u64,
+    ) -> Result<Self> {
         if block_size == 0 || reqs.is_empty() {
             return Err(Error::invalid(
                 "toy batch",
@@ -42,7 +47,10 @@ impl Batch {
                 "needs a block size >= 1 and at least one request",
             ));
         }
-        let blocks: Vec<usize> = reqs.iter().map(|&(c, q)| (c + q).div_ceil(block_size)).collect();
+        let blocks: Vec<usize> = reqs
+            .iter()
+            .map(|&(c, q)| (c + q).div_ceil(block_size))
+            .collect();
         let num_blocks = blocks.iter().sum::<usize>() + 1;
         let mut next = num_blocks as i32;
         let rows: Vec<Vec<i32>> = blocks
@@ -113,7 +121,10 @@ impl Batch {
         let mut cache = KvCache::zeros(layout);
         let (hkv, d) = (self.cfg.num_kv_heads, self.cfg.head_size);
         for (t, &slot) in self.slots.iter().enumerate() {
-            let (block, row) = (slot as usize / self.block_size, slot as usize % self.block_size);
+            let (block, row) = (
+                slot as usize / self.block_size,
+                slot as usize % self.block_size,
+            );
             for g in 0..hkv {
                 for x in 0..d {
                     let src = (t * hkv + g) * d + x;
@@ -281,13 +292,21 @@ impl MlaToy {
     /// own), `W_UV` applied to the latent result.
     pub fn reference_decode(&self) -> Vec<f64> {
         let d = self.cfg.dims;
-        let (lkv, r, pn, vd) = (d.kv_lora_rank, d.qk_rope_head_dim, d.qk_nope_head_dim, d.v_head_dim);
+        let (lkv, r, pn, vd) = (
+            d.kv_lora_rank,
+            d.qk_rope_head_dim,
+            d.qk_nope_head_dim,
+            d.v_head_dim,
+        );
         let rows: Vec<(&[f32], &[f32])> = self
             .prefill
             .kv_c
             .chunks(lkv)
             .zip(self.prefill.k_pe.chunks(r))
-            .chain(std::iter::once((&self.decode.kv_c[..], &self.decode.k_pe[..])))
+            .chain(std::iter::once((
+                &self.decode.kv_c[..],
+                &self.decode.k_pe[..],
+            )))
             .collect();
         let w = |row: usize, c: usize| self.weights.kv_b_proj[row * lkv + c] as f64;
         let mut out = Vec::with_capacity(self.cfg.num_heads * vd);
@@ -300,7 +319,11 @@ impl MlaToy {
                 .iter()
                 .map(|(c, pe)| {
                     let nope: f64 = c.iter().zip(&ql).map(|(&x, y)| x as f64 * y).sum();
-                    let rope: f64 = pe.iter().zip(&q[pn..]).map(|(&x, &y)| x as f64 * y as f64).sum();
+                    let rope: f64 = pe
+                        .iter()
+                        .zip(&q[pn..])
+                        .map(|(&x, &y)| x as f64 * y as f64)
+                        .sum();
                     (nope + rope) * self.cfg.scale as f64
                 })
                 .collect();
@@ -308,9 +331,21 @@ impl MlaToy {
             let p: Vec<f64> = s.iter().map(|x| (x - m).exp()).collect();
             let l: f64 = p.iter().sum();
             let o_lat: Vec<f64> = (0..lkv)
-                .map(|c| rows.iter().zip(&p).map(|((kv, _), pt)| pt * kv[c] as f64).sum::<f64>() / l)
+                .map(|c| {
+                    rows.iter()
+                        .zip(&p)
+                        .map(|((kv, _), pt)| pt * kv[c] as f64)
+                        .sum::<f64>()
+                        / l
+                })
                 .collect();
-            out.extend((0..vd).map(|i| o_lat.iter().enumerate().map(|(c, o)| o * w(base + pn + i, c)).sum::<f64>()));
+            out.extend((0..vd).map(|i| {
+                o_lat
+                    .iter()
+                    .enumerate()
+                    .map(|(c, o)| o * w(base + pn + i, c))
+                    .sum::<f64>()
+            }));
         }
         out
     }
