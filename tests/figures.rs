@@ -92,6 +92,8 @@ fn svg_with_json_is_refused() {
         ])
         .output()
         .expect("attnlab runs");
-    assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("--svg with --json"));
+    // Conflicting flags are a usage error (docs/src/cli.md): exit 2.
+    assert_eq!(out.status.code(), Some(2));
+    let said = String::from_utf8_lossy(&out.stdout) + String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("cannot be used with"), "{said}");
 }

@@ -64,15 +64,12 @@ pub struct Args {
     json: bool,
     /// Draw the token's block as SVG into FILE ("-": stdout) instead of the
     /// text: every element in memory order, coloured by token, the --token dark.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", conflicts_with = "json")]
     svg: Option<String>,
 }
 
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     if let Some(path) = &a.svg {
-        if a.json {
-            anyhow::bail!("invalid --svg with --json: choose one output");
-        }
         let svg = draw(&a)?;
         if path == "-" {
             emit(&svg);

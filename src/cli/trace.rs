@@ -98,7 +98,7 @@ pub struct Args {
     /// Draw the steps as SVG into FILE ("-": stdout) instead of the text:
     /// each request's context and new tokens per step, gathered context
     /// chunks, the kernels launched (one backend, not `all`).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", conflicts_with = "json")]
     svg: Option<String>,
 }
 
@@ -168,9 +168,6 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         return trace_all(&a);
     };
     if let Some(path) = &a.svg {
-        if a.json {
-            anyhow::bail!("invalid --svg with --json: choose one output");
-        }
         let value: Value = serde_json::from_str(&setup(&a, &name).and_then(|t| trace(&t, true))?)?;
         let svg = super::trace_svg::draw(&value);
         if path == "-" {
