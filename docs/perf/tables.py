@@ -49,7 +49,7 @@ def decode_table(rep):
         by.setdefault(k, {})[r["kernel"]] = r
     out = [
         "| batch | context | heads q/kv | ll4mi ms | ll4mi GB/s | ll4mi vs copy | 2D ms | 2D GB/s | 2D vs copy "
-        "| MI300X bound, ms (model) |",
+        "| MI300X bound, µs (model) |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for k in keys:
@@ -62,7 +62,7 @@ def decode_table(rep):
                 continue
             cells += [f"{r['median_ms']:.3f}", f"{r['gbps']:.0f}", f"{100 * r['vs_copy']:.1f}%"]
             moved = r["gbps"] * 1e9 * r["median_ms"] * 1e-3  # bytes the row counts
-        cells.append(f"{moved / (MI300X_HBM_TBPS * 1e12) * 1e3:.3f}" if moved else "—")
+        cells.append(f"{moved / (MI300X_HBM_TBPS * 1e12) * 1e6:.1f}" if moved else "—")
         out.append("| " + " | ".join(cells) + " |")
     return "\n".join(out)
 
