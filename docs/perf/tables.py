@@ -82,6 +82,33 @@ def prefill_table(rep):
     return "\n".join(out)
 
 
+KNOWN = ("paged_attention_ll4mi", "paged_attention_2d", "unified_attention_2d (prefill)", "flash_attn_varlen (prefill")
+
+
+def other_rows(rep):
+    """Every row of a kernel the tables above do not cover (e.g. the tensor-core
+    kernels and vLLM's own kernels timed in the same run), as the JSON gives it."""
+    rows = [r for r in rep["rows"] if not r["kernel"].startswith(KNOWN)]
+    if not rows:
+        return "_(no other kernel rows in this run's JSON)_"
+
+    def cell(v, fmt):
+        return "—" if v is None else fmt.format(v)
+
+    out = [
+        "| kernel | batch | context | heads q/kv | median ms | GB/s | vs copy | TFLOP/s | vs f32 peak |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        out.append(
+            f"| {r['kernel']} | {r['batch']} | {r['context']} | {r['q_heads']}/{r['kv_heads']} "
+            f"| {r['median_ms']:.3f} | {cell(r.get('gbps'), '{:.0f}')} "
+            f"| {cell(r.get('vs_copy') and 100 * r['vs_copy'], '{:.1f}%')} | {cell(r.get('tflops'), '{:.2f}')} "
+            f"| {cell(r.get('vs_f32_peak') and 100 * r['vs_f32_peak'], '{:.0f}%')} |"
+        )
+    return "\n".join(out)
+
+
 def yardsticks(rep):
     dev = rep["device"].get("name", "?")
     skipped = "; ".join(rep.get("skipped", [])) or "none"
@@ -162,6 +189,7 @@ def render(page, rep):
         "mha-decode": decode_table(rep),
         "mha-prefill": prefill_table(rep),
         "mla-model": mla_model(),
+        "other-rows": other_rows(rep),
     }
     for name, body in blocks.items():
         pat = re.compile(rf"(<!-- gen:{name} -->\n)(?:.*?\n)?(<!-- /gen:{name} -->)", re.S)
