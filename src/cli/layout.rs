@@ -421,6 +421,12 @@ fn svg_mha(l: &KvLayout, block: usize, row: usize) -> String {
     use super::svg::{token_colour, Svg};
     let n = l.block_numel();
     let mut svg = Svg::new(1200.0, 0.0);
+    // One class per token row: its colour (the highlighted row dark).
+    for r in 0..l.block_size {
+        svg.add_style(&format!(".t{r}{{fill:{}}}", token_colour(r, r == row)));
+    }
+    svg.add_style(".c{stroke:white;stroke-width:1}");
+    svg.add_style(".n{font-size:8px;text-anchor:middle}");
     svg.text(
         20.0,
         24.0,
@@ -502,11 +508,15 @@ fn svg_mha(l: &KvLayout, block: usize, row: usize) -> String {
             }
             for col in 0..w.min(n - line * w) {
                 let (r, _, _) = who[line * w + col];
-                let stroke = (cw >= 6.0).then_some("white");
-                let (cx, fill) = (x0 + col as f64 * cw, token_colour(r, r == row));
-                svg.rect(cx, ly, cw, ch, &fill, stroke, None);
+                let cx = x0 + col as f64 * cw;
+                let class = if cw >= 6.0 {
+                    format!("t{r} c")
+                } else {
+                    format!("t{r}")
+                };
+                svg.cell(cx, ly, cw, ch, &class);
                 if cw >= 14.0 {
-                    svg.text(cx + cw / 2.0, ly + ch * 0.7, 8.0, "middle", &r.to_string());
+                    svg.label(cx + cw / 2.0, ly + ch * 0.7, "n", &r.to_string());
                 }
             }
         }
@@ -523,7 +533,7 @@ fn svg_mha(l: &KvLayout, block: usize, row: usize) -> String {
     let sw = (900.0 / l.block_size as f64).min(28.0);
     for r in 0..l.block_size {
         let x = 180.0 + r as f64 * sw;
-        svg.rect(x, y, sw - 2.0, 14.0, &token_colour(r, r == row), None, None);
+        svg.cell(x, y, sw - 2.0, 14.0, &format!("t{r}"));
         if sw >= 14.0 {
             svg.text(x + sw / 2.0 - 1.0, y + 11.0, 9.0, "middle", &r.to_string());
         }

@@ -9,6 +9,7 @@ use std::fmt::Write as _;
 pub struct Svg {
     width: f64,
     height: f64,
+    style: String,
     body: String,
 }
 
@@ -36,8 +37,38 @@ impl Svg {
         Svg {
             width,
             height,
+            style: String::new(),
             body: String::new(),
         }
+    }
+
+    /// A CSS rule for the document's `<style>` (classes keep big grids small).
+    pub fn add_style(&mut self, rule: &str) {
+        self.style.push_str(rule);
+        self.style.push('\n');
+    }
+
+    /// A rectangle styled by `class` (see [`Svg::add_style`]).
+    pub fn cell(&mut self, x: f64, y: f64, w: f64, h: f64, class: &str) {
+        let _ = writeln!(
+            self.body,
+            "<rect x=\"{}\" y=\"{}\" width=\"{}\" height=\"{}\" class=\"{class}\"/>",
+            num(x),
+            num(y),
+            num(w),
+            num(h)
+        );
+    }
+
+    /// Text styled by `class`.
+    pub fn label(&mut self, x: f64, y: f64, class: &str, s: &str) {
+        let _ = writeln!(
+            self.body,
+            "<text x=\"{}\" y=\"{}\" class=\"{class}\">{}</text>",
+            num(x),
+            num(y),
+            esc(s)
+        );
     }
 
     /// A filled rectangle; `title` becomes its hover text.
@@ -99,8 +130,13 @@ impl Svg {
     }
 
     pub fn finish(self) -> String {
+        let style = if self.style.is_empty() {
+            String::new()
+        } else {
+            format!("<style>\n{}</style>\n", self.style)
+        };
         format!(
-            "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" viewBox=\"0 0 {w} {h}\" font-family=\"sans-serif\">\n<rect x=\"0\" y=\"0\" width=\"{w}\" height=\"{h}\" fill=\"white\"/>\n{}</svg>\n",
+            "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" viewBox=\"0 0 {w} {h}\" font-family=\"sans-serif\">\n{style}<rect x=\"0\" y=\"0\" width=\"{w}\" height=\"{h}\" fill=\"white\"/>\n{}</svg>\n",
             self.body,
             w = num(self.width),
             h = num(self.height)
