@@ -120,11 +120,17 @@ pub fn draw(trace: &Value) -> String {
             "start",
             &format!("{} tokens", u(&s["num_tokens"])),
         );
-        // Chunk sizes of the step's context gathers, in launch order.
+        // Chunk sizes of the step's context gathers, in launch order: ROCM_AITER_FA's
+        // `cp_mha_gather_cache` (its key is the chunk) and the MLA prefill's
+        // `gather_and_maybe_dequant_cache` (its workspace: a chunk fills it, the last one
+        // only in part).
         let chunks: Vec<usize> = kernels
             .iter()
-            .filter(|k| k["name"] == "cp_mha_gather_cache")
-            .map(|k| u(&k["shapes"]["key"][0]))
+            .filter_map(|k| match k["name"].as_str() {
+                Some("cp_mha_gather_cache") => Some(u(&k["shapes"]["key"][0])),
+                Some("gather_and_maybe_dequant_cache") => Some(u(&k["shapes"]["workspace"][0])),
+                _ => None,
+            })
             .collect();
         for (i, r) in reqs.iter().take(MAX_REQS).enumerate() {
             let (ctx, q, seq) = (u(&r["context_len"]), u(&r["query_len"]), u(&r["seq_len"]));
@@ -154,7 +160,7 @@ pub fn draw(trace: &Value) -> String {
                         ry + 12.0,
                         10.0,
                         "middle",
-                        &format!("chunk {c}: {n} gathered"),
+                        &format!("chunk {c}: {} gathered", hi - lo),
                     );
                     lo = hi;
                 }
@@ -224,5 +230,18 @@ mod tests {
             "{svg}"
         );
         assert!(svg.contains("extend 0: +10 (context 50)"));
+    }
+
+    #[test]
+    fn an_mla_workspace_chunk_is_drawn_only_as_far_as_the_context_reaches() {
+        let t = json!({"backend": "TRITON_MLA", "model": "m", "steps": [{"step": 1, "num_tokens": 4,
+            "requests": [{"id": 0, "kind": "extend", "query_len": 4, "context_len": 40, "seq_len": 44}],
+            "kernels": [{"name": "gather_and_maybe_dequant_cache", "shapes": {"workspace": [32, 576]}},
+                        {"name": "gather_and_maybe_dequant_cache", "shapes": {"workspace": [32, 576]}}]}]});
+        let svg = draw(&t);
+        assert!(
+            svg.contains("chunk 0: 32 gathered") && svg.contains("chunk 1: 8 gathered"),
+            "{svg}"
+        );
     }
 }
