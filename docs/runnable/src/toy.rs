@@ -151,6 +151,19 @@ impl Batch {
     }
 }
 
+/// The emulated MHA backend vLLM calls `name` (`TRITON_ATTN`, `ROCM_ATTN`,
+/// ...): `attnlab_sim::backends::by_name`. The one place the boxes name a
+/// backend, so a change of the lookup's signature is one edit here.
+pub fn mha(name: &str) -> Result<Box<dyn AttentionBackend>> {
+    attnlab_sim::backends::by_name(name)
+}
+
+/// The emulated MLA backend vLLM calls `name` (`TRITON_MLA`,
+/// `ROCM_AITER_MLA`, `ROCM_AITER_TRITON_MLA`): `backends::mla::by_name`.
+pub fn mla(name: &str) -> Result<Box<dyn attnlab_sim::backends::mla::MlaBackend>> {
+    attnlab_sim::backends::mla::by_name(name)
+}
+
 /// `max_i |actual_i - expected_i|` (infinite for a NaN or a length mismatch).
 pub fn max_abs_err(actual: &[f32], expected: &[f64]) -> f64 {
     if actual.len() != expected.len() {
@@ -182,7 +195,7 @@ mod tests {
     #[test]
     fn nhd_cache_reference_matches_a_backend_cache_reference() {
         let b = Batch::new(config(4, 2, 32, DType::F16), 16, &[(20, 5), (0, 9)], 3).unwrap();
-        let be = attnlab_sim::backends::by_name("ROCM_ATTN").unwrap();
+        let be = mha("ROCM_ATTN").unwrap();
         let (a, n) = (b.cache_for(be.as_ref()).unwrap(), b.nhd_cache().unwrap());
         let (ra, rn) = (b.reference(&a).unwrap(), b.reference(&n).unwrap());
         assert_eq!(ra.out, rn.out);
