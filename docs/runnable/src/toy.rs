@@ -152,16 +152,39 @@ impl Batch {
 }
 
 /// The emulated MHA backend vLLM calls `name` (`TRITON_ATTN`, `ROCM_ATTN`,
-/// ...): `attnlab_sim::backends::by_name`. The one place the boxes name a
-/// backend, so a change of the lookup's signature is one edit here.
+/// ...), found in `attnlab_sim::backends::mha_backends()` by the name it
+/// prints (`name()`), so the boxes do not depend on how `by_name` spells its
+/// argument.
 pub fn mha(name: &str) -> Result<Box<dyn AttentionBackend>> {
-    attnlab_sim::backends::by_name(name)
+    let all = attnlab_sim::backends::mha_backends();
+    let names: Vec<String> = all.iter().map(|b| b.name().to_string()).collect();
+    let joined = names.join(", ");
+    all.into_iter()
+        .find(|b| b.name().to_string() == name)
+        .ok_or_else(|| {
+            Error::invalid(
+                "MHA backend",
+                format!("'{name}'"),
+                format!("emulated: {joined}"),
+            )
+        })
 }
 
 /// The emulated MLA backend vLLM calls `name` (`TRITON_MLA`,
-/// `ROCM_AITER_MLA`, `ROCM_AITER_TRITON_MLA`): `backends::mla::by_name`.
+/// `ROCM_AITER_MLA`, `ROCM_AITER_TRITON_MLA`), as [`mha`] finds one.
 pub fn mla(name: &str) -> Result<Box<dyn attnlab_sim::backends::mla::MlaBackend>> {
-    attnlab_sim::backends::mla::by_name(name)
+    let all = attnlab_sim::backends::mla::mla_backends();
+    let names: Vec<String> = all.iter().map(|b| b.name().to_string()).collect();
+    let joined = names.join(", ");
+    all.into_iter()
+        .find(|b| b.name().to_string() == name)
+        .ok_or_else(|| {
+            Error::invalid(
+                "MLA backend",
+                format!("'{name}'"),
+                format!("emulated: {joined}"),
+            )
+        })
 }
 
 /// `max_i |actual_i - expected_i|` (infinite for a NaN or a length mismatch).
@@ -207,6 +230,18 @@ mod tests {
         let b = Batch::new(config(2, 1, 8, DType::F32), 4, &[(3, 2), (0, 6)], 0).unwrap();
         assert_eq!(b.dense(&b.key, 0).len(), 5 * 8);
         assert_eq!(b.dense(&b.key, 1), &b.key[5 * 8..11 * 8]);
+    }
+
+    #[test]
+    fn an_unknown_backend_name_lists_the_emulated_ones() {
+        let e = mha("FLASH_ATTN").err().expect("not emulated");
+        assert!(e.to_string().contains("ROCM_ATTN"), "{e}");
+        let e = mla("ROCM_ATTN").err().expect("not an MLA backend");
+        assert!(e.to_string().contains("TRITON_MLA"), "{e}");
+        assert_eq!(
+            mha("FLEX_ATTENTION").unwrap().name().to_string(),
+            "FLEX_ATTENTION"
+        );
     }
 
     #[test]
