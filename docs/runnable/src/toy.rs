@@ -159,15 +159,14 @@ pub fn mha(name: &str) -> Result<Box<dyn AttentionBackend>> {
     let all = attnlab_sim::backends::mha_backends();
     let names: Vec<String> = all.iter().map(|b| b.name().to_string()).collect();
     let joined = names.join(", ");
-    all.into_iter()
-        .find(|b| b.name().to_string() == name)
-        .ok_or_else(|| {
-            Error::invalid(
-                "MHA backend",
-                format!("'{name}'"),
-                format!("emulated: {joined}"),
-            )
-        })
+    let at = names.iter().position(|n| n == name);
+    at.and_then(|i| all.into_iter().nth(i)).ok_or_else(|| {
+        Error::invalid(
+            "MHA backend",
+            format!("'{name}'"),
+            format!("emulated: {joined}"),
+        )
+    })
 }
 
 /// The emulated MLA backend vLLM calls `name` (`TRITON_MLA`,
@@ -176,15 +175,14 @@ pub fn mla(name: &str) -> Result<Box<dyn attnlab_sim::backends::mla::MlaBackend>
     let all = attnlab_sim::backends::mla::mla_backends();
     let names: Vec<String> = all.iter().map(|b| b.name().to_string()).collect();
     let joined = names.join(", ");
-    all.into_iter()
-        .find(|b| b.name().to_string() == name)
-        .ok_or_else(|| {
-            Error::invalid(
-                "MLA backend",
-                format!("'{name}'"),
-                format!("emulated: {joined}"),
-            )
-        })
+    let at = names.iter().position(|n| n == name);
+    at.and_then(|i| all.into_iter().nth(i)).ok_or_else(|| {
+        Error::invalid(
+            "MLA backend",
+            format!("'{name}'"),
+            format!("emulated: {joined}"),
+        )
+    })
 }
 
 /// `max_i |actual_i - expected_i|` (infinite for a NaN or a length mismatch).
