@@ -62,9 +62,22 @@ pub struct Args {
     /// Print JSON ({"error": {...}} on bad input).
     #[arg(long)]
     json: bool,
+    /// Draw the token's block as SVG into FILE ("-": stdout) instead of the
+    /// text: every element in memory order, coloured by token, the --token dark.
+    #[arg(long, value_name = "FILE", conflicts_with = "json")]
+    svg: Option<String>,
 }
 
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
+    if let Some(path) = &a.svg {
+        let svg = draw(&a)?;
+        if path == "-" {
+            emit(&svg);
+        } else {
+            std::fs::write(path, svg).map_err(|e| anyhow::anyhow!("invalid --svg {path}: {e}"))?;
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let (value, text) = describe(&a)?;
     if a.json {
         emit(&format!("{value}\n"));
@@ -74,7 +87,43 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The validated layout of the arguments and the token's (block, row).
+enum Parsed {
+    Mha(KvLayout, usize, usize),
+    Mla(MlaLayout, usize, usize),
+}
+
+fn draw(a: &Args) -> anyhow::Result<String> {
+    Ok(match parse(a)? {
+        Parsed::Mha(l, block, row) => {
+            // Every element of one block is a cell: bound the picture.
+            let cells = 2 * l.block_numel() as u128;
+            limits::check_memory(&format!("layout --svg drawing {cells} cells"), cells * 256)?;
+            svg_mha(&l, block, row)
+        }
+        Parsed::Mla(l, block, row) => svg_mla(&l, block, row),
+    })
+}
+
 fn describe(a: &Args) -> anyhow::Result<(Value, String)> {
+    let token = parse_size("--token", &a.token, 0)?;
+    match parse(a)? {
+        Parsed::Mla(l, block, row) => Ok(describe_mla(l, token, block, row)),
+        Parsed::Mha(l, block, row) => {
+            if a.json {
+                // Every element of the token is one JSON object of ~10 values per side.
+                let elements = (2 * l.num_kv_heads * l.head_size) as u128;
+                limits::check_memory(
+                    &format!("layout --json listing {elements} elements"),
+                    elements * 512,
+                )?;
+            }
+            Ok(describe_mha(&l, token, block, row))
+        }
+    }
+}
+
+fn parse(a: &Args) -> anyhow::Result<Parsed> {
     let block_size = parse_bounded("--block-size", &a.block_size, 1, &MAX_BLOCK_SIZE)?;
     // Small upper bounds: this prints every element of one token.
     let head_size = parse_bounded("--head-size", &a.head_size, 1, &MAX_HEAD_SIZE)?;
@@ -101,9 +150,8 @@ fn describe(a: &Args) -> anyhow::Result<(Value, String)> {
         if rope >= head_size {
             anyhow::bail!("invalid --rope-dim {rope}: must be < --head-size {head_size} (kv_lora_rank = head_size - rope_dim >= 1)");
         }
-        return Ok(describe_mla(
+        return Ok(Parsed::Mla(
             MlaLayout::new(num_blocks, block_size, head_size - rope, rope, dtype)?,
-            token,
             block,
             row,
         ));
@@ -116,16 +164,8 @@ fn describe(a: &Args) -> anyhow::Result<(Value, String)> {
         )
     })?;
     let kv_heads = parse_bounded("--kv-heads", &a.kv_heads, 1, &MAX_KV_HEADS)?;
-    if a.json {
-        // Every element of the token is one JSON object of ~10 values per side.
-        let elements = (2 * kv_heads * head_size) as u128;
-        limits::check_memory(
-            &format!("layout --json listing {elements} elements"),
-            elements * 512,
-        )?;
-    }
     let l = KvLayout::new(kind, num_blocks, block_size, kv_heads, head_size, dtype)?;
-    Ok(describe_mha(&l, token, block, row))
+    Ok(Parsed::Mha(l, block, row))
 }
 
 /// Names of the shape's axes, for labels.
@@ -356,4 +396,237 @@ fn describe_mla(l: MlaLayout, token: usize, block: usize, row: usize) -> (Value,
         "k_pe": {"offsets": [first + l.kv_lora_rank, first + l.width()]},
     });
     (value, text)
+}
+
+/// The innermost contiguous unit of a side's memory (what one picture line
+/// holds before wrapping) and what it is.
+fn line_unit(l: &KvLayout, side: KvSide) -> (usize, &'static str) {
+    let (bs, h, d, x) = (l.block_size, l.num_kv_heads, l.head_size, l.x());
+    match (l.kind, side) {
+        (LayoutKind::Nhd, _) => (h * d, "one token: every head's head_size elements"),
+        (_, KvSide::K) => (bs * x, "one d/x group: x dims of every token"),
+        (LayoutKind::RocmPaged, KvSide::V) => (bs, "one dim of every token"),
+        (LayoutKind::AiterShuffled, KvSide::V) => (d * x, "x tokens' dims, interleaved"),
+    }
+}
+
+/// Lines drawn at most per side before the unit is wrapped into wider lines.
+const MAX_LINES: usize = 48;
+/// Drawing width of a line, pixels.
+const LINE_PX: f64 = 1080.0;
+
+/// One block of K and of V in memory order, a cell per element coloured by
+/// the token (block row) it belongs to; the highlighted row dark.
+fn svg_mha(l: &KvLayout, block: usize, row: usize) -> String {
+    use super::svg::{token_colour, Svg};
+    let n = l.block_numel();
+    let mut svg = Svg::new(1200.0, 0.0);
+    // One class per token row: its colour (the highlighted row dark).
+    for r in 0..l.block_size {
+        svg.add_style(&format!(".t{r}{{fill:{}}}", token_colour(r, r == row)));
+    }
+    svg.add_style(".c{stroke:white;stroke-width:1}");
+    svg.add_style(".n{font-size:8px;text-anchor:middle}");
+    svg.text(
+        20.0,
+        24.0,
+        15.0,
+        "start",
+        &format!(
+            "{} layout, {} (x = {}), block_size {}, head_size {}, kv_heads {}: block {block}, token row {row} dark",
+            l.kind, l.dtype, l.x(), l.block_size, l.head_size, l.num_kv_heads
+        ),
+    );
+    let mut y = 44.0;
+    for side in [KvSide::K, KvSide::V] {
+        // offset within the block -> (row, head, dim)
+        let mut who = vec![(0usize, 0usize, 0usize); n];
+        for r in 0..l.block_size {
+            for head in 0..l.num_kv_heads {
+                for dim in 0..l.head_size {
+                    let o = l.offset(
+                        side,
+                        KvIndex {
+                            block,
+                            row: r,
+                            head,
+                            dim,
+                        },
+                    ) - block * n;
+                    who[o] = (r, head, dim);
+                }
+            }
+        }
+        let (unit, what) = line_unit(l, side);
+        let f = (n / unit).div_ceil(MAX_LINES).max(1);
+        let w = unit * f;
+        let lines = n.div_ceil(w);
+        let cw = (LINE_PX / w as f64).min(22.0);
+        let ch = cw.clamp(6.0, 22.0);
+        let names = axis_names(l.kind, side);
+        let wrap = if f > 1 {
+            format!(", {f} units per line")
+        } else {
+            String::new()
+        };
+        svg.text(
+            20.0,
+            y + 14.0,
+            13.0,
+            "start",
+            &format!(
+                "{}  shape {:?} [{}]: a line = {w} contiguous elements ({what}{wrap})",
+                if side == KvSide::K { "K" } else { "V" },
+                l.shape(side),
+                names.join(", ")
+            ),
+        );
+        y += 24.0;
+        let x0 = 90.0;
+        if l.kind == LayoutKind::Nhd {
+            for head in 0..l.num_kv_heads {
+                let hx = x0 + (head * l.head_size) as f64 * cw;
+                svg.text(hx + 2.0, y + 10.0, 10.0, "start", &format!("head {head}"));
+            }
+            y += 14.0;
+        }
+        let mut last_head = usize::MAX;
+        for line in 0..lines {
+            let ly = y + line as f64 * ch;
+            let (_, head, dim) = who[line * w];
+            if l.kind != LayoutKind::Nhd && head != last_head {
+                svg.text(
+                    x0 - 6.0,
+                    ly + ch.min(10.0),
+                    10.0,
+                    "end",
+                    &format!("head {head}"),
+                );
+                last_head = head;
+            } else if l.kind != LayoutKind::Nhd && ch >= 10.0 {
+                svg.text(x0 - 6.0, ly + 9.0, 8.0, "end", &format!("d {dim}"));
+            }
+            for col in 0..w.min(n - line * w) {
+                let (r, _, _) = who[line * w + col];
+                let cx = x0 + col as f64 * cw;
+                let class = if cw >= 6.0 {
+                    format!("t{r} c")
+                } else {
+                    format!("t{r}")
+                };
+                svg.cell(cx, ly, cw, ch, &class);
+                if cw >= 14.0 {
+                    svg.label(cx + cw / 2.0, ly + ch * 0.7, "n", &r.to_string());
+                }
+            }
+        }
+        if l.kind == LayoutKind::Nhd {
+            for head in 1..l.num_kv_heads {
+                let hx = x0 + (head * l.head_size) as f64 * cw;
+                svg.line(hx, y - 2.0, hx, y + lines as f64 * ch + 2.0, "black", 1.5);
+            }
+        }
+        y += lines as f64 * ch + 26.0;
+    }
+    // Legend: the colour of every token row.
+    svg.text(20.0, y + 10.0, 12.0, "start", "token (row of the block):");
+    let sw = (900.0 / l.block_size as f64).min(28.0);
+    for r in 0..l.block_size {
+        let x = 180.0 + r as f64 * sw;
+        svg.cell(x, y, sw - 2.0, 14.0, &format!("t{r}"));
+        if sw >= 14.0 {
+            svg.text(x + sw / 2.0 - 1.0, y + 11.0, 9.0, "middle", &r.to_string());
+        }
+    }
+    svg.grow_to(y + 30.0);
+    svg.finish()
+}
+
+/// One block of the MLA latent cache: a line per token, `c_kv` then `k_pe`.
+fn svg_mla(l: &MlaLayout, block: usize, row: usize) -> String {
+    use super::svg::{token_colour, Svg};
+    let mut svg = Svg::new(1200.0, 0.0);
+    svg.text(
+        20.0,
+        24.0,
+        15.0,
+        "start",
+        &format!(
+            "mla layout, {}, block_size {}: [num_blocks, block_size, {} + {}], block {block}, token row {row} dark",
+            l.dtype, l.block_size, l.kv_lora_rank, l.rope_dim
+        ),
+    );
+    let scale = LINE_PX / l.width() as f64;
+    let ch = (600.0 / l.block_size as f64).clamp(3.0, 18.0);
+    let (x0, mut y) = (90.0, 40.0);
+    let kv_w = l.kv_lora_rank as f64 * scale;
+    svg.text(
+        x0 + kv_w / 2.0,
+        y + 10.0,
+        11.0,
+        "middle",
+        &format!("c_kv: channels 0..{} (read as K and as V)", l.kv_lora_rank),
+    );
+    if l.rope_dim > 0 {
+        svg.text(
+            x0 + kv_w + l.rope_dim as f64 * scale / 2.0,
+            y + 10.0,
+            11.0,
+            "middle",
+            "k_pe",
+        );
+    }
+    y += 16.0;
+    for r in 0..l.block_size {
+        let ly = y + r as f64 * ch;
+        let first = l.offset(block, r, 0);
+        if ch >= 9.0 || r == row {
+            svg.text(
+                x0 - 6.0,
+                ly + ch.min(10.0),
+                9.0,
+                "end",
+                &format!("row {r} @{first}"),
+            );
+        }
+        svg.rect(
+            x0,
+            ly,
+            kv_w,
+            ch,
+            &token_colour(r, r == row),
+            Some("white"),
+            None,
+        );
+        if l.rope_dim > 0 {
+            let fill = if r == row {
+                "hsl(0, 0%, 25%)"
+            } else {
+                "hsl(0, 0%, 70%)"
+            };
+            svg.rect(
+                x0 + kv_w,
+                ly,
+                l.rope_dim as f64 * scale,
+                ch,
+                fill,
+                Some("white"),
+                None,
+            );
+        }
+    }
+    y += l.block_size as f64 * ch + 20.0;
+    svg.text(
+        20.0,
+        y,
+        12.0,
+        "start",
+        &format!(
+            "no head axis: every query head reads the same {}-wide row ({} bytes per token)",
+            l.width(),
+            l.width() * l.dtype.size_bytes()
+        ),
+    );
+    svg.grow_to(y + 14.0);
+    svg.finish()
 }

@@ -17,5 +17,7 @@ pub mod layout;
 pub mod replay;
 pub mod run;
 pub mod select;
+pub mod svg;
 pub mod trace;
+pub mod trace_svg;
 pub mod util;

@@ -97,6 +97,11 @@ pub struct Args {
     /// Print {"steps": [{"requests": [...], "kernels": [...]}]}.
     #[arg(long)]
     json: bool,
+    /// Draw the steps as SVG into FILE ("-": stdout) instead of the text:
+    /// each request's context and new tokens per step, gathered context
+    /// chunks, the kernels launched (one backend, not `all`).
+    #[arg(long, value_name = "FILE", conflicts_with = "json")]
+    svg: Option<String>,
 }
 
 /// The attention layer a trace plans for.
@@ -156,8 +161,24 @@ struct Trace {
 
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     let Some(name) = backend_choice(&a.backend) else {
+        if a.svg.is_some() {
+            anyhow::bail!(
+                "invalid --svg with --backend {}: draw one backend at a time",
+                a.backend
+            );
+        }
         return trace_all(&a);
     };
+    if let Some(path) = &a.svg {
+        let value: Value = serde_json::from_str(&setup(&a, &name).and_then(|t| trace(&t, true))?)?;
+        let svg = super::trace_svg::draw(&value);
+        if path == "-" {
+            emit(&svg);
+        } else {
+            std::fs::write(path, svg).map_err(|e| anyhow::anyhow!("invalid --svg {path}: {e}"))?;
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let out = setup(&a, &name).and_then(|t| trace(&t, a.json))?;
     emit(&out);
     Ok(ExitCode::SUCCESS)
