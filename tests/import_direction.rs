@@ -61,8 +61,10 @@ const GPU: Layers = Layers {
     ],
 };
 
-/// CLI modules every verb may import.
-const CLI_SHARED: &[&str] = &["util", "common"];
+/// CLI modules every verb may import: the helpers, and the drawing modules
+/// (`svg`, the SVG writer `layout` and `trace` draw with; `trace_svg`, the
+/// scheduler-step figure), which are not verbs.
+const CLI_SHARED: &[&str] = &["util", "common", "svg", "trace_svg"];
 
 fn root() -> PathBuf {
     std::env::var_os("ATTNLAB_IMPORTS_ROOT")

@@ -279,9 +279,18 @@ fn decode_case(
     const TWO_D: &str = "paged_attention_2d";
     const TC: [(&str, paged_decode_tc::TcVariant); 4] = [
         ("paged_decode_tc", paged_decode_tc::TcVariant::Default),
-        ("paged_decode_tc (prefetch)", paged_decode_tc::TcVariant::Prefetch),
-        ("paged_decode_tc (3 blocks/SM)", paged_decode_tc::TcVariant::ThreeBlocks),
-        ("paged_decode_tc (L2 hints)", paged_decode_tc::TcVariant::L2Hints),
+        (
+            "paged_decode_tc (prefetch)",
+            paged_decode_tc::TcVariant::Prefetch,
+        ),
+        (
+            "paged_decode_tc (3 blocks/SM)",
+            paged_decode_tc::TcVariant::ThreeBlocks,
+        ),
+        (
+            "paged_decode_tc (L2 hints)",
+            paged_decode_tc::TcVariant::L2Hints,
+        ),
     ];
     let (want_ll4mi, want_2d) = (
         opts.wants(LL4MI, batch, context, hq, hkv),
@@ -631,7 +640,8 @@ pub fn compare(report: &BenchReport, external: &[ExternalRow]) -> Vec<Comparison
     let mut out = Vec::new();
     for r in &report.rows {
         for e in external.iter().filter(|e| {
-            (e.batch, e.context, e.q_heads, e.kv_heads) == (r.batch, r.context, r.q_heads, r.kv_heads)
+            (e.batch, e.context, e.q_heads, e.kv_heads)
+                == (r.batch, r.context, r.q_heads, r.kv_heads)
                 && e.tflops.is_some() == r.tflops.is_some()
         }) {
             out.push(Comparison {

@@ -46,6 +46,24 @@ pub fn qkv_defines(q: DType, kv: DType) -> [(String, String); 2] {
     [dtype_define("Q_DTYPE", q), dtype_define("KV_DTYPE", kv)]
 }
 
+/// The `-D` set of one compiled `flash_varlen_tc` shape (the module cache
+/// keys on it).
+pub fn varlen_tc_defines(
+    dt: DType,
+    d: usize,
+    dv: usize,
+    block_n: usize,
+    warps: usize,
+) -> Vec<(String, String)> {
+    vec![
+        dtype_define("DTYPE", dt),
+        ("FT_D".to_string(), d.to_string()),
+        ("FT_DV".to_string(), dv.to_string()),
+        ("FT_BN".to_string(), block_n.to_string()),
+        ("FT_WARPS".to_string(), warps.to_string()),
+    ]
+}
+
 /// One variant per dtype of the single define `name`.
 fn each_dtype(name: &str, dtypes: &[DType]) -> Vec<Defines> {
     dtypes
@@ -126,9 +144,7 @@ fn varlen_variants() -> Vec<Defines> {
 fn varlen_tc_variants() -> Vec<Defines> {
     [DType::Bf16, DType::F16]
         .into_iter()
-        .flat_map(|dt| {
-            [4usize, 8].map(|w| crate::ops::flash_varlen_tc::defines(dt, 128, 128, 64, w))
-        })
+        .flat_map(|dt| [4usize, 8].map(|w| varlen_tc_defines(dt, 128, 128, 64, w)))
         .collect()
 }
 

@@ -5,8 +5,9 @@
 //! of the target its wave width stands for).
 
 use super::unified_attention::to_u32;
+pub use crate::kernels::varlen_tc_defines as defines;
+use crate::kernels::Gpu;
 use crate::runtime::bytes::{bits_from_bytes, bytes_of, bytes_of_i32};
-use crate::kernels::{dtype_define, Gpu};
 use crate::runtime::{Arg, ArgStruct, Buffer, FunctionId, LaunchDims, Result, Target};
 use attnlab_shared::dtype::DType;
 use attnlab_shared::error::Error;
@@ -52,23 +53,6 @@ pub fn host_target_code(t: MatrixTarget) -> i32 {
 /// rows, each row padded by 8 elements (the kernel's `FT_STAGE_ELEMS`).
 pub fn shared_bytes(d: usize, dv: usize, block_n: usize, stages: usize) -> usize {
     stages * block_n * (d + 8 + dv + 8) * 2
-}
-
-/// The `-D` set of one compiled shape (the module cache keys on it).
-pub fn defines(
-    dt: DType,
-    d: usize,
-    dv: usize,
-    block_n: usize,
-    warps: usize,
-) -> Vec<(String, String)> {
-    vec![
-        dtype_define("DTYPE", dt),
-        ("FT_D".to_string(), d.to_string()),
-        ("FT_DV".to_string(), dv.to_string()),
-        ("FT_BN".to_string(), block_n.to_string()),
-        ("FT_WARPS".to_string(), warps.to_string()),
-    ]
 }
 
 /// Output `[total_q, Hq, Dv]` bits in the dtype and lse `[Hq, total_q]`

@@ -5,8 +5,8 @@
 
 use super::paged_decode::{upload, Inputs};
 use super::unified_attention::to_u32;
-use crate::runtime::bytes::bits_from_bytes;
 use crate::kernels::{qkv_defines, Gpu};
+use crate::runtime::bytes::bits_from_bytes;
 use crate::runtime::{Arg, ArgStruct, Buffer, LaunchDims, Result, Target};
 use attnlab_shared::error::Error;
 use attnlab_shared::metadata::AttentionMetadata;
@@ -250,7 +250,11 @@ pub(crate) fn launch(
     let defines = qkv_defines(cfg.dtype, cfg.kv_dtype);
     let a = args(meta, cfg, split_size, max_splits, target);
     let r16 = cfg.queries_per_kv() > 8;
-    let f = gpu.function("paged_decode_tc", &defines, entry(cfg.head_size, r16, variant))?;
+    let f = gpu.function(
+        "paged_decode_tc",
+        &defines,
+        entry(cfg.head_size, r16, variant),
+    )?;
     let groups = cfg.queries_per_kv().div_ceil(ROWS);
     let waves = cfg.num_kv_heads * groups * max_splits;
     let dims = LaunchDims {
