@@ -15,6 +15,7 @@ use crate::block_table::common_block_size;
 pub use crate::block_table::KernelBlockSize;
 use crate::dtype::{DType, KvCacheDtype};
 use crate::error::{Error, Result};
+use crate::fault::{Fault, FaultSet};
 use serde::{Serialize, Serializer};
 
 /// Declares [`BackendName`], its `ALL` list and `name()` from one table, so
@@ -300,6 +301,21 @@ impl Capabilities {
     /// each block into B / k kernel blocks).
     pub fn supports_block_size(&self, block_size: usize) -> bool {
         common_block_size(block_size, self.kernel_block_sizes).is_some()
+    }
+
+    /// `get_supported_kernel_block_sizes()` as the backend advertises it
+    /// with `faults` injected ([`Fault::AnyBlockSizeClaim`]: a backend whose
+    /// kernel takes an exact list of sizes claims every multiple of 16).
+    pub fn kernel_block_sizes_with(&self, faults: FaultSet) -> &'static [KernelBlockSize] {
+        let exact = self
+            .kernel_block_sizes
+            .iter()
+            .all(|s| matches!(s, KernelBlockSize::Exact(n) if *n > 1));
+        if faults.has(Fault::AnyBlockSizeClaim) && exact {
+            MULTIPLE_OF_16
+        } else {
+            self.kernel_block_sizes
+        }
     }
 
     pub fn is_mla(&self) -> bool {

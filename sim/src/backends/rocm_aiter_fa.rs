@@ -49,6 +49,7 @@ use crate::kernels::softmax::OutLse;
 use crate::kernels::unified_attention::{UnifiedLaunch, MI300X_CU_COUNT};
 use attnlab_shared::block_table::{select_kernel_block_size, KernelBlockSize};
 use attnlab_shared::dtype::DType;
+use attnlab_shared::fault::Fault;
 use attnlab_shared::error::{Error, Result};
 use attnlab_shared::layout::LayoutKind;
 use attnlab_shared::metadata::{AttentionMetadata, BlockTableTensor, RequestKind};
@@ -463,7 +464,8 @@ impl AttentionBackend for RocmAiterFa {
             ));
         }
         let fa = VarlenParams {
-            window: cfg.sliding_window,
+            // Fault::WindowConventionMixed: W handed over as the left bound (W, 0).
+            window: cfg.sliding_window.map(|w| w + usize::from(cfg.faults.has(Fault::WindowConventionMixed))),
             alibi_slopes: cfg.alibi_slopes.as_deref(),
             sinks: cfg.sinks.as_deref(),
             ..VarlenParams::new(hq, cfg.num_kv_heads, d, cfg.dtype, cfg.scale)

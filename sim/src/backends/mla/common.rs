@@ -24,6 +24,7 @@
 //! stays on the host is what vLLM does with tensor views (head slices,
 //! `torch.cat`, token ranges of the running output).
 
+use attnlab_shared::fault::Fault;
 use super::{MlaBackend, MlaConfig, MlaDecodeBatch};
 use crate::backends::exec::{Cpu, KernelExecutor};
 use crate::backends::KernelCall;
@@ -389,6 +390,11 @@ pub fn forward_mha(
                 )?
             } else {
                 piece
+            };
+            // Fault::ChunkedMlaPrefillLse: the running LSE stays the first chunk's.
+            let merged = match cfg.faults.has(Fault::ChunkedMlaPrefillLse) && p.start > 0 {
+                true => OutLse { lse: take_tokens(&running, dst.clone()).lse, ..merged },
+                false => merged,
             };
             put_tokens(&mut running, dst.start, &merged);
         }

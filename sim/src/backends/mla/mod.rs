@@ -24,6 +24,7 @@ pub use common::{
     RankOutput,
 };
 
+use attnlab_shared::fault::FaultSet;
 use super::exec::{Cpu, KernelExecutor};
 use super::KernelCall;
 use crate::fixture::MlaCase;
@@ -72,6 +73,8 @@ pub struct MlaConfig {
     pub softcap: Option<f32>,
     pub sliding_window: Option<usize>,
     pub alibi: bool,
+    /// Real bugs re-injected (`attnlab zoo`); empty unless a zoo run sets it.
+    pub faults: FaultSet,
 }
 
 impl MlaConfig {
@@ -100,6 +103,7 @@ impl MlaConfig {
             softcap: None,
             sliding_window: None,
             alibi: false,
+            faults: FaultSet::NONE,
         }
     }
 

@@ -15,6 +15,7 @@
 //! fp8 caches are read like TRITON_MLA (dequantized to the query dtype);
 //! AITER's fp8-query asm variant (q quantized with q_scale) is not modelled.
 
+use attnlab_shared::fault::{Fault, FaultSet};
 use super::{MlaBackend, MlaConfig, MlaDecodeBatch};
 use crate::backends::exec::KernelExecutor;
 use crate::backends::KernelCall;
@@ -63,8 +64,24 @@ impl RocmAiterMla {
         }
     }
 
+    /// [`RocmAiterMla::head_padding`] as `_forward_mqa` applies it
+    /// ([`Fault::AiterMlaFp8Heads`]: no padding with an fp8 cache).
+    pub fn kernel_padding(heads: usize, cfg: &MlaConfig) -> Result<HeadPadding> {
+        let padding = Self::head_padding(heads, cfg.profile)?;
+        if cfg.faults.has(Fault::AiterMlaFp8Heads) && cfg.kv_dtype.is_fp8() {
+            return Ok(HeadPadding::None);
+        }
+        Ok(padding)
+    }
+
     /// `_build_decode`: the decode requests' block-table rows as AITER pages.
     pub fn build_paging(&self, batch: &MlaDecodeBatch) -> Result<AiterPaging> {
+        self.build_paging_with(batch, FaultSet::NONE)
+    }
+
+    /// [`RocmAiterMla::build_paging`] with `faults`
+    /// ([`Fault::KvIndicesPerBlock`]: `kv_indices` sized one entry per block).
+    pub fn build_paging_with(&self, batch: &MlaDecodeBatch, faults: FaultSet) -> Result<AiterPaging> {
         let (meta, k, p) = (batch.meta, batch.meta.block_size, self.page_size);
         if p == 0 || k % p != 0 {
             return Err(Error::invalid(
@@ -88,6 +105,10 @@ impl RocmAiterMla {
             } else {
                 (len - (pages - 1) * p) as i32
             });
+        }
+        if faults.has(Fault::KvIndicesPerBlock) {
+            let blocks = (0..batch.num_decodes).map(|r| meta.seq_len(r).div_ceil(k)).sum();
+            kv_indices.truncate(blocks);
         }
         let qo_indptr = meta.query_start_loc[..=batch.num_decodes].to_vec();
         Ok(AiterPaging {
@@ -164,10 +185,12 @@ impl MlaBackend for RocmAiterMla {
         batch: &MlaDecodeBatch,
         cfg: &MlaConfig,
     ) -> Result<MlaDecodeOutput> {
-        let padding = Self::head_padding(heads, cfg.profile)?;
-        let paging = self.build_paging(batch)?;
+        let padding = Self::kernel_padding(heads, cfg)?;
+        let paging = self.build_paging_with(batch, cfg.faults)?;
+        crate::rules::aiter_mla_page_size(self.page_size)?;
         let (w, lkv) = (cfg.dims.latent_width(), cfg.dims.kv_lora_rank);
         let (q_pad, hp) = pad_heads(q, heads, w, padding);
+        crate::rules::aiter_mla_heads(hp)?;
         let p = MlaDecodeParams {
             num_heads: hp,
             scale: cfg.scale,
@@ -175,6 +198,7 @@ impl MlaBackend for RocmAiterMla {
             kv_scale: cfg.k_scale,
             out_dtype: cfg.dtype,
             lse_dtype: DType::F32,
+            faults: cfg.faults,
         };
         let o = ex.mla_decode_fwd(
             &q_pad,

@@ -121,6 +121,7 @@ impl MlaBackend for TritonMla {
             kv_scale: cfg.k_scale,
             out_dtype: cfg.dtype,
             lse_dtype: cfg.dtype,
+            faults: cfg.faults,
         };
         ex.decode_attention_fwd(q, &rows, cache, splits, &p)
     }
