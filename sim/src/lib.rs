@@ -19,3 +19,4 @@ pub mod reference;
 pub mod replay;
 pub mod rules;
 pub mod workload;
+pub mod zoo;

@@ -94,6 +94,7 @@ use crate::config::AttnConfig;
 use crate::numerics::{exp2c, SoftcapFormula};
 use crate::profile::VllmProfile;
 use attnlab_shared::error::{Error, Result};
+use attnlab_shared::dtype::DType;
 use attnlab_shared::fault::{Fault, FaultSet};
 use attnlab_shared::layout::LayoutKind;
 use attnlab_shared::metadata::AttentionMetadata;
@@ -931,8 +932,13 @@ impl<'a> Kernel<'a> {
             Flavor::Vllm => kv_dtype.is_fp8() || kv_dtype != q_dtype,
             Flavor::Aiter => !kv_dtype.is_fp8() && kv_dtype != q_dtype,
         };
+        // Fault::Fp8KvDtypeMismatch: the bytes decoded as the other e4m3 variant.
+        let reread = self.fp8_reread();
         let load = |x: f32, scale: f32| match flavor {
-            Flavor::Vllm => q_dtype.round(dequant_kv(x, scale, kv_dtype, q_dtype)),
+            Flavor::Vllm => {
+                let x = reread.map_or(x, |(w, r)| r.from_bits(w.to_bits(x)));
+                q_dtype.round(dequant_kv(x, scale, kv_dtype, q_dtype))
+            }
             Flavor::Aiter => q_dtype.round(x),
         };
         let mut kv = KvTile::new(tile, d);
@@ -1025,6 +1031,19 @@ impl<'a> Kernel<'a> {
         let first = (plo + 1).saturating_sub(w).div_ceil(tile);
         let end = (phi + 1) / tile;
         Some((first, end))
+    }
+
+    /// `(written as, read as)` under [`Fault::Fp8KvDtypeMismatch`] with an fp8 cache.
+    fn fp8_reread(&self) -> Option<(DType, DType)> {
+        let kv = self.cfg.kv_dtype;
+        if !self.cfg.faults.has(Fault::Fp8KvDtypeMismatch) {
+            return None;
+        }
+        match kv {
+            DType::Fp8E4m3Fnuz => Some((kv, DType::Fp8E4m3Fn)),
+            DType::Fp8E4m3Fn => Some((kv, DType::Fp8E4m3Fnuz)),
+            _ => None,
+        }
     }
 
     fn allowed(&self, t: usize, qabs: usize, seq_len: usize) -> bool {
