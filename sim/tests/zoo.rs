@@ -42,3 +42,14 @@ fn every_fault_is_caught_within_its_budget_with_a_shrunk_counterexample() {
     }
     assert!(missed.is_empty(), "survived: {missed:?}");
 }
+
+/// The long baseline: a minute per property with no fault (no false alarm).
+#[test]
+#[ignore]
+fn every_property_holds_without_faults_for_a_minute_each() {
+    for probe in Probe::all() {
+        let (found, cases) = run_probe(probe, FaultSet::NONE, Duration::from_secs(60), 2);
+        assert!(found.is_none(), "{}: {:#?}", probe.label(), found);
+        eprintln!("{:<60} {cases} cases, none failed", probe.label());
+    }
+}

@@ -18,3 +18,4 @@ pub mod run;
 pub mod select;
 pub mod trace;
 pub mod util;
+pub mod zoo;
