@@ -211,9 +211,11 @@ pub struct Outcome {
 /// An input the zoo generates: shrinkable by proptest, with a size.
 trait ZooInput: Debug + Clone {
     fn size(&self) -> usize;
-    fn describe(&self) -> String {
-        format!("{self:?}")
-    }
+}
+
+/// How a counterexample is reported: its size and a description.
+fn shown<V: ZooInput>(v: &V) -> (usize, String) {
+    (v.size(), format!("{v:?}"))
 }
 
 /// Runs `check` over `strategy` in batches until a case fails or `budget`
@@ -221,6 +223,7 @@ trait ZooInput: Debug + Clone {
 fn hunt<S>(
     strategy: S,
     check: impl Fn(&S::Value) -> std::result::Result<(), String>,
+    show: impl Fn(&S::Value) -> (usize, String),
     seed: u64,
     budget: Duration,
 ) -> (Option<(f64, Counterexample)>, u64)
@@ -265,9 +268,10 @@ where
         match result {
             Ok(()) => batch += 1,
             Err(TestError::Fail(why, input)) => {
+                let (size, described) = show(&input);
                 let cx = Counterexample {
-                    size: input.size(),
-                    input: input.describe(),
+                    size,
+                    input: described,
                     failure: why.to_string(),
                 };
                 return (first.get().map(|s| (s, cx)), cases.get());
@@ -290,13 +294,25 @@ fn reject<T>(why: impl std::fmt::Display) -> std::result::Result<T, String> {
 /// against its property for at most `budget`.
 pub fn run_probe(probe: Probe, faults: FaultSet, budget: Duration, seed: u64) -> (Option<(f64, Counterexample)>, u64) {
     match probe {
-        Probe::Mha(t) => hunt(paged_input(t), |i| check_backend(t, i, faults), seed, budget),
-        Probe::BlockSizes => hunt(block_size_input(), |i| check_block_sizes(i, faults), seed, budget),
-        Probe::PerRank => hunt(per_rank_input(), |i| check_per_rank(i, faults), seed, budget),
-        Probe::Merge => hunt(merge_input(), |i| check_merge(i, faults), seed, budget),
-        Probe::VarlenLse => hunt(varlen_input(), |i| check_varlen(i, faults), seed, budget),
-        Probe::Mla(t) => hunt(mla_input(t), |i| check_mla(t, i, faults), seed, budget),
-        Probe::IndexArithmetic => hunt(extent_input(), |i| check_extents(i, faults), seed, budget),
+        Probe::Mha(t) => hunt(
+            paged_input(t),
+            |i| check_backend(t, i, faults),
+            |i| show_paged(&t.space(), i),
+            seed,
+            budget,
+        ),
+        Probe::BlockSizes => hunt(block_size_input(), |i| check_block_sizes(i, faults), shown, seed, budget),
+        Probe::PerRank => hunt(
+            per_rank_input(),
+            |i| check_per_rank(i, faults),
+            |i| show_paged(&MhaTarget::TritonAttn.space(), i),
+            seed,
+            budget,
+        ),
+        Probe::Merge => hunt(merge_input(), |i| check_merge(i, faults), shown, seed, budget),
+        Probe::VarlenLse => hunt(varlen_input(), |i| check_varlen(i, faults), shown, seed, budget),
+        Probe::Mla(t) => hunt(mla_input(t), |i| check_mla(t, i, faults), shown, seed, budget),
+        Probe::IndexArithmetic => hunt(extent_input(), |i| check_extents(i, faults), shown, seed, budget),
     }
 }
 
@@ -459,6 +475,20 @@ fn paged_input(t: MhaTarget) -> impl Strategy<Value = PagedInput> {
 impl ZooInput for PagedInput {
     fn size(&self) -> usize {
         self.reqs * (self.context + self.query)
+    }
+}
+
+/// A paged counterexample as the case it draws: its KV tokens and shapes.
+fn show_paged(space: &MhaSpace, input: &PagedInput) -> (usize, String) {
+    match draw_paged_case(space, input) {
+        Some(c) => {
+            let tp = if input.tp > 1 { format!("TP {}, ", input.tp) } else { String::new() };
+            (
+                c.meta.seq_lens.iter().map(|&x| x as usize).sum(),
+                format!("{tp}{}", c.describe()),
+            )
+        }
+        None => shown(input),
     }
 }
 
