@@ -534,7 +534,7 @@ fn check_backend(t: MhaTarget, input: &PagedInput, faults: FaultSet) -> std::res
     let cfg = crate::config::AttnConfig { faults, ..case.cfg.clone() };
     let out = backend
         .forward(&case.query, &case.cache, &case.meta, &cfg)
-        .map_err(|e| format!("{} refused a case it admits: {e}\n  case: {}", space.name, case.describe()))?;
+        .map_err(|e| format!("{} refused a case it admits: {e}", space.name))?;
     let want = reference::paged_attention(&case.query, &case.cache, &case.meta, &case.cfg)
         .map_err(|e| format!("reference: {e}"))?;
     let tol = if case.cfg.kv_dtype.is_fp8() {
@@ -547,16 +547,10 @@ fn check_backend(t: MhaTarget, input: &PagedInput, faults: FaultSet) -> std::res
         return Ok(());
     }
     let i = c.first_mismatch.unwrap_or(0);
+    let (t, h, d) = (i / (case.cfg.num_heads * case.cfg.head_size), i / case.cfg.head_size % case.cfg.num_heads, i % case.cfg.head_size);
     Err(format!(
-        "{}: {} of {} elements outside atol {} / rtol {}; first at {i}: {} vs f64 {}\n  case: {}",
-        space.name,
-        c.mismatches,
-        c.len,
-        tol.atol,
-        tol.rtol,
-        out[i],
-        want.out[i],
-        case.describe()
+        "{}: {} of {} elements outside atol {} / rtol {}; first at out[{t}, {h}, {d}]: {} vs f64 {}",
+        space.name, c.mismatches, c.len, tol.atol, tol.rtol, out[i], want.out[i]
     ))
 }
 
