@@ -1,4 +1,4 @@
-//! `attnlab zoo [--fault NAME|all] [--budget-seconds S] [--json]`: the
+//! `attnlab zoo [--fault NAME|all] [--budget-seconds S] [--baseline] [--list] [--json]`: the
 //! real-bug zoo (issue 14, `attnlab_sim::zoo`). Each fault, a bug that
 //! reached vLLM/AITER users re-injected into the emulator, is run against
 //! the property that should catch it; one row per fault says whether it was
@@ -6,9 +6,10 @@
 //! the property. Exit 0 when every fault run was caught, 1 when one survived.
 
 use super::util::{emit, exit, progress};
-use attnlab_shared::fault::Fault;
-use attnlab_sim::zoo::{run_fault, Outcome, DEFAULT_BUDGET_SECONDS, MAX_BUDGET_SECONDS};
+use attnlab_shared::fault::{Fault, FaultSet};
+use attnlab_sim::zoo::{run_fault, run_probe, Outcome, Probe, DEFAULT_BUDGET_SECONDS, MAX_BUDGET_SECONDS};
 use std::process::ExitCode;
+use std::time::Duration;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -21,6 +22,10 @@ pub struct Args {
     /// List the faults (name, tracker, root cause) and exit.
     #[arg(long)]
     pub list: bool,
+    /// Run every property with no fault for the budget instead: a failure
+    /// here is a false alarm (or a bug in the emulator), exit 1.
+    #[arg(long, conflicts_with = "fault")]
+    pub baseline: bool,
     /// Print a JSON array of rows {fault, tracker, root_cause, property, probe, caught,
     /// seconds_to_failure, cases, counterexample {size, input, failure}, budget_seconds};
     /// with --list, an array of {fault, tracker, root_cause}.
@@ -46,6 +51,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         )
         .into());
     }
+    if args.baseline {
+        return baseline(s, args.json);
+    }
     let bar = progress(args.json, faults.len(), "zoo");
     let mut rows = Vec::with_capacity(faults.len());
     for f in faults {
@@ -61,6 +69,40 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     let survived = rows.iter().any(|r| !r.caught);
     Ok(ExitCode::from(if survived { exit::FAILED } else { exit::OK }))
+}
+
+/// Every probe with no fault for `seconds`: cases run and what failed.
+fn baseline(seconds: f64, json: bool) -> anyhow::Result<ExitCode> {
+    let probes = Probe::all();
+    let bar = progress(json, probes.len(), "zoo --baseline");
+    let mut rows = vec![];
+    for (i, p) in probes.iter().enumerate() {
+        bar.set_message(p.label());
+        let (found, cases) = run_probe(*p, FaultSet::NONE, Duration::from_secs_f64(seconds), 0x5eed + i as u64);
+        rows.push(serde_json::json!({
+            "probe": p.label(),
+            "property": p.property(),
+            "cases": cases,
+            "seconds": seconds,
+            "failure": found.map(|(_, cx)| cx),
+        }));
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    let failed = rows.iter().any(|r| !r["failure"].is_null());
+    if json {
+        emit(&format!("{}\n", serde_json::to_string_pretty(&rows)?));
+    } else {
+        for r in &rows {
+            emit(&format!(
+                "{:<60} {:>8} cases  {}\n",
+                r["probe"].as_str().unwrap_or(""),
+                r["cases"],
+                if r["failure"].is_null() { "held".to_string() } else { format!("FAILED: {}", r["failure"]) }
+            ));
+        }
+    }
+    Ok(ExitCode::from(if failed { exit::FAILED } else { exit::OK }))
 }
 
 fn list(json: bool) -> anyhow::Result<ExitCode> {
