@@ -597,18 +597,34 @@ fn every_limit_is_documented_with_its_default_and_override() {
 
 #[test]
 fn zoo_catches_a_fault_names_its_counterexample_and_lists_every_fault() {
-    let o = attnlab(&["zoo", "--fault", "MERGE-NEG-INF-NAN", "--budget-seconds", "30", "--json"]);
+    let o = attnlab(&[
+        "zoo",
+        "--fault",
+        "MERGE-NEG-INF-NAN",
+        "--budget-seconds",
+        "30",
+        "--json",
+    ]);
     assert_eq!(o.code, Some(0), "{o:?}");
     let v: serde_json::Value = serde_json::from_str(&o.stdout).expect("json");
     let row = &v[0];
     assert_eq!(row["fault"], "merge-neg-inf-nan");
     assert_eq!(row["caught"], true);
     assert_eq!(row["property"], "merge_matches_reference");
-    assert!(row["counterexample"]["failure"].as_str().unwrap().contains("NaN"), "{row}");
+    assert!(
+        row["counterexample"]["failure"]
+            .as_str()
+            .unwrap()
+            .contains("NaN"),
+        "{row}"
+    );
     let o = attnlab(&["zoo", "--list", "--json"]);
     assert_eq!(o.code, Some(0), "{o:?}");
     let v: serde_json::Value = serde_json::from_str(&o.stdout).expect("json");
     assert_eq!(v.as_array().map(|a| a.len()), Some(21), "{v}");
     let e = attnlab(&["zoo", "--fault", "nope"]);
-    assert!(e.stderr.contains("'nope'") && e.stderr.contains("block-id-u16"), "{e:?}");
+    assert!(
+        e.stderr.contains("'nope'") && e.stderr.contains("block-id-u16"),
+        "{e:?}"
+    );
 }

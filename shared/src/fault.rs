@@ -179,7 +179,11 @@ impl FaultSet {
 
     /// The injected faults, in [`Fault::ALL`] order.
     pub fn faults(self) -> Vec<Fault> {
-        Fault::ALL.iter().copied().filter(|&f| self.has(f)).collect()
+        Fault::ALL
+            .iter()
+            .copied()
+            .filter(|&f| self.has(f))
+            .collect()
     }
 }
 
@@ -209,7 +213,10 @@ mod tests {
     #[test]
     fn an_unknown_fault_name_lists_the_allowed_ones() {
         let e = Fault::parse("nope").unwrap_err().to_string();
-        assert!(e.contains("'nope'") && e.contains("merge-neg-inf-nan"), "{e}");
+        assert!(
+            e.contains("'nope'") && e.contains("merge-neg-inf-nan"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -156,8 +156,14 @@ mod tests {
     #[test]
     fn each_width_fault_breaks_only_its_kernel_past_its_boundary() {
         let cases = [
-            (Fault::TritonMlaPageStrideI32, AddressedKernel::TritonMlaDecode),
-            (Fault::AiterPageAddressMul32, AddressedKernel::AiterMlaDecode),
+            (
+                Fault::TritonMlaPageStrideI32,
+                AddressedKernel::TritonMlaDecode,
+            ),
+            (
+                Fault::AiterPageAddressMul32,
+                AddressedKernel::AiterMlaDecode,
+            ),
             (Fault::FlexPagedOffsetI32, AddressedKernel::FlexPaged),
             (Fault::BlockIdU16, AddressedKernel::AiterBlockTable),
         ];
@@ -168,7 +174,11 @@ mod tests {
             }
         }
         // 65,536 blocks: ids 0..=65535 fit in 16 bits; one more does not.
-        let at = |n| CacheExtent { num_blocks: n, block_size: 1, row_elems: 1 };
+        let at = |n| CacheExtent {
+            num_blocks: n,
+            block_size: 1,
+            row_elems: 1,
+        };
         let f = FaultSet::only(Fault::BlockIdU16);
         assert!(check_extent(AddressedKernel::AiterBlockTable, at(65_536), f).is_ok());
         let e = check_extent(AddressedKernel::AiterBlockTable, at(65_537), f).unwrap_err();

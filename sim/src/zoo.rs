@@ -292,7 +292,12 @@ fn reject<T>(why: impl std::fmt::Display) -> std::result::Result<T, String> {
 
 /// Runs `fault` (or, with `None`, the probe with no fault: the baseline)
 /// against its property for at most `budget`.
-pub fn run_probe(probe: Probe, faults: FaultSet, budget: Duration, seed: u64) -> (Option<(f64, Counterexample)>, u64) {
+pub fn run_probe(
+    probe: Probe,
+    faults: FaultSet,
+    budget: Duration,
+    seed: u64,
+) -> (Option<(f64, Counterexample)>, u64) {
     match probe {
         Probe::Mha(t) => hunt(
             paged_input(t),
@@ -301,7 +306,13 @@ pub fn run_probe(probe: Probe, faults: FaultSet, budget: Duration, seed: u64) ->
             seed,
             budget,
         ),
-        Probe::BlockSizes => hunt(block_size_input(), |i| check_block_sizes(i, faults), shown, seed, budget),
+        Probe::BlockSizes => hunt(
+            block_size_input(),
+            |i| check_block_sizes(i, faults),
+            shown,
+            seed,
+            budget,
+        ),
         Probe::PerRank => hunt(
             per_rank_input(),
             |i| check_per_rank(i, faults),
@@ -309,10 +320,34 @@ pub fn run_probe(probe: Probe, faults: FaultSet, budget: Duration, seed: u64) ->
             seed,
             budget,
         ),
-        Probe::Merge => hunt(merge_input(), |i| check_merge(i, faults), shown, seed, budget),
-        Probe::VarlenLse => hunt(varlen_input(), |i| check_varlen(i, faults), shown, seed, budget),
-        Probe::Mla(t) => hunt(mla_input(t), |i| check_mla(t, i, faults), shown, seed, budget),
-        Probe::IndexArithmetic => hunt(extent_input(), |i| check_extents(i, faults), shown, seed, budget),
+        Probe::Merge => hunt(
+            merge_input(),
+            |i| check_merge(i, faults),
+            shown,
+            seed,
+            budget,
+        ),
+        Probe::VarlenLse => hunt(
+            varlen_input(),
+            |i| check_varlen(i, faults),
+            shown,
+            seed,
+            budget,
+        ),
+        Probe::Mla(t) => hunt(
+            mla_input(t),
+            |i| check_mla(t, i, faults),
+            shown,
+            seed,
+            budget,
+        ),
+        Probe::IndexArithmetic => hunt(
+            extent_input(),
+            |i| check_extents(i, faults),
+            shown,
+            seed,
+            budget,
+        ),
     }
 }
 
@@ -463,13 +498,40 @@ fn paged_input(t: MhaTarget) -> impl Strategy<Value = PagedInput> {
     let s = t.space();
     (
         any::<u64>(),
-        (0..s.blocks.len(), 0..s.heads.len(), 0..s.dtypes.len(), 0..HKV.len(), 0..s.qpk.len()),
+        (
+            0..s.blocks.len(),
+            0..s.heads.len(),
+            0..s.dtypes.len(),
+            0..HKV.len(),
+            0..s.qpk.len(),
+        ),
         (1usize..=4, 1usize..=160, 1usize..=24),
         (any::<bool>(), any::<bool>(), 0..EDGES.len()),
     )
-        .prop_map(|(seed, (block, head, dtype, hkv, qpk), (reqs, context, query), (window, fp8, edge))| {
-            PagedInput { seed, block, head, dtype, hkv, qpk, reqs, context, query, window, fp8, edge, tp: 1 }
-        })
+        .prop_map(
+            |(
+                seed,
+                (block, head, dtype, hkv, qpk),
+                (reqs, context, query),
+                (window, fp8, edge),
+            )| {
+                PagedInput {
+                    seed,
+                    block,
+                    head,
+                    dtype,
+                    hkv,
+                    qpk,
+                    reqs,
+                    context,
+                    query,
+                    window,
+                    fp8,
+                    edge,
+                    tp: 1,
+                }
+            },
+        )
 }
 
 impl ZooInput for PagedInput {
@@ -482,7 +544,11 @@ impl ZooInput for PagedInput {
 fn show_paged(space: &MhaSpace, input: &PagedInput) -> (usize, String) {
     match draw_paged_case(space, input) {
         Some(c) => {
-            let tp = if input.tp > 1 { format!("TP {}, ", input.tp) } else { String::new() };
+            let tp = if input.tp > 1 {
+                format!("TP {}, ", input.tp)
+            } else {
+                String::new()
+            };
             (
                 c.meta.seq_lens.iter().map(|&x| x as usize).sum(),
                 format!("{tp}{}", c.describe()),
@@ -517,12 +583,24 @@ fn draw_paged_case(space: &MhaSpace, input: &PagedInput) -> Option<AttnCase> {
         zero_len_queries: false,
         null_block: true,
         max_cache_bytes: Some(4 << 20),
-        edge: if input.window { EDGES[input.edge.min(EDGES.len() - 1)] } else { None },
+        edge: if input.window {
+            EDGES[input.edge.min(EDGES.len() - 1)]
+        } else {
+            None
+        },
     };
-    draw_with(&mut ChaCha8Rng::seed_from_u64(input.seed), &case_space, &regimes)
+    draw_with(
+        &mut ChaCha8Rng::seed_from_u64(input.seed),
+        &case_space,
+        &regimes,
+    )
 }
 
-fn check_backend(t: MhaTarget, input: &PagedInput, faults: FaultSet) -> std::result::Result<(), String> {
+fn check_backend(
+    t: MhaTarget,
+    input: &PagedInput,
+    faults: FaultSet,
+) -> std::result::Result<(), String> {
     let space = t.space();
     let Some(case) = draw_paged_case(&space, input) else {
         return reject("a shape the layout refuses");
@@ -531,7 +609,10 @@ fn check_backend(t: MhaTarget, input: &PagedInput, faults: FaultSet) -> std::res
     if let Err(e) = backend.check(&case.cfg, case.meta.block_size) {
         return reject(e);
     }
-    let cfg = crate::config::AttnConfig { faults, ..case.cfg.clone() };
+    let cfg = crate::config::AttnConfig {
+        faults,
+        ..case.cfg.clone()
+    };
     let out = backend
         .forward(&case.query, &case.cache, &case.meta, &cfg)
         .map_err(|e| format!("{} refused a case it admits: {e}", space.name))?;
@@ -547,7 +628,11 @@ fn check_backend(t: MhaTarget, input: &PagedInput, faults: FaultSet) -> std::res
         return Ok(());
     }
     let i = c.first_mismatch.unwrap_or(0);
-    let (t, h, d) = (i / (case.cfg.num_heads * case.cfg.head_size), i / case.cfg.head_size % case.cfg.num_heads, i % case.cfg.head_size);
+    let (t, h, d) = (
+        i / (case.cfg.num_heads * case.cfg.head_size),
+        i / case.cfg.head_size % case.cfg.num_heads,
+        i % case.cfg.head_size,
+    );
     Err(format!(
         "{}: {} of {} elements outside atol {} / rtol {}; first at out[{t}, {h}, {d}]: {} vs f64 {}",
         space.name, c.mismatches, c.len, tol.atol, tol.rtol, out[i], want.out[i]
@@ -570,8 +655,10 @@ impl ZooInput for BlockSizeInput {
     }
 }
 
-const BLOCK_SIZE_BACKENDS: [(&str, &Capabilities); 2] =
-    [("TRITON_ATTN", &TRITON_ATTN), ("ROCM_AITER_FA", &ROCM_AITER_FA)];
+const BLOCK_SIZE_BACKENDS: [(&str, &Capabilities); 2] = [
+    ("TRITON_ATTN", &TRITON_ATTN),
+    ("ROCM_AITER_FA", &ROCM_AITER_FA),
+];
 
 fn block_size_input() -> impl Strategy<Value = BlockSizeInput> {
     (
@@ -581,7 +668,10 @@ fn block_size_input() -> impl Strategy<Value = BlockSizeInput> {
             prop::sample::select(vec![272usize, 544, 784, 1056]),
         ],
     )
-        .prop_map(|(backend, block_size)| BlockSizeInput { backend, block_size })
+        .prop_map(|(backend, block_size)| BlockSizeInput {
+            backend,
+            block_size,
+        })
 }
 
 /// Both backends admit every multiple of 16 (vLLM splits a block the
@@ -591,10 +681,13 @@ fn check_block_sizes(input: &BlockSizeInput, faults: FaultSet) -> std::result::R
     let (name, caps) = BLOCK_SIZE_BACKENDS[input.backend.min(1)];
     let m = input.block_size;
     let advertised = caps.kernel_block_sizes_with(faults);
-    let kb = common_block_size_with(m, advertised, faults)
-        .ok_or_else(|| format!("{name} refuses manager block size {m}: no kernel block size among {advertised:?}"))?;
+    let kb = common_block_size_with(m, advertised, faults).ok_or_else(|| {
+        format!("{name} refuses manager block size {m}: no kernel block size among {advertised:?}")
+    })?;
     if m % kb != 0 {
-        return Err(format!("{name}: kernel block size {kb} does not divide {m}"));
+        return Err(format!(
+            "{name}: kernel block size {kb} does not divide {m}"
+        ));
     }
     let backend = by_name(name).map_err(|e| e.to_string())?;
     if name == "ROCM_AITER_FA" {
@@ -611,8 +704,13 @@ fn check_block_sizes(input: &BlockSizeInput, faults: FaultSet) -> std::result::R
 // launch_choice_is_per_rank
 
 fn per_rank_input() -> impl Strategy<Value = PagedInput> {
-    (any::<u64>(), 0..HKV.len(), (1usize..=8, 1usize..=96, 1usize..=2), 1usize..=8).prop_map(
-        |(seed, hkv, (reqs, context, query), tp)| PagedInput {
+    (
+        any::<u64>(),
+        0..HKV.len(),
+        (1usize..=8, 1usize..=96, 1usize..=2),
+        1usize..=8,
+    )
+        .prop_map(|(seed, hkv, (reqs, context, query), tp)| PagedInput {
             seed,
             block: 0,
             head: 0,
@@ -626,17 +724,22 @@ fn per_rank_input() -> impl Strategy<Value = PagedInput> {
             fp8: false,
             edge: 0,
             tp,
-        },
-    )
+        })
 }
 
 fn check_per_rank(input: &PagedInput, faults: FaultSet) -> std::result::Result<(), String> {
     let Some(case) = draw_paged_case(&MhaTarget::TritonAttn.space(), input) else {
         return reject("a shape the layout refuses");
     };
-    let cfg = crate::config::AttnConfig { faults, ..case.cfg.clone() };
+    let cfg = crate::config::AttnConfig {
+        faults,
+        ..case.cfg.clone()
+    };
     let launch = |tp: usize| {
-        let opts = VllmLaunchOptions { tensor_parallel_size: tp, ..VllmLaunchOptions::default() };
+        let opts = VllmLaunchOptions {
+            tensor_parallel_size: tp,
+            ..VllmLaunchOptions::default()
+        };
         UnifiedLaunch::vllm(&case.meta, &cfg, opts).map_err(|e| e.to_string())
     };
     let (one, at_tp) = (launch(1)?, launch(input.tp)?);
@@ -674,7 +777,13 @@ impl ZooInput for MergeInput {
 fn merge_input() -> impl Strategy<Value = MergeInput> {
     (1usize..=4, 1usize..=4, 1usize..=8).prop_flat_map(|(t, h, d)| {
         (prop::collection::vec((0u8..3, 0u8..3), t * h), any::<u64>()).prop_map(
-            move |(classes, seed)| MergeInput { tokens: t, heads: h, head_size: d, classes, seed },
+            move |(classes, seed)| MergeInput {
+                tokens: t,
+                heads: h,
+                head_size: d,
+                classes,
+                seed,
+            },
         )
     })
 }
@@ -725,7 +834,8 @@ fn check_merge(input: &MergeInput, faults: FaultSet) -> std::result::Result<(), 
         ));
     }
     for (i, (&a, &b)) in got.lse.iter().zip(&want.lse).enumerate() {
-        let same = (a as f64 == b) || (b.is_finite() && (a as f64 - b).abs() <= 1e-4 * (1.0 + b.abs()));
+        let same =
+            (a as f64 == b) || (b.is_finite() && (a as f64 - b).abs() <= 1e-4 * (1.0 + b.abs()));
         if !same {
             return Err(format!(
                 "merge_attn_states (HIP): lse[{}, {}] = {a} vs f64 {b} with prefix lse {} and suffix lse {}",
@@ -769,14 +879,16 @@ fn varlen_input() -> impl Strategy<Value = VarlenInput> {
         prop::option::of(1usize..=8),
         any::<u64>(),
     )
-        .prop_map(|(seqs, heads, head_size, causal, window, seed)| VarlenInput {
-            seqs,
-            heads,
-            head_size,
-            causal,
-            window,
-            seed,
-        })
+        .prop_map(
+            |(seqs, heads, head_size, causal, window, seed)| VarlenInput {
+                seqs,
+                heads,
+                head_size,
+                causal,
+                window,
+                seed,
+            },
+        )
 }
 
 fn check_varlen(input: &VarlenInput, faults: FaultSet) -> std::result::Result<(), String> {
@@ -809,7 +921,8 @@ fn check_varlen(input: &VarlenInput, faults: FaultSet) -> std::result::Result<()
                 let mut scores = vec![];
                 for t in 0..sk {
                     let seen = !masked
-                        || (pos >= t as i64 && input.window.map_or(true, |w| pos - (t as i64) < w as i64));
+                        || (pos >= t as i64
+                            && input.window.map_or(true, |w| pos - (t as i64) < w as i64));
                     if seen {
                         let kt = &k[((cu_k[b] as usize + t) * h + hh) * d..][..d];
                         let dot: f64 = qi.iter().zip(kt).map(|(&a, &c)| a as f64 * c as f64).sum();
@@ -907,7 +1020,11 @@ fn mla_input(_t: MlaTarget) -> impl Strategy<Value = MlaInput> {
 }
 
 fn check_mla(t: MlaTarget, input: &MlaInput, faults: FaultSet) -> std::result::Result<(), String> {
-    let kv_dtype = if input.fp8 { DType::Fp8E4m3Fnuz } else { DType::Bf16 };
+    let kv_dtype = if input.fp8 {
+        DType::Fp8E4m3Fnuz
+    } else {
+        DType::Bf16
+    };
     let cfg = MlaConfig {
         num_heads: input.heads,
         dims: MLA_DIMS,
@@ -924,7 +1041,9 @@ fn check_mla(t: MlaTarget, input: &MlaInput, faults: FaultSet) -> std::result::R
     };
     let backend: Box<dyn MlaBackend> = match t {
         MlaTarget::TritonMla => Box::new(TritonMla::default()),
-        MlaTarget::AiterMla => Box::new(RocmAiterMla { page_size: input.page }),
+        MlaTarget::AiterMla => Box::new(RocmAiterMla {
+            page_size: input.page,
+        }),
     };
     if let Err(e) = backend.check(&cfg, input.block) {
         return reject(e);
@@ -935,11 +1054,21 @@ fn check_mla(t: MlaTarget, input: &MlaInput, faults: FaultSet) -> std::result::R
     let step = mla_step(&reqs, &cfg, input.block, input.seed).map_err(|e| e.to_string())?;
     let weights = MlaWeights::random(cfg.num_heads, cfg.dims, cfg.dtype, input.seed ^ 7);
     let mut cache = step.cache.clone();
-    let st = MlaStep { q: &step.q, kv_c: &step.kv_c, k_pe: &step.k_pe, meta: &step.meta };
+    let st = MlaStep {
+        q: &step.q,
+        kv_c: &step.kv_c,
+        k_pe: &step.k_pe,
+        meta: &step.meta,
+    };
     let ranks = run_mla_step(backend.as_ref(), &st, &mut cache, &weights, &cfg).map_err(|e| {
-        format!("{} refused a step it admits: {e}\n  step: {}", t.name(), describe_mla(input, &cfg))
+        format!(
+            "{} refused a step it admits: {e}\n  step: {}",
+            t.name(),
+            describe_mla(input, &cfg)
+        )
     })?;
-    let want = reference_step(&step.q, &cache, &step.meta, &weights, &cfg).map_err(|e| e.to_string())?;
+    let want =
+        reference_step(&step.q, &cache, &step.meta, &weights, &cfg).map_err(|e| e.to_string())?;
     let got = &ranks[0].out;
     // fp8: the prefill path attends to the new tokens' unquantized latents,
     // the reference to the cache's (vLLM's own fp8 tolerance is 0.15).
@@ -981,16 +1110,26 @@ fn mla_step(reqs: &[(usize, usize)], cfg: &MlaConfig, bs: usize, seed: u64) -> R
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let vals = |n: usize, dt: DType, rng: &mut ChaCha8Rng| -> Vec<f32> {
         let spread = if dt.is_fp8() { 40.0 } else { 1.0 };
-        (0..n).map(|_| dt.round(rng.gen_range(-spread..spread))).collect()
+        (0..n)
+            .map(|_| dt.round(rng.gen_range(-spread..spread)))
+            .collect()
     };
     let per_req: Vec<usize> = reqs.iter().map(|&(q, c)| (q + c).div_ceil(bs)).collect();
     let num_blocks = per_req.iter().sum::<usize>() + 2;
     let mut ids: Vec<i32> = (0..num_blocks as i32).collect();
     ids.shuffle(&mut rng);
     let mut next = ids.into_iter();
-    let rows: Vec<Vec<i32>> = per_req.iter().map(|&n| next.by_ref().take(n).collect()).collect();
+    let rows: Vec<Vec<i32>> = per_req
+        .iter()
+        .map(|&n| next.by_ref().take(n).collect())
+        .collect();
     let slot = |r: usize, t: usize| rows[r][t / bs] as i64 * bs as i64 + (t % bs) as i64;
-    let mut cache = LatentCache::zeros(MlaLayout::for_dims(&cfg.dims, num_blocks, bs, cfg.kv_dtype)?);
+    let mut cache = LatentCache::zeros(MlaLayout::for_dims(
+        &cfg.dims,
+        num_blocks,
+        bs,
+        cfg.kv_dtype,
+    )?);
     cache.data = vals(cache.data.len(), cfg.kv_dtype, &mut rng);
     let (lkv, r) = (cfg.dims.kv_lora_rank, cfg.dims.qk_rope_head_dim);
     let (mut qsl, mut slots) = (vec![0i32], vec![]);
@@ -1004,7 +1143,15 @@ fn mla_step(reqs: &[(usize, usize)], cfg: &MlaConfig, bs: usize, seed: u64) -> R
     }
     let t = slots.len();
     let seq_lens = reqs.iter().map(|&(q, c)| (q + c) as i32).collect();
-    let meta = AttentionMetadata::new(bs, num_blocks, qsl, seq_lens, BlockTableTensor::from_rows(&rows), slots, true)?;
+    let meta = AttentionMetadata::new(
+        bs,
+        num_blocks,
+        qsl,
+        seq_lens,
+        BlockTableTensor::from_rows(&rows),
+        slots,
+        true,
+    )?;
     let qw = cfg.dims.qk_nope_head_dim + r;
     Ok(MlaCase {
         q: vals(t * cfg.num_heads * qw, cfg.dtype, &mut rng),
@@ -1038,7 +1185,11 @@ fn extent_input() -> impl Strategy<Value = ExtentInput> {
         prop::sample::select(vec![1usize, 16, 64]),
         prop::sample::select(vec![128usize, 576, 1024]),
     )
-        .prop_map(|(num_blocks, block_size, row_elems)| ExtentInput { num_blocks, block_size, row_elems })
+        .prop_map(|(num_blocks, block_size, row_elems)| ExtentInput {
+            num_blocks,
+            block_size,
+            row_elems,
+        })
 }
 
 fn check_extents(input: &ExtentInput, faults: FaultSet) -> std::result::Result<(), String> {
@@ -1062,13 +1213,18 @@ mod tests {
         let probes = Probe::all();
         assert_eq!(probes.len(), 11, "{probes:?}");
         for p in Property::ALL {
-            assert!(probes.iter().any(|q| q.property() == p), "{p:?} catches nothing");
+            assert!(
+                probes.iter().any(|q| q.property() == p),
+                "{p:?} catches nothing"
+            );
         }
     }
 
     #[test]
     fn a_budget_outside_its_range_is_refused_naming_it() {
-        let e = run_fault(Fault::MergeNegInfNan, 0.0).unwrap_err().to_string();
+        let e = run_fault(Fault::MergeNegInfNan, 0.0)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("budget seconds 0") && e.contains("3600"), "{e}");
     }
 }

@@ -5,8 +5,8 @@
 //! bits; a chunked context equals one chunk; vLLM's captured mla_decode
 //! outputs replay through every MLA backend that accepts them.
 
-use attnlab_shared::fault::FaultSet;
 use attnlab_shared::dtype::DType;
+use attnlab_shared::fault::FaultSet;
 use attnlab_shared::layout::mla::MlaLayout;
 use attnlab_shared::metadata::{AttentionMetadata, BlockTableTensor};
 use attnlab_shared::model::MlaDims;

@@ -34,7 +34,11 @@ fn every_fault_is_caught_within_its_budget_with_a_shrunk_counterexample() {
             o.probe
         );
         if let Some(cx) = &o.counterexample {
-            eprintln!("    {}\n    {}", cx.input, cx.failure.lines().next().unwrap_or(""));
+            eprintln!(
+                "    {}\n    {}",
+                cx.input,
+                cx.failure.lines().next().unwrap_or("")
+            );
         }
         if !o.caught {
             missed.push(fault.name());

@@ -7,7 +7,9 @@
 
 use super::util::{emit, exit, progress};
 use attnlab_shared::fault::{Fault, FaultSet};
-use attnlab_sim::zoo::{run_fault, run_probe, Outcome, Probe, DEFAULT_BUDGET_SECONDS, MAX_BUDGET_SECONDS};
+use attnlab_sim::zoo::{
+    run_fault, run_probe, Outcome, Probe, DEFAULT_BUDGET_SECONDS, MAX_BUDGET_SECONDS,
+};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -68,7 +70,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         emit(&table(&rows));
     }
     let survived = rows.iter().any(|r| !r.caught);
-    Ok(ExitCode::from(if survived { exit::FAILED } else { exit::OK }))
+    Ok(ExitCode::from(if survived {
+        exit::FAILED
+    } else {
+        exit::OK
+    }))
 }
 
 /// Every probe with no fault for `seconds`: cases run and what failed.
@@ -78,7 +84,12 @@ fn baseline(seconds: f64, json: bool) -> anyhow::Result<ExitCode> {
     let mut rows = vec![];
     for (i, p) in probes.iter().enumerate() {
         bar.set_message(p.label());
-        let (found, cases) = run_probe(*p, FaultSet::NONE, Duration::from_secs_f64(seconds), 0x5eed + i as u64);
+        let (found, cases) = run_probe(
+            *p,
+            FaultSet::NONE,
+            Duration::from_secs_f64(seconds),
+            0x5eed + i as u64,
+        );
         rows.push(serde_json::json!({
             "probe": p.label(),
             "property": p.property(),
@@ -98,7 +109,11 @@ fn baseline(seconds: f64, json: bool) -> anyhow::Result<ExitCode> {
                 "{:<60} {:>8} cases  {}\n",
                 r["probe"].as_str().unwrap_or(""),
                 r["cases"],
-                if r["failure"].is_null() { "held".to_string() } else { format!("FAILED: {}", r["failure"]) }
+                if r["failure"].is_null() {
+                    "held".to_string()
+                } else {
+                    format!("FAILED: {}", r["failure"])
+                }
             ));
         }
     }
@@ -116,7 +131,13 @@ fn list(json: bool) -> anyhow::Result<ExitCode> {
         emit(&format!("{}\n", serde_json::to_string_pretty(&rows)?));
     } else {
         for f in Fault::ALL {
-            emit(&format!("{:<30} {}\n{:<30} {}\n", f.name(), f.tracker(), "", f.root_cause()));
+            emit(&format!(
+                "{:<30} {}\n{:<30} {}\n",
+                f.name(),
+                f.tracker(),
+                "",
+                f.root_cause()
+            ));
         }
     }
     Ok(ExitCode::from(exit::OK))
@@ -133,15 +154,22 @@ fn table(rows: &[Outcome]) -> String {
             "{:<30} {:<8} {:>9} {:>8} {:>9}  {}\n",
             r.fault.name(),
             if r.caught { "caught" } else { "SURVIVED" },
-            r.seconds_to_failure.map_or("-".to_string(), |x| format!("{x:.2}")),
+            r.seconds_to_failure
+                .map_or("-".to_string(), |x| format!("{x:.2}")),
             r.cases,
-            r.counterexample.as_ref().map_or("-".to_string(), |c| c.size.to_string()),
+            r.counterexample
+                .as_ref()
+                .map_or("-".to_string(), |c| c.size.to_string()),
             r.probe
         );
         if let Some(c) = &r.counterexample {
             s += &format!("    input:   {}\n", c.input);
             for (i, line) in c.failure.lines().enumerate() {
-                s += &format!("    {} {}\n", if i == 0 { "failure:" } else { "        " }, line.trim());
+                s += &format!(
+                    "    {} {}\n",
+                    if i == 0 { "failure:" } else { "        " },
+                    line.trim()
+                );
             }
         }
     }

@@ -49,8 +49,8 @@ use crate::kernels::softmax::OutLse;
 use crate::kernels::unified_attention::{UnifiedLaunch, MI300X_CU_COUNT};
 use attnlab_shared::block_table::{select_kernel_block_size, KernelBlockSize};
 use attnlab_shared::dtype::DType;
-use attnlab_shared::fault::Fault;
 use attnlab_shared::error::{Error, Result};
+use attnlab_shared::fault::Fault;
 use attnlab_shared::layout::LayoutKind;
 use attnlab_shared::metadata::{AttentionMetadata, BlockTableTensor, RequestKind};
 use attnlab_shared::registry::ROCM_AITER_FA;
@@ -465,7 +465,9 @@ impl AttentionBackend for RocmAiterFa {
         }
         let fa = VarlenParams {
             // Fault::WindowConventionMixed: W handed over as the left bound (W, 0).
-            window: cfg.sliding_window.map(|w| w + usize::from(cfg.faults.has(Fault::WindowConventionMixed))),
+            window: cfg
+                .sliding_window
+                .map(|w| w + usize::from(cfg.faults.has(Fault::WindowConventionMixed))),
             alibi_slopes: cfg.alibi_slopes.as_deref(),
             sinks: cfg.sinks.as_deref(),
             ..VarlenParams::new(hq, cfg.num_kv_heads, d, cfg.dtype, cfg.scale)

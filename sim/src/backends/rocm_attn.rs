@@ -114,7 +114,9 @@ impl RocmAttn {
         // Fault::Ll4miHeadSize32: the launcher also admits head size 32.
         let head_ok = matches!(cfg.head_size, 64 | 128)
             || (cfg.head_size == 32 && cfg.faults.has(Fault::Ll4miHeadSize32));
-        let custom = self.kernel_window_with(cfg.sliding_window, cfg.faults).is_none()
+        let custom = self
+            .kernel_window_with(cfg.sliding_window, cfg.faults)
+            .is_none()
             && matches!(cfg.dtype, DType::F16 | DType::Bf16)
             && head_ok
             && matches!(meta.block_size, 16 | 32)

@@ -39,10 +39,10 @@
 //! `min_seqlen_q` (vLLM passes 1; its prefill/extend rows all have q > 1),
 //! dropout and `return_attn_probs` are not modelled.
 
-use attnlab_shared::fault::{Fault, FaultSet};
 use super::softmax::{lane_dots, visible, OutLse, RowState, ScoreParams};
 use crate::numerics::DType;
 use attnlab_shared::error::{Error, Result};
+use attnlab_shared::fault::{Fault, FaultSet};
 use rayon::prelude::*;
 
 /// Query rows per program (CK `bm0` for every head size ROCm uses).

@@ -30,10 +30,10 @@
 //! empty FA result), lse -inf. `prefill_tokens_with_context` and fp8 output
 //! quantization are not modelled (no ROCm MHA backend passes them).
 
-use attnlab_shared::fault::{Fault, FaultSet};
 use super::softmax::OutLse;
 use crate::numerics::{expc, log2c, DType, LN2};
 use attnlab_shared::error::{Error, Result};
+use attnlab_shared::fault::{Fault, FaultSet};
 use rayon::prelude::*;
 
 /// Which of vLLM's two merge kernels runs (they differ only on infinities).

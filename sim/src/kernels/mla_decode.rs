@@ -40,12 +40,12 @@
 //! it is one fma chain per lane in ascending channel order. A row with no key
 //! (padding) yields output 0 and lse -inf, where vLLM's stage 2 yields 0/0.
 
-use crate::addressing::{check_extent, AddressedKernel, CacheExtent};
-use attnlab_shared::fault::{Fault, FaultSet};
 use super::mla_cache::{load_latent, LatentCache};
 use super::softmax::{lane_dots, RowState, ScoreParams};
+use crate::addressing::{check_extent, AddressedKernel, CacheExtent};
 use attnlab_shared::dtype::DType;
 use attnlab_shared::error::{Error, Result};
+use attnlab_shared::fault::{Fault, FaultSet};
 use rayon::prelude::*;
 
 /// Keys per stage-1 tile (ROCm launch; 32 on CUDA).
@@ -535,7 +535,11 @@ impl AiterPaging {
                 (self.qo_indptr[b + 1] - self.qo_indptr[b]) as usize,
             );
             for i in 0..q {
-                let kv_len = if causal { l.saturating_sub(q - 1 - i) } else { l };
+                let kv_len = if causal {
+                    l.saturating_sub(q - 1 - i)
+                } else {
+                    l
+                };
                 rows.push(KvRow {
                     pages,
                     page_size: if ignore { 1 } else { self.page_size },

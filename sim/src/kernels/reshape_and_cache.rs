@@ -29,12 +29,12 @@
 //! has no explicit clamp, so out-of-range values are implementation-defined
 //! on the GPU; the emulator saturates for every writer.
 
-use attnlab_shared::fault::{Fault, FaultSet};
 use crate::backends::KernelCall;
 use crate::cache::KvCache;
 use crate::config::AttnConfig;
 use attnlab_shared::dtype::DType;
 use attnlab_shared::error::{Error, Result};
+use attnlab_shared::fault::{Fault, FaultSet};
 use attnlab_shared::layout::{KvLayout, LayoutKind};
 
 /// Which vLLM/AITER writer runs. Each backend names the one vLLM calls.

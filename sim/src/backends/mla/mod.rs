@@ -24,7 +24,6 @@ pub use common::{
     RankOutput,
 };
 
-use attnlab_shared::fault::FaultSet;
 use super::exec::{Cpu, KernelExecutor};
 use super::KernelCall;
 use crate::fixture::MlaCase;
@@ -32,6 +31,7 @@ use crate::kernels::mla_cache::LatentCache;
 use crate::kernels::mla_decode::MlaDecodeOutput;
 use attnlab_shared::dtype::DType;
 use attnlab_shared::error::{Error, Result};
+use attnlab_shared::fault::FaultSet;
 use attnlab_shared::layout::mla::MlaLayout;
 use attnlab_shared::metadata::AttentionMetadata;
 use attnlab_shared::model::{preset, MlaDims};

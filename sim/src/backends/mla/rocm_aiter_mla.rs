@@ -15,7 +15,6 @@
 //! fp8 caches are read like TRITON_MLA (dequantized to the query dtype);
 //! AITER's fp8-query asm variant (q quantized with q_scale) is not modelled.
 
-use attnlab_shared::fault::{Fault, FaultSet};
 use super::{MlaBackend, MlaConfig, MlaDecodeBatch};
 use crate::backends::exec::KernelExecutor;
 use crate::backends::KernelCall;
@@ -25,6 +24,7 @@ use crate::kernels::mla_decode::{
 };
 use attnlab_shared::dtype::DType;
 use attnlab_shared::error::{Error, Result};
+use attnlab_shared::fault::{Fault, FaultSet};
 use attnlab_shared::registry::ROCM_AITER_MLA;
 use attnlab_shared::selection::Profile;
 
@@ -81,7 +81,11 @@ impl RocmAiterMla {
 
     /// [`RocmAiterMla::build_paging`] with `faults`
     /// ([`Fault::KvIndicesPerBlock`]: `kv_indices` sized one entry per block).
-    pub fn build_paging_with(&self, batch: &MlaDecodeBatch, faults: FaultSet) -> Result<AiterPaging> {
+    pub fn build_paging_with(
+        &self,
+        batch: &MlaDecodeBatch,
+        faults: FaultSet,
+    ) -> Result<AiterPaging> {
         let (meta, k, p) = (batch.meta, batch.meta.block_size, self.page_size);
         if p == 0 || k % p != 0 {
             return Err(Error::invalid(
@@ -107,7 +111,9 @@ impl RocmAiterMla {
             });
         }
         if faults.has(Fault::KvIndicesPerBlock) {
-            let blocks = (0..batch.num_decodes).map(|r| meta.seq_len(r).div_ceil(k)).sum();
+            let blocks = (0..batch.num_decodes)
+                .map(|r| meta.seq_len(r).div_ceil(k))
+                .sum();
             kv_indices.truncate(blocks);
         }
         let qo_indptr = meta.query_start_loc[..=batch.num_decodes].to_vec();
