@@ -386,6 +386,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_hybrid_validation_fault_drops_only_the_divisor_fallback() {
+        let fa = [KernelBlockSize::Exact(16), KernelBlockSize::Exact(32)];
+        let bad = FaultSet::only(Fault::HybridBlockSizeValidation);
+        for (m, want) in [
+            (16, Some(16)),
+            (32, Some(32)),
+            (544, Some(32)),
+            (48, Some(16)),
+        ] {
+            assert_eq!(common_block_size_with(m, &fa, FaultSet::NONE), want, "{m}");
+            let exact = matches!(m, 16 | 32);
+            assert_eq!(common_block_size_with(m, &fa, bad).is_some(), exact, "{m}");
+        }
+        let any16 = [KernelBlockSize::MultipleOf(16)];
+        assert_eq!(common_block_size_with(1056, &any16, bad), Some(1056));
+    }
+
+    #[test]
     fn double_free_is_an_error_naming_the_block() {
         let mut pool = BlockPool::new(2).unwrap();
         let b = pool.allocate().unwrap();

@@ -488,6 +488,19 @@ mod tests {
     use super::*;
 
     #[test]
+    fn only_exact_size_lists_are_widened_by_the_any_block_size_fault() {
+        let f = FaultSet::only(Fault::AnyBlockSizeClaim);
+        assert_eq!(
+            ROCM_AITER_FA.kernel_block_sizes_with(FaultSet::NONE),
+            ROCM_AITER_FA.kernel_block_sizes
+        );
+        assert_eq!(ROCM_AITER_FA.kernel_block_sizes_with(f), MULTIPLE_OF_16);
+        for caps in [&TRITON_ATTN, &ROCM_AITER_MLA, &ROCM_AITER_MLA_SPARSE] {
+            assert_eq!(caps.kernel_block_sizes_with(f), caps.kernel_block_sizes);
+        }
+    }
+
+    #[test]
     fn names_round_trip_and_are_case_sensitive() {
         for b in BackendName::ALL {
             assert_eq!(BackendName::from_name(b.name()), Some(b));
