@@ -202,7 +202,8 @@ pub struct Outcome {
     pub caught: bool,
     /// Seconds from the start to the first failing case (shrinking excluded).
     pub seconds_to_failure: Option<f64>,
-    /// Cases generated up to and including the first failure (or in all).
+    /// Cases checked (rejected draws not counted) up to and including the
+    /// first failure, or in all.
     pub cases: u64,
     pub counterexample: Option<Counterexample>,
     pub budget_seconds: f64,
@@ -251,10 +252,13 @@ where
         let mut runner =
             TestRunner::new_with_rng(config, TestRng::from_seed(RngAlgorithm::ChaCha, &bytes));
         let result = runner.run(&strategy, |input| {
-            if first.get().is_none() {
+            let verdict = check(&input);
+            // Rejected inputs (not of this property) are not counted.
+            let counted = !matches!(&verdict, Err(why) if why.starts_with(REJECT));
+            if counted && first.get().is_none() {
                 cases.set(cases.get() + 1);
             }
-            match check(&input) {
+            match verdict {
                 Ok(()) => Ok(()),
                 Err(why) if why.starts_with(REJECT) => Err(TestCaseError::reject(why)),
                 Err(why) => {
