@@ -94,7 +94,7 @@ pub fn unified_launch(launch: &UnifiedLaunch, cfg: &AttnConfig, target: Target) 
 /// The ll4mi kernel's `VHELOOP = head_size / 64` loops of 64 output dims
 /// must cover the head exactly (0 loops write nothing).
 pub fn ll4mi_head_size(head_size: usize) -> Result<()> {
-    if head_size > 0 && head_size % 64 == 0 {
+    if head_size > 0 && head_size.is_multiple_of(64) {
         return Ok(());
     }
     Err(Error::unsupported(
@@ -130,7 +130,7 @@ pub fn aiter_mla_page_size(page_size: usize) -> Result<()> {
 
 /// AITER's asm MLA decode: query heads in whole groups of 16.
 pub fn aiter_mla_heads(heads: usize) -> Result<()> {
-    if heads > 0 && heads % 16 == 0 {
+    if heads > 0 && heads.is_multiple_of(16) {
         return Ok(());
     }
     Err(Error::unsupported(

@@ -688,7 +688,7 @@ fn check_block_sizes(input: &BlockSizeInput, faults: FaultSet) -> std::result::R
     let kb = common_block_size_with(m, advertised, faults).ok_or_else(|| {
         format!("{name} refuses manager block size {m}: no kernel block size among {advertised:?}")
     })?;
-    if m % kb != 0 {
+    if !m.is_multiple_of(kb) {
         return Err(format!(
             "{name}: kernel block size {kb} does not divide {m}"
         ));
@@ -926,7 +926,7 @@ fn check_varlen(input: &VarlenInput, faults: FaultSet) -> std::result::Result<()
                 for t in 0..sk {
                     let seen = !masked
                         || (pos >= t as i64
-                            && input.window.map_or(true, |w| pos - (t as i64) < w as i64));
+                            && input.window.is_none_or(|w| pos - (t as i64) < w as i64));
                     if seen {
                         let kt = &k[((cu_k[b] as usize + t) * h + hh) * d..][..d];
                         let dot: f64 = qi.iter().zip(kt).map(|(&a, &c)| a as f64 * c as f64).sum();
@@ -1044,7 +1044,7 @@ fn check_mla(t: MlaTarget, input: &MlaInput, faults: FaultSet) -> std::result::R
         ..MlaConfig::deepseek_r1(1)
     };
     let backend: Box<dyn MlaBackend> = match t {
-        MlaTarget::TritonMla => Box::new(TritonMla::default()),
+        MlaTarget::TritonMla => Box::new(TritonMla),
         MlaTarget::AiterMla => Box::new(RocmAiterMla {
             page_size: input.page,
         }),
