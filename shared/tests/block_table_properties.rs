@@ -128,15 +128,16 @@ proptest! {
     #[test]
     fn the_common_block_size_is_the_manager_size_or_its_largest_exact_divisor(
         m in 1usize..2200,
-        exact in prop::collection::vec(1usize..80, 0..3),
-        multiple in prop::option::of(1usize..40),
+        exact in prop::collection::vec(0usize..80, 0..3),
+        multiple in prop::option::of(0usize..40),
     ) {
         let mut sizes: Vec<KernelBlockSize> = exact.iter().map(|&n| KernelBlockSize::Exact(n)).collect();
         if let Some(k) = multiple {
             sizes.push(KernelBlockSize::MultipleOf(k));
         }
-        let takes = exact.contains(&m) || multiple.is_some_and(|k| m % k == 0);
-        let divisor = exact.iter().copied().filter(|&n| m % n == 0).max();
+        // A zero entry (a malformed list) takes and divides nothing.
+        let takes = exact.contains(&m) || multiple.is_some_and(|k| k > 0 && m % k == 0);
+        let divisor = exact.iter().copied().filter(|&n| n > 0 && m % n == 0).max();
         let want = if takes { Some(m) } else { divisor };
         prop_assert_eq!(common_block_size(m, &sizes), want);
         match select_kernel_block_size(m, "B", &sizes) {
