@@ -13,7 +13,9 @@
 //! a check is one bit test of a `u32` held by value.
 //!
 //! Tracker references and root causes are facts from the public trackers,
-//! in our own words; the code that re-creates each is attnlab's own.
+//! in our own words; the code that re-creates each (where a tracker names
+//! only the symptom, a mechanism that produces it at the same place) is
+//! attnlab's own, described per fault in docs/src/bugs.md.
 
 use crate::error::{Error, Result};
 use serde::Serialize;
@@ -52,7 +54,7 @@ macro_rules! faults {
 faults! {
     /// AITER's MLA decode read `kv_indices` as token slots whatever the page size.
     AiterMlaPageSizeIgnored = "aiter-mla-page-size-ignored", "ROCm/aiter #2996, #3095",
-        "mla_decode_fwd ignored page_size > 1 and read every kv_indices entry as one token slot";
+        "AITER's MLA decode ignored a page_size greater than 1";
     /// AITER multiplied a page id by the page stride in 32 bits.
     AiterPageAddressMul32 = "aiter-page-address-mul32", "ROCm/aiter PR #4351",
         "the page address page_id * page_stride was multiplied in 32 bits and wrapped past 2^31 elements";
@@ -76,34 +78,34 @@ faults! {
         "a query row that saw no key returned LSE +inf instead of -inf";
     /// The Triton chunked-prefill attention returned a wrong LSE.
     ChunkedPrefillLse = "chunked-prefill-lse", "vllm-project/vllm PR #14316",
-        "the chunked-prefill kernel returned its base-2 running LSE without converting it to natural log";
+        "the Triton chunked-prefill attention kernel returned a wrong LSE";
     /// AITER's chunked MLA prefill combined chunk LSEs wrongly.
     ChunkedMlaPrefillLse = "chunked-mla-prefill-lse", "ROCm/aiter PR #3606",
-        "chunked MLA prefill merged a context chunk with the LSE of the previous chunk instead of its own";
+        "chunked MLA prefill returned a wrong LSE for its context chunks";
     /// SPLIT_UNMASKED_LOOP took the union of the rows' unmasked key ranges.
     SplitUnmaskedUnion = "split-unmasked-union", "ROCm/aiter #5741",
         "with SPLIT_UNMASKED_LOOP and a window, a program skipped masks on the union of its rows' unmasked tiles, not their intersection";
     /// A sliding window handed over in another convention.
     WindowConventionMixed = "window-convention-mixed", "vllm-project/vllm PRs #29065, #34378, #15982",
-        "a window W passed as (W, 0) to a kernel whose left bound is W - 1 (conventions (-1,-1), 0, W+1 mixed up)";
+        "sliding-window conventions ((-1, -1) for none, 0, W + 1) were mixed up between a backend and its kernel";
     /// ROCM_ATTN's sliding-window boundary was one token off.
     RocmAttnWindowOffByOne = "rocm-attn-window-off-by-one", "vllm-project/vllm #59550",
-        "ROCM_ATTN handed its kernels sliding_window - 1, so a window of W attended W - 1 keys";
+        "ROCM_ATTN's sliding-window boundary was one token off";
     /// The Triton cache writer did not admit block size 1056.
     CacheWriterBlock1056 = "cache-writer-block-1056", "vllm-project/vllm PR #35923",
-        "the Triton KV-cache writer's block-size check refused 1056, a hybrid model's block size the backend admits";
+        "the Triton KV-cache writer did not admit block size 1056, a hybrid model's block size the backend admits";
     /// A kernel claimed any block size but supported 16 and 32.
     AnyBlockSizeClaim = "any-block-size-claim", "vllm-project/vllm PR #31712",
         "a backend advertised any block size while its decode kernel only supports 16 and 32";
     /// Hybrid block sizes validated against the wrong list.
     HybridBlockSizeValidation = "hybrid-block-size-validation", "vllm-project/vllm PR #36292",
-        "hybrid block sizes (272, 544, 784, 1056) were validated as kernel block sizes instead of being split into one";
+        "hybrid block sizes (272, 544, 784, 1056) were validated wrongly";
     /// BLOCK_Q * queries-per-KV used as a tl.arange extent.
     BlockQTimesQpkNonPow2 = "block-q-times-qpk-non-pow2", "vllm-project/vllm PR #18100",
         "BLOCK_M was BLOCK_Q * queries_per_kv (e.g. 5 * 3 = 15), not a power of two, as a tl.arange extent";
     /// ll4mi with head size 32: VHELOOP = 0.
     Ll4miHeadSize32 = "ll4mi-head-size-32", "vllm-project/vllm #34570",
-        "head size 32 reached the ll4mi kernel, whose VHELOOP = head_size / 64 = 0 left the output unwritten";
+        "head size 32 reached the ll4mi kernel, whose VHELOOP came out 0 and left the output uninitialised";
     /// The 2D/3D threshold read the model-wide KV head count.
     ThresholdModelKvHeads = "threshold-model-kv-heads", "vllm-project/vllm #56996",
         "seq_threshold_3D was computed from the model's KV heads instead of this rank's, so the 2D/3D choice changed with TP";
@@ -112,7 +114,7 @@ faults! {
         "with an fp8 KV cache, head counts not divisible by 16 reached AITER MLA unpadded (GSM8K 97.19% -> 74.00%)";
     /// fp8 KV cache written in one format and read in the other.
     Fp8KvDtypeMismatch = "fp8-kv-dtype-mismatch", "vllm-project/vllm #45562",
-        "the attention kernel decoded an fp8 KV cache in the other e4m3 variant (fn vs fnuz) than the writer used";
+        "an fp8 KV cache was read with another fp8 dtype than it was written with: silently wrong output";
 }
 
 impl Fault {
