@@ -138,3 +138,36 @@ proptest! {
         prop_assert_eq!(got, expected(&k), "{:?}", k);
     }
 }
+
+/// The names the CLI and `--json` print: profiles parse back from their
+/// names, vLLM's exception types print as Python does (`Kind: message`).
+#[test]
+fn profile_names_round_trip_and_errors_print_as_python() {
+    for p in [Profile::Pr26980, Profile::Latest] {
+        assert_eq!(Profile::parse(p.name()).unwrap(), p);
+    }
+    assert_eq!(Profile::Latest.name(), "latest");
+    let e = Profile::parse("nope").unwrap_err().to_string();
+    assert!(e.contains("'nope'") && e.contains("pr26980, latest"), "{e}");
+    // A sparse fp8 model: vLLM's ValueError, printed as Python prints it.
+    let k = Knobs {
+        flags: [false; 5],
+        aiter_installed: true,
+        use_mla: true,
+        use_sparse: true,
+        fp8: true,
+        block: 1,
+        arch: 0,
+        explicit: 0,
+    };
+    let err = select(&input(&k), Profile::Pr26980).unwrap_err();
+    assert_eq!(err.kind.name(), "ValueError");
+    assert_eq!(err.to_string(), format!("ValueError: {}", err.message));
+    for (kind, name) in [
+        (ErrorKind::ValueError, "ValueError"),
+        (ErrorKind::RuntimeError, "RuntimeError"),
+        (ErrorKind::AssertionError, "AssertionError"),
+    ] {
+        assert_eq!(kind.name(), name);
+    }
+}
