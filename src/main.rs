@@ -41,6 +41,8 @@ enum Command {
     Bench(cli::bench::Args),
     /// GPU utilities (compile every kernel for a target).
     Gpu(cli::gpu::Args),
+    /// The real-bug zoo: bugs that reached vLLM/AITER users, re-injected; does the property suite catch them?
+    Zoo(cli::zoo::Args),
 }
 
 /// Parses the command line, checks the `ATTNLAB_MAX_*` limits in the
@@ -67,6 +69,7 @@ fn main() -> ExitCode {
         Command::Diff(a) => cli::diff::run(a),
         Command::Bench(a) => cli::bench::run(a),
         Command::Gpu(a) => cli::gpu::run(a),
+        Command::Zoo(a) => cli::zoo::run(a),
     };
     match result {
         Ok(code) => code,

@@ -316,6 +316,7 @@ fn usage_errors_exit_2_and_honour_json_on_every_subcommand() {
         "diff",
         "bench",
         "gpu compile",
+        "zoo",
     ] {
         let mut args: Vec<&str> = sub.split(' ').collect();
         args.extend(["--no-such-flag", "--json"]);
@@ -356,6 +357,9 @@ fn bad_values_exit_1_in_every_subcommand() {
         &["diff", "--cases", "-1"],
         &["bench", "--cpu", "--backend", "nope"],
         &["gpu", "compile", "--target", "gfx1"],
+        &["zoo", "--fault", "nope"],
+        &["zoo", "--budget-seconds", "0"],
+        &["zoo", "--budget-seconds", "NaN"],
     ] {
         let o = attnlab(args);
         assert!(!o.crashed(), "{args:?}: {o:?}");
@@ -589,4 +593,38 @@ fn every_limit_is_documented_with_its_default_and_override() {
         );
     }
     assert!(page.contains(attnlab_shared::limits::MEMORY_ENV));
+}
+
+#[test]
+fn zoo_catches_a_fault_names_its_counterexample_and_lists_every_fault() {
+    let o = attnlab(&[
+        "zoo",
+        "--fault",
+        "MERGE-NEG-INF-NAN",
+        "--budget-seconds",
+        "30",
+        "--json",
+    ]);
+    assert_eq!(o.code, Some(0), "{o:?}");
+    let v: serde_json::Value = serde_json::from_str(&o.stdout).expect("json");
+    let row = &v[0];
+    assert_eq!(row["fault"], "merge-neg-inf-nan");
+    assert_eq!(row["caught"], true);
+    assert_eq!(row["property"], "merge_matches_reference");
+    assert!(
+        row["counterexample"]["failure"]
+            .as_str()
+            .unwrap()
+            .contains("NaN"),
+        "{row}"
+    );
+    let o = attnlab(&["zoo", "--list", "--json"]);
+    assert_eq!(o.code, Some(0), "{o:?}");
+    let v: serde_json::Value = serde_json::from_str(&o.stdout).expect("json");
+    assert_eq!(v.as_array().map(|a| a.len()), Some(21), "{v}");
+    let e = attnlab(&["zoo", "--fault", "nope"]);
+    assert!(
+        e.stderr.contains("'nope'") && e.stderr.contains("block-id-u16"),
+        "{e:?}"
+    );
 }

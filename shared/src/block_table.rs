@@ -17,6 +17,7 @@
 //! A slot number is the same in both views: `(m*r + o/k)*k + o%k = m*M + o`.
 
 use crate::error::{Error, Result};
+use crate::fault::{Fault, FaultSet};
 use crate::metadata::{BlockTableTensor, PAD_SLOT_ID};
 use serde::Serialize;
 use std::collections::VecDeque;
@@ -252,6 +253,18 @@ pub fn common_block_size(
     manager_block_size: usize,
     supported: &[KernelBlockSize],
 ) -> Option<usize> {
+    common_block_size_with(manager_block_size, supported, FaultSet::NONE)
+}
+
+/// [`common_block_size`] with `faults` injected
+/// ([`Fault::HybridBlockSizeValidation`]: the manager size is validated as
+/// if it were the kernel block size, so a hybrid size such as 544 that
+/// only splits into 32s is refused).
+pub fn common_block_size_with(
+    manager_block_size: usize,
+    supported: &[KernelBlockSize],
+    faults: FaultSet,
+) -> Option<usize> {
     if manager_block_size == 0 {
         return None;
     }
@@ -261,6 +274,9 @@ pub fn common_block_size(
     };
     if supported.iter().any(accepts) {
         return Some(manager_block_size);
+    }
+    if faults.has(Fault::HybridBlockSizeValidation) {
+        return None;
     }
     supported
         .iter()
@@ -368,6 +384,24 @@ pub fn block_table_tensor(rows: &[&[usize]], split: KernelBlockSplit) -> Result<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_hybrid_validation_fault_drops_only_the_divisor_fallback() {
+        let fa = [KernelBlockSize::Exact(16), KernelBlockSize::Exact(32)];
+        let bad = FaultSet::only(Fault::HybridBlockSizeValidation);
+        for (m, want) in [
+            (16, Some(16)),
+            (32, Some(32)),
+            (544, Some(32)),
+            (48, Some(16)),
+        ] {
+            assert_eq!(common_block_size_with(m, &fa, FaultSet::NONE), want, "{m}");
+            let exact = matches!(m, 16 | 32);
+            assert_eq!(common_block_size_with(m, &fa, bad).is_some(), exact, "{m}");
+        }
+        let any16 = [KernelBlockSize::MultipleOf(16)];
+        assert_eq!(common_block_size_with(1056, &any16, bad), Some(1056));
+    }
 
     #[test]
     fn double_free_is_an_error_naming_the_block() {

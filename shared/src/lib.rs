@@ -6,6 +6,7 @@
 pub mod block_table;
 pub mod dtype;
 pub mod error;
+pub mod fault;
 pub mod layout;
 pub mod limits;
 pub mod metadata;

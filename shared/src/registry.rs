@@ -15,6 +15,7 @@ use crate::block_table::common_block_size;
 pub use crate::block_table::KernelBlockSize;
 use crate::dtype::{DType, KvCacheDtype};
 use crate::error::{Error, Result};
+use crate::fault::{Fault, FaultSet};
 use serde::{Serialize, Serializer};
 
 /// Declares [`BackendName`], its `ALL` list and `name()` from one table, so
@@ -302,6 +303,21 @@ impl Capabilities {
         common_block_size(block_size, self.kernel_block_sizes).is_some()
     }
 
+    /// `get_supported_kernel_block_sizes()` as the backend advertises it
+    /// with `faults` injected ([`Fault::AnyBlockSizeClaim`]: a backend whose
+    /// kernel takes an exact list of sizes claims every multiple of 16).
+    pub fn kernel_block_sizes_with(&self, faults: FaultSet) -> &'static [KernelBlockSize] {
+        let exact = self
+            .kernel_block_sizes
+            .iter()
+            .all(|s| matches!(s, KernelBlockSize::Exact(n) if *n > 1));
+        if faults.has(Fault::AnyBlockSizeClaim) && exact {
+            MULTIPLE_OF_16
+        } else {
+            self.kernel_block_sizes
+        }
+    }
+
     pub fn is_mla(&self) -> bool {
         matches!(self.kind, AttnKind::Mla | AttnKind::SparseMla)
     }
@@ -478,6 +494,19 @@ pub const ROCM_AITER_MLA_SPARSE: Capabilities = Capabilities {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_exact_size_lists_are_widened_by_the_any_block_size_fault() {
+        let f = FaultSet::only(Fault::AnyBlockSizeClaim);
+        assert_eq!(
+            ROCM_AITER_FA.kernel_block_sizes_with(FaultSet::NONE),
+            ROCM_AITER_FA.kernel_block_sizes
+        );
+        assert_eq!(ROCM_AITER_FA.kernel_block_sizes_with(f), MULTIPLE_OF_16);
+        for caps in [&TRITON_ATTN, &ROCM_AITER_MLA, &ROCM_AITER_MLA_SPARSE] {
+            assert_eq!(caps.kernel_block_sizes_with(f), caps.kernel_block_sizes);
+        }
+    }
 
     #[test]
     fn names_round_trip_and_are_case_sensitive() {

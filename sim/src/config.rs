@@ -2,6 +2,7 @@
 
 use attnlab_shared::dtype::DType;
 use attnlab_shared::error::{Error, Result};
+use attnlab_shared::fault::FaultSet;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -26,6 +27,10 @@ pub struct AttnConfig {
     pub sinks: Option<Vec<f32>>,
     /// Per-q-head ALiBi slopes: score += slope * (t - p).
     pub alibi_slopes: Option<Vec<f32>>,
+    /// Real bugs re-injected (`attnlab zoo`, [`attnlab_shared::fault`]);
+    /// empty unless a zoo run sets it. Not part of a fixture.
+    #[serde(skip)]
+    pub faults: FaultSet,
 }
 
 impl AttnConfig {
@@ -44,6 +49,7 @@ impl AttnConfig {
             softcap: None,
             sinks: None,
             alibi_slopes: None,
+            faults: FaultSet::NONE,
         }
     }
 

@@ -3,6 +3,7 @@
 //! the arithmetic of [`numerics`], so the HIP kernels in `kernels/` produce
 //! the same bits. [`reference`] is plain f64 attention, the oracle.
 
+pub mod addressing;
 pub mod backends;
 pub mod cache;
 pub mod cases;
@@ -16,4 +17,6 @@ pub mod numerics;
 pub mod profile;
 pub mod reference;
 pub mod replay;
+pub mod rules;
 pub mod workload;
+pub mod zoo;

@@ -148,7 +148,7 @@ fn merge_ranks(ranks: &[&[f32]], t: usize) -> Vec<f32> {
 
 /// The f64 reference of one step (module doc): absorbed query in f64, the
 /// latent as one MQA head, `W_UV` in f64. `[T, N, V]`.
-fn reference_step(
+pub fn reference_step(
     q: &[f32],
     cache: &LatentCache,
     meta: &AttentionMetadata,

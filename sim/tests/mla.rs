@@ -6,6 +6,7 @@
 //! outputs replay through every MLA backend that accepts them.
 
 use attnlab_shared::dtype::DType;
+use attnlab_shared::fault::FaultSet;
 use attnlab_shared::layout::mla::MlaLayout;
 use attnlab_shared::metadata::{AttentionMetadata, BlockTableTensor};
 use attnlab_shared::model::MlaDims;
@@ -267,7 +268,7 @@ proptest! {
         let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 7);
         let q = rand_vec(&mut rng, lens.len() * 16 * 320, DType::Bf16);
         let rows: Vec<KvRow> = (0..lens.len()).map(|i| KvRow { pages: s.meta.block_table.row(i), page_size: 16, kv_len: lens[i] + 1, split_len: lens[i] + 1 }).collect();
-        let p = MlaDecodeParams { num_heads: 16, scale: 0.1, q_dtype, kv_scale: 1.0, out_dtype: DType::F32, lse_dtype: DType::F32 };
+        let p = MlaDecodeParams { num_heads: 16, scale: 0.1, q_dtype, kv_scale: 1.0, out_dtype: DType::F32, lse_dtype: DType::F32, faults: FaultSet::NONE };
         let run_with = |n: usize, threads: usize| rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap()
             .install(|| decode_attention_fwd(&q, &rows, &s.cache, KvSplits::Even { num_kv_splits: n }, &p).unwrap());
         let one = run_with(1, 1);

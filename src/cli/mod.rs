@@ -21,3 +21,4 @@ pub mod svg;
 pub mod trace;
 pub mod trace_svg;
 pub mod util;
+pub mod zoo;

@@ -74,6 +74,7 @@ pub fn run(gpu: &Gpu, opts: DiffOptions) -> Result<KernelReport> {
             },
             out_dtype: q_dtype,
             lse_dtype: if aiter { DType::F32 } else { q_dtype },
+            faults: attnlab_shared::fault::FaultSet::NONE,
         };
         let total_q: usize = reqs.iter().map(|r| r.1).sum();
         let w = lkv + rope;

@@ -191,7 +191,7 @@ pub trait KernelExecutor {
         p: &MlaDecodeParams,
     ) -> Result<MlaDecodeOutput> {
         let splits = aiter_splits(cache, paging, num_kv_splits, num_cus, p.num_heads)?;
-        self.decode_attention_fwd(q, &paging.rows(causal), cache, splits, p)
+        self.decode_attention_fwd(q, &paging.rows_with(causal, p.faults), cache, splits, p)
     }
 
     fn gather_and_maybe_dequant_cache(

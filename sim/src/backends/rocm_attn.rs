@@ -24,6 +24,7 @@ use crate::kernels::reshape_and_cache::CacheWriter;
 use attnlab_shared::block_table::select_kernel_block_size;
 use attnlab_shared::dtype::DType;
 use attnlab_shared::error::{Error, Result};
+use attnlab_shared::fault::{Fault, FaultSet};
 use attnlab_shared::layout::LayoutKind;
 use attnlab_shared::metadata::AttentionMetadata;
 use attnlab_shared::registry::{BackendName, ROCM_ATTN_SEED_ERA_KERNEL_BLOCK_SIZES};
@@ -75,7 +76,18 @@ impl Default for RocmAttn {
 impl RocmAttn {
     /// The window value `chunked_prefill_paged_decode` receives (`None` = 0).
     pub fn kernel_window(&self, window: Option<usize>) -> Option<usize> {
-        match self.profile {
+        self.kernel_window_with(window, FaultSet::NONE)
+    }
+
+    /// [`RocmAttn::kernel_window`] with `faults`
+    /// ([`Fault::RocmAttnWindowOffByOne`]: every profile passes `W - 1`).
+    pub fn kernel_window_with(&self, window: Option<usize>, faults: FaultSet) -> Option<usize> {
+        let profile = if faults.has(Fault::RocmAttnWindowOffByOne) {
+            RocmAttnProfile::SeedEra
+        } else {
+            self.profile
+        };
+        match profile {
             RocmAttnProfile::SeedEra => window.map(|w| w - 1).filter(|&w| w > 0),
             RocmAttnProfile::V0_33 => window,
         }
@@ -94,9 +106,14 @@ impl RocmAttn {
     /// check of `chunked_prefill_paged_decode` (our x-packed cache is always native).
     pub fn decode_kernel(&self, meta: &AttentionMetadata, cfg: &AttnConfig) -> DecodeKernel {
         let qpk = cfg.queries_per_kv();
-        let custom = self.kernel_window(cfg.sliding_window).is_none()
+        // Fault::Ll4miHeadSize32: the launcher also admits head size 32.
+        let head_ok = matches!(cfg.head_size, 64 | 128)
+            || (cfg.head_size == 32 && cfg.faults.has(Fault::Ll4miHeadSize32));
+        let custom = self
+            .kernel_window_with(cfg.sliding_window, cfg.faults)
+            .is_none()
             && matches!(cfg.dtype, DType::F16 | DType::Bf16)
-            && matches!(cfg.head_size, 64 | 128)
+            && head_ok
             && matches!(meta.block_size, 16 | 32)
             && (1..=16).contains(&qpk)
             && meta.max_seq_len <= CUSTOM_PA_MAX_SEQ_LEN
@@ -187,13 +204,17 @@ impl AttentionBackend for RocmAttn {
     /// The config the kernels see: the profile's window, no soft-cap.
     fn kernel_config(&self, cfg: &AttnConfig) -> AttnConfig {
         AttnConfig {
-            sliding_window: self.kernel_window(cfg.sliding_window),
+            sliding_window: self.kernel_window_with(cfg.sliding_window, cfg.faults),
             softcap: None,
             ..cfg.clone()
         }
     }
 
     fn route(&self, meta: &AttentionMetadata, cfg: &AttnConfig) -> Result<Vec<SubBatch>> {
-        Ok(Self::route_with_decode(meta, self.decode_kernel(meta, cfg)))
+        let decode = self.decode_kernel(meta, cfg);
+        if decode == DecodeKernel::Ll4mi {
+            crate::rules::ll4mi_head_size(cfg.head_size)?;
+        }
+        Ok(Self::route_with_decode(meta, decode))
     }
 }

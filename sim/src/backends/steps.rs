@@ -27,6 +27,7 @@ use crate::kernels::softmax::OutLse;
 use crate::kernels::unified_attention::{UnifiedLaunch, MI300X_CU_COUNT};
 use crate::kernels::KernelCall;
 use attnlab_shared::error::{Error, Result};
+use attnlab_shared::fault::Fault;
 use attnlab_shared::layout::KvLayout;
 use attnlab_shared::metadata::{AttentionMetadata, BlockTableTensor, RequestKind};
 
@@ -369,7 +370,10 @@ fn run_step(
                 gather_cache::cp_mha_gather_cache(cache, table, keys, format, scales, cfg.dtype)?
             };
             let fa = VarlenParams {
-                window: cfg.sliding_window,
+                // Fault::WindowConventionMixed: W handed over as the left bound (W, 0).
+                window: cfg
+                    .sliding_window
+                    .map(|w| w + usize::from(cfg.faults.has(Fault::WindowConventionMixed))),
                 alibi_slopes: cfg.alibi_slopes.as_deref(),
                 sinks: cfg.sinks.as_deref(),
                 ..VarlenParams::new(

@@ -42,6 +42,7 @@
 use super::softmax::{lane_dots, visible, OutLse, RowState, ScoreParams};
 use crate::numerics::DType;
 use attnlab_shared::error::{Error, Result};
+use attnlab_shared::fault::{Fault, FaultSet};
 use rayon::prelude::*;
 
 /// Query rows per program (CK `bm0` for every head size ROCm uses).
@@ -78,6 +79,8 @@ pub struct VarlenParams<'a> {
     pub sinks: Option<&'a [f32]>,
     /// Keys per tile; [`ck_block_n`] by default.
     pub block_n: usize,
+    /// Real bugs re-injected (`attnlab zoo`); empty unless a zoo run sets it.
+    pub faults: FaultSet,
 }
 
 impl<'a> VarlenParams<'a> {
@@ -101,6 +104,7 @@ impl<'a> VarlenParams<'a> {
             alibi_slopes: None,
             sinks: None,
             block_n: ck_block_n(head_size),
+            faults: FaultSet::NONE,
         }
     }
 
@@ -166,6 +170,23 @@ pub(crate) fn check_cu(what: &str, cu: &[i32]) -> Result<usize> {
 /// return_lse=True)`: q `[total_q, Hq, D]`, k `[total_k, Hkv, D]`, v
 /// `[total_k, Hkv, Dv]`, all exact in `p.dtype`. Returns out `[total_q, Hq,
 /// Dv]` and lse `[Hq, total_q]`.
+/// The natural-log LSE a row stores ([`RowState::lse`]), as a kernel with
+/// `faults` returns it: [`Fault::EmptyRowPlusInfLse`] gives a row with no
+/// key +inf; [`Fault::ChunkedPrefillLse`] returns the base-2 running value.
+#[inline]
+fn row_lse(st: &RowState, faults: FaultSet) -> f32 {
+    if faults.is_empty() {
+        return st.lse();
+    }
+    if faults.has(Fault::EmptyRowPlusInfLse) && st.l == 0.0 {
+        return f32::INFINITY;
+    }
+    if faults.has(Fault::ChunkedPrefillLse) {
+        return st.lse2();
+    }
+    st.lse()
+}
+
 pub fn flash_attn_varlen(
     q: &[f32],
     k: &[f32],
@@ -326,7 +347,7 @@ fn program(
             let o = &mut out[(i * hq + h) * dv..][..dv];
             o.copy_from_slice(&st.normalized());
             p.dtype.round_slice(o);
-            lse[h * rows + i] = st.lse();
+            lse[h * rows + i] = row_lse(st, p.faults);
         }
     }
     (out, lse)

@@ -39,6 +39,7 @@
 //! inverse table scatters only each request's used blocks (vLLM's padding
 //! entries point at the never-used null block 0).
 
+use crate::addressing::{check_extent, AddressedKernel, CacheExtent};
 use crate::cache::KvCache;
 use crate::config::AttnConfig;
 use crate::kernels::softmax::{visible, DimOffsets, KvTile, RowState, ScoreParams};
@@ -230,6 +231,13 @@ pub fn flex_attention(
     }
     let score = ScoreParams::new(cfg.scale, None);
     let dims = DimOffsets::new(&l);
+    // The K/V offset arithmetic over this cache, in the kernel's width.
+    let extent = CacheExtent {
+        num_blocks: l.num_blocks,
+        block_size: l.block_size,
+        row_elems: l.num_kv_heads * l.head_size,
+    };
+    check_extent(AddressedKernel::FlexPaged, extent, cfg.faults)?;
 
     let blocks: Vec<Vec<f32>> = (0..block_mask.kv_indices.len())
         .into_par_iter()

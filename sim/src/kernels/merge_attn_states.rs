@@ -33,6 +33,7 @@
 use super::softmax::OutLse;
 use crate::numerics::{expc, log2c, DType, LN2};
 use attnlab_shared::error::{Error, Result};
+use attnlab_shared::fault::{Fault, FaultSet};
 use rayon::prelude::*;
 
 /// Which of vLLM's two merge kernels runs (they differ only on infinities).
@@ -55,6 +56,22 @@ pub fn merge_attn_states(
     out_dtype: DType,
     kernel: MergeKernel,
 ) -> Result<OutLse> {
+    merge_attn_states_with(prefix, suffix, out_dtype, kernel, FaultSet::NONE)
+}
+
+/// [`merge_attn_states`] with `faults` ([`Fault::MergeNegInfNan`]: the HIP
+/// kernel without its both-empty guard, so `-inf - -inf` = NaN).
+pub fn merge_attn_states_with(
+    prefix: &OutLse,
+    suffix: &OutLse,
+    out_dtype: DType,
+    kernel: MergeKernel,
+    faults: FaultSet,
+) -> Result<OutLse> {
+    let kernel = match kernel {
+        MergeKernel::Hip if faults.has(Fault::MergeNegInfNan) => MergeKernel::Triton,
+        k => k,
+    };
     let shape = |o: &OutLse| (o.num_tokens, o.num_heads, o.head_size);
     if shape(prefix) != shape(suffix) {
         return Err(Error::invalid(

@@ -42,8 +42,10 @@
 
 use super::mla_cache::{load_latent, LatentCache};
 use super::softmax::{lane_dots, RowState, ScoreParams};
+use crate::addressing::{check_extent, AddressedKernel, CacheExtent};
 use attnlab_shared::dtype::DType;
 use attnlab_shared::error::{Error, Result};
+use attnlab_shared::fault::{Fault, FaultSet};
 use rayon::prelude::*;
 
 /// Keys per stage-1 tile (ROCm launch; 32 on CUDA).
@@ -124,6 +126,8 @@ pub struct MlaDecodeParams {
     pub out_dtype: DType,
     /// TRITON_MLA returns its LSE in the q dtype; f32 elsewhere.
     pub lse_dtype: DType,
+    /// Real bugs re-injected (`attnlab zoo`); empty unless a zoo run sets it.
+    pub faults: FaultSet,
 }
 
 /// `o [rows, H, Lkv]` (exact in `out_dtype`) and natural-log `lse [rows, H]`.
@@ -142,6 +146,21 @@ pub fn decode_attention_fwd(
     splits: KvSplits,
     p: &MlaDecodeParams,
 ) -> Result<MlaDecodeOutput> {
+    // The kernel's page-address arithmetic over this cache (crate::addressing).
+    let kernel = match splits {
+        KvSplits::Even { .. } => AddressedKernel::TritonMlaDecode,
+        KvSplits::Granular { .. } => AddressedKernel::AiterMlaDecode,
+    };
+    if let Some(row) = rows.first() {
+        let l = cache.layout;
+        let slots = l.num_blocks * l.block_size;
+        let extent = CacheExtent {
+            num_blocks: slots / row.page_size.max(1),
+            block_size: row.page_size,
+            row_elems: l.width(),
+        };
+        check_extent(kernel, extent, p.faults)?;
+    }
     let attn_logits = stage1(q, rows, cache, splits, p)?;
     stage2(&attn_logits, rows, cache.layout.kv_lora_rank, splits, p)
 }
@@ -499,19 +518,31 @@ impl AiterPaging {
     /// One [`KvRow`] per query row. Causal (bottom-right): row i of a request
     /// with q query tokens sees keys `j <= i + L - q`; splits follow `L`.
     pub fn rows(&self, causal: bool) -> Vec<KvRow<'_>> {
+        self.rows_with(causal, FaultSet::NONE)
+    }
+
+    /// [`AiterPaging::rows`] as a kernel with `faults` reads them
+    /// ([`Fault::AiterMlaPageSizeIgnored`]: every `kv_indices` entry is one
+    /// token slot, and a request's length is its number of entries).
+    pub fn rows_with(&self, causal: bool, faults: FaultSet) -> Vec<KvRow<'_>> {
+        let ignore = faults.has(Fault::AiterMlaPageSizeIgnored) && self.page_size > 1;
         let mut rows = Vec::new();
         for b in 0..self.batch_size() {
             let pages =
                 &self.kv_indices[self.kv_indptr[b] as usize..self.kv_indptr[b + 1] as usize];
             let (l, q) = (
-                self.kv_len(b),
+                if ignore { pages.len() } else { self.kv_len(b) },
                 (self.qo_indptr[b + 1] - self.qo_indptr[b]) as usize,
             );
             for i in 0..q {
-                let kv_len = if causal { l - (q - 1 - i) } else { l };
+                let kv_len = if causal {
+                    l.saturating_sub(q - 1 - i)
+                } else {
+                    l
+                };
                 rows.push(KvRow {
                     pages,
-                    page_size: self.page_size,
+                    page_size: if ignore { 1 } else { self.page_size },
                     kv_len,
                     split_len: l,
                 });
@@ -559,7 +590,7 @@ pub fn mla_decode_fwd(
     p: &MlaDecodeParams,
 ) -> Result<MlaDecodeOutput> {
     let splits = aiter_splits(cache, paging, num_kv_splits, num_cus, p.num_heads)?;
-    decode_attention_fwd(q, &paging.rows(causal), cache, splits, p)
+    decode_attention_fwd(q, &paging.rows_with(causal, p.faults), cache, splits, p)
 }
 
 /// The launch `mla_decode_fwd` makes: `paging` validated against `cache`,
@@ -598,6 +629,7 @@ mod tests {
             kv_scale: 1.0,
             out_dtype: DType::F32,
             lse_dtype: DType::F32,
+            faults: FaultSet::NONE,
         }
     }
 

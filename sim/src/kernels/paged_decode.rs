@@ -53,6 +53,7 @@
 //! (AITER's `paged_attention_v1` has it; vLLM's ROCm kernels do not, so the
 //! ROCM_ATTN backend passes none).
 
+use crate::addressing::{check_extent, AddressedKernel, CacheExtent};
 use crate::cache::KvCache;
 use crate::config::AttnConfig;
 use crate::kernels::softmax::{
@@ -399,6 +400,14 @@ pub fn paged_attention_ll4mi(
     );
     let dims = DimOffsets::new(&cache.layout);
     let seqs = decode_seqs(meta);
+    // The block ids the kernel reads, in the width it reads them.
+    let l = cache.layout;
+    let extent = CacheExtent {
+        num_blocks: l.num_blocks,
+        block_size: l.block_size,
+        row_elems: l.num_kv_heads * l.head_size,
+    };
+    check_extent(AddressedKernel::AiterBlockTable, extent, cfg.faults)?;
     // Partition kernel: grid (seq, partition, kv head); empty partitions return at once.
     let grid: Vec<(usize, usize, usize)> = seqs
         .iter()

@@ -34,6 +34,7 @@ use crate::config::AttnConfig;
 use crate::kernels::KernelCall;
 use attnlab_shared::dtype::DType;
 use attnlab_shared::error::{Error, Result};
+use attnlab_shared::fault::{Fault, FaultSet};
 use attnlab_shared::layout::{KvLayout, LayoutKind};
 
 /// Which vLLM/AITER writer runs. Each backend names the one vLLM calls.
@@ -90,6 +91,25 @@ impl CacheWriter {
         )
     }
 
+    /// The block sizes the writer's launch admits: any (it addresses by
+    /// slot). [`Fault::CacheWriterBlock1056`]: the Triton writers admit at
+    /// most 1024 tokens per block, refusing the hybrid size 1056.
+    pub fn check_block_size(self, block_size: usize, faults: FaultSet) -> Result<()> {
+        let triton = matches!(
+            self,
+            CacheWriter::TritonReshapeAndCacheFlash | CacheWriter::ReshapeAndCacheShuffleTriton
+        );
+        if block_size == 0
+            || (triton && block_size > 1024 && faults.has(Fault::CacheWriterBlock1056))
+        {
+            return Err(Error::unsupported(
+                format!("{} with block size {block_size}", self.kernel_name()),
+                "the writer admits block sizes 1..=1024",
+            ));
+        }
+        Ok(())
+    }
+
     /// HIP writers convert through `quant_utils.cuh` (fp16 double rounding).
     fn is_hip(self) -> bool {
         matches!(
@@ -133,6 +153,7 @@ pub fn reshape_and_cache(
 ) -> Result<()> {
     cfg.validate()?;
     let layout = cache.layout;
+    writer.check_block_size(layout.block_size, cfg.faults)?;
     if !writer.layouts().contains(&layout.kind) {
         let allowed: Vec<&str> = writer.layouts().iter().map(|k| k.name()).collect();
         return Err(Error::invalid(

@@ -93,7 +93,9 @@ use crate::config::AttnConfig;
 use crate::kernels::KernelCall;
 use crate::numerics::{exp2c, SoftcapFormula};
 use crate::profile::VllmProfile;
+use attnlab_shared::dtype::DType;
 use attnlab_shared::error::{Error, Result};
+use attnlab_shared::fault::{Fault, FaultSet};
 use attnlab_shared::layout::LayoutKind;
 use attnlab_shared::metadata::AttentionMetadata;
 use rayon::prelude::*;
@@ -177,6 +179,10 @@ pub struct VllmLaunchOptions {
     pub batch_invariant: bool,
     /// Which vLLM's kernel runs (default: the fixtures' era).
     pub profile: VllmProfile,
+    /// The engine's tensor-parallel size. The 2D/3D choice must not depend
+    /// on it (the config's heads are already this rank's);
+    /// [`Fault::ThresholdModelKvHeads`] multiplies it back in.
+    pub tensor_parallel_size: usize,
 }
 
 impl Default for VllmLaunchOptions {
@@ -186,6 +192,7 @@ impl Default for VllmLaunchOptions {
             max_query_len_3d: 1,
             batch_invariant: false,
             profile: VllmProfile::default(),
+            tensor_parallel_size: 1,
         }
     }
 }
@@ -196,6 +203,17 @@ pub fn block_m_for(queries_per_kv: usize) -> usize {
         16
     } else {
         queries_per_kv.next_power_of_two()
+    }
+}
+
+/// [`block_m_for`] with `faults` ([`Fault::BlockQTimesQpkNonPow2`]: the
+/// wrapper uses `BLOCK_Q * qpk` as BLOCK_M, e.g. `(16 / 3) * 3 = 15`).
+pub fn block_m_for_with(queries_per_kv: usize, faults: FaultSet) -> usize {
+    let block_m = block_m_for(queries_per_kv);
+    if faults.has(Fault::BlockQTimesQpkNonPow2) && queries_per_kv > 0 {
+        block_m / queries_per_kv * queries_per_kv
+    } else {
+        block_m
     }
 }
 
@@ -210,9 +228,15 @@ impl UnifiedLaunch {
         opts: VllmLaunchOptions,
     ) -> Result<Self> {
         cfg.validate()?;
-        let block_m = block_m_for(cfg.queries_per_kv());
+        let block_m = block_m_for_with(cfg.queries_per_kv(), cfg.faults);
         let block_q = block_m / cfg.queries_per_kv();
-        let seq_threshold_3d = MIN_LAUNCH_GRID_SIZE_2D / cfg.num_kv_heads;
+        // Per-rank KV heads; the fault reads the model's (every TP rank's).
+        let threshold_heads = if cfg.faults.has(Fault::ThresholdModelKvHeads) {
+            cfg.num_kv_heads * opts.tensor_parallel_size.max(1)
+        } else {
+            cfg.num_kv_heads
+        };
+        let seq_threshold_3d = MIN_LAUNCH_GRID_SIZE_2D / threshold_heads;
         let scratch_rows = seq_threshold_3d.min(opts.max_num_seqs) * opts.max_query_len_3d;
         let max_q = meta.max_query_len;
         let too_long = max_q > 1 && (max_q > MAX_3D_QUERY_LEN || !meta.causal);
@@ -259,7 +283,7 @@ impl UnifiedLaunch {
         let qpk = cfg.queries_per_kv();
         let d = cfg.head_size;
         let all_decode = meta.max_query_len <= 1;
-        let block_m = block_m_for(qpk);
+        let block_m = block_m_for_with(qpk, cfg.faults);
         let q_blocks = meta.num_actual_tokens / (block_m / qpk) + meta.num_reqs();
         let num_2d = q_blocks * cfg.num_kv_heads;
         let small_tile = meta.block_size.next_power_of_two().min(64);
@@ -730,6 +754,10 @@ struct RowPlan {
     hi: usize,
     max_prefix: usize,
     qabs: usize,
+    /// Tiles this row's program runs without a mask; only with
+    /// [`Fault::SplitUnmaskedUnion`] (the correct, intersected range needs
+    /// no mask, so it is not represented).
+    unmasked: Option<(usize, usize)>,
 }
 
 /// What a unit stores: one online-softmax state per owned (token, head).
@@ -762,6 +790,7 @@ impl<'a> Kernel<'a> {
     ) -> Result<Self> {
         cache.check_batch(query, meta, cfg)?;
         launch.validate(cfg)?;
+        crate::rules::unified_launch(launch, cfg, crate::rules::Target::default())?;
         if launch.flavor == Flavor::Aiter && !meta.causal {
             return Err(Error::unsupported(
                 "non-causal AITER unified_attention",
@@ -864,6 +893,7 @@ impl<'a> Kernel<'a> {
             let b = TileBounds::new(launch, qpk, qblk, q_len, seq_len, meta.causal, self.window);
             let lo = (u.segment * tps).max(b.tile_start);
             let hi = ((u.segment + 1) * tps).min(b.tile_end);
+            let unmasked = self.union_unmasked_tiles(qblk, q_len, ctx);
             for m in 0..bq * qpk {
                 let q_local = qblk * bq + m / qpk;
                 if q_local < q_len {
@@ -876,6 +906,7 @@ impl<'a> Kernel<'a> {
                         hi,
                         max_prefix: b.max_prefix,
                         qabs: ctx + q_local,
+                        unmasked,
                     });
                 }
             }
@@ -901,8 +932,13 @@ impl<'a> Kernel<'a> {
             Flavor::Vllm => kv_dtype.is_fp8() || kv_dtype != q_dtype,
             Flavor::Aiter => !kv_dtype.is_fp8() && kv_dtype != q_dtype,
         };
+        // Fault::Fp8KvDtypeMismatch: the bytes decoded as the other e4m3 variant.
+        let reread = self.fp8_reread();
         let load = |x: f32, scale: f32| match flavor {
-            Flavor::Vllm => q_dtype.round(dequant_kv(x, scale, kv_dtype, q_dtype)),
+            Flavor::Vllm => {
+                let x = reread.map_or(x, |(w, r)| r.from_bits(w.to_bits(x)));
+                q_dtype.round(dequant_kv(x, scale, kv_dtype, q_dtype))
+            }
             Flavor::Aiter => q_dtype.round(x),
         };
         let mut kv = KvTile::new(tile, d);
@@ -944,9 +980,10 @@ impl<'a> Kernel<'a> {
                 let q = &self.query[(row.token * hq + row.head) * d..][..d];
                 let slope = cfg.alibi_slopes.as_ref().map(|s| s[row.head]);
                 kv.qk(q, &mut dots);
+                let unmasked = plan.unmasked.is_some_and(|(a, b)| a <= j && j < b);
                 for (jj, (s, &dt)) in scores[..n].iter_mut().zip(&dots).enumerate() {
                     let t = t0 + jj;
-                    *s = if self.allowed(t, plan.qabs, seq_len) {
+                    *s = if unmasked || self.allowed(t, plan.qabs, seq_len) {
                         let alibi = slope.map_or(0.0, |sl| sl * (t as i64 - ctx as i64) as f32);
                         self.params.score(dt, alibi)
                     } else {
@@ -969,6 +1006,46 @@ impl<'a> Kernel<'a> {
     /// `t < seq_len` when non-causal) and the sliding window, two-sided when
     /// non-causal (`window_size = (W-1, W-1)`).
     #[inline]
+    /// [`Fault::SplitUnmaskedUnion`] (AITER, causal, sliding window): the
+    /// tiles q-block `qblk`'s program runs in its unmasked loop when that
+    /// range is the union of its rows' fully visible tiles (tile `j` is
+    /// fully visible for a row at `p` when `(j + 1) * TILE - 1 <= p` and
+    /// `p - j * TILE < W`) instead of their intersection. `None` otherwise.
+    fn union_unmasked_tiles(
+        &self,
+        qblk: usize,
+        q_len: usize,
+        ctx: usize,
+    ) -> Option<(usize, usize)> {
+        if !self.cfg.faults.has(Fault::SplitUnmaskedUnion)
+            || self.launch.flavor != Flavor::Aiter
+            || !self.meta.causal
+            || self.window == 0
+        {
+            return None;
+        }
+        let (bq, tile, w) = (self.launch.block_q, self.launch.tile_size, self.window);
+        let qlo = qblk * bq;
+        let qhi = (qlo + bq).min(q_len).checked_sub(1)?;
+        let (plo, phi) = (ctx + qlo, ctx + qhi);
+        let first = (plo + 1).saturating_sub(w).div_ceil(tile);
+        let end = (phi + 1) / tile;
+        Some((first, end))
+    }
+
+    /// `(written as, read as)` under [`Fault::Fp8KvDtypeMismatch`] with an fp8 cache.
+    fn fp8_reread(&self) -> Option<(DType, DType)> {
+        let kv = self.cfg.kv_dtype;
+        if !self.cfg.faults.has(Fault::Fp8KvDtypeMismatch) {
+            return None;
+        }
+        match kv {
+            DType::Fp8E4m3Fnuz => Some((kv, DType::Fp8E4m3Fn)),
+            DType::Fp8E4m3Fn => Some((kv, DType::Fp8E4m3Fnuz)),
+            _ => None,
+        }
+    }
+
     fn allowed(&self, t: usize, qabs: usize, seq_len: usize) -> bool {
         let causal = self.meta.causal;
         let w = self.cfg.sliding_window;

@@ -34,6 +34,7 @@ use crate::kernels::mla_prefill::{plan_mla_context_chunks, workspace_rows, Conte
 use crate::kernels::mla_proj::MlaWeights;
 use crate::kernels::softmax::OutLse;
 use attnlab_shared::error::{Error, Result};
+use attnlab_shared::fault::Fault;
 use attnlab_shared::metadata::AttentionMetadata;
 use attnlab_shared::selection::Profile;
 use serde::Serialize;
@@ -389,6 +390,14 @@ pub fn forward_mha(
                 )?
             } else {
                 piece
+            };
+            // Fault::ChunkedMlaPrefillLse: the running LSE stays the first chunk's.
+            let merged = match cfg.faults.has(Fault::ChunkedMlaPrefillLse) && p.start > 0 {
+                true => OutLse {
+                    lse: take_tokens(&running, dst.clone()).lse,
+                    ..merged
+                },
+                false => merged,
             };
             put_tokens(&mut running, dst.start, &merged);
         }

@@ -105,6 +105,7 @@ pub fn run(
         kv_scale: cfg.k_scale,
         out_dtype: cfg.dtype,
         lse_dtype,
+        faults: cfg.faults,
     };
     match step {
         MlaDecode::SplitKv { num_kv_splits } => {

@@ -31,6 +31,7 @@ use crate::kernels::mla_cache::LatentCache;
 use crate::kernels::mla_decode::MlaDecodeOutput;
 use attnlab_shared::dtype::DType;
 use attnlab_shared::error::{Error, Result};
+use attnlab_shared::fault::FaultSet;
 use attnlab_shared::metadata::AttentionMetadata;
 use attnlab_shared::model::{preset, MlaDims};
 use attnlab_shared::registry::{BackendName, Capabilities};
@@ -71,6 +72,8 @@ pub struct MlaConfig {
     pub softcap: Option<f32>,
     pub sliding_window: Option<usize>,
     pub alibi: bool,
+    /// Real bugs re-injected (`attnlab zoo`); empty unless a zoo run sets it.
+    pub faults: FaultSet,
 }
 
 impl MlaConfig {
@@ -99,6 +102,7 @@ impl MlaConfig {
             softcap: None,
             sliding_window: None,
             alibi: false,
+            faults: FaultSet::NONE,
         }
     }
 

@@ -20,6 +20,7 @@ use super::decode_steps::MlaDecode;
 use super::{MlaBackend, MlaConfig, MlaDecodeBatch};
 use crate::kernels::mla_decode::AiterPaging;
 use attnlab_shared::error::{Error, Result};
+use attnlab_shared::fault::{Fault, FaultSet};
 use attnlab_shared::registry::BackendName;
 use attnlab_shared::registry::ROCM_AITER_MLA;
 use attnlab_shared::selection::Profile;
@@ -50,8 +51,28 @@ impl RocmAiterMla {
         }
     }
 
+    /// [`RocmAiterMla::head_padding`] as `_forward_mqa` applies it
+    /// ([`Fault::AiterMlaFp8Heads`]: no padding with an fp8 cache).
+    pub fn kernel_padding(heads: usize, cfg: &MlaConfig) -> Result<HeadPadding> {
+        let padding = Self::head_padding(heads, cfg.profile)?;
+        if cfg.faults.has(Fault::AiterMlaFp8Heads) && cfg.kv_dtype.is_fp8() {
+            return Ok(HeadPadding::None);
+        }
+        Ok(padding)
+    }
+
     /// `_build_decode`: the decode requests' block-table rows as AITER pages.
     pub fn build_paging(&self, batch: &MlaDecodeBatch) -> Result<AiterPaging> {
+        self.build_paging_with(batch, FaultSet::NONE)
+    }
+
+    /// [`RocmAiterMla::build_paging`] with `faults`
+    /// ([`Fault::KvIndicesPerBlock`]: `kv_indices` sized one entry per block).
+    pub fn build_paging_with(
+        &self,
+        batch: &MlaDecodeBatch,
+        faults: FaultSet,
+    ) -> Result<AiterPaging> {
         let (meta, k, p) = (batch.meta, batch.meta.block_size, self.page_size);
         if p == 0 || k % p != 0 {
             return Err(Error::invalid(
@@ -75,6 +96,12 @@ impl RocmAiterMla {
             } else {
                 (len - (pages - 1) * p) as i32
             });
+        }
+        if faults.has(Fault::KvIndicesPerBlock) {
+            let blocks = (0..batch.num_decodes)
+                .map(|r| meta.seq_len(r).div_ceil(k))
+                .sum();
+            kv_indices.truncate(blocks);
         }
         let qo_indptr = meta.query_start_loc[..=batch.num_decodes].to_vec();
         Ok(AiterPaging {
@@ -116,9 +143,12 @@ impl MlaBackend for RocmAiterMla {
         heads: usize,
         cfg: &MlaConfig,
     ) -> Result<MlaDecode> {
-        let padding = Self::head_padding(heads, cfg.profile)?;
+        let padding = Self::kernel_padding(heads, cfg)?;
+        let paging = self.build_paging_with(batch, cfg.faults)?;
+        crate::rules::aiter_mla_page_size(self.page_size)?;
+        crate::rules::aiter_mla_heads(padding.padded_heads(heads))?;
         Ok(MlaDecode::AiterPaged {
-            paging: self.build_paging(batch)?,
+            paging,
             padding,
             page_size: self.page_size,
         })
