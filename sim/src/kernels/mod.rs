@@ -14,5 +14,6 @@ pub mod mla_proj;
 pub mod paged_decode;
 pub mod prefix_prefill;
 pub mod reshape_and_cache;
+pub mod simd;
 pub mod softmax;
 pub mod unified_attention;
