@@ -907,7 +907,12 @@ impl<'a> Kernel<'a> {
         };
         let mut kv = KvTile::new(tile, d);
         let mut locs = Vec::with_capacity(tile);
-        let mut dots = vec![0.0f32; tile];
+        // QK of every row a tile serves, computed together (one K load feeds
+        // several rows' chains; each chain is unchanged): row a's dots at
+        // dots[a * tile..].
+        let mut dots = vec![0.0f32; rows.len() * tile];
+        let mut active: Vec<usize> = Vec::with_capacity(rows.len());
+        let mut qs: Vec<&[f32]> = Vec::with_capacity(rows.len());
         let mut scores = vec![0.0f32; tile];
         let lo = plans.iter().map(|p| p.lo).min().unwrap_or(0);
         let hi = plans.iter().map(|p| p.hi).max().unwrap_or(0);
@@ -935,16 +940,22 @@ impl<'a> Kernel<'a> {
             } else {
                 kv.gather_paged(self.cache, &self.dims, u.kv_head, &locs, |x| x, |x| x);
             }
-            for ((row, plan), state) in rows.iter().zip(&plans).zip(states.iter_mut()) {
-                if !(plan.lo <= j && j < plan.hi) {
-                    continue;
+            active.clear();
+            qs.clear();
+            for (i, (row, plan)) in rows.iter().zip(&plans).enumerate() {
+                if plan.lo <= j && j < plan.hi {
+                    active.push(i);
+                    qs.push(&self.query[(row.token * hq + row.head) * d..][..d]);
                 }
+            }
+            kv.qk_rows(&qs, &mut dots, tile);
+            for (a, &i) in active.iter().enumerate() {
+                let (row, plan, state) = (&rows[i], &plans[i], &mut states[i]);
                 // This program's tile: keys t0 .. min((j + 1) * TILE, max_prefix).
                 let n = ((j + 1) * tile).min(plan.max_prefix) - t0;
-                let q = &self.query[(row.token * hq + row.head) * d..][..d];
                 let slope = cfg.alibi_slopes.as_ref().map(|s| s[row.head]);
-                kv.qk(q, &mut dots);
-                for (jj, (s, &dt)) in scores[..n].iter_mut().zip(&dots).enumerate() {
+                let dots = &dots[a * tile..(a + 1) * tile];
+                for (jj, (s, &dt)) in scores[..n].iter_mut().zip(dots).enumerate() {
                     let t = t0 + jj;
                     *s = if self.allowed(t, plan.qabs, seq_len) {
                         let alibi = slope.map_or(0.0, |sl| sl * (t as i64 - ctx as i64) as f32);
