@@ -241,6 +241,17 @@ pub fn flex_attention(
                 .collect();
             let mut tile = KvTile::new(bn, d);
             let (mut s, mut locs) = (vec![0.0f32; bn], Vec::with_capacity(bn));
+            // Per kv head g: the (row, head) pairs of its group, in the loop's
+            // order, and their dots against the tile, computed together.
+            let group_qs = |g: usize| -> Vec<&[f32]> {
+                rows.clone()
+                    .flat_map(|r| {
+                        (g * qpk..(g + 1) * qpk).map(move |h| &query[(r * hq + h) * d..][..d])
+                    })
+                    .collect()
+            };
+            let qs: Vec<Vec<&[f32]>> = (0..hk).map(group_qs).collect();
+            let mut dots = vec![0.0f32; rows.len() * qpk * bn];
             let lists = [
                 (&block_mask.kv_indices[qb], true),
                 (&block_mask.full_kv_indices[qb], false),
@@ -252,9 +263,11 @@ pub fn flex_attention(
                         locs.extend((n0..n0 + bn).map(|r| (blk, r)));
                         for g in 0..hk {
                             tile.gather_paged(cache, &dims, g, &locs, |x| x, |x| x);
+                            tile.qk_rows(&qs[g], &mut dots, bn);
+                            let mut dots = dots.chunks_exact(bn);
                             for (k, r) in rows.clone().enumerate() {
                                 for h in g * qpk..(g + 1) * qpk {
-                                    tile.qk(&query[(r * hq + h) * d..][..d], &mut s);
+                                    s.copy_from_slice(dots.next().expect("one per (row, head)"));
                                     for (j, sj) in s.iter_mut().enumerate() {
                                         let keep = !partial || mask.keep(r, blk * bs + n0 + j);
                                         *sj = if keep {
