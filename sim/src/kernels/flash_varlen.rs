@@ -39,7 +39,8 @@
 //! `min_seqlen_q` (vLLM passes 1; its prefill/extend rows all have q > 1),
 //! dropout and `return_attn_probs` are not modelled.
 
-use super::softmax::{lane_dots, visible, OutLse, RowState, ScoreParams};
+use super::simd::{self, SimdPath};
+use super::softmax::{visible, OutLse, RowState, ScoreParams};
 use crate::numerics::DType;
 use attnlab_shared::error::{Error, Result};
 use rayon::prelude::*;
@@ -279,7 +280,16 @@ fn program(
     let mut k_t = vec![0.0f32; d * bn];
     let mut v_tile = vec![0.0f32; bn * dv];
     let mut s = vec![0.0f32; bn];
+    // Every (head, row) of a kv head's group against the tile at once.
+    let mut dots = vec![0.0f32; qpk * rows * bn];
+    let mut qs: Vec<&[f32]> = Vec::with_capacity(qpk * rows);
     for g in 0..hk {
+        qs.clear();
+        for h in g * qpk..(g + 1) * qpk {
+            for i in r0..r1 {
+                qs.push(&q[((q0 + i) * hq + h) * d..][..d]);
+            }
+        }
         for n in n_min..n_max {
             let (j0, len) = (n * bn, bn.min(sk - n * bn));
             for j in 0..len {
@@ -290,11 +300,12 @@ fn program(
                 v_tile[j * dv..(j + 1) * dv]
                     .copy_from_slice(&v[((k0 + j0 + j) * hk + g) * dv..][..dv]);
             }
+            simd::dots_rows(SimdPath::active(), &qs, &k_t, bn, 0, len, &mut dots, bn);
+            let mut dots = dots.chunks_exact(bn);
             for h in g * qpk..(g + 1) * qpk {
                 for i in r0..r1 {
-                    let qr = &q[((q0 + i) * hq + h) * d..][..d];
                     let s = &mut s[..len];
-                    lane_dots(qr, &k_t, bn, 0, s);
+                    s.copy_from_slice(&dots.next().expect("one per (head, row)")[..len]);
                     let pi = pos(i);
                     for (j, sj) in s.iter_mut().enumerate() {
                         let t = j0 + j;
