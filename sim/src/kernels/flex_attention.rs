@@ -262,7 +262,7 @@ pub fn flex_attention(
                         locs.clear();
                         locs.extend((n0..n0 + bn).map(|r| (blk, r)));
                         for g in 0..hk {
-                            tile.gather_paged(cache, &dims, g, &locs, |x| x, |x| x);
+                            tile.gather_paged_exact(cache, &dims, g, &locs);
                             tile.qk_rows(&qs[g], &mut dots, bn);
                             let mut dots = dots.chunks_exact(bn);
                             for (k, r) in rows.clone().enumerate() {

@@ -198,14 +198,19 @@ pub fn paged_attention_2d(
             for t0 in (0..seq_len).step_by(tile_size) {
                 let keys = t0..(t0 + tile_size).min(seq_len);
                 key_locations(meta, seq, keys.clone(), &mut locs);
-                tile.gather_paged(
-                    cache,
-                    &dims,
-                    kvh,
-                    &locs,
-                    |k| dequant_kv(k, cfg.k_scale, cfg.kv_dtype, cfg.dtype),
-                    |v| dequant_kv(v, cfg.v_scale, cfg.kv_dtype, cfg.dtype),
-                );
+                if cfg.kv_dtype.is_fp8() {
+                    tile.gather_paged(
+                        cache,
+                        &dims,
+                        kvh,
+                        &locs,
+                        |k| dequant_kv(k, cfg.k_scale, cfg.kv_dtype, cfg.dtype),
+                        |v| dequant_kv(v, cfg.v_scale, cfg.kv_dtype, cfg.dtype),
+                    );
+                } else {
+                    // dequant_kv is the identity for a non-fp8 cache.
+                    tile.gather_paged_exact(cache, &dims, kvh, &locs);
+                }
                 tile.qk_rows(&qs, &mut dots, tile_size);
                 for ((h, state), dots) in heads
                     .clone()
@@ -284,7 +289,7 @@ fn ll4mi_partition(
     let mut tile = KvTile::new(partition_size, d);
     let mut locs = Vec::with_capacity(partition_size);
     key_locations(meta, seq, valid.clone(), &mut locs);
-    tile.gather_paged(cache, dims, kvh, &locs, |k| k, |v| v);
+    tile.gather_paged_exact(cache, dims, kvh, &locs);
     let n = valid.len();
     let warps = partition_size / LL4MI_TOKENS_PER_WARP;
     // Every head of the group against the partition's keys at once.

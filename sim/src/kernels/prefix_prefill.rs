@@ -213,7 +213,12 @@ fn program(
         |keys: std::ops::Range<usize>, causal: bool, tile: &mut KvTile, states: &mut [RowState]| {
             locs.clear();
             locs.extend(keys.clone().map(|t| meta.kv_location(b, t)));
-            tile.gather_paged(cache, dims, kv_head, &locs, k_load, v_load);
+            if cfg.kv_dtype.is_fp8() {
+                tile.gather_paged(cache, dims, kv_head, &locs, k_load, v_load);
+            } else {
+                // dequant_kv is the identity for a non-fp8 cache.
+                tile.gather_paged_exact(cache, dims, kv_head, &locs);
+            }
             tile.qk_rows(&qs, &mut dots, tile_cap);
             for ((i, state), dots) in rows
                 .clone()

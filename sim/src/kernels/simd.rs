@@ -431,6 +431,108 @@ fn exp2c_body<const L: usize>(s: &[f32], m: f32, out: &mut [f32]) {
     }
 }
 
+// ---------------------------------------------------------------- K^T gather
+
+/// Eight keys of K into a transposed tile, unchanged (a pure copy: every
+/// path gives the same bits): for each dim block `b` of 8 dims whose
+/// offsets `koff[8b..8b+8]` are consecutive, `dst[(8b + c) * tile + j0 + i]
+/// = src[bases[i] + koff[8b] + c]`. Returns how many leading dims it
+/// copied (whole blocks, stopping at the first non-consecutive one); the
+/// caller copies the rest.
+#[inline]
+pub fn gather_kt8(
+    path: SimdPath,
+    src: &[f32],
+    bases: &[usize; 8],
+    koff: &[usize],
+    dst: &mut [f32],
+    tile: usize,
+    j0: usize,
+) -> usize {
+    let blocks = koff
+        .chunks_exact(8)
+        .take_while(|c| c.iter().enumerate().all(|(i, &o)| o == c[0] + i))
+        .count();
+    // Bounds, once: every source run and every destination run in range.
+    let ok = bases.iter().all(|&b| {
+        koff.chunks_exact(8)
+            .take(blocks)
+            .all(|c| b + c[0] + 8 <= src.len())
+    }) && (blocks == 0 || (8 * blocks - 1) * tile + j0 + 8 <= dst.len());
+    if !ok {
+        return 0;
+    }
+    match path {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX is part of both paths' features, checked by
+        // `supported()`; every index was bounds-checked above.
+        SimdPath::Avx2 | SimdPath::Avx512 if path.supported() => unsafe {
+            kt8_avx(src, bases, koff, blocks, dst, tile, j0)
+        },
+        _ => {
+            for (b, c) in koff.chunks_exact(8).take(blocks).enumerate() {
+                for cc in 0..8 {
+                    for (i, &base) in bases.iter().enumerate() {
+                        dst[(8 * b + cc) * tile + j0 + i] = src[base + c[0] + cc];
+                    }
+                }
+            }
+        }
+    }
+    8 * blocks
+}
+
+/// The 8x8 transposes of [`gather_kt8`] in AVX registers (unpack, shuffle,
+/// 128-bit permute: data movement only).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn kt8_avx(
+    src: &[f32],
+    bases: &[usize; 8],
+    koff: &[usize],
+    blocks: usize,
+    dst: &mut [f32],
+    tile: usize,
+    j0: usize,
+) {
+    use std::arch::x86_64::*;
+    let sp = src.as_ptr();
+    let dp = dst.as_mut_ptr();
+    for b in 0..blocks {
+        let o = koff[8 * b];
+        let r: [__m256; 8] = std::array::from_fn(|i| _mm256_loadu_ps(sp.add(bases[i] + o)));
+        let t0 = _mm256_unpacklo_ps(r[0], r[1]);
+        let t1 = _mm256_unpackhi_ps(r[0], r[1]);
+        let t2 = _mm256_unpacklo_ps(r[2], r[3]);
+        let t3 = _mm256_unpackhi_ps(r[2], r[3]);
+        let t4 = _mm256_unpacklo_ps(r[4], r[5]);
+        let t5 = _mm256_unpackhi_ps(r[4], r[5]);
+        let t6 = _mm256_unpacklo_ps(r[6], r[7]);
+        let t7 = _mm256_unpackhi_ps(r[6], r[7]);
+        let u0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+        let u1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
+        let u2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+        let u3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
+        let u4 = _mm256_shuffle_ps::<0x44>(t4, t6);
+        let u5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
+        let u6 = _mm256_shuffle_ps::<0x44>(t5, t7);
+        let u7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
+        let c = [
+            _mm256_permute2f128_ps::<0x20>(u0, u4),
+            _mm256_permute2f128_ps::<0x20>(u1, u5),
+            _mm256_permute2f128_ps::<0x20>(u2, u6),
+            _mm256_permute2f128_ps::<0x20>(u3, u7),
+            _mm256_permute2f128_ps::<0x31>(u0, u4),
+            _mm256_permute2f128_ps::<0x31>(u1, u5),
+            _mm256_permute2f128_ps::<0x31>(u2, u6),
+            _mm256_permute2f128_ps::<0x31>(u3, u7),
+        ];
+        for (cc, v) in c.into_iter().enumerate() {
+            _mm256_storeu_ps(dp.add((8 * b + cc) * tile + j0), v);
+        }
+    }
+}
+
 // ---------------------------------------------------------------- rounding
 
 /// `xs[i] = dtype.round(xs[i])` for every i. bf16 rounds to nearest even in
@@ -498,6 +600,27 @@ mod tests {
             x += 0.173;
         }
         v
+    }
+
+    #[test]
+    fn k_transpose_gather_is_a_copy_on_every_path() {
+        // 8 keys of 40 dims each at scattered bases; dims 0..16 in two
+        // consecutive runs, then a strided run the caller must finish.
+        let src: Vec<f32> = (0..4000).map(|i| i as f32 * 0.5 - 7.0).collect();
+        let bases = [0, 900, 130, 2200, 47, 3100, 1500, 611];
+        let koff: Vec<usize> = (0..16).chain((0..24).map(|i| 16 + 3 * i)).collect();
+        let (tile, j0) = (24, 8);
+        for path in SimdPath::available() {
+            let mut dst = vec![f32::NAN; 40 * tile];
+            let done = gather_kt8(path, &src, &bases, &koff, &mut dst, tile, j0);
+            assert_eq!(done, 16, "{}", path.name());
+            for dd in 0..done {
+                for (i, &b) in bases.iter().enumerate() {
+                    assert_eq!(dst[dd * tile + j0 + i], src[b + koff[dd]], "{}", path.name());
+                }
+            }
+            assert!(dst[16 * tile..].iter().all(|x| x.is_nan()), "past the runs");
+        }
     }
 
     #[test]

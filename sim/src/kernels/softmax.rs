@@ -404,9 +404,39 @@ impl KvTile {
         k_load: impl Fn(f32) -> f32,
         v_load: impl Fn(f32) -> f32,
     ) {
+        self.gather(cache, dims, kv_head, locs, k_load, v_load, false);
+    }
+
+    /// [`KvTile::gather_paged`] with K and V loaded as stored (what the
+    /// identity maps give, bit for bit), through 8x8 register transposes
+    /// where the layout keeps 8 dims together and whole-row copies where
+    /// it keeps V rows contiguous.
+    pub fn gather_paged_exact(
+        &mut self,
+        cache: &crate::cache::KvCache,
+        dims: &DimOffsets,
+        kv_head: usize,
+        locs: &[(usize, usize)],
+    ) {
+        self.gather(cache, dims, kv_head, locs, |x| x, |x| x, true);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    fn gather(
+        &mut self,
+        cache: &crate::cache::KvCache,
+        dims: &DimOffsets,
+        kv_head: usize,
+        locs: &[(usize, usize)],
+        k_load: impl Fn(f32) -> f32,
+        v_load: impl Fn(f32) -> f32,
+        exact: bool,
+    ) {
         let (tile, d) = (self.tile_size, self.head_size);
         debug_assert!(locs.len() <= tile);
         self.len = locs.len();
+        let path = SimdPath::active();
         // K^T eight keys at a time: each dim's row of the tile gets eight
         // contiguous values per pass (one cache line touched, not eight).
         const G: usize = 8;
@@ -416,7 +446,12 @@ impl KvTile {
                 let (block, row) = locs[j0 + i];
                 cache.layout.k_offset(block, row, kv_head, 0)
             });
-            for (dd, &ko) in dims.k.iter().enumerate() {
+            let done = if exact {
+                simd::gather_kt8(path, &cache.k, &kb, &dims.k, &mut self.k_t, tile, j0)
+            } else {
+                0
+            };
+            for (dd, &ko) in dims.k.iter().enumerate().skip(done) {
                 let dst: &mut [f32; G] = (&mut self.k_t[dd * tile + j0..dd * tile + j0 + G])
                     .try_into()
                     .expect("G keys");
@@ -432,11 +467,16 @@ impl KvTile {
                 self.k_t[dd * tile + j] = k_load(cache.k[kb + ko]);
             }
         }
+        let v_rows = exact && dims.v.iter().enumerate().all(|(i, &o)| o == i);
         for (j, &(block, row)) in locs.iter().enumerate() {
             let vb = cache.layout.v_offset(block, row, kv_head, 0);
             let vrow = &mut self.v[j * d..(j + 1) * d];
-            for (out, &vo) in vrow.iter_mut().zip(&dims.v) {
-                *out = v_load(cache.v[vb + vo]);
+            if v_rows {
+                vrow.copy_from_slice(&cache.v[vb..vb + d]);
+            } else {
+                for (out, &vo) in vrow.iter_mut().zip(&dims.v) {
+                    *out = v_load(cache.v[vb + vo]);
+                }
             }
         }
     }

@@ -938,7 +938,7 @@ impl<'a> Kernel<'a> {
                     |x| load(x, v_scale),
                 );
             } else {
-                kv.gather_paged(self.cache, &self.dims, u.kv_head, &locs, |x| x, |x| x);
+                kv.gather_paged_exact(self.cache, &self.dims, u.kv_head, &locs);
             }
             active.clear();
             qs.clear();
