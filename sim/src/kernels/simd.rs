@@ -533,6 +533,33 @@ unsafe fn kt8_avx(
     }
 }
 
+// ---------------------------------------------------------------- max
+
+/// `xs.iter().fold(-inf, |a, &b| a.max(b))`, bit for bit, without the
+/// serial chain: `f32::max` skips NaN, so the fold is the largest non-NaN
+/// value (-inf if none), which has one bit pattern unless it is zero; 16
+/// independent lane maxima find it, and a zero result (whose sign the fold's
+/// order decides) is recomputed by the fold itself.
+#[inline]
+pub fn fold_max(xs: &[f32]) -> f32 {
+    const L: usize = 16;
+    let mut acc = [f32::NEG_INFINITY; L];
+    let mut chunks = xs.chunks_exact(L);
+    for c in &mut chunks {
+        for (a, &x) in acc.iter_mut().zip(c) {
+            *a = if x > *a { x } else { *a };
+        }
+    }
+    let mut m = f32::NEG_INFINITY;
+    for &x in acc.iter().chain(chunks.remainder()) {
+        m = if x > m { x } else { m };
+    }
+    if m == 0.0 {
+        return xs.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+    }
+    m
+}
+
 // ---------------------------------------------------------------- rounding
 
 /// `xs[i] = dtype.round(xs[i])` for every i. bf16 rounds to nearest even in
@@ -620,6 +647,28 @@ mod tests {
                 }
             }
             assert!(dst[16 * tile..].iter().all(|x| x.is_nan()), "past the runs");
+        }
+    }
+
+    #[test]
+    fn fold_max_is_the_sequential_fold_bit_for_bit() {
+        let fold = |xs: &[f32]| xs.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+        let mut cases: Vec<Vec<f32>> = vec![
+            vec![],
+            vec![f32::NAN; 20],
+            vec![0.0, -0.0, f32::NAN, -1.0],
+            vec![-0.0, 0.0],
+            vec![-0.0; 33],
+            vec![f32::NEG_INFINITY, f32::NAN, f32::NEG_INFINITY],
+            vec![f32::INFINITY, f32::NAN],
+        ];
+        let xs = exp_inputs();
+        for n in [1, 15, 16, 17, 40, xs.len()] {
+            cases.push(xs[..n].to_vec());
+            cases.push(xs[xs.len() - n..].iter().map(|x| -x).collect());
+        }
+        for c in &cases {
+            assert_eq!(fold_max(c).to_bits(), fold(c).to_bits(), "{c:?}");
         }
     }
 

@@ -206,7 +206,8 @@ impl RowState {
         value: impl Fn(usize) -> &'a [f32],
         p_dtype: DType,
     ) {
-        let tile_max = scores.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+        // The fold `scores.iter().fold(-inf, f32::max)`, bit for bit.
+        let tile_max = simd::fold_max(scores);
         let m_new = self.m.max(tile_max);
         let m_ref = if m_new > f32::NEG_INFINITY {
             m_new
