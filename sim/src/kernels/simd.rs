@@ -550,10 +550,18 @@ pub fn fold_max(xs: &[f32]) -> f32 {
             *a = if x > *a { x } else { *a };
         }
     }
-    let mut m = f32::NEG_INFINITY;
-    for &x in acc.iter().chain(chunks.remainder()) {
-        m = if x > m { x } else { m };
+    for (a, &x) in acc.iter_mut().zip(chunks.remainder()) {
+        *a = if x > *a { x } else { *a };
     }
+    // Halving tree over the lanes (the order only matters for a zero).
+    let mut w = L / 2;
+    while w > 0 {
+        for i in 0..w {
+            acc[i] = if acc[i + w] > acc[i] { acc[i + w] } else { acc[i] };
+        }
+        w /= 2;
+    }
+    let m = acc[0];
     if m == 0.0 {
         return xs.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
     }
