@@ -412,8 +412,11 @@ fn exp2c_body<const L: usize>(s: &[f32], m: f32, out: &mut [f32]) {
             for &c in &EXP2C_COEFFS[1..] {
                 p = p.mul_add(f, c);
             }
-            // xc is an integer in [-127, 128] after rint: the cast is exact.
-            let e = f32::from_bits(((ni as i32 + 127) as u32) << 23);
+            // SAFETY: ni is an integer in [-126, 127] (fast lanes) or 0, so
+            // the unchecked cast is exact and vectorises (`as` saturates
+            // lane by lane in scalar code).
+            let ni = unsafe { ni.to_int_unchecked::<i32>() };
+            let e = f32::from_bits(((ni + 127) as u32) << 23);
             r[i] = if fast { p * e } else { 0.0 };
         }
         if slow {
