@@ -280,6 +280,8 @@ fn program(
     let mut k_t = vec![0.0f32; d * bn];
     let mut v_tile = vec![0.0f32; bn * dv];
     let mut s = vec![0.0f32; bn];
+    let path = SimdPath::active();
+    let dims: Vec<usize> = (0..d).collect();
     // Every (head, row) of a kv head's group against the tile at once.
     let mut dots = vec![0.0f32; qpk * rows * bn];
     let mut qs: Vec<&[f32]> = Vec::with_capacity(qpk * rows);
@@ -292,15 +294,30 @@ fn program(
         }
         for n in n_min..n_max {
             let (j0, len) = (n * bn, bn.min(sk - n * bn));
-            for j in 0..len {
-                let kr = &k[((k0 + j0 + j) * hk + g) * d..][..d];
+            let row = |j: usize| ((k0 + j0 + j) * hk + g) * d;
+            // K^T eight keys at a time through register transposes (a copy).
+            let mut j8 = 0;
+            while j8 + 8 <= len {
+                let bases: [usize; 8] = std::array::from_fn(|i| row(j8 + i));
+                let done = simd::gather_kt8(path, k, &bases, &dims, &mut k_t, bn, j8);
+                for (i, &b) in bases.iter().enumerate() {
+                    for dd in done..d {
+                        k_t[dd * bn + j8 + i] = k[b + dd];
+                    }
+                }
+                j8 += 8;
+            }
+            for j in j8..len {
+                let kr = &k[row(j)..][..d];
                 for (dd, &x) in kr.iter().enumerate() {
                     k_t[dd * bn + j] = x;
                 }
+            }
+            for j in 0..len {
                 v_tile[j * dv..(j + 1) * dv]
                     .copy_from_slice(&v[((k0 + j0 + j) * hk + g) * dv..][..dv]);
             }
-            simd::dots_rows(SimdPath::active(), &qs, &k_t, bn, 0, len, &mut dots, bn);
+            simd::dots_rows(path, &qs, &k_t, bn, 0, len, &mut dots, bn);
             let mut dots = dots.chunks_exact(bn);
             for h in g * qpk..(g + 1) * qpk {
                 for i in r0..r1 {
