@@ -261,9 +261,9 @@ pub fn flex_attention(
                     for n0 in (0..bs).step_by(bn) {
                         locs.clear();
                         locs.extend((n0..n0 + bn).map(|r| (blk, r)));
-                        for g in 0..hk {
+                        for (g, group_qs) in qs.iter().enumerate() {
                             tile.gather_paged_exact(cache, &dims, g, &locs);
-                            tile.qk_rows(&qs[g], &mut dots, bn);
+                            tile.qk_rows(group_qs, &mut dots, bn);
                             let mut dots = dots.chunks_exact(bn);
                             for (k, r) in rows.clone().enumerate() {
                                 for h in g * qpk..(g + 1) * qpk {

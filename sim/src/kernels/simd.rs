@@ -121,6 +121,7 @@ impl SimdPath {
 /// `softmax::dot(xs[r], column j)`). The chains run over
 /// `i < min(xs[r].len(), w.len() / stride)` (as `lane_dots` zips x with
 /// w's rows); every `xs[r]` has the same length.
+#[allow(clippy::too_many_arguments)]
 #[inline]
 pub fn dots_rows(
     path: SimdPath,
@@ -404,7 +405,8 @@ fn exp2c_body<const L: usize>(s: &[f32], m: f32, out: &mut [f32]) {
         for i in 0..L {
             let xi = x[i];
             let fast = (-126.5..127.5).contains(&xi);
-            slow |= !fast & !(xi < EXP2C_MIN_X);
+            // Neither fast nor below the zero threshold (NaN included).
+            slow |= !fast & (xi.partial_cmp(&EXP2C_MIN_X) != Some(std::cmp::Ordering::Less));
             let xc = if fast { xi } else { 0.0 };
             let ni = xc.round_ties_even();
             let f = xc - ni;
