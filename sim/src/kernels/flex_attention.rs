@@ -252,6 +252,13 @@ pub fn flex_attention(
             };
             let qs: Vec<Vec<&[f32]>> = (0..hk).map(group_qs).collect();
             let mut dots = vec![0.0f32; rows.len() * qpk * bn];
+            // Per tile: which keys each row keeps, and whether it keeps any.
+            // A row that keeps none gets all -inf scores whatever its dots
+            // are, so its QK is not computed (its update still runs).
+            let mut keep = vec![false; rows.len() * bn];
+            let mut alive = vec![false; rows.len()];
+            let mut live_qs: Vec<&[f32]> = Vec::with_capacity(rows.len() * qpk);
+            let masked = vec![f32::NEG_INFINITY; bn];
             let lists = [
                 (&block_mask.kv_indices[qb], true),
                 (&block_mask.full_kv_indices[qb], false),
@@ -261,22 +268,46 @@ pub fn flex_attention(
                     for n0 in (0..bs).step_by(bn) {
                         locs.clear();
                         locs.extend((n0..n0 + bn).map(|r| (blk, r)));
+                        for (k, r) in rows.clone().enumerate() {
+                            let kr = &mut keep[k * bn..(k + 1) * bn];
+                            for (j, kj) in kr.iter_mut().enumerate() {
+                                *kj = !partial || mask.keep(r, blk * bs + n0 + j);
+                            }
+                            alive[k] = kr.contains(&true);
+                        }
+                        let any_alive = alive.contains(&true);
                         for (g, group_qs) in qs.iter().enumerate() {
-                            tile.gather_paged_exact(cache, &dims, g, &locs);
-                            tile.qk_rows(group_qs, &mut dots, bn);
+                            if any_alive {
+                                tile.gather_paged_exact(cache, &dims, g, &locs);
+                                live_qs.clear();
+                                for (row_qs, _) in group_qs
+                                    .chunks_exact(qpk)
+                                    .zip(&alive)
+                                    .filter(|(_, &a)| a)
+                                {
+                                    live_qs.extend_from_slice(row_qs);
+                                }
+                                tile.qk_rows(&live_qs, &mut dots, bn);
+                            }
                             let mut dots = dots.chunks_exact(bn);
-                            for (k, r) in rows.clone().enumerate() {
+                            for k in 0..rows.len() {
                                 for h in g * qpk..(g + 1) * qpk {
-                                    s.copy_from_slice(dots.next().expect("one per (row, head)"));
-                                    for (j, sj) in s.iter_mut().enumerate() {
-                                        let keep = !partial || mask.keep(r, blk * bs + n0 + j);
-                                        *sj = if keep {
-                                            score.score(*sj, 0.0)
-                                        } else {
-                                            f32::NEG_INFINITY
-                                        };
-                                    }
-                                    states[k * hq + h].update(&s, |j| tile.v_row(j), cfg.dtype);
+                                    let s: &[f32] = if alive[k] {
+                                        s.copy_from_slice(
+                                            dots.next().expect("one per live (row, head)"),
+                                        );
+                                        for (sj, &kj) in s.iter_mut().zip(&keep[k * bn..]) {
+                                            *sj = if kj {
+                                                score.score(*sj, 0.0)
+                                            } else {
+                                                f32::NEG_INFINITY
+                                            };
+                                        }
+                                        &s
+                                    } else {
+                                        &masked
+                                    };
+                                    states[k * hq + h].update(s, |j| tile.v_row(j), cfg.dtype);
                                 }
                             }
                         }
