@@ -413,6 +413,8 @@ fn backend_names_are_case_insensitive_and_all_means_every_one() {
             "16",
             "--repeats",
             "1",
+            "--torch",
+            "off",
             "--json",
         ],
         &["diff", "--backend", "CONTRACT", "--list"],
@@ -557,7 +559,15 @@ fn bench_cpu_and_gpu_together_run_both() {
     std::fs::create_dir_all(&dir).unwrap();
     let o = attnlab_env(
         &[
-            &["bench", "--cpu", "--gpu", "--allow-no-device", "--json"][..],
+            &[
+                "bench",
+                "--cpu",
+                "--gpu",
+                "--allow-no-device",
+                "--torch",
+                "off",
+                "--json",
+            ][..],
             &small,
         ]
         .concat(),

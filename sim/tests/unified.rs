@@ -327,6 +327,54 @@ fn results_are_bit_identical_across_thread_counts() {
 }
 
 #[test]
+fn every_simd_path_gives_every_mha_backend_the_same_bits() {
+    use attnlab_sim::backends::mha_backends;
+    use attnlab_sim::kernels::simd::SimdPath;
+    let plain = Features {
+        window: None,
+        softcap: None,
+        sinks: false,
+        alibi: false,
+        causal: true,
+    };
+    let featured = Features {
+        window: Some(45),
+        softcap: Some(20.0),
+        alibi: true,
+        ..plain.clone()
+    };
+    let mut ran = 0;
+    for (f, dtype, qpk, d) in [
+        (&plain, DType::Bf16, 4, 128),
+        (&featured, DType::F16, 3, 80),
+    ] {
+        let cfg = config(dtype, 2, qpk, d, f, 5);
+        // Decodes (long contexts: split-KV), an extend and a prefill in one batch.
+        let s = step(&cfg, 16, &[(700, 1), (333, 1), (90, 17), (0, 70)], true, 23);
+        for b in mha_backends() {
+            if b.check(&cfg, 16).is_err() || b.kernel_block_size(16).ok() != Some(16) {
+                continue;
+            }
+            let cache = cache_for(b.as_ref(), &s, &cfg);
+            let runs: Vec<(SimdPath, Vec<u32>)> = SimdPath::available()
+                .into_iter()
+                .map(|path| {
+                    SimdPath::force(Some(path));
+                    let out = b.forward(&s.query, &cache, &s.meta, &cfg);
+                    SimdPath::force(None);
+                    (path, bits(&out.unwrap()))
+                })
+                .collect();
+            for (path, out) in &runs[1..] {
+                assert!(*out == runs[0].1, "{} on {}", b.name(), path.name());
+            }
+            ran += 1;
+        }
+    }
+    assert!(ran >= 6, "only {ran} backend runs");
+}
+
+#[test]
 fn fp8_kv_cache_matches_the_reference_on_both_backends() {
     for kv_dtype in [DType::Fp8E4m3Fnuz, DType::Fp8E4m3Fn] {
         let cfg = AttnConfig {

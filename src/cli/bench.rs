@@ -68,6 +68,11 @@ pub struct Args {
     /// With --device host: lanes per wave (32 or 64).
     #[arg(long, value_parser = ["32", "64"])]
     pub wave: Option<String>,
+    /// With --cpu: `auto` runs torch's `scaled_dot_product_attention` (its CPU
+    /// flash kernel, f32, same shapes and thread count) in the same run where
+    /// `python3 -c "import torch"` works; `off` skips it.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "off"], ignore_case = true)]
+    pub torch: String,
     /// With --gpu: only rows whose "<kernel> b<batch> ctx<context> <hq>/<hkv>"
     /// label contains this substring or one of its comma-separated alternatives
     /// (e.g. `paged_attention_ll4mi`, `ll4mi b64 ctx8192,2d b64 ctx8192`).
@@ -85,6 +90,13 @@ pub struct Args {
 const BLOCK_SIZE: usize = 16;
 /// Name of the plain f32 baseline's rows.
 const NAIVE: &str = "naive f32";
+/// Name of torch SDPA's rows.
+const TORCH: &str = "torch sdpa";
+/// Bytes the memory-copy yardstick copies: the decode case's K/V bytes,
+/// within these bounds (the upper one well past every cache level).
+const COPY_BYTES: std::ops::RangeInclusive<usize> = (16 << 20)..=(256 << 20);
+/// The torch side of the bench (stdin: the shapes; stdout: one JSON line).
+const SDPA_SCRIPT: &str = include_str!("../../python/scripts/bench_sdpa.py");
 
 #[derive(Serialize)]
 struct Measurement {
@@ -95,6 +107,20 @@ struct Measurement {
     gflops: f64,
     /// gflops / the naive f32 baseline's gflops on the same case.
     vs_naive: f64,
+    /// gflops / torch SDPA's gflops on the same case (when torch ran).
+    vs_torch: Option<f64>,
+    /// K and V bytes read per second (decode: every key of every sequence
+    /// once, f32 as the emulator stores them).
+    kv_gbps: Option<f64>,
+}
+
+/// The machine's memory bandwidth measured in the same run: one large
+/// buffer copied by the same rayon threads (bytes copied per second).
+#[derive(Serialize)]
+struct CopyBandwidth {
+    bytes: usize,
+    median_s: f64,
+    gbps: f64,
 }
 
 #[derive(Serialize)]
@@ -103,6 +129,11 @@ struct Report {
     threads: usize,
     results: Vec<Measurement>,
     skipped: Vec<(String, String)>,
+    copy: CopyBandwidth,
+    /// torch's version when its SDPA ran.
+    torch: Option<String>,
+    /// Why torch did not run (`--torch off`, no python3 or torch, a failure).
+    torch_skipped: Option<String>,
 }
 
 /// A batch of `num_seqs` sequences, each `q_len` new tokens on top of
@@ -276,15 +307,57 @@ fn bench_cpu(args: &Args, repeats: usize) -> anyhow::Result<(Report, String)> {
             shape_bytes(shape, &cfg),
         )?;
     }
+    let threads = rayon::current_num_threads();
     let bar = progress(
         args.json,
-        shapes.len() * (backends.len() + 1),
+        shapes.len() * (backends.len() + 1) + 2,
         "bench --cpu",
     );
+    bar.set_message("memory copy");
+    let decode_kv = [
+        2,
+        decode_batch,
+        decode_ctx,
+        cfg.num_kv_heads,
+        cfg.head_size,
+        4,
+    ]
+    .into_iter()
+    .fold(1usize, usize::saturating_mul);
+    let copy = copy_bandwidth(
+        decode_kv.clamp(*COPY_BYTES.start(), *COPY_BYTES.end()),
+        repeats,
+    )?;
+    bar.inc(1);
+    bar.set_message("torch sdpa");
+    let torch = match args.torch.to_ascii_lowercase().as_str() {
+        "off" => Err("--torch off".to_string()),
+        _ => torch_sdpa(&shapes, &cfg, threads, repeats),
+    };
+    bar.inc(1);
     let mut results = Vec::new();
     let mut skipped = Vec::new();
     for shape in &shapes {
         let gflop = 4.0 * (cfg.head_size * cfg.num_heads) as f64 * shape.pairs() / 1e9;
+        // Decode streams every key of every sequence once: K and V, f32.
+        let kv_bytes = (shape.q_len == 1).then(|| {
+            (2 * shape.num_seqs * shape.seq_len * cfg.num_kv_heads * cfg.head_size * 4) as f64
+        });
+        let torch_gflops = torch
+            .as_ref()
+            .ok()
+            .and_then(|t| t.1.iter().find(|(c, _)| c == shape.name))
+            .map(|(_, s)| gflop / s);
+        let measured = |implementation: String, s: f64, naive_gflops: f64| Measurement {
+            case: shape.name,
+            implementation,
+            gflop,
+            median_s: s,
+            gflops: gflop / s,
+            vs_naive: (gflop / s) / naive_gflops,
+            vs_torch: torch_gflops.map(|t| (gflop / s) / t),
+            kv_gbps: kv_bytes.map(|b| b / s / 1e9),
+        };
         let query = seeded_values(
             u64::MAX,
             shape.num_seqs * shape.q_len * cfg.num_heads * cfg.head_size,
@@ -310,14 +383,10 @@ fn bench_cpu(args: &Args, repeats: usize) -> anyhow::Result<(Report, String)> {
         bar.inc(1);
         drop(cache);
         let naive_gflops = gflop / naive_s;
-        results.push(Measurement {
-            case: shape.name,
-            implementation: NAIVE.into(),
-            gflop,
-            median_s: naive_s,
-            gflops: naive_gflops,
-            vs_naive: 1.0,
-        });
+        if let Some(t) = torch_gflops {
+            results.push(measured(TORCH.into(), gflop / t, naive_gflops));
+        }
+        results.push(measured(NAIVE.into(), naive_s, naive_gflops));
 
         for b in &backends {
             bar.set_message(format!("{} {}", shape.name, b.name()));
@@ -341,26 +410,102 @@ fn bench_cpu(args: &Args, repeats: usize) -> anyhow::Result<(Report, String)> {
                 Ok(b.forward(&query, &cache, &meta, &cfg).map(drop)?)
             })
             .with_context(|| format!("{} on the {} case", b.name(), shape.name))?;
-            results.push(Measurement {
-                case: shape.name,
-                implementation: b.name().to_string(),
-                gflop,
-                median_s: s,
-                gflops: gflop / s,
-                vs_naive: (gflop / s) / naive_gflops,
-            });
+            results.push(measured(b.name().to_string(), s, naive_gflops));
         }
     }
     bar.finish_and_clear();
     skipped.dedup();
     let report = Report {
         model: model.name,
-        threads: rayon::current_num_threads(),
+        threads,
         results,
         skipped,
+        copy,
+        torch_skipped: torch.as_ref().err().cloned(),
+        torch: torch.ok().map(|t| t.0),
     };
     let text = format_report(&report, &shapes);
     Ok((report, text))
+}
+
+/// Copies a `bytes` buffer with the rayon pool (chunks spread over the
+/// threads, as a streaming kernel reads its KV): the machine's memory-copy
+/// GB/s in this run, the yardstick for decode's KV GB/s.
+fn copy_bandwidth(bytes: usize, repeats: usize) -> anyhow::Result<CopyBandwidth> {
+    use rayon::prelude::*;
+    limits::check_memory("bench's memory-copy yardstick", 2 * bytes as u128)?;
+    let n = bytes / 4;
+    let src: Vec<f32> = (0..n).map(|i| i as f32).collect();
+    let mut dst = vec![0.0f32; n];
+    let chunk = n.div_ceil(rayon::current_num_threads().max(1) * 16);
+    let s = median_seconds(repeats, || {
+        dst.par_chunks_mut(chunk)
+            .zip(src.par_chunks(chunk))
+            .for_each(|(d, s)| d.copy_from_slice(s));
+        Ok(())
+    })?;
+    std::hint::black_box(&dst);
+    Ok(CopyBandwidth {
+        bytes,
+        median_s: s,
+        gbps: bytes as f64 / s / 1e9,
+    })
+}
+
+/// Runs [`SDPA_SCRIPT`] with `python3` on the bench's shapes and thread
+/// count: torch's version and each case's median seconds, or why it did
+/// not run (no python3, no torch, a failure: the bench goes on without it).
+fn torch_sdpa(
+    shapes: &[Shape],
+    cfg: &AttnConfig,
+    threads: usize,
+    repeats: usize,
+) -> Result<(String, Vec<(String, f64)>), String> {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let request = serde_json::json!({
+        "threads": threads,
+        "repeats": repeats,
+        "hq": cfg.num_heads,
+        "hkv": cfg.num_kv_heads,
+        "d": cfg.head_size,
+        "shapes": shapes.iter().map(|s| serde_json::json!({
+            "name": s.name, "num_seqs": s.num_seqs, "q_len": s.q_len, "seq_len": s.seq_len,
+        })).collect::<Vec<_>>(),
+    });
+    let mut child = Command::new("python3")
+        .args(["-c", SDPA_SCRIPT])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("python3 did not start: {e}"))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(request.to_string().as_bytes())
+            .map_err(|e| format!("writing to python3: {e}"))?;
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| format!("python3: {e}"))?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        let last = err.lines().last().unwrap_or("no message").to_string();
+        return Err(format!("python3 exited {}: {last}", out.status));
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .map_err(|e| format!("python3's answer is not JSON: {e}"))?;
+    let version = v["torch"].as_str().unwrap_or("unknown").to_string();
+    let results = v["results"]
+        .as_array()
+        .map(|r| {
+            r.iter()
+                .filter_map(|m| Some((m["case"].as_str()?.to_string(), m["median_s"].as_f64()?)))
+                .filter(|(_, s)| *s > 0.0)
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok((version, results))
 }
 
 fn format_report(r: &Report, shapes: &[Shape]) -> String {
@@ -374,6 +519,21 @@ fn format_report(r: &Report, shapes: &[Shape]) -> String {
             sh.name, sh.num_seqs, sh.q_len, sh.seq_len
         );
     }
+    match (&r.torch, &r.torch_skipped) {
+        (Some(v), _) => {
+            s += &format!(
+                "  torch {v}: scaled_dot_product_attention, f32, {} threads\n",
+                r.threads
+            )
+        }
+        (None, why) => s += &format!("  torch: not run ({})\n", why.as_deref().unwrap_or("-")),
+    }
+    s += &format!(
+        "  memory copy: {:.2} GB/s ({} MiB, {} threads)\n",
+        r.copy.gbps,
+        r.copy.bytes >> 20,
+        r.threads
+    );
     let w = r
         .results
         .iter()
@@ -382,13 +542,31 @@ fn format_report(r: &Report, shapes: &[Shape]) -> String {
         .unwrap_or(9)
         .max(14);
     s += &format!(
-        "{:<8}  {:<w$}  {:>8}  {:>10}  {:>8}  {:>8}\n",
-        "case", "implementation", "GFLOP", "median_s", "GFLOP/s", "vs_naive"
+        "{:<8}  {:<w$}  {:>8}  {:>10}  {:>8}  {:>8}  {:>8}  {:>8}  {:>7}\n",
+        "case",
+        "implementation",
+        "GFLOP",
+        "median_s",
+        "GFLOP/s",
+        "vs_naive",
+        "vs_torch",
+        "KV GB/s",
+        "vs_copy"
     );
+    let opt =
+        |x: Option<f64>, suffix: &str| x.map_or("-".to_string(), |x| format!("{x:.2}{suffix}"));
     for m in &r.results {
         s += &format!(
-            "{:<8}  {:<w$}  {:>8.2}  {:>10.4}  {:>8.2}  {:>7.2}x\n",
-            m.case, m.implementation, m.gflop, m.median_s, m.gflops, m.vs_naive
+            "{:<8}  {:<w$}  {:>8.2}  {:>10.4}  {:>8.2}  {:>7.2}x  {:>8}  {:>8}  {:>7}\n",
+            m.case,
+            m.implementation,
+            m.gflop,
+            m.median_s,
+            m.gflops,
+            m.vs_naive,
+            opt(m.vs_torch, "x"),
+            opt(m.kv_gbps, ""),
+            opt(m.kv_gbps.map(|g| 100.0 * g / r.copy.gbps), "%"),
         );
     }
     for (b, why) in &r.skipped {

@@ -39,7 +39,8 @@
 //! `min_seqlen_q` (vLLM passes 1; its prefill/extend rows all have q > 1),
 //! dropout and `return_attn_probs` are not modelled.
 
-use super::softmax::{lane_dots, visible, OutLse, RowState, ScoreParams};
+use super::simd::{self, SimdPath};
+use super::softmax::{visible, OutLse, RowState, ScoreParams};
 use crate::numerics::DType;
 use attnlab_shared::error::{Error, Result};
 use attnlab_shared::fault::{Fault, FaultSet};
@@ -300,22 +301,49 @@ fn program(
     let mut k_t = vec![0.0f32; d * bn];
     let mut v_tile = vec![0.0f32; bn * dv];
     let mut s = vec![0.0f32; bn];
+    let path = SimdPath::active();
+    let dims: Vec<usize> = (0..d).collect();
+    // Every (head, row) of a kv head's group against the tile at once.
+    let mut dots = vec![0.0f32; qpk * rows * bn];
+    let mut qs: Vec<&[f32]> = Vec::with_capacity(qpk * rows);
     for g in 0..hk {
+        qs.clear();
+        for h in g * qpk..(g + 1) * qpk {
+            for i in r0..r1 {
+                qs.push(&q[((q0 + i) * hq + h) * d..][..d]);
+            }
+        }
         for n in n_min..n_max {
             let (j0, len) = (n * bn, bn.min(sk - n * bn));
-            for j in 0..len {
-                let kr = &k[((k0 + j0 + j) * hk + g) * d..][..d];
+            let row = |j: usize| ((k0 + j0 + j) * hk + g) * d;
+            // K^T eight keys at a time through register transposes (a copy).
+            let mut j8 = 0;
+            while j8 + 8 <= len {
+                let bases: [usize; 8] = std::array::from_fn(|i| row(j8 + i));
+                let done = simd::gather_kt8(path, k, &bases, &dims, &mut k_t, bn, j8);
+                for (i, &b) in bases.iter().enumerate() {
+                    for dd in done..d {
+                        k_t[dd * bn + j8 + i] = k[b + dd];
+                    }
+                }
+                j8 += 8;
+            }
+            for j in j8..len {
+                let kr = &k[row(j)..][..d];
                 for (dd, &x) in kr.iter().enumerate() {
                     k_t[dd * bn + j] = x;
                 }
+            }
+            for j in 0..len {
                 v_tile[j * dv..(j + 1) * dv]
                     .copy_from_slice(&v[((k0 + j0 + j) * hk + g) * dv..][..dv]);
             }
+            simd::dots_rows(path, &qs, &k_t, bn, 0, len, &mut dots, bn);
+            let mut dots = dots.chunks_exact(bn);
             for h in g * qpk..(g + 1) * qpk {
                 for i in r0..r1 {
-                    let qr = &q[((q0 + i) * hq + h) * d..][..d];
                     let s = &mut s[..len];
-                    lane_dots(qr, &k_t, bn, 0, s);
+                    s.copy_from_slice(&dots.next().expect("one per (head, row)")[..len]);
                     let pi = pos(i);
                     for (j, sj) in s.iter_mut().enumerate() {
                         let t = j0 + j;

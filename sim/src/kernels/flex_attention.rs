@@ -249,6 +249,24 @@ pub fn flex_attention(
                 .collect();
             let mut tile = KvTile::new(bn, d);
             let (mut s, mut locs) = (vec![0.0f32; bn], Vec::with_capacity(bn));
+            // Per kv head g: the (row, head) pairs of its group, in the loop's
+            // order, and their dots against the tile, computed together.
+            let group_qs = |g: usize| -> Vec<&[f32]> {
+                rows.clone()
+                    .flat_map(|r| {
+                        (g * qpk..(g + 1) * qpk).map(move |h| &query[(r * hq + h) * d..][..d])
+                    })
+                    .collect()
+            };
+            let qs: Vec<Vec<&[f32]>> = (0..hk).map(group_qs).collect();
+            let mut dots = vec![0.0f32; rows.len() * qpk * bn];
+            // Per tile: which keys each row keeps, and whether it keeps any.
+            // A row that keeps none gets all -inf scores whatever its dots
+            // are, so its QK is not computed (its update still runs).
+            let mut keep = vec![false; rows.len() * bn];
+            let mut alive = vec![false; rows.len()];
+            let mut live_qs: Vec<&[f32]> = Vec::with_capacity(rows.len() * qpk);
+            let masked = vec![f32::NEG_INFINITY; bn];
             let lists = [
                 (&block_mask.kv_indices[qb], true),
                 (&block_mask.full_kv_indices[qb], false),
@@ -258,20 +276,44 @@ pub fn flex_attention(
                     for n0 in (0..bs).step_by(bn) {
                         locs.clear();
                         locs.extend((n0..n0 + bn).map(|r| (blk, r)));
-                        for g in 0..hk {
-                            tile.gather_paged(cache, &dims, g, &locs, |x| x, |x| x);
-                            for (k, r) in rows.clone().enumerate() {
+                        for (k, r) in rows.clone().enumerate() {
+                            let kr = &mut keep[k * bn..(k + 1) * bn];
+                            for (j, kj) in kr.iter_mut().enumerate() {
+                                *kj = !partial || mask.keep(r, blk * bs + n0 + j);
+                            }
+                            alive[k] = kr.contains(&true);
+                        }
+                        let any_alive = alive.contains(&true);
+                        for (g, group_qs) in qs.iter().enumerate() {
+                            if any_alive {
+                                tile.gather_paged_exact(cache, &dims, g, &locs);
+                                live_qs.clear();
+                                for (row_qs, _) in
+                                    group_qs.chunks_exact(qpk).zip(&alive).filter(|(_, &a)| a)
+                                {
+                                    live_qs.extend_from_slice(row_qs);
+                                }
+                                tile.qk_rows(&live_qs, &mut dots, bn);
+                            }
+                            let mut dots = dots.chunks_exact(bn);
+                            for k in 0..rows.len() {
                                 for h in g * qpk..(g + 1) * qpk {
-                                    tile.qk(&query[(r * hq + h) * d..][..d], &mut s);
-                                    for (j, sj) in s.iter_mut().enumerate() {
-                                        let keep = !partial || mask.keep(r, blk * bs + n0 + j);
-                                        *sj = if keep {
-                                            score.score(*sj, 0.0)
-                                        } else {
-                                            f32::NEG_INFINITY
-                                        };
-                                    }
-                                    states[k * hq + h].update(&s, |j| tile.v_row(j), cfg.dtype);
+                                    let s: &[f32] = if alive[k] {
+                                        s.copy_from_slice(
+                                            dots.next().expect("one per live (row, head)"),
+                                        );
+                                        for (sj, &kj) in s.iter_mut().zip(&keep[k * bn..]) {
+                                            *sj = if kj {
+                                                score.score(*sj, 0.0)
+                                            } else {
+                                                f32::NEG_INFINITY
+                                            };
+                                        }
+                                        &s
+                                    } else {
+                                        &masked
+                                    };
+                                    states[k * hq + h].update(s, |j| tile.v_row(j), cfg.dtype);
                                 }
                             }
                         }

@@ -117,9 +117,17 @@ impl MlaWeights {
     pub fn transposed(&self) -> Vec<f32> {
         let (lkv, rows) = (self.dims.kv_lora_rank, self.num_heads * self.head_rows());
         let mut t = vec![0.0f32; lkv * rows];
-        for (r, row) in self.kv_b_proj.chunks_exact(lkv).enumerate() {
-            for (c, &x) in row.iter().enumerate() {
-                t[c * rows + r] = x;
+        // In 32 x 32 blocks: a block's rows and columns stay in cache (a
+        // plain column walk touches a new line, often a new page, per element).
+        const B: usize = 32;
+        for r0 in (0..rows).step_by(B) {
+            for c0 in (0..lkv).step_by(B) {
+                for r in r0..(r0 + B).min(rows) {
+                    let row = &self.kv_b_proj[r * lkv..(r + 1) * lkv];
+                    for c in c0..(c0 + B).min(lkv) {
+                        t[c * rows + r] = row[c];
+                    }
+                }
             }
         }
         t

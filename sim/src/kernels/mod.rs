@@ -16,6 +16,7 @@ pub mod paged_decode;
 pub mod paged_decode_tc;
 pub mod prefix_prefill;
 pub mod reshape_and_cache;
+pub mod simd;
 pub mod softmax;
 pub mod unified_attention;
 

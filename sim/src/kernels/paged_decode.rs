@@ -56,6 +56,7 @@
 use crate::addressing::{check_extent, AddressedKernel, CacheExtent};
 use crate::cache::KvCache;
 use crate::config::AttnConfig;
+use crate::kernels::simd::{self, SimdPath};
 use crate::kernels::softmax::{
     dequant_kv, visible, DimOffsets, KvTile, RowState, ScoreParams, TRITON_L_EPS,
 };
@@ -187,23 +188,36 @@ pub fn paged_attention_2d(
             let mut tile = KvTile::new(tile_size, d);
             let (mut locs, mut dots, mut scores) = (
                 Vec::with_capacity(tile_size),
-                vec![0f32; tile_size],
+                vec![0f32; qpk * tile_size],
                 vec![0f32; tile_size],
             );
+            // The group's query heads share each K load (qk_rows).
+            let qs: Vec<&[f32]> = heads
+                .clone()
+                .map(|h| &query[(row * hq + h) * d..(row * hq + h + 1) * d])
+                .collect();
             for t0 in (0..seq_len).step_by(tile_size) {
                 let keys = t0..(t0 + tile_size).min(seq_len);
                 key_locations(meta, seq, keys.clone(), &mut locs);
-                tile.gather_paged(
-                    cache,
-                    &dims,
-                    kvh,
-                    &locs,
-                    |k| dequant_kv(k, cfg.k_scale, cfg.kv_dtype, cfg.dtype),
-                    |v| dequant_kv(v, cfg.v_scale, cfg.kv_dtype, cfg.dtype),
-                );
-                for (h, state) in heads.clone().zip(&mut states) {
-                    let q = &query[(row * hq + h) * d..(row * hq + h + 1) * d];
-                    tile.qk(q, &mut dots);
+                if cfg.kv_dtype.is_fp8() {
+                    tile.gather_paged(
+                        cache,
+                        &dims,
+                        kvh,
+                        &locs,
+                        |k| dequant_kv(k, cfg.k_scale, cfg.kv_dtype, cfg.dtype),
+                        |v| dequant_kv(v, cfg.v_scale, cfg.kv_dtype, cfg.dtype),
+                    );
+                } else {
+                    // dequant_kv is the identity for a non-fp8 cache.
+                    tile.gather_paged_exact(cache, &dims, kvh, &locs);
+                }
+                tile.qk_rows(&qs, &mut dots, tile_size);
+                for ((h, state), dots) in heads
+                    .clone()
+                    .zip(&mut states)
+                    .zip(dots.chunks_exact(tile_size))
+                {
                     let slope = cfg.alibi_slopes.as_ref().map(|s| s[h]);
                     for (j, t) in keys.clone().enumerate() {
                         let bias = slope.map_or(0.0, |sl| sl * (t as f32 - ctx as f32));
@@ -276,17 +290,23 @@ fn ll4mi_partition(
     let mut tile = KvTile::new(partition_size, d);
     let mut locs = Vec::with_capacity(partition_size);
     key_locations(meta, seq, valid.clone(), &mut locs);
-    tile.gather_paged(cache, dims, kvh, &locs, |k| k, |v| v);
+    tile.gather_paged_exact(cache, dims, kvh, &locs);
     let n = valid.len();
     let warps = partition_size / LL4MI_TOKENS_PER_WARP;
-    let mut dots = vec![0f32; partition_size];
+    // Every head of the group against the partition's keys at once.
+    let heads = kvh * qpk..(kvh + 1) * qpk;
+    let qs: Vec<&[f32]> = heads
+        .clone()
+        .map(|h| &query[(row * hq + h) * d..(row * hq + h + 1) * d])
+        .collect();
+    let mut all_dots = vec![0f32; qpk * partition_size];
+    tile.qk_rows(&qs, &mut all_dots, partition_size);
     let mut s = vec![LL4MI_MASKED_LOGIT; partition_size];
     let mut e = vec![0f32; partition_size];
     let mut lanes = vec![0f32; LL4MI_TOKENS_PER_WARP];
-    (kvh * qpk..(kvh + 1) * qpk)
-        .map(|h| {
-            let q = &query[(row * hq + h) * d..(row * hq + h + 1) * d];
-            tile.qk(q, &mut dots);
+    heads
+        .zip(all_dots.chunks_exact(partition_size))
+        .map(|(h, dots)| {
             let slope = cfg.alibi_slopes.as_ref().map(|sl| sl[h]);
             for (j, t) in valid.clone().enumerate() {
                 s[j] = if visible(t, seq_len - 1, true, cfg.sliding_window) {
@@ -320,16 +340,20 @@ fn ll4mi_partition(
                 psum = wsum[w].mul_add(exp2c(wmax[w] - pmax), psum);
             }
             let inv = 1.0 / (psum + LL4MI_SUM_EPS);
-            let mut acc = vec![0f32; d];
+            // The keys with p != 0, then their fmas in ascending t per dim.
+            let (mut js, mut ps) = (Vec::with_capacity(n), Vec::with_capacity(n));
             for (j, &ej) in e[..n].iter().enumerate() {
                 let wscale = exp2c(wmax[j / LL4MI_TOKENS_PER_WARP] - pmax);
                 let p = cfg.dtype.round((ej * inv) * wscale);
                 if p != 0.0 {
-                    for (a, &v) in acc.iter_mut().zip(tile.v_row(j)) {
-                        *a = p.mul_add(v, *a);
-                    }
+                    js.push(j);
+                    ps.push(p);
                 }
             }
+            let mut acc = vec![0f32; d];
+            simd::pv_accumulate(SimdPath::active(), &mut acc, None, &ps, |k| {
+                tile.v_row(js[k])
+            });
             let out = acc
                 .into_iter()
                 .map(|a| cfg.dtype.round(if fp8 { a * cfg.v_scale } else { a }))

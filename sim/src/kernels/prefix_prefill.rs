@@ -202,18 +202,29 @@ fn program(
     let mut tile = KvTile::new(tile_cap, d);
     let (mut locs, mut dots, mut scores) = (
         Vec::with_capacity(tile_cap),
-        vec![0f32; tile_cap],
+        vec![0f32; rows.len() * tile_cap],
         vec![0f32; tile_cap],
     );
+    // Every row of the program against each K tile at once (qk_rows).
+    let qs: Vec<&[f32]> = rows.clone().map(q_row).collect();
     let k_load = |k: f32| dequant_kv(k, cfg.k_scale, cfg.kv_dtype, cfg.dtype);
     let v_load = |x: f32| dequant_kv(x, cfg.v_scale, cfg.kv_dtype, cfg.dtype);
     let mut run_tile =
         |keys: std::ops::Range<usize>, causal: bool, tile: &mut KvTile, states: &mut [RowState]| {
             locs.clear();
             locs.extend(keys.clone().map(|t| meta.kv_location(b, t)));
-            tile.gather_paged(cache, dims, kv_head, &locs, k_load, v_load);
-            for (i, state) in rows.clone().zip(states.iter_mut()) {
-                tile.qk(q_row(i), &mut dots);
+            if cfg.kv_dtype.is_fp8() {
+                tile.gather_paged(cache, dims, kv_head, &locs, k_load, v_load);
+            } else {
+                // dequant_kv is the identity for a non-fp8 cache.
+                tile.gather_paged_exact(cache, dims, kv_head, &locs);
+            }
+            tile.qk_rows(&qs, &mut dots, tile_cap);
+            for ((i, state), dots) in rows
+                .clone()
+                .zip(states.iter_mut())
+                .zip(dots.chunks_exact(tile_cap))
+            {
                 for (j, t) in keys.clone().enumerate() {
                     scores[j] = score(dots[j], t, ctx + i, causal);
                 }

@@ -21,6 +21,7 @@
 //! out[d] = acc[d] / l  (0 when l == 0), lse2 = m + log2c(l) (-inf when l == 0)
 //! ```
 
+use super::simd::{self, SimdPath};
 use crate::numerics::{exp2c, log2c, softcap_with, DType, SoftcapFormula, LN2, LOG2E};
 use attnlab_shared::error::{Error, Result};
 
@@ -104,8 +105,9 @@ pub const PV_KEYS: usize = 128;
 pub const PV_LANES: usize = 32;
 
 /// `acc[d] = acc[d] * alpha` (when given), then `acc[d] = fma(p[k],
-/// row(k)[d], acc[d])` for k ascending, run by run of [`PV_LANES`] lanes so
-/// each run's accumulators stay in registers across the keys.
+/// row(k)[d], acc[d])` for k ascending, run by run of lanes (at least
+/// [`PV_LANES`]) so each run's accumulators stay in registers across the
+/// keys ([`simd::pv_accumulate`]).
 #[inline]
 fn pv_accumulate<'a>(
     acc: &mut [f32],
@@ -113,34 +115,7 @@ fn pv_accumulate<'a>(
     p: &[f32],
     row: impl Fn(usize) -> &'a [f32],
 ) {
-    let mut runs = acc.chunks_exact_mut(PV_LANES);
-    let mut d0 = 0;
-    for run in &mut runs {
-        let run: &mut [f32; PV_LANES] = run.try_into().expect("chunks_exact");
-        let mut a = *run;
-        if let Some(alpha) = alpha {
-            a.iter_mut().for_each(|x| *x *= alpha);
-        }
-        for (k, &pr) in p.iter().enumerate() {
-            let v: &[f32; PV_LANES] = row(k)[d0..d0 + PV_LANES]
-                .try_into()
-                .expect("V row shorter than acc");
-            for (x, &vd) in a.iter_mut().zip(v) {
-                *x = pr.mul_add(vd, *x);
-            }
-        }
-        *run = a;
-        d0 += PV_LANES;
-    }
-    let rest = runs.into_remainder();
-    if let Some(alpha) = alpha {
-        rest.iter_mut().for_each(|x| *x *= alpha);
-    }
-    for (k, &pr) in p.iter().enumerate() {
-        for (x, &vd) in rest.iter_mut().zip(&row(k)[d0..]) {
-            *x = pr.mul_add(vd, *x);
-        }
-    }
+    simd::pv_accumulate(SimdPath::active(), acc, alpha, p, row)
 }
 
 /// Keys per register block of [`lane_dots`] (4 AVX2 vectors).
@@ -155,43 +130,7 @@ pub const QK_LANES: usize = 32;
 #[inline]
 pub fn lane_dots(x: &[f32], w: &[f32], stride: usize, col: usize, acc: &mut [f32]) {
     let n = acc.len();
-    let mut j = 0;
-    while j + QK_LANES <= n {
-        lane_dots_block::<QK_LANES>(x, w, stride, col + j, &mut acc[j..j + QK_LANES]);
-        j += QK_LANES;
-    }
-    while j + 8 <= n {
-        lane_dots_block::<8>(x, w, stride, col + j, &mut acc[j..j + 8]);
-        j += 8;
-    }
-    if j < n {
-        let (col, acc) = (col + j, &mut acc[j..]);
-        let m = acc.len();
-        acc.fill(0.0);
-        for (&xi, wrow) in x.iter().zip(w.chunks_exact(stride)) {
-            for (a, &wv) in acc.iter_mut().zip(&wrow[col..col + m]) {
-                *a = xi.mul_add(wv, *a);
-            }
-        }
-    }
-}
-
-#[inline(always)]
-fn lane_dots_block<const L: usize>(
-    x: &[f32],
-    w: &[f32],
-    stride: usize,
-    col: usize,
-    out: &mut [f32],
-) {
-    let mut a = [0.0f32; L];
-    for (&xi, wrow) in x.iter().zip(w.chunks_exact(stride)) {
-        let wv: &[f32; L] = wrow[col..col + L].try_into().expect("L lanes");
-        for (al, &wl) in a.iter_mut().zip(wv) {
-            *al = xi.mul_add(wl, *al);
-        }
-    }
-    out.copy_from_slice(&a);
+    simd::dots_rows(SimdPath::active(), &[x], w, stride, col, n, acc, n);
 }
 
 /// What a kernel keeps as the running max after a KV tile that is fully
@@ -267,7 +206,8 @@ impl RowState {
         value: impl Fn(usize) -> &'a [f32],
         p_dtype: DType,
     ) {
-        let tile_max = scores.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+        // The fold `scores.iter().fold(-inf, f32::max)`, bit for bit.
+        let tile_max = simd::fold_max(scores);
         let m_new = self.m.max(tile_max);
         let m_ref = if m_new > f32::NEG_INFINITY {
             m_new
@@ -278,19 +218,24 @@ impl RowState {
         let mut tile_sum = 0.0f32;
         // The contributing keys of a chunk: offsets from j0 and rounded P.
         let (mut js, mut ps) = ([0u16; PV_KEYS], [0.0f32; PV_KEYS]);
+        let mut pbuf = [0.0f32; PV_KEYS];
+        let path = SimdPath::active();
         let mut first = true;
         let mut j0 = 0;
         loop {
             let chunk = &scores[j0..(j0 + PV_KEYS).min(scores.len())];
-            let mut n = 0;
-            for (j, &s) in chunk.iter().enumerate() {
-                let p = exp2c(s - m_ref);
+            simd::exp2c_shifted(path, chunk, m_ref, &mut pbuf);
+            // p = exp2c(s_j - m_ref), summed in ascending j (one chain, kept
+            // in a register: no call inside this loop).
+            for &p in &pbuf[..chunk.len()] {
                 tile_sum += p;
-                if p != 0.0 {
-                    (js[n], ps[n]) = (j as u16, p_dtype.round(p));
-                    n += 1;
-                }
             }
+            let mut n = 0;
+            for (j, &p) in pbuf[..chunk.len()].iter().enumerate() {
+                (js[n], ps[n]) = (j as u16, p);
+                n += usize::from(p != 0.0);
+            }
+            simd::round_slice(p_dtype, &mut ps[..n]);
             let row = |k: usize| value(j0 + js[k] as usize);
             pv_accumulate(&mut self.acc, first.then_some(alpha), &ps[..n], row);
             first = false;
@@ -460,18 +405,79 @@ impl KvTile {
         k_load: impl Fn(f32) -> f32,
         v_load: impl Fn(f32) -> f32,
     ) {
+        self.gather(cache, dims, kv_head, locs, k_load, v_load, false);
+    }
+
+    /// [`KvTile::gather_paged`] with K and V loaded as stored (what the
+    /// identity maps give, bit for bit), through 8x8 register transposes
+    /// where the layout keeps 8 dims together and whole-row copies where
+    /// it keeps V rows contiguous.
+    pub fn gather_paged_exact(
+        &mut self,
+        cache: &crate::cache::KvCache,
+        dims: &DimOffsets,
+        kv_head: usize,
+        locs: &[(usize, usize)],
+    ) {
+        self.gather(cache, dims, kv_head, locs, |x| x, |x| x, true);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    fn gather(
+        &mut self,
+        cache: &crate::cache::KvCache,
+        dims: &DimOffsets,
+        kv_head: usize,
+        locs: &[(usize, usize)],
+        k_load: impl Fn(f32) -> f32,
+        v_load: impl Fn(f32) -> f32,
+        exact: bool,
+    ) {
         let (tile, d) = (self.tile_size, self.head_size);
         debug_assert!(locs.len() <= tile);
         self.len = locs.len();
-        for (j, &(block, row)) in locs.iter().enumerate() {
+        let path = SimdPath::active();
+        // K^T eight keys at a time: each dim's row of the tile gets eight
+        // contiguous values per pass (one cache line touched, not eight).
+        const G: usize = 8;
+        let mut j0 = 0;
+        while j0 + G <= locs.len() {
+            let kb: [usize; G] = std::array::from_fn(|i| {
+                let (block, row) = locs[j0 + i];
+                cache.layout.k_offset(block, row, kv_head, 0)
+            });
+            let done = if exact {
+                simd::gather_kt8(path, &cache.k, &kb, &dims.k, &mut self.k_t, tile, j0)
+            } else {
+                0
+            };
+            for (dd, &ko) in dims.k.iter().enumerate().skip(done) {
+                let dst: &mut [f32; G] = (&mut self.k_t[dd * tile + j0..dd * tile + j0 + G])
+                    .try_into()
+                    .expect("G keys");
+                for (o, &b) in dst.iter_mut().zip(&kb) {
+                    *o = k_load(cache.k[b + ko]);
+                }
+            }
+            j0 += G;
+        }
+        for (j, &(block, row)) in locs.iter().enumerate().skip(j0) {
             let kb = cache.layout.k_offset(block, row, kv_head, 0);
-            let vb = cache.layout.v_offset(block, row, kv_head, 0);
             for (dd, &ko) in dims.k.iter().enumerate() {
                 self.k_t[dd * tile + j] = k_load(cache.k[kb + ko]);
             }
+        }
+        let v_rows = exact && dims.v.iter().enumerate().all(|(i, &o)| o == i);
+        for (j, &(block, row)) in locs.iter().enumerate() {
+            let vb = cache.layout.v_offset(block, row, kv_head, 0);
             let vrow = &mut self.v[j * d..(j + 1) * d];
-            for (out, &vo) in vrow.iter_mut().zip(&dims.v) {
-                *out = v_load(cache.v[vb + vo]);
+            if v_rows {
+                vrow.copy_from_slice(&cache.v[vb..vb + d]);
+            } else {
+                for (out, &vo) in vrow.iter_mut().zip(&dims.v) {
+                    *out = v_load(cache.v[vb + vo]);
+                }
             }
         }
     }
@@ -509,6 +515,23 @@ impl KvTile {
             self.tile_size,
             0,
             &mut out[..self.len],
+        );
+    }
+
+    /// `out[r * out_stride + j] = dot(qs[r], k_j)` for the `len` gathered
+    /// keys and several query rows at once (one K load serves them all);
+    /// every chain is [`KvTile::qk`]'s. Each `qs[r]` is `head_size` long.
+    #[inline]
+    pub fn qk_rows(&self, qs: &[&[f32]], out: &mut [f32], out_stride: usize) {
+        simd::dots_rows(
+            SimdPath::active(),
+            qs,
+            &self.k_t[..self.head_size * self.tile_size],
+            self.tile_size,
+            0,
+            self.len,
+            out,
+            out_stride,
         );
     }
 

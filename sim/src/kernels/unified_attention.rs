@@ -943,7 +943,12 @@ impl<'a> Kernel<'a> {
         };
         let mut kv = KvTile::new(tile, d);
         let mut locs = Vec::with_capacity(tile);
-        let mut dots = vec![0.0f32; tile];
+        // QK of every row a tile serves, computed together (one K load feeds
+        // several rows' chains; each chain is unchanged): row a's dots at
+        // dots[a * tile..].
+        let mut dots = vec![0.0f32; rows.len() * tile];
+        let mut active: Vec<usize> = Vec::with_capacity(rows.len());
+        let mut qs: Vec<&[f32]> = Vec::with_capacity(rows.len());
         let mut scores = vec![0.0f32; tile];
         let lo = plans.iter().map(|p| p.lo).min().unwrap_or(0);
         let hi = plans.iter().map(|p| p.hi).max().unwrap_or(0);
@@ -969,26 +974,43 @@ impl<'a> Kernel<'a> {
                     |x| load(x, v_scale),
                 );
             } else {
-                kv.gather_paged(self.cache, &self.dims, u.kv_head, &locs, |x| x, |x| x);
+                kv.gather_paged_exact(self.cache, &self.dims, u.kv_head, &locs);
             }
-            for ((row, plan), state) in rows.iter().zip(&plans).zip(states.iter_mut()) {
-                if !(plan.lo <= j && j < plan.hi) {
-                    continue;
+            active.clear();
+            qs.clear();
+            for (i, (row, plan)) in rows.iter().zip(&plans).enumerate() {
+                if plan.lo <= j && j < plan.hi {
+                    active.push(i);
+                    qs.push(&self.query[(row.token * hq + row.head) * d..][..d]);
                 }
+            }
+            kv.qk_rows(&qs, &mut dots, tile);
+            for (a, &i) in active.iter().enumerate() {
+                let (row, plan, state) = (&rows[i], &plans[i], &mut states[i]);
                 // This program's tile: keys t0 .. min((j + 1) * TILE, max_prefix).
                 let n = ((j + 1) * tile).min(plan.max_prefix) - t0;
-                let q = &self.query[(row.token * hq + row.head) * d..][..d];
                 let slope = cfg.alibi_slopes.as_ref().map(|s| s[row.head]);
-                kv.qk(q, &mut dots);
-                let unmasked = plan.unmasked.is_some_and(|(a, b)| a <= j && j < b);
-                for (jj, (s, &dt)) in scores[..n].iter_mut().zip(&dots).enumerate() {
-                    let t = t0 + jj;
-                    *s = if unmasked || self.allowed(t, plan.qabs, seq_len) {
-                        let alibi = slope.map_or(0.0, |sl| sl * (t as i64 - ctx as i64) as f32);
-                        self.params.score(dt, alibi)
-                    } else {
-                        f32::NEG_INFINITY
-                    };
+                let dots = &dots[a * tile..(a + 1) * tile];
+                // The mask is one interval of t (`allowed_range`): -inf outside,
+                // the score inside (a branch-free loop over the visible keys).
+                // Fault::SplitUnmaskedUnion: a tile of the (wrong) unmasked loop
+                // is scored whole.
+                let unmasked = plan.unmasked.is_some_and(|(x, y)| x <= j && j < y);
+                let (lo, hi) = match unmasked {
+                    true => (t0, t0 + n),
+                    false => self.allowed_range(plan.qabs, seq_len),
+                };
+                let va = lo.clamp(t0, t0 + n) - t0;
+                let vb = hi.clamp(t0 + va, t0 + n) - t0;
+                scores[..va].fill(f32::NEG_INFINITY);
+                scores[vb..n].fill(f32::NEG_INFINITY);
+                let visible = scores[va..vb].iter_mut().zip(&dots[va..vb]);
+                match slope {
+                    None => visible.for_each(|(s, &dt)| *s = self.params.score(dt, 0.0)),
+                    Some(sl) => visible.enumerate().for_each(|(i, (s, &dt))| {
+                        let t = t0 + va + i;
+                        *s = self.params.score(dt, sl * (t as i64 - ctx as i64) as f32);
+                    }),
                 }
                 state.update(&scores[..n], |jj| kv.v_row(jj), q_dtype);
                 // The seed era's softmax_step and AITER keep the guarded max.
@@ -1002,10 +1024,6 @@ impl<'a> Kernel<'a> {
         })
     }
 
-    /// The kernel's mask for key `t` and query position `qabs`: causal (or
-    /// `t < seq_len` when non-causal) and the sliding window, two-sided when
-    /// non-causal (`window_size = (W-1, W-1)`).
-    #[inline]
     /// [`Fault::SplitUnmaskedUnion`] (AITER, causal, sliding window): the
     /// tiles q-block `qblk`'s program runs in its unmasked loop when that
     /// range is the union of its rows' fully visible tiles (tile `j` is
@@ -1046,10 +1064,32 @@ impl<'a> Kernel<'a> {
         }
     }
 
+    /// The kernel's mask for key `t` and query position `qabs`: causal (or
+    /// `t < seq_len` when non-causal) and the sliding window, two-sided when
+    /// non-causal (`window_size = (W-1, W-1)`).
+    /// The kernel computes it as [`Kernel::allowed_range`]; this per-key
+    /// form is the definition the tests hold that range to.
+    #[cfg_attr(not(test), allow(dead_code))]
+    #[inline]
     fn allowed(&self, t: usize, qabs: usize, seq_len: usize) -> bool {
         let causal = self.meta.causal;
         let w = self.cfg.sliding_window;
         t < seq_len && visible(t, qabs, causal, w) && (causal || w.map_or(true, |w| t < qabs + w))
+    }
+
+    /// The keys [`Kernel::allowed`] lets query position `qabs` see, as the
+    /// interval `[lo, hi)` they form (empty when `hi <= lo`): `t < seq_len`,
+    /// causal `t <= qabs`, window `qabs < t + w` (and non-causal `t < qabs + w`).
+    #[inline]
+    fn allowed_range(&self, qabs: usize, seq_len: usize) -> (usize, usize) {
+        let w = self.cfg.sliding_window;
+        let lo = w.map_or(0, |w| (qabs + 1).saturating_sub(w));
+        let hi = match (self.meta.causal, w) {
+            (true, _) => qabs + 1,
+            (false, Some(w)) => qabs + w,
+            (false, None) => seq_len,
+        };
+        (lo, hi.min(seq_len))
     }
 
     /// 2D epilogue into `dst` (rounded to the output dtype). Both kernels
@@ -1288,6 +1328,35 @@ mod tests {
             let alone = run(1);
             assert_eq!(alone.len(), 90 * 6);
             assert_eq!(alone, run(Q_BLOCKS_PER_UNIT), "{flavor:?}");
+        }
+    }
+
+    #[test]
+    fn the_allowed_range_is_exactly_the_keys_allowed_lets_through() {
+        for causal in [true, false] {
+            for window in [None, Some(1), Some(5), Some(40)] {
+                let cfg = AttnConfig {
+                    sliding_window: window,
+                    ..AttnConfig::new(2, 1, 32, DType::F32)
+                };
+                let (q, cache, mut meta) = one_request(&cfg, 16, 30, 9);
+                meta.causal = causal;
+                let launch =
+                    UnifiedLaunch::vllm(&meta, &cfg, VllmLaunchOptions::default()).unwrap();
+                let k = Kernel::new(&q, &cache, &meta, &cfg, &launch).unwrap();
+                for seq_len in [1, 17, 39] {
+                    for qabs in 0..45 {
+                        let (lo, hi) = k.allowed_range(qabs, seq_len);
+                        for t in 0..60 {
+                            assert_eq!(
+                                (lo..hi).contains(&t),
+                                k.allowed(t, qabs, seq_len),
+                                "causal {causal} window {window:?} seq_len {seq_len} qabs {qabs} t {t}"
+                            );
+                        }
+                    }
+                }
+            }
         }
     }
 

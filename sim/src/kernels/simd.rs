@@ -1,0 +1,782 @@
+//! The emulator's hot loops, written once and compiled for several CPU
+//! feature sets, picked at run time (AVX-512, AVX2 + FMA, or a portable
+//! fallback).
+//!
+//! Bit-exactness does not depend on the path: every output lane runs the
+//! same IEEE operations in the same order on every path (one fma chain in
+//! ascending index per dot product, the contract's `exp2c` per element);
+//! only how many independent lanes (keys, head dimensions, query rows) are
+//! in flight at once differs, and independent lanes do not see each other.
+//! `every_simd_path_gives_the_same_bits` (below) and
+//! `sim/tests/unified.rs`'s path test run each path on the same cases.
+//!
+//! The generic bodies are `#[inline(always)]` fixed-size array loops; each
+//! path instantiates them inside a `#[target_feature]` function, so LLVM
+//! vectorises the same source for the wider registers. `ATTNLAB_SIMD=
+//! portable|avx2|avx512` pins a path (one the CPU lacks falls back to the
+//! best one it has).
+
+use crate::numerics::{exp2c, DType, EXP2C_COEFFS, EXP2C_MIN_X};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::OnceLock;
+
+/// 0: no forced path; 1, 2, 3: portable, AVX2, AVX-512.
+static FORCED: AtomicU8 = AtomicU8::new(0);
+
+/// A compiled variant of the hot loops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SimdPath {
+    /// Plain Rust, one key block at a time: runs anywhere.
+    Portable,
+    /// AVX2 + FMA: 16 256-bit registers.
+    Avx2,
+    /// AVX-512F (+VL): 32 512-bit registers.
+    Avx512,
+}
+
+impl SimdPath {
+    pub fn name(self) -> &'static str {
+        match self {
+            SimdPath::Portable => "portable",
+            SimdPath::Avx2 => "avx2",
+            SimdPath::Avx512 => "avx512",
+        }
+    }
+
+    /// Whether this CPU can run the path.
+    pub fn supported(self) -> bool {
+        match self {
+            SimdPath::Portable => true,
+            #[cfg(target_arch = "x86_64")]
+            SimdPath::Avx2 => {
+                std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+            }
+            #[cfg(target_arch = "x86_64")]
+            SimdPath::Avx512 => {
+                SimdPath::Avx2.supported()
+                    && std::arch::is_x86_feature_detected!("avx512f")
+                    && std::arch::is_x86_feature_detected!("avx512vl")
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => false,
+        }
+    }
+
+    /// Every path this CPU runs, portable first.
+    pub fn available() -> Vec<SimdPath> {
+        [SimdPath::Portable, SimdPath::Avx2, SimdPath::Avx512]
+            .into_iter()
+            .filter(|p| p.supported())
+            .collect()
+    }
+
+    /// Makes every kernel in the process run `path` (if supported) until
+    /// `force(None)`. For tests and benchmarks that compare paths: since
+    /// every path gives the same bits, kernels running concurrently in
+    /// other threads are not affected in their results.
+    pub fn force(path: Option<SimdPath>) {
+        let code = match path {
+            None => 0,
+            Some(SimdPath::Portable) => 1,
+            Some(SimdPath::Avx2) => 2,
+            Some(SimdPath::Avx512) => 3,
+        };
+        FORCED.store(code, Ordering::Relaxed);
+    }
+
+    /// The path the kernels use: the one [`SimdPath::force`]d, else
+    /// `ATTNLAB_SIMD` if set to a supported path's name, else the widest
+    /// supported one (detected once).
+    #[inline]
+    pub fn active() -> SimdPath {
+        let forced = match FORCED.load(Ordering::Relaxed) {
+            1 => Some(SimdPath::Portable),
+            2 => Some(SimdPath::Avx2),
+            3 => Some(SimdPath::Avx512),
+            _ => None,
+        };
+        if let Some(p) = forced.filter(|p| p.supported()) {
+            return p;
+        }
+        static ACTIVE: OnceLock<SimdPath> = OnceLock::new();
+        *ACTIVE.get_or_init(|| {
+            let best = *SimdPath::available().last().unwrap_or(&SimdPath::Portable);
+            match std::env::var("ATTNLAB_SIMD").ok().as_deref() {
+                Some("portable") => SimdPath::Portable,
+                Some("avx2") if SimdPath::Avx2.supported() => SimdPath::Avx2,
+                Some("avx512") if SimdPath::Avx512.supported() => SimdPath::Avx512,
+                _ => best,
+            }
+        })
+    }
+}
+
+// ---------------------------------------------------------------- dots
+
+/// `out[r * out_stride + j] = sum_i xs[r][i] * w[i * stride + col + j]` for
+/// `j < n`, each one fma chain from 0 over i ascending (the chain of
+/// `softmax::dot(xs[r], column j)`). The chains run over
+/// `i < min(xs[r].len(), w.len() / stride)` (as `lane_dots` zips x with
+/// w's rows); every `xs[r]` has the same length.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+pub fn dots_rows(
+    path: SimdPath,
+    xs: &[&[f32]],
+    w: &[f32],
+    stride: usize,
+    col: usize,
+    n: usize,
+    out: &mut [f32],
+    out_stride: usize,
+) {
+    let depth = xs.iter().map(|x| x.len()).min().unwrap_or(0);
+    let depth = depth.min(w.len().checked_div(stride).unwrap_or(0));
+    let xs_cut: Vec<&[f32]>;
+    let xs = if xs.iter().all(|x| x.len() == depth) {
+        xs
+    } else {
+        xs_cut = xs.iter().map(|x| &x[..depth]).collect();
+        &xs_cut
+    };
+    match path {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `supported()` checked the features the function enables.
+        SimdPath::Avx512 if path.supported() => unsafe {
+            dots_avx512(xs, w, stride, col, n, out, out_stride)
+        },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        SimdPath::Avx2 if path.supported() => unsafe {
+            dots_avx2(xs, w, stride, col, n, out, out_stride)
+        },
+        _ => dots_body::<1, 32>(xs, w, stride, col, n, out, out_stride),
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dots_avx2(
+    xs: &[&[f32]],
+    w: &[f32],
+    stride: usize,
+    col: usize,
+    n: usize,
+    out: &mut [f32],
+    out_stride: usize,
+) {
+    // 2 rows x 32 keys: 8 accumulators, 4 K loads and 2 broadcasts per step.
+    dots_body::<2, 32>(xs, w, stride, col, n, out, out_stride)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+unsafe fn dots_avx512(
+    xs: &[&[f32]],
+    w: &[f32],
+    stride: usize,
+    col: usize,
+    n: usize,
+    out: &mut [f32],
+    out_stride: usize,
+) {
+    // 4 rows x 32 keys: 8 zmm accumulators, 2 K loads and 4 broadcasts.
+    dots_body::<4, 32>(xs, w, stride, col, n, out, out_stride)
+}
+
+/// Rows in groups of `R` (then 1), keys in blocks of `L` (then 8, then one
+/// by one); each (row, key) lane is one chain in ascending i.
+#[inline(always)]
+fn dots_body<const R: usize, const L: usize>(
+    xs: &[&[f32]],
+    w: &[f32],
+    stride: usize,
+    col: usize,
+    n: usize,
+    out: &mut [f32],
+    out_stride: usize,
+) {
+    let mut r = 0;
+    while r + R <= xs.len() {
+        let rows: &[&[f32]; R] = xs[r..r + R].try_into().expect("R rows");
+        dots_row_block::<R, L>(
+            rows,
+            w,
+            stride,
+            col,
+            n,
+            &mut out[r * out_stride..],
+            out_stride,
+        );
+        r += R;
+    }
+    while r < xs.len() {
+        let rows: &[&[f32]; 1] = xs[r..r + 1].try_into().expect("1 row");
+        dots_row_block::<1, L>(
+            rows,
+            w,
+            stride,
+            col,
+            n,
+            &mut out[r * out_stride..],
+            out_stride,
+        );
+        r += 1;
+    }
+}
+
+#[inline(always)]
+fn dots_row_block<const R: usize, const L: usize>(
+    xs: &[&[f32]; R],
+    w: &[f32],
+    stride: usize,
+    col: usize,
+    n: usize,
+    out: &mut [f32],
+    out_stride: usize,
+) {
+    let mut j = 0;
+    while j + L <= n {
+        dots_block::<R, L>(xs, w, stride, col + j, out, out_stride, j);
+        j += L;
+    }
+    while j + 8 <= n {
+        dots_block::<R, 8>(xs, w, stride, col + j, out, out_stride, j);
+        j += 8;
+    }
+    while j < n {
+        dots_block::<R, 1>(xs, w, stride, col + j, out, out_stride, j);
+        j += 1;
+    }
+}
+
+#[inline(always)]
+fn dots_block<const R: usize, const L: usize>(
+    xs: &[&[f32]; R],
+    w: &[f32],
+    stride: usize,
+    col: usize,
+    out: &mut [f32],
+    out_stride: usize,
+    j: usize,
+) {
+    let d = xs[0].len();
+    let mut a = [[0.0f32; L]; R];
+    for i in 0..d {
+        let wv: &[f32; L] = w[i * stride + col..i * stride + col + L]
+            .try_into()
+            .expect("L lanes");
+        for r in 0..R {
+            let x = xs[r][i];
+            for (al, &wl) in a[r].iter_mut().zip(wv) {
+                *al = x.mul_add(wl, *al);
+            }
+        }
+    }
+    for (r, ar) in a.iter().enumerate() {
+        out[r * out_stride + j..r * out_stride + j + L].copy_from_slice(ar);
+    }
+}
+
+// ---------------------------------------------------------------- PV
+
+/// `acc[d] = acc[d] * alpha` (when given), then `acc[d] = fma(p[k],
+/// row(k)[d], acc[d])` for k ascending: each d one chain, the run of
+/// lanes in registers across the keys.
+#[inline]
+pub fn pv_accumulate<'a>(
+    path: SimdPath,
+    acc: &mut [f32],
+    alpha: Option<f32>,
+    p: &[f32],
+    row: impl Fn(usize) -> &'a [f32],
+) {
+    match path {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `supported()` checked the features the function enables.
+        SimdPath::Avx512 if path.supported() => unsafe { pv_avx512(acc, alpha, p, row) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        SimdPath::Avx2 if path.supported() => unsafe { pv_avx2(acc, alpha, p, row) },
+        _ => pv_body::<32>(acc, alpha, p, row),
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn pv_avx2<'a>(
+    acc: &mut [f32],
+    alpha: Option<f32>,
+    p: &[f32],
+    row: impl Fn(usize) -> &'a [f32],
+) {
+    // 64 lanes = 8 ymm chains: enough in flight to hide the fma latency.
+    pv_body::<64>(acc, alpha, p, row)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+unsafe fn pv_avx512<'a>(
+    acc: &mut [f32],
+    alpha: Option<f32>,
+    p: &[f32],
+    row: impl Fn(usize) -> &'a [f32],
+) {
+    pv_body::<128>(acc, alpha, p, row)
+}
+
+#[inline(always)]
+fn pv_body<'a, const L: usize>(
+    acc: &mut [f32],
+    alpha: Option<f32>,
+    p: &[f32],
+    row: impl Fn(usize) -> &'a [f32],
+) {
+    let mut d0 = 0;
+    while d0 + L <= acc.len() {
+        pv_run::<L>(&mut acc[d0..d0 + L], d0, alpha, p, &row);
+        d0 += L;
+    }
+    while d0 + 8 <= acc.len() {
+        pv_run::<8>(&mut acc[d0..d0 + 8], d0, alpha, p, &row);
+        d0 += 8;
+    }
+    while d0 < acc.len() {
+        pv_run::<1>(&mut acc[d0..d0 + 1], d0, alpha, p, &row);
+        d0 += 1;
+    }
+}
+
+#[inline(always)]
+fn pv_run<'a, const L: usize>(
+    run: &mut [f32],
+    d0: usize,
+    alpha: Option<f32>,
+    p: &[f32],
+    row: &impl Fn(usize) -> &'a [f32],
+) {
+    let run: &mut [f32; L] = run.try_into().expect("L lanes");
+    let mut a = *run;
+    if let Some(alpha) = alpha {
+        a.iter_mut().for_each(|x| *x *= alpha);
+    }
+    for (k, &pr) in p.iter().enumerate() {
+        let v: &[f32; L] = row(k)[d0..d0 + L]
+            .try_into()
+            .expect("V row shorter than acc");
+        for (x, &vd) in a.iter_mut().zip(v) {
+            *x = pr.mul_add(vd, *x);
+        }
+    }
+    *run = a;
+}
+
+// ---------------------------------------------------------------- exp2c
+
+/// `out[j] = exp2c(s[j] - m)` for every j (`out.len() >= s.len()`).
+#[inline]
+pub fn exp2c_shifted(path: SimdPath, s: &[f32], m: f32, out: &mut [f32]) {
+    match path {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `supported()` checked the features the function enables.
+        SimdPath::Avx512 if path.supported() => unsafe { exp2c_avx512(s, m, out) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        SimdPath::Avx2 if path.supported() => unsafe { exp2c_avx2(s, m, out) },
+        _ => {
+            for (o, &x) in out.iter_mut().zip(s) {
+                *o = exp2c(x - m);
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn exp2c_avx2(s: &[f32], m: f32, out: &mut [f32]) {
+    exp2c_body::<8>(s, m, out)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+unsafe fn exp2c_avx512(s: &[f32], m: f32, out: &mut [f32]) {
+    exp2c_body::<16>(s, m, out)
+}
+
+/// Lanes whose `n = rint(x)` is in [-126, 127] take `exp2c`'s main branch
+/// without branching (`p * 2^n`, the same operations); x < -150 (and -inf)
+/// is 0 as in `exp2c`; every other lane (NaN, x >= 127.5, the subnormal
+/// range) calls `exp2c` itself.
+#[inline(always)]
+fn exp2c_body<const L: usize>(s: &[f32], m: f32, out: &mut [f32]) {
+    let n = s.len();
+    let mut j = 0;
+    while j + L <= n {
+        let x: [f32; L] = std::array::from_fn(|i| s[j + i] - m);
+        let mut r = [0.0f32; L];
+        let mut slow = false;
+        for i in 0..L {
+            let xi = x[i];
+            let fast = (-126.5..127.5).contains(&xi);
+            // Neither fast nor below the zero threshold (NaN included).
+            slow |= !fast & (xi.partial_cmp(&EXP2C_MIN_X) != Some(std::cmp::Ordering::Less));
+            let xc = if fast { xi } else { 0.0 };
+            let ni = xc.round_ties_even();
+            let f = xc - ni;
+            let mut p = EXP2C_COEFFS[0];
+            for &c in &EXP2C_COEFFS[1..] {
+                p = p.mul_add(f, c);
+            }
+            // SAFETY: ni is an integer in [-126, 127] (fast lanes) or 0, so
+            // the unchecked cast is exact and vectorises (`as` saturates
+            // lane by lane in scalar code).
+            let ni = unsafe { ni.to_int_unchecked::<i32>() };
+            let e = f32::from_bits(((ni + 127) as u32) << 23);
+            r[i] = if fast { p * e } else { 0.0 };
+        }
+        if slow {
+            for i in 0..L {
+                if !(-126.5..127.5).contains(&x[i]) {
+                    r[i] = exp2c(x[i]);
+                }
+            }
+        }
+        out[j..j + L].copy_from_slice(&r);
+        j += L;
+    }
+    for (o, &x) in out[j..n].iter_mut().zip(&s[j..]) {
+        *o = exp2c(x - m);
+    }
+}
+
+// ---------------------------------------------------------------- K^T gather
+
+/// Eight keys of K into a transposed tile, unchanged (a pure copy: every
+/// path gives the same bits): for each dim block `b` of 8 dims whose
+/// offsets `koff[8b..8b+8]` are consecutive, `dst[(8b + c) * tile + j0 + i]
+/// = src[bases[i] + koff[8b] + c]`. Returns how many leading dims it
+/// copied (whole blocks, stopping at the first non-consecutive one); the
+/// caller copies the rest.
+#[inline]
+pub fn gather_kt8(
+    path: SimdPath,
+    src: &[f32],
+    bases: &[usize; 8],
+    koff: &[usize],
+    dst: &mut [f32],
+    tile: usize,
+    j0: usize,
+) -> usize {
+    let blocks = koff
+        .chunks_exact(8)
+        .take_while(|c| c.iter().enumerate().all(|(i, &o)| o == c[0] + i))
+        .count();
+    // Bounds, once: every source run and every destination run in range.
+    let ok = bases.iter().all(|&b| {
+        koff.chunks_exact(8)
+            .take(blocks)
+            .all(|c| b + c[0] + 8 <= src.len())
+    }) && (blocks == 0 || (8 * blocks - 1) * tile + j0 + 8 <= dst.len());
+    if !ok {
+        return 0;
+    }
+    match path {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX is part of both paths' features, checked by
+        // `supported()`; every index was bounds-checked above.
+        SimdPath::Avx2 | SimdPath::Avx512 if path.supported() => unsafe {
+            kt8_avx(src, bases, koff, blocks, dst, tile, j0)
+        },
+        _ => {
+            for (b, c) in koff.chunks_exact(8).take(blocks).enumerate() {
+                for cc in 0..8 {
+                    for (i, &base) in bases.iter().enumerate() {
+                        dst[(8 * b + cc) * tile + j0 + i] = src[base + c[0] + cc];
+                    }
+                }
+            }
+        }
+    }
+    8 * blocks
+}
+
+/// The 8x8 transposes of [`gather_kt8`] in AVX registers (unpack, shuffle,
+/// 128-bit permute: data movement only).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn kt8_avx(
+    src: &[f32],
+    bases: &[usize; 8],
+    koff: &[usize],
+    blocks: usize,
+    dst: &mut [f32],
+    tile: usize,
+    j0: usize,
+) {
+    use std::arch::x86_64::*;
+    let sp = src.as_ptr();
+    let dp = dst.as_mut_ptr();
+    for b in 0..blocks {
+        let o = koff[8 * b];
+        let r: [__m256; 8] = std::array::from_fn(|i| _mm256_loadu_ps(sp.add(bases[i] + o)));
+        let t0 = _mm256_unpacklo_ps(r[0], r[1]);
+        let t1 = _mm256_unpackhi_ps(r[0], r[1]);
+        let t2 = _mm256_unpacklo_ps(r[2], r[3]);
+        let t3 = _mm256_unpackhi_ps(r[2], r[3]);
+        let t4 = _mm256_unpacklo_ps(r[4], r[5]);
+        let t5 = _mm256_unpackhi_ps(r[4], r[5]);
+        let t6 = _mm256_unpacklo_ps(r[6], r[7]);
+        let t7 = _mm256_unpackhi_ps(r[6], r[7]);
+        let u0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+        let u1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
+        let u2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+        let u3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
+        let u4 = _mm256_shuffle_ps::<0x44>(t4, t6);
+        let u5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
+        let u6 = _mm256_shuffle_ps::<0x44>(t5, t7);
+        let u7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
+        let c = [
+            _mm256_permute2f128_ps::<0x20>(u0, u4),
+            _mm256_permute2f128_ps::<0x20>(u1, u5),
+            _mm256_permute2f128_ps::<0x20>(u2, u6),
+            _mm256_permute2f128_ps::<0x20>(u3, u7),
+            _mm256_permute2f128_ps::<0x31>(u0, u4),
+            _mm256_permute2f128_ps::<0x31>(u1, u5),
+            _mm256_permute2f128_ps::<0x31>(u2, u6),
+            _mm256_permute2f128_ps::<0x31>(u3, u7),
+        ];
+        for (cc, v) in c.into_iter().enumerate() {
+            _mm256_storeu_ps(dp.add((8 * b + cc) * tile + j0), v);
+        }
+    }
+}
+
+// ---------------------------------------------------------------- max
+
+/// `xs.iter().fold(-inf, |a, &b| a.max(b))`, bit for bit, without the
+/// serial chain: `f32::max` skips NaN, so the fold is the largest non-NaN
+/// value (-inf if none), which has one bit pattern unless it is zero; 16
+/// independent lane maxima find it, and a zero result (whose sign the fold's
+/// order decides) is recomputed by the fold itself.
+#[inline]
+pub fn fold_max(xs: &[f32]) -> f32 {
+    const L: usize = 16;
+    let mut acc = [f32::NEG_INFINITY; L];
+    let mut chunks = xs.chunks_exact(L);
+    for c in &mut chunks {
+        for (a, &x) in acc.iter_mut().zip(c) {
+            *a = if x > *a { x } else { *a };
+        }
+    }
+    for (a, &x) in acc.iter_mut().zip(chunks.remainder()) {
+        *a = if x > *a { x } else { *a };
+    }
+    // Halving tree over the lanes (the order only matters for a zero).
+    let mut w = L / 2;
+    while w > 0 {
+        for i in 0..w {
+            acc[i] = if acc[i + w] > acc[i] {
+                acc[i + w]
+            } else {
+                acc[i]
+            };
+        }
+        w /= 2;
+    }
+    let m = acc[0];
+    if m == 0.0 {
+        return xs.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+    }
+    m
+}
+
+// ---------------------------------------------------------------- rounding
+
+/// `xs[i] = dtype.round(xs[i])` for every i. bf16 rounds to nearest even in
+/// plain integer arithmetic (the same bits as `half::bf16::from_f32` for
+/// every non-NaN value: `(x + 0x7fff + lsb) & 0xffff0000`, a carry into the
+/// exponent giving inf exactly where it should); NaN lanes and the other
+/// dtypes go through `DType::round` itself.
+#[inline]
+pub fn round_slice(dtype: DType, xs: &mut [f32]) {
+    match dtype {
+        DType::F32 => {}
+        DType::Bf16 => {
+            let mut nan = false;
+            for x in xs.iter_mut() {
+                let b = x.to_bits();
+                nan |= x.is_nan();
+                let r = b.wrapping_add(0x7fff + ((b >> 16) & 1)) & 0xffff_0000;
+                *x = if x.is_nan() { *x } else { f32::from_bits(r) };
+            }
+            if nan {
+                xs.iter_mut()
+                    .filter(|x| x.is_nan())
+                    .for_each(|x| *x = dtype.round(*x));
+            }
+        }
+        _ => xs.iter_mut().for_each(|x| *x = dtype.round(*x)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bits(x: &[f32]) -> Vec<u32> {
+        x.iter().map(|v| v.to_bits()).collect()
+    }
+
+    /// Values that reach every branch of `exp2c`: NaN, +-inf, the overflow
+    /// and subnormal ranges, the boundaries of the vector lanes' range,
+    /// signed zeros, and a sweep.
+    fn exp_inputs() -> Vec<f32> {
+        let mut v = vec![
+            f32::NAN,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            0.0,
+            -0.0,
+            127.49,
+            127.5,
+            127.99,
+            128.0,
+            -126.5,
+            -126.51,
+            -127.0,
+            -149.9,
+            -150.0,
+            -150.1,
+            -14427.0,
+            f32::MIN,
+            f32::MAX,
+        ];
+        let mut x = -160.0f32;
+        while x < 130.0 {
+            v.push(x);
+            x += 0.173;
+        }
+        v
+    }
+
+    #[test]
+    fn k_transpose_gather_is_a_copy_on_every_path() {
+        // 8 keys of 40 dims each at scattered bases; dims 0..16 in two
+        // consecutive runs, then a strided run the caller must finish.
+        let src: Vec<f32> = (0..4000).map(|i| i as f32 * 0.5 - 7.0).collect();
+        let bases = [0, 900, 130, 2200, 47, 3100, 1500, 611];
+        let koff: Vec<usize> = (0..16).chain((0..24).map(|i| 16 + 3 * i)).collect();
+        let (tile, j0) = (24, 8);
+        for path in SimdPath::available() {
+            let mut dst = vec![f32::NAN; 40 * tile];
+            let done = gather_kt8(path, &src, &bases, &koff, &mut dst, tile, j0);
+            assert_eq!(done, 16, "{}", path.name());
+            for dd in 0..done {
+                for (i, &b) in bases.iter().enumerate() {
+                    assert_eq!(
+                        dst[dd * tile + j0 + i],
+                        src[b + koff[dd]],
+                        "{}",
+                        path.name()
+                    );
+                }
+            }
+            assert!(dst[16 * tile..].iter().all(|x| x.is_nan()), "past the runs");
+        }
+    }
+
+    #[test]
+    fn fold_max_is_the_sequential_fold_bit_for_bit() {
+        let fold = |xs: &[f32]| xs.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+        let mut cases: Vec<Vec<f32>> = vec![
+            vec![],
+            vec![f32::NAN; 20],
+            vec![0.0, -0.0, f32::NAN, -1.0],
+            vec![-0.0, 0.0],
+            vec![-0.0; 33],
+            vec![f32::NEG_INFINITY, f32::NAN, f32::NEG_INFINITY],
+            vec![f32::INFINITY, f32::NAN],
+        ];
+        let xs = exp_inputs();
+        for n in [1, 15, 16, 17, 40, xs.len()] {
+            cases.push(xs[..n].to_vec());
+            cases.push(xs[xs.len() - n..].iter().map(|x| -x).collect());
+        }
+        for c in &cases {
+            assert_eq!(fold_max(c).to_bits(), fold(c).to_bits(), "{c:?}");
+        }
+    }
+
+    #[test]
+    fn bf16_slice_rounding_is_dtype_round_bit_for_bit() {
+        let mut xs = exp_inputs();
+        // Ties, near-ties, the largest finite values, subnormals, NaN payloads.
+        for b in [
+            0x3f80_8000u32,
+            0x3f81_8000,
+            0x3f80_8001,
+            0x3f80_7fff,
+            0x7f7f_ffff,
+            0x7f7f_7fff,
+            0x7f7f_8000,
+            0xff7f_8000,
+            0x0000_8000,
+            0x0001_8000,
+            0x8000_8001,
+            0x7fc0_0001,
+            0x7f80_0001,
+            0xffc1_2345,
+        ] {
+            xs.push(f32::from_bits(b));
+        }
+        xs.extend((0..20000u32).map(|i| f32::from_bits(i.wrapping_mul(2_654_435_761))));
+        let want: Vec<u32> = xs.iter().map(|&x| DType::Bf16.round(x).to_bits()).collect();
+        round_slice(DType::Bf16, &mut xs);
+        assert_eq!(bits(&xs), want);
+    }
+
+    #[test]
+    fn every_simd_path_gives_the_same_bits() {
+        let xs = exp_inputs();
+        let want: Vec<f32> = xs.iter().map(|&x| exp2c(x - 0.25)).collect();
+        let d = 67; // not a multiple of any lane block
+        let keys = 45;
+        let w: Vec<f32> = (0..d * keys)
+            .map(|i| ((i as f32) * 0.377).sin() * 3.0)
+            .collect();
+        let q: Vec<Vec<f32>> = (0..7)
+            .map(|r| (0..d).map(|i| ((i * 7 + r) as f32 * 0.91).cos()).collect())
+            .collect();
+        let qs: Vec<&[f32]> = q.iter().map(|r| r.as_slice()).collect();
+        let p: Vec<f32> = (0..keys).map(|k| (k as f32 * 0.3).sin().abs()).collect();
+        let run = |path: SimdPath| {
+            let mut e = vec![0.0; xs.len()];
+            exp2c_shifted(path, &xs, 0.25, &mut e);
+            let mut dots = vec![0.0; 7 * keys];
+            dots_rows(path, &qs, &w, keys, 0, keys, &mut dots, keys);
+            // PV over a 131-dim accumulator: rows of V are the columns above.
+            let v: Vec<f32> = (0..keys * 131).map(|i| (i as f32 * 0.051).cos()).collect();
+            let mut acc: Vec<f32> = (0..131).map(|i| i as f32 * 0.01).collect();
+            pv_accumulate(path, &mut acc, Some(0.75), &p, |k| {
+                &v[k * 131..(k + 1) * 131]
+            });
+            (bits(&e), bits(&dots), bits(&acc))
+        };
+        let portable = run(SimdPath::Portable);
+        assert_eq!(portable.0, bits(&want), "portable exp2c_shifted is exp2c");
+        // The chain of one dot, spelled out.
+        for (r, qr) in q.iter().enumerate() {
+            for j in 0..keys {
+                let mut a = 0.0f32;
+                for i in 0..d {
+                    a = qr[i].mul_add(w[i * keys + j], a);
+                }
+                assert_eq!(portable.1[r * keys + j], a.to_bits(), "row {r} key {j}");
+            }
+        }
+        for path in SimdPath::available() {
+            assert_eq!(run(path), portable, "{}", path.name());
+        }
+    }
+}
