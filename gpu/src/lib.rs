@@ -7,7 +7,7 @@
 //! - [`ops`]: host launchers, one per kernel family, validating on the host;
 //! - [`exec`]: the sim backends' kernel-executor seam on the GPU;
 //! - [`diff`]: random cases, sim vs GPU, bit for bit (kernels and whole backends);
-//! - [`bench`]: GPU-event timings against a device-to-device copy.
+//! - [`bench`](mod@bench): GPU-event timings against a device-to-device copy.
 
 pub mod bench;
 pub mod compile;

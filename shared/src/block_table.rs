@@ -270,7 +270,7 @@ pub fn common_block_size_with(
     }
     let accepts = |s: &KernelBlockSize| match *s {
         KernelBlockSize::Exact(n) => n == manager_block_size,
-        KernelBlockSize::MultipleOf(n) => n > 0 && manager_block_size % n == 0,
+        KernelBlockSize::MultipleOf(n) => n > 0 && manager_block_size.is_multiple_of(n),
     };
     if supported.iter().any(accepts) {
         return Some(manager_block_size);
@@ -281,7 +281,7 @@ pub fn common_block_size_with(
     supported
         .iter()
         .filter_map(|s| match *s {
-            KernelBlockSize::Exact(n) if n > 0 && manager_block_size % n == 0 => Some(n),
+            KernelBlockSize::Exact(n) if n > 0 && manager_block_size.is_multiple_of(n) => Some(n),
             _ => None,
         })
         .max()
@@ -325,7 +325,7 @@ impl KernelBlockSplit {
                 "both must be >= 1",
             ));
         }
-        if manager_block_size % kernel_block_size != 0 {
+        if !manager_block_size.is_multiple_of(kernel_block_size) {
             return Err(Error::invalid(
                 "kernel block size",
                 kernel_block_size,

@@ -229,7 +229,7 @@ impl Target {
     }
 }
 
-/// A paged target's draw space (see [`Target::paged_space`]).
+/// A paged target's draw space (see `Target::paged_space`).
 #[derive(Debug, Clone, Copy)]
 pub struct PagedSpace {
     pub dtypes: &'static [DType],

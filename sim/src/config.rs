@@ -69,7 +69,7 @@ impl AttnConfig {
                 "all must be >= 1",
             ));
         }
-        if self.num_heads % self.num_kv_heads != 0 {
+        if !self.num_heads.is_multiple_of(self.num_kv_heads) {
             return Err(Error::invalid(
                 "num_kv_heads",
                 self.num_kv_heads,

@@ -27,7 +27,7 @@ use std::path::Path;
 
 /// The first format: every file a captured case with its `output`.
 pub const FORMAT: &str = "attn-fixture/1";
-/// The superset [`write`] produces.
+/// The superset [`write`](fn@write) produces.
 pub const FORMAT_2: &str = "attn-fixture/2";
 /// The `backend` values of attn-fixture/2 (vLLM enum names).
 pub const BACKENDS: [&str; 8] = [
@@ -568,7 +568,7 @@ pub fn write(f: &Fixture) -> Result<Vec<u8>> {
     })
 }
 
-/// [`write`] to a file.
+/// [`write`](fn@write) to a file.
 pub fn save(path: &Path, f: &Fixture) -> Result<()> {
     let bytes = write(f)?;
     std::fs::write(path, bytes).map_err(|e| FixtureError {

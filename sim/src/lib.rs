@@ -1,7 +1,7 @@
 //! attnlab's CPU emulator: every backend's real algorithm (layout, routing,
 //! tiling, split-KV, merges) as the loop nest its GPU kernel runs, using only
 //! the arithmetic of [`numerics`], so the HIP kernels in `kernels/` produce
-//! the same bits. [`reference`] is plain f64 attention, the oracle.
+//! the same bits. [`reference`](mod@crate::reference) is plain f64 attention, the oracle.
 
 pub mod addressing;
 pub mod backends;

@@ -6,7 +6,7 @@
 //!   canonical NHD cache is re-blocked to the backend's kernel block size
 //!   ([`KernelBlockSplit`]: NHD memory is the same, the table expands) and
 //!   laid into the backend's own layout ([`KvCache::from_nhd`]); then
-//!   `forward`. Our f64 [`reference`] is reported too, as a sanity check of
+//!   `forward`. Our f64 [`reference`](mod@crate::reference) is reported too, as a sanity check of
 //!   the oracle against vLLM's kernels. TRITON_ATTN follows a /2 file's
 //!   recorded `launch` (2D or 3D, segment count) or forced `path`
 //!   (`unified_attention_2d`/`_3d`) instead of vLLM's launch rule.

@@ -1,5 +1,5 @@
 //! A whole scheduled workload through the emulated backends, every step
-//! checked against the f64 [`reference`] and the backends against each
+//! checked against the f64 [`reference`](mod@crate::reference) and the backends against each
 //! other: what `attnlab run` does.
 //!
 //! ```text

@@ -732,7 +732,7 @@ fn shipped_fixtures_replay_through_both_unified_backends() {
     use attnlab_sim::replay::{replay_paths, Status};
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures");
     for name in ["TRITON_ATTN", "ROCM_AITER_UNIFIED_ATTN"] {
-        let rows = replay_paths(&[dir.clone()], Some(name)).unwrap();
+        let rows = replay_paths(std::slice::from_ref(&dir), Some(name)).unwrap();
         let mine: Vec<_> = rows.iter().filter(|r| r.backend == name).collect();
         assert!(mine.len() >= 15, "{name}: {} paged cases", mine.len());
         for r in mine {

@@ -73,7 +73,7 @@ pub struct Args {
     /// `python3 -c "import torch"` works; `off` skips it.
     #[arg(long, default_value = "auto", value_parser = ["auto", "off"], ignore_case = true)]
     pub torch: String,
-    /// With --gpu: only rows whose "<kernel> b<batch> ctx<context> <hq>/<hkv>"
+    /// With --gpu: only rows whose `"<kernel> b<batch> ctx<context> <hq>/<hkv>"`
     /// label contains this substring or one of its comma-separated alternatives
     /// (e.g. `paged_attention_ll4mi`, `ll4mi b64 ctx8192,2d b64 ctx8192`).
     #[arg(long)]

@@ -56,10 +56,7 @@ impl DiffOptions {
 
     /// Whether to run another case after `done` of them.
     pub fn more(&self, done: usize) -> bool {
-        done < self.cases
-            && self
-                .deadline
-                .map_or(true, |d| std::time::Instant::now() < d)
+        done < self.cases && self.deadline.is_none_or(|d| std::time::Instant::now() < d)
     }
 }
 

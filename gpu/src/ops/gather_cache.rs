@@ -54,7 +54,9 @@ pub fn cp_mha_gather_cache(
             .into());
         }
     }
-    if format == CacheFormat::Shuffle && (l.block_size % l.x() != 0 || l.head_size % l.x() != 0) {
+    if format == CacheFormat::Shuffle
+        && (!l.block_size.is_multiple_of(l.x()) || !l.head_size.is_multiple_of(l.x()))
+    {
         return Err(Error::invalid(
             "SHUFFLE gather",
             format!("block {} / head {}", l.block_size, l.head_size),

@@ -1,7 +1,7 @@
 //! Launchers for `kernels/mla_proj.hip`, mirroring
 //! `attnlab_sim::kernels::mla_proj` (`up_project`, `absorb_query`,
 //! `project_output`): each projection is the kernel's one strided batched
-//! GEMM ([`ProjGemm`]), every output one fma chain over the reduction index
+//! GEMM (`ProjGemm`), every output one fma chain over the reduction index
 //! ascending from 0, rounded once to the activation dtype.
 //!
 //! Inputs travel in the activation dtype, so every input value must be exact

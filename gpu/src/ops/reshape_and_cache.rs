@@ -54,7 +54,7 @@ pub fn reshape_and_cache(
         .into());
     }
     let row = cfg.num_kv_heads * cfg.head_size;
-    if key.len() % row != 0 || value.len() != key.len() {
+    if !key.len().is_multiple_of(row) || value.len() != key.len() {
         return Err(Error::invalid(
             "key/value lengths",
             format!("{} / {}", key.len(), value.len()),

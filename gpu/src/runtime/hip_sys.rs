@@ -16,7 +16,7 @@
 //!   (`hipDeviceAttributeGcnArch`) is never asked: HIP 6 renamed it `Unused4`
 //!   and answers it with an error.
 //!
-//! The declarations are written once, in [`hip_api!`]'s table, which gives
+//! The declarations are written once, in `hip_api!`'s table, which gives
 //! both the function-pointer fields and [`DECLARATIONS`], the C prototypes
 //! `gpu/tests/hip_headers.rs` compiles against HIP's own headers.
 

@@ -185,7 +185,7 @@ pub struct ArgStruct(Vec<u8>);
 
 impl ArgStruct {
     fn align(&mut self, n: usize) {
-        while self.0.len() % n != 0 {
+        while !self.0.len().is_multiple_of(n) {
             self.0.push(0);
         }
     }

@@ -148,14 +148,14 @@ impl KvLayout {
         match kind {
             LayoutKind::Nhd => {}
             LayoutKind::RocmPaged | LayoutKind::AiterShuffled => {
-                if head_size % x != 0 {
+                if !head_size.is_multiple_of(x) {
                     return Err(Error::invalid(
                         "head_size",
                         head_size,
                         format!("the {} layout packs K as [.., d/x, bs, x] with x = {x} for {}: head_size must be a multiple of {x}", kind.name(), dtype),
                     ));
                 }
-                if kind == LayoutKind::AiterShuffled && block_size % x != 0 {
+                if kind == LayoutKind::AiterShuffled && !block_size.is_multiple_of(x) {
                     return Err(Error::invalid(
                         "block_size",
                         block_size,

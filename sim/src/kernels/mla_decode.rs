@@ -437,7 +437,7 @@ impl AiterPaging {
     /// Checks the CSR arrays against each other and against a cache of `num_slots` token slots.
     pub fn validate(&self, num_slots: usize) -> Result<()> {
         let bs = self.batch_size();
-        if self.page_size == 0 || num_slots % self.page_size != 0 {
+        if self.page_size == 0 || !num_slots.is_multiple_of(self.page_size) {
             return Err(Error::invalid(
                 "page_size",
                 self.page_size,

@@ -86,7 +86,7 @@ pub fn plan_mla_context_chunks(
     workspace: usize,
     block_size: usize,
 ) -> Result<Vec<ContextChunk>> {
-    if block_size == 0 || workspace < block_size || workspace % block_size != 0 {
+    if block_size == 0 || workspace < block_size || !workspace.is_multiple_of(block_size) {
         return Err(Error::invalid(
             "workspace rows",
             workspace,

@@ -85,7 +85,7 @@ impl MlaWeights {
     /// The heads tensor-parallel rank `rank` of `tp` holds: `num_heads / tp`
     /// consecutive heads (vLLM's ColumnParallelLinear split of kv_b_proj).
     pub fn shard(&self, rank: usize, tp: usize) -> Result<Self> {
-        if tp == 0 || self.num_heads % tp != 0 {
+        if tp == 0 || !self.num_heads.is_multiple_of(tp) {
             return Err(Error::invalid(
                 "tensor_parallel_size",
                 tp,

@@ -179,7 +179,7 @@ pub fn reshape_and_cache(
         ));
     }
     let row = cfg.num_kv_heads * cfg.head_size;
-    if key.len() % row != 0 {
+    if !key.len().is_multiple_of(row) {
         return Err(Error::invalid(
             "key length",
             key.len(),
@@ -326,7 +326,7 @@ mod tests {
         // An f16 key 0.01054382 with k_scale 0.1: the f32 quotient 0.10543823
         // lies just below the fp8 tie 0.10546875 (between 0.1015625 and the
         // even 0.109375), but rounds to f16 exactly onto the tie.
-        let (x, scale) = (0.010_543_823_242_187_5f32, 0.1f32);
+        let (x, scale) = (0.010_543_823_f32, 0.1f32);
         assert_eq!(DType::F16.round(x), x);
         assert_eq!(DType::F16.round(x / scale), 0.105_468_75);
         let hip = CacheWriter::ReshapeAndCache.quantize(x, DType::F16, DType::Fp8E4m3Fn, scale);

@@ -1074,7 +1074,7 @@ impl<'a> Kernel<'a> {
     fn allowed(&self, t: usize, qabs: usize, seq_len: usize) -> bool {
         let causal = self.meta.causal;
         let w = self.cfg.sliding_window;
-        t < seq_len && visible(t, qabs, causal, w) && (causal || w.map_or(true, |w| t < qabs + w))
+        t < seq_len && visible(t, qabs, causal, w) && (causal || w.is_none_or(|w| t < qabs + w))
     }
 
     /// The keys [`Kernel::allowed`] lets query position `qabs` see, as the

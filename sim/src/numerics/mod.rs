@@ -21,6 +21,9 @@ pub const LN2: f32 = std::f32::consts::LN_2;
 /// truncation error below 6e-9 relative, so the result is within 2 ulp of
 /// the true 2^x (a test sweeps this). `portable.h` holds the same numbers;
 /// `gpu`'s tests check they are equal.
+// The digits are portable.h's, written alike on both sides (more than an f32
+// holds; both round them to the same f32, which gpu's tests check).
+#[allow(clippy::excessive_precision)]
 pub const EXP2C_COEFFS: [f32; 8] = [
     1.525_273_365e-5, // ln2^7/7!
     1.540_352_969e-4, // ln2^6/6!

@@ -139,7 +139,7 @@ impl MlaConfig {
                 "must be >= 1",
             ));
         }
-        if self.tp == 0 || self.num_heads == 0 || self.num_heads % self.tp != 0 {
+        if self.tp == 0 || self.num_heads == 0 || !self.num_heads.is_multiple_of(self.tp) {
             return Err(Error::invalid(
                 "tensor_parallel_size",
                 self.tp,

@@ -44,7 +44,7 @@ impl RocmAiterMla {
         match profile {
             Profile::Pr26980 if heads == 16 || heads == 128 => Ok(HeadPadding::None),
             Profile::Pr26980 => Err(Error::unsupported(format!("ROCM_AITER_MLA with {heads} heads per rank"), format!("Aiter MLA only supports 16 or 128 number of heads.\nProvided {heads} number of heads.{hint}"))),
-            Profile::Latest if heads > 0 && heads % 16 == 0 => Ok(HeadPadding::None),
+            Profile::Latest if heads > 0 && heads.is_multiple_of(16) => Ok(HeadPadding::None),
             Profile::Latest if heads > 0 && 16 % heads == 0 => Ok(HeadPadding::RepeatInterleave(16 / heads)),
             Profile::Latest if heads > 0 && heads <= 128 => Ok(HeadPadding::Tile(heads.div_ceil(16) * 16)),
             Profile::Latest => Err(Error::unsupported(format!("ROCM_AITER_MLA with {heads} heads per rank"), format!("ROCM AITER MLA requires a positive multiple of 16 heads, or an unaligned head count up to 128 (padded to the next multiple of 16), but got {heads}.{hint}"))),
@@ -122,7 +122,9 @@ impl MlaBackend for RocmAiterMla {
     fn check(&self, cfg: &MlaConfig, block_size: usize) -> Result<()> {
         cfg.check_common(self.name().name(), &ROCM_AITER_MLA, "Aiter MLA does not support one of the following: alibi_slopes, sliding_window, logits_soft_cap")?;
         Self::head_padding(cfg.heads_per_rank(), cfg.profile)?;
-        if !ROCM_AITER_MLA.supports_block_size(block_size) || block_size % self.page_size != 0 {
+        if !ROCM_AITER_MLA.supports_block_size(block_size)
+            || !block_size.is_multiple_of(self.page_size)
+        {
             return Err(Error::invalid(
                 "block_size",
                 block_size,
