@@ -146,6 +146,47 @@ impl<'a> VarlenParams<'a> {
     }
 }
 
+/// The varlen call's shape checks: `cu_seqlens_q` and `cu_seqlens_k` of one
+/// batch, and `q`, `k`, `v` as long as they and the head sizes say; returns
+/// `(total_q, total_k)`. Shared by every kernel of the `flash_attn_varlen`
+/// interface (the fma and the tensor-core flavour).
+pub(crate) fn check_inputs(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    cu_seqlens_q: &[i32],
+    cu_seqlens_k: &[i32],
+    p: &VarlenParams,
+) -> Result<(usize, usize)> {
+    if cu_seqlens_q.len() != cu_seqlens_k.len() {
+        return Err(Error::invalid(
+            "cu_seqlens_k length",
+            cu_seqlens_k.len(),
+            format!(
+                "must equal cu_seqlens_q length {} (batch + 1)",
+                cu_seqlens_q.len()
+            ),
+        ));
+    }
+    let total_q = check_cu("cu_seqlens_q", cu_seqlens_q)?;
+    let total_k = check_cu("cu_seqlens_k", cu_seqlens_k)?;
+    let (hq, hk, d, dv) = (p.num_heads, p.num_kv_heads, p.head_size, p.head_size_v);
+    for (what, len, want) in [
+        ("q", q.len(), total_q * hq * d),
+        ("k", k.len(), total_k * hk * d),
+        ("v", v.len(), total_k * hk * dv),
+    ] {
+        if len != want {
+            return Err(Error::invalid(
+                format!("{what} length"),
+                len,
+                format!("cu_seqlens and head sizes need {want}"),
+            ));
+        }
+    }
+    Ok((total_q, total_k))
+}
+
 /// Checks a `cu_seqlens` array (starts at 0, non-decreasing) and returns its total.
 pub(crate) fn check_cu(what: &str, cu: &[i32]) -> Result<usize> {
     if cu.first() != Some(&0) {
@@ -197,33 +238,8 @@ pub fn flash_attn_varlen(
     p: &VarlenParams,
 ) -> Result<OutLse> {
     p.validate()?;
-    if cu_seqlens_q.len() != cu_seqlens_k.len() {
-        return Err(Error::invalid(
-            "cu_seqlens_k length",
-            cu_seqlens_k.len(),
-            format!(
-                "must equal cu_seqlens_q length {} (batch + 1)",
-                cu_seqlens_q.len()
-            ),
-        ));
-    }
-    let total_q = check_cu("cu_seqlens_q", cu_seqlens_q)?;
-    let total_k = check_cu("cu_seqlens_k", cu_seqlens_k)?;
-    let (hq, hk, d, dv) = (p.num_heads, p.num_kv_heads, p.head_size, p.head_size_v);
-    for (what, len, want) in [
-        ("q", q.len(), total_q * hq * d),
-        ("k", k.len(), total_k * hk * d),
-        ("v", v.len(), total_k * hk * dv),
-    ] {
-        if len != want {
-            return Err(Error::invalid(
-                format!("{what} length"),
-                len,
-                format!("cu_seqlens and head sizes need {want}"),
-            ));
-        }
-    }
-
+    let (total_q, _) = check_inputs(q, k, v, cu_seqlens_q, cu_seqlens_k, p)?;
+    let (hq, dv) = (p.num_heads, p.head_size_v);
     let batch = cu_seqlens_q.len().saturating_sub(1);
     let programs: Vec<(usize, usize)> = (0..batch)
         .flat_map(|b| (0..seq_len(cu_seqlens_q, b).div_ceil(BLOCK_M)).map(move |mb| (b, mb)))

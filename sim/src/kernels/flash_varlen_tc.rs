@@ -49,7 +49,7 @@
 //! from `p_{first row} - W + 1` (window); `n_min`/`n_max` are those keys'
 //! tiles, exactly as [`super::flash_varlen`] computes them for its block.
 
-use super::flash_varlen::{check_cu, seq_len, VarlenParams};
+use super::flash_varlen::{check_inputs, seq_len, VarlenParams};
 use super::softmax::{visible, OutLse};
 use crate::numerics::mma::{InFormat, MatrixTarget, Model};
 use crate::numerics::{exp2c, log2c, DType, LN2, LOG2E};
@@ -168,32 +168,8 @@ pub fn flash_attn_varlen_tc(
 ) -> Result<OutLse> {
     p.validate()?;
     let vp = &p.varlen;
-    if cu_seqlens_q.len() != cu_seqlens_k.len() {
-        return Err(Error::invalid(
-            "cu_seqlens_k length",
-            cu_seqlens_k.len(),
-            format!(
-                "must equal cu_seqlens_q length {} (batch + 1)",
-                cu_seqlens_q.len()
-            ),
-        ));
-    }
-    let total_q = check_cu("cu_seqlens_q", cu_seqlens_q)?;
-    let total_k = check_cu("cu_seqlens_k", cu_seqlens_k)?;
-    let (hq, hk, d, dv) = (vp.num_heads, vp.num_kv_heads, vp.head_size, vp.head_size_v);
-    for (what, len, want) in [
-        ("q", q.len(), total_q * hq * d),
-        ("k", k.len(), total_k * hk * d),
-        ("v", v.len(), total_k * hk * dv),
-    ] {
-        if len != want {
-            return Err(Error::invalid(
-                format!("{what} length"),
-                len,
-                format!("cu_seqlens and head sizes need {want}"),
-            ));
-        }
-    }
+    let (total_q, _) = check_inputs(q, k, v, cu_seqlens_q, cu_seqlens_k, vp)?;
+    let (hq, dv) = (vp.num_heads, vp.head_size_v);
     let format = p.format()?;
     let bits = |x: &[f32]| -> Vec<u16> { x.iter().map(|&e| format.from_f32(e)).collect() };
     let (qb, kb, vb) = (bits(q), bits(k), bits(v));
