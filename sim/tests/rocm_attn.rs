@@ -152,7 +152,7 @@ proptest! {
         let cache = b.cache(&cfg, LayoutKind::RocmPaged);
         let out = backend.forward(&b.query, &cache, &b.meta, &cfg).unwrap();
         // Seed era: a window of W reaches the kernels as W - 1.
-        let ref_cfg = AttnConfig { sliding_window: backend.kernel_window(window), ..cfg.clone() };
+        let ref_cfg = AttnConfig { sliding_window: backend.kernel_window(&cfg), ..cfg.clone() };
         assert_matches_reference(&out, &b, &cache, &ref_cfg);
     }
 

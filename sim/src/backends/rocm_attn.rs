@@ -24,7 +24,7 @@ use crate::kernels::reshape_and_cache::CacheWriter;
 use attnlab_shared::block_table::select_kernel_block_size;
 use attnlab_shared::dtype::DType;
 use attnlab_shared::error::{Error, Result};
-use attnlab_shared::fault::{Fault, FaultSet};
+use attnlab_shared::fault::Fault;
 use attnlab_shared::layout::LayoutKind;
 use attnlab_shared::metadata::AttentionMetadata;
 use attnlab_shared::registry::{BackendName, ROCM_ATTN_SEED_ERA_KERNEL_BLOCK_SIZES};
@@ -48,9 +48,10 @@ const CHECKS: &[(Capability, Words)] = &[
 /// `use_rocm_custom_paged_attention`'s context cap (the reduce's npar_loops <= 8).
 pub const CUSTOM_PA_MAX_SEQ_LEN: usize = 128 * 1024;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum RocmAttnProfile {
-    /// The PR #26980-era source (seeds/source-rocm_attn.txt).
+    /// The PR #26980-era source (seeds/source-rocm_attn.txt), the default.
+    #[default]
     SeedEra,
     /// vLLM 0.33.0.
     V0_33,
@@ -60,36 +61,20 @@ pub enum RocmAttnProfile {
 /// (HIP ll4mi partitions + reduce, CDNA launcher) or [`Paged::Triton2d`].
 pub type DecodeKernel = Paged;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct RocmAttn {
     pub profile: RocmAttnProfile,
 }
 
-impl Default for RocmAttn {
-    fn default() -> Self {
-        RocmAttn {
-            profile: RocmAttnProfile::SeedEra,
-        }
-    }
-}
-
 impl RocmAttn {
-    /// The window value `chunked_prefill_paged_decode` receives (`None` = 0).
-    pub fn kernel_window(&self, window: Option<usize>) -> Option<usize> {
-        self.kernel_window_with(window, FaultSet::NONE)
-    }
-
-    /// [`RocmAttn::kernel_window`] with `faults`
-    /// ([`Fault::RocmAttnWindowOffByOne`]: every profile passes `W - 1`).
-    pub fn kernel_window_with(&self, window: Option<usize>, faults: FaultSet) -> Option<usize> {
-        let profile = if faults.has(Fault::RocmAttnWindowOffByOne) {
-            RocmAttnProfile::SeedEra
-        } else {
-            self.profile
-        };
-        match profile {
-            RocmAttnProfile::SeedEra => window.map(|w| w - 1).filter(|&w| w > 0),
-            RocmAttnProfile::V0_33 => window,
+    /// The window value `chunked_prefill_paged_decode` receives (`None` = 0)
+    /// for `cfg`'s model window ([`Fault::RocmAttnWindowOffByOne`]: every
+    /// profile passes `W - 1`).
+    pub fn kernel_window(&self, cfg: &AttnConfig) -> Option<usize> {
+        let window = cfg.sliding_window;
+        match (self.profile, cfg.faults.has(Fault::RocmAttnWindowOffByOne)) {
+            (RocmAttnProfile::SeedEra, _) | (_, true) => window.map(|w| w - 1).filter(|&w| w > 0),
+            (RocmAttnProfile::V0_33, false) => window,
         }
     }
 
@@ -109,9 +94,7 @@ impl RocmAttn {
         // Fault::Ll4miHeadSize32: the launcher also admits head size 32.
         let head_ok = matches!(cfg.head_size, 64 | 128)
             || (cfg.head_size == 32 && cfg.faults.has(Fault::Ll4miHeadSize32));
-        let custom = self
-            .kernel_window_with(cfg.sliding_window, cfg.faults)
-            .is_none()
+        let custom = self.kernel_window(cfg).is_none()
             && matches!(cfg.dtype, DType::F16 | DType::Bf16)
             && head_ok
             && matches!(meta.block_size, 16 | 32)
@@ -204,17 +187,13 @@ impl AttentionBackend for RocmAttn {
     /// The config the kernels see: the profile's window, no soft-cap.
     fn kernel_config(&self, cfg: &AttnConfig) -> AttnConfig {
         AttnConfig {
-            sliding_window: self.kernel_window_with(cfg.sliding_window, cfg.faults),
+            sliding_window: self.kernel_window(cfg),
             softcap: None,
             ..cfg.clone()
         }
     }
 
     fn route(&self, meta: &AttentionMetadata, cfg: &AttnConfig) -> Result<Vec<SubBatch>> {
-        let decode = self.decode_kernel(meta, cfg);
-        if decode == DecodeKernel::Ll4mi {
-            crate::rules::ll4mi_head_size(cfg.head_size)?;
-        }
-        Ok(Self::route_with_decode(meta, decode))
+        Ok(Self::route_with_decode(meta, self.decode_kernel(meta, cfg)))
     }
 }

@@ -426,7 +426,11 @@ fn run_step(
                     ex.context_attention_fwd(q, cache, meta, cfg, true, output)?
                 }
                 Paged::Triton2d => ex.paged_attention_2d(q, cache, meta, cfg, output)?,
-                _ => ex.paged_attention_ll4mi(q, cache, meta, cfg, PARTITION_SIZE_ROCM, output)?,
+                _ => {
+                    // ll4mi's VHELOOP must cover the head (vllm #34570).
+                    crate::rules::ll4mi_head_size(cfg.head_size)?;
+                    ex.paged_attention_ll4mi(q, cache, meta, cfg, PARTITION_SIZE_ROCM, output)?
+                }
             }
         }
     }
