@@ -466,11 +466,37 @@ fn varlen_prefill_case(
 ) -> Result<BenchRow> {
     use crate::ops::flash_varlen::VarlenLaunch;
     use attnlab_sim::kernels::flash_varlen::VarlenParams;
-    let dev = gpu.dev.as_ref();
-    let (hq, hkv, d) = (32usize, 8usize, 128usize);
+    let (hq, hkv, d) = PREFILL_HEADS;
     let mut p = VarlenParams::new(hq, hkv, d, DType::Bf16, 1.0 / (d as f32).sqrt());
     p.causal = causal;
     p.block_n = block_n;
+    let plan = VarlenLaunch::new(gpu, &p, 1, tokens, tokens)?;
+    let kernel = format!(
+        "flash_attn_varlen (prefill, {}, block_n {block_n})",
+        if causal { "causal" } else { "non-causal" }
+    );
+    let run = |bufs: [&Buffer; 9]| plan.launch(gpu, bufs);
+    varlen_prefill_row(gpu, opts, kernel, tokens, causal, (copy_gbps, peak), &run)
+}
+
+/// Heads and head size of the varlen prefill rows: (q heads, kv heads, d).
+const PREFILL_HEADS: (usize, usize, usize) = (32, 8, 128);
+
+/// Times `launch` over one bf16 sequence of `tokens` tokens (Q, K, V filled
+/// with the bench's seeds; buffers in the `flash_attn_varlen` kernels'
+/// order) and makes its row: FLOPs over the visible pairs, bytes of Q, K, V
+/// read and O written, `yardsticks` = (copy GB/s, f32 peak TFLOP/s).
+fn varlen_prefill_row(
+    gpu: &Gpu,
+    opts: &BenchOptions,
+    kernel: String,
+    tokens: usize,
+    causal: bool,
+    (copy_gbps, peak): (f64, f64),
+    launch: &dyn Fn([&Buffer; 9]) -> Result<()>,
+) -> Result<BenchRow> {
+    let dev = gpu.dev.as_ref();
+    let (hq, hkv, d) = PREFILL_HEADS;
     let (nq, nkv) = (tokens * hq * d, tokens * hkv * d);
     let (q, k, v) = (
         Buffer::zeroed(dev, nq * 2)?,
@@ -488,9 +514,8 @@ fn varlen_prefill_case(
         .collect();
     let (cu_q, cu_k) = (Buffer::from_bytes(dev, &cu)?, Buffer::from_bytes(dev, &cu)?);
     let none = Buffer::zeroed(dev, 4)?;
-    let plan = VarlenLaunch::new(gpu, &p, 1, tokens, tokens)?;
     let ms = time_ms(gpu, opts, &mut || {
-        plan.launch(gpu, [&q, &k, &v, &cu_q, &cu_k, &none, &none, &out, &lse])
+        launch([&q, &k, &v, &cu_q, &cu_k, &none, &none, &out, &lse])
     })?;
     let t = tokens as f64;
     let pairs = if causal { t * (t + 1.0) / 2.0 } else { t * t };
@@ -498,10 +523,7 @@ fn varlen_prefill_case(
     let moved = (2 * nkv * 2 + 2 * nq * 2) as f64;
     let gbps = moved / (ms * 1e-3) / 1e9;
     Ok(BenchRow {
-        kernel: format!(
-            "flash_attn_varlen (prefill, {}, block_n {block_n})",
-            if causal { "causal" } else { "non-causal" }
-        ),
+        kernel,
         batch: 1,
         context: tokens,
         q_heads: hq,
@@ -539,47 +561,13 @@ fn varlen_tc_prefill_case(
 ) -> Result<BenchRow> {
     use crate::ops::flash_varlen_tc::{matrix_target, VarlenTcLaunch};
     use attnlab_sim::kernels::flash_varlen_tc::VarlenTcParams;
-    let dev = gpu.dev.as_ref();
-    let (hq, hkv, d) = (32usize, 8usize, 128usize);
-    let target = matrix_target(&dev.info().target)?;
+    let (hq, hkv, d) = PREFILL_HEADS;
+    let target = matrix_target(&gpu.dev.info().target)?;
     let p = VarlenTcParams::new(hq, hkv, d, DType::Bf16, 1.0 / (d as f32).sqrt(), target);
-    let (nq, nkv) = (tokens * hq * d, tokens * hkv * d);
-    let (q, k, v) = (
-        Buffer::zeroed(dev, nq * 2)?,
-        Buffer::zeroed(dev, nkv * 2)?,
-        Buffer::zeroed(dev, nkv * 2)?,
-    );
-    fill(gpu, &q, nq, 7)?;
-    fill(gpu, &k, nkv, 8)?;
-    fill(gpu, &v, nkv, 9)?;
-    let out = Buffer::zeroed(dev, nq * 2)?;
-    let lse = Buffer::zeroed(dev, tokens * hq * 4)?;
-    let cu: Vec<u8> = [0i32, tokens as i32]
-        .iter()
-        .flat_map(|x| x.to_le_bytes())
-        .collect();
-    let (cu_q, cu_k) = (Buffer::from_bytes(dev, &cu)?, Buffer::from_bytes(dev, &cu)?);
-    let none = Buffer::zeroed(dev, 4)?;
     let plan = VarlenTcLaunch::new(gpu, &p, warps, 1, tokens, tokens)?;
-    let ms = time_ms(gpu, opts, &mut || {
-        plan.launch(gpu, [&q, &k, &v, &cu_q, &cu_k, &none, &none, &out, &lse])
-    })?;
-    let t = tokens as f64;
-    let tflops = 4.0 * d as f64 * hq as f64 * (t * (t + 1.0) / 2.0) / (ms * 1e-3) / 1e12;
-    let moved = (2 * nkv * 2 + 2 * nq * 2) as f64;
-    let gbps = moved / (ms * 1e-3) / 1e9;
-    Ok(BenchRow {
-        kernel: tc_prefill_label(warps),
-        batch: 1,
-        context: tokens,
-        q_heads: hq,
-        kv_heads: hkv,
-        median_ms: ms,
-        gbps,
-        vs_copy: gbps / copy_gbps,
-        tflops: Some(tflops),
-        vs_f32_peak: (peak > 0.0).then(|| tflops / peak),
-    })
+    let run = |bufs: [&Buffer; 9]| plan.launch(gpu, bufs);
+    let kernel = tc_prefill_label(warps);
+    varlen_prefill_row(gpu, opts, kernel, tokens, true, (copy_gbps, peak), &run)
 }
 
 /// A row of an external timing file (`attnlab bench --gpu --vllm FILE.json`):
