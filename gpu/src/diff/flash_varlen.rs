@@ -18,6 +18,58 @@ use attnlab_sim::kernels::softmax::ScoreParams;
 use rand::seq::SliceRandom;
 use rand::Rng;
 
+/// A varlen case's random tensors: Q, K, V values of the dtype, then
+/// sinks and ALiBi slopes (each present or not), drawn in this order by
+/// every `flash_attn_varlen` flavour's diff.
+pub(crate) struct Tensors {
+    pub q: Vec<f32>,
+    pub k: Vec<f32>,
+    pub v: Vec<f32>,
+    pub sinks: Option<Vec<f32>>,
+    pub alibi: Option<Vec<f32>>,
+}
+
+/// Draws [`Tensors`] for `(total_q, total_k)` tokens, `(hq, hk)` heads and
+/// head sizes `(d, dv)`.
+pub(crate) fn draw_tensors(
+    rng: &mut impl Rng,
+    dtype: DType,
+    (tq, tk): (usize, usize),
+    (hq, hk): (usize, usize),
+    (d, dv): (usize, usize),
+) -> Tensors {
+    let mut vals = |n: usize| -> Vec<f32> {
+        (0..n)
+            .map(|_| dtype.round(rng.gen_range(-2.0f32..2.0)))
+            .collect()
+    };
+    let (q, k, v) = (vals(tq * hq * d), vals(tk * hk * d), vals(tk * hk * dv));
+    let sinks: Option<Vec<f32>> = rng
+        .gen_bool(0.2)
+        .then(|| (0..hq).map(|_| rng.gen_range(-3.0f32..3.0)).collect());
+    let alibi: Option<Vec<f32>> = rng
+        .gen_bool(0.15)
+        .then(|| (0..hq).map(|h| 2f32.powi(-(h as i32 % 8) - 1)).collect());
+    Tensors {
+        q,
+        k,
+        v,
+        sinks,
+        alibi,
+    }
+}
+
+/// Draws the mask and score options of `p`, in this order: causal (80%), a
+/// window of 1..64 (30%), a soft-cap of 5..50 (30%).
+pub(crate) fn draw_mask(rng: &mut impl Rng, p: &mut VarlenParams) {
+    p.causal = rng.gen_bool(0.8);
+    p.window = rng.gen_bool(0.3).then(|| rng.gen_range(1..64));
+    p.score = ScoreParams::new(
+        p.score.scale,
+        rng.gen_bool(0.3).then(|| rng.gen_range(5.0f32..50.0)),
+    );
+}
+
 pub fn run(gpu: &Gpu, opts: DiffOptions) -> Result<KernelReport> {
     let mut rng = rng_for("flash_varlen", opts.seed);
     let mut tally = Tally::new("flash_varlen");
@@ -62,26 +114,16 @@ pub fn run(gpu: &Gpu, opts: DiffOptions) -> Result<KernelReport> {
             *cu_q.last().unwrap_or(&0) as usize,
             *cu_k.last().unwrap_or(&0) as usize,
         );
-        let mut vals = |n: usize| -> Vec<f32> {
-            (0..n)
-                .map(|_| dtype.round(rng.gen_range(-2.0f32..2.0)))
-                .collect()
-        };
-        let (q, k, v) = (vals(tq * hq * d), vals(tk * hk * d), vals(tk * hk * dv));
-        let sinks: Option<Vec<f32>> = rng
-            .gen_bool(0.2)
-            .then(|| (0..hq).map(|_| rng.gen_range(-3.0f32..3.0)).collect());
-        let alibi: Option<Vec<f32>> = rng
-            .gen_bool(0.15)
-            .then(|| (0..hq).map(|h| 2f32.powi(-(h as i32 % 8) - 1)).collect());
+        let Tensors {
+            q,
+            k,
+            v,
+            sinks,
+            alibi,
+        } = draw_tensors(&mut rng, dtype, (tq, tk), (hq, hk), (d, dv));
         let mut p = VarlenParams::new(hq, hk, d, dtype, 1.0 / (d as f32).sqrt());
         p.head_size_v = dv;
-        p.causal = rng.gen_bool(0.8);
-        p.window = rng.gen_bool(0.3).then(|| rng.gen_range(1..64));
-        p.score = ScoreParams::new(
-            p.score.scale,
-            rng.gen_bool(0.3).then(|| rng.gen_range(5.0f32..50.0)),
-        );
+        draw_mask(&mut rng, &mut p);
         p.sinks = sinks.as_deref();
         p.alibi_slopes = alibi.as_deref();
         p.block_n = if rng.gen_bool(0.25) {

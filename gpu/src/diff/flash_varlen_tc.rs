@@ -8,6 +8,7 @@
 //! 64-row workgroups. The host device runs every matrix instruction through
 //! the model in C++, so its cases are smaller.
 
+use super::flash_varlen::{draw_mask, draw_tensors, Tensors};
 use super::{rng_for, DiffOptions, KernelReport, Tally};
 use crate::kernels::Gpu;
 use crate::ops::flash_varlen_tc::{
@@ -18,7 +19,6 @@ use attnlab_shared::dtype::DType;
 use attnlab_sim::kernels::flash_varlen_tc::{
     flash_attn_varlen_tc as sim_varlen_tc, VarlenTcParams,
 };
-use attnlab_sim::kernels::softmax::ScoreParams;
 use rand::seq::SliceRandom;
 use rand::Rng;
 
@@ -91,27 +91,17 @@ pub fn run(gpu: &Gpu, opts: DiffOptions) -> Result<KernelReport> {
             *cu_q.last().unwrap_or(&0) as usize,
             *cu_k.last().unwrap_or(&0) as usize,
         );
-        let mut vals = |n: usize| -> Vec<f32> {
-            (0..n)
-                .map(|_| dtype.round(rng.gen_range(-2.0f32..2.0)))
-                .collect()
-        };
-        let (q, k, v) = (vals(tq * hq * d), vals(tk * hk * d), vals(tk * hk * dv));
-        let sinks: Option<Vec<f32>> = rng
-            .gen_bool(0.2)
-            .then(|| (0..hq).map(|_| rng.gen_range(-3.0f32..3.0)).collect());
-        let alibi: Option<Vec<f32>> = rng
-            .gen_bool(0.15)
-            .then(|| (0..hq).map(|h| 2f32.powi(-(h as i32 % 8) - 1)).collect());
+        let Tensors {
+            q,
+            k,
+            v,
+            sinks,
+            alibi,
+        } = draw_tensors(&mut rng, dtype, (tq, tk), (hq, hk), (d, dv));
         let mut p = VarlenTcParams::new(hq, hk, d, dtype, 1.0 / (d as f32).sqrt(), target);
         p.varlen.head_size_v = dv;
         p.varlen.block_n = block_n;
-        p.varlen.causal = rng.gen_bool(0.8);
-        p.varlen.window = rng.gen_bool(0.3).then(|| rng.gen_range(1..64));
-        p.varlen.score = ScoreParams::new(
-            p.varlen.score.scale,
-            rng.gen_bool(0.3).then(|| rng.gen_range(5.0f32..50.0)),
-        );
+        draw_mask(&mut rng, &mut p.varlen);
         p.varlen.sinks = sinks.as_deref();
         p.varlen.alibi_slopes = alibi.as_deref();
         let sim = sim_varlen_tc(&q, &k, &v, &cu_q, &cu_k, &p)?;
