@@ -4,14 +4,24 @@
 //! launch on the device. Each method calls the launcher in [`crate::ops`]
 //! and widens the downloaded bits back to f32 (exact: they are storage
 //! values), which is what the next kernel of the composition reads.
+//!
+//! The executor carries the kernel flavour (`attnlab_sim::backends::flavour`):
+//! in the tensor-core flavour `flash_attn_varlen` runs `flash_varlen_tc`
+//! and the paged decodes `paged_decode_tc` (at the split size the sim's
+//! executor uses), the flavour's target must be the device's, and the
+//! launches with no tensor-core kernel are refused as the sim refuses them.
 
 use crate::kernels::Gpu;
 use crate::ops;
+use crate::ops::paged_decode_tc::TcVariant;
 use crate::runtime::GpuError;
 use attnlab_shared::dtype::DType;
 use attnlab_shared::error::{Error, Result};
 use attnlab_shared::metadata::AttentionMetadata;
 use attnlab_sim::backends::exec::KernelExecutor;
+use attnlab_sim::backends::flavour::{
+    backend_decode_split, check_decode_tc, no_tc_family, varlen_tc, Flavour, MatmulKernel,
+};
 use attnlab_sim::cache::KvCache;
 use attnlab_sim::config::AttnConfig;
 use attnlab_sim::kernels::flash_varlen::VarlenParams;
@@ -24,9 +34,78 @@ use attnlab_sim::kernels::mla_proj::MlaWeights;
 use attnlab_sim::kernels::reshape_and_cache::CacheWriter;
 use attnlab_sim::kernels::softmax::OutLse;
 use attnlab_sim::kernels::unified_attention::UnifiedLaunch;
+use attnlab_sim::numerics::mma::MatrixTarget;
 
-/// Runs every kernel of a backend's composition on `gpu`.
-pub struct GpuExecutor<'a>(pub &'a Gpu);
+/// Runs every kernel of a backend's composition on `gpu`, in `flavour`.
+pub struct GpuExecutor<'a> {
+    pub gpu: &'a Gpu,
+    pub flavour: Flavour,
+}
+
+impl<'a> GpuExecutor<'a> {
+    /// The fma (CUDA-core) kernels.
+    pub fn new(gpu: &'a Gpu) -> Self {
+        GpuExecutor {
+            gpu,
+            flavour: Flavour::Fma,
+        }
+    }
+
+    /// `flavour`'s kernels; a tensor-core flavour must name the device's
+    /// matrix target (the host device: sm_90 at wave 32, gfx942 at 64).
+    pub fn with_flavour(gpu: &'a Gpu, flavour: Flavour) -> Result<Self> {
+        if let Flavour::TensorCore(t) = flavour {
+            let device = device_matrix_target(gpu).map_err(shared)?;
+            if device != t {
+                return Err(Error::invalid(
+                    "tensor-core flavour target",
+                    t.name(),
+                    format!(
+                        "the device's, {} ({})",
+                        device.name(),
+                        gpu.dev.info().target.name()
+                    ),
+                ));
+            }
+        }
+        Ok(GpuExecutor { gpu, flavour })
+    }
+
+    /// A paged decode launch (`kernel`) in the tensor-core flavour:
+    /// `paged_decode_tc` at the split size the sim's executor uses.
+    #[allow(clippy::too_many_arguments)]
+    fn decode_tc(
+        &self,
+        kernel: MatmulKernel,
+        target: MatrixTarget,
+        query: &[f32],
+        cache: &KvCache,
+        meta: &AttentionMetadata,
+        cfg: &AttnConfig,
+        out: &mut [f32],
+    ) -> Result<()> {
+        check_decode_tc(kernel, query, cache, meta, cfg, target)?;
+        let split = backend_decode_split(target, meta, cfg);
+        let (bits, _) = ops::paged_decode_tc::paged_decode_tc(
+            self.gpu,
+            query,
+            cache,
+            meta,
+            cfg,
+            Some(split),
+            TcVariant::Default,
+            out,
+        )
+        .map_err(shared)?;
+        out.copy_from_slice(&widen(&bits, cfg.dtype));
+        Ok(())
+    }
+}
+
+/// The matrix target the device's kernels run.
+pub fn device_matrix_target(gpu: &Gpu) -> crate::runtime::Result<MatrixTarget> {
+    ops::flash_varlen_tc::matrix_target(&gpu.dev.info().target)
+}
 
 /// Invalid inputs keep their error; device failures become "not supported
 /// on this device" with the driver's message.
@@ -52,7 +131,7 @@ impl KernelExecutor for GpuExecutor<'_> {
         cfg: &AttnConfig,
     ) -> Result<()> {
         ops::reshape_and_cache::reshape_and_cache(
-            self.0,
+            self.gpu,
             writer,
             cache,
             key,
@@ -71,8 +150,13 @@ impl KernelExecutor for GpuExecutor<'_> {
         cfg: &AttnConfig,
         launch: &UnifiedLaunch,
     ) -> Result<Vec<f32>> {
+        if let Flavour::TensorCore(target) = self.flavour {
+            // LEAD: at the merge with branch tcu, run
+            // ops::unified_attention_tc here (target: `target`).
+            return Err(no_tc_family(MatmulKernel::UnifiedAttention, target));
+        }
         let bits =
-            ops::unified_attention::unified_attention(self.0, query, cache, meta, cfg, launch)
+            ops::unified_attention::unified_attention(self.gpu, query, cache, meta, cfg, launch)
                 .map_err(shared)?;
         Ok(widen(&bits, cfg.dtype))
     }
@@ -86,8 +170,11 @@ impl KernelExecutor for GpuExecutor<'_> {
         skip_decode: bool,
         out: &mut [f32],
     ) -> Result<()> {
+        if let Flavour::TensorCore(t) = self.flavour {
+            return Err(no_tc_family(MatmulKernel::ContextAttentionFwd, t));
+        }
         let bits = ops::prefix_prefill::context_attention_fwd(
-            self.0,
+            self.gpu,
             query,
             cache,
             meta,
@@ -108,7 +195,11 @@ impl KernelExecutor for GpuExecutor<'_> {
         cfg: &AttnConfig,
         out: &mut [f32],
     ) -> Result<()> {
-        let bits = ops::paged_decode::paged_attention_2d(self.0, query, cache, meta, cfg, out)
+        if let Flavour::TensorCore(t) = self.flavour {
+            let k = MatmulKernel::PagedAttention2d;
+            return self.decode_tc(k, t, query, cache, meta, cfg, out);
+        }
+        let bits = ops::paged_decode::paged_attention_2d(self.gpu, query, cache, meta, cfg, out)
             .map_err(shared)?;
         out.copy_from_slice(&widen(&bits, cfg.dtype));
         Ok(())
@@ -123,8 +214,12 @@ impl KernelExecutor for GpuExecutor<'_> {
         partition_size: usize,
         out: &mut [f32],
     ) -> Result<()> {
+        if let Flavour::TensorCore(t) = self.flavour {
+            let k = MatmulKernel::PagedAttentionLl4mi;
+            return self.decode_tc(k, t, query, cache, meta, cfg, out);
+        }
         let bits = ops::paged_decode::paged_attention_ll4mi(
-            self.0,
+            self.gpu,
             query,
             cache,
             meta,
@@ -147,7 +242,7 @@ impl KernelExecutor for GpuExecutor<'_> {
         dst_dtype: DType,
     ) -> Result<(Vec<f32>, Vec<f32>)> {
         let (k, v) = ops::gather_cache::cp_mha_gather_cache(
-            self.0, cache, block_rows, chunk, format, scales, dst_dtype,
+            self.gpu, cache, block_rows, chunk, format, scales, dst_dtype,
         )
         .map_err(shared)?;
         Ok((widen(&k, dst_dtype), widen(&v, dst_dtype)))
@@ -162,9 +257,27 @@ impl KernelExecutor for GpuExecutor<'_> {
         cu_seqlens_k: &[i32],
         p: &VarlenParams,
     ) -> Result<OutLse> {
-        let (out, lse) =
-            ops::flash_varlen::flash_attn_varlen(self.0, q, k, v, cu_seqlens_q, cu_seqlens_k, p)
-                .map_err(shared)?;
+        let (out, lse) = match self.flavour {
+            Flavour::Fma => ops::flash_varlen::flash_attn_varlen(
+                self.gpu,
+                q,
+                k,
+                v,
+                cu_seqlens_q,
+                cu_seqlens_k,
+                p,
+            ),
+            Flavour::TensorCore(t) => ops::flash_varlen_tc::flash_attn_varlen_tc(
+                self.gpu,
+                q,
+                k,
+                v,
+                cu_seqlens_q,
+                cu_seqlens_k,
+                &varlen_tc(p, t)?,
+            ),
+        }
+        .map_err(shared)?;
         let total_q = cu_seqlens_q.last().copied().unwrap_or(0).max(0) as usize;
         OutLse::new(
             total_q,
@@ -183,7 +296,7 @@ impl KernelExecutor for GpuExecutor<'_> {
         kernel: MergeKernel,
     ) -> Result<OutLse> {
         let m =
-            ops::merge_attn_states::merge_attn_states(self.0, prefix, suffix, out_dtype, kernel)
+            ops::merge_attn_states::merge_attn_states(self.gpu, prefix, suffix, out_dtype, kernel)
                 .map_err(shared)?;
         OutLse::new(
             prefix.num_tokens,
@@ -201,8 +314,11 @@ impl KernelExecutor for GpuExecutor<'_> {
         meta: &AttentionMetadata,
         cfg: &AttnConfig,
     ) -> Result<Vec<f32>> {
-        let bits =
-            ops::flex_attention::flex_attention(self.0, query, cache, meta, cfg).map_err(shared)?;
+        if let Flavour::TensorCore(t) = self.flavour {
+            return Err(no_tc_family(MatmulKernel::FlexAttention, t));
+        }
+        let bits = ops::flex_attention::flex_attention(self.gpu, query, cache, meta, cfg)
+            .map_err(shared)?;
         Ok(widen(&bits, cfg.dtype))
     }
 
@@ -218,7 +334,7 @@ impl KernelExecutor for GpuExecutor<'_> {
         scale: f32,
     ) -> Result<()> {
         let bits = ops::mla_cache::concat_and_cache_mla(
-            self.0,
+            self.gpu,
             cache,
             kv_c,
             k_pe,
@@ -237,17 +353,26 @@ impl KernelExecutor for GpuExecutor<'_> {
         w: &MlaWeights,
         dtype: DType,
     ) -> Result<(Vec<f32>, Vec<f32>)> {
-        let (k, v) = ops::mla_proj::up_project(self.0, kv_c, w, dtype).map_err(shared)?;
+        if let Flavour::TensorCore(t) = self.flavour {
+            return Err(no_tc_family(MatmulKernel::MlaProjection, t));
+        }
+        let (k, v) = ops::mla_proj::up_project(self.gpu, kv_c, w, dtype).map_err(shared)?;
         Ok((widen(&k, dtype), widen(&v, dtype)))
     }
 
     fn absorb_query(&self, q: &[f32], w: &MlaWeights, dtype: DType) -> Result<Vec<f32>> {
-        let bits = ops::mla_proj::absorb_query(self.0, q, w, dtype).map_err(shared)?;
+        if let Flavour::TensorCore(t) = self.flavour {
+            return Err(no_tc_family(MatmulKernel::MlaProjection, t));
+        }
+        let bits = ops::mla_proj::absorb_query(self.gpu, q, w, dtype).map_err(shared)?;
         Ok(widen(&bits, dtype))
     }
 
     fn project_output(&self, o_latent: &[f32], w: &MlaWeights, dtype: DType) -> Result<Vec<f32>> {
-        let bits = ops::mla_proj::project_output(self.0, o_latent, w, dtype).map_err(shared)?;
+        if let Flavour::TensorCore(t) = self.flavour {
+            return Err(no_tc_family(MatmulKernel::MlaProjection, t));
+        }
+        let bits = ops::mla_proj::project_output(self.gpu, o_latent, w, dtype).map_err(shared)?;
         Ok(widen(&bits, dtype))
     }
 
@@ -259,7 +384,10 @@ impl KernelExecutor for GpuExecutor<'_> {
         splits: KvSplits,
         p: &MlaDecodeParams,
     ) -> Result<MlaDecodeOutput> {
-        let o = ops::mla_decode::decode_attention_fwd(self.0, q, rows, cache, splits, p)
+        if let Flavour::TensorCore(t) = self.flavour {
+            return Err(no_tc_family(MatmulKernel::MlaDecode, t));
+        }
+        let o = ops::mla_decode::decode_attention_fwd(self.gpu, q, rows, cache, splits, p)
             .map_err(shared)?;
         Ok(MlaDecodeOutput {
             out: widen(&o.out, p.out_dtype),
@@ -276,7 +404,7 @@ impl KernelExecutor for GpuExecutor<'_> {
         to: DType,
     ) -> Result<Vec<f32>> {
         let bits = ops::mla_prefill::gather_and_maybe_dequant_cache(
-            self.0,
+            self.gpu,
             cache,
             block_tables,
             chunk,

@@ -589,11 +589,11 @@ fn run_backend(
     let cache = KvCache::from_nhd(&p.key_cache, &p.value_cache, layout)?;
     match launch {
         Some(Forced::Unified(l)) => catch_panic(b.name().name(), || {
-            Cpu.unified_attention(&p.query, &cache, &meta, cfg, l)
+            Cpu::FMA.unified_attention(&p.query, &cache, &meta, cfg, l)
         }),
         Some(Forced::RocmDecode(d)) => catch_panic(b.name().name(), || {
             let route = RocmAttn::route_with_decode(&meta, *d);
-            RocmAttn::default().forward_route(&Cpu, &route, &p.query, &cache, &meta, cfg)
+            RocmAttn::default().forward_route(&Cpu::FMA, &route, &p.query, &cache, &meta, cfg)
         }),
         None => catch_panic(b.name().name(), || b.forward(&p.query, &cache, &meta, cfg)),
     }

@@ -8,6 +8,10 @@
 //! ulp distance). Exit 1 on any mismatch; without any device (a named GPU
 //! that is absent), exit 3 (`--allow-no-device`: one line, exit 0).
 //!
+//! `--flavour fma|tc|auto` (backend diffs): the kernel flavour both sides
+//! run, `tc` the device's matrix cores, `auto` what vLLM's kernels use
+//! there (`attnlab_sim::backends::flavour`).
+//!
 //! `--backend mma --probe`: instead of the diff, runs each matrix
 //! instruction and reports which parameter set of its model fits the
 //! device (`attnlab_gpu::diff::mma::probe`). Exit 1 if the published
@@ -18,6 +22,7 @@ use attnlab_gpu::diff::{select, DiffOptions, KernelReport, KERNEL_DIFFS};
 use attnlab_gpu::kernels::Gpu;
 use attnlab_gpu::runtime::{DeviceKind, GpuError};
 use attnlab_shared::limits::{MAX_CASES, MAX_SECONDS};
+use attnlab_sim::backends::flavour::FlavourChoice;
 use serde_json::json;
 use std::process::ExitCode;
 
@@ -58,6 +63,18 @@ pub struct Args {
     /// the published set mismatches) instead of the plain diff.
     #[arg(long)]
     probe: bool,
+    /// Backend diffs: the kernel flavour both the emulator and the device
+    /// run: `fma` (the CUDA-core kernels), `tc` (the device's matrix
+    /// cores: sm_90, or on the host device sm_90 at wave 32 and gfx942 at
+    /// 64) or `auto` (what vLLM's kernels use there: the matrix cores).
+    /// Kernel families are their own flavour and take only `fma`.
+    #[arg(long, default_value = "fma", value_parser = FlavourChoice::NAMES, ignore_case = true)]
+    flavour: String,
+}
+
+/// Whether a diff name is a backend's (vLLM enum names are upper case).
+fn is_backend(kernel: &str) -> bool {
+    kernel.chars().all(|c| c.is_ascii_uppercase() || c == '_')
 }
 
 fn parse_seconds(s: &str) -> Result<f64, String> {
@@ -72,10 +89,12 @@ fn diff_name(name: &str) -> &str {
     if name.eq_ignore_ascii_case("all") {
         return "all";
     }
-    KERNEL_DIFFS
-        .iter()
-        .map(|d| d.kernel)
-        .find(|k| k.eq_ignore_ascii_case(name))
+    // An exact name first: FLEX_ATTENTION (the backend) and flex_attention
+    // (its kernel family) differ only in case.
+    let names = || KERNEL_DIFFS.iter().map(|d| d.kernel);
+    names()
+        .find(|&k| k == name)
+        .or_else(|| names().find(|k| k.eq_ignore_ascii_case(name)))
         .unwrap_or(name)
 }
 
@@ -95,6 +114,18 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         );
     }
     let diffs = select(diff_name(&args.backend))?;
+    let flavour = FlavourChoice::parse(&args.flavour)?;
+    // A single kernel family with a flavour is a mistake; `all` runs the
+    // families as they are and the backends in the flavour.
+    if let (true, [d]) = (flavour != FlavourChoice::Fma, diffs.as_slice()) {
+        if !is_backend(d.kernel) {
+            anyhow::bail!(
+                "invalid --flavour {} for --backend {}: the flavour applies to backends (a kernel family is its own flavour, e.g. flash_varlen_tc)",
+                flavour.name(),
+                d.kernel
+            );
+        }
+    }
     bounded("--cases", args.cases, 1, &MAX_CASES)?;
     if let Some(s) = args.max_seconds {
         MAX_SECONDS.check_f64("--max-seconds", s)?;
@@ -124,7 +155,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
         Err(e) => return Err(e.into()),
     };
-    let opts = DiffOptions::new(args.cases, args.seed);
+    let opts = DiffOptions {
+        flavour,
+        ..DiffOptions::new(args.cases, args.seed)
+    };
     let info = gpu.dev.info().clone();
     if args.probe {
         return probe(&gpu, &args, opts);
@@ -134,12 +168,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             outln!("no GPU ({why}); using the host device");
         }
         outln!(
-            "device: {} ({}, {} SMs), {} cases per kernel, seed {}",
+            "device: {} ({}, {} SMs), {} cases per kernel, seed {}, backend flavour {}",
             info.name,
             info.target.name(),
             info.multiprocessors,
             opts.cases,
-            opts.seed
+            opts.seed,
+            flavour.name()
         );
     }
     let mut reports: Vec<KernelReport> = Vec::new();
@@ -178,7 +213,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         outln!(
             "{}",
             serde_json::to_string_pretty(
-                &json!({ "device": info, "gpu_fallback": fallback, "cases": opts.cases, "seed": opts.seed, "bit_exact": all_exact, "kernels": reports, "errors": errors })
+                &json!({ "device": info, "gpu_fallback": fallback, "cases": opts.cases, "seed": opts.seed, "flavour": flavour.name(), "bit_exact": all_exact, "kernels": reports, "errors": errors })
             )?
         );
     } else {

@@ -10,6 +10,12 @@
 //! own layout; draws the backend rejects (`check`, kernel block size) are
 //! drawn again.
 //!
+//! `opts.flavour` picks the kernel flavour both executors run (the
+//! tensor-core one on the device's matrix target); in the tensor-core
+//! flavour only draws the flavour admits (`flavour::admits`, the executors'
+//! own checks) are run, and a backend whose launches have no tensor-core
+//! kernel reports the refusal.
+//!
 //! The MLA backends ([`run_mla`]) are diffed the same way through
 //! `backends::mla::run_mla_step_with` (latent cache write, absorbed decode,
 //! chunked non-absorbed prefill, every TP rank): DeepSeek-shaped steps
@@ -19,7 +25,7 @@
 
 use super::cases::{draw, CaseSpace};
 use super::{rng_for, DiffOptions, KernelReport, Tally};
-use crate::exec::GpuExecutor;
+use crate::exec::{device_matrix_target, GpuExecutor};
 use crate::kernels::Gpu;
 use crate::runtime::Result;
 use attnlab_shared::dtype::DType;
@@ -32,6 +38,7 @@ use attnlab_shared::registry::BackendName;
 use attnlab_shared::selection::Profile;
 use attnlab_sim::backends::by_name;
 use attnlab_sim::backends::exec::Cpu;
+use attnlab_sim::backends::flavour::{admits, Flavour, FlavourChoice};
 use attnlab_sim::backends::mla::{self, run_mla_step_with, MlaBackend, MlaConfig, MlaStep};
 use attnlab_sim::cache::KvCache;
 use attnlab_sim::kernels::mla_cache::LatentCache;
@@ -56,9 +63,19 @@ pub const SPACE: CaseSpace = CaseSpace {
 /// rejects entirely would otherwise loop forever).
 const MAX_DRAWS_PER_CASE: usize = 200;
 
-/// Fails once `draws` exceed [`MAX_DRAWS_PER_CASE`] per case run so far + 1.
-fn check_draw_budget(draws: usize, cases_done: usize, what: &str, name: &str) -> Result<()> {
+/// Fails once `draws` exceed [`MAX_DRAWS_PER_CASE`] per case run so far +
+/// 1, with the last refusal of the flavour when there was one.
+fn check_draw_budget(
+    draws: usize,
+    cases_done: usize,
+    what: &str,
+    name: &str,
+    refusal: Option<&Error>,
+) -> Result<()> {
     if draws > MAX_DRAWS_PER_CASE * (cases_done + 1) {
+        if let Some(e) = refusal {
+            return Err(e.clone().into());
+        }
         return Err(Error::invalid(
             what,
             name,
@@ -69,15 +86,35 @@ fn check_draw_budget(draws: usize, cases_done: usize, what: &str, name: &str) ->
     Ok(())
 }
 
+/// The flavour `choice` resolves to for `backend` on this device's matrix
+/// target (the fma flavour needs none).
+pub fn device_flavour(gpu: &Gpu, backend: BackendName, choice: FlavourChoice) -> Result<Flavour> {
+    Ok(match choice {
+        FlavourChoice::Fma => Flavour::Fma,
+        c => c.resolve(backend, device_matrix_target(gpu)?),
+    })
+}
+
+/// The report's name: the backend's, with its flavour when not fma.
+fn report_name(name: &str, flavour: Flavour) -> String {
+    match flavour {
+        Flavour::Fma => name.to_string(),
+        f => format!("{name} [{f}]"),
+    }
+}
+
 pub fn run(gpu: &Gpu, backend_name: BackendName, opts: DiffOptions) -> Result<KernelReport> {
     let backend = by_name(backend_name)?;
     let name = backend_name.name();
+    let flavour = device_flavour(gpu, backend_name, opts.flavour)?;
+    let (cpu, gx) = (Cpu::new(flavour), GpuExecutor::with_flavour(gpu, flavour)?);
     let mut rng = rng_for(name, opts.seed);
-    let mut tally = Tally::new(name);
-    let mut draws = 0usize;
+    let mut tally = Tally::new(&report_name(name, flavour));
+    let (mut draws, mut refusal) = (0usize, None);
     while opts.more(tally.cases()) {
         draws += 1;
-        check_draw_budget(draws, tally.cases(), "backend diff case space", name)?;
+        let why = refusal.as_ref();
+        check_draw_budget(draws, tally.cases(), "backend diff case space", name, why)?;
         let Some(case) = draw(&mut rng, &SPACE) else {
             continue;
         };
@@ -108,11 +145,14 @@ pub fn run(gpu: &Gpu, backend_name: BackendName, opts: DiffOptions) -> Result<Ke
                 .collect()
         };
         let (key, value) = (step(n_kv), step(n_kv));
+        if let Err(e) = admits(backend.as_ref(), flavour, &case.query, &init, meta, cfg) {
+            refusal = Some(e);
+            continue;
+        }
         let (mut sim_cache, mut gpu_cache) = (init.clone(), init);
-        let gx = GpuExecutor(gpu);
-        backend.write_kv_with(&Cpu, &mut sim_cache, &key, &value, &meta.slot_mapping, cfg)?;
+        backend.write_kv_with(&cpu, &mut sim_cache, &key, &value, &meta.slot_mapping, cfg)?;
         backend.write_kv_with(&gx, &mut gpu_cache, &key, &value, &meta.slot_mapping, cfg)?;
-        let sim = backend.forward_with(&Cpu, &case.query, &sim_cache, meta, cfg)?;
+        let sim = backend.forward_with(&cpu, &case.query, &sim_cache, meta, cfg)?;
         let dev = backend.forward_with(&gx, &case.query, &gpu_cache, meta, cfg)?;
         let dev_bits: Vec<u32> = dev.iter().map(|&x| cfg.dtype.to_bits(x)).collect();
         let desc = || format!("{name}: {}", case.describe());
@@ -320,12 +360,20 @@ fn draw_mla(rng: &mut ChaCha8Rng, backend: &dyn MlaBackend) -> Result<Option<Mla
 pub fn run_mla(gpu: &Gpu, backend_name: BackendName, opts: DiffOptions) -> Result<KernelReport> {
     let backend = mla::by_name(backend_name)?;
     let name = backend_name.name();
+    let flavour = device_flavour(gpu, backend_name, opts.flavour)?;
+    let (cpu, gx) = (Cpu::new(flavour), GpuExecutor::with_flavour(gpu, flavour)?);
     let mut rng = rng_for(name, opts.seed);
-    let mut tally = Tally::new(name);
+    let mut tally = Tally::new(&report_name(name, flavour));
     let mut draws = 0usize;
     while opts.more(tally.cases()) {
         draws += 1;
-        check_draw_budget(draws, tally.cases(), "MLA backend diff case space", name)?;
+        check_draw_budget(
+            draws,
+            tally.cases(),
+            "MLA backend diff case space",
+            name,
+            None,
+        )?;
         let Some(case) = draw_mla(&mut rng, backend.as_ref())? else {
             continue;
         };
@@ -337,9 +385,8 @@ pub fn run_mla(gpu: &Gpu, backend_name: BackendName, opts: DiffOptions) -> Resul
             meta: &case.meta,
         };
         let (mut sim_cache, mut gpu_cache) = (case.cache.clone(), case.cache.clone());
-        let gx = GpuExecutor(gpu);
         let sim = run_mla_step_with(
-            &Cpu,
+            &cpu,
             backend.as_ref(),
             &step,
             &mut sim_cache,
@@ -460,7 +507,7 @@ mod tests {
                     meta: &c.meta,
                 };
                 let mut cache = c.cache.clone();
-                run_mla_step_with(&Cpu, b.as_ref(), &step, &mut cache, &c.weights, &c.cfg)
+                run_mla_step_with(&Cpu::FMA, b.as_ref(), &step, &mut cache, &c.weights, &c.cfg)
                     .unwrap_or_else(|e| panic!("{}: {e}: {}", b.name(), c.describe()));
             }
             eprintln!(

@@ -32,6 +32,7 @@ pub use crate::runtime::bytes::{bits_from_bytes, bytes_of, bytes_of_i32, bytes_o
 use crate::runtime::Result;
 use attnlab_shared::dtype::DType;
 use attnlab_shared::error::Error as SharedError;
+use attnlab_sim::backends::flavour::FlavourChoice;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
@@ -43,6 +44,9 @@ pub struct DiffOptions {
     /// Stop drawing new cases after this instant (the report then says how
     /// many ran): a device call with a hard time limit still gets a report.
     pub deadline: Option<std::time::Instant>,
+    /// The kernel flavour of the backend diffs (`--flavour`; the kernel
+    /// families are their own flavour and ignore it).
+    pub flavour: FlavourChoice,
 }
 
 impl DiffOptions {
@@ -51,6 +55,7 @@ impl DiffOptions {
             cases,
             seed,
             deadline: None,
+            flavour: FlavourChoice::Fma,
         }
     }
 

@@ -10,6 +10,7 @@ use crate::runtime::bytes::bits_from_bytes;
 use crate::runtime::{Arg, ArgStruct, Buffer, LaunchDims, Result, Target};
 use attnlab_shared::error::Error;
 use attnlab_shared::metadata::AttentionMetadata;
+use attnlab_sim::backends::flavour::{decode_split_size, TC_DECODE_MIN_SPLIT};
 use attnlab_sim::cache::KvCache;
 use attnlab_sim::config::AttnConfig;
 use attnlab_sim::kernels::paged_decode_tc::{num_splits, validate_tc, ROWS, STEP};
@@ -21,7 +22,7 @@ const WAVES: usize = 4;
 /// Threads of the reduce block (`TC_REDUCE_THREADS`: one per dim, head size <= 128).
 const REDUCE_THREADS: u32 = 128;
 /// The smallest split the automatic choice makes (keys).
-pub const MIN_AUTO_SPLIT: usize = 32;
+pub const MIN_AUTO_SPLIT: usize = TC_DECODE_MIN_SPLIT;
 
 /// Which build of the split kernel runs. Every one computes the same bits
 /// (the same order of operations); they differ in how loads overlap and in
@@ -124,13 +125,7 @@ pub fn auto_split_size(
         .and_then(|s| s.parse::<usize>().ok())
         .filter(|&n| n > 0)
         .map_or(MIN_AUTO_SPLIT, |n| n.next_multiple_of(STEP));
-    let groups = cfg.queries_per_kv().div_ceil(ROWS);
-    let programs = (meta.num_reqs() * cfg.num_kv_heads * groups).max(1);
-    let splits = (sms * per_sm / programs).max(1);
-    meta.max_seq_len
-        .div_ceil(splits)
-        .next_multiple_of(STEP)
-        .max(min_split)
+    decode_split_size(sms, per_sm, min_split, meta, cfg)
 }
 
 /// The (m, l, acc) partials of every split: `[num_reqs, max_splits, Hq]`

@@ -11,6 +11,7 @@
 pub mod capability;
 pub mod context_chunks;
 pub mod exec;
+pub mod flavour;
 pub mod flex_attention;
 pub mod mla;
 pub mod rocm_aiter_fa;
@@ -108,7 +109,7 @@ pub trait AttentionBackend: Send + Sync {
         slot_mapping: &[i64],
         cfg: &AttnConfig,
     ) -> Result<()> {
-        self.write_kv_with(&Cpu, cache, key, value, slot_mapping, cfg)
+        self.write_kv_with(&Cpu::FMA, cache, key, value, slot_mapping, cfg)
     }
 
     /// Attention for every query token of the batch: `[T, Hq, D]` in `cfg.dtype`.
@@ -119,7 +120,7 @@ pub trait AttentionBackend: Send + Sync {
         meta: &AttentionMetadata,
         cfg: &AttnConfig,
     ) -> Result<Vec<f32>> {
-        self.forward_with(&Cpu, query, cache, meta, cfg)
+        self.forward_with(&Cpu::FMA, query, cache, meta, cfg)
     }
 
     /// [`AttentionBackend::write_kv`] with its kernel run by `ex`.

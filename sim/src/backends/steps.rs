@@ -342,6 +342,39 @@ pub fn run(
     Ok(out.unwrap_or_else(|| vec![0.0f32; query.len()]))
 }
 
+/// The parameters of an [`Step::Attend`]'s `flash_attn_varlen_func` call
+/// with `mask`, for a batch that is causal or not (`causal`): the layer's
+/// heads, dtype, scale, window, ALiBi and sinks, no soft-cap (none reaches
+/// this call).
+pub fn attend_params(cfg: &AttnConfig, causal: bool, mask: FaMask) -> VarlenParams<'_> {
+    let fa = VarlenParams {
+        // Fault::WindowConventionMixed: W handed over as the left bound (W, 0).
+        window: cfg
+            .sliding_window
+            .map(|w| w + usize::from(cfg.faults.has(Fault::WindowConventionMixed))),
+        alibi_slopes: cfg.alibi_slopes.as_deref(),
+        sinks: cfg.sinks.as_deref(),
+        ..VarlenParams::new(
+            cfg.num_heads,
+            cfg.num_kv_heads,
+            cfg.head_size,
+            cfg.dtype,
+            cfg.scale,
+        )
+    };
+    match mask {
+        FaMask::Layer => VarlenParams { causal, ..fa },
+        FaMask::Causal => fa,
+        // A context chunk: no sink (vLLM passes sink_ptr=None).
+        FaMask::Full => VarlenParams {
+            causal: false,
+            window: None,
+            sinks: None,
+            ..fa
+        },
+    }
+}
+
 /// One step's launch over the (sub-)batch `meta` with queries `q`.
 #[allow(clippy::too_many_arguments)]
 fn run_step(
@@ -369,35 +402,7 @@ fn run_step(
                 // The step's key/value tensors, read back from the cache (no launch).
                 gather_cache::cp_mha_gather_cache(cache, table, keys, format, scales, cfg.dtype)?
             };
-            let fa = VarlenParams {
-                // Fault::WindowConventionMixed: W handed over as the left bound (W, 0).
-                window: cfg
-                    .sliding_window
-                    .map(|w| w + usize::from(cfg.faults.has(Fault::WindowConventionMixed))),
-                alibi_slopes: cfg.alibi_slopes.as_deref(),
-                sinks: cfg.sinks.as_deref(),
-                ..VarlenParams::new(
-                    cfg.num_heads,
-                    cfg.num_kv_heads,
-                    cfg.head_size,
-                    cfg.dtype,
-                    cfg.scale,
-                )
-            };
-            let p = match mask {
-                FaMask::Layer => VarlenParams {
-                    causal: meta.causal,
-                    ..fa
-                },
-                FaMask::Causal => fa,
-                // A context chunk: no sink (vLLM passes sink_ptr=None).
-                FaMask::Full => VarlenParams {
-                    causal: false,
-                    window: None,
-                    sinks: None,
-                    ..fa
-                },
-            };
+            let p = attend_params(cfg, meta.causal, *mask);
             let r = ex.flash_attn_varlen(q, &k, &v, &meta.query_start_loc, &keys.cu_seqlens, &p)?;
             slots.store(*into, r);
         }

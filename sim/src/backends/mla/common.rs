@@ -69,7 +69,7 @@ pub fn run_mla_step(
     weights: &MlaWeights,
     cfg: &MlaConfig,
 ) -> Result<Vec<RankOutput>> {
-    run_mla_step_with(&Cpu, backend, step, cache, weights, cfg)
+    run_mla_step_with(&Cpu::FMA, backend, step, cache, weights, cfg)
 }
 
 /// [`run_mla_step`] with every kernel launched through `ex`.
@@ -113,7 +113,7 @@ pub fn forward(
     weights: &MlaWeights,
     cfg: &MlaConfig,
 ) -> Result<Vec<RankOutput>> {
-    forward_with(&Cpu, backend, step, cache, weights, cfg)
+    forward_with(&Cpu::FMA, backend, step, cache, weights, cfg)
 }
 
 /// [`forward`] with every kernel launched through `ex`.

@@ -237,7 +237,7 @@ pub trait MlaBackend: Send + Sync {
         batch: &MlaDecodeBatch,
         cfg: &MlaConfig,
     ) -> Result<MlaDecodeOutput> {
-        self.forward_mqa_with(&Cpu, q, heads, cache, batch, cfg)
+        self.forward_mqa_with(&Cpu::FMA, q, heads, cache, batch, cfg)
     }
 
     /// The routing: the decode kernel (and its launch metadata) for the

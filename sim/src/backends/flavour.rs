@@ -1,0 +1,511 @@
+//! Kernel flavours: which arithmetic a backend's attention kernels run.
+//!
+//! A backend's routing (`route`, [`super::steps`]) names the kernels vLLM
+//! launches; the *flavour* says which of our implementations of them runs:
+//!
+//! - [`Flavour::Fma`]: the CUDA-core kernels (numerics.md §1-§5: every dot
+//!   product a chain of IEEE fmas), the same bits on every device;
+//! - [`Flavour::TensorCore`]: the matrix-core kernels of one target
+//!   (numerics.md §6): Q·Kᵀ and P·V by that target's matrix instruction as
+//!   [`crate::numerics::mma`] models it, bit-exact with the GPU run *on that
+//!   target* only.
+//!
+//! The flavour is chosen once, at the edge (`--flavour fma|tc|auto`), and is
+//! the executor's ([`super::exec::Cpu`], attnlab-gpu's `GpuExecutor`): the
+//! backends' routing is the same in both. Per launch in the tensor-core
+//! flavour:
+//!
+//! | launch ([`MatmulKernel`]) | tensor-core family |
+//! |---|---|
+//! | `flash_attn_varlen_func` | `flash_varlen_tc` (key tiles of [`DEFAULT_BLOCK_N`]) |
+//! | `paged_attention_v1` / `paged_attention_common` / ROCM_ATTN's ll4mi and 2D decode | `paged_decode_tc` (NHD caches only) |
+//! | `unified_attention` | none yet (another branch adds `unified_attention_tc`) |
+//! | `context_attention_fwd`, `flex_attention`, the MLA decode and projections | none |
+//!
+//! A launch with no tensor-core family, or with an option its family does
+//! not take (see [`admits`]), is refused with an error naming the kernel
+//! and what it takes: never silently the fma kernel. Launches with no
+//! matrix product (cache writes, gathers, `merge_attn_states`) are the same
+//! kernel in both flavours.
+//!
+//! `auto` is what vLLM's kernels use on the target ([`vllm_flavour`],
+//! stated per backend in [`VLLM_KERNELS`]).
+
+use crate::backends::steps::{self, Paged, Step};
+use crate::backends::AttentionBackend;
+use crate::cache::KvCache;
+use crate::config::AttnConfig;
+use crate::kernels::flash_varlen::VarlenParams;
+use crate::kernels::flash_varlen_tc::{VarlenTcParams, DEFAULT_BLOCK_N};
+use crate::kernels::paged_decode_tc::{validate_tc, ROWS, STEP};
+use crate::numerics::mma::MatrixTarget;
+use attnlab_shared::error::{Error, Result};
+use attnlab_shared::fault::FaultSet;
+use attnlab_shared::metadata::AttentionMetadata;
+use attnlab_shared::registry::BackendName;
+use std::fmt;
+
+/// Which implementation of the attention kernels runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Flavour {
+    /// The CUDA-core kernels (fma chains): the contract of numerics.md §1-§5.
+    #[default]
+    Fma,
+    /// The matrix-core kernels of a target (numerics.md §6).
+    TensorCore(MatrixTarget),
+}
+
+impl Flavour {
+    /// The matrix target of a tensor-core flavour.
+    pub fn target(self) -> Option<MatrixTarget> {
+        match self {
+            Flavour::Fma => None,
+            Flavour::TensorCore(t) => Some(t),
+        }
+    }
+}
+
+impl fmt::Display for Flavour {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Flavour::Fma => write!(f, "fma"),
+            Flavour::TensorCore(t) => write!(f, "tensor-core ({})", t.name()),
+        }
+    }
+}
+
+/// The flavour a command line asks for, before it meets a target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum FlavourChoice {
+    #[default]
+    Fma,
+    /// The target's matrix cores.
+    Tc,
+    /// What vLLM's kernels use on the target ([`vllm_flavour`]).
+    Auto,
+}
+
+impl FlavourChoice {
+    pub const NAMES: [&'static str; 3] = ["fma", "tc", "auto"];
+
+    /// `fma`, `tc` or `auto` (any case).
+    pub fn parse(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "fma" => Ok(FlavourChoice::Fma),
+            "tc" => Ok(FlavourChoice::Tc),
+            "auto" => Ok(FlavourChoice::Auto),
+            _ => Err(Error::invalid(
+                "--flavour",
+                format!("'{s}'"),
+                Self::NAMES.join(", "),
+            )),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        Self::NAMES[self as usize]
+    }
+
+    /// The flavour `backend` runs on `target`.
+    pub fn resolve(self, backend: BackendName, target: MatrixTarget) -> Flavour {
+        match self {
+            FlavourChoice::Fma => Flavour::Fma,
+            FlavourChoice::Tc => Flavour::TensorCore(target),
+            FlavourChoice::Auto => vllm_flavour(backend, target),
+        }
+    }
+}
+
+/// A kernel launch that multiplies matrices: the launches a flavour changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MatmulKernel {
+    /// AITER's / CK's `flash_attn_varlen_func`.
+    FlashAttnVarlen,
+    /// vLLM's or AITER's Triton `unified_attention`.
+    UnifiedAttention,
+    /// ROCM_ATTN's Triton prefix prefill (`context_attention_fwd`).
+    ContextAttentionFwd,
+    /// ROCM_ATTN's Triton `kernel_paged_attention_2d` decode.
+    PagedAttention2d,
+    /// The HIP ll4mi decode (`paged_attention_v1`, `paged_attention_common`, ROCM_ATTN's).
+    PagedAttentionLl4mi,
+    /// PyTorch's compiled `flex_attention`.
+    FlexAttention,
+    /// The MLA split-KV decode (Triton `decode_attention_fwd`, AITER's `mla_decode_fwd`).
+    MlaDecode,
+    /// The MLA projections (`kv_b_proj` up-projection, query absorption, output projection).
+    MlaProjection,
+}
+
+impl MatmulKernel {
+    /// The launch as vLLM names it.
+    pub fn name(self) -> &'static str {
+        match self {
+            MatmulKernel::FlashAttnVarlen => "flash_attn_varlen_func",
+            MatmulKernel::UnifiedAttention => "unified_attention",
+            MatmulKernel::ContextAttentionFwd => "context_attention_fwd",
+            MatmulKernel::PagedAttention2d => "kernel_paged_attention_2d",
+            MatmulKernel::PagedAttentionLl4mi => "paged_attention_ll4mi",
+            MatmulKernel::FlexAttention => "flex_attention",
+            MatmulKernel::MlaDecode => "decode_attention_fwd (MLA)",
+            MatmulKernel::MlaProjection => "the MLA projections",
+        }
+    }
+
+    /// Our tensor-core family for this launch, if there is one.
+    pub fn tc_family(self) -> Option<&'static str> {
+        match self {
+            MatmulKernel::FlashAttnVarlen => Some("flash_varlen_tc"),
+            MatmulKernel::PagedAttention2d | MatmulKernel::PagedAttentionLl4mi => {
+                Some("paged_decode_tc")
+            }
+            // LEAD: Some("unified_attention_tc") once branch tcu is merged.
+            MatmulKernel::UnifiedAttention => None,
+            MatmulKernel::ContextAttentionFwd
+            | MatmulKernel::FlexAttention
+            | MatmulKernel::MlaDecode
+            | MatmulKernel::MlaProjection => None,
+        }
+    }
+
+    /// The flavours we have of this launch.
+    pub fn flavours(self) -> &'static str {
+        match self.tc_family() {
+            Some(_) => "fma, tc",
+            None => "fma",
+        }
+    }
+}
+
+/// The refusal of a launch with no tensor-core family on `target`.
+pub fn no_tc_family(kernel: MatmulKernel, target: MatrixTarget) -> Error {
+    Error::unsupported(
+        format!(
+            "{} in the tensor-core flavour ({})",
+            kernel.name(),
+            target.name()
+        ),
+        format!(
+            "it has no tensor-core kernel yet (its flavours: {}); run it with --flavour fma",
+            kernel.flavours()
+        ),
+    )
+}
+
+/// The tensor-core kernels re-inject no bugs: a zoo fault (`attnlab zoo`)
+/// exists in the fma kernels only.
+fn no_faults(kernel: MatmulKernel, faults: FaultSet) -> Result<()> {
+    if faults.is_empty() {
+        return Ok(());
+    }
+    Err(Error::invalid(
+        format!("faults of {} in the tensor-core flavour", kernel.name()),
+        format!("{faults:?}"),
+        "none (the zoo's faults are re-injected into the fma kernels only)",
+    ))
+}
+
+/// The tensor-core launch of a `flash_attn_varlen_func` call on `target`:
+/// the same parameters with [`DEFAULT_BLOCK_N`]-key tiles (the tile the
+/// family's launchers fit on every device), checked as the family checks
+/// them (dtype bf16/f16, head sizes multiples of 16 up to 256) and with no
+/// zoo fault. The one place both executors and [`admits`] take it from.
+pub fn varlen_tc<'a>(p: &VarlenParams<'a>, target: MatrixTarget) -> Result<VarlenTcParams<'a>> {
+    no_faults(MatmulKernel::FlashAttnVarlen, p.faults)?;
+    let mut varlen = p.clone();
+    varlen.block_n = DEFAULT_BLOCK_N;
+    let tc = VarlenTcParams { varlen, target };
+    tc.validate()?;
+    Ok(tc)
+}
+
+/// Whether the tensor-core decode takes this decode launch (`kernel`, one
+/// of the paged decodes), as `paged_decode_tc` checks it (bf16/f16 with
+/// the same cache dtype, an NHD cache, head size 64 or 128, no sinks,
+/// ALiBi or window, sm_90 or gfx942) and with no zoo fault. Both executors
+/// call it before the launch, and [`admits`] for a route.
+pub fn check_decode_tc(
+    kernel: MatmulKernel,
+    query: &[f32],
+    cache: &KvCache,
+    meta: &AttentionMetadata,
+    cfg: &AttnConfig,
+    target: MatrixTarget,
+) -> Result<()> {
+    no_faults(kernel, cfg.faults)?;
+    let out = vec![0.0f32; query.len()];
+    validate_tc(query, cache, meta, cfg, target, STEP, &out).map_err(|e| {
+        Error::unsupported(
+            format!(
+                "{} in the tensor-core flavour ({})",
+                kernel.name(),
+                target.name()
+            ),
+            format!("its tensor-core family paged_decode_tc refuses the launch: {e}"),
+        )
+    })
+}
+
+/// Waves resident per multiprocessor the automatic decode split fills (the
+/// default build of `paged_decode_tc` on an H100: 2 blocks of 4 warps).
+pub const TC_DECODE_WAVES_PER_MP: usize = 8;
+/// The smallest split the automatic choice makes (keys).
+pub const TC_DECODE_MIN_SPLIT: usize = 32;
+
+/// The split size of `paged_decode_tc` for a batch on a GPU of
+/// `multiprocessors` holding `waves_per_mp` waves each: as many waves as
+/// the GPU holds at once, spread over the batch's (sequence, kv head, head
+/// group) programs, at least `min_split` keys, a multiple of 16 (the rule
+/// attnlab-gpu's `auto_split_size` applies with the device's numbers).
+pub fn decode_split_size(
+    multiprocessors: usize,
+    waves_per_mp: usize,
+    min_split: usize,
+    meta: &AttentionMetadata,
+    cfg: &AttnConfig,
+) -> usize {
+    let groups = cfg.queries_per_kv().div_ceil(ROWS);
+    let programs = (meta.num_reqs() * cfg.num_kv_heads * groups).max(1);
+    let splits = (multiprocessors.max(1) * waves_per_mp / programs).max(1);
+    meta.max_seq_len
+        .div_ceil(splits)
+        .next_multiple_of(STEP)
+        .max(min_split.next_multiple_of(STEP))
+}
+
+/// Multiprocessors of the target's reference GPU: H100 SXM (132 SMs),
+/// MI250X per die (110 CUs), MI300X (304 CUs).
+pub fn reference_multiprocessors(target: MatrixTarget) -> usize {
+    match target {
+        MatrixTarget::Sm90 => 132,
+        MatrixTarget::Gfx90a => 110,
+        MatrixTarget::Gfx942 => 304,
+    }
+}
+
+/// The split size a backend's decode uses in the tensor-core flavour: the
+/// automatic rule for the target's reference GPU. It depends on the batch
+/// and the target only (not on the device at hand), so the emulator and
+/// any device of the target compute the same bits.
+pub fn backend_decode_split(
+    target: MatrixTarget,
+    meta: &AttentionMetadata,
+    cfg: &AttnConfig,
+) -> usize {
+    decode_split_size(
+        reference_multiprocessors(target),
+        TC_DECODE_WAVES_PER_MP,
+        TC_DECODE_MIN_SPLIT,
+        meta,
+        cfg,
+    )
+}
+
+/// What vLLM's kernels for one backend run on a matrix-core target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VllmKernels {
+    pub backend: BackendName,
+    /// The launches with matrix products, as our routing names them.
+    pub kernels: &'static [MatmulKernel],
+    /// How vLLM's kernels compute those products there.
+    pub on_matrix_targets: &'static str,
+}
+
+use MatmulKernel as K;
+
+/// Per emulated backend: its matrix-product launches and what vLLM's
+/// kernels use for them on sm_90 / gfx90a / gfx942. Every one runs on the
+/// matrix cores there, so `auto` is the tensor-core flavour for each.
+pub const VLLM_KERNELS: &[VllmKernels] = &[
+    VllmKernels {
+        backend: BackendName::TritonAttn,
+        kernels: &[K::UnifiedAttention],
+        on_matrix_targets: "Triton tl.dot: mma/wgmma on sm_90, MFMA on CDNA",
+    },
+    VllmKernels {
+        backend: BackendName::RocmAttn,
+        kernels: &[
+            K::ContextAttentionFwd,
+            K::PagedAttentionLl4mi,
+            K::PagedAttention2d,
+        ],
+        on_matrix_targets: "Triton tl.dot (prefix prefill, 2D decode) and the ll4mi HIP kernel's MFMA (mfma4/mfma16)",
+    },
+    VllmKernels {
+        backend: BackendName::RocmAiterFa,
+        kernels: &[
+            K::FlashAttnVarlen,
+            K::PagedAttentionLl4mi,
+            K::UnifiedAttention,
+        ],
+        on_matrix_targets: "AITER's CK / asm flash attention and paged attention (MFMA), AITER's Triton unified_attention (tl.dot)",
+    },
+    VllmKernels {
+        backend: BackendName::RocmAiterUnifiedAttn,
+        kernels: &[K::UnifiedAttention],
+        on_matrix_targets: "AITER's Triton unified_attention (tl.dot)",
+    },
+    VllmKernels {
+        backend: BackendName::FlexAttention,
+        kernels: &[K::FlexAttention],
+        on_matrix_targets: "torch.compile's Triton flex_attention (tl.dot)",
+    },
+    VllmKernels {
+        backend: BackendName::TritonMla,
+        kernels: &[K::MlaDecode, K::MlaProjection, K::FlashAttnVarlen],
+        on_matrix_targets: "Triton decode_attention_fwd (tl.dot), GEMMs (hipBLASLt / cuBLAS), flash_attn_varlen_func",
+    },
+    VllmKernels {
+        backend: BackendName::RocmAiterMla,
+        kernels: &[K::MlaDecode, K::MlaProjection, K::FlashAttnVarlen],
+        on_matrix_targets: "AITER's asm mla_decode_fwd (MFMA), GEMMs, flash_attn_varlen_func",
+    },
+    VllmKernels {
+        backend: BackendName::RocmAiterTritonMla,
+        kernels: &[K::MlaDecode, K::MlaProjection, K::FlashAttnVarlen],
+        on_matrix_targets: "AITER's Triton decode (tl.dot), GEMMs, flash_attn_varlen_func",
+    },
+];
+
+/// The flavour vLLM's kernels for `backend` use on `target`: the matrix
+/// cores for every backend of [`VLLM_KERNELS`] (each has matrix-product
+/// launches there); the fma kernels for a backend with none.
+pub fn vllm_flavour(backend: BackendName, target: MatrixTarget) -> Flavour {
+    match VLLM_KERNELS.iter().find(|k| k.backend == backend) {
+        Some(k) if !k.kernels.is_empty() => Flavour::TensorCore(target),
+        _ => Flavour::Fma,
+    }
+}
+
+/// The matrix-product launch of a paged step.
+pub fn paged_kernel(p: &Paged) -> MatmulKernel {
+    match p {
+        Paged::Unified(_) | Paged::AiterUnifiedAttention => K::UnifiedAttention,
+        Paged::PagedAttentionV1 | Paged::PagedAttentionCommon | Paged::Ll4mi => {
+            K::PagedAttentionLl4mi
+        }
+        Paged::Triton2d => K::PagedAttention2d,
+        Paged::PrefixPrefill => K::ContextAttentionFwd,
+        Paged::Flex => K::FlexAttention,
+    }
+}
+
+/// Whether `backend` can run this batch in `flavour`: every launch of its
+/// route has a kernel in the flavour that takes the launch's options, as
+/// the executors decide it (the same checks: [`varlen_tc`],
+/// [`check_decode_tc`], [`no_tc_family`]). `cache` is in the backend's
+/// layout. The fma flavour takes everything the backend takes. Case
+/// generators draw from here, so they draw only what the executors run.
+pub fn admits(
+    backend: &dyn AttentionBackend,
+    flavour: Flavour,
+    query: &[f32],
+    cache: &KvCache,
+    meta: &AttentionMetadata,
+    cfg: &AttnConfig,
+) -> Result<()> {
+    let Flavour::TensorCore(target) = flavour else {
+        return Ok(());
+    };
+    let kcfg = backend.kernel_config(cfg);
+    for batch in backend.route(meta, cfg)? {
+        for step in &batch.steps {
+            match step {
+                Step::Attend { mask, .. } => {
+                    varlen_tc(&steps::attend_params(&kcfg, meta.causal, *mask), target)?;
+                }
+                Step::Merge { .. } => {}
+                Step::Paged(p) => match paged_kernel(p) {
+                    k @ (K::PagedAttentionLl4mi | K::PagedAttention2d) => {
+                        check_decode_tc(k, query, cache, meta, &kcfg, target)?
+                    }
+                    // LEAD: unified_attention_tc's checks once branch tcu is merged.
+                    k => return Err(no_tc_family(k, target)),
+                },
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flavour_choice_parses_its_names_in_any_case_and_names_them_on_a_typo() {
+        for n in FlavourChoice::NAMES {
+            assert_eq!(FlavourChoice::parse(n).unwrap().name(), n);
+            assert_eq!(FlavourChoice::parse(&n.to_uppercase()).unwrap().name(), n);
+        }
+        let e = FlavourChoice::parse("tensor").unwrap_err().to_string();
+        assert!(e.contains("'tensor'") && e.contains("fma, tc, auto"), "{e}");
+    }
+
+    #[test]
+    fn auto_is_the_matrix_cores_for_every_emulated_backend_on_every_target() {
+        for k in VLLM_KERNELS {
+            for t in MatrixTarget::ALL {
+                assert_eq!(
+                    FlavourChoice::Auto.resolve(k.backend, t),
+                    Flavour::TensorCore(t)
+                );
+                assert_eq!(FlavourChoice::Fma.resolve(k.backend, t), Flavour::Fma);
+            }
+        }
+        // A backend with no matrix-product launch we list runs the fma kernels.
+        assert_eq!(
+            vllm_flavour(BackendName::NoAttention, MatrixTarget::Sm90),
+            Flavour::Fma
+        );
+    }
+
+    #[test]
+    fn every_emulated_backend_states_its_kernels_once() {
+        let mut names: Vec<BackendName> = crate::backends::mha_backends()
+            .iter()
+            .map(|b| b.name())
+            .chain(
+                crate::backends::mla::mla_backends()
+                    .iter()
+                    .map(|b| b.name()),
+            )
+            .collect();
+        names.sort_by_key(|b| b.name());
+        let mut listed: Vec<BackendName> = VLLM_KERNELS.iter().map(|k| k.backend).collect();
+        listed.sort_by_key(|b| b.name());
+        assert_eq!(names, listed);
+    }
+
+    #[test]
+    fn a_kernel_without_a_tensor_core_family_is_refused_naming_it_and_its_flavours() {
+        let e = no_tc_family(MatmulKernel::ContextAttentionFwd, MatrixTarget::Gfx942).to_string();
+        assert!(
+            e.contains("context_attention_fwd") && e.contains("gfx942") && e.contains("fma"),
+            "{e}"
+        );
+        assert_eq!(MatmulKernel::FlashAttnVarlen.flavours(), "fma, tc");
+    }
+
+    #[test]
+    fn the_decode_split_is_whole_steps_at_least_the_minimum_and_fills_the_reference_gpu() {
+        let meta = AttentionMetadata::new(
+            16,
+            64,
+            vec![0, 1],
+            vec![1000],
+            attnlab_shared::metadata::BlockTableTensor::from_rows(&[(0..63).collect()]),
+            vec![999],
+            true,
+        )
+        .unwrap();
+        let cfg = AttnConfig::new(8, 1, 128, attnlab_shared::dtype::DType::Bf16);
+        // One program: 132 * 8 waves would split 1000 keys into 16s; the minimum holds.
+        assert_eq!(
+            backend_decode_split(MatrixTarget::Sm90, &meta, &cfg),
+            TC_DECODE_MIN_SPLIT
+        );
+        // One multiprocessor of one wave: the whole sequence in one split, rounded to steps.
+        assert_eq!(decode_split_size(1, 1, 32, &meta, &cfg), 1008);
+    }
+}
