@@ -9,6 +9,7 @@
 use attnlab_gpu::diff::{DiffOptions, KERNEL_DIFFS};
 use attnlab_gpu::kernels::{Gpu, PORTABLE_H};
 use attnlab_gpu::runtime::{Arg, Buffer, Device, GpuError, LaunchDims};
+use attnlab_sim::backends::flavour::FlavourChoice;
 
 /// Cases per diff: the same few on every machine (fixed seed), enough to
 /// reach each kernel family's entry points (with seed 11, paged_decode's
@@ -18,6 +19,9 @@ use attnlab_gpu::runtime::{Arg, Buffer, Device, GpuError, LaunchDims};
 const KERNEL_CASES: usize = 4;
 const BACKEND_CASES: usize = 2;
 const SEED: u64 = 11;
+/// Cases per backend in the tensor-core flavour (prefill, extend and
+/// decode sub-batches, each instruction modelled in C++ on the host).
+const TC_BACKEND_CASES: usize = 4;
 
 fn cases_for(diff: &str) -> usize {
     if diff.chars().any(|c| c.is_ascii_lowercase()) {
@@ -104,6 +108,61 @@ fn the_tensor_core_prefill_is_bit_exact_on_the_host_at_both_wave_widths() {
         assert_eq!(r.cases, 4);
         assert!(r.elements > 0, "wave {wave}: compared nothing");
         assert!(r.passed(), "wave {wave}: {:?}", r.first_mismatch);
+    }
+}
+
+/// Every MHA backend in the tensor-core flavour at both wave widths (the
+/// host device stands for sm_90 at 32 lanes and gfx942 at 64): a backend
+/// whose launches all have tensor-core kernels (ROCM_AITER_FA: the varlen
+/// prefill and extend, the NHD paged decode) is bit-exact over draws the
+/// flavour admits; one with a launch that has none is refused naming that
+/// launch, never run in the fma kernels.
+#[test]
+fn every_backend_in_the_tensor_core_flavour_is_bit_exact_or_refused_on_the_host() {
+    let backends = [
+        "TRITON_ATTN",
+        "ROCM_ATTN",
+        "ROCM_AITER_FA",
+        "ROCM_AITER_UNIFIED_ATTN",
+        "FLEX_ATTENTION",
+    ];
+    for wave in [32, 64] {
+        let Some(gpu) = host_or_skip("backends in the tensor-core flavour", wave) else {
+            return;
+        };
+        let mut ran = Vec::new();
+        for d in KERNEL_DIFFS.iter().filter(|d| backends.contains(&d.kernel)) {
+            let opts = DiffOptions {
+                flavour: FlavourChoice::Tc,
+                ..DiffOptions::new(TC_BACKEND_CASES, SEED)
+            };
+            match (d.run)(&gpu, opts) {
+                Ok(r) => {
+                    eprintln!(
+                        "wave {wave} {}: {} cases {} elements",
+                        r.kernel, r.cases, r.elements
+                    );
+                    assert_eq!(r.cases, TC_BACKEND_CASES, "{}", r.kernel);
+                    assert!(r.elements > 0, "{}: compared nothing", r.kernel);
+                    assert!(
+                        r.passed(),
+                        "{} (wave {wave}): {:?}",
+                        r.kernel,
+                        r.first_mismatch
+                    );
+                    ran.push(d.kernel);
+                }
+                Err(e) => {
+                    let e = e.to_string();
+                    assert!(
+                        e.contains("tensor-core flavour") && e.contains("no tensor-core kernel"),
+                        "{} (wave {wave}): {e}",
+                        d.kernel
+                    );
+                }
+            }
+        }
+        assert!(ran.contains(&"ROCM_AITER_FA"), "wave {wave}: ran {ran:?}");
     }
 }
 
