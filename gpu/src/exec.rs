@@ -84,7 +84,7 @@ impl<'a> GpuExecutor<'a> {
         cfg: &AttnConfig,
         out: &mut [f32],
     ) -> Result<()> {
-        check_decode_tc(kernel, query, cache, meta, cfg, target)?;
+        check_decode_tc(kernel, cfg, cache.layout.kind, meta.block_size, target)?;
         let split = backend_decode_split(target, meta, cfg);
         let (bits, _) = ops::paged_decode_tc::paged_decode_tc(
             self.gpu,

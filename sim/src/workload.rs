@@ -16,10 +16,13 @@
 //! Randomness comes from one ChaCha8 stream per seed, so a run is
 //! reproducible on any machine and thread count.
 
+use crate::backends::exec::Cpu;
+use crate::backends::flavour::{admits, Flavour, FlavourChoice};
 use crate::backends::{by_name, mha_backends, AttentionBackend};
 use crate::cache::KvCache;
 use crate::config::AttnConfig;
 use crate::kernels::reshape_and_cache::{reshape_and_cache, CacheWriter};
+use crate::numerics::mma::MatrixTarget;
 use crate::reference::{self, compare, Tolerance};
 use crate::replay::{catch_panic, Status};
 use attnlab_shared::block_table::KernelBlockSplit;
@@ -129,6 +132,8 @@ pub struct BackendRun {
     pub mismatches: usize,
     pub kernel_block_size: Option<usize>,
     pub layout: Option<&'static str>,
+    /// The kernel flavour it ran (`fma`, `tensor-core (gfx942)`).
+    pub flavour: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -232,14 +237,30 @@ pub fn seeded_values(seed: u64, n: usize, dtype: DType) -> Vec<f32> {
 /// One backend's live state during a run.
 struct Lane {
     backend: Box<dyn AttentionBackend>,
+    flavour: Flavour,
     kernel_block_size: usize,
     cache: KvCache,
     row: BackendRun,
 }
 
-/// Runs the workload; `on_step(done, total)` is called after every step.
+/// Runs the workload in the fma flavour; `on_step(done, total)` is called
+/// after every step.
 pub fn run_workload(
     spec: &WorkloadSpec,
+    on_step: impl FnMut(usize, usize),
+) -> Result<WorkloadReport> {
+    run_workload_in(spec, FlavourChoice::Fma, MatrixTarget::Gfx942, on_step)
+}
+
+/// [`run_workload`] with each backend in the flavour `choice` resolves to
+/// on `target` (`auto`: what vLLM's kernels use there). A backend whose
+/// launches the flavour refuses (`flavour::admits`: a launch with no
+/// tensor-core kernel, an option its kernel lacks) is skipped from that
+/// step on, with the refusal as its reason.
+pub fn run_workload_in(
+    spec: &WorkloadSpec,
+    choice: FlavourChoice,
+    target: MatrixTarget,
     mut on_step: impl FnMut(usize, usize),
 ) -> Result<WorkloadReport> {
     let cfg = model_config(spec.model)?;
@@ -278,9 +299,12 @@ pub fn run_workload(
             Ok((kb, layout)) => {
                 let mut row = BackendRun::new(b.name().name(), Status::Pass, None);
                 (row.kernel_block_size, row.layout) = (Some(kb), Some(layout.kind.name()));
+                let flavour = choice.resolve(b.name(), target);
+                row.flavour = flavour.to_string();
                 lanes.push(Lane {
                     cache: KvCache::zeros(layout),
                     kernel_block_size: kb,
+                    flavour,
                     backend: b,
                     row,
                 });
@@ -320,10 +344,18 @@ pub fn run_workload(
         )?;
         let reference = reference::paged_attention(&q, &canonical, &meta, &cfg)?.out;
 
+        for lane in lanes.iter_mut().filter(|l| l.row.status == Status::Pass) {
+            let m = step.metadata(lane.kernel_block_size)?;
+            let kind = lane.cache.layout.kind;
+            if let Err(e) = admits(lane.backend.as_ref(), lane.flavour, &m, &cfg, kind) {
+                lane.row.status = Status::Skipped;
+                lane.row.reason = Some(format!("step {}: {e}", step.index));
+            }
+        }
         let outs: Vec<Option<Result<Vec<f32>>>> = lanes
             .iter_mut()
             .map(|lane| {
-                (lane.row.status != Status::Fail).then(|| run_step(lane, step, &q, &k, &v, &cfg))
+                (lane.row.status == Status::Pass).then(|| run_step(lane, step, &q, &k, &v, &cfg))
             })
             .collect();
         score_step(
@@ -354,6 +386,7 @@ impl BackendRun {
             mismatches: 0,
             kernel_block_size: None,
             layout: None,
+            flavour: Flavour::Fma.to_string(),
         }
     }
 }
@@ -450,9 +483,10 @@ fn run_step(
 ) -> Result<Vec<f32>> {
     let meta = step.metadata(lane.kernel_block_size)?;
     let (b, cache) = (&lane.backend, &mut lane.cache);
+    let ex = Cpu::new(lane.flavour);
     catch_panic(b.name().name(), || {
-        b.write_kv(cache, k, v, &meta.slot_mapping, cfg)?;
-        b.forward(q, cache, &meta, cfg)
+        b.write_kv_with(&ex, cache, k, v, &meta.slot_mapping, cfg)?;
+        b.forward_with(&ex, q, cache, &meta, cfg)
     })
 }
 

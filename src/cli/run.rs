@@ -13,10 +13,12 @@ use super::util::{backend_choice, bounded, emit, exit, progress};
 use attnlab_shared::limits::{MAX_BLOCK_SIZE, MAX_REQUESTS};
 use attnlab_shared::model::{preset, ModelPreset};
 use attnlab_shared::registry::BackendName;
+use attnlab_sim::backends::flavour::{no_tc_family, FlavourChoice, MatmulKernel};
 use attnlab_sim::backends::{self, mla};
 use attnlab_sim::mla_workload::run_mla_workload;
+use attnlab_sim::numerics::mma::MatrixTarget;
 use attnlab_sim::replay::Status;
-use attnlab_sim::workload::{run_workload, WorkloadKind, WorkloadReport, WorkloadSpec};
+use attnlab_sim::workload::{run_workload_in, WorkloadKind, WorkloadReport, WorkloadSpec};
 use std::process::ExitCode;
 use std::time::Instant;
 
@@ -55,6 +57,15 @@ pub struct Args {
     /// Print the report as JSON (no progress bar).
     #[arg(long)]
     pub json: bool,
+    /// Kernel flavour (MHA presets): `fma` (the CUDA-core kernels), `tc`
+    /// (the matrix cores of --target) or `auto` (what vLLM's kernels use on
+    /// --target: the matrix cores). A backend with a launch the flavour
+    /// has no kernel for is skipped, saying which.
+    #[arg(long, default_value = "fma", value_parser = FlavourChoice::NAMES, ignore_case = true)]
+    pub flavour: String,
+    /// The matrix-core target of --flavour tc/auto: sm_90, gfx942 or gfx90a.
+    #[arg(long, value_name = "TARGET", default_value = "gfx942")]
+    pub target: String,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -77,9 +88,19 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let scaled_down = mla_cfg
         .as_ref()
         .is_some_and(|c| c.num_heads < spec.model.num_heads);
+    let flavour = FlavourChoice::parse(&args.flavour)?;
+    let target = MatrixTarget::parse(&args.target)?;
+    if flavour != FlavourChoice::Fma && mla_cfg.is_some() {
+        anyhow::bail!(
+            "invalid --flavour {} for {}: {}",
+            flavour.name(),
+            spec.model.name,
+            no_tc_family(MatmulKernel::MlaDecode, target)
+        );
+    }
     let report = match &mla_cfg {
         Some(cfg) => run_mla_workload(&spec, cfg, on_step),
-        None => run_workload(&spec, on_step),
+        None => run_workload_in(&spec, flavour, target, on_step),
     };
     bar.finish_and_clear();
     let report = report?;
@@ -206,21 +227,29 @@ fn format_report(r: &WorkloadReport, seconds: f64) -> String {
         .max()
         .unwrap_or(7)
         .max(7);
+    let f = r
+        .backends
+        .iter()
+        .map(|b| b.flavour.len())
+        .max()
+        .unwrap_or(7)
+        .max(7);
     s += &format!(
-        "{:<w$}  {:>5}  {:>6}  {:>14}  {:>14}  {:<7}  reason\n",
-        "backend", "steps", "tokens", "max_err_vs_ref", "max_diff_other", "status"
+        "{:<w$}  {:>5}  {:>6}  {:>14}  {:>14}  {:<7}  {:<f$}  reason\n",
+        "backend", "steps", "tokens", "max_err_vs_ref", "max_diff_other", "status", "flavour"
     );
     for b in &r.backends {
         let ran = b.status != Status::Skipped;
         let num = |x: f64| if ran { format!("{x:.3e}") } else { "-".into() };
         s += &format!(
-            "{:<w$}  {:>5}  {:>6}  {:>14}  {:>14}  {:<7}  {}\n",
+            "{:<w$}  {:>5}  {:>6}  {:>14}  {:>14}  {:<7}  {:<f$}  {}\n",
             b.backend,
             b.steps,
             b.tokens,
             num(b.max_abs_err_vs_ref),
             num(b.max_diff_vs_others),
             b.status.name(),
+            b.flavour,
             b.reason.as_deref().unwrap_or("").replace('\n', " ")
         );
     }

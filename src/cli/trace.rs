@@ -27,9 +27,12 @@ use attnlab_shared::scheduler::{
     Request, ScheduledStep, Scheduler, SchedulerConfig, DEFAULT_MAX_NUM_BATCHED_TOKENS,
     DEFAULT_MAX_NUM_SEQS,
 };
+use attnlab_sim::backends::flavour::{self, Flavour, FlavourChoice, MatmulKernel};
 use attnlab_sim::backends::mla::{self, MlaBackend, MlaConfig};
 use attnlab_sim::backends::{self, AttentionBackend, KernelCall};
 use attnlab_sim::config::AttnConfig;
+use attnlab_sim::kernels::flash_varlen_tc::DEFAULT_BLOCK_N;
+use attnlab_sim::numerics::mma::MatrixTarget;
 use serde_json::{json, Value};
 use std::fmt::Write as _;
 use std::process::ExitCode;
@@ -102,6 +105,17 @@ pub struct Args {
     /// chunks, the kernels launched (one backend, not `all`).
     #[arg(long, value_name = "FILE", conflicts_with = "json")]
     svg: Option<String>,
+    /// Kernel flavour: `fma` (the CUDA-core kernels), `tc` (the matrix
+    /// cores of --target) or `auto` (what vLLM's kernels use on --target:
+    /// the matrix cores). With tc/auto each step also lists the
+    /// tensor-core family each matrix-product launch runs, and a launch
+    /// with none (or an option its family lacks) is the error.
+    #[arg(long, default_value = "fma", value_parser = FlavourChoice::NAMES, ignore_case = true)]
+    flavour: String,
+    /// The matrix-core target of --flavour tc/auto: sm_90 (Hopper's
+    /// mma.sync), gfx942 (CDNA3's MFMA) or gfx90a (CDNA2's).
+    #[arg(long, value_name = "TARGET", default_value = "gfx942")]
+    target: String,
 }
 
 /// The attention layer a trace plans for.
@@ -144,6 +158,30 @@ impl Layer {
         })
     }
 
+    /// In a tensor-core flavour, each matrix-product launch of the step and
+    /// the family that runs it (the executors' refusal as the error).
+    fn tc_launches(
+        &self,
+        meta: &AttentionMetadata,
+        flavour: Flavour,
+    ) -> anyhow::Result<Option<Vec<(MatmulKernel, &'static str)>>> {
+        let Flavour::TensorCore(target) = flavour else {
+            return Ok(None);
+        };
+        Ok(Some(match self {
+            Layer::Mha { backend, cfg, .. } => {
+                let layout = backend.layout_kind();
+                flavour::tc_launches(backend.as_ref(), meta, cfg, layout, target)
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", backend.name().name()))?
+            }
+            // The MLA decode and projections have no tensor-core kernel.
+            Layer::Mla { backend, .. } => {
+                let e = flavour::no_tc_family(MatmulKernel::MlaDecode, target);
+                anyhow::bail!("{}: {e}", backend.name().name())
+            }
+        }))
+    }
+
     /// The head ranges of the TP ranks, `[start, end)` each.
     fn ranks(cfg: &MlaConfig) -> Vec<(usize, usize)> {
         let h = cfg.heads_per_rank();
@@ -153,6 +191,7 @@ impl Layer {
 
 struct Trace {
     layer: Layer,
+    flavour: Flavour,
     preset: &'static ModelPreset,
     sched: SchedulerConfig,
     requests: Vec<Request>,
@@ -239,11 +278,41 @@ fn trace(t: &Trace, json: bool) -> anyhow::Result<String> {
             anyhow::bail!("invalid --max-steps {n}: the workload needs more steps than this");
         }
         let step = sched.step()?;
-        let plan = t.layer.plan(&step.metadata(kernel_block_size)?)?;
+        let meta = step.metadata(kernel_block_size)?;
+        let plan = t.layer.plan(&meta)?;
+        let tc = t.layer.tc_launches(&meta, t.flavour)?;
         if json {
-            steps.push(step_json(&step, &plan));
+            let mut v = step_json(&step, &plan);
+            if let Some(tc) = &tc {
+                let launches: Vec<Value> = tc
+                    .iter()
+                    .map(|(k, f)| json!({"launch": k.name(), "family": f}))
+                    .collect();
+                v["tensor_core"] = json!(launches);
+            }
+            steps.push(v);
         } else {
-            text += &step_text(&step, &plan);
+            let tc_line = match (&tc, t.flavour) {
+                (Some(tc), Flavour::TensorCore(target)) => {
+                    let runs: Vec<String> = tc
+                        .iter()
+                        .map(|(k, f)| match k {
+                            // The family's own key tile, not CK's (the plan's block_n).
+                            MatmulKernel::FlashAttnVarlen => {
+                                format!("{} -> {f} (block_n {DEFAULT_BLOCK_N})", k.name())
+                            }
+                            _ => format!("{} -> {f}", k.name()),
+                        })
+                        .collect();
+                    Some(format!(
+                        "  tensor-core flavour ({}): {}\n",
+                        target.name(),
+                        runs.join(", ")
+                    ))
+                }
+                _ => None,
+            };
+            text += &step_text(&step, &plan, tc_line.as_deref());
         }
         n += 1;
     }
@@ -251,7 +320,7 @@ fn trace(t: &Trace, json: bool) -> anyhow::Result<String> {
         return Ok(text);
     }
     let mut v = json!({
-        "backend": t.layer.name(), "model": t.preset.name, "block_size": t.sched.block_size,
+        "backend": t.layer.name(), "flavour": t.flavour.to_string(), "model": t.preset.name, "block_size": t.sched.block_size,
         "kernel_block_size": kernel_block_size, "num_blocks": num_blocks,
         "max_num_batched_tokens": t.sched.max_num_batched_tokens, "max_num_seqs": t.sched.max_num_seqs, "steps": steps,
     });
@@ -347,8 +416,14 @@ fn setup(a: &Args, name: &str) -> anyhow::Result<Trace> {
         max_num_seqs,
         decode_threshold: 1,
     };
+    let choice = FlavourChoice::parse(&a.flavour)?;
+    let flavour = match choice {
+        FlavourChoice::Fma => Flavour::Fma,
+        c => c.resolve(layer.name(), MatrixTarget::parse(&a.target)?),
+    };
     Ok(Trace {
         layer,
+        flavour,
         preset,
         sched,
         requests: vec![
@@ -427,7 +502,8 @@ fn header(t: &Trace, num_blocks: usize) -> String {
     s
 }
 
-fn step_text(st: &ScheduledStep, plan: &[KernelCall]) -> String {
+/// One step as text; `tc` is the tensor-core flavour's line (after the launches).
+fn step_text(st: &ScheduledStep, plan: &[KernelCall], tc: Option<&str>) -> String {
     let mut s = String::new();
     let sp = st.split(1);
     let _ = writeln!(
@@ -466,6 +542,7 @@ fn step_text(st: &ScheduledStep, plan: &[KernelCall]) -> String {
             .collect();
         let _ = writeln!(s, "  -> {}  {}", k.name, shapes.join("  "));
     }
+    s += tc.unwrap_or("");
     if !st.finished.is_empty() {
         let _ = writeln!(s, "  finished: {:?}", st.finished);
     }

@@ -145,7 +145,7 @@ pub fn run(gpu: &Gpu, backend_name: BackendName, opts: DiffOptions) -> Result<Ke
                 .collect()
         };
         let (key, value) = (step(n_kv), step(n_kv));
-        if let Err(e) = admits(backend.as_ref(), flavour, &case.query, &init, meta, cfg) {
+        if let Err(e) = admits(backend.as_ref(), flavour, meta, cfg, layout.kind) {
             refusal = Some(e);
             continue;
         }

@@ -246,7 +246,7 @@ impl Cpu {
         cfg: &AttnConfig,
         out: &mut [f32],
     ) -> Result<()> {
-        check_decode_tc(kernel, query, cache, meta, cfg, target)?;
+        check_decode_tc(kernel, cfg, cache.layout.kind, meta.block_size, target)?;
         let split = backend_decode_split(target, meta, cfg);
         paged_decode_tc(query, cache, meta, cfg, target, split, out)
     }

@@ -41,7 +41,8 @@ use crate::kernels::paged_decode_tc::{validate_tc, ROWS, STEP};
 use crate::numerics::mma::MatrixTarget;
 use attnlab_shared::error::{Error, Result};
 use attnlab_shared::fault::FaultSet;
-use attnlab_shared::metadata::AttentionMetadata;
+use attnlab_shared::layout::{KvLayout, LayoutKind};
+use attnlab_shared::metadata::{AttentionMetadata, BlockTableTensor};
 use attnlab_shared::registry::BackendName;
 use std::fmt;
 
@@ -219,22 +220,23 @@ pub fn varlen_tc<'a>(p: &VarlenParams<'a>, target: MatrixTarget) -> Result<Varle
     Ok(tc)
 }
 
-/// Whether the tensor-core decode takes this decode launch (`kernel`, one
-/// of the paged decodes), as `paged_decode_tc` checks it (bf16/f16 with
-/// the same cache dtype, an NHD cache, head size 64 or 128, no sinks,
-/// ALiBi or window, sm_90 or gfx942) and with no zoo fault. Both executors
-/// call it before the launch, and [`admits`] for a route.
+/// Whether the tensor-core decode takes a decode launch (`kernel`, one of
+/// the paged decodes) of `cfg` over a cache of `layout` kind and
+/// `block_size`, as `paged_decode_tc` checks it (bf16/f16 with the same
+/// cache dtype, an NHD cache, head size 64 or 128, no sinks, ALiBi or
+/// window, sm_90 or gfx942), and with no zoo fault. The kernel's own check
+/// runs on a one-token probe batch of that configuration, so only the
+/// configuration is judged. Both executors call it before the launch, and
+/// [`admits`] for a route.
 pub fn check_decode_tc(
     kernel: MatmulKernel,
-    query: &[f32],
-    cache: &KvCache,
-    meta: &AttentionMetadata,
     cfg: &AttnConfig,
+    layout: LayoutKind,
+    block_size: usize,
     target: MatrixTarget,
 ) -> Result<()> {
     no_faults(kernel, cfg.faults)?;
-    let out = vec![0.0f32; query.len()];
-    validate_tc(query, cache, meta, cfg, target, STEP, &out).map_err(|e| {
+    let refused = |e: Error| {
         Error::unsupported(
             format!(
                 "{} in the tensor-core flavour ({})",
@@ -243,7 +245,28 @@ pub fn check_decode_tc(
             ),
             format!("its tensor-core family paged_decode_tc refuses the launch: {e}"),
         )
-    })
+    };
+    let kv = KvLayout::new(
+        layout,
+        1,
+        block_size,
+        cfg.num_kv_heads,
+        cfg.head_size,
+        cfg.kv_dtype,
+    )?;
+    let probe = AttentionMetadata::new(
+        block_size,
+        1,
+        vec![0, 1],
+        vec![1],
+        BlockTableTensor::from_rows(&[vec![0]]),
+        vec![0],
+        true,
+    )?;
+    let query = vec![0.0f32; cfg.num_heads * cfg.head_size];
+    let out = query.clone();
+    let cache = KvCache::zeros(kv);
+    validate_tc(&query, &cache, &probe, cfg, target, STEP, &out).map_err(refused)
 }
 
 /// Waves resident per multiprocessor the automatic decode split fills (the
@@ -390,42 +413,78 @@ pub fn paged_kernel(p: &Paged) -> MatmulKernel {
     }
 }
 
-/// Whether `backend` can run this batch in `flavour`: every launch of its
-/// route has a kernel in the flavour that takes the launch's options, as
-/// the executors decide it (the same checks: [`varlen_tc`],
-/// [`check_decode_tc`], [`no_tc_family`]). `cache` is in the backend's
-/// layout. The fma flavour takes everything the backend takes. Case
-/// generators draw from here, so they draw only what the executors run.
+/// Whether `backend` can run this batch in `flavour` over a cache of
+/// `layout` kind: every launch of its route has a kernel in the flavour
+/// that takes the launch's options, as the executors decide it (the same
+/// checks: [`varlen_tc`], [`check_decode_tc`], [`no_tc_family`]). The fma
+/// flavour takes everything the backend takes. Case generators draw from
+/// here, so they draw only what the executors run.
 pub fn admits(
     backend: &dyn AttentionBackend,
     flavour: Flavour,
-    query: &[f32],
-    cache: &KvCache,
     meta: &AttentionMetadata,
     cfg: &AttnConfig,
+    layout: LayoutKind,
 ) -> Result<()> {
-    let Flavour::TensorCore(target) = flavour else {
-        return Ok(());
-    };
+    match flavour {
+        Flavour::Fma => Ok(()),
+        Flavour::TensorCore(target) => tc_launches(backend, meta, cfg, layout, target).map(|_| ()),
+    }
+}
+
+/// The matrix-product launches of `backend`'s route for this batch, in
+/// launch order, each with the tensor-core family that runs it on
+/// `target`; or the first refusal (what [`admits`] says, and what
+/// `attnlab trace --flavour tc` shows).
+pub fn tc_launches(
+    backend: &dyn AttentionBackend,
+    meta: &AttentionMetadata,
+    cfg: &AttnConfig,
+    layout: LayoutKind,
+    target: MatrixTarget,
+) -> Result<Vec<(MatmulKernel, &'static str)>> {
     let kcfg = backend.kernel_config(cfg);
+    let mut launches = vec![];
     for batch in backend.route(meta, cfg)? {
         for step in &batch.steps {
-            match step {
-                Step::Attend { mask, .. } => {
-                    varlen_tc(&steps::attend_params(&kcfg, meta.causal, *mask), target)?;
-                }
-                Step::Merge { .. } => {}
-                Step::Paged(p) => match paged_kernel(p) {
-                    k @ (K::PagedAttentionLl4mi | K::PagedAttention2d) => {
-                        check_decode_tc(k, query, cache, meta, &kcfg, target)?
-                    }
-                    // LEAD: unified_attention_tc's checks once branch tcu is merged.
-                    k => return Err(no_tc_family(k, target)),
-                },
+            if let Some(k) = tc_step(step, &kcfg, meta, layout, target)? {
+                launches.push(k);
             }
         }
     }
-    Ok(())
+    Ok(launches)
+}
+
+/// The launch of one route step and the tensor-core family that runs it
+/// (None: a launch with no matrix product, the same kernel in both
+/// flavours), or the refusal the executors give.
+pub fn tc_step(
+    step: &Step,
+    kcfg: &AttnConfig,
+    meta: &AttentionMetadata,
+    layout: LayoutKind,
+    target: MatrixTarget,
+) -> Result<Option<(MatmulKernel, &'static str)>> {
+    let k = match step {
+        Step::Merge { .. } => return Ok(None),
+        Step::Attend { mask, .. } => {
+            varlen_tc(&steps::attend_params(kcfg, meta.causal, *mask), target)?;
+            K::FlashAttnVarlen
+        }
+        Step::Paged(p) => {
+            let k = paged_kernel(p);
+            if matches!(k, K::PagedAttentionLl4mi | K::PagedAttention2d) {
+                check_decode_tc(k, kcfg, layout, meta.block_size, target)?;
+            }
+            k
+        }
+    };
+    // LEAD: unified_attention's checks join the decode's above once branch
+    // tcu is merged (its family then listed by MatmulKernel::tc_family).
+    match k.tc_family() {
+        Some(family) => Ok(Some((k, family))),
+        None => Err(no_tc_family(k, target)),
+    }
 }
 
 #[cfg(test)]
