@@ -29,8 +29,10 @@
 //! reference rounded to the output dtype, and their ratio.
 
 use crate::backends::exec::{Cpu, KernelExecutor};
+use crate::backends::flavour::{no_tc_family, tc_step, Flavour, FlavourChoice, MatmulKernel};
 use crate::backends::mla::{self, mla_backends};
 use crate::backends::rocm_attn::{DecodeKernel, RocmAttn};
+use crate::backends::steps::{Paged, Step};
 use crate::backends::{mha_backends, AttentionBackend};
 use crate::cache::KvCache;
 use crate::config::AttnConfig;
@@ -43,6 +45,7 @@ use crate::kernels::softmax::OutLse;
 use crate::kernels::unified_attention::{
     Grid, UnifiedLaunch, VllmLaunchOptions, NUM_PAR_SOFTMAX_SEGMENTS, TILE_SIZE_2D, TILE_SIZE_3D,
 };
+use crate::numerics::mma::MatrixTarget;
 use crate::profile::VllmProfile;
 use crate::reference::{self, compare, Comparison, Tolerance};
 use attnlab_shared::block_table::{block_table_tensor, KernelBlockSplit};
@@ -52,6 +55,7 @@ use attnlab_shared::layout::mla::MlaLayout;
 use attnlab_shared::layout::{KvLayout, LayoutKind};
 use attnlab_shared::metadata::AttentionMetadata;
 use attnlab_shared::model::MlaDims;
+use attnlab_shared::registry::BackendName;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 
@@ -140,6 +144,21 @@ pub const MERGE_ROW: &str = "merge_attn_states";
 pub fn replay_paths_with(
     paths: &[PathBuf],
     backend: Option<&str>,
+    on_file: impl FnMut(usize, usize),
+) -> Result<Vec<ReplayResult>> {
+    replay_paths_in(paths, backend, FlavourChoice::Fma, on_file)
+}
+
+/// [`replay_paths_with`] with the MHA backends in the kernel flavour
+/// `choice` resolves to on each file's capture target (its `capture.arch`:
+/// `auto` on an H100 capture is the sm_90 tensor-core flavour, what vLLM's
+/// Triton kernels computed there). A backend the flavour refuses (a launch
+/// with no tensor-core kernel, an option its kernel lacks), and every MLA
+/// backend outside the fma flavour, is a skipped row saying why.
+pub fn replay_paths_in(
+    paths: &[PathBuf],
+    backend: Option<&str>,
+    choice: FlavourChoice,
     mut on_file: impl FnMut(usize, usize),
 ) -> Result<Vec<ReplayResult>> {
     if let Some(name) = backend {
@@ -162,7 +181,7 @@ pub fn replay_paths_with(
     let mut out = Vec::new();
     let files = expand(paths)?;
     for (done, path) in files.iter().enumerate() {
-        out.extend(replay_file(path, backend));
+        out.extend(replay_file_in(path, backend, choice));
         on_file(done + 1, files.len());
     }
     Ok(out)
@@ -196,8 +215,17 @@ fn expand(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
 /// Replays one file. A file that does not load is one "fail" row whose
 /// reason is the loader's error (file, tensor, problem).
 pub fn replay_file(path: &Path, backend: Option<&str>) -> Vec<ReplayResult> {
+    replay_file_in(path, backend, FlavourChoice::Fma)
+}
+
+/// [`replay_file`] in a kernel flavour ([`replay_paths_in`]).
+pub fn replay_file_in(
+    path: &Path,
+    backend: Option<&str>,
+    choice: FlavourChoice,
+) -> Vec<ReplayResult> {
     match fixture::load(path) {
-        Ok(f) => replay_fixture(&f, backend),
+        Ok(f) => replay_fixture_in(&f, backend, choice),
         Err(e) => vec![Row::new(&path.display().to_string(), "?", None, "(load)")
             .status(Status::Fail, Some(e.to_string()))],
     }
@@ -226,6 +254,77 @@ struct Kernel<'a> {
 
 /// Replays an already loaded fixture.
 pub fn replay_fixture(f: &Fixture, backend: Option<&str>) -> Vec<ReplayResult> {
+    replay_fixture_in(f, backend, FlavourChoice::Fma)
+}
+
+/// The flavour `choice` resolves to for `backend` on the target a fixture
+/// was captured on (`capture.arch`).
+pub fn fixture_flavour(
+    choice: FlavourChoice,
+    backend: BackendName,
+    header: &fixture::Header,
+) -> Result<Flavour> {
+    if choice == FlavourChoice::Fma {
+        return Ok(Flavour::Fma);
+    }
+    let arch = header
+        .capture
+        .as_ref()
+        .and_then(|c| c.get("arch"))
+        .and_then(|a| a.as_str());
+    let target = arch.map(MatrixTarget::parse).transpose()?.ok_or_else(|| {
+        Error::invalid(
+            "fixture capture.arch",
+            "none",
+            format!(
+                "the capture's matrix-core target (sm_90, gfx90a, gfx942) for --flavour {}",
+                choice.name()
+            ),
+        )
+    })?;
+    Ok(choice.resolve(backend, target))
+}
+
+/// Why `flavour` refuses to run backend `b` on a paged case (the route it
+/// would run, or the recorded `launch`), or None. Errors outside the
+/// flavour's checks are left to the run itself.
+fn flavour_refusal(
+    b: &dyn AttentionBackend,
+    p: &PagedCase,
+    cfg: &AttnConfig,
+    launch: Option<&Forced>,
+    flavour: Flavour,
+) -> Option<String> {
+    let Flavour::TensorCore(target) = flavour else {
+        return None;
+    };
+    let meta = reblock(&p.meta, b.kernel_block_size(p.meta.block_size).ok()?).ok()?;
+    let steps: Vec<Step> = match launch {
+        Some(Forced::Unified(l)) => vec![Step::Paged(Paged::Unified(*l))],
+        Some(Forced::RocmDecode(d)) => RocmAttn::route_with_decode(&meta, *d)
+            .into_iter()
+            .flat_map(|s| s.steps)
+            .collect(),
+        None => b
+            .route(&meta, cfg)
+            .ok()?
+            .into_iter()
+            .flat_map(|s| s.steps)
+            .collect(),
+    };
+    let kcfg = b.kernel_config(cfg);
+    steps
+        .iter()
+        .find_map(|s| tc_step(s, &kcfg, &meta, b.layout_kind(), target).err())
+        .map(|e| e.to_string())
+}
+
+/// [`replay_fixture`] in a kernel flavour ([`replay_paths_in`]).
+pub fn replay_fixture_in(
+    f: &Fixture,
+    backend: Option<&str>,
+    choice: FlavourChoice,
+) -> Vec<ReplayResult> {
     let tol = Tolerance::new(f.header.atol, f.header.rtol);
     let op = f.header.op.name();
     let dtype = f.header.dtype;
@@ -301,7 +400,19 @@ pub fn replay_fixture(f: &Fixture, backend: Option<&str>) -> Vec<ReplayResult> {
                         continue;
                     }
                 };
-                let got = run_backend(b.as_ref(), p, &cfg, launch.as_ref().map(|l| &l.0));
+                let forced = launch.as_ref().map(|l| &l.0);
+                let flavour = match fixture_flavour(choice, b.name(), &f.header) {
+                    Ok(fl) => fl,
+                    Err(e) => {
+                        rows.push(at(b.name().name()).status(Status::Skipped, Some(e.to_string())));
+                        continue;
+                    }
+                };
+                if let Some(why) = flavour_refusal(b.as_ref(), p, &cfg, forced, flavour) {
+                    rows.push(at(b.name().name()).status(Status::Skipped, Some(why)));
+                    continue;
+                }
+                let got = run_backend(b.as_ref(), p, &cfg, forced, flavour);
                 let mut row = at(b.name().name());
                 row.launch = launch.map(|l| l.1);
                 let mut r = row.judge(got.map(Outcome::out), &kernel, tol, dtype);
@@ -374,6 +485,15 @@ pub fn replay_fixture(f: &Fixture, backend: Option<&str>) -> Vec<ReplayResult> {
                 .filter(|b| backend.is_none_or(|n| n == b.name().name()))
             {
                 let cfg = replay_config(m, dtype);
+                if choice != FlavourChoice::Fma {
+                    let why = match fixture_flavour(choice, b.name(), &f.header) {
+                        Ok(Flavour::TensorCore(t)) => no_tc_family(MatmulKernel::MlaDecode, t),
+                        Ok(Flavour::Fma) => Error::unsupported("MLA replay", "fma only"),
+                        Err(e) => e,
+                    };
+                    rows.push(at(b.name().name()).status(Status::Skipped, Some(why.to_string())));
+                    continue;
+                }
                 match b.check(&cfg, m.meta.block_size) {
                     Err(e) => {
                         rows.push(at(b.name().name()).status(Status::Skipped, Some(e.to_string())))
@@ -575,7 +695,9 @@ fn run_backend(
     p: &PagedCase,
     cfg: &AttnConfig,
     launch: Option<&Forced>,
+    flavour: Flavour,
 ) -> Result<Vec<f32>> {
+    let ex = Cpu::new(flavour);
     let kb = b.kernel_block_size(p.meta.block_size)?;
     let meta = reblock(&p.meta, kb)?;
     let layout = b.cache_layout(cfg, meta.num_blocks, kb)?;
@@ -589,13 +711,15 @@ fn run_backend(
     let cache = KvCache::from_nhd(&p.key_cache, &p.value_cache, layout)?;
     match launch {
         Some(Forced::Unified(l)) => catch_panic(b.name().name(), || {
-            Cpu::FMA.unified_attention(&p.query, &cache, &meta, cfg, l)
+            ex.unified_attention(&p.query, &cache, &meta, cfg, l)
         }),
         Some(Forced::RocmDecode(d)) => catch_panic(b.name().name(), || {
             let route = RocmAttn::route_with_decode(&meta, *d);
-            RocmAttn::default().forward_route(&Cpu::FMA, &route, &p.query, &cache, &meta, cfg)
+            RocmAttn::default().forward_route(&ex, &route, &p.query, &cache, &meta, cfg)
         }),
-        None => catch_panic(b.name().name(), || b.forward(&p.query, &cache, &meta, cfg)),
+        None => catch_panic(b.name().name(), || {
+            b.forward_with(&ex, &p.query, &cache, &meta, cfg)
+        }),
     }
 }
 

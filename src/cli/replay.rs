@@ -6,8 +6,9 @@
 //! other files still replay.
 
 use super::util::{backend_choice, emit, exit, progress};
+use attnlab_sim::backends::flavour::FlavourChoice;
 use attnlab_sim::replay::{
-    format_summary, format_table, replay_paths_with, summarize, Status, MERGE_ROW,
+    format_summary, format_table, replay_paths_in, summarize, Status, MERGE_ROW,
 };
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -30,6 +31,12 @@ pub struct Args {
     /// ULP histogram, max ULP, fidelity ratio (the table only, not every row).
     #[arg(long)]
     pub summary: bool,
+    /// Kernel flavour of the MHA backends: `fma` (the CUDA-core kernels),
+    /// `tc` or `auto` (the matrix cores of each file's capture target,
+    /// `capture.arch`: what vLLM's kernels used there). A backend with a
+    /// launch the flavour has no kernel for is a skipped row saying which.
+    #[arg(long, default_value = "fma", value_parser = FlavourChoice::NAMES, ignore_case = true)]
+    pub flavour: String,
 }
 
 /// Exit 0 when nothing failed (skips, divergences, capture errors and
@@ -44,7 +51,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
     });
     let bar = progress(args.json, args.files.len(), "replay");
-    let results = replay_paths_with(&args.files, backend.as_deref(), |done, total| {
+    let flavour = FlavourChoice::parse(&args.flavour)?;
+    let results = replay_paths_in(&args.files, backend.as_deref(), flavour, |done, total| {
         bar.set_length(total as u64);
         bar.set_position(done as u64);
     });
