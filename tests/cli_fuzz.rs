@@ -33,6 +33,11 @@ enum Kind {
     Switch,
 }
 
+/// `--flavour` values (run, trace, replay, diff).
+const FLAVOURS: &[&str] = &["fma", "tc", "auto"];
+/// `--target` values of a matrix-core flavour, and one that is not.
+const MATRIX_TARGETS: &[&str] = &["sm_90", "gfx942", "gfx90a", "gfx1100"];
+
 const EXTREMES: &[&str] = &[
     "0",
     "1",
@@ -207,6 +212,8 @@ const SUBS: &[Sub] = &[
             ("--block-size", Kind::Size),
             ("--num-blocks", Kind::Size),
             ("--max-steps", Kind::Size),
+            ("--flavour", Kind::Name(FLAVOURS)),
+            ("--target", Kind::Name(MATRIX_TARGETS)),
         ],
         required: &["--backend", "--prompt-len"],
     },
@@ -230,6 +237,7 @@ const SUBS: &[Sub] = &[
         flags: &[
             ("--backend", Kind::Name(BACKENDS)),
             ("FILE", Kind::Name(FILES)),
+            ("--flavour", Kind::Name(FLAVOURS)),
         ],
         required: &["FILE"],
     },
@@ -259,6 +267,7 @@ const SUBS: &[Sub] = &[
             ("--max-seconds", Kind::Real),
             ("--list", Kind::Switch),
             ("--allow-no-device", Kind::Switch),
+            ("--flavour", Kind::Name(FLAVOURS)),
         ],
         required: &[],
     },

@@ -223,7 +223,8 @@ fn a_launch_with_no_tensor_core_kernel_is_refused_naming_it_and_its_flavours() {
 fn the_tensor_core_decode_refuses_the_options_it_lacks_naming_them() {
     let backend = RocmAiterFa::default();
     let flavour = Flavour::TensorCore(MatrixTarget::Sm90);
-    let cases: [(&str, fn(&mut AttnCase)); 2] = [
+    type Edit = fn(&mut AttnCase);
+    let cases: [(&str, Edit); 2] = [
         ("sliding window", |c| {
             c.cfg.sliding_window = Some(8);
             c.cfg.alibi_slopes = None;
@@ -236,16 +237,9 @@ fn the_tensor_core_decode_refuses_the_options_it_lacks_naming_them() {
     ];
     for (what, edit) in cases {
         let (case, cache) = case_for(&backend, false, edit);
-        let e = admits(
-            &backend,
-            flavour,
-            &case.query,
-            &cache,
-            &case.meta,
-            &case.cfg,
-        )
-        .expect_err("refused")
-        .to_string();
+        let e = admits(&backend, flavour, &case.meta, &case.cfg, cache.layout.kind)
+            .expect_err("refused")
+            .to_string();
         assert!(
             e.contains("paged_attention_ll4mi")
                 && e.contains("paged_decode_tc")
