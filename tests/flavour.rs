@@ -1,0 +1,138 @@
+//! `--flavour` at the command line (docs/src/matrix-cores.md, "Backends in
+//! the tensor-core flavour"): `trace` lists the tensor-core family each
+//! matrix-product launch runs, `run` runs the backends the flavour admits
+//! and skips the others with the refusal, and a launch or a family with no
+//! tensor-core kernel is an error naming it (exit 1), never the fma kernels.
+
+mod common;
+
+use common::attnlab;
+
+#[test]
+fn trace_in_the_tensor_core_flavour_names_the_family_of_each_launch() {
+    let o = attnlab(&[
+        "trace",
+        "--backend",
+        "rocm_aiter_fa",
+        "--prompt-len",
+        "40",
+        "--output-len",
+        "2",
+        "--flavour",
+        "tc",
+        "--target",
+        "sm_90",
+    ]);
+    assert_eq!(o.code, Some(0), "{o:?}");
+    for want in [
+        "tensor-core flavour (sm_90): flash_attn_varlen_func -> flash_varlen_tc (block_n 64)",
+        "tensor-core flavour (sm_90): paged_attention_ll4mi -> paged_decode_tc",
+    ] {
+        assert!(o.stdout.contains(want), "{want:?} not in {}", o.stdout);
+    }
+    // The fma flavour lists no family.
+    let o = attnlab(&["trace", "--backend", "ROCM_AITER_FA", "--prompt-len", "40"]);
+    assert_eq!(o.code, Some(0), "{o:?}");
+    assert!(!o.stdout.contains("tensor-core"), "{}", o.stdout);
+}
+
+#[test]
+fn a_launch_without_a_tensor_core_kernel_is_an_error_naming_it() {
+    let o = attnlab(&[
+        "trace",
+        "--backend",
+        "TRITON_ATTN",
+        "--prompt-len",
+        "40",
+        "--flavour",
+        "auto",
+    ]);
+    assert_eq!(o.code, Some(1), "{o:?}");
+    assert!(
+        o.stderr
+            .contains("unified_attention in the tensor-core flavour (gfx942)")
+            && o.stderr.contains("flavours: fma"),
+        "{}",
+        o.stderr
+    );
+    // MLA presets: the decode has no tensor-core kernel.
+    let o = attnlab(&["run", "--model", "deepseek-r1", "--flavour", "tc"]);
+    assert_eq!(o.code, Some(1), "{o:?}");
+    assert!(
+        o.stderr.contains("decode_attention_fwd (MLA)"),
+        "{}",
+        o.stderr
+    );
+    // A kernel family is its own flavour.
+    let o = attnlab(&[
+        "diff",
+        "--device",
+        "host",
+        "--backend",
+        "flash_varlen",
+        "--flavour",
+        "tc",
+    ]);
+    assert_eq!(o.code, Some(1), "{o:?}");
+    assert!(
+        o.stderr
+            .contains("invalid --flavour tc for --backend flash_varlen"),
+        "{}",
+        o.stderr
+    );
+    // An unknown target names the known ones.
+    let o = attnlab(&[
+        "trace",
+        "--backend",
+        "ROCM_AITER_FA",
+        "--prompt-len",
+        "40",
+        "--flavour",
+        "tc",
+        "--target",
+        "gfx1100",
+    ]);
+    assert_eq!(o.code, Some(1), "{o:?}");
+    assert!(
+        o.stderr.contains("'gfx1100'") && o.stderr.contains("gfx942"),
+        "{}",
+        o.stderr
+    );
+}
+
+#[test]
+fn run_skips_the_backends_the_flavour_refuses_and_runs_the_others() {
+    let o = attnlab(&[
+        "run",
+        "--backend",
+        "all",
+        "--flavour",
+        "tc",
+        "--target",
+        "gfx942",
+        "--requests",
+        "2",
+        "--json",
+    ]);
+    assert_eq!(o.code, Some(0), "{o:?}");
+    let v: serde_json::Value = serde_json::from_str(&o.stdout).expect("JSON");
+    let rows = v["backends"].as_array().expect("rows");
+    let row = |name: &str| {
+        rows.iter()
+            .find(|r| r["backend"] == name)
+            .unwrap_or_else(|| panic!("{name} in {v}"))
+    };
+    let fa = row("ROCM_AITER_FA");
+    assert_eq!(fa["status"], "pass", "{fa}");
+    assert_eq!(fa["flavour"], "tensor-core (gfx942)", "{fa}");
+    assert!(fa["steps"].as_u64().unwrap() > 0, "{fa}");
+    let rocm = row("ROCM_ATTN");
+    assert_eq!(rocm["status"], "skipped", "{rocm}");
+    assert!(
+        rocm["reason"]
+            .as_str()
+            .unwrap()
+            .contains("context_attention_fwd"),
+        "{rocm}"
+    );
+}
