@@ -417,10 +417,7 @@ fn setup(a: &Args, name: &str) -> anyhow::Result<Trace> {
         decode_threshold: 1,
     };
     let choice = FlavourChoice::parse(&a.flavour)?;
-    let flavour = match choice {
-        FlavourChoice::Fma => Flavour::Fma,
-        c => c.resolve(layer.name(), MatrixTarget::parse(&a.target)?),
-    };
+    let flavour = choice.resolve(layer.name(), MatrixTarget::parse(&a.target)?);
     Ok(Trace {
         layer,
         flavour,
