@@ -543,6 +543,31 @@ pub fn exp2c_shifted(path: SimdPath, s: &[f32], m: f32, out: &mut [f32]) {
     }
 }
 
+/// `out[r][j] = exp2c(s[r][j] - m[r])` for every row r and `j <
+/// s[r].len()` (at most K): [`exp2c_shifted`] of R rows in one call.
+#[inline]
+pub fn exp2c_rows<const R: usize, const K: usize>(
+    path: SimdPath,
+    s: [&[f32]; R],
+    m: [f32; R],
+    out: &mut [[f32; K]; R],
+) {
+    match path {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `supported()` checked the features the function enables.
+        SimdPath::Avx512 if path.supported() => unsafe {
+            for r in 0..R {
+                exp2c_avx512(s[r], m[r], &mut out[r]);
+            }
+        },
+        _ => {
+            for r in 0..R {
+                exp2c_shifted(path, s[r], m[r], &mut out[r]);
+            }
+        }
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn exp2c_avx2(s: &[f32], m: f32, out: &mut [f32]) {
@@ -743,6 +768,16 @@ pub fn fold_max(xs: &[f32]) -> f32 {
 }
 
 // ---------------------------------------------------------------- rounding
+
+/// `dst[i] = dtype.round(src[i])` for every i ([`round_slice`] into
+/// another buffer; `dst.len() == src.len()`).
+#[inline]
+pub fn round_into(dtype: DType, src: &[f32], dst: &mut [f32]) {
+    for (d, &x) in dst.iter_mut().zip(src) {
+        *d = x;
+    }
+    round_slice(dtype, dst);
+}
 
 /// `xs[i] = dtype.round(xs[i])` for every i. bf16 rounds to nearest even in
 /// plain integer arithmetic (the same bits as `half::bf16::from_f32` for

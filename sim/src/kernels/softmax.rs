@@ -304,10 +304,9 @@ fn exp_pv_rowsum<'a, const R: usize>(
     let mut p_rounded = [[0.0f32; PV_KEYS]; R];
     for j0 in (0..n).step_by(PV_KEYS) {
         let len = PV_KEYS.min(n - j0);
+        simd::exp2c_rows(path, s.map(|s| &s[j0..j0 + len]), m_ref, &mut p);
         for r in 0..R {
-            simd::exp2c_shifted(path, &s[r][j0..j0 + len], m_ref[r], &mut p[r]);
-            p_rounded[r][..len].copy_from_slice(&p[r][..len]);
-            simd::round_slice(p_dtype, &mut p_rounded[r][..len]);
+            simd::round_into(p_dtype, &p[r][..len], &mut p_rounded[r][..len]);
         }
         rowsum = simd::row_sums(rowsum, &p, len);
         simd::pv_rows(path, o_i, &p_rounded, &p, len, |k| value(j0 + k));

@@ -726,10 +726,13 @@ impl TileBounds {
     }
 }
 
-/// q-blocks of one request the emulator runs together, so one gathered K/V
-/// tile serves up to `Q_BLOCKS_PER_UNIT * BLOCK_M` rows (bit-neutral: see
-/// `Kernel::run`).
-pub const Q_BLOCKS_PER_UNIT: usize = 8;
+/// q-blocks of one request the emulator runs together, at most, so one
+/// gathered K/V tile serves all their rows (bit-neutral: see
+/// `Kernel::run`); fewer when their rows would exceed [`ROWS_PER_UNIT`].
+pub const Q_BLOCKS_PER_UNIT: usize = 32;
+/// Rows (`q-blocks * BLOCK_M`) of one unit, at most (at least one q-block):
+/// a unit's row states, queries and scores stay within the core's L2.
+pub const ROWS_PER_UNIT: usize = 512;
 
 /// Consecutive programs `(g, kv_head, segment)` of one request.
 #[derive(Debug, Clone)]
@@ -836,6 +839,8 @@ impl<'a> Kernel<'a> {
     fn units(&self, num_segments: usize, q_blocks_per_unit: usize) -> Vec<Unit> {
         let meta = self.meta;
         let bq = self.launch.block_q;
+        let q_blocks_per_unit =
+            q_blocks_per_unit.min((ROWS_PER_UNIT / self.launch.block_m.max(1)).max(1));
         let mut blocks: Vec<(usize, usize)> = vec![]; // (seq, qblk) of every working program, g ascending
         for g in 0..self.launch.total_q_blocks(meta) {
             let seq = find_seq_idx(&meta.query_start_loc, meta.num_reqs(), bq, g);
