@@ -390,8 +390,8 @@ pub fn row_sums<const R: usize, const K: usize>(
     len: usize,
 ) -> [f32; R] {
     for j in 0..len {
-        for r in 0..R {
-            sums[r] += p[r][j];
+        for (sum, row) in sums.iter_mut().zip(p) {
+            *sum += row[j];
         }
     }
     sums
@@ -503,23 +503,23 @@ fn pv_rows_run<'a, const R: usize, const K: usize, const L: usize>(
         let v: [f32; L] = row(k)[d0..d0 + L]
             .try_into()
             .expect("V row shorter than acc");
-        for r in 0..R {
-            let pr = p[r][k];
+        for ((ar, p_row), keep_row) in a.iter_mut().zip(p).zip(keep) {
+            let pr = p_row[k];
             if skips {
-                let kept = keep[r][k] != 0.0;
-                for (x, &vd) in a[r].iter_mut().zip(&v) {
+                let kept = keep_row[k] != 0.0;
+                for (x, &vd) in ar.iter_mut().zip(&v) {
                     let f = pr.mul_add(vd, *x);
                     *x = if kept { f } else { *x };
                 }
             } else {
-                for (x, &vd) in a[r].iter_mut().zip(&v) {
+                for (x, &vd) in ar.iter_mut().zip(&v) {
                     *x = pr.mul_add(vd, *x);
                 }
             }
         }
     }
-    for r in 0..R {
-        acc[r][d0..d0 + L].copy_from_slice(&a[r]);
+    for (acc_r, ar) in acc.iter_mut().zip(&a) {
+        acc_r[d0..d0 + L].copy_from_slice(ar);
     }
 }
 
@@ -556,13 +556,13 @@ pub fn exp2c_rows<const R: usize, const K: usize>(
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `supported()` checked the features the function enables.
         SimdPath::Avx512 if path.supported() => unsafe {
-            for r in 0..R {
-                exp2c_avx512(s[r], m[r], &mut out[r]);
+            for ((s_r, m_r), out_r) in s.iter().zip(m).zip(out.iter_mut()) {
+                exp2c_avx512(s_r, m_r, out_r);
             }
         },
         _ => {
-            for r in 0..R {
-                exp2c_shifted(path, s[r], m[r], &mut out[r]);
+            for ((s_r, m_r), out_r) in s.iter().zip(m).zip(out.iter_mut()) {
+                exp2c_shifted(path, s_r, m_r, out_r);
             }
         }
     }

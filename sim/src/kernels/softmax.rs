@@ -196,7 +196,7 @@ impl RowState {
         value: impl Fn(usize) -> &'a [f32],
         p_dtype: DType,
     ) {
-        online_softmax_step([self], [scores], &value, p_dtype);
+        online_softmax_step([self], [scores], &value, p_dtype, &mut PBuffers::new());
     }
 
     /// [`RowState::update`] for every row of `rows` against the same tile of
@@ -213,16 +213,19 @@ impl RowState {
         let s_row = |r: usize| &scores[r * stride..][..n];
         let mut blocks = rows.chunks_exact_mut(ROW_BLOCK);
         let mut r0 = 0;
+        // One set of P buffers for every block (not zeroed per block).
+        let mut p_block = PBuffers::<ROW_BLOCK>::new();
         for block in &mut blocks {
             let mut it = block.iter_mut();
             let states: [&mut RowState; ROW_BLOCK] =
                 std::array::from_fn(|_| it.next().expect("ROW_BLOCK rows"));
             let s = std::array::from_fn(|r| s_row(r0 + r));
-            online_softmax_step(states, s, &value, p_dtype);
+            online_softmax_step(states, s, &value, p_dtype, &mut p_block);
             r0 += ROW_BLOCK;
         }
+        let mut p_row = PBuffers::<1>::new();
         for state in blocks.into_remainder() {
-            online_softmax_step([state], [s_row(r0)], &value, p_dtype);
+            online_softmax_step([state], [s_row(r0)], &value, p_dtype, &mut p_row);
             r0 += 1;
         }
     }
@@ -258,6 +261,7 @@ fn online_softmax_step<'a, const R: usize>(
     s: [&[f32]; R],
     value: &impl Fn(usize) -> &'a [f32],
     p_dtype: DType,
+    buf: &mut PBuffers<R>,
 ) {
     let m_i: [f32; R] = std::array::from_fn(|r| rows[r].m);
     // m_new = max(m_i, rowmax(S_ij))
@@ -273,7 +277,7 @@ fn online_softmax_step<'a, const R: usize>(
             simd::scale(o, a);
         }
         // P_ij = exp2c(S_ij - m_ref); O_i += round(P_ij) V_j; rowsum(P_ij)
-        exp_pv_rowsum(&mut o_i, s, m_ref, value, p_dtype)
+        exp_pv_rowsum(&mut o_i, s, m_ref, value, p_dtype, buf)
     };
     for (r, row) in rows.iter_mut().enumerate() {
         // l_i = fma(l_i, alpha, rowsum(P_ij))
@@ -296,22 +300,39 @@ fn exp_pv_rowsum<'a, const R: usize>(
     m_ref: [f32; R],
     value: &impl Fn(usize) -> &'a [f32],
     p_dtype: DType,
+    buf: &mut PBuffers<R>,
 ) -> [f32; R] {
     let path = SimdPath::active();
     let n = s[0].len();
     let mut rowsum = [0.0f32; R];
-    let mut p = [[0.0f32; PV_KEYS]; R];
-    let mut p_rounded = [[0.0f32; PV_KEYS]; R];
+    let PBuffers { p, p_rounded } = buf;
     for j0 in (0..n).step_by(PV_KEYS) {
         let len = PV_KEYS.min(n - j0);
-        simd::exp2c_rows(path, s.map(|s| &s[j0..j0 + len]), m_ref, &mut p);
-        for r in 0..R {
-            simd::round_into(p_dtype, &p[r][..len], &mut p_rounded[r][..len]);
+        simd::exp2c_rows(path, s.map(|s| &s[j0..j0 + len]), m_ref, p);
+        for (p_r, rounded) in p.iter().zip(p_rounded.iter_mut()) {
+            simd::round_into(p_dtype, &p_r[..len], &mut rounded[..len]);
         }
-        rowsum = simd::row_sums(rowsum, &p, len);
-        simd::pv_rows(path, o_i, &p_rounded, &p, len, |k| value(j0 + k));
+        rowsum = simd::row_sums(rowsum, p, len);
+        simd::pv_rows(path, o_i, p_rounded, p, len, |k| value(j0 + k));
     }
     rowsum
+}
+
+/// A row block's P for one pass of [`PV_KEYS`] keys: unrounded (the row
+/// sums, the skips) and rounded to the P dtype (the PV product). Only the
+/// pass's first `len` keys are read, each after it was written.
+struct PBuffers<const R: usize> {
+    p: [[f32; PV_KEYS]; R],
+    p_rounded: [[f32; PV_KEYS]; R],
+}
+
+impl<const R: usize> PBuffers<R> {
+    fn new() -> Self {
+        PBuffers {
+            p: [[0.0; PV_KEYS]; R],
+            p_rounded: [[0.0; PV_KEYS]; R],
+        }
+    }
 }
 
 /// An attention result with its log-sum-exp: what `flash_attn_varlen_func(...,
