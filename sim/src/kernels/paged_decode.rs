@@ -186,11 +186,7 @@ pub fn paged_attention_2d(
                 .map(|h| RowState::new(d, cfg.sinks.as_ref().map(|s| s[h])))
                 .collect();
             let mut tile = KvTile::new(tile_size, d);
-            let (mut locs, mut dots, mut scores) = (
-                Vec::with_capacity(tile_size),
-                vec![0f32; qpk * tile_size],
-                vec![0f32; tile_size],
-            );
+            let (mut locs, mut dots) = (Vec::with_capacity(tile_size), vec![0f32; qpk * tile_size]);
             // The group's query heads share each K load (qk_rows).
             let qs: Vec<&[f32]> = heads
                 .clone()
@@ -213,22 +209,27 @@ pub fn paged_attention_2d(
                     tile.gather_paged_exact(cache, &dims, kvh, &locs);
                 }
                 tile.qk_rows(&qs, &mut dots, tile_size);
-                for ((h, state), dots) in heads
-                    .clone()
-                    .zip(&mut states)
-                    .zip(dots.chunks_exact(tile_size))
-                {
+                // S_ij in place over the dot products, then every head's step.
+                for (h, s) in heads.clone().zip(dots.chunks_exact_mut(tile_size)) {
                     let slope = cfg.alibi_slopes.as_ref().map(|s| s[h]);
                     for (j, t) in keys.clone().enumerate() {
                         let bias = slope.map_or(0.0, |sl| sl * (t as f32 - ctx as f32));
-                        scores[j] = if visible(t, ctx, true, cfg.sliding_window) {
-                            params.score(dots[j], bias)
+                        s[j] = if visible(t, ctx, true, cfg.sliding_window) {
+                            params.score(s[j], bias)
                         } else {
                             window_masked2 + bias * LOG2E
                         };
                     }
-                    state.update(&scores[..keys.len()], |j| tile.v_row(j), cfg.dtype);
                 }
+                let n = keys.len();
+                RowState::update_rows(
+                    &mut states,
+                    &dots,
+                    tile_size,
+                    n,
+                    |j| tile.v_row(j),
+                    cfg.dtype,
+                );
             }
             let mut data = Vec::with_capacity(qpk * d);
             for state in &states {

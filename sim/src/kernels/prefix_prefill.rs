@@ -200,10 +200,9 @@ fn program(
     };
     let tile_cap = v.ctx_tile.max(v.block_n);
     let mut tile = KvTile::new(tile_cap, d);
-    let (mut locs, mut dots, mut scores) = (
+    let (mut locs, mut dots) = (
         Vec::with_capacity(tile_cap),
         vec![0f32; rows.len() * tile_cap],
-        vec![0f32; tile_cap],
     );
     // Every row of the program against each K tile at once (qk_rows).
     let qs: Vec<&[f32]> = rows.clone().map(q_row).collect();
@@ -220,16 +219,14 @@ fn program(
                 tile.gather_paged_exact(cache, dims, kv_head, &locs);
             }
             tile.qk_rows(&qs, &mut dots, tile_cap);
-            for ((i, state), dots) in rows
-                .clone()
-                .zip(states.iter_mut())
-                .zip(dots.chunks_exact(tile_cap))
-            {
+            // S_ij in place over the dot products, then every row's step.
+            for (i, s) in rows.clone().zip(dots.chunks_exact_mut(tile_cap)) {
                 for (j, t) in keys.clone().enumerate() {
-                    scores[j] = score(dots[j], t, ctx + i, causal);
+                    s[j] = score(s[j], t, ctx + i, causal);
                 }
-                state.update(&scores[..keys.len()], |j| tile.v_row(j), cfg.dtype);
             }
+            let (n, tile) = (keys.len(), &*tile);
+            RowState::update_rows(states, &dots, tile_cap, n, |j| tile.v_row(j), cfg.dtype);
         };
     // (A) the cached context: no causal mask (every context key precedes every query).
     for s in (0..ctx).step_by(v.ctx_tile) {

@@ -181,8 +181,8 @@ unsafe fn dots_avx512(
     out: &mut [f32],
     out_stride: usize,
 ) {
-    // 4 rows x 32 keys: 8 zmm accumulators, 2 K loads and 4 broadcasts.
-    dots_body::<4, 32>(xs, w, stride, col, n, out, out_stride)
+    // 8 rows x 32 keys: 16 zmm accumulators, 2 K loads and 8 broadcasts.
+    dots_body::<8, 32>(xs, w, stride, col, n, out, out_stride)
 }
 
 /// Rows in groups of `R` (then 1), keys in blocks of `L` (then 8, then one
@@ -262,6 +262,8 @@ fn dots_block<const R: usize, const L: usize>(
     j: usize,
 ) {
     let d = xs[0].len();
+    // The rows in locals, cut to d (no reload or length check per step).
+    let xs: [&[f32]; R] = std::array::from_fn(|r| &xs[r][..d]);
     let mut a = [[0.0f32; L]; R];
     for i in 0..d {
         let wv: &[f32; L] = w[i * stride + col..i * stride + col + L]
@@ -372,6 +374,155 @@ fn pv_run<'a, const L: usize>(
     *run = a;
 }
 
+/// `acc[d] = acc[d] * alpha` for every d (independent lanes).
+#[inline]
+pub fn scale(acc: &mut [f32], alpha: f32) {
+    acc.iter_mut().for_each(|x| *x *= alpha);
+}
+
+/// `sums[r] = ((sums[r] + p[r][0]) + p[r][1]) + ... + p[r][len - 1]` for
+/// every row r: R independent chains, each in ascending j, interleaved so
+/// their adds overlap (one chain alone waits on every add's latency).
+#[inline(always)]
+pub fn row_sums<const R: usize, const K: usize>(
+    mut sums: [f32; R],
+    p: &[[f32; K]; R],
+    len: usize,
+) -> [f32; R] {
+    for j in 0..len {
+        for (sum, row) in sums.iter_mut().zip(p) {
+            *sum += row[j];
+        }
+    }
+    sums
+}
+
+/// For each of R rows: `acc[r][d] = fma(p[r][k], row(k)[d], acc[r][d])`
+/// for k ascending over `k < len`, skipping every k with `keep[r][k] ==
+/// 0` (the row's own skip: its unrounded P). Each (row, d) is one chain;
+/// a run of d lanes of all R rows stays in registers across the keys, so
+/// each load of V row k serves R rows.
+#[inline]
+pub fn pv_rows<'a, const R: usize, const K: usize>(
+    path: SimdPath,
+    acc: &mut [&mut [f32]; R],
+    p: &[[f32; K]; R],
+    keep: &[[f32; K]; R],
+    len: usize,
+    row: impl Fn(usize) -> &'a [f32],
+) {
+    match path {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `supported()` checked the features the function enables.
+        SimdPath::Avx512 if path.supported() => unsafe { pv_rows_avx512(acc, p, keep, len, row) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        SimdPath::Avx2 if path.supported() => unsafe { pv_rows_avx2(acc, p, keep, len, row) },
+        _ => pv_rows_body::<R, K, 8>(acc, p, keep, len, &row),
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn pv_rows_avx2<'a, const R: usize, const K: usize>(
+    acc: &mut [&mut [f32]; R],
+    p: &[[f32; K]; R],
+    keep: &[[f32; K]; R],
+    len: usize,
+    row: impl Fn(usize) -> &'a [f32],
+) {
+    // 8 ymm accumulators: 4 rows x 16 lanes, or 1 row x 64.
+    if R >= 4 {
+        pv_rows_body::<R, K, 16>(acc, p, keep, len, &row)
+    } else {
+        pv_rows_body::<R, K, 64>(acc, p, keep, len, &row)
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+unsafe fn pv_rows_avx512<'a, const R: usize, const K: usize>(
+    acc: &mut [&mut [f32]; R],
+    p: &[[f32; K]; R],
+    keep: &[[f32; K]; R],
+    len: usize,
+    row: impl Fn(usize) -> &'a [f32],
+) {
+    // 16 zmm accumulators: 4 rows x 64 lanes; one row: 8 x 16 lanes.
+    if R >= 4 {
+        pv_rows_body::<R, K, 64>(acc, p, keep, len, &row)
+    } else {
+        pv_rows_body::<R, K, 128>(acc, p, keep, len, &row)
+    }
+}
+
+/// Lane runs of `L` (then 8, then 1) over the accumulators' d.
+#[inline(always)]
+fn pv_rows_body<'a, const R: usize, const K: usize, const L: usize>(
+    acc: &mut [&mut [f32]; R],
+    p: &[[f32; K]; R],
+    keep: &[[f32; K]; R],
+    len: usize,
+    row: &impl Fn(usize) -> &'a [f32],
+) {
+    let d = acc.iter().map(|a| a.len()).min().unwrap_or(0);
+    // Most tiles skip no key (no mask, no underflow): then no lane needs
+    // the per-key test.
+    let skips = keep.iter().any(|k| k[..len].contains(&0.0));
+    let mut d0 = 0;
+    while d0 + L <= d {
+        pv_rows_run::<R, K, L>(acc, d0, p, keep, len, row, skips);
+        d0 += L;
+    }
+    while d0 + 8 <= d {
+        pv_rows_run::<R, K, 8>(acc, d0, p, keep, len, row, skips);
+        d0 += 8;
+    }
+    while d0 < d {
+        pv_rows_run::<R, K, 1>(acc, d0, p, keep, len, row, skips);
+        d0 += 1;
+    }
+}
+
+/// One run of `L` lanes of every row: the accumulators in registers, one
+/// load of each V row's lanes for all R rows. A skipped key leaves the
+/// lane as it is (`select`, not a branch, so the V lanes stay shared).
+#[inline(always)]
+fn pv_rows_run<'a, const R: usize, const K: usize, const L: usize>(
+    acc: &mut [&mut [f32]; R],
+    d0: usize,
+    p: &[[f32; K]; R],
+    keep: &[[f32; K]; R],
+    len: usize,
+    row: &impl Fn(usize) -> &'a [f32],
+    skips: bool,
+) {
+    let mut a: [[f32; L]; R] =
+        std::array::from_fn(|r| acc[r][d0..d0 + L].try_into().expect("L lanes"));
+    for k in 0..len {
+        let v: [f32; L] = row(k)[d0..d0 + L]
+            .try_into()
+            .expect("V row shorter than acc");
+        for ((ar, p_row), keep_row) in a.iter_mut().zip(p).zip(keep) {
+            let pr = p_row[k];
+            if skips {
+                let kept = keep_row[k] != 0.0;
+                for (x, &vd) in ar.iter_mut().zip(&v) {
+                    let f = pr.mul_add(vd, *x);
+                    *x = if kept { f } else { *x };
+                }
+            } else {
+                for (x, &vd) in ar.iter_mut().zip(&v) {
+                    *x = pr.mul_add(vd, *x);
+                }
+            }
+        }
+    }
+    for (acc_r, ar) in acc.iter_mut().zip(&a) {
+        acc_r[d0..d0 + L].copy_from_slice(ar);
+    }
+}
+
 // ---------------------------------------------------------------- exp2c
 
 /// `out[j] = exp2c(s[j] - m)` for every j (`out.len() >= s.len()`).
@@ -387,6 +538,31 @@ pub fn exp2c_shifted(path: SimdPath, s: &[f32], m: f32, out: &mut [f32]) {
         _ => {
             for (o, &x) in out.iter_mut().zip(s) {
                 *o = exp2c(x - m);
+            }
+        }
+    }
+}
+
+/// `out[r][j] = exp2c(s[r][j] - m[r])` for every row r and `j <
+/// s[r].len()` (at most K): [`exp2c_shifted`] of R rows in one call.
+#[inline]
+pub fn exp2c_rows<const R: usize, const K: usize>(
+    path: SimdPath,
+    s: [&[f32]; R],
+    m: [f32; R],
+    out: &mut [[f32; K]; R],
+) {
+    match path {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `supported()` checked the features the function enables.
+        SimdPath::Avx512 if path.supported() => unsafe {
+            for ((s_r, m_r), out_r) in s.iter().zip(m).zip(out.iter_mut()) {
+                exp2c_avx512(s_r, m_r, out_r);
+            }
+        },
+        _ => {
+            for ((s_r, m_r), out_r) in s.iter().zip(m).zip(out.iter_mut()) {
+                exp2c_shifted(path, s_r, m_r, out_r);
             }
         }
     }
@@ -593,6 +769,16 @@ pub fn fold_max(xs: &[f32]) -> f32 {
 
 // ---------------------------------------------------------------- rounding
 
+/// `dst[i] = dtype.round(src[i])` for every i ([`round_slice`] into
+/// another buffer; `dst.len() == src.len()`).
+#[inline]
+pub fn round_into(dtype: DType, src: &[f32], dst: &mut [f32]) {
+    for (d, &x) in dst.iter_mut().zip(src) {
+        *d = x;
+    }
+    round_slice(dtype, dst);
+}
+
 /// `xs[i] = dtype.round(xs[i])` for every i. bf16 rounds to nearest even in
 /// plain integer arithmetic (the same bits as `half::bf16::from_f32` for
 /// every non-NaN value: `(x + 0x7fff + lsb) & 0xffff0000`, a carry into the
@@ -734,6 +920,65 @@ mod tests {
         let want: Vec<u32> = xs.iter().map(|&x| DType::Bf16.round(x).to_bits()).collect();
         round_slice(DType::Bf16, &mut xs);
         assert_eq!(bits(&xs), want);
+    }
+
+    #[test]
+    fn pv_rows_is_every_rows_own_chain_with_its_own_skips_on_every_path() {
+        const K: usize = 64;
+        let (d, keys) = (67, 45); // d not a multiple of any lane run
+                                  // V rows with an inf and a NaN, so a key wrongly not skipped shows.
+        let mut v: Vec<f32> = (0..keys * d).map(|i| (i as f32 * 0.051).cos()).collect();
+        v[3 * d + 5] = f32::INFINITY;
+        v[7 * d + 60] = f32::NAN;
+        for skipping in [false, true] {
+            let mut keep = [[0.0f32; K]; 4];
+            let mut p = [[0.0f32; K]; 4];
+            for r in 0..4 {
+                for k in 0..keys {
+                    let raw = ((k * 3 + r) as f32 * 0.7).sin().abs() + 0.01;
+                    // Row r skips keys 3 and 7 (and r's own ones) when skipping.
+                    let skip = skipping && (k == 3 || k == 7 || (k + r) % 5 == 0);
+                    keep[r][k] = if skip { 0.0 } else { raw };
+                    p[r][k] = DType::Bf16.round(keep[r][k]);
+                }
+            }
+            let init: Vec<Vec<f32>> = (0..4)
+                .map(|r| (0..d).map(|i| (i + r) as f32 * -0.01).collect())
+                .collect();
+            let mut want = init.clone();
+            for (r, w) in want.iter_mut().enumerate() {
+                for k in (0..keys).filter(|&k| keep[r][k] != 0.0) {
+                    for (i, x) in w.iter_mut().enumerate() {
+                        *x = p[r][k].mul_add(v[k * d + i], *x);
+                    }
+                }
+            }
+            for path in SimdPath::available() {
+                let mut got = init.clone();
+                let mut it = got.iter_mut();
+                let mut acc: [&mut [f32]; 4] =
+                    std::array::from_fn(|_| it.next().unwrap().as_mut_slice());
+                pv_rows(path, &mut acc, &p, &keep, keys, |k| &v[k * d..(k + 1) * d]);
+                for r in 0..4 {
+                    assert_eq!(bits(&got[r]), bits(&want[r]), "{} row {r}", path.name());
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn row_sums_are_each_rows_ascending_chain() {
+        let mut p = [[0.0f32; 16]; 3];
+        for (r, row) in p.iter_mut().enumerate() {
+            for (j, x) in row.iter_mut().enumerate() {
+                *x = 1.0 / (1 + j * 7 + r) as f32;
+            }
+        }
+        let sums = row_sums([0.0, 0.5, 1e-8], &p, 13);
+        for (r, &start) in [0.0f32, 0.5, 1e-8].iter().enumerate() {
+            let chain = p[r][..13].iter().fold(start, |a, &x| a + x);
+            assert_eq!(sums[r].to_bits(), chain.to_bits(), "row {r}");
+        }
     }
 
     #[test]

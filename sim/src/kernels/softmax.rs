@@ -3,23 +3,30 @@
 //! One definition each, used by unified attention, prefix prefill, paged
 //! decode, flash varlen and MLA alike, and mirrored by `kernels/portable.h`.
 //!
-//! Online softmax over KV tiles, per query row (numerics.md §4), base 2:
+//! Online softmax over KV tiles, per query row i (numerics.md §4), in the
+//! notation of FlashAttention-2 (Algorithm 1) and vLLM's Triton kernels, base 2.
+//! `RowState { m, l, acc }` holds `(m_i, l_i, O_i)`:
 //! ```text
-//! m = -inf (or the sink logit * LOG2E), l = 0 (or 1 with a sink), acc = 0
-//! for each KV tile, ascending:
-//!     s_j       = score(q, k_j)                    // base-2 scaled, -inf if masked
-//!     m_new     = max(m, max_j s_j)
-//!     m_ref     = m_new if m_new > -inf else 0     // all-masked-so-far guard
-//!     alpha     = exp2c(m - m_ref)
-//!     p_j       = exp2c(s_j - m_ref)
-//!     tile_sum  = ((p_0 + p_1) + p_2) + ...        // f32, ascending j, unrounded p
-//!     l         = fma(l, alpha, tile_sum)
-//!     acc[d]    = acc[d] * alpha
-//!     acc[d]    = fma(round_v(p_j), v_j[d], acc[d])  // j ascending; p_j == 0 skipped,
-//!                                                    // so masked keys never touch acc
-//!     m         = m_new
-//! out[d] = acc[d] / l  (0 when l == 0), lse2 = m + log2c(l) (-inf when l == 0)
+//! m_i = -inf (or the sink logit * LOG2E), l_i = 0 (or 1 with a sink), O_i = 0
+//! for each KV tile j, ascending:
+//!     S_ij  = score(q_i, k_j)                        // base-2 scaled, -inf if masked
+//!     m_new = max(m_i, rowmax(S_ij))
+//!     m_ref = m_new > -inf ? m_new : 0              // a row that has seen no key yet
+//!     alpha = exp2c(m_i - m_ref)
+//!     P_ij  = exp2c(S_ij - m_ref)
+//!     l_i   = fma(l_i, alpha, rowsum(P_ij))          // rowsum: ((P_0 + P_1) + P_2) + ...,
+//!                                                    // f32 from 0, ascending j, unrounded P
+//!     O_i   = O_i * alpha + round(P_ij) V_j          // per d one fma chain, ascending j;
+//!                                                    // P_ij == 0 skipped: a masked key
+//!                                                    // never touches O_i
+//!     m_i   = m_new
+//! out_i = O_i / l_i (0 when l_i == 0), lse2_i = m_i + log2c(l_i) (-inf when l_i == 0)
 //! ```
+//! [`RowState::update`] is those seven lines for one row;
+//! [`RowState::update_rows`] runs them for several rows against the same
+//! tile (every row its own step; rows share each V load, as a GPU program's
+//! rows share the tile in shared memory). How the CPU runs them fast
+//! (lanes, register blocks, SIMD paths) lives in `simd.rs`, beside them.
 
 use super::simd::{self, SimdPath};
 use crate::numerics::{exp2c, log2c, softcap_with, DType, SoftcapFormula, LN2, LOG2E};
@@ -98,25 +105,13 @@ pub fn visible(t: usize, p: usize, causal: bool, window: Option<usize>) -> bool 
     }
 }
 
-/// Keys whose P a [`RowState::update`] pass collects before the PV fmas
-/// (at most `u16::MAX`: offsets are kept as u16).
+/// Keys whose P one pass of the step holds at a time (the size of its
+/// stack buffers; a longer tile runs in passes of this many keys, ascending).
 pub const PV_KEYS: usize = 128;
-/// Accumulator lanes the PV loop keeps in registers (4 AVX2 vectors).
+/// Accumulator lanes the one-row PV loop keeps in registers (4 AVX2 vectors).
 pub const PV_LANES: usize = 32;
-
-/// `acc[d] = acc[d] * alpha` (when given), then `acc[d] = fma(p[k],
-/// row(k)[d], acc[d])` for k ascending, run by run of lanes (at least
-/// [`PV_LANES`]) so each run's accumulators stay in registers across the
-/// keys ([`simd::pv_accumulate`]).
-#[inline]
-fn pv_accumulate<'a>(
-    acc: &mut [f32],
-    alpha: Option<f32>,
-    p: &[f32],
-    row: impl Fn(usize) -> &'a [f32],
-) {
-    simd::pv_accumulate(SimdPath::active(), acc, alpha, p, row)
-}
+/// Rows [`RowState::update_rows`] steps together (they share each V load).
+pub const ROW_BLOCK: usize = 4;
 
 /// Keys per register block of [`lane_dots`] (4 AVX2 vectors).
 pub const QK_LANES: usize = 32;
@@ -190,15 +185,10 @@ impl RowState {
         }
     }
 
-    /// One KV tile. `scores[j]` are base-2 scores (-inf where masked);
-    /// `value(j)` gives V row j (already dequantized, at least `acc.len()`
-    /// long); P is rounded to `p_dtype` (the V dtype) before the PV product.
-    ///
-    /// Layout of the work (bit-neutral, every lane keeps the order of the
-    /// module doc): P is computed for up to [`PV_KEYS`] keys at a time and
-    /// the keys with `p != 0` are listed; then each run of [`PV_LANES`]
-    /// accumulator lanes stays in registers while it is scaled by alpha
-    /// (first run of keys only) and takes those keys' fmas in ascending j.
+    /// The online-softmax step of this row against one KV tile (the module
+    /// doc's seven lines). `scores[j]` are `S_ij`, base 2, -inf where masked;
+    /// `value(j)` is `V_j` (already dequantized, at least `acc.len()` long);
+    /// P is rounded to `p_dtype` (the V dtype) before the PV product.
     #[inline]
     pub fn update<'a>(
         &mut self,
@@ -206,46 +196,38 @@ impl RowState {
         value: impl Fn(usize) -> &'a [f32],
         p_dtype: DType,
     ) {
-        // The fold `scores.iter().fold(-inf, f32::max)`, bit for bit.
-        let tile_max = simd::fold_max(scores);
-        let m_new = self.m.max(tile_max);
-        let m_ref = if m_new > f32::NEG_INFINITY {
-            m_new
-        } else {
-            0.0
-        };
-        let alpha = exp2c(self.m - m_ref);
-        let mut tile_sum = 0.0f32;
-        // The contributing keys of a chunk: offsets from j0 and rounded P.
-        let (mut js, mut ps) = ([0u16; PV_KEYS], [0.0f32; PV_KEYS]);
-        let mut pbuf = [0.0f32; PV_KEYS];
-        let path = SimdPath::active();
-        let mut first = true;
-        let mut j0 = 0;
-        loop {
-            let chunk = &scores[j0..(j0 + PV_KEYS).min(scores.len())];
-            simd::exp2c_shifted(path, chunk, m_ref, &mut pbuf);
-            // p = exp2c(s_j - m_ref), summed in ascending j (one chain, kept
-            // in a register: no call inside this loop).
-            for &p in &pbuf[..chunk.len()] {
-                tile_sum += p;
-            }
-            let mut n = 0;
-            for (j, &p) in pbuf[..chunk.len()].iter().enumerate() {
-                (js[n], ps[n]) = (j as u16, p);
-                n += usize::from(p != 0.0);
-            }
-            simd::round_slice(p_dtype, &mut ps[..n]);
-            let row = |k: usize| value(j0 + js[k] as usize);
-            pv_accumulate(&mut self.acc, first.then_some(alpha), &ps[..n], row);
-            first = false;
-            j0 += PV_KEYS;
-            if j0 >= scores.len() {
-                break;
-            }
+        online_softmax_step([self], [scores], &value, p_dtype, &mut PBuffers::new());
+    }
+
+    /// [`RowState::update`] for every row of `rows` against the same tile of
+    /// `n` keys: row r's scores are `scores[r * stride..][..n]`. Bit for bit
+    /// the rows' own `update`s: the rows only share the loads of V.
+    pub fn update_rows<'a>(
+        rows: &mut [RowState],
+        scores: &[f32],
+        stride: usize,
+        n: usize,
+        value: impl Fn(usize) -> &'a [f32],
+        p_dtype: DType,
+    ) {
+        let s_row = |r: usize| &scores[r * stride..][..n];
+        let mut blocks = rows.chunks_exact_mut(ROW_BLOCK);
+        let mut r0 = 0;
+        // One set of P buffers for every block (not zeroed per block).
+        let mut p_block = PBuffers::<ROW_BLOCK>::new();
+        for block in &mut blocks {
+            let mut it = block.iter_mut();
+            let states: [&mut RowState; ROW_BLOCK] =
+                std::array::from_fn(|_| it.next().expect("ROW_BLOCK rows"));
+            let s = std::array::from_fn(|r| s_row(r0 + r));
+            online_softmax_step(states, s, &value, p_dtype, &mut p_block);
+            r0 += ROW_BLOCK;
         }
-        self.l = self.l.mul_add(alpha, tile_sum);
-        self.m = m_new;
+        let mut p_row = PBuffers::<1>::new();
+        for state in blocks.into_remainder() {
+            online_softmax_step([state], [s_row(r0)], &value, p_dtype, &mut p_row);
+            r0 += 1;
+        }
     }
 
     /// `acc / l` (0 for an empty row), not yet rounded to the output dtype.
@@ -268,6 +250,88 @@ impl RowState {
     /// `lse2 * LN2`, one multiply (numerics.md §3); -inf when empty.
     pub fn lse(&self) -> f32 {
         self.lse2() * LN2
+    }
+}
+
+/// The online-softmax step (module doc) of `R` rows against one KV tile,
+/// line for line; every row runs its own step.
+#[inline(always)]
+fn online_softmax_step<'a, const R: usize>(
+    mut rows: [&mut RowState; R],
+    s: [&[f32]; R],
+    value: &impl Fn(usize) -> &'a [f32],
+    p_dtype: DType,
+    buf: &mut PBuffers<R>,
+) {
+    let m_i: [f32; R] = std::array::from_fn(|r| rows[r].m);
+    // m_new = max(m_i, rowmax(S_ij))
+    let m_new: [f32; R] = std::array::from_fn(|r| m_i[r].max(simd::fold_max(s[r])));
+    // m_ref = m_new > -inf ? m_new : 0
+    let m_ref = m_new.map(|m| if m > f32::NEG_INFINITY { m } else { 0.0 });
+    // alpha = exp2c(m_i - m_ref)
+    let alpha: [f32; R] = std::array::from_fn(|r| exp2c(m_i[r] - m_ref[r]));
+    let rowsum = {
+        let mut o_i = rows.each_mut().map(|row| row.acc.as_mut_slice());
+        // O_i = O_i * alpha
+        for (o, a) in o_i.iter_mut().zip(alpha) {
+            simd::scale(o, a);
+        }
+        // P_ij = exp2c(S_ij - m_ref); O_i += round(P_ij) V_j; rowsum(P_ij)
+        exp_pv_rowsum(&mut o_i, s, m_ref, value, p_dtype, buf)
+    };
+    for (r, row) in rows.iter_mut().enumerate() {
+        // l_i = fma(l_i, alpha, rowsum(P_ij))
+        row.l = row.l.mul_add(alpha[r], rowsum[r]);
+        // m_i = m_new
+        row.m = m_new[r];
+    }
+}
+
+/// The step's middle lines for `R` rows: `P_ij = exp2c(S_ij - m_ref)`,
+/// `O_i += round(P_ij) V_j` (keys with `P_ij == 0` skipped) and
+/// `rowsum(P_ij)` (one f32 chain per row from 0, ascending j, unrounded P),
+/// in passes of [`PV_KEYS`] keys so P lives in stack buffers. The rows'
+/// independent chains run side by side: the sums interleaved
+/// ([`simd::row_sums`]), the PV fmas sharing each V load ([`simd::pv_rows`]).
+#[inline(always)]
+fn exp_pv_rowsum<'a, const R: usize>(
+    o_i: &mut [&mut [f32]; R],
+    s: [&[f32]; R],
+    m_ref: [f32; R],
+    value: &impl Fn(usize) -> &'a [f32],
+    p_dtype: DType,
+    buf: &mut PBuffers<R>,
+) -> [f32; R] {
+    let path = SimdPath::active();
+    let n = s[0].len();
+    let mut rowsum = [0.0f32; R];
+    let PBuffers { p, p_rounded } = buf;
+    for j0 in (0..n).step_by(PV_KEYS) {
+        let len = PV_KEYS.min(n - j0);
+        simd::exp2c_rows(path, s.map(|s| &s[j0..j0 + len]), m_ref, p);
+        for (p_r, rounded) in p.iter().zip(p_rounded.iter_mut()) {
+            simd::round_into(p_dtype, &p_r[..len], &mut rounded[..len]);
+        }
+        rowsum = simd::row_sums(rowsum, p, len);
+        simd::pv_rows(path, o_i, p_rounded, p, len, |k| value(j0 + k));
+    }
+    rowsum
+}
+
+/// A row block's P for one pass of [`PV_KEYS`] keys: unrounded (the row
+/// sums, the skips) and rounded to the P dtype (the PV product). Only the
+/// pass's first `len` keys are read, each after it was written.
+struct PBuffers<const R: usize> {
+    p: [[f32; PV_KEYS]; R],
+    p_rounded: [[f32; PV_KEYS]; R],
+}
+
+impl<const R: usize> PBuffers<R> {
+    fn new() -> Self {
+        PBuffers {
+            p: [[0.0; PV_KEYS]; R],
+            p_rounded: [[0.0; PV_KEYS]; R],
+        }
     }
 }
 

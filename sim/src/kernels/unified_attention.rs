@@ -726,10 +726,13 @@ impl TileBounds {
     }
 }
 
-/// q-blocks of one request the emulator runs together, so one gathered K/V
-/// tile serves up to `Q_BLOCKS_PER_UNIT * BLOCK_M` rows (bit-neutral: see
-/// `Kernel::run`).
-pub const Q_BLOCKS_PER_UNIT: usize = 8;
+/// q-blocks of one request the emulator runs together, at most, so one
+/// gathered K/V tile serves all their rows (bit-neutral: see
+/// `Kernel::run`); fewer when their rows would exceed [`ROWS_PER_UNIT`].
+pub const Q_BLOCKS_PER_UNIT: usize = 32;
+/// Rows (`q-blocks * BLOCK_M`) of one unit, at most (at least one q-block):
+/// a unit's row states, queries and scores stay within the core's L2.
+pub const ROWS_PER_UNIT: usize = 512;
 
 /// Consecutive programs `(g, kv_head, segment)` of one request.
 #[derive(Debug, Clone)]
@@ -754,6 +757,9 @@ struct RowPlan {
     hi: usize,
     max_prefix: usize,
     qabs: usize,
+    /// The request's cached tokens (the ALiBi origin) and total length.
+    ctx: usize,
+    seq_len: usize,
     /// Tiles this row's program runs without a mask; only with
     /// [`Fault::SplitUnmaskedUnion`] (the correct, intersected range needs
     /// no mask, so it is not represented).
@@ -833,6 +839,8 @@ impl<'a> Kernel<'a> {
     fn units(&self, num_segments: usize, q_blocks_per_unit: usize) -> Vec<Unit> {
         let meta = self.meta;
         let bq = self.launch.block_q;
+        let q_blocks_per_unit =
+            q_blocks_per_unit.min((ROWS_PER_UNIT / self.launch.block_m.max(1)).max(1));
         let mut blocks: Vec<(usize, usize)> = vec![]; // (seq, qblk) of every working program, g ascending
         for g in 0..self.launch.total_q_blocks(meta) {
             let seq = find_seq_idx(&meta.query_start_loc, meta.num_reqs(), bq, g);
@@ -865,30 +873,81 @@ impl<'a> Kernel<'a> {
         units
     }
 
-    /// Runs the programs of one unit at once; `None` when they exit early
-    /// (no store). Each row keeps
-    /// its own program's tile range `[lo, hi)` and key limit `max_prefix`,
-    /// and sees exactly the tiles, keys and operation order it would alone;
-    /// only the K/V gather of a tile is shared by the rows that visit it.
+    /// The programs of one unit, run at once (the module doc's program,
+    /// as `kernels/unified_attention.hip` spells it); `None` when they exit
+    /// early (no store). Each row keeps its own program's tile range and
+    /// key limit and sees exactly the tiles, keys and operation order it
+    /// would alone; only the K/V load of a tile is shared by the rows that
+    /// visit it.
     fn run(&self, u: &Unit) -> Option<UnitRows> {
-        let (meta, cfg, launch) = (self.meta, self.cfg, self.launch);
-        let (bq, tile) = (launch.block_q, launch.tile_size);
-        let (qpk, d, hq) = (cfg.queries_per_kv(), cfg.head_size, cfg.num_heads);
-        let seq = u.seq;
-        let q_start = meta.query_start_loc[seq] as usize;
-        let (q_len, seq_len) = (meta.query_len(seq), meta.seq_len(seq));
+        let (tile, d) = (self.launch.tile_size, self.cfg.head_size);
+        let Programs { rows, plans } = self.programs(u)?;
+        // m_i = sink * LOG2E (segment 0 only) or -inf; l_i = 1 with a sink, else 0; O_i = 0
+        let mut state: Vec<RowState> = rows
+            .iter()
+            .map(|r| RowState::new(d, self.sink(u, r.head)))
+            .collect();
+        let mut buf = TileBuffers::new(tile, d, rows.len());
+        let tiles = plans.iter().map(|p| p.lo).min().unwrap_or(0)
+            ..plans.iter().map(|p| p.hi).max().unwrap_or(0);
+        for j in tiles {
+            // The rows whose program visits tile j (consecutive rows), and
+            // the tile's keys t0 .. min((j + 1) * TILE, max_prefix).
+            let Some((active, keys)) = tile_rows(&plans, j, tile) else {
+                continue;
+            };
+            // K_j, V_j through the block table, as the kernel loads them.
+            self.load_kv(u, keys.clone(), &mut buf);
+            // A) S_ij = score(q_i . k_j), -inf where masked.
+            self.scores(
+                &rows[active.clone()],
+                &plans[active.clone()],
+                j,
+                keys.start,
+                &mut buf,
+            );
+            // B), C) the online-softmax step of every visiting row.
+            let (kv, s) = (&buf.kv, &buf.s);
+            let q_dtype = self.cfg.dtype;
+            RowState::update_rows(
+                &mut state[active.clone()],
+                s,
+                tile,
+                keys.len(),
+                |jj| kv.v_row(jj),
+                q_dtype,
+            );
+            // AITER and the seed era's softmax_step keep a guarded max.
+            let masked = self.launch.masked_row_max();
+            state[active]
+                .iter_mut()
+                .for_each(|row| row.m = masked.apply(row.m));
+        }
+        Some(UnitRows {
+            segment: u.segment,
+            rows,
+            states: state,
+        })
+    }
+
+    /// The rows of a unit's programs and their bounds: per program `qblk`,
+    /// `compute_tile_loop_bounds` within the segment, then its rows `m <
+    /// BLOCK_Q * qpk` (token `qblk * BLOCK_Q + m / qpk`, head `kvh * qpk + m
+    /// % qpk`) whose token is inside the request. `None` when the segment
+    /// starts past the sequence (no scratch write).
+    fn programs(&self, u: &Unit) -> Option<Programs> {
+        let (meta, launch) = (self.meta, self.launch);
+        let (bq, tile, qpk) = (launch.block_q, launch.tile_size, self.cfg.queries_per_kv());
+        let q_start = meta.query_start_loc[u.seq] as usize;
+        let (q_len, seq_len) = (meta.query_len(u.seq), meta.seq_len(u.seq));
         let ctx = seq_len - q_len;
         // Segment s of S covers tiles [s * tps, (s + 1) * tps); 2D is S = 1,
         // whose one segment spans every tile.
         let tps = seq_len.div_ceil(u.num_segments * tile);
         if u.segment * tps * tile >= seq_len {
-            return None; // no scratch write for this segment
+            return None;
         }
-
-        // Per program: its tile range within the segment, then its owned rows
-        // (m < BLOCK_Q * qpk) whose token is inside the request.
-        let mut rows = vec![];
-        let mut plans = vec![];
+        let (mut rows, mut plans) = (vec![], vec![]);
         for qblk in u.q_blocks.clone() {
             let b = TileBounds::new(launch, qpk, qblk, q_len, seq_len, meta.causal, self.window);
             let lo = (u.segment * tps).max(b.tile_start);
@@ -906,32 +965,44 @@ impl<'a> Kernel<'a> {
                         hi,
                         max_prefix: b.max_prefix,
                         qabs: ctx + q_local,
+                        ctx,
+                        seq_len,
                         unmasked,
                     });
                 }
             }
         }
-        let sink = |head: usize| {
-            if u.segment == 0 {
-                cfg.sinks.as_ref().map(|s| s[head])
-            } else {
-                None
-            }
-        };
-        let mut states: Vec<RowState> = rows
-            .iter()
-            .map(|r| RowState::new(d, sink(r.head)))
-            .collect();
+        Some(Programs { rows, plans })
+    }
 
-        let (q_dtype, kv_dtype, flavor) = (cfg.dtype, cfg.kv_dtype, launch.flavor);
-        let masked = launch.masked_row_max();
-        let (k_scale, v_scale) = (cfg.k_scale, cfg.v_scale);
-        // K/V as the kernel loads them (see the module doc); the identity when
-        // the cache already holds Q-dtype values (fp8 is exact in f16/bf16).
+    /// The sink logit a row starts from: only segment 0 counts it.
+    fn sink(&self, u: &Unit, head: usize) -> Option<f32> {
+        match u.segment {
+            0 => self.cfg.sinks.as_ref().map(|s| s[head]),
+            _ => None,
+        }
+    }
+
+    /// Loads keys `keys` of request `u.seq`, kv head `u.kv_head`, into
+    /// `buf.kv` (K transposed, V by rows) as the kernel loads them (module
+    /// doc): vLLM dequantizes fp8 (`* scale` in f32) and casts to the Q
+    /// dtype; AITER only casts. The identity when the cache already holds
+    /// Q-dtype values (fp8 is exact in f16/bf16).
+    fn load_kv(&self, u: &Unit, keys: std::ops::Range<usize>, buf: &mut TileBuffers) {
+        let cfg = self.cfg;
+        let (q_dtype, kv_dtype, flavor) = (cfg.dtype, cfg.kv_dtype, self.launch.flavor);
+        buf.locs.clear();
+        buf.locs
+            .extend(keys.map(|t| self.meta.kv_location(u.seq, t)));
         let converts = match flavor {
             Flavor::Vllm => kv_dtype.is_fp8() || kv_dtype != q_dtype,
             Flavor::Aiter => !kv_dtype.is_fp8() && kv_dtype != q_dtype,
         };
+        if !converts {
+            buf.kv
+                .gather_paged_exact(self.cache, &self.dims, u.kv_head, &buf.locs);
+            return;
+        }
         // Fault::Fp8KvDtypeMismatch: the bytes decoded as the other e4m3 variant.
         let reread = self.fp8_reread();
         let load = |x: f32, scale: f32| match flavor {
@@ -941,89 +1012,61 @@ impl<'a> Kernel<'a> {
             }
             Flavor::Aiter => q_dtype.round(x),
         };
-        let mut kv = KvTile::new(tile, d);
-        let mut locs = Vec::with_capacity(tile);
-        // QK of every row a tile serves, computed together (one K load feeds
-        // several rows' chains; each chain is unchanged): row a's dots at
-        // dots[a * tile..].
-        let mut dots = vec![0.0f32; rows.len() * tile];
-        let mut active: Vec<usize> = Vec::with_capacity(rows.len());
-        let mut qs: Vec<&[f32]> = Vec::with_capacity(rows.len());
-        let mut scores = vec![0.0f32; tile];
-        let lo = plans.iter().map(|p| p.lo).min().unwrap_or(0);
-        let hi = plans.iter().map(|p| p.hi).max().unwrap_or(0);
-        for j in lo..hi {
-            let t0 = j * tile;
-            let Some(t1) = plans
-                .iter()
-                .filter(|p| p.lo <= j && j < p.hi)
-                .map(|p| ((j + 1) * tile).min(p.max_prefix))
-                .max()
-            else {
-                continue;
-            };
-            locs.clear();
-            locs.extend((t0..t1).map(|t| meta.kv_location(seq, t)));
-            if converts {
-                kv.gather_paged(
-                    self.cache,
-                    &self.dims,
-                    u.kv_head,
-                    &locs,
-                    |x| load(x, k_scale),
-                    |x| load(x, v_scale),
-                );
-            } else {
-                kv.gather_paged_exact(self.cache, &self.dims, u.kv_head, &locs);
-            }
-            active.clear();
-            qs.clear();
-            for (i, (row, plan)) in rows.iter().zip(&plans).enumerate() {
-                if plan.lo <= j && j < plan.hi {
-                    active.push(i);
-                    qs.push(&self.query[(row.token * hq + row.head) * d..][..d]);
-                }
-            }
-            kv.qk_rows(&qs, &mut dots, tile);
-            for (a, &i) in active.iter().enumerate() {
-                let (row, plan, state) = (&rows[i], &plans[i], &mut states[i]);
-                // This program's tile: keys t0 .. min((j + 1) * TILE, max_prefix).
-                let n = ((j + 1) * tile).min(plan.max_prefix) - t0;
-                let slope = cfg.alibi_slopes.as_ref().map(|s| s[row.head]);
-                let dots = &dots[a * tile..(a + 1) * tile];
-                // The mask is one interval of t (`allowed_range`): -inf outside,
-                // the score inside (a branch-free loop over the visible keys).
-                // Fault::SplitUnmaskedUnion: a tile of the (wrong) unmasked loop
-                // is scored whole.
-                let unmasked = plan.unmasked.is_some_and(|(x, y)| x <= j && j < y);
-                let (lo, hi) = match unmasked {
-                    true => (t0, t0 + n),
-                    false => self.allowed_range(plan.qabs, seq_len),
-                };
-                let va = lo.clamp(t0, t0 + n) - t0;
-                let vb = hi.clamp(t0 + va, t0 + n) - t0;
-                scores[..va].fill(f32::NEG_INFINITY);
-                scores[vb..n].fill(f32::NEG_INFINITY);
-                let visible = scores[va..vb].iter_mut().zip(&dots[va..vb]);
-                match slope {
-                    None => visible.for_each(|(s, &dt)| *s = self.params.score(dt, 0.0)),
-                    Some(sl) => visible.enumerate().for_each(|(i, (s, &dt))| {
-                        let t = t0 + va + i;
-                        *s = self.params.score(dt, sl * (t as i64 - ctx as i64) as f32);
-                    }),
-                }
-                state.update(&scores[..n], |jj| kv.v_row(jj), q_dtype);
-                // The seed era's softmax_step and AITER keep the guarded max.
-                state.m = masked.apply(state.m);
-            }
-        }
-        Some(UnitRows {
-            segment: u.segment,
-            rows,
-            states,
-        })
+        buf.kv.gather_paged(
+            self.cache,
+            &self.dims,
+            u.kv_head,
+            &buf.locs,
+            |x| load(x, cfg.k_scale),
+            |x| load(x, cfg.v_scale),
+        );
     }
 
+    /// Phase A for the rows `rows` visiting tile `j` (keys from `t0`, as
+    /// many as `buf.kv` holds): `buf.s[a * TILE + jj]` = row a's score of key
+    /// `t0 + jj`: the fma-chain dot product over d ascending, then
+    /// [`ScoreParams::score`] (scale, soft-cap, ALiBi `slope * (t - ctx)`)
+    /// inside the mask, -inf outside it and past the row's own key limit
+    /// `max_prefix` (a key the row's program does not load; -inf there
+    /// leaves the row's step unchanged, see [`tile_rows`]).
+    fn scores(
+        &self,
+        rows: &[RowId],
+        plans: &[RowPlan],
+        j: usize,
+        t0: usize,
+        buf: &mut TileBuffers<'a>,
+    ) {
+        let (tile, d, hq) = (
+            self.launch.tile_size,
+            self.cfg.head_size,
+            self.cfg.num_heads,
+        );
+        let n = buf.kv.len;
+        buf.qs.clear();
+        buf.qs.extend(
+            rows.iter()
+                .map(|r| &self.query[(r.token * hq + r.head) * d..][..d]),
+        );
+        // One K load feeds several rows' chains; each chain is unchanged.
+        buf.kv.qk_rows(&buf.qs, &mut buf.s, tile);
+        for ((row, plan), s) in rows.iter().zip(plans).zip(buf.s.chunks_exact_mut(tile)) {
+            // This program's keys: t0 .. min((j + 1) * TILE, max_prefix).
+            let n_row = ((j + 1) * tile).min(plan.max_prefix) - t0;
+            // The mask is one interval of t (`allowed_range`); the
+            // Fault::SplitUnmaskedUnion tiles of the (wrong) unmasked loop
+            // are scored whole.
+            let unmasked = plan.unmasked.is_some_and(|(x, y)| x <= j && j < y);
+            let (lo, hi) = match unmasked {
+                true => (t0, t0 + n_row),
+                false => self.allowed_range(plan.qabs, plan.seq_len),
+            };
+            let va = lo.clamp(t0, t0 + n_row) - t0;
+            let vb = hi.clamp(t0 + va, t0 + n_row) - t0;
+            let slope = self.cfg.alibi_slopes.as_ref().map(|s| s[row.head]);
+            score_run(&self.params, &mut s[..n], va..vb, t0, plan.ctx, slope);
+        }
+    }
     /// [`Fault::SplitUnmaskedUnion`] (AITER, causal, sliding window): the
     /// tiles q-block `qblk`'s program runs in its unmasked loop when that
     /// range is the union of its rows' fully visible tiles (tile `j` is
@@ -1116,6 +1159,85 @@ impl<'a> Kernel<'a> {
                     *o = out_dtype.round(nan_fresh(a * r));
                 }
             }
+        }
+    }
+}
+
+/// The rows of one unit and each row's program bounds.
+struct Programs {
+    rows: Vec<RowId>,
+    plans: Vec<RowPlan>,
+}
+
+/// The rows whose program visits tile `j`, and the tile's keys `t0 ..
+/// min((j + 1) * TILE, max_prefix)` for the longest key limit among them;
+/// `None` if no row visits it. The visiting rows are consecutive: a unit's
+/// programs are consecutive q-blocks of one request, whose tile ranges
+/// start and end in ascending order. A row with a shorter key limit scores
+/// the keys past it -inf ([`Kernel::scores`]), which leaves its step as it
+/// would be without them: they add nothing to the max, `P = exp2c(-inf) =
+/// 0` adds +0 to the row sum and is skipped in `P V`.
+fn tile_rows(
+    plans: &[RowPlan],
+    j: usize,
+    tile: usize,
+) -> Option<(std::ops::Range<usize>, std::ops::Range<usize>)> {
+    let visits = |p: &RowPlan| p.lo <= j && j < p.hi;
+    let first = plans.iter().position(visits)?;
+    let end = first + plans[first..].iter().take_while(|p| visits(p)).count();
+    debug_assert!(
+        !plans[end..].iter().any(visits),
+        "visiting rows are consecutive"
+    );
+    let t0 = j * tile;
+    let t1 = plans[first..end]
+        .iter()
+        .map(|p| ((j + 1) * tile).min(p.max_prefix))
+        .max()?;
+    Some((first..end, t0..t1))
+}
+
+/// One row's scores of a tile, in place over its dot products `s`:
+/// `S = score(dot, slope * (t - ctx))` for the visible keys `t0 + vis`,
+/// -inf for the others.
+fn score_run(
+    params: &ScoreParams,
+    s: &mut [f32],
+    vis: std::ops::Range<usize>,
+    t0: usize,
+    ctx: usize,
+    slope: Option<f32>,
+) {
+    let (va, vb) = (vis.start, vis.end);
+    s[..va].fill(f32::NEG_INFINITY);
+    s[vb..].fill(f32::NEG_INFINITY);
+    let visible = s[va..vb].iter_mut();
+    match slope {
+        None => visible.for_each(|x| *x = params.score(*x, 0.0)),
+        Some(sl) => visible.enumerate().for_each(|(i, x)| {
+            let t = t0 + va + i;
+            *x = params.score(*x, sl * (t as i64 - ctx as i64) as f32);
+        }),
+    }
+}
+
+/// A unit's reused buffers (no allocation per tile): the K/V tile, its
+/// block-table locations, the visiting rows' queries and their scores
+/// (`s[a * TILE + jj]`: dot products, then `S_ij` in place).
+struct TileBuffers<'q> {
+    kv: KvTile,
+    locs: Vec<(usize, usize)>,
+    qs: Vec<&'q [f32]>,
+    s: Vec<f32>,
+}
+
+impl TileBuffers<'_> {
+    fn new(tile: usize, head_size: usize, rows: usize) -> Self {
+        TileBuffers {
+            kv: KvTile::new(tile, head_size),
+            locs: Vec::with_capacity(tile),
+            qs: Vec::with_capacity(rows),
+            s: vec![0.0; rows * tile],
         }
     }
 }
