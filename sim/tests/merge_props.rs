@@ -132,7 +132,7 @@ proptest! {
     /// canonical quiet NaN); HIP maps any infinity to -inf and copies the
     /// prefix with lse -inf. One empty side leaves the other side as it is.
     #[test]
-    fn infinite_lse_follows_each_kernels_rule(
+    fn merge_follows_each_kernels_rule_for_infinite_lse(
         lp in lse_any(), ls in lse_any(), d in 1usize..6, seed in any::<u64>(), dt in 0usize..3,
     ) {
         let dtype = OUT_DTYPES[dt];
@@ -245,7 +245,7 @@ proptest! {
     /// The two sides must have the same [tokens, heads, head_size]; the
     /// error names both shapes.
     #[test]
-    fn sides_of_different_shapes_are_rejected_naming_both(
+    fn merge_rejects_sides_of_different_shapes_naming_both(
         a in (0usize..3, 1usize..3, 0usize..4), b in (0usize..3, 1usize..3, 0usize..4), kernel in 0usize..2,
     ) {
         let p = OutLse::empty(a.0, a.1, a.2);
@@ -265,7 +265,7 @@ proptest! {
     /// `OutLse`'s fields are public: an edited output or lse length on
     /// either side is rejected naming the side and both lengths.
     #[test]
-    fn edited_lengths_are_rejected_naming_the_side(
+    fn merge_rejects_edited_lengths_naming_the_side(
         t in 1usize..4, h in 1usize..3, d in 1usize..4, which in 0usize..4, grow in any::<bool>(),
     ) {
         let mut sides = [OutLse::empty(t, h, d), OutLse::empty(t, h, d)];
