@@ -30,7 +30,13 @@ fn x_of(dt: DType) -> usize {
 
 /// The shape table above.
 fn shape(l: &KvLayout, side: KvSide) -> Vec<usize> {
-    let (nb, bs, h, d, x) = (l.num_blocks, l.block_size, l.num_kv_heads, l.head_size, x_of(l.dtype));
+    let (nb, bs, h, d, x) = (
+        l.num_blocks,
+        l.block_size,
+        l.num_kv_heads,
+        l.head_size,
+        x_of(l.dtype),
+    );
     match (l.kind, side) {
         (LayoutKind::Nhd, _) => vec![nb, bs, h, d],
         (_, KvSide::K) => vec![nb, h, d / x, bs, x],
@@ -42,7 +48,12 @@ fn shape(l: &KvLayout, side: KvSide) -> Vec<usize> {
 /// Where (block, row, head, dim) sits in that shape.
 fn nd_index(l: &KvLayout, side: KvSide, at: KvIndex) -> Vec<usize> {
     let x = x_of(l.dtype);
-    let KvIndex { block, row, head, dim } = at;
+    let KvIndex {
+        block,
+        row,
+        head,
+        dim,
+    } = at;
     match (l.kind, side) {
         (LayoutKind::Nhd, _) => vec![block, row, head, dim],
         (_, KvSide::K) => vec![block, head, dim / x, row, dim % x],
@@ -64,8 +75,8 @@ fn expressible(kind: LayoutKind, bs: usize, d: usize, dt: DType) -> bool {
     let x = x_of(dt);
     match kind {
         LayoutKind::Nhd => true,
-        LayoutKind::RocmPaged => d % x == 0,
-        LayoutKind::AiterShuffled => d % x == 0 && bs % x == 0,
+        LayoutKind::RocmPaged => d.is_multiple_of(x),
+        LayoutKind::AiterShuffled => d.is_multiple_of(x) && bs.is_multiple_of(x),
     }
 }
 
@@ -82,16 +93,22 @@ fn sizes() -> impl Strategy<Value = (LayoutKind, usize, usize, usize, usize, DTy
 }
 
 fn layout() -> impl Strategy<Value = KvLayout> {
-    sizes().prop_filter_map("sizes the layout's formulas cannot express", |(k, nb, bs, h, d, dt)| {
-        KvLayout::new(k, nb, bs, h, d, dt).ok()
-    })
+    sizes().prop_filter_map(
+        "sizes the layout's formulas cannot express",
+        |(k, nb, bs, h, d, dt)| KvLayout::new(k, nb, bs, h, d, dt).ok(),
+    )
 }
 
 fn every_index(l: &KvLayout) -> impl Iterator<Item = KvIndex> + '_ {
     (0..l.num_blocks).flat_map(move |block| {
         (0..l.block_size).flat_map(move |row| {
             (0..l.num_kv_heads).flat_map(move |head| {
-                (0..l.head_size).map(move |dim| KvIndex { block, row, head, dim })
+                (0..l.head_size).map(move |dim| KvIndex {
+                    block,
+                    row,
+                    head,
+                    dim,
+                })
             })
         })
     })
@@ -228,7 +245,10 @@ proptest! {
 
 #[test]
 fn zero_sizes_are_rejected_naming_the_size() {
-    for (i, what) in ["num_blocks", "block_size", "num_kv_heads", "head_size"].iter().enumerate() {
+    for (i, what) in ["num_blocks", "block_size", "num_kv_heads", "head_size"]
+        .iter()
+        .enumerate()
+    {
         let mut s = [2usize, 16, 2, 64];
         s[i] = 0;
         for kind in LayoutKind::ALL {
@@ -241,8 +261,15 @@ fn zero_sizes_are_rejected_naming_the_size() {
 #[test]
 fn a_cache_whose_element_count_overflows_usize_is_rejected() {
     let half = 1usize << (usize::BITS / 2);
-    for (nb, bs, h, d) in [(half, half, 1, 16), (half, 16, half, 16), (1, half, 16, half), (usize::MAX, 1, 1, 16)] {
-        let e = KvLayout::new(LayoutKind::Nhd, nb, bs, h, d, DType::F16).unwrap_err().to_string();
+    for (nb, bs, h, d) in [
+        (half, half, 1, 16),
+        (half, 16, half, 16),
+        (1, half, 16, half),
+        (usize::MAX, 1, 1, 16),
+    ] {
+        let e = KvLayout::new(LayoutKind::Nhd, nb, bs, h, d, DType::F16)
+            .unwrap_err()
+            .to_string();
         assert!(e.starts_with("invalid cache size "), "{e}");
         assert!(e.contains(&format!("{} bits", usize::BITS)), "{e}");
     }
@@ -260,5 +287,8 @@ fn layout_names_round_trip_and_unknown_names_list_the_allowed_ones() {
         assert_eq!(LayoutKind::parse(name).unwrap(), kind);
     }
     let e = LayoutKind::parse("NHD").unwrap_err().to_string();
-    assert_eq!(e, "invalid layout 'NHD': allowed: nhd, rocm-paged, aiter-shuffled");
+    assert_eq!(
+        e,
+        "invalid layout 'NHD': allowed: nhd, rocm-paged, aiter-shuffled"
+    );
 }

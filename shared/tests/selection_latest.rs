@@ -15,7 +15,9 @@ use proptest::prelude::*;
 
 /// CDNA2 (gfx90a), CDNA3/4/5 (gfx942, gfx950, gfx1250), RDNA3 (gfx1100),
 /// RDNA4 (gfx1201).
-const ARCHS: [&str; 6] = ["gfx942", "gfx90a", "gfx950", "gfx1100", "gfx1201", "gfx1250"];
+const ARCHS: [&str; 6] = [
+    "gfx942", "gfx90a", "gfx950", "gfx1100", "gfx1201", "gfx1250",
+];
 /// `get_cdna_version() > 2`, i.e. `is_aiter_found_and_supported()`'s GPU test.
 fn cdna3_plus(arch: &str) -> bool {
     matches!(arch, "gfx942" | "gfx950" | "gfx1250")
@@ -111,7 +113,16 @@ fn knobs() -> impl Strategy<Value = Knobs> {
         .prop_map(
             |(
                 (flags, aiter_installed, use_mla, use_sparse, kv, dtype, head, block),
-                (arch, has_sink, attn_type, use_non_causal, use_kv_connector, use_dcp, explicit, how),
+                (
+                    arch,
+                    has_sink,
+                    attn_type,
+                    use_non_causal,
+                    use_kv_connector,
+                    use_dcp,
+                    explicit,
+                    how,
+                ),
             )| Knobs {
                 flags,
                 aiter_installed,
@@ -220,9 +231,18 @@ fn reasons(b: BackendName, k: &Knobs) -> Vec<String> {
     let mla = caps.is_mla();
     let attn_type_reason = format!("attention type {} not supported", attn_type.python_str());
     [
-        (caps.head_sizes.accepts(HEADS[k.head]), "head_size not supported"),
-        (caps.dtypes.contains(&ALL_DTYPES[k.dtype]), "dtype not supported"),
-        (caps.kv_cache_dtypes.contains(&KV[k.kv]), "kv_cache_dtype not supported"),
+        (
+            caps.head_sizes.accepts(HEADS[k.head]),
+            "head_size not supported",
+        ),
+        (
+            caps.dtypes.contains(&ALL_DTYPES[k.dtype]),
+            "dtype not supported",
+        ),
+        (
+            caps.kv_cache_dtypes.contains(&KV[k.kv]),
+            "kv_cache_dtype not supported",
+        ),
         (
             BLOCKS[k.block].is_none_or(|bs| caps.supports_block_size(bs)),
             "block_size not supported",
@@ -233,12 +253,22 @@ fn reasons(b: BackendName, k: &Knobs) -> Vec<String> {
         (!k.use_sparse || sparse, "sparse not supported"),
         (k.use_sparse || !sparse, "non-sparse not supported"),
         (
-            caps.arch == attnlab_shared::registry::ArchRequirement::Any || cdna3_plus(ARCHS[k.arch]),
+            caps.arch == attnlab_shared::registry::ArchRequirement::Any
+                || cdna3_plus(ARCHS[k.arch]),
             "compute capability not supported",
         ),
-        (caps.attn_types.contains(&attn_type), attn_type_reason.as_str()),
-        (!k.use_non_causal || caps.non_causal, "non-causal attention not supported"),
-        (!k.use_kv_connector || caps.kv_connector, "KV connector not supported"),
+        (
+            caps.attn_types.contains(&attn_type),
+            attn_type_reason.as_str(),
+        ),
+        (
+            !k.use_non_causal || caps.non_causal,
+            "non-causal attention not supported",
+        ),
+        (
+            !k.use_kv_connector || caps.kv_connector,
+            "KV connector not supported",
+        ),
         (!k.use_dcp || caps.dcp, "DCP not supported"),
     ]
     .into_iter()
@@ -280,7 +310,10 @@ fn expected(k: &Knobs) -> Result<(BackendName, String), String> {
     if let Some(b) = EXPLICIT[k.explicit] {
         let why = reasons(b, k);
         if why.is_empty() {
-            return Ok((b, format!("latest: explicit {b} passes validate_configuration")));
+            return Ok((
+                b,
+                format!("latest: explicit {b} passes validate_configuration"),
+            ));
         }
         let list: Vec<&str> = why.iter().map(String::as_str).collect();
         return Err(format!(
@@ -291,7 +324,10 @@ fn expected(k: &Knobs) -> Result<(BackendName, String), String> {
     }
     let list = priorities(k);
     let names: Vec<&str> = list.iter().map(|b| b.name()).collect();
-    let mut rule = format!("latest: first valid backend of the priority list [{}]", names.join(", "));
+    let mut rule = format!(
+        "latest: first valid backend of the priority list [{}]",
+        names.join(", ")
+    );
     let mut rejected = Vec::new();
     for &b in &list {
         let why = reasons(b, k);
@@ -325,21 +361,28 @@ fn single_changes(i: &SelectorInput) -> Vec<(String, SelectorInput)> {
         out.push((change, v));
     };
     if i.env.attention_backend.is_some() {
-        vary("unset VLLM_ATTENTION_BACKEND".into(), &|v| v.env.attention_backend = None);
+        vary("unset VLLM_ATTENTION_BACKEND".into(), &|v| {
+            v.env.attention_backend = None
+        });
     }
     if i.attention_backend_flag.is_some() {
-        vary("without --attention-backend".into(), &|v| v.attention_backend_flag = None);
+        vary("without --attention-backend".into(), &|v| {
+            v.attention_backend_flag = None
+        });
     }
     let to = |now: bool| if now { "0" } else { "1" };
-    vary(format!("VLLM_ROCM_USE_AITER={}", to(i.env.use_aiter)), &|v| {
-        v.env.use_aiter = !v.env.use_aiter
-    });
-    vary(format!("VLLM_ROCM_USE_AITER_MHA={}", to(i.env.use_aiter_mha)), &|v| {
-        v.env.use_aiter_mha = !v.env.use_aiter_mha
-    });
-    vary(format!("VLLM_ROCM_USE_AITER_MLA={}", to(i.env.use_aiter_mla)), &|v| {
-        v.env.use_aiter_mla = !v.env.use_aiter_mla
-    });
+    vary(
+        format!("VLLM_ROCM_USE_AITER={}", to(i.env.use_aiter)),
+        &|v| v.env.use_aiter = !v.env.use_aiter,
+    );
+    vary(
+        format!("VLLM_ROCM_USE_AITER_MHA={}", to(i.env.use_aiter_mha)),
+        &|v| v.env.use_aiter_mha = !v.env.use_aiter_mha,
+    );
+    vary(
+        format!("VLLM_ROCM_USE_AITER_MLA={}", to(i.env.use_aiter_mla)),
+        &|v| v.env.use_aiter_mla = !v.env.use_aiter_mla,
+    );
     vary(
         format!(
             "VLLM_ROCM_USE_AITER_UNIFIED_ATTENTION={}",
@@ -362,11 +405,19 @@ fn single_changes(i: &SelectorInput) -> Vec<(String, SelectorInput)> {
     vary(package.into(), &|v| v.aiter_installed = !v.aiter_installed);
     for gpu in ["gfx942", "gfx90a", "gfx1100"] {
         if i.arch.name() != gpu {
-            vary(format!("--arch {gpu}"), &|v| v.arch = GpuArch::parse(gpu).unwrap());
+            vary(format!("--arch {gpu}"), &|v| {
+                v.arch = GpuArch::parse(gpu).unwrap()
+            });
         }
     }
-    let other = if i.block_size.unwrap_or(16) == 1 { 16 } else { 1 };
-    vary(format!("--block-size {other}"), &|v| v.block_size = Some(other));
+    let other = if i.block_size.unwrap_or(16) == 1 {
+        16
+    } else {
+        1
+    };
+    vary(format!("--block-size {other}"), &|v| {
+        v.block_size = Some(other)
+    });
     let sinks = if i.has_sink {
         "without attention sinks"
     } else {
@@ -378,7 +429,9 @@ fn single_changes(i: &SelectorInput) -> Vec<(String, SelectorInput)> {
     } else {
         "with a KV connector"
     };
-    vary(connector.into(), &|v| v.use_kv_connector = !v.use_kv_connector);
+    vary(connector.into(), &|v| {
+        v.use_kv_connector = !v.use_kv_connector
+    });
     out
 }
 
@@ -468,8 +521,14 @@ fn the_latest_default_is_rocm_attn_and_aiter_fa_needs_cdna3() {
     };
     let pick = |k: &Knobs| select(&input(k), Profile::Latest).map(|s| s.backend);
     assert_eq!(pick(&base), Ok(RocmAttn));
-    let connector = Knobs { use_kv_connector: true, ..base.clone() };
+    let connector = Knobs {
+        use_kv_connector: true,
+        ..base.clone()
+    };
     assert_eq!(pick(&connector), Ok(RocmAiterFa));
-    let gfx90a = Knobs { arch: 1, ..connector };
+    let gfx90a = Knobs {
+        arch: 1,
+        ..connector
+    };
     assert_eq!(pick(&gfx90a), Ok(TritonAttn));
 }

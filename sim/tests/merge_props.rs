@@ -50,7 +50,9 @@ fn lse_any() -> impl Strategy<Value = Lse> {
 /// A side of shape [t, h, d] with values exact in `dtype` and lse in
 /// `[H, T]` order drawn from `lse`.
 fn side(t: usize, h: usize, d: usize, dtype: DType, lse: Vec<f32>, rng: &mut ChaCha8Rng) -> OutLse {
-    let out = (0..t * h * d).map(|_| dtype.round(rng.gen_range(-2.0f32..2.0))).collect();
+    let out = (0..t * h * d)
+        .map(|_| dtype.round(rng.gen_range(-2.0f32..2.0)))
+        .collect();
     OutLse::new(t, h, d, out, lse).unwrap()
 }
 
@@ -284,7 +286,13 @@ proptest! {
 #[test]
 fn a_merge_of_zero_width_heads_has_no_output_elements() {
     for kernel in KERNELS {
-        let m = merge_attn_states(&OutLse::empty(3, 2, 0), &OutLse::empty(3, 2, 0), DType::F16, kernel).unwrap();
+        let m = merge_attn_states(
+            &OutLse::empty(3, 2, 0),
+            &OutLse::empty(3, 2, 0),
+            DType::F16,
+            kernel,
+        )
+        .unwrap();
         assert!(m.out.is_empty());
         assert_eq!(m.lse.len(), 6);
     }

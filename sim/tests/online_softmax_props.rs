@@ -32,9 +32,17 @@ fn tiles(d: usize, seed: u64, max_tile: usize) -> Vec<Tile> {
         .map(|_| {
             let n = rng.gen_range(0..=max_tile);
             let scores = (0..n)
-                .map(|_| if rng.gen_bool(0.2) { f32::NEG_INFINITY } else { rng.gen_range(-20.0f32..20.0) })
+                .map(|_| {
+                    if rng.gen_bool(0.2) {
+                        f32::NEG_INFINITY
+                    } else {
+                        rng.gen_range(-20.0f32..20.0)
+                    }
+                })
                 .collect();
-            let values = (0..n).map(|_| (0..d).map(|_| rng.gen_range(-2.0f32..2.0)).collect()).collect();
+            let values = (0..n)
+                .map(|_| (0..d).map(|_| rng.gen_range(-2.0f32..2.0)).collect())
+                .collect();
             Tile { scores, values }
         })
         .collect()
@@ -244,10 +252,16 @@ proptest! {
 #[test]
 fn a_new_row_starts_empty_or_at_its_sink() {
     let s = RowState::new(5, None);
-    assert_eq!((s.m, s.l, s.acc.clone()), (f32::NEG_INFINITY, 0.0, vec![0.0; 5]));
+    assert_eq!(
+        (s.m, s.l, s.acc.clone()),
+        (f32::NEG_INFINITY, 0.0, vec![0.0; 5])
+    );
     for sink in [-3.5f32, 0.0, 2.25] {
         let s = RowState::new(3, Some(sink));
-        assert_eq!((s.m.to_bits(), s.l, s.acc.clone()), ((sink * LOG2E).to_bits(), 1.0, vec![0.0; 3]));
+        assert_eq!(
+            (s.m.to_bits(), s.l, s.acc.clone()),
+            ((sink * LOG2E).to_bits(), 1.0, vec![0.0; 3])
+        );
         // A sink alone: output 0, lse = the sink logit (natural log).
         assert_eq!(s.normalized(), vec![0.0; 3]);
         assert!((s.lse() - sink).abs() <= 1e-6, "{} vs {sink}", s.lse());
