@@ -10,20 +10,22 @@ use crate::ops;
 use crate::runtime::GpuError;
 use attnlab_shared::dtype::DType;
 use attnlab_shared::error::{Error, Result};
-use attnlab_shared::metadata::AttentionMetadata;
 use attnlab_sim::backends::exec::KernelExecutor;
 use attnlab_sim::cache::KvCache;
 use attnlab_sim::config::AttnConfig;
 use attnlab_sim::kernels::flash_varlen::VarlenParams;
+use attnlab_sim::kernels::flex_attention::FlexArgs;
 use attnlab_sim::kernels::gather_cache::{CacheFormat, GatherChunk};
-use attnlab_sim::kernels::merge_attn_states::MergeKernel;
+use attnlab_sim::kernels::merge_attn_states::MergeArgs;
 use attnlab_sim::kernels::mla_cache::LatentCache;
 use attnlab_sim::kernels::mla_decode::{KvRow, KvSplits, MlaDecodeOutput, MlaDecodeParams};
 use attnlab_sim::kernels::mla_prefill::ContextChunk;
 use attnlab_sim::kernels::mla_proj::MlaWeights;
+use attnlab_sim::kernels::paged_decode::{PagedInputs, PartitionSize};
+use attnlab_sim::kernels::prefix_prefill::PrefixArgs;
 use attnlab_sim::kernels::reshape_and_cache::CacheWriter;
 use attnlab_sim::kernels::softmax::OutLse;
-use attnlab_sim::kernels::unified_attention::UnifiedLaunch;
+use attnlab_sim::kernels::unified_attention::UnifiedArgs;
 
 /// Runs every kernel of a backend's composition on `gpu`.
 pub struct GpuExecutor<'a>(pub &'a Gpu);
@@ -63,77 +65,32 @@ impl KernelExecutor for GpuExecutor<'_> {
         .map_err(shared)
     }
 
-    fn unified_attention(
-        &self,
-        query: &[f32],
-        cache: &KvCache,
-        meta: &AttentionMetadata,
-        cfg: &AttnConfig,
-        launch: &UnifiedLaunch,
-    ) -> Result<Vec<f32>> {
-        let bits =
-            ops::unified_attention::unified_attention(self.0, query, cache, meta, cfg, launch)
-                .map_err(shared)?;
-        Ok(widen(&bits, cfg.dtype))
+    fn unified_attention(&self, args: &UnifiedArgs) -> Result<Vec<f32>> {
+        let bits = ops::unified_attention::unified_attention(self.0, args).map_err(shared)?;
+        Ok(widen(&bits, args.cfg().dtype))
     }
 
-    fn context_attention_fwd(
-        &self,
-        query: &[f32],
-        cache: &KvCache,
-        meta: &AttentionMetadata,
-        cfg: &AttnConfig,
-        skip_decode: bool,
-        out: &mut [f32],
-    ) -> Result<()> {
-        let bits = ops::prefix_prefill::context_attention_fwd(
-            self.0,
-            query,
-            cache,
-            meta,
-            cfg,
-            skip_decode,
-            out,
-        )
-        .map_err(shared)?;
-        out.copy_from_slice(&widen(&bits, cfg.dtype));
+    fn context_attention_fwd(&self, args: &PrefixArgs, out: &mut [f32]) -> Result<()> {
+        let bits = ops::prefix_prefill::context_attention_fwd(self.0, args, out).map_err(shared)?;
+        out.copy_from_slice(&widen(&bits, args.inputs().cfg().dtype));
         Ok(())
     }
 
-    fn paged_attention_2d(
-        &self,
-        query: &[f32],
-        cache: &KvCache,
-        meta: &AttentionMetadata,
-        cfg: &AttnConfig,
-        out: &mut [f32],
-    ) -> Result<()> {
-        let bits = ops::paged_decode::paged_attention_2d(self.0, query, cache, meta, cfg, out)
-            .map_err(shared)?;
-        out.copy_from_slice(&widen(&bits, cfg.dtype));
+    fn paged_attention_2d(&self, inputs: &PagedInputs, out: &mut [f32]) -> Result<()> {
+        let bits = ops::paged_decode::paged_attention_2d(self.0, inputs, out).map_err(shared)?;
+        out.copy_from_slice(&widen(&bits, inputs.cfg().dtype));
         Ok(())
     }
 
     fn paged_attention_ll4mi(
         &self,
-        query: &[f32],
-        cache: &KvCache,
-        meta: &AttentionMetadata,
-        cfg: &AttnConfig,
-        partition_size: usize,
+        inputs: &PagedInputs,
+        partition_size: PartitionSize,
         out: &mut [f32],
     ) -> Result<()> {
-        let bits = ops::paged_decode::paged_attention_ll4mi(
-            self.0,
-            query,
-            cache,
-            meta,
-            cfg,
-            partition_size,
-            out,
-        )
-        .map_err(shared)?;
-        out.copy_from_slice(&widen(&bits, cfg.dtype));
+        let bits = ops::paged_decode::paged_attention_ll4mi(self.0, inputs, partition_size, out)
+            .map_err(shared)?;
+        out.copy_from_slice(&widen(&bits, inputs.cfg().dtype));
         Ok(())
     }
 
@@ -175,35 +132,21 @@ impl KernelExecutor for GpuExecutor<'_> {
         )
     }
 
-    fn merge_attn_states(
-        &self,
-        prefix: &OutLse,
-        suffix: &OutLse,
-        out_dtype: DType,
-        kernel: MergeKernel,
-    ) -> Result<OutLse> {
-        let m =
-            ops::merge_attn_states::merge_attn_states(self.0, prefix, suffix, out_dtype, kernel)
-                .map_err(shared)?;
+    fn merge_attn_states(&self, args: &MergeArgs) -> Result<OutLse> {
+        let m = ops::merge_attn_states::merge_attn_states(self.0, args).map_err(shared)?;
+        let (t, h, d) = args.shape();
         OutLse::new(
-            prefix.num_tokens,
-            prefix.num_heads,
-            prefix.head_size,
-            widen(&m.out, out_dtype),
+            t,
+            h,
+            d,
+            widen(&m.out, args.out_dtype()),
             widen(&m.lse, DType::F32),
         )
     }
 
-    fn flex_attention(
-        &self,
-        query: &[f32],
-        cache: &KvCache,
-        meta: &AttentionMetadata,
-        cfg: &AttnConfig,
-    ) -> Result<Vec<f32>> {
-        let bits =
-            ops::flex_attention::flex_attention(self.0, query, cache, meta, cfg).map_err(shared)?;
-        Ok(widen(&bits, cfg.dtype))
+    fn flex_attention(&self, args: &FlexArgs) -> Result<Vec<f32>> {
+        let bits = ops::flex_attention::flex_attention(self.0, args).map_err(shared)?;
+        Ok(widen(&bits, args.cfg().dtype))
     }
 
     /// The step's activations go up as f32 (exact: every f32 is), so the

@@ -6,10 +6,32 @@
 use super::unified_attention::{to_u32, SHARED_MEMORY_LIMIT};
 use crate::kernels::{dtype_define, Gpu};
 use crate::runtime::bytes::{bits_from_bytes, bytes_of, bytes_of_i32};
-use crate::runtime::{Arg, ArgStruct, Buffer, FunctionId, LaunchDims, Result};
+use crate::runtime::params::{param_block, ParamBlock};
+use crate::runtime::{Arg, Buffer, FunctionId, LaunchDims, Result};
 use attnlab_shared::dtype::DType;
 use attnlab_shared::error::Error;
 use attnlab_sim::kernels::flash_varlen::VarlenParams;
+
+param_block! {
+    /// `VarlenArgs` of `kernels/flash_varlen.hip`.
+    pub struct VarlenBlock as "VarlenArgs" {
+        num_heads: i64,
+        num_kv_heads: i64,
+        head_size: i64,
+        head_size_v: i64,
+        block_n: i64,
+        window: i64,
+        total_q: i64,
+        causal: i32,
+        has_sinks: i32,
+        has_alibi: i32,
+        pad: i32,
+        scale: f32,
+        scale_log2: f32,
+        softcap: f32,
+        pad2: f32,
+    }
+}
 
 /// Query rows per program of the scalar kernel.
 const SCALAR_ROWS: usize = 16;
@@ -201,23 +223,24 @@ impl VarlenLaunch {
             block: [threads, 1, 1],
             shared_bytes: shared as u32,
         };
-        let args = ArgStruct::default()
-            .i64(p.num_heads as i64)
-            .i64(p.num_kv_heads as i64)
-            .i64(d as i64)
-            .i64(dv as i64)
-            .i64(p.block_n as i64)
-            .i64(p.window.unwrap_or(0) as i64)
-            .i64(total_q as i64)
-            .i32(p.causal as i32)
-            .i32(p.sinks.is_some() as i32)
-            .i32(p.alibi_slopes.is_some() as i32)
-            .i32(0)
-            .f32(p.score.scale)
-            .f32(p.score.scale_log2)
-            .f32(p.score.softcap.unwrap_or(0.0))
-            .f32(0.0)
-            .arg();
+        let args = VarlenBlock {
+            num_heads: p.num_heads as i64,
+            num_kv_heads: p.num_kv_heads as i64,
+            head_size: d as i64,
+            head_size_v: dv as i64,
+            block_n: p.block_n as i64,
+            window: p.window.unwrap_or(0) as i64,
+            total_q: total_q as i64,
+            causal: p.causal as i32,
+            has_sinks: p.sinks.is_some() as i32,
+            has_alibi: p.alibi_slopes.is_some() as i32,
+            pad: 0,
+            scale: p.score.scale,
+            scale_log2: p.score.scale_log2,
+            softcap: p.score.softcap.unwrap_or(0.0),
+            pad2: 0.0,
+        }
+        .arg();
         Ok(VarlenLaunch { f, dims, args })
     }
 
@@ -226,7 +249,10 @@ impl VarlenLaunch {
     pub fn launch(&self, gpu: &Gpu, bufs: [&Buffer; 9]) -> Result<()> {
         let mut args: Vec<Arg> = bufs.iter().map(|b| b.arg()).collect();
         args.push(self.args.clone());
-        gpu.dev.launch(self.f, self.dims, &args)
+        // SAFETY: the arguments are the kernel's parameter list in order (by-value
+        // blocks layout-checked by gpu/tests/param_layout.rs), and every buffer was
+        // sized above for the shapes those scalars and this grid index.
+        unsafe { gpu.dev.launch(self.f, self.dims, &args) }
     }
 }
 

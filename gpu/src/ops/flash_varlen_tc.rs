@@ -8,11 +8,30 @@ use super::unified_attention::to_u32;
 pub use crate::kernels::varlen_tc_defines as defines;
 use crate::kernels::Gpu;
 use crate::runtime::bytes::{bits_from_bytes, bytes_of, bytes_of_i32};
-use crate::runtime::{Arg, ArgStruct, Buffer, FunctionId, LaunchDims, Result, Target};
+use crate::runtime::params::{param_block, ParamBlock};
+use crate::runtime::{Arg, Buffer, FunctionId, LaunchDims, Result, Target};
 use attnlab_shared::dtype::DType;
 use attnlab_shared::error::Error;
 use attnlab_sim::kernels::flash_varlen_tc::{VarlenTcParams, WAVE_ROWS};
 use attnlab_sim::numerics::mma::MatrixTarget;
+
+param_block! {
+    /// `VarlenTcArgs` of `kernels/flash_varlen_tc.hip`.
+    pub struct VarlenTcBlock as "VarlenTcArgs" {
+        num_heads: i64,
+        num_kv_heads: i64,
+        window: i64,
+        total_q: i64,
+        causal: i32,
+        has_sinks: i32,
+        has_alibi: i32,
+        host_target: i32,
+        scale: f32,
+        scale_log2: f32,
+        softcap: f32,
+        pad: f32,
+    }
+}
 
 /// Waves per workgroup of the bench and the diff (64 query rows).
 pub const DEFAULT_WARPS: usize = 4;
@@ -213,20 +232,21 @@ impl VarlenTcLaunch {
             block: [to_u32(warps * wave, "threads")?, 1, 1],
             shared_bytes: shared as u32,
         };
-        let args = ArgStruct::default()
-            .i64(vp.num_heads as i64)
-            .i64(vp.num_kv_heads as i64)
-            .i64(vp.window.unwrap_or(0) as i64)
-            .i64(total_q as i64)
-            .i32(vp.causal as i32)
-            .i32(vp.sinks.is_some() as i32)
-            .i32(vp.alibi_slopes.is_some() as i32)
-            .i32(host_target_code(p.target))
-            .f32(vp.score.scale)
-            .f32(vp.score.scale_log2)
-            .f32(vp.score.softcap.unwrap_or(0.0))
-            .f32(0.0)
-            .arg();
+        let args = VarlenTcBlock {
+            num_heads: vp.num_heads as i64,
+            num_kv_heads: vp.num_kv_heads as i64,
+            window: vp.window.unwrap_or(0) as i64,
+            total_q: total_q as i64,
+            causal: vp.causal as i32,
+            has_sinks: vp.sinks.is_some() as i32,
+            has_alibi: vp.alibi_slopes.is_some() as i32,
+            host_target: host_target_code(p.target),
+            scale: vp.score.scale,
+            scale_log2: vp.score.scale_log2,
+            softcap: vp.score.softcap.unwrap_or(0.0),
+            pad: 0.0,
+        }
+        .arg();
         Ok(VarlenTcLaunch { f, dims, args })
     }
 
@@ -235,7 +255,10 @@ impl VarlenTcLaunch {
     pub fn launch(&self, gpu: &Gpu, bufs: [&Buffer; 9]) -> Result<()> {
         let mut args: Vec<Arg> = bufs.iter().map(|b| b.arg()).collect();
         args.push(self.args.clone());
-        gpu.dev.launch(self.f, self.dims, &args)
+        // SAFETY: the arguments are the kernel's parameter list in order (by-value
+        // blocks layout-checked by gpu/tests/param_layout.rs), and every buffer was
+        // sized above for the shapes those scalars and this grid index.
+        unsafe { gpu.dev.launch(self.f, self.dims, &args) }
     }
 }
 

@@ -104,27 +104,32 @@ pub fn cp_mha_gather_cache(
         block: [l.head_size.min(128) as u32, 1, 1],
         shared_bytes: 0,
     };
-    dev.launch(
-        f,
-        dims,
-        &[
-            kc.arg(),
-            vc.arg(),
-            ko.arg(),
-            vo.arg(),
-            bt.arg(),
-            cu.arg(),
-            t2b.arg(),
-            ss.arg(),
-            Arg::I64(max_blocks as i64),
-            Arg::I32(super::reshape_and_cache::layout_code(kind)),
-            Arg::I64(l.block_size as i64),
-            Arg::I64(l.num_kv_heads as i64),
-            Arg::I64(l.head_size as i64),
-            Arg::F32(k_scale),
-            Arg::F32(v_scale),
-        ],
-    )?;
+    // SAFETY: the arguments are the kernel's parameter list in order (by-value
+    // blocks layout-checked by gpu/tests/param_layout.rs), and every buffer was
+    // sized above for the shapes those scalars and this grid index.
+    unsafe {
+        dev.launch(
+            f,
+            dims,
+            &[
+                kc.arg(),
+                vc.arg(),
+                ko.arg(),
+                vo.arg(),
+                bt.arg(),
+                cu.arg(),
+                t2b.arg(),
+                ss.arg(),
+                Arg::I64(max_blocks as i64),
+                Arg::I32(super::reshape_and_cache::layout_code(kind)),
+                Arg::I64(l.block_size as i64),
+                Arg::I64(l.num_kv_heads as i64),
+                Arg::I64(l.head_size as i64),
+                Arg::F32(k_scale),
+                Arg::F32(v_scale),
+            ],
+        )
+    }?;
     Ok((
         bits_from_bytes(&ko.to_bytes()?, dst_dtype),
         bits_from_bytes(&vo.to_bytes()?, dst_dtype),

@@ -89,7 +89,10 @@ pub fn concat_and_cache_mla(
             Arg::I64(l.rope_dim as i64),
             Arg::F32(scale),
         ];
-        dev.launch(f, dims, &args)?;
+        // SAFETY: the arguments are the kernel's parameter list in order (by-value
+        // blocks layout-checked by gpu/tests/param_layout.rs), and every buffer was
+        // sized above for the shapes those scalars and this grid index.
+        unsafe { dev.launch(f, dims, &args) }?;
     }
     Ok(bits_from_bytes(&buf.to_bytes()?, l.dtype))
 }

@@ -134,21 +134,26 @@ pub fn gather_and_maybe_dequant_cache(
         block: [w.min(256) as u32, 1, 1],
         shared_bytes: 0,
     };
-    dev.launch(
-        f,
-        dims,
-        &[
-            cache_b.arg(),
-            out.arg(),
-            table_b.arg(),
-            reqs_b.arg(),
-            starts_b.arg(),
-            cu_b.arg(),
-            Arg::I64(max_blocks as i64),
-            Arg::I64(bs as i64),
-            Arg::I64(w as i64),
-            Arg::F32(k_scale),
-        ],
-    )?;
+    // SAFETY: the arguments are the kernel's parameter list in order (by-value
+    // blocks layout-checked by gpu/tests/param_layout.rs), and every buffer was
+    // sized above for the shapes those scalars and this grid index.
+    unsafe {
+        dev.launch(
+            f,
+            dims,
+            &[
+                cache_b.arg(),
+                out.arg(),
+                table_b.arg(),
+                reqs_b.arg(),
+                starts_b.arg(),
+                cu_b.arg(),
+                Arg::I64(max_blocks as i64),
+                Arg::I64(bs as i64),
+                Arg::I64(w as i64),
+                Arg::F32(k_scale),
+            ],
+        )
+    }?;
     Ok(bits_from_bytes(&out.to_bytes()?, dst))
 }

@@ -11,11 +11,31 @@
 use super::unified_attention::to_u32;
 use crate::kernels::{dtype_define, Gpu};
 use crate::runtime::bytes::{bits_from_bytes, bytes_of};
-use crate::runtime::{ArgStruct, Buffer, LaunchDims, Result};
+use crate::runtime::params::{param_block, ParamBlock};
+use crate::runtime::{Buffer, LaunchDims, Result};
 use attnlab_shared::dtype::DType;
 use attnlab_shared::error::Error;
 use attnlab_shared::model::MlaDims;
 use attnlab_sim::kernels::mla_proj::MlaWeights;
+
+param_block! {
+    /// `ProjGemm` of `kernels/mla_proj.hip` (the kernel's own field names).
+    #[allow(non_snake_case)]
+    pub struct ProjParams as "ProjGemm" {
+        M: i64,
+        N: i64,
+        K: i64,
+        a_sh: i64,
+        a_sm: i64,
+        a_sk: i64,
+        b_off: i64,
+        b_sh: i64,
+        b_sk: i64,
+        b_sn: i64,
+        o_sh: i64,
+        o_sm: i64,
+    }
+}
 
 /// Output tile edge of the kernel (`PROJ_TM` = `PROJ_TN`).
 const TILE: usize = 64;
@@ -188,11 +208,20 @@ fn gemm(
     let a_b = Buffer::from_bytes(dev, &bytes_of(a, dtype))?;
     let w_b = Buffer::from_bytes(dev, &bytes_of(&w.kv_b_proj, dtype))?;
     let out = Buffer::zeroed(dev, len * dtype.size_bytes())?;
-    let args = [
-        g.m, g.n, g.k, g.a_sh, g.a_sm, g.a_sk, g.b_off, g.b_sh, g.b_sk, g.b_sn, g.o_sh, g.o_sm,
-    ]
-    .iter()
-    .fold(ArgStruct::default(), |s, &v| s.i64(v as i64))
+    let args = ProjParams {
+        M: g.m as i64,
+        N: g.n as i64,
+        K: g.k as i64,
+        a_sh: g.a_sh as i64,
+        a_sm: g.a_sm as i64,
+        a_sk: g.a_sk as i64,
+        b_off: g.b_off as i64,
+        b_sh: g.b_sh as i64,
+        b_sk: g.b_sk as i64,
+        b_sn: g.b_sn as i64,
+        o_sh: g.o_sh as i64,
+        o_sm: g.o_sm as i64,
+    }
     .arg();
     let f = gpu.function("mla_proj", &[dtype_define("DTYPE", dtype)], "mla_proj_gemm")?;
     let dims = LaunchDims {
@@ -204,7 +233,10 @@ fn gemm(
         block: [THREADS, 1, 1],
         shared_bytes: 0,
     };
-    dev.launch(f, dims, &[a_b.arg(), w_b.arg(), out.arg(), args])?;
+    // SAFETY: the arguments are the kernel's parameter list in order (by-value
+    // blocks layout-checked by gpu/tests/param_layout.rs), and every buffer was
+    // sized above for the shapes those scalars and this grid index.
+    unsafe { dev.launch(f, dims, &[a_b.arg(), w_b.arg(), out.arg(), args]) }?;
     Ok(bits_from_bytes(&out.to_bytes()?, dtype))
 }
 

@@ -117,25 +117,30 @@ pub fn reshape_and_cache(
         block: [row.min(256) as u32, 1, 1],
         shared_bytes: 0,
     };
-    dev.launch(
-        f,
-        dims,
-        &[
-            kd.arg(),
-            vd.arg(),
-            kc.arg(),
-            vc.arg(),
-            sm.arg(),
-            Arg::I32(layout_code(layout.kind)),
-            Arg::I64(layout.block_size as i64),
-            Arg::I64(layout.num_kv_heads as i64),
-            Arg::I64(layout.head_size as i64),
-            Arg::I64(layout.x() as i64),
-            Arg::F32(cfg.k_scale),
-            Arg::F32(cfg.v_scale),
-            Arg::I32(hip_writer as i32),
-        ],
-    )?;
+    // SAFETY: the arguments are the kernel's parameter list in order (by-value
+    // blocks layout-checked by gpu/tests/param_layout.rs), and every buffer was
+    // sized above for the shapes those scalars and this grid index.
+    unsafe {
+        dev.launch(
+            f,
+            dims,
+            &[
+                kd.arg(),
+                vd.arg(),
+                kc.arg(),
+                vc.arg(),
+                sm.arg(),
+                Arg::I32(layout_code(layout.kind)),
+                Arg::I64(layout.block_size as i64),
+                Arg::I64(layout.num_kv_heads as i64),
+                Arg::I64(layout.head_size as i64),
+                Arg::I64(layout.x() as i64),
+                Arg::F32(cfg.k_scale),
+                Arg::F32(cfg.v_scale),
+                Arg::I32(hip_writer as i32),
+            ],
+        )
+    }?;
     for (dst, buf) in [(&mut cache.k, &kc), (&mut cache.v, &vc)] {
         let bits = bits_from_bytes(&buf.to_bytes()?, cfg.kv_dtype);
         for (d, b) in dst.iter_mut().zip(bits) {

@@ -11,9 +11,9 @@
 use crate::cache::KvCache;
 use crate::config::AttnConfig;
 use crate::kernels::flash_varlen::{flash_attn_varlen, VarlenParams};
-use crate::kernels::flex_attention::flex_attention;
+use crate::kernels::flex_attention::{flex, FlexArgs};
 use crate::kernels::gather_cache::{cp_mha_gather_cache, CacheFormat, GatherChunk};
-use crate::kernels::merge_attn_states::{merge_attn_states, MergeKernel};
+use crate::kernels::merge_attn_states::{merge, MergeArgs};
 use crate::kernels::mla_cache::{concat_and_cache_mla, LatentCache};
 use crate::kernels::mla_decode::{
     aiter_splits, decode_attention_fwd, AiterPaging, KvRow, KvSplits, MlaDecodeOutput,
@@ -21,14 +21,14 @@ use crate::kernels::mla_decode::{
 };
 use crate::kernels::mla_prefill::{gather_and_maybe_dequant_cache, ContextChunk};
 use crate::kernels::mla_proj::{absorb_query, project_output, up_project, MlaWeights};
-use crate::kernels::paged_decode::{paged_attention_2d, paged_attention_ll4mi};
-use crate::kernels::prefix_prefill::context_attention_fwd;
+use crate::kernels::paged_decode::{paged_2d, paged_ll4mi, PagedInputs, PartitionSize};
+use crate::kernels::prefix_prefill::{context_attention, PrefixArgs};
 use crate::kernels::reshape_and_cache::{reshape_and_cache, CacheWriter};
 use crate::kernels::softmax::OutLse;
-use crate::kernels::unified_attention::{unified_attention, UnifiedLaunch};
+use crate::kernels::unified_attention::{unified_attention, UnifiedArgs};
 use attnlab_shared::dtype::DType;
 use attnlab_shared::error::Result;
-use attnlab_shared::metadata::AttentionMetadata;
+use attnlab_shared::fault::FaultSet;
 
 /// Runs the kernels the MHA and MLA backends compose (see [`crate::kernels`] for each).
 #[allow(clippy::too_many_arguments)]
@@ -45,50 +45,31 @@ pub trait KernelExecutor {
         reshape_and_cache(writer, cache, key, value, slot_mapping, cfg)
     }
 
-    fn unified_attention(
-        &self,
-        query: &[f32],
-        cache: &KvCache,
-        meta: &AttentionMetadata,
-        cfg: &AttnConfig,
-        launch: &UnifiedLaunch,
-    ) -> Result<Vec<f32>> {
-        unified_attention(query, cache, meta, cfg, launch)
+    fn unified_attention(&self, args: &UnifiedArgs) -> Result<Vec<f32>> {
+        unified_attention(
+            args.query(),
+            args.cache(),
+            args.meta(),
+            args.cfg(),
+            args.launch(),
+        )
     }
 
-    fn context_attention_fwd(
-        &self,
-        query: &[f32],
-        cache: &KvCache,
-        meta: &AttentionMetadata,
-        cfg: &AttnConfig,
-        skip_decode: bool,
-        out: &mut [f32],
-    ) -> Result<()> {
-        context_attention_fwd(query, cache, meta, cfg, skip_decode, out)
+    fn context_attention_fwd(&self, args: &PrefixArgs, out: &mut [f32]) -> Result<()> {
+        context_attention(args, out)
     }
 
-    fn paged_attention_2d(
-        &self,
-        query: &[f32],
-        cache: &KvCache,
-        meta: &AttentionMetadata,
-        cfg: &AttnConfig,
-        out: &mut [f32],
-    ) -> Result<()> {
-        paged_attention_2d(query, cache, meta, cfg, out)
+    fn paged_attention_2d(&self, inputs: &PagedInputs, out: &mut [f32]) -> Result<()> {
+        paged_2d(inputs, out)
     }
 
     fn paged_attention_ll4mi(
         &self,
-        query: &[f32],
-        cache: &KvCache,
-        meta: &AttentionMetadata,
-        cfg: &AttnConfig,
-        partition_size: usize,
+        inputs: &PagedInputs,
+        partition_size: PartitionSize,
         out: &mut [f32],
     ) -> Result<()> {
-        paged_attention_ll4mi(query, cache, meta, cfg, partition_size, out)
+        paged_ll4mi(inputs, partition_size, out)
     }
 
     fn cp_mha_gather_cache(
@@ -115,24 +96,12 @@ pub trait KernelExecutor {
         flash_attn_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, p)
     }
 
-    fn merge_attn_states(
-        &self,
-        prefix: &OutLse,
-        suffix: &OutLse,
-        out_dtype: DType,
-        kernel: MergeKernel,
-    ) -> Result<OutLse> {
-        merge_attn_states(prefix, suffix, out_dtype, kernel)
+    fn merge_attn_states(&self, args: &MergeArgs) -> Result<OutLse> {
+        Ok(merge(args, FaultSet::NONE))
     }
 
-    fn flex_attention(
-        &self,
-        query: &[f32],
-        cache: &KvCache,
-        meta: &AttentionMetadata,
-        cfg: &AttnConfig,
-    ) -> Result<Vec<f32>> {
-        flex_attention(query, cache, meta, cfg)
+    fn flex_attention(&self, args: &FlexArgs) -> Result<Vec<f32>> {
+        flex(args)
     }
 
     // ---- MLA (backends::mla): latent cache, projections, decode, prefill gather.

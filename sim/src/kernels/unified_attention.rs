@@ -442,6 +442,57 @@ impl UnifiedLaunch {
     }
 }
 
+/// One unified-attention launch, validated once: metadata consistent as it
+/// stands ([`AttentionMetadata::check`]), and query, NHD cache, config and
+/// launch agreeing as the kernel needs (the checks of [`unified_attention`]
+/// itself: shapes, launch rules, AITER's causal-only rule). Both kernel
+/// executors and the GPU launcher take it; everything is borrowed.
+#[derive(Debug, Clone, Copy)]
+pub struct UnifiedArgs<'a> {
+    query: &'a [f32],
+    cache: &'a KvCache,
+    meta: &'a AttentionMetadata,
+    cfg: &'a AttnConfig,
+    launch: &'a UnifiedLaunch,
+}
+
+impl<'a> UnifiedArgs<'a> {
+    pub fn new(
+        query: &'a [f32],
+        cache: &'a KvCache,
+        meta: &'a AttentionMetadata,
+        cfg: &'a AttnConfig,
+        launch: &'a UnifiedLaunch,
+    ) -> Result<Self> {
+        // The kernel's own validation (it keeps nothing but the check).
+        Kernel::new(query, cache, meta, cfg, launch)?;
+        meta.check()?;
+        Ok(UnifiedArgs {
+            query,
+            cache,
+            meta,
+            cfg,
+            launch,
+        })
+    }
+    /// `[T, Hq, D]` in `cfg.dtype`.
+    pub fn query(&self) -> &'a [f32] {
+        self.query
+    }
+    pub fn cache(&self) -> &'a KvCache {
+        self.cache
+    }
+    pub fn meta(&self) -> &'a AttentionMetadata {
+        self.meta
+    }
+    pub fn cfg(&self) -> &'a AttnConfig {
+        self.cfg
+    }
+    pub fn launch(&self) -> &'a UnifiedLaunch {
+        self.launch
+    }
+}
+
 /// The f32 scratch of the 3D kernel: per (token, head, segment) the
 /// unnormalised `acc` (`[T, Hq, S, D]`), the running max `m` (base 2) and
 /// the denominator `l` (`[T, Hq, S]`). Segments a program skipped keep

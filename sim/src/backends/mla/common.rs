@@ -28,7 +28,7 @@ use super::{MlaBackend, MlaConfig, MlaDecodeBatch};
 use crate::backends::exec::{Cpu, KernelExecutor};
 use crate::backends::KernelCall;
 use crate::kernels::flash_varlen::VarlenParams;
-use crate::kernels::merge_attn_states::MergeKernel;
+use crate::kernels::merge_attn_states::{MergeArgs, MergeKernel};
 use crate::kernels::mla_cache::LatentCache;
 use crate::kernels::mla_prefill::{plan_mla_context_chunks, workspace_rows, ContextChunk};
 use crate::kernels::mla_proj::MlaWeights;
@@ -382,12 +382,8 @@ pub fn forward_mha(
             );
             let piece = take_tokens(&part, src);
             let merged = if p.start > 0 {
-                ex.merge_attn_states(
-                    &take_tokens(&running, dst.clone()),
-                    &piece,
-                    cfg.dtype,
-                    kernel,
-                )?
+                let prefix = take_tokens(&running, dst.clone());
+                ex.merge_attn_states(&MergeArgs::new(&prefix, &piece, cfg.dtype, kernel)?)?
             } else {
                 piece
             };
@@ -402,7 +398,9 @@ pub fn forward_mha(
             put_tokens(&mut running, dst.start, &merged);
         }
     }
-    Ok(ex.merge_attn_states(&running, &new, cfg.dtype, kernel)?.out)
+    Ok(ex
+        .merge_attn_states(&MergeArgs::new(&running, &new, cfg.dtype, kernel)?)?
+        .out)
 }
 
 /// The queries of the chunk's requests (in part order) and their `cu_seqlens_q`.
