@@ -67,7 +67,7 @@ impl KernelExecutor for GpuExecutor<'_> {
 
     fn unified_attention(&self, args: &UnifiedArgs) -> Result<Vec<f32>> {
         let bits = ops::unified_attention::unified_attention(self.0, args).map_err(shared)?;
-        Ok(widen(&bits, args.cfg().dtype))
+        Ok(widen(&bits, args.inputs().cfg().dtype))
     }
 
     fn context_attention_fwd(&self, args: &PrefixArgs, out: &mut [f32]) -> Result<()> {

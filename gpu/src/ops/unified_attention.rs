@@ -53,13 +53,9 @@ pub const SHARED_MEMORY_LIMIT: usize = 48 * 1024;
 /// emulator's executors take (validated where they were built; the plan
 /// checks only what the device adds: grid sizes, shared memory).
 pub fn unified_attention(gpu: &Gpu, args: &UnifiedArgs) -> Result<Vec<u32>> {
-    let (query, cache, meta, cfg, launch) = (
-        args.query(),
-        args.cache(),
-        args.meta(),
-        args.cfg(),
-        args.launch(),
-    );
+    let i = args.inputs();
+    let (query, cache, meta, cfg) = (i.query(), i.cache(), i.meta(), i.cfg());
+    let launch = args.launch();
     let (t_n, hq, d) = (meta.num_actual_tokens, cfg.num_heads, cfg.head_size);
     let plan = UnifiedPlan::new(gpu, meta, cfg, launch)?;
     let out_bytes = t_n * hq * d * cfg.dtype.size_bytes();

@@ -46,13 +46,8 @@ pub trait KernelExecutor {
     }
 
     fn unified_attention(&self, args: &UnifiedArgs) -> Result<Vec<f32>> {
-        unified_attention(
-            args.query(),
-            args.cache(),
-            args.meta(),
-            args.cfg(),
-            args.launch(),
-        )
+        let i = args.inputs();
+        unified_attention(i.query(), i.cache(), i.meta(), i.cfg(), args.launch())
     }
 
     fn context_attention_fwd(&self, args: &PrefixArgs, out: &mut [f32]) -> Result<()> {

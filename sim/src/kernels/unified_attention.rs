@@ -90,6 +90,7 @@ use super::softmax::{
 };
 use crate::cache::KvCache;
 use crate::config::AttnConfig;
+use crate::kernels::paged_decode::PagedInputs;
 use crate::kernels::KernelCall;
 use crate::numerics::{exp2c, SoftcapFormula};
 use crate::profile::VllmProfile;
@@ -442,17 +443,14 @@ impl UnifiedLaunch {
     }
 }
 
-/// One unified-attention launch, validated once: metadata consistent as it
-/// stands ([`AttentionMetadata::check`]), and query, NHD cache, config and
-/// launch agreeing as the kernel needs (the checks of [`unified_attention`]
-/// itself: shapes, launch rules, AITER's causal-only rule). Both kernel
-/// executors and the GPU launcher take it; everything is borrowed.
+/// One unified-attention launch, validated once: the paged inputs
+/// ([`PagedInputs`]: consistent metadata, matching shapes) and a launch the
+/// kernel takes over an NHD cache (the checks of [`unified_attention`]
+/// itself: launch rules, AITER's causal-only rule). Both kernel executors
+/// and the GPU launcher take it; everything is borrowed.
 #[derive(Debug, Clone, Copy)]
 pub struct UnifiedArgs<'a> {
-    query: &'a [f32],
-    cache: &'a KvCache,
-    meta: &'a AttentionMetadata,
-    cfg: &'a AttnConfig,
+    inputs: PagedInputs<'a>,
     launch: &'a UnifiedLaunch,
 }
 
@@ -464,29 +462,15 @@ impl<'a> UnifiedArgs<'a> {
         cfg: &'a AttnConfig,
         launch: &'a UnifiedLaunch,
     ) -> Result<Self> {
-        // The kernel's own validation (it keeps nothing but the check).
+        // The kernel's own validation first (its errors, in its order).
         Kernel::new(query, cache, meta, cfg, launch)?;
-        meta.check()?;
         Ok(UnifiedArgs {
-            query,
-            cache,
-            meta,
-            cfg,
+            inputs: PagedInputs::new(query, cache, meta, cfg)?,
             launch,
         })
     }
-    /// `[T, Hq, D]` in `cfg.dtype`.
-    pub fn query(&self) -> &'a [f32] {
-        self.query
-    }
-    pub fn cache(&self) -> &'a KvCache {
-        self.cache
-    }
-    pub fn meta(&self) -> &'a AttentionMetadata {
-        self.meta
-    }
-    pub fn cfg(&self) -> &'a AttnConfig {
-        self.cfg
+    pub fn inputs(&self) -> &PagedInputs<'a> {
+        &self.inputs
     }
     pub fn launch(&self) -> &'a UnifiedLaunch {
         self.launch
