@@ -13,7 +13,7 @@ use attnlab_shared::error::{Error, Result};
 use attnlab_sim::backends::exec::KernelExecutor;
 use attnlab_sim::cache::KvCache;
 use attnlab_sim::config::AttnConfig;
-use attnlab_sim::kernels::flash_varlen::VarlenParams;
+use attnlab_sim::kernels::flash_varlen::VarlenArgs;
 use attnlab_sim::kernels::flex_attention::FlexArgs;
 use attnlab_sim::kernels::gather_cache::{CacheFormat, GatherChunk};
 use attnlab_sim::kernels::merge_attn_states::MergeArgs;
@@ -110,21 +110,11 @@ impl KernelExecutor for GpuExecutor<'_> {
         Ok((widen(&k, dst_dtype), widen(&v, dst_dtype)))
     }
 
-    fn flash_attn_varlen(
-        &self,
-        q: &[f32],
-        k: &[f32],
-        v: &[f32],
-        cu_seqlens_q: &[i32],
-        cu_seqlens_k: &[i32],
-        p: &VarlenParams,
-    ) -> Result<OutLse> {
-        let (out, lse) =
-            ops::flash_varlen::flash_attn_varlen(self.0, q, k, v, cu_seqlens_q, cu_seqlens_k, p)
-                .map_err(shared)?;
-        let total_q = cu_seqlens_q.last().copied().unwrap_or(0).max(0) as usize;
+    fn flash_attn_varlen(&self, args: &VarlenArgs) -> Result<OutLse> {
+        let (out, lse) = ops::flash_varlen::flash_attn_varlen(self.0, args).map_err(shared)?;
+        let p = args.params();
         OutLse::new(
-            total_q,
+            args.total_q(),
             p.num_heads,
             p.head_size_v,
             widen(&out, p.dtype),

@@ -10,7 +10,7 @@ use crate::runtime::params::{param_block, ParamBlock};
 use crate::runtime::{Arg, Buffer, FunctionId, LaunchDims, Result};
 use attnlab_shared::dtype::DType;
 use attnlab_shared::error::Error;
-use attnlab_sim::kernels::flash_varlen::VarlenParams;
+use attnlab_sim::kernels::flash_varlen::{VarlenArgs, VarlenParams};
 
 param_block! {
     /// `VarlenArgs` of `kernels/flash_varlen.hip`.
@@ -57,69 +57,13 @@ pub fn tiled_shared_bytes(d: usize, dv: usize, block_n: usize) -> Option<usize> 
     (floats * 4 <= SHARED_MEMORY_LIMIT).then_some(floats * 4)
 }
 
-/// Output `[total_q, Hq, Dv]` bits in `p.dtype` and lse `[Hq, total_q]` bits (f32).
-pub fn flash_attn_varlen(
-    gpu: &Gpu,
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
-    cu_q: &[i32],
-    cu_k: &[i32],
-    p: &VarlenParams,
-) -> Result<(Vec<u32>, Vec<u32>)> {
-    let check_cu = |what: &str, cu: &[i32]| -> Result<usize> {
-        if cu.first() != Some(&0) || cu.windows(2).any(|w| w[1] < w[0]) {
-            return Err(
-                Error::invalid(what, format!("{cu:?}"), "starts at 0, non-decreasing").into(),
-            );
-        }
-        Ok(*cu.last().unwrap_or(&0) as usize)
-    };
-    if cu_q.len() != cu_k.len() {
-        return Err(Error::invalid(
-            "cu_seqlens_k length",
-            cu_k.len(),
-            format!("cu_seqlens_q length {}", cu_q.len()),
-        )
-        .into());
-    }
-    let (tq, tk) = (
-        check_cu("cu_seqlens_q", cu_q)?,
-        check_cu("cu_seqlens_k", cu_k)?,
-    );
-    let (hq, hk, d, dv) = (p.num_heads, p.num_kv_heads, p.head_size, p.head_size_v);
-    if hq == 0 || hk == 0 || hq % hk != 0 || d == 0 || dv == 0 || p.block_n == 0 {
-        return Err(Error::invalid(
-            "heads / head sizes / block_n",
-            format!("{hq}/{hk}, {d}/{dv}, {}", p.block_n),
-            "non-zero, num_kv_heads dividing num_heads",
-        )
-        .into());
-    }
-    for (what, len, want) in [
-        ("q", q.len(), tq * hq * d),
-        ("k", k.len(), tk * hk * d),
-        ("v", v.len(), tk * hk * dv),
-    ] {
-        if len != want {
-            return Err(Error::invalid(
-                format!("{what} length"),
-                len,
-                format!("{want} from cu_seqlens and head sizes"),
-            )
-            .into());
-        }
-    }
-    for (what, x) in [("alibi_slopes", p.alibi_slopes), ("sinks", p.sinks)] {
-        if x.is_some_and(|x| x.len() != hq) {
-            return Err(Error::invalid(
-                format!("{what} length"),
-                x.map_or(0, |x| x.len()),
-                format!("num_heads = {hq}"),
-            )
-            .into());
-        }
-    }
+/// Output `[total_q, Hq, Dv]` bits in `p.dtype` and lse `[Hq, total_q]`
+/// bits (f32), for the [`VarlenArgs`] the emulator takes (validated where
+/// they were built; only the launch's device limits are checked here).
+pub fn flash_attn_varlen(gpu: &Gpu, args: &VarlenArgs) -> Result<(Vec<u32>, Vec<u32>)> {
+    let (q, k, v, p) = (args.q(), args.k(), args.v(), args.params());
+    let (cu_q, cu_k) = (args.cu_seqlens_q(), args.cu_seqlens_k());
+    let (tq, hq, dv) = (args.total_q(), p.num_heads, p.head_size_v);
     let batch = cu_q.len().saturating_sub(1);
     let max_sq = cu_q
         .windows(2)

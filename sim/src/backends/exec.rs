@@ -10,7 +10,7 @@
 
 use crate::cache::KvCache;
 use crate::config::AttnConfig;
-use crate::kernels::flash_varlen::{flash_attn_varlen, VarlenParams};
+use crate::kernels::flash_varlen::{varlen, VarlenArgs};
 use crate::kernels::flex_attention::{flex, FlexArgs};
 use crate::kernels::gather_cache::{cp_mha_gather_cache, CacheFormat, GatherChunk};
 use crate::kernels::merge_attn_states::{merge, MergeArgs};
@@ -79,16 +79,8 @@ pub trait KernelExecutor {
         cp_mha_gather_cache(cache, block_rows, chunk, format, scales, dst_dtype)
     }
 
-    fn flash_attn_varlen(
-        &self,
-        q: &[f32],
-        k: &[f32],
-        v: &[f32],
-        cu_seqlens_q: &[i32],
-        cu_seqlens_k: &[i32],
-        p: &VarlenParams,
-    ) -> Result<OutLse> {
-        flash_attn_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, p)
+    fn flash_attn_varlen(&self, args: &VarlenArgs) -> Result<OutLse> {
+        Ok(varlen(args))
     }
 
     fn merge_attn_states(&self, args: &MergeArgs) -> Result<OutLse> {

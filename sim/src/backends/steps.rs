@@ -17,7 +17,7 @@
 use crate::backends::exec::KernelExecutor;
 use crate::cache::KvCache;
 use crate::config::AttnConfig;
-use crate::kernels::flash_varlen::{ck_block_n, VarlenParams};
+use crate::kernels::flash_varlen::{ck_block_n, VarlenArgs, VarlenParams};
 use crate::kernels::flex_attention::{flex_block_n, FlexArgs, SPARSE_Q_BLOCK_SIZE};
 use crate::kernels::gather_cache::{self, CacheFormat, GatherChunk};
 use crate::kernels::merge_attn_states::{MergeArgs, MergeKernel};
@@ -400,7 +400,8 @@ fn run_step(
                     ..fa
                 },
             };
-            let r = ex.flash_attn_varlen(q, &k, &v, &meta.query_start_loc, &keys.cu_seqlens, &p)?;
+            let (cu_q, cu_k) = (&meta.query_start_loc, &keys.cu_seqlens);
+            let r = ex.flash_attn_varlen(&VarlenArgs::new(q, &k, &v, cu_q, cu_k, &p)?)?;
             slots.store(*into, r);
         }
         Step::Merge {

@@ -27,7 +27,7 @@
 use super::{MlaBackend, MlaConfig, MlaDecodeBatch};
 use crate::backends::exec::{Cpu, KernelExecutor};
 use crate::backends::KernelCall;
-use crate::kernels::flash_varlen::VarlenParams;
+use crate::kernels::flash_varlen::{VarlenArgs, VarlenParams};
 use crate::kernels::merge_attn_states::{MergeArgs, MergeKernel};
 use crate::kernels::mla_cache::LatentCache;
 use crate::kernels::mla_prefill::{plan_mla_context_chunks, workspace_rows, ContextChunk};
@@ -327,14 +327,8 @@ pub fn forward_mha(
     let mut params = VarlenParams::new(h, h, pn + r, cfg.dtype, cfg.scale);
     params.head_size_v = d.v_head_dim;
     let (k_nope, v) = ex.up_project(kv_c, w, cfg.dtype)?;
-    let new = ex.flash_attn_varlen(
-        q,
-        &concat_k(&k_nope, k_pe, h, pn, r),
-        &v,
-        &qsl,
-        &qsl,
-        &params,
-    )?;
+    let k = concat_k(&k_nope, k_pe, h, pn, r);
+    let new = ex.flash_attn_varlen(&VarlenArgs::new(q, &k, &v, &qsl, &qsl, &params)?)?;
     let ctx_lens: Vec<usize> = (nd..meta.num_reqs()).map(|i| meta.context_len(i)).collect();
     let chunks = plan_mla_context_chunks(
         &ctx_lens,
@@ -367,14 +361,9 @@ pub fn forward_mha(
             .collect();
         let (kn, vc) = ex.up_project(&c_kv, w, cfg.dtype)?;
         let (q_chunk, cu_q) = chunk_queries(q, &qsl, chunk, h * (pn + r));
-        let part = ex.flash_attn_varlen(
-            &q_chunk,
-            &concat_k(&kn, &c_pe, h, pn, r),
-            &vc,
-            &cu_q,
-            &chunk.cu_seq_lens(),
-            &params,
-        )?;
+        let (kc, cu_k) = (concat_k(&kn, &c_pe, h, pn, r), chunk.cu_seq_lens());
+        let part =
+            ex.flash_attn_varlen(&VarlenArgs::new(&q_chunk, &kc, &vc, &cu_q, &cu_k, &params)?)?;
         for (i, p) in chunk.parts.iter().enumerate() {
             let (dst, src) = (
                 qsl[p.req] as usize..qsl[p.req + 1] as usize,
