@@ -12,7 +12,7 @@ use crate::runtime::params::{param_block, ParamBlock};
 use crate::runtime::{Arg, Buffer, FunctionId, LaunchDims, Result, Target};
 use attnlab_shared::dtype::DType;
 use attnlab_shared::error::Error;
-use attnlab_sim::kernels::flash_varlen_tc::{VarlenTcParams, WAVE_ROWS};
+use attnlab_sim::kernels::flash_varlen_tc::{VarlenTcArgs, VarlenTcParams, WAVE_ROWS};
 use attnlab_sim::numerics::mma::MatrixTarget;
 
 param_block! {
@@ -75,53 +75,14 @@ pub fn shared_bytes(d: usize, dv: usize, block_n: usize, stages: usize) -> usize
 }
 
 /// Output `[total_q, Hq, Dv]` bits in the dtype and lse `[Hq, total_q]`
-/// bits (f32). `p.target` must be the device's ([`matrix_target`]).
-pub fn flash_attn_varlen_tc(
-    gpu: &Gpu,
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
-    cu_q: &[i32],
-    cu_k: &[i32],
-    p: &VarlenTcParams,
-) -> Result<(Vec<u32>, Vec<u32>)> {
-    p.validate()?;
-    let check_cu = |what: &str, cu: &[i32]| -> Result<usize> {
-        if cu.first() != Some(&0) || cu.windows(2).any(|w| w[1] < w[0]) {
-            return Err(
-                Error::invalid(what, format!("{cu:?}"), "starts at 0, non-decreasing").into(),
-            );
-        }
-        Ok(*cu.last().unwrap_or(&0) as usize)
-    };
-    if cu_q.len() != cu_k.len() {
-        return Err(Error::invalid(
-            "cu_seqlens_k length",
-            cu_k.len(),
-            format!("cu_seqlens_q length {}", cu_q.len()),
-        )
-        .into());
-    }
-    let (tq, tk) = (
-        check_cu("cu_seqlens_q", cu_q)?,
-        check_cu("cu_seqlens_k", cu_k)?,
-    );
+/// bits (f32), for the [`VarlenTcArgs`] the emulator takes (validated where
+/// they were built). `p.target` must be the device's ([`matrix_target`]).
+pub fn flash_attn_varlen_tc(gpu: &Gpu, args: &VarlenTcArgs) -> Result<(Vec<u32>, Vec<u32>)> {
+    let (x, p) = (args.inputs(), args.params());
+    let (q, k, v) = (x.q(), x.k(), x.v());
+    let (cu_q, cu_k) = (x.cu_seqlens_q(), x.cu_seqlens_k());
     let vp = &p.varlen;
-    let (hq, hk, d, dv) = (vp.num_heads, vp.num_kv_heads, vp.head_size, vp.head_size_v);
-    for (what, len, want) in [
-        ("q", q.len(), tq * hq * d),
-        ("k", k.len(), tk * hk * d),
-        ("v", v.len(), tk * hk * dv),
-    ] {
-        if len != want {
-            return Err(Error::invalid(
-                format!("{what} length"),
-                len,
-                format!("{want} from cu_seqlens and head sizes"),
-            )
-            .into());
-        }
-    }
+    let (tq, hq, dv) = (x.total_q(), vp.num_heads, vp.head_size_v);
     let batch = cu_q.len().saturating_sub(1);
     let max_sq = cu_q
         .windows(2)
