@@ -12,7 +12,6 @@ use attnlab_shared::dtype::DType;
 use attnlab_shared::error::{Error, Result};
 use attnlab_sim::backends::exec::KernelExecutor;
 use attnlab_sim::cache::KvCache;
-use attnlab_sim::config::AttnConfig;
 use attnlab_sim::kernels::flash_varlen::VarlenArgs;
 use attnlab_sim::kernels::flex_attention::FlexArgs;
 use attnlab_sim::kernels::gather_cache::{CacheFormat, GatherChunk};
@@ -23,7 +22,7 @@ use attnlab_sim::kernels::mla_prefill::ContextChunk;
 use attnlab_sim::kernels::mla_proj::MlaWeights;
 use attnlab_sim::kernels::paged_decode::{PagedInputs, PartitionSize};
 use attnlab_sim::kernels::prefix_prefill::PrefixArgs;
-use attnlab_sim::kernels::reshape_and_cache::CacheWriter;
+use attnlab_sim::kernels::reshape_and_cache::CacheWrite;
 use attnlab_sim::kernels::softmax::OutLse;
 use attnlab_sim::kernels::unified_attention::UnifiedArgs;
 
@@ -44,25 +43,8 @@ fn widen(bits: &[u32], dtype: DType) -> Vec<f32> {
 }
 
 impl KernelExecutor for GpuExecutor<'_> {
-    fn reshape_and_cache(
-        &self,
-        writer: CacheWriter,
-        cache: &mut KvCache,
-        key: &[f32],
-        value: &[f32],
-        slot_mapping: &[i64],
-        cfg: &AttnConfig,
-    ) -> Result<()> {
-        ops::reshape_and_cache::reshape_and_cache(
-            self.0,
-            writer,
-            cache,
-            key,
-            value,
-            slot_mapping,
-            cfg,
-        )
-        .map_err(shared)
+    fn reshape_and_cache(&self, args: CacheWrite) -> Result<()> {
+        ops::reshape_and_cache::reshape_and_cache(self.0, args).map_err(shared)
     }
 
     fn unified_attention(&self, args: &UnifiedArgs) -> Result<Vec<f32>> {

@@ -9,7 +9,6 @@
 //! signature, so an executor overrides only what it runs elsewhere.
 
 use crate::cache::KvCache;
-use crate::config::AttnConfig;
 use crate::kernels::flash_varlen::{varlen, VarlenArgs};
 use crate::kernels::flex_attention::{flex, FlexArgs};
 use crate::kernels::gather_cache::{cp_mha_gather_cache, CacheFormat, GatherChunk};
@@ -23,7 +22,7 @@ use crate::kernels::mla_prefill::{gather_and_maybe_dequant_cache, ContextChunk};
 use crate::kernels::mla_proj::{absorb_query, project_output, up_project, MlaWeights};
 use crate::kernels::paged_decode::{paged_2d, paged_ll4mi, PagedInputs, PartitionSize};
 use crate::kernels::prefix_prefill::{context_attention, PrefixArgs};
-use crate::kernels::reshape_and_cache::{reshape_and_cache, CacheWriter};
+use crate::kernels::reshape_and_cache::{write_cache, CacheWrite};
 use crate::kernels::softmax::OutLse;
 use crate::kernels::unified_attention::{unified_attention, UnifiedArgs};
 use attnlab_shared::dtype::DType;
@@ -33,16 +32,9 @@ use attnlab_shared::fault::FaultSet;
 /// Runs the kernels the MHA and MLA backends compose (see [`crate::kernels`] for each).
 #[allow(clippy::too_many_arguments)]
 pub trait KernelExecutor {
-    fn reshape_and_cache(
-        &self,
-        writer: CacheWriter,
-        cache: &mut KvCache,
-        key: &[f32],
-        value: &[f32],
-        slot_mapping: &[i64],
-        cfg: &AttnConfig,
-    ) -> Result<()> {
-        reshape_and_cache(writer, cache, key, value, slot_mapping, cfg)
+    fn reshape_and_cache(&self, args: CacheWrite) -> Result<()> {
+        write_cache(args);
+        Ok(())
     }
 
     fn unified_attention(&self, args: &UnifiedArgs) -> Result<Vec<f32>> {
