@@ -11,10 +11,9 @@ use crate::runtime::GpuError;
 use attnlab_shared::dtype::DType;
 use attnlab_shared::error::{Error, Result};
 use attnlab_sim::backends::exec::KernelExecutor;
-use attnlab_sim::cache::KvCache;
 use attnlab_sim::kernels::flash_varlen::VarlenArgs;
 use attnlab_sim::kernels::flex_attention::FlexArgs;
-use attnlab_sim::kernels::gather_cache::{CacheFormat, GatherChunk};
+use attnlab_sim::kernels::gather_cache::GatherArgs;
 use attnlab_sim::kernels::merge_attn_states::MergeArgs;
 use attnlab_sim::kernels::mla_cache::LatentCache;
 use attnlab_sim::kernels::mla_decode::{KvRow, KvSplits, MlaDecodeOutput, MlaDecodeParams};
@@ -76,19 +75,9 @@ impl KernelExecutor for GpuExecutor<'_> {
         Ok(())
     }
 
-    fn cp_mha_gather_cache(
-        &self,
-        cache: &KvCache,
-        block_rows: &[&[i32]],
-        chunk: &GatherChunk,
-        format: CacheFormat,
-        scales: (f32, f32),
-        dst_dtype: DType,
-    ) -> Result<(Vec<f32>, Vec<f32>)> {
-        let (k, v) = ops::gather_cache::cp_mha_gather_cache(
-            self.0, cache, block_rows, chunk, format, scales, dst_dtype,
-        )
-        .map_err(shared)?;
+    fn cp_mha_gather_cache(&self, args: &GatherArgs) -> Result<(Vec<f32>, Vec<f32>)> {
+        let (k, v) = ops::gather_cache::cp_mha_gather_cache(self.0, args).map_err(shared)?;
+        let dst_dtype = args.dst_dtype();
         Ok((widen(&k, dst_dtype), widen(&v, dst_dtype)))
     }
 

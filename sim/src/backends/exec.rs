@@ -8,10 +8,9 @@
 //! Every method defaults to the emulator kernel of the same name and
 //! signature, so an executor overrides only what it runs elsewhere.
 
-use crate::cache::KvCache;
 use crate::kernels::flash_varlen::{varlen, VarlenArgs};
 use crate::kernels::flex_attention::{flex, FlexArgs};
-use crate::kernels::gather_cache::{cp_mha_gather_cache, CacheFormat, GatherChunk};
+use crate::kernels::gather_cache::{gather, GatherArgs};
 use crate::kernels::merge_attn_states::{merge, MergeArgs};
 use crate::kernels::mla_cache::{concat_and_cache_mla, LatentCache};
 use crate::kernels::mla_decode::{
@@ -59,16 +58,8 @@ pub trait KernelExecutor {
         paged_ll4mi(inputs, partition_size, out)
     }
 
-    fn cp_mha_gather_cache(
-        &self,
-        cache: &KvCache,
-        block_rows: &[&[i32]],
-        chunk: &GatherChunk,
-        format: CacheFormat,
-        scales: (f32, f32),
-        dst_dtype: DType,
-    ) -> Result<(Vec<f32>, Vec<f32>)> {
-        cp_mha_gather_cache(cache, block_rows, chunk, format, scales, dst_dtype)
+    fn cp_mha_gather_cache(&self, args: &GatherArgs) -> Result<(Vec<f32>, Vec<f32>)> {
+        Ok(gather(args))
     }
 
     fn flash_attn_varlen(&self, args: &VarlenArgs) -> Result<OutLse> {

@@ -19,7 +19,7 @@ use crate::cache::KvCache;
 use crate::config::AttnConfig;
 use crate::kernels::flash_varlen::{ck_block_n, VarlenArgs, VarlenParams};
 use crate::kernels::flex_attention::{flex_block_n, FlexArgs, SPARSE_Q_BLOCK_SIZE};
-use crate::kernels::gather_cache::{self, CacheFormat, GatherChunk};
+use crate::kernels::gather_cache::{self, CacheFormat, GatherArgs, GatherChunk};
 use crate::kernels::merge_attn_states::{MergeArgs, MergeKernel};
 use crate::kernels::paged_decode::{
     max_num_partitions, PagedInputs, PartitionSize, PARTITION_SIZE_ROCM,
@@ -365,11 +365,12 @@ fn run_step(
         } => {
             let format = CacheFormat::of(cache.layout.kind)?;
             let scales = (cfg.k_scale, cfg.v_scale);
+            let args = GatherArgs::new(cache, table, keys, format, scales, cfg.dtype)?;
             let (k, v) = if *gathered {
-                ex.cp_mha_gather_cache(cache, table, keys, format, scales, cfg.dtype)?
+                ex.cp_mha_gather_cache(&args)?
             } else {
                 // The step's key/value tensors, read back from the cache (no launch).
-                gather_cache::cp_mha_gather_cache(cache, table, keys, format, scales, cfg.dtype)?
+                gather_cache::gather(&args)
             };
             let fa = VarlenParams {
                 // Fault::WindowConventionMixed: W handed over as the left bound (W, 0).
