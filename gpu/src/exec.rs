@@ -16,7 +16,7 @@ use attnlab_sim::kernels::flex_attention::FlexArgs;
 use attnlab_sim::kernels::gather_cache::GatherArgs;
 use attnlab_sim::kernels::merge_attn_states::MergeArgs;
 use attnlab_sim::kernels::mla_cache::LatentCache;
-use attnlab_sim::kernels::mla_decode::{KvRow, KvSplits, MlaDecodeOutput, MlaDecodeParams};
+use attnlab_sim::kernels::mla_decode::{MlaDecodeArgs, MlaDecodeOutput};
 use attnlab_sim::kernels::mla_prefill::ContextChunk;
 use attnlab_sim::kernels::mla_proj::MlaWeights;
 use attnlab_sim::kernels::paged_decode::{PagedInputs, PartitionSize};
@@ -155,16 +155,9 @@ impl KernelExecutor for GpuExecutor<'_> {
         Ok(widen(&bits, dtype))
     }
 
-    fn decode_attention_fwd(
-        &self,
-        q: &[f32],
-        rows: &[KvRow],
-        cache: &LatentCache,
-        splits: KvSplits,
-        p: &MlaDecodeParams,
-    ) -> Result<MlaDecodeOutput> {
-        let o = ops::mla_decode::decode_attention_fwd(self.0, q, rows, cache, splits, p)
-            .map_err(shared)?;
+    fn decode_attention_fwd(&self, args: &MlaDecodeArgs) -> Result<MlaDecodeOutput> {
+        let o = ops::mla_decode::decode_attention_fwd(self.0, args).map_err(shared)?;
+        let p = args.params();
         Ok(MlaDecodeOutput {
             out: widen(&o.out, p.out_dtype),
             lse: widen(&o.lse, p.lse_dtype),

@@ -8,10 +8,7 @@ use crate::runtime::bytes::{bits_from_bytes, bytes_of, bytes_of_i32, bytes_of_i6
 use crate::runtime::params::{param_block, ParamBlock};
 use crate::runtime::{Buffer, LaunchDims, Result};
 use attnlab_shared::error::Error;
-use attnlab_sim::kernels::mla_cache::LatentCache;
-use attnlab_sim::kernels::mla_decode::{
-    validate, KvRow, KvSplits, MlaDecodeParams, BLOCK_H, BLOCK_N,
-};
+use attnlab_sim::kernels::mla_decode::{KvRow, KvSplits, MlaDecodeArgs, BLOCK_H, BLOCK_N};
 use attnlab_sim::numerics::softmax_scale_log2;
 
 param_block! {
@@ -38,15 +35,16 @@ pub struct MlaDecodeBits {
 }
 
 /// Stage 1 + stage 2 on the device for absorbed queries `q [rows, H, W]`.
-pub fn decode_attention_fwd(
-    gpu: &Gpu,
-    q: &[f32],
-    rows: &[KvRow],
-    cache: &LatentCache,
-    splits: KvSplits,
-    p: &MlaDecodeParams,
-) -> Result<MlaDecodeBits> {
-    validate(q, rows, cache, splits, p)?;
+/// The [`MlaDecodeArgs`] the emulator takes, validated where they were
+/// built; only the device's shared memory and index widths are checked here.
+pub fn decode_attention_fwd(gpu: &Gpu, args: &MlaDecodeArgs) -> Result<MlaDecodeBits> {
+    let (q, rows, cache, splits, p) = (
+        args.q(),
+        args.rows(),
+        args.cache(),
+        args.splits(),
+        args.params(),
+    );
     let (h, lkv, w) = (p.num_heads, cache.layout.kv_lora_rank, cache.layout.width());
     let s = splits.num_kv_splits();
     let shared = (BLOCK_H * BLOCK_N + BLOCK_H * lkv + 3 * BLOCK_H) * 4;

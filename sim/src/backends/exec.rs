@@ -14,8 +14,7 @@ use crate::kernels::gather_cache::{gather, GatherArgs};
 use crate::kernels::merge_attn_states::{merge, MergeArgs};
 use crate::kernels::mla_cache::{concat_and_cache_mla, LatentCache};
 use crate::kernels::mla_decode::{
-    aiter_splits, decode_attention_fwd, AiterPaging, KvRow, KvSplits, MlaDecodeOutput,
-    MlaDecodeParams,
+    aiter_splits, decode, AiterPaging, MlaDecodeArgs, MlaDecodeOutput, MlaDecodeParams,
 };
 use crate::kernels::mla_prefill::{gather_and_maybe_dequant_cache, ContextChunk};
 use crate::kernels::mla_proj::{absorb_query, project_output, up_project, MlaWeights};
@@ -104,15 +103,8 @@ pub trait KernelExecutor {
         project_output(o_latent, w, dtype)
     }
 
-    fn decode_attention_fwd(
-        &self,
-        q: &[f32],
-        rows: &[KvRow],
-        cache: &LatentCache,
-        splits: KvSplits,
-        p: &MlaDecodeParams,
-    ) -> Result<MlaDecodeOutput> {
-        decode_attention_fwd(q, rows, cache, splits, p)
+    fn decode_attention_fwd(&self, args: &MlaDecodeArgs) -> Result<MlaDecodeOutput> {
+        decode(args)
     }
 
     /// AITER's launch (paging checks, split count, granularity:
@@ -130,7 +122,8 @@ pub trait KernelExecutor {
         p: &MlaDecodeParams,
     ) -> Result<MlaDecodeOutput> {
         let splits = aiter_splits(cache, paging, num_kv_splits, num_cus, p.num_heads)?;
-        self.decode_attention_fwd(q, &paging.rows_with(causal, p.faults), cache, splits, p)
+        let rows = paging.rows_with(causal, p.faults);
+        self.decode_attention_fwd(&MlaDecodeArgs::new(q, &rows, cache, splits, p)?)
     }
 
     fn gather_and_maybe_dequant_cache(
