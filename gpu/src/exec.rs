@@ -15,7 +15,7 @@ use attnlab_sim::kernels::flash_varlen::VarlenArgs;
 use attnlab_sim::kernels::flex_attention::FlexArgs;
 use attnlab_sim::kernels::gather_cache::GatherArgs;
 use attnlab_sim::kernels::merge_attn_states::MergeArgs;
-use attnlab_sim::kernels::mla_cache::LatentCache;
+use attnlab_sim::kernels::mla_cache::{LatentCache, LatentWrite};
 use attnlab_sim::kernels::mla_decode::{MlaDecodeArgs, MlaDecodeOutput};
 use attnlab_sim::kernels::mla_prefill::ContextChunk;
 use attnlab_sim::kernels::mla_proj::MlaWeights;
@@ -113,25 +113,11 @@ impl KernelExecutor for GpuExecutor<'_> {
     /// The step's activations go up as f32 (exact: every f32 is), so the
     /// device stores `round(x)` / `fp8(x / scale)` of the same values the
     /// sim stores, whatever their dtype.
-    fn concat_and_cache_mla(
-        &self,
-        cache: &mut LatentCache,
-        kv_c: &[f32],
-        k_pe: &[f32],
-        slot_mapping: &[i64],
-        scale: f32,
-    ) -> Result<()> {
-        let bits = ops::mla_cache::concat_and_cache_mla(
-            self.0,
-            cache,
-            kv_c,
-            k_pe,
-            slot_mapping,
-            scale,
-            DType::F32,
-        )
-        .map_err(shared)?;
-        cache.data = widen(&bits, cache.layout.dtype);
+    fn concat_and_cache_mla(&self, mut args: LatentWrite) -> Result<()> {
+        let bits =
+            ops::mla_cache::concat_and_cache_mla(self.0, &args, DType::F32).map_err(shared)?;
+        let dtype = args.cache().layout.dtype;
+        *args.cache_data() = widen(&bits, dtype);
         Ok(())
     }
 

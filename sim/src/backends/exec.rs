@@ -12,7 +12,7 @@ use crate::kernels::flash_varlen::{varlen, VarlenArgs};
 use crate::kernels::flex_attention::{flex, FlexArgs};
 use crate::kernels::gather_cache::{gather, GatherArgs};
 use crate::kernels::merge_attn_states::{merge, MergeArgs};
-use crate::kernels::mla_cache::{concat_and_cache_mla, LatentCache};
+use crate::kernels::mla_cache::{write_latent, LatentCache, LatentWrite};
 use crate::kernels::mla_decode::{
     aiter_splits, decode, AiterPaging, MlaDecodeArgs, MlaDecodeOutput, MlaDecodeParams,
 };
@@ -75,15 +75,9 @@ pub trait KernelExecutor {
 
     // ---- MLA (backends::mla): latent cache, projections, decode, prefill gather.
 
-    fn concat_and_cache_mla(
-        &self,
-        cache: &mut LatentCache,
-        kv_c: &[f32],
-        k_pe: &[f32],
-        slot_mapping: &[i64],
-        scale: f32,
-    ) -> Result<()> {
-        concat_and_cache_mla(cache, kv_c, k_pe, slot_mapping, scale)
+    fn concat_and_cache_mla(&self, args: LatentWrite) -> Result<()> {
+        write_latent(args);
+        Ok(())
     }
 
     fn up_project(

@@ -29,7 +29,7 @@ use crate::backends::exec::{Cpu, KernelExecutor};
 use crate::backends::KernelCall;
 use crate::kernels::flash_varlen::{VarlenArgs, VarlenParams};
 use crate::kernels::merge_attn_states::{MergeArgs, MergeKernel};
-use crate::kernels::mla_cache::LatentCache;
+use crate::kernels::mla_cache::{LatentCache, LatentWrite};
 use crate::kernels::mla_prefill::{plan_mla_context_chunks, workspace_rows, ContextChunk};
 use crate::kernels::mla_proj::MlaWeights;
 use crate::kernels::softmax::OutLse;
@@ -96,13 +96,13 @@ pub fn write_kv_with(
 ) -> Result<()> {
     validate(backend, step, cache, weights, cfg)?;
     let t = step.meta.num_actual_tokens;
-    ex.concat_and_cache_mla(
+    ex.concat_and_cache_mla(LatentWrite::new(
         cache,
         step.kv_c,
         step.k_pe,
         &step.meta.slot_mapping[..t],
         cfg.k_scale,
-    )
+    )?)
 }
 
 /// Attention for every token, per TP rank (the cache already holds the step's tokens).
