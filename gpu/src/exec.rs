@@ -15,9 +15,9 @@ use attnlab_sim::kernels::flash_varlen::VarlenArgs;
 use attnlab_sim::kernels::flex_attention::FlexArgs;
 use attnlab_sim::kernels::gather_cache::GatherArgs;
 use attnlab_sim::kernels::merge_attn_states::MergeArgs;
-use attnlab_sim::kernels::mla_cache::{LatentCache, LatentWrite};
+use attnlab_sim::kernels::mla_cache::LatentWrite;
 use attnlab_sim::kernels::mla_decode::{MlaDecodeArgs, MlaDecodeOutput};
-use attnlab_sim::kernels::mla_prefill::ContextChunk;
+use attnlab_sim::kernels::mla_prefill::LatentGather;
 use attnlab_sim::kernels::mla_proj::MlaWeights;
 use attnlab_sim::kernels::paged_decode::{PagedInputs, PartitionSize};
 use attnlab_sim::kernels::prefix_prefill::PrefixArgs;
@@ -150,26 +150,10 @@ impl KernelExecutor for GpuExecutor<'_> {
         })
     }
 
-    fn gather_and_maybe_dequant_cache(
-        &self,
-        cache: &LatentCache,
-        block_tables: &[&[i32]],
-        chunk: &ContextChunk,
-        k_scale: f32,
-        to: DType,
-    ) -> Result<Vec<f32>> {
-        let bits = ops::mla_prefill::gather_and_maybe_dequant_cache(
-            self.0,
-            cache,
-            block_tables,
-            chunk,
-            k_scale,
-            to,
-        )
-        .map_err(shared)?;
-        Ok(widen(
-            &bits,
-            ops::mla_prefill::gathered_dtype(cache.layout.dtype, to),
-        ))
+    fn gather_and_maybe_dequant_cache(&self, args: &LatentGather) -> Result<Vec<f32>> {
+        let bits =
+            ops::mla_prefill::gather_and_maybe_dequant_cache(self.0, args).map_err(shared)?;
+        let dtype = ops::mla_prefill::gathered_dtype(args.cache().layout.dtype, args.to());
+        Ok(widen(&bits, dtype))
     }
 }

@@ -16,7 +16,7 @@ use crate::kernels::mla_cache::{write_latent, LatentCache, LatentWrite};
 use crate::kernels::mla_decode::{
     aiter_splits, decode, AiterPaging, MlaDecodeArgs, MlaDecodeOutput, MlaDecodeParams,
 };
-use crate::kernels::mla_prefill::{gather_and_maybe_dequant_cache, ContextChunk};
+use crate::kernels::mla_prefill::{gather_latent, LatentGather};
 use crate::kernels::mla_proj::{absorb_query, project_output, up_project, MlaWeights};
 use crate::kernels::paged_decode::{paged_2d, paged_ll4mi, PagedInputs, PartitionSize};
 use crate::kernels::prefix_prefill::{context_attention, PrefixArgs};
@@ -120,15 +120,8 @@ pub trait KernelExecutor {
         self.decode_attention_fwd(&MlaDecodeArgs::new(q, &rows, cache, splits, p)?)
     }
 
-    fn gather_and_maybe_dequant_cache(
-        &self,
-        cache: &LatentCache,
-        block_tables: &[&[i32]],
-        chunk: &ContextChunk,
-        k_scale: f32,
-        to: DType,
-    ) -> Result<Vec<f32>> {
-        gather_and_maybe_dequant_cache(cache, block_tables, chunk, k_scale, to)
+    fn gather_and_maybe_dequant_cache(&self, args: &LatentGather) -> Result<Vec<f32>> {
+        Ok(gather_latent(args))
     }
 }
 

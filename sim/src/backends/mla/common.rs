@@ -30,7 +30,9 @@ use crate::backends::KernelCall;
 use crate::kernels::flash_varlen::{VarlenArgs, VarlenParams};
 use crate::kernels::merge_attn_states::{MergeArgs, MergeKernel};
 use crate::kernels::mla_cache::{LatentCache, LatentWrite};
-use crate::kernels::mla_prefill::{plan_mla_context_chunks, workspace_rows, ContextChunk};
+use crate::kernels::mla_prefill::{
+    plan_mla_context_chunks, workspace_rows, ContextChunk, LatentGather,
+};
 use crate::kernels::mla_proj::MlaWeights;
 use crate::kernels::softmax::OutLse;
 use attnlab_shared::error::{Error, Result};
@@ -349,8 +351,13 @@ pub fn forward_mha(
     let mut running = OutLse::empty(tp, h, d.v_head_dim);
     params.causal = false;
     for chunk in &chunks {
-        let rows =
-            ex.gather_and_maybe_dequant_cache(cache, &tables, chunk, cfg.k_scale, cfg.dtype)?;
+        let rows = ex.gather_and_maybe_dequant_cache(&LatentGather::new(
+            cache,
+            &tables,
+            chunk,
+            cfg.k_scale,
+            cfg.dtype,
+        )?)?;
         let c_kv: Vec<f32> = rows
             .chunks_exact(wd)
             .flat_map(|e| e[..lkv].iter().copied())
