@@ -18,7 +18,7 @@ use attnlab_sim::kernels::merge_attn_states::MergeArgs;
 use attnlab_sim::kernels::mla_cache::LatentWrite;
 use attnlab_sim::kernels::mla_decode::{MlaDecodeArgs, MlaDecodeOutput};
 use attnlab_sim::kernels::mla_prefill::LatentGather;
-use attnlab_sim::kernels::mla_proj::MlaWeights;
+use attnlab_sim::kernels::mla_proj::ProjArgs;
 use attnlab_sim::kernels::paged_decode::{PagedInputs, PartitionSize};
 use attnlab_sim::kernels::prefix_prefill::PrefixArgs;
 use attnlab_sim::kernels::reshape_and_cache::CacheWrite;
@@ -121,24 +121,19 @@ impl KernelExecutor for GpuExecutor<'_> {
         Ok(())
     }
 
-    fn up_project(
-        &self,
-        kv_c: &[f32],
-        w: &MlaWeights,
-        dtype: DType,
-    ) -> Result<(Vec<f32>, Vec<f32>)> {
-        let (k, v) = ops::mla_proj::up_project(self.0, kv_c, w, dtype).map_err(shared)?;
-        Ok((widen(&k, dtype), widen(&v, dtype)))
+    fn up_project(&self, args: &ProjArgs) -> Result<(Vec<f32>, Vec<f32>)> {
+        let (k, v) = ops::mla_proj::up_project(self.0, args).map_err(shared)?;
+        Ok((widen(&k, args.dtype()), widen(&v, args.dtype())))
     }
 
-    fn absorb_query(&self, q: &[f32], w: &MlaWeights, dtype: DType) -> Result<Vec<f32>> {
-        let bits = ops::mla_proj::absorb_query(self.0, q, w, dtype).map_err(shared)?;
-        Ok(widen(&bits, dtype))
+    fn absorb_query(&self, args: &ProjArgs) -> Result<Vec<f32>> {
+        let bits = ops::mla_proj::absorb_query(self.0, args).map_err(shared)?;
+        Ok(widen(&bits, args.dtype()))
     }
 
-    fn project_output(&self, o_latent: &[f32], w: &MlaWeights, dtype: DType) -> Result<Vec<f32>> {
-        let bits = ops::mla_proj::project_output(self.0, o_latent, w, dtype).map_err(shared)?;
-        Ok(widen(&bits, dtype))
+    fn project_output(&self, args: &ProjArgs) -> Result<Vec<f32>> {
+        let bits = ops::mla_proj::project_output(self.0, args).map_err(shared)?;
+        Ok(widen(&bits, args.dtype()))
     }
 
     fn decode_attention_fwd(&self, args: &MlaDecodeArgs) -> Result<MlaDecodeOutput> {

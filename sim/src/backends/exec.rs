@@ -17,13 +17,12 @@ use crate::kernels::mla_decode::{
     aiter_splits, decode, AiterPaging, MlaDecodeArgs, MlaDecodeOutput, MlaDecodeParams,
 };
 use crate::kernels::mla_prefill::{gather_latent, LatentGather};
-use crate::kernels::mla_proj::{absorb_query, project_output, up_project, MlaWeights};
+use crate::kernels::mla_proj::{absorb, output, up, ProjArgs};
 use crate::kernels::paged_decode::{paged_2d, paged_ll4mi, PagedInputs, PartitionSize};
 use crate::kernels::prefix_prefill::{context_attention, PrefixArgs};
 use crate::kernels::reshape_and_cache::{write_cache, CacheWrite};
 use crate::kernels::softmax::OutLse;
 use crate::kernels::unified_attention::{unified_attention, UnifiedArgs};
-use attnlab_shared::dtype::DType;
 use attnlab_shared::error::Result;
 use attnlab_shared::fault::FaultSet;
 
@@ -80,21 +79,16 @@ pub trait KernelExecutor {
         Ok(())
     }
 
-    fn up_project(
-        &self,
-        kv_c: &[f32],
-        w: &MlaWeights,
-        dtype: DType,
-    ) -> Result<(Vec<f32>, Vec<f32>)> {
-        up_project(kv_c, w, dtype)
+    fn up_project(&self, args: &ProjArgs) -> Result<(Vec<f32>, Vec<f32>)> {
+        up(args)
     }
 
-    fn absorb_query(&self, q: &[f32], w: &MlaWeights, dtype: DType) -> Result<Vec<f32>> {
-        absorb_query(q, w, dtype)
+    fn absorb_query(&self, args: &ProjArgs) -> Result<Vec<f32>> {
+        absorb(args)
     }
 
-    fn project_output(&self, o_latent: &[f32], w: &MlaWeights, dtype: DType) -> Result<Vec<f32>> {
-        project_output(o_latent, w, dtype)
+    fn project_output(&self, args: &ProjArgs) -> Result<Vec<f32>> {
+        output(args)
     }
 
     fn decode_attention_fwd(&self, args: &MlaDecodeArgs) -> Result<MlaDecodeOutput> {

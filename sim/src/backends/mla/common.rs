@@ -33,7 +33,7 @@ use crate::kernels::mla_cache::{LatentCache, LatentWrite};
 use crate::kernels::mla_prefill::{
     plan_mla_context_chunks, workspace_rows, ContextChunk, LatentGather,
 };
-use crate::kernels::mla_proj::MlaWeights;
+use crate::kernels::mla_proj::{MlaWeights, ProjArgs, Projection};
 use crate::kernels::softmax::OutLse;
 use attnlab_shared::error::{Error, Result};
 use attnlab_shared::fault::Fault;
@@ -256,7 +256,13 @@ fn forward_rank(
     let ndt = step.meta.query_start_loc[nd] as usize;
     let mut out = Vec::with_capacity(step.meta.num_actual_tokens * h * d.v_head_dim);
     if ndt > 0 {
-        let mqa_q = ex.absorb_query(&q[..ndt * h * qw], w, cfg.dtype)?;
+        let q_decode = &q[..ndt * h * qw];
+        let mqa_q = ex.absorb_query(&ProjArgs::new(
+            Projection::AbsorbQuery,
+            q_decode,
+            w,
+            cfg.dtype,
+        )?)?;
         let o = backend.forward_mqa_with(
             ex,
             &mqa_q,
@@ -268,7 +274,7 @@ fn forward_rank(
             },
             cfg,
         )?;
-        out.extend(ex.project_output(&o.out, w, cfg.dtype)?);
+        out.extend(ex.project_output(&ProjArgs::new(Projection::Output, &o.out, w, cfg.dtype)?)?);
     }
     if ndt < step.meta.num_actual_tokens {
         let kv_c = &step.kv_c[ndt * d.kv_lora_rank..];
@@ -328,7 +334,7 @@ pub fn forward_mha(
         .collect();
     let mut params = VarlenParams::new(h, h, pn + r, cfg.dtype, cfg.scale);
     params.head_size_v = d.v_head_dim;
-    let (k_nope, v) = ex.up_project(kv_c, w, cfg.dtype)?;
+    let (k_nope, v) = ex.up_project(&ProjArgs::new(Projection::KvUp, kv_c, w, cfg.dtype)?)?;
     let k = concat_k(&k_nope, k_pe, h, pn, r);
     let new = ex.flash_attn_varlen(&VarlenArgs::new(q, &k, &v, &qsl, &qsl, &params)?)?;
     let ctx_lens: Vec<usize> = (nd..meta.num_reqs()).map(|i| meta.context_len(i)).collect();
@@ -366,7 +372,7 @@ pub fn forward_mha(
             .chunks_exact(wd)
             .flat_map(|e| e[lkv..].iter().copied())
             .collect();
-        let (kn, vc) = ex.up_project(&c_kv, w, cfg.dtype)?;
+        let (kn, vc) = ex.up_project(&ProjArgs::new(Projection::KvUp, &c_kv, w, cfg.dtype)?)?;
         let (q_chunk, cu_q) = chunk_queries(q, &qsl, chunk, h * (pn + r));
         let (kc, cu_k) = (concat_k(&kn, &c_pe, h, pn, r), chunk.cu_seq_lens());
         let part =
