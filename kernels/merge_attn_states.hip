@@ -18,11 +18,20 @@
 
 typedef Storage<OUT_DTYPE> Out;
 
+// The launch's scalars (gpu/src/ops/merge_attn_states.rs MergeParams, field
+// for field; gpu/tests/param_layout.rs checks the layout).
+struct MergeParams {
+    i64 num_tokens, num_heads, head_size;
+    i32 hip_kernel, pad;
+};
+
 extern "C" __global__ void merge_attn_states(
     typename Out::T* __restrict__ out, float* __restrict__ out_lse,
     const typename Out::T* __restrict__ prefix_out, const float* __restrict__ prefix_lse,
     const typename Out::T* __restrict__ suffix_out, const float* __restrict__ suffix_lse,
-    i64 num_tokens, i64 num_heads, i64 head_size, i32 hip_kernel) {
+    MergeParams a) {
+    const i64 num_tokens = a.num_tokens, num_heads = a.num_heads, head_size = a.head_size;
+    const i32 hip_kernel = a.hip_kernel;
     const i64 t = blockIdx.x, h = blockIdx.y;
     float p = prefix_lse[h * num_tokens + t], s = suffix_lse[h * num_tokens + t];
     if (hip_kernel) {

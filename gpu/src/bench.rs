@@ -26,7 +26,7 @@ use attnlab_shared::dtype::DType;
 use attnlab_shared::layout::{KvLayout, LayoutKind};
 use attnlab_shared::metadata::{AttentionMetadata, BlockTableTensor};
 use attnlab_sim::config::AttnConfig;
-use attnlab_sim::kernels::paged_decode::PARTITION_SIZE_ROCM;
+use attnlab_sim::kernels::paged_decode::{PartitionSize, PARTITION_SIZE_ROCM};
 use serde::Serialize;
 
 #[derive(Debug, Clone)]
@@ -142,15 +142,20 @@ fn time_ms_queued(
 
 fn fill(gpu: &Gpu, buf: &Buffer, n: usize, seed: u32) -> Result<()> {
     let f = gpu.function("fill", &[dtype_define("DTYPE", DType::Bf16)], "fill_hash")?;
-    gpu.dev.launch(
-        f,
-        LaunchDims {
-            grid: [4096, 1, 1],
-            block: [256, 1, 1],
-            shared_bytes: 0,
-        },
-        &[buf.arg(), Arg::I64(n as i64), Arg::I32(seed as i32)],
-    )
+    // SAFETY: the arguments are the kernel's parameter list in order (by-value
+    // blocks layout-checked by gpu/tests/param_layout.rs), and every buffer was
+    // sized above for the shapes those scalars and this grid index.
+    unsafe {
+        gpu.dev.launch(
+            f,
+            LaunchDims {
+                grid: [4096, 1, 1],
+                block: [256, 1, 1],
+                shared_bytes: 0,
+            },
+            &[buf.arg(), Arg::I64(n as i64), Arg::I32(seed as i32)],
+        )
+    }
 }
 
 /// Runs the copy, the decode grid and the prefill case.
@@ -346,7 +351,7 @@ fn decode_case(
                 &layout,
                 &meta,
                 &cfg,
-                PARTITION_SIZE_ROCM,
+                PartitionSize::ROCM,
             )
         })?;
         results.push((LL4MI.to_string(), ms));

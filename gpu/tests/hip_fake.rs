@@ -6,8 +6,10 @@
 //! events and error strings. Without a C compiler each test prints one line
 //! and passes.
 
+use attnlab_gpu::param_block;
 use attnlab_gpu::runtime::hip::HipDevice;
-use attnlab_gpu::runtime::{Arg, ArgStruct, Device, GpuError, LaunchDims, Target};
+use attnlab_gpu::runtime::params::ParamBlock;
+use attnlab_gpu::runtime::{Arg, Device, GpuError, LaunchDims, Target};
 use std::ffi::{c_char, CStr};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -143,16 +145,20 @@ fn hip6_device_runs_init_compile_copy_launch_and_events_through_the_fake_runtime
     dev.memset_zero(dst, 4 * n).unwrap();
     dev.upload(src, &bytes_of(&input)).unwrap();
     let start = dev.record().unwrap();
-    dev.launch(
-        scale,
-        LaunchDims::linear(n, 64).unwrap(),
-        &[
-            Arg::Ptr(dst),
-            Arg::Ptr(src),
-            Arg::F32(-3.0),
-            Arg::I32(n as i32),
-        ],
-    )
+    // SAFETY: the fake runtime runs no kernel; the arguments are
+    // fake_scale's (dst, src, scale, n) with n-float allocations.
+    unsafe {
+        dev.launch(
+            scale,
+            LaunchDims::linear(n, 64).unwrap(),
+            &[
+                Arg::Ptr(dst),
+                Arg::Ptr(src),
+                Arg::F32(-3.0),
+                Arg::I32(n as i32),
+            ],
+        )
+    }
     .expect("launches");
     let end = dev.record().unwrap();
     dev.synchronize().unwrap();
@@ -163,16 +169,25 @@ fn hip6_device_runs_init_compile_copy_launch_and_events_through_the_fake_runtime
     let ms = dev.elapsed_ms(start, end).expect("elapsed");
     assert!(ms >= 0.0 && ms.is_finite(), "{ms}");
 
-    // A by-value struct laid out by ArgStruct.
+    // A by-value struct: a parameter block laid out as the kernel's `S`.
+    param_block! {
+        struct FakeS as "S" {
+            a: i64,
+            b: i32,
+            c: f32,
+        }
+    }
     let st = dev.function(m, "fake_struct").unwrap();
     let out3 = dev.alloc(24).unwrap();
-    let s = ArgStruct::default()
-        .i64(-(1 << 40) - 7)
-        .i32(-123)
-        .f32(0.1)
-        .arg();
-    dev.launch(st, LaunchDims::linear(1, 1).unwrap(), &[Arg::Ptr(out3), s])
-        .unwrap();
+    let s = FakeS {
+        a: -(1 << 40) - 7,
+        b: -123,
+        c: 0.1,
+    }
+    .arg();
+    // SAFETY: the fake runtime runs no kernel; fake_struct(out, s) with a
+    // 24-byte allocation.
+    unsafe { dev.launch(st, LaunchDims::linear(1, 1).unwrap(), &[Arg::Ptr(out3), s]) }.unwrap();
     let mut got = vec![0u8; 24];
     dev.download(out3, &mut got).unwrap();
     let words: Vec<i64> = got

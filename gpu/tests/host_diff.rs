@@ -193,7 +193,8 @@ fn run_probe(wave: u32, body: &str, threads: u32) -> Option<Result<Vec<f32>, Gpu
             block: [threads, 1, 1],
             shared_bytes: 0,
         };
-        dev.launch(f, dims, &[out.arg()])?;
+        // SAFETY: the probe kernels take one float buffer, `threads` long.
+        unsafe { dev.launch(f, dims, &[out.arg()]) }?;
         Ok(out
             .to_bytes()?
             .chunks_exact(4)
@@ -269,12 +270,13 @@ fn a_launch_argument_of_the_wrong_type_is_rejected_before_the_kernel_runs() {
         .expect("entry");
     let out = Buffer::zeroed(dev, 4 * 32).expect("alloc");
     let dims = LaunchDims::linear(32, 32).expect("dims");
-    let err = dev
-        .launch(f, dims, &[out.arg(), Arg::I32(32)])
+    // SAFETY: a wrong argument kind is refused by the host launcher before
+    // the kernel runs (what this test checks), so nothing is dereferenced.
+    let err = unsafe { dev.launch(f, dims, &[out.arg(), Arg::I32(32)]) }
         .expect_err("i32 passed for an i64 parameter");
     assert!(err.to_string().contains("argument 1"), "{err}");
-    dev.launch(f, dims, &[out.arg(), Arg::I64(32)])
-        .expect("i64 launches");
+    // SAFETY: probe(float* out, i64 n) with a 32-float buffer and n = 32.
+    unsafe { dev.launch(f, dims, &[out.arg(), Arg::I64(32)]) }.expect("i64 launches");
 }
 
 /// Inputs of the soft-cap probe: (natural score, cap), spanning the stable

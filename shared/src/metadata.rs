@@ -101,6 +101,83 @@ impl AttentionMetadata {
         slot_mapping: Vec<i64>,
         causal: bool,
     ) -> Result<Self> {
+        let (num_tokens, max_q, max_s) = Self::derive(
+            block_size,
+            num_blocks,
+            &query_start_loc,
+            &seq_lens,
+            &block_table,
+            &slot_mapping,
+        )?;
+        Ok(AttentionMetadata {
+            block_size,
+            num_blocks,
+            num_actual_tokens: num_tokens,
+            query_start_loc,
+            seq_lens,
+            block_table,
+            slot_mapping,
+            max_query_len: max_q,
+            max_seq_len: max_s,
+            causal,
+        })
+    }
+
+    /// Re-runs [`AttentionMetadata::new`]'s validation on the fields as they
+    /// are now (they are public, so they may have been edited since), and
+    /// checks the derived ones (`num_actual_tokens`, `max_query_len`,
+    /// `max_seq_len`) against what the lengths give. A kernel argument type
+    /// that will index a device buffer by this metadata runs it once.
+    pub fn check(&self) -> Result<()> {
+        let (num_tokens, max_q, max_s) = Self::derive(
+            self.block_size,
+            self.num_blocks,
+            &self.query_start_loc,
+            &self.seq_lens,
+            &self.block_table,
+            &self.slot_mapping,
+        )?;
+        for (what, have, want, from) in [
+            (
+                "num_actual_tokens",
+                self.num_actual_tokens,
+                num_tokens,
+                "query_start_loc's last entry",
+            ),
+            (
+                "max_query_len",
+                self.max_query_len,
+                max_q,
+                "the longest query",
+            ),
+            (
+                "max_seq_len",
+                self.max_seq_len,
+                max_s,
+                "the longest sequence",
+            ),
+        ] {
+            if have != want {
+                return Err(Error::invalid(
+                    what,
+                    have,
+                    format!("must be {from}, {want}"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The validation of [`AttentionMetadata::new`]; returns the number of
+    /// query tokens and the longest query and sequence.
+    fn derive(
+        block_size: usize,
+        num_blocks: usize,
+        query_start_loc: &[i32],
+        seq_lens: &[i32],
+        block_table: &BlockTableTensor,
+        slot_mapping: &[i64],
+    ) -> Result<(usize, usize, usize)> {
         if block_size == 0 {
             return Err(Error::invalid("block_size", 0, "must be >= 1"));
         }
@@ -193,18 +270,7 @@ impl AttentionMetadata {
                 ));
             }
         }
-        Ok(AttentionMetadata {
-            block_size,
-            num_blocks,
-            num_actual_tokens: num_tokens,
-            query_start_loc,
-            seq_lens,
-            block_table,
-            slot_mapping,
-            max_query_len: max_q,
-            max_seq_len: max_s,
-            causal,
-        })
+        Ok((num_tokens, max_q, max_s))
     }
 
     pub fn num_reqs(&self) -> usize {
@@ -276,6 +342,29 @@ mod tests {
         let e = AttentionMetadata::new(16, 4, vec![0, 1], vec![1], t, vec![0], true)
             .unwrap_err()
             .to_string();
+        assert!(
+            e.contains("block_table[0][0]") && e.contains("[0, 4)"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn check_refuses_metadata_edited_after_new_naming_the_field() {
+        let m =
+            AttentionMetadata::new(16, 4, vec![0, 1, 2], vec![17, 1], table(), vec![0, 1], true)
+                .unwrap();
+        m.check().unwrap();
+        let mut longer = m.clone();
+        longer.seq_lens[0] = 33;
+        let e = longer.check().unwrap_err().to_string();
+        assert!(e.contains("seq_lens[0]") && e.contains("2 columns"), "{e}");
+        let mut tokens = m.clone();
+        tokens.num_actual_tokens = 3;
+        let e = tokens.check().unwrap_err().to_string();
+        assert!(e.contains("num_actual_tokens 3") && e.contains("2"), "{e}");
+        let mut block = m;
+        block.block_table.data[0] = 4;
+        let e = block.check().unwrap_err().to_string();
         assert!(
             e.contains("block_table[0][0]") && e.contains("[0, 4)"),
             "{e}"

@@ -43,7 +43,8 @@ use crate::kernels::merge_attn_states::{merge_attn_states, MergeKernel};
 use crate::kernels::mla_cache::LatentCache;
 use crate::kernels::softmax::OutLse;
 use crate::kernels::unified_attention::{
-    Grid, UnifiedLaunch, VllmLaunchOptions, NUM_PAR_SOFTMAX_SEGMENTS, TILE_SIZE_2D, TILE_SIZE_3D,
+    Grid, UnifiedArgs, UnifiedLaunch, VllmLaunchOptions, NUM_PAR_SOFTMAX_SEGMENTS, TILE_SIZE_2D,
+    TILE_SIZE_3D,
 };
 use crate::numerics::mma::MatrixTarget;
 use crate::profile::VllmProfile;
@@ -711,7 +712,7 @@ fn run_backend(
     let cache = KvCache::from_nhd(&p.key_cache, &p.value_cache, layout)?;
     match launch {
         Some(Forced::Unified(l)) => catch_panic(b.name().name(), || {
-            ex.unified_attention(&p.query, &cache, &meta, cfg, l)
+            ex.unified_attention(&UnifiedArgs::new(&p.query, &cache, &meta, cfg, l)?)
         }),
         Some(Forced::RocmDecode(d)) => catch_panic(b.name().name(), || {
             let route = RocmAttn::route_with_decode(&meta, *d);

@@ -12,7 +12,7 @@ use crate::ops::flash_varlen::flash_attn_varlen as gpu_varlen;
 use crate::runtime::Result;
 use attnlab_shared::dtype::DType;
 use attnlab_sim::kernels::flash_varlen::{
-    ck_block_n, flash_attn_varlen as sim_varlen, VarlenParams,
+    ck_block_n, varlen as sim_varlen, VarlenArgs, VarlenParams,
 };
 use attnlab_sim::kernels::softmax::ScoreParams;
 use rand::seq::SliceRandom;
@@ -131,8 +131,9 @@ pub fn run(gpu: &Gpu, opts: DiffOptions) -> Result<KernelReport> {
         } else {
             ck_block_n(d)
         };
-        let sim = sim_varlen(&q, &k, &v, &cu_q, &cu_k, &p)?;
-        let (out, lse) = gpu_varlen(gpu, &q, &k, &v, &cu_q, &cu_k, &p)?;
+        let args = VarlenArgs::new(&q, &k, &v, &cu_q, &cu_k, &p)?;
+        let sim = sim_varlen(&args);
+        let (out, lse) = gpu_varlen(gpu, &args)?;
         let desc = || {
             format!(
                 "{dtype} {hq}/{hk} heads, d {d}/{dv}, causal {}, window {:?}, softcap {:?}, sinks {}, alibi {}, block_n {}, cu_q {cu_q:?}, cu_k {cu_k:?}",

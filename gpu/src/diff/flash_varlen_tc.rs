@@ -17,7 +17,7 @@ use crate::ops::flash_varlen_tc::{
 use crate::runtime::{Result, Target};
 use attnlab_shared::dtype::DType;
 use attnlab_sim::kernels::flash_varlen_tc::{
-    flash_attn_varlen_tc as sim_varlen_tc, VarlenTcParams,
+    varlen_tc as sim_varlen_tc, VarlenTcArgs, VarlenTcParams,
 };
 use rand::seq::SliceRandom;
 use rand::Rng;
@@ -104,8 +104,9 @@ pub fn run(gpu: &Gpu, opts: DiffOptions) -> Result<KernelReport> {
         draw_mask(&mut rng, &mut p.varlen);
         p.varlen.sinks = sinks.as_deref();
         p.varlen.alibi_slopes = alibi.as_deref();
-        let sim = sim_varlen_tc(&q, &k, &v, &cu_q, &cu_k, &p)?;
-        let (out, lse) = gpu_varlen_tc(gpu, &q, &k, &v, &cu_q, &cu_k, &p)?;
+        let args = VarlenTcArgs::new(&q, &k, &v, &cu_q, &cu_k, &p)?;
+        let sim = sim_varlen_tc(&args)?;
+        let (out, lse) = gpu_varlen_tc(gpu, &args)?;
         let vp = &p.varlen;
         let desc = || {
             format!(

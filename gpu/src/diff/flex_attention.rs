@@ -8,7 +8,7 @@ use crate::kernels::Gpu;
 use crate::ops::flex_attention::flex_attention as gpu_flex;
 use crate::runtime::Result;
 use attnlab_shared::layout::LayoutKind;
-use attnlab_sim::kernels::flex_attention::flex_attention as sim_flex;
+use attnlab_sim::kernels::flex_attention::{flex as sim_flex, FlexArgs};
 
 pub const SPACE: CaseSpace = CaseSpace {
     layouts: &[LayoutKind::Nhd],
@@ -28,8 +28,9 @@ pub fn run(gpu: &Gpu, opts: DiffOptions) -> Result<KernelReport> {
             return Ok(None); // FLEX_ATTENTION has no fp8 cache
         }
         case.cfg.softcap = None; // nor a soft-cap score_mod
-        let sim = sim_flex(&case.query, &case.cache, &case.meta, &case.cfg)?;
-        let gpu = gpu_flex(gpu, &case.query, &case.cache, &case.meta, &case.cfg)?;
+        let args = FlexArgs::new(&case.query, &case.cache, &case.meta, &case.cfg)?;
+        let sim = sim_flex(&args)?;
+        let gpu = gpu_flex(gpu, &args)?;
         Ok(Some(Outputs {
             options: String::new(),
             sim,

@@ -10,7 +10,7 @@ use crate::ops::gather_cache::cp_mha_gather_cache as gpu_gather;
 use crate::runtime::Result;
 use attnlab_shared::layout::LayoutKind;
 use attnlab_sim::kernels::gather_cache::{
-    cp_mha_gather_cache as sim_gather, CacheFormat, GatherChunk,
+    gather as sim_gather, CacheFormat, GatherArgs, GatherChunk,
 };
 use rand::Rng;
 
@@ -54,8 +54,9 @@ pub fn run(gpu: &Gpu, opts: DiffOptions) -> Result<KernelReport> {
         }
         let chunk = GatherChunk::new(starts, &lens)?;
         let scales = (cfg.k_scale, cfg.v_scale);
-        let (sk, sv) = sim_gather(&case.cache, &rows, &chunk, format, scales, cfg.dtype)?;
-        let (gk, gv) = gpu_gather(gpu, &case.cache, &rows, &chunk, format, scales, cfg.dtype)?;
+        let args = GatherArgs::new(&case.cache, &rows, &chunk, format, scales, cfg.dtype)?;
+        let (sk, sv) = sim_gather(&args);
+        let (gk, gv) = gpu_gather(gpu, &args)?;
         let desc = || {
             format!(
                 "{} gather of chunk starts {:?} lens {lens:?}: {}",

@@ -7,7 +7,8 @@ use crate::kernels::Gpu;
 use crate::ops::merge_attn_states::merge_attn_states as gpu_merge;
 use crate::runtime::Result;
 use attnlab_shared::dtype::DType;
-use attnlab_sim::kernels::merge_attn_states::{merge_attn_states as sim_merge, MergeKernel};
+use attnlab_shared::fault::FaultSet;
+use attnlab_sim::kernels::merge_attn_states::{merge, MergeArgs, MergeKernel};
 use attnlab_sim::kernels::softmax::OutLse;
 use rand::seq::SliceRandom;
 use rand::Rng;
@@ -43,8 +44,9 @@ pub fn run(gpu: &Gpu, opts: DiffOptions) -> Result<KernelReport> {
             OutLse::new(t, h, d, out, lse)
         };
         let (prefix, suffix) = (side(&mut rng)?, side(&mut rng)?);
-        let sim = sim_merge(&prefix, &suffix, dtype, kernel)?;
-        let dev = gpu_merge(gpu, &prefix, &suffix, dtype, kernel)?;
+        let args = MergeArgs::new(&prefix, &suffix, dtype, kernel)?;
+        let sim = merge(&args, FaultSet::NONE);
+        let dev = gpu_merge(gpu, &args)?;
         let desc = || format!("{kernel:?} merge, [{t} tokens, {h} heads, {d}] in {dtype}");
         tally.compare_values(&desc, "output", &[t, h, d], dtype, &sim.out, &dev.out);
         tally.compare_values(&desc, "output_lse", &[h, t], DType::F32, &sim.lse, &dev.lse);

@@ -8,7 +8,9 @@ use crate::ops::mla_cache::concat_and_cache_mla as gpu_write;
 use crate::runtime::Result;
 use attnlab_shared::dtype::DType;
 use attnlab_shared::layout::mla::MlaLayout;
-use attnlab_sim::kernels::mla_cache::{concat_and_cache_mla as sim_write, LatentCache};
+use attnlab_sim::kernels::mla_cache::{
+    concat_and_cache_mla as sim_write, LatentCache, LatentWrite,
+};
 use rand::seq::SliceRandom;
 use rand::Rng;
 
@@ -58,7 +60,9 @@ pub fn run(gpu: &Gpu, opts: DiffOptions) -> Result<KernelReport> {
         let (kv_c, k_pe) = (vals(&mut rng, t * lkv, src), vals(&mut rng, t * rope, src));
         let mut sim = init.clone();
         sim_write(&mut sim, &kv_c, &k_pe, &slot_mapping, scale)?;
-        let dev = gpu_write(gpu, &init, &kv_c, &k_pe, &slot_mapping, scale, src)?;
+        let mut dev_cache = init;
+        let args = LatentWrite::new(&mut dev_cache, &kv_c, &k_pe, &slot_mapping, scale)?;
+        let dev = gpu_write(gpu, &args, src)?;
         let desc = || {
             format!("{src} -> {cache_dtype} latent {lkv}+{rope}, {num_blocks} blocks of {block_size}, scale {scale}, slots {slot_mapping:?}")
         };

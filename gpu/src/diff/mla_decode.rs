@@ -13,8 +13,8 @@ use attnlab_shared::dtype::DType;
 use attnlab_shared::layout::mla::MlaLayout;
 use attnlab_sim::kernels::mla_cache::LatentCache;
 use attnlab_sim::kernels::mla_decode::{
-    aiter_num_kv_splits, aiter_split_granularity, decode_attention_fwd as sim_decode,
-    mla_decode_fwd, AiterPaging, KvRow, KvSplits, MlaDecodeParams,
+    aiter_num_kv_splits, aiter_split_granularity, decode as sim_decode, mla_decode_fwd,
+    AiterPaging, KvRow, KvSplits, MlaDecodeArgs, MlaDecodeParams,
 };
 use attnlab_sim::kernels::unified_attention::MI300X_CU_COUNT;
 use rand::seq::SliceRandom;
@@ -111,7 +111,8 @@ pub fn run(gpu: &Gpu, opts: DiffOptions) -> Result<KernelReport> {
                 granularity: aiter_split_granularity(num_heads, max_q, cache_dtype.is_fp8()),
             };
             let sim = mla_decode_fwd(&q, &cache, &paging, causal, num_splits, MI300X_CU_COUNT, &p)?;
-            let dev = gpu_decode(gpu, &q, &paging.rows(causal), &cache, splits, &p)?;
+            let rows = paging.rows(causal);
+            let dev = gpu_decode(gpu, &MlaDecodeArgs::new(&q, &rows, &cache, splits, &p)?)?;
             (
                 sim,
                 dev,
@@ -136,8 +137,9 @@ pub fn run(gpu: &Gpu, opts: DiffOptions) -> Result<KernelReport> {
                     split_len: l,
                 })
                 .collect();
-            let sim = sim_decode(&q, &rows, &cache, splits, &p)?;
-            let dev = gpu_decode(gpu, &q, &rows, &cache, splits, &p)?;
+            let args = MlaDecodeArgs::new(&q, &rows, &cache, splits, &p)?;
+            let sim = sim_decode(&args)?;
+            let dev = gpu_decode(gpu, &args)?;
             (
                 sim,
                 dev,

@@ -12,7 +12,7 @@ use attnlab_shared::dtype::DType;
 use attnlab_shared::layout::mla::MlaLayout;
 use attnlab_sim::kernels::mla_cache::LatentCache;
 use attnlab_sim::kernels::mla_prefill::{
-    gather_and_maybe_dequant_cache as sim_gather, plan_mla_context_chunks,
+    gather_latent as sim_gather, plan_mla_context_chunks, LatentGather,
 };
 use rand::seq::SliceRandom;
 use rand::Rng;
@@ -78,8 +78,9 @@ pub fn run(gpu: &Gpu, opts: DiffOptions) -> Result<KernelReport> {
                     chunk.parts
                 )
             };
-            let sim = sim_gather(&cache, &rows, chunk, k_scale, to)?;
-            let dev = gpu_gather(gpu, &cache, &rows, chunk, k_scale, to)?;
+            let args = LatentGather::new(&cache, &rows, chunk, k_scale, to)?;
+            let sim = sim_gather(&args);
+            let dev = gpu_gather(gpu, &args)?;
             tally.compare_values(
                 &desc,
                 "workspace",

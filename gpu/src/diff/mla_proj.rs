@@ -10,7 +10,7 @@ use crate::ops::mla_proj as gpu;
 use crate::runtime::Result;
 use attnlab_shared::dtype::DType;
 use attnlab_shared::model::MlaDims;
-use attnlab_sim::kernels::mla_proj::{absorb_query, project_output, up_project, MlaWeights};
+use attnlab_sim::kernels::mla_proj::{absorb, output, up, MlaWeights, ProjArgs, Projection};
 use rand::seq::SliceRandom;
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
@@ -76,15 +76,18 @@ pub fn run(dev: &Gpu, opts: DiffOptions) -> Result<KernelReport> {
         let o_latent = values(&mut rng, t * n * lkv, dtype);
         let desc =
             || format!("{n} heads (TP shard of {model_heads}), {t} tokens, {dims:?}, {dtype}");
-        let (sk, sv) = up_project(&kv_c, &w, dtype)?;
-        let (gk, gv) = gpu::up_project(dev, &kv_c, &w, dtype)?;
+        let args = ProjArgs::new(Projection::KvUp, &kv_c, &w, dtype)?;
+        let (sk, sv) = up(&args)?;
+        let (gk, gv) = gpu::up_project(dev, &args)?;
         tally.compare_values(&desc, "k_nope", &[t, n, pn], dtype, &sk, &gk);
         tally.compare_values(&desc, "v", &[t, n, vd], dtype, &sv, &gv);
-        let sq = absorb_query(&q, &w, dtype)?;
-        let gq = gpu::absorb_query(dev, &q, &w, dtype)?;
+        let args = ProjArgs::new(Projection::AbsorbQuery, &q, &w, dtype)?;
+        let sq = absorb(&args)?;
+        let gq = gpu::absorb_query(dev, &args)?;
         tally.compare_values(&desc, "mqa_q", &[t, n, lkv + r], dtype, &sq, &gq);
-        let so = project_output(&o_latent, &w, dtype)?;
-        let go = gpu::project_output(dev, &o_latent, &w, dtype)?;
+        let args = ProjArgs::new(Projection::Output, &o_latent, &w, dtype)?;
+        let so = output(&args)?;
+        let go = gpu::project_output(dev, &args)?;
         tally.compare_values(&desc, "out", &[t, n, vd], dtype, &so, &go);
         tally.case_done();
     }

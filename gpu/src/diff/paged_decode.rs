@@ -10,7 +10,7 @@ use crate::ops::paged_decode::{paged_attention_2d as gpu_2d, paged_attention_ll4
 use crate::runtime::Result;
 use attnlab_shared::layout::LayoutKind;
 use attnlab_sim::kernels::paged_decode::{
-    paged_attention_2d as sim_2d, paged_attention_ll4mi as sim_ll4mi, PARTITION_SIZE_ROCM,
+    paged_2d as sim_2d, paged_ll4mi as sim_ll4mi, PagedInputs, PartitionSize,
 };
 use rand::Rng;
 
@@ -38,13 +38,13 @@ pub fn run(gpu: &Gpu, opts: DiffOptions) -> Result<KernelReport> {
         }
         let init = prefilled_output(rng, case.query.len(), case.cfg.dtype);
         let mut sim = init.clone();
-        let (q, c, m, cfg) = (&case.query, &case.cache, &case.meta, &case.cfg);
+        let inputs = PagedInputs::new(&case.query, &case.cache, &case.meta, &case.cfg)?;
         let gpu = if ll4mi {
-            sim_ll4mi(q, c, m, cfg, PARTITION_SIZE_ROCM, &mut sim)?;
-            gpu_ll4mi(gpu, q, c, m, cfg, PARTITION_SIZE_ROCM, &init)?
+            sim_ll4mi(&inputs, PartitionSize::ROCM, &mut sim)?;
+            gpu_ll4mi(gpu, &inputs, PartitionSize::ROCM, &init)?
         } else {
-            sim_2d(q, c, m, cfg, &mut sim)?;
-            gpu_2d(gpu, q, c, m, cfg, &init)?
+            sim_2d(&inputs, &mut sim)?;
+            gpu_2d(gpu, &inputs, &init)?
         };
         let options = if ll4mi { "ll4mi" } else { "2d" }.to_string();
         Ok(Some(Outputs { options, sim, gpu }))

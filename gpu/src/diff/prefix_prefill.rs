@@ -9,7 +9,8 @@ use crate::kernels::Gpu;
 use crate::ops::prefix_prefill::context_attention_fwd as gpu_prefix;
 use crate::runtime::Result;
 use attnlab_shared::layout::LayoutKind;
-use attnlab_sim::kernels::prefix_prefill::context_attention_fwd as sim_prefix;
+use attnlab_sim::kernels::paged_decode::PagedInputs;
+use attnlab_sim::kernels::prefix_prefill::{context_attention as sim_prefix, PrefixArgs};
 use rand::Rng;
 
 pub const SPACE: CaseSpace = CaseSpace {
@@ -38,23 +39,10 @@ pub fn run(gpu: &Gpu, opts: DiffOptions) -> Result<KernelReport> {
         let skip_decode = rng.gen_bool(0.7);
         let init = prefilled_output(rng, case.query.len(), case.cfg.dtype);
         let mut sim = init.clone();
-        sim_prefix(
-            &case.query,
-            &case.cache,
-            &case.meta,
-            &case.cfg,
-            skip_decode,
-            &mut sim,
-        )?;
-        let gpu = gpu_prefix(
-            gpu,
-            &case.query,
-            &case.cache,
-            &case.meta,
-            &case.cfg,
-            skip_decode,
-            &init,
-        )?;
+        let inputs = PagedInputs::new(&case.query, &case.cache, &case.meta, &case.cfg)?;
+        let args = PrefixArgs::new(inputs, skip_decode)?;
+        sim_prefix(&args, &mut sim)?;
+        let gpu = gpu_prefix(gpu, &args, &init)?;
         Ok(Some(Outputs {
             options: format!("skip_decode {skip_decode}"),
             sim,

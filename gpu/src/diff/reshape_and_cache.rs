@@ -12,7 +12,9 @@ use attnlab_shared::dtype::DType;
 use attnlab_shared::layout::KvLayout;
 use attnlab_sim::cache::KvCache;
 use attnlab_sim::config::AttnConfig;
-use attnlab_sim::kernels::reshape_and_cache::{reshape_and_cache as sim_write, CacheWriter};
+use attnlab_sim::kernels::reshape_and_cache::{
+    reshape_and_cache as sim_write, CacheWrite, CacheWriter,
+};
 use rand::seq::SliceRandom;
 use rand::Rng;
 
@@ -82,15 +84,8 @@ pub fn run(gpu: &Gpu, opts: DiffOptions) -> Result<KernelReport> {
         let mut sim_cache = init.clone();
         sim_write(writer, &mut sim_cache, &key, &value, &slot_mapping, &cfg)?;
         let mut dev_cache = init;
-        gpu_write(
-            gpu,
-            writer,
-            &mut dev_cache,
-            &key,
-            &value,
-            &slot_mapping,
-            &cfg,
-        )?;
+        let args = CacheWrite::new(writer, &mut dev_cache, &key, &value, &slot_mapping, &cfg)?;
+        gpu_write(gpu, args)?;
         let desc = || {
             format!(
                 "{} into {} (nb {num_blocks}, bs {block_size}, {num_kv_heads} kv heads x {head_size}), {dtype} -> {kv_dtype}, scales {}/{}, slots {:?}",

@@ -21,7 +21,8 @@ use crate::runtime::Result;
 use attnlab_shared::dtype::DType;
 use attnlab_shared::layout::LayoutKind;
 use attnlab_sim::kernels::unified_attention::{
-    unified_attention as sim_unified, Grid, UnifiedLaunch, VllmLaunchOptions, MI300X_CU_COUNT,
+    unified_attention as sim_unified, Grid, UnifiedArgs, UnifiedLaunch, VllmLaunchOptions,
+    MI300X_CU_COUNT,
 };
 use attnlab_sim::profile::VllmProfile;
 use rand::Rng;
@@ -94,14 +95,8 @@ pub fn run(gpu: &Gpu, opts: DiffOptions) -> Result<KernelReport> {
             _ => launch,
         };
         let sim = sim_unified(&case.query, &case.cache, &case.meta, &case.cfg, &launch)?;
-        let gpu = gpu_unified(
-            gpu,
-            &case.query,
-            &case.cache,
-            &case.meta,
-            &case.cfg,
-            &launch,
-        )?;
+        let args = UnifiedArgs::new(&case.query, &case.cache, &case.meta, &case.cfg, &launch)?;
+        let gpu = gpu_unified(gpu, &args)?;
         let options = format!(
             "{:?} (vLLM profile {}) {:?} BLOCK_M {} TILE {}",
             launch.flavor, launch.profile, launch.grid, launch.block_m, launch.tile_size

@@ -74,16 +74,21 @@ pub fn unary(gpu: &Gpu, op: UnaryOp, x: &[f32]) -> Result<Vec<u32>> {
     )?;
     let input = Buffer::from_bytes(dev, &bytes_of(x, DType::F32))?;
     let out = Buffer::zeroed(dev, x.len() * 4)?;
-    dev.launch(
-        f,
-        LaunchDims::linear(x.len(), 256)?,
-        &[
-            input.arg(),
-            out.arg(),
-            Arg::I64(x.len() as i64),
-            Arg::I32(op as i32),
-        ],
-    )?;
+    // SAFETY: the arguments are the kernel's parameter list in order (by-value
+    // blocks layout-checked by gpu/tests/param_layout.rs), and every buffer was
+    // sized above for the shapes those scalars and this grid index.
+    unsafe {
+        dev.launch(
+            f,
+            LaunchDims::linear(x.len(), 256)?,
+            &[
+                input.arg(),
+                out.arg(),
+                Arg::I64(x.len() as i64),
+                Arg::I32(op as i32),
+            ],
+        )
+    }?;
     Ok(bits_from_bytes(&out.to_bytes()?, DType::F32))
 }
 
@@ -97,10 +102,15 @@ pub fn round(gpu: &Gpu, dtype: DType, x: &[f32]) -> Result<Vec<u32>> {
     )?;
     let input = Buffer::from_bytes(dev, &bytes_of(x, DType::F32))?;
     let out = Buffer::zeroed(dev, x.len() * 4)?;
-    dev.launch(
-        f,
-        LaunchDims::linear(x.len(), 256)?,
-        &[input.arg(), out.arg(), Arg::I64(x.len() as i64)],
-    )?;
+    // SAFETY: the arguments are the kernel's parameter list in order (by-value
+    // blocks layout-checked by gpu/tests/param_layout.rs), and every buffer was
+    // sized above for the shapes those scalars and this grid index.
+    unsafe {
+        dev.launch(
+            f,
+            LaunchDims::linear(x.len(), 256)?,
+            &[input.arg(), out.arg(), Arg::I64(x.len() as i64)],
+        )
+    }?;
     Ok(bits_from_bytes(&out.to_bytes()?, DType::F32))
 }

@@ -6,10 +6,32 @@
 use super::unified_attention::{to_u32, SHARED_MEMORY_LIMIT};
 use crate::kernels::{dtype_define, Gpu};
 use crate::runtime::bytes::{bits_from_bytes, bytes_of, bytes_of_i32};
-use crate::runtime::{Arg, ArgStruct, Buffer, FunctionId, LaunchDims, Result};
+use crate::runtime::params::{param_block, ParamBlock};
+use crate::runtime::{Arg, Buffer, FunctionId, LaunchDims, Result};
 use attnlab_shared::dtype::DType;
 use attnlab_shared::error::Error;
-use attnlab_sim::kernels::flash_varlen::VarlenParams;
+use attnlab_sim::kernels::flash_varlen::{VarlenArgs, VarlenParams};
+
+param_block! {
+    /// `VarlenArgs` of `kernels/flash_varlen.hip`.
+    pub struct VarlenBlock as "VarlenArgs" {
+        num_heads: i64,
+        num_kv_heads: i64,
+        head_size: i64,
+        head_size_v: i64,
+        block_n: i64,
+        window: i64,
+        total_q: i64,
+        causal: i32,
+        has_sinks: i32,
+        has_alibi: i32,
+        pad: i32,
+        scale: f32,
+        scale_log2: f32,
+        softcap: f32,
+        pad2: f32,
+    }
+}
 
 /// Query rows per program of the scalar kernel.
 const SCALAR_ROWS: usize = 16;
@@ -35,69 +57,13 @@ pub fn tiled_shared_bytes(d: usize, dv: usize, block_n: usize) -> Option<usize> 
     (floats * 4 <= SHARED_MEMORY_LIMIT).then_some(floats * 4)
 }
 
-/// Output `[total_q, Hq, Dv]` bits in `p.dtype` and lse `[Hq, total_q]` bits (f32).
-pub fn flash_attn_varlen(
-    gpu: &Gpu,
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
-    cu_q: &[i32],
-    cu_k: &[i32],
-    p: &VarlenParams,
-) -> Result<(Vec<u32>, Vec<u32>)> {
-    let check_cu = |what: &str, cu: &[i32]| -> Result<usize> {
-        if cu.first() != Some(&0) || cu.windows(2).any(|w| w[1] < w[0]) {
-            return Err(
-                Error::invalid(what, format!("{cu:?}"), "starts at 0, non-decreasing").into(),
-            );
-        }
-        Ok(*cu.last().unwrap_or(&0) as usize)
-    };
-    if cu_q.len() != cu_k.len() {
-        return Err(Error::invalid(
-            "cu_seqlens_k length",
-            cu_k.len(),
-            format!("cu_seqlens_q length {}", cu_q.len()),
-        )
-        .into());
-    }
-    let (tq, tk) = (
-        check_cu("cu_seqlens_q", cu_q)?,
-        check_cu("cu_seqlens_k", cu_k)?,
-    );
-    let (hq, hk, d, dv) = (p.num_heads, p.num_kv_heads, p.head_size, p.head_size_v);
-    if hq == 0 || hk == 0 || hq % hk != 0 || d == 0 || dv == 0 || p.block_n == 0 {
-        return Err(Error::invalid(
-            "heads / head sizes / block_n",
-            format!("{hq}/{hk}, {d}/{dv}, {}", p.block_n),
-            "non-zero, num_kv_heads dividing num_heads",
-        )
-        .into());
-    }
-    for (what, len, want) in [
-        ("q", q.len(), tq * hq * d),
-        ("k", k.len(), tk * hk * d),
-        ("v", v.len(), tk * hk * dv),
-    ] {
-        if len != want {
-            return Err(Error::invalid(
-                format!("{what} length"),
-                len,
-                format!("{want} from cu_seqlens and head sizes"),
-            )
-            .into());
-        }
-    }
-    for (what, x) in [("alibi_slopes", p.alibi_slopes), ("sinks", p.sinks)] {
-        if x.is_some_and(|x| x.len() != hq) {
-            return Err(Error::invalid(
-                format!("{what} length"),
-                x.map_or(0, |x| x.len()),
-                format!("num_heads = {hq}"),
-            )
-            .into());
-        }
-    }
+/// Output `[total_q, Hq, Dv]` bits in `p.dtype` and lse `[Hq, total_q]`
+/// bits (f32), for the [`VarlenArgs`] the emulator takes (validated where
+/// they were built; only the launch's device limits are checked here).
+pub fn flash_attn_varlen(gpu: &Gpu, args: &VarlenArgs) -> Result<(Vec<u32>, Vec<u32>)> {
+    let (q, k, v, p) = (args.q(), args.k(), args.v(), args.params());
+    let (cu_q, cu_k) = (args.cu_seqlens_q(), args.cu_seqlens_k());
+    let (tq, hq, dv) = (args.total_q(), p.num_heads, p.head_size_v);
     let batch = cu_q.len().saturating_sub(1);
     let max_sq = cu_q
         .windows(2)
@@ -201,23 +167,24 @@ impl VarlenLaunch {
             block: [threads, 1, 1],
             shared_bytes: shared as u32,
         };
-        let args = ArgStruct::default()
-            .i64(p.num_heads as i64)
-            .i64(p.num_kv_heads as i64)
-            .i64(d as i64)
-            .i64(dv as i64)
-            .i64(p.block_n as i64)
-            .i64(p.window.unwrap_or(0) as i64)
-            .i64(total_q as i64)
-            .i32(p.causal as i32)
-            .i32(p.sinks.is_some() as i32)
-            .i32(p.alibi_slopes.is_some() as i32)
-            .i32(0)
-            .f32(p.score.scale)
-            .f32(p.score.scale_log2)
-            .f32(p.score.softcap.unwrap_or(0.0))
-            .f32(0.0)
-            .arg();
+        let args = VarlenBlock {
+            num_heads: p.num_heads as i64,
+            num_kv_heads: p.num_kv_heads as i64,
+            head_size: d as i64,
+            head_size_v: dv as i64,
+            block_n: p.block_n as i64,
+            window: p.window.unwrap_or(0) as i64,
+            total_q: total_q as i64,
+            causal: p.causal as i32,
+            has_sinks: p.sinks.is_some() as i32,
+            has_alibi: p.alibi_slopes.is_some() as i32,
+            pad: 0,
+            scale: p.score.scale,
+            scale_log2: p.score.scale_log2,
+            softcap: p.score.softcap.unwrap_or(0.0),
+            pad2: 0.0,
+        }
+        .arg();
         Ok(VarlenLaunch { f, dims, args })
     }
 
@@ -226,7 +193,10 @@ impl VarlenLaunch {
     pub fn launch(&self, gpu: &Gpu, bufs: [&Buffer; 9]) -> Result<()> {
         let mut args: Vec<Arg> = bufs.iter().map(|b| b.arg()).collect();
         args.push(self.args.clone());
-        gpu.dev.launch(self.f, self.dims, &args)
+        // SAFETY: the arguments are the kernel's parameter list in order (by-value
+        // blocks layout-checked by gpu/tests/param_layout.rs), and every buffer was
+        // sized above for the shapes those scalars and this grid index.
+        unsafe { gpu.dev.launch(self.f, self.dims, &args) }
     }
 }
 

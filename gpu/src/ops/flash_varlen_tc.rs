@@ -8,11 +8,30 @@ use super::unified_attention::to_u32;
 pub use crate::kernels::varlen_tc_defines as defines;
 use crate::kernels::Gpu;
 use crate::runtime::bytes::{bits_from_bytes, bytes_of, bytes_of_i32};
-use crate::runtime::{Arg, ArgStruct, Buffer, FunctionId, LaunchDims, Result, Target};
+use crate::runtime::params::{param_block, ParamBlock};
+use crate::runtime::{Arg, Buffer, FunctionId, LaunchDims, Result, Target};
 use attnlab_shared::dtype::DType;
 use attnlab_shared::error::Error;
-use attnlab_sim::kernels::flash_varlen_tc::{VarlenTcParams, WAVE_ROWS};
+use attnlab_sim::kernels::flash_varlen_tc::{VarlenTcArgs, VarlenTcParams, WAVE_ROWS};
 use attnlab_sim::numerics::mma::MatrixTarget;
+
+param_block! {
+    /// `VarlenTcArgs` of `kernels/flash_varlen_tc.hip`.
+    pub struct VarlenTcBlock as "VarlenTcArgs" {
+        num_heads: i64,
+        num_kv_heads: i64,
+        window: i64,
+        total_q: i64,
+        causal: i32,
+        has_sinks: i32,
+        has_alibi: i32,
+        host_target: i32,
+        scale: f32,
+        scale_log2: f32,
+        softcap: f32,
+        pad: f32,
+    }
+}
 
 /// Waves per workgroup of the bench and the diff (64 query rows).
 pub const DEFAULT_WARPS: usize = 4;
@@ -56,53 +75,14 @@ pub fn shared_bytes(d: usize, dv: usize, block_n: usize, stages: usize) -> usize
 }
 
 /// Output `[total_q, Hq, Dv]` bits in the dtype and lse `[Hq, total_q]`
-/// bits (f32). `p.target` must be the device's ([`matrix_target`]).
-pub fn flash_attn_varlen_tc(
-    gpu: &Gpu,
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
-    cu_q: &[i32],
-    cu_k: &[i32],
-    p: &VarlenTcParams,
-) -> Result<(Vec<u32>, Vec<u32>)> {
-    p.validate()?;
-    let check_cu = |what: &str, cu: &[i32]| -> Result<usize> {
-        if cu.first() != Some(&0) || cu.windows(2).any(|w| w[1] < w[0]) {
-            return Err(
-                Error::invalid(what, format!("{cu:?}"), "starts at 0, non-decreasing").into(),
-            );
-        }
-        Ok(*cu.last().unwrap_or(&0) as usize)
-    };
-    if cu_q.len() != cu_k.len() {
-        return Err(Error::invalid(
-            "cu_seqlens_k length",
-            cu_k.len(),
-            format!("cu_seqlens_q length {}", cu_q.len()),
-        )
-        .into());
-    }
-    let (tq, tk) = (
-        check_cu("cu_seqlens_q", cu_q)?,
-        check_cu("cu_seqlens_k", cu_k)?,
-    );
+/// bits (f32), for the [`VarlenTcArgs`] the emulator takes (validated where
+/// they were built). `p.target` must be the device's ([`matrix_target`]).
+pub fn flash_attn_varlen_tc(gpu: &Gpu, args: &VarlenTcArgs) -> Result<(Vec<u32>, Vec<u32>)> {
+    let (x, p) = (args.inputs(), args.params());
+    let (q, k, v) = (x.q(), x.k(), x.v());
+    let (cu_q, cu_k) = (x.cu_seqlens_q(), x.cu_seqlens_k());
     let vp = &p.varlen;
-    let (hq, hk, d, dv) = (vp.num_heads, vp.num_kv_heads, vp.head_size, vp.head_size_v);
-    for (what, len, want) in [
-        ("q", q.len(), tq * hq * d),
-        ("k", k.len(), tk * hk * d),
-        ("v", v.len(), tk * hk * dv),
-    ] {
-        if len != want {
-            return Err(Error::invalid(
-                format!("{what} length"),
-                len,
-                format!("{want} from cu_seqlens and head sizes"),
-            )
-            .into());
-        }
-    }
+    let (tq, hq, dv) = (x.total_q(), vp.num_heads, vp.head_size_v);
     let batch = cu_q.len().saturating_sub(1);
     let max_sq = cu_q
         .windows(2)
@@ -213,20 +193,21 @@ impl VarlenTcLaunch {
             block: [to_u32(warps * wave, "threads")?, 1, 1],
             shared_bytes: shared as u32,
         };
-        let args = ArgStruct::default()
-            .i64(vp.num_heads as i64)
-            .i64(vp.num_kv_heads as i64)
-            .i64(vp.window.unwrap_or(0) as i64)
-            .i64(total_q as i64)
-            .i32(vp.causal as i32)
-            .i32(vp.sinks.is_some() as i32)
-            .i32(vp.alibi_slopes.is_some() as i32)
-            .i32(host_target_code(p.target))
-            .f32(vp.score.scale)
-            .f32(vp.score.scale_log2)
-            .f32(vp.score.softcap.unwrap_or(0.0))
-            .f32(0.0)
-            .arg();
+        let args = VarlenTcBlock {
+            num_heads: vp.num_heads as i64,
+            num_kv_heads: vp.num_kv_heads as i64,
+            window: vp.window.unwrap_or(0) as i64,
+            total_q: total_q as i64,
+            causal: vp.causal as i32,
+            has_sinks: vp.sinks.is_some() as i32,
+            has_alibi: vp.alibi_slopes.is_some() as i32,
+            host_target: host_target_code(p.target),
+            scale: vp.score.scale,
+            scale_log2: vp.score.scale_log2,
+            softcap: vp.score.softcap.unwrap_or(0.0),
+            pad: 0.0,
+        }
+        .arg();
         Ok(VarlenTcLaunch { f, dims, args })
     }
 
@@ -235,7 +216,10 @@ impl VarlenTcLaunch {
     pub fn launch(&self, gpu: &Gpu, bufs: [&Buffer; 9]) -> Result<()> {
         let mut args: Vec<Arg> = bufs.iter().map(|b| b.arg()).collect();
         args.push(self.args.clone());
-        gpu.dev.launch(self.f, self.dims, &args)
+        // SAFETY: the arguments are the kernel's parameter list in order (by-value
+        // blocks layout-checked by gpu/tests/param_layout.rs), and every buffer was
+        // sized above for the shapes those scalars and this grid index.
+        unsafe { gpu.dev.launch(self.f, self.dims, &args) }
     }
 }
 

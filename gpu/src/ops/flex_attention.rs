@@ -4,71 +4,40 @@
 //! `BlockMask::build` / `FlexMask::keep`, so both sides walk the same
 //! block-sparse structure.
 
-use super::unified_attention::{to_u32, validate_metadata, SHARED_MEMORY_LIMIT};
+use super::unified_attention::{to_u32, SHARED_MEMORY_LIMIT};
 use crate::kernels::{dtype_define, Gpu};
 use crate::runtime::bytes::{bits_from_bytes, bytes_of, bytes_of_i32};
-use crate::runtime::{ArgStruct, Buffer, LaunchDims, Result};
+use crate::runtime::params::{param_block, ParamBlock};
+use crate::runtime::{Buffer, LaunchDims, Result};
 use attnlab_shared::error::Error;
-use attnlab_shared::layout::LayoutKind;
-use attnlab_shared::metadata::AttentionMetadata;
-use attnlab_sim::cache::KvCache;
-use attnlab_sim::config::AttnConfig;
 use attnlab_sim::kernels::flex_attention::{
-    flex_block_n, BlockMask, FlexMask, SPARSE_Q_BLOCK_SIZE,
+    flex_block_n, BlockMask, FlexArgs, FlexMask, SPARSE_Q_BLOCK_SIZE,
 };
 use attnlab_sim::numerics::softmax_scale_log2;
 
-/// FlexAttention's output `[T, Hq, D]` on the device, as bits in `cfg.dtype`.
-pub fn flex_attention(
-    gpu: &Gpu,
-    query: &[f32],
-    cache: &KvCache,
-    meta: &AttentionMetadata,
-    cfg: &AttnConfig,
-) -> Result<Vec<u32>> {
-    cfg.validate()?;
-    validate_metadata(meta, cache)?;
-    let l = &cache.layout;
+param_block! {
+    /// `FlexArgs` of `kernels/flex_attention.hip`.
+    pub struct FlexParams as "FlexArgs" {
+        num_tokens: i64,
+        num_heads: i64,
+        num_kv_heads: i64,
+        head_size: i64,
+        block_size: i64,
+        block_n: i64,
+        q_block: i64,
+        scale: f32,
+        scale_log2: f32,
+    }
+}
+
+/// FlexAttention's output `[T, Hq, D]` on the device, as bits in `cfg.dtype`,
+/// for the [`FlexArgs`] the emulator takes (validated where they were
+/// built; only the device's shared memory is checked here).
+pub fn flex_attention(gpu: &Gpu, args: &FlexArgs) -> Result<Vec<u32>> {
+    let (query, cache, meta, cfg) = (args.query(), args.cache(), args.meta(), args.cfg());
     let (hq, d, bs) = (cfg.num_heads, cfg.head_size, meta.block_size);
-    if l.kind != LayoutKind::Nhd
-        || l.dtype != cfg.dtype
-        || l.num_kv_heads != cfg.num_kv_heads
-        || l.head_size != d
-    {
-        return Err(Error::invalid(
-            "cache layout",
-            format!(
-                "{} {} x {} heads x head size {}",
-                l.kind.name(),
-                l.dtype,
-                l.num_kv_heads,
-                l.head_size
-            ),
-            format!(
-                "an nhd cache of {} with {} kv heads x head size {d}",
-                cfg.dtype, cfg.num_kv_heads
-            ),
-        )
-        .into());
-    }
     let bn = flex_block_n(cfg.dtype, bs);
-    if bs % bn != 0 {
-        return Err(Error::invalid(
-            "block_size",
-            bs,
-            "a multiple of 16 (BLOCK_N must divide the cache block)",
-        )
-        .into());
-    }
     let t = meta.num_actual_tokens;
-    if query.len() != t * hq * d {
-        return Err(Error::invalid(
-            "query length",
-            query.len(),
-            format!("num_tokens * num_heads * head_size = {}", t * hq * d),
-        )
-        .into());
-    }
     let qb_rows = SPARSE_Q_BLOCK_SIZE;
     let shared = (qb_rows * bn + qb_rows * d + 3 * qb_rows) * 4;
     if shared > SHARED_MEMORY_LIMIT {
@@ -115,17 +84,18 @@ pub fn flex_attention(
     let q = Buffer::from_bytes(dev, &bytes_of(query, cfg.dtype))?;
     let k = Buffer::from_bytes(dev, &bytes_of(&cache.k, cfg.dtype))?;
     let v = Buffer::from_bytes(dev, &bytes_of(&cache.v, cfg.dtype))?;
-    let a = ArgStruct::default()
-        .i64(t as i64)
-        .i64(hq as i64)
-        .i64(cfg.num_kv_heads as i64)
-        .i64(d as i64)
-        .i64(bs as i64)
-        .i64(bn as i64)
-        .i64(qb_rows as i64)
-        .f32(cfg.scale)
-        .f32(softmax_scale_log2(cfg.scale))
-        .arg();
+    let a = FlexParams {
+        num_tokens: t as i64,
+        num_heads: hq as i64,
+        num_kv_heads: cfg.num_kv_heads as i64,
+        head_size: d as i64,
+        block_size: bs as i64,
+        block_n: bn as i64,
+        q_block: qb_rows as i64,
+        scale: cfg.scale,
+        scale_log2: softmax_scale_log2(cfg.scale),
+    }
+    .arg();
     let f = gpu.function(
         "flex_attention",
         &[dtype_define("DTYPE", cfg.dtype)],
@@ -147,6 +117,9 @@ pub fn flex_attention(
         out.arg(),
         a,
     ];
-    dev.launch(f, dims, &call)?;
+    // SAFETY: the arguments are the kernel's parameter list in order (by-value
+    // blocks layout-checked by gpu/tests/param_layout.rs), and every buffer was
+    // sized above for the shapes those scalars and this grid index.
+    unsafe { dev.launch(f, dims, &call) }?;
     Ok(bits_from_bytes(&out.to_bytes()?, cfg.dtype))
 }

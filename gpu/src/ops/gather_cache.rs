@@ -5,65 +5,15 @@ use super::unified_attention::to_u32;
 use crate::kernels::{dtype_define, Gpu};
 use crate::runtime::bytes::{bits_from_bytes, bytes_of, bytes_of_i32, bytes_of_i64};
 use crate::runtime::{Arg, Buffer, LaunchDims, Result};
-use attnlab_shared::dtype::DType;
-use attnlab_shared::error::Error;
 use attnlab_shared::layout::LayoutKind;
-use attnlab_sim::cache::KvCache;
-use attnlab_sim::kernels::gather_cache::{CacheFormat, GatherChunk};
+use attnlab_sim::kernels::gather_cache::{CacheFormat, GatherArgs};
 
-/// K and V workspaces `[total_tokens, Hkv, D]` as bits of `dst_dtype`.
-pub fn cp_mha_gather_cache(
-    gpu: &Gpu,
-    cache: &KvCache,
-    block_rows: &[&[i32]],
-    chunk: &GatherChunk,
-    format: CacheFormat,
-    (k_scale, v_scale): (f32, f32),
-    dst_dtype: DType,
-) -> Result<(Vec<u32>, Vec<u32>)> {
-    chunk.validate()?;
+/// K and V workspaces `[total_tokens, Hkv, D]` as bits of `dst_dtype`, for
+/// the [`GatherArgs`] the emulator takes (validated where they were built).
+pub fn cp_mha_gather_cache(gpu: &Gpu, args: &GatherArgs) -> Result<(Vec<u32>, Vec<u32>)> {
+    let (cache, block_rows, chunk) = (args.cache(), args.block_rows(), args.chunk());
+    let (format, (k_scale, v_scale), dst_dtype) = (args.format(), args.scales(), args.dst_dtype());
     let l = cache.layout;
-    if block_rows.len() != chunk.seq_starts.len() {
-        return Err(Error::invalid(
-            "gather batch",
-            format!("{} block-table rows", block_rows.len()),
-            format!("{} requests", chunk.seq_starts.len()),
-        )
-        .into());
-    }
-    for (b, row) in block_rows.iter().enumerate() {
-        let need = (chunk.seq_starts[b] + chunk.len(b)).div_ceil(l.block_size);
-        if need > row.len() {
-            return Err(Error::invalid(
-                format!("gather range of request {b}"),
-                need,
-                format!("<= {} blocks in its row", row.len()),
-            )
-            .into());
-        }
-        if let Some((j, &blk)) = row[..need]
-            .iter()
-            .enumerate()
-            .find(|(_, &x)| x < 0 || x as usize >= l.num_blocks)
-        {
-            return Err(Error::invalid(
-                format!("block_table[{b}][{j}]"),
-                blk,
-                format!("block ids in [0, {})", l.num_blocks),
-            )
-            .into());
-        }
-    }
-    if format == CacheFormat::Shuffle
-        && (!l.block_size.is_multiple_of(l.x()) || !l.head_size.is_multiple_of(l.x()))
-    {
-        return Err(Error::invalid(
-            "SHUFFLE gather",
-            format!("block {} / head {}", l.block_size, l.head_size),
-            format!("multiples of x = {}", l.x()),
-        )
-        .into());
-    }
     let total = chunk.total_tokens();
     let n = total * l.num_kv_heads * l.head_size;
     if n == 0 {
@@ -104,27 +54,32 @@ pub fn cp_mha_gather_cache(
         block: [l.head_size.min(128) as u32, 1, 1],
         shared_bytes: 0,
     };
-    dev.launch(
-        f,
-        dims,
-        &[
-            kc.arg(),
-            vc.arg(),
-            ko.arg(),
-            vo.arg(),
-            bt.arg(),
-            cu.arg(),
-            t2b.arg(),
-            ss.arg(),
-            Arg::I64(max_blocks as i64),
-            Arg::I32(super::reshape_and_cache::layout_code(kind)),
-            Arg::I64(l.block_size as i64),
-            Arg::I64(l.num_kv_heads as i64),
-            Arg::I64(l.head_size as i64),
-            Arg::F32(k_scale),
-            Arg::F32(v_scale),
-        ],
-    )?;
+    // SAFETY: the arguments are the kernel's parameter list in order (by-value
+    // blocks layout-checked by gpu/tests/param_layout.rs), and every buffer was
+    // sized above for the shapes those scalars and this grid index.
+    unsafe {
+        dev.launch(
+            f,
+            dims,
+            &[
+                kc.arg(),
+                vc.arg(),
+                ko.arg(),
+                vo.arg(),
+                bt.arg(),
+                cu.arg(),
+                t2b.arg(),
+                ss.arg(),
+                Arg::I64(max_blocks as i64),
+                Arg::I32(super::reshape_and_cache::layout_code(kind)),
+                Arg::I64(l.block_size as i64),
+                Arg::I64(l.num_kv_heads as i64),
+                Arg::I64(l.head_size as i64),
+                Arg::F32(k_scale),
+                Arg::F32(v_scale),
+            ],
+        )
+    }?;
     Ok((
         bits_from_bytes(&ko.to_bytes()?, dst_dtype),
         bits_from_bytes(&vo.to_bytes()?, dst_dtype),

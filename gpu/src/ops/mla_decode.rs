@@ -5,13 +5,28 @@
 use super::unified_attention::{to_u32, SHARED_MEMORY_LIMIT};
 use crate::kernels::{dtype_define, Gpu};
 use crate::runtime::bytes::{bits_from_bytes, bytes_of, bytes_of_i32, bytes_of_i64};
-use crate::runtime::{ArgStruct, Buffer, LaunchDims, Result};
+use crate::runtime::params::{param_block, ParamBlock};
+use crate::runtime::{Buffer, LaunchDims, Result};
 use attnlab_shared::error::Error;
-use attnlab_sim::kernels::mla_cache::LatentCache;
-use attnlab_sim::kernels::mla_decode::{
-    validate, KvRow, KvSplits, MlaDecodeParams, BLOCK_H, BLOCK_N,
-};
+use attnlab_sim::kernels::mla_decode::{KvRow, KvSplits, MlaDecodeArgs, BLOCK_H, BLOCK_N};
 use attnlab_sim::numerics::softmax_scale_log2;
+
+param_block! {
+    /// `MlaArgs` of `kernels/mla_decode.hip` (both stages).
+    pub struct MlaParams as "MlaArgs" {
+        num_rows: i64,
+        num_heads: i64,
+        kv_lora_rank: i64,
+        width: i64,
+        num_kv_splits: i64,
+        granularity: i64,
+        granular: i32,
+        pad: i32,
+        scale: f32,
+        scale_log2: f32,
+        kv_scale: f32,
+    }
+}
 
 /// Output and LSE bits: `o [rows, H, Lkv]` in `out_dtype`, `lse [rows, H]` in `lse_dtype`.
 pub struct MlaDecodeBits {
@@ -20,15 +35,16 @@ pub struct MlaDecodeBits {
 }
 
 /// Stage 1 + stage 2 on the device for absorbed queries `q [rows, H, W]`.
-pub fn decode_attention_fwd(
-    gpu: &Gpu,
-    q: &[f32],
-    rows: &[KvRow],
-    cache: &LatentCache,
-    splits: KvSplits,
-    p: &MlaDecodeParams,
-) -> Result<MlaDecodeBits> {
-    validate(q, rows, cache, splits, p)?;
+/// The [`MlaDecodeArgs`] the emulator takes, validated where they were
+/// built; only the device's shared memory and index widths are checked here.
+pub fn decode_attention_fwd(gpu: &Gpu, args: &MlaDecodeArgs) -> Result<MlaDecodeBits> {
+    let (q, rows, cache, splits, p) = (
+        args.q(),
+        args.rows(),
+        args.cache(),
+        args.splits(),
+        args.params(),
+    );
     let (h, lkv, w) = (p.num_heads, cache.layout.kv_lora_rank, cache.layout.width());
     let s = splits.num_kv_splits();
     let shared = (BLOCK_H * BLOCK_N + BLOCK_H * lkv + 3 * BLOCK_H) * 4;
@@ -79,19 +95,20 @@ pub fn decode_attention_fwd(
     let att = Buffer::zeroed(dev, rows.len() * h * s * (lkv + 1) * 4)?;
     let out = Buffer::zeroed(dev, rows.len() * h * lkv * p.out_dtype.size_bytes())?;
     let lse = Buffer::zeroed(dev, rows.len() * h * p.lse_dtype.size_bytes())?;
-    let a = ArgStruct::default()
-        .i64(rows.len() as i64)
-        .i64(h as i64)
-        .i64(lkv as i64)
-        .i64(w as i64)
-        .i64(s as i64)
-        .i64(granularity as i64)
-        .i32(granular)
-        .i32(0)
-        .f32(p.scale)
-        .f32(softmax_scale_log2(p.scale))
-        .f32(p.kv_scale)
-        .arg();
+    let a = MlaParams {
+        num_rows: rows.len() as i64,
+        num_heads: h as i64,
+        kv_lora_rank: lkv as i64,
+        width: w as i64,
+        num_kv_splits: s as i64,
+        granularity: granularity as i64,
+        granular,
+        pad: 0,
+        scale: p.scale,
+        scale_log2: softmax_scale_log2(p.scale),
+        kv_scale: p.kv_scale,
+    }
+    .arg();
     let defines = [
         dtype_define("Q_DTYPE", p.q_dtype),
         dtype_define("KV_DTYPE", cache.layout.dtype),
@@ -119,7 +136,10 @@ pub fn decode_attention_fwd(
     let mut call = vec![q_b.arg(), cache_b.arg()];
     call.extend(row_args.iter().cloned());
     call.extend([att.arg(), a.clone()]);
-    dev.launch(stage1, dims, &call)?;
+    // SAFETY: the arguments are the kernel's parameter list in order (by-value
+    // blocks layout-checked by gpu/tests/param_layout.rs), and every buffer was
+    // sized above for the shapes those scalars and this grid index.
+    unsafe { dev.launch(stage1, dims, &call) }?;
     let stage2 = gpu.function("mla_decode", &defines, "mla_decode_stage2")?;
     let dims = LaunchDims {
         grid: [nrows, to_u32(h, "heads")?, 1],
@@ -129,7 +149,10 @@ pub fn decode_attention_fwd(
     let mut call = vec![att.arg()];
     call.extend(row_args.iter().cloned());
     call.extend([out.arg(), lse.arg(), a]);
-    dev.launch(stage2, dims, &call)?;
+    // SAFETY: the arguments are the kernel's parameter list in order (by-value
+    // blocks layout-checked by gpu/tests/param_layout.rs), and every buffer was
+    // sized above for the shapes those scalars and this grid index.
+    unsafe { dev.launch(stage2, dims, &call) }?;
     Ok(MlaDecodeBits {
         out: bits_from_bytes(&out.to_bytes()?, p.out_dtype),
         lse: bits_from_bytes(&lse.to_bytes()?, p.lse_dtype),

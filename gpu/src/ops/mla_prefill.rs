@@ -9,8 +9,7 @@ use crate::runtime::bytes::{bits_from_bytes, bytes_of, bytes_of_i32, bytes_of_i6
 use crate::runtime::{Arg, Buffer, LaunchDims, Result};
 use attnlab_shared::dtype::DType;
 use attnlab_shared::error::Error;
-use attnlab_sim::kernels::mla_cache::LatentCache;
-use attnlab_sim::kernels::mla_prefill::ContextChunk;
+use attnlab_sim::kernels::mla_prefill::LatentGather;
 
 /// Workspace rows per GPU block (`GATHER_TOKS`).
 const TOKS: usize = 4;
@@ -28,63 +27,14 @@ pub fn gathered_dtype(cache: DType, to: DType) -> DType {
     }
 }
 
-/// The chunk's latent rows `[toks, width]` as bits of [`gathered_dtype`].
-/// Every block a part reads must be named by its request's block-table row
-/// and lie inside the cache.
-pub fn gather_and_maybe_dequant_cache(
-    gpu: &Gpu,
-    cache: &LatentCache,
-    block_tables: &[&[i32]],
-    chunk: &ContextChunk,
-    k_scale: f32,
-    to: DType,
-) -> Result<Vec<u32>> {
+/// The chunk's latent rows `[toks, width]` as bits of [`gathered_dtype`],
+/// for the [`LatentGather`] the emulator takes (validated where it was
+/// built: rows, coverage and block ids; only the grid size is checked here).
+pub fn gather_and_maybe_dequant_cache(gpu: &Gpu, args: &LatentGather) -> Result<Vec<u32>> {
+    let (cache, block_tables, chunk) = (args.cache(), args.block_tables(), args.chunk());
+    let (k_scale, to) = (args.k_scale(), args.to());
     let l = cache.layout;
     let (bs, w) = (l.block_size, l.width());
-    if cache.data.len() != l.numel() {
-        return Err(Error::invalid(
-            "latent cache length",
-            cache.data.len(),
-            format!("{}", l.numel()),
-        )
-        .into());
-    }
-    for (i, p) in chunk.parts.iter().enumerate() {
-        let table = block_tables.get(p.req).ok_or_else(|| {
-            Error::invalid(
-                format!("chunk part {i} request"),
-                p.req,
-                format!("only {} block-table rows were given", block_tables.len()),
-            )
-        })?;
-        if p.len == 0 {
-            continue;
-        }
-        let need = (p.start + p.len).div_ceil(bs);
-        if need > table.len() {
-            return Err(Error::invalid(
-                format!(
-                    "context tokens {}..{} of prefill request {}",
-                    p.start,
-                    p.start + p.len,
-                    p.req
-                ),
-                p.start + p.len,
-                format!("its block-table row covers {} tokens", table.len() * bs),
-            )
-            .into());
-        }
-        if let Some(j) =
-            (p.start / bs..need).find(|&j| table[j] < 0 || table[j] as usize >= l.num_blocks)
-        {
-            return Err(Error::invalid(
-                format!("block_table[{}][{j}]", p.req),
-                table[j],
-                format!("block ids must be in [0, {})", l.num_blocks),
-            )
-            .into());
-        }
-    }
     let dst = gathered_dtype(l.dtype, to);
     let toks = chunk.total_tokens();
     if toks == 0 {
@@ -134,21 +84,26 @@ pub fn gather_and_maybe_dequant_cache(
         block: [w.min(256) as u32, 1, 1],
         shared_bytes: 0,
     };
-    dev.launch(
-        f,
-        dims,
-        &[
-            cache_b.arg(),
-            out.arg(),
-            table_b.arg(),
-            reqs_b.arg(),
-            starts_b.arg(),
-            cu_b.arg(),
-            Arg::I64(max_blocks as i64),
-            Arg::I64(bs as i64),
-            Arg::I64(w as i64),
-            Arg::F32(k_scale),
-        ],
-    )?;
+    // SAFETY: the arguments are the kernel's parameter list in order (by-value
+    // blocks layout-checked by gpu/tests/param_layout.rs), and every buffer was
+    // sized above for the shapes those scalars and this grid index.
+    unsafe {
+        dev.launch(
+            f,
+            dims,
+            &[
+                cache_b.arg(),
+                out.arg(),
+                table_b.arg(),
+                reqs_b.arg(),
+                starts_b.arg(),
+                cu_b.arg(),
+                Arg::I64(max_blocks as i64),
+                Arg::I64(bs as i64),
+                Arg::I64(w as i64),
+                Arg::F32(k_scale),
+            ],
+        )
+    }?;
     Ok(bits_from_bytes(&out.to_bytes()?, dst))
 }

@@ -11,11 +11,31 @@
 use super::unified_attention::to_u32;
 use crate::kernels::{dtype_define, Gpu};
 use crate::runtime::bytes::{bits_from_bytes, bytes_of};
-use crate::runtime::{ArgStruct, Buffer, LaunchDims, Result};
+use crate::runtime::params::{param_block, ParamBlock};
+use crate::runtime::{Buffer, LaunchDims, Result};
 use attnlab_shared::dtype::DType;
 use attnlab_shared::error::Error;
 use attnlab_shared::model::MlaDims;
-use attnlab_sim::kernels::mla_proj::MlaWeights;
+use attnlab_sim::kernels::mla_proj::{MlaWeights, ProjArgs, Projection};
+
+param_block! {
+    /// `ProjGemm` of `kernels/mla_proj.hip` (the kernel's own field names).
+    #[allow(non_snake_case)]
+    pub struct ProjParams as "ProjGemm" {
+        M: i64,
+        N: i64,
+        K: i64,
+        a_sh: i64,
+        a_sm: i64,
+        a_sk: i64,
+        b_off: i64,
+        b_sh: i64,
+        b_sk: i64,
+        b_sn: i64,
+        o_sh: i64,
+        o_sm: i64,
+    }
+}
 
 /// Output tile edge of the kernel (`PROJ_TM` = `PROJ_TN`).
 const TILE: usize = 64;
@@ -129,35 +149,16 @@ fn check_exact(what: &str, xs: &[f32], dtype: DType) -> Result<()> {
     Ok(())
 }
 
-fn check_len(what: &str, len: usize, shape: &[usize]) -> Result<()> {
-    let n: usize = shape.iter().product();
-    if len != n {
-        return Err(Error::invalid(
-            format!("{what} length"),
-            len,
-            format!("{shape:?} needs {n}"),
-        )
-        .into());
-    }
-    Ok(())
-}
-
-/// The weight's shape checks (the sim's [`MlaWeights::new`] ones, for a
-/// struct built field by field) and exactness.
-fn check_weights(w: &MlaWeights, dtype: DType) -> Result<MlaDims> {
-    let d = w.dims;
-    if w.num_heads == 0 || d.kv_lora_rank == 0 || d.qk_nope_head_dim == 0 || d.v_head_dim == 0 {
-        return Err(Error::invalid(
-            "MLA projection dims",
-            format!("{} heads, {d:?}", w.num_heads),
-            "heads, kv_lora_rank, qk_nope_head_dim and v_head_dim >= 1",
-        )
-        .into());
-    }
-    let rows = w.num_heads * (d.qk_nope_head_dim + d.v_head_dim);
-    check_len("kv_b_proj", w.kv_b_proj.len(), &[rows, d.kv_lora_rank])?;
+/// The device's own precondition on validated [`ProjArgs`] built for
+/// `proj`: the weight and input are uploaded in the activation dtype's
+/// storage format, so every value must be exact in it (the emulator reads
+/// the f32 values as they are). Returns the dims.
+fn check_upload(args: &ProjArgs, proj: Projection, what: &str) -> Result<MlaDims> {
+    args.expect(proj)?;
+    let (w, dtype) = (args.weights(), args.dtype());
     check_exact("kv_b_proj", &w.kv_b_proj, dtype)?;
-    Ok(d)
+    check_exact(what, args.x(), dtype)?;
+    Ok(w.dims)
 }
 
 /// Uploads `a` and the weight, runs the GEMM, returns `out` bits (`len` elements).
@@ -188,11 +189,20 @@ fn gemm(
     let a_b = Buffer::from_bytes(dev, &bytes_of(a, dtype))?;
     let w_b = Buffer::from_bytes(dev, &bytes_of(&w.kv_b_proj, dtype))?;
     let out = Buffer::zeroed(dev, len * dtype.size_bytes())?;
-    let args = [
-        g.m, g.n, g.k, g.a_sh, g.a_sm, g.a_sk, g.b_off, g.b_sh, g.b_sk, g.b_sn, g.o_sh, g.o_sm,
-    ]
-    .iter()
-    .fold(ArgStruct::default(), |s, &v| s.i64(v as i64))
+    let args = ProjParams {
+        M: g.m as i64,
+        N: g.n as i64,
+        K: g.k as i64,
+        a_sh: g.a_sh as i64,
+        a_sm: g.a_sm as i64,
+        a_sk: g.a_sk as i64,
+        b_off: g.b_off as i64,
+        b_sh: g.b_sh as i64,
+        b_sk: g.b_sk as i64,
+        b_sn: g.b_sn as i64,
+        o_sh: g.o_sh as i64,
+        o_sm: g.o_sm as i64,
+    }
     .arg();
     let f = gpu.function("mla_proj", &[dtype_define("DTYPE", dtype)], "mla_proj_gemm")?;
     let dims = LaunchDims {
@@ -204,24 +214,21 @@ fn gemm(
         block: [THREADS, 1, 1],
         shared_bytes: 0,
     };
-    dev.launch(f, dims, &[a_b.arg(), w_b.arg(), out.arg(), args])?;
+    // SAFETY: the arguments are the kernel's parameter list in order (by-value
+    // blocks layout-checked by gpu/tests/param_layout.rs), and every buffer was
+    // sized above for the shapes those scalars and this grid index.
+    unsafe { dev.launch(f, dims, &[a_b.arg(), w_b.arg(), out.arg(), args]) }?;
     Ok(bits_from_bytes(&out.to_bytes()?, dtype))
 }
 
 /// `kv_b_proj(kv_c)`: `[T, Lkv]` -> (`k_nope [T, N, P]`, `v [T, N, V]`) bits
 /// in `dtype`: the GEMM writes vLLM's `[T, N, P + V]` and the host splits it
 /// (`kv.view(-1, N, P + V).split([P, V])`).
-pub fn up_project(
-    gpu: &Gpu,
-    kv_c: &[f32],
-    w: &MlaWeights,
-    dtype: DType,
-) -> Result<(Vec<u32>, Vec<u32>)> {
-    let d = check_weights(w, dtype)?;
+pub fn up_project(gpu: &Gpu, args: &ProjArgs) -> Result<(Vec<u32>, Vec<u32>)> {
+    let d = check_upload(args, Projection::KvUp, "kv_c")?;
+    let (kv_c, w, dtype) = (args.x(), args.weights(), args.dtype());
     let (lkv, pn, vd) = (d.kv_lora_rank, d.qk_nope_head_dim, d.v_head_dim);
     let t = kv_c.len() / lkv;
-    check_len("kv_c", kv_c.len(), &[t, lkv])?;
-    check_exact("kv_c", kv_c, dtype)?;
     let rows = w.num_heads * (pn + vd);
     let g = ProjGemm::kv_b_proj(d, w.num_heads, t);
     let kv = gemm(gpu, kv_c, w, g, dtype, t * rows)?;
@@ -239,8 +246,9 @@ pub fn up_project(
 /// The absorbed decode query: `q [B, N, P + R]` -> `mqa_q [B, N, Lkv + R]`
 /// bits = `[q_nope @ W_UK_T | q_pe]` (the bmm on the device, the
 /// `torch.cat` with the untouched `q_pe` on the host).
-pub fn absorb_query(gpu: &Gpu, q: &[f32], w: &MlaWeights, dtype: DType) -> Result<Vec<u32>> {
-    let d = check_weights(w, dtype)?;
+pub fn absorb_query(gpu: &Gpu, args: &ProjArgs) -> Result<Vec<u32>> {
+    let d = check_upload(args, Projection::AbsorbQuery, "query")?;
+    let (q, w, dtype) = (args.x(), args.weights(), args.dtype());
     let (lkv, pn, r, n) = (
         d.kv_lora_rank,
         d.qk_nope_head_dim,
@@ -248,8 +256,6 @@ pub fn absorb_query(gpu: &Gpu, q: &[f32], w: &MlaWeights, dtype: DType) -> Resul
         w.num_heads,
     );
     let b = q.len() / (n * (pn + r));
-    check_len("query", q.len(), &[b, n, pn + r])?;
-    check_exact("query", q, dtype)?;
     let g = ProjGemm::absorb(d, n, b);
     let ql = gemm(gpu, q, w, g, dtype, b * n * lkv)?;
     let mut out = Vec::with_capacity(b * n * (lkv + r));
@@ -261,17 +267,11 @@ pub fn absorb_query(gpu: &Gpu, q: &[f32], w: &MlaWeights, dtype: DType) -> Resul
 }
 
 /// `out[b, n] = o_latent[b, n] @ W_UV[n]`: `[B, N, Lkv]` -> `[B, N, V]` bits.
-pub fn project_output(
-    gpu: &Gpu,
-    o_latent: &[f32],
-    w: &MlaWeights,
-    dtype: DType,
-) -> Result<Vec<u32>> {
-    let d = check_weights(w, dtype)?;
+pub fn project_output(gpu: &Gpu, args: &ProjArgs) -> Result<Vec<u32>> {
+    let d = check_upload(args, Projection::Output, "latent attention output")?;
+    let (o_latent, w, dtype) = (args.x(), args.weights(), args.dtype());
     let (lkv, vd, n) = (d.kv_lora_rank, d.v_head_dim, w.num_heads);
     let b = o_latent.len() / (n * lkv);
-    check_len("latent attention output", o_latent.len(), &[b, n, lkv])?;
-    check_exact("latent attention output", o_latent, dtype)?;
     let g = ProjGemm::w_uv(d, n, b);
     gemm(gpu, o_latent, w, g, dtype, b * n * vd)
 }

@@ -142,18 +142,23 @@ pub fn run(gpu: &Gpu, instr: Instr, a: &[u16], b: &[u16], c: &[f32]) -> Result<V
     let dd = Buffer::zeroed(dev, c.len() * 4)?;
     // one wave per tile, at most 2^16 blocks of 256 threads; waves stride on
     let threads = (n * wave).min(256 * 65536);
-    dev.launch(
-        f,
-        LaunchDims::linear(threads, 256)?,
-        &[
-            da.arg(),
-            db.arg(),
-            dc.arg(),
-            dd.arg(),
-            Arg::I64(n as i64),
-            Arg::I32(host_target_code(instr.target)),
-        ],
-    )?;
+    // SAFETY: the arguments are the kernel's parameter list in order (by-value
+    // blocks layout-checked by gpu/tests/param_layout.rs), and every buffer was
+    // sized above for the shapes those scalars and this grid index.
+    unsafe {
+        dev.launch(
+            f,
+            LaunchDims::linear(threads, 256)?,
+            &[
+                da.arg(),
+                db.arg(),
+                dc.arg(),
+                dd.arg(),
+                Arg::I64(n as i64),
+                Arg::I32(host_target_code(instr.target)),
+            ],
+        )
+    }?;
     Ok(crate::runtime::bytes::bits_from_bytes(
         &dd.to_bytes()?,
         DType::F32,

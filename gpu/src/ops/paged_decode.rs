@@ -1,19 +1,22 @@
 //! Launchers for `kernels/paged_decode.hip`, mirroring
 //! `attnlab_sim::kernels::paged_decode::{paged_attention_2d, paged_attention_ll4mi}`.
 //! Rows that are not decode rows keep the contents of `out` (uploaded first).
+//! They launch the [`PagedInputs`] the emulator takes, validated once where
+//! they were built: no shape or metadata check is repeated here, only the
+//! device's own limits (grid sizes, shared memory, partition size).
 
-use super::unified_attention::{to_u32, validate_metadata, SHARED_MEMORY_LIMIT};
+use super::unified_attention::{to_u32, SHARED_MEMORY_LIMIT};
 use crate::kernels::{qkv_defines, Gpu};
 use crate::runtime::bytes::{bits_from_bytes, bytes_of, bytes_of_i32};
-use crate::runtime::{Arg, ArgStruct, Buffer, LaunchDims, Result};
+use crate::runtime::params::{param_block, ParamBlock};
+use crate::runtime::{Arg, Buffer, LaunchDims, Result};
 use attnlab_shared::dtype::DType;
 use attnlab_shared::error::Error;
 use attnlab_shared::layout::{KvLayout, LayoutKind};
 use attnlab_shared::metadata::AttentionMetadata;
-use attnlab_sim::cache::KvCache;
 use attnlab_sim::config::AttnConfig;
 use attnlab_sim::kernels::paged_decode::{
-    max_num_partitions, paged_2d_tile_size, validate_paged_inputs, LL4MI_TOKENS_PER_WARP,
+    max_num_partitions, paged_2d_tile_size, PagedInputs, PartitionSize, LL4MI_TOKENS_PER_WARP,
 };
 use attnlab_sim::numerics::softmax_scale_log2;
 
@@ -26,43 +29,73 @@ const MAX_HEAD_GROUP: usize = 8;
 /// (head, d) PV chains per thread (`DECODE_HPT`); score rows are allocated in multiples of it.
 const HEADS_PER_THREAD: usize = 4;
 
-/// The kernels' `PagedArgs` struct (field order as in paged_decode.hip).
-/// `head_group` is how many query heads of the group one pass computes;
-/// `stage_v` whether the block copies its V range into shared memory.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn args(
-    layout: &KvLayout,
-    meta: &AttentionMetadata,
-    cfg: &AttnConfig,
-    tile: usize,
-    partition_size: usize,
-    scale: f32,
-    head_group: usize,
-    stage_v: bool,
-) -> Arg {
-    ArgStruct::default()
-        .i64(meta.num_reqs() as i64)
-        .i64(cfg.num_heads as i64)
-        .i64(cfg.num_kv_heads as i64)
-        .i64(cfg.head_size as i64)
-        .i64(meta.block_size as i64)
-        .i64(meta.block_table.max_blocks as i64)
-        .i64(layout.num_blocks as i64)
-        .i64(tile as i64)
-        .i64(cfg.sliding_window.unwrap_or(0) as i64)
-        .i64(partition_size as i64)
-        .i64(max_num_partitions(meta.max_seq_len, partition_size.max(1)) as i64)
-        .i32(super::reshape_and_cache::layout_code(layout.kind))
-        .i32(cfg.sinks.is_some() as i32)
-        .i32(cfg.alibi_slopes.is_some() as i32)
-        .i32(head_group as i32)
-        .i32(stage_v as i32)
-        .f32(scale)
-        .f32(softmax_scale_log2(scale))
-        .f32(cfg.softcap.unwrap_or(0.0))
-        .f32(cfg.k_scale)
-        .f32(cfg.v_scale)
-        .arg()
+param_block! {
+    /// `PagedArgs` of `kernels/paged_decode.hip` (both kernels' scalars).
+    pub struct PagedParams as "PagedArgs" {
+        num_reqs: i64,
+        num_heads: i64,
+        num_kv_heads: i64,
+        head_size: i64,
+        block_size: i64,
+        max_blocks: i64,
+        num_kv_blocks: i64,
+        tile: i64,
+        window: i64,
+        partition_size: i64,
+        max_partitions: i64,
+        layout_kind: i32,
+        has_sinks: i32,
+        has_alibi: i32,
+        /// Query heads of the group one pass computes.
+        head_group: i32,
+        /// Whether a 2D block copies its V range into shared memory.
+        stage_v: i32,
+        scale: f32,
+        scale_log2: f32,
+        softcap: f32,
+        k_scale: f32,
+        v_scale: f32,
+    }
+}
+
+impl PagedParams {
+    /// The block of one launch; `tile` is the 2D kernel's, `partition_size`
+    /// ll4mi's (0 for the other kernel).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        layout: &KvLayout,
+        meta: &AttentionMetadata,
+        cfg: &AttnConfig,
+        tile: usize,
+        partition_size: usize,
+        scale: f32,
+        head_group: usize,
+        stage_v: bool,
+    ) -> Self {
+        PagedParams {
+            num_reqs: meta.num_reqs() as i64,
+            num_heads: cfg.num_heads as i64,
+            num_kv_heads: cfg.num_kv_heads as i64,
+            head_size: cfg.head_size as i64,
+            block_size: meta.block_size as i64,
+            max_blocks: meta.block_table.max_blocks as i64,
+            num_kv_blocks: layout.num_blocks as i64,
+            tile: tile as i64,
+            window: cfg.sliding_window.unwrap_or(0) as i64,
+            partition_size: partition_size as i64,
+            max_partitions: max_num_partitions(meta.max_seq_len, partition_size.max(1)) as i64,
+            layout_kind: super::reshape_and_cache::layout_code(layout.kind),
+            has_sinks: cfg.sinks.is_some() as i32,
+            has_alibi: cfg.alibi_slopes.is_some() as i32,
+            head_group: head_group as i32,
+            stage_v: stage_v as i32,
+            scale,
+            scale_log2: softmax_scale_log2(scale),
+            softcap: cfg.softcap.unwrap_or(0.0),
+            k_scale: cfg.k_scale,
+            v_scale: cfg.v_scale,
+        }
+    }
 }
 
 /// Score rows of a block: the head group rounded up to whole PV chain sets.
@@ -191,16 +224,11 @@ impl Inputs<'_> {
     }
 }
 
-pub(crate) fn upload<'d>(
-    gpu: &'d Gpu,
-    query: &[f32],
-    cache: &KvCache,
-    meta: &AttentionMetadata,
-    cfg: &AttnConfig,
-    out: &[f32],
-) -> Result<Inputs<'d>> {
-    validate_paged_inputs(query, cache, meta, cfg, out)?;
-    validate_metadata(meta, cache)?;
+/// Uploads validated inputs and the output's current contents (`out`,
+/// checked against them: the one buffer they do not hold).
+pub(crate) fn upload<'d>(gpu: &'d Gpu, inputs: &PagedInputs, out: &[f32]) -> Result<Inputs<'d>> {
+    inputs.check_out(out)?;
+    let (query, cache, meta, cfg) = (inputs.query(), inputs.cache(), inputs.meta(), inputs.cfg());
     let dev = gpu.dev.as_ref();
     Ok(Inputs {
         q: Buffer::from_bytes(dev, &bytes_of(query, cfg.dtype))?,
@@ -223,22 +251,18 @@ pub(crate) fn upload<'d>(
 
 /// vLLM's Triton `kernel_paged_attention_2d` on the device; returns the
 /// whole `[T, Hq, D]` output's bits in `cfg.dtype`.
-pub fn paged_attention_2d(
-    gpu: &Gpu,
-    query: &[f32],
-    cache: &KvCache,
-    meta: &AttentionMetadata,
-    cfg: &AttnConfig,
-    out: &[f32],
-) -> Result<Vec<u32>> {
-    let inp = upload(gpu, query, cache, meta, cfg, out)?;
-    launch_2d(gpu, &inp, &cache.layout, meta, cfg)?;
+pub fn paged_attention_2d(gpu: &Gpu, inputs: &PagedInputs, out: &[f32]) -> Result<Vec<u32>> {
+    let inp = upload(gpu, inputs, out)?;
+    let (meta, cfg) = (inputs.meta(), inputs.cfg());
+    launch_2d(gpu, &inp, &inputs.cache().layout, meta, cfg)?;
     Ok(bits_from_bytes(&inp.out.to_bytes()?, cfg.dtype))
 }
 
 /// Launches `paged_attention_2d` on uploaded inputs (what
 /// [`paged_attention_2d`] and `attnlab bench --gpu` both run): grid
-/// (num_reqs, Hkv), 256 threads.
+/// (num_reqs, Hkv), 256 threads. `inp` holds buffers of the shapes `layout`,
+/// `meta` and `cfg` give, which agree: uploaded from [`PagedInputs`], or
+/// built so by bench from metadata it made.
 pub(crate) fn launch_2d(
     gpu: &Gpu,
     inp: &Inputs,
@@ -267,8 +291,12 @@ pub(crate) fn launch_2d(
         block: [THREADS, 1, 1],
         shared_bytes: shared as u32,
     };
-    let call = inp.with_sinks_and_out(args(layout, meta, cfg, tile, 0, cfg.scale, hg, stage_v));
-    gpu.dev.launch(f, dims, &call)?;
+    let a = PagedParams::new(layout, meta, cfg, tile, 0, cfg.scale, hg, stage_v);
+    let call = inp.with_sinks_and_out(a.arg());
+    // SAFETY: the arguments are the kernel's parameter list in order (by-value
+    // blocks layout-checked by gpu/tests/param_layout.rs), and every buffer was
+    // sized above for the shapes those scalars and this grid index.
+    unsafe { gpu.dev.launch(f, dims, &call) }?;
     Ok(())
 }
 
@@ -299,40 +327,38 @@ impl<'d> Ll4miScratch<'d> {
     }
 }
 
-fn validate_partition_size(partition_size: usize) -> Result<()> {
-    if partition_size == 0
-        || !partition_size.is_multiple_of(LL4MI_TOKENS_PER_WARP)
-        || partition_size > MAX_PARTITION_SIZE
-    {
+/// The partition kernel's thread map holds at most 16 waves' tokens (a
+/// device limit beyond [`PartitionSize`]'s rule).
+fn partition_fits(partition_size: PartitionSize) -> Result<usize> {
+    let p = partition_size.get();
+    if p > MAX_PARTITION_SIZE {
         return Err(Error::invalid(
             "partition_size",
-            partition_size,
+            p,
             format!("a multiple of {LL4MI_TOKENS_PER_WARP} up to {MAX_PARTITION_SIZE}"),
         )
         .into());
     }
-    Ok(())
+    Ok(p)
 }
 
 /// vLLM's HIP ll4mi partition + reduce kernels on the device; returns the
 /// whole `[T, Hq, D]` output's bits in `cfg.dtype`.
 pub fn paged_attention_ll4mi(
     gpu: &Gpu,
-    query: &[f32],
-    cache: &KvCache,
-    meta: &AttentionMetadata,
-    cfg: &AttnConfig,
-    partition_size: usize,
+    inputs: &PagedInputs,
+    partition_size: PartitionSize,
     out: &[f32],
 ) -> Result<Vec<u32>> {
-    validate_partition_size(partition_size)?;
-    let inp = upload(gpu, query, cache, meta, cfg, out)?;
-    let scratch = Ll4miScratch::new(gpu, meta, cfg, partition_size)?;
+    let p = partition_fits(partition_size)?;
+    let inp = upload(gpu, inputs, out)?;
+    let (meta, cfg) = (inputs.meta(), inputs.cfg());
+    let scratch = Ll4miScratch::new(gpu, meta, cfg, p)?;
     launch_ll4mi(
         gpu,
         &inp,
         &scratch,
-        &cache.layout,
+        &inputs.cache().layout,
         meta,
         cfg,
         partition_size,
@@ -352,9 +378,9 @@ pub(crate) fn launch_ll4mi(
     layout: &KvLayout,
     meta: &AttentionMetadata,
     cfg: &AttnConfig,
-    partition_size: usize,
+    partition_size: PartitionSize,
 ) -> Result<()> {
-    validate_partition_size(partition_size)?;
+    let partition_size = partition_fits(partition_size)?;
     let np = max_num_partitions(meta.max_seq_len, partition_size);
     if meta.num_reqs() == 0 || np == 0 {
         return Ok(());
@@ -381,7 +407,7 @@ pub(crate) fn launch_ll4mi(
         cfg.scale
     };
     // ll4mi reads V from the cache (staging it measured slower on the H100).
-    let a = args(layout, meta, cfg, 0, partition_size, scale, hg, false);
+    let a = PagedParams::new(layout, meta, cfg, 0, partition_size, scale, hg, false).arg();
     let defines = qkv_defines(cfg.dtype, cfg.kv_dtype);
     let part = gpu.function("paged_decode", &defines, "paged_attention_ll4mi_partition")?;
     let dims = LaunchDims {
@@ -407,7 +433,10 @@ pub(crate) fn launch_ll4mi(
         s.tmp_out.arg(),
         a.clone(),
     ];
-    gpu.dev.launch(part, dims, &call)?;
+    // SAFETY: the arguments are the kernel's parameter list in order (by-value
+    // blocks layout-checked by gpu/tests/param_layout.rs), and every buffer was
+    // sized above for the shapes those scalars and this grid index.
+    unsafe { gpu.dev.launch(part, dims, &call) }?;
     let reduce = gpu.function("paged_decode", &defines, "paged_attention_ll4mi_reduce")?;
     let dims = LaunchDims {
         grid: [
@@ -427,6 +456,9 @@ pub(crate) fn launch_ll4mi(
         i.out.arg(),
         a,
     ];
-    gpu.dev.launch(reduce, dims, &call)?;
+    // SAFETY: the arguments are the kernel's parameter list in order (by-value
+    // blocks layout-checked by gpu/tests/param_layout.rs), and every buffer was
+    // sized above for the shapes those scalars and this grid index.
+    unsafe { gpu.dev.launch(reduce, dims, &call) }?;
     Ok(())
 }

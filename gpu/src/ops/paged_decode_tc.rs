@@ -7,15 +7,35 @@ use super::paged_decode::{upload, Inputs};
 use super::unified_attention::to_u32;
 use crate::kernels::{qkv_defines, Gpu};
 use crate::runtime::bytes::bits_from_bytes;
-use crate::runtime::{Arg, ArgStruct, Buffer, LaunchDims, Result, Target};
+use crate::runtime::params::{param_block, ParamBlock};
+use crate::runtime::{Arg, Buffer, LaunchDims, Result, Target};
 use attnlab_shared::error::Error;
 use attnlab_shared::metadata::AttentionMetadata;
 use attnlab_sim::backends::flavour::{decode_split_size, TC_DECODE_MIN_SPLIT};
 use attnlab_sim::cache::KvCache;
 use attnlab_sim::config::AttnConfig;
+use attnlab_sim::kernels::paged_decode::PagedInputs;
 use attnlab_sim::kernels::paged_decode_tc::{num_splits, validate_tc, ROWS, STEP};
 use attnlab_sim::numerics::mma::MatrixTarget;
 use attnlab_sim::numerics::softmax_scale_log2;
+
+param_block! {
+    /// `TcArgs` of `kernels/paged_decode_tc.hip`.
+    pub struct TcParams as "TcArgs" {
+        num_heads: i64,
+        num_kv_heads: i64,
+        head_size: i64,
+        block_size: i64,
+        max_blocks: i64,
+        split_size: i64,
+        max_splits: i64,
+        qpk: i32,
+        host_target: i32,
+        scale: f32,
+        scale_log2: f32,
+        softcap: f32,
+    }
+}
 
 /// Waves per split-kernel block (`TC_WAVES`).
 const WAVES: usize = 4;
@@ -163,20 +183,21 @@ fn args(
     max_splits: usize,
     target: MatrixTarget,
 ) -> Arg {
-    ArgStruct::default()
-        .i64(cfg.num_heads as i64)
-        .i64(cfg.num_kv_heads as i64)
-        .i64(cfg.head_size as i64)
-        .i64(meta.block_size as i64)
-        .i64(meta.block_table.max_blocks as i64)
-        .i64(split_size as i64)
-        .i64(max_splits as i64)
-        .i32(cfg.queries_per_kv() as i32)
-        .i32(host_target_code(target))
-        .f32(cfg.scale)
-        .f32(softmax_scale_log2(cfg.scale))
-        .f32(cfg.softcap.unwrap_or(0.0))
-        .arg()
+    TcParams {
+        num_heads: cfg.num_heads as i64,
+        num_kv_heads: cfg.num_kv_heads as i64,
+        head_size: cfg.head_size as i64,
+        block_size: meta.block_size as i64,
+        max_blocks: meta.block_table.max_blocks as i64,
+        split_size: split_size as i64,
+        max_splits: max_splits as i64,
+        qpk: cfg.queries_per_kv() as i32,
+        host_target: host_target_code(target),
+        scale: cfg.scale,
+        scale_log2: softmax_scale_log2(cfg.scale),
+        softcap: cfg.softcap.unwrap_or(0.0),
+    }
+    .arg()
 }
 
 /// The split kernel's entry for a head size, group (`r16`: more than 8
@@ -210,7 +231,7 @@ pub fn paged_decode_tc(
     let target = device_target(gpu)?;
     let split = split_size.unwrap_or_else(|| auto_split_size(gpu, meta, cfg, variant));
     validate_tc(query, cache, meta, cfg, target, split, out)?;
-    let inp = upload(gpu, query, cache, meta, cfg, out)?;
+    let inp = upload(gpu, &PagedInputs::new(query, cache, meta, cfg)?, out)?;
     let scratch = TcScratch::new(gpu, meta, cfg, split)?;
     launch(gpu, &inp, &scratch, meta, cfg, split, variant)?;
     Ok((bits_from_bytes(&inp.out.to_bytes()?, cfg.dtype), split))
@@ -274,7 +295,10 @@ pub(crate) fn launch(
         s.acc.arg(),
         a.clone(),
     ];
-    gpu.dev.launch(f, dims, &call)?;
+    // SAFETY: the arguments are the kernel's parameter list in order (by-value
+    // blocks layout-checked by gpu/tests/param_layout.rs), and every buffer was
+    // sized above for the shapes those scalars and this grid index.
+    unsafe { gpu.dev.launch(f, dims, &call) }?;
     let reduce = gpu.function("paged_decode_tc", &defines, "paged_decode_tc_reduce")?;
     let dims = LaunchDims {
         grid: [
@@ -294,6 +318,9 @@ pub(crate) fn launch(
         i.out.arg(),
         a,
     ];
-    gpu.dev.launch(reduce, dims, &call)?;
+    // SAFETY: the arguments are the kernel's parameter list in order (by-value
+    // blocks layout-checked by gpu/tests/param_layout.rs), and every buffer was
+    // sized above for the shapes those scalars and this grid index.
+    unsafe { gpu.dev.launch(reduce, dims, &call) }?;
     Ok(())
 }

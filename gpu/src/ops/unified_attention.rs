@@ -5,95 +5,58 @@
 
 use crate::kernels::{qkv_defines, Gpu};
 use crate::runtime::bytes::{bits_from_bytes, bytes_of, bytes_of_i32};
-use crate::runtime::{Arg, ArgStruct, Buffer, FunctionId, LaunchDims, Result};
+use crate::runtime::params::{param_block, ParamBlock};
+use crate::runtime::{Arg, Buffer, FunctionId, LaunchDims, Result};
 use attnlab_shared::dtype::DType;
 use attnlab_shared::error::Error;
-use attnlab_shared::layout::LayoutKind;
 use attnlab_shared::metadata::AttentionMetadata;
-use attnlab_sim::cache::KvCache;
 use attnlab_sim::config::AttnConfig;
 use attnlab_sim::kernels::softmax::MaskedRowMax;
-use attnlab_sim::kernels::unified_attention::{Flavor, Grid, SegmentReduce, UnifiedLaunch};
+use attnlab_sim::kernels::unified_attention::{
+    Flavor, Grid, SegmentReduce, UnifiedArgs, UnifiedLaunch,
+};
 use attnlab_sim::numerics::{softmax_scale_log2, SoftcapFormula};
+
+param_block! {
+    /// `UnifiedArgs` of `kernels/unified_attention.hip`.
+    pub struct UnifiedParams as "UnifiedArgs" {
+        num_reqs: i64,
+        num_heads: i64,
+        num_kv_heads: i64,
+        head_size: i64,
+        block_size: i64,
+        max_blocks: i64,
+        block_m: i64,
+        block_q: i64,
+        tile: i64,
+        num_segments: i64,
+        window: i64,
+        causal: i32,
+        flavor: i32,
+        is_3d: i32,
+        has_sinks: i32,
+        has_alibi: i32,
+        softcap_formula: i32,
+        zero_masked_max: i32,
+        scale: f32,
+        scale_log2: f32,
+        softcap: f32,
+        k_scale: f32,
+        v_scale: f32,
+    }
+}
 
 /// Static shared memory every CUDA/HIP device grants without opting in.
 pub const SHARED_MEMORY_LIMIT: usize = 48 * 1024;
 
-/// Re-checks metadata whose public fields may have been edited since it was
-/// built: the same validation `AttentionMetadata::new` runs (block ids inside
-/// the cache, lengths, slots), plus the cache it will be read from.
-pub fn validate_metadata(meta: &AttentionMetadata, cache: &KvCache) -> Result<()> {
-    let fresh = AttentionMetadata::new(
-        meta.block_size,
-        meta.num_blocks,
-        meta.query_start_loc.clone(),
-        meta.seq_lens.clone(),
-        meta.block_table.clone(),
-        meta.slot_mapping.clone(),
-        meta.causal,
-    )?;
-    if fresh.num_actual_tokens != meta.num_actual_tokens {
-        return Err(Error::invalid(
-            "num_actual_tokens",
-            meta.num_actual_tokens,
-            format!("query_start_loc's last entry {}", fresh.num_actual_tokens),
-        )
-        .into());
-    }
-    let l = &cache.layout;
-    if l.block_size != meta.block_size || l.num_blocks < meta.num_blocks {
-        return Err(Error::invalid(
-            "cache",
-            format!("{} blocks of {}", l.num_blocks, l.block_size),
-            format!(
-                "block size {} and >= {} blocks",
-                meta.block_size, meta.num_blocks
-            ),
-        )
-        .into());
-    }
-    if cache.k.len() != l.numel() || cache.v.len() != l.numel() {
-        return Err(Error::invalid(
-            "cache tensors",
-            format!("{} / {}", cache.k.len(), cache.v.len()),
-            format!("{} elements each", l.numel()),
-        )
-        .into());
-    }
-    Ok(())
-}
-
-/// `[T, Hq, D]` output bits in `cfg.dtype`.
-pub fn unified_attention(
-    gpu: &Gpu,
-    query: &[f32],
-    cache: &KvCache,
-    meta: &AttentionMetadata,
-    cfg: &AttnConfig,
-    launch: &UnifiedLaunch,
-) -> Result<Vec<u32>> {
-    cfg.validate()?;
-    validate_metadata(meta, cache)?;
-    let l = &cache.layout;
-    if l.kind != LayoutKind::Nhd
-        || (l.num_kv_heads, l.head_size, l.dtype) != (cfg.num_kv_heads, cfg.head_size, cfg.kv_dtype)
-    {
-        return Err(Error::invalid(
-            "cache layout",
-            format!("{:?}", l),
-            "NHD with the layer's kv heads, head size and kv dtype",
-        )
-        .into());
-    }
+/// `[T, Hq, D]` output bits in `cfg.dtype`, for the [`UnifiedArgs`] the
+/// emulator's executors take (validated where they were built; the plan
+/// checks only what the device adds: grid sizes, shared memory).
+pub fn unified_attention(gpu: &Gpu, args: &UnifiedArgs) -> Result<Vec<u32>> {
+    let i = args.inputs();
+    let (query, cache, meta, cfg) = (i.query(), i.cache(), i.meta(), i.cfg());
+    let launch = args.launch();
     let (t_n, hq, d) = (meta.num_actual_tokens, cfg.num_heads, cfg.head_size);
-    if query.len() != t_n * hq * d {
-        return Err(Error::invalid(
-            "query length",
-            query.len(),
-            format!("num_tokens x num_heads x head_size = {}", t_n * hq * d),
-        )
-        .into());
-    }
     let plan = UnifiedPlan::new(gpu, meta, cfg, launch)?;
     let out_bytes = t_n * hq * d * cfg.dtype.size_bytes();
     if t_n == 0 {
@@ -286,31 +249,32 @@ impl UnifiedPlan {
             Flavor::Aiter if cfg.kv_dtype.is_fp8() => cfg.scale * cfg.k_scale,
             _ => cfg.scale,
         };
-        let args = ArgStruct::default()
-            .i64(meta.num_reqs() as i64)
-            .i64(hq as i64)
-            .i64(cfg.num_kv_heads as i64)
-            .i64(d as i64)
-            .i64(meta.block_size as i64)
-            .i64(meta.block_table.max_blocks as i64)
-            .i64(launch.block_m as i64)
-            .i64(launch.block_q as i64)
-            .i64(launch.tile_size as i64)
-            .i64(num_segments as i64)
-            .i64(cfg.sliding_window.unwrap_or(0) as i64)
-            .i32(meta.causal as i32)
-            .i32(matches!(launch.flavor, Flavor::Aiter) as i32)
-            .i32(is_3d as i32)
-            .i32(cfg.sinks.is_some() as i32)
-            .i32(cfg.alibi_slopes.is_some() as i32)
-            .i32(softcap_code(launch.softcap_formula()))
-            .i32(zero_max as i32)
-            .f32(scale)
-            .f32(softmax_scale_log2(scale))
-            .f32(cfg.softcap.unwrap_or(0.0))
-            .f32(cfg.k_scale)
-            .f32(cfg.v_scale)
-            .arg();
+        let args = UnifiedParams {
+            num_reqs: meta.num_reqs() as i64,
+            num_heads: hq as i64,
+            num_kv_heads: cfg.num_kv_heads as i64,
+            head_size: d as i64,
+            block_size: meta.block_size as i64,
+            max_blocks: meta.block_table.max_blocks as i64,
+            block_m: launch.block_m as i64,
+            block_q: launch.block_q as i64,
+            tile: launch.tile_size as i64,
+            num_segments: num_segments as i64,
+            window: cfg.sliding_window.unwrap_or(0) as i64,
+            causal: meta.causal as i32,
+            flavor: matches!(launch.flavor, Flavor::Aiter) as i32,
+            is_3d: is_3d as i32,
+            has_sinks: cfg.sinks.is_some() as i32,
+            has_alibi: cfg.alibi_slopes.is_some() as i32,
+            softcap_formula: softcap_code(launch.softcap_formula()),
+            zero_masked_max: zero_max as i32,
+            scale,
+            scale_log2: softmax_scale_log2(scale),
+            softcap: cfg.softcap.unwrap_or(0.0),
+            k_scale: cfg.k_scale,
+            v_scale: cfg.v_scale,
+        }
+        .arg();
         let reduce = if is_3d {
             let f = gpu.function(
                 "unified_attention",
@@ -356,14 +320,20 @@ impl UnifiedPlan {
         let dev = gpu.dev.as_ref();
         let mut call: Vec<Arg> = bufs.iter().map(|b| b.arg()).collect();
         call.push(self.args.clone());
-        dev.launch(self.main, self.dims, &call)?;
+        // SAFETY: the arguments are the kernel's parameter list in order (by-value
+        // blocks layout-checked by gpu/tests/param_layout.rs), and every buffer was
+        // sized above for the shapes those scalars and this grid index.
+        unsafe { dev.launch(self.main, self.dims, &call) }?;
         if let Some((f, dims, tail)) = &self.reduce {
             let mut call: Vec<Arg> = [bufs[9], bufs[10], bufs[11], bufs[4], bufs[5], bufs[8]]
                 .iter()
                 .map(|b| b.arg())
                 .collect();
             call.extend(tail.iter().cloned());
-            dev.launch(*f, *dims, &call)?;
+            // SAFETY: the arguments are the kernel's parameter list in order (by-value
+            // blocks layout-checked by gpu/tests/param_layout.rs), and every buffer was
+            // sized above for the shapes those scalars and this grid index.
+            unsafe { dev.launch(*f, *dims, &call) }?;
         }
         Ok(())
     }

@@ -391,7 +391,7 @@ impl Device for HipDevice {
         Ok(FunctionId(t.functions.len() - 1))
     }
 
-    fn launch(&self, f: FunctionId, dims: LaunchDims, args: &[Arg]) -> Result<()> {
+    unsafe fn launch(&self, f: FunctionId, dims: LaunchDims, args: &[Arg]) -> Result<()> {
         self.bind()?;
         let func = *self.tables().functions.get(f.0).ok_or(GpuError::Driver {
             api: "launch",

@@ -122,6 +122,49 @@ impl HostCompiler {
         .map_err(fail)
     }
 
+    /// Compiles `source` (a translation unit, as for [`HostCompiler::build`])
+    /// for waves of `wave` lanes without generating code (`-fsyntax-only`):
+    /// its compile-time checks run (e.g. the parameter-block layouts of
+    /// [`crate::runtime::params::static_asserts`]), nothing is built or cached.
+    pub fn check_syntax(
+        &self,
+        wave: u32,
+        name: &str,
+        source: &str,
+        defines: &[(String, String)],
+    ) -> Result<()> {
+        let fail = |log: String| GpuError::Compile {
+            kernel: name.to_string(),
+            target: Target::Host { wave }.name(),
+            log,
+        };
+        check_wave(wave)?;
+        let file = host_file(source).map_err(fail)?;
+        let dir = cache_dir();
+        std::fs::create_dir_all(&dir).map_err(|e| fail(format!("{}: {e}", dir.display())))?;
+        let src = dir.join(format!(
+            "check-{}-{}.{}.cpp",
+            name.trim_end_matches(".hip"),
+            std::process::id(),
+            unique()
+        ));
+        std::fs::write(&src, file).map_err(|e| fail(format!("{}: {e}", src.display())))?;
+        let mut args = self.flags(wave);
+        args.extend(defines.iter().map(|(k, v)| format!("-D{k}={v}")));
+        let out = Command::new(&self.program)
+            .args(&args)
+            .arg("-fsyntax-only")
+            .arg(&src)
+            .output();
+        let _ = std::fs::remove_file(&src);
+        let out = out.map_err(|e| fail(format!("running {}: {e}", self.program)))?;
+        if !out.status.success() {
+            let log = String::from_utf8_lossy(&out.stderr);
+            return Err(fail(log.chars().take(8000).collect()));
+        }
+        Ok(())
+    }
+
     /// The wave's runtime library (host_shim.cpp behind portable.h), built once.
     pub fn runtime(&self, wave: u32) -> Result<PathBuf> {
         let file = format!(
@@ -535,7 +578,7 @@ impl Device for HostDevice {
         Ok(FunctionId(t.functions.len() - 1))
     }
 
-    fn launch(&self, f: FunctionId, dims: LaunchDims, args: &[Arg]) -> Result<()> {
+    unsafe fn launch(&self, f: FunctionId, dims: LaunchDims, args: &[Arg]) -> Result<()> {
         let (func, name) = self
             .tables()
             .functions

@@ -13,6 +13,7 @@ pub mod cuda;
 pub mod hip;
 pub mod hip_sys;
 pub mod host;
+pub mod params;
 
 use attnlab_shared::error::Error as SharedError;
 use serde::Serialize;
@@ -157,7 +158,8 @@ pub enum Arg {
     I32(i32),
     I64(i64),
     F32(f32),
-    /// A by-value struct, laid out as the kernel's C struct (see [`ArgStruct`]).
+    /// A by-value struct, laid out as the kernel's C struct: a
+    /// [`params::ParamBlock`]'s bytes ([`params::ParamBlock::arg`]).
     Struct(Vec<u8>),
 }
 
@@ -174,40 +176,6 @@ impl Arg {
         };
         b.resize(b.len().max(8), 0);
         b
-    }
-}
-
-/// Builds a by-value kernel struct field by field in C layout order. Each
-/// field is aligned to its own size; callers list fields exactly as the
-/// `.hip` struct declares them (largest first keeps it padding-free).
-#[derive(Debug, Default, Clone)]
-pub struct ArgStruct(Vec<u8>);
-
-impl ArgStruct {
-    fn align(&mut self, n: usize) {
-        while !self.0.len().is_multiple_of(n) {
-            self.0.push(0);
-        }
-    }
-    pub fn i64(mut self, v: i64) -> Self {
-        self.align(8);
-        self.0.extend_from_slice(&v.to_le_bytes());
-        self
-    }
-    pub fn i32(mut self, v: i32) -> Self {
-        self.align(4);
-        self.0.extend_from_slice(&v.to_le_bytes());
-        self
-    }
-    pub fn f32(mut self, v: f32) -> Self {
-        self.align(4);
-        self.0.extend_from_slice(&v.to_le_bytes());
-        self
-    }
-    /// The finished struct, padded to 8-byte alignment.
-    pub fn arg(mut self) -> Arg {
-        self.align(8);
-        Arg::Struct(self.0)
     }
 }
 
@@ -266,7 +234,27 @@ pub trait Device {
     fn memset_zero(&self, dst: u64, bytes: usize) -> Result<()>;
     fn load(&self, image: &Image) -> Result<ModuleId>;
     fn function(&self, module: ModuleId, name: &str) -> Result<FunctionId>;
-    fn launch(&self, f: FunctionId, dims: LaunchDims, args: &[Arg]) -> Result<()>;
+    /// Queues kernel `f` over `dims` with `args`.
+    ///
+    /// # Safety
+    ///
+    /// A kernel dereferences what it is given without bounds checks, as on
+    /// any GPU, so the caller guarantees what the device cannot check:
+    /// - `args` is the kernel's parameter list: one argument per parameter,
+    ///   in order, each of the parameter's kind and size, and every by-value
+    ///   struct a [`params::ParamBlock`] whose layout equals the kernel's
+    ///   struct field for field (`gpu/tests/param_layout.rs` checks each);
+    /// - every pointer argument is a live allocation of this device (a
+    ///   [`Buffer`] that outlives the launch's completion) at least as large
+    ///   as the kernel indexes it for these scalars and `dims`, which is
+    ///   what the launcher's validated argument type (e.g.
+    ///   `attnlab_sim::kernels::merge_attn_states::MergeArgs`) establishes;
+    /// - `dims.shared_bytes` covers the kernel's dynamic shared memory use.
+    ///
+    /// The host device checks the argument kinds and sizes and turns a
+    /// fault into an error, but a violated contract is undefined behaviour
+    /// on a GPU.
+    unsafe fn launch(&self, f: FunctionId, dims: LaunchDims, args: &[Arg]) -> Result<()>;
     fn synchronize(&self) -> Result<()>;
     fn record(&self) -> Result<EventId>;
     /// Milliseconds between two recorded events (waits for the second).

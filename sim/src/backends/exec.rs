@@ -16,175 +16,94 @@
 use crate::backends::flavour::{
     backend_decode_split, check_decode_tc, no_tc_family, varlen_tc, Flavour, MatmulKernel,
 };
-use crate::cache::KvCache;
-use crate::config::AttnConfig;
-use crate::kernels::flash_varlen::{flash_attn_varlen, VarlenParams};
+use crate::kernels::flash_varlen::{varlen, VarlenArgs};
 use crate::kernels::flash_varlen_tc::flash_attn_varlen_tc;
-use crate::kernels::flex_attention::flex_attention;
-use crate::kernels::gather_cache::{cp_mha_gather_cache, CacheFormat, GatherChunk};
-use crate::kernels::merge_attn_states::{merge_attn_states, MergeKernel};
-use crate::kernels::mla_cache::{concat_and_cache_mla, LatentCache};
+use crate::kernels::flex_attention::{flex, FlexArgs};
+use crate::kernels::gather_cache::{gather, GatherArgs};
+use crate::kernels::merge_attn_states::{merge, MergeArgs};
+use crate::kernels::mla_cache::{write_latent, LatentCache, LatentWrite};
 use crate::kernels::mla_decode::{
-    aiter_splits, decode_attention_fwd, AiterPaging, KvRow, KvSplits, MlaDecodeOutput,
-    MlaDecodeParams,
+    aiter_splits, decode, AiterPaging, MlaDecodeArgs, MlaDecodeOutput, MlaDecodeParams,
 };
-use crate::kernels::mla_prefill::{gather_and_maybe_dequant_cache, ContextChunk};
-use crate::kernels::mla_proj::{absorb_query, project_output, up_project, MlaWeights};
-use crate::kernels::paged_decode::{paged_attention_2d, paged_attention_ll4mi};
+use crate::kernels::mla_prefill::{gather_latent, LatentGather};
+use crate::kernels::mla_proj::{absorb, output, up, ProjArgs};
+use crate::kernels::paged_decode::{paged_2d, paged_ll4mi, PagedInputs, PartitionSize};
 use crate::kernels::paged_decode_tc::paged_decode_tc;
-use crate::kernels::prefix_prefill::context_attention_fwd;
-use crate::kernels::reshape_and_cache::{reshape_and_cache, CacheWriter};
+use crate::kernels::prefix_prefill::{context_attention, PrefixArgs};
+use crate::kernels::reshape_and_cache::{write_cache, CacheWrite};
 use crate::kernels::softmax::OutLse;
-use crate::kernels::unified_attention::{unified_attention, UnifiedLaunch};
+use crate::kernels::unified_attention::{unified_attention, UnifiedArgs};
 use crate::numerics::mma::MatrixTarget;
-use attnlab_shared::dtype::DType;
 use attnlab_shared::error::Result;
-use attnlab_shared::metadata::AttentionMetadata;
+use attnlab_shared::fault::FaultSet;
 
 /// Runs the kernels the MHA and MLA backends compose (see [`crate::kernels`] for each).
 #[allow(clippy::too_many_arguments)]
 pub trait KernelExecutor {
-    fn reshape_and_cache(
-        &self,
-        writer: CacheWriter,
-        cache: &mut KvCache,
-        key: &[f32],
-        value: &[f32],
-        slot_mapping: &[i64],
-        cfg: &AttnConfig,
-    ) -> Result<()> {
-        reshape_and_cache(writer, cache, key, value, slot_mapping, cfg)
+    fn reshape_and_cache(&self, args: CacheWrite) -> Result<()> {
+        write_cache(args);
+        Ok(())
     }
 
-    fn unified_attention(
-        &self,
-        query: &[f32],
-        cache: &KvCache,
-        meta: &AttentionMetadata,
-        cfg: &AttnConfig,
-        launch: &UnifiedLaunch,
-    ) -> Result<Vec<f32>> {
-        unified_attention(query, cache, meta, cfg, launch)
+    fn unified_attention(&self, args: &UnifiedArgs) -> Result<Vec<f32>> {
+        let i = args.inputs();
+        unified_attention(i.query(), i.cache(), i.meta(), i.cfg(), args.launch())
     }
 
-    fn context_attention_fwd(
-        &self,
-        query: &[f32],
-        cache: &KvCache,
-        meta: &AttentionMetadata,
-        cfg: &AttnConfig,
-        skip_decode: bool,
-        out: &mut [f32],
-    ) -> Result<()> {
-        context_attention_fwd(query, cache, meta, cfg, skip_decode, out)
+    fn context_attention_fwd(&self, args: &PrefixArgs, out: &mut [f32]) -> Result<()> {
+        context_attention(args, out)
     }
 
-    fn paged_attention_2d(
-        &self,
-        query: &[f32],
-        cache: &KvCache,
-        meta: &AttentionMetadata,
-        cfg: &AttnConfig,
-        out: &mut [f32],
-    ) -> Result<()> {
-        paged_attention_2d(query, cache, meta, cfg, out)
+    fn paged_attention_2d(&self, inputs: &PagedInputs, out: &mut [f32]) -> Result<()> {
+        paged_2d(inputs, out)
     }
 
     fn paged_attention_ll4mi(
         &self,
-        query: &[f32],
-        cache: &KvCache,
-        meta: &AttentionMetadata,
-        cfg: &AttnConfig,
-        partition_size: usize,
+        inputs: &PagedInputs,
+        partition_size: PartitionSize,
         out: &mut [f32],
     ) -> Result<()> {
-        paged_attention_ll4mi(query, cache, meta, cfg, partition_size, out)
+        paged_ll4mi(inputs, partition_size, out)
     }
 
-    fn cp_mha_gather_cache(
-        &self,
-        cache: &KvCache,
-        block_rows: &[&[i32]],
-        chunk: &GatherChunk,
-        format: CacheFormat,
-        scales: (f32, f32),
-        dst_dtype: DType,
-    ) -> Result<(Vec<f32>, Vec<f32>)> {
-        cp_mha_gather_cache(cache, block_rows, chunk, format, scales, dst_dtype)
+    fn cp_mha_gather_cache(&self, args: &GatherArgs) -> Result<(Vec<f32>, Vec<f32>)> {
+        Ok(gather(args))
     }
 
-    fn flash_attn_varlen(
-        &self,
-        q: &[f32],
-        k: &[f32],
-        v: &[f32],
-        cu_seqlens_q: &[i32],
-        cu_seqlens_k: &[i32],
-        p: &VarlenParams,
-    ) -> Result<OutLse> {
-        flash_attn_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, p)
+    fn flash_attn_varlen(&self, args: &VarlenArgs) -> Result<OutLse> {
+        Ok(varlen(args))
     }
 
-    fn merge_attn_states(
-        &self,
-        prefix: &OutLse,
-        suffix: &OutLse,
-        out_dtype: DType,
-        kernel: MergeKernel,
-    ) -> Result<OutLse> {
-        merge_attn_states(prefix, suffix, out_dtype, kernel)
+    fn merge_attn_states(&self, args: &MergeArgs) -> Result<OutLse> {
+        Ok(merge(args, FaultSet::NONE))
     }
 
-    fn flex_attention(
-        &self,
-        query: &[f32],
-        cache: &KvCache,
-        meta: &AttentionMetadata,
-        cfg: &AttnConfig,
-    ) -> Result<Vec<f32>> {
-        flex_attention(query, cache, meta, cfg)
+    fn flex_attention(&self, args: &FlexArgs) -> Result<Vec<f32>> {
+        flex(args)
     }
 
     // ---- MLA (backends::mla): latent cache, projections, decode, prefill gather.
 
-    fn concat_and_cache_mla(
-        &self,
-        cache: &mut LatentCache,
-        kv_c: &[f32],
-        k_pe: &[f32],
-        slot_mapping: &[i64],
-        scale: f32,
-    ) -> Result<()> {
-        concat_and_cache_mla(cache, kv_c, k_pe, slot_mapping, scale)
+    fn concat_and_cache_mla(&self, args: LatentWrite) -> Result<()> {
+        write_latent(args);
+        Ok(())
     }
 
-    fn up_project(
-        &self,
-        kv_c: &[f32],
-        w: &MlaWeights,
-        dtype: DType,
-    ) -> Result<(Vec<f32>, Vec<f32>)> {
-        up_project(kv_c, w, dtype)
+    fn up_project(&self, args: &ProjArgs) -> Result<(Vec<f32>, Vec<f32>)> {
+        up(args)
     }
 
-    fn absorb_query(&self, q: &[f32], w: &MlaWeights, dtype: DType) -> Result<Vec<f32>> {
-        absorb_query(q, w, dtype)
+    fn absorb_query(&self, args: &ProjArgs) -> Result<Vec<f32>> {
+        absorb(args)
     }
 
-    fn project_output(&self, o_latent: &[f32], w: &MlaWeights, dtype: DType) -> Result<Vec<f32>> {
-        project_output(o_latent, w, dtype)
+    fn project_output(&self, args: &ProjArgs) -> Result<Vec<f32>> {
+        output(args)
     }
 
-    fn decode_attention_fwd(
-        &self,
-        q: &[f32],
-        rows: &[KvRow],
-        cache: &LatentCache,
-        splits: KvSplits,
-        p: &MlaDecodeParams,
-    ) -> Result<MlaDecodeOutput> {
-        decode_attention_fwd(q, rows, cache, splits, p)
+    fn decode_attention_fwd(&self, args: &MlaDecodeArgs) -> Result<MlaDecodeOutput> {
+        decode(args)
     }
 
     /// AITER's launch (paging checks, split count, granularity:
@@ -202,18 +121,12 @@ pub trait KernelExecutor {
         p: &MlaDecodeParams,
     ) -> Result<MlaDecodeOutput> {
         let splits = aiter_splits(cache, paging, num_kv_splits, num_cus, p.num_heads)?;
-        self.decode_attention_fwd(q, &paging.rows_with(causal, p.faults), cache, splits, p)
+        let rows = paging.rows_with(causal, p.faults);
+        self.decode_attention_fwd(&MlaDecodeArgs::new(q, &rows, cache, splits, p)?)
     }
 
-    fn gather_and_maybe_dequant_cache(
-        &self,
-        cache: &LatentCache,
-        block_tables: &[&[i32]],
-        chunk: &ContextChunk,
-        k_scale: f32,
-        to: DType,
-    ) -> Result<Vec<f32>> {
-        gather_and_maybe_dequant_cache(cache, block_tables, chunk, k_scale, to)
+    fn gather_and_maybe_dequant_cache(&self, args: &LatentGather) -> Result<Vec<f32>> {
+        Ok(gather_latent(args))
     }
 }
 
@@ -236,16 +149,13 @@ impl Cpu {
 
     /// A paged decode launch (`kernel`) in the tensor-core flavour:
     /// `paged_decode_tc` at the backends' split size for `target`.
-    #[allow(clippy::too_many_arguments)]
     fn decode_tc(
         kernel: MatmulKernel,
         target: MatrixTarget,
-        query: &[f32],
-        cache: &KvCache,
-        meta: &AttentionMetadata,
-        cfg: &AttnConfig,
+        inputs: &PagedInputs,
         out: &mut [f32],
     ) -> Result<()> {
+        let (query, cache, meta, cfg) = (inputs.query(), inputs.cache(), inputs.meta(), inputs.cfg());
         check_decode_tc(kernel, cfg, cache.layout.kind, meta.block_size, target)?;
         let split = backend_decode_split(target, meta, cfg);
         paged_decode_tc(query, cache, meta, cfg, target, split, out)
@@ -255,16 +165,12 @@ impl Cpu {
 /// The fma kernels are the trait's defaults; the tensor-core flavour
 /// replaces the launches with matrix products.
 impl KernelExecutor for Cpu {
-    fn unified_attention(
-        &self,
-        query: &[f32],
-        cache: &KvCache,
-        meta: &AttentionMetadata,
-        cfg: &AttnConfig,
-        launch: &UnifiedLaunch,
-    ) -> Result<Vec<f32>> {
+    fn unified_attention(&self, args: &UnifiedArgs) -> Result<Vec<f32>> {
+        let i = args.inputs();
         match self.flavour {
-            Flavour::Fma => unified_attention(query, cache, meta, cfg, launch),
+            Flavour::Fma => {
+                unified_attention(i.query(), i.cache(), i.meta(), i.cfg(), args.launch())
+            }
             // LEAD: at the merge with branch tcu, this arm becomes
             // `unified_attention_tc(query, cache, meta, cfg, launch, target)`
             // (and MatmulKernel::tc_family / flavour::admits learn it).
@@ -274,132 +180,81 @@ impl KernelExecutor for Cpu {
         }
     }
 
-    fn context_attention_fwd(
-        &self,
-        query: &[f32],
-        cache: &KvCache,
-        meta: &AttentionMetadata,
-        cfg: &AttnConfig,
-        skip_decode: bool,
-        out: &mut [f32],
-    ) -> Result<()> {
+    fn context_attention_fwd(&self, args: &PrefixArgs, out: &mut [f32]) -> Result<()> {
         match self.flavour {
-            Flavour::Fma => context_attention_fwd(query, cache, meta, cfg, skip_decode, out),
+            Flavour::Fma => context_attention(args, out),
             Flavour::TensorCore(t) => Err(no_tc_family(MatmulKernel::ContextAttentionFwd, t)),
         }
     }
 
-    fn paged_attention_2d(
-        &self,
-        query: &[f32],
-        cache: &KvCache,
-        meta: &AttentionMetadata,
-        cfg: &AttnConfig,
-        out: &mut [f32],
-    ) -> Result<()> {
+    fn paged_attention_2d(&self, inputs: &PagedInputs, out: &mut [f32]) -> Result<()> {
         match self.flavour {
-            Flavour::Fma => paged_attention_2d(query, cache, meta, cfg, out),
-            Flavour::TensorCore(t) => Self::decode_tc(
-                MatmulKernel::PagedAttention2d,
-                t,
-                query,
-                cache,
-                meta,
-                cfg,
-                out,
-            ),
+            Flavour::Fma => paged_2d(inputs, out),
+            Flavour::TensorCore(t) => {
+                Self::decode_tc(MatmulKernel::PagedAttention2d, t, inputs, out)
+            }
         }
     }
 
     fn paged_attention_ll4mi(
         &self,
-        query: &[f32],
-        cache: &KvCache,
-        meta: &AttentionMetadata,
-        cfg: &AttnConfig,
-        partition_size: usize,
+        inputs: &PagedInputs,
+        partition_size: PartitionSize,
         out: &mut [f32],
     ) -> Result<()> {
         match self.flavour {
-            Flavour::Fma => paged_attention_ll4mi(query, cache, meta, cfg, partition_size, out),
-            Flavour::TensorCore(t) => Self::decode_tc(
-                MatmulKernel::PagedAttentionLl4mi,
-                t,
-                query,
-                cache,
-                meta,
-                cfg,
-                out,
-            ),
-        }
-    }
-
-    fn flash_attn_varlen(
-        &self,
-        q: &[f32],
-        k: &[f32],
-        v: &[f32],
-        cu_seqlens_q: &[i32],
-        cu_seqlens_k: &[i32],
-        p: &VarlenParams,
-    ) -> Result<OutLse> {
-        match self.flavour {
-            Flavour::Fma => flash_attn_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, p),
+            Flavour::Fma => paged_ll4mi(inputs, partition_size, out),
             Flavour::TensorCore(t) => {
-                flash_attn_varlen_tc(q, k, v, cu_seqlens_q, cu_seqlens_k, &varlen_tc(p, t)?)
+                Self::decode_tc(MatmulKernel::PagedAttentionLl4mi, t, inputs, out)
             }
         }
     }
 
-    fn flex_attention(
-        &self,
-        query: &[f32],
-        cache: &KvCache,
-        meta: &AttentionMetadata,
-        cfg: &AttnConfig,
-    ) -> Result<Vec<f32>> {
+    fn flash_attn_varlen(&self, args: &VarlenArgs) -> Result<OutLse> {
         match self.flavour {
-            Flavour::Fma => flex_attention(query, cache, meta, cfg),
+            Flavour::Fma => Ok(varlen(args)),
+            Flavour::TensorCore(t) => flash_attn_varlen_tc(
+                args.q(),
+                args.k(),
+                args.v(),
+                args.cu_seqlens_q(),
+                args.cu_seqlens_k(),
+                &varlen_tc(args.params(), t)?,
+            ),
+        }
+    }
+
+    fn flex_attention(&self, args: &FlexArgs) -> Result<Vec<f32>> {
+        match self.flavour {
+            Flavour::Fma => flex(args),
             Flavour::TensorCore(t) => Err(no_tc_family(MatmulKernel::FlexAttention, t)),
         }
     }
 
-    fn up_project(
-        &self,
-        kv_c: &[f32],
-        w: &MlaWeights,
-        dtype: DType,
-    ) -> Result<(Vec<f32>, Vec<f32>)> {
+    fn up_project(&self, args: &ProjArgs) -> Result<(Vec<f32>, Vec<f32>)> {
         match self.flavour {
-            Flavour::Fma => up_project(kv_c, w, dtype),
+            Flavour::Fma => up(args),
             Flavour::TensorCore(t) => Err(no_tc_family(MatmulKernel::MlaProjection, t)),
         }
     }
 
-    fn absorb_query(&self, q: &[f32], w: &MlaWeights, dtype: DType) -> Result<Vec<f32>> {
+    fn absorb_query(&self, args: &ProjArgs) -> Result<Vec<f32>> {
         match self.flavour {
-            Flavour::Fma => absorb_query(q, w, dtype),
+            Flavour::Fma => absorb(args),
             Flavour::TensorCore(t) => Err(no_tc_family(MatmulKernel::MlaProjection, t)),
         }
     }
 
-    fn project_output(&self, o_latent: &[f32], w: &MlaWeights, dtype: DType) -> Result<Vec<f32>> {
+    fn project_output(&self, args: &ProjArgs) -> Result<Vec<f32>> {
         match self.flavour {
-            Flavour::Fma => project_output(o_latent, w, dtype),
+            Flavour::Fma => output(args),
             Flavour::TensorCore(t) => Err(no_tc_family(MatmulKernel::MlaProjection, t)),
         }
     }
 
-    fn decode_attention_fwd(
-        &self,
-        q: &[f32],
-        rows: &[KvRow],
-        cache: &LatentCache,
-        splits: KvSplits,
-        p: &MlaDecodeParams,
-    ) -> Result<MlaDecodeOutput> {
+    fn decode_attention_fwd(&self, args: &MlaDecodeArgs) -> Result<MlaDecodeOutput> {
         match self.flavour {
-            Flavour::Fma => decode_attention_fwd(q, rows, cache, splits, p),
+            Flavour::Fma => decode(args),
             Flavour::TensorCore(t) => Err(no_tc_family(MatmulKernel::MlaDecode, t)),
         }
     }

@@ -24,7 +24,7 @@ pub mod unified;
 use crate::backends::exec::{Cpu, KernelExecutor};
 use crate::cache::KvCache;
 use crate::config::AttnConfig;
-use crate::kernels::reshape_and_cache::CacheWriter;
+use crate::kernels::reshape_and_cache::{CacheWrite, CacheWriter};
 use attnlab_shared::block_table::select_kernel_block_size;
 use attnlab_shared::error::{Error, Result};
 use attnlab_shared::layout::{KvLayout, LayoutKind};
@@ -134,7 +134,14 @@ pub trait AttentionBackend: Send + Sync {
         cfg: &AttnConfig,
     ) -> Result<()> {
         let writer = self.cache_writer(cache.layout.block_size);
-        ex.reshape_and_cache(writer, cache, key, value, slot_mapping, cfg)
+        ex.reshape_and_cache(CacheWrite::new(
+            writer,
+            cache,
+            key,
+            value,
+            slot_mapping,
+            cfg,
+        )?)
     }
 
     /// [`AttentionBackend::forward`] with every kernel launch made through

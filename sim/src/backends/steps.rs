@@ -17,14 +17,16 @@
 use crate::backends::exec::KernelExecutor;
 use crate::cache::KvCache;
 use crate::config::AttnConfig;
-use crate::kernels::flash_varlen::{ck_block_n, VarlenParams};
-use crate::kernels::flex_attention::{flex_block_n, SPARSE_Q_BLOCK_SIZE};
-use crate::kernels::gather_cache::{self, CacheFormat, GatherChunk};
-use crate::kernels::merge_attn_states::MergeKernel;
-use crate::kernels::paged_decode::{max_num_partitions, PARTITION_SIZE_ROCM};
-use crate::kernels::prefix_prefill::PrefixVariant;
+use crate::kernels::flash_varlen::{ck_block_n, VarlenArgs, VarlenParams};
+use crate::kernels::flex_attention::{flex_block_n, FlexArgs, SPARSE_Q_BLOCK_SIZE};
+use crate::kernels::gather_cache::{self, CacheFormat, GatherArgs, GatherChunk};
+use crate::kernels::merge_attn_states::{MergeArgs, MergeKernel};
+use crate::kernels::paged_decode::{
+    max_num_partitions, PagedInputs, PartitionSize, PARTITION_SIZE_ROCM,
+};
+use crate::kernels::prefix_prefill::{PrefixArgs, PrefixVariant};
 use crate::kernels::softmax::OutLse;
-use crate::kernels::unified_attention::{UnifiedLaunch, MI300X_CU_COUNT};
+use crate::kernels::unified_attention::{UnifiedArgs, UnifiedLaunch, MI300X_CU_COUNT};
 use crate::kernels::KernelCall;
 use attnlab_shared::error::{Error, Result};
 use attnlab_shared::fault::Fault;
@@ -396,14 +398,16 @@ fn run_step(
         } => {
             let format = CacheFormat::of(cache.layout.kind)?;
             let scales = (cfg.k_scale, cfg.v_scale);
+            let args = GatherArgs::new(cache, table, keys, format, scales, cfg.dtype)?;
             let (k, v) = if *gathered {
-                ex.cp_mha_gather_cache(cache, table, keys, format, scales, cfg.dtype)?
+                ex.cp_mha_gather_cache(&args)?
             } else {
                 // The step's key/value tensors, read back from the cache (no launch).
-                gather_cache::cp_mha_gather_cache(cache, table, keys, format, scales, cfg.dtype)?
+                gather_cache::gather(&args)
             };
             let p = attend_params(cfg, meta.causal, *mask);
-            let r = ex.flash_attn_varlen(q, &k, &v, &meta.query_start_loc, &keys.cu_seqlens, &p)?;
+            let (cu_q, cu_k) = (&meta.query_start_loc, &keys.cu_seqlens);
+            let r = ex.flash_attn_varlen(&VarlenArgs::new(q, &k, &v, cu_q, cu_k, &p)?)?;
             slots.store(*into, r);
         }
         Step::Merge {
@@ -412,29 +416,39 @@ fn run_step(
             into,
         } => {
             let (prefix, suffix) = (slots.take(*prefix)?, slots.take(*suffix)?);
-            let r = ex.merge_attn_states(&prefix, &suffix, cfg.dtype, MergeKernel::Triton)?;
+            let args = MergeArgs::new(&prefix, &suffix, cfg.dtype, MergeKernel::Triton)?;
+            let r = ex.merge_attn_states(&args)?;
             slots.store(*into, r);
         }
         Step::Paged(Paged::Unified(launch)) => {
-            slots.output = Some(ex.unified_attention(q, cache, meta, cfg, launch)?);
+            let args = UnifiedArgs::new(q, cache, meta, cfg, launch)?;
+            slots.output = Some(ex.unified_attention(&args)?);
         }
         Step::Paged(Paged::AiterUnifiedAttention) => {
             let launch = UnifiedLaunch::aiter(meta, cfg, MI300X_CU_COUNT)?;
-            slots.output = Some(ex.unified_attention(q, cache, meta, cfg, &launch)?);
+            let args = UnifiedArgs::new(q, cache, meta, cfg, &launch)?;
+            slots.output = Some(ex.unified_attention(&args)?);
         }
-        Step::Paged(Paged::Flex) => slots.output = Some(ex.flex_attention(q, cache, meta, cfg)?),
+        Step::Paged(Paged::Flex) => {
+            slots.output = Some(ex.flex_attention(&FlexArgs::new(q, cache, meta, cfg)?)?)
+        }
         Step::Paged(kernel) => {
             let rows = meta.num_actual_tokens * cfg.num_heads * cfg.head_size;
             let output = slots.output.get_or_insert_with(|| vec![0.0f32; rows]);
             match kernel {
                 Paged::PrefixPrefill => {
-                    ex.context_attention_fwd(q, cache, meta, cfg, true, output)?
+                    let inputs = PagedInputs::new(q, cache, meta, cfg)?;
+                    inputs.check_out(output)?;
+                    ex.context_attention_fwd(&PrefixArgs::new(inputs, true)?, output)?
                 }
-                Paged::Triton2d => ex.paged_attention_2d(q, cache, meta, cfg, output)?,
+                Paged::Triton2d => {
+                    ex.paged_attention_2d(&PagedInputs::new(q, cache, meta, cfg)?, output)?
+                }
                 _ => {
                     // ll4mi's VHELOOP must cover the head (vllm #34570).
                     crate::rules::ll4mi_head_size(cfg.head_size)?;
-                    ex.paged_attention_ll4mi(q, cache, meta, cfg, PARTITION_SIZE_ROCM, output)?
+                    let inputs = PagedInputs::new(q, cache, meta, cfg)?;
+                    ex.paged_attention_ll4mi(&inputs, PartitionSize::ROCM, output)?
                 }
             }
         }

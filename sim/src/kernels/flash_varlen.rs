@@ -187,6 +187,74 @@ pub(crate) fn check_inputs(
     Ok((total_q, total_k))
 }
 
+/// One `flash_attn_varlen` call, validated once: the parameters
+/// ([`VarlenParams`]' own checks) and the tensors and `cu_seqlens` they
+/// describe (lengths, monotone offsets from 0). The emulator ([`varlen`]),
+/// both kernel executors and the GPU launcher take it; everything is
+/// borrowed, so nothing changes after the check.
+#[derive(Debug, Clone, Copy)]
+pub struct VarlenArgs<'a> {
+    q: &'a [f32],
+    k: &'a [f32],
+    v: &'a [f32],
+    cu_seqlens_q: &'a [i32],
+    cu_seqlens_k: &'a [i32],
+    p: &'a VarlenParams<'a>,
+    total_q: usize,
+    total_k: usize,
+}
+
+impl<'a> VarlenArgs<'a> {
+    /// q `[total_q, Hq, D]`, k `[total_k, Hkv, D]`, v `[total_k, Hkv, Dv]`.
+    pub fn new(
+        q: &'a [f32],
+        k: &'a [f32],
+        v: &'a [f32],
+        cu_seqlens_q: &'a [i32],
+        cu_seqlens_k: &'a [i32],
+        p: &'a VarlenParams<'a>,
+    ) -> Result<Self> {
+        p.validate()?;
+        let (total_q, total_k) = check_inputs(q, k, v, cu_seqlens_q, cu_seqlens_k, p)?;
+        Ok(VarlenArgs {
+            q,
+            k,
+            v,
+            cu_seqlens_q,
+            cu_seqlens_k,
+            p,
+            total_q,
+            total_k,
+        })
+    }
+    pub fn q(&self) -> &'a [f32] {
+        self.q
+    }
+    pub fn k(&self) -> &'a [f32] {
+        self.k
+    }
+    pub fn v(&self) -> &'a [f32] {
+        self.v
+    }
+    pub fn cu_seqlens_q(&self) -> &'a [i32] {
+        self.cu_seqlens_q
+    }
+    pub fn cu_seqlens_k(&self) -> &'a [i32] {
+        self.cu_seqlens_k
+    }
+    pub fn params(&self) -> &'a VarlenParams<'a> {
+        self.p
+    }
+    /// Query rows of the whole batch (`cu_seqlens_q`'s last entry).
+    pub fn total_q(&self) -> usize {
+        self.total_q
+    }
+    /// Key rows of the whole batch (`cu_seqlens_k`'s last entry).
+    pub fn total_k(&self) -> usize {
+        self.total_k
+    }
+}
+
 /// Checks a `cu_seqlens` array (starts at 0, non-decreasing) and returns its total.
 pub(crate) fn check_cu(what: &str, cu: &[i32]) -> Result<usize> {
     if cu.first() != Some(&0) {
@@ -237,8 +305,28 @@ pub fn flash_attn_varlen(
     cu_seqlens_k: &[i32],
     p: &VarlenParams,
 ) -> Result<OutLse> {
-    p.validate()?;
-    let (total_q, _) = check_inputs(q, k, v, cu_seqlens_q, cu_seqlens_k, p)?;
+    Ok(varlen(&VarlenArgs::new(
+        q,
+        k,
+        v,
+        cu_seqlens_q,
+        cu_seqlens_k,
+        p,
+    )?))
+}
+
+/// [`flash_attn_varlen`] over validated arguments (it cannot fail).
+pub fn varlen(args: &VarlenArgs) -> OutLse {
+    let VarlenArgs {
+        q,
+        k,
+        v,
+        cu_seqlens_q,
+        cu_seqlens_k,
+        p,
+        total_q,
+        ..
+    } = *args;
     let (hq, dv) = (p.num_heads, p.head_size_v);
     let batch = cu_seqlens_q.len().saturating_sub(1);
     let programs: Vec<(usize, usize)> = (0..batch)
@@ -261,7 +349,7 @@ pub fn flash_attn_varlen(
                 .copy_from_slice(&lse[h * rows..(h + 1) * rows]);
         }
     }
-    Ok(res)
+    res
 }
 
 pub(crate) fn seq_len(cu: &[i32], b: usize) -> usize {

@@ -49,7 +49,7 @@
 //! from `p_{first row} - W + 1` (window); `n_min`/`n_max` are those keys'
 //! tiles, exactly as [`super::flash_varlen`] computes them for its block.
 
-use super::flash_varlen::{check_inputs, seq_len, VarlenParams};
+use super::flash_varlen::{seq_len, VarlenArgs, VarlenParams};
 use super::softmax::{visible, OutLse};
 use crate::numerics::mma::{InFormat, MatrixTarget, Model};
 use crate::numerics::{exp2c, log2c, DType, LN2, LOG2E};
@@ -127,6 +127,37 @@ impl<'a> VarlenTcParams<'a> {
     }
 }
 
+/// One tensor-core varlen call, validated once: [`VarlenTcParams::validate`]
+/// and the tensors and `cu_seqlens` ([`VarlenArgs`]). The emulator
+/// ([`varlen_tc`]) and the GPU launcher take it; everything is borrowed.
+#[derive(Debug, Clone, Copy)]
+pub struct VarlenTcArgs<'a> {
+    inputs: VarlenArgs<'a>,
+    p: &'a VarlenTcParams<'a>,
+}
+
+impl<'a> VarlenTcArgs<'a> {
+    pub fn new(
+        q: &'a [f32],
+        k: &'a [f32],
+        v: &'a [f32],
+        cu_seqlens_q: &'a [i32],
+        cu_seqlens_k: &'a [i32],
+        p: &'a VarlenTcParams<'a>,
+    ) -> Result<Self> {
+        p.validate()?;
+        let inputs = VarlenArgs::new(q, k, v, cu_seqlens_q, cu_seqlens_k, &p.varlen)?;
+        Ok(VarlenTcArgs { inputs, p })
+    }
+    /// The tensors and `cu_seqlens`, with `p.varlen` as their parameters.
+    pub fn inputs(&self) -> &VarlenArgs<'a> {
+        &self.inputs
+    }
+    pub fn params(&self) -> &'a VarlenTcParams<'a> {
+        self.p
+    }
+}
+
 /// Keys per lane and column tile in the instruction's accumulator layout:
 /// 2 for `mma.sync m16n8k16` (32-lane waves), 4 for MFMA 16x16x16.
 pub fn keys_per_lane(target: MatrixTarget) -> usize {
@@ -166,9 +197,16 @@ pub fn flash_attn_varlen_tc(
     cu_seqlens_k: &[i32],
     p: &VarlenTcParams,
 ) -> Result<OutLse> {
-    p.validate()?;
+    varlen_tc(&VarlenTcArgs::new(q, k, v, cu_seqlens_q, cu_seqlens_k, p)?)
+}
+
+/// [`flash_attn_varlen_tc`] over validated arguments.
+pub fn varlen_tc(args: &VarlenTcArgs) -> Result<OutLse> {
+    let (x, p) = (args.inputs(), args.params());
+    let (q, k, v) = (x.q(), x.k(), x.v());
+    let (cu_seqlens_q, cu_seqlens_k) = (x.cu_seqlens_q(), x.cu_seqlens_k());
     let vp = &p.varlen;
-    let (total_q, _) = check_inputs(q, k, v, cu_seqlens_q, cu_seqlens_k, vp)?;
+    let total_q = x.total_q();
     let (hq, dv) = (vp.num_heads, vp.head_size_v);
     let format = p.format()?;
     let bits = |x: &[f32]| -> Vec<u16> { x.iter().map(|&e| format.from_f32(e)).collect() };

@@ -166,6 +166,104 @@ impl BlockMask {
     }
 }
 
+/// One FlexAttention launch, validated once: an NHD cache of the query
+/// dtype with the config's heads and head size and the metadata's blocks,
+/// a `[T, Hq, D]` query, a block size BLOCK_N divides, and metadata that is
+/// consistent as it stands ([`AttentionMetadata::check`]). The emulator,
+/// both executors and the GPU launcher take it; everything is borrowed.
+#[derive(Debug, Clone, Copy)]
+pub struct FlexArgs<'a> {
+    query: &'a [f32],
+    cache: &'a KvCache,
+    meta: &'a AttentionMetadata,
+    cfg: &'a AttnConfig,
+}
+
+impl<'a> FlexArgs<'a> {
+    pub fn new(
+        query: &'a [f32],
+        cache: &'a KvCache,
+        meta: &'a AttentionMetadata,
+        cfg: &'a AttnConfig,
+    ) -> Result<Self> {
+        cfg.validate()?;
+        let l = cache.layout;
+        if l.kind != LayoutKind::Nhd
+            || l.dtype != cfg.dtype
+            || l.num_kv_heads != cfg.num_kv_heads
+            || l.head_size != cfg.head_size
+        {
+            return Err(Error::invalid(
+                "cache layout",
+                format!(
+                    "{} {} x {} heads x head size {}",
+                    l.kind.name(),
+                    l.dtype,
+                    l.num_kv_heads,
+                    l.head_size
+                ),
+                format!(
+                    "flex_attention reads an nhd cache of {} with {} kv heads x head size {}",
+                    cfg.dtype, cfg.num_kv_heads, cfg.head_size
+                ),
+            ));
+        }
+        if l.block_size != meta.block_size || l.num_blocks < meta.num_blocks {
+            return Err(Error::invalid(
+                "cache blocks",
+                format!("{} x {}", l.num_blocks, l.block_size),
+                format!("metadata needs {} x {}", meta.num_blocks, meta.block_size),
+            ));
+        }
+        let (hq, d) = (cfg.num_heads, cfg.head_size);
+        if query.len() != meta.num_actual_tokens * hq * d {
+            return Err(Error::invalid(
+                "query length",
+                query.len(),
+                format!(
+                    "must be num_tokens * num_heads * head_size = {}",
+                    meta.num_actual_tokens * hq * d
+                ),
+            ));
+        }
+        let bs = meta.block_size;
+        if !bs.is_multiple_of(flex_block_n(cfg.dtype, bs)) {
+            return Err(Error::invalid(
+                "block_size",
+                bs,
+                "FlexAttention needs a multiple of 16 (BLOCK_N must divide the cache block)",
+            ));
+        }
+        meta.check()?;
+        if cache.k.len() != l.numel() || cache.v.len() != l.numel() {
+            return Err(Error::invalid(
+                "cache tensors",
+                format!("{} / {} elements", cache.k.len(), cache.v.len()),
+                format!("layout holds {}", l.numel()),
+            ));
+        }
+        Ok(FlexArgs {
+            query,
+            cache,
+            meta,
+            cfg,
+        })
+    }
+    /// `[T, Hq, D]` in `cfg.dtype`.
+    pub fn query(&self) -> &'a [f32] {
+        self.query
+    }
+    pub fn cache(&self) -> &'a KvCache {
+        self.cache
+    }
+    pub fn meta(&self) -> &'a AttentionMetadata {
+        self.meta
+    }
+    pub fn cfg(&self) -> &'a AttnConfig {
+        self.cfg
+    }
+}
+
 /// `flex_attention(q, k_cache, v_cache, block_mask=..., enable_gqa=Hkv != Hq)`
 /// for the batch's query rows (`[T, Hq, D]`) over an NHD cache of the query
 /// dtype. Windows come from `cfg.sliding_window`; causality from `meta`.
@@ -175,46 +273,19 @@ pub fn flex_attention(
     meta: &AttentionMetadata,
     cfg: &AttnConfig,
 ) -> Result<Vec<f32>> {
-    cfg.validate()?;
+    flex(&FlexArgs::new(query, cache, meta, cfg)?)
+}
+
+/// [`flex_attention`] over validated arguments.
+pub fn flex(args: &FlexArgs) -> Result<Vec<f32>> {
+    let FlexArgs {
+        query,
+        cache,
+        meta,
+        cfg,
+    } = *args;
     let l = cache.layout;
-    if l.kind != LayoutKind::Nhd
-        || l.dtype != cfg.dtype
-        || l.num_kv_heads != cfg.num_kv_heads
-        || l.head_size != cfg.head_size
-    {
-        return Err(Error::invalid(
-            "cache layout",
-            format!(
-                "{} {} x {} heads x head size {}",
-                l.kind.name(),
-                l.dtype,
-                l.num_kv_heads,
-                l.head_size
-            ),
-            format!(
-                "flex_attention reads an nhd cache of {} with {} kv heads x head size {}",
-                cfg.dtype, cfg.num_kv_heads, cfg.head_size
-            ),
-        ));
-    }
-    if l.block_size != meta.block_size || l.num_blocks < meta.num_blocks {
-        return Err(Error::invalid(
-            "cache blocks",
-            format!("{} x {}", l.num_blocks, l.block_size),
-            format!("metadata needs {} x {}", meta.num_blocks, meta.block_size),
-        ));
-    }
     let (hq, hk, d) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_size);
-    if query.len() != meta.num_actual_tokens * hq * d {
-        return Err(Error::invalid(
-            "query length",
-            query.len(),
-            format!(
-                "must be num_tokens * num_heads * head_size = {}",
-                meta.num_actual_tokens * hq * d
-            ),
-        ));
-    }
     let mask = FlexMask::new(meta, cfg.sliding_window);
     let block_mask = BlockMask::build(&mask);
     let (bs, bn, qpk) = (
@@ -222,13 +293,6 @@ pub fn flex_attention(
         flex_block_n(cfg.dtype, meta.block_size),
         cfg.queries_per_kv(),
     );
-    if !bs.is_multiple_of(bn) {
-        return Err(Error::invalid(
-            "block_size",
-            bs,
-            "FlexAttention needs a multiple of 16 (BLOCK_N must divide the cache block)",
-        ));
-    }
     let score = ScoreParams::new(cfg.scale, None);
     let dims = DimOffsets::new(&l);
     // The K/V offset arithmetic over this cache, in the kernel's width.

@@ -164,6 +164,85 @@ pub fn cp_mha_gather_cache(
     (k_scale, v_scale): (f32, f32),
     dst_dtype: DType,
 ) -> Result<(Vec<f32>, Vec<f32>)> {
+    let args = GatherArgs::new(
+        cache,
+        block_rows,
+        chunk,
+        format,
+        (k_scale, v_scale),
+        dst_dtype,
+    )?;
+    Ok(gather(&args))
+}
+
+/// One `cp_mha_gather_cache` launch, validated once: the chunk
+/// ([`GatherChunk::validate`]), one block-table row per request holding its
+/// range with block ids inside the cache, the cache readable in `format`
+/// ([`KvLayout::new`]'s rules) and its tensors holding its layout. The
+/// emulator ([`gather`]), both executors and the GPU launcher take it;
+/// everything is borrowed.
+#[derive(Debug, Clone, Copy)]
+pub struct GatherArgs<'a> {
+    cache: &'a KvCache,
+    block_rows: &'a [&'a [i32]],
+    chunk: &'a GatherChunk,
+    format: CacheFormat,
+    /// The cache as `format` reads it.
+    read_layout: KvLayout,
+    scales: (f32, f32),
+    dst_dtype: DType,
+}
+
+impl<'a> GatherArgs<'a> {
+    pub fn new(
+        cache: &'a KvCache,
+        block_rows: &'a [&'a [i32]],
+        chunk: &'a GatherChunk,
+        format: CacheFormat,
+        scales: (f32, f32),
+        dst_dtype: DType,
+    ) -> Result<Self> {
+        let read_layout = check_gather(cache, block_rows, chunk, format)?;
+        Ok(GatherArgs {
+            cache,
+            block_rows,
+            chunk,
+            format,
+            read_layout,
+            scales,
+            dst_dtype,
+        })
+    }
+    pub fn cache(&self) -> &'a KvCache {
+        self.cache
+    }
+    /// One block-table row per request.
+    pub fn block_rows(&self) -> &'a [&'a [i32]] {
+        self.block_rows
+    }
+    pub fn chunk(&self) -> &'a GatherChunk {
+        self.chunk
+    }
+    pub fn format(&self) -> CacheFormat {
+        self.format
+    }
+    /// `(k_scale, v_scale)`, applied to an fp8 cache's values.
+    pub fn scales(&self) -> (f32, f32) {
+        self.scales
+    }
+    /// The workspace dtype.
+    pub fn dst_dtype(&self) -> DType {
+        self.dst_dtype
+    }
+}
+
+/// [`GatherArgs::new`]'s checks; returns the layout `format` reads.
+fn check_gather(
+    cache: &KvCache,
+    block_rows: &[&[i32]],
+    chunk: &GatherChunk,
+    format: CacheFormat,
+) -> Result<KvLayout> {
     chunk.validate()?;
     let cl = cache.layout;
     let fl = KvLayout::new(
@@ -206,6 +285,28 @@ pub fn cp_mha_gather_cache(
             ));
         }
     }
+    if cache.k.len() != cl.numel() || cache.v.len() != cl.numel() {
+        return Err(Error::invalid(
+            "cache tensors",
+            format!("{} / {} elements", cache.k.len(), cache.v.len()),
+            format!("layout holds {}", cl.numel()),
+        ));
+    }
+    Ok(fl)
+}
+
+/// The emulated gather over validated arguments (it cannot fail).
+pub fn gather(args: &GatherArgs) -> (Vec<f32>, Vec<f32>) {
+    let GatherArgs {
+        cache,
+        block_rows,
+        chunk,
+        read_layout: fl,
+        scales: (k_scale, v_scale),
+        dst_dtype,
+        ..
+    } = *args;
+    let cl = cache.layout;
     let (hk, d, bs) = (cl.num_kv_heads, cl.head_size, cl.block_size);
     let (ks, vs) = if cl.dtype.is_fp8() {
         (Some(k_scale), Some(v_scale))
@@ -232,7 +333,7 @@ pub fn cp_mha_gather_cache(
                 }
             }
         });
-    Ok((k, v))
+    (k, v)
 }
 
 #[cfg(test)]

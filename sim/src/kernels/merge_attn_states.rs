@@ -47,6 +47,80 @@ pub enum MergeKernel {
     Hip,
 }
 
+/// One `merge_attn_states` launch, validated once: two partial results of
+/// the same shape (`[T, H, D]` outputs, `[H, T]` lse) whose lengths match it,
+/// the output dtype and the kernel. The emulator ([`merge`]), both kernel
+/// executors and the GPU launcher take this type, so none checks again: the
+/// results are borrowed, so they cannot change after the check.
+#[derive(Debug, Clone, Copy)]
+pub struct MergeArgs<'a> {
+    prefix: &'a OutLse,
+    suffix: &'a OutLse,
+    out_dtype: DType,
+    kernel: MergeKernel,
+}
+
+impl<'a> MergeArgs<'a> {
+    /// Checks that `suffix` has `prefix`'s shape and that both output and
+    /// lse lengths match it; the error names the bad shape or length and
+    /// the one expected.
+    pub fn new(
+        prefix: &'a OutLse,
+        suffix: &'a OutLse,
+        out_dtype: DType,
+        kernel: MergeKernel,
+    ) -> Result<Self> {
+        let shape = |o: &OutLse| (o.num_tokens, o.num_heads, o.head_size);
+        if shape(prefix) != shape(suffix) {
+            return Err(Error::invalid(
+                "suffix shape [tokens, heads, head_size]",
+                format!("{:?}", shape(suffix)),
+                format!("must equal the prefix shape {:?}", shape(prefix)),
+            ));
+        }
+        // The fields of OutLse are public: a result may have been edited
+        // since OutLse::new checked it.
+        for (what, o) in [("prefix", prefix), ("suffix", suffix)] {
+            let (t, h, d) = shape(o);
+            let (n_out, n_lse) = (t * h * d, h * t);
+            if o.out.len() != n_out || o.lse.len() != n_lse {
+                return Err(Error::invalid(
+                    format!("{what} output/lse lengths"),
+                    format!("{}/{}", o.out.len(), o.lse.len()),
+                    format!("[{t}, {h}, {d}] needs {n_out} and [{h}, {t}] needs {n_lse}"),
+                ));
+            }
+        }
+        Ok(MergeArgs {
+            prefix,
+            suffix,
+            out_dtype,
+            kernel,
+        })
+    }
+
+    /// The earlier partial result (its output is copied where both are empty,
+    /// by the HIP kernel).
+    pub fn prefix(&self) -> &'a OutLse {
+        self.prefix
+    }
+    pub fn suffix(&self) -> &'a OutLse {
+        self.suffix
+    }
+    /// The storage dtype of both inputs' outputs and of the merged output.
+    pub fn out_dtype(&self) -> DType {
+        self.out_dtype
+    }
+    pub fn kernel(&self) -> MergeKernel {
+        self.kernel
+    }
+    /// `(num_tokens, num_heads, head_size)`, shared by both sides.
+    pub fn shape(&self) -> (usize, usize, usize) {
+        let p = self.prefix;
+        (p.num_tokens, p.num_heads, p.head_size)
+    }
+}
+
 /// Merges `prefix` and `suffix` (same shape) into one result in `out_dtype`.
 /// The merged lse is always returned (`output_lse` is optional in vLLM; it
 /// does not influence the output).
@@ -68,34 +142,20 @@ pub fn merge_attn_states_with(
     kernel: MergeKernel,
     faults: FaultSet,
 ) -> Result<OutLse> {
-    let kernel = match kernel {
+    Ok(merge(
+        &MergeArgs::new(prefix, suffix, out_dtype, kernel)?,
+        faults,
+    ))
+}
+
+/// The emulated kernel over validated arguments (it cannot fail).
+pub fn merge(args: &MergeArgs, faults: FaultSet) -> OutLse {
+    let kernel = match args.kernel {
         MergeKernel::Hip if faults.has(Fault::MergeNegInfNan) => MergeKernel::Triton,
         k => k,
     };
-    let shape = |o: &OutLse| (o.num_tokens, o.num_heads, o.head_size);
-    if shape(prefix) != shape(suffix) {
-        return Err(Error::invalid(
-            "suffix shape [tokens, heads, head_size]",
-            format!("{:?}", shape(suffix)),
-            format!("must equal the prefix shape {:?}", shape(prefix)),
-        ));
-    }
-    // Re-validate lengths: the fields are public and may have been edited.
-    for (what, o) in [("prefix", prefix), ("suffix", suffix)] {
-        let (t, h, d) = shape(o);
-        if o.out.len() != t * h * d || o.lse.len() != h * t {
-            return Err(Error::invalid(
-                format!("{what} output/lse lengths"),
-                format!("{}/{}", o.out.len(), o.lse.len()),
-                format!(
-                    "[{t}, {h}, {d}] needs {} and [{h}, {t}] needs {}",
-                    t * h * d,
-                    h * t
-                ),
-            ));
-        }
-    }
-    let (t_n, h_n, d_n) = shape(prefix);
+    let (prefix, suffix, out_dtype) = (args.prefix, args.suffix, args.out_dtype);
+    let (t_n, h_n, d_n) = args.shape();
     let mut out = vec![0.0f32; t_n * h_n * d_n];
     // Per token: H merged lse values, gathered into [H, T] afterwards.
     let mut lse_th = vec![0.0f32; t_n * h_n];
@@ -124,13 +184,13 @@ pub fn merge_attn_states_with(
             lse[h * t_n + t] = lse_th[t * h_n + h];
         }
     }
-    Ok(OutLse {
+    OutLse {
         num_tokens: t_n,
         num_heads: h_n,
         head_size: d_n,
         out,
         lse,
-    })
+    }
 }
 
 /// One (token, head) program; returns the merged natural-log lse.

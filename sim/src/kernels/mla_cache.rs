@@ -79,6 +79,73 @@ pub fn concat_and_cache_mla(
     slot_mapping: &[i64],
     scale: f32,
 ) -> Result<()> {
+    write_latent(LatentWrite::new(cache, kv_c, k_pe, slot_mapping, scale)?);
+    Ok(())
+}
+
+/// One latent-cache write, validated once: `kv_c [T, Lkv]` and `k_pe [T, R]`
+/// for the `T` slots, each -1 or inside the cache, a usable fp8 scale, and
+/// cache data holding its layout. The emulator ([`write_latent`]), both
+/// kernel executors and the GPU launcher take it; the cache is borrowed
+/// mutably and the rest immutably, so nothing changes between check and write.
+#[derive(Debug)]
+pub struct LatentWrite<'a> {
+    cache: &'a mut LatentCache,
+    kv_c: &'a [f32],
+    k_pe: &'a [f32],
+    slot_mapping: &'a [i64],
+    scale: f32,
+}
+
+impl<'a> LatentWrite<'a> {
+    pub fn new(
+        cache: &'a mut LatentCache,
+        kv_c: &'a [f32],
+        k_pe: &'a [f32],
+        slot_mapping: &'a [i64],
+        scale: f32,
+    ) -> Result<Self> {
+        check_latent_write(cache, kv_c, k_pe, slot_mapping, scale)?;
+        Ok(LatentWrite {
+            cache,
+            kv_c,
+            k_pe,
+            slot_mapping,
+            scale,
+        })
+    }
+    pub fn cache(&self) -> &LatentCache {
+        self.cache
+    }
+    /// The cache's elements, to store the device's result into (its layout
+    /// is fixed; the length must stay `layout.numel()`).
+    pub fn cache_data(&mut self) -> &mut Vec<f32> {
+        &mut self.cache.data
+    }
+    pub fn kv_c(&self) -> &'a [f32] {
+        self.kv_c
+    }
+    pub fn k_pe(&self) -> &'a [f32] {
+        self.k_pe
+    }
+    /// One slot per token; -1 is skipped.
+    pub fn slot_mapping(&self) -> &'a [i64] {
+        self.slot_mapping
+    }
+    /// The fp8 quantization scale (ignored for 16-bit caches).
+    pub fn scale(&self) -> f32 {
+        self.scale
+    }
+}
+
+/// [`LatentWrite::new`]'s checks.
+fn check_latent_write(
+    cache: &LatentCache,
+    kv_c: &[f32],
+    k_pe: &[f32],
+    slot_mapping: &[i64],
+    scale: f32,
+) -> Result<()> {
     let l = cache.layout;
     let (lkv, r) = (l.kv_lora_rank, l.rope_dim);
     let t = slot_mapping.len();
@@ -110,6 +177,27 @@ pub fn concat_and_cache_mla(
             format!("slots must be -1 (padding) or in [0, {num_slots})"),
         ));
     }
+    if cache.data.len() != l.numel() {
+        return Err(Error::invalid(
+            "latent cache length",
+            cache.data.len(),
+            format!("the layout holds {}", l.numel()),
+        ));
+    }
+    Ok(())
+}
+
+/// The emulated write over a validated [`LatentWrite`] (it cannot fail).
+pub fn write_latent(args: LatentWrite) {
+    let LatentWrite {
+        cache,
+        kv_c,
+        k_pe,
+        slot_mapping,
+        scale,
+    } = args;
+    let l = cache.layout;
+    let (lkv, r) = (l.kv_lora_rank, l.rope_dim);
     let store = |x: f32| {
         if l.dtype.is_fp8() {
             l.dtype.round(x / scale)
@@ -131,7 +219,6 @@ pub fn concat_and_cache_mla(
             *d = store(x);
         }
     }
-    Ok(())
 }
 
 /// The value a reader sees for a stored element: fp8 dequantized `x * scale`

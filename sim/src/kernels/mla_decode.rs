@@ -137,6 +137,54 @@ pub struct MlaDecodeOutput {
     pub lse: Vec<f32>,
 }
 
+/// One split-KV decode launch, validated once ([`validate`]: splits,
+/// query length, scales, every row's pages inside the cache). The emulator
+/// ([`decode`]), both kernel executors and the GPU launcher take it;
+/// everything is borrowed.
+#[derive(Debug, Clone, Copy)]
+pub struct MlaDecodeArgs<'a> {
+    q: &'a [f32],
+    rows: &'a [KvRow<'a>],
+    cache: &'a LatentCache,
+    splits: KvSplits,
+    p: &'a MlaDecodeParams,
+}
+
+impl<'a> MlaDecodeArgs<'a> {
+    pub fn new(
+        q: &'a [f32],
+        rows: &'a [KvRow<'a>],
+        cache: &'a LatentCache,
+        splits: KvSplits,
+        p: &'a MlaDecodeParams,
+    ) -> Result<Self> {
+        validate(q, rows, cache, splits, p)?;
+        Ok(MlaDecodeArgs {
+            q,
+            rows,
+            cache,
+            splits,
+            p,
+        })
+    }
+    /// Absorbed queries `[rows, H, Lkv + R]`, exact in `q_dtype`.
+    pub fn q(&self) -> &'a [f32] {
+        self.q
+    }
+    pub fn rows(&self) -> &'a [KvRow<'a>] {
+        self.rows
+    }
+    pub fn cache(&self) -> &'a LatentCache {
+        self.cache
+    }
+    pub fn splits(&self) -> KvSplits {
+        self.splits
+    }
+    pub fn params(&self) -> &'a MlaDecodeParams {
+        self.p
+    }
+}
+
 /// Stage 1 + stage 2: `decode_attention_fwd` for absorbed MLA queries
 /// `q [rows, H, Lkv + R]` (exact in `q_dtype`).
 pub fn decode_attention_fwd(
@@ -146,6 +194,19 @@ pub fn decode_attention_fwd(
     splits: KvSplits,
     p: &MlaDecodeParams,
 ) -> Result<MlaDecodeOutput> {
+    decode(&MlaDecodeArgs::new(q, rows, cache, splits, p)?)
+}
+
+/// [`decode_attention_fwd`] over validated arguments (errors only from a
+/// re-injected fault's address check).
+pub fn decode(args: &MlaDecodeArgs) -> Result<MlaDecodeOutput> {
+    let MlaDecodeArgs {
+        rows,
+        cache,
+        splits,
+        p,
+        ..
+    } = *args;
     // The kernel's page-address arithmetic over this cache (crate::addressing).
     let kernel = match splits {
         KvSplits::Even { .. } => AddressedKernel::TritonMlaDecode,
@@ -161,7 +222,7 @@ pub fn decode_attention_fwd(
         };
         check_extent(kernel, extent, p.faults)?;
     }
-    let attn_logits = stage1(q, rows, cache, splits, p)?;
+    let attn_logits = stage1_of(args);
     stage2(&attn_logits, rows, cache.layout.kv_lora_rank, splits, p)
 }
 
@@ -255,7 +316,18 @@ pub fn stage1(
     splits: KvSplits,
     p: &MlaDecodeParams,
 ) -> Result<Vec<f32>> {
-    validate(q, rows, cache, splits, p)?;
+    Ok(stage1_of(&MlaDecodeArgs::new(q, rows, cache, splits, p)?))
+}
+
+/// [`stage1`] over validated arguments.
+fn stage1_of(args: &MlaDecodeArgs) -> Vec<f32> {
+    let MlaDecodeArgs {
+        q,
+        rows,
+        cache,
+        splits,
+        p,
+    } = *args;
     let (lkv, h) = (cache.layout.kv_lora_rank, p.num_heads);
     let s = splits.num_kv_splits();
     let hblocks = h.div_ceil(BLOCK_H);
@@ -276,7 +348,7 @@ pub fn stage1(
             attn_logits[at..at + lkv + 1].copy_from_slice(chunk);
         }
     }
-    Ok(attn_logits)
+    attn_logits
 }
 
 /// One stage-1 program: (row b, head block hb, split sp). Returns

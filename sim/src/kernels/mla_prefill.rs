@@ -142,31 +142,115 @@ pub fn gather_and_maybe_dequant_cache(
     k_scale: f32,
     to: DType,
 ) -> Result<Vec<f32>> {
+    let args = LatentGather::new(cache, block_tables, chunk, k_scale, to)?;
+    Ok(gather_latent(&args))
+}
+
+/// One `gather_and_maybe_dequant_cache` launch, validated once: cache data
+/// holding its layout, a block-table row for every part's request, covering
+/// the part's tokens with block ids inside the cache (the first bad token
+/// or block is named, in part and token order). The emulator
+/// ([`gather_latent`]), both executors and the GPU launcher take it;
+/// everything is borrowed.
+#[derive(Debug, Clone, Copy)]
+pub struct LatentGather<'a> {
+    cache: &'a LatentCache,
+    block_tables: &'a [&'a [i32]],
+    chunk: &'a ContextChunk,
+    k_scale: f32,
+    to: DType,
+}
+
+impl<'a> LatentGather<'a> {
+    pub fn new(
+        cache: &'a LatentCache,
+        block_tables: &'a [&'a [i32]],
+        chunk: &'a ContextChunk,
+        k_scale: f32,
+        to: DType,
+    ) -> Result<Self> {
+        let l = cache.layout;
+        if cache.data.len() != l.numel() {
+            return Err(Error::invalid(
+                "latent cache length",
+                cache.data.len(),
+                format!("the layout holds {}", l.numel()),
+            ));
+        }
+        let bs = l.block_size;
+        for part in &chunk.parts {
+            let table = block_tables.get(part.req).ok_or_else(|| {
+                Error::invalid(
+                    "chunk request",
+                    part.req,
+                    format!("only {} block-table rows were given", block_tables.len()),
+                )
+            })?;
+            if part.len == 0 {
+                continue;
+            }
+            let end = part.start + part.len;
+            for j in part.start / bs..end.div_ceil(bs) {
+                let Some(&blk) = table.get(j) else {
+                    let t = part.start.max(j * bs);
+                    return Err(Error::invalid(
+                        format!("context token {t} of prefill request {}", part.req),
+                        t,
+                        format!("its block-table row covers {} tokens", table.len() * bs),
+                    ));
+                };
+                if blk < 0 || blk as usize >= l.num_blocks {
+                    return Err(Error::invalid(
+                        format!("block_table[{}][{j}]", part.req),
+                        blk,
+                        format!("block ids must be in [0, {})", l.num_blocks),
+                    ));
+                }
+            }
+        }
+        Ok(LatentGather {
+            cache,
+            block_tables,
+            chunk,
+            k_scale,
+            to,
+        })
+    }
+    pub fn cache(&self) -> &'a LatentCache {
+        self.cache
+    }
+    /// One block-table row per request.
+    pub fn block_tables(&self) -> &'a [&'a [i32]] {
+        self.block_tables
+    }
+    pub fn chunk(&self) -> &'a ContextChunk {
+        self.chunk
+    }
+    /// The fp8 dequant scale (ignored for 16-bit caches).
+    pub fn k_scale(&self) -> f32 {
+        self.k_scale
+    }
+    /// The compute dtype an fp8 cache is dequantized to.
+    pub fn to(&self) -> DType {
+        self.to
+    }
+}
+
+/// The emulated gather over validated arguments (it cannot fail).
+pub fn gather_latent(args: &LatentGather) -> Vec<f32> {
+    let LatentGather {
+        cache,
+        block_tables,
+        chunk,
+        k_scale,
+        to,
+    } = *args;
     let (bs, w) = (cache.layout.block_size, cache.layout.width());
     let mut out = Vec::with_capacity(chunk.total_tokens() * w);
     for part in &chunk.parts {
-        let table = block_tables.get(part.req).ok_or_else(|| {
-            Error::invalid(
-                "chunk request",
-                part.req,
-                format!("only {} block-table rows were given", block_tables.len()),
-            )
-        })?;
+        let table = block_tables[part.req];
         for t in part.start..part.start + part.len {
-            let blk = *table.get(t / bs).ok_or_else(|| {
-                Error::invalid(
-                    format!("context token {t} of prefill request {}", part.req),
-                    t,
-                    format!("its block-table row covers {} tokens", table.len() * bs),
-                )
-            })?;
-            if blk < 0 || blk as usize >= cache.layout.num_blocks {
-                return Err(Error::invalid(
-                    format!("block_table[{}][{}]", part.req, t / bs),
-                    blk,
-                    format!("block ids must be in [0, {})", cache.layout.num_blocks),
-                ));
-            }
+            let blk = table[t / bs];
             let entry = cache.entry(blk as usize * bs + t % bs);
             out.extend(
                 entry
@@ -175,7 +259,7 @@ pub fn gather_and_maybe_dequant_cache(
             );
         }
     }
-    Ok(out)
+    out
 }
 
 #[cfg(test)]

@@ -155,10 +155,94 @@ fn check_len(what: &str, len: usize, shape: &[usize]) -> Result<()> {
     Ok(())
 }
 
+/// Which MLA projection a launch computes (they share the weight and the GEMM).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Projection {
+    /// [`up_project`]: `kv_c [T, Lkv]`.
+    KvUp,
+    /// [`absorb_query`]: `q [B, N, P + R]`.
+    AbsorbQuery,
+    /// [`project_output`]: `o_latent [B, N, Lkv]`.
+    Output,
+}
+
+/// One projection launch, validated once: a weight with non-zero heads and
+/// dims whose `kv_b_proj` holds `[N * (P + V), Lkv]` (its fields are public,
+/// so it is checked here, not trusted), and an input of whole rows of the
+/// projection's shape. The emulator, both executors and the GPU launcher
+/// take it; everything is borrowed.
+#[derive(Debug, Clone, Copy)]
+pub struct ProjArgs<'a> {
+    proj: Projection,
+    x: &'a [f32],
+    w: &'a MlaWeights,
+    dtype: DType,
+}
+
+impl<'a> ProjArgs<'a> {
+    pub fn new(proj: Projection, x: &'a [f32], w: &'a MlaWeights, dtype: DType) -> Result<Self> {
+        let d = w.dims;
+        if w.num_heads == 0 || d.kv_lora_rank == 0 || d.qk_nope_head_dim == 0 || d.v_head_dim == 0 {
+            return Err(Error::invalid(
+                "MLA projection dims",
+                format!("{} heads, {d:?}", w.num_heads),
+                "heads, kv_lora_rank, qk_nope_head_dim and v_head_dim >= 1",
+            ));
+        }
+        let (n, lkv) = (w.num_heads, d.kv_lora_rank);
+        let (pn, r) = (d.qk_nope_head_dim, d.qk_rope_head_dim);
+        check_len("kv_b_proj", w.kv_b_proj.len(), &[n * w.head_rows(), lkv])?;
+        match proj {
+            Projection::KvUp => check_len("kv_c", x.len(), &[x.len() / lkv, lkv])?,
+            Projection::AbsorbQuery => {
+                let b = x.len() / (n * (pn + r));
+                check_len("query", x.len(), &[b, n, pn + r])?
+            }
+            Projection::Output => {
+                let b = x.len() / (n * lkv);
+                check_len("latent attention output", x.len(), &[b, n, lkv])?
+            }
+        }
+        Ok(ProjArgs { proj, x, w, dtype })
+    }
+    pub fn projection(&self) -> Projection {
+        self.proj
+    }
+    /// The input rows.
+    pub fn x(&self) -> &'a [f32] {
+        self.x
+    }
+    pub fn weights(&self) -> &'a MlaWeights {
+        self.w
+    }
+    /// The activation dtype (inputs, weight and outputs are exact in it).
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+    /// Refuses arguments built for another projection.
+    pub fn expect(&self, proj: Projection) -> Result<()> {
+        if self.proj != proj {
+            return Err(Error::invalid(
+                "projection",
+                format!("{:?}", self.proj),
+                format!("{proj:?} (the launch these arguments were built for)"),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// `kv_b_proj(kv_c)`: latent rows `[T, Lkv]` -> (`k_nope [T, N, P]`, `v [T, N, V]`).
 /// One f32 lane per output channel over the transposed weight, so the lanes
 /// run side by side; each lane's chain is `dot(kv_c[t], W[row])`'s.
 pub fn up_project(kv_c: &[f32], w: &MlaWeights, dtype: DType) -> Result<(Vec<f32>, Vec<f32>)> {
+    up(&ProjArgs::new(Projection::KvUp, kv_c, w, dtype)?)
+}
+
+/// [`up_project`] over validated arguments.
+pub fn up(args: &ProjArgs) -> Result<(Vec<f32>, Vec<f32>)> {
+    args.expect(Projection::KvUp)?;
+    let (kv_c, w, dtype) = (args.x, args.w, args.dtype);
     let MlaDims {
         kv_lora_rank: lkv,
         qk_nope_head_dim: pn,
@@ -166,7 +250,6 @@ pub fn up_project(kv_c: &[f32], w: &MlaWeights, dtype: DType) -> Result<(Vec<f32
         ..
     } = w.dims;
     let t = kv_c.len() / lkv;
-    check_len("kv_c", kv_c.len(), &[t, lkv])?;
     let (rows, wt) = (w.num_heads * (pn + vd), w.transposed());
     let mut k_nope = Vec::with_capacity(t * w.num_heads * pn);
     let mut v = Vec::with_capacity(t * w.num_heads * vd);
@@ -184,14 +267,20 @@ pub fn up_project(kv_c: &[f32], w: &MlaWeights, dtype: DType) -> Result<(Vec<f32
 /// The absorbed decode query: `q [B, N, P + R]` -> `mqa_q [B, N, Lkv + R]` =
 /// `[q_nope @ W_UK_T | q_pe]` (vLLM: torch.bmm then the kernel's torch.cat).
 pub fn absorb_query(q: &[f32], w: &MlaWeights, dtype: DType) -> Result<Vec<f32>> {
+    absorb(&ProjArgs::new(Projection::AbsorbQuery, q, w, dtype)?)
+}
+
+/// [`absorb_query`] over validated arguments.
+pub fn absorb(args: &ProjArgs) -> Result<Vec<f32>> {
+    args.expect(Projection::AbsorbQuery)?;
+    let (q, w, dtype) = (args.x, args.w, args.dtype);
     let MlaDims {
         kv_lora_rank: lkv,
         qk_nope_head_dim: pn,
         qk_rope_head_dim: r,
         ..
     } = w.dims;
-    let b = q.len() / (w.num_heads * (pn + r)).max(1);
-    check_len("query", q.len(), &[b, w.num_heads, pn + r])?;
+    let b = q.len() / (w.num_heads * (pn + r));
     let mut out = Vec::with_capacity(b * w.num_heads * (lkv + r));
     let mut acc = vec![0.0f32; lkv];
     for (i, qh) in q.chunks_exact(pn + r).enumerate() {
@@ -206,18 +295,20 @@ pub fn absorb_query(q: &[f32], w: &MlaWeights, dtype: DType) -> Result<Vec<f32>>
 /// `out[b, n] = o_latent[b, n] @ W_UV[n]`: `[B, N, Lkv]` -> `[B, N, V]`,
 /// one lane per output channel, latent channels ascending.
 pub fn project_output(o_latent: &[f32], w: &MlaWeights, dtype: DType) -> Result<Vec<f32>> {
+    output(&ProjArgs::new(Projection::Output, o_latent, w, dtype)?)
+}
+
+/// [`project_output`] over validated arguments.
+pub fn output(args: &ProjArgs) -> Result<Vec<f32>> {
+    args.expect(Projection::Output)?;
+    let (o_latent, w, dtype) = (args.x, args.w, args.dtype);
     let MlaDims {
         kv_lora_rank: lkv,
         qk_nope_head_dim: pn,
         v_head_dim: vd,
         ..
     } = w.dims;
-    let b = o_latent.len() / (w.num_heads * lkv).max(1);
-    check_len(
-        "latent attention output",
-        o_latent.len(),
-        &[b, w.num_heads, lkv],
-    )?;
+    let b = o_latent.len() / (w.num_heads * lkv);
     let (rows, wt) = (w.num_heads * (pn + vd), w.transposed());
     let mut out = Vec::with_capacity(b * w.num_heads * vd);
     let mut acc = vec![0.0f32; vd];

@@ -106,6 +106,10 @@ pub fn validate_paged_inputs(
     out: &[f32],
 ) -> Result<()> {
     cache.check_batch(query, meta, cfg)?;
+    check_out_len(meta, cfg, out)
+}
+
+fn check_out_len(meta: &AttentionMetadata, cfg: &AttnConfig, out: &[f32]) -> Result<()> {
     let n = meta.num_actual_tokens * cfg.num_heads * cfg.head_size;
     if out.len() != n {
         return Err(Error::invalid(
@@ -115,6 +119,81 @@ pub fn validate_paged_inputs(
         ));
     }
     Ok(())
+}
+
+/// The inputs of one paged-attention launch over the cache (the decode
+/// kernels here, prefix prefill), validated once: the metadata is
+/// consistent as it stands ([`AttentionMetadata::check`]: block ids inside
+/// the cache, lengths, slots) and query, cache, metadata and config describe
+/// the same shapes ([`KvCache::check_batch`]). The emulated kernels, both
+/// kernel executors and the GPU launchers take this type; everything is
+/// borrowed, so nothing can change after the check.
+#[derive(Debug, Clone, Copy)]
+pub struct PagedInputs<'a> {
+    query: &'a [f32],
+    cache: &'a KvCache,
+    meta: &'a AttentionMetadata,
+    cfg: &'a AttnConfig,
+}
+
+impl<'a> PagedInputs<'a> {
+    pub fn new(
+        query: &'a [f32],
+        cache: &'a KvCache,
+        meta: &'a AttentionMetadata,
+        cfg: &'a AttnConfig,
+    ) -> Result<Self> {
+        meta.check()?;
+        cache.check_batch(query, meta, cfg)?;
+        Ok(PagedInputs {
+            query,
+            cache,
+            meta,
+            cfg,
+        })
+    }
+    /// `[T, Hq, D]` in `cfg.dtype`.
+    pub fn query(&self) -> &'a [f32] {
+        self.query
+    }
+    pub fn cache(&self) -> &'a KvCache {
+        self.cache
+    }
+    pub fn meta(&self) -> &'a AttentionMetadata {
+        self.meta
+    }
+    pub fn cfg(&self) -> &'a AttnConfig {
+        self.cfg
+    }
+    /// Checks the output a launch writes: `[T, Hq, D]` like the query.
+    pub fn check_out(&self, out: &[f32]) -> Result<()> {
+        check_out_len(self.meta, self.cfg, out)
+    }
+}
+
+/// Tokens per ll4mi partition, validated: a positive multiple of the
+/// [`LL4MI_TOKENS_PER_WARP`] tokens a wave owns (vLLM and AITER use
+/// [`PARTITION_SIZE_ROCM`], [`PartitionSize::ROCM`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartitionSize(usize);
+
+impl PartitionSize {
+    /// `_PARTITION_SIZE_ROCM`.
+    pub const ROCM: PartitionSize = PartitionSize(PARTITION_SIZE_ROCM);
+
+    pub fn new(tokens: usize) -> Result<Self> {
+        if tokens == 0 || !tokens.is_multiple_of(LL4MI_TOKENS_PER_WARP) {
+            return Err(Error::invalid(
+                "partition_size",
+                tokens,
+                format!("must be a positive multiple of {LL4MI_TOKENS_PER_WARP} (tokens per wave)"),
+            ));
+        }
+        Ok(PartitionSize(tokens))
+    }
+    pub fn get(self) -> usize {
+        self.0
+    }
 }
 
 /// (physical block, row) of the keys `range` of sequence `seq`.
@@ -159,7 +238,18 @@ pub fn paged_attention_2d(
     cfg: &AttnConfig,
     out: &mut [f32],
 ) -> Result<()> {
-    validate_paged_inputs(query, cache, meta, cfg, out)?;
+    paged_2d(&PagedInputs::new(query, cache, meta, cfg)?, out)
+}
+
+/// [`paged_attention_2d`] over validated inputs.
+pub fn paged_2d(inputs: &PagedInputs, out: &mut [f32]) -> Result<()> {
+    inputs.check_out(out)?;
+    let PagedInputs {
+        query,
+        cache,
+        meta,
+        cfg,
+    } = *inputs;
     let (hq, hkv, d, qpk) = (
         cfg.num_heads,
         cfg.num_kv_heads,
@@ -409,14 +499,25 @@ pub fn paged_attention_ll4mi(
     partition_size: usize,
     out: &mut [f32],
 ) -> Result<()> {
-    validate_paged_inputs(query, cache, meta, cfg, out)?;
-    if partition_size == 0 || !partition_size.is_multiple_of(LL4MI_TOKENS_PER_WARP) {
-        return Err(Error::invalid(
-            "partition_size",
-            partition_size,
-            format!("must be a positive multiple of {LL4MI_TOKENS_PER_WARP} (tokens per wave)"),
-        ));
-    }
+    let inputs = PagedInputs::new(query, cache, meta, cfg)?;
+    inputs.check_out(out)?; // before the partition size, as always
+    paged_ll4mi(&inputs, PartitionSize::new(partition_size)?, out)
+}
+
+/// [`paged_attention_ll4mi`] over validated inputs.
+pub fn paged_ll4mi(
+    inputs: &PagedInputs,
+    partition_size: PartitionSize,
+    out: &mut [f32],
+) -> Result<()> {
+    inputs.check_out(out)?;
+    let PagedInputs {
+        query,
+        cache,
+        meta,
+        cfg,
+    } = *inputs;
+    let partition_size = partition_size.get();
     let (hq, hkv, d, qpk) = (
         cfg.num_heads,
         cfg.num_kv_heads,

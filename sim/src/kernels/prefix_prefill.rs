@@ -37,7 +37,7 @@
 
 use crate::cache::KvCache;
 use crate::config::AttnConfig;
-use crate::kernels::paged_decode::validate_paged_inputs;
+use crate::kernels::paged_decode::PagedInputs;
 use crate::kernels::softmax::{
     dequant_kv, visible, DimOffsets, KvTile, RowState, ScoreParams, TRITON_L_EPS,
 };
@@ -110,23 +110,69 @@ pub fn context_attention_fwd(
     skip_decode: bool,
     out: &mut [f32],
 ) -> Result<()> {
-    validate_paged_inputs(query, cache, meta, cfg, out)?;
-    let v = PrefixVariant::for_config(cfg);
-    if cfg.alibi_slopes.is_some() {
-        // _fwd_kernel_alibi's asserts, with vLLM's messages.
-        if !meta.causal {
-            return Err(Error::unsupported(
-                "non-causal prefix attention with ALiBi",
-                "Non-causal prefix attention is not supported with alibi",
-            ));
+    let inputs = PagedInputs::new(query, cache, meta, cfg)?;
+    inputs.check_out(out)?; // before the ALiBi checks, as always
+    context_attention(&PrefixArgs::new(inputs, skip_decode)?, out)
+}
+
+/// One `context_attention_fwd` launch, validated once: the paged inputs
+/// ([`PagedInputs`]), whether decode rows are skipped, and the Triton
+/// kernel variant the config selects, which `_fwd_kernel_alibi`'s asserts
+/// admit. The emulator, both executors and the GPU launcher take it.
+#[derive(Debug, Clone, Copy)]
+pub struct PrefixArgs<'a> {
+    inputs: PagedInputs<'a>,
+    skip_decode: bool,
+    variant: PrefixVariant,
+}
+
+impl<'a> PrefixArgs<'a> {
+    /// Refuses what `_fwd_kernel_alibi` asserts against (with vLLM's
+    /// messages): non-causal attention or sinks together with ALiBi.
+    pub fn new(inputs: PagedInputs<'a>, skip_decode: bool) -> Result<Self> {
+        let (cfg, meta) = (inputs.cfg(), inputs.meta());
+        if cfg.alibi_slopes.is_some() {
+            if !meta.causal {
+                return Err(Error::unsupported(
+                    "non-causal prefix attention with ALiBi",
+                    "Non-causal prefix attention is not supported with alibi",
+                ));
+            }
+            if cfg.sinks.is_some() {
+                return Err(Error::unsupported(
+                    "sinks with ALiBi",
+                    "Sinks arg is not supported with alibi",
+                ));
+            }
         }
-        if cfg.sinks.is_some() {
-            return Err(Error::unsupported(
-                "sinks with ALiBi",
-                "Sinks arg is not supported with alibi",
-            ));
-        }
+        Ok(PrefixArgs {
+            inputs,
+            skip_decode,
+            variant: PrefixVariant::for_config(cfg),
+        })
     }
+    pub fn inputs(&self) -> &PagedInputs<'a> {
+        &self.inputs
+    }
+    /// Rows with query_len == 1 are left to the decode kernel.
+    pub fn skip_decode(&self) -> bool {
+        self.skip_decode
+    }
+    pub fn variant(&self) -> PrefixVariant {
+        self.variant
+    }
+}
+
+/// [`context_attention_fwd`] over validated arguments.
+pub fn context_attention(args: &PrefixArgs, out: &mut [f32]) -> Result<()> {
+    args.inputs.check_out(out)?;
+    let (query, cache, meta, cfg) = (
+        args.inputs.query(),
+        args.inputs.cache(),
+        args.inputs.meta(),
+        args.inputs.cfg(),
+    );
+    let (skip_decode, v) = (args.skip_decode, args.variant);
     let (hq, d) = (cfg.num_heads, cfg.head_size);
     let programs: Vec<(usize, usize, usize)> = (0..meta.num_reqs())
         .filter(|&b| meta.query_len(b) > 0 && !(skip_decode && meta.query_len(b) == 1))

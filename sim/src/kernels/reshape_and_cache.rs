@@ -135,6 +135,67 @@ impl CacheWriter {
     }
 }
 
+/// One cache write, validated once: the cache, the step's key/value rows
+/// and slots agree (the checks listed at [`reshape_and_cache`]) and the cache
+/// tensors hold its layout. The emulator ([`write_cache`]), both kernel
+/// executors and the GPU launcher take it; the cache is borrowed mutably
+/// and the rest immutably, so nothing changes between check and write.
+#[derive(Debug)]
+pub struct CacheWrite<'a> {
+    writer: CacheWriter,
+    cache: &'a mut KvCache,
+    key: &'a [f32],
+    value: &'a [f32],
+    /// `slot_mapping[..num_tokens]`.
+    slots: &'a [i64],
+    cfg: &'a AttnConfig,
+}
+
+impl<'a> CacheWrite<'a> {
+    pub fn new(
+        writer: CacheWriter,
+        cache: &'a mut KvCache,
+        key: &'a [f32],
+        value: &'a [f32],
+        slot_mapping: &'a [i64],
+        cfg: &'a AttnConfig,
+    ) -> Result<Self> {
+        let num_tokens = check_write(writer, cache, key, value, slot_mapping, cfg)?;
+        Ok(CacheWrite {
+            writer,
+            cache,
+            key,
+            value,
+            slots: &slot_mapping[..num_tokens],
+            cfg,
+        })
+    }
+    pub fn writer(&self) -> CacheWriter {
+        self.writer
+    }
+    pub fn cache(&self) -> &KvCache {
+        self.cache
+    }
+    /// The cache, to store the device's result into (its layout is fixed).
+    pub fn cache_data(&mut self) -> (&mut Vec<f32>, &mut Vec<f32>) {
+        (&mut self.cache.k, &mut self.cache.v)
+    }
+    /// `[T, Hkv, D]` in `cfg.dtype`.
+    pub fn key(&self) -> &'a [f32] {
+        self.key
+    }
+    pub fn value(&self) -> &'a [f32] {
+        self.value
+    }
+    /// One slot per token (`T` of them); `< 0` is skipped.
+    pub fn slots(&self) -> &'a [i64] {
+        self.slots
+    }
+    pub fn cfg(&self) -> &'a AttnConfig {
+        self.cfg
+    }
+}
+
 /// Writes the step's new `key`/`value` (`[T, Hkv, D]` in `cfg.dtype`) into
 /// `cache` at `slot_mapping[t]` for `t < T`, as `writer` does. Slots `< 0`
 /// are skipped; `slot_mapping` may be longer than `T` (padded batch).
@@ -142,7 +203,8 @@ impl CacheWriter {
 /// Errors (nothing is written then): the cache layout is not one `writer`
 /// handles or does not match `cfg`; key/value lengths are not a whole number
 /// of `Hkv * D` rows or differ; `slot_mapping` is shorter than `T`; a slot is
-/// past the cache (the error names the token and the slot).
+/// past the cache (the error names the token and the slot); the cache
+/// tensors do not hold the layout.
 pub fn reshape_and_cache(
     writer: CacheWriter,
     cache: &mut KvCache,
@@ -151,6 +213,26 @@ pub fn reshape_and_cache(
     slot_mapping: &[i64],
     cfg: &AttnConfig,
 ) -> Result<()> {
+    write_cache(CacheWrite::new(
+        writer,
+        cache,
+        key,
+        value,
+        slot_mapping,
+        cfg,
+    )?);
+    Ok(())
+}
+
+/// [`reshape_and_cache`]'s checks; returns the number of tokens.
+fn check_write(
+    writer: CacheWriter,
+    cache: &KvCache,
+    key: &[f32],
+    value: &[f32],
+    slot_mapping: &[i64],
+    cfg: &AttnConfig,
+) -> Result<usize> {
     cfg.validate()?;
     let layout = cache.layout;
     writer.check_block_size(layout.block_size, cfg.faults)?;
@@ -211,8 +293,29 @@ pub fn reshape_and_cache(
             ));
         }
     }
+    if cache.k.len() != layout.numel() || cache.v.len() != layout.numel() {
+        return Err(Error::invalid(
+            "cache tensors",
+            format!("{} / {} elements", cache.k.len(), cache.v.len()),
+            format!("layout holds {}", layout.numel()),
+        ));
+    }
+    Ok(num_tokens)
+}
+
+/// The emulated writers over a validated [`CacheWrite`] (it cannot fail).
+pub fn write_cache(args: CacheWrite) {
+    let CacheWrite {
+        writer,
+        cache,
+        key,
+        value,
+        slots,
+        cfg,
+    } = args;
+    let layout = cache.layout;
     let (src, dst) = (cfg.dtype, cfg.kv_dtype);
-    for (t, &slot) in slot_mapping[..num_tokens].iter().enumerate() {
+    for (t, &slot) in slots.iter().enumerate() {
         if slot < 0 {
             continue; // PAD_SLOT_ID
         }
@@ -230,7 +333,6 @@ pub fn reshape_and_cache(
             }
         }
     }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -90,6 +90,7 @@ use super::softmax::{
 };
 use crate::cache::KvCache;
 use crate::config::AttnConfig;
+use crate::kernels::paged_decode::PagedInputs;
 use crate::kernels::KernelCall;
 use crate::numerics::{exp2c, SoftcapFormula};
 use crate::profile::VllmProfile;
@@ -439,6 +440,40 @@ impl UnifiedLaunch {
                 ),
             ],
         }
+    }
+}
+
+/// One unified-attention launch, validated once: the paged inputs
+/// ([`PagedInputs`]: consistent metadata, matching shapes) and a launch the
+/// kernel takes over an NHD cache (the checks of [`unified_attention`]
+/// itself: launch rules, AITER's causal-only rule). Both kernel executors
+/// and the GPU launcher take it; everything is borrowed.
+#[derive(Debug, Clone, Copy)]
+pub struct UnifiedArgs<'a> {
+    inputs: PagedInputs<'a>,
+    launch: &'a UnifiedLaunch,
+}
+
+impl<'a> UnifiedArgs<'a> {
+    pub fn new(
+        query: &'a [f32],
+        cache: &'a KvCache,
+        meta: &'a AttentionMetadata,
+        cfg: &'a AttnConfig,
+        launch: &'a UnifiedLaunch,
+    ) -> Result<Self> {
+        // The kernel's own validation first (its errors, in its order).
+        Kernel::new(query, cache, meta, cfg, launch)?;
+        Ok(UnifiedArgs {
+            inputs: PagedInputs::new(query, cache, meta, cfg)?,
+            launch,
+        })
+    }
+    pub fn inputs(&self) -> &PagedInputs<'a> {
+        &self.inputs
+    }
+    pub fn launch(&self) -> &'a UnifiedLaunch {
+        self.launch
     }
 }
 

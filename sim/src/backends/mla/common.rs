@@ -27,11 +27,13 @@
 use super::{MlaBackend, MlaConfig, MlaDecodeBatch};
 use crate::backends::exec::{Cpu, KernelExecutor};
 use crate::backends::KernelCall;
-use crate::kernels::flash_varlen::VarlenParams;
-use crate::kernels::merge_attn_states::MergeKernel;
-use crate::kernels::mla_cache::LatentCache;
-use crate::kernels::mla_prefill::{plan_mla_context_chunks, workspace_rows, ContextChunk};
-use crate::kernels::mla_proj::MlaWeights;
+use crate::kernels::flash_varlen::{VarlenArgs, VarlenParams};
+use crate::kernels::merge_attn_states::{MergeArgs, MergeKernel};
+use crate::kernels::mla_cache::{LatentCache, LatentWrite};
+use crate::kernels::mla_prefill::{
+    plan_mla_context_chunks, workspace_rows, ContextChunk, LatentGather,
+};
+use crate::kernels::mla_proj::{MlaWeights, ProjArgs, Projection};
 use crate::kernels::softmax::OutLse;
 use attnlab_shared::error::{Error, Result};
 use attnlab_shared::fault::Fault;
@@ -96,13 +98,13 @@ pub fn write_kv_with(
 ) -> Result<()> {
     validate(backend, step, cache, weights, cfg)?;
     let t = step.meta.num_actual_tokens;
-    ex.concat_and_cache_mla(
+    ex.concat_and_cache_mla(LatentWrite::new(
         cache,
         step.kv_c,
         step.k_pe,
         &step.meta.slot_mapping[..t],
         cfg.k_scale,
-    )
+    )?)
 }
 
 /// Attention for every token, per TP rank (the cache already holds the step's tokens).
@@ -254,7 +256,13 @@ fn forward_rank(
     let ndt = step.meta.query_start_loc[nd] as usize;
     let mut out = Vec::with_capacity(step.meta.num_actual_tokens * h * d.v_head_dim);
     if ndt > 0 {
-        let mqa_q = ex.absorb_query(&q[..ndt * h * qw], w, cfg.dtype)?;
+        let q_decode = &q[..ndt * h * qw];
+        let mqa_q = ex.absorb_query(&ProjArgs::new(
+            Projection::AbsorbQuery,
+            q_decode,
+            w,
+            cfg.dtype,
+        )?)?;
         let o = backend.forward_mqa_with(
             ex,
             &mqa_q,
@@ -266,7 +274,7 @@ fn forward_rank(
             },
             cfg,
         )?;
-        out.extend(ex.project_output(&o.out, w, cfg.dtype)?);
+        out.extend(ex.project_output(&ProjArgs::new(Projection::Output, &o.out, w, cfg.dtype)?)?);
     }
     if ndt < step.meta.num_actual_tokens {
         let kv_c = &step.kv_c[ndt * d.kv_lora_rank..];
@@ -326,15 +334,9 @@ pub fn forward_mha(
         .collect();
     let mut params = VarlenParams::new(h, h, pn + r, cfg.dtype, cfg.scale);
     params.head_size_v = d.v_head_dim;
-    let (k_nope, v) = ex.up_project(kv_c, w, cfg.dtype)?;
-    let new = ex.flash_attn_varlen(
-        q,
-        &concat_k(&k_nope, k_pe, h, pn, r),
-        &v,
-        &qsl,
-        &qsl,
-        &params,
-    )?;
+    let (k_nope, v) = ex.up_project(&ProjArgs::new(Projection::KvUp, kv_c, w, cfg.dtype)?)?;
+    let k = concat_k(&k_nope, k_pe, h, pn, r);
+    let new = ex.flash_attn_varlen(&VarlenArgs::new(q, &k, &v, &qsl, &qsl, &params)?)?;
     let ctx_lens: Vec<usize> = (nd..meta.num_reqs()).map(|i| meta.context_len(i)).collect();
     let chunks = plan_mla_context_chunks(
         &ctx_lens,
@@ -355,8 +357,13 @@ pub fn forward_mha(
     let mut running = OutLse::empty(tp, h, d.v_head_dim);
     params.causal = false;
     for chunk in &chunks {
-        let rows =
-            ex.gather_and_maybe_dequant_cache(cache, &tables, chunk, cfg.k_scale, cfg.dtype)?;
+        let rows = ex.gather_and_maybe_dequant_cache(&LatentGather::new(
+            cache,
+            &tables,
+            chunk,
+            cfg.k_scale,
+            cfg.dtype,
+        )?)?;
         let c_kv: Vec<f32> = rows
             .chunks_exact(wd)
             .flat_map(|e| e[..lkv].iter().copied())
@@ -365,16 +372,11 @@ pub fn forward_mha(
             .chunks_exact(wd)
             .flat_map(|e| e[lkv..].iter().copied())
             .collect();
-        let (kn, vc) = ex.up_project(&c_kv, w, cfg.dtype)?;
+        let (kn, vc) = ex.up_project(&ProjArgs::new(Projection::KvUp, &c_kv, w, cfg.dtype)?)?;
         let (q_chunk, cu_q) = chunk_queries(q, &qsl, chunk, h * (pn + r));
-        let part = ex.flash_attn_varlen(
-            &q_chunk,
-            &concat_k(&kn, &c_pe, h, pn, r),
-            &vc,
-            &cu_q,
-            &chunk.cu_seq_lens(),
-            &params,
-        )?;
+        let (kc, cu_k) = (concat_k(&kn, &c_pe, h, pn, r), chunk.cu_seq_lens());
+        let part =
+            ex.flash_attn_varlen(&VarlenArgs::new(&q_chunk, &kc, &vc, &cu_q, &cu_k, &params)?)?;
         for (i, p) in chunk.parts.iter().enumerate() {
             let (dst, src) = (
                 qsl[p.req] as usize..qsl[p.req + 1] as usize,
@@ -382,12 +384,8 @@ pub fn forward_mha(
             );
             let piece = take_tokens(&part, src);
             let merged = if p.start > 0 {
-                ex.merge_attn_states(
-                    &take_tokens(&running, dst.clone()),
-                    &piece,
-                    cfg.dtype,
-                    kernel,
-                )?
+                let prefix = take_tokens(&running, dst.clone());
+                ex.merge_attn_states(&MergeArgs::new(&prefix, &piece, cfg.dtype, kernel)?)?
             } else {
                 piece
             };
@@ -402,7 +400,9 @@ pub fn forward_mha(
             put_tokens(&mut running, dst.start, &merged);
         }
     }
-    Ok(ex.merge_attn_states(&running, &new, cfg.dtype, kernel)?.out)
+    Ok(ex
+        .merge_attn_states(&MergeArgs::new(&running, &new, cfg.dtype, kernel)?)?
+        .out)
 }
 
 /// The queries of the chunk's requests (in part order) and their `cu_seqlens_q`.

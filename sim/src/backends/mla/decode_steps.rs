@@ -9,7 +9,8 @@ use super::{MlaConfig, MlaDecodeBatch};
 use crate::backends::exec::KernelExecutor;
 use crate::kernels::mla_cache::LatentCache;
 use crate::kernels::mla_decode::{
-    aiter_num_kv_splits, AiterPaging, KvRow, KvSplits, MlaDecodeOutput, MlaDecodeParams, BLOCK_H,
+    aiter_num_kv_splits, AiterPaging, KvRow, KvSplits, MlaDecodeArgs, MlaDecodeOutput,
+    MlaDecodeParams, BLOCK_H,
 };
 use crate::kernels::KernelCall;
 use attnlab_shared::dtype::DType;
@@ -113,7 +114,8 @@ pub fn run(
             let splits = KvSplits::Even {
                 num_kv_splits: *num_kv_splits,
             };
-            ex.decode_attention_fwd(q, &rows, cache, splits, &params(heads, cfg.dtype))
+            let p = params(heads, cfg.dtype);
+            ex.decode_attention_fwd(&MlaDecodeArgs::new(q, &rows, cache, splits, &p)?)
         }
         MlaDecode::AiterPaged {
             paging, padding, ..
