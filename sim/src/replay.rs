@@ -45,6 +45,7 @@ use crate::kernels::unified_attention::{
 };
 use crate::profile::VllmProfile;
 use crate::reference::{self, compare, Comparison, Tolerance};
+use crate::tensor::Flat;
 use attnlab_shared::block_table::{block_table_tensor, KernelBlockSplit};
 use attnlab_shared::dtype::DType;
 use attnlab_shared::error::{Error, Result};
@@ -250,6 +251,8 @@ pub fn replay_fixture(f: &Fixture, backend: Option<&str>) -> Vec<ReplayResult> {
             Some("no output: a case not captured yet (run the capture on it)".into()),
         )];
     };
+    // The kernels and comparisons see flat row-major data.
+    let output = &output.flat()[..];
     let mut rows = Vec::new();
     let at = |name: &str| Row {
         backend: name.to_string(),
@@ -258,14 +261,16 @@ pub fn replay_fixture(f: &Fixture, backend: Option<&str>) -> Vec<ReplayResult> {
     match &f.case {
         Case::Paged(p) => {
             let shape = vec![p.meta.num_actual_tokens, p.cfg.num_heads, p.cfg.head_size];
-            let r = reference::paged_attention(&p.query, &nhd_cache(p), &p.meta, &p.cfg);
+            let r = reference::paged_attention(&p.query.flat(), &nhd_cache(p), &p.meta, &p.cfg);
+            let want = r.as_ref().ok().map(|r| r.out.flat());
+            let stored = p.reference.as_ref().map(|r| r.flat());
             let kernel = Kernel::new(
                 output,
                 None,
-                p.reference.as_deref(),
+                stored.as_deref(),
                 shape,
                 dtype,
-                r.as_ref().ok().map(|r| r.out.as_slice()),
+                want.as_deref(),
             );
             rows.push(at(REFERENCE).judge(
                 r.map(|r| Outcome::out(to_f32(&r.out))),
@@ -315,20 +320,22 @@ pub fn replay_fixture(f: &Fixture, backend: Option<&str>) -> Vec<ReplayResult> {
         Case::Merge(m) => {
             let shape = vec![m.num_tokens, m.num_heads, m.head_size];
             let r = reference::merge_attn_states(
-                &m.prefix_output,
-                &m.prefix_lse,
-                &m.suffix_output,
-                &m.suffix_lse,
+                &m.prefix_output.flat(),
+                &m.prefix_lse.flat(),
+                &m.suffix_output.flat(),
+                &m.suffix_lse.flat(),
                 m.num_heads,
                 m.head_size,
             );
+            let want = r.as_ref().ok().map(|r| r.out.flat());
+            let output_lse = m.output_lse.as_ref().map(|l| l.flat());
             let kernel = Kernel::new(
                 output,
-                m.output_lse.as_deref(),
+                output_lse.as_deref(),
                 None,
                 shape,
                 dtype,
-                r.as_ref().ok().map(|r| r.out.as_slice()),
+                want.as_deref(),
             );
             rows.push(at(REFERENCE).judge(
                 r.map(|r| Outcome {
@@ -346,8 +353,8 @@ pub fn replay_fixture(f: &Fixture, backend: Option<&str>) -> Vec<ReplayResult> {
         Case::Mla(m) => {
             let shape = vec![m.meta.num_reqs(), m.num_heads, m.kv_lora_rank];
             let r = reference::mla_decode(
-                &m.query,
-                &m.kv_cache,
+                &m.query.flat(),
+                &m.kv_cache.flat(),
                 &m.meta.block_table,
                 &m.meta.seq_lens,
                 m.num_heads,
@@ -355,13 +362,15 @@ pub fn replay_fixture(f: &Fixture, backend: Option<&str>) -> Vec<ReplayResult> {
                 m.meta.block_size,
                 m.scale,
             );
+            let want = r.as_ref().ok().map(|r| r.flat());
+            let stored = m.reference.as_ref().map(|r| r.flat());
             let kernel = Kernel::new(
                 output,
                 None,
-                m.reference.as_deref(),
+                stored.as_deref(),
                 shape,
                 dtype,
-                r.as_deref().ok(),
+                want.as_deref(),
             );
             rows.push(at(REFERENCE).judge(
                 r.map(|o| Outcome::out(to_f32(&o))),
@@ -562,8 +571,8 @@ fn nhd_cache(p: &PagedCase) -> KvCache {
     };
     KvCache {
         layout,
-        k: p.key_cache.clone(),
-        v: p.value_cache.clone(),
+        k: p.key_cache.flat().into_owned(),
+        v: p.value_cache.flat().into_owned(),
     }
 }
 
@@ -586,16 +595,17 @@ fn run_backend(
             format!("replay needs the fixture's {}", p.cfg.kv_dtype),
         ));
     }
-    let cache = KvCache::from_nhd(&p.key_cache, &p.value_cache, layout)?;
+    let cache = KvCache::from_nhd(&p.key_cache.flat(), &p.value_cache.flat(), layout)?;
+    let query = p.query.flat();
     match launch {
         Some(Forced::Unified(l)) => catch_panic(b.name().name(), || {
-            Cpu.unified_attention(&p.query, &cache, &meta, cfg, l)
+            Cpu.unified_attention(&query, &cache, &meta, cfg, l)
         }),
         Some(Forced::RocmDecode(d)) => catch_panic(b.name().name(), || {
             let route = RocmAttn::route_with_decode(&meta, *d);
-            RocmAttn::default().forward_route(&Cpu, &route, &p.query, &cache, &meta, cfg)
+            RocmAttn::default().forward_route(&Cpu, &route, &query, &cache, &meta, cfg)
         }),
-        None => catch_panic(b.name().name(), || b.forward(&p.query, &cache, &meta, cfg)),
+        None => catch_panic(b.name().name(), || b.forward(&query, &cache, &meta, cfg)),
     }
 }
 
@@ -639,8 +649,8 @@ fn run_merge(m: &MergeCase, dtype: DType) -> Result<Outcome> {
         )
     };
     let (prefix, suffix) = (
-        side(&m.prefix_output, &m.prefix_lse)?,
-        side(&m.suffix_output, &m.suffix_lse)?,
+        side(&m.prefix_output.flat(), &m.prefix_lse.flat())?,
+        side(&m.suffix_output.flat(), &m.suffix_lse.flat())?,
     );
     let mut lse = None;
     let out = catch_panic("merge_attn_states", || {
@@ -657,8 +667,8 @@ pub(crate) fn catch_panic(what: &str, f: impl FnOnce() -> Result<Vec<f32>>) -> R
         .unwrap_or_else(|_| Err(Error::unsupported(what, "panicked (a bug: see stderr)")))
 }
 
-fn to_f32(x: &[f64]) -> Vec<f32> {
-    x.iter().map(|&v| v as f32).collect()
+fn to_f32<'a>(x: impl IntoIterator<Item = &'a f64>) -> Vec<f32> {
+    x.into_iter().map(|&v| v as f32).collect()
 }
 
 /// A row being built: who, and what ran.
@@ -1072,12 +1082,12 @@ pub fn replay_mla_decode(
         case.qk_rope_head_dim,
         cfg.dtype,
     )?;
-    let cache = LatentCache::from_tensor(layout, case.kv_cache.clone())?;
+    let cache = LatentCache::from_tensor(layout, case.kv_cache.flat().into_owned())?;
     let batch = mla::MlaDecodeBatch {
         meta: &case.meta,
         num_decodes: case.meta.num_reqs(),
     };
     Ok(backend
-        .forward_mqa(&case.query, case.num_heads, &cache, &batch, cfg)?
+        .forward_mqa(&case.query.flat(), case.num_heads, &cache, &batch, cfg)?
         .out)
 }

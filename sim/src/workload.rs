@@ -21,6 +21,7 @@ use crate::cache::KvCache;
 use crate::config::AttnConfig;
 use crate::kernels::reshape_and_cache::{reshape_and_cache, CacheWriter};
 use crate::reference::{self, compare, Tolerance};
+use crate::tensor::Flat;
 use crate::replay::{catch_panic, Status};
 use attnlab_shared::block_table::KernelBlockSplit;
 use attnlab_shared::dtype::DType;
@@ -329,7 +330,7 @@ pub fn run_workload(
         score_step(
             &mut lanes.iter_mut().map(|l| &mut l.row).collect::<Vec<_>>(),
             outs,
-            &reference,
+            &reference.flat(),
             step.index,
             t,
             tol,
