@@ -21,7 +21,7 @@ use attnlab_shared::limits;
 use attnlab_shared::metadata::{AttentionMetadata, BlockTableTensor};
 use half::{bf16, f16};
 use crate::tensor::Flat;
-use ndarray::{Array, Array2, Array3, Array4, ArrayView3, Dimension, IntoDimension};
+use ndarray::{Array, Array2, Array3, Array4, Dimension, IntoDimension};
 use safetensors::{Dtype, SafeTensorError, SafeTensors};
 use serde_json::Value;
 use std::collections::HashMap;
@@ -233,13 +233,12 @@ pub enum Case {
 impl Case {
     /// The kernel's output (`[token, head, d]`; MLA `[seq, head, c]`), when
     /// the file holds one.
-    pub fn output(&self) -> Option<ArrayView3<'_, f32>> {
+    pub fn output(&self) -> Option<&Array3<f32>> {
         match self {
             Case::Paged(p) => p.output.as_ref(),
             Case::Merge(m) => m.output.as_ref(),
             Case::Mla(m) => m.output.as_ref(),
         }
-        .map(|o| o.view())
     }
 }
 

@@ -53,7 +53,9 @@ use attnlab_shared::layout::mla::MlaLayout;
 use attnlab_shared::layout::{KvLayout, LayoutKind};
 use attnlab_shared::metadata::AttentionMetadata;
 use attnlab_shared::model::MlaDims;
+use ndarray::{Array2, Array3};
 use serde::Serialize;
+use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 
 /// Backend name of the rows produced by our f64 reference.
@@ -216,12 +218,16 @@ impl Outcome {
     }
 }
 
-/// The kernel's side of a fixture, and the f64 reference's ULP numbers.
+/// The kernel's side of a fixture, flat (row-major) with its shapes, and
+/// the f64 reference's ULP numbers.
 struct Kernel<'a> {
-    out: &'a [f32],
-    lse: Option<&'a [f32]>,
-    reference: Option<&'a [f32]>,
+    /// `[token, head, d]` (MLA `[seq, head, c]`), shape `shape`.
+    out: Cow<'a, [f32]>,
     shape: Vec<usize>,
+    /// `[head, token]` and its shape.
+    lse: Option<(Cow<'a, [f32]>, Vec<usize>)>,
+    /// The file's own reference, shaped like `out`.
+    reference: Option<Cow<'a, [f32]>>,
     reference_ulp: Option<UlpStats>,
 }
 
@@ -251,8 +257,6 @@ pub fn replay_fixture(f: &Fixture, backend: Option<&str>) -> Vec<ReplayResult> {
             Some("no output: a case not captured yet (run the capture on it)".into()),
         )];
     };
-    // The kernels and comparisons see flat row-major data.
-    let output = &output.flat()[..];
     let mut rows = Vec::new();
     let at = |name: &str| Row {
         backend: name.to_string(),
@@ -260,18 +264,9 @@ pub fn replay_fixture(f: &Fixture, backend: Option<&str>) -> Vec<ReplayResult> {
     };
     match &f.case {
         Case::Paged(p) => {
-            let shape = vec![p.meta.num_actual_tokens, p.cfg.num_heads, p.cfg.head_size];
             let r = reference::paged_attention(&p.query.flat(), &nhd_cache(p), &p.meta, &p.cfg);
-            let want = r.as_ref().ok().map(|r| r.out.flat());
-            let stored = p.reference.as_ref().map(|r| r.flat());
-            let kernel = Kernel::new(
-                output,
-                None,
-                stored.as_deref(),
-                shape,
-                dtype,
-                want.as_deref(),
-            );
+            let f64_out = r.as_ref().ok().map(|r| &r.out);
+            let kernel = Kernel::new(output, None, p.reference.as_ref(), dtype, f64_out);
             rows.push(at(REFERENCE).judge(
                 r.map(|r| Outcome::out(to_f32(&r.out))),
                 &kernel,
@@ -318,7 +313,6 @@ pub fn replay_fixture(f: &Fixture, backend: Option<&str>) -> Vec<ReplayResult> {
             }
         }
         Case::Merge(m) => {
-            let shape = vec![m.num_tokens, m.num_heads, m.head_size];
             let r = reference::merge_attn_states(
                 &m.prefix_output.flat(),
                 &m.prefix_lse.flat(),
@@ -327,16 +321,8 @@ pub fn replay_fixture(f: &Fixture, backend: Option<&str>) -> Vec<ReplayResult> {
                 m.num_heads,
                 m.head_size,
             );
-            let want = r.as_ref().ok().map(|r| r.out.flat());
-            let output_lse = m.output_lse.as_ref().map(|l| l.flat());
-            let kernel = Kernel::new(
-                output,
-                output_lse.as_deref(),
-                None,
-                shape,
-                dtype,
-                want.as_deref(),
-            );
+            let f64_out = r.as_ref().ok().map(|r| &r.out);
+            let kernel = Kernel::new(output, m.output_lse.as_ref(), None, dtype, f64_out);
             rows.push(at(REFERENCE).judge(
                 r.map(|r| Outcome {
                     out: to_f32(&r.out),
@@ -351,7 +337,6 @@ pub fn replay_fixture(f: &Fixture, backend: Option<&str>) -> Vec<ReplayResult> {
             }
         }
         Case::Mla(m) => {
-            let shape = vec![m.meta.num_reqs(), m.num_heads, m.kv_lora_rank];
             let r = reference::mla_decode(
                 &m.query.flat(),
                 &m.kv_cache.flat(),
@@ -362,16 +347,7 @@ pub fn replay_fixture(f: &Fixture, backend: Option<&str>) -> Vec<ReplayResult> {
                 m.meta.block_size,
                 m.scale,
             );
-            let want = r.as_ref().ok().map(|r| r.flat());
-            let stored = m.reference.as_ref().map(|r| r.flat());
-            let kernel = Kernel::new(
-                output,
-                None,
-                stored.as_deref(),
-                shape,
-                dtype,
-                want.as_deref(),
-            );
+            let kernel = Kernel::new(output, None, m.reference.as_ref(), dtype, r.as_ref().ok());
             rows.push(at(REFERENCE).judge(
                 r.map(|o| Outcome::out(to_f32(&o))),
                 &kernel,
@@ -404,23 +380,24 @@ pub fn replay_fixture(f: &Fixture, backend: Option<&str>) -> Vec<ReplayResult> {
 }
 
 impl<'a> Kernel<'a> {
+    /// `f64_out`: our reference's output, for the ULP numbers.
     fn new(
-        out: &'a [f32],
-        lse: Option<&'a [f32]>,
-        reference: Option<&'a [f32]>,
-        shape: Vec<usize>,
+        out: &'a Array3<f32>,
+        lse: Option<&'a Array2<f32>>,
+        reference: Option<&'a Array3<f32>>,
         dtype: DType,
-        f64_out: Option<&[f64]>,
+        f64_out: Option<&Array3<f64>>,
     ) -> Self {
+        let (shape, out) = (out.shape().to_vec(), out.flat());
         let reference_ulp = f64_out.and_then(|r| {
             let rounded: Vec<f32> = r.iter().map(|&x| fidelity::round_f64(x, dtype)).collect();
-            UlpStats::measure(&rounded, out, dtype, &shape)
+            UlpStats::measure(&rounded, &out, dtype, &shape)
         });
         Kernel {
             out,
-            lse,
-            reference,
             shape,
+            lse: lse.map(|l| (l.flat(), l.shape().to_vec())),
+            reference: reference.map(|r| r.flat()),
             reference_ulp,
         }
     }
@@ -733,20 +710,15 @@ impl Row {
             Ok(g) => g,
             Err(e) => return self.status(Status::Fail, Some(e.to_string())),
         };
-        let c = match compare(&got.out, k.out, tol) {
+        let c = match compare(&got.out, &k.out[..], tol) {
             Ok(c) => c,
             Err(e) => return self.status(Status::Fail, Some(e.to_string())),
         };
         let mut lse_bad = None;
         let mut lse_ulp = None;
-        if let (Some(want), Some(have)) = (k.lse, got.lse.as_deref()) {
-            // LSEs are [num_heads, num_tokens]; the output shape is [num_tokens, num_heads, ..].
-            let lse_shape = match k.shape.as_slice() {
-                [t, h, ..] => vec![*h, *t],
-                _ => vec![want.len()],
-            };
-            lse_ulp = UlpStats::measure(have, want, DType::F32, &lse_shape);
-            match compare(have, want, tol) {
+        if let (Some((want, lse_shape)), Some(have)) = (&k.lse, got.lse.as_deref()) {
+            lse_ulp = UlpStats::measure(have, want, DType::F32, lse_shape);
+            match compare(have, &want[..], tol) {
                 Ok(lc) if lc.passed() => {}
                 Ok(lc) => {
                     lse_bad = Some(format!(
@@ -776,7 +748,7 @@ impl Row {
         } else if let Some(why) = lse_bad {
             (Status::Fail, Some(why))
         } else {
-            match k.reference.map(|r| compare(&got.out, r, tol)) {
+            match k.reference.as_deref().map(|r| compare(&got.out, r, tol)) {
                 Some(Ok(rc)) if !rc.passed() => (
                     Status::Fail,
                     Some(format!(
@@ -795,7 +767,7 @@ impl Row {
         r.ulp = if is_reference {
             k.reference_ulp.clone()
         } else {
-            UlpStats::measure(&got.out, k.out, dtype, &k.shape)
+            UlpStats::measure(&got.out, &k.out, dtype, &k.shape)
         };
         r.lse_ulp = lse_ulp;
         if let (Some(u), Some(ru)) = (&r.ulp, &r.reference_ulp) {
