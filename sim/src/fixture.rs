@@ -1017,11 +1017,8 @@ impl Reader<'_> {
             let q = (w[1] - w[0]).max(0);
             for t in (s - q).max(0)..s {
                 let j = t as usize / block_size;
-                let b = table
-                    .data
-                    .get(i * table.max_blocks + j)
-                    .copied()
-                    .unwrap_or(-1);
+                // Row i exists: the table has one row per seq_lens entry (checked above).
+                let b = table.row(i).get(j).copied().unwrap_or(-1);
                 slots.push(if b < 0 {
                     -1
                 } else {

@@ -112,11 +112,13 @@ fn query_shape(meta: &AttentionMetadata, cfg: &AttnConfig) -> (usize, usize, usi
 /// reference's absorbed query, computed in f64, enters here unrounded).
 ///
 /// Sum order: `q . k_t` is summed over `d` in order and `o` accumulates the
-/// keys in position order, as the plain loops did: the f32 instance is
-/// `bench --cpu`'s baseline and tests compare it bit for bit across layouts,
-/// so no `dot` (whose blocked order differs) here. Rows run in parallel;
-/// each (token, head) is one task with its own output, so any thread count
-/// gives the same bits.
+/// keys in position order, as the flat loops this replaced did, so every
+/// result is bit-identical to theirs (f32 instance, `bench --cpu`'s
+/// baseline, included). A `dot` here would change last bits: no test pins
+/// them to a value, but `reference_is_bit_identical_across_kv_layouts`
+/// needs one fixed order whatever the layout, which this keeps. Rows run in
+/// parallel; each (token, head) is one task with its own output, so any
+/// thread count gives the same bits.
 pub fn paged_attention_shaped<F: RefFloat>(
     query: ArrayView3<'_, F>,
     cache: &KvCache,
