@@ -29,7 +29,8 @@ use attnlab_shared::dtype::DType;
 use attnlab_shared::error::{Error, Result};
 use attnlab_shared::layout::{KvLayout, LayoutKind};
 use attnlab_shared::metadata::{AttentionMetadata, BlockTableTensor};
-use ndarray::{s, Array2, Array3, ArrayView2, ArrayView3, Axis, LinalgScalar, Zip};
+use crate::tensor::Flat;
+use ndarray::{s, Array2, Array3, ArrayView1, ArrayView2, ArrayView3, Axis, LinalgScalar, Zip};
 use serde::Serialize;
 
 /// The float the reference computes in. Uses the platform's `exp`/`tanh`/`ln`
@@ -169,16 +170,21 @@ pub fn paged_attention_shaped<F: RefFloat>(
             .and(query.slice(s![rows, .., ..]).lanes(Axis(2)))
             .par_for_each(|(j, h), mut o, lse, q| {
                 let p = ctx + j;
+                // The hot loop runs on rows of slices: a view per key would
+                // cost a third more time. Every array here is row-major, so
+                // `flat` borrows (no copy).
                 let (kg, vg) = (k.index_axis(Axis(0), h / qpk), v.index_axis(Axis(0), h / qpk));
+                let (q, kg, vg) = (q.flat(), kg.flat(), vg.flat());
                 let slope = cfg.alibi_slopes.as_ref().map(|s| F::from(s[h]));
                 let sink = cfg.sinks.as_ref().map(|s| F::from(s[h]));
                 let mut scores = Vec::new();
                 let visible_keys = kg
-                    .outer_iter()
+                    .chunks_exact(d)
+                    .zip(vg.chunks_exact(d))
                     .enumerate()
                     .filter(|&(t, _)| visible(t, p, meta.causal, cfg.sliding_window));
-                for (t, kt) in visible_keys {
-                    let dot = Zip::from(&q).and(&kt).fold(F::ZERO, |a, &x, &y| a + x * y);
+                for (t, (kt, vt)) in visible_keys {
+                    let dot = q.iter().zip(kt).fold(F::ZERO, |a, (&x, &y)| a + x * y);
                     let mut s = dot * scale;
                     if let Some(c) = softcap {
                         s = c * (s / c).tanh();
@@ -186,7 +192,7 @@ pub fn paged_attention_shaped<F: RefFloat>(
                     if let Some(slope) = slope {
                         s = s + slope * F::from_i64(t as i64 - p as i64);
                     }
-                    scores.push((t, s));
+                    scores.push((vt, s));
                 }
                 let m = scores
                     .iter()
@@ -197,12 +203,15 @@ pub fn paged_attention_shaped<F: RefFloat>(
                     return; // nothing visible and no sink: o = 0, lse = -inf
                 }
                 let mut l = sink.map_or(F::ZERO, |s| (s - m).exp());
-                for &(t, s) in &scores {
+                let mut acc = vec![F::ZERO; d];
+                for &(vt, s) in &scores {
                     let w = (s - m).exp();
                     l = l + w;
-                    o.scaled_add(w, &vg.row(t));
+                    acc.iter_mut().zip(vt).for_each(|(a, &x)| *a = *a + w * x);
                 }
-                o.mapv_inplace(|x| x / l);
+                Zip::from(&mut o)
+                    .and(&ArrayView1::from(&acc))
+                    .for_each(|o, &a| *o = a / l);
                 *lse = m + l.ln();
             });
     }
@@ -447,7 +456,6 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tensor::Flat;
     use approx::assert_relative_eq;
 
     /// One request, one kv head, NHD cache of `s` tokens in one block.
