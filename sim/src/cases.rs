@@ -444,9 +444,14 @@ fn static_subset(xs: &'static [usize], allowed: &[usize]) -> Option<&'static [us
 pub fn paged_case(c: AttnCase) -> Result<PagedCase, Error> {
     let l = c.cache.layout;
     if l.kind != LayoutKind::Nhd {
-        return Err(Error::invalid("cache layout", l.kind, "must be NHD (the fixtures' layout)"));
+        return Err(Error::invalid(
+            "cache layout",
+            l.kind,
+            "must be NHD (the fixtures' layout)",
+        ));
     }
-    let shape_err = |e: ndarray::ShapeError| Error::invalid("drawn case tensor", e, "must fill its shape");
+    let shape_err =
+        |e: ndarray::ShapeError| Error::invalid("drawn case tensor", e, "must fill its shape");
     let cache_shape = (l.num_blocks, l.block_size, l.num_kv_heads, l.head_size);
     Ok(PagedCase {
         query: Array3::from_shape_vec(
@@ -473,7 +478,8 @@ fn draw_merge(rng: &mut ChaCha8Rng, inf_lse: bool) -> Drawn {
     let h = rng.gen_range(1..=8);
     let d = pick(rng, &[64usize, 80, 96, 128, 256]);
     // Drawn in row-major order: outputs [token, head, d], LSEs [head, token].
-    let mut out = || Array3::from_shape_simple_fn((t, h, d), || dtype.round(rng.gen_range(-2.0f32..2.0)));
+    let mut out =
+        || Array3::from_shape_simple_fn((t, h, d), || dtype.round(rng.gen_range(-2.0f32..2.0)));
     let (po, so) = (out(), out());
     let mut lse = || Array2::from_shape_simple_fn((h, t), || rng.gen_range(-8.0f32..8.0));
     let (mut pl, mut sl) = (lse(), lse());
@@ -571,7 +577,8 @@ fn draw_mla(target: Target, rng: &mut ChaCha8Rng, edge: Option<Edge>) -> Option<
     )
     .ok()?;
     // Drawn in row-major order: query [seq, head, d], kv_cache [block, slot, d].
-    let mut vals = |shape| Array3::from_shape_simple_fn(shape, || dtype.round(rng.gen_range(-1.0f32..1.0)));
+    let mut vals =
+        |shape| Array3::from_shape_simple_fn(shape, || dtype.round(rng.gen_range(-1.0f32..1.0)));
     let query = vals((n, heads, l + r));
     let kv_cache = vals((num_blocks, bs, l + r));
     let mut tags = Vec::new();

@@ -16,11 +16,11 @@
 //! problem; nothing here panics on a malformed file.
 
 use crate::config::AttnConfig;
+use crate::tensor::Flat;
 use attnlab_shared::dtype::DType;
 use attnlab_shared::limits;
 use attnlab_shared::metadata::{AttentionMetadata, BlockTableTensor};
 use half::{bf16, f16};
-use crate::tensor::Flat;
 use ndarray::{Array, Array2, Array3, Array4, Dimension, IntoDimension};
 use safetensors::{Dtype, SafeTensorError, SafeTensors};
 use serde_json::Value;
@@ -512,7 +512,9 @@ pub fn write(f: &Fixture) -> Result<Vec<u8>> {
                 ("output", m.output.as_ref()),
             ];
             for (name, o) in outputs {
-                o.map(|o| float(name, dt, o.shape(), &o.flat()));
+                if let Some(o) = o {
+                    float(name, dt, o.shape(), &o.flat());
+                }
             }
             let lses = [
                 ("prefix_lse", Some(&m.prefix_lse)),
@@ -520,7 +522,9 @@ pub fn write(f: &Fixture) -> Result<Vec<u8>> {
                 ("output_lse", m.output_lse.as_ref()),
             ];
             for (name, l) in lses {
-                l.map(|l| float(name, DType::F32, l.shape(), &l.flat()));
+                if let Some(l) = l {
+                    float(name, DType::F32, l.shape(), &l.flat());
+                }
             }
         }
         Case::Mla(m) => {

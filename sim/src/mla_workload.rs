@@ -22,8 +22,8 @@ use crate::config::AttnConfig;
 use crate::kernels::mla_cache::{concat_and_cache_mla, LatentCache};
 use crate::kernels::mla_proj::MlaWeights;
 use crate::reference::{self, Tolerance};
-use crate::tensor::Flat;
 use crate::replay::{catch_panic, Status};
+use crate::tensor::Flat;
 use crate::workload::{
     check_cache_memory, draw, schedule, score_step, BackendRun, WorkloadReport, WorkloadSpec,
 };
@@ -221,7 +221,9 @@ pub fn reference_step(
     // out [token, head, v] = o[:, h, ..c] @ W_UV[h]^T.
     let mut out = Array3::zeros((t, n, vd));
     for h in 0..n {
-        let v = o.slice(s![.., h, ..lkv]).dot(&w_uv.index_axis(Axis(0), h).t());
+        let v = o
+            .slice(s![.., h, ..lkv])
+            .dot(&w_uv.index_axis(Axis(0), h).t());
         out.slice_mut(s![.., h, ..]).assign(&v);
     }
     Ok(out)

@@ -25,11 +25,11 @@
 use crate::cache::KvCache;
 use crate::config::AttnConfig;
 use crate::kernels::softmax::visible;
+use crate::tensor::Flat;
 use attnlab_shared::dtype::DType;
 use attnlab_shared::error::{Error, Result};
 use attnlab_shared::layout::{KvLayout, LayoutKind};
 use attnlab_shared::metadata::{AttentionMetadata, BlockTableTensor};
-use crate::tensor::Flat;
 use ndarray::{s, Array2, Array3, ArrayView1, ArrayView2, ArrayView3, Axis, LinalgScalar, Zip};
 use serde::Serialize;
 
@@ -101,7 +101,11 @@ pub fn paged_attention_in<F: RefFloat>(
 
 /// A flat slice that does not fit the shape its lengths were checked for.
 fn shape_error(e: ndarray::ShapeError) -> Error {
-    Error::invalid("tensor shape", e, "must hold exactly the checked number of elements")
+    Error::invalid(
+        "tensor shape",
+        e,
+        "must hold exactly the checked number of elements",
+    )
 }
 
 /// `[num_tokens, num_heads, head_size]`: the query's and the output's shape.
@@ -173,7 +177,10 @@ pub fn paged_attention_shaped<F: RefFloat>(
                 // The hot loop runs on rows of slices: a view per key would
                 // cost a third more time. Every array here is row-major, so
                 // `flat` borrows (no copy).
-                let (kg, vg) = (k.index_axis(Axis(0), h / qpk), v.index_axis(Axis(0), h / qpk));
+                let (kg, vg) = (
+                    k.index_axis(Axis(0), h / qpk),
+                    v.index_axis(Axis(0), h / qpk),
+                );
                 let (q, kg, vg) = (q.flat(), kg.flat(), vg.flat());
                 let slope = cfg.alibi_slopes.as_ref().map(|s| F::from(s[h]));
                 let sink = cfg.sinks.as_ref().map(|s| F::from(s[h]));

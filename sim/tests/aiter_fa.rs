@@ -349,7 +349,9 @@ fn nhd_variant_replays_every_paged_fixture_it_supports() {
             .cache_layout(&c.cfg, c.meta.num_blocks, c.meta.block_size)
             .unwrap();
         let cache = KvCache::from_nhd(&c.key_cache.flat(), &c.value_cache.flat(), layout).unwrap();
-        let out = backend.forward(&c.query.flat(), &cache, &c.meta, &c.cfg).unwrap();
+        let out = backend
+            .forward(&c.query.flat(), &cache, &c.meta, &c.cfg)
+            .unwrap();
         let cmp = compare(
             &out,
             c.output.as_ref().unwrap(),

@@ -11,9 +11,9 @@ use attnlab_sim::draw::Edge;
 use attnlab_sim::fidelity::round_f64;
 use attnlab_sim::fixture::{self, Case, Fixture};
 use attnlab_sim::reference;
+use attnlab_sim::replay::{replay_fixture, Status, REFERENCE};
 use attnlab_sim::tensor::Flat;
 use ndarray::{s, Array3};
-use attnlab_sim::replay::{replay_fixture, Status, REFERENCE};
 use proptest::prelude::*;
 use std::collections::BTreeSet;
 

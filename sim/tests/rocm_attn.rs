@@ -571,7 +571,8 @@ fn vllm_chunked_prefill_paged_decode_fixtures_replay_within_their_tolerance() {
             cfg.kv_dtype,
         )
         .unwrap();
-        let cache = KvCache::from_nhd(&case.key_cache.flat(), &case.value_cache.flat(), layout).unwrap();
+        let cache =
+            KvCache::from_nhd(&case.key_cache.flat(), &case.value_cache.flat(), layout).unwrap();
         let query = case.query.flat();
         let mut out = vec![0f32; query.len()];
         context_attention_fwd(&query, &cache, &case.meta, cfg, true, &mut out).unwrap();
