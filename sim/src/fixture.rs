@@ -506,24 +506,30 @@ pub fn write(f: &Fixture) -> Result<Vec<u8>> {
         Case::Merge(m) => {
             put("num_heads", m.num_heads.into());
             put("head_size", m.head_size.into());
-            let outputs = [
-                ("prefix_output", Some(&m.prefix_output)),
-                ("suffix_output", Some(&m.suffix_output)),
-                ("output", m.output.as_ref()),
+            // Outputs [token, head, d] in the case's dtype, LSEs [head, token] in f32.
+            let merge_tensors = [
+                ("prefix_output", dt, Some(m.prefix_output.view().into_dyn())),
+                ("suffix_output", dt, Some(m.suffix_output.view().into_dyn())),
+                (
+                    "prefix_lse",
+                    DType::F32,
+                    Some(m.prefix_lse.view().into_dyn()),
+                ),
+                (
+                    "suffix_lse",
+                    DType::F32,
+                    Some(m.suffix_lse.view().into_dyn()),
+                ),
+                ("output", dt, m.output.as_ref().map(|a| a.view().into_dyn())),
+                (
+                    "output_lse",
+                    DType::F32,
+                    m.output_lse.as_ref().map(|a| a.view().into_dyn()),
+                ),
             ];
-            for (name, o) in outputs {
-                if let Some(o) = o {
-                    float(name, dt, o.shape(), &o.flat());
-                }
-            }
-            let lses = [
-                ("prefix_lse", Some(&m.prefix_lse)),
-                ("suffix_lse", Some(&m.suffix_lse)),
-                ("output_lse", m.output_lse.as_ref()),
-            ];
-            for (name, l) in lses {
-                if let Some(l) = l {
-                    float(name, DType::F32, l.shape(), &l.flat());
+            for (name, dtype, a) in merge_tensors {
+                if let Some(a) = a {
+                    float(name, dtype, a.shape(), &a.flat());
                 }
             }
         }
