@@ -64,6 +64,17 @@ impl KvCache {
         meta: &AttentionMetadata,
         cfg: &AttnConfig,
     ) -> Result<()> {
+        self.check_batch_len(query.len(), meta, cfg)
+    }
+
+    /// [`check_batch`](Self::check_batch) for a query of `query_len`
+    /// elements in any float (the reference's f64 queries).
+    pub fn check_batch_len(
+        &self,
+        query_len: usize,
+        meta: &AttentionMetadata,
+        cfg: &AttnConfig,
+    ) -> Result<()> {
         cfg.validate()?;
         let l = &self.layout;
         if l.num_kv_heads != cfg.num_kv_heads || l.head_size != cfg.head_size {
@@ -101,10 +112,10 @@ impl KvCache {
             ));
         }
         let want = meta.num_actual_tokens * cfg.num_heads * cfg.head_size;
-        if query.len() != want {
+        if query_len != want {
             return Err(Error::invalid(
                 "query length",
-                query.len(),
+                query_len,
                 format!("must be num_tokens x num_heads x head_size = {want}"),
             ));
         }

@@ -20,8 +20,10 @@
 use crate::draw::{draw_with, pick, AttnCase, CaseSpace, Edge, Regimes};
 use crate::fixture::{Case, Fixture, Header, MergeCase, MlaCase, Op, PagedCase};
 use attnlab_shared::dtype::DType;
+use attnlab_shared::error::Error;
 use attnlab_shared::layout::LayoutKind;
 use attnlab_shared::metadata::{AttentionMetadata, BlockTableTensor};
+use ndarray::{Array2, Array3, Array4, Zip};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -322,7 +324,7 @@ pub fn draw_case(
                 dtype: c.cfg.dtype,
                 tol,
                 tags: c.tags.clone(),
-                case: Case::Paged(paged_case(c)),
+                case: Case::Paged(paged_case(c).ok()?),
             }
         }
         Op::MergeAttnStates => draw_merge(rng, edge == Some(Edge::InfLse)),
@@ -437,17 +439,33 @@ fn static_subset(xs: &'static [usize], allowed: &[usize]) -> Option<&'static [us
     None
 }
 
-/// A drawn paged case as the fixture's canonical NHD case (no output yet).
-pub fn paged_case(c: AttnCase) -> PagedCase {
-    PagedCase {
+/// A drawn paged case as the fixture's canonical NHD case (no output yet);
+/// an error if its tensors do not fill their shapes (its cache not NHD).
+pub fn paged_case(c: AttnCase) -> Result<PagedCase, Error> {
+    let l = c.cache.layout;
+    if l.kind != LayoutKind::Nhd {
+        return Err(Error::invalid(
+            "cache layout",
+            l.kind,
+            "must be NHD (the fixtures' layout)",
+        ));
+    }
+    let shape_err =
+        |e: ndarray::ShapeError| Error::invalid("drawn case tensor", e, "must fill its shape");
+    let cache_shape = (l.num_blocks, l.block_size, l.num_kv_heads, l.head_size);
+    Ok(PagedCase {
+        query: Array3::from_shape_vec(
+            (c.meta.num_actual_tokens, c.cfg.num_heads, c.cfg.head_size),
+            c.query,
+        )
+        .map_err(shape_err)?,
+        key_cache: Array4::from_shape_vec(cache_shape, c.cache.k).map_err(shape_err)?,
+        value_cache: Array4::from_shape_vec(cache_shape, c.cache.v).map_err(shape_err)?,
         cfg: c.cfg,
         meta: c.meta,
-        query: c.query,
-        key_cache: c.cache.k,
-        value_cache: c.cache.v,
         output: None,
         reference: None,
-    }
+    })
 }
 
 /// Two partial results over disjoint KV sets: outputs U(-2, 2) in the
@@ -459,16 +477,15 @@ fn draw_merge(rng: &mut ChaCha8Rng, inf_lse: bool) -> Drawn {
     let t = rng.gen_range(1..=24);
     let h = rng.gen_range(1..=8);
     let d = pick(rng, &[64usize, 80, 96, 128, 256]);
-    let mut out = |n: usize| -> Vec<f32> {
-        (0..n)
-            .map(|_| dtype.round(rng.gen_range(-2.0f32..2.0)))
-            .collect()
-    };
-    let (po, so) = (out(t * h * d), out(t * h * d));
-    let mut lse = |n: usize| -> Vec<f32> { (0..n).map(|_| rng.gen_range(-8.0f32..8.0)).collect() };
-    let (mut pl, mut sl) = (lse(h * t), lse(h * t));
+    // Drawn in row-major order: outputs [token, head, d], LSEs [head, token].
+    let mut out =
+        || Array3::from_shape_simple_fn((t, h, d), || dtype.round(rng.gen_range(-2.0f32..2.0)));
+    let (po, so) = (out(), out());
+    let mut lse = || Array2::from_shape_simple_fn((h, t), || rng.gen_range(-8.0f32..8.0));
+    let (mut pl, mut sl) = (lse(), lse());
     if inf_lse {
-        for i in 0..h * t {
+        // Row-major, as the flat loop over h * t drew them.
+        Zip::from(&mut pl).and(&mut sl).for_each(|p, s| {
             if rng.gen_bool(0.3) {
                 let v = if rng.gen_bool(0.5) {
                     f32::INFINITY
@@ -476,12 +493,12 @@ fn draw_merge(rng: &mut ChaCha8Rng, inf_lse: bool) -> Drawn {
                     f32::NEG_INFINITY
                 };
                 if rng.gen_bool(0.5) {
-                    pl[i] = v;
+                    *p = v;
                 } else {
-                    sl[i] = v;
+                    *s = v;
                 }
             }
-        }
+        });
     }
     let tol = match dtype {
         DType::Bf16 => (1e-3, 1e-2),
@@ -559,13 +576,11 @@ fn draw_mla(target: Target, rng: &mut ChaCha8Rng, edge: Option<Edge>) -> Option<
         true,
     )
     .ok()?;
-    let mut vals = |k: usize| -> Vec<f32> {
-        (0..k)
-            .map(|_| dtype.round(rng.gen_range(-1.0f32..1.0)))
-            .collect()
-    };
-    let query = vals(n * heads * (l + r));
-    let kv_cache = vals(num_blocks * bs * (l + r));
+    // Drawn in row-major order: query [seq, head, d], kv_cache [block, slot, d].
+    let mut vals =
+        |shape| Array3::from_shape_simple_fn(shape, || dtype.round(rng.gen_range(-1.0f32..1.0)));
+    let query = vals((n, heads, l + r));
+    let kv_cache = vals((num_blocks, bs, l + r));
     let mut tags = Vec::new();
     if let Some(e) = edge {
         tags.push(e.tag().to_string());

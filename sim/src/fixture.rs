@@ -16,10 +16,12 @@
 //! problem; nothing here panics on a malformed file.
 
 use crate::config::AttnConfig;
+use crate::tensor::Flat;
 use attnlab_shared::dtype::DType;
 use attnlab_shared::limits;
 use attnlab_shared::metadata::{AttentionMetadata, BlockTableTensor};
 use half::{bf16, f16};
+use ndarray::{Array, Array2, Array3, Array4, Dimension, IntoDimension};
 use safetensors::{Dtype, SafeTensorError, SafeTensors};
 use serde_json::Value;
 use std::collections::HashMap;
@@ -166,8 +168,8 @@ pub const DECODE_KERNELS: [&str; 2] = ["kernel_paged_attention_2d", "paged_atten
 /// Largest `launch.num_segments` accepted (vLLM's kernels use up to 128).
 pub const MAX_SEGMENTS: usize = 1024;
 
-/// `op = paged_attention`: the caches are canonical NHD
-/// `[num_blocks, block_size, num_kv_heads, head_size]`.
+/// `op = paged_attention`. Tensors are row-major arrays with named axes
+/// ([`crate::tensor`]); the caches are canonical NHD.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PagedCase {
     /// Heads, head size, scale, window, softcap, sinks; `dtype` = `kv_dtype` = the case's dtype.
@@ -175,30 +177,34 @@ pub struct PagedCase {
     /// Validated; `slot_mapping` holds the slots of the query tokens (the
     /// caches already contain them).
     pub meta: AttentionMetadata,
-    pub query: Vec<f32>,
-    /// Values of `cfg.kv_dtype` (fp8 caches: the stored fp8 values, not yet scaled).
-    pub key_cache: Vec<f32>,
-    pub value_cache: Vec<f32>,
-    /// What the kernel returned; absent in a case not yet captured.
-    pub output: Option<Vec<f32>>,
-    pub reference: Option<Vec<f32>>,
+    /// `[token, head, d]`.
+    pub query: Array3<f32>,
+    /// `[block, slot, kv_head, d]`, values of `cfg.kv_dtype` (fp8 caches:
+    /// the stored fp8 values, not yet scaled).
+    pub key_cache: Array4<f32>,
+    pub value_cache: Array4<f32>,
+    /// `[token, head, d]`: what the kernel returned; absent in a case not yet captured.
+    pub output: Option<Array3<f32>>,
+    pub reference: Option<Array3<f32>>,
 }
 
-/// `op = merge_attn_states`: outputs `[T, H, D]`, LSEs `[H, T]` (natural log).
+/// `op = merge_attn_states`: outputs `[token, head, d]`, LSEs
+/// `[head, token]` (natural log).
 #[derive(Debug, Clone, PartialEq)]
 pub struct MergeCase {
     pub num_tokens: usize,
     pub num_heads: usize,
     pub head_size: usize,
-    pub prefix_output: Vec<f32>,
-    pub prefix_lse: Vec<f32>,
-    pub suffix_output: Vec<f32>,
-    pub suffix_lse: Vec<f32>,
-    pub output: Option<Vec<f32>>,
-    pub output_lse: Option<Vec<f32>>,
+    pub prefix_output: Array3<f32>,
+    pub prefix_lse: Array2<f32>,
+    pub suffix_output: Array3<f32>,
+    pub suffix_lse: Array2<f32>,
+    pub output: Option<Array3<f32>>,
+    pub output_lse: Option<Array2<f32>>,
 }
 
-/// `op = mla_decode`: absorbed MLA, one query token per sequence.
+/// `op = mla_decode`: absorbed MLA, one query token per sequence
+/// (`d` = `kv_lora_rank + qk_rope_head_dim`, `c` = `kv_lora_rank`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct MlaCase {
     pub num_heads: usize,
@@ -208,13 +214,13 @@ pub struct MlaCase {
     pub num_kv_splits: usize,
     /// Validated block table and seq_lens (query_start_loc = 0, 1, .., num_seqs).
     pub meta: AttentionMetadata,
-    /// `[num_seqs, num_heads, kv_lora_rank + qk_rope_head_dim]`.
-    pub query: Vec<f32>,
-    /// `[num_blocks, block_size, kv_lora_rank + qk_rope_head_dim]`.
-    pub kv_cache: Vec<f32>,
-    /// `[num_seqs, num_heads, kv_lora_rank]`; absent in a case not yet captured.
-    pub output: Option<Vec<f32>>,
-    pub reference: Option<Vec<f32>>,
+    /// `[seq, head, d]`.
+    pub query: Array3<f32>,
+    /// `[block, slot, d]`.
+    pub kv_cache: Array3<f32>,
+    /// `[seq, head, c]`; absent in a case not yet captured.
+    pub output: Option<Array3<f32>>,
+    pub reference: Option<Array3<f32>>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -225,12 +231,13 @@ pub enum Case {
 }
 
 impl Case {
-    /// The kernel's output, when the file holds one.
-    pub fn output(&self) -> Option<&[f32]> {
+    /// The kernel's output (`[token, head, d]`; MLA `[seq, head, c]`), when
+    /// the file holds one.
+    pub fn output(&self) -> Option<&Array3<f32>> {
         match self {
-            Case::Paged(p) => p.output.as_deref(),
-            Case::Merge(m) => m.output.as_deref(),
-            Case::Mla(m) => m.output.as_deref(),
+            Case::Paged(p) => p.output.as_ref(),
+            Case::Merge(m) => m.output.as_ref(),
+            Case::Mla(m) => m.output.as_ref(),
         }
     }
 }
@@ -446,11 +453,12 @@ pub fn write(f: &Fixture) -> Result<Vec<u8>> {
     }
     let dt = h.dtype;
     let mut tensors: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
-    let mut float = |name: &str, dtype: DType, shape: Vec<usize>, v: &[f32]| {
+    // Shapes come from the arrays themselves.
+    let mut float = |name: &str, dtype: DType, shape: &[usize], v: &[f32]| {
         tensors.push((
             name.to_string(),
             st_dtype(dtype),
-            shape,
+            shape.to_vec(),
             storage_bytes(v, dtype),
         ));
     };
@@ -458,8 +466,7 @@ pub fn write(f: &Fixture) -> Result<Vec<u8>> {
     match &f.case {
         Case::Paged(p) => {
             let c = &p.cfg;
-            let (t, hq, d) = (p.meta.num_actual_tokens, c.num_heads, c.head_size);
-            let cache_shape = vec![p.meta.num_blocks, p.meta.block_size, c.num_kv_heads, d];
+            let (hq, d) = (c.num_heads, c.head_size);
             put("num_heads", hq.into());
             put("num_kv_heads", c.num_kv_heads.into());
             put("head_size", d.into());
@@ -469,24 +476,25 @@ pub fn write(f: &Fixture) -> Result<Vec<u8>> {
             put("sliding_window", c.sliding_window.into());
             put("softcap", c.softcap.map(f64::from).into());
             put("kv_cache_dtype", fp8_name(c.kv_dtype).into());
-            float("query", dt, vec![t, hq, d], &p.query);
-            float("key_cache", c.kv_dtype, cache_shape.clone(), &p.key_cache);
-            float("value_cache", c.kv_dtype, cache_shape, &p.value_cache);
+            float("query", dt, p.query.shape(), &p.query.flat());
+            let (k, v) = (&p.key_cache, &p.value_cache);
+            float("key_cache", c.kv_dtype, k.shape(), &k.flat());
+            float("value_cache", c.kv_dtype, v.shape(), &v.flat());
             if c.kv_dtype.is_fp8() {
-                float("k_scale", DType::F32, vec![1], &[c.k_scale]);
-                float("v_scale", DType::F32, vec![1], &[c.v_scale]);
+                float("k_scale", DType::F32, &[1], &[c.k_scale]);
+                float("v_scale", DType::F32, &[1], &[c.v_scale]);
             }
             if let Some(x) = &c.sinks {
-                float("sinks", DType::F32, vec![hq], x);
+                float("sinks", DType::F32, &[hq], x);
             }
             if let Some(x) = &c.alibi_slopes {
-                float("alibi_slopes", DType::F32, vec![hq], x);
+                float("alibi_slopes", DType::F32, &[hq], x);
             }
             if let Some(o) = &p.output {
-                float("output", dt, vec![t, hq, d], o);
+                float("output", dt, o.shape(), &o.flat());
             }
             if let Some(r) = &p.reference {
-                float("reference", DType::F32, vec![t, hq, d], r);
+                float("reference", DType::F32, r.shape(), &r.flat());
             }
             table_tensors(&mut ints, &p.meta);
             ints.push((
@@ -496,45 +504,49 @@ pub fn write(f: &Fixture) -> Result<Vec<u8>> {
             ));
         }
         Case::Merge(m) => {
-            let (t, hh, d) = (m.num_tokens, m.num_heads, m.head_size);
-            put("num_heads", hh.into());
-            put("head_size", d.into());
-            float("prefix_output", dt, vec![t, hh, d], &m.prefix_output);
-            float("suffix_output", dt, vec![t, hh, d], &m.suffix_output);
-            float("prefix_lse", DType::F32, vec![hh, t], &m.prefix_lse);
-            float("suffix_lse", DType::F32, vec![hh, t], &m.suffix_lse);
-            if let Some(o) = &m.output {
-                float("output", dt, vec![t, hh, d], o);
-            }
-            if let Some(o) = &m.output_lse {
-                float("output_lse", DType::F32, vec![hh, t], o);
+            put("num_heads", m.num_heads.into());
+            put("head_size", m.head_size.into());
+            // Outputs [token, head, d] in the case's dtype, LSEs [head, token] in f32.
+            let merge_tensors = [
+                ("prefix_output", dt, Some(m.prefix_output.view().into_dyn())),
+                ("suffix_output", dt, Some(m.suffix_output.view().into_dyn())),
+                (
+                    "prefix_lse",
+                    DType::F32,
+                    Some(m.prefix_lse.view().into_dyn()),
+                ),
+                (
+                    "suffix_lse",
+                    DType::F32,
+                    Some(m.suffix_lse.view().into_dyn()),
+                ),
+                ("output", dt, m.output.as_ref().map(|a| a.view().into_dyn())),
+                (
+                    "output_lse",
+                    DType::F32,
+                    m.output_lse.as_ref().map(|a| a.view().into_dyn()),
+                ),
+            ];
+            for (name, dtype, a) in merge_tensors {
+                if let Some(a) = a {
+                    float(name, dtype, a.shape(), &a.flat());
+                }
             }
         }
         Case::Mla(m) => {
-            let (n, hh, l, r) = (
-                m.meta.num_reqs(),
-                m.num_heads,
-                m.kv_lora_rank,
-                m.qk_rope_head_dim,
-            );
-            put("num_heads", hh.into());
-            put("kv_lora_rank", l.into());
-            put("qk_rope_head_dim", r.into());
+            put("num_heads", m.num_heads.into());
+            put("kv_lora_rank", m.kv_lora_rank.into());
+            put("qk_rope_head_dim", m.qk_rope_head_dim.into());
             put("block_size", m.meta.block_size.into());
             put("scale", (m.scale as f64).into());
             put("num_kv_splits", m.num_kv_splits.into());
-            float("query", dt, vec![n, hh, l + r], &m.query);
-            float(
-                "kv_cache",
-                dt,
-                vec![m.meta.num_blocks, m.meta.block_size, l + r],
-                &m.kv_cache,
-            );
+            float("query", dt, m.query.shape(), &m.query.flat());
+            float("kv_cache", dt, m.kv_cache.shape(), &m.kv_cache.flat());
             if let Some(o) = &m.output {
-                float("output", dt, vec![n, hh, l], o);
+                float("output", dt, o.shape(), &o.flat());
             }
             if let Some(o) = &m.reference {
-                float("reference", DType::F32, vec![n, hh, l], o);
+                float("reference", DType::F32, o.shape(), &o.flat());
             }
             table_tensors(&mut ints, &m.meta);
         }
@@ -843,20 +855,27 @@ impl Reader<'_> {
         }
     }
 
-    /// A float tensor of storage dtype `want` and exactly `shape`, widened to f32.
+    /// A float tensor of storage dtype `want` and exactly `shape` (a tuple
+    /// of its axes' sizes), widened to f32.
     /// `nan_ok` is false for inputs (NaN rejected; +-inf allowed, e.g. LSEs) and true for outputs.
-    fn floats(&self, name: &str, want: DType, shape: &[usize], nan_ok: bool) -> Result<Vec<f32>> {
+    fn floats<Sh: IntoDimension>(
+        &self,
+        name: &str,
+        want: DType,
+        shape: Sh,
+        nan_ok: bool,
+    ) -> Result<Array<f32, Sh::Dim>> {
         self.optional_floats(name, want, shape, nan_ok)?
             .ok_or_else(|| self.err(name, "missing (required for this op)"))
     }
 
-    fn optional_floats(
+    fn optional_floats<Sh: IntoDimension>(
         &self,
         name: &str,
         want: DType,
-        shape: &[usize],
+        shape: Sh,
         nan_ok: bool,
-    ) -> Result<Option<Vec<f32>>> {
+    ) -> Result<Option<Array<f32, Sh::Dim>>> {
         let Some((dt, got, data)) = self.tensor_info(name)? else {
             return Ok(None);
         };
@@ -867,9 +886,6 @@ impl Reader<'_> {
         };
         if dt != st_dtype {
             return Err(self.err(name, format!("dtype {dt:?} is wrong: must be {st_dtype:?}")));
-        }
-        if got != shape {
-            return Err(self.err(name, format!("shape {got:?} is wrong: must be {shape:?}")));
         }
         let v: Vec<f32> = match dt {
             Dtype::F16 => data
@@ -885,18 +901,40 @@ impl Reader<'_> {
                 .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
                 .collect(),
         };
+        let a = self.shaped(name, &got, shape, v)?;
         if !nan_ok {
-            if let Some(i) = v.iter().position(|x| x.is_nan()) {
+            if let Some((i, idx)) = first_nan(&a) {
                 return Err(self.err(
                     name,
                     format!(
                         "NaN at flat index {i} {:?}: inputs must not contain NaN",
-                        unflatten(i, shape)
+                        idx.slice()
                     ),
                 ));
             }
         }
-        Ok(Some(v))
+        Ok(Some(a))
+    }
+
+    /// `data` (the tensor's elements, its file shape `got`) as an array of
+    /// exactly `shape`, or an error naming both shapes.
+    fn shaped<Sh: IntoDimension>(
+        &self,
+        name: &str,
+        got: &[usize],
+        shape: Sh,
+        data: Vec<f32>,
+    ) -> Result<Array<f32, Sh::Dim>> {
+        let shape = shape.into_dimension();
+        if got != shape.slice() {
+            return Err(self.err(
+                name,
+                format!("shape {got:?} is wrong: must be {:?}", shape.slice()),
+            ));
+        }
+        // safetensors checked that the data fills the file's shape.
+        Array::from_shape_vec(shape, data)
+            .map_err(|e| self.err(name, format!("data does not fill shape {got:?}: {e}")))
     }
 
     /// An I32 tensor whose rank is fixed but whose sizes are discovered.
@@ -989,11 +1027,8 @@ impl Reader<'_> {
             let q = (w[1] - w[0]).max(0);
             for t in (s - q).max(0)..s {
                 let j = t as usize / block_size;
-                let b = table
-                    .data
-                    .get(i * table.max_blocks + j)
-                    .copied()
-                    .unwrap_or(-1);
+                // Row i exists: the table has one row per seq_lens entry (checked above).
+                let b = table.row(i).get(j).copied().unwrap_or(-1);
                 slots.push(if b < 0 {
                     -1
                 } else {
@@ -1026,13 +1061,13 @@ impl Reader<'_> {
     }
 
     /// An output tensor: required (`need`) or optional.
-    fn output(
+    fn output<Sh: IntoDimension>(
         &self,
         name: &str,
         want: DType,
-        shape: &[usize],
+        shape: Sh,
         need: bool,
-    ) -> Result<Option<Vec<f32>>> {
+    ) -> Result<Option<Array<f32, Sh::Dim>>> {
         if need {
             self.floats(name, want, shape, true).map(Some)
         } else {
@@ -1042,7 +1077,12 @@ impl Reader<'_> {
 
     /// A U8 tensor of raw fp8 bits of `fp8` and exactly `shape`, decoded to
     /// the fp8 values (not scaled); NaN codes are rejected like NaN inputs.
-    fn fp8_tensor(&self, name: &str, fp8: DType, shape: &[usize]) -> Result<Vec<f32>> {
+    fn fp8_tensor<Sh: IntoDimension>(
+        &self,
+        name: &str,
+        fp8: DType,
+        shape: Sh,
+    ) -> Result<Array<f32, Sh::Dim>> {
         let (dt, got, data) = self
             .tensor_info(name)?
             .ok_or_else(|| self.err(name, "missing (required for this op)"))?;
@@ -1055,26 +1095,24 @@ impl Reader<'_> {
                 ),
             ));
         }
-        if got != shape {
-            return Err(self.err(name, format!("shape {got:?} is wrong: must be {shape:?}")));
-        }
-        let v: Vec<f32> = data.iter().map(|&b| fp8.from_bits(b as u32)).collect();
-        if let Some(i) = v.iter().position(|x| x.is_nan()) {
+        let v = data.iter().map(|&b| fp8.from_bits(b as u32)).collect();
+        let a = self.shaped(name, &got, shape, v)?;
+        if let Some((i, idx)) = first_nan(&a) {
             return Err(self.err(
                 name,
                 format!(
                     "fp8 NaN code 0x{:02x} at flat index {i} {:?}: inputs must not contain NaN",
                     data[i],
-                    unflatten(i, shape)
+                    idx.slice()
                 ),
             ));
         }
-        Ok(v)
+        Ok(a)
     }
 
     /// `k_scale` / `v_scale`: F32 `[1]`, finite and > 0.
     fn fp8_scale(&self, name: &str) -> Result<f32> {
-        let v = self.floats(name, DType::F32, &[1], false)?;
+        let v = self.floats(name, DType::F32, 1, false)?;
         match v[0] {
             x if x.is_finite() && x > 0.0 => Ok(x),
             x => Err(self.err(name, format!("{x} is not allowed: must be finite and > 0"))),
@@ -1170,13 +1208,17 @@ impl Reader<'_> {
         }
         let num_blocks = self.shape("key_cache", 4)?[0];
         let meta = self.metadata(bs, num_blocks, qsl, causal)?;
-        let cache_shape = [num_blocks, bs, hkv, d];
+        let cache_shape = (num_blocks, bs, hkv, d);
         let mut cfg = AttnConfig::new(hq, hkv, d, dtype);
         cfg.scale = self.positive("scale")?;
         cfg.sliding_window = window.map(|w| w as usize);
         cfg.softcap = self.optional_positive("softcap")?;
-        cfg.sinks = self.optional_floats("sinks", DType::F32, &[hq], false)?;
-        cfg.alibi_slopes = self.optional_floats("alibi_slopes", DType::F32, &[hq], false)?;
+        cfg.sinks = self
+            .optional_floats("sinks", DType::F32, hq, false)?
+            .map(|a| a.to_vec());
+        cfg.alibi_slopes = self
+            .optional_floats("alibi_slopes", DType::F32, hq, false)?
+            .map(|a| a.to_vec());
         if v2 {
             cfg.kv_dtype = self.kv_cache_dtype(dtype)?;
         }
@@ -1184,24 +1226,24 @@ impl Reader<'_> {
             cfg.k_scale = self.fp8_scale("k_scale")?;
             cfg.v_scale = self.fp8_scale("v_scale")?;
             (
-                self.fp8_tensor("key_cache", cfg.kv_dtype, &cache_shape)?,
-                self.fp8_tensor("value_cache", cfg.kv_dtype, &cache_shape)?,
+                self.fp8_tensor("key_cache", cfg.kv_dtype, cache_shape)?,
+                self.fp8_tensor("value_cache", cfg.kv_dtype, cache_shape)?,
             )
         } else {
             (
-                self.floats("key_cache", dtype, &cache_shape, false)?,
-                self.floats("value_cache", dtype, &cache_shape, false)?,
+                self.floats("key_cache", dtype, cache_shape, false)?,
+                self.floats("value_cache", dtype, cache_shape, false)?,
             )
         };
         cfg.validate()
             .map_err(|e| self.err("metadata", e.to_string()))?;
         self.check_reuse(&meta)?;
         Ok(PagedCase {
-            query: self.floats("query", dtype, &[t, hq, d], false)?,
+            query: self.floats("query", dtype, (t, hq, d), false)?,
             key_cache,
             value_cache,
-            output: self.output("output", dtype, &[t, hq, d], need_output)?,
-            reference: self.optional_floats("reference", DType::F32, &[t, hq, d], true)?,
+            output: self.output("output", dtype, (t, hq, d), need_output)?,
+            reference: self.optional_floats("reference", DType::F32, (t, hq, d), true)?,
             cfg,
             meta,
         })
@@ -1210,17 +1252,17 @@ impl Reader<'_> {
     fn merge(&self, dtype: DType, need_output: bool) -> Result<MergeCase> {
         let (h, d) = (self.dim("num_heads")?, self.dim("head_size")?);
         let t = self.shape("prefix_output", 3)?[0];
-        let (out_shape, lse_shape) = ([t, h, d], [h, t]);
+        let (out_shape, lse_shape) = ((t, h, d), (h, t));
         Ok(MergeCase {
             num_tokens: t,
             num_heads: h,
             head_size: d,
-            prefix_output: self.floats("prefix_output", dtype, &out_shape, false)?,
-            prefix_lse: self.floats("prefix_lse", DType::F32, &lse_shape, false)?,
-            suffix_output: self.floats("suffix_output", dtype, &out_shape, false)?,
-            suffix_lse: self.floats("suffix_lse", DType::F32, &lse_shape, false)?,
-            output: self.output("output", dtype, &out_shape, need_output)?,
-            output_lse: self.optional_floats("output_lse", DType::F32, &lse_shape, true)?,
+            prefix_output: self.floats("prefix_output", dtype, out_shape, false)?,
+            prefix_lse: self.floats("prefix_lse", DType::F32, lse_shape, false)?,
+            suffix_output: self.floats("suffix_output", dtype, out_shape, false)?,
+            suffix_lse: self.floats("suffix_lse", DType::F32, lse_shape, false)?,
+            output: self.output("output", dtype, out_shape, need_output)?,
+            output_lse: self.optional_floats("output_lse", DType::F32, lse_shape, true)?,
         })
     }
 
@@ -1254,10 +1296,10 @@ impl Reader<'_> {
             qk_rope_head_dim: r,
             scale: self.positive("scale")?,
             num_kv_splits,
-            query: self.floats("query", dtype, &[num_seqs, h, l + r], false)?,
-            kv_cache: self.floats("kv_cache", dtype, &[num_blocks, bs, l + r], false)?,
-            output: self.output("output", dtype, &[num_seqs, h, l], need_output)?,
-            reference: self.optional_floats("reference", DType::F32, &[num_seqs, h, l], true)?,
+            query: self.floats("query", dtype, (num_seqs, h, l + r), false)?,
+            kv_cache: self.floats("kv_cache", dtype, (num_blocks, bs, l + r), false)?,
+            output: self.output("output", dtype, (num_seqs, h, l), need_output)?,
+            reference: self.optional_floats("reference", DType::F32, (num_seqs, h, l), true)?,
             meta,
         })
     }
@@ -1272,16 +1314,13 @@ pub fn fp8_name(kv: DType) -> &'static str {
     }
 }
 
-/// Flat index -> multi-index, for error messages.
-fn unflatten(mut i: usize, shape: &[usize]) -> Vec<usize> {
-    let mut idx = vec![0; shape.len()];
-    for (k, &n) in shape.iter().enumerate().rev() {
-        if n > 0 {
-            idx[k] = i % n;
-            i /= n;
-        }
-    }
-    idx
+/// The first NaN of `a` in row-major order: its flat index and its
+/// multi-index, for error messages.
+fn first_nan<D: Dimension>(a: &Array<f32, D>) -> Option<(usize, D)> {
+    a.indexed_iter()
+        .enumerate()
+        .find(|(_, (_, x))| x.is_nan())
+        .map(|(i, (idx, _))| (i, idx.into_dimension()))
 }
 
 #[cfg(test)]
@@ -1337,7 +1376,12 @@ mod tests {
     }
 
     #[test]
-    fn unflatten_gives_row_major_indices() {
-        assert_eq!(unflatten(7, &[2, 2, 3]), vec![1, 0, 1]);
+    fn first_nan_gives_its_row_major_and_multi_index() {
+        let mut a = Array::zeros((2, 2, 3));
+        a[[1, 0, 1]] = f32::NAN;
+        a[[1, 1, 0]] = f32::NAN;
+        let (i, idx) = first_nan(&a).unwrap();
+        assert_eq!((i, idx.slice()), (7, &[1, 0, 1][..]));
+        assert!(first_nan(&Array::<f32, _>::zeros(4)).is_none());
     }
 }

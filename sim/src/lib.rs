@@ -18,5 +18,6 @@ pub mod profile;
 pub mod reference;
 pub mod replay;
 pub mod rules;
+pub mod tensor;
 pub mod workload;
 pub mod zoo;

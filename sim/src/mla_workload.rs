@@ -23,6 +23,7 @@ use crate::kernels::mla_cache::{concat_and_cache_mla, LatentCache};
 use crate::kernels::mla_proj::MlaWeights;
 use crate::reference::{self, Tolerance};
 use crate::replay::{catch_panic, Status};
+use crate::tensor::Flat;
 use crate::workload::{
     check_cache_memory, draw, schedule, score_step, BackendRun, WorkloadReport, WorkloadSpec,
 };
@@ -31,6 +32,7 @@ use attnlab_shared::error::{Error, Result};
 use attnlab_shared::layout::mla::MlaLayout;
 use attnlab_shared::layout::{KvLayout, LayoutKind};
 use attnlab_shared::metadata::AttentionMetadata;
+use ndarray::{s, Array3, ArrayView3, Axis};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
@@ -133,7 +135,7 @@ pub fn run_mla_workload(
             })
             .collect();
         let mut rows: Vec<&mut BackendRun> = lanes.iter_mut().map(|l| &mut l.2).collect();
-        score_step(&mut rows, outs, &want, sstep.index, t, tol)?;
+        score_step(&mut rows, outs, &want.flat(), sstep.index, t, tol)?;
         on_step(done + 1, steps.len());
     }
     let rows = lanes.into_iter().map(|l| l.2).chain(skipped).collect();
@@ -153,15 +155,20 @@ fn merge_ranks(ranks: &[&[f32]], t: usize) -> Vec<f32> {
         .collect()
 }
 
-/// The f64 reference of one step (module doc): absorbed query in f64, the
-/// latent as one MQA head, `W_UV` in f64. `[T, N, V]`.
+/// The f64 reference of one step (module doc): absorbed query in f64 (never
+/// rounded), the latent as one MQA head, `W_UV` in f64. `q` is
+/// `[token, head, p + r]` flat; returns `[token, head, v]` (axes:
+/// [`crate::tensor`], `p`/`r`/`v` the nope, rope and value channels).
+///
+/// Both projections are `dot`s (blocked sums): no test pins this
+/// reference's bits, only tolerances.
 pub fn reference_step(
     q: &[f32],
     cache: &LatentCache,
     meta: &AttentionMetadata,
     w: &MlaWeights,
     cfg: &MlaConfig,
-) -> Result<Vec<f64>> {
+) -> Result<Array3<f64>> {
     let (d, n, l) = (cfg.dims, cfg.num_heads, cache.layout);
     let (pn, r, lkv, vd, wd) = (
         d.qk_nope_head_dim,
@@ -170,21 +177,27 @@ pub fn reference_step(
         d.v_head_dim,
         d.latent_width(),
     );
-    let row =
-        |h: usize, i: usize| &w.kv_b_proj[(h * (pn + vd) + i) * lkv..(h * (pn + vd) + i + 1) * lkv];
-    let mut q_abs = Vec::with_capacity(q.len() / (pn + r) * wd);
-    for (i, qh) in q.chunks_exact(pn + r).enumerate() {
-        let h = i % n;
-        // Row by row of W_UK (contiguous), each channel summed over p in order.
-        let mut acc = vec![0f64; lkv];
-        for (p, &qp) in qh[..pn].iter().enumerate() {
-            for (a, &w) in acc.iter_mut().zip(row(h, p)) {
-                *a += qp as f64 * w as f64;
-            }
-        }
-        q_abs.extend(acc.iter().map(|&a| a as f32));
-        q_abs.extend_from_slice(&qh[pn..]);
+    let shape_err = |what: &str, len: usize, e: ndarray::ShapeError| {
+        Error::invalid(what, len, format!("must fit the MLA dims: {e}"))
+    };
+    let t = q.len() / (n * (pn + r)).max(1);
+    let q = ArrayView3::from_shape((t, n, pn + r), q)
+        .map_err(|e| shape_err("MLA query length", q.len(), e))?
+        .mapv(f64::from);
+    // kv_b_proj as [head, p + v, c]: W_UK = [.., ..p, ..], W_UV = [.., p.., ..].
+    let kv_b = ArrayView3::from_shape((n, pn + vd, lkv), &w.kv_b_proj)
+        .map_err(|e| shape_err("kv_b_proj length", w.kv_b_proj.len(), e))?
+        .mapv(f64::from);
+    let (w_uk, w_uv) = (kv_b.slice(s![.., ..pn, ..]), kv_b.slice(s![.., pn.., ..]));
+    // q_abs [token, head, c + r] = (q_nope[:, h] @ W_UK[h], q_rope).
+    let mut q_abs = Array3::zeros((t, n, wd));
+    for h in 0..n {
+        let nope = q.slice(s![.., h, ..pn]).dot(&w_uk.index_axis(Axis(0), h));
+        q_abs.slice_mut(s![.., h, ..lkv]).assign(&nope);
     }
+    q_abs
+        .slice_mut(s![.., .., lkv..])
+        .assign(&q.slice(s![.., .., pn..]));
     let latent: Vec<f32> = cache
         .data
         .iter()
@@ -204,19 +217,16 @@ pub fn reference_step(
     };
     let mut acfg = AttnConfig::new(n, 1, wd, DType::F32);
     acfg.scale = cfg.scale;
-    let o = reference::paged_attention(&q_abs, &mqa, meta, &acfg)?.out;
-    Ok(o.chunks_exact(wd)
-        .enumerate()
-        .flat_map(|(i, oh)| {
-            (0..vd).map(move |v| {
-                oh[..lkv]
-                    .iter()
-                    .zip(row(i % n, pn + v))
-                    .map(|(a, &b)| a * b as f64)
-                    .sum::<f64>()
-            })
-        })
-        .collect())
+    let o = reference::paged_attention_shaped(q_abs.view(), &mqa, meta, &acfg)?.out;
+    // out [token, head, v] = o[:, h, ..c] @ W_UV[h]^T.
+    let mut out = Array3::zeros((t, n, vd));
+    for h in 0..n {
+        let v = o
+            .slice(s![.., h, ..lkv])
+            .dot(&w_uv.index_axis(Axis(0), h).t());
+        out.slice_mut(s![.., h, ..]).assign(&v);
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -25,28 +25,17 @@
 use crate::cache::KvCache;
 use crate::config::AttnConfig;
 use crate::kernels::softmax::visible;
+use crate::tensor::Flat;
 use attnlab_shared::dtype::DType;
 use attnlab_shared::error::{Error, Result};
 use attnlab_shared::layout::{KvLayout, LayoutKind};
 use attnlab_shared::metadata::{AttentionMetadata, BlockTableTensor};
-use rayon::prelude::*;
+use ndarray::{s, Array2, Array3, ArrayView1, ArrayView2, ArrayView3, Axis, LinalgScalar, Zip};
 use serde::Serialize;
-use std::ops::{Add, Div, Mul, Sub};
 
 /// The float the reference computes in. Uses the platform's `exp`/`tanh`/`ln`
 /// on purpose: the oracle must not share the contract's approximations.
-pub trait RefFloat:
-    Copy
-    + Send
-    + Sync
-    + PartialOrd
-    + From<f32>
-    + Into<f64>
-    + Add<Output = Self>
-    + Sub<Output = Self>
-    + Mul<Output = Self>
-    + Div<Output = Self>
-{
+pub trait RefFloat: LinalgScalar + Send + Sync + PartialOrd + From<f32> + Into<f64> {
     const ZERO: Self;
     const NEG_INFINITY: Self;
     fn exp(self) -> Self;
@@ -78,16 +67,17 @@ macro_rules! impl_ref_float {
 impl_ref_float!(f64);
 impl_ref_float!(f32);
 
-/// Output of the reference: `out` is `[num_tokens, num_heads, head_size]`,
-/// `lse` is `[num_heads, num_tokens]` (vLLM's LSE layout, natural log, sink
-/// included).
+/// Output of the reference (axes: [`crate::tensor`]): `out` is
+/// `[token, head, d]`, `lse` is `[head, token]` (vLLM's LSE layout, natural
+/// log, sink included).
 #[derive(Debug, Clone, PartialEq)]
 pub struct RefAttention<F> {
-    pub out: Vec<F>,
-    pub lse: Vec<F>,
+    pub out: Array3<F>,
+    pub lse: Array2<F>,
 }
 
-/// f64 attention over a paged cache in any layout. See the module doc.
+/// f64 attention over a paged cache in any layout; `query` is
+/// `[token, head, d]` flat. See the module doc.
 pub fn paged_attention(
     query: &[f32],
     cache: &KvCache,
@@ -105,105 +95,142 @@ pub fn paged_attention_in<F: RefFloat>(
     cfg: &AttnConfig,
 ) -> Result<RefAttention<F>> {
     cache.check_batch(query, meta, cfg)?;
-    let (hq, hkv, d) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_size);
-    let qpk = cfg.queries_per_kv();
-    let t_total = meta.num_actual_tokens;
-    let mut out = vec![F::ZERO; t_total * hq * d];
-    let mut lse_th = vec![F::NEG_INFINITY; t_total * hq];
+    let q = ArrayView3::from_shape(query_shape(meta, cfg), query).map_err(shape_error)?;
+    paged_attention_shaped(q.mapv(F::from).view(), cache, meta, cfg)
+}
+
+/// A flat slice that does not fit the shape its lengths were checked for.
+fn shape_error(e: ndarray::ShapeError) -> Error {
+    Error::invalid(
+        "tensor shape",
+        e,
+        "must hold exactly the checked number of elements",
+    )
+}
+
+/// `[num_tokens, num_heads, head_size]`: the query's and the output's shape.
+fn query_shape(meta: &AttentionMetadata, cfg: &AttnConfig) -> (usize, usize, usize) {
+    (meta.num_actual_tokens, cfg.num_heads, cfg.head_size)
+}
+
+/// The reference for a query already in `F`, `[token, head, d]` (the MLA
+/// reference's absorbed query, computed in f64, enters here unrounded).
+///
+/// Sum order: `q . k_t` is summed over `d` in order and `o` accumulates the
+/// keys in position order, as the flat loops this replaced did, so every
+/// result is bit-identical to theirs (f32 instance, `bench --cpu`'s
+/// baseline, included). A `dot` here would change last bits: no test pins
+/// them to a value, but `reference_is_bit_identical_across_kv_layouts`
+/// needs one fixed order whatever the layout, which this keeps. Rows run in
+/// parallel; each (token, head) is one task with its own output, so any
+/// thread count gives the same bits.
+pub fn paged_attention_shaped<F: RefFloat>(
+    query: ArrayView3<'_, F>,
+    cache: &KvCache,
+    meta: &AttentionMetadata,
+    cfg: &AttnConfig,
+) -> Result<RefAttention<F>> {
+    let shape = query_shape(meta, cfg);
+    if query.dim() != shape {
+        return Err(Error::invalid(
+            "query shape",
+            format!("{:?}", query.shape()),
+            format!("must be [num_tokens, num_heads, head_size] = {shape:?}"),
+        ));
+    }
+    cache.check_batch_len(query.len(), meta, cfg)?;
+    let (t_total, hq, d) = shape;
+    let (hkv, qpk) = (cfg.num_kv_heads, cfg.queries_per_kv());
+    let mut out = Array3::from_elem(shape, F::ZERO);
+    let mut lse = Array2::from_elem((hq, t_total), F::NEG_INFINITY);
     let (k_scale, v_scale) = if cfg.kv_dtype.is_fp8() {
         (cfg.k_scale, cfg.v_scale)
     } else {
         (1.0, 1.0)
     };
     let scale = F::from(cfg.scale);
+    let softcap = cfg.softcap.map(F::from);
 
     for i in 0..meta.num_reqs() {
         let (rows, s_len, ctx) = (meta.query_range(i), meta.seq_len(i), meta.context_len(i));
         if rows.is_empty() {
             continue;
         }
-        // Dequantized K and V of this request, [Hkv][seq_len][D], gathered once.
-        let mut k = vec![F::ZERO; hkv * s_len * d];
-        let mut v = vec![F::ZERO; hkv * s_len * d];
+        // Dequantized K and V of this request, `[kv_head, pos, d]`, gathered once.
+        let mut k = Array3::from_elem((hkv, s_len, d), F::ZERO);
+        let mut v = k.clone();
         for t in 0..s_len {
             let (block, row) = meta.kv_location(i, t);
-            for g in 0..hkv {
-                for x in 0..d {
-                    let o = (g * s_len + t) * d + x;
-                    k[o] = F::from(cache.k_at(block, row, g, x) * k_scale);
-                    v[o] = F::from(cache.v_at(block, row, g, x) * v_scale);
-                }
-            }
+            Zip::indexed(k.slice_mut(s![.., t, ..]))
+                .and(v.slice_mut(s![.., t, ..]))
+                .for_each(|(g, x), k, v| {
+                    *k = F::from(cache.k_at(block, row, g, x) * k_scale);
+                    *v = F::from(cache.v_at(block, row, g, x) * v_scale);
+                });
         }
-        let out_rows = &mut out[rows.start * hq * d..rows.end * hq * d];
-        let lse_rows = &mut lse_th[rows.start * hq..rows.end * hq];
-        // One task per (row, head): disjoint outputs, so any thread count gives the same bits.
-        out_rows
-            .par_chunks_mut(d)
-            .zip(lse_rows.par_iter_mut())
-            .enumerate()
-            .for_each(|(rh, (o, lse))| {
-                let (j, h) = (rh / hq, rh % hq);
-                let g = h / qpk;
+        // Indexed by (j, h): row j of this request, query head h.
+        Zip::indexed(out.slice_mut(s![rows.clone(), .., ..]).lanes_mut(Axis(2)))
+            .and(lse.slice_mut(s![.., rows.clone()]).reversed_axes())
+            .and(query.slice(s![rows, .., ..]).lanes(Axis(2)))
+            .par_for_each(|(j, h), mut o, lse, q| {
                 let p = ctx + j;
-                let q: Vec<F> = query[((rows.start + j) * hq + h) * d..][..d]
-                    .iter()
-                    .map(|&x| F::from(x))
-                    .collect();
+                // The hot loop runs on rows of slices: a view per key would
+                // cost a third more time. Every array here is row-major, so
+                // `flat` borrows (no copy).
                 let (kg, vg) = (
-                    &k[g * s_len * d..(g + 1) * s_len * d],
-                    &v[g * s_len * d..(g + 1) * s_len * d],
+                    k.index_axis(Axis(0), h / qpk),
+                    v.index_axis(Axis(0), h / qpk),
                 );
+                let (q, kg, vg) = (q.flat(), kg.flat(), vg.flat());
                 let slope = cfg.alibi_slopes.as_ref().map(|s| F::from(s[h]));
                 let sink = cfg.sinks.as_ref().map(|s| F::from(s[h]));
-                let mut keys = Vec::new();
                 let mut scores = Vec::new();
-                for t in (0..s_len).filter(|&t| visible(t, p, meta.causal, cfg.sliding_window)) {
-                    let kt = &kg[t * d..(t + 1) * d];
-                    let mut s = q.iter().zip(kt).fold(F::ZERO, |a, (&x, &y)| a + x * y) * scale;
-                    if let Some(c) = cfg.softcap.map(F::from) {
+                let visible_keys = kg
+                    .chunks_exact(d)
+                    .zip(vg.chunks_exact(d))
+                    .enumerate()
+                    .filter(|&(t, _)| visible(t, p, meta.causal, cfg.sliding_window));
+                for (t, (kt, vt)) in visible_keys {
+                    let dot = q.iter().zip(kt).fold(F::ZERO, |a, (&x, &y)| a + x * y);
+                    let mut s = dot * scale;
+                    if let Some(c) = softcap {
                         s = c * (s / c).tanh();
                     }
                     if let Some(slope) = slope {
                         s = s + slope * F::from_i64(t as i64 - p as i64);
                     }
-                    keys.push(t);
-                    scores.push(s);
+                    scores.push((vt, s));
                 }
                 let m = scores
                     .iter()
-                    .chain(sink.iter())
-                    .fold(F::NEG_INFINITY, |a, &b| if b > a { b } else { a });
+                    .map(|&(_, s)| s)
+                    .chain(sink)
+                    .fold(F::NEG_INFINITY, |a, b| if b > a { b } else { a });
                 if m == F::NEG_INFINITY {
                     return; // nothing visible and no sink: o = 0, lse = -inf
                 }
                 let mut l = sink.map_or(F::ZERO, |s| (s - m).exp());
-                for (&t, &s) in keys.iter().zip(&scores) {
+                let mut acc = vec![F::ZERO; d];
+                for &(vt, s) in &scores {
                     let w = (s - m).exp();
                     l = l + w;
-                    for (acc, &vx) in o.iter_mut().zip(&vg[t * d..(t + 1) * d]) {
-                        *acc = *acc + w * vx;
-                    }
+                    acc.iter_mut().zip(vt).for_each(|(a, &x)| *a = *a + w * x);
                 }
-                o.iter_mut().for_each(|x| *x = *x / l);
+                Zip::from(&mut o)
+                    .and(&ArrayView1::from(&acc))
+                    .for_each(|o, &a| *o = a / l);
                 *lse = m + l.ln();
             });
-    }
-    // [T, Hq] -> vLLM's [Hq, T].
-    let mut lse = vec![F::NEG_INFINITY; t_total * hq];
-    for t in 0..t_total {
-        for h in 0..hq {
-            lse[h * t_total + t] = lse_th[t * hq + h];
-        }
     }
     Ok(RefAttention { out, lse })
 }
 
 /// Absorbed MLA decode (vllm-backends.md §20.1) as MQA: one latent "kv head"
 /// of width `kv_lora_rank + rope` is both K and V, and the output keeps the
-/// first `kv_lora_rank` dims (c_kv). `query` is `[B, H, L + R]`, `kv_cache`
-/// `[num_blocks, block_size, L + R]`; one query token per sequence. Returns
-/// `[B, H, L]`. The arguments mirror vLLM's `decode_attention_fwd`.
+/// first `kv_lora_rank` dims (c_kv). `query` is `[seq, head, d]` with
+/// `d` = `L + R`, `kv_cache` `[block, slot, d]`; one query token per
+/// sequence. Returns `[seq, head, c]`, `c` < `L` (axes: [`crate::tensor`]).
+/// The arguments mirror vLLM's `decode_attention_fwd`.
 #[allow(clippy::too_many_arguments)]
 pub fn mla_decode(
     query: &[f32],
@@ -214,7 +241,7 @@ pub fn mla_decode(
     kv_lora_rank: usize,
     block_size: usize,
     scale: f32,
-) -> Result<Vec<f64>> {
+) -> Result<Array3<f64>> {
     let b = seq_lens.len();
     let width = query.len().checked_div(b * num_heads).unwrap_or(0);
     if width <= kv_lora_rank || query.len() != b * num_heads * width {
@@ -259,15 +286,12 @@ pub fn mla_decode(
     let mut cfg = AttnConfig::new(num_heads, 1, width, DType::F32);
     cfg.scale = scale;
     let full = paged_attention(query, &cache, &meta, &cfg)?;
-    Ok(full
-        .out
-        .chunks(width)
-        .flat_map(|row| row[..kv_lora_rank].iter().copied())
-        .collect())
+    Ok(full.out.slice(s![.., .., ..kv_lora_rank]).to_owned())
 }
 
 /// `merge_attn_states` in f64 (vllm-backends.md §12, arXiv 2501.01005 §2.2):
-/// outputs `[T, H, D]`, LSEs `[H, T]` natural log. An LSE of +inf means
+/// outputs `[token, head, d]`, LSEs `[head, token]` natural log (flat
+/// slices, their lengths checked here). An LSE of +inf means
 /// "empty" (FA2's convention) and counts as -inf. Both sides empty gives
 /// output 0 and LSE -inf, the mathematical merge of two empty sets (vLLM's
 /// Triton kernel returns NaN there; no fixture contains that case).
@@ -297,6 +321,16 @@ pub fn merge_attn_states(
             ));
         }
     }
+    let (out_shape, lse_shape) = ((t, num_heads, head_size), (num_heads, t));
+    // The lengths were checked above, so these views cannot fail.
+    let (prefix, suffix) = (
+        ArrayView3::from_shape(out_shape, prefix).map_err(shape_error)?,
+        ArrayView3::from_shape(out_shape, suffix).map_err(shape_error)?,
+    );
+    let (prefix_lse, suffix_lse) = (
+        ArrayView2::from_shape(lse_shape, prefix_lse).map_err(shape_error)?,
+        ArrayView2::from_shape(lse_shape, suffix_lse).map_err(shape_error)?,
+    );
     let empty_if_inf = |x: f32| {
         if x == f32::INFINITY {
             f64::NEG_INFINITY
@@ -304,27 +338,29 @@ pub fn merge_attn_states(
             x as f64
         }
     };
-    let mut out = vec![0.0f64; n];
-    let mut lse = vec![f64::NEG_INFINITY; t * num_heads];
-    for h in 0..num_heads {
-        for tok in 0..t {
-            let (p, s) = (
-                empty_if_inf(prefix_lse[h * t + tok]),
-                empty_if_inf(suffix_lse[h * t + tok]),
-            );
+    let mut out = Array3::zeros(out_shape);
+    let mut lse = Array2::from_elem(lse_shape, f64::NEG_INFINITY);
+    // Over (token, head): the LSEs are read through their transposes.
+    Zip::from(out.lanes_mut(Axis(2)))
+        .and(lse.view_mut().reversed_axes())
+        .and(prefix.lanes(Axis(2)))
+        .and(prefix_lse.t())
+        .and(suffix.lanes(Axis(2)))
+        .and(suffix_lse.t())
+        .for_each(|mut o, lse, po, &pl, so, &sl| {
+            let (p, s) = (empty_if_inf(pl), empty_if_inf(sl));
             let m = p.max(s);
             if m == f64::NEG_INFINITY {
-                continue;
+                return;
             }
             let (pw, sw) = ((p - m).exp(), (s - m).exp());
             let sum = pw + sw;
-            let o = (tok * num_heads + h) * head_size;
-            for x in o..o + head_size {
-                out[x] = (prefix[x] as f64 * pw + suffix[x] as f64 * sw) / sum;
-            }
-            lse[h * t + tok] = m + sum.ln();
-        }
-    }
+            Zip::from(&mut o)
+                .and(&po)
+                .and(&so)
+                .for_each(|o, &x, &y| *o = (x as f64 * pw + y as f64 * sw) / sum);
+            *lse = m + sum.ln();
+        });
     Ok(RefAttention { out, lse })
 }
 
@@ -377,11 +413,18 @@ impl Comparison {
 /// Compares `actual` with `expected` elementwise. Equal values (including
 /// equal infinities) match; NaN matches only NaN (vLLM's kernels return NaN
 /// for some inputs and an emulator that mirrors them must too).
-pub fn compare<A: Copy + Into<f64>, E: Copy + Into<f64>>(
-    actual: &[A],
-    expected: &[E],
+/// Either side is a flat slice or a shaped array (compared in row-major
+/// order).
+pub fn compare<'a, 'e, A, E>(
+    actual: impl IntoIterator<Item = &'a A, IntoIter: ExactSizeIterator>,
+    expected: impl IntoIterator<Item = &'e E, IntoIter: ExactSizeIterator>,
     tol: Tolerance,
-) -> Result<Comparison> {
+) -> Result<Comparison>
+where
+    A: Copy + Into<f64> + 'a,
+    E: Copy + Into<f64> + 'e,
+{
+    let (actual, expected) = (actual.into_iter(), expected.into_iter());
     if actual.len() != expected.len() {
         return Err(Error::invalid(
             "compared length",
@@ -396,7 +439,7 @@ pub fn compare<A: Copy + Into<f64>, E: Copy + Into<f64>>(
         mismatches: 0,
         first_mismatch: None,
     };
-    for (idx, (&a, &e)) in actual.iter().zip(expected).enumerate() {
+    for (idx, (&a, &e)) in actual.zip(expected).enumerate() {
         let (a, e): (f64, f64) = (a.into(), e.into());
         let (abs, ok) = if a == e || (a.is_nan() && e.is_nan()) {
             (0.0, true)
@@ -462,19 +505,19 @@ mod tests {
         let r = single(&[1.0], &[0.0, 1.0], &[10.0, 20.0], 1, 1, &cfg);
         let (w0, w1) = (1.0f64, 1.0f64.exp());
         assert_relative_eq!(
-            r.out[0],
+            r.out[[0, 0, 0]],
             (10.0 * w0 + 20.0 * w1) / (w0 + w1),
             max_relative = 1e-15
         );
-        assert_relative_eq!(r.lse[0], (w0 + w1).ln(), max_relative = 1e-15);
+        assert_relative_eq!(r.lse[[0, 0]], (w0 + w1).ln(), max_relative = 1e-15);
     }
 
     #[test]
     fn causal_first_row_sees_only_the_first_key() {
         let cfg = AttnConfig::new(1, 1, 1, DType::F32);
         let r = single(&[1.0, 1.0], &[0.5, 3.0], &[7.0, -7.0], 1, 2, &cfg);
-        assert_eq!(r.out[0], 7.0);
-        assert!(r.out[1] < 0.0);
+        assert_eq!(r.out[[0, 0, 0]], 7.0);
+        assert!(r.out[[1, 0, 0]] < 0.0);
     }
 
     #[test]
@@ -491,7 +534,7 @@ mod tests {
             3,
             &cfg,
         );
-        assert_eq!(r.out, vec![4.0, 5.0, 6.0]);
+        assert_eq!(*r.out.flat(), [4.0, 5.0, 6.0]);
     }
 
     #[test]
@@ -502,8 +545,8 @@ mod tests {
             ..AttnConfig::new(1, 1, 1, DType::F32)
         };
         let r = single(&[0.0], &[1.0], &[3.0], 1, 1, &cfg);
-        assert_relative_eq!(r.out[0], 1.5, max_relative = 1e-15); // weights 1 (key) and 1 (sink)
-        assert_relative_eq!(r.lse[0], 2f64.ln(), max_relative = 1e-15);
+        assert_relative_eq!(r.out[[0, 0, 0]], 1.5, max_relative = 1e-15); // weights 1 (key) and 1 (sink)
+        assert_relative_eq!(r.lse[[0, 0]], 2f64.ln(), max_relative = 1e-15);
     }
 
     #[test]
@@ -519,7 +562,7 @@ mod tests {
         // Scores 0 and 100: with cap 1 they become 0 and ~tanh(100) = 1.
         let r = single(&[1.0], &[0.0, 100.0], &[0.0, 1.0], 1, 1, &capped);
         assert_relative_eq!(
-            r.out[0],
+            r.out[[0, 0, 0]],
             1f64.exp() / (1.0 + 1f64.exp()),
             max_relative = 1e-12
         );
@@ -530,7 +573,7 @@ mod tests {
         let r = single(&[0.0], &[0.0, 0.0], &[1.0, 0.0], 1, 1, &alibi);
         // Key 0 is one position back: bias -2.
         let w = (-2f64).exp();
-        assert_relative_eq!(r.out[0], w / (w + 1.0), max_relative = 1e-15);
+        assert_relative_eq!(r.out[[0, 0, 0]], w / (w + 1.0), max_relative = 1e-15);
     }
 
     #[test]
@@ -538,7 +581,7 @@ mod tests {
         let cfg = AttnConfig::new(4, 2, 1, DType::F32);
         // kv head 0 values 1, kv head 1 values 2 (NHD: [token][head][dim]).
         let r = single(&[1.0; 4], &[0.0, 0.0], &[1.0, 2.0], 1, 1, &cfg);
-        assert_eq!(r.out, vec![1.0, 1.0, 2.0, 2.0]);
+        assert_eq!(*r.out.flat(), [1.0, 1.0, 2.0, 2.0]);
     }
 
     #[test]
@@ -549,7 +592,7 @@ mod tests {
             ..AttnConfig::new(1, 1, 1, DType::F32)
         };
         let r = single(&[1.0], &[1.0], &[4.0], 1, 1, &cfg);
-        assert_eq!(r.out[0], 2.0);
+        assert_eq!(r.out[[0, 0, 0]], 2.0);
     }
 
     #[test]
@@ -563,9 +606,9 @@ mod tests {
             1,
         )
         .unwrap();
-        assert_eq!(r.out, vec![1.0, 0.0]);
-        assert_relative_eq!(r.lse[0], 0.3f32 as f64);
-        assert_eq!(r.lse[1], f64::NEG_INFINITY);
+        assert_eq!(*r.out.flat(), [1.0, 0.0]);
+        assert_relative_eq!(r.lse[[0, 0]], 0.3f32 as f64);
+        assert_eq!(r.lse[[0, 1]], f64::NEG_INFINITY);
     }
 
     #[test]

@@ -49,6 +49,7 @@ use crate::kernels::unified_attention::{
 use crate::numerics::mma::MatrixTarget;
 use crate::profile::VllmProfile;
 use crate::reference::{self, compare, Comparison, Tolerance};
+use crate::tensor::Flat;
 use attnlab_shared::block_table::{block_table_tensor, KernelBlockSplit};
 use attnlab_shared::dtype::DType;
 use attnlab_shared::error::{Error, Result};
@@ -57,7 +58,9 @@ use attnlab_shared::layout::{KvLayout, LayoutKind};
 use attnlab_shared::metadata::AttentionMetadata;
 use attnlab_shared::model::MlaDims;
 use attnlab_shared::registry::BackendName;
+use ndarray::{Array2, Array3};
 use serde::Serialize;
+use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 
 /// Backend name of the rows produced by our f64 reference.
@@ -244,12 +247,16 @@ impl Outcome {
     }
 }
 
-/// The kernel's side of a fixture, and the f64 reference's ULP numbers.
+/// The kernel's side of a fixture, flat (row-major) with its shapes, and
+/// the f64 reference's ULP numbers.
 struct Kernel<'a> {
-    out: &'a [f32],
-    lse: Option<&'a [f32]>,
-    reference: Option<&'a [f32]>,
+    /// `[token, head, d]` (MLA `[seq, head, c]`), shape `shape`.
+    out: Cow<'a, [f32]>,
     shape: Vec<usize>,
+    /// `[head, token]` and its shape.
+    lse: Option<(Cow<'a, [f32]>, Vec<usize>)>,
+    /// The file's own reference, shaped like `out`.
+    reference: Option<Cow<'a, [f32]>>,
     reference_ulp: Option<UlpStats>,
 }
 
@@ -357,16 +364,9 @@ pub fn replay_fixture_in(
     };
     match &f.case {
         Case::Paged(p) => {
-            let shape = vec![p.meta.num_actual_tokens, p.cfg.num_heads, p.cfg.head_size];
-            let r = reference::paged_attention(&p.query, &nhd_cache(p), &p.meta, &p.cfg);
-            let kernel = Kernel::new(
-                output,
-                None,
-                p.reference.as_deref(),
-                shape,
-                dtype,
-                r.as_ref().ok().map(|r| r.out.as_slice()),
-            );
+            let r = reference::paged_attention(&p.query.flat(), &nhd_cache(p), &p.meta, &p.cfg);
+            let f64_out = r.as_ref().ok().map(|r| &r.out);
+            let kernel = Kernel::new(output, None, p.reference.as_ref(), dtype, f64_out);
             rows.push(at(REFERENCE).judge(
                 r.map(|r| Outcome::out(to_f32(&r.out))),
                 &kernel,
@@ -425,23 +425,16 @@ pub fn replay_fixture_in(
             }
         }
         Case::Merge(m) => {
-            let shape = vec![m.num_tokens, m.num_heads, m.head_size];
             let r = reference::merge_attn_states(
-                &m.prefix_output,
-                &m.prefix_lse,
-                &m.suffix_output,
-                &m.suffix_lse,
+                &m.prefix_output.flat(),
+                &m.prefix_lse.flat(),
+                &m.suffix_output.flat(),
+                &m.suffix_lse.flat(),
                 m.num_heads,
                 m.head_size,
             );
-            let kernel = Kernel::new(
-                output,
-                m.output_lse.as_deref(),
-                None,
-                shape,
-                dtype,
-                r.as_ref().ok().map(|r| r.out.as_slice()),
-            );
+            let f64_out = r.as_ref().ok().map(|r| &r.out);
+            let kernel = Kernel::new(output, m.output_lse.as_ref(), None, dtype, f64_out);
             rows.push(at(REFERENCE).judge(
                 r.map(|r| Outcome {
                     out: to_f32(&r.out),
@@ -456,10 +449,9 @@ pub fn replay_fixture_in(
             }
         }
         Case::Mla(m) => {
-            let shape = vec![m.meta.num_reqs(), m.num_heads, m.kv_lora_rank];
             let r = reference::mla_decode(
-                &m.query,
-                &m.kv_cache,
+                &m.query.flat(),
+                &m.kv_cache.flat(),
                 &m.meta.block_table,
                 &m.meta.seq_lens,
                 m.num_heads,
@@ -467,14 +459,7 @@ pub fn replay_fixture_in(
                 m.meta.block_size,
                 m.scale,
             );
-            let kernel = Kernel::new(
-                output,
-                None,
-                m.reference.as_deref(),
-                shape,
-                dtype,
-                r.as_deref().ok(),
-            );
+            let kernel = Kernel::new(output, None, m.reference.as_ref(), dtype, r.as_ref().ok());
             rows.push(at(REFERENCE).judge(
                 r.map(|o| Outcome::out(to_f32(&o))),
                 &kernel,
@@ -516,23 +501,24 @@ pub fn replay_fixture_in(
 }
 
 impl<'a> Kernel<'a> {
+    /// `f64_out`: our reference's output, for the ULP numbers.
     fn new(
-        out: &'a [f32],
-        lse: Option<&'a [f32]>,
-        reference: Option<&'a [f32]>,
-        shape: Vec<usize>,
+        out: &'a Array3<f32>,
+        lse: Option<&'a Array2<f32>>,
+        reference: Option<&'a Array3<f32>>,
         dtype: DType,
-        f64_out: Option<&[f64]>,
+        f64_out: Option<&Array3<f64>>,
     ) -> Self {
+        let (shape, out) = (out.shape().to_vec(), out.flat());
         let reference_ulp = f64_out.and_then(|r| {
             let rounded: Vec<f32> = r.iter().map(|&x| fidelity::round_f64(x, dtype)).collect();
-            UlpStats::measure(&rounded, out, dtype, &shape)
+            UlpStats::measure(&rounded, &out, dtype, &shape)
         });
         Kernel {
             out,
-            lse,
-            reference,
             shape,
+            lse: lse.map(|l| (l.flat(), l.shape().to_vec())),
+            reference: reference.map(|r| r.flat()),
             reference_ulp,
         }
     }
@@ -683,8 +669,8 @@ fn nhd_cache(p: &PagedCase) -> KvCache {
     };
     KvCache {
         layout,
-        k: p.key_cache.clone(),
-        v: p.value_cache.clone(),
+        k: p.key_cache.flat().into_owned(),
+        v: p.value_cache.flat().into_owned(),
     }
 }
 
@@ -709,17 +695,18 @@ fn run_backend(
             format!("replay needs the fixture's {}", p.cfg.kv_dtype),
         ));
     }
-    let cache = KvCache::from_nhd(&p.key_cache, &p.value_cache, layout)?;
+    let cache = KvCache::from_nhd(&p.key_cache.flat(), &p.value_cache.flat(), layout)?;
+    let query = p.query.flat();
     match launch {
         Some(Forced::Unified(l)) => catch_panic(b.name().name(), || {
-            ex.unified_attention(&UnifiedArgs::new(&p.query, &cache, &meta, cfg, l)?)
+            ex.unified_attention(&UnifiedArgs::new(&query, &cache, &meta, cfg, l)?)
         }),
         Some(Forced::RocmDecode(d)) => catch_panic(b.name().name(), || {
             let route = RocmAttn::route_with_decode(&meta, *d);
-            RocmAttn::default().forward_route(&ex, &route, &p.query, &cache, &meta, cfg)
+            RocmAttn::default().forward_route(&ex, &route, &query, &cache, &meta, cfg)
         }),
         None => catch_panic(b.name().name(), || {
-            b.forward_with(&ex, &p.query, &cache, &meta, cfg)
+            b.forward_with(&ex, &query, &cache, &meta, cfg)
         }),
     }
 }
@@ -764,8 +751,8 @@ fn run_merge(m: &MergeCase, dtype: DType) -> Result<Outcome> {
         )
     };
     let (prefix, suffix) = (
-        side(&m.prefix_output, &m.prefix_lse)?,
-        side(&m.suffix_output, &m.suffix_lse)?,
+        side(&m.prefix_output.flat(), &m.prefix_lse.flat())?,
+        side(&m.suffix_output.flat(), &m.suffix_lse.flat())?,
     );
     let mut lse = None;
     let out = catch_panic("merge_attn_states", || {
@@ -782,8 +769,8 @@ pub(crate) fn catch_panic(what: &str, f: impl FnOnce() -> Result<Vec<f32>>) -> R
         .unwrap_or_else(|_| Err(Error::unsupported(what, "panicked (a bug: see stderr)")))
 }
 
-fn to_f32(x: &[f64]) -> Vec<f32> {
-    x.iter().map(|&v| v as f32).collect()
+fn to_f32<'a>(x: impl IntoIterator<Item = &'a f64>) -> Vec<f32> {
+    x.into_iter().map(|&v| v as f32).collect()
 }
 
 /// A row being built: who, and what ran.
@@ -848,20 +835,15 @@ impl Row {
             Ok(g) => g,
             Err(e) => return self.status(Status::Fail, Some(e.to_string())),
         };
-        let c = match compare(&got.out, k.out, tol) {
+        let c = match compare(&got.out, &k.out[..], tol) {
             Ok(c) => c,
             Err(e) => return self.status(Status::Fail, Some(e.to_string())),
         };
         let mut lse_bad = None;
         let mut lse_ulp = None;
-        if let (Some(want), Some(have)) = (k.lse, got.lse.as_deref()) {
-            // LSEs are [num_heads, num_tokens]; the output shape is [num_tokens, num_heads, ..].
-            let lse_shape = match k.shape.as_slice() {
-                [t, h, ..] => vec![*h, *t],
-                _ => vec![want.len()],
-            };
-            lse_ulp = UlpStats::measure(have, want, DType::F32, &lse_shape);
-            match compare(have, want, tol) {
+        if let (Some((want, lse_shape)), Some(have)) = (&k.lse, got.lse.as_deref()) {
+            lse_ulp = UlpStats::measure(have, want, DType::F32, lse_shape);
+            match compare(have, &want[..], tol) {
                 Ok(lc) if lc.passed() => {}
                 Ok(lc) => {
                     lse_bad = Some(format!(
@@ -891,7 +873,7 @@ impl Row {
         } else if let Some(why) = lse_bad {
             (Status::Fail, Some(why))
         } else {
-            match k.reference.map(|r| compare(&got.out, r, tol)) {
+            match k.reference.as_deref().map(|r| compare(&got.out, r, tol)) {
                 Some(Ok(rc)) if !rc.passed() => (
                     Status::Fail,
                     Some(format!(
@@ -910,7 +892,7 @@ impl Row {
         r.ulp = if is_reference {
             k.reference_ulp.clone()
         } else {
-            UlpStats::measure(&got.out, k.out, dtype, &k.shape)
+            UlpStats::measure(&got.out, &k.out, dtype, &k.shape)
         };
         r.lse_ulp = lse_ulp;
         if let (Some(u), Some(ru)) = (&r.ulp, &r.reference_ulp) {
@@ -1197,12 +1179,12 @@ pub fn replay_mla_decode(
         case.qk_rope_head_dim,
         cfg.dtype,
     )?;
-    let cache = LatentCache::from_tensor(layout, case.kv_cache.clone())?;
+    let cache = LatentCache::from_tensor(layout, case.kv_cache.flat().into_owned())?;
     let batch = mla::MlaDecodeBatch {
         meta: &case.meta,
         num_decodes: case.meta.num_reqs(),
     };
     Ok(backend
-        .forward_mqa(&case.query, case.num_heads, &cache, &batch, cfg)?
+        .forward_mqa(&case.query.flat(), case.num_heads, &cache, &batch, cfg)?
         .out)
 }

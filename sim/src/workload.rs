@@ -25,6 +25,7 @@ use crate::kernels::reshape_and_cache::{reshape_and_cache, CacheWriter};
 use crate::numerics::mma::MatrixTarget;
 use crate::reference::{self, compare, Tolerance};
 use crate::replay::{catch_panic, Status};
+use crate::tensor::Flat;
 use attnlab_shared::block_table::KernelBlockSplit;
 use attnlab_shared::dtype::DType;
 use attnlab_shared::error::{Error, Result};
@@ -361,7 +362,7 @@ pub fn run_workload_in(
         score_step(
             &mut lanes.iter_mut().map(|l| &mut l.row).collect::<Vec<_>>(),
             outs,
-            &reference,
+            &reference.flat(),
             step.index,
             t,
             tol,

@@ -36,6 +36,7 @@ use crate::kernels::softmax::OutLse;
 use crate::kernels::unified_attention::{UnifiedLaunch, VllmLaunchOptions};
 use crate::mla_workload::reference_step;
 use crate::reference::{self, compare, Tolerance};
+use crate::tensor::Flat;
 use attnlab_shared::block_table::common_block_size_with;
 use attnlab_shared::dtype::DType;
 use attnlab_shared::error::{Error, Result};
@@ -641,7 +642,7 @@ fn check_backend(
     );
     Err(format!(
         "{}: {} of {} elements outside atol {} / rtol {}; first at out[{t}, {h}, {d}]: {} vs f64 {}",
-        space.name, c.mismatches, c.len, tol.atol, tol.rtol, out[i], want.out[i]
+        space.name, c.mismatches, c.len, tol.atol, tol.rtol, out[i], want.out[[t, h, d]]
     ))
 }
 
@@ -836,7 +837,7 @@ fn check_merge(input: &MergeInput, faults: FaultSet) -> std::result::Result<(), 
             "merge_attn_states (HIP): out[{tok}, {hh}, {}] = {} vs f64 {} with prefix lse {} and suffix lse {}",
             i % d,
             got.out[i],
-            want.out[i],
+            want.out[[tok, hh, i % d]],
             pl[hh * t + tok],
             sl[hh * t + tok]
         ));
@@ -1092,7 +1093,7 @@ fn check_mla(t: MlaTarget, input: &MlaInput, faults: FaultSet) -> std::result::R
         c.mismatches,
         c.len,
         got[i],
-        want[i],
+        want.flat()[i],
         describe_mla(input, &cfg)
     ))
 }

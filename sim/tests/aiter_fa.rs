@@ -17,6 +17,8 @@ use attnlab_sim::fixture::{self, Case};
 use attnlab_sim::kernels::merge_attn_states::{merge_attn_states, MergeKernel};
 use attnlab_sim::kernels::softmax::OutLse;
 use attnlab_sim::reference::{compare, paged_attention, Tolerance};
+use attnlab_sim::tensor::Flat;
+use ndarray::{Array2, Array3};
 use proptest::prelude::*;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -133,6 +135,8 @@ fn reference(batch: &Batch, cfg: &AttnConfig) -> Vec<f64> {
     )
     .unwrap()
     .out
+    .flatten()
+    .to_vec()
 }
 
 fn in_pool<T: Send>(threads: usize, f: impl FnOnce() -> T + Send) -> T {
@@ -293,13 +297,13 @@ fn merge_fixtures_replay_within_their_tolerance() {
     let mut seen = 0;
     for f in shipped_fixtures() {
         let Case::Merge(c) = &f.case else { continue };
-        let side = |out: &Vec<f32>, lse: &Vec<f32>| {
+        let side = |out: &Array3<f32>, lse: &Array2<f32>| {
             OutLse::new(
                 c.num_tokens,
                 c.num_heads,
                 c.head_size,
-                out.clone(),
-                lse.clone(),
+                out.flat().into_owned(),
+                lse.flat().into_owned(),
             )
             .unwrap()
         };
@@ -312,7 +316,7 @@ fn merge_fixtures_replay_within_their_tolerance() {
         .unwrap();
         let tol = Tolerance::new(f.header.atol, f.header.rtol);
         assert!(
-            compare(&m.out, c.output.as_deref().unwrap(), tol)
+            compare(&m.out, c.output.as_ref().unwrap(), tol)
                 .unwrap()
                 .passed(),
             "{}",
@@ -344,11 +348,13 @@ fn nhd_variant_replays_every_paged_fixture_it_supports() {
         let layout = backend
             .cache_layout(&c.cfg, c.meta.num_blocks, c.meta.block_size)
             .unwrap();
-        let cache = KvCache::from_nhd(&c.key_cache, &c.value_cache, layout).unwrap();
-        let out = backend.forward(&c.query, &cache, &c.meta, &c.cfg).unwrap();
+        let cache = KvCache::from_nhd(&c.key_cache.flat(), &c.value_cache.flat(), layout).unwrap();
+        let out = backend
+            .forward(&c.query.flat(), &cache, &c.meta, &c.cfg)
+            .unwrap();
         let cmp = compare(
             &out,
-            c.output.as_deref().unwrap(),
+            c.output.as_ref().unwrap(),
             Tolerance::new(f.header.atol, f.header.rtol),
         )
         .unwrap();
@@ -502,7 +508,9 @@ fn written_kv_reaches_attention_through_the_shuffle_writer() {
         &got,
         &paged_attention(&b.query, &canon, &b.meta, &cfg)
             .unwrap()
-            .out,
+            .out
+            .flatten()
+            .to_vec(),
         Tolerance::for_dtype(DType::Bf16),
     );
 }

@@ -12,6 +12,8 @@ use attnlab_sim::fidelity::round_f64;
 use attnlab_sim::fixture::{self, Case, Fixture};
 use attnlab_sim::reference;
 use attnlab_sim::replay::{replay_fixture, Status, REFERENCE};
+use attnlab_sim::tensor::Flat;
+use ndarray::{s, Array3};
 use proptest::prelude::*;
 use std::collections::BTreeSet;
 
@@ -31,7 +33,7 @@ fn round_trip(f: &Fixture) -> Fixture {
 /// (a stand-in capture; the real one runs vLLM's kernels on a GPU).
 fn capture_with_reference(f: &mut Fixture) {
     let dtype = f.header.dtype;
-    let round = |v: Vec<f64>| -> Vec<f32> { v.into_iter().map(|x| round_f64(x, dtype)).collect() };
+    let round = |v: Array3<f64>| v.mapv(|x| round_f64(x, dtype));
     match &mut f.case {
         Case::Paged(p) => {
             let cache = attnlab_sim::cache::KvCache {
@@ -43,18 +45,18 @@ fn capture_with_reference(f: &mut Fixture) {
                     head_size: p.cfg.head_size,
                     dtype: p.cfg.kv_dtype,
                 },
-                k: p.key_cache.clone(),
-                v: p.value_cache.clone(),
+                k: p.key_cache.flat().into_owned(),
+                v: p.value_cache.flat().into_owned(),
             };
-            let r = reference::paged_attention(&p.query, &cache, &p.meta, &p.cfg).unwrap();
+            let r = reference::paged_attention(&p.query.flat(), &cache, &p.meta, &p.cfg).unwrap();
             p.output = Some(round(r.out));
         }
         Case::Merge(m) => {
             let r = reference::merge_attn_states(
-                &m.prefix_output,
-                &m.prefix_lse,
-                &m.suffix_output,
-                &m.suffix_lse,
+                &m.prefix_output.flat(),
+                &m.prefix_lse.flat(),
+                &m.suffix_output.flat(),
+                &m.suffix_lse.flat(),
                 m.num_heads,
                 m.head_size,
             )
@@ -63,8 +65,8 @@ fn capture_with_reference(f: &mut Fixture) {
         }
         Case::Mla(m) => {
             let r = reference::mla_decode(
-                &m.query,
-                &m.kv_cache,
+                &m.query.flat(),
+                &m.kv_cache.flat(),
                 &m.meta.block_table,
                 &m.meta.seq_lens,
                 m.num_heads,
@@ -184,12 +186,12 @@ fn edge_regimes_shape_the_case_as_their_tag_says() {
             Edge::SoftcapOverflow | Edge::ExtremeLogits => {
                 // Some real (query, key) pair has a logit beyond 88 * softcap (or 88).
                 let c = p.cfg.softcap.unwrap_or(1.0) as f64;
-                let r = reference::paged_attention(&p.query, &cache_of(p), &p.meta, &p.cfg);
+                let r = reference::paged_attention(&p.query.flat(), &cache_of(p), &p.meta, &p.cfg);
                 assert!(r.is_ok());
-                let d = p.cfg.head_size;
-                let q0 = &p.query[..d];
-                let row = p.meta.block_table.row(0)[0] as usize;
-                let k0 = &p.key_cache[row * bs * p.cfg.num_kv_heads * d..][..d];
+                // Token 0 head 0 against the first key of request 0 (kv head 0).
+                let q0 = p.query.slice(s![0, 0, ..]);
+                let block = p.meta.block_table.row(0)[0] as usize;
+                let k0 = p.key_cache.slice(s![block, 0, 0, ..]);
                 let s: f64 = q0.iter().zip(k0).map(|(a, b)| (a * b) as f64).sum::<f64>()
                     * p.cfg.scale as f64;
                 assert!(s.abs() / c > 88.0, "{e:?}: |s| / c = {}", s.abs() / c);
@@ -210,8 +212,8 @@ fn cache_of(p: &attnlab_sim::fixture::PagedCase) -> attnlab_sim::cache::KvCache 
             head_size: p.cfg.head_size,
             dtype: p.cfg.kv_dtype,
         },
-        k: p.key_cache.clone(),
-        v: p.value_cache.clone(),
+        k: p.key_cache.flat().into_owned(),
+        v: p.value_cache.flat().into_owned(),
     }
 }
 
@@ -373,8 +375,10 @@ fn an_output_captured_from_an_emulated_backend_replays_bit_exact_on_it() {
         .cache_layout(&p.cfg, p.meta.num_blocks, p.meta.block_size)
         .unwrap();
     let cache =
-        attnlab_sim::cache::KvCache::from_nhd(&p.key_cache, &p.value_cache, layout).unwrap();
-    p.output = Some(b.forward(&p.query, &cache, &p.meta, &p.cfg).unwrap());
+        attnlab_sim::cache::KvCache::from_nhd(&p.key_cache.flat(), &p.value_cache.flat(), layout)
+            .unwrap();
+    let out = b.forward(&p.query.flat(), &cache, &p.meta, &p.cfg).unwrap();
+    p.output = Some(Array3::from_shape_vec(p.query.raw_dim(), out).unwrap()); // [token, head, d]
     let rows = replay_fixture(&round_trip(&f), Some("TRITON_ATTN"));
     let r = rows.iter().find(|r| r.backend == "TRITON_ATTN").unwrap();
     assert_eq!(r.status, Status::Pass, "{name}: {r:?}");
@@ -488,10 +492,9 @@ fn alibi_with_sinks_shifts_the_sink_by_the_rows_offset_in_vllms_unified_kernel()
             sinks: Some(vec![sink]),
             ..cfg.clone()
         };
-        reference::paged_attention(&query, &cache, &meta, &c)
-            .unwrap()
-            .out[d..]
-            .to_vec()
+        // Query row 1 (of [token, head = 1, d]).
+        let r = reference::paged_attention(&query, &cache, &meta, &c).unwrap();
+        r.out.slice(s![1, 0, ..]).to_vec()
     };
     let max_diff = |r: &[f64]| {
         out[d..]

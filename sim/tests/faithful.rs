@@ -124,6 +124,8 @@ fn reference_out(c: &Case) -> Vec<f64> {
     reference::paged_attention(&c.query, &c.cache, &c.meta, &c.cfg)
         .unwrap()
         .out
+        .flatten()
+        .to_vec()
 }
 
 /// Whether the f64 reference flags `out`: outside the dtype's tolerance.

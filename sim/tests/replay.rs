@@ -8,6 +8,7 @@ use attnlab_shared::metadata::{AttentionMetadata, BlockTableTensor};
 use attnlab_sim::cache::KvCache;
 use attnlab_sim::config::AttnConfig;
 use attnlab_sim::reference::{merge_attn_states, paged_attention, paged_attention_in};
+use attnlab_sim::tensor::Flat;
 use proptest::prelude::*;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -100,7 +101,7 @@ proptest! {
         let prefix = paged_attention(&c.query, &kv, &meta(&c, &c.blocks[..prefix_blocks], prefix_blocks * BS), &c.cfg).unwrap();
         let suffix = paged_attention(&c.query, &kv, &meta(&c, &c.blocks[prefix_blocks..], suffix_len), &c.cfg).unwrap();
         let f32s = |x: &[f64]| x.iter().map(|&v| v as f32).collect::<Vec<_>>();
-        let merged = merge_attn_states(&f32s(&prefix.out), &f32s(&prefix.lse), &f32s(&suffix.out), &f32s(&suffix.lse), 4, D).unwrap();
+        let merged = merge_attn_states(&f32s(&prefix.out.flat()), &f32s(&prefix.lse.flat()), &f32s(&suffix.out.flat()), &f32s(&suffix.lse.flat()), 4, D).unwrap();
         for (a, b) in merged.out.iter().zip(&full.out) {
             prop_assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "{} vs {}", a, b);
         }

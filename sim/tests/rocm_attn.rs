@@ -18,6 +18,7 @@ use attnlab_sim::kernels::paged_decode::{
 use attnlab_sim::kernels::prefix_prefill::context_attention_fwd;
 use attnlab_sim::kernels::softmax::{dot, DimOffsets, KvTile};
 use attnlab_sim::reference::{self, compare, Tolerance};
+use attnlab_sim::tensor::Flat;
 use proptest::prelude::*;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -570,13 +571,15 @@ fn vllm_chunked_prefill_paged_decode_fixtures_replay_within_their_tolerance() {
             cfg.kv_dtype,
         )
         .unwrap();
-        let cache = KvCache::from_nhd(&case.key_cache, &case.value_cache, layout).unwrap();
-        let mut out = vec![0f32; case.query.len()];
-        context_attention_fwd(&case.query, &cache, &case.meta, cfg, true, &mut out).unwrap();
-        paged_attention_2d(&case.query, &cache, &case.meta, cfg, &mut out).unwrap();
+        let cache =
+            KvCache::from_nhd(&case.key_cache.flat(), &case.value_cache.flat(), layout).unwrap();
+        let query = case.query.flat();
+        let mut out = vec![0f32; query.len()];
+        context_attention_fwd(&query, &cache, &case.meta, cfg, true, &mut out).unwrap();
+        paged_attention_2d(&query, &cache, &case.meta, cfg, &mut out).unwrap();
         let c = compare(
             &out,
-            case.output.as_deref().unwrap(),
+            case.output.as_ref().unwrap(),
             Tolerance::new(fx.header.atol, fx.header.rtol),
         )
         .unwrap();

@@ -185,8 +185,13 @@ pub fn mla(name: &str) -> Result<Box<dyn attnlab_sim::backends::mla::MlaBackend>
     })
 }
 
-/// `max_i |actual_i - expected_i|` (infinite for a NaN or a length mismatch).
-pub fn max_abs_err(actual: &[f32], expected: &[f64]) -> f64 {
+/// `max_i |actual_i - expected_i|` (infinite for a NaN or a length mismatch);
+/// `expected` is a flat slice or a reference's shaped array (row-major).
+pub fn max_abs_err<'e>(
+    actual: &[f32],
+    expected: impl IntoIterator<Item = &'e f64, IntoIter: ExactSizeIterator>,
+) -> f64 {
+    let expected = expected.into_iter();
     if actual.len() != expected.len() {
         return f64::INFINITY;
     }
