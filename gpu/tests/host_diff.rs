@@ -107,6 +107,25 @@ fn the_tensor_core_prefill_is_bit_exact_on_the_host_at_both_wave_widths() {
     }
 }
 
+/// The tensor-core unified attention (`unified_attention_tc`) at both wave
+/// widths: vLLM's programs (BLOCK_Q tokens x the query heads of one KV
+/// head in BLOCK_M rows) over paged caches, 2D and 3D, each Q·K^T and P·V
+/// step on Hopper's `mma.sync m16n8k16` model at 32 lanes and CDNA3's MFMA
+/// 16x16x16 at 64 (its own seed and more cases than the all-family sweep).
+#[test]
+fn the_tensor_core_unified_attention_is_bit_exact_on_the_host_at_both_wave_widths() {
+    for wave in [32, 64] {
+        let Some(gpu) = host_or_skip("unified_attention_tc", wave) else {
+            return;
+        };
+        let r = attnlab_gpu::diff::unified_attention_tc::run(&gpu, DiffOptions::new(12, 6))
+            .expect("unified_attention_tc diff");
+        assert_eq!(r.cases, 12);
+        assert!(r.elements > 0, "wave {wave}: compared nothing");
+        assert!(r.passed(), "wave {wave}: {:?}", r.first_mismatch);
+    }
+}
+
 #[test]
 fn every_diff_family_is_bit_exact_on_the_host_with_32_lane_waves() {
     every_family_is_bit_exact(32);
