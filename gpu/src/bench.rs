@@ -226,6 +226,20 @@ pub fn run(gpu: &Gpu, opts: BenchOptions) -> Result<BenchReport> {
             f32_peak_tflops,
         )?);
     }
+    for tokens in UNIFIED_TC_TOKENS {
+        for shape in UNIFIED_TC_SHAPES {
+            if opts.wants(&unified_tc_prefill_label(shape.0, shape.1), 1, tokens, 32, 8) {
+                rows.push(unified_tc_prefill_case(
+                    gpu,
+                    &opts,
+                    tokens,
+                    shape,
+                    copy_gbps,
+                    f32_peak_tflops,
+                )?);
+            }
+        }
+    }
     for tokens in TC_PREFILL_TOKENS {
         for warps in [4usize, 8] {
             let kernel = tc_prefill_label(warps);
@@ -392,22 +406,34 @@ fn prefill_case(
 ) -> Result<BenchRow> {
     use crate::ops::unified_attention::UnifiedPlan;
     use attnlab_sim::kernels::unified_attention::{UnifiedLaunch, VllmLaunchOptions};
-    let dev = gpu.dev.as_ref();
-    let (hq, hkv, d, bs) = (32usize, 8usize, 128usize, 16usize);
-    let per = tokens.div_ceil(bs);
-    let meta = AttentionMetadata::new(
-        bs,
-        per,
-        vec![0, tokens as i32],
-        vec![tokens as i32],
-        BlockTableTensor::from_rows(&[(0..per as i32).collect()]),
-        (0..tokens as i64).collect(),
-        true,
-    )?;
+    let (hq, hkv, d) = PREFILL_HEADS;
+    let meta = prefill_meta(tokens)?;
     let cfg = AttnConfig::new(hq, hkv, d, DType::Bf16);
     let launch = UnifiedLaunch::vllm(&meta, &cfg, VllmLaunchOptions::default())?;
     let plan = UnifiedPlan::new(gpu, &meta, &cfg, &launch)?;
-    let n_kv = per * bs * hkv * d;
+    let run = |bufs: [&Buffer; 12]| plan.launch(gpu, bufs);
+    let kernel = "unified_attention_2d (prefill)".to_string();
+    paged_prefill_row(gpu, opts, kernel, &meta, (copy_gbps, peak), &run)
+}
+
+/// Times `launch` (buffers in the unified kernels' order: query, K and V
+/// caches, block table, query_start_loc, seq_lens, sinks, alibi, out and
+/// the three 3D partials, unused here) over the one causal bf16 sequence of
+/// `meta` (32 q / 8 kv heads, d 128, contiguous blocks) and makes its row:
+/// FLOPs = 4 * d * Hq per visible (query, key) pair, bytes of Q, K, V read
+/// and O written, `yardsticks` = (copy GB/s, f32 peak TFLOP/s).
+fn paged_prefill_row(
+    gpu: &Gpu,
+    opts: &BenchOptions,
+    kernel: String,
+    meta: &AttentionMetadata,
+    (copy_gbps, peak): (f64, f64),
+    launch: &dyn Fn([&Buffer; 12]) -> Result<()>,
+) -> Result<BenchRow> {
+    let dev = gpu.dev.as_ref();
+    let (hq, hkv, d) = PREFILL_HEADS;
+    let (tokens, bs) = (meta.num_actual_tokens, meta.block_size);
+    let n_kv = meta.num_blocks * bs * hkv * d;
     let (k, v) = (
         Buffer::zeroed(dev, n_kv * 2)?,
         Buffer::zeroed(dev, n_kv * 2)?,
@@ -423,25 +449,17 @@ fn prefill_case(
     let sl = Buffer::from_bytes(dev, &i32s(&meta.seq_lens))?;
     let none = Buffer::zeroed(dev, 4)?;
     let ms = time_ms(gpu, opts, &mut || {
-        plan.launch(
-            gpu,
-            [
-                &q, &k, &v, &bt, &qsl, &sl, &none, &none, &out, &none, &none, &none,
-            ],
-        )
+        launch([
+            &q, &k, &v, &bt, &qsl, &sl, &none, &none, &out, &none, &none, &none,
+        ])
     })?;
     // Causal: visible (query, key) pairs = T (T + 1) / 2; 4 flops per pair per dim per head.
     let flops = 4.0 * d as f64 * hq as f64 * (tokens as f64 * (tokens as f64 + 1.0) / 2.0);
     let tflops = flops / (ms * 1e-3) / 1e12;
     let moved = (2 * n_kv * 2 + 2 * tokens * hq * d * 2) as f64;
     let gbps = moved / (ms * 1e-3) / 1e9;
-    let vs_f32_peak = if peak > 0.0 {
-        Some(tflops / peak)
-    } else {
-        None
-    };
     Ok(BenchRow {
-        kernel: "unified_attention_2d (prefill)".into(),
+        kernel,
         batch: 1,
         context: tokens,
         q_heads: hq,
@@ -450,8 +468,69 @@ fn prefill_case(
         gbps,
         vs_copy: gbps / copy_gbps,
         tflops: Some(tflops),
-        vs_f32_peak,
+        vs_f32_peak: (peak > 0.0).then(|| tflops / peak),
     })
+}
+
+/// The row name of the tensor-core unified attention at TILE_SIZE `tile`
+/// with `warps` waves per workgroup (vLLM's launch otherwise: BLOCK_M 16 =
+/// 4 tokens x 4 heads, one program per wave).
+pub fn unified_tc_prefill_label(tile: usize, warps: usize) -> String {
+    format!(
+        "unified_attention_tc (prefill, causal, BLOCK_M 16, TILE {tile}, {} rows)",
+        16 * warps
+    )
+}
+
+/// (TILE_SIZE, waves per workgroup) of the tensor-core unified rows: vLLM's
+/// 2D tile at 4 and 8 waves, AITER's prefill tile at 4.
+pub const UNIFIED_TC_SHAPES: [(usize, usize); 3] = [(32, 4), (32, 8), (64, 4)];
+
+/// Prompt lengths of the tensor-core unified rows.
+pub const UNIFIED_TC_TOKENS: [usize; 2] = [4096, 16384];
+
+/// One causal prefill of `tokens` tokens (32 q / 8 kv heads, d 128, bf16,
+/// paged cache of block size 16) through the tensor-core
+/// `unified_attention_tc` (the launcher `attnlab diff --backend
+/// unified_attention_tc` validates) with vLLM's 2D launch, TILE_SIZE
+/// `tile` and `warps` waves per workgroup. FLOPs and bytes as in
+/// [`prefill_case`].
+fn unified_tc_prefill_case(
+    gpu: &Gpu,
+    opts: &BenchOptions,
+    tokens: usize,
+    (tile, warps): (usize, usize),
+    copy_gbps: f64,
+    peak: f64,
+) -> Result<BenchRow> {
+    use crate::ops::unified_attention_tc::UnifiedTcPlan;
+    use attnlab_sim::kernels::unified_attention::{Grid, UnifiedLaunch, VllmLaunchOptions};
+    let meta = prefill_meta(tokens)?;
+    let (hq, hkv, d) = PREFILL_HEADS;
+    let cfg = AttnConfig::new(hq, hkv, d, DType::Bf16);
+    let launch = UnifiedLaunch {
+        tile_size: tile,
+        ..UnifiedLaunch::vllm(&meta, &cfg, VllmLaunchOptions::default())?.with_grid(Grid::TwoD)
+    };
+    let plan = UnifiedTcPlan::new(gpu, &meta, &cfg, &launch, warps)?;
+    let run = |bufs: [&Buffer; 12]| plan.launch(gpu, bufs);
+    let kernel = unified_tc_prefill_label(tile, warps);
+    paged_prefill_row(gpu, opts, kernel, &meta, (copy_gbps, peak), &run)
+}
+
+/// One causal sequence of `tokens` tokens in contiguous blocks of 16.
+fn prefill_meta(tokens: usize) -> Result<AttentionMetadata> {
+    let bs = 16usize;
+    let per = tokens.div_ceil(bs);
+    Ok(AttentionMetadata::new(
+        bs,
+        per,
+        vec![0, tokens as i32],
+        vec![tokens as i32],
+        BlockTableTensor::from_rows(&[(0..per as i32).collect()]),
+        (0..tokens as i64).collect(),
+        true,
+    )?)
 }
 
 /// One prefill of `tokens` tokens (32 q / 8 kv heads, d 128, bf16) through

@@ -19,7 +19,8 @@ use attnlab_shared::dtype::DType;
 use attnlab_shared::error::{Error, Result};
 use attnlab_sim::backends::exec::KernelExecutor;
 use attnlab_sim::backends::flavour::{
-    backend_decode_split, check_decode_tc, no_tc_family, varlen_tc, Flavour, MatmulKernel,
+    backend_decode_split, check_decode_tc, check_unified_tc, no_tc_family, varlen_tc, Flavour,
+    MatmulKernel,
 };
 use attnlab_sim::kernels::flash_varlen::VarlenArgs;
 use attnlab_sim::kernels::flash_varlen_tc::VarlenTcArgs;
@@ -132,9 +133,13 @@ impl KernelExecutor for GpuExecutor<'_> {
     }
 
     fn unified_attention(&self, args: &UnifiedArgs) -> Result<Vec<f32>> {
-        // LEAD: at the merge with branch tcu, run ops::unified_attention_tc
-        // here in the tensor-core flavour.
-        self.fma_only(MatmulKernel::UnifiedAttention)?;
+        if let Flavour::TensorCore(t) = self.flavour {
+            let (i, launch) = (args.inputs(), args.launch());
+            check_unified_tc(i.cfg(), launch, i.cache().layout.kind, t)?;
+            let bits =
+                ops::unified_attention_tc::unified_attention_tc(self.gpu, args).map_err(shared)?;
+            return Ok(widen(&bits, i.cfg().dtype));
+        }
         let bits = ops::unified_attention::unified_attention(self.gpu, args).map_err(shared)?;
         Ok(widen(&bits, args.inputs().cfg().dtype))
     }

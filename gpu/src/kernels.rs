@@ -135,6 +135,40 @@ fn tc_variants() -> Vec<Defines> {
         .collect()
 }
 
+/// The `-D` set of one compiled `unified_attention_tc` shape: dtype (query
+/// and cache), head size, TILE_SIZE, BLOCK_M, waves per workgroup.
+pub fn unified_tc_defines(
+    dt: DType,
+    d: usize,
+    tile: usize,
+    block_m: usize,
+    warps: usize,
+) -> Vec<(String, String)> {
+    let mut v = qkv_defines(dt, dt).to_vec();
+    for (k, x) in [
+        ("UT_D", d),
+        ("UT_TILE", tile),
+        ("UT_BM", block_m),
+        ("UT_WARPS", warps),
+    ] {
+        v.push((k.to_string(), x.to_string()));
+    }
+    v
+}
+
+/// Both dtypes at the bench's shape (d 128, vLLM's 2D TILE 32 and AITER's
+/// prefill TILE 64, BLOCK_M 16, 4 waves) and one multi-wave program
+/// (BLOCK_M 64).
+fn unified_tc_variants() -> Vec<Defines> {
+    [DType::Bf16, DType::F16]
+        .into_iter()
+        .flat_map(|dt| {
+            [(32usize, 16usize), (64, 16), (32, 64)]
+                .map(|(tile, bm)| unified_tc_defines(dt, 128, tile, bm, 4))
+        })
+        .collect()
+}
+
 fn varlen_variants() -> Vec<Defines> {
     each_dtype("DTYPE", &[DType::Bf16, DType::F16])
 }
@@ -224,6 +258,12 @@ pub static FAMILIES: &[Family] = &[
         embedded: include_str!("../../kernels/unified_attention.hip"),
         entries: &["unified_attention", "reduce_segments"],
         variants: attention_variants,
+    },
+    Family {
+        name: "unified_attention_tc",
+        embedded: include_str!("../../kernels/unified_attention_tc.hip"),
+        entries: &["unified_attention_tc"],
+        variants: unified_tc_variants,
     },
     Family {
         name: "paged_decode",

@@ -114,7 +114,8 @@ fn the_tensor_core_prefill_is_bit_exact_on_the_host_at_both_wave_widths() {
 /// Every MHA backend in the tensor-core flavour at both wave widths (the
 /// host device stands for sm_90 at 32 lanes and gfx942 at 64): a backend
 /// whose launches all have tensor-core kernels (ROCM_AITER_FA: the varlen
-/// prefill and extend, the NHD paged decode) is bit-exact over draws the
+/// prefill and extend, the NHD paged decode; TRITON_ATTN and
+/// ROCM_AITER_UNIFIED_ATTN: unified_attention_tc) is bit-exact over draws the
 /// flavour admits; one with a launch that has none is refused naming that
 /// launch, never run in the fma kernels.
 #[test]
@@ -162,7 +163,28 @@ fn every_backend_in_the_tensor_core_flavour_is_bit_exact_or_refused_on_the_host(
                 }
             }
         }
-        assert!(ran.contains(&"ROCM_AITER_FA"), "wave {wave}: ran {ran:?}");
+        for b in ["ROCM_AITER_FA", "TRITON_ATTN", "ROCM_AITER_UNIFIED_ATTN"] {
+            assert!(ran.contains(&b), "wave {wave}: {b} did not run; ran {ran:?}");
+        }
+    }
+}
+
+/// The tensor-core unified attention (`unified_attention_tc`) at both wave
+/// widths: vLLM's programs (BLOCK_Q tokens x the query heads of one KV
+/// head in BLOCK_M rows) over paged caches, 2D and 3D, each Q·K^T and P·V
+/// step on Hopper's `mma.sync m16n8k16` model at 32 lanes and CDNA3's MFMA
+/// 16x16x16 at 64 (its own seed and more cases than the all-family sweep).
+#[test]
+fn the_tensor_core_unified_attention_is_bit_exact_on_the_host_at_both_wave_widths() {
+    for wave in [32, 64] {
+        let Some(gpu) = host_or_skip("unified_attention_tc", wave) else {
+            return;
+        };
+        let r = attnlab_gpu::diff::unified_attention_tc::run(&gpu, DiffOptions::new(12, 6))
+            .expect("unified_attention_tc diff");
+        assert_eq!(r.cases, 12);
+        assert!(r.elements > 0, "wave {wave}: compared nothing");
+        assert!(r.passed(), "wave {wave}: {:?}", r.first_mismatch);
     }
 }
 

@@ -18,6 +18,7 @@ use attnlab_gpu::ops::paged_decode::PagedParams;
 use attnlab_gpu::ops::paged_decode_tc::TcParams;
 use attnlab_gpu::ops::prefix_prefill::PrefixParams;
 use attnlab_gpu::ops::unified_attention::UnifiedParams;
+use attnlab_gpu::ops::unified_attention_tc::UnifiedTcParams;
 use attnlab_gpu::runtime::host::HostCompiler;
 use attnlab_gpu::runtime::params::static_asserts;
 use attnlab_gpu::runtime::GpuError;
@@ -99,6 +100,11 @@ fn varlen_tc_params_match_flash_varlen_tc_hip() {
 #[test]
 fn unified_params_match_unified_attention_hip() {
     layout_matches("unified_attention", &[static_asserts::<UnifiedParams>()]);
+}
+
+#[test]
+fn unified_tc_params_match_unified_attention_tc_hip() {
+    layout_matches("unified_attention_tc", &[static_asserts::<UnifiedTcParams>()]);
 }
 
 #[test]

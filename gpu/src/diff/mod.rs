@@ -25,6 +25,7 @@ pub mod paged_decode_tc;
 pub mod prefix_prefill;
 pub mod reshape_and_cache;
 pub mod unified_attention;
+pub mod unified_attention_tc;
 
 use crate::kernels::Gpu;
 /// The byte helpers moved to the runtime; re-exported for launchers written against this path.
@@ -256,6 +257,10 @@ pub static KERNEL_DIFFS: &[KernelDiff] = &[
     KernelDiff {
         kernel: "unified_attention",
         run: unified_attention::run,
+    },
+    KernelDiff {
+        kernel: "unified_attention_tc",
+        run: unified_attention_tc::run,
     },
     KernelDiff {
         kernel: "paged_decode",

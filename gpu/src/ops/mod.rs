@@ -19,3 +19,4 @@ pub mod paged_decode_tc;
 pub mod prefix_prefill;
 pub mod reshape_and_cache;
 pub mod unified_attention;
+pub mod unified_attention_tc;

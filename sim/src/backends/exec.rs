@@ -14,7 +14,8 @@
 //! `paged_decode_tc`, and refuses the launches with no tensor-core kernel.
 
 use crate::backends::flavour::{
-    backend_decode_split, check_decode_tc, no_tc_family, varlen_tc, Flavour, MatmulKernel,
+    backend_decode_split, check_decode_tc, check_unified_tc, no_tc_family, varlen_tc, Flavour,
+    MatmulKernel,
 };
 use crate::kernels::flash_varlen::{varlen, VarlenArgs};
 use crate::kernels::flash_varlen_tc::flash_attn_varlen_tc;
@@ -33,6 +34,7 @@ use crate::kernels::prefix_prefill::{context_attention, PrefixArgs};
 use crate::kernels::reshape_and_cache::{write_cache, CacheWrite};
 use crate::kernels::softmax::OutLse;
 use crate::kernels::unified_attention::{unified_attention, UnifiedArgs};
+use crate::kernels::unified_attention_tc::unified_attention_tc;
 use crate::numerics::mma::MatrixTarget;
 use attnlab_shared::error::Result;
 use attnlab_shared::fault::FaultSet;
@@ -171,11 +173,10 @@ impl KernelExecutor for Cpu {
             Flavour::Fma => {
                 unified_attention(i.query(), i.cache(), i.meta(), i.cfg(), args.launch())
             }
-            // LEAD: at the merge with branch tcu, this arm becomes
-            // `unified_attention_tc(query, cache, meta, cfg, launch, target)`
-            // (and MatmulKernel::tc_family / flavour::admits learn it).
             Flavour::TensorCore(target) => {
-                Err(no_tc_family(MatmulKernel::UnifiedAttention, target))
+                let (cache, launch) = (i.cache(), args.launch());
+                check_unified_tc(i.cfg(), launch, cache.layout.kind, target)?;
+                unified_attention_tc(i.query(), cache, i.meta(), i.cfg(), launch, target)
             }
         }
     }

@@ -38,6 +38,8 @@ use crate::config::AttnConfig;
 use crate::kernels::flash_varlen::VarlenParams;
 use crate::kernels::flash_varlen_tc::{VarlenTcParams, DEFAULT_BLOCK_N};
 use crate::kernels::paged_decode_tc::{validate_tc, ROWS, STEP};
+use crate::kernels::unified_attention::{UnifiedLaunch, MI300X_CU_COUNT};
+use crate::kernels::unified_attention_tc::{tc_format, validate_launch};
 use crate::numerics::mma::MatrixTarget;
 use attnlab_shared::error::{Error, Result};
 use attnlab_shared::fault::FaultSet;
@@ -160,8 +162,7 @@ impl MatmulKernel {
             MatmulKernel::PagedAttention2d | MatmulKernel::PagedAttentionLl4mi => {
                 Some("paged_decode_tc")
             }
-            // LEAD: Some("unified_attention_tc") once branch tcu is merged.
-            MatmulKernel::UnifiedAttention => None,
+            MatmulKernel::UnifiedAttention => Some("unified_attention_tc"),
             MatmulKernel::ContextAttentionFwd
             | MatmulKernel::FlexAttention
             | MatmulKernel::MlaDecode
@@ -267,6 +268,40 @@ pub fn check_decode_tc(
     let out = query.clone();
     let cache = KvCache::zeros(kv);
     validate_tc(&query, &cache, &probe, cfg, target, STEP, &out).map_err(refused)
+}
+
+/// Whether `unified_attention_tc` takes a unified-attention launch of
+/// `cfg` over a cache of `layout` kind, as the family checks it (bf16/f16
+/// with the same cache dtype, an NHD cache, BLOCK_M, TILE_SIZE and head
+/// size multiples of 16 within the tiles' limits), and with no zoo fault.
+/// Both executors call it before the launch, and [`admits`] for a route.
+pub fn check_unified_tc(
+    cfg: &AttnConfig,
+    launch: &UnifiedLaunch,
+    layout: LayoutKind,
+    target: MatrixTarget,
+) -> Result<()> {
+    let kernel = MatmulKernel::UnifiedAttention;
+    no_faults(kernel, cfg.faults)?;
+    let refused = |e: Error| {
+        Error::unsupported(
+            format!(
+                "{} in the tensor-core flavour ({})",
+                kernel.name(),
+                target.name()
+            ),
+            format!("its tensor-core family unified_attention_tc refuses the launch: {e}"),
+        )
+    };
+    if layout != LayoutKind::Nhd {
+        return Err(refused(Error::invalid(
+            "unified_attention_tc cache layout",
+            layout.name(),
+            "NHD (the flash layout)",
+        )));
+    }
+    tc_format(cfg).map_err(refused)?;
+    validate_launch(cfg, launch).map_err(refused)
 }
 
 /// Waves resident per multiprocessor the automatic decode split fills (the
@@ -476,11 +511,17 @@ pub fn tc_step(
             if matches!(k, K::PagedAttentionLl4mi | K::PagedAttention2d) {
                 check_decode_tc(k, kcfg, layout, meta.block_size, target)?;
             }
+            match p {
+                Paged::Unified(launch) => check_unified_tc(kcfg, launch, layout, target)?,
+                Paged::AiterUnifiedAttention => {
+                    let launch = UnifiedLaunch::aiter(meta, kcfg, MI300X_CU_COUNT)?;
+                    check_unified_tc(kcfg, &launch, layout, target)?
+                }
+                _ => {}
+            }
             k
         }
     };
-    // LEAD: unified_attention's checks join the decode's above once branch
-    // tcu is merged (its family then listed by MatmulKernel::tc_family).
     match k.tc_family() {
         Some(family) => Ok(Some((k, family))),
         None => Err(no_tc_family(k, target)),

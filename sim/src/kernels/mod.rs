@@ -19,6 +19,7 @@ pub mod reshape_and_cache;
 pub mod simd;
 pub mod softmax;
 pub mod unified_attention;
+pub mod unified_attention_tc;
 
 use serde::Serialize;
 use std::collections::BTreeMap;

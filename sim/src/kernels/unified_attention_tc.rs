@@ -1,0 +1,672 @@
+//! Unified attention on matrix cores: the tensor-core flavour of
+//! [`super::unified_attention`] (vLLM's Triton `kernel_unified_attention_2d`
+//! / `_3d` + `reduce_segments`, which TRITON_ATTN and ROCM_AITER_UNIFIED_ATTN
+//! run): the same launch ([`UnifiedLaunch`]: BLOCK_M, BLOCK_Q, TILE_SIZE, 2D
+//! or 3D), the same paged NHD cache, masks, soft-cap formulas, sinks and
+//! ALiBi, with Q·Kᵀ and P·V computed by the target's matrix instruction as
+//! [`crate::numerics::mma`] models it: `mma.sync m16n8k16` on NVIDIA
+//! (sm_90, 32-lane waves), `v_mfma_f32_16x16x16{bf16_1k,f16}` on CDNA
+//! (64-lane waves). What it computes is per target (numerics.md §6): each
+//! target's bits are those of `kernels/unified_attention_tc.hip` run there.
+//!
+//! ## Work (what fixes the numbers)
+//! A program is vLLM's: q-block `qblk` of request `seq`, KV head `kvh`
+//! (and segment `s` in 3D). Its BLOCK_M rows pack BLOCK_Q query tokens x
+//! the `qpk` query heads of the KV head: row `m < BLOCK_Q * qpk` is token
+//! `qblk * BLOCK_Q + m / qpk`, head `kvh * qpk + m % qpk` (rows past the
+//! request's query and rows `>= BLOCK_Q * qpk` are padding, stored nowhere).
+//! Its tiles are `compute_tile_loop_bounds`' ([`TileBounds`]), cut to the
+//! segment's `[s * tps, (s + 1) * tps)` in 3D. Per row, with `ctx =
+//! seq_len - q_len`, `qabs = ctx + q_local`:
+//! ```text
+//! m = sink * LOG2E (2D, or segment 0) else -inf; l = 1 with that sink else 0; acc[d] = 0
+//! for j in tiles, ascending: keys t = j * TILE + jj, jj < TILE
+//!   K, V rows of key t through block_table[seq][t / N], row t % N; zero for t >= seq_len
+//!   S[jj] = c, where c = +0, then for dc = 0, 16, .., D - 16:
+//!           c = MMA(q[dc..dc+16] . k_t[dc..dc+16] + c)                // chained along d
+//!   s[jj] = allowed(t, qabs) ? score(S[jj], slope * (t - ctx)) : -inf // the fma family's mask
+//!   tile_max = max s; m_new = max(m, tile_max); m_ref = m_new, or 0 if -inf
+//!   alpha = exp2c(m - m_ref); p[jj] = exp2c(s[jj] - m_ref)
+//!   tile_sum: lane part q (4 lanes per row) sums its keys in ascending jj
+//!             from 0, then (part_0 + part_2) + (part_1 + part_3)   (flash_varlen_tc::tile_sum)
+//!   l = fma(l, alpha, tile_sum); m = masked_row_max(m_new)         (AITER / seed era: -inf -> 0)
+//!   acc[d] = acc[d] * alpha
+//!   for kc = 0, 16, .., TILE - 16:                                  // chained along keys
+//!     acc[d] = MMA(round_q(p[kc..kc+16]) . v[kc..kc+16][d] + acc[d])
+//! 2D: out = round_q(acc / l) (vLLM) or round_q(acc * (1 / l)) (AITER), unguarded
+//!     (l == 0: the contract's NaN), as the fma family
+//! 3D: (acc, m, l) f32 partials per segment, then the fma family's
+//!     [`reduce_segments`] (its rule per flavour and profile)
+//! ```
+//! `MMA(a . b + c)` is one element of one instruction: the target's
+//! [`Model::dot`] over 16 products (one block of 16 on sm_90; two blocks of
+//! 8 in k order on gfx942; pairwise groups on gfx90a). Every key of the
+//! tile takes part in P·V: masked keys with p = 0 and their cache V (a
+//! zero product changes nothing for finite V), keys past the sequence with
+//! p = 0 and V = 0. P is rounded to the input dtype before P·V (vLLM's
+//! `p.to(v.dtype)`); acc is rescaled by alpha before it enters the
+//! instruction as C. The lane parts follow the instruction's accumulator
+//! layout (sm_90: `(jj mod 8) / 2`; CDNA, which computes Sᵀ = K·Qᵀ so that
+//! P stays in registers as Pᵀ: `(jj mod 16) / 4`).
+//!
+//! Differences from the fma family: TILE_SIZE must be a multiple of 16 (the
+//! instruction's k), up to [`MAX_TILE`]; BLOCK_M a multiple of 16 up to
+//! [`MAX_BLOCK_M`]; head sizes multiples of 16 up to [`MAX_HEAD_SIZE`]; bf16
+//! or f16 only, the cache in the query dtype (no fp8 cache).
+
+use super::flash_varlen_tc::{tile_sum, MMA_K};
+use super::softmax::{visible, ScoreParams};
+use super::unified_attention::{
+    nan_fresh, reduce_segments, Flavor, Grid, SegmentPartials, TileBounds, UnifiedLaunch,
+};
+use crate::cache::KvCache;
+use crate::config::AttnConfig;
+use crate::numerics::mma::{InFormat, MatrixTarget, Model};
+use crate::numerics::{exp2c, LOG2E};
+use attnlab_shared::dtype::DType;
+use attnlab_shared::error::{Error, Result};
+use attnlab_shared::layout::LayoutKind;
+use attnlab_shared::metadata::AttentionMetadata;
+use rayon::prelude::*;
+
+/// Rows of one instruction tile (a wave's share of a program's BLOCK_M).
+pub const WAVE_ROWS: usize = 16;
+/// Largest TILE_SIZE (keys per tile; a multiple of 16).
+pub const MAX_TILE: usize = 128;
+/// Largest BLOCK_M (16 waves of 16 rows).
+pub const MAX_BLOCK_M: usize = 256;
+/// Largest head size.
+pub const MAX_HEAD_SIZE: usize = 256;
+
+/// The instruction's input format: the query dtype, bf16 or f16, with the
+/// cache in the same dtype.
+pub fn tc_format(cfg: &AttnConfig) -> Result<InFormat> {
+    let f = match cfg.dtype {
+        DType::Bf16 => InFormat::Bf16,
+        DType::F16 => InFormat::F16,
+        other => {
+            return Err(Error::invalid(
+                "unified_attention_tc dtype",
+                other.name(),
+                "bf16 or f16",
+            ))
+        }
+    };
+    if cfg.kv_dtype != cfg.dtype {
+        return Err(Error::invalid(
+            "unified_attention_tc KV cache dtype",
+            cfg.kv_dtype.name(),
+            format!("the query dtype {} (no fp8 cache)", cfg.dtype.name()),
+        ));
+    }
+    Ok(f)
+}
+
+/// Checks the launch shapes the matrix tiles take (beyond the fma family's
+/// BLOCK_Q / BLOCK_M / segment rules, which it repeats).
+pub fn validate_launch(cfg: &AttnConfig, launch: &UnifiedLaunch) -> Result<()> {
+    let qpk = cfg.queries_per_kv();
+    if launch.block_q == 0 || launch.block_q * qpk > launch.block_m {
+        return Err(Error::invalid(
+            "BLOCK_Q",
+            launch.block_q,
+            format!(
+                "must be >= 1 with BLOCK_Q * qpk <= BLOCK_M = {} (qpk = {qpk})",
+                launch.block_m
+            ),
+        ));
+    }
+    for (what, v, max) in [
+        ("BLOCK_M", launch.block_m, MAX_BLOCK_M),
+        ("TILE_SIZE", launch.tile_size, MAX_TILE),
+        ("head_size", cfg.head_size, MAX_HEAD_SIZE),
+    ] {
+        if v == 0 || !v.is_multiple_of(MMA_K) || v > max {
+            return Err(Error::invalid(
+                format!("unified_attention_tc {what}"),
+                v,
+                format!("a multiple of {MMA_K} from {MMA_K} to {max} (the matrix tiles)"),
+            ));
+        }
+    }
+    if launch.grid == (Grid::ThreeD { num_segments: 0 }) {
+        return Err(Error::invalid("num_segments", 0, "must be >= 1"));
+    }
+    Ok(())
+}
+
+/// Everything the tensor-core kernel takes: the batch, the dtypes, the NHD
+/// layout, the launch shapes, AITER causal only.
+pub fn validate(
+    query: &[f32],
+    cache: &KvCache,
+    meta: &AttentionMetadata,
+    cfg: &AttnConfig,
+    launch: &UnifiedLaunch,
+) -> Result<InFormat> {
+    cache.check_batch(query, meta, cfg)?;
+    let fmt = tc_format(cfg)?;
+    validate_launch(cfg, launch)?;
+    if cache.layout.kind != LayoutKind::Nhd {
+        return Err(Error::invalid(
+            "unified_attention_tc cache layout",
+            cache.layout.kind.name(),
+            "NHD (the flash layout)",
+        ));
+    }
+    if launch.flavor == Flavor::Aiter && !meta.causal {
+        return Err(Error::unsupported(
+            "non-causal AITER unified_attention",
+            "Only causal attention is supported",
+        ));
+    }
+    Ok(fmt)
+}
+
+/// The fma family's mask for key `t` and query position `qabs`: `t <
+/// seq_len`, causal (or, non-causal, a two-sided window).
+#[inline]
+pub fn allowed(t: usize, qabs: usize, seq_len: usize, causal: bool, window: Option<usize>) -> bool {
+    t < seq_len && visible(t, qabs, causal, window) && (causal || window.is_none_or(|w| t < qabs + w))
+}
+
+/// One stored row of a program: (token, head) and its (m, l, acc).
+struct RowOut {
+    token: usize,
+    head: usize,
+    m: f32,
+    l: f32,
+    acc: Vec<f32>,
+}
+
+struct Kernel<'a> {
+    query: &'a [f32],
+    cache: &'a KvCache,
+    meta: &'a AttentionMetadata,
+    cfg: &'a AttnConfig,
+    launch: &'a UnifiedLaunch,
+    fmt: InFormat,
+    model: Model,
+    target: MatrixTarget,
+    params: ScoreParams,
+}
+
+impl Kernel<'_> {
+    /// Program (seq, qblk, kvh) in segment `seg` of `num_segments`; `None`
+    /// when it exits without a store.
+    fn program(
+        &self,
+        seq: usize,
+        qblk: usize,
+        kvh: usize,
+        seg: usize,
+        num_segments: usize,
+    ) -> Option<Vec<RowOut>> {
+        let (meta, cfg, launch, fmt) = (self.meta, self.cfg, self.launch, self.fmt);
+        let (hq, d, qpk) = (cfg.num_heads, cfg.head_size, cfg.queries_per_kv());
+        let (bq, tile) = (launch.block_q, launch.tile_size);
+        let q_start = meta.query_start_loc[seq] as usize;
+        let (q_len, seq_len) = (meta.query_len(seq), meta.seq_len(seq));
+        let ctx = seq_len - q_len;
+        let tps = seq_len.div_ceil(num_segments * tile);
+        if seg * tps * tile >= seq_len {
+            return None;
+        }
+        let window = cfg.sliding_window.unwrap_or(0);
+        let b = TileBounds::new(launch, qpk, qblk, q_len, seq_len, meta.causal, window);
+        let lo = (seg * tps).max(b.tile_start);
+        let hi = ((seg + 1) * tps).min(b.tile_end);
+        let masked = launch.masked_row_max();
+        // (token, head, qabs, q bits)
+        let rows: Vec<(usize, usize, usize, Vec<u16>)> = (0..bq * qpk)
+            .filter_map(|m| {
+                let q_local = qblk * bq + m / qpk;
+                (q_local < q_len).then(|| {
+                    let (token, head) = (q_start + q_local, kvh * qpk + m % qpk);
+                    let q = self.query[(token * hq + head) * d..][..d]
+                        .iter()
+                        .map(|&x| fmt.from_f32(x))
+                        .collect();
+                    (token, head, ctx + q_local, q)
+                })
+            })
+            .collect();
+        let sink = |head: usize| {
+            if seg == 0 {
+                cfg.sinks.as_ref().map(|s| s[head])
+            } else {
+                None
+            }
+        };
+        let mut out: Vec<RowOut> = rows
+            .iter()
+            .map(|&(token, head, _, _)| {
+                let (m, l) = match sink(head) {
+                    Some(s) => (s * LOG2E, 1.0),
+                    None => (f32::NEG_INFINITY, 0.0),
+                };
+                RowOut {
+                    token,
+                    head,
+                    m,
+                    l,
+                    acc: vec![0.0; d],
+                }
+            })
+            .collect();
+        let layout = &self.cache.layout;
+        // K tile [tile][d] and V tile transposed [d][tile], storage bits.
+        let mut kt = vec![0u16; tile * d];
+        let mut vt = vec![0u16; d * tile];
+        let mut s = vec![0.0f32; tile];
+        let mut pr = vec![0u16; tile];
+        for j in lo..hi {
+            let t0 = j * tile;
+            kt.fill(0);
+            vt.fill(0);
+            for jj in 0..tile.min(seq_len.saturating_sub(t0)) {
+                let (blk, r) = meta.kv_location(seq, t0 + jj);
+                for dd in 0..d {
+                    kt[jj * d + dd] = fmt.from_f32(self.cache.k[layout.k_offset(blk, r, kvh, dd)]);
+                    vt[dd * tile + jj] = fmt.from_f32(self.cache.v[layout.v_offset(blk, r, kvh, dd)]);
+                }
+            }
+            for ((_, head, qabs, q), st) in rows.iter().zip(out.iter_mut()) {
+                let slope = cfg.alibi_slopes.as_ref().map(|a| a[*head]);
+                for (jj, sj) in s.iter_mut().enumerate() {
+                    let t = t0 + jj;
+                    // A masked key's S is computed by the GPU and then
+                    // replaced: only allowed keys need the chain here.
+                    *sj = if allowed(t, *qabs, seq_len, meta.causal, cfg.sliding_window) {
+                        let kr = &kt[jj * d..(jj + 1) * d];
+                        let mut c = 0.0f32;
+                        for dc in (0..d).step_by(MMA_K) {
+                            c = self
+                                .model
+                                .dot(fmt, &q[dc..dc + MMA_K], &kr[dc..dc + MMA_K], c);
+                        }
+                        let bias = slope.map_or(0.0, |sl| sl * (t as i64 - ctx as i64) as f32);
+                        self.params.score(c, bias)
+                    } else {
+                        f32::NEG_INFINITY
+                    };
+                }
+                let tile_max = s.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+                let m_new = st.m.max(tile_max);
+                let m_ref = if m_new > f32::NEG_INFINITY {
+                    m_new
+                } else {
+                    0.0
+                };
+                let alpha = exp2c(st.m - m_ref);
+                for sj in s.iter_mut() {
+                    *sj = exp2c(*sj - m_ref);
+                }
+                let sum = tile_sum(self.target, &s);
+                st.l = st.l.mul_add(alpha, sum);
+                st.m = masked.apply(m_new);
+                for (b, &p) in pr.iter_mut().zip(&s) {
+                    *b = fmt.from_f32(p);
+                }
+                for (c, a) in st.acc.iter_mut().enumerate() {
+                    let mut z = *a * alpha;
+                    for kc in (0..tile).step_by(MMA_K) {
+                        z = self.model.dot(
+                            fmt,
+                            &pr[kc..kc + MMA_K],
+                            &vt[c * tile + kc..c * tile + kc + MMA_K],
+                            z,
+                        );
+                    }
+                    *a = z;
+                }
+            }
+        }
+        Some(out)
+    }
+
+    /// Every program of the grid that stores, run in parallel.
+    fn run(&self, num_segments: usize) -> Vec<(usize, RowOut)> {
+        let meta = self.meta;
+        let bq = self.launch.block_q;
+        let mut programs = vec![];
+        for seq in 0..meta.num_reqs() {
+            for qblk in 0..meta.query_len(seq).div_ceil(bq) {
+                for kvh in 0..self.cfg.num_kv_heads {
+                    for seg in 0..num_segments {
+                        programs.push((seq, qblk, kvh, seg));
+                    }
+                }
+            }
+        }
+        programs
+            .par_iter()
+            .filter_map(|&(seq, qblk, kvh, seg)| {
+                self.program(seq, qblk, kvh, seg, num_segments)
+                    .map(|rows| rows.into_iter().map(move |r| (seg, r)).collect::<Vec<_>>())
+            })
+            .flatten()
+            .collect()
+    }
+}
+
+fn kernel<'a>(
+    query: &'a [f32],
+    cache: &'a KvCache,
+    meta: &'a AttentionMetadata,
+    cfg: &'a AttnConfig,
+    launch: &'a UnifiedLaunch,
+    target: MatrixTarget,
+) -> Result<Kernel<'a>> {
+    let fmt = validate(query, cache, meta, cfg, launch)?;
+    Ok(Kernel {
+        query,
+        cache,
+        meta,
+        cfg,
+        launch,
+        fmt,
+        model: target.model(fmt),
+        target,
+        params: ScoreParams::new(cfg.scale, cfg.softcap)
+            .with_softcap_formula(launch.softcap_formula()),
+    })
+}
+
+/// Unified attention on `target`'s matrix cores: the 2D kernel, or the 3D
+/// kernel and `reduce_segments`, as `launch.grid` says. Returns `[T, Hq, D]`
+/// in `cfg.dtype` (values exact in it).
+pub fn unified_attention_tc(
+    query: &[f32],
+    cache: &KvCache,
+    meta: &AttentionMetadata,
+    cfg: &AttnConfig,
+    launch: &UnifiedLaunch,
+    target: MatrixTarget,
+) -> Result<Vec<f32>> {
+    match launch.grid {
+        Grid::TwoD => unified_attention_tc_2d(query, cache, meta, cfg, launch, target),
+        Grid::ThreeD { .. } => {
+            let parts = unified_attention_tc_3d(query, cache, meta, cfg, launch, target)?;
+            reduce_segments(&parts, meta, cfg, launch)
+        }
+    }
+}
+
+/// The 2D kernel (`launch.grid` is ignored): `[T, Hq, D]` in `cfg.dtype`.
+pub fn unified_attention_tc_2d(
+    query: &[f32],
+    cache: &KvCache,
+    meta: &AttentionMetadata,
+    cfg: &AttnConfig,
+    launch: &UnifiedLaunch,
+    target: MatrixTarget,
+) -> Result<Vec<f32>> {
+    let k = kernel(query, cache, meta, cfg, launch, target)?;
+    let (hq, d) = (cfg.num_heads, cfg.head_size);
+    let mut out = vec![0.0f32; meta.num_actual_tokens * hq * d];
+    for (_, r) in k.run(1) {
+        let dst = &mut out[(r.token * hq + r.head) * d..][..d];
+        match launch.flavor {
+            Flavor::Vllm => {
+                for (o, a) in dst.iter_mut().zip(&r.acc) {
+                    *o = cfg.dtype.round(nan_fresh(a / r.l));
+                }
+            }
+            Flavor::Aiter => {
+                let inv = 1.0 / r.l;
+                for (o, a) in dst.iter_mut().zip(&r.acc) {
+                    *o = cfg.dtype.round(nan_fresh(a * inv));
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The 3D kernel's f32 partials (`[T, Hq, S, D]` acc, `[T, Hq, S]` m and l;
+/// segments a program skipped keep m = -inf, l = 0). Errors unless
+/// `launch.grid` is 3D.
+pub fn unified_attention_tc_3d(
+    query: &[f32],
+    cache: &KvCache,
+    meta: &AttentionMetadata,
+    cfg: &AttnConfig,
+    launch: &UnifiedLaunch,
+    target: MatrixTarget,
+) -> Result<SegmentPartials> {
+    let Grid::ThreeD { num_segments } = launch.grid else {
+        return Err(Error::invalid(
+            "grid",
+            "2D",
+            "unified_attention_tc_3d needs Grid::ThreeD { num_segments }",
+        ));
+    };
+    let k = kernel(query, cache, meta, cfg, launch, target)?;
+    let (hq, d, s_n) = (cfg.num_heads, cfg.head_size, num_segments);
+    let rows = meta.num_actual_tokens * hq * s_n;
+    let mut parts = SegmentPartials {
+        num_segments: s_n,
+        head_size: d,
+        acc: vec![0.0; rows * d],
+        m: vec![f32::NEG_INFINITY; rows],
+        l: vec![0.0; rows],
+    };
+    for (seg, r) in k.run(s_n) {
+        let i = (r.token * hq + r.head) * s_n + seg;
+        parts.m[i] = r.m;
+        parts.l[i] = r.l;
+        parts.acc[i * d..(i + 1) * d].copy_from_slice(&r.acc);
+    }
+    Ok(parts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::unified_attention::{unified_attention, VllmLaunchOptions};
+    use crate::profile::VllmProfile;
+    use attnlab_shared::layout::KvLayout;
+    use attnlab_shared::metadata::BlockTableTensor;
+    use proptest::prelude::*;
+
+    /// Requests `(ctx, q)` in reversed (non-contiguous) blocks, deterministic data.
+    fn batch(
+        cfg: &AttnConfig,
+        block_size: usize,
+        reqs: &[(usize, usize)],
+    ) -> (Vec<f32>, KvCache, AttentionMetadata) {
+        let per: Vec<usize> = reqs
+            .iter()
+            .map(|&(c, q)| (c + q).div_ceil(block_size).max(1))
+            .collect();
+        let blocks: usize = per.iter().sum();
+        let width = per.iter().copied().max().unwrap_or(1);
+        let mut next = blocks as i32;
+        let rows: Vec<Vec<i32>> = per
+            .iter()
+            .map(|&n| {
+                (0..width)
+                    .map(|i| {
+                        if i < n {
+                            next -= 1;
+                            next
+                        } else {
+                            0
+                        }
+                    })
+                    .collect()
+            })
+            .collect();
+        let mut qsl = vec![0i32];
+        for &(_, q) in reqs {
+            qsl.push(qsl.last().unwrap() + q as i32);
+        }
+        let t = *qsl.last().unwrap() as usize;
+        let meta = AttentionMetadata::new(
+            block_size,
+            blocks,
+            qsl,
+            reqs.iter().map(|&(c, q)| (c + q) as i32).collect(),
+            BlockTableTensor::from_rows(&rows),
+            vec![-1; t],
+            true,
+        )
+        .unwrap();
+        let layout = KvLayout::new(
+            LayoutKind::Nhd,
+            blocks,
+            block_size,
+            cfg.num_kv_heads,
+            cfg.head_size,
+            cfg.kv_dtype,
+        )
+        .unwrap();
+        let val = |i: usize, salt: f32| cfg.dtype.round(((i as f32) * 0.618 + salt).sin() * 1.5);
+        let cache = KvCache {
+            layout,
+            k: (0..layout.numel()).map(|i| val(i, 0.3)).collect(),
+            v: (0..layout.numel()).map(|i| val(i, 1.7)).collect(),
+        };
+        let query = (0..t * cfg.num_heads * cfg.head_size)
+            .map(|i| val(i, 2.9))
+            .collect();
+        (query, cache, meta)
+    }
+
+    fn vllm_launch(meta: &AttentionMetadata, cfg: &AttnConfig) -> UnifiedLaunch {
+        let opts = VllmLaunchOptions {
+            profile: VllmProfile::V0_34,
+            ..VllmLaunchOptions::default()
+        };
+        UnifiedLaunch::vllm(meta, cfg, opts).unwrap()
+    }
+
+    fn bits(x: &[f32]) -> Vec<u32> {
+        x.iter().map(|v| v.to_bits()).collect()
+    }
+
+    #[test]
+    fn agrees_with_the_fma_kernel_within_rounding_on_a_mixed_batch() {
+        let cfg = AttnConfig {
+            sinks: Some(vec![0.5, -1.0, 0.25, 2.0, 0.0, 1.0, -0.5, 0.75]),
+            ..AttnConfig::new(8, 2, 64, DType::Bf16)
+        };
+        // decode, extend, prefill
+        let (q, cache, meta) = batch(&cfg, 16, &[(40, 1), (30, 9), (0, 37)]);
+        for grid in [Grid::TwoD, Grid::ThreeD { num_segments: 4 }] {
+            let launch = vllm_launch(&meta, &cfg).with_grid(grid);
+            let fma = unified_attention(&q, &cache, &meta, &cfg, &launch).unwrap();
+            for t in MatrixTarget::ALL {
+                let tc = unified_attention_tc(&q, &cache, &meta, &cfg, &launch, t).unwrap();
+                for (a, b) in tc.iter().zip(&fma) {
+                    assert!(
+                        (a - b).abs() <= 0.02 + 0.02 * b.abs(),
+                        "{} {grid:?}: {a} vs {b}",
+                        t.name()
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn one_segment_3d_is_bit_identical_to_2d() {
+        let cfg = AttnConfig {
+            softcap: Some(20.0),
+            ..AttnConfig::new(4, 1, 32, DType::F16)
+        };
+        let (q, cache, meta) = batch(&cfg, 16, &[(70, 3), (5, 20)]);
+        let launch = vllm_launch(&meta, &cfg);
+        for t in [MatrixTarget::Sm90, MatrixTarget::Gfx942] {
+            let two = unified_attention_tc(&q, &cache, &meta, &cfg, &launch.with_grid(Grid::TwoD), t)
+                .unwrap();
+            let three = unified_attention_tc(
+                &q,
+                &cache,
+                &meta,
+                &cfg,
+                &launch.with_grid(Grid::ThreeD { num_segments: 1 }),
+                t,
+            )
+            .unwrap();
+            assert_eq!(bits(&two), bits(&three), "{}", t.name());
+        }
+    }
+
+    #[test]
+    fn a_single_visible_key_returns_its_value_on_every_target() {
+        // One prefill token: it sees only key 0, so out = V[0] exactly.
+        let cfg = AttnConfig::new(2, 1, 16, DType::Bf16);
+        let (q, cache, meta) = batch(&cfg, 16, &[(0, 1)]);
+        let launch = vllm_launch(&meta, &cfg).with_grid(Grid::TwoD);
+        let v0: Vec<f32> = (0..16).map(|dd| cache.v[cache.layout.v_offset(meta.kv_location(0, 0).0, 0, 0, dd)]).collect();
+        for t in MatrixTarget::ALL {
+            let out = unified_attention_tc(&q, &cache, &meta, &cfg, &launch, t).unwrap();
+            assert_eq!(&out[..16], &v0[..], "{}", t.name());
+            assert_eq!(&out[16..], &v0[..], "{}", t.name());
+        }
+    }
+
+    #[test]
+    fn the_targets_differ_in_bits_but_each_is_deterministic() {
+        let cfg = AttnConfig::new(4, 1, 64, DType::Bf16);
+        let (q, cache, meta) = batch(&cfg, 16, &[(50, 30)]);
+        let launch = vllm_launch(&meta, &cfg).with_grid(Grid::ThreeD { num_segments: 2 });
+        // The f32 partials, before the output's rounding to bf16.
+        let run =
+            |t| unified_attention_tc_3d(&q, &cache, &meta, &cfg, &launch, t).unwrap().acc;
+        let (a, b) = (run(MatrixTarget::Sm90), run(MatrixTarget::Gfx942));
+        assert_eq!(bits(&a), bits(&run(MatrixTarget::Sm90)));
+        assert_ne!(bits(&a), bits(&b), "sm_90 truncates, gfx942 rounds to nearest");
+    }
+
+    #[test]
+    fn rejects_what_the_matrix_tiles_cannot_take_naming_the_value() {
+        let cfg = AttnConfig::new(2, 1, 32, DType::Bf16);
+        let (q, cache, meta) = batch(&cfg, 16, &[(4, 4)]);
+        let launch = vllm_launch(&meta, &cfg);
+        let err = |cfg: &AttnConfig, l: &UnifiedLaunch| {
+            unified_attention_tc(&q, &cache, &meta, cfg, l, MatrixTarget::Sm90)
+                .unwrap_err()
+                .to_string()
+        };
+        let e = err(&cfg, &UnifiedLaunch { tile_size: 24, ..launch });
+        assert!(e.contains("TILE_SIZE") && e.contains("24"), "{e}");
+        let e = err(&cfg, &UnifiedLaunch { block_m: 8, block_q: 4, ..launch });
+        assert!(e.contains("BLOCK_M") && e.contains('8'), "{e}");
+        let fp8 = AttnConfig {
+            kv_dtype: DType::Fp8E4m3Fn,
+            ..cfg.clone()
+        };
+        let e = tc_format(&fp8).unwrap_err().to_string();
+        assert!(e.contains(DType::Fp8E4m3Fn.name()), "{e}");
+        let f32_cfg = AttnConfig::new(2, 1, 32, DType::F32);
+        let e = tc_format(&f32_cfg).unwrap_err().to_string();
+        assert!(e.contains("float32") && e.contains("bf16 or f16"), "{e}");
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(8))]
+        /// A program's BLOCK_Q only moves tiles fully masked for a row in
+        /// or out of its loop, and such a tile changes no bit (its P is 0,
+        /// a zero product is left out of the instruction and C passes
+        /// exactly), so any BLOCK_Q gives the same bits (finite inputs,
+        /// vLLM 0.34's -inf-keeping max).
+        #[test]
+        fn the_q_blocking_changes_no_bit(ctx in 0usize..40, ql in 1usize..30, block_q in 1usize..5, window in 0usize..12) {
+            let cfg = AttnConfig {
+                sliding_window: (window > 0).then_some(window),
+                ..AttnConfig::new(4, 1, 32, DType::Bf16)
+            };
+            let (q, cache, meta) = batch(&cfg, 16, &[(ctx, ql)]);
+            let launch = vllm_launch(&meta, &cfg).with_grid(Grid::TwoD);
+            let other = UnifiedLaunch { block_q, ..launch };
+            for t in [MatrixTarget::Sm90, MatrixTarget::Gfx942] {
+                let a = unified_attention_tc(&q, &cache, &meta, &cfg, &launch, t).unwrap();
+                let b = unified_attention_tc(&q, &cache, &meta, &cfg, &other, t).unwrap();
+                prop_assert_eq!(bits(&a), bits(&b));
+            }
+        }
+    }
+}
