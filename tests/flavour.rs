@@ -41,7 +41,7 @@ fn a_launch_without_a_tensor_core_kernel_is_an_error_naming_it() {
     let o = attnlab(&[
         "trace",
         "--backend",
-        "TRITON_ATTN",
+        "ROCM_ATTN",
         "--prompt-len",
         "40",
         "--flavour",
@@ -50,10 +50,27 @@ fn a_launch_without_a_tensor_core_kernel_is_an_error_naming_it() {
     assert_eq!(o.code, Some(1), "{o:?}");
     assert!(
         o.stderr
-            .contains("unified_attention in the tensor-core flavour (gfx942)")
+            .contains("context_attention_fwd in the tensor-core flavour (gfx942)")
             && o.stderr.contains("flavours: fma"),
         "{}",
         o.stderr
+    );
+    // TRITON_ATTN's unified_attention has one: unified_attention_tc.
+    let o = attnlab(&[
+        "trace",
+        "--backend",
+        "TRITON_ATTN",
+        "--prompt-len",
+        "40",
+        "--flavour",
+        "auto",
+    ]);
+    assert_eq!(o.code, Some(0), "{o:?}");
+    assert!(
+        o.stdout
+            .contains("tensor-core flavour (gfx942): unified_attention -> unified_attention_tc"),
+        "{}",
+        o.stdout
     );
     // MLA presets: the decode has no tensor-core kernel.
     let o = attnlab(&["run", "--model", "deepseek-r1", "--flavour", "tc"]);

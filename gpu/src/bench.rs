@@ -228,7 +228,13 @@ pub fn run(gpu: &Gpu, opts: BenchOptions) -> Result<BenchReport> {
     }
     for tokens in UNIFIED_TC_TOKENS {
         for shape in UNIFIED_TC_SHAPES {
-            if opts.wants(&unified_tc_prefill_label(shape.0, shape.1), 1, tokens, 32, 8) {
+            if opts.wants(
+                &unified_tc_prefill_label(shape.0, shape.1),
+                1,
+                tokens,
+                32,
+                8,
+            ) {
                 rows.push(unified_tc_prefill_case(
                     gpu,
                     &opts,

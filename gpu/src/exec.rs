@@ -82,7 +82,8 @@ impl<'a> GpuExecutor<'a> {
         inputs: &PagedInputs,
         out: &mut [f32],
     ) -> Result<()> {
-        let (query, cache, meta, cfg) = (inputs.query(), inputs.cache(), inputs.meta(), inputs.cfg());
+        let (query, cache, meta, cfg) =
+            (inputs.query(), inputs.cache(), inputs.meta(), inputs.cfg());
         check_decode_tc(kernel, cfg, cache.layout.kind, meta.block_size, target)?;
         let split = backend_decode_split(target, meta, cfg);
         let (bits, _) = ops::paged_decode_tc::paged_decode_tc(
@@ -146,7 +147,8 @@ impl KernelExecutor for GpuExecutor<'_> {
 
     fn context_attention_fwd(&self, args: &PrefixArgs, out: &mut [f32]) -> Result<()> {
         self.fma_only(MatmulKernel::ContextAttentionFwd)?;
-        let bits = ops::prefix_prefill::context_attention_fwd(self.gpu, args, out).map_err(shared)?;
+        let bits =
+            ops::prefix_prefill::context_attention_fwd(self.gpu, args, out).map_err(shared)?;
         out.copy_from_slice(&widen(&bits, args.inputs().cfg().dtype));
         Ok(())
     }

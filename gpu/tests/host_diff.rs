@@ -164,7 +164,10 @@ fn every_backend_in_the_tensor_core_flavour_is_bit_exact_or_refused_on_the_host(
             }
         }
         for b in ["ROCM_AITER_FA", "TRITON_ATTN", "ROCM_AITER_UNIFIED_ATTN"] {
-            assert!(ran.contains(&b), "wave {wave}: {b} did not run; ran {ran:?}");
+            assert!(
+                ran.contains(&b),
+                "wave {wave}: {b} did not run; ran {ran:?}"
+            );
         }
     }
 }

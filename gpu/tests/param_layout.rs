@@ -104,7 +104,10 @@ fn unified_params_match_unified_attention_hip() {
 
 #[test]
 fn unified_tc_params_match_unified_attention_tc_hip() {
-    layout_matches("unified_attention_tc", &[static_asserts::<UnifiedTcParams>()]);
+    layout_matches(
+        "unified_attention_tc",
+        &[static_asserts::<UnifiedTcParams>()],
+    );
 }
 
 #[test]

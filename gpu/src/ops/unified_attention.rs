@@ -143,7 +143,7 @@ pub struct UnifiedPlan {
     main: FunctionId,
     dims: LaunchDims,
     args: Arg,
-    reduce: Option<(FunctionId, LaunchDims, [Arg; 6])>,
+    reduce: Option<ReduceSegments>,
     /// Whether the register-tiled kernel runs (else the scalar port).
     pub tiled: bool,
     pub num_segments: usize,
@@ -276,29 +276,7 @@ impl UnifiedPlan {
         }
         .arg();
         let reduce = if is_3d {
-            let f = gpu.function(
-                "unified_attention",
-                &qkv_defines(cfg.dtype, cfg.kv_dtype),
-                "reduce_segments",
-            )?;
-            let dims = LaunchDims {
-                grid: [
-                    to_u32(meta.num_actual_tokens, "tokens")?,
-                    to_u32(hq, "heads")?,
-                    1,
-                ],
-                block: [d.min(128) as u32, 1, 1],
-                shared_bytes: 0,
-            };
-            let tail = [
-                Arg::I64(meta.num_reqs() as i64),
-                Arg::I64(hq as i64),
-                Arg::I64(d as i64),
-                Arg::I64(num_segments as i64),
-                Arg::I64(launch.tile_size as i64),
-                Arg::I32((launch.segment_reduce() == SegmentReduce::ValidOnly) as i32),
-            ];
-            Some((f, dims, tail))
+            Some(ReduceSegments::new(gpu, meta, cfg, launch, num_segments)?)
         } else {
             None
         };
@@ -317,26 +295,93 @@ impl UnifiedPlan {
     /// block_table, query_start_loc, seq_lens, sinks, alibi_slopes, out,
     /// segm_output, segm_max, segm_expsum (the last three only read in 3D).
     pub fn launch(&self, gpu: &Gpu, bufs: [&Buffer; 12]) -> Result<()> {
-        let dev = gpu.dev.as_ref();
-        let mut call: Vec<Arg> = bufs.iter().map(|b| b.arg()).collect();
-        call.push(self.args.clone());
-        // SAFETY: the arguments are the kernel's parameter list in order (by-value
-        // blocks layout-checked by gpu/tests/param_layout.rs), and every buffer was
-        // sized above for the shapes those scalars and this grid index.
-        unsafe { dev.launch(self.main, self.dims, &call) }?;
-        if let Some((f, dims, tail)) = &self.reduce {
-            let mut call: Vec<Arg> = [bufs[9], bufs[10], bufs[11], bufs[4], bufs[5], bufs[8]]
-                .iter()
-                .map(|b| b.arg())
-                .collect();
-            call.extend(tail.iter().cloned());
-            // SAFETY: the arguments are the kernel's parameter list in order (by-value
-            // blocks layout-checked by gpu/tests/param_layout.rs), and every buffer was
-            // sized above for the shapes those scalars and this grid index.
-            unsafe { dev.launch(*f, *dims, &call) }?;
-        }
-        Ok(())
+        launch_unified(
+            gpu,
+            self.main,
+            self.dims,
+            &self.args,
+            self.reduce.as_ref(),
+            bufs,
+        )
     }
+}
+
+/// The 3D grid's second launch, `reduce_segments` of
+/// `kernels/unified_attention.hip`: one program per (token, head) merging
+/// the segments' partials (both unified families end with it).
+pub(crate) struct ReduceSegments {
+    f: FunctionId,
+    dims: LaunchDims,
+    tail: [Arg; 6],
+}
+
+impl ReduceSegments {
+    pub(crate) fn new(
+        gpu: &Gpu,
+        meta: &AttentionMetadata,
+        cfg: &AttnConfig,
+        launch: &UnifiedLaunch,
+        num_segments: usize,
+    ) -> Result<Self> {
+        let (hq, d) = (cfg.num_heads, cfg.head_size);
+        let f = gpu.function(
+            "unified_attention",
+            &qkv_defines(cfg.dtype, cfg.kv_dtype),
+            "reduce_segments",
+        )?;
+        let dims = LaunchDims {
+            grid: [
+                to_u32(meta.num_actual_tokens.max(1), "tokens")?,
+                to_u32(hq, "heads")?,
+                1,
+            ],
+            block: [d.min(128) as u32, 1, 1],
+            shared_bytes: 0,
+        };
+        let tail = [
+            Arg::I64(meta.num_reqs() as i64),
+            Arg::I64(hq as i64),
+            Arg::I64(d as i64),
+            Arg::I64(num_segments as i64),
+            Arg::I64(launch.tile_size as i64),
+            Arg::I32((launch.segment_reduce() == SegmentReduce::ValidOnly) as i32),
+        ];
+        Ok(ReduceSegments { f, dims, tail })
+    }
+}
+
+/// A unified-attention launch (`main` with its parameter block `args`),
+/// then, on the 3D grid, `reduce_segments` over its partials. Buffers in
+/// the kernels' order: query, key_cache, value_cache, block_table,
+/// query_start_loc, seq_lens, sinks, alibi_slopes, out, segm_output,
+/// segm_max, segm_expsum.
+pub(crate) fn launch_unified(
+    gpu: &Gpu,
+    main: FunctionId,
+    dims: LaunchDims,
+    args: &Arg,
+    reduce: Option<&ReduceSegments>,
+    bufs: [&Buffer; 12],
+) -> Result<()> {
+    let dev = gpu.dev.as_ref();
+    let mut call: Vec<Arg> = bufs.iter().map(|b| b.arg()).collect();
+    call.push(args.clone());
+    // SAFETY: the arguments are the kernel's parameter list in order (the
+    // by-value block layout-checked by gpu/tests/param_layout.rs), and the
+    // callers size every buffer for the shapes those scalars and this grid
+    // index (from the same metadata).
+    unsafe { dev.launch(main, dims, &call) }?;
+    if let Some(r) = reduce {
+        let mut call: Vec<Arg> = [bufs[9], bufs[10], bufs[11], bufs[4], bufs[5], bufs[8]]
+            .iter()
+            .map(|b| b.arg())
+            .collect();
+        call.extend(r.tail.iter().cloned());
+        // SAFETY: reduce_segments' parameter list in order, over the 3D
+        // partials the main launch wrote (sized tokens x heads x segments).
+        unsafe { dev.launch(r.f, r.dims, &call) }?;
+    }
+    Ok(())
 }
 
 /// portable.h's `SOFTCAP_*` code of a formula.

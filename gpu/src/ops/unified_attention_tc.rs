@@ -6,9 +6,9 @@
 //! the model of the target its wave width stands for).
 
 use super::flash_varlen_tc::{host_target_code, matrix_target};
-use super::unified_attention::{softcap_code, to_u32};
+use super::unified_attention::{launch_unified, softcap_code, to_u32, ReduceSegments};
 pub use crate::kernels::unified_tc_defines as defines;
-use crate::kernels::{qkv_defines, Gpu};
+use crate::kernels::Gpu;
 use crate::runtime::bytes::{bits_from_bytes, bytes_of, bytes_of_i32};
 use crate::runtime::params::{param_block, ParamBlock};
 use crate::runtime::{Arg, Buffer, FunctionId, LaunchDims, Result, Target};
@@ -17,9 +17,7 @@ use attnlab_shared::error::Error;
 use attnlab_shared::metadata::AttentionMetadata;
 use attnlab_sim::config::AttnConfig;
 use attnlab_sim::kernels::softmax::MaskedRowMax;
-use attnlab_sim::kernels::unified_attention::{
-    Flavor, Grid, SegmentReduce, UnifiedArgs, UnifiedLaunch,
-};
+use attnlab_sim::kernels::unified_attention::{Flavor, Grid, UnifiedArgs, UnifiedLaunch};
 use attnlab_sim::kernels::unified_attention_tc::{tc_format, validate_launch, WAVE_ROWS};
 use attnlab_sim::numerics::mma::MatrixTarget;
 use attnlab_sim::numerics::softmax_scale_log2;
@@ -137,7 +135,7 @@ pub struct UnifiedTcPlan {
     main: FunctionId,
     dims: LaunchDims,
     args: Arg,
-    reduce: Option<(FunctionId, LaunchDims, [Arg; 6])>,
+    reduce: Option<ReduceSegments>,
     pub target: MatrixTarget,
     pub num_segments: usize,
     pub is_3d: bool,
@@ -211,7 +209,10 @@ impl UnifiedTcPlan {
         let wave = info.target.wave_size() as usize;
         let dims = LaunchDims {
             grid: [
-                to_u32(max_q_blocks.div_ceil(programs_per_wg).max(1), "q-block groups")?,
+                to_u32(
+                    max_q_blocks.div_ceil(programs_per_wg).max(1),
+                    "q-block groups",
+                )?,
                 to_u32(meta.num_reqs().max(1), "requests")?,
                 to_u32(cfg.num_kv_heads * num_segments, "kv heads x segments")?,
             ],
@@ -242,29 +243,7 @@ impl UnifiedTcPlan {
         }
         .arg();
         let reduce = if is_3d {
-            let f = gpu.function(
-                "unified_attention",
-                &qkv_defines(cfg.dtype, cfg.kv_dtype),
-                "reduce_segments",
-            )?;
-            let dims = LaunchDims {
-                grid: [
-                    to_u32(meta.num_actual_tokens.max(1), "tokens")?,
-                    to_u32(hq, "heads")?,
-                    1,
-                ],
-                block: [d.min(128) as u32, 1, 1],
-                shared_bytes: 0,
-            };
-            let tail = [
-                Arg::I64(meta.num_reqs() as i64),
-                Arg::I64(hq as i64),
-                Arg::I64(d as i64),
-                Arg::I64(num_segments as i64),
-                Arg::I64(launch.tile_size as i64),
-                Arg::I32((launch.segment_reduce() == SegmentReduce::ValidOnly) as i32),
-            ];
-            Some((f, dims, tail))
+            Some(ReduceSegments::new(gpu, meta, cfg, launch, num_segments)?)
         } else {
             None
         };
@@ -284,25 +263,14 @@ impl UnifiedTcPlan {
     /// block_table, query_start_loc, seq_lens, sinks, alibi_slopes, out,
     /// segm_output, segm_max, segm_expsum (the last three only used in 3D).
     pub fn launch(&self, gpu: &Gpu, bufs: [&Buffer; 12]) -> Result<()> {
-        let dev = gpu.dev.as_ref();
-        let mut call: Vec<Arg> = bufs.iter().map(|b| b.arg()).collect();
-        call.push(self.args.clone());
-        // SAFETY: the arguments are the kernel's parameter list in order (the
-        // by-value block layout-checked by gpu/tests/param_layout.rs), and the
-        // caller's buffers are sized for the shapes those scalars and this grid
-        // index (`unified_attention_tc` allocates them from the same metadata).
-        unsafe { dev.launch(self.main, self.dims, &call) }?;
-        if let Some((f, dims, tail)) = &self.reduce {
-            let mut call: Vec<Arg> = [bufs[9], bufs[10], bufs[11], bufs[4], bufs[5], bufs[8]]
-                .iter()
-                .map(|b| b.arg())
-                .collect();
-            call.extend(tail.iter().cloned());
-            // SAFETY: reduce_segments' parameter list in order, over the 3D
-            // partials the main launch wrote (sized t x hq x num_segments).
-            unsafe { dev.launch(*f, *dims, &call) }?;
-        }
-        Ok(())
+        launch_unified(
+            gpu,
+            self.main,
+            self.dims,
+            &self.args,
+            self.reduce.as_ref(),
+            bufs,
+        )
     }
 }
 

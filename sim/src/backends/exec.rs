@@ -157,7 +157,8 @@ impl Cpu {
         inputs: &PagedInputs,
         out: &mut [f32],
     ) -> Result<()> {
-        let (query, cache, meta, cfg) = (inputs.query(), inputs.cache(), inputs.meta(), inputs.cfg());
+        let (query, cache, meta, cfg) =
+            (inputs.query(), inputs.cache(), inputs.meta(), inputs.cfg());
         check_decode_tc(kernel, cfg, cache.layout.kind, meta.block_size, target)?;
         let split = backend_decode_split(target, meta, cfg);
         paged_decode_tc(query, cache, meta, cfg, target, split, out)

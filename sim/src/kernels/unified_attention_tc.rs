@@ -167,7 +167,9 @@ pub fn validate(
 /// seq_len`, causal (or, non-causal, a two-sided window).
 #[inline]
 pub fn allowed(t: usize, qabs: usize, seq_len: usize, causal: bool, window: Option<usize>) -> bool {
-    t < seq_len && visible(t, qabs, causal, window) && (causal || window.is_none_or(|w| t < qabs + w))
+    t < seq_len
+        && visible(t, qabs, causal, window)
+        && (causal || window.is_none_or(|w| t < qabs + w))
 }
 
 /// One stored row of a program: (token, head) and its (m, l, acc).
@@ -268,7 +270,8 @@ impl Kernel<'_> {
                 let (blk, r) = meta.kv_location(seq, t0 + jj);
                 for dd in 0..d {
                     kt[jj * d + dd] = fmt.from_f32(self.cache.k[layout.k_offset(blk, r, kvh, dd)]);
-                    vt[dd * tile + jj] = fmt.from_f32(self.cache.v[layout.v_offset(blk, r, kvh, dd)]);
+                    vt[dd * tile + jj] =
+                        fmt.from_f32(self.cache.v[layout.v_offset(blk, r, kvh, dd)]);
                 }
             }
             for ((_, head, qabs, q), st) in rows.iter().zip(out.iter_mut()) {
@@ -579,8 +582,9 @@ mod tests {
         let (q, cache, meta) = batch(&cfg, 16, &[(70, 3), (5, 20)]);
         let launch = vllm_launch(&meta, &cfg);
         for t in [MatrixTarget::Sm90, MatrixTarget::Gfx942] {
-            let two = unified_attention_tc(&q, &cache, &meta, &cfg, &launch.with_grid(Grid::TwoD), t)
-                .unwrap();
+            let two =
+                unified_attention_tc(&q, &cache, &meta, &cfg, &launch.with_grid(Grid::TwoD), t)
+                    .unwrap();
             let three = unified_attention_tc(
                 &q,
                 &cache,
@@ -600,7 +604,9 @@ mod tests {
         let cfg = AttnConfig::new(2, 1, 16, DType::Bf16);
         let (q, cache, meta) = batch(&cfg, 16, &[(0, 1)]);
         let launch = vllm_launch(&meta, &cfg).with_grid(Grid::TwoD);
-        let v0: Vec<f32> = (0..16).map(|dd| cache.v[cache.layout.v_offset(meta.kv_location(0, 0).0, 0, 0, dd)]).collect();
+        let v0: Vec<f32> = (0..16)
+            .map(|dd| cache.v[cache.layout.v_offset(meta.kv_location(0, 0).0, 0, 0, dd)])
+            .collect();
         for t in MatrixTarget::ALL {
             let out = unified_attention_tc(&q, &cache, &meta, &cfg, &launch, t).unwrap();
             assert_eq!(&out[..16], &v0[..], "{}", t.name());
@@ -614,11 +620,18 @@ mod tests {
         let (q, cache, meta) = batch(&cfg, 16, &[(50, 30)]);
         let launch = vllm_launch(&meta, &cfg).with_grid(Grid::ThreeD { num_segments: 2 });
         // The f32 partials, before the output's rounding to bf16.
-        let run =
-            |t| unified_attention_tc_3d(&q, &cache, &meta, &cfg, &launch, t).unwrap().acc;
+        let run = |t| {
+            unified_attention_tc_3d(&q, &cache, &meta, &cfg, &launch, t)
+                .unwrap()
+                .acc
+        };
         let (a, b) = (run(MatrixTarget::Sm90), run(MatrixTarget::Gfx942));
         assert_eq!(bits(&a), bits(&run(MatrixTarget::Sm90)));
-        assert_ne!(bits(&a), bits(&b), "sm_90 truncates, gfx942 rounds to nearest");
+        assert_ne!(
+            bits(&a),
+            bits(&b),
+            "sm_90 truncates, gfx942 rounds to nearest"
+        );
     }
 
     #[test]
@@ -631,9 +644,22 @@ mod tests {
                 .unwrap_err()
                 .to_string()
         };
-        let e = err(&cfg, &UnifiedLaunch { tile_size: 24, ..launch });
+        let e = err(
+            &cfg,
+            &UnifiedLaunch {
+                tile_size: 24,
+                ..launch
+            },
+        );
         assert!(e.contains("TILE_SIZE") && e.contains("24"), "{e}");
-        let e = err(&cfg, &UnifiedLaunch { block_m: 8, block_q: 4, ..launch });
+        let e = err(
+            &cfg,
+            &UnifiedLaunch {
+                block_m: 8,
+                block_q: 4,
+                ..launch
+            },
+        );
         assert!(e.contains("BLOCK_M") && e.contains('8'), "{e}");
         let fp8 = AttnConfig {
             kv_dtype: DType::Fp8E4m3Fn,
