@@ -10,8 +10,10 @@
 //! rewrite of the state that keeps its behaviour.
 
 use attnlab_shared::dtype::DType;
-use attnlab_sim::kernels::softmax::{MaskedRowMax, OutLse, RowState, PV_KEYS, TRITON_L_EPS};
-use attnlab_sim::numerics::{exp2c, log2c, LN2, LOG2E};
+use attnlab_sim::kernels::softmax::{
+    MaskedRowMax, OutLse, RowState, ScoreParams, PV_KEYS, ROW_BLOCK, TRITON_L_EPS,
+};
+use attnlab_sim::numerics::{exp2c, log2c, SoftcapFormula, LN2, LOG2E};
 use proptest::prelude::*;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -267,4 +269,91 @@ fn a_new_row_starts_empty_or_at_its_sink() {
         assert!((s.lse() - sink).abs() <= 1e-6, "{} vs {sink}", s.lse());
     }
     assert_eq!(MaskedRowMax::default(), MaskedRowMax::KeepNegInf);
+}
+
+/// Rows that share a KV tile (`RowState::update_rows`, what the kernels
+/// call for a program's rows): row r's scores of each tile at
+/// `r * stride`, the tile's V rows shared. Seeds, sinks and masks per row.
+fn shared_tile_rows(
+    d: usize,
+    rows: usize,
+    seed: u64,
+) -> (
+    Vec<Option<f32>>,
+    Vec<(Vec<f32>, usize, usize, Vec<Vec<f32>>)>,
+) {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let sinks = (0..rows)
+        .map(|_| rng.gen_bool(0.3).then(|| rng.gen_range(-4.0f32..4.0)))
+        .collect();
+    let tiles = (0..rng.gen_range(1..=3))
+        .map(|_| {
+            let n = rng.gen_range(0..=3 * PV_KEYS);
+            let stride = n + rng.gen_range(0..=3);
+            let masked_row = rng.gen_range(0..rows.max(1));
+            let scores = (0..rows * stride)
+                .map(|i| {
+                    if i / stride.max(1) == masked_row && rng.gen_bool(0.5) || rng.gen_bool(0.15) {
+                        f32::NEG_INFINITY
+                    } else {
+                        rng.gen_range(-20.0f32..20.0)
+                    }
+                })
+                .collect();
+            let values = (0..n)
+                .map(|_| (0..d).map(|_| rng.gen_range(-2.0f32..2.0)).collect())
+                .collect();
+            (scores, stride, n, values)
+        })
+        .collect();
+    (sinks, tiles)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(120))]
+
+    /// `update_rows` over any number of rows (whole blocks of
+    /// `ROW_BLOCK` and a remainder) is, bit for bit, every row's own
+    /// `update` against the same tiles: rows share only the loads of V.
+    #[test]
+    fn rows_stepped_together_are_each_rows_own_update_bit_for_bit(
+        d in prop_oneof![Just(1usize), Just(8), Just(64), 1usize..40],
+        rows in 0usize..=(2 * ROW_BLOCK + 3),
+        seed in any::<u64>(),
+        p_dtype in prop_oneof![Just(DType::Bf16), Just(DType::F16), Just(DType::F32)],
+    ) {
+        let (sinks, tiles) = shared_tile_rows(d, rows, seed);
+        let mut together: Vec<RowState> = sinks.iter().map(|&s| RowState::new(d, s)).collect();
+        let mut alone = together.clone();
+        for (scores, stride, n, values) in &tiles {
+            RowState::update_rows(&mut together, scores, *stride, *n, |j| values[j].as_slice(), p_dtype);
+            for (r, st) in alone.iter_mut().enumerate() {
+                st.update(&scores[r * stride..][..*n], |j| values[j].as_slice(), p_dtype);
+            }
+        }
+        prop_assert_eq!(together.len(), rows);
+        for (r, (a, b)) in together.iter().zip(&alone).enumerate() {
+            prop_assert!(same_state(a, b), "row {} of {}: together {:?} alone {:?}", r, rows, a, b);
+        }
+    }
+}
+
+proptest! {
+    /// The score parameters a kernel builds for its soft-cap spelling:
+    /// `with_softcap_formula` sets the formula and changes nothing else.
+    #[test]
+    fn with_softcap_formula_sets_the_formula_and_nothing_else(
+        scale in 0.01f32..2.0,
+        cap in prop_oneof![Just(None), (1.0f32..60.0).prop_map(Some)],
+        f in prop_oneof![
+            Just(SoftcapFormula::Tanh),
+            Just(SoftcapFormula::VllmTwoExp),
+            Just(SoftcapFormula::VllmOneExp),
+            Just(SoftcapFormula::AiterTwoExp2),
+        ],
+    ) {
+        let p = ScoreParams::new(scale, cap);
+        prop_assert_eq!(p.softcap_formula, SoftcapFormula::Tanh);
+        prop_assert_eq!(p.with_softcap_formula(f), ScoreParams { softcap_formula: f, ..p });
+    }
 }
