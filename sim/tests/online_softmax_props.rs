@@ -271,17 +271,19 @@ fn a_new_row_starts_empty_or_at_its_sink() {
     assert_eq!(MaskedRowMax::default(), MaskedRowMax::KeepNegInf);
 }
 
-/// Rows that share a KV tile (`RowState::update_rows`, what the kernels
-/// call for a program's rows): row r's scores of each tile at
-/// `r * stride`, the tile's V rows shared. Seeds, sinks and masks per row.
-fn shared_tile_rows(
-    d: usize,
-    rows: usize,
-    seed: u64,
-) -> (
-    Vec<Option<f32>>,
-    Vec<(Vec<f32>, usize, usize, Vec<Vec<f32>>)>,
-) {
+/// One KV tile shared by a program's rows: row r's base-2 scores at
+/// `scores[r * stride..][..n]` (-inf where masked), and the tile's V rows.
+struct SharedTile {
+    scores: Vec<f32>,
+    stride: usize,
+    n: usize,
+    values: Vec<Vec<f32>>,
+}
+
+/// Rows that share KV tiles (`RowState::update_rows`, what the kernels
+/// call for a program's rows): per row its sink (or none), then 1-3 tiles
+/// whose score rows are `stride` apart, with masked keys per row.
+fn shared_tile_rows(d: usize, rows: usize, seed: u64) -> (Vec<Option<f32>>, Vec<SharedTile>) {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let sinks = (0..rows)
         .map(|_| rng.gen_bool(0.3).then(|| rng.gen_range(-4.0f32..4.0)))
@@ -303,7 +305,12 @@ fn shared_tile_rows(
             let values = (0..n)
                 .map(|_| (0..d).map(|_| rng.gen_range(-2.0f32..2.0)).collect())
                 .collect();
-            (scores, stride, n, values)
+            SharedTile {
+                scores,
+                stride,
+                n,
+                values,
+            }
         })
         .collect();
     (sinks, tiles)
@@ -325,10 +332,11 @@ proptest! {
         let (sinks, tiles) = shared_tile_rows(d, rows, seed);
         let mut together: Vec<RowState> = sinks.iter().map(|&s| RowState::new(d, s)).collect();
         let mut alone = together.clone();
-        for (scores, stride, n, values) in &tiles {
-            RowState::update_rows(&mut together, scores, *stride, *n, |j| values[j].as_slice(), p_dtype);
+        for t in &tiles {
+            let v = |j: usize| t.values[j].as_slice();
+            RowState::update_rows(&mut together, &t.scores, t.stride, t.n, v, p_dtype);
             for (r, st) in alone.iter_mut().enumerate() {
-                st.update(&scores[r * stride..][..*n], |j| values[j].as_slice(), p_dtype);
+                st.update(&t.scores[r * t.stride..][..t.n], v, p_dtype);
             }
         }
         prop_assert_eq!(together.len(), rows);
