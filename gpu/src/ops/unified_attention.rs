@@ -54,14 +54,30 @@ pub const SHARED_MEMORY_LIMIT: usize = 48 * 1024;
 /// checks only what the device adds: grid sizes, shared memory).
 pub fn unified_attention(gpu: &Gpu, args: &UnifiedArgs) -> Result<Vec<u32>> {
     let i = args.inputs();
-    let (query, cache, meta, cfg) = (i.query(), i.cache(), i.meta(), i.cfg());
-    let launch = args.launch();
-    let (t_n, hq, d) = (meta.num_actual_tokens, cfg.num_heads, cfg.head_size);
-    let plan = UnifiedPlan::new(gpu, meta, cfg, launch)?;
-    let out_bytes = t_n * hq * d * cfg.dtype.size_bytes();
-    if t_n == 0 {
+    let plan = UnifiedPlan::new(gpu, i.meta(), i.cfg(), args.launch())?;
+    if i.meta().num_actual_tokens == 0 {
         return Ok(vec![]);
     }
+    let (n_seg, is_3d) = (plan.num_segments, plan.is_3d);
+    run_on_device(gpu, args, n_seg, is_3d, |bufs| plan.launch(gpu, bufs))
+}
+
+/// One unified-attention call on the device, for either family: uploads
+/// `args`' tensors in the kernels' buffer order (query, key_cache,
+/// value_cache, block_table, query_start_loc, seq_lens, sinks,
+/// alibi_slopes, out, and the 3D partials segm_output, segm_max,
+/// segm_expsum, one element each on the 2D grid), runs `launch` on them
+/// and returns `out`'s bits in the layer's dtype.
+pub(crate) fn run_on_device(
+    gpu: &Gpu,
+    args: &UnifiedArgs,
+    num_segments: usize,
+    is_3d: bool,
+    launch: impl FnOnce([&Buffer; 12]) -> Result<()>,
+) -> Result<Vec<u32>> {
+    let i = args.inputs();
+    let (query, cache, meta, cfg) = (i.query(), i.cache(), i.meta(), i.cfg());
+    let (t_n, hq, d) = (meta.num_actual_tokens, cfg.num_heads, cfg.head_size);
     let dev = gpu.dev.as_ref();
     let q = Buffer::from_bytes(dev, &bytes_of(query, cfg.dtype))?;
     let kc = Buffer::from_bytes(dev, &bytes_of(&cache.k, cfg.kv_dtype))?;
@@ -77,22 +93,15 @@ pub fn unified_attention(gpu: &Gpu, args: &UnifiedArgs) -> Result<Vec<u32>> {
         dev,
         &bytes_of(cfg.alibi_slopes.as_deref().unwrap_or(&[0.0]), DType::F32),
     )?;
-    let out = Buffer::zeroed(dev, out_bytes)?;
-    let parts = t_n * hq * plan.num_segments;
-    let (p_n, p_acc) = if plan.is_3d {
-        (parts, parts * d)
-    } else {
-        (1, 1)
-    };
+    let out = Buffer::zeroed(dev, t_n * hq * d * cfg.dtype.size_bytes())?;
+    let parts = t_n * hq * num_segments;
+    let (p_n, p_acc) = if is_3d { (parts, parts * d) } else { (1, 1) };
     let segm_acc = Buffer::zeroed(dev, p_acc * 4)?;
     let segm_m = Buffer::from_bytes(dev, &bytes_of(&vec![f32::NEG_INFINITY; p_n], DType::F32))?;
     let segm_l = Buffer::zeroed(dev, p_n * 4)?;
-    plan.launch(
-        gpu,
-        [
-            &q, &kc, &vc, &bt, &qsl, &sl, &sinks, &alibi, &out, &segm_acc, &segm_m, &segm_l,
-        ],
-    )?;
+    launch([
+        &q, &kc, &vc, &bt, &qsl, &sl, &sinks, &alibi, &out, &segm_acc, &segm_m, &segm_l,
+    ])?;
     Ok(bits_from_bytes(&out.to_bytes()?, cfg.dtype))
 }
 

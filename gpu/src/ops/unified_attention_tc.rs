@@ -6,13 +6,13 @@
 //! the model of the target its wave width stands for).
 
 use super::flash_varlen_tc::{host_target_code, matrix_target};
-use super::unified_attention::{launch_unified, softcap_code, to_u32, ReduceSegments};
+use super::unified_attention::{
+    launch_unified, run_on_device, softcap_code, to_u32, ReduceSegments,
+};
 pub use crate::kernels::unified_tc_defines as defines;
 use crate::kernels::Gpu;
-use crate::runtime::bytes::{bits_from_bytes, bytes_of, bytes_of_i32};
 use crate::runtime::params::{param_block, ParamBlock};
 use crate::runtime::{Arg, Buffer, FunctionId, LaunchDims, Result, Target};
-use attnlab_shared::dtype::DType;
 use attnlab_shared::error::Error;
 use attnlab_shared::metadata::AttentionMetadata;
 use attnlab_sim::config::AttnConfig;
@@ -75,7 +75,7 @@ pub fn workgroup_waves(block_m: usize, warps: usize) -> usize {
 /// layer's shape, and in the plan the launch rules, grid and shared memory).
 pub fn unified_attention_tc(gpu: &Gpu, args: &UnifiedArgs) -> Result<Vec<u32>> {
     let i = args.inputs();
-    let (query, cache, meta, cfg) = (i.query(), i.cache(), i.meta(), i.cfg());
+    let (cache, meta, cfg) = (i.cache(), i.meta(), i.cfg());
     let launch = args.launch();
     let l = &cache.layout;
     if l.kind != attnlab_shared::layout::LayoutKind::Nhd
@@ -88,44 +88,14 @@ pub fn unified_attention_tc(gpu: &Gpu, args: &UnifiedArgs) -> Result<Vec<u32>> {
         )
         .into());
     }
-    let (t_n, hq, d) = (meta.num_actual_tokens, cfg.num_heads, cfg.head_size);
     let plan = UnifiedTcPlan::new(gpu, meta, cfg, launch, DEFAULT_WARPS)?;
-    if t_n == 0 {
+    if meta.num_actual_tokens == 0 {
         return Ok(vec![]);
     }
-    let dev = gpu.dev.as_ref();
-    let dt = cfg.dtype;
-    let q = Buffer::from_bytes(dev, &bytes_of(query, dt))?;
-    let kc = Buffer::from_bytes(dev, &bytes_of(&cache.k, dt))?;
-    let vc = Buffer::from_bytes(dev, &bytes_of(&cache.v, dt))?;
-    let bt = Buffer::from_bytes(dev, &bytes_of_i32(&meta.block_table.data))?;
-    let qsl = Buffer::from_bytes(dev, &bytes_of_i32(&meta.query_start_loc))?;
-    let sl = Buffer::from_bytes(dev, &bytes_of_i32(&meta.seq_lens))?;
-    let sinks = Buffer::from_bytes(
-        dev,
-        &bytes_of(cfg.sinks.as_deref().unwrap_or(&[0.0]), DType::F32),
-    )?;
-    let alibi = Buffer::from_bytes(
-        dev,
-        &bytes_of(cfg.alibi_slopes.as_deref().unwrap_or(&[0.0]), DType::F32),
-    )?;
-    let out = Buffer::zeroed(dev, t_n * hq * d * dt.size_bytes())?;
-    let parts = t_n * hq * plan.num_segments;
-    let (p_n, p_acc) = if plan.is_3d {
-        (parts, parts * d)
-    } else {
-        (1, 1)
-    };
-    let segm_acc = Buffer::zeroed(dev, p_acc * 4)?;
-    let segm_m = Buffer::from_bytes(dev, &bytes_of(&vec![f32::NEG_INFINITY; p_n], DType::F32))?;
-    let segm_l = Buffer::zeroed(dev, p_n * 4)?;
-    plan.launch(
-        gpu,
-        [
-            &q, &kc, &vc, &bt, &qsl, &sl, &sinks, &alibi, &out, &segm_acc, &segm_m, &segm_l,
-        ],
-    )?;
-    Ok(bits_from_bytes(&out.to_bytes()?, dt))
+    // The cache goes up in cfg.kv_dtype, which the plan's tc_format made
+    // the query dtype.
+    let (n_seg, is_3d) = (plan.num_segments, plan.is_3d);
+    run_on_device(gpu, args, n_seg, is_3d, |bufs| plan.launch(gpu, bufs))
 }
 
 /// One call prepared once (module, grid, argument struct, and the 3D
