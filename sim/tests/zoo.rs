@@ -10,10 +10,10 @@ use std::time::Duration;
 /// Seconds each fault may take to fail in the default test run.
 const BUDGET: f64 = 60.0;
 
-/// Cases per probe in the default run: what each probe ran in its former
-/// 3 s budget on one core of an idle 2-core machine (cases per CPU second
-/// measured on the development machine, times 3 s, rounded up), now a count,
-/// so every run checks the same cases (seed 1) however loaded the machine.
+/// Cases per probe in the default run: its former 3 s budget as 3 s of one
+/// core's CPU time (cases per CPU second measured on the development
+/// machine at load 9-10, times 3, rounded up), now a count, so every run
+/// checks the same cases (seed 1) however loaded the machine.
 const BASELINE_CASES: &[(&str, u64)] = &[
     ("mla_step_matches_reference [ROCM_AITER_MLA]", 240),
     ("mla_step_matches_reference [TRITON_MLA]", 230),
