@@ -15,6 +15,7 @@ pub mod mla_proj;
 pub mod paged_decode;
 pub mod paged_decode_tc;
 pub mod prefix_prefill;
+pub mod prefix_prefill_tc;
 pub mod reshape_and_cache;
 pub mod simd;
 pub mod softmax;
