@@ -156,6 +156,40 @@ pub fn unified_tc_defines(
     v
 }
 
+/// The `-D` set of one compiled `prefix_prefill_tc` shape: query and cache
+/// dtypes, head size, the two phases' key tiles (cached context, new
+/// tokens), waves per workgroup.
+pub fn prefix_tc_defines(
+    q: DType,
+    kv: DType,
+    d: usize,
+    ctx_tile: usize,
+    block_n: usize,
+    warps: usize,
+) -> Vec<(String, String)> {
+    let mut v = qkv_defines(q, kv).to_vec();
+    for (k, x) in [
+        ("PP_D", d),
+        ("PP_CT", ctx_tile),
+        ("PP_BN", block_n),
+        ("PP_WARPS", warps),
+    ] {
+        v.push((k.to_string(), x.to_string()));
+    }
+    v
+}
+
+/// `_fwd_kernel`'s tiles (32 / 64) at d 128 for bf16, f16 and an fp8 cache,
+/// and `_fwd_kernel_alibi`'s (128 / 128) for bf16.
+fn prefix_tc_variants() -> Vec<Defines> {
+    vec![
+        prefix_tc_defines(DType::Bf16, DType::Bf16, 128, 32, 64, 4),
+        prefix_tc_defines(DType::F16, DType::F16, 128, 32, 64, 4),
+        prefix_tc_defines(DType::Bf16, DType::Fp8E4m3Fnuz, 128, 32, 64, 4),
+        prefix_tc_defines(DType::Bf16, DType::Bf16, 128, 128, 128, 4),
+    ]
+}
+
 /// Both dtypes at the bench's shape (d 128, vLLM's 2D TILE 32 and AITER's
 /// prefill TILE 64, BLOCK_M 16, 4 waves) and one multi-wave program
 /// (BLOCK_M 64).
@@ -295,6 +329,12 @@ pub static FAMILIES: &[Family] = &[
         embedded: include_str!("../../kernels/prefix_prefill.hip"),
         entries: &["context_attention_fwd"],
         variants: attention_variants,
+    },
+    Family {
+        name: "prefix_prefill_tc",
+        embedded: include_str!("../../kernels/prefix_prefill_tc.hip"),
+        entries: &["context_attention_fwd_tc"],
+        variants: prefix_tc_variants,
     },
     Family {
         name: "gather_cache",

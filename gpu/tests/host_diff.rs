@@ -191,6 +191,26 @@ fn the_tensor_core_unified_attention_is_bit_exact_on_the_host_at_both_wave_width
     }
 }
 
+/// The tensor-core prefix prefill (`prefix_prefill_tc`) at both wave
+/// widths: vLLM's context_attention_fwd programs (the cached context in
+/// 32-key tiles, the new tokens in 64-key tiles; ALiBi's 128-key kernel)
+/// over every KV layout, ROCM_ATTN's x-packed one included, each Q·K^T and
+/// P·V step on Hopper's `mma.sync m16n8k16` model at 32 lanes and CDNA3's
+/// MFMA 16x16x16 at 64.
+#[test]
+fn the_tensor_core_prefix_prefill_is_bit_exact_on_the_host_at_both_wave_widths() {
+    for wave in [32, 64] {
+        let Some(gpu) = host_or_skip("prefix_prefill_tc", wave) else {
+            return;
+        };
+        let r = attnlab_gpu::diff::prefix_prefill_tc::run(&gpu, DiffOptions::new(6, 7))
+            .expect("prefix_prefill_tc diff");
+        assert_eq!(r.cases, 6);
+        assert!(r.elements > 0, "wave {wave}: compared nothing");
+        assert!(r.passed(), "wave {wave}: {:?}", r.first_mismatch);
+    }
+}
+
 #[test]
 fn every_diff_family_is_bit_exact_on_the_host_with_32_lane_waves() {
     every_family_is_bit_exact(32);

@@ -23,6 +23,7 @@ pub mod mma;
 pub mod paged_decode;
 pub mod paged_decode_tc;
 pub mod prefix_prefill;
+pub mod prefix_prefill_tc;
 pub mod reshape_and_cache;
 pub mod unified_attention;
 pub mod unified_attention_tc;
@@ -273,6 +274,10 @@ pub static KERNEL_DIFFS: &[KernelDiff] = &[
     KernelDiff {
         kernel: "prefix_prefill",
         run: prefix_prefill::run,
+    },
+    KernelDiff {
+        kernel: "prefix_prefill_tc",
+        run: prefix_prefill_tc::run,
     },
     KernelDiff {
         kernel: "gather_cache",

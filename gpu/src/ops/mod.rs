@@ -17,6 +17,7 @@ pub mod mma;
 pub mod paged_decode;
 pub mod paged_decode_tc;
 pub mod prefix_prefill;
+pub mod prefix_prefill_tc;
 pub mod reshape_and_cache;
 pub mod unified_attention;
 pub mod unified_attention_tc;
