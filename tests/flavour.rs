@@ -41,7 +41,7 @@ fn a_launch_without_a_tensor_core_kernel_is_an_error_naming_it() {
     let o = attnlab(&[
         "trace",
         "--backend",
-        "ROCM_ATTN",
+        "FLEX_ATTENTION",
         "--prompt-len",
         "40",
         "--flavour",
@@ -50,8 +50,39 @@ fn a_launch_without_a_tensor_core_kernel_is_an_error_naming_it() {
     assert_eq!(o.code, Some(1), "{o:?}");
     assert!(
         o.stderr
-            .contains("context_attention_fwd in the tensor-core flavour (gfx942)")
+            .contains("flex_attention in the tensor-core flavour (gfx942)")
             && o.stderr.contains("flavours: fma"),
+        "{}",
+        o.stderr
+    );
+    // ROCM_ATTN's prefix prefill has one (prefix_prefill_tc); its decode
+    // launch beside a prefill-only step computes nothing, and a decode step
+    // is refused: paged_decode_tc reads NHD caches, not the x-packed one.
+    let rocm = |output_len: &str| {
+        attnlab(&[
+            "trace",
+            "--backend",
+            "ROCM_ATTN",
+            "--prompt-len",
+            "40",
+            "--output-len",
+            output_len,
+            "--flavour",
+            "auto",
+        ])
+    };
+    let o = rocm("1");
+    assert_eq!(o.code, Some(0), "{o:?}");
+    assert!(
+        o.stdout
+            .contains("tensor-core flavour (gfx942): context_attention_fwd -> prefix_prefill_tc"),
+        "{}",
+        o.stdout
+    );
+    let o = rocm("2");
+    assert_eq!(o.code, Some(1), "{o:?}");
+    assert!(
+        o.stderr.contains("paged_decode_tc refuses") && o.stderr.contains("NHD"),
         "{}",
         o.stderr
     );
@@ -143,13 +174,11 @@ fn run_skips_the_backends_the_flavour_refuses_and_runs_the_others() {
     assert_eq!(fa["status"], "pass", "{fa}");
     assert_eq!(fa["flavour"], "tensor-core (gfx942)", "{fa}");
     assert!(fa["steps"].as_u64().unwrap() > 0, "{fa}");
+    // ROCM_ATTN's decode steps: paged_decode_tc reads no x-packed cache.
     let rocm = row("ROCM_ATTN");
     assert_eq!(rocm["status"], "skipped", "{rocm}");
     assert!(
-        rocm["reason"]
-            .as_str()
-            .unwrap()
-            .contains("context_attention_fwd"),
+        rocm["reason"].as_str().unwrap().contains("paged_decode_tc"),
         "{rocm}"
     );
 }

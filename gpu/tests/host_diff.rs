@@ -115,9 +115,10 @@ fn the_tensor_core_prefill_is_bit_exact_on_the_host_at_both_wave_widths() {
 /// host device stands for sm_90 at 32 lanes and gfx942 at 64): a backend
 /// whose launches all have tensor-core kernels (ROCM_AITER_FA: the varlen
 /// prefill and extend, the NHD paged decode; TRITON_ATTN and
-/// ROCM_AITER_UNIFIED_ATTN: unified_attention_tc) is bit-exact over draws the
-/// flavour admits; one with a launch that has none is refused naming that
-/// launch, never run in the fma kernels.
+/// ROCM_AITER_UNIFIED_ATTN: unified_attention_tc; ROCM_ATTN on batches with
+/// no decode row: prefix_prefill_tc on its x-packed cache) is bit-exact over
+/// draws the flavour admits; one with a launch that has none is refused
+/// naming that launch, never run in the fma kernels.
 #[test]
 fn every_backend_in_the_tensor_core_flavour_is_bit_exact_or_refused_on_the_host() {
     let backends = [
@@ -163,7 +164,12 @@ fn every_backend_in_the_tensor_core_flavour_is_bit_exact_or_refused_on_the_host(
                 }
             }
         }
-        for b in ["ROCM_AITER_FA", "TRITON_ATTN", "ROCM_AITER_UNIFIED_ATTN"] {
+        for b in [
+            "ROCM_AITER_FA",
+            "TRITON_ATTN",
+            "ROCM_AITER_UNIFIED_ATTN",
+            "ROCM_ATTN",
+        ] {
             assert!(
                 ran.contains(&b),
                 "wave {wave}: {b} did not run; ran {ran:?}"
