@@ -190,6 +190,14 @@ fn prefix_tc_variants() -> Vec<Defines> {
     ]
 }
 
+/// Both dtypes at d 128 with BLOCK_N 32 (FLEX_ATTENTION's on ROCm).
+fn flex_tc_variants() -> Vec<Defines> {
+    [DType::Bf16, DType::F16]
+        .into_iter()
+        .map(|dt| crate::ops::flex_attention_tc::defines(dt, 128, 32))
+        .collect()
+}
+
 /// Both dtypes at the bench's shape (d 128, vLLM's 2D TILE 32 and AITER's
 /// prefill TILE 64, BLOCK_M 16, 4 waves) and one multi-wave program
 /// (BLOCK_M 64).
@@ -383,6 +391,12 @@ pub static FAMILIES: &[Family] = &[
         embedded: include_str!("../../kernels/flex_attention.hip"),
         entries: &["flex_attention"],
         variants: varlen_variants,
+    },
+    Family {
+        name: "flex_attention_tc",
+        embedded: include_str!("../../kernels/flex_attention_tc.hip"),
+        entries: &["flex_attention_tc"],
+        variants: flex_tc_variants,
     },
     Family {
         name: "mma_probe",

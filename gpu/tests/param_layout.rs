@@ -11,6 +11,7 @@ use attnlab_gpu::kernels::{family, translation_unit, PORTABLE_H};
 use attnlab_gpu::ops::flash_varlen::VarlenBlock;
 use attnlab_gpu::ops::flash_varlen_tc::VarlenTcBlock;
 use attnlab_gpu::ops::flex_attention::FlexParams;
+use attnlab_gpu::ops::flex_attention_tc::FlexTcParams;
 use attnlab_gpu::ops::merge_attn_states::MergeParams;
 use attnlab_gpu::ops::mla_decode::MlaParams;
 use attnlab_gpu::ops::mla_proj::ProjParams;
@@ -101,6 +102,11 @@ fn varlen_tc_params_match_flash_varlen_tc_hip() {
 #[test]
 fn unified_params_match_unified_attention_hip() {
     layout_matches("unified_attention", &[static_asserts::<UnifiedParams>()]);
+}
+
+#[test]
+fn flex_tc_params_match_flex_attention_tc_hip() {
+    layout_matches("flex_attention_tc", &[static_asserts::<FlexTcParams>()]);
 }
 
 #[test]

@@ -13,6 +13,7 @@ pub mod contract;
 pub mod flash_varlen;
 pub mod flash_varlen_tc;
 pub mod flex_attention;
+pub mod flex_attention_tc;
 pub mod gather_cache;
 pub mod merge_attn_states;
 pub mod mla_cache;
@@ -310,6 +311,10 @@ pub static KERNEL_DIFFS: &[KernelDiff] = &[
     KernelDiff {
         kernel: "flex_attention",
         run: flex_attention::run,
+    },
+    KernelDiff {
+        kernel: "flex_attention_tc",
+        run: flex_attention_tc::run,
     },
     KernelDiff {
         kernel: "mma",

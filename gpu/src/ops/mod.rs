@@ -7,6 +7,7 @@ pub mod contract;
 pub mod flash_varlen;
 pub mod flash_varlen_tc;
 pub mod flex_attention;
+pub mod flex_attention_tc;
 pub mod gather_cache;
 pub mod merge_attn_states;
 pub mod mla_cache;
