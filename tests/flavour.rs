@@ -38,10 +38,11 @@ fn trace_in_the_tensor_core_flavour_names_the_family_of_each_launch() {
 
 #[test]
 fn a_launch_without_a_tensor_core_kernel_is_an_error_naming_it() {
+    // MLA presets: the decode has no tensor-core kernel.
     let o = attnlab(&[
         "trace",
-        "--backend",
-        "FLEX_ATTENTION",
+        "--model",
+        "deepseek-r1",
         "--prompt-len",
         "40",
         "--flavour",
@@ -50,10 +51,29 @@ fn a_launch_without_a_tensor_core_kernel_is_an_error_naming_it() {
     assert_eq!(o.code, Some(1), "{o:?}");
     assert!(
         o.stderr
-            .contains("flex_attention in the tensor-core flavour (gfx942)")
+            .contains("decode_attention_fwd (MLA) in the tensor-core flavour (gfx942)")
             && o.stderr.contains("flavours: fma"),
         "{}",
         o.stderr
+    );
+    // FLEX_ATTENTION's flex_attention has one: flex_attention_tc.
+    let o = attnlab(&[
+        "trace",
+        "--backend",
+        "FLEX_ATTENTION",
+        "--prompt-len",
+        "40",
+        "--output-len",
+        "2",
+        "--flavour",
+        "auto",
+    ]);
+    assert_eq!(o.code, Some(0), "{o:?}");
+    assert!(
+        o.stdout
+            .contains("tensor-core flavour (gfx942): flex_attention -> flex_attention_tc"),
+        "{}",
+        o.stdout
     );
     // ROCM_ATTN's prefix prefill has one (prefix_prefill_tc); its decode
     // launch beside a prefill-only step computes nothing, and a decode step
@@ -103,7 +123,7 @@ fn a_launch_without_a_tensor_core_kernel_is_an_error_naming_it() {
         "{}",
         o.stdout
     );
-    // MLA presets: the decode has no tensor-core kernel.
+    // The same refusal from `run`.
     let o = attnlab(&["run", "--model", "deepseek-r1", "--flavour", "tc"]);
     assert_eq!(o.code, Some(1), "{o:?}");
     assert!(

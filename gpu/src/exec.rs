@@ -19,8 +19,8 @@ use attnlab_shared::dtype::DType;
 use attnlab_shared::error::{Error, Result};
 use attnlab_sim::backends::exec::KernelExecutor;
 use attnlab_sim::backends::flavour::{
-    backend_decode_split, check_decode_tc, check_prefix_tc, check_unified_tc, has_decode_rows,
-    no_tc_family, varlen_tc, Flavour, MatmulKernel,
+    backend_decode_split, check_decode_tc, check_flex_tc, check_prefix_tc, check_unified_tc,
+    has_decode_rows, no_tc_family, varlen_tc, Flavour, MatmulKernel,
 };
 use attnlab_sim::kernels::flash_varlen::VarlenArgs;
 use attnlab_sim::kernels::flash_varlen_tc::VarlenTcArgs;
@@ -226,8 +226,14 @@ impl KernelExecutor for GpuExecutor<'_> {
     }
 
     fn flex_attention(&self, args: &FlexArgs) -> Result<Vec<f32>> {
-        self.fma_only(MatmulKernel::FlexAttention)?;
-        let bits = ops::flex_attention::flex_attention(self.gpu, args).map_err(shared)?;
+        let bits = match self.flavour {
+            Flavour::Fma => ops::flex_attention::flex_attention(self.gpu, args),
+            Flavour::TensorCore(t) => {
+                check_flex_tc(args.cfg(), t)?;
+                ops::flex_attention_tc::flex_attention_tc(self.gpu, args)
+            }
+        }
+        .map_err(shared)?;
         Ok(widen(&bits, args.cfg().dtype))
     }
 

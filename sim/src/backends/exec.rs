@@ -11,18 +11,19 @@
 //! An executor also carries the kernel [`Flavour`] (fma or tensor-core,
 //! [`super::flavour`]): [`Cpu`] in the tensor-core flavour runs
 //! `flash_attn_varlen` as `flash_varlen_tc`, `unified_attention` as
-//! `unified_attention_tc`, `context_attention_fwd` as `prefix_prefill_tc`
-//! and the paged decodes as `paged_decode_tc` (a decode over a batch with
+//! `unified_attention_tc`, `context_attention_fwd` as `prefix_prefill_tc`,
+//! `flex_attention` as `flex_attention_tc` and the paged decodes as `paged_decode_tc` (a decode over a batch with
 //! no decode row computes nothing), and refuses the launches with no
 //! tensor-core kernel.
 
 use crate::backends::flavour::{
-    backend_decode_split, check_decode_tc, check_prefix_tc, check_unified_tc, has_decode_rows,
-    no_tc_family, varlen_tc, Flavour, MatmulKernel,
+    backend_decode_split, check_decode_tc, check_flex_tc, check_prefix_tc, check_unified_tc,
+    has_decode_rows, no_tc_family, varlen_tc, Flavour, MatmulKernel,
 };
 use crate::kernels::flash_varlen::{varlen, VarlenArgs};
 use crate::kernels::flash_varlen_tc::flash_attn_varlen_tc;
 use crate::kernels::flex_attention::{flex, FlexArgs};
+use crate::kernels::flex_attention_tc::flex_tc;
 use crate::kernels::gather_cache::{gather, GatherArgs};
 use crate::kernels::merge_attn_states::{merge, MergeArgs};
 use crate::kernels::mla_cache::{write_latent, LatentCache, LatentWrite};
@@ -239,7 +240,10 @@ impl KernelExecutor for Cpu {
     fn flex_attention(&self, args: &FlexArgs) -> Result<Vec<f32>> {
         match self.flavour {
             Flavour::Fma => flex(args),
-            Flavour::TensorCore(t) => Err(no_tc_family(MatmulKernel::FlexAttention, t)),
+            Flavour::TensorCore(t) => {
+                check_flex_tc(args.cfg(), t)?;
+                flex_tc(args, t)
+            }
         }
     }
 

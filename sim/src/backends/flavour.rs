@@ -21,7 +21,8 @@
 //! | `paged_attention_v1` / `paged_attention_common` / ROCM_ATTN's ll4mi and 2D decode | `paged_decode_tc` (NHD caches only) |
 //! | `unified_attention` | `unified_attention_tc` (NHD caches) |
 //! | `context_attention_fwd` (ROCM_ATTN's prefix prefill) | `prefix_prefill_tc` (any layout) |
-//! | `flex_attention`, the MLA decode and projections | none |
+//! | `flex_attention` | `flex_attention_tc` |
+//! | the MLA decode and projections | none |
 //!
 //! A paged decode launch over a batch with no decode row (query_len 1)
 //! computes nothing in either flavour (vLLM's `filter_by_query_len` /
@@ -45,6 +46,7 @@ use crate::cache::KvCache;
 use crate::config::AttnConfig;
 use crate::kernels::flash_varlen::VarlenParams;
 use crate::kernels::flash_varlen_tc::{VarlenTcParams, DEFAULT_BLOCK_N};
+use crate::kernels::flex_attention_tc::validate_config as validate_flex_tc;
 use crate::kernels::paged_decode_tc::{validate_tc, ROWS, STEP};
 use crate::kernels::prefix_prefill::PrefixVariant;
 use crate::kernels::prefix_prefill_tc::validate_config as validate_prefix_tc;
@@ -174,9 +176,8 @@ impl MatmulKernel {
             }
             MatmulKernel::UnifiedAttention => Some("unified_attention_tc"),
             MatmulKernel::ContextAttentionFwd => Some("prefix_prefill_tc"),
-            MatmulKernel::FlexAttention | MatmulKernel::MlaDecode | MatmulKernel::MlaProjection => {
-                None
-            }
+            MatmulKernel::FlexAttention => Some("flex_attention_tc"),
+            MatmulKernel::MlaDecode | MatmulKernel::MlaProjection => None,
         }
     }
 
@@ -331,6 +332,26 @@ pub fn check_prefix_tc(cfg: &AttnConfig, target: MatrixTarget) -> Result<()> {
                 target.name()
             ),
             format!("its tensor-core family prefix_prefill_tc refuses the launch: {e}"),
+        )
+    })?;
+    Ok(())
+}
+
+/// Whether `flex_attention_tc` takes a `flex_attention` launch of `cfg`, as
+/// the family checks it (bf16 or f16, head size a multiple of 16 up to
+/// 256), and with no zoo fault. Both executors call it before the launch,
+/// and [`admits`] for a route.
+pub fn check_flex_tc(cfg: &AttnConfig, target: MatrixTarget) -> Result<()> {
+    let kernel = MatmulKernel::FlexAttention;
+    no_faults(kernel, cfg.faults)?;
+    validate_flex_tc(cfg).map_err(|e| {
+        Error::unsupported(
+            format!(
+                "{} in the tensor-core flavour ({})",
+                kernel.name(),
+                target.name()
+            ),
+            format!("its tensor-core family flex_attention_tc refuses the launch: {e}"),
         )
     })?;
     Ok(())
@@ -556,6 +577,9 @@ pub fn tc_step(
             if k == K::ContextAttentionFwd {
                 check_prefix_tc(kcfg, target)?;
             }
+            if k == K::FlexAttention {
+                check_flex_tc(kcfg, target)?;
+            }
             match p {
                 Paged::Unified(launch) => check_unified_tc(kcfg, launch, layout, target)?,
                 Paged::AiterUnifiedAttention => {
@@ -624,11 +648,15 @@ mod tests {
 
     #[test]
     fn a_kernel_without_a_tensor_core_family_is_refused_naming_it_and_its_flavours() {
-        let e = no_tc_family(MatmulKernel::FlexAttention, MatrixTarget::Gfx942).to_string();
+        let e = no_tc_family(MatmulKernel::MlaDecode, MatrixTarget::Gfx942).to_string();
         assert!(
-            e.contains("flex_attention") && e.contains("gfx942") && e.contains("fma"),
+            e.contains("decode_attention_fwd (MLA)")
+                && e.contains("gfx942")
+                && e.contains("flavours: fma"),
             "{e}"
         );
+        assert_eq!(MatmulKernel::ContextAttentionFwd.flavours(), "fma, tc");
+        assert_eq!(MatmulKernel::FlexAttention.flavours(), "fma, tc");
         assert_eq!(MatmulKernel::FlashAttnVarlen.flavours(), "fma, tc");
     }
 
