@@ -41,6 +41,8 @@ fn a_launch_without_a_tensor_core_kernel_is_an_error_naming_it() {
     // MLA presets: the decode has no tensor-core kernel.
     let o = attnlab(&[
         "trace",
+        "--backend",
+        "TRITON_MLA",
         "--model",
         "deepseek-r1",
         "--prompt-len",
