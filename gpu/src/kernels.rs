@@ -190,11 +190,21 @@ fn prefix_tc_variants() -> Vec<Defines> {
     ]
 }
 
+/// The `-D` set of one compiled `flex_attention_tc` shape: dtype, head
+/// size, BLOCK_N.
+pub fn flex_tc_defines(dt: DType, d: usize, block_n: usize) -> Vec<(String, String)> {
+    vec![
+        dtype_define("DTYPE", dt),
+        ("FX_D".to_string(), d.to_string()),
+        ("FX_BN".to_string(), block_n.to_string()),
+    ]
+}
+
 /// Both dtypes at d 128 with BLOCK_N 32 (FLEX_ATTENTION's on ROCm).
 fn flex_tc_variants() -> Vec<Defines> {
     [DType::Bf16, DType::F16]
         .into_iter()
-        .map(|dt| crate::ops::flex_attention_tc::defines(dt, 128, 32))
+        .map(|dt| flex_tc_defines(dt, 128, 32))
         .collect()
 }
 

@@ -8,11 +8,11 @@
 use super::flash_varlen_tc::{host_target_code, matrix_target};
 use super::flex_attention::MaskBuffers;
 use super::unified_attention::to_u32;
-use crate::kernels::{dtype_define, Gpu};
+pub use crate::kernels::flex_tc_defines as defines;
+use crate::kernels::Gpu;
 use crate::runtime::bytes::{bits_from_bytes, bytes_of};
 use crate::runtime::params::{param_block, ParamBlock};
 use crate::runtime::{Buffer, LaunchDims, Result};
-use attnlab_shared::dtype::DType;
 use attnlab_sim::kernels::flex_attention::{flex_block_n, FlexArgs};
 use attnlab_sim::kernels::flex_attention_tc::validate_config;
 use attnlab_sim::numerics::softmax_scale_log2;
@@ -29,15 +29,6 @@ param_block! {
         scale: f32,
         scale_log2: f32,
     }
-}
-
-/// The `-D` set of one compiled shape: dtype, head size, BLOCK_N.
-pub fn defines(dt: DType, d: usize, block_n: usize) -> Vec<(String, String)> {
-    vec![
-        dtype_define("DTYPE", dt),
-        ("FX_D".to_string(), d.to_string()),
-        ("FX_BN".to_string(), block_n.to_string()),
-    ]
 }
 
 /// Shared memory of one program: a K and a V tile of `block_n` keys, rows
