@@ -38,10 +38,13 @@ fn trace_in_the_tensor_core_flavour_names_the_family_of_each_launch() {
 
 #[test]
 fn a_launch_without_a_tensor_core_kernel_is_an_error_naming_it() {
+    // MLA presets: the decode has no tensor-core kernel.
     let o = attnlab(&[
         "trace",
         "--backend",
-        "ROCM_ATTN",
+        "TRITON_MLA",
+        "--model",
+        "deepseek-r1",
         "--prompt-len",
         "40",
         "--flavour",
@@ -50,8 +53,58 @@ fn a_launch_without_a_tensor_core_kernel_is_an_error_naming_it() {
     assert_eq!(o.code, Some(1), "{o:?}");
     assert!(
         o.stderr
-            .contains("context_attention_fwd in the tensor-core flavour (gfx942)")
+            .contains("decode_attention_fwd (MLA) in the tensor-core flavour (gfx942)")
             && o.stderr.contains("flavours: fma"),
+        "{}",
+        o.stderr
+    );
+    // FLEX_ATTENTION's flex_attention has one: flex_attention_tc.
+    let o = attnlab(&[
+        "trace",
+        "--backend",
+        "FLEX_ATTENTION",
+        "--prompt-len",
+        "40",
+        "--output-len",
+        "2",
+        "--flavour",
+        "auto",
+    ]);
+    assert_eq!(o.code, Some(0), "{o:?}");
+    assert!(
+        o.stdout
+            .contains("tensor-core flavour (gfx942): flex_attention -> flex_attention_tc"),
+        "{}",
+        o.stdout
+    );
+    // ROCM_ATTN's prefix prefill has one (prefix_prefill_tc); its decode
+    // launch beside a prefill-only step computes nothing, and a decode step
+    // is refused: paged_decode_tc reads NHD caches, not the x-packed one.
+    let rocm = |output_len: &str| {
+        attnlab(&[
+            "trace",
+            "--backend",
+            "ROCM_ATTN",
+            "--prompt-len",
+            "40",
+            "--output-len",
+            output_len,
+            "--flavour",
+            "auto",
+        ])
+    };
+    let o = rocm("1");
+    assert_eq!(o.code, Some(0), "{o:?}");
+    assert!(
+        o.stdout
+            .contains("tensor-core flavour (gfx942): context_attention_fwd -> prefix_prefill_tc"),
+        "{}",
+        o.stdout
+    );
+    let o = rocm("2");
+    assert_eq!(o.code, Some(1), "{o:?}");
+    assert!(
+        o.stderr.contains("paged_decode_tc refuses") && o.stderr.contains("NHD"),
         "{}",
         o.stderr
     );
@@ -72,7 +125,7 @@ fn a_launch_without_a_tensor_core_kernel_is_an_error_naming_it() {
         "{}",
         o.stdout
     );
-    // MLA presets: the decode has no tensor-core kernel.
+    // The same refusal from `run`.
     let o = attnlab(&["run", "--model", "deepseek-r1", "--flavour", "tc"]);
     assert_eq!(o.code, Some(1), "{o:?}");
     assert!(
@@ -143,13 +196,11 @@ fn run_skips_the_backends_the_flavour_refuses_and_runs_the_others() {
     assert_eq!(fa["status"], "pass", "{fa}");
     assert_eq!(fa["flavour"], "tensor-core (gfx942)", "{fa}");
     assert!(fa["steps"].as_u64().unwrap() > 0, "{fa}");
+    // ROCM_ATTN's decode steps: paged_decode_tc reads no x-packed cache.
     let rocm = row("ROCM_ATTN");
     assert_eq!(rocm["status"], "skipped", "{rocm}");
     assert!(
-        rocm["reason"]
-            .as_str()
-            .unwrap()
-            .contains("context_attention_fwd"),
+        rocm["reason"].as_str().unwrap().contains("paged_decode_tc"),
         "{rocm}"
     );
 }

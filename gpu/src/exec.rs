@@ -19,8 +19,8 @@ use attnlab_shared::dtype::DType;
 use attnlab_shared::error::{Error, Result};
 use attnlab_sim::backends::exec::KernelExecutor;
 use attnlab_sim::backends::flavour::{
-    backend_decode_split, check_decode_tc, check_unified_tc, no_tc_family, varlen_tc, Flavour,
-    MatmulKernel,
+    backend_decode_split, check_decode_tc, check_flex_tc, check_prefix_tc, check_unified_tc,
+    has_decode_rows, no_tc_family, varlen_tc, Flavour, MatmulKernel,
 };
 use attnlab_sim::kernels::flash_varlen::VarlenArgs;
 use attnlab_sim::kernels::flash_varlen_tc::VarlenTcArgs;
@@ -84,6 +84,9 @@ impl<'a> GpuExecutor<'a> {
     ) -> Result<()> {
         let (query, cache, meta, cfg) =
             (inputs.query(), inputs.cache(), inputs.meta(), inputs.cfg());
+        if !has_decode_rows(meta) {
+            return inputs.check_out(out); // every program exits: out unchanged
+        }
         check_decode_tc(kernel, cfg, cache.layout.kind, meta.block_size, target)?;
         let split = backend_decode_split(target, meta, cfg);
         let (bits, _) = ops::paged_decode_tc::paged_decode_tc(
@@ -146,9 +149,14 @@ impl KernelExecutor for GpuExecutor<'_> {
     }
 
     fn context_attention_fwd(&self, args: &PrefixArgs, out: &mut [f32]) -> Result<()> {
-        self.fma_only(MatmulKernel::ContextAttentionFwd)?;
-        let bits =
-            ops::prefix_prefill::context_attention_fwd(self.gpu, args, out).map_err(shared)?;
+        let bits = match self.flavour {
+            Flavour::Fma => ops::prefix_prefill::context_attention_fwd(self.gpu, args, out),
+            Flavour::TensorCore(t) => {
+                check_prefix_tc(args.inputs().cfg(), t)?;
+                ops::prefix_prefill_tc::context_attention_tc(self.gpu, args, out)
+            }
+        }
+        .map_err(shared)?;
         out.copy_from_slice(&widen(&bits, args.inputs().cfg().dtype));
         Ok(())
     }
@@ -218,8 +226,14 @@ impl KernelExecutor for GpuExecutor<'_> {
     }
 
     fn flex_attention(&self, args: &FlexArgs) -> Result<Vec<f32>> {
-        self.fma_only(MatmulKernel::FlexAttention)?;
-        let bits = ops::flex_attention::flex_attention(self.gpu, args).map_err(shared)?;
+        let bits = match self.flavour {
+            Flavour::Fma => ops::flex_attention::flex_attention(self.gpu, args),
+            Flavour::TensorCore(t) => {
+                check_flex_tc(args.cfg(), t)?;
+                ops::flex_attention_tc::flex_attention_tc(self.gpu, args)
+            }
+        }
+        .map_err(shared)?;
         Ok(widen(&bits, args.cfg().dtype))
     }
 

@@ -156,6 +156,58 @@ pub fn unified_tc_defines(
     v
 }
 
+/// The `-D` set of one compiled `prefix_prefill_tc` shape: query and cache
+/// dtypes, head size, the two phases' key tiles (cached context, new
+/// tokens), waves per workgroup.
+pub fn prefix_tc_defines(
+    q: DType,
+    kv: DType,
+    d: usize,
+    ctx_tile: usize,
+    block_n: usize,
+    warps: usize,
+) -> Vec<(String, String)> {
+    let mut v = qkv_defines(q, kv).to_vec();
+    for (k, x) in [
+        ("PP_D", d),
+        ("PP_CT", ctx_tile),
+        ("PP_BN", block_n),
+        ("PP_WARPS", warps),
+    ] {
+        v.push((k.to_string(), x.to_string()));
+    }
+    v
+}
+
+/// `_fwd_kernel`'s tiles (32 / 64) at d 128 for bf16, f16 and an fp8 cache,
+/// and `_fwd_kernel_alibi`'s (128 / 128) for bf16.
+fn prefix_tc_variants() -> Vec<Defines> {
+    vec![
+        prefix_tc_defines(DType::Bf16, DType::Bf16, 128, 32, 64, 4),
+        prefix_tc_defines(DType::F16, DType::F16, 128, 32, 64, 4),
+        prefix_tc_defines(DType::Bf16, DType::Fp8E4m3Fnuz, 128, 32, 64, 4),
+        prefix_tc_defines(DType::Bf16, DType::Bf16, 128, 128, 128, 4),
+    ]
+}
+
+/// The `-D` set of one compiled `flex_attention_tc` shape: dtype, head
+/// size, BLOCK_N.
+pub fn flex_tc_defines(dt: DType, d: usize, block_n: usize) -> Vec<(String, String)> {
+    vec![
+        dtype_define("DTYPE", dt),
+        ("FX_D".to_string(), d.to_string()),
+        ("FX_BN".to_string(), block_n.to_string()),
+    ]
+}
+
+/// Both dtypes at d 128 with BLOCK_N 32 (FLEX_ATTENTION's on ROCm).
+fn flex_tc_variants() -> Vec<Defines> {
+    [DType::Bf16, DType::F16]
+        .into_iter()
+        .map(|dt| flex_tc_defines(dt, 128, 32))
+        .collect()
+}
+
 /// Both dtypes at the bench's shape (d 128, vLLM's 2D TILE 32 and AITER's
 /// prefill TILE 64, BLOCK_M 16, 4 waves) and one multi-wave program
 /// (BLOCK_M 64).
@@ -297,6 +349,12 @@ pub static FAMILIES: &[Family] = &[
         variants: attention_variants,
     },
     Family {
+        name: "prefix_prefill_tc",
+        embedded: include_str!("../../kernels/prefix_prefill_tc.hip"),
+        entries: &["context_attention_fwd_tc"],
+        variants: prefix_tc_variants,
+    },
+    Family {
         name: "gather_cache",
         embedded: include_str!("../../kernels/gather_cache.hip"),
         entries: &["cp_mha_gather_cache"],
@@ -343,6 +401,12 @@ pub static FAMILIES: &[Family] = &[
         embedded: include_str!("../../kernels/flex_attention.hip"),
         entries: &["flex_attention"],
         variants: varlen_variants,
+    },
+    Family {
+        name: "flex_attention_tc",
+        embedded: include_str!("../../kernels/flex_attention_tc.hip"),
+        entries: &["flex_attention_tc"],
+        variants: flex_tc_variants,
     },
     Family {
         name: "mma_probe",

@@ -115,9 +115,11 @@ fn the_tensor_core_prefill_is_bit_exact_on_the_host_at_both_wave_widths() {
 /// host device stands for sm_90 at 32 lanes and gfx942 at 64): a backend
 /// whose launches all have tensor-core kernels (ROCM_AITER_FA: the varlen
 /// prefill and extend, the NHD paged decode; TRITON_ATTN and
-/// ROCM_AITER_UNIFIED_ATTN: unified_attention_tc) is bit-exact over draws the
-/// flavour admits; one with a launch that has none is refused naming that
-/// launch, never run in the fma kernels.
+/// ROCM_AITER_UNIFIED_ATTN: unified_attention_tc; ROCM_ATTN on batches with
+/// no decode row: prefix_prefill_tc on its x-packed cache; FLEX_ATTENTION:
+/// flex_attention_tc) is bit-exact over
+/// draws the flavour admits; one with a launch that has none is refused
+/// naming that launch, never run in the fma kernels.
 #[test]
 fn every_backend_in_the_tensor_core_flavour_is_bit_exact_or_refused_on_the_host() {
     let backends = [
@@ -163,7 +165,13 @@ fn every_backend_in_the_tensor_core_flavour_is_bit_exact_or_refused_on_the_host(
                 }
             }
         }
-        for b in ["ROCM_AITER_FA", "TRITON_ATTN", "ROCM_AITER_UNIFIED_ATTN"] {
+        for b in [
+            "ROCM_AITER_FA",
+            "TRITON_ATTN",
+            "ROCM_AITER_UNIFIED_ATTN",
+            "ROCM_ATTN",
+            "FLEX_ATTENTION",
+        ] {
             assert!(
                 ran.contains(&b),
                 "wave {wave}: {b} did not run; ran {ran:?}"
@@ -186,6 +194,44 @@ fn the_tensor_core_unified_attention_is_bit_exact_on_the_host_at_both_wave_width
         let r = attnlab_gpu::diff::unified_attention_tc::run(&gpu, DiffOptions::new(12, 6))
             .expect("unified_attention_tc diff");
         assert_eq!(r.cases, 12);
+        assert!(r.elements > 0, "wave {wave}: compared nothing");
+        assert!(r.passed(), "wave {wave}: {:?}", r.first_mismatch);
+    }
+}
+
+/// The tensor-core prefix prefill (`prefix_prefill_tc`) at both wave
+/// widths: vLLM's context_attention_fwd programs (the cached context in
+/// 32-key tiles, the new tokens in 64-key tiles; ALiBi's 128-key kernel)
+/// over every KV layout, ROCM_ATTN's x-packed one included, each Q·K^T and
+/// P·V step on Hopper's `mma.sync m16n8k16` model at 32 lanes and CDNA3's
+/// MFMA 16x16x16 at 64.
+#[test]
+fn the_tensor_core_prefix_prefill_is_bit_exact_on_the_host_at_both_wave_widths() {
+    for wave in [32, 64] {
+        let Some(gpu) = host_or_skip("prefix_prefill_tc", wave) else {
+            return;
+        };
+        let r = attnlab_gpu::diff::prefix_prefill_tc::run(&gpu, DiffOptions::new(6, 7))
+            .expect("prefix_prefill_tc diff");
+        assert_eq!(r.cases, 6);
+        assert!(r.elements > 0, "wave {wave}: compared nothing");
+        assert!(r.passed(), "wave {wave}: {:?}", r.first_mismatch);
+    }
+}
+
+/// The tensor-core FlexAttention (`flex_attention_tc`) at both wave
+/// widths: the block-sparse BlockMask's partial then full blocks, each
+/// Q·K^T and P·V step on Hopper's `mma.sync m16n8k16` model at 32 lanes and
+/// CDNA3's MFMA 16x16x16 at 64.
+#[test]
+fn the_tensor_core_flex_attention_is_bit_exact_on_the_host_at_both_wave_widths() {
+    for wave in [32, 64] {
+        let Some(gpu) = host_or_skip("flex_attention_tc", wave) else {
+            return;
+        };
+        let r = attnlab_gpu::diff::flex_attention_tc::run(&gpu, DiffOptions::new(6, 8))
+            .expect("flex_attention_tc diff");
+        assert_eq!(r.cases, 6);
         assert!(r.elements > 0, "wave {wave}: compared nothing");
         assert!(r.passed(), "wave {wave}: {:?}", r.first_mismatch);
     }

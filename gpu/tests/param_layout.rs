@@ -11,12 +11,14 @@ use attnlab_gpu::kernels::{family, translation_unit, PORTABLE_H};
 use attnlab_gpu::ops::flash_varlen::VarlenBlock;
 use attnlab_gpu::ops::flash_varlen_tc::VarlenTcBlock;
 use attnlab_gpu::ops::flex_attention::FlexParams;
+use attnlab_gpu::ops::flex_attention_tc::FlexTcParams;
 use attnlab_gpu::ops::merge_attn_states::MergeParams;
 use attnlab_gpu::ops::mla_decode::MlaParams;
 use attnlab_gpu::ops::mla_proj::ProjParams;
 use attnlab_gpu::ops::paged_decode::PagedParams;
 use attnlab_gpu::ops::paged_decode_tc::TcParams;
 use attnlab_gpu::ops::prefix_prefill::PrefixParams;
+use attnlab_gpu::ops::prefix_prefill_tc::PrefixTcParams;
 use attnlab_gpu::ops::unified_attention::UnifiedParams;
 use attnlab_gpu::ops::unified_attention_tc::UnifiedTcParams;
 use attnlab_gpu::runtime::host::HostCompiler;
@@ -100,6 +102,16 @@ fn varlen_tc_params_match_flash_varlen_tc_hip() {
 #[test]
 fn unified_params_match_unified_attention_hip() {
     layout_matches("unified_attention", &[static_asserts::<UnifiedParams>()]);
+}
+
+#[test]
+fn flex_tc_params_match_flex_attention_tc_hip() {
+    layout_matches("flex_attention_tc", &[static_asserts::<FlexTcParams>()]);
+}
+
+#[test]
+fn prefix_tc_params_match_prefix_prefill_tc_hip() {
+    layout_matches("prefix_prefill_tc", &[static_asserts::<PrefixTcParams>()]);
 }
 
 #[test]

@@ -189,33 +189,92 @@ fn case_for(
     }
 }
 
+/// FLEX_ATTENTION in the tensor-core flavour runs `flex_attention_tc`
+/// (within the dtype's tolerance of its fma flavour on both targets), and
+/// refuses an fp32 layer naming the launch, its family and the dtype.
 #[test]
-fn a_launch_with_no_tensor_core_kernel_is_refused_naming_it_and_its_flavours() {
-    let flavour = Flavour::TensorCore(MatrixTarget::Gfx942);
-    for (name, kernel) in [
-        (BackendName::RocmAttn, "context_attention_fwd"),
-        (BackendName::FlexAttention, "flex_attention"),
-    ] {
-        let backend = attnlab_sim::backends::by_name(name).unwrap();
-        let (case, cache) = case_for(backend.as_ref(), true, |_| {});
-        let e = backend
-            .forward_with(
-                &Cpu::new(flavour),
-                &case.query,
-                &cache,
-                &case.meta,
-                &case.cfg,
-            )
-            .expect_err("refused")
-            .to_string();
+fn flex_attention_runs_on_matrix_cores_and_refuses_fp32_naming_it() {
+    let backend = attnlab_sim::backends::by_name(BackendName::FlexAttention).unwrap();
+    let mut rng = ChaCha8Rng::seed_from_u64(8);
+    let (case, cache) = loop {
+        let case = next_case(&mut rng);
+        let c = &case.cfg;
+        if case.meta.max_query_len > 1
+            && matches!(c.dtype, DType::Bf16 | DType::F16)
+            && c.kv_dtype == c.dtype
+        {
+            if let Some(cache) = backend_cache(backend.as_ref(), &case) {
+                break (case, cache);
+            }
+        }
+    };
+    let (q, m, c) = (&case.query, &case.meta, &case.cfg);
+    let fma = backend.forward_with(&Cpu::FMA, q, &cache, m, c).unwrap();
+    for target in TARGETS {
+        let flavour = Flavour::TensorCore(target);
+        let out = backend
+            .forward_with(&Cpu::new(flavour), q, &cache, m, c)
+            .unwrap_or_else(|e| panic!("[{flavour}] {e}: {}", case.describe()));
+        let cmp = compare(&out, &fma, tolerance(&case)).unwrap();
+        assert!(cmp.passed(), "[{flavour}] {cmp:?}: {}", case.describe());
+    }
+    let f32_cfg = attnlab_sim::config::AttnConfig {
+        dtype: DType::F32,
+        kv_dtype: DType::F32,
+        ..c.clone()
+    };
+    let e = attnlab_sim::backends::flavour::check_flex_tc(&f32_cfg, MatrixTarget::Gfx942)
+        .expect_err("fp32")
+        .to_string();
+    assert!(
+        e.contains("flex_attention") && e.contains("flex_attention_tc") && e.contains("float32"),
+        "{e}"
+    );
+}
+
+/// ROCM_ATTN in the tensor-core flavour: its prefix prefill runs
+/// `prefix_prefill_tc` on the x-packed cache (within the dtype's tolerance
+/// of its fma flavour), its decode launch beside a batch with no decode
+/// row computes nothing, and a batch with decode rows is refused naming
+/// the decode's family and the layout it reads (`paged_decode_tc`: NHD).
+#[test]
+fn rocm_attn_runs_its_prefix_prefill_on_matrix_cores_and_refuses_decode_rows_naming_the_layout() {
+    let backend = attnlab_sim::backends::by_name(BackendName::RocmAttn).unwrap();
+    let mut rng = ChaCha8Rng::seed_from_u64(21);
+    let (mut ran, mut refused, mut draws) = ([0usize; 2], 0usize, 0usize);
+    while ran.iter().any(|&r| r < 2) || refused < 2 {
+        draws += 1;
         assert!(
-            e.contains(kernel) && e.contains("gfx942") && e.contains("flavours: fma"),
-            "{name:?}: {e}"
+            draws < 3000,
+            "too few draws: ran {ran:?}, refused {refused}"
         );
-        // The same batch runs in the fma flavour.
-        backend
-            .forward_with(&Cpu::FMA, &case.query, &cache, &case.meta, &case.cfg)
-            .unwrap();
+        let case = next_case(&mut rng);
+        let Some(cache) = backend_cache(backend.as_ref(), &case) else {
+            continue;
+        };
+        let (q, m, c) = (&case.query, &case.meta, &case.cfg);
+        let decode = (0..m.num_reqs()).any(|i| m.query_len(i) == 1);
+        for (ti, &target) in TARGETS.iter().enumerate() {
+            let flavour = Flavour::TensorCore(target);
+            let r = backend.forward_with(&Cpu::new(flavour), q, &cache, m, c);
+            if decode {
+                let e = r
+                    .expect_err("decode rows on the x-packed cache")
+                    .to_string();
+                assert!(
+                    e.contains("paged_decode_tc") && e.contains("NHD"),
+                    "{e}: {}",
+                    case.describe()
+                );
+                refused += 1;
+                continue;
+            }
+            let out = r.unwrap_or_else(|e| panic!("{e}: {}", case.describe()));
+            let fma = backend.forward_with(&Cpu::FMA, q, &cache, m, c).unwrap();
+            let cmp = compare(&out, &fma, tolerance(&case)).unwrap();
+            assert!(cmp.passed(), "[{flavour}] {cmp:?}: {}", case.describe());
+            ran[ti] += 1;
+        }
     }
 }
 

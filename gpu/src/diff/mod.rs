@@ -13,6 +13,7 @@ pub mod contract;
 pub mod flash_varlen;
 pub mod flash_varlen_tc;
 pub mod flex_attention;
+pub mod flex_attention_tc;
 pub mod gather_cache;
 pub mod merge_attn_states;
 pub mod mla_cache;
@@ -23,6 +24,7 @@ pub mod mma;
 pub mod paged_decode;
 pub mod paged_decode_tc;
 pub mod prefix_prefill;
+pub mod prefix_prefill_tc;
 pub mod reshape_and_cache;
 pub mod unified_attention;
 pub mod unified_attention_tc;
@@ -275,6 +277,10 @@ pub static KERNEL_DIFFS: &[KernelDiff] = &[
         run: prefix_prefill::run,
     },
     KernelDiff {
+        kernel: "prefix_prefill_tc",
+        run: prefix_prefill_tc::run,
+    },
+    KernelDiff {
         kernel: "gather_cache",
         run: gather_cache::run,
     },
@@ -305,6 +311,10 @@ pub static KERNEL_DIFFS: &[KernelDiff] = &[
     KernelDiff {
         kernel: "flex_attention",
         run: flex_attention::run,
+    },
+    KernelDiff {
+        kernel: "flex_attention_tc",
+        run: flex_attention_tc::run,
     },
     KernelDiff {
         kernel: "mma",

@@ -55,32 +55,8 @@ pub fn flex_attention(gpu: &Gpu, args: &FlexArgs) -> Result<Vec<u32>> {
         return Ok(Vec::new());
     }
     let out = Buffer::zeroed(dev, t * hq * d * cfg.dtype.size_bytes())?;
-    // The BlockMask, flattened: per q block its partial then its full blocks,
-    // and mask_mod of every (row, slot) of its partial blocks.
-    let mask = FlexMask::new(meta, cfg.sliding_window);
-    let bm = BlockMask::build(&mask);
-    let (mut blocks, mut start, mut partial, mut keep) = (vec![], vec![0i32], vec![], vec![]);
-    for (qb, (parts, fulls)) in bm.kv_indices.iter().zip(&bm.full_kv_indices).enumerate() {
-        for (&b, is_partial) in parts
-            .iter()
-            .map(|b| (b, true))
-            .chain(fulls.iter().map(|b| (b, false)))
-        {
-            blocks.push(b as i32);
-            for r in qb * qb_rows..(qb + 1) * qb_rows {
-                keep.extend(
-                    (0..bs).map(|j| (is_partial && r < t && mask.keep(r, b * bs + j)) as u8),
-                );
-            }
-        }
-        start.push(blocks.len() as i32);
-        partial.push(parts.len() as i32);
-    }
-    let num_q_blocks = partial.len();
-    let up =
-        |v: &[i32]| Buffer::from_bytes(dev, &bytes_of_i32(if v.is_empty() { &[0] } else { v }));
-    let (blocks_b, start_b, partial_b) = (up(&blocks)?, up(&start)?, up(&partial)?);
-    let keep_b = Buffer::from_bytes(dev, if keep.is_empty() { &[0u8] } else { &keep })?;
+    let mask = MaskBuffers::upload(gpu, args)?;
+    let num_q_blocks = mask.num_q_blocks;
     let q = Buffer::from_bytes(dev, &bytes_of(query, cfg.dtype))?;
     let k = Buffer::from_bytes(dev, &bytes_of(&cache.k, cfg.dtype))?;
     let v = Buffer::from_bytes(dev, &bytes_of(&cache.v, cfg.dtype))?;
@@ -110,10 +86,10 @@ pub fn flex_attention(gpu: &Gpu, args: &FlexArgs) -> Result<Vec<u32>> {
         q.arg(),
         k.arg(),
         v.arg(),
-        blocks_b.arg(),
-        start_b.arg(),
-        partial_b.arg(),
-        keep_b.arg(),
+        mask.blocks.arg(),
+        mask.start.arg(),
+        mask.partial.arg(),
+        mask.keep.arg(),
         out.arg(),
         a,
     ];
@@ -122,4 +98,54 @@ pub fn flex_attention(gpu: &Gpu, args: &FlexArgs) -> Result<Vec<u32>> {
     // sized above for the shapes those scalars and this grid index.
     unsafe { dev.launch(f, dims, &call) }?;
     Ok(bits_from_bytes(&out.to_bytes()?, cfg.dtype))
+}
+
+/// The BlockMask on the device, flattened: per q block its partial then its
+/// full blocks (`blocks[start[qb] .. start[qb + 1]]`, the first
+/// `partial[qb]` partial), and `keep[(entry * 16 + row) * block_size +
+/// slot]`: `mask_mod` of every (row, slot) of a partial block. Built with
+/// the sim's own `BlockMask::build` / `FlexMask::keep`; the fma and the
+/// tensor-core kernels read it alike.
+pub(crate) struct MaskBuffers<'d> {
+    pub num_q_blocks: usize,
+    pub blocks: Buffer<'d>,
+    pub start: Buffer<'d>,
+    pub partial: Buffer<'d>,
+    pub keep: Buffer<'d>,
+}
+
+impl<'d> MaskBuffers<'d> {
+    pub(crate) fn upload(gpu: &'d Gpu, args: &FlexArgs) -> Result<MaskBuffers<'d>> {
+        let (meta, cfg) = (args.meta(), args.cfg());
+        let (t, bs, qb_rows) = (meta.num_actual_tokens, meta.block_size, SPARSE_Q_BLOCK_SIZE);
+        let mask = FlexMask::new(meta, cfg.sliding_window);
+        let bm = BlockMask::build(&mask);
+        let (mut blocks, mut start, mut partial, mut keep) = (vec![], vec![0i32], vec![], vec![]);
+        for (qb, (parts, fulls)) in bm.kv_indices.iter().zip(&bm.full_kv_indices).enumerate() {
+            for (&b, is_partial) in parts
+                .iter()
+                .map(|b| (b, true))
+                .chain(fulls.iter().map(|b| (b, false)))
+            {
+                blocks.push(b as i32);
+                for r in qb * qb_rows..(qb + 1) * qb_rows {
+                    keep.extend(
+                        (0..bs).map(|j| (is_partial && r < t && mask.keep(r, b * bs + j)) as u8),
+                    );
+                }
+            }
+            start.push(blocks.len() as i32);
+            partial.push(parts.len() as i32);
+        }
+        let dev = gpu.dev.as_ref();
+        let up =
+            |v: &[i32]| Buffer::from_bytes(dev, &bytes_of_i32(if v.is_empty() { &[0] } else { v }));
+        Ok(MaskBuffers {
+            num_q_blocks: partial.len(),
+            blocks: up(&blocks)?,
+            start: up(&start)?,
+            partial: up(&partial)?,
+            keep: Buffer::from_bytes(dev, if keep.is_empty() { &[0u8] } else { &keep })?,
+        })
+    }
 }

@@ -10,16 +10,20 @@
 //!
 //! An executor also carries the kernel [`Flavour`] (fma or tensor-core,
 //! [`super::flavour`]): [`Cpu`] in the tensor-core flavour runs
-//! `flash_attn_varlen` as `flash_varlen_tc` and the paged decodes as
-//! `paged_decode_tc`, and refuses the launches with no tensor-core kernel.
+//! `flash_attn_varlen` as `flash_varlen_tc`, `unified_attention` as
+//! `unified_attention_tc`, `context_attention_fwd` as `prefix_prefill_tc`,
+//! `flex_attention` as `flex_attention_tc` and the paged decodes as `paged_decode_tc` (a decode over a batch with
+//! no decode row computes nothing), and refuses the launches with no
+//! tensor-core kernel.
 
 use crate::backends::flavour::{
-    backend_decode_split, check_decode_tc, check_unified_tc, no_tc_family, varlen_tc, Flavour,
-    MatmulKernel,
+    backend_decode_split, check_decode_tc, check_flex_tc, check_prefix_tc, check_unified_tc,
+    has_decode_rows, no_tc_family, varlen_tc, Flavour, MatmulKernel,
 };
 use crate::kernels::flash_varlen::{varlen, VarlenArgs};
 use crate::kernels::flash_varlen_tc::flash_attn_varlen_tc;
 use crate::kernels::flex_attention::{flex, FlexArgs};
+use crate::kernels::flex_attention_tc::flex_tc;
 use crate::kernels::gather_cache::{gather, GatherArgs};
 use crate::kernels::merge_attn_states::{merge, MergeArgs};
 use crate::kernels::mla_cache::{write_latent, LatentCache, LatentWrite};
@@ -31,6 +35,7 @@ use crate::kernels::mla_proj::{absorb, output, up, ProjArgs};
 use crate::kernels::paged_decode::{paged_2d, paged_ll4mi, PagedInputs, PartitionSize};
 use crate::kernels::paged_decode_tc::paged_decode_tc;
 use crate::kernels::prefix_prefill::{context_attention, PrefixArgs};
+use crate::kernels::prefix_prefill_tc::context_attention_tc;
 use crate::kernels::reshape_and_cache::{write_cache, CacheWrite};
 use crate::kernels::softmax::OutLse;
 use crate::kernels::unified_attention::{unified_attention, UnifiedArgs};
@@ -159,6 +164,9 @@ impl Cpu {
     ) -> Result<()> {
         let (query, cache, meta, cfg) =
             (inputs.query(), inputs.cache(), inputs.meta(), inputs.cfg());
+        if !has_decode_rows(meta) {
+            return inputs.check_out(out); // every program exits: out unchanged
+        }
         check_decode_tc(kernel, cfg, cache.layout.kind, meta.block_size, target)?;
         let split = backend_decode_split(target, meta, cfg);
         paged_decode_tc(query, cache, meta, cfg, target, split, out)
@@ -185,7 +193,10 @@ impl KernelExecutor for Cpu {
     fn context_attention_fwd(&self, args: &PrefixArgs, out: &mut [f32]) -> Result<()> {
         match self.flavour {
             Flavour::Fma => context_attention(args, out),
-            Flavour::TensorCore(t) => Err(no_tc_family(MatmulKernel::ContextAttentionFwd, t)),
+            Flavour::TensorCore(t) => {
+                check_prefix_tc(args.inputs().cfg(), t)?;
+                context_attention_tc(args, t, out)
+            }
         }
     }
 
@@ -229,7 +240,10 @@ impl KernelExecutor for Cpu {
     fn flex_attention(&self, args: &FlexArgs) -> Result<Vec<f32>> {
         match self.flavour {
             Flavour::Fma => flex(args),
-            Flavour::TensorCore(t) => Err(no_tc_family(MatmulKernel::FlexAttention, t)),
+            Flavour::TensorCore(t) => {
+                check_flex_tc(args.cfg(), t)?;
+                flex_tc(args, t)
+            }
         }
     }
 

@@ -19,8 +19,17 @@
 //! |---|---|
 //! | `flash_attn_varlen_func` | `flash_varlen_tc` (key tiles of [`DEFAULT_BLOCK_N`]) |
 //! | `paged_attention_v1` / `paged_attention_common` / ROCM_ATTN's ll4mi and 2D decode | `paged_decode_tc` (NHD caches only) |
-//! | `unified_attention` | none yet (another branch adds `unified_attention_tc`) |
-//! | `context_attention_fwd`, `flex_attention`, the MLA decode and projections | none |
+//! | `unified_attention` | `unified_attention_tc` (NHD caches) |
+//! | `context_attention_fwd` (ROCM_ATTN's prefix prefill) | `prefix_prefill_tc` (any layout) |
+//! | `flex_attention` | `flex_attention_tc` |
+//! | the MLA decode and projections | none |
+//!
+//! A paged decode launch over a batch with no decode row (query_len 1)
+//! computes nothing in either flavour (vLLM's `filter_by_query_len` /
+//! `skip_decode` programs all exit), so it is no matrix-product launch and
+//! needs no tensor-core family: ROCM_ATTN's decode beside the prefix prefill
+//! on its x-packed cache, which `paged_decode_tc` cannot read, is refused
+//! only when the batch has decode rows.
 //!
 //! A launch with no tensor-core family, or with an option its family does
 //! not take (see [`admits`]), is refused with an error naming the kernel
@@ -37,7 +46,10 @@ use crate::cache::KvCache;
 use crate::config::AttnConfig;
 use crate::kernels::flash_varlen::VarlenParams;
 use crate::kernels::flash_varlen_tc::{VarlenTcParams, DEFAULT_BLOCK_N};
+use crate::kernels::flex_attention_tc::validate_config as validate_flex_tc;
 use crate::kernels::paged_decode_tc::{validate_tc, ROWS, STEP};
+use crate::kernels::prefix_prefill::PrefixVariant;
+use crate::kernels::prefix_prefill_tc::validate_config as validate_prefix_tc;
 use crate::kernels::unified_attention::{UnifiedLaunch, MI300X_CU_COUNT};
 use crate::kernels::unified_attention_tc::{tc_format, validate_launch};
 use crate::numerics::mma::MatrixTarget;
@@ -163,10 +175,9 @@ impl MatmulKernel {
                 Some("paged_decode_tc")
             }
             MatmulKernel::UnifiedAttention => Some("unified_attention_tc"),
-            MatmulKernel::ContextAttentionFwd
-            | MatmulKernel::FlexAttention
-            | MatmulKernel::MlaDecode
-            | MatmulKernel::MlaProjection => None,
+            MatmulKernel::ContextAttentionFwd => Some("prefix_prefill_tc"),
+            MatmulKernel::FlexAttention => Some("flex_attention_tc"),
+            MatmulKernel::MlaDecode | MatmulKernel::MlaProjection => None,
         }
     }
 
@@ -302,6 +313,55 @@ pub fn check_unified_tc(
     }
     tc_format(cfg).map_err(refused)?;
     validate_launch(cfg, launch).map_err(refused)
+}
+
+/// Whether `prefix_prefill_tc` takes a `context_attention_fwd` launch of
+/// `cfg` (the variant the config selects), as the family checks it (bf16 or
+/// f16 queries with the cache in their dtype or fp8, head size a multiple of
+/// 16 up to 256, one staged tile within 64 KiB), and with no zoo fault. Any
+/// KV layout. Both executors call it before the launch, and [`admits`] for
+/// a route.
+pub fn check_prefix_tc(cfg: &AttnConfig, target: MatrixTarget) -> Result<()> {
+    let kernel = MatmulKernel::ContextAttentionFwd;
+    no_faults(kernel, cfg.faults)?;
+    validate_prefix_tc(cfg, &PrefixVariant::for_config(cfg)).map_err(|e| {
+        Error::unsupported(
+            format!(
+                "{} in the tensor-core flavour ({})",
+                kernel.name(),
+                target.name()
+            ),
+            format!("its tensor-core family prefix_prefill_tc refuses the launch: {e}"),
+        )
+    })?;
+    Ok(())
+}
+
+/// Whether `flex_attention_tc` takes a `flex_attention` launch of `cfg`, as
+/// the family checks it (bf16 or f16, head size a multiple of 16 up to
+/// 256), and with no zoo fault. Both executors call it before the launch,
+/// and [`admits`] for a route.
+pub fn check_flex_tc(cfg: &AttnConfig, target: MatrixTarget) -> Result<()> {
+    let kernel = MatmulKernel::FlexAttention;
+    no_faults(kernel, cfg.faults)?;
+    validate_flex_tc(cfg).map_err(|e| {
+        Error::unsupported(
+            format!(
+                "{} in the tensor-core flavour ({})",
+                kernel.name(),
+                target.name()
+            ),
+            format!("its tensor-core family flex_attention_tc refuses the launch: {e}"),
+        )
+    })?;
+    Ok(())
+}
+
+/// Whether a paged decode launch over `meta` computes anything: vLLM's
+/// decode kernels beside a prefill (`filter_by_query_len`) and ours only
+/// compute rows with query_len 1.
+pub fn has_decode_rows(meta: &AttentionMetadata) -> bool {
+    (0..meta.num_reqs()).any(|b| meta.query_len(b) == 1)
 }
 
 /// Waves resident per multiprocessor the automatic decode split fills (the
@@ -528,7 +588,16 @@ pub fn tc_step(
         Step::Paged(p) => {
             let k = paged_kernel(p);
             if matches!(k, K::PagedAttentionLl4mi | K::PagedAttention2d) {
+                if !has_decode_rows(meta) {
+                    return Ok(None); // every program exits: no matrix product
+                }
                 check_decode_tc(k, kcfg, layout, meta.block_size, target)?;
+            }
+            if k == K::ContextAttentionFwd {
+                check_prefix_tc(kcfg, target)?;
+            }
+            if k == K::FlexAttention {
+                check_flex_tc(kcfg, target)?;
             }
             match p {
                 Paged::Unified(launch) => check_unified_tc(kcfg, launch, layout, target)?,
@@ -598,11 +667,15 @@ mod tests {
 
     #[test]
     fn a_kernel_without_a_tensor_core_family_is_refused_naming_it_and_its_flavours() {
-        let e = no_tc_family(MatmulKernel::ContextAttentionFwd, MatrixTarget::Gfx942).to_string();
+        let e = no_tc_family(MatmulKernel::MlaDecode, MatrixTarget::Gfx942).to_string();
         assert!(
-            e.contains("context_attention_fwd") && e.contains("gfx942") && e.contains("fma"),
+            e.contains("decode_attention_fwd (MLA)")
+                && e.contains("gfx942")
+                && e.contains("flavours: fma"),
             "{e}"
         );
+        assert_eq!(MatmulKernel::ContextAttentionFwd.flavours(), "fma, tc");
+        assert_eq!(MatmulKernel::FlexAttention.flavours(), "fma, tc");
         assert_eq!(MatmulKernel::FlashAttnVarlen.flavours(), "fma, tc");
     }
 

@@ -6,6 +6,7 @@
 pub mod flash_varlen;
 pub mod flash_varlen_tc;
 pub mod flex_attention;
+pub mod flex_attention_tc;
 pub mod gather_cache;
 pub mod merge_attn_states;
 pub mod mla_cache;
@@ -15,6 +16,7 @@ pub mod mla_proj;
 pub mod paged_decode;
 pub mod paged_decode_tc;
 pub mod prefix_prefill;
+pub mod prefix_prefill_tc;
 pub mod reshape_and_cache;
 pub mod simd;
 pub mod softmax;
