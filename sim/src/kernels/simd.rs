@@ -448,11 +448,82 @@ unsafe fn pv_rows_avx512<'a, const R: usize, const K: usize>(
     len: usize,
     row: impl Fn(usize) -> &'a [f32],
 ) {
-    // 16 zmm accumulators: 4 rows x 64 lanes; one row: 8 x 16 lanes.
-    if R >= 4 {
-        pv_rows_body::<R, K, 64>(acc, p, keep, len, &row)
+    // 16 zmm accumulators: 8 rows x 32 lanes, 4 rows x 64 lanes; one
+    // row: 8 x 16 lanes (explicit registers: LLVM keeps arrays of zmm in
+    // registers, where it turned 8 rows of f32 arrays into gathers).
+    let d = acc.iter().map(|a| a.len()).min().unwrap_or(0);
+    let skips = keep.iter().any(|k| k[..len].contains(&0.0));
+    let mut d0 = 0;
+    if R >= 8 {
+        while d0 + 32 <= d {
+            pv_rows_zmm::<R, K, 2>(acc, d0, p, keep, len, &row, skips);
+            d0 += 32;
+        }
+    } else if R >= 4 {
+        while d0 + 64 <= d {
+            pv_rows_zmm::<R, K, 4>(acc, d0, p, keep, len, &row, skips);
+            d0 += 64;
+        }
     } else {
-        pv_rows_body::<R, K, 128>(acc, p, keep, len, &row)
+        while d0 + 128 <= d {
+            pv_rows_zmm::<R, K, 8>(acc, d0, p, keep, len, &row, skips);
+            d0 += 128;
+        }
+    }
+    while d0 + 16 <= d {
+        pv_rows_zmm::<R, K, 1>(acc, d0, p, keep, len, &row, skips);
+        d0 += 16;
+    }
+    while d0 < d {
+        pv_rows_run::<R, K, 1>(acc, d0, p, keep, len, &row, skips);
+        d0 += 1;
+    }
+}
+
+/// [`pv_rows_run`] over `16 * NV` lanes in AVX-512 registers: the same
+/// fma per (row, lane, key), a skipped key's lanes kept by the fma's mask.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+#[inline]
+unsafe fn pv_rows_zmm<'a, const R: usize, const K: usize, const NV: usize>(
+    acc: &mut [&mut [f32]; R],
+    d0: usize,
+    p: &[[f32; K]; R],
+    keep: &[[f32; K]; R],
+    len: usize,
+    row: &impl Fn(usize) -> &'a [f32],
+    skips: bool,
+) {
+    use std::arch::x86_64::*;
+    let mut a: [[__m512; NV]; R] = [[_mm512_setzero_ps(); NV]; R];
+    for r in 0..R {
+        let src = &acc[r][d0..d0 + 16 * NV];
+        for (v, x) in a[r].iter_mut().enumerate() {
+            *x = _mm512_loadu_ps(src[16 * v..].as_ptr());
+        }
+    }
+    for k in 0..len {
+        let vrow = &row(k)[d0..d0 + 16 * NV];
+        let v: [__m512; NV] = std::array::from_fn(|i| _mm512_loadu_ps(vrow[16 * i..].as_ptr()));
+        for r in 0..R {
+            let pr = _mm512_set1_ps(p[r][k]);
+            if skips {
+                let m: __mmask16 = if keep[r][k] != 0.0 { 0xffff } else { 0 };
+                for i in 0..NV {
+                    a[r][i] = _mm512_mask3_fmadd_ps(pr, v[i], a[r][i], m);
+                }
+            } else {
+                for i in 0..NV {
+                    a[r][i] = _mm512_fmadd_ps(pr, v[i], a[r][i]);
+                }
+            }
+        }
+    }
+    for r in 0..R {
+        let dst = &mut acc[r][d0..d0 + 16 * NV];
+        for (v, x) in a[r].iter().enumerate() {
+            _mm512_storeu_ps(dst[16 * v..].as_mut_ptr(), *x);
+        }
     }
 }
 
@@ -773,10 +844,40 @@ pub fn fold_max(xs: &[f32]) -> f32 {
 /// another buffer; `dst.len() == src.len()`).
 #[inline]
 pub fn round_into(dtype: DType, src: &[f32], dst: &mut [f32]) {
+    if dtype == DType::Bf16 {
+        // One pass, branch-free (vectorises): see `bf16_bits`.
+        let mut nan = false;
+        for (d, &x) in dst.iter_mut().zip(src) {
+            let (r, is_nan) = bf16_bits(x);
+            *d = r;
+            nan |= is_nan;
+        }
+        if nan {
+            for (d, &x) in dst.iter_mut().zip(src) {
+                if x.is_nan() {
+                    *d = dtype.round(x);
+                }
+            }
+        }
+        return;
+    }
     for (d, &x) in dst.iter_mut().zip(src) {
         *d = x;
     }
     round_slice(dtype, dst);
+}
+
+/// bf16 round to nearest even of a non-NaN `x` in integer arithmetic
+/// (`(x + 0x7fff + lsb) & 0xffff0000`, a carry into the exponent giving
+/// inf exactly where it should), and whether `x` is NaN (then `x` itself
+/// comes back, for the caller to round with `DType::round`). Integer
+/// compares only, so loops over it vectorise.
+#[inline(always)]
+fn bf16_bits(x: f32) -> (f32, bool) {
+    let b = x.to_bits();
+    let is_nan = (b & 0x7fff_ffff) > 0x7f80_0000;
+    let r = b.wrapping_add(0x7fff + ((b >> 16) & 1)) & 0xffff_0000;
+    (f32::from_bits(if is_nan { b } else { r }), is_nan)
 }
 
 /// `xs[i] = dtype.round(xs[i])` for every i. bf16 rounds to nearest even in
@@ -791,10 +892,9 @@ pub fn round_slice(dtype: DType, xs: &mut [f32]) {
         DType::Bf16 => {
             let mut nan = false;
             for x in xs.iter_mut() {
-                let b = x.to_bits();
-                nan |= x.is_nan();
-                let r = b.wrapping_add(0x7fff + ((b >> 16) & 1)) & 0xffff_0000;
-                *x = if x.is_nan() { *x } else { f32::from_bits(r) };
+                let (r, is_nan) = bf16_bits(*x);
+                nan |= is_nan;
+                *x = r;
             }
             if nan {
                 xs.iter_mut()
