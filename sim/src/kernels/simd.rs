@@ -648,7 +648,47 @@ unsafe fn exp2c_avx2(s: &[f32], m: f32, out: &mut [f32]) {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
 unsafe fn exp2c_avx512(s: &[f32], m: f32, out: &mut [f32]) {
-    exp2c_body::<16>(s, m, out)
+    // `exp2c_body::<16>` spelled in zmm registers (LLVM left that body's
+    // lanes scalar): the same operations lane by lane.
+    use std::arch::x86_64::*;
+    let n = s.len().min(out.len());
+    let mv = _mm512_set1_ps(m);
+    let (lo, hi, min_x) = (
+        _mm512_set1_ps(-126.5),
+        _mm512_set1_ps(127.5),
+        _mm512_set1_ps(EXP2C_MIN_X),
+    );
+    let bias = _mm512_set1_epi32(127);
+    let mut j = 0;
+    while j + 16 <= n {
+        let x = _mm512_sub_ps(_mm512_loadu_ps(s[j..].as_ptr()), mv);
+        // -126.5 <= x < 127.5 (false for NaN).
+        let fast = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(x, lo) & _mm512_cmp_ps_mask::<_CMP_LT_OQ>(x, hi);
+        // Neither fast nor below the zero threshold (NaN included).
+        let slow = !fast & !_mm512_cmp_ps_mask::<_CMP_LT_OQ>(x, min_x);
+        let xc = _mm512_maskz_mov_ps(fast, x);
+        let ni = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(xc);
+        let f = _mm512_sub_ps(xc, ni);
+        let mut p = _mm512_set1_ps(EXP2C_COEFFS[0]);
+        for &c in &EXP2C_COEFFS[1..] {
+            p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(c));
+        }
+        // ni is an integer in [-126, 127] (fast lanes) or 0: exact.
+        let e = _mm512_slli_epi32::<23>(_mm512_add_epi32(_mm512_cvttps_epi32(ni), bias));
+        let r = _mm512_maskz_mul_ps(fast, p, _mm512_castsi512_ps(e));
+        _mm512_storeu_ps(out[j..].as_mut_ptr(), r);
+        if slow != 0 {
+            for i in 0..16 {
+                if slow & (1 << i) != 0 {
+                    out[j + i] = exp2c(s[j + i] - m);
+                }
+            }
+        }
+        j += 16;
+    }
+    for (o, &x) in out[j..n].iter_mut().zip(&s[j..n]) {
+        *o = exp2c(x - m);
+    }
 }
 
 /// Lanes whose `n = rint(x)` is in [-126, 127] take `exp2c`'s main branch
@@ -1062,6 +1102,101 @@ mod tests {
                 for r in 0..4 {
                     assert_eq!(bits(&got[r]), bits(&want[r]), "{} row {r}", path.name());
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn pv_rows_of_one_four_and_eight_rows_are_each_rows_chain_on_every_path() {
+        fn check<const R: usize>(skipping: bool) {
+            const K: usize = 64;
+            let (d, keys) = (131, 37); // d: 4 x 32 lanes + a 3-lane tail
+            let v: Vec<f32> = (0..keys * d).map(|i| (i as f32 * 0.033).sin()).collect();
+            let mut keep = [[0.0f32; K]; R];
+            let mut p = [[0.0f32; K]; R];
+            for r in 0..R {
+                for k in 0..keys {
+                    let raw = ((k * 5 + r) as f32 * 0.3).cos().abs() + 0.01;
+                    let skip = skipping && (k + 2 * r) % 7 == 0;
+                    keep[r][k] = if skip { 0.0 } else { raw };
+                    p[r][k] = DType::Bf16.round(keep[r][k]);
+                }
+            }
+            let init: Vec<Vec<f32>> = (0..R)
+                .map(|r| (0..d).map(|i| (i * 3 + r) as f32 * -0.02).collect())
+                .collect();
+            let mut want = init.clone();
+            for (r, w) in want.iter_mut().enumerate() {
+                for k in (0..keys).filter(|&k| keep[r][k] != 0.0) {
+                    for (i, x) in w.iter_mut().enumerate() {
+                        *x = p[r][k].mul_add(v[k * d + i], *x);
+                    }
+                }
+            }
+            for path in SimdPath::available() {
+                let mut got = init.clone();
+                let mut it = got.iter_mut();
+                let mut acc: [&mut [f32]; R] =
+                    std::array::from_fn(|_| it.next().unwrap().as_mut_slice());
+                pv_rows(path, &mut acc, &p, &keep, keys, |k| &v[k * d..(k + 1) * d]);
+                for r in 0..R {
+                    assert_eq!(bits(&got[r]), bits(&want[r]), "{} R={R} row {r}", path.name());
+                }
+            }
+        }
+        for skipping in [false, true] {
+            check::<1>(skipping);
+            check::<4>(skipping);
+            check::<8>(skipping);
+        }
+    }
+
+    #[test]
+    fn update_rows_gives_the_same_bits_on_every_path() {
+        use crate::kernels::softmax::RowState;
+        // 13 rows (an 8-row block, a 4-row block, a single row), 150 keys
+        // (two passes of the P buffers), d = 72; masked keys and a NaN-free
+        // spread of scores, in f16 and bf16 P.
+        let (rows, n, d) = (13, 150, 72);
+        let v: Vec<f32> = (0..n * d).map(|i| (i as f32 * 0.071).cos()).collect();
+        let scores: Vec<f32> = (0..rows * n)
+            .map(|i| match i % 11 {
+                3 => f32::NEG_INFINITY,
+                _ => ((i * 7) as f32 * 0.013).sin() * 9.0,
+            })
+            .collect();
+        for dtype in [DType::Bf16, DType::F16, DType::F32] {
+            let run = |path: Option<SimdPath>| {
+                SimdPath::force(path);
+                let mut st: Vec<RowState> = (0..rows)
+                    .map(|r| RowState::new(d, (r % 3 == 0).then_some(0.5)))
+                    .collect();
+                // Two tiles: the second rescales the first's accumulators.
+                for _ in 0..2 {
+                    RowState::update_rows(&mut st, &scores, n, n, |j| &v[j * d..(j + 1) * d], dtype);
+                }
+                SimdPath::force(None);
+                st.iter()
+                    .flat_map(|s| [s.m.to_bits(), s.l.to_bits()].into_iter().chain(bits(&s.acc)))
+                    .collect::<Vec<u32>>()
+            };
+            let portable = run(Some(SimdPath::Portable));
+            // Each row alone, one-row steps: the definition.
+            let mut one: Vec<RowState> = (0..rows)
+                .map(|r| RowState::new(d, (r % 3 == 0).then_some(0.5)))
+                .collect();
+            for _ in 0..2 {
+                for (r, st) in one.iter_mut().enumerate() {
+                    st.update(&scores[r * n..(r + 1) * n], |j| &v[j * d..(j + 1) * d], dtype);
+                }
+            }
+            let want: Vec<u32> = one
+                .iter()
+                .flat_map(|s| [s.m.to_bits(), s.l.to_bits()].into_iter().chain(bits(&s.acc)))
+                .collect();
+            assert_eq!(portable, want, "portable {dtype:?}");
+            for path in SimdPath::available() {
+                assert_eq!(run(Some(path)), want, "{} {dtype:?}", path.name());
             }
         }
     }
