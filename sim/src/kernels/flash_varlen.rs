@@ -482,7 +482,7 @@ fn program(
             let st = &states[hh * rows + i];
             let o = &mut out[(i * qpk + hh) * dv..][..dv];
             o.copy_from_slice(&st.normalized());
-            p.dtype.round_slice(o);
+            simd::round_slice(p.dtype, o);
             lse[hh * rows + i] = row_lse(st, p.faults);
         }
     }

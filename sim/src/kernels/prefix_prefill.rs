@@ -308,13 +308,10 @@ fn program(
     }
     let mut data = Vec::with_capacity(qpk * nrows * d);
     for state in &states {
-        data.extend(
-            state
-                .normalized_eps(v.l_eps)
-                .into_iter()
-                .map(|x| cfg.dtype.round(x)),
-        );
+        data.extend(state.normalized_eps(v.l_eps));
     }
+    // cfg.dtype.round of every element (simd::round_slice: the same bits).
+    crate::kernels::simd::round_slice(cfg.dtype, &mut data);
     (first_row, kv_head, data)
 }
 
