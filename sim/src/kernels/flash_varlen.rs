@@ -327,26 +327,39 @@ pub fn varlen(args: &VarlenArgs) -> OutLse {
         total_q,
         ..
     } = *args;
-    let (hq, dv) = (p.num_heads, p.head_size_v);
+    let (hq, hk, dv) = (p.num_heads, p.num_kv_heads, p.head_size_v);
+    let qpk = hq / hk;
     let batch = cu_seqlens_q.len().saturating_sub(1);
-    let programs: Vec<(usize, usize)> = (0..batch)
-        .flat_map(|b| (0..seq_len(cu_seqlens_q, b).div_ceil(BLOCK_M)).map(move |mb| (b, mb)))
+    // One task per (sequence, row block, kv head): a program's kv-head
+    // groups are independent (each its own rows, tiles and states), so
+    // running them as separate tasks changes no bit and gives the cores
+    // enough tasks to balance the causal triangle.
+    let programs: Vec<(usize, usize, usize)> = (0..batch)
+        .flat_map(|b| {
+            (0..seq_len(cu_seqlens_q, b).div_ceil(BLOCK_M))
+                .flat_map(move |mb| (0..hk).map(move |g| (b, mb, g)))
+        })
         .collect();
-    let blocks: Vec<(usize, Vec<f32>, Vec<f32>)> = programs
+    let blocks: Vec<(usize, usize, Vec<f32>, Vec<f32>)> = programs
         .par_iter()
-        .map(|&(b, mb)| {
-            let (out, lse) = program(q, k, v, cu_seqlens_q, cu_seqlens_k, b, mb, p);
-            (cu_seqlens_q[b] as usize + mb * BLOCK_M, out, lse)
+        .map(|&(b, mb, g)| {
+            let (out, lse) = program(q, k, v, cu_seqlens_q, cu_seqlens_k, b, mb, g, p);
+            (cu_seqlens_q[b] as usize + mb * BLOCK_M, g, out, lse)
         })
         .collect();
 
     let mut res = OutLse::empty(total_q, hq, dv);
-    for (t0, out, lse) in blocks {
-        let rows = lse.len() / hq;
-        res.out[t0 * hq * dv..(t0 + rows) * hq * dv].copy_from_slice(&out);
-        for h in 0..hq {
+    for (t0, g, out, lse) in blocks {
+        let rows = lse.len() / qpk;
+        // out [rows, qpk, Dv] into [total_q, Hq, Dv]; lse [qpk, rows] into [Hq, total_q].
+        for (i, o) in out.chunks_exact(qpk * dv).enumerate() {
+            let base = ((t0 + i) * hq + g * qpk) * dv;
+            res.out[base..base + qpk * dv].copy_from_slice(o);
+        }
+        for hh in 0..qpk {
+            let h = g * qpk + hh;
             res.lse[h * total_q + t0..h * total_q + t0 + rows]
-                .copy_from_slice(&lse[h * rows..(h + 1) * rows]);
+                .copy_from_slice(&lse[hh * rows..(hh + 1) * rows]);
         }
     }
     res
@@ -356,8 +369,8 @@ pub(crate) fn seq_len(cu: &[i32], b: usize) -> usize {
     (cu[b + 1] - cu[b]) as usize
 }
 
-/// One (sequence b, row block mb) for all heads: returns out `[rows, Hq, Dv]`
-/// and lse `[Hq, rows]`.
+/// One (sequence b, row block mb) for the query heads of kv head `g`:
+/// returns out `[rows, qpk, Dv]` and lse `[qpk, rows]`.
 #[allow(clippy::too_many_arguments)]
 fn program(
     q: &[f32],
@@ -367,6 +380,7 @@ fn program(
     cu_k: &[i32],
     b: usize,
     mb: usize,
+    g: usize,
     p: &VarlenParams,
 ) -> (Vec<f32>, Vec<f32>) {
     let (hq, hk, d, dv, bn) = (
@@ -397,92 +411,133 @@ fn program(
     };
     let (n_min, n_max) = (first_key / bn, last_key.div_ceil(bn));
 
-    let mut states: Vec<RowState> = (0..hq * rows)
-        .map(|x| RowState::new(dv, p.sinks.map(|s| s[x / rows])))
+    let heads = g * qpk..(g + 1) * qpk;
+    // states[(h - g * qpk) * rows + (i - r0)]: a head's rows are consecutive.
+    let mut states: Vec<RowState> = heads
+        .clone()
+        .flat_map(|h| (0..rows).map(move |_| h))
+        .map(|h| RowState::new(dv, p.sinks.map(|s| s[h])))
         .collect();
     // Own K^T / V tile buffers rather than softmax::KvTile: V's head size may
     // differ from Q/K's here (MLA prefill, 192 / 128). Same layout and QK order.
     let mut k_t = vec![0.0f32; d * bn];
     let mut v_tile = vec![0.0f32; bn * dv];
-    let mut s = vec![0.0f32; bn];
     let path = SimdPath::active();
     let dims: Vec<usize> = (0..d).collect();
-    // Every (head, row) of a kv head's group against the tile at once.
+    // Every (head, row) of the kv head's group against the tile at once.
     let mut dots = vec![0.0f32; qpk * rows * bn];
-    let mut qs: Vec<&[f32]> = Vec::with_capacity(qpk * rows);
-    for g in 0..hk {
-        qs.clear();
-        for h in g * qpk..(g + 1) * qpk {
-            for i in r0..r1 {
-                qs.push(&q[((q0 + i) * hq + h) * d..][..d]);
+    let qs: Vec<&[f32]> = heads
+        .clone()
+        .flat_map(|h| (r0..r1).map(move |i| &q[((q0 + i) * hq + h) * d..][..d]))
+        .collect();
+    for n in n_min..n_max {
+        let (j0, len) = (n * bn, bn.min(sk - n * bn));
+        let row = |j: usize| ((k0 + j0 + j) * hk + g) * d;
+        // K^T eight keys at a time through register transposes (a copy).
+        let mut j8 = 0;
+        while j8 + 8 <= len {
+            let bases: [usize; 8] = std::array::from_fn(|i| row(j8 + i));
+            let done = simd::gather_kt8(path, k, &bases, &dims, &mut k_t, bn, j8);
+            for (i, &b) in bases.iter().enumerate() {
+                for dd in done..d {
+                    k_t[dd * bn + j8 + i] = k[b + dd];
+                }
+            }
+            j8 += 8;
+        }
+        for j in j8..len {
+            let kr = &k[row(j)..][..d];
+            for (dd, &x) in kr.iter().enumerate() {
+                k_t[dd * bn + j] = x;
             }
         }
-        for n in n_min..n_max {
-            let (j0, len) = (n * bn, bn.min(sk - n * bn));
-            let row = |j: usize| ((k0 + j0 + j) * hk + g) * d;
-            // K^T eight keys at a time through register transposes (a copy).
-            let mut j8 = 0;
-            while j8 + 8 <= len {
-                let bases: [usize; 8] = std::array::from_fn(|i| row(j8 + i));
-                let done = simd::gather_kt8(path, k, &bases, &dims, &mut k_t, bn, j8);
-                for (i, &b) in bases.iter().enumerate() {
-                    for dd in done..d {
-                        k_t[dd * bn + j8 + i] = k[b + dd];
-                    }
-                }
-                j8 += 8;
+        for j in 0..len {
+            v_tile[j * dv..(j + 1) * dv]
+                .copy_from_slice(&v[((k0 + j0 + j) * hk + g) * dv..][..dv]);
+        }
+        simd::dots_rows(path, &qs, &k_t, bn, 0, len, &mut dots, bn);
+        // S_ij in place over the dot products, then each head's rows step
+        // together (update_rows: every row its own step).
+        for (hh, h) in heads.clone().enumerate() {
+            let slope = p.alibi_slopes.map(|a| a[h]);
+            let block = &mut dots[hh * rows * bn..(hh + 1) * rows * bn];
+            for (i, s) in (r0..r1).zip(block.chunks_exact_mut(bn)) {
+                score_row(&mut s[..len], j0, pos(i), causal, p.window, &p.score, slope);
             }
-            for j in j8..len {
-                let kr = &k[row(j)..][..d];
-                for (dd, &x) in kr.iter().enumerate() {
-                    k_t[dd * bn + j] = x;
-                }
-            }
-            for j in 0..len {
-                v_tile[j * dv..(j + 1) * dv]
-                    .copy_from_slice(&v[((k0 + j0 + j) * hk + g) * dv..][..dv]);
-            }
-            simd::dots_rows(path, &qs, &k_t, bn, 0, len, &mut dots, bn);
-            let mut dots = dots.chunks_exact(bn);
-            for h in g * qpk..(g + 1) * qpk {
-                for i in r0..r1 {
-                    let s = &mut s[..len];
-                    s.copy_from_slice(&dots.next().expect("one per (head, row)")[..len]);
-                    let pi = pos(i);
-                    for (j, sj) in s.iter_mut().enumerate() {
-                        let t = j0 + j;
-                        let vis = if pi < 0 {
-                            !causal
-                        } else {
-                            visible(t, pi as usize, causal, p.window)
-                        };
-                        *sj = if !vis {
-                            f32::NEG_INFINITY
-                        } else {
-                            let bias = p
-                                .alibi_slopes
-                                .map_or(0.0, |a| -(a[h] * (pi - t as i64).abs() as f32));
-                            p.score.score(*sj, bias)
-                        };
-                    }
-                    states[h * rows + i - r0].update(s, |j| &v_tile[j * dv..(j + 1) * dv], p.dtype);
-                }
-            }
+            RowState::update_rows(
+                &mut states[hh * rows..(hh + 1) * rows],
+                block,
+                bn,
+                len,
+                |j| &v_tile[j * dv..(j + 1) * dv],
+                p.dtype,
+            );
         }
     }
 
-    let mut out = vec![0.0f32; rows * hq * dv];
-    let mut lse = vec![0.0f32; hq * rows];
-    for h in 0..hq {
+    let mut out = vec![0.0f32; rows * qpk * dv];
+    let mut lse = vec![0.0f32; qpk * rows];
+    for hh in 0..qpk {
         for i in 0..rows {
-            let st = &states[h * rows + i];
-            let o = &mut out[(i * hq + h) * dv..][..dv];
+            let st = &states[hh * rows + i];
+            let o = &mut out[(i * qpk + hh) * dv..][..dv];
             o.copy_from_slice(&st.normalized());
-            p.dtype.round_slice(o);
-            lse[h * rows + i] = row_lse(st, p.faults);
+            simd::round_slice(p.dtype, o);
+            lse[hh * rows + i] = row_lse(st, p.faults);
         }
     }
     (out, lse)
+}
+
+/// One row's scores of a tile whose first key is `j0`, in place over its
+/// dot products: `S = score(dot, bias)` for the keys the row at key-space
+/// position `pi` sees, -inf for the others. FA's mask is one interval of
+/// keys ([`visible`]: causal `t <= pi`, window `pi - t < W`; a row before
+/// the first key sees nothing when causal, everything otherwise); the
+/// bias is ALiBi's `-slope * |pi - t|`, else 0.
+fn score_row(
+    s: &mut [f32],
+    j0: usize,
+    pi: i64,
+    causal: bool,
+    window: Option<usize>,
+    score: &ScoreParams,
+    slope: Option<f32>,
+) {
+    let n = s.len() as i64;
+    // Visible keys j0 + [va, vb).
+    let (lo, hi) = if pi < 0 {
+        match causal {
+            true => (0, 0),
+            false => (j0 as i64, j0 as i64 + n),
+        }
+    } else {
+        let lo = window.map_or(0, |w| pi + 1 - w as i64);
+        let hi = if causal { pi + 1 } else { j0 as i64 + n };
+        (lo, hi)
+    };
+    let va = (lo - j0 as i64).clamp(0, n) as usize;
+    let vb = (hi - j0 as i64).clamp(va as i64, n) as usize;
+    debug_assert!((0..s.len()).all(|j| {
+        let t = j0 + j;
+        let vis = if pi < 0 {
+            !causal
+        } else {
+            visible(t, pi as usize, causal, window)
+        };
+        vis == (va..vb).contains(&j)
+    }));
+    s[..va].fill(f32::NEG_INFINITY);
+    s[vb..].fill(f32::NEG_INFINITY);
+    match slope {
+        None => s[va..vb].iter_mut().for_each(|x| *x = score.score(*x, 0.0)),
+        Some(a) => {
+            for (j, x) in s.iter_mut().enumerate().take(vb).skip(va) {
+                let t = (j0 + j) as i64;
+                *x = score.score(*x, -(a * (pi - t).abs() as f32));
+            }
+        }
+    }
 }
 
 #[cfg(test)]

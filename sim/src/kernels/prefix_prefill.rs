@@ -174,28 +174,40 @@ pub fn context_attention(args: &PrefixArgs, out: &mut [f32]) -> Result<()> {
     );
     let (skip_decode, v) = (args.skip_decode, args.variant);
     let (hq, d) = (cfg.num_heads, cfg.head_size);
-    let programs: Vec<(usize, usize, usize)> = (0..meta.num_reqs())
+    let (hk, qpk) = (cfg.num_kv_heads, cfg.queries_per_kv());
+    // The grid's programs (b, head, start_m), run as one task per (b,
+    // start_m, kv head) that holds the kv head's qpk query heads: each
+    // head's rows keep their own program's tiles, order and states; the
+    // heads only share the gathered K/V tile (bit-neutral, as a GPU's
+    // programs share the cache lines they read).
+    let tasks: Vec<(usize, usize, usize)> = (0..meta.num_reqs())
         .filter(|&b| meta.query_len(b) > 0 && !(skip_decode && meta.query_len(b) == 1))
         .flat_map(|b| {
             (0..meta.query_len(b).div_ceil(v.block_m))
-                .flat_map(move |m| (0..hq).map(move |h| (b, h, m)))
+                .flat_map(move |m| (0..hk).map(move |g| (b, g, m)))
         })
         .collect();
     let dims = DimOffsets::new(&cache.layout);
-    let results: Vec<(usize, usize, Vec<f32>)> = programs
+    let results: Vec<(usize, usize, Vec<f32>)> = tasks
         .par_iter()
-        .map(|&(b, h, start_m)| program(query, cache, meta, cfg, &v, &dims, b, h, start_m))
+        .map(|&(b, g, start_m)| program(query, cache, meta, cfg, &v, &dims, b, g, start_m))
         .collect();
-    for (first_row, h, data) in results {
-        for (i, row) in data.chunks_exact(d).enumerate() {
-            let base = ((first_row + i) * hq + h) * d;
-            out[base..base + d].copy_from_slice(row);
+    for (first_row, g, data) in results {
+        // data [qpk heads][rows][D]
+        let rows = data.len() / (qpk * d).max(1);
+        for (hh, head_rows) in data.chunks_exact(rows * d).enumerate() {
+            let h = g * qpk + hh;
+            for (i, row) in head_rows.chunks_exact(d).enumerate() {
+                let base = ((first_row + i) * hq + h) * d;
+                out[base..base + d].copy_from_slice(row);
+            }
         }
     }
     Ok(())
 }
 
-/// One program `(b, head, start_m)`: returns (first query row, head, rows x D output).
+/// The programs `(b, head, start_m)` of kv head `kv_head`'s query heads:
+/// returns (first query row, kv head, `[qpk][rows][D]` output).
 #[allow(clippy::too_many_arguments)]
 fn program(
     query: &[f32],
@@ -205,53 +217,47 @@ fn program(
     v: &PrefixVariant,
     dims: &DimOffsets,
     b: usize,
-    head: usize,
+    kv_head: usize,
     start_m: usize,
 ) -> (usize, usize, Vec<f32>) {
-    let (hq, d) = (cfg.num_heads, cfg.head_size);
+    let (hq, d, qpk) = (cfg.num_heads, cfg.head_size, cfg.queries_per_kv());
     let (ql, ctx) = (meta.query_len(b), meta.context_len(b));
-    let kv_head = head / cfg.queries_per_kv();
+    let heads = kv_head * qpk..(kv_head + 1) * qpk;
     let rows = start_m * v.block_m..((start_m + 1) * v.block_m).min(ql);
+    let nrows = rows.len();
     let first_row = meta.query_range(b).start + rows.start;
     let params = ScoreParams::new(cfg.scale, cfg.softcap);
-    let slope = cfg.alibi_slopes.as_ref().map(|s| s[head]);
+    let slopes: Vec<Option<f32>> = heads
+        .clone()
+        .map(|h| cfg.alibi_slopes.as_ref().map(|s| s[h]))
+        .collect();
     // The alibi kernel applies no sliding window.
-    let window = if slope.is_some() {
+    let window = if cfg.alibi_slopes.is_some() {
         None
     } else {
         cfg.sliding_window
     };
-    let sink = cfg.sinks.as_ref().map(|s| s[head]);
-    let mut states: Vec<RowState> = rows.clone().map(|_| RowState::new(d, sink)).collect();
-    let q_row = |i: usize| {
+    // states[hh * nrows + i]: each head's rows consecutive.
+    let mut states: Vec<RowState> = heads
+        .clone()
+        .flat_map(|h| rows.clone().map(move |_| h))
+        .map(|h| RowState::new(d, cfg.sinks.as_ref().map(|s| s[h])))
+        .collect();
+    let q_row = |h: usize, i: usize| {
         let t = first_row - rows.start + i;
-        &query[(t * hq + head) * d..(t * hq + head + 1) * d]
-    };
-    // Base-2 score of key position t for query position p, or -inf if masked.
-    let score = |dot: f32, t: usize, p: usize, causal: bool| -> f32 {
-        if !visible(t, p, causal, window) {
-            return f32::NEG_INFINITY;
-        }
-        match slope {
-            None => params.score(dot, 0.0),
-            Some(sl) => {
-                let bias = sl * (t as f32 - p as f32);
-                if bias <= 0.0 {
-                    params.score(dot, bias)
-                } else {
-                    f32::NEG_INFINITY
-                }
-            }
-        }
+        &query[(t * hq + h) * d..(t * hq + h + 1) * d]
     };
     let tile_cap = v.ctx_tile.max(v.block_n);
     let mut tile = KvTile::new(tile_cap, d);
     let (mut locs, mut dots) = (
         Vec::with_capacity(tile_cap),
-        vec![0f32; rows.len() * tile_cap],
+        vec![0f32; qpk * nrows * tile_cap],
     );
-    // Every row of the program against each K tile at once (qk_rows).
-    let qs: Vec<&[f32]> = rows.clone().map(q_row).collect();
+    // Every row of every head against each K tile at once (qk_rows).
+    let qs: Vec<&[f32]> = heads
+        .clone()
+        .flat_map(|h| rows.clone().map(move |i| q_row(h, i)))
+        .collect();
     let k_load = |k: f32| dequant_kv(k, cfg.k_scale, cfg.kv_dtype, cfg.dtype);
     let v_load = |x: f32| dequant_kv(x, cfg.v_scale, cfg.kv_dtype, cfg.dtype);
     let mut run_tile =
@@ -266,13 +272,21 @@ fn program(
             }
             tile.qk_rows(&qs, &mut dots, tile_cap);
             // S_ij in place over the dot products, then every row's step.
-            for (i, s) in rows.clone().zip(dots.chunks_exact_mut(tile_cap)) {
-                for (j, t) in keys.clone().enumerate() {
-                    s[j] = score(s[j], t, ctx + i, causal);
-                }
-            }
             let (n, tile) = (keys.len(), &*tile);
-            RowState::update_rows(states, &dots, tile_cap, n, |j| tile.v_row(j), cfg.dtype);
+            for (hh, slope) in slopes.iter().enumerate() {
+                let block = &mut dots[hh * nrows * tile_cap..(hh + 1) * nrows * tile_cap];
+                for (i, s) in rows.clone().zip(block.chunks_exact_mut(tile_cap)) {
+                    score_row(&mut s[..n], keys.start, ctx + i, causal, window, &params, *slope);
+                }
+                RowState::update_rows(
+                    &mut states[hh * nrows..(hh + 1) * nrows],
+                    block,
+                    tile_cap,
+                    n,
+                    |j| tile.v_row(j),
+                    cfg.dtype,
+                );
+            }
         };
     // (A) the cached context: no causal mask (every context key precedes every query).
     for s in (0..ctx).step_by(v.ctx_tile) {
@@ -292,16 +306,50 @@ fn program(
             &mut states,
         );
     }
-    let mut data = Vec::with_capacity(rows.len() * d);
+    let mut data = Vec::with_capacity(qpk * nrows * d);
     for state in &states {
-        data.extend(
-            state
-                .normalized_eps(v.l_eps)
-                .into_iter()
-                .map(|x| cfg.dtype.round(x)),
-        );
+        data.extend(state.normalized_eps(v.l_eps));
     }
-    (first_row, head, data)
+    // cfg.dtype.round of every element (simd::round_slice: the same bits).
+    crate::kernels::simd::round_slice(cfg.dtype, &mut data);
+    (first_row, kv_head, data)
+}
+
+/// One row's base-2 scores of keys `t0..t0 + s.len()` for the query at
+/// position `p`, in place over its dot products: -inf where the key is
+/// not [`visible`] (one interval: causal `t <= p`, window `p - t < SW`);
+/// else `score(dot, 0)`, or with ALiBi `score(dot, slope * (t - p))` where
+/// that bias is <= 0 and -inf where it is > 0 (`_fwd_kernel_alibi`).
+fn score_row(
+    s: &mut [f32],
+    t0: usize,
+    p: usize,
+    causal: bool,
+    window: Option<usize>,
+    params: &ScoreParams,
+    slope: Option<f32>,
+) {
+    let n = s.len();
+    let lo = window.map_or(0, |w| (p + 1).saturating_sub(w));
+    let hi = if causal { p + 1 } else { t0 + n };
+    let va = lo.clamp(t0, t0 + n) - t0;
+    let vb = hi.clamp(t0 + va, t0 + n) - t0;
+    debug_assert!((0..n).all(|j| visible(t0 + j, p, causal, window) == (va..vb).contains(&j)));
+    s[..va].fill(f32::NEG_INFINITY);
+    s[vb..].fill(f32::NEG_INFINITY);
+    match slope {
+        None => s[va..vb].iter_mut().for_each(|x| *x = params.score(*x, 0.0)),
+        Some(sl) => {
+            for (j, x) in s.iter_mut().enumerate().take(vb).skip(va) {
+                let bias = sl * ((t0 + j) as f32 - p as f32);
+                *x = if bias <= 0.0 {
+                    params.score(*x, bias)
+                } else {
+                    f32::NEG_INFINITY
+                };
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -448,11 +448,82 @@ unsafe fn pv_rows_avx512<'a, const R: usize, const K: usize>(
     len: usize,
     row: impl Fn(usize) -> &'a [f32],
 ) {
-    // 16 zmm accumulators: 4 rows x 64 lanes; one row: 8 x 16 lanes.
-    if R >= 4 {
-        pv_rows_body::<R, K, 64>(acc, p, keep, len, &row)
+    // 16 zmm accumulators: 8 rows x 32 lanes, 4 rows x 64 lanes; one
+    // row: 8 x 16 lanes (explicit registers: LLVM keeps arrays of zmm in
+    // registers, where it turned 8 rows of f32 arrays into gathers).
+    let d = acc.iter().map(|a| a.len()).min().unwrap_or(0);
+    let skips = keep.iter().any(|k| k[..len].contains(&0.0));
+    let mut d0 = 0;
+    if R >= 8 {
+        while d0 + 32 <= d {
+            pv_rows_zmm::<R, K, 2>(acc, d0, p, keep, len, &row, skips);
+            d0 += 32;
+        }
+    } else if R >= 4 {
+        while d0 + 64 <= d {
+            pv_rows_zmm::<R, K, 4>(acc, d0, p, keep, len, &row, skips);
+            d0 += 64;
+        }
     } else {
-        pv_rows_body::<R, K, 128>(acc, p, keep, len, &row)
+        while d0 + 128 <= d {
+            pv_rows_zmm::<R, K, 8>(acc, d0, p, keep, len, &row, skips);
+            d0 += 128;
+        }
+    }
+    while d0 + 16 <= d {
+        pv_rows_zmm::<R, K, 1>(acc, d0, p, keep, len, &row, skips);
+        d0 += 16;
+    }
+    while d0 < d {
+        pv_rows_run::<R, K, 1>(acc, d0, p, keep, len, &row, skips);
+        d0 += 1;
+    }
+}
+
+/// [`pv_rows_run`] over `16 * NV` lanes in AVX-512 registers: the same
+/// fma per (row, lane, key), a skipped key's lanes kept by the fma's mask.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+#[inline]
+unsafe fn pv_rows_zmm<'a, const R: usize, const K: usize, const NV: usize>(
+    acc: &mut [&mut [f32]; R],
+    d0: usize,
+    p: &[[f32; K]; R],
+    keep: &[[f32; K]; R],
+    len: usize,
+    row: &impl Fn(usize) -> &'a [f32],
+    skips: bool,
+) {
+    use std::arch::x86_64::*;
+    let mut a: [[__m512; NV]; R] = [[_mm512_setzero_ps(); NV]; R];
+    for r in 0..R {
+        let src = &acc[r][d0..d0 + 16 * NV];
+        for (v, x) in a[r].iter_mut().enumerate() {
+            *x = _mm512_loadu_ps(src[16 * v..].as_ptr());
+        }
+    }
+    for k in 0..len {
+        let vrow = &row(k)[d0..d0 + 16 * NV];
+        let v: [__m512; NV] = std::array::from_fn(|i| _mm512_loadu_ps(vrow[16 * i..].as_ptr()));
+        for r in 0..R {
+            let pr = _mm512_set1_ps(p[r][k]);
+            if skips {
+                let m: __mmask16 = if keep[r][k] != 0.0 { 0xffff } else { 0 };
+                for i in 0..NV {
+                    a[r][i] = _mm512_mask3_fmadd_ps(pr, v[i], a[r][i], m);
+                }
+            } else {
+                for i in 0..NV {
+                    a[r][i] = _mm512_fmadd_ps(pr, v[i], a[r][i]);
+                }
+            }
+        }
+    }
+    for r in 0..R {
+        let dst = &mut acc[r][d0..d0 + 16 * NV];
+        for (v, x) in a[r].iter().enumerate() {
+            _mm512_storeu_ps(dst[16 * v..].as_mut_ptr(), *x);
+        }
     }
 }
 
@@ -577,7 +648,47 @@ unsafe fn exp2c_avx2(s: &[f32], m: f32, out: &mut [f32]) {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
 unsafe fn exp2c_avx512(s: &[f32], m: f32, out: &mut [f32]) {
-    exp2c_body::<16>(s, m, out)
+    // `exp2c_body::<16>` spelled in zmm registers (LLVM left that body's
+    // lanes scalar): the same operations lane by lane.
+    use std::arch::x86_64::*;
+    let n = s.len().min(out.len());
+    let mv = _mm512_set1_ps(m);
+    let (lo, hi, min_x) = (
+        _mm512_set1_ps(-126.5),
+        _mm512_set1_ps(127.5),
+        _mm512_set1_ps(EXP2C_MIN_X),
+    );
+    let bias = _mm512_set1_epi32(127);
+    let mut j = 0;
+    while j + 16 <= n {
+        let x = _mm512_sub_ps(_mm512_loadu_ps(s[j..].as_ptr()), mv);
+        // -126.5 <= x < 127.5 (false for NaN).
+        let fast = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(x, lo) & _mm512_cmp_ps_mask::<_CMP_LT_OQ>(x, hi);
+        // Neither fast nor below the zero threshold (NaN included).
+        let slow = !fast & !_mm512_cmp_ps_mask::<_CMP_LT_OQ>(x, min_x);
+        let xc = _mm512_maskz_mov_ps(fast, x);
+        let ni = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(xc);
+        let f = _mm512_sub_ps(xc, ni);
+        let mut p = _mm512_set1_ps(EXP2C_COEFFS[0]);
+        for &c in &EXP2C_COEFFS[1..] {
+            p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(c));
+        }
+        // ni is an integer in [-126, 127] (fast lanes) or 0: exact.
+        let e = _mm512_slli_epi32::<23>(_mm512_add_epi32(_mm512_cvttps_epi32(ni), bias));
+        let r = _mm512_maskz_mul_ps(fast, p, _mm512_castsi512_ps(e));
+        _mm512_storeu_ps(out[j..].as_mut_ptr(), r);
+        if slow != 0 {
+            for i in 0..16 {
+                if slow & (1 << i) != 0 {
+                    out[j + i] = exp2c(s[j + i] - m);
+                }
+            }
+        }
+        j += 16;
+    }
+    for (o, &x) in out[j..n].iter_mut().zip(&s[j..n]) {
+        *o = exp2c(x - m);
+    }
 }
 
 /// Lanes whose `n = rint(x)` is in [-126, 127] take `exp2c`'s main branch
@@ -773,10 +884,40 @@ pub fn fold_max(xs: &[f32]) -> f32 {
 /// another buffer; `dst.len() == src.len()`).
 #[inline]
 pub fn round_into(dtype: DType, src: &[f32], dst: &mut [f32]) {
+    if dtype == DType::Bf16 {
+        // One pass, branch-free (vectorises): see `bf16_bits`.
+        let mut nan = false;
+        for (d, &x) in dst.iter_mut().zip(src) {
+            let (r, is_nan) = bf16_bits(x);
+            *d = r;
+            nan |= is_nan;
+        }
+        if nan {
+            for (d, &x) in dst.iter_mut().zip(src) {
+                if x.is_nan() {
+                    *d = dtype.round(x);
+                }
+            }
+        }
+        return;
+    }
     for (d, &x) in dst.iter_mut().zip(src) {
         *d = x;
     }
     round_slice(dtype, dst);
+}
+
+/// bf16 round to nearest even of a non-NaN `x` in integer arithmetic
+/// (`(x + 0x7fff + lsb) & 0xffff0000`, a carry into the exponent giving
+/// inf exactly where it should), and whether `x` is NaN (then `x` itself
+/// comes back, for the caller to round with `DType::round`). Integer
+/// compares only, so loops over it vectorise.
+#[inline(always)]
+fn bf16_bits(x: f32) -> (f32, bool) {
+    let b = x.to_bits();
+    let is_nan = (b & 0x7fff_ffff) > 0x7f80_0000;
+    let r = b.wrapping_add(0x7fff + ((b >> 16) & 1)) & 0xffff_0000;
+    (f32::from_bits(if is_nan { b } else { r }), is_nan)
 }
 
 /// `xs[i] = dtype.round(xs[i])` for every i. bf16 rounds to nearest even in
@@ -791,10 +932,9 @@ pub fn round_slice(dtype: DType, xs: &mut [f32]) {
         DType::Bf16 => {
             let mut nan = false;
             for x in xs.iter_mut() {
-                let b = x.to_bits();
-                nan |= x.is_nan();
-                let r = b.wrapping_add(0x7fff + ((b >> 16) & 1)) & 0xffff_0000;
-                *x = if x.is_nan() { *x } else { f32::from_bits(r) };
+                let (r, is_nan) = bf16_bits(*x);
+                nan |= is_nan;
+                *x = r;
             }
             if nan {
                 xs.iter_mut()
@@ -962,6 +1102,101 @@ mod tests {
                 for r in 0..4 {
                     assert_eq!(bits(&got[r]), bits(&want[r]), "{} row {r}", path.name());
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn pv_rows_of_one_four_and_eight_rows_are_each_rows_chain_on_every_path() {
+        fn check<const R: usize>(skipping: bool) {
+            const K: usize = 64;
+            let (d, keys) = (131, 37); // d: 4 x 32 lanes + a 3-lane tail
+            let v: Vec<f32> = (0..keys * d).map(|i| (i as f32 * 0.033).sin()).collect();
+            let mut keep = [[0.0f32; K]; R];
+            let mut p = [[0.0f32; K]; R];
+            for r in 0..R {
+                for k in 0..keys {
+                    let raw = ((k * 5 + r) as f32 * 0.3).cos().abs() + 0.01;
+                    let skip = skipping && (k + 2 * r) % 7 == 0;
+                    keep[r][k] = if skip { 0.0 } else { raw };
+                    p[r][k] = DType::Bf16.round(keep[r][k]);
+                }
+            }
+            let init: Vec<Vec<f32>> = (0..R)
+                .map(|r| (0..d).map(|i| (i * 3 + r) as f32 * -0.02).collect())
+                .collect();
+            let mut want = init.clone();
+            for (r, w) in want.iter_mut().enumerate() {
+                for k in (0..keys).filter(|&k| keep[r][k] != 0.0) {
+                    for (i, x) in w.iter_mut().enumerate() {
+                        *x = p[r][k].mul_add(v[k * d + i], *x);
+                    }
+                }
+            }
+            for path in SimdPath::available() {
+                let mut got = init.clone();
+                let mut it = got.iter_mut();
+                let mut acc: [&mut [f32]; R] =
+                    std::array::from_fn(|_| it.next().unwrap().as_mut_slice());
+                pv_rows(path, &mut acc, &p, &keep, keys, |k| &v[k * d..(k + 1) * d]);
+                for r in 0..R {
+                    assert_eq!(bits(&got[r]), bits(&want[r]), "{} R={R} row {r}", path.name());
+                }
+            }
+        }
+        for skipping in [false, true] {
+            check::<1>(skipping);
+            check::<4>(skipping);
+            check::<8>(skipping);
+        }
+    }
+
+    #[test]
+    fn update_rows_gives_the_same_bits_on_every_path() {
+        use crate::kernels::softmax::RowState;
+        // 13 rows (an 8-row block, a 4-row block, a single row), 150 keys
+        // (two passes of the P buffers), d = 72; masked keys and a NaN-free
+        // spread of scores, in f16 and bf16 P.
+        let (rows, n, d) = (13, 150, 72);
+        let v: Vec<f32> = (0..n * d).map(|i| (i as f32 * 0.071).cos()).collect();
+        let scores: Vec<f32> = (0..rows * n)
+            .map(|i| match i % 11 {
+                3 => f32::NEG_INFINITY,
+                _ => ((i * 7) as f32 * 0.013).sin() * 9.0,
+            })
+            .collect();
+        for dtype in [DType::Bf16, DType::F16, DType::F32] {
+            let run = |path: Option<SimdPath>| {
+                SimdPath::force(path);
+                let mut st: Vec<RowState> = (0..rows)
+                    .map(|r| RowState::new(d, (r % 3 == 0).then_some(0.5)))
+                    .collect();
+                // Two tiles: the second rescales the first's accumulators.
+                for _ in 0..2 {
+                    RowState::update_rows(&mut st, &scores, n, n, |j| &v[j * d..(j + 1) * d], dtype);
+                }
+                SimdPath::force(None);
+                st.iter()
+                    .flat_map(|s| [s.m.to_bits(), s.l.to_bits()].into_iter().chain(bits(&s.acc)))
+                    .collect::<Vec<u32>>()
+            };
+            let portable = run(Some(SimdPath::Portable));
+            // Each row alone, one-row steps: the definition.
+            let mut one: Vec<RowState> = (0..rows)
+                .map(|r| RowState::new(d, (r % 3 == 0).then_some(0.5)))
+                .collect();
+            for _ in 0..2 {
+                for (r, st) in one.iter_mut().enumerate() {
+                    st.update(&scores[r * n..(r + 1) * n], |j| &v[j * d..(j + 1) * d], dtype);
+                }
+            }
+            let want: Vec<u32> = one
+                .iter()
+                .flat_map(|s| [s.m.to_bits(), s.l.to_bits()].into_iter().chain(bits(&s.acc)))
+                .collect();
+            assert_eq!(portable, want, "portable {dtype:?}");
+            for path in SimdPath::available() {
+                assert_eq!(run(Some(path)), want, "{} {dtype:?}", path.name());
             }
         }
     }

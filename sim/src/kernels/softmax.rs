@@ -112,6 +112,9 @@ pub const PV_KEYS: usize = 128;
 pub const PV_LANES: usize = 32;
 /// Rows [`RowState::update_rows`] steps together (they share each V load).
 pub const ROW_BLOCK: usize = 4;
+/// Rows the AVX-512 path steps together (8 rows x 32 lanes of PV
+/// accumulators in 16 of its 32 registers; 8 interleaved row sums).
+pub const ROW_BLOCK_WIDE: usize = 8;
 
 /// Keys per register block of [`lane_dots`] (4 AVX2 vectors).
 pub const QK_LANES: usize = 32;
@@ -210,23 +213,22 @@ impl RowState {
         value: impl Fn(usize) -> &'a [f32],
         p_dtype: DType,
     ) {
-        let s_row = |r: usize| &scores[r * stride..][..n];
-        let mut blocks = rows.chunks_exact_mut(ROW_BLOCK);
-        let mut r0 = 0;
-        // One set of P buffers for every block (not zeroed per block).
-        let mut p_block = PBuffers::<ROW_BLOCK>::new();
-        for block in &mut blocks {
-            let mut it = block.iter_mut();
-            let states: [&mut RowState; ROW_BLOCK] =
-                std::array::from_fn(|_| it.next().expect("ROW_BLOCK rows"));
-            let s = std::array::from_fn(|r| s_row(r0 + r));
-            online_softmax_step(states, s, &value, p_dtype, &mut p_block);
-            r0 += ROW_BLOCK;
-        }
-        let mut p_row = PBuffers::<1>::new();
-        for state in blocks.into_remainder() {
-            online_softmax_step([state], [s_row(r0)], &value, p_dtype, &mut p_row);
-            r0 += 1;
+        // The whole step compiled for the active path's registers (the
+        // sums, the P rounding and the rescale too, not only the simd::
+        // kernels); row blocks as wide as that path's PV kernel keeps in
+        // registers. Rows are independent: every width gives the same bits.
+        match SimdPath::active() {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `supported()` checked the features the function enables.
+            p @ SimdPath::Avx512 if p.supported() => unsafe {
+                update_rows_avx512(rows, scores, stride, n, &value, p_dtype)
+            },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: as above.
+            p @ SimdPath::Avx2 if p.supported() => unsafe {
+                update_rows_avx2(rows, scores, stride, n, &value, p_dtype)
+            },
+            _ => update_rows_body::<ROW_BLOCK>(rows, scores, stride, n, &value, p_dtype),
         }
     }
 
@@ -250,6 +252,64 @@ impl RowState {
     /// `lse2 * LN2`, one multiply (numerics.md §3); -inf when empty.
     pub fn lse(&self) -> f32 {
         self.lse2() * LN2
+    }
+}
+
+/// [`RowState::update_rows`] with the AVX-512 registers: blocks of
+/// [`ROW_BLOCK_WIDE`] rows (8 rows x 32 lanes of PV accumulators).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+unsafe fn update_rows_avx512<'a>(
+    rows: &mut [RowState],
+    scores: &[f32],
+    stride: usize,
+    n: usize,
+    value: &impl Fn(usize) -> &'a [f32],
+    p_dtype: DType,
+) {
+    update_rows_body::<ROW_BLOCK_WIDE>(rows, scores, stride, n, value, p_dtype)
+}
+
+/// [`RowState::update_rows`] with the AVX2 + FMA registers.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn update_rows_avx2<'a>(
+    rows: &mut [RowState],
+    scores: &[f32],
+    stride: usize,
+    n: usize,
+    value: &impl Fn(usize) -> &'a [f32],
+    p_dtype: DType,
+) {
+    update_rows_body::<ROW_BLOCK>(rows, scores, stride, n, value, p_dtype)
+}
+
+/// Blocks of `R` rows, then one row at a time: each row its own step.
+#[inline(always)]
+fn update_rows_body<'a, const R: usize>(
+    rows: &mut [RowState],
+    scores: &[f32],
+    stride: usize,
+    n: usize,
+    value: &impl Fn(usize) -> &'a [f32],
+    p_dtype: DType,
+) {
+    let s_row = |r: usize| &scores[r * stride..][..n];
+    let mut blocks = rows.chunks_exact_mut(R);
+    let mut r0 = 0;
+    // One set of P buffers for every block (not zeroed per block).
+    let mut p_block = PBuffers::<R>::new();
+    for block in &mut blocks {
+        let mut it = block.iter_mut();
+        let states: [&mut RowState; R] = std::array::from_fn(|_| it.next().expect("R rows"));
+        let s = std::array::from_fn(|r| s_row(r0 + r));
+        online_softmax_step(states, s, value, p_dtype, &mut p_block);
+        r0 += R;
+    }
+    let mut p_row = PBuffers::<1>::new();
+    for state in blocks.into_remainder() {
+        online_softmax_step([state], [s_row(r0)], value, p_dtype, &mut p_row);
+        r0 += 1;
     }
 }
 

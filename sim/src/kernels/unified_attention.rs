@@ -519,16 +519,24 @@ pub fn unified_attention_2d(
 ) -> Result<Vec<f32>> {
     let k = Kernel::new(query, cache, meta, cfg, launch)?;
     let (hq, d) = (cfg.num_heads, cfg.head_size);
-    let results: Vec<UnitRows> = k
+    // Each unit's epilogue in its own task (rows x D, in the unit's row
+    // order); only the copies into `out` are serial.
+    let results: Vec<(Vec<RowId>, Vec<f32>)> = k
         .units(1, Q_BLOCKS_PER_UNIT)
         .par_iter()
         .filter_map(|u| k.run(u))
+        .map(|r| {
+            let mut vals = vec![0.0f32; r.rows.len() * d];
+            for (state, dst) in r.states.iter().zip(vals.chunks_exact_mut(d)) {
+                k.epilogue_2d(state, dst);
+            }
+            (r.rows, vals)
+        })
         .collect();
     let mut out = vec![0.0f32; meta.num_actual_tokens * hq * d];
-    for r in results {
-        for (row, state) in r.rows.iter().zip(&r.states) {
-            let dst = &mut out[(row.token * hq + row.head) * d..][..d];
-            k.epilogue_2d(state, dst);
+    for (rows, vals) in results {
+        for (row, v) in rows.iter().zip(vals.chunks_exact(d)) {
+            out[(row.token * hq + row.head) * d..][..d].copy_from_slice(v);
         }
     }
     Ok(out)
@@ -1180,7 +1188,7 @@ impl<'a> Kernel<'a> {
         match self.launch.flavor {
             Flavor::Vllm => {
                 for (o, a) in dst.iter_mut().zip(&state.acc) {
-                    *o = out_dtype.round(nan_fresh(a / state.l));
+                    *o = nan_fresh(a / state.l);
                 }
             }
             Flavor::Aiter => {
@@ -1191,10 +1199,12 @@ impl<'a> Kernel<'a> {
                 };
                 let r = v_descale / state.l;
                 for (o, a) in dst.iter_mut().zip(&state.acc) {
-                    *o = out_dtype.round(nan_fresh(a * r));
+                    *o = nan_fresh(a * r);
                 }
             }
         }
+        // out_dtype.round of every element (simd::round_slice: the same bits).
+        super::simd::round_slice(out_dtype, dst);
     }
 }
 
