@@ -5,8 +5,12 @@ use attnlab_shared::error::{Error, Result};
 use attnlab_shared::fault::FaultSet;
 use serde::{Deserialize, Serialize};
 
+/// The fields of an [`AttnConfig`], not yet checked: set what differs from
+/// [`AttnConfigBuilder::new`]'s plain causal config (struct-update syntax
+/// works), then [`AttnConfigBuilder::build`] checks them. Also the
+/// serialised form: deserialising an [`AttnConfig`] goes through `build`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct AttnConfig {
+pub struct AttnConfigBuilder {
     pub num_heads: usize,
     pub num_kv_heads: usize,
     pub head_size: usize,
@@ -33,10 +37,10 @@ pub struct AttnConfig {
     pub faults: FaultSet,
 }
 
-impl AttnConfig {
+impl AttnConfigBuilder {
     /// A plain causal config with scale 1/sqrt(head_size).
     pub fn new(num_heads: usize, num_kv_heads: usize, head_size: usize, dtype: DType) -> Self {
-        AttnConfig {
+        AttnConfigBuilder {
             num_heads,
             num_kv_heads,
             head_size,
@@ -53,12 +57,42 @@ impl AttnConfig {
         }
     }
 
-    /// Query heads per KV head (GQA group size).
-    pub fn queries_per_kv(&self) -> usize {
-        self.num_heads / self.num_kv_heads
+    /// Checks the invariants of [`AttnConfig`]; the error names the first
+    /// bad field, its value and what it must be.
+    pub fn build(self) -> Result<AttnConfig> {
+        self.validate()?;
+        let AttnConfigBuilder {
+            num_heads,
+            num_kv_heads,
+            head_size,
+            scale,
+            dtype,
+            kv_dtype,
+            k_scale,
+            v_scale,
+            sliding_window,
+            softcap,
+            sinks,
+            alibi_slopes,
+            faults,
+        } = self;
+        Ok(AttnConfig {
+            num_heads,
+            num_kv_heads,
+            head_size,
+            scale,
+            dtype,
+            kv_dtype,
+            k_scale,
+            v_scale,
+            sliding_window,
+            softcap,
+            sinks,
+            alibi_slopes,
+            faults,
+        })
     }
-
-    pub fn validate(&self) -> Result<()> {
+    fn validate(&self) -> Result<()> {
         if self.num_heads == 0 || self.num_kv_heads == 0 || self.head_size == 0 {
             return Err(Error::invalid(
                 "attention shape",
@@ -114,5 +148,158 @@ impl AttnConfig {
             }
         }
         Ok(())
+    }
+}
+
+impl TryFrom<AttnConfigBuilder> for AttnConfig {
+    type Error = Error;
+    fn try_from(b: AttnConfigBuilder) -> Result<Self> {
+        b.build()
+    }
+}
+
+/// Per-layer attention configuration, checked once by
+/// [`AttnConfigBuilder::build`] (which [`AttnConfig::new`] and
+/// deserialisation go through).
+///
+/// # Invariants
+///
+/// The fields are private, so every value keeps what `build` checked and no
+/// backend, kernel or GPU launcher checks it again:
+/// - `num_heads`, `num_kv_heads` and `head_size` are `>= 1`, and
+///   `num_kv_heads` divides `num_heads`;
+/// - `scale` is finite and `> 0`; `softcap`, when set, too;
+/// - `sliding_window`, when set, is `>= 1`;
+/// - `sinks` and `alibi_slopes`, when set, hold one value per query head;
+/// - with an fp8 `kv_dtype`, `k_scale` and `v_scale` are finite and `> 0`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "AttnConfigBuilder")]
+pub struct AttnConfig {
+    num_heads: usize,
+    num_kv_heads: usize,
+    head_size: usize,
+    /// Softmax scale (natural log domain), usually 1/sqrt(head_size).
+    scale: f32,
+    /// Dtype of query, new key/value and output.
+    dtype: DType,
+    /// Storage dtype of the KV cache (== `dtype` unless an fp8 cache).
+    kv_dtype: DType,
+    /// Per-tensor fp8 scales: stored = fp8(x / scale), loaded = fp8 * scale.
+    k_scale: f32,
+    v_scale: f32,
+    /// A query at position p sees keys in (p - window, p].
+    sliding_window: Option<usize>,
+    /// Scores become c * tanh(s / c).
+    softcap: Option<f32>,
+    /// Per-q-head sink logits (natural log), added to the softmax denominator.
+    sinks: Option<Vec<f32>>,
+    /// Per-q-head ALiBi slopes: score += slope * (t - p).
+    alibi_slopes: Option<Vec<f32>>,
+    /// Real bugs re-injected (`attnlab zoo`, [`attnlab_shared::fault`]);
+    /// empty unless a zoo run sets it. Not part of a fixture.
+    #[serde(skip)]
+    faults: FaultSet,
+}
+
+impl AttnConfig {
+    /// A plain causal config with scale 1/sqrt(head_size), checked.
+    pub fn new(
+        num_heads: usize,
+        num_kv_heads: usize,
+        head_size: usize,
+        dtype: DType,
+    ) -> Result<Self> {
+        AttnConfigBuilder::new(num_heads, num_kv_heads, head_size, dtype).build()
+    }
+
+    /// [`AttnConfigBuilder::new`]: a plain causal config to change and build.
+    pub fn builder(
+        num_heads: usize,
+        num_kv_heads: usize,
+        head_size: usize,
+        dtype: DType,
+    ) -> AttnConfigBuilder {
+        AttnConfigBuilder::new(num_heads, num_kv_heads, head_size, dtype)
+    }
+
+    /// This config's fields, to change and build again.
+    pub fn to_builder(&self) -> AttnConfigBuilder {
+        AttnConfigBuilder {
+            num_heads: self.num_heads,
+            num_kv_heads: self.num_kv_heads,
+            head_size: self.head_size,
+            scale: self.scale,
+            dtype: self.dtype,
+            kv_dtype: self.kv_dtype,
+            k_scale: self.k_scale,
+            v_scale: self.v_scale,
+            sliding_window: self.sliding_window,
+            softcap: self.softcap,
+            sinks: self.sinks.clone(),
+            alibi_slopes: self.alibi_slopes.clone(),
+            faults: self.faults,
+        }
+    }
+
+    /// The same config with these faults re-injected (no invariant depends
+    /// on them).
+    pub fn with_faults(mut self, faults: FaultSet) -> Self {
+        self.faults = faults;
+        self
+    }
+
+    pub fn num_heads(&self) -> usize {
+        self.num_heads
+    }
+    pub fn num_kv_heads(&self) -> usize {
+        self.num_kv_heads
+    }
+    pub fn head_size(&self) -> usize {
+        self.head_size
+    }
+    /// Softmax scale (natural log domain), usually 1/sqrt(head_size).
+    pub fn scale(&self) -> f32 {
+        self.scale
+    }
+    /// Dtype of query, new key/value and output.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+    /// Storage dtype of the KV cache (== `dtype` unless an fp8 cache).
+    pub fn kv_dtype(&self) -> DType {
+        self.kv_dtype
+    }
+    /// Per-tensor fp8 key scale: stored = fp8(x / scale), loaded = fp8 * scale.
+    pub fn k_scale(&self) -> f32 {
+        self.k_scale
+    }
+    /// Per-tensor fp8 value scale.
+    pub fn v_scale(&self) -> f32 {
+        self.v_scale
+    }
+    /// A query at position p sees keys in (p - window, p].
+    pub fn sliding_window(&self) -> Option<usize> {
+        self.sliding_window
+    }
+    /// Scores become c * tanh(s / c).
+    pub fn softcap(&self) -> Option<f32> {
+        self.softcap
+    }
+    /// Per-q-head sink logits (natural log), added to the softmax denominator.
+    pub fn sinks(&self) -> Option<&[f32]> {
+        self.sinks.as_deref()
+    }
+    /// Per-q-head ALiBi slopes: score += slope * (t - p).
+    pub fn alibi_slopes(&self) -> Option<&[f32]> {
+        self.alibi_slopes.as_deref()
+    }
+    /// Real bugs re-injected (`attnlab zoo`); empty unless a zoo run sets it.
+    pub fn faults(&self) -> FaultSet {
+        self.faults
+    }
+
+    /// Query heads per KV head (GQA group size).
+    pub fn queries_per_kv(&self) -> usize {
+        self.num_heads / self.num_kv_heads
     }
 }

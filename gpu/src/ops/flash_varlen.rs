@@ -63,7 +63,7 @@ pub fn tiled_shared_bytes(d: usize, dv: usize, block_n: usize) -> Option<usize> 
 pub fn flash_attn_varlen(gpu: &Gpu, args: &VarlenArgs) -> Result<(Vec<u32>, Vec<u32>)> {
     let (q, k, v, p) = (args.q(), args.k(), args.v(), args.params());
     let (cu_q, cu_k) = (args.cu_seqlens_q(), args.cu_seqlens_k());
-    let (tq, hq, dv) = (args.total_q(), p.num_heads, p.head_size_v);
+    let (tq, hq, dv) = (args.total_q(), p.num_heads(), p.head_size_v());
     let batch = cu_q.len().saturating_sub(1);
     let max_sq = cu_q
         .windows(2)
@@ -71,7 +71,7 @@ pub fn flash_attn_varlen(gpu: &Gpu, args: &VarlenArgs) -> Result<(Vec<u32>, Vec<
         .max()
         .unwrap_or(0);
     let dev = gpu.dev.as_ref();
-    let dt = p.dtype;
+    let dt = p.dtype();
     let out = Buffer::zeroed(dev, tq * hq * dv * dt.size_bytes())?;
     let lse = Buffer::from_bytes(
         dev,
@@ -87,9 +87,11 @@ pub fn flash_attn_varlen(gpu: &Gpu, args: &VarlenArgs) -> Result<(Vec<u32>, Vec<
             Buffer::from_bytes(dev, &bytes_of_i32(cu_q))?,
             Buffer::from_bytes(dev, &bytes_of_i32(cu_k))?,
         );
-        let sinks = Buffer::from_bytes(dev, &bytes_of(p.sinks.unwrap_or(&[0.0]), DType::F32))?;
-        let alibi =
-            Buffer::from_bytes(dev, &bytes_of(p.alibi_slopes.unwrap_or(&[0.0]), DType::F32))?;
+        let sinks = Buffer::from_bytes(dev, &bytes_of(p.sinks().unwrap_or(&[0.0]), DType::F32))?;
+        let alibi = Buffer::from_bytes(
+            dev,
+            &bytes_of(p.alibi_slopes().unwrap_or(&[0.0]), DType::F32),
+        )?;
         let plan = VarlenLaunch::new(gpu, p, batch, max_sq, tq)?;
         plan.launch(gpu, [&qb, &kb, &vb, &cq, &ck, &sinks, &alibi, &out, &lse])?;
     }
@@ -128,14 +130,14 @@ impl VarlenLaunch {
         max_sq: usize,
         total_q: usize,
     ) -> Result<VarlenLaunch> {
-        let (d, dv, dt) = (p.head_size, p.head_size_v, p.dtype);
-        let tiled = tiled_shared_bytes(d, dv, p.block_n);
+        let (d, dv, dt) = (p.head_size(), p.head_size_v(), p.dtype());
+        let tiled = tiled_shared_bytes(d, dv, p.block_n());
         let (rows_per_program, threads, shared) = match tiled {
             Some(bytes) => (TILED_ROWS, TILED_THREADS, bytes),
             None => (
                 SCALAR_ROWS,
                 128,
-                (SCALAR_ROWS * p.block_n + SCALAR_ROWS * dv + 3 * SCALAR_ROWS) * 4,
+                (SCALAR_ROWS * p.block_n() + SCALAR_ROWS * dv + 3 * SCALAR_ROWS) * 4,
             ),
         };
         if shared > SHARED_MEMORY_LIMIT {
@@ -149,7 +151,7 @@ impl VarlenLaunch {
         let f = match tiled {
             Some(_) => gpu.function(
                 "flash_varlen",
-                &tiled_defines(dt, d, dv, p.block_n),
+                &tiled_defines(dt, d, dv, p.block_n()),
                 "flash_attn_varlen",
             )?,
             None => gpu.function(
@@ -162,26 +164,26 @@ impl VarlenLaunch {
             grid: [
                 to_u32(max_sq.div_ceil(rows_per_program), "row blocks")?,
                 to_u32(batch, "batch")?,
-                to_u32(p.num_heads, "heads")?,
+                to_u32(p.num_heads(), "heads")?,
             ],
             block: [threads, 1, 1],
             shared_bytes: shared as u32,
         };
         let args = VarlenBlock {
-            num_heads: p.num_heads as i64,
-            num_kv_heads: p.num_kv_heads as i64,
+            num_heads: p.num_heads() as i64,
+            num_kv_heads: p.num_kv_heads() as i64,
             head_size: d as i64,
             head_size_v: dv as i64,
-            block_n: p.block_n as i64,
-            window: p.window.unwrap_or(0) as i64,
+            block_n: p.block_n() as i64,
+            window: p.window().unwrap_or(0) as i64,
             total_q: total_q as i64,
-            causal: p.causal as i32,
-            has_sinks: p.sinks.is_some() as i32,
-            has_alibi: p.alibi_slopes.is_some() as i32,
+            causal: p.causal() as i32,
+            has_sinks: p.sinks().is_some() as i32,
+            has_alibi: p.alibi_slopes().is_some() as i32,
             pad: 0,
-            scale: p.score.scale,
-            scale_log2: p.score.scale_log2,
-            softcap: p.score.softcap.unwrap_or(0.0),
+            scale: p.score().scale,
+            scale_log2: p.score().scale_log2,
+            softcap: p.score().softcap.unwrap_or(0.0),
             pad2: 0.0,
         }
         .arg();

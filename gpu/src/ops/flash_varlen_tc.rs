@@ -82,7 +82,7 @@ pub fn flash_attn_varlen_tc(gpu: &Gpu, args: &VarlenTcArgs) -> Result<(Vec<u32>,
     let (q, k, v) = (x.q(), x.k(), x.v());
     let (cu_q, cu_k) = (x.cu_seqlens_q(), x.cu_seqlens_k());
     let vp = &p.varlen;
-    let (tq, hq, dv) = (x.total_q(), vp.num_heads, vp.head_size_v);
+    let (tq, hq, dv) = (x.total_q(), vp.num_heads(), vp.head_size_v());
     let batch = cu_q.len().saturating_sub(1);
     let max_sq = cu_q
         .windows(2)
@@ -90,7 +90,7 @@ pub fn flash_attn_varlen_tc(gpu: &Gpu, args: &VarlenTcArgs) -> Result<(Vec<u32>,
         .max()
         .unwrap_or(0);
     let dev = gpu.dev.as_ref();
-    let dt = vp.dtype;
+    let dt = vp.dtype();
     let out = Buffer::zeroed(dev, tq * hq * dv * dt.size_bytes())?;
     let lse = Buffer::from_bytes(
         dev,
@@ -114,10 +114,10 @@ pub fn flash_attn_varlen_tc(gpu: &Gpu, args: &VarlenTcArgs) -> Result<(Vec<u32>,
             Buffer::from_bytes(dev, &bytes_of_i32(cu_q))?,
             Buffer::from_bytes(dev, &bytes_of_i32(cu_k))?,
         );
-        let sinks = Buffer::from_bytes(dev, &bytes_of(vp.sinks.unwrap_or(&[0.0]), DType::F32))?;
+        let sinks = Buffer::from_bytes(dev, &bytes_of(vp.sinks().unwrap_or(&[0.0]), DType::F32))?;
         let alibi = Buffer::from_bytes(
             dev,
-            &bytes_of(vp.alibi_slopes.unwrap_or(&[0.0]), DType::F32),
+            &bytes_of(vp.alibi_slopes().unwrap_or(&[0.0]), DType::F32),
         )?;
         let plan = VarlenTcLaunch::new(gpu, p, DEFAULT_WARPS, batch, max_sq, tq)?;
         plan.launch(gpu, [&qb, &kb, &vb, &cq, &ck, &sinks, &alibi, &out, &lse])?;
@@ -164,7 +164,7 @@ impl VarlenTcLaunch {
             );
         }
         let vp = &p.varlen;
-        let (d, dv, bn) = (vp.head_size, vp.head_size_v, vp.block_n);
+        let (d, dv, bn) = (vp.head_size(), vp.head_size_v(), vp.block_n());
         let (stages, limit) = match info.target {
             Target::Cuda { .. } => (2, CUDA_SHARED_LIMIT),
             _ => (1, LDS_LIMIT),
@@ -180,7 +180,7 @@ impl VarlenTcLaunch {
         }
         let f = gpu.function(
             "flash_varlen_tc",
-            &defines(vp.dtype, d, dv, bn, warps),
+            &defines(vp.dtype(), d, dv, bn, warps),
             "flash_attn_varlen_tc",
         )?;
         let wave = info.target.wave_size() as usize;
@@ -188,23 +188,23 @@ impl VarlenTcLaunch {
             grid: [
                 to_u32(max_sq.div_ceil(WAVE_ROWS * warps), "row blocks")?,
                 to_u32(batch, "batch")?,
-                to_u32(vp.num_heads, "heads")?,
+                to_u32(vp.num_heads(), "heads")?,
             ],
             block: [to_u32(warps * wave, "threads")?, 1, 1],
             shared_bytes: shared as u32,
         };
         let args = VarlenTcBlock {
-            num_heads: vp.num_heads as i64,
-            num_kv_heads: vp.num_kv_heads as i64,
-            window: vp.window.unwrap_or(0) as i64,
+            num_heads: vp.num_heads() as i64,
+            num_kv_heads: vp.num_kv_heads() as i64,
+            window: vp.window().unwrap_or(0) as i64,
             total_q: total_q as i64,
-            causal: vp.causal as i32,
-            has_sinks: vp.sinks.is_some() as i32,
-            has_alibi: vp.alibi_slopes.is_some() as i32,
+            causal: vp.causal() as i32,
+            has_sinks: vp.sinks().is_some() as i32,
+            has_alibi: vp.alibi_slopes().is_some() as i32,
             host_target: host_target_code(p.target),
-            scale: vp.score.scale,
-            scale_log2: vp.score.scale_log2,
-            softcap: vp.score.softcap.unwrap_or(0.0),
+            scale: vp.score().scale,
+            scale_log2: vp.score().scale_log2,
+            softcap: vp.score().softcap.unwrap_or(0.0),
             pad: 0.0,
         }
         .arg();

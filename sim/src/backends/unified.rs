@@ -60,18 +60,17 @@ impl<K: UnifiedKernel> AttentionBackend for UnifiedBackend<K> {
     /// `>= 32` (padded to a power of two in registers), block size.
     fn check(&self, cfg: &AttnConfig, block_size: usize) -> Result<()> {
         let shape = K::SHAPE;
-        if let Some(s) = cfg.sinks.as_ref().filter(|s| s.len() != cfg.num_heads) {
+        if let Some(s) = cfg.sinks().as_ref().filter(|s| s.len() != cfg.num_heads()) {
             return Err(Error::invalid(
                 "sinks",
                 format!("shape [{}]", s.len()),
                 format!(
                     "Sinks must have the same number of heads as the number of heads in the layer. Sinks shape: [{}], num_heads: {}.",
                     s.len(),
-                    cfg.num_heads
+                    cfg.num_heads()
                 ),
             ));
         }
-        cfg.validate()?;
         let rules = [
             (
                 Dtype,

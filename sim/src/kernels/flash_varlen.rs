@@ -58,9 +58,11 @@ pub fn ck_block_n(head_size: usize) -> usize {
     }
 }
 
-/// Everything `flash_attn_varlen_func` takes besides the tensors.
+/// The fields of a [`VarlenParams`], not yet checked: set what differs from
+/// [`VarlenParamsBuilder::new`]'s defaults (struct-update syntax works), then
+/// [`VarlenParamsBuilder::build`] checks them.
 #[derive(Debug, Clone, PartialEq)]
-pub struct VarlenParams<'a> {
+pub struct VarlenParamsBuilder<'a> {
     pub num_heads: usize,
     pub num_kv_heads: usize,
     /// Q/K head size.
@@ -84,7 +86,7 @@ pub struct VarlenParams<'a> {
     pub faults: FaultSet,
 }
 
-impl<'a> VarlenParams<'a> {
+impl<'a> VarlenParamsBuilder<'a> {
     /// Causal, no window/alibi/sinks/softcap, equal Q/V head sizes, CK tiles.
     pub fn new(
         num_heads: usize,
@@ -93,7 +95,7 @@ impl<'a> VarlenParams<'a> {
         dtype: DType,
         scale: f32,
     ) -> Self {
-        VarlenParams {
+        VarlenParamsBuilder {
             num_heads,
             num_kv_heads,
             head_size,
@@ -109,7 +111,41 @@ impl<'a> VarlenParams<'a> {
         }
     }
 
-    pub(crate) fn validate(&self) -> Result<()> {
+    /// Checks the invariants of [`VarlenParams`]; the error names the first
+    /// bad field, its value and what it must be.
+    pub fn build(self) -> Result<VarlenParams<'a>> {
+        self.validate()?;
+        let VarlenParamsBuilder {
+            num_heads,
+            num_kv_heads,
+            head_size,
+            head_size_v,
+            dtype,
+            score,
+            causal,
+            window,
+            alibi_slopes,
+            sinks,
+            block_n,
+            faults,
+        } = self;
+        Ok(VarlenParams {
+            num_heads,
+            num_kv_heads,
+            head_size,
+            head_size_v,
+            dtype,
+            score,
+            causal,
+            window,
+            alibi_slopes,
+            sinks,
+            block_n,
+            faults,
+        })
+    }
+
+    fn validate(&self) -> Result<()> {
         for (what, v) in [
             ("num_heads", self.num_heads),
             ("num_kv_heads", self.num_kv_heads),
@@ -143,6 +179,138 @@ impl<'a> VarlenParams<'a> {
             }
         }
         Ok(())
+    }
+}
+
+/// Everything `flash_attn_varlen_func` takes besides the tensors, checked
+/// once by [`VarlenParamsBuilder::build`] (which [`VarlenParams::new`] goes
+/// through).
+///
+/// # Invariants
+///
+/// The fields are private, so every value keeps what `build` checked and
+/// neither the kernels nor the GPU launchers check it again:
+/// - `num_heads`, `num_kv_heads`, `head_size`, `head_size_v` and `block_n`
+///   are `>= 1`, and `num_kv_heads` divides `num_heads`;
+/// - `window`, when set, is `>= 1`;
+/// - `alibi_slopes` and `sinks`, when set, hold one value per query head.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VarlenParams<'a> {
+    num_heads: usize,
+    num_kv_heads: usize,
+    /// Q/K head size.
+    head_size: usize,
+    /// V and output head size (MLA prefill: 128 against Q/K 192).
+    head_size_v: usize,
+    /// Dtype of q, k, v and out; P is rounded to it before PV.
+    dtype: DType,
+    /// `softmax_scale` and `logits_soft_cap` (None = 0.0).
+    score: ScoreParams,
+    causal: bool,
+    /// Window W in tokens, vLLM's `window_size = (W - 1, 0)` (right bound 0:
+    /// keys past the diagonal are masked even when `causal` is false).
+    window: Option<usize>,
+    alibi_slopes: Option<&'a [f32]>,
+    /// `sink_ptr`: per-q-head sink logits (natural log).
+    sinks: Option<&'a [f32]>,
+    /// Keys per tile; [`ck_block_n`] by default.
+    block_n: usize,
+    /// Real bugs re-injected (`attnlab zoo`); empty unless a zoo run sets it.
+    faults: FaultSet,
+}
+
+impl<'a> VarlenParams<'a> {
+    /// Causal, no window/alibi/sinks/softcap, equal Q/V head sizes, CK
+    /// tiles; checked.
+    pub fn new(
+        num_heads: usize,
+        num_kv_heads: usize,
+        head_size: usize,
+        dtype: DType,
+        scale: f32,
+    ) -> Result<Self> {
+        VarlenParamsBuilder::new(num_heads, num_kv_heads, head_size, dtype, scale).build()
+    }
+
+    /// [`VarlenParamsBuilder::new`]: the defaults, to change and build.
+    pub fn builder(
+        num_heads: usize,
+        num_kv_heads: usize,
+        head_size: usize,
+        dtype: DType,
+        scale: f32,
+    ) -> VarlenParamsBuilder<'a> {
+        VarlenParamsBuilder::new(num_heads, num_kv_heads, head_size, dtype, scale)
+    }
+
+    /// These parameters' fields, to change and build again.
+    pub fn to_builder(&self) -> VarlenParamsBuilder<'a> {
+        VarlenParamsBuilder {
+            num_heads: self.num_heads,
+            num_kv_heads: self.num_kv_heads,
+            head_size: self.head_size,
+            head_size_v: self.head_size_v,
+            dtype: self.dtype,
+            score: self.score,
+            causal: self.causal,
+            window: self.window,
+            alibi_slopes: self.alibi_slopes,
+            sinks: self.sinks,
+            block_n: self.block_n,
+            faults: self.faults,
+        }
+    }
+
+    /// The same parameters with these faults re-injected (no invariant
+    /// depends on them).
+    pub fn with_faults(mut self, faults: FaultSet) -> Self {
+        self.faults = faults;
+        self
+    }
+
+    pub fn num_heads(&self) -> usize {
+        self.num_heads
+    }
+    pub fn num_kv_heads(&self) -> usize {
+        self.num_kv_heads
+    }
+    /// Q/K head size.
+    pub fn head_size(&self) -> usize {
+        self.head_size
+    }
+    /// V and output head size (MLA prefill: 128 against Q/K 192).
+    pub fn head_size_v(&self) -> usize {
+        self.head_size_v
+    }
+    /// Dtype of q, k, v and out; P is rounded to it before PV.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+    /// `softmax_scale` and `logits_soft_cap`.
+    pub fn score(&self) -> ScoreParams {
+        self.score
+    }
+    pub fn causal(&self) -> bool {
+        self.causal
+    }
+    /// Window W in tokens, vLLM's `window_size = (W - 1, 0)`.
+    pub fn window(&self) -> Option<usize> {
+        self.window
+    }
+    pub fn alibi_slopes(&self) -> Option<&'a [f32]> {
+        self.alibi_slopes
+    }
+    /// `sink_ptr`: per-q-head sink logits (natural log).
+    pub fn sinks(&self) -> Option<&'a [f32]> {
+        self.sinks
+    }
+    /// Keys per tile.
+    pub fn block_n(&self) -> usize {
+        self.block_n
+    }
+    /// Real bugs re-injected (`attnlab zoo`); empty unless a zoo run sets it.
+    pub fn faults(&self) -> FaultSet {
+        self.faults
     }
 }
 
@@ -214,7 +382,6 @@ impl<'a> VarlenArgs<'a> {
         cu_seqlens_k: &'a [i32],
         p: &'a VarlenParams<'a>,
     ) -> Result<Self> {
-        p.validate()?;
         let (total_q, total_k) = check_inputs(q, k, v, cu_seqlens_q, cu_seqlens_k, p)?;
         Ok(VarlenArgs {
             q,
@@ -343,9 +510,9 @@ pub fn varlen(args: &VarlenArgs) -> OutLse {
     let mut res = OutLse::empty(total_q, hq, dv);
     for (t0, out, lse) in blocks {
         let rows = lse.len() / hq;
-        res.out[t0 * hq * dv..(t0 + rows) * hq * dv].copy_from_slice(&out);
+        res.out_mut()[t0 * hq * dv..(t0 + rows) * hq * dv].copy_from_slice(&out);
         for h in 0..hq {
-            res.lse[h * total_q + t0..h * total_q + t0 + rows]
+            res.lse_mut()[h * total_q + t0..h * total_q + t0 + rows]
                 .copy_from_slice(&lse[h * rows..(h + 1) * rows]);
         }
     }
@@ -499,17 +666,17 @@ mod tests {
     #[test]
     fn single_key_returns_its_value_and_its_score_as_lse() {
         let (q, k, v) = (vec![1.0, 0.5], vec![0.5, 2.0], vec![0.25, -3.0]);
-        let p = VarlenParams::new(1, 1, 2, DType::F32, 1.0);
+        let p = VarlenParams::new(1, 1, 2, DType::F32, 1.0).unwrap();
         let r = flash_attn_varlen(&q, &k, &v, &[0, 1], &[0, 1], &p).unwrap();
-        assert_eq!(r.out, vec![0.25, -3.0]);
-        assert!((r.lse[0] - 1.5).abs() < 1e-6, "{}", r.lse[0]);
+        assert_eq!(r.out(), vec![0.25, -3.0]);
+        assert!((r.lse()[0] - 1.5).abs() < 1e-6, "{}", r.lse()[0]);
     }
 
     #[test]
     fn causal_is_bottom_right_aligned() {
         // sq = 2, sk = 3: row 0 sees keys 0..=1, row 1 sees all three.
         let x = qkv(3);
-        let p = VarlenParams::new(1, 1, 2, DType::F32, 0.5);
+        let p = VarlenParams::new(1, 1, 2, DType::F32, 0.5).unwrap();
         let r = flash_attn_varlen(&x[2..], &x, &x, &[0, 2], &[0, 3], &p).unwrap();
         let only_two = flash_attn_varlen(
             &x[2..4],
@@ -517,31 +684,33 @@ mod tests {
             &x[..4],
             &[0, 1],
             &[0, 2],
-            &VarlenParams {
+            &super::VarlenParamsBuilder {
                 causal: false,
-                ..p.clone()
-            },
+                ..p.to_builder()
+            }
+            .build()
+            .unwrap(),
         )
         .unwrap();
-        assert_eq!(&r.out[..2], &only_two.out[..]);
-        assert_eq!(r.lse[0], only_two.lse[0]);
+        assert_eq!(&r.out()[..2], only_two.out());
+        assert_eq!(r.lse()[0], only_two.lse()[0]);
     }
 
     #[test]
     fn rows_with_no_visible_key_give_zero_and_minus_inf() {
         // sq = 3 > sk = 1, causal: rows 0 and 1 sit before the first key.
         let x = qkv(3);
-        let p = VarlenParams::new(1, 1, 2, DType::F16, 0.5);
+        let p = VarlenParams::new(1, 1, 2, DType::F16, 0.5).unwrap();
         let r = flash_attn_varlen(&x, &x[..2], &x[..2], &[0, 3], &[0, 1], &p).unwrap();
-        assert_eq!(&r.out[..4], &[0.0; 4]);
-        assert_eq!(&r.lse[..2], &[f32::NEG_INFINITY; 2]);
-        assert!(r.lse[2].is_finite());
+        assert_eq!(&r.out()[..4], &[0.0; 4]);
+        assert_eq!(&r.lse()[..2], &[f32::NEG_INFINITY; 2]);
+        assert!(r.lse()[2].is_finite());
     }
 
     #[test]
     fn tile_size_changes_only_rounding() {
         let x = qkv(300);
-        let p = VarlenParams::new(1, 1, 2, DType::F32, 0.5);
+        let p = VarlenParams::new(1, 1, 2, DType::F32, 0.5).unwrap();
         let a = flash_attn_varlen(&x, &x, &x, &[0, 300], &[0, 300], &p).unwrap();
         let b = flash_attn_varlen(
             &x,
@@ -549,10 +718,15 @@ mod tests {
             &x,
             &[0, 300],
             &[0, 300],
-            &VarlenParams { block_n: 7, ..p },
+            &super::VarlenParamsBuilder {
+                block_n: 7,
+                ..p.to_builder()
+            }
+            .build()
+            .unwrap(),
         )
         .unwrap();
-        for (x, y) in a.out.iter().zip(&b.out) {
+        for (x, y) in a.out().iter().zip(b.out()) {
             approx::assert_abs_diff_eq!(x, y, epsilon = 1e-5);
         }
     }
@@ -560,7 +734,7 @@ mod tests {
     #[test]
     fn rejects_bad_cu_seqlens_naming_the_entry() {
         let x = qkv(2);
-        let p = VarlenParams::new(1, 1, 2, DType::F32, 1.0);
+        let p = VarlenParams::new(1, 1, 2, DType::F32, 1.0).unwrap();
         let e = flash_attn_varlen(&x, &x, &x, &[0, 2, 1], &[0, 1, 2], &p)
             .unwrap_err()
             .to_string();
@@ -575,10 +749,12 @@ mod tests {
             &x,
             &[0, 2],
             &[0, 2],
-            &VarlenParams {
+            &super::VarlenParamsBuilder {
                 sinks: Some(&[0.0, 1.0]),
-                ..p
-            },
+                ..p.to_builder()
+            }
+            .build()
+            .unwrap(),
         )
         .unwrap_err()
         .to_string();

@@ -72,8 +72,8 @@ pub struct PrefixVariant {
 impl PrefixVariant {
     /// The variant `context_attention_fwd` launches for this config.
     pub fn for_config(cfg: &AttnConfig) -> Self {
-        if cfg.alibi_slopes.is_some() {
-            let block = if cfg.dtype == DType::F32 {
+        if cfg.alibi_slopes().is_some() {
+            let block = if cfg.dtype() == DType::F32 {
                 ALIBI_BLOCK_F32
             } else {
                 ALIBI_BLOCK
@@ -131,14 +131,14 @@ impl<'a> PrefixArgs<'a> {
     /// messages): non-causal attention or sinks together with ALiBi.
     pub fn new(inputs: PagedInputs<'a>, skip_decode: bool) -> Result<Self> {
         let (cfg, meta) = (inputs.cfg(), inputs.meta());
-        if cfg.alibi_slopes.is_some() {
-            if !meta.causal {
+        if cfg.alibi_slopes().is_some() {
+            if !meta.causal() {
                 return Err(Error::unsupported(
                     "non-causal prefix attention with ALiBi",
                     "Non-causal prefix attention is not supported with alibi",
                 ));
             }
-            if cfg.sinks.is_some() {
+            if cfg.sinks().is_some() {
                 return Err(Error::unsupported(
                     "sinks with ALiBi",
                     "Sinks arg is not supported with alibi",
@@ -173,7 +173,7 @@ pub fn context_attention(args: &PrefixArgs, out: &mut [f32]) -> Result<()> {
         args.inputs.cfg(),
     );
     let (skip_decode, v) = (args.skip_decode, args.variant);
-    let (hq, d) = (cfg.num_heads, cfg.head_size);
+    let (hq, d) = (cfg.num_heads(), cfg.head_size());
     let programs: Vec<(usize, usize, usize)> = (0..meta.num_reqs())
         .filter(|&b| meta.query_len(b) > 0 && !(skip_decode && meta.query_len(b) == 1))
         .flat_map(|b| {
@@ -208,20 +208,20 @@ fn program(
     head: usize,
     start_m: usize,
 ) -> (usize, usize, Vec<f32>) {
-    let (hq, d) = (cfg.num_heads, cfg.head_size);
+    let (hq, d) = (cfg.num_heads(), cfg.head_size());
     let (ql, ctx) = (meta.query_len(b), meta.context_len(b));
     let kv_head = head / cfg.queries_per_kv();
     let rows = start_m * v.block_m..((start_m + 1) * v.block_m).min(ql);
     let first_row = meta.query_range(b).start + rows.start;
-    let params = ScoreParams::new(cfg.scale, cfg.softcap);
-    let slope = cfg.alibi_slopes.as_ref().map(|s| s[head]);
+    let params = ScoreParams::new(cfg.scale(), cfg.softcap());
+    let slope = cfg.alibi_slopes().as_ref().map(|s| s[head]);
     // The alibi kernel applies no sliding window.
     let window = if slope.is_some() {
         None
     } else {
-        cfg.sliding_window
+        cfg.sliding_window()
     };
-    let sink = cfg.sinks.as_ref().map(|s| s[head]);
+    let sink = cfg.sinks().as_ref().map(|s| s[head]);
     let mut states: Vec<RowState> = rows.clone().map(|_| RowState::new(d, sink)).collect();
     let q_row = |i: usize| {
         let t = first_row - rows.start + i;
@@ -252,13 +252,13 @@ fn program(
     );
     // Every row of the program against each K tile at once (qk_rows).
     let qs: Vec<&[f32]> = rows.clone().map(q_row).collect();
-    let k_load = |k: f32| dequant_kv(k, cfg.k_scale, cfg.kv_dtype, cfg.dtype);
-    let v_load = |x: f32| dequant_kv(x, cfg.v_scale, cfg.kv_dtype, cfg.dtype);
+    let k_load = |k: f32| dequant_kv(k, cfg.k_scale(), cfg.kv_dtype(), cfg.dtype());
+    let v_load = |x: f32| dequant_kv(x, cfg.v_scale(), cfg.kv_dtype(), cfg.dtype());
     let mut run_tile =
         |keys: std::ops::Range<usize>, causal: bool, tile: &mut KvTile, states: &mut [RowState]| {
             locs.clear();
             locs.extend(keys.clone().map(|t| meta.kv_location(b, t)));
-            if cfg.kv_dtype.is_fp8() {
+            if cfg.kv_dtype().is_fp8() {
                 tile.gather_paged(cache, dims, kv_head, &locs, k_load, v_load);
             } else {
                 // dequant_kv is the identity for a non-fp8 cache.
@@ -272,14 +272,14 @@ fn program(
                 }
             }
             let (n, tile) = (keys.len(), &*tile);
-            RowState::update_rows(states, &dots, tile_cap, n, |j| tile.v_row(j), cfg.dtype);
+            RowState::update_rows(states, &dots, tile_cap, n, |j| tile.v_row(j), cfg.dtype());
         };
     // (A) the cached context: no causal mask (every context key precedes every query).
     for s in (0..ctx).step_by(v.ctx_tile) {
         run_tile(s..(s + v.ctx_tile).min(ctx), false, &mut tile, &mut states);
     }
     // (B) the new tokens, causal by default.
-    let upper = if meta.causal {
+    let upper = if meta.causal() {
         (start_m + 1) * v.block_m
     } else {
         ql.next_multiple_of(v.block_n)
@@ -287,7 +287,7 @@ fn program(
     for s in (0..upper.min(ql)).step_by(v.block_n) {
         run_tile(
             ctx + s..ctx + (s + v.block_n).min(ql),
-            meta.causal,
+            meta.causal(),
             &mut tile,
             &mut states,
         );
@@ -298,7 +298,7 @@ fn program(
             state
                 .normalized_eps(v.l_eps)
                 .into_iter()
-                .map(|x| cfg.dtype.round(x)),
+                .map(|x| cfg.dtype().round(x)),
         );
     }
     (first_row, head, data)
@@ -323,9 +323,9 @@ mod tests {
             LayoutKind::RocmPaged,
             nb,
             bs,
-            cfg.num_kv_heads,
-            cfg.head_size,
-            cfg.kv_dtype,
+            cfg.num_kv_heads(),
+            cfg.head_size(),
+            cfg.kv_dtype(),
         )
         .unwrap();
         let mut cache = KvCache::zeros(layout);
@@ -334,8 +334,8 @@ mod tests {
             let row: Vec<i32> = (next..next + n as i32).collect();
             for t in 0..c + q {
                 let b = row[t / bs] as usize;
-                for h in 0..cfg.num_kv_heads {
-                    for d in 0..cfg.head_size {
+                for h in 0..cfg.num_kv_heads() {
+                    for d in 0..cfg.head_size() {
                         cache.v[layout.v_offset(b, t % bs, h, d)] = t as f32;
                     }
                 }
@@ -358,30 +358,43 @@ mod tests {
             true,
         )
         .unwrap();
-        (vec![0.5; t * cfg.num_heads * cfg.head_size], cache, meta)
+        (
+            vec![0.5; t * cfg.num_heads() * cfg.head_size()],
+            cache,
+            meta,
+        )
     }
 
     #[test]
     fn alibi_launches_the_alibi_kernel_with_square_tiles_and_no_epsilon() {
-        let mut cfg = AttnConfig::new(2, 1, 32, DType::F16);
-        assert_eq!(PrefixVariant::for_config(&cfg).ctx_tile, CTX_TILE);
+        let mut cfg = AttnConfig::builder(2, 1, 32, DType::F16);
+        assert_eq!(
+            PrefixVariant::for_config(&cfg.clone().build().unwrap()).ctx_tile,
+            CTX_TILE
+        );
         cfg.alibi_slopes = Some(vec![0.5, 0.25]);
-        let v = PrefixVariant::for_config(&cfg);
+        let alibi = cfg.clone().build().unwrap();
+        let v = PrefixVariant::for_config(&alibi);
         assert_eq!(
             (v.kernel, v.block_m, v.ctx_tile, v.block_n, v.l_eps),
             ("_fwd_kernel_alibi", 128, 128, 128, 0.0)
         );
         cfg.dtype = DType::F32;
-        assert_eq!(PrefixVariant::for_config(&cfg).block_n, ALIBI_BLOCK_F32);
+        assert_eq!(
+            PrefixVariant::for_config(&cfg.build().unwrap()).block_n,
+            ALIBI_BLOCK_F32
+        );
     }
 
     #[test]
     fn each_row_averages_exactly_the_keys_it_sees() {
         // Context 70 (three 32-key tiles), 150 new tokens (two BLOCK_M programs).
-        let cfg = AttnConfig {
+        let cfg = crate::config::AttnConfigBuilder {
             sliding_window: Some(50),
-            ..AttnConfig::new(2, 1, 8, DType::F32)
-        };
+            ..AttnConfig::builder(2, 1, 8, DType::F32)
+        }
+        .build()
+        .unwrap();
         let (q, cache, meta) = uniform(&[(70, 150)], &cfg);
         let mut out = vec![0f32; q.len()];
         context_attention_fwd(&q, &cache, &meta, &cfg, true, &mut out).unwrap();
@@ -395,7 +408,7 @@ mod tests {
 
     #[test]
     fn skip_decode_leaves_decode_rows_untouched() {
-        let cfg = AttnConfig::new(1, 1, 8, DType::F32);
+        let cfg = AttnConfig::new(1, 1, 8, DType::F32).unwrap();
         let (q, cache, meta) = uniform(&[(10, 1), (5, 4)], &cfg);
         let mut out = vec![-7f32; q.len()];
         context_attention_fwd(&q, &cache, &meta, &cfg, true, &mut out).unwrap();
@@ -407,9 +420,9 @@ mod tests {
 
     #[test]
     fn non_causal_rows_see_every_new_token() {
-        let cfg = AttnConfig::new(1, 1, 8, DType::F32);
-        let (q, cache, mut meta) = uniform(&[(6, 20)], &cfg);
-        meta.causal = false;
+        let cfg = AttnConfig::new(1, 1, 8, DType::F32).unwrap();
+        let (q, cache, meta) = uniform(&[(6, 20)], &cfg);
+        let meta = meta.with_causal(false);
         let mut out = vec![0f32; q.len()];
         context_attention_fwd(&q, &cache, &meta, &cfg, true, &mut out).unwrap();
         assert!(
@@ -420,11 +433,13 @@ mod tests {
 
     #[test]
     fn alibi_rejects_what_vllms_alibi_kernel_asserts() {
-        let cfg = AttnConfig {
+        let cfg = crate::config::AttnConfigBuilder {
             alibi_slopes: Some(vec![0.5]),
             sinks: Some(vec![1.0]),
-            ..AttnConfig::new(1, 1, 8, DType::F32)
-        };
+            ..AttnConfig::builder(1, 1, 8, DType::F32)
+        }
+        .build()
+        .unwrap();
         let (q, cache, meta) = uniform(&[(3, 4)], &cfg);
         let e = context_attention_fwd(&q, &cache, &meta, &cfg, true, &mut vec![0f32; q.len()])
             .unwrap_err()
