@@ -61,36 +61,7 @@ impl AttnConfigBuilder {
     /// bad field, its value and what it must be.
     pub fn build(self) -> Result<AttnConfig> {
         self.validate()?;
-        let AttnConfigBuilder {
-            num_heads,
-            num_kv_heads,
-            head_size,
-            scale,
-            dtype,
-            kv_dtype,
-            k_scale,
-            v_scale,
-            sliding_window,
-            softcap,
-            sinks,
-            alibi_slopes,
-            faults,
-        } = self;
-        Ok(AttnConfig {
-            num_heads,
-            num_kv_heads,
-            head_size,
-            scale,
-            dtype,
-            kv_dtype,
-            k_scale,
-            v_scale,
-            sliding_window,
-            softcap,
-            sinks,
-            alibi_slopes,
-            faults,
-        })
+        Ok(AttnConfig(self))
     }
     fn validate(&self) -> Result<()> {
         if self.num_heads == 0 || self.num_kv_heads == 0 || self.head_size == 0 {
@@ -164,8 +135,9 @@ impl TryFrom<AttnConfigBuilder> for AttnConfig {
 ///
 /// # Invariants
 ///
-/// The fields are private, so every value keeps what `build` checked and no
-/// backend, kernel or GPU launcher checks it again:
+/// Its fields (an [`AttnConfigBuilder`]) are private, so every value keeps
+/// what `build` checked and no backend, kernel or GPU launcher checks it
+/// again:
 /// - `num_heads`, `num_kv_heads` and `head_size` are `>= 1`, and
 ///   `num_kv_heads` divides `num_heads`;
 /// - `scale` is finite and `> 0`; `softcap`, when set, too;
@@ -173,32 +145,13 @@ impl TryFrom<AttnConfigBuilder> for AttnConfig {
 /// - `sinks` and `alibi_slopes`, when set, hold one value per query head;
 /// - with an fp8 `kv_dtype`, `k_scale` and `v_scale` are finite and `> 0`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(try_from = "AttnConfigBuilder")]
-pub struct AttnConfig {
-    num_heads: usize,
-    num_kv_heads: usize,
-    head_size: usize,
-    /// Softmax scale (natural log domain), usually 1/sqrt(head_size).
-    scale: f32,
-    /// Dtype of query, new key/value and output.
-    dtype: DType,
-    /// Storage dtype of the KV cache (== `dtype` unless an fp8 cache).
-    kv_dtype: DType,
-    /// Per-tensor fp8 scales: stored = fp8(x / scale), loaded = fp8 * scale.
-    k_scale: f32,
-    v_scale: f32,
-    /// A query at position p sees keys in (p - window, p].
-    sliding_window: Option<usize>,
-    /// Scores become c * tanh(s / c).
-    softcap: Option<f32>,
-    /// Per-q-head sink logits (natural log), added to the softmax denominator.
-    sinks: Option<Vec<f32>>,
-    /// Per-q-head ALiBi slopes: score += slope * (t - p).
-    alibi_slopes: Option<Vec<f32>>,
-    /// Real bugs re-injected (`attnlab zoo`, [`attnlab_shared::fault`]);
-    /// empty unless a zoo run sets it. Not part of a fixture.
-    #[serde(skip)]
-    faults: FaultSet,
+#[serde(try_from = "AttnConfigBuilder", into = "AttnConfigBuilder")]
+pub struct AttnConfig(AttnConfigBuilder);
+
+impl From<AttnConfig> for AttnConfigBuilder {
+    fn from(c: AttnConfig) -> Self {
+        c.0
+    }
 }
 
 impl AttnConfig {
@@ -224,82 +177,68 @@ impl AttnConfig {
 
     /// This config's fields, to change and build again.
     pub fn to_builder(&self) -> AttnConfigBuilder {
-        AttnConfigBuilder {
-            num_heads: self.num_heads,
-            num_kv_heads: self.num_kv_heads,
-            head_size: self.head_size,
-            scale: self.scale,
-            dtype: self.dtype,
-            kv_dtype: self.kv_dtype,
-            k_scale: self.k_scale,
-            v_scale: self.v_scale,
-            sliding_window: self.sliding_window,
-            softcap: self.softcap,
-            sinks: self.sinks.clone(),
-            alibi_slopes: self.alibi_slopes.clone(),
-            faults: self.faults,
-        }
+        self.0.clone()
     }
 
     /// The same config with these faults re-injected (no invariant depends
     /// on them).
     pub fn with_faults(mut self, faults: FaultSet) -> Self {
-        self.faults = faults;
+        self.0.faults = faults;
         self
     }
 
     pub fn num_heads(&self) -> usize {
-        self.num_heads
+        self.0.num_heads
     }
     pub fn num_kv_heads(&self) -> usize {
-        self.num_kv_heads
+        self.0.num_kv_heads
     }
     pub fn head_size(&self) -> usize {
-        self.head_size
+        self.0.head_size
     }
     /// Softmax scale (natural log domain), usually 1/sqrt(head_size).
     pub fn scale(&self) -> f32 {
-        self.scale
+        self.0.scale
     }
     /// Dtype of query, new key/value and output.
     pub fn dtype(&self) -> DType {
-        self.dtype
+        self.0.dtype
     }
     /// Storage dtype of the KV cache (== `dtype` unless an fp8 cache).
     pub fn kv_dtype(&self) -> DType {
-        self.kv_dtype
+        self.0.kv_dtype
     }
     /// Per-tensor fp8 key scale: stored = fp8(x / scale), loaded = fp8 * scale.
     pub fn k_scale(&self) -> f32 {
-        self.k_scale
+        self.0.k_scale
     }
     /// Per-tensor fp8 value scale.
     pub fn v_scale(&self) -> f32 {
-        self.v_scale
+        self.0.v_scale
     }
     /// A query at position p sees keys in (p - window, p].
     pub fn sliding_window(&self) -> Option<usize> {
-        self.sliding_window
+        self.0.sliding_window
     }
     /// Scores become c * tanh(s / c).
     pub fn softcap(&self) -> Option<f32> {
-        self.softcap
+        self.0.softcap
     }
     /// Per-q-head sink logits (natural log), added to the softmax denominator.
     pub fn sinks(&self) -> Option<&[f32]> {
-        self.sinks.as_deref()
+        self.0.sinks.as_deref()
     }
     /// Per-q-head ALiBi slopes: score += slope * (t - p).
     pub fn alibi_slopes(&self) -> Option<&[f32]> {
-        self.alibi_slopes.as_deref()
+        self.0.alibi_slopes.as_deref()
     }
     /// Real bugs re-injected (`attnlab zoo`); empty unless a zoo run sets it.
     pub fn faults(&self) -> FaultSet {
-        self.faults
+        self.0.faults
     }
 
     /// Query heads per KV head (GQA group size).
     pub fn queries_per_kv(&self) -> usize {
-        self.num_heads / self.num_kv_heads
+        self.0.num_heads / self.0.num_kv_heads
     }
 }

@@ -185,7 +185,9 @@ fn seed_era_window_attends_w_minus_1_keys_and_v0_33_attends_w() {
     let cfg = AttnConfigBuilder {
         sliding_window: Some(24),
         ..config(DType::F32, 4, 2, 64).to_builder()
-    }.build().unwrap();
+    }
+    .build()
+    .unwrap();
     let b = batch(&cfg, 16, &[(70, 1), (30, 45), (0, 90)], 7);
     let cache = b.cache(&cfg, LayoutKind::RocmPaged);
     for (profile, seen) in [(RocmAttnProfile::SeedEra, 23), (RocmAttnProfile::V0_33, 24)] {
@@ -199,7 +201,9 @@ fn seed_era_window_attends_w_minus_1_keys_and_v0_33_attends_w() {
             &AttnConfigBuilder {
                 sliding_window: Some(seen),
                 ..cfg.to_builder()
-            }.build().unwrap(),
+            }
+            .build()
+            .unwrap(),
         );
     }
 }
@@ -209,7 +213,9 @@ fn seed_era_window_of_one_disables_the_window() {
     let cfg = AttnConfigBuilder {
         sliding_window: Some(1),
         ..config(DType::F32, 2, 1, 32).to_builder()
-    }.build().unwrap();
+    }
+    .build()
+    .unwrap();
     let b = batch(&cfg, 32, &[(50, 1), (10, 20)], 3);
     let cache = b.cache(&cfg, LayoutKind::RocmPaged);
     let out = RocmAttn::default()
@@ -222,7 +228,9 @@ fn seed_era_window_of_one_disables_the_window() {
         &AttnConfigBuilder {
             sliding_window: None,
             ..cfg.to_builder()
-        }.build().unwrap(),
+        }
+        .build()
+        .unwrap(),
     );
 }
 
@@ -232,7 +240,9 @@ fn softcap_is_ignored_as_vllm_rocm_attn_ignores_it() {
         softcap: Some(2.0),
         scale: 2.0,
         ..config(DType::F32, 4, 4, 64).to_builder()
-    }.build().unwrap();
+    }
+    .build()
+    .unwrap();
     let b = batch(&cfg, 16, &[(40, 1), (20, 33)], 11);
     let cache = b.cache(&cfg, LayoutKind::RocmPaged);
     let out = RocmAttn::default()
@@ -245,7 +255,9 @@ fn softcap_is_ignored_as_vllm_rocm_attn_ignores_it() {
         &AttnConfigBuilder {
             softcap: None,
             ..cfg.to_builder()
-        }.build().unwrap(),
+        }
+        .build()
+        .unwrap(),
     );
     let capped = reference::paged_attention(&b.query, &cache, &b.meta, &cfg).unwrap();
     assert!(
@@ -263,7 +275,9 @@ fn kernels_apply_softcap_when_the_config_carries_it() {
         softcap: Some(3.0),
         scale: 1.5,
         ..config(DType::F32, 4, 2, 64).to_builder()
-    }.build().unwrap();
+    }
+    .build()
+    .unwrap();
     let b = batch(&cfg, 16, &[(300, 1), (40, 1), (20, 50)], 5);
     let cache = b.cache(&cfg, LayoutKind::RocmPaged);
     let n = b.query.len();
@@ -283,7 +297,9 @@ fn alibi_batches_match_the_reference() {
         let cfg = AttnConfigBuilder {
             alibi_slopes: Some(slopes.clone()),
             ..config(dtype, 4, 2, 64).to_builder()
-        }.build().unwrap();
+        }
+        .build()
+        .unwrap();
         let b = batch(&cfg, 32, &[(200, 1), (150, 70), (0, 130)], 17);
         let cache = b.cache(&cfg, LayoutKind::RocmPaged);
         let out = RocmAttn::default()
@@ -301,7 +317,9 @@ fn fp8_cache_written_by_write_kv_matches_the_reference() {
             k_scale: 0.37,
             v_scale: 0.61,
             ..config(DType::Bf16, 8, 2, 128).to_builder()
-        }.build().unwrap();
+        }
+        .build()
+        .unwrap();
         let b = batch(&cfg, 16, &[(100, 1), (64, 20)], 23);
         let backend = RocmAttn::default();
         let mut cache = b.cache(&cfg, LayoutKind::RocmPaged);
@@ -368,7 +386,8 @@ fn every_kernel_is_bit_identical_across_layouts_and_thread_counts() {
 
 #[test]
 fn kv_tile_qk_is_bit_identical_to_dot_per_key() {
-    let cfg = config(DType::F32, 1, 2, 64);
+    // Two KV heads (GQA 1, the smallest valid config with a head 1 to read).
+    let cfg = config(DType::F32, 2, 2, 64);
     let b = batch(&cfg, 16, &[(40, 1)], 31);
     let cache = b.cache(&cfg, LayoutKind::RocmPaged);
     let dims = DimOffsets::new(&cache.layout);
@@ -376,10 +395,11 @@ fn kv_tile_qk_is_bit_identical_to_dot_per_key() {
     let mut tile = KvTile::new(32, 64);
     tile.gather_paged(&cache, &dims, 1, &locs, |k| k, |v| v);
     let mut out = vec![0f32; 32];
-    tile.qk(&b.query, &mut out);
+    let q = &b.query[..64]; // token 0, head 0
+    tile.qk(q, &mut out);
     for (j, &(blk, r)) in locs.iter().enumerate() {
         let k: Vec<f32> = (0..64).map(|d| cache.k_at(blk, r, 1, d)).collect();
-        assert_eq!(out[j].to_bits(), dot(&b.query, &k).to_bits(), "key {j}");
+        assert_eq!(out[j].to_bits(), dot(q, &k).to_bits(), "key {j}");
         assert_eq!(
             tile.v_row(j),
             (0..64)
@@ -425,7 +445,9 @@ fn decode_routes_to_ll4mi_only_inside_the_custom_envelope() {
     let windowed = AttnConfigBuilder {
         sliding_window: Some(64),
         ..config(DType::F16, 8, 2, 128).to_builder()
-    }.build().unwrap();
+    }
+    .build()
+    .unwrap();
     assert_eq!(
         route(&windowed, 16),
         DecodeKernel::Triton2d,
@@ -499,7 +521,9 @@ fn rejects_sinks_as_the_selector_does() {
     let cfg = AttnConfigBuilder {
         sinks: Some(vec![0.5; 4]),
         ..config(DType::F16, 4, 2, 64).to_builder()
-    }.build().unwrap();
+    }
+    .build()
+    .unwrap();
     let e = RocmAttn::default().check(&cfg, 16).unwrap_err().to_string();
     assert!(e.contains("attention sinks not supported"), "{e}");
 }

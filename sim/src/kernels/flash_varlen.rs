@@ -115,34 +115,7 @@ impl<'a> VarlenParamsBuilder<'a> {
     /// bad field, its value and what it must be.
     pub fn build(self) -> Result<VarlenParams<'a>> {
         self.validate()?;
-        let VarlenParamsBuilder {
-            num_heads,
-            num_kv_heads,
-            head_size,
-            head_size_v,
-            dtype,
-            score,
-            causal,
-            window,
-            alibi_slopes,
-            sinks,
-            block_n,
-            faults,
-        } = self;
-        Ok(VarlenParams {
-            num_heads,
-            num_kv_heads,
-            head_size,
-            head_size_v,
-            dtype,
-            score,
-            causal,
-            window,
-            alibi_slopes,
-            sinks,
-            block_n,
-            faults,
-        })
+        Ok(VarlenParams(self))
     }
 
     fn validate(&self) -> Result<()> {
@@ -188,36 +161,15 @@ impl<'a> VarlenParamsBuilder<'a> {
 ///
 /// # Invariants
 ///
-/// The fields are private, so every value keeps what `build` checked and
-/// neither the kernels nor the GPU launchers check it again:
+/// Its fields (a [`VarlenParamsBuilder`]) are private, so every value keeps
+/// what `build` checked and neither the kernels nor the GPU launchers check
+/// it again:
 /// - `num_heads`, `num_kv_heads`, `head_size`, `head_size_v` and `block_n`
 ///   are `>= 1`, and `num_kv_heads` divides `num_heads`;
 /// - `window`, when set, is `>= 1`;
 /// - `alibi_slopes` and `sinks`, when set, hold one value per query head.
 #[derive(Debug, Clone, PartialEq)]
-pub struct VarlenParams<'a> {
-    num_heads: usize,
-    num_kv_heads: usize,
-    /// Q/K head size.
-    head_size: usize,
-    /// V and output head size (MLA prefill: 128 against Q/K 192).
-    head_size_v: usize,
-    /// Dtype of q, k, v and out; P is rounded to it before PV.
-    dtype: DType,
-    /// `softmax_scale` and `logits_soft_cap` (None = 0.0).
-    score: ScoreParams,
-    causal: bool,
-    /// Window W in tokens, vLLM's `window_size = (W - 1, 0)` (right bound 0:
-    /// keys past the diagonal are masked even when `causal` is false).
-    window: Option<usize>,
-    alibi_slopes: Option<&'a [f32]>,
-    /// `sink_ptr`: per-q-head sink logits (natural log).
-    sinks: Option<&'a [f32]>,
-    /// Keys per tile; [`ck_block_n`] by default.
-    block_n: usize,
-    /// Real bugs re-injected (`attnlab zoo`); empty unless a zoo run sets it.
-    faults: FaultSet,
-}
+pub struct VarlenParams<'a>(VarlenParamsBuilder<'a>);
 
 impl<'a> VarlenParams<'a> {
     /// Causal, no window/alibi/sinks/softcap, equal Q/V head sizes, CK
@@ -245,72 +197,59 @@ impl<'a> VarlenParams<'a> {
 
     /// These parameters' fields, to change and build again.
     pub fn to_builder(&self) -> VarlenParamsBuilder<'a> {
-        VarlenParamsBuilder {
-            num_heads: self.num_heads,
-            num_kv_heads: self.num_kv_heads,
-            head_size: self.head_size,
-            head_size_v: self.head_size_v,
-            dtype: self.dtype,
-            score: self.score,
-            causal: self.causal,
-            window: self.window,
-            alibi_slopes: self.alibi_slopes,
-            sinks: self.sinks,
-            block_n: self.block_n,
-            faults: self.faults,
-        }
+        self.0.clone()
     }
 
     /// The same parameters with these faults re-injected (no invariant
     /// depends on them).
     pub fn with_faults(mut self, faults: FaultSet) -> Self {
-        self.faults = faults;
+        self.0.faults = faults;
         self
     }
 
     pub fn num_heads(&self) -> usize {
-        self.num_heads
+        self.0.num_heads
     }
     pub fn num_kv_heads(&self) -> usize {
-        self.num_kv_heads
+        self.0.num_kv_heads
     }
     /// Q/K head size.
     pub fn head_size(&self) -> usize {
-        self.head_size
+        self.0.head_size
     }
     /// V and output head size (MLA prefill: 128 against Q/K 192).
     pub fn head_size_v(&self) -> usize {
-        self.head_size_v
+        self.0.head_size_v
     }
     /// Dtype of q, k, v and out; P is rounded to it before PV.
     pub fn dtype(&self) -> DType {
-        self.dtype
+        self.0.dtype
     }
     /// `softmax_scale` and `logits_soft_cap`.
     pub fn score(&self) -> ScoreParams {
-        self.score
+        self.0.score
     }
     pub fn causal(&self) -> bool {
-        self.causal
+        self.0.causal
     }
     /// Window W in tokens, vLLM's `window_size = (W - 1, 0)`.
     pub fn window(&self) -> Option<usize> {
-        self.window
+        self.0.window
     }
     pub fn alibi_slopes(&self) -> Option<&'a [f32]> {
-        self.alibi_slopes
+        self.0.alibi_slopes
     }
     /// `sink_ptr`: per-q-head sink logits (natural log).
     pub fn sinks(&self) -> Option<&'a [f32]> {
-        self.sinks
+        self.0.sinks
     }
     /// Keys per tile.
     pub fn block_n(&self) -> usize {
-        self.block_n
+        self.0.block_n
     }
     /// Real bugs re-injected (`attnlab zoo`); empty unless a zoo run sets it.
     pub fn faults(&self) -> FaultSet {
-        self.faults
+        self.0.faults
     }
 }
 
@@ -338,7 +277,12 @@ pub(crate) fn check_inputs(
     }
     let total_q = check_cu("cu_seqlens_q", cu_seqlens_q)?;
     let total_k = check_cu("cu_seqlens_k", cu_seqlens_k)?;
-    let (hq, hk, d, dv) = (p.num_heads, p.num_kv_heads, p.head_size, p.head_size_v);
+    let (hq, hk, d, dv) = (
+        p.num_heads(),
+        p.num_kv_heads(),
+        p.head_size(),
+        p.head_size_v(),
+    );
     for (what, len, want) in [
         ("q", q.len(), total_q * hq * d),
         ("k", k.len(), total_k * hk * d),
@@ -494,7 +438,7 @@ pub fn varlen(args: &VarlenArgs) -> OutLse {
         total_q,
         ..
     } = *args;
-    let (hq, dv) = (p.num_heads, p.head_size_v);
+    let (hq, dv) = (p.num_heads(), p.head_size_v());
     let batch = cu_seqlens_q.len().saturating_sub(1);
     let programs: Vec<(usize, usize)> = (0..batch)
         .flat_map(|b| (0..seq_len(cu_seqlens_q, b).div_ceil(BLOCK_M)).map(move |mb| (b, mb)))
@@ -537,11 +481,11 @@ fn program(
     p: &VarlenParams,
 ) -> (Vec<f32>, Vec<f32>) {
     let (hq, hk, d, dv, bn) = (
-        p.num_heads,
-        p.num_kv_heads,
-        p.head_size,
-        p.head_size_v,
-        p.block_n,
+        p.num_heads(),
+        p.num_kv_heads(),
+        p.head_size(),
+        p.head_size_v(),
+        p.block_n(),
     );
     let qpk = hq / hk;
     let (sq, sk) = (seq_len(cu_q, b), seq_len(cu_k, b));
@@ -550,7 +494,7 @@ fn program(
     let rows = r1 - r0;
     let offset = sk as i64 - sq as i64;
     let pos = |i: usize| i as i64 + offset;
-    let causal = p.causal || p.window.is_some(); // window_size's right bound is 0
+    let causal = p.causal() || p.window().is_some(); // window_size's right bound is 0
 
     // Tile range [n_min, n_max) that can hold a visible key for some row.
     let last_key = if causal {
@@ -558,14 +502,14 @@ fn program(
     } else {
         sk
     };
-    let first_key = match p.window {
+    let first_key = match p.window() {
         Some(w) => (pos(r0) - w as i64 + 1).clamp(0, sk as i64) as usize,
         None => 0,
     };
     let (n_min, n_max) = (first_key / bn, last_key.div_ceil(bn));
 
     let mut states: Vec<RowState> = (0..hq * rows)
-        .map(|x| RowState::new(dv, p.sinks.map(|s| s[x / rows])))
+        .map(|x| RowState::new(dv, p.sinks().map(|s| s[x / rows])))
         .collect();
     // Own K^T / V tile buffers rather than softmax::KvTile: V's head size may
     // differ from Q/K's here (MLA prefill, 192 / 128). Same layout and QK order.
@@ -621,18 +565,22 @@ fn program(
                         let vis = if pi < 0 {
                             !causal
                         } else {
-                            visible(t, pi as usize, causal, p.window)
+                            visible(t, pi as usize, causal, p.window())
                         };
                         *sj = if !vis {
                             f32::NEG_INFINITY
                         } else {
                             let bias = p
-                                .alibi_slopes
+                                .alibi_slopes()
                                 .map_or(0.0, |a| -(a[h] * (pi - t as i64).abs() as f32));
-                            p.score.score(*sj, bias)
+                            p.score().score(*sj, bias)
                         };
                     }
-                    states[h * rows + i - r0].update(s, |j| &v_tile[j * dv..(j + 1) * dv], p.dtype);
+                    states[h * rows + i - r0].update(
+                        s,
+                        |j| &v_tile[j * dv..(j + 1) * dv],
+                        p.dtype(),
+                    );
                 }
             }
         }
@@ -645,8 +593,8 @@ fn program(
             let st = &states[h * rows + i];
             let o = &mut out[(i * hq + h) * dv..][..dv];
             o.copy_from_slice(&st.normalized());
-            p.dtype.round_slice(o);
-            lse[h * rows + i] = row_lse(st, p.faults);
+            p.dtype().round_slice(o);
+            lse[h * rows + i] = row_lse(st, p.faults());
         }
     }
     (out, lse)
@@ -743,19 +691,12 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("q length"), "{e}");
-        let e = flash_attn_varlen(
-            &x,
-            &x,
-            &x,
-            &[0, 2],
-            &[0, 2],
-            &super::VarlenParamsBuilder {
-                sinks: Some(&[0.0, 1.0]),
-                ..p.to_builder()
-            }
-            .build()
-            .unwrap(),
-        )
+        // Parameters that do not fit the heads never reach the kernel.
+        let e = super::VarlenParamsBuilder {
+            sinks: Some(&[0.0, 1.0]),
+            ..p.to_builder()
+        }
+        .build()
         .unwrap_err()
         .to_string();
         assert!(e.contains("sinks length"), "{e}");
