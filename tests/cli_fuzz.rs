@@ -7,15 +7,19 @@
 //! `--json` JSON on stdout. A run past its time limit is cut (a bounded but
 //! long run, e.g. a legitimate million-token prefill) and counted apart.
 //!
-//! `cargo test` runs it for about a minute (`ATTNLAB_FUZZ_SECONDS`, default
-//! 50; `ATTNLAB_FUZZ_CASES`, default 1000); the ignored `cli_fuzz_deep` runs
-//! `ATTNLAB_FUZZ_CASES` (default 20,000) with no time budget.
+//! `cargo test` runs a fixed number of inputs, `ATTNLAB_FUZZ_CASES` (default
+//! 1000), drawn from a fixed seed (`ATTNLAB_FUZZ_SEED`), so every run checks
+//! the same command lines however loaded the machine is; they run as two
+//! halves side by side (two proptest runners on two threads, each drawing
+//! from its own seed), since each input is a process of its own. The
+//! ignored `cli_fuzz_deep` runs `ATTNLAB_FUZZ_CASES` (default 20,000) from
+//! a random seed unless `ATTNLAB_FUZZ_SEED` is set.
 
 mod common;
 
 use common::{attnlab_env, fixture, Outcome};
 use proptest::prelude::*;
-use proptest::test_runner::{Config, TestCaseError, TestRunner};
+use proptest::test_runner::{Config, RngSeed, TestCaseError, TestRunner};
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -369,20 +373,71 @@ struct Stats {
     crashes: usize,
 }
 
-/// Runs the property for `cases` inputs or until `budget` has passed.
-fn fuzz(cases: u32, budget: Option<Duration>, limit: Duration) {
+/// Runs the property for `cases` inputs in total, split over `runners`
+/// proptest runners on as many threads: runner `i` draws `cases / runners`
+/// inputs (the first `cases % runners` one more) from seed `seed + i`, or
+/// from a random seed with `seed` `None`.
+fn fuzz(cases: u32, runners: u32, seed: Option<u64>, limit: Duration) {
     let start = Instant::now();
     let stats = Mutex::new(Stats::default());
+    let results: Vec<(RngSeed, Result<(), String>)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..runners)
+            .map(|i| {
+                let rng_seed = seed.map_or(RngSeed::Random, |s| {
+                    RngSeed::Fixed(s.wrapping_add(i.into()))
+                });
+                let share = cases / runners + u32::from(i < cases % runners);
+                let stats = &stats;
+                scope.spawn(move || (rng_seed, fuzz_runner(share, rng_seed, limit, stats)))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("a fuzz runner thread panicked"))
+            .collect()
+    });
+    let s = stats.into_inner().unwrap();
+    eprintln!(
+        "cli fuzz: {} inputs in {:.0} s ({} runners, seeds {}); exit statuses {:?}; cut by the {} s limit: {}; crashes: {}",
+        s.inputs,
+        start.elapsed().as_secs_f64(),
+        runners,
+        results.iter().map(|(r, _)| r.to_string()).collect::<Vec<_>>().join(", "),
+        s.by_code,
+        limit.as_secs(),
+        s.cut,
+        s.crashes
+    );
+    for c in &s.cut_examples {
+        eprintln!("  cut: attnlab {c}");
+    }
+    for (rng_seed, r) in results {
+        if let Err(e) = r {
+            panic!("seed {rng_seed}: {e}");
+        }
+    }
+    assert_eq!(
+        s.inputs, cases as usize,
+        "ran {} of {cases} inputs",
+        s.inputs
+    );
+}
+
+/// One runner of [`fuzz`]: `cases` inputs from `rng_seed`, counted in `stats`.
+fn fuzz_runner(
+    cases: u32,
+    rng_seed: RngSeed,
+    limit: Duration,
+    stats: &Mutex<Stats>,
+) -> Result<(), String> {
     let mut runner = TestRunner::new(Config {
         cases,
         failure_persistence: None,
         max_shrink_iters: 200,
+        rng_seed,
         ..Config::default()
     });
     let result = runner.run(&invocation(), |args| {
-        if budget.is_some_and(|b| start.elapsed() > b) {
-            return Ok(());
-        }
         let argv: Vec<&str> = args.iter().map(String::as_str).collect();
         let o: Outcome = attnlab_env(&argv, &[("ATTNLAB_MAX_MEMORY", "1G")], limit);
         let mut s = stats.lock().unwrap();
@@ -420,22 +475,7 @@ fn fuzz(cases: u32, budget: Option<Duration>, limit: Duration) {
         }
         Ok(())
     });
-    let s = stats.into_inner().unwrap();
-    eprintln!(
-        "cli fuzz: {} inputs in {:.0} s; exit statuses {:?}; cut by the {} s limit: {}; crashes: {}",
-        s.inputs,
-        start.elapsed().as_secs_f64(),
-        s.by_code,
-        limit.as_secs(),
-        s.cut,
-        s.crashes
-    );
-    for c in &s.cut_examples {
-        eprintln!("  cut: attnlab {c}");
-    }
-    if let Err(e) = result {
-        panic!("{e}");
-    }
+    result.map_err(|e| e.to_string())
 }
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
@@ -450,7 +490,8 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
 fn cli_fuzz_never_panics_exits_as_documented_and_stays_in_memory() {
     fuzz(
         env_or("ATTNLAB_FUZZ_CASES", 1000),
-        Some(Duration::from_secs(env_or("ATTNLAB_FUZZ_SECONDS", 50))),
+        2,
+        Some(env_or("ATTNLAB_FUZZ_SEED", 16)),
         Duration::from_secs(5),
     );
 }
@@ -461,7 +502,10 @@ fn cli_fuzz_never_panics_exits_as_documented_and_stays_in_memory() {
 fn cli_fuzz_deep() {
     fuzz(
         env_or("ATTNLAB_FUZZ_CASES", 20_000),
-        None,
+        2,
+        std::env::var("ATTNLAB_FUZZ_SEED")
+            .ok()
+            .and_then(|v| v.parse().ok()),
         Duration::from_secs(10),
     );
 }

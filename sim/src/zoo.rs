@@ -220,14 +220,23 @@ fn shown<V: ZooInput>(v: &V) -> (usize, String) {
     (v.size(), format!("{v:?}"))
 }
 
-/// Runs `check` over `strategy` in batches until a case fails or `budget`
-/// has passed; shrinks the first failure.
+/// When a hunt stops if no case fails: after `budget` of wall time or once
+/// `cases` cases have run (checked between batches of [`CASES_PER_BATCH`]),
+/// whichever comes first.
+#[derive(Debug, Clone, Copy)]
+struct Stop {
+    budget: Duration,
+    cases: u64,
+}
+
+/// Runs `check` over `strategy` in batches until a case fails or `stop`
+/// says so; shrinks the first failure.
 fn hunt<S>(
     strategy: S,
     check: impl Fn(&S::Value) -> std::result::Result<(), String>,
     show: impl Fn(&S::Value) -> (usize, String),
     seed: u64,
-    budget: Duration,
+    stop: Stop,
 ) -> (Option<(f64, Counterexample)>, u64)
 where
     S: Strategy,
@@ -237,7 +246,7 @@ where
     let first = Cell::new(None::<f64>);
     let cases = Cell::new(0u64);
     let mut batch = 0u64;
-    while start.elapsed() < budget {
+    while start.elapsed() < stop.budget && cases.get() < stop.cases {
         let mut bytes = [0u8; 32];
         bytes[..8].copy_from_slice(&seed.to_le_bytes());
         bytes[8..16].copy_from_slice(&batch.to_le_bytes());
@@ -302,6 +311,44 @@ pub fn run_probe(
     faults: FaultSet,
     budget: Duration,
     seed: u64,
+) -> (Option<(f64, Counterexample)>, u64) {
+    hunt_probe(
+        probe,
+        faults,
+        seed,
+        Stop {
+            budget,
+            cases: u64::MAX,
+        },
+    )
+}
+
+/// [`run_probe`] for a number of cases instead of a time budget: the probe
+/// runs until a case fails or at least `cases` counted cases have run (the
+/// last batch of [`CASES_PER_BATCH`] is run whole), the same cases on every
+/// machine for one seed.
+pub fn run_probe_cases(
+    probe: Probe,
+    faults: FaultSet,
+    cases: u64,
+    seed: u64,
+) -> (Option<(f64, Counterexample)>, u64) {
+    hunt_probe(
+        probe,
+        faults,
+        seed,
+        Stop {
+            budget: Duration::MAX,
+            cases,
+        },
+    )
+}
+
+fn hunt_probe(
+    probe: Probe,
+    faults: FaultSet,
+    seed: u64,
+    budget: Stop,
 ) -> (Option<(f64, Counterexample)>, u64) {
     match probe {
         Probe::Mha(t) => hunt(

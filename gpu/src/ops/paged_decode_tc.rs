@@ -122,7 +122,8 @@ fn host_target_code(t: MatrixTarget) -> i32 {
 /// the multiprocessors hold at once ([`TcVariant::resident_waves_per_sm`]),
 /// never more, spread over the batch's (sequence, kv head, head group)
 /// programs (one split each when there are more programs than that), at
-/// least [`MIN_AUTO_SPLIT`] keys, a multiple of 16. One round of equal
+/// least [`MIN_AUTO_SPLIT`] keys and at least the sim's `balanced_split`
+/// (fewer, longer splits where the reduce's chain would cost more), a multiple of 16. One round of equal
 /// waves leaves no tail; a second partial round would. For tuning, the
 /// environment variables `ATTNLAB_TC_WAVES_PER_SM` and
 /// `ATTNLAB_TC_MIN_SPLIT` (rounded up to 16) override the two numbers.

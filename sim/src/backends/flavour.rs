@@ -316,11 +316,29 @@ pub const TC_DECODE_WAVES_PER_MP: usize = 8;
 /// The smallest split the automatic choice makes (keys).
 pub const TC_DECODE_MIN_SPLIT: usize = 32;
 
+/// The shortest split worth its place in the reduce, for sequences of up to
+/// `max_seq_len` keys: `sqrt(2 * max_seq_len)` rounded down to whole steps.
+///
+/// A sequence cut into `S` splits costs one wave's walk of `max_seq_len / S`
+/// keys (the waves run side by side) plus the reduce's serial chain over `S`
+/// partials (`paged_decode_tc_reduce`): `b * len / (16 S) + c * S`, least at
+/// `S = sqrt(b * len / (16 c))`. On an H100 a 16-key step of a wave costs
+/// about 8x one link of the reduce chain (b / c = 8, from the split sweep of
+/// 2026-12-07: `ATTNLAB_TC_MIN_SPLIT` 32..1024 over the 24-cell decode grid,
+/// docs/src/performance.md), so `S = sqrt(len / 2)` and the split is
+/// `len / S = sqrt(2 len)`: 32 keys at 1K, 128 at 8K, 256 at 32K, the
+/// best of the sweep at each length with few programs.
+pub fn balanced_split(max_seq_len: usize) -> usize {
+    ((2 * max_seq_len).isqrt() / STEP * STEP).max(STEP)
+}
+
 /// The split size of `paged_decode_tc` for a batch on a GPU of
 /// `multiprocessors` holding `waves_per_mp` waves each: as many waves as
 /// the GPU holds at once, spread over the batch's (sequence, kv head, head
-/// group) programs, at least `min_split` keys, a multiple of 16 (the rule
-/// attnlab-gpu's `auto_split_size` applies with the device's numbers).
+/// group) programs, at least `min_split` keys and at least
+/// [`balanced_split`] (more splits would cost the reduce more than they
+/// save), a multiple of 16 (the rule attnlab-gpu's `auto_split_size`
+/// applies with the device's numbers).
 pub fn decode_split_size(
     multiprocessors: usize,
     waves_per_mp: usize,
@@ -335,6 +353,7 @@ pub fn decode_split_size(
         .div_ceil(splits)
         .next_multiple_of(STEP)
         .max(min_split.next_multiple_of(STEP))
+        .max(balanced_split(meta.max_seq_len))
 }
 
 /// Multiprocessors of the target's reference GPU: H100 SXM (132 SMs),
@@ -613,5 +632,38 @@ mod tests {
         );
         // One multiprocessor of one wave: the whole sequence in one split, rounded to steps.
         assert_eq!(decode_split_size(1, 1, 32, &meta, &cfg), 1008);
+    }
+
+    #[test]
+    fn the_balanced_split_is_whole_steps_near_the_square_root_of_twice_the_length() {
+        assert_eq!(balanced_split(0), STEP);
+        assert_eq!(balanced_split(1), STEP);
+        assert_eq!(balanced_split(1024), 32);
+        assert_eq!(balanced_split(8192), 128);
+        assert_eq!(balanced_split(32768), 256);
+        for len in [1usize, 17, 1000, 4096, 100_000, 1 << 20] {
+            let s = balanced_split(len);
+            assert_eq!(s % STEP, 0, "{len}");
+            assert!(s * s <= 2 * len.max(128), "{len}: {s}");
+        }
+    }
+
+    #[test]
+    fn few_programs_on_a_long_sequence_split_at_the_balanced_length_not_at_the_minimum() {
+        const LEN: i32 = 32768;
+        let blocks = LEN / 16;
+        let meta = AttentionMetadata::new(
+            16,
+            blocks as usize + 1,
+            vec![0, 1],
+            vec![LEN],
+            attnlab_shared::metadata::BlockTableTensor::from_rows(&[(0..blocks).collect()]),
+            vec![i64::from(LEN) - 1],
+            true,
+        )
+        .unwrap();
+        let cfg = AttnConfig::new(8, 1, 128, attnlab_shared::dtype::DType::Bf16);
+        // 132 * 8 waves over one program would make 1024 splits of 32 keys.
+        assert_eq!(backend_decode_split(MatrixTarget::Sm90, &meta, &cfg), 256);
     }
 }
