@@ -353,7 +353,7 @@ pub fn decode_split_size(
         .div_ceil(splits)
         .next_multiple_of(STEP)
         .max(min_split.next_multiple_of(STEP))
-        .max(balanced_split(meta.max_seq_len))
+        .max(balanced_split(meta.max_seq_len()))
 }
 
 /// Multiprocessors of the target's reference GPU: H100 SXM (132 SMs),
@@ -662,7 +662,7 @@ mod tests {
             true,
         )
         .unwrap();
-        let cfg = AttnConfig::new(8, 1, 128, attnlab_shared::dtype::DType::Bf16);
+        let cfg = AttnConfig::new(8, 1, 128, attnlab_shared::dtype::DType::Bf16).unwrap();
         // 132 * 8 waves over one program would make 1024 splits of 32 keys.
         assert_eq!(backend_decode_split(MatrixTarget::Sm90, &meta, &cfg), 256);
     }
