@@ -354,7 +354,7 @@ fn merge_and_mla_fixtures_load_into_typed_cases() {
         ),
         (16, 512, 64, 4)
     );
-    assert_eq!(m.meta.seq_lens, vec![1, 17, 60]);
+    assert_eq!(m.meta.seq_lens(), vec![1, 17, 60]);
 }
 
 // ---- attn-fixture/2: cases written by `attnlab cases`, and their bad inputs ----
@@ -372,11 +372,11 @@ fn v2_case(target: Target, want: impl Fn(&fixture::Fixture) -> bool) -> Vec<u8> 
 }
 
 fn is_fp8(f: &fixture::Fixture) -> bool {
-    matches!(&f.case, Case::Paged(p) if p.cfg.kv_dtype.is_fp8())
+    matches!(&f.case, Case::Paged(p) if p.cfg.kv_dtype().is_fp8())
 }
 
 fn has_alibi(f: &fixture::Fixture) -> bool {
-    matches!(&f.case, Case::Paged(p) if p.cfg.alibi_slopes.is_some())
+    matches!(&f.case, Case::Paged(p) if p.cfg.alibi_slopes().is_some())
 }
 
 #[test]
@@ -385,8 +385,8 @@ fn v2_fp8_cases_load_as_u8_caches_with_their_scales() {
         .parse()
         .unwrap();
     let Case::Paged(p) = &f.case else { panic!() };
-    assert_eq!(p.cfg.kv_dtype.name(), "float8_e4m3fn");
-    assert!(p.cfg.k_scale > 0.0 && p.cfg.v_scale > 0.0);
+    assert_eq!(p.cfg.kv_dtype().name(), "float8_e4m3fn");
+    assert!(p.cfg.k_scale() > 0.0 && p.cfg.v_scale() > 0.0);
     assert_eq!(f.header.path.as_deref(), Some("unified_attention"));
     assert_eq!(f.header.backend.as_deref(), Some("TRITON_ATTN"));
 }

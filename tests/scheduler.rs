@@ -300,7 +300,7 @@ fn metadata_slots_point_into_the_requests_blocks() {
             );
             for pos in r.context_len..r.seq_len {
                 let (block, row) = meta.kv_location(i, pos);
-                assert_eq!(meta.slot_mapping[t], (block * 16 + row) as i64);
+                assert_eq!(meta.slot_mapping()[t], (block * 16 + row) as i64);
                 t += 1;
             }
         }
@@ -328,13 +328,13 @@ fn metadata_in_kernel_blocks_of_32_keeps_slots_of_544_blocks() {
     );
     let manager = steps[0].metadata(544).unwrap();
     let kernel = steps[0].metadata(32).unwrap();
-    assert_eq!(manager.slot_mapping, kernel.slot_mapping);
-    assert_eq!(kernel.num_blocks, manager.num_blocks * 17);
+    assert_eq!(manager.slot_mapping(), kernel.slot_mapping());
+    assert_eq!(kernel.num_blocks(), manager.num_blocks() * 17);
     assert_eq!(
-        kernel.block_table.row(0)[..2],
+        kernel.block_table().row(0)[..2],
         [
-            manager.block_table.row(0)[0] * 17,
-            manager.block_table.row(0)[0] * 17 + 1
+            manager.block_table().row(0)[0] * 17,
+            manager.block_table().row(0)[0] * 17 + 1
         ]
     );
     let e = steps[0].metadata(48).unwrap_err().to_string();

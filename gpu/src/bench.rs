@@ -331,10 +331,10 @@ fn decode_case(
     let dev = gpu.dev.as_ref();
     let bs = 16;
     let meta = decode_meta(batch, context, bs)?;
-    let cfg = AttnConfig::new(hq, hkv, d, DType::Bf16);
+    let cfg = AttnConfig::new(hq, hkv, d, DType::Bf16)?;
     let layout = KvLayout::new(
         LayoutKind::RocmPaged,
-        meta.num_blocks,
+        meta.num_blocks(),
         bs,
         hkv,
         d,
@@ -348,9 +348,9 @@ fn decode_case(
         q: Buffer::zeroed(dev, batch * hq * d * 2)?,
         k: Buffer::zeroed(dev, n_kv * 2)?,
         v: Buffer::zeroed(dev, n_kv * 2)?,
-        bt: Buffer::from_bytes(dev, &i32s(&meta.block_table.data))?,
-        qsl: Buffer::from_bytes(dev, &i32s(&meta.query_start_loc))?,
-        sl: Buffer::from_bytes(dev, &i32s(&meta.seq_lens))?,
+        bt: Buffer::from_bytes(dev, &i32s(&meta.block_table().data))?,
+        qsl: Buffer::from_bytes(dev, &i32s(meta.query_start_loc()))?,
+        sl: Buffer::from_bytes(dev, &i32s(meta.seq_lens()))?,
         sinks: Buffer::zeroed(dev, 4)?,
         alibi: Buffer::zeroed(dev, 4)?,
         out: Buffer::zeroed(dev, batch * hq * d * 2)?,
@@ -414,7 +414,7 @@ fn prefill_case(
     use attnlab_sim::kernels::unified_attention::{UnifiedLaunch, VllmLaunchOptions};
     let (hq, hkv, d) = PREFILL_HEADS;
     let meta = prefill_meta(tokens)?;
-    let cfg = AttnConfig::new(hq, hkv, d, DType::Bf16);
+    let cfg = AttnConfig::new(hq, hkv, d, DType::Bf16)?;
     let launch = UnifiedLaunch::vllm(&meta, &cfg, VllmLaunchOptions::default())?;
     let plan = UnifiedPlan::new(gpu, &meta, &cfg, &launch)?;
     let run = |bufs: [&Buffer; 12]| plan.launch(gpu, bufs);
@@ -438,8 +438,8 @@ fn paged_prefill_row(
 ) -> Result<BenchRow> {
     let dev = gpu.dev.as_ref();
     let (hq, hkv, d) = PREFILL_HEADS;
-    let (tokens, bs) = (meta.num_actual_tokens, meta.block_size);
-    let n_kv = meta.num_blocks * bs * hkv * d;
+    let (tokens, bs) = (meta.num_actual_tokens(), meta.block_size());
+    let n_kv = meta.num_blocks() * bs * hkv * d;
     let (k, v) = (
         Buffer::zeroed(dev, n_kv * 2)?,
         Buffer::zeroed(dev, n_kv * 2)?,
@@ -450,9 +450,9 @@ fn paged_prefill_row(
     fill(gpu, &q, tokens * hq * d, 6)?;
     let out = Buffer::zeroed(dev, tokens * hq * d * 2)?;
     let i32s = |v: &[i32]| -> Vec<u8> { v.iter().flat_map(|x| x.to_le_bytes()).collect() };
-    let bt = Buffer::from_bytes(dev, &i32s(&meta.block_table.data))?;
-    let qsl = Buffer::from_bytes(dev, &i32s(&meta.query_start_loc))?;
-    let sl = Buffer::from_bytes(dev, &i32s(&meta.seq_lens))?;
+    let bt = Buffer::from_bytes(dev, &i32s(&meta.block_table().data))?;
+    let qsl = Buffer::from_bytes(dev, &i32s(meta.query_start_loc()))?;
+    let sl = Buffer::from_bytes(dev, &i32s(meta.seq_lens()))?;
     let none = Buffer::zeroed(dev, 4)?;
     let ms = time_ms(gpu, opts, &mut || {
         launch([
@@ -513,7 +513,7 @@ fn unified_tc_prefill_case(
     use attnlab_sim::kernels::unified_attention::{Grid, UnifiedLaunch, VllmLaunchOptions};
     let meta = prefill_meta(tokens)?;
     let (hq, hkv, d) = PREFILL_HEADS;
-    let cfg = AttnConfig::new(hq, hkv, d, DType::Bf16);
+    let cfg = AttnConfig::new(hq, hkv, d, DType::Bf16)?;
     let launch = UnifiedLaunch {
         tile_size: tile,
         ..UnifiedLaunch::vllm(&meta, &cfg, VllmLaunchOptions::default())?.with_grid(Grid::TwoD)
@@ -555,11 +555,14 @@ fn varlen_prefill_case(
     peak: f64,
 ) -> Result<BenchRow> {
     use crate::ops::flash_varlen::VarlenLaunch;
-    use attnlab_sim::kernels::flash_varlen::VarlenParams;
+    use attnlab_sim::kernels::flash_varlen::{VarlenParams, VarlenParamsBuilder};
     let (hq, hkv, d) = PREFILL_HEADS;
-    let mut p = VarlenParams::new(hq, hkv, d, DType::Bf16, 1.0 / (d as f32).sqrt());
-    p.causal = causal;
-    p.block_n = block_n;
+    let p = VarlenParamsBuilder {
+        causal,
+        block_n,
+        ..VarlenParams::builder(hq, hkv, d, DType::Bf16, 1.0 / (d as f32).sqrt())
+    }
+    .build()?;
     let plan = VarlenLaunch::new(gpu, &p, 1, tokens, tokens)?;
     let kernel = format!(
         "flash_attn_varlen (prefill, {}, block_n {block_n})",
@@ -653,7 +656,7 @@ fn varlen_tc_prefill_case(
     use attnlab_sim::kernels::flash_varlen_tc::VarlenTcParams;
     let (hq, hkv, d) = PREFILL_HEADS;
     let target = matrix_target(&gpu.dev.info().target)?;
-    let p = VarlenTcParams::new(hq, hkv, d, DType::Bf16, 1.0 / (d as f32).sqrt(), target);
+    let p = VarlenTcParams::new(hq, hkv, d, DType::Bf16, 1.0 / (d as f32).sqrt(), target)?;
     let plan = VarlenTcLaunch::new(gpu, &p, warps, 1, tokens, tokens)?;
     let run = |bufs: [&Buffer; 9]| plan.launch(gpu, bufs);
     let kernel = tc_prefill_label(warps);

@@ -32,6 +32,7 @@ use attnlab_sim::kernels::mla_decode::{MlaDecodeArgs, MlaDecodeOutput};
 use attnlab_sim::kernels::mla_prefill::LatentGather;
 use attnlab_sim::kernels::mla_proj::ProjArgs;
 use attnlab_sim::kernels::paged_decode::{PagedInputs, PartitionSize};
+use attnlab_sim::kernels::paged_decode_tc::DecodeTcArgs;
 use attnlab_sim::kernels::prefix_prefill::PrefixArgs;
 use attnlab_sim::kernels::reshape_and_cache::CacheWrite;
 use attnlab_sim::kernels::softmax::OutLse;
@@ -82,25 +83,16 @@ impl<'a> GpuExecutor<'a> {
         inputs: &PagedInputs,
         out: &mut [f32],
     ) -> Result<()> {
-        let (query, cache, meta, cfg) =
-            (inputs.query(), inputs.cache(), inputs.meta(), inputs.cfg());
+        let (cache, meta, cfg) = (inputs.cache(), inputs.meta(), inputs.cfg());
         if !has_decode_rows(meta) {
             return inputs.check_out(out); // every program exits: out unchanged
         }
-        check_decode_tc(kernel, cfg, cache.layout.kind, meta.block_size, target)?;
+        check_decode_tc(kernel, cfg, cache.layout.kind, meta.block_size(), target)?;
         let split = backend_decode_split(target, meta, cfg);
-        let (bits, _) = ops::paged_decode_tc::paged_decode_tc(
-            self.gpu,
-            query,
-            cache,
-            meta,
-            cfg,
-            Some(split),
-            TcVariant::Default,
-            out,
-        )
-        .map_err(shared)?;
-        out.copy_from_slice(&widen(&bits, cfg.dtype));
+        let args = DecodeTcArgs::new(*inputs, target, split)?;
+        let bits = ops::paged_decode_tc::paged_decode_tc(self.gpu, &args, TcVariant::Default, out)
+            .map_err(shared)?;
+        out.copy_from_slice(&widen(&bits, cfg.dtype()));
         Ok(())
     }
 
@@ -142,10 +134,10 @@ impl KernelExecutor for GpuExecutor<'_> {
             check_unified_tc(i.cfg(), launch, i.cache().layout.kind, t)?;
             let bits =
                 ops::unified_attention_tc::unified_attention_tc(self.gpu, args).map_err(shared)?;
-            return Ok(widen(&bits, i.cfg().dtype));
+            return Ok(widen(&bits, i.cfg().dtype()));
         }
         let bits = ops::unified_attention::unified_attention(self.gpu, args).map_err(shared)?;
-        Ok(widen(&bits, args.inputs().cfg().dtype))
+        Ok(widen(&bits, args.inputs().cfg().dtype()))
     }
 
     fn context_attention_fwd(&self, args: &PrefixArgs, out: &mut [f32]) -> Result<()> {
@@ -157,7 +149,7 @@ impl KernelExecutor for GpuExecutor<'_> {
             }
         }
         .map_err(shared)?;
-        out.copy_from_slice(&widen(&bits, args.inputs().cfg().dtype));
+        out.copy_from_slice(&widen(&bits, args.inputs().cfg().dtype()));
         Ok(())
     }
 
@@ -166,7 +158,7 @@ impl KernelExecutor for GpuExecutor<'_> {
             return self.decode_tc(MatmulKernel::PagedAttention2d, t, inputs, out);
         }
         let bits = ops::paged_decode::paged_attention_2d(self.gpu, inputs, out).map_err(shared)?;
-        out.copy_from_slice(&widen(&bits, inputs.cfg().dtype));
+        out.copy_from_slice(&widen(&bits, inputs.cfg().dtype()));
         Ok(())
     }
 
@@ -181,7 +173,7 @@ impl KernelExecutor for GpuExecutor<'_> {
         }
         let bits = ops::paged_decode::paged_attention_ll4mi(self.gpu, inputs, partition_size, out)
             .map_err(shared)?;
-        out.copy_from_slice(&widen(&bits, inputs.cfg().dtype));
+        out.copy_from_slice(&widen(&bits, inputs.cfg().dtype()));
         Ok(())
     }
 
@@ -206,9 +198,9 @@ impl KernelExecutor for GpuExecutor<'_> {
         let p = args.params();
         OutLse::new(
             args.total_q(),
-            p.num_heads,
-            p.head_size_v,
-            widen(&out, p.dtype),
+            p.num_heads(),
+            p.head_size_v(),
+            widen(&out, p.dtype()),
             widen(&lse, DType::F32),
         )
     }
@@ -234,7 +226,7 @@ impl KernelExecutor for GpuExecutor<'_> {
             }
         }
         .map_err(shared)?;
-        Ok(widen(&bits, args.cfg().dtype))
+        Ok(widen(&bits, args.cfg().dtype()))
     }
 
     /// The step's activations go up as f32 (exact: every f32 is), so the

@@ -70,28 +70,108 @@ impl BlockTableTensor {
     }
 }
 
+/// The per-step attention metadata, validated once by
+/// [`AttentionMetadata::new`] (and by deserialisation, which goes through it).
+///
+/// # Invariants
+///
+/// The fields are private, so every value of this type keeps what `new`
+/// checked; kernels and GPU launchers index by it without checking again:
+/// - `block_size >= 1`;
+/// - `query_start_loc` has `num_reqs + 1` entries, starts at 0 and never
+///   decreases; `num_actual_tokens` is its last entry;
+/// - every `seq_lens[i]` is at least request `i`'s query length, and its
+///   `ceil(seq_len / block_size)` blocks fit in the block table's columns;
+/// - the block table has at least `num_reqs` rows and `rows * cols` entries,
+///   and every block id a request uses is in `[0, num_blocks)`;
+/// - `slot_mapping` covers every query token, and each slot is
+///   [`PAD_SLOT_ID`] or in `[0, num_blocks * block_size)`;
+/// - `max_query_len` and `max_seq_len` are the longest query and sequence.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "MetadataFields")]
 pub struct AttentionMetadata {
     /// Kernel block size (tokens per block).
-    pub block_size: usize,
+    block_size: usize,
     /// Number of physical blocks in the cache the table points into.
-    pub num_blocks: usize,
-    pub num_actual_tokens: usize,
-    pub query_start_loc: Vec<i32>,
-    pub seq_lens: Vec<i32>,
-    pub block_table: BlockTableTensor,
+    num_blocks: usize,
+    num_actual_tokens: usize,
+    query_start_loc: Vec<i32>,
+    seq_lens: Vec<i32>,
+    block_table: BlockTableTensor,
     /// Flat slot per new token (`block * block_size + offset`), -1 = skip.
-    pub slot_mapping: Vec<i64>,
-    pub max_query_len: usize,
-    pub max_seq_len: usize,
+    slot_mapping: Vec<i64>,
+    max_query_len: usize,
+    max_seq_len: usize,
     /// False only for encoder (bidirectional) attention.
-    pub causal: bool,
+    causal: bool,
+}
+
+/// The serialised form of [`AttentionMetadata`]; deserialising one goes
+/// through [`AttentionMetadata::new`], and the derived lengths it carries
+/// must agree with what the validated fields give.
+#[derive(Deserialize)]
+struct MetadataFields {
+    block_size: usize,
+    num_blocks: usize,
+    num_actual_tokens: usize,
+    query_start_loc: Vec<i32>,
+    seq_lens: Vec<i32>,
+    block_table: BlockTableTensor,
+    slot_mapping: Vec<i64>,
+    max_query_len: usize,
+    max_seq_len: usize,
+    causal: bool,
+}
+
+impl TryFrom<MetadataFields> for AttentionMetadata {
+    type Error = Error;
+
+    fn try_from(f: MetadataFields) -> Result<Self> {
+        let m = AttentionMetadata::new(
+            f.block_size,
+            f.num_blocks,
+            f.query_start_loc,
+            f.seq_lens,
+            f.block_table,
+            f.slot_mapping,
+            f.causal,
+        )?;
+        for (what, have, want, from) in [
+            (
+                "num_actual_tokens",
+                f.num_actual_tokens,
+                m.num_actual_tokens,
+                "query_start_loc's last entry",
+            ),
+            (
+                "max_query_len",
+                f.max_query_len,
+                m.max_query_len,
+                "the longest query",
+            ),
+            (
+                "max_seq_len",
+                f.max_seq_len,
+                m.max_seq_len,
+                "the longest sequence",
+            ),
+        ] {
+            if have != want {
+                return Err(Error::invalid(
+                    what,
+                    have,
+                    format!("must be {from}, {want}"),
+                ));
+            }
+        }
+        Ok(m)
+    }
 }
 
 impl AttentionMetadata {
-    /// Builds and validates. Every request's KV must fit in its block-table
-    /// row, every block id it uses must be `< num_blocks`, and every slot must
-    /// be -1 or inside the cache.
+    /// Builds and validates (the invariants are in the type's doc). Every
+    /// request's KV must fit in its block-table row, every block id it uses
+    /// must be `< num_blocks`, and every slot must be -1 or inside the cache.
     pub fn new(
         block_size: usize,
         num_blocks: usize,
@@ -123,49 +203,52 @@ impl AttentionMetadata {
         })
     }
 
-    /// Re-runs [`AttentionMetadata::new`]'s validation on the fields as they
-    /// are now (they are public, so they may have been edited since), and
-    /// checks the derived ones (`num_actual_tokens`, `max_query_len`,
-    /// `max_seq_len`) against what the lengths give. A kernel argument type
-    /// that will index a device buffer by this metadata runs it once.
-    pub fn check(&self) -> Result<()> {
-        let (num_tokens, max_q, max_s) = Self::derive(
-            self.block_size,
-            self.num_blocks,
-            &self.query_start_loc,
-            &self.seq_lens,
-            &self.block_table,
-            &self.slot_mapping,
-        )?;
-        for (what, have, want, from) in [
-            (
-                "num_actual_tokens",
-                self.num_actual_tokens,
-                num_tokens,
-                "query_start_loc's last entry",
-            ),
-            (
-                "max_query_len",
-                self.max_query_len,
-                max_q,
-                "the longest query",
-            ),
-            (
-                "max_seq_len",
-                self.max_seq_len,
-                max_s,
-                "the longest sequence",
-            ),
-        ] {
-            if have != want {
-                return Err(Error::invalid(
-                    what,
-                    have,
-                    format!("must be {from}, {want}"),
-                ));
-            }
-        }
-        Ok(())
+    /// The same metadata with causal masking on or off (no other invariant
+    /// depends on it).
+    pub fn with_causal(mut self, causal: bool) -> Self {
+        self.causal = causal;
+        self
+    }
+
+    /// Kernel block size (tokens per block).
+    pub fn block_size(&self) -> usize {
+        self.block_size
+    }
+    /// Number of physical blocks in the cache the table points into.
+    pub fn num_blocks(&self) -> usize {
+        self.num_blocks
+    }
+    /// Query tokens in the batch (`query_start_loc`'s last entry).
+    pub fn num_actual_tokens(&self) -> usize {
+        self.num_actual_tokens
+    }
+    /// `[num_reqs + 1]` cumulative query lengths, from 0.
+    pub fn query_start_loc(&self) -> &[i32] {
+        &self.query_start_loc
+    }
+    /// `[num_reqs]` total (cached + new) tokens per request.
+    pub fn seq_lens(&self) -> &[i32] {
+        &self.seq_lens
+    }
+    /// Kernel block ids per request.
+    pub fn block_table(&self) -> &BlockTableTensor {
+        &self.block_table
+    }
+    /// Flat slot per new token (`block * block_size + offset`), -1 = skip.
+    pub fn slot_mapping(&self) -> &[i64] {
+        &self.slot_mapping
+    }
+    /// The longest query in the batch.
+    pub fn max_query_len(&self) -> usize {
+        self.max_query_len
+    }
+    /// The longest sequence in the batch.
+    pub fn max_seq_len(&self) -> usize {
+        self.max_seq_len
+    }
+    /// False only for encoder (bidirectional) attention.
+    pub fn causal(&self) -> bool {
+        self.causal
     }
 
     /// The validation of [`AttentionMetadata::new`]; returns the number of
@@ -349,22 +432,30 @@ mod tests {
     }
 
     #[test]
-    fn check_refuses_metadata_edited_after_new_naming_the_field() {
+    fn deserialising_goes_through_new_and_refuses_edited_fields() {
         let m =
             AttentionMetadata::new(16, 4, vec![0, 1, 2], vec![17, 1], table(), vec![0, 1], true)
                 .unwrap();
-        m.check().unwrap();
-        let mut longer = m.clone();
-        longer.seq_lens[0] = 33;
-        let e = longer.check().unwrap_err().to_string();
+        let json = serde_json::to_value(&m).unwrap();
+        let back: AttentionMetadata = serde_json::from_value(json.clone()).unwrap();
+        assert_eq!(back, m);
+        let mut longer = json.clone();
+        longer["seq_lens"][0] = 33.into();
+        let e = serde_json::from_value::<AttentionMetadata>(longer)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("seq_lens[0]") && e.contains("2 columns"), "{e}");
-        let mut tokens = m.clone();
-        tokens.num_actual_tokens = 3;
-        let e = tokens.check().unwrap_err().to_string();
+        let mut tokens = json.clone();
+        tokens["num_actual_tokens"] = 3.into();
+        let e = serde_json::from_value::<AttentionMetadata>(tokens)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("num_actual_tokens 3") && e.contains("2"), "{e}");
-        let mut block = m;
-        block.block_table.data[0] = 4;
-        let e = block.check().unwrap_err().to_string();
+        let mut block = json;
+        block["block_table"]["data"][0] = 4.into();
+        let e = serde_json::from_value::<AttentionMetadata>(block)
+            .unwrap_err()
+            .to_string();
         assert!(
             e.contains("block_table[0][0]") && e.contains("[0, 4)"),
             "{e}"

@@ -75,33 +75,34 @@ impl KvCache {
         meta: &AttentionMetadata,
         cfg: &AttnConfig,
     ) -> Result<()> {
-        cfg.validate()?;
         let l = &self.layout;
-        if l.num_kv_heads != cfg.num_kv_heads || l.head_size != cfg.head_size {
+        if l.num_kv_heads != cfg.num_kv_heads() || l.head_size != cfg.head_size() {
             return Err(Error::invalid(
                 "cache layout",
                 format!("{} kv heads x head size {}", l.num_kv_heads, l.head_size),
                 format!(
                     "must match the config's {} kv heads x head size {}",
-                    cfg.num_kv_heads, cfg.head_size
+                    cfg.num_kv_heads(),
+                    cfg.head_size()
                 ),
             ));
         }
-        if l.block_size != meta.block_size || l.num_blocks < meta.num_blocks {
+        if l.block_size != meta.block_size() || l.num_blocks < meta.num_blocks() {
             return Err(Error::invalid(
                 "cache layout",
                 format!("{} blocks of {}", l.num_blocks, l.block_size),
                 format!(
                     "metadata needs block size {} and at least {} blocks",
-                    meta.block_size, meta.num_blocks
+                    meta.block_size(),
+                    meta.num_blocks()
                 ),
             ));
         }
-        if l.dtype != cfg.kv_dtype {
+        if l.dtype != cfg.kv_dtype() {
             return Err(Error::invalid(
                 "cache dtype",
                 l.dtype,
-                format!("must equal the config's kv_dtype {}", cfg.kv_dtype),
+                format!("must equal the config's kv_dtype {}", cfg.kv_dtype()),
             ));
         }
         if self.k.len() != l.numel() || self.v.len() != l.numel() {
@@ -111,7 +112,7 @@ impl KvCache {
                 format!("layout holds {}", l.numel()),
             ));
         }
-        let want = meta.num_actual_tokens * cfg.num_heads * cfg.head_size;
+        let want = meta.num_actual_tokens() * cfg.num_heads() * cfg.head_size();
         if query_len != want {
             return Err(Error::invalid(
                 "query length",

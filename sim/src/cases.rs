@@ -315,13 +315,13 @@ pub fn draw_case(
     let d = match target.op() {
         Op::PagedAttention => {
             let c = draw_paged(target, rng, edge)?;
-            let tol = if c.cfg.kv_dtype.is_fp8() {
+            let tol = if c.cfg.kv_dtype().is_fp8() {
                 PAGED_FP8_TOL
             } else {
                 PAGED_TOL
             };
             Drawn {
-                dtype: c.cfg.dtype,
+                dtype: c.cfg.dtype(),
                 tol,
                 tags: c.tags.clone(),
                 case: Case::Paged(paged_case(c).ok()?),
@@ -455,7 +455,11 @@ pub fn paged_case(c: AttnCase) -> Result<PagedCase, Error> {
     let cache_shape = (l.num_blocks, l.block_size, l.num_kv_heads, l.head_size);
     Ok(PagedCase {
         query: Array3::from_shape_vec(
-            (c.meta.num_actual_tokens, c.cfg.num_heads, c.cfg.head_size),
+            (
+                c.meta.num_actual_tokens(),
+                c.cfg.num_heads(),
+                c.cfg.head_size(),
+            ),
             c.query,
         )
         .map_err(shape_err)?,

@@ -151,22 +151,22 @@ impl AttnCase {
         let c = &self.cfg;
         format!(
             "{} q/{} kv heads x {}, {} -> cache {} ({} bs {}), scales {}/{}, window {:?}, softcap {:?}, sinks {}, alibi {}, causal {}, query_start_loc {:?}, seq_lens {:?}",
-            c.num_heads,
-            c.num_kv_heads,
-            c.head_size,
-            c.dtype,
-            c.kv_dtype,
+            c.num_heads(),
+            c.num_kv_heads(),
+            c.head_size(),
+            c.dtype(),
+            c.kv_dtype(),
             self.cache.layout.kind.name(),
-            self.meta.block_size,
-            c.k_scale,
-            c.v_scale,
-            c.sliding_window,
-            c.softcap,
-            c.sinks.is_some(),
-            c.alibi_slopes.is_some(),
-            self.meta.causal,
-            self.meta.query_start_loc,
-            self.meta.seq_lens
+            self.meta.block_size(),
+            c.k_scale(),
+            c.v_scale(),
+            c.sliding_window(),
+            c.softcap(),
+            c.sinks().is_some(),
+            c.alibi_slopes().is_some(),
+            self.meta.causal(),
+            self.meta.query_start_loc(),
+            self.meta.seq_lens()
         )
     }
 
@@ -174,10 +174,10 @@ impl AttnCase {
     /// output a capture adds, two caches, table, lengths, per-head vectors).
     pub fn stored_bytes(&self) -> usize {
         let c = &self.cfg;
-        2 * self.query.len() * c.dtype.size_bytes()
-            + 2 * self.cache.layout.numel() * c.kv_dtype.size_bytes()
-            + 4 * (self.meta.block_table.data.len() + 2 * self.meta.seq_lens.len() + 1)
-            + 8 * c.num_heads
+        2 * self.query.len() * c.dtype().size_bytes()
+            + 2 * self.cache.layout.numel() * c.kv_dtype().size_bytes()
+            + 4 * (self.meta.block_table().data.len() + 2 * self.meta.seq_lens().len() + 1)
+            + 8 * c.num_heads()
     }
 }
 
@@ -218,7 +218,7 @@ pub fn draw_with(rng: &mut ChaCha8Rng, space: &CaseSpace, regimes: &Regimes) -> 
     if edge.is_some() {
         kv_dtype = dtype;
     }
-    let mut cfg = AttnConfig::new(num_kv_heads * qpk, num_kv_heads, head_size, dtype);
+    let mut cfg = AttnConfig::builder(num_kv_heads * qpk, num_kv_heads, head_size, dtype);
     cfg.kv_dtype = kv_dtype;
     if kv_dtype.is_fp8() {
         cfg.k_scale = rng.gen_range(0.005f32..0.05);
@@ -255,6 +255,7 @@ pub fn draw_with(rng: &mut ChaCha8Rng, space: &CaseSpace, regimes: &Regimes) -> 
         Some(Edge::ExtremeLogits) => cfg.softcap = None,
         _ => {}
     }
+    let cfg = cfg.build().ok()?;
 
     // Rows: decode (1 token on a context), extend (a few on a context),
     // prefill (no context), and (when asked) rows with no query tokens.
@@ -362,7 +363,7 @@ pub fn draw_with(rng: &mut ChaCha8Rng, space: &CaseSpace, regimes: &Regimes) -> 
             k: values(layout.numel(), kv_dtype),
             v: values(layout.numel(), kv_dtype),
         };
-        let query: Vec<f32> = (0..meta.num_actual_tokens * cfg.num_heads * head_size)
+        let query: Vec<f32> = (0..meta.num_actual_tokens() * cfg.num_heads() * head_size)
             .map(|_| dtype.round(rng.gen_range(-2.0f32..2.0)))
             .collect();
         (cache, query)
@@ -386,7 +387,7 @@ fn aligned_values(
     meta: &AttentionMetadata,
     cfg: &AttnConfig,
 ) -> (KvCache, Vec<f32>) {
-    let d = cfg.head_size;
+    let d = cfg.head_size();
     let sign: Vec<f32> = (0..d)
         .map(|_| if rng.gen_bool(0.5) { 1.0 } else { -1.0 })
         .collect();
@@ -397,16 +398,16 @@ fn aligned_values(
     for _ in 0..n {
         let flip = if rng.gen_bool(0.5) { 1.0 } else { -1.0 };
         for s in &sign {
-            k.push(cfg.kv_dtype.round(flip * s * rng.gen_range(2.0f32..8.0)));
-            v.push(cfg.kv_dtype.round(rng.gen_range(-2.0f32..2.0)));
+            k.push(cfg.kv_dtype().round(flip * s * rng.gen_range(2.0f32..8.0)));
+            v.push(cfg.kv_dtype().round(rng.gen_range(-2.0f32..2.0)));
         }
     }
     if let Ok(c) = KvCache::from_nhd(&k, &v, layout) {
         cache = c;
     }
-    let query = (0..meta.num_actual_tokens * cfg.num_heads)
+    let query = (0..meta.num_actual_tokens() * cfg.num_heads())
         .flat_map(|_| sign.clone())
-        .map(|s| cfg.dtype.round(s * rng.gen_range(8.0f32..16.0)))
+        .map(|s| cfg.dtype().round(s * rng.gen_range(8.0f32..16.0)))
         .collect();
     (cache, query)
 }

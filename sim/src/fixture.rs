@@ -466,28 +466,28 @@ pub fn write(f: &Fixture) -> Result<Vec<u8>> {
     match &f.case {
         Case::Paged(p) => {
             let c = &p.cfg;
-            let (hq, d) = (c.num_heads, c.head_size);
+            let (hq, d) = (c.num_heads(), c.head_size());
             put("num_heads", hq.into());
-            put("num_kv_heads", c.num_kv_heads.into());
+            put("num_kv_heads", c.num_kv_heads().into());
             put("head_size", d.into());
-            put("block_size", p.meta.block_size.into());
-            put("scale", (c.scale as f64).into());
-            put("causal", p.meta.causal.into());
-            put("sliding_window", c.sliding_window.into());
-            put("softcap", c.softcap.map(f64::from).into());
-            put("kv_cache_dtype", fp8_name(c.kv_dtype).into());
+            put("block_size", p.meta.block_size().into());
+            put("scale", (c.scale() as f64).into());
+            put("causal", p.meta.causal().into());
+            put("sliding_window", c.sliding_window().into());
+            put("softcap", c.softcap().map(f64::from).into());
+            put("kv_cache_dtype", fp8_name(c.kv_dtype()).into());
             float("query", dt, p.query.shape(), &p.query.flat());
             let (k, v) = (&p.key_cache, &p.value_cache);
-            float("key_cache", c.kv_dtype, k.shape(), &k.flat());
-            float("value_cache", c.kv_dtype, v.shape(), &v.flat());
-            if c.kv_dtype.is_fp8() {
-                float("k_scale", DType::F32, &[1], &[c.k_scale]);
-                float("v_scale", DType::F32, &[1], &[c.v_scale]);
+            float("key_cache", c.kv_dtype(), k.shape(), &k.flat());
+            float("value_cache", c.kv_dtype(), v.shape(), &v.flat());
+            if c.kv_dtype().is_fp8() {
+                float("k_scale", DType::F32, &[1], &[c.k_scale()]);
+                float("v_scale", DType::F32, &[1], &[c.v_scale()]);
             }
-            if let Some(x) = &c.sinks {
+            if let Some(x) = &c.sinks() {
                 float("sinks", DType::F32, &[hq], x);
             }
-            if let Some(x) = &c.alibi_slopes {
+            if let Some(x) = &c.alibi_slopes() {
                 float("alibi_slopes", DType::F32, &[hq], x);
             }
             if let Some(o) = &p.output {
@@ -499,8 +499,8 @@ pub fn write(f: &Fixture) -> Result<Vec<u8>> {
             table_tensors(&mut ints, &p.meta);
             ints.push((
                 "query_start_loc".into(),
-                vec![p.meta.query_start_loc.len()],
-                p.meta.query_start_loc.clone(),
+                vec![p.meta.query_start_loc().len()],
+                p.meta.query_start_loc().to_vec(),
             ));
         }
         Case::Merge(m) => {
@@ -537,7 +537,7 @@ pub fn write(f: &Fixture) -> Result<Vec<u8>> {
             put("num_heads", m.num_heads.into());
             put("kv_lora_rank", m.kv_lora_rank.into());
             put("qk_rope_head_dim", m.qk_rope_head_dim.into());
-            put("block_size", m.meta.block_size.into());
+            put("block_size", m.meta.block_size().into());
             put("scale", (m.scale as f64).into());
             put("num_kv_splits", m.num_kv_splits.into());
             float("query", dt, m.query.shape(), &m.query.flat());
@@ -592,7 +592,7 @@ pub fn save(path: &Path, f: &Fixture) -> Result<()> {
 
 /// `block_table` and `seq_lens` of a batch.
 fn table_tensors(ints: &mut Vec<(String, Vec<usize>, Vec<i32>)>, meta: &AttentionMetadata) {
-    let t = &meta.block_table;
+    let t = &meta.block_table();
     ints.push((
         "block_table".into(),
         vec![t.num_rows, t.max_blocks],
@@ -600,8 +600,8 @@ fn table_tensors(ints: &mut Vec<(String, Vec<usize>, Vec<i32>)>, meta: &Attentio
     ));
     ints.push((
         "seq_lens".into(),
-        vec![meta.seq_lens.len()],
-        meta.seq_lens.clone(),
+        vec![meta.seq_lens().len()],
+        meta.seq_lens().to_vec(),
     ));
 }
 
@@ -1137,8 +1137,8 @@ impl Reader<'_> {
     /// `max_kv_reuse` times (`sum(seq_lens) / (num_blocks * block_size)`),
     /// so one block repeated 262,144 times is an error, not a minute of work.
     fn check_reuse(&self, meta: &AttentionMetadata) -> Result<()> {
-        let attended: u64 = meta.seq_lens.iter().map(|&s| s.max(0) as u64).sum();
-        let held = (meta.num_blocks as u64).saturating_mul(meta.block_size as u64);
+        let attended: u64 = meta.seq_lens().iter().map(|&s| s.max(0) as u64).sum();
+        let held = (meta.num_blocks() as u64).saturating_mul(meta.block_size() as u64);
         let what = "sum(seq_lens) / cached tokens";
         limits::MAX_KV_REUSE
             .check(what, attended.div_ceil(held.max(1)))
@@ -1209,25 +1209,25 @@ impl Reader<'_> {
         let num_blocks = self.shape("key_cache", 4)?[0];
         let meta = self.metadata(bs, num_blocks, qsl, causal)?;
         let cache_shape = (num_blocks, bs, hkv, d);
-        let mut cfg = AttnConfig::new(hq, hkv, d, dtype);
-        cfg.scale = self.positive("scale")?;
-        cfg.sliding_window = window.map(|w| w as usize);
-        cfg.softcap = self.optional_positive("softcap")?;
-        cfg.sinks = self
+        let mut fields = AttnConfig::builder(hq, hkv, d, dtype);
+        fields.scale = self.positive("scale")?;
+        fields.sliding_window = window.map(|w| w as usize);
+        fields.softcap = self.optional_positive("softcap")?;
+        fields.sinks = self
             .optional_floats("sinks", DType::F32, hq, false)?
             .map(|a| a.to_vec());
-        cfg.alibi_slopes = self
+        fields.alibi_slopes = self
             .optional_floats("alibi_slopes", DType::F32, hq, false)?
             .map(|a| a.to_vec());
         if v2 {
-            cfg.kv_dtype = self.kv_cache_dtype(dtype)?;
+            fields.kv_dtype = self.kv_cache_dtype(dtype)?;
         }
-        let (key_cache, value_cache) = if cfg.kv_dtype.is_fp8() {
-            cfg.k_scale = self.fp8_scale("k_scale")?;
-            cfg.v_scale = self.fp8_scale("v_scale")?;
+        let (key_cache, value_cache) = if fields.kv_dtype.is_fp8() {
+            fields.k_scale = self.fp8_scale("k_scale")?;
+            fields.v_scale = self.fp8_scale("v_scale")?;
             (
-                self.fp8_tensor("key_cache", cfg.kv_dtype, cache_shape)?,
-                self.fp8_tensor("value_cache", cfg.kv_dtype, cache_shape)?,
+                self.fp8_tensor("key_cache", fields.kv_dtype, cache_shape)?,
+                self.fp8_tensor("value_cache", fields.kv_dtype, cache_shape)?,
             )
         } else {
             (
@@ -1235,7 +1235,8 @@ impl Reader<'_> {
                 self.floats("value_cache", dtype, cache_shape, false)?,
             )
         };
-        cfg.validate()
+        let cfg = fields
+            .build()
             .map_err(|e| self.err("metadata", e.to_string()))?;
         self.check_reuse(&meta)?;
         Ok(PagedCase {
@@ -1351,14 +1352,14 @@ mod tests {
             panic!("not paged")
         };
         assert_eq!(
-            (p.cfg.num_heads, p.cfg.num_kv_heads, p.cfg.head_size),
+            (p.cfg.num_heads(), p.cfg.num_kv_heads(), p.cfg.head_size()),
             (8, 1, 128)
         );
         assert_eq!(
-            (p.cfg.sliding_window, p.cfg.softcap),
+            (p.cfg.sliding_window(), p.cfg.softcap()),
             (Some(256), Some(5.0))
         );
-        assert_eq!(p.meta.seq_lens, vec![300, 128, 64]);
+        assert_eq!(p.meta.seq_lens(), vec![300, 128, 64]);
         assert_eq!(p.query.len(), 3 * 8 * 128);
         assert!(p.reference.is_some());
     }

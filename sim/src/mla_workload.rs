@@ -18,7 +18,7 @@
 
 use crate::backends::mla::{by_name, mla_backends, run_mla_step, MlaBackend, MlaConfig, MlaStep};
 use crate::cache::KvCache;
-use crate::config::AttnConfig;
+use crate::config::{AttnConfig, AttnConfigBuilder};
 use crate::kernels::mla_cache::{concat_and_cache_mla, LatentCache};
 use crate::kernels::mla_proj::MlaWeights;
 use crate::reference::{self, Tolerance};
@@ -85,7 +85,7 @@ pub fn run_mla_workload(
             }
         }
     }
-    let weights = MlaWeights::random(cfg.num_heads, cfg.dims, cfg.dtype, spec.seed);
+    let weights = MlaWeights::random(cfg.num_heads, cfg.dims, cfg.dtype, spec.seed)?;
     let mut canonical = LatentCache::zeros(layout);
     let mut rng = ChaCha8Rng::seed_from_u64(spec.seed ^ 0x001a_7e47);
     // With every backend skipped there is nothing to compare: the report
@@ -110,7 +110,7 @@ pub fn run_mla_workload(
             &mut canonical,
             &kv_c,
             &k_pe,
-            &meta.slot_mapping,
+            meta.slot_mapping(),
             cfg.k_scale,
         )?;
         let want = reference_step(&q, &canonical, &meta, &weights, &cfg)?;
@@ -185,8 +185,8 @@ pub fn reference_step(
         .map_err(|e| shape_err("MLA query length", q.len(), e))?
         .mapv(f64::from);
     // kv_b_proj as [head, p + v, c]: W_UK = [.., ..p, ..], W_UV = [.., p.., ..].
-    let kv_b = ArrayView3::from_shape((n, pn + vd, lkv), &w.kv_b_proj)
-        .map_err(|e| shape_err("kv_b_proj length", w.kv_b_proj.len(), e))?
+    let kv_b = ArrayView3::from_shape((n, pn + vd, lkv), w.kv_b_proj())
+        .map_err(|e| shape_err("kv_b_proj length", w.kv_b_proj().len(), e))?
         .mapv(f64::from);
     let (w_uk, w_uv) = (kv_b.slice(s![.., ..pn, ..]), kv_b.slice(s![.., pn.., ..]));
     // q_abs [token, head, c + r] = (q_nope[:, h] @ W_UK[h], q_rope).
@@ -215,8 +215,11 @@ pub fn reference_step(
         k: latent.clone(),
         v: latent,
     };
-    let mut acfg = AttnConfig::new(n, 1, wd, DType::F32);
-    acfg.scale = cfg.scale;
+    let acfg = AttnConfigBuilder {
+        scale: cfg.scale,
+        ..AttnConfig::builder(n, 1, wd, DType::F32)
+    }
+    .build()?;
     let o = reference::paged_attention_shaped(q_abs.view(), &mqa, meta, &acfg)?.out;
     // out [token, head, v] = o[:, h, ..c] @ W_UV[h]^T.
     let mut out = Array3::zeros((t, n, vd));

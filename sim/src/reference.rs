@@ -110,7 +110,7 @@ fn shape_error(e: ndarray::ShapeError) -> Error {
 
 /// `[num_tokens, num_heads, head_size]`: the query's and the output's shape.
 fn query_shape(meta: &AttentionMetadata, cfg: &AttnConfig) -> (usize, usize, usize) {
-    (meta.num_actual_tokens, cfg.num_heads, cfg.head_size)
+    (meta.num_actual_tokens(), cfg.num_heads(), cfg.head_size())
 }
 
 /// The reference for a query already in `F`, `[token, head, d]` (the MLA
@@ -140,16 +140,16 @@ pub fn paged_attention_shaped<F: RefFloat>(
     }
     cache.check_batch_len(query.len(), meta, cfg)?;
     let (t_total, hq, d) = shape;
-    let (hkv, qpk) = (cfg.num_kv_heads, cfg.queries_per_kv());
+    let (hkv, qpk) = (cfg.num_kv_heads(), cfg.queries_per_kv());
     let mut out = Array3::from_elem(shape, F::ZERO);
     let mut lse = Array2::from_elem((hq, t_total), F::NEG_INFINITY);
-    let (k_scale, v_scale) = if cfg.kv_dtype.is_fp8() {
-        (cfg.k_scale, cfg.v_scale)
+    let (k_scale, v_scale) = if cfg.kv_dtype().is_fp8() {
+        (cfg.k_scale(), cfg.v_scale())
     } else {
         (1.0, 1.0)
     };
-    let scale = F::from(cfg.scale);
-    let softcap = cfg.softcap.map(F::from);
+    let scale = F::from(cfg.scale());
+    let softcap = cfg.softcap().map(F::from);
 
     for i in 0..meta.num_reqs() {
         let (rows, s_len, ctx) = (meta.query_range(i), meta.seq_len(i), meta.context_len(i));
@@ -182,14 +182,14 @@ pub fn paged_attention_shaped<F: RefFloat>(
                     v.index_axis(Axis(0), h / qpk),
                 );
                 let (q, kg, vg) = (q.flat(), kg.flat(), vg.flat());
-                let slope = cfg.alibi_slopes.as_ref().map(|s| F::from(s[h]));
-                let sink = cfg.sinks.as_ref().map(|s| F::from(s[h]));
+                let slope = cfg.alibi_slopes().as_ref().map(|s| F::from(s[h]));
+                let sink = cfg.sinks().as_ref().map(|s| F::from(s[h]));
                 let mut scores = Vec::new();
                 let visible_keys = kg
                     .chunks_exact(d)
                     .zip(vg.chunks_exact(d))
                     .enumerate()
-                    .filter(|&(t, _)| visible(t, p, meta.causal, cfg.sliding_window));
+                    .filter(|&(t, _)| visible(t, p, meta.causal(), cfg.sliding_window()));
                 for (t, (kt, vt)) in visible_keys {
                     let dot = q.iter().zip(kt).fold(F::ZERO, |a, (&x, &y)| a + x * y);
                     let mut s = dot * scale;
@@ -283,8 +283,11 @@ pub fn mla_decode(
         slots,
         true,
     )?;
-    let mut cfg = AttnConfig::new(num_heads, 1, width, DType::F32);
-    cfg.scale = scale;
+    let cfg = crate::config::AttnConfigBuilder {
+        scale,
+        ..AttnConfig::builder(num_heads, 1, width, DType::F32)
+    }
+    .build()?;
     let full = paged_attention(query, &cache, &meta, &cfg)?;
     Ok(full.out.slice(s![.., .., ..kv_lora_rank]).to_owned())
 }
@@ -474,9 +477,9 @@ mod tests {
         q_len: usize,
         cfg: &AttnConfig,
     ) -> RefAttention<f64> {
-        let s = k.len() / (d * cfg.num_kv_heads);
+        let s = k.len() / (d * cfg.num_kv_heads());
         let layout =
-            KvLayout::new(LayoutKind::Nhd, 1, s, cfg.num_kv_heads, d, cfg.kv_dtype).unwrap();
+            KvLayout::new(LayoutKind::Nhd, 1, s, cfg.num_kv_heads(), d, cfg.kv_dtype()).unwrap();
         let cache = KvCache {
             layout,
             k: k.to_vec(),
@@ -498,10 +501,12 @@ mod tests {
 
     #[test]
     fn decode_row_is_the_softmax_weighted_mean_of_values() {
-        let cfg = AttnConfig {
+        let cfg = crate::config::AttnConfigBuilder {
             scale: 1.0,
-            ..AttnConfig::new(1, 1, 1, DType::F32)
-        };
+            ..AttnConfig::builder(1, 1, 1, DType::F32)
+        }
+        .build()
+        .unwrap();
         let r = single(&[1.0], &[0.0, 1.0], &[10.0, 20.0], 1, 1, &cfg);
         let (w0, w1) = (1.0f64, 1.0f64.exp());
         assert_relative_eq!(
@@ -514,7 +519,7 @@ mod tests {
 
     #[test]
     fn causal_first_row_sees_only_the_first_key() {
-        let cfg = AttnConfig::new(1, 1, 1, DType::F32);
+        let cfg = AttnConfig::new(1, 1, 1, DType::F32).unwrap();
         let r = single(&[1.0, 1.0], &[0.5, 3.0], &[7.0, -7.0], 1, 2, &cfg);
         assert_eq!(r.out[[0, 0, 0]], 7.0);
         assert!(r.out[[1, 0, 0]] < 0.0);
@@ -522,10 +527,12 @@ mod tests {
 
     #[test]
     fn sliding_window_of_one_sees_only_the_diagonal() {
-        let cfg = AttnConfig {
+        let cfg = crate::config::AttnConfigBuilder {
             sliding_window: Some(1),
-            ..AttnConfig::new(1, 1, 1, DType::F32)
-        };
+            ..AttnConfig::builder(1, 1, 1, DType::F32)
+        }
+        .build()
+        .unwrap();
         let r = single(
             &[1.0, 1.0, 1.0],
             &[1.0, 2.0, 3.0],
@@ -539,11 +546,13 @@ mod tests {
 
     #[test]
     fn sink_adds_exp_sink_to_the_denominator() {
-        let cfg = AttnConfig {
+        let cfg = crate::config::AttnConfigBuilder {
             scale: 1.0,
             sinks: Some(vec![0.0]),
-            ..AttnConfig::new(1, 1, 1, DType::F32)
-        };
+            ..AttnConfig::builder(1, 1, 1, DType::F32)
+        }
+        .build()
+        .unwrap();
         let r = single(&[0.0], &[1.0], &[3.0], 1, 1, &cfg);
         assert_relative_eq!(r.out[[0, 0, 0]], 1.5, max_relative = 1e-15); // weights 1 (key) and 1 (sink)
         assert_relative_eq!(r.lse[[0, 0]], 2f64.ln(), max_relative = 1e-15);
@@ -551,14 +560,18 @@ mod tests {
 
     #[test]
     fn softcap_bounds_scores_and_alibi_penalises_distance() {
-        let base = AttnConfig {
+        let base = crate::config::AttnConfigBuilder {
             scale: 1.0,
-            ..AttnConfig::new(1, 1, 1, DType::F32)
-        };
-        let capped = AttnConfig {
+            ..AttnConfig::builder(1, 1, 1, DType::F32)
+        }
+        .build()
+        .unwrap();
+        let capped = crate::config::AttnConfigBuilder {
             softcap: Some(1.0),
-            ..base.clone()
-        };
+            ..base.to_builder()
+        }
+        .build()
+        .unwrap();
         // Scores 0 and 100: with cap 1 they become 0 and ~tanh(100) = 1.
         let r = single(&[1.0], &[0.0, 100.0], &[0.0, 1.0], 1, 1, &capped);
         assert_relative_eq!(
@@ -566,10 +579,12 @@ mod tests {
             1f64.exp() / (1.0 + 1f64.exp()),
             max_relative = 1e-12
         );
-        let alibi = AttnConfig {
+        let alibi = crate::config::AttnConfigBuilder {
             alibi_slopes: Some(vec![2.0]),
-            ..base
-        };
+            ..base.to_builder()
+        }
+        .build()
+        .unwrap();
         let r = single(&[0.0], &[0.0, 0.0], &[1.0, 0.0], 1, 1, &alibi);
         // Key 0 is one position back: bias -2.
         let w = (-2f64).exp();
@@ -578,7 +593,7 @@ mod tests {
 
     #[test]
     fn gqa_heads_read_their_own_kv_head() {
-        let cfg = AttnConfig::new(4, 2, 1, DType::F32);
+        let cfg = AttnConfig::new(4, 2, 1, DType::F32).unwrap();
         // kv head 0 values 1, kv head 1 values 2 (NHD: [token][head][dim]).
         let r = single(&[1.0; 4], &[0.0, 0.0], &[1.0, 2.0], 1, 1, &cfg);
         assert_eq!(*r.out.flat(), [1.0, 1.0, 2.0, 2.0]);
@@ -586,11 +601,13 @@ mod tests {
 
     #[test]
     fn fp8_cache_is_dequantized_with_its_scale() {
-        let cfg = AttnConfig {
+        let cfg = crate::config::AttnConfigBuilder {
             kv_dtype: DType::Fp8E4m3Fn,
             v_scale: 0.5,
-            ..AttnConfig::new(1, 1, 1, DType::F32)
-        };
+            ..AttnConfig::builder(1, 1, 1, DType::F32)
+        }
+        .build()
+        .unwrap();
         let r = single(&[1.0], &[1.0], &[4.0], 1, 1, &cfg);
         assert_eq!(r.out[[0, 0, 0]], 2.0);
     }
@@ -626,7 +643,7 @@ mod tests {
 
     #[test]
     fn rejects_query_of_the_wrong_length_naming_it() {
-        let cfg = AttnConfig::new(1, 1, 2, DType::F32);
+        let cfg = AttnConfig::new(1, 1, 2, DType::F32).unwrap();
         let layout = KvLayout::new(LayoutKind::Nhd, 1, 1, 1, 2, DType::F32).unwrap();
         let cache = KvCache::zeros(layout);
         let meta = AttentionMetadata::new(

@@ -306,7 +306,7 @@ fn flavour_refusal(
     let Flavour::TensorCore(target) = flavour else {
         return None;
     };
-    let meta = reblock(&p.meta, b.kernel_block_size(p.meta.block_size).ok()?).ok()?;
+    let meta = reblock(&p.meta, b.kernel_block_size(p.meta.block_size()).ok()?).ok()?;
     let steps: Vec<Step> = match launch {
         Some(Forced::Unified(l)) => vec![Step::Paged(Paged::Unified(*l))],
         Some(Forced::RocmDecode(d)) => RocmAttn::route_with_decode(&meta, *d)
@@ -320,7 +320,10 @@ fn flavour_refusal(
             .flat_map(|s| s.steps)
             .collect(),
     };
-    let kcfg = b.kernel_config(cfg);
+    let kcfg = match b.kernel_config(cfg) {
+        Ok(k) => k,
+        Err(e) => return Some(e.to_string()),
+    };
     steps
         .iter()
         .find_map(|s| tc_step(s, &kcfg, &meta, b.layout_kind(), target).err())
@@ -338,7 +341,7 @@ pub fn replay_fixture_in(
     let dtype = f.header.dtype;
     let mut base = Row::new(&f.file, op, Some(dtype), "");
     if let Case::Paged(p) = &f.case {
-        base.kv_cache_dtype = Some(fixture::fp8_name(p.cfg.kv_dtype));
+        base.kv_cache_dtype = Some(fixture::fp8_name(p.cfg.kv_dtype()));
     }
     if let Some(e) = &f.header.capture_error {
         return vec![Row {
@@ -381,7 +384,7 @@ pub fn replay_fixture_in(
                     Ok(cfg) => cfg,
                     // What vLLM's backend drops is a divergence only where it would run the case.
                     Err(reason) => {
-                        rows.push(match b.check(&p.cfg, p.meta.block_size) {
+                        rows.push(match b.check(&p.cfg, p.meta.block_size()) {
                             Err(e) => {
                                 at(b.name().name()).status(Status::Skipped, Some(e.to_string()))
                             }
@@ -390,7 +393,7 @@ pub fn replay_fixture_in(
                         continue;
                     }
                 };
-                if let Err(e) = b.check(&cfg, p.meta.block_size) {
+                if let Err(e) = b.check(&cfg, p.meta.block_size()) {
                     rows.push(at(b.name().name()).status(Status::Skipped, Some(e.to_string())));
                     continue;
                 }
@@ -452,11 +455,11 @@ pub fn replay_fixture_in(
             let r = reference::mla_decode(
                 &m.query.flat(),
                 &m.kv_cache.flat(),
-                &m.meta.block_table,
-                &m.meta.seq_lens,
+                m.meta.block_table(),
+                m.meta.seq_lens(),
                 m.num_heads,
                 m.kv_lora_rank,
-                m.meta.block_size,
+                m.meta.block_size(),
                 m.scale,
             );
             let kernel = Kernel::new(output, None, m.reference.as_ref(), dtype, r.as_ref().ok());
@@ -480,7 +483,7 @@ pub fn replay_fixture_in(
                     rows.push(at(b.name().name()).status(Status::Skipped, Some(why.to_string())));
                     continue;
                 }
-                match b.check(&cfg, m.meta.block_size) {
+                match b.check(&cfg, m.meta.block_size()) {
                     Err(e) => {
                         rows.push(at(b.name().name()).status(Status::Skipped, Some(e.to_string())))
                     }
@@ -531,12 +534,12 @@ pub fn documented_divergence(
     cfg: &AttnConfig,
     meta: &AttentionMetadata,
 ) -> Option<String> {
-    let multi_token = meta.query_start_loc.windows(2).any(|w| w[1] - w[0] > 1);
+    let multi_token = meta.query_start_loc().windows(2).any(|w| w[1] - w[0] > 1);
     match backend {
-        "ROCM_AITER_FA" if cfg.softcap.is_some() && multi_token => Some(
+        "ROCM_AITER_FA" if cfg.softcap().is_some() && multi_token => Some(
             "ROCM_AITER_FA drops logits_soft_cap on prefill and extend (flash_attn_varlen_func gets no soft-cap); only its decode path applies it".into(),
         ),
-        "ROCM_ATTN" if cfg.alibi_slopes.is_some() && cfg.sliding_window.is_some() && multi_token => Some(
+        "ROCM_ATTN" if cfg.alibi_slopes().is_some() && cfg.sliding_window().is_some() && multi_token => Some(
             "ROCM_ATTN's prefix-prefill kernel has no sliding-window mask in its ALiBi variant: with ALiBi, rows with more than one query token see the whole context".into(),
         ),
         _ => None,
@@ -661,11 +664,11 @@ fn recorded_unified(
 fn nhd_cache(p: &PagedCase) -> KvCache {
     let layout = KvLayout {
         kind: LayoutKind::Nhd,
-        num_blocks: p.meta.num_blocks,
-        block_size: p.meta.block_size,
-        num_kv_heads: p.cfg.num_kv_heads,
-        head_size: p.cfg.head_size,
-        dtype: p.cfg.kv_dtype,
+        num_blocks: p.meta.num_blocks(),
+        block_size: p.meta.block_size(),
+        num_kv_heads: p.cfg.num_kv_heads(),
+        head_size: p.cfg.head_size(),
+        dtype: p.cfg.kv_dtype(),
     };
     KvCache {
         layout,
@@ -685,14 +688,14 @@ fn run_backend(
     flavour: Flavour,
 ) -> Result<Vec<f32>> {
     let ex = Cpu::new(flavour);
-    let kb = b.kernel_block_size(p.meta.block_size)?;
+    let kb = b.kernel_block_size(p.meta.block_size())?;
     let meta = reblock(&p.meta, kb)?;
-    let layout = b.cache_layout(cfg, meta.num_blocks, kb)?;
-    if layout.dtype != p.cfg.kv_dtype {
+    let layout = b.cache_layout(cfg, meta.num_blocks(), kb)?;
+    if layout.dtype != p.cfg.kv_dtype() {
         return Err(Error::invalid(
             "backend cache dtype",
             layout.dtype,
-            format!("replay needs the fixture's {}", p.cfg.kv_dtype),
+            format!("replay needs the fixture's {}", p.cfg.kv_dtype()),
         ));
     }
     let cache = KvCache::from_nhd(&p.key_cache.flat(), &p.value_cache.flat(), layout)?;
@@ -715,13 +718,13 @@ fn run_backend(
 /// memory `[nb, bs, h, d]` is `[nb * r, kb, h, d]`, and slot numbers are
 /// unchanged.
 pub fn reblock(meta: &AttentionMetadata, kb: usize) -> Result<AttentionMetadata> {
-    if kb == meta.block_size {
+    if kb == meta.block_size() {
         return Ok(meta.clone());
     }
-    let split = KernelBlockSplit::new(meta.block_size, kb)?;
-    let rows: Vec<Vec<usize>> = (0..meta.block_table.num_rows)
+    let split = KernelBlockSplit::new(meta.block_size(), kb)?;
+    let rows: Vec<Vec<usize>> = (0..meta.block_table().num_rows)
         .map(|i| {
-            meta.block_table
+            meta.block_table()
                 .row(i)
                 .iter()
                 .map(|&b| b.max(0) as usize)
@@ -731,12 +734,12 @@ pub fn reblock(meta: &AttentionMetadata, kb: usize) -> Result<AttentionMetadata>
     let refs: Vec<&[usize]> = rows.iter().map(|r| r.as_slice()).collect();
     AttentionMetadata::new(
         kb,
-        split.num_kernel_blocks(meta.num_blocks),
-        meta.query_start_loc.clone(),
-        meta.seq_lens.clone(),
+        split.num_kernel_blocks(meta.num_blocks()),
+        meta.query_start_loc().to_vec(),
+        meta.seq_lens().to_vec(),
         block_table_tensor(&refs, split)?,
-        meta.slot_mapping.clone(),
-        meta.causal,
+        meta.slot_mapping().to_vec(),
+        meta.causal(),
     )
 }
 
@@ -757,8 +760,9 @@ fn run_merge(m: &MergeCase, dtype: DType) -> Result<Outcome> {
     let mut lse = None;
     let out = catch_panic("merge_attn_states", || {
         let r = merge_attn_states(&prefix, &suffix, dtype, MergeKernel::Triton)?;
-        lse = Some(r.lse);
-        Ok(r.out)
+        let (out, l) = r.into_parts();
+        lse = Some(l);
+        Ok(out)
     })?;
     Ok(Outcome { out, lse })
 }
@@ -1171,10 +1175,10 @@ pub fn replay_mla_decode(
     case: &MlaCase,
     cfg: &mla::MlaConfig,
 ) -> Result<Vec<f32>> {
-    backend.check(cfg, case.meta.block_size)?;
+    backend.check(cfg, case.meta.block_size())?;
     let layout = MlaLayout::new(
-        case.meta.num_blocks,
-        case.meta.block_size,
+        case.meta.num_blocks(),
+        case.meta.block_size(),
         case.kv_lora_rank,
         case.qk_rope_head_dim,
         cfg.dtype,

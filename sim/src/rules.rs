@@ -85,9 +85,9 @@ pub fn unified_launch(launch: &UnifiedLaunch, cfg: &AttnConfig, target: Target) 
     let kernel = "kernel_unified_attention";
     arange(kernel, "BLOCK_M", launch.block_m)?;
     arange(kernel, "TILE_SIZE", launch.tile_size)?;
-    let d_pad = cfg.head_size.next_power_of_two();
+    let d_pad = cfg.head_size().next_power_of_two();
     arange(kernel, "HEAD_SIZE_PADDED", d_pad)?;
-    let bytes = 2 * launch.tile_size * d_pad * cfg.dtype.size_bytes();
+    let bytes = 2 * launch.tile_size * d_pad * cfg.dtype().size_bytes();
     lds(kernel, bytes, target)
 }
 

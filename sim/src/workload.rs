@@ -164,14 +164,12 @@ pub fn model_config(model: &ModelPreset) -> Result<AttnConfig> {
             "attnlab run emulates MHA backends; MLA models are not runnable here",
         ));
     }
-    let cfg = AttnConfig::new(
+    AttnConfig::new(
         model.num_heads,
         model.num_kv_heads,
         model.head_size,
         model.dtype,
-    );
-    cfg.validate()?;
-    Ok(cfg)
+    )
 }
 
 /// The scheduler's steps for a spec, computed up front (the scheduler is
@@ -268,7 +266,7 @@ pub fn run_workload_in(
     let (sched_cfg, steps) = schedule(spec)?;
     let num_blocks = steps.first().map_or(1, |s| s.num_blocks);
     let bs = sched_cfg.block_size;
-    let tol = Tolerance::for_dtype(cfg.dtype);
+    let tol = Tolerance::for_dtype(cfg.dtype());
     let backends = match &spec.backend {
         Some(name) => vec![by_name(*name)?],
         None => mha_backends(),
@@ -276,7 +274,7 @@ pub fn run_workload_in(
     check_cache_memory(
         num_blocks,
         bs,
-        cfg.num_kv_heads * cfg.head_size * 2,
+        cfg.num_kv_heads() * cfg.head_size() * 2,
         backends.len(),
     )?;
     let mut skipped = Vec::new();
@@ -317,9 +315,9 @@ pub fn run_workload_in(
         LayoutKind::Nhd,
         num_blocks,
         bs,
-        cfg.num_kv_heads,
-        cfg.head_size,
-        cfg.kv_dtype,
+        cfg.num_kv_heads(),
+        cfg.head_size(),
+        cfg.kv_dtype(),
     )?);
     let mut rng = ChaCha8Rng::seed_from_u64(spec.seed ^ 0x5eed_0fa7);
     // With every backend skipped there is nothing to compare: the report
@@ -331,16 +329,24 @@ pub fn run_workload_in(
     };
     for (done, step) in live.iter().enumerate() {
         let t = step.num_tokens();
-        let q = draw(&mut rng, t * cfg.num_heads * cfg.head_size, cfg.dtype);
-        let k = draw(&mut rng, t * cfg.num_kv_heads * cfg.head_size, cfg.dtype);
-        let v = draw(&mut rng, t * cfg.num_kv_heads * cfg.head_size, cfg.dtype);
+        let q = draw(&mut rng, t * cfg.num_heads() * cfg.head_size(), cfg.dtype());
+        let k = draw(
+            &mut rng,
+            t * cfg.num_kv_heads() * cfg.head_size(),
+            cfg.dtype(),
+        );
+        let v = draw(
+            &mut rng,
+            t * cfg.num_kv_heads() * cfg.head_size(),
+            cfg.dtype(),
+        );
         let meta = step.metadata(bs)?;
         reshape_and_cache(
             CacheWriter::ReshapeAndCacheFlash,
             &mut canonical,
             &k,
             &v,
-            &meta.slot_mapping,
+            meta.slot_mapping(),
             &cfg,
         )?;
         let reference = reference::paged_attention(&q, &canonical, &meta, &cfg)?.out;
@@ -486,7 +492,7 @@ fn run_step(
     let (b, cache) = (&lane.backend, &mut lane.cache);
     let ex = Cpu::new(lane.flavour);
     catch_panic(b.name().name(), || {
-        b.write_kv_with(&ex, cache, k, v, &meta.slot_mapping, cfg)?;
+        b.write_kv_with(&ex, cache, k, v, meta.slot_mapping(), cfg)?;
         b.forward_with(&ex, q, cache, &meta, cfg)
     })
 }

@@ -28,7 +28,7 @@ use crate::backends::mla::{MlaBackend, MlaConfig};
 use crate::backends::rocm_attn::{RocmAttn, RocmAttnProfile};
 use crate::backends::{by_name, AttentionBackend};
 use crate::draw::{draw_with, AttnCase, CaseSpace, Edge, Regimes};
-use crate::kernels::flash_varlen::{flash_attn_varlen, VarlenParams};
+use crate::kernels::flash_varlen::{flash_attn_varlen, VarlenParams, VarlenParamsBuilder};
 use crate::kernels::merge_attn_states::{merge_attn_states_with, MergeKernel};
 use crate::kernels::mla_cache::{concat_and_cache_mla, LatentCache};
 use crate::kernels::mla_proj::MlaWeights;
@@ -604,7 +604,7 @@ fn show_paged(space: &MhaSpace, input: &PagedInput) -> (usize, String) {
                 String::new()
             };
             (
-                c.meta.seq_lens.iter().map(|&x| x as usize).sum(),
+                c.meta.seq_lens().iter().map(|&x| x as usize).sum(),
                 format!("{tp}{}", c.describe()),
             )
         }
@@ -660,19 +660,16 @@ fn check_backend(
         return reject("a shape the layout refuses");
     };
     let backend = t.backend();
-    if let Err(e) = backend.check(&case.cfg, case.meta.block_size) {
+    if let Err(e) = backend.check(&case.cfg, case.meta.block_size()) {
         return reject(e);
     }
-    let cfg = crate::config::AttnConfig {
-        faults,
-        ..case.cfg.clone()
-    };
+    let cfg = case.cfg.clone().with_faults(faults);
     let out = backend
         .forward(&case.query, &case.cache, &case.meta, &cfg)
         .map_err(|e| format!("{} refused a case it admits: {e}", space.name))?;
     let want = reference::paged_attention(&case.query, &case.cache, &case.meta, &case.cfg)
         .map_err(|e| format!("reference: {e}"))?;
-    let tol = if case.cfg.kv_dtype.is_fp8() {
+    let tol = if case.cfg.kv_dtype().is_fp8() {
         Tolerance::new(0.15, 0.15)
     } else {
         Tolerance::new(1.5e-2, 1.6e-2)
@@ -683,9 +680,9 @@ fn check_backend(
     }
     let i = c.first_mismatch.unwrap_or(0);
     let (t, h, d) = (
-        i / (case.cfg.num_heads * case.cfg.head_size),
-        i / case.cfg.head_size % case.cfg.num_heads,
-        i % case.cfg.head_size,
+        i / (case.cfg.num_heads() * case.cfg.head_size()),
+        i / case.cfg.head_size() % case.cfg.num_heads(),
+        i % case.cfg.head_size(),
     );
     Err(format!(
         "{}: {} of {} elements outside atol {} / rtol {}; first at out[{t}, {h}, {d}]: {} vs f64 {}",
@@ -787,10 +784,7 @@ fn check_per_rank(input: &PagedInput, faults: FaultSet) -> std::result::Result<(
     let Some(case) = draw_paged_case(&MhaTarget::TritonAttn.space(), input) else {
         return reject("a shape the layout refuses");
     };
-    let cfg = crate::config::AttnConfig {
-        faults,
-        ..case.cfg.clone()
-    };
+    let cfg = case.cfg.clone().with_faults(faults);
     let launch = |tp: usize| {
         let opts = VllmLaunchOptions {
             tensor_parallel_size: tp,
@@ -804,7 +798,7 @@ fn check_per_rank(input: &PagedInput, faults: FaultSet) -> std::result::Result<(
     }
     Err(format!(
         "TRITON_ATTN's launch changes with TP {}: {:?} at TP 1, {:?} at TP {} ({} kv heads per rank, {} requests, max query {})",
-        input.tp, one.grid, at_tp.grid, input.tp, cfg.num_kv_heads, case.meta.num_reqs(), case.meta.max_query_len
+        input.tp, one.grid, at_tp.grid, input.tp, cfg.num_kv_heads(), case.meta.num_reqs(), case.meta.max_query_len()
     ))
 }
 
@@ -876,20 +870,20 @@ fn check_merge(input: &MergeInput, faults: FaultSet) -> std::result::Result<(), 
     let got = merge_attn_states_with(&p, &s, DType::F32, MergeKernel::Hip, faults)
         .map_err(|e| e.to_string())?;
     let want = reference::merge_attn_states(&po, &pl, &so, &sl, h, d).map_err(|e| e.to_string())?;
-    let c = compare(&got.out, &want.out, Tolerance::new(1e-4, 1e-4)).map_err(|e| e.to_string())?;
+    let c = compare(got.out(), &want.out, Tolerance::new(1e-4, 1e-4)).map_err(|e| e.to_string())?;
     if !c.passed() {
         let i = c.first_mismatch.unwrap_or(0);
         let (tok, hh) = (i / d / h, i / d % h);
         return Err(format!(
             "merge_attn_states (HIP): out[{tok}, {hh}, {}] = {} vs f64 {} with prefix lse {} and suffix lse {}",
             i % d,
-            got.out[i],
+            got.out()[i],
             want.out[[tok, hh, i % d]],
             pl[hh * t + tok],
             sl[hh * t + tok]
         ));
     }
-    for (i, (&a, &b)) in got.lse.iter().zip(&want.lse).enumerate() {
+    for (i, (&a, &b)) in got.lse().iter().zip(&want.lse).enumerate() {
         let same =
             (a as f64 == b) || (b.is_finite() && (a as f64 - b).abs() <= 1e-4 * (1.0 + b.abs()));
         if !same {
@@ -959,12 +953,14 @@ fn check_varlen(input: &VarlenInput, faults: FaultSet) -> std::result::Result<()
     let mut vals = |n: usize| -> Vec<f32> { (0..n).map(|_| rng.gen_range(-2.0f32..2.0)).collect() };
     let (q, k, v) = (vals(tq * h * d), vals(tk * h * d), vals(tk * h * d));
     let scale = 1.0 / (d as f32).sqrt();
-    let params = VarlenParams {
+    let params = VarlenParamsBuilder {
         causal: input.causal,
         window: input.window,
         faults,
-        ..VarlenParams::new(h, h, d, DType::F32, scale)
-    };
+        ..VarlenParams::builder(h, h, d, DType::F32, scale)
+    }
+    .build()
+    .map_err(|e| e.to_string())?;
     let got = flash_attn_varlen(&q, &k, &v, &cu_q, &cu_k, &params).map_err(|e| e.to_string())?;
     // f64 LSE with the kernel's mask: causal (or windowed) rows are
     // bottom-right aligned, a window keeps keys pos - t < W.
@@ -991,7 +987,7 @@ fn check_varlen(input: &VarlenInput, faults: FaultSet) -> std::result::Result<()
                     let m = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
                     m + scores.iter().map(|s| (s - m).exp()).sum::<f64>().ln()
                 };
-                let gotv = got.lse[hh * tq + cu_q[b] as usize + i] as f64;
+                let gotv = got.lse()[hh * tq + cu_q[b] as usize + i] as f64;
                 let ok = gotv == want
                     || (want.is_finite() && (gotv - want).abs() <= 1e-3 * (1.0 + want.abs()));
                 if !ok {
@@ -1108,7 +1104,8 @@ fn check_mla(t: MlaTarget, input: &MlaInput, faults: FaultSet) -> std::result::R
     let mut reqs = input.reqs.clone();
     reqs.sort_by_key(|&(q, _)| q > 1);
     let step = mla_step(&reqs, &cfg, input.block, input.seed).map_err(|e| e.to_string())?;
-    let weights = MlaWeights::random(cfg.num_heads, cfg.dims, cfg.dtype, input.seed ^ 7);
+    let weights = MlaWeights::random(cfg.num_heads, cfg.dims, cfg.dtype, input.seed ^ 7)
+        .map_err(|e| e.to_string())?;
     let mut cache = step.cache.clone();
     let st = MlaStep {
         q: &step.q,

@@ -84,14 +84,14 @@ fn batch_with(
             .map(|_| dt.round(rng.gen_range(-1.0f32..1.0) / scale))
             .collect()
     };
-    let n_cache = num_blocks * block_size * cfg.num_kv_heads * cfg.head_size;
+    let n_cache = num_blocks * block_size * cfg.num_kv_heads() * cfg.head_size();
     let query = draw(
-        meta.num_actual_tokens * cfg.num_heads * cfg.head_size,
-        cfg.dtype,
+        meta.num_actual_tokens() * cfg.num_heads() * cfg.head_size(),
+        cfg.dtype(),
         1.0,
     );
-    let nhd_k = draw(n_cache, cfg.kv_dtype, cfg.k_scale);
-    let nhd_v = draw(n_cache, cfg.kv_dtype, cfg.v_scale);
+    let nhd_k = draw(n_cache, cfg.kv_dtype(), cfg.k_scale());
+    let nhd_v = draw(n_cache, cfg.kv_dtype(), cfg.v_scale());
     Batch {
         meta,
         query,
@@ -102,7 +102,7 @@ fn batch_with(
 
 fn cache_for_backend(b: &dyn AttentionBackend, batch: &Batch, cfg: &AttnConfig) -> KvCache {
     let layout = b
-        .cache_layout(cfg, batch.meta.num_blocks, batch.meta.block_size)
+        .cache_layout(cfg, batch.meta.num_blocks(), batch.meta.block_size())
         .unwrap();
     KvCache::from_nhd(&batch.nhd_k, &batch.nhd_v, layout).unwrap()
 }
@@ -120,11 +120,11 @@ fn run(b: &dyn AttentionBackend, batch: &Batch, cfg: &AttnConfig) -> Vec<f32> {
 fn reference(batch: &Batch, cfg: &AttnConfig) -> Vec<f64> {
     let nhd = KvLayout::new(
         LayoutKind::Nhd,
-        batch.meta.num_blocks,
-        batch.meta.block_size,
-        cfg.num_kv_heads,
-        cfg.head_size,
-        cfg.kv_dtype,
+        batch.meta.num_blocks(),
+        batch.meta.block_size(),
+        cfg.num_kv_heads(),
+        cfg.head_size(),
+        cfg.kv_dtype(),
     )
     .unwrap();
     paged_attention(
@@ -173,11 +173,11 @@ fn cfg_strategy() -> impl Strategy<Value = AttnConfig> {
     )
         .prop_map(|((hq, hkv), bf16, fp8)| {
             let dt = if bf16 { DType::Bf16 } else { DType::F16 };
-            let mut cfg = AttnConfig::new(hq, hkv, 64, dt);
+            let mut cfg = AttnConfig::builder(hq, hkv, 64, dt);
             if fp8 {
                 (cfg.kv_dtype, cfg.k_scale, cfg.v_scale) = (DType::Fp8E4m3Fnuz, 0.5, 0.25);
             }
-            cfg
+            cfg.build().unwrap()
         })
 }
 
@@ -195,8 +195,8 @@ proptest! {
         causal in prop::bool::ANY,
         seed in any::<u64>(),
     ) {
-        let mut cfg = AttnConfig::new(hq, hkv, head_size, dtype);
-        cfg.sliding_window = window.filter(|_| causal); // the reference's window is causal-style
+        let mut cfg = AttnConfig::new(hq, hkv, head_size, dtype).unwrap();
+        cfg = attnlab_sim::config::AttnConfigBuilder { sliding_window: window.filter(|_| causal), ..cfg.to_builder() }.build().unwrap(); // the reference's window is causal-style
         let b = batch_with(&reqs, &cfg, block_size, seed, causal);
         FlexAttention.check(&cfg, block_size).unwrap();
         let out = in_pool(2, || run(&FlexAttention, &b, &cfg));
@@ -215,11 +215,11 @@ proptest! {
         seed in any::<u64>(),
     ) {
         let mut cfg = cfg;
-        cfg.sliding_window = window.filter(|_| !shuffle);
+        cfg = attnlab_sim::config::AttnConfigBuilder { sliding_window: window.filter(|_| !shuffle), ..cfg.to_builder() }.build().unwrap();
         let backend = RocmAiterFa { shuffle_kv_cache: shuffle, cp_tokens_per_iter: budget.max(reqs.len()) };
         let b = batch(&reqs, &cfg, block_size, seed);
         // fp8 caches: the emulator's new tokens are read back quantized, as the reference sees them.
-        let tol = if cfg.kv_dtype.is_fp8() { Tolerance::for_dtype(DType::Bf16) } else { Tolerance::for_dtype(cfg.dtype) };
+        let tol = if cfg.kv_dtype().is_fp8() { Tolerance::for_dtype(DType::Bf16) } else { Tolerance::for_dtype(cfg.dtype()) };
         assert_close(&run(&backend, &b, &cfg), &reference(&b, &cfg), tol);
     }
 
@@ -228,13 +228,13 @@ proptest! {
         ctx in 1usize..120, q in 2usize..24, frac in 0.0f64..1.0, seed in any::<u64>(), bf16 in prop::bool::ANY,
     ) {
         let chunk = 1 + ((ctx - 1) as f64 * frac) as usize; // 1..=ctx
-        let cfg = AttnConfig::new(4, 2, 64, if bf16 { DType::Bf16 } else { DType::F16 });
+        let cfg = AttnConfig::new(4, 2, 64, if bf16 { DType::Bf16 } else { DType::F16 }).unwrap();
         let b = batch(&[(q, ctx), (1, 30)], &cfg, 16, seed);
         let chunked = RocmAiterFa { shuffle_kv_cache: true, cp_tokens_per_iter: chunk };
         let one_shot = RocmAiterFa::default();
         let one = in_pool(2, || run(&one_shot, &b, &cfg));
         let many = in_pool(2, || run(&chunked, &b, &cfg));
-        let tol = Tolerance::for_dtype(cfg.dtype);
+        let tol = Tolerance::for_dtype(cfg.dtype());
         assert_close(&many, &one.iter().map(|&x| x as f64).collect::<Vec<_>>(), tol);
         prop_assert_eq!(in_pool(1, || run(&chunked, &b, &cfg)), many.clone());
         prop_assert_eq!(in_pool(2, || run(&chunked, &b, &cfg)), many);
@@ -260,12 +260,12 @@ proptest! {
             (0..t * h).map(|_| rng.gen_range(-30.0f32..30.0)).collect()).unwrap();
         let mut empty = OutLse::empty(t, h, d);
         if plus_inf {
-            empty.lse.fill(f32::INFINITY); // FA2's convention for an empty row
+            empty.lse_mut().fill(f32::INFINITY); // FA2's convention for an empty row
         }
         for kernel in [MergeKernel::Triton, MergeKernel::Hip] {
             let m = if empty_first { merge_attn_states(&empty, &full, DType::Bf16, kernel) } else { merge_attn_states(&full, &empty, DType::Bf16, kernel) }.unwrap();
-            prop_assert_eq!(&m.out, &full.out);
-            prop_assert_eq!(&m.lse, &full.lse);
+            prop_assert_eq!(&m.out(), &full.out());
+            prop_assert_eq!(&m.lse(), &full.lse());
         }
     }
 }
@@ -286,10 +286,12 @@ fn shipped_fixtures() -> Vec<fixture::Fixture> {
 fn merging_two_empty_sides_gives_zero_and_minus_inf_with_the_hip_kernel_and_nan_with_triton() {
     let empty = OutLse::empty(2, 3, 4);
     let hip = merge_attn_states(&empty, &empty, DType::F16, MergeKernel::Hip).unwrap();
-    assert!(hip.out.iter().all(|&x| x == 0.0) && hip.lse.iter().all(|&x| x == f32::NEG_INFINITY));
+    assert!(
+        hip.out().iter().all(|&x| x == 0.0) && hip.lse().iter().all(|&x| x == f32::NEG_INFINITY)
+    );
     // The fixture MANIFEST: "if both lse ... are non-finite it returns NaN (0/0)".
     let triton = merge_attn_states(&empty, &empty, DType::F16, MergeKernel::Triton).unwrap();
-    assert!(triton.out.iter().all(|x| x.is_nan()) && triton.lse.iter().all(|x| x.is_nan()));
+    assert!(triton.out().iter().all(|x| x.is_nan()) && triton.lse().iter().all(|x| x.is_nan()));
 }
 
 #[test]
@@ -316,7 +318,7 @@ fn merge_fixtures_replay_within_their_tolerance() {
         .unwrap();
         let tol = Tolerance::new(f.header.atol, f.header.rtol);
         assert!(
-            compare(&m.out, c.output.as_ref().unwrap(), tol)
+            compare(m.out(), c.output.as_ref().unwrap(), tol)
                 .unwrap()
                 .passed(),
             "{}",
@@ -324,7 +326,7 @@ fn merge_fixtures_replay_within_their_tolerance() {
         );
         if let Some(lse) = &c.output_lse {
             assert!(
-                compare(&m.lse, lse, tol).unwrap().passed(),
+                compare(m.lse(), lse, tol).unwrap().passed(),
                 "{} lse",
                 f.file
             );
@@ -342,11 +344,11 @@ fn nhd_variant_replays_every_paged_fixture_it_supports() {
     let mut ran = 0;
     for f in shipped_fixtures() {
         let Case::Paged(c) = &f.case else { continue };
-        if backend.check(&c.cfg, c.meta.block_size).is_err() {
+        if backend.check(&c.cfg, c.meta.block_size()).is_err() {
             continue;
         }
         let layout = backend
-            .cache_layout(&c.cfg, c.meta.num_blocks, c.meta.block_size)
+            .cache_layout(&c.cfg, c.meta.num_blocks(), c.meta.block_size())
             .unwrap();
         let cache = KvCache::from_nhd(&c.key_cache.flat(), &c.value_cache.flat(), layout).unwrap();
         let out = backend
@@ -366,7 +368,7 @@ fn nhd_variant_replays_every_paged_fixture_it_supports() {
 
 #[test]
 fn blog_example_80000_token_prompt_is_prefill_then_one_then_two_context_chunks() {
-    let cfg = AttnConfig::new(8, 1, 128, DType::Bf16);
+    let cfg = AttnConfig::new(8, 1, 128, DType::Bf16).unwrap();
     let backend = by_name("ROCM_AITER_FA".parse().unwrap()).unwrap();
     let count = |q: usize, ctx: usize, name: &str| {
         let bs = 16;
@@ -437,8 +439,13 @@ fn chunked_extend_counts_each_sink_once_as_vllm_does() {
     // sink_ptr=None ("adding it per context chunk would overcount it on
     // merge"). So the merged result is attention with the sink counted once,
     // not (num_chunks + 1) times as the old reading of vllm-backends.md §19 #14 had it.
-    let mut cfg = AttnConfig::new(2, 1, 64, DType::F16);
-    cfg.sinks = Some(vec![0.5, 2.0]);
+    let mut cfg = AttnConfig::new(2, 1, 64, DType::F16).unwrap();
+    cfg = attnlab_sim::config::AttnConfigBuilder {
+        sinks: Some(vec![0.5, 2.0]),
+        ..cfg.to_builder()
+    }
+    .build()
+    .unwrap();
     let b = batch(&[(5, 48)], &cfg, 16, 7);
     let backend = RocmAiterFa {
         shuffle_kv_cache: false,
@@ -447,7 +454,12 @@ fn chunked_extend_counts_each_sink_once_as_vllm_does() {
     let out = run(&backend, &b, &cfg);
     assert_close(&out, &reference(&b, &cfg), Tolerance::for_dtype(DType::F16));
     let mut overcounted = cfg.clone();
-    overcounted.sinks = Some(vec![0.5 + 4f32.ln(), 2.0 + 4f32.ln()]);
+    overcounted = attnlab_sim::config::AttnConfigBuilder {
+        sinks: Some(vec![0.5 + 4f32.ln(), 2.0 + 4f32.ln()]),
+        ..overcounted.to_builder()
+    }
+    .build()
+    .unwrap();
     assert!(!compare(
         &out,
         &reference(&b, &overcounted),
@@ -459,12 +471,22 @@ fn chunked_extend_counts_each_sink_once_as_vllm_does() {
 
 #[test]
 fn prefill_and_extend_ignore_softcap_but_decode_applies_it() {
-    let mut cfg = AttnConfig::new(2, 2, 64, DType::Bf16);
-    cfg.scale = 2.0; // large scores so a cap of 1 matters
+    let mut cfg = AttnConfig::new(2, 2, 64, DType::Bf16).unwrap();
+    cfg = attnlab_sim::config::AttnConfigBuilder {
+        scale: 2.0,
+        ..cfg.to_builder()
+    }
+    .build()
+    .unwrap(); // large scores so a cap of 1 matters
     let b = batch(&[(6, 0), (4, 20), (1, 40)], &cfg, 16, 3);
     let backend = RocmAiterFa::default();
     let plain = run(&backend, &b, &cfg);
-    cfg.softcap = Some(1.0);
+    cfg = attnlab_sim::config::AttnConfigBuilder {
+        softcap: Some(1.0),
+        ..cfg.to_builder()
+    }
+    .build()
+    .unwrap();
     let capped = run(&backend, &b, &cfg);
     let row = 2 * 64;
     assert_eq!(
@@ -482,22 +504,22 @@ fn prefill_and_extend_ignore_softcap_but_decode_applies_it() {
 
 #[test]
 fn written_kv_reaches_attention_through_the_shuffle_writer() {
-    let cfg = AttnConfig::new(2, 1, 64, DType::Bf16);
+    let cfg = AttnConfig::new(2, 1, 64, DType::Bf16).unwrap();
     let b = batch(&[(3, 17), (5, 0)], &cfg, 16, 11);
     let backend = RocmAiterFa::new(true);
     let mut cache = cache_for_backend(&backend, &b, &cfg);
-    let (t, row) = (b.meta.num_actual_tokens, 64);
+    let (t, row) = (b.meta.num_actual_tokens(), 64);
     let new_k: Vec<f32> = (0..t * row)
         .map(|i| DType::Bf16.round((i % 13) as f32 * 0.1 - 0.6))
         .collect();
     backend
-        .write_kv(&mut cache, &new_k, &new_k, &b.meta.slot_mapping, &cfg)
+        .write_kv(&mut cache, &new_k, &new_k, b.meta.slot_mapping(), &cfg)
         .unwrap();
     let got = backend.forward(&b.query, &cache, &b.meta, &cfg).unwrap();
     // The same step against a canonical cache holding the written tokens.
-    let nhd = KvLayout::new(LayoutKind::Nhd, b.meta.num_blocks, 16, 1, 64, DType::Bf16).unwrap();
+    let nhd = KvLayout::new(LayoutKind::Nhd, b.meta.num_blocks(), 16, 1, 64, DType::Bf16).unwrap();
     let mut canon = KvCache::from_nhd(&b.nhd_k, &b.nhd_v, nhd).unwrap();
-    for (tok, &slot) in b.meta.slot_mapping.iter().enumerate() {
+    for (tok, &slot) in b.meta.slot_mapping().iter().enumerate() {
         let (blk, r) = (slot as usize / 16, slot as usize % 16);
         for dd in 0..64 {
             canon.k[nhd.k_offset(blk, r, 0, dd)] = new_k[tok * row + dd];
@@ -537,7 +559,7 @@ fn default_follows_vllms_env_and_is_the_nhd_cache() {
 fn check_rejects_what_vllm_rejects() {
     let b = RocmAiterFa::new(true);
     let e = b
-        .check(&AttnConfig::new(8, 8, 80, DType::Bf16), 16)
+        .check(&AttnConfig::new(8, 8, 80, DType::Bf16).unwrap(), 16)
         .unwrap_err()
         .to_string();
     assert!(
@@ -545,7 +567,7 @@ fn check_rejects_what_vllm_rejects() {
         "{e}"
     );
     let e = b
-        .check(&AttnConfig::new(8, 8, 128, DType::F32), 16)
+        .check(&AttnConfig::new(8, 8, 128, DType::F32).unwrap(), 16)
         .unwrap_err()
         .to_string();
     assert!(
@@ -553,12 +575,17 @@ fn check_rejects_what_vllm_rejects() {
         "{e}"
     );
     let e = b
-        .check(&AttnConfig::new(8, 8, 128, DType::Bf16), 8)
+        .check(&AttnConfig::new(8, 8, 128, DType::Bf16).unwrap(), 8)
         .unwrap_err()
         .to_string();
     assert!(e.contains("Block size must be a multiple of 16."), "{e}");
-    let mut sinks = AttnConfig::new(8, 8, 128, DType::Bf16);
-    sinks.sinks = Some(vec![0.0; 8]);
+    let mut sinks = AttnConfig::new(8, 8, 128, DType::Bf16).unwrap();
+    sinks = attnlab_sim::config::AttnConfigBuilder {
+        sinks: Some(vec![0.0; 8]),
+        ..sinks.to_builder()
+    }
+    .build()
+    .unwrap();
     assert!(b
         .check(&sinks, 16)
         .unwrap_err()
@@ -576,21 +603,31 @@ fn check_rejects_what_vllm_rejects() {
 
 #[test]
 fn flex_check_rejects_what_vllm_rejects() {
-    let mut cfg = AttnConfig::new(4, 4, 80, DType::Bf16);
+    let mut cfg = AttnConfig::new(4, 4, 80, DType::Bf16).unwrap();
     FlexAttention.check(&cfg, 544).unwrap();
     assert!(FlexAttention
         .check(&cfg, 24)
         .unwrap_err()
         .to_string()
         .contains("multiple of 16"));
-    cfg.softcap = Some(30.0);
+    cfg = attnlab_sim::config::AttnConfigBuilder {
+        softcap: Some(30.0),
+        ..cfg.to_builder()
+    }
+    .build()
+    .unwrap();
     assert!(FlexAttention
         .check(&cfg, 16)
         .unwrap_err()
         .to_string()
         .contains("logits soft cap"));
-    let mut fp8 = AttnConfig::new(4, 4, 80, DType::Bf16);
-    fp8.kv_dtype = DType::Fp8E4m3Fn;
+    let mut fp8 = AttnConfig::new(4, 4, 80, DType::Bf16).unwrap();
+    fp8 = attnlab_sim::config::AttnConfigBuilder {
+        kv_dtype: DType::Fp8E4m3Fn,
+        ..fp8.to_builder()
+    }
+    .build()
+    .unwrap();
     assert!(FlexAttention
         .check(&fp8, 16)
         .unwrap_err()

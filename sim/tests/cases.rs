@@ -39,11 +39,11 @@ fn capture_with_reference(f: &mut Fixture) {
             let cache = attnlab_sim::cache::KvCache {
                 layout: attnlab_shared::layout::KvLayout {
                     kind: attnlab_shared::layout::LayoutKind::Nhd,
-                    num_blocks: p.meta.num_blocks,
-                    block_size: p.meta.block_size,
-                    num_kv_heads: p.cfg.num_kv_heads,
-                    head_size: p.cfg.head_size,
-                    dtype: p.cfg.kv_dtype,
+                    num_blocks: p.meta.num_blocks(),
+                    block_size: p.meta.block_size(),
+                    num_kv_heads: p.cfg.num_kv_heads(),
+                    head_size: p.cfg.head_size(),
+                    dtype: p.cfg.kv_dtype(),
                 },
                 k: p.key_cache.flat().into_owned(),
                 v: p.value_cache.flat().into_owned(),
@@ -67,11 +67,11 @@ fn capture_with_reference(f: &mut Fixture) {
             let r = reference::mla_decode(
                 &m.query.flat(),
                 &m.kv_cache.flat(),
-                &m.meta.block_table,
-                &m.meta.seq_lens,
+                m.meta.block_table(),
+                m.meta.seq_lens(),
                 m.num_heads,
                 m.kv_lora_rank,
-                m.meta.block_size,
+                m.meta.block_size(),
                 m.scale,
             )
             .unwrap();
@@ -161,39 +161,39 @@ fn edge_regimes_shape_the_case_as_their_tag_says() {
             .find_map(|_| draw_case(Target::TritonAttn, &mut rng, Some(e), 0))
             .unwrap();
         let Case::Paged(p) = &f.case else { panic!() };
-        let bs = p.meta.block_size;
+        let bs = p.meta.block_size();
         match e {
-            Edge::Window1 => assert_eq!(p.cfg.sliding_window, Some(1)),
+            Edge::Window1 => assert_eq!(p.cfg.sliding_window(), Some(1)),
             Edge::WindowAtBlockEdge => {
-                assert_eq!(p.cfg.sliding_window.unwrap() % bs, 0);
+                assert_eq!(p.cfg.sliding_window().unwrap() % bs, 0);
                 assert!(p
                     .meta
-                    .seq_lens
+                    .seq_lens()
                     .iter()
                     .all(|&s| (s as usize).is_multiple_of(bs)));
             }
             Edge::MaskedFirstTile => {
-                assert!(p.cfg.sliding_window.unwrap() <= 8);
+                assert!(p.cfg.sliding_window().unwrap() <= 8);
                 // Every row with query tokens has a context of 128 or more.
-                let q = |i: usize| p.meta.query_start_loc[i + 1] - p.meta.query_start_loc[i];
-                assert!((0..p.meta.num_reqs()).all(|i| q(i) == 0 || p.meta.seq_lens[i] >= 128));
+                let q = |i: usize| p.meta.query_start_loc()[i + 1] - p.meta.query_start_loc()[i];
+                assert!((0..p.meta.num_reqs()).all(|i| q(i) == 0 || p.meta.seq_lens()[i] >= 128));
             }
             Edge::LastBlockFull => assert!(p
                 .meta
-                .seq_lens
+                .seq_lens()
                 .iter()
                 .all(|&s| (s as usize).is_multiple_of(bs))),
             Edge::SoftcapOverflow | Edge::ExtremeLogits => {
                 // Some real (query, key) pair has a logit beyond 88 * softcap (or 88).
-                let c = p.cfg.softcap.unwrap_or(1.0) as f64;
+                let c = p.cfg.softcap().unwrap_or(1.0) as f64;
                 let r = reference::paged_attention(&p.query.flat(), &cache_of(p), &p.meta, &p.cfg);
                 assert!(r.is_ok());
                 // Token 0 head 0 against the first key of request 0 (kv head 0).
                 let q0 = p.query.slice(s![0, 0, ..]);
-                let block = p.meta.block_table.row(0)[0] as usize;
+                let block = p.meta.block_table().row(0)[0] as usize;
                 let k0 = p.key_cache.slice(s![block, 0, 0, ..]);
                 let s: f64 = q0.iter().zip(k0).map(|(a, b)| (a * b) as f64).sum::<f64>()
-                    * p.cfg.scale as f64;
+                    * p.cfg.scale() as f64;
                 assert!(s.abs() / c > 88.0, "{e:?}: |s| / c = {}", s.abs() / c);
             }
             Edge::InfLse => unreachable!(),
@@ -206,11 +206,11 @@ fn cache_of(p: &attnlab_sim::fixture::PagedCase) -> attnlab_sim::cache::KvCache 
     attnlab_sim::cache::KvCache {
         layout: attnlab_shared::layout::KvLayout {
             kind: attnlab_shared::layout::LayoutKind::Nhd,
-            num_blocks: p.meta.num_blocks,
-            block_size: p.meta.block_size,
-            num_kv_heads: p.cfg.num_kv_heads,
-            head_size: p.cfg.head_size,
-            dtype: p.cfg.kv_dtype,
+            num_blocks: p.meta.num_blocks(),
+            block_size: p.meta.block_size(),
+            num_kv_heads: p.cfg.num_kv_heads(),
+            head_size: p.cfg.head_size(),
+            dtype: p.cfg.kv_dtype(),
         },
         k: p.key_cache.flat().into_owned(),
         v: p.value_cache.flat().into_owned(),
@@ -259,20 +259,20 @@ fn drawn_cases_cover_the_issues_space() {
     let (mut sinks, mut alibi, mut window, mut softcap) = (0, 0, 0, 0);
     for (_, f) in generate(Target::TritonAttn, 300, 1, false).unwrap() {
         let Case::Paged(p) = &f.case else { panic!() };
-        seen_blocks.insert(p.meta.block_size);
-        seen_heads.insert(p.cfg.head_size);
+        seen_blocks.insert(p.meta.block_size());
+        seen_heads.insert(p.cfg.head_size());
         seen_qpk.insert(p.cfg.queries_per_kv());
-        seen_kv.insert(p.cfg.kv_dtype.name());
+        seen_kv.insert(p.cfg.kv_dtype().name());
         tags.extend(f.header.tags.clone());
-        sinks += p.cfg.sinks.is_some() as usize;
-        alibi += p.cfg.alibi_slopes.is_some() as usize;
-        window += p.cfg.sliding_window.is_some() as usize;
-        softcap += p.cfg.softcap.is_some() as usize;
+        sinks += p.cfg.sinks().is_some() as usize;
+        alibi += p.cfg.alibi_slopes().is_some() as usize;
+        window += p.cfg.sliding_window().is_some() as usize;
+        softcap += p.cfg.softcap().is_some() as usize;
         // Block 0 is the null block: no sequence uses it.
         for i in 0..p.meta.num_reqs() {
-            let used = (p.meta.seq_lens[i] as usize).div_ceil(p.meta.block_size);
+            let used = (p.meta.seq_lens()[i] as usize).div_ceil(p.meta.block_size());
             assert!(
-                !p.meta.block_table.row(i)[..used].contains(&0),
+                !p.meta.block_table().row(i)[..used].contains(&0),
                 "{}",
                 f.file
             );
@@ -372,7 +372,7 @@ fn an_output_captured_from_an_emulated_backend_replays_bit_exact_on_it() {
     };
     let b = by_name("TRITON_ATTN".parse().unwrap()).unwrap();
     let layout = b
-        .cache_layout(&p.cfg, p.meta.num_blocks, p.meta.block_size)
+        .cache_layout(&p.cfg, p.meta.num_blocks(), p.meta.block_size())
         .unwrap();
     let cache =
         attnlab_sim::cache::KvCache::from_nhd(&p.key_cache.flat(), &p.value_cache.flat(), layout)
@@ -412,9 +412,9 @@ proptest! {
         let t = Target::ALL[which];
         let mut rng = rng_for(t, seed);
         let mut f = (0..2000).find_map(|_| draw_case(t, &mut rng, None, 0)).unwrap();
-        let alibi = matches!(&f.case, Case::Paged(p) if p.cfg.alibi_slopes.is_some());
+        let alibi = matches!(&f.case, Case::Paged(p) if p.cfg.alibi_slopes().is_some());
         if let Case::Paged(p) = &f.case {
-            prop_assume!(!alibi || p.cfg.sinks.is_none());
+            prop_assume!(!alibi || p.cfg.sinks().is_none());
         }
         capture_with_reference(&mut f);
         for r in replay_fixture(&f, None) {
@@ -433,7 +433,10 @@ fn describe(f: &Fixture) -> String {
     match &f.case {
         Case::Paged(p) => format!(
             "{:?} bs {} seq_lens {:?} qsl {:?}",
-            p.cfg, p.meta.block_size, p.meta.seq_lens, p.meta.query_start_loc
+            p.cfg,
+            p.meta.block_size(),
+            p.meta.seq_lens(),
+            p.meta.query_start_loc()
         ),
         Case::Merge(m) => format!(
             "merge t {} h {} d {}",
@@ -441,7 +444,8 @@ fn describe(f: &Fixture) -> String {
         ),
         Case::Mla(m) => format!(
             "mla seq_lens {:?} bs {}",
-            m.meta.seq_lens, m.meta.block_size
+            m.meta.seq_lens(),
+            m.meta.block_size()
         ),
     }
 }
@@ -460,11 +464,21 @@ fn alibi_with_sinks_shifts_the_sink_by_the_rows_offset_in_vllms_unified_kernel()
     use attnlab_shared::metadata::{AttentionMetadata, BlockTableTensor};
     use attnlab_sim::backends::by_name;
     use attnlab_sim::cache::KvCache;
-    use attnlab_sim::config::AttnConfig;
+    use attnlab_sim::config::{AttnConfig, AttnConfigBuilder};
     let (d, bs) = (64, 16);
-    let mut cfg = AttnConfig::new(1, 1, d, DType::F32);
-    cfg.alibi_slopes = Some(vec![1.0]);
-    cfg.sinks = Some(vec![0.0]);
+    let mut cfg = AttnConfig::new(1, 1, d, DType::F32).unwrap();
+    cfg = attnlab_sim::config::AttnConfigBuilder {
+        alibi_slopes: Some(vec![1.0]),
+        ..cfg.to_builder()
+    }
+    .build()
+    .unwrap();
+    cfg = attnlab_sim::config::AttnConfigBuilder {
+        sinks: Some(vec![0.0]),
+        ..cfg.to_builder()
+    }
+    .build()
+    .unwrap();
     let meta = AttentionMetadata::new(
         bs,
         2,
@@ -488,10 +502,12 @@ fn alibi_with_sinks_shifts_the_sink_by_the_rows_offset_in_vllms_unified_kernel()
         .forward(&query, &cache, &meta, &cfg)
         .unwrap();
     let f64_row1 = |sink: f32| {
-        let c = AttnConfig {
+        let c = AttnConfigBuilder {
             sinks: Some(vec![sink]),
-            ..cfg.clone()
-        };
+            ..cfg.to_builder()
+        }
+        .build()
+        .unwrap();
         // Query row 1 (of [token, head = 1, d]).
         let r = reference::paged_attention(&query, &cache, &meta, &c).unwrap();
         r.out.slice(s![1, 0, ..]).to_vec()

@@ -22,7 +22,7 @@ use attnlab_shared::dtype::DType;
 use attnlab_shared::layout::{KvLayout, LayoutKind};
 use attnlab_shared::metadata::{AttentionMetadata, BlockTableTensor};
 use attnlab_sim::cache::KvCache;
-use attnlab_sim::config::AttnConfig;
+use attnlab_sim::config::{AttnConfig, AttnConfigBuilder};
 use attnlab_sim::kernels::unified_attention::{
     reduce_segments, unified_attention, Flavor, Grid, SegmentPartials, SegmentReduce,
     UnifiedLaunch, VllmLaunchOptions,
@@ -50,8 +50,8 @@ struct Case {
 /// against itself is `alpha |q|^2 scale`, the extreme logit); context keys
 /// are U(-1, 1); values U(-3, 3). Blocks of 16 in shuffled order.
 fn case(cfg: AttnConfig, reqs: &[(usize, usize)], alpha: f32, seed: u64) -> Case {
-    assert_eq!(cfg.num_heads, cfg.num_kv_heads, "qpk = 1");
-    let (bs, h, d, dt) = (16usize, cfg.num_heads, cfg.head_size, cfg.dtype);
+    assert_eq!(cfg.num_heads(), cfg.num_kv_heads(), "qpk = 1");
+    let (bs, h, d, dt) = (16usize, cfg.num_heads(), cfg.head_size(), cfg.dtype());
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let (num_blocks, rows) = shuffled_block_rows(&mut rng, reqs, bs, 2);
     let layout = KvLayout::new(LayoutKind::Nhd, num_blocks, bs, h, d, dt).unwrap();
@@ -137,8 +137,8 @@ fn flagged(out: &[f32], want: &[f64], dtype: DType) -> bool {
 
 /// The largest |s| / softcap over the keys each row sees (no window), in f64.
 fn max_softcap_ratio(c: &Case) -> f64 {
-    let (h, d) = (c.cfg.num_heads, c.cfg.head_size);
-    let cap = c.cfg.softcap.unwrap() as f64;
+    let (h, d) = (c.cfg.num_heads(), c.cfg.head_size());
+    let cap = c.cfg.softcap().unwrap() as f64;
     let mut worst = 0f64;
     for i in 0..c.meta.num_reqs() {
         let ctx = c.meta.context_len(i);
@@ -153,7 +153,7 @@ fn max_softcap_ratio(c: &Case) -> f64 {
                                 * c.cache.k[c.cache.layout.k_offset(blk, r, head, dd)] as f64
                         })
                         .sum();
-                    worst = worst.max((dot * c.cfg.scale as f64 / cap).abs());
+                    worst = worst.max((dot * c.cfg.scale() as f64 / cap).abs());
                 }
             }
         }
@@ -190,7 +190,7 @@ proptest! {
         seed in any::<u64>(),
     ) {
         let ctx = 16 * blocks_before + offset;
-        let cfg = AttnConfig { sliding_window: Some(1), ..AttnConfig::new(heads, heads, 64, dtype) };
+        let cfg = AttnConfigBuilder { sliding_window: Some(1), ..AttnConfig::builder(heads, heads, 64, dtype) }.build().unwrap();
         let c = case(cfg, &[(ctx, q)], alpha, seed);
         let want = reference_out(&c);
         let (seed_out, v0_34) = (vllm(&c, VllmProfile::Seed), vllm(&c, VllmProfile::V0_34));
@@ -226,7 +226,7 @@ proptest! {
         alpha in prop_oneof![4.0f32..8.0, -8.0f32..-4.0],
         seed in any::<u64>(),
     ) {
-        let cfg = AttnConfig { softcap: Some(cap), ..AttnConfig::new(2, 2, 64, dtype) };
+        let cfg = AttnConfigBuilder { softcap: Some(cap), ..AttnConfig::builder(2, 2, 64, dtype) }.build().unwrap();
         let reqs = if decode { vec![(ctx, 1), (ctx / 2 + 1, 1)] } else { vec![(ctx % 40, q)] };
         let c = case(cfg, &reqs, alpha, seed);
         prop_assert!(max_softcap_ratio(&c) > 89.0);
@@ -254,7 +254,7 @@ proptest! {
         alpha in prop_oneof![-20.0f32..-8.0, 4.0f32..8.0],
         seed in any::<u64>(),
     ) {
-        let cfg = AttnConfig { sliding_window: window, softcap: cap, ..AttnConfig::new(2, 2, 64, dtype) };
+        let cfg = AttnConfigBuilder { sliding_window: window, softcap: cap, ..AttnConfig::builder(2, 2, 64, dtype) }.build().unwrap();
         let c = case(cfg, &reqs, alpha, seed);
         let want = reference_out(&c);
         let v0_34 = vllm(&c, VllmProfile::V0_34);
@@ -304,10 +304,12 @@ fn vllm_softmax_row(
 /// positions 24..39) visits tiles 0 and 1; rows 32..39 see tile 0 fully masked.
 fn window1_case(dtype: DType, a: f32, b: f32) -> Case {
     let (d, ctx, q) = (32usize, 24usize, 16usize);
-    let cfg = AttnConfig {
+    let cfg = AttnConfigBuilder {
         sliding_window: Some(1),
-        ..AttnConfig::new(1, 1, d, dtype)
-    };
+        ..AttnConfig::builder(1, 1, d, dtype)
+    }
+    .build()
+    .unwrap();
     let layout = KvLayout::new(LayoutKind::Nhd, 4, 16, 1, d, dtype).unwrap();
     let mut cache = KvCache::zeros(layout);
     let mut query = vec![0.0f32; q * d];
@@ -342,7 +344,7 @@ fn window1_case(dtype: DType, a: f32, b: f32) -> Case {
 /// The own-key score of every row of [`window1_case`], from the stored values, in f64.
 fn window1_score(c: &Case) -> f64 {
     let k = c.cache.k[c.cache.layout.k_offset(2, 8, 0, 0)] as f64; // token 24
-    c.query[0] as f64 * k * c.cfg.scale as f64
+    c.query[0] as f64 * k * c.cfg.scale() as f64
 }
 
 /// The kernel's two tiles for row `i` of [`window1_case`]: every key
@@ -495,10 +497,12 @@ fn seed_softcap_overflows_where_0_34_saturates() {
 #[test]
 fn seed_softcap_overflow_makes_the_decode_row_nan_in_2d_and_3d() {
     // One decode row over 40 keys, cap 0.25, its own key scoring ~ +90 / c.
-    let cfg = AttnConfig {
+    let cfg = AttnConfigBuilder {
         softcap: Some(0.25),
-        ..AttnConfig::new(1, 1, 64, DType::Bf16)
-    };
+        ..AttnConfig::builder(1, 1, 64, DType::Bf16)
+    }
+    .build()
+    .unwrap();
     let c = case(cfg, &[(39, 1)], 4.0, 5);
     assert!(max_softcap_ratio(&c) > 89.0);
     let want = reference_out(&c);
@@ -528,7 +532,7 @@ fn reduce_one(m: [f32; 4], l: [f32; 4], acc: [f32; 4], rule: SegmentReduce) -> f
         true,
     )
     .unwrap();
-    let cfg = AttnConfig::new(1, 1, 1, DType::F32);
+    let cfg = AttnConfig::new(1, 1, 1, DType::F32).unwrap();
     let parts = SegmentPartials {
         num_segments: 4,
         head_size: 1,

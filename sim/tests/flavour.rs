@@ -42,7 +42,7 @@ const TARGETS: [MatrixTarget; 2] = [MatrixTarget::Sm90, MatrixTarget::Gfx942];
 /// The case's cache in `backend`'s own layout, or None where the backend
 /// rejects the configuration or needs another kernel block size.
 fn backend_cache(backend: &dyn AttentionBackend, case: &AttnCase) -> Option<KvCache> {
-    let bs = case.meta.block_size;
+    let bs = case.meta.block_size();
     backend.check(&case.cfg, bs).ok()?;
     if backend.kernel_block_size(bs).ok()? != bs {
         return None;
@@ -59,8 +59,13 @@ fn backend_cache(backend: &dyn AttentionBackend, case: &AttnCase) -> Option<KvCa
 fn next_case(rng: &mut ChaCha8Rng) -> AttnCase {
     loop {
         if let Some(mut case) = draw(rng, &SPACE) {
-            if case.meta.max_query_len > 1 {
-                case.cfg.softcap = None;
+            if case.meta.max_query_len() > 1 {
+                case.cfg = attnlab_sim::config::AttnConfigBuilder {
+                    softcap: None,
+                    ..case.cfg.to_builder()
+                }
+                .build()
+                .unwrap();
             }
             return case;
         }
@@ -72,9 +77,9 @@ fn next_case(rng: &mut ChaCha8Rng) -> AttnCase {
 /// dequantize to values of up to 240 * v_scale): rounding P to the dtype
 /// before P·V errs in proportion to V.
 fn tolerance(case: &AttnCase) -> Tolerance {
-    let t = Tolerance::for_dtype(case.cfg.dtype);
-    let scale = if case.cfg.kv_dtype.is_fp8() {
-        case.cfg.v_scale
+    let t = Tolerance::for_dtype(case.cfg.dtype());
+    let scale = if case.cfg.kv_dtype().is_fp8() {
+        case.cfg.v_scale()
     } else {
         1.0
     };
@@ -125,7 +130,7 @@ fn backends_in_the_tensor_core_flavour_stay_within_the_reference_tolerance_on_bo
                     let r = &mut ran[ti];
                     r.0 += 1;
                     r.1 += usize::from((0..m.num_reqs()).any(|i| m.query_len(i) == 1));
-                    r.2 += usize::from(m.max_query_len > 1);
+                    r.2 += usize::from(m.max_query_len() > 1);
                 }
             }
         }
@@ -179,7 +184,7 @@ fn case_for(
     let mut rng = ChaCha8Rng::seed_from_u64(5);
     loop {
         let mut case = next_case(&mut rng);
-        if (case.meta.max_query_len > 1) != prefill {
+        if (case.meta.max_query_len() > 1) != prefill {
             continue;
         }
         edit(&mut case);
@@ -199,9 +204,9 @@ fn flex_attention_runs_on_matrix_cores_and_refuses_fp32_naming_it() {
     let (case, cache) = loop {
         let case = next_case(&mut rng);
         let c = &case.cfg;
-        if case.meta.max_query_len > 1
-            && matches!(c.dtype, DType::Bf16 | DType::F16)
-            && c.kv_dtype == c.dtype
+        if case.meta.max_query_len() > 1
+            && matches!(c.dtype(), DType::Bf16 | DType::F16)
+            && c.kv_dtype() == c.dtype()
         {
             if let Some(cache) = backend_cache(backend.as_ref(), &case) {
                 break (case, cache);
@@ -218,11 +223,13 @@ fn flex_attention_runs_on_matrix_cores_and_refuses_fp32_naming_it() {
         let cmp = compare(&out, &fma, tolerance(&case)).unwrap();
         assert!(cmp.passed(), "[{flavour}] {cmp:?}: {}", case.describe());
     }
-    let f32_cfg = attnlab_sim::config::AttnConfig {
+    let f32_cfg = attnlab_sim::config::AttnConfigBuilder {
         dtype: DType::F32,
         kv_dtype: DType::F32,
-        ..c.clone()
-    };
+        ..c.to_builder()
+    }
+    .build()
+    .unwrap();
     let e = attnlab_sim::backends::flavour::check_flex_tc(&f32_cfg, MatrixTarget::Gfx942)
         .expect_err("fp32")
         .to_string();
@@ -285,13 +292,38 @@ fn the_tensor_core_decode_refuses_the_options_it_lacks_naming_them() {
     type Edit = fn(&mut AttnCase);
     let cases: [(&str, Edit); 2] = [
         ("sliding window", |c| {
-            c.cfg.sliding_window = Some(8);
-            c.cfg.alibi_slopes = None;
-            c.cfg.sinks = None;
+            c.cfg = attnlab_sim::config::AttnConfigBuilder {
+                sliding_window: Some(8),
+                ..c.cfg.to_builder()
+            }
+            .build()
+            .unwrap();
+            c.cfg = attnlab_sim::config::AttnConfigBuilder {
+                alibi_slopes: None,
+                ..c.cfg.to_builder()
+            }
+            .build()
+            .unwrap();
+            c.cfg = attnlab_sim::config::AttnConfigBuilder {
+                sinks: None,
+                ..c.cfg.to_builder()
+            }
+            .build()
+            .unwrap();
         }),
         ("no fp8 KV", |c| {
-            c.cfg.kv_dtype = DType::Fp8E4m3Fnuz;
-            c.cfg.sinks = None;
+            c.cfg = attnlab_sim::config::AttnConfigBuilder {
+                kv_dtype: DType::Fp8E4m3Fnuz,
+                ..c.cfg.to_builder()
+            }
+            .build()
+            .unwrap();
+            c.cfg = attnlab_sim::config::AttnConfigBuilder {
+                sinks: None,
+                ..c.cfg.to_builder()
+            }
+            .build()
+            .unwrap();
         }),
     ];
     for (what, edit) in cases {

@@ -154,8 +154,9 @@ fn oracle(s: &Step, cache: &LatentCache, w: &MlaWeights, cfg: &MlaConfig) -> Vec
         v_head_dim: vd,
     } = cfg.dims;
     let (n, qw) = (cfg.num_heads, pn + r);
-    let row =
-        |h: usize, i: usize| &w.kv_b_proj[(h * (pn + vd) + i) * lkv..(h * (pn + vd) + i + 1) * lkv];
+    let row = |h: usize, i: usize| {
+        &w.kv_b_proj()[(h * (pn + vd) + i) * lkv..(h * (pn + vd) + i + 1) * lkv]
+    };
     let dot = |a: &[f32], b: &[f64]| a.iter().zip(b).map(|(&x, &y)| x as f64 * y).sum::<f64>();
     let mut out = vec![];
     for i in 0..s.meta.num_reqs() {
@@ -230,7 +231,7 @@ proptest! {
     ) {
         let dtype = if bf16 { DType::Bf16 } else { DType::F16 };
         let cfg = config(16, dtype);
-        let w = MlaWeights::random(16, DIMS, dtype, seed);
+        let w = MlaWeights::random(16, DIMS, dtype, seed).unwrap();
         let b = &mla_backends()[backend];
         let decode = step(&ctxs.iter().map(|&c| (1, c)).collect::<Vec<_>>(), &cfg, 16, seed);
         let (ranks, cache) = run(b.as_ref(), &decode, &w, &cfg);
@@ -268,7 +269,7 @@ proptest! {
         let s = step(&lens.iter().map(|&c| (1, c)).collect::<Vec<_>>(), &cfg, 16, seed);
         let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 7);
         let q = rand_vec(&mut rng, lens.len() * 16 * 320, DType::Bf16);
-        let rows: Vec<KvRow> = (0..lens.len()).map(|i| KvRow { pages: s.meta.block_table.row(i), page_size: 16, kv_len: lens[i] + 1, split_len: lens[i] + 1 }).collect();
+        let rows: Vec<KvRow> = (0..lens.len()).map(|i| KvRow { pages: s.meta.block_table().row(i), page_size: 16, kv_len: lens[i] + 1, split_len: lens[i] + 1 }).collect();
         let p = MlaDecodeParams { num_heads: 16, scale: 0.1, q_dtype, kv_scale: 1.0, out_dtype: DType::F32, lse_dtype: DType::F32, faults: FaultSet::NONE };
         let run_with = |n: usize, threads: usize| rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap()
             .install(|| decode_attention_fwd(&q, &rows, &s.cache, KvSplits::Even { num_kv_splits: n }, &p).unwrap());
@@ -303,15 +304,15 @@ fn decode_as_extend(m: &AttentionMetadata) -> AttentionMetadata {
         let s = m.seq_len(i);
         [s - 2, s - 1].map(|t| {
             let (b, o) = m.kv_location(i, t);
-            (b * m.block_size + o) as i64
+            (b * m.block_size() + o) as i64
         })
     });
     AttentionMetadata::new(
-        m.block_size,
-        m.num_blocks,
+        m.block_size(),
+        m.num_blocks(),
         qsl,
-        m.seq_lens.clone(),
-        m.block_table.clone(),
+        m.seq_lens().to_vec(),
+        m.block_table().clone(),
         slots.collect(),
         true,
     )
@@ -321,7 +322,7 @@ fn decode_as_extend(m: &AttentionMetadata) -> AttentionMetadata {
 #[test]
 fn block_sizes_1_16_64_and_aiter_pages_give_identical_bits() {
     let cfg = config(16, DType::Bf16);
-    let w = MlaWeights::random(16, DIMS, DType::Bf16, 3);
+    let w = MlaWeights::random(16, DIMS, DType::Bf16, 3).unwrap();
     let reqs = [(1, 130), (1, 7), (1, 64)];
     let mut outs = vec![];
     for bs in [1, 16, 64] {
@@ -366,7 +367,7 @@ fn block_sizes_1_16_64_and_aiter_pages_give_identical_bits() {
 #[test]
 fn chunked_context_prefill_equals_one_chunk_and_f64() {
     let cfg = config(16, DType::F16);
-    let w = MlaWeights::random(16, DIMS, DType::F16, 5);
+    let w = MlaWeights::random(16, DIMS, DType::F16, 5).unwrap();
     // (query, context): a prefill without context between two extends.
     let s = step(&[(1, 40), (5, 150), (3, 0), (4, 90)], &cfg, 16, 9);
     // Workspace max(8 * 4, 4 * 1 * 16) = 64 rows: the 240 context rows take 4+ chunks.
@@ -412,7 +413,7 @@ fn multi_token_decode_is_causal_within_the_request() {
         decode_threshold: 3,
         ..config(16, DType::Bf16)
     };
-    let w = MlaWeights::random(16, DIMS, DType::Bf16, 8);
+    let w = MlaWeights::random(16, DIMS, DType::Bf16, 8).unwrap();
     let s = step(&[(3, 20), (3, 70), (3, 1)], &cfg, 16, 4);
     for b in mla_backends() {
         let (out, cache) = run(b.as_ref(), &s, &w, &cfg);
@@ -443,7 +444,7 @@ fn tensor_parallel_ranks_compute_consecutive_head_slices() {
         tp: 2,
         ..cfg1.clone()
     };
-    let w = MlaWeights::random(32, DIMS, DType::Bf16, 2);
+    let w = MlaWeights::random(32, DIMS, DType::Bf16, 2).unwrap();
     let s = step(&[(1, 33), (4, 20)], &cfg1, 16, 6);
     for b in mla_backends() {
         let one = &run(b.as_ref(), &s, &w, &cfg1).0[0];
@@ -477,7 +478,7 @@ fn aiter_head_padding_is_invisible_in_the_output() {
             num_kv_splits: Some(1),
             ..config(heads, DType::Bf16)
         };
-        let w = MlaWeights::random(heads, DIMS, DType::Bf16, 1);
+        let w = MlaWeights::random(heads, DIMS, DType::Bf16, 1).unwrap();
         let s = step(&[(1, 50), (1, 3)], &cfg, 16, 2);
         let aiter = run(&RocmAiterMla::default(), &s, &w, &cfg).0;
         let triton = run(
@@ -600,7 +601,7 @@ fn backends_reject_what_vllm_rejects_with_its_message() {
 #[test]
 fn mismatched_inputs_are_errors_naming_the_value() {
     let cfg = config(16, DType::Bf16);
-    let w = MlaWeights::random(16, DIMS, DType::Bf16, 1);
+    let w = MlaWeights::random(16, DIMS, DType::Bf16, 1).unwrap();
     let s = step(&[(1, 5)], &cfg, 16, 1);
     let mut cache = s.cache.clone();
     let short = MlaStep {
@@ -629,14 +630,14 @@ fn mismatched_inputs_are_errors_naming_the_value() {
         by_name("TRITON_MLA".parse().unwrap()).unwrap().as_ref(),
         &ok,
         &mut cache,
-        &MlaWeights::random(32, DIMS, DType::Bf16, 1),
+        &MlaWeights::random(32, DIMS, DType::Bf16, 1).unwrap(),
         &cfg,
     )
     .unwrap_err()
     .to_string();
     assert!(e.contains("kv_b_proj heads 32"), "{e}");
     let wrong =
-        LatentCache::zeros(MlaLayout::new(s.meta.num_blocks, 16, 512, 64, DType::Bf16).unwrap());
+        LatentCache::zeros(MlaLayout::new(s.meta.num_blocks(), 16, 512, 64, DType::Bf16).unwrap());
     let e = attnlab_sim::backends::mla::forward(
         by_name("ROCM_AITER_MLA".parse().unwrap()).unwrap().as_ref(),
         &ok,
@@ -689,8 +690,8 @@ fn decode_kernel_agrees_with_the_shared_f64_mla_reference() {
     let want = reference::mla_decode(
         &q,
         &s.cache.data,
-        &s.meta.block_table,
-        &s.meta.seq_lens,
+        s.meta.block_table(),
+        s.meta.seq_lens(),
         16,
         256,
         16,
@@ -756,7 +757,7 @@ fn fp8_latent_cache_decodes_like_the_dequantized_math() {
         k_scale: 0.5,
         ..config(16, DType::Bf16)
     };
-    let w = MlaWeights::random(16, DIMS, DType::Bf16, 4);
+    let w = MlaWeights::random(16, DIMS, DType::Bf16, 4).unwrap();
     let s = step(&[(1, 70), (1, 9)], &cfg, 16, 21);
     assert!(
         s.cache

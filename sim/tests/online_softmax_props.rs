@@ -238,14 +238,14 @@ proptest! {
             prop_assert_eq!(e, format!("invalid lse length {ll}: [heads {h}, tokens {t}] needs {n_lse}"));
         } else {
             let o = r.unwrap();
-            prop_assert_eq!((o.num_tokens, o.num_heads, o.head_size), (t, h, d));
-            prop_assert_eq!(o.out, vec![1.0; n_out]);
-            prop_assert_eq!(o.lse, vec![2.0; n_lse]);
+            prop_assert_eq!((o.num_tokens(), o.num_heads(), o.head_size()), (t, h, d));
+            prop_assert_eq!(o.out(), vec![1.0; n_out]);
+            prop_assert_eq!(o.lse(), vec![2.0; n_lse]);
         }
         let e = OutLse::empty(t, h, d);
-        prop_assert_eq!((e.num_tokens, e.num_heads, e.head_size), (t, h, d));
-        prop_assert_eq!(e.out, vec![0.0; n_out]);
-        prop_assert_eq!(e.lse, vec![f32::NEG_INFINITY; n_lse]);
+        prop_assert_eq!((e.num_tokens(), e.num_heads(), e.head_size()), (t, h, d));
+        prop_assert_eq!(e.out(), vec![0.0; n_out]);
+        prop_assert_eq!(e.lse(), vec![f32::NEG_INFINITY; n_lse]);
     }
 }
 

@@ -33,11 +33,16 @@ fn output_matches_the_f64_reference_on_both_targets_at_any_split() {
         let Some(mut case) = draw(&mut rng, &SPACE) else {
             continue;
         };
-        let dt = case.cfg.dtype;
-        if !matches!(dt, DType::Bf16 | DType::F16) || case.cfg.kv_dtype != dt {
+        let dt = case.cfg.dtype();
+        if !matches!(dt, DType::Bf16 | DType::F16) || case.cfg.kv_dtype() != dt {
             continue;
         }
-        case.cfg.sliding_window = None;
+        case.cfg = attnlab_sim::config::AttnConfigBuilder {
+            sliding_window: None,
+            ..case.cfg.to_builder()
+        }
+        .build()
+        .unwrap();
         let reference = paged_attention(&case.query, &case.cache, &case.meta, &case.cfg).unwrap();
         for target in [MatrixTarget::Sm90, MatrixTarget::Gfx942] {
             let split = STEP * rng.gen_range(1..=20usize);
@@ -68,7 +73,9 @@ fn a_split_size_that_is_not_whole_steps_is_rejected_naming_it() {
     let mut rng = ChaCha8Rng::seed_from_u64(3);
     let case = loop {
         if let Some(c) = draw(&mut rng, &SPACE) {
-            if matches!(c.cfg.dtype, DType::Bf16 | DType::F16) && c.cfg.kv_dtype == c.cfg.dtype {
+            if matches!(c.cfg.dtype(), DType::Bf16 | DType::F16)
+                && c.cfg.kv_dtype() == c.cfg.dtype()
+            {
                 break c;
             }
         }

@@ -48,7 +48,7 @@ fn case(seed: u64, hq: usize, hkv: usize, seq_len: usize, q_len: usize) -> Case 
     }
     ids.truncate(seq_len.div_ceil(BS));
     Case {
-        cfg: AttnConfig::new(hq, hkv, D, DType::F16),
+        cfg: AttnConfig::new(hq, hkv, D, DType::F16).unwrap(),
         query,
         nhd_k,
         nhd_v,
@@ -74,7 +74,8 @@ fn meta(c: &Case, blocks: &[i32], seq_len: usize) -> AttentionMetadata {
 }
 
 fn cache(c: &Case, kind: LayoutKind) -> KvCache {
-    let layout = KvLayout::new(kind, c.num_blocks, BS, c.cfg.num_kv_heads, D, DType::F16).unwrap();
+    let layout =
+        KvLayout::new(kind, c.num_blocks, BS, c.cfg.num_kv_heads(), D, DType::F16).unwrap();
     KvCache::from_nhd(&c.nhd_k, &c.nhd_v, layout).unwrap()
 }
 
@@ -116,7 +117,7 @@ proptest! {
         let gqa = paged_attention(&c.query, &cache(&c, LayoutKind::Nhd), &meta(&c, &c.blocks, seq_len), &c.cfg).unwrap();
         // MHA: kv head h of every token is the single kv head of the GQA case.
         let rep = |x: &[f32]| x.chunks(D).flat_map(|row| std::iter::repeat_n(row, group).flatten().copied()).collect::<Vec<f32>>();
-        let mha = Case { cfg: AttnConfig::new(group, group, D, DType::F16), nhd_k: rep(&c.nhd_k), nhd_v: rep(&c.nhd_v), query: c.query.clone(), blocks: c.blocks.clone(), ..c };
+        let mha = Case { cfg: AttnConfig::new(group, group, D, DType::F16).unwrap(), nhd_k: rep(&c.nhd_k), nhd_v: rep(&c.nhd_v), query: c.query.clone(), blocks: c.blocks.clone(), ..c };
         let out = paged_attention(&mha.query, &cache(&mha, LayoutKind::Nhd), &meta(&mha, &mha.blocks, seq_len), &mha.cfg).unwrap();
         prop_assert_eq!(gqa, out);
     }

@@ -10,7 +10,7 @@ use attnlab_shared::metadata::{AttentionMetadata, BlockTableTensor};
 use attnlab_sim::backends::rocm_attn::{DecodeKernel, RocmAttn, RocmAttnProfile};
 use attnlab_sim::backends::{by_name, AttentionBackend};
 use attnlab_sim::cache::KvCache;
-use attnlab_sim::config::AttnConfig;
+use attnlab_sim::config::{AttnConfig, AttnConfigBuilder};
 use attnlab_sim::fixture::{self, Case};
 use attnlab_sim::kernels::paged_decode::{
     paged_attention_2d, paged_attention_ll4mi, PARTITION_SIZE_ROCM,
@@ -61,16 +61,16 @@ fn batch(cfg: &AttnConfig, block_size: usize, reqs: &[(usize, usize)], seed: u64
             .map(|_| dtype.round(rng.gen_range(-1.0f32..1.0)))
             .collect()
     };
-    let query = rand_vec(t * cfg.num_heads * cfg.head_size, cfg.dtype);
-    let n = num_blocks * block_size * cfg.num_kv_heads * cfg.head_size;
+    let query = rand_vec(t * cfg.num_heads() * cfg.head_size(), cfg.dtype());
+    let n = num_blocks * block_size * cfg.num_kv_heads() * cfg.head_size();
     // Stored values: exact in the cache dtype (fp8: x / scale quantized).
     let nhd_k = rand_vec(n, DType::F32)
         .into_iter()
-        .map(|x| cfg.kv_dtype.round(x / cfg.k_scale))
+        .map(|x| cfg.kv_dtype().round(x / cfg.k_scale()))
         .collect();
     let nhd_v = rand_vec(n, DType::F32)
         .into_iter()
-        .map(|x| cfg.kv_dtype.round(x / cfg.v_scale))
+        .map(|x| cfg.kv_dtype().round(x / cfg.v_scale()))
         .collect();
     Batch {
         meta,
@@ -86,10 +86,10 @@ impl Batch {
         let layout = KvLayout::new(
             kind,
             self.num_blocks,
-            self.meta.block_size,
-            cfg.num_kv_heads,
-            cfg.head_size,
-            cfg.kv_dtype,
+            self.meta.block_size(),
+            cfg.num_kv_heads(),
+            cfg.head_size(),
+            cfg.kv_dtype(),
         )
         .unwrap();
         KvCache::from_nhd(&self.nhd_k, &self.nhd_v, layout).unwrap()
@@ -111,12 +111,12 @@ fn bits(x: &[f32]) -> Vec<u32> {
 /// The backend's output against the f64 reference for `ref_cfg`.
 fn assert_matches_reference(out: &[f32], b: &Batch, cache: &KvCache, ref_cfg: &AttnConfig) {
     let r = reference::paged_attention(&b.query, cache, &b.meta, ref_cfg).unwrap();
-    let c = compare(out, &r.out, Tolerance::for_dtype(ref_cfg.dtype)).unwrap();
+    let c = compare(out, &r.out, Tolerance::for_dtype(ref_cfg.dtype())).unwrap();
     assert!(c.passed(), "{c:?} for {ref_cfg:?}");
 }
 
 fn config(dtype: DType, hq: usize, hkv: usize, d: usize) -> AttnConfig {
-    AttnConfig::new(hq, hkv, d, dtype)
+    AttnConfig::new(hq, hkv, d, dtype).unwrap()
 }
 
 fn dtype_strategy() -> impl Strategy<Value = DType> {
@@ -147,13 +147,13 @@ proptest! {
         reqs in reqs_strategy(),
         seed in any::<u64>(),
     ) {
-        let cfg = AttnConfig { sliding_window: window, ..config(dtype, hq, hkv, d) };
+        let cfg = AttnConfigBuilder { sliding_window: window, ..config(dtype, hq, hkv, d).to_builder() }.build().unwrap();
         let b = batch(&cfg, block_size, &reqs, seed);
         let backend = RocmAttn::default();
         let cache = b.cache(&cfg, LayoutKind::RocmPaged);
         let out = backend.forward(&b.query, &cache, &b.meta, &cfg).unwrap();
         // Seed era: a window of W reaches the kernels as W - 1.
-        let ref_cfg = AttnConfig { sliding_window: backend.kernel_window(&cfg), ..cfg.clone() };
+        let ref_cfg = AttnConfigBuilder { sliding_window: backend.kernel_window(&cfg), ..cfg.to_builder() }.build().unwrap();
         assert_matches_reference(&out, &b, &cache, &ref_cfg);
     }
 
@@ -182,10 +182,12 @@ proptest! {
 
 #[test]
 fn seed_era_window_attends_w_minus_1_keys_and_v0_33_attends_w() {
-    let cfg = AttnConfig {
+    let cfg = AttnConfigBuilder {
         sliding_window: Some(24),
-        ..config(DType::F32, 4, 2, 64)
-    };
+        ..config(DType::F32, 4, 2, 64).to_builder()
+    }
+    .build()
+    .unwrap();
     let b = batch(&cfg, 16, &[(70, 1), (30, 45), (0, 90)], 7);
     let cache = b.cache(&cfg, LayoutKind::RocmPaged);
     for (profile, seen) in [(RocmAttnProfile::SeedEra, 23), (RocmAttnProfile::V0_33, 24)] {
@@ -196,20 +198,24 @@ fn seed_era_window_attends_w_minus_1_keys_and_v0_33_attends_w() {
             &out,
             &b,
             &cache,
-            &AttnConfig {
+            &AttnConfigBuilder {
                 sliding_window: Some(seen),
-                ..cfg.clone()
-            },
+                ..cfg.to_builder()
+            }
+            .build()
+            .unwrap(),
         );
     }
 }
 
 #[test]
 fn seed_era_window_of_one_disables_the_window() {
-    let cfg = AttnConfig {
+    let cfg = AttnConfigBuilder {
         sliding_window: Some(1),
-        ..config(DType::F32, 2, 1, 32)
-    };
+        ..config(DType::F32, 2, 1, 32).to_builder()
+    }
+    .build()
+    .unwrap();
     let b = batch(&cfg, 32, &[(50, 1), (10, 20)], 3);
     let cache = b.cache(&cfg, LayoutKind::RocmPaged);
     let out = RocmAttn::default()
@@ -219,20 +225,24 @@ fn seed_era_window_of_one_disables_the_window() {
         &out,
         &b,
         &cache,
-        &AttnConfig {
+        &AttnConfigBuilder {
             sliding_window: None,
-            ..cfg.clone()
-        },
+            ..cfg.to_builder()
+        }
+        .build()
+        .unwrap(),
     );
 }
 
 #[test]
 fn softcap_is_ignored_as_vllm_rocm_attn_ignores_it() {
-    let cfg = AttnConfig {
+    let cfg = AttnConfigBuilder {
         softcap: Some(2.0),
         scale: 2.0,
-        ..config(DType::F32, 4, 4, 64)
-    };
+        ..config(DType::F32, 4, 4, 64).to_builder()
+    }
+    .build()
+    .unwrap();
     let b = batch(&cfg, 16, &[(40, 1), (20, 33)], 11);
     let cache = b.cache(&cfg, LayoutKind::RocmPaged);
     let out = RocmAttn::default()
@@ -242,10 +252,12 @@ fn softcap_is_ignored_as_vllm_rocm_attn_ignores_it() {
         &out,
         &b,
         &cache,
-        &AttnConfig {
+        &AttnConfigBuilder {
             softcap: None,
-            ..cfg.clone()
-        },
+            ..cfg.to_builder()
+        }
+        .build()
+        .unwrap(),
     );
     let capped = reference::paged_attention(&b.query, &cache, &b.meta, &cfg).unwrap();
     assert!(
@@ -259,11 +271,13 @@ fn softcap_is_ignored_as_vllm_rocm_attn_ignores_it() {
 #[test]
 fn kernels_apply_softcap_when_the_config_carries_it() {
     // AITER's paged_attention_v1 soft-caps; the kernels do when asked.
-    let cfg = AttnConfig {
+    let cfg = AttnConfigBuilder {
         softcap: Some(3.0),
         scale: 1.5,
-        ..config(DType::F32, 4, 2, 64)
-    };
+        ..config(DType::F32, 4, 2, 64).to_builder()
+    }
+    .build()
+    .unwrap();
     let b = batch(&cfg, 16, &[(300, 1), (40, 1), (20, 50)], 5);
     let cache = b.cache(&cfg, LayoutKind::RocmPaged);
     let n = b.query.len();
@@ -280,10 +294,12 @@ fn kernels_apply_softcap_when_the_config_carries_it() {
 fn alibi_batches_match_the_reference() {
     let slopes = vec![0.5, 0.25, 0.125, 0.0625];
     for dtype in [DType::F32, DType::F16] {
-        let cfg = AttnConfig {
+        let cfg = AttnConfigBuilder {
             alibi_slopes: Some(slopes.clone()),
-            ..config(dtype, 4, 2, 64)
-        };
+            ..config(dtype, 4, 2, 64).to_builder()
+        }
+        .build()
+        .unwrap();
         let b = batch(&cfg, 32, &[(200, 1), (150, 70), (0, 130)], 17);
         let cache = b.cache(&cfg, LayoutKind::RocmPaged);
         let out = RocmAttn::default()
@@ -296,31 +312,33 @@ fn alibi_batches_match_the_reference() {
 #[test]
 fn fp8_cache_written_by_write_kv_matches_the_reference() {
     for kv_dtype in [DType::Fp8E4m3Fnuz, DType::Fp8E4m3Fn] {
-        let cfg = AttnConfig {
+        let cfg = AttnConfigBuilder {
             kv_dtype,
             k_scale: 0.37,
             v_scale: 0.61,
-            ..config(DType::Bf16, 8, 2, 128)
-        };
+            ..config(DType::Bf16, 8, 2, 128).to_builder()
+        }
+        .build()
+        .unwrap();
         let b = batch(&cfg, 16, &[(100, 1), (64, 20)], 23);
         let backend = RocmAttn::default();
         let mut cache = b.cache(&cfg, LayoutKind::RocmPaged);
         // Rewrite the last tokens of every request through the backend's writer.
         let mut rng = ChaCha8Rng::seed_from_u64(1);
-        let t = b.meta.num_actual_tokens;
-        let row = cfg.num_kv_heads * cfg.head_size;
+        let t = b.meta.num_actual_tokens();
+        let row = cfg.num_kv_heads() * cfg.head_size();
         let key: Vec<f32> = (0..t * row)
-            .map(|_| cfg.dtype.round(rng.gen_range(-1.0f32..1.0)))
+            .map(|_| cfg.dtype().round(rng.gen_range(-1.0f32..1.0)))
             .collect();
         let value: Vec<f32> = (0..t * row)
-            .map(|_| cfg.dtype.round(rng.gen_range(-1.0f32..1.0)))
+            .map(|_| cfg.dtype().round(rng.gen_range(-1.0f32..1.0)))
             .collect();
         let slots: Vec<i64> = (0..b.meta.num_reqs())
             .flat_map(|i| {
                 let m = &b.meta;
                 (m.context_len(i)..m.seq_len(i)).map(move |p| {
                     let (blk, r) = m.kv_location(i, p);
-                    (blk * m.block_size + r) as i64
+                    (blk * m.block_size() + r) as i64
                 })
             })
             .collect();
@@ -368,7 +386,8 @@ fn every_kernel_is_bit_identical_across_layouts_and_thread_counts() {
 
 #[test]
 fn kv_tile_qk_is_bit_identical_to_dot_per_key() {
-    let cfg = config(DType::F32, 1, 2, 64);
+    // Two KV heads (GQA 1, the smallest valid config with a head 1 to read).
+    let cfg = config(DType::F32, 2, 2, 64);
     let b = batch(&cfg, 16, &[(40, 1)], 31);
     let cache = b.cache(&cfg, LayoutKind::RocmPaged);
     let dims = DimOffsets::new(&cache.layout);
@@ -376,10 +395,11 @@ fn kv_tile_qk_is_bit_identical_to_dot_per_key() {
     let mut tile = KvTile::new(32, 64);
     tile.gather_paged(&cache, &dims, 1, &locs, |k| k, |v| v);
     let mut out = vec![0f32; 32];
-    tile.qk(&b.query, &mut out);
+    let q = &b.query[..64]; // token 0, head 0
+    tile.qk(q, &mut out);
     for (j, &(blk, r)) in locs.iter().enumerate() {
         let k: Vec<f32> = (0..64).map(|d| cache.k_at(blk, r, 1, d)).collect();
-        assert_eq!(out[j].to_bits(), dot(&b.query, &k).to_bits(), "key {j}");
+        assert_eq!(out[j].to_bits(), dot(q, &k).to_bits(), "key {j}");
         assert_eq!(
             tile.v_row(j),
             (0..64)
@@ -422,10 +442,12 @@ fn decode_routes_to_ll4mi_only_inside_the_custom_envelope() {
         DecodeKernel::Triton2d,
         "gqa 17"
     );
-    let windowed = AttnConfig {
+    let windowed = AttnConfigBuilder {
         sliding_window: Some(64),
-        ..config(DType::F16, 8, 2, 128)
-    };
+        ..config(DType::F16, 8, 2, 128).to_builder()
+    }
+    .build()
+    .unwrap();
     assert_eq!(
         route(&windowed, 16),
         DecodeKernel::Triton2d,
@@ -496,10 +518,12 @@ fn rejects_head_size_72_with_vllms_message() {
 
 #[test]
 fn rejects_sinks_as_the_selector_does() {
-    let cfg = AttnConfig {
+    let cfg = AttnConfigBuilder {
         sinks: Some(vec![0.5; 4]),
-        ..config(DType::F16, 4, 2, 64)
-    };
+        ..config(DType::F16, 4, 2, 64).to_builder()
+    }
+    .build()
+    .unwrap();
     let e = RocmAttn::default().check(&cfg, 16).unwrap_err().to_string();
     assert!(e.contains("attention sinks not supported"), "{e}");
 }
@@ -564,11 +588,11 @@ fn vllm_chunked_prefill_paged_decode_fixtures_replay_within_their_tolerance() {
         let cfg = &case.cfg;
         let layout = KvLayout::new(
             LayoutKind::RocmPaged,
-            case.meta.num_blocks,
-            case.meta.block_size,
-            cfg.num_kv_heads,
-            cfg.head_size,
-            cfg.kv_dtype,
+            case.meta.num_blocks(),
+            case.meta.block_size(),
+            cfg.num_kv_heads(),
+            cfg.head_size(),
+            cfg.kv_dtype(),
         )
         .unwrap();
         let cache =

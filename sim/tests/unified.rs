@@ -15,7 +15,7 @@ use attnlab_sim::backends::rocm_aiter_unified_attn::RocmAiterUnifiedAttn;
 use attnlab_sim::backends::triton_attn::TritonAttn;
 use attnlab_sim::backends::{by_name, AttentionBackend};
 use attnlab_sim::cache::KvCache;
-use attnlab_sim::config::AttnConfig;
+use attnlab_sim::config::{AttnConfig, AttnConfigBuilder};
 use attnlab_sim::kernels::reshape_and_cache::{reshape_and_cache, CacheWriter};
 use attnlab_sim::kernels::unified_attention::{
     reduce_segments, unified_attention, unified_attention_2d, unified_attention_3d, Flavor, Grid,
@@ -74,18 +74,18 @@ fn step(
         causal,
     )
     .unwrap();
-    let (t, c) = (meta.num_actual_tokens, ctx_slots.len());
-    let kv_row = cfg.num_kv_heads * cfg.head_size;
+    let (t, c) = (meta.num_actual_tokens(), ctx_slots.len());
+    let kv_row = cfg.num_kv_heads() * cfg.head_size();
     // Values come from their own stream: the same seed gives the same
     // logical Q/K/V whatever the block size and block shuffle.
     let mut rng = ChaCha8Rng::seed_from_u64(seed.wrapping_add(1));
     let mut rand_vec = |n: usize, amp: f32| -> Vec<f32> {
         (0..n)
-            .map(|_| cfg.dtype.round(rng.gen_range(-amp..amp)))
+            .map(|_| cfg.dtype().round(rng.gen_range(-amp..amp)))
             .collect()
     };
     Step {
-        query: rand_vec(t * cfg.num_heads * cfg.head_size, 2.0),
+        query: rand_vec(t * cfg.num_heads() * cfg.head_size(), 2.0),
         ctx_k: rand_vec(c * kv_row, 1.0),
         ctx_v: rand_vec(c * kv_row, 1.0),
         new_k: rand_vec(t * kv_row, 1.0),
@@ -99,7 +99,7 @@ fn step(
 /// the new tokens written by the backend's own writer.
 fn cache_for(backend: &dyn AttentionBackend, s: &Step, cfg: &AttnConfig) -> KvCache {
     let layout = backend
-        .cache_layout(cfg, s.meta.num_blocks, s.meta.block_size)
+        .cache_layout(cfg, s.meta.num_blocks(), s.meta.block_size())
         .unwrap();
     let mut cache = KvCache {
         layout,
@@ -110,19 +110,19 @@ fn cache_for(backend: &dyn AttentionBackend, s: &Step, cfg: &AttnConfig) -> KvCa
         .write_kv(&mut cache, &s.ctx_k, &s.ctx_v, &s.ctx_slots, cfg)
         .unwrap();
     backend
-        .write_kv(&mut cache, &s.new_k, &s.new_v, &s.meta.slot_mapping, cfg)
+        .write_kv(&mut cache, &s.new_k, &s.new_v, s.meta.slot_mapping(), cfg)
         .unwrap();
     cache
 }
 
 fn assert_matches_reference(out: &[f32], s: &Step, cache: &KvCache, cfg: &AttnConfig, what: &str) {
     let r = reference::paged_attention(&s.query, cache, &s.meta, cfg).unwrap();
-    let c = compare(out, &r.out, Tolerance::for_dtype(cfg.dtype)).unwrap();
+    let c = compare(out, &r.out, Tolerance::for_dtype(cfg.dtype())).unwrap();
     assert!(
         c.passed(),
         "{what}: {c:?}\ncfg {cfg:?}\nseq_lens {:?} qsl {:?}",
-        s.meta.seq_lens,
-        s.meta.query_start_loc
+        s.meta.seq_lens(),
+        s.meta.query_start_loc()
     );
 }
 
@@ -187,7 +187,7 @@ fn features() -> impl Strategy<Value = Features> {
 fn config(dtype: DType, hkv: usize, qpk: usize, d: usize, f: &Features, seed: u64) -> AttnConfig {
     let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5eed);
     let hq = hkv * qpk;
-    AttnConfig {
+    AttnConfigBuilder {
         sliding_window: f.window,
         softcap: f.softcap,
         sinks: f
@@ -196,8 +196,10 @@ fn config(dtype: DType, hkv: usize, qpk: usize, d: usize, f: &Features, seed: u6
         alibi_slopes: f
             .alibi
             .then(|| (0..hq).map(|_| rng.gen_range(0.0f32..0.5)).collect()),
-        ..AttnConfig::new(hq, hkv, d, dtype)
+        ..AttnConfig::builder(hq, hkv, d, dtype)
     }
+    .build()
+    .unwrap()
 }
 
 proptest! {
@@ -262,7 +264,7 @@ proptest! {
         slots in prop::collection::vec(-1i64..64, 1..24),
         seed in any::<u64>(),
     ) {
-        let cfg = AttnConfig { kv_dtype, k_scale: 0.25, v_scale: 0.5, ..AttnConfig::new(4, 2, 32, DType::Bf16) };
+        let cfg = AttnConfigBuilder { kv_dtype, k_scale: 0.25, v_scale: 0.5, ..AttnConfig::builder(4, 2, 32, DType::Bf16) }.build().unwrap();
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let n = slots.len() * 2 * 32;
         let (k, v): (Vec<f32>, Vec<f32>) = (0..n).map(|_| (DType::Bf16.round(rng.gen_range(-9.0f32..9.0)), DType::Bf16.round(rng.gen_range(-9.0f32..9.0)))).unzip();
@@ -377,12 +379,14 @@ fn every_simd_path_gives_every_mha_backend_the_same_bits() {
 #[test]
 fn fp8_kv_cache_matches_the_reference_on_both_backends() {
     for kv_dtype in [DType::Fp8E4m3Fnuz, DType::Fp8E4m3Fn] {
-        let cfg = AttnConfig {
+        let cfg = AttnConfigBuilder {
             kv_dtype,
             k_scale: 0.02,
             v_scale: 0.015,
-            ..AttnConfig::new(8, 2, 64, DType::Bf16)
-        };
+            ..AttnConfig::builder(8, 2, 64, DType::Bf16)
+        }
+        .build()
+        .unwrap();
         let s = step(&cfg, 16, &[(90, 1), (40, 12), (0, 30)], true, 3);
         for b in backends() {
             let cache = cache_for(b.as_ref(), &s, &cfg);
@@ -400,7 +404,7 @@ fn fp8_kv_cache_matches_the_reference_on_both_backends() {
 
 #[test]
 fn vllm_uses_3d_only_for_small_decode_batches() {
-    let cfg = AttnConfig::new(32, 8, 128, DType::Bf16); // seq_threshold_3D = 128 / 8 = 16
+    let cfg = AttnConfig::new(32, 8, 128, DType::Bf16).unwrap(); // seq_threshold_3D = 128 / 8 = 16
     let launch = |reqs: &[(usize, usize)], opts| {
         UnifiedLaunch::vllm(&step(&cfg, 16, reqs, true, 1).meta, &cfg, opts).unwrap()
     };
@@ -450,7 +454,7 @@ fn vllm_uses_3d_only_for_small_decode_batches() {
         .grid,
         Grid::TwoD
     );
-    let wide = AttnConfig::new(256, 256, 64, DType::Bf16); // 128 / 256 = 0: no scratch
+    let wide = AttnConfig::new(256, 256, 64, DType::Bf16).unwrap(); // 128 / 256 = 0: no scratch
     assert_eq!(
         UnifiedLaunch::vllm(&step(&wide, 16, &[(10, 1)], true, 1).meta, &wide, d)
             .unwrap()
@@ -468,7 +472,7 @@ fn block_m_packs_gqa_heads_with_block_q_tokens() {
         (16, 16, 1),
         (20, 32, 1),
     ] {
-        let cfg = AttnConfig::new(qpk * 2, 2, 64, DType::F16);
+        let cfg = AttnConfig::new(qpk * 2, 2, 64, DType::F16).unwrap();
         let l = UnifiedLaunch::vllm(
             &step(&cfg, 16, &[(0, 5)], true, 1).meta,
             &cfg,
@@ -481,7 +485,7 @@ fn block_m_packs_gqa_heads_with_block_q_tokens() {
 
 #[test]
 fn aiter_launch_follows_its_own_2d_3d_rule() {
-    let cfg = AttnConfig::new(64, 8, 64, DType::Bf16);
+    let cfg = AttnConfig::new(64, 8, 64, DType::Bf16).unwrap();
     let launch = |cfg: &AttnConfig, reqs: &[(usize, usize)], bs| {
         UnifiedLaunch::aiter(&step(cfg, bs, reqs, true, 1).meta, cfg, MI300X_CU_COUNT).unwrap()
     };
@@ -500,10 +504,12 @@ fn aiter_launch_follows_its_own_2d_3d_rule() {
         "{num_segments}"
     );
     assert_eq!(long.tile_size, 16, "3D TILE = min(64, next_pow2(16))");
-    let windowed = AttnConfig {
+    let windowed = AttnConfigBuilder {
         sliding_window: Some(128),
-        ..cfg.clone()
-    };
+        ..cfg.to_builder()
+    }
+    .build()
+    .unwrap();
     assert_eq!(launch(&windowed, &[(4000, 1)], 16).grid, Grid::TwoD);
     let prefill = launch(&cfg, &[(0, 300)], 16);
     assert_eq!(
@@ -516,7 +522,7 @@ fn aiter_launch_follows_its_own_2d_3d_rule() {
 
 #[test]
 fn aiter_kernel_is_causal_only_and_its_backend_falls_back_to_vllm() {
-    let cfg = AttnConfig::new(8, 2, 64, DType::F16);
+    let cfg = AttnConfig::new(8, 2, 64, DType::F16).unwrap();
     let s = step(&cfg, 16, &[(0, 20), (10, 7)], false, 5);
     let b = RocmAiterUnifiedAttn::default();
     let cache = cache_for(&b, &s, &cfg);
@@ -567,7 +573,7 @@ fn vllm_and_aiter_kernels_agree_within_tolerance_but_not_bit_for_bit() {
 
 #[test]
 fn reduce_segments_rejects_partials_of_another_shape() {
-    let cfg = AttnConfig::new(4, 2, 64, DType::F16);
+    let cfg = AttnConfig::new(4, 2, 64, DType::F16).unwrap();
     let s = step(&cfg, 16, &[(40, 1)], true, 2);
     let b = TritonAttn::default();
     let cache = cache_for(&b, &s, &cfg);
@@ -584,7 +590,7 @@ fn reduce_segments_rejects_partials_of_another_shape() {
 
 #[test]
 fn block_sizes_follow_multiple_of_16() {
-    let cfg = AttnConfig::new(8, 2, 64, DType::Bf16);
+    let cfg = AttnConfig::new(8, 2, 64, DType::Bf16).unwrap();
     for b in backends() {
         for ok in [16, 32, 48, 64, 544] {
             assert!(b.check(&cfg, ok).is_ok(), "{} block {ok}", b.name());
@@ -607,7 +613,7 @@ fn block_sizes_follow_multiple_of_16() {
 
 #[test]
 fn rejections_name_the_bad_value() {
-    let f32_cfg = AttnConfig::new(8, 2, 64, DType::F32);
+    let f32_cfg = AttnConfig::new(8, 2, 64, DType::F32).unwrap();
     assert!(TritonAttn::default().check(&f32_cfg, 16).is_ok());
     let e = RocmAiterUnifiedAttn::default()
         .check(&f32_cfg, 16)
@@ -615,19 +621,25 @@ fn rejections_name_the_bad_value() {
         .to_string();
     assert!(e.contains("float32") && e.contains("bfloat16"), "{e}");
     for b in backends() {
-        let small = AttnConfig::new(8, 2, 16, DType::F16);
+        let small = AttnConfig::new(8, 2, 16, DType::F16).unwrap();
         assert!(b
             .check(&small, 16)
             .unwrap_err()
             .to_string()
             .contains("head_size not supported"));
-        let sinks = AttnConfig {
-            sinks: Some(vec![0.0; 3]),
-            ..AttnConfig::new(8, 2, 64, DType::F16)
-        };
-        let e = b.check(&sinks, 16).unwrap_err().to_string();
-        assert!(e.contains("Sinks must have the same number of heads as the number of heads in the layer. Sinks shape: [3], num_heads: 8."), "{e}");
     }
+    // Sinks of the wrong length never make a config a backend could see.
+    let e = AttnConfigBuilder {
+        sinks: Some(vec![0.0; 3]),
+        ..AttnConfig::builder(8, 2, 64, DType::F16)
+    }
+    .build()
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("sinks length 3") && e.contains("num_heads = 8"),
+        "{e}"
+    );
     assert_eq!(
         by_name("TRITON_ATTN".parse().unwrap())
             .unwrap()
@@ -646,7 +658,7 @@ fn rejections_name_the_bad_value() {
 
 #[test]
 fn forward_rejects_a_query_of_the_wrong_length() {
-    let cfg = AttnConfig::new(8, 2, 64, DType::F16);
+    let cfg = AttnConfig::new(8, 2, 64, DType::F16).unwrap();
     let s = step(&cfg, 16, &[(5, 3)], true, 4);
     for b in backends() {
         let cache = cache_for(b.as_ref(), &s, &cfg);
@@ -663,7 +675,7 @@ fn forward_rejects_a_query_of_the_wrong_length() {
 /// attention over all KV so far.
 #[test]
 fn triton_attn_plan_walks_the_blog_80000_token_prefill() {
-    let cfg = AttnConfig::new(32, 8, 128, DType::Bf16); // llama-3.1-8b attention shape
+    let cfg = AttnConfig::new(32, 8, 128, DType::Bf16).unwrap(); // llama-3.1-8b attention shape
     let bs = 16;
     let table = BlockTableTensor::from_rows(&[(0..80000 / bs as i32).collect()]);
     let mut done = 0usize;
@@ -698,7 +710,7 @@ fn triton_attn_plan_walks_the_blog_80000_token_prefill() {
 
 #[test]
 fn plan_lists_reduce_segments_after_a_3d_launch() {
-    let cfg = AttnConfig::new(8, 2, 64, DType::Bf16);
+    let cfg = AttnConfig::new(8, 2, 64, DType::Bf16).unwrap();
     let s = step(&cfg, 16, &[(700, 1), (900, 1)], true, 1);
     let names = |b: &dyn AttentionBackend| {
         b.plan(&s.meta, &cfg)
@@ -753,7 +765,7 @@ fn shipped_fixtures_replay_through_both_unified_backends() {
 #[test]
 #[ignore]
 fn prefill_throughput_gflops() {
-    let cfg = AttnConfig::new(32, 8, 128, DType::Bf16);
+    let cfg = AttnConfig::new(32, 8, 128, DType::Bf16).unwrap();
     let s = step(&cfg, 16, &[(0, 1024)], true, 1);
     let flops = 4.0 * 32.0 * 128.0 * (1024.0 * 1025.0 / 2.0);
     let report =

@@ -184,12 +184,12 @@ fn filled_cache(
     write: impl Fn(&mut KvCache, &[f32], &[f32], &[i64]) -> attnlab_shared::Result<()>,
 ) -> anyhow::Result<KvCache> {
     let mut cache = KvCache::zeros(layout);
-    let n = shape.seq_len * cfg.num_kv_heads * cfg.head_size;
+    let n = shape.seq_len * cfg.num_kv_heads() * cfg.head_size();
     let per_seq = shape.seq_len.div_ceil(layout.block_size) * layout.block_size;
     for i in 0..shape.num_seqs {
         let (k, v) = (
-            seeded_values(2 * i as u64, n, cfg.dtype),
-            seeded_values(2 * i as u64 + 1, n, cfg.dtype),
+            seeded_values(2 * i as u64, n, cfg.dtype()),
+            seeded_values(2 * i as u64 + 1, n, cfg.dtype()),
         );
         let slots: Vec<i64> = (0..shape.seq_len)
             .map(|t| (i * per_seq + t) as i64)
@@ -267,9 +267,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 /// (the one being measured and the one being filled), in f32, plus as much
 /// again for the kernels' working copies.
 fn shape_bytes(shape: &Shape, cfg: &AttnConfig) -> u128 {
-    let q = (shape.num_seqs * shape.q_len * cfg.num_heads * cfg.head_size) as u128;
+    let q = (shape.num_seqs * shape.q_len * cfg.num_heads() * cfg.head_size()) as u128;
     let kv = (shape.num_seqs * shape.seq_len.div_ceil(BLOCK_SIZE) * BLOCK_SIZE) as u128
-        * (cfg.num_kv_heads * cfg.head_size) as u128;
+        * (cfg.num_kv_heads() * cfg.head_size()) as u128;
     (2 * q + 4 * kv) * 4 * 2
 }
 
@@ -318,8 +318,8 @@ fn bench_cpu(args: &Args, repeats: usize) -> anyhow::Result<(Report, String)> {
         2,
         decode_batch,
         decode_ctx,
-        cfg.num_kv_heads,
-        cfg.head_size,
+        cfg.num_kv_heads(),
+        cfg.head_size(),
         4,
     ]
     .into_iter()
@@ -338,10 +338,10 @@ fn bench_cpu(args: &Args, repeats: usize) -> anyhow::Result<(Report, String)> {
     let mut results = Vec::new();
     let mut skipped = Vec::new();
     for shape in &shapes {
-        let gflop = 4.0 * (cfg.head_size * cfg.num_heads) as f64 * shape.pairs() / 1e9;
+        let gflop = 4.0 * (cfg.head_size() * cfg.num_heads()) as f64 * shape.pairs() / 1e9;
         // Decode streams every key of every sequence once: K and V, f32.
         let kv_bytes = (shape.q_len == 1).then(|| {
-            (2 * shape.num_seqs * shape.seq_len * cfg.num_kv_heads * cfg.head_size * 4) as f64
+            (2 * shape.num_seqs * shape.seq_len * cfg.num_kv_heads() * cfg.head_size() * 4) as f64
         });
         let torch_gflops = torch
             .as_ref()
@@ -360,18 +360,18 @@ fn bench_cpu(args: &Args, repeats: usize) -> anyhow::Result<(Report, String)> {
         };
         let query = seeded_values(
             u64::MAX,
-            shape.num_seqs * shape.q_len * cfg.num_heads * cfg.head_size,
-            cfg.dtype,
+            shape.num_seqs * shape.q_len * cfg.num_heads() * cfg.head_size(),
+            cfg.dtype(),
         );
 
         let meta = shape.metadata(BLOCK_SIZE)?;
         let nhd = KvLayout::new(
             LayoutKind::Nhd,
-            meta.num_blocks,
+            meta.num_blocks(),
             BLOCK_SIZE,
-            cfg.num_kv_heads,
-            cfg.head_size,
-            cfg.kv_dtype,
+            cfg.num_kv_heads(),
+            cfg.head_size(),
+            cfg.kv_dtype(),
         )?;
         let cache = filled_cache(nhd, shape, &cfg, |c, k, v, s| {
             reshape_and_cache(CacheWriter::ReshapeAndCacheFlash, c, k, v, s, &cfg)
@@ -402,7 +402,7 @@ fn bench_cpu(args: &Args, repeats: usize) -> anyhow::Result<(Report, String)> {
                 }
             };
             let meta = shape.metadata(kb)?;
-            let layout = b.cache_layout(&cfg, meta.num_blocks, kb)?;
+            let layout = b.cache_layout(&cfg, meta.num_blocks(), kb)?;
             let cache = filled_cache(layout, shape, &cfg, |c, k, v, s| {
                 b.write_kv(c, k, v, s, &cfg)
             })?;
@@ -466,9 +466,9 @@ fn torch_sdpa(
     let request = serde_json::json!({
         "threads": threads,
         "repeats": repeats,
-        "hq": cfg.num_heads,
-        "hkv": cfg.num_kv_heads,
-        "d": cfg.head_size,
+        "hq": cfg.num_heads(),
+        "hkv": cfg.num_kv_heads(),
+        "d": cfg.head_size(),
         "shapes": shapes.iter().map(|s| serde_json::json!({
             "name": s.name, "num_seqs": s.num_seqs, "q_len": s.q_len, "seq_len": s.seq_len,
         })).collect::<Vec<_>>(),

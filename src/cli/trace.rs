@@ -396,7 +396,7 @@ fn setup(a: &Args, name: &str) -> anyhow::Result<Trace> {
             preset.num_kv_heads,
             preset.head_size,
             preset.dtype,
-        );
+        )?;
         backend.check(&cfg, block_size)?;
         let kernel_block_size = backend.kernel_block_size(block_size)?;
         Layer::Mha {
@@ -449,10 +449,10 @@ fn header(t: &Trace, num_blocks: usize) -> String {
             "{} on {} ({} q heads, {} kv heads, head {}, {})",
             t.layer.name(),
             t.preset.name,
-            c.num_heads,
-            c.num_kv_heads,
-            c.head_size,
-            c.dtype
+            c.num_heads(),
+            c.num_kv_heads(),
+            c.head_size(),
+            c.dtype()
         ),
         Layer::Mla { cfg: c, .. } => format!(
             "{} on {} ({} heads, latent {} + rope {}, q/k nope {}, v {}, {}, max_model_len {})",

@@ -85,12 +85,12 @@ impl Batch {
             new_slots,
             true,
         )?;
-        let kv = slots.len() * cfg.num_kv_heads * cfg.head_size;
-        let nq = meta.num_actual_tokens * cfg.num_heads * cfg.head_size;
+        let kv = slots.len() * cfg.num_kv_heads() * cfg.head_size();
+        let nq = meta.num_actual_tokens() * cfg.num_heads() * cfg.head_size();
         Ok(Batch {
-            query: seeded_values(seed, nq, cfg.dtype),
-            key: seeded_values(seed + 1, kv, cfg.dtype),
-            value: seeded_values(seed + 2, kv, cfg.dtype),
+            query: seeded_values(seed, nq, cfg.dtype()),
+            key: seeded_values(seed + 1, kv, cfg.dtype()),
+            value: seeded_values(seed + 2, kv, cfg.dtype()),
             cfg,
             block_size,
             num_blocks,
@@ -114,12 +114,12 @@ impl Batch {
             LayoutKind::Nhd,
             self.num_blocks,
             self.block_size,
-            self.cfg.num_kv_heads,
-            self.cfg.head_size,
-            self.cfg.kv_dtype,
+            self.cfg.num_kv_heads(),
+            self.cfg.head_size(),
+            self.cfg.kv_dtype(),
         )?;
         let mut cache = KvCache::zeros(layout);
-        let (hkv, d) = (self.cfg.num_kv_heads, self.cfg.head_size);
+        let (hkv, d) = (self.cfg.num_kv_heads(), self.cfg.head_size());
         for (t, &slot) in self.slots.iter().enumerate() {
             let (block, row) = (
                 slot as usize / self.block_size,
@@ -145,7 +145,7 @@ impl Batch {
 
     /// Request `i`'s K (or V) rows `[seq_len, Hkv, D]`, dense.
     pub fn dense<'a>(&self, which: &'a [f32], i: usize) -> &'a [f32] {
-        let w = self.cfg.num_kv_heads * self.cfg.head_size;
+        let w = self.cfg.num_kv_heads() * self.cfg.head_size();
         let start: usize = (0..i).map(|r| self.meta.seq_len(r)).sum();
         &which[start * w..(start + self.meta.seq_len(i)) * w]
     }
@@ -200,17 +200,18 @@ pub fn max_abs_err<'e>(
         .zip(expected)
         .map(|(&a, &e)| {
             let d = (a as f64 - e).abs();
-            if d.is_nan() {
-                f64::INFINITY
-            } else {
-                d
-            }
+            if d.is_nan() { f64::INFINITY } else { d }
         })
         .fold(0.0, f64::max)
 }
 
 /// A plain causal config (`AttnConfig::new`).
-pub fn config(num_heads: usize, num_kv_heads: usize, head_size: usize, dtype: DType) -> AttnConfig {
+pub fn config(
+    num_heads: usize,
+    num_kv_heads: usize,
+    head_size: usize,
+    dtype: DType,
+) -> Result<AttnConfig> {
     AttnConfig::new(num_heads, num_kv_heads, head_size, dtype)
 }
 
@@ -220,7 +221,13 @@ mod tests {
 
     #[test]
     fn nhd_cache_reference_matches_a_backend_cache_reference() {
-        let b = Batch::new(config(4, 2, 32, DType::F16), 16, &[(20, 5), (0, 9)], 3).unwrap();
+        let b = Batch::new(
+            config(4, 2, 32, DType::F16).unwrap(),
+            16,
+            &[(20, 5), (0, 9)],
+            3,
+        )
+        .unwrap();
         let be = mha("ROCM_ATTN").unwrap();
         let (a, n) = (b.cache_for(be.as_ref()).unwrap(), b.nhd_cache().unwrap());
         let (ra, rn) = (b.reference(&a).unwrap(), b.reference(&n).unwrap());
@@ -230,7 +237,13 @@ mod tests {
 
     #[test]
     fn dense_rows_of_a_request_are_its_seq_len() {
-        let b = Batch::new(config(2, 1, 8, DType::F32), 4, &[(3, 2), (0, 6)], 0).unwrap();
+        let b = Batch::new(
+            config(2, 1, 8, DType::F32).unwrap(),
+            4,
+            &[(3, 2), (0, 6)],
+            0,
+        )
+        .unwrap();
         assert_eq!(b.dense(&b.key, 0).len(), 5 * 8);
         assert_eq!(b.dense(&b.key, 1), &b.key[5 * 8..11 * 8]);
     }
@@ -249,7 +262,7 @@ mod tests {
 
     #[test]
     fn empty_request_list_is_refused_with_its_count() {
-        let e = Batch::new(config(2, 1, 8, DType::F32), 4, &[], 0).unwrap_err();
+        let e = Batch::new(config(2, 1, 8, DType::F32).unwrap(), 4, &[], 0).unwrap_err();
         assert!(e.to_string().contains("0 requests"), "{e}");
     }
 }
@@ -298,13 +311,13 @@ impl MlaToy {
         let cfg = MlaConfig::deepseek_r1(1).scaled_down();
         let (d, h, dt) = (cfg.dims, cfg.num_heads, cfg.dtype);
         // The decode step's batch fixes the block table; the prefill reuses it.
-        let dec = Batch::new(config(1, 1, 1, DType::F32), block_size, &[(ctx, 1)], 0)?;
+        let dec = Batch::new(config(1, 1, 1, DType::F32)?, block_size, &[(ctx, 1)], 0)?;
         let pre_meta = AttentionMetadata::new(
             block_size,
             dec.num_blocks,
             vec![0, ctx as i32],
             vec![ctx as i32],
-            dec.meta.block_table.clone(),
+            dec.meta.block_table().clone(),
             dec.slots[..ctx].to_vec(),
             true,
         )?;
@@ -316,7 +329,7 @@ impl MlaToy {
             meta,
         };
         Ok(MlaToy {
-            weights: MlaWeights::random(h, d, dt, seed),
+            weights: MlaWeights::random(h, d, dt, seed).unwrap(),
             block_size,
             num_blocks: dec.num_blocks,
             prefill: data(seed + 10, ctx, pre_meta),
@@ -359,7 +372,7 @@ impl MlaToy {
                 &self.decode.k_pe[..],
             )))
             .collect();
-        let w = |row: usize, c: usize| self.weights.kv_b_proj[row * lkv + c] as f64;
+        let w = |row: usize, c: usize| self.weights.kv_b_proj()[row * lkv + c] as f64;
         let mut out = Vec::with_capacity(self.cfg.num_heads * vd);
         for (h, q) in self.decode.q.chunks(pn + r).enumerate() {
             let base = h * (pn + vd);

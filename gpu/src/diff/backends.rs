@@ -119,7 +119,7 @@ pub fn run(gpu: &Gpu, backend_name: BackendName, opts: DiffOptions) -> Result<Ke
             continue;
         };
         let (cfg, meta) = (&case.cfg, &case.meta);
-        let bs = meta.block_size;
+        let bs = meta.block_size();
         if backend.check(cfg, bs).is_err() || backend.kernel_block_size(bs).ok() != Some(bs) {
             continue;
         }
@@ -127,10 +127,10 @@ pub fn run(gpu: &Gpu, backend_name: BackendName, opts: DiffOptions) -> Result<Ke
             continue;
         };
         // The old context: random contents in the backend's layout.
-        let spread = if cfg.kv_dtype.is_fp8() { 200.0 } else { 2.0 };
+        let spread = if cfg.kv_dtype().is_fp8() { 200.0 } else { 2.0 };
         let mut fill = |n: usize| -> Vec<f32> {
             (0..n)
-                .map(|_| cfg.kv_dtype.round(rng.gen_range(-spread..spread)))
+                .map(|_| cfg.kv_dtype().round(rng.gen_range(-spread..spread)))
                 .collect()
         };
         let init = KvCache {
@@ -138,10 +138,10 @@ pub fn run(gpu: &Gpu, backend_name: BackendName, opts: DiffOptions) -> Result<Ke
             k: fill(layout.numel()),
             v: fill(layout.numel()),
         };
-        let n_kv = meta.num_actual_tokens * cfg.num_kv_heads * cfg.head_size;
+        let n_kv = meta.num_actual_tokens() * cfg.num_kv_heads() * cfg.head_size();
         let mut step = |n: usize| -> Vec<f32> {
             (0..n)
-                .map(|_| cfg.dtype.round(rng.gen_range(-2.0f32..2.0)))
+                .map(|_| cfg.dtype().round(rng.gen_range(-2.0f32..2.0)))
                 .collect()
         };
         let (key, value) = (step(n_kv), step(n_kv));
@@ -150,14 +150,14 @@ pub fn run(gpu: &Gpu, backend_name: BackendName, opts: DiffOptions) -> Result<Ke
             continue;
         }
         let (mut sim_cache, mut gpu_cache) = (init.clone(), init);
-        backend.write_kv_with(&cpu, &mut sim_cache, &key, &value, &meta.slot_mapping, cfg)?;
-        backend.write_kv_with(&gx, &mut gpu_cache, &key, &value, &meta.slot_mapping, cfg)?;
+        backend.write_kv_with(&cpu, &mut sim_cache, &key, &value, meta.slot_mapping(), cfg)?;
+        backend.write_kv_with(&gx, &mut gpu_cache, &key, &value, meta.slot_mapping(), cfg)?;
         let sim = backend.forward_with(&cpu, &case.query, &sim_cache, meta, cfg)?;
         let dev = backend.forward_with(&gx, &case.query, &gpu_cache, meta, cfg)?;
-        let dev_bits: Vec<u32> = dev.iter().map(|&x| cfg.dtype.to_bits(x)).collect();
+        let dev_bits: Vec<u32> = dev.iter().map(|&x| cfg.dtype().to_bits(x)).collect();
         let desc = || format!("{name}: {}", case.describe());
-        let shape = [meta.num_actual_tokens, cfg.num_heads, cfg.head_size];
-        tally.compare_values(&desc, "output", &shape, cfg.dtype, &sim, &dev_bits);
+        let shape = [meta.num_actual_tokens(), cfg.num_heads(), cfg.head_size()];
+        tally.compare_values(&desc, "output", &shape, cfg.dtype(), &sim, &dev_bits);
         tally.case_done();
     }
     Ok(tally.finish())
@@ -209,7 +209,7 @@ impl MlaCase {
         format!(
             "{} heads tp {} ({:?}), latent {}+{} nope {} v {}, {} / cache {} (k_scale {}), block {}, splits {:?}, decode_threshold {}, workspace from max_model_len {} max_num_seqs {}, requests (q, ctx) {:?}",
             c.num_heads, c.tp, c.profile, d.kv_lora_rank, d.qk_rope_head_dim, d.qk_nope_head_dim,
-            d.v_head_dim, c.dtype, c.kv_dtype, c.k_scale, self.meta.block_size, c.num_kv_splits,
+            d.v_head_dim, c.dtype, c.kv_dtype, c.k_scale, self.meta.block_size(), c.num_kv_splits,
             c.decode_threshold, c.max_model_len, c.max_num_seqs, self.reqs
         )
     }
@@ -333,7 +333,7 @@ fn draw_mla(rng: &mut ChaCha8Rng, backend: &dyn MlaBackend) -> Result<Option<Mla
         .map(|_| kv_dtype.round(rng.gen_range(-spread..spread)))
         .collect();
     let cache = LatentCache::from_tensor(layout, data)?;
-    let t = meta.num_actual_tokens;
+    let t = meta.num_actual_tokens();
     let mut values = |n: usize| -> Vec<f32> {
         (0..n)
             .map(|_| dtype.round(rng.gen_range(-2.0f32..2.0)))
@@ -342,7 +342,7 @@ fn draw_mla(rng: &mut ChaCha8Rng, backend: &dyn MlaBackend) -> Result<Option<Mla
     let q = values(t * cfg.num_heads * (qk_nope_head_dim + qk_rope_head_dim));
     let kv_c = values(t * kv_lora_rank);
     let k_pe = values(t * qk_rope_head_dim);
-    let weights = MlaWeights::random(cfg.num_heads, dims, dtype, rng.gen());
+    let weights = MlaWeights::random(cfg.num_heads, dims, dtype, rng.gen())?;
     Ok(Some(MlaCase {
         cfg,
         weights,
@@ -418,7 +418,7 @@ pub fn run_mla(gpu: &Gpu, backend_name: BackendName, opts: DiffOptions) -> Resul
         for (s, d) in sim.iter().zip(&dev) {
             let dev_bits: Vec<u32> = d.out.iter().map(|&x| cfg.dtype.to_bits(x)).collect();
             let shape = [
-                case.meta.num_actual_tokens,
+                case.meta.num_actual_tokens(),
                 s.heads.len(),
                 cfg.dims.v_head_dim,
             ];

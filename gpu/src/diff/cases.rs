@@ -50,11 +50,18 @@ pub fn attention_diff(
             }
         };
         let shape = [
-            case.meta.num_actual_tokens,
-            case.cfg.num_heads,
-            case.cfg.head_size,
+            case.meta.num_actual_tokens(),
+            case.cfg.num_heads(),
+            case.cfg.head_size(),
         ];
-        tally.compare_values(&desc, "output", &shape, case.cfg.dtype, &out.sim, &out.gpu);
+        tally.compare_values(
+            &desc,
+            "output",
+            &shape,
+            case.cfg.dtype(),
+            &out.sim,
+            &out.gpu,
+        );
         tally.case_done();
     }
     Ok(tally.finish())

@@ -12,7 +12,7 @@ use crate::ops::flash_varlen::flash_attn_varlen as gpu_varlen;
 use crate::runtime::Result;
 use attnlab_shared::dtype::DType;
 use attnlab_sim::kernels::flash_varlen::{
-    ck_block_n, varlen as sim_varlen, VarlenArgs, VarlenParams,
+    ck_block_n, varlen as sim_varlen, VarlenArgs, VarlenParams, VarlenParamsBuilder,
 };
 use attnlab_sim::kernels::softmax::ScoreParams;
 use rand::seq::SliceRandom;
@@ -61,7 +61,7 @@ pub(crate) fn draw_tensors(
 
 /// Draws the mask and score options of `p`, in this order: causal (80%), a
 /// window of 1..64 (30%), a soft-cap of 5..50 (30%).
-pub(crate) fn draw_mask(rng: &mut impl Rng, p: &mut VarlenParams) {
+pub(crate) fn draw_mask(rng: &mut impl Rng, p: &mut VarlenParamsBuilder) {
     p.causal = rng.gen_bool(0.8);
     p.window = rng.gen_bool(0.3).then(|| rng.gen_range(1..64));
     p.score = ScoreParams::new(
@@ -121,7 +121,7 @@ pub fn run(gpu: &Gpu, opts: DiffOptions) -> Result<KernelReport> {
             sinks,
             alibi,
         } = draw_tensors(&mut rng, dtype, (tq, tk), (hq, hk), (d, dv));
-        let mut p = VarlenParams::new(hq, hk, d, dtype, 1.0 / (d as f32).sqrt());
+        let mut p = VarlenParams::builder(hq, hk, d, dtype, 1.0 / (d as f32).sqrt());
         p.head_size_v = dv;
         draw_mask(&mut rng, &mut p);
         p.sinks = sinks.as_deref();
@@ -131,22 +131,23 @@ pub fn run(gpu: &Gpu, opts: DiffOptions) -> Result<KernelReport> {
         } else {
             ck_block_n(d)
         };
+        let p = p.build()?;
         let args = VarlenArgs::new(&q, &k, &v, &cu_q, &cu_k, &p)?;
         let sim = sim_varlen(&args);
         let (out, lse) = gpu_varlen(gpu, &args)?;
         let desc = || {
             format!(
                 "{dtype} {hq}/{hk} heads, d {d}/{dv}, causal {}, window {:?}, softcap {:?}, sinks {}, alibi {}, block_n {}, cu_q {cu_q:?}, cu_k {cu_k:?}",
-                p.causal,
-                p.window,
-                p.score.softcap,
-                p.sinks.is_some(),
-                p.alibi_slopes.is_some(),
-                p.block_n
+                p.causal(),
+                p.window(),
+                p.score().softcap,
+                p.sinks().is_some(),
+                p.alibi_slopes().is_some(),
+                p.block_n()
             )
         };
-        tally.compare_values(&desc, "out", &[tq, hq, dv], dtype, &sim.out, &out);
-        tally.compare_values(&desc, "lse", &[hq, tq], DType::F32, &sim.lse, &lse);
+        tally.compare_values(&desc, "out", &[tq, hq, dv], dtype, sim.out(), &out);
+        tally.compare_values(&desc, "lse", &[hq, tq], DType::F32, sim.lse(), &lse);
         tally.case_done();
     }
     Ok(tally.finish())

@@ -98,12 +98,17 @@ pub fn run(gpu: &Gpu, opts: DiffOptions) -> Result<KernelReport> {
             sinks,
             alibi,
         } = draw_tensors(&mut rng, dtype, (tq, tk), (hq, hk), (d, dv));
-        let mut p = VarlenTcParams::new(hq, hk, d, dtype, 1.0 / (d as f32).sqrt(), target);
-        p.varlen.head_size_v = dv;
-        p.varlen.block_n = block_n;
-        draw_mask(&mut rng, &mut p.varlen);
-        p.varlen.sinks = sinks.as_deref();
-        p.varlen.alibi_slopes = alibi.as_deref();
+        let tc = VarlenTcParams::new(hq, hk, d, dtype, 1.0 / (d as f32).sqrt(), target)?;
+        let mut varlen = tc.varlen.to_builder();
+        varlen.head_size_v = dv;
+        varlen.block_n = block_n;
+        draw_mask(&mut rng, &mut varlen);
+        varlen.sinks = sinks.as_deref();
+        varlen.alibi_slopes = alibi.as_deref();
+        let p = VarlenTcParams {
+            varlen: varlen.build()?,
+            ..tc
+        };
         let args = VarlenTcArgs::new(&q, &k, &v, &cu_q, &cu_k, &p)?;
         let sim = sim_varlen_tc(&args)?;
         let (out, lse) = gpu_varlen_tc(gpu, &args)?;
@@ -112,16 +117,16 @@ pub fn run(gpu: &Gpu, opts: DiffOptions) -> Result<KernelReport> {
             format!(
                 "{} {dtype} {hq}/{hk} heads, d {d}/{dv}, causal {}, window {:?}, softcap {:?}, sinks {}, alibi {}, block_n {}, cu_q {cu_q:?}, cu_k {cu_k:?}",
                 target.name(),
-                vp.causal,
-                vp.window,
-                vp.score.softcap,
-                vp.sinks.is_some(),
-                vp.alibi_slopes.is_some(),
-                vp.block_n
+                vp.causal(),
+                vp.window(),
+                vp.score().softcap,
+                vp.sinks().is_some(),
+                vp.alibi_slopes().is_some(),
+                vp.block_n()
             )
         };
-        tally.compare_values(&desc, "out", &[tq, hq, dv], dtype, &sim.out, &out);
-        tally.compare_values(&desc, "lse", &[hq, tq], DType::F32, &sim.lse, &lse);
+        tally.compare_values(&desc, "out", &[tq, hq, dv], dtype, sim.out(), &out);
+        tally.compare_values(&desc, "lse", &[hq, tq], DType::F32, sim.lse(), &lse);
         tally.case_done();
     }
     Ok(tally.finish())

@@ -8,6 +8,7 @@ use crate::kernels::Gpu;
 use crate::ops::flex_attention::flex_attention as gpu_flex;
 use crate::runtime::Result;
 use attnlab_shared::layout::LayoutKind;
+use attnlab_sim::config::AttnConfigBuilder;
 use attnlab_sim::kernels::flex_attention::{flex as sim_flex, FlexArgs};
 
 pub const SPACE: CaseSpace = CaseSpace {
@@ -24,10 +25,15 @@ pub const SPACE: CaseSpace = CaseSpace {
 
 pub fn run(gpu: &Gpu, opts: DiffOptions) -> Result<KernelReport> {
     attention_diff("flex_attention", opts, &SPACE, |_, case| {
-        if case.cfg.kv_dtype != case.cfg.dtype {
+        if case.cfg.kv_dtype() != case.cfg.dtype() {
             return Ok(None); // FLEX_ATTENTION has no fp8 cache
         }
-        case.cfg.softcap = None; // nor a soft-cap score_mod
+        // nor a soft-cap score_mod
+        case.cfg = AttnConfigBuilder {
+            softcap: None,
+            ..case.cfg.to_builder()
+        }
+        .build()?;
         let args = FlexArgs::new(&case.query, &case.cache, &case.meta, &case.cfg)?;
         let sim = sim_flex(&args)?;
         let gpu = gpu_flex(gpu, &args)?;

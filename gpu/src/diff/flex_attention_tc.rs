@@ -11,16 +11,22 @@ use crate::kernels::Gpu;
 use crate::ops::flash_varlen_tc::matrix_target;
 use crate::ops::flex_attention_tc::flex_attention_tc as gpu_tc;
 use crate::runtime::Result;
+use attnlab_sim::config::AttnConfigBuilder;
 use attnlab_sim::kernels::flex_attention::FlexArgs;
 use attnlab_sim::kernels::flex_attention_tc::{flex_tc as sim_tc, validate_config};
 
 pub fn run(gpu: &Gpu, opts: DiffOptions) -> Result<KernelReport> {
     let target = matrix_target(&gpu.dev.info().target)?;
     attention_diff("flex_attention_tc", opts, &SPACE, |_, case| {
-        if case.cfg.kv_dtype != case.cfg.dtype || validate_config(&case.cfg).is_err() {
+        if case.cfg.kv_dtype() != case.cfg.dtype() || validate_config(&case.cfg).is_err() {
             return Ok(None); // no fp8 cache; bf16 / f16 only
         }
-        case.cfg.softcap = None; // FLEX_ATTENTION passes no soft-cap score_mod
+        // FLEX_ATTENTION passes no soft-cap score_mod
+        case.cfg = AttnConfigBuilder {
+            softcap: None,
+            ..case.cfg.to_builder()
+        }
+        .build()?;
         let args = FlexArgs::new(&case.query, &case.cache, &case.meta, &case.cfg)?;
         let sim = sim_tc(&args, target)?;
         let gpu = gpu_tc(gpu, &args)?;

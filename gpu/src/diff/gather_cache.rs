@@ -42,7 +42,7 @@ pub fn run(gpu: &Gpu, opts: DiffOptions) -> Result<KernelReport> {
             own
         };
         let rows: Vec<&[i32]> = (0..meta.num_reqs())
-            .map(|i| &meta.block_table.row(i)[..meta.seq_len(i).div_ceil(meta.block_size)])
+            .map(|i| &meta.block_table().row(i)[..meta.seq_len(i).div_ceil(meta.block_size())])
             .collect();
         // A chunk: per request a random [start, start + len) inside its sequence.
         let (mut starts, mut lens) = (Vec::new(), Vec::new());
@@ -53,8 +53,8 @@ pub fn run(gpu: &Gpu, opts: DiffOptions) -> Result<KernelReport> {
             lens.push(rng.gen_range(0..=s - start));
         }
         let chunk = GatherChunk::new(starts, &lens)?;
-        let scales = (cfg.k_scale, cfg.v_scale);
-        let args = GatherArgs::new(&case.cache, &rows, &chunk, format, scales, cfg.dtype)?;
+        let scales = (cfg.k_scale(), cfg.v_scale());
+        let args = GatherArgs::new(&case.cache, &rows, &chunk, format, scales, cfg.dtype())?;
         let (sk, sv) = sim_gather(&args);
         let (gk, gv) = gpu_gather(gpu, &args)?;
         let desc = || {
@@ -65,9 +65,9 @@ pub fn run(gpu: &Gpu, opts: DiffOptions) -> Result<KernelReport> {
                 case.describe()
             )
         };
-        let shape = [chunk.total_tokens(), cfg.num_kv_heads, cfg.head_size];
-        tally.compare_values(&desc, "key", &shape, cfg.dtype, &sk, &gk);
-        tally.compare_values(&desc, "value", &shape, cfg.dtype, &sv, &gv);
+        let shape = [chunk.total_tokens(), cfg.num_kv_heads(), cfg.head_size()];
+        tally.compare_values(&desc, "key", &shape, cfg.dtype(), &sk, &gk);
+        tally.compare_values(&desc, "value", &shape, cfg.dtype(), &sv, &gv);
         tally.case_done();
     }
     Ok(tally.finish())

@@ -48,8 +48,15 @@ pub fn run(gpu: &Gpu, opts: DiffOptions) -> Result<KernelReport> {
         let sim = merge(&args, FaultSet::NONE);
         let dev = gpu_merge(gpu, &args)?;
         let desc = || format!("{kernel:?} merge, [{t} tokens, {h} heads, {d}] in {dtype}");
-        tally.compare_values(&desc, "output", &[t, h, d], dtype, &sim.out, &dev.out);
-        tally.compare_values(&desc, "output_lse", &[h, t], DType::F32, &sim.lse, &dev.lse);
+        tally.compare_values(&desc, "output", &[t, h, d], dtype, sim.out(), &dev.out);
+        tally.compare_values(
+            &desc,
+            "output_lse",
+            &[h, t],
+            DType::F32,
+            sim.lse(),
+            &dev.lse,
+        );
         tally.case_done();
     }
     Ok(tally.finish())

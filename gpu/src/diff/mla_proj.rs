@@ -59,13 +59,13 @@ pub fn run(dev: &Gpu, opts: DiffOptions) -> Result<KernelReport> {
             pick(&mut rng, &[1usize, 3, 16, 20, 128])
         };
         let tp = pick(&mut rng, &[1usize, 2, 8]);
-        let full = MlaWeights::random(model_heads, dims, dtype, rng.gen());
+        let full = MlaWeights::random(model_heads, dims, dtype, rng.gen())?;
         let w = if model_heads % tp == 0 {
             full.shard(rng.gen_range(0..tp), tp)?
         } else {
             full
         };
-        let n = w.num_heads;
+        let n = w.num_heads();
         // At most ~2^25 fmas per projection on the emulator side.
         let per_token = n * (pn + vd) * lkv;
         let t = pick(&mut rng, &[1usize, 7, 64, 65, 130])

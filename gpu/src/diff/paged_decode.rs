@@ -9,6 +9,7 @@ use crate::kernels::Gpu;
 use crate::ops::paged_decode::{paged_attention_2d as gpu_2d, paged_attention_ll4mi as gpu_ll4mi};
 use crate::runtime::Result;
 use attnlab_shared::layout::LayoutKind;
+use attnlab_sim::config::AttnConfigBuilder;
 use attnlab_sim::kernels::paged_decode::{
     paged_2d as sim_2d, paged_ll4mi as sim_ll4mi, PagedInputs, PartitionSize,
 };
@@ -34,9 +35,14 @@ pub fn run(gpu: &Gpu, opts: DiffOptions) -> Result<KernelReport> {
     attention_diff("paged_decode", opts, &SPACE, |rng, case| {
         let ll4mi = rng.gen_bool(0.5);
         if ll4mi {
-            case.cfg.sinks = None; // the ll4mi kernels take no sinks
+            // the ll4mi kernels take no sinks
+            case.cfg = AttnConfigBuilder {
+                sinks: None,
+                ..case.cfg.to_builder()
+            }
+            .build()?;
         }
-        let init = prefilled_output(rng, case.query.len(), case.cfg.dtype);
+        let init = prefilled_output(rng, case.query.len(), case.cfg.dtype());
         let mut sim = init.clone();
         let inputs = PagedInputs::new(&case.query, &case.cache, &case.meta, &case.cfg)?;
         let gpu = if ll4mi {

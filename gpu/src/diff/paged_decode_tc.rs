@@ -8,11 +8,15 @@
 use super::cases::{attention_diff, prefilled_output, CaseSpace, Outputs};
 use super::{DiffOptions, KernelReport};
 use crate::kernels::Gpu;
-use crate::ops::paged_decode_tc::{device_target, paged_decode_tc as gpu_tc, TcVariant};
+use crate::ops::paged_decode_tc::{
+    auto_split_size, device_target, paged_decode_tc as gpu_tc, TcVariant,
+};
 use crate::runtime::Result;
 use attnlab_shared::dtype::DType;
 use attnlab_shared::layout::LayoutKind;
-use attnlab_sim::kernels::paged_decode_tc::paged_decode_tc as sim_tc;
+use attnlab_sim::config::AttnConfigBuilder;
+use attnlab_sim::kernels::paged_decode::PagedInputs;
+use attnlab_sim::kernels::paged_decode_tc::{decode_tc as sim_tc, DecodeTcArgs};
 use rand::seq::SliceRandom;
 
 pub const SPACE: CaseSpace = CaseSpace {
@@ -33,18 +37,24 @@ const SPLITS: [Option<usize>; 5] = [Some(16), Some(32), Some(64), Some(256), Non
 pub fn run(gpu: &Gpu, opts: DiffOptions) -> Result<KernelReport> {
     let target = device_target(gpu)?;
     attention_diff("paged_decode_tc", opts, &SPACE, |rng, case| {
-        let dt = case.cfg.dtype;
-        if !matches!(dt, DType::Bf16 | DType::F16) || case.cfg.kv_dtype != dt {
+        let dt = case.cfg.dtype();
+        if !matches!(dt, DType::Bf16 | DType::F16) || case.cfg.kv_dtype() != dt {
             return Ok(None); // the kernel's dtypes: bf16 or f16, cache as the query
         }
-        case.cfg.sliding_window = None;
+        case.cfg = AttnConfigBuilder {
+            sliding_window: None,
+            ..case.cfg.to_builder()
+        }
+        .build()?;
         let split = *SPLITS.choose(rng).expect("non-empty");
         let init = prefilled_output(rng, case.query.len(), dt);
         let (q, c, m, cfg) = (&case.query, &case.cache, &case.meta, &case.cfg);
         let variant = *TcVariant::ALL.choose(rng).expect("non-empty");
-        let (gpu, used) = gpu_tc(gpu, q, c, m, cfg, split, variant, &init)?;
+        let used = split.unwrap_or_else(|| auto_split_size(gpu, m, cfg, variant));
+        let args = DecodeTcArgs::new(PagedInputs::new(q, c, m, cfg)?, target, used)?;
+        let gpu = gpu_tc(gpu, &args, variant, &init)?;
         let mut sim = init;
-        sim_tc(q, c, m, cfg, target, used, &mut sim)?;
+        sim_tc(&args, &mut sim)?;
         let options = format!("{} split {used} {}", target.name(), variant.name());
         Ok(Some(Outputs { options, sim, gpu }))
     })

@@ -9,6 +9,7 @@ use crate::kernels::Gpu;
 use crate::ops::prefix_prefill::context_attention_fwd as gpu_prefix;
 use crate::runtime::Result;
 use attnlab_shared::layout::LayoutKind;
+use attnlab_sim::config::AttnConfigBuilder;
 use attnlab_sim::kernels::paged_decode::PagedInputs;
 use attnlab_sim::kernels::prefix_prefill::{context_attention as sim_prefix, PrefixArgs};
 use rand::Rng;
@@ -31,13 +32,17 @@ pub const SPACE: CaseSpace = CaseSpace {
 
 pub fn run(gpu: &Gpu, opts: DiffOptions) -> Result<KernelReport> {
     attention_diff("prefix_prefill", opts, &SPACE, |rng, case| {
-        if case.cfg.alibi_slopes.is_some() {
+        if case.cfg.alibi_slopes().is_some() {
             // _fwd_kernel_alibi: causal, no sinks (vLLM asserts both).
-            case.cfg.sinks = None;
-            case.meta.causal = true;
+            case.cfg = AttnConfigBuilder {
+                sinks: None,
+                ..case.cfg.to_builder()
+            }
+            .build()?;
+            case.meta = case.meta.clone().with_causal(true);
         }
         let skip_decode = rng.gen_bool(0.7);
-        let init = prefilled_output(rng, case.query.len(), case.cfg.dtype);
+        let init = prefilled_output(rng, case.query.len(), case.cfg.dtype());
         let mut sim = init.clone();
         let inputs = PagedInputs::new(&case.query, &case.cache, &case.meta, &case.cfg)?;
         let args = PrefixArgs::new(inputs, skip_decode)?;

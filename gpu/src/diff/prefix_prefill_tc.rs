@@ -17,6 +17,7 @@ use crate::kernels::Gpu;
 use crate::ops::flash_varlen_tc::matrix_target;
 use crate::ops::prefix_prefill_tc::context_attention_tc as gpu_tc;
 use crate::runtime::Result;
+use attnlab_sim::config::AttnConfigBuilder;
 use attnlab_sim::kernels::paged_decode::PagedInputs;
 use attnlab_sim::kernels::prefix_prefill::PrefixArgs;
 use attnlab_sim::kernels::prefix_prefill_tc::{context_attention_tc as sim_tc, tc_format};
@@ -28,12 +29,16 @@ pub fn run(gpu: &Gpu, opts: DiffOptions) -> Result<KernelReport> {
         if tc_format(&case.cfg).is_err() {
             return Ok(None); // bf16 / f16 queries, the cache in their dtype or fp8
         }
-        if case.cfg.alibi_slopes.is_some() {
+        if case.cfg.alibi_slopes().is_some() {
             // _fwd_kernel_alibi: causal, no sinks (vLLM asserts both).
-            case.cfg.sinks = None;
-            case.meta.causal = true;
+            case.cfg = AttnConfigBuilder {
+                sinks: None,
+                ..case.cfg.to_builder()
+            }
+            .build()?;
+            case.meta = case.meta.clone().with_causal(true);
         }
-        let dt = case.cfg.dtype;
+        let dt = case.cfg.dtype();
         let skip_decode = rng.gen_bool(0.7);
         let init = prefilled_output(rng, case.query.len(), dt);
         let mut sim = init.clone();

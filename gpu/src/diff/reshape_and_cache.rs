@@ -52,12 +52,13 @@ pub fn run(gpu: &Gpu, opts: DiffOptions) -> Result<KernelReport> {
         ) else {
             continue; // not a shape this layout accepts: draw again
         };
-        let mut cfg = AttnConfig::new(num_kv_heads * 4, num_kv_heads, head_size, dtype);
+        let mut cfg = AttnConfig::builder(num_kv_heads * 4, num_kv_heads, head_size, dtype);
         cfg.kv_dtype = kv_dtype;
         if kv_dtype.is_fp8() {
             cfg.k_scale = rng.gen_range(0.01f32..2.0);
             cfg.v_scale = rng.gen_range(0.01f32..2.0);
         }
+        let cfg = cfg.build()?;
         let num_slots = num_blocks * block_size;
         let mut slots: Vec<i64> = (0..num_slots as i64).collect();
         slots.shuffle(&mut rng);
@@ -91,8 +92,8 @@ pub fn run(gpu: &Gpu, opts: DiffOptions) -> Result<KernelReport> {
                 "{} into {} (nb {num_blocks}, bs {block_size}, {num_kv_heads} kv heads x {head_size}), {dtype} -> {kv_dtype}, scales {}/{}, slots {:?}",
                 writer.kernel_name(),
                 kind.name(),
-                cfg.k_scale,
-                cfg.v_scale,
+                cfg.k_scale(),
+                cfg.v_scale(),
                 slot_mapping
             )
         };

@@ -30,14 +30,17 @@ use rand::Rng;
 /// Scales the queries by 2^6..2^8 (exact in every query dtype: |q| <= 2
 /// stays far below f16's 65504) so scores reach hundreds, sets a soft-cap of
 /// 0.5..4 and, half the time, a window of 1 or 2 keys.
-pub fn push_to_extremes(rng: &mut impl Rng, case: &mut super::cases::AttnCase) {
+pub fn push_to_extremes(rng: &mut impl Rng, case: &mut super::cases::AttnCase) -> Result<()> {
     let k = 2f32.powi(rng.gen_range(6..=8));
-    let dt: DType = case.cfg.dtype;
+    let dt: DType = case.cfg.dtype();
     case.query.iter_mut().for_each(|x| *x = dt.round(*x * k));
-    case.cfg.softcap = Some(rng.gen_range(0.5f32..4.0));
+    let mut cfg = case.cfg.to_builder();
+    cfg.softcap = Some(rng.gen_range(0.5f32..4.0));
     if rng.gen_bool(0.5) {
-        case.cfg.sliding_window = Some(rng.gen_range(1..=2));
+        cfg.sliding_window = Some(rng.gen_range(1..=2));
     }
+    case.cfg = cfg.build()?;
+    Ok(())
 }
 
 pub const SPACE: CaseSpace = CaseSpace {
@@ -74,9 +77,9 @@ pub fn run(gpu: &Gpu, opts: DiffOptions) -> Result<KernelReport> {
             }
         }
         if rng.gen_ratio(1, 6) {
-            push_to_extremes(rng, case);
+            push_to_extremes(rng, case)?;
         }
-        let aiter = case.meta.causal && rng.gen_bool(0.5);
+        let aiter = case.meta.causal() && rng.gen_bool(0.5);
         let profile = VllmProfile::ALL[rng.gen_range(0..VllmProfile::ALL.len())];
         let launch = if aiter {
             UnifiedLaunch::aiter(&case.meta, &case.cfg, MI300X_CU_COUNT)?
@@ -123,7 +126,7 @@ mod tests {
                 continue;
             };
             drawn += 1;
-            push_to_extremes(&mut rng, &mut case);
+            push_to_extremes(&mut rng, &mut case).unwrap();
             let run = |profile| {
                 let opts = VllmLaunchOptions {
                     profile,

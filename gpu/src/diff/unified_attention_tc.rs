@@ -58,14 +58,14 @@ pub fn run(gpu: &Gpu, opts: DiffOptions) -> Result<KernelReport> {
                 None => return Ok(None),
             }
         }
-        let dt = case.cfg.dtype;
-        if !matches!(dt, DType::Bf16 | DType::F16) || case.cfg.kv_dtype != dt {
+        let dt = case.cfg.dtype();
+        if !matches!(dt, DType::Bf16 | DType::F16) || case.cfg.kv_dtype() != dt {
             return Ok(None); // the kernel's dtypes: bf16 or f16, cache as the query
         }
         if rng.gen_ratio(1, 6) {
-            push_to_extremes(rng, case);
+            push_to_extremes(rng, case)?;
         }
-        let aiter = case.meta.causal && rng.gen_bool(0.5);
+        let aiter = case.meta.causal() && rng.gen_bool(0.5);
         let profile = VllmProfile::ALL[rng.gen_range(0..VllmProfile::ALL.len())];
         let launch = if aiter {
             UnifiedLaunch::aiter(&case.meta, &case.cfg, MI300X_CU_COUNT)?

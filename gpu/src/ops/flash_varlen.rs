@@ -61,9 +61,27 @@ pub fn tiled_shared_bytes(d: usize, dv: usize, block_n: usize) -> Option<usize> 
 /// bits (f32), for the [`VarlenArgs`] the emulator takes (validated where
 /// they were built; only the launch's device limits are checked here).
 pub fn flash_attn_varlen(gpu: &Gpu, args: &VarlenArgs) -> Result<(Vec<u32>, Vec<u32>)> {
+    run_on_device(gpu, args, |batch, max_sq, bufs| {
+        VarlenLaunch::new(gpu, args.params(), batch, max_sq, args.total_q())?.launch(gpu, bufs)
+    })
+}
+
+/// The device round trip of one varlen call, for both kernel flavours:
+/// uploads q, k and v in the dtype (each at least one element: a
+/// zero-length buffer has no address), `cu_seqlens`, sinks and ALiBi slopes,
+/// runs `launch(batch, max_sq, buffers)` when some sequence has a query row
+/// (buffers in the kernels' order: q, k, v, cu_seqlens_q, cu_seqlens_k,
+/// sinks, alibi_slopes, out, lse), and downloads the output `[total_q, Hq,
+/// Dv]` (bits in the dtype) and the lse `[Hq, total_q]` (f32 bits, -inf
+/// where nothing ran).
+pub(crate) fn run_on_device(
+    gpu: &Gpu,
+    args: &VarlenArgs,
+    launch: impl FnOnce(usize, usize, [&Buffer; 9]) -> Result<()>,
+) -> Result<(Vec<u32>, Vec<u32>)> {
     let (q, k, v, p) = (args.q(), args.k(), args.v(), args.params());
     let (cu_q, cu_k) = (args.cu_seqlens_q(), args.cu_seqlens_k());
-    let (tq, hq, dv) = (args.total_q(), p.num_heads, p.head_size_v);
+    let (tq, hq, dv) = (args.total_q(), p.num_heads(), p.head_size_v());
     let batch = cu_q.len().saturating_sub(1);
     let max_sq = cu_q
         .windows(2)
@@ -71,32 +89,54 @@ pub fn flash_attn_varlen(gpu: &Gpu, args: &VarlenArgs) -> Result<(Vec<u32>, Vec<
         .max()
         .unwrap_or(0);
     let dev = gpu.dev.as_ref();
-    let dt = p.dtype;
+    let dt = p.dtype();
     let out = Buffer::zeroed(dev, tq * hq * dv * dt.size_bytes())?;
     let lse = Buffer::from_bytes(
         dev,
         &bytes_of(&vec![f32::NEG_INFINITY; tq * hq], DType::F32),
     )?;
     if batch > 0 && max_sq > 0 {
-        let (qb, kb, vb) = (
-            Buffer::from_bytes(dev, &bytes_of(q, dt))?,
-            Buffer::from_bytes(dev, &bytes_of(k, dt))?,
-            Buffer::from_bytes(dev, &bytes_of(v, dt))?,
-        );
+        let upload = |x: &[f32]| match x.is_empty() {
+            true => Buffer::from_bytes(dev, &bytes_of(&[0.0], dt)),
+            false => Buffer::from_bytes(dev, &bytes_of(x, dt)),
+        };
+        let (qb, kb, vb) = (upload(q)?, upload(k)?, upload(v)?);
         let (cq, ck) = (
             Buffer::from_bytes(dev, &bytes_of_i32(cu_q))?,
             Buffer::from_bytes(dev, &bytes_of_i32(cu_k))?,
         );
-        let sinks = Buffer::from_bytes(dev, &bytes_of(p.sinks.unwrap_or(&[0.0]), DType::F32))?;
-        let alibi =
-            Buffer::from_bytes(dev, &bytes_of(p.alibi_slopes.unwrap_or(&[0.0]), DType::F32))?;
-        let plan = VarlenLaunch::new(gpu, p, batch, max_sq, tq)?;
-        plan.launch(gpu, [&qb, &kb, &vb, &cq, &ck, &sinks, &alibi, &out, &lse])?;
+        let sinks = Buffer::from_bytes(dev, &bytes_of(p.sinks().unwrap_or(&[0.0]), DType::F32))?;
+        let alibi = Buffer::from_bytes(
+            dev,
+            &bytes_of(p.alibi_slopes().unwrap_or(&[0.0]), DType::F32),
+        )?;
+        launch(
+            batch,
+            max_sq,
+            [&qb, &kb, &vb, &cq, &ck, &sinks, &alibi, &out, &lse],
+        )?;
     }
     Ok((
         bits_from_bytes(&out.to_bytes()?, dt),
         bits_from_bytes(&lse.to_bytes()?, DType::F32),
     ))
+}
+
+/// Launches `f` over `dims` with the buffers then the by-value parameter
+/// block `params`, in the kernel's order (what the prepared varlen launches
+/// of both flavours replay).
+pub(crate) fn launch_prepared(
+    gpu: &Gpu,
+    (f, dims, params): (FunctionId, LaunchDims, &Arg),
+    bufs: [&Buffer; 9],
+) -> Result<()> {
+    let mut args: Vec<Arg> = bufs.iter().map(|b| b.arg()).collect();
+    args.push(params.clone());
+    // SAFETY: the arguments are the kernel's parameter list in order (by-value
+    // blocks layout-checked by gpu/tests/param_layout.rs), and every buffer was
+    // sized for the shapes those scalars and this grid index (the prepared
+    // launches' constructors check the shapes against the device).
+    unsafe { gpu.dev.launch(f, dims, &args) }
 }
 
 /// The `-D` set of the tiled kernel for one dtype and shape (the module cache
@@ -128,14 +168,14 @@ impl VarlenLaunch {
         max_sq: usize,
         total_q: usize,
     ) -> Result<VarlenLaunch> {
-        let (d, dv, dt) = (p.head_size, p.head_size_v, p.dtype);
-        let tiled = tiled_shared_bytes(d, dv, p.block_n);
+        let (d, dv, dt) = (p.head_size(), p.head_size_v(), p.dtype());
+        let tiled = tiled_shared_bytes(d, dv, p.block_n());
         let (rows_per_program, threads, shared) = match tiled {
             Some(bytes) => (TILED_ROWS, TILED_THREADS, bytes),
             None => (
                 SCALAR_ROWS,
                 128,
-                (SCALAR_ROWS * p.block_n + SCALAR_ROWS * dv + 3 * SCALAR_ROWS) * 4,
+                (SCALAR_ROWS * p.block_n() + SCALAR_ROWS * dv + 3 * SCALAR_ROWS) * 4,
             ),
         };
         if shared > SHARED_MEMORY_LIMIT {
@@ -149,7 +189,7 @@ impl VarlenLaunch {
         let f = match tiled {
             Some(_) => gpu.function(
                 "flash_varlen",
-                &tiled_defines(dt, d, dv, p.block_n),
+                &tiled_defines(dt, d, dv, p.block_n()),
                 "flash_attn_varlen",
             )?,
             None => gpu.function(
@@ -162,26 +202,26 @@ impl VarlenLaunch {
             grid: [
                 to_u32(max_sq.div_ceil(rows_per_program), "row blocks")?,
                 to_u32(batch, "batch")?,
-                to_u32(p.num_heads, "heads")?,
+                to_u32(p.num_heads(), "heads")?,
             ],
             block: [threads, 1, 1],
             shared_bytes: shared as u32,
         };
         let args = VarlenBlock {
-            num_heads: p.num_heads as i64,
-            num_kv_heads: p.num_kv_heads as i64,
+            num_heads: p.num_heads() as i64,
+            num_kv_heads: p.num_kv_heads() as i64,
             head_size: d as i64,
             head_size_v: dv as i64,
-            block_n: p.block_n as i64,
-            window: p.window.unwrap_or(0) as i64,
+            block_n: p.block_n() as i64,
+            window: p.window().unwrap_or(0) as i64,
             total_q: total_q as i64,
-            causal: p.causal as i32,
-            has_sinks: p.sinks.is_some() as i32,
-            has_alibi: p.alibi_slopes.is_some() as i32,
+            causal: p.causal() as i32,
+            has_sinks: p.sinks().is_some() as i32,
+            has_alibi: p.alibi_slopes().is_some() as i32,
             pad: 0,
-            scale: p.score.scale,
-            scale_log2: p.score.scale_log2,
-            softcap: p.score.softcap.unwrap_or(0.0),
+            scale: p.score().scale,
+            scale_log2: p.score().scale_log2,
+            softcap: p.score().softcap.unwrap_or(0.0),
             pad2: 0.0,
         }
         .arg();
@@ -191,12 +231,7 @@ impl VarlenLaunch {
     /// Buffers in the kernel's order: q, k, v, cu_seqlens_q, cu_seqlens_k,
     /// sinks, alibi_slopes, out, lse.
     pub fn launch(&self, gpu: &Gpu, bufs: [&Buffer; 9]) -> Result<()> {
-        let mut args: Vec<Arg> = bufs.iter().map(|b| b.arg()).collect();
-        args.push(self.args.clone());
-        // SAFETY: the arguments are the kernel's parameter list in order (by-value
-        // blocks layout-checked by gpu/tests/param_layout.rs), and every buffer was
-        // sized above for the shapes those scalars and this grid index.
-        unsafe { gpu.dev.launch(self.f, self.dims, &args) }
+        launch_prepared(gpu, (self.f, self.dims, &self.args), bufs)
     }
 }
 

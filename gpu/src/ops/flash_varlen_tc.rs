@@ -4,13 +4,12 @@
 //! m16n8k16` on NVIDIA, MFMA 16x16x16 on CDNA; on the host device the model
 //! of the target its wave width stands for).
 
+use super::flash_varlen::{launch_prepared, run_on_device};
 use super::unified_attention::to_u32;
 pub use crate::kernels::varlen_tc_defines as defines;
 use crate::kernels::Gpu;
-use crate::runtime::bytes::{bits_from_bytes, bytes_of, bytes_of_i32};
 use crate::runtime::params::{param_block, ParamBlock};
 use crate::runtime::{Arg, Buffer, FunctionId, LaunchDims, Result, Target};
-use attnlab_shared::dtype::DType;
 use attnlab_shared::error::Error;
 use attnlab_sim::kernels::flash_varlen_tc::{VarlenTcArgs, VarlenTcParams, WAVE_ROWS};
 use attnlab_sim::numerics::mma::MatrixTarget;
@@ -79,53 +78,9 @@ pub fn shared_bytes(d: usize, dv: usize, block_n: usize, stages: usize) -> usize
 /// they were built). `p.target` must be the device's ([`matrix_target`]).
 pub fn flash_attn_varlen_tc(gpu: &Gpu, args: &VarlenTcArgs) -> Result<(Vec<u32>, Vec<u32>)> {
     let (x, p) = (args.inputs(), args.params());
-    let (q, k, v) = (x.q(), x.k(), x.v());
-    let (cu_q, cu_k) = (x.cu_seqlens_q(), x.cu_seqlens_k());
-    let vp = &p.varlen;
-    let (tq, hq, dv) = (x.total_q(), vp.num_heads, vp.head_size_v);
-    let batch = cu_q.len().saturating_sub(1);
-    let max_sq = cu_q
-        .windows(2)
-        .map(|w| (w[1] - w[0]) as usize)
-        .max()
-        .unwrap_or(0);
-    let dev = gpu.dev.as_ref();
-    let dt = vp.dtype;
-    let out = Buffer::zeroed(dev, tq * hq * dv * dt.size_bytes())?;
-    let lse = Buffer::from_bytes(
-        dev,
-        &bytes_of(&vec![f32::NEG_INFINITY; tq * hq], DType::F32),
-    )?;
-    if batch > 0 && max_sq > 0 {
-        // A zero-length buffer has no address: keep each at least 1 element.
-        let nonempty = |x: &[f32]| -> Vec<f32> {
-            if x.is_empty() {
-                vec![0.0]
-            } else {
-                x.to_vec()
-            }
-        };
-        let (qb, kb, vb) = (
-            Buffer::from_bytes(dev, &bytes_of(&nonempty(q), dt))?,
-            Buffer::from_bytes(dev, &bytes_of(&nonempty(k), dt))?,
-            Buffer::from_bytes(dev, &bytes_of(&nonempty(v), dt))?,
-        );
-        let (cq, ck) = (
-            Buffer::from_bytes(dev, &bytes_of_i32(cu_q))?,
-            Buffer::from_bytes(dev, &bytes_of_i32(cu_k))?,
-        );
-        let sinks = Buffer::from_bytes(dev, &bytes_of(vp.sinks.unwrap_or(&[0.0]), DType::F32))?;
-        let alibi = Buffer::from_bytes(
-            dev,
-            &bytes_of(vp.alibi_slopes.unwrap_or(&[0.0]), DType::F32),
-        )?;
-        let plan = VarlenTcLaunch::new(gpu, p, DEFAULT_WARPS, batch, max_sq, tq)?;
-        plan.launch(gpu, [&qb, &kb, &vb, &cq, &ck, &sinks, &alibi, &out, &lse])?;
-    }
-    Ok((
-        bits_from_bytes(&out.to_bytes()?, dt),
-        bits_from_bytes(&lse.to_bytes()?, DType::F32),
-    ))
+    run_on_device(gpu, x, |batch, max_sq, bufs| {
+        VarlenTcLaunch::new(gpu, p, DEFAULT_WARPS, batch, max_sq, x.total_q())?.launch(gpu, bufs)
+    })
 }
 
 /// One launch, prepared once (module, grid, argument struct) and replayed
@@ -164,7 +119,7 @@ impl VarlenTcLaunch {
             );
         }
         let vp = &p.varlen;
-        let (d, dv, bn) = (vp.head_size, vp.head_size_v, vp.block_n);
+        let (d, dv, bn) = (vp.head_size(), vp.head_size_v(), vp.block_n());
         let (stages, limit) = match info.target {
             Target::Cuda { .. } => (2, CUDA_SHARED_LIMIT),
             _ => (1, LDS_LIMIT),
@@ -180,7 +135,7 @@ impl VarlenTcLaunch {
         }
         let f = gpu.function(
             "flash_varlen_tc",
-            &defines(vp.dtype, d, dv, bn, warps),
+            &defines(vp.dtype(), d, dv, bn, warps),
             "flash_attn_varlen_tc",
         )?;
         let wave = info.target.wave_size() as usize;
@@ -188,23 +143,23 @@ impl VarlenTcLaunch {
             grid: [
                 to_u32(max_sq.div_ceil(WAVE_ROWS * warps), "row blocks")?,
                 to_u32(batch, "batch")?,
-                to_u32(vp.num_heads, "heads")?,
+                to_u32(vp.num_heads(), "heads")?,
             ],
             block: [to_u32(warps * wave, "threads")?, 1, 1],
             shared_bytes: shared as u32,
         };
         let args = VarlenTcBlock {
-            num_heads: vp.num_heads as i64,
-            num_kv_heads: vp.num_kv_heads as i64,
-            window: vp.window.unwrap_or(0) as i64,
+            num_heads: vp.num_heads() as i64,
+            num_kv_heads: vp.num_kv_heads() as i64,
+            window: vp.window().unwrap_or(0) as i64,
             total_q: total_q as i64,
-            causal: vp.causal as i32,
-            has_sinks: vp.sinks.is_some() as i32,
-            has_alibi: vp.alibi_slopes.is_some() as i32,
+            causal: vp.causal() as i32,
+            has_sinks: vp.sinks().is_some() as i32,
+            has_alibi: vp.alibi_slopes().is_some() as i32,
             host_target: host_target_code(p.target),
-            scale: vp.score.scale,
-            scale_log2: vp.score.scale_log2,
-            softcap: vp.score.softcap.unwrap_or(0.0),
+            scale: vp.score().scale,
+            scale_log2: vp.score().scale_log2,
+            softcap: vp.score().softcap.unwrap_or(0.0),
             pad: 0.0,
         }
         .arg();
@@ -214,12 +169,7 @@ impl VarlenTcLaunch {
     /// Buffers in the kernel's order: q, k, v, cu_seqlens_q, cu_seqlens_k,
     /// sinks, alibi_slopes, out, lse.
     pub fn launch(&self, gpu: &Gpu, bufs: [&Buffer; 9]) -> Result<()> {
-        let mut args: Vec<Arg> = bufs.iter().map(|b| b.arg()).collect();
-        args.push(self.args.clone());
-        // SAFETY: the arguments are the kernel's parameter list in order (by-value
-        // blocks layout-checked by gpu/tests/param_layout.rs), and every buffer was
-        // sized above for the shapes those scalars and this grid index.
-        unsafe { gpu.dev.launch(self.f, self.dims, &args) }
+        launch_prepared(gpu, (self.f, self.dims, &self.args), bufs)
     }
 }
 

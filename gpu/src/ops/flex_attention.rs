@@ -35,9 +35,9 @@ param_block! {
 /// built; only the device's shared memory is checked here).
 pub fn flex_attention(gpu: &Gpu, args: &FlexArgs) -> Result<Vec<u32>> {
     let (query, cache, meta, cfg) = (args.query(), args.cache(), args.meta(), args.cfg());
-    let (hq, d, bs) = (cfg.num_heads, cfg.head_size, meta.block_size);
-    let bn = flex_block_n(cfg.dtype, bs);
-    let t = meta.num_actual_tokens;
+    let (hq, d, bs) = (cfg.num_heads(), cfg.head_size(), meta.block_size());
+    let bn = flex_block_n(cfg.dtype(), bs);
+    let t = meta.num_actual_tokens();
     let qb_rows = SPARSE_Q_BLOCK_SIZE;
     let shared = (qb_rows * bn + qb_rows * d + 3 * qb_rows) * 4;
     if shared > SHARED_MEMORY_LIMIT {
@@ -54,27 +54,27 @@ pub fn flex_attention(gpu: &Gpu, args: &FlexArgs) -> Result<Vec<u32>> {
     if t == 0 {
         return Ok(Vec::new());
     }
-    let out = Buffer::zeroed(dev, t * hq * d * cfg.dtype.size_bytes())?;
+    let out = Buffer::zeroed(dev, t * hq * d * cfg.dtype().size_bytes())?;
     let mask = MaskBuffers::upload(gpu, args)?;
     let num_q_blocks = mask.num_q_blocks;
-    let q = Buffer::from_bytes(dev, &bytes_of(query, cfg.dtype))?;
-    let k = Buffer::from_bytes(dev, &bytes_of(&cache.k, cfg.dtype))?;
-    let v = Buffer::from_bytes(dev, &bytes_of(&cache.v, cfg.dtype))?;
+    let q = Buffer::from_bytes(dev, &bytes_of(query, cfg.dtype()))?;
+    let k = Buffer::from_bytes(dev, &bytes_of(&cache.k, cfg.dtype()))?;
+    let v = Buffer::from_bytes(dev, &bytes_of(&cache.v, cfg.dtype()))?;
     let a = FlexParams {
         num_tokens: t as i64,
         num_heads: hq as i64,
-        num_kv_heads: cfg.num_kv_heads as i64,
+        num_kv_heads: cfg.num_kv_heads() as i64,
         head_size: d as i64,
         block_size: bs as i64,
         block_n: bn as i64,
         q_block: qb_rows as i64,
-        scale: cfg.scale,
-        scale_log2: softmax_scale_log2(cfg.scale),
+        scale: cfg.scale(),
+        scale_log2: softmax_scale_log2(cfg.scale()),
     }
     .arg();
     let f = gpu.function(
         "flex_attention",
-        &[dtype_define("DTYPE", cfg.dtype)],
+        &[dtype_define("DTYPE", cfg.dtype())],
         "flex_attention",
     )?;
     let dims = LaunchDims {
@@ -97,7 +97,7 @@ pub fn flex_attention(gpu: &Gpu, args: &FlexArgs) -> Result<Vec<u32>> {
     // blocks layout-checked by gpu/tests/param_layout.rs), and every buffer was
     // sized above for the shapes those scalars and this grid index.
     unsafe { dev.launch(f, dims, &call) }?;
-    Ok(bits_from_bytes(&out.to_bytes()?, cfg.dtype))
+    Ok(bits_from_bytes(&out.to_bytes()?, cfg.dtype()))
 }
 
 /// The BlockMask on the device, flattened: per q block its partial then its
@@ -117,8 +117,12 @@ pub(crate) struct MaskBuffers<'d> {
 impl<'d> MaskBuffers<'d> {
     pub(crate) fn upload(gpu: &'d Gpu, args: &FlexArgs) -> Result<MaskBuffers<'d>> {
         let (meta, cfg) = (args.meta(), args.cfg());
-        let (t, bs, qb_rows) = (meta.num_actual_tokens, meta.block_size, SPARSE_Q_BLOCK_SIZE);
-        let mask = FlexMask::new(meta, cfg.sliding_window);
+        let (t, bs, qb_rows) = (
+            meta.num_actual_tokens(),
+            meta.block_size(),
+            SPARSE_Q_BLOCK_SIZE,
+        );
+        let mask = FlexMask::new(meta, cfg.sliding_window());
         let bm = BlockMask::build(&mask);
         let (mut blocks, mut start, mut partial, mut keep) = (vec![], vec![0i32], vec![], vec![]);
         for (qb, (parts, fulls)) in bm.kv_indices.iter().zip(&bm.full_kv_indices).enumerate() {

@@ -45,32 +45,32 @@ pub fn flex_attention_tc(gpu: &Gpu, args: &FlexArgs) -> Result<Vec<u32>> {
     let (query, cache, meta, cfg) = (args.query(), args.cache(), args.meta(), args.cfg());
     validate_config(cfg)?;
     let target = matrix_target(&gpu.dev.info().target)?;
-    let (hq, d, bs) = (cfg.num_heads, cfg.head_size, meta.block_size);
-    let bn = flex_block_n(cfg.dtype, bs);
-    let t = meta.num_actual_tokens;
+    let (hq, d, bs) = (cfg.num_heads(), cfg.head_size(), meta.block_size());
+    let bn = flex_block_n(cfg.dtype(), bs);
+    let t = meta.num_actual_tokens();
     if t == 0 {
         return Ok(Vec::new());
     }
     let dev = gpu.dev.as_ref();
-    let out = Buffer::zeroed(dev, t * hq * d * cfg.dtype.size_bytes())?;
+    let out = Buffer::zeroed(dev, t * hq * d * cfg.dtype().size_bytes())?;
     let mask = MaskBuffers::upload(gpu, args)?;
-    let q = Buffer::from_bytes(dev, &bytes_of(query, cfg.dtype))?;
-    let k = Buffer::from_bytes(dev, &bytes_of(&cache.k, cfg.dtype))?;
-    let v = Buffer::from_bytes(dev, &bytes_of(&cache.v, cfg.dtype))?;
+    let q = Buffer::from_bytes(dev, &bytes_of(query, cfg.dtype()))?;
+    let k = Buffer::from_bytes(dev, &bytes_of(&cache.k, cfg.dtype()))?;
+    let v = Buffer::from_bytes(dev, &bytes_of(&cache.v, cfg.dtype()))?;
     let a = FlexTcParams {
         num_tokens: t as i64,
         num_heads: hq as i64,
-        num_kv_heads: cfg.num_kv_heads as i64,
+        num_kv_heads: cfg.num_kv_heads() as i64,
         block_size: bs as i64,
         host_target: host_target_code(target),
         pad: 0,
-        scale: cfg.scale,
-        scale_log2: softmax_scale_log2(cfg.scale),
+        scale: cfg.scale(),
+        scale_log2: softmax_scale_log2(cfg.scale()),
     }
     .arg();
     let f = gpu.function(
         "flex_attention_tc",
-        &defines(cfg.dtype, d, bn),
+        &defines(cfg.dtype(), d, bn),
         "flex_attention_tc",
     )?;
     let dims = LaunchDims {
@@ -98,5 +98,5 @@ pub fn flex_attention_tc(gpu: &Gpu, args: &FlexArgs) -> Result<Vec<u32>> {
     // from the validated FlexArgs whose shapes these scalars and this grid
     // index (one wave per 16-row q block and head).
     unsafe { dev.launch(f, dims, &call) }?;
-    Ok(bits_from_bytes(&out.to_bytes()?, cfg.dtype))
+    Ok(bits_from_bytes(&out.to_bytes()?, cfg.dtype()))
 }

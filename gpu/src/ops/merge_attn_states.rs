@@ -67,10 +67,10 @@ pub fn merge_attn_states(gpu: &Gpu, args: &MergeArgs) -> Result<MergeBits> {
     let (prefix, suffix) = (args.prefix(), args.suffix());
     let out = Buffer::zeroed(dev, t * h * d * out_dtype.size_bytes())?;
     let out_lse = Buffer::zeroed(dev, t * h * 4)?;
-    let po = Buffer::from_bytes(dev, &bytes_of(&prefix.out, out_dtype))?;
-    let pl = Buffer::from_bytes(dev, &bytes_of(&prefix.lse, DType::F32))?;
-    let so = Buffer::from_bytes(dev, &bytes_of(&suffix.out, out_dtype))?;
-    let sl = Buffer::from_bytes(dev, &bytes_of(&suffix.lse, DType::F32))?;
+    let po = Buffer::from_bytes(dev, &bytes_of(prefix.out(), out_dtype))?;
+    let pl = Buffer::from_bytes(dev, &bytes_of(prefix.lse(), DType::F32))?;
+    let so = Buffer::from_bytes(dev, &bytes_of(suffix.out(), out_dtype))?;
+    let sl = Buffer::from_bytes(dev, &bytes_of(suffix.lse(), DType::F32))?;
     let dims = LaunchDims {
         grid: [gx, gy, 1],
         block: [d.min(128) as u32, 1, 1],

@@ -156,9 +156,9 @@ fn check_exact(what: &str, xs: &[f32], dtype: DType) -> Result<()> {
 fn check_upload(args: &ProjArgs, proj: Projection, what: &str) -> Result<MlaDims> {
     args.expect(proj)?;
     let (w, dtype) = (args.weights(), args.dtype());
-    check_exact("kv_b_proj", &w.kv_b_proj, dtype)?;
+    check_exact("kv_b_proj", w.kv_b_proj(), dtype)?;
     check_exact(what, args.x(), dtype)?;
-    Ok(w.dims)
+    Ok(w.dims())
 }
 
 /// Uploads `a` and the weight, runs the GEMM, returns `out` bits (`len` elements).
@@ -187,7 +187,7 @@ fn gemm(
     }
     let dev = gpu.dev.as_ref();
     let a_b = Buffer::from_bytes(dev, &bytes_of(a, dtype))?;
-    let w_b = Buffer::from_bytes(dev, &bytes_of(&w.kv_b_proj, dtype))?;
+    let w_b = Buffer::from_bytes(dev, &bytes_of(w.kv_b_proj(), dtype))?;
     let out = Buffer::zeroed(dev, len * dtype.size_bytes())?;
     let args = ProjParams {
         M: g.m as i64,
@@ -229,12 +229,12 @@ pub fn up_project(gpu: &Gpu, args: &ProjArgs) -> Result<(Vec<u32>, Vec<u32>)> {
     let (kv_c, w, dtype) = (args.x(), args.weights(), args.dtype());
     let (lkv, pn, vd) = (d.kv_lora_rank, d.qk_nope_head_dim, d.v_head_dim);
     let t = kv_c.len() / lkv;
-    let rows = w.num_heads * (pn + vd);
-    let g = ProjGemm::kv_b_proj(d, w.num_heads, t);
+    let rows = w.num_heads() * (pn + vd);
+    let g = ProjGemm::kv_b_proj(d, w.num_heads(), t);
     let kv = gemm(gpu, kv_c, w, g, dtype, t * rows)?;
     let (mut k_nope, mut v) = (
-        Vec::with_capacity(t * w.num_heads * pn),
-        Vec::with_capacity(t * w.num_heads * vd),
+        Vec::with_capacity(t * w.num_heads() * pn),
+        Vec::with_capacity(t * w.num_heads() * vd),
     );
     for head in kv.chunks_exact(pn + vd) {
         k_nope.extend_from_slice(&head[..pn]);
@@ -253,7 +253,7 @@ pub fn absorb_query(gpu: &Gpu, args: &ProjArgs) -> Result<Vec<u32>> {
         d.kv_lora_rank,
         d.qk_nope_head_dim,
         d.qk_rope_head_dim,
-        w.num_heads,
+        w.num_heads(),
     );
     let b = q.len() / (n * (pn + r));
     let g = ProjGemm::absorb(d, n, b);
@@ -270,7 +270,7 @@ pub fn absorb_query(gpu: &Gpu, args: &ProjArgs) -> Result<Vec<u32>> {
 pub fn project_output(gpu: &Gpu, args: &ProjArgs) -> Result<Vec<u32>> {
     let d = check_upload(args, Projection::Output, "latent attention output")?;
     let (o_latent, w, dtype) = (args.x(), args.weights(), args.dtype());
-    let (lkv, vd, n) = (d.kv_lora_rank, d.v_head_dim, w.num_heads);
+    let (lkv, vd, n) = (d.kv_lora_rank, d.v_head_dim, w.num_heads());
     let b = o_latent.len() / (n * lkv);
     let g = ProjGemm::w_uv(d, n, b);
     gemm(gpu, o_latent, w, g, dtype, b * n * vd)
@@ -309,7 +309,7 @@ mod tests {
             v_head_dim: 3,
         };
         let (heads, t, dt) = (3, 4, DType::Bf16);
-        let w = MlaWeights::random(heads, d, dt, 3);
+        let w = MlaWeights::random(heads, d, dt, 3).unwrap();
         let vals = |n: usize, s: f32| -> Vec<f32> {
             (0..n)
                 .map(|i| dt.round(((i * 37 % 23) as f32 - 11.0) * s))
@@ -317,7 +317,7 @@ mod tests {
         };
         let kv_c = vals(t * d.kv_lora_rank, 0.1);
         let (k_nope, v) = sim::up_project(&kv_c, &w, dt).unwrap();
-        let kv = contract(&ProjGemm::kv_b_proj(d, heads, t), &kv_c, &w.kv_b_proj, dt);
+        let kv = contract(&ProjGemm::kv_b_proj(d, heads, t), &kv_c, w.kv_b_proj(), dt);
         let split: Vec<(Vec<f32>, Vec<f32>)> = kv
             .chunks_exact(8)
             .map(|h| (h[..5].to_vec(), h[5..].to_vec()))
@@ -333,7 +333,7 @@ mod tests {
 
         let q = vals(t * heads * 9, 0.07);
         let mqa_q = sim::absorb_query(&q, &w, dt).unwrap();
-        let ql = contract(&ProjGemm::absorb(d, heads, t), &q, &w.kv_b_proj, dt);
+        let ql = contract(&ProjGemm::absorb(d, heads, t), &q, w.kv_b_proj(), dt);
         let ql_sim: Vec<f32> = mqa_q
             .chunks_exact(16)
             .flat_map(|r| r[..12].to_vec())
@@ -343,7 +343,7 @@ mod tests {
         let o = vals(t * heads * d.kv_lora_rank, 0.05);
         let out = sim::project_output(&o, &w, dt).unwrap();
         assert_eq!(
-            contract(&ProjGemm::w_uv(d, heads, t), &o, &w.kv_b_proj, dt),
+            contract(&ProjGemm::w_uv(d, heads, t), &o, w.kv_b_proj(), dt),
             out
         );
     }

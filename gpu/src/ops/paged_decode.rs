@@ -74,26 +74,26 @@ impl PagedParams {
     ) -> Self {
         PagedParams {
             num_reqs: meta.num_reqs() as i64,
-            num_heads: cfg.num_heads as i64,
-            num_kv_heads: cfg.num_kv_heads as i64,
-            head_size: cfg.head_size as i64,
-            block_size: meta.block_size as i64,
-            max_blocks: meta.block_table.max_blocks as i64,
+            num_heads: cfg.num_heads() as i64,
+            num_kv_heads: cfg.num_kv_heads() as i64,
+            head_size: cfg.head_size() as i64,
+            block_size: meta.block_size() as i64,
+            max_blocks: meta.block_table().max_blocks as i64,
             num_kv_blocks: layout.num_blocks as i64,
             tile: tile as i64,
-            window: cfg.sliding_window.unwrap_or(0) as i64,
+            window: cfg.sliding_window().unwrap_or(0) as i64,
             partition_size: partition_size as i64,
-            max_partitions: max_num_partitions(meta.max_seq_len, partition_size.max(1)) as i64,
+            max_partitions: max_num_partitions(meta.max_seq_len(), partition_size.max(1)) as i64,
             layout_kind: super::reshape_and_cache::layout_code(layout.kind),
-            has_sinks: cfg.sinks.is_some() as i32,
-            has_alibi: cfg.alibi_slopes.is_some() as i32,
+            has_sinks: cfg.sinks().is_some() as i32,
+            has_alibi: cfg.alibi_slopes().is_some() as i32,
             head_group: head_group as i32,
             stage_v: stage_v as i32,
             scale,
             scale_log2: softmax_scale_log2(scale),
-            softcap: cfg.softcap.unwrap_or(0.0),
-            k_scale: cfg.k_scale,
-            v_scale: cfg.v_scale,
+            softcap: cfg.softcap().unwrap_or(0.0),
+            k_scale: cfg.k_scale(),
+            v_scale: cfg.v_scale(),
         }
     }
 }
@@ -231,21 +231,18 @@ pub(crate) fn upload<'d>(gpu: &'d Gpu, inputs: &PagedInputs, out: &[f32]) -> Res
     let (query, cache, meta, cfg) = (inputs.query(), inputs.cache(), inputs.meta(), inputs.cfg());
     let dev = gpu.dev.as_ref();
     Ok(Inputs {
-        q: Buffer::from_bytes(dev, &bytes_of(query, cfg.dtype))?,
-        k: Buffer::from_bytes(dev, &bytes_of(&cache.k, cfg.kv_dtype))?,
-        v: Buffer::from_bytes(dev, &bytes_of(&cache.v, cfg.kv_dtype))?,
-        bt: Buffer::from_bytes(dev, &bytes_of_i32(&meta.block_table.data))?,
-        qsl: Buffer::from_bytes(dev, &bytes_of_i32(&meta.query_start_loc))?,
-        sl: Buffer::from_bytes(dev, &bytes_of_i32(&meta.seq_lens))?,
-        sinks: Buffer::from_bytes(
-            dev,
-            &bytes_of(cfg.sinks.as_deref().unwrap_or(&[0.0]), DType::F32),
-        )?,
+        q: Buffer::from_bytes(dev, &bytes_of(query, cfg.dtype()))?,
+        k: Buffer::from_bytes(dev, &bytes_of(&cache.k, cfg.kv_dtype()))?,
+        v: Buffer::from_bytes(dev, &bytes_of(&cache.v, cfg.kv_dtype()))?,
+        bt: Buffer::from_bytes(dev, &bytes_of_i32(&meta.block_table().data))?,
+        qsl: Buffer::from_bytes(dev, &bytes_of_i32(meta.query_start_loc()))?,
+        sl: Buffer::from_bytes(dev, &bytes_of_i32(meta.seq_lens()))?,
+        sinks: Buffer::from_bytes(dev, &bytes_of(cfg.sinks().unwrap_or(&[0.0]), DType::F32))?,
         alibi: Buffer::from_bytes(
             dev,
-            &bytes_of(cfg.alibi_slopes.as_deref().unwrap_or(&[0.0]), DType::F32),
+            &bytes_of(cfg.alibi_slopes().unwrap_or(&[0.0]), DType::F32),
         )?,
-        out: Buffer::from_bytes(dev, &bytes_of(out, cfg.dtype))?,
+        out: Buffer::from_bytes(dev, &bytes_of(out, cfg.dtype()))?,
     })
 }
 
@@ -255,7 +252,7 @@ pub fn paged_attention_2d(gpu: &Gpu, inputs: &PagedInputs, out: &[f32]) -> Resul
     let inp = upload(gpu, inputs, out)?;
     let (meta, cfg) = (inputs.meta(), inputs.cfg());
     launch_2d(gpu, &inp, &inputs.cache().layout, meta, cfg)?;
-    Ok(bits_from_bytes(&inp.out.to_bytes()?, cfg.dtype))
+    Ok(bits_from_bytes(&inp.out.to_bytes()?, cfg.dtype()))
 }
 
 /// Launches `paged_attention_2d` on uploaded inputs (what
@@ -273,25 +270,25 @@ pub(crate) fn launch_2d(
     if meta.num_reqs() == 0 {
         return Ok(());
     }
-    let (qpk, d) = (cfg.queries_per_kv(), cfg.head_size);
-    let tile = paged_2d_tile_size(meta.block_size);
+    let (qpk, d) = (cfg.queries_per_kv(), cfg.head_size());
+    let tile = paged_2d_tile_size(meta.block_size());
     let (hg, base) = head_group(qpk, |hg| shared_2d(hg, tile, d))?;
     let chunk = THREADS as usize;
-    let staged =
-        staged_v_ok(layout, cfg.kv_dtype, chunk).then(|| staged_v_bytes(chunk, d, cfg.kv_dtype));
+    let staged = staged_v_ok(layout, cfg.kv_dtype(), chunk)
+        .then(|| staged_v_bytes(chunk, d, cfg.kv_dtype()));
     let (stage_v, shared) = with_staged_v(base, staged, device_shared_limit(gpu));
-    let defines = qkv_defines(cfg.dtype, cfg.kv_dtype);
+    let defines = qkv_defines(cfg.dtype(), cfg.kv_dtype());
     let f = gpu.function("paged_decode", &defines, "paged_attention_2d")?;
     let dims = LaunchDims {
         grid: [
             to_u32(meta.num_reqs(), "sequences")?,
-            to_u32(cfg.num_kv_heads, "kv heads")?,
+            to_u32(cfg.num_kv_heads(), "kv heads")?,
             1,
         ],
         block: [THREADS, 1, 1],
         shared_bytes: shared as u32,
     };
-    let a = PagedParams::new(layout, meta, cfg, tile, 0, cfg.scale, hg, stage_v);
+    let a = PagedParams::new(layout, meta, cfg, tile, 0, cfg.scale(), hg, stage_v);
     let call = inp.with_sinks_and_out(a.arg());
     // SAFETY: the arguments are the kernel's parameter list in order (by-value
     // blocks layout-checked by gpu/tests/param_layout.rs), and every buffer was
@@ -317,12 +314,12 @@ impl<'d> Ll4miScratch<'d> {
         partition_size: usize,
     ) -> Result<Self> {
         let dev = gpu.dev.as_ref();
-        let np = max_num_partitions(meta.max_seq_len, partition_size.max(1));
-        let rows = meta.num_reqs() * cfg.num_heads * np;
+        let np = max_num_partitions(meta.max_seq_len(), partition_size.max(1));
+        let rows = meta.num_reqs() * cfg.num_heads() * np;
         Ok(Ll4miScratch {
             max_logits: Buffer::zeroed(dev, rows * 4)?,
             exp_sums: Buffer::zeroed(dev, rows * 4)?,
-            tmp_out: Buffer::zeroed(dev, rows * cfg.head_size * 4)?,
+            tmp_out: Buffer::zeroed(dev, rows * cfg.head_size() * 4)?,
         })
     }
 }
@@ -363,7 +360,7 @@ pub fn paged_attention_ll4mi(
         cfg,
         partition_size,
     )?;
-    Ok(bits_from_bytes(&inp.out.to_bytes()?, cfg.dtype))
+    Ok(bits_from_bytes(&inp.out.to_bytes()?, cfg.dtype()))
 }
 
 /// Launches the ll4mi partition kernel (grid (num_reqs, max_num_partitions,
@@ -381,11 +378,11 @@ pub(crate) fn launch_ll4mi(
     partition_size: PartitionSize,
 ) -> Result<()> {
     let partition_size = partition_fits(partition_size)?;
-    let np = max_num_partitions(meta.max_seq_len, partition_size);
+    let np = max_num_partitions(meta.max_seq_len(), partition_size);
     if meta.num_reqs() == 0 || np == 0 {
         return Ok(());
     }
-    let (qpk, d) = (cfg.queries_per_kv(), cfg.head_size);
+    let (qpk, d) = (cfg.queries_per_kv(), cfg.head_size());
     let (hg, shared) = head_group(qpk, |hg| shared_ll4mi(hg, partition_size, d))?;
     // Reduce: butterfly exchange, per-wave maxima, gmax/inv, w_p per partition.
     let reduce_fixed = THREADS as usize + THREADS as usize / LL4MI_TOKENS_PER_WARP + 2;
@@ -401,20 +398,20 @@ pub(crate) fn launch_ll4mi(
         )
         .into());
     }
-    let scale = if cfg.kv_dtype.is_fp8() {
-        cfg.scale * cfg.k_scale
+    let scale = if cfg.kv_dtype().is_fp8() {
+        cfg.scale() * cfg.k_scale()
     } else {
-        cfg.scale
+        cfg.scale()
     };
     // ll4mi reads V from the cache (staging it measured slower on the H100).
     let a = PagedParams::new(layout, meta, cfg, 0, partition_size, scale, hg, false).arg();
-    let defines = qkv_defines(cfg.dtype, cfg.kv_dtype);
+    let defines = qkv_defines(cfg.dtype(), cfg.kv_dtype());
     let part = gpu.function("paged_decode", &defines, "paged_attention_ll4mi_partition")?;
     let dims = LaunchDims {
         grid: [
             to_u32(meta.num_reqs(), "sequences")?,
             to_u32(np, "partitions")?,
-            to_u32(cfg.num_kv_heads, "kv heads")?,
+            to_u32(cfg.num_kv_heads(), "kv heads")?,
         ],
         block: [THREADS, 1, 1],
         shared_bytes: shared as u32,
@@ -440,7 +437,7 @@ pub(crate) fn launch_ll4mi(
     let reduce = gpu.function("paged_decode", &defines, "paged_attention_ll4mi_reduce")?;
     let dims = LaunchDims {
         grid: [
-            to_u32(cfg.num_heads, "heads")?,
+            to_u32(cfg.num_heads(), "heads")?,
             to_u32(meta.num_reqs(), "sequences")?,
             1,
         ],

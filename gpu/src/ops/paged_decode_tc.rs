@@ -12,10 +12,8 @@ use crate::runtime::{Arg, Buffer, LaunchDims, Result, Target};
 use attnlab_shared::error::Error;
 use attnlab_shared::metadata::AttentionMetadata;
 use attnlab_sim::backends::flavour::{decode_split_size, TC_DECODE_MIN_SPLIT};
-use attnlab_sim::cache::KvCache;
 use attnlab_sim::config::AttnConfig;
-use attnlab_sim::kernels::paged_decode::PagedInputs;
-use attnlab_sim::kernels::paged_decode_tc::{num_splits, validate_tc, ROWS, STEP};
+use attnlab_sim::kernels::paged_decode_tc::{num_splits, DecodeTcArgs, ROWS, STEP};
 use attnlab_sim::numerics::mma::MatrixTarget;
 use attnlab_sim::numerics::softmax_scale_log2;
 
@@ -166,12 +164,12 @@ impl<'d> TcScratch<'d> {
         split_size: usize,
     ) -> Result<Self> {
         let dev = gpu.dev.as_ref();
-        let max_splits = num_splits(meta.max_seq_len, split_size);
-        let rows = (meta.num_reqs() * max_splits * cfg.num_heads).max(1);
+        let max_splits = num_splits(meta.max_seq_len(), split_size);
+        let rows = (meta.num_reqs() * max_splits * cfg.num_heads()).max(1);
         Ok(TcScratch {
             m: Buffer::zeroed(dev, rows * 4)?,
             l: Buffer::zeroed(dev, rows * 4)?,
-            acc: Buffer::zeroed(dev, rows * cfg.head_size * 4)?,
+            acc: Buffer::zeroed(dev, rows * cfg.head_size() * 4)?,
             max_splits,
         })
     }
@@ -185,18 +183,18 @@ fn args(
     target: MatrixTarget,
 ) -> Arg {
     TcParams {
-        num_heads: cfg.num_heads as i64,
-        num_kv_heads: cfg.num_kv_heads as i64,
-        head_size: cfg.head_size as i64,
-        block_size: meta.block_size as i64,
-        max_blocks: meta.block_table.max_blocks as i64,
+        num_heads: cfg.num_heads() as i64,
+        num_kv_heads: cfg.num_kv_heads() as i64,
+        head_size: cfg.head_size() as i64,
+        block_size: meta.block_size() as i64,
+        max_blocks: meta.block_table().max_blocks as i64,
         split_size: split_size as i64,
         max_splits: max_splits as i64,
         qpk: cfg.queries_per_kv() as i32,
         host_target: host_target_code(target),
-        scale: cfg.scale,
-        scale_log2: softmax_scale_log2(cfg.scale),
-        softcap: cfg.softcap.unwrap_or(0.0),
+        scale: cfg.scale(),
+        scale_log2: softmax_scale_log2(cfg.scale()),
+        softcap: cfg.softcap().unwrap_or(0.0),
     }
     .arg()
 }
@@ -215,27 +213,31 @@ fn entry(head_size: usize, r16: bool, variant: TcVariant) -> &'static str {
     }
 }
 
-/// The tensor-core paged decode on the device at `split_size` (None: the
-/// [`auto_split_size`]); returns the whole `[T, Hq, D]` output's bits in
-/// `cfg.dtype` and the split size used.
-#[allow(clippy::too_many_arguments)]
+/// The tensor-core paged decode on the device, over arguments the sim
+/// validated ([`DecodeTcArgs`]: their target must be the device's, see
+/// [`device_target`]; their split size may come from [`auto_split_size`]);
+/// returns the whole `[T, Hq, D]` output's bits in `cfg.dtype`.
 pub fn paged_decode_tc(
     gpu: &Gpu,
-    query: &[f32],
-    cache: &KvCache,
-    meta: &AttentionMetadata,
-    cfg: &AttnConfig,
-    split_size: Option<usize>,
+    args: &DecodeTcArgs,
     variant: TcVariant,
     out: &[f32],
-) -> Result<(Vec<u32>, usize)> {
+) -> Result<Vec<u32>> {
     let target = device_target(gpu)?;
-    let split = split_size.unwrap_or_else(|| auto_split_size(gpu, meta, cfg, variant));
-    validate_tc(query, cache, meta, cfg, target, split, out)?;
-    let inp = upload(gpu, &PagedInputs::new(query, cache, meta, cfg)?, out)?;
+    if args.target() != target {
+        return Err(Error::invalid(
+            "matrix-core target",
+            args.target().name(),
+            format!("this device runs {}'s instruction", target.name()),
+        )
+        .into());
+    }
+    let i = args.inputs();
+    let (meta, cfg, split) = (i.meta(), i.cfg(), args.split_size());
+    let inp = upload(gpu, i, out)?;
     let scratch = TcScratch::new(gpu, meta, cfg, split)?;
     launch(gpu, &inp, &scratch, meta, cfg, split, variant)?;
-    Ok((bits_from_bytes(&inp.out.to_bytes()?, cfg.dtype), split))
+    Ok(bits_from_bytes(&inp.out.to_bytes()?, cfg.dtype()))
 }
 
 /// Launches the split kernel then the reduce on uploaded inputs (what
@@ -251,7 +253,7 @@ pub(crate) fn launch(
     variant: TcVariant,
 ) -> Result<()> {
     let target = device_target(gpu)?;
-    let max_splits = num_splits(meta.max_seq_len, split_size);
+    let max_splits = num_splits(meta.max_seq_len(), split_size);
     if meta.num_reqs() == 0 || max_splits == 0 {
         return Ok(());
     }
@@ -264,16 +266,16 @@ pub(crate) fn launch(
         .into());
     }
     let wave = gpu.dev.info().target.wave_size();
-    let defines = qkv_defines(cfg.dtype, cfg.kv_dtype);
+    let defines = qkv_defines(cfg.dtype(), cfg.kv_dtype());
     let a = args(meta, cfg, split_size, max_splits, target);
     let r16 = cfg.queries_per_kv() > 8;
     let f = gpu.function(
         "paged_decode_tc",
         &defines,
-        entry(cfg.head_size, r16, variant),
+        entry(cfg.head_size(), r16, variant),
     )?;
     let groups = cfg.queries_per_kv().div_ceil(ROWS);
-    let waves = cfg.num_kv_heads * groups * max_splits;
+    let waves = cfg.num_kv_heads() * groups * max_splits;
     let dims = LaunchDims {
         grid: [
             to_u32(waves.div_ceil(WAVES), "split blocks")?,
@@ -303,7 +305,7 @@ pub(crate) fn launch(
     let reduce = gpu.function("paged_decode_tc", &defines, "paged_decode_tc_reduce")?;
     let dims = LaunchDims {
         grid: [
-            to_u32(cfg.num_heads, "heads")?,
+            to_u32(cfg.num_heads(), "heads")?,
             to_u32(meta.num_reqs(), "sequences")?,
             1,
         ],

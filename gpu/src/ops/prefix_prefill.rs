@@ -65,7 +65,7 @@ pub fn context_attention_fwd(gpu: &Gpu, args: &PrefixArgs, out: &[f32]) -> Resul
         )
         .into());
     }
-    let (r, d) = (ROWS_PER_PROGRAM, cfg.head_size);
+    let (r, d) = (ROWS_PER_PROGRAM, cfg.head_size());
     let tile = v.ctx_tile.max(v.block_n);
     let shared = (r * tile + r * d + 3 * r) * 4;
     if shared > SHARED_MEMORY_LIMIT {
@@ -83,36 +83,36 @@ pub fn context_attention_fwd(gpu: &Gpu, args: &PrefixArgs, out: &[f32]) -> Resul
     if max_q > 0 {
         let a = PrefixParams {
             num_reqs: meta.num_reqs() as i64,
-            num_heads: cfg.num_heads as i64,
-            num_kv_heads: cfg.num_kv_heads as i64,
+            num_heads: cfg.num_heads() as i64,
+            num_kv_heads: cfg.num_kv_heads() as i64,
             head_size: d as i64,
-            block_size: meta.block_size as i64,
-            max_blocks: meta.block_table.max_blocks as i64,
+            block_size: meta.block_size() as i64,
+            max_blocks: meta.block_table().max_blocks as i64,
             block_m: v.block_m as i64,
             ctx_tile: v.ctx_tile as i64,
             block_n: v.block_n as i64,
             rows_per_program: r as i64,
-            window: cfg.sliding_window.unwrap_or(0) as i64,
+            window: cfg.sliding_window().unwrap_or(0) as i64,
             layout_kind: layout_code(cache.layout.kind),
-            causal: meta.causal as i32,
+            causal: meta.causal() as i32,
             skip_decode: args.skip_decode() as i32,
-            has_sinks: cfg.sinks.is_some() as i32,
-            has_alibi: cfg.alibi_slopes.is_some() as i32,
+            has_sinks: cfg.sinks().is_some() as i32,
+            has_alibi: cfg.alibi_slopes().is_some() as i32,
             pad: 0,
-            scale: cfg.scale,
-            scale_log2: softmax_scale_log2(cfg.scale),
-            softcap: cfg.softcap.unwrap_or(0.0),
-            k_scale: cfg.k_scale,
-            v_scale: cfg.v_scale,
+            scale: cfg.scale(),
+            scale_log2: softmax_scale_log2(cfg.scale()),
+            softcap: cfg.softcap().unwrap_or(0.0),
+            k_scale: cfg.k_scale(),
+            v_scale: cfg.v_scale(),
             l_eps: v.l_eps,
         };
-        let defines = qkv_defines(cfg.dtype, cfg.kv_dtype);
+        let defines = qkv_defines(cfg.dtype(), cfg.kv_dtype());
         let f = gpu.function("prefix_prefill", &defines, "context_attention_fwd")?;
         let dims = LaunchDims {
             grid: [
                 to_u32(meta.num_reqs(), "sequences")?,
                 to_u32(max_q.div_ceil(r), "row chunks")?,
-                to_u32(cfg.num_heads, "heads")?,
+                to_u32(cfg.num_heads(), "heads")?,
             ],
             block: [128, 1, 1],
             shared_bytes: shared as u32,
@@ -123,5 +123,5 @@ pub fn context_attention_fwd(gpu: &Gpu, args: &PrefixArgs, out: &[f32]) -> Resul
         // validated PagedInputs, whose shapes these scalars describe.
         unsafe { gpu.dev.launch(f, dims, &call) }?;
     }
-    Ok(bits_from_bytes(&inp.out.to_bytes()?, cfg.dtype))
+    Ok(bits_from_bytes(&inp.out.to_bytes()?, cfg.dtype()))
 }

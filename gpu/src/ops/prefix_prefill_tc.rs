@@ -69,7 +69,7 @@ pub fn context_attention_tc(gpu: &Gpu, args: &PrefixArgs, out: &[f32]) -> Result
     }
     let target = matrix_target(&gpu.dev.info().target)?;
     let inp = upload(gpu, inputs, out)?;
-    let d = cfg.head_size;
+    let d = cfg.head_size();
     let shared = stage_bytes(d, v.ctx_tile.max(v.block_n));
     let max_q = (0..meta.num_reqs())
         .map(|b| meta.query_len(b))
@@ -77,33 +77,33 @@ pub fn context_attention_tc(gpu: &Gpu, args: &PrefixArgs, out: &[f32]) -> Result
         .unwrap_or(0);
     if max_q > 0 {
         let a = PrefixTcParams {
-            num_heads: cfg.num_heads as i64,
-            num_kv_heads: cfg.num_kv_heads as i64,
-            block_size: meta.block_size as i64,
-            max_blocks: meta.block_table.max_blocks as i64,
+            num_heads: cfg.num_heads() as i64,
+            num_kv_heads: cfg.num_kv_heads() as i64,
+            block_size: meta.block_size() as i64,
+            max_blocks: meta.block_table().max_blocks as i64,
             block_m: v.block_m as i64,
-            window: cfg.sliding_window.unwrap_or(0) as i64,
+            window: cfg.sliding_window().unwrap_or(0) as i64,
             layout_kind: layout_code(cache.layout.kind),
-            causal: meta.causal as i32,
+            causal: meta.causal() as i32,
             skip_decode: args.skip_decode() as i32,
-            has_sinks: cfg.sinks.is_some() as i32,
-            has_alibi: cfg.alibi_slopes.is_some() as i32,
+            has_sinks: cfg.sinks().is_some() as i32,
+            has_alibi: cfg.alibi_slopes().is_some() as i32,
             host_target: host_target_code(target),
-            scale: cfg.scale,
-            scale_log2: softmax_scale_log2(cfg.scale),
-            softcap: cfg.softcap.unwrap_or(0.0),
-            k_scale: cfg.k_scale,
-            v_scale: cfg.v_scale,
+            scale: cfg.scale(),
+            scale_log2: softmax_scale_log2(cfg.scale()),
+            softcap: cfg.softcap().unwrap_or(0.0),
+            k_scale: cfg.k_scale(),
+            v_scale: cfg.v_scale(),
             l_eps: v.l_eps,
         };
-        let defines = defines(cfg.dtype, cfg.kv_dtype, d, v.ctx_tile, v.block_n, WARPS);
+        let defines = defines(cfg.dtype(), cfg.kv_dtype(), d, v.ctx_tile, v.block_n, WARPS);
         let f = gpu.function("prefix_prefill_tc", &defines, "context_attention_fwd_tc")?;
         let wave = gpu.dev.info().target.wave_size() as usize;
         let dims = LaunchDims {
             grid: [
                 to_u32(max_q.div_ceil(rows), "row chunks")?,
                 to_u32(meta.num_reqs(), "sequences")?,
-                to_u32(cfg.num_heads, "heads")?,
+                to_u32(cfg.num_heads(), "heads")?,
             ],
             block: [to_u32(WARPS * wave, "threads")?, 1, 1],
             shared_bytes: shared as u32,
@@ -115,5 +115,5 @@ pub fn context_attention_tc(gpu: &Gpu, args: &PrefixArgs, out: &[f32]) -> Result
         // the cache in cfg.kv_dtype), whose shapes these scalars describe.
         unsafe { gpu.dev.launch(f, dims, &call) }?;
     }
-    Ok(bits_from_bytes(&inp.out.to_bytes()?, cfg.dtype))
+    Ok(bits_from_bytes(&inp.out.to_bytes()?, cfg.dtype()))
 }

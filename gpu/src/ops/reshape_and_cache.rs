@@ -31,7 +31,7 @@ pub fn reshape_and_cache(gpu: &Gpu, mut args: CacheWrite) -> Result<()> {
         args.cfg(),
     );
     let (layout, num_tokens) = (args.cache().layout, slots.len());
-    let row = cfg.num_kv_heads * cfg.head_size;
+    let row = cfg.num_kv_heads() * cfg.head_size();
     let mut seen = std::collections::HashSet::new();
     for (t, &s) in slots.iter().enumerate() {
         if s >= 0 && !seen.insert(s) {
@@ -48,16 +48,16 @@ pub fn reshape_and_cache(gpu: &Gpu, mut args: CacheWrite) -> Result<()> {
     }
     let dev = gpu.dev.as_ref();
     let defines = [
-        dtype_define("SRC_DTYPE", cfg.dtype),
-        dtype_define("CACHE_DTYPE", cfg.kv_dtype),
+        dtype_define("SRC_DTYPE", cfg.dtype()),
+        dtype_define("CACHE_DTYPE", cfg.kv_dtype()),
     ];
     let f = gpu.function("reshape_and_cache", &defines, "reshape_and_cache")?;
     let (kd, vd) = (
-        Buffer::from_bytes(dev, &bytes_of(key, cfg.dtype))?,
-        Buffer::from_bytes(dev, &bytes_of(value, cfg.dtype))?,
+        Buffer::from_bytes(dev, &bytes_of(key, cfg.dtype()))?,
+        Buffer::from_bytes(dev, &bytes_of(value, cfg.dtype()))?,
     );
-    let kc = Buffer::from_bytes(dev, &bytes_of(&args.cache().k, cfg.kv_dtype))?;
-    let vc = Buffer::from_bytes(dev, &bytes_of(&args.cache().v, cfg.kv_dtype))?;
+    let kc = Buffer::from_bytes(dev, &bytes_of(&args.cache().k, cfg.kv_dtype()))?;
+    let vc = Buffer::from_bytes(dev, &bytes_of(&args.cache().v, cfg.kv_dtype()))?;
     let sm = Buffer::from_bytes(dev, &bytes_of_i64(slots))?;
     let hip_writer = matches!(
         writer,
@@ -86,17 +86,17 @@ pub fn reshape_and_cache(gpu: &Gpu, mut args: CacheWrite) -> Result<()> {
                 Arg::I64(layout.num_kv_heads as i64),
                 Arg::I64(layout.head_size as i64),
                 Arg::I64(layout.x() as i64),
-                Arg::F32(cfg.k_scale),
-                Arg::F32(cfg.v_scale),
+                Arg::F32(cfg.k_scale()),
+                Arg::F32(cfg.v_scale()),
                 Arg::I32(hip_writer as i32),
             ],
         )
     }?;
     let (k, v) = args.cache_data();
     for (dst, buf) in [(k, &kc), (v, &vc)] {
-        let bits = bits_from_bytes(&buf.to_bytes()?, cfg.kv_dtype);
+        let bits = bits_from_bytes(&buf.to_bytes()?, cfg.kv_dtype());
         for (d, b) in dst.iter_mut().zip(bits) {
-            *d = cfg.kv_dtype.from_bits(b);
+            *d = cfg.kv_dtype().from_bits(b);
         }
     }
     Ok(())

@@ -55,7 +55,7 @@ pub const SHARED_MEMORY_LIMIT: usize = 48 * 1024;
 pub fn unified_attention(gpu: &Gpu, args: &UnifiedArgs) -> Result<Vec<u32>> {
     let i = args.inputs();
     let plan = UnifiedPlan::new(gpu, i.meta(), i.cfg(), args.launch())?;
-    if i.meta().num_actual_tokens == 0 {
+    if i.meta().num_actual_tokens() == 0 {
         return Ok(vec![]);
     }
     let (n_seg, is_3d) = (plan.num_segments, plan.is_3d);
@@ -77,23 +77,20 @@ pub(crate) fn run_on_device(
 ) -> Result<Vec<u32>> {
     let i = args.inputs();
     let (query, cache, meta, cfg) = (i.query(), i.cache(), i.meta(), i.cfg());
-    let (t_n, hq, d) = (meta.num_actual_tokens, cfg.num_heads, cfg.head_size);
+    let (t_n, hq, d) = (meta.num_actual_tokens(), cfg.num_heads(), cfg.head_size());
     let dev = gpu.dev.as_ref();
-    let q = Buffer::from_bytes(dev, &bytes_of(query, cfg.dtype))?;
-    let kc = Buffer::from_bytes(dev, &bytes_of(&cache.k, cfg.kv_dtype))?;
-    let vc = Buffer::from_bytes(dev, &bytes_of(&cache.v, cfg.kv_dtype))?;
-    let bt = Buffer::from_bytes(dev, &bytes_of_i32(&meta.block_table.data))?;
-    let qsl = Buffer::from_bytes(dev, &bytes_of_i32(&meta.query_start_loc))?;
-    let sl = Buffer::from_bytes(dev, &bytes_of_i32(&meta.seq_lens))?;
-    let sinks = Buffer::from_bytes(
-        dev,
-        &bytes_of(cfg.sinks.as_deref().unwrap_or(&[0.0]), DType::F32),
-    )?;
+    let q = Buffer::from_bytes(dev, &bytes_of(query, cfg.dtype()))?;
+    let kc = Buffer::from_bytes(dev, &bytes_of(&cache.k, cfg.kv_dtype()))?;
+    let vc = Buffer::from_bytes(dev, &bytes_of(&cache.v, cfg.kv_dtype()))?;
+    let bt = Buffer::from_bytes(dev, &bytes_of_i32(&meta.block_table().data))?;
+    let qsl = Buffer::from_bytes(dev, &bytes_of_i32(meta.query_start_loc()))?;
+    let sl = Buffer::from_bytes(dev, &bytes_of_i32(meta.seq_lens()))?;
+    let sinks = Buffer::from_bytes(dev, &bytes_of(cfg.sinks().unwrap_or(&[0.0]), DType::F32))?;
     let alibi = Buffer::from_bytes(
         dev,
-        &bytes_of(cfg.alibi_slopes.as_deref().unwrap_or(&[0.0]), DType::F32),
+        &bytes_of(cfg.alibi_slopes().unwrap_or(&[0.0]), DType::F32),
     )?;
-    let out = Buffer::zeroed(dev, t_n * hq * d * cfg.dtype.size_bytes())?;
+    let out = Buffer::zeroed(dev, t_n * hq * d * cfg.dtype().size_bytes())?;
     let parts = t_n * hq * num_segments;
     let (p_n, p_acc) = if is_3d { (parts, parts * d) } else { (1, 1) };
     let segm_acc = Buffer::zeroed(dev, p_acc * 4)?;
@@ -102,7 +99,7 @@ pub(crate) fn run_on_device(
     launch([
         &q, &kc, &vc, &bt, &qsl, &sl, &sinks, &alibi, &out, &segm_acc, &segm_m, &segm_l,
     ])?;
-    Ok(bits_from_bytes(&out.to_bytes()?, cfg.dtype))
+    Ok(bits_from_bytes(&out.to_bytes()?, cfg.dtype()))
 }
 
 /// Query rows and threads of one tiled program (`TILE_BM`, `TILE_THREADS`).
@@ -125,14 +122,14 @@ const TILED_VK: usize = 8;
 /// row blockings. Mirrors the kernel's carve-up: P_s,
 /// the Q/K or V staging union, m, l, skip and one alpha per tile and row.
 pub fn tiled_shared_bytes(cfg: &AttnConfig, launch: &UnifiedLaunch) -> Option<usize> {
-    let (d, tile, qpk) = (cfg.head_size, launch.tile_size, cfg.queries_per_kv());
+    let (d, tile, qpk) = (cfg.head_size(), launch.tile_size, cfg.queries_per_kv());
     let fits = launch.grid == Grid::TwoD
         && d.is_multiple_of(16)
         && tile.is_multiple_of(TILED_VK)
         && TILED_BLOCK_N.is_multiple_of(tile)
         && qpk > 0
         && TILED_ROWS.is_multiple_of(qpk)
-        && (launch.masked_row_max() == MaskedRowMax::KeepNegInf || cfg.sliding_window.is_none());
+        && (launch.masked_row_max() == MaskedRowMax::KeepNegInf || cfg.sliding_window().is_none());
     if !fits {
         return None;
     }
@@ -168,8 +165,7 @@ impl UnifiedPlan {
         cfg: &AttnConfig,
         launch: &UnifiedLaunch,
     ) -> Result<UnifiedPlan> {
-        cfg.validate()?;
-        let (hq, d, qpk) = (cfg.num_heads, cfg.head_size, cfg.queries_per_kv());
+        let (hq, d, qpk) = (cfg.num_heads(), cfg.head_size(), cfg.queries_per_kv());
         if launch.block_q == 0 || launch.block_q * qpk > launch.block_m || launch.tile_size == 0 {
             return Err(Error::invalid(
                 "launch",
@@ -178,7 +174,7 @@ impl UnifiedPlan {
             )
             .into());
         }
-        if launch.flavor == Flavor::Aiter && !meta.causal {
+        if launch.flavor == Flavor::Aiter && !meta.causal() {
             return Err(Error::unsupported(
                 "non-causal AITER unified_attention",
                 "Only causal attention is supported",
@@ -198,9 +194,9 @@ impl UnifiedPlan {
         let (main, dims) = match tiled {
             Some(bytes) => {
                 let rows_per_token = TILED_ROWS / qpk;
-                let q_blocks = meta.num_actual_tokens / rows_per_token + meta.num_reqs();
+                let q_blocks = meta.num_actual_tokens() / rows_per_token + meta.num_reqs();
                 let flavor = matches!(launch.flavor, Flavor::Aiter) as usize;
-                let mut defines = qkv_defines(cfg.dtype, cfg.kv_dtype).to_vec();
+                let mut defines = qkv_defines(cfg.dtype(), cfg.kv_dtype()).to_vec();
                 for (k, v) in [
                     ("UA_D", d),
                     ("UA_TILE", launch.tile_size),
@@ -213,7 +209,7 @@ impl UnifiedPlan {
                 let f = gpu.function("unified_attention", &defines, "unified_attention_tiled")?;
                 let grid = [
                     to_u32(q_blocks, "q blocks")?,
-                    to_u32(cfg.num_kv_heads, "kv heads")?,
+                    to_u32(cfg.num_kv_heads(), "kv heads")?,
                     1,
                 ];
                 (
@@ -236,11 +232,11 @@ impl UnifiedPlan {
                     )
                     .into());
                 }
-                let defines = qkv_defines(cfg.dtype, cfg.kv_dtype);
+                let defines = qkv_defines(cfg.dtype(), cfg.kv_dtype());
                 let f = gpu.function("unified_attention", &defines, "unified_attention")?;
                 let grid = [
                     to_u32(launch.total_q_blocks(meta), "q blocks")?,
-                    to_u32(cfg.num_kv_heads, "kv heads")?,
+                    to_u32(cfg.num_kv_heads(), "kv heads")?,
                     to_u32(num_segments, "segments")?,
                 ];
                 (
@@ -255,33 +251,33 @@ impl UnifiedPlan {
         };
         // AITER folds k_descale into the score scale (as the sim's Kernel::new).
         let scale = match launch.flavor {
-            Flavor::Aiter if cfg.kv_dtype.is_fp8() => cfg.scale * cfg.k_scale,
-            _ => cfg.scale,
+            Flavor::Aiter if cfg.kv_dtype().is_fp8() => cfg.scale() * cfg.k_scale(),
+            _ => cfg.scale(),
         };
         let args = UnifiedParams {
             num_reqs: meta.num_reqs() as i64,
             num_heads: hq as i64,
-            num_kv_heads: cfg.num_kv_heads as i64,
+            num_kv_heads: cfg.num_kv_heads() as i64,
             head_size: d as i64,
-            block_size: meta.block_size as i64,
-            max_blocks: meta.block_table.max_blocks as i64,
+            block_size: meta.block_size() as i64,
+            max_blocks: meta.block_table().max_blocks as i64,
             block_m: launch.block_m as i64,
             block_q: launch.block_q as i64,
             tile: launch.tile_size as i64,
             num_segments: num_segments as i64,
-            window: cfg.sliding_window.unwrap_or(0) as i64,
-            causal: meta.causal as i32,
+            window: cfg.sliding_window().unwrap_or(0) as i64,
+            causal: meta.causal() as i32,
             flavor: matches!(launch.flavor, Flavor::Aiter) as i32,
             is_3d: is_3d as i32,
-            has_sinks: cfg.sinks.is_some() as i32,
-            has_alibi: cfg.alibi_slopes.is_some() as i32,
+            has_sinks: cfg.sinks().is_some() as i32,
+            has_alibi: cfg.alibi_slopes().is_some() as i32,
             softcap_formula: softcap_code(launch.softcap_formula()),
             zero_masked_max: zero_max as i32,
             scale,
             scale_log2: softmax_scale_log2(scale),
-            softcap: cfg.softcap.unwrap_or(0.0),
-            k_scale: cfg.k_scale,
-            v_scale: cfg.v_scale,
+            softcap: cfg.softcap().unwrap_or(0.0),
+            k_scale: cfg.k_scale(),
+            v_scale: cfg.v_scale(),
         }
         .arg();
         let reduce = if is_3d {
@@ -332,15 +328,15 @@ impl ReduceSegments {
         launch: &UnifiedLaunch,
         num_segments: usize,
     ) -> Result<Self> {
-        let (hq, d) = (cfg.num_heads, cfg.head_size);
+        let (hq, d) = (cfg.num_heads(), cfg.head_size());
         let f = gpu.function(
             "unified_attention",
-            &qkv_defines(cfg.dtype, cfg.kv_dtype),
+            &qkv_defines(cfg.dtype(), cfg.kv_dtype()),
             "reduce_segments",
         )?;
         let dims = LaunchDims {
             grid: [
-                to_u32(meta.num_actual_tokens.max(1), "tokens")?,
+                to_u32(meta.num_actual_tokens().max(1), "tokens")?,
                 to_u32(hq, "heads")?,
                 1,
             ],
@@ -432,7 +428,7 @@ mod tests {
     #[test]
     fn tiled_kernel_takes_the_bench_prefill_and_aiter_long_prefill_launches() {
         let meta = prefill_meta(4096);
-        let cfg = AttnConfig::new(32, 8, 128, DType::Bf16);
+        let cfg = AttnConfig::new(32, 8, 128, DType::Bf16).unwrap();
         let vllm = UnifiedLaunch::vllm(&meta, &cfg, VllmLaunchOptions::default()).unwrap();
         assert_eq!(
             (vllm.grid, vllm.block_m, vllm.tile_size),
@@ -449,7 +445,7 @@ mod tests {
         );
         assert!(tiled_shared_bytes(&cfg, &aiter).is_some());
         for (qpk, d, tile) in [(1, 64, 16), (8, 96, 128), (16, 128, 32), (64, 64, 64)] {
-            let cfg = AttnConfig::new(qpk, 1, d, DType::F16);
+            let cfg = AttnConfig::new(qpk, 1, d, DType::F16).unwrap();
             let launch = vllm.with_grid(Grid::TwoD);
             let launch = UnifiedLaunch {
                 tile_size: tile,
@@ -465,7 +461,7 @@ mod tests {
     #[test]
     fn launches_the_tiled_kernel_cannot_take_fall_back_to_the_scalar_port() {
         let meta = prefill_meta(64);
-        let cfg = AttnConfig::new(32, 8, 128, DType::Bf16);
+        let cfg = AttnConfig::new(32, 8, 128, DType::Bf16).unwrap();
         let base = UnifiedLaunch::vllm(&meta, &cfg, VllmLaunchOptions::default()).unwrap();
         // 3D (segments split the tiles), TILE_SIZE not dividing 128 in whole
         // 8-key chunks, or so small that the per-tile alphas overflow 48 KiB.
@@ -483,13 +479,17 @@ mod tests {
         // Head size not a multiple of 16, qpk not dividing 64 rows, head size
         // whose V staging overflows 48 KiB.
         for (hq, hkv, d) in [(4, 1, 72), (6, 2, 64), (3, 1, 128), (4, 1, 256)] {
-            let cfg = AttnConfig::new(hq, hkv, d, DType::Bf16);
+            let cfg = AttnConfig::new(hq, hkv, d, DType::Bf16).unwrap();
             assert_eq!(tiled_shared_bytes(&cfg, &base), None, "{hq}/{hkv} x {d}");
         }
         // A sliding window with a kernel that keeps m = 0 on a row with no
         // key yet (AITER, the seed era's vLLM); vLLM 0.34 keeps -inf.
-        let mut windowed = cfg.clone();
-        windowed.sliding_window = Some(32);
+        let windowed = attnlab_sim::config::AttnConfigBuilder {
+            sliding_window: Some(32),
+            ..cfg.to_builder()
+        }
+        .build()
+        .unwrap();
         let aiter = UnifiedLaunch {
             flavor: Flavor::Aiter,
             ..base

@@ -79,7 +79,8 @@ pub fn unified_attention_tc(gpu: &Gpu, args: &UnifiedArgs) -> Result<Vec<u32>> {
     let launch = args.launch();
     let l = &cache.layout;
     if l.kind != attnlab_shared::layout::LayoutKind::Nhd
-        || (l.num_kv_heads, l.head_size, l.dtype) != (cfg.num_kv_heads, cfg.head_size, cfg.kv_dtype)
+        || (l.num_kv_heads, l.head_size, l.dtype)
+            != (cfg.num_kv_heads(), cfg.head_size(), cfg.kv_dtype())
     {
         return Err(Error::invalid(
             "cache layout",
@@ -89,7 +90,7 @@ pub fn unified_attention_tc(gpu: &Gpu, args: &UnifiedArgs) -> Result<Vec<u32>> {
         .into());
     }
     let plan = UnifiedTcPlan::new(gpu, meta, cfg, launch, DEFAULT_WARPS)?;
-    if meta.num_actual_tokens == 0 {
+    if meta.num_actual_tokens() == 0 {
         return Ok(vec![]);
     }
     // The cache goes up in cfg.kv_dtype, which the plan's tc_format made
@@ -123,10 +124,9 @@ impl UnifiedTcPlan {
         launch: &UnifiedLaunch,
         warps: usize,
     ) -> Result<UnifiedTcPlan> {
-        cfg.validate()?;
         tc_format(cfg)?;
         validate_launch(cfg, launch)?;
-        if launch.flavor == Flavor::Aiter && !meta.causal {
+        if launch.flavor == Flavor::Aiter && !meta.causal() {
             return Err(Error::unsupported(
                 "non-causal AITER unified_attention",
                 "Only causal attention is supported",
@@ -138,7 +138,7 @@ impl UnifiedTcPlan {
         }
         let info = gpu.dev.info();
         let target = matrix_target(&info.target)?;
-        let (hq, d) = (cfg.num_heads, cfg.head_size);
+        let (hq, d) = (cfg.num_heads(), cfg.head_size());
         let num_segments = match launch.grid {
             Grid::TwoD => 1,
             Grid::ThreeD { num_segments } => num_segments,
@@ -168,7 +168,7 @@ impl UnifiedTcPlan {
         }
         let main = gpu.function(
             "unified_attention_tc",
-            &defines(cfg.dtype, d, launch.tile_size, launch.block_m, warps),
+            &defines(cfg.dtype(), d, launch.tile_size, launch.block_m, warps),
             "unified_attention_tc",
         )?;
         let programs_per_wg = warps / (launch.block_m / WAVE_ROWS);
@@ -184,7 +184,7 @@ impl UnifiedTcPlan {
                     "q-block groups",
                 )?,
                 to_u32(meta.num_reqs().max(1), "requests")?,
-                to_u32(cfg.num_kv_heads * num_segments, "kv heads x segments")?,
+                to_u32(cfg.num_kv_heads() * num_segments, "kv heads x segments")?,
             ],
             block: [to_u32(warps * wave, "threads")?, 1, 1],
             shared_bytes: shared as u32,
@@ -192,23 +192,23 @@ impl UnifiedTcPlan {
         let zero_max = launch.masked_row_max() == MaskedRowMax::KeepZero;
         let args = UnifiedTcParams {
             num_heads: hq as i64,
-            num_kv_heads: cfg.num_kv_heads as i64,
-            block_size: meta.block_size as i64,
-            max_blocks: meta.block_table.max_blocks as i64,
+            num_kv_heads: cfg.num_kv_heads() as i64,
+            block_size: meta.block_size() as i64,
+            max_blocks: meta.block_table().max_blocks as i64,
             block_q: launch.block_q as i64,
             num_segments: num_segments as i64,
-            window: cfg.sliding_window.unwrap_or(0) as i64,
-            causal: meta.causal as i32,
+            window: cfg.sliding_window().unwrap_or(0) as i64,
+            causal: meta.causal() as i32,
             flavor: matches!(launch.flavor, Flavor::Aiter) as i32,
             is_3d: is_3d as i32,
-            has_sinks: cfg.sinks.is_some() as i32,
-            has_alibi: cfg.alibi_slopes.is_some() as i32,
+            has_sinks: cfg.sinks().is_some() as i32,
+            has_alibi: cfg.alibi_slopes().is_some() as i32,
             softcap_formula: softcap_code(launch.softcap_formula()),
             zero_masked_max: zero_max as i32,
             host_target: host_target_code(target),
-            scale: cfg.scale,
-            scale_log2: softmax_scale_log2(cfg.scale),
-            softcap: cfg.softcap.unwrap_or(0.0),
+            scale: cfg.scale(),
+            scale_log2: softmax_scale_log2(cfg.scale()),
+            softcap: cfg.softcap().unwrap_or(0.0),
             pad: 0.0,
         }
         .arg();

@@ -25,14 +25,15 @@ impl Capability {
     /// Whether `cfg` at manager block size `block_size` is within `caps`.
     pub fn accepts(self, caps: &Capabilities, cfg: &AttnConfig, block_size: usize) -> bool {
         match self {
-            Capability::HeadSize => caps.head_sizes.accepts(cfg.head_size),
-            Capability::Dtype => caps.dtypes.contains(&cfg.dtype),
+            Capability::HeadSize => caps.head_sizes.accepts(cfg.head_size()),
+            Capability::Dtype => caps.dtypes.contains(&cfg.dtype()),
             Capability::KvCacheDtype => {
-                cfg.kv_dtype == cfg.dtype
-                    || (cfg.kv_dtype.is_fp8() && caps.kv_cache_dtypes.contains(&KvCacheDtype::Fp8))
+                cfg.kv_dtype() == cfg.dtype()
+                    || (cfg.kv_dtype().is_fp8()
+                        && caps.kv_cache_dtypes.contains(&KvCacheDtype::Fp8))
             }
             Capability::BlockSize => caps.supports_block_size(block_size),
-            Capability::Sinks => caps.sinks || cfg.sinks.is_none(),
+            Capability::Sinks => caps.sinks || cfg.sinks().is_none(),
         }
     }
 }
@@ -89,9 +90,9 @@ pub fn check_capabilities(
         return Ok(());
     };
     let (value, allowed) = match c {
-        Capability::HeadSize => (cfg.head_size.to_string(), head_sizes(caps)),
-        Capability::Dtype => (cfg.dtype.to_string(), dtype_names(caps)),
-        Capability::KvCacheDtype => (cfg.kv_dtype.to_string(), String::new()),
+        Capability::HeadSize => (cfg.head_size().to_string(), head_sizes(caps)),
+        Capability::Dtype => (cfg.dtype().to_string(), dtype_names(caps)),
+        Capability::KvCacheDtype => (cfg.kv_dtype().to_string(), String::new()),
         Capability::BlockSize => (block_size.to_string(), String::new()),
         Capability::Sinks => ("sinks".to_string(), String::new()),
     };

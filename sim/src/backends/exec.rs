@@ -33,12 +33,12 @@ use crate::kernels::mla_decode::{
 use crate::kernels::mla_prefill::{gather_latent, LatentGather};
 use crate::kernels::mla_proj::{absorb, output, up, ProjArgs};
 use crate::kernels::paged_decode::{paged_2d, paged_ll4mi, PagedInputs, PartitionSize};
-use crate::kernels::paged_decode_tc::paged_decode_tc;
+use crate::kernels::paged_decode_tc::{decode_tc, DecodeTcArgs};
 use crate::kernels::prefix_prefill::{context_attention, PrefixArgs};
 use crate::kernels::prefix_prefill_tc::context_attention_tc;
 use crate::kernels::reshape_and_cache::{write_cache, CacheWrite};
 use crate::kernels::softmax::OutLse;
-use crate::kernels::unified_attention::{unified_attention, UnifiedArgs};
+use crate::kernels::unified_attention::{unified, UnifiedArgs};
 use crate::kernels::unified_attention_tc::unified_attention_tc;
 use crate::numerics::mma::MatrixTarget;
 use attnlab_shared::error::Result;
@@ -53,8 +53,7 @@ pub trait KernelExecutor {
     }
 
     fn unified_attention(&self, args: &UnifiedArgs) -> Result<Vec<f32>> {
-        let i = args.inputs();
-        unified_attention(i.query(), i.cache(), i.meta(), i.cfg(), args.launch())
+        unified(args)
     }
 
     fn context_attention_fwd(&self, args: &PrefixArgs, out: &mut [f32]) -> Result<()> {
@@ -162,14 +161,13 @@ impl Cpu {
         inputs: &PagedInputs,
         out: &mut [f32],
     ) -> Result<()> {
-        let (query, cache, meta, cfg) =
-            (inputs.query(), inputs.cache(), inputs.meta(), inputs.cfg());
+        let (cache, meta, cfg) = (inputs.cache(), inputs.meta(), inputs.cfg());
         if !has_decode_rows(meta) {
             return inputs.check_out(out); // every program exits: out unchanged
         }
-        check_decode_tc(kernel, cfg, cache.layout.kind, meta.block_size, target)?;
+        check_decode_tc(kernel, cfg, cache.layout.kind, meta.block_size(), target)?;
         let split = backend_decode_split(target, meta, cfg);
-        paged_decode_tc(query, cache, meta, cfg, target, split, out)
+        decode_tc(&DecodeTcArgs::new(*inputs, target, split)?, out)
     }
 }
 
@@ -179,9 +177,7 @@ impl KernelExecutor for Cpu {
     fn unified_attention(&self, args: &UnifiedArgs) -> Result<Vec<f32>> {
         let i = args.inputs();
         match self.flavour {
-            Flavour::Fma => {
-                unified_attention(i.query(), i.cache(), i.meta(), i.cfg(), args.launch())
-            }
+            Flavour::Fma => unified(args),
             Flavour::TensorCore(target) => {
                 let (cache, launch) = (i.cache(), args.launch());
                 check_unified_tc(i.cfg(), launch, cache.layout.kind, target)?;

@@ -44,10 +44,11 @@ use crate::backends::steps::{self, Paged, Step};
 use crate::backends::AttentionBackend;
 use crate::cache::KvCache;
 use crate::config::AttnConfig;
-use crate::kernels::flash_varlen::VarlenParams;
+use crate::kernels::flash_varlen::{VarlenParams, VarlenParamsBuilder};
 use crate::kernels::flash_varlen_tc::{VarlenTcParams, DEFAULT_BLOCK_N};
 use crate::kernels::flex_attention_tc::validate_config as validate_flex_tc;
-use crate::kernels::paged_decode_tc::{validate_tc, ROWS, STEP};
+use crate::kernels::paged_decode::PagedInputs;
+use crate::kernels::paged_decode_tc::{DecodeTcArgs, ROWS, STEP};
 use crate::kernels::prefix_prefill::PrefixVariant;
 use crate::kernels::prefix_prefill_tc::validate_config as validate_prefix_tc;
 use crate::kernels::unified_attention::{UnifiedLaunch, MI300X_CU_COUNT};
@@ -224,9 +225,12 @@ fn no_faults(kernel: MatmulKernel, faults: FaultSet) -> Result<()> {
 /// them (dtype bf16/f16, head sizes multiples of 16 up to 256) and with no
 /// zoo fault. The one place both executors and [`admits`] take it from.
 pub fn varlen_tc<'a>(p: &VarlenParams<'a>, target: MatrixTarget) -> Result<VarlenTcParams<'a>> {
-    no_faults(MatmulKernel::FlashAttnVarlen, p.faults)?;
-    let mut varlen = p.clone();
-    varlen.block_n = DEFAULT_BLOCK_N;
+    no_faults(MatmulKernel::FlashAttnVarlen, p.faults())?;
+    let varlen = VarlenParamsBuilder {
+        block_n: DEFAULT_BLOCK_N,
+        ..p.to_builder()
+    }
+    .build()?;
     let tc = VarlenTcParams { varlen, target };
     tc.validate()?;
     Ok(tc)
@@ -247,7 +251,7 @@ pub fn check_decode_tc(
     block_size: usize,
     target: MatrixTarget,
 ) -> Result<()> {
-    no_faults(kernel, cfg.faults)?;
+    no_faults(kernel, cfg.faults())?;
     let refused = |e: Error| {
         Error::unsupported(
             format!(
@@ -262,9 +266,9 @@ pub fn check_decode_tc(
         layout,
         1,
         block_size,
-        cfg.num_kv_heads,
-        cfg.head_size,
-        cfg.kv_dtype,
+        cfg.num_kv_heads(),
+        cfg.head_size(),
+        cfg.kv_dtype(),
     )?;
     let probe = AttentionMetadata::new(
         block_size,
@@ -275,10 +279,12 @@ pub fn check_decode_tc(
         vec![0],
         true,
     )?;
-    let query = vec![0.0f32; cfg.num_heads * cfg.head_size];
-    let out = query.clone();
+    let query = vec![0.0f32; cfg.num_heads() * cfg.head_size()];
     let cache = KvCache::zeros(kv);
-    validate_tc(&query, &cache, &probe, cfg, target, STEP, &out).map_err(refused)
+    let inputs = PagedInputs::new(&query, &cache, &probe, cfg).map_err(refused)?;
+    DecodeTcArgs::new(inputs, target, STEP)
+        .map(|_| ())
+        .map_err(refused)
 }
 
 /// Whether `unified_attention_tc` takes a unified-attention launch of
@@ -293,7 +299,7 @@ pub fn check_unified_tc(
     target: MatrixTarget,
 ) -> Result<()> {
     let kernel = MatmulKernel::UnifiedAttention;
-    no_faults(kernel, cfg.faults)?;
+    no_faults(kernel, cfg.faults())?;
     let refused = |e: Error| {
         Error::unsupported(
             format!(
@@ -323,7 +329,7 @@ pub fn check_unified_tc(
 /// a route.
 pub fn check_prefix_tc(cfg: &AttnConfig, target: MatrixTarget) -> Result<()> {
     let kernel = MatmulKernel::ContextAttentionFwd;
-    no_faults(kernel, cfg.faults)?;
+    no_faults(kernel, cfg.faults())?;
     validate_prefix_tc(cfg, &PrefixVariant::for_config(cfg)).map_err(|e| {
         Error::unsupported(
             format!(
@@ -343,7 +349,7 @@ pub fn check_prefix_tc(cfg: &AttnConfig, target: MatrixTarget) -> Result<()> {
 /// and [`admits`] for a route.
 pub fn check_flex_tc(cfg: &AttnConfig, target: MatrixTarget) -> Result<()> {
     let kernel = MatmulKernel::FlexAttention;
-    no_faults(kernel, cfg.faults)?;
+    no_faults(kernel, cfg.faults())?;
     validate_flex_tc(cfg).map_err(|e| {
         Error::unsupported(
             format!(
@@ -401,13 +407,13 @@ pub fn decode_split_size(
     cfg: &AttnConfig,
 ) -> usize {
     let groups = cfg.queries_per_kv().div_ceil(ROWS);
-    let programs = (meta.num_reqs() * cfg.num_kv_heads * groups).max(1);
+    let programs = (meta.num_reqs() * cfg.num_kv_heads() * groups).max(1);
     let splits = (multiprocessors.max(1) * waves_per_mp / programs).max(1);
-    meta.max_seq_len
+    meta.max_seq_len()
         .div_ceil(splits)
         .next_multiple_of(STEP)
         .max(min_split.next_multiple_of(STEP))
-        .max(balanced_split(meta.max_seq_len))
+        .max(balanced_split(meta.max_seq_len()))
 }
 
 /// Multiprocessors of the target's reference GPU: H100 SXM (132 SMs),
@@ -557,7 +563,7 @@ pub fn tc_launches(
     layout: LayoutKind,
     target: MatrixTarget,
 ) -> Result<Vec<(MatmulKernel, &'static str)>> {
-    let kcfg = backend.kernel_config(cfg);
+    let kcfg = backend.kernel_config(cfg)?;
     let mut launches = vec![];
     for batch in backend.route(meta, cfg)? {
         for step in &batch.steps {
@@ -582,7 +588,7 @@ pub fn tc_step(
     let k = match step {
         Step::Merge { .. } => return Ok(None),
         Step::Attend { mask, .. } => {
-            varlen_tc(&steps::attend_params(kcfg, meta.causal, *mask), target)?;
+            varlen_tc(&steps::attend_params(kcfg, meta.causal(), *mask)?, target)?;
             K::FlashAttnVarlen
         }
         Step::Paged(p) => {
@@ -591,7 +597,7 @@ pub fn tc_step(
                 if !has_decode_rows(meta) {
                     return Ok(None); // every program exits: no matrix product
                 }
-                check_decode_tc(k, kcfg, layout, meta.block_size, target)?;
+                check_decode_tc(k, kcfg, layout, meta.block_size(), target)?;
             }
             if k == K::ContextAttentionFwd {
                 check_prefix_tc(kcfg, target)?;
@@ -691,7 +697,7 @@ mod tests {
             true,
         )
         .unwrap();
-        let cfg = AttnConfig::new(8, 1, 128, attnlab_shared::dtype::DType::Bf16);
+        let cfg = AttnConfig::new(8, 1, 128, attnlab_shared::dtype::DType::Bf16).unwrap();
         // One program: 132 * 8 waves would split 1000 keys into 16s; the minimum holds.
         assert_eq!(
             backend_decode_split(MatrixTarget::Sm90, &meta, &cfg),
@@ -729,7 +735,7 @@ mod tests {
             true,
         )
         .unwrap();
-        let cfg = AttnConfig::new(8, 1, 128, attnlab_shared::dtype::DType::Bf16);
+        let cfg = AttnConfig::new(8, 1, 128, attnlab_shared::dtype::DType::Bf16).unwrap();
         // 132 * 8 waves over one program would make 1024 splits of 32 keys.
         assert_eq!(backend_decode_split(MatrixTarget::Sm90, &meta, &cfg), 256);
     }

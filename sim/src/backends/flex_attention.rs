@@ -32,7 +32,6 @@ impl AttentionBackend for FlexAttention {
     /// The registry's dtypes and caches, `FlexAttentionImpl`'s rejections
     /// (ALiBi, soft-cap, the registry's no sinks), then kernel block sizes.
     fn check(&self, cfg: &AttnConfig, block_size: usize) -> Result<()> {
-        cfg.validate()?;
         let kv = "FlexAttention does not support quantized kv-cache. Yet";
         let rules = [
             (
@@ -43,8 +42,8 @@ impl AttentionBackend for FlexAttention {
         ];
         check_capabilities(self.name(), cfg, block_size, &rules)?;
         for (set, what) in [
-            (cfg.alibi_slopes.is_some(), "alibi slopes"),
-            (cfg.softcap.is_some(), "logits soft cap"),
+            (cfg.alibi_slopes().is_some(), "alibi slopes"),
+            (cfg.softcap().is_some(), "logits soft cap"),
         ] {
             if set {
                 return Err(Error::unsupported(

@@ -79,8 +79,8 @@ pub trait AttentionBackend: Send + Sync {
     fn route(&self, meta: &AttentionMetadata, cfg: &AttnConfig) -> Result<Vec<SubBatch>>;
 
     /// The config the backend hands its kernels (by default the layer's).
-    fn kernel_config(&self, cfg: &AttnConfig) -> AttnConfig {
-        cfg.clone()
+    fn kernel_config(&self, cfg: &AttnConfig) -> Result<AttnConfig> {
+        Ok(cfg.clone())
     }
 
     /// The cache layout for `num_blocks` kernel blocks of `block_size`.
@@ -94,9 +94,9 @@ pub trait AttentionBackend: Send + Sync {
             self.layout_kind(),
             num_blocks,
             block_size,
-            cfg.num_kv_heads,
-            cfg.head_size,
-            cfg.kv_dtype,
+            cfg.num_kv_heads(),
+            cfg.head_size(),
+            cfg.kv_dtype(),
         )
     }
 
@@ -154,7 +154,7 @@ pub trait AttentionBackend: Send + Sync {
         meta: &AttentionMetadata,
         cfg: &AttnConfig,
     ) -> Result<Vec<f32>> {
-        self.check(cfg, meta.block_size)?;
+        self.check(cfg, meta.block_size())?;
         let route = self.route(meta, cfg)?;
         self.forward_route(ex, &route, query, cache, meta, cfg)
     }
@@ -172,7 +172,7 @@ pub trait AttentionBackend: Send + Sync {
         meta: &AttentionMetadata,
         cfg: &AttnConfig,
     ) -> Result<Vec<f32>> {
-        self.check(cfg, meta.block_size)?;
+        self.check(cfg, meta.block_size())?;
         if !matches!(
             route,
             [SubBatch {
@@ -180,24 +180,24 @@ pub trait AttentionBackend: Send + Sync {
                 ..
             }]
         ) {
-            let want = self.cache_layout(cfg, cache.layout.num_blocks, meta.block_size)?;
+            let want = self.cache_layout(cfg, cache.layout.num_blocks, meta.block_size())?;
             steps::check_split_inputs(self.name().name(), &want, query, cache, meta, cfg)?;
         }
-        steps::run(ex, route, query, cache, meta, &self.kernel_config(cfg))
+        steps::run(ex, route, query, cache, meta, &self.kernel_config(cfg)?)
     }
 
     /// The kernel launches `write_kv` and `forward` make for this batch: the
     /// cache writer's, then each step of `route` (empty if the batch is invalid).
     fn plan(&self, meta: &AttentionMetadata, cfg: &AttnConfig) -> Vec<KernelCall> {
         let (Ok(layout), Ok(route)) = (
-            self.cache_layout(cfg, meta.num_blocks, meta.block_size),
+            self.cache_layout(cfg, meta.num_blocks(), meta.block_size()),
             self.route(meta, cfg),
         ) else {
             return vec![];
         };
         let mut calls = vec![self
-            .cache_writer(meta.block_size)
-            .kernel_call(&layout, meta.num_actual_tokens)];
+            .cache_writer(meta.block_size())
+            .kernel_call(&layout, meta.num_actual_tokens())];
         calls.extend(steps::render(&route, meta, cfg, &layout));
         calls
     }

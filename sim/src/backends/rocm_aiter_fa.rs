@@ -124,9 +124,8 @@ impl AttentionBackend for RocmAiterFa {
     /// The registry's head sizes, dtypes, caches and kernel block sizes
     /// ([16, 32]: a multiple of 16), then the shuffled layout's limits.
     fn check(&self, cfg: &AttnConfig, block_size: usize) -> Result<()> {
-        cfg.validate()?;
         check_capabilities(self.name(), cfg, block_size, CHECKS)?;
-        if self.shuffle_kv_cache && (cfg.sliding_window.is_some() || cfg.sinks.is_some()) {
+        if self.shuffle_kv_cache && (cfg.sliding_window().is_some() || cfg.sinks().is_some()) {
             return Err(Error::unsupported(
                 "VLLM_ROCM_SHUFFLE_KV_CACHE_LAYOUT=1",
                 SHUFFLE_UNSUPPORTED,
@@ -157,7 +156,7 @@ impl AttentionBackend for RocmAiterFa {
         use RequestKind::{Decode, Extend, Prefill};
         // AITER's unified attention decodes when there are sinks or a window with ALiBi.
         let unified =
-            cfg.sinks.is_some() || cfg.sliding_window.is_some() && cfg.alibi_slopes.is_some();
+            cfg.sinks().is_some() || cfg.sliding_window().is_some() && cfg.alibi_slopes().is_some();
         let mut batches = vec![];
         for kind in [Prefill, Extend, Decode] {
             let reqs: Vec<usize> = (0..meta.num_reqs())
@@ -166,7 +165,7 @@ impl AttentionBackend for RocmAiterFa {
             if reqs.is_empty() {
                 continue;
             }
-            let steps = match (kind, cfg.sliding_window) {
+            let steps = match (kind, cfg.sliding_window()) {
                 (Prefill, _) => vec![Step::Attend {
                     keys: new_token_keys(meta, &reqs)?,
                     gathered: false,

@@ -57,7 +57,7 @@ impl UnifiedKernel for AiterKernel {
     /// AITER's kernel for causal batches; vLLM's Triton kernel (vLLM's default
     /// engine options) for non-causal ones, as the impl's fallback does.
     fn launch(&self, meta: &AttentionMetadata, cfg: &AttnConfig) -> Result<UnifiedLaunch> {
-        if meta.causal {
+        if meta.causal() {
             UnifiedLaunch::aiter(meta, cfg, self.cu_count)
         } else {
             UnifiedLaunch::vllm(meta, cfg, VllmLaunchOptions::default())

@@ -19,7 +19,7 @@ use crate::backends::capability::Words::{self, *};
 use crate::backends::capability::{capabilities_of, check_capabilities};
 use crate::backends::steps::{Paged, Step, SubBatch};
 use crate::backends::AttentionBackend;
-use crate::config::AttnConfig;
+use crate::config::{AttnConfig, AttnConfigBuilder};
 use crate::kernels::reshape_and_cache::CacheWriter;
 use attnlab_shared::block_table::select_kernel_block_size;
 use attnlab_shared::dtype::DType;
@@ -71,8 +71,11 @@ impl RocmAttn {
     /// for `cfg`'s model window ([`Fault::RocmAttnWindowOffByOne`]: every
     /// profile passes `W - 1`).
     pub fn kernel_window(&self, cfg: &AttnConfig) -> Option<usize> {
-        let window = cfg.sliding_window;
-        match (self.profile, cfg.faults.has(Fault::RocmAttnWindowOffByOne)) {
+        let window = cfg.sliding_window();
+        match (
+            self.profile,
+            cfg.faults().has(Fault::RocmAttnWindowOffByOne),
+        ) {
             (RocmAttnProfile::SeedEra, _) | (_, true) => window.map(|w| w - 1).filter(|&w| w > 0),
             (RocmAttnProfile::V0_33, false) => window,
         }
@@ -92,15 +95,15 @@ impl RocmAttn {
     pub fn decode_kernel(&self, meta: &AttentionMetadata, cfg: &AttnConfig) -> DecodeKernel {
         let qpk = cfg.queries_per_kv();
         // Fault::Ll4miHeadSize32: the launcher also admits head size 32.
-        let head_ok = matches!(cfg.head_size, 64 | 128)
-            || (cfg.head_size == 32 && cfg.faults.has(Fault::Ll4miHeadSize32));
+        let head_ok = matches!(cfg.head_size(), 64 | 128)
+            || (cfg.head_size() == 32 && cfg.faults().has(Fault::Ll4miHeadSize32));
         let custom = self.kernel_window(cfg).is_none()
-            && matches!(cfg.dtype, DType::F16 | DType::Bf16)
+            && matches!(cfg.dtype(), DType::F16 | DType::Bf16)
             && head_ok
-            && matches!(meta.block_size, 16 | 32)
+            && matches!(meta.block_size(), 16 | 32)
             && (1..=16).contains(&qpk)
-            && meta.max_seq_len <= CUSTOM_PA_MAX_SEQ_LEN
-            && cfg.sinks.is_none();
+            && meta.max_seq_len() <= CUSTOM_PA_MAX_SEQ_LEN
+            && cfg.sinks().is_none();
         if custom {
             DecodeKernel::Ll4mi
         } else {
@@ -114,7 +117,7 @@ impl RocmAttn {
     /// to [`AttentionBackend::forward_route`]).
     pub fn route_with_decode(meta: &AttentionMetadata, decode: DecodeKernel) -> Vec<SubBatch> {
         let mut steps = vec![];
-        if meta.max_query_len > 1 {
+        if meta.max_query_len() > 1 {
             steps.push(Step::Paged(Paged::PrefixPrefill));
         }
         steps.push(Step::Paged(decode));
@@ -131,19 +134,20 @@ impl AttentionBackend for RocmAttn {
     /// one from the model's, so the model window is one more. Soft-cap never
     /// reaches ROCM_ATTN's kernels, so a soft-capped capture cannot be expressed.
     fn fixture_config(&self, cfg: &AttnConfig) -> std::result::Result<AttnConfig, String> {
-        if cfg.softcap.is_some() {
+        if cfg.softcap().is_some() {
             return Err("ROCM_ATTN drops logits_soft_cap: its forward calls chunked_prefill_paged_decode without it".into());
         }
-        Ok(AttnConfig {
-            sliding_window: self.model_window(cfg.sliding_window),
-            ..cfg.clone()
-        })
+        AttnConfigBuilder {
+            sliding_window: self.model_window(cfg.sliding_window()),
+            ..cfg.to_builder()
+        }
+        .build()
+        .map_err(|e| e.to_string())
     }
 
     /// The registry's head sizes, dtypes, kernel block sizes (a multiple
     /// of 16) and no sinks, in vLLM's words.
     fn check(&self, cfg: &AttnConfig, block_size: usize) -> Result<()> {
-        cfg.validate()?;
         check_capabilities(self.name(), cfg, block_size, CHECKS)
     }
 
@@ -185,12 +189,13 @@ impl AttentionBackend for RocmAttn {
     }
 
     /// The config the kernels see: the profile's window, no soft-cap.
-    fn kernel_config(&self, cfg: &AttnConfig) -> AttnConfig {
-        AttnConfig {
+    fn kernel_config(&self, cfg: &AttnConfig) -> Result<AttnConfig> {
+        AttnConfigBuilder {
             sliding_window: self.kernel_window(cfg),
             softcap: None,
-            ..cfg.clone()
+            ..cfg.to_builder()
         }
+        .build()
     }
 
     fn route(&self, meta: &AttentionMetadata, cfg: &AttnConfig) -> Result<Vec<SubBatch>> {

@@ -17,7 +17,7 @@
 use crate::backends::exec::KernelExecutor;
 use crate::cache::KvCache;
 use crate::config::AttnConfig;
-use crate::kernels::flash_varlen::{ck_block_n, VarlenArgs, VarlenParams};
+use crate::kernels::flash_varlen::{ck_block_n, VarlenArgs, VarlenParams, VarlenParamsBuilder};
 use crate::kernels::flex_attention::{flex_block_n, FlexArgs, SPARSE_Q_BLOCK_SIZE};
 use crate::kernels::gather_cache::{self, CacheFormat, GatherArgs, GatherChunk};
 use crate::kernels::merge_attn_states::{MergeArgs, MergeKernel};
@@ -202,25 +202,25 @@ pub fn check_split_inputs(
     if cache.layout != *want
         || cache.k.len() != want.numel()
         || cache.v.len() != want.numel()
-        || want.num_blocks < meta.num_blocks
+        || want.num_blocks < meta.num_blocks()
     {
         return Err(Error::invalid(
             "cache layout",
             format!("{:?}", cache.layout),
             format!(
                 "{backend} needs {want:?} covering {} blocks",
-                meta.num_blocks
+                meta.num_blocks()
             ),
         ));
     }
-    let (hq, d) = (cfg.num_heads, cfg.head_size);
-    if query.len() != meta.num_actual_tokens * hq * d {
+    let (hq, d) = (cfg.num_heads(), cfg.head_size());
+    if query.len() != meta.num_actual_tokens() * hq * d {
         return Err(Error::invalid(
             "query length",
             query.len(),
             format!(
                 "must be num_tokens * num_heads * head_size = {}",
-                meta.num_actual_tokens * hq * d
+                meta.num_actual_tokens() * hq * d
             ),
         ));
     }
@@ -246,19 +246,19 @@ fn sub_batch(
     let table = BlockTableTensor::from_rows(
         &reqs
             .iter()
-            .map(|&i| meta.block_table.row(i).to_vec())
+            .map(|&i| meta.block_table().row(i).to_vec())
             .collect::<Vec<_>>(),
     );
-    let seq_lens = reqs.iter().map(|&i| meta.seq_lens[i]).collect();
-    let slots = rows.iter().map(|&t| meta.slot_mapping[t]).collect();
+    let seq_lens = reqs.iter().map(|&i| meta.seq_lens()[i]).collect();
+    let slots = rows.iter().map(|&t| meta.slot_mapping()[t]).collect();
     let sub = AttentionMetadata::new(
-        meta.block_size,
-        meta.num_blocks,
+        meta.block_size(),
+        meta.num_blocks(),
         qsl,
         seq_lens,
         table,
         slots,
-        meta.causal,
+        meta.causal(),
     )?;
     Ok((q, sub, rows))
 }
@@ -273,7 +273,7 @@ struct Slots {
 impl Slots {
     fn store(&mut self, into: Slot, r: OutLse) {
         match into {
-            Slot::Output => self.output = Some(r.out),
+            Slot::Output => self.output = Some(r.into_out()),
             s => self.partials[s as usize] = Some(r),
         }
     }
@@ -303,7 +303,7 @@ pub fn run(
     meta: &AttentionMetadata,
     cfg: &AttnConfig,
 ) -> Result<Vec<f32>> {
-    let row = cfg.num_heads * cfg.head_size;
+    let row = cfg.num_heads() * cfg.head_size();
     let mut out: Option<Vec<f32>> = None;
     for batch in route {
         let (owned, reqs) = match &batch.rows {
@@ -315,9 +315,9 @@ pub fn run(
             None => (query, meta),
         };
         let table: Vec<&[i32]> = match reqs {
-            Some(reqs) => reqs.iter().map(|&i| meta.block_table.row(i)).collect(),
+            Some(reqs) => reqs.iter().map(|&i| meta.block_table().row(i)).collect(),
             None => (0..meta.num_reqs())
-                .map(|i| meta.block_table.row(i))
+                .map(|i| meta.block_table().row(i))
                 .collect(),
         };
         let mut slots = Slots::default();
@@ -348,32 +348,38 @@ pub fn run(
 /// with `mask`, for a batch that is causal or not (`causal`): the layer's
 /// heads, dtype, scale, window, ALiBi and sinks, no soft-cap (none reaches
 /// this call).
-pub fn attend_params(cfg: &AttnConfig, causal: bool, mask: FaMask) -> VarlenParams<'_> {
-    let fa = VarlenParams {
+pub fn attend_params(cfg: &AttnConfig, causal: bool, mask: FaMask) -> Result<VarlenParams<'_>> {
+    let fa = VarlenParamsBuilder {
         // Fault::WindowConventionMixed: W handed over as the left bound (W, 0).
         window: cfg
-            .sliding_window
-            .map(|w| w + usize::from(cfg.faults.has(Fault::WindowConventionMixed))),
-        alibi_slopes: cfg.alibi_slopes.as_deref(),
-        sinks: cfg.sinks.as_deref(),
-        ..VarlenParams::new(
-            cfg.num_heads,
-            cfg.num_kv_heads,
-            cfg.head_size,
-            cfg.dtype,
-            cfg.scale,
+            .sliding_window()
+            .map(|w| w + usize::from(cfg.faults().has(Fault::WindowConventionMixed))),
+        alibi_slopes: cfg.alibi_slopes(),
+        sinks: cfg.sinks(),
+        ..VarlenParams::builder(
+            cfg.num_heads(),
+            cfg.num_kv_heads(),
+            cfg.head_size(),
+            cfg.dtype(),
+            cfg.scale(),
         )
-    };
+    }
+    .build()?;
     match mask {
-        FaMask::Layer => VarlenParams { causal, ..fa },
-        FaMask::Causal => fa,
+        FaMask::Layer => VarlenParamsBuilder {
+            causal,
+            ..fa.to_builder()
+        }
+        .build(),
+        FaMask::Causal => Ok(fa),
         // A context chunk: no sink (vLLM passes sink_ptr=None).
-        FaMask::Full => VarlenParams {
+        FaMask::Full => VarlenParamsBuilder {
             causal: false,
             window: None,
             sinks: None,
-            ..fa
-        },
+            ..fa.to_builder()
+        }
+        .build(),
     }
 }
 
@@ -397,16 +403,16 @@ fn run_step(
             into,
         } => {
             let format = CacheFormat::of(cache.layout.kind)?;
-            let scales = (cfg.k_scale, cfg.v_scale);
-            let args = GatherArgs::new(cache, table, keys, format, scales, cfg.dtype)?;
+            let scales = (cfg.k_scale(), cfg.v_scale());
+            let args = GatherArgs::new(cache, table, keys, format, scales, cfg.dtype())?;
             let (k, v) = if *gathered {
                 ex.cp_mha_gather_cache(&args)?
             } else {
                 // The step's key/value tensors, read back from the cache (no launch).
                 gather_cache::gather(&args)
             };
-            let p = attend_params(cfg, meta.causal, *mask);
-            let (cu_q, cu_k) = (&meta.query_start_loc, &keys.cu_seqlens);
+            let p = attend_params(cfg, meta.causal(), *mask)?;
+            let (cu_q, cu_k) = (&meta.query_start_loc(), &keys.cu_seqlens);
             let r = ex.flash_attn_varlen(&VarlenArgs::new(q, &k, &v, cu_q, cu_k, &p)?)?;
             slots.store(*into, r);
         }
@@ -416,7 +422,7 @@ fn run_step(
             into,
         } => {
             let (prefix, suffix) = (slots.take(*prefix)?, slots.take(*suffix)?);
-            let args = MergeArgs::new(&prefix, &suffix, cfg.dtype, MergeKernel::Triton)?;
+            let args = MergeArgs::new(&prefix, &suffix, cfg.dtype(), MergeKernel::Triton)?;
             let r = ex.merge_attn_states(&args)?;
             slots.store(*into, r);
         }
@@ -433,7 +439,7 @@ fn run_step(
             slots.output = Some(ex.flex_attention(&FlexArgs::new(q, cache, meta, cfg)?)?)
         }
         Step::Paged(kernel) => {
-            let rows = meta.num_actual_tokens * cfg.num_heads * cfg.head_size;
+            let rows = meta.num_actual_tokens() * cfg.num_heads() * cfg.head_size();
             let output = slots.output.get_or_insert_with(|| vec![0.0f32; rows]);
             match kernel {
                 Paged::PrefixPrefill => {
@@ -446,7 +452,7 @@ fn run_step(
                 }
                 _ => {
                     // ll4mi's VHELOOP must cover the head (vllm #34570).
-                    crate::rules::ll4mi_head_size(cfg.head_size)?;
+                    crate::rules::ll4mi_head_size(cfg.head_size())?;
                     let inputs = PagedInputs::new(q, cache, meta, cfg)?;
                     ex.paged_attention_ll4mi(&inputs, PartitionSize::ROCM, output)?
                 }
@@ -467,7 +473,7 @@ pub fn render(
     let mut calls = vec![];
     for batch in route {
         let (tq, b) = match &batch.rows {
-            Rows::All => (meta.num_actual_tokens, meta.num_reqs()),
+            Rows::All => (meta.num_actual_tokens(), meta.num_reqs()),
             Rows::Of(_, reqs) => (
                 reqs.iter().map(|&i| meta.query_len(i)).sum::<usize>(),
                 reqs.len(),
@@ -490,7 +496,7 @@ fn render_step(
     layout: &KvLayout,
     calls: &mut Vec<KernelCall>,
 ) {
-    let (hq, hkv, d) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_size);
+    let (hq, hkv, d) = (cfg.num_heads(), cfg.num_kv_heads(), cfg.head_size());
     let (kc, vc) = (
         ("key_cache", layout.k_shape()),
         ("value_cache", layout.v_shape()),
@@ -543,7 +549,7 @@ fn render_step(
             if *kernel != Paged::AiterUnifiedAttention {
                 s.push((
                     "tmp_out",
-                    vec![b, hq, meta.max_seq_len.div_ceil(PARTITION_SIZE_ROCM), d],
+                    vec![b, hq, meta.max_seq_len().div_ceil(PARTITION_SIZE_ROCM), d],
                 ));
             }
             calls.push(KernelCall::new(name, &s));
@@ -556,10 +562,13 @@ fn render_step(
                     ("query", vec![1, hq, tq, d]),
                     (
                         "key_cache",
-                        vec![1, hkv, meta.num_blocks * meta.block_size, d],
+                        vec![1, hkv, meta.num_blocks() * meta.block_size(), d],
                     ),
-                    ("block_mask", vec![q_blocks, meta.num_blocks]),
-                    ("block_n", vec![flex_block_n(cfg.dtype, meta.block_size)]),
+                    ("block_mask", vec![q_blocks, meta.num_blocks()]),
+                    (
+                        "block_n",
+                        vec![flex_block_n(cfg.dtype(), meta.block_size())],
+                    ),
                     ("output", vec![tq, hq, d]),
                 ],
             ));
@@ -571,11 +580,14 @@ fn render_step(
             match kernel {
                 Paged::PrefixPrefill => {
                     let v = PrefixVariant::for_config(cfg);
-                    shapes.push(("grid", vec![b, hq, meta.max_query_len.div_ceil(v.block_m)]));
+                    shapes.push((
+                        "grid",
+                        vec![b, hq, meta.max_query_len().div_ceil(v.block_m)],
+                    ));
                     calls.push(KernelCall::new(v.kernel, &shapes));
                 }
                 Paged::Ll4mi => {
-                    let p = max_num_partitions(meta.max_seq_len, PARTITION_SIZE_ROCM);
+                    let p = max_num_partitions(meta.max_seq_len(), PARTITION_SIZE_ROCM);
                     let name = if cfg.queries_per_kv() <= 4 {
                         "paged_attention_ll4mi_QKV_mfma4_kernel"
                     } else {

@@ -56,22 +56,11 @@ impl<K: UnifiedKernel> AttentionBackend for UnifiedBackend<K> {
         K::SHAPE.name
     }
 
-    /// vLLM's rejections: sinks shape (vLLM's message), dtype, head size
-    /// `>= 32` (padded to a power of two in registers), block size.
+    /// vLLM's rejections: dtype, head size `>= 32` (padded to a power of
+    /// two in registers), block size. (vLLM's sinks-shape rejection cannot
+    /// arise: an [`AttnConfig`] holds one sink per query head.)
     fn check(&self, cfg: &AttnConfig, block_size: usize) -> Result<()> {
         let shape = K::SHAPE;
-        if let Some(s) = cfg.sinks.as_ref().filter(|s| s.len() != cfg.num_heads) {
-            return Err(Error::invalid(
-                "sinks",
-                format!("shape [{}]", s.len()),
-                format!(
-                    "Sinks must have the same number of heads as the number of heads in the layer. Sinks shape: [{}], num_heads: {}.",
-                    s.len(),
-                    cfg.num_heads
-                ),
-            ));
-        }
-        cfg.validate()?;
         let rules = [
             (
                 Dtype,

@@ -58,9 +58,11 @@ pub fn ck_block_n(head_size: usize) -> usize {
     }
 }
 
-/// Everything `flash_attn_varlen_func` takes besides the tensors.
+/// The fields of a [`VarlenParams`], not yet checked: set what differs from
+/// [`VarlenParamsBuilder::new`]'s defaults (struct-update syntax works), then
+/// [`VarlenParamsBuilder::build`] checks them.
 #[derive(Debug, Clone, PartialEq)]
-pub struct VarlenParams<'a> {
+pub struct VarlenParamsBuilder<'a> {
     pub num_heads: usize,
     pub num_kv_heads: usize,
     /// Q/K head size.
@@ -84,7 +86,7 @@ pub struct VarlenParams<'a> {
     pub faults: FaultSet,
 }
 
-impl<'a> VarlenParams<'a> {
+impl<'a> VarlenParamsBuilder<'a> {
     /// Causal, no window/alibi/sinks/softcap, equal Q/V head sizes, CK tiles.
     pub fn new(
         num_heads: usize,
@@ -93,7 +95,7 @@ impl<'a> VarlenParams<'a> {
         dtype: DType,
         scale: f32,
     ) -> Self {
-        VarlenParams {
+        VarlenParamsBuilder {
             num_heads,
             num_kv_heads,
             head_size,
@@ -109,7 +111,14 @@ impl<'a> VarlenParams<'a> {
         }
     }
 
-    pub(crate) fn validate(&self) -> Result<()> {
+    /// Checks the invariants of [`VarlenParams`]; the error names the first
+    /// bad field, its value and what it must be.
+    pub fn build(self) -> Result<VarlenParams<'a>> {
+        self.validate()?;
+        Ok(VarlenParams(self))
+    }
+
+    fn validate(&self) -> Result<()> {
         for (what, v) in [
             ("num_heads", self.num_heads),
             ("num_kv_heads", self.num_kv_heads),
@@ -146,6 +155,104 @@ impl<'a> VarlenParams<'a> {
     }
 }
 
+/// Everything `flash_attn_varlen_func` takes besides the tensors, checked
+/// once by [`VarlenParamsBuilder::build`] (which [`VarlenParams::new`] goes
+/// through).
+///
+/// # Invariants
+///
+/// Its fields (a [`VarlenParamsBuilder`]) are private, so every value keeps
+/// what `build` checked and neither the kernels nor the GPU launchers check
+/// it again:
+/// - `num_heads`, `num_kv_heads`, `head_size`, `head_size_v` and `block_n`
+///   are `>= 1`, and `num_kv_heads` divides `num_heads`;
+/// - `window`, when set, is `>= 1`;
+/// - `alibi_slopes` and `sinks`, when set, hold one value per query head.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VarlenParams<'a>(VarlenParamsBuilder<'a>);
+
+impl<'a> VarlenParams<'a> {
+    /// Causal, no window/alibi/sinks/softcap, equal Q/V head sizes, CK
+    /// tiles; checked.
+    pub fn new(
+        num_heads: usize,
+        num_kv_heads: usize,
+        head_size: usize,
+        dtype: DType,
+        scale: f32,
+    ) -> Result<Self> {
+        VarlenParamsBuilder::new(num_heads, num_kv_heads, head_size, dtype, scale).build()
+    }
+
+    /// [`VarlenParamsBuilder::new`]: the defaults, to change and build.
+    pub fn builder(
+        num_heads: usize,
+        num_kv_heads: usize,
+        head_size: usize,
+        dtype: DType,
+        scale: f32,
+    ) -> VarlenParamsBuilder<'a> {
+        VarlenParamsBuilder::new(num_heads, num_kv_heads, head_size, dtype, scale)
+    }
+
+    /// These parameters' fields, to change and build again.
+    pub fn to_builder(&self) -> VarlenParamsBuilder<'a> {
+        self.0.clone()
+    }
+
+    /// The same parameters with these faults re-injected (no invariant
+    /// depends on them).
+    pub fn with_faults(mut self, faults: FaultSet) -> Self {
+        self.0.faults = faults;
+        self
+    }
+
+    pub fn num_heads(&self) -> usize {
+        self.0.num_heads
+    }
+    pub fn num_kv_heads(&self) -> usize {
+        self.0.num_kv_heads
+    }
+    /// Q/K head size.
+    pub fn head_size(&self) -> usize {
+        self.0.head_size
+    }
+    /// V and output head size (MLA prefill: 128 against Q/K 192).
+    pub fn head_size_v(&self) -> usize {
+        self.0.head_size_v
+    }
+    /// Dtype of q, k, v and out; P is rounded to it before PV.
+    pub fn dtype(&self) -> DType {
+        self.0.dtype
+    }
+    /// `softmax_scale` and `logits_soft_cap`.
+    pub fn score(&self) -> ScoreParams {
+        self.0.score
+    }
+    pub fn causal(&self) -> bool {
+        self.0.causal
+    }
+    /// Window W in tokens, vLLM's `window_size = (W - 1, 0)`.
+    pub fn window(&self) -> Option<usize> {
+        self.0.window
+    }
+    pub fn alibi_slopes(&self) -> Option<&'a [f32]> {
+        self.0.alibi_slopes
+    }
+    /// `sink_ptr`: per-q-head sink logits (natural log).
+    pub fn sinks(&self) -> Option<&'a [f32]> {
+        self.0.sinks
+    }
+    /// Keys per tile.
+    pub fn block_n(&self) -> usize {
+        self.0.block_n
+    }
+    /// Real bugs re-injected (`attnlab zoo`); empty unless a zoo run sets it.
+    pub fn faults(&self) -> FaultSet {
+        self.0.faults
+    }
+}
+
 /// The varlen call's shape checks: `cu_seqlens_q` and `cu_seqlens_k` of one
 /// batch, and `q`, `k`, `v` as long as they and the head sizes say; returns
 /// `(total_q, total_k)`. Shared by every kernel of the `flash_attn_varlen`
@@ -170,7 +277,12 @@ pub(crate) fn check_inputs(
     }
     let total_q = check_cu("cu_seqlens_q", cu_seqlens_q)?;
     let total_k = check_cu("cu_seqlens_k", cu_seqlens_k)?;
-    let (hq, hk, d, dv) = (p.num_heads, p.num_kv_heads, p.head_size, p.head_size_v);
+    let (hq, hk, d, dv) = (
+        p.num_heads(),
+        p.num_kv_heads(),
+        p.head_size(),
+        p.head_size_v(),
+    );
     for (what, len, want) in [
         ("q", q.len(), total_q * hq * d),
         ("k", k.len(), total_k * hk * d),
@@ -214,7 +326,6 @@ impl<'a> VarlenArgs<'a> {
         cu_seqlens_k: &'a [i32],
         p: &'a VarlenParams<'a>,
     ) -> Result<Self> {
-        p.validate()?;
         let (total_q, total_k) = check_inputs(q, k, v, cu_seqlens_q, cu_seqlens_k, p)?;
         Ok(VarlenArgs {
             q,
@@ -327,7 +438,7 @@ pub fn varlen(args: &VarlenArgs) -> OutLse {
         total_q,
         ..
     } = *args;
-    let (hq, hk, dv) = (p.num_heads, p.num_kv_heads, p.head_size_v);
+    let (hq, hk, dv) = (p.num_heads(), p.num_kv_heads(), p.head_size_v());
     let qpk = hq / hk;
     let batch = cu_seqlens_q.len().saturating_sub(1);
     // One task per (sequence, row block, kv head): a program's kv-head
@@ -354,11 +465,11 @@ pub fn varlen(args: &VarlenArgs) -> OutLse {
         // out [rows, qpk, Dv] into [total_q, Hq, Dv]; lse [qpk, rows] into [Hq, total_q].
         for (i, o) in out.chunks_exact(qpk * dv).enumerate() {
             let base = ((t0 + i) * hq + g * qpk) * dv;
-            res.out[base..base + qpk * dv].copy_from_slice(o);
+            res.out_mut()[base..base + qpk * dv].copy_from_slice(o);
         }
         for hh in 0..qpk {
             let h = g * qpk + hh;
-            res.lse[h * total_q + t0..h * total_q + t0 + rows]
+            res.lse_mut()[h * total_q + t0..h * total_q + t0 + rows]
                 .copy_from_slice(&lse[hh * rows..(hh + 1) * rows]);
         }
     }
@@ -384,11 +495,11 @@ fn program(
     p: &VarlenParams,
 ) -> (Vec<f32>, Vec<f32>) {
     let (hq, hk, d, dv, bn) = (
-        p.num_heads,
-        p.num_kv_heads,
-        p.head_size,
-        p.head_size_v,
-        p.block_n,
+        p.num_heads(),
+        p.num_kv_heads(),
+        p.head_size(),
+        p.head_size_v(),
+        p.block_n(),
     );
     let qpk = hq / hk;
     let (sq, sk) = (seq_len(cu_q, b), seq_len(cu_k, b));
@@ -397,7 +508,7 @@ fn program(
     let rows = r1 - r0;
     let offset = sk as i64 - sq as i64;
     let pos = |i: usize| i as i64 + offset;
-    let causal = p.causal || p.window.is_some(); // window_size's right bound is 0
+    let causal = p.causal() || p.window().is_some(); // window_size's right bound is 0
 
     // Tile range [n_min, n_max) that can hold a visible key for some row.
     let last_key = if causal {
@@ -405,7 +516,7 @@ fn program(
     } else {
         sk
     };
-    let first_key = match p.window {
+    let first_key = match p.window() {
         Some(w) => (pos(r0) - w as i64 + 1).clamp(0, sk as i64) as usize,
         None => 0,
     };
@@ -416,7 +527,7 @@ fn program(
     let mut states: Vec<RowState> = heads
         .clone()
         .flat_map(|h| (0..rows).map(move |_| h))
-        .map(|h| RowState::new(dv, p.sinks.map(|s| s[h])))
+        .map(|h| RowState::new(dv, p.sinks().map(|s| s[h])))
         .collect();
     // Own K^T / V tile buffers rather than softmax::KvTile: V's head size may
     // differ from Q/K's here (MLA prefill, 192 / 128). Same layout and QK order.
@@ -452,17 +563,24 @@ fn program(
             }
         }
         for j in 0..len {
-            v_tile[j * dv..(j + 1) * dv]
-                .copy_from_slice(&v[((k0 + j0 + j) * hk + g) * dv..][..dv]);
+            v_tile[j * dv..(j + 1) * dv].copy_from_slice(&v[((k0 + j0 + j) * hk + g) * dv..][..dv]);
         }
         simd::dots_rows(path, &qs, &k_t, bn, 0, len, &mut dots, bn);
         // S_ij in place over the dot products, then each head's rows step
         // together (update_rows: every row its own step).
         for (hh, h) in heads.clone().enumerate() {
-            let slope = p.alibi_slopes.map(|a| a[h]);
+            let slope = p.alibi_slopes().map(|a| a[h]);
             let block = &mut dots[hh * rows * bn..(hh + 1) * rows * bn];
             for (i, s) in (r0..r1).zip(block.chunks_exact_mut(bn)) {
-                score_row(&mut s[..len], j0, pos(i), causal, p.window, &p.score, slope);
+                score_row(
+                    &mut s[..len],
+                    j0,
+                    pos(i),
+                    causal,
+                    p.window(),
+                    &p.score(),
+                    slope,
+                );
             }
             RowState::update_rows(
                 &mut states[hh * rows..(hh + 1) * rows],
@@ -470,7 +588,7 @@ fn program(
                 bn,
                 len,
                 |j| &v_tile[j * dv..(j + 1) * dv],
-                p.dtype,
+                p.dtype(),
             );
         }
     }
@@ -482,8 +600,8 @@ fn program(
             let st = &states[hh * rows + i];
             let o = &mut out[(i * qpk + hh) * dv..][..dv];
             o.copy_from_slice(&st.normalized());
-            simd::round_slice(p.dtype, o);
-            lse[hh * rows + i] = row_lse(st, p.faults);
+            simd::round_slice(p.dtype(), o);
+            lse[hh * rows + i] = row_lse(st, p.faults());
         }
     }
     (out, lse)
@@ -554,17 +672,17 @@ mod tests {
     #[test]
     fn single_key_returns_its_value_and_its_score_as_lse() {
         let (q, k, v) = (vec![1.0, 0.5], vec![0.5, 2.0], vec![0.25, -3.0]);
-        let p = VarlenParams::new(1, 1, 2, DType::F32, 1.0);
+        let p = VarlenParams::new(1, 1, 2, DType::F32, 1.0).unwrap();
         let r = flash_attn_varlen(&q, &k, &v, &[0, 1], &[0, 1], &p).unwrap();
-        assert_eq!(r.out, vec![0.25, -3.0]);
-        assert!((r.lse[0] - 1.5).abs() < 1e-6, "{}", r.lse[0]);
+        assert_eq!(r.out(), vec![0.25, -3.0]);
+        assert!((r.lse()[0] - 1.5).abs() < 1e-6, "{}", r.lse()[0]);
     }
 
     #[test]
     fn causal_is_bottom_right_aligned() {
         // sq = 2, sk = 3: row 0 sees keys 0..=1, row 1 sees all three.
         let x = qkv(3);
-        let p = VarlenParams::new(1, 1, 2, DType::F32, 0.5);
+        let p = VarlenParams::new(1, 1, 2, DType::F32, 0.5).unwrap();
         let r = flash_attn_varlen(&x[2..], &x, &x, &[0, 2], &[0, 3], &p).unwrap();
         let only_two = flash_attn_varlen(
             &x[2..4],
@@ -572,31 +690,33 @@ mod tests {
             &x[..4],
             &[0, 1],
             &[0, 2],
-            &VarlenParams {
+            &super::VarlenParamsBuilder {
                 causal: false,
-                ..p.clone()
-            },
+                ..p.to_builder()
+            }
+            .build()
+            .unwrap(),
         )
         .unwrap();
-        assert_eq!(&r.out[..2], &only_two.out[..]);
-        assert_eq!(r.lse[0], only_two.lse[0]);
+        assert_eq!(&r.out()[..2], only_two.out());
+        assert_eq!(r.lse()[0], only_two.lse()[0]);
     }
 
     #[test]
     fn rows_with_no_visible_key_give_zero_and_minus_inf() {
         // sq = 3 > sk = 1, causal: rows 0 and 1 sit before the first key.
         let x = qkv(3);
-        let p = VarlenParams::new(1, 1, 2, DType::F16, 0.5);
+        let p = VarlenParams::new(1, 1, 2, DType::F16, 0.5).unwrap();
         let r = flash_attn_varlen(&x, &x[..2], &x[..2], &[0, 3], &[0, 1], &p).unwrap();
-        assert_eq!(&r.out[..4], &[0.0; 4]);
-        assert_eq!(&r.lse[..2], &[f32::NEG_INFINITY; 2]);
-        assert!(r.lse[2].is_finite());
+        assert_eq!(&r.out()[..4], &[0.0; 4]);
+        assert_eq!(&r.lse()[..2], &[f32::NEG_INFINITY; 2]);
+        assert!(r.lse()[2].is_finite());
     }
 
     #[test]
     fn tile_size_changes_only_rounding() {
         let x = qkv(300);
-        let p = VarlenParams::new(1, 1, 2, DType::F32, 0.5);
+        let p = VarlenParams::new(1, 1, 2, DType::F32, 0.5).unwrap();
         let a = flash_attn_varlen(&x, &x, &x, &[0, 300], &[0, 300], &p).unwrap();
         let b = flash_attn_varlen(
             &x,
@@ -604,10 +724,15 @@ mod tests {
             &x,
             &[0, 300],
             &[0, 300],
-            &VarlenParams { block_n: 7, ..p },
+            &super::VarlenParamsBuilder {
+                block_n: 7,
+                ..p.to_builder()
+            }
+            .build()
+            .unwrap(),
         )
         .unwrap();
-        for (x, y) in a.out.iter().zip(&b.out) {
+        for (x, y) in a.out().iter().zip(b.out()) {
             approx::assert_abs_diff_eq!(x, y, epsilon = 1e-5);
         }
     }
@@ -615,7 +740,7 @@ mod tests {
     #[test]
     fn rejects_bad_cu_seqlens_naming_the_entry() {
         let x = qkv(2);
-        let p = VarlenParams::new(1, 1, 2, DType::F32, 1.0);
+        let p = VarlenParams::new(1, 1, 2, DType::F32, 1.0).unwrap();
         let e = flash_attn_varlen(&x, &x, &x, &[0, 2, 1], &[0, 1, 2], &p)
             .unwrap_err()
             .to_string();
@@ -624,17 +749,12 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("q length"), "{e}");
-        let e = flash_attn_varlen(
-            &x,
-            &x,
-            &x,
-            &[0, 2],
-            &[0, 2],
-            &VarlenParams {
-                sinks: Some(&[0.0, 1.0]),
-                ..p
-            },
-        )
+        // Parameters that do not fit the heads never reach the kernel.
+        let e = super::VarlenParamsBuilder {
+            sinks: Some(&[0.0, 1.0]),
+            ..p.to_builder()
+        }
+        .build()
         .unwrap_err()
         .to_string();
         assert!(e.contains("sinks length"), "{e}");

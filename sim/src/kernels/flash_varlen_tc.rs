@@ -49,7 +49,7 @@
 //! from `p_{first row} - W + 1` (window); `n_min`/`n_max` are those keys'
 //! tiles, exactly as [`super::flash_varlen`] computes them for its block.
 
-use super::flash_varlen::{seq_len, VarlenArgs, VarlenParams};
+use super::flash_varlen::{seq_len, VarlenArgs, VarlenParams, VarlenParamsBuilder};
 use super::softmax::{visible, OutLse};
 use crate::numerics::mma::{InFormat, MatrixTarget, Model};
 use crate::numerics::{exp2c, log2c, DType, LN2, LOG2E};
@@ -85,15 +85,18 @@ impl<'a> VarlenTcParams<'a> {
         dtype: DType,
         scale: f32,
         target: MatrixTarget,
-    ) -> Self {
-        let mut varlen = VarlenParams::new(num_heads, num_kv_heads, head_size, dtype, scale);
-        varlen.block_n = DEFAULT_BLOCK_N;
-        VarlenTcParams { varlen, target }
+    ) -> Result<Self> {
+        let varlen = VarlenParamsBuilder {
+            block_n: DEFAULT_BLOCK_N,
+            ..VarlenParams::builder(num_heads, num_kv_heads, head_size, dtype, scale)
+        }
+        .build()?;
+        Ok(VarlenTcParams { varlen, target })
     }
 
     /// The instruction's input format for the dtype (bf16 or f16 only).
     pub fn format(&self) -> Result<InFormat> {
-        match self.varlen.dtype {
+        match self.varlen.dtype() {
             DType::Bf16 => Ok(InFormat::Bf16),
             DType::F16 => Ok(InFormat::F16),
             other => Err(Error::invalid(
@@ -104,16 +107,15 @@ impl<'a> VarlenTcParams<'a> {
         }
     }
 
-    /// Everything [`VarlenParams`] checks, plus the shapes the matrix tiles
+    /// On top of what [`VarlenParams`] keeps, the shapes the matrix tiles
     /// take: head sizes multiples of 16 up to [`MAX_HEAD_SIZE`], `block_n`
     /// a multiple of 16 up to [`MAX_BLOCK_N`].
     pub fn validate(&self) -> Result<()> {
-        self.varlen.validate()?;
         self.format()?;
         for (what, v, max) in [
-            ("head_size", self.varlen.head_size, MAX_HEAD_SIZE),
-            ("head_size_v", self.varlen.head_size_v, MAX_HEAD_SIZE),
-            ("block_n", self.varlen.block_n, MAX_BLOCK_N),
+            ("head_size", self.varlen.head_size(), MAX_HEAD_SIZE),
+            ("head_size_v", self.varlen.head_size_v(), MAX_HEAD_SIZE),
+            ("block_n", self.varlen.block_n(), MAX_BLOCK_N),
         ] {
             if !v.is_multiple_of(MMA_K) || v > max {
                 return Err(Error::invalid(
@@ -207,7 +209,7 @@ pub fn varlen_tc(args: &VarlenTcArgs) -> Result<OutLse> {
     let (cu_seqlens_q, cu_seqlens_k) = (x.cu_seqlens_q(), x.cu_seqlens_k());
     let vp = &p.varlen;
     let total_q = x.total_q();
-    let (hq, dv) = (vp.num_heads, vp.head_size_v);
+    let (hq, dv) = (vp.num_heads(), vp.head_size_v());
     let format = p.format()?;
     let bits = |x: &[f32]| -> Vec<u16> { x.iter().map(|&e| format.from_f32(e)).collect() };
     let (qb, kb, vb) = (bits(q), bits(k), bits(v));
@@ -239,8 +241,8 @@ pub fn varlen_tc(args: &VarlenTcArgs) -> Result<OutLse> {
     let mut res = OutLse::empty(total_q, hq, dv);
     for (t0, h, out, lse) in waves {
         for (r, l) in lse.iter().enumerate() {
-            res.out[((t0 + r) * hq + h) * dv..][..dv].copy_from_slice(&out[r * dv..][..dv]);
-            res.lse[h * total_q + t0 + r] = *l;
+            res.out_mut()[((t0 + r) * hq + h) * dv..][..dv].copy_from_slice(&out[r * dv..][..dv]);
+            res.lse_mut()[h * total_q + t0 + r] = *l;
         }
     }
     Ok(res)
@@ -262,11 +264,11 @@ struct Inputs<'x> {
 fn wave(x: &Inputs, b: usize, w: usize, h: usize, p: &VarlenTcParams) -> (Vec<f32>, Vec<f32>) {
     let vp = &p.varlen;
     let (hq, hk, d, dv, bn) = (
-        vp.num_heads,
-        vp.num_kv_heads,
-        vp.head_size,
-        vp.head_size_v,
-        vp.block_n,
+        vp.num_heads(),
+        vp.num_kv_heads(),
+        vp.head_size(),
+        vp.head_size_v(),
+        vp.block_n(),
     );
     let g = h / (hq / hk);
     let (sq, sk) = (seq_len(x.cu_q, b), seq_len(x.cu_k, b));
@@ -275,20 +277,20 @@ fn wave(x: &Inputs, b: usize, w: usize, h: usize, p: &VarlenTcParams) -> (Vec<f3
     let rows = r1 - r0;
     let offset = sk as i64 - sq as i64;
     let pos = |i: usize| i as i64 + offset;
-    let causal = vp.causal || vp.window.is_some();
+    let causal = vp.causal() || vp.window().is_some();
     let last_key = if causal {
         (pos(r1 - 1) + 1).clamp(0, sk as i64) as usize
     } else {
         sk
     };
-    let first_key = match vp.window {
+    let first_key = match vp.window() {
         Some(win) => (pos(r0) - win as i64 + 1).clamp(0, sk as i64) as usize,
         None => 0,
     };
     let (n_min, n_max) = (first_key / bn, last_key.div_ceil(bn));
-    let slope = vp.alibi_slopes.map_or(0.0, |a| a[h]);
+    let slope = vp.alibi_slopes().map_or(0.0, |a| a[h]);
 
-    let (mut m, mut l) = match vp.sinks {
+    let (mut m, mut l) = match vp.sinks() {
         Some(s) => (vec![s[h] * LOG2E; rows], vec![1.0f32; rows]),
         None => (vec![f32::NEG_INFINITY; rows], vec![0.0f32; rows]),
     };
@@ -318,7 +320,7 @@ fn wave(x: &Inputs, b: usize, w: usize, h: usize, p: &VarlenTcParams) -> (Vec<f3
                     && if pi < 0 {
                         !causal
                     } else {
-                        visible(t, pi as usize, causal, vp.window)
+                        visible(t, pi as usize, causal, vp.window())
                     };
                 // A masked key's S is computed by the GPU and then replaced:
                 // only visible keys need the chain here.
@@ -330,12 +332,12 @@ fn wave(x: &Inputs, b: usize, w: usize, h: usize, p: &VarlenTcParams) -> (Vec<f3
                             .model
                             .dot(x.format, &qr[dc..dc + MMA_K], &kr[dc..dc + MMA_K], c);
                     }
-                    let bias = if vp.alibi_slopes.is_some() {
+                    let bias = if vp.alibi_slopes().is_some() {
                         -(slope * (pi - t as i64).abs() as f32)
                     } else {
                         0.0
                     };
-                    vp.score.score(c, bias)
+                    vp.score().score(c, bias)
                 } else {
                     f32::NEG_INFINITY
                 };
@@ -381,7 +383,7 @@ fn wave(x: &Inputs, b: usize, w: usize, h: usize, p: &VarlenTcParams) -> (Vec<f3
         {
             *o = if l[r] == 0.0 { 0.0 } else { a / l[r] };
         }
-        vp.dtype.round_slice(&mut out[r * dv..(r + 1) * dv]);
+        vp.dtype().round_slice(&mut out[r * dv..(r + 1) * dv]);
         lse[r] = if l[r] == 0.0 {
             f32::NEG_INFINITY
         } else {
@@ -411,7 +413,7 @@ mod tests {
         dtype: DType,
         t: MatrixTarget,
     ) -> VarlenTcParams<'static> {
-        VarlenTcParams::new(hq, hk, d, dtype, 1.0 / (d as f32).sqrt(), t)
+        VarlenTcParams::new(hq, hk, d, dtype, 1.0 / (d as f32).sqrt(), t).unwrap()
     }
 
     #[test]
@@ -449,8 +451,8 @@ mod tests {
         for t in MatrixTarget::ALL {
             let p = params(1, 1, 16, DType::Bf16, t);
             let r = flash_attn_varlen_tc(&q, &k, &v, &[0, 1], &[0, 1], &p).unwrap();
-            assert_eq!(r.out, v, "{}", t.name());
-            assert!(r.lse[0].is_finite());
+            assert_eq!(r.out(), v, "{}", t.name());
+            assert!(r.lse()[0].is_finite());
         }
     }
 
@@ -460,9 +462,9 @@ mod tests {
         let (q, k, v) = (vals(3 * 16, 3), vals(16, 4), vals(16, 5));
         let p = params(1, 1, 16, DType::F16, MatrixTarget::Sm90);
         let r = flash_attn_varlen_tc(&q, &k, &v, &[0, 3], &[0, 1], &p).unwrap();
-        assert_eq!(&r.out[..32], &[0.0; 32]);
-        assert_eq!(&r.lse[..2], &[f32::NEG_INFINITY; 2]);
-        assert_eq!(&r.out[32..], &v[..]);
+        assert_eq!(&r.out()[..32], &[0.0; 32]);
+        assert_eq!(&r.lse()[..2], &[f32::NEG_INFINITY; 2]);
+        assert_eq!(&r.out()[32..], &v[..]);
     }
 
     #[test]
@@ -479,14 +481,14 @@ mod tests {
             let p = params(hq, hk, d, DType::Bf16, t);
             let tc = flash_attn_varlen_tc(&q, &k, &v, &cu_q, &cu_k, &p).unwrap();
             let fma = flash_attn_varlen(&q, &k, &v, &cu_q, &cu_k, &p.varlen).unwrap();
-            for (a, b) in tc.out.iter().zip(&fma.out) {
+            for (a, b) in tc.out().iter().zip(fma.out()) {
                 assert!(
                     (a - b).abs() <= 0.02 + 0.02 * b.abs(),
                     "{}: {a} vs {b}",
                     t.name()
                 );
             }
-            for (a, b) in tc.lse.iter().zip(&fma.lse) {
+            for (a, b) in tc.lse().iter().zip(fma.lse()) {
                 assert!(
                     (a - b).abs() <= 1e-3 * (1.0 + b.abs()),
                     "{}: {a} vs {b}",
@@ -506,7 +508,11 @@ mod tests {
         };
         let (a, b) = (run(MatrixTarget::Sm90), run(MatrixTarget::Gfx942));
         assert_eq!(a, run(MatrixTarget::Sm90));
-        assert_ne!(a.lse, b.lse, "sm_90 truncates, gfx942 rounds to nearest");
+        assert_ne!(
+            a.lse(),
+            b.lse(),
+            "sm_90 truncates, gfx942 rounds to nearest"
+        );
     }
 
     #[test]
@@ -517,15 +523,25 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("head_size") && e.contains("24"), "{e}");
-        p.varlen.head_size = 16;
-        p.varlen.head_size_v = 16;
-        p.varlen.dtype = DType::F32;
+        p.varlen = super::VarlenParamsBuilder {
+            head_size: 16,
+            head_size_v: 16,
+            dtype: DType::F32,
+            ..p.varlen.to_builder()
+        }
+        .build()
+        .unwrap();
         let e = flash_attn_varlen_tc(&x[..16], &x[..16], &x[..16], &[0, 1], &[0, 1], &p)
             .unwrap_err()
             .to_string();
         assert!(e.contains("bf16, f16"), "{e}");
-        p.varlen.dtype = DType::F16;
-        p.varlen.block_n = 40;
+        p.varlen = super::VarlenParamsBuilder {
+            dtype: DType::F16,
+            block_n: 40,
+            ..p.varlen.to_builder()
+        }
+        .build()
+        .unwrap();
         let e = flash_attn_varlen_tc(&x[..16], &x[..16], &x[..16], &[0, 1], &[0, 1], &p)
             .unwrap_err()
             .to_string();
@@ -549,11 +565,11 @@ mod tests {
             let second = flash_attn_varlen_tc(
                 &q[sq0 * hq * d..], &kv[sk0 * d..], &kv[sk0 * d..],
                 &[0, sq1 as i32], &[0, sk1 as i32], &p).unwrap();
-            prop_assert_eq!(&both.out[sq0 * hq * d..], &second.out[..]);
+            prop_assert_eq!(&both.out()[sq0 * hq * d..], second.out());
             for h in 0..hq {
                 prop_assert_eq!(
-                    &both.lse[h * (sq0 + sq1) + sq0..(h + 1) * (sq0 + sq1)],
-                    &second.lse[h * sq1..(h + 1) * sq1]);
+                    &both.lse()[h * (sq0 + sq1) + sq0..(h + 1) * (sq0 + sq1)],
+                    &second.lse()[h * sq1..(h + 1) * sq1]);
             }
         }
     }

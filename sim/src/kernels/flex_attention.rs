@@ -80,9 +80,9 @@ impl<'a> FlexMask<'a> {
             .collect();
         let physical_to_logical = (0..meta.num_reqs())
             .map(|i| {
-                let mut p2l = vec![-1i64; meta.num_blocks];
-                for j in 0..meta.seq_len(i).div_ceil(meta.block_size) {
-                    let b = meta.block_table.block(i, j);
+                let mut p2l = vec![-1i64; meta.num_blocks()];
+                for j in 0..meta.seq_len(i).div_ceil(meta.block_size()) {
+                    let b = meta.block_table().block(i, j);
                     p2l[b] = p2l[b].max(j as i64);
                 }
                 p2l
@@ -92,7 +92,7 @@ impl<'a> FlexMask<'a> {
             meta,
             doc_id,
             physical_to_logical,
-            causal: meta.causal,
+            causal: meta.causal(),
             window,
         }
     }
@@ -100,14 +100,14 @@ impl<'a> FlexMask<'a> {
     /// `mask_mod(q_idx, kv_idx)` on the flattened query rows and physical slots.
     #[inline]
     pub fn keep(&self, q_idx: usize, kv_idx: usize) -> bool {
-        let bs = self.meta.block_size;
+        let bs = self.meta.block_size();
         let req = self.doc_id[q_idx];
         let lb = self.physical_to_logical[req][kv_idx / bs];
         if lb < 0 {
             return false;
         }
         let lkv = lb as usize * bs + kv_idx % bs;
-        let lq = q_idx - self.meta.query_start_loc[req] as usize + self.meta.context_len(req);
+        let lq = q_idx - self.meta.query_start_loc()[req] as usize + self.meta.context_len(req);
         lkv < self.meta.seq_len(req)
             && visible(lkv, lq, self.causal, None)
             && self.window.is_none_or(|w| lq.abs_diff(lkv) < w)
@@ -127,38 +127,38 @@ impl BlockMask {
     /// over it; only blocks of the q block's requests can be non-empty.
     pub fn build(mask: &FlexMask) -> Self {
         let meta = mask.meta;
-        let bs = meta.block_size;
-        let (parts, fulls): (Vec<_>, Vec<_>) = (0..meta
-            .num_actual_tokens
-            .div_ceil(SPARSE_Q_BLOCK_SIZE))
-            .map(|qb| {
-                let rows = qb * SPARSE_Q_BLOCK_SIZE
-                    ..((qb + 1) * SPARSE_Q_BLOCK_SIZE).min(meta.num_actual_tokens);
-                let mut cands: Vec<usize> = rows
-                    .clone()
-                    .flat_map(|r| {
-                        let i = mask.doc_id[r];
-                        (0..meta.seq_len(i).div_ceil(bs)).map(move |j| meta.block_table.block(i, j))
-                    })
-                    .collect();
-                cands.sort_unstable();
-                cands.dedup();
-                let (mut partial, mut full) = (vec![], vec![]);
-                for b in cands {
-                    let kept = rows
+        let bs = meta.block_size();
+        let (parts, fulls): (Vec<_>, Vec<_>) =
+            (0..meta.num_actual_tokens().div_ceil(SPARSE_Q_BLOCK_SIZE))
+                .map(|qb| {
+                    let rows = qb * SPARSE_Q_BLOCK_SIZE
+                        ..((qb + 1) * SPARSE_Q_BLOCK_SIZE).min(meta.num_actual_tokens());
+                    let mut cands: Vec<usize> = rows
                         .clone()
-                        .flat_map(|r| (b * bs..(b + 1) * bs).map(move |t| (r, t)))
-                        .filter(|&(r, t)| mask.keep(r, t))
-                        .count();
-                    if kept == rows.len() * bs {
-                        full.push(b);
-                    } else if kept > 0 {
-                        partial.push(b);
+                        .flat_map(|r| {
+                            let i = mask.doc_id[r];
+                            (0..meta.seq_len(i).div_ceil(bs))
+                                .map(move |j| meta.block_table().block(i, j))
+                        })
+                        .collect();
+                    cands.sort_unstable();
+                    cands.dedup();
+                    let (mut partial, mut full) = (vec![], vec![]);
+                    for b in cands {
+                        let kept = rows
+                            .clone()
+                            .flat_map(|r| (b * bs..(b + 1) * bs).map(move |t| (r, t)))
+                            .filter(|&(r, t)| mask.keep(r, t))
+                            .count();
+                        if kept == rows.len() * bs {
+                            full.push(b);
+                        } else if kept > 0 {
+                            partial.push(b);
+                        }
                     }
-                }
-                (partial, full)
-            })
-            .unzip();
+                    (partial, full)
+                })
+                .unzip();
         BlockMask {
             kv_indices: parts,
             full_kv_indices: fulls,
@@ -169,7 +169,7 @@ impl BlockMask {
 /// One FlexAttention launch, validated once: an NHD cache of the query
 /// dtype with the config's heads and head size and the metadata's blocks,
 /// a `[T, Hq, D]` query, a block size BLOCK_N divides, and metadata that is
-/// consistent as it stands ([`AttentionMetadata::check`]). The emulator,
+/// consistent by construction ([`AttentionMetadata`]). The emulator,
 /// both executors and the GPU launcher take it; everything is borrowed.
 #[derive(Debug, Clone, Copy)]
 pub struct FlexArgs<'a> {
@@ -186,12 +186,11 @@ impl<'a> FlexArgs<'a> {
         meta: &'a AttentionMetadata,
         cfg: &'a AttnConfig,
     ) -> Result<Self> {
-        cfg.validate()?;
         let l = cache.layout;
         if l.kind != LayoutKind::Nhd
-            || l.dtype != cfg.dtype
-            || l.num_kv_heads != cfg.num_kv_heads
-            || l.head_size != cfg.head_size
+            || l.dtype != cfg.dtype()
+            || l.num_kv_heads != cfg.num_kv_heads()
+            || l.head_size != cfg.head_size()
         {
             return Err(Error::invalid(
                 "cache layout",
@@ -204,37 +203,42 @@ impl<'a> FlexArgs<'a> {
                 ),
                 format!(
                     "flex_attention reads an nhd cache of {} with {} kv heads x head size {}",
-                    cfg.dtype, cfg.num_kv_heads, cfg.head_size
+                    cfg.dtype(),
+                    cfg.num_kv_heads(),
+                    cfg.head_size()
                 ),
             ));
         }
-        if l.block_size != meta.block_size || l.num_blocks < meta.num_blocks {
+        if l.block_size != meta.block_size() || l.num_blocks < meta.num_blocks() {
             return Err(Error::invalid(
                 "cache blocks",
                 format!("{} x {}", l.num_blocks, l.block_size),
-                format!("metadata needs {} x {}", meta.num_blocks, meta.block_size),
+                format!(
+                    "metadata needs {} x {}",
+                    meta.num_blocks(),
+                    meta.block_size()
+                ),
             ));
         }
-        let (hq, d) = (cfg.num_heads, cfg.head_size);
-        if query.len() != meta.num_actual_tokens * hq * d {
+        let (hq, d) = (cfg.num_heads(), cfg.head_size());
+        if query.len() != meta.num_actual_tokens() * hq * d {
             return Err(Error::invalid(
                 "query length",
                 query.len(),
                 format!(
                     "must be num_tokens * num_heads * head_size = {}",
-                    meta.num_actual_tokens * hq * d
+                    meta.num_actual_tokens() * hq * d
                 ),
             ));
         }
-        let bs = meta.block_size;
-        if !bs.is_multiple_of(flex_block_n(cfg.dtype, bs)) {
+        let bs = meta.block_size();
+        if !bs.is_multiple_of(flex_block_n(cfg.dtype(), bs)) {
             return Err(Error::invalid(
                 "block_size",
                 bs,
                 "FlexAttention needs a multiple of 16 (BLOCK_N must divide the cache block)",
             ));
         }
-        meta.check()?;
         if cache.k.len() != l.numel() || cache.v.len() != l.numel() {
             return Err(Error::invalid(
                 "cache tensors",
@@ -285,15 +289,15 @@ pub fn flex(args: &FlexArgs) -> Result<Vec<f32>> {
         cfg,
     } = *args;
     let l = cache.layout;
-    let (hq, hk, d) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_size);
-    let mask = FlexMask::new(meta, cfg.sliding_window);
+    let (hq, hk, d) = (cfg.num_heads(), cfg.num_kv_heads(), cfg.head_size());
+    let mask = FlexMask::new(meta, cfg.sliding_window());
     let block_mask = BlockMask::build(&mask);
     let (bs, bn, qpk) = (
-        meta.block_size,
-        flex_block_n(cfg.dtype, meta.block_size),
+        meta.block_size(),
+        flex_block_n(cfg.dtype(), meta.block_size()),
         cfg.queries_per_kv(),
     );
-    let score = ScoreParams::new(cfg.scale, None);
+    let score = ScoreParams::new(cfg.scale(), None);
     let dims = DimOffsets::new(&l);
     // The K/V offset arithmetic over this cache, in the kernel's width.
     let extent = CacheExtent {
@@ -301,13 +305,13 @@ pub fn flex(args: &FlexArgs) -> Result<Vec<f32>> {
         block_size: l.block_size,
         row_elems: l.num_kv_heads * l.head_size,
     };
-    check_extent(AddressedKernel::FlexPaged, extent, cfg.faults)?;
+    check_extent(AddressedKernel::FlexPaged, extent, cfg.faults())?;
 
     let blocks: Vec<Vec<f32>> = (0..block_mask.kv_indices.len())
         .into_par_iter()
         .map(|qb| {
             let rows = qb * SPARSE_Q_BLOCK_SIZE
-                ..((qb + 1) * SPARSE_Q_BLOCK_SIZE).min(meta.num_actual_tokens);
+                ..((qb + 1) * SPARSE_Q_BLOCK_SIZE).min(meta.num_actual_tokens());
             let mut states: Vec<RowState> = (0..rows.len() * hq)
                 .map(|_| RowState::new(d, None))
                 .collect();
@@ -377,7 +381,7 @@ pub fn flex(args: &FlexArgs) -> Result<Vec<f32>> {
                                     } else {
                                         &masked
                                     };
-                                    states[k * hq + h].update(s, |j| tile.v_row(j), cfg.dtype);
+                                    states[k * hq + h].update(s, |j| tile.v_row(j), cfg.dtype());
                                 }
                             }
                         }
@@ -386,7 +390,7 @@ pub fn flex(args: &FlexArgs) -> Result<Vec<f32>> {
             }
             states
                 .iter()
-                .flat_map(|st| st.normalized().into_iter().map(|x| cfg.dtype.round(x)))
+                .flat_map(|st| st.normalized().into_iter().map(|x| cfg.dtype().round(x)))
                 .collect()
         })
         .collect();

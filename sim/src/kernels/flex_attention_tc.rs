@@ -53,7 +53,7 @@ pub const MAX_HEAD_SIZE: usize = 256;
 /// What the matrix tiles take: bf16 or f16, head size a multiple of 16 up
 /// to [`MAX_HEAD_SIZE`].
 pub fn validate_config(cfg: &AttnConfig) -> Result<InFormat> {
-    let fmt = match cfg.dtype {
+    let fmt = match cfg.dtype() {
         DType::Bf16 => InFormat::Bf16,
         DType::F16 => InFormat::F16,
         other => {
@@ -64,7 +64,7 @@ pub fn validate_config(cfg: &AttnConfig) -> Result<InFormat> {
             ))
         }
     };
-    let d = cfg.head_size;
+    let d = cfg.head_size();
     if d == 0 || !d.is_multiple_of(MMA_K) || d > MAX_HEAD_SIZE {
         return Err(Error::invalid(
             "flex_attention_tc head_size",
@@ -81,13 +81,16 @@ pub fn flex_tc(args: &FlexArgs, target: MatrixTarget) -> Result<Vec<f32>> {
     let (query, cache, meta, cfg) = (args.query(), args.cache(), args.meta(), args.cfg());
     let fmt = validate_config(cfg)?;
     let model = target.model(fmt);
-    let (hq, d, qpk) = (cfg.num_heads, cfg.head_size, cfg.queries_per_kv());
-    let (bs, bn) = (meta.block_size, flex_block_n(cfg.dtype, meta.block_size));
-    let mask = FlexMask::new(meta, cfg.sliding_window);
+    let (hq, d, qpk) = (cfg.num_heads(), cfg.head_size(), cfg.queries_per_kv());
+    let (bs, bn) = (
+        meta.block_size(),
+        flex_block_n(cfg.dtype(), meta.block_size()),
+    );
+    let mask = FlexMask::new(meta, cfg.sliding_window());
     let bm = BlockMask::build(&mask);
-    let score = ScoreParams::new(cfg.scale, None);
+    let score = ScoreParams::new(cfg.scale(), None);
     let layout = &cache.layout;
-    let t_n = meta.num_actual_tokens;
+    let t_n = meta.num_actual_tokens();
     let programs: Vec<(usize, usize)> = (0..bm.kv_indices.len())
         .flat_map(|qb| (0..hq).map(move |h| (qb, h)))
         .collect();
@@ -180,7 +183,7 @@ pub fn flex_tc(args: &FlexArgs, target: MatrixTarget) -> Result<Vec<f32>> {
                     if *l == 0.0 {
                         0.0
                     } else {
-                        cfg.dtype.round(nan_fresh(a / l))
+                        cfg.dtype().round(nan_fresh(a / l))
                     }
                 }));
             }
@@ -251,18 +254,18 @@ mod tests {
             LayoutKind::Nhd,
             blocks,
             bs,
-            cfg.num_kv_heads,
-            cfg.head_size,
-            cfg.dtype,
+            cfg.num_kv_heads(),
+            cfg.head_size(),
+            cfg.dtype(),
         )
         .unwrap();
-        let val = |i: usize, salt: f32| cfg.dtype.round(((i as f32) * 0.618 + salt).sin() * 1.5);
+        let val = |i: usize, salt: f32| cfg.dtype().round(((i as f32) * 0.618 + salt).sin() * 1.5);
         let cache = KvCache {
             layout,
             k: (0..layout.numel()).map(|i| val(i, 0.3)).collect(),
             v: (0..layout.numel()).map(|i| val(i, 1.7)).collect(),
         };
-        let query = (0..t * cfg.num_heads * cfg.head_size)
+        let query = (0..t * cfg.num_heads() * cfg.head_size())
             .map(|i| val(i, 2.9))
             .collect();
         (query, cache, meta)
@@ -274,10 +277,12 @@ mod tests {
 
     #[test]
     fn agrees_with_the_fma_kernel_within_rounding_and_each_target_is_deterministic() {
-        let cfg = AttnConfig {
+        let cfg = crate::config::AttnConfigBuilder {
             sliding_window: Some(30),
-            ..AttnConfig::new(4, 2, 64, DType::Bf16)
-        };
+            ..AttnConfig::builder(4, 2, 64, DType::Bf16)
+        }
+        .build()
+        .unwrap();
         let (q, cache, meta) = batch(&cfg, 16, &[(40, 1), (20, 25), (0, 18)]);
         let args = FlexArgs::new(&q, &cache, &meta, &cfg).unwrap();
         let fma = flex(&args).unwrap();
@@ -296,7 +301,7 @@ mod tests {
 
     #[test]
     fn a_single_visible_key_returns_its_value_on_every_target() {
-        let cfg = AttnConfig::new(2, 1, 16, DType::F16);
+        let cfg = AttnConfig::new(2, 1, 16, DType::F16).unwrap();
         let (q, cache, meta) = batch(&cfg, 16, &[(0, 1)]);
         let args = FlexArgs::new(&q, &cache, &meta, &cfg).unwrap();
         let v0: Vec<f32> = (0..16)
@@ -311,11 +316,11 @@ mod tests {
 
     #[test]
     fn rejects_what_the_matrix_tiles_cannot_take_naming_the_value() {
-        let e = validate_config(&AttnConfig::new(2, 1, 24, DType::Bf16))
+        let e = validate_config(&AttnConfig::new(2, 1, 24, DType::Bf16).unwrap())
             .unwrap_err()
             .to_string();
         assert!(e.contains("head_size") && e.contains("24"), "{e}");
-        let e = validate_config(&AttnConfig::new(2, 1, 32, DType::F32))
+        let e = validate_config(&AttnConfig::new(2, 1, 32, DType::F32).unwrap())
             .unwrap_err()
             .to_string();
         assert!(e.contains("float32") && e.contains("bf16 or f16"), "{e}");

@@ -34,20 +34,27 @@ use super::softmax::lane_dots;
 
 /// The `kv_b_proj` weight of one layer, for `num_heads` heads (one TP rank's
 /// heads after [`MlaWeights::shard`]).
+///
+/// # Invariants
+///
+/// The fields are private and [`MlaWeights::new`] checks them, so a
+/// projection or GPU launch reads the weight without checking it again:
+/// `num_heads`, `kv_lora_rank`, `qk_nope_head_dim` and `v_head_dim` are all
+/// `>= 1`, and `kv_b_proj` holds exactly `[num_heads * (P + V), Lkv]`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MlaWeights {
-    pub num_heads: usize,
-    pub dims: MlaDims,
+    num_heads: usize,
+    dims: MlaDims,
     /// `[num_heads * (P + V), Lkv]`, exact in the activation dtype.
-    pub kv_b_proj: Vec<f32>,
+    kv_b_proj: Vec<f32>,
 }
 
 impl MlaWeights {
+    /// Checks the invariants in the type's doc; the error names the bad
+    /// dimension or length and what it must be.
     pub fn new(num_heads: usize, dims: MlaDims, kv_b_proj: Vec<f32>) -> Result<Self> {
+        Self::check_shape(num_heads, dims)?;
         let rows = num_heads * (dims.qk_nope_head_dim + dims.v_head_dim);
-        if num_heads == 0 {
-            return Err(Error::invalid("num_heads", 0, "must be >= 1"));
-        }
         if kv_b_proj.len() != rows * dims.kv_lora_rank {
             return Err(Error::invalid(
                 "kv_b_proj length",
@@ -66,20 +73,53 @@ impl MlaWeights {
         })
     }
 
+    fn check_shape(num_heads: usize, dims: MlaDims) -> Result<()> {
+        for (what, v) in [
+            ("num_heads", num_heads),
+            ("kv_lora_rank", dims.kv_lora_rank),
+            ("qk_nope_head_dim", dims.qk_nope_head_dim),
+            ("v_head_dim", dims.v_head_dim),
+        ] {
+            if v == 0 {
+                return Err(Error::invalid(
+                    format!("MLA weight {what}"),
+                    0,
+                    "heads, kv_lora_rank, qk_nope_head_dim and v_head_dim must be >= 1",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Heads this weight holds.
+    pub fn num_heads(&self) -> usize {
+        self.num_heads
+    }
+    /// The MLA dimensions (Lkv, R, P, V).
+    pub fn dims(&self) -> MlaDims {
+        self.dims
+    }
+    /// `[num_heads * (P + V), Lkv]`, exact in the activation dtype.
+    pub fn kv_b_proj(&self) -> &[f32] {
+        &self.kv_b_proj
+    }
+
     /// A deterministic random weight, `U(-1, 1) / sqrt(Lkv)` rounded to `dtype`
     /// (keeps projected values O(1) for O(1) latents).
-    pub fn random(num_heads: usize, dims: MlaDims, dtype: DType, seed: u64) -> Self {
+    /// Refuses the shapes [`MlaWeights::new`] refuses.
+    pub fn random(num_heads: usize, dims: MlaDims, dtype: DType, seed: u64) -> Result<Self> {
+        Self::check_shape(num_heads, dims)?;
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let amp = 1.0 / (dims.kv_lora_rank as f32).sqrt();
         let n = num_heads * (dims.qk_nope_head_dim + dims.v_head_dim) * dims.kv_lora_rank;
         let kv_b_proj = (0..n)
             .map(|_| dtype.round(rng.gen_range(-1.0f32..1.0) * amp))
             .collect();
-        MlaWeights {
+        Ok(MlaWeights {
             num_heads,
             dims,
             kv_b_proj,
-        }
+        })
     }
 
     /// The heads tensor-parallel rank `rank` of `tp` holds: `num_heads / tp`
@@ -166,10 +206,8 @@ pub enum Projection {
     Output,
 }
 
-/// One projection launch, validated once: a weight with non-zero heads and
-/// dims whose `kv_b_proj` holds `[N * (P + V), Lkv]` (its fields are public,
-/// so it is checked here, not trusted), and an input of whole rows of the
-/// projection's shape. The emulator, both executors and the GPU launcher
+/// One projection launch, validated once: a [`MlaWeights`] (which keeps its
+/// own invariants) and an input of whole rows of the projection's shape. The emulator, both executors and the GPU launcher
 /// take it; everything is borrowed.
 #[derive(Debug, Clone, Copy)]
 pub struct ProjArgs<'a> {
@@ -182,16 +220,8 @@ pub struct ProjArgs<'a> {
 impl<'a> ProjArgs<'a> {
     pub fn new(proj: Projection, x: &'a [f32], w: &'a MlaWeights, dtype: DType) -> Result<Self> {
         let d = w.dims;
-        if w.num_heads == 0 || d.kv_lora_rank == 0 || d.qk_nope_head_dim == 0 || d.v_head_dim == 0 {
-            return Err(Error::invalid(
-                "MLA projection dims",
-                format!("{} heads, {d:?}", w.num_heads),
-                "heads, kv_lora_rank, qk_nope_head_dim and v_head_dim >= 1",
-            ));
-        }
         let (n, lkv) = (w.num_heads, d.kv_lora_rank);
         let (pn, r) = (d.qk_nope_head_dim, d.qk_rope_head_dim);
-        check_len("kv_b_proj", w.kv_b_proj.len(), &[n * w.head_rows(), lkv])?;
         match proj {
             Projection::KvUp => check_len("kv_c", x.len(), &[x.len() / lkv, lkv])?,
             Projection::AbsorbQuery => {
@@ -334,7 +364,7 @@ mod tests {
 
     #[test]
     fn absorbed_score_equals_up_projected_score_in_f32() {
-        let w = MlaWeights::random(2, DIMS, DType::F32, 7);
+        let w = MlaWeights::random(2, DIMS, DType::F32, 7).unwrap();
         let c = [0.5f32, -1.0, 0.25, 2.0];
         let q = [1.0f32, -0.5, 0.75, 9.0, 9.0, 0.0, 2.0, 1.0, 9.0, 9.0]; // [1 token, 2 heads, P+R]
         let (k_nope, _) = up_project(&c, &w, DType::F32).unwrap();
@@ -353,7 +383,7 @@ mod tests {
 
     #[test]
     fn shards_are_consecutive_heads() {
-        let w = MlaWeights::random(4, DIMS, DType::Bf16, 1);
+        let w = MlaWeights::random(4, DIMS, DType::Bf16, 1).unwrap();
         let s = w.shard(1, 2).unwrap();
         assert_eq!(s.num_heads, 2);
         assert_eq!(s.row(0, 0), w.row(2, 0));
@@ -367,7 +397,7 @@ mod tests {
 
     #[test]
     fn rejects_misshapen_inputs() {
-        let w = MlaWeights::random(2, DIMS, DType::F32, 1);
+        let w = MlaWeights::random(2, DIMS, DType::F32, 1).unwrap();
         assert!(up_project(&[0.0; 5], &w, DType::F32)
             .unwrap_err()
             .to_string()

@@ -110,7 +110,7 @@ pub fn validate_paged_inputs(
 }
 
 fn check_out_len(meta: &AttentionMetadata, cfg: &AttnConfig, out: &[f32]) -> Result<()> {
-    let n = meta.num_actual_tokens * cfg.num_heads * cfg.head_size;
+    let n = meta.num_actual_tokens() * cfg.num_heads() * cfg.head_size();
     if out.len() != n {
         return Err(Error::invalid(
             "output length",
@@ -122,10 +122,10 @@ fn check_out_len(meta: &AttentionMetadata, cfg: &AttnConfig, out: &[f32]) -> Res
 }
 
 /// The inputs of one paged-attention launch over the cache (the decode
-/// kernels here, prefix prefill), validated once: the metadata is
-/// consistent as it stands ([`AttentionMetadata::check`]: block ids inside
-/// the cache, lengths, slots) and query, cache, metadata and config describe
-/// the same shapes ([`KvCache::check_batch`]). The emulated kernels, both
+/// kernels here, prefix prefill), validated once: the metadata keeps its
+/// own invariants ([`AttentionMetadata`]: block ids inside the cache,
+/// lengths, slots) and query, cache, metadata and config describe the same
+/// shapes ([`KvCache::check_batch`]). The emulated kernels, both
 /// kernel executors and the GPU launchers take this type; everything is
 /// borrowed, so nothing can change after the check.
 #[derive(Debug, Clone, Copy)]
@@ -143,7 +143,6 @@ impl<'a> PagedInputs<'a> {
         meta: &'a AttentionMetadata,
         cfg: &'a AttnConfig,
     ) -> Result<Self> {
-        meta.check()?;
         cache.check_batch(query, meta, cfg)?;
         Ok(PagedInputs {
             query,
@@ -251,13 +250,13 @@ pub fn paged_2d(inputs: &PagedInputs, out: &mut [f32]) -> Result<()> {
         cfg,
     } = *inputs;
     let (hq, hkv, d, qpk) = (
-        cfg.num_heads,
-        cfg.num_kv_heads,
-        cfg.head_size,
+        cfg.num_heads(),
+        cfg.num_kv_heads(),
+        cfg.head_size(),
         cfg.queries_per_kv(),
     );
-    let tile_size = paged_2d_tile_size(meta.block_size);
-    let params = ScoreParams::new(cfg.scale, cfg.softcap);
+    let tile_size = paged_2d_tile_size(meta.block_size());
+    let params = ScoreParams::new(cfg.scale(), cfg.softcap());
     let dims = DimOffsets::new(&cache.layout);
     let window_masked2 = WINDOW_MASKED_LOGIT * LOG2E;
     let programs: Vec<(usize, usize)> = decode_seqs(meta)
@@ -273,7 +272,7 @@ pub fn paged_2d(inputs: &PagedInputs, out: &mut [f32]) -> Result<()> {
             let heads = kvh * qpk..(kvh + 1) * qpk;
             let mut states: Vec<RowState> = heads
                 .clone()
-                .map(|h| RowState::new(d, cfg.sinks.as_ref().map(|s| s[h])))
+                .map(|h| RowState::new(d, cfg.sinks().as_ref().map(|s| s[h])))
                 .collect();
             let mut tile = KvTile::new(tile_size, d);
             let (mut locs, mut dots) = (Vec::with_capacity(tile_size), vec![0f32; qpk * tile_size]);
@@ -285,14 +284,14 @@ pub fn paged_2d(inputs: &PagedInputs, out: &mut [f32]) -> Result<()> {
             for t0 in (0..seq_len).step_by(tile_size) {
                 let keys = t0..(t0 + tile_size).min(seq_len);
                 key_locations(meta, seq, keys.clone(), &mut locs);
-                if cfg.kv_dtype.is_fp8() {
+                if cfg.kv_dtype().is_fp8() {
                     tile.gather_paged(
                         cache,
                         &dims,
                         kvh,
                         &locs,
-                        |k| dequant_kv(k, cfg.k_scale, cfg.kv_dtype, cfg.dtype),
-                        |v| dequant_kv(v, cfg.v_scale, cfg.kv_dtype, cfg.dtype),
+                        |k| dequant_kv(k, cfg.k_scale(), cfg.kv_dtype(), cfg.dtype()),
+                        |v| dequant_kv(v, cfg.v_scale(), cfg.kv_dtype(), cfg.dtype()),
                     );
                 } else {
                     // dequant_kv is the identity for a non-fp8 cache.
@@ -301,10 +300,10 @@ pub fn paged_2d(inputs: &PagedInputs, out: &mut [f32]) -> Result<()> {
                 tile.qk_rows(&qs, &mut dots, tile_size);
                 // S_ij in place over the dot products, then every head's step.
                 for (h, s) in heads.clone().zip(dots.chunks_exact_mut(tile_size)) {
-                    let slope = cfg.alibi_slopes.as_ref().map(|s| s[h]);
+                    let slope = cfg.alibi_slopes().as_ref().map(|s| s[h]);
                     for (j, t) in keys.clone().enumerate() {
                         let bias = slope.map_or(0.0, |sl| sl * (t as f32 - ctx as f32));
-                        s[j] = if visible(t, ctx, true, cfg.sliding_window) {
+                        s[j] = if visible(t, ctx, true, cfg.sliding_window()) {
                             params.score(s[j], bias)
                         } else {
                             window_masked2 + bias * LOG2E
@@ -318,7 +317,7 @@ pub fn paged_2d(inputs: &PagedInputs, out: &mut [f32]) -> Result<()> {
                     tile_size,
                     n,
                     |j| tile.v_row(j),
-                    cfg.dtype,
+                    cfg.dtype(),
                 );
             }
             let mut data = Vec::with_capacity(qpk * d);
@@ -327,7 +326,7 @@ pub fn paged_2d(inputs: &PagedInputs, out: &mut [f32]) -> Result<()> {
                     state
                         .normalized_eps(TRITON_L_EPS)
                         .into_iter()
-                        .map(|x| cfg.dtype.round(x)),
+                        .map(|x| cfg.dtype().round(x)),
                 );
             }
             RowsOut { row, heads, data }
@@ -363,20 +362,20 @@ fn ll4mi_partition(
     part: usize,
     kvh: usize,
 ) -> Vec<Ll4miPartial> {
-    let (hq, d, qpk) = (cfg.num_heads, cfg.head_size, cfg.queries_per_kv());
+    let (hq, d, qpk) = (cfg.num_heads(), cfg.head_size(), cfg.queries_per_kv());
     let row = meta.query_range(seq).start;
     let seq_len = meta.seq_len(seq);
     let start = part * partition_size;
     let valid = start..(start + partition_size).min(seq_len);
-    let fp8 = cfg.kv_dtype.is_fp8();
+    let fp8 = cfg.kv_dtype().is_fp8();
     // scale2: an fp8 K enters the MFMA as stored; k_scale multiplies the logit.
     let params = ScoreParams::new(
         if fp8 {
-            cfg.scale * cfg.k_scale
+            cfg.scale() * cfg.k_scale()
         } else {
-            cfg.scale
+            cfg.scale()
         },
-        cfg.softcap,
+        cfg.softcap(),
     );
     let mut tile = KvTile::new(partition_size, d);
     let mut locs = Vec::with_capacity(partition_size);
@@ -398,9 +397,9 @@ fn ll4mi_partition(
     heads
         .zip(all_dots.chunks_exact(partition_size))
         .map(|(h, dots)| {
-            let slope = cfg.alibi_slopes.as_ref().map(|sl| sl[h]);
+            let slope = cfg.alibi_slopes().as_ref().map(|sl| sl[h]);
             for (j, t) in valid.clone().enumerate() {
-                s[j] = if visible(t, seq_len - 1, true, cfg.sliding_window) {
+                s[j] = if visible(t, seq_len - 1, true, cfg.sliding_window()) {
                     let bias = slope.map_or(0.0, |sl| sl * (t as f32 - (seq_len - 1) as f32));
                     params.score(dots[j], bias)
                 } else {
@@ -435,7 +434,7 @@ fn ll4mi_partition(
             let (mut js, mut ps) = (Vec::with_capacity(n), Vec::with_capacity(n));
             for (j, &ej) in e[..n].iter().enumerate() {
                 let wscale = exp2c(wmax[j / LL4MI_TOKENS_PER_WARP] - pmax);
-                let p = cfg.dtype.round((ej * inv) * wscale);
+                let p = cfg.dtype().round((ej * inv) * wscale);
                 if p != 0.0 {
                     js.push(j);
                     ps.push(p);
@@ -447,7 +446,7 @@ fn ll4mi_partition(
             });
             let out = acc
                 .into_iter()
-                .map(|a| cfg.dtype.round(if fp8 { a * cfg.v_scale } else { a }))
+                .map(|a| cfg.dtype().round(if fp8 { a * cfg.v_scale() } else { a }))
                 .collect();
             Ll4miPartial {
                 max_logit: pmax,
@@ -519,9 +518,9 @@ pub fn paged_ll4mi(
     } = *inputs;
     let partition_size = partition_size.get();
     let (hq, hkv, d, qpk) = (
-        cfg.num_heads,
-        cfg.num_kv_heads,
-        cfg.head_size,
+        cfg.num_heads(),
+        cfg.num_kv_heads(),
+        cfg.head_size(),
         cfg.queries_per_kv(),
     );
     let dims = DimOffsets::new(&cache.layout);
@@ -533,7 +532,7 @@ pub fn paged_ll4mi(
         block_size: l.block_size,
         row_elems: l.num_kv_heads * l.head_size,
     };
-    check_extent(AddressedKernel::AiterBlockTable, extent, cfg.faults)?;
+    check_extent(AddressedKernel::AiterBlockTable, extent, cfg.faults())?;
     // Partition kernel: grid (seq, partition, kv head); empty partitions return at once.
     let grid: Vec<(usize, usize, usize)> = seqs
         .iter()
@@ -570,7 +569,7 @@ pub fn paged_ll4mi(
             heads.iter().enumerate().map(move |(h, parts)| RowsOut {
                 row,
                 heads: h..h + 1,
-                data: ll4mi_reduce(parts, cfg.dtype),
+                data: ll4mi_reduce(parts, cfg.dtype()),
             })
         })
         .collect();
@@ -592,7 +591,7 @@ mod tests {
         d: usize,
     ) -> (Vec<f32>, KvCache, AttentionMetadata, AttnConfig) {
         let (bs, nb) = (16, seq_len.div_ceil(16));
-        let cfg = AttnConfig::new(1, 1, d, DType::F32);
+        let cfg = AttnConfig::new(1, 1, d, DType::F32).unwrap();
         let layout = KvLayout::new(LayoutKind::RocmPaged, nb, bs, 1, d, DType::F32).unwrap();
         let mut cache = KvCache::zeros(layout);
         for t in 0..seq_len {
@@ -678,8 +677,13 @@ mod tests {
     #[test]
     fn out_of_window_keys_get_the_minus_10000_logit_not_minus_inf() {
         // Scores far below -10000 inside the window: the masked keys win the max.
-        let (mut q, mut cache, meta, mut cfg) = uniform_decode(40, 8);
-        cfg.sliding_window = Some(4);
+        let (mut q, mut cache, meta, cfg) = uniform_decode(40, 8);
+        let cfg = crate::config::AttnConfigBuilder {
+            sliding_window: Some(4),
+            ..cfg.to_builder()
+        }
+        .build()
+        .unwrap();
         q.iter_mut().for_each(|x| *x = 1.0);
         let layout = cache.layout;
         for t in 36..40 {
@@ -717,10 +721,12 @@ mod tests {
     #[test]
     fn mismatched_cache_is_rejected_naming_the_field() {
         let (q, cache, meta, cfg) = uniform_decode(20, 8);
-        let cfg = AttnConfig {
+        let cfg = crate::config::AttnConfigBuilder {
             head_size: 16,
-            ..cfg
-        };
+            ..cfg.to_builder()
+        }
+        .build()
+        .unwrap();
         let e = paged_attention_2d(&q, &cache, &meta, &cfg, &mut [0f32; 8])
             .unwrap_err()
             .to_string();

@@ -40,7 +40,7 @@
 
 use crate::cache::KvCache;
 use crate::config::AttnConfig;
-use crate::kernels::paged_decode::validate_paged_inputs;
+use crate::kernels::paged_decode::PagedInputs;
 use crate::kernels::softmax::ScoreParams;
 use crate::numerics::exp2c;
 use crate::numerics::mma::{InFormat, MatrixTarget, Model};
@@ -90,62 +90,92 @@ fn in_format(dtype: DType) -> Result<InFormat> {
     }
 }
 
-/// Checks everything the tensor-core kernel supports, beyond
-/// [`validate_paged_inputs`].
-pub fn validate_tc(
-    query: &[f32],
-    cache: &KvCache,
-    meta: &AttentionMetadata,
-    cfg: &AttnConfig,
+/// One tensor-core paged decode launch, validated once: paged inputs
+/// ([`PagedInputs`]: consistent shapes) whose configuration the kernel is
+/// built for (bf16 or f16 with the same KV dtype, an NHD cache, head size
+/// 64 or 128, no sinks, ALiBi or sliding window), a split size that is a
+/// positive multiple of [`STEP`] and a target with a model (sm_90 or
+/// gfx942). The emulator ([`decode_tc`]), both kernel executors and the GPU
+/// launcher take it; everything is borrowed, so nothing changes after the
+/// check.
+#[derive(Debug, Clone, Copy)]
+pub struct DecodeTcArgs<'a> {
+    inputs: PagedInputs<'a>,
     target: MatrixTarget,
     split_size: usize,
-    out: &[f32],
-) -> Result<()> {
-    validate_paged_inputs(query, cache, meta, cfg, out)?;
-    in_format(cfg.dtype)?;
-    if cfg.kv_dtype != cfg.dtype {
-        return Err(Error::invalid(
-            "paged_decode_tc KV dtype",
-            cfg.kv_dtype.name(),
-            format!("the query dtype {} (no fp8 KV)", cfg.dtype.name()),
-        ));
-    }
-    if cache.layout.kind != LayoutKind::Nhd {
-        return Err(Error::invalid(
-            "paged_decode_tc KV layout",
-            format!("{:?}", cache.layout.kind),
-            "NHD",
-        ));
-    }
-    if !HEAD_SIZES.contains(&cfg.head_size) {
-        return Err(Error::invalid(
-            "paged_decode_tc head size",
-            cfg.head_size,
-            "64 or 128",
-        ));
-    }
-    if split_size == 0 || !split_size.is_multiple_of(STEP) {
-        return Err(Error::invalid(
-            "paged_decode_tc split size",
+    fmt: InFormat,
+}
+
+impl<'a> DecodeTcArgs<'a> {
+    /// Checks what the kernel takes beyond [`PagedInputs`]; the error names
+    /// the refused value and what the kernel accepts.
+    pub fn new(inputs: PagedInputs<'a>, target: MatrixTarget, split_size: usize) -> Result<Self> {
+        let (cache, cfg) = (inputs.cache(), inputs.cfg());
+        let fmt = in_format(cfg.dtype())?;
+        if cfg.kv_dtype() != cfg.dtype() {
+            return Err(Error::invalid(
+                "paged_decode_tc KV dtype",
+                cfg.kv_dtype().name(),
+                format!("the query dtype {} (no fp8 KV)", cfg.dtype().name()),
+            ));
+        }
+        if cache.layout.kind != LayoutKind::Nhd {
+            return Err(Error::invalid(
+                "paged_decode_tc KV layout",
+                format!("{:?}", cache.layout.kind),
+                "NHD",
+            ));
+        }
+        if !HEAD_SIZES.contains(&cfg.head_size()) {
+            return Err(Error::invalid(
+                "paged_decode_tc head size",
+                cfg.head_size(),
+                "64 or 128",
+            ));
+        }
+        if split_size == 0 || !split_size.is_multiple_of(STEP) {
+            return Err(Error::invalid(
+                "paged_decode_tc split size",
+                split_size,
+                format!("a positive multiple of {STEP}"),
+            ));
+        }
+        if !matches!(target, MatrixTarget::Sm90 | MatrixTarget::Gfx942) {
+            return Err(Error::invalid(
+                "paged_decode_tc target",
+                target.name(),
+                "sm_90 or gfx942",
+            ));
+        }
+        if cfg.sinks().is_some() || cfg.alibi_slopes().is_some() || cfg.sliding_window().is_some() {
+            return Err(Error::invalid(
+                "paged_decode_tc options",
+                "sinks / ALiBi / sliding window",
+                "none of them (plain causal decode, soft-cap allowed)",
+            ));
+        }
+        Ok(DecodeTcArgs {
+            inputs,
+            target,
             split_size,
-            format!("a positive multiple of {STEP}"),
-        ));
+            fmt,
+        })
     }
-    if !matches!(target, MatrixTarget::Sm90 | MatrixTarget::Gfx942) {
-        return Err(Error::invalid(
-            "paged_decode_tc target",
-            target.name(),
-            "sm_90 or gfx942",
-        ));
+    pub fn inputs(&self) -> &PagedInputs<'a> {
+        &self.inputs
     }
-    if cfg.sinks.is_some() || cfg.alibi_slopes.is_some() || cfg.sliding_window.is_some() {
-        return Err(Error::invalid(
-            "paged_decode_tc options",
-            "sinks / ALiBi / sliding window",
-            "none of them (plain causal decode, soft-cap allowed)",
-        ));
+    /// The matrix-core model the kernel runs.
+    pub fn target(&self) -> MatrixTarget {
+        self.target
     }
-    Ok(())
+    /// Keys per split, a positive multiple of [`STEP`].
+    pub fn split_size(&self) -> usize {
+        self.split_size
+    }
+    /// The instruction's input format (the query and KV dtype).
+    pub fn format(&self) -> InFormat {
+        self.fmt
+    }
 }
 
 /// One split's state for the heads of a group.
@@ -178,7 +208,7 @@ impl Ctx<'_> {
         start: usize,
         end: usize,
     ) -> SplitState {
-        let (d, hq, fmt) = (self.cfg.head_size, self.cfg.num_heads, self.fmt);
+        let (d, hq, fmt) = (self.cfg.head_size(), self.cfg.num_heads(), self.fmt);
         let row = self.meta.query_range(seq).start;
         let layout = &self.cache.layout;
         let nh = heads.len();
@@ -246,7 +276,7 @@ impl Ctx<'_> {
                 }
                 st.l[h] = st.l[h].mul_add(alpha, parts[0]);
                 for (k, b) in pb.iter_mut().enumerate() {
-                    *b = fmt.from_f32(self.cfg.dtype.round(p[k]));
+                    *b = fmt.from_f32(self.cfg.dtype().round(p[k]));
                 }
                 for (dd, a) in st.acc[h].iter_mut().enumerate() {
                     let c = *a * alpha;
@@ -299,8 +329,18 @@ pub fn paged_decode_tc(
     split_size: usize,
     out: &mut [f32],
 ) -> Result<()> {
-    validate_tc(query, cache, meta, cfg, target, split_size, out)?;
-    let fmt = in_format(cfg.dtype)?;
+    let inputs = PagedInputs::new(query, cache, meta, cfg)?;
+    inputs.check_out(out)?;
+    decode_tc(&DecodeTcArgs::new(inputs, target, split_size)?, out)
+}
+
+/// [`paged_decode_tc`] over validated arguments; only `out`'s length
+/// (`[T, Hq, D]`) is checked here.
+pub fn decode_tc(args: &DecodeTcArgs, out: &mut [f32]) -> Result<()> {
+    let i = args.inputs();
+    i.check_out(out)?;
+    let (query, cache, meta, cfg) = (i.query(), i.cache(), i.meta(), i.cfg());
+    let (target, split_size, fmt) = (args.target, args.split_size, args.fmt);
     let ctx = Ctx {
         query,
         cache,
@@ -309,12 +349,12 @@ pub fn paged_decode_tc(
         target,
         model: target.model(fmt),
         fmt,
-        params: ScoreParams::new(cfg.scale, cfg.softcap),
+        params: ScoreParams::new(cfg.scale(), cfg.softcap()),
     };
     let (hq, hkv, d, qpk) = (
-        cfg.num_heads,
-        cfg.num_kv_heads,
-        cfg.head_size,
+        cfg.num_heads(),
+        cfg.num_kv_heads(),
+        cfg.head_size(),
         cfg.queries_per_kv(),
     );
     let seqs: Vec<usize> = (0..meta.num_reqs())
@@ -354,7 +394,7 @@ pub fn paged_decode_tc(
             let o = reduce_splits(&parts, d);
             let base = (row * hq + h) * d;
             for (dst, x) in out[base..base + d].iter_mut().zip(o) {
-                *dst = cfg.dtype.round(x);
+                *dst = cfg.dtype().round(x);
             }
         }
     }

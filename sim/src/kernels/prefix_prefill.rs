@@ -72,8 +72,8 @@ pub struct PrefixVariant {
 impl PrefixVariant {
     /// The variant `context_attention_fwd` launches for this config.
     pub fn for_config(cfg: &AttnConfig) -> Self {
-        if cfg.alibi_slopes.is_some() {
-            let block = if cfg.dtype == DType::F32 {
+        if cfg.alibi_slopes().is_some() {
+            let block = if cfg.dtype() == DType::F32 {
                 ALIBI_BLOCK_F32
             } else {
                 ALIBI_BLOCK
@@ -131,14 +131,14 @@ impl<'a> PrefixArgs<'a> {
     /// messages): non-causal attention or sinks together with ALiBi.
     pub fn new(inputs: PagedInputs<'a>, skip_decode: bool) -> Result<Self> {
         let (cfg, meta) = (inputs.cfg(), inputs.meta());
-        if cfg.alibi_slopes.is_some() {
-            if !meta.causal {
+        if cfg.alibi_slopes().is_some() {
+            if !meta.causal() {
                 return Err(Error::unsupported(
                     "non-causal prefix attention with ALiBi",
                     "Non-causal prefix attention is not supported with alibi",
                 ));
             }
-            if cfg.sinks.is_some() {
+            if cfg.sinks().is_some() {
                 return Err(Error::unsupported(
                     "sinks with ALiBi",
                     "Sinks arg is not supported with alibi",
@@ -173,8 +173,8 @@ pub fn context_attention(args: &PrefixArgs, out: &mut [f32]) -> Result<()> {
         args.inputs.cfg(),
     );
     let (skip_decode, v) = (args.skip_decode, args.variant);
-    let (hq, d) = (cfg.num_heads, cfg.head_size);
-    let (hk, qpk) = (cfg.num_kv_heads, cfg.queries_per_kv());
+    let (hq, d) = (cfg.num_heads(), cfg.head_size());
+    let (hk, qpk) = (cfg.num_kv_heads(), cfg.queries_per_kv());
     // The grid's programs (b, head, start_m), run as one task per (b,
     // start_m, kv head) that holds the kv head's qpk query heads: each
     // head's rows keep their own program's tiles, order and states; the
@@ -220,28 +220,28 @@ fn program(
     kv_head: usize,
     start_m: usize,
 ) -> (usize, usize, Vec<f32>) {
-    let (hq, d, qpk) = (cfg.num_heads, cfg.head_size, cfg.queries_per_kv());
+    let (hq, d, qpk) = (cfg.num_heads(), cfg.head_size(), cfg.queries_per_kv());
     let (ql, ctx) = (meta.query_len(b), meta.context_len(b));
     let heads = kv_head * qpk..(kv_head + 1) * qpk;
     let rows = start_m * v.block_m..((start_m + 1) * v.block_m).min(ql);
     let nrows = rows.len();
     let first_row = meta.query_range(b).start + rows.start;
-    let params = ScoreParams::new(cfg.scale, cfg.softcap);
+    let params = ScoreParams::new(cfg.scale(), cfg.softcap());
     let slopes: Vec<Option<f32>> = heads
         .clone()
-        .map(|h| cfg.alibi_slopes.as_ref().map(|s| s[h]))
+        .map(|h| cfg.alibi_slopes().as_ref().map(|s| s[h]))
         .collect();
     // The alibi kernel applies no sliding window.
-    let window = if cfg.alibi_slopes.is_some() {
+    let window = if cfg.alibi_slopes().is_some() {
         None
     } else {
-        cfg.sliding_window
+        cfg.sliding_window()
     };
     // states[hh * nrows + i]: each head's rows consecutive.
     let mut states: Vec<RowState> = heads
         .clone()
         .flat_map(|h| rows.clone().map(move |_| h))
-        .map(|h| RowState::new(d, cfg.sinks.as_ref().map(|s| s[h])))
+        .map(|h| RowState::new(d, cfg.sinks().as_ref().map(|s| s[h])))
         .collect();
     let q_row = |h: usize, i: usize| {
         let t = first_row - rows.start + i;
@@ -258,13 +258,13 @@ fn program(
         .clone()
         .flat_map(|h| rows.clone().map(move |i| q_row(h, i)))
         .collect();
-    let k_load = |k: f32| dequant_kv(k, cfg.k_scale, cfg.kv_dtype, cfg.dtype);
-    let v_load = |x: f32| dequant_kv(x, cfg.v_scale, cfg.kv_dtype, cfg.dtype);
+    let k_load = |k: f32| dequant_kv(k, cfg.k_scale(), cfg.kv_dtype(), cfg.dtype());
+    let v_load = |x: f32| dequant_kv(x, cfg.v_scale(), cfg.kv_dtype(), cfg.dtype());
     let mut run_tile =
         |keys: std::ops::Range<usize>, causal: bool, tile: &mut KvTile, states: &mut [RowState]| {
             locs.clear();
             locs.extend(keys.clone().map(|t| meta.kv_location(b, t)));
-            if cfg.kv_dtype.is_fp8() {
+            if cfg.kv_dtype().is_fp8() {
                 tile.gather_paged(cache, dims, kv_head, &locs, k_load, v_load);
             } else {
                 // dequant_kv is the identity for a non-fp8 cache.
@@ -276,7 +276,15 @@ fn program(
             for (hh, slope) in slopes.iter().enumerate() {
                 let block = &mut dots[hh * nrows * tile_cap..(hh + 1) * nrows * tile_cap];
                 for (i, s) in rows.clone().zip(block.chunks_exact_mut(tile_cap)) {
-                    score_row(&mut s[..n], keys.start, ctx + i, causal, window, &params, *slope);
+                    score_row(
+                        &mut s[..n],
+                        keys.start,
+                        ctx + i,
+                        causal,
+                        window,
+                        &params,
+                        *slope,
+                    );
                 }
                 RowState::update_rows(
                     &mut states[hh * nrows..(hh + 1) * nrows],
@@ -284,7 +292,7 @@ fn program(
                     tile_cap,
                     n,
                     |j| tile.v_row(j),
-                    cfg.dtype,
+                    cfg.dtype(),
                 );
             }
         };
@@ -293,7 +301,7 @@ fn program(
         run_tile(s..(s + v.ctx_tile).min(ctx), false, &mut tile, &mut states);
     }
     // (B) the new tokens, causal by default.
-    let upper = if meta.causal {
+    let upper = if meta.causal() {
         (start_m + 1) * v.block_m
     } else {
         ql.next_multiple_of(v.block_n)
@@ -301,7 +309,7 @@ fn program(
     for s in (0..upper.min(ql)).step_by(v.block_n) {
         run_tile(
             ctx + s..ctx + (s + v.block_n).min(ql),
-            meta.causal,
+            meta.causal(),
             &mut tile,
             &mut states,
         );
@@ -311,7 +319,7 @@ fn program(
         data.extend(state.normalized_eps(v.l_eps));
     }
     // cfg.dtype.round of every element (simd::round_slice: the same bits).
-    crate::kernels::simd::round_slice(cfg.dtype, &mut data);
+    crate::kernels::simd::round_slice(cfg.dtype(), &mut data);
     (first_row, kv_head, data)
 }
 
@@ -338,7 +346,9 @@ fn score_row(
     s[..va].fill(f32::NEG_INFINITY);
     s[vb..].fill(f32::NEG_INFINITY);
     match slope {
-        None => s[va..vb].iter_mut().for_each(|x| *x = params.score(*x, 0.0)),
+        None => s[va..vb]
+            .iter_mut()
+            .for_each(|x| *x = params.score(*x, 0.0)),
         Some(sl) => {
             for (j, x) in s.iter_mut().enumerate().take(vb).skip(va) {
                 let bias = sl * ((t0 + j) as f32 - p as f32);
@@ -371,9 +381,9 @@ mod tests {
             LayoutKind::RocmPaged,
             nb,
             bs,
-            cfg.num_kv_heads,
-            cfg.head_size,
-            cfg.kv_dtype,
+            cfg.num_kv_heads(),
+            cfg.head_size(),
+            cfg.kv_dtype(),
         )
         .unwrap();
         let mut cache = KvCache::zeros(layout);
@@ -382,8 +392,8 @@ mod tests {
             let row: Vec<i32> = (next..next + n as i32).collect();
             for t in 0..c + q {
                 let b = row[t / bs] as usize;
-                for h in 0..cfg.num_kv_heads {
-                    for d in 0..cfg.head_size {
+                for h in 0..cfg.num_kv_heads() {
+                    for d in 0..cfg.head_size() {
                         cache.v[layout.v_offset(b, t % bs, h, d)] = t as f32;
                     }
                 }
@@ -406,30 +416,43 @@ mod tests {
             true,
         )
         .unwrap();
-        (vec![0.5; t * cfg.num_heads * cfg.head_size], cache, meta)
+        (
+            vec![0.5; t * cfg.num_heads() * cfg.head_size()],
+            cache,
+            meta,
+        )
     }
 
     #[test]
     fn alibi_launches_the_alibi_kernel_with_square_tiles_and_no_epsilon() {
-        let mut cfg = AttnConfig::new(2, 1, 32, DType::F16);
-        assert_eq!(PrefixVariant::for_config(&cfg).ctx_tile, CTX_TILE);
+        let mut cfg = AttnConfig::builder(2, 1, 32, DType::F16);
+        assert_eq!(
+            PrefixVariant::for_config(&cfg.clone().build().unwrap()).ctx_tile,
+            CTX_TILE
+        );
         cfg.alibi_slopes = Some(vec![0.5, 0.25]);
-        let v = PrefixVariant::for_config(&cfg);
+        let alibi = cfg.clone().build().unwrap();
+        let v = PrefixVariant::for_config(&alibi);
         assert_eq!(
             (v.kernel, v.block_m, v.ctx_tile, v.block_n, v.l_eps),
             ("_fwd_kernel_alibi", 128, 128, 128, 0.0)
         );
         cfg.dtype = DType::F32;
-        assert_eq!(PrefixVariant::for_config(&cfg).block_n, ALIBI_BLOCK_F32);
+        assert_eq!(
+            PrefixVariant::for_config(&cfg.build().unwrap()).block_n,
+            ALIBI_BLOCK_F32
+        );
     }
 
     #[test]
     fn each_row_averages_exactly_the_keys_it_sees() {
         // Context 70 (three 32-key tiles), 150 new tokens (two BLOCK_M programs).
-        let cfg = AttnConfig {
+        let cfg = crate::config::AttnConfigBuilder {
             sliding_window: Some(50),
-            ..AttnConfig::new(2, 1, 8, DType::F32)
-        };
+            ..AttnConfig::builder(2, 1, 8, DType::F32)
+        }
+        .build()
+        .unwrap();
         let (q, cache, meta) = uniform(&[(70, 150)], &cfg);
         let mut out = vec![0f32; q.len()];
         context_attention_fwd(&q, &cache, &meta, &cfg, true, &mut out).unwrap();
@@ -443,7 +466,7 @@ mod tests {
 
     #[test]
     fn skip_decode_leaves_decode_rows_untouched() {
-        let cfg = AttnConfig::new(1, 1, 8, DType::F32);
+        let cfg = AttnConfig::new(1, 1, 8, DType::F32).unwrap();
         let (q, cache, meta) = uniform(&[(10, 1), (5, 4)], &cfg);
         let mut out = vec![-7f32; q.len()];
         context_attention_fwd(&q, &cache, &meta, &cfg, true, &mut out).unwrap();
@@ -455,9 +478,9 @@ mod tests {
 
     #[test]
     fn non_causal_rows_see_every_new_token() {
-        let cfg = AttnConfig::new(1, 1, 8, DType::F32);
-        let (q, cache, mut meta) = uniform(&[(6, 20)], &cfg);
-        meta.causal = false;
+        let cfg = AttnConfig::new(1, 1, 8, DType::F32).unwrap();
+        let (q, cache, meta) = uniform(&[(6, 20)], &cfg);
+        let meta = meta.with_causal(false);
         let mut out = vec![0f32; q.len()];
         context_attention_fwd(&q, &cache, &meta, &cfg, true, &mut out).unwrap();
         assert!(
@@ -468,11 +491,13 @@ mod tests {
 
     #[test]
     fn alibi_rejects_what_vllms_alibi_kernel_asserts() {
-        let cfg = AttnConfig {
+        let cfg = crate::config::AttnConfigBuilder {
             alibi_slopes: Some(vec![0.5]),
             sinks: Some(vec![1.0]),
-            ..AttnConfig::new(1, 1, 8, DType::F32)
-        };
+            ..AttnConfig::builder(1, 1, 8, DType::F32)
+        }
+        .build()
+        .unwrap();
         let (q, cache, meta) = uniform(&[(3, 4)], &cfg);
         let e = context_attention_fwd(&q, &cache, &meta, &cfg, true, &mut vec![0f32; q.len()])
             .unwrap_err()

@@ -86,7 +86,7 @@ pub fn stage_bytes(d: usize, tile: usize) -> usize {
 /// The instruction's input format: the query dtype, bf16 or f16, with the
 /// cache in the same dtype or fp8 (dequantised to the query dtype on load).
 pub fn tc_format(cfg: &AttnConfig) -> Result<InFormat> {
-    let f = match cfg.dtype {
+    let f = match cfg.dtype() {
         DType::Bf16 => InFormat::Bf16,
         DType::F16 => InFormat::F16,
         other => {
@@ -97,11 +97,11 @@ pub fn tc_format(cfg: &AttnConfig) -> Result<InFormat> {
             ))
         }
     };
-    if cfg.kv_dtype != cfg.dtype && !cfg.kv_dtype.is_fp8() {
+    if cfg.kv_dtype() != cfg.dtype() && !cfg.kv_dtype().is_fp8() {
         return Err(Error::invalid(
             "prefix_prefill_tc KV cache dtype",
-            cfg.kv_dtype.name(),
-            format!("the query dtype {} or an fp8 cache", cfg.dtype.name()),
+            cfg.kv_dtype().name(),
+            format!("the query dtype {} or an fp8 cache", cfg.dtype().name()),
         ));
     }
     Ok(f)
@@ -111,7 +111,7 @@ pub fn tc_format(cfg: &AttnConfig) -> Result<InFormat> {
 /// the head size, and the staging of the variant's largest tile.
 pub fn validate_config(cfg: &AttnConfig, variant: &PrefixVariant) -> Result<InFormat> {
     let fmt = tc_format(cfg)?;
-    let d = cfg.head_size;
+    let d = cfg.head_size();
     if d == 0 || !d.is_multiple_of(MMA_K) || d > MAX_HEAD_SIZE {
         return Err(Error::invalid(
             "prefix_prefill_tc head_size",
@@ -184,7 +184,7 @@ impl Kernel<'_> {
                 causal: false,
             })
             .collect();
-        let causal = self.meta.causal;
+        let causal = self.meta.causal();
         let upper = if causal {
             (start_m + 1) * v.block_m
         } else {
@@ -202,19 +202,19 @@ impl Kernel<'_> {
     /// Program `(b, head, start_m)`: (first token, head, rows x D output).
     fn program(&self, b: usize, head: usize, start_m: usize) -> (usize, usize, Vec<f32>) {
         let (meta, cfg, fmt, v) = (self.meta, self.cfg, self.fmt, &self.variant);
-        let (hq, d) = (cfg.num_heads, cfg.head_size);
+        let (hq, d) = (cfg.num_heads(), cfg.head_size());
         let (ql, ctx) = (meta.query_len(b), meta.context_len(b));
         let kv_head = head / cfg.queries_per_kv();
         let rows = start_m * v.block_m..((start_m + 1) * v.block_m).min(ql);
         let first_token = meta.query_range(b).start + rows.start;
-        let slope = cfg.alibi_slopes.as_ref().map(|s| s[head]);
+        let slope = cfg.alibi_slopes().as_ref().map(|s| s[head]);
         // The alibi kernel applies no sliding window.
         let window = if slope.is_some() {
             None
         } else {
-            cfg.sliding_window
+            cfg.sliding_window()
         };
-        let sink = cfg.sinks.as_ref().map(|s| s[head]);
+        let sink = cfg.sinks().as_ref().map(|s| s[head]);
         let q: Vec<Vec<u16>> = (0..rows.len())
             .map(|r| {
                 let t = first_token + r;
@@ -256,9 +256,9 @@ impl Kernel<'_> {
                     let k = self.cache.k[layout.k_offset(blk, r, kv_head, dd)];
                     let x = self.cache.v[layout.v_offset(blk, r, kv_head, dd)];
                     kt[j * d + dd] =
-                        fmt.from_f32(dequant_kv(k, cfg.k_scale, cfg.kv_dtype, cfg.dtype));
+                        fmt.from_f32(dequant_kv(k, cfg.k_scale(), cfg.kv_dtype(), cfg.dtype()));
                     vt[dd * size + j] =
-                        fmt.from_f32(dequant_kv(x, cfg.v_scale, cfg.kv_dtype, cfg.dtype));
+                        fmt.from_f32(dequant_kv(x, cfg.v_scale(), cfg.kv_dtype(), cfg.dtype()));
                 }
             }
             let s = &mut s[..size];
@@ -320,7 +320,11 @@ impl Kernel<'_> {
         let mut data = Vec::with_capacity(rows.len() * d);
         for st in &states {
             let denom = st.l + v.l_eps;
-            data.extend(st.acc.iter().map(|a| cfg.dtype.round(nan_fresh(a / denom))));
+            data.extend(
+                st.acc
+                    .iter()
+                    .map(|a| cfg.dtype().round(nan_fresh(a / denom))),
+            );
         }
         (first_token, head, data)
     }
@@ -349,9 +353,9 @@ pub fn context_attention_tc(
         fmt,
         model: target.model(fmt),
         target,
-        params: ScoreParams::new(cfg.scale, cfg.softcap),
+        params: ScoreParams::new(cfg.scale(), cfg.softcap()),
     };
-    let (hq, d) = (cfg.num_heads, cfg.head_size);
+    let (hq, d) = (cfg.num_heads(), cfg.head_size());
     let skip_decode = args.skip_decode();
     let programs: Vec<(usize, usize, usize)> = (0..meta.num_reqs())
         .filter(|&b| meta.query_len(b) > 0 && !(skip_decode && meta.query_len(b) == 1))
@@ -431,9 +435,9 @@ mod tests {
             kind,
             blocks,
             block_size,
-            cfg.num_kv_heads,
-            cfg.head_size,
-            cfg.kv_dtype,
+            cfg.num_kv_heads(),
+            cfg.head_size(),
+            cfg.kv_dtype(),
         )
         .unwrap();
         let val =
@@ -441,14 +445,14 @@ mod tests {
         let cache = KvCache {
             layout,
             k: (0..layout.numel())
-                .map(|i| val(i, 0.3, cfg.kv_dtype))
+                .map(|i| val(i, 0.3, cfg.kv_dtype()))
                 .collect(),
             v: (0..layout.numel())
-                .map(|i| val(i, 1.7, cfg.kv_dtype))
+                .map(|i| val(i, 1.7, cfg.kv_dtype()))
                 .collect(),
         };
-        let query = (0..t * cfg.num_heads * cfg.head_size)
-            .map(|i| val(i, 2.9, cfg.dtype))
+        let query = (0..t * cfg.num_heads() * cfg.head_size())
+            .map(|i| val(i, 2.9, cfg.dtype()))
             .collect();
         (query, cache, meta)
     }
@@ -477,24 +481,30 @@ mod tests {
 
     #[test]
     fn agrees_with_the_fma_kernel_within_rounding_in_both_variants_and_layouts() {
-        let base = AttnConfig::new(4, 2, 64, DType::Bf16);
+        let base = AttnConfig::new(4, 2, 64, DType::Bf16).unwrap();
         let configs = [
-            AttnConfig {
+            crate::config::AttnConfigBuilder {
                 sinks: Some(vec![0.5, -1.0, 0.25, 2.0]),
                 sliding_window: Some(40),
-                ..base.clone()
-            },
-            AttnConfig {
+                ..base.to_builder()
+            }
+            .build()
+            .unwrap(),
+            crate::config::AttnConfigBuilder {
                 alibi_slopes: Some(vec![0.5, 0.25, 0.125, 0.0625]),
-                ..base.clone()
-            },
-            AttnConfig {
+                ..base.to_builder()
+            }
+            .build()
+            .unwrap(),
+            crate::config::AttnConfigBuilder {
                 softcap: Some(10.0),
                 kv_dtype: DType::Fp8E4m3Fnuz,
                 k_scale: 0.5,
                 v_scale: 0.25,
-                ..AttnConfig::new(4, 2, 64, DType::F16)
-            },
+                ..AttnConfig::builder(4, 2, 64, DType::F16)
+            }
+            .build()
+            .unwrap(),
         ];
         for cfg in &configs {
             for kind in [LayoutKind::RocmPaged, LayoutKind::Nhd] {
@@ -519,7 +529,7 @@ mod tests {
     fn a_single_visible_key_returns_its_value_on_every_target() {
         // One new token, no context: it sees only itself, so out = V[0]
         // (l = 1 + 1e-10 rounds to 1).
-        let cfg = AttnConfig::new(2, 1, 16, DType::Bf16);
+        let cfg = AttnConfig::new(2, 1, 16, DType::Bf16).unwrap();
         let (q, cache, meta) = batch(&cfg, LayoutKind::RocmPaged, 16, &[(0, 2)]);
         let v0: Vec<f32> = (0..16)
             .map(|dd| cache.v[cache.layout.v_offset(meta.kv_location(0, 0).0, 0, 0, dd)])
@@ -533,7 +543,7 @@ mod tests {
 
     #[test]
     fn skip_decode_leaves_decode_rows_untouched_and_the_layout_changes_no_bit() {
-        let cfg = AttnConfig::new(2, 1, 32, DType::F16);
+        let cfg = AttnConfig::new(2, 1, 32, DType::F16).unwrap();
         let reqs = [(20, 1), (45, 17)];
         let (q, paged, meta) = batch(&cfg, LayoutKind::RocmPaged, 16, &reqs);
         let (_, nhd, _) = batch(&cfg, LayoutKind::Nhd, 16, &reqs);
@@ -562,7 +572,7 @@ mod tests {
 
     #[test]
     fn the_targets_differ_in_bits_but_each_is_deterministic() {
-        let cfg = AttnConfig::new(4, 1, 64, DType::Bf16);
+        let cfg = AttnConfig::new(4, 1, 64, DType::Bf16).unwrap();
         let (q, cache, meta) = batch(&cfg, LayoutKind::RocmPaged, 16, &[(90, 60)]);
         let go = |t| run(&q, &cache, &meta, &cfg, true, Some(t), 0.0).unwrap();
         let (a, b) = (go(MatrixTarget::Sm90), go(MatrixTarget::Gfx942));
@@ -582,23 +592,27 @@ mod tests {
                 .unwrap_err()
                 .to_string()
         };
-        let e = err(&AttnConfig::new(2, 1, 24, DType::Bf16));
+        let e = err(&AttnConfig::new(2, 1, 24, DType::Bf16).unwrap());
         assert!(e.contains("head_size") && e.contains("24"), "{e}");
-        let e = err(&AttnConfig::new(2, 1, 32, DType::F32));
+        let e = err(&AttnConfig::new(2, 1, 32, DType::F32).unwrap());
         assert!(e.contains("float32") && e.contains("bf16 or f16"), "{e}");
-        let e = err(&AttnConfig {
+        let e = err(&crate::config::AttnConfigBuilder {
             kv_dtype: DType::F16,
-            ..AttnConfig::new(2, 1, 32, DType::Bf16)
-        });
+            ..AttnConfig::builder(2, 1, 32, DType::Bf16)
+        }
+        .build()
+        .unwrap());
         assert!(
             e.contains("KV cache dtype") && e.contains(DType::F16.name()),
             "{e}"
         );
         // ALiBi's 128-key tiles at head size 256: 128 x 264 x 2 bytes.
-        let e = err(&AttnConfig {
+        let e = err(&crate::config::AttnConfigBuilder {
             alibi_slopes: Some(vec![0.5, 0.25]),
-            ..AttnConfig::new(2, 1, 256, DType::Bf16)
-        });
+            ..AttnConfig::builder(2, 1, 256, DType::Bf16)
+        }
+        .build()
+        .unwrap());
         assert!(
             e.contains("67584") && e.contains("_fwd_kernel_alibi"),
             "{e}"
@@ -606,36 +620,38 @@ mod tests {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(8))]
-        /// Rows are independent: a row's bits do not depend on which other
-        /// rows share its program, so a request's output rows equal the
-        /// same rows computed with the request alone in the batch.
-        #[test]
-        fn a_requests_rows_do_not_depend_on_the_rest_of_the_batch(ctx in 0usize..60, ql in 2usize..40, other in 2usize..30, window in 0usize..20) {
-            let cfg = AttnConfig {
-                sliding_window: (window > 0).then_some(window),
-                ..AttnConfig::new(2, 1, 32, DType::Bf16)
-            };
-            let (q1, c1, m1) = batch(&cfg, LayoutKind::RocmPaged, 16, &[(ctx, ql)]);
-            let (q2, c2, m2) = batch(&cfg, LayoutKind::RocmPaged, 16, &[(ctx, ql), (7, other)]);
-            // batch() reverses the block order, so copy the request's logical
-            // cache and query into the two-request batch.
-            let mut c2 = c2;
-            for t in 0..ctx + ql {
-                let (b1, r1) = m1.kv_location(0, t);
-                let (b2, r2) = m2.kv_location(0, t);
-                for dd in 0..32 {
-                    c2.k[c2.layout.k_offset(b2, r2, 0, dd)] = c1.k[c1.layout.k_offset(b1, r1, 0, dd)];
-                    c2.v[c2.layout.v_offset(b2, r2, 0, dd)] = c1.v[c1.layout.v_offset(b1, r1, 0, dd)];
+            #![proptest_config(ProptestConfig::with_cases(8))]
+            /// Rows are independent: a row's bits do not depend on which other
+            /// rows share its program, so a request's output rows equal the
+            /// same rows computed with the request alone in the batch.
+            #[test]
+            fn a_requests_rows_do_not_depend_on_the_rest_of_the_batch(ctx in 0usize..60, ql in 2usize..40, other in 2usize..30, window in 0usize..20) {
+                let cfg = crate::config::AttnConfigBuilder {
+                    sliding_window: (window > 0).then_some(window),
+                    ..AttnConfig::builder(2, 1, 32, DType::Bf16)
+                }
+    .build()
+    .unwrap();
+                let (q1, c1, m1) = batch(&cfg, LayoutKind::RocmPaged, 16, &[(ctx, ql)]);
+                let (q2, c2, m2) = batch(&cfg, LayoutKind::RocmPaged, 16, &[(ctx, ql), (7, other)]);
+                // batch() reverses the block order, so copy the request's logical
+                // cache and query into the two-request batch.
+                let mut c2 = c2;
+                for t in 0..ctx + ql {
+                    let (b1, r1) = m1.kv_location(0, t);
+                    let (b2, r2) = m2.kv_location(0, t);
+                    for dd in 0..32 {
+                        c2.k[c2.layout.k_offset(b2, r2, 0, dd)] = c1.k[c1.layout.k_offset(b1, r1, 0, dd)];
+                        c2.v[c2.layout.v_offset(b2, r2, 0, dd)] = c1.v[c1.layout.v_offset(b1, r1, 0, dd)];
+                    }
+                }
+                let mut q2 = q2;
+                q2[..q1.len()].copy_from_slice(&q1);
+                for t in [MatrixTarget::Sm90, MatrixTarget::Gfx942] {
+                    let a = run(&q1, &c1, &m1, &cfg, true, Some(t), 0.0).unwrap();
+                    let b = run(&q2, &c2, &m2, &cfg, true, Some(t), 0.0).unwrap();
+                    prop_assert_eq!(bits(&a), bits(&b[..a.len()]));
                 }
             }
-            let mut q2 = q2;
-            q2[..q1.len()].copy_from_slice(&q1);
-            for t in [MatrixTarget::Sm90, MatrixTarget::Gfx942] {
-                let a = run(&q1, &c1, &m1, &cfg, true, Some(t), 0.0).unwrap();
-                let b = run(&q2, &c2, &m2, &cfg, true, Some(t), 0.0).unwrap();
-                prop_assert_eq!(bits(&a), bits(&b[..a.len()]));
-            }
         }
-    }
 }

@@ -233,9 +233,8 @@ fn check_write(
     slot_mapping: &[i64],
     cfg: &AttnConfig,
 ) -> Result<usize> {
-    cfg.validate()?;
     let layout = cache.layout;
-    writer.check_block_size(layout.block_size, cfg.faults)?;
+    writer.check_block_size(layout.block_size, cfg.faults())?;
     if !writer.layouts().contains(&layout.kind) {
         let allowed: Vec<&str> = writer.layouts().iter().map(|k| k.name()).collect();
         return Err(Error::invalid(
@@ -244,9 +243,9 @@ fn check_write(
             format!("this writer stores into: {}", allowed.join(", ")),
         ));
     }
-    if layout.num_kv_heads != cfg.num_kv_heads
-        || layout.head_size != cfg.head_size
-        || layout.dtype != cfg.kv_dtype
+    if layout.num_kv_heads != cfg.num_kv_heads()
+        || layout.head_size != cfg.head_size()
+        || layout.dtype != cfg.kv_dtype()
     {
         return Err(Error::invalid(
             "cache layout",
@@ -256,11 +255,13 @@ fn check_write(
             ),
             format!(
                 "the layer has {} kv heads x head size {} with kv dtype {}",
-                cfg.num_kv_heads, cfg.head_size, cfg.kv_dtype
+                cfg.num_kv_heads(),
+                cfg.head_size(),
+                cfg.kv_dtype()
             ),
         ));
     }
-    let row = cfg.num_kv_heads * cfg.head_size;
+    let row = cfg.num_kv_heads() * cfg.head_size();
     if !key.len().is_multiple_of(row) {
         return Err(Error::invalid(
             "key length",
@@ -314,7 +315,7 @@ pub fn write_cache(args: CacheWrite) {
         cfg,
     } = args;
     let layout = cache.layout;
-    let (src, dst) = (cfg.dtype, cfg.kv_dtype);
+    let (src, dst) = (cfg.dtype(), cfg.kv_dtype());
     for (t, &slot) in slots.iter().enumerate() {
         if slot < 0 {
             continue; // PAD_SLOT_ID
@@ -323,13 +324,13 @@ pub fn write_cache(args: CacheWrite) {
             slot as usize / layout.block_size,
             slot as usize % layout.block_size,
         );
-        for h in 0..cfg.num_kv_heads {
-            let src_row = (t * cfg.num_kv_heads + h) * cfg.head_size;
-            for d in 0..cfg.head_size {
+        for h in 0..cfg.num_kv_heads() {
+            let src_row = (t * cfg.num_kv_heads() + h) * cfg.head_size();
+            for d in 0..cfg.head_size() {
                 cache.k[layout.k_offset(b, n, h, d)] =
-                    writer.quantize(key[src_row + d], src, dst, cfg.k_scale);
+                    writer.quantize(key[src_row + d], src, dst, cfg.k_scale());
                 cache.v[layout.v_offset(b, n, h, d)] =
-                    writer.quantize(value[src_row + d], src, dst, cfg.v_scale);
+                    writer.quantize(value[src_row + d], src, dst, cfg.v_scale());
             }
         }
     }
@@ -340,12 +341,14 @@ mod tests {
     use super::*;
 
     fn cfg(dtype: DType, kv: DType) -> AttnConfig {
-        AttnConfig {
+        crate::config::AttnConfigBuilder {
             kv_dtype: kv,
             k_scale: 0.5,
             v_scale: 2.0,
-            ..AttnConfig::new(4, 2, 16, dtype)
+            ..AttnConfig::builder(4, 2, 16, dtype)
         }
+        .build()
+        .unwrap()
     }
 
     fn data(n: usize, seed: f32) -> Vec<f32> {
@@ -410,7 +413,7 @@ mod tests {
             1.0625,
             DType::Bf16,
             DType::Fp8E4m3Fn,
-            c.k_scale,
+            c.k_scale(),
         );
         assert_eq!(q, 2.0);
         assert_eq!(

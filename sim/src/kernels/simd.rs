@@ -663,7 +663,8 @@ unsafe fn exp2c_avx512(s: &[f32], m: f32, out: &mut [f32]) {
     while j + 16 <= n {
         let x = _mm512_sub_ps(_mm512_loadu_ps(s[j..].as_ptr()), mv);
         // -126.5 <= x < 127.5 (false for NaN).
-        let fast = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(x, lo) & _mm512_cmp_ps_mask::<_CMP_LT_OQ>(x, hi);
+        let fast =
+            _mm512_cmp_ps_mask::<_CMP_GE_OQ>(x, lo) & _mm512_cmp_ps_mask::<_CMP_LT_OQ>(x, hi);
         // Neither fast nor below the zero threshold (NaN included).
         let slow = !fast & !_mm512_cmp_ps_mask::<_CMP_LT_OQ>(x, min_x);
         let xc = _mm512_maskz_mov_ps(fast, x);
@@ -1140,7 +1141,12 @@ mod tests {
                     std::array::from_fn(|_| it.next().unwrap().as_mut_slice());
                 pv_rows(path, &mut acc, &p, &keep, keys, |k| &v[k * d..(k + 1) * d]);
                 for r in 0..R {
-                    assert_eq!(bits(&got[r]), bits(&want[r]), "{} R={R} row {r}", path.name());
+                    assert_eq!(
+                        bits(&got[r]),
+                        bits(&want[r]),
+                        "{} R={R} row {r}",
+                        path.name()
+                    );
                 }
             }
         }
@@ -1173,11 +1179,22 @@ mod tests {
                     .collect();
                 // Two tiles: the second rescales the first's accumulators.
                 for _ in 0..2 {
-                    RowState::update_rows(&mut st, &scores, n, n, |j| &v[j * d..(j + 1) * d], dtype);
+                    RowState::update_rows(
+                        &mut st,
+                        &scores,
+                        n,
+                        n,
+                        |j| &v[j * d..(j + 1) * d],
+                        dtype,
+                    );
                 }
                 SimdPath::force(None);
                 st.iter()
-                    .flat_map(|s| [s.m.to_bits(), s.l.to_bits()].into_iter().chain(bits(&s.acc)))
+                    .flat_map(|s| {
+                        [s.m.to_bits(), s.l.to_bits()]
+                            .into_iter()
+                            .chain(bits(&s.acc))
+                    })
                     .collect::<Vec<u32>>()
             };
             let portable = run(Some(SimdPath::Portable));
@@ -1187,12 +1204,20 @@ mod tests {
                 .collect();
             for _ in 0..2 {
                 for (r, st) in one.iter_mut().enumerate() {
-                    st.update(&scores[r * n..(r + 1) * n], |j| &v[j * d..(j + 1) * d], dtype);
+                    st.update(
+                        &scores[r * n..(r + 1) * n],
+                        |j| &v[j * d..(j + 1) * d],
+                        dtype,
+                    );
                 }
             }
             let want: Vec<u32> = one
                 .iter()
-                .flat_map(|s| [s.m.to_bits(), s.l.to_bits()].into_iter().chain(bits(&s.acc)))
+                .flat_map(|s| {
+                    [s.m.to_bits(), s.l.to_bits()]
+                        .into_iter()
+                        .chain(bits(&s.acc))
+                })
                 .collect();
             assert_eq!(portable, want, "portable {dtype:?}");
             for path in SimdPath::available() {

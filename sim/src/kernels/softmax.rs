@@ -399,16 +399,24 @@ impl<const R: usize> PBuffers<R> {
 /// return_lse=True)` returns and `merge_attn_states` consumes and produces.
 /// Shared by every kernel family that merges partial attentions (AITER FA
 /// extend, MLA chunked prefill, split-KV combines).
+///
+/// # Invariants
+///
+/// The fields are private and [`OutLse::new`] checks them, so a merge or a
+/// GPU upload reads both buffers by the shape without checking again: `out`
+/// holds exactly `num_tokens * num_heads * head_size` values and `lse`
+/// exactly `num_heads * num_tokens`. The `_mut` accessors hand out slices,
+/// which keep those lengths.
 #[derive(Debug, Clone, PartialEq)]
 pub struct OutLse {
-    pub num_tokens: usize,
-    pub num_heads: usize,
-    pub head_size: usize,
+    num_tokens: usize,
+    num_heads: usize,
+    head_size: usize,
     /// `[num_tokens, num_heads, head_size]`, values exact in the output dtype.
-    pub out: Vec<f32>,
+    out: Vec<f32>,
     /// `[num_heads, num_tokens]` (FA's head-major convention), f32, natural
     /// log; -inf for a row that saw no key.
-    pub lse: Vec<f32>,
+    lse: Vec<f32>,
 }
 
 impl OutLse {
@@ -455,6 +463,41 @@ impl OutLse {
             out: vec![0.0; num_tokens * num_heads * head_size],
             lse: vec![f32::NEG_INFINITY; num_heads * num_tokens],
         }
+    }
+
+    pub fn num_tokens(&self) -> usize {
+        self.num_tokens
+    }
+    pub fn num_heads(&self) -> usize {
+        self.num_heads
+    }
+    pub fn head_size(&self) -> usize {
+        self.head_size
+    }
+    /// `[num_tokens, num_heads, head_size]`, values exact in the output dtype.
+    pub fn out(&self) -> &[f32] {
+        &self.out
+    }
+    /// `[num_heads, num_tokens]` (head-major), natural log; -inf for a row
+    /// that saw no key.
+    pub fn lse(&self) -> &[f32] {
+        &self.lse
+    }
+    /// The output, to write in place (its length cannot change).
+    pub fn out_mut(&mut self) -> &mut [f32] {
+        &mut self.out
+    }
+    /// The lse, to write in place (its length cannot change).
+    pub fn lse_mut(&mut self) -> &mut [f32] {
+        &mut self.lse
+    }
+    /// The output buffer, giving up the lse.
+    pub fn into_out(self) -> Vec<f32> {
+        self.out
+    }
+    /// `(out, lse)`, giving up the shape.
+    pub fn into_parts(self) -> (Vec<f32>, Vec<f32>) {
+        (self.out, self.lse)
     }
 }
 

@@ -228,23 +228,22 @@ impl UnifiedLaunch {
         cfg: &AttnConfig,
         opts: VllmLaunchOptions,
     ) -> Result<Self> {
-        cfg.validate()?;
-        let block_m = block_m_for_with(cfg.queries_per_kv(), cfg.faults);
+        let block_m = block_m_for_with(cfg.queries_per_kv(), cfg.faults());
         let block_q = block_m / cfg.queries_per_kv();
         // Per-rank KV heads; the fault reads the model's (every TP rank's).
-        let threshold_heads = if cfg.faults.has(Fault::ThresholdModelKvHeads) {
-            cfg.num_kv_heads * opts.tensor_parallel_size.max(1)
+        let threshold_heads = if cfg.faults().has(Fault::ThresholdModelKvHeads) {
+            cfg.num_kv_heads() * opts.tensor_parallel_size.max(1)
         } else {
-            cfg.num_kv_heads
+            cfg.num_kv_heads()
         };
         let seq_threshold_3d = MIN_LAUNCH_GRID_SIZE_2D / threshold_heads;
         let scratch_rows = seq_threshold_3d.min(opts.max_num_seqs) * opts.max_query_len_3d;
-        let max_q = meta.max_query_len;
-        let too_long = max_q > 1 && (max_q > MAX_3D_QUERY_LEN || !meta.causal);
+        let max_q = meta.max_query_len();
+        let too_long = max_q > 1 && (max_q > MAX_3D_QUERY_LEN || !meta.causal());
         let too_many = meta.num_reqs() * max_q.div_ceil(block_q) > seq_threshold_3d;
         let use_3d = scratch_rows > 0
             && !(too_long || too_many || opts.batch_invariant)
-            && scratch_rows >= meta.num_actual_tokens;
+            && scratch_rows >= meta.num_actual_tokens();
         let (tile_size, grid) = if use_3d {
             (
                 TILE_SIZE_3D,
@@ -273,7 +272,6 @@ impl UnifiedLaunch {
     /// The long-prefill BLOCK_M 128 and the per-head-size TILE of
     /// `select_2d_config` are applied; warps and stages do not change results.
     pub fn aiter(meta: &AttentionMetadata, cfg: &AttnConfig, cu_count: usize) -> Result<Self> {
-        cfg.validate()?;
         if cu_count == 0 {
             return Err(Error::invalid(
                 "cu_count",
@@ -282,18 +280,18 @@ impl UnifiedLaunch {
             ));
         }
         let qpk = cfg.queries_per_kv();
-        let d = cfg.head_size;
-        let all_decode = meta.max_query_len <= 1;
-        let block_m = block_m_for_with(qpk, cfg.faults);
-        let q_blocks = meta.num_actual_tokens / (block_m / qpk) + meta.num_reqs();
-        let num_2d = q_blocks * cfg.num_kv_heads;
-        let small_tile = meta.block_size.next_power_of_two().min(64);
-        let use_2d = cfg.sliding_window.is_some()
-            || meta.max_seq_len <= AITER_MAX_SEQLEN_K_2D
+        let d = cfg.head_size();
+        let all_decode = meta.max_query_len() <= 1;
+        let block_m = block_m_for_with(qpk, cfg.faults());
+        let q_blocks = meta.num_actual_tokens() / (block_m / qpk) + meta.num_reqs();
+        let num_2d = q_blocks * cfg.num_kv_heads();
+        let small_tile = meta.block_size().next_power_of_two().min(64);
+        let use_2d = cfg.sliding_window().is_some()
+            || meta.max_seq_len() <= AITER_MAX_SEQLEN_K_2D
             || num_2d > 4 * cu_count
             || (d >= 512 && !all_decode);
         if use_2d {
-            let block_m = if meta.max_query_len >= 256 {
+            let block_m = if meta.max_query_len() >= 256 {
                 block_m.max(128)
             } else {
                 block_m
@@ -316,7 +314,7 @@ impl UnifiedLaunch {
                 profile: VllmProfile::default(),
             });
         }
-        let max_segments = 128.min(meta.max_seq_len.div_ceil(small_tile));
+        let max_segments = 128.min(meta.max_seq_len().div_ceil(small_tile));
         let min_segments = (if d >= 512 { 16 } else { 8 }).min(max_segments);
         let target = 16 * cu_count; // 4 * CUs * (waves_per_eu 2 * 4 / 2 warps)
         let num_segments = target
@@ -365,7 +363,7 @@ impl UnifiedLaunch {
 
     /// Programs along the q-block axis: `T / BLOCK_Q + num_seqs`.
     pub fn total_q_blocks(&self, meta: &AttentionMetadata) -> usize {
-        meta.num_actual_tokens / self.block_q + meta.num_reqs()
+        meta.num_actual_tokens() / self.block_q + meta.num_reqs()
     }
 
     fn validate(&self, cfg: &AttnConfig) -> Result<()> {
@@ -400,20 +398,23 @@ impl UnifiedLaunch {
     /// the attention kernel (query, the KV it reads, grid) and for 3D the reduce.
     pub fn kernel_calls(&self, meta: &AttentionMetadata, cfg: &AttnConfig) -> Vec<KernelCall> {
         let (t, hq, hkv, d) = (
-            meta.num_actual_tokens,
-            cfg.num_heads,
-            cfg.num_kv_heads,
-            cfg.head_size,
+            meta.num_actual_tokens(),
+            cfg.num_heads(),
+            cfg.num_kv_heads(),
+            cfg.head_size(),
         );
         let q_blocks = self.total_q_blocks(meta);
         let common = |grid: Vec<usize>| {
             vec![
                 ("query", vec![t, hq, d]),
-                ("key_cache", vec![meta.num_blocks, meta.block_size, hkv, d]),
-                ("kv_read", vec![meta.max_seq_len, hkv, d]),
+                (
+                    "key_cache",
+                    vec![meta.num_blocks(), meta.block_size(), hkv, d],
+                ),
+                ("kv_read", vec![meta.max_seq_len(), hkv, d]),
                 (
                     "block_table",
-                    vec![meta.num_reqs(), meta.block_table.max_blocks],
+                    vec![meta.num_reqs(), meta.block_table().max_blocks],
                 ),
                 ("tile", vec![self.block_m, self.tile_size]),
                 ("grid", grid),
@@ -462,12 +463,10 @@ impl<'a> UnifiedArgs<'a> {
         cfg: &'a AttnConfig,
         launch: &'a UnifiedLaunch,
     ) -> Result<Self> {
-        // The kernel's own validation first (its errors, in its order).
-        Kernel::new(query, cache, meta, cfg, launch)?;
-        Ok(UnifiedArgs {
-            inputs: PagedInputs::new(query, cache, meta, cfg)?,
-            launch,
-        })
+        // The kernel's own validation, in its order: the batch, then the launch.
+        let inputs = PagedInputs::new(query, cache, meta, cfg)?;
+        Kernel::check_launch(cache, meta, cfg, launch)?;
+        Ok(UnifiedArgs { inputs, launch })
     }
     pub fn inputs(&self) -> &PagedInputs<'a> {
         &self.inputs
@@ -500,11 +499,18 @@ pub fn unified_attention(
     cfg: &AttnConfig,
     launch: &UnifiedLaunch,
 ) -> Result<Vec<f32>> {
-    match launch.grid {
-        Grid::TwoD => unified_attention_2d(query, cache, meta, cfg, launch),
-        Grid::ThreeD { .. } => {
-            let partials = unified_attention_3d(query, cache, meta, cfg, launch)?;
-            reduce_segments(&partials, meta, cfg, launch)
+    unified(&UnifiedArgs::new(query, cache, meta, cfg, launch)?)
+}
+
+/// [`unified_attention`] over validated arguments: the kernel is built from
+/// them without checking them again.
+pub fn unified(args: &UnifiedArgs) -> Result<Vec<f32>> {
+    let k = Kernel::from_args(args);
+    match k.launch.grid {
+        Grid::TwoD => Ok(run_2d(&k)),
+        Grid::ThreeD { num_segments } => {
+            let partials = run_3d(&k, num_segments);
+            reduce_segments(&partials, k.meta, k.cfg, k.launch)
         }
     }
 }
@@ -517,8 +523,12 @@ pub fn unified_attention_2d(
     cfg: &AttnConfig,
     launch: &UnifiedLaunch,
 ) -> Result<Vec<f32>> {
-    let k = Kernel::new(query, cache, meta, cfg, launch)?;
-    let (hq, d) = (cfg.num_heads, cfg.head_size);
+    Ok(run_2d(&Kernel::new(query, cache, meta, cfg, launch)?))
+}
+
+fn run_2d(k: &Kernel) -> Vec<f32> {
+    let (meta, cfg) = (k.meta, k.cfg);
+    let (hq, d) = (cfg.num_heads(), cfg.head_size());
     // Each unit's epilogue in its own task (rows x D, in the unit's row
     // order); only the copies into `out` are serial.
     let results: Vec<(Vec<RowId>, Vec<f32>)> = k
@@ -533,13 +543,13 @@ pub fn unified_attention_2d(
             (r.rows, vals)
         })
         .collect();
-    let mut out = vec![0.0f32; meta.num_actual_tokens * hq * d];
+    let mut out = vec![0.0f32; meta.num_actual_tokens() * hq * d];
     for (rows, vals) in results {
         for (row, v) in rows.iter().zip(vals.chunks_exact(d)) {
             out[(row.token * hq + row.head) * d..][..d].copy_from_slice(v);
         }
     }
-    Ok(out)
+    out
 }
 
 /// The 3D kernel: per-segment f32 partials. Panics never; errors if
@@ -558,14 +568,21 @@ pub fn unified_attention_3d(
             "unified_attention_3d needs Grid::ThreeD { num_segments }",
         ));
     };
-    let k = Kernel::new(query, cache, meta, cfg, launch)?;
-    let (hq, d, s_n) = (cfg.num_heads, cfg.head_size, num_segments);
+    Ok(run_3d(
+        &Kernel::new(query, cache, meta, cfg, launch)?,
+        num_segments,
+    ))
+}
+
+fn run_3d(k: &Kernel, num_segments: usize) -> SegmentPartials {
+    let (meta, cfg, launch) = (k.meta, k.cfg, k.launch);
+    let (hq, d, s_n) = (cfg.num_heads(), cfg.head_size(), num_segments);
     let results: Vec<UnitRows> = k
         .units(s_n, Q_BLOCKS_PER_UNIT)
         .par_iter()
         .filter_map(|u| k.run(u))
         .collect();
-    let rows = meta.num_actual_tokens * hq * s_n;
+    let rows = meta.num_actual_tokens() * hq * s_n;
     let mut parts = SegmentPartials {
         num_segments: s_n,
         head_size: d,
@@ -575,7 +592,7 @@ pub fn unified_attention_3d(
     };
     // AITER folds v_descale into the stored acc (`acc *= v_descale`); vLLM stores it raw.
     let v_fold = match launch.flavor {
-        Flavor::Aiter if cfg.kv_dtype.is_fp8() => Some(cfg.v_scale),
+        Flavor::Aiter if cfg.kv_dtype().is_fp8() => Some(cfg.v_scale()),
         _ => None,
     };
     for r in results {
@@ -593,7 +610,7 @@ pub fn unified_attention_3d(
             }
         }
     }
-    Ok(parts)
+    parts
 }
 
 /// `reduce_segments` (grid `(T, Hq)`): combines the valid segments of each
@@ -606,9 +623,9 @@ pub fn reduce_segments(
     launch: &UnifiedLaunch,
 ) -> Result<Vec<f32>> {
     let (t_n, hq, d, s_n) = (
-        meta.num_actual_tokens,
-        cfg.num_heads,
-        cfg.head_size,
+        meta.num_actual_tokens(),
+        cfg.num_heads(),
+        cfg.head_size(),
         parts.num_segments,
     );
     let rows = t_n * hq * s_n;
@@ -640,7 +657,7 @@ pub fn reduce_segments(
     out.par_chunks_mut(d).enumerate().for_each(|(th, o)| {
         let token = th / hq;
         // find_seq_idx(q_block_mode=False): the last request starting at or before `token`.
-        let seq = meta.query_start_loc[1..].partition_point(|&x| x as usize <= token);
+        let seq = meta.query_start_loc()[1..].partition_point(|&x| x as usize <= token);
         let seq_len = meta.seq_len(seq);
         if seq_len == 0 {
             return;
@@ -678,7 +695,7 @@ pub fn reduce_segments(
         }
         if den != 0.0 {
             for (o, n) in o.iter_mut().zip(&num) {
-                *o = cfg.dtype.round(nan_fresh(n / den));
+                *o = cfg.dtype().round(nan_fresh(n / den));
             }
         }
     });
@@ -838,9 +855,27 @@ impl<'a> Kernel<'a> {
         launch: &'a UnifiedLaunch,
     ) -> Result<Self> {
         cache.check_batch(query, meta, cfg)?;
+        Self::check_launch(cache, meta, cfg, launch)?;
+        Ok(Self::build(query, cache, meta, cfg, launch))
+    }
+
+    /// The kernel over arguments [`UnifiedArgs::new`] validated.
+    fn from_args(args: &UnifiedArgs<'a>) -> Self {
+        let i = args.inputs();
+        Self::build(i.query(), i.cache(), i.meta(), i.cfg(), args.launch())
+    }
+
+    /// What the kernel takes on top of a consistent batch: the launch rules,
+    /// AITER's causal-only rule and the NHD layout.
+    fn check_launch(
+        cache: &KvCache,
+        meta: &AttentionMetadata,
+        cfg: &AttnConfig,
+        launch: &UnifiedLaunch,
+    ) -> Result<()> {
         launch.validate(cfg)?;
         crate::rules::unified_launch(launch, cfg, crate::rules::Target::default())?;
-        if launch.flavor == Flavor::Aiter && !meta.causal {
+        if launch.flavor == Flavor::Aiter && !meta.causal() {
             return Err(Error::unsupported(
                 "non-causal AITER unified_attention",
                 "Only causal attention is supported",
@@ -856,22 +891,33 @@ impl<'a> Kernel<'a> {
                 "unified attention reads the NHD (flash) layout",
             ));
         }
+        Ok(())
+    }
+
+    fn build(
+        query: &'a [f32],
+        cache: &'a KvCache,
+        meta: &'a AttentionMetadata,
+        cfg: &'a AttnConfig,
+        launch: &'a UnifiedLaunch,
+    ) -> Self {
+        let l = &cache.layout;
         // AITER folds k_descale into qk_scale and applies v_descale in the epilogue.
         let scale = match launch.flavor {
-            Flavor::Aiter if cfg.kv_dtype.is_fp8() => cfg.scale * cfg.k_scale,
-            _ => cfg.scale,
+            Flavor::Aiter if cfg.kv_dtype().is_fp8() => cfg.scale() * cfg.k_scale(),
+            _ => cfg.scale(),
         };
-        Ok(Kernel {
+        Kernel {
             query,
             cache,
             meta,
             cfg,
             launch,
-            params: ScoreParams::new(scale, cfg.softcap)
+            params: ScoreParams::new(scale, cfg.softcap())
                 .with_softcap_formula(launch.softcap_formula()),
             dims: DimOffsets::new(l),
-            window: cfg.sliding_window.unwrap_or(0),
-        })
+            window: cfg.sliding_window().unwrap_or(0),
+        }
     }
 
     /// The grid's programs that do work, grouped into [`Unit`]s: program
@@ -886,8 +932,8 @@ impl<'a> Kernel<'a> {
             q_blocks_per_unit.min((ROWS_PER_UNIT / self.launch.block_m.max(1)).max(1));
         let mut blocks: Vec<(usize, usize)> = vec![]; // (seq, qblk) of every working program, g ascending
         for g in 0..self.launch.total_q_blocks(meta) {
-            let seq = find_seq_idx(&meta.query_start_loc, meta.num_reqs(), bq, g);
-            let qblk = g - (meta.query_start_loc[seq] as usize / bq + seq);
+            let seq = find_seq_idx(meta.query_start_loc(), meta.num_reqs(), bq, g);
+            let qblk = g - (meta.query_start_loc()[seq] as usize / bq + seq);
             if qblk * bq < meta.query_len(seq) {
                 blocks.push((seq, qblk));
             }
@@ -900,7 +946,7 @@ impl<'a> Kernel<'a> {
             while n < q_blocks_per_unit && i + n < blocks.len() && blocks[i + n].0 == seq {
                 n += 1;
             }
-            for kv_head in 0..self.cfg.num_kv_heads {
+            for kv_head in 0..self.cfg.num_kv_heads() {
                 for segment in 0..num_segments {
                     units.push(Unit {
                         seq,
@@ -923,7 +969,7 @@ impl<'a> Kernel<'a> {
     /// would alone; only the K/V load of a tile is shared by the rows that
     /// visit it.
     fn run(&self, u: &Unit) -> Option<UnitRows> {
-        let (tile, d) = (self.launch.tile_size, self.cfg.head_size);
+        let (tile, d) = (self.launch.tile_size, self.cfg.head_size());
         let Programs { rows, plans } = self.programs(u)?;
         // m_i = sink * LOG2E (segment 0 only) or -inf; l_i = 1 with a sink, else 0; O_i = 0
         let mut state: Vec<RowState> = rows
@@ -951,7 +997,7 @@ impl<'a> Kernel<'a> {
             );
             // B), C) the online-softmax step of every visiting row.
             let (kv, s) = (&buf.kv, &buf.s);
-            let q_dtype = self.cfg.dtype;
+            let q_dtype = self.cfg.dtype();
             RowState::update_rows(
                 &mut state[active.clone()],
                 s,
@@ -981,7 +1027,7 @@ impl<'a> Kernel<'a> {
     fn programs(&self, u: &Unit) -> Option<Programs> {
         let (meta, launch) = (self.meta, self.launch);
         let (bq, tile, qpk) = (launch.block_q, launch.tile_size, self.cfg.queries_per_kv());
-        let q_start = meta.query_start_loc[u.seq] as usize;
+        let q_start = meta.query_start_loc()[u.seq] as usize;
         let (q_len, seq_len) = (meta.query_len(u.seq), meta.seq_len(u.seq));
         let ctx = seq_len - q_len;
         // Segment s of S covers tiles [s * tps, (s + 1) * tps); 2D is S = 1,
@@ -992,7 +1038,15 @@ impl<'a> Kernel<'a> {
         }
         let (mut rows, mut plans) = (vec![], vec![]);
         for qblk in u.q_blocks.clone() {
-            let b = TileBounds::new(launch, qpk, qblk, q_len, seq_len, meta.causal, self.window);
+            let b = TileBounds::new(
+                launch,
+                qpk,
+                qblk,
+                q_len,
+                seq_len,
+                meta.causal(),
+                self.window,
+            );
             let lo = (u.segment * tps).max(b.tile_start);
             let hi = ((u.segment + 1) * tps).min(b.tile_end);
             let unmasked = self.union_unmasked_tiles(qblk, q_len, ctx);
@@ -1021,7 +1075,7 @@ impl<'a> Kernel<'a> {
     /// The sink logit a row starts from: only segment 0 counts it.
     fn sink(&self, u: &Unit, head: usize) -> Option<f32> {
         match u.segment {
-            0 => self.cfg.sinks.as_ref().map(|s| s[head]),
+            0 => self.cfg.sinks().as_ref().map(|s| s[head]),
             _ => None,
         }
     }
@@ -1033,7 +1087,7 @@ impl<'a> Kernel<'a> {
     /// Q-dtype values (fp8 is exact in f16/bf16).
     fn load_kv(&self, u: &Unit, keys: std::ops::Range<usize>, buf: &mut TileBuffers) {
         let cfg = self.cfg;
-        let (q_dtype, kv_dtype, flavor) = (cfg.dtype, cfg.kv_dtype, self.launch.flavor);
+        let (q_dtype, kv_dtype, flavor) = (cfg.dtype(), cfg.kv_dtype(), self.launch.flavor);
         buf.locs.clear();
         buf.locs
             .extend(keys.map(|t| self.meta.kv_location(u.seq, t)));
@@ -1060,8 +1114,8 @@ impl<'a> Kernel<'a> {
             &self.dims,
             u.kv_head,
             &buf.locs,
-            |x| load(x, cfg.k_scale),
-            |x| load(x, cfg.v_scale),
+            |x| load(x, cfg.k_scale()),
+            |x| load(x, cfg.v_scale()),
         );
     }
 
@@ -1082,8 +1136,8 @@ impl<'a> Kernel<'a> {
     ) {
         let (tile, d, hq) = (
             self.launch.tile_size,
-            self.cfg.head_size,
-            self.cfg.num_heads,
+            self.cfg.head_size(),
+            self.cfg.num_heads(),
         );
         let n = buf.kv.len;
         buf.qs.clear();
@@ -1106,7 +1160,7 @@ impl<'a> Kernel<'a> {
             };
             let va = lo.clamp(t0, t0 + n_row) - t0;
             let vb = hi.clamp(t0 + va, t0 + n_row) - t0;
-            let slope = self.cfg.alibi_slopes.as_ref().map(|s| s[row.head]);
+            let slope = self.cfg.alibi_slopes().as_ref().map(|s| s[row.head]);
             score_run(&self.params, &mut s[..n], va..vb, t0, plan.ctx, slope);
         }
     }
@@ -1121,9 +1175,9 @@ impl<'a> Kernel<'a> {
         q_len: usize,
         ctx: usize,
     ) -> Option<(usize, usize)> {
-        if !self.cfg.faults.has(Fault::SplitUnmaskedUnion)
+        if !self.cfg.faults().has(Fault::SplitUnmaskedUnion)
             || self.launch.flavor != Flavor::Aiter
-            || !self.meta.causal
+            || !self.meta.causal()
             || self.window == 0
         {
             return None;
@@ -1139,8 +1193,8 @@ impl<'a> Kernel<'a> {
 
     /// `(written as, read as)` under [`Fault::Fp8KvDtypeMismatch`] with an fp8 cache.
     fn fp8_reread(&self) -> Option<(DType, DType)> {
-        let kv = self.cfg.kv_dtype;
-        if !self.cfg.faults.has(Fault::Fp8KvDtypeMismatch) {
+        let kv = self.cfg.kv_dtype();
+        if !self.cfg.faults().has(Fault::Fp8KvDtypeMismatch) {
             return None;
         }
         match kv {
@@ -1158,8 +1212,8 @@ impl<'a> Kernel<'a> {
     #[cfg_attr(not(test), allow(dead_code))]
     #[inline]
     fn allowed(&self, t: usize, qabs: usize, seq_len: usize) -> bool {
-        let causal = self.meta.causal;
-        let w = self.cfg.sliding_window;
+        let causal = self.meta.causal();
+        let w = self.cfg.sliding_window();
         t < seq_len && visible(t, qabs, causal, w) && (causal || w.is_none_or(|w| t < qabs + w))
     }
 
@@ -1168,9 +1222,9 @@ impl<'a> Kernel<'a> {
     /// causal `t <= qabs`, window `qabs < t + w` (and non-causal `t < qabs + w`).
     #[inline]
     fn allowed_range(&self, qabs: usize, seq_len: usize) -> (usize, usize) {
-        let w = self.cfg.sliding_window;
+        let w = self.cfg.sliding_window();
         let lo = w.map_or(0, |w| (qabs + 1).saturating_sub(w));
-        let hi = match (self.meta.causal, w) {
+        let hi = match (self.meta.causal(), w) {
             (true, _) => qabs + 1,
             (false, Some(w)) => qabs + w,
             (false, None) => seq_len,
@@ -1184,7 +1238,7 @@ impl<'a> Kernel<'a> {
     /// `M = 0` floor under very negative scores), and then the output is
     /// the kernel's `0 / 0` = NaN (the contract's fresh NaN, see [`nan_fresh`]).
     fn epilogue_2d(&self, state: &RowState, dst: &mut [f32]) {
-        let out_dtype = self.cfg.dtype;
+        let out_dtype = self.cfg.dtype();
         match self.launch.flavor {
             Flavor::Vllm => {
                 for (o, a) in dst.iter_mut().zip(&state.acc) {
@@ -1192,8 +1246,8 @@ impl<'a> Kernel<'a> {
                 }
             }
             Flavor::Aiter => {
-                let v_descale = if self.cfg.kv_dtype.is_fp8() {
-                    self.cfg.v_scale
+                let v_descale = if self.cfg.kv_dtype().is_fp8() {
+                    self.cfg.v_scale()
                 } else {
                     1.0
                 };
@@ -1317,18 +1371,18 @@ mod tests {
             LayoutKind::Nhd,
             blocks,
             block_size,
-            cfg.num_kv_heads,
-            cfg.head_size,
-            cfg.kv_dtype,
+            cfg.num_kv_heads(),
+            cfg.head_size(),
+            cfg.kv_dtype(),
         )
         .unwrap();
-        let val = |i: usize, salt: f32| cfg.dtype.round(((i as f32) * 0.618 + salt).sin());
+        let val = |i: usize, salt: f32| cfg.dtype().round(((i as f32) * 0.618 + salt).sin());
         let cache = KvCache {
             layout,
             k: (0..layout.numel()).map(|i| val(i, 0.3)).collect(),
             v: (0..layout.numel()).map(|i| val(i, 1.7)).collect(),
         };
-        let query = (0..q * cfg.num_heads * cfg.head_size)
+        let query = (0..q * cfg.num_heads() * cfg.head_size())
             .map(|i| val(i, 2.9))
             .collect();
         (query, cache, meta)
@@ -1380,10 +1434,12 @@ mod tests {
 
     #[test]
     fn one_segment_3d_is_bit_identical_to_2d() {
-        let cfg = AttnConfig {
+        let cfg = crate::config::AttnConfigBuilder {
             sinks: Some(vec![0.5, -1.0, 0.25, 2.0]),
-            ..AttnConfig::new(4, 2, 64, DType::Bf16)
-        };
+            ..AttnConfig::builder(4, 2, 64, DType::Bf16)
+        }
+        .build()
+        .unwrap();
         let (q, cache, meta) = one_request(&cfg, 16, 70, 3);
         let launch = UnifiedLaunch::vllm(&meta, &cfg, VllmLaunchOptions::default()).unwrap();
         let two_d = unified_attention_2d(&q, &cache, &meta, &cfg, &launch).unwrap();
@@ -1401,17 +1457,19 @@ mod tests {
 
     #[test]
     fn sink_is_counted_in_segment_0_only() {
-        let cfg = AttnConfig {
+        let cfg = crate::config::AttnConfigBuilder {
             sinks: Some(vec![1.0, 3.0]),
-            ..AttnConfig::new(2, 1, 32, DType::F32)
-        };
+            ..AttnConfig::builder(2, 1, 32, DType::F32)
+        }
+        .build()
+        .unwrap();
         let (q, cache, meta) = one_request(&cfg, 16, 100, 1);
         let launch = UnifiedLaunch::vllm(&meta, &cfg, VllmLaunchOptions::default()).unwrap();
         let parts = unified_attention_3d(&q, &cache, &meta, &cfg, &launch).unwrap();
         let s_n = parts.num_segments;
         for h in 0..2 {
             // Segment 0 starts from (m = sink * LOG2E, l = 1); the others from -inf.
-            let sink2 = cfg.sinks.as_ref().unwrap()[h] * crate::numerics::LOG2E;
+            let sink2 = cfg.sinks().as_ref().unwrap()[h] * crate::numerics::LOG2E;
             assert!(parts.m[h * s_n] >= sink2 && parts.l[h * s_n] >= 1.0);
         }
         let tps = 101usize.div_ceil(s_n * launch.tile_size);
@@ -1426,13 +1484,15 @@ mod tests {
 
     #[test]
     fn aiter_folds_fp8_scales_into_score_and_epilogue() {
-        let base = AttnConfig::new(4, 1, 32, DType::Bf16);
-        let cfg = AttnConfig {
+        let base = AttnConfig::new(4, 1, 32, DType::Bf16).unwrap();
+        let cfg = crate::config::AttnConfigBuilder {
             kv_dtype: DType::Fp8E4m3Fn,
             k_scale: 0.5,
             v_scale: 4.0,
-            ..base.clone()
-        };
+            ..base.to_builder()
+        }
+        .build()
+        .unwrap();
         let (q, mut cache, meta) = one_request(&cfg, 16, 20, 2);
         cache
             .k
@@ -1459,10 +1519,12 @@ mod tests {
 
     #[test]
     fn running_q_blocks_together_is_bit_neutral() {
-        let cfg = AttnConfig {
+        let cfg = crate::config::AttnConfigBuilder {
             sliding_window: Some(37),
-            ..AttnConfig::new(6, 2, 64, DType::Bf16)
-        };
+            ..AttnConfig::builder(6, 2, 64, DType::Bf16)
+        }
+        .build()
+        .unwrap();
         let (q, cache, meta) = one_request(&cfg, 16, 50, 90);
         for flavor in [Flavor::Vllm, Flavor::Aiter] {
             let launch = UnifiedLaunch {
@@ -1502,12 +1564,14 @@ mod tests {
     fn the_allowed_range_is_exactly_the_keys_allowed_lets_through() {
         for causal in [true, false] {
             for window in [None, Some(1), Some(5), Some(40)] {
-                let cfg = AttnConfig {
+                let cfg = crate::config::AttnConfigBuilder {
                     sliding_window: window,
-                    ..AttnConfig::new(2, 1, 32, DType::F32)
-                };
-                let (q, cache, mut meta) = one_request(&cfg, 16, 30, 9);
-                meta.causal = causal;
+                    ..AttnConfig::builder(2, 1, 32, DType::F32)
+                }
+                .build()
+                .unwrap();
+                let (q, cache, meta) = one_request(&cfg, 16, 30, 9);
+                let meta = meta.with_causal(causal);
                 let launch =
                     UnifiedLaunch::vllm(&meta, &cfg, VllmLaunchOptions::default()).unwrap();
                 let k = Kernel::new(&q, &cache, &meta, &cfg, &launch).unwrap();
@@ -1529,7 +1593,7 @@ mod tests {
 
     #[test]
     fn a_launch_whose_block_q_overflows_block_m_is_rejected() {
-        let cfg = AttnConfig::new(8, 1, 32, DType::F16);
+        let cfg = AttnConfig::new(8, 1, 32, DType::F16).unwrap();
         let (q, cache, meta) = one_request(&cfg, 16, 4, 4);
         let bad = UnifiedLaunch {
             flavor: Flavor::Vllm,

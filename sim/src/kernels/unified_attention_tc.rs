@@ -81,7 +81,7 @@ pub const MAX_HEAD_SIZE: usize = 256;
 /// The instruction's input format: the query dtype, bf16 or f16, with the
 /// cache in the same dtype.
 pub fn tc_format(cfg: &AttnConfig) -> Result<InFormat> {
-    let f = match cfg.dtype {
+    let f = match cfg.dtype() {
         DType::Bf16 => InFormat::Bf16,
         DType::F16 => InFormat::F16,
         other => {
@@ -92,11 +92,11 @@ pub fn tc_format(cfg: &AttnConfig) -> Result<InFormat> {
             ))
         }
     };
-    if cfg.kv_dtype != cfg.dtype {
+    if cfg.kv_dtype() != cfg.dtype() {
         return Err(Error::invalid(
             "unified_attention_tc KV cache dtype",
-            cfg.kv_dtype.name(),
-            format!("the query dtype {} (no fp8 cache)", cfg.dtype.name()),
+            cfg.kv_dtype().name(),
+            format!("the query dtype {} (no fp8 cache)", cfg.dtype().name()),
         ));
     }
     Ok(f)
@@ -119,7 +119,7 @@ pub fn validate_launch(cfg: &AttnConfig, launch: &UnifiedLaunch) -> Result<()> {
     for (what, v, max) in [
         ("BLOCK_M", launch.block_m, MAX_BLOCK_M),
         ("TILE_SIZE", launch.tile_size, MAX_TILE),
-        ("head_size", cfg.head_size, MAX_HEAD_SIZE),
+        ("head_size", cfg.head_size(), MAX_HEAD_SIZE),
     ] {
         if v == 0 || !v.is_multiple_of(MMA_K) || v > max {
             return Err(Error::invalid(
@@ -154,7 +154,7 @@ pub fn validate(
             "NHD (the flash layout)",
         ));
     }
-    if launch.flavor == Flavor::Aiter && !meta.causal {
+    if launch.flavor == Flavor::Aiter && !meta.causal() {
         return Err(Error::unsupported(
             "non-causal AITER unified_attention",
             "Only causal attention is supported",
@@ -205,17 +205,17 @@ impl Kernel<'_> {
         num_segments: usize,
     ) -> Option<Vec<RowOut>> {
         let (meta, cfg, launch, fmt) = (self.meta, self.cfg, self.launch, self.fmt);
-        let (hq, d, qpk) = (cfg.num_heads, cfg.head_size, cfg.queries_per_kv());
+        let (hq, d, qpk) = (cfg.num_heads(), cfg.head_size(), cfg.queries_per_kv());
         let (bq, tile) = (launch.block_q, launch.tile_size);
-        let q_start = meta.query_start_loc[seq] as usize;
+        let q_start = meta.query_start_loc()[seq] as usize;
         let (q_len, seq_len) = (meta.query_len(seq), meta.seq_len(seq));
         let ctx = seq_len - q_len;
         let tps = seq_len.div_ceil(num_segments * tile);
         if seg * tps * tile >= seq_len {
             return None;
         }
-        let window = cfg.sliding_window.unwrap_or(0);
-        let b = TileBounds::new(launch, qpk, qblk, q_len, seq_len, meta.causal, window);
+        let window = cfg.sliding_window().unwrap_or(0);
+        let b = TileBounds::new(launch, qpk, qblk, q_len, seq_len, meta.causal(), window);
         let lo = (seg * tps).max(b.tile_start);
         let hi = ((seg + 1) * tps).min(b.tile_end);
         let masked = launch.masked_row_max();
@@ -235,7 +235,7 @@ impl Kernel<'_> {
             .collect();
         let sink = |head: usize| {
             if seg == 0 {
-                cfg.sinks.as_ref().map(|s| s[head])
+                cfg.sinks().as_ref().map(|s| s[head])
             } else {
                 None
             }
@@ -275,12 +275,12 @@ impl Kernel<'_> {
                 }
             }
             for ((_, head, qabs, q), st) in rows.iter().zip(out.iter_mut()) {
-                let slope = cfg.alibi_slopes.as_ref().map(|a| a[*head]);
+                let slope = cfg.alibi_slopes().as_ref().map(|a| a[*head]);
                 for (jj, sj) in s.iter_mut().enumerate() {
                     let t = t0 + jj;
                     // A masked key's S is computed by the GPU and then
                     // replaced: only allowed keys need the chain here.
-                    *sj = if allowed(t, *qabs, seq_len, meta.causal, cfg.sliding_window) {
+                    *sj = if allowed(t, *qabs, seq_len, meta.causal(), cfg.sliding_window()) {
                         let kr = &kt[jj * d..(jj + 1) * d];
                         let mut c = 0.0f32;
                         for dc in (0..d).step_by(MMA_K) {
@@ -335,7 +335,7 @@ impl Kernel<'_> {
         let mut programs = vec![];
         for seq in 0..meta.num_reqs() {
             for qblk in 0..meta.query_len(seq).div_ceil(bq) {
-                for kvh in 0..self.cfg.num_kv_heads {
+                for kvh in 0..self.cfg.num_kv_heads() {
                     for seg in 0..num_segments {
                         programs.push((seq, qblk, kvh, seg));
                     }
@@ -371,7 +371,7 @@ fn kernel<'a>(
         fmt,
         model: target.model(fmt),
         target,
-        params: ScoreParams::new(cfg.scale, cfg.softcap)
+        params: ScoreParams::new(cfg.scale(), cfg.softcap())
             .with_softcap_formula(launch.softcap_formula()),
     })
 }
@@ -406,20 +406,20 @@ pub fn unified_attention_tc_2d(
     target: MatrixTarget,
 ) -> Result<Vec<f32>> {
     let k = kernel(query, cache, meta, cfg, launch, target)?;
-    let (hq, d) = (cfg.num_heads, cfg.head_size);
-    let mut out = vec![0.0f32; meta.num_actual_tokens * hq * d];
+    let (hq, d) = (cfg.num_heads(), cfg.head_size());
+    let mut out = vec![0.0f32; meta.num_actual_tokens() * hq * d];
     for (_, r) in k.run(1) {
         let dst = &mut out[(r.token * hq + r.head) * d..][..d];
         match launch.flavor {
             Flavor::Vllm => {
                 for (o, a) in dst.iter_mut().zip(&r.acc) {
-                    *o = cfg.dtype.round(nan_fresh(a / r.l));
+                    *o = cfg.dtype().round(nan_fresh(a / r.l));
                 }
             }
             Flavor::Aiter => {
                 let inv = 1.0 / r.l;
                 for (o, a) in dst.iter_mut().zip(&r.acc) {
-                    *o = cfg.dtype.round(nan_fresh(a * inv));
+                    *o = cfg.dtype().round(nan_fresh(a * inv));
                 }
             }
         }
@@ -446,8 +446,8 @@ pub fn unified_attention_tc_3d(
         ));
     };
     let k = kernel(query, cache, meta, cfg, launch, target)?;
-    let (hq, d, s_n) = (cfg.num_heads, cfg.head_size, num_segments);
-    let rows = meta.num_actual_tokens * hq * s_n;
+    let (hq, d, s_n) = (cfg.num_heads(), cfg.head_size(), num_segments);
+    let rows = meta.num_actual_tokens() * hq * s_n;
     let mut parts = SegmentPartials {
         num_segments: s_n,
         head_size: d,
@@ -520,18 +520,18 @@ mod tests {
             LayoutKind::Nhd,
             blocks,
             block_size,
-            cfg.num_kv_heads,
-            cfg.head_size,
-            cfg.kv_dtype,
+            cfg.num_kv_heads(),
+            cfg.head_size(),
+            cfg.kv_dtype(),
         )
         .unwrap();
-        let val = |i: usize, salt: f32| cfg.dtype.round(((i as f32) * 0.618 + salt).sin() * 1.5);
+        let val = |i: usize, salt: f32| cfg.dtype().round(((i as f32) * 0.618 + salt).sin() * 1.5);
         let cache = KvCache {
             layout,
             k: (0..layout.numel()).map(|i| val(i, 0.3)).collect(),
             v: (0..layout.numel()).map(|i| val(i, 1.7)).collect(),
         };
-        let query = (0..t * cfg.num_heads * cfg.head_size)
+        let query = (0..t * cfg.num_heads() * cfg.head_size())
             .map(|i| val(i, 2.9))
             .collect();
         (query, cache, meta)
@@ -551,10 +551,12 @@ mod tests {
 
     #[test]
     fn agrees_with_the_fma_kernel_within_rounding_on_a_mixed_batch() {
-        let cfg = AttnConfig {
+        let cfg = crate::config::AttnConfigBuilder {
             sinks: Some(vec![0.5, -1.0, 0.25, 2.0, 0.0, 1.0, -0.5, 0.75]),
-            ..AttnConfig::new(8, 2, 64, DType::Bf16)
-        };
+            ..AttnConfig::builder(8, 2, 64, DType::Bf16)
+        }
+        .build()
+        .unwrap();
         // decode, extend, prefill
         let (q, cache, meta) = batch(&cfg, 16, &[(40, 1), (30, 9), (0, 37)]);
         for grid in [Grid::TwoD, Grid::ThreeD { num_segments: 4 }] {
@@ -575,10 +577,12 @@ mod tests {
 
     #[test]
     fn one_segment_3d_is_bit_identical_to_2d() {
-        let cfg = AttnConfig {
+        let cfg = crate::config::AttnConfigBuilder {
             softcap: Some(20.0),
-            ..AttnConfig::new(4, 1, 32, DType::F16)
-        };
+            ..AttnConfig::builder(4, 1, 32, DType::F16)
+        }
+        .build()
+        .unwrap();
         let (q, cache, meta) = batch(&cfg, 16, &[(70, 3), (5, 20)]);
         let launch = vllm_launch(&meta, &cfg);
         for t in [MatrixTarget::Sm90, MatrixTarget::Gfx942] {
@@ -601,7 +605,7 @@ mod tests {
     #[test]
     fn a_single_visible_key_returns_its_value_on_every_target() {
         // One prefill token: it sees only key 0, so out = V[0] exactly.
-        let cfg = AttnConfig::new(2, 1, 16, DType::Bf16);
+        let cfg = AttnConfig::new(2, 1, 16, DType::Bf16).unwrap();
         let (q, cache, meta) = batch(&cfg, 16, &[(0, 1)]);
         let launch = vllm_launch(&meta, &cfg).with_grid(Grid::TwoD);
         let v0: Vec<f32> = (0..16)
@@ -616,7 +620,7 @@ mod tests {
 
     #[test]
     fn the_targets_differ_in_bits_but_each_is_deterministic() {
-        let cfg = AttnConfig::new(4, 1, 64, DType::Bf16);
+        let cfg = AttnConfig::new(4, 1, 64, DType::Bf16).unwrap();
         let (q, cache, meta) = batch(&cfg, 16, &[(50, 30)]);
         let launch = vllm_launch(&meta, &cfg).with_grid(Grid::ThreeD { num_segments: 2 });
         // The f32 partials, before the output's rounding to bf16.
@@ -636,7 +640,7 @@ mod tests {
 
     #[test]
     fn rejects_what_the_matrix_tiles_cannot_take_naming_the_value() {
-        let cfg = AttnConfig::new(2, 1, 32, DType::Bf16);
+        let cfg = AttnConfig::new(2, 1, 32, DType::Bf16).unwrap();
         let (q, cache, meta) = batch(&cfg, 16, &[(4, 4)]);
         let launch = vllm_launch(&meta, &cfg);
         let err = |cfg: &AttnConfig, l: &UnifiedLaunch| {
@@ -661,13 +665,15 @@ mod tests {
             },
         );
         assert!(e.contains("BLOCK_M") && e.contains('8'), "{e}");
-        let fp8 = AttnConfig {
+        let fp8 = crate::config::AttnConfigBuilder {
             kv_dtype: DType::Fp8E4m3Fn,
-            ..cfg.clone()
-        };
+            ..cfg.to_builder()
+        }
+        .build()
+        .unwrap();
         let e = tc_format(&fp8).unwrap_err().to_string();
         assert!(e.contains(DType::Fp8E4m3Fn.name()), "{e}");
-        let f32_cfg = AttnConfig::new(2, 1, 32, DType::F32);
+        let f32_cfg = AttnConfig::new(2, 1, 32, DType::F32).unwrap();
         let e = tc_format(&f32_cfg).unwrap_err().to_string();
         assert!(e.contains("float32") && e.contains("bf16 or f16"), "{e}");
     }
@@ -681,10 +687,10 @@ mod tests {
         /// vLLM 0.34's -inf-keeping max).
         #[test]
         fn the_q_blocking_changes_no_bit(ctx in 0usize..40, ql in 1usize..30, block_q in 1usize..5, window in 0usize..12) {
-            let cfg = AttnConfig {
+            let cfg = crate::config::AttnConfigBuilder {
                 sliding_window: (window > 0).then_some(window),
-                ..AttnConfig::new(4, 1, 32, DType::Bf16)
-            };
+                ..AttnConfig::builder(4, 1, 32, DType::Bf16)
+            }.build().unwrap();
             let (q, cache, meta) = batch(&cfg, 16, &[(ctx, ql)]);
             let launch = vllm_launch(&meta, &cfg).with_grid(Grid::TwoD);
             let other = UnifiedLaunch { block_q, ..launch };

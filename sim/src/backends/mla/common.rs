@@ -27,7 +27,7 @@
 use super::{MlaBackend, MlaConfig, MlaDecodeBatch};
 use crate::backends::exec::{Cpu, KernelExecutor};
 use crate::backends::KernelCall;
-use crate::kernels::flash_varlen::{VarlenArgs, VarlenParams};
+use crate::kernels::flash_varlen::{VarlenArgs, VarlenParams, VarlenParamsBuilder};
 use crate::kernels::merge_attn_states::{MergeArgs, MergeKernel};
 use crate::kernels::mla_cache::{LatentCache, LatentWrite};
 use crate::kernels::mla_prefill::{
@@ -97,12 +97,12 @@ pub fn write_kv_with(
     cfg: &MlaConfig,
 ) -> Result<()> {
     validate(backend, step, cache, weights, cfg)?;
-    let t = step.meta.num_actual_tokens;
+    let t = step.meta.num_actual_tokens();
     ex.concat_and_cache_mla(LatentWrite::new(
         cache,
         step.kv_c,
         step.k_pe,
-        &step.meta.slot_mapping[..t],
+        &step.meta.slot_mapping()[..t],
         cfg.k_scale,
     )?)
 }
@@ -164,8 +164,8 @@ fn validate(
     weights: &MlaWeights,
     cfg: &MlaConfig,
 ) -> Result<()> {
-    backend.check(cfg, step.meta.block_size)?;
-    let (t, d, l) = (step.meta.num_actual_tokens, cfg.dims, cache.layout);
+    backend.check(cfg, step.meta.block_size())?;
+    let (t, d, l) = (step.meta.num_actual_tokens(), cfg.dims, cache.layout);
     for (what, len, want) in [
         (
             "q",
@@ -197,20 +197,21 @@ fn validate(
             ),
         ));
     }
-    if (l.block_size, l.num_blocks) != (step.meta.block_size, step.meta.num_blocks) {
+    if (l.block_size, l.num_blocks) != (step.meta.block_size(), step.meta.num_blocks()) {
         return Err(Error::invalid(
             "latent cache blocks",
             format!("{} x {}", l.num_blocks, l.block_size),
             format!(
                 "metadata says {} x {}",
-                step.meta.num_blocks, step.meta.block_size
+                step.meta.num_blocks(),
+                step.meta.block_size()
             ),
         ));
     }
-    if (weights.num_heads, weights.dims) != (cfg.num_heads, d) {
+    if (weights.num_heads(), weights.dims()) != (cfg.num_heads, d) {
         return Err(Error::invalid(
             "kv_b_proj heads",
-            weights.num_heads,
+            weights.num_heads(),
             format!("config has {} heads with dims {d:?}", cfg.num_heads),
         ));
     }
@@ -251,10 +252,10 @@ fn forward_rank(
     w: &MlaWeights,
     cfg: &MlaConfig,
 ) -> Result<Vec<f32>> {
-    let (h, d) = (w.num_heads, cfg.dims);
+    let (h, d) = (w.num_heads(), cfg.dims);
     let qw = d.qk_nope_head_dim + d.qk_rope_head_dim;
-    let ndt = step.meta.query_start_loc[nd] as usize;
-    let mut out = Vec::with_capacity(step.meta.num_actual_tokens * h * d.v_head_dim);
+    let ndt = step.meta.query_start_loc()[nd] as usize;
+    let mut out = Vec::with_capacity(step.meta.num_actual_tokens() * h * d.v_head_dim);
     if ndt > 0 {
         let q_decode = &q[..ndt * h * qw];
         let mqa_q = ex.absorb_query(&ProjArgs::new(
@@ -276,10 +277,10 @@ fn forward_rank(
         )?;
         out.extend(ex.project_output(&ProjArgs::new(Projection::Output, &o.out, w, cfg.dtype)?)?);
     }
-    if ndt < step.meta.num_actual_tokens {
+    if ndt < step.meta.num_actual_tokens() {
         let kv_c = &step.kv_c[ndt * d.kv_lora_rank..];
-        let k_pe =
-            &step.k_pe[ndt * d.qk_rope_head_dim..step.meta.num_actual_tokens * d.qk_rope_head_dim];
+        let k_pe = &step.k_pe
+            [ndt * d.qk_rope_head_dim..step.meta.num_actual_tokens() * d.qk_rope_head_dim];
         out.extend(forward_mha(
             ex,
             &q[ndt * h * qw..],
@@ -320,42 +321,49 @@ pub fn forward_mha(
     w: &MlaWeights,
     cfg: &MlaConfig,
 ) -> Result<Vec<f32>> {
-    let (h, d) = (w.num_heads, cfg.dims);
+    let (h, d) = (w.num_heads(), cfg.dims);
     let (pn, r, lkv, wd) = (
         d.qk_nope_head_dim,
         d.qk_rope_head_dim,
         d.kv_lora_rank,
         d.latent_width(),
     );
-    let base = meta.query_start_loc[nd];
-    let qsl: Vec<i32> = meta.query_start_loc[nd..]
+    let base = meta.query_start_loc()[nd];
+    let qsl: Vec<i32> = meta.query_start_loc()[nd..]
         .iter()
         .map(|&x| x - base)
         .collect();
-    let mut params = VarlenParams::new(h, h, pn + r, cfg.dtype, cfg.scale);
-    params.head_size_v = d.v_head_dim;
+    let params = VarlenParamsBuilder {
+        head_size_v: d.v_head_dim,
+        ..VarlenParams::builder(h, h, pn + r, cfg.dtype, cfg.scale)
+    }
+    .build()?;
     let (k_nope, v) = ex.up_project(&ProjArgs::new(Projection::KvUp, kv_c, w, cfg.dtype)?)?;
     let k = concat_k(&k_nope, k_pe, h, pn, r);
     let new = ex.flash_attn_varlen(&VarlenArgs::new(q, &k, &v, &qsl, &qsl, &params)?)?;
     let ctx_lens: Vec<usize> = (nd..meta.num_reqs()).map(|i| meta.context_len(i)).collect();
     let chunks = plan_mla_context_chunks(
         &ctx_lens,
-        workspace_rows(cfg.max_model_len, cfg.max_num_seqs, meta.block_size)?,
-        meta.block_size,
+        workspace_rows(cfg.max_model_len, cfg.max_num_seqs, meta.block_size())?,
+        meta.block_size(),
     )?;
     if chunks.is_empty() {
-        return Ok(new.out);
+        return Ok(new.into_out());
     }
     let kernel = match cfg.profile {
         Profile::Pr26980 => MergeKernel::Triton,
         Profile::Latest => MergeKernel::Hip,
     };
     let tables: Vec<&[i32]> = (nd..meta.num_reqs())
-        .map(|i| meta.block_table.row(i))
+        .map(|i| meta.block_table().row(i))
         .collect();
     let tp = qsl[qsl.len() - 1] as usize;
     let mut running = OutLse::empty(tp, h, d.v_head_dim);
-    params.causal = false;
+    let params = VarlenParamsBuilder {
+        causal: false,
+        ..params.to_builder()
+    }
+    .build()?;
     for chunk in &chunks {
         let rows = ex.gather_and_maybe_dequant_cache(&LatentGather::new(
             cache,
@@ -390,19 +398,18 @@ pub fn forward_mha(
                 piece
             };
             // Fault::ChunkedMlaPrefillLse: the running LSE stays the first chunk's.
-            let merged = match cfg.faults.has(Fault::ChunkedMlaPrefillLse) && p.start > 0 {
-                true => OutLse {
-                    lse: take_tokens(&running, dst.clone()).lse,
-                    ..merged
-                },
-                false => merged,
-            };
+            let mut merged = merged;
+            if cfg.faults.has(Fault::ChunkedMlaPrefillLse) && p.start > 0 {
+                merged
+                    .lse_mut()
+                    .copy_from_slice(take_tokens(&running, dst.clone()).lse());
+            }
             put_tokens(&mut running, dst.start, &merged);
         }
     }
     Ok(ex
         .merge_attn_states(&MergeArgs::new(&running, &new, cfg.dtype, kernel)?)?
-        .out)
+        .into_out())
 }
 
 /// The queries of the chunk's requests (in part order) and their `cu_seqlens_q`.
@@ -419,32 +426,30 @@ fn chunk_queries(q: &[f32], qsl: &[i32], chunk: &ContextChunk, row: usize) -> (V
 
 /// Tokens `range` of an [`OutLse`] (its lse is head-major `[H, T]`).
 fn take_tokens(o: &OutLse, range: Range<usize>) -> OutLse {
-    let (h, d, n) = (o.num_heads, o.head_size, range.len());
-    let out = o.out[range.start * h * d..range.end * h * d].to_vec();
-    let lse = (0..h)
-        .flat_map(|hh| {
-            o.lse[hh * o.num_tokens + range.start..hh * o.num_tokens + range.end]
-                .iter()
-                .copied()
-        })
-        .collect();
-    OutLse {
-        num_tokens: n,
-        num_heads: h,
-        head_size: d,
-        out,
-        lse,
+    let (h, d, n, t) = (o.num_heads(), o.head_size(), range.len(), o.num_tokens());
+    let mut taken = OutLse::empty(n, h, d);
+    taken
+        .out_mut()
+        .copy_from_slice(&o.out()[range.start * h * d..range.end * h * d]);
+    for hh in 0..h {
+        taken.lse_mut()[hh * n..(hh + 1) * n]
+            .copy_from_slice(&o.lse()[hh * t + range.start..hh * t + range.end]);
     }
+    taken
 }
 
 /// Writes `src` over tokens `at..at + src.num_tokens` of `dst`.
 fn put_tokens(dst: &mut OutLse, at: usize, src: &OutLse) {
-    let (h, d) = (dst.num_heads, dst.head_size);
-    dst.out[at * h * d..(at + src.num_tokens) * h * d].copy_from_slice(&src.out);
+    let (h, d, n, dst_n) = (
+        dst.num_heads(),
+        dst.head_size(),
+        src.num_tokens(),
+        dst.num_tokens(),
+    );
+    dst.out_mut()[at * h * d..(at + n) * h * d].copy_from_slice(src.out());
     for hh in 0..h {
-        let row = hh * dst.num_tokens + at;
-        dst.lse[row..row + src.num_tokens]
-            .copy_from_slice(&src.lse[hh * src.num_tokens..(hh + 1) * src.num_tokens]);
+        let row = hh * dst_n + at;
+        dst.lse_mut()[row..row + n].copy_from_slice(&src.lse()[hh * n..(hh + 1) * n]);
     }
 }
 
@@ -455,10 +460,10 @@ pub fn plan(
     meta: &AttentionMetadata,
     cfg: &MlaConfig,
 ) -> Result<Vec<KernelCall>> {
-    backend.check(cfg, meta.block_size)?;
-    let (t, h, d) = (meta.num_actual_tokens, cfg.heads_per_rank(), cfg.dims);
+    backend.check(cfg, meta.block_size())?;
+    let (t, h, d) = (meta.num_actual_tokens(), cfg.heads_per_rank(), cfg.dims);
     let nd = num_decodes(backend, meta, cfg)?;
-    let ndt = meta.query_start_loc[nd] as usize;
+    let ndt = meta.query_start_loc()[nd] as usize;
     let (pn, r, lkv, vd) = (
         d.qk_nope_head_dim,
         d.qk_rope_head_dim,
@@ -470,7 +475,10 @@ pub fn plan(
         &[
             ("kv_c", vec![t, lkv]),
             ("k_pe", vec![t, r]),
-            ("kv_cache", vec![meta.num_blocks, meta.block_size, lkv + r]),
+            (
+                "kv_cache",
+                vec![meta.num_blocks(), meta.block_size(), lkv + r],
+            ),
         ],
     )];
     if ndt > 0 {
@@ -511,8 +519,8 @@ pub fn plan(
         let ctx_lens: Vec<usize> = (nd..meta.num_reqs()).map(|i| meta.context_len(i)).collect();
         let chunks = plan_mla_context_chunks(
             &ctx_lens,
-            workspace_rows(cfg.max_model_len, cfg.max_num_seqs, meta.block_size)?,
-            meta.block_size,
+            workspace_rows(cfg.max_model_len, cfg.max_num_seqs, meta.block_size())?,
+            meta.block_size(),
         )?;
         for c in &chunks {
             let toks = c.total_tokens();

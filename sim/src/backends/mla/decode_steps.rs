@@ -72,14 +72,14 @@ pub fn split_kv_rows<'a>(batch: &MlaDecodeBatch<'a>) -> Result<Vec<KvRow<'a>>> {
     for r in 0..nd {
         let seq_len = meta.seq_len(r);
         for t in 0..q_len {
-            let kv_len = if meta.causal {
+            let kv_len = if meta.causal() {
                 seq_len.saturating_sub(q_len - 1 - t)
             } else {
                 seq_len
             };
             rows.push(KvRow {
-                pages: meta.block_table.row(r),
-                page_size: meta.block_size,
+                pages: meta.block_table().row(r),
+                page_size: meta.block_size(),
                 kv_len,
                 split_len: kv_len,
             });
@@ -126,7 +126,7 @@ pub fn run(
                 &q_pad,
                 cache,
                 paging,
-                batch.meta.causal,
+                batch.meta.causal(),
                 cfg.num_kv_splits,
                 cfg.num_cus,
                 &params(hp, DType::F32),
@@ -180,7 +180,7 @@ pub fn render(
             let s = cfg
                 .num_kv_splits
                 .unwrap_or_else(|| aiter_num_kv_splits(bs, total_kv, cfg.num_cus));
-            let pages = batch.meta.num_blocks * batch.meta.block_size / page_size;
+            let pages = batch.meta.num_blocks() * batch.meta.block_size() / page_size;
             vec![
                 KernelCall::new(
                     "mla_decode_stage1_asm_fwd",

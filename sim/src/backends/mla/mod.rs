@@ -206,7 +206,7 @@ pub struct MlaDecodeBatch<'a> {
 
 impl MlaDecodeBatch<'_> {
     pub fn num_decode_tokens(&self) -> usize {
-        self.meta.query_start_loc[self.num_decodes] as usize
+        self.meta.query_start_loc()[self.num_decodes] as usize
     }
 
     pub fn max_seq_len(&self) -> usize {

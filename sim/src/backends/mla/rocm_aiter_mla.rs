@@ -73,7 +73,7 @@ impl RocmAiterMla {
         batch: &MlaDecodeBatch,
         faults: FaultSet,
     ) -> Result<AiterPaging> {
-        let (meta, k, p) = (batch.meta, batch.meta.block_size, self.page_size);
+        let (meta, k, p) = (batch.meta, batch.meta.block_size(), self.page_size);
         if p == 0 || k % p != 0 {
             return Err(Error::invalid(
                 "AITER page size",
@@ -87,7 +87,7 @@ impl RocmAiterMla {
             let len = meta.seq_len(r);
             let pages = len.div_ceil(p);
             kv_indices.extend((0..pages).map(|j| {
-                meta.block_table.block(r, j / per_block) as i32 * per_block as i32
+                meta.block_table().block(r, j / per_block) as i32 * per_block as i32
                     + (j % per_block) as i32
             }));
             kv_indptr.push(kv_indices.len() as i32);
@@ -103,7 +103,7 @@ impl RocmAiterMla {
                 .sum();
             kv_indices.truncate(blocks);
         }
-        let qo_indptr = meta.query_start_loc[..=batch.num_decodes].to_vec();
+        let qo_indptr = meta.query_start_loc()[..=batch.num_decodes].to_vec();
         Ok(AiterPaging {
             qo_indptr,
             kv_indptr,
