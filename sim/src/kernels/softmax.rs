@@ -230,6 +230,21 @@ impl RowState {
         }
     }
 
+    /// Whether the step against a tile whose scores are all -inf leaves
+    /// this row's bits unchanged, so a kernel may skip it: true unless the
+    /// running max is +inf. With all -inf scores `m_new = m_i` and every
+    /// `P = exp2c(-inf) = 0` (no PV fma, `rowsum = +0`); `alpha` is
+    /// `exp2c(0) = 1` for a finite max (`acc * 1`, `fma(l, 1, +0)`: the same
+    /// bits, NaN included) and `exp2c(-inf) = 0` for a -inf max, where acc
+    /// is +0 or NaN and l is +0 or NaN (only a kept key, which makes the max
+    /// finite, or a NaN score writes them), which `* 0` and `fma(l, 0, +0)`
+    /// keep. A +inf max gives `alpha = exp2c(NaN)`: not an identity.
+    /// `all_masked_step_is_an_identity_unless_the_max_is_inf` checks it.
+    #[inline]
+    pub fn all_masked_step_is_identity(&self) -> bool {
+        self.m != f32::INFINITY
+    }
+
     /// `acc / l` (0 for an empty row), not yet rounded to the output dtype.
     pub fn normalized(&self) -> Vec<f32> {
         if self.l == 0.0 {
