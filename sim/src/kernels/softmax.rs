@@ -548,7 +548,29 @@ impl KvTile {
             }
         }
         let v_rows = exact && dims.v.iter().enumerate().all(|(i, &o)| o == i);
-        for (j, &(block, row)) in locs.iter().enumerate() {
+        // A layout that keeps a dim's values of consecutive keys together
+        // (x-packed, shuffled V): eight keys at a time through transposes.
+        let mut j0 = 0;
+        if exact && !v_rows {
+            while j0 + G <= locs.len() {
+                let vb: [usize; G] = std::array::from_fn(|i| {
+                    let (block, row) = locs[j0 + i];
+                    cache.layout.v_offset(block, row, kv_head, 0)
+                });
+                let done = match vb.iter().enumerate().all(|(i, &b)| b == vb[0] + i) {
+                    true => simd::gather_v8(path, &cache.v, vb[0], &dims.v, &mut self.v, d, j0),
+                    false => 0, // the keys straddle blocks: one by one
+                };
+                for (i, &b) in vb.iter().enumerate() {
+                    let vrow = &mut self.v[(j0 + i) * d..(j0 + i + 1) * d];
+                    for (out, &vo) in vrow.iter_mut().zip(&dims.v).skip(done) {
+                        *out = cache.v[b + vo];
+                    }
+                }
+                j0 += G;
+            }
+        }
+        for (j, &(block, row)) in locs.iter().enumerate().skip(j0) {
             let vb = cache.layout.v_offset(block, row, kv_head, 0);
             let vrow = &mut self.v[j * d..(j + 1) * d];
             if v_rows {
