@@ -822,6 +822,28 @@ unsafe fn v8_avx(
     }
 }
 
+// ---------------------------------------------------------------- prefetch
+
+/// Asks the CPU to bring the cache lines of `xs[start..start + len]`
+/// (clamped to `xs`) into its caches: a hint that changes no value.
+#[inline]
+pub fn prefetch(xs: &[f32], start: usize, len: usize) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        let end = start.saturating_add(len).min(xs.len());
+        let mut i = start;
+        while i < end {
+            // SAFETY: a prefetch reads nothing architecturally; the
+            // address is inside `xs` (SSE is part of x86_64's baseline).
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(xs.as_ptr().add(i) as *const i8) };
+            i += 16; // one 64-byte line of f32
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (xs, start, len);
+}
+
 // ---------------------------------------------------------------- wave reduce
 
 /// Lane 0 of the xor butterfly over `lanes` (offsets W/2, ..., 1; lane l

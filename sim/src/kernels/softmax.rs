@@ -583,6 +583,30 @@ impl KvTile {
         }
     }
 
+    /// Hints the CPU to fetch the K and V of keys `locs` of kv head
+    /// `kv_head` (e.g. the next tile's, while this one is computed) where
+    /// the layout keeps a key's row contiguous (NHD: one run of D values,
+    /// on its own 4 KiB page per key, which the hardware prefetchers do
+    /// not run ahead into). Changes nothing; a no-op for other layouts.
+    pub fn prefetch_paged(
+        cache: &crate::cache::KvCache,
+        dims: &DimOffsets,
+        kv_head: usize,
+        locs: &[(usize, usize)],
+    ) {
+        let d = dims.k.len();
+        let rows = |o: &[usize]| o.iter().enumerate().all(|(i, &x)| x == i);
+        let (k_rows, v_rows) = (rows(&dims.k), rows(&dims.v));
+        for &(block, row) in locs {
+            if k_rows {
+                simd::prefetch(&cache.k, cache.layout.k_offset(block, row, kv_head, 0), d);
+            }
+            if v_rows {
+                simd::prefetch(&cache.v, cache.layout.v_offset(block, row, kv_head, 0), d);
+            }
+        }
+    }
+
     /// Gathers keys from contiguous `[tokens, Hkv, D]` K/V tensors (a step's
     /// new tokens as vLLM passes them): token rows `tokens`, kv head `kv_head`.
     pub fn gather_dense(
