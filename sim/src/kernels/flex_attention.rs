@@ -335,11 +335,27 @@ pub fn flex(args: &FlexArgs) -> Result<Vec<f32>> {
     };
     check_extent(AddressedKernel::FlexPaged, extent, cfg.faults)?;
 
-    // One task per (sparse q block, kv head): the group's (row, head) pairs
-    // share each K/V tile, as the kernel's programs of one kv head read the
-    // same blocks.
-    let tasks: Vec<(usize, usize)> = (0..block_mask.kv_indices.len())
-        .flat_map(|qb| (0..hk).map(move |g| (qb, g)))
+    // One task per (sparse q block, request's rows in it, kv head): the
+    // rows' (row, head) pairs share each K/V tile, as the kernel's programs
+    // of one kv head read the same blocks; rows of different requests keep
+    // no key of the same block (a block both use loads twice: the same
+    // values), so they run apart, and a decode batch gives more tasks
+    // than q blocks.
+    let tasks: Vec<(usize, std::ops::Range<usize>, usize)> = (0..block_mask.kv_indices.len())
+        .flat_map(|qb| {
+            let rows = qb * SPARSE_Q_BLOCK_SIZE
+                ..((qb + 1) * SPARSE_Q_BLOCK_SIZE).min(meta.num_actual_tokens);
+            let mut runs = vec![];
+            let mut a = rows.start;
+            for r in rows.clone() {
+                if r + 1 == rows.end || mask.doc_id[r + 1] != mask.doc_id[a] {
+                    runs.push(a..r + 1);
+                    a = r + 1;
+                }
+            }
+            runs.into_iter()
+                .flat_map(move |run| (0..hk).map(move |g| (qb, run.clone(), g)))
+        })
         .collect();
     let ctx = GroupCtx {
         query,
@@ -354,20 +370,18 @@ pub fn flex(args: &FlexArgs) -> Result<Vec<f32>> {
         bn,
         qpk,
         dtype: cfg.dtype,
-        num_tokens: meta.num_actual_tokens,
     };
     let parts: Vec<Vec<f32>> = tasks
         .par_iter()
         .map_init(
             || GroupScratch::new(bn, d, qpk),
-            |scratch, &(qb, g)| ctx.run(qb, g, scratch),
+            |scratch, (qb, rows, g)| ctx.run(*qb, rows.clone(), *g, scratch),
         )
         .collect();
     let mut out = vec![0.0f32; meta.num_actual_tokens * hq * d];
-    for (&(qb, g), part) in tasks.iter().zip(&parts) {
-        for (k, rows) in part.chunks_exact(qpk * d).enumerate() {
-            let r = qb * SPARSE_Q_BLOCK_SIZE + k;
-            out[(r * hq + g * qpk) * d..][..qpk * d].copy_from_slice(rows);
+    for ((_, rows, g), part) in tasks.iter().zip(&parts) {
+        for (r, heads) in rows.clone().zip(part.chunks_exact(qpk * d)) {
+            out[(r * hq + g * qpk) * d..][..qpk * d].copy_from_slice(heads);
         }
     }
     Ok(out)
@@ -387,7 +401,6 @@ struct GroupCtx<'a> {
     bn: usize,
     qpk: usize,
     dtype: DType,
-    num_tokens: usize,
 }
 
 /// A task's reusable buffers (one set per rayon worker split).
@@ -415,8 +428,9 @@ impl GroupScratch {
 }
 
 impl GroupCtx<'_> {
-    /// The kernel loop (module doc) for the rows of q block `qb` and the
-    /// query heads of kv head `g`: `[row, head of the group, D]`, rounded.
+    /// The kernel loop (module doc) for rows `rows` of q block `qb` (the
+    /// block lists are the q block's) and the query heads of kv head `g`:
+    /// `[row, head of the group, D]`, rounded.
     ///
     /// A row keeps no key of a tile when the tile's block is not its
     /// request's or the mask drops every key: its step sees only -inf
@@ -424,9 +438,14 @@ impl GroupCtx<'_> {
     /// so it is skipped; the live rows of the tile, in runs of consecutive
     /// rows, take the step together ([`RowState::update_rows`]), each its
     /// own chains, sharing the tile's K and V loads.
-    fn run(&self, qb: usize, g: usize, scr: &mut GroupScratch) -> Vec<f32> {
+    fn run(
+        &self,
+        qb: usize,
+        rows: std::ops::Range<usize>,
+        g: usize,
+        scr: &mut GroupScratch,
+    ) -> Vec<f32> {
         let (d, bn, bs, qpk, hq) = (self.d, self.bn, self.bs, self.qpk, self.hq);
-        let rows = qb * SPARSE_Q_BLOCK_SIZE..((qb + 1) * SPARSE_Q_BLOCK_SIZE).min(self.num_tokens);
         let n_rows = rows.len();
         let mut states: Vec<RowState> = (0..n_rows * qpk).map(|_| RowState::new(d, None)).collect();
         let qs: Vec<&[f32]> = rows
@@ -439,7 +458,7 @@ impl GroupCtx<'_> {
             (&self.block_mask.full_kv_indices[qb], false),
         ];
         for (list, partial) in lists {
-            for &blk in list {
+            for (i, &blk) in list.iter().enumerate() {
                 scr.kept.clear();
                 scr.kept.extend(rows.clone().map(|r| match partial {
                     true => self.mask.kept_rows(r, blk),
@@ -463,6 +482,18 @@ impl GroupCtx<'_> {
                     scr.locs.extend(tile_keys.clone().map(|r| (blk, r)));
                     scr.tile
                         .gather_paged_exact(self.cache, self.dims, g, &scr.locs);
+                    // The next tile's keys (this block's next, or the list's
+                    // next block's first) start their way in meanwhile.
+                    let next = match (n0 + bn < bs, list.get(i + 1)) {
+                        (true, _) => Some((blk, n0 + bn)),
+                        (false, Some(&b)) => Some((b, 0)),
+                        (false, None) => None,
+                    };
+                    if let Some((b, r0)) = next {
+                        scr.locs.clear();
+                        scr.locs.extend((r0..r0 + bn).map(|r| (b, r)));
+                        KvTile::prefetch_paged(self.cache, self.dims, g, &scr.locs);
+                    }
                     // Runs of consecutive live rows.
                     let mut k = 0;
                     while k < n_rows {
