@@ -795,13 +795,12 @@ mod tests {
                 (0..n)
                     .map(|_| {
                         // Now and then a block another request also uses.
-                        let b = if next > 0 && rng.gen_bool(0.1) {
+                        if next > 0 && rng.gen_bool(0.1) {
                             pool[rng.gen_range(0..next)]
                         } else {
                             next += 1;
                             pool[next - 1]
-                        };
-                        b
+                        }
                     })
                     .collect()
             })
