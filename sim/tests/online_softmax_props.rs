@@ -162,6 +162,34 @@ proptest! {
         }
     }
 
+    /// A step whose scores are all -inf leaves the state's bits unchanged
+    /// exactly when `all_masked_step_is_identity` says so (kernels skip it
+    /// then): from states that saw finite, NaN, +inf or no scores at all,
+    /// with or without a sink.
+    #[test]
+    fn all_masked_step_is_an_identity_unless_the_max_is_inf(
+        d in 1usize..10, seed in any::<u64>(), sink in prop::option::weighted(0.3, -10.0f32..10.0),
+        special in prop::sample::select(vec![None, Some(f32::NAN), Some(f32::INFINITY), Some(f32::NEG_INFINITY)]),
+        n in 1usize..40,
+    ) {
+        let mut ts = tiles(d, seed, 2 * PV_KEYS);
+        if let (Some(x), Some(t)) = (special, ts.first_mut()) {
+            if let Some(s) = t.scores.first_mut() {
+                *s = x;
+            }
+        }
+        for p_dtype in [DType::F32, DType::Bf16] {
+            let before = run(d, sink, &ts, p_dtype);
+            let mut after = before.clone();
+            let values = vec![vec![1.5f32; d]; n];
+            after.update(&vec![f32::NEG_INFINITY; n], |j| values[j].as_slice(), p_dtype);
+            prop_assert_eq!(before.all_masked_step_is_identity(), before.m != f32::INFINITY);
+            if before.all_masked_step_is_identity() {
+                prop_assert!(same_state(&before, &after), "{:?} -> {:?}", before, after);
+            }
+        }
+    }
+
     /// One tile from a fresh state: P = exp2c(s - max) is rounded to the V
     /// dtype before the PV product (acc = sum round(P) v, in f32), but l
     /// sums the unrounded P.

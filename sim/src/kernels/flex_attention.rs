@@ -112,6 +112,38 @@ impl<'a> FlexMask<'a> {
             && visible(lkv, lq, self.causal, None)
             && self.window.is_none_or(|w| lq.abs_diff(lkv) < w)
     }
+
+    /// `keep` of query row `q_idx` over one physical block, as the slots it
+    /// keeps: `Some(lo..hi)` rows of the block (possibly empty) when the
+    /// block is one of the row's request's, `None` when it is not (every
+    /// `keep(q_idx, block * B + r)` false). `keep`'s conditions are each an
+    /// interval of the logical key (`lkv < seq_len`, causal `lkv <= lq`,
+    /// window `|lq - lkv| < W`), so the kept rows are one interval;
+    /// `kept_rows_are_keep` checks it against `keep` slot by slot.
+    #[inline]
+    pub fn kept_rows(&self, q_idx: usize, block: usize) -> Option<std::ops::Range<usize>> {
+        let bs = self.meta.block_size();
+        let req = self.doc_id[q_idx];
+        let lb = self.physical_to_logical[req][block];
+        if lb < 0 {
+            return None;
+        }
+        let lq = q_idx - self.meta.query_start_loc()[req] as usize + self.meta.context_len(req);
+        // Logical keys kept: [lo, hi).
+        let mut hi = self.meta.seq_len(req);
+        if self.causal {
+            hi = hi.min(lq + 1);
+        }
+        let mut lo = 0;
+        if let Some(w) = self.window {
+            // |lq - lkv| < w: lq - w < lkv < lq + w.
+            lo = (lq + 1).saturating_sub(w);
+            hi = hi.min(lq.saturating_add(w));
+        }
+        let first = lb as usize * bs;
+        let (a, b) = (lo.clamp(first, first + bs), hi.clamp(first, first + bs));
+        Some(a - first..b.max(a) - first)
+    }
 }
 
 /// The block-sparse mask: per sparse q block, the partial and the full kv
@@ -145,11 +177,11 @@ impl BlockMask {
                     cands.dedup();
                     let (mut partial, mut full) = (vec![], vec![]);
                     for b in cands {
-                        let kept = rows
+                        // Kept (row, slot) pairs: each row's kept slots are one interval.
+                        let kept: usize = rows
                             .clone()
-                            .flat_map(|r| (b * bs..(b + 1) * bs).map(move |t| (r, t)))
-                            .filter(|&(r, t)| mask.keep(r, t))
-                            .count();
+                            .filter_map(|r| mask.kept_rows(r, b).map(|k| k.len()))
+                            .sum();
                         if kept == rows.len() * bs {
                             full.push(b);
                         } else if kept > 0 {
@@ -307,94 +339,249 @@ pub fn flex(args: &FlexArgs) -> Result<Vec<f32>> {
     };
     check_extent(AddressedKernel::FlexPaged, extent, cfg.faults())?;
 
-    let blocks: Vec<Vec<f32>> = (0..block_mask.kv_indices.len())
-        .into_par_iter()
-        .map(|qb| {
+    // One task per (sparse q block, request's rows in it, kv head): the
+    // rows' (row, head) pairs share each K/V tile, as the kernel's programs
+    // of one kv head read the same blocks; rows of different requests keep
+    // no key of the same block (a block both use loads twice: the same
+    // values), so they run apart, and a decode batch gives more tasks
+    // than q blocks.
+    let tasks: Vec<(usize, std::ops::Range<usize>, usize)> = (0..block_mask.kv_indices.len())
+        .flat_map(|qb| {
             let rows = qb * SPARSE_Q_BLOCK_SIZE
                 ..((qb + 1) * SPARSE_Q_BLOCK_SIZE).min(meta.num_actual_tokens());
-            let mut states: Vec<RowState> = (0..rows.len() * hq)
-                .map(|_| RowState::new(d, None))
-                .collect();
-            let mut tile = KvTile::new(bn, d);
-            let (mut s, mut locs) = (vec![0.0f32; bn], Vec::with_capacity(bn));
-            // Per kv head g: the (row, head) pairs of its group, in the loop's
-            // order, and their dots against the tile, computed together.
-            let group_qs = |g: usize| -> Vec<&[f32]> {
-                rows.clone()
-                    .flat_map(|r| {
-                        (g * qpk..(g + 1) * qpk).map(move |h| &query[(r * hq + h) * d..][..d])
-                    })
-                    .collect()
-            };
-            let qs: Vec<Vec<&[f32]>> = (0..hk).map(group_qs).collect();
-            let mut dots = vec![0.0f32; rows.len() * qpk * bn];
-            // Per tile: which keys each row keeps, and whether it keeps any.
-            // A row that keeps none gets all -inf scores whatever its dots
-            // are, so its QK is not computed (its update still runs).
-            let mut keep = vec![false; rows.len() * bn];
-            let mut alive = vec![false; rows.len()];
-            let mut live_qs: Vec<&[f32]> = Vec::with_capacity(rows.len() * qpk);
-            let masked = vec![f32::NEG_INFINITY; bn];
-            let lists = [
-                (&block_mask.kv_indices[qb], true),
-                (&block_mask.full_kv_indices[qb], false),
-            ];
-            for (list, partial) in lists {
-                for &blk in list {
-                    for n0 in (0..bs).step_by(bn) {
-                        locs.clear();
-                        locs.extend((n0..n0 + bn).map(|r| (blk, r)));
-                        for (k, r) in rows.clone().enumerate() {
-                            let kr = &mut keep[k * bn..(k + 1) * bn];
-                            for (j, kj) in kr.iter_mut().enumerate() {
-                                *kj = !partial || mask.keep(r, blk * bs + n0 + j);
-                            }
-                            alive[k] = kr.contains(&true);
+            let mut runs = vec![];
+            let mut a = rows.start;
+            for r in rows.clone() {
+                if r + 1 == rows.end || mask.doc_id[r + 1] != mask.doc_id[a] {
+                    runs.push(a..r + 1);
+                    a = r + 1;
+                }
+            }
+            runs.into_iter()
+                .flat_map(move |run| (0..hk).map(move |g| (qb, run.clone(), g)))
+        })
+        .collect();
+    let ctx = GroupCtx {
+        query,
+        cache,
+        mask: &mask,
+        block_mask: &block_mask,
+        dims: &dims,
+        score,
+        hq,
+        d,
+        bs,
+        bn,
+        qpk,
+        dtype: cfg.dtype(),
+    };
+    let parts: Vec<Vec<f32>> = tasks
+        .par_iter()
+        .map_init(
+            || GroupScratch::new(bn, d, qpk),
+            |scratch, (qb, rows, g)| ctx.run(*qb, rows.clone(), *g, scratch),
+        )
+        .collect();
+    let mut out = vec![0.0f32; meta.num_actual_tokens() * hq * d];
+    for ((_, rows, g), part) in tasks.iter().zip(&parts) {
+        for (r, heads) in rows.clone().zip(part.chunks_exact(qpk * d)) {
+            out[(r * hq + g * qpk) * d..][..qpk * d].copy_from_slice(heads);
+        }
+    }
+    Ok(out)
+}
+
+/// What every (q block, kv head) task of one launch reads.
+struct GroupCtx<'a> {
+    query: &'a [f32],
+    cache: &'a KvCache,
+    mask: &'a FlexMask<'a>,
+    block_mask: &'a BlockMask,
+    dims: &'a DimOffsets,
+    score: ScoreParams,
+    hq: usize,
+    d: usize,
+    bs: usize,
+    bn: usize,
+    qpk: usize,
+    dtype: DType,
+}
+
+/// A task's reusable buffers (one set per rayon worker split).
+struct GroupScratch {
+    tile: KvTile,
+    locs: Vec<(usize, usize)>,
+    /// The dots, then the scores, of a run of live rows: `[row, head][BLOCK_N]`.
+    s: Vec<f32>,
+    /// All -inf: a row that keeps no key of the tile.
+    masked: Vec<f32>,
+    /// Per row of the q block: the block rows it keeps (`None`: none).
+    kept: Vec<Option<std::ops::Range<usize>>>,
+}
+
+impl GroupScratch {
+    fn new(bn: usize, d: usize, qpk: usize) -> Self {
+        GroupScratch {
+            tile: KvTile::new(bn, d),
+            locs: Vec::with_capacity(bn),
+            s: vec![0.0; SPARSE_Q_BLOCK_SIZE * qpk * bn],
+            masked: vec![f32::NEG_INFINITY; bn],
+            kept: Vec::with_capacity(SPARSE_Q_BLOCK_SIZE),
+        }
+    }
+}
+
+impl GroupCtx<'_> {
+    /// The kernel loop (module doc) for rows `rows` of q block `qb` (the
+    /// block lists are the q block's) and the query heads of kv head `g`:
+    /// `[row, head of the group, D]`, rounded.
+    ///
+    /// A row keeps no key of a tile when the tile's block is not its
+    /// request's or the mask drops every key: its step sees only -inf
+    /// scores and changes nothing ([`RowState::all_masked_step_is_identity`]),
+    /// so it is skipped; the live rows of the tile, in runs of consecutive
+    /// rows, take the step together ([`RowState::update_rows`]), each its
+    /// own chains, sharing the tile's K and V loads.
+    fn run(
+        &self,
+        qb: usize,
+        rows: std::ops::Range<usize>,
+        g: usize,
+        scr: &mut GroupScratch,
+    ) -> Vec<f32> {
+        let (d, bn, bs, qpk, hq) = (self.d, self.bn, self.bs, self.qpk, self.hq);
+        let n_rows = rows.len();
+        let mut states: Vec<RowState> = (0..n_rows * qpk).map(|_| RowState::new(d, None)).collect();
+        let qs: Vec<&[f32]> = rows
+            .clone()
+            .flat_map(|r| (g * qpk..(g + 1) * qpk).map(move |h| (r, h)))
+            .map(|(r, h)| &self.query[(r * hq + h) * d..][..d])
+            .collect();
+        let lists = [
+            (&self.block_mask.kv_indices[qb], true),
+            (&self.block_mask.full_kv_indices[qb], false),
+        ];
+        for (list, partial) in lists {
+            for (i, &blk) in list.iter().enumerate() {
+                scr.kept.clear();
+                scr.kept.extend(rows.clone().map(|r| match partial {
+                    true => self.mask.kept_rows(r, blk),
+                    false => Some(0..bs), // a full block: mask_mod is not evaluated
+                }));
+                for n0 in (0..bs).step_by(bn) {
+                    let tile_keys = n0..n0 + bn;
+                    // The tile's kept keys of row k, relative to n0 (empty: dead).
+                    let live = |kept: &Option<std::ops::Range<usize>>| {
+                        kept.as_ref().map_or(0..0, |kr| {
+                            let a = kr.start.clamp(tile_keys.start, tile_keys.end);
+                            let b = kr.end.clamp(a, tile_keys.end);
+                            a - n0..b - n0
+                        })
+                    };
+                    if scr.kept.iter().all(|k| live(k).is_empty()) {
+                        self.dead_rows(
+                            &mut states,
+                            &scr.kept,
+                            &live,
+                            &scr.tile,
+                            &scr.masked,
+                            0..n_rows,
+                        );
+                        continue;
+                    }
+                    scr.locs.clear();
+                    scr.locs.extend(tile_keys.clone().map(|r| (blk, r)));
+                    scr.tile
+                        .gather_paged_exact(self.cache, self.dims, g, &scr.locs);
+                    // The next tile's keys (this block's next, or the list's
+                    // next block's first) start their way in meanwhile.
+                    let next = match (n0 + bn < bs, list.get(i + 1)) {
+                        (true, _) => Some((blk, n0 + bn)),
+                        (false, Some(&b)) => Some((b, 0)),
+                        (false, None) => None,
+                    };
+                    if let Some((b, r0)) = next {
+                        scr.locs.clear();
+                        scr.locs.extend((r0..r0 + bn).map(|r| (b, r)));
+                        KvTile::prefetch_paged(self.cache, self.dims, g, &scr.locs);
+                    }
+                    // Runs of consecutive live rows.
+                    let mut k = 0;
+                    while k < n_rows {
+                        if live(&scr.kept[k]).is_empty() {
+                            self.dead_rows(
+                                &mut states,
+                                &scr.kept,
+                                &live,
+                                &scr.tile,
+                                &scr.masked,
+                                k..k + 1,
+                            );
+                            k += 1;
+                            continue;
                         }
-                        let any_alive = alive.contains(&true);
-                        for (g, group_qs) in qs.iter().enumerate() {
-                            if any_alive {
-                                tile.gather_paged_exact(cache, &dims, g, &locs);
-                                live_qs.clear();
-                                for (row_qs, _) in
-                                    group_qs.chunks_exact(qpk).zip(&alive).filter(|(_, &a)| a)
-                                {
-                                    live_qs.extend_from_slice(row_qs);
-                                }
-                                tile.qk_rows(&live_qs, &mut dots, bn);
-                            }
-                            let mut dots = dots.chunks_exact(bn);
-                            for k in 0..rows.len() {
-                                for h in g * qpk..(g + 1) * qpk {
-                                    let s: &[f32] = if alive[k] {
-                                        s.copy_from_slice(
-                                            dots.next().expect("one per live (row, head)"),
-                                        );
-                                        for (sj, &kj) in s.iter_mut().zip(&keep[k * bn..]) {
-                                            *sj = if kj {
-                                                score.score(*sj, 0.0)
-                                            } else {
-                                                f32::NEG_INFINITY
-                                            };
-                                        }
-                                        &s
+                        let a = k;
+                        while k < n_rows && !live(&scr.kept[k]).is_empty() {
+                            k += 1;
+                        }
+                        let run = a * qpk..k * qpk;
+                        let s = &mut scr.s[..run.len() * bn];
+                        scr.tile.qk_rows(&qs[run.clone()], s, bn);
+                        for (kk, s_row) in s.chunks_exact_mut(qpk * bn).enumerate() {
+                            let kr = live(&scr.kept[a + kk]);
+                            for s_h in s_row.chunks_exact_mut(bn) {
+                                for (j, sj) in s_h.iter_mut().enumerate() {
+                                    *sj = if kr.contains(&j) {
+                                        self.score.score(*sj, 0.0)
                                     } else {
-                                        &masked
+                                        f32::NEG_INFINITY
                                     };
-                                    states[k * hq + h].update(s, |j| tile.v_row(j), cfg.dtype());
                                 }
                             }
                         }
+                        let tile = &scr.tile;
+                        RowState::update_rows(
+                            &mut states[run],
+                            s,
+                            bn,
+                            bn,
+                            |j| tile.v_row(j),
+                            self.dtype,
+                        );
                     }
                 }
             }
-            states
-                .iter()
-                .flat_map(|st| st.normalized().into_iter().map(|x| cfg.dtype().round(x)))
-                .collect()
-        })
-        .collect();
-    Ok(blocks.concat())
+        }
+        let dtype = self.dtype;
+        states
+            .iter()
+            .flat_map(|st| st.normalized().into_iter().map(move |x| dtype.round(x)))
+            .collect()
+    }
+
+    /// The all -inf step of the dead rows among `rows`: skipped where it
+    /// is an identity, run where it is not (a row whose max is +inf).
+    fn dead_rows(
+        &self,
+        states: &mut [RowState],
+        kept: &[Option<std::ops::Range<usize>>],
+        live: &impl Fn(&Option<std::ops::Range<usize>>) -> std::ops::Range<usize>,
+        tile: &KvTile,
+        masked: &[f32],
+        rows: std::ops::Range<usize>,
+    ) {
+        let qpk = self.qpk;
+        for k in rows {
+            if !live(&kept[k]).is_empty() {
+                continue;
+            }
+            for st in &mut states[k * qpk..(k + 1) * qpk] {
+                if !st.all_masked_step_is_identity() {
+                    st.update(masked, |j| tile.v_row(j), self.dtype);
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -452,5 +639,294 @@ mod tests {
             BlockMask::build(&FlexMask::new(&enc, None)).kv_indices,
             vec![vec![5]]
         );
+    }
+
+    /// The kernel loop as first written: one task per q block, every
+    /// (row, head) stepped on its own against every tile of the q block's
+    /// lists, dead rows included (all -inf scores), the mask evaluated slot
+    /// by slot. The restructured [`flex`] must give its bits.
+    fn one_row_reference(
+        query: &[f32],
+        cache: &KvCache,
+        meta: &AttentionMetadata,
+        cfg: &AttnConfig,
+    ) -> Vec<f32> {
+        let (hq, hk, d) = (cfg.num_heads(), cfg.num_kv_heads(), cfg.head_size());
+        let mask = FlexMask::new(meta, cfg.sliding_window());
+        let block_mask = one_by_one_block_mask(&mask);
+        let (bs, bn, qpk) = (
+            meta.block_size(),
+            flex_block_n(cfg.dtype(), meta.block_size()),
+            cfg.queries_per_kv(),
+        );
+        let score = ScoreParams::new(cfg.scale(), None);
+        let dims = DimOffsets::new(&cache.layout);
+        let blocks: Vec<Vec<f32>> = (0..block_mask.kv_indices.len())
+            .into_par_iter()
+            .map(|qb| {
+                let rows = qb * SPARSE_Q_BLOCK_SIZE
+                    ..((qb + 1) * SPARSE_Q_BLOCK_SIZE).min(meta.num_actual_tokens());
+                let mut states: Vec<RowState> = (0..rows.len() * hq)
+                    .map(|_| RowState::new(d, None))
+                    .collect();
+                let mut tile = KvTile::new(bn, d);
+                let (mut s, mut locs) = (vec![0.0f32; bn], Vec::with_capacity(bn));
+                // Per kv head g: the (row, head) pairs of its group, in the loop's
+                // order, and their dots against the tile, computed together.
+                let group_qs = |g: usize| -> Vec<&[f32]> {
+                    rows.clone()
+                        .flat_map(|r| {
+                            (g * qpk..(g + 1) * qpk).map(move |h| &query[(r * hq + h) * d..][..d])
+                        })
+                        .collect()
+                };
+                let qs: Vec<Vec<&[f32]>> = (0..hk).map(group_qs).collect();
+                let mut dots = vec![0.0f32; rows.len() * qpk * bn];
+                // Per tile: which keys each row keeps, and whether it keeps any.
+                // A row that keeps none gets all -inf scores whatever its dots
+                // are, so its QK is not computed (its update still runs).
+                let mut keep = vec![false; rows.len() * bn];
+                let mut alive = vec![false; rows.len()];
+                let mut live_qs: Vec<&[f32]> = Vec::with_capacity(rows.len() * qpk);
+                let masked = vec![f32::NEG_INFINITY; bn];
+                let lists = [
+                    (&block_mask.kv_indices[qb], true),
+                    (&block_mask.full_kv_indices[qb], false),
+                ];
+                for (list, partial) in lists {
+                    for &blk in list {
+                        for n0 in (0..bs).step_by(bn) {
+                            locs.clear();
+                            locs.extend((n0..n0 + bn).map(|r| (blk, r)));
+                            for (k, r) in rows.clone().enumerate() {
+                                let kr = &mut keep[k * bn..(k + 1) * bn];
+                                for (j, kj) in kr.iter_mut().enumerate() {
+                                    *kj = !partial || mask.keep(r, blk * bs + n0 + j);
+                                }
+                                alive[k] = kr.contains(&true);
+                            }
+                            let any_alive = alive.contains(&true);
+                            for (g, group_qs) in qs.iter().enumerate() {
+                                if any_alive {
+                                    tile.gather_paged_exact(cache, &dims, g, &locs);
+                                    live_qs.clear();
+                                    for (row_qs, _) in
+                                        group_qs.chunks_exact(qpk).zip(&alive).filter(|(_, &a)| a)
+                                    {
+                                        live_qs.extend_from_slice(row_qs);
+                                    }
+                                    tile.qk_rows(&live_qs, &mut dots, bn);
+                                }
+                                let mut dots = dots.chunks_exact(bn);
+                                for k in 0..rows.len() {
+                                    for h in g * qpk..(g + 1) * qpk {
+                                        let s: &[f32] = if alive[k] {
+                                            s.copy_from_slice(
+                                                dots.next().expect("one per live (row, head)"),
+                                            );
+                                            for (sj, &kj) in s.iter_mut().zip(&keep[k * bn..]) {
+                                                *sj = if kj {
+                                                    score.score(*sj, 0.0)
+                                                } else {
+                                                    f32::NEG_INFINITY
+                                                };
+                                            }
+                                            &s
+                                        } else {
+                                            &masked
+                                        };
+                                        states[k * hq + h].update(
+                                            s,
+                                            |j| tile.v_row(j),
+                                            cfg.dtype(),
+                                        );
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+                states
+                    .iter()
+                    .flat_map(|st| st.normalized().into_iter().map(|x| cfg.dtype().round(x)))
+                    .collect()
+            })
+            .collect();
+        blocks.concat()
+    }
+
+    /// `BlockMask::build` with `mask_mod` evaluated slot by slot.
+    fn one_by_one_block_mask(mask: &FlexMask) -> BlockMask {
+        let meta = mask.meta;
+        let bs = meta.block_size();
+        let (mut kv_indices, mut full_kv_indices) = (vec![], vec![]);
+        for qb in 0..meta.num_actual_tokens().div_ceil(SPARSE_Q_BLOCK_SIZE) {
+            let rows = qb * SPARSE_Q_BLOCK_SIZE
+                ..((qb + 1) * SPARSE_Q_BLOCK_SIZE).min(meta.num_actual_tokens());
+            let (mut partial, mut full) = (vec![], vec![]);
+            for b in 0..meta.num_blocks() {
+                let kept = rows
+                    .clone()
+                    .flat_map(|r| (b * bs..(b + 1) * bs).map(move |t| (r, t)))
+                    .filter(|&(r, t)| mask.keep(r, t))
+                    .count();
+                if kept == rows.len() * bs {
+                    full.push(b);
+                } else if kept > 0 {
+                    partial.push(b);
+                }
+            }
+            kv_indices.push(partial);
+            full_kv_indices.push(full);
+        }
+        BlockMask {
+            kv_indices,
+            full_kv_indices,
+        }
+    }
+
+    /// A random batch: 1-5 requests (decode, extend, prefill), blocks
+    /// drawn from a shuffled pool (some shared between requests), random
+    /// K/V and queries (a few huge ones, so some scores overflow to inf).
+    fn random_batch(
+        seed: u64,
+        cfg: &AttnConfig,
+        block_size: usize,
+        causal: bool,
+    ) -> (Vec<f32>, KvCache, AttentionMetadata) {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let n_req = rng.gen_range(1..=5);
+        let reqs: Vec<(usize, usize)> = (0..n_req)
+            .map(|_| match rng.gen_range(0..3) {
+                0 => (1, rng.gen_range(1..70)),
+                1 => (rng.gen_range(2..20), rng.gen_range(1..50)),
+                _ => (rng.gen_range(1..40), 0),
+            })
+            .collect();
+        let per_req: Vec<usize> = reqs
+            .iter()
+            .map(|&(q, c)| (q + c).div_ceil(block_size))
+            .collect();
+        let num_blocks = per_req.iter().sum::<usize>() + 3;
+        let mut pool: Vec<i32> = (0..num_blocks as i32).collect();
+        for i in (1..pool.len()).rev() {
+            pool.swap(i, rng.gen_range(0..=i));
+        }
+        let mut next = 0;
+        let rows: Vec<Vec<i32>> = per_req
+            .iter()
+            .map(|&n| {
+                (0..n)
+                    .map(|_| {
+                        // Now and then a block another request also uses.
+                        if next > 0 && rng.gen_bool(0.1) {
+                            pool[rng.gen_range(0..next)]
+                        } else {
+                            next += 1;
+                            pool[next - 1]
+                        }
+                    })
+                    .collect()
+            })
+            .collect();
+        let mut qsl = vec![0i32];
+        for &(q, _) in &reqs {
+            qsl.push(qsl.last().unwrap() + q as i32);
+        }
+        let t = *qsl.last().unwrap() as usize;
+        let meta = AttentionMetadata::new(
+            block_size,
+            num_blocks,
+            qsl,
+            reqs.iter().map(|&(q, c)| (q + c) as i32).collect(),
+            BlockTableTensor::from_rows(&rows),
+            vec![-1; t],
+            causal,
+        )
+        .unwrap();
+        let layout = attnlab_shared::layout::KvLayout::new(
+            LayoutKind::Nhd,
+            num_blocks,
+            block_size,
+            cfg.num_kv_heads(),
+            cfg.head_size(),
+            cfg.dtype(),
+        )
+        .unwrap();
+        let mut cache = KvCache::zeros(layout);
+        let draw = |rng: &mut rand_chacha::ChaCha8Rng| {
+            let x: f32 = if rng.gen_bool(0.002) {
+                3e19
+            } else {
+                rng.gen_range(-2.0..2.0)
+            };
+            cfg.dtype().round(x)
+        };
+        for x in cache.k.iter_mut().chain(cache.v.iter_mut()) {
+            *x = draw(&mut rng);
+        }
+        let query = (0..t * cfg.num_heads() * cfg.head_size())
+            .map(|_| draw(&mut rng))
+            .collect();
+        (query, cache, meta)
+    }
+
+    #[test]
+    fn grouped_live_row_kernel_gives_the_one_row_loops_bits() {
+        for seed in 0..40u64 {
+            let dtype = [DType::Bf16, DType::F32, DType::F16][seed as usize % 3];
+            let (hq, hk) = [(8, 2), (4, 4), (6, 2), (2, 1)][seed as usize % 4];
+            let block_size = [16, 32, 48][(seed / 3) as usize % 3];
+            let causal = seed % 5 != 0;
+            let cfg = crate::config::AttnConfigBuilder {
+                sliding_window: (seed % 4 == 1).then_some(1 + seed as usize % 30),
+                ..AttnConfig::builder(hq, hk, 32, dtype)
+            }
+            .build()
+            .unwrap();
+            let (q, cache, meta) = random_batch(seed, &cfg, block_size, causal);
+            let want = one_row_reference(&q, &cache, &meta, &cfg);
+            let got = flex_attention(&q, &cache, &meta, &cfg).unwrap();
+            let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&got), bits(&want), "seed {seed}");
+        }
+    }
+
+    #[test]
+    fn block_mask_counts_kept_pairs_as_mask_mod_does() {
+        for seed in 0..40u64 {
+            let cfg = AttnConfig::new(2, 1, 16, DType::Bf16).unwrap();
+            let (_, _, meta) = random_batch(seed, &cfg, 16, seed % 3 != 0);
+            let meta = meta.with_causal(seed % 3 != 0);
+            let window = (seed % 2 == 1).then_some(1 + seed as usize % 40);
+            let mask = FlexMask::new(&meta, window);
+            assert_eq!(
+                BlockMask::build(&mask),
+                one_by_one_block_mask(&mask),
+                "seed {seed}"
+            );
+        }
+    }
+
+    #[test]
+    fn kept_rows_are_keep() {
+        for seed in 0..40u64 {
+            let cfg = AttnConfig::new(2, 1, 16, DType::Bf16).unwrap();
+            let (_, _, meta) = random_batch(seed, &cfg, 16, seed % 3 != 0);
+            let window = (seed % 2 == 1).then_some(1 + seed as usize % 40);
+            let mask = FlexMask::new(&meta, window);
+            let bs = meta.block_size();
+            for q in 0..meta.num_actual_tokens() {
+                for b in 0..meta.num_blocks() {
+                    let kept = mask.kept_rows(q, b);
+                    for r in 0..bs {
+                        let want = mask.keep(q, b * bs + r);
+                        let got = kept.as_ref().is_some_and(|k| k.contains(&r));
+                        assert_eq!(got, want, "seed {seed} q {q} block {b} row {r}");
+                    }
+                }
+            }
+        }
     }
 }

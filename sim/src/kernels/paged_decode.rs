@@ -58,7 +58,8 @@ use crate::cache::KvCache;
 use crate::config::AttnConfig;
 use crate::kernels::simd::{self, SimdPath};
 use crate::kernels::softmax::{
-    dequant_kv, visible, DimOffsets, KvTile, RowState, ScoreParams, TRITON_L_EPS,
+    dequant_kv, visible, DimOffsets, KvTile, RowState, ScoreParams, PV_KEYS, ROW_BLOCK,
+    TRITON_L_EPS,
 };
 use crate::numerics::{exp2c, wave_butterfly, LOG2E};
 use attnlab_shared::error::{Error, Result};
@@ -348,8 +349,42 @@ struct Ll4miPartial {
     out: Vec<f32>,
 }
 
+/// One partition task's reusable buffers (one set per rayon worker split,
+/// so no task allocates or zeroes its tile).
+struct Ll4miScratch {
+    tile: KvTile,
+    locs: Vec<(usize, usize)>,
+    /// `[head of the group][partition_size]`: the dots, then P.
+    dots: Vec<f32>,
+    p: Vec<f32>,
+    s: Vec<f32>,
+    e: Vec<f32>,
+    lanes: Vec<f32>,
+    wmax: Vec<f32>,
+    wsum: Vec<f32>,
+}
+
+impl Ll4miScratch {
+    fn new(partition_size: usize, d: usize, qpk: usize) -> Self {
+        let warps = partition_size / LL4MI_TOKENS_PER_WARP;
+        Ll4miScratch {
+            tile: KvTile::new(partition_size, d),
+            locs: Vec::with_capacity(partition_size),
+            dots: vec![0.0; qpk * partition_size],
+            p: vec![0.0; qpk * partition_size],
+            s: vec![LL4MI_MASKED_LOGIT; partition_size],
+            e: vec![0.0; partition_size],
+            lanes: vec![0.0; LL4MI_TOKENS_PER_WARP],
+            wmax: vec![LL4MI_MASKED_LOGIT; warps],
+            wsum: vec![0.0; warps],
+        }
+    }
+}
+
 /// The ll4mi partition kernel for workgroup `(seq, part, kvh)`: one
-/// [`Ll4miPartial`] per query head of the group, in head order.
+/// [`Ll4miPartial`] per query head of the group, in head order. The
+/// group's heads share the partition's K loads (QK) and V loads (PV, in
+/// blocks of [`ROW_BLOCK`] heads); every head keeps its own chains.
 #[allow(clippy::too_many_arguments)]
 fn ll4mi_partition(
     query: &[f32],
@@ -361,8 +396,10 @@ fn ll4mi_partition(
     seq: usize,
     part: usize,
     kvh: usize,
+    scr: &mut Ll4miScratch,
 ) -> Vec<Ll4miPartial> {
     let (hq, d, qpk) = (cfg.num_heads(), cfg.head_size(), cfg.queries_per_kv());
+    let path = SimdPath::active();
     let row = meta.query_range(seq).start;
     let seq_len = meta.seq_len(seq);
     let start = part * partition_size;
@@ -377,10 +414,8 @@ fn ll4mi_partition(
         },
         cfg.softcap(),
     );
-    let mut tile = KvTile::new(partition_size, d);
-    let mut locs = Vec::with_capacity(partition_size);
-    key_locations(meta, seq, valid.clone(), &mut locs);
-    tile.gather_paged_exact(cache, dims, kvh, &locs);
+    key_locations(meta, seq, valid.clone(), &mut scr.locs);
+    scr.tile.gather_paged_exact(cache, dims, kvh, &scr.locs);
     let n = valid.len();
     let warps = partition_size / LL4MI_TOKENS_PER_WARP;
     // Every head of the group against the partition's keys at once.
@@ -389,72 +424,133 @@ fn ll4mi_partition(
         .clone()
         .map(|h| &query[(row * hq + h) * d..(row * hq + h + 1) * d])
         .collect();
-    let mut all_dots = vec![0f32; qpk * partition_size];
-    tile.qk_rows(&qs, &mut all_dots, partition_size);
-    let mut s = vec![LL4MI_MASKED_LOGIT; partition_size];
-    let mut e = vec![0f32; partition_size];
-    let mut lanes = vec![0f32; LL4MI_TOKENS_PER_WARP];
-    heads
-        .zip(all_dots.chunks_exact(partition_size))
-        .map(|(h, dots)| {
-            let slope = cfg.alibi_slopes().as_ref().map(|sl| sl[h]);
-            for (j, t) in valid.clone().enumerate() {
-                s[j] = if visible(t, seq_len - 1, true, cfg.sliding_window()) {
-                    let bias = slope.map_or(0.0, |sl| sl * (t as f32 - (seq_len - 1) as f32));
-                    params.score(dots[j], bias)
-                } else {
-                    LL4MI_MASKED_LOGIT
-                };
+    scr.tile.qk_rows(&qs, &mut scr.dots, partition_size);
+    let Ll4miScratch {
+        tile,
+        dots,
+        p: p_all,
+        s,
+        e,
+        lanes,
+        wmax,
+        wsum,
+        ..
+    } = scr;
+    let mut stats = Vec::with_capacity(qpk);
+    for ((h, dots), p) in heads
+        .clone()
+        .zip(dots.chunks_exact(partition_size))
+        .zip(p_all.chunks_exact_mut(partition_size))
+    {
+        let slope = cfg.alibi_slopes().as_ref().map(|sl| sl[h]);
+        for (j, t) in valid.clone().enumerate() {
+            s[j] = if visible(t, seq_len - 1, true, cfg.sliding_window()) {
+                let bias = slope.map_or(0.0, |sl| sl * (t as f32 - (seq_len - 1) as f32));
+                params.score(dots[j], bias)
+            } else {
+                LL4MI_MASKED_LOGIT
+            };
+        }
+        // Per wave: max and exp-sum over its 64 lanes.
+        wmax.fill(LL4MI_MASKED_LOGIT);
+        wsum.fill(0.0);
+        for w in 0..warps {
+            let lane_tokens = w * LL4MI_TOKENS_PER_WARP..(w + 1) * LL4MI_TOKENS_PER_WARP;
+            if lane_tokens.start >= n {
+                continue; // wave past seq_len: -FLT_MAX / 0
             }
-            // Per wave: max and exp-sum over its 64 lanes.
-            let (mut wmax, mut wsum) = (vec![LL4MI_MASKED_LOGIT; warps], vec![0f32; warps]);
-            for w in 0..warps {
-                let lane_tokens = w * LL4MI_TOKENS_PER_WARP..(w + 1) * LL4MI_TOKENS_PER_WARP;
-                if lane_tokens.start >= n {
-                    continue; // wave past seq_len: -FLT_MAX / 0
-                }
-                for (l, j) in lane_tokens.clone().enumerate() {
-                    lanes[l] = if j < n { s[j] } else { LL4MI_MASKED_LOGIT };
-                }
-                wmax[w] = wave_butterfly(&mut lanes, f32::max);
-                for (l, j) in lane_tokens.enumerate() {
-                    e[j] = if j < n { exp2c(s[j] - wmax[w]) } else { 0.0 };
-                    lanes[l] = e[j];
-                }
-                wsum[w] = wave_butterfly(&mut lanes, |a, b| a + b);
+            let live = lane_tokens.start..lane_tokens.end.min(n);
+            lanes.fill(LL4MI_MASKED_LOGIT);
+            lanes[..live.len()].copy_from_slice(&s[live.clone()]);
+            wmax[w] = simd::butterfly_lane0(lanes, f32::max);
+            simd::exp2c_shifted(path, &s[live.clone()], wmax[w], &mut e[live.clone()]);
+            lanes.fill(0.0);
+            lanes[..live.len()].copy_from_slice(&e[live]);
+            wsum[w] = simd::butterfly_lane0(lanes, |a, b| a + b);
+        }
+        // Across the 4 waves through LDS, ascending.
+        let pmax = wmax.iter().fold(LL4MI_MASKED_LOGIT, |a, &b| a.max(b));
+        let mut psum = 0f32;
+        for w in 0..warps {
+            psum = wsum[w].mul_add(exp2c(wmax[w] - pmax), psum);
+        }
+        let inv = 1.0 / (psum + LL4MI_SUM_EPS);
+        // p_t = round((e_t * inv) * exp2c(wmax_w - pmax)); keys with p == 0 skip the PV.
+        for (w, (pw, ew)) in p[..n]
+            .chunks_mut(LL4MI_TOKENS_PER_WARP)
+            .zip(e[..n].chunks(LL4MI_TOKENS_PER_WARP))
+            .enumerate()
+        {
+            let wscale = exp2c(wmax[w] - pmax);
+            for (pj, &ej) in pw.iter_mut().zip(ew) {
+                *pj = (ej * inv) * wscale;
             }
-            // Across the 4 waves through LDS, ascending.
-            let pmax = wmax.iter().fold(LL4MI_MASKED_LOGIT, |a, &b| a.max(b));
-            let mut psum = 0f32;
-            for w in 0..warps {
-                psum = wsum[w].mul_add(exp2c(wmax[w] - pmax), psum);
-            }
-            let inv = 1.0 / (psum + LL4MI_SUM_EPS);
-            // The keys with p != 0, then their fmas in ascending t per dim.
-            let (mut js, mut ps) = (Vec::with_capacity(n), Vec::with_capacity(n));
-            for (j, &ej) in e[..n].iter().enumerate() {
-                let wscale = exp2c(wmax[j / LL4MI_TOKENS_PER_WARP] - pmax);
-                let p = cfg.dtype().round((ej * inv) * wscale);
-                if p != 0.0 {
-                    js.push(j);
-                    ps.push(p);
-                }
-            }
-            let mut acc = vec![0f32; d];
-            simd::pv_accumulate(SimdPath::active(), &mut acc, None, &ps, |k| {
-                tile.v_row(js[k])
-            });
-            let out = acc
+            simd::round_slice(cfg.dtype(), pw);
+        }
+        stats.push((pmax, psum));
+    }
+    // PV: every head's fmas in ascending t per dim, over its keys with p != 0.
+    let mut accs = vec![vec![0f32; d]; qpk];
+    let v = |j: usize| tile.v_row(j);
+    let mut r0 = 0;
+    while r0 + ROW_BLOCK <= qpk {
+        pv_heads::<ROW_BLOCK>(
+            path,
+            &mut accs[r0..r0 + ROW_BLOCK],
+            &p_all[r0 * partition_size..],
+            partition_size,
+            n,
+            &v,
+        );
+        r0 += ROW_BLOCK;
+    }
+    while r0 < qpk {
+        pv_heads::<1>(
+            path,
+            &mut accs[r0..r0 + 1],
+            &p_all[r0 * partition_size..],
+            partition_size,
+            n,
+            &v,
+        );
+        r0 += 1;
+    }
+    accs.into_iter()
+        .zip(stats)
+        .map(|(acc, (pmax, psum))| Ll4miPartial {
+            max_logit: pmax,
+            exp_sum: psum,
+            out: acc
                 .into_iter()
                 .map(|a| cfg.dtype().round(if fp8 { a * cfg.v_scale() } else { a }))
-                .collect();
-            Ll4miPartial {
-                max_logit: pmax,
-                exp_sum: psum,
-                out,
-            }
+                .collect(),
         })
         .collect()
+}
+
+/// `acc[r][d] = fma(p_r[t], v_t[d], acc[r][d])` over t ascending for the
+/// `R` heads whose P rows are `p[r * stride..][..n]`, skipping each head's
+/// own keys with `p == 0`, in passes of [`PV_KEYS`] keys (the heads share
+/// each V load: [`simd::pv_rows`]).
+fn pv_heads<'a, const R: usize>(
+    path: SimdPath,
+    accs: &mut [Vec<f32>],
+    p: &[f32],
+    stride: usize,
+    n: usize,
+    v: &impl Fn(usize) -> &'a [f32],
+) {
+    let mut buf = [[0f32; PV_KEYS]; R];
+    let mut it = accs.iter_mut();
+    let mut acc: [&mut [f32]; R] =
+        std::array::from_fn(|_| it.next().expect("R heads").as_mut_slice());
+    for j0 in (0..n).step_by(PV_KEYS) {
+        let len = PV_KEYS.min(n - j0);
+        for (r, b) in buf.iter_mut().enumerate() {
+            b[..len].copy_from_slice(&p[r * stride + j0..][..len]);
+        }
+        simd::pv_rows(path, &mut acc, &buf, &buf, len, |k| v(j0 + k));
+    }
 }
 
 /// The ll4mi reduce kernel for one (sequence, head): merges the sequence's
@@ -543,7 +639,12 @@ pub fn paged_ll4mi(
         .collect();
     let partials: Vec<Vec<Ll4miPartial>> = grid
         .par_iter()
-        .map(|&(s, p, g)| ll4mi_partition(query, cache, meta, cfg, &dims, partition_size, s, p, g))
+        .map_init(
+            || Ll4miScratch::new(partition_size, d, qpk),
+            |scr, &(s, p, g)| {
+                ll4mi_partition(query, cache, meta, cfg, &dims, partition_size, s, p, g, scr)
+            },
+        )
         .collect();
     // Regroup as [seq][head][partition] (grid order is seq, partition, kv head).
     let mut by_head: Vec<Vec<Vec<Ll4miPartial>>> = Vec::with_capacity(seqs.len());

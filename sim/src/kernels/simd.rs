@@ -185,8 +185,9 @@ unsafe fn dots_avx512(
     dots_body::<8, 32>(xs, w, stride, col, n, out, out_stride)
 }
 
-/// Rows in groups of `R` (then 1), keys in blocks of `L` (then 8, then one
-/// by one); each (row, key) lane is one chain in ascending i.
+/// Rows in groups of `R` (then 4 where `R > 4`, then 1), keys in blocks of
+/// `L` (then 8, then one by one); each (row, key) lane is one chain in
+/// ascending i.
 #[inline(always)]
 fn dots_body<const R: usize, const L: usize>(
     xs: &[&[f32]],
@@ -210,6 +211,22 @@ fn dots_body<const R: usize, const L: usize>(
             out_stride,
         );
         r += R;
+    }
+    // A GQA group of four heads (or what is left of a wider block): four
+    // rows share each K load, enough chains in flight to cover the fma
+    // latency where one row alone runs two.
+    while R > 4 && r + 4 <= xs.len() {
+        let rows: &[&[f32]; 4] = xs[r..r + 4].try_into().expect("4 rows");
+        dots_row_block::<4, L>(
+            rows,
+            w,
+            stride,
+            col,
+            n,
+            &mut out[r * out_stride..],
+            out_stride,
+        );
+        r += 4;
     }
     while r < xs.len() {
         let rows: &[&[f32]; 1] = xs[r..r + 1].try_into().expect("1 row");
@@ -240,6 +257,11 @@ fn dots_row_block<const R: usize, const L: usize>(
     while j + L <= n {
         dots_block::<R, L>(xs, w, stride, col + j, out, out_stride, j);
         j += L;
+    }
+    // A 16-key tile (the decode kernels' TILE): one zmm (two ymm) per row.
+    while L > 16 && j + 16 <= n {
+        dots_block::<R, 16>(xs, w, stride, col + j, out, out_stride, j);
+        j += 16;
     }
     while j + 8 <= n {
         dots_block::<R, 8>(xs, w, stride, col + j, out, out_stride, j);
@@ -808,36 +830,152 @@ unsafe fn kt8_avx(
     for b in 0..blocks {
         let o = koff[8 * b];
         let r: [__m256; 8] = std::array::from_fn(|i| _mm256_loadu_ps(sp.add(bases[i] + o)));
-        let t0 = _mm256_unpacklo_ps(r[0], r[1]);
-        let t1 = _mm256_unpackhi_ps(r[0], r[1]);
-        let t2 = _mm256_unpacklo_ps(r[2], r[3]);
-        let t3 = _mm256_unpackhi_ps(r[2], r[3]);
-        let t4 = _mm256_unpacklo_ps(r[4], r[5]);
-        let t5 = _mm256_unpackhi_ps(r[4], r[5]);
-        let t6 = _mm256_unpacklo_ps(r[6], r[7]);
-        let t7 = _mm256_unpackhi_ps(r[6], r[7]);
-        let u0 = _mm256_shuffle_ps::<0x44>(t0, t2);
-        let u1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
-        let u2 = _mm256_shuffle_ps::<0x44>(t1, t3);
-        let u3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
-        let u4 = _mm256_shuffle_ps::<0x44>(t4, t6);
-        let u5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
-        let u6 = _mm256_shuffle_ps::<0x44>(t5, t7);
-        let u7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
-        let c = [
-            _mm256_permute2f128_ps::<0x20>(u0, u4),
-            _mm256_permute2f128_ps::<0x20>(u1, u5),
-            _mm256_permute2f128_ps::<0x20>(u2, u6),
-            _mm256_permute2f128_ps::<0x20>(u3, u7),
-            _mm256_permute2f128_ps::<0x31>(u0, u4),
-            _mm256_permute2f128_ps::<0x31>(u1, u5),
-            _mm256_permute2f128_ps::<0x31>(u2, u6),
-            _mm256_permute2f128_ps::<0x31>(u3, u7),
-        ];
-        for (cc, v) in c.into_iter().enumerate() {
+        for (cc, v) in transpose8x8(r).into_iter().enumerate() {
             _mm256_storeu_ps(dp.add((8 * b + cc) * tile + j0), v);
         }
     }
+}
+
+/// `out[c][i] = r[i][c]`: an 8x8 transpose in AVX registers (unpack,
+/// shuffle, 128-bit permute: data movement only).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn transpose8x8(r: [std::arch::x86_64::__m256; 8]) -> [std::arch::x86_64::__m256; 8] {
+    use std::arch::x86_64::*;
+    let t0 = _mm256_unpacklo_ps(r[0], r[1]);
+    let t1 = _mm256_unpackhi_ps(r[0], r[1]);
+    let t2 = _mm256_unpacklo_ps(r[2], r[3]);
+    let t3 = _mm256_unpackhi_ps(r[2], r[3]);
+    let t4 = _mm256_unpacklo_ps(r[4], r[5]);
+    let t5 = _mm256_unpackhi_ps(r[4], r[5]);
+    let t6 = _mm256_unpacklo_ps(r[6], r[7]);
+    let t7 = _mm256_unpackhi_ps(r[6], r[7]);
+    let u0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+    let u1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
+    let u2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+    let u3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
+    let u4 = _mm256_shuffle_ps::<0x44>(t4, t6);
+    let u5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
+    let u6 = _mm256_shuffle_ps::<0x44>(t5, t7);
+    let u7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
+    [
+        _mm256_permute2f128_ps::<0x20>(u0, u4),
+        _mm256_permute2f128_ps::<0x20>(u1, u5),
+        _mm256_permute2f128_ps::<0x20>(u2, u6),
+        _mm256_permute2f128_ps::<0x20>(u3, u7),
+        _mm256_permute2f128_ps::<0x31>(u0, u4),
+        _mm256_permute2f128_ps::<0x31>(u1, u5),
+        _mm256_permute2f128_ps::<0x31>(u2, u6),
+        _mm256_permute2f128_ps::<0x31>(u3, u7),
+    ]
+}
+
+// ---------------------------------------------------------------- V gather
+
+/// Eight keys of V into row-major tile rows, unchanged (a pure copy: every
+/// path gives the same bits), for a layout that stores a dim's values of
+/// the eight keys contiguously (x-packed and shuffled V): key i, dim dd
+/// is `src[base + i + voff[dd]]`, copied to `dst[(j0 + i) * d + dd]`.
+/// Copies whole blocks of 8 dims through 8x8 transposes and returns how
+/// many leading dims it copied (`d - d % 8`, or 0 when the portable path
+/// runs or a bound fails); the caller copies the rest.
+#[inline]
+pub fn gather_v8(
+    path: SimdPath,
+    src: &[f32],
+    base: usize,
+    voff: &[usize],
+    dst: &mut [f32],
+    d: usize,
+    j0: usize,
+) -> usize {
+    let blocks = voff.len().min(d) / 8;
+    let ok = voff[..8 * blocks]
+        .iter()
+        .all(|&o| base + o + 8 <= src.len())
+        && (j0 + 8) * d <= dst.len();
+    if !ok || blocks == 0 {
+        return 0;
+    }
+    match path {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX is part of both paths' features, checked by
+        // `supported()`; every index was bounds-checked above.
+        SimdPath::Avx2 | SimdPath::Avx512 if path.supported() => unsafe {
+            v8_avx(src, base, voff, blocks, dst, d, j0);
+            8 * blocks
+        },
+        _ => 0,
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn v8_avx(
+    src: &[f32],
+    base: usize,
+    voff: &[usize],
+    blocks: usize,
+    dst: &mut [f32],
+    d: usize,
+    j0: usize,
+) {
+    use std::arch::x86_64::*;
+    let sp = src.as_ptr();
+    let dp = dst.as_mut_ptr();
+    for b in 0..blocks {
+        // r[c]: the eight keys of dim 8b + c.
+        let r: [__m256; 8] =
+            std::array::from_fn(|c| _mm256_loadu_ps(sp.add(base + voff[8 * b + c])));
+        for (i, v) in transpose8x8(r).into_iter().enumerate() {
+            _mm256_storeu_ps(dp.add((j0 + i) * d + 8 * b), v);
+        }
+    }
+}
+
+// ---------------------------------------------------------------- prefetch
+
+/// Asks the CPU to bring the cache lines of `xs[start..start + len]`
+/// (clamped to `xs`) into its caches: a hint that changes no value.
+#[inline]
+pub fn prefetch(xs: &[f32], start: usize, len: usize) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        let end = start.saturating_add(len).min(xs.len());
+        let mut i = start;
+        while i < end {
+            // SAFETY: a prefetch reads nothing architecturally; the
+            // address is inside `xs` (SSE is part of x86_64's baseline).
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(xs.as_ptr().add(i) as *const i8) };
+            i += 16; // one 64-byte line of f32
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (xs, start, len);
+}
+
+// ---------------------------------------------------------------- wave reduce
+
+/// Lane 0 of the xor butterfly over `lanes` (offsets W/2, ..., 1; lane l
+/// takes `op(lane l, lane l ^ offset)`), which `numerics::wave_butterfly`
+/// returns: only the lanes lane 0 depends on are computed (at offset o,
+/// lanes l < o take `op(lane l, lane l + o)`, the same operands in the same
+/// order), in place and without allocating. `lanes.len()` is a power of
+/// two; the other lanes are left as scratch.
+#[inline]
+pub fn butterfly_lane0(lanes: &mut [f32], op: impl Fn(f32, f32) -> f32) -> f32 {
+    debug_assert!(lanes.len().is_power_of_two());
+    let mut o = lanes.len() / 2;
+    while o >= 1 {
+        let (lo, hi) = lanes.split_at_mut(o);
+        for (a, &b) in lo.iter_mut().zip(&hi[..o]) {
+            *a = op(*a, b);
+        }
+        o /= 2;
+    }
+    lanes[0]
 }
 
 // ---------------------------------------------------------------- max
@@ -1010,6 +1148,77 @@ mod tests {
                 }
             }
             assert!(dst[16 * tile..].iter().all(|x| x.is_nan()), "past the runs");
+        }
+    }
+
+    #[test]
+    fn v_transpose_gather_is_a_copy_on_every_path() {
+        // Eight consecutive keys per dim at scattered dim offsets; d = 43
+        // leaves 3 dims for the caller.
+        let src: Vec<f32> = (0..6000).map(|i| i as f32 * 0.25 - 3.0).collect();
+        let d = 43;
+        let voff: Vec<usize> = (0..d).map(|dd| (dd * 131) % 5000).collect();
+        let (base, j0) = (17, 2);
+        for path in SimdPath::available() {
+            let mut dst = vec![f32::NAN; 12 * d];
+            let done = gather_v8(path, &src, base, &voff, &mut dst, d, j0);
+            let want = if path == SimdPath::Portable { 0 } else { 40 };
+            assert_eq!(done, want, "{}", path.name());
+            for i in 0..8 {
+                for dd in 0..done {
+                    assert_eq!(
+                        dst[(j0 + i) * d + dd],
+                        src[base + i + voff[dd]],
+                        "{}",
+                        path.name()
+                    );
+                }
+                assert!(dst[(j0 + i) * d + done..(j0 + i + 1) * d]
+                    .iter()
+                    .all(|x| x.is_nan()));
+            }
+            assert!(dst[..j0 * d]
+                .iter()
+                .chain(&dst[(j0 + 8) * d..])
+                .all(|x| x.is_nan()));
+        }
+        // Out of bounds: nothing copied.
+        let mut dst = vec![0.0; 12 * d];
+        assert_eq!(
+            gather_v8(
+                SimdPath::active(),
+                &src[..100],
+                base,
+                &voff,
+                &mut dst,
+                d,
+                j0
+            ),
+            0
+        );
+    }
+
+    #[test]
+    fn butterfly_lane0_is_the_wave_butterflys_result_bit_for_bit() {
+        let xs = exp_inputs();
+        for w in [1usize, 2, 32, 64] {
+            for start in (0..xs.len() - w).step_by(7) {
+                let mut a = xs[start..start + w].to_vec();
+                let mut b = a.clone();
+                let add = |x: f32, y: f32| x + y;
+                assert_eq!(
+                    butterfly_lane0(&mut a, add).to_bits(),
+                    crate::numerics::wave_butterfly(&mut b, add).to_bits(),
+                    "sum of {w} from {start}"
+                );
+                let mut a = xs[start..start + w].to_vec();
+                let mut b = a.clone();
+                assert_eq!(
+                    butterfly_lane0(&mut a, f32::max).to_bits(),
+                    crate::numerics::wave_butterfly(&mut b, f32::max).to_bits(),
+                    "max of {w} from {start}"
+                );
+            }
         }
     }
 
@@ -1260,13 +1469,51 @@ mod tests {
             exp2c_shifted(path, &xs, 0.25, &mut e);
             let mut dots = vec![0.0; 7 * keys];
             dots_rows(path, &qs, &w, keys, 0, keys, &mut dots, keys);
+            // 29 keys from column 3 (a 16-key block, 8, then singles) for
+            // a GQA group of 4 rows and for 5 rows.
+            for rows in [4, 5] {
+                let mut more = vec![0.0; rows * 29];
+                dots_rows(path, &qs[..rows], &w, keys, 3, 29, &mut more, 29);
+                for r in 0..rows {
+                    for j in 0..29 {
+                        let mut a = 0.0f32;
+                        for i in 0..d {
+                            a = qs[r][i].mul_add(w[i * keys + 3 + j], a);
+                        }
+                        assert_eq!(
+                            more[r * 29 + j].to_bits(),
+                            a.to_bits(),
+                            "{} row {r} key {j}",
+                            path.name()
+                        );
+                    }
+                }
+            }
             // PV over a 131-dim accumulator: rows of V are the columns above.
             let v: Vec<f32> = (0..keys * 131).map(|i| (i as f32 * 0.051).cos()).collect();
             let mut acc: Vec<f32> = (0..131).map(|i| i as f32 * 0.01).collect();
             pv_accumulate(path, &mut acc, Some(0.75), &p, |k| {
                 &v[k * 131..(k + 1) * 131]
             });
-            (bits(&e), bits(&dots), bits(&acc))
+            // V rows gathered from a dim-major store, then the rest by hand.
+            let vt: Vec<f32> = (0..131 * 16).map(|i| (i as f32 * 0.73).sin()).collect();
+            let voff: Vec<usize> = (0..131).map(|dd| dd * 16).collect();
+            let mut vrows = vec![0.0; 8 * 131];
+            let done = gather_v8(path, &vt, 4, &voff, &mut vrows, 131, 0);
+            for i in 0..8 {
+                for dd in done..131 {
+                    vrows[i * 131 + dd] = vt[4 + i + voff[dd]];
+                }
+            }
+            let mut lanes: Vec<f32> = xs[..64].to_vec();
+            let wsum = butterfly_lane0(&mut lanes, |a, b| a + b);
+            (
+                bits(&e),
+                bits(&dots),
+                bits(&acc),
+                bits(&vrows),
+                wsum.to_bits(),
+            )
         };
         let portable = run(SimdPath::Portable);
         assert_eq!(portable.0, bits(&want), "portable exp2c_shifted is exp2c");

@@ -232,6 +232,21 @@ impl RowState {
         }
     }
 
+    /// Whether the step against a tile whose scores are all -inf leaves
+    /// this row's bits unchanged, so a kernel may skip it: true unless the
+    /// running max is +inf. With all -inf scores `m_new = m_i` and every
+    /// `P = exp2c(-inf) = 0` (no PV fma, `rowsum = +0`); `alpha` is
+    /// `exp2c(0) = 1` for a finite max (`acc * 1`, `fma(l, 1, +0)`: the same
+    /// bits, NaN included) and `exp2c(-inf) = 0` for a -inf max, where acc
+    /// is +0 or NaN and l is +0 or NaN (only a kept key, which makes the max
+    /// finite, or a NaN score writes them), which `* 0` and `fma(l, 0, +0)`
+    /// keep. A +inf max gives `alpha = exp2c(NaN)`: not an identity.
+    /// `all_masked_step_is_an_identity_unless_the_max_is_inf` checks it.
+    #[inline]
+    pub fn all_masked_step_is_identity(&self) -> bool {
+        self.m != f32::INFINITY
+    }
+
     /// `acc / l` (0 for an empty row), not yet rounded to the output dtype.
     pub fn normalized(&self) -> Vec<f32> {
         if self.l == 0.0 {
@@ -636,7 +651,29 @@ impl KvTile {
             }
         }
         let v_rows = exact && dims.v.iter().enumerate().all(|(i, &o)| o == i);
-        for (j, &(block, row)) in locs.iter().enumerate() {
+        // A layout that keeps a dim's values of consecutive keys together
+        // (x-packed, shuffled V): eight keys at a time through transposes.
+        let mut j0 = 0;
+        if exact && !v_rows {
+            while j0 + G <= locs.len() {
+                let vb: [usize; G] = std::array::from_fn(|i| {
+                    let (block, row) = locs[j0 + i];
+                    cache.layout.v_offset(block, row, kv_head, 0)
+                });
+                let done = match vb.iter().enumerate().all(|(i, &b)| b == vb[0] + i) {
+                    true => simd::gather_v8(path, &cache.v, vb[0], &dims.v, &mut self.v, d, j0),
+                    false => 0, // the keys straddle blocks: one by one
+                };
+                for (i, &b) in vb.iter().enumerate() {
+                    let vrow = &mut self.v[(j0 + i) * d..(j0 + i + 1) * d];
+                    for (out, &vo) in vrow.iter_mut().zip(&dims.v).skip(done) {
+                        *out = cache.v[b + vo];
+                    }
+                }
+                j0 += G;
+            }
+        }
+        for (j, &(block, row)) in locs.iter().enumerate().skip(j0) {
             let vb = cache.layout.v_offset(block, row, kv_head, 0);
             let vrow = &mut self.v[j * d..(j + 1) * d];
             if v_rows {
@@ -645,6 +682,30 @@ impl KvTile {
                 for (out, &vo) in vrow.iter_mut().zip(&dims.v) {
                     *out = v_load(cache.v[vb + vo]);
                 }
+            }
+        }
+    }
+
+    /// Hints the CPU to fetch the K and V of keys `locs` of kv head
+    /// `kv_head` (e.g. the next tile's, while this one is computed) where
+    /// the layout keeps a key's row contiguous (NHD: one run of D values,
+    /// on its own 4 KiB page per key, which the hardware prefetchers do
+    /// not run ahead into). Changes nothing; a no-op for other layouts.
+    pub fn prefetch_paged(
+        cache: &crate::cache::KvCache,
+        dims: &DimOffsets,
+        kv_head: usize,
+        locs: &[(usize, usize)],
+    ) {
+        let d = dims.k.len();
+        let rows = |o: &[usize]| o.iter().enumerate().all(|(i, &x)| x == i);
+        let (k_rows, v_rows) = (rows(&dims.k), rows(&dims.v));
+        for &(block, row) in locs {
+            if k_rows {
+                simd::prefetch(&cache.k, cache.layout.k_offset(block, row, kv_head, 0), d);
+            }
+            if v_rows {
+                simd::prefetch(&cache.v, cache.layout.v_offset(block, row, kv_head, 0), d);
             }
         }
     }

@@ -1088,6 +1088,7 @@ impl<'a> Kernel<'a> {
     fn load_kv(&self, u: &Unit, keys: std::ops::Range<usize>, buf: &mut TileBuffers) {
         let cfg = self.cfg;
         let (q_dtype, kv_dtype, flavor) = (cfg.dtype(), cfg.kv_dtype(), self.launch.flavor);
+        let keys_end = keys.end;
         buf.locs.clear();
         buf.locs
             .extend(keys.map(|t| self.meta.kv_location(u.seq, t)));
@@ -1098,6 +1099,14 @@ impl<'a> Kernel<'a> {
         if !converts {
             buf.kv
                 .gather_paged_exact(self.cache, &self.dims, u.kv_head, &buf.locs);
+            // The keys after this tile (the next tile of an ascending loop)
+            // start their way in while this one is computed.
+            let next = buf.locs.len();
+            let ahead = keys_end..(keys_end + next).min(self.meta.seq_len(u.seq));
+            buf.locs.clear();
+            buf.locs
+                .extend(ahead.map(|t| self.meta.kv_location(u.seq, t)));
+            KvTile::prefetch_paged(self.cache, &self.dims, u.kv_head, &buf.locs);
             return;
         }
         // Fault::Fp8KvDtypeMismatch: the bytes decoded as the other e4m3 variant.
