@@ -19,7 +19,7 @@ use crate::backends::capability::Words::{self, *};
 use crate::backends::capability::{capabilities_of, check_capabilities};
 use crate::backends::steps::{Paged, Step, SubBatch};
 use crate::backends::AttentionBackend;
-use crate::config::{AttnConfig, AttnConfigBuilder};
+use crate::config::AttnConfig;
 use crate::kernels::reshape_and_cache::CacheWriter;
 use attnlab_shared::block_table::select_kernel_block_size;
 use attnlab_shared::dtype::DType;
@@ -71,11 +71,8 @@ impl RocmAttn {
     /// for `cfg`'s model window ([`Fault::RocmAttnWindowOffByOne`]: every
     /// profile passes `W - 1`).
     pub fn kernel_window(&self, cfg: &AttnConfig) -> Option<usize> {
-        let window = cfg.sliding_window();
-        match (
-            self.profile,
-            cfg.faults().has(Fault::RocmAttnWindowOffByOne),
-        ) {
+        let (window, off_by_one) = (cfg.sliding_window(), Fault::RocmAttnWindowOffByOne);
+        match (self.profile, cfg.faults().has(off_by_one)) {
             (RocmAttnProfile::SeedEra, _) | (_, true) => window.map(|w| w - 1).filter(|&w| w > 0),
             (RocmAttnProfile::V0_33, false) => window,
         }
@@ -137,12 +134,9 @@ impl AttentionBackend for RocmAttn {
         if cfg.softcap().is_some() {
             return Err("ROCM_ATTN drops logits_soft_cap: its forward calls chunked_prefill_paged_decode without it".into());
         }
-        AttnConfigBuilder {
-            sliding_window: self.model_window(cfg.sliding_window()),
-            ..cfg.to_builder()
-        }
-        .build()
-        .map_err(|e| e.to_string())
+        let mut builder = cfg.to_builder();
+        builder.sliding_window = self.model_window(cfg.sliding_window());
+        builder.build().map_err(|e| e.to_string())
     }
 
     /// The registry's head sizes, dtypes, kernel block sizes (a multiple
@@ -190,12 +184,9 @@ impl AttentionBackend for RocmAttn {
 
     /// The config the kernels see: the profile's window, no soft-cap.
     fn kernel_config(&self, cfg: &AttnConfig) -> Result<AttnConfig> {
-        AttnConfigBuilder {
-            sliding_window: self.kernel_window(cfg),
-            softcap: None,
-            ..cfg.to_builder()
-        }
-        .build()
+        let mut builder = cfg.to_builder();
+        (builder.sliding_window, builder.softcap) = (self.kernel_window(cfg), None);
+        builder.build()
     }
 
     fn route(&self, meta: &AttentionMetadata, cfg: &AttnConfig) -> Result<Vec<SubBatch>> {
