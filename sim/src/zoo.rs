@@ -325,7 +325,7 @@ pub fn run_probe(
 
 /// [`run_probe`] for a number of cases instead of a time budget: the probe
 /// runs until a case fails or at least `cases` counted cases have run (the
-/// last batch of [`CASES_PER_BATCH`] is run whole), the same cases on every
+/// last batch of `CASES_PER_BATCH` is run whole), the same cases on every
 /// machine for one seed.
 pub fn run_probe_cases(
     probe: Probe,
