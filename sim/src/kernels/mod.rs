@@ -20,6 +20,8 @@ pub mod prefix_prefill_tc;
 pub mod reshape_and_cache;
 pub mod simd;
 pub mod softmax;
+#[cfg(test)]
+pub(crate) mod test_batch;
 pub mod unified_attention;
 pub mod unified_attention_tc;
 

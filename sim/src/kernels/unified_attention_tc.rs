@@ -469,8 +469,6 @@ mod tests {
     use super::*;
     use crate::kernels::unified_attention::{unified_attention, VllmLaunchOptions};
     use crate::profile::VllmProfile;
-    use attnlab_shared::layout::KvLayout;
-    use attnlab_shared::metadata::BlockTableTensor;
     use proptest::prelude::*;
 
     /// Requests `(ctx, q)` in reversed (non-contiguous) blocks, deterministic data.
@@ -479,62 +477,14 @@ mod tests {
         block_size: usize,
         reqs: &[(usize, usize)],
     ) -> (Vec<f32>, KvCache, AttentionMetadata) {
-        let per: Vec<usize> = reqs
-            .iter()
-            .map(|&(c, q)| (c + q).div_ceil(block_size).max(1))
-            .collect();
-        let blocks: usize = per.iter().sum();
-        let width = per.iter().copied().max().unwrap_or(1);
-        let mut next = blocks as i32;
-        let rows: Vec<Vec<i32>> = per
-            .iter()
-            .map(|&n| {
-                (0..width)
-                    .map(|i| {
-                        if i < n {
-                            next -= 1;
-                            next
-                        } else {
-                            0
-                        }
-                    })
-                    .collect()
-            })
-            .collect();
-        let mut qsl = vec![0i32];
-        for &(_, q) in reqs {
-            qsl.push(qsl.last().unwrap() + q as i32);
-        }
-        let t = *qsl.last().unwrap() as usize;
-        let meta = AttentionMetadata::new(
-            block_size,
-            blocks,
-            qsl,
-            reqs.iter().map(|&(c, q)| (c + q) as i32).collect(),
-            BlockTableTensor::from_rows(&rows),
-            vec![-1; t],
-            true,
-        )
-        .unwrap();
-        let layout = KvLayout::new(
+        crate::kernels::test_batch::reversed_blocks(
+            cfg,
             LayoutKind::Nhd,
-            blocks,
             block_size,
-            cfg.num_kv_heads(),
-            cfg.head_size(),
-            cfg.kv_dtype(),
+            reqs,
+            false,
+            cfg.dtype(),
         )
-        .unwrap();
-        let val = |i: usize, salt: f32| cfg.dtype().round(((i as f32) * 0.618 + salt).sin() * 1.5);
-        let cache = KvCache {
-            layout,
-            k: (0..layout.numel()).map(|i| val(i, 0.3)).collect(),
-            v: (0..layout.numel()).map(|i| val(i, 1.7)).collect(),
-        };
-        let query = (0..t * cfg.num_heads() * cfg.head_size())
-            .map(|i| val(i, 2.9))
-            .collect();
-        (query, cache, meta)
     }
 
     fn vllm_launch(meta: &AttentionMetadata, cfg: &AttnConfig) -> UnifiedLaunch {
