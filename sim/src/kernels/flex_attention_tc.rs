@@ -240,13 +240,7 @@ mod tests {
         let fma = flex(&args).unwrap();
         for t in [MatrixTarget::Sm90, MatrixTarget::Gfx942] {
             let tc = flex_tc(&args, t).unwrap();
-            for (a, b) in tc.iter().zip(&fma) {
-                assert!(
-                    (a - b).abs() <= 0.02 + 0.02 * b.abs(),
-                    "{}: {a} vs {b}",
-                    t.name()
-                );
-            }
+            crate::kernels::test_batch::assert_within_rounding(&tc, &fma, t.name());
             assert_eq!(bits(&tc), bits(&flex_tc(&args, t).unwrap()), "{}", t.name());
         }
     }

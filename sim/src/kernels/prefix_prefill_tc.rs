@@ -459,13 +459,11 @@ mod tests {
                 let fma = run(&q, &cache, &meta, cfg, true, None, 0.0).unwrap();
                 for t in MatrixTarget::ALL {
                     let tc = run(&q, &cache, &meta, cfg, true, Some(t), 0.0).unwrap();
-                    for (a, b) in tc.iter().zip(&fma) {
-                        assert!(
-                            (a - b).abs() <= 0.02 + 0.02 * b.abs(),
-                            "{} {kind:?}: {a} vs {b}",
-                            t.name()
-                        );
-                    }
+                    crate::kernels::test_batch::assert_within_rounding(
+                        &tc,
+                        &fma,
+                        &format!("{} {kind:?}", t.name()),
+                    );
                 }
             }
         }

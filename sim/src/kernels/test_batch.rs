@@ -75,3 +75,12 @@ pub(crate) fn reversed_blocks(
         .collect();
     (query, cache, meta)
 }
+
+/// The tensor-core twins' agreement with their fma kernel: every element
+/// within `0.02 + 0.02 |fma|` (the rounding of P to the query dtype and the
+/// matrix instruction's truncation), naming `what` and the pair on failure.
+pub(crate) fn assert_within_rounding(tc: &[f32], fma: &[f32], what: &str) {
+    for (a, b) in tc.iter().zip(fma) {
+        assert!((a - b).abs() <= 0.02 + 0.02 * b.abs(), "{what}: {a} vs {b}");
+    }
+}
