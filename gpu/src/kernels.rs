@@ -282,6 +282,24 @@ fn mma_variants() -> Vec<Defines> {
         .collect()
 }
 
+/// wgmma exists on bf16 and f16 only, and only on the arch-specific
+/// target (sm_90a), which [`ARCH_SPECIFIC`] asks NVRTC for.
+fn wgmma_variants() -> Vec<Defines> {
+    [0, 1]
+        .map(|code| {
+            vec![
+                ("MMA_FORMAT".to_string(), format!("{code}")),
+                (ARCH_SPECIFIC.to_string(), "1".to_string()),
+            ]
+        })
+        .to_vec()
+}
+
+/// The define that makes NVRTC compile a module for the arch-specific
+/// target (`sm_90a` for sm 90): instructions such as `wgmma` exist only
+/// there, and such a module loads only on that exact architecture.
+pub const ARCH_SPECIFIC: &str = "ATTNLAB_SM_ARCH_SPECIFIC";
+
 fn fill_variants() -> Vec<Defines> {
     each_dtype("DTYPE", &[DType::Bf16])
 }
@@ -419,6 +437,12 @@ pub static FAMILIES: &[Family] = &[
             "mfma_32x32x16_probe",
         ],
         variants: mma_variants,
+    },
+    Family {
+        name: "wgmma_probe",
+        embedded: include_str!("../../kernels/wgmma_probe.hip"),
+        entries: &["wgmma_m64n8k16_probe"],
+        variants: wgmma_variants,
     },
     Family {
         name: "fill",

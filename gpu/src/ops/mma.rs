@@ -22,6 +22,7 @@ impl Instr {
     pub fn name(&self) -> String {
         let op = match self.shape {
             Shape::M16N8K16 => "mma",
+            Shape::M64N8K16 => "wgmma",
             _ => "mfma",
         };
         format!(
@@ -40,6 +41,7 @@ impl Instr {
     fn entry(&self) -> &'static str {
         match self.shape {
             Shape::M16N8K16 => "mma_m16n8k16_probe",
+            Shape::M64N8K16 => "wgmma_m64n8k16_probe",
             Shape::M16N16K16 => "mfma_16x16x16_probe",
             Shape::M32N32K8 => "mfma_32x32x8_probe",
             Shape::M16N16K32 => "mfma_16x16x32_probe",
@@ -118,37 +120,50 @@ pub fn run(gpu: &Gpu, instr: Instr, a: &[u16], b: &[u16], c: &[f32]) -> Result<V
     }
     let dev = gpu.dev.as_ref();
     let wave = dev.info().target.wave_size() as usize;
-    if wave != instr.shape.lanes() {
+    // wgmma's warpgroup is four 32-lane warps; the other forms one wave
+    let fits = match instr.shape {
+        Shape::M64N8K16 => wave == 32,
+        shape => wave == shape.lanes(),
+    };
+    if !fits {
         return Err(SharedError::unsupported(
             instr.name(),
             format!(
-                "it runs on waves of {} lanes; this device has {wave}",
+                "it runs on {} lanes of 32-lane warps (wgmma) or one wave of that many lanes; this device has {wave}-lane waves",
                 instr.shape.lanes()
             ),
         )
         .into());
     }
-    let f = gpu.function(
-        "mma_probe",
-        &[(
-            "MMA_FORMAT".to_string(),
-            format_code(instr.format).to_string(),
-        )],
-        instr.entry(),
-    )?;
+    let format = ("MMA_FORMAT".to_string(), format_code(instr.format).to_string());
+    let f = match instr.shape {
+        Shape::M64N8K16 => gpu.function(
+            "wgmma_probe",
+            &[
+                format,
+                (crate::kernels::ARCH_SPECIFIC.to_string(), "1".to_string()),
+            ],
+            instr.entry(),
+        )?,
+        _ => gpu.function("mma_probe", &[format], instr.entry())?,
+    };
     let da = Buffer::from_bytes(dev, &u16_bytes(a))?;
     let db = Buffer::from_bytes(dev, &u16_bytes(b))?;
     let dc = Buffer::from_bytes(dev, &crate::runtime::bytes::bytes_of(c, DType::F32))?;
     let dd = Buffer::zeroed(dev, c.len() * 4)?;
-    // one wave per tile, at most 2^16 blocks of 256 threads; waves stride on
-    let threads = (n * wave).min(256 * 65536);
+    // one wave per tile (one 128-thread block per tile for wgmma), at most
+    // 2^16 blocks; waves stride on
+    let dims = match instr.shape {
+        Shape::M64N8K16 => LaunchDims::linear(n.min(65536) * 128, 128)?,
+        _ => LaunchDims::linear((n * wave).min(256 * 65536), 256)?,
+    };
     // SAFETY: the arguments are the kernel's parameter list in order (by-value
     // blocks layout-checked by gpu/tests/param_layout.rs), and every buffer was
     // sized above for the shapes those scalars and this grid index.
     unsafe {
         dev.launch(
             f,
-            LaunchDims::linear(threads, 256)?,
+            dims,
             &[
                 da.arg(),
                 db.arg(),

@@ -78,7 +78,16 @@ pub fn nvrtc_compile_logged(
     let cname = CString::new(name).map_err(|_| fail("name contains a NUL byte".into()))?;
     let prog = rtc::create_program(&src, Some(&cname)).map_err(|e| fail(format!("{e:?}")))?;
     let mut opts: Vec<String> = NVRTC_FLAGS.iter().map(|s| s.to_string()).collect();
-    opts.push(format!("--gpu-architecture=sm_{sm}"));
+    // a module that asks for the arch-specific target (wgmma) gets sm_XXa
+    let suffix = if defines
+        .iter()
+        .any(|(k, _)| k == crate::kernels::ARCH_SPECIFIC)
+    {
+        "a"
+    } else {
+        ""
+    };
+    opts.push(format!("--gpu-architecture=sm_{sm}{suffix}"));
     opts.extend(defines.iter().map(|(k, v)| format!("-D{k}={v}")));
     opts.extend(extra_options.iter().map(|o| o.to_string()));
     // SAFETY: `prog` is live until destroy_program below; src/cname outlive it.

@@ -470,7 +470,7 @@ impl MatrixTarget {
     /// (none: not modelled, or no such instruction).
     pub fn shapes(self, format: InFormat) -> &'static [Shape] {
         match (self, format.fnuz()) {
-            (MatrixTarget::Sm90, false) => &[Shape::M16N8K16],
+            (MatrixTarget::Sm90, false) => &[Shape::M16N8K16, Shape::M64N8K16],
             (MatrixTarget::Gfx90a | MatrixTarget::Gfx942, false) => {
                 &[Shape::M16N16K16, Shape::M32N32K8]
             }
@@ -906,6 +906,12 @@ impl Pairwise {
 pub enum Shape {
     /// `mma.sync.aligned.m16n8k16.row.col.f32.{bf16,f16}.{bf16,f16}.f32`
     M16N8K16,
+    /// `wgmma.mma_async.sync.aligned.m64n8k16.f32.{bf16,f16}.{bf16,f16}`
+    /// (Hopper, one warpgroup of 128 threads; A from registers, B from
+    /// shared memory through a matrix descriptor). Each element of D is
+    /// one 16-product dot plus C, the arithmetic [`Shape::M16N8K16`]'s
+    /// model describes: the diff tests that hypothesis.
+    M64N8K16,
     /// `v_mfma_f32_16x16x16{bf16_1k,f16}`
     M16N16K16,
     /// `v_mfma_f32_32x32x8{bf16_1k,f16}`
@@ -920,6 +926,7 @@ impl Shape {
     pub const fn mnk(self) -> (usize, usize, usize) {
         match self {
             Shape::M16N8K16 => (16, 8, 16),
+            Shape::M64N8K16 => (64, 8, 16),
             Shape::M16N16K16 => (16, 16, 16),
             Shape::M32N32K8 => (32, 32, 8),
             Shape::M16N16K32 => (16, 16, 32),
@@ -930,6 +937,7 @@ impl Shape {
     pub fn name(self) -> &'static str {
         match self {
             Shape::M16N8K16 => "m16n8k16",
+            Shape::M64N8K16 => "m64n8k16",
             Shape::M16N16K16 => "16x16x16",
             Shape::M32N32K8 => "32x32x8",
             Shape::M16N16K32 => "16x16x32",
@@ -937,10 +945,11 @@ impl Shape {
         }
     }
 
-    /// Lanes that hold the fragments.
+    /// Lanes that hold the fragments (a warpgroup's 128 threads for wgmma).
     pub const fn lanes(self) -> usize {
         match self {
             Shape::M16N8K16 => 32,
+            Shape::M64N8K16 => 128,
             _ => 64,
         }
     }
@@ -963,6 +972,13 @@ impl Shape {
                 let col = 2 * t + (i % 2) + 8 * (i / 4);
                 (row, col)
             }
+            // PTX ISA, "Register Fragments and Shared Memory Matrix Layouts"
+            // of wgmma .m64nNk16: warp w of the warpgroup holds rows
+            // 16w..16w+15 in m16n8k16's A layout.
+            Shape::M64N8K16 => {
+                let (row, col) = Shape::M16N8K16.a_index(lane % 32, i);
+                (row + 16 * (lane / 32), col)
+            }
             // CDNA: lane l holds row l % M, k = P * (l / M) + i (P per lane).
             Shape::M16N16K16 => (lane % 16, 4 * (lane / 16) + i),
             Shape::M32N32K8 => (lane % 32, 4 * (lane / 32) + i),
@@ -975,6 +991,9 @@ impl Shape {
     pub const fn b_index(self, lane: usize, i: usize) -> (usize, usize) {
         match self {
             Shape::M16N8K16 => (2 * (lane % 4) + (i % 2) + 8 * (i / 2), lane / 4),
+            // B is read from shared memory, not registers: this is the
+            // staging convention of the probe (thread l stores one element).
+            Shape::M64N8K16 => (lane % 16, lane / 16),
             Shape::M16N16K16 => (4 * (lane / 16) + i, lane % 16),
             Shape::M32N32K8 => (4 * (lane / 32) + i, lane % 32),
             Shape::M16N16K32 => (8 * (lane / 16) + i, lane % 16),
@@ -986,6 +1005,11 @@ impl Shape {
     pub const fn d_index(self, lane: usize, i: usize) -> (usize, usize) {
         match self {
             Shape::M16N8K16 => (lane / 4 + 8 * (i / 2), 2 * (lane % 4) + (i % 2)),
+            // warp w holds rows 16w..16w+15 in m16n8k16's D layout
+            Shape::M64N8K16 => {
+                let (row, col) = Shape::M16N8K16.d_index(lane % 32, i);
+                (row + 16 * (lane / 32), col)
+            }
             Shape::M16N16K16 | Shape::M16N16K32 => (4 * (lane / 16) + i, lane % 16),
             // 16 accumulators: 4 groups of 4 rows, 8 rows apart.
             Shape::M32N32K8 | Shape::M32N32K16 => {

@@ -153,7 +153,7 @@ proptest! {
     fn lane_layout_covers_every_element_once(seed in any::<u64>()) {
         use rand::{Rng, SeedableRng};
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-        for (shape, target) in [(Shape::M16N8K16, MatrixTarget::Sm90), (Shape::M16N16K16, MatrixTarget::Gfx942), (Shape::M32N32K8, MatrixTarget::Gfx942), (Shape::M16N16K32, MatrixTarget::Gfx942), (Shape::M32N32K16, MatrixTarget::Gfx942)] {
+        for (shape, target) in [(Shape::M16N8K16, MatrixTarget::Sm90), (Shape::M64N8K16, MatrixTarget::Sm90), (Shape::M16N16K16, MatrixTarget::Gfx942), (Shape::M32N32K8, MatrixTarget::Gfx942), (Shape::M16N16K32, MatrixTarget::Gfx942), (Shape::M32N32K16, MatrixTarget::Gfx942)] {
             let (m, n, k) = shape.mnk();
             let (pa, pb, pc) = shape.per_lane();
             let l = shape.lanes();
