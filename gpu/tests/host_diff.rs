@@ -237,6 +237,25 @@ fn the_tensor_core_flex_attention_is_bit_exact_on_the_host_at_both_wave_widths()
     }
 }
 
+/// The tensor-core MLA decode (`mla_decode_tc`) at both wave widths:
+/// TRITON_MLA's split-KV programs (16 heads x 16 keys per step), the
+/// 576-wide Q·K^T chained through C over the latent chunks then the rope
+/// chunks and the latent P·V, on Hopper's `mma.sync m16n8k16` model at 32
+/// lanes and CDNA3's MFMA 16x16x16 at 64, then the shared stage-2 reduce.
+#[test]
+fn the_tensor_core_mla_decode_is_bit_exact_on_the_host_at_both_wave_widths() {
+    for wave in [32, 64] {
+        let Some(gpu) = host_or_skip("mla_decode_tc", wave) else {
+            return;
+        };
+        let r = attnlab_gpu::diff::mla_decode_tc::run(&gpu, DiffOptions::new(6, 9))
+            .expect("mla_decode_tc diff");
+        assert_eq!(r.cases, 6);
+        assert!(r.elements > 0, "wave {wave}: compared nothing");
+        assert!(r.passed(), "wave {wave}: {:?}", r.first_mismatch);
+    }
+}
+
 #[test]
 fn every_diff_family_is_bit_exact_on_the_host_with_32_lane_waves() {
     every_family_is_bit_exact(32);
