@@ -117,9 +117,11 @@ fn the_tensor_core_prefill_is_bit_exact_on_the_host_at_both_wave_widths() {
 /// prefill and extend, the NHD paged decode; TRITON_ATTN and
 /// ROCM_AITER_UNIFIED_ATTN: unified_attention_tc; ROCM_ATTN on batches with
 /// no decode row: prefix_prefill_tc on its x-packed cache; FLEX_ATTENTION:
-/// flex_attention_tc) is bit-exact over
-/// draws the flavour admits; one with a launch that has none is refused
-/// naming that launch, never run in the fma kernels.
+/// flex_attention_tc; TRITON_MLA: mla_decode_tc for its decode,
+/// flash_varlen_tc for its prefill; ROCM_AITER_MLA and ROCM_AITER_TRITON_MLA
+/// on steps with no decode row, their asm decode being refused) is bit-exact
+/// over draws the flavour admits; one with a launch that has none is
+/// refused naming that launch, never run in the fma kernels.
 #[test]
 fn every_backend_in_the_tensor_core_flavour_is_bit_exact_or_refused_on_the_host() {
     let backends = [
@@ -128,6 +130,9 @@ fn every_backend_in_the_tensor_core_flavour_is_bit_exact_or_refused_on_the_host(
         "ROCM_AITER_FA",
         "ROCM_AITER_UNIFIED_ATTN",
         "FLEX_ATTENTION",
+        "TRITON_MLA",
+        "ROCM_AITER_MLA",
+        "ROCM_AITER_TRITON_MLA",
     ];
     for wave in [32, 64] {
         let Some(gpu) = host_or_skip("backends in the tensor-core flavour", wave) else {
@@ -171,6 +176,7 @@ fn every_backend_in_the_tensor_core_flavour_is_bit_exact_or_refused_on_the_host(
             "ROCM_AITER_UNIFIED_ATTN",
             "ROCM_ATTN",
             "FLEX_ATTENTION",
+            "TRITON_MLA",
         ] {
             assert!(
                 ran.contains(&b),
