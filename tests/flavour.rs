@@ -38,7 +38,31 @@ fn trace_in_the_tensor_core_flavour_names_the_family_of_each_launch() {
 
 #[test]
 fn a_launch_without_a_tensor_core_kernel_is_an_error_naming_it() {
-    // MLA presets: the decode has no tensor-core kernel.
+    // ROCM_AITER_MLA's decode is AITER's asm kernel: no tensor-core kernel.
+    let o = attnlab(&[
+        "trace",
+        "--backend",
+        "ROCM_AITER_MLA",
+        "--model",
+        "deepseek-r1",
+        "--prompt-len",
+        "40",
+        "--output-len",
+        "2",
+        "--flavour",
+        "auto",
+    ]);
+    assert_eq!(o.code, Some(1), "{o:?}");
+    assert!(
+        o.stderr
+            .contains("mla_decode_fwd (AITER asm) in the tensor-core flavour (gfx942)")
+            && o.stderr.contains("asm kernel")
+            && o.stderr.contains("flavours: fma"),
+        "{}",
+        o.stderr
+    );
+    // TRITON_MLA's decode is vLLM's Triton kernel: mla_decode_tc; its
+    // prefill (192 / 128 heads) flash_varlen_tc; the projections the same GEMM.
     let o = attnlab(&[
         "trace",
         "--backend",
@@ -47,17 +71,19 @@ fn a_launch_without_a_tensor_core_kernel_is_an_error_naming_it() {
         "deepseek-r1",
         "--prompt-len",
         "40",
+        "--output-len",
+        "2",
         "--flavour",
         "auto",
     ]);
-    assert_eq!(o.code, Some(1), "{o:?}");
-    assert!(
-        o.stderr
-            .contains("decode_attention_fwd (MLA) in the tensor-core flavour (gfx942)")
-            && o.stderr.contains("flavours: fma"),
-        "{}",
-        o.stderr
-    );
+    assert_eq!(o.code, Some(0), "{o:?}");
+    for want in [
+        "decode_attention_fwd (MLA) -> mla_decode_tc",
+        "flash_attn_varlen_func -> flash_varlen_tc (block_n 64)",
+        "the MLA projections -> mla_proj (the same GEMM in both flavours)",
+    ] {
+        assert!(o.stdout.contains(want), "{want:?} not in {}", o.stdout);
+    }
     // FLEX_ATTENTION's flex_attention has one: flex_attention_tc.
     let o = attnlab(&[
         "trace",
@@ -125,11 +151,11 @@ fn a_launch_without_a_tensor_core_kernel_is_an_error_naming_it() {
         "{}",
         o.stdout
     );
-    // The same refusal from `run`.
+    // `run` compares the MLA backends in the fma kernels only.
     let o = attnlab(&["run", "--model", "deepseek-r1", "--flavour", "tc"]);
     assert_eq!(o.code, Some(1), "{o:?}");
     assert!(
-        o.stderr.contains("decode_attention_fwd (MLA)"),
+        o.stderr.contains("MLA workload runner") && o.stderr.contains("TRITON_MLA --flavour tc"),
         "{}",
         o.stderr
     );

@@ -6,10 +6,12 @@
 //! values), which is what the next kernel of the composition reads.
 //!
 //! The executor carries the kernel flavour (`attnlab_sim::backends::flavour`):
-//! in the tensor-core flavour `flash_attn_varlen` runs `flash_varlen_tc`
-//! and the paged decodes `paged_decode_tc` (at the split size the sim's
-//! executor uses), the flavour's target must be the device's, and the
-//! launches with no tensor-core kernel are refused as the sim refuses them.
+//! in the tensor-core flavour `flash_attn_varlen` runs `flash_varlen_tc`,
+//! the paged decodes `paged_decode_tc` (at the split size the sim's
+//! executor uses) and TRITON_MLA's decode `mla_decode_tc` (the MLA
+//! projections are the same GEMM in both flavours), the flavour's target
+//! must be the device's, and the launches with no tensor-core kernel
+//! (AITER's asm MLA decode) are refused as the sim refuses them.
 
 use crate::kernels::Gpu;
 use crate::ops;
@@ -20,15 +22,17 @@ use attnlab_shared::error::{Error, Result};
 use attnlab_sim::backends::exec::KernelExecutor;
 use attnlab_sim::backends::flavour::{
     backend_decode_split, check_decode_tc, check_flex_tc, check_prefix_tc, check_unified_tc,
-    has_decode_rows, no_tc_family, varlen_tc, Flavour, MatmulKernel,
+    has_decode_rows, mla_decode_tc, no_tc_family, varlen_tc, Flavour, MatmulKernel,
 };
 use attnlab_sim::kernels::flash_varlen::VarlenArgs;
 use attnlab_sim::kernels::flash_varlen_tc::VarlenTcArgs;
 use attnlab_sim::kernels::flex_attention::FlexArgs;
 use attnlab_sim::kernels::gather_cache::GatherArgs;
 use attnlab_sim::kernels::merge_attn_states::MergeArgs;
-use attnlab_sim::kernels::mla_cache::LatentWrite;
-use attnlab_sim::kernels::mla_decode::{MlaDecodeArgs, MlaDecodeOutput};
+use attnlab_sim::kernels::mla_cache::{LatentCache, LatentWrite};
+use attnlab_sim::kernels::mla_decode::{
+    aiter_splits, AiterPaging, MlaDecodeArgs, MlaDecodeOutput, MlaDecodeParams,
+};
 use attnlab_sim::kernels::mla_prefill::LatentGather;
 use attnlab_sim::kernels::mla_proj::ProjArgs;
 use attnlab_sim::kernels::paged_decode::{PagedInputs, PartitionSize};
@@ -94,14 +98,6 @@ impl<'a> GpuExecutor<'a> {
             .map_err(shared)?;
         out.copy_from_slice(&widen(&bits, cfg.dtype()));
         Ok(())
-    }
-
-    /// Refuses a launch with no tensor-core kernel in the tensor-core flavour.
-    fn fma_only(&self, kernel: MatmulKernel) -> Result<()> {
-        match self.flavour {
-            Flavour::Fma => Ok(()),
-            Flavour::TensorCore(t) => Err(no_tc_family(kernel, t)),
-        }
     }
 }
 
@@ -241,31 +237,53 @@ impl KernelExecutor for GpuExecutor<'_> {
     }
 
     fn up_project(&self, args: &ProjArgs) -> Result<(Vec<f32>, Vec<f32>)> {
-        self.fma_only(MatmulKernel::MlaProjection)?;
         let (k, v) = ops::mla_proj::up_project(self.gpu, args).map_err(shared)?;
         Ok((widen(&k, args.dtype()), widen(&v, args.dtype())))
     }
 
     fn absorb_query(&self, args: &ProjArgs) -> Result<Vec<f32>> {
-        self.fma_only(MatmulKernel::MlaProjection)?;
         let bits = ops::mla_proj::absorb_query(self.gpu, args).map_err(shared)?;
         Ok(widen(&bits, args.dtype()))
     }
 
     fn project_output(&self, args: &ProjArgs) -> Result<Vec<f32>> {
-        self.fma_only(MatmulKernel::MlaProjection)?;
         let bits = ops::mla_proj::project_output(self.gpu, args).map_err(shared)?;
         Ok(widen(&bits, args.dtype()))
     }
 
     fn decode_attention_fwd(&self, args: &MlaDecodeArgs) -> Result<MlaDecodeOutput> {
-        self.fma_only(MatmulKernel::MlaDecode)?;
-        let o = ops::mla_decode::decode_attention_fwd(self.gpu, args).map_err(shared)?;
+        let o = match self.flavour {
+            Flavour::Fma => ops::mla_decode::decode_attention_fwd(self.gpu, args),
+            Flavour::TensorCore(t) => {
+                ops::mla_decode_tc::decode_attention_fwd_tc(self.gpu, &mla_decode_tc(args, t)?)
+            }
+        }
+        .map_err(shared)?;
         let p = args.params();
         Ok(MlaDecodeOutput {
             out: widen(&o.out, p.out_dtype),
             lse: widen(&o.lse, p.lse_dtype),
         })
+    }
+
+    /// AITER's decode: the trait's composition in the fma flavour, refused
+    /// in the tensor-core flavour as the sim's executor refuses it.
+    fn mla_decode_fwd(
+        &self,
+        q: &[f32],
+        cache: &LatentCache,
+        paging: &AiterPaging,
+        causal: bool,
+        num_kv_splits: Option<usize>,
+        num_cus: usize,
+        p: &MlaDecodeParams,
+    ) -> Result<MlaDecodeOutput> {
+        if let Flavour::TensorCore(t) = self.flavour {
+            return Err(no_tc_family(MatmulKernel::AiterMlaDecode, t));
+        }
+        let splits = aiter_splits(cache, paging, num_kv_splits, num_cus, p.num_heads)?;
+        let rows = paging.rows_with(causal, p.faults);
+        self.decode_attention_fwd(&MlaDecodeArgs::new(q, &rows, cache, splits, p)?)
     }
 
     fn gather_and_maybe_dequant_cache(&self, args: &LatentGather) -> Result<Vec<f32>> {

@@ -269,6 +269,29 @@ fn mla_decode_variants() -> Vec<Defines> {
     .collect()
 }
 
+/// The `-D` set of one compiled `mla_decode_tc` shape: query and latent
+/// cache dtypes, latent and rope widths (the module cache keys on it).
+pub fn mla_tc_defines(q: DType, kv: DType, lkv: usize, rope: usize) -> Vec<(String, String)> {
+    vec![
+        dtype_define("Q_DTYPE", q),
+        dtype_define("KV_DTYPE", kv),
+        ("MTC_LKV".to_string(), lkv.to_string()),
+        ("MTC_ROPE".to_string(), rope.to_string()),
+    ]
+}
+
+/// DeepSeek's 512 + 64 latent with a 16-bit and both fp8 latent caches.
+fn mla_tc_variants() -> Vec<Defines> {
+    [
+        (DType::Bf16, DType::Bf16),
+        (DType::Bf16, DType::Fp8E4m3Fnuz),
+        (DType::F16, DType::Fp8E4m3Fn),
+    ]
+    .iter()
+    .map(|&(q, kv)| mla_tc_defines(q, kv, 512, 64))
+    .collect()
+}
+
 /// Activation dtypes of the MLA projections.
 fn mla_proj_variants() -> Vec<Defines> {
     each_dtype("DTYPE", &[DType::Bf16, DType::F16, DType::F32])
@@ -401,6 +424,12 @@ pub static FAMILIES: &[Family] = &[
         embedded: include_str!("../../kernels/mla_decode.hip"),
         entries: &["mla_decode_stage1", "mla_decode_stage2"],
         variants: mla_decode_variants,
+    },
+    Family {
+        name: "mla_decode_tc",
+        embedded: include_str!("../../kernels/mla_decode_tc.hip"),
+        entries: &["mla_decode_tc_stage1"],
+        variants: mla_tc_variants,
     },
     Family {
         name: "mla_proj",

@@ -117,9 +117,11 @@ fn the_tensor_core_prefill_is_bit_exact_on_the_host_at_both_wave_widths() {
 /// prefill and extend, the NHD paged decode; TRITON_ATTN and
 /// ROCM_AITER_UNIFIED_ATTN: unified_attention_tc; ROCM_ATTN on batches with
 /// no decode row: prefix_prefill_tc on its x-packed cache; FLEX_ATTENTION:
-/// flex_attention_tc) is bit-exact over
-/// draws the flavour admits; one with a launch that has none is refused
-/// naming that launch, never run in the fma kernels.
+/// flex_attention_tc; TRITON_MLA: mla_decode_tc for its decode,
+/// flash_varlen_tc for its prefill; ROCM_AITER_MLA and ROCM_AITER_TRITON_MLA
+/// on steps with no decode row, their asm decode being refused) is bit-exact
+/// over draws the flavour admits; one with a launch that has none is
+/// refused naming that launch, never run in the fma kernels.
 #[test]
 fn every_backend_in_the_tensor_core_flavour_is_bit_exact_or_refused_on_the_host() {
     let backends = [
@@ -128,6 +130,9 @@ fn every_backend_in_the_tensor_core_flavour_is_bit_exact_or_refused_on_the_host(
         "ROCM_AITER_FA",
         "ROCM_AITER_UNIFIED_ATTN",
         "FLEX_ATTENTION",
+        "TRITON_MLA",
+        "ROCM_AITER_MLA",
+        "ROCM_AITER_TRITON_MLA",
     ];
     for wave in [32, 64] {
         let Some(gpu) = host_or_skip("backends in the tensor-core flavour", wave) else {
@@ -171,6 +176,7 @@ fn every_backend_in_the_tensor_core_flavour_is_bit_exact_or_refused_on_the_host(
             "ROCM_AITER_UNIFIED_ATTN",
             "ROCM_ATTN",
             "FLEX_ATTENTION",
+            "TRITON_MLA",
         ] {
             assert!(
                 ran.contains(&b),
@@ -231,6 +237,25 @@ fn the_tensor_core_flex_attention_is_bit_exact_on_the_host_at_both_wave_widths()
         };
         let r = attnlab_gpu::diff::flex_attention_tc::run(&gpu, DiffOptions::new(6, 8))
             .expect("flex_attention_tc diff");
+        assert_eq!(r.cases, 6);
+        assert!(r.elements > 0, "wave {wave}: compared nothing");
+        assert!(r.passed(), "wave {wave}: {:?}", r.first_mismatch);
+    }
+}
+
+/// The tensor-core MLA decode (`mla_decode_tc`) at both wave widths:
+/// TRITON_MLA's split-KV programs (16 heads x 16 keys per step), the
+/// 576-wide Q·K^T chained through C over the latent chunks then the rope
+/// chunks and the latent P·V, on Hopper's `mma.sync m16n8k16` model at 32
+/// lanes and CDNA3's MFMA 16x16x16 at 64, then the shared stage-2 reduce.
+#[test]
+fn the_tensor_core_mla_decode_is_bit_exact_on_the_host_at_both_wave_widths() {
+    for wave in [32, 64] {
+        let Some(gpu) = host_or_skip("mla_decode_tc", wave) else {
+            return;
+        };
+        let r = attnlab_gpu::diff::mla_decode_tc::run(&gpu, DiffOptions::new(6, 9))
+            .expect("mla_decode_tc diff");
         assert_eq!(r.cases, 6);
         assert!(r.elements > 0, "wave {wave}: compared nothing");
         assert!(r.passed(), "wave {wave}: {:?}", r.first_mismatch);

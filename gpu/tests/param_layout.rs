@@ -14,6 +14,7 @@ use attnlab_gpu::ops::flex_attention::FlexParams;
 use attnlab_gpu::ops::flex_attention_tc::FlexTcParams;
 use attnlab_gpu::ops::merge_attn_states::MergeParams;
 use attnlab_gpu::ops::mla_decode::MlaParams;
+use attnlab_gpu::ops::mla_decode_tc::MlaTcParams;
 use attnlab_gpu::ops::mla_proj::ProjParams;
 use attnlab_gpu::ops::paged_decode::PagedParams;
 use attnlab_gpu::ops::paged_decode_tc::TcParams;
@@ -125,6 +126,11 @@ fn unified_tc_params_match_unified_attention_tc_hip() {
 #[test]
 fn mla_params_match_mla_decode_hip() {
     layout_matches("mla_decode", &[static_asserts::<MlaParams>()]);
+}
+
+#[test]
+fn mla_tc_params_match_mla_decode_tc_hip() {
+    layout_matches("mla_decode_tc", &[static_asserts::<MlaTcParams>()]);
 }
 
 #[test]

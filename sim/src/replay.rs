@@ -29,7 +29,7 @@
 //! reference rounded to the output dtype, and their ratio.
 
 use crate::backends::exec::{Cpu, KernelExecutor};
-use crate::backends::flavour::{no_tc_family, tc_step, Flavour, FlavourChoice, MatmulKernel};
+use crate::backends::flavour::{admits_mla, tc_step, Flavour, FlavourChoice};
 use crate::backends::mla::{self, mla_backends};
 use crate::backends::rocm_attn::{DecodeKernel, RocmAttn};
 use crate::backends::steps::{Paged, Step};
@@ -474,23 +474,29 @@ pub fn replay_fixture_in(
                 .filter(|b| backend.is_none_or(|n| n == b.name().name()))
             {
                 let cfg = replay_config(m, dtype);
-                if choice != FlavourChoice::Fma {
-                    let why = match fixture_flavour(choice, b.name(), &f.header) {
-                        Ok(Flavour::TensorCore(t)) => no_tc_family(MatmulKernel::MlaDecode, t),
-                        Ok(Flavour::Fma) => Error::unsupported("MLA replay", "fma only"),
-                        Err(e) => e,
-                    };
-                    rows.push(at(b.name().name()).status(Status::Skipped, Some(why.to_string())));
-                    continue;
-                }
+                // In the tensor-core flavour: TRITON_MLA's decode on
+                // mla_decode_tc; AITER's asm decode is refused (skipped).
+                let flavour = fixture_flavour(choice, b.name(), &f.header)
+                    .and_then(|fl| admits_mla(b.as_ref(), fl, &m.meta, &cfg).map(|()| fl));
+                let flavour = match flavour {
+                    Ok(fl) => fl,
+                    Err(why) => {
+                        rows.push(
+                            at(b.name().name()).status(Status::Skipped, Some(why.to_string())),
+                        );
+                        continue;
+                    }
+                };
                 match b.check(&cfg, m.meta.block_size()) {
                     Err(e) => {
                         rows.push(at(b.name().name()).status(Status::Skipped, Some(e.to_string())))
                     }
                     Ok(()) => rows.push(
                         at(b.name().name()).judge(
-                            catch_panic(b.name().name(), || replay_mla_decode(b.as_ref(), m, &cfg))
-                                .map(Outcome::out),
+                            catch_panic(b.name().name(), || {
+                                replay_mla_decode(b.as_ref(), m, &cfg, flavour)
+                            })
+                            .map(Outcome::out),
                             &kernel,
                             tol,
                             dtype,
@@ -1174,6 +1180,7 @@ pub fn replay_mla_decode(
     backend: &dyn mla::MlaBackend,
     case: &MlaCase,
     cfg: &mla::MlaConfig,
+    flavour: Flavour,
 ) -> Result<Vec<f32>> {
     backend.check(cfg, case.meta.block_size())?;
     let layout = MlaLayout::new(
@@ -1189,6 +1196,13 @@ pub fn replay_mla_decode(
         num_decodes: case.meta.num_reqs(),
     };
     Ok(backend
-        .forward_mqa(&case.query.flat(), case.num_heads, &cache, &batch, cfg)?
+        .forward_mqa_with(
+            &Cpu::new(flavour),
+            &case.query.flat(),
+            case.num_heads,
+            &cache,
+            &batch,
+            cfg,
+        )?
         .out)
 }

@@ -13,7 +13,7 @@ use super::util::{backend_choice, bounded, emit, exit, progress};
 use attnlab_shared::limits::{MAX_BLOCK_SIZE, MAX_REQUESTS};
 use attnlab_shared::model::{preset, ModelPreset};
 use attnlab_shared::registry::BackendName;
-use attnlab_sim::backends::flavour::{no_tc_family, FlavourChoice, MatmulKernel};
+use attnlab_sim::backends::flavour::FlavourChoice;
 use attnlab_sim::backends::{self, mla};
 use attnlab_sim::mla_workload::run_mla_workload;
 use attnlab_sim::numerics::mma::MatrixTarget;
@@ -92,10 +92,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let target = MatrixTarget::parse(&args.target)?;
     if flavour != FlavourChoice::Fma && mla_cfg.is_some() {
         anyhow::bail!(
-            "invalid --flavour {} for {}: {}",
+            "invalid --flavour {} for {}: the MLA workload runner compares the MLA backends in the fma kernels only (TRITON_MLA's tensor-core flavour runs in `attnlab diff --backend TRITON_MLA --flavour tc` and `attnlab trace --flavour tc`)",
             flavour.name(),
             spec.model.name,
-            no_tc_family(MatmulKernel::MlaDecode, target)
         );
     }
     let report = match &mla_cfg {

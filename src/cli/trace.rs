@@ -174,10 +174,9 @@ impl Layer {
                 flavour::tc_launches(backend.as_ref(), meta, cfg, layout, target)
                     .map_err(|e| anyhow::anyhow!("{}: {e}", backend.name().name()))?
             }
-            // The MLA decode and projections have no tensor-core kernel.
-            Layer::Mla { backend, .. } => {
-                let e = flavour::no_tc_family(MatmulKernel::MlaDecode, target);
-                anyhow::bail!("{}: {e}", backend.name().name())
+            Layer::Mla { backend, cfg } => {
+                flavour::mla_tc_launches(backend.as_ref(), meta, cfg, target)
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", backend.name().name()))?
             }
         }))
     }

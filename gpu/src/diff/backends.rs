@@ -16,7 +16,8 @@
 //! own checks) are run, and a backend whose launches have no tensor-core
 //! kernel reports the refusal.
 //!
-//! The MLA backends ([`run_mla`]) are diffed the same way through
+//! The MLA backends ([`run_mla`]) are diffed the same way (in the
+//! tensor-core flavour over the draws `flavour::admits_mla` admits) through
 //! `backends::mla::run_mla_step_with` (latent cache write, absorbed decode,
 //! chunked non-absorbed prefill, every TP rank): DeepSeek-shaped steps
 //! scaled down (576- or 320-wide latents, small nope / v heads, few heads per
@@ -38,7 +39,7 @@ use attnlab_shared::registry::BackendName;
 use attnlab_shared::selection::Profile;
 use attnlab_sim::backends::by_name;
 use attnlab_sim::backends::exec::Cpu;
-use attnlab_sim::backends::flavour::{admits, Flavour, FlavourChoice};
+use attnlab_sim::backends::flavour::{admits, admits_mla, Flavour, FlavourChoice};
 use attnlab_sim::backends::mla::{self, run_mla_step_with, MlaBackend, MlaConfig, MlaStep};
 use attnlab_sim::cache::KvCache;
 use attnlab_sim::kernels::mla_cache::LatentCache;
@@ -364,20 +365,25 @@ pub fn run_mla(gpu: &Gpu, backend_name: BackendName, opts: DiffOptions) -> Resul
     let (cpu, gx) = (Cpu::new(flavour), GpuExecutor::with_flavour(gpu, flavour)?);
     let mut rng = rng_for(name, opts.seed);
     let mut tally = Tally::new(&report_name(name, flavour));
-    let mut draws = 0usize;
+    let (mut draws, mut refusal) = (0usize, None);
     while opts.more(tally.cases()) {
         draws += 1;
+        let why = refusal.as_ref();
         check_draw_budget(
             draws,
             tally.cases(),
             "MLA backend diff case space",
             name,
-            None,
+            why,
         )?;
         let Some(case) = draw_mla(&mut rng, backend.as_ref())? else {
             continue;
         };
         let cfg = &case.cfg;
+        if let Err(e) = admits_mla(backend.as_ref(), flavour, &case.meta, cfg) {
+            refusal = Some(e);
+            continue;
+        }
         let step = MlaStep {
             q: &case.q,
             kv_c: &case.kv_c,

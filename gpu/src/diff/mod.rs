@@ -18,6 +18,7 @@ pub mod gather_cache;
 pub mod merge_attn_states;
 pub mod mla_cache;
 pub mod mla_decode;
+pub mod mla_decode_tc;
 pub mod mla_prefill;
 pub mod mla_proj;
 pub mod mma;
@@ -299,6 +300,10 @@ pub static KERNEL_DIFFS: &[KernelDiff] = &[
     KernelDiff {
         kernel: "mla_decode",
         run: mla_decode::run,
+    },
+    KernelDiff {
+        kernel: "mla_decode_tc",
+        run: mla_decode_tc::run,
     },
     KernelDiff {
         kernel: "mla_proj",

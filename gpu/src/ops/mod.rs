@@ -12,6 +12,7 @@ pub mod gather_cache;
 pub mod merge_attn_states;
 pub mod mla_cache;
 pub mod mla_decode;
+pub mod mla_decode_tc;
 pub mod mla_prefill;
 pub mod mla_proj;
 pub mod mma;

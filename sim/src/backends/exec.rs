@@ -12,13 +12,15 @@
 //! [`super::flavour`]): [`Cpu`] in the tensor-core flavour runs
 //! `flash_attn_varlen` as `flash_varlen_tc`, `unified_attention` as
 //! `unified_attention_tc`, `context_attention_fwd` as `prefix_prefill_tc`,
-//! `flex_attention` as `flex_attention_tc` and the paged decodes as `paged_decode_tc` (a decode over a batch with
-//! no decode row computes nothing), and refuses the launches with no
-//! tensor-core kernel.
+//! `flex_attention` as `flex_attention_tc`, the paged decodes as `paged_decode_tc` (a decode over a batch with
+//! no decode row computes nothing) and TRITON_MLA's `decode_attention_fwd`
+//! as `mla_decode_tc`; the MLA projections are the same GEMM in both
+//! flavours ([`super::flavour::MLA_PROJECTION_FAMILY`]); it refuses the
+//! launches with no tensor-core kernel (AITER's asm `mla_decode_fwd`).
 
 use crate::backends::flavour::{
     backend_decode_split, check_decode_tc, check_flex_tc, check_prefix_tc, check_unified_tc,
-    has_decode_rows, no_tc_family, varlen_tc, Flavour, MatmulKernel,
+    has_decode_rows, mla_decode_tc, no_tc_family, varlen_tc, Flavour, MatmulKernel,
 };
 use crate::kernels::flash_varlen::{varlen, VarlenArgs};
 use crate::kernels::flash_varlen_tc::flash_attn_varlen_tc;
@@ -30,6 +32,7 @@ use crate::kernels::mla_cache::{write_latent, LatentCache, LatentWrite};
 use crate::kernels::mla_decode::{
     aiter_splits, decode, AiterPaging, MlaDecodeArgs, MlaDecodeOutput, MlaDecodeParams,
 };
+use crate::kernels::mla_decode_tc::decode_tc as mla_decode_tc_kernel;
 use crate::kernels::mla_prefill::{gather_latent, LatentGather};
 use crate::kernels::mla_proj::{absorb, output, up, ProjArgs};
 use crate::kernels::paged_decode::{paged_2d, paged_ll4mi, PagedInputs, PartitionSize};
@@ -243,31 +246,36 @@ impl KernelExecutor for Cpu {
         }
     }
 
-    fn up_project(&self, args: &ProjArgs) -> Result<(Vec<f32>, Vec<f32>)> {
-        match self.flavour {
-            Flavour::Fma => up(args),
-            Flavour::TensorCore(t) => Err(no_tc_family(MatmulKernel::MlaProjection, t)),
-        }
-    }
-
-    fn absorb_query(&self, args: &ProjArgs) -> Result<Vec<f32>> {
-        match self.flavour {
-            Flavour::Fma => absorb(args),
-            Flavour::TensorCore(t) => Err(no_tc_family(MatmulKernel::MlaProjection, t)),
-        }
-    }
-
-    fn project_output(&self, args: &ProjArgs) -> Result<Vec<f32>> {
-        match self.flavour {
-            Flavour::Fma => output(args),
-            Flavour::TensorCore(t) => Err(no_tc_family(MatmulKernel::MlaProjection, t)),
-        }
-    }
+    // The MLA projections (up_project, absorb_query, project_output) are
+    // the trait's defaults in both flavours: MLA_PROJECTION_FAMILY.
 
     fn decode_attention_fwd(&self, args: &MlaDecodeArgs) -> Result<MlaDecodeOutput> {
         match self.flavour {
             Flavour::Fma => decode(args),
-            Flavour::TensorCore(t) => Err(no_tc_family(MatmulKernel::MlaDecode, t)),
+            Flavour::TensorCore(t) => mla_decode_tc_kernel(&mla_decode_tc(args, t)?),
+        }
+    }
+
+    /// AITER's decode: in the fma flavour the trait's composition around
+    /// the split-KV kernel; in the tensor-core flavour refused (its asm
+    /// kernel is not vLLM's Triton kernel that `mla_decode_tc` computes).
+    fn mla_decode_fwd(
+        &self,
+        q: &[f32],
+        cache: &LatentCache,
+        paging: &AiterPaging,
+        causal: bool,
+        num_kv_splits: Option<usize>,
+        num_cus: usize,
+        p: &MlaDecodeParams,
+    ) -> Result<MlaDecodeOutput> {
+        match self.flavour {
+            Flavour::Fma => {
+                let splits = aiter_splits(cache, paging, num_kv_splits, num_cus, p.num_heads)?;
+                let rows = paging.rows_with(causal, p.faults);
+                decode(&MlaDecodeArgs::new(q, &rows, cache, splits, p)?)
+            }
+            Flavour::TensorCore(t) => Err(no_tc_family(MatmulKernel::AiterMlaDecode, t)),
         }
     }
 }

@@ -22,7 +22,10 @@
 //! | `unified_attention` | `unified_attention_tc` (NHD caches) |
 //! | `context_attention_fwd` (ROCM_ATTN's prefix prefill) | `prefix_prefill_tc` (any layout) |
 //! | `flex_attention` | `flex_attention_tc` |
-//! | the MLA decode and projections | none |
+//! | TRITON_MLA's `decode_attention_fwd` | `mla_decode_tc` (bf16/f16, latent and rope multiples of 16) |
+//! | AITER's asm `mla_decode_fwd` (ROCM_AITER_MLA, ROCM_AITER_TRITON_MLA) | none: refused, naming it |
+//! | the MLA projections (cuBLAS / hipBLASLt GEMMs) | `mla_proj` in both flavours ([`MLA_PROJECTION_FAMILY`]) |
+//! | the MLA prefill's `flash_attn_varlen_func` (`P + R` / `V` heads) | `flash_varlen_tc` (head sizes multiples of 16) |
 //!
 //! A paged decode launch over a batch with no decode row (query_len 1)
 //! computes nothing in either flavour (vLLM's `filter_by_query_len` /
@@ -40,6 +43,9 @@
 //! `auto` is what vLLM's kernels use on the target ([`vllm_flavour`],
 //! stated per backend in [`VLLM_KERNELS`]).
 
+use crate::backends::mla::common::{num_decodes, prefill_params};
+use crate::backends::mla::decode_steps::MlaDecode;
+use crate::backends::mla::{MlaBackend, MlaConfig, MlaDecodeBatch};
 use crate::backends::steps::{self, Paged, Step};
 use crate::backends::AttentionBackend;
 use crate::cache::KvCache;
@@ -47,6 +53,9 @@ use crate::config::AttnConfig;
 use crate::kernels::flash_varlen::{VarlenParams, VarlenParamsBuilder};
 use crate::kernels::flash_varlen_tc::{VarlenTcParams, DEFAULT_BLOCK_N};
 use crate::kernels::flex_attention_tc::validate_config as validate_flex_tc;
+use crate::kernels::mla_cache::LatentCache;
+use crate::kernels::mla_decode::{KvSplits, MlaDecodeArgs, MlaDecodeParams};
+use crate::kernels::mla_decode_tc::MlaDecodeTcArgs;
 use crate::kernels::paged_decode::PagedInputs;
 use crate::kernels::paged_decode_tc::{DecodeTcArgs, ROWS, STEP};
 use crate::kernels::prefix_prefill::PrefixVariant;
@@ -56,6 +65,7 @@ use crate::kernels::unified_attention_tc::{tc_format, validate_launch};
 use crate::numerics::mma::MatrixTarget;
 use attnlab_shared::error::{Error, Result};
 use attnlab_shared::fault::FaultSet;
+use attnlab_shared::layout::mla::MlaLayout;
 use attnlab_shared::layout::{KvLayout, LayoutKind};
 use attnlab_shared::metadata::{AttentionMetadata, BlockTableTensor};
 use attnlab_shared::registry::BackendName;
@@ -147,9 +157,15 @@ pub enum MatmulKernel {
     PagedAttentionLl4mi,
     /// PyTorch's compiled `flex_attention`.
     FlexAttention,
-    /// The MLA split-KV decode (Triton `decode_attention_fwd`, AITER's `mla_decode_fwd`).
+    /// TRITON_MLA's split-KV decode: vLLM's Triton `decode_attention_fwd`
+    /// (`_fwd_grouped_kernel_stage1` + `_fwd_kernel_stage2`).
     MlaDecode,
-    /// The MLA projections (`kv_b_proj` up-projection, query absorption, output projection).
+    /// ROCM_AITER_MLA's (and ROCM_AITER_TRITON_MLA's) decode: AITER's asm
+    /// `mla_decode_fwd` (`aiter.mla`), which we model as the same split-KV
+    /// loop with AITER's split rule in the fma flavour only.
+    AiterMlaDecode,
+    /// The MLA projections (`kv_b_proj` up-projection, query absorption,
+    /// output projection): cuBLAS / hipBLASLt GEMMs in vLLM.
     MlaProjection,
 }
 
@@ -164,6 +180,7 @@ impl MatmulKernel {
             MatmulKernel::PagedAttentionLl4mi => "paged_attention_ll4mi",
             MatmulKernel::FlexAttention => "flex_attention",
             MatmulKernel::MlaDecode => "decode_attention_fwd (MLA)",
+            MatmulKernel::AiterMlaDecode => "mla_decode_fwd (AITER asm)",
             MatmulKernel::MlaProjection => "the MLA projections",
         }
     }
@@ -178,7 +195,19 @@ impl MatmulKernel {
             MatmulKernel::UnifiedAttention => Some("unified_attention_tc"),
             MatmulKernel::ContextAttentionFwd => Some("prefix_prefill_tc"),
             MatmulKernel::FlexAttention => Some("flex_attention_tc"),
-            MatmulKernel::MlaDecode | MatmulKernel::MlaProjection => None,
+            MatmulKernel::MlaDecode => Some("mla_decode_tc"),
+            MatmulKernel::MlaProjection => Some(MLA_PROJECTION_FAMILY),
+            MatmulKernel::AiterMlaDecode => None,
+        }
+    }
+
+    /// Why the launch has no tensor-core kernel, beyond "not yet".
+    fn no_tc_reason(self) -> &'static str {
+        match self {
+            MatmulKernel::AiterMlaDecode => {
+                "AITER's decode is its asm kernel (aiter.mla.mla_decode_fwd), not vLLM's Triton decode_attention_fwd that mla_decode_tc computes, and its MFMA order is not modelled; "
+            }
+            _ => "",
         }
     }
 
@@ -191,6 +220,14 @@ impl MatmulKernel {
     }
 }
 
+/// What the MLA projections run in the tensor-core flavour: the same GEMM
+/// as in the fma flavour. vLLM runs them as cuBLAS / hipBLASLt GEMMs, whose
+/// order (tiles, split-K) is the library's choice per shape and device, so
+/// neither flavour models it: both run our one fixed, documented GEMM
+/// (`kernels::mla_proj`, one fma chain per output), and the tensor-core
+/// flavour of an MLA backend changes its attention kernels only.
+pub const MLA_PROJECTION_FAMILY: &str = "mla_proj (the same GEMM in both flavours)";
+
 /// The refusal of a launch with no tensor-core family on `target`.
 pub fn no_tc_family(kernel: MatmulKernel, target: MatrixTarget) -> Error {
     Error::unsupported(
@@ -200,7 +237,8 @@ pub fn no_tc_family(kernel: MatmulKernel, target: MatrixTarget) -> Error {
             target.name()
         ),
         format!(
-            "it has no tensor-core kernel yet (its flavours: {}); run it with --flavour fma",
+            "{}it has no tensor-core kernel (its flavours: {}); run it with --flavour fma",
+            kernel.no_tc_reason(),
             kernel.flavours()
         ),
     )
@@ -363,6 +401,120 @@ pub fn check_flex_tc(cfg: &AttnConfig, target: MatrixTarget) -> Result<()> {
     Ok(())
 }
 
+/// The refusal of `kernel` whose tensor-core `family` refuses the launch (`e`).
+fn family_refuses(kernel: MatmulKernel, target: MatrixTarget, e: Error) -> Error {
+    Error::unsupported(
+        format!(
+            "{} in the tensor-core flavour ({})",
+            kernel.name(),
+            target.name()
+        ),
+        format!(
+            "its tensor-core family {} refuses the launch: {e}",
+            kernel.tc_family().unwrap_or("(none)")
+        ),
+    )
+}
+
+/// The tensor-core launch of TRITON_MLA's `decode_attention_fwd` on
+/// `target`: the same arguments, checked as `mla_decode_tc` checks them
+/// (bf16/f16 query, latent cache in its dtype or fp8, latent and rope
+/// widths multiples of 16, no zoo fault). The one place both executors
+/// and [`mla_tc_launches`] take it from.
+pub fn mla_decode_tc<'a>(
+    args: &MlaDecodeArgs<'a>,
+    target: MatrixTarget,
+) -> Result<MlaDecodeTcArgs<'a>> {
+    MlaDecodeTcArgs::new(*args, target).map_err(|e| family_refuses(K::MlaDecode, target, e))
+}
+
+/// Whether `mla_decode_tc` takes TRITON_MLA's decode of `cfg` on `target`:
+/// [`mla_decode_tc`] on a one-row probe launch of that configuration (no
+/// key), so only the configuration is judged.
+pub fn check_mla_decode_tc(cfg: &MlaConfig, target: MatrixTarget) -> Result<()> {
+    let d = cfg.dims;
+    let layout = MlaLayout::new(1, 1, d.kv_lora_rank, d.qk_rope_head_dim, cfg.kv_dtype)?;
+    let cache = LatentCache::from_tensor(layout, vec![0.0; layout.numel()])?;
+    let heads = cfg.heads_per_rank().max(1);
+    let q = vec![0.0f32; heads * d.latent_width()];
+    let rows = [crate::kernels::mla_decode::KvRow {
+        pages: &[],
+        page_size: 1,
+        kv_len: 0,
+        split_len: 0,
+    }];
+    let p = MlaDecodeParams {
+        num_heads: heads,
+        scale: cfg.scale,
+        q_dtype: cfg.dtype,
+        kv_scale: cfg.k_scale,
+        out_dtype: cfg.dtype,
+        lse_dtype: cfg.dtype,
+        faults: cfg.faults,
+    };
+    let splits = KvSplits::Even { num_kv_splits: 1 };
+    let args = MlaDecodeArgs::new(&q, &rows, &cache, splits, &p)
+        .map_err(|e| family_refuses(K::MlaDecode, target, e))?;
+    mla_decode_tc(&args, target).map(|_| ())
+}
+
+/// The matrix-product launches of an MLA `backend`'s step over `meta` (one
+/// rank's; every rank makes the same), in launch order, each with the
+/// family that runs it in the tensor-core flavour on `target`; or the
+/// first refusal (what [`admits_mla`] says and `attnlab trace --flavour tc`
+/// shows): decode rows run the query absorption, the decode
+/// (TRITON_MLA: `mla_decode_tc`; AITER's asm decode: refused) and the output
+/// projection; prefill rows the up-projection and `flash_attn_varlen_func`
+/// (`flash_varlen_tc` with the prefill's head sizes).
+pub fn mla_tc_launches(
+    backend: &dyn MlaBackend,
+    meta: &AttentionMetadata,
+    cfg: &MlaConfig,
+    target: MatrixTarget,
+) -> Result<Vec<(MatmulKernel, &'static str)>> {
+    backend.check(cfg, meta.block_size())?;
+    no_faults(K::MlaDecode, cfg.faults)?;
+    let nd = num_decodes(backend, meta, cfg)?;
+    let ndt = meta.query_start_loc()[nd] as usize;
+    let proj = (K::MlaProjection, MLA_PROJECTION_FAMILY);
+    let mut launches = Vec::new();
+    if ndt > 0 {
+        launches.push(proj);
+        let batch = MlaDecodeBatch {
+            meta,
+            num_decodes: nd,
+        };
+        match backend.route_mqa(&batch, cfg.heads_per_rank(), cfg)? {
+            MlaDecode::SplitKv { .. } => {
+                check_mla_decode_tc(cfg, target)?;
+                launches.push((K::MlaDecode, "mla_decode_tc"));
+            }
+            MlaDecode::AiterPaged { .. } => return Err(no_tc_family(K::AiterMlaDecode, target)),
+        }
+        launches.push(proj);
+    }
+    if ndt < meta.num_actual_tokens() {
+        launches.push(proj);
+        varlen_tc(&prefill_params(cfg, cfg.heads_per_rank())?, target)?;
+        launches.push((K::FlashAttnVarlen, "flash_varlen_tc"));
+    }
+    Ok(launches)
+}
+
+/// [`admits`] for an MLA backend: every launch of its step over `meta` has
+/// a kernel in `flavour` that takes the launch ([`mla_tc_launches`]).
+pub fn admits_mla(
+    backend: &dyn MlaBackend,
+    flavour: Flavour,
+    meta: &AttentionMetadata,
+    cfg: &MlaConfig,
+) -> Result<()> {
+    match flavour {
+        Flavour::Fma => Ok(()),
+        Flavour::TensorCore(target) => mla_tc_launches(backend, meta, cfg, target).map(|_| ()),
+    }
+}
+
 /// Whether a paged decode launch over `meta` computes anything: vLLM's
 /// decode kernels beside a prefill (`filter_by_query_len`) and ours only
 /// compute rows with query_len 1.
@@ -500,13 +652,13 @@ pub const VLLM_KERNELS: &[VllmKernels] = &[
     },
     VllmKernels {
         backend: BackendName::RocmAiterMla,
-        kernels: &[K::MlaDecode, K::MlaProjection, K::FlashAttnVarlen],
+        kernels: &[K::AiterMlaDecode, K::MlaProjection, K::FlashAttnVarlen],
         on_matrix_targets: "AITER's asm mla_decode_fwd (MFMA), GEMMs, flash_attn_varlen_func",
     },
     VllmKernels {
         backend: BackendName::RocmAiterTritonMla,
-        kernels: &[K::MlaDecode, K::MlaProjection, K::FlashAttnVarlen],
-        on_matrix_targets: "AITER's Triton decode (tl.dot), GEMMs, flash_attn_varlen_func",
+        kernels: &[K::AiterMlaDecode, K::MlaProjection, K::FlashAttnVarlen],
+        on_matrix_targets: "AITER's asm mla_decode_fwd (MFMA; the subclass overrides only an unused prefill hook), GEMMs, flash_attn_varlen_func",
     },
 ];
 
@@ -673,13 +825,15 @@ mod tests {
 
     #[test]
     fn a_kernel_without_a_tensor_core_family_is_refused_naming_it_and_its_flavours() {
-        let e = no_tc_family(MatmulKernel::MlaDecode, MatrixTarget::Gfx942).to_string();
+        let e = no_tc_family(MatmulKernel::AiterMlaDecode, MatrixTarget::Gfx942).to_string();
         assert!(
-            e.contains("decode_attention_fwd (MLA)")
+            e.contains("mla_decode_fwd (AITER asm)")
+                && e.contains("aiter.mla.mla_decode_fwd")
                 && e.contains("gfx942")
-                && e.contains("flavours: fma"),
+                && e.contains("no tensor-core kernel (its flavours: fma)"),
             "{e}"
         );
+        assert_eq!(MatmulKernel::MlaDecode.flavours(), "fma, tc");
         assert_eq!(MatmulKernel::ContextAttentionFwd.flavours(), "fma, tc");
         assert_eq!(MatmulKernel::FlexAttention.flavours(), "fma, tc");
         assert_eq!(MatmulKernel::FlashAttnVarlen.flavours(), "fma, tc");
@@ -738,5 +892,112 @@ mod tests {
         let cfg = AttnConfig::new(8, 1, 128, attnlab_shared::dtype::DType::Bf16).unwrap();
         // 132 * 8 waves over one program would make 1024 splits of 32 keys.
         assert_eq!(backend_decode_split(MatrixTarget::Sm90, &meta, &cfg), 256);
+    }
+
+    /// A DeepSeek-shaped MLA step (16 heads, 512 + 64 latent, nope / v
+    /// heads `pv`) over `reqs` (query_len, context_len), decodes first.
+    fn mla_step(pv: (usize, usize), reqs: &[(usize, usize)]) -> (MlaConfig, AttentionMetadata) {
+        let mut cfg = MlaConfig::deepseek_r1(8).scaled_down();
+        cfg.dims.qk_nope_head_dim = pv.0;
+        cfg.dims.v_head_dim = pv.1;
+        let mut rows = Vec::new();
+        let (mut qsl, mut slots, mut next) = (vec![0i32], Vec::new(), 0i32);
+        for &(q, c) in reqs {
+            let n = (q + c).div_ceil(16) as i32;
+            rows.push((next..next + n).collect::<Vec<i32>>());
+            slots.extend((c..c + q).map(|t| (next as i64) * 16 + t as i64));
+            next += n;
+            qsl.push(qsl[qsl.len() - 1] + q as i32);
+        }
+        let lens = reqs.iter().map(|&(q, c)| (q + c) as i32).collect();
+        let meta = AttentionMetadata::new(
+            16,
+            next as usize,
+            qsl,
+            lens,
+            BlockTableTensor::from_rows(&rows),
+            slots,
+            true,
+        )
+        .unwrap();
+        (cfg, meta)
+    }
+
+    #[test]
+    fn triton_mla_runs_its_decode_on_mla_decode_tc_and_its_prefill_on_flash_varlen_tc() {
+        use crate::backends::mla::triton_mla::TritonMla;
+        let (cfg, meta) = mla_step((128, 128), &[(1, 40), (1, 7), (20, 0)]);
+        let got = mla_tc_launches(&TritonMla, &meta, &cfg, MatrixTarget::Sm90).unwrap();
+        let families: Vec<&str> = got.iter().map(|(_, f)| *f).collect();
+        assert_eq!(
+            families,
+            [
+                MLA_PROJECTION_FAMILY,
+                "mla_decode_tc",
+                MLA_PROJECTION_FAMILY,
+                MLA_PROJECTION_FAMILY,
+                "flash_varlen_tc"
+            ]
+        );
+        assert!(admits_mla(
+            &TritonMla,
+            Flavour::TensorCore(MatrixTarget::Gfx942),
+            &meta,
+            &cfg
+        )
+        .is_ok());
+    }
+
+    #[test]
+    fn aiter_mla_decodes_are_refused_naming_the_asm_kernel_and_its_prefills_run() {
+        use crate::backends::mla::rocm_aiter_mla::RocmAiterMla;
+        use crate::backends::mla::rocm_aiter_triton_mla::RocmAiterTritonMla;
+        let (cfg, meta) = mla_step((128, 128), &[(1, 40), (20, 0)]);
+        for b in [
+            &RocmAiterMla::default() as &dyn MlaBackend,
+            &RocmAiterTritonMla::default(),
+        ] {
+            let e = admits_mla(b, Flavour::TensorCore(MatrixTarget::Gfx942), &meta, &cfg)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("mla_decode_fwd (AITER asm)") && e.contains("asm kernel"),
+                "{e}"
+            );
+            // The fma flavour takes everything the backend takes.
+            assert!(admits_mla(b, Flavour::Fma, &meta, &cfg).is_ok());
+        }
+        let (cfg, meta) = mla_step((128, 128), &[(20, 0), (9, 30)]);
+        assert!(admits_mla(
+            &RocmAiterMla::default(),
+            Flavour::TensorCore(MatrixTarget::Sm90),
+            &meta,
+            &cfg
+        )
+        .is_ok());
+    }
+
+    #[test]
+    fn an_mla_prefill_whose_value_head_is_no_multiple_of_16_is_refused_naming_flash_varlen_tc() {
+        use crate::backends::mla::triton_mla::TritonMla;
+        let (cfg, meta) = mla_step((48, 24), &[(20, 0)]);
+        let e = admits_mla(
+            &TritonMla,
+            Flavour::TensorCore(MatrixTarget::Sm90),
+            &meta,
+            &cfg,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("24"), "{e}");
+        // Its decode takes any nope / v heads: they never reach the latent kernel.
+        let (cfg, meta) = mla_step((48, 24), &[(1, 30)]);
+        assert!(admits_mla(
+            &TritonMla,
+            Flavour::TensorCore(MatrixTarget::Sm90),
+            &meta,
+            &cfg
+        )
+        .is_ok());
     }
 }

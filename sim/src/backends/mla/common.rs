@@ -333,11 +333,7 @@ pub fn forward_mha(
         .iter()
         .map(|&x| x - base)
         .collect();
-    let params = VarlenParamsBuilder {
-        head_size_v: d.v_head_dim,
-        ..VarlenParams::builder(h, h, pn + r, cfg.dtype, cfg.scale)
-    }
-    .build()?;
+    let params = prefill_params(cfg, h)?;
     let (k_nope, v) = ex.up_project(&ProjArgs::new(Projection::KvUp, kv_c, w, cfg.dtype)?)?;
     let k = concat_k(&k_nope, k_pe, h, pn, r);
     let new = ex.flash_attn_varlen(&VarlenArgs::new(q, &k, &v, &qsl, &qsl, &params)?)?;
@@ -410,6 +406,24 @@ pub fn forward_mha(
     Ok(ex
         .merge_attn_states(&MergeArgs::new(&running, &new, cfg.dtype, kernel)?)?
         .into_out())
+}
+
+/// The `flash_attn_varlen_func` parameters of the prefill over `heads`
+/// heads (causal; the context chunks run them non-causal): `q_nope | q_pe`
+/// against `k_nope | k_pe` (`P + R` wide), values `V` wide.
+pub fn prefill_params(cfg: &MlaConfig, heads: usize) -> Result<VarlenParams<'static>> {
+    let d = cfg.dims;
+    VarlenParamsBuilder {
+        head_size_v: d.v_head_dim,
+        ..VarlenParams::builder(
+            heads,
+            heads,
+            d.qk_nope_head_dim + d.qk_rope_head_dim,
+            cfg.dtype,
+            cfg.scale,
+        )
+    }
+    .build()
 }
 
 /// The queries of the chunk's requests (in part order) and their `cu_seqlens_q`.
