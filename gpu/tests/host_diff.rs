@@ -219,6 +219,26 @@ fn the_tensor_core_prefix_prefill_is_bit_exact_on_the_host_at_both_wave_widths()
     }
 }
 
+/// The tensor-core 2D paged decode (`paged_decode_2d_tc`, ROCM_ATTN's
+/// `kernel_paged_attention_2d`) at both wave widths: one wave per
+/// (sequence, kv head, 16-head tile) over every KV layout, ROCM_ATTN's
+/// x-packed K and transposed V included, tiles of 16 to 128 keys, more than
+/// 16 heads per kv head, each Q·K^T and P·V step on Hopper's `mma.sync
+/// m16n8k16` model at 32 lanes and CDNA3's MFMA 16x16x16 at 64.
+#[test]
+fn the_tensor_core_2d_decode_is_bit_exact_on_the_host_at_both_wave_widths() {
+    for wave in [32, 64] {
+        let Some(gpu) = host_or_skip("paged_decode_2d_tc", wave) else {
+            return;
+        };
+        let r = attnlab_gpu::diff::paged_decode_2d_tc::run(&gpu, DiffOptions::new(8, 9))
+            .expect("paged_decode_2d_tc diff");
+        assert_eq!(r.cases, 8);
+        assert!(r.elements > 0, "wave {wave}: compared nothing");
+        assert!(r.passed(), "wave {wave}: {:?}", r.first_mismatch);
+    }
+}
+
 /// The tensor-core FlexAttention (`flex_attention_tc`) at both wave
 /// widths: the block-sparse BlockMask's partial then full blocks, each
 /// Q·K^T and P·V step on Hopper's `mma.sync m16n8k16` model at 32 lanes and
