@@ -115,8 +115,9 @@ fn the_tensor_core_prefill_is_bit_exact_on_the_host_at_both_wave_widths() {
 /// host device stands for sm_90 at 32 lanes and gfx942 at 64): a backend
 /// whose launches all have tensor-core kernels (ROCM_AITER_FA: the varlen
 /// prefill and extend, the NHD paged decode; TRITON_ATTN and
-/// ROCM_AITER_UNIFIED_ATTN: unified_attention_tc; ROCM_ATTN on batches with
-/// no decode row: prefix_prefill_tc on its x-packed cache; FLEX_ATTENTION:
+/// ROCM_AITER_UNIFIED_ATTN: unified_attention_tc; ROCM_ATTN:
+/// prefix_prefill_tc and, for its decode rows, paged_decode_2d_tc on its
+/// x-packed cache; FLEX_ATTENTION:
 /// flex_attention_tc) is bit-exact over
 /// draws the flavour admits; one with a launch that has none is refused
 /// naming that launch, never run in the fma kernels.
