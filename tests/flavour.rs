@@ -188,15 +188,41 @@ fn run_skips_the_backends_the_flavour_refuses_and_runs_the_others() {
             .find(|r| r["backend"] == name)
             .unwrap_or_else(|| panic!("{name} in {v}"))
     };
+    // Every MHA backend runs llama-3.1-8b's mixed steps, ROCM_ATTN's decode
+    // rows on paged_decode_2d_tc over its x-packed cache included.
+    for b in ["ROCM_AITER_FA", "ROCM_ATTN"] {
+        let r = row(b);
+        assert_eq!(r["status"], "pass", "{r}");
+        assert_eq!(r["flavour"], "tensor-core (gfx942)", "{r}");
+        assert!(r["steps"].as_u64().unwrap() > 0, "{r}");
+    }
+    // qwen3-next's head size 256: ROCM_AITER_FA's NHD decode family
+    // (paged_decode_tc: 64 or 128) refuses it, ROCM_ATTN's takes it.
+    let o = attnlab(&[
+        "run",
+        "--model",
+        "qwen3-next",
+        "--backend",
+        "all",
+        "--flavour",
+        "tc",
+        "--target",
+        "sm_90",
+        "--requests",
+        "2",
+        "--json",
+    ]);
+    assert_eq!(o.code, Some(0), "{o:?}");
+    let v: serde_json::Value = serde_json::from_str(&o.stdout).expect("JSON");
+    let rows = v["backends"].as_array().expect("rows");
+    let row = |name: &str| {
+        rows.iter()
+            .find(|r| r["backend"] == name)
+            .unwrap_or_else(|| panic!("{name} in {v}"))
+    };
     let fa = row("ROCM_AITER_FA");
-    assert_eq!(fa["status"], "pass", "{fa}");
-    assert_eq!(fa["flavour"], "tensor-core (gfx942)", "{fa}");
-    assert!(fa["steps"].as_u64().unwrap() > 0, "{fa}");
-    // ROCM_ATTN's decode steps: paged_decode_tc reads no x-packed cache.
-    let rocm = row("ROCM_ATTN");
-    assert_eq!(rocm["status"], "skipped", "{rocm}");
-    assert!(
-        rocm["reason"].as_str().unwrap().contains("paged_decode_tc"),
-        "{rocm}"
-    );
+    assert_eq!(fa["status"], "skipped", "{fa}");
+    let why = fa["reason"].as_str().unwrap();
+    assert!(why.contains("paged_decode_tc") && why.contains("256"), "{fa}");
+    assert_eq!(row("ROCM_ATTN")["status"], "pass");
 }
