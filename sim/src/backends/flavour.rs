@@ -733,6 +733,52 @@ mod tests {
     }
 
     #[test]
+    fn the_2d_decode_runs_paged_decode_2d_tc_and_the_ll4mi_decode_its_family_by_layout() {
+        use LayoutKind::{AiterShuffled, Nhd, RocmPaged};
+        for layout in [Nhd, RocmPaged, AiterShuffled] {
+            assert_eq!(
+                decode_tc_family(MatmulKernel::PagedAttention2d, layout),
+                DecodeTcFamily::TwoD
+            );
+        }
+        let ll4mi = |l| decode_tc_family(MatmulKernel::PagedAttentionLl4mi, l).name();
+        assert_eq!(ll4mi(Nhd), "paged_decode_tc");
+        assert_eq!(ll4mi(RocmPaged), "paged_decode_2d_tc");
+        assert_eq!(ll4mi(AiterShuffled), "paged_decode_2d_tc");
+        // The 2D family takes what the split one refuses (x-packed, fp8,
+        // sinks), and refuses naming itself what neither takes.
+        let cfg = crate::config::AttnConfigBuilder {
+            kv_dtype: attnlab_shared::dtype::DType::Fp8E4m3Fnuz,
+            sinks: Some(vec![0.5; 8]),
+            ..AttnConfig::builder(8, 2, 96, attnlab_shared::dtype::DType::Bf16)
+        }
+        .build()
+        .unwrap();
+        for k in [
+            MatmulKernel::PagedAttention2d,
+            MatmulKernel::PagedAttentionLl4mi,
+        ] {
+            check_decode_tc(k, &cfg, RocmPaged, 16, MatrixTarget::Sm90).unwrap();
+        }
+        let big = AttnConfig::new(2, 1, 256, attnlab_shared::dtype::DType::Bf16).unwrap();
+        let e = check_decode_tc(
+            MatmulKernel::PagedAttention2d,
+            &big,
+            RocmPaged,
+            128,
+            MatrixTarget::Gfx942,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("kernel_paged_attention_2d")
+                && e.contains("paged_decode_2d_tc refuses")
+                && e.contains("67584"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn the_decode_split_is_whole_steps_at_least_the_minimum_and_fills_the_reference_gpu() {
         let meta = AttentionMetadata::new(
             16,
