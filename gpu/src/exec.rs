@@ -7,11 +7,12 @@
 //!
 //! The executor carries the kernel flavour (`attnlab_sim::backends::flavour`):
 //! in the tensor-core flavour `flash_attn_varlen` runs `flash_varlen_tc`,
-//! the paged decodes `paged_decode_tc` (at the split size the sim's
-//! executor uses) and TRITON_MLA's decode `mla_decode_tc` (the MLA
-//! projections are the same GEMM in both flavours), the flavour's target
-//! must be the device's, and the launches with no tensor-core kernel
-//! (AITER's asm MLA decode) are refused as the sim refuses them.
+//! the paged decodes their `decode_tc_family` (`paged_decode_tc` at the
+//! split size the sim's executor uses, or `paged_decode_2d_tc`) and
+//! TRITON_MLA's decode `mla_decode_tc` (the MLA projections are the same
+//! GEMM in both flavours), the flavour's target must be the device's, and
+//! the launches with no tensor-core kernel (AITER's asm MLA decode) are
+//! refused as the sim refuses them.
 
 use crate::kernels::Gpu;
 use crate::ops;
@@ -22,7 +23,8 @@ use attnlab_shared::error::{Error, Result};
 use attnlab_sim::backends::exec::KernelExecutor;
 use attnlab_sim::backends::flavour::{
     backend_decode_split, check_decode_tc, check_flex_tc, check_prefix_tc, check_unified_tc,
-    has_decode_rows, mla_decode_tc, no_tc_family, varlen_tc, Flavour, MatmulKernel,
+    decode_tc_family, has_decode_rows, mla_decode_tc, no_tc_family, varlen_tc, DecodeTcFamily,
+    Flavour, MatmulKernel,
 };
 use attnlab_sim::kernels::flash_varlen::VarlenArgs;
 use attnlab_sim::kernels::flash_varlen_tc::VarlenTcArgs;
@@ -36,6 +38,7 @@ use attnlab_sim::kernels::mla_decode::{
 use attnlab_sim::kernels::mla_prefill::LatentGather;
 use attnlab_sim::kernels::mla_proj::ProjArgs;
 use attnlab_sim::kernels::paged_decode::{PagedInputs, PartitionSize};
+use attnlab_sim::kernels::paged_decode_2d_tc::Decode2dTcArgs;
 use attnlab_sim::kernels::paged_decode_tc::DecodeTcArgs;
 use attnlab_sim::kernels::prefix_prefill::PrefixArgs;
 use attnlab_sim::kernels::reshape_and_cache::CacheWrite;
@@ -78,8 +81,9 @@ impl<'a> GpuExecutor<'a> {
         Ok(GpuExecutor { gpu, flavour })
     }
 
-    /// A paged decode launch (`kernel`) in the tensor-core flavour:
-    /// `paged_decode_tc` at the split size the sim's executor uses.
+    /// A paged decode launch (`kernel`) in the tensor-core flavour: its
+    /// `decode_tc_family`, `paged_decode_tc` at the split size the sim's
+    /// executor uses or `paged_decode_2d_tc`.
     fn decode_tc(
         &self,
         kernel: MatmulKernel,
@@ -92,10 +96,18 @@ impl<'a> GpuExecutor<'a> {
             return inputs.check_out(out); // every program exits: out unchanged
         }
         check_decode_tc(kernel, cfg, cache.layout.kind, meta.block_size(), target)?;
-        let split = backend_decode_split(target, meta, cfg);
-        let args = DecodeTcArgs::new(*inputs, target, split)?;
-        let bits = ops::paged_decode_tc::paged_decode_tc(self.gpu, &args, TcVariant::Default, out)
-            .map_err(shared)?;
+        let bits = match decode_tc_family(kernel, cache.layout.kind) {
+            DecodeTcFamily::Split => {
+                let split = backend_decode_split(target, meta, cfg);
+                let args = DecodeTcArgs::new(*inputs, target, split)?;
+                ops::paged_decode_tc::paged_decode_tc(self.gpu, &args, TcVariant::Default, out)
+            }
+            DecodeTcFamily::TwoD => {
+                let args = Decode2dTcArgs::new(*inputs, target)?;
+                ops::paged_decode_2d_tc::paged_decode_2d_tc(self.gpu, &args, out)
+            }
+        }
+        .map_err(shared)?;
         out.copy_from_slice(&widen(&bits, cfg.dtype()));
         Ok(())
     }

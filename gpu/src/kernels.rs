@@ -190,6 +190,32 @@ fn prefix_tc_variants() -> Vec<Defines> {
     ]
 }
 
+/// The `-D` set of one compiled `paged_decode_2d_tc` shape: query and
+/// cache dtypes, head size, the staged tile (the 2D decode's TILE rounded
+/// up to 16 keys).
+pub fn decode_2d_tc_defines(
+    q: DType,
+    kv: DType,
+    d: usize,
+    padded_tile: usize,
+) -> Vec<(String, String)> {
+    let mut v = qkv_defines(q, kv).to_vec();
+    v.push(("D2_D".to_string(), d.to_string()));
+    v.push(("D2_TP".to_string(), padded_tile.to_string()));
+    v
+}
+
+/// Block size 16 at d 128 for bf16, f16 and an fp8 cache, and the 128-key
+/// tile (block size 128) for bf16.
+fn decode_2d_tc_variants() -> Vec<Defines> {
+    vec![
+        decode_2d_tc_defines(DType::Bf16, DType::Bf16, 128, 16),
+        decode_2d_tc_defines(DType::F16, DType::F16, 128, 16),
+        decode_2d_tc_defines(DType::Bf16, DType::Fp8E4m3Fnuz, 128, 16),
+        decode_2d_tc_defines(DType::Bf16, DType::Bf16, 128, 128),
+    ]
+}
+
 /// The `-D` set of one compiled `flex_attention_tc` shape: dtype, head
 /// size, BLOCK_N.
 pub fn flex_tc_defines(dt: DType, d: usize, block_n: usize) -> Vec<(String, String)> {
@@ -382,6 +408,12 @@ pub static FAMILIES: &[Family] = &[
             "paged_decode_tc_reduce",
         ],
         variants: tc_variants,
+    },
+    Family {
+        name: "paged_decode_2d_tc",
+        embedded: include_str!("../../kernels/paged_decode_2d_tc.hip"),
+        entries: &["paged_decode_2d_tc"],
+        variants: decode_2d_tc_variants,
     },
     Family {
         name: "prefix_prefill",

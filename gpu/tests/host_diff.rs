@@ -115,13 +115,14 @@ fn the_tensor_core_prefill_is_bit_exact_on_the_host_at_both_wave_widths() {
 /// host device stands for sm_90 at 32 lanes and gfx942 at 64): a backend
 /// whose launches all have tensor-core kernels (ROCM_AITER_FA: the varlen
 /// prefill and extend, the NHD paged decode; TRITON_ATTN and
-/// ROCM_AITER_UNIFIED_ATTN: unified_attention_tc; ROCM_ATTN on batches with
-/// no decode row: prefix_prefill_tc on its x-packed cache; FLEX_ATTENTION:
-/// flex_attention_tc; TRITON_MLA: mla_decode_tc for its decode,
-/// flash_varlen_tc for its prefill; ROCM_AITER_MLA and ROCM_AITER_TRITON_MLA
-/// on steps with no decode row, their asm decode being refused) is bit-exact
-/// over draws the flavour admits; one with a launch that has none is
-/// refused naming that launch, never run in the fma kernels.
+/// ROCM_AITER_UNIFIED_ATTN: unified_attention_tc; ROCM_ATTN:
+/// prefix_prefill_tc and, for its decode rows, paged_decode_2d_tc on its
+/// x-packed cache; FLEX_ATTENTION: flex_attention_tc; TRITON_MLA:
+/// mla_decode_tc for its decode, flash_varlen_tc for its prefill;
+/// ROCM_AITER_MLA and ROCM_AITER_TRITON_MLA on steps with no decode row,
+/// their asm decode being refused) is bit-exact over draws the flavour
+/// admits; one with a launch that has none is refused naming that launch,
+/// never run in the fma kernels.
 #[test]
 fn every_backend_in_the_tensor_core_flavour_is_bit_exact_or_refused_on_the_host() {
     let backends = [
@@ -220,6 +221,26 @@ fn the_tensor_core_prefix_prefill_is_bit_exact_on_the_host_at_both_wave_widths()
         let r = attnlab_gpu::diff::prefix_prefill_tc::run(&gpu, DiffOptions::new(6, 7))
             .expect("prefix_prefill_tc diff");
         assert_eq!(r.cases, 6);
+        assert!(r.elements > 0, "wave {wave}: compared nothing");
+        assert!(r.passed(), "wave {wave}: {:?}", r.first_mismatch);
+    }
+}
+
+/// The tensor-core 2D paged decode (`paged_decode_2d_tc`, ROCM_ATTN's
+/// `kernel_paged_attention_2d`) at both wave widths: one wave per
+/// (sequence, kv head, 16-head tile) over every KV layout, ROCM_ATTN's
+/// x-packed K and transposed V included, tiles of 16 to 128 keys, more than
+/// 16 heads per kv head, each Q·K^T and P·V step on Hopper's `mma.sync
+/// m16n8k16` model at 32 lanes and CDNA3's MFMA 16x16x16 at 64.
+#[test]
+fn the_tensor_core_2d_decode_is_bit_exact_on_the_host_at_both_wave_widths() {
+    for wave in [32, 64] {
+        let Some(gpu) = host_or_skip("paged_decode_2d_tc", wave) else {
+            return;
+        };
+        let r = attnlab_gpu::diff::paged_decode_2d_tc::run(&gpu, DiffOptions::new(8, 9))
+            .expect("paged_decode_2d_tc diff");
+        assert_eq!(r.cases, 8);
         assert!(r.elements > 0, "wave {wave}: compared nothing");
         assert!(r.passed(), "wave {wave}: {:?}", r.first_mismatch);
     }

@@ -17,6 +17,7 @@ use attnlab_gpu::ops::mla_decode::MlaParams;
 use attnlab_gpu::ops::mla_decode_tc::MlaTcParams;
 use attnlab_gpu::ops::mla_proj::ProjParams;
 use attnlab_gpu::ops::paged_decode::PagedParams;
+use attnlab_gpu::ops::paged_decode_2d_tc::Decode2dTcParams;
 use attnlab_gpu::ops::paged_decode_tc::TcParams;
 use attnlab_gpu::ops::prefix_prefill::PrefixParams;
 use attnlab_gpu::ops::prefix_prefill_tc::PrefixTcParams;
@@ -136,6 +137,14 @@ fn mla_tc_params_match_mla_decode_tc_hip() {
 #[test]
 fn proj_params_match_mla_proj_hip() {
     layout_matches("mla_proj", &[static_asserts::<ProjParams>()]);
+}
+
+#[test]
+fn decode_2d_tc_params_match_paged_decode_2d_tc_hip() {
+    layout_matches(
+        "paged_decode_2d_tc",
+        &[static_asserts::<Decode2dTcParams>()],
+    );
 }
 
 #[test]

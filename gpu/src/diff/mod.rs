@@ -23,6 +23,7 @@ pub mod mla_prefill;
 pub mod mla_proj;
 pub mod mma;
 pub mod paged_decode;
+pub mod paged_decode_2d_tc;
 pub mod paged_decode_tc;
 pub mod prefix_prefill;
 pub mod prefix_prefill_tc;
@@ -268,6 +269,10 @@ pub static KERNEL_DIFFS: &[KernelDiff] = &[
     KernelDiff {
         kernel: "paged_decode",
         run: paged_decode::run,
+    },
+    KernelDiff {
+        kernel: "paged_decode_2d_tc",
+        run: paged_decode_2d_tc::run,
     },
     KernelDiff {
         kernel: "paged_decode_tc",

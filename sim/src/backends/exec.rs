@@ -12,15 +12,19 @@
 //! [`super::flavour`]): [`Cpu`] in the tensor-core flavour runs
 //! `flash_attn_varlen` as `flash_varlen_tc`, `unified_attention` as
 //! `unified_attention_tc`, `context_attention_fwd` as `prefix_prefill_tc`,
-//! `flex_attention` as `flex_attention_tc`, the paged decodes as `paged_decode_tc` (a decode over a batch with
-//! no decode row computes nothing) and TRITON_MLA's `decode_attention_fwd`
-//! as `mla_decode_tc`; the MLA projections are the same GEMM in both
+//! `flex_attention` as `flex_attention_tc`, the paged decodes as their
+//! [`decode_tc_family`] says (`paged_decode_2d_tc` for ROCM_ATTN's 2D decode
+//! and for the ll4mi decodes over the x-packed or shuffled caches,
+//! `paged_decode_tc` for the others; a decode over a batch with no decode
+//! row computes nothing) and TRITON_MLA's `decode_attention_fwd` as
+//! `mla_decode_tc`; the MLA projections are the same GEMM in both
 //! flavours ([`super::flavour::MLA_PROJECTION_FAMILY`]); it refuses the
 //! launches with no tensor-core kernel (AITER's asm `mla_decode_fwd`).
 
 use crate::backends::flavour::{
     backend_decode_split, check_decode_tc, check_flex_tc, check_prefix_tc, check_unified_tc,
-    has_decode_rows, mla_decode_tc, no_tc_family, varlen_tc, Flavour, MatmulKernel,
+    decode_tc_family, has_decode_rows, mla_decode_tc, no_tc_family, varlen_tc, DecodeTcFamily,
+    Flavour, MatmulKernel,
 };
 use crate::kernels::flash_varlen::{varlen, VarlenArgs};
 use crate::kernels::flash_varlen_tc::flash_attn_varlen_tc;
@@ -36,6 +40,7 @@ use crate::kernels::mla_decode_tc::decode_tc as mla_decode_tc_kernel;
 use crate::kernels::mla_prefill::{gather_latent, LatentGather};
 use crate::kernels::mla_proj::{absorb, output, up, ProjArgs};
 use crate::kernels::paged_decode::{paged_2d, paged_ll4mi, PagedInputs, PartitionSize};
+use crate::kernels::paged_decode_2d_tc::{paged_decode_2d_tc, Decode2dTcArgs};
 use crate::kernels::paged_decode_tc::{decode_tc, DecodeTcArgs};
 use crate::kernels::prefix_prefill::{context_attention, PrefixArgs};
 use crate::kernels::prefix_prefill_tc::context_attention_tc;
@@ -156,8 +161,9 @@ impl Cpu {
         Cpu { flavour }
     }
 
-    /// A paged decode launch (`kernel`) in the tensor-core flavour:
-    /// `paged_decode_tc` at the backends' split size for `target`.
+    /// A paged decode launch (`kernel`) in the tensor-core flavour: its
+    /// [`decode_tc_family`], `paged_decode_tc` at the backends' split size
+    /// for `target` or `paged_decode_2d_tc`.
     fn decode_tc(
         kernel: MatmulKernel,
         target: MatrixTarget,
@@ -169,8 +175,13 @@ impl Cpu {
             return inputs.check_out(out); // every program exits: out unchanged
         }
         check_decode_tc(kernel, cfg, cache.layout.kind, meta.block_size(), target)?;
-        let split = backend_decode_split(target, meta, cfg);
-        decode_tc(&DecodeTcArgs::new(*inputs, target, split)?, out)
+        match decode_tc_family(kernel, cache.layout.kind) {
+            DecodeTcFamily::Split => {
+                let split = backend_decode_split(target, meta, cfg);
+                decode_tc(&DecodeTcArgs::new(*inputs, target, split)?, out)
+            }
+            DecodeTcFamily::TwoD => paged_decode_2d_tc(&Decode2dTcArgs::new(*inputs, target)?, out),
+        }
     }
 }
 

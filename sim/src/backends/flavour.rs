@@ -18,7 +18,8 @@
 //! | launch ([`MatmulKernel`]) | tensor-core family |
 //! |---|---|
 //! | `flash_attn_varlen_func` | `flash_varlen_tc` (key tiles of [`DEFAULT_BLOCK_N`]) |
-//! | `paged_attention_v1` / `paged_attention_common` / ROCM_ATTN's ll4mi and 2D decode | `paged_decode_tc` (NHD caches only) |
+//! | `paged_attention_v1` / `paged_attention_common` / ROCM_ATTN's ll4mi decode over an NHD cache | `paged_decode_tc` (split-KV) |
+//! | ROCM_ATTN's 2D decode (`kernel_paged_attention_2d`), and the ll4mi decodes over the x-packed or shuffled caches | `paged_decode_2d_tc` (any layout) |
 //! | `unified_attention` | `unified_attention_tc` (NHD caches) |
 //! | `context_attention_fwd` (ROCM_ATTN's prefix prefill) | `prefix_prefill_tc` (any layout) |
 //! | `flex_attention` | `flex_attention_tc` |
@@ -27,12 +28,16 @@
 //! | the MLA projections (cuBLAS / hipBLASLt GEMMs) | `mla_proj` in both flavours ([`MLA_PROJECTION_FAMILY`]) |
 //! | the MLA prefill's `flash_attn_varlen_func` (`P + R` / `V` heads) | `flash_varlen_tc` (head sizes multiples of 16) |
 //!
-//! A paged decode launch over a batch with no decode row (query_len 1)
-//! computes nothing in either flavour (vLLM's `filter_by_query_len` /
-//! `skip_decode` programs all exit), so it is no matrix-product launch and
-//! needs no tensor-core family: ROCM_ATTN's decode beside the prefix prefill
-//! on its x-packed cache, which `paged_decode_tc` cannot read, is refused
-//! only when the batch has decode rows.
+//! Which decode family runs a paged decode launch is
+//! [`decode_tc_family`]: `paged_decode_2d_tc` is the model of vLLM's
+//! Triton 2D decode as it is (one program per sequence and kv head, no
+//! split-KV); the ll4mi HIP kernel has no model of its own, so its launch
+//! runs our split-KV `paged_decode_tc` where that reads the cache (NHD) and
+//! `paged_decode_2d_tc` on the layouts it does not (ROCM_ATTN's x-packed K
+//! and transposed V, AITER's shuffled V). A paged decode launch over a
+//! batch with no decode row (query_len 1) computes nothing in either
+//! flavour (vLLM's `filter_by_query_len` / `skip_decode` programs all
+//! exit), so it is no matrix-product launch.
 //!
 //! A launch with no tensor-core family, or with an option its family does
 //! not take (see [`admits`]), is refused with an error naming the kernel
@@ -57,6 +62,7 @@ use crate::kernels::mla_cache::LatentCache;
 use crate::kernels::mla_decode::{KvSplits, MlaDecodeArgs, MlaDecodeParams};
 use crate::kernels::mla_decode_tc::MlaDecodeTcArgs;
 use crate::kernels::paged_decode::PagedInputs;
+use crate::kernels::paged_decode_2d_tc::Decode2dTcArgs;
 use crate::kernels::paged_decode_tc::{DecodeTcArgs, ROWS, STEP};
 use crate::kernels::prefix_prefill::PrefixVariant;
 use crate::kernels::prefix_prefill_tc::validate_config as validate_prefix_tc;
@@ -185,13 +191,14 @@ impl MatmulKernel {
         }
     }
 
-    /// Our tensor-core family for this launch, if there is one.
+    /// Our tensor-core family for this launch, if there is one (for the
+    /// ll4mi decode over an NHD cache: over the others it is
+    /// [`decode_tc_family`]'s `paged_decode_2d_tc`).
     pub fn tc_family(self) -> Option<&'static str> {
         match self {
             MatmulKernel::FlashAttnVarlen => Some("flash_varlen_tc"),
-            MatmulKernel::PagedAttention2d | MatmulKernel::PagedAttentionLl4mi => {
-                Some("paged_decode_tc")
-            }
+            MatmulKernel::PagedAttention2d => Some(DecodeTcFamily::TwoD.name()),
+            MatmulKernel::PagedAttentionLl4mi => Some(DecodeTcFamily::Split.name()),
             MatmulKernel::UnifiedAttention => Some("unified_attention_tc"),
             MatmulKernel::ContextAttentionFwd => Some("prefix_prefill_tc"),
             MatmulKernel::FlexAttention => Some("flex_attention_tc"),
@@ -274,14 +281,47 @@ pub fn varlen_tc<'a>(p: &VarlenParams<'a>, target: MatrixTarget) -> Result<Varle
     Ok(tc)
 }
 
+/// The tensor-core decode families.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DecodeTcFamily {
+    /// `paged_decode_tc`: split-KV over NHD caches (`DecodeTcArgs`).
+    Split,
+    /// `paged_decode_2d_tc`: vLLM's 2D decode, any layout (`Decode2dTcArgs`).
+    TwoD,
+}
+
+impl DecodeTcFamily {
+    pub fn name(self) -> &'static str {
+        match self {
+            DecodeTcFamily::Split => "paged_decode_tc",
+            DecodeTcFamily::TwoD => "paged_decode_2d_tc",
+        }
+    }
+}
+
+/// The tensor-core family of a paged decode launch (`kernel`, one of the
+/// paged decodes) over a cache of `layout` kind: ROCM_ATTN's 2D decode is
+/// `paged_decode_2d_tc` on every layout; the ll4mi decodes are
+/// `paged_decode_tc` over an NHD cache and `paged_decode_2d_tc` over the
+/// others (which `paged_decode_tc` does not read).
+pub fn decode_tc_family(kernel: MatmulKernel, layout: LayoutKind) -> DecodeTcFamily {
+    match (kernel, layout) {
+        (MatmulKernel::PagedAttentionLl4mi, LayoutKind::Nhd) => DecodeTcFamily::Split,
+        _ => DecodeTcFamily::TwoD,
+    }
+}
+
 /// Whether the tensor-core decode takes a decode launch (`kernel`, one of
 /// the paged decodes) of `cfg` over a cache of `layout` kind and
-/// `block_size`, as `paged_decode_tc` checks it (bf16/f16 with the same
-/// cache dtype, an NHD cache, head size 64 or 128, no sinks, ALiBi or
-/// window, sm_90 or gfx942), and with no zoo fault. The kernel's own check
-/// runs on a one-token probe batch of that configuration, so only the
-/// configuration is judged. Both executors call it before the launch, and
-/// [`admits`] for a route.
+/// `block_size`, as its family ([`decode_tc_family`]) checks it
+/// (`paged_decode_tc`: bf16/f16 with the same cache dtype, an NHD cache,
+/// head size 64 or 128, no sinks, ALiBi or window, sm_90 or gfx942;
+/// `paged_decode_2d_tc`: bf16/f16 with the cache in that dtype or fp8, any
+/// layout, head size a multiple of 16 up to 256, one staged tile within
+/// 64 KiB), and with no zoo fault. The family's own check runs on a
+/// one-token probe batch of that configuration, so only the configuration
+/// is judged. Both executors call it before the launch, and [`admits`] for
+/// a route.
 pub fn check_decode_tc(
     kernel: MatmulKernel,
     cfg: &AttnConfig,
@@ -290,6 +330,7 @@ pub fn check_decode_tc(
     target: MatrixTarget,
 ) -> Result<()> {
     no_faults(kernel, cfg.faults())?;
+    let family = decode_tc_family(kernel, layout);
     let refused = |e: Error| {
         Error::unsupported(
             format!(
@@ -297,7 +338,10 @@ pub fn check_decode_tc(
                 kernel.name(),
                 target.name()
             ),
-            format!("its tensor-core family paged_decode_tc refuses the launch: {e}"),
+            format!(
+                "its tensor-core family {} refuses the launch: {e}",
+                family.name()
+            ),
         )
     };
     let kv = KvLayout::new(
@@ -320,9 +364,11 @@ pub fn check_decode_tc(
     let query = vec![0.0f32; cfg.num_heads() * cfg.head_size()];
     let cache = KvCache::zeros(kv);
     let inputs = PagedInputs::new(&query, &cache, &probe, cfg).map_err(refused)?;
-    DecodeTcArgs::new(inputs, target, STEP)
-        .map(|_| ())
-        .map_err(refused)
+    match family {
+        DecodeTcFamily::Split => DecodeTcArgs::new(inputs, target, STEP).map(|_| ()),
+        DecodeTcFamily::TwoD => Decode2dTcArgs::new(inputs, target).map(|_| ()),
+    }
+    .map_err(refused)
 }
 
 /// Whether `unified_attention_tc` takes a unified-attention launch of
@@ -750,6 +796,7 @@ pub fn tc_step(
                     return Ok(None); // every program exits: no matrix product
                 }
                 check_decode_tc(k, kcfg, layout, meta.block_size(), target)?;
+                return Ok(Some((k, decode_tc_family(k, layout).name())));
             }
             if k == K::ContextAttentionFwd {
                 check_prefix_tc(kcfg, target)?;
@@ -837,6 +884,52 @@ mod tests {
         assert_eq!(MatmulKernel::ContextAttentionFwd.flavours(), "fma, tc");
         assert_eq!(MatmulKernel::FlexAttention.flavours(), "fma, tc");
         assert_eq!(MatmulKernel::FlashAttnVarlen.flavours(), "fma, tc");
+    }
+
+    #[test]
+    fn the_2d_decode_runs_paged_decode_2d_tc_and_the_ll4mi_decode_its_family_by_layout() {
+        use LayoutKind::{AiterShuffled, Nhd, RocmPaged};
+        for layout in [Nhd, RocmPaged, AiterShuffled] {
+            assert_eq!(
+                decode_tc_family(MatmulKernel::PagedAttention2d, layout),
+                DecodeTcFamily::TwoD
+            );
+        }
+        let ll4mi = |l| decode_tc_family(MatmulKernel::PagedAttentionLl4mi, l).name();
+        assert_eq!(ll4mi(Nhd), "paged_decode_tc");
+        assert_eq!(ll4mi(RocmPaged), "paged_decode_2d_tc");
+        assert_eq!(ll4mi(AiterShuffled), "paged_decode_2d_tc");
+        // The 2D family takes what the split one refuses (x-packed, fp8,
+        // sinks), and refuses naming itself what neither takes.
+        let cfg = crate::config::AttnConfigBuilder {
+            kv_dtype: attnlab_shared::dtype::DType::Fp8E4m3Fnuz,
+            sinks: Some(vec![0.5; 8]),
+            ..AttnConfig::builder(8, 2, 96, attnlab_shared::dtype::DType::Bf16)
+        }
+        .build()
+        .unwrap();
+        for k in [
+            MatmulKernel::PagedAttention2d,
+            MatmulKernel::PagedAttentionLl4mi,
+        ] {
+            check_decode_tc(k, &cfg, RocmPaged, 16, MatrixTarget::Sm90).unwrap();
+        }
+        let big = AttnConfig::new(2, 1, 256, attnlab_shared::dtype::DType::Bf16).unwrap();
+        let e = check_decode_tc(
+            MatmulKernel::PagedAttention2d,
+            &big,
+            RocmPaged,
+            128,
+            MatrixTarget::Gfx942,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("kernel_paged_attention_2d")
+                && e.contains("paged_decode_2d_tc refuses")
+                && e.contains("67584"),
+            "{e}"
+        );
     }
 
     #[test]

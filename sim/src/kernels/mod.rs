@@ -15,6 +15,7 @@ pub mod mla_decode_tc;
 pub mod mla_prefill;
 pub mod mla_proj;
 pub mod paged_decode;
+pub mod paged_decode_2d_tc;
 pub mod paged_decode_tc;
 pub mod prefix_prefill;
 pub mod prefix_prefill_tc;
