@@ -13,7 +13,7 @@
 
 use crate::kernels::Gpu;
 use crate::ops;
-use crate::ops::paged_decode_tc::TcVariant;
+use crate::ops::paged_decode_tc::{TcReduce, TcVariant};
 use crate::runtime::GpuError;
 use attnlab_shared::dtype::DType;
 use attnlab_shared::error::{Error, Result};
@@ -32,7 +32,7 @@ use attnlab_sim::kernels::mla_decode::{MlaDecodeArgs, MlaDecodeOutput};
 use attnlab_sim::kernels::mla_prefill::LatentGather;
 use attnlab_sim::kernels::mla_proj::ProjArgs;
 use attnlab_sim::kernels::paged_decode::{PagedInputs, PartitionSize};
-use attnlab_sim::kernels::paged_decode_tc::DecodeTcArgs;
+use attnlab_sim::kernels::paged_decode_tc::{num_splits, DecodeTcArgs};
 use attnlab_sim::kernels::prefix_prefill::PrefixArgs;
 use attnlab_sim::kernels::reshape_and_cache::CacheWrite;
 use attnlab_sim::kernels::softmax::OutLse;
@@ -90,8 +90,10 @@ impl<'a> GpuExecutor<'a> {
         check_decode_tc(kernel, cfg, cache.layout.kind, meta.block_size(), target)?;
         let split = backend_decode_split(target, meta, cfg);
         let args = DecodeTcArgs::new(*inputs, target, split)?;
-        let bits = ops::paged_decode_tc::paged_decode_tc(self.gpu, &args, TcVariant::Default, out)
-            .map_err(shared)?;
+        let reduce = TcReduce::auto(num_splits(meta.max_seq_len(), split));
+        let bits =
+            ops::paged_decode_tc::paged_decode_tc(self.gpu, &args, TcVariant::Default, reduce, out)
+                .map_err(shared)?;
         out.copy_from_slice(&widen(&bits, cfg.dtype()));
         Ok(())
     }
