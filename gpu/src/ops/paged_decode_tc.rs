@@ -446,12 +446,28 @@ mod tests {
                 let scratch = TcScratch::new(&gpu, meta, &cfg, split).unwrap();
                 for launch_no in 0..2 {
                     let inp = upload(&gpu, args.inputs(), &init).unwrap();
-                    let r = launch(&gpu, &inp, &scratch, meta, &cfg, split, TcVariant::Default, TcReduce::Fused);
+                    let r = launch(
+                        &gpu,
+                        &inp,
+                        &scratch,
+                        meta,
+                        &cfg,
+                        split,
+                        TcVariant::Default,
+                        TcReduce::Fused,
+                    );
                     r.unwrap();
                     let got = bits_from_bytes(&inp.out.to_bytes().unwrap(), dt);
-                    assert!(got == want, "wave {wave} launch {launch_no}: {}", case.describe());
+                    assert!(
+                        got == want,
+                        "wave {wave} launch {launch_no}: {}",
+                        case.describe()
+                    );
                     let counters = scratch.counters.to_bytes().unwrap();
-                    assert!(counters.iter().all(|&b| b == 0), "wave {wave}: a counter left non-zero");
+                    assert!(
+                        counters.iter().all(|&b| b == 0),
+                        "wave {wave}: a counter left non-zero"
+                    );
                 }
                 ran += 1;
             }
