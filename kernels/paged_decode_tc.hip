@@ -484,6 +484,9 @@ DEVICE void tc_split(const QT* __restrict__ query, const QT* __restrict__ k_cach
 #pragma unroll
     for (int off = WAVE_SIZE / 2; off >= 1; off >>= 1) last |= SHFL_XOR(last, off);
     if (!last) return;
+    // Lane 0 saw the count; the wave sync orders its view before every
+    // lane's fence and loads (the memory-ordering barrier of the lanes).
+    wave_sync();
     device_fence();
     if (lane == 0) reset_counter(counter);
     tc_wave_reduce<HD>(m_part, l_part, acc_part, out, a, part - split * a.num_heads, np, rows, orow, lane);
