@@ -103,8 +103,8 @@ DEVICE void tc_prefetch_l2(const void* p) {
 // l = fma(l_s, w_s, l) (the same bits in each lane) and acc = fma(acc_s[d],
 // w_s, acc) for its dims. TC_FUSE_ROWS heads x TC_FUSE_AHEAD splits of
 // partials are loaded before their fmas. `base`: split 0's row of head 0.
-#define TC_FUSE_ROWS 4
-#define TC_FUSE_AHEAD 8
+#define TC_FUSE_ROWS 2
+#define TC_FUSE_AHEAD 4
 template <int HD>
 DEVICE void tc_wave_reduce(const float* m_part, const float* l_part, const float* acc_part, QT* out,
                            const TcArgs& a, i64 base, i64 np, int rows, i64 orow, int lane) {
