@@ -18,10 +18,18 @@
 //   l     = fmaf(l, alpha, tile sum);
 //   acc   = MMA(round_q(p), V, acc * alpha) (keys 0..15 of the step as k, in order);
 //   m     = m_new.
-// The wave stores (m, l, acc) of its split (f32); paged_decode_tc_reduce
-// then combines a sequence's splits in ascending order:
+// The wave stores (m, l, acc) of its split (f32); the reduce then combines
+// a sequence's splits in ascending order:
 //   M = max m_s; w_s = exp2c(m_s - M); l = fmaf(l_s, w_s, l); acc = fmaf(acc_s, w_s, acc);
 //   out = round_q(acc / l) (0 when the sequence has no key).
+// The reduce runs either as a second launch (paged_decode_tc_reduce) or,
+// with TcArgs.fuse, in the split kernel: each split's wave counts its
+// arrival at its (sequence, kv head, head group) in `counters` (after its
+// partials are stored and fenced); the wave that arrives last runs the
+// same formula in the same order (tc_wave_reduce) and resets the counter
+// to 0, so the next launch needs no memset. A sequence of one split skips
+// the partials: its wave applies the formula to its registers and writes
+// `out`; with no key, split 0's wave writes the zeros.
 // Keys past the split end are read as the split's last key (K unused: score -inf; V with p = 0).
 //
 // NVIDIA (wave 32): mma.sync m16n8k16, heads as the 16 rows (S: rows = heads,
@@ -57,7 +65,7 @@ typedef typename Q::T QT;
 
 struct TcArgs {
     i64 num_heads, num_kv_heads, head_size, block_size, max_blocks, split_size, max_splits;
-    i32 qpk, host_target;
+    i32 qpk, host_target, fuse;
     float scale, scale_log2, softcap;
 };
 
@@ -87,11 +95,73 @@ DEVICE void tc_prefetch_l2(const void* p) {
 #endif
 }
 
+// The fused reduce (TcArgs.fuse), run by the wave that arrives last at a
+// (sequence, kv head, head group): the same formula and order as
+// paged_decode_tc_reduce for the group's `rows` heads. Lane l owns dims
+// RD*l .. RD*l + RD - 1; M is a max over lane-strided splits then a
+// butterfly (exact in any order); every lane runs the ascending chain
+// l = fma(l_s, w_s, l) (the same bits in each lane) and acc = fma(acc_s[d],
+// w_s, acc) for its dims. TC_FUSE_ROWS heads x TC_FUSE_AHEAD splits of
+// partials are loaded before their fmas. `base`: split 0's row of head 0.
+#define TC_FUSE_ROWS 2
+#define TC_FUSE_AHEAD 4
+template <int HD>
+DEVICE void tc_wave_reduce(const float* m_part, const float* l_part, const float* acc_part, QT* out,
+                           const TcArgs& a, i64 base, i64 np, int rows, i64 orow, int lane) {
+    constexpr int RD = HD / WAVE_SIZE, R = TC_FUSE_ROWS, B = TC_FUSE_AHEAD;
+    const i64 stride = a.num_heads;
+    for (int r0 = 0; r0 < rows; r0 += R) {
+        float mx[R], l[R], acc[R][RD];
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+            mx[r] = f32_neg_inf();
+            l[r] = 0.0f;
+#pragma unroll
+            for (int i = 0; i < RD; ++i) acc[r][i] = 0.0f;
+            if (r0 + r >= rows) continue;
+            for (i64 s = lane; s < np; s += WAVE_SIZE)
+                mx[r] = fmaxf(mx[r], load_l2_f32(m_part + base + s * stride + r0 + r));
+#pragma unroll
+            for (int off = WAVE_SIZE / 2; off >= 1; off >>= 1) mx[r] = fmaxf(mx[r], SHFL_XOR(mx[r], off));
+        }
+        for (i64 s0 = 0; s0 < np; s0 += B) {
+            float ms[R][B], ls[R][B], v[R][B][RD];
+#pragma unroll
+            for (int r = 0; r < R; ++r)
+#pragma unroll
+                for (int j = 0; j < B; ++j) {
+                    if (r0 + r >= rows || s0 + j >= np) continue;
+                    const i64 idx = base + (s0 + j) * stride + r0 + r;
+                    ms[r][j] = load_l2_f32(m_part + idx);
+                    ls[r][j] = load_l2_f32(l_part + idx);
+                    load_l2_f32n<RD>(acc_part + idx * HD + RD * lane, v[r][j]);
+                }
+#pragma unroll
+            for (int r = 0; r < R; ++r)
+#pragma unroll
+                for (int j = 0; j < B; ++j) {
+                    if (r0 + r >= rows || s0 + j >= np) continue;
+                    const float w = exp2c(ms[r][j] - mx[r]);
+                    l[r] = fmaf(ls[r][j], w, l[r]);
+#pragma unroll
+                    for (int i = 0; i < RD; ++i) acc[r][i] = fmaf(v[r][j][i], w, acc[r][i]);
+                }
+        }
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+            if (r0 + r >= rows) continue;
+#pragma unroll
+            for (int i = 0; i < RD; ++i) out[(orow + r0 + r) * HD + RD * lane + i] = Q::store(acc[r][i] / l[r]);
+        }
+    }
+}
+
 template <int HD, int PIPE, int R16, int L2D = 0>
 DEVICE void tc_split(const QT* __restrict__ query, const QT* __restrict__ k_cache, const QT* __restrict__ v_cache,
                      const i32* __restrict__ block_table, const i32* __restrict__ qsl,
                      const i32* __restrict__ seq_lens, float* __restrict__ m_part, float* __restrict__ l_part,
-                     float* __restrict__ acc_part, const TcArgs& a) {
+                     float* __restrict__ acc_part, QT* __restrict__ out, u32* __restrict__ counters,
+                     const TcArgs& a) {
     const int wave = (int)(threadIdx.x / WAVE_SIZE), lane = (int)(threadIdx.x % WAVE_SIZE);
     const i64 seq = blockIdx.y;
     // Waves of the sequence, split fastest: (kv head, head group, split).
@@ -103,10 +173,16 @@ DEVICE void tc_split(const QT* __restrict__ query, const QT* __restrict__ k_cach
     const int grp = (int)(prog % ngroups);
     if (qsl[seq + 1] - qsl[seq] != 1) return;
     const i64 L = seq_lens[seq], start = split * a.split_size;
-    if (start >= L || split >= a.max_splits) return;
-    const i64 end = min(start + a.split_size, L);
     const int rows = min(TC_ROWS, a.qpk - grp * TC_ROWS);
     const i64 hbase = kvh * a.qpk + grp * TC_ROWS;
+    const i64 orow = qsl[seq] * a.num_heads + hbase;  // output row of the group's first head
+    if (a.fuse && L == 0 && split == 0) {
+        // No key: the reduce's output (0), written by split 0's wave.
+        for (int i = lane; i < rows * HD; i += WAVE_SIZE) out[orow * HD + i] = Q::store(0.0f);
+        return;
+    }
+    if (start >= L || split >= a.max_splits) return;
+    const i64 end = min(start + a.split_size, L);
     const QT* q = query + (qsl[seq] * a.num_heads + hbase) * HD;
     const i32* bt = block_table + seq * a.max_blocks;
     const i64 bs = a.block_size, kv_row = a.num_kv_heads * HD;
@@ -340,6 +416,38 @@ DEVICE void tc_split(const QT* __restrict__ query, const QT* __restrict__ k_cach
             if (t0 + TC_STEP < end) load(t0 + TC_STEP, kc, vc);
         }
     }
+    // Splits of this sequence (the reduce's count).
+    const i64 np = (L + a.split_size - 1) / a.split_size;
+    if (a.fuse && np == 1) {
+        // The only split: the reduce's arithmetic on this wave's registers
+        // (M = max(-inf, m), w = exp2c(m - M), l = fma(l, w, 0), acc = fma(acc, w, 0)).
+#if WAVE_SIZE == 32
+#pragma unroll
+        for (int r = 0; r < NR; ++r) {
+            const int hr = g + 8 * r;
+            if (hr >= rows) continue;
+            const float w = exp2c(m[r] - fmaxf(neg_inf, m[r]));
+            const float lt = fmaf(l[r], w, 0.0f);
+            QT* o = out + (orow + hr) * HD;
+#pragma unroll
+            for (int v = 0; v < NT; ++v)
+#pragma unroll
+                for (int e = 2 * r; e < 2 * r + 2; ++e)
+                    o[64 * (v >> 3) + 8 * (2 * tq + (e & 1)) + (v & 7)] = Q::store(fmaf(acc[v][e], w, 0.0f) / lt);
+        }
+#else
+        if (r16 < rows) {
+            const float w = exp2c(m[0] - fmaxf(neg_inf, m[0]));
+            const float lt = fmaf(l[0], w, 0.0f);
+            QT* o = out + (orow + r16) * HD;
+#pragma unroll
+            for (int v = 0; v < DPL; ++v)
+#pragma unroll
+                for (int i = 0; i < 4; ++i) o[DPL * (4 * qd + i) + v] = Q::store(fmaf(acc[v][i], w, 0.0f) / lt);
+        }
+#endif
+        return;
+    }
     // The split's partials: m, l per head row, acc[row][dim].
 #if WAVE_SIZE == 32
 #pragma unroll
@@ -364,6 +472,24 @@ DEVICE void tc_split(const QT* __restrict__ query, const QT* __restrict__ k_cach
             for (int i = 0; i < 4; ++i) acc_part[idx * HD + DPL * (4 * qd + i) + v] = acc[v][i];
     }
 #endif
+    if (!a.fuse) return;
+    // Arrival: this split's partials are stored (each lane fenced, then the
+    // wave synced); the wave whose count is the sequence's last reduces the
+    // group's splits and resets the counter for the next launch.
+    device_fence();
+    wave_sync();
+    u32* counter = counters + seq * a.num_kv_heads * ngroups + prog;
+    u32 last = 0u;
+    if (lane == 0) last = arrive(counter) == (u32)(np - 1) ? 1u : 0u;
+#pragma unroll
+    for (int off = WAVE_SIZE / 2; off >= 1; off >>= 1) last |= SHFL_XOR(last, off);
+    if (!last) return;
+    // Lane 0 saw the count; the wave sync orders its view before every
+    // lane's fence and loads (the memory-ordering barrier of the lanes).
+    wave_sync();
+    device_fence();
+    if (lane == 0) reset_counter(counter);
+    tc_wave_reduce<HD>(m_part, l_part, acc_part, out, a, part - split * a.num_heads, np, rows, orow, lane);
 }
 
 // TC_BOUNDS3: the d128 kernel without prefetch held to 3 resident blocks
@@ -378,44 +504,51 @@ DEVICE void tc_split(const QT* __restrict__ query, const QT* __restrict__ k_cach
 extern "C" __global__ void TC_BOUNDS paged_decode_tc_d64(
     const QT* __restrict__ query, const QT* __restrict__ k_cache, const QT* __restrict__ v_cache,
     const i32* __restrict__ block_table, const i32* __restrict__ qsl, const i32* __restrict__ seq_lens,
-    float* __restrict__ m_part, float* __restrict__ l_part, float* __restrict__ acc_part, TcArgs a) {
-    tc_split<64, 0, 0>(query, k_cache, v_cache, block_table, qsl, seq_lens, m_part, l_part, acc_part, a);
+    float* __restrict__ m_part, float* __restrict__ l_part, float* __restrict__ acc_part, QT* __restrict__ out,
+    u32* __restrict__ counters, TcArgs a) {
+    tc_split<64, 0, 0>(query, k_cache, v_cache, block_table, qsl, seq_lens, m_part, l_part, acc_part, out, counters, a);
 }
 extern "C" __global__ void TC_BOUNDS paged_decode_tc_d64_r16(
     const QT* __restrict__ query, const QT* __restrict__ k_cache, const QT* __restrict__ v_cache,
     const i32* __restrict__ block_table, const i32* __restrict__ qsl, const i32* __restrict__ seq_lens,
-    float* __restrict__ m_part, float* __restrict__ l_part, float* __restrict__ acc_part, TcArgs a) {
-    tc_split<64, 0, 1>(query, k_cache, v_cache, block_table, qsl, seq_lens, m_part, l_part, acc_part, a);
+    float* __restrict__ m_part, float* __restrict__ l_part, float* __restrict__ acc_part, QT* __restrict__ out,
+    u32* __restrict__ counters, TcArgs a) {
+    tc_split<64, 0, 1>(query, k_cache, v_cache, block_table, qsl, seq_lens, m_part, l_part, acc_part, out, counters, a);
 }
 extern "C" __global__ void TC_BOUNDS paged_decode_tc_d128_prefetch(
     const QT* __restrict__ query, const QT* __restrict__ k_cache, const QT* __restrict__ v_cache,
     const i32* __restrict__ block_table, const i32* __restrict__ qsl, const i32* __restrict__ seq_lens,
-    float* __restrict__ m_part, float* __restrict__ l_part, float* __restrict__ acc_part, TcArgs a) {
-    tc_split<128, 1, 0>(query, k_cache, v_cache, block_table, qsl, seq_lens, m_part, l_part, acc_part, a);
+    float* __restrict__ m_part, float* __restrict__ l_part, float* __restrict__ acc_part, QT* __restrict__ out,
+    u32* __restrict__ counters, TcArgs a) {
+    tc_split<128, 1, 0>(query, k_cache, v_cache, block_table, qsl, seq_lens, m_part, l_part, acc_part, out, counters, a);
 }
 extern "C" __global__ void TC_BOUNDS paged_decode_tc_d128_r16(
     const QT* __restrict__ query, const QT* __restrict__ k_cache, const QT* __restrict__ v_cache,
     const i32* __restrict__ block_table, const i32* __restrict__ qsl, const i32* __restrict__ seq_lens,
-    float* __restrict__ m_part, float* __restrict__ l_part, float* __restrict__ acc_part, TcArgs a) {
-    tc_split<128, 0, 1>(query, k_cache, v_cache, block_table, qsl, seq_lens, m_part, l_part, acc_part, a);
+    float* __restrict__ m_part, float* __restrict__ l_part, float* __restrict__ acc_part, QT* __restrict__ out,
+    u32* __restrict__ counters, TcArgs a) {
+    tc_split<128, 0, 1>(query, k_cache, v_cache, block_table, qsl, seq_lens, m_part, l_part, acc_part, out, counters, a);
 }
 extern "C" __global__ void TC_BOUNDS paged_decode_tc_d128(
     const QT* __restrict__ query, const QT* __restrict__ k_cache, const QT* __restrict__ v_cache,
     const i32* __restrict__ block_table, const i32* __restrict__ qsl, const i32* __restrict__ seq_lens,
-    float* __restrict__ m_part, float* __restrict__ l_part, float* __restrict__ acc_part, TcArgs a) {
-    tc_split<128, 0, 0>(query, k_cache, v_cache, block_table, qsl, seq_lens, m_part, l_part, acc_part, a);
+    float* __restrict__ m_part, float* __restrict__ l_part, float* __restrict__ acc_part, QT* __restrict__ out,
+    u32* __restrict__ counters, TcArgs a) {
+    tc_split<128, 0, 0>(query, k_cache, v_cache, block_table, qsl, seq_lens, m_part, l_part, acc_part, out, counters, a);
 }
 extern "C" __global__ void TC_BOUNDS paged_decode_tc_d128_l2(
     const QT* __restrict__ query, const QT* __restrict__ k_cache, const QT* __restrict__ v_cache,
     const i32* __restrict__ block_table, const i32* __restrict__ qsl, const i32* __restrict__ seq_lens,
-    float* __restrict__ m_part, float* __restrict__ l_part, float* __restrict__ acc_part, TcArgs a) {
-    tc_split<128, 0, 0, 2>(query, k_cache, v_cache, block_table, qsl, seq_lens, m_part, l_part, acc_part, a);
+    float* __restrict__ m_part, float* __restrict__ l_part, float* __restrict__ acc_part, QT* __restrict__ out,
+    u32* __restrict__ counters, TcArgs a) {
+    tc_split<128, 0, 0, 2>(query, k_cache, v_cache, block_table, qsl, seq_lens, m_part, l_part, acc_part, out, counters, a);
 }
 extern "C" __global__ void TC_BOUNDS3 paged_decode_tc_d128_b3(
     const QT* __restrict__ query, const QT* __restrict__ k_cache, const QT* __restrict__ v_cache,
     const i32* __restrict__ block_table, const i32* __restrict__ qsl, const i32* __restrict__ seq_lens,
-    float* __restrict__ m_part, float* __restrict__ l_part, float* __restrict__ acc_part, TcArgs a) {
-    tc_split<128, 0, 0>(query, k_cache, v_cache, block_table, qsl, seq_lens, m_part, l_part, acc_part, a);
+    float* __restrict__ m_part, float* __restrict__ l_part, float* __restrict__ acc_part, QT* __restrict__ out,
+    u32* __restrict__ counters, TcArgs a) {
+    tc_split<128, 0, 0>(query, k_cache, v_cache, block_table, qsl, seq_lens, m_part, l_part, acc_part, out, counters, a);
 }
 
 // Reduce, grid (Hq, num_reqs), TC_REDUCE_THREADS threads, one per dim: the

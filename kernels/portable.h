@@ -445,6 +445,53 @@ struct __attribute__((aligned(16))) u32x4 {
     u32 w[4];
 };
 DEVICE u32x4 load16(const void* p) { return *reinterpret_cast<const u32x4*>(p); }
+
+// ---- arrival counters (a grid's last wave of a group reduces what the others wrote)
+// Protocol (kernels/paged_decode_tc.hip): every lane stores, then
+// device_fence(); wave_sync(); one lane's arrive() returns the count before
+// its own; the wave that sees n - 1 calls device_fence() again and reads the
+// others' stores with load_l2_f32 (past the multiprocessor's own L1, which
+// is not coherent across multiprocessors).
+#if defined(ATTNLAB_HOST)
+DEVICE void device_fence() { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
+// Lanes are fibers: a shuffle is the barrier that makes every lane's stores
+// come before what one lane does next.
+DEVICE void wave_sync() { (void)attnlab_host_shfl_xor_bits(0ull, 1); }
+DEVICE u32 arrive(u32* counter) { return __atomic_fetch_add(counter, 1u, __ATOMIC_SEQ_CST); }
+DEVICE void reset_counter(u32* counter) { __atomic_store_n(counter, 0u, __ATOMIC_SEQ_CST); }
+DEVICE float load_l2_f32(const float* p) { return *p; }
+#elif defined(ATTNLAB_HIP)
+DEVICE void device_fence() { __threadfence(); }
+DEVICE void wave_sync() { __builtin_amdgcn_wave_barrier(); }
+DEVICE u32 arrive(u32* counter) { return atomicAdd(counter, 1u); }
+DEVICE void reset_counter(u32* counter) { atomicExch(counter, 0u); }
+DEVICE float load_l2_f32(const float* p) {
+    return __hip_atomic_load(p, __ATOMIC_RELAXED, __HIP_MEMORY_SCOPE_AGENT);
+}
+#else
+DEVICE void device_fence() { __threadfence(); }
+DEVICE void wave_sync() { __syncwarp(); }
+DEVICE u32 arrive(u32* counter) { return atomicAdd(counter, 1u); }
+DEVICE void reset_counter(u32* counter) { atomicExch(counter, 0u); }
+DEVICE float load_l2_f32(const float* p) {
+    float v;
+    asm volatile("ld.global.cg.f32 %0, [%1];" : "=f"(v) : "l"(p));
+    return v;
+}
+#endif
+// N consecutive floats (N * 4-byte aligned) past L1: one 16-byte load on NVIDIA for N = 4.
+template <int N> DEVICE void load_l2_f32n(const float* p, float (&v)[N]) {
+#if defined(ATTNLAB_CUDA) && !defined(ATTNLAB_HOST)
+    if constexpr (N == 4) {
+        asm volatile("ld.global.cg.v4.f32 {%0, %1, %2, %3}, [%4];"
+                     : "=f"(v[0]), "=f"(v[1]), "=f"(v[2]), "=f"(v[3])
+                     : "l"(p));
+        return;
+    }
+#endif
+#pragma unroll
+    for (int i = 0; i < N; ++i) v[i] = load_l2_f32(p + i);
+}
 // Four floats of shared memory in one access (16-byte aligned address).
 struct __attribute__((aligned(16))) f32x4 {
     float v[4];

@@ -249,6 +249,9 @@ fn run_skips_the_backends_the_flavour_refuses_and_runs_the_others() {
     let fa = row("ROCM_AITER_FA");
     assert_eq!(fa["status"], "skipped", "{fa}");
     let why = fa["reason"].as_str().unwrap();
-    assert!(why.contains("paged_decode_tc") && why.contains("256"), "{fa}");
+    assert!(
+        why.contains("paged_decode_tc") && why.contains("256"),
+        "{fa}"
+    );
     assert_eq!(row("ROCM_ATTN")["status"], "pass");
 }

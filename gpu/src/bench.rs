@@ -27,6 +27,7 @@ use attnlab_shared::layout::{KvLayout, LayoutKind};
 use attnlab_shared::metadata::{AttentionMetadata, BlockTableTensor};
 use attnlab_sim::config::AttnConfig;
 use attnlab_sim::kernels::paged_decode::{PartitionSize, PARTITION_SIZE_ROCM};
+use attnlab_sim::kernels::paged_decode_tc::num_splits;
 use serde::Serialize;
 
 #[derive(Debug, Clone)]
@@ -390,8 +391,9 @@ fn decode_case(
     for &&(name, variant) in &want_tc {
         let split = paged_decode_tc::auto_split_size(gpu, &meta, &cfg, variant);
         let scratch = paged_decode_tc::TcScratch::new(gpu, &meta, &cfg, split)?;
+        let reduce = paged_decode_tc::TcReduce::auto(num_splits(meta.max_seq_len(), split));
         let ms = time_ms_queued(gpu, opts, &mut || {
-            paged_decode_tc::launch(gpu, &inp, &scratch, &meta, &cfg, split, variant)
+            paged_decode_tc::launch(gpu, &inp, &scratch, &meta, &cfg, split, variant, reduce)
         })?;
         results.push((name.to_string(), ms));
     }

@@ -16,7 +16,7 @@
 
 use crate::kernels::Gpu;
 use crate::ops;
-use crate::ops::paged_decode_tc::TcVariant;
+use crate::ops::paged_decode_tc::{TcReduce, TcVariant};
 use crate::runtime::GpuError;
 use attnlab_shared::dtype::DType;
 use attnlab_shared::error::{Error, Result};
@@ -39,7 +39,7 @@ use attnlab_sim::kernels::mla_prefill::LatentGather;
 use attnlab_sim::kernels::mla_proj::ProjArgs;
 use attnlab_sim::kernels::paged_decode::{PagedInputs, PartitionSize};
 use attnlab_sim::kernels::paged_decode_2d_tc::Decode2dTcArgs;
-use attnlab_sim::kernels::paged_decode_tc::DecodeTcArgs;
+use attnlab_sim::kernels::paged_decode_tc::{num_splits, DecodeTcArgs};
 use attnlab_sim::kernels::prefix_prefill::PrefixArgs;
 use attnlab_sim::kernels::reshape_and_cache::CacheWrite;
 use attnlab_sim::kernels::softmax::OutLse;
@@ -100,7 +100,14 @@ impl<'a> GpuExecutor<'a> {
             DecodeTcFamily::Split => {
                 let split = backend_decode_split(target, meta, cfg);
                 let args = DecodeTcArgs::new(*inputs, target, split)?;
-                ops::paged_decode_tc::paged_decode_tc(self.gpu, &args, TcVariant::Default, out)
+                let reduce = TcReduce::auto(num_splits(meta.max_seq_len(), split));
+                ops::paged_decode_tc::paged_decode_tc(
+                    self.gpu,
+                    &args,
+                    TcVariant::Default,
+                    reduce,
+                    out,
+                )
             }
             DecodeTcFamily::TwoD => {
                 let args = Decode2dTcArgs::new(*inputs, target)?;

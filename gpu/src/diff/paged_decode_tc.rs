@@ -1,4 +1,5 @@
-//! Diff of the tensor-core paged decode (split kernel + ascending reduce)
+//! Diff of the tensor-core paged decode (split kernel + ascending reduce,
+//! a second launch or fused into the split kernel, drawn per case)
 //! against its sim twin on the device's own matrix-core model (sm_90 on
 //! NVIDIA and at host wave 32, gfx942 on CDNA3 and at host wave 64): NHD
 //! caches with shuffled block tables, decode-heavy batches (other rows must
@@ -9,7 +10,7 @@ use super::cases::{attention_diff, prefilled_output, CaseSpace, Outputs};
 use super::{DiffOptions, KernelReport};
 use crate::kernels::Gpu;
 use crate::ops::paged_decode_tc::{
-    auto_split_size, device_target, paged_decode_tc as gpu_tc, TcVariant,
+    auto_split_size, device_target, paged_decode_tc as gpu_tc, TcReduce, TcVariant,
 };
 use crate::runtime::Result;
 use attnlab_shared::dtype::DType;
@@ -52,10 +53,16 @@ pub fn run(gpu: &Gpu, opts: DiffOptions) -> Result<KernelReport> {
         let variant = *TcVariant::ALL.choose(rng).expect("non-empty");
         let used = split.unwrap_or_else(|| auto_split_size(gpu, m, cfg, variant));
         let args = DecodeTcArgs::new(PagedInputs::new(q, c, m, cfg)?, target, used)?;
-        let gpu = gpu_tc(gpu, &args, variant, &init)?;
+        let reduce = *TcReduce::ALL.choose(rng).expect("non-empty");
+        let gpu = gpu_tc(gpu, &args, variant, reduce, &init)?;
         let mut sim = init;
         sim_tc(&args, &mut sim)?;
-        let options = format!("{} split {used} {}", target.name(), variant.name());
+        let options = format!(
+            "{} split {used} {} {}",
+            target.name(),
+            variant.name(),
+            reduce.name()
+        );
         Ok(Some(Outputs { options, sim, gpu }))
     })
 }

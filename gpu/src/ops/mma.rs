@@ -135,7 +135,10 @@ pub fn run(gpu: &Gpu, instr: Instr, a: &[u16], b: &[u16], c: &[f32]) -> Result<V
         )
         .into());
     }
-    let format = ("MMA_FORMAT".to_string(), format_code(instr.format).to_string());
+    let format = (
+        "MMA_FORMAT".to_string(),
+        format_code(instr.format).to_string(),
+    );
     let f = match instr.shape {
         Shape::M64N8K16 => gpu.function(
             "wgmma_probe",

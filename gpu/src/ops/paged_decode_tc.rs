@@ -1,7 +1,9 @@
 //! Launchers for `kernels/paged_decode_tc.hip`, mirroring
 //! `attnlab_sim::kernels::paged_decode_tc::paged_decode_tc`: the split
 //! kernel (one wave per split of a (sequence, kv head, head group)) then the
-//! reduce. Rows that are not decode rows keep the contents of `out`.
+//! reduce, either as a second launch or fused into the split kernel
+//! ([`TcReduce`]; the same bits). Rows that are not decode rows keep the
+//! contents of `out`.
 
 use super::paged_decode::{upload, Inputs};
 use super::unified_attention::to_u32;
@@ -29,6 +31,7 @@ param_block! {
         max_splits: i64,
         qpk: i32,
         host_target: i32,
+        fuse: i32,
         scale: f32,
         scale_log2: f32,
         softcap: f32,
@@ -83,6 +86,52 @@ impl TcVariant {
             TcVariant::Prefetch => "prefetch",
             TcVariant::ThreeBlocks => "3 blocks/SM",
             TcVariant::L2Hints => "L2 hints",
+        }
+    }
+}
+
+/// Where the splits of a (sequence, kv head, head group) are combined. Both
+/// run the reduce's formula in ascending split order, so they give the same
+/// bits; they differ in launches and in the bytes of partials moved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TcReduce {
+    /// A second launch, `paged_decode_tc_reduce` (one block per head and
+    /// sequence).
+    Separate,
+    /// In the split kernel: each split's wave counts its arrival in a
+    /// per-group counter; the last one reduces (and resets the counter),
+    /// and a sequence of one split writes its output directly. One launch.
+    Fused,
+}
+
+/// The most splits per sequence [`TcReduce::auto`] fuses: the fused reduce
+/// is one wave's walk over `splits x heads` partials, fast for a few splits,
+/// slower than the separate launch for many.
+pub const FUSE_MAX_SPLITS: usize = 32;
+
+impl TcReduce {
+    pub const ALL: [TcReduce; 2] = [TcReduce::Separate, TcReduce::Fused];
+
+    /// The launcher's choice for a batch whose longest sequence has
+    /// `max_splits` splits: fused up to [`FUSE_MAX_SPLITS`] (for tuning,
+    /// the environment variable `ATTNLAB_TC_FUSE_MAX_SPLITS` overrides it;
+    /// 0 never fuses).
+    pub fn auto(max_splits: usize) -> TcReduce {
+        let limit = std::env::var("ATTNLAB_TC_FUSE_MAX_SPLITS")
+            .ok()
+            .and_then(|s| s.parse::<usize>().ok())
+            .unwrap_or(FUSE_MAX_SPLITS);
+        if max_splits <= limit {
+            TcReduce::Fused
+        } else {
+            TcReduce::Separate
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            TcReduce::Separate => "reduce launch",
+            TcReduce::Fused => "fused reduce",
         }
     }
 }
@@ -148,11 +197,14 @@ pub fn auto_split_size(
 }
 
 /// The (m, l, acc) partials of every split: `[num_reqs, max_splits, Hq]`
-/// f32 (acc: `[.., head_size]`).
+/// f32 (acc: `[.., head_size]`), and the fused reduce's arrival counters
+/// (`[num_reqs, Hkv * head groups]` u32, zero between launches: the
+/// reducing wave resets its own).
 pub(crate) struct TcScratch<'d> {
     pub m: Buffer<'d>,
     pub l: Buffer<'d>,
     pub acc: Buffer<'d>,
+    pub counters: Buffer<'d>,
     max_splits: usize,
 }
 
@@ -166,10 +218,12 @@ impl<'d> TcScratch<'d> {
         let dev = gpu.dev.as_ref();
         let max_splits = num_splits(meta.max_seq_len(), split_size);
         let rows = (meta.num_reqs() * max_splits * cfg.num_heads()).max(1);
+        let programs = meta.num_reqs() * cfg.num_kv_heads() * cfg.queries_per_kv().div_ceil(ROWS);
         Ok(TcScratch {
             m: Buffer::zeroed(dev, rows * 4)?,
             l: Buffer::zeroed(dev, rows * 4)?,
             acc: Buffer::zeroed(dev, rows * cfg.head_size() * 4)?,
+            counters: Buffer::zeroed(dev, programs.max(1) * 4)?,
             max_splits,
         })
     }
@@ -181,6 +235,7 @@ fn args(
     split_size: usize,
     max_splits: usize,
     target: MatrixTarget,
+    reduce: TcReduce,
 ) -> Arg {
     TcParams {
         num_heads: cfg.num_heads() as i64,
@@ -192,6 +247,7 @@ fn args(
         max_splits: max_splits as i64,
         qpk: cfg.queries_per_kv() as i32,
         host_target: host_target_code(target),
+        fuse: i32::from(reduce == TcReduce::Fused),
         scale: cfg.scale(),
         scale_log2: softmax_scale_log2(cfg.scale()),
         softcap: cfg.softcap().unwrap_or(0.0),
@@ -221,6 +277,7 @@ pub fn paged_decode_tc(
     gpu: &Gpu,
     args: &DecodeTcArgs,
     variant: TcVariant,
+    reduce: TcReduce,
     out: &[f32],
 ) -> Result<Vec<u32>> {
     let target = device_target(gpu)?;
@@ -236,13 +293,15 @@ pub fn paged_decode_tc(
     let (meta, cfg, split) = (i.meta(), i.cfg(), args.split_size());
     let inp = upload(gpu, i, out)?;
     let scratch = TcScratch::new(gpu, meta, cfg, split)?;
-    launch(gpu, &inp, &scratch, meta, cfg, split, variant)?;
+    launch(gpu, &inp, &scratch, meta, cfg, split, variant, reduce)?;
     Ok(bits_from_bytes(&inp.out.to_bytes()?, cfg.dtype()))
 }
 
-/// Launches the split kernel then the reduce on uploaded inputs (what
-/// [`paged_decode_tc`] and `attnlab bench --gpu` both run). `scratch` comes
-/// from [`TcScratch::new`] with the same metadata and split size.
+/// Launches the split kernel then the reduce (a second launch or fused, as
+/// `reduce` says) on uploaded inputs (what [`paged_decode_tc`] and `attnlab
+/// bench --gpu` both run). `scratch` comes from [`TcScratch::new`] with the
+/// same metadata and split size.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn launch(
     gpu: &Gpu,
     inp: &Inputs,
@@ -251,6 +310,7 @@ pub(crate) fn launch(
     cfg: &AttnConfig,
     split_size: usize,
     variant: TcVariant,
+    reduce: TcReduce,
 ) -> Result<()> {
     let target = device_target(gpu)?;
     let max_splits = num_splits(meta.max_seq_len(), split_size);
@@ -267,7 +327,7 @@ pub(crate) fn launch(
     }
     let wave = gpu.dev.info().target.wave_size();
     let defines = qkv_defines(cfg.dtype(), cfg.kv_dtype());
-    let a = args(meta, cfg, split_size, max_splits, target);
+    let a = args(meta, cfg, split_size, max_splits, target, reduce);
     let r16 = cfg.queries_per_kv() > 8;
     let f = gpu.function(
         "paged_decode_tc",
@@ -296,12 +356,17 @@ pub(crate) fn launch(
         s.m.arg(),
         s.l.arg(),
         s.acc.arg(),
+        i.out.arg(),
+        s.counters.arg(),
         a.clone(),
     ];
     // SAFETY: the arguments are the kernel's parameter list in order (by-value
     // blocks layout-checked by gpu/tests/param_layout.rs), and every buffer was
     // sized above for the shapes those scalars and this grid index.
     unsafe { gpu.dev.launch(f, dims, &call) }?;
+    if reduce == TcReduce::Fused {
+        return Ok(());
+    }
     let reduce = gpu.function("paged_decode_tc", &defines, "paged_decode_tc_reduce")?;
     let dims = LaunchDims {
         grid: [
@@ -326,4 +391,86 @@ pub(crate) fn launch(
     // sized above for the shapes those scalars and this grid index.
     unsafe { gpu.dev.launch(reduce, dims, &call) }?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::diff::paged_decode_tc::SPACE;
+    use attnlab_shared::dtype::DType;
+    use attnlab_sim::config::AttnConfigBuilder;
+    use attnlab_sim::draw::draw;
+    use attnlab_sim::kernels::paged_decode::PagedInputs;
+    use attnlab_sim::kernels::paged_decode_tc::decode_tc;
+    use rand::SeedableRng;
+    use rand_chacha::ChaCha8Rng;
+
+    /// Each fused launch must leave every arrival counter at zero: a second
+    /// launch on the same scratch (fresh output) then reduces every group
+    /// again and gives the emulator's bits, at both wave widths, with splits
+    /// of one step (many arrivals) and of 64 keys.
+    #[test]
+    fn a_fused_launch_resets_its_counters_so_the_next_one_on_the_same_scratch_is_bit_exact() {
+        for wave in [32, 64] {
+            let gpu = match Gpu::open_host(wave) {
+                Ok(g) => g,
+                Err(e) => {
+                    eprintln!("skipped (no host device at wave {wave}: {e})");
+                    return;
+                }
+            };
+            let target = device_target(&gpu).unwrap();
+            let mut rng = ChaCha8Rng::seed_from_u64(13);
+            let mut ran = 0;
+            while ran < 4 {
+                let Some(case) = draw(&mut rng, &SPACE) else {
+                    continue;
+                };
+                let dt = case.cfg.dtype();
+                if !matches!(dt, DType::Bf16 | DType::F16) || case.cfg.kv_dtype() != dt {
+                    continue;
+                }
+                let cfg = AttnConfigBuilder {
+                    sliding_window: None,
+                    ..case.cfg.to_builder()
+                }
+                .build()
+                .unwrap();
+                let (meta, split) = (&case.meta, [16, 64][ran % 2]);
+                let inputs = PagedInputs::new(&case.query, &case.cache, meta, &cfg).unwrap();
+                let args = DecodeTcArgs::new(inputs, target, split).unwrap();
+                let init = vec![0.5f32; case.query.len()];
+                let mut sim = init.clone();
+                decode_tc(&args, &mut sim).unwrap();
+                let want = bits_from_bytes(&crate::runtime::bytes::bytes_of(&sim, dt), dt);
+                let scratch = TcScratch::new(&gpu, meta, &cfg, split).unwrap();
+                for launch_no in 0..2 {
+                    let inp = upload(&gpu, args.inputs(), &init).unwrap();
+                    let r = launch(
+                        &gpu,
+                        &inp,
+                        &scratch,
+                        meta,
+                        &cfg,
+                        split,
+                        TcVariant::Default,
+                        TcReduce::Fused,
+                    );
+                    r.unwrap();
+                    let got = bits_from_bytes(&inp.out.to_bytes().unwrap(), dt);
+                    assert!(
+                        got == want,
+                        "wave {wave} launch {launch_no}: {}",
+                        case.describe()
+                    );
+                    let counters = scratch.counters.to_bytes().unwrap();
+                    assert!(
+                        counters.iter().all(|&b| b == 0),
+                        "wave {wave}: a counter left non-zero"
+                    );
+                }
+                ran += 1;
+            }
+        }
+    }
 }
