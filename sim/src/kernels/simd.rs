@@ -181,8 +181,15 @@ unsafe fn dots_avx512(
     out: &mut [f32],
     out_stride: usize,
 ) {
-    // 8 rows x 32 keys: 16 zmm accumulators, 2 K loads and 8 broadcasts.
-    dots_body::<8, 32>(xs, w, stride, col, n, out, out_stride)
+    if n >= 32 {
+        // 8 rows x 32 keys: 16 zmm accumulators, 2 K loads and 8 broadcasts.
+        dots_body::<8, 32>(xs, w, stride, col, n, out, out_stride)
+    } else {
+        // A 16-key tile (FLEX's BLOCK_N, the 3D kernels' TILE): 16 rows x
+        // 16 keys, again 16 zmm accumulators (8 rows would leave the two
+        // fma pipes waiting on 8 chains' latency).
+        dots_body::<16, 16>(xs, w, stride, col, n, out, out_stride)
+    }
 }
 
 /// Rows in groups of `R` (then 4 where `R > 4`, then 1), keys in blocks of
@@ -1459,19 +1466,21 @@ mod tests {
         let w: Vec<f32> = (0..d * keys)
             .map(|i| ((i as f32) * 0.377).sin() * 3.0)
             .collect();
-        let q: Vec<Vec<f32>> = (0..7)
+        let q: Vec<Vec<f32>> = (0..18)
             .map(|r| (0..d).map(|i| ((i * 7 + r) as f32 * 0.91).cos()).collect())
             .collect();
         let qs: Vec<&[f32]> = q.iter().map(|r| r.as_slice()).collect();
+        let (q, qs) = (&q[..7], &qs);
         let p: Vec<f32> = (0..keys).map(|k| (k as f32 * 0.3).sin().abs()).collect();
         let run = |path: SimdPath| {
             let mut e = vec![0.0; xs.len()];
             exp2c_shifted(path, &xs, 0.25, &mut e);
             let mut dots = vec![0.0; 7 * keys];
-            dots_rows(path, &qs, &w, keys, 0, keys, &mut dots, keys);
+            dots_rows(path, &qs[..7], &w, keys, 0, keys, &mut dots, keys);
             // 29 keys from column 3 (a 16-key block, 8, then singles) for
-            // a GQA group of 4 rows and for 5 rows.
-            for rows in [4, 5] {
+            // a GQA group of 4 rows, for 5 rows, and for 18 rows (AVX-512's
+            // 16-row block of short tiles, then single rows).
+            for rows in [4, 5, 18] {
                 let mut more = vec![0.0; rows * 29];
                 dots_rows(path, &qs[..rows], &w, keys, 3, 29, &mut more, 29);
                 for r in 0..rows {

@@ -80,6 +80,16 @@ impl ScoreParams {
         };
         (s + alibi_bias) * LOG2E
     }
+
+    /// `xs[j] = self.score(xs[j], 0.0)` for every j (no ALiBi bias), with
+    /// the soft-cap test out of the loop so the plain case vectorises.
+    #[inline]
+    pub fn score_slice(&self, xs: &mut [f32]) {
+        match self.softcap {
+            None => xs.iter_mut().for_each(|x| *x = (*x * self.scale_log2) + 0.0 * LOG2E),
+            Some(_) => xs.iter_mut().for_each(|x| *x = self.score(*x, 0.0)),
+        }
+    }
 }
 
 /// `q . k` as one fma chain in ascending dimension order, starting at 0.
