@@ -55,6 +55,8 @@ pub const SPARSE_Q_BLOCK_SIZE: usize = 16;
 /// Sparse q blocks (of one request) one task walks together, sharing each
 /// gathered K/V tile: 8 x 16 rows x the GQA group's heads.
 const UNITS_PER_TASK: usize = 8;
+/// Query tokens of a task's units, at most, for it to walk every kv head.
+const SHORT_GROUP_TOKENS: usize = 16;
 
 /// The kernel's BLOCK_N for a dtype and cache block size (see module doc).
 pub fn flex_block_n(dtype: DType, block_size: usize) -> usize {
@@ -375,9 +377,19 @@ pub fn flex(args: &FlexArgs) -> Result<Vec<f32>> {
             _ => groups.push(u..u + 1),
         }
     }
-    let tasks: Vec<(std::ops::Range<usize>, usize)> = groups
+    // A short group (a decode's request) walks every kv head in one task,
+    // head by head at each tile: the heads of a token sit side by side in
+    // the NHD cache, so its blocks are read front to back instead of one
+    // head's 512-byte rows strided across them.
+    let tasks: Vec<(std::ops::Range<usize>, std::ops::Range<usize>)> = groups
         .iter()
-        .flat_map(|grp| (0..hk).map(move |g| (grp.clone(), g)))
+        .flat_map(|grp| {
+            let tokens: usize = units[grp.clone()].iter().map(|(_, rows)| rows.len()).sum();
+            match tokens <= SHORT_GROUP_TOKENS {
+                true => vec![(grp.clone(), 0..hk)],
+                false => (0..hk).map(|g| (grp.clone(), g..g + 1)).collect(),
+            }
+        })
         .collect();
     let ctx = GroupCtx {
         query,
@@ -397,14 +409,16 @@ pub fn flex(args: &FlexArgs) -> Result<Vec<f32>> {
         .par_iter()
         .map_init(
             || GroupScratch::new(bn, d, qpk),
-            |scratch, (grp, g)| ctx.run(&units[grp.clone()], *g, scratch),
+            |scratch, (grp, heads)| ctx.run(&units[grp.clone()], heads.clone(), scratch),
         )
         .collect();
     let mut out = vec![0.0f32; meta.num_actual_tokens() * hq * d];
-    for ((grp, g), part) in tasks.iter().zip(&parts) {
-        let rows = units[grp.clone()].iter().flat_map(|(_, rows)| rows.clone());
-        for (r, heads) in rows.zip(part.chunks_exact(qpk * d)) {
-            out[(r * hq + g * qpk) * d..][..qpk * d].copy_from_slice(heads);
+    for ((grp, heads), part) in tasks.iter().zip(&parts) {
+        let rows = heads
+            .clone()
+            .flat_map(|g| units[grp.clone()].iter().flat_map(move |(_, rows)| rows.clone().map(move |r| (r, g))));
+        for ((r, g), vals) in rows.zip(part.chunks_exact(qpk * d)) {
+            out[(r * hq + g * qpk) * d..][..qpk * d].copy_from_slice(vals);
         }
     }
     Ok(out)
@@ -455,10 +469,11 @@ impl GroupScratch {
 }
 
 impl GroupCtx<'_> {
-    /// The kernel loop (module doc) for the query heads of kv head `g` and
-    /// each unit's rows `rows` of its q block `qb` (whose block lists the
-    /// rows walk): `[row, head of the group, D]` for the units' rows in
-    /// order, rounded.
+    /// The kernel loop (module doc) for the query heads of each kv head of
+    /// `heads` and each unit's rows `rows` of its q block `qb` (whose block
+    /// lists the rows walk): `[kv head, row, head of the group, D]` (kv
+    /// heads ascending, then the units' rows in order), rounded. At each
+    /// tile the kv heads take their steps one after another.
     ///
     /// The units walk their lists in lockstep: the union of their partial
     /// lists ascending, then the union of their full lists ascending; a
@@ -475,17 +490,21 @@ impl GroupCtx<'_> {
     fn run(
         &self,
         units: &[(usize, std::ops::Range<usize>)],
-        g: usize,
+        heads: std::ops::Range<usize>,
         scr: &mut GroupScratch,
     ) -> Vec<f32> {
         let (d, bn, bs, qpk, hq) = (self.d, self.bn, self.bs, self.qpk, self.hq);
-        let mut states: Vec<Vec<RowState>> = units
-            .iter()
+        // Per (kv head, unit), heads outer.
+        let nu = units.len();
+        let mut states: Vec<Vec<RowState>> = heads
+            .clone()
+            .flat_map(|_| units.iter())
             .map(|(_, rows)| (0..rows.len() * qpk).map(|_| RowState::new(d, None)).collect())
             .collect();
-        let qs: Vec<Vec<&[f32]>> = units
-            .iter()
-            .map(|(_, rows)| {
+        let qs: Vec<Vec<&[f32]>> = heads
+            .clone()
+            .flat_map(|g| units.iter().map(move |u| (g, u)))
+            .map(|(g, (_, rows))| {
                 rows.clone()
                     .flat_map(|r| (g * qpk..(g + 1) * qpk).map(move |h| (r, h)))
                     .map(|(r, h)| &self.query[(r * hq + h) * d..][..d])
@@ -528,45 +547,49 @@ impl GroupCtx<'_> {
                     };
                     let members = scr.members.len();
                     if scr.kept[..members].iter().flatten().all(|k| live(k).is_empty()) {
+                        for (gi, _) in heads.clone().enumerate() {
+                            for (m, &u) in scr.members.iter().enumerate() {
+                                let n_rows = units[u].1.len();
+                                self.dead_rows(
+                                    &mut states[gi * nu + u],
+                                    &scr.kept[m],
+                                    &live,
+                                    &scr.tile,
+                                    &scr.masked,
+                                    0..n_rows,
+                                );
+                            }
+                        }
+                        continue;
+                    }
+                    for (gi, g) in heads.clone().enumerate() {
+                        scr.locs.clear();
+                        scr.locs.extend(tile_keys.clone().map(|r| (blk, r)));
+                        scr.tile
+                            .gather_paged_exact(self.cache, self.dims, g, &scr.locs);
+                        // The next tile's keys (this block's next, or the next
+                        // block's first) start their way in meanwhile.
+                        let next = match (n0 + bn < bs, union.get(i + 1)) {
+                            (true, _) => Some((blk, n0 + bn)),
+                            (false, Some(&b)) => Some((b, 0)),
+                            (false, None) => None,
+                        };
+                        if let Some((b, r0)) = next {
+                            scr.locs.clear();
+                            scr.locs.extend((r0..r0 + bn).map(|r| (b, r)));
+                            KvTile::prefetch_paged(self.cache, self.dims, g, &scr.locs);
+                        }
                         for (m, &u) in scr.members.iter().enumerate() {
-                            let n_rows = units[u].1.len();
-                            self.dead_rows(
-                                &mut states[u],
+                            self.live_rows(
+                                &mut states[gi * nu + u],
+                                &qs[gi * nu + u],
                                 &scr.kept[m],
                                 &live,
                                 &scr.tile,
                                 &scr.masked,
-                                0..n_rows,
+                                &mut scr.s,
                             );
                         }
-                        continue;
-                    }
-                    scr.locs.clear();
-                    scr.locs.extend(tile_keys.clone().map(|r| (blk, r)));
-                    scr.tile
-                        .gather_paged_exact(self.cache, self.dims, g, &scr.locs);
-                    // The next tile's keys (this block's next, or the next
-                    // block's first) start their way in meanwhile.
-                    let next = match (n0 + bn < bs, union.get(i + 1)) {
-                        (true, _) => Some((blk, n0 + bn)),
-                        (false, Some(&b)) => Some((b, 0)),
-                        (false, None) => None,
-                    };
-                    if let Some((b, r0)) = next {
-                        scr.locs.clear();
-                        scr.locs.extend((r0..r0 + bn).map(|r| (b, r)));
-                        KvTile::prefetch_paged(self.cache, self.dims, g, &scr.locs);
-                    }
-                    for (m, &u) in scr.members.iter().enumerate() {
-                        self.live_rows(
-                            &mut states[u],
-                            &qs[u],
-                            &scr.kept[m],
-                            &live,
-                            &scr.tile,
-                            &scr.masked,
-                            &mut scr.s,
-                        );
                     }
                 }
             }
