@@ -42,6 +42,7 @@
 use crate::addressing::{check_extent, AddressedKernel, CacheExtent};
 use crate::cache::KvCache;
 use crate::config::AttnConfig;
+use crate::kernels::simd;
 use crate::kernels::softmax::{visible, DimOffsets, KvTile, RowState, ScoreParams};
 use crate::numerics::DType;
 use attnlab_shared::error::{Error, Result};
@@ -594,12 +595,12 @@ impl GroupCtx<'_> {
                 }
             }
         }
-        let dtype = self.dtype;
-        states
-            .iter()
-            .flatten()
-            .flat_map(|st| st.normalized().into_iter().map(move |x| dtype.round(x)))
-            .collect()
+        let mut out = Vec::with_capacity(states.iter().map(Vec::len).sum::<usize>() * d);
+        for st in states.iter().flatten() {
+            out.extend(st.normalized());
+        }
+        simd::round_slice(self.dtype, &mut out);
+        out
     }
 
     /// One tile's step for one unit's rows: runs of consecutive live rows
