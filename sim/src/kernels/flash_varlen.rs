@@ -451,10 +451,34 @@ pub fn varlen(args: &VarlenArgs) -> OutLse {
                 .flat_map(move |mb| (0..hk).map(move |g| (b, mb, g)))
         })
         .collect();
+    // K^T of every tile of a (sequence, kv head) whose tiles several row
+    // blocks read: transposed once, shared by its programs (a copy: the
+    // same values each program would transpose itself).
+    let kt: Vec<Option<Vec<f32>>> = (0..batch)
+        .flat_map(|b| (0..hk).map(move |g| (b, g)))
+        .collect::<Vec<_>>()
+        .par_iter()
+        .map(|&(b, g)| {
+            (seq_len(cu_seqlens_q, b) > BLOCK_M).then(|| {
+                let (d, bn) = (p.head_size(), p.block_n());
+                let sk = seq_len(cu_seqlens_k, b);
+                let k0 = cu_seqlens_k[b] as usize;
+                let dims: Vec<usize> = (0..d).collect();
+                let mut all = vec![0.0f32; sk.div_ceil(bn) * d * bn];
+                for (n, tile) in all.chunks_exact_mut(d * bn).enumerate() {
+                    let len = bn.min(sk - n * bn);
+                    transpose_k_tile(k, (k0 + n * bn) * hk + g, hk * d, len, d, bn, &dims, tile);
+                }
+                all
+            })
+        })
+        .collect();
     let blocks: Vec<(usize, usize, Vec<f32>, Vec<f32>)> = programs
         .par_iter()
         .map(|&(b, mb, g)| {
-            let (out, lse) = program(q, k, v, cu_seqlens_q, cu_seqlens_k, b, mb, g, p);
+            let kt_seq = kt[b * hk + g].as_deref();
+            let (out, lse) =
+                program(q, k, v, cu_seqlens_q, cu_seqlens_k, b, mb, g, p, kt_seq);
             (cu_seqlens_q[b] as usize + mb * BLOCK_M, g, out, lse)
         })
         .collect();
@@ -493,6 +517,7 @@ fn program(
     mb: usize,
     g: usize,
     p: &VarlenParams,
+    kt_seq: Option<&[f32]>,
 ) -> (Vec<f32>, Vec<f32>) {
     let (hq, hk, d, dv, bn) = (
         p.num_heads(),
@@ -543,29 +568,18 @@ fn program(
         .collect();
     for n in n_min..n_max {
         let (j0, len) = (n * bn, bn.min(sk - n * bn));
-        let row = |j: usize| ((k0 + j0 + j) * hk + g) * d;
-        // K^T eight keys at a time through register transposes (a copy).
-        let mut j8 = 0;
-        while j8 + 8 <= len {
-            let bases: [usize; 8] = std::array::from_fn(|i| row(j8 + i));
-            let done = simd::gather_kt8(path, k, &bases, &dims, &mut k_t, bn, j8);
-            for (i, &b) in bases.iter().enumerate() {
-                for dd in done..d {
-                    k_t[dd * bn + j8 + i] = k[b + dd];
-                }
+        // K^T of the tile: the sequence's shared copy, else our own.
+        let k_t: &[f32] = match kt_seq {
+            Some(all) => &all[n * d * bn..(n + 1) * d * bn],
+            None => {
+                transpose_k_tile(k, (k0 + j0) * hk + g, hk * d, len, d, bn, &dims, &mut k_t);
+                &k_t
             }
-            j8 += 8;
-        }
-        for j in j8..len {
-            let kr = &k[row(j)..][..d];
-            for (dd, &x) in kr.iter().enumerate() {
-                k_t[dd * bn + j] = x;
-            }
-        }
+        };
         for j in 0..len {
             v_tile[j * dv..(j + 1) * dv].copy_from_slice(&v[((k0 + j0 + j) * hk + g) * dv..][..dv]);
         }
-        simd::dots_rows(path, &qs, &k_t, bn, 0, len, &mut dots, bn);
+        simd::dots_rows(path, &qs, k_t, bn, 0, len, &mut dots, bn);
         // S_ij in place over the dot products, then each head's rows step
         // together (update_rows: every row its own step).
         for (hh, h) in heads.clone().enumerate() {
@@ -605,6 +619,41 @@ fn program(
         }
     }
     (out, lse)
+}
+
+/// `dst[dd * bn + j] = k[first * d + j * key_stride + dd]` for `j < len`,
+/// `dd < d` (`first`: the tile's first key row, in rows of `d`): K^T of one tile, eight keys at a time through register transposes
+/// (a copy); columns `len..bn` are left as they are.
+#[allow(clippy::too_many_arguments)]
+fn transpose_k_tile(
+    k: &[f32],
+    first: usize,
+    key_stride: usize,
+    len: usize,
+    d: usize,
+    bn: usize,
+    dims: &[usize],
+    dst: &mut [f32],
+) {
+    let path = SimdPath::active();
+    let row = |j: usize| first * d + j * key_stride;
+    let mut j8 = 0;
+    while j8 + 8 <= len {
+        let bases: [usize; 8] = std::array::from_fn(|i| row(j8 + i));
+        let done = simd::gather_kt8(path, k, &bases, dims, dst, bn, j8);
+        for (i, &b) in bases.iter().enumerate() {
+            for dd in done..d {
+                dst[dd * bn + j8 + i] = k[b + dd];
+            }
+        }
+        j8 += 8;
+    }
+    for j in j8..len {
+        let kr = &k[row(j)..][..d];
+        for (dd, &x) in kr.iter().enumerate() {
+            dst[dd * bn + j] = x;
+        }
+    }
 }
 
 /// One row's scores of a tile whose first key is `j0`, in place over its

@@ -42,6 +42,7 @@
 use crate::addressing::{check_extent, AddressedKernel, CacheExtent};
 use crate::cache::KvCache;
 use crate::config::AttnConfig;
+use crate::kernels::simd;
 use crate::kernels::softmax::{visible, DimOffsets, KvTile, RowState, ScoreParams};
 use crate::numerics::DType;
 use attnlab_shared::error::{Error, Result};
@@ -51,6 +52,12 @@ use rayon::prelude::*;
 
 /// Query rows per block-mask entry (vLLM's `q_block_size`).
 pub const SPARSE_Q_BLOCK_SIZE: usize = 16;
+
+/// Sparse q blocks (of one request) one task walks together, sharing each
+/// gathered K/V tile: 8 x 16 rows x the GQA group's heads.
+const UNITS_PER_TASK: usize = 8;
+/// Query tokens of a task's units, at most, for it to walk every kv head.
+const SHORT_GROUP_TOKENS: usize = 16;
 
 /// The kernel's BLOCK_N for a dtype and cache block size (see module doc).
 pub fn flex_block_n(dtype: DType, block_size: usize) -> usize {
@@ -339,26 +346,50 @@ pub fn flex(args: &FlexArgs) -> Result<Vec<f32>> {
     };
     check_extent(AddressedKernel::FlexPaged, extent, cfg.faults())?;
 
-    // One task per (sparse q block, request's rows in it, kv head): the
-    // rows' (row, head) pairs share each K/V tile, as the kernel's programs
-    // of one kv head read the same blocks; rows of different requests keep
-    // no key of the same block (a block both use loads twice: the same
-    // values), so they run apart, and a decode batch gives more tasks
-    // than q blocks.
-    let tasks: Vec<(usize, std::ops::Range<usize>, usize)> = (0..block_mask.kv_indices.len())
-        .flat_map(|qb| {
-            let rows = qb * SPARSE_Q_BLOCK_SIZE
-                ..((qb + 1) * SPARSE_Q_BLOCK_SIZE).min(meta.num_actual_tokens());
-            let mut runs = vec![];
-            let mut a = rows.start;
-            for r in rows.clone() {
-                if r + 1 == rows.end || mask.doc_id[r + 1] != mask.doc_id[a] {
-                    runs.push(a..r + 1);
-                    a = r + 1;
-                }
+    // Units: (sparse q block, one request's rows in it). One task per
+    // (run of up to UNITS_PER_TASK consecutive units of one request, kv
+    // head): the rows' (row, head) pairs share each K/V tile, as the
+    // kernel's programs of one kv head read the same blocks, so a tile is
+    // gathered once for all of them (`GroupCtx::run` keeps every row's own
+    // block order). Rows of different requests keep no key of the same
+    // block, so they run apart, and a decode batch gives one task per
+    // (request, kv head).
+    let mut units: Vec<(usize, std::ops::Range<usize>)> = vec![];
+    for qb in 0..block_mask.kv_indices.len() {
+        let rows = qb * SPARSE_Q_BLOCK_SIZE
+            ..((qb + 1) * SPARSE_Q_BLOCK_SIZE).min(meta.num_actual_tokens());
+        let mut a = rows.start;
+        for r in rows.clone() {
+            if r + 1 == rows.end || mask.doc_id[r + 1] != mask.doc_id[a] {
+                units.push((qb, a..r + 1));
+                a = r + 1;
             }
-            runs.into_iter()
-                .flat_map(move |run| (0..hk).map(move |g| (qb, run.clone(), g)))
+        }
+    }
+    let mut groups: Vec<std::ops::Range<usize>> = vec![];
+    for u in 0..units.len() {
+        match groups.last_mut() {
+            Some(grp)
+                if grp.len() < UNITS_PER_TASK
+                    && mask.doc_id[units[grp.start].1.start] == mask.doc_id[units[u].1.start] =>
+            {
+                grp.end = u + 1
+            }
+            _ => groups.push(u..u + 1),
+        }
+    }
+    // A short group (a decode's request) walks every kv head in one task,
+    // head by head at each tile: the heads of a token sit side by side in
+    // the NHD cache, so its blocks are read front to back instead of one
+    // head's 512-byte rows strided across them.
+    let tasks: Vec<(std::ops::Range<usize>, std::ops::Range<usize>)> = groups
+        .iter()
+        .flat_map(|grp| {
+            let tokens: usize = units[grp.clone()].iter().map(|(_, rows)| rows.len()).sum();
+            match tokens <= SHORT_GROUP_TOKENS {
+                true => vec![(grp.clone(), 0..hk)],
+                false => (0..hk).map(|g| (grp.clone(), g..g + 1)).collect(),
+            }
         })
         .collect();
     let ctx = GroupCtx {
@@ -379,13 +410,16 @@ pub fn flex(args: &FlexArgs) -> Result<Vec<f32>> {
         .par_iter()
         .map_init(
             || GroupScratch::new(bn, d, qpk),
-            |scratch, (qb, rows, g)| ctx.run(*qb, rows.clone(), *g, scratch),
+            |scratch, (grp, heads)| ctx.run(&units[grp.clone()], heads.clone(), scratch),
         )
         .collect();
     let mut out = vec![0.0f32; meta.num_actual_tokens() * hq * d];
-    for ((_, rows, g), part) in tasks.iter().zip(&parts) {
-        for (r, heads) in rows.clone().zip(part.chunks_exact(qpk * d)) {
-            out[(r * hq + g * qpk) * d..][..qpk * d].copy_from_slice(heads);
+    for ((grp, heads), part) in tasks.iter().zip(&parts) {
+        let rows = heads
+            .clone()
+            .flat_map(|g| units[grp.clone()].iter().flat_map(move |(_, rows)| rows.clone().map(move |r| (r, g))));
+        for ((r, g), vals) in rows.zip(part.chunks_exact(qpk * d)) {
+            out[(r * hq + g * qpk) * d..][..qpk * d].copy_from_slice(vals);
         }
     }
     Ok(out)
@@ -415,8 +449,11 @@ struct GroupScratch {
     s: Vec<f32>,
     /// All -inf: a row that keeps no key of the tile.
     masked: Vec<f32>,
-    /// Per row of the q block: the block rows it keeps (`None`: none).
-    kept: Vec<Option<std::ops::Range<usize>>>,
+    /// Per member unit of the block, per row: the block rows it keeps
+    /// (`None`: none).
+    kept: Vec<Vec<Option<std::ops::Range<usize>>>>,
+    /// The task's units whose block list holds the current block.
+    members: Vec<usize>,
 }
 
 impl GroupScratch {
@@ -426,15 +463,24 @@ impl GroupScratch {
             locs: Vec::with_capacity(bn),
             s: vec![0.0; SPARSE_Q_BLOCK_SIZE * qpk * bn],
             masked: vec![f32::NEG_INFINITY; bn],
-            kept: Vec::with_capacity(SPARSE_Q_BLOCK_SIZE),
+            kept: Vec::with_capacity(UNITS_PER_TASK),
+            members: Vec::with_capacity(UNITS_PER_TASK),
         }
     }
 }
 
 impl GroupCtx<'_> {
-    /// The kernel loop (module doc) for rows `rows` of q block `qb` (the
-    /// block lists are the q block's) and the query heads of kv head `g`:
-    /// `[row, head of the group, D]`, rounded.
+    /// The kernel loop (module doc) for the query heads of each kv head of
+    /// `heads` and each unit's rows `rows` of its q block `qb` (whose block
+    /// lists the rows walk): `[kv head, row, head of the group, D]` (kv
+    /// heads ascending, then the units' rows in order), rounded. At each
+    /// tile the kv heads take their steps one after another.
+    ///
+    /// The units walk their lists in lockstep: the union of their partial
+    /// lists ascending, then the union of their full lists ascending; a
+    /// tile is gathered once and stepped by every unit whose list holds its
+    /// block (the others do not see it), so each row still takes its own
+    /// partial blocks, then its own full blocks, each ascending.
     ///
     /// A row keeps no key of a tile when the tile's block is not its
     /// request's or the mask drops every key: its step sees only -inf
@@ -444,30 +490,52 @@ impl GroupCtx<'_> {
     /// own chains, sharing the tile's K and V loads.
     fn run(
         &self,
-        qb: usize,
-        rows: std::ops::Range<usize>,
-        g: usize,
+        units: &[(usize, std::ops::Range<usize>)],
+        heads: std::ops::Range<usize>,
         scr: &mut GroupScratch,
     ) -> Vec<f32> {
         let (d, bn, bs, qpk, hq) = (self.d, self.bn, self.bs, self.qpk, self.hq);
-        let n_rows = rows.len();
-        let mut states: Vec<RowState> = (0..n_rows * qpk).map(|_| RowState::new(d, None)).collect();
-        let qs: Vec<&[f32]> = rows
+        // Per (kv head, unit), heads outer.
+        let nu = units.len();
+        let mut states: Vec<Vec<RowState>> = heads
             .clone()
-            .flat_map(|r| (g * qpk..(g + 1) * qpk).map(move |h| (r, h)))
-            .map(|(r, h)| &self.query[(r * hq + h) * d..][..d])
+            .flat_map(|_| units.iter())
+            .map(|(_, rows)| (0..rows.len() * qpk).map(|_| RowState::new(d, None)).collect())
             .collect();
-        let lists = [
-            (&self.block_mask.kv_indices[qb], true),
-            (&self.block_mask.full_kv_indices[qb], false),
-        ];
-        for (list, partial) in lists {
-            for (i, &blk) in list.iter().enumerate() {
-                scr.kept.clear();
-                scr.kept.extend(rows.clone().map(|r| match partial {
-                    true => self.mask.kept_rows(r, blk),
-                    false => Some(0..bs), // a full block: mask_mod is not evaluated
-                }));
+        let qs: Vec<Vec<&[f32]>> = heads
+            .clone()
+            .flat_map(|g| units.iter().map(move |u| (g, u)))
+            .map(|(g, (_, rows))| {
+                rows.clone()
+                    .flat_map(|r| (g * qpk..(g + 1) * qpk).map(move |h| (r, h)))
+                    .map(|(r, h)| &self.query[(r * hq + h) * d..][..d])
+                    .collect()
+            })
+            .collect();
+        for partial in [true, false] {
+            let list = |qb: usize| match partial {
+                true => &self.block_mask.kv_indices[qb],
+                false => &self.block_mask.full_kv_indices[qb],
+            };
+            let mut union: Vec<usize> = units.iter().flat_map(|(qb, _)| list(*qb)).copied().collect();
+            union.sort_unstable();
+            union.dedup();
+            for (i, &blk) in union.iter().enumerate() {
+                // The units whose list holds the block, with their rows' kept slots.
+                scr.members.clear();
+                scr.members.extend(
+                    (0..units.len()).filter(|&u| list(units[u].0).binary_search(&blk).is_ok()),
+                );
+                if scr.kept.len() < scr.members.len() {
+                    scr.kept.resize(scr.members.len(), vec![]);
+                }
+                for (kept, &u) in scr.kept.iter_mut().zip(&scr.members) {
+                    kept.clear();
+                    kept.extend(units[u].1.clone().map(|r| match partial {
+                        true => self.mask.kept_rows(r, blk),
+                        false => Some(0..bs), // a full block: mask_mod is not evaluated
+                    }));
+                }
                 for n0 in (0..bs).step_by(bn) {
                     let tile_keys = n0..n0 + bn;
                     // The tile's kept keys of row k, relative to n0 (empty: dead).
@@ -478,85 +546,102 @@ impl GroupCtx<'_> {
                             a - n0..b - n0
                         })
                     };
-                    if scr.kept.iter().all(|k| live(k).is_empty()) {
-                        self.dead_rows(
-                            &mut states,
-                            &scr.kept,
-                            &live,
-                            &scr.tile,
-                            &scr.masked,
-                            0..n_rows,
-                        );
+                    let members = scr.members.len();
+                    if scr.kept[..members].iter().flatten().all(|k| live(k).is_empty()) {
+                        for (gi, _) in heads.clone().enumerate() {
+                            for (m, &u) in scr.members.iter().enumerate() {
+                                let n_rows = units[u].1.len();
+                                self.dead_rows(
+                                    &mut states[gi * nu + u],
+                                    &scr.kept[m],
+                                    &live,
+                                    &scr.tile,
+                                    &scr.masked,
+                                    0..n_rows,
+                                );
+                            }
+                        }
                         continue;
                     }
-                    scr.locs.clear();
-                    scr.locs.extend(tile_keys.clone().map(|r| (blk, r)));
-                    scr.tile
-                        .gather_paged_exact(self.cache, self.dims, g, &scr.locs);
-                    // The next tile's keys (this block's next, or the list's
-                    // next block's first) start their way in meanwhile.
-                    let next = match (n0 + bn < bs, list.get(i + 1)) {
-                        (true, _) => Some((blk, n0 + bn)),
-                        (false, Some(&b)) => Some((b, 0)),
-                        (false, None) => None,
-                    };
-                    if let Some((b, r0)) = next {
+                    for (gi, g) in heads.clone().enumerate() {
                         scr.locs.clear();
-                        scr.locs.extend((r0..r0 + bn).map(|r| (b, r)));
-                        KvTile::prefetch_paged(self.cache, self.dims, g, &scr.locs);
-                    }
-                    // Runs of consecutive live rows.
-                    let mut k = 0;
-                    while k < n_rows {
-                        if live(&scr.kept[k]).is_empty() {
-                            self.dead_rows(
-                                &mut states,
-                                &scr.kept,
+                        scr.locs.extend(tile_keys.clone().map(|r| (blk, r)));
+                        scr.tile
+                            .gather_paged_exact(self.cache, self.dims, g, &scr.locs);
+                        // The next tile's keys (this block's next, or the next
+                        // block's first) start their way in meanwhile.
+                        let next = match (n0 + bn < bs, union.get(i + 1)) {
+                            (true, _) => Some((blk, n0 + bn)),
+                            (false, Some(&b)) => Some((b, 0)),
+                            (false, None) => None,
+                        };
+                        if let Some((b, r0)) = next {
+                            scr.locs.clear();
+                            scr.locs.extend((r0..r0 + bn).map(|r| (b, r)));
+                            KvTile::prefetch_paged(self.cache, self.dims, g, &scr.locs);
+                        }
+                        for (m, &u) in scr.members.iter().enumerate() {
+                            self.live_rows(
+                                &mut states[gi * nu + u],
+                                &qs[gi * nu + u],
+                                &scr.kept[m],
                                 &live,
                                 &scr.tile,
                                 &scr.masked,
-                                k..k + 1,
+                                &mut scr.s,
                             );
-                            k += 1;
-                            continue;
                         }
-                        let a = k;
-                        while k < n_rows && !live(&scr.kept[k]).is_empty() {
-                            k += 1;
-                        }
-                        let run = a * qpk..k * qpk;
-                        let s = &mut scr.s[..run.len() * bn];
-                        scr.tile.qk_rows(&qs[run.clone()], s, bn);
-                        for (kk, s_row) in s.chunks_exact_mut(qpk * bn).enumerate() {
-                            let kr = live(&scr.kept[a + kk]);
-                            for s_h in s_row.chunks_exact_mut(bn) {
-                                for (j, sj) in s_h.iter_mut().enumerate() {
-                                    *sj = if kr.contains(&j) {
-                                        self.score.score(*sj, 0.0)
-                                    } else {
-                                        f32::NEG_INFINITY
-                                    };
-                                }
-                            }
-                        }
-                        let tile = &scr.tile;
-                        RowState::update_rows(
-                            &mut states[run],
-                            s,
-                            bn,
-                            bn,
-                            |j| tile.v_row(j),
-                            self.dtype,
-                        );
                     }
                 }
             }
         }
-        let dtype = self.dtype;
-        states
-            .iter()
-            .flat_map(|st| st.normalized().into_iter().map(move |x| dtype.round(x)))
-            .collect()
+        let mut out = Vec::with_capacity(states.iter().map(Vec::len).sum::<usize>() * d);
+        for st in states.iter().flatten() {
+            out.extend(st.normalized());
+        }
+        simd::round_slice(self.dtype, &mut out);
+        out
+    }
+
+    /// One tile's step for one unit's rows: runs of consecutive live rows
+    /// step together; dead rows take the all -inf step ([`Self::dead_rows`]).
+    #[allow(clippy::too_many_arguments)]
+    fn live_rows(
+        &self,
+        states: &mut [RowState],
+        qs: &[&[f32]],
+        kept: &[Option<std::ops::Range<usize>>],
+        live: &impl Fn(&Option<std::ops::Range<usize>>) -> std::ops::Range<usize>,
+        tile: &KvTile,
+        masked: &[f32],
+        s_buf: &mut [f32],
+    ) {
+        let (bn, qpk) = (self.bn, self.qpk);
+        let n_rows = kept.len();
+        let mut k = 0;
+        while k < n_rows {
+            if live(&kept[k]).is_empty() {
+                self.dead_rows(states, kept, live, tile, masked, k..k + 1);
+                k += 1;
+                continue;
+            }
+            let a = k;
+            while k < n_rows && !live(&kept[k]).is_empty() {
+                k += 1;
+            }
+            let run = a * qpk..k * qpk;
+            let s = &mut s_buf[..run.len() * bn];
+            tile.qk_rows(&qs[run.clone()], s, bn);
+            for (kk, s_row) in s.chunks_exact_mut(qpk * bn).enumerate() {
+                let kr = live(&kept[a + kk]);
+                for s_h in s_row.chunks_exact_mut(bn) {
+                    s_h[..kr.start].fill(f32::NEG_INFINITY);
+                    s_h[kr.end..].fill(f32::NEG_INFINITY);
+                    self.score.score_slice(&mut s_h[kr.clone()]);
+                }
+            }
+            RowState::update_rows(&mut states[run], s, bn, bn, |j| tile.v_row(j), self.dtype);
+        }
     }
 
     /// The all -inf step of the dead rows among `rows`: skipped where it

@@ -181,8 +181,15 @@ unsafe fn dots_avx512(
     out: &mut [f32],
     out_stride: usize,
 ) {
-    // 8 rows x 32 keys: 16 zmm accumulators, 2 K loads and 8 broadcasts.
-    dots_body::<8, 32>(xs, w, stride, col, n, out, out_stride)
+    if n >= 32 {
+        // 8 rows x 32 keys: 16 zmm accumulators, 2 K loads and 8 broadcasts.
+        dots_body::<8, 32>(xs, w, stride, col, n, out, out_stride)
+    } else {
+        // A 16-key tile (FLEX's BLOCK_N, the 3D kernels' TILE): 16 rows x
+        // 16 keys, again 16 zmm accumulators (8 rows would leave the two
+        // fma pipes waiting on 8 chains' latency).
+        dots_body::<16, 16>(xs, w, stride, col, n, out, out_stride)
+    }
 }
 
 /// Rows in groups of `R` (then 4 where `R > 4`, then 1), keys in blocks of
@@ -433,14 +440,35 @@ pub fn pv_rows<'a, const R: usize, const K: usize>(
     len: usize,
     row: impl Fn(usize) -> &'a [f32],
 ) {
+    pv_rows_scaled(path, acc, None, p, keep, len, row)
+}
+
+/// [`pv_rows`] after `acc[r][d] = acc[r][d] * alpha[r]` for every d when
+/// `alpha` is given ([`scale`] of each row, then the chains): the
+/// multiply happens as the lanes are loaded into registers, saving a pass
+/// over the accumulators.
+#[inline]
+pub fn pv_rows_scaled<'a, const R: usize, const K: usize>(
+    path: SimdPath,
+    acc: &mut [&mut [f32]; R],
+    alpha: Option<[f32; R]>,
+    p: &[[f32; K]; R],
+    keep: &[[f32; K]; R],
+    len: usize,
+    row: impl Fn(usize) -> &'a [f32],
+) {
     match path {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `supported()` checked the features the function enables.
-        SimdPath::Avx512 if path.supported() => unsafe { pv_rows_avx512(acc, p, keep, len, row) },
+        SimdPath::Avx512 if path.supported() => unsafe {
+            pv_rows_avx512(acc, alpha, p, keep, len, row)
+        },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above.
-        SimdPath::Avx2 if path.supported() => unsafe { pv_rows_avx2(acc, p, keep, len, row) },
-        _ => pv_rows_body::<R, K, 8>(acc, p, keep, len, &row),
+        SimdPath::Avx2 if path.supported() => unsafe {
+            pv_rows_avx2(acc, alpha, p, keep, len, row)
+        },
+        _ => pv_rows_body::<R, K, 8>(acc, alpha, p, keep, len, &row),
     }
 }
 
@@ -448,6 +476,7 @@ pub fn pv_rows<'a, const R: usize, const K: usize>(
 #[target_feature(enable = "avx2,fma")]
 unsafe fn pv_rows_avx2<'a, const R: usize, const K: usize>(
     acc: &mut [&mut [f32]; R],
+    alpha: Option<[f32; R]>,
     p: &[[f32; K]; R],
     keep: &[[f32; K]; R],
     len: usize,
@@ -455,9 +484,9 @@ unsafe fn pv_rows_avx2<'a, const R: usize, const K: usize>(
 ) {
     // 8 ymm accumulators: 4 rows x 16 lanes, or 1 row x 64.
     if R >= 4 {
-        pv_rows_body::<R, K, 16>(acc, p, keep, len, &row)
+        pv_rows_body::<R, K, 16>(acc, alpha, p, keep, len, &row)
     } else {
-        pv_rows_body::<R, K, 64>(acc, p, keep, len, &row)
+        pv_rows_body::<R, K, 64>(acc, alpha, p, keep, len, &row)
     }
 }
 
@@ -465,6 +494,7 @@ unsafe fn pv_rows_avx2<'a, const R: usize, const K: usize>(
 #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
 unsafe fn pv_rows_avx512<'a, const R: usize, const K: usize>(
     acc: &mut [&mut [f32]; R],
+    alpha: Option<[f32; R]>,
     p: &[[f32; K]; R],
     keep: &[[f32; K]; R],
     len: usize,
@@ -478,26 +508,26 @@ unsafe fn pv_rows_avx512<'a, const R: usize, const K: usize>(
     let mut d0 = 0;
     if R >= 8 {
         while d0 + 32 <= d {
-            pv_rows_zmm::<R, K, 2>(acc, d0, p, keep, len, &row, skips);
+            pv_rows_zmm::<R, K, 2>(acc, d0, alpha, p, keep, len, &row, skips);
             d0 += 32;
         }
     } else if R >= 4 {
         while d0 + 64 <= d {
-            pv_rows_zmm::<R, K, 4>(acc, d0, p, keep, len, &row, skips);
+            pv_rows_zmm::<R, K, 4>(acc, d0, alpha, p, keep, len, &row, skips);
             d0 += 64;
         }
     } else {
         while d0 + 128 <= d {
-            pv_rows_zmm::<R, K, 8>(acc, d0, p, keep, len, &row, skips);
+            pv_rows_zmm::<R, K, 8>(acc, d0, alpha, p, keep, len, &row, skips);
             d0 += 128;
         }
     }
     while d0 + 16 <= d {
-        pv_rows_zmm::<R, K, 1>(acc, d0, p, keep, len, &row, skips);
+        pv_rows_zmm::<R, K, 1>(acc, d0, alpha, p, keep, len, &row, skips);
         d0 += 16;
     }
     while d0 < d {
-        pv_rows_run::<R, K, 1>(acc, d0, p, keep, len, &row, skips);
+        pv_rows_run::<R, K, 1>(acc, d0, alpha, p, keep, len, &row, skips);
         d0 += 1;
     }
 }
@@ -507,9 +537,11 @@ unsafe fn pv_rows_avx512<'a, const R: usize, const K: usize>(
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
 #[inline]
+#[allow(clippy::too_many_arguments)]
 unsafe fn pv_rows_zmm<'a, const R: usize, const K: usize, const NV: usize>(
     acc: &mut [&mut [f32]; R],
     d0: usize,
+    alpha: Option<[f32; R]>,
     p: &[[f32; K]; R],
     keep: &[[f32; K]; R],
     len: usize,
@@ -522,6 +554,12 @@ unsafe fn pv_rows_zmm<'a, const R: usize, const K: usize, const NV: usize>(
         let src = &acc[r][d0..d0 + 16 * NV];
         for (v, x) in a[r].iter_mut().enumerate() {
             *x = _mm512_loadu_ps(src[16 * v..].as_ptr());
+        }
+        if let Some(alpha) = alpha {
+            let al = _mm512_set1_ps(alpha[r]);
+            for x in a[r].iter_mut() {
+                *x = _mm512_mul_ps(*x, al);
+            }
         }
     }
     for k in 0..len {
@@ -553,6 +591,7 @@ unsafe fn pv_rows_zmm<'a, const R: usize, const K: usize, const NV: usize>(
 #[inline(always)]
 fn pv_rows_body<'a, const R: usize, const K: usize, const L: usize>(
     acc: &mut [&mut [f32]; R],
+    alpha: Option<[f32; R]>,
     p: &[[f32; K]; R],
     keep: &[[f32; K]; R],
     len: usize,
@@ -564,15 +603,15 @@ fn pv_rows_body<'a, const R: usize, const K: usize, const L: usize>(
     let skips = keep.iter().any(|k| k[..len].contains(&0.0));
     let mut d0 = 0;
     while d0 + L <= d {
-        pv_rows_run::<R, K, L>(acc, d0, p, keep, len, row, skips);
+        pv_rows_run::<R, K, L>(acc, d0, alpha, p, keep, len, row, skips);
         d0 += L;
     }
     while d0 + 8 <= d {
-        pv_rows_run::<R, K, 8>(acc, d0, p, keep, len, row, skips);
+        pv_rows_run::<R, K, 8>(acc, d0, alpha, p, keep, len, row, skips);
         d0 += 8;
     }
     while d0 < d {
-        pv_rows_run::<R, K, 1>(acc, d0, p, keep, len, row, skips);
+        pv_rows_run::<R, K, 1>(acc, d0, alpha, p, keep, len, row, skips);
         d0 += 1;
     }
 }
@@ -581,9 +620,11 @@ fn pv_rows_body<'a, const R: usize, const K: usize, const L: usize>(
 /// load of each V row's lanes for all R rows. A skipped key leaves the
 /// lane as it is (`select`, not a branch, so the V lanes stay shared).
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 fn pv_rows_run<'a, const R: usize, const K: usize, const L: usize>(
     acc: &mut [&mut [f32]; R],
     d0: usize,
+    alpha: Option<[f32; R]>,
     p: &[[f32; K]; R],
     keep: &[[f32; K]; R],
     len: usize,
@@ -592,6 +633,11 @@ fn pv_rows_run<'a, const R: usize, const K: usize, const L: usize>(
 ) {
     let mut a: [[f32; L]; R] =
         std::array::from_fn(|r| acc[r][d0..d0 + L].try_into().expect("L lanes"));
+    if let Some(alpha) = alpha {
+        for (ar, al) in a.iter_mut().zip(alpha) {
+            ar.iter_mut().for_each(|x| *x *= al);
+        }
+    }
     for k in 0..len {
         let v: [f32; L] = row(k)[d0..d0 + L]
             .try_into()
@@ -1318,7 +1364,8 @@ mod tests {
 
     #[test]
     fn pv_rows_of_one_four_and_eight_rows_are_each_rows_chain_on_every_path() {
-        fn check<const R: usize>(skipping: bool) {
+        // `scaled`: pv_rows_scaled, whose rows first take `acc * alpha[r]`.
+        fn check<const R: usize>(skipping: bool, scaled: bool) {
             const K: usize = 64;
             let (d, keys) = (131, 37); // d: 4 x 32 lanes + a 3-lane tail
             let v: Vec<f32> = (0..keys * d).map(|i| (i as f32 * 0.033).sin()).collect();
@@ -1335,8 +1382,13 @@ mod tests {
             let init: Vec<Vec<f32>> = (0..R)
                 .map(|r| (0..d).map(|i| (i * 3 + r) as f32 * -0.02).collect())
                 .collect();
+            let alpha: Option<[f32; R]> =
+                scaled.then(|| std::array::from_fn(|r| 0.7 - r as f32 * 0.137));
             let mut want = init.clone();
             for (r, w) in want.iter_mut().enumerate() {
+                if let Some(alpha) = alpha {
+                    scale(w, alpha[r]);
+                }
                 for k in (0..keys).filter(|&k| keep[r][k] != 0.0) {
                     for (i, x) in w.iter_mut().enumerate() {
                         *x = p[r][k].mul_add(v[k * d + i], *x);
@@ -1348,21 +1400,25 @@ mod tests {
                 let mut it = got.iter_mut();
                 let mut acc: [&mut [f32]; R] =
                     std::array::from_fn(|_| it.next().unwrap().as_mut_slice());
-                pv_rows(path, &mut acc, &p, &keep, keys, |k| &v[k * d..(k + 1) * d]);
+                pv_rows_scaled(path, &mut acc, alpha, &p, &keep, keys, |k| {
+                    &v[k * d..(k + 1) * d]
+                });
                 for r in 0..R {
                     assert_eq!(
                         bits(&got[r]),
                         bits(&want[r]),
-                        "{} R={R} row {r}",
+                        "{} R={R} row {r} scaled {scaled}",
                         path.name()
                     );
                 }
             }
         }
         for skipping in [false, true] {
-            check::<1>(skipping);
-            check::<4>(skipping);
-            check::<8>(skipping);
+            for scaled in [false, true] {
+                check::<1>(skipping, scaled);
+                check::<4>(skipping, scaled);
+                check::<8>(skipping, scaled);
+            }
         }
     }
 
@@ -1459,19 +1515,21 @@ mod tests {
         let w: Vec<f32> = (0..d * keys)
             .map(|i| ((i as f32) * 0.377).sin() * 3.0)
             .collect();
-        let q: Vec<Vec<f32>> = (0..7)
+        let q: Vec<Vec<f32>> = (0..18)
             .map(|r| (0..d).map(|i| ((i * 7 + r) as f32 * 0.91).cos()).collect())
             .collect();
         let qs: Vec<&[f32]> = q.iter().map(|r| r.as_slice()).collect();
+        let (q, qs) = (&q[..7], &qs);
         let p: Vec<f32> = (0..keys).map(|k| (k as f32 * 0.3).sin().abs()).collect();
         let run = |path: SimdPath| {
             let mut e = vec![0.0; xs.len()];
             exp2c_shifted(path, &xs, 0.25, &mut e);
             let mut dots = vec![0.0; 7 * keys];
-            dots_rows(path, &qs, &w, keys, 0, keys, &mut dots, keys);
+            dots_rows(path, &qs[..7], &w, keys, 0, keys, &mut dots, keys);
             // 29 keys from column 3 (a 16-key block, 8, then singles) for
-            // a GQA group of 4 rows and for 5 rows.
-            for rows in [4, 5] {
+            // a GQA group of 4 rows, for 5 rows, and for 18 rows (AVX-512's
+            // 16-row block of short tiles, then single rows).
+            for rows in [4, 5, 18] {
                 let mut more = vec![0.0; rows * 29];
                 dots_rows(path, &qs[..rows], &w, keys, 3, 29, &mut more, 29);
                 for r in 0..rows {

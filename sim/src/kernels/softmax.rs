@@ -80,6 +80,16 @@ impl ScoreParams {
         };
         (s + alibi_bias) * LOG2E
     }
+
+    /// `xs[j] = self.score(xs[j], 0.0)` for every j (no ALiBi bias), with
+    /// the soft-cap test out of the loop so the plain case vectorises.
+    #[inline]
+    pub fn score_slice(&self, xs: &mut [f32]) {
+        match self.softcap {
+            None => xs.iter_mut().for_each(|x| *x = (*x * self.scale_log2) + 0.0 * LOG2E),
+            Some(_) => xs.iter_mut().for_each(|x| *x = self.score(*x, 0.0)),
+        }
+    }
 }
 
 /// `q . k` as one fma chain in ascending dimension order, starting at 0.
@@ -347,12 +357,9 @@ fn online_softmax_step<'a, const R: usize>(
     let alpha: [f32; R] = std::array::from_fn(|r| exp2c(m_i[r] - m_ref[r]));
     let rowsum = {
         let mut o_i = rows.each_mut().map(|row| row.acc.as_mut_slice());
-        // O_i = O_i * alpha
-        for (o, a) in o_i.iter_mut().zip(alpha) {
-            simd::scale(o, a);
-        }
+        // O_i = O_i * alpha (in the first PV pass, as it loads O_i);
         // P_ij = exp2c(S_ij - m_ref); O_i += round(P_ij) V_j; rowsum(P_ij)
-        exp_pv_rowsum(&mut o_i, s, m_ref, value, p_dtype, buf)
+        exp_pv_rowsum(&mut o_i, s, m_ref, alpha, value, p_dtype, buf)
     };
     for (r, row) in rows.iter_mut().enumerate() {
         // l_i = fma(l_i, alpha, rowsum(P_ij))
@@ -365,14 +372,17 @@ fn online_softmax_step<'a, const R: usize>(
 /// The step's middle lines for `R` rows: `P_ij = exp2c(S_ij - m_ref)`,
 /// `O_i += round(P_ij) V_j` (keys with `P_ij == 0` skipped) and
 /// `rowsum(P_ij)` (one f32 chain per row from 0, ascending j, unrounded P),
-/// in passes of [`PV_KEYS`] keys so P lives in stack buffers. The rows'
+/// in passes of [`PV_KEYS`] keys so P lives in stack buffers; `O_i *
+/// alpha` happens as the first pass loads O_i. The rows'
 /// independent chains run side by side: the sums interleaved
 /// ([`simd::row_sums`]), the PV fmas sharing each V load ([`simd::pv_rows`]).
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 fn exp_pv_rowsum<'a, const R: usize>(
     o_i: &mut [&mut [f32]; R],
     s: [&[f32]; R],
     m_ref: [f32; R],
+    alpha: [f32; R],
     value: &impl Fn(usize) -> &'a [f32],
     p_dtype: DType,
     buf: &mut PBuffers<R>,
@@ -381,6 +391,12 @@ fn exp_pv_rowsum<'a, const R: usize>(
     let n = s[0].len();
     let mut rowsum = [0.0f32; R];
     let PBuffers { p, p_rounded } = buf;
+    if n == 0 {
+        // No PV pass to fold the rescale into.
+        for (o, a) in o_i.iter_mut().zip(alpha) {
+            simd::scale(o, a);
+        }
+    }
     for j0 in (0..n).step_by(PV_KEYS) {
         let len = PV_KEYS.min(n - j0);
         simd::exp2c_rows(path, s.map(|s| &s[j0..j0 + len]), m_ref, p);
@@ -388,7 +404,8 @@ fn exp_pv_rowsum<'a, const R: usize>(
             simd::round_into(p_dtype, &p_r[..len], &mut rounded[..len]);
         }
         rowsum = simd::row_sums(rowsum, p, len);
-        simd::pv_rows(path, o_i, p_rounded, p, len, |k| value(j0 + k));
+        let rescale = (j0 == 0).then_some(alpha);
+        simd::pv_rows_scaled(path, o_i, rescale, p_rounded, p, len, |k| value(j0 + k));
     }
     rowsum
 }

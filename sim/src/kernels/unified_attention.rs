@@ -532,9 +532,9 @@ fn run_2d(k: &Kernel) -> Vec<f32> {
     // Each unit's epilogue in its own task (rows x D, in the unit's row
     // order); only the copies into `out` are serial.
     let results: Vec<(Vec<RowId>, Vec<f32>)> = k
-        .units(1, Q_BLOCKS_PER_UNIT)
+        .head_groups(k.units(1, Q_BLOCKS_PER_UNIT))
         .par_iter()
-        .filter_map(|u| k.run(u))
+        .flat_map_iter(|us| k.run_heads(us))
         .map(|r| {
             let mut vals = vec![0.0f32; r.rows.len() * d];
             for (state, dst) in r.states.iter().zip(vals.chunks_exact_mut(d)) {
@@ -578,9 +578,9 @@ fn run_3d(k: &Kernel, num_segments: usize) -> SegmentPartials {
     let (meta, cfg, launch) = (k.meta, k.cfg, k.launch);
     let (hq, d, s_n) = (cfg.num_heads(), cfg.head_size(), num_segments);
     let results: Vec<UnitRows> = k
-        .units(s_n, Q_BLOCKS_PER_UNIT)
+        .head_groups(k.units(s_n, Q_BLOCKS_PER_UNIT))
         .par_iter()
-        .filter_map(|u| k.run(u))
+        .flat_map_iter(|us| k.run_heads(us))
         .collect();
     let rows = meta.num_actual_tokens() * hq * s_n;
     let mut parts = SegmentPartials {
@@ -790,6 +790,9 @@ impl TileBounds {
 /// gathered K/V tile serves all their rows (bit-neutral: see
 /// `Kernel::run`); fewer when their rows would exceed [`ROWS_PER_UNIT`].
 pub const Q_BLOCKS_PER_UNIT: usize = 32;
+/// Query tokens of a unit, at most, for its kv heads to run together
+/// ([`Kernel::run_heads`]).
+const SHORT_UNIT_TOKENS: usize = 16;
 /// Rows (`q-blocks * BLOCK_M`) of one unit, at most (at least one q-block):
 /// a unit's row states, queries and scores stay within the core's L2.
 pub const ROWS_PER_UNIT: usize = 512;
@@ -831,6 +834,27 @@ struct UnitRows {
     segment: usize,
     rows: Vec<RowId>,
     states: Vec<RowState>,
+}
+
+/// A unit in flight: its programs' rows and bounds, row states, buffers
+/// and the tiles its programs visit.
+struct UnitRun<'u, 'q> {
+    unit: &'u Unit,
+    rows: Vec<RowId>,
+    plans: Vec<RowPlan>,
+    state: Vec<RowState>,
+    buf: TileBuffers<'q>,
+    tiles: std::ops::Range<usize>,
+}
+
+impl UnitRun<'_, '_> {
+    fn finish(self) -> UnitRows {
+        UnitRows {
+            segment: self.unit.segment,
+            rows: self.rows,
+            states: self.state,
+        }
+    }
 }
 
 /// Validated inputs of one launch.
@@ -962,6 +986,29 @@ impl<'a> Kernel<'a> {
         units
     }
 
+    /// The units as [`Kernel::run_heads`] runs them: the kv heads of a
+    /// short unit (at most [`SHORT_UNIT_TOKENS`] query tokens: a decode's
+    /// rows) together, every other unit alone.
+    fn head_groups(&self, units: Vec<Unit>) -> Vec<Vec<Unit>> {
+        let bq = self.launch.block_q;
+        let mut short: std::collections::BTreeMap<(usize, usize, usize), Vec<Unit>> =
+            Default::default();
+        let mut groups = vec![];
+        for u in units {
+            let tokens = (u.q_blocks.len() * bq).min(self.meta.query_len(u.seq));
+            if tokens <= SHORT_UNIT_TOKENS {
+                short
+                    .entry((u.seq, u.q_blocks.start, u.segment))
+                    .or_default()
+                    .push(u);
+            } else {
+                groups.push(vec![u]);
+            }
+        }
+        groups.extend(short.into_values());
+        groups
+    }
+
     /// The programs of one unit, run at once (the module doc's program,
     /// as `kernels/unified_attention.hip` spells it); `None` when they exit
     /// early (no store). Each row keeps its own program's tile range and
@@ -969,54 +1016,102 @@ impl<'a> Kernel<'a> {
     /// would alone; only the K/V load of a tile is shared by the rows that
     /// visit it.
     fn run(&self, u: &Unit) -> Option<UnitRows> {
+        let mut run = self.start(u)?;
+        for j in run.tiles.clone() {
+            self.step(&mut run, j);
+        }
+        Some(run.finish())
+    }
+
+    /// [`Kernel::run`] of units that differ only in their kv head (the
+    /// same request, q-blocks and segment), tile by tile: at each tile
+    /// every head takes its own step, so each unit's rows see exactly what
+    /// they see in `run`. The heads of a token sit side by side in a paged
+    /// cache row, so a short unit (a decode's few rows) reads each block's
+    /// keys of all heads together instead of one head's 512-byte rows
+    /// strided across the blocks.
+    fn run_heads(&self, us: &[Unit]) -> Vec<UnitRows> {
+        if let [u] = us {
+            return self.run(u).into_iter().collect();
+        }
+        let mut runs: Vec<UnitRun<'_, 'a>> = us.iter().filter_map(|u| self.start(u)).collect();
+        let tiles = runs.iter().map(|r| r.tiles.start).min().unwrap_or(0)
+            ..runs.iter().map(|r| r.tiles.end).max().unwrap_or(0);
+        for j in tiles {
+            for run in runs.iter_mut() {
+                if run.tiles.contains(&j) {
+                    self.step(run, j);
+                }
+            }
+        }
+        runs.into_iter().map(UnitRun::finish).collect()
+    }
+
+    /// A unit's programs, fresh row states and buffers; `None` when they
+    /// exit early (no store).
+    fn start<'u>(&self, u: &'u Unit) -> Option<UnitRun<'u, 'a>> {
         let (tile, d) = (self.launch.tile_size, self.cfg.head_size());
         let Programs { rows, plans } = self.programs(u)?;
         // m_i = sink * LOG2E (segment 0 only) or -inf; l_i = 1 with a sink, else 0; O_i = 0
-        let mut state: Vec<RowState> = rows
+        let state: Vec<RowState> = rows
             .iter()
             .map(|r| RowState::new(d, self.sink(u, r.head)))
             .collect();
-        let mut buf = TileBuffers::new(tile, d, rows.len());
+        let buf = TileBuffers::new(tile, d, rows.len());
         let tiles = plans.iter().map(|p| p.lo).min().unwrap_or(0)
             ..plans.iter().map(|p| p.hi).max().unwrap_or(0);
-        for j in tiles {
-            // The rows whose program visits tile j (consecutive rows), and
-            // the tile's keys t0 .. min((j + 1) * TILE, max_prefix).
-            let Some((active, keys)) = tile_rows(&plans, j, tile) else {
-                continue;
-            };
-            // K_j, V_j through the block table, as the kernel loads them.
-            self.load_kv(u, keys.clone(), &mut buf);
-            // A) S_ij = score(q_i . k_j), -inf where masked.
-            self.scores(
-                &rows[active.clone()],
-                &plans[active.clone()],
-                j,
-                keys.start,
-                &mut buf,
-            );
-            // B), C) the online-softmax step of every visiting row.
-            let (kv, s) = (&buf.kv, &buf.s);
-            let q_dtype = self.cfg.dtype();
-            RowState::update_rows(
-                &mut state[active.clone()],
-                s,
-                tile,
-                keys.len(),
-                |jj| kv.v_row(jj),
-                q_dtype,
-            );
-            // AITER and the seed era's softmax_step keep a guarded max.
-            let masked = self.launch.masked_row_max();
-            state[active]
-                .iter_mut()
-                .for_each(|row| row.m = masked.apply(row.m));
-        }
-        Some(UnitRows {
-            segment: u.segment,
+        Some(UnitRun {
+            unit: u,
             rows,
-            states: state,
+            plans,
+            state,
+            buf,
+            tiles,
         })
+    }
+
+    /// Tile `j` of a unit's programs: the rows that visit it take their step.
+    fn step(&self, run: &mut UnitRun<'_, 'a>, j: usize) {
+        let tile = self.launch.tile_size;
+        let UnitRun {
+            unit: u,
+            rows,
+            plans,
+            state,
+            buf,
+            ..
+        } = run;
+        // The rows whose program visits tile j (consecutive rows), and
+        // the tile's keys t0 .. min((j + 1) * TILE, max_prefix).
+        let Some((active, keys)) = tile_rows(plans, j, tile) else {
+            return;
+        };
+        // K_j, V_j through the block table, as the kernel loads them.
+        self.load_kv(u, keys.clone(), buf);
+        // A) S_ij = score(q_i . k_j), -inf where masked.
+        self.scores(
+            &rows[active.clone()],
+            &plans[active.clone()],
+            j,
+            keys.start,
+            buf,
+        );
+        // B), C) the online-softmax step of every visiting row.
+        let (kv, s) = (&buf.kv, &buf.s);
+        let q_dtype = self.cfg.dtype();
+        RowState::update_rows(
+            &mut state[active.clone()],
+            s,
+            tile,
+            keys.len(),
+            |jj| kv.v_row(jj),
+            q_dtype,
+        );
+        // AITER and the seed era's softmax_step keep a guarded max.
+        let masked = self.launch.masked_row_max();
+        state[active]
+            .iter_mut()
+            .for_each(|row| row.m = masked.apply(row.m));
     }
 
     /// The rows of a unit's programs and their bounds: per program `qblk`,
