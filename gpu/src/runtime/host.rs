@@ -109,8 +109,20 @@ impl HostCompiler {
         };
         check_wave(wave)?;
         let runtime = self.runtime(wave)?;
-        let file = host_file(source).map_err(fail)?;
         let mut args = self.flags(wave);
+        // A unit that opens with the runtime header (every family's and
+        // probe's does) gets it and host_launch.h from the wave's prelude,
+        // parsed once into a precompiled header; any other is built whole.
+        let file = match source.strip_prefix(self.runtime_header) {
+            Some(body) => {
+                let prelude = self.prelude(wave).map_err(fail)?;
+                args.push("-include".into());
+                args.push(prelude.display().to_string());
+                host_body_file(body)
+            }
+            None => host_file(source),
+        }
+        .map_err(fail)?;
         args.extend(defines.iter().map(|(k, v)| format!("-D{k}={v}")));
         self.build_file(
             wave,
@@ -180,6 +192,53 @@ impl HostCompiler {
                 target: Target::Host { wave }.name(),
                 log,
             })
+    }
+
+    /// The wave's prelude header (the runtime header, then host_launch.h),
+    /// written once into the cache with its precompiled form beside it
+    /// (`.gch` for g++, `.pch` for clang, both found by `-include`), and
+    /// its path. Every kernel library of the wave includes it, so the
+    /// standard headers and portable.h are parsed once instead of once per
+    /// library: the same code, a shorter compile. Should the precompiled
+    /// form fail to build or not match, the compiler reads the header as
+    /// text (same code, only slower).
+    pub fn prelude(&self, wave: u32) -> std::result::Result<PathBuf, String> {
+        let text = format!(
+            "{}\n#line 1 \"host_launch.h\"\n{HOST_LAUNCH_H}",
+            self.runtime_header
+        );
+        let args = self.flags(wave);
+        let key = fnv128(&[&self.version, &args.join(" "), &text]);
+        let dir = cache_dir();
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let header = dir.join(format!("attnlab_host_prelude-w{wave}-{key}.h"));
+        let ext = if self.version.contains("clang") { "pch" } else { "gch" };
+        let pch = dir.join(format!("attnlab_host_prelude-w{wave}-{key}.h.{ext}"));
+        let tmp = format!("{}.{}", std::process::id(), unique());
+        if !header.exists() {
+            let header_tmp = dir.join(format!("attnlab_host_prelude-w{wave}-{key}.{tmp}.h"));
+            std::fs::write(&header_tmp, &text)
+                .map_err(|e| format!("{}: {e}", header_tmp.display()))?;
+            std::fs::rename(&header_tmp, &header)
+                .map_err(|e| format!("{}: {e}", header.display()))?;
+        }
+        if !pch.exists() {
+            let pch_tmp = dir.join(format!("attnlab_host_prelude-w{wave}-{key}.{tmp}.{ext}"));
+            let built = Command::new(&self.program)
+                .args(&args)
+                .args(["-x", "c++-header"])
+                .arg(&header)
+                .arg("-o")
+                .arg(&pch_tmp)
+                .output()
+                .is_ok_and(|o| o.status.success());
+            if built {
+                let _ = std::fs::rename(&pch_tmp, &pch);
+            } else {
+                let _ = std::fs::remove_file(&pch_tmp);
+            }
+        }
+        Ok(header)
     }
 
     fn flags(&self, wave: u32) -> Vec<String> {
@@ -281,15 +340,31 @@ fn fnv128(parts: &[&str]) -> String {
 /// The whole host file of a kernel library: the unit with its dynamic shared
 /// memory rewritten, host_launch.h, and one launcher per entry point.
 pub fn host_file(source: &str) -> std::result::Result<String, String> {
-    let unit = rewrite_dynamic_shared(source)?;
-    let entries = entry_points(source);
-    if entries.is_empty() {
-        return Err("no `extern \"C\" __global__` entry point in the unit".into());
-    }
-    let mut out = unit;
+    let mut out = rewrite_dynamic_shared(source)?;
     out.push_str("\n#line 1 \"host_launch.h\"\n");
     out.push_str(HOST_LAUNCH_H);
     out.push_str("\n#line 1 \"host_launchers.cpp\"\n");
+    push_launchers(&mut out, source)?;
+    Ok(out)
+}
+
+/// A kernel library's file when the prelude (runtime header and
+/// host_launch.h, [`HostCompiler::prelude`]) comes in by `-include`: the
+/// unit's `body` after the runtime header, its dynamic shared memory
+/// rewritten, and one launcher per entry point.
+pub fn host_body_file(body: &str) -> std::result::Result<String, String> {
+    let mut out = rewrite_dynamic_shared(body)?;
+    out.push_str("\n#line 1 \"host_launchers.cpp\"\n");
+    push_launchers(&mut out, body)?;
+    Ok(out)
+}
+
+/// Appends one `attnlab_launch_<entry>` per entry point of `unit`.
+fn push_launchers(out: &mut String, unit: &str) -> std::result::Result<(), String> {
+    let entries = entry_points(unit);
+    if entries.is_empty() {
+        return Err("no `extern \"C\" __global__` entry point in the unit".into());
+    }
     for e in &entries {
         out.push_str(&format!(
             "extern \"C\" int attnlab_launch_{e}(const attnlab_host::Launch* l, void* const* args, \
@@ -297,7 +372,7 @@ pub fn host_file(source: &str) -> std::result::Result<String, String> {
              unsigned long long errlen) {{\n    return attnlab_host::launch(&{e}, l, args, kinds, sizes, nargs, err, errlen);\n}}\n"
         ));
     }
-    Ok(out)
+    Ok(())
 }
 
 /// `extern __shared__ T name[];` cannot be declared on the host: each becomes
