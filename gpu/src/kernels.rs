@@ -344,10 +344,7 @@ fn wgmma_variants() -> Vec<Defines> {
         .to_vec()
 }
 
-/// The define that makes NVRTC compile a module for the arch-specific
-/// target (`sm_90a` for sm 90): instructions such as `wgmma` exist only
-/// there, and such a module loads only on that exact architecture.
-pub const ARCH_SPECIFIC: &str = "ATTNLAB_SM_ARCH_SPECIFIC";
+pub use crate::runtime::ARCH_SPECIFIC;
 
 fn fill_variants() -> Vec<Defines> {
     each_dtype("DTYPE", &[DType::Bf16])

@@ -206,7 +206,8 @@ proptest! {
         let m = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
         let p: Vec<f32> = scores.iter().map(|&s| exp2c(s - m)).collect();
         // A recursive f32 sum of n non-negative terms is within γ_n of the
-        // exact sum (Higham, Accuracy and Stability, §4.2: n·u with u = 2^-24,
+        // exact sum (Higham, Accuracy and Stability of Numerical Algorithms,
+        // section 4.2: n·u with u = 2^-24,
         // one more u per term for the rounded product p·v).
         let u = f64::from(f32::EPSILON) / 2.0;
         let l: f64 = p.iter().map(|&x| x as f64).sum();

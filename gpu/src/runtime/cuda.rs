@@ -81,7 +81,7 @@ pub fn nvrtc_compile_logged(
     // a module that asks for the arch-specific target (wgmma) gets sm_XXa
     let suffix = if defines
         .iter()
-        .any(|(k, _)| k == crate::kernels::ARCH_SPECIFIC)
+        .any(|(k, _)| k == super::ARCH_SPECIFIC)
     {
         "a"
     } else {

@@ -211,6 +211,11 @@ impl LaunchDims {
     }
 }
 
+/// The define that makes NVRTC compile a module for the arch-specific
+/// target (`sm_90a` for sm 90): instructions such as `wgmma` exist only
+/// there, and such a module loads only on that exact architecture.
+pub const ARCH_SPECIFIC: &str = "ATTNLAB_SM_ARCH_SPECIFIC";
+
 /// Opaque handles; each backend keeps the real objects behind them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ModuleId(pub usize);
