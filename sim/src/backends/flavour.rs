@@ -331,19 +331,7 @@ pub fn check_decode_tc(
 ) -> Result<()> {
     no_faults(kernel, cfg.faults())?;
     let family = decode_tc_family(kernel, layout);
-    let refused = |e: Error| {
-        Error::unsupported(
-            format!(
-                "{} in the tensor-core flavour ({})",
-                kernel.name(),
-                target.name()
-            ),
-            format!(
-                "its tensor-core family {} refuses the launch: {e}",
-                family.name()
-            ),
-        )
-    };
+    let refused = |e: Error| family_refuses(kernel, target, family.name(), e);
     let kv = KvLayout::new(
         layout,
         1,
@@ -384,16 +372,7 @@ pub fn check_unified_tc(
 ) -> Result<()> {
     let kernel = MatmulKernel::UnifiedAttention;
     no_faults(kernel, cfg.faults())?;
-    let refused = |e: Error| {
-        Error::unsupported(
-            format!(
-                "{} in the tensor-core flavour ({})",
-                kernel.name(),
-                target.name()
-            ),
-            format!("its tensor-core family unified_attention_tc refuses the launch: {e}"),
-        )
-    };
+    let refused = |e: Error| family_refuses(kernel, target, "unified_attention_tc", e);
     if layout != LayoutKind::Nhd {
         return Err(refused(Error::invalid(
             "unified_attention_tc cache layout",
@@ -414,16 +393,8 @@ pub fn check_unified_tc(
 pub fn check_prefix_tc(cfg: &AttnConfig, target: MatrixTarget) -> Result<()> {
     let kernel = MatmulKernel::ContextAttentionFwd;
     no_faults(kernel, cfg.faults())?;
-    validate_prefix_tc(cfg, &PrefixVariant::for_config(cfg)).map_err(|e| {
-        Error::unsupported(
-            format!(
-                "{} in the tensor-core flavour ({})",
-                kernel.name(),
-                target.name()
-            ),
-            format!("its tensor-core family prefix_prefill_tc refuses the launch: {e}"),
-        )
-    })?;
+    validate_prefix_tc(cfg, &PrefixVariant::for_config(cfg))
+        .map_err(|e| family_refuses(kernel, target, "prefix_prefill_tc", e))?;
     Ok(())
 }
 
@@ -434,31 +405,20 @@ pub fn check_prefix_tc(cfg: &AttnConfig, target: MatrixTarget) -> Result<()> {
 pub fn check_flex_tc(cfg: &AttnConfig, target: MatrixTarget) -> Result<()> {
     let kernel = MatmulKernel::FlexAttention;
     no_faults(kernel, cfg.faults())?;
-    validate_flex_tc(cfg).map_err(|e| {
-        Error::unsupported(
-            format!(
-                "{} in the tensor-core flavour ({})",
-                kernel.name(),
-                target.name()
-            ),
-            format!("its tensor-core family flex_attention_tc refuses the launch: {e}"),
-        )
-    })?;
+    validate_flex_tc(cfg).map_err(|e| family_refuses(kernel, target, "flex_attention_tc", e))?;
     Ok(())
 }
 
-/// The refusal of `kernel` whose tensor-core `family` refuses the launch (`e`).
-fn family_refuses(kernel: MatmulKernel, target: MatrixTarget, e: Error) -> Error {
+/// The refusal of `kernel` whose tensor-core `family` refuses the launch
+/// (`e`): the one wording every `check_*_tc` gives.
+fn family_refuses(kernel: MatmulKernel, target: MatrixTarget, family: &str, e: Error) -> Error {
     Error::unsupported(
         format!(
             "{} in the tensor-core flavour ({})",
             kernel.name(),
             target.name()
         ),
-        format!(
-            "its tensor-core family {} refuses the launch: {e}",
-            kernel.tc_family().unwrap_or("(none)")
-        ),
+        format!("its tensor-core family {family} refuses the launch: {e}"),
     )
 }
 
@@ -471,7 +431,8 @@ pub fn mla_decode_tc<'a>(
     args: &MlaDecodeArgs<'a>,
     target: MatrixTarget,
 ) -> Result<MlaDecodeTcArgs<'a>> {
-    MlaDecodeTcArgs::new(*args, target).map_err(|e| family_refuses(K::MlaDecode, target, e))
+    MlaDecodeTcArgs::new(*args, target)
+        .map_err(|e| family_refuses(K::MlaDecode, target, "mla_decode_tc", e))
 }
 
 /// Whether `mla_decode_tc` takes TRITON_MLA's decode of `cfg` on `target`:
@@ -500,7 +461,7 @@ pub fn check_mla_decode_tc(cfg: &MlaConfig, target: MatrixTarget) -> Result<()> 
     };
     let splits = KvSplits::Even { num_kv_splits: 1 };
     let args = MlaDecodeArgs::new(&q, &rows, &cache, splits, &p)
-        .map_err(|e| family_refuses(K::MlaDecode, target, e))?;
+        .map_err(|e| family_refuses(K::MlaDecode, target, "mla_decode_tc", e))?;
     mla_decode_tc(&args, target).map(|_| ())
 }
 
