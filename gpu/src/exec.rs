@@ -20,7 +20,7 @@ use crate::ops::paged_decode_tc::{TcReduce, TcVariant};
 use crate::runtime::GpuError;
 use attnlab_shared::dtype::DType;
 use attnlab_shared::error::{Error, Result};
-use attnlab_sim::backends::exec::KernelExecutor;
+use attnlab_sim::backends::exec::{aiter_mla_decode, KernelExecutor};
 use attnlab_sim::backends::flavour::{
     backend_decode_split, check_decode_tc, check_flex_tc, check_prefix_tc, check_unified_tc,
     decode_tc_family, has_decode_rows, mla_decode_tc, no_tc_family, varlen_tc, DecodeTcFamily,
@@ -33,7 +33,7 @@ use attnlab_sim::kernels::gather_cache::GatherArgs;
 use attnlab_sim::kernels::merge_attn_states::MergeArgs;
 use attnlab_sim::kernels::mla_cache::{LatentCache, LatentWrite};
 use attnlab_sim::kernels::mla_decode::{
-    aiter_splits, AiterPaging, MlaDecodeArgs, MlaDecodeOutput, MlaDecodeParams,
+    AiterPaging, MlaDecodeArgs, MlaDecodeOutput, MlaDecodeParams,
 };
 use attnlab_sim::kernels::mla_prefill::LatentGather;
 use attnlab_sim::kernels::mla_proj::ProjArgs;
@@ -300,9 +300,7 @@ impl KernelExecutor for GpuExecutor<'_> {
         if let Flavour::TensorCore(t) = self.flavour {
             return Err(no_tc_family(MatmulKernel::AiterMlaDecode, t));
         }
-        let splits = aiter_splits(cache, paging, num_kv_splits, num_cus, p.num_heads)?;
-        let rows = paging.rows_with(causal, p.faults);
-        self.decode_attention_fwd(&MlaDecodeArgs::new(q, &rows, cache, splits, p)?)
+        aiter_mla_decode(self, q, cache, paging, causal, num_kv_splits, num_cus, p)
     }
 
     fn gather_and_maybe_dequant_cache(&self, args: &LatentGather) -> Result<Vec<f32>> {

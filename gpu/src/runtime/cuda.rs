@@ -79,10 +79,7 @@ pub fn nvrtc_compile_logged(
     let prog = rtc::create_program(&src, Some(&cname)).map_err(|e| fail(format!("{e:?}")))?;
     let mut opts: Vec<String> = NVRTC_FLAGS.iter().map(|s| s.to_string()).collect();
     // a module that asks for the arch-specific target (wgmma) gets sm_XXa
-    let suffix = if defines
-        .iter()
-        .any(|(k, _)| k == super::ARCH_SPECIFIC)
-    {
+    let suffix = if defines.iter().any(|(k, _)| k == super::ARCH_SPECIFIC) {
         "a"
     } else {
         ""

@@ -212,7 +212,11 @@ impl HostCompiler {
         let dir = cache_dir();
         std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let header = dir.join(format!("attnlab_host_prelude-w{wave}-{key}.h"));
-        let ext = if self.version.contains("clang") { "pch" } else { "gch" };
+        let ext = if self.version.contains("clang") {
+            "pch"
+        } else {
+            "gch"
+        };
         let pch = dir.join(format!("attnlab_host_prelude-w{wave}-{key}.h.{ext}"));
         let tmp = format!("{}.{}", std::process::id(), unique());
         if !header.exists() {

@@ -134,14 +134,32 @@ pub trait KernelExecutor {
         num_cus: usize,
         p: &MlaDecodeParams,
     ) -> Result<MlaDecodeOutput> {
-        let splits = aiter_splits(cache, paging, num_kv_splits, num_cus, p.num_heads)?;
-        let rows = paging.rows_with(causal, p.faults);
-        self.decode_attention_fwd(&MlaDecodeArgs::new(q, &rows, cache, splits, p)?)
+        aiter_mla_decode(self, q, cache, paging, causal, num_kv_splits, num_cus, p)
     }
 
     fn gather_and_maybe_dequant_cache(&self, args: &LatentGather) -> Result<Vec<f32>> {
         Ok(gather_latent(args))
     }
+}
+
+/// AITER's `mla_decode_fwd` as a composition: its launch checks and split
+/// count ([`aiter_splits`]) and the rows its paging admits, around `exec`'s
+/// split-KV decode (`decode_attention_fwd`). The trait's default and every
+/// executor that refuses the tensor-core flavour first run exactly this.
+#[allow(clippy::too_many_arguments)]
+pub fn aiter_mla_decode<E: KernelExecutor + ?Sized>(
+    exec: &E,
+    q: &[f32],
+    cache: &LatentCache,
+    paging: &AiterPaging,
+    causal: bool,
+    num_kv_splits: Option<usize>,
+    num_cus: usize,
+    p: &MlaDecodeParams,
+) -> Result<MlaDecodeOutput> {
+    let splits = aiter_splits(cache, paging, num_kv_splits, num_cus, p.num_heads)?;
+    let rows = paging.rows_with(causal, p.faults);
+    exec.decode_attention_fwd(&MlaDecodeArgs::new(q, &rows, cache, splits, p)?)
 }
 
 /// The emulator: every kernel as `crate::kernels` computes it, in its
@@ -280,13 +298,9 @@ impl KernelExecutor for Cpu {
         num_cus: usize,
         p: &MlaDecodeParams,
     ) -> Result<MlaDecodeOutput> {
-        match self.flavour {
-            Flavour::Fma => {
-                let splits = aiter_splits(cache, paging, num_kv_splits, num_cus, p.num_heads)?;
-                let rows = paging.rows_with(causal, p.faults);
-                decode(&MlaDecodeArgs::new(q, &rows, cache, splits, p)?)
-            }
-            Flavour::TensorCore(t) => Err(no_tc_family(MatmulKernel::AiterMlaDecode, t)),
+        if let Flavour::TensorCore(t) = self.flavour {
+            return Err(no_tc_family(MatmulKernel::AiterMlaDecode, t));
         }
+        aiter_mla_decode(self, q, cache, paging, causal, num_kv_splits, num_cus, p)
     }
 }

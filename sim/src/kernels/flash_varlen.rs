@@ -477,8 +477,7 @@ pub fn varlen(args: &VarlenArgs) -> OutLse {
         .par_iter()
         .map(|&(b, mb, g)| {
             let kt_seq = kt[b * hk + g].as_deref();
-            let (out, lse) =
-                program(q, k, v, cu_seqlens_q, cu_seqlens_k, b, mb, g, p, kt_seq);
+            let (out, lse) = program(q, k, v, cu_seqlens_q, cu_seqlens_k, b, mb, g, p, kt_seq);
             (cu_seqlens_q[b] as usize + mb * BLOCK_M, g, out, lse)
         })
         .collect();

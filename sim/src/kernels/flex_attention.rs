@@ -415,9 +415,11 @@ pub fn flex(args: &FlexArgs) -> Result<Vec<f32>> {
         .collect();
     let mut out = vec![0.0f32; meta.num_actual_tokens() * hq * d];
     for ((grp, heads), part) in tasks.iter().zip(&parts) {
-        let rows = heads
-            .clone()
-            .flat_map(|g| units[grp.clone()].iter().flat_map(move |(_, rows)| rows.clone().map(move |r| (r, g))));
+        let rows = heads.clone().flat_map(|g| {
+            units[grp.clone()]
+                .iter()
+                .flat_map(move |(_, rows)| rows.clone().map(move |r| (r, g)))
+        });
         for ((r, g), vals) in rows.zip(part.chunks_exact(qpk * d)) {
             out[(r * hq + g * qpk) * d..][..qpk * d].copy_from_slice(vals);
         }
@@ -500,7 +502,11 @@ impl GroupCtx<'_> {
         let mut states: Vec<Vec<RowState>> = heads
             .clone()
             .flat_map(|_| units.iter())
-            .map(|(_, rows)| (0..rows.len() * qpk).map(|_| RowState::new(d, None)).collect())
+            .map(|(_, rows)| {
+                (0..rows.len() * qpk)
+                    .map(|_| RowState::new(d, None))
+                    .collect()
+            })
             .collect();
         let qs: Vec<Vec<&[f32]>> = heads
             .clone()
@@ -517,7 +523,11 @@ impl GroupCtx<'_> {
                 true => &self.block_mask.kv_indices[qb],
                 false => &self.block_mask.full_kv_indices[qb],
             };
-            let mut union: Vec<usize> = units.iter().flat_map(|(qb, _)| list(*qb)).copied().collect();
+            let mut union: Vec<usize> = units
+                .iter()
+                .flat_map(|(qb, _)| list(*qb))
+                .copied()
+                .collect();
             union.sort_unstable();
             union.dedup();
             for (i, &blk) in union.iter().enumerate() {
@@ -547,7 +557,11 @@ impl GroupCtx<'_> {
                         })
                     };
                     let members = scr.members.len();
-                    if scr.kept[..members].iter().flatten().all(|k| live(k).is_empty()) {
+                    if scr.kept[..members]
+                        .iter()
+                        .flatten()
+                        .all(|k| live(k).is_empty())
+                    {
                         for (gi, _) in heads.clone().enumerate() {
                             for (m, &u) in scr.members.iter().enumerate() {
                                 let n_rows = units[u].1.len();

@@ -86,7 +86,9 @@ impl ScoreParams {
     #[inline]
     pub fn score_slice(&self, xs: &mut [f32]) {
         match self.softcap {
-            None => xs.iter_mut().for_each(|x| *x = (*x * self.scale_log2) + 0.0 * LOG2E),
+            None => xs
+                .iter_mut()
+                .for_each(|x| *x = (*x * self.scale_log2) + 0.0 * LOG2E),
             Some(_) => xs.iter_mut().for_each(|x| *x = self.score(*x, 0.0)),
         }
     }
