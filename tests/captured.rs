@@ -117,3 +117,21 @@ fn vllm_paged_decode_writes_zero_length_query_rows_as_decodes() {
         "{r:#?}"
     );
 }
+
+#[test]
+fn aiter_unified_softcap_overflow_on_a_captured_case_is_a_divergence_with_its_reason() {
+    // 00093 and 00297 (edge:softcap_overflow): vLLM 0.34's one-exp soft-cap
+    // saturates at +-c; AITER's two-exp2 spelling overflows to inf/NaN on the
+    // same scores, so the emulated ROCM_AITER_UNIFIED_ATTN is non-finite where
+    // the capture is finite: a divergence of that backend, named, not a fail.
+    for name in ["triton_attn_00093", "triton_attn_00297"] {
+        let rows = replay(name, Some("ROCM_AITER_UNIFIED_ATTN"));
+        let r = row(&rows, "ROCM_AITER_UNIFIED_ATTN");
+        assert_eq!(r.status, Status::Divergence, "{name}: {r:#?}");
+        let why = r.reason.as_deref().unwrap_or_default();
+        assert!(why.contains("two exp2") && why.contains("128"), "{name}: {why}");
+    }
+    // A soft-capped capture whose scores stay in range is still judged as usual.
+    let rows = replay("triton_attn_00473", Some("ROCM_AITER_UNIFIED_ATTN"));
+    assert_eq!(row(&rows, "ROCM_AITER_UNIFIED_ATTN").status, Status::Pass);
+}

@@ -417,10 +417,18 @@ pub fn replay_fixture_in(
                     continue;
                 }
                 let got = run_backend(b.as_ref(), p, &cfg, forced, flavour);
+                let overflow = got
+                    .as_ref()
+                    .is_ok_and(|o| nonfinite_where_finite(o, &kernel.out[..]));
                 let mut row = at(b.name().name());
                 row.launch = launch.map(|l| l.1);
                 let mut r = row.judge(got.map(Outcome::out), &kernel, tol, dtype);
-                if let Some(why) = documented_divergence(b.name().name(), &cfg, &p.meta) {
+                let why = documented_divergence(b.name().name(), &cfg, &p.meta).or_else(|| {
+                    (r.status == Status::Fail && overflow)
+                        .then(|| softcap_overflow_divergence(b.name().name(), &cfg))
+                        .flatten()
+                });
+                if let Some(why) = why {
                     r.status = Status::Divergence;
                     r.reason = Some(why);
                 }
@@ -548,6 +556,31 @@ pub fn documented_divergence(
         "ROCM_ATTN" if cfg.alibi_slopes().is_some() && cfg.sliding_window().is_some() && multi_token => Some(
             "ROCM_ATTN's prefix-prefill kernel has no sliding-window mask in its ALiBi variant: with ALiBi, rows with more than one query token see the whole context".into(),
         ),
+        _ => None,
+    }
+}
+
+/// Whether `got` holds an inf or NaN where the capture's output is finite.
+fn nonfinite_where_finite(got: &[f32], want: &[f32]) -> bool {
+    got.iter()
+        .zip(want)
+        .any(|(g, w)| !g.is_finite() && w.is_finite())
+}
+
+/// Where a backend's own soft-cap formula ([`crate::numerics::SoftcapFormula`]) overflows
+/// to inf/NaN on scores the captured kernel's formula saturates: a
+/// divergence of vLLM's backend, established by evidence (our emulation of
+/// it produced non-finite outputs where the capture has finite ones), not
+/// by the configuration alone.
+pub fn softcap_overflow_divergence(backend: &str, cfg: &AttnConfig) -> Option<String> {
+    let cap = cfg.softcap()?;
+    match backend {
+        "ROCM_AITER_UNIFIED_ATTN" => Some(format!(
+            "ROCM_AITER_UNIFIED_ATTN's kernel (AITER's unified_attention) spells the soft-cap's tanh with two exp2 \
+             (c*(p1-p2)/(p1+p2), p1 = exp2(s*log2e/c)): it overflows to inf/NaN once |s|*log2e/c >= 128 \
+             (|s| >= {:.1} with c = {cap}), where the captured kernel saturates at +-c",
+            128.0 * cap / std::f32::consts::LOG2_E
+        )),
         _ => None,
     }
 }
