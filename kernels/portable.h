@@ -1024,12 +1024,8 @@ inline __int128 mma_floor_shift(__int128 v, long long shift) {
     return v >> shift;
 }
 inline int mma_bitlen(unsigned __int128 v) {
-    int n = 0;
-    while (v) {
-        v >>= 1;
-        n += 1;
-    }
-    return n;
+    u64 hi = (u64)(v >> 64), lo = (u64)v;
+    return hi ? 128 - __builtin_clzll(hi) : (lo ? 64 - __builtin_clzll(lo) : 0);
 }
 inline float mma_round_to_f32(bool neg, unsigned __int128 mag, long long exp2, int rne, int overflow_ieee) {
     long long e = exp2 + mma_bitlen(mag) - 1;
@@ -1066,8 +1062,108 @@ inline float mma_round_to_f32(bool neg, unsigned __int128 mag, long long exp2, i
     return __uint_as_float(sign | bits);
 }
 
+// Fused::block_fma_finite: a block of finite bf16/f16 inputs and a finite C
+// in fixed-width integers, term for term the general path's arithmetic;
+// false where it does not apply (specials, fnuz formats, interleaved halves,
+// zero-sign tracking, zero-product exponents, a product beyond 2^128 with
+// product_overflow), and the general path decides.
+inline bool mma_block_fma_finite(const MmaFused& f, int fmt, const u16* a, const u16* b, int n, float c, float& d) {
+    if (f.odd_even || f.ieee_zero_sign || !f.zero_prod_skip || (fmt != MMA_BF16 && fmt != MMA_F16) || n > 32 ||
+        f.frac_bits > 36)
+        return false;
+    const int m = fmt == MMA_BF16 ? 7 : 10, eb = fmt == MMA_BF16 ? 8 : 5;
+    const u32 field_max = (1u << eb) - 1u;
+    const u64 frac_mask = (1ull << m) - 1ull;
+    const int bias = (1 << (eb - 1)) - 1, emin = 1 - bias, prod_frac = 2 * m, fb = f.frac_bits;
+    int exps[32];
+    long long sigs[32];
+    int nt = 0;
+    for (int i = 0; i < n; ++i) {
+        u32 x = a[i], y = b[i];
+        u32 ex = (x >> m) & field_max, ey = (y >> m) & field_max;
+        if (ex == field_max || ey == field_max) return false;  // inf or NaN
+        u64 fx = x & frac_mask, fy = y & frac_mask;
+        if ((ex == 0 && fx == 0) || (ey == 0 && fy == 0)) continue;  // zero product: skipped
+        int xe = ex == 0 ? emin : (int)ex - bias, ye = ey == 0 ? emin : (int)ey - bias;
+        u64 xs = ex == 0 ? fx : (fx | (1ull << m)), ys = ey == 0 ? fy : (fy | (1ull << m));
+        long long sig = (long long)(xs * ys);
+        exps[nt] = xe + ye;
+        if (f.product_overflow && exps[nt] + (63 - __builtin_clzll((u64)sig)) - prod_frac >= 128) return false;
+        sigs[nt] = ((x ^ y) >> (m + eb)) & 1u ? -sig : sig;
+        ++nt;
+    }
+    u32 cb = __float_as_uint(c);
+    u32 ce = (cb >> 23) & 0xffu;
+    long long cf = cb & 0x7fffffu;
+    if (ce == 0xffu) return false;
+    bool has_c = true;
+    int c_exp = 0;
+    long long c_sig = 0;
+    if (ce == 0 && cf == 0) {
+        if (f.zero_c_skip) has_c = false;
+        else c_exp = f.zero_c_exp;
+    } else {
+        c_exp = ce == 0 ? -126 : (int)ce - 127;
+        c_sig = ce == 0 ? cf : (cf | (1ll << 23));
+        if (cb >> 31) c_sig = -c_sig;
+    }
+    auto align = [&](long long sig, int exp, int frac, int e) -> long long {
+        int right = (e - exp) + frac - fb;
+        u64 mag = (u64)(sig < 0 ? -sig : sig);
+        mag = right >= 0 ? (right >= 63 ? 0 : mag >> right) : mag << (-right);
+        return sig < 0 ? -(long long)mag : (long long)mag;
+    };
+    __int128 sum;
+    long long lsb;
+    if (!f.late) {
+        if (nt == 0 && !has_c) {
+            d = 0.0f;
+            return true;
+        }
+        int e = has_c ? c_exp : exps[0];
+        for (int i = 0; i < nt; ++i) e = exps[i] > e ? exps[i] : e;
+        if (f.has_min_align && e < f.min_align_exp) e = f.min_align_exp;
+        long long s = 0;
+        for (int i = 0; i < nt; ++i) s += align(sigs[i], exps[i], prod_frac, e);
+        if (has_c) s += align(c_sig, c_exp, 23, e);
+        sum = s;
+        lsb = (long long)e - fb;
+    } else {
+        int x = f.sum_extra_bits;
+        if (nt == 0 && !has_c) {
+            d = 0.0f;
+            return true;
+        }
+        int ep = 0;
+        long long s = 0;
+        if (nt > 0) {
+            ep = exps[0];
+            for (int i = 1; i < nt; ++i) ep = exps[i] > ep ? exps[i] : ep;
+            if (f.has_min_align && ep < f.min_align_exp) ep = f.min_align_exp;
+            for (int i = 0; i < nt; ++i) s += align(sigs[i], exps[i], prod_frac, ep);
+        }
+        int mx = nt == 0 ? c_exp : (!has_c ? ep : (ep > c_exp ? ep : c_exp));
+        __int128 s2 = nt > 0 ? mma_floor_shift((__int128)s << x, (long long)(mx - ep)) : 0;
+        __int128 c2 = 0;
+        if (has_c && !(f.has_cutoff && c_exp < mx - f.late_c_cutoff))
+            c2 = mma_floor_shift((__int128)c_sig, (long long)(mx - c_exp) + 23 - fb);
+        sum = s2 + (c2 << x);
+        lsb = (long long)mx - fb - x;
+    }
+    if (sum == 0) {
+        d = 0.0f;
+        return true;
+    }
+    unsigned __int128 mag = sum < 0 ? (unsigned __int128)(-sum) : (unsigned __int128)sum;
+    float r = mma_round_to_f32(sum < 0, mag, lsb, f.rne, f.overflow_ieee);
+    d = r == 0.0f ? 0.0f : r;
+    return true;
+}
+
 // Fused::block_fma over n <= 32 products.
 inline float mma_block_fma(const MmaFused& f, int fmt, const u16* a, const u16* b, int n, float c) {
+    float fast;
+    if (mma_block_fma_finite(f, fmt, a, b, n, c, fast)) return fast;
     float nan = __uint_as_float(f.nan_bits);
     bool pos_inf = false, neg_inf = false, all_neg_zero = true;
     MmaTerm terms[33];

@@ -129,7 +129,10 @@ fn aiter_unified_softcap_overflow_on_a_captured_case_is_a_divergence_with_its_re
         let r = row(&rows, "ROCM_AITER_UNIFIED_ATTN");
         assert_eq!(r.status, Status::Divergence, "{name}: {r:#?}");
         let why = r.reason.as_deref().unwrap_or_default();
-        assert!(why.contains("two exp2") && why.contains("128"), "{name}: {why}");
+        assert!(
+            why.contains("two exp2") && why.contains("128"),
+            "{name}: {why}"
+        );
     }
     // A soft-capped capture whose scores stay in range is still judged as usual.
     let rows = replay("triton_attn_00473", Some("ROCM_AITER_UNIFIED_ATTN"));

@@ -641,7 +641,176 @@ fn round_to_f32(neg: bool, mag: u128, exp2: i64, rounding: Rounding, overflow: O
 
 impl Fused {
     /// One block: `sum(a[i] * b[i]) + c` for `a.len() <= block` products.
+    ///
+    /// Blocks of finite inputs (nearly all of them) take
+    /// [`Self::block_fma_finite`], which computes the same bits with
+    /// fixed-width integers; every other block, and every model the fast
+    /// path does not cover, takes [`Self::block_fma_general`].
+    #[inline]
     pub fn block_fma(&self, format: InFormat, a: &[u16], b: &[u16], c: f32) -> f32 {
+        self.block_fma_finite(format, a, b, c)
+            .unwrap_or_else(|| self.block_fma_general(format, a, b, c))
+    }
+
+    /// [`Self::block_fma`] for a block whose inputs and C are all finite,
+    /// for the 16-bit formats, without interleaved halves, zero-sign
+    /// tracking or zero-product exponents; `None` where it does not apply
+    /// (the general path then decides). The arithmetic is the general
+    /// path's, term for term: products as signed integer significands with
+    /// their exponents, C as one more term (`Joint`) or added after the
+    /// product sum (`Late`), the same alignment, truncation and rounding.
+    /// `fast_path_equals_the_general_block_fma` checks it bit for bit.
+    fn block_fma_finite(&self, format: InFormat, a: &[u16], b: &[u16], c: f32) -> Option<f32> {
+        if self.odd_even
+            || self.ieee_zero_sign
+            || self.zero_products != ZeroTerm::Skip
+            || format.fnuz()
+            || a.len() > 32
+            || self.frac_bits > 36
+        {
+            return None;
+        }
+        let (m, eb) = (format.mant_bits(), format.exp_bits());
+        let (field_max, frac_mask) = ((1u32 << eb) - 1, (1u64 << m) - 1);
+        let (bias, emin) = (format.bias(), format.emin());
+        let prod_frac = 2 * m as i32;
+        // the product terms: exponent and signed significand (frac = 2m)
+        let mut exps = [0i32; 32];
+        let mut sigs = [0i64; 32];
+        let mut nt = 0;
+        for (&x, &y) in a.iter().zip(b) {
+            let (ex, ey) = ((x >> m) as u32 & field_max, (y >> m) as u32 & field_max);
+            if ex == field_max || ey == field_max {
+                return None; // inf or NaN
+            }
+            let (fx, fy) = (x as u64 & frac_mask, y as u64 & frac_mask);
+            if (ex == 0 && fx == 0) || (ey == 0 && fy == 0) {
+                continue; // a zero product is left out (ZeroTerm::Skip)
+            }
+            let (xe, xs) = if ex == 0 {
+                (emin, fx)
+            } else {
+                (ex as i32 - bias, fx | 1 << m)
+            };
+            let (ye, ys) = if ey == 0 {
+                (emin, fy)
+            } else {
+                (ey as i32 - bias, fy | 1 << m)
+            };
+            let sig = (xs * ys) as i64;
+            exps[nt] = xe + ye;
+            if self.product_overflow {
+                let lead = exps[nt] + (63 - sig.leading_zeros() as i32) - prod_frac;
+                if lead >= 128 {
+                    return None;
+                }
+            }
+            sigs[nt] = if ((x ^ y) >> (m + eb)) & 1 == 1 {
+                -sig
+            } else {
+                sig
+            };
+            nt += 1;
+        }
+        // C: (exponent, signed significand at 23 fractional bits), if it is a term
+        let cb = c.to_bits();
+        let (ce, cf) = ((cb >> 23) & 0xff, (cb & 0x7f_ffff) as i64);
+        if ce == 0xff {
+            return None;
+        }
+        let c_term = if ce == 0 && cf == 0 {
+            match self.zero_c {
+                ZeroTerm::Skip => None,
+                ZeroTerm::Exponent(ez) => Some((ez, 0i64)),
+            }
+        } else {
+            let (e, sig) = if ce == 0 {
+                (-126, cf)
+            } else {
+                (ce as i32 - 127, cf | 1 << 23)
+            };
+            Some((e, if cb >> 31 == 1 { -sig } else { sig }))
+        };
+        let fb = self.frac_bits as i32;
+        // signed significand `sig * 2^(exp - frac)` in units of 2^(e - fb), truncated toward zero
+        let align = |sig: i64, exp: i32, frac: i32, e: i32| -> i64 {
+            let right = (e - exp) + frac - fb;
+            let mag = if right >= 0 {
+                if right >= 63 {
+                    0
+                } else {
+                    sig.unsigned_abs() >> right
+                }
+            } else {
+                sig.unsigned_abs() << -right
+            } as i64;
+            if sig < 0 {
+                -mag
+            } else {
+                mag
+            }
+        };
+        let (sum, lsb_exp): (i128, i64) = match self.c_add {
+            CAdd::Joint => {
+                let pe = exps[..nt].iter().copied().max();
+                let Some(mut e) = pe.max(c_term.map(|(e, _)| e)) else {
+                    return Some(0.0);
+                };
+                if let Some(lo) = self.min_align_exp {
+                    e = e.max(lo);
+                }
+                let mut s: i64 = (0..nt).map(|i| align(sigs[i], exps[i], prod_frac, e)).sum();
+                if let Some((ce, cs)) = c_term {
+                    s += align(cs, ce, 23, e);
+                }
+                (s as i128, e as i64 - fb as i64)
+            }
+            CAdd::Late { sum_extra_bits: x } => {
+                let ep = exps[..nt]
+                    .iter()
+                    .copied()
+                    .max()
+                    .map(|e| match self.min_align_exp {
+                        Some(lo) => e.max(lo),
+                        None => e,
+                    });
+                let s: i64 = ep.map_or(0, |e| {
+                    (0..nt).map(|i| align(sigs[i], exps[i], prod_frac, e)).sum()
+                });
+                let mx = match (ep, c_term) {
+                    (None, None) => return Some(0.0),
+                    (Some(e), None) => e,
+                    (None, Some((t, _))) => t,
+                    (Some(e), Some((t, _))) => e.max(t),
+                };
+                let s2 = ep.map_or(0, |e| floor_shift((s as i128) << x, (mx - e) as i64));
+                let c2 = c_term.map_or(0, |(t, sig)| {
+                    if let Some(cut) = self.late_c_cutoff {
+                        if t < mx - cut as i32 {
+                            return 0;
+                        }
+                    }
+                    floor_shift(sig as i128, (mx - t) as i64 + 23 - fb as i64)
+                });
+                (s2 + (c2 << x), mx as i64 - fb as i64 - x as i64)
+            }
+        };
+        if sum == 0 {
+            return Some(0.0);
+        }
+        let d = round_to_f32(
+            sum < 0,
+            sum.unsigned_abs(),
+            lsb_exp,
+            self.rounding,
+            self.overflow,
+        );
+        Some(if d == 0.0 { 0.0 } else { d })
+    }
+
+    /// [`Self::block_fma`] for any block: specials, fnuz formats and every
+    /// model parameter.
+    pub fn block_fma_general(&self, format: InFormat, a: &[u16], b: &[u16], c: f32) -> f32 {
         let nan = f32::from_bits(self.nan_bits);
         let cc = decode_f32(c);
         let (mut pos_inf, mut neg_inf) = (false, false);

@@ -396,3 +396,119 @@ fn gfx942_fp8_floors_the_smaller_half_onto_the_larger_halfs_grid() {
     a[5] = 0x80;
     assert_eq!(m.dot(f, &a, &b, 0.0).to_bits(), QUIET_NAN);
 }
+
+/// Storage bits for the fast-path check: random patterns (specials included),
+/// zeros and subnormals, and values with wide or narrow exponent spreads.
+fn operand_bits(format: InFormat) -> impl Strategy<Value = u16> {
+    let (m, eb) = (format.mant_bits(), 16 - 1 - format.mant_bits());
+    let field_max = (1u16 << eb) - 1;
+    prop_oneof![
+        3 => any::<u16>(),
+        1 => (any::<bool>(), 0u16..(1 << m)).prop_map(move |(s, f)| (s as u16) << 15 | f),
+        1 => Just(0u16),
+        1 => Just(0x8000u16),
+        4 => (any::<bool>(), 1..field_max, 0u16..(1 << m))
+            .prop_map(move |(s, e, f)| (s as u16) << 15 | e << m | f),
+        2 => (any::<bool>(), 0u16..6, 0u16..(1 << m))
+            .prop_map(move |(s, e, f)| (s as u16) << 15 | (field_max / 2 + e) << m | f),
+    ]
+}
+
+fn c_value() -> impl Strategy<Value = f32> {
+    prop_oneof![
+        3 => any::<u32>().prop_map(f32::from_bits),
+        2 => -1e6f32..1e6,
+        1 => Just(0.0f32),
+        1 => Just(-0.0f32),
+        1 => (0u32..0x80_0000).prop_map(f32::from_bits),
+    ]
+}
+
+/// The published models and the probe's kind of alternatives (other kept
+/// bits, rounding, C entry, alignment floor, zero-C exponent).
+fn fast_path_models() -> Vec<Fused> {
+    let mut out = Vec::new();
+    for t in [MatrixTarget::Sm90, MatrixTarget::Gfx942] {
+        let f = fused(t.model(InFormat::Bf16));
+        out.push(f);
+        out.push(Fused {
+            frac_bits: f.frac_bits + 3,
+            ..f
+        });
+        out.push(Fused {
+            frac_bits: 23,
+            rounding: Rounding::NearestEven,
+            ..f
+        });
+        out.push(Fused {
+            min_align_exp: None,
+            zero_c: ZeroTerm::Exponent(-126),
+            ..f
+        });
+        out.push(Fused {
+            c_add: CAdd::Joint,
+            product_overflow: !f.product_overflow,
+            ..f
+        });
+        out.push(Fused {
+            c_add: CAdd::Late { sum_extra_bits: 3 },
+            late_c_cutoff: Some(25),
+            overflow: Overflow::Ieee,
+            ..f
+        });
+    }
+    out
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+    /// `block_fma`'s integer fast path gives the general path's bits for
+    /// every model it takes, at every block length up to 32.
+    #[test]
+    fn fast_path_equals_the_general_block_fma(
+        f16 in any::<bool>(),
+        model in 0usize..12,
+        n in 1usize..=32,
+        seed in prop::collection::vec((any::<u16>(), any::<u16>()), 32),
+        bits in prop::collection::vec((operand_bits(InFormat::Bf16), operand_bits(InFormat::F16)), 64),
+        pick in prop::collection::vec(0u8..4, 64),
+        c in c_value(),
+    ) {
+        let format = if f16 { InFormat::F16 } else { InFormat::Bf16 };
+        let f = fast_path_models()[model];
+        // mostly the structured operands, some raw random bits
+        let val = |i: usize| {
+            let (b, h) = bits[i];
+            match pick[i] {
+                0 => if i < 32 { seed[i].0 } else { seed[i - 32].1 },
+                _ => if f16 { h } else { b },
+            }
+        };
+        let a: Vec<u16> = (0..n).map(val).collect();
+        let b: Vec<u16> = (0..n).map(|i| val(32 + i)).collect();
+        let fast = f.block_fma(format, &a, &b, c);
+        let general = f.block_fma_general(format, &a, &b, c);
+        prop_assert_eq!(fast.to_bits(), general.to_bits(), "{:?} {:?} a={:04x?} b={:04x?} c={:e}", f, format, a, b, c);
+    }
+}
+
+#[test]
+fn finite_blocks_of_both_targets_take_the_fast_path() {
+    let a: Vec<u16> = (0..16).map(|i| bf(1.0 + i as f32 / 8.0)).collect();
+    let b: Vec<u16> = (0..16).map(|i| bf(-0.5 + i as f32 / 32.0)).collect();
+    for t in [MatrixTarget::Sm90, MatrixTarget::Gfx942] {
+        let f = fused(t.model(InFormat::Bf16));
+        let k = f.block.min(16);
+        assert!(
+            f.block_fma_finite(InFormat::Bf16, &a[..k], &b[..k], 3.25)
+                .is_some(),
+            "{t:?}"
+        );
+        // specials leave it to the general path
+        let mut inf = a.clone();
+        inf[0] = bf(f32::INFINITY);
+        assert!(f
+            .block_fma_finite(InFormat::Bf16, &inf[..k], &b[..k], 3.25)
+            .is_none());
+    }
+}
