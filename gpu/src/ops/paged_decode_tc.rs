@@ -105,9 +105,14 @@ pub enum TcReduce {
 }
 
 /// The most splits per sequence [`TcReduce::auto`] fuses: the fused reduce
-/// is one wave's walk over `splits x heads` partials, fast for a few splits,
-/// slower than the separate launch for many.
-pub const FUSE_MAX_SPLITS: usize = 32;
+/// is one wave's walk over `splits x heads` partials (a few L2 round trips
+/// per pair of heads and 4 splits), fast for a few splits, slower than the
+/// separate launch (one block per head) for many. Measured on an H100
+/// (2026-12-07, the 23-cell decode grid, fused and separate in one call):
+/// fused wins at 1, 2 and 4 splits (32/8 b256 1K 354 vs 393 us, b64 1K 102
+/// vs 109 us; 8/1 b256 even), loses at 16 and 32 (32/8 b1 1K 33.8 vs 16.3
+/// us, 8/1 b64 1K 51.5 vs 31.5 us).
+pub const FUSE_MAX_SPLITS: usize = 4;
 
 impl TcReduce {
     pub const ALL: [TcReduce; 2] = [TcReduce::Separate, TcReduce::Fused];
