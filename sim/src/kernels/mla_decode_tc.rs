@@ -4,9 +4,16 @@
 //! computed by the target's matrix instruction as [`crate::numerics::mma`]
 //! models it (numerics.md §6; docs/src/matrix-cores.md, "mla_decode_tc"):
 //! NVIDIA `mma.sync m16n8k16` at wave 32 (`sm_90`), CDNA3
-//! `v_mfma_f32_16x16x16` at wave 64 (`gfx942`). Everything else (the split
-//! bounds, the score, the online softmax, the stage-2 reduce) is the fma
-//! family's ([`super::mla_decode`]).
+//! `v_mfma_f32_16x16x16` at wave 64 (`gfx942`), over tiles of vLLM's
+//! `BLOCK_N` keys on each ([`block_n`]: 32 on CUDA, 16 on ROCm) with the
+//! tile's row sum in the compiled kernel's order ([`row_sum`]). The split
+//! bounds, the score, the online softmax's formulas and the stage-2 reduce
+//! are the fma family's ([`super::mla_decode`]).
+//!
+//! Against vLLM's own H100 captures (`tests/captured.rs`) the twin is bit
+//! for bit except where the H100's `ex2.approx.f32` and the contract's
+//! `exp2c` put a softmax weight on different sides of a 16-bit rounding
+//! midpoint (docs/src/matrix-cores.md, "mla_decode_tc").
 //!
 //! Each query row carries `q = [q_latent (Lkv) | q_pe (R)]` per head; a key
 //! is the whole `W = Lkv + R` cache entry, its value the first Lkv channels
@@ -49,8 +56,8 @@
 //! `x[w][t] = p[8w+2t] + p[8w+2t+1]`, `W[w] = (x[w][0] + x[w][2]) +
 //! (x[w][1] + x[w][3])`, `sum = (W[0] + W[2]) + (W[1] + W[3])` (read from
 //! the PTX of vLLM 0.34's `_fwd_grouped_kernel_stage1` compiled for sm_90).
-//! On gfx942 (not yet read from an AMD build) the sum is `0 + p[0] + ..
-//! + p[15]`, ascending.
+//! On gfx942 (not yet read from an AMD build) the sum is ascending from
+//! zero, `0 + p[0] + .. + p[15]`.
 //!
 //! ## Stage 2: the fma family's reduce ([`super::mla_decode::stage2`])
 //! vLLM's `_fwd_kernel_stage2` has no matrix product, so it is the same
