@@ -5,13 +5,13 @@
 
 use super::flash_varlen_tc::host_target_code;
 use super::mla_decode::{mla_params, stage2, MlaDecodeBits, RowBuffers};
-use super::unified_attention::{to_u32, SHARED_MEMORY_LIMIT};
+use super::unified_attention::to_u32;
 use crate::kernels::{mla_tc_defines, Gpu};
 use crate::runtime::bytes::bytes_of;
 use crate::runtime::params::{param_block, ParamBlock};
 use crate::runtime::{Buffer, LaunchDims, Result, Target};
 use attnlab_shared::error::Error;
-use attnlab_sim::kernels::mla_decode_tc::{MlaDecodeTcArgs, ROWS, STEP};
+use attnlab_sim::kernels::mla_decode_tc::{block_n, MlaDecodeTcArgs, ROWS};
 use attnlab_sim::numerics::mma::MatrixTarget;
 
 param_block! {
@@ -36,11 +36,26 @@ param_block! {
 const WAVES: usize = 4;
 
 /// Bytes of stage 1's shared memory for a latent entry of `width`
-/// elements: the 16 x 16 dots, alpha / m / l of 16 heads (f32), then Q and
-/// the step's K (16 x width each) and P (16 x 16) as 16-bit storage.
-pub fn shared_bytes(width: usize) -> usize {
-    (ROWS * STEP + 3 * ROWS) * 4 + (ROWS * width + STEP * width + ROWS * STEP) * 2
+/// elements on `target` (its tile of `n = block_n(target)` keys): the
+/// 16 x n dots, alpha / m / l of 16 heads (f32), then Q (16 x width), the
+/// tile's K (n x width) and P (16 x n) as 16-bit storage.
+pub fn shared_bytes(width: usize, target: MatrixTarget) -> usize {
+    let n = block_n(target);
+    (ROWS * n + 3 * ROWS) * 4 + (ROWS * width + n * width + ROWS * n) * 2
 }
+
+/// The most shared memory one stage-1 workgroup may ask for on `target`:
+/// 227 KB on sm_90 (the launcher opts in past 48 KB), the 64 KB LDS of a
+/// CDNA workgroup.
+fn shared_limit(target: MatrixTarget) -> usize {
+    match target {
+        MatrixTarget::Sm90 => CUDA_SHARED_LIMIT,
+        MatrixTarget::Gfx90a | MatrixTarget::Gfx942 => LDS_LIMIT,
+    }
+}
+
+const CUDA_SHARED_LIMIT: usize = 227 * 1024;
+const LDS_LIMIT: usize = 64 * 1024;
 
 /// The matrix-core model a device's instruction follows (the host
 /// device's: sm_90 at wave 32, gfx942 at wave 64), or None where there is
@@ -73,12 +88,16 @@ pub fn decode_attention_fwd_tc(gpu: &Gpu, args: &MlaDecodeTcArgs) -> Result<MlaD
     let (q, rows, cache, p) = (a.q(), a.rows(), a.cache(), a.params());
     let (h, lkv, w) = (p.num_heads, cache.layout.kv_lora_rank, cache.layout.width());
     let s = a.splits().num_kv_splits();
-    let shared = shared_bytes(w);
-    if shared > SHARED_MEMORY_LIMIT {
+    let (shared, limit) = (shared_bytes(w, args.target()), shared_limit(args.target()));
+    if shared > limit {
         return Err(Error::invalid(
             "mla_decode_tc latent width",
             w,
-            format!("Q and K tiles of 16 x width 16-bit elements must fit {SHARED_MEMORY_LIMIT} bytes of shared memory (width <= 736)"),
+            format!(
+                "Q (16 x width) and K ({} x width) tiles of 16-bit elements must fit {limit} bytes of {}'s shared memory",
+                block_n(args.target()),
+                args.target().name()
+            ),
         )
         .into());
     }
@@ -137,9 +156,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn deepseek_latents_fit_the_shared_memory_and_wider_ones_do_not() {
-        assert!(shared_bytes(576) <= SHARED_MEMORY_LIMIT);
-        assert!(shared_bytes(736) <= SHARED_MEMORY_LIMIT);
-        assert!(shared_bytes(752) > SHARED_MEMORY_LIMIT);
+    fn deepseek_latents_fit_the_shared_memory_of_both_targets_and_wider_ones_do_not() {
+        // sm_90: tiles of 32 keys (Q 16 + K 32 rows of the entry).
+        assert_eq!(block_n(MatrixTarget::Sm90), 32);
+        assert_eq!(shared_bytes(576, MatrixTarget::Sm90), 58_560);
+        assert!(shared_bytes(576, MatrixTarget::Sm90) <= shared_limit(MatrixTarget::Sm90));
+        assert!(shared_bytes(2384, MatrixTarget::Sm90) <= CUDA_SHARED_LIMIT);
+        assert!(shared_bytes(2400, MatrixTarget::Sm90) > CUDA_SHARED_LIMIT);
+        // gfx942: tiles of 16 keys in the 64 KB LDS.
+        assert_eq!(block_n(MatrixTarget::Gfx942), 16);
+        assert!(shared_bytes(576, MatrixTarget::Gfx942) <= LDS_LIMIT);
+        assert!(shared_bytes(992, MatrixTarget::Gfx942) <= LDS_LIMIT);
+        assert!(shared_bytes(1008, MatrixTarget::Gfx942) > LDS_LIMIT);
     }
 }

@@ -4,9 +4,16 @@
 //! computed by the target's matrix instruction as [`crate::numerics::mma`]
 //! models it (numerics.md §6; docs/src/matrix-cores.md, "mla_decode_tc"):
 //! NVIDIA `mma.sync m16n8k16` at wave 32 (`sm_90`), CDNA3
-//! `v_mfma_f32_16x16x16` at wave 64 (`gfx942`). Everything else (the split
-//! bounds, the score, the online softmax, the stage-2 reduce) is the fma
-//! family's ([`super::mla_decode`]).
+//! `v_mfma_f32_16x16x16` at wave 64 (`gfx942`), over tiles of vLLM's
+//! `BLOCK_N` keys on each ([`block_n`]: 32 on CUDA, 16 on ROCm) with the
+//! tile's row sum in the compiled kernel's order ([`row_sum`]). The split
+//! bounds, the score, the online softmax's formulas and the stage-2 reduce
+//! are the fma family's ([`super::mla_decode`]).
+//!
+//! Against vLLM's own H100 captures (`tests/captured.rs`) the twin is bit
+//! for bit except where the H100's `ex2.approx.f32` and the contract's
+//! `exp2c` put a softmax weight on different sides of a 16-bit rounding
+//! midpoint (docs/src/matrix-cores.md, "mla_decode_tc").
 //!
 //! Each query row carries `q = [q_latent (Lkv) | q_pe (R)]` per head; a key
 //! is the whole `W = Lkv + R` cache entry, its value the first Lkv channels
@@ -16,7 +23,8 @@
 //! ```text
 //! heads    = hb*16 .. min(hb*16 + 16, H)        (the instruction's 16 rows; the rest zero)
 //! (start, end) = KvSplits::bounds(split_len, split), end = min(end, kv_len); empty: nothing
-//! for t0 in start .. end step 16 (keys k = 0..15 of the step, ascending):
+//! N = block_n(target): 32 on sm_90, 16 on gfx942 (vLLM's BLOCK_N on CUDA / ROCm)
+//! for t0 in start .. end step N (keys k = 0..N-1 of the tile, ascending):
 //!   K[k][c]  = load(cache[slot(t0 + k)][c]) in the q dtype, 0 for t0 + k >= end
 //!              (fp8: round_q(x * kv_scale); 16-bit: as stored)
 //!   dot[h][k]= C chained over the W/16 chunks c = 0 .. W/16 ascending, from C = +0:
@@ -26,9 +34,10 @@
 //!              second taking the first's result as its accumulator)
 //!   s[h][k]  = dot * (scale * log2e)   (score, no soft-cap); -inf for t0 + k >= end
 //!   m_new    = max(m, max_k s);  m_ref = m_new > -inf ? m_new : 0;  alpha = exp2c(m - m_ref)
-//!   p[k]     = exp2c(s[k] - m_ref);  tile_sum = 0 + p[0] + p[1] + ... + p[15]  (ascending)
+//!   p[k]     = exp2c(s[k] - m_ref);  tile_sum = row_sum(target, p)   (see below)
 //!   l        = fma(l, alpha, tile_sum)
-//!   acc[h][d]= MMA(round_q(p[0..16]), K[0..16][d], acc[h][d] * alpha)   d < Lkv, keys as k in order
+//!   acc[h][d]= C = acc[h][d] * alpha, then for each 16 keys j = 0, 16, .. < N:
+//!              C = MMA(round_q(p[j..j+16]), K[j..j+16][d], C)          d < Lkv, keys as k in order
 //!   m        = m_new
 //! Att_Out[row, h, split, :Lkv] = acc / l (0 if l = 0);  Att_Out[.., Lkv] = m + log2c(l) (-inf if l = 0)
 //! ```
@@ -37,6 +46,18 @@
 //! before it enters the instruction as C (vLLM's `acc *= re_scale; acc +=
 //! tl.dot(p, v)`). Padding keys (past the split) have K = V = 0 and p = 0,
 //! as vLLM's masked loads give them.
+//!
+//! `row_sum` is the order of `tl.sum(p, 1)` in the compiled kernel. On
+//! sm_90 Triton 3.6 lays the 16 x 32 score tile out as `mma.m16n8k16`
+//! accumulators over 4 warps (`warpsPerCTA [1, 4]`): warp w holds keys
+//! 8w .. 8w+7, lane quad t of a row keys 8w+2t and 8w+2t+1. Each lane adds
+//! its two, the quad adds across lanes by butterfly (xor 2, then xor 1),
+//! and the four warp sums meet the same way through shared memory:
+//! `x[w][t] = p[8w+2t] + p[8w+2t+1]`, `W[w] = (x[w][0] + x[w][2]) +
+//! (x[w][1] + x[w][3])`, `sum = (W[0] + W[2]) + (W[1] + W[3])` (read from
+//! the PTX of vLLM 0.34's `_fwd_grouped_kernel_stage1` compiled for sm_90).
+//! On gfx942 (not yet read from an AMD build) the sum is ascending from
+//! zero, `0 + p[0] + .. + p[15]`.
 //!
 //! ## Stage 2: the fma family's reduce ([`super::mla_decode::stage2`])
 //! vLLM's `_fwd_kernel_stage2` has no matrix product, so it is the same
@@ -63,8 +84,11 @@ use attnlab_shared::dtype::DType;
 use attnlab_shared::error::{Error, Result};
 use rayon::prelude::*;
 
-/// Keys per stage-1 step: vLLM's `BLOCK_N` on ROCm, the P·V instruction's k.
+/// Keys per P·V instruction (its k); a stage-1 tile is [`block_n`] keys,
+/// one or two instructions chained through C.
 pub const STEP: usize = 16;
+/// The most keys a stage-1 tile has on any target ([`block_n`]).
+pub const MAX_BLOCK_N: usize = 32;
 /// Heads per stage-1 program: vLLM's `BLOCK_H`, the instruction's 16 rows.
 pub const ROWS: usize = 16;
 /// Dims per Q·Kᵀ instruction (its k).
@@ -149,6 +173,33 @@ impl<'a> MlaDecodeTcArgs<'a> {
     }
 }
 
+/// Keys per stage-1 tile on `target`: vLLM's `BLOCK_N` for the grouped
+/// kernel, `BLOCK = 32` on CUDA and 16 on ROCm (`_decode_grouped_att_m_fwd`).
+/// The one place the twin, the HIP kernel's launcher and its shared memory
+/// take it from (the kernel's `MTC_STEP` follows the wave width the same
+/// way: 32 lanes model sm_90, 64 gfx942).
+pub const fn block_n(target: MatrixTarget) -> usize {
+    match target {
+        MatrixTarget::Sm90 => 32,
+        MatrixTarget::Gfx90a | MatrixTarget::Gfx942 => 16,
+    }
+}
+
+/// `tl.sum(p, 1)` over one tile's `p` (`block_n(target)` values) in the
+/// order the compiled kernel adds them (module docs, "row_sum").
+pub fn row_sum(target: MatrixTarget, p: &[f32]) -> f32 {
+    match target {
+        MatrixTarget::Sm90 if p.len() == 32 => {
+            let warp = |w: usize| {
+                let x = |t: usize| p[8 * w + 2 * t] + p[8 * w + 2 * t + 1];
+                (x(0) + x(2)) + (x(1) + x(3))
+            };
+            (warp(0) + warp(2)) + (warp(1) + warp(3))
+        }
+        _ => p.iter().fold(0.0f32, |acc, &x| acc + x),
+    }
+}
+
 /// The visible keys `[start, end)` of `split` for `row` (the fma family's
 /// bounds, clipped to the row's visible keys).
 pub fn split_range(row: &KvRow, splits: KvSplits, split: usize) -> (usize, usize) {
@@ -221,12 +272,15 @@ fn program(args: &MlaDecodeTcArgs, b: usize, hb: usize, sp: usize) -> Vec<f32> {
     let nh = q.len();
     let (mut m, mut l) = (vec![f32::NEG_INFINITY; nh], vec![0.0f32; nh]);
     let mut acc = vec![vec![0.0f32; lkv]; nh];
-    // K[k][c] (the step's keys) and its latent columns V[d][k].
-    let mut kb = vec![vec![0u16; w]; STEP];
-    let mut vb = vec![[0u16; STEP]; lkv];
-    let mut s = [0.0f32; STEP];
-    let mut pb = [0u16; STEP];
-    for t0 in (start..end).step_by(STEP) {
+    // K[k][c] (the tile's keys) and its latent columns V[d][k].
+    let bn = block_n(args.target);
+    let mut kb = vec![vec![0u16; w]; bn];
+    let mut vb = vec![[0u16; MAX_BLOCK_N]; lkv];
+    let mut s = [0.0f32; MAX_BLOCK_N];
+    let mut pf = [0.0f32; MAX_BLOCK_N];
+    let mut pb = [0u16; MAX_BLOCK_N];
+    let (s, pf, pb) = (&mut s[..bn], &mut pf[..bn], &mut pb[..bn]);
+    for t0 in (start..end).step_by(bn) {
         for (k, key) in kb.iter_mut().enumerate() {
             if t0 + k < end {
                 let t = t0 + k;
@@ -262,15 +316,15 @@ fn program(args: &MlaDecodeTcArgs, b: usize, hb: usize, sp: usize) -> Vec<f32> {
                 0.0
             };
             let alpha = exp2c(m[i] - m_ref);
-            let mut tile_sum = 0.0f32;
-            for (k, b) in pb.iter_mut().enumerate() {
-                let pk = exp2c(s[k] - m_ref);
-                tile_sum += pk;
-                *b = fmt.from_f32(p.q_dtype.round(pk));
+            for ((b, pk), &sk) in pb.iter_mut().zip(pf.iter_mut()).zip(s.iter()) {
+                *pk = exp2c(sk - m_ref);
+                *b = fmt.from_f32(p.q_dtype.round(*pk));
             }
-            l[i] = l[i].mul_add(alpha, tile_sum);
+            l[i] = l[i].mul_add(alpha, row_sum(args.target, pf));
+            // One instruction per 16 keys, chained through C (Model::dot
+            // runs the target's blocks in k order).
             for (x, col) in acc[i].iter_mut().zip(&vb) {
-                *x = model.dot(fmt, &pb, col, *x * alpha);
+                *x = model.dot(fmt, pb, &col[..bn], *x * alpha);
             }
             m[i] = m_new;
         }
@@ -467,6 +521,97 @@ mod tests {
         let o = decode_tc(&MlaDecodeTcArgs::new(a, MatrixTarget::Gfx942).unwrap()).unwrap();
         assert!(o.out.iter().all(|&x| x == 0.0));
         assert!(o.lse.iter().all(|&x| x == f32::NEG_INFINITY));
+    }
+
+    /// Triton's `tl.sum` on sm_90 adds a 32-key tile as pairs, quads and
+    /// warps (module docs), not left to right: with 1 then 31 halves of an
+    /// ulp of 1, the ascending sum stays 1 (every add a tie to even) while
+    /// the tree adds the small terms among themselves first.
+    #[test]
+    fn sm90_row_sum_is_tritons_tree_and_gfx942_sums_ascending() {
+        let tiny = 2f32.powi(-24);
+        let mut p = [tiny; 32];
+        p[0] = 1.0;
+        // x[0][0] = 1 + 2^-24 = 1 (tie), x[0][1..] = 2^-23: W0 = 1 + 3 * 2^-23;
+        // W1..W3 = 2^-21: (W0 + W2) + (W1 + W3) = 1 + 15 * 2^-23, exact.
+        assert_eq!(row_sum(MatrixTarget::Sm90, &p), 1.0 + 15.0 * 2f32.powi(-23));
+        assert_eq!(p.iter().fold(0.0f32, |a, &x| a + x), 1.0);
+        assert_eq!(row_sum(MatrixTarget::Gfx942, &p[..16]), 1.0);
+        assert_eq!(block_n(MatrixTarget::Sm90), 32);
+        assert_eq!(block_n(MatrixTarget::Gfx942), 16);
+    }
+
+    /// On sm_90 a split of 20 keys is one tile of 32 (vLLM's CUDA
+    /// `BLOCK_N`): one max over all 20 scores, no rescale, P·V as two
+    /// instructions chained through C (keys 0..15, then 16..31 of which
+    /// 20..31 are zero), the tree row sum. Recomputed here from the
+    /// instruction model, bit for bit.
+    #[test]
+    fn sm90_takes_a_20_key_split_as_one_32_key_tile() {
+        let dt = DType::Bf16;
+        let c = cache(2, dt);
+        let pages = [1, 0];
+        let rows = [KvRow {
+            pages: &pages,
+            page_size: 16,
+            kv_len: 20,
+            split_len: 20,
+        }];
+        let (h, w, lkv) = (3, 48, 32);
+        let q = query(1, h, w, dt);
+        let p = params(h, dt);
+        let a = MlaDecodeArgs::new(&q, &rows, &c, KvSplits::Even { num_kv_splits: 1 }, &p).unwrap();
+        let att = stage1_tc(&MlaDecodeTcArgs::new(a, MatrixTarget::Sm90).unwrap());
+        let (fmt, model) = (InFormat::Bf16, MatrixTarget::Sm90.model(InFormat::Bf16));
+        let key = |t: usize| -> Vec<u16> {
+            let slot = pages[t / 16] as usize * 16 + t % 16;
+            c.entry(slot).iter().map(|&x| fmt.from_f32(x)).collect()
+        };
+        let keys: Vec<Vec<u16>> = (0..32)
+            .map(|t| if t < 20 { key(t) } else { vec![0; w] })
+            .collect();
+        let score = ScoreParams::new(p.scale, None);
+        for head in 0..h {
+            let qh: Vec<u16> = q[head * w..(head + 1) * w]
+                .iter()
+                .map(|&x| fmt.from_f32(x))
+                .collect();
+            let s: Vec<f32> = (0..32)
+                .map(|t| {
+                    if t >= 20 {
+                        return f32::NEG_INFINITY;
+                    }
+                    let dot = qh
+                        .chunks(16)
+                        .zip(keys[t].chunks(16))
+                        .fold(0.0, |acc, (x, y)| model.dot(fmt, x, y, acc));
+                    score.score(dot, 0.0)
+                })
+                .collect();
+            let m = s.iter().fold(f32::NEG_INFINITY, |x, &y| x.max(y));
+            let pf: Vec<f32> = s.iter().map(|&x| exp2c(x - m)).collect();
+            let pb: Vec<u16> = pf.iter().map(|&x| fmt.from_f32(dt.round(x))).collect();
+            let l = 0.0f32.mul_add(
+                exp2c(f32::NEG_INFINITY - m),
+                row_sum(MatrixTarget::Sm90, &pf),
+            );
+            let at = head * (lkv + 1);
+            for d in 0..lkv {
+                let col: Vec<u16> = keys.iter().map(|k| k[d]).collect();
+                let lo = model.dot(fmt, &pb[..16], &col[..16], 0.0);
+                let acc = model.dot(fmt, &pb[16..], &col[16..], lo);
+                assert_eq!(
+                    att[at + d].to_bits(),
+                    (acc / l).to_bits(),
+                    "head {head} dim {d}"
+                );
+            }
+            assert_eq!(
+                att[at + lkv].to_bits(),
+                (m + log2c(l)).to_bits(),
+                "head {head} lse"
+            );
+        }
     }
 
     /// Splits past a row's keys are empty: neither stage 1 nor the reduce
