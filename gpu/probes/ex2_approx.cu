@@ -1,0 +1,129 @@
+// ex2_approx.cu: how NVIDIA's `ex2.approx.f32` (what Triton's tl.exp2, and
+// tl.exp as a multiply by log2(e) then ex2, compile to on sm_80+/sm_90)
+// relates to the arithmetic contract's exp2c (kernels/portable.h,
+// sim/src/numerics/mod.rs), exhaustively over every f32 x in [-150, 0]:
+// the range of a softmax weight's argument `s - m` (and of the reduce's
+// `m_s - M`), 1,125,515,265 inputs.
+//
+// For each of `ex2.approx.f32` and `ex2.approx.ftz.f32` it prints a
+// histogram of the distance in f32 ulps (|bits(ex2) - bits(exp2c)|, both
+// non-negative floats), how often each is above, and how often the two
+// differ after rounding to bf16 and to f16 (the storage of P before P·V in
+// the tensor-core kernels), with the first input of each bucket.
+// This is a measurement of vLLM's kernels against our contract, not a
+// kernel of attnlab: gpu/probes/ex2-on-device.sh builds it with nvcc
+// (-fmad=false, so exp2c's fmas stay the contract's) and runs it.
+#include "../../kernels/portable.h"
+#include <cstdio>
+
+#define BUCKETS 12  // 0, 1, 2, 3-4, 5-8, 9-16, ..., >512
+#define VARIANTS 2
+
+struct Tally {
+    unsigned long long hist[VARIANTS][BUCKETS];
+    unsigned long long above[VARIANTS], bf16_diff[VARIANTS], f16_diff[VARIANTS];
+    unsigned int first[VARIANTS][BUCKETS];  // bits of the first (lowest-index) input seen, 0xffffffff none
+    unsigned int first_f16[VARIANTS];
+};
+
+__device__ int bucket(unsigned int d) {
+    if (d <= 2) return (int)d;
+    int b = 3;
+    for (unsigned int lim = 4; lim < 1024 && d > lim; lim <<= 1) ++b;
+    return b < BUCKETS ? b : BUCKETS - 1;
+}
+
+__device__ float ex2_approx(float x) {
+    float y;
+    asm("ex2.approx.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
+__device__ float ex2_approx_ftz(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
+
+__global__ void probe(unsigned int n, Tally* t) {
+    __shared__ unsigned long long h[VARIANTS][BUCKETS];
+    __shared__ unsigned long long ab[VARIANTS], bd[VARIANTS], fd[VARIANTS];
+    for (int i = threadIdx.x; i < VARIANTS * BUCKETS; i += blockDim.x) h[i / BUCKETS][i % BUCKETS] = 0;
+    if (threadIdx.x < VARIANTS) ab[threadIdx.x] = bd[threadIdx.x] = fd[threadIdx.x] = 0;
+    __syncthreads();
+    for (unsigned int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {
+        unsigned int bits = 0x80000000u + i;  // -0 .. -150
+        float x = __uint_as_float(bits);
+        float want = exp2c(x);
+        for (int v = 0; v < VARIANTS; ++v) {
+            float got = v == 0 ? ex2_approx(x) : ex2_approx_ftz(x);
+            unsigned int gb = __float_as_uint(got), wb = __float_as_uint(want);
+            unsigned int d = gb > wb ? gb - wb : wb - gb;
+            int b = bucket(d);
+            atomicAdd(&h[v][b], 1ull);
+            atomicMin(&t->first[v][b], bits);
+            if (gb > wb) atomicAdd(&ab[v], 1ull);
+            if (f32_to_bf16_bits(got) != f32_to_bf16_bits(want)) atomicAdd(&bd[v], 1ull);
+            if (f32_to_f16_bits(got) != f32_to_f16_bits(want)) {
+                atomicAdd(&fd[v], 1ull);
+                atomicMin(&t->first_f16[v], bits);
+            }
+        }
+    }
+    __syncthreads();
+    for (int i = threadIdx.x; i < VARIANTS * BUCKETS; i += blockDim.x)
+        atomicAdd(&t->hist[i / BUCKETS][i % BUCKETS], h[i / BUCKETS][i % BUCKETS]);
+    if (threadIdx.x < VARIANTS) {
+        atomicAdd(&t->above[threadIdx.x], ab[threadIdx.x]);
+        atomicAdd(&t->bf16_diff[threadIdx.x], bd[threadIdx.x]);
+        atomicAdd(&t->f16_diff[threadIdx.x], fd[threadIdx.x]);
+    }
+}
+
+// The inputs whose first f16 difference the tally names, re-evaluated.
+__global__ void show(unsigned int bits, float* out) {
+    float x = __uint_as_float(bits);
+    out[0] = exp2c(x);
+    out[1] = ex2_approx(x);
+    out[2] = ex2_approx_ftz(x);
+}
+
+int main() {
+    const unsigned int n = 0x43160000u + 1u;  // bits of -150.0 minus 0x80000000, inclusive
+    Tally h = {};
+    for (int v = 0; v < VARIANTS; ++v) {
+        for (int b = 0; b < BUCKETS; ++b) h.first[v][b] = 0xffffffffu;
+        h.first_f16[v] = 0xffffffffu;
+    }
+    Tally* d;
+    if (cudaMalloc(&d, sizeof(Tally)) != cudaSuccess) return 2;
+    cudaMemcpy(d, &h, sizeof(Tally), cudaMemcpyHostToDevice);
+    probe<<<132 * 8, 256>>>(n, d);
+    if (cudaDeviceSynchronize() != cudaSuccess) {
+        printf("probe failed: %s\n", cudaGetErrorString(cudaGetLastError()));
+        return 2;
+    }
+    cudaMemcpy(&h, d, sizeof(Tally), cudaMemcpyDeviceToHost);
+    const char* names[VARIANTS] = {"ex2.approx.f32", "ex2.approx.ftz.f32"};
+    const char* labels[BUCKETS] = {"0", "1", "2", "3-4", "5-8", "9-16", "17-32", "33-64", "65-128", "129-256", "257-512", ">512"};
+    float* o;
+    cudaMalloc(&o, 3 * sizeof(float));
+    printf("inputs: every f32 x in [-150, 0], %u values; distance = |bits(ex2) - bits(exp2c)| in f32 ulps\n", n);
+    for (int v = 0; v < VARIANTS; ++v) {
+        printf("%s vs exp2c:\n", names[v]);
+        for (int b = 0; b < BUCKETS; ++b)
+            if (h.hist[v][b])
+                printf("  ulp %-8s %12llu (%.6f%%)  first x = %.9g (0x%08x)\n", labels[b], h.hist[v][b],
+                       100.0 * h.hist[v][b] / n, __uint_as_float(h.first[v][b]), h.first[v][b]);
+        printf("  above exp2c: %llu; differ after rounding to bf16: %llu (%.6f%%), to f16: %llu (%.6f%%)\n",
+               h.above[v], h.bf16_diff[v], 100.0 * h.bf16_diff[v] / n, h.f16_diff[v], 100.0 * h.f16_diff[v] / n);
+        if (h.first_f16[v] != 0xffffffffu) {
+            float r[3];
+            show<<<1, 1>>>(h.first_f16[v], o);
+            cudaMemcpy(r, o, sizeof(r), cudaMemcpyDeviceToHost);
+            printf("  first f16 difference: x = %.9g: exp2c %.9g (0x%08x), ex2 %.9g (0x%08x), ftz %.9g (0x%08x)\n",
+                   __uint_as_float(h.first_f16[v]), r[0], __float_as_uint(r[0]), r[1], __float_as_uint(r[1]), r[2],
+                   __float_as_uint(r[2]));
+        }
+    }
+    return 0;
+}
