@@ -248,8 +248,12 @@ fn unified_tc_variants() -> Vec<Defines> {
                 .map(|(tile, bm)| unified_tc_defines(dt, dt, 128, tile, bm, 4))
         })
         .collect();
-    v.push(unified_tc_defines(DType::Bf16, DType::Fp8E4m3Fn, 128, 16, 16, 4));
-    v.push(unified_tc_defines(DType::F16, DType::Fp8E4m3Fnuz, 128, 32, 16, 4));
+    for (q, kv, tile) in [
+        (DType::Bf16, DType::Fp8E4m3Fn, 16),
+        (DType::F16, DType::Fp8E4m3Fnuz, 32),
+    ] {
+        v.push(unified_tc_defines(q, kv, 128, tile, 16, 4));
+    }
     v
 }
 

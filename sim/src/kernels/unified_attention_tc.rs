@@ -678,8 +678,12 @@ mod tests {
     /// Both flavours' launches of `cfg` over `meta`: vLLM 0.34's and AITER's.
     fn both_launches(meta: &AttentionMetadata, cfg: &AttnConfig) -> [UnifiedLaunch; 2] {
         let v = vllm_launch(meta, cfg);
-        let a = UnifiedLaunch::aiter(meta, cfg, crate::kernels::unified_attention::MI300X_CU_COUNT)
-            .unwrap();
+        let a = UnifiedLaunch::aiter(
+            meta,
+            cfg,
+            crate::kernels::unified_attention::MI300X_CU_COUNT,
+        )
+        .unwrap();
         // The matrix tiles take multiples of 16 only.
         let a = UnifiedLaunch {
             tile_size: a.tile_size.next_multiple_of(MMA_K),
@@ -696,7 +700,10 @@ mod tests {
         }
         .build()
         .unwrap();
-        for (kv, q) in [(DType::Fp8E4m3Fnuz, DType::Bf16), (DType::Fp8E4m3Fn, DType::F16)] {
+        for (kv, q) in [
+            (DType::Fp8E4m3Fnuz, DType::Bf16),
+            (DType::Fp8E4m3Fn, DType::F16),
+        ] {
             let cfg = with_fp8(
                 &crate::config::AttnConfigBuilder {
                     dtype: q,
@@ -714,8 +721,7 @@ mod tests {
                     let launch = launch.with_grid(grid);
                     let fma = unified_attention(&q, &cache, &meta, &cfg, &launch).unwrap();
                     for t in MatrixTarget::ALL {
-                        let tc =
-                            unified_attention_tc(&q, &cache, &meta, &cfg, &launch, t).unwrap();
+                        let tc = unified_attention_tc(&q, &cache, &meta, &cfg, &launch, t).unwrap();
                         crate::kernels::test_batch::assert_within_rounding(
                             &tc,
                             &fma,
