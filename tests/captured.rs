@@ -214,3 +214,51 @@ fn vllms_h100_fp8_capture_is_bit_exact_in_both_flavours_because_the_bf16_output_
     let captured = p.output.as_ref().unwrap().flat().into_owned();
     assert_eq!(bits(&out_tc), bits(&captured), "{name}: vLLM's H100 bits");
 }
+
+#[test]
+fn every_16_bit_triton_attn_capture_replays_bit_exact_on_the_h100s_tensor_cores() {
+    // `--flavour auto` on these sm_90 captures is the tensor-core flavour:
+    // TRITON_ATTN on unified_attention_tc, fp8 caches (4 of the captures)
+    // included; the f32-query capture (TF32 on the H100) is refused naming
+    // its dtype.
+    let rows = replay_paths_in(
+        &[captured_dir()],
+        Some("TRITON_ATTN"),
+        FlavourChoice::Auto,
+        |_, _| {},
+    )
+    .unwrap();
+    let (mut exact, mut fp8) = (0, 0);
+    for r in rows.iter().filter(|r| {
+        r.backend == "TRITON_ATTN"
+            && Path::new(&r.file)
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .is_some_and(|s| s.starts_with("triton_attn_"))
+    }) {
+        if r.dtype == "float32" {
+            assert_eq!(r.status, Status::Skipped, "{r:#?}");
+            assert!(
+                r.reason.as_deref().is_some_and(|m| m.contains("float32")),
+                "{r:#?}"
+            );
+            continue;
+        }
+        assert_eq!(r.status, Status::Pass, "{r:#?}");
+        let u = r
+            .ulp
+            .as_ref()
+            .unwrap_or_else(|| panic!("no ULP stats: {r:#?}"));
+        assert_eq!(u.bit_exact, u.elements, "{}: not bit-exact: {u:?}", r.file);
+        exact += 1;
+        fp8 += usize::from(
+            r.kv_cache_dtype
+                .as_deref()
+                .is_some_and(|k| k.starts_with("fp8")),
+        );
+    }
+    assert!(
+        exact >= 11 && fp8 >= 4,
+        "{exact} bit-exact, {fp8} with fp8 caches"
+    );
+}
