@@ -41,12 +41,12 @@
 // row l%16 and keys 4(l/16) + i of each 16-key tile (lane parts l/16).
 // K and V tiles staged in shared memory (query-dtype bits) with rows padded
 // by 16 bytes; on NVIDIA by cp.async, double buffered (an fp8 cache: 8-byte
-// loads converted to 16 bytes by the threads, into the same buffers). Grid (cdiv(max q-blocks, q-blocks
-// per workgroup), num_reqs, Hkv * segments), the last q-blocks (most keys)
-// first. Compile-time: Q_DTYPE (bf16/f16), KV_DTYPE (Q_DTYPE or either
-// fp8), UT_D (head size,
-// multiple of 16), UT_TILE (TILE_SIZE, multiple of 16), UT_BM (BLOCK_M,
-// multiple of 16), UT_WARPS (a multiple of UT_BM / 16).
+// loads converted to 16 bytes by the threads, into the same buffers). Grid
+// (cdiv(max q-blocks, q-blocks per workgroup), num_reqs, Hkv * segments),
+// the last q-blocks (most keys) first. Compile-time: Q_DTYPE (bf16/f16),
+// KV_DTYPE (Q_DTYPE or either fp8), UT_D (head size, multiple of 16),
+// UT_TILE (TILE_SIZE, multiple of 16), UT_BM (BLOCK_M, multiple of 16),
+// UT_WARPS (a multiple of UT_BM / 16).
 
 typedef Storage<Q_DTYPE> E;
 typedef Storage<KV_DTYPE> KVS;
