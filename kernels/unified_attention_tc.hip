@@ -16,7 +16,10 @@
 // workgroup (UT_WARPS waves: UT_WARPS / (UT_BM / 16) consecutive q-blocks of
 // one request and KV head) only shares the staging of K and V tiles, so
 // which programs share a workgroup changes no bit. Per tile j of UT_TILE
-// keys t = j * UT_TILE + jj (K and V zero for t >= seq_len), per row:
+// keys t = j * UT_TILE + jj (K and V zero for t >= seq_len; an fp8 cache
+// element becomes a query-dtype operand at the staging, unified_attention.rs
+// Flavor::kv_to_q: vLLM portable.h dequant_kv, round(f32(x) * scale); AITER
+// the exact widening, its k_scale folded into a.scale by the launcher), per row:
 //   S = +0; for dc = 0, 16, .. D - 16: S = MMA(Q[:, dc..+16] K[:, dc..+16]^T + S)
 //   s = allowed(t, qabs) ? score_f(S, alibi slope * (t - ctx), formula) : -inf
 //   tile_max (xor butterfly, order free); tile_begin (m_new, m_ref, alpha)
@@ -25,9 +28,10 @@
 //   l = fmaf(l, alpha, tile_sum); m = m_new, then keep_zero_max (AITER, seed era)
 //   acc = acc * alpha; for kc = 0, 16, .. UT_TILE - 16:
 //     acc = MMA(round_dtype(P[:, kc..+16]) V[kc..+16, :] + acc)
-// 2D: out = round(acc / l) (vLLM) or round(acc * (1 / l)) (AITER), unguarded, NaN fresh.
-// 3D: f32 partials (acc, m, l) per segment; unified_attention.hip's
-// reduce_segments combines them.
+// 2D: out = round(acc / l) (vLLM) or round(acc * (v_descale / l)) (AITER;
+// v_descale = v_scale over an fp8 cache, else 1), unguarded, NaN fresh.
+// 3D: f32 partials (acc [* v_scale, AITER over fp8], m, l) per segment;
+// unified_attention.hip's reduce_segments combines them.
 //
 // Layouts as flash_varlen_tc.hip. NVIDIA: S = Q K^T with Q as A (registers,
 // loaded once), K^T as B from shared memory; lane l holds rows l/4, l/4 + 8
@@ -35,16 +39,20 @@
 // accumulators of two column tiles are P's A fragment for one 16-key chunk;
 // V is B (ldmatrix.trans). CDNA: S^T = K Q^T and O^T = V^T P^T, lane l holds
 // row l%16 and keys 4(l/16) + i of each 16-key tile (lane parts l/16).
-// K and V tiles staged in shared memory with rows padded by 16 bytes; on
-// NVIDIA by cp.async, double buffered. Grid (cdiv(max q-blocks, q-blocks
-// per workgroup), num_reqs, Hkv * segments), the last q-blocks (most keys)
-// first. Compile-time: Q_DTYPE (== KV_DTYPE; bf16/f16), UT_D (head size,
-// multiple of 16), UT_TILE (TILE_SIZE, multiple of 16), UT_BM (BLOCK_M,
-// multiple of 16), UT_WARPS (a multiple of UT_BM / 16).
+// K and V tiles staged in shared memory (query-dtype bits) with rows padded
+// by 16 bytes; on NVIDIA by cp.async, double buffered (an fp8 cache: 8-byte
+// loads converted to 16 bytes by the threads, into the same buffers). Grid
+// (cdiv(max q-blocks, q-blocks per workgroup), num_reqs, Hkv * segments),
+// the last q-blocks (most keys) first. Compile-time: Q_DTYPE (bf16/f16),
+// KV_DTYPE (Q_DTYPE or either fp8), UT_D (head size, multiple of 16),
+// UT_TILE (TILE_SIZE, multiple of 16), UT_BM (BLOCK_M, multiple of 16),
+// UT_WARPS (a multiple of UT_BM / 16).
 
 typedef Storage<Q_DTYPE> E;
-#if Q_DTYPE != KV_DTYPE
-#error "unified_attention_tc: the cache dtype must be the query dtype"
+typedef Storage<KV_DTYPE> KVS;
+#define UT_KV_FP8 (KV_DTYPE == DT_FP8_FNUZ || KV_DTYPE == DT_FP8_FN)
+#if KV_DTYPE != Q_DTYPE && !UT_KV_FP8
+#error "unified_attention_tc: the cache dtype must be the query dtype or fp8"
 #endif
 #if Q_DTYPE == DT_BF16
 #define UT_FMT MMA_BF16
@@ -85,7 +93,10 @@ typedef Storage<Q_DTYPE> E;
 struct UnifiedTcArgs {
     i64 num_heads, num_kv_heads, block_size, max_blocks, block_q, num_segments, window;
     i32 causal, flavor, is_3d, has_sinks, has_alibi, softcap_formula, zero_masked_max, host_target;
-    float scale, scale_log2, softcap, pad;
+    // scale: the flavour's score scale (AITER over fp8: times k_scale);
+    // k_scale / v_scale: vLLM's fp8 dequant at the load; v_descale: AITER's
+    // epilogue factor (v_scale over fp8, else 1).
+    float scale, scale_log2, softcap, k_scale, v_scale, v_descale;
 };
 
 DEVICE u32 ut_pack(float lo, float hi) { return (u32)E::store(lo) | ((u32)E::store(hi) << 16); }
@@ -178,18 +189,53 @@ DEVICE void ut_copy16(u16* dst, const u16* src, bool ok) {
 }
 #endif
 
+#if UT_KV_FP8
+// Eight fp8 cache elements at src (8-byte aligned) as query-dtype bits in
+// dst (16 bytes), each as the flavour loads it (Flavor::kv_to_q: vLLM
+// dequant_kv, AITER the exact widening); zeros when !ok.
+DEVICE void ut_convert8(u16* dst, const u8* src, bool ok, float scale, bool vllm) {
+    u32 w[2] = {0u, 0u};
+    if (ok) {
+        const u32* s4 = reinterpret_cast<const u32*>(src);
+        w[0] = s4[0];
+        w[1] = s4[1];
+    }
+    u32 o[4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        u16 h[2];
+#pragma unroll
+        for (int k = 0; k < 2; ++k) {
+            const u8 raw = (u8)(w[i / 2] >> (8 * (2 * (i % 2) + k)));
+            h[k] = ok ? E::store(vllm ? dequant_kv<Q_DTYPE, KV_DTYPE>(raw, scale) : KVS::load(raw)) : (u16)0;
+        }
+        o[i] = (u32)h[0] | ((u32)h[1] << 16);
+    }
+    u32* d4 = reinterpret_cast<u32*>(dst);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) d4[i] = o[i];
+}
+#endif
+
 // Stages the K and V rows of keys t0 .. t0 + UT_TILE (zeros from seq_len on)
-// into Ks / Vs [UT_TILE][UT_KS], through the block table.
-DEVICE void ut_stage(u16* Ks, u16* Vs, const u16* kc, const u16* vc, const i32* bt, i64 bs, i64 kv_row, i64 head_off,
-                     i64 t0, i64 seq_len, int tid) {
+// into Ks / Vs [UT_TILE][UT_KS] (query-dtype bits), through the block table.
+DEVICE void ut_stage(u16* Ks, u16* Vs, const KVS::T* kc, const KVS::T* vc, const i32* bt, i64 bs, i64 kv_row,
+                     i64 head_off, i64 t0, i64 seq_len, int tid, const UnifiedTcArgs& a) {
     constexpr int KC = UT_D / 8;
     for (int c = tid; c < UT_TILE * KC; c += UT_THREADS) {
         const int j = c / KC, x = c % KC;
         const i64 t = t0 + j;
         const bool ok = t < seq_len;
         const i64 off = ok ? ((i64)bt[t / bs] * bs + t % bs) * kv_row + head_off + x * 8 : 0;
+#if UT_KV_FP8
+        const bool vllm = a.flavor == 0;
+        ut_convert8(Ks + j * UT_KS + x * 8, kc + off, ok, a.k_scale, vllm);
+        ut_convert8(Vs + j * UT_KS + x * 8, vc + off, ok, a.v_scale, vllm);
+#else
+        (void)a;
         ut_copy16(Ks + j * UT_KS + x * 8, kc + off, ok);
         ut_copy16(Vs + j * UT_KS + x * 8, vc + off, ok);
+#endif
     }
 }
 
@@ -205,7 +251,7 @@ DEVICE void ut_stage(u16* Ks, u16* Vs, const u16* kc, const u16* vc, const i32* 
 #define UT_DT (UT_D / 16)
 
 extern "C" __global__ void UT_LAUNCH_BOUNDS unified_attention_tc(
-    const u16* __restrict__ query, const u16* __restrict__ k_cache, const u16* __restrict__ v_cache,
+    const u16* __restrict__ query, const KVS::T* __restrict__ k_cache, const KVS::T* __restrict__ v_cache,
     const i32* __restrict__ block_table, const i32* __restrict__ qsl, const i32* __restrict__ seq_lens,
     const float* __restrict__ sinks, const float* __restrict__ alibi_slopes, u16* __restrict__ out,
     float* __restrict__ segm_acc, float* __restrict__ segm_m, float* __restrict__ segm_l, UnifiedTcArgs a) {
@@ -310,13 +356,13 @@ extern "C" __global__ void UT_LAUNCH_BOUNDS unified_attention_tc(
 #if UT_STAGES == 2
         if (it == 0) {
             ut_stage(smem, smem + UT_TILE * UT_KS, k_cache, v_cache, bt, a.block_size, kv_row, head_off, t0, seq_len,
-                     tid);
+                     tid, a);
             ut_commit();
         }
         if (n + 1 < cn1) {
             u16* nb = smem + ((it + 1) & 1) * UT_STAGE_ELEMS;
             ut_stage(nb, nb + UT_TILE * UT_KS, k_cache, v_cache, bt, a.block_size, kv_row, head_off, t0 + UT_TILE,
-                     seq_len, tid);
+                     seq_len, tid, a);
             ut_commit();
             ut_wait<1>();
         } else {
@@ -325,7 +371,8 @@ extern "C" __global__ void UT_LAUNCH_BOUNDS unified_attention_tc(
         const u16* Ks = smem + (it & 1) * UT_STAGE_ELEMS;
 #else
         (void)it;
-        ut_stage(smem, smem + UT_TILE * UT_KS, k_cache, v_cache, bt, a.block_size, kv_row, head_off, t0, seq_len, tid);
+        ut_stage(smem, smem + UT_TILE * UT_KS, k_cache, v_cache, bt, a.block_size, kv_row, head_off, t0, seq_len, tid,
+                 a);
         const u16* Ks = smem;
 #endif
         const u16* Vs = Ks + UT_TILE * UT_KS;
@@ -469,7 +516,7 @@ extern "C" __global__ void UT_LAUNCH_BOUNDS unified_attention_tc(
         __syncthreads();
     }
 
-    // ---- 2D: out = round(acc / l) (AITER: acc * (1 / l)); 3D: f32 partials.
+    // ---- 2D: out = round(acc / l) (AITER: acc * (v_descale / l)); 3D: f32 partials.
 #pragma unroll
     for (int hf = 0; hf < UT_RW; ++hf) {
         if (!rvalid[hf]) continue;
@@ -478,24 +525,31 @@ extern "C" __global__ void UT_LAUNCH_BOUNDS unified_attention_tc(
         if (a.is_3d) {
             const i64 idx = row * S + seg;
             float* dst = segm_acc + idx * UT_D;
+            // AITER folds v_descale into the stored acc over an fp8 cache.
+#if UT_KV_FP8
+#define UT_PART(x) (a.flavor != 0 ? (x) * a.v_descale : (x))
+#else
+#define UT_PART(x) (x)
+#endif
 #if WAVE_SIZE == 32
 #pragma unroll
             for (int vt = 0; vt < UT_VT; ++vt) {
-                dst[vt * 8 + 2 * qp] = acc[vt][2 * hf];
-                dst[vt * 8 + 2 * qp + 1] = acc[vt][2 * hf + 1];
+                dst[vt * 8 + 2 * qp] = UT_PART(acc[vt][2 * hf]);
+                dst[vt * 8 + 2 * qp + 1] = UT_PART(acc[vt][2 * hf + 1]);
             }
 #else
 #pragma unroll
             for (int vt = 0; vt < UT_VT; ++vt)
 #pragma unroll
-                for (int i = 0; i < 4; ++i) dst[vt * 16 + 4 * qp + i] = acc[vt][i];
+                for (int i = 0; i < 4; ++i) dst[vt * 16 + 4 * qp + i] = UT_PART(acc[vt][i]);
 #endif
+#undef UT_PART
             if (qp == 0) {
                 segm_m[idx] = m_i[hf];
                 segm_l[idx] = l;
             }
         } else {
-            const float inv = 1.0f / l;
+            const float inv = a.v_descale / l;
             u16* orow = out + row * UT_D;
 #define UT_OUT(x) (a.flavor == 0 ? nan_fresh((x) / l) : nan_fresh((x) * inv))
 #if WAVE_SIZE == 32

@@ -4,7 +4,19 @@
 //! emulator. These pin what the emulator must reproduce: vLLM's kernel, bit
 //! for bit, including where that kernel disagrees with f64 attention.
 
-use attnlab_sim::replay::{replay_paths, ReplayResult, Status};
+use attnlab_shared::layout::{KvLayout, LayoutKind};
+use attnlab_shared::registry::BackendName;
+use attnlab_sim::backends::flavour::{Flavour, FlavourChoice};
+use attnlab_sim::cache::KvCache;
+use attnlab_sim::fixture::{self, Case};
+use attnlab_sim::kernels::unified_attention::{
+    unified_attention, unified_attention_3d, Grid, UnifiedLaunch, VllmLaunchOptions,
+};
+use attnlab_sim::kernels::unified_attention_tc::{unified_attention_tc, unified_attention_tc_3d};
+use attnlab_sim::numerics::mma::MatrixTarget;
+use attnlab_sim::profile::VllmProfile;
+use attnlab_sim::replay::{fixture_flavour, replay_paths, replay_paths_in, ReplayResult, Status};
+use attnlab_sim::tensor::Flat;
 use std::path::{Path, PathBuf};
 
 fn captured_dir() -> PathBuf {
@@ -241,4 +253,137 @@ fn mla_tc_output(name: &str) -> (Vec<f32>, Vec<f32>, usize) {
         .copied()
         .collect();
     (o.out, want, m.kv_lora_rank)
+}
+
+#[test]
+fn vllms_h100_fp8_capture_is_bit_exact_in_both_flavours_because_the_bf16_output_hides_their_f32_difference(
+) {
+    // triton_attn_00432: vLLM 0.34's unified_attention on an H100 (capture
+    // arch sm_90): a bf16 query, an fp8_e4m3 cache with per-tensor k/v
+    // scales, sinks; one decode token (5 query heads on 1 KV head, d 64)
+    // over 28 keys, every key visible (no mask inside the tiles), the
+    // recorded 3D launch of 16 segments of 16 keys (two segments work: keys
+    // 0-15 and 16-27). vLLM casts each fp8 tile to bf16 (`x * scale`) and
+    // runs tl.dot on the tensor cores: the tensor-core flavour (`auto` on
+    // this capture) is what it computes, and replays it bit for bit; so
+    // does the fma flavour.
+    let name = "triton_attn_00432";
+    let path = captured_dir().join(format!("{name}.safetensors"));
+    let f = fixture::load(&path).unwrap();
+    assert_eq!(
+        fixture_flavour(FlavourChoice::Auto, BackendName::TritonAttn, &f.header).unwrap(),
+        Flavour::TensorCore(MatrixTarget::Sm90)
+    );
+    for choice in [FlavourChoice::Tc, FlavourChoice::Fma, FlavourChoice::Auto] {
+        let rows = replay_paths_in(
+            std::slice::from_ref(&path),
+            Some("TRITON_ATTN"),
+            choice,
+            |_, _| {},
+        )
+        .unwrap();
+        let r = row(&rows, "TRITON_ATTN");
+        assert_eq!(r.status, Status::Pass, "{} {r:#?}", choice.name());
+        assert_bit_exact(r);
+    }
+    // Why both: the two arithmetics differ in f32, and the output's one
+    // rounding to bf16 (16 fewer bits) swallows the difference. The fp8
+    // data does not make them agree: K and V become bf16 values (4
+    // significant bits times the scale, rounded), so the products are exact
+    // in both, but the 64-term sums and P.V still round differently.
+    let Case::Paged(p) = &f.case else {
+        panic!("{name}: not a paged case")
+    };
+    let cfg = &p.cfg;
+    let layout = KvLayout {
+        kind: LayoutKind::Nhd,
+        num_blocks: p.meta.num_blocks(),
+        block_size: p.meta.block_size(),
+        num_kv_heads: cfg.num_kv_heads(),
+        head_size: cfg.head_size(),
+        dtype: cfg.kv_dtype(),
+    };
+    let cache = KvCache {
+        layout,
+        k: p.key_cache.flat().into_owned(),
+        v: p.value_cache.flat().into_owned(),
+    };
+    let q = p.query.flat().into_owned();
+    let opts = VllmLaunchOptions {
+        profile: VllmProfile::V0_34,
+        ..VllmLaunchOptions::default()
+    };
+    let launch = UnifiedLaunch {
+        grid: Grid::ThreeD { num_segments: 16 },
+        tile_size: 16,
+        ..UnifiedLaunch::vllm(&p.meta, cfg, opts).unwrap()
+    };
+    let fma = unified_attention_3d(&q, &cache, &p.meta, cfg, &launch).unwrap();
+    let tc =
+        unified_attention_tc_3d(&q, &cache, &p.meta, cfg, &launch, MatrixTarget::Sm90).unwrap();
+    let differ = fma
+        .acc
+        .iter()
+        .zip(&tc.acc)
+        .filter(|(a, b)| a.to_bits() != b.to_bits())
+        .count();
+    assert!(
+        differ > 0,
+        "{name}: the fma and sm_90 segment partials should differ in f32"
+    );
+    let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+    let out_fma = unified_attention(&q, &cache, &p.meta, cfg, &launch).unwrap();
+    let out_tc =
+        unified_attention_tc(&q, &cache, &p.meta, cfg, &launch, MatrixTarget::Sm90).unwrap();
+    assert_eq!(bits(&out_fma), bits(&out_tc), "{name}: bf16 outputs");
+    let captured = p.output.as_ref().unwrap().flat().into_owned();
+    assert_eq!(bits(&out_tc), bits(&captured), "{name}: vLLM's H100 bits");
+}
+
+#[test]
+fn every_16_bit_triton_attn_capture_replays_bit_exact_on_the_h100s_tensor_cores() {
+    // `--flavour auto` on these sm_90 captures is the tensor-core flavour:
+    // TRITON_ATTN on unified_attention_tc, fp8 caches (4 of the captures)
+    // included; the f32-query capture (TF32 on the H100) is refused naming
+    // its dtype.
+    let rows = replay_paths_in(
+        &[captured_dir()],
+        Some("TRITON_ATTN"),
+        FlavourChoice::Auto,
+        |_, _| {},
+    )
+    .unwrap();
+    let (mut exact, mut fp8) = (0, 0);
+    for r in rows.iter().filter(|r| {
+        r.backend == "TRITON_ATTN"
+            && Path::new(&r.file)
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .is_some_and(|s| s.starts_with("triton_attn_"))
+    }) {
+        if r.dtype == "float32" {
+            assert_eq!(r.status, Status::Skipped, "{r:#?}");
+            assert!(
+                r.reason.as_deref().is_some_and(|m| m.contains("float32")),
+                "{r:#?}"
+            );
+            continue;
+        }
+        assert_eq!(r.status, Status::Pass, "{r:#?}");
+        let u = r
+            .ulp
+            .as_ref()
+            .unwrap_or_else(|| panic!("no ULP stats: {r:#?}"));
+        assert_eq!(u.bit_exact, u.elements, "{}: not bit-exact: {u:?}", r.file);
+        exact += 1;
+        fp8 += usize::from(
+            r.kv_cache_dtype
+                .as_deref()
+                .is_some_and(|k| k.starts_with("fp8")),
+        );
+    }
+    assert!(
+        exact >= 11 && fp8 >= 4,
+        "{exact} bit-exact, {fp8} with fp8 caches"
+    );
 }

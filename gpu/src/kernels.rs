@@ -135,16 +135,18 @@ fn tc_variants() -> Vec<Defines> {
         .collect()
 }
 
-/// The `-D` set of one compiled `unified_attention_tc` shape: dtype (query
-/// and cache), head size, TILE_SIZE, BLOCK_M, waves per workgroup.
+/// The `-D` set of one compiled `unified_attention_tc` shape: query and
+/// cache dtypes (the cache in the query dtype or fp8), head size,
+/// TILE_SIZE, BLOCK_M, waves per workgroup.
 pub fn unified_tc_defines(
-    dt: DType,
+    q: DType,
+    kv: DType,
     d: usize,
     tile: usize,
     block_m: usize,
     warps: usize,
 ) -> Vec<(String, String)> {
-    let mut v = qkv_defines(dt, dt).to_vec();
+    let mut v = qkv_defines(q, kv).to_vec();
     for (k, x) in [
         ("UT_D", d),
         ("UT_TILE", tile),
@@ -236,15 +238,23 @@ fn flex_tc_variants() -> Vec<Defines> {
 
 /// Both dtypes at the bench's shape (d 128, vLLM's 2D TILE 32 and AITER's
 /// prefill TILE 64, BLOCK_M 16, 4 waves) and one multi-wave program
-/// (BLOCK_M 64).
+/// (BLOCK_M 64), each with the cache in the query dtype; and both fp8
+/// caches (TILE 16, vLLM 0.34's 3D decode tile, and TILE 32).
 fn unified_tc_variants() -> Vec<Defines> {
-    [DType::Bf16, DType::F16]
+    let mut v: Vec<Defines> = [DType::Bf16, DType::F16]
         .into_iter()
         .flat_map(|dt| {
             [(32usize, 16usize), (64, 16), (32, 64)]
-                .map(|(tile, bm)| unified_tc_defines(dt, 128, tile, bm, 4))
+                .map(|(tile, bm)| unified_tc_defines(dt, dt, 128, tile, bm, 4))
         })
-        .collect()
+        .collect();
+    for (q, kv, tile) in [
+        (DType::Bf16, DType::Fp8E4m3Fn, 16),
+        (DType::F16, DType::Fp8E4m3Fnuz, 32),
+    ] {
+        v.push(unified_tc_defines(q, kv, 128, tile, 16, 4));
+    }
+    v
 }
 
 fn varlen_variants() -> Vec<Defines> {

@@ -2,7 +2,8 @@
 //! device's own matrix-core model (sm_90 on an H100 and on the host at wave
 //! 32, gfx942 on the host at wave 64, the GPU's CDNA generation on AMD):
 //! mixed batches (decode, extend, prefill rows) over shuffled paged NHD
-//! caches, both flavours' launches (vLLM with each version profile, AITER
+//! caches in the query dtype or fp8 (either e4m3 variant, random per-tensor
+//! k/v scales: half the draws), both flavours' launches (vLLM with each version profile, AITER
 //! causal), 2D and 3D with 1-16 segments, BLOCK_M 16 and 32 (two waves
 //! per program), TILE_SIZE 16 to 64, windows, soft-cap, sinks, ALiBi,
 //! non-causal rows; one case in six pushed to the extremes where the
@@ -41,10 +42,12 @@ pub fn run(gpu: &Gpu, opts: DiffOptions) -> Result<KernelReport> {
     if !host && opts.cases >= 20 {
         let mut variants = Vec::new();
         for dt in [DType::Bf16, DType::F16] {
-            for d in SPACE.head_sizes {
-                for tile in TILES {
-                    for bm in [16, 32] {
-                        variants.push(defines(dt, *d, tile, bm, DEFAULT_WARPS));
+            for kv in [dt, DType::Fp8E4m3Fnuz, DType::Fp8E4m3Fn] {
+                for d in SPACE.head_sizes {
+                    for tile in TILES {
+                        for bm in [16, 32] {
+                            variants.push(defines(dt, kv, *d, tile, bm, DEFAULT_WARPS));
+                        }
                     }
                 }
             }
@@ -58,9 +61,9 @@ pub fn run(gpu: &Gpu, opts: DiffOptions) -> Result<KernelReport> {
                 None => return Ok(None),
             }
         }
-        let dt = case.cfg.dtype();
-        if !matches!(dt, DType::Bf16 | DType::F16) || case.cfg.kv_dtype() != dt {
-            return Ok(None); // the kernel's dtypes: bf16 or f16, cache as the query
+        let (dt, kv) = (case.cfg.dtype(), case.cfg.kv_dtype());
+        if !matches!(dt, DType::Bf16 | DType::F16) || (kv != dt && !kv.is_fp8()) {
+            return Ok(None); // the kernel's dtypes: bf16 or f16, the cache as the query or fp8
         }
         if rng.gen_ratio(1, 6) {
             push_to_extremes(rng, case)?;

@@ -249,11 +249,8 @@ impl UnifiedPlan {
                 )
             }
         };
-        // AITER folds k_descale into the score scale (as the sim's Kernel::new).
-        let scale = match launch.flavor {
-            Flavor::Aiter if cfg.kv_dtype().is_fp8() => cfg.scale() * cfg.k_scale(),
-            _ => cfg.scale(),
-        };
+        // AITER folds k_descale into the score scale (the sim's rule).
+        let scale = launch.flavor.score_scale(cfg);
         let args = UnifiedParams {
             num_reqs: meta.num_reqs() as i64,
             num_heads: hq as i64,

@@ -43,7 +43,9 @@ param_block! {
         scale: f32,
         scale_log2: f32,
         softcap: f32,
-        pad: f32,
+        k_scale: f32,
+        v_scale: f32,
+        v_descale: f32,
     }
 }
 
@@ -93,8 +95,8 @@ pub fn unified_attention_tc(gpu: &Gpu, args: &UnifiedArgs) -> Result<Vec<u32>> {
     if meta.num_actual_tokens() == 0 {
         return Ok(vec![]);
     }
-    // The cache goes up in cfg.kv_dtype, which the plan's tc_format made
-    // the query dtype.
+    // The cache goes up in cfg.kv_dtype (the query dtype or fp8, as the
+    // plan's tc_format admits), the kernel's KV_DTYPE.
     let (n_seg, is_3d) = (plan.num_segments, plan.is_3d);
     run_on_device(gpu, args, n_seg, is_3d, |bufs| plan.launch(gpu, bufs))
 }
@@ -168,7 +170,14 @@ impl UnifiedTcPlan {
         }
         let main = gpu.function(
             "unified_attention_tc",
-            &defines(cfg.dtype(), d, launch.tile_size, launch.block_m, warps),
+            &defines(
+                cfg.dtype(),
+                cfg.kv_dtype(),
+                d,
+                launch.tile_size,
+                launch.block_m,
+                warps,
+            ),
             "unified_attention_tc",
         )?;
         let programs_per_wg = warps / (launch.block_m / WAVE_ROWS);
@@ -190,6 +199,8 @@ impl UnifiedTcPlan {
             shared_bytes: shared as u32,
         };
         let zero_max = launch.masked_row_max() == MaskedRowMax::KeepZero;
+        // The flavour's score scale and fp8 factors, as the twin's.
+        let scale = launch.flavor.score_scale(cfg);
         let args = UnifiedTcParams {
             num_heads: hq as i64,
             num_kv_heads: cfg.num_kv_heads() as i64,
@@ -206,10 +217,12 @@ impl UnifiedTcPlan {
             softcap_formula: softcap_code(launch.softcap_formula()),
             zero_masked_max: zero_max as i32,
             host_target: host_target_code(target),
-            scale: cfg.scale(),
-            scale_log2: softmax_scale_log2(cfg.scale()),
+            scale,
+            scale_log2: softmax_scale_log2(scale),
             softcap: cfg.softcap().unwrap_or(0.0),
-            pad: 0.0,
+            k_scale: cfg.k_scale(),
+            v_scale: cfg.v_scale(),
+            v_descale: launch.flavor.v_descale(cfg).unwrap_or(1.0),
         }
         .arg();
         let reduce = if is_3d {

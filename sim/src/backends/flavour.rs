@@ -20,7 +20,7 @@
 //! | `flash_attn_varlen_func` | `flash_varlen_tc` (key tiles of [`DEFAULT_BLOCK_N`]) |
 //! | `paged_attention_v1` / `paged_attention_common` / ROCM_ATTN's ll4mi decode over an NHD cache | `paged_decode_tc` (split-KV) |
 //! | ROCM_ATTN's 2D decode (`kernel_paged_attention_2d`), and the ll4mi decodes over the x-packed or shuffled caches | `paged_decode_2d_tc` (any layout) |
-//! | `unified_attention` | `unified_attention_tc` (NHD caches) |
+//! | `unified_attention` | `unified_attention_tc` (NHD caches in the query dtype or fp8) |
 //! | `context_attention_fwd` (ROCM_ATTN's prefix prefill) | `prefix_prefill_tc` (any layout) |
 //! | `flex_attention` | `flex_attention_tc` |
 //! | TRITON_MLA's `decode_attention_fwd` | `mla_decode_tc` (bf16/f16, latent and rope multiples of 16) |
@@ -361,8 +361,9 @@ pub fn check_decode_tc(
 
 /// Whether `unified_attention_tc` takes a unified-attention launch of
 /// `cfg` over a cache of `layout` kind, as the family checks it (bf16/f16
-/// with the same cache dtype, an NHD cache, BLOCK_M, TILE_SIZE and head
-/// size multiples of 16 within the tiles' limits), and with no zoo fault.
+/// with the cache in the query dtype or fp8 with per-tensor scales, an NHD
+/// cache, BLOCK_M, TILE_SIZE and head size multiples of 16 within the
+/// tiles' limits), and with no zoo fault.
 /// Both executors call it before the launch, and [`admits`] for a route.
 pub fn check_unified_tc(
     cfg: &AttnConfig,
@@ -913,6 +914,57 @@ mod tests {
         );
         // One multiprocessor of one wave: the whole sequence in one split, rounded to steps.
         assert_eq!(decode_split_size(1, 1, 32, &meta, &cfg), 1008);
+    }
+
+    #[test]
+    fn unified_attention_tc_takes_fp8_caches_and_refuses_other_cache_dtypes_naming_them() {
+        use attnlab_shared::dtype::DType;
+        let meta = AttentionMetadata::new(
+            16,
+            3,
+            vec![0, 1, 4],
+            vec![20, 3],
+            BlockTableTensor::from_rows(&[vec![0, 1], vec![2, 0]]),
+            vec![19, 32, 33, 34],
+            true,
+        )
+        .unwrap();
+        let cfg = |q: DType, kv: DType| {
+            crate::config::AttnConfigBuilder {
+                kv_dtype: kv,
+                sinks: Some(vec![0.5; 4]),
+                ..AttnConfig::builder(4, 1, 64, q)
+            }
+            .build()
+            .unwrap()
+        };
+        for (q, kv) in [
+            (DType::Bf16, DType::Fp8E4m3Fn),
+            (DType::Bf16, DType::Fp8E4m3Fnuz),
+            (DType::F16, DType::Fp8E4m3Fnuz),
+            (DType::F16, DType::F16),
+        ] {
+            let c = cfg(q, kv);
+            let vllm = UnifiedLaunch::vllm(&meta, &c, Default::default()).unwrap();
+            let aiter = UnifiedLaunch::aiter(&meta, &c, MI300X_CU_COUNT).unwrap();
+            for t in MatrixTarget::ALL {
+                for launch in [vllm, aiter] {
+                    check_unified_tc(&c, &launch, LayoutKind::Nhd, t)
+                        .unwrap_or_else(|e| panic!("{} / {}: {e}", q.name(), kv.name()));
+                }
+            }
+        }
+        let c = cfg(DType::Bf16, DType::F16);
+        let launch = UnifiedLaunch::vllm(&meta, &c, Default::default()).unwrap();
+        let e = check_unified_tc(&c, &launch, LayoutKind::Nhd, MatrixTarget::Sm90)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("unified_attention_tc refuses")
+                && e.contains("KV cache dtype float16")
+                && e.contains("fp8"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -130,6 +130,46 @@ pub enum Flavor {
     Aiter,
 }
 
+impl Flavor {
+    /// A K or V cache element `x` (its value, exactly widened) as the
+    /// kernel's tile load turns it into a query-dtype operand: vLLM
+    /// dequantizes an fp8 cache (`x * scale` in f32, [`dequant_kv`]) and
+    /// casts to the query dtype (`_cast_kv_tile`'s per-tensor mode); AITER
+    /// only casts (its scales are folded elsewhere: [`Flavor::score_scale`],
+    /// [`Flavor::v_descale`]). A cache in another 16-bit dtype is cast by
+    /// both; fp8 values are exact in f16 and bf16.
+    #[inline]
+    pub fn kv_to_q(self, x: f32, scale: f32, cfg: &AttnConfig) -> f32 {
+        let (q, kv) = (cfg.dtype(), cfg.kv_dtype());
+        match self {
+            Flavor::Vllm => q.round(dequant_kv(x, scale, kv, q)),
+            Flavor::Aiter => q.round(x),
+        }
+    }
+
+    /// The softmax scale the kernel applies to Q·Kᵀ: AITER folds an fp8
+    /// cache's `k_scale` into it (`qk_scale * k_descale`); vLLM's is the
+    /// layer's.
+    #[inline]
+    pub fn score_scale(self, cfg: &AttnConfig) -> f32 {
+        match self {
+            Flavor::Aiter if cfg.kv_dtype().is_fp8() => cfg.scale() * cfg.k_scale(),
+            _ => cfg.scale(),
+        }
+    }
+
+    /// AITER's `v_descale` over an fp8 cache, applied to the accumulator in
+    /// the epilogue (2D `acc * (v_descale / l)`, 3D `acc * v_descale` stored);
+    /// `None` for vLLM (V was dequantized at the load) and 16-bit caches.
+    #[inline]
+    pub fn v_descale(self, cfg: &AttnConfig) -> Option<f32> {
+        match self {
+            Flavor::Aiter if cfg.kv_dtype().is_fp8() => Some(cfg.v_scale()),
+            _ => None,
+        }
+    }
+}
+
 /// Which segments `reduce_segments` combines (the written ones: `s < nact`,
 /// `nact = cdiv(seq_len, tps * TILE)`; each has stored `(acc, m, l)`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -591,10 +631,7 @@ fn run_3d(k: &Kernel, num_segments: usize) -> SegmentPartials {
         l: vec![0.0; rows],
     };
     // AITER folds v_descale into the stored acc (`acc *= v_descale`); vLLM stores it raw.
-    let v_fold = match launch.flavor {
-        Flavor::Aiter if cfg.kv_dtype().is_fp8() => Some(cfg.v_scale()),
-        _ => None,
-    };
+    let v_fold = launch.flavor.v_descale(cfg);
     for r in results {
         for (row, state) in r.rows.iter().zip(&r.states) {
             let i = (row.token * hq + row.head) * s_n + r.segment;
@@ -927,10 +964,7 @@ impl<'a> Kernel<'a> {
     ) -> Self {
         let l = &cache.layout;
         // AITER folds k_descale into qk_scale and applies v_descale in the epilogue.
-        let scale = match launch.flavor {
-            Flavor::Aiter if cfg.kv_dtype().is_fp8() => cfg.scale() * cfg.k_scale(),
-            _ => cfg.scale(),
-        };
+        let scale = launch.flavor.score_scale(cfg);
         Kernel {
             query,
             cache,
@@ -1206,12 +1240,12 @@ impl<'a> Kernel<'a> {
         }
         // Fault::Fp8KvDtypeMismatch: the bytes decoded as the other e4m3 variant.
         let reread = self.fp8_reread();
-        let load = |x: f32, scale: f32| match flavor {
-            Flavor::Vllm => {
-                let x = reread.map_or(x, |(w, r)| r.from_bits(w.to_bits(x)));
-                q_dtype.round(dequant_kv(x, scale, kv_dtype, q_dtype))
-            }
-            Flavor::Aiter => q_dtype.round(x),
+        let load = |x: f32, scale: f32| {
+            let x = match flavor {
+                Flavor::Vllm => reread.map_or(x, |(w, r)| r.from_bits(w.to_bits(x))),
+                Flavor::Aiter => x,
+            };
+            flavor.kv_to_q(x, scale, cfg)
         };
         buf.kv.gather_paged(
             self.cache,
@@ -1350,12 +1384,7 @@ impl<'a> Kernel<'a> {
                 }
             }
             Flavor::Aiter => {
-                let v_descale = if self.cfg.kv_dtype().is_fp8() {
-                    self.cfg.v_scale()
-                } else {
-                    1.0
-                };
-                let r = v_descale / state.l;
+                let r = self.launch.flavor.v_descale(self.cfg).unwrap_or(1.0) / state.l;
                 for (o, a) in dst.iter_mut().zip(&state.acc) {
                     *o = nan_fresh(a * r);
                 }

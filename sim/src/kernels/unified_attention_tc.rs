@@ -21,10 +21,13 @@
 //! ```text
 //! m = sink * LOG2E (2D, or segment 0) else -inf; l = 1 with that sink else 0; acc[d] = 0
 //! for j in tiles, ascending: keys t = j * TILE + jj, jj < TILE
-//!   K, V rows of key t through block_table[seq][t / N], row t % N; zero for t >= seq_len
+//!   K, V rows of key t through block_table[seq][t / N], row t % N; zero for t >= seq_len;
+//!     each element x as the flavour loads it (Flavor::kv_to_q): vLLM round_q(f32(x) * scale)
+//!     for an fp8 cache (k_scale, v_scale), AITER round_q(x); a 16-bit cache as stored
 //!   S[jj] = c, where c = +0, then for dc = 0, 16, .., D - 16:
 //!           c = MMA(q[dc..dc+16] . k_t[dc..dc+16] + c)                // chained along d
 //!   s[jj] = allowed(t, qabs) ? score(S[jj], slope * (t - ctx)) : -inf // the fma family's mask
+//!           (scale: Flavor::score_scale, AITER's folds k_scale in over an fp8 cache)
 //!   tile_max = max s; m_new = max(m, tile_max); m_ref = m_new, or 0 if -inf
 //!   alpha = exp2c(m - m_ref); p[jj] = exp2c(s[jj] - m_ref)
 //!   tile_sum: lane part q (4 lanes per row) sums its keys in ascending jj
@@ -33,10 +36,11 @@
 //!   acc[d] = acc[d] * alpha
 //!   for kc = 0, 16, .., TILE - 16:                                  // chained along keys
 //!     acc[d] = MMA(round_q(p[kc..kc+16]) . v[kc..kc+16][d] + acc[d])
-//! 2D: out = round_q(acc / l) (vLLM) or round_q(acc * (1 / l)) (AITER), unguarded
-//!     (l == 0: the contract's NaN), as the fma family
-//! 3D: (acc, m, l) f32 partials per segment, then the fma family's
-//!     [`reduce_segments`] (its rule per flavour and profile)
+//! 2D: out = round_q(acc / l) (vLLM) or round_q(acc * (v_descale / l)) (AITER;
+//!     v_descale = v_scale over an fp8 cache, else 1), unguarded (l == 0: the
+//!     contract's NaN), as the fma family
+//! 3D: (acc, m, l) f32 partials per segment (AITER over fp8: acc * v_scale),
+//!     then the fma family's [`reduce_segments`] (its rule per flavour and profile)
 //! ```
 //! `MMA(a . b + c)` is one element of one instruction: the target's
 //! [`Model::dot`] over 16 products (one block of 16 on sm_90; two blocks of
@@ -52,7 +56,13 @@
 //! Differences from the fma family: TILE_SIZE must be a multiple of 16 (the
 //! instruction's k), up to [`MAX_TILE`]; BLOCK_M a multiple of 16 up to
 //! [`MAX_BLOCK_M`]; head sizes multiples of 16 up to [`MAX_HEAD_SIZE`]; bf16
-//! or f16 only, the cache in the query dtype (no fp8 cache).
+//! or f16 queries with the cache in the query dtype or fp8 (e4m3fnuz or
+//! e4m3fn, per-tensor scales: vLLM 0.34's `KV_QUANT_MODE` 1; its
+//! per-token-head modes are no more modelled here than in the fma family).
+//! The fp8 load is the fma family's ([`Flavor::kv_to_q`], one definition):
+//! vLLM's `_cast_kv_tile` widens each fp8 element, multiplies by the scale
+//! in f32 and casts to the query dtype before `tl.dot`, so the instruction
+//! sees query-dtype operands either way.
 
 use super::flash_varlen_tc::{tile_sum, MMA_K};
 use super::softmax::{visible, ScoreParams};
@@ -79,7 +89,9 @@ pub const MAX_BLOCK_M: usize = 256;
 pub const MAX_HEAD_SIZE: usize = 256;
 
 /// The instruction's input format: the query dtype, bf16 or f16, with the
-/// cache in the same dtype.
+/// cache in the same dtype or fp8 (either e4m3 variant, per-tensor
+/// `k_scale` / `v_scale`: each tile element becomes a query-dtype operand
+/// at the load, [`Flavor::kv_to_q`]).
 pub fn tc_format(cfg: &AttnConfig) -> Result<InFormat> {
     let f = match cfg.dtype() {
         DType::Bf16 => InFormat::Bf16,
@@ -92,11 +104,17 @@ pub fn tc_format(cfg: &AttnConfig) -> Result<InFormat> {
             ))
         }
     };
-    if cfg.kv_dtype() != cfg.dtype() {
+    let kv = cfg.kv_dtype();
+    if kv != cfg.dtype() && !kv.is_fp8() {
         return Err(Error::invalid(
             "unified_attention_tc KV cache dtype",
-            cfg.kv_dtype().name(),
-            format!("the query dtype {} (no fp8 cache)", cfg.dtype().name()),
+            kv.name(),
+            format!(
+                "the query dtype {} or an fp8 cache ({} or {})",
+                cfg.dtype().name(),
+                DType::Fp8E4m3Fnuz.name(),
+                DType::Fp8E4m3Fn.name()
+            ),
         ));
     }
     Ok(f)
@@ -266,12 +284,14 @@ impl Kernel<'_> {
             let t0 = j * tile;
             kt.fill(0);
             vt.fill(0);
+            let (flavor, ks, vs) = (launch.flavor, cfg.k_scale(), cfg.v_scale());
             for jj in 0..tile.min(seq_len.saturating_sub(t0)) {
                 let (blk, r) = meta.kv_location(seq, t0 + jj);
                 for dd in 0..d {
-                    kt[jj * d + dd] = fmt.from_f32(self.cache.k[layout.k_offset(blk, r, kvh, dd)]);
-                    vt[dd * tile + jj] =
-                        fmt.from_f32(self.cache.v[layout.v_offset(blk, r, kvh, dd)]);
+                    let k = self.cache.k[layout.k_offset(blk, r, kvh, dd)];
+                    let v = self.cache.v[layout.v_offset(blk, r, kvh, dd)];
+                    kt[jj * d + dd] = fmt.from_f32(flavor.kv_to_q(k, ks, cfg));
+                    vt[dd * tile + jj] = fmt.from_f32(flavor.kv_to_q(v, vs, cfg));
                 }
             }
             for ((_, head, qabs, q), st) in rows.iter().zip(out.iter_mut()) {
@@ -371,7 +391,7 @@ fn kernel<'a>(
         fmt,
         model: target.model(fmt),
         target,
-        params: ScoreParams::new(cfg.scale(), cfg.softcap())
+        params: ScoreParams::new(launch.flavor.score_scale(cfg), cfg.softcap())
             .with_softcap_formula(launch.softcap_formula()),
     })
 }
@@ -417,9 +437,9 @@ pub fn unified_attention_tc_2d(
                 }
             }
             Flavor::Aiter => {
-                let inv = 1.0 / r.l;
+                let f = launch.flavor.v_descale(cfg).unwrap_or(1.0) / r.l;
                 for (o, a) in dst.iter_mut().zip(&r.acc) {
-                    *o = cfg.dtype().round(nan_fresh(a * inv));
+                    *o = cfg.dtype().round(nan_fresh(a * f));
                 }
             }
         }
@@ -455,11 +475,16 @@ pub fn unified_attention_tc_3d(
         m: vec![f32::NEG_INFINITY; rows],
         l: vec![0.0; rows],
     };
+    let v_fold = launch.flavor.v_descale(cfg);
     for (seg, r) in k.run(s_n) {
         let i = (r.token * hq + r.head) * s_n + seg;
         parts.m[i] = r.m;
         parts.l[i] = r.l;
-        parts.acc[i * d..(i + 1) * d].copy_from_slice(&r.acc);
+        let dst = &mut parts.acc[i * d..(i + 1) * d];
+        match v_fold {
+            Some(vs) => dst.iter_mut().zip(&r.acc).for_each(|(o, a)| *o = a * vs),
+            None => dst.copy_from_slice(&r.acc),
+        }
     }
     Ok(parts)
 }
@@ -483,7 +508,7 @@ mod tests {
             block_size,
             reqs,
             false,
-            cfg.dtype(),
+            cfg.kv_dtype(),
         )
     }
 
@@ -613,17 +638,168 @@ mod tests {
             },
         );
         assert!(e.contains("BLOCK_M") && e.contains('8'), "{e}");
-        let fp8 = crate::config::AttnConfigBuilder {
-            kv_dtype: DType::Fp8E4m3Fn,
+        let f16_cache = crate::config::AttnConfigBuilder {
+            kv_dtype: DType::F16,
             ..cfg.to_builder()
         }
         .build()
         .unwrap();
-        let e = tc_format(&fp8).unwrap_err().to_string();
-        assert!(e.contains(DType::Fp8E4m3Fn.name()), "{e}");
+        let e = tc_format(&f16_cache).unwrap_err().to_string();
+        assert!(
+            e.contains("KV cache dtype") && e.contains(DType::F16.name()) && e.contains("fp8"),
+            "{e}"
+        );
+        for kv in [DType::Fp8E4m3Fnuz, DType::Fp8E4m3Fn] {
+            let fp8 = crate::config::AttnConfigBuilder {
+                kv_dtype: kv,
+                ..cfg.to_builder()
+            }
+            .build()
+            .unwrap();
+            assert_eq!(tc_format(&fp8).unwrap(), InFormat::Bf16, "{}", kv.name());
+        }
         let f32_cfg = AttnConfig::new(2, 1, 32, DType::F32).unwrap();
         let e = tc_format(&f32_cfg).unwrap_err().to_string();
         assert!(e.contains("float32") && e.contains("bf16 or f16"), "{e}");
+    }
+
+    /// `cfg` with an fp8 cache of `kv` and the given per-tensor scales.
+    fn with_fp8(cfg: &AttnConfig, kv: DType, k_scale: f32, v_scale: f32) -> AttnConfig {
+        crate::config::AttnConfigBuilder {
+            kv_dtype: kv,
+            k_scale,
+            v_scale,
+            ..cfg.to_builder()
+        }
+        .build()
+        .unwrap()
+    }
+
+    /// Both flavours' launches of `cfg` over `meta`: vLLM 0.34's and AITER's.
+    fn both_launches(meta: &AttentionMetadata, cfg: &AttnConfig) -> [UnifiedLaunch; 2] {
+        let v = vllm_launch(meta, cfg);
+        let a = UnifiedLaunch::aiter(
+            meta,
+            cfg,
+            crate::kernels::unified_attention::MI300X_CU_COUNT,
+        )
+        .unwrap();
+        // The matrix tiles take multiples of 16 only.
+        let a = UnifiedLaunch {
+            tile_size: a.tile_size.next_multiple_of(MMA_K),
+            ..a
+        };
+        [v, a]
+    }
+
+    #[test]
+    fn an_fp8_cache_agrees_with_the_fma_kernel_within_rounding_in_both_flavours() {
+        let base = crate::config::AttnConfigBuilder {
+            sinks: Some(vec![0.5, -1.0, 0.25, 2.0]),
+            ..AttnConfig::builder(4, 2, 64, DType::Bf16)
+        }
+        .build()
+        .unwrap();
+        for (kv, q) in [
+            (DType::Fp8E4m3Fnuz, DType::Bf16),
+            (DType::Fp8E4m3Fn, DType::F16),
+        ] {
+            let cfg = with_fp8(
+                &crate::config::AttnConfigBuilder {
+                    dtype: q,
+                    ..base.to_builder()
+                }
+                .build()
+                .unwrap(),
+                kv,
+                0.75,
+                1.5,
+            );
+            let (q, cache, meta) = batch(&cfg, 16, &[(40, 1), (30, 9), (0, 37)]);
+            for launch in both_launches(&meta, &cfg) {
+                for grid in [Grid::TwoD, Grid::ThreeD { num_segments: 4 }] {
+                    let launch = launch.with_grid(grid);
+                    let fma = unified_attention(&q, &cache, &meta, &cfg, &launch).unwrap();
+                    for t in MatrixTarget::ALL {
+                        let tc = unified_attention_tc(&q, &cache, &meta, &cfg, &launch, t).unwrap();
+                        crate::kernels::test_batch::assert_within_rounding(
+                            &tc,
+                            &fma,
+                            &format!("{} {:?} {} {grid:?}", kv.name(), launch.flavor, t.name()),
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn vllm_over_an_fp8_cache_computes_a_query_dtype_cache_of_its_dequantised_tiles() {
+        // vLLM's _cast_kv_tile: round_q(f32(x) * scale) at the load, then
+        // tl.dot in the query dtype; nothing else sees the fp8 cache.
+        let base = AttnConfig::new(4, 1, 32, DType::Bf16).unwrap();
+        for kv in [DType::Fp8E4m3Fnuz, DType::Fp8E4m3Fn] {
+            let cfg = with_fp8(&base, kv, 0.0371, 0.0213);
+            let (q, cache, meta) = batch(&cfg, 16, &[(50, 1), (20, 13)]);
+            let deq = KvCache {
+                layout: attnlab_shared::layout::KvLayout {
+                    dtype: DType::Bf16,
+                    ..cache.layout
+                },
+                k: cache
+                    .k
+                    .iter()
+                    .map(|&x| DType::Bf16.round(x * cfg.k_scale()))
+                    .collect(),
+                v: cache
+                    .v
+                    .iter()
+                    .map(|&x| DType::Bf16.round(x * cfg.v_scale()))
+                    .collect(),
+            };
+            for grid in [Grid::TwoD, Grid::ThreeD { num_segments: 2 }] {
+                let launch = vllm_launch(&meta, &cfg).with_grid(grid);
+                for t in MatrixTarget::ALL {
+                    let a = unified_attention_tc(&q, &cache, &meta, &cfg, &launch, t).unwrap();
+                    let b = unified_attention_tc(&q, &deq, &meta, &base, &launch, t).unwrap();
+                    assert_eq!(bits(&a), bits(&b), "{} {} {grid:?}", kv.name(), t.name());
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn aiter_folds_the_fp8_scales_into_the_score_and_the_epilogue() {
+        // AITER loads the fp8 values as they are, multiplies the score scale
+        // by k_scale and the output by v_scale: with power-of-two scales
+        // that is exactly 4x the same cache read as bf16 values under
+        // scale * k_scale (every step commutes with a power of two).
+        let base = AttnConfig::new(4, 1, 32, DType::Bf16).unwrap();
+        let cfg = with_fp8(&base, DType::Fp8E4m3Fn, 0.5, 4.0);
+        let (q, cache, meta) = batch(&cfg, 16, &[(45, 1), (10, 21)]);
+        let raw = KvCache {
+            layout: attnlab_shared::layout::KvLayout {
+                dtype: DType::Bf16,
+                ..cache.layout
+            },
+            ..cache.clone()
+        };
+        let folded = crate::config::AttnConfigBuilder {
+            scale: base.scale() * 0.5,
+            ..base.to_builder()
+        }
+        .build()
+        .unwrap();
+        let [_, aiter] = both_launches(&meta, &cfg);
+        for grid in [Grid::TwoD, Grid::ThreeD { num_segments: 3 }] {
+            let launch = aiter.with_grid(grid);
+            for t in MatrixTarget::ALL {
+                let a = unified_attention_tc(&q, &cache, &meta, &cfg, &launch, t).unwrap();
+                let b = unified_attention_tc(&q, &raw, &meta, &folded, &launch, t).unwrap();
+                let b4: Vec<f32> = b.iter().map(|x| x * 4.0).collect();
+                assert_eq!(bits(&a), bits(&b4), "{} {grid:?}", t.name());
+            }
+        }
     }
 
     proptest! {
