@@ -1666,6 +1666,41 @@ mod tests {
     }
 
     #[test]
+    fn exp_and_rounding_of_a_row_block_are_exp2c_then_round_on_every_path() {
+        // Three rows of 37 scores (two 16-key vectors and a tail of 5)
+        // through every branch of exp2c, each shifted by its own max; one
+        // row's scores end in -inf (a masked key: P = 0, skipped).
+        let xs = exp_inputs();
+        let mut rows: [Vec<f32>; 3] = std::array::from_fn(|r| xs[r * 37..(r + 1) * 37].to_vec());
+        rows[2][36] = f32::NEG_INFINITY;
+        let m = [0.25f32, 0.0, -3.5];
+        for dtype in [DType::Bf16, DType::F32, DType::F16] {
+            for len in [37, 32, 5, 0] {
+                let run = |path: SimdPath| {
+                    let (mut p, mut rounded) = ([[0.0f32; 40]; 3], [[0.0f32; 40]; 3]);
+                    let s = std::array::from_fn(|r| &rows[r][..len]);
+                    let zero = exp2c_round_rows(path, s, m, len, dtype, &mut p, &mut rounded);
+                    let b: Vec<Vec<u32>> = (0..3)
+                        .flat_map(|r| [bits(&p[r][..len]), bits(&rounded[r][..len])])
+                        .collect();
+                    (b, zero)
+                };
+                let want_p: Vec<Vec<f32>> = (0..3)
+                    .map(|r| rows[r][..len].iter().map(|&x| exp2c(x - m[r])).collect())
+                    .collect();
+                let want: Vec<Vec<u32>> = want_p
+                    .iter()
+                    .flat_map(|p| [bits(p), bits(&p.iter().map(|&x| dtype.round(x)).collect::<Vec<_>>())])
+                    .collect();
+                let zero = want_p.iter().flatten().any(|&x| x == 0.0);
+                for path in SimdPath::available() {
+                    assert_eq!(run(path), (want.clone(), zero), "{} {dtype:?} len {len}", path.name());
+                }
+            }
+        }
+    }
+
+    #[test]
     fn every_simd_path_gives_the_same_bits() {
         let xs = exp_inputs();
         let want: Vec<f32> = xs.iter().map(|&x| exp2c(x - 0.25)).collect();
@@ -1724,7 +1759,11 @@ mod tests {
             }
             let mut lanes: Vec<f32> = xs[..64].to_vec();
             let wsum = butterfly_lane0(&mut lanes, |a, b| a + b);
+            // P and round(P) of two rows of 45 scores (exp2c's branches).
+            let (mut pe, mut pr) = ([[0.0f32; 48]; 2], [[0.0f32; 48]; 2]);
+            let skips = exp2c_round_rows(path, [&xs[..45], &xs[45..90]], [0.25, -1.0], 45, DType::Bf16, &mut pe, &mut pr);
             (
+                (bits(&pe.concat()), bits(&pr.concat()), skips),
                 bits(&e),
                 bits(&dots),
                 bits(&acc),
@@ -1733,7 +1772,7 @@ mod tests {
             )
         };
         let portable = run(SimdPath::Portable);
-        assert_eq!(portable.0, bits(&want), "portable exp2c_shifted is exp2c");
+        assert_eq!(portable.1, bits(&want), "portable exp2c_shifted is exp2c");
         // The chain of one dot, spelled out.
         for (r, qr) in q.iter().enumerate() {
             for j in 0..keys {
@@ -1741,7 +1780,7 @@ mod tests {
                 for i in 0..d {
                     a = qr[i].mul_add(w[i * keys + j], a);
                 }
-                assert_eq!(portable.1[r * keys + j], a.to_bits(), "row {r} key {j}");
+                assert_eq!(portable.2[r * keys + j], a.to_bits(), "row {r} key {j}");
             }
         }
         for path in SimdPath::available() {
