@@ -455,10 +455,10 @@ pub fn varlen(args: &VarlenArgs) -> OutLse {
                 .flat_map(move |mb| (0..hk).map(move |g| (b, mb, g)))
         })
         .collect();
-    // K^T of every tile of a (sequence, kv head) whose tiles several row
-    // blocks read: transposed once, shared by its programs (a copy: the
-    // same values each program would transpose itself).
-    let kt: Vec<Option<Vec<f32>>> = (0..batch)
+    // K^T and V of every tile of a (sequence, kv head) whose tiles several
+    // row blocks read: laid out once (padded tiles), shared by its
+    // programs (copies: the same values each program would lay out itself).
+    let kt: Vec<Option<(Vec<f32>, Vec<f32>)>> = (0..batch)
         .flat_map(|b| (0..hk).map(move |g| (b, g)))
         .collect::<Vec<_>>()
         .par_iter()
@@ -474,14 +474,19 @@ pub fn varlen(args: &VarlenArgs) -> OutLse {
                     let len = bn.min(sk - n * bn);
                     transpose_k_tile(k, (k0 + n * bn) * hk + g, hk * d, len, d, ld, &dims, tile);
                 }
-                all
+                let (dv, ld_v) = (p.head_size_v(), padded(p.head_size_v()));
+                let mut vs = vec![0.0f32; sk.div_ceil(bn) * bn * ld_v];
+                for (j, row) in vs.chunks_exact_mut(ld_v).take(sk).enumerate() {
+                    row[..dv].copy_from_slice(&v[((k0 + j) * hk + g) * dv..][..dv]);
+                }
+                (all, vs)
             })
         })
         .collect();
     let blocks: Vec<(usize, usize, Vec<f32>, Vec<f32>)> = programs
         .par_iter()
         .map(|&(b, mb, g)| {
-            let kt_seq = kt[b * hk + g].as_deref();
+            let kt_seq = kt[b * hk + g].as_ref().map(|(k, v)| (k.as_slice(), v.as_slice()));
             let (out, lse) =
                 program(q, k, v, cu_seqlens_q, cu_seqlens_k, b, mb, g, p, kt_seq);
             (cu_seqlens_q[b] as usize + mb * BLOCK_M, g, out, lse)
@@ -522,7 +527,7 @@ fn program(
     mb: usize,
     g: usize,
     p: &VarlenParams,
-    kt_seq: Option<&[f32]>,
+    kt_seq: Option<(&[f32], &[f32])>,
 ) -> (Vec<f32>, Vec<f32>) {
     let (hq, hk, d, dv, bn) = (
         p.num_heads(),
@@ -577,16 +582,20 @@ fn program(
     for n in n_min..n_max {
         let (j0, len) = (n * bn, bn.min(sk - n * bn));
         // K^T of the tile: the sequence's shared copy, else our own.
-        let k_t: &[f32] = match kt_seq {
-            Some(all) => &all[n * d * ld_k..(n + 1) * d * ld_k],
+        let (k_t, v_t): (&[f32], &[f32]) = match kt_seq {
+            Some((all_k, all_v)) => (
+                &all_k[n * d * ld_k..(n + 1) * d * ld_k],
+                &all_v[n * bn * ld_v..(n + 1) * bn * ld_v],
+            ),
             None => {
                 transpose_k_tile(k, (k0 + j0) * hk + g, hk * d, len, d, ld_k, &dims, &mut k_t);
-                &k_t
+                for j in 0..len {
+                    v_tile[j * ld_v..j * ld_v + dv]
+                        .copy_from_slice(&v[((k0 + j0 + j) * hk + g) * dv..][..dv]);
+                }
+                (&k_t, &v_tile)
             }
         };
-        for j in 0..len {
-            v_tile[j * ld_v..j * ld_v + dv].copy_from_slice(&v[((k0 + j0 + j) * hk + g) * dv..][..dv]);
-        }
         // S_ij in place over the dot products, then the chunk's rows step
         // together (update_rows: every row its own step).
         for (hh, h) in heads.clone().enumerate() {
@@ -621,7 +630,7 @@ fn program(
                     block,
                     bn,
                     n_keys,
-                    |j| &v_tile[j * ld_v..j * ld_v + dv],
+                    |j| &v_t[j * ld_v..j * ld_v + dv],
                     p.dtype(),
                 );
             }
