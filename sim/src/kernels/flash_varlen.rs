@@ -49,6 +49,10 @@ use rayon::prelude::*;
 /// Query rows per program (CK `bm0` for every head size ROCm uses).
 pub const BLOCK_M: usize = 128;
 
+/// Query rows of one head stepped through a tile together (a program's
+/// rows in chunks: their scores stay in L1; any chunking gives the same bits).
+const CHUNK: usize = 32;
+
 /// Keys per tile: CK fmha_fwd's `bn0` (64 for head size <= 64, else 128).
 pub fn ck_block_n(head_size: usize) -> usize {
     if head_size <= 64 {
@@ -451,32 +455,40 @@ pub fn varlen(args: &VarlenArgs) -> OutLse {
                 .flat_map(move |mb| (0..hk).map(move |g| (b, mb, g)))
         })
         .collect();
-    // K^T of every tile of a (sequence, kv head) whose tiles several row
-    // blocks read: transposed once, shared by its programs (a copy: the
-    // same values each program would transpose itself).
-    let kt: Vec<Option<Vec<f32>>> = (0..batch)
+    // K^T and V of every tile of a (sequence, kv head) whose tiles several
+    // row blocks read: laid out once (padded tiles), shared by its
+    // programs (copies: the same values each program would lay out itself).
+    let kt: Vec<Option<(Vec<f32>, Vec<f32>)>> = (0..batch)
         .flat_map(|b| (0..hk).map(move |g| (b, g)))
         .collect::<Vec<_>>()
         .par_iter()
         .map(|&(b, g)| {
             (seq_len(cu_seqlens_q, b) > BLOCK_M).then(|| {
                 let (d, bn) = (p.head_size(), p.block_n());
+                let ld = padded(bn);
                 let sk = seq_len(cu_seqlens_k, b);
                 let k0 = cu_seqlens_k[b] as usize;
                 let dims: Vec<usize> = (0..d).collect();
-                let mut all = vec![0.0f32; sk.div_ceil(bn) * d * bn];
-                for (n, tile) in all.chunks_exact_mut(d * bn).enumerate() {
+                let mut all = vec![0.0f32; sk.div_ceil(bn) * d * ld];
+                for (n, tile) in all.chunks_exact_mut(d * ld).enumerate() {
                     let len = bn.min(sk - n * bn);
-                    transpose_k_tile(k, (k0 + n * bn) * hk + g, hk * d, len, d, bn, &dims, tile);
+                    transpose_k_tile(k, (k0 + n * bn) * hk + g, hk * d, len, d, ld, &dims, tile);
                 }
-                all
+                let (dv, ld_v) = (p.head_size_v(), padded(p.head_size_v()));
+                let mut vs = vec![0.0f32; sk.div_ceil(bn) * bn * ld_v];
+                for (j, row) in vs.chunks_exact_mut(ld_v).take(sk).enumerate() {
+                    row[..dv].copy_from_slice(&v[((k0 + j) * hk + g) * dv..][..dv]);
+                }
+                (all, vs)
             })
         })
         .collect();
     let blocks: Vec<(usize, usize, Vec<f32>, Vec<f32>)> = programs
         .par_iter()
         .map(|&(b, mb, g)| {
-            let kt_seq = kt[b * hk + g].as_deref();
+            let kt_seq = kt[b * hk + g]
+                .as_ref()
+                .map(|(k, v)| (k.as_slice(), v.as_slice()));
             let (out, lse) = program(q, k, v, cu_seqlens_q, cu_seqlens_k, b, mb, g, p, kt_seq);
             (cu_seqlens_q[b] as usize + mb * BLOCK_M, g, out, lse)
         })
@@ -516,7 +528,7 @@ fn program(
     mb: usize,
     g: usize,
     p: &VarlenParams,
-    kt_seq: Option<&[f32]>,
+    kt_seq: Option<(&[f32], &[f32])>,
 ) -> (Vec<f32>, Vec<f32>) {
     let (hq, hk, d, dv, bn) = (
         p.num_heads(),
@@ -555,12 +567,15 @@ fn program(
         .collect();
     // Own K^T / V tile buffers rather than softmax::KvTile: V's head size may
     // differ from Q/K's here (MLA prefill, 192 / 128). Same layout and QK order.
-    let mut k_t = vec![0.0f32; d * bn];
-    let mut v_tile = vec![0.0f32; bn * dv];
+    // Leading dimensions padded off a multiple of 4 KiB (see `padded`).
+    let (ld_k, ld_v) = (padded(bn), padded(dv));
+    let mut k_t = vec![0.0f32; d * ld_k];
+    let mut v_tile = vec![0.0f32; bn * ld_v];
     let path = SimdPath::active();
     let dims: Vec<usize> = (0..d).collect();
-    // Every (head, row) of the kv head's group against the tile at once.
-    let mut dots = vec![0.0f32; qpk * rows * bn];
+    // A chunk of one head's rows against the tile at a time: its scores
+    // (CHUNK x BLOCK_N) stay in L1 from the dot products to the PV.
+    let mut dots = vec![0.0f32; CHUNK * bn];
     let qs: Vec<&[f32]> = heads
         .clone()
         .flat_map(|h| (r0..r1).map(move |i| &q[((q0 + i) * hq + h) * d..][..d]))
@@ -568,41 +583,58 @@ fn program(
     for n in n_min..n_max {
         let (j0, len) = (n * bn, bn.min(sk - n * bn));
         // K^T of the tile: the sequence's shared copy, else our own.
-        let k_t: &[f32] = match kt_seq {
-            Some(all) => &all[n * d * bn..(n + 1) * d * bn],
+        let (k_t, v_t): (&[f32], &[f32]) = match kt_seq {
+            Some((all_k, all_v)) => (
+                &all_k[n * d * ld_k..(n + 1) * d * ld_k],
+                &all_v[n * bn * ld_v..(n + 1) * bn * ld_v],
+            ),
             None => {
-                transpose_k_tile(k, (k0 + j0) * hk + g, hk * d, len, d, bn, &dims, &mut k_t);
-                &k_t
+                transpose_k_tile(k, (k0 + j0) * hk + g, hk * d, len, d, ld_k, &dims, &mut k_t);
+                for j in 0..len {
+                    v_tile[j * ld_v..j * ld_v + dv]
+                        .copy_from_slice(&v[((k0 + j0 + j) * hk + g) * dv..][..dv]);
+                }
+                (&k_t, &v_tile)
             }
         };
-        for j in 0..len {
-            v_tile[j * dv..(j + 1) * dv].copy_from_slice(&v[((k0 + j0 + j) * hk + g) * dv..][..dv]);
-        }
-        simd::dots_rows(path, &qs, k_t, bn, 0, len, &mut dots, bn);
-        // S_ij in place over the dot products, then each head's rows step
+        // S_ij in place over the dot products, then the chunk's rows step
         // together (update_rows: every row its own step).
         for (hh, h) in heads.clone().enumerate() {
             let slope = p.alibi_slopes().map(|a| a[h]);
-            let block = &mut dots[hh * rows * bn..(hh + 1) * rows * bn];
-            for (i, s) in (r0..r1).zip(block.chunks_exact_mut(bn)) {
-                score_row(
-                    &mut s[..len],
-                    j0,
-                    pos(i),
-                    causal,
-                    p.window(),
-                    &p.score(),
-                    slope,
+            for c0 in (r0..r1).step_by(CHUNK) {
+                let c1 = (c0 + CHUNK).min(r1);
+                // Causal: keys past the chunk's last row's position are
+                // masked for every row of the chunk; leaving them out is
+                // bit-neutral (a -inf score adds P = +0 to a sum that is
+                // never -0, and no PV fma), as skipping a masked tile is.
+                let n_keys = match causal {
+                    true => (pos(c1 - 1) + 1 - j0 as i64).clamp(0, len as i64) as usize,
+                    false => len,
+                };
+                let block = &mut dots[..(c1 - c0) * bn];
+                let q_rows = &qs[hh * rows + (c0 - r0)..hh * rows + (c1 - r0)];
+                simd::dots_rows(path, q_rows, k_t, ld_k, 0, n_keys, block, bn);
+                for (i, s) in (c0..c1).zip(block.chunks_exact_mut(bn)) {
+                    score_row(
+                        &mut s[..n_keys],
+                        j0,
+                        pos(i),
+                        causal,
+                        p.window(),
+                        &p.score(),
+                        slope,
+                    );
+                }
+                let st = hh * rows + (c0 - r0);
+                RowState::update_rows(
+                    &mut states[st..st + (c1 - c0)],
+                    block,
+                    bn,
+                    n_keys,
+                    |j| &v_t[j * ld_v..j * ld_v + dv],
+                    p.dtype(),
                 );
             }
-            RowState::update_rows(
-                &mut states[hh * rows..(hh + 1) * rows],
-                block,
-                bn,
-                len,
-                |j| &v_tile[j * dv..(j + 1) * dv],
-                p.dtype(),
-            );
         }
     }
 
@@ -618,6 +650,18 @@ fn program(
         }
     }
     (out, lse)
+}
+
+/// A tile's leading dimension for `n` f32 columns: `n`, plus 16 when `n *
+/// 4` bytes is a multiple of 512, so the rows of a tile (a 128-key K^T
+/// row, a 128-dim V row) do not all fall into the same few L1 sets. Only
+/// where the values sit changes, not one value.
+pub(crate) fn padded(n: usize) -> usize {
+    if n.is_multiple_of(128) {
+        n + 16
+    } else {
+        n
+    }
 }
 
 /// `dst[dd * bn + j] = k[first * d + j * key_stride + dd]` for `j < len`,

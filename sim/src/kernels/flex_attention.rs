@@ -427,6 +427,10 @@ pub fn flex(args: &FlexArgs) -> Result<Vec<f32>> {
     Ok(out)
 }
 
+/// Rows (tokens x heads of a kv head) a task steps per tile up to which it
+/// prefetches the next tile.
+const PREFETCH_ROWS: usize = 16;
+
 /// What every (q block, kv head) task of one launch reads.
 struct GroupCtx<'a> {
     query: &'a [f32],
@@ -497,6 +501,11 @@ impl GroupCtx<'_> {
         scr: &mut GroupScratch,
     ) -> Vec<f32> {
         let (d, bn, bs, qpk, hq) = (self.d, self.bn, self.bs, self.qpk, self.hq);
+        // Decode-shaped tasks (few rows per tile) stream K/V and prefetch
+        // the next tile; a prefill task spends long enough on each tile
+        // that the hints only cost instructions.
+        let prefetch =
+            units.iter().map(|(_, rows)| rows.len()).sum::<usize>() * qpk <= PREFETCH_ROWS;
         // Per (kv head, unit), heads outer.
         let nu = units.len();
         let mut states: Vec<Vec<RowState>> = heads
@@ -589,7 +598,7 @@ impl GroupCtx<'_> {
                             (false, Some(&b)) => Some((b, 0)),
                             (false, None) => None,
                         };
-                        if let Some((b, r0)) = next {
+                        if let Some((b, r0)) = next.filter(|_| prefetch) {
                             scr.locs.clear();
                             scr.locs.extend((r0..r0 + bn).map(|r| (b, r)));
                             KvTile::prefetch_paged(self.cache, self.dims, g, &scr.locs);

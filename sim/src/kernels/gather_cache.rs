@@ -26,6 +26,8 @@
 //! alike, and re-rounded NHD values to fp8; that variant is not modelled.
 
 use crate::cache::KvCache;
+use crate::kernels::simd::round_slice;
+use crate::kernels::softmax::DimOffsets;
 use crate::numerics::DType;
 use attnlab_shared::error::{Error, Result};
 use attnlab_shared::layout::{KvLayout, LayoutKind};
@@ -317,6 +319,13 @@ pub fn gather(args: &GatherArgs) -> (Vec<f32>, Vec<f32>) {
         Some(s) => dst_dtype.round(x * s),
         None => dst_dtype.round(x),
     };
+    // Every layout is separable (`DimOffsets`): one offset per (token,
+    // head), then the dims' fixed offsets; a run of D contiguous values is
+    // one copy. Without a scale `load` is `dst_dtype.round`, which
+    // `round_slice` applies to the token's copied values bit for bit.
+    let dims = DimOffsets::new(&fl);
+    let contiguous = |o: &[usize]| o.iter().enumerate().all(|(i, &x)| x == i);
+    let (k_rows, v_rows) = (contiguous(&dims.k), contiguous(&dims.v));
     let n = chunk.total_tokens() * hk * d;
     let (mut k, mut v) = (vec![0.0f32; n], vec![0.0f32; n]);
     k.par_chunks_mut(hk * d)
@@ -327,9 +336,27 @@ pub fn gather(args: &GatherArgs) -> (Vec<f32>, Vec<f32>) {
             let pos = t - chunk.cu_seqlens[b] as usize + chunk.seq_starts[b];
             let (blk, slot) = (block_rows[b][pos / bs] as usize, pos % bs);
             for h in 0..hk {
-                for dd in 0..d {
-                    kt[h * d + dd] = load(cache.k[fl.k_offset(blk, slot, h, dd)], ks);
-                    vt[h * d + dd] = load(cache.v[fl.v_offset(blk, slot, h, dd)], vs);
+                let (kb, vb) = (fl.k_offset(blk, slot, h, 0), fl.v_offset(blk, slot, h, 0));
+                let (ko, vo) = (&mut kt[h * d..(h + 1) * d], &mut vt[h * d..(h + 1) * d]);
+                match k_rows {
+                    true => ko.copy_from_slice(&cache.k[kb..kb + d]),
+                    false => ko
+                        .iter_mut()
+                        .zip(&dims.k)
+                        .for_each(|(o, &x)| *o = cache.k[kb + x]),
+                }
+                match v_rows {
+                    true => vo.copy_from_slice(&cache.v[vb..vb + d]),
+                    false => vo
+                        .iter_mut()
+                        .zip(&dims.v)
+                        .for_each(|(o, &x)| *o = cache.v[vb + x]),
+                }
+            }
+            for (xs, scale) in [(kt, ks), (vt, vs)] {
+                match scale {
+                    Some(_) => xs.iter_mut().for_each(|x| *x = load(*x, scale)),
+                    None => round_slice(dst_dtype, xs),
                 }
             }
         });

@@ -457,18 +457,39 @@ pub fn pv_rows_scaled<'a, const R: usize, const K: usize>(
     len: usize,
     row: impl Fn(usize) -> &'a [f32],
 ) {
+    // Most tiles skip no key (no mask, no underflow): then no lane needs
+    // the per-key test.
+    let skips = keep.iter().any(|k| k[..len].contains(&0.0));
+    pv_rows_skipping(path, acc, alpha, p, keep, len, row, skips)
+}
+
+/// [`pv_rows_scaled`] where the caller knows whether some `keep[r][k]`
+/// (`k < len`) is 0 (`skips`; true is always correct, false only when
+/// no key is skipped).
+#[inline]
+#[allow(clippy::too_many_arguments)]
+pub fn pv_rows_skipping<'a, const R: usize, const K: usize>(
+    path: SimdPath,
+    acc: &mut [&mut [f32]; R],
+    alpha: Option<[f32; R]>,
+    p: &[[f32; K]; R],
+    keep: &[[f32; K]; R],
+    len: usize,
+    row: impl Fn(usize) -> &'a [f32],
+    skips: bool,
+) {
     match path {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `supported()` checked the features the function enables.
         SimdPath::Avx512 if path.supported() => unsafe {
-            pv_rows_avx512(acc, alpha, p, keep, len, row)
+            pv_rows_avx512(acc, alpha, p, keep, len, row, skips)
         },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above.
         SimdPath::Avx2 if path.supported() => unsafe {
-            pv_rows_avx2(acc, alpha, p, keep, len, row)
+            pv_rows_avx2(acc, alpha, p, keep, len, row, skips)
         },
-        _ => pv_rows_body::<R, K, 8>(acc, alpha, p, keep, len, &row),
+        _ => pv_rows_body::<R, K, 8>(acc, alpha, p, keep, len, &row, skips),
     }
 }
 
@@ -481,12 +502,13 @@ unsafe fn pv_rows_avx2<'a, const R: usize, const K: usize>(
     keep: &[[f32; K]; R],
     len: usize,
     row: impl Fn(usize) -> &'a [f32],
+    skips: bool,
 ) {
     // 8 ymm accumulators: 4 rows x 16 lanes, or 1 row x 64.
     if R >= 4 {
-        pv_rows_body::<R, K, 16>(acc, alpha, p, keep, len, &row)
+        pv_rows_body::<R, K, 16>(acc, alpha, p, keep, len, &row, skips)
     } else {
-        pv_rows_body::<R, K, 64>(acc, alpha, p, keep, len, &row)
+        pv_rows_body::<R, K, 64>(acc, alpha, p, keep, len, &row, skips)
     }
 }
 
@@ -499,12 +521,12 @@ unsafe fn pv_rows_avx512<'a, const R: usize, const K: usize>(
     keep: &[[f32; K]; R],
     len: usize,
     row: impl Fn(usize) -> &'a [f32],
+    skips: bool,
 ) {
     // 16 zmm accumulators: 8 rows x 32 lanes, 4 rows x 64 lanes; one
     // row: 8 x 16 lanes (explicit registers: LLVM keeps arrays of zmm in
     // registers, where it turned 8 rows of f32 arrays into gathers).
     let d = acc.iter().map(|a| a.len()).min().unwrap_or(0);
-    let skips = keep.iter().any(|k| k[..len].contains(&0.0));
     let mut d0 = 0;
     if R >= 8 {
         while d0 + 32 <= d {
@@ -596,11 +618,9 @@ fn pv_rows_body<'a, const R: usize, const K: usize, const L: usize>(
     keep: &[[f32; K]; R],
     len: usize,
     row: &impl Fn(usize) -> &'a [f32],
+    skips: bool,
 ) {
     let d = acc.iter().map(|a| a.len()).min().unwrap_or(0);
-    // Most tiles skip no key (no mask, no underflow): then no lane needs
-    // the per-key test.
-    let skips = keep.iter().any(|k| k[..len].contains(&0.0));
     let mut d0 = 0;
     while d0 + L <= d {
         pv_rows_run::<R, K, L>(acc, d0, alpha, p, keep, len, row, skips);
@@ -705,6 +725,152 @@ pub fn exp2c_rows<const R: usize, const K: usize>(
             }
         }
     }
+}
+
+/// `p[r][j] = exp2c(s[r][j] - m[r])` and `rounded[r][j] = dtype.round(p[r][j])`
+/// for every row r and `j < len` (`len <= K`, `s[r].len() >= len`), in one
+/// pass over the scores; returns whether some `p[r][j]` is 0 (a key the PV
+/// product skips). Bit for bit [`exp2c_rows`] then [`round_into`].
+#[inline]
+pub fn exp2c_round_rows<const R: usize, const K: usize>(
+    path: SimdPath,
+    s: [&[f32]; R],
+    m: [f32; R],
+    len: usize,
+    dtype: DType,
+    p: &mut [[f32; K]; R],
+    rounded: &mut [[f32; K]; R],
+) -> bool {
+    let len = len.min(K);
+    match path {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `supported()` checked the features the function enables.
+        SimdPath::Avx512 if path.supported() && matches!(dtype, DType::Bf16 | DType::F32) => unsafe {
+            exp2c_round_avx512(s, m, len, dtype, p, rounded)
+        },
+        _ => {
+            let mut zero = false;
+            for r in 0..R {
+                exp2c_shifted(path, &s[r][..len], m[r], &mut p[r][..len]);
+                round_into(dtype, &p[r][..len], &mut rounded[r][..len]);
+                zero |= p[r][..len].contains(&0.0);
+            }
+            zero
+        }
+    }
+}
+
+/// The zmm lanes of `exp2c(x)` that take its main branch (`fast`:
+/// `rint(x)` in [-126, 127]), computed as [`exp2c_body`] does; the other
+/// lanes are 0 in the result. Also returns `slow`: the lanes that are
+/// neither fast nor below the zero threshold (NaN included), for the
+/// caller to compute with `exp2c` itself.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+#[inline]
+unsafe fn exp2c_zmm(x: std::arch::x86_64::__m512) -> (std::arch::x86_64::__m512, u16) {
+    use std::arch::x86_64::*;
+    let (lo, hi, min_x) = (
+        _mm512_set1_ps(-126.5),
+        _mm512_set1_ps(127.5),
+        _mm512_set1_ps(EXP2C_MIN_X),
+    );
+    // -126.5 <= x < 127.5 (false for NaN).
+    let fast = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(x, lo) & _mm512_cmp_ps_mask::<_CMP_LT_OQ>(x, hi);
+    let slow = !fast & !_mm512_cmp_ps_mask::<_CMP_LT_OQ>(x, min_x);
+    let xc = _mm512_maskz_mov_ps(fast, x);
+    let ni = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(xc);
+    let f = _mm512_sub_ps(xc, ni);
+    let mut p = _mm512_set1_ps(EXP2C_COEFFS[0]);
+    for &c in &EXP2C_COEFFS[1..] {
+        p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(c));
+    }
+    // ni is an integer in [-126, 127] (fast lanes) or 0: exact.
+    let e = _mm512_slli_epi32::<23>(_mm512_add_epi32(
+        _mm512_cvttps_epi32(ni),
+        _mm512_set1_epi32(127),
+    ));
+    (_mm512_maskz_mul_ps(fast, p, _mm512_castsi512_ps(e)), slow)
+}
+
+/// [`exp2c_round_rows`] for bf16 or f32 in zmm registers: the R rows'
+/// vectors of 16 keys side by side (independent chains overlap), the
+/// tail through masked loads and stores; returns whether a P is 0.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+unsafe fn exp2c_round_avx512<const R: usize, const K: usize>(
+    s: [&[f32]; R],
+    m: [f32; R],
+    n: usize,
+    dtype: DType,
+    p: &mut [[f32; K]; R],
+    rounded: &mut [[f32; K]; R],
+) -> bool {
+    use std::arch::x86_64::*;
+    let n = s.iter().map(|x| x.len()).fold(n.min(K), usize::min);
+    let mv: [__m512; R] = std::array::from_fn(|r| _mm512_set1_ps(m[r]));
+    let bf16 = dtype == DType::Bf16;
+    let (lsb, bias, keep_hi) = (
+        _mm512_set1_epi32(1),
+        _mm512_set1_epi32(0x7fff),
+        _mm512_set1_epi32(0xffff_0000u32 as i32),
+    );
+    let mut zero = false;
+    let mut j = 0;
+    while j < n {
+        let k: __mmask16 = if n - j >= 16 {
+            0xffff
+        } else {
+            (1u16 << (n - j)) - 1
+        };
+        let mut e = [_mm512_setzero_ps(); R];
+        let mut slow = [0u16; R];
+        for r in 0..R {
+            let x = _mm512_sub_ps(_mm512_maskz_loadu_ps(k, s[r].as_ptr().add(j)), mv[r]);
+            let (er, sr) = exp2c_zmm(x);
+            e[r] = er;
+            slow[r] = sr & k;
+        }
+        if slow.iter().any(|&x| x != 0) {
+            for r in 0..R {
+                if slow[r] == 0 {
+                    continue;
+                }
+                let mut lanes = [0.0f32; 16];
+                _mm512_storeu_ps(lanes.as_mut_ptr(), e[r]);
+                for (i, l) in lanes.iter_mut().enumerate() {
+                    if slow[r] & (1 << i) != 0 {
+                        *l = exp2c(s[r][j + i] - m[r]);
+                    }
+                }
+                e[r] = _mm512_loadu_ps(lanes.as_ptr());
+            }
+        }
+        for r in 0..R {
+            _mm512_mask_storeu_ps(p[r].as_mut_ptr().add(j), k, e[r]);
+            zero |= _mm512_mask_cmp_ps_mask::<_CMP_EQ_OQ>(k, e[r], _mm512_setzero_ps()) != 0;
+            let out = rounded[r].as_mut_ptr().add(j);
+            if !bf16 {
+                _mm512_mask_storeu_ps(out, k, e[r]);
+                continue;
+            }
+            // `bf16_bits`; a NaN lane goes through `DType::round` itself.
+            let b = _mm512_castps_si512(e[r]);
+            let odd = _mm512_and_si512(_mm512_srli_epi32::<16>(b), lsb);
+            let up = _mm512_and_si512(_mm512_add_epi32(b, _mm512_add_epi32(bias, odd)), keep_hi);
+            _mm512_mask_storeu_ps(out, k, _mm512_castsi512_ps(up));
+            let nan = _mm512_mask_cmp_ps_mask::<_CMP_UNORD_Q>(k, e[r], e[r]);
+            if nan != 0 {
+                for i in 0..16 {
+                    if nan & (1 << i) != 0 {
+                        rounded[r][j + i] = dtype.round(p[r][j + i]);
+                    }
+                }
+            }
+        }
+        j += 16;
+    }
+    zero
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -1507,6 +1673,51 @@ mod tests {
     }
 
     #[test]
+    fn exp_and_rounding_of_a_row_block_are_exp2c_then_round_on_every_path() {
+        // Three rows of 37 scores (two 16-key vectors and a tail of 5)
+        // through every branch of exp2c, each shifted by its own max; one
+        // row's scores end in -inf (a masked key: P = 0, skipped).
+        let xs = exp_inputs();
+        let mut rows: [Vec<f32>; 3] = std::array::from_fn(|r| xs[r * 37..(r + 1) * 37].to_vec());
+        rows[2][36] = f32::NEG_INFINITY;
+        let m = [0.25f32, 0.0, -3.5];
+        for dtype in [DType::Bf16, DType::F32, DType::F16] {
+            for len in [37, 32, 5, 0] {
+                let run = |path: SimdPath| {
+                    let (mut p, mut rounded) = ([[0.0f32; 40]; 3], [[0.0f32; 40]; 3]);
+                    let s = std::array::from_fn(|r| &rows[r][..len]);
+                    let zero = exp2c_round_rows(path, s, m, len, dtype, &mut p, &mut rounded);
+                    let b: Vec<Vec<u32>> = (0..3)
+                        .flat_map(|r| [bits(&p[r][..len]), bits(&rounded[r][..len])])
+                        .collect();
+                    (b, zero)
+                };
+                let want_p: Vec<Vec<f32>> = (0..3)
+                    .map(|r| rows[r][..len].iter().map(|&x| exp2c(x - m[r])).collect())
+                    .collect();
+                let want: Vec<Vec<u32>> = want_p
+                    .iter()
+                    .flat_map(|p| {
+                        [
+                            bits(p),
+                            bits(&p.iter().map(|&x| dtype.round(x)).collect::<Vec<_>>()),
+                        ]
+                    })
+                    .collect();
+                let zero = want_p.iter().flatten().any(|&x| x == 0.0);
+                for path in SimdPath::available() {
+                    assert_eq!(
+                        run(path),
+                        (want.clone(), zero),
+                        "{} {dtype:?} len {len}",
+                        path.name()
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
     fn every_simd_path_gives_the_same_bits() {
         let xs = exp_inputs();
         let want: Vec<f32> = xs.iter().map(|&x| exp2c(x - 0.25)).collect();
@@ -1565,7 +1776,19 @@ mod tests {
             }
             let mut lanes: Vec<f32> = xs[..64].to_vec();
             let wsum = butterfly_lane0(&mut lanes, |a, b| a + b);
+            // P and round(P) of two rows of 45 scores (exp2c's branches).
+            let (mut pe, mut pr) = ([[0.0f32; 48]; 2], [[0.0f32; 48]; 2]);
+            let skips = exp2c_round_rows(
+                path,
+                [&xs[..45], &xs[45..90]],
+                [0.25, -1.0],
+                45,
+                DType::Bf16,
+                &mut pe,
+                &mut pr,
+            );
             (
+                (bits(&pe.concat()), bits(&pr.concat()), skips),
                 bits(&e),
                 bits(&dots),
                 bits(&acc),
@@ -1574,7 +1797,7 @@ mod tests {
             )
         };
         let portable = run(SimdPath::Portable);
-        assert_eq!(portable.0, bits(&want), "portable exp2c_shifted is exp2c");
+        assert_eq!(portable.1, bits(&want), "portable exp2c_shifted is exp2c");
         // The chain of one dot, spelled out.
         for (r, qr) in q.iter().enumerate() {
             for j in 0..keys {
@@ -1582,7 +1805,7 @@ mod tests {
                 for i in 0..d {
                     a = qr[i].mul_add(w[i * keys + j], a);
                 }
-                assert_eq!(portable.1[r * keys + j], a.to_bits(), "row {r} key {j}");
+                assert_eq!(portable.2[r * keys + j], a.to_bits(), "row {r} key {j}");
             }
         }
         for path in SimdPath::available() {

@@ -401,13 +401,28 @@ fn exp_pv_rowsum<'a, const R: usize>(
     }
     for j0 in (0..n).step_by(PV_KEYS) {
         let len = PV_KEYS.min(n - j0);
-        simd::exp2c_rows(path, s.map(|s| &s[j0..j0 + len]), m_ref, p);
-        for (p_r, rounded) in p.iter().zip(p_rounded.iter_mut()) {
-            simd::round_into(p_dtype, &p_r[..len], &mut rounded[..len]);
-        }
+        // P and round(P) in one pass, and whether a key is skipped.
+        let skips = simd::exp2c_round_rows(
+            path,
+            s.map(|s| &s[j0..j0 + len]),
+            m_ref,
+            len,
+            p_dtype,
+            p,
+            p_rounded,
+        );
         rowsum = simd::row_sums(rowsum, p, len);
         let rescale = (j0 == 0).then_some(alpha);
-        simd::pv_rows_scaled(path, o_i, rescale, p_rounded, p, len, |k| value(j0 + k));
+        simd::pv_rows_skipping(
+            path,
+            o_i,
+            rescale,
+            p_rounded,
+            p,
+            len,
+            |k| value(j0 + k),
+            skips,
+        );
     }
     rowsum
 }

@@ -107,6 +107,11 @@ pub const MIN_LAUNCH_GRID_SIZE_2D: usize = 128;
 pub const NUM_PAR_SOFTMAX_SEGMENTS: usize = 16;
 /// vLLM: the longest query (speculative decode) the 3D kernel takes.
 pub const MAX_3D_QUERY_LEN: usize = 8;
+/// Rows a tile serves up to which [`Kernel::load_kv`] prefetches the next
+/// tile (decode-shaped programs, which stream K/V); a program of more rows
+/// spends long enough on each tile that the hint only costs instructions.
+const PREFETCH_ROWS: usize = 16;
+
 /// vLLM: TILE_SIZE of the 2D kernel.
 pub const TILE_SIZE_2D: usize = 32;
 /// vLLM: TILE_SIZE of the 3D kernel for 2-byte (and wider) queries.
@@ -1121,7 +1126,7 @@ impl<'a> Kernel<'a> {
             return;
         };
         // K_j, V_j through the block table, as the kernel loads them.
-        self.load_kv(u, keys.clone(), buf);
+        self.load_kv(u, keys.clone(), buf, active.len() <= PREFETCH_ROWS);
         // A) S_ij = score(q_i . k_j), -inf where masked.
         self.scores(
             &rows[active.clone()],
@@ -1214,7 +1219,13 @@ impl<'a> Kernel<'a> {
     /// doc): vLLM dequantizes fp8 (`* scale` in f32) and casts to the Q
     /// dtype; AITER only casts. The identity when the cache already holds
     /// Q-dtype values (fp8 is exact in f16/bf16).
-    fn load_kv(&self, u: &Unit, keys: std::ops::Range<usize>, buf: &mut TileBuffers) {
+    fn load_kv(
+        &self,
+        u: &Unit,
+        keys: std::ops::Range<usize>,
+        buf: &mut TileBuffers,
+        prefetch: bool,
+    ) {
         let cfg = self.cfg;
         let (q_dtype, kv_dtype, flavor) = (cfg.dtype(), cfg.kv_dtype(), self.launch.flavor);
         let keys_end = keys.end;
@@ -1228,6 +1239,9 @@ impl<'a> Kernel<'a> {
         if !converts {
             buf.kv
                 .gather_paged_exact(self.cache, &self.dims, u.kv_head, &buf.locs);
+            if !prefetch {
+                return;
+            }
             // The keys after this tile (the next tile of an ascending loop)
             // start their way in while this one is computed.
             let next = buf.locs.len();
