@@ -643,7 +643,7 @@ impl Fused {
     /// One block: `sum(a[i] * b[i]) + c` for `a.len() <= block` products.
     ///
     /// Blocks of finite inputs (nearly all of them) take
-    /// [`Self::block_fma_finite`], which computes the same bits with
+    /// `block_fma_finite`, which computes the same bits with
     /// fixed-width integers; every other block, and every model the fast
     /// path does not cover, takes [`Self::block_fma_general`].
     #[inline]
