@@ -20,21 +20,19 @@ use crate::ops::paged_decode_tc::{TcReduce, TcVariant};
 use crate::runtime::GpuError;
 use attnlab_shared::dtype::DType;
 use attnlab_shared::error::{Error, Result};
-use attnlab_sim::backends::exec::{aiter_mla_decode, KernelExecutor};
+use attnlab_sim::backends::exec::KernelExecutor;
 use attnlab_sim::backends::flavour::{
     backend_decode_split, check_decode_tc, check_flex_tc, check_prefix_tc, check_unified_tc,
-    decode_tc_family, has_decode_rows, mla_decode_tc, no_tc_family, varlen_tc, DecodeTcFamily,
-    Flavour, MatmulKernel,
+    decode_tc_family, has_decode_rows, mla_decode_tc, varlen_tc, DecodeTcFamily, Flavour,
+    MatmulKernel,
 };
 use attnlab_sim::kernels::flash_varlen::VarlenArgs;
 use attnlab_sim::kernels::flash_varlen_tc::VarlenTcArgs;
 use attnlab_sim::kernels::flex_attention::FlexArgs;
 use attnlab_sim::kernels::gather_cache::GatherArgs;
 use attnlab_sim::kernels::merge_attn_states::MergeArgs;
-use attnlab_sim::kernels::mla_cache::{LatentCache, LatentWrite};
-use attnlab_sim::kernels::mla_decode::{
-    AiterPaging, MlaDecodeArgs, MlaDecodeOutput, MlaDecodeParams,
-};
+use attnlab_sim::kernels::mla_cache::LatentWrite;
+use attnlab_sim::kernels::mla_decode::{MlaDecodeArgs, MlaDecodeOutput};
 use attnlab_sim::kernels::mla_prefill::LatentGather;
 use attnlab_sim::kernels::mla_proj::ProjArgs;
 use attnlab_sim::kernels::paged_decode::{PagedInputs, PartitionSize};
@@ -139,6 +137,10 @@ fn widen(bits: &[u32], dtype: DType) -> Vec<f32> {
 }
 
 impl KernelExecutor for GpuExecutor<'_> {
+    fn flavour(&self) -> Flavour {
+        self.flavour
+    }
+
     fn reshape_and_cache(&self, args: CacheWrite) -> Result<()> {
         ops::reshape_and_cache::reshape_and_cache(self.gpu, args).map_err(shared)
     }
@@ -283,24 +285,6 @@ impl KernelExecutor for GpuExecutor<'_> {
             out: widen(&o.out, p.out_dtype),
             lse: widen(&o.lse, p.lse_dtype),
         })
-    }
-
-    /// AITER's decode: the trait's composition in the fma flavour, refused
-    /// in the tensor-core flavour as the sim's executor refuses it.
-    fn mla_decode_fwd(
-        &self,
-        q: &[f32],
-        cache: &LatentCache,
-        paging: &AiterPaging,
-        causal: bool,
-        num_kv_splits: Option<usize>,
-        num_cus: usize,
-        p: &MlaDecodeParams,
-    ) -> Result<MlaDecodeOutput> {
-        if let Flavour::TensorCore(t) = self.flavour {
-            return Err(no_tc_family(MatmulKernel::AiterMlaDecode, t));
-        }
-        aiter_mla_decode(self, q, cache, paging, causal, num_kv_splits, num_cus, p)
     }
 
     fn gather_and_maybe_dequant_cache(&self, args: &LatentGather) -> Result<Vec<f32>> {

@@ -55,6 +55,12 @@ use attnlab_shared::fault::FaultSet;
 /// Runs the kernels the MHA and MLA backends compose (see [`crate::kernels`] for each).
 #[allow(clippy::too_many_arguments)]
 pub trait KernelExecutor {
+    /// The kernel flavour this executor runs (the compositions that have no
+    /// tensor-core kernel read it to refuse that flavour).
+    fn flavour(&self) -> Flavour {
+        Flavour::Fma
+    }
+
     fn reshape_and_cache(&self, args: CacheWrite) -> Result<()> {
         write_cache(args);
         Ok(())
@@ -123,7 +129,9 @@ pub trait KernelExecutor {
     /// AITER's launch (paging checks, split count, granularity:
     /// [`aiter_splits`]) around this executor's split-KV decode, exactly as
     /// the emulator's `mla_decode_fwd` composes them; an executor that
-    /// overrides `decode_attention_fwd` runs AITER's decode with it too.
+    /// overrides `decode_attention_fwd` runs AITER's decode with it too. In
+    /// the tensor-core flavour it is refused: AITER's asm kernel is not
+    /// vLLM's Triton kernel that `mla_decode_tc` computes.
     fn mla_decode_fwd(
         &self,
         q: &[f32],
@@ -134,32 +142,17 @@ pub trait KernelExecutor {
         num_cus: usize,
         p: &MlaDecodeParams,
     ) -> Result<MlaDecodeOutput> {
-        aiter_mla_decode(self, q, cache, paging, causal, num_kv_splits, num_cus, p)
+        if let Flavour::TensorCore(t) = self.flavour() {
+            return Err(no_tc_family(MatmulKernel::AiterMlaDecode, t));
+        }
+        let splits = aiter_splits(cache, paging, num_kv_splits, num_cus, p.num_heads)?;
+        let rows = paging.rows_with(causal, p.faults);
+        self.decode_attention_fwd(&MlaDecodeArgs::new(q, &rows, cache, splits, p)?)
     }
 
     fn gather_and_maybe_dequant_cache(&self, args: &LatentGather) -> Result<Vec<f32>> {
         Ok(gather_latent(args))
     }
-}
-
-/// AITER's `mla_decode_fwd` as a composition: its launch checks and split
-/// count ([`aiter_splits`]) and the rows its paging admits, around `exec`'s
-/// split-KV decode (`decode_attention_fwd`). The trait's default and every
-/// executor that refuses the tensor-core flavour first run exactly this.
-#[allow(clippy::too_many_arguments)]
-pub fn aiter_mla_decode<E: KernelExecutor + ?Sized>(
-    exec: &E,
-    q: &[f32],
-    cache: &LatentCache,
-    paging: &AiterPaging,
-    causal: bool,
-    num_kv_splits: Option<usize>,
-    num_cus: usize,
-    p: &MlaDecodeParams,
-) -> Result<MlaDecodeOutput> {
-    let splits = aiter_splits(cache, paging, num_kv_splits, num_cus, p.num_heads)?;
-    let rows = paging.rows_with(causal, p.faults);
-    exec.decode_attention_fwd(&MlaDecodeArgs::new(q, &rows, cache, splits, p)?)
 }
 
 /// The emulator: every kernel as `crate::kernels` computes it, in its
@@ -206,6 +199,10 @@ impl Cpu {
 /// The fma kernels are the trait's defaults; the tensor-core flavour
 /// replaces the launches with matrix products.
 impl KernelExecutor for Cpu {
+    fn flavour(&self) -> Flavour {
+        self.flavour
+    }
+
     fn unified_attention(&self, args: &UnifiedArgs) -> Result<Vec<f32>> {
         let i = args.inputs();
         match self.flavour {
@@ -283,24 +280,5 @@ impl KernelExecutor for Cpu {
             Flavour::Fma => decode(args),
             Flavour::TensorCore(t) => mla_decode_tc_kernel(&mla_decode_tc(args, t)?),
         }
-    }
-
-    /// AITER's decode: in the fma flavour the trait's composition around
-    /// the split-KV kernel; in the tensor-core flavour refused (its asm
-    /// kernel is not vLLM's Triton kernel that `mla_decode_tc` computes).
-    fn mla_decode_fwd(
-        &self,
-        q: &[f32],
-        cache: &LatentCache,
-        paging: &AiterPaging,
-        causal: bool,
-        num_kv_splits: Option<usize>,
-        num_cus: usize,
-        p: &MlaDecodeParams,
-    ) -> Result<MlaDecodeOutput> {
-        if let Flavour::TensorCore(t) = self.flavour {
-            return Err(no_tc_family(MatmulKernel::AiterMlaDecode, t));
-        }
-        aiter_mla_decode(self, q, cache, paging, causal, num_kv_splits, num_cus, p)
     }
 }
