@@ -38,7 +38,7 @@ pub struct MlaDecodeBits {
 /// The [`MlaDecodeArgs`] the emulator takes, validated where they were
 /// built; only the device's shared memory and index widths are checked here.
 pub fn decode_attention_fwd(gpu: &Gpu, args: &MlaDecodeArgs) -> Result<MlaDecodeBits> {
-    let (q, rows, cache, p) = (args.q(), args.rows(), args.cache(), args.params());
+    let (rows, cache, p) = (args.rows(), args.cache(), args.params());
     let splits = args.splits();
     let (h, lkv) = (p.num_heads, cache.layout.kv_lora_rank);
     let s = splits.num_kv_splits();
@@ -60,10 +60,7 @@ pub fn decode_attention_fwd(gpu: &Gpu, args: &MlaDecodeArgs) -> Result<MlaDecode
         });
     }
     let dev = gpu.dev.as_ref();
-    let row_bufs = RowBuffers::upload(gpu, rows)?;
-    let q_b = Buffer::from_bytes(dev, &bytes_of(q, p.q_dtype))?;
-    let cache_b = Buffer::from_bytes(dev, &bytes_of(&cache.data, cache.layout.dtype))?;
-    let att = Buffer::zeroed(dev, rows.len() * h * s * (lkv + 1) * 4)?;
+    let inputs = Stage1Inputs::upload(gpu, args)?;
     let a = mla_params(args).arg();
     let defines = mla_defines(args);
     let nrows = to_u32(rows.len(), "query rows")?;
@@ -77,14 +74,46 @@ pub fn decode_attention_fwd(gpu: &Gpu, args: &MlaDecodeArgs) -> Result<MlaDecode
         block: [128, 1, 1],
         shared_bytes: shared as u32,
     };
-    let mut call = vec![q_b.arg(), cache_b.arg()];
-    call.extend(row_bufs.args());
-    call.extend([att.arg(), a]);
+    let call = inputs.args(a);
     // SAFETY: the arguments are the kernel's parameter list in order (by-value
     // blocks layout-checked by gpu/tests/param_layout.rs), and every buffer was
     // sized above for the shapes those scalars and this grid index.
     unsafe { dev.launch(stage1, dims, &call) }?;
-    stage2(gpu, args, &att, &row_bufs)
+    stage2(gpu, args, &inputs.att, &inputs.rows)
+}
+
+/// Stage 1's device inputs, the same for the fma and the tensor-core
+/// kernels: `q [rows, H, W]`, the latent cache, the rows' buffers and the
+/// zeroed partials `att [rows, H, S, Lkv + 1]` f32 that stage 2 reads.
+pub(crate) struct Stage1Inputs<'d> {
+    q: Buffer<'d>,
+    cache: Buffer<'d>,
+    pub rows: RowBuffers<'d>,
+    pub att: Buffer<'d>,
+}
+
+impl<'d> Stage1Inputs<'d> {
+    pub(crate) fn upload(gpu: &'d Gpu, args: &MlaDecodeArgs) -> Result<Self> {
+        let (q, rows, cache, p) = (args.q(), args.rows(), args.cache(), args.params());
+        let (h, lkv) = (p.num_heads, cache.layout.kv_lora_rank);
+        let s = args.splits().num_kv_splits();
+        let dev = gpu.dev.as_ref();
+        Ok(Stage1Inputs {
+            rows: RowBuffers::upload(gpu, rows)?,
+            q: Buffer::from_bytes(dev, &bytes_of(q, p.q_dtype))?,
+            cache: Buffer::from_bytes(dev, &bytes_of(&cache.data, cache.layout.dtype))?,
+            att: Buffer::zeroed(dev, rows.len() * h * s * (lkv + 1) * 4)?,
+        })
+    }
+
+    /// Stage 1's parameter list: q, cache, the five row buffers, att, then
+    /// the kernel's by-value `params`.
+    pub(crate) fn args(&self, params: Arg) -> Vec<Arg> {
+        let mut call = vec![self.q.arg(), self.cache.arg()];
+        call.extend(self.rows.args());
+        call.extend([self.att.arg(), params]);
+        call
+    }
 }
 
 /// The rows of a launch on the device: each row's pages (the ones it can

@@ -4,12 +4,11 @@
 //! `mla_decode.hip`'s stage 2, the reduce both flavours share.
 
 use super::flash_varlen_tc::host_target_code;
-use super::mla_decode::{mla_params, stage2, MlaDecodeBits, RowBuffers};
+use super::mla_decode::{mla_params, stage2, MlaDecodeBits, Stage1Inputs};
 use super::unified_attention::to_u32;
 use crate::kernels::{mla_tc_defines, Gpu};
-use crate::runtime::bytes::bytes_of;
 use crate::runtime::params::{param_block, ParamBlock};
-use crate::runtime::{Buffer, LaunchDims, Result, Target};
+use crate::runtime::{LaunchDims, Result, Target};
 use attnlab_shared::error::Error;
 use attnlab_sim::kernels::mla_decode_tc::{block_n, MlaDecodeTcArgs, ROWS};
 use attnlab_sim::numerics::mma::MatrixTarget;
@@ -85,7 +84,7 @@ pub fn decode_attention_fwd_tc(gpu: &Gpu, args: &MlaDecodeTcArgs) -> Result<MlaD
         .into());
     }
     let a = args.args();
-    let (q, rows, cache, p) = (a.q(), a.rows(), a.cache(), a.params());
+    let (rows, cache, p) = (a.rows(), a.cache(), a.params());
     let (h, lkv, w) = (p.num_heads, cache.layout.kv_lora_rank, cache.layout.width());
     let s = a.splits().num_kv_splits();
     let (shared, limit) = (shared_bytes(w, args.target()), shared_limit(args.target()));
@@ -108,10 +107,7 @@ pub fn decode_attention_fwd_tc(gpu: &Gpu, args: &MlaDecodeTcArgs) -> Result<MlaD
         });
     }
     let dev = gpu.dev.as_ref();
-    let row_bufs = RowBuffers::upload(gpu, rows)?;
-    let q_b = Buffer::from_bytes(dev, &bytes_of(q, p.q_dtype))?;
-    let cache_b = Buffer::from_bytes(dev, &bytes_of(&cache.data, cache.layout.dtype))?;
-    let att = Buffer::zeroed(dev, rows.len() * h * s * (lkv + 1) * 4)?;
+    let inputs = Stage1Inputs::upload(gpu, a)?;
     let m = mla_params(a);
     let params = MlaTcParams {
         num_rows: m.num_rows,
@@ -139,16 +135,14 @@ pub fn decode_attention_fwd_tc(gpu: &Gpu, args: &MlaDecodeTcArgs) -> Result<MlaD
         block: [to_u32(WAVES * wave, "threads")?, 1, 1],
         shared_bytes: shared as u32,
     };
-    let mut call = vec![q_b.arg(), cache_b.arg()];
-    call.extend(row_bufs.args());
-    call.extend([att.arg(), params]);
+    let call = inputs.args(params);
     // SAFETY: the arguments are the kernel's parameter list in order (by-value
     // block layout-checked by gpu/tests/param_layout.rs); q holds [rows, H, W]
     // and the cache the layout's entries of W (the defines' Lkv + rope), every
     // row's pages were checked inside the cache when `args` was built, and
     // att holds [rows, H, S, Lkv + 1] f32 for this grid.
     unsafe { dev.launch(f, dims, &call) }?;
-    stage2(gpu, a, &att, &row_bufs)
+    stage2(gpu, a, &inputs.att, &inputs.rows)
 }
 
 #[cfg(test)]
