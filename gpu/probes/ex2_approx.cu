@@ -79,6 +79,49 @@ __global__ void probe(unsigned int n, Tally* t) {
     }
 }
 
+// Structure of ex2.approx.f32, the hypotheses a table model would rest on,
+// over the same inputs:
+// - scaling: for x in [-126, -1], ex2(x) == ex2(f) * 2^n with n = floor(x),
+//   f = x - n in [0, 1) (both exact), i.e. only the fraction is looked up;
+// - input quantisation: the unit reads x as a fixed-point number with K
+//   fraction bits: ex2(x) == ex2(q_K(x)) where q_K truncates (mode 0) or
+//   rounds to nearest even (mode 1) x to a multiple of 2^-K (exact in f32:
+//   where x has finer bits than 2^-K, |x| < 2^(24-K)).
+#define K_LO 18
+#define K_N 10
+struct Structure {
+    unsigned long long scale_checked, scale_bad;
+    unsigned long long quant_bad[2][K_N];
+    unsigned int scale_first, quant_first[2][K_N];
+};
+
+__global__ void structure(unsigned int n, Structure* t) {
+    for (unsigned int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {
+        unsigned int bits = 0x80000000u + i;
+        float x = __uint_as_float(bits);
+        float y = ex2_approx(x);
+        if (x <= -1.0f && x >= -126.0f) {
+            float nf = floorf(x), f = x - nf;
+            float z = ldexpf(ex2_approx(f), (int)nf);
+            atomicAdd(&t->scale_checked, 1ull);
+            if (__float_as_uint(z) != __float_as_uint(y)) {
+                atomicAdd(&t->scale_bad, 1ull);
+                atomicMin(&t->scale_first, bits);
+            }
+        }
+        for (int k = 0; k < K_N; ++k) {
+            float s = ldexpf(1.0f, K_LO + k), xs = x * s;
+            for (int mode = 0; mode < 2; ++mode) {
+                float q = (mode == 0 ? truncf(xs) : rintf(xs)) / s;
+                if (__float_as_uint(ex2_approx(q)) != __float_as_uint(y)) {
+                    atomicAdd(&t->quant_bad[mode][k], 1ull);
+                    atomicMin(&t->quant_first[mode][k], bits);
+                }
+            }
+        }
+    }
+}
+
 // The inputs whose first f16 difference the tally names, re-evaluated.
 __global__ void show(unsigned int bits, float* out) {
     float x = __uint_as_float(bits);
@@ -125,5 +168,29 @@ int main() {
                    __float_as_uint(r[2]));
         }
     }
+    Structure st = {};
+    st.scale_first = 0xffffffffu;
+    for (int m = 0; m < 2; ++m)
+        for (int k = 0; k < K_N; ++k) st.quant_first[m][k] = 0xffffffffu;
+    Structure* ds;
+    if (cudaMalloc(&ds, sizeof(Structure)) != cudaSuccess) return 2;
+    cudaMemcpy(ds, &st, sizeof(Structure), cudaMemcpyHostToDevice);
+    structure<<<132 * 8, 256>>>(n, ds);
+    if (cudaDeviceSynchronize() != cudaSuccess) {
+        printf("structure failed: %s\n", cudaGetErrorString(cudaGetLastError()));
+        return 2;
+    }
+    cudaMemcpy(&st, ds, sizeof(Structure), cudaMemcpyDeviceToHost);
+    printf("structure of ex2.approx.f32:\n  scaling ex2(x) == ex2(x - floor(x)) * 2^floor(x) on [-126, -1]: %llu of %llu differ",
+           st.scale_bad, st.scale_checked);
+    if (st.scale_bad) printf(" (first x = %.9g)", __uint_as_float(st.scale_first));
+    printf("\n");
+    for (int m = 0; m < 2; ++m)
+        for (int k = 0; k < K_N; ++k) {
+            printf("  input read with %d fraction bits (%s): %llu inputs differ", K_LO + k, m ? "nearest" : "truncated",
+                   st.quant_bad[m][k]);
+            if (st.quant_bad[m][k]) printf(" (first x = %.9g)", __uint_as_float(st.quant_first[m][k]));
+            printf("\n");
+        }
     return 0;
 }
