@@ -357,6 +357,7 @@ fn bad_values_exit_1_in_every_subcommand() {
         &["diff", "--cases", "-1"],
         &["bench", "--cpu", "--backend", "nope"],
         &["gpu", "compile", "--target", "gfx1"],
+        &["gpu", "compile", "--target", "host32", "--dump", "/dev/null/x"],
         &["zoo", "--fault", "nope"],
         &["zoo", "--budget-seconds", "0"],
         &["zoo", "--budget-seconds", "NaN"],

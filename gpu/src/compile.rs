@@ -11,6 +11,7 @@ use crate::kernels::{translation_unit, Defines, Family, FAMILIES};
 use crate::runtime::cuda::nvrtc_compile_logged;
 use crate::runtime::{GpuError, Result, Target};
 use serde::Serialize;
+use std::path::Path;
 use std::process::Command;
 
 /// hipcc flags matching NVRTC's contract flags (numerics.md §2): no FMA
@@ -68,7 +69,7 @@ pub fn compile_families(
     only: Option<&str>,
     resources: bool,
 ) -> Result<CompileReport> {
-    compile_families_with(target, only, resources, |_, _| {})
+    compile_families_with(target, only, resources, None, |_, _| {})
 }
 
 /// [`compile_families`], calling `on_kernel(done, total)` after each
@@ -77,12 +78,22 @@ pub fn compile_families_with(
     target: &Target,
     only: Option<&str>,
     resources: bool,
+    dump: Option<&Path>,
     mut on_kernel: impl FnMut(usize, usize),
 ) -> Result<CompileReport> {
     let families: Vec<&Family> = match only {
         None => FAMILIES.iter().collect(),
         Some(name) => vec![crate::kernels::family(name)?],
     };
+    if let Some(dir) = dump {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            GpuError::Invalid(attnlab_shared::error::Error::invalid(
+                "--dump",
+                dir.display(),
+                format!("a folder that can be created and written ({e})"),
+            ))
+        })?;
+    }
     let compiler = match target {
         Target::Cuda { .. } => {
             if !crate::runtime::cuda::nvrtc_available() {
@@ -112,7 +123,7 @@ pub fn compile_families_with(
         .collect();
     let mut results = Vec::new();
     for (f, defines) in &units {
-        results.push(compile_one(target, f, defines, resources)?);
+        results.push(compile_one(target, f, defines, resources, dump)?);
         on_kernel(results.len(), units.len());
     }
     Ok(CompileReport {
@@ -122,11 +133,33 @@ pub fn compile_families_with(
     })
 }
 
+/// The file name `--dump` gives one compiled variant: the family, its
+/// defines as `NAME-value` joined by `_` (characters other than ASCII
+/// letters, digits, `-` and `_` become `-`), and the image's extension.
+pub fn dump_file_name(family: &str, defines: &Defines, target: &Target) -> String {
+    let clean = |s: &str| -> String {
+        s.chars()
+            .map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '-' { c } else { '-' })
+            .collect()
+    };
+    let mut name = clean(family);
+    for (k, v) in defines {
+        name.push_str(&format!(".{}-{}", clean(k), clean(v)));
+    }
+    let ext = match target {
+        Target::Cuda { .. } => "cubin",
+        Target::Amd { .. } => "hsaco",
+        Target::Host { .. } => "so",
+    };
+    format!("{name}.{ext}")
+}
+
 fn compile_one(
     target: &Target,
     f: &Family,
     defines: &Defines,
     resources: bool,
+    dump: Option<&Path>,
 ) -> Result<CompileResult> {
     let unit = translation_unit(f)?;
     let start = std::time::Instant::now();
@@ -139,7 +172,7 @@ fn compile_one(
                 &[]
             };
             nvrtc_compile_logged(*sm, &name, &unit, defines, extra)
-                .map(|(img, log)| (img.bytes.len(), ptxas_resources(&log)))
+                .map(|(img, log)| (img.bytes, ptxas_resources(&log)))
         }
         Target::Amd { gfx } if AmdClang::needed_for(gfx) => {
             AmdClang::detect()?.compile(gfx, &name, &unit, defines, resources)
@@ -148,12 +181,7 @@ fn compile_one(
         Target::Host { wave } => {
             crate::runtime::host::HostCompiler::detect(crate::kernels::PORTABLE_H)?
                 .build(*wave, &name, &unit, defines)
-                .map(|lib| {
-                    (
-                        std::fs::metadata(lib).map_or(0, |m| m.len() as usize),
-                        Vec::new(),
-                    )
-                })
+                .map(|lib| (std::fs::read(lib).unwrap_or_default(), Vec::new()))
         }
     };
     let define_text = defines
@@ -162,12 +190,22 @@ fn compile_one(
         .collect::<Vec<_>>()
         .join(" ");
     let millis = start.elapsed().as_millis();
+    if let (Some(dir), Ok((image, _))) = (dump, &outcome) {
+        let path = dir.join(dump_file_name(f.name, defines, target));
+        std::fs::write(&path, image).map_err(|e| {
+            GpuError::Invalid(attnlab_shared::error::Error::invalid(
+                "--dump",
+                path.display(),
+                format!("a writable file ({e})"),
+            ))
+        })?;
+    }
     Ok(match outcome {
-        Ok((bytes, resources)) => CompileResult {
+        Ok((image, resources)) => CompileResult {
             kernel: f.name.into(),
             defines: define_text,
             ok: true,
-            bytes,
+            bytes: image.len(),
             millis,
             log: None,
             resources,
@@ -385,7 +423,7 @@ impl AmdClang {
         unit: &str,
         defines: &Defines,
         resources: bool,
-    ) -> Result<(usize, Vec<String>)> {
+    ) -> Result<(Vec<u8>, Vec<String>)> {
         let mut cmd = Command::new(&self.program);
         let extra: &[&str] = if resources {
             &["-Rpass-analysis=kernel-resource-usage"]
@@ -400,13 +438,13 @@ impl AmdClang {
 }
 
 /// Writes `unit` to a temporary folder, runs `compile(src, out)` and
-/// returns the code object's size and the resource remarks.
+/// returns the code object and the resource remarks.
 fn run_to_code_object(
     gfx: &str,
     name: &str,
     unit: &str,
     compile: impl FnOnce(&std::path::Path, &std::path::Path) -> std::io::Result<std::process::Output>,
-) -> Result<(usize, Vec<String>)> {
+) -> Result<(Vec<u8>, Vec<String>)> {
     let fail = |log: String| GpuError::Compile {
         kernel: name.to_string(),
         target: gfx.to_string(),
@@ -423,10 +461,10 @@ fn run_to_code_object(
     std::fs::write(&src, unit).map_err(|e| fail(format!("writing {}: {e}", src.display())))?;
     let output = compile(&src, &out).map_err(|e| fail(format!("running the compiler: {e}")))?;
     let result = if output.status.success() {
-        std::fs::metadata(&out)
-            .map(|m| {
+        std::fs::read(&out)
+            .map(|image| {
                 (
-                    m.len() as usize,
+                    image,
                     amd_resources(&String::from_utf8_lossy(&output.stderr)),
                 )
             })
@@ -442,15 +480,15 @@ fn run_to_code_object(
     result
 }
 
-/// hipcc to a code object in a temporary folder; returns its size (and
-/// with `resources` the per-kernel resource remarks).
+/// hipcc to a code object in a temporary folder; returns it (and with
+/// `resources` the per-kernel resource remarks).
 fn hipcc_compile(
     gfx: &str,
     name: &str,
     unit: &str,
     defines: &Defines,
     resources: bool,
-) -> Result<(usize, Vec<String>)> {
+) -> Result<(Vec<u8>, Vec<String>)> {
     run_to_code_object(gfx, name, unit, |src, out| {
         let mut cmd = Command::new("hipcc");
         cmd.arg(format!("--offload-arch={gfx}")).args(HIPCC_FLAGS);
@@ -467,6 +505,23 @@ fn hipcc_compile(
 mod tests {
     use super::*;
     use std::path::{Path, PathBuf};
+
+    #[test]
+    fn dump_file_names_spell_the_defines_and_stay_plain_file_names() {
+        let defines: Defines = vec![
+            ("Q_DTYPE".into(), "2".into()),
+            ("UT_D".into(), "128".into()),
+            ("ODD".into(), "a/b c".into()),
+        ];
+        assert_eq!(
+            dump_file_name("paged_decode_tc", &defines, &Target::Cuda { sm: 90 }),
+            "paged_decode_tc.Q_DTYPE-2.UT_D-128.ODD-a-b-c.cubin"
+        );
+        assert!(dump_file_name("x", &Vec::new(), &Target::Host { wave: 64 }).ends_with(".so"));
+        let amd = dump_file_name("mla/../x", &Vec::new(), &Target::Amd { gfx: "gfx942".into() });
+        assert_eq!(amd, "mla----x.hsaco");
+        assert!(!amd.contains('/'));
+    }
 
     #[test]
     fn only_the_gfx9_parts_debians_hipcc_does_not_know_go_to_clang() {

@@ -34,6 +34,12 @@ enum GpuCommand {
         /// (ptxas -v on NVIDIA, clang's resource remarks on AMD).
         #[arg(long)]
         resources: bool,
+        /// Also write each compiled variant into this folder (created if
+        /// missing), named family.DEFINE-value...: a cubin on NVIDIA
+        /// (`cuobjdump -sass`, `nvdisasm`), a code object on AMD
+        /// (`llvm-objdump -d`), the shared library for host32/host64.
+        #[arg(long, value_name = "DIR")]
+        dump: Option<std::path::PathBuf>,
         /// Without the target's compiler (NVRTC, hipcc, a C++ compiler):
         /// say so and exit 0 instead of 3.
         #[arg(long)]
@@ -52,14 +58,21 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             json,
             family,
             resources,
+            dump,
             allow_no_device,
         } => {
             let bar = progress(json, 0, "gpu compile");
             let report =
-                compile_families_with(&target, family.as_deref(), resources, |done, total| {
-                    bar.set_length(total as u64);
-                    bar.set_position(done as u64);
-                });
+                compile_families_with(
+                    &target,
+                    family.as_deref(),
+                    resources,
+                    dump.as_deref(),
+                    |done, total| {
+                        bar.set_length(total as u64);
+                        bar.set_position(done as u64);
+                    },
+                );
             bar.finish_and_clear();
             let report = match report {
                 Ok(r) => r,
