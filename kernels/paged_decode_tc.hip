@@ -556,8 +556,12 @@ extern "C" __global__ void TC_BOUNDS3 paged_decode_tc_d128_b3(
 // in any order: a tree over the threads); the weights w_s and l_s of up to
 // TC_REDUCE_CHUNK splits at a time go through shared memory, then every
 // thread runs the ascending chains l = fmaf(l_s, w_s, l) (the same bits in
-// each thread) and acc = fmaf(acc_s[d], w_s, acc) for its dim, the partials'
-// loads unrolled ahead of the chain.
+// each thread) and acc = fmaf(acc_s[d], w_s, acc) for its dim.
+// Loads, not arithmetic, set this kernel's time (a few microseconds of
+// memory round trips on a grid of Hq x num_reqs blocks), so they are issued
+// as early as their addresses allow: the first TC_REDUCE_BATCH acc partials
+// and each thread's first (m, l) at the start (neither depends on M), and
+// each later batch of acc partials while the chain consumes the one before.
 #define TC_REDUCE_THREADS 128
 #define TC_REDUCE_CHUNK 1024
 #define TC_REDUCE_BATCH 32
@@ -572,8 +576,19 @@ extern "C" __global__ void __launch_bounds__(TC_REDUCE_THREADS) paged_decode_tc_
     if (qsl[seq + 1] - qsl[seq] != 1) return;
     const i64 np = (seq_lens[seq] + a.split_size - 1) / a.split_size;
     const i64 base = seq * a.max_splits * a.num_heads + h;
-    float mx = f32_neg_inf();
-    for (i64 s = tid; s < np; s += TC_REDUCE_THREADS) mx = fmaxf(mx, m_part[base + s * a.num_heads]);
+    // Split s's partial of this thread's dim: ap[s * stride].
+    const float* ap = acc_part + base * D + tid;
+    const i64 stride = a.num_heads * D;
+    const bool owns_dim = tid < D;
+    float v[TC_REDUCE_BATCH];
+#pragma unroll
+    for (int j = 0; j < TC_REDUCE_BATCH; ++j) v[j] = owns_dim && j < np ? ap[j * stride] : 0.0f;
+    // Split `tid`'s (m, l), kept in registers for its weight below.
+    const bool first = tid < np;
+    const float m0 = first ? m_part[base + tid * a.num_heads] : f32_neg_inf();
+    const float l0 = first ? l_part[base + tid * a.num_heads] : 0.0f;
+    float mx = m0;
+    for (i64 s = tid + TC_REDUCE_THREADS; s < np; s += TC_REDUCE_THREADS) mx = fmaxf(mx, m_part[base + s * a.num_heads]);
     red[tid] = mx;
     __syncthreads();
     for (int o = TC_REDUCE_THREADS / 2; o > 0; o >>= 1) {
@@ -585,23 +600,21 @@ extern "C" __global__ void __launch_bounds__(TC_REDUCE_THREADS) paged_decode_tc_
     for (i64 c0 = 0; c0 < np; c0 += TC_REDUCE_CHUNK) {
         const int n = (int)min((i64)TC_REDUCE_CHUNK, np - c0);
         __syncthreads();
-#pragma unroll 8
         for (int i = tid; i < n; i += TC_REDUCE_THREADS) {
-            const i64 idx = base + (c0 + i) * a.num_heads;
-            w_s[i] = exp2c(m_part[idx] - mx);
-            l_s[i] = l_part[idx];
+            const i64 s = c0 + i, idx = base + s * a.num_heads;
+            const bool kept = s == tid;  // c0 == 0, the thread's first slot
+            w_s[i] = exp2c((kept ? m0 : m_part[idx]) - mx);
+            l_s[i] = kept ? l0 : l_part[idx];
         }
         __syncthreads();
-        if (tid < D) {
-            // TC_REDUCE_BATCH partials loaded before their fmas: that many
-            // loads in flight per thread (a chain over hundreds of splits
-            // is otherwise one memory latency per few splits).
-            const float* ap = acc_part + (base + c0 * a.num_heads) * D + tid;
-            const i64 stride = a.num_heads * D;
+        if (owns_dim) {
             for (int i0 = 0; i0 < n; i0 += TC_REDUCE_BATCH) {
-                float v[TC_REDUCE_BATCH];
+                // v holds splits c0 + i0 ..; the next batch (possibly the
+                // next chunk's first) is loaded before this one's fmas.
+                const i64 g1 = c0 + i0 + TC_REDUCE_BATCH;
+                float vn[TC_REDUCE_BATCH];
 #pragma unroll
-                for (int j = 0; j < TC_REDUCE_BATCH; ++j) v[j] = i0 + j < n ? ap[(i0 + j) * stride] : 0.0f;
+                for (int j = 0; j < TC_REDUCE_BATCH; ++j) vn[j] = g1 + j < np ? ap[(g1 + j) * stride] : 0.0f;
 #pragma unroll
                 for (int j = 0; j < TC_REDUCE_BATCH; ++j) {
                     if (i0 + j < n) {
@@ -609,8 +622,10 @@ extern "C" __global__ void __launch_bounds__(TC_REDUCE_THREADS) paged_decode_tc_
                         acc = fmaf(v[j], w_s[i0 + j], acc);
                     }
                 }
+#pragma unroll
+                for (int j = 0; j < TC_REDUCE_BATCH; ++j) v[j] = vn[j];
             }
         }
     }
-    if (tid < D) out[(qsl[seq] * a.num_heads + h) * D + tid] = Q::store(np == 0 ? 0.0f : acc / l);
+    if (owns_dim) out[(qsl[seq] * a.num_heads + h) * D + tid] = Q::store(np == 0 ? 0.0f : acc / l);
 }

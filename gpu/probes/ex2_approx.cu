@@ -15,6 +15,8 @@
 // (-fmad=false, so exp2c's fmas stay the contract's) and runs it.
 #include "../../kernels/portable.h"
 #include <cstdio>
+#include <cstring>
+#include <cstdlib>
 
 #define BUCKETS 12  // 0, 1, 2, 3-4, 5-8, 9-16, ..., >512
 #define VARIANTS 2
@@ -122,12 +124,55 @@ __global__ void structure(unsigned int n, Structure* t) {
     }
 }
 
+// The table model: with the input read as fixed point with 23 fraction bits
+// truncated toward zero (confirmed above), x = n + f with n = trunc(x) and
+// f = x - n in (-1, 0] reads as f = -j * 2^-23, j in [0, 2^23). If
+// ex2(x) == ldexp(T[j], n) with T[j] = ex2(-j * 2^-23), the 2^23 values of T
+// are the whole function. `trunc_scale` counts where that fails, apart on
+// [-126, 0] (normal results) and [-150, -126) (subnormal results);
+// `table` writes T as the first value's bits and then each value's bits
+// minus the previous one's (int8: consecutive values are a few ulps apart).
+struct TruncScale {
+    unsigned long long checked[2], bad[2];
+    unsigned int first[2];
+};
+__global__ void trunc_scale(unsigned int n, TruncScale* t) {
+    for (unsigned int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {
+        unsigned int bits = 0x80000000u + i;
+        float x = __uint_as_float(bits);
+        float nf = truncf(x), f = x - nf;
+        float z = ldexpf(ex2_approx(f), (int)nf);
+        int r = x < -126.0f ? 1 : 0;
+        atomicAdd(&t->checked[r], 1ull);
+        if (__float_as_uint(z) != __float_as_uint(ex2_approx(x))) {
+            atomicAdd(&t->bad[r], 1ull);
+            atomicMin(&t->first[r], bits);
+        }
+    }
+}
+__global__ void table(unsigned int* out) {
+    unsigned int j = blockIdx.x * blockDim.x + threadIdx.x;
+    if (j < (1u << 23)) out[j] = __float_as_uint(ex2_approx(-(float)j * 0x1p-23f));
+}
+
 // The inputs whose first f16 difference the tally names, re-evaluated.
 __global__ void show(unsigned int bits, float* out) {
     float x = __uint_as_float(bits);
     out[0] = exp2c(x);
     out[1] = ex2_approx(x);
     out[2] = ex2_approx_ftz(x);
+}
+
+// Host-side bit casts (the __uint_as_float intrinsics are device-only).
+static float u2f(unsigned int b) {
+    float f;
+    memcpy(&f, &b, sizeof f);
+    return f;
+}
+static unsigned int f2u(float f) {
+    unsigned int b;
+    memcpy(&b, &f, sizeof b);
+    return b;
 }
 
 int main() {
@@ -156,7 +201,7 @@ int main() {
         for (int b = 0; b < BUCKETS; ++b)
             if (h.hist[v][b])
                 printf("  ulp %-8s %12llu (%.6f%%)  first x = %.9g (0x%08x)\n", labels[b], h.hist[v][b],
-                       100.0 * h.hist[v][b] / n, __uint_as_float(h.first[v][b]), h.first[v][b]);
+                       100.0 * h.hist[v][b] / n, u2f(h.first[v][b]), h.first[v][b]);
         printf("  above exp2c: %llu; differ after rounding to bf16: %llu (%.6f%%), to f16: %llu (%.6f%%)\n",
                h.above[v], h.bf16_diff[v], 100.0 * h.bf16_diff[v] / n, h.f16_diff[v], 100.0 * h.f16_diff[v] / n);
         if (h.first_f16[v] != 0xffffffffu) {
@@ -164,8 +209,8 @@ int main() {
             show<<<1, 1>>>(h.first_f16[v], o);
             cudaMemcpy(r, o, sizeof(r), cudaMemcpyDeviceToHost);
             printf("  first f16 difference: x = %.9g: exp2c %.9g (0x%08x), ex2 %.9g (0x%08x), ftz %.9g (0x%08x)\n",
-                   __uint_as_float(h.first_f16[v]), r[0], __float_as_uint(r[0]), r[1], __float_as_uint(r[1]), r[2],
-                   __float_as_uint(r[2]));
+                   u2f(h.first_f16[v]), r[0], f2u(r[0]), r[1], f2u(r[1]), r[2],
+                   f2u(r[2]));
         }
     }
     Structure st = {};
@@ -183,14 +228,51 @@ int main() {
     cudaMemcpy(&st, ds, sizeof(Structure), cudaMemcpyDeviceToHost);
     printf("structure of ex2.approx.f32:\n  scaling ex2(x) == ex2(x - floor(x)) * 2^floor(x) on [-126, -1]: %llu of %llu differ",
            st.scale_bad, st.scale_checked);
-    if (st.scale_bad) printf(" (first x = %.9g)", __uint_as_float(st.scale_first));
+    if (st.scale_bad) printf(" (first x = %.9g)", u2f(st.scale_first));
     printf("\n");
     for (int m = 0; m < 2; ++m)
         for (int k = 0; k < K_N; ++k) {
             printf("  input read with %d fraction bits (%s): %llu inputs differ", K_LO + k, m ? "nearest" : "truncated",
                    st.quant_bad[m][k]);
-            if (st.quant_bad[m][k]) printf(" (first x = %.9g)", __uint_as_float(st.quant_first[m][k]));
+            if (st.quant_bad[m][k]) printf(" (first x = %.9g)", u2f(st.quant_first[m][k]));
             printf("\n");
         }
+    TruncScale ts = {};
+    ts.first[0] = ts.first[1] = 0xffffffffu;
+    TruncScale* dts;
+    if (cudaMalloc(&dts, sizeof(TruncScale)) != cudaSuccess) return 2;
+    cudaMemcpy(dts, &ts, sizeof(TruncScale), cudaMemcpyHostToDevice);
+    trunc_scale<<<132 * 8, 256>>>(n, dts);
+    cudaMemcpy(&ts, dts, sizeof(TruncScale), cudaMemcpyDeviceToHost);
+    for (int r = 0; r < 2; ++r) {
+        printf("  ex2(x) == ldexp(ex2(x - trunc(x)), trunc(x)) on %s: %llu of %llu differ", r ? "[-150, -126)" : "[-126, 0]",
+               ts.bad[r], ts.checked[r]);
+        if (ts.bad[r]) printf(" (first x = %.9g)", u2f(ts.first[r]));
+        printf("\n");
+    }
+    const char* path = getenv("EX2_TABLE");
+    if (path) {
+        const unsigned int N = 1u << 23;
+        unsigned int* dt;
+        if (cudaMalloc(&dt, N * sizeof(unsigned int)) != cudaSuccess) return 2;
+        table<<<N / 256, 256>>>(dt);
+        unsigned int* ht = (unsigned int*)malloc(N * sizeof(unsigned int));
+        signed char* delta = (signed char*)malloc(N);
+        if (!ht || !delta) return 2;
+        cudaMemcpy(ht, dt, N * sizeof(unsigned int), cudaMemcpyDeviceToHost);
+        unsigned long long out_of_range = 0;
+        for (unsigned int j = 1; j < N; ++j) {
+            long long d = (long long)ht[j] - (long long)ht[j - 1];
+            if (d < -128 || d > 127) ++out_of_range;
+            delta[j] = (signed char)d;
+        }
+        FILE* f = fopen(path, "wb");
+        if (!f) return 2;
+        fwrite(&ht[0], 4, 1, f);
+        fwrite(delta + 1, 1, N - 1, f);
+        fclose(f);
+        printf("  table T[j] = ex2(-j * 2^-23), j < 2^23: T[0] = 0x%08x, T[2^23-1] = 0x%08x, %llu deltas outside int8, written to %s\n",
+               ht[0], ht[N - 1], out_of_range, path);
+    }
     return 0;
 }
