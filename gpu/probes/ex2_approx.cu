@@ -130,8 +130,8 @@ __global__ void structure(unsigned int n, Structure* t) {
 // ex2(x) == ldexp(T[j], n) with T[j] = ex2(-j * 2^-23), the 2^23 values of T
 // are the whole function. `trunc_scale` counts where that fails, apart on
 // [-126, 0] (normal results) and [-150, -126) (subnormal results);
-// `table` writes T as the first value's bits and then each value's bits
-// minus the previous one's (int8: consecutive values are a few ulps apart).
+// `table` writes T as each entry's distance in ulps from exp2c at the same
+// point, one signed byte per j (sim/src/numerics/ex2_approx.rs reads it).
 struct TruncScale {
     unsigned long long checked[2], bad[2];
     unsigned int first[2];
@@ -150,9 +150,13 @@ __global__ void trunc_scale(unsigned int n, TruncScale* t) {
         }
     }
 }
-__global__ void table(unsigned int* out) {
+__global__ void table(signed char* out, unsigned long long* out_of_range) {
     unsigned int j = blockIdx.x * blockDim.x + threadIdx.x;
-    if (j < (1u << 23)) out[j] = __float_as_uint(ex2_approx(-(float)j * 0x1p-23f));
+    if (j >= (1u << 23)) return;
+    float f = -(float)j * 0x1p-23f;
+    int d = (int)(__float_as_uint(ex2_approx(f)) - __float_as_uint(exp2c(f)));
+    if (d < -128 || d > 127) atomicAdd(out_of_range, 1ull);
+    out[j] = (signed char)d;
 }
 
 // The inputs whose first f16 difference the tally names, re-evaluated.
@@ -253,26 +257,25 @@ int main() {
     const char* path = getenv("EX2_TABLE");
     if (path) {
         const unsigned int N = 1u << 23;
-        unsigned int* dt;
-        if (cudaMalloc(&dt, N * sizeof(unsigned int)) != cudaSuccess) return 2;
-        table<<<N / 256, 256>>>(dt);
-        unsigned int* ht = (unsigned int*)malloc(N * sizeof(unsigned int));
-        signed char* delta = (signed char*)malloc(N);
-        if (!ht || !delta) return 2;
-        cudaMemcpy(ht, dt, N * sizeof(unsigned int), cudaMemcpyDeviceToHost);
-        unsigned long long out_of_range = 0;
-        for (unsigned int j = 1; j < N; ++j) {
-            long long d = (long long)ht[j] - (long long)ht[j - 1];
-            if (d < -128 || d > 127) ++out_of_range;
-            delta[j] = (signed char)d;
-        }
+        signed char* dt;
+        unsigned long long* door;
+        if (cudaMalloc(&dt, N) != cudaSuccess || cudaMalloc(&door, sizeof(unsigned long long)) != cudaSuccess) return 2;
+        cudaMemset(door, 0, sizeof(unsigned long long));
+        table<<<N / 256, 256>>>(dt, door);
+        signed char* ht = (signed char*)malloc(N);
+        unsigned long long oor = 0;
+        if (!ht) return 2;
+        cudaMemcpy(ht, dt, N, cudaMemcpyDeviceToHost);
+        cudaMemcpy(&oor, door, sizeof oor, cudaMemcpyDeviceToHost);
+        unsigned long long hist[5] = {0, 0, 0, 0, 0};  // <= -2, -1, 0, 1, >= 2
+        for (unsigned int j = 0; j < N; ++j) hist[ht[j] <= -2 ? 0 : ht[j] >= 2 ? 4 : ht[j] + 2]++;
         FILE* f = fopen(path, "wb");
         if (!f) return 2;
-        fwrite(&ht[0], 4, 1, f);
-        fwrite(delta + 1, 1, N - 1, f);
+        fwrite(ht, 1, N, f);
         fclose(f);
-        printf("  table T[j] = ex2(-j * 2^-23), j < 2^23: T[0] = 0x%08x, T[2^23-1] = 0x%08x, %llu deltas outside int8, written to %s\n",
-               ht[0], ht[N - 1], out_of_range, path);
+        printf("  table: ex2(-j * 2^-23) - exp2c(same) in ulps over j < 2^23: <=-2 %llu, -1 %llu, 0 %llu, +1 %llu, >=+2 %llu; "
+               "%llu outside int8; written to %s\n",
+               hist[0], hist[1], hist[2], hist[3], hist[4], oor, path);
     }
     return 0;
 }
