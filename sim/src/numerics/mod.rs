@@ -7,6 +7,7 @@
 
 pub use attnlab_shared::dtype::DType;
 
+pub mod ex2_approx;
 pub mod mma;
 
 /// log2(e) rounded to f32. Softmax runs in base 2: scores are multiplied once
