@@ -79,7 +79,8 @@ use super::mla_cache::load_latent;
 use super::mla_decode::{stage2, KvRow, KvSplits, MlaDecodeArgs, MlaDecodeOutput};
 use super::softmax::ScoreParams;
 use crate::numerics::mma::{InFormat, MatrixTarget, Model};
-use crate::numerics::{exp2c, log2c};
+use crate::numerics::ex2_approx::Exp2Unit;
+use crate::numerics::{exp2c, log2c, LOG2E};
 use attnlab_shared::dtype::DType;
 use attnlab_shared::error::{Error, Result};
 use rayon::prelude::*;
@@ -106,6 +107,24 @@ pub struct MlaDecodeTcArgs<'a> {
     args: MlaDecodeArgs<'a>,
     target: MatrixTarget,
     fmt: InFormat,
+    softmax: MlaSoftmax,
+}
+
+/// Which arithmetic stage 1's softmax runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum MlaSoftmax {
+    /// The contract (numerics.md): base-2 scores `dot * (scale * log2 e)`
+    /// and `exp2c`, what attnlab's kernels compute on every device.
+    #[default]
+    Contract,
+    /// vLLM's Triton kernel as it runs on sm_90: natural-log scores
+    /// `s = dot * sm_scale`, weights `ex2.approx(((s - m) * log2 e))` with
+    /// each operation rounded to f32 (`tl.exp` lowers to a multiply by
+    /// log2 e and `ex2.approx.f32`), the measured unit of
+    /// [`Exp2Unit::Sm90Approx`]. The LSE channel stays base 2 for this
+    /// twin's stage 2 (`m * log2 e + log2c(l)`): `__nv_logf` and
+    /// `div.full.f32` are not modelled. The emulator only.
+    VllmSm90,
 }
 
 impl<'a> MlaDecodeTcArgs<'a> {
@@ -157,7 +176,30 @@ impl<'a> MlaDecodeTcArgs<'a> {
                 "none (the zoo's faults are re-injected into the fma kernels only)",
             ));
         }
-        Ok(MlaDecodeTcArgs { args, target, fmt })
+        Ok(MlaDecodeTcArgs {
+            args,
+            target,
+            fmt,
+            softmax: MlaSoftmax::Contract,
+        })
+    }
+    /// The same launch with stage 1's softmax in `softmax`'s arithmetic
+    /// ([`MlaSoftmax::VllmSm90`]: what vLLM's kernel computes on an H100;
+    /// the GPU kernels keep the contract). Only sm_90 has that model: on
+    /// another target the value is refused, naming it.
+    pub fn with_softmax(self, softmax: MlaSoftmax) -> Result<Self> {
+        if softmax == MlaSoftmax::VllmSm90 && self.target != MatrixTarget::Sm90 {
+            return Err(Error::invalid(
+                "mla_decode_tc softmax",
+                format!("vLLM's sm_90 arithmetic on {}", self.target.name()),
+                "the contract, or vLLM's sm_90 arithmetic on sm_90",
+            ));
+        }
+        Ok(MlaDecodeTcArgs { softmax, ..self })
+    }
+    /// Stage 1's softmax arithmetic.
+    pub fn softmax(&self) -> MlaSoftmax {
+        self.softmax
     }
     /// The split-KV launch (queries, rows, cache, splits, parameters).
     pub fn args(&self) -> &MlaDecodeArgs<'a> {
@@ -303,7 +345,10 @@ fn program(args: &MlaDecodeTcArgs, b: usize, hb: usize, sp: usize) -> Vec<f32> {
                         .chunks_exact(CHUNK)
                         .zip(kb[k].chunks_exact(CHUNK))
                         .fold(0.0f32, |c, (qa, ka)| model.dot(fmt, qa, ka, c));
-                    score.score(dot, 0.0)
+                    match args.softmax {
+                        MlaSoftmax::Contract => score.score(dot, 0.0),
+                        MlaSoftmax::VllmSm90 => dot * p.scale,
+                    }
                 } else {
                     f32::NEG_INFINITY
                 };
@@ -315,9 +360,9 @@ fn program(args: &MlaDecodeTcArgs, b: usize, hb: usize, sp: usize) -> Vec<f32> {
             } else {
                 0.0
             };
-            let alpha = exp2c(m[i] - m_ref);
+            let alpha = weight(args.softmax, m[i] - m_ref);
             for ((b, pk), &sk) in pb.iter_mut().zip(pf.iter_mut()).zip(s.iter()) {
-                *pk = exp2c(sk - m_ref);
+                *pk = weight(args.softmax, sk - m_ref);
                 *b = fmt.from_f32(p.q_dtype.round(*pk));
             }
             l[i] = l[i].mul_add(alpha, row_sum(args.target, pf));
@@ -336,10 +381,24 @@ fn program(args: &MlaDecodeTcArgs, b: usize, hb: usize, sp: usize) -> Vec<f32> {
             out.push(f32::NEG_INFINITY);
         } else {
             out.extend(acc[i].iter().map(|x| x / l[i]));
-            out.push(m[i] + log2c(l[i]));
+            let m2 = match args.softmax {
+                MlaSoftmax::Contract => m[i],
+                MlaSoftmax::VllmSm90 => m[i] * LOG2E,
+            };
+            out.push(m2 + log2c(l[i]));
         }
     }
     out
+}
+
+/// A softmax weight from the difference `x = s - m` (or `m_old - m_new`)
+/// in `softmax`'s domain.
+#[inline]
+fn weight(softmax: MlaSoftmax, x: f32) -> f32 {
+    match softmax {
+        MlaSoftmax::Contract => exp2c(x),
+        MlaSoftmax::VllmSm90 => Exp2Unit::Sm90Approx.eval(x * LOG2E),
+    }
 }
 
 #[cfg(test)]
@@ -411,6 +470,12 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("gfx90a") && e.contains("sm_90 or gfx942"), "{e}");
+        let e = MlaDecodeTcArgs::new(a, MatrixTarget::Gfx942)
+            .unwrap()
+            .with_softmax(MlaSoftmax::VllmSm90)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("sm_90 arithmetic on gfx942"), "{e}");
         let odd = LatentCache::from_tensor(
             MlaLayout::new(2, 16, 24, 8, DType::Bf16).unwrap(),
             vec![0.0; 2 * 16 * 32],
