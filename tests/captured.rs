@@ -163,7 +163,7 @@ fn aiter_unified_softcap_overflow_on_a_captured_case_is_a_divergence_with_its_re
 /// output (171 elements, up to 70 ulp) and no other (matrix-cores.md,
 /// "mla_decode_tc", against vLLM's own kernel).
 #[test]
-fn tensor_core_mla_decode_reproduces_vllms_h100_captures_but_one_exp_rounding() {
+fn tensor_core_mla_decode_in_the_contracts_arithmetic_reproduces_vllms_h100_captures_but_one_exp_rounding() {
     use attnlab_sim::backends::flavour::FlavourChoice;
     use attnlab_sim::replay::replay_paths_in;
     for name in ["triton_mla_00146", "triton_mla_00442"] {
@@ -206,6 +206,19 @@ fn tensor_core_mla_decode_in_vllms_sm90_arithmetic_reproduces_every_h100_capture
             .collect();
         assert!(differing.is_empty(), "{name}: elements {differing:?} differ");
     }
+    // `attnlab replay` runs TRITON_MLA in vLLM's arithmetic where it is
+    // modelled: the capture replays bit for bit there too.
+    let path = captured_dir().join("triton_mla_00515.safetensors");
+    let rows = attnlab_sim::replay::replay_paths_in(
+        &[path],
+        Some("TRITON_MLA"),
+        FlavourChoice::Tc,
+        |_, _| (),
+    )
+    .unwrap();
+    let r = row(&rows, "TRITON_MLA");
+    assert_eq!(r.status, Status::Pass, "{r:#?}");
+    assert_bit_exact(r);
     // Each half alone is not enough on 00515: the measured unit on the
     // contract's base-2 arguments leaves one element, the natural-log
     // arguments with exp2c leave head 15 (docs/src/matrix-cores.md).

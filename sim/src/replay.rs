@@ -28,7 +28,7 @@
 //! of its result against the kernel's output, the same for the f64
 //! reference rounded to the output dtype, and their ratio.
 
-use crate::backends::exec::{Cpu, KernelExecutor};
+use crate::backends::exec::{Arithmetic, Cpu, KernelExecutor};
 use crate::backends::flavour::{admits_mla, tc_step, Flavour, FlavourChoice};
 use crate::backends::mla::{self, mla_backends};
 use crate::backends::rocm_attn::{DecodeKernel, RocmAttn};
@@ -1230,7 +1230,9 @@ pub fn replay_mla_decode(
     };
     Ok(backend
         .forward_mqa_with(
-            &Cpu::new(flavour),
+            // vLLM's own arithmetic where the emulator models it (sm_90:
+            // its softmax through the measured ex2.approx).
+            &Cpu::new(flavour).with_arithmetic(Arithmetic::Vendor),
             &case.query.flat(),
             case.num_heads,
             &cache,

@@ -37,6 +37,7 @@ use crate::kernels::mla_decode::{
     aiter_splits, decode, AiterPaging, MlaDecodeArgs, MlaDecodeOutput, MlaDecodeParams,
 };
 use crate::kernels::mla_decode_tc::decode_tc as mla_decode_tc_kernel;
+use crate::kernels::mla_decode_tc::MlaSoftmax;
 use crate::kernels::mla_prefill::{gather_latent, LatentGather};
 use crate::kernels::mla_proj::{absorb, output, up, ProjArgs};
 use crate::kernels::paged_decode::{paged_2d, paged_ll4mi, PagedInputs, PartitionSize};
@@ -160,16 +161,40 @@ pub trait KernelExecutor {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Cpu {
     pub flavour: Flavour,
+    /// Whose arithmetic the hardware functions follow where a vendor's is
+    /// modelled (today: TRITON_MLA's decode on sm_90, `MlaSoftmax::VllmSm90`);
+    /// the contract everywhere else.
+    pub arithmetic: Arithmetic,
+}
+
+/// The contract's functions (`exp2c`, what attnlab's kernels compute on
+/// every device), or, where the emulator models it, the vendor kernel's own
+/// arithmetic on the flavour's target: what `attnlab replay` compares a
+/// capture with.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Arithmetic {
+    #[default]
+    Contract,
+    Vendor,
 }
 
 impl Cpu {
     /// The fma (CUDA-core) kernels: what `write_kv` / `forward` run.
     pub const FMA: Cpu = Cpu {
         flavour: Flavour::Fma,
+        arithmetic: Arithmetic::Contract,
     };
 
     pub fn new(flavour: Flavour) -> Self {
-        Cpu { flavour }
+        Cpu {
+            flavour,
+            arithmetic: Arithmetic::Contract,
+        }
+    }
+
+    /// The same executor in `arithmetic`.
+    pub fn with_arithmetic(self, arithmetic: Arithmetic) -> Self {
+        Cpu { arithmetic, ..self }
     }
 
     /// A paged decode launch (`kernel`) in the tensor-core flavour: its
@@ -278,7 +303,14 @@ impl KernelExecutor for Cpu {
     fn decode_attention_fwd(&self, args: &MlaDecodeArgs) -> Result<MlaDecodeOutput> {
         match self.flavour {
             Flavour::Fma => decode(args),
-            Flavour::TensorCore(t) => mla_decode_tc_kernel(&mla_decode_tc(args, t)?),
+            Flavour::TensorCore(t) => {
+                let tc = mla_decode_tc(args, t)?;
+                let tc = match (self.arithmetic, t) {
+                    (Arithmetic::Vendor, MatrixTarget::Sm90) => tc.with_softmax(MlaSoftmax::VllmSm90)?,
+                    _ => tc,
+                };
+                mla_decode_tc_kernel(&tc)
+            }
         }
     }
 }
