@@ -294,7 +294,35 @@ unsafe fn update_rows_avx512<'a>(
     value: &impl Fn(usize) -> &'a [f32],
     p_dtype: DType,
 ) {
-    update_rows_body::<ROW_BLOCK_WIDE>(rows, scores, stride, n, value, p_dtype)
+    // Blocks of 16 rows on the lanes of one register (simd::softmax_step16),
+    // the rest (or a tile it does not take) in blocks of ROW_BLOCK_WIDE.
+    let path = SimdPath::Avx512;
+    let mut r0 = 0;
+    while r0 + 16 <= rows.len() {
+        let block = &mut rows[r0..r0 + 16];
+        let mut m: [f32; 16] = std::array::from_fn(|r| block[r].m);
+        let mut l: [f32; 16] = std::array::from_fn(|r| block[r].l);
+        let mut it = block.iter_mut();
+        let mut acc: [&mut [f32]; 16] =
+            std::array::from_fn(|_| it.next().expect("16 rows").acc.as_mut_slice());
+        let s = &scores[r0 * stride..];
+        if !simd::softmax_step16(path, s, stride, n, &mut m, &mut l, &mut acc, value, p_dtype) {
+            break;
+        }
+        for (row, (m, l)) in block.iter_mut().zip(m.into_iter().zip(l)) {
+            row.m = m;
+            row.l = l;
+        }
+        r0 += 16;
+    }
+    update_rows_body::<ROW_BLOCK_WIDE>(
+        &mut rows[r0..],
+        &scores[(r0 * stride).min(scores.len())..],
+        stride,
+        n,
+        value,
+        p_dtype,
+    )
 }
 
 /// [`RowState::update_rows`] with the AVX2 + FMA registers.
