@@ -261,10 +261,20 @@ impl RowState {
 
     /// `acc / l` (0 for an empty row), not yet rounded to the output dtype.
     pub fn normalized(&self) -> Vec<f32> {
+        let mut out = vec![0.0; self.acc.len()];
+        self.normalized_into(&mut out);
+        out
+    }
+
+    /// [`RowState::normalized`] written into `out` (`acc.len()` long).
+    pub fn normalized_into(&self, out: &mut [f32]) {
         if self.l == 0.0 {
-            return vec![0.0; self.acc.len()];
+            out.fill(0.0);
+            return;
         }
-        self.acc.iter().map(|a| a / self.l).collect()
+        for (o, a) in out.iter_mut().zip(&self.acc) {
+            *o = a / self.l;
+        }
     }
 
     /// Base-2 log-sum-exp of the row: `m + log2c(l)`; -inf when empty.
