@@ -1547,6 +1547,14 @@ struct SeqKv {
 }
 
 impl SharedKv {
+    /// Nothing shared: every unit gathers its own tiles.
+    fn none(hkv: usize) -> Self {
+        SharedKv {
+            hkv,
+            by_head: vec![],
+        }
+    }
+
     fn get(&self, seq: usize, kv_head: usize) -> Option<&SeqKv> {
         self.by_head.get(seq * self.hkv + kv_head)?.as_ref()
     }
@@ -1830,7 +1838,7 @@ mod tests {
                 let mut rows: Vec<(usize, usize, Vec<u32>)> = k
                     .units(1, per_unit)
                     .iter()
-                    .filter_map(|u| k.run(u))
+                    .filter_map(|u| k.run(u, &SharedKv::none(cfg.num_kv_heads())))
                     .flat_map(|r| {
                         r.rows.into_iter().zip(r.states).map(|(id, s)| {
                             (
@@ -1851,6 +1859,37 @@ mod tests {
             let alone = run(1);
             assert_eq!(alone.len(), 90 * 6);
             assert_eq!(alone, run(Q_BLOCKS_PER_UNIT), "{flavor:?}");
+        }
+    }
+
+    #[test]
+    fn reading_a_requests_shared_kv_is_bit_neutral() {
+        // A request long enough to share its K^T and V (context and new
+        // tokens, a tile straddling cache blocks), both flavours, 2D and 3D.
+        let cfg = AttnConfig::new(8, 2, 64, DType::Bf16).unwrap();
+        let (q, cache, meta) = one_request(&cfg, 16, 70, SHARED_KV_MIN_TOKENS + 9);
+        for flavor in [Flavor::Vllm, Flavor::Aiter] {
+            for segments in [1, 3] {
+                let launch = UnifiedLaunch {
+                    flavor,
+                    ..UnifiedLaunch::vllm(&meta, &cfg, VllmLaunchOptions::default()).unwrap()
+                };
+                let k = Kernel::new(&q, &cache, &meta, &cfg, &launch).unwrap();
+                let units = k.units(segments, Q_BLOCKS_PER_UNIT);
+                let shared = k.share_kv(&units);
+                assert!(shared.get(0, 1).is_some(), "the request shares its kv heads");
+                let run = |sh: &SharedKv| -> Vec<u32> {
+                    units
+                        .iter()
+                        .filter_map(|u| k.run(u, sh))
+                        .flat_map(|r| r.states)
+                        .flat_map(|s| s.acc.iter().chain([&s.m, &s.l]).map(|x| x.to_bits()).collect::<Vec<_>>())
+                        .collect()
+                };
+                let gathered = run(&SharedKv::none(cfg.num_kv_heads()));
+                assert!(!gathered.is_empty());
+                assert_eq!(run(&shared), gathered, "{flavor:?} {segments} segments");
+            }
         }
     }
 
