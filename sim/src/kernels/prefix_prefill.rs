@@ -173,7 +173,7 @@ pub fn context_attention(args: &PrefixArgs, out: &mut [f32]) -> Result<()> {
         args.inputs.cfg(),
     );
     let (skip_decode, v) = (args.skip_decode, args.variant);
-    let (hq, d) = (cfg.num_heads(), cfg.head_size());
+    let d = cfg.head_size();
     let (hk, qpk) = (cfg.num_kv_heads(), cfg.queries_per_kv());
     // The grid's programs (b, head, start_m), run as one task per (b,
     // start_m, kv head) that holds the kv head's qpk query heads: each
@@ -188,26 +188,36 @@ pub fn context_attention(args: &PrefixArgs, out: &mut [f32]) -> Result<()> {
         })
         .collect();
     let dims = DimOffsets::new(&cache.layout);
-    let results: Vec<(usize, usize, Vec<f32>)> = tasks
-        .par_iter()
-        .map(|&(b, g, start_m)| program(query, cache, meta, cfg, &v, &dims, b, g, start_m))
-        .collect();
-    for (first_row, g, data) in results {
-        // data [qpk heads][rows][D]
-        let rows = data.len() / (qpk * d).max(1);
-        for (hh, head_rows) in data.chunks_exact(rows * d).enumerate() {
-            let h = g * qpk + hh;
-            for (i, row) in head_rows.chunks_exact(d).enumerate() {
-                let base = ((first_row + i) * hq + h) * d;
-                out[base..base + d].copy_from_slice(row);
-            }
+    // Each task's output rows, handed to it as disjoint slices of `out`:
+    // token t's heads of kv head g (`qpk * D` contiguous values) belong to
+    // the task of (t's request, t's row block, g), which writes them in
+    // place; tokens no task owns (skipped decodes) keep their values.
+    let chunk = (qpk * d).max(1);
+    let mut owner = vec![usize::MAX; out.len() / chunk];
+    for (i, &(b, g, start_m)) in tasks.iter().enumerate() {
+        let first = meta.query_range(b).start + start_m * v.block_m;
+        let last = meta.query_range(b).start + ((start_m + 1) * v.block_m).min(meta.query_len(b));
+        for t in first..last {
+            owner[t * hk + g] = i;
         }
     }
+    let mut outs: Vec<Vec<&mut [f32]>> = tasks.iter().map(|_| Vec::new()).collect();
+    for (c, o) in out.chunks_exact_mut(chunk).enumerate() {
+        if let Some(dst) = outs.get_mut(owner[c]) {
+            dst.push(o);
+        }
+    }
+    tasks
+        .par_iter()
+        .zip(outs.into_par_iter())
+        .for_each(|(&(b, g, start_m), mut rows_out)| {
+            program(query, cache, meta, cfg, &v, &dims, b, g, start_m, &mut rows_out)
+        });
     Ok(())
 }
 
 /// The programs `(b, head, start_m)` of kv head `kv_head`'s query heads:
-/// returns (first query row, kv head, `[qpk][rows][D]` output).
+/// writes row i's `[qpk, D]` outputs (rounded) into `out[i]`.
 #[allow(clippy::too_many_arguments)]
 fn program(
     query: &[f32],
@@ -219,7 +229,8 @@ fn program(
     b: usize,
     kv_head: usize,
     start_m: usize,
-) -> (usize, usize, Vec<f32>) {
+    out: &mut [&mut [f32]],
+) {
     let (hq, d, qpk) = (cfg.num_heads(), cfg.head_size(), cfg.queries_per_kv());
     let (ql, ctx) = (meta.query_len(b), meta.context_len(b));
     let heads = kv_head * qpk..(kv_head + 1) * qpk;
@@ -314,13 +325,14 @@ fn program(
             &mut states,
         );
     }
-    let mut data = Vec::with_capacity(qpk * nrows * d);
-    for state in &states {
-        data.extend(state.normalized_eps(v.l_eps));
+    // states[hh * nrows + i] is row i of head hh.
+    for (k, state) in states.iter().enumerate() {
+        let (hh, i) = (k / nrows, k % nrows);
+        let o = &mut out[i][hh * d..(hh + 1) * d];
+        state.normalized_eps_into(v.l_eps, o);
+        // cfg.dtype.round of every element (simd::round_slice: the same bits).
+        crate::kernels::simd::round_slice(cfg.dtype(), o);
     }
-    // cfg.dtype.round of every element (simd::round_slice: the same bits).
-    crate::kernels::simd::round_slice(cfg.dtype(), &mut data);
-    (first_row, kv_head, data)
 }
 
 /// One row's base-2 scores of keys `t0..t0 + s.len()` for the query at

@@ -596,8 +596,17 @@ impl RowState {
     /// `acc / (l + eps)` as the Triton epilogues divide (0 for an empty row:
     /// acc is 0 there), not yet rounded to the output dtype.
     pub fn normalized_eps(&self, eps: f32) -> Vec<f32> {
+        let mut out = vec![0.0; self.acc.len()];
+        self.normalized_eps_into(eps, &mut out);
+        out
+    }
+
+    /// [`RowState::normalized_eps`] written into `out` (`acc.len()` long).
+    pub fn normalized_eps_into(&self, eps: f32, out: &mut [f32]) {
         let denom = self.l + eps;
-        self.acc.iter().map(|a| a / denom).collect()
+        for (o, a) in out.iter_mut().zip(&self.acc) {
+            *o = a / denom;
+        }
     }
 }
 

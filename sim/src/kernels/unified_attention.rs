@@ -1548,6 +1548,7 @@ struct SeqKv {
 
 impl SharedKv {
     /// Nothing shared: every unit gathers its own tiles.
+    #[cfg(test)]
     fn none(hkv: usize) -> Self {
         SharedKv {
             hkv,
