@@ -844,6 +844,12 @@ impl KvTile {
         );
     }
 
+    /// The tile's K^T (`[head_size][tile_size]`: key j's dim dd at `dd *
+    /// tile_size + j`) and V rows (`[tile_size][head_size]`).
+    pub fn parts(&self) -> (&[f32], &[f32]) {
+        (&self.k_t, &self.v)
+    }
+
     /// V row j of the tile.
     #[inline]
     pub fn v_row(&self, j: usize) -> &[f32] {
