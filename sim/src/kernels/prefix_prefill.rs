@@ -567,8 +567,8 @@ mod tests {
         let shared = share_new_tokens(&cache, &meta, &cfg, &v, &dims);
         let d = cfg.head_size();
         let qpk = cfg.queries_per_kv();
-        for g in 0..cfg.num_kv_heads() {
-            let sh = shared[g].as_ref();
+        for (g, sh) in shared.iter().enumerate() {
+            let sh = sh.as_ref();
             assert!(sh.is_some(), "kv head {g} is laid out");
             for start_m in 0..meta.query_len(0).div_ceil(v.block_m) {
                 let rows = v.block_m.min(meta.query_len(0) - start_m * v.block_m);
