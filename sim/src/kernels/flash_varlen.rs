@@ -483,25 +483,42 @@ pub fn varlen(args: &VarlenArgs) -> OutLse {
             })
         })
         .collect();
-    let blocks: Vec<(usize, usize, Vec<f32>, Vec<f32>)> = programs
+    let mut res = OutLse::empty(total_q, hq, dv);
+    // Each program's output rows, handed to it as disjoint slices of
+    // `res.out`: token t's heads of kv head g (`qpk * Dv` contiguous values)
+    // belong to program (b, t's row block, g), which writes them in place.
+    let first_program: Vec<usize> = (0..batch)
+        .scan(0, |n, b| {
+            let first = *n;
+            *n += seq_len(cu_seqlens_q, b).div_ceil(BLOCK_M) * hk;
+            Some(first)
+        })
+        .collect();
+    let task = |t: usize, g: usize| -> usize {
+        // programs are (b, mb, g) in order: b's first program index, then
+        // mb * hk + g.
+        let b = cu_seqlens_q[1..].partition_point(|&x| x as usize <= t);
+        let mb = (t - cu_seqlens_q[b] as usize) / BLOCK_M;
+        first_program[b] + mb * hk + g
+    };
+    let mut outs: Vec<Vec<&mut [f32]>> = programs.iter().map(|_| Vec::new()).collect();
+    for (i, chunk) in res.out_mut().chunks_exact_mut(qpk * dv).enumerate() {
+        outs[task(i / hk, i % hk)].push(chunk);
+    }
+    let lses: Vec<(usize, usize, Vec<f32>)> = programs
         .par_iter()
-        .map(|&(b, mb, g)| {
+        .zip(outs.into_par_iter())
+        .map(|(&(b, mb, g), mut out)| {
             let kt_seq = kt[b * hk + g]
                 .as_ref()
                 .map(|(k, v)| (k.as_slice(), v.as_slice()));
-            let (out, lse) = program(q, k, v, cu_seqlens_q, cu_seqlens_k, b, mb, g, p, kt_seq);
-            (cu_seqlens_q[b] as usize + mb * BLOCK_M, g, out, lse)
+            let lse = program(q, k, v, cu_seqlens_q, cu_seqlens_k, b, mb, g, p, kt_seq, &mut out);
+            (cu_seqlens_q[b] as usize + mb * BLOCK_M, g, lse)
         })
         .collect();
-
-    let mut res = OutLse::empty(total_q, hq, dv);
-    for (t0, g, out, lse) in blocks {
+    for (t0, g, lse) in lses {
         let rows = lse.len() / qpk;
-        // out [rows, qpk, Dv] into [total_q, Hq, Dv]; lse [qpk, rows] into [Hq, total_q].
-        for (i, o) in out.chunks_exact(qpk * dv).enumerate() {
-            let base = ((t0 + i) * hq + g * qpk) * dv;
-            res.out_mut()[base..base + qpk * dv].copy_from_slice(o);
-        }
+        // lse [qpk, rows] into [Hq, total_q].
         for hh in 0..qpk {
             let h = g * qpk + hh;
             res.lse_mut()[h * total_q + t0..h * total_q + t0 + rows]
@@ -516,7 +533,8 @@ pub(crate) fn seq_len(cu: &[i32], b: usize) -> usize {
 }
 
 /// One (sequence b, row block mb) for the query heads of kv head `g`:
-/// returns out `[rows, qpk, Dv]` and lse `[qpk, rows]`.
+/// writes row i's `[qpk, Dv]` outputs into `out[i]` and returns lse
+/// `[qpk, rows]`.
 #[allow(clippy::too_many_arguments)]
 fn program(
     q: &[f32],
@@ -529,7 +547,8 @@ fn program(
     g: usize,
     p: &VarlenParams,
     kt_seq: Option<(&[f32], &[f32])>,
-) -> (Vec<f32>, Vec<f32>) {
+    out: &mut [&mut [f32]],
+) -> Vec<f32> {
     let (hq, hk, d, dv, bn) = (
         p.num_heads(),
         p.num_kv_heads(),
@@ -569,8 +588,10 @@ fn program(
     // differ from Q/K's here (MLA prefill, 192 / 128). Same layout and QK order.
     // Leading dimensions padded off a multiple of 4 KiB (see `padded`).
     let (ld_k, ld_v) = (padded(bn), padded(dv));
-    let mut k_t = vec![0.0f32; d * ld_k];
-    let mut v_tile = vec![0.0f32; bn * ld_v];
+    // Only a program whose sequence has no shared copy lays out its own.
+    let own = kt_seq.is_none();
+    let mut k_t = vec![0.0f32; if own { d * ld_k } else { 0 }];
+    let mut v_tile = vec![0.0f32; if own { bn * ld_v } else { 0 }];
     let path = SimdPath::active();
     let dims: Vec<usize> = (0..d).collect();
     // A chunk of one head's rows against the tile at a time: its scores
@@ -638,18 +659,17 @@ fn program(
         }
     }
 
-    let mut out = vec![0.0f32; rows * qpk * dv];
     let mut lse = vec![0.0f32; qpk * rows];
     for hh in 0..qpk {
         for i in 0..rows {
             let st = &states[hh * rows + i];
-            let o = &mut out[(i * qpk + hh) * dv..][..dv];
-            o.copy_from_slice(&st.normalized());
+            let o = &mut out[i][hh * dv..(hh + 1) * dv];
+            st.normalized_into(o);
             simd::round_slice(p.dtype(), o);
             lse[hh * rows + i] = row_lse(st, p.faults());
         }
     }
-    (out, lse)
+    lse
 }
 
 /// A tile's leading dimension for `n` f32 columns: `n`, plus 16 when `n *

@@ -406,11 +406,14 @@ pub fn flex(args: &FlexArgs) -> Result<Vec<f32>> {
         qpk,
         dtype: cfg.dtype(),
     };
+    let shared = SharedBlocks::new(&ctx, meta, hk);
     let parts: Vec<Vec<f32>> = tasks
         .par_iter()
         .map_init(
             || GroupScratch::new(bn, d, qpk),
-            |scratch, (grp, heads)| ctx.run(&units[grp.clone()], heads.clone(), scratch),
+            |scratch, (grp, heads)| {
+                ctx.run(&units[grp.clone()], heads.clone(), scratch, shared.as_ref())
+            },
         )
         .collect();
     let mut out = vec![0.0f32; meta.num_actual_tokens() * hq * d];
@@ -425,6 +428,160 @@ pub fn flex(args: &FlexArgs) -> Result<Vec<f32>> {
         }
     }
     Ok(out)
+}
+
+/// A tile's K^T (`kt[dd * ld + j]`: key j's dim dd) and V rows (`v[j *
+/// ld_v..][..d]`), gathered into a task's [`KvTile`] or laid out once per
+/// launch ([`SharedBlocks`]): the same values either way.
+#[derive(Clone, Copy)]
+struct TileRef<'t> {
+    kt: &'t [f32],
+    ld: usize,
+    v: &'t [f32],
+    ld_v: usize,
+    d: usize,
+}
+
+impl<'t> TileRef<'t> {
+    fn of(tile: &'t KvTile) -> Self {
+        let (kt, v) = tile.parts();
+        TileRef {
+            kt,
+            ld: tile.tile_size,
+            v,
+            ld_v: tile.head_size,
+            d: tile.head_size,
+        }
+    }
+
+    /// `out[r * out_stride + j] = dot(qs[r], k_j)` for keys `j < n`
+    /// ([`KvTile::qk_rows`]'s chains).
+    fn qk_rows(&self, qs: &[&[f32]], out: &mut [f32], out_stride: usize, n: usize) {
+        simd::dots_rows(
+            simd::SimdPath::active(),
+            qs,
+            &self.kt[..self.d * self.ld],
+            self.ld,
+            0,
+            n,
+            out,
+            out_stride,
+        );
+    }
+
+    fn v_row(&self, j: usize) -> &'t [f32] {
+        &self.v[j * self.ld_v..j * self.ld_v + self.d]
+    }
+}
+
+/// Query tokens of the longest request from which a launch lays out every
+/// block its block mask lists once ([`SharedBlocks`]).
+const SHARED_MIN_TOKENS: usize = 256;
+
+/// K^T and V of every (kv head, cache block) a prefill launch's block mask
+/// lists, laid out once per launch in tiles of BLOCK_N keys (a long
+/// prefill's tasks read each block again and again): block `blk`'s tile t
+/// of kv head g at `kt[((slot[blk] * hk + g) * tiles + t) * d * ld..]`, its
+/// key r's V row at `v[((slot[blk] * hk + g) * bs + r) * ld_v..]`; leading
+/// dimensions padded as flash_varlen's. Changes where values are read
+/// from, not one value.
+struct SharedBlocks {
+    slot: Vec<usize>,
+    hk: usize,
+    tiles: usize,
+    bs: usize,
+    d: usize,
+    ld: usize,
+    ld_v: usize,
+    kt: Vec<f32>,
+    v: Vec<f32>,
+}
+
+impl SharedBlocks {
+    fn new(ctx: &GroupCtx, meta: &AttentionMetadata, hk: usize) -> Option<Self> {
+        if meta.max_query_len() < SHARED_MIN_TOKENS || !ctx.dims.v.iter().enumerate().all(|(i, &o)| o == i) {
+            return None;
+        }
+        let (bs, bn, d) = (ctx.bs, ctx.bn, ctx.d);
+        let bm = ctx.block_mask;
+        let mut blocks: Vec<usize> = bm
+            .kv_indices
+            .iter()
+            .chain(&bm.full_kv_indices)
+            .flatten()
+            .copied()
+            .collect();
+        blocks.sort_unstable();
+        blocks.dedup();
+        let mut slot = vec![usize::MAX; ctx.cache.layout.num_blocks];
+        for (i, &b) in blocks.iter().enumerate() {
+            *slot.get_mut(b)? = i;
+        }
+        let tiles = bs / bn;
+        let (ld, ld_v) = (super::flash_varlen::padded(bn), super::flash_varlen::padded(d));
+        let mut kt = vec![0.0f32; blocks.len() * hk * tiles * d * ld];
+        let mut v = vec![0.0f32; blocks.len() * hk * bs * ld_v];
+        let path = simd::SimdPath::active();
+        kt.par_chunks_mut(tiles * d * ld)
+            .zip(v.par_chunks_mut(bs * ld_v))
+            .enumerate()
+            .for_each(|(i, (kt, v))| {
+                let (blk, g) = (blocks[i / hk], i % hk);
+                let l = &ctx.cache.layout;
+                for (t, kt) in kt.chunks_exact_mut(d * ld).enumerate() {
+                    let r0 = t * bn;
+                    let mut j0 = 0;
+                    while j0 + 8 <= bn {
+                        let bases: [usize; 8] = std::array::from_fn(|i| l.k_offset(blk, r0 + j0 + i, g, 0));
+                        let done = simd::gather_kt8(path, &ctx.cache.k, &bases, &ctx.dims.k, kt, ld, j0);
+                        for (i, &b) in bases.iter().enumerate() {
+                            for (dd, &ko) in ctx.dims.k.iter().enumerate().skip(done) {
+                                kt[dd * ld + j0 + i] = ctx.cache.k[b + ko];
+                            }
+                        }
+                        j0 += 8;
+                    }
+                    for j in j0..bn {
+                        let b = l.k_offset(blk, r0 + j, g, 0);
+                        for (dd, &ko) in ctx.dims.k.iter().enumerate() {
+                            kt[dd * ld + j] = ctx.cache.k[b + ko];
+                        }
+                    }
+                }
+                for (r, row) in v.chunks_exact_mut(ld_v).enumerate() {
+                    let o = l.v_offset(blk, r, g, 0);
+                    row[..d].copy_from_slice(&ctx.cache.v[o..o + d]);
+                }
+            });
+        Some(SharedBlocks {
+            slot,
+            hk,
+            tiles,
+            bs,
+            d,
+            ld,
+            ld_v,
+            kt,
+            v,
+        })
+    }
+
+    /// Tile `t` of block `blk`, kv head `g`, if laid out.
+    fn tile(&self, g: usize, blk: usize, t: usize) -> Option<TileRef<'_>> {
+        let s = *self.slot.get(blk)?;
+        if s == usize::MAX {
+            return None;
+        }
+        let kt0 = ((s * self.hk + g) * self.tiles + t) * self.d * self.ld;
+        let v0 = ((s * self.hk + g) * self.bs + t * (self.bs / self.tiles)) * self.ld_v;
+        Some(TileRef {
+            kt: &self.kt[kt0..kt0 + self.d * self.ld],
+            ld: self.ld,
+            v: &self.v[v0..],
+            ld_v: self.ld_v,
+            d: self.d,
+        })
+    }
 }
 
 /// Rows (tokens x heads of a kv head) a task steps per tile up to which it
@@ -499,6 +656,7 @@ impl GroupCtx<'_> {
         units: &[(usize, std::ops::Range<usize>)],
         heads: std::ops::Range<usize>,
         scr: &mut GroupScratch,
+        shared: Option<&SharedBlocks>,
     ) -> Vec<f32> {
         let (d, bn, bs, qpk, hq) = (self.d, self.bn, self.bs, self.qpk, self.hq);
         // Decode-shaped tasks (few rows per tile) stream K/V and prefetch
@@ -578,7 +736,7 @@ impl GroupCtx<'_> {
                                     &mut states[gi * nu + u],
                                     &scr.kept[m],
                                     &live,
-                                    &scr.tile,
+                                    TileRef::of(&scr.tile),
                                     &scr.masked,
                                     0..n_rows,
                                 );
@@ -587,10 +745,14 @@ impl GroupCtx<'_> {
                         continue;
                     }
                     for (gi, g) in heads.clone().enumerate() {
-                        scr.locs.clear();
-                        scr.locs.extend(tile_keys.clone().map(|r| (blk, r)));
-                        scr.tile
-                            .gather_paged_exact(self.cache, self.dims, g, &scr.locs);
+                        let laid_out = shared.and_then(|sh| sh.tile(g, blk, n0 / bn));
+                        if laid_out.is_none() {
+                            scr.locs.clear();
+                            scr.locs.extend(tile_keys.clone().map(|r| (blk, r)));
+                            scr.tile
+                                .gather_paged_exact(self.cache, self.dims, g, &scr.locs);
+                        }
+                        let tile = laid_out.unwrap_or_else(|| TileRef::of(&scr.tile));
                         // The next tile's keys (this block's next, or the next
                         // block's first) start their way in meanwhile.
                         let next = match (n0 + bn < bs, union.get(i + 1)) {
@@ -609,7 +771,7 @@ impl GroupCtx<'_> {
                                 &qs[gi * nu + u],
                                 &scr.kept[m],
                                 &live,
-                                &scr.tile,
+                                tile,
                                 &scr.masked,
                                 &mut scr.s,
                             );
@@ -635,7 +797,7 @@ impl GroupCtx<'_> {
         qs: &[&[f32]],
         kept: &[Option<std::ops::Range<usize>>],
         live: &impl Fn(&Option<std::ops::Range<usize>>) -> std::ops::Range<usize>,
-        tile: &KvTile,
+        tile: TileRef<'_>,
         masked: &[f32],
         s_buf: &mut [f32],
     ) {
@@ -654,7 +816,7 @@ impl GroupCtx<'_> {
             }
             let run = a * qpk..k * qpk;
             let s = &mut s_buf[..run.len() * bn];
-            tile.qk_rows(&qs[run.clone()], s, bn);
+            tile.qk_rows(&qs[run.clone()], s, bn, bn);
             for (kk, s_row) in s.chunks_exact_mut(qpk * bn).enumerate() {
                 let kr = live(&kept[a + kk]);
                 for s_h in s_row.chunks_exact_mut(bn) {
@@ -674,7 +836,7 @@ impl GroupCtx<'_> {
         states: &mut [RowState],
         kept: &[Option<std::ops::Range<usize>>],
         live: &impl Fn(&Option<std::ops::Range<usize>>) -> std::ops::Range<usize>,
-        tile: &KvTile,
+        tile: TileRef<'_>,
         masked: &[f32],
         rows: std::ops::Range<usize>,
     ) {
@@ -998,6 +1160,60 @@ mod tests {
             let got = flex_attention(&q, &cache, &meta, &cfg).unwrap();
             let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(&got), bits(&want), "seed {seed}");
+        }
+    }
+
+    #[test]
+    fn a_long_prefills_blocks_laid_out_once_give_the_one_row_loops_bits() {
+        // A request long enough for SharedBlocks (cached context, a block
+        // shared with a second, decode request, blocks out of order), in
+        // bf16 and f32, causal and with a window.
+        use rand::{Rng, SeedableRng};
+        for (seed, dtype, window) in [(1u64, DType::Bf16, None), (2, DType::F32, Some(70))] {
+            let cfg = crate::config::AttnConfigBuilder {
+                sliding_window: window,
+                ..AttnConfig::builder(4, 2, 32, dtype)
+            }
+            .build()
+            .unwrap();
+            let bs = 32;
+            let (q0, c0) = (SHARED_MIN_TOKENS + 20, 40);
+            let n0 = (q0 + c0).div_ceil(bs);
+            let num_blocks = n0 + 2;
+            let mut row0: Vec<i32> = (0..n0 as i32).rev().collect();
+            row0.swap(1, 4);
+            let row1 = vec![row0[2], n0 as i32 + 1];
+            let meta = AttentionMetadata::new(
+                bs,
+                num_blocks,
+                vec![0, q0 as i32, q0 as i32 + 1],
+                vec![(q0 + c0) as i32, 40],
+                BlockTableTensor::from_rows(&[row0, row1]),
+                vec![-1; q0 + 1],
+                true,
+            )
+            .unwrap();
+            let layout = attnlab_shared::layout::KvLayout::new(
+                LayoutKind::Nhd,
+                num_blocks,
+                bs,
+                cfg.num_kv_heads(),
+                cfg.head_size(),
+                cfg.dtype(),
+            )
+            .unwrap();
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+            let mut cache = KvCache::zeros(layout);
+            for x in cache.k.iter_mut().chain(cache.v.iter_mut()) {
+                *x = dtype.round(rng.gen_range(-2.0..2.0));
+            }
+            let q: Vec<f32> = (0..(q0 + 1) * cfg.num_heads() * cfg.head_size())
+                .map(|_| dtype.round(rng.gen_range(-2.0..2.0)))
+                .collect();
+            let want = one_row_reference(&q, &cache, &meta, &cfg);
+            let got = flex_attention(&q, &cache, &meta, &cfg).unwrap();
+            let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&got), bits(&want), "{dtype:?} window {window:?}");
         }
     }
 

@@ -173,7 +173,7 @@ pub fn context_attention(args: &PrefixArgs, out: &mut [f32]) -> Result<()> {
         args.inputs.cfg(),
     );
     let (skip_decode, v) = (args.skip_decode, args.variant);
-    let (hq, d) = (cfg.num_heads(), cfg.head_size());
+    let d = cfg.head_size();
     let (hk, qpk) = (cfg.num_kv_heads(), cfg.queries_per_kv());
     // The grid's programs (b, head, start_m), run as one task per (b,
     // start_m, kv head) that holds the kv head's qpk query heads: each
@@ -188,26 +188,38 @@ pub fn context_attention(args: &PrefixArgs, out: &mut [f32]) -> Result<()> {
         })
         .collect();
     let dims = DimOffsets::new(&cache.layout);
-    let results: Vec<(usize, usize, Vec<f32>)> = tasks
-        .par_iter()
-        .map(|&(b, g, start_m)| program(query, cache, meta, cfg, &v, &dims, b, g, start_m))
-        .collect();
-    for (first_row, g, data) in results {
-        // data [qpk heads][rows][D]
-        let rows = data.len() / (qpk * d).max(1);
-        for (hh, head_rows) in data.chunks_exact(rows * d).enumerate() {
-            let h = g * qpk + hh;
-            for (i, row) in head_rows.chunks_exact(d).enumerate() {
-                let base = ((first_row + i) * hq + h) * d;
-                out[base..base + d].copy_from_slice(row);
-            }
+    // Each task's output rows, handed to it as disjoint slices of `out`:
+    // token t's heads of kv head g (`qpk * D` contiguous values) belong to
+    // the task of (t's request, t's row block, g), which writes them in
+    // place; tokens no task owns (skipped decodes) keep their values.
+    let chunk = (qpk * d).max(1);
+    let mut owner = vec![usize::MAX; out.len() / chunk];
+    for (i, &(b, g, start_m)) in tasks.iter().enumerate() {
+        let first = meta.query_range(b).start + start_m * v.block_m;
+        let last = meta.query_range(b).start + ((start_m + 1) * v.block_m).min(meta.query_len(b));
+        for t in first..last {
+            owner[t * hk + g] = i;
         }
     }
+    let mut outs: Vec<Vec<&mut [f32]>> = tasks.iter().map(|_| Vec::new()).collect();
+    for (c, o) in out.chunks_exact_mut(chunk).enumerate() {
+        if let Some(dst) = outs.get_mut(owner[c]) {
+            dst.push(o);
+        }
+    }
+    let shared = share_new_tokens(cache, meta, cfg, &v, &dims);
+    tasks
+        .par_iter()
+        .zip(outs.into_par_iter())
+        .for_each(|(&(b, g, start_m), mut rows_out)| {
+            let sh = shared.get(b * hk + g).and_then(|x| x.as_ref());
+            program(query, cache, meta, cfg, &v, &dims, b, g, start_m, sh, &mut rows_out)
+        });
     Ok(())
 }
 
 /// The programs `(b, head, start_m)` of kv head `kv_head`'s query heads:
-/// returns (first query row, kv head, `[qpk][rows][D]` output).
+/// writes row i's `[qpk, D]` outputs (rounded) into `out[i]`.
 #[allow(clippy::too_many_arguments)]
 fn program(
     query: &[f32],
@@ -219,7 +231,9 @@ fn program(
     b: usize,
     kv_head: usize,
     start_m: usize,
-) -> (usize, usize, Vec<f32>) {
+    shared: Option<&NewTokens>,
+    out: &mut [&mut [f32]],
+) {
     let (hq, d, qpk) = (cfg.num_heads(), cfg.head_size(), cfg.queries_per_kv());
     let (ql, ctx) = (meta.query_len(b), meta.context_len(b));
     let heads = kv_head * qpk..(kv_head + 1) * qpk;
@@ -262,17 +276,38 @@ fn program(
     let v_load = |x: f32| dequant_kv(x, cfg.v_scale(), cfg.kv_dtype(), cfg.dtype());
     let mut run_tile =
         |keys: std::ops::Range<usize>, causal: bool, tile: &mut KvTile, states: &mut [RowState]| {
-            locs.clear();
-            locs.extend(keys.clone().map(|t| meta.kv_location(b, t)));
-            if cfg.kv_dtype().is_fp8() {
-                tile.gather_paged(cache, dims, kv_head, &locs, k_load, v_load);
-            } else {
-                // dequant_kv is the identity for a non-fp8 cache.
-                tile.gather_paged_exact(cache, dims, kv_head, &locs);
-            }
-            tile.qk_rows(&qs, &mut dots, tile_cap);
+            // Phase (B)'s tiles of a request whose new tokens' K^T and V
+            // were laid out once for all its programs; else gathered here.
+            let laid_out = shared
+                .filter(|_| keys.start >= ctx && (keys.start - ctx).is_multiple_of(v.block_n))
+                .map(|sh| sh.tile((keys.start - ctx) / v.block_n));
+            let n = keys.len();
+            let (kt, ld, vs, ld_v) = match laid_out {
+                Some(t) => t,
+                None => {
+                    locs.clear();
+                    locs.extend(keys.clone().map(|t| meta.kv_location(b, t)));
+                    if cfg.kv_dtype().is_fp8() {
+                        tile.gather_paged(cache, dims, kv_head, &locs, k_load, v_load);
+                    } else {
+                        // dequant_kv is the identity for a non-fp8 cache.
+                        tile.gather_paged_exact(cache, dims, kv_head, &locs);
+                    }
+                    let (kt, vs) = tile.parts();
+                    (kt, tile.tile_size, vs, d)
+                }
+            };
+            crate::kernels::simd::dots_rows(
+                crate::kernels::simd::SimdPath::active(),
+                &qs,
+                &kt[..d * ld],
+                ld,
+                0,
+                n,
+                &mut dots,
+                tile_cap,
+            );
             // S_ij in place over the dot products, then every row's step.
-            let (n, tile) = (keys.len(), &*tile);
             for (hh, slope) in slopes.iter().enumerate() {
                 let block = &mut dots[hh * nrows * tile_cap..(hh + 1) * nrows * tile_cap];
                 for (i, s) in rows.clone().zip(block.chunks_exact_mut(tile_cap)) {
@@ -291,7 +326,7 @@ fn program(
                     block,
                     tile_cap,
                     n,
-                    |j| tile.v_row(j),
+                    |j| &vs[j * ld_v..j * ld_v + d],
                     cfg.dtype(),
                 );
             }
@@ -314,13 +349,100 @@ fn program(
             &mut states,
         );
     }
-    let mut data = Vec::with_capacity(qpk * nrows * d);
-    for state in &states {
-        data.extend(state.normalized_eps(v.l_eps));
+    // states[hh * nrows + i] is row i of head hh.
+    for (k, state) in states.iter().enumerate() {
+        let (hh, i) = (k / nrows, k % nrows);
+        let o = &mut out[i][hh * d..(hh + 1) * d];
+        state.normalized_eps_into(v.l_eps, o);
+        // cfg.dtype.round of every element (simd::round_slice: the same bits).
+        crate::kernels::simd::round_slice(cfg.dtype(), o);
     }
-    // cfg.dtype.round of every element (simd::round_slice: the same bits).
-    crate::kernels::simd::round_slice(cfg.dtype(), &mut data);
-    (first_row, kv_head, data)
+}
+
+/// The new tokens' K^T and V of one (request, kv head), laid out once per
+/// launch in phase (B)'s tiles for the request's programs (a long prefill's
+/// programs read the same tiles again and again): tile i's K^T at
+/// `kt[i * d * ld..]` (key j's dim dd at `dd * ld + j`), new token t's V row
+/// at `v[t * ld_v..][..d]`; leading dimensions padded as flash_varlen's.
+/// The same values the gather copies: only where they are read changes.
+struct NewTokens {
+    kt: Vec<f32>,
+    ld: usize,
+    v: Vec<f32>,
+    ld_v: usize,
+    d: usize,
+    block_n: usize,
+}
+
+impl NewTokens {
+    /// `(K^T, its leading dimension, V rows, their leading dimension)` of
+    /// phase (B)'s tile i.
+    fn tile(&self, i: usize) -> (&[f32], usize, &[f32], usize) {
+        let kt = &self.kt[i * self.d * self.ld..(i + 1) * self.d * self.ld];
+        (kt, self.ld, &self.v[i * self.block_n * self.ld_v..], self.ld_v)
+    }
+}
+
+/// Query tokens of a request from which its new tokens' K^T and V are laid
+/// out once per launch ([`NewTokens`]).
+const SHARED_MIN_TOKENS: usize = 256;
+
+/// [`NewTokens`] of every (request, kv head) with at least
+/// [`SHARED_MIN_TOKENS`] query tokens, indexed `b * Hkv + g`, for a cache
+/// whose values load unchanged (not fp8).
+fn share_new_tokens(
+    cache: &KvCache,
+    meta: &AttentionMetadata,
+    cfg: &AttnConfig,
+    v: &PrefixVariant,
+    dims: &DimOffsets,
+) -> Vec<Option<NewTokens>> {
+    let (hk, d, bn) = (cfg.num_kv_heads(), cfg.head_size(), v.block_n);
+    let pairs: Vec<(usize, usize)> = (0..meta.num_reqs())
+        .flat_map(|b| (0..hk).map(move |g| (b, g)))
+        .collect();
+    pairs
+        .par_iter()
+        .map(|&(b, g)| {
+            let ql = meta.query_len(b);
+            if ql < SHARED_MIN_TOKENS || cfg.kv_dtype().is_fp8() || bn == 0 {
+                return None;
+            }
+            let ctx = meta.context_len(b);
+            let (ld, ld_v) = (
+                crate::kernels::flash_varlen::padded(bn),
+                crate::kernels::flash_varlen::padded(d),
+            );
+            let tiles = ql.div_ceil(bn);
+            let mut kt = vec![0.0f32; tiles * d * ld];
+            let mut vs = vec![0.0f32; tiles * bn * ld_v];
+            let mut tile = KvTile::new(bn, d);
+            let mut locs = Vec::with_capacity(bn);
+            for i in 0..tiles {
+                let keys = ctx + i * bn..ctx + ((i + 1) * bn).min(ql);
+                locs.clear();
+                locs.extend(keys.clone().map(|t| meta.kv_location(b, t)));
+                tile.gather_paged_exact(cache, dims, g, &locs);
+                let (tk, tv) = tile.parts();
+                let dst = &mut kt[i * d * ld..(i + 1) * d * ld];
+                for dd in 0..d {
+                    dst[dd * ld..dd * ld + keys.len()]
+                        .copy_from_slice(&tk[dd * bn..dd * bn + keys.len()]);
+                }
+                for j in 0..keys.len() {
+                    vs[(i * bn + j) * ld_v..][..d].copy_from_slice(&tv[j * d..(j + 1) * d]);
+                }
+            }
+            Some(NewTokens {
+                kt,
+                ld,
+                v: vs,
+                ld_v,
+                d,
+                block_n: bn,
+            })
+        })
+        .collect()
 }
 
 /// One row's base-2 scores of keys `t0..t0 + s.len()` for the query at
@@ -421,6 +543,44 @@ mod tests {
             cache,
             meta,
         )
+    }
+
+    #[test]
+    fn reading_a_long_requests_laid_out_new_tokens_is_bit_neutral() {
+        // A request over the sharing threshold with cached context, in the
+        // x-packed layout, random K/V/Q: every program with the shared
+        // tiles gives the bits of the same program gathering its own.
+        let cfg = AttnConfig::new(4, 2, 32, DType::Bf16).unwrap();
+        let (mut q, mut cache, meta) = uniform(&[(40, SHARED_MIN_TOKENS + 37)], &cfg);
+        let val = |i: usize, salt: f32| cfg.dtype().round(((i as f32) * 0.618 + salt).sin() * 2.0);
+        for (i, x) in cache.k.iter_mut().enumerate() {
+            *x = val(i, 0.3);
+        }
+        for (i, x) in cache.v.iter_mut().enumerate() {
+            *x = val(i, 1.7);
+        }
+        for (i, x) in q.iter_mut().enumerate() {
+            *x = val(i, 2.9);
+        }
+        let v = PrefixVariant::for_config(&cfg);
+        let dims = DimOffsets::new(&cache.layout);
+        let shared = share_new_tokens(&cache, &meta, &cfg, &v, &dims);
+        let d = cfg.head_size();
+        let qpk = cfg.queries_per_kv();
+        for (g, sh) in shared.iter().enumerate() {
+            let sh = sh.as_ref();
+            assert!(sh.is_some(), "kv head {g} is laid out");
+            for start_m in 0..meta.query_len(0).div_ceil(v.block_m) {
+                let rows = v.block_m.min(meta.query_len(0) - start_m * v.block_m);
+                let run = |sh: Option<&NewTokens>| -> Vec<u32> {
+                    let mut buf = vec![0.0f32; rows * qpk * d];
+                    let mut out: Vec<&mut [f32]> = buf.chunks_exact_mut(qpk * d).collect();
+                    program(&q, &cache, &meta, &cfg, &v, &dims, 0, g, start_m, sh, &mut out);
+                    buf.iter().map(|x| x.to_bits()).collect()
+                };
+                assert_eq!(run(sh), run(None), "kv head {g}, block {start_m}");
+            }
+        }
     }
 
     #[test]

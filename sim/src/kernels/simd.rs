@@ -181,14 +181,108 @@ unsafe fn dots_avx512(
     out: &mut [f32],
     out_stride: usize,
 ) {
+    let d = xs.first().map_or(0, |x| x.len());
+    let rows = xs.len();
+    // Every read and write in range, once (the blocks below use pointers).
+    if n == 0 || rows == 0 {
+        return;
+    }
+    let in_range = (d == 0 || (d - 1) * stride + col + n <= w.len())
+        && (rows - 1) * out_stride + n <= out.len();
+    if !in_range {
+        // Not reached through dots_rows' callers; the checked body panics
+        // where an index is out of range.
+        return dots_body::<8, 32>(xs, w, stride, col, n, out, out_stride);
+    }
+    let wp = w.as_ptr().add(col);
+    let op = out.as_mut_ptr();
+    let q = |r: usize| xs[r].as_ptr();
+    // Key blocks outside, row groups inside: a block's K^T columns (d x
+    // 32 keys) stay in L1 while every row group reads them.
+    let mut j = 0;
     if n >= 32 {
-        // 8 rows x 32 keys: 16 zmm accumulators, 2 K loads and 8 broadcasts.
-        dots_body::<8, 32>(xs, w, stride, col, n, out, out_stride)
-    } else {
-        // A 16-key tile (FLEX's BLOCK_N, the 3D kernels' TILE): 16 rows x
-        // 16 keys, again 16 zmm accumulators (8 rows would leave the two
-        // fma pipes waiting on 8 chains' latency).
-        dots_body::<16, 16>(xs, w, stride, col, n, out, out_stride)
+        while j + 32 <= n {
+            let mut r = 0;
+            // 8 rows x 32 keys: 16 zmm accumulators, 2 K loads and 8
+            // broadcasts per step.
+            while r + 8 <= rows {
+                let qs: [*const f32; 8] = std::array::from_fn(|i| q(r + i));
+                dots_zmm::<8, 2>(qs, wp.add(j), stride, d, op.add(r * out_stride + j), out_stride, 0xffff);
+                r += 8;
+            }
+            while r + 4 <= rows {
+                let qs: [*const f32; 4] = std::array::from_fn(|i| q(r + i));
+                dots_zmm::<4, 2>(qs, wp.add(j), stride, d, op.add(r * out_stride + j), out_stride, 0xffff);
+                r += 4;
+            }
+            while r < rows {
+                dots_zmm::<1, 2>([q(r)], wp.add(j), stride, d, op.add(r * out_stride + j), out_stride, 0xffff);
+                r += 1;
+            }
+            j += 32;
+        }
+    }
+    // 16 keys at a time, the last block masked to the keys left: 16 rows
+    // x 16 keys (FLEX's BLOCK_N, the 3D kernels' TILE), again 16 zmm
+    // accumulators (8 rows would leave the two fma pipes waiting on 8
+    // chains' latency).
+    while j < n {
+        let mask: u16 = if n - j >= 16 { 0xffff } else { (1u16 << (n - j)) - 1 };
+        let mut r = 0;
+        while r + 16 <= rows {
+            let qs: [*const f32; 16] = std::array::from_fn(|i| q(r + i));
+            dots_zmm::<16, 1>(qs, wp.add(j), stride, d, op.add(r * out_stride + j), out_stride, mask);
+            r += 16;
+        }
+        while r + 4 <= rows {
+            let qs: [*const f32; 4] = std::array::from_fn(|i| q(r + i));
+            dots_zmm::<4, 1>(qs, wp.add(j), stride, d, op.add(r * out_stride + j), out_stride, mask);
+            r += 4;
+        }
+        while r < rows {
+            dots_zmm::<1, 1>([q(r)], wp.add(j), stride, d, op.add(r * out_stride + j), out_stride, mask);
+            r += 1;
+        }
+        j += 16;
+    }
+}
+
+/// `R` rows x `16 * NV` keys of [`dots_rows`] in zmm registers: row r's
+/// key lane l is `sum_i q[r][i] * w[i * stride + l]`, one fma chain from 0
+/// over i ascending; the last vector's lanes outside `mask` are neither
+/// read nor written. The caller checked every index.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+#[inline]
+#[allow(clippy::needless_range_loop)] // registers indexed by row, vector and lane
+unsafe fn dots_zmm<const R: usize, const NV: usize>(
+    q: [*const f32; R],
+    w: *const f32,
+    stride: usize,
+    d: usize,
+    out: *mut f32,
+    out_stride: usize,
+    mask: u16,
+) {
+    use std::arch::x86_64::*;
+    let lane_mask = |v: usize| if v + 1 == NV { mask } else { 0xffff };
+    let mut a = [[_mm512_setzero_ps(); NV]; R];
+    let mut wp = w;
+    for i in 0..d {
+        let k: [__m512; NV] =
+            std::array::from_fn(|v| _mm512_maskz_loadu_ps(lane_mask(v), wp.add(16 * v)));
+        for r in 0..R {
+            let b = _mm512_set1_ps(*q[r].add(i));
+            for v in 0..NV {
+                a[r][v] = _mm512_fmadd_ps(b, k[v], a[r][v]);
+            }
+        }
+        wp = wp.add(stride);
+    }
+    for r in 0..R {
+        for v in 0..NV {
+            _mm512_mask_storeu_ps(out.add(r * out_stride + 16 * v), lane_mask(v), a[r][v]);
+        }
     }
 }
 
@@ -972,6 +1066,295 @@ fn exp2c_body<const L: usize>(s: &[f32], m: f32, out: &mut [f32]) {
     }
 }
 
+// ---------------------------------------------------------------- step in lanes
+
+/// Keys of a tile [`softmax_step16`] takes at most (the size of its stack
+/// buffers); a longer tile goes the row-by-row way.
+pub const LANE_STEP_MAX_KEYS: usize = 256;
+
+/// The online-softmax step of softmax.rs's module doc, lines `m_new` to
+/// `m_i = m_new`, for 16 rows at once with the rows on the 16 lanes of an
+/// AVX-512 register (keys one after another): row r's scores are
+/// `s[r * stride..][..n]`, its state `(m[r], l[r], acc[r])`; `value(j)`
+/// is V row j (at least `d = acc[r].len()` long). Per row the same
+/// operations in the same order as `online_softmax_step`: the tile max is
+/// the largest non-NaN score (a zero max is recomputed by the fold, whose
+/// order decides its sign), `m_new = max(m, tile max)` and `alpha` in
+/// scalar code, `P = exp2c(S - m_ref)` lane by lane (the slow lanes by
+/// `exp2c` itself), the row sum `((0 + P_0) + P_1) + ...` as one vector
+/// add per key in ascending order, P rounded to bf16 (or kept, f32), then
+/// `acc = acc * alpha` and `acc = fma(round(P_k), V_k, acc)` over k
+/// ascending, a key with `P_k == 0` skipped by the fma's mask. Returns
+/// false (and changes nothing) where it does not apply: another dtype,
+/// more than [`LANE_STEP_MAX_KEYS`] keys, or a head size that is not a
+/// multiple of 16.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+pub fn softmax_step16<'a>(
+    path: SimdPath,
+    s: &[f32],
+    stride: usize,
+    n: usize,
+    m: &mut [f32; 16],
+    l: &mut [f32; 16],
+    acc: &mut [&mut [f32]; 16],
+    value: &impl Fn(usize) -> &'a [f32],
+    dtype: DType,
+) -> bool {
+    let d = acc[0].len();
+    let fits = n <= LANE_STEP_MAX_KEYS
+        && matches!(dtype, DType::Bf16 | DType::F32)
+        && d.is_multiple_of(16)
+        && acc.iter().all(|a| a.len() == d)
+        && (n == 0 || (15 * stride + n <= s.len() && (0..n).all(|j| value(j).len() >= d)));
+    match path {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `supported()` checked the features the function enables;
+        // `fits` checked every length the function reads or writes.
+        SimdPath::Avx512 if fits && path.supported() => unsafe {
+            step16_avx512(s, stride, n, m, l, acc, value, dtype == DType::Bf16);
+            true
+        },
+        _ => false,
+    }
+}
+
+/// `out[4k + c]` = column `4k + c` of the 16 rows `r` (an in-register
+/// 16x16 transpose: unpack, shuffle, two 128-bit lane shuffles; data
+/// movement only).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+#[inline]
+unsafe fn transpose16(r: &[std::arch::x86_64::__m512; 16]) -> [std::arch::x86_64::__m512; 16] {
+    use std::arch::x86_64::*;
+    let t: [__m512; 16] = std::array::from_fn(|i| {
+        let (a, b) = (r[i & !1], r[i | 1]);
+        if i % 2 == 0 {
+            _mm512_unpacklo_ps(a, b)
+        } else {
+            _mm512_unpackhi_ps(a, b)
+        }
+    });
+    // u[4g + c], 128-bit lane k: rows 4g..4g+4 of column 4k + c.
+    let u: [__m512; 16] = std::array::from_fn(|i| {
+        let (g, c) = (i / 4, i % 4);
+        let (a, b) = (t[4 * g + c / 2], t[4 * g + 2 + c / 2]);
+        if c % 2 == 0 {
+            _mm512_shuffle_ps::<0x44>(a, b)
+        } else {
+            _mm512_shuffle_ps::<0xEE>(a, b)
+        }
+    });
+    let mut out = [_mm512_setzero_ps(); 16];
+    for c in 0..4 {
+        let v0 = _mm512_shuffle_f32x4::<0x88>(u[c], u[4 + c]);
+        let w0 = _mm512_shuffle_f32x4::<0xDD>(u[c], u[4 + c]);
+        let v1 = _mm512_shuffle_f32x4::<0x88>(u[8 + c], u[12 + c]);
+        let w1 = _mm512_shuffle_f32x4::<0xDD>(u[8 + c], u[12 + c]);
+        out[c] = _mm512_shuffle_f32x4::<0x88>(v0, v1);
+        out[8 + c] = _mm512_shuffle_f32x4::<0xDD>(v0, v1);
+        out[4 + c] = _mm512_shuffle_f32x4::<0x88>(w0, w1);
+        out[12 + c] = _mm512_shuffle_f32x4::<0xDD>(w0, w1);
+    }
+    out
+}
+
+/// [`softmax_step16`] in AVX-512 registers (its checks done).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+#[allow(clippy::needless_range_loop)] // registers indexed by row, vector and lane
+unsafe fn step16_avx512<'a>(
+    s: &[f32],
+    stride: usize,
+    n: usize,
+    m: &mut [f32; 16],
+    l: &mut [f32; 16],
+    acc: &mut [&mut [f32]; 16],
+    value: &impl Fn(usize) -> &'a [f32],
+    bf16: bool,
+) {
+    use std::arch::x86_64::*;
+    // Scores, then round(P), key-major: pt[16 * j + r] (only keys j < n
+    // are written, each before it is read).
+    let mut pt = std::mem::MaybeUninit::<[f32; 16 * LANE_STEP_MAX_KEYS]>::uninit();
+    // Bit r of keep[j]: row r's P_j is not 0 (its fma runs).
+    let mut keep = [0u16; LANE_STEP_MAX_KEYS];
+    let sp = s.as_ptr();
+    let ptp = pt.as_mut_ptr() as *mut f32;
+    let mut tmax = _mm512_set1_ps(f32::NEG_INFINITY);
+    let mut j0 = 0;
+    while j0 < n {
+        let k: __mmask16 = if n - j0 >= 16 { 0xffff } else { (1u16 << (n - j0)) - 1 };
+        let rows: [__m512; 16] =
+            std::array::from_fn(|r| _mm512_maskz_loadu_ps(k, sp.add(r * stride + j0)));
+        let cols = transpose16(&rows);
+        for (c, &col) in cols.iter().enumerate().take((n - j0).min(16)) {
+            // (x > max) ? x : max: a NaN score leaves the max.
+            tmax = _mm512_max_ps(col, tmax);
+            _mm512_storeu_ps(ptp.add(16 * (j0 + c)), col);
+        }
+        j0 += 16;
+    }
+    let mut tm = [0.0f32; 16];
+    _mm512_storeu_ps(tm.as_mut_ptr(), tmax);
+    let mut m_ref = [0.0f32; 16];
+    let mut alpha = [0.0f32; 16];
+    let m_i = *m;
+    for r in 0..16 {
+        // fold_max: a zero max takes the sign the ascending fold gives it.
+        let t = if tm[r] == 0.0 {
+            s[r * stride..r * stride + n]
+                .iter()
+                .fold(f32::NEG_INFINITY, |a, &b| a.max(b))
+        } else {
+            tm[r]
+        };
+        let m_new = m_i[r].max(t);
+        m_ref[r] = if m_new > f32::NEG_INFINITY { m_new } else { 0.0 };
+        alpha[r] = exp2c(m_i[r] - m_ref[r]);
+        m[r] = m_new;
+    }
+    let mref = _mm512_loadu_ps(m_ref.as_ptr());
+    let (lsb, bias, keep_hi) = (
+        _mm512_set1_epi32(1),
+        _mm512_set1_epi32(0x7fff),
+        _mm512_set1_epi32(0xffff_0000u32 as i32),
+    );
+    let mut sum = _mm512_setzero_ps();
+    let mut skips = false;
+    for j in 0..n {
+        let x = _mm512_sub_ps(_mm512_loadu_ps(ptp.add(16 * j)), mref);
+        let (mut p, slow) = exp2c_zmm(x);
+        if slow != 0 {
+            let mut xs = [0.0f32; 16];
+            let mut ps = [0.0f32; 16];
+            _mm512_storeu_ps(xs.as_mut_ptr(), x);
+            _mm512_storeu_ps(ps.as_mut_ptr(), p);
+            for i in 0..16 {
+                if slow & (1 << i) != 0 {
+                    ps[i] = exp2c(xs[i]);
+                }
+            }
+            p = _mm512_loadu_ps(ps.as_ptr());
+        }
+        sum = _mm512_add_ps(sum, p);
+        let kept = _mm512_cmp_ps_mask::<_CMP_NEQ_UQ>(p, _mm512_setzero_ps());
+        keep[j] = kept;
+        skips |= kept != 0xffff;
+        let out = ptp.add(16 * j);
+        if !bf16 {
+            _mm512_storeu_ps(out, p);
+            continue;
+        }
+        // `bf16_bits`; a NaN lane goes through `DType::round` itself.
+        let b = _mm512_castps_si512(p);
+        let odd = _mm512_and_si512(_mm512_srli_epi32::<16>(b), lsb);
+        let up = _mm512_and_si512(_mm512_add_epi32(b, _mm512_add_epi32(bias, odd)), keep_hi);
+        _mm512_storeu_ps(out, _mm512_castsi512_ps(up));
+        let nan = _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(p, p);
+        if nan != 0 {
+            let mut ps = [0.0f32; 16];
+            _mm512_storeu_ps(ps.as_mut_ptr(), p);
+            for i in 0..16 {
+                if nan & (1 << i) != 0 {
+                    *out.add(i) = DType::Bf16.round(ps[i]);
+                }
+            }
+        }
+    }
+    let mut rowsum = [0.0f32; 16];
+    _mm512_storeu_ps(rowsum.as_mut_ptr(), sum);
+    for r in 0..16 {
+        // l_i = fma(l_i, alpha, rowsum(P_ij))
+        l[r] = l[r].mul_add(alpha[r], rowsum[r]);
+    }
+    let d = acc[0].len();
+    if n == 0 {
+        for (a, al) in acc.iter_mut().zip(alpha) {
+            scale(a, al);
+        }
+        return;
+    }
+    let mut vp = [std::ptr::null::<f32>(); LANE_STEP_MAX_KEYS];
+    for (j, v) in vp.iter_mut().enumerate().take(n) {
+        *v = value(j).as_ptr();
+    }
+    for g in 0..2 {
+        let rows: [*mut f32; 8] = std::array::from_fn(|r| acc[8 * g + r].as_mut_ptr());
+        let al: [f32; 8] = std::array::from_fn(|r| alpha[8 * g + r]);
+        let pg = ptp.add(8 * g) as *const f32;
+        let mut d0 = 0;
+        while d0 + 32 <= d {
+            pv_lanes::<2>(rows, d0, al, pg, &keep, 8 * g, n, &vp, skips);
+            d0 += 32;
+        }
+        if d0 < d {
+            pv_lanes::<1>(rows, d0, al, pg, &keep, 8 * g, n, &vp, skips);
+        }
+    }
+}
+
+/// 8 rows x `16 * NV` lanes of [`step16_avx512`]'s PV: `acc = acc *
+/// alpha`, then for each key k ascending `acc = fma(P[k][r], V_k, acc)`
+/// (P broadcast from the key-major `p[16 * k + r]`), masked off where bit
+/// `r0 + r` of `keep[k]` is clear.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+#[inline]
+#[allow(clippy::too_many_arguments)]
+#[allow(clippy::needless_range_loop)] // registers indexed by row, vector and lane
+unsafe fn pv_lanes<const NV: usize>(
+    rows: [*mut f32; 8],
+    d0: usize,
+    alpha: [f32; 8],
+    p: *const f32,
+    keep: &[u16; LANE_STEP_MAX_KEYS],
+    r0: usize,
+    n: usize,
+    vp: &[*const f32; LANE_STEP_MAX_KEYS],
+    skips: bool,
+) {
+    use std::arch::x86_64::*;
+    let mut a: [[__m512; NV]; 8] = [[_mm512_setzero_ps(); NV]; 8];
+    for r in 0..8 {
+        let al = _mm512_set1_ps(alpha[r]);
+        for v in 0..NV {
+            a[r][v] = _mm512_mul_ps(_mm512_loadu_ps(rows[r].add(d0 + 16 * v)), al);
+        }
+    }
+    if skips {
+        for k in 0..n {
+            let vk = vp[k].add(d0);
+            let v: [__m512; NV] = std::array::from_fn(|i| _mm512_loadu_ps(vk.add(16 * i)));
+            let kk = keep[k] >> r0;
+            for r in 0..8 {
+                let pr = _mm512_set1_ps(*p.add(16 * k + r));
+                let mk: __mmask16 = ((kk >> r) & 1).wrapping_neg();
+                for i in 0..NV {
+                    a[r][i] = _mm512_mask3_fmadd_ps(pr, v[i], a[r][i], mk);
+                }
+            }
+        }
+    } else {
+        for k in 0..n {
+            let vk = vp[k].add(d0);
+            let v: [__m512; NV] = std::array::from_fn(|i| _mm512_loadu_ps(vk.add(16 * i)));
+            for r in 0..8 {
+                let pr = _mm512_set1_ps(*p.add(16 * k + r));
+                for i in 0..NV {
+                    a[r][i] = _mm512_fmadd_ps(pr, v[i], a[r][i]);
+                }
+            }
+        }
+    }
+    for r in 0..8 {
+        for v in 0..NV {
+            _mm512_storeu_ps(rows[r].add(d0 + 16 * v), a[r][v]);
+        }
+    }
+}
+
 // ---------------------------------------------------------------- K^T gather
 
 /// Eight keys of K into a transposed tile, unchanged (a pure copy: every
@@ -1653,6 +2036,101 @@ mod tests {
             assert_eq!(portable, want, "portable {dtype:?}");
             for path in SimdPath::available() {
                 assert_eq!(run(Some(path)), want, "{} {dtype:?}", path.name());
+            }
+        }
+    }
+
+    #[test]
+    fn sixteen_row_lane_steps_are_each_rows_own_step_on_every_path() {
+        use crate::kernels::softmax::RowState;
+        // 37 rows (two 16-row lane blocks, then 5 rows the other way),
+        // tiles of every length class (empty, one partial vector, whole
+        // vectors with a tail, the lane step's limit and past it), head
+        // sizes with 32-lane runs, a 16-lane run, and one the lane step
+        // leaves to the row blocks; scores through every branch: NaN,
+        // +-inf, rows entirely masked, signed zero maxima, and spreads wide
+        // enough for subnormal and zero P; V with inf and NaN, so a
+        // skipped key differs from an fma by 0.
+        let rows = 37;
+        let xs = exp_inputs();
+        let score = |r: usize, j: usize, tile: usize| -> f32 {
+            let i = r * 131 + j * 7 + tile * 5;
+            match (r % 16, j % 13) {
+                (3, _) => f32::NEG_INFINITY,
+                (5, _) => [0.0, -0.0][j % 2],
+                (6, _) if j.is_multiple_of(3) => -0.0,
+                (6, _) => f32::NEG_INFINITY,
+                (_, 4) if r.is_multiple_of(4) => f32::NEG_INFINITY,
+                (7, 9) => xs[i % xs.len()],
+                _ if r % 5 == 1 => ((i as f32) * 0.37).sin() * 200.0,
+                _ => ((i as f32) * 0.013).sin() * 9.0,
+            }
+        };
+        for (n, d) in [(0, 32), (5, 48), (37, 128), (16, 80), (256, 32), (300, 32), (40, 72)] {
+            let mut v: Vec<f32> = (0..n * d).map(|i| (i as f32 * 0.071).cos()).collect();
+            if n > 30 {
+                v[17 * d + 3] = f32::INFINITY;
+                v[29 * d + 1] = f32::NAN;
+            }
+            let tiles: Vec<Vec<f32>> = (0..2)
+                .map(|t| (0..rows * n).map(|i| score(i / n.max(1), i % n.max(1), t)).collect())
+                .collect();
+            for dtype in [DType::Bf16, DType::F32, DType::F16] {
+                let fresh = || -> Vec<RowState> {
+                    (0..rows)
+                        .map(|r| RowState::new(d, (r % 3 == 0).then_some(0.5)))
+                        .collect()
+                };
+                let state_bits = |st: &[RowState]| -> Vec<u32> {
+                    st.iter()
+                        .flat_map(|s| [s.m.to_bits(), s.l.to_bits()].into_iter().chain(bits(&s.acc)))
+                        .collect()
+                };
+                // Each row alone, one-row steps: the definition.
+                let mut one = fresh();
+                for t in &tiles {
+                    for (r, st) in one.iter_mut().enumerate() {
+                        st.update(&t[r * n..(r + 1) * n], |j| &v[j * d..(j + 1) * d], dtype);
+                    }
+                }
+                let want = state_bits(&one);
+                for path in SimdPath::available() {
+                    SimdPath::force(Some(path));
+                    let mut st = fresh();
+                    for t in &tiles {
+                        RowState::update_rows(&mut st, t, n, n, |j| &v[j * d..(j + 1) * d], dtype);
+                    }
+                    SimdPath::force(None);
+                    assert!(
+                        state_bits(&st) == want,
+                        "{} {dtype:?} n {n} d {d}",
+                        path.name()
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn transposing_sixteen_rows_gives_the_columns() {
+        if !SimdPath::Avx512.supported() {
+            return;
+        }
+        let m: Vec<f32> = (0..256).map(|i| i as f32).collect();
+        // SAFETY: the CPU has the features (checked above).
+        let cols = unsafe {
+            use std::arch::x86_64::*;
+            let rows: [__m512; 16] = std::array::from_fn(|r| _mm512_loadu_ps(m[16 * r..].as_ptr()));
+            let t = transpose16(&rows);
+            let mut out = vec![0.0f32; 256];
+            for (c, v) in t.iter().enumerate() {
+                _mm512_storeu_ps(out[16 * c..].as_mut_ptr(), *v);
+            }
+            out
+        };
+        for c in 0..16 {
+            for r in 0..16 {
+                assert_eq!(cols[16 * c + r], m[16 * r + c], "column {c} row {r}");
             }
         }
     }

@@ -261,10 +261,20 @@ impl RowState {
 
     /// `acc / l` (0 for an empty row), not yet rounded to the output dtype.
     pub fn normalized(&self) -> Vec<f32> {
+        let mut out = vec![0.0; self.acc.len()];
+        self.normalized_into(&mut out);
+        out
+    }
+
+    /// [`RowState::normalized`] written into `out` (`acc.len()` long).
+    pub fn normalized_into(&self, out: &mut [f32]) {
         if self.l == 0.0 {
-            return vec![0.0; self.acc.len()];
+            out.fill(0.0);
+            return;
         }
-        self.acc.iter().map(|a| a / self.l).collect()
+        for (o, a) in out.iter_mut().zip(&self.acc) {
+            *o = a / self.l;
+        }
     }
 
     /// Base-2 log-sum-exp of the row: `m + log2c(l)`; -inf when empty.
@@ -294,7 +304,35 @@ unsafe fn update_rows_avx512<'a>(
     value: &impl Fn(usize) -> &'a [f32],
     p_dtype: DType,
 ) {
-    update_rows_body::<ROW_BLOCK_WIDE>(rows, scores, stride, n, value, p_dtype)
+    // Blocks of 16 rows on the lanes of one register (simd::softmax_step16),
+    // the rest (or a tile it does not take) in blocks of ROW_BLOCK_WIDE.
+    let path = SimdPath::Avx512;
+    let mut r0 = 0;
+    while r0 + 16 <= rows.len() {
+        let block = &mut rows[r0..r0 + 16];
+        let mut m: [f32; 16] = std::array::from_fn(|r| block[r].m);
+        let mut l: [f32; 16] = std::array::from_fn(|r| block[r].l);
+        let mut it = block.iter_mut();
+        let mut acc: [&mut [f32]; 16] =
+            std::array::from_fn(|_| it.next().expect("16 rows").acc.as_mut_slice());
+        let s = &scores[r0 * stride..];
+        if !simd::softmax_step16(path, s, stride, n, &mut m, &mut l, &mut acc, value, p_dtype) {
+            break;
+        }
+        for (row, (m, l)) in block.iter_mut().zip(m.into_iter().zip(l)) {
+            row.m = m;
+            row.l = l;
+        }
+        r0 += 16;
+    }
+    update_rows_body::<ROW_BLOCK_WIDE>(
+        &mut rows[r0..],
+        &scores[(r0 * stride).min(scores.len())..],
+        stride,
+        n,
+        value,
+        p_dtype,
+    )
 }
 
 /// [`RowState::update_rows`] with the AVX2 + FMA registers.
@@ -558,8 +596,17 @@ impl RowState {
     /// `acc / (l + eps)` as the Triton epilogues divide (0 for an empty row:
     /// acc is 0 there), not yet rounded to the output dtype.
     pub fn normalized_eps(&self, eps: f32) -> Vec<f32> {
+        let mut out = vec![0.0; self.acc.len()];
+        self.normalized_eps_into(eps, &mut out);
+        out
+    }
+
+    /// [`RowState::normalized_eps`] written into `out` (`acc.len()` long).
+    pub fn normalized_eps_into(&self, eps: f32, out: &mut [f32]) {
         let denom = self.l + eps;
-        self.acc.iter().map(|a| a / denom).collect()
+        for (o, a) in out.iter_mut().zip(&self.acc) {
+            *o = a / denom;
+        }
     }
 }
 
@@ -795,6 +842,12 @@ impl KvTile {
             out,
             out_stride,
         );
+    }
+
+    /// The tile's K^T (`[head_size][tile_size]`: key j's dim dd at `dd *
+    /// tile_size + j`) and V rows (`[tile_size][head_size]`).
+    pub fn parts(&self) -> (&[f32], &[f32]) {
+        (&self.k_t, &self.v)
     }
 
     /// V row j of the tile.

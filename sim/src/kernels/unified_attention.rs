@@ -576,10 +576,12 @@ fn run_2d(k: &Kernel) -> Vec<f32> {
     let (hq, d) = (cfg.num_heads(), cfg.head_size());
     // Each unit's epilogue in its own task (rows x D, in the unit's row
     // order); only the copies into `out` are serial.
+    let units = k.units(1, Q_BLOCKS_PER_UNIT);
+    let shared = k.share_kv(&units);
     let results: Vec<(Vec<RowId>, Vec<f32>)> = k
-        .head_groups(k.units(1, Q_BLOCKS_PER_UNIT))
+        .head_groups(units)
         .par_iter()
-        .flat_map_iter(|us| k.run_heads(us))
+        .flat_map_iter(|us| k.run_heads(us, &shared))
         .map(|r| {
             let mut vals = vec![0.0f32; r.rows.len() * d];
             for (state, dst) in r.states.iter().zip(vals.chunks_exact_mut(d)) {
@@ -622,10 +624,12 @@ pub fn unified_attention_3d(
 fn run_3d(k: &Kernel, num_segments: usize) -> SegmentPartials {
     let (meta, cfg, launch) = (k.meta, k.cfg, k.launch);
     let (hq, d, s_n) = (cfg.num_heads(), cfg.head_size(), num_segments);
+    let units = k.units(s_n, Q_BLOCKS_PER_UNIT);
+    let shared = k.share_kv(&units);
     let results: Vec<UnitRows> = k
-        .head_groups(k.units(s_n, Q_BLOCKS_PER_UNIT))
+        .head_groups(units)
         .par_iter()
-        .flat_map_iter(|us| k.run_heads(us))
+        .flat_map_iter(|us| k.run_heads(us, &shared))
         .collect();
     let rows = meta.num_actual_tokens() * hq * s_n;
     let mut parts = SegmentPartials {
@@ -1025,6 +1029,76 @@ impl<'a> Kernel<'a> {
         units
     }
 
+    /// The requests' K^T and V laid out once for every kv head of a
+    /// request with at least [`SHARED_KV_MIN_TOKENS`] query tokens whose
+    /// tiles the kernel loads as stored (no dtype conversion): the values
+    /// [`Kernel::load_kv`] would gather per unit and tile.
+    fn share_kv(&self, units: &[Unit]) -> SharedKv {
+        let (meta, cfg) = (self.meta, self.cfg);
+        let (hkv, d) = (cfg.num_kv_heads(), cfg.head_size());
+        let (q_dtype, kv_dtype) = (cfg.dtype(), cfg.kv_dtype());
+        let converts = match self.launch.flavor {
+            Flavor::Vllm => kv_dtype.is_fp8() || kv_dtype != q_dtype,
+            Flavor::Aiter => !kv_dtype.is_fp8() && kv_dtype != q_dtype,
+        };
+        let identity = |o: &[usize]| o.iter().enumerate().all(|(i, &x)| x == i);
+        let wanted = |seq: usize| {
+            !converts
+                && identity(&self.dims.v)
+                && meta.query_len(seq) >= SHARED_KV_MIN_TOKENS
+                && units.iter().any(|u| u.seq == seq)
+        };
+        let pairs: Vec<(usize, usize)> = (0..meta.num_reqs())
+            .flat_map(|seq| (0..hkv).map(move |g| (seq, g)))
+            .collect();
+        let by_head = pairs
+            .par_iter()
+            .map(|&(seq, g)| {
+                if !wanted(seq) {
+                    return None;
+                }
+                let (sk, tile) = (meta.seq_len(seq), self.launch.tile_size);
+                let (ld, ld_v) = (super::flash_varlen::padded(tile), super::flash_varlen::padded(d));
+                let l = &self.cache.layout;
+                let path = super::simd::SimdPath::active();
+                let mut kt = vec![0.0f32; sk.div_ceil(tile) * d * ld];
+                let mut v = vec![0.0f32; sk * ld_v];
+                for (jt, kt_tile) in kt.chunks_exact_mut(d * ld).enumerate() {
+                    let t0 = jt * tile;
+                    let n = tile.min(sk - t0);
+                    let base = |i: usize| {
+                        let (b, r) = meta.kv_location(seq, t0 + i);
+                        l.k_offset(b, r, g, 0)
+                    };
+                    let mut j0 = 0;
+                    while j0 + 8 <= n {
+                        let bases: [usize; 8] = std::array::from_fn(|i| base(j0 + i));
+                        let done = super::simd::gather_kt8(path, &self.cache.k, &bases, &self.dims.k, kt_tile, ld, j0);
+                        for (i, &b) in bases.iter().enumerate() {
+                            for (dd, &ko) in self.dims.k.iter().enumerate().skip(done) {
+                                kt_tile[dd * ld + j0 + i] = self.cache.k[b + ko];
+                            }
+                        }
+                        j0 += 8;
+                    }
+                    for i in j0..n {
+                        let b = base(i);
+                        for (dd, &ko) in self.dims.k.iter().enumerate() {
+                            kt_tile[dd * ld + i] = self.cache.k[b + ko];
+                        }
+                    }
+                }
+                for (t, row) in v.chunks_exact_mut(ld_v).enumerate() {
+                    let (b, r) = meta.kv_location(seq, t);
+                    let o = l.v_offset(b, r, g, 0);
+                    row[..d].copy_from_slice(&self.cache.v[o..o + d]);
+                }
+                Some(SeqKv { kt, ld, v, ld_v })
+            })
+            .collect();
+        SharedKv { hkv, by_head }
+    }
+
     /// The units as [`Kernel::run_heads`] runs them: the kv heads of a
     /// short unit (at most [`SHORT_UNIT_TOKENS`] query tokens: a decode's
     /// rows) together, every other unit alone.
@@ -1054,10 +1128,10 @@ impl<'a> Kernel<'a> {
     /// key limit and sees exactly the tiles, keys and operation order it
     /// would alone; only the K/V load of a tile is shared by the rows that
     /// visit it.
-    fn run(&self, u: &Unit) -> Option<UnitRows> {
+    fn run(&self, u: &Unit, shared: &SharedKv) -> Option<UnitRows> {
         let mut run = self.start(u)?;
         for j in run.tiles.clone() {
-            self.step(&mut run, j);
+            self.step(&mut run, j, shared);
         }
         Some(run.finish())
     }
@@ -1069,9 +1143,9 @@ impl<'a> Kernel<'a> {
     /// cache row, so a short unit (a decode's few rows) reads each block's
     /// keys of all heads together instead of one head's 512-byte rows
     /// strided across the blocks.
-    fn run_heads(&self, us: &[Unit]) -> Vec<UnitRows> {
+    fn run_heads(&self, us: &[Unit], shared: &SharedKv) -> Vec<UnitRows> {
         if let [u] = us {
-            return self.run(u).into_iter().collect();
+            return self.run(u, shared).into_iter().collect();
         }
         let mut runs: Vec<UnitRun<'_, 'a>> = us.iter().filter_map(|u| self.start(u)).collect();
         let tiles = runs.iter().map(|r| r.tiles.start).min().unwrap_or(0)
@@ -1079,7 +1153,7 @@ impl<'a> Kernel<'a> {
         for j in tiles {
             for run in runs.iter_mut() {
                 if run.tiles.contains(&j) {
-                    self.step(run, j);
+                    self.step(run, j, shared);
                 }
             }
         }
@@ -1109,8 +1183,10 @@ impl<'a> Kernel<'a> {
         })
     }
 
-    /// Tile `j` of a unit's programs: the rows that visit it take their step.
-    fn step(&self, run: &mut UnitRun<'_, 'a>, j: usize) {
+    /// Tile `j` of a unit's programs: the rows that visit it take their
+    /// step (K^T and V read from `shared` where it holds the unit's
+    /// request and kv head, else gathered into the unit's tile).
+    fn step(&self, run: &mut UnitRun<'_, 'a>, j: usize, shared: &SharedKv) {
         let tile = self.launch.tile_size;
         let UnitRun {
             unit: u,
@@ -1125,27 +1201,54 @@ impl<'a> Kernel<'a> {
         let Some((active, keys)) = tile_rows(plans, j, tile) else {
             return;
         };
-        // K_j, V_j through the block table, as the kernel loads them.
-        self.load_kv(u, keys.clone(), buf, active.len() <= PREFETCH_ROWS);
-        // A) S_ij = score(q_i . k_j), -inf where masked.
-        self.scores(
-            &rows[active.clone()],
-            &plans[active.clone()],
-            j,
-            keys.start,
-            buf,
-        );
-        // B), C) the online-softmax step of every visiting row.
-        let (kv, s) = (&buf.kv, &buf.s);
         let q_dtype = self.cfg.dtype();
-        RowState::update_rows(
-            &mut state[active.clone()],
-            s,
-            tile,
-            keys.len(),
-            |jj| kv.v_row(jj),
-            q_dtype,
-        );
+        let d = self.cfg.head_size();
+        if let Some(sh) = shared.get(u.seq, u.kv_head) {
+            // The request's K^T columns and V rows of these keys, laid out
+            // once for all its units (the same values the gather copies).
+            let kt = &sh.kt[j * d * sh.ld..(j + 1) * d * sh.ld];
+            self.scores(
+                &rows[active.clone()],
+                &plans[active.clone()],
+                j,
+                keys.start,
+                keys.len(),
+                Some((kt, sh.ld)),
+                buf,
+            );
+            let (v, t0, ld_v) = (&sh.v, keys.start, sh.ld_v);
+            RowState::update_rows(
+                &mut state[active.clone()],
+                &buf.s,
+                tile,
+                keys.len(),
+                |jj| &v[(t0 + jj) * ld_v..][..d],
+                q_dtype,
+            );
+        } else {
+            // K_j, V_j through the block table, as the kernel loads them.
+            self.load_kv(u, keys.clone(), buf, active.len() <= PREFETCH_ROWS);
+            // A) S_ij = score(q_i . k_j), -inf where masked.
+            self.scores(
+                &rows[active.clone()],
+                &plans[active.clone()],
+                j,
+                keys.start,
+                buf.kv.len,
+                None,
+                buf,
+            );
+            // B), C) the online-softmax step of every visiting row.
+            let (kv, s) = (&buf.kv, &buf.s);
+            RowState::update_rows(
+                &mut state[active.clone()],
+                s,
+                tile,
+                keys.len(),
+                |jj| kv.v_row(jj),
+                q_dtype,
+            );
+        }
         // AITER and the seed era's softmax_step keep a guarded max.
         let masked = self.launch.masked_row_max();
         state[active]
@@ -1278,12 +1381,15 @@ impl<'a> Kernel<'a> {
     /// inside the mask, -inf outside it and past the row's own key limit
     /// `max_prefix` (a key the row's program does not load; -inf there
     /// leaves the row's step unchanged, see [`tile_rows`]).
+    #[allow(clippy::too_many_arguments)]
     fn scores(
         &self,
         rows: &[RowId],
         plans: &[RowPlan],
         j: usize,
         t0: usize,
+        n: usize,
+        shared_kt: Option<(&[f32], usize)>,
         buf: &mut TileBuffers<'a>,
     ) {
         let (tile, d, hq) = (
@@ -1291,14 +1397,25 @@ impl<'a> Kernel<'a> {
             self.cfg.head_size(),
             self.cfg.num_heads(),
         );
-        let n = buf.kv.len;
         buf.qs.clear();
         buf.qs.extend(
             rows.iter()
                 .map(|r| &self.query[(r.token * hq + r.head) * d..][..d]),
         );
         // One K load feeds several rows' chains; each chain is unchanged.
-        buf.kv.qk_rows(&buf.qs, &mut buf.s, tile);
+        match shared_kt {
+            Some((kt, ld)) => super::simd::dots_rows(
+                super::simd::SimdPath::active(),
+                &buf.qs,
+                kt,
+                ld,
+                0,
+                n,
+                &mut buf.s,
+                tile,
+            ),
+            None => buf.kv.qk_rows(&buf.qs, &mut buf.s, tile),
+        }
         for ((row, plan), s) in rows.iter().zip(plans).zip(buf.s.chunks_exact_mut(tile)) {
             // This program's keys: t0 .. min((j + 1) * TILE, max_prefix).
             let n_row = ((j + 1) * tile).min(plan.max_prefix) - t0;
@@ -1408,6 +1525,45 @@ impl<'a> Kernel<'a> {
         super::simd::round_slice(out_dtype, dst);
     }
 }
+
+/// K^T and V of whole requests' kv heads, laid out once per launch for
+/// the requests whose units read many tiles (a long prefill's units read
+/// the same tiles again and again), tile by tile as a unit's gather lays
+/// out one: tile j's K^T is `kt[j * d * ld..]` (`kt[(j * d + dd) * ld +
+/// t - j * TILE]` is key t's dim dd), key t's V row `v[t * ld_v..][..d]`
+/// (leading dimensions padded off multiples of 512 bytes, as
+/// flash_varlen's). Which requests get one changes no value, only where
+/// the values are read from.
+struct SharedKv {
+    hkv: usize,
+    by_head: Vec<Option<SeqKv>>,
+}
+
+struct SeqKv {
+    kt: Vec<f32>,
+    ld: usize,
+    v: Vec<f32>,
+    ld_v: usize,
+}
+
+impl SharedKv {
+    /// Nothing shared: every unit gathers its own tiles.
+    #[cfg(test)]
+    fn none(hkv: usize) -> Self {
+        SharedKv {
+            hkv,
+            by_head: vec![],
+        }
+    }
+
+    fn get(&self, seq: usize, kv_head: usize) -> Option<&SeqKv> {
+        self.by_head.get(seq * self.hkv + kv_head)?.as_ref()
+    }
+}
+
+/// Query tokens of a request from which its kv heads' K^T and V are laid
+/// out once per launch ([`Kernel::share_kv`]).
+const SHARED_KV_MIN_TOKENS: usize = 256;
 
 /// The rows of one unit and each row's program bounds.
 struct Programs {
@@ -1683,7 +1839,7 @@ mod tests {
                 let mut rows: Vec<(usize, usize, Vec<u32>)> = k
                     .units(1, per_unit)
                     .iter()
-                    .filter_map(|u| k.run(u))
+                    .filter_map(|u| k.run(u, &SharedKv::none(cfg.num_kv_heads())))
                     .flat_map(|r| {
                         r.rows.into_iter().zip(r.states).map(|(id, s)| {
                             (
@@ -1704,6 +1860,37 @@ mod tests {
             let alone = run(1);
             assert_eq!(alone.len(), 90 * 6);
             assert_eq!(alone, run(Q_BLOCKS_PER_UNIT), "{flavor:?}");
+        }
+    }
+
+    #[test]
+    fn reading_a_requests_shared_kv_is_bit_neutral() {
+        // A request long enough to share its K^T and V (context and new
+        // tokens, a tile straddling cache blocks), both flavours, 2D and 3D.
+        let cfg = AttnConfig::new(8, 2, 64, DType::Bf16).unwrap();
+        let (q, cache, meta) = one_request(&cfg, 16, 70, SHARED_KV_MIN_TOKENS + 9);
+        for flavor in [Flavor::Vllm, Flavor::Aiter] {
+            for segments in [1, 3] {
+                let launch = UnifiedLaunch {
+                    flavor,
+                    ..UnifiedLaunch::vllm(&meta, &cfg, VllmLaunchOptions::default()).unwrap()
+                };
+                let k = Kernel::new(&q, &cache, &meta, &cfg, &launch).unwrap();
+                let units = k.units(segments, Q_BLOCKS_PER_UNIT);
+                let shared = k.share_kv(&units);
+                assert!(shared.get(0, 1).is_some(), "the request shares its kv heads");
+                let run = |sh: &SharedKv| -> Vec<u32> {
+                    units
+                        .iter()
+                        .filter_map(|u| k.run(u, sh))
+                        .flat_map(|r| r.states)
+                        .flat_map(|s| s.acc.iter().chain([&s.m, &s.l]).map(|x| x.to_bits()).collect::<Vec<_>>())
+                        .collect()
+                };
+                let gathered = run(&SharedKv::none(cfg.num_kv_heads()));
+                assert!(!gathered.is_empty());
+                assert_eq!(run(&shared), gathered, "{flavor:?} {segments} segments");
+            }
         }
     }
 
