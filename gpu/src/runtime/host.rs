@@ -226,6 +226,8 @@ impl HostCompiler {
             std::fs::rename(&header_tmp, &header)
                 .map_err(|e| format!("{}: {e}", header.display()))?;
         }
+        let building = key_lock(&format!("attnlab_host_prelude-w{wave}-{key}"));
+        let _building = building.lock().unwrap_or_else(|e| e.into_inner());
         if !pch.exists() {
             let pch_tmp = dir.join(format!("attnlab_host_prelude-w{wave}-{key}.{tmp}.{ext}"));
             let built = Command::new(&self.program)
@@ -272,6 +274,11 @@ impl HostCompiler {
         std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let base = format!("{stem}-w{wave}-{key}");
         let lib = dir.join(format!("{base}.so"));
+        // Two threads of this process that need the same library (the
+        // wave's runtime, a variant two tests share) build it once: the
+        // second waits for the first and finds it in the cache.
+        let building = key_lock(&base);
+        let _building = building.lock().unwrap_or_else(|e| e.into_inner());
         if lib.exists() {
             return Ok(lib);
         }
@@ -320,6 +327,18 @@ fn cache_dir() -> PathBuf {
     std::env::var_os("ATTNLAB_HOST_CACHE")
         .map(PathBuf::from)
         .unwrap_or_else(|| std::env::temp_dir().join("attnlab-host-kernels"))
+}
+
+/// The lock of one cache entry while this process builds it. One entry per
+/// library built (a few hundred in the whole test suite), never removed.
+fn key_lock(key: &str) -> std::sync::Arc<Mutex<()>> {
+    static LOCKS: std::sync::OnceLock<Mutex<BTreeMap<String, std::sync::Arc<Mutex<()>>>>> =
+        std::sync::OnceLock::new();
+    let mut locks = LOCKS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    locks.entry(key.to_string()).or_default().clone()
 }
 
 fn unique() -> u64 {
