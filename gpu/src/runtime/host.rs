@@ -28,7 +28,7 @@ use std::collections::BTreeMap;
 use std::ffi::{c_char, c_int, c_void};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 /// The runtime (fibers, barriers, shuffles), one shared library per wave size.
@@ -331,9 +331,9 @@ fn cache_dir() -> PathBuf {
 
 /// The lock of one cache entry while this process builds it. One entry per
 /// library built (a few hundred in the whole test suite), never removed.
-fn key_lock(key: &str) -> std::sync::Arc<Mutex<()>> {
-    static LOCKS: std::sync::OnceLock<Mutex<BTreeMap<String, std::sync::Arc<Mutex<()>>>>> =
-        std::sync::OnceLock::new();
+fn key_lock(key: &str) -> Arc<Mutex<()>> {
+    type Locks = Mutex<BTreeMap<String, Arc<Mutex<()>>>>;
+    static LOCKS: OnceLock<Locks> = OnceLock::new();
     let mut locks = LOCKS
         .get_or_init(Default::default)
         .lock()
