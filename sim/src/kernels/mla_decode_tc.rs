@@ -79,7 +79,7 @@ use super::mla_cache::load_latent;
 use super::mla_decode::{stage2, KvRow, KvSplits, MlaDecodeArgs, MlaDecodeOutput};
 use super::softmax::ScoreParams;
 use crate::numerics::mma::{InFormat, MatrixTarget, Model};
-use crate::numerics::ex2_approx::Exp2Unit;
+use crate::numerics::ex2_approx::ex2_approx_sm90;
 use crate::numerics::{exp2c, log2c, LOG2E};
 use attnlab_shared::dtype::DType;
 use attnlab_shared::error::{Error, Result};
@@ -121,7 +121,7 @@ pub enum MlaSoftmax {
     /// `s = dot * sm_scale`, weights `ex2.approx(((s - m) * log2 e))` with
     /// each operation rounded to f32 (`tl.exp` lowers to a multiply by
     /// log2 e and `ex2.approx.f32`), the measured unit of
-    /// [`Exp2Unit::Sm90Approx`]. The LSE channel stays base 2 for this
+    /// [`ex2_approx_sm90`]. The LSE channel stays base 2 for this
     /// twin's stage 2 (`m * log2 e + log2c(l)`): `__nv_logf` and
     /// `div.full.f32` are not modelled. The emulator only.
     VllmSm90,
@@ -397,7 +397,7 @@ fn program(args: &MlaDecodeTcArgs, b: usize, hb: usize, sp: usize) -> Vec<f32> {
 fn weight(softmax: MlaSoftmax, x: f32) -> f32 {
     match softmax {
         MlaSoftmax::Contract => exp2c(x),
-        MlaSoftmax::VllmSm90 => Exp2Unit::Sm90Approx.eval(x * LOG2E),
+        MlaSoftmax::VllmSm90 => ex2_approx_sm90(x * LOG2E),
     }
 }
 

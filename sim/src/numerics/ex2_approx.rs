@@ -126,28 +126,13 @@ fn pow2(n: i32) -> f32 {
     f32::from_bits(((n + 127) as u32) << 23)
 }
 
-/// Which 2^x a kernel model's softmax weights take: the contract's
-/// [`exp2c`] (what attnlab's kernels compute, on every device), or the
-/// measured `ex2.approx.f32` of sm_90 (what a Triton kernel computes on an
-/// H100; for replays of vLLM's captures).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum Exp2Unit {
-    #[default]
-    Contract,
-    Sm90Approx,
-}
-
-impl Exp2Unit {
-    /// 2^x. `Sm90Approx` covers x <= 0, every argument a softmax forms
-    /// (`s - m` with m the running max); a positive or NaN x, which the
-    /// model does not cover, gets `exp2c`'s value.
-    #[inline]
-    pub fn eval(self, x: f32) -> f32 {
-        match self {
-            Exp2Unit::Contract => exp2c(x),
-            Exp2Unit::Sm90Approx => Ex2Approx::sm90().eval(x).unwrap_or_else(|| exp2c(x)),
-        }
-    }
+/// sm_90's `ex2.approx.f32(x)` for a softmax weight (what a Triton kernel
+/// computes on an H100; for replays of vLLM's captures). It covers x <= 0,
+/// every argument a softmax forms (`s - m` with m the running max); a
+/// positive or NaN x, which the model does not cover, gets `exp2c`'s value.
+#[inline]
+pub fn ex2_approx_sm90(x: f32) -> f32 {
+    Ex2Approx::sm90().eval(x).unwrap_or_else(|| exp2c(x))
 }
 
 /// `-j * 2^-23` (exact).
