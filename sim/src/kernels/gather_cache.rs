@@ -338,20 +338,8 @@ pub fn gather(args: &GatherArgs) -> (Vec<f32>, Vec<f32>) {
             for h in 0..hk {
                 let (kb, vb) = (fl.k_offset(blk, slot, h, 0), fl.v_offset(blk, slot, h, 0));
                 let (ko, vo) = (&mut kt[h * d..(h + 1) * d], &mut vt[h * d..(h + 1) * d]);
-                match k_rows {
-                    true => ko.copy_from_slice(&cache.k[kb..kb + d]),
-                    false => ko
-                        .iter_mut()
-                        .zip(&dims.k)
-                        .for_each(|(o, &x)| *o = cache.k[kb + x]),
-                }
-                match v_rows {
-                    true => vo.copy_from_slice(&cache.v[vb..vb + d]),
-                    false => vo
-                        .iter_mut()
-                        .zip(&dims.v)
-                        .for_each(|(o, &x)| *o = cache.v[vb + x]),
-                }
+                copy_head(ko, &cache.k, kb, &dims.k, k_rows);
+                copy_head(vo, &cache.v, vb, &dims.v, v_rows);
             }
             for (xs, scale) in [(kt, ks), (vt, vs)] {
                 match scale {
@@ -361,6 +349,18 @@ pub fn gather(args: &GatherArgs) -> (Vec<f32>, Vec<f32>) {
             }
         });
     (k, v)
+}
+
+/// One head's `d` values of a token from `src` at `base`: dim `i` at
+/// `base + offsets[i]`, one slice copy when the dims are contiguous.
+fn copy_head(out: &mut [f32], src: &[f32], base: usize, offsets: &[usize], contiguous: bool) {
+    if contiguous {
+        out.copy_from_slice(&src[base..base + out.len()]);
+    } else {
+        out.iter_mut()
+            .zip(offsets)
+            .for_each(|(o, &x)| *o = src[base + x]);
+    }
 }
 
 #[cfg(test)]
