@@ -9,11 +9,11 @@ use attnlab_shared::registry::BackendName;
 use attnlab_sim::backends::flavour::{Flavour, FlavourChoice};
 use attnlab_sim::cache::KvCache;
 use attnlab_sim::fixture::{self, Case};
+use attnlab_sim::kernels::mla_decode_tc::MlaSoftmax;
 use attnlab_sim::kernels::unified_attention::{
     unified_attention, unified_attention_3d, Grid, UnifiedLaunch, VllmLaunchOptions,
 };
 use attnlab_sim::kernels::unified_attention_tc::{unified_attention_tc, unified_attention_tc_3d};
-use attnlab_sim::kernels::mla_decode_tc::MlaSoftmax;
 use attnlab_sim::numerics::mma::MatrixTarget;
 use attnlab_sim::profile::VllmProfile;
 use attnlab_sim::replay::{fixture_flavour, replay_paths, replay_paths_in, ReplayResult, Status};
@@ -163,7 +163,8 @@ fn aiter_unified_softcap_overflow_on_a_captured_case_is_a_divergence_with_its_re
 /// output (171 elements, up to 70 ulp) and no other (matrix-cores.md,
 /// "mla_decode_tc", against vLLM's own kernel).
 #[test]
-fn tensor_core_mla_decode_in_the_contracts_arithmetic_reproduces_vllms_h100_captures_but_one_exp_rounding() {
+fn tensor_core_mla_decode_in_the_contracts_arithmetic_reproduces_vllms_h100_captures_but_one_exp_rounding(
+) {
     use attnlab_sim::backends::flavour::FlavourChoice;
     use attnlab_sim::replay::replay_paths_in;
     for name in ["triton_mla_00146", "triton_mla_00442"] {
@@ -204,7 +205,10 @@ fn tensor_core_mla_decode_in_vllms_sm90_arithmetic_reproduces_every_h100_capture
         let differing: Vec<usize> = (0..out.len())
             .filter(|&i| out[i].to_bits() != want[i].to_bits())
             .collect();
-        assert!(differing.is_empty(), "{name}: elements {differing:?} differ");
+        assert!(
+            differing.is_empty(),
+            "{name}: elements {differing:?} differ"
+        );
     }
     // `attnlab replay` runs TRITON_MLA in vLLM's arithmetic where it is
     // modelled: the capture replays bit for bit there too.
@@ -223,7 +227,10 @@ fn tensor_core_mla_decode_in_vllms_sm90_arithmetic_reproduces_every_h100_capture
     // contract's base-2 arguments leaves one element, the natural-log
     // arguments with exp2c leave head 15 (docs/src/matrix-cores.md).
     let (out, want, _) = mla_tc_output("triton_mla_00515");
-    assert!(out.iter().zip(&want).any(|(a, b)| a.to_bits() != b.to_bits()));
+    assert!(out
+        .iter()
+        .zip(&want)
+        .any(|(a, b)| a.to_bits() != b.to_bits()));
 }
 
 /// The sm_90 tensor-core twin's output of one captured `mla_decode` file,
@@ -431,4 +438,3 @@ fn every_16_bit_triton_attn_capture_replays_bit_exact_on_the_h100s_tensor_cores(
         "{exact} bit-exact, {fp8} with fp8 caches"
     );
 }
-

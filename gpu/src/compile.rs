@@ -139,7 +139,13 @@ pub fn compile_families_with(
 pub fn dump_file_name(family: &str, defines: &Defines, target: &Target) -> String {
     let clean = |s: &str| -> String {
         s.chars()
-            .map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '-' { c } else { '-' })
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                    c
+                } else {
+                    '-'
+                }
+            })
             .collect()
     };
     let mut name = clean(family);
@@ -518,7 +524,13 @@ mod tests {
             "paged_decode_tc.Q_DTYPE-2.UT_D-128.ODD-a-b-c.cubin"
         );
         assert!(dump_file_name("x", &Vec::new(), &Target::Host { wave: 64 }).ends_with(".so"));
-        let amd = dump_file_name("mla/../x", &Vec::new(), &Target::Amd { gfx: "gfx942".into() });
+        let amd = dump_file_name(
+            "mla/../x",
+            &Vec::new(),
+            &Target::Amd {
+                gfx: "gfx942".into(),
+            },
+        );
         assert_eq!(amd, "mla----x.hsaco");
         assert!(!amd.contains('/'));
     }

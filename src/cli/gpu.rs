@@ -62,17 +62,16 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             allow_no_device,
         } => {
             let bar = progress(json, 0, "gpu compile");
-            let report =
-                compile_families_with(
-                    &target,
-                    family.as_deref(),
-                    resources,
-                    dump.as_deref(),
-                    |done, total| {
-                        bar.set_length(total as u64);
-                        bar.set_position(done as u64);
-                    },
-                );
+            let report = compile_families_with(
+                &target,
+                family.as_deref(),
+                resources,
+                dump.as_deref(),
+                |done, total| {
+                    bar.set_length(total as u64);
+                    bar.set_position(done as u64);
+                },
+            );
             bar.finish_and_clear();
             let report = match report {
                 Ok(r) => r,

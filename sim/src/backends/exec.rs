@@ -306,7 +306,9 @@ impl KernelExecutor for Cpu {
             Flavour::TensorCore(t) => {
                 let tc = mla_decode_tc(args, t)?;
                 let tc = match (self.arithmetic, t) {
-                    (Arithmetic::Vendor, MatrixTarget::Sm90) => tc.with_softmax(MlaSoftmax::VllmSm90)?,
+                    (Arithmetic::Vendor, MatrixTarget::Sm90) => {
+                        tc.with_softmax(MlaSoftmax::VllmSm90)?
+                    }
                     _ => tc,
                 };
                 mla_decode_tc_kernel(&tc)

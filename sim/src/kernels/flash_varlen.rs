@@ -512,7 +512,19 @@ pub fn varlen(args: &VarlenArgs) -> OutLse {
             let kt_seq = kt[b * hk + g]
                 .as_ref()
                 .map(|(k, v)| (k.as_slice(), v.as_slice()));
-            let lse = program(q, k, v, cu_seqlens_q, cu_seqlens_k, b, mb, g, p, kt_seq, &mut out);
+            let lse = program(
+                q,
+                k,
+                v,
+                cu_seqlens_q,
+                cu_seqlens_k,
+                b,
+                mb,
+                g,
+                p,
+                kt_seq,
+                &mut out,
+            );
             (cu_seqlens_q[b] as usize + mb * BLOCK_M, g, lse)
         })
         .collect();

@@ -499,7 +499,9 @@ struct SharedBlocks {
 
 impl SharedBlocks {
     fn new(ctx: &GroupCtx, meta: &AttentionMetadata, hk: usize) -> Option<Self> {
-        if meta.max_query_len() < SHARED_MIN_TOKENS || !ctx.dims.v.iter().enumerate().all(|(i, &o)| o == i) {
+        if meta.max_query_len() < SHARED_MIN_TOKENS
+            || !ctx.dims.v.iter().enumerate().all(|(i, &o)| o == i)
+        {
             return None;
         }
         let (bs, bn, d) = (ctx.bs, ctx.bn, ctx.d);
@@ -518,7 +520,10 @@ impl SharedBlocks {
             *slot.get_mut(b)? = i;
         }
         let tiles = bs / bn;
-        let (ld, ld_v) = (super::flash_varlen::padded(bn), super::flash_varlen::padded(d));
+        let (ld, ld_v) = (
+            super::flash_varlen::padded(bn),
+            super::flash_varlen::padded(d),
+        );
         let mut kt = vec![0.0f32; blocks.len() * hk * tiles * d * ld];
         let mut v = vec![0.0f32; blocks.len() * hk * bs * ld_v];
         let path = simd::SimdPath::active();
@@ -532,8 +537,10 @@ impl SharedBlocks {
                     let r0 = t * bn;
                     let mut j0 = 0;
                     while j0 + 8 <= bn {
-                        let bases: [usize; 8] = std::array::from_fn(|i| l.k_offset(blk, r0 + j0 + i, g, 0));
-                        let done = simd::gather_kt8(path, &ctx.cache.k, &bases, &ctx.dims.k, kt, ld, j0);
+                        let bases: [usize; 8] =
+                            std::array::from_fn(|i| l.k_offset(blk, r0 + j0 + i, g, 0));
+                        let done =
+                            simd::gather_kt8(path, &ctx.cache.k, &bases, &ctx.dims.k, kt, ld, j0);
                         for (i, &b) in bases.iter().enumerate() {
                             for (dd, &ko) in ctx.dims.k.iter().enumerate().skip(done) {
                                 kt[dd * ld + j0 + i] = ctx.cache.k[b + ko];

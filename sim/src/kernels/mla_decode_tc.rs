@@ -78,8 +78,8 @@
 use super::mla_cache::load_latent;
 use super::mla_decode::{stage2, KvRow, KvSplits, MlaDecodeArgs, MlaDecodeOutput};
 use super::softmax::ScoreParams;
-use crate::numerics::mma::{InFormat, MatrixTarget, Model};
 use crate::numerics::ex2_approx::ex2_approx_sm90;
+use crate::numerics::mma::{InFormat, MatrixTarget, Model};
 use crate::numerics::{exp2c, log2c, LOG2E};
 use attnlab_shared::dtype::DType;
 use attnlab_shared::error::{Error, Result};

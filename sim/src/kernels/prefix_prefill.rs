@@ -213,7 +213,19 @@ pub fn context_attention(args: &PrefixArgs, out: &mut [f32]) -> Result<()> {
         .zip(outs.into_par_iter())
         .for_each(|(&(b, g, start_m), mut rows_out)| {
             let sh = shared.get(b * hk + g).and_then(|x| x.as_ref());
-            program(query, cache, meta, cfg, &v, &dims, b, g, start_m, sh, &mut rows_out)
+            program(
+                query,
+                cache,
+                meta,
+                cfg,
+                &v,
+                &dims,
+                b,
+                g,
+                start_m,
+                sh,
+                &mut rows_out,
+            )
         });
     Ok(())
 }
@@ -379,7 +391,12 @@ impl NewTokens {
     /// phase (B)'s tile i.
     fn tile(&self, i: usize) -> (&[f32], usize, &[f32], usize) {
         let kt = &self.kt[i * self.d * self.ld..(i + 1) * self.d * self.ld];
-        (kt, self.ld, &self.v[i * self.block_n * self.ld_v..], self.ld_v)
+        (
+            kt,
+            self.ld,
+            &self.v[i * self.block_n * self.ld_v..],
+            self.ld_v,
+        )
     }
 }
 
@@ -575,7 +592,9 @@ mod tests {
                 let run = |sh: Option<&NewTokens>| -> Vec<u32> {
                     let mut buf = vec![0.0f32; rows * qpk * d];
                     let mut out: Vec<&mut [f32]> = buf.chunks_exact_mut(qpk * d).collect();
-                    program(&q, &cache, &meta, &cfg, &v, &dims, 0, g, start_m, sh, &mut out);
+                    program(
+                        &q, &cache, &meta, &cfg, &v, &dims, 0, g, start_m, sh, &mut out,
+                    );
                     buf.iter().map(|x| x.to_bits()).collect()
                 };
                 assert_eq!(run(sh), run(None), "kv head {g}, block {start_m}");

@@ -207,16 +207,40 @@ unsafe fn dots_avx512(
             // broadcasts per step.
             while r + 8 <= rows {
                 let qs: [*const f32; 8] = std::array::from_fn(|i| q(r + i));
-                dots_zmm::<8, 2>(qs, wp.add(j), stride, d, op.add(r * out_stride + j), out_stride, 0xffff);
+                dots_zmm::<8, 2>(
+                    qs,
+                    wp.add(j),
+                    stride,
+                    d,
+                    op.add(r * out_stride + j),
+                    out_stride,
+                    0xffff,
+                );
                 r += 8;
             }
             while r + 4 <= rows {
                 let qs: [*const f32; 4] = std::array::from_fn(|i| q(r + i));
-                dots_zmm::<4, 2>(qs, wp.add(j), stride, d, op.add(r * out_stride + j), out_stride, 0xffff);
+                dots_zmm::<4, 2>(
+                    qs,
+                    wp.add(j),
+                    stride,
+                    d,
+                    op.add(r * out_stride + j),
+                    out_stride,
+                    0xffff,
+                );
                 r += 4;
             }
             while r < rows {
-                dots_zmm::<1, 2>([q(r)], wp.add(j), stride, d, op.add(r * out_stride + j), out_stride, 0xffff);
+                dots_zmm::<1, 2>(
+                    [q(r)],
+                    wp.add(j),
+                    stride,
+                    d,
+                    op.add(r * out_stride + j),
+                    out_stride,
+                    0xffff,
+                );
                 r += 1;
             }
             j += 32;
@@ -227,20 +251,48 @@ unsafe fn dots_avx512(
     // accumulators (8 rows would leave the two fma pipes waiting on 8
     // chains' latency).
     while j < n {
-        let mask: u16 = if n - j >= 16 { 0xffff } else { (1u16 << (n - j)) - 1 };
+        let mask: u16 = if n - j >= 16 {
+            0xffff
+        } else {
+            (1u16 << (n - j)) - 1
+        };
         let mut r = 0;
         while r + 16 <= rows {
             let qs: [*const f32; 16] = std::array::from_fn(|i| q(r + i));
-            dots_zmm::<16, 1>(qs, wp.add(j), stride, d, op.add(r * out_stride + j), out_stride, mask);
+            dots_zmm::<16, 1>(
+                qs,
+                wp.add(j),
+                stride,
+                d,
+                op.add(r * out_stride + j),
+                out_stride,
+                mask,
+            );
             r += 16;
         }
         while r + 4 <= rows {
             let qs: [*const f32; 4] = std::array::from_fn(|i| q(r + i));
-            dots_zmm::<4, 1>(qs, wp.add(j), stride, d, op.add(r * out_stride + j), out_stride, mask);
+            dots_zmm::<4, 1>(
+                qs,
+                wp.add(j),
+                stride,
+                d,
+                op.add(r * out_stride + j),
+                out_stride,
+                mask,
+            );
             r += 4;
         }
         while r < rows {
-            dots_zmm::<1, 1>([q(r)], wp.add(j), stride, d, op.add(r * out_stride + j), out_stride, mask);
+            dots_zmm::<1, 1>(
+                [q(r)],
+                wp.add(j),
+                stride,
+                d,
+                op.add(r * out_stride + j),
+                out_stride,
+                mask,
+            );
             r += 1;
         }
         j += 16;
@@ -1185,7 +1237,11 @@ unsafe fn step16_avx512<'a>(
     let mut tmax = _mm512_set1_ps(f32::NEG_INFINITY);
     let mut j0 = 0;
     while j0 < n {
-        let k: __mmask16 = if n - j0 >= 16 { 0xffff } else { (1u16 << (n - j0)) - 1 };
+        let k: __mmask16 = if n - j0 >= 16 {
+            0xffff
+        } else {
+            (1u16 << (n - j0)) - 1
+        };
         let rows: [__m512; 16] =
             std::array::from_fn(|r| _mm512_maskz_loadu_ps(k, sp.add(r * stride + j0)));
         let cols = transpose16(&rows);
@@ -1211,7 +1267,11 @@ unsafe fn step16_avx512<'a>(
             tm[r]
         };
         let m_new = m_i[r].max(t);
-        m_ref[r] = if m_new > f32::NEG_INFINITY { m_new } else { 0.0 };
+        m_ref[r] = if m_new > f32::NEG_INFINITY {
+            m_new
+        } else {
+            0.0
+        };
         alpha[r] = exp2c(m_i[r] - m_ref[r]);
         m[r] = m_new;
     }
@@ -2066,14 +2126,26 @@ mod tests {
                 _ => ((i as f32) * 0.013).sin() * 9.0,
             }
         };
-        for (n, d) in [(0, 32), (5, 48), (37, 128), (16, 80), (256, 32), (300, 32), (40, 72)] {
+        for (n, d) in [
+            (0, 32),
+            (5, 48),
+            (37, 128),
+            (16, 80),
+            (256, 32),
+            (300, 32),
+            (40, 72),
+        ] {
             let mut v: Vec<f32> = (0..n * d).map(|i| (i as f32 * 0.071).cos()).collect();
             if n > 30 {
                 v[17 * d + 3] = f32::INFINITY;
                 v[29 * d + 1] = f32::NAN;
             }
             let tiles: Vec<Vec<f32>> = (0..2)
-                .map(|t| (0..rows * n).map(|i| score(i / n.max(1), i % n.max(1), t)).collect())
+                .map(|t| {
+                    (0..rows * n)
+                        .map(|i| score(i / n.max(1), i % n.max(1), t))
+                        .collect()
+                })
                 .collect();
             for dtype in [DType::Bf16, DType::F32, DType::F16] {
                 let fresh = || -> Vec<RowState> {
@@ -2083,7 +2155,11 @@ mod tests {
                 };
                 let state_bits = |st: &[RowState]| -> Vec<u32> {
                     st.iter()
-                        .flat_map(|s| [s.m.to_bits(), s.l.to_bits()].into_iter().chain(bits(&s.acc)))
+                        .flat_map(|s| {
+                            [s.m.to_bits(), s.l.to_bits()]
+                                .into_iter()
+                                .chain(bits(&s.acc))
+                        })
                         .collect()
                 };
                 // Each row alone, one-row steps: the definition.

@@ -1058,7 +1058,10 @@ impl<'a> Kernel<'a> {
                     return None;
                 }
                 let (sk, tile) = (meta.seq_len(seq), self.launch.tile_size);
-                let (ld, ld_v) = (super::flash_varlen::padded(tile), super::flash_varlen::padded(d));
+                let (ld, ld_v) = (
+                    super::flash_varlen::padded(tile),
+                    super::flash_varlen::padded(d),
+                );
                 let l = &self.cache.layout;
                 let path = super::simd::SimdPath::active();
                 let mut kt = vec![0.0f32; sk.div_ceil(tile) * d * ld];
@@ -1073,7 +1076,15 @@ impl<'a> Kernel<'a> {
                     let mut j0 = 0;
                     while j0 + 8 <= n {
                         let bases: [usize; 8] = std::array::from_fn(|i| base(j0 + i));
-                        let done = super::simd::gather_kt8(path, &self.cache.k, &bases, &self.dims.k, kt_tile, ld, j0);
+                        let done = super::simd::gather_kt8(
+                            path,
+                            &self.cache.k,
+                            &bases,
+                            &self.dims.k,
+                            kt_tile,
+                            ld,
+                            j0,
+                        );
                         for (i, &b) in bases.iter().enumerate() {
                             for (dd, &ko) in self.dims.k.iter().enumerate().skip(done) {
                                 kt_tile[dd * ld + j0 + i] = self.cache.k[b + ko];
@@ -1878,13 +1889,22 @@ mod tests {
                 let k = Kernel::new(&q, &cache, &meta, &cfg, &launch).unwrap();
                 let units = k.units(segments, Q_BLOCKS_PER_UNIT);
                 let shared = k.share_kv(&units);
-                assert!(shared.get(0, 1).is_some(), "the request shares its kv heads");
+                assert!(
+                    shared.get(0, 1).is_some(),
+                    "the request shares its kv heads"
+                );
                 let run = |sh: &SharedKv| -> Vec<u32> {
                     units
                         .iter()
                         .filter_map(|u| k.run(u, sh))
                         .flat_map(|r| r.states)
-                        .flat_map(|s| s.acc.iter().chain([&s.m, &s.l]).map(|x| x.to_bits()).collect::<Vec<_>>())
+                        .flat_map(|s| {
+                            s.acc
+                                .iter()
+                                .chain([&s.m, &s.l])
+                                .map(|x| x.to_bits())
+                                .collect::<Vec<_>>()
+                        })
                         .collect()
                 };
                 let gathered = run(&SharedKv::none(cfg.num_kv_heads()));

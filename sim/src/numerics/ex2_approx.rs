@@ -162,7 +162,9 @@ mod tests {
 
     #[test]
     fn a_stream_of_the_wrong_length_or_not_gzip_is_refused_naming_it() {
-        let e = Ex2Approx::from_corrections_gz(b"plain bytes").err().unwrap();
+        let e = Ex2Approx::from_corrections_gz(b"plain bytes")
+            .err()
+            .unwrap();
         assert!(e.to_string().contains("gzip"), "{e}");
         let mut gz = Vec::new();
         {
@@ -221,7 +223,16 @@ mod tests {
             .reduce(|| [0u64; 8], |a, b| std::array::from_fn(|k| a[k] + b[k]));
         assert_eq!(
             tally,
-            [1_004_322_308, 120_186_536, 1_006_420, 1, 30_794_168, 1017, 8410, 100_385],
+            [
+                1_004_322_308,
+                120_186_536,
+                1_006_420,
+                1,
+                30_794_168,
+                1017,
+                8410,
+                100_385
+            ],
             "[ulp 0, 1, 2, 3+, above, bf16 differs, f16 differs, subnormal path != ldexp]"
         );
     }
